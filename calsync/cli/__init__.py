@@ -1,0 +1,50 @@
+"""The `calsync` command: one click group, a module per area."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from calsync.errors import CalsyncError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """calsync: mirror Google Calendars through push notifications and keep a diff log."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    from calsync.cli.db import db, keygen
+
+    for command in (db, keygen):
+        cli.add_command(command)
+
+
+def main() -> None:
+    """Entry point: known failures become one clear line on stderr, never a traceback."""
+    _register()
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except CalsyncError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except OperationalError as err:
+        click.echo(f"error: the database cannot be reached: {str(err.orig).strip().splitlines()[0]}", err=True)
+        sys.exit(2)
+    except SQLAlchemyError as err:
+        click.echo(f"error: database error: {str(err).splitlines()[0]}", err=True)
+        sys.exit(2)

@@ -1,0 +1,40 @@
+"""Schema and key commands."""
+
+from __future__ import annotations
+
+import click
+
+from calsync.config import Settings
+from calsync.crypto import new_key
+from calsync.db import make_engine
+from calsync.migrate import current_revision, upgrade
+
+
+@click.group()
+def db() -> None:
+    """Manage the database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Create or upgrade the schema of CALSYNC_DATABASE_URL."""
+    settings = Settings.from_env()
+    engine = make_engine(settings.database_url)
+    upgrade(engine, revision)
+    click.echo(f"database at revision {current_revision(engine)}")
+    engine.dispose()
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database."""
+    engine = make_engine(Settings.from_env().database_url)
+    click.echo(current_revision(engine) or "empty")
+    engine.dispose()
+
+
+@click.command()
+def keygen() -> None:
+    """Print a new CALSYNC_TOKEN_KEY (a Fernet key)."""
+    click.echo(new_key())

@@ -1,0 +1,182 @@
+"""Settings, read once from the environment into a frozen, typed object.
+
+Nothing here runs at import; `Settings.from_env()` names every malformed variable at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from calsync.errors import ConfigError
+
+DEFAULT_SCOPES = ("https://www.googleapis.com/auth/calendar.readonly",)
+
+
+class Secret(str):
+    """A string that hides itself in repr and logs."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from '90', '90s', '15m', '1h', '7d'."""
+    m = _DURATION.match(text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use seconds or a suffix: 90s, 15m, 1h, 7d)")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use 1/0, true/false)")
+
+
+def _parse_http_url(text: str) -> str:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError(f"not an http(s) URL: {text!r}")
+    return text.strip()
+
+
+def _parse_db_url(text: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(text)
+    except ArgumentError as err:
+        raise ValueError(f"not a database URL: {text!r}") from err
+    if url.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise ValueError(f"unsupported database {url.get_backend_name()!r}: use sqlite:/// or postgresql+psycopg://")
+    if url.get_backend_name() == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything calsync reads from its environment."""
+
+    database_url: str = "sqlite:///calsync.db"
+    google_client_secrets: Path | None = None
+    google_api_url: str = "https://www.googleapis.com/"
+    google_revoke_url: str | None = None
+    google_scopes: tuple[str, ...] = DEFAULT_SCOPES
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: Secret | None = None
+    token_key: Secret | None = None
+    api_token: Secret | None = None
+    admin_password: Secret | None = None
+    channel_ttl: float = 7 * 86400
+    renew_before: float = 86400
+    reconcile_every: float = 3600
+    webhook_allow_http: bool = False
+    webhook_allow_private: bool = False
+    webhook_timeout: float = 15.0
+    webhook_disable_after: float = 5 * 86400
+    worker_threads: int = 4
+    lease_seconds: float = 120.0
+    notification_log_size: int = 1000
+    instance_path: Path = field(default_factory=lambda: Path("instance").resolve())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read CALSYNC_* variables; raise ConfigError naming every bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        problems: list[str] = []
+        for f in dataclasses.fields(cls):
+            name = "CALSYNC_" + f.name.upper()
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = _convert(f.name, raw)
+            except ValueError as err:
+                problems.append(f"{name}: {err}")
+        if problems:
+            raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
+        base = self.google_api_url if self.google_api_url.endswith("/") else self.google_api_url + "/"
+        object.__setattr__(self, "google_api_url", base)
+        object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+        object.__setattr__(self, "database_url", _parse_db_url(self.database_url))
+
+    # Derived values -------------------------------------------------------------------------
+    @property
+    def calendar_api_endpoint(self) -> str:
+        return self.google_api_url + "calendar/v3/"
+
+    @property
+    def notifications_url(self) -> str:
+        return self.public_url + "/notifications"
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.public_url + "/oauth2callback"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def public_url_is_local_http(self) -> bool:
+        """Plain http is tolerated by oauthlib only for loopback development."""
+        parts = urlsplit(self.public_url)
+        if parts.scheme != "http":
+            return False
+        host = parts.hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+def _convert(name: str, raw: str) -> object:
+    if name in {"channel_ttl", "renew_before", "reconcile_every", "webhook_timeout",
+                "webhook_disable_after", "lease_seconds"}:
+        seconds = parse_duration(raw)
+        if seconds <= 0:
+            raise ValueError("must be positive")
+        return seconds
+    if name in {"webhook_allow_http", "webhook_allow_private"}:
+        return _parse_bool(raw)
+    if name in {"worker_threads", "notification_log_size"}:
+        if not raw.strip().isdigit() or int(raw) < 1:
+            raise ValueError(f"not a positive whole number: {raw!r}")
+        return int(raw)
+    if name in {"google_api_url", "public_url", "google_revoke_url"}:
+        return _parse_http_url(raw)
+    if name == "database_url":
+        return _parse_db_url(raw)
+    if name == "google_scopes":
+        scopes = tuple(s for s in re.split(r"[\s,]+", raw) if s)
+        if not scopes:
+            raise ValueError("no scope given")
+        return scopes
+    if name in {"google_client_secrets", "instance_path"}:
+        return Path(raw).expanduser().resolve()
+    if name in {"secret_key", "token_key", "api_token", "admin_password"}:
+        return Secret(raw)
+    return raw

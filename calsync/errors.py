@@ -1,0 +1,96 @@
+"""The one exception tree of calsync.
+
+    CalsyncError
+    ├── ConfigError                 a setting is missing or malformed (names every bad variable)
+    ├── NotFoundError               an unknown account, calendar, subscription … asked for by a user
+    ├── ConsentError                the OAuth consent could not be completed (denied, bad state, exchange)
+    ├── WebhookError                outgoing webhooks
+    │   ├── UnsafeURLError          the URL is not allowed (scheme, private address)
+    │   └── VerificationFailed      the endpoint did not prove it belongs to the subscriber
+    └── GoogleApiError              anything Google answered with an error (mapped in calsync.google.calendar)
+        ├── AuthRevoked             the grant is gone (invalid_grant, 401 after a refresh): re-consent needed
+        ├── SyncTokenExpired        410 fullSyncRequired: a full resync is needed
+        ├── GoogleNotFound          404 notFound / 410 deleted on a resource
+        ├── Forbidden               403 that waiting will not fix (forbidden, insufficientPermissions)
+        └── TransientGoogleError    worth retrying later: carries retry_after (seconds) when known
+            ├── RateLimited         403/429 rate limits, quotaExceeded
+            └── BackendError        5xx and network failures
+"""
+
+from __future__ import annotations
+
+
+class CalsyncError(Exception):
+    """Base of every error calsync raises on purpose."""
+
+
+class ConfigError(CalsyncError):
+    """A setting is missing or malformed."""
+
+
+class NotFoundError(CalsyncError):
+    """Something a user named does not exist."""
+
+
+class ConsentError(CalsyncError):
+    """The consent flow failed; the message is safe to show to the end user."""
+
+
+class WebhookError(CalsyncError):
+    """Outgoing webhook problem."""
+
+
+class UnsafeURLError(WebhookError):
+    """A webhook URL that calsync refuses to call."""
+
+
+class VerificationFailed(WebhookError):
+    """The subscriber's endpoint did not echo the challenge."""
+
+
+class GoogleApiError(CalsyncError):
+    """Google answered with an error."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+class AuthRevoked(GoogleApiError):
+    """The user's grant no longer works; only a new consent helps."""
+
+
+class SyncTokenExpired(GoogleApiError):
+    """The stored sync token is no longer valid."""
+
+
+class GoogleNotFound(GoogleApiError):
+    """The calendar, event or channel does not exist (any more)."""
+
+
+class Forbidden(GoogleApiError):
+    """Access denied in a way waiting does not fix."""
+
+
+class TransientGoogleError(GoogleApiError):
+    """A failure worth retrying after a pause."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, reason=reason)
+        self.retry_after = retry_after
+
+
+class RateLimited(TransientGoogleError):
+    """Google asked us to slow down."""
+
+
+class BackendError(TransientGoogleError):
+    """Google (or the network to it) failed; try again later."""

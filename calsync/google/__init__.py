@@ -1,0 +1,1 @@
+"""Everything that talks to Google: OAuth consent and the Calendar API."""

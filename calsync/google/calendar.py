@@ -1,0 +1,173 @@
+"""A thin client over googleapiclient's Calendar v3, with Google's errors mapped in one place."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import google_auth_httplib2
+import httplib2
+from google.auth.exceptions import RefreshError, TransportError
+from google.oauth2.credentials import Credentials
+from googleapiclient.discovery import Resource, build_from_document
+from googleapiclient.errors import HttpError
+
+from calsync.errors import (
+    AuthRevoked,
+    BackendError,
+    Forbidden,
+    GoogleApiError,
+    GoogleNotFound,
+    RateLimited,
+    SyncTokenExpired,
+)
+from calsync.metrics import GOOGLE_CALLS
+
+EVENTS_PAGE_SIZE = 2500
+CALENDAR_LIST_PAGE_SIZE = 250
+RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
+
+CallHook = Callable[[str, int], None]
+
+
+class GoogleCalendar:
+    """One user's Calendar API, over its own HTTP connection (httplib2 is not thread-safe)."""
+
+    def __init__(self, credentials: Credentials, api_endpoint: str, *, timeout: float = 30.0) -> None:
+        self.credentials = credentials
+        http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
+        self._service: Resource = build_from_document(
+            _discovery_document(), http=http, client_options={"api_endpoint": api_endpoint}
+        )
+
+    # Calendar list ---------------------------------------------------------------------------
+    def list_calendars(self) -> list[dict[str, Any]]:
+        """Every entry of the user's calendar list, all pages."""
+        items: list[dict[str, Any]] = []
+        page_token: str | None = None
+        while True:
+            page = self._call(
+                "calendarList.list",
+                self._service.calendarList().list(maxResults=CALENDAR_LIST_PAGE_SIZE, pageToken=page_token),
+            )
+            items.extend(page.get("items", []))
+            page_token = page.get("nextPageToken")
+            if not page_token:
+                return items
+
+    def get_calendar(self, calendar_id: str) -> dict[str, Any]:
+        return self._call("calendars.get", self._service.calendars().get(calendarId=calendar_id))
+
+    # Events ----------------------------------------------------------------------------------
+    def list_events_page(
+        self, calendar_id: str, *, sync_token: str | None = None, page_token: str | None = None,
+        max_results: int = EVENTS_PAGE_SIZE,
+    ) -> dict[str, Any]:
+        """One page of events.list; full sync without a token (deleted events included), else incremental."""
+        kwargs: dict[str, Any] = {"calendarId": calendar_id, "maxResults": max_results, "showDeleted": True}
+        if sync_token:
+            kwargs["syncToken"] = sync_token
+        if page_token:
+            kwargs["pageToken"] = page_token
+        return self._call("events.list", self._service.events().list(**kwargs))
+
+    def iter_event_pages(self, calendar_id: str, sync_token: str | None = None,
+                         max_results: int = EVENTS_PAGE_SIZE) -> Iterator[dict[str, Any]]:
+        """Follow nextPageToken; the last page carries nextSyncToken (its absence is an error)."""
+        page_token: str | None = None
+        while True:
+            page = self.list_events_page(calendar_id, sync_token=sync_token, page_token=page_token,
+                                         max_results=max_results)
+            page_token = page.get("nextPageToken")
+            if not page_token and not page.get("nextSyncToken"):
+                raise GoogleApiError("events.list ended without nextSyncToken", reason="noSyncToken")
+            yield page
+            if not page_token:
+                return
+
+    # Push channels ---------------------------------------------------------------------------
+    def watch_events(self, calendar_id: str, *, channel_id: str, token: str, address: str,
+                     ttl: float) -> dict[str, Any]:
+        body = _channel_body(channel_id, token, address, ttl)
+        return self._call("events.watch", self._service.events().watch(calendarId=calendar_id, body=body))
+
+    def watch_calendar_list(self, *, channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
+        body = _channel_body(channel_id, token, address, ttl)
+        return self._call("calendarList.watch", self._service.calendarList().watch(body=body))
+
+    def stop_channel(self, channel_id: str, resource_id: str) -> None:
+        self._call("channels.stop", self._service.channels().stop(body={"id": channel_id, "resourceId": resource_id}))
+
+    # The one place where Google's failures become calsync's errors ---------------------------
+    def _call(self, method: str, request: Any) -> Any:
+        try:
+            result = request.execute(num_retries=0)
+        except HttpError as err:
+            GOOGLE_CALLS.labels(method, str(err.resp.status)).inc()
+            raise map_http_error(err) from err
+        except RefreshError as err:
+            GOOGLE_CALLS.labels(method, "refresh_error").inc()
+            if getattr(err, "retryable", False):
+                raise BackendError(f"token refresh failed: {err}", reason="refreshFailed") from err
+            raise AuthRevoked(f"the grant was refused: {err}", status=400, reason="invalid_grant") from err
+        except (TransportError, httplib2.HttpLib2Error, socket.timeout, ssl.SSLError, OSError) as err:
+            GOOGLE_CALLS.labels(method, "network_error").inc()
+            raise BackendError(f"{method}: network error: {err}", reason="networkError") from err
+        GOOGLE_CALLS.labels(method, "200").inc()
+        return result
+
+
+def map_http_error(err: HttpError) -> GoogleApiError:
+    """Google's JSON error envelope → the calsync exception that says what to do about it."""
+    status = int(err.resp.status)
+    reason, message = _reason(err)
+    retry_after = _retry_after(err)
+    if status == 410 and reason == "fullSyncRequired":
+        return SyncTokenExpired(message, status=status, reason=reason)
+    if status in (404, 410):
+        return GoogleNotFound(message, status=status, reason=reason)
+    if status == 401:
+        return AuthRevoked(message, status=status, reason=reason or "authError")
+    if status == 429 or (status == 403 and reason in RATE_LIMIT_REASONS):
+        return RateLimited(message, status=status, reason=reason or "rateLimitExceeded", retry_after=retry_after)
+    if status == 403:
+        return Forbidden(message, status=status, reason=reason)
+    if status >= 500:
+        return BackendError(message, status=status, reason=reason or "backendError", retry_after=retry_after)
+    return GoogleApiError(message, status=status, reason=reason)
+
+
+def _reason(err: HttpError) -> tuple[str | None, str]:
+    try:
+        body = json.loads(err.content.decode("utf-8", "replace"))
+        error = body.get("error", {})
+        errors = error.get("errors") or [{}]
+        return errors[0].get("reason"), str(error.get("message") or err.reason)
+    except (ValueError, AttributeError):
+        return None, str(err.reason or f"HTTP {err.resp.status}")
+
+
+def _retry_after(err: HttpError) -> float | None:
+    value = err.resp.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def _channel_body(channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
+    return {"id": channel_id, "type": "web_hook", "address": address, "token": token,
+            "params": {"ttl": str(int(ttl))}}
+
+
+@lru_cache(maxsize=1)
+def _discovery_document() -> str:
+    """The calendar v3 discovery document shipped inside google-api-python-client (no fetch)."""
+    return (resources.files("googleapiclient") / "discovery_cache" / "documents" / "calendar.v3.json").read_text()

@@ -1,0 +1,12 @@
+"""Prometheus metrics shared by every part of the process."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+GOOGLE_CALLS = Counter("calsync_google_calls_total", "Calls to Google APIs", ["method", "status"])
+NOTIFICATIONS = Counter("calsync_notifications_total", "Push notifications received", ["state", "outcome"])
+SYNCS = Counter("calsync_syncs_total", "Calendar syncs run", ["kind", "outcome"])
+CHANGES = Counter("calsync_changes_total", "Changes written to the diff log", ["kind"])
+SYNC_SECONDS = Histogram("calsync_sync_seconds", "Duration of one calendar sync", ["kind"])
+DELIVERIES = Counter("calsync_webhook_deliveries_total", "Outgoing webhook attempts", ["outcome"])

@@ -1,0 +1,276 @@
+"""The data model: SQLAlchemy 2.0 typed ORM classes. The schema itself is made by Alembic only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in and out, on SQLite (which keeps naive text) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; calsync uses aware UTC only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[str]: JSONType}
+
+
+class Account(Base):
+    """A connected Google account; its primary calendar id is its email."""
+
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    credentials: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet-encrypted JSON
+    scopes: Mapped[list[str]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(20), default="active")  # active|reauth_required|disconnected
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # The calendar list is work of its own, coalesced like a calendar's events.
+    list_requested: Mapped[int] = mapped_column(Integer, default=1)
+    list_done: Mapped[int] = mapped_column(Integer, default=0)
+    list_due_at: Mapped[datetime | None] = mapped_column(index=True)
+    list_lease_owner: Mapped[str | None] = mapped_column(String(100))
+    list_lease_until: Mapped[datetime | None]
+    list_error_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    updated_at: Mapped[datetime] = mapped_column(default=_now, onupdate=_now)
+
+    calendars: Mapped[list[Calendar]] = relationship(back_populates="account")
+
+
+class Calendar(Base):
+    """One Google calendar of an account, with its sync token and its place in the work queue."""
+
+    __tablename__ = "calendars"
+    __table_args__ = (UniqueConstraint("account_id", "google_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    google_id: Mapped[str] = mapped_column(String(1024))
+    summary: Mapped[str | None] = mapped_column(Text)
+    time_zone: Mapped[str | None] = mapped_column(String(100))
+    access_role: Mapped[str | None] = mapped_column(String(40))
+    primary: Mapped[bool] = mapped_column(Boolean, default=False)
+    removed_at: Mapped[datetime | None]  # gone from the account's calendar list; changes stay
+    # Sync state
+    sync_token: Mapped[str | None] = mapped_column(Text)
+    sync_state: Mapped[str] = mapped_column(String(20), default="pending")  # pending|synced|backoff|error
+    baseline_done: Mapped[bool] = mapped_column(Boolean, default=False)
+    full_sync_gen: Mapped[int] = mapped_column(Integer, default=0)
+    last_synced_at: Mapped[datetime | None]
+    next_reconcile_at: Mapped[datetime | None]
+    # Work queue: requested > done means a sync is owed; due_at says when it may run.
+    sync_requested: Mapped[int] = mapped_column(Integer, default=1)
+    sync_done: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime | None] = mapped_column(index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None]
+    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    retry_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+    account: Mapped[Account] = relationship(back_populates="calendars")
+
+
+class Channel(Base):
+    """A push channel opened with Google; the token is kept only as a hash."""
+
+    __tablename__ = "channels"
+    __table_args__ = (Index("ix_channels_status_expires_at", "status", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # events|calendar_list
+    token_hash: Mapped[str] = mapped_column(String(64))
+    resource_id: Mapped[str | None] = mapped_column(String(255))
+    resource_uri: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|active|stopping|stopped|expired
+    last_message_number: Mapped[int | None] = mapped_column(BigInteger)
+    replaced_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    stopped_at: Mapped[datetime | None]
+
+
+class Event(Base):
+    """The mirror of one Google event (series, exception or single), as Google's JSON."""
+
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("calendar_id", "google_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    calendar_id: Mapped[int] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
+    google_id: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(20))
+    etag: Mapped[str | None] = mapped_column(String(100))
+    updated: Mapped[str | None] = mapped_column(String(40))
+    recurring_event_id: Mapped[str | None] = mapped_column(String(1024))
+    start: Mapped[str | None] = mapped_column(String(40))
+    end: Mapped[str | None] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]] = mapped_column()
+    seen_gen: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Change(Base):
+    """One row of the diff log. `seq` is global, strictly increasing, and in commit order."""
+
+    __tablename__ = "changes"
+    __table_args__ = (Index("ix_changes_calendar_id_seq", "calendar_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
+    calendar_id: Mapped[int] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
+    event_id: Mapped[str] = mapped_column(String(1024))
+    kind: Mapped[str] = mapped_column(String(10))  # created|updated|deleted
+    fields: Mapped[list[str]] = mapped_column(default=list)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    detected_at: Mapped[datetime] = mapped_column(default=_now)
+
+    calendar: Mapped[Calendar] = relationship()
+
+
+class Counter(Base):
+    """Named counters; taking `seq` from a locked row keeps seq order equal to commit order."""
+
+    __tablename__ = "counters"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Notification(Base):
+    """A bounded log of received push notifications, for the inspector."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    channel_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    resource_state: Mapped[str | None] = mapped_column(String(20))
+    message_number: Mapped[int | None] = mapped_column(BigInteger)
+    resource_id: Mapped[str | None] = mapped_column(String(255))
+    headers: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    outcome: Mapped[str] = mapped_column(String(40))
+    received_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+
+
+class WebhookSubscription(Base):
+    """An operator's endpoint that receives signed change messages."""
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(default=list)
+    calendars: Mapped[list[str] | None] = mapped_column(JSONType)
+    format: Mapped[str] = mapped_column(String(20), default="standard")  # standard|slack
+    secret: Mapped[bytes] = mapped_column(LargeBinary)  # encrypted whsec_…
+    previous_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
+    previous_secret_until: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(20), default="active")  # active|paused|disabled
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    last_success_at: Mapped[datetime | None]
+    failing_since: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+
+class Delivery(Base):
+    """The outbox: one message of one change to one subscription, written with the change."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "change_seq"),
+        Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("webhook_subscriptions.id", ondelete="CASCADE"))
+    change_seq: Mapped[int] = mapped_column(BigInteger, ForeignKey("changes.seq", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(String(80), unique=True)
+    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(100))
+    lease_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    delivered_at: Mapped[datetime | None]
+
+
+class DeliveryAttempt(Base):
+    """Every attempt, logged with status, latency and the first bytes of the answer."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
+    attempted_at: Mapped[datetime] = mapped_column(default=_now)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float | None]
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class WorkerHeartbeat(Base):
+    """Each worker process says it is alive; /healthz reads the freshest."""
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=_now)
+    seen_at: Mapped[datetime] = mapped_column(default=_now, index=True)

@@ -1,0 +1,33 @@
+"""What a process needs to do calsync's work, built once from Settings (no Flask required)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from calsync.clock import Clock, SystemClock
+from calsync.config import Settings
+from calsync.crypto import TokenCipher, cipher_from_settings
+from calsync.db import make_engine, make_sessionmaker
+from calsync.wakeup import Wakeup
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    cipher: TokenCipher
+    clock: Clock = field(default_factory=SystemClock)
+    wakeup: Wakeup = field(default_factory=Wakeup)
+
+    @classmethod
+    def create(cls, settings: Settings, *, clock: Clock | None = None, engine: Engine | None = None) -> Runtime:
+        engine = engine or make_engine(settings.database_url)
+        return cls(settings=settings, engine=engine, sessions=make_sessionmaker(engine),
+                   cipher=cipher_from_settings(settings), clock=clock or SystemClock())
+
+    def close(self) -> None:
+        self.engine.dispose()

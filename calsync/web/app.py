@@ -1,0 +1,50 @@
+"""Assembles the Flask app: settings, runtime, blueprints, JSON errors."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from flask import Flask, current_app
+
+from calsync.config import Settings
+from calsync.runtime import Runtime
+
+STATIC = Path(__file__).resolve().parent.parent.parent / "static"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def build_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
+    settings = settings or (runtime.settings if runtime else Settings.from_env())
+    runtime = runtime or Runtime.create(settings)
+    app = Flask("calsync", static_folder=str(STATIC), static_url_path="/static",
+                template_folder=str(TEMPLATES), instance_path=str(settings.instance_path))
+    app.config["SECRET_KEY"] = settings.secret_key or _instance_secret(settings.instance_path)
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.config["SESSION_COOKIE_HTTPONLY"] = True
+    app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")
+    app.extensions["calsync"] = runtime
+
+    from calsync.web import health
+
+    for module in (health,):
+        app.register_blueprint(module.bp)
+    return app
+
+
+def runtime() -> Runtime:
+    """The Runtime of the app handling the current request."""
+    return current_app.extensions["calsync"]  # type: ignore[no-any-return]
+
+
+def _instance_secret(folder: Path) -> str:
+    """A per-installation session key kept in the instance folder when none is configured."""
+    path = folder / "secret.key"
+    if path.exists():
+        return path.read_text().strip()
+    folder.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key

@@ -1,0 +1,1 @@
+"""Outgoing webhooks: signed messages of diff-log changes to operators' endpoints."""

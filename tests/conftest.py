@@ -1,0 +1,158 @@
+"""Shared fixtures: a real database (SQLite and PostgreSQL) on the real migrations, the emulator over
+HTTP, and calsync's web app served on loopback so the emulator's push reaches it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from werkzeug.serving import make_server
+
+from calsync.config import Settings
+from calsync.crypto import new_key
+from calsync.db import make_engine
+from calsync.migrate import upgrade
+from calsync.runtime import Runtime
+
+PG_ENV = "CALSYNC_TEST_DATABASE_URL"
+API_TOKEN = "test-api-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# Databases -------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _postgres_url() -> str | None:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        return None
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    upgrade(engine)
+    engine.dispose()
+    return Settings(database_url=url).database_url
+
+
+def _truncate_postgres(url: str) -> None:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        tables = [r[0] for r in conn.execute(text(
+            "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"))]
+        conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        conn.execute(text("INSERT INTO counters (name, value) VALUES ('change_seq', 0)"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, _sqlite_template: Path) -> str:
+    """Every database test runs on both engines; PostgreSQL skips only without CALSYNC_TEST_DATABASE_URL."""
+    if request.param == "sqlite":
+        path = tmp_path / "calsync.db"
+        shutil.copy(_sqlite_template, path)
+        return f"sqlite:///{path}"
+    pg = request.getfixturevalue("_postgres_url")
+    if pg is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{PG_ENV} must be set in CI")
+        pytest.skip(f"PostgreSQL run skipped: set {PG_ENV}=postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    _truncate_postgres(pg)
+    return pg
+
+
+# The emulator --------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def _emulator_server() -> Iterator[object]:
+    from calsync.emulator import Emulator
+
+    emu = Emulator(access_token_ttl=3600)
+    emu.start(host="127.0.0.1", port=0)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def emu(_emulator_server: object) -> Iterator[object]:
+    """The local Google, emptied for each test."""
+    _emulator_server.reset()  # type: ignore[attr-defined]
+    yield _emulator_server
+
+
+# calsync -------------------------------------------------------------------------------------
+@pytest.fixture
+def public_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def settings(db_url: str, emu: object, tmp_path: Path, public_port: int) -> Settings:
+    public_url = f"http://127.0.0.1:{public_port}"
+    secrets_path = tmp_path / "client_secret.json"
+    emu.write_client_secrets(secrets_path, [public_url + "/oauth2callback"])  # type: ignore[attr-defined]
+    return Settings(
+        database_url=db_url,
+        google_client_secrets=secrets_path,
+        google_api_url=emu.api_url,  # type: ignore[attr-defined]
+        public_url=public_url,
+        secret_key=None,
+        token_key=new_key(),  # type: ignore[arg-type]
+        api_token=API_TOKEN,  # type: ignore[arg-type]
+        instance_path=tmp_path / "instance",
+    )
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = Runtime.create(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def app(runtime: Runtime):  # type: ignore[no-untyped-def]
+    from calsync import create_app
+
+    application = create_app(runtime=runtime)
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def api_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@pytest.fixture
+def live_server(app, public_port: int) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """calsync's web app on the loopback port its settings name, so push from the emulator arrives."""
+    server = make_server("127.0.0.1", public_port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{public_port}"
+    server.shutdown()
+    thread.join(timeout=5)

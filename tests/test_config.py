@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+
+from calsync.config import Secret, Settings, parse_duration
+from calsync.errors import ConfigError
+
+
+def test_every_malformed_variable_is_named_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"CALSYNC_CHANNEL_TTL": "soon", "CALSYNC_PUBLIC_URL": "ftp://x",
+                           "CALSYNC_WORKER_THREADS": "-2", "CALSYNC_DATABASE_URL": "mysql://x/y"})
+    text = str(info.value)
+    for name in ("CALSYNC_CHANNEL_TTL", "CALSYNC_PUBLIC_URL", "CALSYNC_WORKER_THREADS", "CALSYNC_DATABASE_URL"):
+        assert name in text
+
+
+def test_durations_accept_units() -> None:
+    assert parse_duration("90") == 90
+    assert parse_duration("15m") == 900
+    assert parse_duration("1h") == 3600
+    assert parse_duration("7d") == 604800
+    s = Settings.from_env({"CALSYNC_RENEW_BEFORE": "2h", "CALSYNC_RECONCILE_EVERY": "30m"})
+    assert (s.renew_before, s.reconcile_every) == (7200, 1800)
+
+
+def test_api_url_gets_one_trailing_slash_and_calendar_path() -> None:
+    for base in ("http://127.0.0.1:8085", "http://127.0.0.1:8085/"):
+        s = Settings(google_api_url=base)
+        assert s.calendar_api_endpoint == "http://127.0.0.1:8085/calendar/v3/"
+
+
+def test_postgres_urls_use_psycopg3() -> None:
+    s = Settings.from_env({"CALSYNC_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test"})
+    assert s.database_url == "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def test_secrets_hide_in_repr() -> None:
+    s = Settings.from_env({"CALSYNC_API_TOKEN": "hunter2", "CALSYNC_TOKEN_KEY": "k" * 44})
+    assert "hunter2" not in repr(s)
+    assert isinstance(s.api_token, Secret) and s.api_token == "hunter2"
+
+
+def test_insecure_transport_only_for_loopback_http() -> None:
+    assert Settings(public_url="http://127.0.0.1:8000").public_url_is_local_http
+    assert Settings(public_url="http://localhost:8000").public_url_is_local_http
+    assert not Settings(public_url="http://calsync.example.com").public_url_is_local_http
+    assert not Settings(public_url="https://127.0.0.1").public_url_is_local_http
