@@ -2,6 +2,7 @@
 
     CalsyncError
     ├── ConfigError                 a setting is missing or malformed (names every bad variable)
+    ├── LeaseLost                   another worker took over this work; stop without writing
     ├── NotFoundError               an unknown account, calendar, subscription … asked for by a user
     ├── ConsentError                the OAuth consent could not be completed (denied, bad state, exchange)
     ├── WebhookError                outgoing webhooks
@@ -94,3 +95,7 @@ class RateLimited(TransientGoogleError):
 
 class BackendError(TransientGoogleError):
     """Google (or the network to it) failed; try again later."""
+
+
+class LeaseLost(CalsyncError):
+    """Another worker owns this work now (our lease lapsed); stop without writing."""
