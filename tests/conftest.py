@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import make_url, text
 from werkzeug.serving import make_server
 
 from calsync.config import Settings
@@ -41,17 +41,27 @@ def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def _postgres_url() -> str | None:
+def _postgres_url() -> Iterator[str | None]:
+    """A database of this test session's own, made beside the one CALSYNC_TEST_DATABASE_URL names,
+    so that concurrent runs never truncate each other's tables."""
     url = os.environ.get(PG_ENV)
     if not url:
-        return None
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
-        conn.execute(text("CREATE SCHEMA public"))
+        yield None
+        return
+    admin_url = make_url(Settings(database_url=url).database_url)
+    name = f"calsync_test_{os.getpid()}"
+    admin = make_engine(admin_url.render_as_string(hide_password=False), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    own = admin_url.set(database=name).render_as_string(hide_password=False)
+    engine = make_engine(own)
     upgrade(engine)
     engine.dispose()
-    return Settings(database_url=url).database_url
+    yield own
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 def _truncate_postgres(url: str) -> None:
