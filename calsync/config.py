@@ -90,6 +90,7 @@ class Settings:
     webhook_allow_private: bool = False
     webhook_timeout: float = 15.0
     webhook_disable_after: float = 5 * 86400
+    webhook_verify_timeout: float = 5.0
     worker_threads: int = 4
     lease_seconds: float = 120.0
     notification_log_size: int = 1000
@@ -155,7 +156,7 @@ class Settings:
 
 def _convert(name: str, raw: str) -> object:
     if name in {"channel_ttl", "renew_before", "reconcile_every", "webhook_timeout",
-                "webhook_disable_after", "lease_seconds"}:
+                "webhook_disable_after", "webhook_verify_timeout", "lease_seconds"}:
         seconds = parse_duration(raw)
         if seconds <= 0:
             raise ValueError("must be positive")
