@@ -6,6 +6,7 @@
     ├── NotFoundError               an unknown account, calendar, subscription … asked for by a user
     ├── ConsentError                the OAuth consent could not be completed (denied, bad state, exchange)
     ├── WebhookError                outgoing webhooks
+    │   ├── InvalidSubscription     a subscription request names a bad field (carries `field`)
     │   ├── UnsafeURLError          the URL is not allowed (scheme, private address)
     │   └── VerificationFailed      the endpoint did not prove it belongs to the subscriber
     └── GoogleApiError              anything Google answered with an error (mapped in calsync.google.calendar)
@@ -39,6 +40,14 @@ class ConsentError(CalsyncError):
 
 class WebhookError(CalsyncError):
     """Outgoing webhook problem."""
+
+
+class InvalidSubscription(WebhookError):
+    """A webhook subscription request with a bad field; `field` names it for the caller."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnsafeURLError(WebhookError):
