@@ -20,9 +20,10 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
+    from calsync.cli.changes import changes
     from calsync.cli.db import db, keygen
 
-    for command in (db, keygen):
+    for command in (db, keygen, changes):
         cli.add_command(command)
 
 

@@ -26,9 +26,9 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")
     app.extensions["calsync"] = runtime
 
-    from calsync.web import health
+    from calsync.web import api, auth, health
 
-    for module in (health,):
+    for module in (health, auth, api):
         app.register_blueprint(module.bp)
     return app
 

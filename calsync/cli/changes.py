@@ -1,0 +1,123 @@
+"""`calsync changes`: the diff log on a terminal, or as JSON lines for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from calsync.config import Settings
+from calsync.db import make_engine, make_sessionmaker
+from calsync.errors import ConfigError, NotFoundError
+from calsync.migrate import current_revision
+from calsync.web import serializers
+
+POLL_SECONDS = 0.5
+KIND_STYLE = {"created": "green", "updated": "yellow", "deleted": "red"}
+VALUE_WIDTH = 200
+
+
+@click.command()
+@click.option("--after", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Print changes with a seq greater than this.")
+@click.option("--limit", type=click.IntRange(min=1), default=serializers.CHANGES_DEFAULT_LIMIT,
+              show_default=True, help="At most this many changes (per poll with --follow; capped at 1000).")
+@click.option("--calendar", "calendar_id", metavar="ID", help="Only changes of this Google calendar id.")
+@click.option("--account", metavar="EMAIL", help="With --calendar: the account, when several share the calendar.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new changes as they are committed (Ctrl-C stops).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as in /api/changes.")
+def changes(after: int, limit: int, calendar_id: str | None, account: str | None, follow: bool,
+            as_json: bool) -> None:
+    """Print the diff log of CALSYNC_DATABASE_URL."""
+    if account and not calendar_id:
+        raise click.UsageError("--account needs --calendar")
+    settings = Settings.from_env()
+    engine = _open_database(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    console = Console(highlight=False, soft_wrap=True)
+    limit = min(limit, serializers.CHANGES_MAX_LIMIT)
+    try:
+        calendars = _calendars(sessions, calendar_id, account)
+        if calendars == [] and not follow:
+            raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
+        while True:
+            with sessions() as session:
+                page = serializers.changes_page(session, after=after, limit=limit, calendars=calendars)
+            for item in page.changes:
+                _print(console, item, as_json)
+            sys.stdout.flush()
+            after = page.next
+            if not follow:
+                if not page.changes and not as_json:
+                    click.echo(f"no changes after seq {after}", err=True)
+                return
+            if len(page.changes) < limit:
+                time.sleep(POLL_SECONDS)
+                if calendar_id and not calendars:
+                    calendars = _calendars(sessions, calendar_id, account)
+    except KeyboardInterrupt:
+        return
+    finally:
+        engine.dispose()
+
+
+def format_change(item: dict[str, Any]) -> list[str]:
+    """Rich-markup lines for one change: a header, then `field: before → after` for updates."""
+    kind = item["change"]
+    style = KIND_STYLE.get(kind, "white")
+    event = item["after"] or item["before"] or {}
+    summary = event.get("summary") or "(no title)"
+    lines = [f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {escape(item['account'])} / "
+             f"{escape(item['calendar_id'])}  [{style}]{kind}[/{style}]  {escape(str(summary))}  "
+             f"[dim]{escape(item['event_id'])}[/dim]"]
+    if kind == "updated":
+        before, after = item["before"] or {}, item["after"] or {}
+        for name in item["fields"]:
+            lines.append(f"    {escape(name)}: {escape(_short(before.get(name)))} → {escape(_short(after.get(name)))}")
+    return lines
+
+
+def _print(console: Console, item: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(item, separators=(",", ":"), sort_keys=True) + "\n")
+        return
+    for line in format_change(item):
+        console.print(line)
+
+
+def _short(value: Any) -> str:
+    text = "∅" if value is None else json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= VALUE_WIDTH else text[: VALUE_WIDTH - 1] + "…"
+
+
+def _open_database(url: str) -> Engine:
+    """An engine on an existing calsync database; reading must never create one by accident."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).exists():
+            raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {parsed.database} (run `calsync db upgrade`)")
+    engine = make_engine(url)
+    if current_revision(engine) is None:
+        engine.dispose()
+        raise ConfigError("CALSYNC_DATABASE_URL: the database has no calsync schema (run `calsync db upgrade`)")
+    return engine
+
+
+def _calendars(sessions: sessionmaker[Session], calendar_id: str | None, account: str | None) -> list[Any] | None:
+    """The calendar rows of --calendar; an empty list while it is unknown (it may appear under --follow)."""
+    if not calendar_id:
+        return None
+    with sessions() as session:
+        try:
+            return serializers.find_calendars(session, calendar_id, account)
+        except NotFoundError:
+            return []
