@@ -1,0 +1,165 @@
+"""Calendar API v3 routes, shaped exactly as google-api-python-client calls them.
+
+Each handler: authenticate the bearer token, apply injected faults, check the scope, then call
+the emulator (which owns locking and push).  Errors are ``ApiError`` rendered by the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from . import grants
+from .errors import ApiError
+
+if TYPE_CHECKING:
+    from .emulator import Emulator
+
+bp = Blueprint("calendar_api", __name__, url_prefix="/calendar/v3")
+READ, LIST, WRITE = grants.READ_SCOPES, grants.LIST_SCOPES, grants.WRITE_SCOPES
+AUTH_HEADER = 'Bearer realm="https://accounts.google.com/", error="invalid_token"'
+
+
+def api(name: str, scopes: frozenset[str]) -> Callable:
+    """Mark a handler as Calendar API method ``name`` needing one of ``scopes``."""
+
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(handler)
+        def wrapper(**kwargs: Any) -> Any:
+            g.api_method = name
+            if "calendarId" in kwargs:
+                g.calendar_id = kwargs["calendarId"]
+            emu = _emulator()
+            token = _authenticate(emu)
+            g.user = token.grant.user
+            g.client_id = token.grant.client_id
+            if g.get("calendar_id") == "primary":
+                g.calendar_id = token.grant.user
+            emu.faults.check(name, g.get("calendar_id"))
+            if not scopes & token.scopes:
+                raise ApiError(403, "insufficientPermissions",
+                               "Request had insufficient authentication scopes.",
+                               top_message="Request had insufficient authentication scopes.")
+            return handler(emu, token.grant.user, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+@bp.get("/users/me/calendarList")
+@api("calendar.calendarList.list", LIST)
+def calendar_list(emu: Emulator, user: str) -> Response:
+    return jsonify(emu._api_calendar_list(user, _params()))
+
+
+@bp.get("/users/me/calendarList/<path:calendarId>")
+@api("calendar.calendarList.get", LIST)
+def calendar_list_get(emu: Emulator, user: str, calendarId: str) -> Response:
+    return jsonify(emu._api_calendar_list_entry(user, calendarId))
+
+
+@bp.post("/users/me/calendarList/watch")
+@api("calendar.calendarList.watch", LIST)
+def calendar_list_watch(emu: Emulator, user: str) -> Response:
+    return jsonify(emu._api_watch(user, None, _body(), g.client_id))
+
+
+@bp.get("/calendars/<calendarId>")
+@api("calendar.calendars.get", LIST | READ)
+def calendar_get(emu: Emulator, user: str, calendarId: str) -> Response:
+    return jsonify(emu._api_calendar(user, calendarId))
+
+
+@bp.get("/calendars/<calendarId>/events")
+@api("calendar.events.list", READ)
+def events_list(emu: Emulator, user: str, calendarId: str) -> Response:
+    return jsonify(emu._api_list_events(user, calendarId, _params()))
+
+
+@bp.post("/calendars/<calendarId>/events/watch")
+@api("calendar.events.watch", READ)
+def events_watch(emu: Emulator, user: str, calendarId: str) -> Response:
+    return jsonify(emu._api_watch(user, calendarId, _body(), g.client_id))
+
+
+@bp.post("/calendars/<calendarId>/events")
+@api("calendar.events.insert", WRITE)
+def events_insert(emu: Emulator, user: str, calendarId: str) -> Response:
+    return jsonify(emu._api_write(user, calendarId, "insert", None, _body()))
+
+
+@bp.get("/calendars/<calendarId>/events/<eventId>")
+@api("calendar.events.get", READ)
+def events_get(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
+    return jsonify(emu._api_get_event(user, calendarId, eventId))
+
+
+@bp.get("/calendars/<calendarId>/events/<eventId>/instances")
+@api("calendar.events.instances", READ)
+def events_instances(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
+    return jsonify(emu._api_instances(user, calendarId, eventId, _params()))
+
+
+@bp.patch("/calendars/<calendarId>/events/<eventId>")
+@api("calendar.events.patch", WRITE)
+def events_patch(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
+    return jsonify(emu._api_write(user, calendarId, "patch", eventId, _body()))
+
+
+@bp.put("/calendars/<calendarId>/events/<eventId>")
+@api("calendar.events.update", WRITE)
+def events_update(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
+    return jsonify(emu._api_write(user, calendarId, "update", eventId, _body()))
+
+
+@bp.delete("/calendars/<calendarId>/events/<eventId>")
+@api("calendar.events.delete", WRITE)
+def events_delete(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
+    emu._api_write(user, calendarId, "delete", eventId, None)
+    return Response(status=204)
+
+
+@bp.post("/channels/stop")
+@api("calendar.channels.stop", READ | LIST)
+def channels_stop(emu: Emulator, user: str) -> Response:
+    body = _body()
+    emu._api_stop_channel(user, body.get("id"), body.get("resourceId"), g.client_id)
+    return Response(status=204)
+
+
+def _emulator() -> Emulator:
+    return current_app.extensions["calsync_emulator"]
+
+
+def _authenticate(emu: Emulator) -> grants.Token:
+    header = request.headers.get("Authorization", "")
+    if not header:
+        raise ApiError(401, "required", "Login Required.", location="Authorization",
+                       location_type="header", headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
+                       top_message="Request is missing required authentication credential. Expected OAuth 2 "
+                                   "access token, login cookie or other valid authentication credential.")
+    scheme, _, value = header.partition(" ")
+    token = emu.grants.check_access(value.strip()) if scheme.lower() == "bearer" else None
+    if token is None:
+        raise ApiError(401, "authError", "Invalid Credentials", location="Authorization",
+                       location_type="header", headers={"WWW-Authenticate": AUTH_HEADER},
+                       top_message="Request had invalid authentication credentials. Expected OAuth 2 "
+                                   "access token, login cookie or other valid authentication credential.")
+    return token
+
+
+def _params() -> dict[str, list[str]]:
+    return {key: request.args.getlist(key) for key in request.args}
+
+
+def _body() -> dict[str, Any]:
+    if not request.data:
+        return {}
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "parseError", "Parse Error")
+    return body

@@ -1,0 +1,62 @@
+"""Injected API failures: "the next N calls fail with this Google error" (rate limits, 5xx)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from .errors import ApiError
+
+_DOMAINS = {"rateLimitExceeded": "usageLimits", "userRateLimitExceeded": "usageLimits",
+            "quotaExceeded": "usageLimits", "dailyLimitExceeded": "usageLimits"}
+
+
+@dataclass
+class FailRule:
+    """Fail the next ``remaining`` matching calls with this status and reason."""
+
+    remaining: int
+    status: int
+    reason: str
+    retry_after: int | None = None
+    method: str | None = None
+    calendar_id: str | None = None
+
+    def matches(self, api_method: str, calendar_id: str | None) -> bool:
+        """Whether this rule applies to a call (no method means any Calendar API call)."""
+        if self.method is not None and self.method != api_method:
+            return False
+        return self.calendar_id is None or self.calendar_id == calendar_id
+
+
+class Faults:
+    """The queue of pending API failures, consumed first-come first-served."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.rules: list[FailRule] = []
+
+    def add(self, rule: FailRule) -> None:
+        """Queue a rule after the ones already pending."""
+        if rule.remaining < 1 or not 400 <= rule.status <= 599:
+            raise ValueError("fail_next needs n >= 1 and an HTTP error status")
+        with self._lock:
+            self.rules.append(rule)
+
+    def clear(self) -> None:
+        """Forget every pending failure."""
+        with self._lock:
+            self.rules.clear()
+
+    def check(self, api_method: str, calendar_id: str | None) -> None:
+        """Raise the Google error of the first matching rule, consuming one use of it."""
+        with self._lock:
+            rule = next((r for r in self.rules if r.matches(api_method, calendar_id)), None)
+            if rule is None:
+                return
+            rule.remaining -= 1
+            if rule.remaining <= 0:
+                self.rules.remove(rule)
+        headers = {"Retry-After": str(rule.retry_after)} if rule.retry_after is not None else {}
+        raise ApiError(rule.status, rule.reason, domain=_DOMAINS.get(rule.reason, "global"),
+                       headers=headers)
