@@ -1,0 +1,187 @@
+"""Full and incremental sync of one calendar: each page of events is one transaction.
+
+A page's Event rows, its Change rows and (on the last page) the new sync token commit together, so
+a process killed at any instant re-lists from the token it still holds and finds, by comparing with
+the mirror, that what it already wrote needs writing no more.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.oauth2.credentials import Credentials
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from calsync.accounts import load_credentials, mark_reauth_required, save_if_refreshed
+from calsync.changes import append_changes
+from calsync.db import transaction
+from calsync.errors import AuthRevoked, GoogleApiError, LeaseLost, NotFoundError, SyncTokenExpired
+from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar
+from calsync.metrics import SYNC_SECONDS, SYNCS
+from calsync.mirror import PageMirror
+from calsync.models import Calendar
+from calsync.runtime import Runtime
+
+Progress = Callable[[int, int | None], None]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync did; `kind` is "full" (baseline), "incremental" or "resync" (compared with the mirror)."""
+
+    kind: str
+    pages: int
+    events_seen: int
+    created: int
+    updated: int
+    deleted: int
+
+
+def sync_calendar(runtime: Runtime, calendar_id: int, *, full: bool = False, lease_owner: str | None = None,
+                  progress: Progress | None = None, page_size: int = EVENTS_PAGE_SIZE) -> SyncResult:
+    """Bring one calendar's mirror and diff log up to date with Google.
+
+    Without a sync token (or with `full`) this lists everything; a 410 on the token clears it and
+    does the same. Errors other than a 410 propagate for the worker to schedule around.
+    """
+    started = time.monotonic()
+    job = _Job.load(runtime, calendar_id, lease_owner=lease_owner, progress=progress, page_size=page_size)
+    kind = "incremental" if job.sync_token and not full else ("resync" if job.baseline_done else "full")
+    try:
+        try:
+            result = job.run(kind)
+        except SyncTokenExpired:
+            if kind != "incremental":
+                raise
+            kind = "resync"
+            result = job.run(kind)
+    except AuthRevoked as err:
+        job.mark_revoked(err)
+        SYNCS.labels(kind, "auth_revoked").inc()
+        raise
+    except Exception as err:
+        if isinstance(err, GoogleApiError):
+            job.keep_refreshed_token()
+        SYNCS.labels(kind, type(err).__name__).inc()
+        raise
+    SYNCS.labels(kind, "ok").inc()
+    SYNC_SECONDS.labels(kind).observe(time.monotonic() - started)
+    return result
+
+
+@dataclass
+class _Job:
+    """One sync of one calendar: the Google client, the lease, and the state kept between pages."""
+
+    runtime: Runtime
+    calendar_id: int
+    account_id: int
+    google_id: str
+    sync_token: str | None
+    baseline_done: bool
+    credentials: Credentials
+    lease_owner: str | None
+    progress: Progress | None
+    page_size: int
+    token_before: str | None = None
+    api: GoogleCalendar = field(init=False)
+
+    @classmethod
+    def load(cls, runtime: Runtime, calendar_id: int, *, lease_owner: str | None, progress: Progress | None,
+             page_size: int) -> _Job:
+        with runtime.sessions() as session:
+            cal = session.get(Calendar, calendar_id)
+            if cal is None:
+                raise NotFoundError(f"no calendar with id {calendar_id}")
+            creds = load_credentials(runtime, cal.account)
+            job = cls(runtime=runtime, calendar_id=cal.id, account_id=cal.account_id, google_id=cal.google_id,
+                      sync_token=cal.sync_token, baseline_done=bool(cal.baseline_done), credentials=creds,
+                      lease_owner=lease_owner, progress=progress, page_size=page_size, token_before=creds.token)
+        job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
+        return job
+
+    def run(self, kind: str) -> SyncResult:
+        """List every page (from the token when incremental) and commit each one with its changes."""
+        token = self.sync_token if kind == "incremental" else None
+        gen: int | None = None
+        deferred: list[dict[str, Any]] = []
+        counts: Counter[str] = Counter()
+        pages = seen = 0
+        page_token: str | None = None
+        while True:
+            page = self.api.list_events_page(self.google_id, sync_token=token, page_token=page_token,
+                                             max_results=self.page_size)
+            page_token = page.get("nextPageToken")
+            next_sync_token = page.get("nextSyncToken")
+            if not page_token and not next_sync_token:
+                raise GoogleApiError("events.list ended without nextSyncToken", reason="noSyncToken")
+            items: list[dict[str, Any]] = list(page.get("items") or [])
+            with transaction(self.runtime.sessions) as session:
+                now = self.runtime.clock.now()
+                self._extend_lease(session, now)
+                if token is None and gen is None:
+                    gen = self._start_full_sync(session)
+                mirror = PageMirror(session, self.calendar_id, gen=gen, record=kind != "full")
+                mirror.apply(items, deferred)
+                if next_sync_token:
+                    mirror.finish(deferred)
+                    if gen is not None:
+                        mirror.sweep()
+                    self._finish(session, next_sync_token, now)
+                save_if_refreshed(session, self.runtime, self.account_id, self.credentials, self.token_before)
+                append_changes(session, mirror.changes, now)
+            self.token_before = self.credentials.token
+            counts.update(change.kind for change in mirror.changes)
+            pages += 1
+            seen += len(items)
+            if self.progress is not None:
+                self.progress(seen, None)
+            if next_sync_token:
+                self.sync_token = next_sync_token
+                self.baseline_done = True
+                return SyncResult(kind=kind, pages=pages, events_seen=seen, created=counts["created"],
+                                  updated=counts["updated"], deleted=counts["deleted"])
+
+    def mark_revoked(self, err: AuthRevoked) -> None:
+        """A dead grant must be visible; recorded in its own transaction before the error goes on."""
+        with transaction(self.runtime.sessions) as session:
+            mark_reauth_required(session, self.account_id, str(err), self.runtime.clock.now())
+
+    def keep_refreshed_token(self) -> None:
+        """A token refreshed before a failed call is still good: keep it so the retry does not refresh."""
+        if self.credentials.token == self.token_before:
+            return
+        with transaction(self.runtime.sessions) as session:
+            save_if_refreshed(session, self.runtime, self.account_id, self.credentials, self.token_before)
+        self.token_before = self.credentials.token
+
+    # Inside a page's transaction --------------------------------------------------------------
+    def _extend_lease(self, session: Session, now: datetime) -> None:
+        """Extend our lease, or stop writing if another worker owns the calendar now."""
+        if self.lease_owner is None:
+            return
+        until = now + timedelta(seconds=self.runtime.settings.lease_seconds)
+        result = session.execute(
+            update(Calendar).where(Calendar.id == self.calendar_id, Calendar.lease_owner == self.lease_owner)
+            .values(lease_until=until).execution_options(synchronize_session=False))
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")
+
+    def _start_full_sync(self, session: Session) -> int:
+        """A new generation: events the listing stamps with it are present; older ones are gone."""
+        session.execute(update(Calendar).where(Calendar.id == self.calendar_id)
+                        .values(full_sync_gen=Calendar.full_sync_gen + 1, sync_token=None)
+                        .execution_options(synchronize_session=False))
+        return int(session.scalar(select(Calendar.full_sync_gen).where(Calendar.id == self.calendar_id)) or 0)
+
+    def _finish(self, session: Session, next_sync_token: str, now: datetime) -> None:
+        session.execute(update(Calendar).where(Calendar.id == self.calendar_id).values(
+            sync_token=next_sync_token, baseline_done=True, last_synced_at=now, sync_state="synced",
+            last_error=None, next_reconcile_at=now + timedelta(seconds=self.runtime.settings.reconcile_every),
+        ).execution_options(synchronize_session=False))

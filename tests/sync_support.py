@@ -1,0 +1,61 @@
+"""Helpers shared by the sync tests: connect an emulator user, read the mirror and the diff log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.oauth2.credentials import Credentials
+from sqlalchemy import select
+
+from calsync.accounts import upsert_account
+from calsync.db import transaction
+from calsync.google.oauth import client_config
+from calsync.models import Calendar, Change, Event
+from calsync.runtime import Runtime
+
+READONLY = "https://www.googleapis.com/auth/calendar.readonly"
+
+
+def connect_account(runtime: Runtime, emu: Any, email: str) -> int:
+    """Create the user in the emulator and store its tokens as the consent flow would."""
+    emu.create_user(email)
+    tokens = emu.issue_tokens(email)
+    cfg = client_config(runtime.settings)
+    creds = Credentials(token=tokens["access_token"], refresh_token=tokens["refresh_token"],
+                        token_uri=emu.url + "/token", client_id=cfg.client_id, client_secret=cfg.client_secret,
+                        scopes=[READONLY])
+    with transaction(runtime.sessions) as session:
+        return upsert_account(session, runtime.cipher, email, creds, [READONLY], runtime.clock.now()).id
+
+
+def calendar_row_id(runtime: Runtime, google_id: str) -> int:
+    with runtime.sessions() as session:
+        return session.scalars(select(Calendar.id).where(Calendar.google_id == google_id)).one()
+
+
+def mirror(runtime: Runtime, calendar_id: int) -> dict[str, dict[str, Any]]:
+    """The mirrored JSON by event id."""
+    with runtime.sessions() as session:
+        rows = session.scalars(select(Event).where(Event.calendar_id == calendar_id)).all()
+        return {row.google_id: row.data for row in rows}
+
+
+def google_view(emu: Any, google_calendar_id: str) -> dict[str, dict[str, Any]]:
+    """What Google holds and the mirror must equal: live events plus cancelled exceptions of live series."""
+    everything = emu.events(google_calendar_id, include_cancelled=True)
+    live = {e["id"] for e in everything if e.get("status") != "cancelled"}
+    return {e["id"]: e for e in everything
+            if e.get("status") != "cancelled" or e.get("recurringEventId") in live}
+
+
+def changes(runtime: Runtime, calendar_id: int | None = None, after: int = 0) -> list[Change]:
+    with runtime.sessions() as session:
+        query = select(Change).where(Change.seq > after).order_by(Change.seq)
+        if calendar_id is not None:
+            query = query.where(Change.calendar_id == calendar_id)
+        return list(session.scalars(query).all())
+
+
+def last_seq(runtime: Runtime) -> int:
+    found = changes(runtime)
+    return found[-1].seq if found else 0
