@@ -1,0 +1,22 @@
+"""Per-calendar retry delays: exponential backoff with full jitter, Retry-After honoured.
+
+Full jitter spreads the retries of many calendars hit by one quota wall, so they do not all come
+back in the same second and hit it again.
+"""
+
+from __future__ import annotations
+
+import random
+
+BASE_SECONDS = 2.0
+CAP_SECONDS = 30 * 60.0
+
+
+def backoff_delay(error_count: int, *, retry_after: float | None = None, base: float = BASE_SECONDS,
+                  cap: float = CAP_SECONDS, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the `error_count`-th failure in a row (1 = the first)."""
+    ceiling = min(cap, base * 2 ** max(0, error_count - 1))
+    delay = (rng or random).uniform(0, ceiling)
+    if retry_after is not None and retry_after > delay:
+        delay = min(retry_after, 24 * 3600.0)
+    return delay

@@ -1,0 +1,192 @@
+"""The push receiver: what Google's notifications do to the work queue, and what forged ones do not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from calsync import create_app
+from calsync.channels import open_calendar_list_channel, open_events_channel, stop_channel
+from calsync.config import Settings
+from calsync.db import transaction
+from calsync.models import Account, Channel, Notification
+from calsync.runtime import Runtime
+from calsync.web.receiver import trim_log
+from tests.push_support import (
+    account_row,
+    add_calendar_row,
+    calendar_row,
+    connect_account,
+    emu_channel,
+    push_headers,
+)
+
+
+@pytest.fixture
+def watched(runtime: Runtime, emu: Any) -> dict[str, Any]:
+    """One account, one calendar with an open events channel (as the emulator sees it)."""
+    account_id = connect_account(runtime, emu, "ann@example.com")
+    cal_id = add_calendar_row(runtime, account_id, "ann@example.com", sync_requested=1, sync_done=1,
+                              baseline_done=True)
+    channel_id = open_events_channel(runtime, cal_id)
+    return {"account_id": account_id, "calendar_id": cal_id, "channel": emu_channel(emu, channel_id)}
+
+
+def _notifications(runtime: Runtime) -> list[Notification]:
+    with runtime.sessions() as session:
+        return list(session.scalars(select(Notification).order_by(Notification.id)))
+
+
+def test_exists_marks_the_calendar_for_one_sync_and_wakes_workers(client, runtime, watched):  # type: ignore[no-untyped-def]
+    generation = runtime.wakeup.generation()
+    resp = client.post("/notifications", headers=push_headers(watched["channel"], number=5))
+    assert resp.status_code == 200
+    cal = calendar_row(runtime, watched["calendar_id"])
+    assert (cal.sync_requested, cal.sync_done) == (2, 1)
+    assert cal.due_at == runtime.clock.now() or cal.due_at <= runtime.clock.now()
+    assert runtime.wakeup.generation() > generation
+    assert _notifications(runtime)[-1].outcome == "queued"
+
+
+def test_duplicate_and_older_message_numbers_are_acknowledged_and_ignored(client, runtime, watched):  # type: ignore[no-untyped-def]
+    for number in (9, 9, 4):
+        assert client.post("/notifications", headers=push_headers(watched["channel"], number=number)).status_code == 200
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 2
+    assert [n.outcome for n in _notifications(runtime)][-3:] == ["queued", "duplicate", "duplicate"]
+
+
+def test_sync_message_activates_a_pending_channel_without_asking_for_a_sync(client, runtime, watched):  # type: ignore[no-untyped-def]
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Channel).values(status="pending", last_message_number=None))
+    assert client.post("/notifications", headers=push_headers(watched["channel"], state="sync", number=1)).status_code == 200
+    with runtime.sessions() as session:
+        channel = session.get(Channel, watched["channel"]["id"])
+        assert channel is not None and channel.status == "active" and channel.last_message_number == 1
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
+
+
+@pytest.mark.parametrize("forgery", ["unknown_channel", "bad_token", "missing_token", "bad_resource"])
+def test_forged_notifications_get_404_and_cause_no_sync_and_no_google_call(client, runtime, emu, watched, forgery):  # type: ignore[no-untyped-def]
+    override = {
+        "unknown_channel": {"X-Goog-Channel-ID": "00000000-0000-4000-8000-000000000000"},
+        "bad_token": {"X-Goog-Channel-Token": "guessed"},
+        "missing_token": {"X-Goog-Channel-Token": None},
+        "bad_resource": {"X-Goog-Resource-ID": "some-other-resource"},
+    }[forgery]
+    calls_before = len(emu.requests)
+    resp = client.post("/notifications", headers=push_headers(watched["channel"], number=3, **override))
+    assert resp.status_code == 404
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
+    assert len(emu.requests) == calls_before
+    assert _notifications(runtime)[-1].outcome == forgery.replace("missing_token", "bad_token")
+
+
+def test_logged_headers_never_hold_the_channel_token(client, runtime, watched):  # type: ignore[no-untyped-def]
+    client.post("/notifications", headers=push_headers(watched["channel"], number=3))
+    logged = _notifications(runtime)[-1].headers
+    assert logged["X-Goog-Channel-Token"] == "<redacted>"
+    assert watched["channel"]["token"] not in str(logged)
+
+
+@pytest.mark.parametrize("broken", [
+    {"X-Goog-Channel-ID": None},
+    {"X-Goog-Resource-State": "changed"},
+    {"X-Goog-Resource-State": None},
+    {"X-Goog-Message-Number": "two"},
+    {"X-Goog-Message-Number": None},
+])
+def test_malformed_headers_get_400(client, runtime, watched, broken):  # type: ignore[no-untyped-def]
+    resp = client.post("/notifications", headers=push_headers(watched["channel"], **broken))
+    assert resp.status_code == 400
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
+    assert _notifications(runtime)[-1].outcome == "malformed"
+
+
+def test_a_stopped_channel_gets_404(client, runtime, emu, watched):  # type: ignore[no-untyped-def]
+    stop_channel(runtime, watched["channel"]["id"])
+    assert emu.channels() == []
+    assert client.post("/notifications", headers=push_headers(watched["channel"], number=3)).status_code == 404
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
+
+
+def test_channels_of_an_account_that_is_not_active_get_404(client, runtime, watched):  # type: ignore[no-untyped-def]
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Account).values(status="disconnected"))
+    assert client.post("/notifications", headers=push_headers(watched["channel"], number=3)).status_code == 404
+
+
+def test_an_old_channel_overlapping_its_replacement_still_counts(client, runtime, emu, watched):  # type: ignore[no-untyped-def]
+    new_id = open_events_channel(runtime, watched["calendar_id"])
+    old, new = watched["channel"], emu_channel(emu, new_id)
+    assert old["resource_id"] == new["resource_id"]
+    assert client.post("/notifications", headers=push_headers(old, number=3)).status_code == 200
+    assert client.post("/notifications", headers=push_headers(new, number=3)).status_code == 200
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 3
+
+
+def test_calendar_list_notification_marks_the_account_list(client, runtime, emu, watched):  # type: ignore[no-untyped-def]
+    account_id = watched["account_id"]
+    before = account_row(runtime, account_id).list_requested
+    channel = emu_channel(emu, open_calendar_list_channel(runtime, account_id))
+    assert channel["kind"] == "calendarList"
+    assert client.post("/notifications", headers=push_headers(channel, number=3)).status_code == 200
+    account = account_row(runtime, account_id)
+    assert account.list_requested == before + 1
+    assert account.list_due_at is not None and account.list_due_at <= runtime.clock.now()
+
+
+def test_a_calendar_in_backoff_stays_due_at_its_retry_time(client, runtime, watched):  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from calsync.models import Calendar
+
+    retry_at = runtime.clock.now() + timedelta(minutes=5)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Calendar).values(retry_at=retry_at, due_at=retry_at))
+    assert client.post("/notifications", headers=push_headers(watched["channel"], number=3)).status_code == 200
+    cal = calendar_row(runtime, watched["calendar_id"])
+    assert cal.sync_requested == 2 and cal.due_at == retry_at
+
+
+def test_the_body_is_ignored(client, runtime, watched):  # type: ignore[no-untyped-def]
+    resp = client.post("/notifications", headers=push_headers(watched["channel"], number=3), data=b"x" * 50_000)
+    assert resp.status_code == 200
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 2
+
+
+def test_notification_log_is_bounded(runtime, watched):  # type: ignore[no-untyped-def]
+    with transaction(runtime.sessions) as session:
+        for i in range(30):
+            session.add(Notification(channel_id="c", resource_state="exists", message_number=i, headers={},
+                                     outcome="queued", received_at=runtime.clock.now()))
+    with transaction(runtime.sessions) as session:
+        trim_log(session, 10)
+    rows = _notifications(runtime)
+    assert len(rows) == 10 and [r.message_number for r in rows] == list(range(20, 30))
+
+
+def test_the_receiver_trims_the_log_as_it_goes(settings, runtime, emu, watched):  # type: ignore[no-untyped-def]
+    small = Runtime.create(Settings(**{**settings.__dict__, "notification_log_size": 5}))
+    try:
+        client = create_app(runtime=small).test_client()
+        for number in range(2, 2 + 120):
+            client.post("/notifications", headers=push_headers(watched["channel"], number=number))
+        with small.sessions() as session:
+            count = session.scalar(select(func.count()).select_from(Notification))
+        assert count is not None and count < 5 + 100
+    finally:
+        small.close()
+
+
+def test_503_only_when_the_database_cannot_record_the_notification(settings, tmp_path: Path, watched):  # type: ignore[no-untyped-def]
+    broken = Runtime.create(Settings(**{**settings.__dict__,
+                                        "database_url": f"sqlite:///{tmp_path}/missing/dir/calsync.db"}))
+    try:
+        client = create_app(runtime=broken).test_client()
+        assert client.post("/notifications", headers=push_headers(watched["channel"], number=3)).status_code == 503
+        assert client.post("/notifications", headers={"X-Goog-Channel-ID": "x"}).status_code == 400
+    finally:
+        broken.close()
