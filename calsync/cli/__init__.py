@@ -22,8 +22,9 @@ def cli(verbose: bool) -> None:
 def _register() -> None:
     from calsync.cli.changes import changes
     from calsync.cli.db import db, keygen
+    from calsync.cli.webhooks import webhooks
 
-    for command in (db, keygen, changes):
+    for command in (db, keygen, changes, webhooks):
         cli.add_command(command)
 
 

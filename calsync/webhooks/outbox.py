@@ -1,4 +1,8 @@
-"""The outbox: Delivery rows written in the same transaction as the changes they announce."""
+"""The outbox: Delivery rows written in the same transaction as the changes they announce.
+
+A change can then never be mirrored but not queued, nor queued but rolled back. Paused
+subscriptions collect their deliveries (sent on resume); disabled ones get none.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from calsync.models import Calendar, Change, Delivery, WebhookSubscription
+from calsync.webhooks.payload import event_type as _event_type
+
+QUEUED_STATUSES = ("active", "paused")
 
 
 def event_type(change: Change) -> str:
-    return f"event.{change.kind}"
+    return _event_type(change.kind)
+
+
+def message_id(sub_id: str, seq: int) -> str:
+    """The `webhook-id` of a message: stable across retries and replays, unique per subscription and change."""
+    return f"msg_{sub_id}_{seq}"
 
 
 def matches(sub: WebhookSubscription, change: Change, calendar_google_id: str) -> bool:
@@ -22,10 +34,12 @@ def matches(sub: WebhookSubscription, change: Change, calendar_google_id: str) -
 
 
 def enqueue(session: Session, changes: Sequence[Change], now: datetime) -> int:
-    """Queue one delivery per (matching active subscription, change); call before the commit."""
+    """Queue one delivery per (matching subscription, change); call before the commit."""
     if not changes:
         return 0
-    subs = session.scalars(select(WebhookSubscription).where(WebhookSubscription.status == "active")).all()
+    subs = session.scalars(select(WebhookSubscription)
+                           .where(WebhookSubscription.status.in_(QUEUED_STATUSES))
+                           .order_by(WebhookSubscription.id)).all()
     if not subs:
         return 0
     cal_ids = {c.calendar_id for c in changes}
@@ -35,7 +49,7 @@ def enqueue(session: Session, changes: Sequence[Change], now: datetime) -> int:
         for sub in subs:
             if matches(sub, change, google_ids[change.calendar_id]):
                 session.add(Delivery(subscription_id=sub.id, change_seq=change.seq,
-                                     message_id=f"msg_{sub.id}_{change.seq}", state="pending",
-                                     next_attempt_at=now, created_at=now))
+                                     message_id=message_id(sub.id, change.seq), state="pending",
+                                     attempts=0, next_attempt_at=now, created_at=now))
                 count += 1
     return count

@@ -1,0 +1,146 @@
+"""`/api/webhooks`: operators manage subscriptions, read the claim check and replay failures.
+
+Handlers parse, authorise and call calsync.webhooks; nothing here delivers a message (the worker
+does). Creating a subscription calls the endpoint once, to verify it, before anything is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from calsync.db import transaction
+from calsync.errors import InvalidSubscription, NotFoundError, UnsafeURLError, VerificationFailed
+from calsync.web.app import runtime
+from calsync.web.security import json_error, require_api_token
+from calsync.webhooks import claimcheck, subscriptions
+
+bp = Blueprint("webhooks_api", __name__, url_prefix="/api/webhooks")
+
+
+@bp.errorhandler(InvalidSubscription)
+def _invalid(err: InvalidSubscription) -> Any:
+    return _field_error(400, "invalid_request", err, err.field)
+
+
+@bp.errorhandler(UnsafeURLError)
+def _unsafe(err: UnsafeURLError) -> Any:
+    return _field_error(400, "unsafe_url", err, "url")
+
+
+@bp.errorhandler(VerificationFailed)
+def _unverified(err: VerificationFailed) -> Any:
+    return _field_error(422, "verification_failed", err, "url")
+
+
+@bp.errorhandler(NotFoundError)
+def _not_found(err: NotFoundError) -> Any:
+    return json_error(404, "not_found", str(err))
+
+
+@bp.post("")
+@require_api_token
+def create():  # type: ignore[no-untyped-def]
+    rt = runtime()
+    spec = subscriptions.parse_spec(_body(), rt.settings)
+    sub, secret = subscriptions.register(rt, spec)
+    return jsonify({**subscriptions.subscription_to_dict(sub), "secret": secret}), 201
+
+
+@bp.get("")
+@require_api_token
+def index():  # type: ignore[no-untyped-def]
+    with transaction(runtime().sessions) as session:
+        subs = [subscriptions.subscription_to_dict(s) for s in subscriptions.list_subscriptions(session)]
+    return jsonify({"webhooks": subs})
+
+
+@bp.get("/<sub_id>")
+@require_api_token
+def show(sub_id: str):  # type: ignore[no-untyped-def]
+    with transaction(runtime().sessions) as session:
+        return jsonify(subscriptions.subscription_to_dict(subscriptions.get_subscription(session, sub_id)))
+
+
+@bp.patch("/<sub_id>")
+@require_api_token
+def patch(sub_id: str):  # type: ignore[no-untyped-def]
+    body = _body()
+    unknown = sorted(set(body) - {"status"})
+    if unknown or "status" not in body:
+        field = unknown[0] if unknown else "status"
+        raise InvalidSubscription(field, 'only {"status": "active" | "paused"} can be changed')
+    rt = runtime()
+    with transaction(rt.sessions) as session:
+        sub = subscriptions.set_status(session, subscriptions.get_subscription(session, sub_id, lock=True),
+                                       body["status"])
+        rt.wakeup.notify_after_commit(session)
+        return jsonify(subscriptions.subscription_to_dict(sub))
+
+
+@bp.delete("/<sub_id>")
+@require_api_token
+def delete(sub_id: str):  # type: ignore[no-untyped-def]
+    with transaction(runtime().sessions) as session:
+        subscriptions.delete_subscription(session, subscriptions.get_subscription(session, sub_id, lock=True))
+    return "", 204
+
+
+@bp.post("/<sub_id>/rotate-secret")
+@require_api_token
+def rotate_secret(sub_id: str):  # type: ignore[no-untyped-def]
+    body = _body(optional=True)
+    grace = body.get("grace_seconds", subscriptions.DEFAULT_GRACE_SECONDS)
+    if isinstance(grace, bool) or not isinstance(grace, int | float):
+        raise InvalidSubscription("grace_seconds", "grace_seconds: a number of seconds")
+    rt = runtime()
+    with transaction(rt.sessions) as session:
+        sub = subscriptions.get_subscription(session, sub_id, lock=True)
+        secret = subscriptions.rotate_secret(session, rt.cipher, sub, rt.clock.now(), float(grace))
+        return jsonify({**subscriptions.subscription_to_dict(sub), "secret": secret})
+
+
+@bp.get("/<sub_id>/deliveries")
+@require_api_token
+def deliveries(sub_id: str):  # type: ignore[no-untyped-def]
+    limit = request.args.get("limit", str(claimcheck.DEFAULT_LIMIT))
+    if not limit.isdigit():
+        raise InvalidSubscription("limit", "limit: a whole number")
+    with transaction(runtime().sessions) as session:
+        sub = subscriptions.get_subscription(session, sub_id)
+        items = claimcheck.list_deliveries(session, sub, state=request.args.get("state") or None, limit=int(limit))
+    return jsonify({"deliveries": items})
+
+
+@bp.post("/<sub_id>/replay")
+@require_api_token
+def replay(sub_id: str):  # type: ignore[no-untyped-def]
+    body = _body(optional=True)
+    ids = body.get("delivery_ids")
+    if ids is not None and (not isinstance(ids, list) or not ids
+                            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+        raise InvalidSubscription("delivery_ids", "delivery_ids: a non-empty list of delivery ids")
+    rt = runtime()
+    with transaction(rt.sessions) as session:
+        sub = subscriptions.get_subscription(session, sub_id, lock=True)
+        queued = claimcheck.replay(session, sub, ids, rt.clock.now())
+        rt.wakeup.notify_after_commit(session)
+    return jsonify({"replayed": len(queued), "delivery_ids": queued}), 202
+
+
+def _body(*, optional: bool = False) -> dict[str, Any]:
+    if optional and not request.get_data():
+        return {}
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise InvalidSubscription("body", "the body must be a JSON object")
+    return data
+
+
+def _field_error(status: int, error: str, err: Exception, field: str) -> Any:
+    """`{error, message}` plus the name of the offending field."""
+    resp = json_error(status, error, str(err))
+    resp.set_data(json.dumps({**resp.get_json(), "field": field}))
+    return resp

@@ -1,0 +1,224 @@
+"""Sending the outbox: the worker claims due deliveries with a lease, POSTs them, and records each attempt.
+
+No transaction is held while a subscriber is called: a claim commits a lease, the HTTP exchange runs,
+and a second transaction records the outcome (only if the lease is still ours). First attempts leave
+in seq order per subscription; retries never hold newer messages back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import exists, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from calsync.clock import rfc3339, utc
+from calsync.db import is_postgres, transaction
+from calsync.errors import UnsafeURLError
+from calsync.metrics import DELIVERIES
+from calsync.models import Account, Calendar, Change, Delivery, DeliveryAttempt, WebhookSubscription
+from calsync.runtime import Runtime
+from calsync.webhooks import payload
+from calsync.webhooks.safety import resolve_target
+from calsync.webhooks.schedule import parse_retry_after, retry_delay
+from calsync.webhooks.signing import signature_headers
+from calsync.webhooks.slack import slack_message
+from calsync.webhooks.subscriptions import disable, signing_secrets
+from calsync.webhooks.transport import TransportError, exchange
+
+log = logging.getLogger(__name__)
+
+EXCERPT_BYTES = 500
+
+
+def run_due_deliveries(runtime: Runtime, owner: str, limit: int = 50) -> int:
+    """Attempt up to `limit` due deliveries; returns the number of attempts made."""
+    made = 0
+    while made < limit:
+        jobs = _claim(runtime, owner, limit - made)
+        if not jobs:
+            break
+        for job in jobs:
+            _attempt(runtime, owner, job)
+            made += 1
+    return made
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one attempt needs, read in the claim so the HTTP call runs without a transaction."""
+
+    delivery_id: int
+    subscription_id: str
+    message_id: str
+    url: str
+    body: str
+    keys: list[str]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    sent_at: datetime
+    status: int | None = None
+    latency_ms: float | None = None
+    excerpt: str | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    refused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+def _claim(runtime: Runtime, owner: str, limit: int) -> list[_Job]:
+    """Lease the due deliveries: retries, and per subscription its oldest untried message only."""
+    now = runtime.clock.now()
+    older = aliased(Delivery)
+    older_untried = exists().where(older.subscription_id == Delivery.subscription_id, older.state == "pending",
+                                   older.attempts == 0, older.change_seq < Delivery.change_seq)
+    with transaction(runtime.sessions) as session:
+        query = (select(Delivery)
+                 .join(WebhookSubscription, WebhookSubscription.id == Delivery.subscription_id)
+                 .where(Delivery.state == "pending", Delivery.next_attempt_at <= now,
+                        WebhookSubscription.status == "active",
+                        or_(Delivery.lease_until.is_(None), Delivery.lease_until <= now),
+                        or_(Delivery.attempts > 0, ~older_untried))
+                 .order_by(Delivery.next_attempt_at, Delivery.change_seq).limit(limit))
+        if is_postgres(session):
+            query = query.with_for_update(skip_locked=True, of=Delivery)
+        deliveries = list(session.scalars(query))
+        if not deliveries:
+            return []
+        until = now + timedelta(seconds=runtime.settings.lease_seconds)
+        for delivery in deliveries:
+            delivery.lease_owner = owner
+            delivery.lease_until = until
+        return _jobs(session, runtime, deliveries, now)
+
+
+def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: datetime) -> list[_Job]:
+    subs = {s.id: s for s in session.scalars(select(WebhookSubscription).where(
+        WebhookSubscription.id.in_({d.subscription_id for d in deliveries})))}
+    rows = session.execute(
+        select(Change, Account.email, Calendar.google_id, Calendar.summary, Calendar.time_zone)
+        .join(Calendar, Change.calendar_id == Calendar.id).join(Account, Calendar.account_id == Account.id)
+        .where(Change.seq.in_({d.change_seq for d in deliveries}))).tuples().all()
+    changes = {row[0].seq: row for row in rows}
+    keys = {sub_id: signing_secrets(sub, runtime.cipher, now) for sub_id, sub in subs.items()}
+    jobs = []
+    for delivery in deliveries:
+        sub = subs[delivery.subscription_id]
+        change, email, google_id, summary, time_zone = changes[delivery.change_seq]
+        if sub.format == "slack":
+            body = json.dumps(slack_message(change.kind, list(change.fields or []), change.before, change.after,
+                                            calendar_name=summary or google_id, time_zone=time_zone,
+                                            event_id=change.event_id), ensure_ascii=False)
+        else:
+            body = payload.encode(payload.message(change, email, google_id))
+        jobs.append(_Job(delivery.id, sub.id, delivery.message_id, sub.url, body, keys[sub.id]))
+    return jobs
+
+
+def _attempt(runtime: Runtime, owner: str, job: _Job) -> None:
+    """One POST; the address is checked again now (DNS may have changed since the subscription)."""
+    settings = runtime.settings
+    sent_at = runtime.clock.now()
+    try:
+        target = resolve_target(job.url, settings)
+        headers = {"Content-Type": "application/json",
+                   **signature_headers(job.message_id, sent_at, job.body, job.keys)}
+        resp = exchange(target, "POST", headers=headers, body=job.body.encode(), timeout=settings.webhook_timeout)
+    except UnsafeURLError as err:
+        outcome = _Outcome(sent_at, error=f"not sent: {err}", refused=True)
+    except TransportError as err:
+        outcome = _Outcome(sent_at, latency_ms=err.latency_ms, error=str(err))
+    else:
+        error = None
+        if 300 <= resp.status < 400:
+            error = f"HTTP {resp.status} redirect to {resp.headers.get('Location', '?')} (redirects are not followed)"
+        elif not 200 <= resp.status < 300:
+            error = f"HTTP {resp.status}"
+        outcome = _Outcome(sent_at, status=resp.status, latency_ms=resp.latency_ms, excerpt=_excerpt(resp.body),
+                           error=error, retry_after=parse_retry_after(resp.headers.get("Retry-After"), sent_at))
+    _record(runtime, owner, job, outcome)
+
+
+def _record(runtime: Runtime, owner: str, job: _Job, outcome: _Outcome) -> None:
+    now = runtime.clock.now()
+    with transaction(runtime.sessions) as session:
+        delivery = session.get(Delivery, job.delivery_id, with_for_update=True)
+        if delivery is None:  # the subscription was deleted meanwhile
+            return
+        session.add(DeliveryAttempt(delivery_id=delivery.id, attempted_at=outcome.sent_at,
+                                    status_code=outcome.status, latency_ms=outcome.latency_ms,
+                                    response_excerpt=outcome.excerpt, error=outcome.error))
+        if delivery.lease_owner != owner:
+            log.warning("delivery %s: lease lost to %s; attempt logged, state left to the new owner",
+                        delivery.id, delivery.lease_owner)
+            DELIVERIES.labels("lease_lost").inc()
+            return
+        sub = session.get(WebhookSubscription, delivery.subscription_id, with_for_update=True)
+        assert sub is not None  # the delivery's foreign key cascades on delete
+        delivery.attempts += 1
+        delivery.last_status = outcome.status
+        delivery.last_error = outcome.error
+        delivery.lease_owner = None
+        delivery.lease_until = None
+        DELIVERIES.labels(_label(outcome)).inc()
+        if outcome.ok:
+            delivery.state = "delivered"
+            delivery.delivered_at = now
+            delivery.next_attempt_at = None
+            sub.last_success_at = now
+            sub.failing_since = None
+        elif outcome.status == 410:
+            _fail(delivery)
+            reason = f"the endpoint answered 410 Gone at {rfc3339(now)}"
+            log.warning("webhook %s disabled: %s", sub.id, reason)
+            disable(session, sub, reason, now)
+        else:
+            _failed_attempt(session, runtime, sub, delivery, outcome, now)
+
+
+def _failed_attempt(session: Session, runtime: Runtime, sub: WebhookSubscription, delivery: Delivery,
+                    outcome: _Outcome, now: datetime) -> None:
+    """Schedule the retry (or give up), and disable a subscription that has failed for too long."""
+    failing_since = utc(sub.failing_since) or now
+    sub.failing_since = failing_since
+    delay = None if sub.status == "disabled" else retry_delay(
+        delivery.attempts, status=outcome.status, retry_after=outcome.retry_after)
+    if delay is None:
+        _fail(delivery)
+        DELIVERIES.labels("failed").inc()
+    else:
+        delivery.next_attempt_at = now + timedelta(seconds=delay)
+    failing_for = (now - failing_since).total_seconds()
+    if sub.status != "disabled" and failing_for >= runtime.settings.webhook_disable_after:
+        since = f"since {rfc3339(sub.last_success_at)}" if sub.last_success_at else "ever"
+        reason = (f"no successful delivery {since}: every attempt failed for {failing_for / 86400:.1f} days "
+                  f"(last: {outcome.error})")
+        log.warning("webhook %s disabled: %s", sub.id, reason)
+        disable(session, sub, reason, now)
+
+
+def _fail(delivery: Delivery) -> None:
+    delivery.state = "failed"
+    delivery.next_attempt_at = None
+
+
+def _label(outcome: _Outcome) -> str:
+    if outcome.ok:
+        return "delivered"
+    if outcome.refused:
+        return "refused"
+    if outcome.status == 410:
+        return "gone"
+    return "error" if outcome.status is None else "http_error"
+
+
+def _excerpt(body: bytes) -> str:
+    return body[:EXCERPT_BYTES].decode("utf-8", errors="replace")

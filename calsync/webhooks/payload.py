@@ -1,0 +1,48 @@
+"""The body of a webhook message: `{"type", "timestamp", "data"}` with the whole Change in `data`.
+
+`data` is the same dict `/api/changes` returns, so a consumer can fill a gap from the API with the
+code that reads webhooks. The body is derived from the stored change only, so every retry of a
+message sends the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from calsync.clock import rfc3339
+from calsync.models import Change
+from calsync.web.serializers import change_to_dict
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+def event_type(kind: str) -> str:
+    """`event.created`, `event.updated` or `event.deleted` for a change kind."""
+    return f"event.{kind}"
+
+
+def message(change: Change, account_email: str, calendar_google_id: str) -> dict[str, Any]:
+    """The message announcing `change`."""
+    return {
+        "type": event_type(change.kind),
+        "timestamp": rfc3339(change.detected_at),
+        "data": change_to_dict(change, account_email, calendar_google_id),
+    }
+
+
+def encode(msg: dict[str, Any], max_bytes: int = MAX_BODY_BYTES) -> str:
+    """Compact JSON; an oversized message drops `before`/`after` and says so with `truncated`.
+
+    The consumer still learns seq, event and fields, and can read the full change from
+    `/api/changes?after=<seq - 1>`.
+    """
+    body = _dumps(msg)
+    if len(body.encode()) <= max_bytes:
+        return body
+    data = dict(msg["data"], before=None, after=None, truncated=True)
+    return _dumps(dict(msg, data=data))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

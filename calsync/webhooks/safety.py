@@ -1,0 +1,128 @@
+"""Which webhook URLs calsync calls: https to public addresses only, unless allowed for development.
+
+A subscriber could point calsync at its own network (loopback admin ports, the cloud metadata
+service). The host is resolved, every address checked, and the connection is then made to the very
+address that was checked, so a DNS answer that changes between check and connect (rebinding)
+cannot slip through.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
+
+from calsync.config import Settings
+from calsync.errors import InvalidSubscription, UnsafeURLError
+
+MAX_URL_LENGTH = 2000
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[..., list[tuple[Any, ...]]]
+
+# Instance metadata services: link-local or unique-local already, named so the error says why.
+METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254",  # AWS, GCP, Azure, OpenStack …
+    "169.254.170.2",    # AWS ECS task metadata
+    "fd00:ec2::254",    # AWS over IPv6
+    "100.100.100.200",  # Alibaba Cloud
+))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A URL whose host has been resolved and checked; connect to `address`, present `host`."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+    address: str
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def check_url(url: object, settings: Settings) -> SplitResult:
+    """The URL's parts if its form is acceptable (scheme, host, no credentials); no DNS here."""
+    if not isinstance(url, str) or not url.strip():
+        raise InvalidSubscription("url", "url: a URL string is required")
+    url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidSubscription("url", f"url: longer than {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        raise InvalidSubscription("url", f"url: not a valid URL ({err})") from err
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise InvalidSubscription("url", "url: must be an absolute http(s) URL")
+    if parts.scheme == "http" and not settings.webhook_allow_http:
+        raise UnsafeURLError("url: only https URLs are allowed (set CALSYNC_WEBHOOK_ALLOW_HTTP=1 for development)")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidSubscription("url", "url: credentials in the URL are not supported")
+    if "%" in parts.hostname:
+        raise UnsafeURLError("url: IPv6 zone identifiers are not allowed")
+    if port == 0:
+        raise InvalidSubscription("url", "url: port 0 is not a valid port")
+    return parts
+
+
+def resolve_target(url: str, settings: Settings, *, resolver: Resolver = socket.getaddrinfo) -> Target:
+    """Check the URL, resolve its host and refuse non-public addresses (unless allowed)."""
+    parts = check_url(url, settings)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        infos = resolver(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        raise UnsafeURLError(f"url: cannot resolve host {host!r} ({err})") from err
+    addresses: list[IPAddress] = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+        if ip not in addresses:
+            addresses.append(ip)
+    if not addresses:
+        raise UnsafeURLError(f"url: host {host!r} has no address")
+    if not settings.webhook_allow_private:
+        for ip in addresses:
+            reason = non_public_reason(ip)
+            if reason:
+                raise UnsafeURLError(
+                    f"url: host {host!r} resolves to {ip}, a {reason} address "
+                    "(set CALSYNC_WEBHOOK_ALLOW_PRIVATE=1 for development)")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return Target(url=url.strip(), scheme=parts.scheme, host=host, port=port, path=path, address=str(addresses[0]))
+
+
+def non_public_reason(ip: IPAddress) -> str | None:
+    """Why an address must not be called ('loopback', 'private' …), or None when it is public."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None:
+            return non_public_reason(embedded)
+    if ip in METADATA_ADDRESSES:
+        return "cloud metadata"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL:
+        return "unique-local"
+    if ip.is_private:
+        return "private"
+    if ip.is_multicast or ip.is_unspecified or ip.is_reserved or not ip.is_global:
+        return "reserved"
+    return None
+
+
+_UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")

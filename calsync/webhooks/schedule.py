@@ -1,0 +1,51 @@
+"""When to try a delivery again: Svix's schedule with jitter, and patience for overloaded endpoints.
+
+Jitter keeps one subscriber's burst of failures from coming back as one burst; 429 and 502–504 mean
+"overloaded", so such an endpoint gets at least a minute and at least what Retry-After asks for.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+
+from calsync.clock import utc
+
+RETRY_DELAYS: tuple[float, ...] = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
+MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
+JITTER = 0.2
+OVERLOADED = frozenset({429, 502, 503, 504})
+OVERLOAD_FLOOR = 60.0
+MAX_RETRY_AFTER = 6 * 3600.0
+
+
+def retry_delay(attempts_made: int, *, status: int | None = None, retry_after: float | None = None,
+                rng: random.Random | None = None) -> float | None:
+    """Seconds until the next try after `attempts_made` failed attempts; None when none is left."""
+    if attempts_made < 1:
+        raise ValueError("retry_delay is asked after at least one attempt")
+    if attempts_made >= MAX_ATTEMPTS:
+        return None
+    delay = RETRY_DELAYS[attempts_made - 1] * (rng or random).uniform(1 - JITTER, 1 + JITTER)
+    if status in OVERLOADED:
+        delay = max(delay, OVERLOAD_FLOOR)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
+    return delay
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """Retry-After as seconds (it may be a number or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - utc(now)).total_seconds())  # type: ignore[operator]
