@@ -70,7 +70,7 @@ def list_calendars(session: Session) -> list[dict[str, Any]]:
     rows = session.execute(
         select(Calendar, Account).join(Account, Calendar.account_id == Account.id)
         .where(Calendar.removed_at.is_(None)).order_by(Account.email, Calendar.id)
-    ).tuples().all()
+    ).all()
     channels = _newest_active_channels(session, [cal.id for cal, _ in rows])
     return [calendar_to_dict(cal, account, channels.get(cal.id)) for cal, account in rows]
 
@@ -108,7 +108,7 @@ def events_page(session: Session, calendar: Calendar, page_token: str | None,
             # Deleted events are not in the mirror; a cancelled occurrence of a series is kept.
             or_(Event.status != "cancelled", Event.recurring_event_id.is_not(None)),
         ).order_by(Event.id).limit(page_size + 1)
-    ).tuples().all()
+    ).all()
     more = len(rows) > page_size
     rows = rows[:page_size]
     return {"items": [data for _, data in rows],
@@ -125,7 +125,7 @@ def changes_page(session: Session, *, after: int, limit: int,
     if calendars is not None:
         query = query.where(Change.calendar_id.in_([c.id for c in calendars]))
     items = [change_to_dict(change, email, google_id)
-             for change, email, google_id in session.execute(query).tuples()]
+             for change, email, google_id in session.execute(query)]
     return ChangesPage(items, items[-1]["seq"] if items else after)
 
 

@@ -1,0 +1,269 @@
+"""The read API: bearer token, exact JSON shapes, paging, cursors and every 400."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert
+
+from calsync.changes import append_changes
+from calsync.db import transaction
+from calsync.models import Account, Calendar, Change, Channel, Event
+from calsync.runtime import Runtime
+
+T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+CHANGE_KEYS = {"seq", "account", "calendar_id", "event_id", "change", "fields", "before", "after", "detected_at"}
+CALENDAR_KEYS = {"account", "account_status", "calendar_id", "summary", "sync_state", "last_synced_at", "channel"}
+
+
+# Rows put straight into the database ------------------------------------------------------------
+class Seed:
+    """Accounts, calendars, events and changes written through the ORM (changes via append_changes)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def account(self, email: str, status: str = "active") -> int:
+        with transaction(self.runtime.sessions) as s:
+            account = Account(email=email, credentials=self.runtime.cipher.encrypt_str("{}"), scopes=[],
+                              status=status)
+            s.add(account)
+            s.flush()
+            return account.id
+
+    def calendar(self, account_id: int, google_id: str, **values: Any) -> int:
+        with transaction(self.runtime.sessions) as s:
+            cal = Calendar(account_id=account_id, google_id=google_id, **values)
+            s.add(cal)
+            s.flush()
+            return cal.id
+
+    def events(self, calendar_id: int, bodies: list[dict[str, Any]]) -> None:
+        with transaction(self.runtime.sessions) as s:
+            s.execute(insert(Event), [{"calendar_id": calendar_id, "google_id": b["id"],
+                                       "status": b.get("status", "confirmed"),
+                                       "recurring_event_id": b.get("recurringEventId"), "data": b}
+                                      for b in bodies])
+
+    def change(self, calendar_id: int, event_id: str, kind: str, before: dict[str, Any] | None,
+               after: dict[str, Any] | None, fields: list[str] | None = None, at: datetime = T0) -> int:
+        with transaction(self.runtime.sessions) as s:
+            [change] = append_changes(s, [Change(calendar_id=calendar_id, event_id=event_id, kind=kind,
+                                                 fields=fields or [], before=before, after=after)], at)
+            return change.seq
+
+    def channel(self, account_id: int, calendar_id: int | None, channel_id: str, status: str,
+                created_at: datetime, kind: str = "events") -> None:
+        with transaction(self.runtime.sessions) as s:
+            s.add(Channel(id=channel_id, account_id=account_id, calendar_id=calendar_id, kind=kind,
+                          token_hash="0" * 64, resource_id="res-" + channel_id, status=status,
+                          created_at=created_at, expires_at=created_at + timedelta(days=7)))
+
+
+@pytest.fixture
+def seed(runtime: Runtime) -> Seed:
+    return Seed(runtime)
+
+
+def simple_changes(seed: Seed, n: int) -> tuple[int, list[int]]:
+    account = seed.account("alice@example.com")
+    cal = seed.calendar(account, "alice@example.com", summary="Alice")
+    seqs = [seed.change(cal, f"ev{i}", "created", None, {"id": f"ev{i}", "summary": f"E{i}"}) for i in range(n)]
+    return cal, seqs
+
+
+# Authorisation ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/api/calendars", "/api/events?calendar=x", "/api/changes"])
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token", "Basic dGVzdC1hcGktdG9rZW4=", "Bearer "])
+def test_api_refuses_without_the_right_bearer_token(client: Any, path: str, header: str | None) -> None:
+    resp = client.get(path, headers={"Authorization": header} if header else {})
+    assert resp.status_code == 401
+    assert set(resp.get_json()) == {"error", "message"}
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_disconnect_endpoint_needs_the_bearer_token_and_a_known_account(client: Any,
+                                                                        api_headers: dict[str, str]) -> None:
+    assert client.post("/api/accounts/a@example.com/disconnect").status_code == 401
+    resp = client.post("/api/accounts/nobody@example.com/disconnect", headers=api_headers)
+    assert resp.status_code == 404 and set(resp.get_json()) == {"error", "message"}
+
+
+# /api/calendars -----------------------------------------------------------------------------------
+def test_calendars_lists_live_calendars_with_their_newest_active_channel(client: Any, seed: Seed,
+                                                                       api_headers: dict[str, str]) -> None:
+    alice = seed.account("alice@example.com")
+    bob = seed.account("bob@example.com", status="reauth_required")
+    primary = seed.calendar(alice, "alice@example.com", summary="Alice", sync_state="synced", last_synced_at=T0)
+    seed.calendar(alice, "team@group.calendar.google.com", summary="Team")
+    seed.calendar(alice, "gone@group.calendar.google.com", summary="Gone", removed_at=T0)
+    seed.calendar(bob, "bob@example.com", summary="Bob", sync_state="error")
+    seed.channel(alice, primary, "old-active", "active", T0 - timedelta(days=6))
+    seed.channel(alice, primary, "new-active", "active", T0)
+    seed.channel(alice, primary, "newer-stopped", "stopped", T0 + timedelta(hours=1))
+    seed.channel(alice, None, "list-channel", "active", T0 + timedelta(hours=2), kind="calendar_list")
+
+    resp = client.get("/api/calendars", headers=api_headers)
+    assert resp.status_code == 200
+    rows = resp.get_json()
+    assert all(set(row) == CALENDAR_KEYS for row in rows)
+    assert rows == [
+        {"account": "alice@example.com", "account_status": "active", "calendar_id": "alice@example.com",
+         "summary": "Alice", "sync_state": "synced", "last_synced_at": "2026-03-01T09:30:00.000Z",
+         "channel": {"id": "new-active", "expires_at": "2026-03-08T09:30:00.000Z"}},
+        {"account": "alice@example.com", "account_status": "active",
+         "calendar_id": "team@group.calendar.google.com", "summary": "Team", "sync_state": "pending",
+         "last_synced_at": None, "channel": None},
+        {"account": "bob@example.com", "account_status": "reauth_required", "calendar_id": "bob@example.com",
+         "summary": "Bob", "sync_state": "error", "last_synced_at": None, "channel": None},
+    ]
+
+
+# /api/events --------------------------------------------------------------------------------------
+def test_events_pages_through_more_than_1000_rows_in_a_stable_order(client: Any, seed: Seed,
+                                                                    api_headers: dict[str, str]) -> None:
+    cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
+    bodies = [{"id": f"ev{i:05d}", "status": "confirmed", "summary": f"Event {i}"} for i in range(2345)]
+    seed.events(cal, bodies)
+    seen: list[str] = []
+    sizes: list[int] = []
+    token = None
+    while True:
+        url = "/api/events?calendar=alice@example.com" + (f"&pageToken={token}" if token else "")
+        resp = client.get(url, headers=api_headers)
+        assert resp.status_code == 200
+        page = resp.get_json()
+        assert set(page) == {"items", "nextPageToken"}
+        sizes.append(len(page["items"]))
+        seen.extend(item["id"] for item in page["items"])
+        token = page["nextPageToken"]
+        if token is None:
+            break
+    assert sizes == [1000, 1000, 345]
+    assert seen == [b["id"] for b in bodies]
+
+
+def test_events_are_googles_json_with_cancelled_exceptions_but_without_deleted_events(
+        client: Any, seed: Seed, api_headers: dict[str, str]) -> None:
+    cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
+    series = {"id": "series1", "status": "confirmed", "summary": "Weekly", "recurrence": ["RRULE:FREQ=WEEKLY"],
+              "start": {"dateTime": "2026-03-02T10:00:00Z"}, "end": {"dateTime": "2026-03-02T11:00:00Z"}}
+    cancelled_occurrence = {"id": "series1_20260309T100000Z", "status": "cancelled", "recurringEventId": "series1",
+                            "originalStartTime": {"dateTime": "2026-03-09T10:00:00Z"}}
+    leftover_deleted = {"id": "gone", "status": "cancelled"}
+    seed.events(cal, [series, cancelled_occurrence, leftover_deleted])
+    resp = client.get("/api/events?calendar=alice@example.com", headers=api_headers)
+    assert resp.get_json() == {"items": [series, cancelled_occurrence], "nextPageToken": None}
+
+
+def test_events_parameter_errors(client: Any, seed: Seed, api_headers: dict[str, str]) -> None:
+    alice, bob = seed.account("alice@example.com"), seed.account("bob@example.com")
+    seed.calendar(alice, "shared@group.calendar.google.com")
+    bobs = seed.calendar(bob, "shared@group.calendar.google.com")
+    seed.events(bobs, [{"id": "b1", "status": "confirmed"}])
+    cases = {
+        "/api/events": 400,
+        "/api/events?calendar=": 400,
+        "/api/events?calendar=nope@example.com": 404,
+        "/api/events?calendar=shared@group.calendar.google.com": 400,
+        "/api/events?calendar=shared@group.calendar.google.com&account=carl@example.com": 404,
+        "/api/events?calendar=shared@group.calendar.google.com&account=bob@example.com&pageToken=%%%": 400,
+        "/api/events?calendar=shared@group.calendar.google.com&account=bob@example.com&pageToken=bm9wZQ": 400,
+    }
+    for url, status in cases.items():
+        resp = client.get(url, headers=api_headers)
+        assert resp.status_code == status, url
+        assert set(resp.get_json()) == {"error", "message"}, url
+    ambiguous = client.get("/api/events?calendar=shared@group.calendar.google.com", headers=api_headers)
+    assert "account=" in ambiguous.get_json()["message"]
+    resp = client.get("/api/events?calendar=shared@group.calendar.google.com&account=bob@example.com",
+                      headers=api_headers)
+    assert resp.get_json()["items"] == [{"id": "b1", "status": "confirmed"}]
+
+
+# /api/changes ------------------------------------------------------------------------------------
+def test_changes_have_the_contract_shape(client: Any, seed: Seed, api_headers: dict[str, str]) -> None:
+    cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
+    v1 = {"id": "e1", "summary": "Standup", "etag": '"1"'}
+    v2 = {"id": "e1", "summary": "Daily standup", "etag": '"2"'}
+    seed.change(cal, "e1", "created", None, v1, at=T0)
+    seed.change(cal, "e1", "updated", v1, v2, fields=["summary"], at=T0 + timedelta(seconds=1, microseconds=250000))
+    seed.change(cal, "e1", "deleted", v2, None, at=T0 + timedelta(minutes=1))
+    body = client.get("/api/changes", headers=api_headers).get_json()
+    assert set(body) == {"changes", "next"}
+    assert body == {"next": 3, "changes": [
+        {"seq": 1, "account": "alice@example.com", "calendar_id": "alice@example.com", "event_id": "e1",
+         "change": "created", "fields": [], "before": None, "after": v1, "detected_at": "2026-03-01T09:30:00.000Z"},
+        {"seq": 2, "account": "alice@example.com", "calendar_id": "alice@example.com", "event_id": "e1",
+         "change": "updated", "fields": ["summary"], "before": v1, "after": v2,
+         "detected_at": "2026-03-01T09:30:01.250Z"},
+        {"seq": 3, "account": "alice@example.com", "calendar_id": "alice@example.com", "event_id": "e1",
+         "change": "deleted", "fields": [], "before": v2, "after": None, "detected_at": "2026-03-01T09:31:00.000Z"},
+    ]}
+    assert all(set(c) == CHANGE_KEYS for c in body["changes"])
+
+
+def test_changes_after_is_exclusive_and_next_is_the_cursor(client: Any, seed: Seed,
+                                                           api_headers: dict[str, str]) -> None:
+    _, seqs = simple_changes(seed, 5)
+    assert seqs == [1, 2, 3, 4, 5]
+
+    def get(query: str) -> tuple[list[int], int]:
+        body = client.get(f"/api/changes?{query}", headers=api_headers).get_json()
+        return [c["seq"] for c in body["changes"]], body["next"]
+
+    assert get("limit=2") == ([1, 2], 2)
+    assert get("after=2&limit=2") == ([3, 4], 4)
+    assert get("after=4&limit=2") == ([5], 5)
+    assert get("after=5") == ([], 5)
+    assert get("after=99") == ([], 99)
+    assert get("after=0") == ([1, 2, 3, 4, 5], 5)
+
+
+def test_changes_limit_defaults_to_100_and_is_capped_at_1000(client: Any, seed: Seed,
+                                                             api_headers: dict[str, str]) -> None:
+    cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
+    with transaction(seed.runtime.sessions) as s:
+        append_changes(s, [Change(calendar_id=cal, event_id=f"e{i}", kind="created", fields=[], before=None,
+                                  after={"id": f"e{i}"}) for i in range(1005)], T0)
+    default = client.get("/api/changes", headers=api_headers).get_json()
+    assert len(default["changes"]) == 100 and default["next"] == 100
+    capped = client.get("/api/changes?limit=5000", headers=api_headers).get_json()
+    assert len(capped["changes"]) == 1000 and capped["next"] == 1000
+    rest = client.get("/api/changes?after=1000&limit=1000", headers=api_headers).get_json()
+    assert [c["seq"] for c in rest["changes"]] == [1001, 1002, 1003, 1004, 1005]
+
+
+@pytest.mark.parametrize("query", ["after=-1", "after=abc", "after=1.5", "after=", "after=99999999999999999999",
+                                   "limit=0", "limit=-3", "limit=ten", "limit=2.0", "limit=", "calendar="])
+def test_changes_bad_parameter_is_a_400_json_error(client: Any, api_headers: dict[str, str], query: str) -> None:
+    resp = client.get(f"/api/changes?{query}", headers=api_headers)
+    assert resp.status_code == 400
+    body = resp.get_json()
+    assert set(body) == {"error", "message"} and body["error"] == "bad_request"
+
+
+def test_changes_filtered_by_calendar(client: Any, seed: Seed, api_headers: dict[str, str]) -> None:
+    alice = seed.account("alice@example.com")
+    home = seed.calendar(alice, "alice@example.com")
+    team = seed.calendar(alice, "team@group.calendar.google.com")
+    gone = seed.calendar(alice, "gone@group.calendar.google.com", removed_at=T0)
+    for i in range(3):
+        seed.change(home, f"h{i}", "created", None, {"id": f"h{i}"})
+        seed.change(team, f"t{i}", "created", None, {"id": f"t{i}"})
+    seed.change(gone, "g0", "created", None, {"id": "g0"})
+
+    body = client.get("/api/changes?calendar=team@group.calendar.google.com", headers=api_headers).get_json()
+    assert [c["event_id"] for c in body["changes"]] == ["t0", "t1", "t2"]
+    assert {c["calendar_id"] for c in body["changes"]} == {"team@group.calendar.google.com"}
+    assert body["next"] == 6
+    paged = client.get("/api/changes?calendar=team@group.calendar.google.com&after=2&limit=1",
+                       headers=api_headers).get_json()
+    assert [c["seq"] for c in paged["changes"]] == [4] and paged["next"] == 4
+    # A calendar gone from the account's list keeps its past changes.
+    body = client.get("/api/changes?calendar=gone@group.calendar.google.com", headers=api_headers).get_json()
+    assert [c["event_id"] for c in body["changes"]] == ["g0"]
+    unknown = client.get("/api/changes?calendar=nope@example.com", headers=api_headers)
+    assert unknown.status_code == 404 and set(unknown.get_json()) == {"error", "message"}
