@@ -1,0 +1,319 @@
+"""The operator's dashboard: overview, changes feed, notification inspector, webhooks.
+
+Server-rendered from the tables directly; a small script refreshes the feeds through the fragment
+endpoints below, which use the operator's session (never the API token). Operators only: end users
+see `/connect` and nothing else, so no account ever sees another's data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from markupsafe import Markup
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, joinedload
+
+from calsync.db import transaction
+from calsync.display import ago, expires_in, field_diffs, event_title, event_when, utc_label
+from calsync.models import (
+    Account,
+    Calendar,
+    Change,
+    Channel,
+    Delivery,
+    DeliveryAttempt,
+    Notification,
+    WebhookSubscription,
+    WorkerHeartbeat,
+)
+from calsync.web.admin_auth import check_csrf, require_admin, secure_headers
+from calsync.web.app import runtime
+
+bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+
+PAGE_SIZE = 50
+WORKER_STALE = timedelta(seconds=60)
+LIVE_CHANNEL_STATES = ("pending", "active")
+
+bp.before_request(check_csrf)
+bp.after_request(secure_headers)
+
+
+@dataclass(frozen=True)
+class CalendarRow:
+    calendar: Calendar
+    channel: Channel | None
+
+
+@dataclass(frozen=True)
+class AccountBlock:
+    account: Account
+    calendars: list[CalendarRow]
+    list_channel: Channel | None
+
+
+@bp.record_once
+def _add_root(state: Any) -> None:
+    """The site's root leads operators to the dashboard (a rule outside the /dashboard prefix)."""
+    state.app.add_url_rule("/", "index", lambda: redirect(url_for("dashboard.overview")))
+
+
+@bp.get("/")
+@require_admin
+def overview() -> Any:
+    now = runtime().clock.now()
+    with runtime().sessions() as session:
+        blocks = _account_blocks(session)
+        stats = _stats(session, now)
+    reauth = [b.account for b in blocks if b.account.status == "reauth_required"]
+    return render_template("dashboard/overview.html", blocks=blocks, stats=stats, reauth=reauth, now=now)
+
+
+@bp.get("/changes")
+@require_admin
+def changes() -> Any:
+    calendar_id = request.args.get("calendar", type=int)
+    before = request.args.get("before", type=int)
+    with runtime().sessions() as session:
+        query = _changes_query(calendar_id).order_by(Change.seq.desc()).limit(PAGE_SIZE + 1)
+        if before is not None:
+            query = query.where(Change.seq < before)
+        rows = [_change_view(c) for c in session.scalars(query)]
+        calendars = _calendar_choices(session)
+    older = rows[PAGE_SIZE - 1]["seq"] if len(rows) > PAGE_SIZE else None
+    rows = rows[:PAGE_SIZE]
+    cursor = rows[0]["seq"] if rows else (before - 1 if before else 0)
+    return render_template("dashboard/changes.html", changes=rows,
+                           calendars=calendars, calendar_id=calendar_id, before=before, older=older,
+                           cursor=cursor, live=before is None, now=runtime().clock.now())
+
+
+@bp.get("/changes/fragment")
+@require_admin
+def changes_fragment() -> Any:
+    """Rows newer than `after`, for the auto-refresh script; the new cursor is in X-Cursor."""
+    after = request.args.get("after", default=0, type=int)
+    calendar_id = request.args.get("calendar", type=int)
+    with runtime().sessions() as session:
+        rows = [_change_view(c) for c in session.scalars(_changes_query(calendar_id).where(Change.seq > after)
+                                                          .order_by(Change.seq.desc()).limit(PAGE_SIZE))]
+    html = render_template("dashboard/_change_rows.html", changes=rows, now=runtime().clock.now())
+    return html, 200, {"X-Cursor": str(rows[0]["seq"] if rows else after), "Content-Type": "text/html; charset=utf-8"}
+
+
+@bp.get("/notifications")
+@require_admin
+def notifications() -> Any:
+    limit = _limit()
+    channel = request.args.get("channel") or None
+    with runtime().sessions() as session:
+        rows = _notification_rows(session, limit, channel, after=None)
+    cursor = rows[0][0].id if rows else 0
+    return render_template("dashboard/notifications.html", rows=rows, limit=limit, channel=channel,
+                           cursor=cursor, now=runtime().clock.now(),
+                           log_size=runtime().settings.notification_log_size)
+
+
+@bp.get("/notifications/fragment")
+@require_admin
+def notifications_fragment() -> Any:
+    after = request.args.get("after", default=0, type=int)
+    channel = request.args.get("channel") or None
+    with runtime().sessions() as session:
+        rows = _notification_rows(session, _limit(), channel, after=after)
+    html = render_template("dashboard/_notification_rows.html", rows=rows, now=runtime().clock.now())
+    return html, 200, {"X-Cursor": str(rows[0][0].id if rows else after), "Content-Type": "text/html; charset=utf-8"}
+
+
+@bp.get("/webhooks")
+@require_admin
+def webhooks() -> Any:
+    state = request.args.get("state") or None
+    with runtime().sessions() as session:
+        subs = list(session.scalars(select(WebhookSubscription).order_by(WebhookSubscription.created_at)))
+        deliveries: dict[str, list[tuple[Delivery, list[DeliveryAttempt]]]] = {}
+        for sub in subs:
+            query = select(Delivery).where(Delivery.subscription_id == sub.id)
+            if state:
+                query = query.where(Delivery.state == state)
+            items = list(session.scalars(query.order_by(Delivery.id.desc()).limit(25)))
+            attempts = _attempts(session, [d.id for d in items])
+            deliveries[sub.id] = [(d, attempts.get(d.id, [])) for d in items]
+        failed_counts = dict(session.execute(
+            select(Delivery.subscription_id, func.count()).where(Delivery.state == "failed")
+            .group_by(Delivery.subscription_id)).all())
+    return render_template("dashboard/webhooks.html", subs=subs, deliveries=deliveries, state=state,
+                           failed_counts=failed_counts, now=runtime().clock.now())
+
+
+@bp.post("/webhooks/<sub_id>/replay")
+@require_admin
+def replay(sub_id: str) -> Any:
+    """Queue one delivery again (form field `delivery`), or every failed one of the subscription."""
+    from calsync.errors import InvalidSubscription, NotFoundError
+    from calsync.webhooks.claimcheck import replay as replay_deliveries
+    from calsync.webhooks.subscriptions import get_subscription
+
+    delivery = request.form.get("delivery", type=int)
+    rt = runtime()
+    try:
+        with transaction(rt.sessions) as session:
+            sub = get_subscription(session, sub_id, lock=True)
+            queued = replay_deliveries(session, sub, [delivery] if delivery else None, rt.clock.now())
+            rt.wakeup.notify_after_commit(session)
+    except NotFoundError:
+        abort(404)
+    except InvalidSubscription as err:
+        flash(f"Nothing replayed: {err}")
+    else:
+        flash(f"Queued {len(queued)} deliver{'y' if len(queued) == 1 else 'ies'} again; the worker sends "
+              "them with their original webhook-id." if queued else "No failed delivery to replay.")
+    back = request.form.get("back")
+    return redirect(back if _is_dashboard_path(back) else url_for("dashboard.webhooks"))
+
+
+@bp.post("/accounts/<int:account_id>/disconnect")
+@require_admin
+def disconnect(account_id: int) -> Any:
+    from calsync.disconnect import disconnect_account
+
+    rt = runtime()
+    with rt.sessions() as session:
+        account = session.get(Account, account_id)
+        if account is None:
+            abort(404)
+        email = account.email
+    disconnect_account(rt, account_id)
+    flash(f"{email} is disconnected: its channels are stopped and its grant revoked.")
+    return redirect(url_for("dashboard.overview"))
+
+
+@bp.app_template_filter("ago")
+def _ago_filter(value: datetime | None) -> Markup:
+    """A relative time that shows the exact UTC time on hover."""
+    return _time_tag(value, ago(value, runtime().clock.now()))
+
+
+@bp.app_template_filter("expires")
+def _expires_filter(value: datetime | None) -> Markup:
+    return _time_tag(value, expires_in(value, runtime().clock.now()))
+
+
+@bp.app_template_filter("utc")
+def _utc_filter(value: datetime | None) -> str:
+    return utc_label(value)
+
+
+@bp.errorhandler(401)
+@bp.errorhandler(403)
+@bp.errorhandler(404)
+def _error(err: Any) -> Any:
+    return render_template("dashboard/error.html", error=err), err.code
+
+
+# Helpers ---------------------------------------------------------------------------------------
+def _time_tag(value: datetime | None, text: str) -> Markup:
+    if value is None:
+        return Markup('<span class="muted">{}</span>').format(text)
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        value.isoformat(), utc_label(value), text)
+
+
+def _account_blocks(session: Session) -> list[AccountBlock]:
+    accounts = list(session.scalars(select(Account).order_by(Account.email)))
+    calendars = list(session.scalars(select(Calendar).where(Calendar.removed_at.is_(None))
+                                     .order_by(Calendar.account_id, Calendar.primary.desc(), Calendar.summary)))
+    channels = list(session.scalars(select(Channel).where(Channel.status.in_(LIVE_CHANNEL_STATES))
+                                    .order_by(Channel.expires_at)))
+    by_calendar: dict[int, Channel] = {}
+    by_account: dict[int, Channel] = {}
+    for ch in channels:  # the latest-expiring live channel wins: it is the one being kept
+        if ch.calendar_id is not None:
+            by_calendar[ch.calendar_id] = ch
+        elif ch.kind == "calendar_list":
+            by_account[ch.account_id] = ch
+    return [AccountBlock(account=a,
+                         calendars=[CalendarRow(c, by_calendar.get(c.id)) for c in calendars if c.account_id == a.id],
+                         list_channel=by_account.get(a.id))
+            for a in accounts]
+
+
+def _stats(session: Session, now: datetime) -> dict[str, Any]:
+    heartbeat = session.scalar(select(WorkerHeartbeat).order_by(WorkerHeartbeat.seen_at.desc()).limit(1))
+    return {
+        "last_seq": session.scalar(select(func.max(Change.seq))) or 0,
+        "changes_today": session.scalar(select(func.count()).select_from(Change)
+                                        .where(Change.detected_at >= now - timedelta(days=1))) or 0,
+        "notifications_hour": session.scalar(select(func.count()).select_from(Notification)
+                                             .where(Notification.received_at >= now - timedelta(hours=1))) or 0,
+        "failed_deliveries": session.scalar(select(func.count()).select_from(Delivery)
+                                            .where(Delivery.state == "failed")) or 0,
+        "worker_seen": heartbeat.seen_at if heartbeat else None,
+        "worker_alive": bool(heartbeat and now - heartbeat.seen_at < WORKER_STALE),
+    }
+
+
+def _changes_query(calendar_id: int | None) -> Any:
+    query = select(Change).options(joinedload(Change.calendar).joinedload(Calendar.account))
+    if calendar_id is not None:
+        query = query.where(Change.calendar_id == calendar_id)
+    return query
+
+
+def _change_view(change: Change) -> dict[str, Any]:
+    cal = change.calendar
+    return {
+        "seq": change.seq,
+        "kind": change.kind,
+        "calendar": cal.summary or cal.google_id,
+        "calendar_id": cal.id,
+        "account": cal.account.email,
+        "event_id": change.event_id,
+        "title": event_title(change.before, change.after, change.event_id),
+        "when": event_when(change.after or change.before),
+        "diffs": field_diffs(change.fields, change.before, change.after) if change.kind == "updated" else [],
+        "detected_at": change.detected_at,
+    }
+
+
+def _calendar_choices(session: Session) -> list[tuple[int, str]]:
+    rows = session.execute(select(Calendar.id, Calendar.summary, Calendar.google_id, Account.email)
+                           .join(Account, Account.id == Calendar.account_id)
+                           .order_by(Account.email, Calendar.summary))
+    return [(cid, f"{summary or gid} · {email}") for cid, summary, gid, email in rows]
+
+
+def _notification_rows(session: Session, limit: int, channel: str | None,
+                       after: int | None) -> list[tuple[Notification, str | None]]:
+    query = (select(Notification, Calendar.summary)
+             .outerjoin(Channel, Channel.id == Notification.channel_id)
+             .outerjoin(Calendar, Calendar.id == Channel.calendar_id)
+             .order_by(Notification.id.desc()).limit(limit))
+    if channel:
+        query = query.where(Notification.channel_id == channel)
+    if after is not None:
+        query = query.where(Notification.id > after)
+    return [(n, summary) for n, summary in session.execute(query)]
+
+
+def _attempts(session: Session, delivery_ids: list[int]) -> dict[int, list[DeliveryAttempt]]:
+    if not delivery_ids:
+        return {}
+    out: dict[int, list[DeliveryAttempt]] = {}
+    for attempt in session.scalars(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(delivery_ids))
+                                   .order_by(DeliveryAttempt.id.desc())):
+        out.setdefault(attempt.delivery_id, []).append(attempt)
+    return out
+
+
+def _limit() -> int:
+    wanted = request.args.get("limit", default=50, type=int) or 50
+    return max(1, min(wanted, runtime().settings.notification_log_size, 1000))
+
+
+def _is_dashboard_path(value: str | None) -> bool:
+    return bool(value) and value.startswith("/dashboard") and "//" not in value and "\\" not in value  # type: ignore[union-attr]
+
