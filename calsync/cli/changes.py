@@ -11,14 +11,14 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.config import Settings
 from calsync.db import make_engine, make_sessionmaker
 from calsync.errors import ConfigError, NotFoundError
-from calsync.migrate import current_revision
+from calsync.models import Change
 from calsync.web import serializers
 
 POLL_SECONDS = 0.5
@@ -106,7 +106,7 @@ def _open_database(url: str) -> Engine:
         if not Path(parsed.database).exists():
             raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {parsed.database} (run `calsync db upgrade`)")
     engine = make_engine(url)
-    if current_revision(engine) is None:
+    if not inspect(engine).has_table(Change.__tablename__):
         engine.dispose()
         raise ConfigError("CALSYNC_DATABASE_URL: the database has no calsync schema (run `calsync db upgrade`)")
     return engine

@@ -1,0 +1,136 @@
+"""`calsync changes`: the same feed as /api/changes, for people and for scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from calsync.changes import append_changes
+from calsync.cli.changes import changes
+from calsync.db import transaction
+from calsync.models import Account, Calendar, Change
+from calsync.runtime import Runtime
+
+T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+CALSYNC = shutil.which("calsync", path=str(Path(sys.executable).parent)) or "calsync"
+
+V1 = {"id": "e1", "summary": "Standup", "location": "Room 1", "start": {"dateTime": "2026-03-02T10:00:00Z"}}
+V2 = {"id": "e1", "summary": "Daily standup", "location": "Room 2", "start": {"dateTime": "2026-03-02T10:30:00Z"}}
+
+
+def seed_calendars(runtime: Runtime) -> tuple[int, int]:
+    with transaction(runtime.sessions) as s:
+        account = Account(email="alice@example.com", credentials=runtime.cipher.encrypt_str("{}"), scopes=[])
+        s.add(account)
+        s.flush()
+        home = Calendar(account_id=account.id, google_id="alice@example.com")
+        team = Calendar(account_id=account.id, google_id="team@group.calendar.google.com")
+        s.add_all([home, team])
+        s.flush()
+        return home.id, team.id
+
+
+def add_change(runtime: Runtime, calendar_id: int, kind: str, before: dict[str, Any] | None,
+               after: dict[str, Any] | None, fields: list[str] | None = None) -> int:
+    with transaction(runtime.sessions) as s:
+        [change] = append_changes(s, [Change(calendar_id=calendar_id, event_id=(after or before or {})["id"],
+                                             kind=kind, fields=fields or [], before=before, after=after)], T0)
+        return change.seq
+
+
+@pytest.fixture
+def feed(runtime: Runtime) -> tuple[int, int]:
+    home, team = seed_calendars(runtime)
+    add_change(runtime, home, "created", None, V1)
+    add_change(runtime, home, "updated", V1, V2, ["summary", "location", "start"])
+    add_change(runtime, team, "created", None, {"id": "t1", "summary": "Offsite"})
+    add_change(runtime, home, "deleted", V2, None)
+    return home, team
+
+
+def run(settings: Any, *args: str) -> Any:
+    result = CliRunner().invoke(changes, list(args), env={"CALSYNC_DATABASE_URL": settings.database_url},
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_human_output_shows_kinds_and_field_level_before_and_after(settings: Any, feed: Any) -> None:
+    out = run(settings, "--limit", "10").output
+    lines = out.splitlines()
+    assert lines[0].startswith("#1  2026-03-01T09:30:00.000Z  alice@example.com / alice@example.com  created  Standup")
+    assert '    summary: "Standup" → "Daily standup"' in lines
+    assert '    location: "Room 1" → "Room 2"' in lines
+    assert '    start: {"dateTime": "2026-03-02T10:00:00Z"} → {"dateTime": "2026-03-02T10:30:00Z"}' in lines
+    assert any("team@group.calendar.google.com  created  Offsite" in line for line in lines)
+    assert any(line.startswith("#4 ") and " deleted  Daily standup" in line for line in lines)
+    assert "Traceback" not in out
+
+
+def test_json_lines_equal_the_api_dicts(settings: Any, feed: Any, client: Any, api_headers: dict[str, str]) -> None:
+    lines = run(settings, "--json").output.splitlines()
+    assert [json.loads(line) for line in lines] == client.get("/api/changes", headers=api_headers).get_json()["changes"]
+    after = run(settings, "--json", "--after", "1", "--limit", "2").output.splitlines()
+    assert [json.loads(line)["seq"] for line in after] == [2, 3]
+    team = run(settings, "--json", "--calendar", "team@group.calendar.google.com").output.splitlines()
+    assert [json.loads(line)["event_id"] for line in team] == ["t1"]
+
+
+def test_unknown_calendar_and_bad_options_are_errors(settings: Any, feed: Any) -> None:
+    env = {"CALSYNC_DATABASE_URL": settings.database_url}
+    result = CliRunner().invoke(changes, ["--calendar", "nope@example.com"], env=env)
+    assert result.exit_code != 0 and "no calendar" in str(result.exception)
+    assert CliRunner().invoke(changes, ["--after", "-1"], env=env).exit_code == 2
+    assert CliRunner().invoke(changes, ["--limit", "0"], env=env).exit_code == 2
+
+
+def test_follow_prints_a_change_committed_while_it_runs(settings: Any, runtime: Runtime, feed: Any) -> None:
+    home, _ = feed
+    env = {**os.environ, "CALSYNC_DATABASE_URL": settings.database_url}
+    proc = subprocess.Popen([CALSYNC, "changes", "--follow", "--json", "--after", "4"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        time.sleep(0.3)
+        assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+        seq = add_change(runtime, home, "created", None, {"id": "late", "summary": "Added while following"})
+        printed = json.loads(lines.get(timeout=10))
+        assert printed["seq"] == seq == 5 and printed["event_id"] == "late"
+        assert printed["after"]["summary"] == "Added while following"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("url", ["sqlite:////nonexistent-dir/calsync.db",
+                                 "postgresql+psycopg://nobody@127.0.0.1:1/calsync"])
+def test_bad_database_is_one_line_without_traceback(url: str) -> None:
+    env = {**os.environ, "CALSYNC_DATABASE_URL": url}
+    proc = subprocess.run([CALSYNC, "changes"], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_database_without_schema_is_a_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    env = {**os.environ, "CALSYNC_DATABASE_URL": f"sqlite:///{empty}"}
+    proc = subprocess.run([CALSYNC, "changes"], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and "calsync db upgrade" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
