@@ -22,9 +22,10 @@ def cli(verbose: bool) -> None:
 def _register() -> None:
     from calsync.cli.changes import changes
     from calsync.cli.db import db, keygen
+    from calsync.cli.processes import serve, web, worker
     from calsync.cli.webhooks import webhooks
 
-    for command in (db, keygen, changes, webhooks):
+    for command in (db, keygen, changes, webhooks, serve, web, worker):
         cli.add_command(command)
 
 

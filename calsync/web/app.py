@@ -26,9 +26,9 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")
     app.extensions["calsync"] = runtime
 
-    from calsync.web import admin_auth, api, auth, dashboard, health, receiver, webhooks_api
+    from calsync.web import admin_auth, api, auth, dashboard, health, metrics, receiver, webhooks_api
 
-    for module in (health, auth, api, admin_auth, dashboard, receiver, webhooks_api):
+    for module in (health, auth, api, admin_auth, dashboard, receiver, webhooks_api, metrics):
         app.register_blueprint(module.bp)
     return app
 

@@ -1,21 +1,35 @@
-"""Liveness for load balancers and operators."""
+"""Liveness for load balancers and operators: the database answers and some worker is alive.
+
+A web process with no worker behind it accepts notifications that nobody syncs, so a stale worker
+heartbeat makes /healthz fail too.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
-from sqlalchemy import text
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from calsync.clock import rfc3339, utc
+from calsync.models import WorkerHeartbeat
 from calsync.web.app import runtime
+from calsync.worker import HEARTBEAT_SECONDS, heartbeat_is_fresh
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
-def healthz():  # type: ignore[no-untyped-def]
+def healthz() -> tuple[Response, int]:
+    rt = runtime()
     try:
-        with runtime().engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+        with rt.sessions() as session:
+            seen_at = utc(session.scalar(select(func.max(WorkerHeartbeat.seen_at))))
     except SQLAlchemyError as err:
-        return jsonify(status="error", database=f"unreachable: {type(err).__name__}"), 503
-    return jsonify(status="ok", database="ok")
+        return jsonify(status="error", database=f"unreachable: {type(err).__name__}", worker="unknown",
+                       worker_seen_at=None), 503
+    now = rt.clock.now()
+    if not heartbeat_is_fresh(seen_at, now):
+        worker = "no worker has ever reported" if seen_at is None else \
+            f"stale: last heartbeat {int((now - seen_at).total_seconds())}s ago (expected every {HEARTBEAT_SECONDS:g}s)"
+        return jsonify(status="error", database="ok", worker=worker, worker_seen_at=rfc3339(seen_at)), 503
+    return jsonify(status="ok", database="ok", worker="ok", worker_seen_at=rfc3339(seen_at)), 200

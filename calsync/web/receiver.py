@@ -15,13 +15,14 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, request
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.db import transaction
 from calsync.metrics import NOTIFICATIONS
 from calsync.models import Account, Calendar, Channel, Notification
+from calsync.scheduler import trim_log
 from calsync.web.app import runtime
 
 bp = Blueprint("receiver", __name__)
@@ -92,15 +93,6 @@ def token_matches(token_hash: str, token: str | None) -> bool:
     """Constant-time comparison of the presented token's digest with the stored one."""
     presented = hashlib.sha256((token or "").encode("utf-8")).hexdigest()
     return hmac.compare_digest(presented.encode(), token_hash.encode()) and token is not None
-
-
-def trim_log(session: Session, keep: int, *, newest_id: int | None = None) -> int:
-    """Keep only the newest `keep` notifications (ids are increasing, so one range delete)."""
-    if newest_id is None:
-        newest_id = session.scalar(select(Notification.id).order_by(Notification.id.desc()).limit(1))
-        if newest_id is None:
-            return 0
-    return session.execute(delete(Notification).where(Notification.id <= newest_id - keep)).rowcount or 0
 
 
 # Helpers ---------------------------------------------------------------------------------------

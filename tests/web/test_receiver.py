@@ -14,7 +14,7 @@ from calsync.config import Settings
 from calsync.db import transaction
 from calsync.models import Account, Channel, Notification
 from calsync.runtime import Runtime
-from calsync.web.receiver import trim_log
+from calsync.scheduler import trim_log
 from tests.push_support import (
     account_row,
     add_calendar_row,

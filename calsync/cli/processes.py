@@ -1,0 +1,74 @@
+"""The long-running processes: `calsync serve` (web + worker), `calsync web`, `calsync worker`."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+import click
+
+from calsync.config import Settings
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1), help="HTTP request threads.")
+@click.option("--worker-threads", type=click.IntRange(1), default=None,
+              help="Sync threads (default: CALSYNC_WORKER_THREADS).")
+def serve(host: str, port: int, threads: int, worker_threads: int | None) -> None:
+    """Web app and worker in one process (gunicorn); upgrades a SQLite database itself."""
+    from calsync.serve import CalsyncApplication, ensure_schema
+
+    settings = Settings.from_env()
+    ensure_schema(settings, upgrade_sqlite=True)
+    CalsyncApplication(settings, host=host, port=port, workers=1, threads=threads, with_worker=True,
+                       worker_threads=worker_threads).run()
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="gunicorn processes.")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1), help="Threads per process.")
+def web(host: str, port: int, workers: int, threads: int) -> None:
+    """The web app only (receiver, API, dashboard) under gunicorn; run `calsync worker` beside it."""
+    from calsync.serve import CalsyncApplication, ensure_schema
+
+    settings = Settings.from_env()
+    ensure_schema(settings, upgrade_sqlite=False)
+    CalsyncApplication(settings, host=host, port=port, workers=workers, threads=threads).run()
+
+
+@click.command()
+@click.option("--threads", type=click.IntRange(1), default=None, help="Sync threads (default: CALSYNC_WORKER_THREADS).")
+@click.option("--burst", is_flag=True, help="Do everything due now, then exit.")
+def worker(threads: int | None, burst: bool) -> None:
+    """Claim and do due work (syncs, renewals, deliveries) until SIGTERM; any number may run."""
+    from calsync.runtime import Runtime
+    from calsync.serve import ensure_schema
+    from calsync.worker import Worker
+
+    settings = Settings.from_env()
+    ensure_schema(settings, upgrade_sqlite=False)
+    runtime = Runtime.create(settings)
+    try:
+        w = Worker(runtime, threads=threads)
+        if burst:
+            done = w.run_burst()
+            click.echo(f"burst finished: {done} job(s)")
+            return
+        stop = threading.Event()
+
+        def _stop(signum: int, _frame: FrameType | None) -> None:
+            click.echo(f"received {signal.Signals(signum).name}: finishing the work in hand", err=True)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        click.echo(f"worker {w.name} running with {w.threads} thread(s)", err=True)
+        w.run(stop)
+        click.echo(f"worker {w.name} stopped", err=True)
+    finally:
+        runtime.close()

@@ -1,0 +1,93 @@
+"""`GET /metrics`: the process's counters, plus gauges read from the database at scrape time.
+
+The gauges (next channel expiry, sync lag, calendars by state, accounts by status) describe the
+whole deployment, not this process, so they are computed from the shared database on each scrape
+by a collector bound to this app's runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from flask import Blueprint, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import Row, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from calsync.models import Account, Calendar, Channel
+from calsync.runtime import Runtime
+from calsync.web.app import runtime
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    database = CollectorRegistry(auto_describe=False)
+    database.register(DatabaseCollector(runtime()))
+    body = generate_latest(REGISTRY) + generate_latest(database)
+    return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0], content_type=CONTENT_TYPE_LATEST)
+
+
+class DatabaseCollector(Collector):
+    """Gauges computed from the shared database when scraped."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.runtime = rt
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("calsync_database_up", "1 when the database answered this scrape")
+        try:
+            families = list(self._families())
+        except SQLAlchemyError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self) -> Iterator[GaugeMetricFamily]:
+        now = self.runtime.clock.now()
+        with self.runtime.sessions() as session:
+            next_expiry = session.scalar(select(func.min(Channel.expires_at)).where(Channel.status == "active"))
+            oldest_owed = session.scalar(select(func.min(Calendar.due_at)).join(Account).where(
+                Calendar.sync_requested > Calendar.sync_done, Calendar.removed_at.is_(None),
+                Account.status == "active"))
+            by_state = session.execute(select(Calendar.sync_state, func.count()).where(Calendar.removed_at.is_(None))
+                                       .group_by(Calendar.sync_state)).all()
+            by_status = session.execute(select(Account.status, func.count()).group_by(Account.status)).all()
+            channels = session.execute(select(Channel.status, func.count()).group_by(Channel.status)).all()
+
+        expiry = GaugeMetricFamily("calsync_channel_next_expiry_seconds",
+                                   "Seconds until the soonest active channel expires (absent when none)")
+        if next_expiry is not None:
+            expiry.add_metric([], (next_expiry - now).total_seconds())
+        yield expiry
+
+        lag = GaugeMetricFamily("calsync_sync_lag_seconds",
+                                "Age of the oldest owed sync (0 when none is owed or it is not due yet)")
+        lag.add_metric([], max(0.0, (now - oldest_owed).total_seconds()) if oldest_owed is not None else 0.0)
+        yield lag
+
+        calendars = GaugeMetricFamily("calsync_calendars", "Calendars by sync state", labels=["sync_state"])
+        _fill(calendars, by_state, ("pending", "synced", "backoff", "error"))
+        yield calendars
+
+        accounts = GaugeMetricFamily("calsync_accounts", "Accounts by status", labels=["status"])
+        _fill(accounts, by_status, ("active", "reauth_required", "disconnected"))
+        yield accounts
+
+        chans = GaugeMetricFamily("calsync_channels", "Push channels by status", labels=["status"])
+        _fill(chans, channels, ("pending", "active", "stopped", "expired"))
+        yield chans
+
+
+def _fill(family: GaugeMetricFamily, rows: Sequence[Row[tuple[str, int]]], known: tuple[str, ...]) -> None:
+    """One sample per known label value (zeros included, so dashboards see them), plus any other."""
+    counts = dict.fromkeys(known, 0)
+    counts.update({str(k): int(v) for k, v in rows})
+    for key, value in sorted(counts.items()):
+        family.add_metric([key], value)

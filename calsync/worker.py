@@ -1,0 +1,186 @@
+"""The worker: threads that claim due work under leases and do it.
+
+Work is rows in the database (calendars owing a sync, calendar lists owing a refresh, webhook
+deliveries), so any worker process can pick up what another left. A notification wakes a thread
+at once (in-process condition, LISTEN/NOTIFY on PostgreSQL); polling is only the fallback.
+`run_burst()` does everything due now and returns, which makes tests deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from datetime import timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from calsync.db import transaction
+from calsync.jobs import run_calendar_job, run_list_job
+from calsync.leases import Claim, claim_account_list, claim_calendar, release_account_list, release_calendar
+from calsync.models import WorkerHeartbeat
+from calsync.runtime import Runtime
+from calsync.scheduler import expire_lapsed_channels, prune, schedule_missing_channels, schedule_renewals
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 5.0  # /healthz calls a worker alive for three of these
+POLL_SECONDS = 1.5  # the fallback when no wake-up arrives
+DELIVERY_BATCH = 50
+
+
+class Worker:
+    """One worker process's threads (or a part of `calsync serve`)."""
+
+    def __init__(self, runtime: Runtime, name: str | None = None, threads: int | None = None) -> None:
+        self.runtime = runtime
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.threads = max(1, threads or runtime.settings.worker_threads)
+        self._started = False
+
+    # Entry points ----------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Work until `stop` is set; then finish the job in hand, release nothing half-done, return."""
+        self.start_up()
+        listener = self._start_listener(stop)
+        threads = [threading.Thread(target=self._loop, args=(f"{self.name}/{i}", stop),
+                                    name=f"calsync-worker-{i}", daemon=True) for i in range(self.threads)]
+        for t in threads:
+            t.start()
+        try:
+            while not stop.wait(HEARTBEAT_SECONDS / 2):
+                self.tick()
+        finally:
+            stop.set()
+            self.runtime.wakeup.notify_local()
+            for t in threads:
+                t.join()
+            if listener is not None:
+                listener.join(timeout=5)
+            self._forget_heartbeat()
+
+    def run_burst(self) -> int:
+        """Do everything due now (including follow-up work it creates), then return the job count."""
+        self.start_up()
+        owner = f"{self.name}/burst"
+        done = 0
+        while True:
+            self.tick()
+            did = self.work_once(owner)
+            if not did:
+                return done
+            done += did
+
+    def start_up(self) -> None:
+        """Heartbeat, and recreate channels that lapsed while no worker ran."""
+        if self._started:
+            return
+        self._started = True
+        now = self.runtime.clock.now()
+        with transaction(self.runtime.sessions) as session:
+            schedule_missing_channels(session, now, self.runtime.settings.renew_before)
+        self.tick()
+
+    def tick(self) -> None:
+        """One scheduler pass: heartbeat, due renewals, bounded logs. Cheap and idempotent."""
+        now = self.runtime.clock.now()
+        try:
+            with transaction(self.runtime.sessions) as session:
+                self._heartbeat(session)
+                marked = schedule_renewals(session, now, self.runtime.settings.renew_before)
+                expire_lapsed_channels(session, now)
+                prune(session, self.runtime, now)
+                if marked:
+                    self.runtime.wakeup.notify_after_commit(session)
+        except SQLAlchemyError:
+            log.exception("scheduler pass failed; will retry")
+
+    def work_once(self, owner: str, stop: threading.Event | None = None) -> int:
+        """Claim and do at most one calendar sync and one calendar-list refresh, then deliveries."""
+        done = 0
+        rt = self.runtime
+        claim = self._claim(claim_calendar, owner)
+        if claim is not None:
+            if stop is not None and stop.is_set():
+                self._release(release_calendar, claim)
+                return done
+            run_calendar_job(rt, claim)
+            done += 1
+        claim = self._claim(claim_account_list, owner)
+        if claim is not None:
+            if stop is not None and stop.is_set():
+                self._release(release_account_list, claim)
+                return done
+            run_list_job(rt, claim)
+            done += 1
+        done += self._deliveries(owner)
+        return done
+
+    # Helpers ---------------------------------------------------------------------------------
+    def _loop(self, owner: str, stop: threading.Event) -> None:
+        wakeup = self.runtime.wakeup
+        while not stop.is_set():
+            generation = wakeup.generation()
+            try:
+                did = self.work_once(owner, stop)
+            except Exception:
+                log.exception("worker thread %s: unexpected failure", owner)
+                did = 0
+                stop.wait(POLL_SECONDS)
+            if not did:
+                wakeup.wait(generation, POLL_SECONDS)
+
+    def _claim(self, claim_fn, owner: str) -> Claim | None:  # type: ignore[no-untyped-def]
+        settings = self.runtime.settings
+        with transaction(self.runtime.sessions) as session:
+            claim: Claim | None = claim_fn(session, owner, self.runtime.clock.now(), settings.lease_seconds)
+            return claim
+
+    def _release(self, release_fn, claim: Claim) -> None:  # type: ignore[no-untyped-def]
+        with transaction(self.runtime.sessions) as session:
+            release_fn(session, claim)
+
+    def _deliveries(self, owner: str) -> int:
+        try:
+            from calsync.webhooks.delivery import run_due_deliveries
+        except ImportError:
+            return 0
+        try:
+            return int(run_due_deliveries(self.runtime, owner, limit=DELIVERY_BATCH) or 0)
+        except Exception:
+            log.exception("webhook deliveries failed")
+            return 0
+
+    def _heartbeat(self, session) -> None:  # type: ignore[no-untyped-def]
+        now = self.runtime.clock.now()
+        row = session.get(WorkerHeartbeat, self.name)
+        if row is None:
+            session.add(WorkerHeartbeat(name=self.name, host=socket.gethostname()[:255], pid=os.getpid(),
+                                        started_at=now, seen_at=now))
+        else:
+            row.seen_at = now
+
+    def _forget_heartbeat(self) -> None:
+        try:
+            with transaction(self.runtime.sessions) as session:
+                row = session.get(WorkerHeartbeat, self.name)
+                if row is not None:
+                    session.delete(row)
+        except SQLAlchemyError:
+            log.warning("could not remove the heartbeat of %s", self.name)
+
+    def _start_listener(self, stop: threading.Event) -> threading.Thread | None:
+        if self.runtime.engine.dialect.name != "postgresql":
+            return None
+        from calsync.listen import Listener
+
+        listener = Listener(self.runtime.engine.url, self.runtime.wakeup, stop)
+        listener.start()
+        return listener
+
+
+def heartbeat_is_fresh(seen_at, now) -> bool:  # type: ignore[no-untyped-def]
+    """A worker that has not been seen for three heartbeats is presumed dead."""
+    return seen_at is not None and now - seen_at <= timedelta(seconds=3 * HEARTBEAT_SECONDS)
