@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from calsync.changes import append_changes
 from calsync.db import transaction
@@ -267,3 +267,54 @@ def test_changes_filtered_by_calendar(client: Any, seed: Seed, api_headers: dict
     assert [c["event_id"] for c in body["changes"]] == ["g0"]
     unknown = client.get("/api/changes?calendar=nope@example.com", headers=api_headers)
     assert unknown.status_code == 404 and set(unknown.get_json()) == {"error", "message"}
+
+
+# End to end: consent, sync, an edit at Google, the change on the API ------------------------------
+def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
+        emu: Any, live_server: str, runtime: Runtime, api_headers: dict[str, str]) -> None:
+    import requests
+
+    from calsync.calendars import refresh_calendar_list
+    from calsync.sync import sync_calendar
+
+    email = "zoe@example.com"
+    emu.create_user(email)
+    team = emu.create_calendar(email, "Team")
+    standup = emu.insert_event(email, {"summary": "Standup", "start": {"dateTime": "2026-03-02T10:00:00Z"},
+                                       "end": {"dateTime": "2026-03-02T10:15:00Z"}})
+    emu.insert_event(team, {"summary": "Offsite", "start": {"date": "2026-04-01"}, "end": {"date": "2026-04-02"}})
+    emu.auto_approve = email
+    browser = requests.Session()
+    assert browser.get(f"{live_server}/connect").url == f"{live_server}/connected"
+
+    with runtime.sessions() as session:
+        account_id = session.scalars(select(Account.id).where(Account.email == email)).one()
+    listed = refresh_calendar_list(runtime, account_id)
+    for calendar_id in listed.added:
+        sync_calendar(runtime, calendar_id)
+
+    api = requests.Session()
+    api.headers.update(api_headers)
+    calendars = api.get(f"{live_server}/api/calendars").json()
+    assert {(c["calendar_id"], c["summary"], c["sync_state"]) for c in calendars} == \
+        {(email, email, "synced"), (team, "Team", "synced")}
+    assert all(c["last_synced_at"].endswith("Z") and c["account_status"] == "active" for c in calendars)
+    events = api.get(f"{live_server}/api/events", params={"calendar": email}).json()
+    assert [e["id"] for e in events["items"]] == [standup["id"]] and events["nextPageToken"] is None
+    baseline = api.get(f"{live_server}/api/changes").json()
+    assert baseline == {"changes": [], "next": 0}, "the first full sync is a baseline, not changes"
+
+    emu.patch_event(email, standup["id"], {"summary": "Daily standup"})
+    with runtime.sessions() as session:
+        primary = session.scalars(select(Calendar.id).where(Calendar.google_id == email)).one()
+    sync_calendar(runtime, primary)
+
+    feed = api.get(f"{live_server}/api/changes", params={"after": 0}).json()
+    [change] = feed["changes"]
+    assert feed["next"] == change["seq"]
+    assert (change["account"], change["calendar_id"], change["event_id"], change["change"], change["fields"]) == \
+        (email, email, standup["id"], "updated", ["summary"])
+    assert change["before"]["summary"] == "Standup" and change["after"]["summary"] == "Daily standup"
+    assert change["detected_at"].endswith("Z")
+    assert api.get(f"{live_server}/api/changes", params={"calendar": team}).json() == \
+        {"changes": [], "next": 0}
