@@ -1,0 +1,161 @@
+"""Events through google-api-python-client: shapes, writes, scopes, paging under concurrent edits."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from googleapiclient.errors import HttpError
+
+from calsync.emulator import Emulator
+
+from .conftest import ALICE, list_all, timed
+
+
+def reason(err: HttpError) -> str:
+    import json
+    return json.loads(err.content)["error"]["errors"][0]["reason"]
+
+
+def test_event_created_by_a_person_looks_like_googles(emu: Emulator, service, alice: str) -> None:
+    stored = emu.insert_event(alice, timed(1, 9, location="Room 1"))
+    got = service.events().get(calendarId="primary", eventId=stored["id"]).execute()
+    assert got == stored
+    assert re.fullmatch(r"[a-v0-9]{26}", got["id"])
+    assert got["kind"] == "calendar#event" and got["status"] == "confirmed"
+    assert re.fullmatch(r'"\d+"', got["etag"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", got["updated"])
+    assert got["iCalUID"] == got["id"] + "@google.com"
+    assert got["organizer"] == {"email": ALICE, "self": True}
+    assert got["sequence"] == 0
+
+
+def test_patch_bumps_etag_and_updated_and_sequence_only_when_significant(emu: Emulator, alice: str) -> None:
+    first = emu.insert_event(alice, timed(1, 9))
+    renamed = emu.patch_event(alice, first["id"], {"summary": "renamed"})
+    assert renamed["etag"] != first["etag"] and renamed["sequence"] == 0
+    moved = emu.patch_event(alice, first["id"], {"start": {"dateTime": "2030-01-01T10:00:00Z"},
+                                                  "end": {"dateTime": "2030-01-01T11:00:00Z"}})
+    assert moved["sequence"] == 1 and moved["summary"] == "renamed"
+    replaced = emu.update_event(alice, first["id"], timed(2, 9, summary="whole"))
+    assert replaced["summary"] == "whole" and replaced["sequence"] == 2 and "location" not in replaced
+
+
+def test_write_through_api_needs_a_write_scope(emu: Emulator, service, writer, alice: str) -> None:
+    with pytest.raises(HttpError) as err:
+        service.events().insert(calendarId="primary", body=timed(1, 9)).execute()
+    assert err.value.resp.status == 403 and reason(err.value) == "insufficientPermissions"
+    made = writer.events().insert(calendarId="primary", body=timed(1, 9)).execute()
+    patched = writer.events().patch(calendarId="primary", eventId=made["id"], body={"summary": "x"}).execute()
+    assert patched["summary"] == "x"
+    updated = writer.events().update(calendarId="primary", eventId=made["id"], body=timed(3, 8)).execute()
+    assert updated["start"]["dateTime"] == "2030-01-03T08:00:00Z"
+    writer.events().delete(calendarId="primary", eventId=made["id"]).execute()
+    assert emu.events(alice) == []
+    assert emu.events(alice, include_cancelled=True)[0]["status"] == "cancelled"
+
+
+def test_deleting_twice_is_410_deleted_and_unknown_is_404(emu: Emulator, writer, alice: str) -> None:
+    event = emu.insert_event(alice, timed(1, 9))
+    writer.events().delete(calendarId="primary", eventId=event["id"]).execute()
+    with pytest.raises(HttpError) as err:
+        writer.events().delete(calendarId="primary", eventId=event["id"]).execute()
+    assert err.value.resp.status == 410 and reason(err.value) == "deleted"
+    with pytest.raises(HttpError) as err:
+        writer.events().get(calendarId="primary", eventId="nosuchevent00").execute()
+    assert err.value.resp.status == 404 and reason(err.value) == "notFound"
+
+
+def test_insert_validates_like_google(emu: Emulator, writer, alice: str) -> None:
+    with pytest.raises(HttpError) as err:
+        writer.events().insert(calendarId="primary", body={"summary": "no times"}).execute()
+    assert err.value.resp.status == 400
+    with pytest.raises(HttpError) as err:
+        writer.events().insert(calendarId="primary", body=timed(1, 9, id="UPPER-case!")).execute()
+    assert err.value.resp.status == 400
+    made = writer.events().insert(calendarId="primary", body=timed(1, 9, id="custom0id123")).execute()
+    assert made["id"] == "custom0id123"
+    with pytest.raises(HttpError) as err:
+        writer.events().insert(calendarId="primary", body=timed(1, 9, id="custom0id123")).execute()
+    assert err.value.resp.status == 409 and reason(err.value) == "duplicate"
+
+
+def test_list_pages_have_page_token_or_sync_token_never_both(emu: Emulator, service, alice: str) -> None:
+    emu.bulk_insert_events(alice, [timed(1 + i % 28, i % 20) for i in range(25)])
+    token, pages = None, []
+    while True:
+        page = service.events().list(calendarId="primary", maxResults=10, pageToken=token).execute()
+        pages.append(page)
+        assert ("nextPageToken" in page) != ("nextSyncToken" in page)
+        token = page.get("nextPageToken")
+        if not token:
+            break
+    assert [len(p["items"]) for p in pages] == [10, 10, 5]
+    assert len({e["id"] for p in pages for e in p["items"]}) == 25
+
+
+def test_edits_between_pages_are_never_lost(emu: Emulator, service, alice: str) -> None:
+    originals = [emu.insert_event(alice, timed(1, 0, summary=f"e{i}")) for i in range(30)]
+    first = service.events().list(calendarId="primary", maxResults=10).execute()
+    seen = {e["id"]: e for e in first["items"]}
+    early, late = originals[0]["id"], originals[25]["id"]
+    emu.patch_event(alice, early, {"summary": "changed early"})     # already paged past
+    emu.patch_event(alice, late, {"summary": "changed late"})       # still ahead
+    emu.delete_event(alice, originals[1]["id"])
+    added = emu.insert_event(alice, timed(2, 0, summary="added while paging"))
+    token = first["nextPageToken"]
+    while token:
+        page = service.events().list(calendarId="primary", maxResults=10, pageToken=token).execute()
+        seen.update({e["id"]: e for e in page["items"]})
+        token = page.get("nextPageToken")
+        sync = page.get("nextSyncToken")
+    assert seen[late]["summary"] == "changed late"
+    changes = service.events().list(calendarId="primary", syncToken=sync).execute()
+    changed = {e["id"]: e for e in changes["items"]}
+    assert changed[early]["summary"] == "changed early"
+    assert changed[originals[1]["id"]]["status"] == "cancelled"
+    assert added["id"] in changed
+    mirror = {**seen, **changed}
+    live = {e["id"] for e in emu.events(alice)}
+    assert {i for i, e in mirror.items() if e["status"] != "cancelled"} == live
+
+
+def test_max_results_is_capped_and_validated(emu: Emulator, service, alice: str) -> None:
+    emu.bulk_insert_events(alice, [timed(1, 1)] * 3)
+    page = service.events().list(calendarId="primary", maxResults=99999).execute()
+    assert len(page["items"]) == 3
+    with pytest.raises(HttpError) as err:
+        service.events().list(calendarId="primary", maxResults=0).execute()
+    assert err.value.resp.status == 400
+
+
+def test_time_window_and_search_filters(emu: Emulator, service, alice: str) -> None:
+    emu.insert_event(alice, timed(1, 9, summary="breakfast"))
+    emu.insert_event(alice, timed(5, 9, summary="lunch with Bob"))
+    items = service.events().list(calendarId="primary", timeMin="2030-01-04T00:00:00Z",
+                                  timeMax="2030-01-06T00:00:00Z").execute()["items"]
+    assert [e["summary"] for e in items] == ["lunch with Bob"]
+    items = service.events().list(calendarId="primary", q="bob").execute()["items"]
+    assert [e["summary"] for e in items] == ["lunch with Bob"]
+
+
+def test_primary_resolves_and_foreign_calendar_is_404(emu: Emulator, service, alice: str) -> None:
+    emu.create_user("bob@example.com")
+    assert service.calendars().get(calendarId="primary").execute()["id"] == ALICE
+    with pytest.raises(HttpError) as err:
+        service.events().list(calendarId="bob@example.com").execute()
+    assert err.value.resp.status == 404
+
+
+def test_bulk_insert_is_fast_and_sends_one_push(emu: Emulator, service, alice: str, receiver) -> None:
+    import time
+    service.events().watch(calendarId="primary", body={"id": "bulk", "type": "web_hook",
+                                                       "address": receiver.url}).execute()
+    receiver.wait_for(lambda hits: len(hits) == 1)
+    started = time.monotonic()
+    assert emu.bulk_insert_events(alice, (timed(1 + i % 28, i % 20) for i in range(5000))) == 5000
+    assert time.monotonic() - started < 5
+    assert emu.wait_push_idle()
+    assert receiver.states() == ["sync", "exists"]
+    items, _, pages = list_all(service, maxResults=2500)
+    assert len(items) == 5000 and pages == 2
