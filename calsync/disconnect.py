@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import requests
 from google.oauth2.credentials import Credentials
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from calsync.accounts import load_credentials
 from calsync.db import transaction
@@ -61,8 +62,7 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
             raise NotFoundError(f"no account with id {account_id}")
         result = DisconnectResult(account.email, already_disconnected=account.status == "disconnected")
         creds = _stored_credentials(runtime, account)
-        channels = [(c.id, c.resource_id) for c in session.scalars(
-            select(Channel).where(Channel.account_id == account_id, Channel.status.in_(LIVE_CHANNEL_STATES)))]
+        channels = _live_channels(runtime, account_id, session)
         account.status = "disconnected"
         account.list_due_at = None
         account.updated_at = now
@@ -70,15 +70,18 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
 
     if creds is not None:
         _stop_channels(runtime, creds, channels, result)
+        # A worker busy with this account when it was marked may have opened one more meanwhile.
+        late = [c for c in _live_channels(runtime, account_id) if c[0] not in {cid for cid, _ in channels}]
+        _stop_channels(runtime, creds, late, result)
         result.revoked = _revoke(runtime, creds)
     else:
         result.channels_not_stopped = [channel_id for channel_id, _ in channels]
 
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
-        if channels:
-            session.execute(update(Channel).where(Channel.id.in_([c for c, _ in channels]))
-                            .values(status="stopped", stopped_at=now))
+        session.execute(update(Channel).where(Channel.account_id == account_id,
+                                              Channel.status.in_(LIVE_CHANNEL_STATES))
+                        .values(status="stopped", stopped_at=now))
         session.execute(update(Account).where(Account.id == account_id).values(
             status="disconnected", credentials=runtime.cipher.encrypt_str(EMPTY_CREDENTIALS),
             list_due_at=None, updated_at=now))
@@ -86,6 +89,16 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
     log.info("account %s disconnected: %d channel(s) stopped, grant revoked: %s",
              result.account, len(result.channels_stopped), result.revoked)
     return result
+
+
+def _live_channels(runtime: Runtime, account_id: int, session: Session | None = None) -> list[tuple[str, str | None]]:
+    """(id, resource id) of the account's channels that Google may still be serving."""
+    query = (select(Channel.id, Channel.resource_id)
+             .where(Channel.account_id == account_id, Channel.status.in_(LIVE_CHANNEL_STATES)).order_by(Channel.id))
+    if session is not None:
+        return [(cid, rid) for cid, rid in session.execute(query)]
+    with runtime.sessions() as own:
+        return [(cid, rid) for cid, rid in own.execute(query)]
 
 
 def _stored_credentials(runtime: Runtime, account: Account) -> Credentials | None:
