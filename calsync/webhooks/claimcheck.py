@@ -36,7 +36,7 @@ def list_deliveries(session: Session, sub: WebhookSubscription, *, state: str | 
              .where(Delivery.subscription_id == sub.id).order_by(Delivery.change_seq.desc()).limit(limit))
     if state is not None:
         query = query.where(Delivery.state == state)
-    rows = session.execute(query).tuples().all()
+    rows = session.execute(query).all()
     attempts: dict[int, list[DeliveryAttempt]] = defaultdict(list)
     if with_attempts and rows:
         for attempt in session.scalars(select(DeliveryAttempt)

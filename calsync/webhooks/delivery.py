@@ -106,7 +106,7 @@ def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: d
     rows = session.execute(
         select(Change, Account.email, Calendar.google_id, Calendar.summary, Calendar.time_zone)
         .join(Calendar, Change.calendar_id == Calendar.id).join(Account, Calendar.account_id == Account.id)
-        .where(Change.seq.in_({d.change_seq for d in deliveries}))).tuples().all()
+        .where(Change.seq.in_({d.change_seq for d in deliveries}))).all()
     changes = {row[0].seq: row for row in rows}
     keys = {sub_id: signing_secrets(sub, runtime.cipher, now) for sub_id, sub in subs.items()}
     jobs = []

@@ -43,7 +43,9 @@ def enqueue(session: Session, changes: Sequence[Change], now: datetime) -> int:
     if not subs:
         return 0
     cal_ids = {c.calendar_id for c in changes}
-    google_ids = dict(session.execute(select(Calendar.id, Calendar.google_id).where(Calendar.id.in_(cal_ids))).tuples())
+    google_ids: dict[int, str] = {
+        row.id: row.google_id
+        for row in session.execute(select(Calendar.id, Calendar.google_id).where(Calendar.id.in_(cal_ids)))}
     count = 0
     for change in changes:
         for sub in subs:

@@ -34,14 +34,14 @@ METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
 
 @dataclass(frozen=True)
 class Target:
-    """A URL whose host has been resolved and checked; connect to `address`, present `host`."""
+    """A URL whose host has been resolved and checked; connect to `addresses`, present `host`."""
 
     url: str
     scheme: str
     host: str
     port: int
     path: str
-    address: str
+    addresses: tuple[str, ...]
 
     @property
     def host_header(self) -> str:
@@ -101,7 +101,8 @@ def resolve_target(url: str, settings: Settings, *, resolver: Resolver = socket.
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return Target(url=url.strip(), scheme=parts.scheme, host=host, port=port, path=path, address=str(addresses[0]))
+    return Target(url=url.strip(), scheme=parts.scheme, host=host, port=port, path=path,
+                  addresses=tuple(str(ip) for ip in addresses))
 
 
 def non_public_reason(ip: IPAddress) -> str | None:
@@ -114,13 +115,15 @@ def non_public_reason(ip: IPAddress) -> str | None:
         return "cloud metadata"
     if ip.is_loopback:
         return "loopback"
+    if ip.is_unspecified:
+        return "unspecified"
     if ip.is_link_local:
         return "link-local"
     if isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL:
         return "unique-local"
     if ip.is_private:
         return "private"
-    if ip.is_multicast or ip.is_unspecified or ip.is_reserved or not ip.is_global:
+    if ip.is_multicast or ip.is_reserved or not ip.is_global:
         return "reserved"
     return None
 

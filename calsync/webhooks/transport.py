@@ -39,16 +39,29 @@ class TransportError(WebhookError):
 
 def exchange(target: Target, method: str, *, headers: Mapping[str, str] | None = None,
              body: bytes | None = None, timeout: float, max_response: int = MAX_RESPONSE_BYTES) -> Response:
-    """Send one request to `target.address`; raise TransportError when no answer came back."""
+    """Send one request to the checked addresses (the next one only if connecting failed)."""
+    started = time.monotonic()
+    for index, address in enumerate(target.addresses):
+        try:
+            return _exchange_with(address, target, method, headers, body, timeout, max_response, started)
+        except NewConnectionError as err:
+            if index == len(target.addresses) - 1:
+                raise TransportError(_describe(err, timeout), _ms(started)) from err
+        except HTTPError as err:
+            raise TransportError(_describe(err, timeout), _ms(started)) from err
+    raise TransportError("no address to connect to", _ms(started))
+
+
+def _exchange_with(address: str, target: Target, method: str, headers: Mapping[str, str] | None,
+                   body: bytes | None, timeout: float, max_response: int, started: float) -> Response:
     pool_kw: dict[str, object] = {"maxsize": 1, "retries": False, "block": False}
     if target.scheme == "https":
         pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
-            target.address, target.port, server_hostname=target.host, assert_hostname=target.host,
+            address, target.port, server_hostname=target.host, assert_hostname=target.host,
             cert_reqs="CERT_REQUIRED", **pool_kw)  # type: ignore[arg-type]
     else:
-        pool = urllib3.HTTPConnectionPool(target.address, target.port, **pool_kw)  # type: ignore[arg-type]
+        pool = urllib3.HTTPConnectionPool(address, target.port, **pool_kw)  # type: ignore[arg-type]
     all_headers = {"User-Agent": USER_AGENT, **(headers or {}), "Host": target.host_header}
-    started = time.monotonic()
     try:
         resp = pool.urlopen(method, target.path, body=body, headers=all_headers, redirect=False, retries=False,
                             assert_same_host=False, preload_content=False,
@@ -57,8 +70,6 @@ def exchange(target: Target, method: str, *, headers: Mapping[str, str] | None =
             data = resp.read(max_response)
         finally:
             resp.release_conn()
-    except HTTPError as err:
-        raise TransportError(_describe(err, timeout), _ms(started)) from err
     finally:
         pool.close()
     return Response(status=resp.status, headers=HTTPHeaderDict(resp.headers), body=data, latency_ms=_ms(started))
@@ -69,12 +80,13 @@ def _ms(started: float) -> float:
 
 
 def _describe(err: HTTPError, timeout: float) -> str:
-    if isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError):
+    reason = getattr(err, "reason", None)
+    if isinstance(err, NewConnectionError):  # before TimeoutError: urllib3 derives one from the other
+        return "connection failed: " + str(err).split(": ", 1)[-1]
+    if isinstance(err, TimeoutError) or isinstance(reason, TimeoutError):
         return f"timed out after {timeout:g} s"
-    if isinstance(err, SSLError) or isinstance(getattr(err, "reason", None), SSLError):
-        return f"TLS error: {getattr(err, 'reason', err)}"
-    if isinstance(err, NewConnectionError) or isinstance(getattr(err, "reason", None), NewConnectionError):
-        return "connection failed: " + str(getattr(err, "reason", err)).split(": ", 1)[-1]
+    if isinstance(err, SSLError) or isinstance(reason, SSLError):
+        return f"TLS error: {reason or err}"
     if isinstance(err, ProtocolError):
         return f"connection broken: {err}"
     return f"{type(err).__name__}: {err}"

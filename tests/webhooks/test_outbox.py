@@ -1,0 +1,85 @@
+"""The outbox is written with the change, in the same transaction, for matching subscriptions only."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from calsync.changes import append_changes
+from calsync.db import transaction
+from calsync.models import Change, Delivery
+from calsync.runtime import Runtime
+from calsync.webhooks.subscriptions import get_subscription, set_status
+from tests.webhooks.receiver import Receiver
+from tests.webhooks.support import deliveries, event, make_calendar, subscribe, write_change
+
+
+def count(runtime: Runtime, model: type) -> int:
+    with runtime.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_one_delivery_per_matching_subscription_and_change(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    a, _ = subscribe(runtime, receiver.url)
+    b, _ = subscribe(runtime, receiver.url, ["event.created", "event.updated"])
+    seq = write_change(runtime, cal)
+    for sub_id in (a, b):
+        (delivery,) = deliveries(runtime, sub_id)
+        assert (delivery.change_seq, delivery.state, delivery.attempts) == (seq, "pending", 0)
+        assert delivery.message_id == f"msg_{sub_id}_{seq}"
+        assert delivery.next_attempt_at == runtime.clock.now()
+
+
+def test_filters_by_event_type(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    created_only, _ = subscribe(runtime, receiver.url, ["event.created"])
+    deleted_only, _ = subscribe(runtime, receiver.url, ["event.deleted"])
+    created = write_change(runtime, cal, "created", event_id="e1")
+    write_change(runtime, cal, "updated", event_id="e1")
+    deleted = write_change(runtime, cal, "deleted", event_id="e1")
+    assert [d.change_seq for d in deliveries(runtime, created_only)] == [created]
+    assert [d.change_seq for d in deliveries(runtime, deleted_only)] == [deleted]
+
+
+def test_filters_by_calendar(runtime: Runtime, receiver: Receiver) -> None:
+    team = make_calendar(runtime, "team@group")
+    other = make_calendar(runtime, "other@group")
+    sub_id, _ = subscribe(runtime, receiver.url, calendars=["team@group"])
+    wanted = write_change(runtime, team)
+    write_change(runtime, other)
+    assert [d.change_seq for d in deliveries(runtime, sub_id)] == [wanted]
+
+
+def test_paused_subscriptions_collect_deliveries_and_disabled_ones_do_not(runtime: Runtime,
+                                                                         receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    paused, _ = subscribe(runtime, receiver.url)
+    disabled, _ = subscribe(runtime, receiver.url)
+    with transaction(runtime.sessions) as session:
+        set_status(session, get_subscription(session, paused), "paused")
+        get_subscription(session, disabled).status = "disabled"
+    write_change(runtime, cal)
+    assert len(deliveries(runtime, paused)) == 1
+    assert deliveries(runtime, disabled) == []
+
+
+def test_a_rolled_back_transaction_leaves_neither_change_nor_delivery(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    subscribe(runtime, receiver.url)
+    with pytest.raises(RuntimeError), transaction(runtime.sessions) as session:
+        append_changes(session, [Change(calendar_id=cal, event_id="e1", kind="created", fields=[], before=None,
+                                        after=event())], runtime.clock.now())
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 1  # queued inside the transaction
+        raise RuntimeError("the sync page failed before its commit")
+    assert count(runtime, Change) == 0 and count(runtime, Delivery) == 0
+
+
+def test_several_changes_in_one_commit_each_get_their_delivery(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    with transaction(runtime.sessions) as session:
+        batch = [Change(calendar_id=cal, event_id=f"e{i}", kind="created", fields=[], before=None,
+                        after=event(id=f"e{i}")) for i in range(3)]
+        append_changes(session, batch, runtime.clock.now())
+    assert [d.change_seq for d in deliveries(runtime, sub_id)] == [c.seq for c in batch]

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from calsync.webhooks.schedule import (
+    MAX_ATTEMPTS,
+    MAX_RETRY_AFTER,
+    RETRY_DELAYS,
+    parse_retry_after,
+    retry_delay,
+)
+
+
+def test_schedule_is_svix_s_with_eight_attempts() -> None:
+    assert RETRY_DELAYS == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    assert MAX_ATTEMPTS == 8
+
+
+@pytest.mark.parametrize("attempts", range(1, 8))
+def test_each_delay_is_its_step_within_20_percent(attempts: int) -> None:
+    rng = random.Random(attempts)
+    delays = [retry_delay(attempts, rng=rng) for _ in range(200)]
+    step = RETRY_DELAYS[attempts - 1]
+    assert all(step * 0.8 <= d <= step * 1.2 for d in delays)  # type: ignore[operator]
+    assert max(delays) - min(delays) > step * 0.2  # type: ignore[operator]  # jitter really spreads
+
+
+def test_no_retry_after_the_eighth_attempt() -> None:
+    assert retry_delay(8) is None
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_overloaded_endpoints_wait_at_least_a_minute(status: int) -> None:
+    assert retry_delay(1, status=status) == 60  # the 5 s step raised to the floor
+    assert retry_delay(1, status=500) < 60  # type: ignore[operator]
+
+
+def test_retry_after_is_honoured_and_clamped() -> None:
+    assert retry_delay(1, status=429, retry_after=120) == 120
+    assert retry_delay(1, status=503, retry_after=30) == 60
+    assert retry_delay(1, status=429, retry_after=10 * 86400) == MAX_RETRY_AFTER
+    step = retry_delay(4, status=429, retry_after=120, rng=random.Random(1))
+    assert step is not None and step > 7200 * 0.79  # a longer scheduled step is kept
+
+
+def test_parse_retry_after_seconds_and_http_date() -> None:
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    assert parse_retry_after("120", now) == 120
+    assert parse_retry_after(format_datetime(now + timedelta(minutes=3), usegmt=True), now) == 180
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after(None, now) is None
