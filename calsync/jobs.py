@@ -75,7 +75,14 @@ def run_list_job(runtime: Runtime, claim: Claim) -> None:
             delay = backoff_delay(count, retry_after=getattr(err, "retry_after", None))
             if not transient:
                 delay = max(delay, runtime.settings.reconcile_every)
-            fail_account_list(session, claim, runtime.clock.now(), delay=delay, error=f"{type(err).__name__}: {err}")
+            fail_account_list(session, claim, runtime.clock.now(), delay=delay, error=describe(err))
+
+
+def describe(err: BaseException) -> str:
+    """What an operator needs in `last_error`: the kind, Google's status and reason, the message."""
+    status, reason = getattr(err, "status", None), getattr(err, "reason", None)
+    detail = " ".join(str(x) for x in (status, reason) if x)
+    return f"{type(err).__name__}" + (f" ({detail})" if detail else "") + f": {err}"
 
 
 # Helpers ---------------------------------------------------------------------------------------
@@ -132,9 +139,8 @@ def _fail(runtime: Runtime, claim: Claim, err: BaseException, *, state: str, ret
     with transaction(runtime.sessions) as session:
         count = calendar_error_count(session, claim.id) + 1
         delay = max(floor, backoff_delay(count, retry_after=retry_after))
-        fail_calendar(session, claim, runtime.clock.now(), delay=delay, state=state,
-                      error=f"{type(err).__name__}: {err}")
-    log.warning("calendar %s: %s (%s); retry in %.1fs", claim.id, type(err).__name__, err, delay)
+        fail_calendar(session, claim, runtime.clock.now(), delay=delay, state=state, error=describe(err))
+    log.warning("calendar %s: %s; retry in %.1fs", claim.id, describe(err), delay)
 
 
 def _account_revoked(runtime: Runtime, account_id: int | None, reason: str) -> None:

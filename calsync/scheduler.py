@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, delete, exists, select, update
+from sqlalchemy import Select, and_, case, delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from calsync.models import Account, Calendar, Channel, Notification, WorkerHeartbeat
@@ -23,12 +23,16 @@ def schedule_renewals(session: Session, now: datetime, renew_before: float) -> i
 
     Reads `ix_channels_status_expires_at`, so the cost follows the number of due channels.
     """
-    horizon = now + timedelta(seconds=renew_before)
-    due = session.execute(select(Channel.kind, Channel.calendar_id, Channel.account_id)
-                          .where(Channel.status == "active", Channel.expires_at <= horizon)).all()
+    due = session.execute(due_channels(now + timedelta(seconds=renew_before))).all()
     calendar_ids = {r.calendar_id for r in due if r.kind == "events" and r.calendar_id is not None}
     account_ids = {r.account_id for r in due if r.kind == "calendar_list"}
     return _make_calendars_due(session, calendar_ids, now) + _make_lists_due(session, account_ids, now)
+
+
+def due_channels(horizon: datetime) -> Select[tuple[str, int | None, int]]:
+    """Active channels expiring by `horizon`: a range read of `ix_channels_status_expires_at`."""
+    return (select(Channel.kind, Channel.calendar_id, Channel.account_id)
+            .where(Channel.status == "active", Channel.expires_at <= horizon))
 
 
 def schedule_missing_channels(session: Session, now: datetime, renew_before: float) -> int:

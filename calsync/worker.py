@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 5.0  # /healthz calls a worker alive for three of these
 POLL_SECONDS = 1.5  # the fallback when no wake-up arrives
+SCHEDULER_SECONDS = 2.0
 DELIVERY_BATCH = 50
 
 
@@ -38,6 +39,8 @@ class Worker:
         self.runtime = runtime
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.threads = max(1, threads or runtime.settings.worker_threads)
+        # The scheduler must look several times within the renewal window, however short it is.
+        self.tick_seconds = max(0.05, min(SCHEDULER_SECONDS, runtime.settings.renew_before / 4))
         self._started = False
 
     # Entry points ----------------------------------------------------------------------------
@@ -50,7 +53,7 @@ class Worker:
         for t in threads:
             t.start()
         try:
-            while not stop.wait(HEARTBEAT_SECONDS / 2):
+            while not stop.wait(self.tick_seconds):
                 self.tick()
         finally:
             stop.set()
