@@ -1,0 +1,305 @@
+"""The delivery worker against a real subscriber on loopback, on both engines, with a frozen clock."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+from standardwebhooks import Webhook
+
+from calsync.db import transaction
+from calsync.models import Delivery
+from calsync.runtime import Runtime
+from calsync.webhooks.claimcheck import replay
+from calsync.webhooks.delivery import run_due_deliveries
+from calsync.webhooks.schedule import RETRY_DELAYS
+from calsync.webhooks.subscriptions import get_subscription, rotate_secret, set_status
+from tests.webhooks.receiver import Answer, Receiver
+from tests.webhooks.support import (
+    attempts,
+    clock,
+    deliver,
+    deliveries,
+    make_calendar,
+    subscribe,
+    subscription,
+    write_change,
+)
+
+
+def next_offset(runtime: Runtime, sub_id: str) -> float:
+    (delivery,) = [d for d in deliveries(runtime, sub_id) if d.state == "pending"]
+    assert delivery.next_attempt_at is not None
+    return (delivery.next_attempt_at - runtime.clock.now()).total_seconds()
+
+
+def seqs_posted(receiver: Receiver) -> list[int]:
+    return [r.json()["data"]["seq"] for r in receiver.posts()]
+
+
+def exhaust(runtime: Runtime, sub_id: str) -> None:
+    """Run the worker at each retry time until the delivery has no attempt left."""
+    while (pending := [d for d in deliveries(runtime, sub_id) if d.state == "pending"]):
+        clock(runtime).set(max(runtime.clock.now(), pending[0].next_attempt_at))  # type: ignore[type-var]
+        assert deliver(runtime) >= 1
+
+
+# Signed messages ---------------------------------------------------------------------------------
+def test_a_change_arrives_signed_with_the_whole_change(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    sub_id, secret = subscribe(runtime, receiver.url)
+    seq = write_change(runtime, cal)
+
+    assert deliver(runtime) == 1
+    (post,) = receiver.posts()
+    message = Webhook(secret).verify(post.body, post.headers)
+    assert message["type"] == "event.updated"
+    assert message["data"]["seq"] == seq and message["data"]["account"] == "alice@example.com"
+    assert message["data"]["calendar_id"] == "team@group.calendar.google.com"
+    assert message["data"]["fields"] == ["end", "start"] and message["data"]["change"] == "updated"
+    assert message["data"]["after"]["start"]["dateTime"] == "2026-12-03T10:30:00+01:00"
+    assert post.headers["Webhook-Id"] == f"msg_{sub_id}_{seq}"
+    assert post.headers["Content-Type"] == "application/json"
+
+    (delivery,) = deliveries(runtime, sub_id)
+    assert (delivery.state, delivery.attempts, delivery.last_status) == ("delivered", 1, 200)
+    assert delivery.delivered_at == runtime.clock.now()
+    (attempt,) = attempts(runtime, delivery.id)
+    assert attempt.status_code == 200 and attempt.response_excerpt == "ok" and attempt.latency_ms is not None
+    assert subscription(runtime, sub_id).last_success_at == runtime.clock.now()
+    assert deliver(runtime) == 0
+
+
+def test_during_rotation_both_secrets_verify_the_message(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    sub_id, old = subscribe(runtime, receiver.url)
+    with transaction(runtime.sessions) as session:
+        new = rotate_secret(session, runtime.cipher, get_subscription(session, sub_id), runtime.clock.now(), 600)
+    write_change(runtime, cal)
+    deliver(runtime)
+    (post,) = receiver.posts()
+    assert Webhook(old).verify(post.body, post.headers) == Webhook(new).verify(post.body, post.headers)
+
+
+def test_slack_subscriptions_get_a_one_line_summary(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    subscribe(runtime, receiver.url, format="slack")
+    write_change(runtime, cal)
+    deliver(runtime)
+    (post,) = receiver.posts()
+    assert post.json() == {"text": 'Team calendar: "Standup" moved 10:00 → 10:30 (Thu 3 Dec)'}
+
+
+# Retries -----------------------------------------------------------------------------------------
+def test_failures_follow_the_schedule_with_jitter_then_the_delivery_is_kept_failed(runtime: Runtime,
+                                                                                    receiver: Receiver) -> None:
+    receiver.default = Answer(500, b"boom " * 200)
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    write_change(runtime, cal)
+
+    assert deliver(runtime) == 1
+    for step in RETRY_DELAYS:
+        offset = next_offset(runtime, sub_id)
+        assert step * 0.8 <= offset <= step * 1.2
+        clock(runtime).advance(offset - 1)
+        assert deliver(runtime) == 0  # not due yet
+        clock(runtime).advance(1)
+        assert deliver(runtime) == 1
+
+    (delivery,) = deliveries(runtime, sub_id)
+    assert (delivery.state, delivery.attempts, delivery.next_attempt_at) == ("failed", 8, None)
+    assert delivery.last_error == "HTTP 500"
+    logged = attempts(runtime, delivery.id)
+    assert [a.status_code for a in logged] == [500] * 8
+    assert all(len(a.response_excerpt or "") == 500 for a in logged)  # the first 500 bytes only
+    assert {r.headers["Webhook-Id"] for r in receiver.posts()} == {delivery.message_id}
+    assert subscription(runtime, sub_id).status == "active"  # 27.6 h of failures is not 5 days
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    (Answer(429, headers={"Retry-After": "120"}), 120),
+    (Answer(503), 60),
+    (Answer(429, headers={"Retry-After": "1"}), 60),
+    (Answer(502), 60),
+])
+def test_overloaded_endpoints_get_at_least_a_minute_and_their_retry_after(
+        runtime: Runtime, receiver: Receiver, answer: Answer, expected: float) -> None:
+    receiver.script(answer)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    write_change(runtime, make_calendar(runtime))
+    deliver(runtime)
+    assert next_offset(runtime, sub_id) == expected
+
+
+def test_a_redirect_is_a_failure_and_is_not_followed(runtime: Runtime, receiver: Receiver) -> None:
+    receiver.script(Answer(301, headers={"Location": receiver.base + "/moved"}))
+    sub_id, _ = subscribe(runtime, receiver.url)
+    write_change(runtime, make_calendar(runtime))
+    deliver(runtime)
+    assert [r.path for r in receiver.posts()] == ["/hook"]
+    (delivery,) = deliveries(runtime, sub_id)
+    assert delivery.state == "pending" and delivery.last_status == 301
+    assert "redirects are not followed" in (delivery.last_error or "")
+
+
+def test_a_timeout_is_logged_and_retried(runtime: Runtime, receiver: Receiver) -> None:
+    fast = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, webhook_timeout=0.2))
+    receiver.script(Answer(delay=1.0))
+    sub_id, _ = subscribe(fast, receiver.url)
+    write_change(fast, make_calendar(fast))
+    deliver(fast)
+    (delivery,) = deliveries(fast, sub_id)
+    (attempt,) = attempts(fast, delivery.id)
+    assert attempt.status_code is None and attempt.error == "timed out after 0.2 s"
+    assert attempt.latency_ms is not None and attempt.latency_ms >= 200
+    assert delivery.state == "pending" and 4 <= next_offset(fast, sub_id) <= 6
+
+
+def test_410_disables_the_subscription_at_once(runtime: Runtime, receiver: Receiver) -> None:
+    receiver.script(Answer(410, b"gone"))
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    write_change(runtime, cal)
+    write_change(runtime, cal, event_id="ev2")
+    assert deliver(runtime) == 1
+    sub = subscription(runtime, sub_id)
+    assert sub.status == "disabled" and "410" in (sub.disabled_reason or "")
+    assert [d.state for d in deliveries(runtime, sub_id)] == ["failed", "failed"]
+    assert deliver(runtime) == 0 and len(receiver.posts()) == 1
+
+
+def test_five_days_without_a_success_disables_the_subscription(runtime: Runtime, receiver: Receiver) -> None:
+    receiver.default = Answer(500)
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    write_change(runtime, cal)
+    deliver(runtime)
+    first_failure = runtime.clock.now()
+    clock(runtime).advance(days=4, hours=23)
+    write_change(runtime, cal, event_id="ev2")
+    deliver(runtime)
+    assert subscription(runtime, sub_id).status == "active"
+    clock(runtime).advance(hours=1)
+    write_change(runtime, cal, event_id="ev3")
+    deliver(runtime)
+    sub = subscription(runtime, sub_id)
+    assert sub.status == "disabled" and sub.failing_since == first_failure
+    assert "no successful delivery ever" in (sub.disabled_reason or "")
+    assert {d.state for d in deliveries(runtime, sub_id)} == {"failed"}
+
+
+def test_a_success_resets_the_failure_clock(runtime: Runtime, receiver: Receiver) -> None:
+    receiver.default = Answer(500)
+    receiver.script(Answer(500), Answer(200))
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    write_change(runtime, cal)
+    deliver(runtime)  # ev1 fails
+    clock(runtime).advance(days=3)
+    write_change(runtime, cal, event_id="ev2")
+    deliver(runtime)  # the retry of ev1 succeeds, then ev2 fails: failing again from now
+    assert subscription(runtime, sub_id).failing_since == runtime.clock.now()
+    clock(runtime).advance(days=2, hours=1)  # 5 days after the first failure, 2 after the success
+    write_change(runtime, cal, event_id="ev3")
+    deliver(runtime)
+    assert subscription(runtime, sub_id).status == "active"
+
+
+# Order -------------------------------------------------------------------------------------------
+def test_first_attempts_go_out_in_seq_order_and_a_retry_does_not_block(runtime: Runtime,
+                                                                        receiver: Receiver) -> None:
+    receiver.script(Answer(500))
+    cal = make_calendar(runtime)
+    subscribe(runtime, receiver.url)
+    seqs = [write_change(runtime, cal, event_id=f"e{i}") for i in range(4)]
+    assert deliver(runtime, limit=1) == 1
+    assert deliver(runtime) == 3
+    assert seqs_posted(receiver) == seqs  # the first one failed, the others went on
+    clock(runtime).advance(7)
+    assert deliver(runtime) == 1
+    assert seqs_posted(receiver) == [*seqs, seqs[0]]
+
+
+def test_a_newer_message_waits_while_an_older_first_attempt_is_in_flight(runtime: Runtime,
+                                                                         receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    first, second = write_change(runtime, cal, event_id="a"), write_change(runtime, cal, event_id="b")
+    with transaction(runtime.sessions) as session:  # another worker holds the older message's lease
+        session.execute(update(Delivery).where(Delivery.change_seq == first).values(
+            lease_owner="other-worker", lease_until=runtime.clock.now() + timedelta(seconds=120)))
+    assert deliver(runtime) == 0
+    clock(runtime).advance(121)  # that worker died: its lease runs out and the older message goes first
+    assert deliver(runtime) == 2
+    assert seqs_posted(receiver) == [first, second]
+    assert {d.state for d in deliveries(runtime, sub_id)} == {"delivered"}
+
+
+def test_two_workers_send_every_message_exactly_once(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    subs = [subscribe(runtime, receiver.url)[0] for _ in range(3)]
+    for i in range(6):
+        write_change(runtime, cal, event_id=f"e{i}")
+    made: list[int] = []
+    workers = [threading.Thread(target=lambda n=n: made.append(run_due_deliveries(runtime, f"w{n}", 50)))
+               for n in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    ids = [r.headers["Webhook-Id"] for r in receiver.posts()]
+    assert sum(made) == 18 and len(ids) == 18 and len(set(ids)) == 18
+    for sub_id in subs:
+        assert [r.json()["data"]["seq"] for r in receiver.posts() if sub_id in r.headers["Webhook-Id"]] == \
+            sorted(r.json()["data"]["seq"] for r in receiver.posts() if sub_id in r.headers["Webhook-Id"])
+
+
+# Pause, replay, safety ---------------------------------------------------------------------------
+def test_paused_deliveries_wait_and_go_out_on_resume(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    with transaction(runtime.sessions) as session:
+        set_status(session, get_subscription(session, sub_id), "paused")
+    write_change(runtime, cal)
+    assert deliver(runtime) == 0
+    with transaction(runtime.sessions) as session:
+        set_status(session, get_subscription(session, sub_id), "active")
+    assert deliver(runtime) == 1 and len(receiver.posts()) == 1
+
+
+def test_a_replayed_failure_is_sent_again_with_the_same_webhook_id(runtime: Runtime, receiver: Receiver) -> None:
+    receiver.default = Answer(500)
+    cal = make_calendar(runtime)
+    sub_id, secret = subscribe(runtime, receiver.url)
+    write_change(runtime, cal)
+    exhaust(runtime, sub_id)
+    (failed,) = deliveries(runtime, sub_id)
+    assert failed.state == "failed"
+
+    receiver.default = Answer(200)
+    clock(runtime).set(runtime.clock.now().replace(microsecond=0))
+    with transaction(runtime.sessions) as session:
+        assert replay(session, get_subscription(session, sub_id), None, runtime.clock.now()) == [failed.id]
+    assert deliver(runtime) == 1
+    post = receiver.posts()[-1]
+    assert post.headers["Webhook-Id"] == failed.message_id
+    (delivered,) = deliveries(runtime, sub_id)
+    assert (delivered.state, delivered.attempts) == ("delivered", 1)
+    assert len(attempts(runtime, delivered.id)) == 9  # the log keeps every attempt
+
+
+def test_the_address_is_checked_again_at_send_time(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)  # allowed when it was created
+    strict = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, webhook_allow_private=False))
+    write_change(strict, cal)
+    assert deliver(strict) == 1
+    assert receiver.posts() == []
+    (delivery,) = deliveries(strict, sub_id)
+    (attempt,) = attempts(strict, delivery.id)
+    assert attempt.status_code is None and "not sent" in (attempt.error or "") and "loopback" in (attempt.error or "")
+    assert delivery.state == "pending"
