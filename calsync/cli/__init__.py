@@ -23,9 +23,10 @@ def _register() -> None:
     from calsync.cli.changes import changes
     from calsync.cli.db import db, keygen
     from calsync.cli.processes import serve, web, worker
+    from calsync.cli.status import channels, status, sync
     from calsync.cli.webhooks import webhooks
 
-    for command in (db, keygen, changes, webhooks, serve, web, worker):
+    for command in (db, keygen, changes, webhooks, serve, web, worker, status, sync, channels):
         cli.add_command(command)
 
 
@@ -43,7 +44,8 @@ def main() -> None:
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
     except CalsyncError as err:
-        click.echo(f"error: {err}", err=True)
+        # One line even for a ConfigError naming several variables (one per indented line).
+        click.echo("error: " + str(err).replace(":\n  ", ": ").replace("\n  ", "; ").replace("\n", " "), err=True)
         sys.exit(2)
     except OperationalError as err:
         click.echo(f"error: the database cannot be reached: {str(err.orig).strip().splitlines()[0]}", err=True)

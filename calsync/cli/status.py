@@ -1,0 +1,284 @@
+"""`calsync status`, `calsync sync CALENDAR` and `calsync channels renew|stop`: the operator's terminal view.
+
+Calendars are named the way people know them: their Google id, or their title when that is unique.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import logging
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from calsync.clock import SystemClock
+from calsync.config import Settings
+from calsync.db import make_engine, make_sessionmaker, transaction
+from calsync.display import ago, expires_in
+from calsync.errors import ConfigError, NotFoundError
+from calsync.leases import Claim, finish_calendar, release_calendar
+from calsync.migrate import current_revision
+from calsync.models import Account, Calendar, Change, Channel, WorkerHeartbeat
+from calsync.runtime import Runtime
+
+STATE_STYLE = {"synced": "green", "pending": "cyan", "backoff": "yellow", "error": "bold red",
+               "active": "green", "reauth_required": "bold white on red", "disconnected": "dim",
+               "stopping": "yellow", "stopped": "dim", "expired": "dim"}
+LIVE = ("pending", "active")
+
+
+@click.command()
+@click.option("--all-channels", is_flag=True, help="Also list stopped and expired channels.")
+def status(all_channels: bool) -> None:
+    """Accounts, calendars (sync state, last sync, error) and push channels with their expiry."""
+    console = Console(highlight=False)
+    with _database() as (_settings, engine), make_sessionmaker(engine)() as session:
+        now = SystemClock().now()
+        accounts = list(session.scalars(select(Account).order_by(Account.email)))
+        calendars = list(session.scalars(select(Calendar).where(Calendar.removed_at.is_(None))
+                                         .order_by(Calendar.account_id, Calendar.primary.desc(), Calendar.summary)))
+        query = select(Channel).order_by(Channel.expires_at)
+        channels = list(session.scalars(query if all_channels else query.where(Channel.status.in_(LIVE))))
+        emails = {a.id: a.email for a in accounts}
+        titles = {c.id: c.summary or c.google_id for c in calendars}
+        last_seq = session.scalar(select(func.max(Change.seq))) or 0
+        heartbeat = session.scalar(select(func.max(WorkerHeartbeat.seen_at)))
+    console.print(_accounts_table(accounts, calendars, now))
+    console.print(_calendars_table(calendars, channels, emails, now))
+    console.print(_channels_table(channels, emails, titles, now))
+    worker = f"worker heartbeat {ago(heartbeat, now)}" if heartbeat else "[yellow]no worker has run yet[/yellow]"
+    console.print(f"diff log at seq [bold]{last_seq}[/bold] · {worker}")
+
+
+@click.command()
+@click.argument("calendar")
+@click.option("--account", metavar="EMAIL", help="The account, when several accounts share the calendar.")
+@click.option("--full", is_flag=True, help="List everything and compare with the mirror, instead of "
+                                           "an incremental sync from the stored sync token.")
+def sync(calendar: str, account: str | None, full: bool) -> None:
+    """Sync one CALENDAR (its Google id or its title) now, with a progress bar.
+
+    Takes the calendar's lease, so a running worker never syncs it at the same time.
+    """
+    from calsync.sync import sync_calendar
+
+    console = Console(highlight=False)
+    with _runtime() as rt:
+        owner = f"cli-sync-{id(rt)}"
+        with transaction(rt.sessions) as session:
+            cal = find_calendar(session, calendar, account)
+            claim = _claim(session, cal, owner, rt)
+            label = f"{cal.summary or cal.google_id} ({cal.account.email})"
+        progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                            TextColumn("{task.completed} events"), TimeElapsedColumn(),
+                            console=console, transient=True)
+        try:
+            with progress:
+                task = progress.add_task(f"syncing {escape(label)}", total=None)
+                result = sync_calendar(rt, claim.id, full=full, lease_owner=owner,
+                                       progress=lambda seen, total: progress.update(task, completed=seen, total=total))
+        except BaseException:
+            with transaction(rt.sessions) as session:
+                release_calendar(session, claim)
+            raise
+        with transaction(rt.sessions) as session:
+            finish_calendar(session, claim, rt.clock.now(), rt.settings.reconcile_every)
+    console.print(f"[green]✓[/green] {escape(label)}: {result.kind} sync, {result.pages} page(s), "
+                  f"{result.events_seen} event(s) seen · [green]{result.created} created[/green] · "
+                  f"[yellow]{result.updated} updated[/yellow] · [red]{result.deleted} deleted[/red]")
+
+
+@click.group()
+def channels() -> None:
+    """Push channels: replace them before they expire, or stop them."""
+
+
+@channels.command("renew")
+@click.argument("calendar", required=False)
+@click.option("--account", metavar="EMAIL", help="The account, when several accounts share the calendar.")
+@click.option("--all", "renew_all", is_flag=True, help="Every calendar and calendar list of every active account.")
+def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -> None:
+    """Open a new channel for CALENDAR (or --all), then stop the old one, then queue a sync for the seam."""
+    from calsync.channels import replace_channel
+    from calsync.web.receiver import request_calendar_sync
+
+    if bool(calendar) == renew_all:
+        raise click.UsageError("name one CALENDAR or give --all")
+    with _runtime() as rt:
+        with rt.sessions() as session:
+            if renew_all:
+                targets = [(c.id, c.account_id, f"{c.summary or c.google_id} ({c.account.email})") for c in session.scalars(
+                    select(Calendar).join(Account).where(Calendar.removed_at.is_(None), Account.status == "active")
+                    .order_by(Calendar.id))]
+                lists = [(a.id, a.email) for a in session.scalars(select(Account).where(Account.status == "active"))]
+            else:
+                cal = find_calendar(session, calendar or "", account)
+                targets = [(cal.id, cal.account_id, f"{cal.summary or cal.google_id} ({cal.account.email})")]
+                lists = []
+        for account_id, email in lists:
+            new_id = replace_channel(rt, account_id=account_id)
+            click.echo(f"calendar list of {email}: new channel {new_id}")
+        for calendar_id, _account_id, label in targets:
+            new_id = replace_channel(rt, calendar_id=calendar_id)
+            with transaction(rt.sessions) as session:
+                request_calendar_sync(session, calendar_id, rt.clock.now())
+                rt.wakeup.notify_after_commit(session)
+            click.echo(f"{label}: new channel {new_id}")
+        if not targets and not lists:
+            click.echo("no active calendar to renew")
+
+
+@channels.command("stop")
+@click.argument("channel_id", required=False)
+@click.option("--calendar", metavar="CALENDAR", help="Stop every live channel of this calendar instead.")
+@click.option("--account", metavar="EMAIL", help="With --calendar: the account, when several share it.")
+def channels_stop(channel_id: str | None, calendar: str | None, account: str | None) -> None:
+    """Stop CHANNEL_ID (or every channel of --calendar) at Google; the receiver refuses it from then on.
+
+    The calendar keeps being reconciled; a new channel opens at its next renewal or `channels renew`.
+    """
+    from calsync.channels import stop_channel
+
+    if bool(channel_id) == bool(calendar):
+        raise click.UsageError("name one CHANNEL_ID or give --calendar")
+    with _runtime() as rt:
+        with rt.sessions() as session:
+            if channel_id:
+                channel = session.get(Channel, channel_id)
+                if channel is None:
+                    raise NotFoundError(f"no channel {channel_id!r} (see `calsync status`)")
+                if channel.status not in LIVE:
+                    click.echo(f"channel {channel_id} is already {channel.status}")
+                    return
+                ids = [channel_id]
+            else:
+                cal = find_calendar(session, calendar or "", account)
+                ids = list(session.scalars(select(Channel.id).where(Channel.calendar_id == cal.id,
+                                                                     Channel.status.in_(LIVE))))
+        for cid in ids:
+            stop_channel(rt, cid)
+            click.echo(f"stopped channel {cid}")
+        if not ids:
+            click.echo("no live channel to stop")
+
+
+def find_calendar(session: Session, ref: str, account: str | None = None) -> Calendar:
+    """The one live calendar named by Google id or, failing that, by title; a usage error if several."""
+    base = (select(Calendar).join(Account, Account.id == Calendar.account_id)
+            .where(Calendar.removed_at.is_(None)).order_by(Calendar.id))
+    if account:
+        if session.scalar(select(Account.id).where(Account.email == account)) is None:
+            raise NotFoundError(f"no account {account!r} (see `calsync status`)")
+        base = base.where(Account.email == account)
+    found = list(session.scalars(base.where(Calendar.google_id == ref)))
+    if not found:
+        found = list(session.scalars(base.where(func.lower(Calendar.summary) == ref.lower())))
+    if not found:
+        owner = f" of account {account}" if account else ""
+        raise NotFoundError(f"no calendar {ref!r}{owner} (see `calsync status`)")
+    if len(found) > 1:
+        owners = ", ".join(sorted({f"{c.google_id} of {c.account.email}" for c in found}))
+        raise click.UsageError(f"{ref!r} names {len(found)} calendars ({owners}): use its Google id or add --account")
+    return found[0]
+
+
+@contextmanager
+def _database() -> Iterator[tuple[Settings, Engine]]:
+    """An engine on an existing calsync database: an operator command never creates one by accident."""
+    settings = Settings.from_env()
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(url.database).exists():
+            raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {url.database} (run `calsync db upgrade`)")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the revision check is not news
+    engine = make_engine(settings.database_url)
+    try:
+        if current_revision(engine) is None:
+            raise ConfigError("CALSYNC_DATABASE_URL: the database has no calsync schema (run `calsync db upgrade`)")
+        yield settings, engine
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _runtime() -> Iterator[Runtime]:
+    """What commands that call Google need: client secrets, the database, the token cipher, the clock."""
+    from calsync.google.oauth import client_config
+
+    client_config(Settings.from_env())  # a missing client secret is named before anything else
+    with _database() as (settings, engine):
+        yield Runtime.create(settings, engine=engine)
+
+
+def _claim(session: Session, cal: Calendar, owner: str, rt: Runtime) -> Claim:
+    """Take the calendar's lease unless a worker holds it right now."""
+    now = rt.clock.now()
+    taken = session.execute(update(Calendar).where(
+        Calendar.id == cal.id, (Calendar.lease_until.is_(None)) | (Calendar.lease_until < now)).values(
+        lease_owner=owner, lease_until=now + timedelta(seconds=rt.settings.lease_seconds)))
+    if not taken.rowcount:  # type: ignore[attr-defined]
+        raise click.ClickException(f"{cal.summary or cal.google_id} is being synced by a worker right now; "
+                                   "try again in a moment")
+    return Claim(id=cal.id, requested=cal.sync_requested, owner=owner)
+
+
+def _style(value: str) -> str:
+    style = STATE_STYLE.get(value)
+    return f"[{style}]{escape(value)}[/{style}]" if style else escape(value)
+
+
+def _accounts_table(accounts: list[Account], calendars: list[Calendar], now: datetime) -> Table:
+    table = Table(title="Accounts", title_justify="left", expand=False)
+    for col in ("account", "status", "calendars", "connected", "problem"):
+        table.add_column(col)
+    for a in accounts:
+        count = sum(1 for c in calendars if c.account_id == a.id)
+        problem = a.last_error or ""
+        if a.status == "reauth_required":
+            problem = "re-consent needed at /connect" + (f": {problem}" if problem else "")
+        table.add_row(escape(a.email), _style(a.status), str(count), ago(a.created_at, now),
+                      f"[red]{escape(problem)}[/red]" if problem else "—")
+    if not accounts:
+        table.add_row("[dim]no account yet: people connect at /connect[/dim]", "", "", "", "")
+    return table
+
+
+def _calendars_table(calendars: list[Calendar], channels: list[Channel], emails: dict[int, str],
+                     now: datetime) -> Table:
+    table = Table(title="Calendars", title_justify="left")
+    for col in ("account", "calendar", "google id", "state", "last sync", "channel", "error"):
+        table.add_column(col, overflow="fold")
+    expiry: dict[int, datetime | None] = {}
+    for ch in channels:
+        if ch.calendar_id is not None and ch.status in LIVE:
+            expiry[ch.calendar_id] = ch.expires_at
+    for c in calendars:
+        channel = expires_in(expiry[c.id], now) if c.id in expiry else "[dim]none[/dim]"
+        error = f"[red]{escape(c.last_error)}[/red]" if c.last_error else "—"
+        if c.retry_at and c.retry_at > now:
+            error += f" [dim](retry {ago(c.retry_at, now)})[/dim]"
+        table.add_row(escape(emails.get(c.account_id, "?")), escape(c.summary or ""), escape(c.google_id),
+                      _style(c.sync_state), ago(c.last_synced_at, now), channel, error)
+    return table
+
+
+def _channels_table(channels: list[Channel], emails: dict[int, str], titles: dict[int, str], now: datetime) -> Table:
+    table = Table(title="Channels", title_justify="left")
+    for col in ("channel id", "watches", "account", "status", "expiry", "last message"):
+        table.add_column(col, overflow="fold")
+    for ch in channels:
+        watches = "calendar list" if ch.kind == "calendar_list" else titles.get(ch.calendar_id or 0, "(removed)")
+        table.add_row(ch.id, escape(watches), escape(emails.get(ch.account_id, "?")), _style(ch.status),
+                      expires_in(ch.expires_at, now), str(ch.last_message_number or "—"))
+    if not channels:
+        table.add_row("[dim]no live channel[/dim]", "", "", "", "", "")
+    return table
