@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from . import grants
+from . import fields, grants
 from .errors import ApiError
 
 if TYPE_CHECKING:
@@ -53,67 +53,67 @@ def api(name: str, scopes: frozenset[str]) -> Callable:
 @bp.get("/users/me/calendarList")
 @api("calendar.calendarList.list", LIST)
 def calendar_list(emu: Emulator, user: str) -> Response:
-    return jsonify(emu._api_calendar_list(user, _params()))
+    return _reply(emu._api_calendar_list(user, _params()))
 
 
 @bp.get("/users/me/calendarList/<path:calendarId>")
 @api("calendar.calendarList.get", LIST)
 def calendar_list_get(emu: Emulator, user: str, calendarId: str) -> Response:
-    return jsonify(emu._api_calendar_list_entry(user, calendarId))
+    return _reply(emu._api_calendar_list_entry(user, calendarId))
 
 
 @bp.post("/users/me/calendarList/watch")
 @api("calendar.calendarList.watch", LIST)
 def calendar_list_watch(emu: Emulator, user: str) -> Response:
-    return jsonify(emu._api_watch(user, None, _body(), g.client_id))
+    return _reply(emu._api_watch(user, None, _body(), g.client_id))
 
 
 @bp.get("/calendars/<calendarId>")
 @api("calendar.calendars.get", LIST | READ)
 def calendar_get(emu: Emulator, user: str, calendarId: str) -> Response:
-    return jsonify(emu._api_calendar(user, calendarId))
+    return _reply(emu._api_calendar(user, calendarId))
 
 
 @bp.get("/calendars/<calendarId>/events")
 @api("calendar.events.list", READ)
 def events_list(emu: Emulator, user: str, calendarId: str) -> Response:
-    return jsonify(emu._api_list_events(user, calendarId, _params()))
+    return _reply(emu._api_list_events(user, calendarId, _params()))
 
 
 @bp.post("/calendars/<calendarId>/events/watch")
 @api("calendar.events.watch", READ)
 def events_watch(emu: Emulator, user: str, calendarId: str) -> Response:
-    return jsonify(emu._api_watch(user, calendarId, _body(), g.client_id))
+    return _reply(emu._api_watch(user, calendarId, _body(), g.client_id))
 
 
 @bp.post("/calendars/<calendarId>/events")
 @api("calendar.events.insert", WRITE)
 def events_insert(emu: Emulator, user: str, calendarId: str) -> Response:
-    return jsonify(emu._api_write(user, calendarId, "insert", None, _body()))
+    return _reply(emu._api_write(user, calendarId, "insert", None, _body()))
 
 
 @bp.get("/calendars/<calendarId>/events/<eventId>")
 @api("calendar.events.get", READ)
 def events_get(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
-    return jsonify(emu._api_get_event(user, calendarId, eventId))
+    return _reply(emu._api_get_event(user, calendarId, eventId))
 
 
 @bp.get("/calendars/<calendarId>/events/<eventId>/instances")
 @api("calendar.events.instances", READ)
 def events_instances(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
-    return jsonify(emu._api_instances(user, calendarId, eventId, _params()))
+    return _reply(emu._api_instances(user, calendarId, eventId, _params()))
 
 
 @bp.patch("/calendars/<calendarId>/events/<eventId>")
 @api("calendar.events.patch", WRITE)
 def events_patch(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
-    return jsonify(emu._api_write(user, calendarId, "patch", eventId, _body()))
+    return _reply(emu._api_write(user, calendarId, "patch", eventId, _body()))
 
 
 @bp.put("/calendars/<calendarId>/events/<eventId>")
 @api("calendar.events.update", WRITE)
 def events_update(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
-    return jsonify(emu._api_write(user, calendarId, "update", eventId, _body()))
+    return _reply(emu._api_write(user, calendarId, "update", eventId, _body()))
 
 
 @bp.delete("/calendars/<calendarId>/events/<eventId>")
@@ -129,6 +129,12 @@ def channels_stop(emu: Emulator, user: str) -> Response:
     body = _body()
     emu._api_stop_channel(user, body.get("id"), body.get("resourceId"), g.client_id)
     return Response(status=204)
+
+
+def _reply(body: Any) -> Response:
+    """JSON response, trimmed to the ``fields`` selection when one is given."""
+    selector = request.args.get("fields")
+    return jsonify(fields.select(body, fields.parse(selector)) if selector else body)
 
 
 def _emulator() -> Emulator:

@@ -159,3 +159,14 @@ def test_bulk_insert_is_fast_and_sends_one_push(emu: Emulator, service, alice: s
     assert receiver.states() == ["sync", "exists"]
     items, _, pages = list_all(service, maxResults=2500)
     assert len(items) == 5000 and pages == 2
+
+
+def test_fields_selects_a_partial_response(emu: Emulator, service, alice: str) -> None:
+    emu.insert_event(alice, timed(1, 9, location="here"))
+    page = service.events().list(calendarId="primary",
+                                 fields="kind,nextSyncToken,items(id,start/dateTime,location)").execute()
+    assert set(page) == {"kind", "nextSyncToken", "items"}
+    assert set(page["items"][0]) == {"id", "start", "location"} and set(page["items"][0]["start"]) == {"dateTime"}
+    with pytest.raises(HttpError) as err:
+        service.events().list(calendarId="primary", fields="items(id").execute()
+    assert err.value.resp.status == 400
