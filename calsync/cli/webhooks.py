@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from calsync.config import Settings
 from calsync.db import transaction
@@ -66,7 +66,8 @@ def list_(as_json: bool) -> None:
     if not views:
         click.echo("no webhook subscriptions")
         return
-    table = Table("id", "status", "format", "events", "url", "last success")
+    table = Table(Column("id", no_wrap=True), "status", "format", "events", Column("url", overflow="fold"),
+                  "last success")
     for v in views:
         table.add_row(v["id"], v["status"], v["format"], ",".join(v["events"]), v["url"], v["last_success_at"] or "—")
     Console(highlight=False).print(table)
@@ -126,7 +127,8 @@ def deliveries(sub_id: str, state: str | None, limit: int, as_json: bool) -> Non
     if not items:
         click.echo("no deliveries")
         return
-    table = Table("id", "seq", "type", "state", "attempts", "last", "next attempt")
+    table = Table(Column("id", no_wrap=True), "seq", "type", "state", "attempts", Column("last", overflow="fold"),
+                  "next attempt")
     for d in items:
         last = d["last_error"] or (str(d["last_status"]) if d["last_status"] else "—")
         table.add_row(str(d["id"]), str(d["seq"]), d["type"], d["state"], str(d["attempt_count"]), last,

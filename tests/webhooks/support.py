@@ -107,3 +107,20 @@ def subscription(runtime: Runtime, sub_id: str) -> WebhookSubscription:
         sub = session.get(WebhookSubscription, sub_id)
         assert sub is not None
         return sub
+
+
+def exhaust_all(runtime: Runtime) -> None:
+    """Run the worker at each retry time until no delivery is pending (the clock moves)."""
+    while True:
+        with runtime.sessions() as session:
+            due = session.scalar(select(Delivery.next_attempt_at).where(Delivery.state == "pending")
+                                 .order_by(Delivery.next_attempt_at).limit(1))
+        if due is None:
+            return
+        clock(runtime).set(max(runtime.clock.now(), due))
+        assert deliver(runtime) >= 1
+
+
+def with_settings(runtime: Runtime, **changes: Any) -> Runtime:
+    """The same runtime (database, clock, cipher) under changed settings."""
+    return dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, **changes))

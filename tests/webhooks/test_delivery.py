@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from datetime import timedelta
 
@@ -23,9 +22,11 @@ from tests.webhooks.support import (
     clock,
     deliver,
     deliveries,
+    exhaust_all,
     make_calendar,
     subscribe,
     subscription,
+    with_settings,
     write_change,
 )
 
@@ -38,13 +39,6 @@ def next_offset(runtime: Runtime, sub_id: str) -> float:
 
 def seqs_posted(receiver: Receiver) -> list[int]:
     return [r.json()["data"]["seq"] for r in receiver.posts()]
-
-
-def exhaust(runtime: Runtime, sub_id: str) -> None:
-    """Run the worker at each retry time until the delivery has no attempt left."""
-    while (pending := [d for d in deliveries(runtime, sub_id) if d.state == "pending"]):
-        clock(runtime).set(max(runtime.clock.now(), pending[0].next_attempt_at))  # type: ignore[type-var]
-        assert deliver(runtime) >= 1
 
 
 # Signed messages ---------------------------------------------------------------------------------
@@ -147,7 +141,7 @@ def test_a_redirect_is_a_failure_and_is_not_followed(runtime: Runtime, receiver:
 
 
 def test_a_timeout_is_logged_and_retried(runtime: Runtime, receiver: Receiver) -> None:
-    fast = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, webhook_timeout=0.2))
+    fast = with_settings(runtime, webhook_timeout=0.2)
     receiver.script(Answer(delay=1.0))
     sub_id, _ = subscribe(fast, receiver.url)
     write_change(fast, make_calendar(fast))
@@ -276,12 +270,11 @@ def test_a_replayed_failure_is_sent_again_with_the_same_webhook_id(runtime: Runt
     cal = make_calendar(runtime)
     sub_id, secret = subscribe(runtime, receiver.url)
     write_change(runtime, cal)
-    exhaust(runtime, sub_id)
+    exhaust_all(runtime)
     (failed,) = deliveries(runtime, sub_id)
     assert failed.state == "failed"
 
     receiver.default = Answer(200)
-    clock(runtime).set(runtime.clock.now().replace(microsecond=0))
     with transaction(runtime.sessions) as session:
         assert replay(session, get_subscription(session, sub_id), None, runtime.clock.now()) == [failed.id]
     assert deliver(runtime) == 1
@@ -295,7 +288,7 @@ def test_a_replayed_failure_is_sent_again_with_the_same_webhook_id(runtime: Runt
 def test_the_address_is_checked_again_at_send_time(runtime: Runtime, receiver: Receiver) -> None:
     cal = make_calendar(runtime)
     sub_id, _ = subscribe(runtime, receiver.url)  # allowed when it was created
-    strict = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, webhook_allow_private=False))
+    strict = with_settings(runtime, webhook_allow_private=False)
     write_change(strict, cal)
     assert deliver(strict) == 1
     assert receiver.posts() == []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook
@@ -22,7 +20,7 @@ from calsync.webhooks.subscriptions import (
     signing_secrets,
 )
 from tests.webhooks.receiver import Receiver
-from tests.webhooks.support import clock, deliveries, make_calendar, subscribe, write_change
+from tests.webhooks.support import clock, deliveries, make_calendar, subscribe, with_settings, write_change
 
 
 def count_subscriptions(runtime: Runtime) -> int:
@@ -50,7 +48,7 @@ def test_a_failed_verification_stores_nothing(runtime: Runtime, receiver: Receiv
 
 
 def test_an_unsafe_url_stores_nothing_and_calls_nobody(runtime: Runtime, receiver: Receiver) -> None:
-    strict = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, webhook_allow_private=False))
+    strict = with_settings(runtime, webhook_allow_private=False)
     with pytest.raises(UnsafeURLError, match="loopback"):
         subscribe(strict, receiver.url)
     assert count_subscriptions(runtime) == 0 and receiver.requests == []
