@@ -157,7 +157,7 @@ def rotate_secret(sub_id: str, grace: float) -> None:
     """Make a new signing secret (printed ONCE); the old one signs too until the grace ends."""
     with _runtime() as rt, transaction(rt.sessions) as session:
         sub = subscriptions.get_subscription(session, sub_id, lock=True)
-        secret = subscriptions.rotate_secret(session, rt.cipher, sub, rt.clock.now(), grace)
+        secret = subscriptions.rotate_secret(rt.cipher, sub, rt.clock.now(), grace)
         until = subscriptions.subscription_to_dict(sub)["previous_secret_until"]
     click.echo(f"secret:   {secret}")
     click.echo(f"the old secret keeps signing until {until}" if until else "the old secret no longer signs")
@@ -165,7 +165,7 @@ def rotate_secret(sub_id: str, grace: float) -> None:
 
 def _set_status(sub_id: str, status: str) -> None:
     with _runtime() as rt, transaction(rt.sessions) as session:
-        sub = subscriptions.set_status(session, subscriptions.get_subscription(session, sub_id, lock=True), status)
+        sub = subscriptions.set_status(subscriptions.get_subscription(session, sub_id, lock=True), status)
         rt.wakeup.notify_after_commit(session)
         click.echo(f"{sub.id} is {sub.status}")
 

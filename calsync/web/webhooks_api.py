@@ -74,7 +74,7 @@ def patch(sub_id: str):  # type: ignore[no-untyped-def]
         raise InvalidSubscription(field, 'only {"status": "active" | "paused"} can be changed')
     rt = runtime()
     with transaction(rt.sessions) as session:
-        sub = subscriptions.set_status(session, subscriptions.get_subscription(session, sub_id, lock=True),
+        sub = subscriptions.set_status(subscriptions.get_subscription(session, sub_id, lock=True),
                                        body["status"])
         rt.wakeup.notify_after_commit(session)
         return jsonify(subscriptions.subscription_to_dict(sub))
@@ -98,7 +98,7 @@ def rotate_secret(sub_id: str):  # type: ignore[no-untyped-def]
     rt = runtime()
     with transaction(rt.sessions) as session:
         sub = subscriptions.get_subscription(session, sub_id, lock=True)
-        secret = subscriptions.rotate_secret(session, rt.cipher, sub, rt.clock.now(), float(grace))
+        secret = subscriptions.rotate_secret(rt.cipher, sub, rt.clock.now(), float(grace))
         return jsonify({**subscriptions.subscription_to_dict(sub), "secret": secret})
 
 

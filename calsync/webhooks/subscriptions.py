@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339, utc
+from calsync.config import Settings
 from calsync.crypto import TokenCipher
 from calsync.db import transaction
 from calsync.errors import InvalidSubscription, NotFoundError
@@ -44,7 +45,7 @@ class SubscriptionSpec:
     verify_token: str | None = None
 
 
-def parse_spec(data: Any, settings: Any) -> SubscriptionSpec:
+def parse_spec(data: Any, settings: Settings) -> SubscriptionSpec:
     """Validate a request body; InvalidSubscription names the first bad field."""
     if not isinstance(data, dict):
         raise InvalidSubscription("body", "the body must be a JSON object")
@@ -107,7 +108,7 @@ def list_subscriptions(session: Session) -> list[WebhookSubscription]:
                                                                      WebhookSubscription.id)))
 
 
-def set_status(session: Session, sub: WebhookSubscription, status: str) -> WebhookSubscription:
+def set_status(sub: WebhookSubscription, status: str) -> WebhookSubscription:
     """Pause or resume; resuming a disabled subscription re-enables it with a clean failure record."""
     if status not in ("active", "paused"):
         raise InvalidSubscription("status", 'status: use "active" or "paused"')
@@ -134,7 +135,7 @@ def delete_subscription(session: Session, sub: WebhookSubscription) -> None:
     session.delete(sub)
 
 
-def rotate_secret(session: Session, cipher: TokenCipher, sub: WebhookSubscription, now: datetime,
+def rotate_secret(cipher: TokenCipher, sub: WebhookSubscription, now: datetime,
                   grace_seconds: float = DEFAULT_GRACE_SECONDS) -> str:
     """A new secret signs from now on; the current one keeps signing too until the grace ends."""
     if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:

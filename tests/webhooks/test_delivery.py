@@ -71,7 +71,7 @@ def test_during_rotation_both_secrets_verify_the_message(runtime: Runtime, recei
     cal = make_calendar(runtime)
     sub_id, old = subscribe(runtime, receiver.url)
     with transaction(runtime.sessions) as session:
-        new = rotate_secret(session, runtime.cipher, get_subscription(session, sub_id), runtime.clock.now(), 600)
+        new = rotate_secret(runtime.cipher, get_subscription(session, sub_id), runtime.clock.now(), 600)
     write_change(runtime, cal)
     deliver(runtime)
     (post,) = receiver.posts()
@@ -257,11 +257,11 @@ def test_paused_deliveries_wait_and_go_out_on_resume(runtime: Runtime, receiver:
     cal = make_calendar(runtime)
     sub_id, _ = subscribe(runtime, receiver.url)
     with transaction(runtime.sessions) as session:
-        set_status(session, get_subscription(session, sub_id), "paused")
+        set_status(get_subscription(session, sub_id), "paused")
     write_change(runtime, cal)
     assert deliver(runtime) == 0
     with transaction(runtime.sessions) as session:
-        set_status(session, get_subscription(session, sub_id), "active")
+        set_status(get_subscription(session, sub_id), "active")
     assert deliver(runtime) == 1 and len(receiver.posts()) == 1
 
 

@@ -57,7 +57,7 @@ def test_paused_subscriptions_collect_deliveries_and_disabled_ones_do_not(runtim
     paused, _ = subscribe(runtime, receiver.url)
     disabled, _ = subscribe(runtime, receiver.url)
     with transaction(runtime.sessions) as session:
-        set_status(session, get_subscription(session, paused), "paused")
+        set_status(get_subscription(session, paused), "paused")
         get_subscription(session, disabled).status = "disabled"
     write_change(runtime, cal)
     assert len(deliveries(runtime, paused)) == 1

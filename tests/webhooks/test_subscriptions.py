@@ -81,7 +81,7 @@ def test_resume_re_enables_a_disabled_subscription(runtime: Runtime, receiver: R
     sub_id, _ = subscribe(runtime, receiver.url)
     with transaction(runtime.sessions) as session:
         sub = get_subscription(session, sub_id)
-        set_status(session, sub, "paused")
+        set_status(sub, "paused")
     with transaction(runtime.sessions) as session:
         sub = get_subscription(session, sub_id)
         assert sub.status == "paused"
@@ -89,7 +89,7 @@ def test_resume_re_enables_a_disabled_subscription(runtime: Runtime, receiver: R
     with transaction(runtime.sessions) as session:
         sub = get_subscription(session, sub_id)
         assert (sub.status, sub.disabled_reason) == ("disabled", "testing")
-        set_status(session, sub, "active")
+        set_status(sub, "active")
     with runtime.sessions() as session:
         sub = get_subscription(session, sub_id)
         assert (sub.status, sub.disabled_reason, sub.failing_since) == ("active", None, None)
@@ -107,7 +107,7 @@ def test_disabling_stops_waiting_deliveries_but_keeps_them(runtime: Runtime, rec
 def test_rotation_signs_with_both_secrets_until_the_grace_ends(runtime: Runtime, receiver: Receiver) -> None:
     sub_id, old = subscribe(runtime, receiver.url)
     with transaction(runtime.sessions) as session:
-        new = rotate_secret(session, runtime.cipher, get_subscription(session, sub_id), runtime.clock.now(), 3600)
+        new = rotate_secret(runtime.cipher, get_subscription(session, sub_id), runtime.clock.now(), 3600)
     assert new != old and new.startswith("whsec_")
     with runtime.sessions() as session:
         keys = signing_secrets(get_subscription(session, sub_id), runtime.cipher, runtime.clock.now())

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import ssl
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from werkzeug.serving import make_server
 
 from calsync.webhooks.safety import Target
 from calsync.webhooks.transport import TransportError, exchange
@@ -39,3 +51,46 @@ def test_no_answer_in_time_is_a_transport_error(receiver: Receiver) -> None:
     receiver.script(Answer(delay=1.0))
     with pytest.raises(TransportError, match="timed out after 0.2 s"):
         exchange(pinned(receiver, "127.0.0.1"), "POST", body=b"{}", timeout=0.2)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """An https endpoint whose certificate names hooks.example.test, trusted through SSL_CERT_FILE."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.example.test")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.example.test")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ.get("HTTP_HOST", "").encode()]
+
+    server = make_server("127.0.0.1", 0, app, ssl_context=context, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield int(server.server_port)
+    server.shutdown()
+    server.server_close()
+
+
+def test_https_to_the_checked_address_verifies_the_certificate_for_the_url_s_name(tls_server: int) -> None:
+    def target(host: str) -> Target:
+        return Target(url=f"https://{host}:{tls_server}/", scheme="https", host=host, port=tls_server, path="/",
+                      addresses=("127.0.0.1",))
+
+    resp = exchange(target("hooks.example.test"), "POST", body=b"{}", timeout=2)
+    assert resp.status == 200 and resp.body == f"hooks.example.test:{tls_server}".encode()
+    with pytest.raises(TransportError, match="TLS error: hostname 'other.example.test' doesn't match"):
+        exchange(target("other.example.test"), "POST", body=b"{}", timeout=2)
