@@ -15,6 +15,8 @@ from calsync.clock import utc
 
 _UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
 _MAX_VALUE = 160
+_FIELD_ORDER = {name: n for n, name in enumerate(
+    ("summary", "status", "start", "end", "location", "description", "attendees", "recurrence", "originalStartTime"))}
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,10 @@ def event_when(body: dict[str, Any] | None) -> str:
 
 
 def field_diffs(fields: list[str], before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[FieldDiff]:
-    """Each changed field with its value before and after, rendered as short text."""
+    """Each changed field with its value before and after, rendered as short text, in reading order."""
     old, new = before or {}, after or {}
-    return [FieldDiff(name, render_value(old.get(name)), render_value(new.get(name))) for name in fields]
+    ordered = sorted(fields, key=lambda name: (_FIELD_ORDER.get(name, len(_FIELD_ORDER)), name))
+    return [FieldDiff(name, render_value(old.get(name)), render_value(new.get(name))) for name in ordered]
 
 
 def render_value(value: Any) -> str:
@@ -113,8 +116,18 @@ def render_value(value: Any) -> str:
 
 
 def _render_time(value: dict[str, Any]) -> str:
+    """'2026-12-01 16:00 UTC' from Google's {dateTime, timeZone}: the wall time and one zone label."""
     if "date" in value and "dateTime" not in value:
         return f"{value['date']} (all day)"
-    text = str(value["dateTime"]).replace("T", " ")
+    raw = str(value["dateTime"])
+    try:
+        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return raw
+    wall = parsed.strftime("%Y-%m-%d %H:%M" + (":%S" if parsed.second else ""))
     zone = value.get("timeZone")
-    return f"{text} {zone}" if zone else text
+    if not zone:
+        offset = parsed.utcoffset()
+        zone = "UTC" if offset is not None and not offset else parsed.strftime("%z")
+        zone = zone if zone == "UTC" or not zone else f"{zone[:3]}:{zone[3:]}"
+    return f"{wall} {zone}".strip()

@@ -22,11 +22,12 @@ def cli(verbose: bool) -> None:
 def _register() -> None:
     from calsync.cli.changes import changes
     from calsync.cli.db import db, keygen
+    from calsync.cli.demo import demo
     from calsync.cli.processes import serve, web, worker
     from calsync.cli.status import channels, status, sync
     from calsync.cli.webhooks import webhooks
 
-    for command in (db, keygen, changes, webhooks, serve, web, worker, status, sync, channels):
+    for command in (db, keygen, changes, webhooks, serve, web, worker, status, sync, channels, demo):
         cli.add_command(command)
 
 

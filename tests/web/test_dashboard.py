@@ -94,7 +94,7 @@ def test_changes_feed_shows_field_level_before_and_after(admin: Any, runtime: Ru
     page = admin.get("/dashboard/changes").text
     assert page.index("badge-deleted") < page.index("badge-updated") < page.index("badge-created")
     assert "<del>Standup</del>" in page and "<ins>Daily standup</ins>" in page
-    assert "<del>2026-01-05 10:00:00Z</del>" in page and "<ins>2026-01-05 10:30:00Z</ins>" in page
+    assert "<del>2026-01-05 10:00 UTC</del>" in page and "<ins>2026-01-05 10:30 UTC</ins>" in page
     assert "<dt>summary</dt>" in page and "<dt>start</dt>" in page
 
 
