@@ -93,6 +93,9 @@ class Settings:
     webhook_verify_timeout: float = 5.0
     worker_threads: int = 4
     lease_seconds: float = 120.0
+    # A calendar that changed during its own sync is synced again no sooner than this after that
+    # sync began: a burst of changes costs two events.list calls, not one per notification.
+    sync_min_interval: float = 2.0
     notification_log_size: int = 1000
     instance_path: Path = field(default_factory=lambda: Path("instance").resolve())
 
@@ -156,7 +159,7 @@ class Settings:
 
 def _convert(name: str, raw: str) -> object:
     if name in {"channel_ttl", "renew_before", "reconcile_every", "webhook_timeout",
-                "webhook_disable_after", "webhook_verify_timeout", "lease_seconds"}:
+                "webhook_disable_after", "webhook_verify_timeout", "lease_seconds", "sync_min_interval"}:
         seconds = parse_duration(raw)
         if seconds <= 0:
             raise ValueError("must be positive")

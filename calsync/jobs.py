@@ -107,7 +107,8 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
             session.execute(update(Calendar).where(Calendar.id == claim.id)
                             .values(sync_requested=Calendar.sync_requested + 1))
             runtime.wakeup.notify_after_commit(session)
-        if not finish_calendar(session, claim, runtime.clock.now(), settings.reconcile_every):
+        if not finish_calendar(session, claim, runtime.clock.now(), settings.reconcile_every,
+                               0.0 if seam else settings.sync_min_interval):
             log.info("calendar %s: synced, but the lease had passed to another worker", claim.id)
 
 

@@ -24,6 +24,7 @@ class Claim:
     id: int
     requested: int
     owner: str
+    claimed_at: datetime | None = None
 
 
 def claim_calendar(session: Session, owner: str, now: datetime, lease_seconds: float) -> Claim | None:
@@ -42,14 +43,20 @@ def claim_calendar(session: Session, owner: str, now: datetime, lease_seconds: f
         return None
     session.execute(update(Calendar).where(Calendar.id == row.id).values(
         lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds)))
-    return Claim(id=row.id, requested=row.sync_requested, owner=owner)
+    return Claim(id=row.id, requested=row.sync_requested, owner=owner, claimed_at=now)
 
 
-def finish_calendar(session: Session, claim: Claim, now: datetime, reconcile_every: float) -> bool:
-    """Record a successful sync: one more run if requests arrived meanwhile, else reconcile later."""
+def finish_calendar(session: Session, claim: Claim, now: datetime, reconcile_every: float,
+                    min_interval: float = 0.0) -> bool:
+    """Record a successful sync: one more run if requests arrived meanwhile, else reconcile later.
+
+    The one more run waits until `min_interval` after this one began, so a burst that outlasts a
+    sync still costs one more call, not one per notification.
+    """
+    follow_up = max(now, (claim.claimed_at or now) + timedelta(seconds=min_interval))
     result = session.execute(update(Calendar).where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner).values(
         sync_done=claim.requested,
-        due_at=case((Calendar.sync_requested > claim.requested, now),
+        due_at=case((Calendar.sync_requested > claim.requested, follow_up),
                     else_=now + timedelta(seconds=reconcile_every)),
         next_reconcile_at=now + timedelta(seconds=reconcile_every),
         lease_owner=None, lease_until=None, error_count=0, retry_at=None, last_error=None,
@@ -91,7 +98,7 @@ def claim_account_list(session: Session, owner: str, now: datetime, lease_second
         return None
     session.execute(update(Account).where(Account.id == row.id).values(
         list_lease_owner=owner, list_lease_until=now + timedelta(seconds=lease_seconds)))
-    return Claim(id=row.id, requested=row.list_requested, owner=owner)
+    return Claim(id=row.id, requested=row.list_requested, owner=owner, claimed_at=now)
 
 
 def finish_account_list(session: Session, claim: Claim, now: datetime, reconcile_every: float) -> bool:

@@ -90,7 +90,14 @@ def test_requests_during_a_sync_cause_exactly_one_more(rt, emu):  # type: ignore
     _request(rt, cal_id, times=5)  # notifications that arrive while the sync runs
     run_calendar_job(rt, claim)
     cal = calendar_row(rt, cal_id)
-    assert cal.sync_done == claim.requested < cal.sync_requested and cal.due_at == rt.clock.now()
+    # One more is owed, due once the minimum interval since this sync began has passed.
+    follow_up = claim.claimed_at + timedelta(seconds=rt.settings.sync_min_interval)
+    assert cal.sync_done == claim.requested < cal.sync_requested and cal.due_at == follow_up
+    _request(rt, cal_id, times=5)  # more while it waits: still that one sync, still at that time
+    assert calendar_row(rt, cal_id).due_at == follow_up
+    Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.list", "ann@example.com") == before + 1
+    rt.clock.set(follow_up)
     Worker(rt, threads=1).run_burst()
     assert emu.count("calendar.events.list", "ann@example.com") == before + 2
     assert calendar_row(rt, cal_id).sync_done == calendar_row(rt, cal_id).sync_requested

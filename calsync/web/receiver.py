@@ -131,10 +131,15 @@ def _handle(session: Session, push: Push, now: datetime) -> str:
 
 
 def request_calendar_sync(session: Session, calendar_id: int, now: datetime) -> None:
-    """Owe one more sync; due now, or when its backoff ends. Coalescing lives in the counters."""
+    """Owe one more sync, due now; coalescing lives in the counters.
+
+    A sync already owed for later (a backoff's retry_at, or the follow-up of a burst) keeps its
+    time: a notification never cuts a backoff short nor turns a burst into one call per message.
+    """
+    owed_later = (Calendar.sync_requested > Calendar.sync_done) & (Calendar.due_at > now)
     session.execute(update(Calendar).where(Calendar.id == calendar_id).values(
         sync_requested=Calendar.sync_requested + 1,
-        due_at=case((Calendar.retry_at > now, Calendar.retry_at), else_=now)))
+        due_at=case((Calendar.retry_at > now, Calendar.retry_at), (owed_later, Calendar.due_at), else_=now)))
 
 
 def _request_list_refresh(session: Session, account_id: int, now: datetime) -> None:
