@@ -6,6 +6,7 @@ the emulator (which owns locking and push).  Errors are ``ApiError`` rendered by
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import wraps
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import fields, grants
 from .errors import ApiError
+from .store import RawJson
 
 if TYPE_CHECKING:
     from .emulator import Emulator
@@ -132,9 +134,27 @@ def channels_stop(emu: Emulator, user: str) -> Response:
 
 
 def _reply(body: Any) -> Response:
-    """JSON response, trimmed to the ``fields`` selection when one is given."""
+    """JSON response, trimmed to the ``fields`` selection when one is given.
+
+    List pages carry their events as cached ``RawJson`` text, spliced in rather than re-encoded.
+    """
+    items = body.get("items") if isinstance(body, dict) else None
+    raw = isinstance(items, list) and any(isinstance(item, RawJson) for item in items)
     selector = request.args.get("fields")
-    return jsonify(fields.select(body, fields.parse(selector)) if selector else body)
+    if raw and selector:
+        body = dict(body, items=[json.loads(i) if isinstance(i, RawJson) else i for i in items])
+    if selector:
+        body = fields.select(body, fields.parse(selector))
+    elif raw:
+        head = _dumps({k: v for k, v in body.items() if k != "items"})
+        parts = [item if isinstance(item, RawJson) else _dumps(item) for item in items]
+        text = head[:-1] + ("," if len(head) > 2 else "") + '"items":[' + ",".join(parts) + "]}"
+        return Response(text, mimetype="application/json")
+    return jsonify(body)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _emulator() -> Emulator:

@@ -24,7 +24,10 @@ class FailRule:
 
     def matches(self, api_method: str, calendar_id: str | None) -> bool:
         """Whether this rule applies to a call (no method means any Calendar API call)."""
-        if self.method is not None and self.method != api_method:
+        if self.method is None:
+            return api_method.startswith("calendar.") and (
+                self.calendar_id is None or self.calendar_id == calendar_id)
+        if self.method != api_method:
             return False
         return self.calendar_id is None or self.calendar_id == calendar_id
 

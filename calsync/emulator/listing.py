@@ -209,7 +209,7 @@ def _by_insertion(cal: Calendar, match: Callable[[EventRecord], bool],
     for ordinal in range(first, len(cal.order)):
         record = cal.events[cal.order[ordinal]]
         if match(record):
-            yield ordinal, events.public(record.data)
+            yield ordinal, record.public_json(events.public)
 
 
 def _matcher(params: Params, cal: Calendar, since: int | None, show_deleted: bool, single: bool,
@@ -220,17 +220,19 @@ def _matcher(params: Params, cal: Calendar, since: int | None, show_deleted: boo
     shared = [p.split("=", 1) for p in params.get("sharedExtendedProperty", [])]
     types = set(params.get("eventTypes", []))
     updated_text = rfc3339(updated_min) if updated_min else None
+    if since is not None:
+        return lambda record: record.seq > since
+    if not (ical or query or private or shared or types or updated_text or show_deleted or single
+            or window[0] or window[1]):
+        return lambda record: record.data.get("status") != "cancelled" or _kept_cancelled(cal, record)
 
     def match(record: EventRecord) -> bool:
         data = record.data
-        if since is not None:
-            return record.seq > since
         if updated_text is not None:
             if data["updated"] < updated_text:
                 return False
         elif data.get("status") == "cancelled" and not show_deleted:
-            parent = cal.events.get(data.get("recurringEventId", ""))
-            if single or parent is None or parent.data.get("status") == "cancelled":
+            if single or not _kept_cancelled(cal, record):
                 return False
         if ical and data.get("iCalUID") != ical:
             return False
@@ -247,6 +249,12 @@ def _matcher(params: Params, cal: Calendar, since: int | None, show_deleted: boo
         return True
 
     return match
+
+
+def _kept_cancelled(cal: Calendar, record: EventRecord) -> bool:
+    """A cancelled occurrence of a live series stays in a plain list (it hides that occurrence)."""
+    parent = cal.events.get(record.data.get("recurringEventId", ""))
+    return parent is not None and parent.data.get("status") != "cancelled"
 
 
 def _expanded(cal: Calendar, match: Callable[[EventRecord], bool], since: int | None,

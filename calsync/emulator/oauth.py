@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, render_template, request
 
 from . import grants
+from .errors import ApiError
 
 if TYPE_CHECKING:
     from .emulator import Emulator
@@ -84,6 +85,12 @@ def token() -> Any:
     """Token endpoint: ``authorization_code`` and ``refresh_token`` grants."""
     g.api_method = "oauth.token"
     emu = _emulator()
+    try:
+        emu.faults.check("oauth.token", None)
+    except ApiError as err:  # an injected outage of the token endpoint, in OAuth's error shape
+        response = _oauth_error(err.code, err.reason, err.message)
+        response.headers.update(err.headers)
+        return response
     form = request.form
     client_id, secret = _client_auth()
     client = emu.grants.clients.get(client_id or "")

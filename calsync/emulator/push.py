@@ -80,6 +80,7 @@ class _Message:
     channel: Channel = field(compare=False)
     state: str = field(compare=False)
     number: int = field(compare=False)
+    generation: int = field(compare=False, default=0)
     attempt: int = field(compare=False, default=1)
 
 
@@ -100,6 +101,7 @@ class PushHub:
         self._heap: list[_Message] = []
         self._order = itertools.count()
         self._in_flight = 0
+        self._generation = 0  # bumped by clear(): deliveries in flight from before are not recorded
         self._threads: list[threading.Thread] = []
         self._running = False
         self._local = threading.local()
@@ -131,6 +133,7 @@ class PushHub:
     def clear(self) -> None:
         """Forget channels, queued messages, records and faults."""
         with self._cond:
+            self._generation += 1
             self.channels.clear()
             self._heap.clear()
             self.records.clear()
@@ -191,7 +194,8 @@ class PushHub:
             due = time.monotonic() + faults.delay
             if faults.reorder:
                 due += self._rng.uniform(0.0, 0.3)
-            heapq.heappush(self._heap, _Message(due, next(self._order), channel, state, number))
+            heapq.heappush(self._heap, _Message(due, next(self._order), channel, state, number,
+                                                self._generation))
         self._cond.notify_all()
 
     def _work(self) -> None:
@@ -247,7 +251,7 @@ class PushHub:
             status = None
         if (status is None or status in RETRY_STATUSES) and message.attempt < self.max_attempts:
             with self._cond:
-                if self._running:
+                if self._running and message.generation == self._generation:
                     message.due = time.monotonic() + self.retry_base * 2 ** (message.attempt - 1)
                     message.attempt += 1
                     message.order = next(self._order)
@@ -255,8 +259,9 @@ class PushHub:
                     self._cond.notify_all()
                     return
         with self._cond:
-            self.records.append(PushRecord(self.clock(), channel.id, message.state, message.number,
-                                           channel.address, status, message.attempt))
+            if message.generation == self._generation:
+                self.records.append(PushRecord(self.clock(), channel.id, message.state, message.number,
+                                               channel.address, status, message.attempt))
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)

@@ -37,14 +37,20 @@ def zone(name: str | None) -> dt.tzinfo:
 def parse_when(edt: dict[str, Any], cal_tz: str = "UTC") -> dt.datetime | dt.date:
     """Parse an EventDateTime into an aware datetime (in its own zone) or a date."""
     if edt.get("date"):
-        return dt.date.fromisoformat(edt["date"])
+        try:
+            return dt.date.fromisoformat(edt["date"])
+        except (TypeError, ValueError):
+            raise invalid(f"Invalid date: {edt['date']}", "date") from None
     raw = edt.get("dateTime")
     if not raw:
         raise invalid("Missing time: dateTime or date is required.", "start")
     try:
-        value = isoparse(raw)
-    except ValueError:
-        raise invalid(f"Invalid dateTime: {raw}", "dateTime") from None
+        value = dt.datetime.fromisoformat(raw)
+    except (TypeError, ValueError):
+        try:
+            value = isoparse(raw)
+        except (TypeError, ValueError):
+            raise invalid(f"Invalid dateTime: {raw}", "dateTime") from None
     tz = zone(edt.get("timeZone") or (None if value.tzinfo else cal_tz))
     if value.tzinfo is None:
         return value.replace(tzinfo=tz)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
+import os
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -17,7 +19,6 @@ from typing import Any
 from .errors import ApiError, invalid
 
 UTC = dt.timezone.utc
-BASE32HEX = "0123456789abcdefghijklmnopqrstuv"
 
 
 @dataclass
@@ -27,6 +28,17 @@ class EventRecord:
     data: dict[str, Any]
     seq: int
     ordinal: int
+    cached: tuple[int, str] | None = None
+
+    def public_json(self, render: Any) -> RawJson:
+        """The API JSON text of this event, serialised once per change (list pages reuse it)."""
+        if self.cached is None or self.cached[0] != self.seq:
+            self.cached = (self.seq, json.dumps(render(self.data), separators=(",", ":")))
+        return RawJson(self.cached[1])
+
+
+class RawJson(str):
+    """Already-serialised JSON, spliced verbatim into a response body."""
 
 
 @dataclass
@@ -159,9 +171,11 @@ class Store:
 
 def new_id(length: int = 26) -> str:
     """A random id in Google's event-id alphabet (base32hex, lower case)."""
-    return "".join(secrets.choice(BASE32HEX) for _ in range(length))
+    text = base64.b32hexencode(os.urandom((length * 5 + 7) // 8)).decode().lower()
+    return text[:length]
 
 
+@functools.lru_cache(maxsize=4096)
 def rfc3339(moment: dt.datetime) -> str:
     """``2024-01-01T10:00:00.000Z``: how Google renders ``created``/``updated``."""
     moment = moment.astimezone(UTC)

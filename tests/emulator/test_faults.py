@@ -66,3 +66,21 @@ def test_bad_fault_arguments_are_refused(emu: Emulator) -> None:
         emu.fail_next(0)
     with pytest.raises(ValueError):
         emu.push_faults(drop=2.0)
+
+
+def test_token_endpoint_outage_only_when_asked_for(emu: Emulator, alice: str) -> None:
+    import google.auth.transport.requests
+    import requests
+
+    from .conftest import credentials_for
+    creds = credentials_for(emu, emu.issue_tokens(alice))
+    emu.fail_next(1, status=503, reason="backendError")  # Calendar API only: refresh unaffected
+    creds.refresh(google.auth.transport.requests.Request())
+    emu.faults.clear()
+    emu.fail_next(1, status=503, reason="backendError", retry_after=2, method="oauth.token")
+    form = {"grant_type": "refresh_token", "refresh_token": creds.refresh_token,
+            "client_id": creds.client_id, "client_secret": creds.client_secret}
+    down = requests.post(emu.url + "/token", data=form)
+    assert down.status_code == 503 and down.headers["Retry-After"] == "2"
+    assert down.json()["error"] == "backendError"
+    assert requests.post(emu.url + "/token", data=form).status_code == 200
