@@ -10,7 +10,6 @@ import pytest
 import requests
 from google.auth.exceptions import RefreshError
 from google_auth_oauthlib.flow import Flow
-from googleapiclient.errors import HttpError
 
 from calsync.emulator import Emulator
 

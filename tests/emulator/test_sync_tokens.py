@@ -185,7 +185,7 @@ def test_mirror_converges_whatever_edits_happen_between_pages(emu: Emulator, ali
             apply(edits[page_no] if page_no < len(edits) else [])
         raise AssertionError("paging did not end")
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(initial=st.integers(0, 12), size=st.integers(1, 5),
            during_full=st.lists(st.lists(edit, max_size=3), max_size=4),
            between=st.lists(edit, max_size=5),
