@@ -431,7 +431,7 @@ class Emulator:
             raise ApiError(400, "pushInvalidTtl", "Invalid channel expiration: it is in the past")
         expiration = now + dt.timedelta(seconds=min(ttl, self.max_channel_ttl))
         expiration = expiration.replace(microsecond=expiration.microsecond // 1000 * 1000)
-        digest = hashlib.sha1(f"{epoch}:{resource}".encode()).digest()
+        digest = hashlib.sha256(f"{epoch}:{resource}".encode()).digest()
         resource_id = "".join("0123456789abcdefghijklmnopqrstuvwxyz"[b % 36] for b in digest)[:27]
         return Channel(channel_id, resource, resource_id, uri, address, token, expiration, user, client_id)
 

@@ -59,7 +59,7 @@ def create_app(emulator: Emulator) -> Flask:
 
 
 class ServerThread(threading.Thread):
-    """Serve an app with werkzeug's threaded server (HTTP/1.1 keep-alive) until ``shutdown``."""
+    """Serve an app with werkzeug's threaded server (a thread per connection) until ``shutdown``."""
 
     def __init__(self, app: Flask, host: str, port: int) -> None:
         super().__init__(name="emulator-http", daemon=True)
@@ -78,7 +78,7 @@ class ServerThread(threading.Thread):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    """Keep-alive connections (so clients reuse sockets) and no per-request log lines."""
+    """HTTP/1.1 responses without a log line per request (werkzeug closes each connection)."""
 
     protocol_version = "HTTP/1.1"
 

@@ -39,3 +39,22 @@ def test_group_help_lists_serving_options() -> None:
     assert result.exit_code == 0
     for option in ("--host", "--port", "--access-token-ttl", "--max-channel-ttl"):
         assert option in result.output
+
+
+def test_serves_in_its_own_process_until_interrupted() -> None:
+    import signal
+    import subprocess
+    import sys
+    code = "from calsync.emulator.cli import emulator; emulator(['--port', '0', '--user', 'a@example.com'])"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = line.split(" on ", 1)[1].split(" ", 1)[0]
+        assert requests.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
+        assert requests.get(url + "/_emulator/users", timeout=5).json()[0]["email"] == "a@example.com"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()

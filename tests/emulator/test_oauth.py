@@ -180,3 +180,41 @@ def test_api_refuses_missing_and_bogus_tokens(emu: Emulator, alice: str) -> None
         response = requests.get(url, headers=headers)
         assert response.status_code == 401 and "WWW-Authenticate" in response.headers
         assert response.json()["error"]["status"] == "UNAUTHENTICATED"
+
+
+def test_code_expires_after_60_seconds(emu: Emulator, alice: str) -> None:
+    import datetime as dt
+    emu.auto_approve = ALICE
+    flow = new_flow(emu)
+    url, _ = flow.authorization_url(access_type="offline")
+    code = parse_qs(urlsplit(requests.get(url, allow_redirects=False).headers["Location"]).query)["code"][0]
+    real = emu.clock
+    emu.clock = lambda: real() + dt.timedelta(seconds=61)
+    try:
+        with pytest.raises(Exception, match="invalid_grant"):
+            flow.fetch_token(code=code)
+    finally:
+        emu.clock = real
+
+
+def test_access_token_ttl_is_honoured(emu: Emulator, alice: str) -> None:
+    import datetime as dt
+    emu.access_token_ttl = 30
+    tokens = emu.issue_tokens(alice)
+    assert tokens["expires_in"] == 30
+    url = emu.api_url + "calendar/v3/users/me/calendarList"
+    headers = {"Authorization": "Bearer " + tokens["access_token"]}
+    assert requests.get(url, headers=headers).status_code == 200
+    real = emu.clock
+    emu.clock = lambda: real() + dt.timedelta(seconds=31)
+    try:
+        assert requests.get(url, headers=headers).status_code == 401
+    finally:
+        emu.clock = real
+
+
+def test_userinfo_names_the_account(emu: Emulator, alice: str) -> None:
+    tokens = emu.issue_tokens(alice)
+    info = requests.get(emu.url + "/oauth2/v2/userinfo",
+                        headers={"Authorization": "Bearer " + tokens["access_token"]}).json()
+    assert info["email"] == ALICE and info["verified_email"] is True
