@@ -56,14 +56,18 @@ def save_if_refreshed(session: Session, runtime: Runtime, account_id: int, creds
     """Persist a transparently refreshed access token, so restarts do not refresh again."""
     if creds.token == token_before:
         return False
-    session.execute(update(Account).where(Account.id == account_id).values(
+    # A disconnect wipes the credentials; a sync finishing after it must not write them back.
+    session.execute(update(Account).where(Account.id == account_id, Account.status != "disconnected").values(
         credentials=runtime.cipher.encrypt_str(credentials_to_json(creds)), updated_at=runtime.clock.now()))
     return True
 
 
 def mark_reauth_required(session: Session, account_id: int, reason: str, now: datetime) -> None:
     """A dead grant must be visible: the account says so, and its calendars stop asking Google."""
-    session.execute(update(Account).where(Account.id == account_id).values(
+    # Only an active account can become reauth_required: a disconnect racing a sync must stay.
+    done = session.execute(update(Account).where(Account.id == account_id, Account.status == "active").values(
         status="reauth_required", last_error=reason[:1000], updated_at=now))
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        return
     session.execute(update(Calendar).where(Calendar.account_id == account_id).values(
         sync_state="error", last_error="re-consent required: " + reason[:900]))

@@ -97,3 +97,17 @@ def test_credentials_survive_a_round_trip_through_the_emulator(runtime: Runtime,
     account_id = connect_account(runtime, emu, "b@example.com")
     loaded = stored(runtime, account_id)
     assert loaded.token_uri == emu.url + "/token" and loaded.refresh_token
+
+
+def test_a_sync_finishing_after_a_disconnect_neither_revives_nor_rewrites_the_account(runtime: Runtime) -> None:
+    account_id = upsert(runtime, "access-1", "refresh-1")
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Account).where(Account.id == account_id).values(
+            status="disconnected", credentials=runtime.cipher.encrypt_str("{}")))
+    with transaction(runtime.sessions) as session:
+        mark_reauth_required(session, account_id, "invalid_grant", NOW)
+        save_if_refreshed(session, runtime, account_id, creds(runtime, "access-9", "refresh-9"), "access-1")
+    with runtime.sessions() as session:
+        account = session.get(Account, account_id)
+        assert account.status == "disconnected"
+        assert runtime.cipher.decrypt_str(account.credentials) == "{}"
