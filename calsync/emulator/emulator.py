@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import hashlib
 import json
-import re
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -21,17 +19,15 @@ from typing import Any
 from urllib.parse import quote
 
 from . import events, listing
-from .errors import ApiError, invalid
+from .errors import ApiError
 from .faults import FailRule, Faults
 from .grants import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Grants
-from .push import Channel, PushFaults, PushHub, PushRecord
+from .push import PushFaults, PushHub, PushRecord, new_channel
 from .store import Calendar, ListEntry, Store, User, new_id
 
 HTML_BASE = "https://www.google.com"
 PROJECT_NUMBER = DEFAULT_CLIENT_ID.split("-", 1)[0]
-DEFAULT_CHANNEL_TTL = 604800
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
-_CHANNEL_ID = re.compile(r"^[A-Za-z0-9\-_+/=]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -363,7 +359,8 @@ class Emulator:
                 resource = "events:" + cal.id
                 uri = f"{self.api_url}calendar/v3/calendars/{quote(cal.id, safe='')}/events?alt=json"
             epoch = self.store.epoch
-        channel = self._new_channel(body, resource, uri, owner.email, client_id, epoch)
+        channel = new_channel(body, resource, uri, owner.email, client_id, epoch, self.clock(),
+                              self.max_channel_ttl)
         with self.push._cond:
             if any(c.id == channel.id for c in self.push.live()):
                 raise ApiError(400, "channelIdNotUnique", "Channel id not unique")
@@ -400,40 +397,6 @@ class Emulator:
 
     def _add_entry(self, user: User, calendar_id: str, primary: bool) -> None:
         user.entries[calendar_id] = ListEntry(calendar_id, primary, self.store.next_seq(), len(user.entries))
-
-    def _new_channel(self, body: Mapping[str, Any], resource: str, uri: str, user: str,
-                     client_id: str | None, epoch: str) -> Channel:
-        channel_id = body.get("id")
-        if not channel_id:
-            raise ApiError(400, "required", "Required", location="id")
-        if not isinstance(channel_id, str) or not _CHANNEL_ID.match(channel_id):
-            raise ApiError(400, "channelIdInvalid",
-                           "Channel id must match [A-Za-z0-9\\-_\\+/=]+ and be at most 64 characters")
-        if body.get("type") not in ("web_hook", "webhook"):
-            raise invalid(f"Unknown channel type: {body.get('type')}", "type")
-        address = body.get("address")
-        if not isinstance(address, str) or not address.startswith(("http://", "https://")):
-            raise ApiError(400, "push.webhookUrlNotHttps", "WebHook callback must be HTTPS: "
-                           f"{address}")
-        token = body.get("token")
-        if token is not None and (not isinstance(token, str) or len(token) > 256):
-            raise invalid("Channel token must be a string of at most 256 characters.", "token")
-        now = self.clock()
-        ttl: float = DEFAULT_CHANNEL_TTL
-        try:
-            if body.get("expiration") is not None:
-                ttl = int(body["expiration"]) / 1000 - now.timestamp()
-            elif (body.get("params") or {}).get("ttl") is not None:
-                ttl = int(body["params"]["ttl"])
-        except (TypeError, ValueError):
-            raise ApiError(400, "pushInvalidTtl", "Invalid channel TTL") from None
-        if ttl <= 0:
-            raise ApiError(400, "pushInvalidTtl", "Invalid channel expiration: it is in the past")
-        expiration = now + dt.timedelta(seconds=min(ttl, self.max_channel_ttl))
-        expiration = expiration.replace(microsecond=expiration.microsecond // 1000 * 1000)
-        digest = hashlib.sha256(f"{epoch}:{resource}".encode()).digest()
-        resource_id = "".join("0123456789abcdefghijklmnopqrstuvwxyz"[b % 36] for b in digest)[:27]
-        return Channel(channel_id, resource, resource_id, uri, address, token, expiration, user, client_id)
 
 
 def client_config(url: str, redirect_uris: list[str]) -> dict[str, Any]:

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import hashlib
 import heapq
 import itertools
 import random
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 
+from .errors import ApiError, invalid
+
 USER_AGENT = "APIs-Google (+https://developers.google.com/webmasters/APIs-Google.html)"
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
+DEFAULT_CHANNEL_TTL = 604800
+_CHANNEL_ID = re.compile(r"^[A-Za-z0-9\-_+/=]{1,64}$")
 
 
 @dataclass
@@ -47,6 +54,41 @@ class Channel:
                                   "resource_uri": self.resource_uri}
         out["calendar_id"] = target if kind == "events" else None
         return out
+
+
+def new_channel(body: Mapping[str, Any], resource: str, uri: str, user: str, client_id: str | None,
+                epoch: str, now: dt.datetime, max_ttl: float) -> Channel:
+    """Validate a watch request body like Google and build the channel it asks for."""
+    channel_id = body.get("id")
+    if not channel_id:
+        raise ApiError(400, "required", "Required", location="id")
+    if not isinstance(channel_id, str) or not _CHANNEL_ID.match(channel_id):
+        raise ApiError(400, "channelIdInvalid",
+                       "Channel id must match [A-Za-z0-9\\-_\\+/=]+ and be at most 64 characters")
+    if body.get("type") not in ("web_hook", "webhook"):
+        raise invalid(f"Unknown channel type: {body.get('type')}", "type")
+    address = body.get("address")
+    if not isinstance(address, str) or not address.startswith(("http://", "https://")):
+        raise ApiError(400, "push.webhookUrlNotHttps", "WebHook callback must be HTTPS: "
+                       f"{address}")
+    token = body.get("token")
+    if token is not None and (not isinstance(token, str) or len(token) > 256):
+        raise invalid("Channel token must be a string of at most 256 characters.", "token")
+    ttl: float = DEFAULT_CHANNEL_TTL
+    try:
+        if body.get("expiration") is not None:
+            ttl = int(body["expiration"]) / 1000 - now.timestamp()
+        elif (body.get("params") or {}).get("ttl") is not None:
+            ttl = int(body["params"]["ttl"])
+    except (TypeError, ValueError):
+        raise ApiError(400, "pushInvalidTtl", "Invalid channel TTL") from None
+    if ttl <= 0:
+        raise ApiError(400, "pushInvalidTtl", "Invalid channel expiration: it is in the past")
+    expiration = now + dt.timedelta(seconds=min(ttl, max_ttl))
+    expiration = expiration.replace(microsecond=expiration.microsecond // 1000 * 1000)
+    digest = hashlib.sha256(f"{epoch}:{resource}".encode()).digest()
+    resource_id = "".join("0123456789abcdefghijklmnopqrstuvwxyz"[b % 36] for b in digest)[:27]
+    return Channel(channel_id, resource, resource_id, uri, address, token, expiration, user, client_id)
 
 
 @dataclass
