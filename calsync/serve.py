@@ -52,6 +52,10 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn 24+ opens a control socket at one per-user path; several calsync processes
+            # on one host would fight over it, and calsync does not use it.
+            self.cfg.set("control_socket_disable", True)
 
     def load(self) -> Flask:
         # Built in the worker process (no preload), so each process has its own engine and pool.
@@ -87,6 +91,7 @@ def ensure_schema(settings: Settings, *, upgrade_sqlite: bool) -> None:
         if upgrade_sqlite and settings.is_sqlite:
             upgrade(engine)
             return
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # a revision check is not news
         current, head = current_revision(engine), head_revision()
         if current != head:
             raise ConfigError(f"the database schema is at {current or 'nothing'}, not {head}: "
