@@ -30,6 +30,7 @@ class PageMirror:
         self.record = record  # False during the baseline: events are written, no Change rows
         self.changes: list[Change] = []
         self._rows: dict[str, Event | None] = {}
+        self._exceptions: dict[str, list[Event]] = {}
 
     def apply(self, items: list[dict[str, Any]], deferred: list[dict[str, Any]]) -> None:
         """Apply a page; cancelled occurrences whose series is not mirrored yet wait in `deferred`.
@@ -44,6 +45,7 @@ class PageMirror:
         occurrences = [i for i in items if i.get("status") == CANCELLED and i.get("recurringEventId")]
         for item in live:
             self._put_live(item)
+        self._load_exceptions(i["id"] for i in gone)
         for item in gone:
             self._put_gone(item)
         retry = deferred + occurrences
@@ -130,12 +132,9 @@ class PageMirror:
             self._remove_exceptions(row.google_id)
 
     def _remove_exceptions(self, series_id: str) -> None:
-        self.session.flush()
-        exceptions = self.session.scalars(select(Event).where(
-            Event.calendar_id == self.calendar_id, Event.recurring_event_id == series_id)).all()
-        for row in exceptions:
-            if self._rows.get(row.google_id, row) is not None:
-                self._rows[row.google_id] = row
+        self._load_exceptions([series_id])
+        for row in self._exceptions.pop(series_id):
+            if self._rows.get(row.google_id) is row:
                 self._remove(row)
 
     # Rows --------------------------------------------------------------------------------------
@@ -169,6 +168,18 @@ class PageMirror:
         if self.record:
             self.changes.append(Change(calendar_id=self.calendar_id, event_id=event_id, kind=kind,
                                        fields=fields, before=before, after=after))
+
+    def _load_exceptions(self, series_ids: Iterable[str]) -> None:
+        """Mirrored exceptions of these series, in one query per chunk (pending writes flushed first)."""
+        wanted = [i for i in dict.fromkeys(series_ids) if i not in self._exceptions]
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            for series_id in chunk:
+                self._exceptions[series_id] = []
+            for row in self.session.scalars(select(Event).where(
+                    Event.calendar_id == self.calendar_id, Event.recurring_event_id.in_(chunk))):
+                self._exceptions[row.recurring_event_id or ""].append(row)
+                self._rows.setdefault(row.google_id, row)
 
     def _load(self, ids: Iterable[str]) -> None:
         wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
