@@ -283,3 +283,30 @@ def test_channel_rows_for_synced_calendars_are_never_left_pending(rt, emu):  # t
     _connected(rt, emu)
     with rt.sessions() as session:
         assert session.scalars(select(Channel).where(Channel.status == "pending")).all() == []
+
+
+def test_a_notify_from_another_process_wakes_this_one_at_once(rt):  # type: ignore[no-untyped-def]
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite deployments are a single process")
+    import time
+
+    from calsync.listen import Listener
+    from calsync.wakeup import Wakeup
+
+    here = Wakeup()  # this process's waiters; the NOTIFY below comes from another connection
+    stop = threading.Event()
+    listener = Listener(rt.engine.url, here, stop)
+    listener.start()
+    try:
+        assert listener.ready.wait(10)
+        time.sleep(0.05)
+        generation = here.generation()
+        started = time.monotonic()
+        with transaction(rt.sessions) as session:
+            Wakeup().notify_after_commit(session)  # what the receiver does in some web process
+        assert here.wait(generation, timeout=5)
+        latency = time.monotonic() - started
+    finally:
+        stop.set()
+        listener.join(timeout=5)
+    assert latency < 0.5 and not listener.is_alive()
