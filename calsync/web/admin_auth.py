@@ -103,7 +103,14 @@ def _install(state: Any) -> None:
     state.app.extensions["calsync_login_throttle"] = _Throttle()
 
 
+def render_error(err: Any) -> Any:
+    """Dashboard errors in the dashboard's own page, not a bare server page."""
+    return render_template("dashboard/error.html", error=err), err.code
+
+
 bp.before_request(check_csrf)
+for _code in (401, 403, 404, 429):
+    bp.register_error_handler(_code, render_error)
 
 
 @bp.after_request

@@ -29,7 +29,7 @@ from calsync.models import (
     WebhookSubscription,
     WorkerHeartbeat,
 )
-from calsync.web.admin_auth import check_csrf, require_admin, secure_headers
+from calsync.web.admin_auth import check_csrf, render_error, require_admin, secure_headers
 from calsync.web.app import runtime
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -40,6 +40,8 @@ LIVE_CHANNEL_STATES = ("pending", "active")
 
 bp.before_request(check_csrf)
 bp.after_request(secure_headers)
+for _code in (401, 403, 404):
+    bp.register_error_handler(_code, render_error)
 
 
 @dataclass(frozen=True)
@@ -205,13 +207,6 @@ def _expires_filter(value: datetime | None) -> Markup:
 @bp.app_template_filter("utc")
 def _utc_filter(value: datetime | None) -> str:
     return utc_label(value)
-
-
-@bp.errorhandler(401)
-@bp.errorhandler(403)
-@bp.errorhandler(404)
-def _error(err: Any) -> Any:
-    return render_template("dashboard/error.html", error=err), err.code
 
 
 # Helpers ---------------------------------------------------------------------------------------
