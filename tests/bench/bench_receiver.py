@@ -1,0 +1,265 @@
+"""Receiver throughput and latency: `POST /notifications` under `calsync web` against a bare Flask 200.
+
+Both servers run with the same gunicorn settings (`calsync web` defaults: 2 gthread processes x 8
+threads) on loopback. Load comes from other processes: wrk (max throughput, closed loop, a Lua
+script sending valid channel ids, tokens and increasing message numbers over 50 channels), and an
+open-loop Python generator at a fixed 500 notifications/s whose latencies are measured from each
+request's scheduled send time (so a stall is not hidden by the generator waiting on it).
+
+Targets: receiver/bare max throughput >= 0.7; p99 < 10 ms at 500 notifications/s.
+Correctness: every notification answered 200, and the calendars owe syncs for them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sqlalchemy import func, select  # noqa: E402
+
+from calsync.channels import hash_token  # noqa: E402
+from calsync.db import transaction  # noqa: E402
+from calsync.models import Account, Calendar, Channel, Notification  # noqa: E402
+from tests.bench._common import (  # noqa: E402
+    Deployment,
+    Report,
+    database,
+    engines,
+    free_port,
+    parser,
+    percentile,
+    run_main,
+    start_emulator,
+    workdir,
+)
+
+CHANNELS = 50
+RATE = 500.0
+
+
+def main(args: Any) -> int:
+    report = Report("bench_receiver", args.json)
+    seconds = 5 if args.quick else 10
+    if shutil.which("wrk") is None:
+        report.note("wrk is not installed (apt-get install -y wrk); max throughput is not measured")
+    emu = start_emulator()
+    try:
+        with workdir("receiver") as work:
+            bare_port = free_port()
+            bare = _start_bare(work, bare_port)
+            try:
+                for kind in engines(args.db):
+                    with database(kind, work, "receiver") as url:
+                        _run(report, kind, emu, url, work, bare_port, seconds)
+            finally:
+                bare.terminate()
+                bare.wait(15)
+    finally:
+        emu.stop()
+    return report.finish()
+
+
+def _run(report: Report, kind: str, emu: Any, url: str, work: Path, bare_port: int, seconds: int) -> None:
+    print(f"-- {kind}", flush=True)
+    dep = Deployment(emu, url, work)
+    rt = dep.runtime()
+    channels = _insert_channels(rt, CHANNELS)
+    web = dep.start(["web", "--port", str(dep.port)], f"web-{kind}")
+    try:
+        dep.wait_http()
+        dep.wait_http(port=bare_port)
+        lua = work / "notify.lua"
+        lua.write_text(_lua(channels))
+        if shutil.which("wrk"):
+            # Alternate bare and receiver runs so drifting background load hits both alike.
+            bare_runs, recv_runs = [], []
+            for _ in range(2):
+                bare_runs.append(_wrk(bare_port, lua, seconds))
+                recv_runs.append(_wrk(dep.port, lua, seconds))
+            bare_best = max(bare_runs, key=lambda r: r["rps"])
+            recv_best = max(recv_runs, key=lambda r: r["rps"])
+            report.figure(f"[{kind}] max throughput (wrk -t2 -c16)", recv_best["rps"], "notifications/s",
+                          baseline=bare_best["rps"], baseline_name="bare Flask 200",
+                          target=">= 0.7", met=recv_best["rps"] >= 0.7 * bare_best["rps"])
+            report.figure(f"[{kind}] latency at max throughput p50", recv_best["p50"], "ms",
+                          baseline=bare_best["p50"], baseline_name="bare")
+            report.figure(f"[{kind}] latency at max throughput p99", recv_best["p99"], "ms",
+                          baseline=bare_best["p99"], baseline_name="bare")
+            report.check(all(r["non2xx"] == 0 and r["errors"] == 0 for r in recv_runs),
+                         f"[{kind}] every wrk notification answered 2xx "
+                         f"({[(r['non2xx'], r['errors']) for r in recv_runs]})")
+        fixed = _open_loop(dep.port, channels, RATE, seconds)
+        fixed_bare = _open_loop(bare_port, channels, RATE, seconds)
+        report.figure(f"[{kind}] p50 at {RATE:.0f}/s", fixed["p50"], "ms", baseline=fixed_bare["p50"],
+                      baseline_name="bare")
+        report.figure(f"[{kind}] p99 at {RATE:.0f}/s", fixed["p99"], "ms", baseline=fixed_bare["p99"],
+                      baseline_name="bare", target="< 10 ms", met=fixed["p99"] < 10.0)
+        report.note(f"[{kind}] open loop sent {fixed['sent']} in {fixed['elapsed']:.1f}s "
+                    f"({fixed['sent'] / fixed['elapsed']:.0f}/s achieved)")
+        report.check(fixed["statuses"] == {200: fixed["sent"]},
+                     f"[{kind}] every open-loop notification answered 200 ({fixed['statuses']})")
+        with rt.sessions() as session:
+            owed = session.scalar(select(func.sum(Calendar.sync_requested - Calendar.sync_done))) or 0
+            logged = session.scalar(select(func.count()).select_from(Notification)) or 0
+        report.check(owed > 0 and logged > 0, f"[{kind}] notifications were recorded: {owed} syncs owed, "
+                     f"{logged} rows in the bounded log (size {rt.settings.notification_log_size})")
+    finally:
+        web.stop()
+        rt.close()
+
+
+def _insert_channels(rt: Any, n: int) -> list[dict[str, str]]:
+    """Accounts, calendars and live channels as the worker would have left them (written directly)."""
+    now = rt.clock.now()
+    out = []
+    with transaction(rt.sessions) as session:
+        account = Account(email="load@example.com", credentials=rt.cipher.encrypt_str("{}"), scopes=[],
+                          status="active", list_requested=0, list_done=0)
+        session.add(account)
+        session.flush()
+        for i in range(n):
+            cal = Calendar(account_id=account.id, google_id=f"cal{i}@group.calendar.google.com", baseline_done=True,
+                           sync_requested=0, sync_done=0, sync_state="synced", due_at=now + timedelta(days=1))
+            session.add(cal)
+            session.flush()
+            token = uuid.uuid4().hex
+            channel = Channel(id=str(uuid.uuid4()), account_id=account.id, calendar_id=cal.id, kind="events",
+                              token_hash=hash_token(token), resource_id=f"res{i}", status="active",
+                              expires_at=now + timedelta(days=7), created_at=now)
+            session.add(channel)
+            out.append({"id": channel.id, "token": token, "rid": f"res{i}"})
+    return out
+
+
+def _lua(channels: list[dict[str, str]]) -> str:
+    rows = ",\n".join(f'  {{id="{c["id"]}", token="{c["token"]}", rid="{c["rid"]}"}}' for c in channels)
+    return f"""
+local channels = {{
+{rows}
+}}
+local next_tid = 1
+function setup(thread)
+  thread:set("tid", next_tid)
+  next_tid = next_tid + 1
+end
+local n = 0
+function request()
+  n = n + 1
+  local c = channels[(n % #channels) + 1]
+  local number = 1000 + n * 16 + tid
+  return wrk.format("POST", "/notifications", {{
+    ["X-Goog-Channel-ID"] = c.id,
+    ["X-Goog-Channel-Token"] = c.token,
+    ["X-Goog-Resource-ID"] = c.rid,
+    ["X-Goog-Resource-State"] = "exists",
+    ["X-Goog-Message-Number"] = tostring(number),
+    ["X-Goog-Resource-URI"] = "https://www.googleapis.com/calendar/v3/calendars/x/events?alt=json",
+    ["Content-Length"] = "0",
+  }}, "")
+end
+"""
+
+
+def _wrk(port: int, lua: Path, seconds: int) -> dict[str, float]:
+    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", str(lua),
+                          f"http://127.0.0.1:{port}/notifications"], capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
+
+    def ms(label: str) -> float:
+        m = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if not m:
+            return float("nan")
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": ms("50"), "p99": ms("99"),
+            "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "errors": sum(int(x) for x in errors.groups()) if errors else 0}
+
+
+def _open_loop(port: int, channels: list[dict[str, str]], rate: float, seconds: int) -> dict[str, Any]:
+    """Run the fixed-rate generator in its own process and read its result line."""
+    code = ("import json,sys; sys.path.insert(0, %r); from tests.bench.bench_receiver import open_loop_child; "
+            "print(json.dumps(open_loop_child(*json.loads(sys.argv[1]))))") % str(Path(__file__).resolve().parents[2])
+    import json
+
+    out = subprocess.run([sys.executable, "-c", code, json.dumps([port, channels, rate, seconds])],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
+    return result
+
+
+def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seconds: int) -> dict[str, Any]:
+    """Send at `rate`/s for `seconds`, each request at its scheduled time, from 16 keep-alive connections."""
+    total = int(rate * seconds)
+    start = time.perf_counter() + 0.2
+    lock = threading.Lock()
+    state = {"next": 0}
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    base_number = int(time.time() * 1000)
+
+    def run() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while True:
+            with lock:
+                i = state["next"]
+                state["next"] += 1
+            if i >= total:
+                break
+            due = start + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            c = channels[i % len(channels)]
+            headers = {"X-Goog-Channel-ID": c["id"], "X-Goog-Channel-Token": c["token"],
+                       "X-Goog-Resource-ID": c["rid"], "X-Goog-Resource-State": "exists",
+                       "X-Goog-Message-Number": str(base_number + i), "Content-Length": "0",
+                       "X-Goog-Resource-URI": "https://www.googleapis.com/calendar/v3/calendars/x/events?alt=json"}
+            try:
+                conn.request("POST", "/notifications", body=b"", headers=headers)
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                status = 0
+            done = time.perf_counter()
+            with lock:
+                latencies.append((done - due) * 1000)
+                statuses[status] = statuses.get(status, 0) + 1
+        conn.close()
+
+    threads = [threading.Thread(target=run) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - start
+    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "sent": len(latencies),
+            "elapsed": elapsed, "statuses": statuses}
+
+
+def _start_bare(work: Path, port: int) -> subprocess.Popen[bytes]:
+    log = (work / "bare.log").open("ab")
+    return subprocess.Popen([sys.executable, str(Path(__file__).with_name("_bare_app.py")), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+if __name__ == "__main__":
+    run_main(main, parser(__doc__.splitlines()[0]))
