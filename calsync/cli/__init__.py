@@ -26,8 +26,9 @@ def _register() -> None:
     from calsync.cli.processes import serve, web, worker
     from calsync.cli.status import channels, status, sync
     from calsync.cli.webhooks import webhooks
+    from calsync.emulator.cli import emulator
 
-    for command in (db, keygen, changes, webhooks, serve, web, worker, status, sync, channels, demo):
+    for command in (db, keygen, changes, webhooks, serve, web, worker, status, sync, channels, demo, emulator):
         cli.add_command(command)
 
 

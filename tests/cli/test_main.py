@@ -1,0 +1,38 @@
+"""The `calsync` console script offers every command the contract names."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+CONTRACT_COMMANDS = {"db", "serve", "web", "worker", "emulator", "demo", "changes", "status", "sync",
+                     "channels", "webhooks", "keygen"}
+
+
+def _calsync(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).with_name("calsync")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_every_contract_command_is_registered() -> None:
+    result = _calsync("--help")
+    assert result.returncode == 0
+    listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()}
+    assert CONTRACT_COMMANDS <= listed
+
+
+def test_keygen_prints_a_fernet_key_that_calsync_accepts() -> None:
+    from calsync.crypto import TokenCipher
+
+    key = _calsync("keygen").stdout.strip()
+    cipher = TokenCipher([key.encode()])
+    assert cipher.decrypt_str(cipher.encrypt_str("x")) == "x"
+
+
+def test_a_malformed_setting_is_one_clear_line_without_a_traceback() -> None:
+    result = subprocess.run([str(Path(sys.executable).with_name("calsync")), "db", "current"],
+                            capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "CALSYNC_RECONCILE_EVERY": "often"})
+    assert result.returncode != 0
+    assert "CALSYNC_RECONCILE_EVERY" in result.stderr and "Traceback" not in result.stderr
