@@ -1,0 +1,233 @@
+"""Full-sync ingest: events/s and peak RSS of a large calendar, on SQLite and on PostgreSQL.
+
+The emulator (in this process) holds one calendar of N events. Each measurement runs in a child
+process of its own, so its peak RSS (getrusage ru_maxrss) is its own:
+  - calsync: `sync_calendar` (events.list pages of 2,500 from the emulator over HTTP, the mirror,
+    one transaction per page), at 25% of N and at N, to show memory stays flat as N grows;
+  - baseline: a raw DBAPI `executemany` of the same rows into the same `events` table (one
+    transaction per 2,500 rows), the rows already in memory — the database's own write speed;
+  - gcal-sync: its CalendarEventSyncManager syncing the same calendar from the same emulator into
+    its in-memory store (events/s, for comparison; it keeps no diff log and no database).
+
+Targets: calsync events/s >= 0.5 x raw executemany; peak RSS < 200 MB and flat (25% vs 100%).
+Correctness: the mirror holds exactly the emulator's events.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sqlalchemy import func, select  # noqa: E402
+
+from tests.bench._common import (  # noqa: E402
+    Deployment,
+    Report,
+    check_mirrors,
+    connect_account,
+    database,
+    engines,
+    event_body,
+    parser,
+    start_emulator,
+    workdir,
+)
+
+CHUNK = 2500
+
+
+def main(args: Any) -> int:
+    report = Report("bench_ingest", args.json)
+    total = args.events or (20_000 if args.quick else 100_000)
+    small = total // 4
+    emu = start_emulator()
+    try:
+        with workdir("ingest") as work:
+            cals = {n: _make_calendar(emu, f"big{n}@example.com", n) for n in (small, total)}
+            rows_file = work / "rows.json"
+            rows_file.write_text(json.dumps(emu.events(cals[total])))
+            token = emu.issue_tokens(cals[total])["access_token"]
+            gcal = _child(["gcal", emu.url + "/calendar/v3", cals[total], token])
+            for kind in engines(args.db):
+                print(f"-- {kind}: {total:,} events", flush=True)
+                with database(kind, work, "ingest") as url:
+                    dep = Deployment(emu, url, work)
+                    rt = dep.runtime()
+                    from calsync.calendars import refresh_calendar_list
+
+                    ids = {}
+                    for n, email in cals.items():
+                        refresh_calendar_list(rt, connect_account(rt, emu, email))
+                        ids[n] = _calendar_row(rt, email)
+                    env = dep.env()
+                    small_run = _child(["calsync", str(ids[small])], env)
+                    big_run = _child(["calsync", str(ids[total])], env)
+                    raw = _child(["raw", str(rows_file), str(ids[total])], env)
+                    _report(report, kind, total, small, small_run, big_run, raw, gcal)
+                    check_mirrors(report, rt, emu, [cals[small]])
+                    _check_big(report, rt, emu, cals[total], ids[total])
+                    rt.close()
+    finally:
+        emu.stop()
+    return report.finish()
+
+
+def _report(report: Report, kind: str, total: int, small: int, small_run: dict[str, Any],
+            big_run: dict[str, Any], raw: dict[str, Any], gcal: dict[str, Any]) -> None:
+    rate = big_run["events"] / big_run["seconds"]
+    raw_rate = raw["events"] / raw["seconds"]
+    report.figure(f"[{kind}] calsync full sync of {total:,} events", rate, "events/s",
+                  baseline=raw_rate, baseline_name="raw executemany", target=">= 0.5", met=rate >= 0.5 * raw_rate)
+    report.figure(f"[{kind}] calsync full sync of {small:,} events", small_run["events"] / small_run["seconds"],
+                  "events/s")
+    report.figure(f"[{kind}] gcal-sync (in-memory store, same emulator) {total:,} events",
+                  gcal["events"] / gcal["seconds"], "events/s", baseline=rate, baseline_name="calsync")
+    big_mb, small_mb = big_run["maxrss_kb"] / 1024, small_run["maxrss_kb"] / 1024
+    report.figure(f"[{kind}] calsync peak RSS at {total:,} events", big_mb, "MB", baseline=small_mb,
+                  baseline_name=f"at {small:,}", target="< 200 MB and flat (ratio <= 1.25)",
+                  met=big_mb < 200 and big_mb <= 1.25 * small_mb)
+    report.figure(f"[{kind}] peak RSS of the raw executemany child (rows in memory)", raw["maxrss_kb"] / 1024, "MB")
+    report.figure(f"[{kind}] gcal-sync peak RSS at {total:,} events", gcal["maxrss_kb"] / 1024, "MB")
+    report.note(f"[{kind}] calsync {big_run['pages']} pages in {big_run['seconds']:.1f}s; "
+                f"raw executemany {raw['seconds']:.1f}s; gcal-sync {gcal['seconds']:.1f}s")
+
+
+def _make_calendar(emu: Any, email: str, n: int) -> str:
+    emu.create_user(email)
+    for start in range(0, n, 10_000):
+        emu.bulk_insert_events(email, [event_body(i, day=i % 365) for i in range(start, min(n, start + 10_000))])
+    return email
+
+
+def _calendar_row(rt: Any, google_id: str) -> int:
+    from calsync.models import Calendar
+
+    with rt.sessions() as session:
+        return int(session.scalar(select(Calendar.id).where(Calendar.google_id == google_id)))
+
+
+def _check_big(report: Report, rt: Any, emu: Any, google_id: str, cal_id: int) -> None:
+    """Every event id and etag of the big calendar matches the emulator (full JSON compare is slow at 100k)."""
+    from calsync.models import Change, Event
+
+    with rt.sessions() as session:
+        mirrored = dict(session.execute(select(Event.google_id, Event.etag).where(Event.calendar_id == cal_id)).all())
+        changes = session.scalar(select(func.count()).select_from(Change).where(Change.calendar_id == cal_id))
+    google = {e["id"]: e["etag"] for e in emu.events(google_id)}
+    report.check(mirrored == google, f"big calendar: {len(mirrored):,} mirrored events == {len(google):,} in Google "
+                 "(ids and etags)")
+    report.check(changes == 0, "the baseline wrote no Change rows")
+
+
+def _child(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, env=env,
+                         timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError(f"child {argv[0]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# Children ------------------------------------------------------------------------------------------
+def _child_calsync(calendar_id: str) -> dict[str, Any]:
+    from calsync.config import Settings
+    from calsync.runtime import Runtime
+    from calsync.sync import sync_calendar
+
+    rt = Runtime.create(Settings.from_env())
+    started = time.perf_counter()
+    result = sync_calendar(rt, int(calendar_id))
+    seconds = time.perf_counter() - started
+    rt.close()
+    return {"events": result.events_seen, "pages": result.pages, "seconds": seconds}
+
+
+def _child_raw(rows_file: str, calendar_id: str) -> dict[str, Any]:
+    """The same rows, the same table, the same engine: the driver's executemany, nothing else."""
+    from calsync.config import Settings
+    from calsync.db import make_engine
+    from calsync.diff import event_time_text
+
+    settings = Settings.from_env()
+    items = json.loads(Path(rows_file).read_text())
+    sqlite = settings.is_sqlite
+    engine = make_engine(settings.database_url)
+    mark = "?" if sqlite else "%s"
+    data_mark = mark if sqlite else "%s::jsonb"
+    sql = (f'INSERT INTO events (calendar_id, google_id, status, etag, updated, recurring_event_id, start, "end", '
+           f"data, seen_gen) VALUES ({', '.join([mark] * 8)}, {data_mark}, {mark})")
+    cal = -int(calendar_id)  # a calendar row of its own so the unique key does not collide
+    rows = [(cal, i["id"], i.get("status", "confirmed"), i.get("etag"), i.get("updated"), i.get("recurringEventId"),
+             event_time_text(i.get("start")), event_time_text(i.get("end")), json.dumps(i), 1) for i in items]
+    conn = engine.raw_connection()
+    cur = conn.cursor()
+    if sqlite:
+        cur.execute("PRAGMA foreign_keys=OFF")
+    else:
+        cur.execute("SET session_replication_role = replica")  # no FK check against the fake calendar id
+        conn.commit()
+    started = time.perf_counter()
+    for start in range(0, len(rows), CHUNK):
+        if sqlite:
+            cur.execute("BEGIN IMMEDIATE")
+        cur.executemany(sql, rows[start:start + CHUNK])
+        if sqlite:
+            cur.execute("COMMIT")
+        else:
+            conn.commit()
+    seconds = time.perf_counter() - started
+    cur.execute("DELETE FROM events WHERE calendar_id = " + str(cal))
+    if sqlite:
+        pass
+    else:
+        conn.commit()
+    conn.close()
+    engine.dispose()
+    return {"events": len(rows), "seconds": seconds}
+
+
+def _child_gcal(host: str, calendar_id: str, token: str) -> dict[str, Any]:
+    import asyncio
+
+    import aiohttp
+    from gcal_sync.api import GoogleCalendarService
+    from gcal_sync.auth import AbstractAuth
+    from gcal_sync.store import InMemoryCalendarStore
+    from gcal_sync.sync import CalendarEventSyncManager
+
+    class _Auth(AbstractAuth):
+        async def async_get_access_token(self) -> str:
+            return token
+
+    async def run() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session:
+            store = InMemoryCalendarStore()
+            manager = CalendarEventSyncManager(GoogleCalendarService(_Auth(session, host)), calendar_id=calendar_id,
+                                               store=store)
+            started = time.perf_counter()
+            await manager.run()
+            seconds = time.perf_counter() - started
+            data = await store.async_load() or {}
+            items = sum(len(v.get("items", {})) for v in data.get("event_sync", {}).values())
+            return {"events": items, "seconds": seconds}
+
+    return asyncio.run(run())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        kind, rest = sys.argv[2], sys.argv[3:]
+        result = {"calsync": _child_calsync, "raw": _child_raw, "gcal": _child_gcal}[kind](*rest)
+        result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps(result))
+        sys.exit(0)
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=None, help="events in the big calendar (default 100,000)")
+    args = p.parse_args()
+    sys.exit(main(args))
