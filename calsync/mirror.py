@@ -38,7 +38,7 @@ class PageMirror:
         A series may come on a later page than the cancellation of one of its occurrences; the sync
         token advances only with the last page, so holding such items in memory loses nothing.
         """
-        self._load(i["id"] for i in items)
+        self._load(i["id"] for i in items + deferred)
         self._load(i["recurringEventId"] for i in items + deferred if i.get("recurringEventId"))
         live = [i for i in items if i.get("status") != CANCELLED]
         gone = [i for i in items if i.get("status") == CANCELLED and not i.get("recurringEventId")]

@@ -72,3 +72,14 @@ def test_series_and_occurrence_cancelled_in_one_page_in_any_order(runtime: Runti
     found = apply(runtime, cal_id, [gone_moved, {"id": "series1", "status": "cancelled"}], [], last=True)
     assert sorted(found) == [("deleted", "series1"), ("deleted", moved["id"])]
     assert stored_ids(runtime, cal_id) == set()
+
+
+def test_cancelling_a_mirrored_exception_of_an_unmirrored_series_removes_it(runtime: Runtime) -> None:
+    cal_id = calendar(runtime)
+    moved = {"id": CANCELLED["id"], "status": "confirmed", "recurringEventId": "series1", "summary": "moved",
+             "originalStartTime": CANCELLED["originalStartTime"],
+             "start": {"dateTime": "2026-01-07T11:00:00Z"}, "end": {"dateTime": "2026-01-07T11:30:00Z"}}
+    assert apply(runtime, cal_id, [moved], [], last=True) == [("created", moved["id"])]
+    deferred: list[dict[str, Any]] = []
+    assert apply(runtime, cal_id, [CANCELLED], deferred) == [("deleted", moved["id"])]
+    assert stored_ids(runtime, cal_id) == set() and deferred == []
