@@ -91,6 +91,10 @@ class _Job:
     page_size: int
     token_before: str | None = None
     api: GoogleCalendar = field(init=False)
+    # Totals over the whole job: an incremental cut short by a 410 still counts what it committed.
+    pages: int = 0
+    events_seen: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
 
     @classmethod
     def load(cls, runtime: Runtime, calendar_id: int, *, lease_owner: str | None, progress: Progress | None,
@@ -111,8 +115,6 @@ class _Job:
         token = self.sync_token if kind == "incremental" else None
         gen: int | None = None
         deferred: list[dict[str, Any]] = []
-        counts: Counter[str] = Counter()
-        pages = seen = 0
         page_token: str | None = None
         while True:
             page = self.api.list_events_page(self.google_id, sync_token=token, page_token=page_token,
@@ -137,16 +139,17 @@ class _Job:
                 save_if_refreshed(session, self.runtime, self.account_id, self.credentials, self.token_before)
                 append_changes(session, mirror.changes, now)
             self.token_before = self.credentials.token
-            counts.update(change.kind for change in mirror.changes)
-            pages += 1
-            seen += len(items)
+            self.counts.update(change.kind for change in mirror.changes)
+            self.pages += 1
+            self.events_seen += len(items)
             if self.progress is not None:
-                self.progress(seen, None)
+                self.progress(self.events_seen, None)
             if next_sync_token:
                 self.sync_token = next_sync_token
                 self.baseline_done = True
-                return SyncResult(kind=kind, pages=pages, events_seen=seen, created=counts["created"],
-                                  updated=counts["updated"], deleted=counts["deleted"])
+                return SyncResult(kind=kind, pages=self.pages, events_seen=self.events_seen,
+                                  created=self.counts["created"], updated=self.counts["updated"],
+                                  deleted=self.counts["deleted"])
 
     def mark_revoked(self, err: AuthRevoked) -> None:
         """A dead grant must be visible; recorded in its own transaction before the error goes on."""
