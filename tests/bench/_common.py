@@ -371,3 +371,75 @@ def check_mirrors(report: Report, rt: Runtime, emu: Any, calendar_ids: list[str]
 def run_main(main: Callable[[argparse.Namespace], int], p: argparse.ArgumentParser) -> None:
     args = p.parse_args()
     sys.exit(main(args))
+
+
+class EditStream:
+    """Edits that never touch the same event twice, so each one must show up as exactly one Change.
+
+    Inserts new events, patches untouched baseline events and deletes untouched baseline events, in
+    turn, over the given calendars; each insert and patch writes a unique summary. `check()` then
+    proves every edit is in the diff log exactly once and nothing else is.
+    """
+
+    def __init__(self, emu: Any, calendars: list[str], prefix: str) -> None:
+        self.emu = emu
+        self.calendars = calendars
+        self.prefix = prefix
+        self.untouched = {cal: [e["id"] for e in emu.events(cal)] for cal in calendars}
+        self.created: set[str] = set()
+        self.updated: set[str] = set()
+        self.deleted: set[tuple[str, str]] = set()
+        self.count = 0
+
+    def one(self) -> None:
+        i = self.count
+        cal = self.calendars[i % len(self.calendars)]
+        op = (i // len(self.calendars)) % 3
+        if op == 1 and self.untouched[cal]:
+            value = f"{self.prefix}-upd-{i}"
+            self.emu.patch_event(cal, self.untouched[cal].pop(), {"summary": value})
+            self.updated.add(value)
+        elif op == 2 and self.untouched[cal]:
+            event_id = self.untouched[cal].pop()
+            self.emu.delete_event(cal, event_id)
+            self.deleted.add((cal, event_id))
+        else:
+            value = f"{self.prefix}-new-{i}"
+            self.emu.insert_event(cal, event_body(i, value))
+            self.created.add(value)
+        self.count += 1
+
+    def run(self, rate: float, stop: Any, limit: int) -> None:
+        """Open loop at `rate`/s until `stop` is set or `limit` edits are done."""
+        start = time.perf_counter()
+        while not stop.is_set() and self.count < limit:
+            delay = start + self.count / rate - time.perf_counter()
+            if delay > 0:
+                stop.wait(delay)
+            self.one()
+
+    def check(self, report: Report, rt: Runtime, label: str) -> None:
+        changes = all_changes(rt)
+        cal_google = _google_ids(rt)
+        created = [c.after["summary"] for c in changes if c.kind == "created" and c.after]
+        updated = [c.after["summary"] for c in changes if c.kind == "updated" and c.after]
+        deleted = [(cal_google[c.calendar_id], c.event_id) for c in changes if c.kind == "deleted"]
+        report.check(sorted(created) == sorted(self.created),
+                     f"{label}: each of {len(self.created)} inserts is one `created` change "
+                     f"(log has {len(created)}, distinct {len(set(created))})")
+        report.check(sorted(updated) == sorted(self.updated),
+                     f"{label}: each of {len(self.updated)} patches is one `updated` change "
+                     f"(log has {len(updated)}, distinct {len(set(updated))})")
+        report.check(sorted(deleted) == sorted(self.deleted),
+                     f"{label}: each of {len(self.deleted)} deletes is one `deleted` change "
+                     f"(log has {len(deleted)}, distinct {len(set(deleted))})")
+        report.check(len(changes) == self.count, f"{label}: the log holds {len(changes)} changes for {self.count} edits")
+
+
+def _google_ids(rt: Runtime) -> dict[int, str]:
+    with rt.sessions() as session:
+        return dict(session.execute(select(Calendar.id, Calendar.google_id)).all())
+
+
+def mirrors_match(rt: Runtime, emu: Any, calendar_ids: list[str]) -> bool:
+    return all(mirror_of(rt, cal) == google_view(emu, cal) for cal in calendar_ids)
