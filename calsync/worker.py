@@ -13,9 +13,11 @@ import os
 import socket
 import threading
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from calsync.db import transaction
 from calsync.jobs import run_calendar_job, run_list_job
@@ -30,6 +32,9 @@ HEARTBEAT_SECONDS = 5.0  # /healthz calls a worker alive for three of these
 POLL_SECONDS = 1.5  # the fallback when no wake-up arrives
 SCHEDULER_SECONDS = 2.0
 DELIVERY_BATCH = 50
+
+ClaimFn = Callable[[Session, str, datetime, float], Claim | None]
+ReleaseFn = Callable[[Session, Claim], None]
 
 
 class Worker:
@@ -135,28 +140,24 @@ class Worker:
             if not did:
                 wakeup.wait(generation, POLL_SECONDS)
 
-    def _claim(self, claim_fn, owner: str) -> Claim | None:  # type: ignore[no-untyped-def]
-        settings = self.runtime.settings
+    def _claim(self, claim_fn: ClaimFn, owner: str) -> Claim | None:
         with transaction(self.runtime.sessions) as session:
-            claim: Claim | None = claim_fn(session, owner, self.runtime.clock.now(), settings.lease_seconds)
-            return claim
+            return claim_fn(session, owner, self.runtime.clock.now(), self.runtime.settings.lease_seconds)
 
-    def _release(self, release_fn, claim: Claim) -> None:  # type: ignore[no-untyped-def]
+    def _release(self, release_fn: ReleaseFn, claim: Claim) -> None:
         with transaction(self.runtime.sessions) as session:
             release_fn(session, claim)
 
     def _deliveries(self, owner: str) -> int:
-        try:
-            from calsync.webhooks.delivery import run_due_deliveries
-        except ImportError:
-            return 0
+        from calsync.webhooks.delivery import run_due_deliveries
+
         try:
             return int(run_due_deliveries(self.runtime, owner, limit=DELIVERY_BATCH) or 0)
         except Exception:
             log.exception("webhook deliveries failed")
             return 0
 
-    def _heartbeat(self, session) -> None:  # type: ignore[no-untyped-def]
+    def _heartbeat(self, session: Session) -> None:
         now = self.runtime.clock.now()
         row = session.get(WorkerHeartbeat, self.name)
         if row is None:
@@ -184,6 +185,6 @@ class Worker:
         return listener
 
 
-def heartbeat_is_fresh(seen_at, now) -> bool:  # type: ignore[no-untyped-def]
+def heartbeat_is_fresh(seen_at: datetime | None, now: datetime) -> bool:
     """A worker that has not been seen for three heartbeats is presumed dead."""
     return seen_at is not None and now - seen_at <= timedelta(seconds=3 * HEARTBEAT_SECONDS)
