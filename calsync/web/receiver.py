@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 STATES = ("sync", "exists", "not_exists")
 TRIM_EVERY = 100  # inserts between two trims of the notification log
+BODY_CAP = 64 * 1024  # Google sends no body; anything this large is not Google
 _LOGGED_HEADERS = ("X-Goog-Channel-ID", "X-Goog-Channel-Token", "X-Goog-Channel-Expiration",
                    "X-Goog-Message-Number", "X-Goog-Resource-ID", "X-Goog-Resource-State",
                    "X-Goog-Resource-URI", "User-Agent")
@@ -49,6 +50,9 @@ class Push:
 @bp.post("/notifications")
 def notifications() -> Response:
     rt = runtime()
+    if (request.content_length or 0) > BODY_CAP:
+        NOTIFICATIONS.labels("none", "oversized").inc()
+        return Response("body too large; notifications carry none\n", status=413, mimetype="text/plain")
     headers = _headers_for_log()
     push, problem = parse_headers(request.headers)
     if push is None:

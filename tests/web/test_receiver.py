@@ -151,9 +151,12 @@ def test_a_calendar_in_backoff_stays_due_at_its_retry_time(client, runtime, watc
     assert cal.sync_requested == 2 and cal.due_at == retry_at
 
 
-def test_the_body_is_ignored(client, runtime, watched):  # type: ignore[no-untyped-def]
+def test_the_body_is_ignored_and_capped(client, runtime, watched):  # type: ignore[no-untyped-def]
     resp = client.post("/notifications", headers=push_headers(watched["channel"], number=3), data=b"x" * 50_000)
     assert resp.status_code == 200
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 2
+    resp = client.post("/notifications", headers=push_headers(watched["channel"], number=4), data=b"x" * 100_000)
+    assert resp.status_code == 413
     assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 2
 
 
