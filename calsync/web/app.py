@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
@@ -30,7 +30,17 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
 
     for module in (health, auth, api, admin_auth, dashboard, receiver, webhooks_api, metrics):
         app.register_blueprint(module.bp)
+    app.before_request(_refuse_nul)
     return app
+
+
+def _refuse_nul() -> tuple[str, int] | None:
+    """A NUL byte is never valid in a path, a parameter or a header, and PostgreSQL cannot even compare
+    text with one (it raised a 500 on `/api/webhooks/%00`): refuse such requests before any handler."""
+    if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)) \
+            or any("\x00" in v for _, v in request.headers.items()):
+        return "bad request: NUL byte in the request line or headers\n", 400
+    return None
 
 
 def runtime() -> Runtime:
