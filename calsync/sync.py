@@ -7,6 +7,7 @@ the mirror, that what it already wrote needs writing no more.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 from google.oauth2.credentials import Credentials
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.accounts import load_credentials, mark_reauth_required, save_if_refreshed
@@ -27,6 +29,8 @@ from calsync.metrics import SYNC_SECONDS, SYNCS
 from calsync.mirror import PageMirror
 from calsync.models import Calendar
 from calsync.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]
 
@@ -67,7 +71,10 @@ def sync_calendar(runtime: Runtime, calendar_id: int, *, full: bool = False, lea
         raise
     except Exception as err:
         if isinstance(err, GoogleApiError):
-            job.keep_refreshed_token()
+            try:
+                job.keep_refreshed_token()
+            except SQLAlchemyError:  # secondary: the Google error is the one the caller must see
+                log.warning("calendar %s: could not store a refreshed token", calendar_id, exc_info=True)
         SYNCS.labels(kind, type(err).__name__).inc()
         raise
     SYNCS.labels(kind, "ok").inc()

@@ -367,6 +367,17 @@ def test_a_refreshed_access_token_is_persisted_and_reused(runtime: Runtime, emu:
     assert emu.count("oauth.token") == refreshes + 1
 
 
+def test_a_token_refreshed_before_a_failed_call_is_kept(runtime: Runtime, emu: Any, cal: int) -> None:
+    emu.expire_access_tokens()
+    refreshes = emu.count("oauth.token")
+    emu.fail_next(1, status=503, reason="backendError", method="calendar.events.list")
+    with pytest.raises(BackendError):
+        sync_calendar(runtime, cal)
+    assert emu.count("oauth.token") == refreshes + 1
+    sync_calendar(runtime, cal)
+    assert emu.count("oauth.token") == refreshes + 1
+
+
 def test_a_revoked_grant_marks_the_account_and_other_accounts_go_on(runtime: Runtime, emu: Any, cal: int) -> None:
     bob_id = connect_account(runtime, emu, "bob@example.com")
     refresh_calendar_list(runtime, bob_id)
