@@ -1,7 +1,7 @@
 """Full-sync ingest: events/s and peak RSS of a large calendar, on SQLite and on PostgreSQL.
 
 The emulator (in this process) holds one calendar of N events. Each measurement runs in a child
-process of its own, so its peak RSS (getrusage ru_maxrss) is its own:
+process of its own, so its peak RSS (VmHWM) is its own:
   - calsync: `sync_calendar` (events.list pages of 2,500 from the emulator over HTTP, the mirror,
     one transaction per page), at 25% of N and at N, to show memory stays flat as N grows;
   - baseline: a raw DBAPI `executemany` of the same rows into the same `events` table (one
@@ -16,7 +16,7 @@ Correctness: the mirror holds exactly the emulator's events.
 from __future__ import annotations
 
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
@@ -36,6 +36,7 @@ from tests.bench._common import (  # noqa: E402
     engines,
     event_body,
     parser,
+    proc_status_kb,
     start_emulator,
     workdir,
 )
@@ -224,7 +225,9 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, rest = sys.argv[2], sys.argv[3:]
         result = {"calsync": _child_calsync, "raw": _child_raw, "gcal": _child_gcal}[kind](*rest)
-        result["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over execve, so a child would report the
+        # parent's peak (the emulator's 100,000 events) instead of its own.
+        result["maxrss_kb"] = proc_status_kb(os.getpid(), "VmHWM")
         print(json.dumps(result))
         sys.exit(0)
     p = parser(__doc__.splitlines()[0])
