@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from calsync.config import Settings
 from calsync.db import make_engine, transaction
 from calsync.errors import ConfigError
-from calsync.models import Account, Calendar, WorkerHeartbeat
+from calsync.models import Account, Calendar, Event, WorkerHeartbeat
 from calsync.runtime import Runtime
 from calsync.serve import ensure_schema
 from calsync.web.receiver import request_calendar_sync
@@ -71,7 +71,10 @@ def test_sigterm_lets_a_worker_finish_its_sync_and_exit_cleanly(settings, runtim
     emu.bulk_insert_events(big, [{**EVENT, "summary": f"e{i}"} for i in range(6000)])  # three pages
     proc = _calsync(["worker", "--threads", "2"], _env(settings), tmp_path / "worker.log")
     try:
-        wait_for(lambda: _leased(runtime, big), timeout=60, interval=0.005, what="the big sync to start")
+        # Wait until the sync is under way (its first page committed): a claim not yet started may
+        # rightly be released on SIGTERM, but a sync in hand must run to its end.
+        wait_for(lambda: _first_page_written(runtime, big), timeout=60, interval=0.005,
+                 what="the big sync's first page")
         assert _terminate(proc) == 0, (tmp_path / "worker.log").read_text()
     finally:
         if proc.poll() is None:
@@ -87,9 +90,11 @@ def test_sigterm_lets_a_worker_finish_its_sync_and_exit_cleanly(settings, runtim
     assert cal.baseline_done and cal.sync_state == "synced"
 
 
-def _leased(rt: Runtime, google_id: str) -> bool:
+def _first_page_written(rt: Runtime, google_id: str) -> bool:
     with rt.sessions() as session:
-        return session.scalar(select(Calendar.lease_owner).where(Calendar.google_id == google_id)) is not None
+        cal_id = session.scalar(select(Calendar.id).where(Calendar.google_id == google_id))
+        return cal_id is not None and bool(session.scalar(
+            select(func.count()).select_from(Event).where(Event.calendar_id == cal_id)))
 
 
 class _Relay(ThreadingHTTPServer):
