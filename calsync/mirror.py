@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import String, Select, bindparam, func, insert, select, true
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import Session, aliased
 
+from calsync.db import is_postgres
 from calsync.diff import changed_fields, event_time_text, implied_occurrence
 from calsync.models import Change, Event
 
 CANCELLED = "cancelled"
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+_PG_CHUNK = 5000  # ids per array parameter on PostgreSQL (one query per page of 2,500)
 
 
 class PageMirror:
@@ -31,6 +34,10 @@ class PageMirror:
         self.changes: list[Change] = []
         self._rows: dict[str, Event | None] = {}
         self._exceptions: dict[str, list[Event]] = {}
+        # New rows of this page, not in the session: inserted with one executemany at the end of
+        # `apply` (an ORM flush of thousands of new objects costs more than the database's work).
+        self._new: dict[str, Event] = {}
+        self._postgres = is_postgres(session)
 
     def apply(self, items: list[dict[str, Any]], deferred: list[dict[str, Any]]) -> None:
         """Apply a page; cancelled occurrences whose series is not mirrored yet wait in `deferred`.
@@ -53,6 +60,7 @@ class PageMirror:
         for item in retry:
             if not self._put_cancelled_occurrence(item):
                 deferred.append(item)
+        self._insert_new()
 
     def finish(self, deferred: list[dict[str, Any]]) -> None:
         """Last page: cancelled occurrences of series we never saw stay unmirrored (nothing to hide)."""
@@ -126,7 +134,10 @@ class PageMirror:
     def _remove(self, row: Event) -> None:
         if row.status != CANCELLED:
             self._change(row.google_id, "deleted", [], row.data, None)
-        self.session.delete(row)
+        if self._new.get(row.google_id) is row:
+            del self._new[row.google_id]  # written earlier in this page, never stored
+        else:
+            self.session.delete(row)
         self._rows[row.google_id] = None
         if row.recurring_event_id is None:
             self._remove_exceptions(row.google_id)
@@ -151,7 +162,7 @@ class PageMirror:
         """Store Google's JSON as it is (also when only etag/updated/sequence moved)."""
         if row is None:
             row = Event(calendar_id=self.calendar_id, google_id=item["id"])
-            self.session.add(row)
+            self._new[item["id"]] = row
             self._rows[item["id"]] = row
         row.status = str(item.get("status") or "confirmed")
         row.etag = item.get("etag")
@@ -172,6 +183,8 @@ class PageMirror:
     def _load_exceptions(self, series_ids: Iterable[str]) -> None:
         """Mirrored exceptions of these series, in one query per chunk (pending writes flushed first)."""
         wanted = [i for i in dict.fromkeys(series_ids) if i not in self._exceptions]
+        if wanted:
+            self._attach_new()
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start:start + _CHUNK]
             for series_id in chunk:
@@ -183,9 +196,52 @@ class PageMirror:
 
     def _load(self, ids: Iterable[str]) -> None:
         wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start:start + _CHUNK]
-            found = {row.google_id: row for row in self.session.scalars(select(Event).where(
-                Event.calendar_id == self.calendar_id, Event.google_id.in_(chunk)))}
+        size = _PG_CHUNK if self._postgres else _CHUNK
+        for start in range(0, len(wanted), size):
+            chunk = wanted[start:start + size]
+            query = self._by_ids_pg(chunk) if self._postgres else select(Event).where(
+                Event.calendar_id == self.calendar_id, Event.google_id.in_(chunk))
+            found = {row.google_id: row for row in self.session.scalars(query)}
             for google_id in chunk:
                 self._rows[google_id] = found.get(google_id)
+
+    def _by_ids_pg(self, ids: list[str]) -> Select[tuple[Event]]:
+        """One unique-index probe per id, whatever the table's statistics say.
+
+        `google_id IN (...)` (or `= ANY`) on a freshly filled `events` table, whose statistics still
+        say it is nearly empty, is planned as a scan of all the calendar's rows filtered by the list:
+        seconds per page at 100,000 events. A LATERAL subquery with LIMIT is not flattened into a
+        join, so each id becomes an equality on the whole unique key (calendar_id, google_id), which
+        the planner always answers from the index.
+        """
+        wanted = func.unnest(bindparam("ids", ids, type_=ARRAY(String))).table_valued("gid").render_derived()
+        probe = (select(Event).where(Event.calendar_id == self.calendar_id, Event.google_id == wanted.c.gid)
+                 .limit(1).lateral("probe"))
+        row = aliased(Event, probe)
+        return select(row).select_from(wanted).join(probe, true())
+
+    def _insert_new(self) -> None:
+        """Store this page's new rows in one executemany, after the session's own pending writes.
+
+        The session is flushed first so a row deleted and written again in this page is deleted
+        before it is inserted. The inserted rows leave `_rows`: a later lookup loads them as the
+        session's own objects, as it would any stored row.
+        """
+        if not self._new:
+            return
+        self.session.flush()
+        self.session.execute(insert(Event.__table__), [_values(row) for row in self._new.values()])
+        for google_id in self._new:
+            del self._rows[google_id]
+        self._new.clear()
+
+    def _attach_new(self) -> None:
+        """Before a query that must see this page's new rows (exceptions by series): hand them to the session."""
+        self.session.add_all(self._new.values())
+        self._new.clear()
+
+
+def _values(row: Event) -> dict[str, object]:
+    return {"calendar_id": row.calendar_id, "google_id": row.google_id, "status": row.status, "etag": row.etag,
+            "updated": row.updated, "recurring_event_id": row.recurring_event_id, "start": row.start,
+            "end": row.end, "data": row.data, "seen_gen": row.seen_gen}

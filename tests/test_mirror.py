@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import event, select
 
 from calsync.db import transaction
 from calsync.mirror import PageMirror
@@ -83,3 +84,61 @@ def test_cancelling_a_mirrored_exception_of_an_unmirrored_series_removes_it(runt
     deferred: list[dict[str, Any]] = []
     assert apply(runtime, cal_id, [CANCELLED], deferred) == [("deleted", moved["id"])]
     assert stored_ids(runtime, cal_id) == set() and deferred == []
+
+
+def test_an_id_listed_twice_in_one_page_is_stored_once_as_its_later_version(runtime: Runtime) -> None:
+    cal_id = calendar(runtime)
+    first = {"id": "ev1", "status": "confirmed", "summary": "first", "etag": "1"}
+    later = {**first, "summary": "later", "etag": "2"}
+    with transaction(runtime.sessions) as session:
+        page = PageMirror(session, cal_id, gen=1, record=False)
+        page.apply([first, later], [])
+        assert page.changes == []
+    with runtime.sessions() as session:
+        rows = session.scalars(select(Event).where(Event.calendar_id == cal_id)).all()
+        assert [(r.google_id, r.data["summary"], r.etag, r.seen_gen) for r in rows] == [("ev1", "later", "2", 1)]
+
+
+def test_an_event_created_and_cancelled_in_one_page_is_not_stored(runtime: Runtime) -> None:
+    cal_id = calendar(runtime)
+    live = {"id": "ev1", "status": "confirmed", "summary": "brief"}
+    found = apply(runtime, cal_id, [live, {"id": "ev1", "status": "cancelled"}], [], last=True)
+    assert found == [("created", "ev1"), ("deleted", "ev1")]
+    assert stored_ids(runtime, cal_id) == set()
+
+
+def test_an_event_listed_again_on_a_later_page_updates_its_row(runtime: Runtime) -> None:
+    cal_id = calendar(runtime)
+    apply(runtime, cal_id, [{"id": "ev1", "status": "confirmed", "summary": "a"}], [])
+    found = apply(runtime, cal_id, [{"id": "ev1", "status": "confirmed", "summary": "b"}], [], last=True)
+    assert found == [("updated", "ev1")]
+    with runtime.sessions() as session:
+        assert session.scalars(select(Event.data).where(Event.calendar_id == cal_id)).all() == [
+            {"id": "ev1", "status": "confirmed", "summary": "b"}]
+
+
+def test_postgresql_looks_ids_up_on_the_unique_index_without_statistics(runtime: Runtime) -> None:
+    """A freshly filled table has no statistics; an IN list was planned as a scan of the calendar."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("planner behaviour of PostgreSQL")
+    cal_id = calendar(runtime)
+    with transaction(runtime.sessions) as session:
+        PageMirror(session, cal_id, gen=1, record=False).apply(
+            [{"id": f"ev{i}", "status": "confirmed"} for i in range(3000)], [])
+    lookups: list[tuple[str, Any]] = []
+
+    def keep(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if statement.lstrip().startswith("SELECT") and "FROM events" in statement:
+            lookups.append((statement, parameters))
+
+    event.listen(runtime.engine, "before_cursor_execute", keep)
+    try:
+        apply(runtime, cal_id, [{"id": f"ev{i}", "status": "confirmed", "summary": "x"} for i in range(500)], [])
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", keep)
+    assert lookups
+    with runtime.engine.connect() as conn:
+        for statement, parameters in lookups:
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
+            assert "Index Cond: ((calendar_id =" in plan and "google_id" in plan.split("Index Cond:")[1], plan
+            assert "Bitmap" not in plan and "Seq Scan on events" not in plan, plan
