@@ -10,15 +10,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, request
-from sqlalchemy import Connection, Engine, bindparam, case, delete, insert, select, text, update
+from sqlalchemy import Connection, bindparam, case, delete, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -64,7 +61,7 @@ def notifications() -> Response:
     try:
         # Core statements on one connection, not an ORM Session: the request is a few fixed
         # statements, and the Session's identity map and flush were most of its CPU.
-        with _writer_turn(rt.engine), rt.engine.begin() as conn:
+        with rt.engine.begin() as conn:
             now = rt.clock.now()
             channel, outcome = _check(conn, push)
             if outcome is None and conn.dialect.name == "postgresql":
@@ -170,21 +167,6 @@ SELECT :channel_id, :state, :number, :resource_id, :headers,
        :now
 RETURNING id, outcome
 """).bindparams(bindparam("now", type_=_CAL.c.due_at.type), bindparam("headers", type_=_LOG.c.headers.type))
-
-
-@contextmanager
-def _writer_turn(engine: Engine) -> Iterator[None]:
-    """On SQLite, one request thread of this process at a time takes the database's write lock.
-
-    SQLite has one writer; threads that find it taken sleep in the busy handler (1, 2, 5 ... 100 ms
-    steps) rather than queueing, which under load cost more than the writes themselves. A lock
-    hands the turn over at once. PostgreSQL has row locks and needs none.
-    """
-    with _SQLITE_WRITER if engine.dialect.name == "sqlite" else nullcontext():
-        yield
-
-
-_SQLITE_WRITER = threading.Lock()
 
 
 def _check(conn: Connection, push: Push) -> tuple[Any, str | None]:
