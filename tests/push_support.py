@@ -7,28 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
-from google.oauth2.credentials import Credentials
 from sqlalchemy import func, select
 
-from calsync.accounts import upsert_account
 from calsync.db import transaction
-from calsync.google.oauth import client_config
 from calsync.models import Account, Calendar, Change, Channel
 from calsync.runtime import Runtime
 
-READONLY = "https://www.googleapis.com/auth/calendar.readonly"
-
-
-def connect_account(runtime: Runtime, emu: Any, email: str) -> int:
-    """An account as after consent: emulator user, tokens, and the stored (encrypted) grant."""
-    emu.create_user(email)
-    tokens = emu.issue_tokens(email)
-    cfg = client_config(runtime.settings)
-    creds = Credentials(token=tokens["access_token"], refresh_token=tokens["refresh_token"],
-                        token_uri=emu.url + "/token", client_id=cfg.client_id, client_secret=cfg.client_secret,
-                        scopes=[READONLY])
-    with transaction(runtime.sessions) as session:
-        return upsert_account(session, runtime.cipher, email, creds, [READONLY], runtime.clock.now()).id
+from tests.sync_support import READONLY, connect_account  # noqa: F401  (re-exported for the push tests)
 
 
 def add_calendar_row(runtime: Runtime, account_id: int, google_id: str, **values: Any) -> int:

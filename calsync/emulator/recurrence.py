@@ -31,7 +31,7 @@ def zone(name: str | None) -> dt.tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise invalid(f"Invalid time zone definition for start time.", "timeZone") from None
+        raise invalid("Invalid time zone definition for start time.", "timeZone") from None
 
 
 def parse_when(edt: dict[str, Any], cal_tz: str = "UTC") -> dt.datetime | dt.date:

@@ -151,7 +151,7 @@ def _worker_rss(report: Report, dep: Deployment, n: int) -> None:
         time.sleep(5)
         rss, peak = proc_status_kb(proc.pid, "VmRSS"), proc_status_kb(proc.pid, "VmHWM")
         report.figure(f"[postgresql] idle `calsync worker` RSS with {n:,} calendars", rss / 1024, "MB")
-        report.figure(f"[postgresql] its peak RSS (VmHWM)", peak / 1024, "MB")
+        report.figure("[postgresql] its peak RSS (VmHWM)", peak / 1024, "MB")
     finally:
         proc.stop()
         rt.close()
