@@ -23,24 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from google.oauth2.credentials import Credentials
 from sqlalchemy import func, make_url, select, text
 
-from calsync.accounts import upsert_account
 from calsync.clock import Clock
 from calsync.config import Settings
 from calsync.crypto import new_key
-from calsync.db import make_engine, transaction
-from calsync.google.oauth import client_config
+from calsync.db import make_engine
 from calsync.migrate import upgrade
 from calsync.models import Calendar, Change, Channel, Event
 from calsync.runtime import Runtime
+from tests.sync_support import connect_account  # noqa: F401  (the benchmarks connect accounts as the tests do)
 
 ROOT = Path(__file__).resolve().parents[2]
 CALSYNC = str(Path(sys.executable).parent / "calsync")
 PG_ADMIN_URL = os.environ.get("CALSYNC_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 API_TOKEN = "bench-api-token"
-READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 ENGINES = ("sqlite", "postgresql")
 
 
@@ -307,18 +304,6 @@ class Proc:
 
 
 # Accounts, calendars and checks -----------------------------------------------------------------
-def connect_account(rt: Runtime, emu: Any, email: str) -> int:
-    """An account as after consent: the emulator user, its tokens, and the stored (encrypted) grant."""
-    emu.create_user(email)
-    tokens = emu.issue_tokens(email)
-    cfg = client_config(rt.settings)
-    creds = Credentials(token=tokens["access_token"], refresh_token=tokens["refresh_token"],
-                        token_uri=emu.url + "/token", client_id=cfg.client_id, client_secret=cfg.client_secret,
-                        scopes=[READONLY])
-    with transaction(rt.sessions) as session:
-        return upsert_account(session, rt.cipher, email, creds, [READONLY], rt.clock.now()).id
-
-
 def event_body(n: int, summary: str | None = None, day: int = 0) -> dict[str, Any]:
     start = 8 + n % 10
     date = f"2026-{1 + (day // 28) % 12:02d}-{1 + day % 28:02d}"
