@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from google.oauth2.credentials import Credentials
@@ -23,7 +24,7 @@ def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Cre
         session.add(account)
     elif not creds.refresh_token:
         # Google sends a refresh token only on some consents; keep the one we have.
-        old = credentials_from_json_raw(cipher, account)
+        old = _stored_credentials(cipher, account)
         creds = Credentials(token=creds.token, refresh_token=old.get("refresh_token"), token_uri=creds.token_uri,
                             client_id=creds.client_id, client_secret=creds.client_secret,
                             scopes=creds.scopes, expiry=creds.expiry)
@@ -39,12 +40,6 @@ def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Cre
     session.execute(update(Calendar).where(Calendar.account_id == account.id, Calendar.removed_at.is_(None))
                     .values(sync_requested=Calendar.sync_requested + 1, due_at=now, retry_at=None))
     return account
-
-
-def credentials_from_json_raw(cipher: TokenCipher, account: Account) -> dict[str, object]:
-    import json
-
-    return json.loads(cipher.decrypt_str(account.credentials))
 
 
 def load_credentials(runtime: Runtime, account: Account) -> Credentials:
@@ -71,3 +66,7 @@ def mark_reauth_required(session: Session, account_id: int, reason: str, now: da
         return
     session.execute(update(Calendar).where(Calendar.account_id == account_id).values(
         sync_state="error", last_error="re-consent required: " + reason[:900]))
+
+
+def _stored_credentials(cipher: TokenCipher, account: Account) -> dict[str, object]:
+    return json.loads(cipher.decrypt_str(account.credentials))  # type: ignore[no-any-return]
