@@ -1,0 +1,255 @@
+"""What one batch of notifications does to the database: decide each outcome, then write it all.
+
+These few statements run for every batch the receiver commits, so they are written against the
+driver's cursor of a pooled connection (`Engine.raw_connection`): measured per batch of four,
+SQLAlchemy's execution layer cost ~1 ms of CPU against ~0.1 ms for the statements themselves, and
+that was most of a notification's price. The SQL is the same on both engines but for how the batch
+is passed: SQLite takes one executemany per table, PostgreSQL one statement for the whole batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import Dialect
+
+from calsync.models import Notification
+from calsync.wakeup import CHANNEL as WAKEUP_CHANNEL
+
+REFUSED = frozenset({"unknown_channel", "bad_token", "bad_resource", "stopped_channel", "account_inactive"})
+
+
+@dataclass(frozen=True)
+class Push:
+    """The X-Goog-* headers of one notification, parsed."""
+
+    channel_id: str
+    state: str
+    message_number: int
+    resource_id: str | None
+    token: str | None
+
+
+def _held_lock() -> Any:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+@dataclass(eq=False)
+class Item:
+    """One notification waiting in the intake, and what became of it."""
+
+    push: Push | None  # None: malformed, only logged
+    headers: dict[str, str]
+    received_at: datetime
+    outcome: str = ""
+    failed: bool = False
+    # A bare lock as a one-shot latch, held until the writer is done with the item: one futex
+    # operation each way, where an Event is a Condition and a lock.
+    done: Any = field(default_factory=_held_lock)
+
+
+class ChannelRow(NamedTuple):
+    id: str
+    token_hash: str
+    resource_id: str | None
+    status: str
+    kind: str
+    account_id: int
+    calendar_id: int | None
+    last_message_number: int | None
+    account_status: str | None
+
+
+@dataclass
+class Owed:
+    """What a batch writes besides its log rows."""
+
+    seen: dict[str, int] = field(default_factory=dict)  # channel id -> newest message number
+    calendars: set[int] = field(default_factory=set)  # owe one more sync
+    accounts: set[int] = field(default_factory=set)  # owe one more calendar-list refresh
+
+
+def record_batch(cursor: Any, dialect: Dialect, batch: list[Item], now: datetime) -> None:
+    """Decide each item's outcome, in arrival order, and write the log and what the accepted ones owe.
+
+    Runs on a driver cursor, inside the caller's transaction. The channels are read with FOR UPDATE on PostgreSQL
+    (SQLite's BEGIN IMMEDIATE already serialises writers), so "newer than any message seen" holds
+    across processes just as within the batch.
+    """
+    ids = sorted({item.push.channel_id for item in batch if item.push is not None})
+    if dialect.name == "postgresql":
+        channels = _lookup(cursor, _LOOKUP_PG, {"ids": ids}) if ids else {}
+        _write_pg(cursor, batch, decide(batch, channels), now)
+    else:
+        marks = ",".join("?" * len(ids))
+        channels = _lookup(cursor, _LOOKUP_SQLITE.format(marks=marks), ids) if ids else {}
+        _write_sqlite(cursor, batch, decide(batch, channels), now, _sqlite_time(dialect))
+
+
+def decide(batch: list[Item], channels: dict[str, ChannelRow]) -> Owed:
+    """Set each item's outcome as if the items had come one by one; what they owe together."""
+    owed = Owed()
+    last_seen = {cid: row.last_message_number for cid, row in channels.items()}
+    for item in batch:
+        push = item.push
+        if push is None:
+            item.outcome = "malformed"
+            continue
+        channel = channels.get(push.channel_id)
+        refusal = _refusal(channel, push)
+        if refusal is not None or channel is None:
+            item.outcome = refusal or "unknown_channel"
+            continue
+        newest = last_seen[push.channel_id]
+        newer = newest is None or newest < push.message_number
+        if newer:
+            last_seen[push.channel_id] = owed.seen[push.channel_id] = push.message_number
+        if push.state == "sync":
+            item.outcome = "sync"
+        elif not newer:
+            item.outcome = "duplicate"
+        else:
+            item.outcome = "queued"
+            if channel.kind == "calendar_list":
+                owed.accounts.add(channel.account_id)
+            elif channel.calendar_id is not None:
+                owed.calendars.add(channel.calendar_id)
+    return owed
+
+
+def token_matches(token_hash: str, token: str | None) -> bool:
+    """Constant-time comparison of the presented token's digest with the stored one."""
+    presented = hashlib.sha256((token or "").encode("utf-8")).hexdigest()
+    return hmac.compare_digest(presented.encode(), token_hash.encode()) and token is not None
+
+
+def _refusal(channel: ChannelRow | None, push: Push) -> str | None:
+    if channel is None:
+        return "unknown_channel"
+    if not token_matches(channel.token_hash, push.token):
+        return "bad_token"
+    if channel.resource_id and push.resource_id != channel.resource_id:
+        return "bad_resource"
+    if channel.status not in ("pending", "active"):
+        return "stopped_channel"
+    if channel.account_status != "active":
+        return "account_inactive"
+    return None
+
+
+def _lookup(cursor: Any, sql: str, params: Any) -> dict[str, ChannelRow]:
+    cursor.execute(sql, params)
+    return {row[0]: ChannelRow(*row) for row in cursor.fetchall()}
+
+
+def _log_row(item: Item) -> tuple[Any, ...]:
+    """(channel_id, resource_state, message_number, resource_id, headers JSON, outcome)."""
+    push, headers = item.push, item.headers
+    if push is None:
+        return ((headers.get("X-Goog-Channel-ID") or "")[:255] or None,
+                (headers.get("X-Goog-Resource-State") or "")[:20] or None,
+                None, None, json.dumps(headers), item.outcome)
+    return (push.channel_id, push.state, push.message_number, (push.resource_id or "")[:255] or None,
+            json.dumps(headers), item.outcome)
+
+
+def _write_sqlite(cursor: Any, batch: list[Item], owed: Owed, at: datetime,
+                  stamp: Callable[[datetime], str]) -> None:
+    now = stamp(at)
+    if owed.seen:
+        cursor.executemany(_MARK_SEEN_SQLITE, [(n, cid, n) for cid, n in sorted(owed.seen.items())])
+    if owed.calendars:
+        cursor.executemany(_OWE_CALENDAR_SQLITE, [{"id": c, "now": now} for c in sorted(owed.calendars)])
+    if owed.accounts:
+        cursor.executemany(_OWE_LIST_SQLITE, [{"id": a, "now": now} for a in sorted(owed.accounts)])
+    cursor.executemany(_INSERT_LOG_SQLITE, [(*_log_row(item), stamp(item.received_at)) for item in batch])
+
+
+def _write_pg(cursor: Any, batch: list[Item], owed: Owed, now: datetime) -> None:
+    # One JSON document for the log rows, where a text array per column would have psycopg quote
+    # every string in Python.
+    rows = [(*_log_row(item), item.received_at.isoformat()) for item in batch]
+    cursor.execute(_WRITE_PG, {
+        "seen": json.dumps([[cid, n] for cid, n in sorted(owed.seen.items())]),
+        "calendar_ids": sorted(owed.calendars), "account_ids": sorted(owed.accounts), "now": now,
+        "notify": bool(owed.calendars or owed.accounts), "rows": json.dumps(rows)})
+
+
+def _sqlite_time(dialect: Dialect) -> Callable[[datetime], str]:
+    """The column type's own conversion, so stored times compare with those SQLAlchemy writes."""
+    process = _TIME_PROCESSORS.get(dialect)
+    if process is None:
+        process = Notification.__table__.c.received_at.type.bind_processor(dialect)  # type: ignore[attr-defined]
+        assert process is not None
+        _TIME_PROCESSORS[dialect] = process
+    return process  # type: ignore[no-any-return]
+
+
+_TIME_PROCESSORS: weakref.WeakKeyDictionary[Dialect, Callable[[datetime], str]] = weakref.WeakKeyDictionary()
+
+
+_COLUMNS = ("c.id, c.token_hash, c.resource_id, c.status, c.kind, c.account_id, c.calendar_id, "
+            "c.last_message_number, a.status")
+_LOOKUP_SQLITE = (f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id "
+                  "WHERE c.id IN ({marks})")
+_LOOKUP_PG = (f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id "
+              "WHERE c.id = ANY(%(ids)s) ORDER BY c.id FOR UPDATE OF c")
+
+# A row only ever moves forward, whoever else writes it.
+_MARK_SEEN_SQLITE = """
+UPDATE channels SET last_message_number = ?, status = CASE WHEN status = 'pending' THEN 'active' ELSE status END
+ WHERE id = ? AND (last_message_number IS NULL OR last_message_number < ?)"""
+# A sync already owed for later (a backoff's retry_at, or the follow-up of a burst) keeps its time:
+# a notification never cuts a backoff short nor turns a burst into one call per message.
+_OWE_CALENDAR_SQLITE = """
+UPDATE calendars SET sync_requested = sync_requested + 1,
+       due_at = CASE WHEN retry_at > :now THEN retry_at
+                     WHEN sync_requested > sync_done AND due_at > :now THEN due_at
+                     ELSE :now END
+ WHERE id = :id"""
+_OWE_LIST_SQLITE = """
+UPDATE accounts SET list_requested = list_requested + 1,
+       list_due_at = CASE WHEN list_error_count > 0 AND list_due_at > :now THEN list_due_at ELSE :now END
+ WHERE id = :id"""
+_INSERT_LOG_SQLITE = """
+INSERT INTO notifications (channel_id, resource_state, message_number, resource_id, headers, outcome, received_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)"""
+
+# PostgreSQL: every write of a batch in one round trip. Data-modifying CTEs all run to completion;
+# the channel rows are already locked by the lookup. The NOTIFY is delivered at commit.
+_WRITE_PG = f"""
+WITH seen AS (
+    UPDATE channels AS c
+       SET last_message_number = v.n,
+           status = CASE WHEN c.status = 'pending' THEN 'active' ELSE c.status END
+      FROM (SELECT e->>0 AS id, (e->>1)::bigint AS n FROM jsonb_array_elements(%(seen)s::jsonb) AS e) AS v
+     WHERE c.id = v.id AND (c.last_message_number IS NULL OR c.last_message_number < v.n)
+), owe_calendar_sync AS (
+    UPDATE calendars
+       SET sync_requested = sync_requested + 1,
+           due_at = CASE WHEN retry_at > %(now)s THEN retry_at
+                         WHEN sync_requested > sync_done AND due_at > %(now)s THEN due_at
+                         ELSE %(now)s END
+     WHERE id = ANY(%(calendar_ids)s::integer[])
+), owe_list_refresh AS (
+    UPDATE accounts
+       SET list_requested = list_requested + 1,
+           list_due_at = CASE WHEN list_error_count > 0 AND list_due_at > %(now)s THEN list_due_at ELSE %(now)s END
+     WHERE id = ANY(%(account_ids)s::integer[])
+), logged AS (
+    INSERT INTO notifications (channel_id, resource_state, message_number, resource_id, headers, outcome, received_at)
+    SELECT r->>0, r->>1, (r->>2)::bigint, r->>3, (r->>4)::jsonb, r->>5, (r->>6)::timestamptz
+      FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS l(r, ord)
+     ORDER BY l.ord
+)
+SELECT pg_notify('{WAKEUP_CHANNEL}', '') WHERE %(notify)s"""

@@ -1,0 +1,148 @@
+"""The receiver's group commit: notifications waiting together share one transaction, and each
+still gets the outcome it would have had alone."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from calsync.channels import open_events_channel
+from calsync.models import Channel, Notification
+from calsync.runtime import Runtime
+from calsync.web import intake as intake_module
+from calsync.web.intake import Intake, IntakeUnavailable
+from calsync.web.intake_sql import Item, Push, record_batch
+from tests.push_support import add_calendar_row, calendar_row, connect_account, emu_channel
+
+
+@pytest.fixture
+def watched(runtime: Runtime, emu: Any) -> dict[str, Any]:
+    account_id = connect_account(runtime, emu, "ann@example.com")
+    cal_id = add_calendar_row(runtime, account_id, "ann@example.com", sync_requested=1, sync_done=1,
+                              baseline_done=True)
+    channel = emu_channel(emu, open_events_channel(runtime, cal_id))
+    return {"calendar_id": cal_id, "channel": channel}
+
+
+def _push(channel: dict[str, Any], number: int, state: str = "exists", token: str | None = None) -> Push:
+    return Push(channel_id=str(channel["id"]), state=state, message_number=number,
+                resource_id=str(channel["resource_id"]), token=token if token is not None else str(channel["token"]))
+
+
+def _log(runtime: Runtime) -> list[Notification]:
+    with runtime.sessions() as session:
+        return list(session.scalars(select(Notification).order_by(Notification.id)))
+
+
+def test_a_batch_decides_in_arrival_order_and_owes_one_sync(runtime, watched):  # type: ignore[no-untyped-def]
+    ch = watched["channel"]
+    batch = [Item(_push(ch, n), {}, runtime.clock.now()) for n in (9, 9, 4, 12)]
+    batch.append(Item(_push(ch, 13, token="forged"), {}, runtime.clock.now()))
+    batch.append(Item(None, {"X-Goog-Channel-ID": "x"}, runtime.clock.now()))
+    conn = runtime.engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        if runtime.engine.dialect.name == "sqlite":
+            cursor.execute("BEGIN IMMEDIATE")
+        record_batch(cursor, runtime.engine.dialect, batch, runtime.clock.now())
+        conn.commit()
+    finally:
+        conn.close()
+    assert [i.outcome for i in batch] == ["queued", "duplicate", "duplicate", "queued", "bad_token", "malformed"]
+    assert [(n.message_number, n.outcome) for n in _log(runtime)] == [
+        (9, "queued"), (9, "duplicate"), (4, "duplicate"), (12, "queued"), (13, "bad_token"), (None, "malformed")]
+    cal = calendar_row(runtime, watched["calendar_id"])
+    assert (cal.sync_requested, cal.sync_done) == (2, 1)  # one more sync owed for the whole batch
+    with runtime.sessions() as session:
+        assert session.get(Channel, str(ch["id"])).last_message_number == 12  # the forged 13 is not seen
+
+
+def test_notifications_waiting_together_share_a_transaction(runtime, watched):  # type: ignore[no-untyped-def]
+    intake, ch = Intake(runtime), watched["channel"]
+    outcomes: list[str] = []
+    blocker = runtime.engine.connect()
+    blocker.begin()  # on SQLite, BEGIN IMMEDIATE: the writer's first batch now waits for the write lock
+    if runtime.engine.dialect.name == "postgresql":  # there, for the channel's row lock
+        blocker.execute(select(Channel.id).where(Channel.id == str(ch["id"])).with_for_update())
+    threads = [threading.Thread(target=lambda n=n: outcomes.append(intake.record(_push(ch, n), {})))
+               for n in range(2, 42)]
+    for t in threads:
+        t.start()
+    threading.Event().wait(0.5)
+    blocker.rollback()
+    blocker.close()
+    for t in threads:
+        t.join(15)
+    assert len(outcomes) == 40 and set(outcomes) <= {"queued", "duplicate"} and "queued" in outcomes
+    assert len(_log(runtime)) == 40
+    assert intake.committed_batches <= 3, f"{intake.committed_batches} transactions for 40 notifications"
+    with runtime.sessions() as session:
+        assert session.get(Channel, str(ch["id"])).last_message_number == 41
+    assert 1 <= calendar_row(runtime, watched["calendar_id"]).sync_requested - 1 <= intake.committed_batches
+
+
+def test_two_processes_writing_one_channel_never_lose_the_newest_message(runtime, watched):  # type: ignore[no-untyped-def]
+    """Two intakes with their own engines stand for two web processes; row locks keep them exact."""
+    ch = watched["channel"]
+    other = Runtime.create(runtime.settings)
+    try:
+        intakes = [Intake(runtime), Intake(other)]
+        outcomes: list[str] = []
+        errors: list[BaseException] = []
+
+        def send(k: int) -> None:
+            try:
+                for n in range(k + 2, 402, 8):  # 8 threads, disjoint increasing message numbers
+                    outcomes.append(intakes[k % 2].record(_push(ch, n), {}))
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors
+        assert len(outcomes) == 400 and len(_log(runtime)) == 400
+        assert [n.message_number for n in _log(runtime)].count(401) == 1
+        with runtime.sessions() as session:
+            assert session.get(Channel, str(ch["id"])).last_message_number == 401
+        # each queued outcome was newer than every message committed before it, so at least one
+        # and never more than there were notifications
+        assert 1 <= outcomes.count("queued") <= 400
+        assert calendar_row(runtime, watched["calendar_id"]).sync_requested >= 2
+    finally:
+        other.close()
+
+
+def test_the_writer_thread_ends_when_idle_and_comes_back(runtime, watched, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(intake_module, "IDLE_EXIT", 0.05)
+    intake, ch = Intake(runtime), watched["channel"]
+    assert intake.record(_push(ch, 5), {}) == "queued"
+    threading.Event().wait(0.3)
+    assert not [t for t in threading.enumerate() if t.name == "calsync-intake" and t.is_alive()
+                and getattr(t, "_target", None) == intake._run]  # noqa: SLF001
+    assert intake.record(_push(ch, 6), {}) == "queued"
+    assert [n.outcome for n in _log(runtime)] == ["queued", "queued"]
+
+
+def test_a_batch_that_cannot_commit_fails_whole_and_keeps_nothing(runtime, watched):  # type: ignore[no-untyped-def]
+    ch, intake = watched["channel"], Intake(runtime)
+    with runtime.sessions() as session:
+        seen_before = session.get(Channel, str(ch["id"])).last_message_number
+    with runtime.engine.begin() as conn:  # the log insert, last in the transaction, now fails
+        conn.execute(text("ALTER TABLE notifications RENAME TO notifications_away"))
+    try:
+        with pytest.raises(IntakeUnavailable):
+            intake.record(_push(ch, 7), {})
+    finally:
+        with runtime.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE notifications_away RENAME TO notifications"))
+    assert _log(runtime) == []
+    with runtime.sessions() as session:  # the channel and calendar writes rolled back with it
+        assert session.get(Channel, str(ch["id"])).last_message_number == seen_before
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
+    assert intake.record(_push(ch, 7), {}) == "queued"  # Google's retry then succeeds
