@@ -193,3 +193,16 @@ def test_503_only_when_the_database_cannot_record_the_notification(settings, tmp
         assert client.post("/notifications", headers={"X-Goog-Channel-ID": "x"}).status_code == 400
     finally:
         broken.close()
+
+
+@pytest.mark.parametrize("header", ["X-Goog-Channel-ID", "X-Goog-Resource-URI", "User-Agent"])
+def test_a_nul_byte_is_refused_before_it_can_reach_a_batch(client, runtime, watched, header):  # type: ignore[no-untyped-def]
+    """PostgreSQL rejects NUL in text and JSON: one such header in a batch would fail its neighbours."""
+    logged = len(_notifications(runtime))
+    headers = push_headers(watched["channel"], number=7)
+    headers[header] = headers.get(header, "Google") + "\x00"
+    assert client.post("/notifications", headers=headers).status_code == 400
+    assert len(_notifications(runtime)) == logged
+    assert client.post("/notifications/%00").status_code == 400
+    assert client.get("/api/changes?after=1%00").status_code == 400
+    assert client.post("/notifications", headers=push_headers(watched["channel"], number=7)).status_code == 200
