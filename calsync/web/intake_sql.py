@@ -82,15 +82,14 @@ class Owed:
 def record_batch(cursor: Any, dialect: Dialect, batch: list[Item], now: datetime) -> None:
     """Decide each item's outcome, in arrival order, and write the log and what the accepted ones owe.
 
-    Runs on a driver cursor, inside the caller's transaction. The channels are read with FOR UPDATE on PostgreSQL
-    (SQLite's BEGIN IMMEDIATE already serialises writers), so "newer than any message seen" holds
-    across processes just as within the batch.
+    On SQLite, inside the caller's BEGIN IMMEDIATE (which serialises writers), the channels are read
+    and the outcomes decided here. On PostgreSQL one statement decides and writes everything, so that
+    on an autocommit connection a batch costs one round trip; see `_RECORD_PG`.
     """
-    ids = sorted({item.push.channel_id for item in batch if item.push is not None})
     if dialect.name == "postgresql":
-        channels = _lookup(cursor, _LOOKUP_PG, {"ids": ids}) if ids else {}
-        _write_pg(cursor, batch, decide(batch, channels), now)
+        _record_pg(cursor, batch, now)
     else:
+        ids = sorted({item.push.channel_id for item in batch if item.push is not None})
         marks = ",".join("?" * len(ids))
         channels = _lookup(cursor, _LOOKUP_SQLITE.format(marks=marks), ids) if ids else {}
         _write_sqlite(cursor, batch, decide(batch, channels), now, _sqlite_time(dialect))
@@ -175,14 +174,18 @@ def _write_sqlite(cursor: Any, batch: list[Item], owed: Owed, at: datetime,
     cursor.executemany(_INSERT_LOG_SQLITE, [(*_log_row(item), stamp(item.received_at)) for item in batch])
 
 
-def _write_pg(cursor: Any, batch: list[Item], owed: Owed, now: datetime) -> None:
-    # One JSON document for the log rows, where a text array per column would have psycopg quote
-    # every string in Python.
-    rows = [(*_log_row(item), item.received_at.isoformat()) for item in batch]
-    cursor.execute(_WRITE_PG, {
-        "seen": json.dumps([[cid, n] for cid, n in sorted(owed.seen.items())]),
-        "calendar_ids": sorted(owed.calendars), "account_ids": sorted(owed.accounts), "now": now,
-        "notify": bool(owed.calendars or owed.accounts), "rows": json.dumps(rows)})
+def _record_pg(cursor: Any, batch: list[Item], now: datetime) -> None:
+    # One JSON document for the batch, where a text array per column would have psycopg quote every
+    # string in Python. Only the token's digest travels: the stored one is a digest too.
+    rows = []
+    for item in batch:
+        push = item.push
+        token = None if push is None or push.token is None else hashlib.sha256(push.token.encode()).hexdigest()
+        rows.append((*_log_row(item), item.received_at.isoformat(), token, push is None))
+    cursor.execute(_RECORD_PG, {"rows": json.dumps(rows), "now": now})
+    outcomes = {ord_: outcome for ord_, outcome in cursor.fetchall()}
+    for i, item in enumerate(batch, start=1):
+        item.outcome = outcomes[i]
 
 
 def _sqlite_time(dialect: Dialect) -> Callable[[datetime], str]:
@@ -202,9 +205,6 @@ _COLUMNS = ("c.id, c.token_hash, c.resource_id, c.status, c.kind, c.account_id, 
             "c.last_message_number, a.status")
 _LOOKUP_SQLITE = (f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id "
                   "WHERE c.id IN ({marks})")
-_LOOKUP_PG = (f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id "
-              "WHERE c.id = ANY(%(ids)s) ORDER BY c.id FOR UPDATE OF c")
-
 # A row only ever moves forward, whoever else writes it.
 _MARK_SEEN_SQLITE = """
 UPDATE channels SET last_message_number = ?, status = CASE WHEN status = 'pending' THEN 'active' ELSE status END
@@ -225,31 +225,68 @@ _INSERT_LOG_SQLITE = """
 INSERT INTO notifications (channel_id, resource_state, message_number, resource_id, headers, outcome, received_at)
 VALUES (?, ?, ?, ?, ?, ?, ?)"""
 
-# PostgreSQL: every write of a batch in one round trip. Data-modifying CTEs all run to completion;
-# the channel rows are already locked by the lookup. The NOTIFY is delivered at commit.
-_WRITE_PG = f"""
-WITH seen AS (
+# PostgreSQL: the whole batch in one statement, the same decisions as `decide` (in arrival order:
+# `earlier` is the newest accepted message of the same channel before this one in the batch). The
+# channel rows are not read FOR UPDATE: when two processes' batches race on one channel, the
+# guarded UPDATE still only moves its number forward, and the worst case is one message counted
+# as new twice, which owes one sync that coalescing absorbs. Data-modifying CTEs run to completion
+# whether referenced or not; the NOTIFY is delivered at commit.
+_RECORD_PG = f"""
+WITH input AS (
+    SELECT r->>0 AS channel_id, r->>1 AS state, (r->>2)::bigint AS number, r->>3 AS resource_id,
+           (r->>4)::jsonb AS headers, r->>5 AS unused, (r->>6)::timestamptz AS received_at,
+           r->>7 AS token_digest, (r->>8)::boolean AS malformed, l.ord
+      FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS l(r, ord)
+), checked AS (
+    SELECT i.*, c.kind, c.account_id, c.calendar_id, c.last_message_number AS stored,
+           CASE WHEN i.malformed THEN 'malformed'
+                WHEN c.id IS NULL THEN 'unknown_channel'
+                WHEN i.token_digest IS NULL OR c.token_hash <> i.token_digest THEN 'bad_token'
+                WHEN coalesce(c.resource_id, '') <> '' AND i.resource_id IS DISTINCT FROM c.resource_id
+                     THEN 'bad_resource'
+                WHEN c.status NOT IN ('pending', 'active') THEN 'stopped_channel'
+                WHEN a.status IS DISTINCT FROM 'active' THEN 'account_inactive'
+           END AS refusal
+      FROM input AS i
+      LEFT JOIN channels AS c ON c.id = i.channel_id AND NOT i.malformed
+      LEFT JOIN accounts AS a ON a.id = c.account_id
+), ranked AS (
+    SELECT k.*, max(number) FILTER (WHERE refusal IS NULL) OVER (
+               PARTITION BY channel_id ORDER BY ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier
+      FROM checked AS k
+), decided AS (
+    SELECT d.*,
+           CASE WHEN refusal IS NOT NULL THEN refusal
+                WHEN state = 'sync' THEN 'sync'
+                WHEN newer THEN 'queued'
+                ELSE 'duplicate' END AS outcome
+      FROM (SELECT r.*, refusal IS NULL AND number > greatest(coalesce(stored, -1), coalesce(earlier, -1)) AS newer
+              FROM ranked AS r) AS d
+), seen AS (
     UPDATE channels AS c
        SET last_message_number = v.n,
            status = CASE WHEN c.status = 'pending' THEN 'active' ELSE c.status END
-      FROM (SELECT e->>0 AS id, (e->>1)::bigint AS n FROM jsonb_array_elements(%(seen)s::jsonb) AS e) AS v
-     WHERE c.id = v.id AND (c.last_message_number IS NULL OR c.last_message_number < v.n)
+      FROM (SELECT channel_id, max(number) AS n FROM decided WHERE newer GROUP BY channel_id) AS v
+     WHERE c.id = v.channel_id AND (c.last_message_number IS NULL OR c.last_message_number < v.n)
 ), owe_calendar_sync AS (
+    -- A sync already owed for later (a backoff's retry_at, or the follow-up of a burst) keeps its time.
     UPDATE calendars
        SET sync_requested = sync_requested + 1,
            due_at = CASE WHEN retry_at > %(now)s THEN retry_at
                          WHEN sync_requested > sync_done AND due_at > %(now)s THEN due_at
                          ELSE %(now)s END
-     WHERE id = ANY(%(calendar_ids)s::integer[])
+     WHERE id IN (SELECT calendar_id FROM decided WHERE outcome = 'queued' AND kind <> 'calendar_list')
 ), owe_list_refresh AS (
     UPDATE accounts
        SET list_requested = list_requested + 1,
            list_due_at = CASE WHEN list_error_count > 0 AND list_due_at > %(now)s THEN list_due_at ELSE %(now)s END
-     WHERE id = ANY(%(account_ids)s::integer[])
+     WHERE id IN (SELECT account_id FROM decided WHERE outcome = 'queued' AND kind = 'calendar_list')
 ), logged AS (
     INSERT INTO notifications (channel_id, resource_state, message_number, resource_id, headers, outcome, received_at)
-    SELECT r->>0, r->>1, (r->>2)::bigint, r->>3, (r->>4)::jsonb, r->>5, (r->>6)::timestamptz
-      FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS l(r, ord)
-     ORDER BY l.ord
+    SELECT channel_id, state, number, resource_id, headers, outcome, received_at FROM decided ORDER BY ord
 )
-SELECT pg_notify('{WAKEUP_CHANNEL}', '') WHERE %(notify)s"""
+SELECT ord, outcome FROM decided
+UNION ALL
+SELECT 0, 'notified' FROM (
+    SELECT pg_notify('{WAKEUP_CHANNEL}', '')
+      FROM (SELECT 1 WHERE EXISTS (SELECT FROM decided WHERE outcome = 'queued')) AS owed) AS woken"""
