@@ -1,17 +1,26 @@
 """Engine and session factory: one of each per process.
 
 SQLite is configured on purpose: foreign keys on, WAL, a busy timeout, and the driver's legacy
-transaction handling off so that BEGIN, savepoints and transactional DDL behave.
+transaction handling off so that BEGIN, savepoints and transactional DDL behave. On PostgreSQL a
+pooled connection is pinged before use only when it has sat idle (see `_ping_if_idle`).
 """
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+
+# A connection back in the pool for less than this is taken as alive without a ping.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+_BACKENDS: weakref.WeakKeyDictionary[Engine, set[int]] = weakref.WeakKeyDictionary()
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -26,10 +35,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    # Last in, first out: busy threads keep reusing a few warm connections, the rest go idle.
+    kwargs.setdefault("pool_use_lifo", True)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _ping_if_idle(engine)
+    _track_backends(engine)
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -46,6 +60,64 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 def is_postgres(session_or_engine: Session | Engine) -> bool:
     bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
     return bind.dialect.name == "postgresql"
+
+
+def is_own_backend(engine: Engine, pid: int) -> bool:
+    """Whether a PostgreSQL server process serves one of `engine`'s open connections.
+
+    A NOTIFY sent from one of them was sent by this process, which woke its own threads already.
+    """
+    return pid in _BACKENDS.get(engine, ())
+
+
+def _track_backends(engine: Engine) -> None:
+    pids = _BACKENDS.setdefault(engine, set())
+
+    def connect(dbapi_conn: Any, record: Any) -> None:
+        pid = getattr(getattr(dbapi_conn, "info", None), "backend_pid", None)
+        if pid:
+            record.info["calsync_backend_pid"] = pid
+            pids.add(pid)
+
+    def close(_dbapi_conn: Any, record: Any) -> None:
+        pids.discard(record.info.get("calsync_backend_pid", 0))
+
+    def detach(_dbapi_conn: Any, record: Any) -> None:
+        # A detached connection leaves the record (and its info); it is ours until closed, but
+        # nothing tells when, so it is forgotten now: its NOTIFYs would merely wake us twice.
+        pids.discard(record.info.get("calsync_backend_pid", 0))
+
+    event.listen(engine, "connect", connect)
+    event.listen(engine, "close", close)
+    event.listen(engine, "detach", detach)
+
+
+def _ping_if_idle(engine: Engine) -> None:
+    """Ping a pooled connection before use only if it sat idle; one in steady use is known alive.
+
+    pool_pre_ping pinged on every checkout: one more round trip for each of a sync job's few
+    transactions. A connection lost while idle (server restart, idle timeout) is the case a ping is
+    for; one lost within the last second fails its transaction, as a loss mid-transaction would,
+    and the pool then replaces every connection older than the failure.
+    """
+    dialect = engine.dialect
+
+    def checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["calsync_idle_since"] = time.monotonic()
+
+    def checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("calsync_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return  # just connected, or back in the pool a moment ago
+        try:
+            alive = dialect.do_ping(dbapi_conn)
+        except Exception as err:
+            raise DisconnectionError(f"pooled connection failed its ping: {err}") from err
+        if not alive:
+            raise DisconnectionError("pooled connection failed its ping")
+
+    event.listen(engine, "checkin", checkin)
+    event.listen(engine, "checkout", checkout)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -9,6 +9,9 @@ sorted here into backoff (rate limits, 5xx), long retries (forbidden), re-consen
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+from typing import Any
+
 from sqlalchemy import select, update
 
 from calsync.accounts import mark_reauth_required
@@ -25,6 +28,7 @@ from calsync.leases import (
     fail_calendar,
     finish_account_list,
     finish_calendar,
+    finish_values,
     release_account_list,
     release_calendar,
 )
@@ -88,27 +92,34 @@ def describe(err: BaseException) -> str:
 # Helpers ---------------------------------------------------------------------------------------
 def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
     settings = runtime.settings
-    with transaction(runtime.sessions) as session:
-        baseline_before = bool(session.scalar(select(Calendar.baseline_done).where(Calendar.id == claim.id)))
-        renew = baseline_before and needs_new_channel(
-            live_channels(session, calendar_id=claim.id), runtime.clock.now(), settings.renew_before)
-    if renew:
+    start = claim.calendar
+    if start is not None and start.channel_ok is not None:
+        baseline_before, channel_ok = start.baseline_done, start.channel_ok
+    else:
+        with transaction(runtime.sessions) as session:
+            baseline_before = bool(session.scalar(select(Calendar.baseline_done).where(Calendar.id == claim.id)))
+            channel_ok = not needs_new_channel(live_channels(session, calendar_id=claim.id), runtime.clock.now(),
+                                               settings.renew_before)
+    if baseline_before and not channel_ok:
         # New channel first, old one stopped; the sync below covers the seam between them.
         replace_channel(runtime, calendar_id=claim.id)
-    sync_calendar(runtime, claim.id, lease_owner=claim.owner)
-    seam = False
-    if not baseline_before:
-        # The first full sync is the baseline; only now is the calendar worth watching. Changes made
-        # between the last page and the watch are caught by one more (incremental) sync.
-        replace_channel(runtime, calendar_id=claim.id)
-        seam = True
+        start = None  # the watch may have refreshed the account's token: read it again
+    if baseline_before:
+        # Nothing follows the sync: the lease is released and owed work settled with its last page.
+        def finish(now: datetime) -> dict[str, Any]:
+            return finish_values(claim, now, settings.reconcile_every, settings.sync_min_interval)
+
+        sync_calendar(runtime, claim.id, lease_owner=claim.owner, start=start, finish=finish)
+        return
+    sync_calendar(runtime, claim.id, lease_owner=claim.owner, start=start)
+    # The first full sync is the baseline; only now is the calendar worth watching. Changes made
+    # between the last page and the watch are caught by one more (incremental) sync.
+    replace_channel(runtime, calendar_id=claim.id)
     with transaction(runtime.sessions) as session:
-        if seam:
-            session.execute(update(Calendar).where(Calendar.id == claim.id)
-                            .values(sync_requested=Calendar.sync_requested + 1))
-            runtime.wakeup.notify_after_commit(session)
-        if not finish_calendar(session, claim, runtime.clock.now(), settings.reconcile_every,
-                               0.0 if seam else settings.sync_min_interval):
+        session.execute(update(Calendar).where(Calendar.id == claim.id)
+                        .values(sync_requested=Calendar.sync_requested + 1))
+        runtime.wakeup.notify_after_commit(session)
+        if not finish_calendar(session, claim, runtime.clock.now(), settings.reconcile_every, 0.0):
             log.info("calendar %s: synced, but the lease had passed to another worker", claim.id)
 
 

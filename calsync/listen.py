@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import psycopg
 from sqlalchemy.engine import URL
@@ -22,13 +23,15 @@ RECONNECT_SECONDS = 2.0
 class Listener(threading.Thread):
     """Holds one autocommit connection in LISTEN and turns each notification into a local wake-up."""
 
-    def __init__(self, url: URL, wakeup: Wakeup, stop: threading.Event, *, poll: float = 0.5) -> None:
+    def __init__(self, url: URL, wakeup: Wakeup, stop: threading.Event, *, poll: float = 0.5,
+                 ignore: Callable[[int], bool] | None = None) -> None:
         super().__init__(name="calsync-listen", daemon=True)
         self.conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.wakeup = wakeup
         self.stop = stop
         self.poll = poll
         self.ready = threading.Event()
+        self.ignore = ignore  # by the sender's server process id
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -39,8 +42,9 @@ class Listener(threading.Thread):
                     # Anything sent while we were not listening: let the workers look once.
                     self.wakeup.notify_local()
                     while not self.stop.is_set():
-                        for _ in conn.notifies(timeout=self.poll, stop_after=1):
-                            self.wakeup.notify_local()
+                        for note in conn.notifies(timeout=self.poll, stop_after=1):
+                            if self.ignore is None or not self.ignore(note.pid):
+                                self.wakeup.notify_local()
             except psycopg.Error as err:
                 self.ready.clear()
                 log.warning("LISTEN connection lost (%s); polling until it is back", err)

@@ -25,6 +25,8 @@ from calsync.changes import append_changes
 from calsync.db import transaction
 from calsync.errors import AuthRevoked, GoogleApiError, LeaseLost, NotFoundError, SyncTokenExpired
 from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar
+from calsync.google.oauth import credentials_from_json
+from calsync.leases import CalendarState
 from calsync.metrics import SYNC_SECONDS, SYNCS
 from calsync.mirror import PageMirror
 from calsync.models import Calendar
@@ -32,7 +34,13 @@ from calsync.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+# The calendar row's per-page updates go through Core: the ORM's bulk-update path costs more than the statement.
+_CALENDARS = Calendar.__table__  # type: ignore[attr-defined]
+
 Progress = Callable[[int, int | None], None]
+# The caller's bookkeeping for a sync that succeeds (lease released, owed work settled): column
+# values written with the last page, in its transaction, so no crash can fall between the two.
+Finish = Callable[[datetime], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -48,14 +56,18 @@ class SyncResult:
 
 
 def sync_calendar(runtime: Runtime, calendar_id: int, *, full: bool = False, lease_owner: str | None = None,
-                  progress: Progress | None = None, page_size: int = EVENTS_PAGE_SIZE) -> SyncResult:
+                  progress: Progress | None = None, page_size: int = EVENTS_PAGE_SIZE,
+                  start: CalendarState | None = None, finish: Finish | None = None) -> SyncResult:
     """Bring one calendar's mirror and diff log up to date with Google.
 
     Without a sync token (or with `full`) this lists everything; a 410 on the token clears it and
-    does the same. Errors other than a 410 propagate for the worker to schedule around.
+    does the same. Errors other than a 410 propagate for the worker to schedule around. `start` is
+    the calendar as the claim read it (else it is read here); `finish` needs `lease_owner`.
     """
     started = time.monotonic()
-    job = _Job.load(runtime, calendar_id, lease_owner=lease_owner, progress=progress, page_size=page_size)
+    job = _Job.load(runtime, calendar_id, lease_owner=lease_owner, progress=progress, page_size=page_size,
+                    start=start)
+    job.finish = finish
     kind = "incremental" if job.sync_token and not full else ("resync" if job.baseline_done else "full")
     try:
         try:
@@ -97,6 +109,7 @@ class _Job:
     progress: Progress | None
     page_size: int
     token_before: str | None = None
+    finish: Finish | None = None
     api: GoogleCalendar = field(init=False)
     # Totals over the whole job: an incremental cut short by a 410 still counts what it committed.
     pages: int = 0
@@ -105,7 +118,14 @@ class _Job:
 
     @classmethod
     def load(cls, runtime: Runtime, calendar_id: int, *, lease_owner: str | None, progress: Progress | None,
-             page_size: int) -> _Job:
+             page_size: int, start: CalendarState | None = None) -> _Job:
+        if start is not None:
+            creds = credentials_from_json(runtime.cipher.decrypt_str(start.credentials), runtime.settings)
+            job = cls(runtime=runtime, calendar_id=calendar_id, account_id=start.account_id, google_id=start.google_id,
+                      sync_token=start.sync_token, baseline_done=start.baseline_done, credentials=creds,
+                      lease_owner=lease_owner, progress=progress, page_size=page_size, token_before=creds.token)
+            job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
+            return job
         with runtime.sessions() as session:
             cal = session.get(Calendar, calendar_id)
             if cal is None:
@@ -178,8 +198,8 @@ class _Job:
             return
         until = now + timedelta(seconds=self.runtime.settings.lease_seconds)
         result = session.execute(
-            update(Calendar).where(Calendar.id == self.calendar_id, Calendar.lease_owner == self.lease_owner)
-            .values(lease_until=until).execution_options(synchronize_session=False))
+            update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id, _CALENDARS.c.lease_owner == self.lease_owner)
+            .values(lease_until=until))
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")
 
@@ -191,7 +211,13 @@ class _Job:
         return int(session.scalar(select(Calendar.full_sync_gen).where(Calendar.id == self.calendar_id)) or 0)
 
     def _finish(self, session: Session, next_sync_token: str, now: datetime) -> None:
-        session.execute(update(Calendar).where(Calendar.id == self.calendar_id).values(
+        values: dict[str, Any] = dict(
             sync_token=next_sync_token, baseline_done=True, last_synced_at=now, sync_state="synced",
-            last_error=None, next_reconcile_at=now + timedelta(seconds=self.runtime.settings.reconcile_every),
-        ).execution_options(synchronize_session=False))
+            last_error=None, next_reconcile_at=now + timedelta(seconds=self.runtime.settings.reconcile_every))
+        stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
+        if self.finish is not None:
+            values.update(self.finish(now))
+            stmt = stmt.where(_CALENDARS.c.lease_owner == self.lease_owner)
+        result = session.execute(stmt.values(**values))
+        if self.finish is not None and result.rowcount == 0:  # type: ignore[attr-defined]
+            raise LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")

@@ -14,13 +14,26 @@ CHANNEL = "calsync_work"
 
 
 class Wakeup:
-    """A generation counter under a condition: waiters return as soon as it moves."""
+    """A generation counter under a condition: waiters return as soon as it moves.
+
+    A wake-up rouses one idle waiter, not all of them: every thread woken for one owed sync would
+    run an empty claim. A thread that claims work while more is due wakes the next one
+    (`worker.Worker`), so a batch of owed syncs still spreads over the idle threads. A thread
+    that was busy when the counter moved sees that when it comes to wait, and looks again.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._generation = 0
 
     def notify_local(self) -> None:
+        """There may be work: one idle waiter looks."""
+        with self._cond:
+            self._generation += 1
+            self._cond.notify()
+
+    def notify_all(self) -> None:
+        """Every waiter looks (shutting down)."""
         with self._cond:
             self._generation += 1
             self._cond.notify_all()

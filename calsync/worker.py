@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from calsync.db import transaction
+from calsync.db import is_own_backend, transaction
 from calsync.jobs import run_calendar_job, run_list_job
 from calsync.leases import Claim, claim_account_list, claim_calendar, release_account_list, release_calendar
-from calsync.models import WorkerHeartbeat
+from calsync.models import Delivery, WorkerHeartbeat
 from calsync.runtime import Runtime
 from calsync.scheduler import expire_lapsed_channels, prune, schedule_missing_channels, schedule_renewals
 
@@ -33,8 +34,15 @@ POLL_SECONDS = 1.5  # the fallback when no wake-up arrives
 SCHEDULER_SECONDS = 2.0
 DELIVERY_BATCH = 50
 
-ClaimFn = Callable[[Session, str, datetime, float], Claim | None]
+JobFn = Callable[[Runtime, Claim], None]
 ReleaseFn = Callable[[Session, Claim], None]
+
+_DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
+_DELIVERY_NOW = bindparam("now", type_=_DELIVERIES.c.next_attempt_at.type)
+_DELIVERY_DUE = (select(_DELIVERIES.c.id)
+                 .where(_DELIVERIES.c.state == "pending", _DELIVERIES.c.next_attempt_at <= _DELIVERY_NOW,
+                        or_(_DELIVERIES.c.lease_until.is_(None), _DELIVERIES.c.lease_until <= _DELIVERY_NOW))
+                 .limit(1))
 
 
 class Worker:
@@ -62,7 +70,7 @@ class Worker:
                 self.tick()
         finally:
             stop.set()
-            self.runtime.wakeup.notify_local()
+            self.runtime.wakeup.notify_all()
             for t in threads:
                 t.join()
             if listener is not None:
@@ -106,24 +114,25 @@ class Worker:
             log.exception("scheduler pass failed; will retry")
 
     def work_once(self, owner: str, stop: threading.Event | None = None) -> int:
-        """Claim and do at most one calendar sync and one calendar-list refresh, then deliveries."""
-        done = 0
+        """Claim and do one calendar-list refresh or else one calendar sync, then due deliveries.
+
+        One transaction claims and asks whether any delivery may be due, so a thread that finds
+        nothing has spent one short transaction. Lists go first: they are rare and quick, and a
+        backlog of calendars must not starve them.
+        """
         rt = self.runtime
-        claim = self._claim(claim_calendar, owner)
+        claim, run, release, deliveries_due = self._claim(owner)
+        done = 0
         if claim is not None:
+            if claim.more_due or run is run_list_job:
+                rt.wakeup.notify_local()  # more may be waiting: pass the wake-up on to an idle thread
             if stop is not None and stop.is_set():
-                self._release(release_calendar, claim)
+                self._release(release, claim)
                 return done
-            run_calendar_job(rt, claim)
+            run(rt, claim)
             done += 1
-        claim = self._claim(claim_account_list, owner)
-        if claim is not None:
-            if stop is not None and stop.is_set():
-                self._release(release_account_list, claim)
-                return done
-            run_list_job(rt, claim)
-            done += 1
-        done += self._deliveries(owner)
+        if deliveries_due and not (stop is not None and stop.is_set()):
+            done += self._deliveries(owner)
         return done
 
     # Helpers ---------------------------------------------------------------------------------
@@ -140,9 +149,17 @@ class Worker:
             if not did:
                 wakeup.wait(generation, POLL_SECONDS)
 
-    def _claim(self, claim_fn: ClaimFn, owner: str) -> Claim | None:
-        with transaction(self.runtime.sessions) as session:
-            return claim_fn(session, owner, self.runtime.clock.now(), self.runtime.settings.lease_seconds)
+    def _claim(self, owner: str) -> tuple[Claim | None, JobFn, ReleaseFn, bool]:
+        rt = self.runtime
+        settings = rt.settings
+        with transaction(rt.sessions) as session:
+            now = rt.clock.now()
+            deliveries_due = _deliveries_may_be_due(session, now)
+            claim = claim_account_list(session, owner, now, settings.lease_seconds)
+            if claim is not None:
+                return claim, run_list_job, release_account_list, deliveries_due
+            claim = claim_calendar(session, owner, now, settings.lease_seconds, settings.renew_before)
+            return claim, run_calendar_job, release_calendar, deliveries_due
 
     def _release(self, release_fn: ReleaseFn, claim: Claim) -> None:
         with transaction(self.runtime.sessions) as session:
@@ -180,9 +197,16 @@ class Worker:
             return None
         from calsync.listen import Listener
 
-        listener = Listener(self.runtime.engine.url, self.runtime.wakeup, stop)
+        engine = self.runtime.engine
+        # This process's own NOTIFYs woke its threads already (at commit); only others' need passing on.
+        listener = Listener(engine.url, self.runtime.wakeup, stop, ignore=lambda pid: is_own_backend(engine, pid))
         listener.start()
         return listener
+
+
+def _deliveries_may_be_due(session: Session, now: datetime) -> bool:
+    """Whether a webhook delivery is pending, due and unleased: a cheap look before the real claim."""
+    return session.execute(_DELIVERY_DUE, {"now": now}).first() is not None
 
 
 def heartbeat_is_fresh(seen_at: datetime | None, now: datetime) -> bool:

@@ -310,3 +310,94 @@ def test_a_notify_from_another_process_wakes_this_one_at_once(rt):  # type: igno
         stop.set()
         listener.join(timeout=5)
     assert latency < 0.5 and not listener.is_alive()
+
+
+def test_the_claim_says_whether_another_calendar_waits(rt, emu):  # type: ignore[no-untyped-def]
+    connect_account(rt, emu, "ann@example.com")
+    emu.create_calendar("ann@example.com", "Team")
+    Worker(rt, threads=1).run_burst()
+    with rt.sessions() as session:
+        ids = list(session.scalars(select(Calendar.id)))
+    for cal_id in ids:
+        _request(rt, cal_id)
+    with transaction(rt.sessions) as session:
+        first = claim_calendar(session, "w/0", rt.clock.now(), 60)
+    with transaction(rt.sessions) as session:
+        second = claim_calendar(session, "w/1", rt.clock.now(), 60)
+    assert first is not None and second is not None and first.id != second.id
+    assert first.more_due and not second.more_due  # the first is leased by the time of the second
+
+
+def test_a_thread_that_takes_one_of_several_due_calendars_wakes_another(rt, emu):  # type: ignore[no-untyped-def]
+    connect_account(rt, emu, "ann@example.com")
+    emu.create_calendar("ann@example.com", "Team")
+    worker = Worker(rt, threads=1)
+    worker.run_burst()
+    with rt.sessions() as session:
+        ids = list(session.scalars(select(Calendar.id).order_by(Calendar.id)))
+    _request(rt, ids[0])
+    before = rt.wakeup.generation()
+    assert worker.work_once("w/0") == 1
+    assert rt.wakeup.generation() == before  # it was the only one: nobody else is woken for nothing
+    for cal_id in ids:
+        _request(rt, cal_id)
+    assert worker.work_once("w/0") == 1
+    assert rt.wakeup.generation() > before  # the other waits: an idle thread is told
+
+
+def test_an_incremental_sync_job_is_one_transaction_after_its_claim(rt, emu):  # type: ignore[no-untyped-def]
+    from sqlalchemy import event
+
+    _, cal_id = _connected(rt, emu)
+    emu.insert_event("ann@example.com", EVENT)
+    _request(rt, cal_id)
+    with transaction(rt.sessions) as session:
+        claim = claim_calendar(session, "w/0", rt.clock.now(), 60, rt.settings.renew_before)
+    assert claim is not None and claim.calendar is not None and claim.calendar.sync_token
+    begun: list[object] = []
+
+    def count(conn: object) -> None:
+        begun.append(conn)
+
+    event.listen(rt.engine, "begin", count)
+    try:
+        run_calendar_job(rt, claim)
+    finally:
+        event.remove(rt.engine, "begin", count)
+    # The claim read the calendar and its channel; the page, its changes, the new token, the lease's
+    # release and the owed count commit together.
+    assert len(begun) == 1
+    cal = calendar_row(rt, cal_id)
+    assert cal.lease_owner is None and cal.sync_done == cal.sync_requested and cal.sync_state == "synced"
+    assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
+
+
+def test_one_wake_up_gets_every_due_calendar_synced_without_polling(rt, emu, monkeypatch):  # type: ignore[no-untyped-def]
+    import calsync.worker
+
+    monkeypatch.setattr(calsync.worker, "POLL_SECONDS", 3600.0)  # only wake-ups can start work
+    connect_account(rt, emu, "ann@example.com")
+    for i in range(3):
+        emu.create_calendar("ann@example.com", f"cal {i}")
+    Worker(rt, threads=1).run_burst()
+    with rt.sessions() as session:
+        rows = session.execute(select(Calendar.id, Calendar.google_id)).all()
+    ids = [r.id for r in rows]
+    for row in rows:
+        emu.insert_event(row.google_id, EVENT)
+    worker = Worker(rt, threads=3)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: len(rt.wakeup._cond._waiters) == 3, timeout=10, what="three idle threads")
+        with transaction(rt.sessions) as session:
+            for cal_id in ids:
+                request_calendar_sync(session, cal_id, rt.clock.now())
+        rt.wakeup.notify_local()  # one wake-up, as a notification batch gives
+        wait_for(lambda: all(calendar_row(rt, c).sync_done == calendar_row(rt, c).sync_requested for c in ids),
+                 timeout=20, what="every calendar synced")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert len(changes_for(rt)) == len(ids)
