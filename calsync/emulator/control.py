@@ -172,6 +172,12 @@ def fail_next(emu: Emulator, body: dict) -> dict:
     return {}
 
 
+@route("/faults/slow_next", ["POST"])
+def slow_next(emu: Emulator, body: dict) -> dict:
+    emu.slow_next(int(body.get("n", 1)), float(body.get("seconds", 1.0)), body.get("method"), body.get("calendar_id"))
+    return {}
+
+
 @route("/faults/invalidate_sync_tokens", ["POST"])
 def invalidate(emu: Emulator, body: dict) -> dict:
     emu.invalidate_sync_tokens(body.get("calendar_id"))

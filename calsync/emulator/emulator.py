@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from . import events, listing
 from .errors import ApiError
-from .faults import FailRule, Faults
+from .faults import FailRule, Faults, SlowRule
 from .grants import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Grants
 from .push import PushFaults, PushHub, PushRecord, new_channel
 from .store import Calendar, ListEntry, Store, User, new_id
@@ -248,6 +248,11 @@ class Emulator:
                   calendar_id: str | None = None) -> None:
         """The next ``n`` matching Calendar API calls fail with Google's error envelope."""
         self.faults.add(FailRule(n, status, reason, retry_after, method, calendar_id))
+
+    def slow_next(self, n: int, seconds: float, method: str | None = None,
+                  calendar_id: str | None = None) -> None:
+        """The next ``n`` matching Calendar API calls are answered ``seconds`` late."""
+        self.faults.slow(SlowRule(n, seconds, method, calendar_id))
 
     def invalidate_sync_tokens(self, calendar_id: str | None = None) -> None:
         """Every sync token issued so far (one calendar's, or all) now gives 410 fullSyncRequired."""

@@ -1,8 +1,10 @@
-"""Injected API failures: "the next N calls fail with this Google error" (rate limits, 5xx)."""
+"""Injected API faults: "the next N calls fail with this Google error" (rate limits, 5xx), and
+"the next N calls take this much longer" (a slow Google)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 from .errors import ApiError
@@ -32,12 +34,26 @@ class FailRule:
         return self.calendar_id is None or self.calendar_id == calendar_id
 
 
+@dataclass
+class SlowRule:
+    """Hold the next ``remaining`` matching calls for ``seconds`` before serving them."""
+
+    remaining: int
+    seconds: float
+    method: str | None = None
+    calendar_id: str | None = None
+
+    def matches(self, api_method: str, calendar_id: str | None) -> bool:
+        return FailRule(1, 500, "", None, self.method, self.calendar_id).matches(api_method, calendar_id)
+
+
 class Faults:
     """The queue of pending API failures, consumed first-come first-served."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.rules: list[FailRule] = []
+        self.slow_rules: list[SlowRule] = []
 
     def add(self, rule: FailRule) -> None:
         """Queue a rule after the ones already pending."""
@@ -46,13 +62,30 @@ class Faults:
         with self._lock:
             self.rules.append(rule)
 
+    def slow(self, rule: SlowRule) -> None:
+        """Queue a delay after the ones already pending."""
+        if rule.remaining < 1 or rule.seconds <= 0:
+            raise ValueError("slow_next needs n >= 1 and seconds > 0")
+        with self._lock:
+            self.slow_rules.append(rule)
+
     def clear(self) -> None:
-        """Forget every pending failure."""
+        """Forget every pending failure and delay."""
         with self._lock:
             self.rules.clear()
+            self.slow_rules.clear()
 
     def check(self, api_method: str, calendar_id: str | None) -> None:
-        """Raise the Google error of the first matching rule, consuming one use of it."""
+        """Wait out the first matching delay, then raise the Google error of the first matching rule,
+        consuming one use of each."""
+        with self._lock:
+            slow = next((r for r in self.slow_rules if r.matches(api_method, calendar_id)), None)
+            if slow is not None:
+                slow.remaining -= 1
+                if slow.remaining <= 0:
+                    self.slow_rules.remove(slow)
+        if slow is not None:
+            time.sleep(slow.seconds)
         with self._lock:
             rule = next((r for r in self.rules if r.matches(api_method, calendar_id)), None)
             if rule is None:

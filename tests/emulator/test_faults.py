@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from googleapiclient.errors import HttpError
@@ -84,3 +85,18 @@ def test_token_endpoint_outage_only_when_asked_for(emu: Emulator, alice: str) ->
     assert down.status_code == 503 and down.headers["Retry-After"] == "2"
     assert down.json()["error"] == "backendError"
     assert requests.post(emu.url + "/token", data=form).status_code == 200
+
+
+def test_slow_next_holds_only_the_matching_calls(emu: Emulator, service, alice: str) -> None:
+    emu.slow_next(1, 2.0, method="calendar.events.list")
+    started = time.monotonic()
+    service.calendarList().list().execute()  # another method is not held
+    assert time.monotonic() - started < 2.0
+    started = time.monotonic()
+    assert service.events().list(calendarId="primary").execute()["items"] == []
+    assert time.monotonic() - started >= 2.0
+    started = time.monotonic()
+    service.events().list(calendarId="primary").execute()  # only the next one
+    assert time.monotonic() - started < 2.0
+    with pytest.raises(ValueError):
+        emu.slow_next(1, 0)
