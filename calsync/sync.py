@@ -7,10 +7,14 @@ the mirror, that what it already wrote needs writing no more.
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,12 +28,12 @@ from calsync.accounts import load_credentials, mark_reauth_required, save_if_ref
 from calsync.changes import append_changes
 from calsync.db import transaction
 from calsync.errors import AuthRevoked, GoogleApiError, LeaseLost, NotFoundError, SyncTokenExpired
-from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar
+from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar, decode_page
 from calsync.google.oauth import credentials_from_json
 from calsync.leases import CalendarState
 from calsync.metrics import SYNC_SECONDS, SYNCS
 from calsync.mirror import PageMirror
-from calsync.models import Calendar
+from calsync.models import Calendar, Event
 from calsync.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -141,42 +145,81 @@ class _Job:
         """List every page (from the token when incremental) and commit each one with its changes."""
         token = self.sync_token if kind == "incremental" else None
         gen: int | None = None
+        fresh = False  # a full listing into a mirror that held no row of this calendar as it began
         deferred: list[dict[str, Any]] = []
-        page_token: str | None = None
-        while True:
-            page = self.api.list_events_page(self.google_id, sync_token=token, page_token=page_token,
-                                             max_results=self.page_size)
-            page_token = page.get("nextPageToken")
-            next_sync_token = page.get("nextSyncToken")
-            if not page_token and not next_sync_token:
-                raise GoogleApiError("events.list ended without nextSyncToken", reason="noSyncToken")
-            items: list[dict[str, Any]] = list(page.get("items") or [])
-            with transaction(self.runtime.sessions) as session:
-                now = self.runtime.clock.now()
-                self._extend_lease(session, now)
-                if token is None and gen is None:
-                    gen = self._start_full_sync(session)
-                mirror = PageMirror(session, self.calendar_id, gen=gen, record=kind != "full")
-                mirror.apply(items, deferred)
+        with closing(self._pages(token)) as pages:
+            for page, credentials, committing in pages:
+                next_sync_token = page.get("nextSyncToken")
+                items: list[dict[str, Any]] = list(page.get("items") or [])
+                with transaction(self.runtime.sessions) as session:
+                    now = self.runtime.clock.now()
+                    self._extend_lease(session, now)
+                    if token is None and gen is None:
+                        gen, fresh = self._start_full_sync(session)
+                    mirror = PageMirror(session, self.calendar_id, gen=gen, record=kind != "full", fresh=fresh)
+                    mirror.apply(items, deferred)
+                    if next_sync_token:
+                        mirror.finish(deferred)
+                        if gen is not None and not fresh:
+                            mirror.sweep()
+                        self._finish(session, next_sync_token, now)
+                    save_if_refreshed(session, self.runtime, self.account_id, credentials, self.token_before)
+                    append_changes(session, mirror.changes, now)
+                    committing()
+                self.token_before = credentials.token
+                self.counts.update(change.kind for change in mirror.changes)
+                self.pages += 1
+                self.events_seen += len(items)
+                if self.progress is not None:
+                    self.progress(self.events_seen, None)
                 if next_sync_token:
-                    mirror.finish(deferred)
-                    if gen is not None:
-                        mirror.sweep()
-                    self._finish(session, next_sync_token, now)
-                save_if_refreshed(session, self.runtime, self.account_id, self.credentials, self.token_before)
-                append_changes(session, mirror.changes, now)
-            self.token_before = self.credentials.token
-            self.counts.update(change.kind for change in mirror.changes)
-            self.pages += 1
-            self.events_seen += len(items)
-            if self.progress is not None:
-                self.progress(self.events_seen, None)
-            if next_sync_token:
-                self.sync_token = next_sync_token
-                self.baseline_done = True
-                return SyncResult(kind=kind, pages=self.pages, events_seen=self.events_seen,
-                                  created=self.counts["created"], updated=self.counts["updated"],
-                                  deleted=self.counts["deleted"])
+                    self.sync_token = next_sync_token
+                    self.baseline_done = True
+        return SyncResult(kind=kind, pages=self.pages, events_seen=self.events_seen, created=self.counts["created"],
+                          updated=self.counts["updated"], deleted=self.counts["deleted"])
+
+    def _pages(self, sync_token: str | None) -> Iterator[tuple[dict[str, Any], Credentials, Callable[[], None]]]:
+        """The pages of one listing, each with a copy of the credentials and a `committing` signal.
+
+        Page N names page N+1, so its request goes out on a background thread as soon as page N is
+        here and travels while page N is written. Decoding it holds the GIL for milliseconds on end,
+        which would stall the writer's own Python work, so the thread waits for `committing()` (the
+        writer calls it just before its commit, which lets go of the GIL while the database works)
+        and decodes then. One page ahead at most: memory stays that of two pages however long the
+        calendar. The credentials are copied while no request is in flight, so a token refreshed by
+        the request ahead is stored with the page after it, never half-read. The last page carries
+        the sync token; a listing that ends without one is an error before any write.
+        """
+
+        def body(page_token: str | None) -> bytes:
+            return self.api.events_page_body(self.google_id, sync_token=sync_token, page_token=page_token,
+                                             max_results=self.page_size)
+
+        def fetch(page_token: str, decode: threading.Event) -> dict[str, Any]:
+            fetched = body(page_token)
+            decode.wait()
+            return decode_page(fetched)
+
+        page = decode_page(body(None))
+        committing = threading.Event()
+        # Leaving the block (the caller failed or stopped) waits for a request still in flight, so the
+        # client is never used by two threads at once (the resync after a 410 reuses it).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calsync-page") as pool:
+            try:
+                while True:
+                    page_token = page.get("nextPageToken")
+                    if not page_token and not page.get("nextSyncToken"):
+                        raise GoogleApiError("events.list ended without nextSyncToken", reason="noSyncToken")
+                    credentials = copy.copy(self.credentials)
+                    committing = threading.Event()
+                    ahead = pool.submit(fetch, page_token, committing) if page_token else None
+                    yield page, credentials, committing.set
+                    if ahead is None:
+                        return
+                    committing.set()
+                    page = ahead.result()
+            finally:
+                committing.set()  # a page that failed or was abandoned must not leave the thread waiting
 
     def mark_revoked(self, err: AuthRevoked) -> None:
         """A dead grant must be visible; recorded in its own transaction before the error goes on."""
@@ -203,12 +246,19 @@ class _Job:
         if result.rowcount == 0:  # type: ignore[attr-defined]
             raise LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")
 
-    def _start_full_sync(self, session: Session) -> int:
-        """A new generation: events the listing stamps with it are present; older ones are gone."""
+    def _start_full_sync(self, session: Session) -> tuple[int, bool]:
+        """A new generation: events the listing stamps with it are present; older ones are gone.
+
+        Also whether the mirror is empty (fresh): then every row at the end of this listing was
+        written by it, so the closing sweep (a scan of the calendar's rows) would find nothing, and
+        ids need no lookup before their insert (see `PageMirror.apply`).
+        """
         session.execute(update(Calendar).where(Calendar.id == self.calendar_id)
                         .values(full_sync_gen=Calendar.full_sync_gen + 1, sync_token=None)
                         .execution_options(synchronize_session=False))
-        return int(session.scalar(select(Calendar.full_sync_gen).where(Calendar.id == self.calendar_id)) or 0)
+        gen = int(session.scalar(select(Calendar.full_sync_gen).where(Calendar.id == self.calendar_id)) or 0)
+        mirrored = session.scalar(select(Event.id).where(Event.calendar_id == self.calendar_id).limit(1))
+        return gen, mirrored is None
 
     def _finish(self, session: Session, next_sync_token: str, now: datetime) -> None:
         values: dict[str, Any] = dict(

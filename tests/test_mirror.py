@@ -117,6 +117,48 @@ def test_an_event_listed_again_on_a_later_page_updates_its_row(runtime: Runtime)
             {"id": "ev1", "status": "confirmed", "summary": "b"}]
 
 
+def fresh_page(runtime: Runtime, cal_id: int, items: list[dict[str, Any]], deferred: list[dict[str, Any]],
+               *, record: bool = True) -> list[tuple[str, str]]:
+    """One page of a full listing that began on an empty mirror: live ids are taken as new."""
+    with transaction(runtime.sessions) as session:
+        page = PageMirror(session, cal_id, gen=1, record=record, fresh=True)
+        page.apply(items, deferred)
+        return [(c.kind, c.event_id) for c in page.changes]
+
+
+def test_a_fresh_listing_stores_an_event_listed_again_on_a_later_page_once(runtime: Runtime) -> None:
+    cal_id = calendar(runtime)
+    first = {"id": "ev1", "status": "confirmed", "summary": "first", "etag": "1"}
+    assert fresh_page(runtime, cal_id, [first, {"id": "ev2", "status": "confirmed"}], []) == [
+        ("created", "ev1"), ("created", "ev2")]
+    # ev1 again, edited: its insert fails on the unique key and the page is applied again, looked up.
+    found = fresh_page(runtime, cal_id, [{"id": "ev3", "status": "confirmed"}, {**first, "summary": "later"}], [])
+    assert found == [("created", "ev3"), ("updated", "ev1")]
+    with runtime.sessions() as session:
+        rows = session.scalars(select(Event).where(Event.calendar_id == cal_id).order_by(Event.google_id)).all()
+        assert [(r.google_id, r.data.get("summary")) for r in rows] == [("ev1", "later"), ("ev2", None), ("ev3", None)]
+
+
+def test_a_fresh_listing_deletes_an_event_cancelled_on_a_later_page(runtime: Runtime) -> None:
+    cal_id = calendar(runtime)
+    fresh_page(runtime, cal_id, [{"id": "ev1", "status": "confirmed"}], [], record=False)
+    assert fresh_page(runtime, cal_id, [{"id": "ev1", "status": "cancelled"}], []) == [("deleted", "ev1")]
+    assert stored_ids(runtime, cal_id) == set()
+
+
+def test_a_fresh_page_applied_again_keeps_its_waiting_cancellations_exactly_once(runtime: Runtime) -> None:
+    cal_id = calendar(runtime)
+    deferred: list[dict[str, Any]] = []
+    assert fresh_page(runtime, cal_id, [{"id": "ev1", "status": "confirmed"}, CANCELLED], deferred) == [
+        ("created", "ev1")]
+    assert deferred == [CANCELLED]
+    # ev1 listed again makes this page go through twice; the cancellation waiting for series1 must
+    # come out once, and the first attempt's changes must not survive.
+    found = fresh_page(runtime, cal_id, [SERIES, {"id": "ev1", "status": "confirmed", "summary": "x"}], deferred)
+    assert found == [("created", "series1"), ("updated", "ev1"), ("deleted", CANCELLED["id"])]
+    assert deferred == [] and stored_ids(runtime, cal_id) == {"ev1", "series1", CANCELLED["id"]}
+
+
 def test_postgresql_looks_ids_up_on_the_unique_index_without_statistics(runtime: Runtime) -> None:
     """A freshly filled table has no statistics; an IN list was planned as a scan of the calendar."""
     if runtime.engine.dialect.name != "postgresql":

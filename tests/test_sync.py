@@ -327,6 +327,31 @@ def test_an_expired_sync_token_resyncs_and_records_exactly_the_real_differences(
     assert again.kind == "incremental" and again.events_seen == 0
 
 
+def test_a_baseline_cut_short_and_run_again_mirrors_google_and_records_nothing(runtime: Runtime, emu: Any) -> None:
+    account_id = connect_account(runtime, emu, ALICE)
+    for i in range(12):
+        emu.insert_event(ALICE, timed(f"event {i}", day=1 + i))
+    refresh_calendar_list(runtime, account_id)
+    cal_id = calendar_row_id(runtime, ALICE)
+
+    def fail_after_two_pages(seen: int, _total: int | None) -> None:
+        if seen == 6:  # the request for page 4 goes out after this: it fails (page 3's may be in already)
+            emu.fail_next(1, 503, "backendError", method="calendar.events.list")
+
+    with pytest.raises(BackendError):
+        sync_calendar(runtime, cal_id, page_size=3, progress=fail_after_two_pages)
+    assert 6 <= len(mirror(runtime, cal_id)) < 12
+    emu.delete_event(ALICE, event_id(emu, "event 0"))  # mirrored by the first attempt, cancelled before the second
+    emu.insert_event(ALICE, timed("late", day=20))
+    with transaction(runtime.sessions) as session:  # one Google no longer lists at all: only a sweep finds it
+        session.add(Event(calendar_id=cal_id, google_id="ghost12345", status="confirmed", data={"id": "ghost12345"},
+                          seen_gen=1))
+    result = sync_calendar(runtime, cal_id, page_size=3)
+    assert result.kind == "full" and (result.created, result.updated, result.deleted) == (0, 0, 0)
+    assert changes(runtime, cal_id) == []
+    assert_mirrors_google(runtime, emu, cal_id)
+
+
 def test_events_missing_from_a_full_listing_are_deleted(runtime: Runtime, emu: Any, cal: int) -> None:
     ghost = {"kind": "calendar#event", "id": "ghost12345", "status": "confirmed", "summary": "only here"}
     with transaction(runtime.sessions) as session:

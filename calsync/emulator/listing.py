@@ -222,8 +222,10 @@ def _matcher(params: Params, cal: Calendar, since: int | None, show_deleted: boo
     updated_text = rfc3339(updated_min) if updated_min else None
     if since is not None:
         return lambda record: record.seq > since
-    if not (ical or query or private or shared or types or updated_text or show_deleted or single
-            or window[0] or window[1]):
+    if not (ical or query or private or shared or types or updated_text or single or window[0] or window[1]):
+        # No filter: a full sync's listing (showDeleted) takes every record, a plain one hides deletions.
+        if show_deleted:
+            return lambda record: True
         return lambda record: record.data.get("status") != "cancelled" or _kept_cancelled(cal, record)
 
     def match(record: EventRecord) -> bool:

@@ -28,13 +28,13 @@ class EventRecord:
     data: dict[str, Any]
     seq: int
     ordinal: int
-    cached: tuple[int, str] | None = None
+    cached: tuple[int, RawJson] | None = None
 
     def public_json(self, render: Any) -> RawJson:
         """The API JSON text of this event, serialised once per change (list pages reuse it)."""
         if self.cached is None or self.cached[0] != self.seq:
-            self.cached = (self.seq, json.dumps(render(self.data), separators=(",", ":")))
-        return RawJson(self.cached[1])
+            self.cached = (self.seq, RawJson(json.dumps(render(self.data), separators=(",", ":"))))
+        return self.cached[1]
 
 
 class RawJson(str):
