@@ -6,6 +6,7 @@ import json
 import socket
 import ssl
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -37,14 +38,16 @@ CallHook = Callable[[str, int], None]
 
 
 class GoogleCalendar:
-    """One user's Calendar API, over its own HTTP connection (httplib2 is not thread-safe)."""
+    """One user's Calendar API, over its own HTTP connection (httplib2 is not thread-safe).
+
+    The API's resources are shared by the process (see `_resources`); each request is sent through
+    this user's authorised connection.
+    """
 
     def __init__(self, credentials: Credentials, api_endpoint: str, *, timeout: float = 30.0) -> None:
         self.credentials = credentials
-        http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
-        self._service: Resource = build_from_document(
-            _discovery_document(), http=http, client_options={"api_endpoint": api_endpoint}
-        )
+        self._http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
+        self._api = _resources(api_endpoint)
 
     # Calendar list ---------------------------------------------------------------------------
     def list_calendars(self) -> list[dict[str, Any]]:
@@ -54,7 +57,7 @@ class GoogleCalendar:
         while True:
             page = self._call(
                 "calendarList.list",
-                self._service.calendarList().list(maxResults=CALENDAR_LIST_PAGE_SIZE, pageToken=page_token),
+                self._api.calendar_list.list(maxResults=CALENDAR_LIST_PAGE_SIZE, pageToken=page_token),
             )
             items.extend(page.get("items", []))
             page_token = page.get("nextPageToken")
@@ -62,7 +65,7 @@ class GoogleCalendar:
                 return items
 
     def get_calendar(self, calendar_id: str) -> dict[str, Any]:
-        return self._call("calendars.get", self._service.calendars().get(calendarId=calendar_id))
+        return self._call("calendars.get", self._api.calendars.get(calendarId=calendar_id))
 
     # Events ----------------------------------------------------------------------------------
     def list_events_page(
@@ -87,7 +90,7 @@ class GoogleCalendar:
             kwargs["syncToken"] = sync_token
         if page_token:
             kwargs["pageToken"] = page_token
-        request = self._service.events().list(**kwargs)
+        request = self._api.events.list(**kwargs)
         request.postproc = _keep_bytes  # errors are raised before it runs; a success keeps its bytes
         return self._call("events.list", request)  # type: ignore[no-any-return]
 
@@ -109,19 +112,19 @@ class GoogleCalendar:
     def watch_events(self, calendar_id: str, *, channel_id: str, token: str, address: str,
                      ttl: float) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
-        return self._call("events.watch", self._service.events().watch(calendarId=calendar_id, body=body))
+        return self._call("events.watch", self._api.events.watch(calendarId=calendar_id, body=body))
 
     def watch_calendar_list(self, *, channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
-        return self._call("calendarList.watch", self._service.calendarList().watch(body=body))
+        return self._call("calendarList.watch", self._api.calendar_list.watch(body=body))
 
     def stop_channel(self, channel_id: str, resource_id: str) -> None:
-        self._call("channels.stop", self._service.channels().stop(body={"id": channel_id, "resourceId": resource_id}))
+        self._call("channels.stop", self._api.channels.stop(body={"id": channel_id, "resourceId": resource_id}))
 
     # The one place where Google's failures become calsync's errors ---------------------------
     def _call(self, method: str, request: Any) -> Any:
         try:
-            result = request.execute(num_retries=0)
+            result = request.execute(http=self._http, num_retries=0)
         except HttpError as err:
             GOOGLE_CALLS.labels(method, str(err.resp.status)).inc()
             raise map_http_error(err) from err
@@ -201,6 +204,28 @@ def _retry_after(err: HttpError) -> float | None:
 def _channel_body(channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
     return {"id": channel_id, "type": "web_hook", "address": address, "token": token,
             "params": {"ttl": str(int(ttl))}}
+
+
+@dataclass(frozen=True)
+class _Resources:
+    events: Resource
+    calendar_list: Resource
+    calendars: Resource
+    channels: Resource
+
+
+@lru_cache(maxsize=8)
+def _resources(api_endpoint: str) -> _Resources:
+    """Calendar v3's resources, built once per process and endpoint.
+
+    Building them generates every method and its docstring from the discovery document: done per
+    client it was ~3.6 ms of the ~17 ms of CPU an incremental sync job costs. Resources only build
+    requests; the http given to `execute` sends them, so sharing them across threads is safe.
+    """
+    service = build_from_document(_discovery_document(), http=httplib2.Http(),
+                                  client_options={"api_endpoint": api_endpoint})
+    return _Resources(events=service.events(), calendar_list=service.calendarList(),
+                      calendars=service.calendars(), channels=service.channels())
 
 
 @lru_cache(maxsize=1)

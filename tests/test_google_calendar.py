@@ -1,0 +1,44 @@
+"""The Calendar client: resources shared by the process, requests sent with each user's credentials."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from calsync.errors import AuthRevoked, SyncTokenExpired
+from calsync.google.calendar import GoogleCalendar
+from tests.emulator.conftest import credentials_for
+
+
+def _client(emu: Any, email: str) -> GoogleCalendar:
+    tokens = emu.issue_tokens(emu.create_user(email, email.split("@")[0]))
+    return GoogleCalendar(credentials_for(emu, tokens), emu.api_url + "calendar/v3/")
+
+
+def test_clients_share_the_built_api_but_each_speaks_for_its_own_user(emu: Any) -> None:
+    ann, bob = _client(emu, "ann@example.com"), _client(emu, "bob@example.com")
+    assert ann._api is bob._api  # noqa: SLF001 - built once per process and endpoint
+    emu.insert_event("ann@example.com", {"summary": "ann's", "start": {"dateTime": "2026-03-01T09:00:00Z"},
+                                         "end": {"dateTime": "2026-03-01T10:00:00Z"}})
+    for _ in range(2):  # interleaved, through the same resources
+        assert ann.get_calendar("primary")["id"] == "ann@example.com"
+        assert bob.get_calendar("primary")["id"] == "bob@example.com"
+        assert [e["summary"] for e in ann.list_events_page("primary")["items"]] == ["ann's"]
+        assert bob.list_events_page("primary")["items"] == []
+
+
+def test_one_users_revoked_grant_does_not_touch_another(emu: Any) -> None:
+    ann, bob = _client(emu, "ann@example.com"), _client(emu, "bob@example.com")
+    emu.revoke_grant("ann@example.com")
+    with pytest.raises(AuthRevoked):
+        ann.list_calendars()
+    assert [c["id"] for c in bob.list_calendars()] == ["bob@example.com"]
+
+
+def test_an_expired_sync_token_is_its_own_error(emu: Any) -> None:
+    ann = _client(emu, "ann@example.com")
+    token = ann.list_events_page("primary")["nextSyncToken"]
+    emu.invalidate_sync_tokens("ann@example.com")
+    with pytest.raises(SyncTokenExpired):
+        ann.list_events_page("primary", sync_token=token)
