@@ -25,13 +25,7 @@ class FailRule:
     calendar_id: str | None = None
 
     def matches(self, api_method: str, calendar_id: str | None) -> bool:
-        """Whether this rule applies to a call (no method means any Calendar API call)."""
-        if self.method is None:
-            return api_method.startswith("calendar.") and (
-                self.calendar_id is None or self.calendar_id == calendar_id)
-        if self.method != api_method:
-            return False
-        return self.calendar_id is None or self.calendar_id == calendar_id
+        return _applies(self.method, self.calendar_id, api_method, calendar_id)
 
 
 @dataclass
@@ -44,7 +38,17 @@ class SlowRule:
     calendar_id: str | None = None
 
     def matches(self, api_method: str, calendar_id: str | None) -> bool:
-        return FailRule(1, 500, "", None, self.method, self.calendar_id).matches(api_method, calendar_id)
+        return _applies(self.method, self.calendar_id, api_method, calendar_id)
+
+
+def _applies(method: str | None, rule_calendar: str | None, api_method: str, calendar_id: str | None) -> bool:
+    """Whether a rule applies to a call (no method means any Calendar API call)."""
+    if method is None:
+        if not api_method.startswith("calendar."):
+            return False
+    elif method != api_method:
+        return False
+    return rule_calendar is None or rule_calendar == calendar_id
 
 
 class Faults:

@@ -205,22 +205,23 @@ _COLUMNS = ("c.id, c.token_hash, c.resource_id, c.status, c.kind, c.account_id, 
             "c.last_message_number, a.status")
 _LOOKUP_SQLITE = (f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id "
                   "WHERE c.id IN ({marks})")
-# A row only ever moves forward, whoever else writes it.
-_MARK_SEEN_SQLITE = """
-UPDATE channels SET last_message_number = ?, status = CASE WHEN status = 'pending' THEN 'active' ELSE status END
- WHERE id = ? AND (last_message_number IS NULL OR last_message_number < ?)"""
+# What a batch owes, written once for both engines ({now} is each driver's placeholder).
 # A sync already owed for later (a backoff's retry_at, or the follow-up of a burst) keeps its time:
 # a notification never cuts a backoff short nor turns a burst into one call per message.
-_OWE_CALENDAR_SQLITE = """
-UPDATE calendars SET sync_requested = sync_requested + 1,
-       due_at = CASE WHEN retry_at > :now THEN retry_at
-                     WHEN sync_requested > sync_done AND due_at > :now THEN due_at
-                     ELSE :now END
- WHERE id = :id"""
-_OWE_LIST_SQLITE = """
-UPDATE accounts SET list_requested = list_requested + 1,
-       list_due_at = CASE WHEN list_error_count > 0 AND list_due_at > :now THEN list_due_at ELSE :now END
- WHERE id = :id"""
+_OWE_SYNC = """sync_requested = sync_requested + 1,
+       due_at = CASE WHEN retry_at > {now} THEN retry_at
+                     WHEN sync_requested > sync_done AND due_at > {now} THEN due_at
+                     ELSE {now} END"""
+_OWE_LIST = """list_requested = list_requested + 1,
+       list_due_at = CASE WHEN list_error_count > 0 AND list_due_at > {now} THEN list_due_at ELSE {now} END"""
+# A channel's number only ever moves forward, whoever else writes it.
+_MARK_SEEN = "CASE WHEN {table}status = 'pending' THEN 'active' ELSE {table}status END"
+
+_MARK_SEEN_SQLITE = f"""
+UPDATE channels SET last_message_number = ?, status = {_MARK_SEEN.format(table="")}
+ WHERE id = ? AND (last_message_number IS NULL OR last_message_number < ?)"""
+_OWE_CALENDAR_SQLITE = f"UPDATE calendars SET {_OWE_SYNC.format(now=':now')} WHERE id = :id"
+_OWE_LIST_SQLITE = f"UPDATE accounts SET {_OWE_LIST.format(now=':now')} WHERE id = :id"
 _INSERT_LOG_SQLITE = """
 INSERT INTO notifications (channel_id, resource_state, message_number, resource_id, headers, outcome, received_at)
 VALUES (?, ?, ?, ?, ?, ?, ?)"""
@@ -264,22 +265,14 @@ WITH input AS (
               FROM ranked AS r) AS d
 ), seen AS (
     UPDATE channels AS c
-       SET last_message_number = v.n,
-           status = CASE WHEN c.status = 'pending' THEN 'active' ELSE c.status END
+       SET last_message_number = v.n, status = {_MARK_SEEN.format(table="c.")}
       FROM (SELECT channel_id, max(number) AS n FROM decided WHERE newer GROUP BY channel_id) AS v
      WHERE c.id = v.channel_id AND (c.last_message_number IS NULL OR c.last_message_number < v.n)
 ), owe_calendar_sync AS (
-    -- A sync already owed for later (a backoff's retry_at, or the follow-up of a burst) keeps its time.
-    UPDATE calendars
-       SET sync_requested = sync_requested + 1,
-           due_at = CASE WHEN retry_at > %(now)s THEN retry_at
-                         WHEN sync_requested > sync_done AND due_at > %(now)s THEN due_at
-                         ELSE %(now)s END
+    UPDATE calendars SET {_OWE_SYNC.format(now="%(now)s")}
      WHERE id IN (SELECT calendar_id FROM decided WHERE outcome = 'queued' AND kind <> 'calendar_list')
 ), owe_list_refresh AS (
-    UPDATE accounts
-       SET list_requested = list_requested + 1,
-           list_due_at = CASE WHEN list_error_count > 0 AND list_due_at > %(now)s THEN list_due_at ELSE %(now)s END
+    UPDATE accounts SET {_OWE_LIST.format(now="%(now)s")}
      WHERE id IN (SELECT account_id FROM decided WHERE outcome = 'queued' AND kind = 'calendar_list')
 ), logged AS (
     INSERT INTO notifications (channel_id, resource_state, message_number, resource_id, headers, outcome, received_at)
