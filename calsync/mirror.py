@@ -289,9 +289,7 @@ class _NewRow:
     def values(self, calendar_id: int) -> tuple[Any, ...]:
         """The row in `_INSERT_COLUMNS` order, `data` as JSON text."""
         data = self.data
-        return (calendar_id, data["id"], str(data.get("status") or "confirmed"), data.get("etag"), data.get("updated"),
-                data.get("recurringEventId"), event_time_text(data.get("start")), event_time_text(data.get("end")),
-                _json_text(data), self.seen_gen)
+        return (calendar_id, data["id"], *_columns(data), _json_text(data), self.seen_gen)
 
     def to_event(self, calendar_id: int) -> Event:
         row = Event(calendar_id=calendar_id, google_id=self.google_id, seen_gen=self.seen_gen)
@@ -331,13 +329,15 @@ _BY_IDS_PG = _by_ids_pg()
 _BY_IDS_SQLITE = _by_ids_sqlite()
 
 
+def _columns(item: dict[str, Any]) -> tuple[str, str | None, str | None, str | None, str | None, str | None]:
+    """The columns an event row derives from Google's JSON: status, etag, updated, recurring event
+    id, start, end (the order of `_INSERT_COLUMNS`)."""
+    return (str(item.get("status") or "confirmed"), item.get("etag"), item.get("updated"),
+            item.get("recurringEventId"), event_time_text(item.get("start")), event_time_text(item.get("end")))
+
+
 def _set_columns(row: Event, item: dict[str, Any]) -> None:
-    row.status = str(item.get("status") or "confirmed")
-    row.etag = item.get("etag")
-    row.updated = item.get("updated")
-    row.recurring_event_id = item.get("recurringEventId")
-    row.start = event_time_text(item.get("start"))
-    row.end = event_time_text(item.get("end"))
+    row.status, row.etag, row.updated, row.recurring_event_id, row.start, row.end = _columns(item)
     row.data = item
 
 
