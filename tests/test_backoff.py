@@ -12,7 +12,7 @@ from calsync.backoff import CAP_SECONDS, backoff_delay
 from calsync.clock import FrozenClock
 from calsync.db import transaction
 from calsync.runtime import Runtime
-from calsync.web.receiver import request_calendar_sync
+from calsync.scheduler import request_calendar_sync
 from calsync.worker import Worker
 from tests.push_support import calendar_id_of, calendar_row, changes_for, connect_account
 

@@ -24,7 +24,7 @@ from calsync.errors import ConfigError
 from calsync.models import Account, Calendar, Event, WorkerHeartbeat
 from calsync.runtime import Runtime
 from calsync.serve import ensure_schema
-from calsync.web.receiver import request_calendar_sync
+from calsync.scheduler import request_calendar_sync
 from tests.conftest import free_port
 from tests.push_support import calendar_id_of, calendar_row, change_count, changes_for, connect_account, wait_for
 

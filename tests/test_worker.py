@@ -16,7 +16,7 @@ from calsync.jobs import run_calendar_job
 from calsync.leases import claim_calendar
 from calsync.models import Account, Calendar, Channel, WorkerHeartbeat
 from calsync.runtime import Runtime
-from calsync.web.receiver import request_calendar_sync
+from calsync.scheduler import request_calendar_sync
 from calsync.worker import Worker
 from tests.push_support import (
     account_row,

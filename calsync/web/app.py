@@ -5,11 +5,11 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from flask import Flask, Request, current_app, request
-from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from flask import Flask, current_app, request
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
+from calsync.web import receiver
 
 STATIC = Path(__file__).resolve().parent.parent.parent / "static"
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -26,33 +26,20 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")
     app.extensions["calsync"] = runtime
-    app.session_interface = _SessionInterface()
 
-    from calsync.web import admin_auth, api, auth, dashboard, health, metrics, receiver, webhooks_api
+    from calsync.web import admin_auth, api, auth, dashboard, health, metrics, webhooks_api
 
-    for module in (health, auth, api, admin_auth, dashboard, receiver, webhooks_api, metrics):
+    for module in (health, auth, api, admin_auth, dashboard, webhooks_api, metrics):
         app.register_blueprint(module.bp)
     app.before_request(_refuse_nul)
+    app.wsgi_app = receiver.mount(app, runtime)  # type: ignore[method-assign]
     return app
 
 
-class _SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie session, not opened for Google's notifications: they carry no cookie and
-    need no session, and building the signer on each of them was a measurable part of the receiver."""
-
-    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
-        if request.path == "/notifications":
-            return None  # Flask uses a NullSession, which is never saved
-        return super().open_session(app, request)
-
-
 def _refuse_nul() -> tuple[str, int] | None:
-    """A NUL byte is never valid in a path, a parameter or a header, and PostgreSQL cannot even compare
-    text with one (it raised a 500 on `/api/webhooks/%00`): refuse such requests before any handler.
-    It runs on every notification, so it reads the WSGI environ, where the path and headers are
-    already decoded, rather than werkzeug's views of them; parameters can only carry one as %00."""
-    environ = request.environ
-    if "%00" in environ.get("QUERY_STRING", "") or any("\x00" in v for v in environ.values() if type(v) is str):
+    """Refuse a NUL byte anywhere in the request line or headers before any handler: PostgreSQL
+    raised a 500 on `/api/webhooks/%00`."""
+    if receiver.has_nul(request.environ):
         return "bad request: NUL byte in the request line or headers\n", 400
     return None
 

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 from sqlalchemy import Dialect
 
 from calsync.models import Notification
+from calsync.scheduler import OWE_LIST as _OWE_LIST
+from calsync.scheduler import OWE_SYNC as _OWE_SYNC
 from calsync.wakeup import CHANNEL as WAKEUP_CHANNEL
 
 REFUSED = frozenset({"unknown_channel", "bad_token", "bad_resource", "stopped_channel", "account_inactive"})
@@ -205,15 +207,7 @@ _COLUMNS = ("c.id, c.token_hash, c.resource_id, c.status, c.kind, c.account_id, 
             "c.last_message_number, a.status")
 _LOOKUP_SQLITE = (f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id "
                   "WHERE c.id IN ({marks})")
-# What a batch owes, written once for both engines ({now} is each driver's placeholder).
-# A sync already owed for later (a backoff's retry_at, or the follow-up of a burst) keeps its time:
-# a notification never cuts a backoff short nor turns a burst into one call per message.
-_OWE_SYNC = """sync_requested = sync_requested + 1,
-       due_at = CASE WHEN retry_at > {now} THEN retry_at
-                     WHEN sync_requested > sync_done AND due_at > {now} THEN due_at
-                     ELSE {now} END"""
-_OWE_LIST = """list_requested = list_requested + 1,
-       list_due_at = CASE WHEN list_error_count > 0 AND list_due_at > {now} THEN list_due_at ELSE {now} END"""
+# What a batch owes: the scheduler's rules, as SQL for both engines ({now} is each driver's placeholder).
 # A channel's number only ever moves forward, whoever else writes it.
 _MARK_SEEN = "CASE WHEN {table}status = 'pending' THEN 'active' ELSE {table}status END"
 

@@ -91,7 +91,7 @@ def test_metrics_expose_the_named_series(web, rt, emu):  # type: ignore[no-untyp
 
 def test_sync_lag_is_the_age_of_the_oldest_owed_sync(web, rt, emu):  # type: ignore[no-untyped-def]
     from calsync.db import transaction
-    from calsync.web.receiver import request_calendar_sync
+    from calsync.scheduler import request_calendar_sync
     from tests.push_support import calendar_id_of
 
     connect_account(rt, emu, "ann@example.com")

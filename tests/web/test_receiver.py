@@ -206,3 +206,35 @@ def test_a_nul_byte_is_refused_before_it_can_reach_a_batch(client, runtime, watc
     assert client.post("/notifications/%00").status_code == 400
     assert client.get("/api/changes?after=1%00").status_code == 400
     assert client.post("/notifications", headers=push_headers(watched["channel"], number=7)).status_code == 200
+
+
+def test_a_sync_already_owed_and_due_keeps_its_place(client, runtime, watched):  # type: ignore[no-untyped-def]
+    """A notification for a calendar already waiting its turn adds to the count but does not move it to
+    the back: its due time stays the earlier one."""
+    from datetime import timedelta
+
+    from calsync.models import Calendar
+
+    waiting_since = runtime.clock.now() - timedelta(seconds=30)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Calendar).values(sync_requested=2, sync_done=1, due_at=waiting_since))
+    assert client.post("/notifications", headers=push_headers(watched["channel"], number=3)).status_code == 200
+    cal = calendar_row(runtime, watched["calendar_id"])
+    assert (cal.sync_requested, cal.due_at) == (3, waiting_since)
+    tomorrow = runtime.clock.now() + timedelta(days=1)
+    with transaction(runtime.sessions) as session:  # nothing owed: due only at the next reconciliation
+        session.execute(update(Calendar).values(sync_requested=3, sync_done=3, due_at=tomorrow))
+    assert client.post("/notifications", headers=push_headers(watched["channel"], number=4)).status_code == 200
+    cal = calendar_row(runtime, watched["calendar_id"])
+    assert cal.sync_requested == 4 and cal.due_at is not None and cal.due_at <= runtime.clock.now()
+
+
+def test_only_post_reaches_the_receiver_and_other_paths_reach_flask(client, runtime, watched):  # type: ignore[no-untyped-def]
+    """`/notifications` is answered in front of Flask; the rest of the app is untouched by that."""
+    resp = client.get("/notifications", headers=push_headers(watched["channel"], number=3))
+    assert resp.status_code == 405 and resp.headers["Allow"] == "POST"
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
+    assert _notifications(runtime) == []
+    assert client.post("/notifications/", headers=push_headers(watched["channel"], number=3)).status_code == 404
+    assert client.get("/healthz").status_code in (200, 503)
+    assert client.post("/notifications", headers=push_headers(watched["channel"], number=3)).status_code == 200
