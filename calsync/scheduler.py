@@ -86,13 +86,14 @@ def prune(session: Session, runtime: Runtime, now: datetime) -> None:
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.seen_at < now - HEARTBEAT_RETENTION))
 
 
-def trim_log(session: Session, keep: int, *, newest_id: int | None = None) -> int:
-    """Keep only the newest `keep` notifications (ids are increasing, so one range delete)."""
-    if newest_id is None:
-        newest_id = session.scalar(select(Notification.id).order_by(Notification.id.desc()).limit(1))
-        if newest_id is None:
-            return 0
-    return session.execute(delete(Notification).where(Notification.id <= newest_id - keep)).rowcount or 0
+# The bounded notification log: ids increase, so keeping the newest `keep` rows is one range delete.
+# Also run by the receiver's writer on its driver cursor ({p} is the driver's placeholder).
+TRIM_LOG = "DELETE FROM notifications WHERE id <= (SELECT max(id) FROM notifications) - {p}"
+
+
+def trim_log(session: Session, keep: int) -> int:
+    """Keep only the newest `keep` notifications."""
+    return session.execute(text(TRIM_LOG.format(p=":keep")), {"keep": keep}).rowcount or 0  # type: ignore[attr-defined]
 
 
 # Helpers ---------------------------------------------------------------------------------------

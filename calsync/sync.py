@@ -24,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from calsync.accounts import load_credentials, mark_reauth_required, save_if_refreshed
+from calsync.accounts import mark_reauth_required, save_if_refreshed
 from calsync.changes import append_changes
 from calsync.db import transaction
 from calsync.errors import AuthRevoked, GoogleApiError, LeaseLost, NotFoundError, SyncTokenExpired
@@ -123,21 +123,17 @@ class _Job:
     @classmethod
     def load(cls, runtime: Runtime, calendar_id: int, *, lease_owner: str | None, progress: Progress | None,
              page_size: int, start: CalendarState | None = None) -> _Job:
-        if start is not None:
-            creds = credentials_from_json(runtime.cipher.decrypt_str(start.credentials), runtime.settings)
-            job = cls(runtime=runtime, calendar_id=calendar_id, account_id=start.account_id, google_id=start.google_id,
-                      sync_token=start.sync_token, baseline_done=start.baseline_done, credentials=creds,
-                      lease_owner=lease_owner, progress=progress, page_size=page_size, token_before=creds.token)
-            job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
-            return job
-        with runtime.sessions() as session:
-            cal = session.get(Calendar, calendar_id)
-            if cal is None:
-                raise NotFoundError(f"no calendar with id {calendar_id}")
-            creds = load_credentials(runtime, cal.account)
-            job = cls(runtime=runtime, calendar_id=cal.id, account_id=cal.account_id, google_id=cal.google_id,
-                      sync_token=cal.sync_token, baseline_done=bool(cal.baseline_done), credentials=creds,
-                      lease_owner=lease_owner, progress=progress, page_size=page_size, token_before=creds.token)
+        if start is None:  # not claimed by a worker (the CLI, the first sync after consent): read the row
+            with runtime.sessions() as session:
+                cal = session.get(Calendar, calendar_id)
+                if cal is None:
+                    raise NotFoundError(f"no calendar with id {calendar_id}")
+                start = CalendarState(account_id=cal.account_id, google_id=cal.google_id, sync_token=cal.sync_token,
+                                      baseline_done=bool(cal.baseline_done), credentials=cal.account.credentials)
+        creds = credentials_from_json(runtime.cipher.decrypt_str(start.credentials), runtime.settings)
+        job = cls(runtime=runtime, calendar_id=calendar_id, account_id=start.account_id, google_id=start.google_id,
+                  sync_token=start.sync_token, baseline_done=start.baseline_done, credentials=creds,
+                  lease_owner=lease_owner, progress=progress, page_size=page_size, token_before=creds.token)
         job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
         return job
 
@@ -244,7 +240,7 @@ class _Job:
             update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id, _CALENDARS.c.lease_owner == self.lease_owner)
             .values(lease_until=until))
         if result.rowcount == 0:  # type: ignore[attr-defined]
-            raise LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")
+            raise self._lease_lost()
 
     def _start_full_sync(self, session: Session) -> tuple[int, bool]:
         """A new generation: events the listing stamps with it are present; older ones are gone.
@@ -270,4 +266,7 @@ class _Job:
             stmt = stmt.where(_CALENDARS.c.lease_owner == self.lease_owner)
         result = session.execute(stmt.values(**values))
         if self.finish is not None and result.rowcount == 0:  # type: ignore[attr-defined]
-            raise LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")
+            raise self._lease_lost()
+
+    def _lease_lost(self) -> LeaseLost:
+        return LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")

@@ -10,6 +10,7 @@ one batch commits form the next, so the cost per notification falls as the load 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -21,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from calsync.metrics import NOTIFICATION_BATCH
 from calsync.runtime import Runtime
+from calsync.scheduler import TRIM_LOG
 from calsync.web.intake_sql import Item, Push, record_batch
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class Intake:
         self._writer: threading.Thread | None = None
         self._since_trim = 0
         self.committed_batches = 0  # transactions committed by this process's writer
+        self.turn = WriterTurn(self._rt.engine)
 
     def record(self, push: Push | None, headers: dict[str, str], *, timeout: float = 10.0) -> str:
         """Record one notification and return its outcome once committed."""
@@ -90,7 +93,8 @@ class Intake:
             for attempt in range(3):
                 conn = conn or _acquire(engine)
                 try:
-                    self._transaction(conn, batch)
+                    with self.turn:
+                        self._transaction(conn, batch)
                     break
                 except engine.dialect.loaded_dbapi.Error as err:
                     _release(conn)
@@ -127,8 +131,7 @@ class Intake:
             record_batch(cursor, dialect, batch, self._rt.clock.now())
             trim = self._since_trim + len(batch) >= TRIM_EVERY
             if trim:
-                # The bounded log, as scheduler.trim_log: ids increase, so one range delete.
-                cursor.execute(_TRIM_SQL.format(p="?" if dialect.name == "sqlite" else "%s"),
+                cursor.execute(TRIM_LOG.format(p="?" if dialect.name == "sqlite" else "%s"),
                                (self._rt.settings.notification_log_size,))
             conn.commit()
         except BaseException:
@@ -161,4 +164,38 @@ def _release(conn: Any) -> None:
         conn.invalidate()
 
 
-_TRIM_SQL = "DELETE FROM notifications WHERE id <= (SELECT max(id) FROM notifications) - {p}"
+
+
+class WriterTurn:
+    """Makes the intake writers of several processes on one SQLite file take turns in the kernel.
+
+    SQLite's own lock does not queue: a writer that finds the file locked sleeps (1, 2, 5, 10 ms and
+    longer) and retries, so two web processes' writers, each holding the lock for a fraction of a
+    millisecond, spent most of a burst asleep (p99 over 400 ms at full load). An exclusive flock on a
+    file beside the database is a queue: the next writer wakes the moment the lock is released.
+    Opened lazily, so each process (after gunicorn's fork) has its own open file and so its own lock.
+    PostgreSQL and in-memory databases need none.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        database = engine.url.database
+        use = engine.dialect.name == "sqlite" and bool(database) and database != ":memory:" \
+            and not str(database).startswith("file:")
+        self.path = f"{database}-intake.lock" if use else None
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        if self.path is None:
+            return
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -146,3 +146,25 @@ def test_a_batch_that_cannot_commit_fails_whole_and_keeps_nothing(runtime, watch
         assert session.get(Channel, str(ch["id"])).last_message_number == seen_before
     assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
     assert intake.record(_push(ch, 7), {}) == "queued"  # Google's retry then succeeds
+
+
+def test_sqlite_writers_of_several_processes_take_turns_on_a_lock_file(runtime, watched):  # type: ignore[no-untyped-def]
+    """While one process's writer holds its turn, another's batch waits for it, then commits at once
+    (no sleeping retry on SQLite's lock); PostgreSQL takes no turn."""
+    ch = watched["channel"]
+    first, second = Intake(runtime), Intake(runtime)
+    if runtime.engine.dialect.name != "sqlite":
+        assert first.turn.path is None
+        assert second.record(_push(ch, 5), {}) == "queued"
+        return
+    assert first.turn.path == f"{runtime.engine.url.database}-intake.lock"
+    answered: list[str] = []
+    with first.turn:
+        sender = threading.Thread(target=lambda: answered.append(second.record(_push(ch, 5), {})))
+        sender.start()
+        sender.join(0.5)
+        assert sender.is_alive() and answered == [] and _log(runtime) == []  # waiting for its turn
+    sender.join(10)
+    assert answered == ["queued"] and [n.message_number for n in _log(runtime)] == [5]
+    first.turn.close()
+    second.turn.close()
