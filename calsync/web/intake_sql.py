@@ -225,7 +225,10 @@ VALUES (?, ?, ?, ?, ?, ?, ?)"""
 # channel rows are not read FOR UPDATE: when two processes' batches race on one channel, the
 # guarded UPDATE still only moves its number forward, and the worst case is one message counted
 # as new twice, which owes one sync that coalescing absorbs. Data-modifying CTEs run to completion
-# whether referenced or not; the NOTIFY is delivered at commit.
+# whether referenced or not. The NOTIFY (delivered at commit) goes out only when the batch made a
+# calendar or a calendar list owe work it did not owe before: the workers already know of work that
+# was owed, and PostgreSQL serialises the commits of notifying transactions (a lock held through the
+# WAL flush), which queued the batches of several web processes behind each other.
 _RECORD_PG = f"""
 WITH input AS (
     SELECT r->>0 AS channel_id, r->>1 AS state, (r->>2)::bigint AS number, r->>3 AS resource_id,
@@ -265,9 +268,11 @@ WITH input AS (
 ), owe_calendar_sync AS (
     UPDATE calendars SET {_OWE_SYNC.format(now="%(now)s")}
      WHERE id IN (SELECT calendar_id FROM decided WHERE outcome = 'queued' AND kind <> 'calendar_list')
+    RETURNING sync_requested - 1 = sync_done AS newly_owed
 ), owe_list_refresh AS (
     UPDATE accounts SET {_OWE_LIST.format(now="%(now)s")}
      WHERE id IN (SELECT account_id FROM decided WHERE outcome = 'queued' AND kind = 'calendar_list')
+    RETURNING list_requested - 1 = list_done AS newly_owed
 ), logged AS (
     INSERT INTO notifications (channel_id, resource_state, message_number, resource_id, headers, outcome, received_at)
     SELECT channel_id, state, number, resource_id, headers, outcome, received_at FROM decided ORDER BY ord
@@ -276,4 +281,5 @@ SELECT ord, outcome FROM decided
 UNION ALL
 SELECT 0, 'notified' FROM (
     SELECT pg_notify('{WAKEUP_CHANNEL}', '')
-      FROM (SELECT 1 WHERE EXISTS (SELECT FROM decided WHERE outcome = 'queued')) AS owed) AS woken"""
+      FROM (SELECT 1 WHERE EXISTS (SELECT FROM owe_calendar_sync WHERE newly_owed)
+                        OR EXISTS (SELECT FROM owe_list_refresh WHERE newly_owed)) AS owed) AS woken"""

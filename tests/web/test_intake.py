@@ -168,3 +168,31 @@ def test_sqlite_writers_of_several_processes_take_turns_on_a_lock_file(runtime, 
     assert answered == ["queued"] and [n.message_number for n in _log(runtime)] == [5]
     first.turn.close()
     second.turn.close()
+
+
+def test_other_processes_are_woken_only_for_work_not_owed_before(runtime, watched):  # type: ignore[no-untyped-def]
+    """A NOTIFY for the first notification that makes a calendar owe a sync, none for the ones that
+    find it already owed: PostgreSQL serialises notifying commits, and the workers already know."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    import psycopg
+
+    from calsync.wakeup import CHANNEL
+
+    ch, intake = watched["channel"], Intake(runtime)
+    url = runtime.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+
+        def notifies() -> int:
+            return len(list(listener.notifies(timeout=0.5, stop_after=10)))
+
+        assert intake.record(_push(ch, 5), {}) == "queued"
+        assert notifies() == 1
+        assert [intake.record(_push(ch, n), {}) for n in (6, 7)] == ["queued", "queued"]
+        assert notifies() == 0
+        assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 4
+        with runtime.engine.begin() as conn:  # a worker caught up: the next notification owes anew
+            conn.execute(text("UPDATE calendars SET sync_done = sync_requested"))
+        assert intake.record(_push(ch, 8), {}) == "queued"
+        assert notifies() == 1
