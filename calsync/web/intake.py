@@ -6,6 +6,11 @@ receiver's whole cost. Request threads therefore hand their notification to one 
 process and wait; the writer takes everything queued, records it in one transaction, then wakes them.
 Under light load a batch is a single notification; under a burst, the notifications that arrive while
 one batch commits form the next, so the cost per notification falls as the load rises.
+
+The writer wakes only the first request of a committed batch, and each request wakes the next as it
+resumes. Woken all at once, they fought each other (and the writer) for the GIL, and those extra
+sleeps and wake-ups cost more than the database work: one run of the receiver benchmark on SQLite
+went from 1,925 to 2,393 notifications/s with the chain.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Intake:
         self._cond = threading.Condition()
         self._queue: deque[Item] = deque()
         self._writer: threading.Thread | None = None
+        self._handoff = threading.Lock()  # orders a request giving up against its wake-up
         self._since_trim = 0
         self.committed_batches = 0  # transactions committed by this process's writer
         self.turn = WriterTurn(self._rt.engine)
@@ -65,9 +71,28 @@ class Intake:
                 self._writer.start()
             else:
                 self._cond.notify()
-        if not item.done.acquire(timeout=timeout) or item.failed:
+        if not self._await(item, timeout) or item.failed:
             raise IntakeUnavailable(item.push.channel_id if item.push else "malformed")
         return item.outcome
+
+    def _await(self, item: Item, timeout: float) -> bool:
+        """Wait for the item's batch to be done, then pass the wake-up on; False if it timed out."""
+        if not item.done.acquire(timeout=timeout):
+            with self._handoff:
+                if not item.done.acquire(blocking=False):  # not woken in the meantime: give up
+                    item.abandoned = True
+                    return False
+        self._wake(item.next)
+        return True
+
+    def _wake(self, item: Item | None) -> None:
+        """Wake the request waiting on `item`, or on the first item after it still waited on."""
+        while item is not None:
+            with self._handoff:
+                if not item.abandoned:
+                    item.done.release()
+                    return
+            item = item.next
 
     def _run(self) -> None:
         # One pooled driver connection for the writer's life: no checkout (nor ping) per batch.
@@ -117,8 +142,9 @@ class Intake:
             NOTIFICATION_BATCH.observe(len(batch))
             if any(item.outcome == "queued" for item in batch):
                 self._rt.wakeup.notify_local()  # after the commit, so a woken worker sees the owed sync
-        for item in batch:
-            item.done.release()
+        for earlier, later in zip(batch, batch[1:]):
+            earlier.next = later
+        self._wake(batch[0])
         return conn
 
     def _transaction(self, conn: Any, batch: list[Item]) -> None:

@@ -58,6 +58,8 @@ class Item:
     # A bare lock as a one-shot latch, held until the writer is done with the item: one futex
     # operation each way, where an Event is a Condition and a lock.
     done: Any = field(default_factory=_held_lock)
+    next: Item | None = None  # the next item of its batch, woken by this item's request (see Intake)
+    abandoned: bool = False  # its request stopped waiting; the wake-up passes it by
 
 
 class ChannelRow(NamedTuple):

@@ -4,6 +4,7 @@ still gets the outcome it would have had alone."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -196,3 +197,40 @@ def test_other_processes_are_woken_only_for_work_not_owed_before(runtime, watche
             conn.execute(text("UPDATE calendars SET sync_done = sync_requested"))
         assert intake.record(_push(ch, 8), {}) == "queued"
         assert notifies() == 1
+
+
+def test_a_request_that_gave_up_does_not_strand_the_rest_of_its_batch(runtime, watched):  # type: ignore[no-untyped-def]
+    """Each request wakes the next of its batch; one that stopped waiting (and answered 503) is passed
+    by, so the requests after it are answered when the batch commits, not at their own time-out."""
+    ch, intake = watched["channel"], Intake(runtime)
+    results: dict[int, Any] = {}
+    finished: dict[int, float] = {}
+
+    def send(number: int, timeout: float) -> None:
+        try:
+            results[number] = intake.record(_push(ch, number), {}, timeout=timeout)
+        except IntakeUnavailable as err:
+            results[number] = err
+        finished[number] = time.monotonic()
+
+    blocker = runtime.engine.connect()  # another writer holds the database: the intake's batches wait
+    if runtime.engine.dialect.name == "sqlite":
+        blocker.exec_driver_sql("SELECT 1")  # the engine begins every transaction IMMEDIATE: the write lock
+    else:
+        blocker.exec_driver_sql("LOCK TABLE notifications IN EXCLUSIVE MODE")
+    threads = [threading.Thread(target=send, args=(n, t)) for n, t in ((5, 30.0), (6, 30.0), (7, 0.3), (8, 30.0))]
+    try:
+        for t in threads:
+            t.start()
+            time.sleep(0.05)  # in this order: 5 alone in the first batch, 6, 7 and 8 queued behind it
+        time.sleep(0.6)
+        assert isinstance(results.get(7), IntakeUnavailable)  # gave up while the database was held
+    finally:
+        blocker.rollback()
+        blocker.close()
+    released = time.monotonic()
+    for t in threads:
+        t.join(20)
+    assert [results[n] for n in (5, 6, 8)] == ["queued", "queued", "queued"]
+    assert max(finished[n] for n in (5, 6, 8)) - released < 5  # well before their 30 s time-out
+    assert sorted(n.message_number for n in _log(runtime)) == [5, 6, 7, 8]  # 7 was recorded all the same
