@@ -197,13 +197,13 @@ class Notification(Base):
     __tablename__ = "notifications"
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    channel_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    channel_id: Mapped[str | None] = mapped_column(String(255))  # unindexed: see migration 0002
     resource_state: Mapped[str | None] = mapped_column(String(20))
     message_number: Mapped[int | None] = mapped_column(BigInteger)
     resource_id: Mapped[str | None] = mapped_column(String(255))
     headers: Mapped[dict[str, Any]] = mapped_column(default=dict)
     outcome: Mapped[str] = mapped_column(String(40))
-    received_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+    received_at: Mapped[datetime] = mapped_column(default=_now)
 
 
 class WebhookSubscription(Base):
