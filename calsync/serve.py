@@ -9,6 +9,9 @@ through the in-process condition, with no polling in between.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import threading
 from typing import Any
 
@@ -47,7 +50,25 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
         if with_worker:
             self.options["post_worker_init"] = self._start_worker
             self.options["worker_exit"] = self._stop_worker
+        self._metrics_dir: str | None = None
+        if workers > 1:
+            self._share_metrics()
         super().__init__()
+
+    def _share_metrics(self) -> None:
+        """With several processes, a scrape of `/metrics` reaches one of them: their counters go to a
+        shared folder (prometheus-client's multiprocess mode) so that any process reports them all.
+        Set before the workers are forked and import prometheus-client; a folder of our own unless
+        PROMETHEUS_MULTIPROC_DIR names one (then keeping it clean between runs is the operator's)."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self._metrics_dir = tempfile.mkdtemp(prefix="calsync-metrics-")
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = self._metrics_dir
+            self.options["on_exit"] = self._remove_metrics_dir
+        self.options["child_exit"] = _forget_process_metrics
+
+    def _remove_metrics_dir(self, _arbiter: Any) -> None:
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
     def load_config(self) -> None:
         for key, value in self.options.items():
@@ -82,6 +103,13 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
         stop, thread = pair
         stop.set()
         thread.join(timeout=GRACEFUL_SECONDS)
+
+
+def _forget_process_metrics(_arbiter: Any, gworker: Any) -> None:
+    """A dead process's gauges go with it (its counters still count towards the totals)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(gworker.pid)
 
 
 def ensure_schema(settings: Settings, *, upgrade_sqlite: bool) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -281,6 +282,36 @@ def test_web_serves_the_app_under_gunicorn_and_reports_no_worker(settings, tmp_p
         assert bad.status_code == 400
     finally:
         assert _terminate(proc) == 0
+
+
+@pytest.mark.slow
+def test_every_web_process_reports_the_counters_of_all(settings, tmp_path):  # type: ignore[no-untyped-def]
+    """A scrape reaches one of the processes; each reports what all of them counted."""
+    port = free_port()
+    proc = _calsync(["web", "--port", str(port), "--workers", "2", "--threads", "2"], _env(settings),
+                    tmp_path / "web.log")
+    try:
+        wait_for(lambda: _response(f"http://127.0.0.1:{port}/healthz"), timeout=60, interval=0.1,
+                 what="the web process")
+        for _ in range(40):  # a new connection each: gunicorn's processes take turns accepting them
+            resp = requests.post(f"http://127.0.0.1:{port}/notifications", headers={"X-Goog-Channel-ID": "x"},
+                                 timeout=5)
+            assert resp.status_code == 400
+        totals = []
+        for _ in range(12):
+            scrape = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5, headers={"Connection": "close"})
+            totals.append(sum(float(line.rsplit(" ", 1)[1]) for line in scrape.text.splitlines()
+                              if line.startswith("calsync_notifications_total{")))
+        assert totals == [40.0] * 12
+        workers = set(_children(proc.pid))
+        assert len(workers) == 2
+    finally:
+        assert _terminate(proc) == 0
+    assert not list(Path(tempfile.gettempdir()).glob(f"calsync-metrics-*/*_{min(workers)}.db"))  # removed on exit
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
 
 
 def _response(url: str) -> tuple[requests.Response] | None:

@@ -1,4 +1,7 @@
-"""`GET /metrics`: the process's counters, plus gauges read from the database at scrape time.
+"""`GET /metrics`: the counters of every web process, plus gauges read from the database at scrape time.
+
+Under several gunicorn processes, the counters are summed from prometheus-client's shared folder
+(multiprocess mode, set up by `calsync.serve`), so a scrape does not depend on which process answers.
 
 The gauges (next channel expiry, sync lag, calendars by state, accounts by status) describe the
 whole deployment, not this process, so they are computed from the shared database on each scrape
@@ -7,10 +10,11 @@ by a collector bound to this app's runtime.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 
 from flask import Blueprint, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Row, func, select
@@ -27,8 +31,17 @@ bp = Blueprint("metrics", __name__)
 def metrics() -> Response:
     database = CollectorRegistry(auto_describe=False)
     database.register(DatabaseCollector(runtime()))
-    body = generate_latest(REGISTRY) + generate_latest(database)
+    body = generate_latest(_counters()) + generate_latest(database)
     return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0], content_type=CONTENT_TYPE_LATEST)
+
+
+def _counters() -> CollectorRegistry:
+    """This process's registry, or every process's counters in multiprocess mode."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 class DatabaseCollector(Collector):
