@@ -268,14 +268,24 @@ def _watched_calendar(rt: Runtime) -> int | None:
     return cal_id if calendar_row(rt, cal_id).sync_done == calendar_row(rt, cal_id).sync_requested else None
 
 
-@pytest.mark.slow
-def test_web_serves_the_app_under_gunicorn_and_reports_no_worker(settings, tmp_path):  # type: ignore[no-untyped-def]
+def _start_web(settings: Settings, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, requests.Response]:
+    """`calsync web` with 2 processes, once it answers: the process, its port, the first /healthz."""
     port = free_port()
     proc = _calsync(["web", "--port", str(port), "--workers", "2", "--threads", "2"], _env(settings),
                     tmp_path / "web.log")
     try:
-        resp = wait_for(lambda: _response(f"http://127.0.0.1:{port}/healthz"), timeout=60, interval=0.1,
-                        what="the web process")[0]
+        health = wait_for(lambda: _response(f"http://127.0.0.1:{port}/healthz"), timeout=60, interval=0.1,
+                          what="the web process")[0]
+    except BaseException:
+        _terminate(proc)
+        raise
+    return proc, port, health
+
+
+@pytest.mark.slow
+def test_web_serves_the_app_under_gunicorn_and_reports_no_worker(settings, tmp_path):  # type: ignore[no-untyped-def]
+    proc, port, resp = _start_web(settings, tmp_path)
+    try:
         assert resp.status_code == 503 and "no worker" in resp.json()["worker"]
         assert resp.headers.get("Server", "").startswith("gunicorn")
         bad = requests.post(f"http://127.0.0.1:{port}/notifications", headers={"X-Goog-Channel-ID": "x"}, timeout=5)
@@ -287,12 +297,8 @@ def test_web_serves_the_app_under_gunicorn_and_reports_no_worker(settings, tmp_p
 @pytest.mark.slow
 def test_every_web_process_reports_the_counters_of_all(settings, tmp_path):  # type: ignore[no-untyped-def]
     """A scrape reaches one of the processes; each reports what all of them counted."""
-    port = free_port()
-    proc = _calsync(["web", "--port", str(port), "--workers", "2", "--threads", "2"], _env(settings),
-                    tmp_path / "web.log")
+    proc, port, _health = _start_web(settings, tmp_path)
     try:
-        wait_for(lambda: _response(f"http://127.0.0.1:{port}/healthz"), timeout=60, interval=0.1,
-                 what="the web process")
         for _ in range(40):  # a new connection each: gunicorn's processes take turns accepting them
             resp = requests.post(f"http://127.0.0.1:{port}/notifications", headers={"X-Goog-Channel-ID": "x"},
                                  timeout=5)
