@@ -43,7 +43,12 @@ def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Cre
 
 
 def load_credentials(runtime: Runtime, account: Account) -> Credentials:
-    return credentials_from_json(runtime.cipher.decrypt_str(account.credentials), runtime.settings)
+    return credentials_from_stored(runtime, account.credentials)
+
+
+def credentials_from_stored(runtime: Runtime, stored: bytes) -> Credentials:
+    """Credentials from the encrypted column as stored (a sync's claim returns it without the account)."""
+    return credentials_from_json(runtime.cipher.decrypt_str(stored), runtime.settings)
 
 
 def save_if_refreshed(session: Session, runtime: Runtime, account_id: int, creds: Credentials,

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, and_, bindparam, case, delete, exists, select, text, update
 from sqlalchemy.orm import Session
 
-from calsync.models import Account, Calendar, Channel, Notification, WorkerHeartbeat
+from calsync.models import Account, Calendar, Channel, WorkerHeartbeat
 from calsync.runtime import Runtime
 
 HEARTBEAT_RETENTION = timedelta(days=1)

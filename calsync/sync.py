@@ -24,12 +24,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from calsync.accounts import mark_reauth_required, save_if_refreshed
+from calsync.accounts import credentials_from_stored, mark_reauth_required, save_if_refreshed
 from calsync.changes import append_changes
 from calsync.db import transaction
 from calsync.errors import AuthRevoked, GoogleApiError, LeaseLost, NotFoundError, SyncTokenExpired
 from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar, decode_page
-from calsync.google.oauth import credentials_from_json
 from calsync.leases import CalendarState
 from calsync.metrics import SYNC_SECONDS, SYNCS
 from calsync.mirror import PageMirror
@@ -130,7 +129,7 @@ class _Job:
                     raise NotFoundError(f"no calendar with id {calendar_id}")
                 start = CalendarState(account_id=cal.account_id, google_id=cal.google_id, sync_token=cal.sync_token,
                                       baseline_done=bool(cal.baseline_done), credentials=cal.account.credentials)
-        creds = credentials_from_json(runtime.cipher.decrypt_str(start.credentials), runtime.settings)
+        creds = credentials_from_stored(runtime, start.credentials)
         job = cls(runtime=runtime, calendar_id=calendar_id, account_id=start.account_id, google_id=start.google_id,
                   sync_token=start.sync_token, baseline_done=start.baseline_done, credentials=creds,
                   lease_owner=lease_owner, progress=progress, page_size=page_size, token_before=creds.token)

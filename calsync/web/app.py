@@ -40,7 +40,7 @@ def _refuse_nul() -> tuple[str, int] | None:
     """Refuse a NUL byte anywhere in the request line or headers before any handler: PostgreSQL
     raised a 500 on `/api/webhooks/%00`."""
     if receiver.has_nul(request.environ):
-        return "bad request: NUL byte in the request line or headers\n", 400
+        return receiver.NUL_REFUSED, 400
     return None
 
 

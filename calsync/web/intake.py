@@ -190,8 +190,6 @@ def _release(conn: Any) -> None:
         conn.invalidate()
 
 
-
-
 class WriterTurn:
     """Makes the intake writers of several processes on one SQLite file take turns in the kernel.
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 PATH = "/notifications"
 STATES = ("sync", "exists", "not_exists")
 BODY_CAP = 64 * 1024  # Google sends no body; anything this large is not Google
+NUL_REFUSED = "bad request: NUL byte in the request line or headers\n"  # see has_nul
 _LOGGED_HEADERS = ("X-Goog-Channel-ID", "X-Goog-Channel-Token", "X-Goog-Channel-Expiration",
                    "X-Goog-Message-Number", "X-Goog-Resource-ID", "X-Goog-Resource-State",
                    "X-Goog-Resource-URI", "User-Agent")
@@ -57,7 +58,7 @@ class Receiver:
         if environ.get("REQUEST_METHOD") != "POST":
             return "405 METHOD NOT ALLOWED", b"notifications are POSTed\n"
         if has_nul(environ):
-            return "400 BAD REQUEST", b"bad request: NUL byte in the request line or headers\n"
+            return "400 BAD REQUEST", NUL_REFUSED.encode()
         length = environ.get("CONTENT_LENGTH") or "0"
         if not length.isdigit() or int(length) > BODY_CAP:
             NOTIFICATIONS.labels("none", "oversized").inc()
