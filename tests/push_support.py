@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from calsync.db import transaction
 from calsync.models import Account, Calendar, Change, Channel
 from calsync.runtime import Runtime
+from calsync.web.intake_sql import Push
 
 from tests.sync_support import READONLY, connect_account  # noqa: F401  (re-exported for the push tests)
 
@@ -82,6 +83,12 @@ def push_headers(channel: dict[str, Any], state: str = "exists", number: int = 2
     }
     headers.update(override)
     return {k: v for k, v in headers.items() if v is not None}
+
+
+def push_of(channel: dict[str, Any], number: int, state: str = "exists", token: str | None = None) -> Push:
+    """The parsed headers of a notification for `channel` (what the receiver hands its intake)."""
+    return Push(channel_id=str(channel["id"]), state=state, message_number=number,
+                resource_id=str(channel["resource_id"]), token=token if token is not None else str(channel["token"]))
 
 
 def emu_channel(emu: Any, channel_id: str) -> dict[str, Any]:

@@ -15,20 +15,19 @@ went from 1,925 to 2,393 notifications/s with the chain.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
 from collections import deque
 from typing import Any
 
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from calsync.metrics import NOTIFICATION_BATCH
 from calsync.runtime import Runtime
 from calsync.scheduler import TRIM_LOG
 from calsync.web.intake_sql import Item, Push, record_batch
+from calsync.web.intake_sqlite import Checkpointer, WriterTurn
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +57,7 @@ class Intake:
         self._since_trim = 0
         self.committed_batches = 0  # transactions committed by this process's writer
         self.turn = WriterTurn(self._rt.engine)
+        self.checkpointer = Checkpointer(self._rt.engine)
 
     def record(self, push: Push | None, headers: dict[str, str], *, timeout: float = 10.0) -> str:
         """Record one notification and return its outcome once committed."""
@@ -109,20 +109,20 @@ class Intake:
                 conn = self._write(conn, batch)
         finally:
             if conn is not None:
-                _release(conn)
+                self._release(conn)
 
     def _write(self, conn: Any, batch: list[Item]) -> Any:
         """Record the batch and wake its requests; the connection to keep (None after a failure)."""
         engine = self._rt.engine
         try:
             for attempt in range(3):
-                conn = conn or _acquire(engine)
+                conn = conn or self._acquire()
                 try:
                     with self.turn:
                         self._transaction(conn, batch)
                     break
                 except engine.dialect.loaded_dbapi.Error as err:
-                    _release(conn)
+                    self._release(conn)
                     conn = None
                     if attempt == 2 or getattr(err, "sqlstate", None) not in _RETRYABLE_PG:
                         raise
@@ -135,10 +135,11 @@ class Intake:
             for item in batch:
                 item.failed = True
             if conn is not None:
-                _release(conn)
+                self._release(conn)
                 conn = None
         else:
             self.committed_batches += 1
+            self.checkpointer.written()
             NOTIFICATION_BATCH.observe(len(batch))
             if any(item.outcome == "queued" for item in batch):
                 self._rt.wakeup.notify_local()  # after the commit, so a woken worker sees the owed sync
@@ -167,59 +168,26 @@ class Intake:
             cursor.close()
         self._since_trim = 0 if trim else self._since_trim + len(batch)
 
+    def _acquire(self) -> Any:
+        """A pooled driver connection for the writer. On PostgreSQL it is put in autocommit: a batch is
+        one statement, so it is its own transaction, and costs one round trip instead of four (BEGIN,
+        statement, COMMIT, and the pool's checks). On SQLite it leaves checkpoints to the checkpointer."""
+        engine = self._rt.engine
+        conn = engine.raw_connection()
+        if engine.dialect.name == "postgresql":
+            conn.driver_connection.autocommit = True  # type: ignore[union-attr]
+        self.checkpointer.writing(conn, True)
+        return conn
 
-def _acquire(engine: Engine) -> Any:
-    """A pooled driver connection for the writer. On PostgreSQL it is put in autocommit: a batch is
-    one statement, so it is its own transaction, and costs one round trip instead of four (BEGIN,
-    statement, COMMIT, and the pool's checks)."""
-    conn = engine.raw_connection()
-    if engine.dialect.name == "postgresql":
-        conn.driver_connection.autocommit = True  # type: ignore[union-attr]
-    return conn
-
-
-def _release(conn: Any) -> None:
-    """Back to the pool as it came out: other users expect a transaction to begin on first use."""
-    try:
-        driver = conn.driver_connection
-        if getattr(driver, "autocommit", False):
-            driver.autocommit = False
-        conn.close()
-    except Exception:  # noqa: BLE001 - a connection that cannot be reset is dropped instead
-        log.debug("dropping the writer's connection", exc_info=True)
-        conn.invalidate()
-
-
-class WriterTurn:
-    """Makes the intake writers of several processes on one SQLite file take turns in the kernel.
-
-    SQLite's own lock does not queue: a writer that finds the file locked sleeps (1, 2, 5, 10 ms and
-    longer) and retries, so two web processes' writers, each holding the lock for a fraction of a
-    millisecond, spent most of a burst asleep (p99 over 400 ms at full load). An exclusive flock on a
-    file beside the database is a queue: the next writer wakes the moment the lock is released.
-    Opened lazily, so each process (after gunicorn's fork) has its own open file and so its own lock.
-    PostgreSQL and in-memory databases need none.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        database = engine.url.database
-        use = engine.dialect.name == "sqlite" and bool(database) and database != ":memory:" \
-            and not str(database).startswith("file:")
-        self.path = f"{database}-intake.lock" if use else None
-        self._fd: int | None = None
-
-    def __enter__(self) -> None:
-        if self.path is None:
-            return
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    def _release(self, conn: Any) -> None:
+        """Back to the pool as it came out: other users expect a transaction to begin on first use,
+        and their commits to checkpoint as SQLite's do by default."""
+        try:
+            driver = conn.driver_connection
+            if getattr(driver, "autocommit", False):
+                driver.autocommit = False
+            self.checkpointer.writing(conn, False)
+            conn.close()
+        except Exception:  # noqa: BLE001 - a connection that cannot be reset is dropped instead
+            log.debug("dropping the writer's connection", exc_info=True)
+            conn.invalidate()

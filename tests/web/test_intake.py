@@ -10,27 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from calsync.channels import open_events_channel
 from calsync.models import Channel, Notification
 from calsync.runtime import Runtime
 from calsync.web import intake as intake_module
 from calsync.web.intake import Intake, IntakeUnavailable
-from calsync.web.intake_sql import Item, Push, record_batch
-from tests.push_support import add_calendar_row, calendar_row, connect_account, emu_channel
-
-
-@pytest.fixture
-def watched(runtime: Runtime, emu: Any) -> dict[str, Any]:
-    account_id = connect_account(runtime, emu, "ann@example.com")
-    cal_id = add_calendar_row(runtime, account_id, "ann@example.com", sync_requested=1, sync_done=1,
-                              baseline_done=True)
-    channel = emu_channel(emu, open_events_channel(runtime, cal_id))
-    return {"calendar_id": cal_id, "channel": channel}
-
-
-def _push(channel: dict[str, Any], number: int, state: str = "exists", token: str | None = None) -> Push:
-    return Push(channel_id=str(channel["id"]), state=state, message_number=number,
-                resource_id=str(channel["resource_id"]), token=token if token is not None else str(channel["token"]))
+from calsync.web.intake_sql import Item, record_batch
+from tests.push_support import calendar_row, push_of
 
 
 def _log(runtime: Runtime) -> list[Notification]:
@@ -40,8 +25,8 @@ def _log(runtime: Runtime) -> list[Notification]:
 
 def test_a_batch_decides_in_arrival_order_and_owes_one_sync(runtime, watched):  # type: ignore[no-untyped-def]
     ch = watched["channel"]
-    batch = [Item(_push(ch, n), {}, runtime.clock.now()) for n in (9, 9, 4, 12)]
-    batch.append(Item(_push(ch, 13, token="forged"), {}, runtime.clock.now()))
+    batch = [Item(push_of(ch, n), {}, runtime.clock.now()) for n in (9, 9, 4, 12)]
+    batch.append(Item(push_of(ch, 13, token="forged"), {}, runtime.clock.now()))
     batch.append(Item(None, {"X-Goog-Channel-ID": "x"}, runtime.clock.now()))
     conn = runtime.engine.raw_connection()
     try:
@@ -68,7 +53,7 @@ def test_notifications_waiting_together_share_a_transaction(runtime, watched):  
     blocker.begin()  # on SQLite, BEGIN IMMEDIATE: the writer's first batch now waits for the write lock
     if runtime.engine.dialect.name == "postgresql":  # there, for the channel's row lock
         blocker.execute(select(Channel.id).where(Channel.id == str(ch["id"])).with_for_update())
-    threads = [threading.Thread(target=lambda n=n: outcomes.append(intake.record(_push(ch, n), {})))
+    threads = [threading.Thread(target=lambda n=n: outcomes.append(intake.record(push_of(ch, n), {})))
                for n in range(2, 42)]
     for t in threads:
         t.start()
@@ -97,7 +82,7 @@ def test_two_processes_writing_one_channel_never_lose_the_newest_message(runtime
         def send(k: int) -> None:
             try:
                 for n in range(k + 2, 402, 8):  # 8 threads, disjoint increasing message numbers
-                    outcomes.append(intakes[k % 2].record(_push(ch, n), {}))
+                    outcomes.append(intakes[k % 2].record(push_of(ch, n), {}))
             except BaseException as err:  # noqa: BLE001 - reported below
                 errors.append(err)
 
@@ -122,11 +107,11 @@ def test_two_processes_writing_one_channel_never_lose_the_newest_message(runtime
 def test_the_writer_thread_ends_when_idle_and_comes_back(runtime, watched, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(intake_module, "IDLE_EXIT", 0.05)
     intake, ch = Intake(runtime), watched["channel"]
-    assert intake.record(_push(ch, 5), {}) == "queued"
+    assert intake.record(push_of(ch, 5), {}) == "queued"
     threading.Event().wait(0.3)
     assert not [t for t in threading.enumerate() if t.name == "calsync-intake" and t.is_alive()
                 and getattr(t, "_target", None) == intake._run]  # noqa: SLF001
-    assert intake.record(_push(ch, 6), {}) == "queued"
+    assert intake.record(push_of(ch, 6), {}) == "queued"
     assert [n.outcome for n in _log(runtime)] == ["queued", "queued"]
 
 
@@ -138,7 +123,7 @@ def test_a_batch_that_cannot_commit_fails_whole_and_keeps_nothing(runtime, watch
         conn.execute(text("ALTER TABLE notifications RENAME TO notifications_away"))
     try:
         with pytest.raises(IntakeUnavailable):
-            intake.record(_push(ch, 7), {})
+            intake.record(push_of(ch, 7), {})
     finally:
         with runtime.engine.begin() as conn:
             conn.execute(text("ALTER TABLE notifications_away RENAME TO notifications"))
@@ -146,7 +131,7 @@ def test_a_batch_that_cannot_commit_fails_whole_and_keeps_nothing(runtime, watch
     with runtime.sessions() as session:  # the channel and calendar writes rolled back with it
         assert session.get(Channel, str(ch["id"])).last_message_number == seen_before
     assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
-    assert intake.record(_push(ch, 7), {}) == "queued"  # Google's retry then succeeds
+    assert intake.record(push_of(ch, 7), {}) == "queued"  # Google's retry then succeeds
 
 
 def test_sqlite_writers_of_several_processes_take_turns_on_a_lock_file(runtime, watched):  # type: ignore[no-untyped-def]
@@ -156,12 +141,12 @@ def test_sqlite_writers_of_several_processes_take_turns_on_a_lock_file(runtime, 
     first, second = Intake(runtime), Intake(runtime)
     if runtime.engine.dialect.name != "sqlite":
         assert first.turn.path is None
-        assert second.record(_push(ch, 5), {}) == "queued"
+        assert second.record(push_of(ch, 5), {}) == "queued"
         return
     assert first.turn.path == f"{runtime.engine.url.database}-intake.lock"
     answered: list[str] = []
     with first.turn:
-        sender = threading.Thread(target=lambda: answered.append(second.record(_push(ch, 5), {})))
+        sender = threading.Thread(target=lambda: answered.append(second.record(push_of(ch, 5), {})))
         sender.start()
         sender.join(0.5)
         assert sender.is_alive() and answered == [] and _log(runtime) == []  # waiting for its turn
@@ -188,14 +173,14 @@ def test_other_processes_are_woken_only_for_work_not_owed_before(runtime, watche
         def notifies() -> int:
             return len(list(listener.notifies(timeout=0.5, stop_after=10)))
 
-        assert intake.record(_push(ch, 5), {}) == "queued"
+        assert intake.record(push_of(ch, 5), {}) == "queued"
         assert notifies() == 1
-        assert [intake.record(_push(ch, n), {}) for n in (6, 7)] == ["queued", "queued"]
+        assert [intake.record(push_of(ch, n), {}) for n in (6, 7)] == ["queued", "queued"]
         assert notifies() == 0
         assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 4
         with runtime.engine.begin() as conn:  # a worker caught up: the next notification owes anew
             conn.execute(text("UPDATE calendars SET sync_done = sync_requested"))
-        assert intake.record(_push(ch, 8), {}) == "queued"
+        assert intake.record(push_of(ch, 8), {}) == "queued"
         assert notifies() == 1
 
 
@@ -208,7 +193,7 @@ def test_a_request_that_gave_up_does_not_strand_the_rest_of_its_batch(runtime, w
 
     def send(number: int, timeout: float) -> None:
         try:
-            results[number] = intake.record(_push(ch, number), {}, timeout=timeout)
+            results[number] = intake.record(push_of(ch, number), {}, timeout=timeout)
         except IntakeUnavailable as err:
             results[number] = err
         finished[number] = time.monotonic()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, update
@@ -17,22 +16,10 @@ from calsync.runtime import Runtime
 from calsync.scheduler import trim_log
 from tests.push_support import (
     account_row,
-    add_calendar_row,
     calendar_row,
-    connect_account,
     emu_channel,
     push_headers,
 )
-
-
-@pytest.fixture
-def watched(runtime: Runtime, emu: Any) -> dict[str, Any]:
-    """One account, one calendar with an open events channel (as the emulator sees it)."""
-    account_id = connect_account(runtime, emu, "ann@example.com")
-    cal_id = add_calendar_row(runtime, account_id, "ann@example.com", sync_requested=1, sync_done=1,
-                              baseline_done=True)
-    channel_id = open_events_channel(runtime, cal_id)
-    return {"account_id": account_id, "calendar_id": cal_id, "channel": emu_channel(emu, channel_id)}
 
 
 def _notifications(runtime: Runtime) -> list[Notification]:
