@@ -92,6 +92,8 @@ class Settings:
     webhook_disable_after: float = 5 * 86400
     webhook_verify_timeout: float = 5.0
     worker_threads: int = 4
+    worker_metrics_port: int | None = None  # `calsync worker` serves its own counters here when set
+    worker_metrics_host: str = "127.0.0.1"
     lease_seconds: float = 120.0
     # A calendar that changed during its own sync is synced again no sooner than this after that
     # sync began: a burst of changes costs two events.list calls, not one per notification.
@@ -169,6 +171,10 @@ def _convert(name: str, raw: str) -> object:
     if name in {"worker_threads", "notification_log_size"}:
         if not raw.strip().isdigit() or int(raw) < 1:
             raise ValueError(f"not a positive whole number: {raw!r}")
+        return int(raw)
+    if name == "worker_metrics_port":
+        if not raw.strip().isdigit() or not 1 <= int(raw) <= 65535:
+            raise ValueError(f"not a port number (1-65535): {raw!r}")
         return int(raw)
     if name in {"google_api_url", "public_url", "google_revoke_url"}:
         return _parse_http_url(raw)

@@ -316,6 +316,30 @@ def test_every_web_process_reports_the_counters_of_all(settings, tmp_path):  # t
     assert not list(Path(tempfile.gettempdir()).glob(f"calsync-metrics-*/*_{min(workers)}.db"))  # removed on exit
 
 
+@pytest.mark.slow
+def test_a_worker_serves_its_own_counters_on_its_metrics_port(settings, runtime, emu, tmp_path):  # type: ignore[no-untyped-def]
+    """A `calsync worker` shares no process with `/metrics`: with --metrics-port it reports its own syncs."""
+    connect_account(runtime, emu, "ann@example.com")  # the worker picks up the primary calendar and syncs it
+    port = free_port()
+    proc = _calsync(["worker"], _env(settings, CALSYNC_WORKER_METRICS_PORT=str(port)), tmp_path / "worker.log")
+    try:
+        def counted(sample: str) -> float:
+            scrape = _response(f"http://127.0.0.1:{port}/metrics")
+            lines = scrape[0].text.splitlines() if scrape else []
+            return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(sample + " "))
+
+        wait_for(lambda: counted('calsync_syncs_total{kind="full",outcome="ok"}') >= 1
+                 and counted('calsync_google_calls_total{method="events.watch",status="200"}') >= 1, timeout=30,
+                 what="the worker's full sync and watch on its metrics port")
+        assert counted('calsync_google_calls_total{method="events.list",status="200"}') >= 1
+        # The port is taken: a second worker says so and stops, rather than running unobserved.
+        second = subprocess.run([str(Path(sys.executable).parent / "calsync"), "worker", "--metrics-port", str(port)],
+                                env=_env(settings), capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in second.stderr
+    finally:
+        assert _terminate(proc) == 0
+
+
 def _children(pid: int) -> list[int]:
     return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
 

@@ -44,7 +44,13 @@ def web(host: str, port: int, workers: int, threads: int) -> None:
 @click.command()
 @click.option("--threads", type=click.IntRange(1), default=None, help="Sync threads (default: CALSYNC_WORKER_THREADS).")
 @click.option("--burst", is_flag=True, help="Do everything due now, then exit.")
-def worker(threads: int | None, burst: bool) -> None:
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve this process's Prometheus counters (syncs, changes, Google calls, deliveries) on this port "
+                   "(default: CALSYNC_WORKER_METRICS_PORT; none when unset).")
+@click.option("--metrics-host", default=None,
+              help="Address for the metrics port (default: CALSYNC_WORKER_METRICS_HOST, 127.0.0.1); "
+                   "0.0.0.0 lets a Prometheus on another machine scrape it.")
+def worker(threads: int | None, burst: bool, metrics_port: int | None, metrics_host: str | None) -> None:
     """Claim and do due work (syncs, renewals, deliveries) until SIGTERM; any number may run."""
     from calsync.runtime import Runtime
     from calsync.serve import ensure_schema
@@ -54,6 +60,9 @@ def worker(threads: int | None, burst: bool) -> None:
     ensure_schema(settings, upgrade_sqlite=False)
     runtime = Runtime.create(settings)
     try:
+        port = metrics_port or settings.worker_metrics_port
+        if port is not None and not burst:
+            _serve_metrics(metrics_host or settings.worker_metrics_host, port)
         w = Worker(runtime, threads=threads)
         if burst:
             done = w.run_burst()
@@ -72,3 +81,14 @@ def worker(threads: int | None, burst: bool) -> None:
         click.echo(f"worker {w.name} stopped", err=True)
     finally:
         runtime.close()
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    """The worker's own counters: a worker outside `calsync serve` shares no process with `/metrics`."""
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=host)
+    except OSError as err:
+        raise click.ClickException(f"cannot serve metrics on {host}:{port}: {err.strerror or err}") from err
+    click.echo(f"worker metrics on http://{host}:{port}/metrics", err=True)
