@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -10,12 +9,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-ROOT = Path(__file__).resolve().parent.parent
+from calsync.resources import resource_dir
 
 
 def alembic_config(url: str | None = None) -> Config:
-    cfg = Config(toml_file=str(ROOT / "pyproject.toml"))
-    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resource_dir("alembic")))
     if url:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg

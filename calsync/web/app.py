@@ -8,10 +8,11 @@ from pathlib import Path
 from flask import Flask, current_app, request
 
 from calsync.config import Settings
+from calsync.resources import resource_dir
 from calsync.runtime import Runtime
 from calsync.web import receiver
 
-STATIC = Path(__file__).resolve().parent.parent.parent / "static"
+STATIC = resource_dir("static")
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
