@@ -40,8 +40,9 @@ def test_a_checkout_uses_the_folders_beside_the_package() -> None:
 @pytest.mark.slow
 def test_a_wheel_installed_elsewhere_migrates_and_serves_its_static_files(tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
-    build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix),
-                            str(SOURCE_ROOT)], capture_output=True, text=True, timeout=300)
+    # --ignore-installed: without it pip first uninstalls the editable calsync this very test runs from.
+    build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
+                            "--prefix", str(prefix), str(SOURCE_ROOT)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-2000:]
     site = next(prefix.glob("lib/python*/site-packages"))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CALSYNC_")}, "PYTHONPATH": str(site)}
