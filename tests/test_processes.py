@@ -19,15 +19,34 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from calsync.channels import open_events_channel
 from calsync.config import Settings
 from calsync.db import make_engine, transaction
 from calsync.errors import ConfigError
-from calsync.models import Account, Calendar, Event, WorkerHeartbeat
+from calsync.models import (
+    Account,
+    Calendar,
+    Channel,
+    Event,
+    Notification,
+    WorkerHeartbeat,
+)
 from calsync.runtime import Runtime
-from calsync.serve import ensure_schema
 from calsync.scheduler import request_calendar_sync
+from calsync.serve import ensure_schema
 from tests.conftest import free_port
-from tests.push_support import calendar_id_of, calendar_row, change_count, changes_for, connect_account, wait_for
+from tests.push_support import (
+    add_calendar_row,
+    calendar_id_of,
+    calendar_row,
+    change_count,
+    changes_for,
+    connect_account,
+    emu_channel,
+    post_notification,
+    push_headers,
+    wait_for,
+)
 
 EVENT = {"summary": "Sprint", "start": {"dateTime": "2026-12-07T09:00:00Z"}, "end": {"dateTime": "2026-12-07T10:00:00Z"}}
 
@@ -338,6 +357,32 @@ def test_a_worker_serves_its_own_counters_on_its_metrics_port(settings, runtime,
         assert second.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in second.stderr
     finally:
         assert _terminate(proc) == 0
+
+
+@pytest.mark.slow
+def test_every_answered_notification_survives_a_kill_9_of_the_web_processes(settings, runtime, emu, tmp_path):  # type: ignore[no-untyped-def]
+    """A 200 means committed: SIGKILLed with no chance to close (on SQLite, most of it still in the
+    write-ahead log, as the checkpoint comes a moment later), nothing answered is missing."""
+    account_id = connect_account(runtime, emu, "ann@example.com")
+    cal_id = add_calendar_row(runtime, account_id, "ann@example.com", sync_requested=1, sync_done=1,
+                              baseline_done=True)
+    channel = emu_channel(emu, open_events_channel(runtime, cal_id))
+    proc, port, _health = _start_web(settings, tmp_path)
+    answered = []
+    try:
+        with requests.Session() as http:
+            for number in range(10, 310):
+                assert post_notification(f"http://127.0.0.1:{port}", push_headers(channel, number=number), http) == 200
+                answered.append(number)
+    finally:
+        for pid in [*_children(proc.pid), proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    with runtime.sessions() as session:
+        logged = session.scalars(select(Notification.message_number).where(Notification.outcome == "queued")).all()
+        assert sorted(logged) == answered
+        assert session.get(Channel, str(channel["id"])).last_message_number == answered[-1]
+    assert calendar_row(runtime, cal_id).sync_requested > calendar_row(runtime, cal_id).sync_done
 
 
 def _children(pid: int) -> list[int]:
