@@ -176,7 +176,7 @@ class Intake:
         conn = engine.raw_connection()
         if engine.dialect.name == "postgresql":
             conn.driver_connection.autocommit = True  # type: ignore[union-attr]
-        self.checkpointer.writing(conn, True)
+        self.checkpointer.take(conn)
         return conn
 
     def _release(self, conn: Any) -> None:
@@ -186,7 +186,7 @@ class Intake:
             driver = conn.driver_connection
             if getattr(driver, "autocommit", False):
                 driver.autocommit = False
-            self.checkpointer.writing(conn, False)
+            self.checkpointer.give_back(conn)
             conn.close()
         except Exception:  # noqa: BLE001 - a connection that cannot be reset is dropped instead
             log.debug("dropping the writer's connection", exc_info=True)

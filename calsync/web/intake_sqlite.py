@@ -69,7 +69,7 @@ class WriterTurn:
 class Checkpointer:
     """Copies the write-ahead log into the database file after the intake's commits, off their path.
 
-    The writer's connection runs with automatic checkpoints off (`writing`); after each commit the
+    The writer's connection runs with automatic checkpoints off (`take`); after each commit the
     writer calls `written`, and a thread of this class runs a PASSIVE checkpoint a moment later. A
     passive checkpoint takes no write lock, so batches go on committing while it copies and fsyncs;
     once it has caught up, the next commit starts the log file over, so the file does not grow.
@@ -84,11 +84,18 @@ class Checkpointer:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def writing(self, conn: Any, own: bool) -> None:
-        """Turn the connection's automatic checkpoints off while the writer owns it, back on after."""
+    def take(self, conn: Any) -> None:
+        """The writer's connection: its commits leave checkpoints to this thread."""
+        self._autocheckpoint(conn, 0)
+
+    def give_back(self, conn: Any) -> None:
+        """Back to the pool: other users' commits checkpoint as SQLite's do by default."""
+        self._autocheckpoint(conn, AUTOCHECKPOINT_DEFAULT)
+
+    def _autocheckpoint(self, conn: Any, pages: int) -> None:
         if self.enabled:
             cursor = conn.cursor()
-            cursor.execute(f"PRAGMA wal_autocheckpoint={0 if own else AUTOCHECKPOINT_DEFAULT}")
+            cursor.execute(f"PRAGMA wal_autocheckpoint={pages}")
             cursor.close()
 
     def written(self) -> None:
