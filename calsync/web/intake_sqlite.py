@@ -122,6 +122,9 @@ class Checkpointer:
                 self._due.clear()
                 conn = self._checkpoint(conn)
         finally:
+            with self._lock:  # a thread that died some other way must not block the next start
+                if self._thread is threading.current_thread():
+                    self._thread = None
             if conn is not None:
                 conn.close()
 
