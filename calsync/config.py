@@ -159,6 +159,12 @@ class Settings:
             return False
 
 
+def _whole_number(raw: str, low: int, high: int | None, what: str) -> int:
+    if not raw.strip().isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+        raise ValueError(f"not {what}: {raw!r}")
+    return int(raw)
+
+
 def _convert(name: str, raw: str) -> object:
     if name in {"channel_ttl", "renew_before", "reconcile_every", "webhook_timeout",
                 "webhook_disable_after", "webhook_verify_timeout", "lease_seconds", "sync_min_interval"}:
@@ -169,13 +175,9 @@ def _convert(name: str, raw: str) -> object:
     if name in {"webhook_allow_http", "webhook_allow_private"}:
         return _parse_bool(raw)
     if name in {"worker_threads", "notification_log_size"}:
-        if not raw.strip().isdigit() or int(raw) < 1:
-            raise ValueError(f"not a positive whole number: {raw!r}")
-        return int(raw)
+        return _whole_number(raw, 1, None, "a positive whole number")
     if name == "worker_metrics_port":
-        if not raw.strip().isdigit() or not 1 <= int(raw) <= 65535:
-            raise ValueError(f"not a port number (1-65535): {raw!r}")
-        return int(raw)
+        return _whole_number(raw, 1, 65535, "a port number (1-65535)")
     if name in {"google_api_url", "public_url", "google_revoke_url"}:
         return _parse_http_url(raw)
     if name == "database_url":

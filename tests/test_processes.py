@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from calsync.channels import open_events_channel
@@ -325,8 +326,7 @@ def test_every_web_process_reports_the_counters_of_all(settings, tmp_path):  # t
         totals = []
         for _ in range(12):
             scrape = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5, headers={"Connection": "close"})
-            totals.append(sum(float(line.rsplit(" ", 1)[1]) for line in scrape.text.splitlines()
-                              if line.startswith("calsync_notifications_total{")))
+            totals.append(_sample_total(scrape.text, "calsync_notifications_total"))
         assert totals == [40.0] * 12
         workers = set(_children(proc.pid))
         assert len(workers) == 2
@@ -342,15 +342,14 @@ def test_a_worker_serves_its_own_counters_on_its_metrics_port(settings, runtime,
     port = free_port()
     proc = _calsync(["worker"], _env(settings, CALSYNC_WORKER_METRICS_PORT=str(port)), tmp_path / "worker.log")
     try:
-        def counted(sample: str) -> float:
+        def counted(sample: str, **labels: str) -> float:
             scrape = _response(f"http://127.0.0.1:{port}/metrics")
-            lines = scrape[0].text.splitlines() if scrape else []
-            return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(sample + " "))
+            return _sample_total(scrape[0].text, sample, **labels) if scrape else 0.0
 
-        wait_for(lambda: counted('calsync_syncs_total{kind="full",outcome="ok"}') >= 1
-                 and counted('calsync_google_calls_total{method="events.watch",status="200"}') >= 1, timeout=30,
+        wait_for(lambda: counted("calsync_syncs_total", kind="full", outcome="ok") >= 1
+                 and counted("calsync_google_calls_total", method="events.watch", status="200") >= 1, timeout=30,
                  what="the worker's full sync and watch on its metrics port")
-        assert counted('calsync_google_calls_total{method="events.list",status="200"}') >= 1
+        assert counted("calsync_google_calls_total", method="events.list", status="200") >= 1
         # The port is taken: a second worker says so and stops, rather than running unobserved.
         second = subprocess.run([str(Path(sys.executable).parent / "calsync"), "worker", "--metrics-port", str(port)],
                                 env=_env(settings), capture_output=True, text=True, timeout=60)
@@ -383,6 +382,12 @@ def test_every_answered_notification_survives_a_kill_9_of_the_web_processes(sett
         assert sorted(logged) == answered
         assert session.get(Channel, str(channel["id"])).last_message_number == answered[-1]
     assert calendar_row(runtime, cal_id).sync_requested > calendar_row(runtime, cal_id).sync_done
+
+
+def _sample_total(exposition: str, sample: str, **labels: str) -> float:
+    """The sum of a scrape's `sample` values whose labels include `labels`."""
+    return sum(s.value for family in text_string_to_metric_families(exposition) for s in family.samples
+               if s.name == sample and labels.items() <= s.labels.items())
 
 
 def _children(pid: int) -> list[int]:

@@ -208,13 +208,14 @@ def _report_cpu(report: Report, kind: str, bare_runs: list[dict[str, float]],
 
 
 def _wrk(port: int, lua: Path, seconds: int, *, server_pid: int) -> dict[str, float]:
-    server_before, db_before = _tree_cpu(server_pid), _postgres_cpu()
+    server_before, db_before = _cpu_so_far(server_pid)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", str(lua),
                           f"http://127.0.0.1:{port}/notifications"], capture_output=True, text=True,
                          timeout=seconds + 30).stdout
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_cpu, db_cpu = _tree_cpu(server_pid) - server_before, _postgres_cpu() - db_before
+    server_after, db_after = _cpu_so_far(server_pid)
+    server_cpu, db_cpu = server_after - server_before, db_after - db_before
     wrk_cpu = (wrk_after.ru_utime + wrk_after.ru_stime) - (wrk_before.ru_utime + wrk_before.ru_stime)
 
     def ms(label: str) -> float:
@@ -248,28 +249,20 @@ def _stat(pid: int | str) -> tuple[int, str, float] | None:
     return int(fields[1]), name, (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def _all_stats() -> dict[int, tuple[int, str, float]]:
+def _cpu_so_far(server: int) -> tuple[float, float]:
+    """CPU seconds so far of a server's process tree (gunicorn's master and workers) and of this
+    machine's PostgreSQL processes (0 when the server is elsewhere), from one reading of /proc."""
     stats = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (st := _stat(entry)) is not None:
             stats[int(entry)] = st
-    return stats
-
-
-def _tree_cpu(root: int) -> float:
-    """CPU seconds of a process and its descendants (gunicorn's master and workers) so far."""
-    stats = _all_stats()
-    tree, grew = {root}, True
+    tree, grew = {server}, True
     while grew:
         more = {pid for pid, (ppid, _, _) in stats.items() if ppid in tree} - tree
         tree |= more
         grew = bool(more)
-    return sum(stats[pid][2] for pid in tree if pid in stats)
-
-
-def _postgres_cpu() -> float:
-    """CPU seconds of this machine's PostgreSQL processes so far (0 when the server is elsewhere)."""
-    return sum(cpu for _, name, cpu in _all_stats().values() if name.startswith("postgres"))
+    server_cpu = sum(stats[pid][2] for pid in tree if pid in stats)
+    return server_cpu, sum(cpu for _, name, cpu in stats.values() if name.startswith("postgres"))
 
 
 def _open_loop(port: int, channels: list[dict[str, str]], rate: float, seconds: int) -> dict[str, Any]:
