@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from calsync.models import Base
+from calsync.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -43,7 +43,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from calsync.db import make_engine
+    from calsync.store.db import make_engine
 
     engine = make_engine(_url())
     with engine.connect() as conn:

@@ -9,8 +9,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.clock import Clock, SystemClock
 from calsync.config import Settings
-from calsync.crypto import TokenCipher, cipher_from_settings
-from calsync.db import make_engine, make_sessionmaker
+from calsync.store.crypto import TokenCipher, cipher_from_settings
+from calsync.store.db import make_engine, make_sessionmaker
 from calsync.wakeup import Wakeup
 
 

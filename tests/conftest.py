@@ -9,16 +9,19 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import make_url, text
 from werkzeug.serving import make_server
 
 from calsync.config import Settings
-from calsync.crypto import new_key
-from calsync.db import make_engine
-from calsync.migrate import upgrade
+from calsync.store.crypto import new_key
+from calsync.store.db import make_engine
+from calsync.store.migrate import upgrade
+from calsync.push.channels import open_events_channel
 from calsync.runtime import Runtime
+from tests.push_support import add_calendar_row, connect_account, emu_channel
 
 PG_ENV = "CALSYNC_TEST_DATABASE_URL"
 API_TOKEN = "test-api-token"
@@ -166,3 +169,13 @@ def live_server(app, public_port: int) -> Iterator[str]:  # type: ignore[no-unty
     yield f"http://127.0.0.1:{public_port}"
     server.shutdown()
     thread.join(timeout=5)
+
+
+@pytest.fixture
+def watched(runtime: Runtime, emu: Any) -> dict[str, Any]:
+    """One account, one calendar with an open events channel (as the emulator sees it)."""
+    account_id = connect_account(runtime, emu, "ann@example.com")
+    cal_id = add_calendar_row(runtime, account_id, "ann@example.com", sync_requested=1, sync_done=1,
+                              baseline_done=True)
+    channel_id = open_events_channel(runtime, cal_id)
+    return {"account_id": account_id, "calendar_id": cal_id, "channel": emu_channel(emu, channel_id)}

@@ -9,10 +9,10 @@ from typing import Any
 import requests
 from sqlalchemy import func, select
 
-from calsync.db import transaction
-from calsync.models import Account, Calendar, Change, Channel
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Change, Channel
 from calsync.runtime import Runtime
-from calsync.web.intake_sql import Push
+from calsync.push.intake_sql import Push
 
 from tests.sync_support import READONLY, connect_account  # noqa: F401  (re-exported for the push tests)
 

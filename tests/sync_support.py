@@ -7,10 +7,10 @@ from typing import Any
 from google.oauth2.credentials import Credentials
 from sqlalchemy import select
 
-from calsync.accounts import upsert_account
-from calsync.db import transaction
+from calsync.accounts.connected import upsert_account
+from calsync.store.db import transaction
 from calsync.google.oauth import client_config
-from calsync.models import Calendar, Change, Event
+from calsync.store.models import Calendar, Change, Event
 from calsync.runtime import Runtime
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"

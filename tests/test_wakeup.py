@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from calsync.db import is_own_backend, make_engine, make_sessionmaker, transaction
-from calsync.listen import Listener
+from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, transaction
+from calsync.work.listen import Listener
 from calsync.wakeup import CHANNEL, Wakeup
 from tests.push_support import wait_for
 

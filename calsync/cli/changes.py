@@ -16,10 +16,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.config import Settings
-from calsync.db import make_engine, make_sessionmaker
+from calsync.store.db import make_engine, make_sessionmaker
 from calsync.errors import ConfigError, NotFoundError
-from calsync.models import Change
-from calsync.web import serializers
+from calsync.store.models import Change
+from calsync.sync import reads
 
 POLL_SECONDS = 0.5
 KIND_STYLE = {"created": "green", "updated": "yellow", "deleted": "red"}
@@ -29,7 +29,7 @@ VALUE_WIDTH = 200
 @click.command()
 @click.option("--after", type=click.IntRange(min=0), default=0, show_default=True,
               help="Print changes with a seq greater than this.")
-@click.option("--limit", type=click.IntRange(min=1), default=serializers.CHANGES_DEFAULT_LIMIT,
+@click.option("--limit", type=click.IntRange(min=1), default=reads.CHANGES_DEFAULT_LIMIT,
               show_default=True, help="At most this many changes (per poll with --follow; capped at 1000).")
 @click.option("--calendar", "calendar_id", metavar="ID", help="Only changes of this Google calendar id.")
 @click.option("--account", metavar="EMAIL", help="With --calendar: the account, when several share the calendar.")
@@ -44,14 +44,14 @@ def changes(after: int, limit: int, calendar_id: str | None, account: str | None
     engine = _open_database(settings.database_url)
     sessions = make_sessionmaker(engine)
     console = Console(highlight=False, soft_wrap=True)
-    limit = min(limit, serializers.CHANGES_MAX_LIMIT)
+    limit = min(limit, reads.CHANGES_MAX_LIMIT)
     try:
         calendars = _calendars(sessions, calendar_id, account)
         if calendars == [] and not follow:
             raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
         while True:
             with sessions() as session:
-                page = serializers.changes_page(session, after=after, limit=limit, calendars=calendars)
+                page = reads.changes_page(session, after=after, limit=limit, calendars=calendars)
             for item in page.changes:
                 _print(console, item, as_json)
             sys.stdout.flush()
@@ -118,6 +118,6 @@ def _calendars(sessions: sessionmaker[Session], calendar_id: str | None, account
         return None
     with sessions() as session:
         try:
-            return serializers.find_calendars(session, calendar_id, account)
+            return reads.find_calendars(session, calendar_id, account)
         except NotFoundError:
             return []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from calsync.config import Settings
-from calsync.crypto import new_key
-from calsync.db import make_engine
-from calsync.migrate import current_revision, upgrade
+from calsync.store.crypto import new_key
+from calsync.store.db import make_engine
+from calsync.store.migrate import current_revision, upgrade
 
 
 @click.group()

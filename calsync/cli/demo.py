@@ -29,7 +29,7 @@ def demo(port: int | None, emulator_port: int | None, interval: float, duration:
     connects a demo account through the real /connect consent flow, then prints every diff as it
     arrives, with the dashboard address and its password. Ctrl-C stops everything.
     """
-    from calsync.demo import DemoOptions, DemoStopped, run_demo, stop_on_signals
+    from calsync.demo.runner import DemoOptions, DemoStopped, run_demo, stop_on_signals
 
     console = Console(highlight=False)
     options = DemoOptions(port=port, emulator_port=emulator_port, interval=interval, duration=duration,

@@ -19,7 +19,7 @@ from calsync.config import Settings
               help="Sync threads (default: CALSYNC_WORKER_THREADS).")
 def serve(host: str, port: int, threads: int, worker_threads: int | None) -> None:
     """Web app and worker in one process (gunicorn); upgrades a SQLite database itself."""
-    from calsync.serve import CalsyncApplication, ensure_schema
+    from calsync.web.server import CalsyncApplication, ensure_schema
 
     settings = Settings.from_env()
     ensure_schema(settings, upgrade_sqlite=True)
@@ -34,7 +34,7 @@ def serve(host: str, port: int, threads: int, worker_threads: int | None) -> Non
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1), help="Threads per process.")
 def web(host: str, port: int, workers: int, threads: int) -> None:
     """The web app only (receiver, API, dashboard) under gunicorn; run `calsync worker` beside it."""
-    from calsync.serve import CalsyncApplication, ensure_schema
+    from calsync.web.server import CalsyncApplication, ensure_schema
 
     settings = Settings.from_env()
     ensure_schema(settings, upgrade_sqlite=False)
@@ -53,8 +53,8 @@ def web(host: str, port: int, workers: int, threads: int) -> None:
 def worker(threads: int | None, burst: bool, metrics_port: int | None, metrics_host: str | None) -> None:
     """Claim and do due work (syncs, renewals, deliveries) until SIGTERM; any number may run."""
     from calsync.runtime import Runtime
-    from calsync.serve import ensure_schema
-    from calsync.worker import Worker
+    from calsync.web.server import ensure_schema
+    from calsync.work.worker import Worker
 
     settings = Settings.from_env()
     ensure_schema(settings, upgrade_sqlite=False)

@@ -22,12 +22,12 @@ from sqlalchemy.orm import Session
 
 from calsync.clock import SystemClock
 from calsync.config import Settings
-from calsync.db import make_engine, make_sessionmaker, transaction
-from calsync.display import ago, expires_in
+from calsync.store.db import make_engine, make_sessionmaker, transaction
+from calsync.humanize import ago, expires_in
 from calsync.errors import ConfigError, NotFoundError
-from calsync.leases import Claim, finish_calendar, release_calendar
-from calsync.migrate import current_revision
-from calsync.models import Account, Calendar, Change, Channel, WorkerHeartbeat
+from calsync.work.leases import Claim, finish_calendar, release_calendar
+from calsync.store.migrate import current_revision
+from calsync.store.models import Account, Calendar, Change, Channel, WorkerHeartbeat
 from calsync.runtime import Runtime
 
 STATE_STYLE = {"synced": "green", "pending": "cyan", "backoff": "yellow", "error": "bold red",
@@ -69,7 +69,7 @@ def sync(calendar: str, account: str | None, full: bool) -> None:
 
     Takes the calendar's lease, so a running worker never syncs it at the same time.
     """
-    from calsync.sync import sync_calendar
+    from calsync.sync.run import sync_calendar
 
     console = Console(highlight=False)
     with _runtime() as rt:
@@ -108,8 +108,8 @@ def channels() -> None:
 @click.option("--all", "renew_all", is_flag=True, help="Every calendar and calendar list of every active account.")
 def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -> None:
     """Open a new channel for CALENDAR (or --all), then stop the old one, then queue a sync for the seam."""
-    from calsync.channels import replace_channel
-    from calsync.scheduler import request_calendar_sync
+    from calsync.push.channels import replace_channel
+    from calsync.work.scheduler import request_calendar_sync
 
     if bool(calendar) == renew_all:
         raise click.UsageError("name one CALENDAR or give --all")
@@ -146,7 +146,7 @@ def channels_stop(channel_id: str | None, calendar: str | None, account: str | N
 
     The calendar keeps being reconciled; a new channel opens at its next renewal or `channels renew`.
     """
-    from calsync.channels import stop_channel
+    from calsync.push.channels import stop_channel
 
     if bool(channel_id) == bool(calendar):
         raise click.UsageError("name one CHANNEL_ID or give --calendar")

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from calsync.config import Settings
-from calsync.db import transaction
+from calsync.store.db import transaction
 from calsync.errors import InvalidSubscription
 from calsync.runtime import Runtime
 from calsync.webhooks import claimcheck, subscriptions

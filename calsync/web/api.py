@@ -1,7 +1,7 @@
 """The operator's read API (/api/calendars, /api/events, /api/changes) and account disconnects.
 
 Handlers are thin: parse and check parameters (400 with a JSON error), query, shape with
-`calsync.web.serializers`.
+`calsync.sync.reads`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from calsync.disconnect import disconnect_account, find_account_id
+from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.errors import NotFoundError
-from calsync.web import serializers
+from calsync.sync import reads
 from calsync.web.app import runtime
-from calsync.web.security import json_error, require_api_token
+from calsync.web.api_token import json_error, require_api_token
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -37,8 +37,8 @@ def _not_found(err: NotFoundError) -> Any:
     return json_error(404, "not_found", str(err))
 
 
-@bp.errorhandler(serializers.AmbiguousCalendar)
-def _ambiguous(err: serializers.AmbiguousCalendar) -> Any:
+@bp.errorhandler(reads.AmbiguousCalendar)
+def _ambiguous(err: reads.AmbiguousCalendar) -> Any:
     return json_error(400, "ambiguous_calendar", str(err))
 
 
@@ -46,7 +46,7 @@ def _ambiguous(err: serializers.AmbiguousCalendar) -> Any:
 @require_api_token
 def calendars() -> Any:
     with runtime().sessions() as session:
-        return jsonify(serializers.list_calendars(session))
+        return jsonify(reads.list_calendars(session))
 
 
 @bp.get("/events")
@@ -55,9 +55,9 @@ def events() -> Any:
     google_id = _required("calendar")
     page_token = request.args.get("pageToken") or None
     with runtime().sessions() as session:
-        calendar = serializers.one_calendar(session, google_id, request.args.get("account") or None)
+        calendar = reads.one_calendar(session, google_id, request.args.get("account") or None)
         try:
-            page = serializers.events_page(session, calendar, page_token)
+            page = reads.events_page(session, calendar, page_token)
         except ValueError as err:
             raise _BadParameter(f"pageToken: {err}") from err
     return jsonify(page)
@@ -67,16 +67,16 @@ def events() -> Any:
 @require_api_token
 def changes() -> Any:
     after = _integer("after", default=0, minimum=0)
-    limit = min(_integer("limit", default=serializers.CHANGES_DEFAULT_LIMIT, minimum=1),
-                serializers.CHANGES_MAX_LIMIT)
+    limit = min(_integer("limit", default=reads.CHANGES_DEFAULT_LIMIT, minimum=1),
+                reads.CHANGES_MAX_LIMIT)
     google_id = request.args.get("calendar")
     with runtime().sessions() as session:
         cals = None
         if google_id is not None:
             if not google_id:
                 raise _BadParameter("calendar: empty")
-            cals = serializers.find_calendars(session, google_id, request.args.get("account") or None)
-        page = serializers.changes_page(session, after=after, limit=limit, calendars=cals)
+            cals = reads.find_calendars(session, google_id, request.args.get("account") or None)
+        page = reads.changes_page(session, after=after, limit=limit, calendars=cals)
     return jsonify(page.to_dict())
 
 

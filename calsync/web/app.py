@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Flask, current_app, request
 
 from calsync.config import Settings
-from calsync.resources import resource_dir
+from calsync.store.locations import resource_dir
 from calsync.runtime import Runtime
 from calsync.web import receiver
 
@@ -28,9 +28,9 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")
     app.extensions["calsync"] = runtime
 
-    from calsync.web import admin_auth, api, auth, dashboard, health, metrics, webhooks_api
+    from calsync.web import api, consent, dashboard, health, metrics, operator_login, webhooks_api
 
-    for module in (health, auth, api, admin_auth, dashboard, webhooks_api, metrics):
+    for module in (health, consent, api, operator_login, dashboard, webhooks_api, metrics):
         app.register_blueprint(module.bp)
     app.before_request(_refuse_nul)
     app.wsgi_app = receiver.mount(app, runtime)  # type: ignore[method-assign]

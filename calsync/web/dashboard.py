@@ -16,9 +16,9 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
-from calsync.db import transaction
-from calsync.display import ago, expires_in, field_diffs, event_title, event_when, utc_label
-from calsync.models import (
+from calsync.store.db import transaction
+from calsync.humanize import ago, expires_in, field_diffs, event_title, event_when, utc_label
+from calsync.store.models import (
     Account,
     Calendar,
     Change,
@@ -29,7 +29,7 @@ from calsync.models import (
     WebhookSubscription,
     WorkerHeartbeat,
 )
-from calsync.web.admin_auth import check_csrf, render_error, require_admin, secure_headers
+from calsync.web.operator_login import check_csrf, render_error, require_admin, secure_headers
 from calsync.web.app import runtime
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
@@ -180,7 +180,7 @@ def replay(sub_id: str) -> Any:
 @bp.post("/accounts/<int:account_id>/disconnect")
 @require_admin
 def disconnect(account_id: int) -> Any:
-    from calsync.disconnect import disconnect_account
+    from calsync.accounts.disconnect import disconnect_account
 
     rt = runtime()
     with rt.sessions() as session:

@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from calsync.clock import rfc3339, utc
-from calsync.models import WorkerHeartbeat
+from calsync.store.models import WorkerHeartbeat
 from calsync.web.app import runtime
-from calsync.worker import HEARTBEAT_SECONDS, heartbeat_is_fresh
+from calsync.work.worker import HEARTBEAT_SECONDS, heartbeat_is_fresh
 
 bp = Blueprint("health", __name__)
 

@@ -1,7 +1,7 @@
 """`GET /metrics`: the counters of every web process, plus gauges read from the database at scrape time.
 
 Under several gunicorn processes, the counters are summed from prometheus-client's shared folder
-(multiprocess mode, set up by `calsync.serve`), so a scrape does not depend on which process answers.
+(multiprocess mode, set up by `calsync.web.server`), so a scrape does not depend on which process answers.
 
 The gauges (next channel expiry, sync lag, calendars by state, accounts by status) describe the
 whole deployment, not this process, so they are computed from the shared database on each scrape
@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Row, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from calsync.models import Account, Calendar, Channel
+from calsync.store.models import Account, Calendar, Channel
 from calsync.runtime import Runtime
 from calsync.web.app import runtime
 

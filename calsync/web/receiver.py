@@ -3,7 +3,7 @@
 Google retries only 500/502/503/504, and treats every other non-2xx as a failed message; so forged
 or stale channels get 404 (no retries), and 503 is kept for "the database could not record it".
 The request never calls Google: it hands the notification to the process's intake (group commit,
-`calsync.web.intake`) and answers once it is committed.
+`calsync.push.intake`) and answers once it is committed.
 
 This one path is served by a plain WSGI app placed in front of Flask (`mount`). A notification needs
 none of Flask's request machinery (no session, no routing, no templates, no JSON), and that machinery
@@ -19,8 +19,8 @@ from typing import Any
 
 from calsync.metrics import NOTIFICATIONS
 from calsync.runtime import Runtime
-from calsync.web.intake import Intake, IntakeUnavailable
-from calsync.web.intake_sql import REFUSED, Push
+from calsync.push.intake import Intake, IntakeUnavailable
+from calsync.push.intake_sql import REFUSED, Push
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from calsync.db import transaction
+from calsync.store.db import transaction
 from calsync.errors import InvalidSubscription, NotFoundError, UnsafeURLError, VerificationFailed
 from calsync.web.app import runtime
-from calsync.web.security import json_error, require_api_token
+from calsync.web.api_token import json_error, require_api_token
 from calsync.webhooks import claimcheck, subscriptions
 
 bp = Blueprint("webhooks_api", __name__, url_prefix="/api/webhooks")

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
 from calsync.errors import InvalidSubscription
-from calsync.models import Change, Delivery, DeliveryAttempt, WebhookSubscription
+from calsync.store.models import Change, Delivery, DeliveryAttempt, WebhookSubscription
 from calsync.webhooks.payload import event_type
 
 STATES = ("pending", "delivered", "failed")

@@ -16,10 +16,10 @@ from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from calsync.clock import rfc3339, utc
-from calsync.db import is_postgres, transaction
+from calsync.store.db import is_postgres, transaction
 from calsync.errors import UnsafeURLError
 from calsync.metrics import DELIVERIES
-from calsync.models import Account, Calendar, Change, Delivery, DeliveryAttempt, WebhookSubscription
+from calsync.store.models import Account, Calendar, Change, Delivery, DeliveryAttempt, WebhookSubscription
 from calsync.runtime import Runtime
 from calsync.webhooks import payload
 from calsync.webhooks.safety import resolve_target

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from calsync.models import Calendar, Change, Delivery, WebhookSubscription
+from calsync.store.models import Calendar, Change, Delivery, WebhookSubscription
 from calsync.webhooks.payload import event_type as _event_type
 
 QUEUED_STATUSES = ("active", "paused")

@@ -17,10 +17,10 @@ from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339, utc
 from calsync.config import Settings
-from calsync.crypto import TokenCipher
-from calsync.db import transaction
+from calsync.store.crypto import TokenCipher
+from calsync.store.db import transaction
 from calsync.errors import InvalidSubscription, NotFoundError
-from calsync.models import Delivery, WebhookSubscription
+from calsync.store.models import Delivery, WebhookSubscription
 from calsync.runtime import Runtime
 from calsync.webhooks.safety import check_url, resolve_target
 from calsync.webhooks.signing import new_secret

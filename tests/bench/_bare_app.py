@@ -11,7 +11,7 @@ import argparse
 from flask import Flask, Response
 
 from calsync.config import Settings
-from calsync.serve import CalsyncApplication
+from calsync.web.server import CalsyncApplication
 
 
 def bare_app() -> Flask:

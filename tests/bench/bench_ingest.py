@@ -101,7 +101,7 @@ def main(args: Any) -> int:
 
 
 def _connect(rt: Any, emu: Any, email: str) -> int:
-    from calsync.calendars import refresh_calendar_list
+    from calsync.sync.calendar_list import refresh_calendar_list
 
     refresh_calendar_list(rt, connect_account(rt, emu, email))
     return _calendar_row(rt, email)
@@ -139,7 +139,7 @@ def _make_calendar(emu: Any, email: str, n: int) -> str:
 
 
 def _calendar_row(rt: Any, google_id: str) -> int:
-    from calsync.models import Calendar
+    from calsync.store.models import Calendar
 
     with rt.sessions() as session:
         return int(session.scalar(select(Calendar.id).where(Calendar.google_id == google_id)))
@@ -147,7 +147,7 @@ def _calendar_row(rt: Any, google_id: str) -> int:
 
 def _check_big(report: Report, rt: Any, emu: Any, google_id: str, cal_id: int) -> None:
     """Every event id and etag of the big calendar matches the emulator (full JSON compare is slow at 100k)."""
-    from calsync.models import Change, Event
+    from calsync.store.models import Change, Event
 
     with rt.sessions() as session:
         mirrored = dict(session.execute(select(Event.google_id, Event.etag).where(Event.calendar_id == cal_id)).all())
@@ -170,7 +170,7 @@ def _child(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
 def _child_calsync(calendar_id: str) -> dict[str, Any]:
     from calsync.config import Settings
     from calsync.runtime import Runtime
-    from calsync.sync import sync_calendar
+    from calsync.sync.run import sync_calendar
 
     rt = Runtime.create(Settings.from_env())
     started = time.perf_counter()
@@ -187,8 +187,8 @@ def _child_raw(rows_file: str, calendar_id: str, how: str = "executemany") -> di
     there: shown next to the target's baseline, not instead of it.
     """
     from calsync.config import Settings
-    from calsync.db import make_engine
-    from calsync.diff import event_time_text
+    from calsync.store.db import make_engine
+    from calsync.sync.diff import event_time_text
 
     settings = Settings.from_env()
     items = json.loads(Path(rows_file).read_text())

@@ -132,7 +132,7 @@ def _send_burst(port: int, channel: dict[str, Any], count: int, seconds: float) 
 
 def _simulated_days(report: Report, work: Path, *, calendars: int, days: int) -> None:
     from calsync.clock import FrozenClock
-    from calsync.worker import Worker
+    from calsync.work.worker import Worker
 
     print(f"-- {days} simulated days, {calendars} idle calendars in one account (FrozenClock worker)", flush=True)
     clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))

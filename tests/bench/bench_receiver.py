@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sqlalchemy import func, select  # noqa: E402
 
-from calsync.channels import hash_token  # noqa: E402
-from calsync.db import transaction  # noqa: E402
-from calsync.models import Account, Calendar, Channel, Notification  # noqa: E402
+from calsync.push.channels import hash_token  # noqa: E402
+from calsync.store.db import transaction  # noqa: E402
+from calsync.store.models import Account, Calendar, Channel, Notification  # noqa: E402
 from tests.bench._common import (  # noqa: E402
     Deployment,
     Report,

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sqlalchemy import func, insert, select, text, update  # noqa: E402
 
-from calsync.db import transaction  # noqa: E402
-from calsync.models import Account, Calendar, Channel, WorkerHeartbeat  # noqa: E402
+from calsync.store.db import transaction  # noqa: E402
+from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat  # noqa: E402
 from tests.bench._common import (  # noqa: E402
     Deployment,
     Report,
@@ -106,8 +106,8 @@ def _insert_calendars(dep: Deployment, n: int, due: int) -> None:
 
 
 def _tick_cost(dep: Deployment, n: int) -> dict[str, float]:
-    from calsync.leases import claim_calendar, release_calendar
-    from calsync.worker import Worker
+    from calsync.work.leases import claim_calendar, release_calendar
+    from calsync.work.worker import Worker
 
     _insert_calendars(dep, n, DUE)
     rt = dep.runtime()

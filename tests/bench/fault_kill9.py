@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from sqlalchemy import func, select  # noqa: E402
 
-from calsync.models import WorkerHeartbeat  # noqa: E402
+from calsync.store.models import WorkerHeartbeat  # noqa: E402
 from tests.bench._common import (  # noqa: E402
     Deployment,
     EditStream,

@@ -54,7 +54,7 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def worker(runtime: Runtime) -> Iterator[Any]:
     """calsync's worker on the app's own runtime, as `calsync serve` runs it."""
-    from calsync.worker import Worker
+    from calsync.work.worker import Worker
 
     stop = threading.Event()
     w = Worker(runtime, threads=2)

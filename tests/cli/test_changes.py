@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from calsync.changes import append_changes
+from calsync.sync.changelog import append_changes
 from calsync.cli.changes import changes
-from calsync.db import transaction
-from calsync.models import Account, Calendar, Change
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Change
 from calsync.runtime import Runtime
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)

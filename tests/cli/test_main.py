@@ -23,7 +23,7 @@ def test_every_contract_command_is_registered() -> None:
 
 
 def test_keygen_prints_a_fernet_key_that_calsync_accepts() -> None:
-    from calsync.crypto import TokenCipher
+    from calsync.store.crypto import TokenCipher
 
     key = _calsync("keygen").stdout.strip()
     cipher = TokenCipher([key.encode()])

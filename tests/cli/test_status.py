@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from calsync.accounts import upsert_account
+from calsync.accounts.connected import upsert_account
 from calsync.config import Settings
-from calsync.db import transaction
+from calsync.store.db import transaction
 from calsync.google.oauth import credentials_from_json
-from calsync.models import Calendar, Channel, Event
+from calsync.store.models import Calendar, Channel, Event
 from calsync.runtime import Runtime
 from tests.web.dashboard_support import add_account, add_calendar, add_channel
 

@@ -6,9 +6,9 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from calsync.changes import append_changes
-from calsync.db import transaction
-from calsync.models import Account, Calendar, Change, Channel, Notification
+from calsync.sync.changelog import append_changes
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Change, Channel, Notification
 from calsync.runtime import Runtime
 
 PASSWORD = "correct horse battery staple"

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select
 
-from calsync.changes import append_changes
-from calsync.db import transaction
-from calsync.models import Account, Calendar, Change, Channel, Event
+from calsync.sync.changelog import append_changes
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Change, Channel, Event
 from calsync.runtime import Runtime
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -274,8 +274,8 @@ def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
         emu: Any, live_server: str, runtime: Runtime, api_headers: dict[str, str]) -> None:
     import requests
 
-    from calsync.calendars import refresh_calendar_list
-    from calsync.sync import sync_calendar
+    from calsync.sync.calendar_list import refresh_calendar_list
+    from calsync.sync.run import sync_calendar
 
     email = "zoe@example.com"
     emu.create_user(email)

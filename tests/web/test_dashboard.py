@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import select
 
 from calsync import create_app
-from calsync.accounts import upsert_account
+from calsync.accounts.connected import upsert_account
 from calsync.clock import FrozenClock
 from calsync.config import Secret, Settings
-from calsync.db import transaction
+from calsync.store.db import transaction
 from calsync.google.oauth import credentials_from_json
-from calsync.models import Account, Delivery, DeliveryAttempt, WebhookSubscription
+from calsync.store.models import Account, Delivery, DeliveryAttempt, WebhookSubscription
 from calsync.runtime import Runtime
 from tests.web.dashboard_support import (
     PASSWORD,

@@ -8,12 +8,12 @@ import pytest
 from sqlalchemy import func, select, update
 
 from calsync import create_app
-from calsync.channels import open_calendar_list_channel, open_events_channel, stop_channel
+from calsync.push.channels import open_calendar_list_channel, open_events_channel, stop_channel
 from calsync.config import Settings
-from calsync.db import transaction
-from calsync.models import Account, Channel, Notification
+from calsync.store.db import transaction
+from calsync.store.models import Account, Channel, Notification
 from calsync.runtime import Runtime
-from calsync.scheduler import trim_log
+from calsync.work.scheduler import trim_log
 from tests.push_support import (
     account_row,
     calendar_row,
@@ -128,7 +128,7 @@ def test_calendar_list_notification_marks_the_account_list(client, runtime, emu,
 def test_a_calendar_in_backoff_stays_due_at_its_retry_time(client, runtime, watched):  # type: ignore[no-untyped-def]
     from datetime import timedelta
 
-    from calsync.models import Calendar
+    from calsync.store.models import Calendar
 
     retry_at = runtime.clock.now() + timedelta(minutes=5)
     with transaction(runtime.sessions) as session:
@@ -200,7 +200,7 @@ def test_a_sync_already_owed_and_due_keeps_its_place(client, runtime, watched): 
     the back: its due time stays the earlier one."""
     from datetime import timedelta
 
-    from calsync.models import Calendar
+    from calsync.store.models import Calendar
 
     waiting_since = runtime.clock.now() - timedelta(seconds=30)
     with transaction(runtime.sessions) as session:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
 from calsync.config import Settings
-from calsync.models import WebhookSubscription
+from calsync.store.models import WebhookSubscription
 from calsync.runtime import Runtime
 from tests.webhooks.receiver import Answer, Receiver
 from tests.webhooks.support import (

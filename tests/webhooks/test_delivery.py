@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import update
 from standardwebhooks import Webhook
 
-from calsync.db import transaction
-from calsync.models import Delivery
+from calsync.store.db import transaction
+from calsync.store.models import Delivery
 from calsync.runtime import Runtime
 from calsync.webhooks.claimcheck import replay
 from calsync.webhooks.delivery import run_due_deliveries

@@ -6,9 +6,9 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-from calsync.calendars import refresh_calendar_list
+from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.runtime import Runtime
-from calsync.sync import sync_calendar
+from calsync.sync.run import sync_calendar
 from tests.sync_support import calendar_row_id, connect_account
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import deliver, subscribe

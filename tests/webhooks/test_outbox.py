@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from calsync.changes import append_changes
-from calsync.db import transaction
-from calsync.models import Change, Delivery
+from calsync.sync.changelog import append_changes
+from calsync.store.db import transaction
+from calsync.store.models import Change, Delivery
 from calsync.runtime import Runtime
 from calsync.webhooks.subscriptions import get_subscription, set_status
 from tests.webhooks.receiver import Receiver

@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from calsync.models import Change
+from calsync.store.models import Change
 from calsync.webhooks.payload import encode, message
 
 

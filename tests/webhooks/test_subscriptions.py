@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
-from calsync.db import transaction
+from calsync.store.db import transaction
 from calsync.errors import InvalidSubscription, UnsafeURLError, VerificationFailed
-from calsync.models import Delivery, WebhookSubscription
+from calsync.store.models import Delivery, WebhookSubscription
 from calsync.runtime import Runtime
 from calsync.webhooks.signing import signature_headers
 from calsync.webhooks.subscriptions import (

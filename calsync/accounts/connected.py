@@ -1,0 +1,77 @@
+"""Connected accounts and their encrypted credentials."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from google.oauth2.credentials import Credentials
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from calsync.store.crypto import TokenCipher
+from calsync.google.oauth import credentials_from_json, credentials_to_json
+from calsync.store.models import Account, Calendar
+from calsync.runtime import Runtime
+
+
+def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Credentials,
+                   scopes: list[str], now: datetime) -> Account:
+    """Store or update the account for `email` (never a duplicate) and ask for its calendar list."""
+    account = session.scalar(select(Account).where(Account.email == email))
+    if account is None:
+        account = Account(email=email, credentials=b"", scopes=[], created_at=now, list_requested=0, list_done=0)
+        session.add(account)
+    elif not creds.refresh_token:
+        # Google sends a refresh token only on some consents; keep the one we have.
+        old = _stored_credentials(cipher, account)
+        creds = Credentials(token=creds.token, refresh_token=old.get("refresh_token"), token_uri=creds.token_uri,
+                            client_id=creds.client_id, client_secret=creds.client_secret,
+                            scopes=creds.scopes, expiry=creds.expiry)
+    account.credentials = cipher.encrypt_str(credentials_to_json(creds))
+    account.scopes = list(scopes)
+    account.status = "active"
+    account.last_error = None
+    account.list_requested = (account.list_requested or 0) + 1
+    account.list_due_at = now
+    account.updated_at = now
+    session.flush()
+    # Calendars of a re-connected account may have stopped on a dead grant: let them run again.
+    session.execute(update(Calendar).where(Calendar.account_id == account.id, Calendar.removed_at.is_(None))
+                    .values(sync_requested=Calendar.sync_requested + 1, due_at=now, retry_at=None))
+    return account
+
+
+def load_credentials(runtime: Runtime, account: Account) -> Credentials:
+    return credentials_from_stored(runtime, account.credentials)
+
+
+def credentials_from_stored(runtime: Runtime, stored: bytes) -> Credentials:
+    """Credentials from the encrypted column as stored (a sync's claim returns it without the account)."""
+    return credentials_from_json(runtime.cipher.decrypt_str(stored), runtime.settings)
+
+
+def save_if_refreshed(session: Session, runtime: Runtime, account_id: int, creds: Credentials,
+                      token_before: str | None) -> bool:
+    """Persist a transparently refreshed access token, so restarts do not refresh again."""
+    if creds.token == token_before:
+        return False
+    # A disconnect wipes the credentials; a sync finishing after it must not write them back.
+    session.execute(update(Account).where(Account.id == account_id, Account.status != "disconnected").values(
+        credentials=runtime.cipher.encrypt_str(credentials_to_json(creds)), updated_at=runtime.clock.now()))
+    return True
+
+
+def mark_reauth_required(session: Session, account_id: int, reason: str, now: datetime) -> None:
+    """A dead grant must be visible: the account says so, and its calendars stop asking Google."""
+    # Only an active account can become reauth_required: a disconnect racing a sync must stay.
+    done = session.execute(update(Account).where(Account.id == account_id, Account.status == "active").values(
+        status="reauth_required", last_error=reason[:1000], updated_at=now))
+    if done.rowcount == 0:  # type: ignore[attr-defined]
+        return
+    session.execute(update(Calendar).where(Calendar.account_id == account_id).values(
+        sync_state="error", last_error="re-consent required: " + reason[:900]))
+
+
+def _stored_credentials(cipher: TokenCipher, account: Account) -> dict[str, object]:
+    return json.loads(cipher.decrypt_str(account.credentials))  # type: ignore[no-any-return]

@@ -1,0 +1,141 @@
+"""Disconnecting an account: stop its channels, revoke the grant, forget its tokens.
+
+It talks to Google, so it owns its transactions (like a job): the account is first marked
+`disconnected` so no worker picks up its work, then Google is called, then the channels and the
+credentials are settled. A crash in between leaves the credentials in place and a second call
+finishes the work: disconnecting is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+import requests
+from google.oauth2.credentials import Credentials
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from calsync.accounts.connected import load_credentials
+from calsync.store.db import transaction
+from calsync.errors import GoogleApiError, GoogleNotFound, NotFoundError
+from calsync.google.calendar import GoogleCalendar
+from calsync.google.oauth import revoke
+from calsync.store.models import Account, Calendar, Channel
+from calsync.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+LIVE_CHANNEL_STATES = ("pending", "active", "stopping")
+EMPTY_CREDENTIALS = "{}"
+
+
+@dataclass
+class DisconnectResult:
+    account: str
+    channels_stopped: list[str] = field(default_factory=list)
+    channels_not_stopped: list[str] = field(default_factory=list)
+    revoked: bool = False
+    already_disconnected: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {"account": self.account, "status": "disconnected", "revoked": self.revoked,
+                "channels_stopped": self.channels_stopped, "channels_not_stopped": self.channels_not_stopped}
+
+
+def find_account_id(runtime: Runtime, email: str) -> int:
+    """The id of the account with this email; NotFoundError when there is none."""
+    with runtime.sessions() as session:
+        account_id = session.scalar(select(Account.id).where(Account.email == email))
+    if account_id is None:
+        raise NotFoundError(f"no account {email!r}")
+    return account_id
+
+
+def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
+    """Stop the account's channels at Google, revoke its grant, wipe its tokens, stop its syncs."""
+    now = runtime.clock.now()
+    with transaction(runtime.sessions) as session:
+        account = session.get(Account, account_id)
+        if account is None:
+            raise NotFoundError(f"no account with id {account_id}")
+        result = DisconnectResult(account.email, already_disconnected=account.status == "disconnected")
+        creds = _stored_credentials(runtime, account)
+        channels = _live_channels(runtime, account_id, session)
+        account.status = "disconnected"
+        account.list_due_at = None
+        account.updated_at = now
+        session.execute(update(Calendar).where(Calendar.account_id == account_id).values(due_at=None, retry_at=None))
+
+    if creds is not None:
+        _stop_channels(runtime, creds, channels, result)
+        # A worker busy with this account when it was marked may have opened one more meanwhile.
+        late = [c for c in _live_channels(runtime, account_id) if c[0] not in {cid for cid, _ in channels}]
+        _stop_channels(runtime, creds, late, result)
+        result.revoked = _revoke(runtime, creds)
+    else:
+        result.channels_not_stopped = [channel_id for channel_id, _ in channels]
+
+    with transaction(runtime.sessions) as session:
+        now = runtime.clock.now()
+        session.execute(update(Channel).where(Channel.account_id == account_id,
+                                              Channel.status.in_(LIVE_CHANNEL_STATES))
+                        .values(status="stopped", stopped_at=now))
+        session.execute(update(Account).where(Account.id == account_id).values(
+            status="disconnected", credentials=runtime.cipher.encrypt_str(EMPTY_CREDENTIALS),
+            list_due_at=None, updated_at=now))
+        session.execute(update(Calendar).where(Calendar.account_id == account_id).values(due_at=None, retry_at=None))
+    log.info("account %s disconnected: %d channel(s) stopped, grant revoked: %s",
+             result.account, len(result.channels_stopped), result.revoked)
+    return result
+
+
+def _live_channels(runtime: Runtime, account_id: int, session: Session | None = None) -> list[tuple[str, str | None]]:
+    """(id, resource id) of the account's channels that Google may still be serving."""
+    query = (select(Channel.id, Channel.resource_id)
+             .where(Channel.account_id == account_id, Channel.status.in_(LIVE_CHANNEL_STATES)).order_by(Channel.id))
+    if session is not None:
+        return [(cid, rid) for cid, rid in session.execute(query)]
+    with runtime.sessions() as own:
+        return [(cid, rid) for cid, rid in own.execute(query)]
+
+
+def _stored_credentials(runtime: Runtime, account: Account) -> Credentials | None:
+    """The account's credentials, or None once they were wiped."""
+    data = json.loads(runtime.cipher.decrypt_str(account.credentials) or EMPTY_CREDENTIALS)
+    if not data.get("token") and not data.get("refresh_token"):
+        return None
+    return load_credentials(runtime, account)
+
+
+def _stop_channels(runtime: Runtime, creds: Credentials, channels: list[tuple[str, str | None]],
+                   result: DisconnectResult) -> None:
+    if not channels:
+        return
+    google = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
+    for channel_id, resource_id in channels:
+        if resource_id is None:  # the watch never answered: there is nothing to stop at Google
+            result.channels_stopped.append(channel_id)
+            continue
+        try:
+            google.stop_channel(channel_id, resource_id)
+        except GoogleNotFound:
+            pass  # already gone at Google
+        except GoogleApiError as err:
+            # It will expire on its own; the receiver refuses it once the row is stopped.
+            log.warning("could not stop channel %s of %s: %s", channel_id, result.account, err)
+            result.channels_not_stopped.append(channel_id)
+            continue
+        result.channels_stopped.append(channel_id)
+
+
+def _revoke(runtime: Runtime, creds: Credentials) -> bool:
+    token = creds.refresh_token or creds.token
+    if not token:
+        return False
+    try:
+        return revoke(runtime.settings, token)
+    except requests.RequestException as err:
+        log.warning("could not revoke the grant: %s", err)
+        return False

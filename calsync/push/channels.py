@@ -1,0 +1,194 @@
+"""Push channels: open, replace and stop Google watch channels.
+
+The channel row (pending, with the token's hash) is committed *before* the watch call, because
+Google's `sync` message can reach the receiver before the call returns. Channels are never
+extended: a new one is opened first, then the old one is stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from calsync.accounts.connected import load_credentials, save_if_refreshed
+from calsync.store.db import transaction
+from calsync.errors import GoogleApiError, GoogleNotFound
+from calsync.google.calendar import GoogleCalendar
+from calsync.store.models import Account, Calendar, Channel
+from calsync.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+LIVE = ("pending", "active")
+
+
+def hash_token(token: str) -> str:
+    """The only form in which a channel token is stored."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def open_events_channel(runtime: Runtime, calendar_id: int) -> str:
+    """Watch a calendar's events; returns the new channel id (the row is active once Google agreed)."""
+    with transaction(runtime.sessions) as session:
+        cal = session.get(Calendar, calendar_id)
+        if cal is None:
+            raise GoogleNotFound(f"calendar {calendar_id} does not exist", status=404, reason="notFound")
+        account_id, google_id = cal.account_id, cal.google_id
+
+    def watch(api: GoogleCalendar, channel_id: str, token: str) -> dict[str, Any]:
+        return api.watch_events(google_id, channel_id=channel_id, token=token,
+                                address=runtime.settings.notifications_url, ttl=runtime.settings.channel_ttl)
+
+    return _open(runtime, account_id, calendar_id, "events", watch)
+
+
+def open_calendar_list_channel(runtime: Runtime, account_id: int) -> str:
+    """Watch an account's calendar list, so added and removed calendars are noticed at once."""
+
+    def watch(api: GoogleCalendar, channel_id: str, token: str) -> dict[str, Any]:
+        return api.watch_calendar_list(channel_id=channel_id, token=token,
+                                       address=runtime.settings.notifications_url, ttl=runtime.settings.channel_ttl)
+
+    return _open(runtime, account_id, None, "calendar_list", watch)
+
+
+def stop_channel(runtime: Runtime, channel_id: str, *, replaced_by: str | None = None) -> None:
+    """Tell Google to stop a channel and mark it stopped; an already-gone channel is not an error."""
+    with transaction(runtime.sessions) as session:
+        channel = session.get(Channel, channel_id)
+        if channel is None or channel.status not in LIVE:
+            return
+        # A row left pending by a crash has no resource id of its own; Google's resource id is the
+        # same for every channel on one calendar (or calendar list), so a sibling's serves to stop it.
+        account_id, resource_id = channel.account_id, channel.resource_id or _sibling_resource_id(session, channel)
+        channel.status = "stopping"
+    try:
+        if resource_id:
+            api, creds, token_before = _client(runtime, account_id)
+            try:
+                api.stop_channel(channel_id, resource_id)
+            finally:
+                with transaction(runtime.sessions) as session:
+                    save_if_refreshed(session, runtime, account_id, creds, token_before)
+    except GoogleNotFound:
+        log.info("channel %s was already gone at Google", channel_id)
+    except GoogleApiError as err:
+        # Marked stopped anyway: the receiver refuses it from now on, and Google's expiry ends it.
+        log.warning("channels.stop failed for %s: %s", channel_id, err)
+    finally:
+        with transaction(runtime.sessions) as session:
+            _mark_stopped(session, [channel_id], runtime.clock.now(), replaced_by=replaced_by)
+
+
+def stop_channels_locally(session: Session, *, now: datetime, account_id: int | None = None,
+                          calendar_ids: Iterable[int] | None = None) -> int:
+    """Mark live channels stopped without calling Google (a dead grant could not stop them anyway)."""
+    stmt = update(Channel).where(Channel.status.in_(LIVE))
+    if account_id is not None:
+        stmt = stmt.where(Channel.account_id == account_id)
+    if calendar_ids is not None:
+        stmt = stmt.where(Channel.calendar_id.in_(list(calendar_ids)))
+    return session.execute(stmt.values(status="stopped", stopped_at=now)).rowcount or 0
+
+
+def live_channels(session: Session, *, calendar_id: int | None = None, account_id: int | None = None,
+                  kind: str = "events") -> list[Channel]:
+    """The pending or active channels of one calendar (or of one account's calendar list)."""
+    stmt = select(Channel).where(Channel.kind == kind, Channel.status.in_(LIVE))
+    if calendar_id is not None:
+        stmt = stmt.where(Channel.calendar_id == calendar_id)
+    if account_id is not None:
+        stmt = stmt.where(Channel.account_id == account_id)
+    return list(session.scalars(stmt.order_by(Channel.created_at)))
+
+
+def needs_new_channel(channels: list[Channel], now: datetime, renew_before: float) -> bool:
+    """True when no active channel outlasts the renewal window (none at all, or all close to expiry).
+
+    Called under the lease of the calendar (or calendar list), so a pending row seen here is a crash's
+    leftover, not a watch in flight.
+    """
+    horizon = now + timedelta(seconds=renew_before)
+    return not any(c.status == "active" and c.expires_at is not None and c.expires_at > horizon for c in channels)
+
+
+def replace_channel(runtime: Runtime, *, calendar_id: int | None = None, account_id: int | None = None) -> str:
+    """Open a new channel first, then stop the old ones (the caller syncs afterwards to cover the seam)."""
+    with transaction(runtime.sessions) as session:
+        kind = "events" if calendar_id is not None else "calendar_list"
+        old = [c.id for c in live_channels(session, calendar_id=calendar_id, account_id=account_id, kind=kind)]
+    if calendar_id is not None:
+        new_id = open_events_channel(runtime, calendar_id)
+    else:
+        assert account_id is not None
+        new_id = open_calendar_list_channel(runtime, account_id)
+    for old_id in old:
+        stop_channel(runtime, old_id, replaced_by=new_id)
+    return new_id
+
+
+def expiration_from_ms(value: Any) -> datetime | None:
+    """Google's `expiration` (Unix ms, as a string) → an aware datetime."""
+    if value in (None, ""):
+        return None
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+
+
+# Helpers ---------------------------------------------------------------------------------------
+def _open(runtime: Runtime, account_id: int, calendar_id: int | None, kind: str,
+          watch: Callable[[GoogleCalendar, str, str], dict[str, Any]]) -> str:
+    channel_id = str(uuid.uuid4())
+    token = secrets.token_urlsafe(32)
+    with transaction(runtime.sessions) as session:
+        session.add(Channel(id=channel_id, account_id=account_id, calendar_id=calendar_id, kind=kind,
+                            token_hash=hash_token(token), status="pending", created_at=runtime.clock.now()))
+    try:
+        api, creds, token_before = _client(runtime, account_id)
+        try:
+            granted = watch(api, channel_id, token)
+        finally:
+            with transaction(runtime.sessions) as session:
+                save_if_refreshed(session, runtime, account_id, creds, token_before)
+    except BaseException:
+        with transaction(runtime.sessions) as session:
+            _mark_stopped(session, [channel_id], runtime.clock.now())
+        raise
+    with transaction(runtime.sessions) as session:
+        # The receiver may already have turned it active on `sync`; a stop in between wins.
+        session.execute(update(Channel).where(Channel.id == channel_id, Channel.status.in_(LIVE)).values(
+            resource_id=granted.get("resourceId"), resource_uri=granted.get("resourceUri"),
+            expires_at=expiration_from_ms(granted.get("expiration")), status="active"))
+    log.info("opened %s channel %s (account %s, calendar %s)", kind, channel_id, account_id, calendar_id)
+    return channel_id
+
+
+def _mark_stopped(session: Session, ids: list[str], now: datetime, *, replaced_by: str | None = None) -> None:
+    values: dict[str, Any] = {"status": "stopped", "stopped_at": now}
+    if replaced_by is not None:
+        values["replaced_by"] = replaced_by
+    session.execute(update(Channel).where(Channel.id.in_(ids), Channel.status != "stopped").values(**values))
+
+
+def _sibling_resource_id(session: Session, channel: Channel) -> str | None:
+    stmt = select(Channel.resource_id).where(Channel.kind == channel.kind, Channel.account_id == channel.account_id,
+                                             Channel.resource_id.is_not(None))
+    if channel.calendar_id is not None:
+        stmt = stmt.where(Channel.calendar_id == channel.calendar_id)
+    return session.scalar(stmt.order_by(Channel.created_at.desc()).limit(1))
+
+
+def _client(runtime: Runtime, account_id: int) -> tuple[GoogleCalendar, Any, str | None]:
+    with transaction(runtime.sessions) as session:
+        account = session.get(Account, account_id)
+        if account is None:
+            raise GoogleNotFound(f"account {account_id} does not exist", status=404, reason="notFound")
+        creds = load_credentials(runtime, account)
+    return GoogleCalendar(creds, runtime.settings.calendar_api_endpoint), creds, creds.token

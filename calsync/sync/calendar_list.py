@@ -1,0 +1,86 @@
+"""An account's calendar list: which of its Google calendars calsync mirrors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from calsync.accounts.connected import load_credentials, mark_reauth_required, save_if_refreshed
+from calsync.store.db import transaction
+from calsync.errors import AuthRevoked, NotFoundError
+from calsync.google.calendar import GoogleCalendar
+from calsync.store.models import Account, Calendar
+from calsync.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class CalendarListResult:
+    """Calendar row ids: `added` (new or back on the list), `removed` (gone from it), `kept`."""
+
+    added: list[int]
+    removed: list[int]
+    kept: list[int]
+
+
+def refresh_calendar_list(runtime: Runtime, account_id: int) -> CalendarListResult:
+    """Read the account's calendar list from Google and mirror it in Calendar rows, in one transaction.
+
+    New calendars (and ones back on the list) ask for a sync; removed ones leave the work queue but
+    keep their changes. Channels are the caller's business: it opens and stops them from the result.
+    """
+    with runtime.sessions() as session:
+        account = session.get(Account, account_id)
+        if account is None:
+            raise NotFoundError(f"no account with id {account_id}")
+        creds = load_credentials(runtime, account)
+    token_before = creds.token
+    try:
+        entries = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint).list_calendars()
+    except AuthRevoked as err:
+        with transaction(runtime.sessions) as session:
+            mark_reauth_required(session, account_id, str(err), runtime.clock.now())
+        raise
+    with transaction(runtime.sessions) as session:
+        now = runtime.clock.now()
+        result = _apply_list(session, account_id, [e for e in entries if not e.get("deleted")], now)
+        save_if_refreshed(session, runtime, account_id, creds, token_before)
+    return result
+
+
+def _apply_list(session: Session, account_id: int, entries: list[dict[str, Any]], now: datetime) -> CalendarListResult:
+    existing = {c.google_id: c for c in session.scalars(select(Calendar).where(Calendar.account_id == account_id))}
+    added: list[Calendar] = []
+    kept: list[Calendar] = []
+    listed: set[str] = set()
+    for entry in entries:
+        google_id = entry["id"]
+        listed.add(google_id)
+        cal = existing.get(google_id)
+        if cal is None:
+            cal = Calendar(account_id=account_id, google_id=google_id, sync_requested=1, sync_done=0,
+                           due_at=now, created_at=now)
+            session.add(cal)
+            added.append(cal)
+        elif cal.removed_at is not None:
+            cal.removed_at = None
+            # An expression, not read-modify-write: a notification may bump the counter concurrently.
+            cal.sync_requested = Calendar.sync_requested + 1  # type: ignore[assignment]
+            cal.due_at = now
+            added.append(cal)
+        else:
+            kept.append(cal)
+        cal.summary = entry.get("summaryOverride") or entry.get("summary")
+        cal.time_zone = entry.get("timeZone")
+        cal.access_role = entry.get("accessRole")
+        cal.primary = bool(entry.get("primary", False))
+    removed = [c for gid, c in existing.items() if gid not in listed and c.removed_at is None]
+    for cal in removed:
+        cal.removed_at = now
+        cal.due_at = None
+    session.flush()
+    return CalendarListResult(added=[c.id for c in added], removed=[c.id for c in removed],
+                              kept=[c.id for c in kept])

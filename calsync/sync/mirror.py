@@ -1,0 +1,368 @@
+"""Applying one page of Google's events to the local mirror, and naming the real differences.
+
+The mirror holds what Google holds: series and exceptions unexpanded, cancelled exceptions of live
+series included, deleted events excluded. Every decision compares Google's JSON with the mirrored
+JSON, so a replayed page (after a crash, or a 410 resync) finds nothing new and writes no Change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Select, String, Text, bindparam, cast, func, select, true
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
+
+from calsync.store.db import is_postgres
+from calsync.sync.diff import changed_fields, event_time_text, implied_occurrence
+from calsync.store.models import Change, Event
+
+CANCELLED = "cancelled"
+_CHUNK = 500  # series ids per IN (...) list, well under SQLite's bound-parameter limit
+
+
+class PageMirror:
+    """The mirrored events of one calendar, as seen inside one page's transaction."""
+
+    def __init__(self, session: Session, calendar_id: int, *, gen: int | None, record: bool,
+                 fresh: bool = False) -> None:
+        self.session = session
+        self.calendar_id = calendar_id
+        self.gen = gen  # set during a full sync: every event seen is stamped with it
+        self.record = record  # False during the baseline: events are written, no Change rows
+        # True when the mirror held no row of this calendar as this full listing began: a live
+        # event's id is then taken as new without a lookup (see `apply`).
+        self.fresh = fresh
+        self.changes: list[Change] = []
+        self._rows: dict[str, _Row | None] = {}
+        self._exceptions: dict[str, list[Event]] = {}
+        # New rows of this page, plain objects outside the session: inserted in bulk at the end of
+        # `apply` (ORM objects and their flush cost more than the database's own work).
+        self._new: dict[str, _NewRow] = {}
+        self._postgres = is_postgres(session)
+
+    def apply(self, items: list[dict[str, Any]], deferred: list[dict[str, Any]]) -> None:
+        """Apply a page; cancelled occurrences whose series is not mirrored yet wait in `deferred`.
+
+        A series may come on a later page than the cancellation of one of its occurrences; the sync
+        token advances only with the last page, so holding such items in memory loses nothing.
+
+        In a fresh listing the only stored rows are those of its earlier pages, so a live event is
+        nearly always new: its id is not looked up, and the rare one listed again on a later page
+        fails its insert on the unique key; the page is then rolled back to a savepoint and applied
+        again with every id looked up. Ids of cancelled events are always looked up: a cancellation
+        deletes, and a wrong guess there would not fail, it would leave the row.
+        """
+        if self.fresh:
+            kept = list(deferred)
+            try:
+                with self.session.begin_nested():
+                    self._apply(items, deferred, look_up_live=False)
+                return
+            except (IntegrityError, self.session.get_bind().dialect.loaded_dbapi.IntegrityError):
+                self.changes.clear()
+                self._rows.clear()
+                self._exceptions.clear()
+                self._new.clear()
+                deferred[:] = kept
+        self._apply(items, deferred, look_up_live=True)
+
+    def _apply(self, items: list[dict[str, Any]], deferred: list[dict[str, Any]], *, look_up_live: bool) -> None:
+        """Live events first, then cancelled ones, then occurrences waiting for their series; one insert."""
+        pending = items + deferred
+        self._load(i["id"] for i in pending if look_up_live or i.get("status") == CANCELLED)
+        self._load(i["recurringEventId"] for i in pending if i.get("recurringEventId"))
+        live: list[dict[str, Any]] = []
+        gone: list[dict[str, Any]] = []
+        occurrences: list[dict[str, Any]] = []
+        for item in items:
+            if item.get("status") != CANCELLED:
+                live.append(item)
+                self._rows.setdefault(item["id"], None)  # looked up above, or taken as new
+            else:
+                (occurrences if item.get("recurringEventId") else gone).append(item)
+        for item in live:
+            self._put_live(item)
+        self._load_exceptions(i["id"] for i in gone)
+        for item in gone:
+            self._put_gone(item)
+        retry = deferred + occurrences
+        deferred.clear()
+        for item in retry:
+            if not self._put_cancelled_occurrence(item):
+                deferred.append(item)
+        self._insert_new()
+
+    def finish(self, deferred: list[dict[str, Any]]) -> None:
+        """Last page: cancelled occurrences of series we never saw stay unmirrored (nothing to hide)."""
+        deferred.clear()
+
+    def sweep(self) -> None:
+        """Last page of a full sync: whatever the listing did not show any more is gone from Google."""
+        assert self.gen is not None
+        stale = self.session.scalars(select(Event).where(
+            Event.calendar_id == self.calendar_id, Event.seen_gen < self.gen)).all()
+        for row in sorted(stale, key=lambda r: r.recurring_event_id is not None):
+            if self._rows.get(row.google_id, row) is not None:
+                self._rows[row.google_id] = row
+                self._remove(row)
+
+    # Live events -------------------------------------------------------------------------------
+    def _put_live(self, item: dict[str, Any]) -> None:
+        row = self._rows.get(item["id"])
+        if not self.record:  # the baseline compares nothing: the row is all there is to write
+            self._write(row, item)
+            return
+        if row is not None and row.status != CANCELLED:
+            fields = changed_fields(row.data, item)
+            if fields:
+                self._change(item["id"], "updated", fields, row.data, item)
+            self._write(row, item)
+            return
+        parent = self._live_parent(item)
+        original = item.get("originalStartTime")
+        if row is None and parent is not None and isinstance(original, dict):
+            # A modified occurrence: it existed before as the series implied it.
+            before = implied_occurrence(parent.data, item["id"], original)
+            fields = changed_fields(before, item)
+            if fields:
+                self._change(item["id"], "updated", fields, before, item)
+        else:
+            # New, or back after a cancellation we mirrored.
+            self._change(item["id"], "created", [], None, item)
+        self._write(row, item)
+
+    # Cancelled events --------------------------------------------------------------------------
+    def _put_gone(self, item: dict[str, Any]) -> None:
+        """A cancelled single event or series: remove it (a series takes its exceptions along)."""
+        row = self._rows.get(item["id"])
+        if row is not None:
+            self._remove(row)
+        else:
+            self._remove_exceptions(item["id"])
+
+    def _put_cancelled_occurrence(self, item: dict[str, Any]) -> bool:
+        """Keep a cancelled occurrence of a live series (it hides one instance); False to defer."""
+        row = self._rows.get(item["id"])
+        series_id = item["recurringEventId"]
+        self._load([series_id])
+        parent = self._rows.get(series_id)
+        if parent is None:
+            if row is not None:
+                self._remove(row)
+                return True
+            return False
+        if parent.status == CANCELLED or parent.data.get("recurrence") is None:
+            if row is not None:
+                self._remove(row)
+            return True
+        if row is None or row.status != CANCELLED:
+            original = item.get("originalStartTime")
+            before = row.data if row is not None else (
+                implied_occurrence(parent.data, item["id"], original) if isinstance(original, dict)
+                else {"id": item["id"], "recurringEventId": series_id})
+            self._change(item["id"], "deleted", [], before, None)
+        self._write(row, item)
+        return True
+
+    def _remove(self, row: _Row) -> None:
+        if row.status != CANCELLED:
+            self._change(row.google_id, "deleted", [], row.data, None)
+        if isinstance(row, _NewRow):
+            del self._new[row.google_id]  # written earlier in this page, never stored
+        else:
+            self.session.delete(row)
+        self._rows[row.google_id] = None
+        if row.recurring_event_id is None:
+            self._remove_exceptions(row.google_id)
+
+    def _remove_exceptions(self, series_id: str) -> None:
+        self._load_exceptions([series_id])
+        for row in self._exceptions.pop(series_id):
+            if self._rows.get(row.google_id) is row:
+                self._remove(row)
+
+    # Rows --------------------------------------------------------------------------------------
+    def _live_parent(self, item: dict[str, Any]) -> _Row | None:
+        series_id = item.get("recurringEventId")
+        if not series_id:
+            return None
+        parent = self._rows.get(series_id)
+        if parent is None or parent.status == CANCELLED or not parent.data.get("recurrence"):
+            return None
+        return parent
+
+    def _write(self, row: _Row | None, item: dict[str, Any]) -> None:
+        """Store Google's JSON as it is (also when only etag/updated/sequence moved)."""
+        if row is None:
+            self._new[item["id"]] = self._rows[item["id"]] = _NewRow(item, self.gen or 0)
+        elif isinstance(row, _NewRow):  # listed twice in this page: the later version is the one
+            row.data = item
+        else:
+            _set_columns(row, item)
+            row.seen_gen = self.gen if self.gen is not None else (row.seen_gen or 0)
+
+    def _change(self, event_id: str, kind: str, fields: list[str], before: dict[str, Any] | None,
+                after: dict[str, Any] | None) -> None:
+        if self.record:
+            self.changes.append(Change(calendar_id=self.calendar_id, event_id=event_id, kind=kind,
+                                       fields=fields, before=before, after=after))
+
+    def _load_exceptions(self, series_ids: Iterable[str]) -> None:
+        """Mirrored exceptions of these series, in one query per chunk (pending writes flushed first)."""
+        wanted = [i for i in dict.fromkeys(series_ids) if i not in self._exceptions]
+        if wanted:
+            self._attach_new()
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start:start + _CHUNK]
+            for series_id in chunk:
+                self._exceptions[series_id] = []
+            for row in self.session.scalars(select(Event).where(
+                    Event.calendar_id == self.calendar_id, Event.recurring_event_id.in_(chunk))):
+                self._exceptions[row.recurring_event_id or ""].append(row)
+                self._rows.setdefault(row.google_id, row)
+
+    def _load(self, ids: Iterable[str]) -> None:
+        """Mirrored rows of these ids (None where there is none), in one query however many."""
+        wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]
+        if not wanted:
+            return
+        query = _BY_IDS_PG if self._postgres else _BY_IDS_SQLITE
+        params = {"cal": self.calendar_id, "ids": json.dumps(wanted)}
+        found = {row.google_id: row for row in self.session.scalars(query, params)}
+        for google_id in wanted:
+            self._rows[google_id] = found.get(google_id)
+
+    def _insert_new(self) -> None:
+        """Store this page's new rows in bulk, after the session's own pending writes.
+
+        The session is flushed first so a row deleted and written again in this page is deleted
+        before it is inserted. The inserted rows leave `_rows`: a later lookup loads them as the
+        session's own objects, as it would any stored row.
+        """
+        if not self._new:
+            return
+        self.session.flush()
+        _insert_rows(self.session.connection(), [row.values(self.calendar_id) for row in self._new.values()])
+        for google_id in self._new:
+            del self._rows[google_id]
+        self._new.clear()
+
+    def _attach_new(self) -> None:
+        """Before a query that must see this page's new rows (exceptions by series): hand them to the session."""
+        for google_id, new in self._new.items():
+            row = new.to_event(self.calendar_id)
+            self.session.add(row)
+            self._rows[google_id] = row
+        self._new.clear()
+
+
+class _NewRow:
+    """A row first seen in this page: Google's JSON and its generation; the columns follow at insert.
+
+    A plain object, not an ORM one: for the thousands of new rows of a full sync, the ORM's
+    bookkeeping cost more than the database's own work.
+    """
+
+    __slots__ = ("data", "seen_gen")
+
+    def __init__(self, data: dict[str, Any], seen_gen: int) -> None:
+        self.data = data
+        self.seen_gen = seen_gen
+
+    @property
+    def google_id(self) -> str:
+        return str(self.data["id"])
+
+    @property
+    def status(self) -> str:
+        return str(self.data.get("status") or "confirmed")
+
+    @property
+    def recurring_event_id(self) -> str | None:
+        return self.data.get("recurringEventId")
+
+    def values(self, calendar_id: int) -> tuple[Any, ...]:
+        """The row in `_INSERT_COLUMNS` order, `data` as JSON text."""
+        data = self.data
+        return (calendar_id, data["id"], *_columns(data), _json_text(data), self.seen_gen)
+
+    def to_event(self, calendar_id: int) -> Event:
+        row = Event(calendar_id=calendar_id, google_id=self.google_id, seen_gen=self.seen_gen)
+        _set_columns(row, self.data)
+        return row
+
+
+_Row = Event | _NewRow
+_INSERT_COLUMNS = ("calendar_id", "google_id", "status", "etag", "updated", "recurring_event_id", "start", "end",
+                   "data", "seen_gen")
+
+
+def _by_ids_pg() -> Select[tuple[Event]]:
+    """Rows by id on PostgreSQL: one unique-index probe per id, whatever the table's statistics say.
+
+    `google_id IN (...)` (or `= ANY`) on a freshly filled `events` table, whose statistics still
+    say it is nearly empty, is planned as a scan of all the calendar's rows filtered by the list:
+    seconds per page at 100,000 events. A LATERAL subquery with LIMIT is not flattened into a
+    join, so each id becomes an equality on the whole unique key (calendar_id, google_id), which
+    the planner always answers from the index.
+    """
+    ids = cast(bindparam("ids", type_=Text), JSONB)  # one JSON array: a text parameter the driver passes as is
+    wanted = func.jsonb_array_elements_text(ids).table_valued("gid").render_derived()
+    probe = (select(Event).where(Event.calendar_id == bindparam("cal"), Event.google_id == wanted.c.gid)
+             .limit(1).lateral("probe"))
+    row = aliased(Event, probe)
+    return select(row).select_from(wanted).join(probe, true())
+
+
+def _by_ids_sqlite() -> Select[tuple[Event]]:
+    """Rows by id on SQLite: the ids as one JSON array, so the statement is the same for any number."""
+    wanted = func.json_each(bindparam("ids", type_=String)).table_valued("value")
+    return select(Event).where(Event.calendar_id == bindparam("cal"), Event.google_id.in_(select(wanted.c.value)))
+
+
+_BY_IDS_PG = _by_ids_pg()
+_BY_IDS_SQLITE = _by_ids_sqlite()
+
+
+def _columns(item: dict[str, Any]) -> tuple[str, str | None, str | None, str | None, str | None, str | None]:
+    """The columns an event row derives from Google's JSON: status, etag, updated, recurring event
+    id, start, end (the order of `_INSERT_COLUMNS`)."""
+    return (str(item.get("status") or "confirmed"), item.get("etag"), item.get("updated"),
+            item.get("recurringEventId"), event_time_text(item.get("start")), event_time_text(item.get("end")))
+
+
+def _set_columns(row: Event, item: dict[str, Any]) -> None:
+    row.status, row.etag, row.updated, row.recurring_event_id, row.start, row.end = _columns(item)
+    row.data = item
+
+
+def _json_text(item: dict[str, Any]) -> str:
+    """An event's JSON as text for the `data` column (orjson is ~8x faster than the json module)."""
+    try:
+        return orjson.dumps(item).decode()
+    except TypeError:  # what orjson cannot write exactly (an integer past 64 bits): the json module
+        return json.dumps(item)
+
+
+def _insert_rows(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Rows in `_INSERT_COLUMNS` order, straight to the driver: COPY on PostgreSQL, executemany on SQLite.
+
+    The per-row work of an ORM or Core insert cost more than the database's own. On PostgreSQL,
+    COPY streams the rows as one statement: on 2,500-event pages it took half the server time of
+    an INSERT per row and a fifth of the client's CPU.
+    """
+    dialect = connection.dialect
+    columns = ", ".join(dialect.identifier_preparer.quote(name) for name in _INSERT_COLUMNS)
+    if dialect.name == "postgresql":
+        driver = connection.connection.driver_connection
+        with driver.cursor() as cursor, cursor.copy(f"COPY {Event.__tablename__} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
+    marks = ", ".join("?" for _ in _INSERT_COLUMNS)
+    connection.exec_driver_sql(f"INSERT INTO {Event.__tablename__} ({columns}) VALUES ({marks})", rows)

@@ -1,0 +1,159 @@
+"""The JSON shapes of the read contract, and the queries behind them.
+
+The API, `calsync changes --json` and the outgoing webhooks print the same dicts, so they are
+built in one place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from calsync.clock import rfc3339
+from calsync.errors import NotFoundError
+from calsync.store.models import Account, Calendar, Change, Channel, Event
+
+EVENTS_PAGE_SIZE = 1000
+CHANGES_DEFAULT_LIMIT = 100
+CHANGES_MAX_LIMIT = 1000
+
+
+class AmbiguousCalendar(ValueError):
+    """Two accounts share this calendar id; the caller must name the account."""
+
+
+@dataclass(frozen=True)
+class ChangesPage:
+    changes: list[dict[str, Any]]
+    next: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"changes": self.changes, "next": self.next}
+
+
+def change_to_dict(change: Change, account_email: str, calendar_google_id: str) -> dict[str, Any]:
+    """One entry of `/api/changes`."""
+    return {
+        "seq": change.seq,
+        "account": account_email,
+        "calendar_id": calendar_google_id,
+        "event_id": change.event_id,
+        "change": change.kind,
+        "fields": list(change.fields or []),
+        "before": change.before,
+        "after": change.after,
+        "detected_at": rfc3339(change.detected_at),
+    }
+
+
+def calendar_to_dict(calendar: Calendar, account: Account, channel: Channel | None) -> dict[str, Any]:
+    """One entry of `/api/calendars`."""
+    return {
+        "account": account.email,
+        "account_status": account.status,
+        "calendar_id": calendar.google_id,
+        "summary": calendar.summary,
+        "sync_state": calendar.sync_state,
+        "last_synced_at": rfc3339(calendar.last_synced_at),
+        "channel": None if channel is None else {"id": channel.id, "expires_at": rfc3339(channel.expires_at)},
+    }
+
+
+def list_calendars(session: Session) -> list[dict[str, Any]]:
+    """Every calendar still in its account's list, with its newest active events channel."""
+    rows = session.execute(
+        select(Calendar, Account).join(Account, Calendar.account_id == Account.id)
+        .where(Calendar.removed_at.is_(None)).order_by(Account.email, Calendar.id)
+    ).all()
+    channels = _newest_active_channels(session, [cal.id for cal, _ in rows])
+    return [calendar_to_dict(cal, account, channels.get(cal.id)) for cal, account in rows]
+
+
+def find_calendars(session: Session, google_id: str, account_email: str | None = None, *,
+                   include_removed: bool = True) -> list[Calendar]:
+    """The calendars known under a Google id (one per account sharing it); NotFoundError if none."""
+    query = select(Calendar).join(Account, Calendar.account_id == Account.id).where(Calendar.google_id == google_id)
+    if account_email is not None:
+        query = query.where(Account.email == account_email)
+    if not include_removed:
+        query = query.where(Calendar.removed_at.is_(None))
+    found = list(session.scalars(query.order_by(Calendar.id)))
+    if not found:
+        owner = f" of account {account_email}" if account_email else ""
+        raise NotFoundError(f"no calendar {google_id!r}{owner}")
+    return found
+
+
+def one_calendar(session: Session, google_id: str, account_email: str | None = None) -> Calendar:
+    """The single live calendar meant by a Google id, or AmbiguousCalendar when accounts share it."""
+    found = find_calendars(session, google_id, account_email, include_removed=False)
+    if len(found) > 1:
+        raise AmbiguousCalendar(f"calendar {google_id!r} belongs to {len(found)} accounts: add account=EMAIL")
+    return found[0]
+
+
+def events_page(session: Session, calendar: Calendar, page_token: str | None,
+                page_size: int = EVENTS_PAGE_SIZE) -> dict[str, Any]:
+    """A page of the mirrored events in row order; the page token is the last row id, opaque."""
+    after = decode_page_token(page_token) if page_token else 0
+    rows = session.execute(
+        select(Event.id, Event.data).where(
+            Event.calendar_id == calendar.id, Event.id > after,
+            # Deleted events are not in the mirror; a cancelled occurrence of a series is kept.
+            or_(Event.status != "cancelled", Event.recurring_event_id.is_not(None)),
+        ).order_by(Event.id).limit(page_size + 1)
+    ).all()
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    return {"items": [data for _, data in rows],
+            "nextPageToken": encode_page_token(rows[-1][0]) if more else None}
+
+
+def changes_page(session: Session, *, after: int, limit: int,
+                 calendars: Sequence[Calendar] | None = None) -> ChangesPage:
+    """Changes with seq > `after`, oldest first; `next` is the last seq returned, else `after`."""
+    query = (select(Change, Account.email, Calendar.google_id)
+             .join(Calendar, Change.calendar_id == Calendar.id)
+             .join(Account, Calendar.account_id == Account.id)
+             .where(Change.seq > after).order_by(Change.seq).limit(limit))
+    if calendars is not None:
+        query = query.where(Change.calendar_id.in_([c.id for c in calendars]))
+    items = [change_to_dict(change, email, google_id)
+             for change, email, google_id in session.execute(query)]
+    return ChangesPage(items, items[-1]["seq"] if items else after)
+
+
+def encode_page_token(row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"e:{row_id}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> int:
+    """The row id inside a page token; ValueError for anything calsync did not hand out."""
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as err:
+        raise ValueError("malformed pageToken") from err
+    prefix, _, number = text.partition(":")
+    if prefix != "e" or not number.isdigit():
+        raise ValueError("malformed pageToken")
+    return int(number)
+
+
+def _newest_active_channels(session: Session, calendar_ids: list[int]) -> dict[int, Channel]:
+    if not calendar_ids:
+        return {}
+    channels = session.scalars(
+        select(Channel).where(and_(Channel.calendar_id.in_(calendar_ids), Channel.kind == "events",
+                                   Channel.status == "active"))
+        .order_by(Channel.created_at, Channel.expires_at)
+    )
+    newest: dict[int, Channel] = {}
+    for channel in channels:  # later rows win: newest last
+        newest[channel.calendar_id] = channel  # type: ignore[index]
+    return newest

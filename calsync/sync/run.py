@@ -1,0 +1,271 @@
+"""Full and incremental sync of one calendar: each page of events is one transaction.
+
+A page's Event rows, its Change rows and (on the last page) the new sync token commit together, so
+a process killed at any instant re-lists from the token it still holds and finds, by comparing with
+the mirror, that what it already wrote needs writing no more.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.oauth2.credentials import Credentials
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from calsync.accounts.connected import credentials_from_stored, mark_reauth_required, save_if_refreshed
+from calsync.sync.changelog import append_changes
+from calsync.store.db import transaction
+from calsync.errors import AuthRevoked, GoogleApiError, LeaseLost, NotFoundError, SyncTokenExpired
+from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar, decode_page
+from calsync.work.leases import CalendarState
+from calsync.metrics import SYNC_SECONDS, SYNCS
+from calsync.sync.mirror import PageMirror
+from calsync.store.models import Calendar, Event
+from calsync.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# The calendar row's per-page updates go through Core: the ORM's bulk-update path costs more than the statement.
+_CALENDARS = Calendar.__table__  # type: ignore[attr-defined]
+
+Progress = Callable[[int, int | None], None]
+# The caller's bookkeeping for a sync that succeeds (lease released, owed work settled): column
+# values written with the last page, in its transaction, so no crash can fall between the two.
+Finish = Callable[[datetime], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync did; `kind` is "full" (baseline), "incremental" or "resync" (compared with the mirror)."""
+
+    kind: str
+    pages: int
+    events_seen: int
+    created: int
+    updated: int
+    deleted: int
+
+
+def sync_calendar(runtime: Runtime, calendar_id: int, *, full: bool = False, lease_owner: str | None = None,
+                  progress: Progress | None = None, page_size: int = EVENTS_PAGE_SIZE,
+                  start: CalendarState | None = None, finish: Finish | None = None) -> SyncResult:
+    """Bring one calendar's mirror and diff log up to date with Google.
+
+    Without a sync token (or with `full`) this lists everything; a 410 on the token clears it and
+    does the same. Errors other than a 410 propagate for the worker to schedule around. `start` is
+    the calendar as the claim read it (else it is read here); `finish` needs `lease_owner`.
+    """
+    started = time.monotonic()
+    job = _Job.load(runtime, calendar_id, lease_owner=lease_owner, progress=progress, page_size=page_size,
+                    start=start)
+    job.finish = finish
+    kind = "incremental" if job.sync_token and not full else ("resync" if job.baseline_done else "full")
+    try:
+        try:
+            result = job.run(kind)
+        except SyncTokenExpired:
+            if kind != "incremental":
+                raise
+            kind = "resync"
+            result = job.run(kind)
+    except AuthRevoked as err:
+        job.mark_revoked(err)
+        SYNCS.labels(kind, "auth_revoked").inc()
+        raise
+    except Exception as err:
+        if isinstance(err, GoogleApiError):
+            try:
+                job.keep_refreshed_token()
+            except SQLAlchemyError:  # secondary: the Google error is the one the caller must see
+                log.warning("calendar %s: could not store a refreshed token", calendar_id, exc_info=True)
+        SYNCS.labels(kind, type(err).__name__).inc()
+        raise
+    SYNCS.labels(kind, "ok").inc()
+    SYNC_SECONDS.labels(kind).observe(time.monotonic() - started)
+    return result
+
+
+@dataclass
+class _Job:
+    """One sync of one calendar: the Google client, the lease, and the state kept between pages."""
+
+    runtime: Runtime
+    calendar_id: int
+    account_id: int
+    google_id: str
+    sync_token: str | None
+    baseline_done: bool
+    credentials: Credentials
+    lease_owner: str | None
+    progress: Progress | None
+    page_size: int
+    token_before: str | None = None
+    finish: Finish | None = None
+    api: GoogleCalendar = field(init=False)
+    # Totals over the whole job: an incremental cut short by a 410 still counts what it committed.
+    pages: int = 0
+    events_seen: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def load(cls, runtime: Runtime, calendar_id: int, *, lease_owner: str | None, progress: Progress | None,
+             page_size: int, start: CalendarState | None = None) -> _Job:
+        if start is None:  # not claimed by a worker (the CLI, the first sync after consent): read the row
+            with runtime.sessions() as session:
+                cal = session.get(Calendar, calendar_id)
+                if cal is None:
+                    raise NotFoundError(f"no calendar with id {calendar_id}")
+                start = CalendarState(account_id=cal.account_id, google_id=cal.google_id, sync_token=cal.sync_token,
+                                      baseline_done=bool(cal.baseline_done), credentials=cal.account.credentials)
+        creds = credentials_from_stored(runtime, start.credentials)
+        job = cls(runtime=runtime, calendar_id=calendar_id, account_id=start.account_id, google_id=start.google_id,
+                  sync_token=start.sync_token, baseline_done=start.baseline_done, credentials=creds,
+                  lease_owner=lease_owner, progress=progress, page_size=page_size, token_before=creds.token)
+        job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
+        return job
+
+    def run(self, kind: str) -> SyncResult:
+        """List every page (from the token when incremental) and commit each one with its changes."""
+        token = self.sync_token if kind == "incremental" else None
+        gen: int | None = None
+        fresh = False  # a full listing into a mirror that held no row of this calendar as it began
+        deferred: list[dict[str, Any]] = []
+        with closing(self._pages(token)) as pages:
+            for page, credentials, committing in pages:
+                next_sync_token = page.get("nextSyncToken")
+                items: list[dict[str, Any]] = list(page.get("items") or [])
+                with transaction(self.runtime.sessions) as session:
+                    now = self.runtime.clock.now()
+                    self._extend_lease(session, now)
+                    if token is None and gen is None:
+                        gen, fresh = self._start_full_sync(session)
+                    mirror = PageMirror(session, self.calendar_id, gen=gen, record=kind != "full", fresh=fresh)
+                    mirror.apply(items, deferred)
+                    if next_sync_token:
+                        mirror.finish(deferred)
+                        if gen is not None and not fresh:
+                            mirror.sweep()
+                        self._finish(session, next_sync_token, now)
+                    save_if_refreshed(session, self.runtime, self.account_id, credentials, self.token_before)
+                    append_changes(session, mirror.changes, now)
+                    committing()
+                self.token_before = credentials.token
+                self.counts.update(change.kind for change in mirror.changes)
+                self.pages += 1
+                self.events_seen += len(items)
+                if self.progress is not None:
+                    self.progress(self.events_seen, None)
+                if next_sync_token:
+                    self.sync_token = next_sync_token
+                    self.baseline_done = True
+        return SyncResult(kind=kind, pages=self.pages, events_seen=self.events_seen, created=self.counts["created"],
+                          updated=self.counts["updated"], deleted=self.counts["deleted"])
+
+    def _pages(self, sync_token: str | None) -> Iterator[tuple[dict[str, Any], Credentials, Callable[[], None]]]:
+        """The pages of one listing, each with a copy of the credentials and a `committing` signal.
+
+        Page N names page N+1, so its request goes out on a background thread as soon as page N is
+        here and travels while page N is written. Decoding it holds the GIL for milliseconds on end,
+        which would stall the writer's own Python work, so the thread waits for `committing()` (the
+        writer calls it just before its commit, which lets go of the GIL while the database works)
+        and decodes then. One page ahead at most: memory stays that of two pages however long the
+        calendar. The credentials are copied while no request is in flight, so a token refreshed by
+        the request ahead is stored with the page after it, never half-read. The last page carries
+        the sync token; a listing that ends without one is an error before any write.
+        """
+
+        def body(page_token: str | None) -> bytes:
+            return self.api.events_page_body(self.google_id, sync_token=sync_token, page_token=page_token,
+                                             max_results=self.page_size)
+
+        def fetch(page_token: str, decode: threading.Event) -> dict[str, Any]:
+            fetched = body(page_token)
+            decode.wait()
+            return decode_page(fetched)
+
+        page = decode_page(body(None))
+        committing = threading.Event()
+        # Leaving the block (the caller failed or stopped) waits for a request still in flight, so the
+        # client is never used by two threads at once (the resync after a 410 reuses it).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="calsync-page") as pool:
+            try:
+                while True:
+                    page_token = page.get("nextPageToken")
+                    if not page_token and not page.get("nextSyncToken"):
+                        raise GoogleApiError("events.list ended without nextSyncToken", reason="noSyncToken")
+                    credentials = copy.copy(self.credentials)
+                    committing = threading.Event()
+                    ahead = pool.submit(fetch, page_token, committing) if page_token else None
+                    yield page, credentials, committing.set
+                    if ahead is None:
+                        return
+                    committing.set()
+                    page = ahead.result()
+            finally:
+                committing.set()  # a page that failed or was abandoned must not leave the thread waiting
+
+    def mark_revoked(self, err: AuthRevoked) -> None:
+        """A dead grant must be visible; recorded in its own transaction before the error goes on."""
+        with transaction(self.runtime.sessions) as session:
+            mark_reauth_required(session, self.account_id, str(err), self.runtime.clock.now())
+
+    def keep_refreshed_token(self) -> None:
+        """A token refreshed before a failed call is still good: keep it so the retry does not refresh."""
+        if self.credentials.token == self.token_before:
+            return
+        with transaction(self.runtime.sessions) as session:
+            save_if_refreshed(session, self.runtime, self.account_id, self.credentials, self.token_before)
+        self.token_before = self.credentials.token
+
+    # Inside a page's transaction --------------------------------------------------------------
+    def _extend_lease(self, session: Session, now: datetime) -> None:
+        """Extend our lease, or stop writing if another worker owns the calendar now."""
+        if self.lease_owner is None:
+            return
+        until = now + timedelta(seconds=self.runtime.settings.lease_seconds)
+        result = session.execute(
+            update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id, _CALENDARS.c.lease_owner == self.lease_owner)
+            .values(lease_until=until))
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise self._lease_lost()
+
+    def _start_full_sync(self, session: Session) -> tuple[int, bool]:
+        """A new generation: events the listing stamps with it are present; older ones are gone.
+
+        Also whether the mirror is empty (fresh): then every row at the end of this listing was
+        written by it, so the closing sweep (a scan of the calendar's rows) would find nothing, and
+        ids need no lookup before their insert (see `PageMirror.apply`).
+        """
+        session.execute(update(Calendar).where(Calendar.id == self.calendar_id)
+                        .values(full_sync_gen=Calendar.full_sync_gen + 1, sync_token=None)
+                        .execution_options(synchronize_session=False))
+        gen = int(session.scalar(select(Calendar.full_sync_gen).where(Calendar.id == self.calendar_id)) or 0)
+        mirrored = session.scalar(select(Event.id).where(Event.calendar_id == self.calendar_id).limit(1))
+        return gen, mirrored is None
+
+    def _finish(self, session: Session, next_sync_token: str, now: datetime) -> None:
+        values: dict[str, Any] = dict(
+            sync_token=next_sync_token, baseline_done=True, last_synced_at=now, sync_state="synced",
+            last_error=None, next_reconcile_at=now + timedelta(seconds=self.runtime.settings.reconcile_every))
+        stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
+        if self.finish is not None:
+            values.update(self.finish(now))
+            stmt = stmt.where(_CALENDARS.c.lease_owner == self.lease_owner)
+        result = session.execute(stmt.values(**values))
+        if self.finish is not None and result.rowcount == 0:  # type: ignore[attr-defined]
+            raise self._lease_lost()
+
+    def _lease_lost(self) -> LeaseLost:
+        return LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")

@@ -1,0 +1,183 @@
+"""The worker's jobs: sync one calendar, refresh one account's calendar list.
+
+Each job gets a Claim (ids and the lease owner, never ORM objects), uses short sessions, and is
+idempotent: running it twice costs at most a few calls, never a duplicate change. Errors are
+sorted here into backoff (rate limits, 5xx), long retries (forbidden), re-consent (dead grant) and
+"someone else has it" (lease lost); the broad `except` is only at the top of a job.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from calsync.accounts.connected import mark_reauth_required
+from calsync.work.backoff import backoff_delay
+from calsync.sync.calendar_list import refresh_calendar_list
+from calsync.push.channels import live_channels, needs_new_channel, replace_channel, stop_channel, stop_channels_locally
+from calsync.store.db import transaction
+from calsync.errors import AuthRevoked, GoogleApiError, GoogleNotFound, LeaseLost, TransientGoogleError
+from calsync.work.leases import (
+    Claim,
+    account_list_error_count,
+    calendar_error_count,
+    fail_account_list,
+    fail_calendar,
+    finish_account_list,
+    finish_calendar,
+    finish_values,
+    release_account_list,
+    release_calendar,
+)
+from calsync.store.models import Account, Calendar
+from calsync.runtime import Runtime
+from calsync.sync.run import sync_calendar
+
+log = logging.getLogger(__name__)
+
+
+def run_calendar_job(runtime: Runtime, claim: Claim) -> None:
+    """Renew the calendar's channel if due, sync it, and record the outcome on its queue fields."""
+    try:
+        _sync_with_channel(runtime, claim)
+    except LeaseLost:
+        log.info("calendar %s: lease lost to another worker; dropping the job", claim.id)
+    except AuthRevoked as err:
+        _account_revoked(runtime, _account_of(runtime, claim.id), str(err))
+        with transaction(runtime.sessions) as session:
+            release_calendar(session, claim)
+    except TransientGoogleError as err:
+        _fail(runtime, claim, err, state="backoff", retry_after=err.retry_after)
+    except GoogleNotFound as err:
+        # Gone from Google: the calendar list will say so; until then, do not keep asking.
+        _request_list_refresh(runtime, _account_of(runtime, claim.id))
+        _fail(runtime, claim, err, state="error", floor=runtime.settings.reconcile_every)
+    except GoogleApiError as err:
+        _fail(runtime, claim, err, state="error", floor=runtime.settings.reconcile_every)
+    except Exception as err:
+        log.exception("calendar %s: sync failed unexpectedly", claim.id)
+        _fail(runtime, claim, err, state="backoff")
+
+
+def run_list_job(runtime: Runtime, claim: Claim) -> None:
+    """Keep the account's calendar-list channel alive, refresh the list, stop removed calendars' channels."""
+    try:
+        _refresh_with_channel(runtime, claim)
+    except AuthRevoked as err:
+        _account_revoked(runtime, claim.id, str(err))
+        with transaction(runtime.sessions) as session:
+            release_account_list(session, claim)
+    except Exception as err:
+        if not isinstance(err, GoogleApiError):
+            log.exception("account %s: calendar-list refresh failed unexpectedly", claim.id)
+        transient = isinstance(err, TransientGoogleError) or not isinstance(err, GoogleApiError)
+        with transaction(runtime.sessions) as session:
+            count = account_list_error_count(session, claim.id) + 1
+            delay = backoff_delay(count, retry_after=getattr(err, "retry_after", None))
+            if not transient:
+                delay = max(delay, runtime.settings.reconcile_every)
+            fail_account_list(session, claim, runtime.clock.now(), delay=delay, error=describe(err))
+
+
+def describe(err: BaseException) -> str:
+    """What an operator needs in `last_error`: the kind, Google's status and reason, the message."""
+    status, reason = getattr(err, "status", None), getattr(err, "reason", None)
+    detail = " ".join(str(x) for x in (status, reason) if x)
+    return f"{type(err).__name__}" + (f" ({detail})" if detail else "") + f": {err}"
+
+
+# Helpers ---------------------------------------------------------------------------------------
+def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
+    settings = runtime.settings
+    start = claim.calendar
+    if start is not None and start.channel_ok is not None:
+        baseline_before, channel_ok = start.baseline_done, start.channel_ok
+    else:
+        with transaction(runtime.sessions) as session:
+            baseline_before = bool(session.scalar(select(Calendar.baseline_done).where(Calendar.id == claim.id)))
+            channel_ok = not needs_new_channel(live_channels(session, calendar_id=claim.id), runtime.clock.now(),
+                                               settings.renew_before)
+    if baseline_before and not channel_ok:
+        # New channel first, old one stopped; the sync below covers the seam between them.
+        replace_channel(runtime, calendar_id=claim.id)
+        start = None  # the watch may have refreshed the account's token: read it again
+    if baseline_before:
+        # Nothing follows the sync: the lease is released and owed work settled with its last page.
+        def finish(now: datetime) -> dict[str, Any]:
+            return finish_values(claim, now, settings.reconcile_every, settings.sync_min_interval)
+
+        sync_calendar(runtime, claim.id, lease_owner=claim.owner, start=start, finish=finish)
+        return
+    sync_calendar(runtime, claim.id, lease_owner=claim.owner, start=start)
+    # The first full sync is the baseline; only now is the calendar worth watching. Changes made
+    # between the last page and the watch are caught by one more (incremental) sync.
+    replace_channel(runtime, calendar_id=claim.id)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Calendar).where(Calendar.id == claim.id)
+                        .values(sync_requested=Calendar.sync_requested + 1))
+        runtime.wakeup.notify_after_commit(session)
+        if not finish_calendar(session, claim, runtime.clock.now(), settings.reconcile_every, 0.0):
+            log.info("calendar %s: synced, but the lease had passed to another worker", claim.id)
+
+
+def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
+    settings = runtime.settings
+    with transaction(runtime.sessions) as session:
+        renew = needs_new_channel(live_channels(session, account_id=claim.id, kind="calendar_list"),
+                                  runtime.clock.now(), settings.renew_before)
+    if renew:
+        # Watch first: the refresh below then covers everything since the watch began.
+        replace_channel(runtime, account_id=claim.id)
+    result = refresh_calendar_list(runtime, claim.id)
+    if result.removed:
+        with transaction(runtime.sessions) as session:
+            doomed = [c.id for cal_id in result.removed for c in live_channels(session, calendar_id=cal_id)]
+        for channel_id in doomed:
+            stop_channel(runtime, channel_id)
+    with transaction(runtime.sessions) as session:
+        now = runtime.clock.now()
+        if result.added:
+            session.execute(update(Calendar).where(Calendar.id.in_(list(result.added)), Calendar.due_at.is_(None))
+                            .values(due_at=now))
+            runtime.wakeup.notify_after_commit(session)
+        finish_account_list(session, claim, now, settings.reconcile_every)
+
+
+def _fail(runtime: Runtime, claim: Claim, err: BaseException, *, state: str, retry_after: float | None = None,
+          floor: float = 0.0) -> None:
+    with transaction(runtime.sessions) as session:
+        count = calendar_error_count(session, claim.id) + 1
+        delay = max(floor, backoff_delay(count, retry_after=retry_after))
+        fail_calendar(session, claim, runtime.clock.now(), delay=delay, state=state, error=describe(err))
+    log.warning("calendar %s: %s; retry in %.1fs", claim.id, describe(err), delay)
+
+
+def _account_revoked(runtime: Runtime, account_id: int | None, reason: str) -> None:
+    """The grant is dead: the account says so, and its channels stop (Google calls would fail anyway)."""
+    if account_id is None:
+        return
+    with transaction(runtime.sessions) as session:
+        now = runtime.clock.now()
+        status = session.scalar(select(Account.status).where(Account.id == account_id))
+        if status == "active":
+            mark_reauth_required(session, account_id, reason, now)
+        stopped = stop_channels_locally(session, now=now, account_id=account_id)
+    log.warning("account %s: grant revoked (%s); %d channel(s) stopped", account_id, reason, stopped)
+
+
+def _request_list_refresh(runtime: Runtime, account_id: int | None) -> None:
+    if account_id is None:
+        return
+    with transaction(runtime.sessions) as session:
+        now = runtime.clock.now()
+        session.execute(update(Account).where(Account.id == account_id).values(
+            list_requested=Account.list_requested + 1, list_due_at=now))
+        runtime.wakeup.notify_after_commit(session)
+
+
+def _account_of(runtime: Runtime, calendar_id: int) -> int | None:
+    with runtime.sessions() as session:
+        return session.scalar(select(Calendar.account_id).where(Calendar.id == calendar_id))

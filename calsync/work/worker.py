@@ -1,0 +1,214 @@
+"""The worker: threads that claim due work under leases and do it.
+
+Work is rows in the database (calendars owing a sync, calendar lists owing a refresh, webhook
+deliveries), so any worker process can pick up what another left. A notification wakes a thread
+at once (in-process condition, LISTEN/NOTIFY on PostgreSQL); polling is only the fallback.
+`run_burst()` does everything due now and returns, which makes tests deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from calsync.store.db import is_own_backend, transaction
+from calsync.work.jobs import run_calendar_job, run_list_job
+from calsync.work.leases import Claim, claim_account_list, claim_calendar, release_account_list, release_calendar
+from calsync.store.models import Delivery, WorkerHeartbeat
+from calsync.runtime import Runtime
+from calsync.work.scheduler import expire_lapsed_channels, prune, schedule_missing_channels, schedule_renewals
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 5.0  # /healthz calls a worker alive for three of these
+POLL_SECONDS = 1.5  # the fallback when no wake-up arrives
+SCHEDULER_SECONDS = 2.0
+DELIVERY_BATCH = 50
+
+JobFn = Callable[[Runtime, Claim], None]
+ReleaseFn = Callable[[Session, Claim], None]
+
+_DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
+_DELIVERY_NOW = bindparam("now", type_=_DELIVERIES.c.next_attempt_at.type)
+_DELIVERY_DUE = (select(_DELIVERIES.c.id)
+                 .where(_DELIVERIES.c.state == "pending", _DELIVERIES.c.next_attempt_at <= _DELIVERY_NOW,
+                        or_(_DELIVERIES.c.lease_until.is_(None), _DELIVERIES.c.lease_until <= _DELIVERY_NOW))
+                 .limit(1))
+
+
+class Worker:
+    """One worker process's threads (or a part of `calsync serve`)."""
+
+    def __init__(self, runtime: Runtime, name: str | None = None, threads: int | None = None) -> None:
+        self.runtime = runtime
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.threads = max(1, threads or runtime.settings.worker_threads)
+        # The scheduler must look several times within the renewal window, however short it is.
+        self.tick_seconds = max(0.05, min(SCHEDULER_SECONDS, runtime.settings.renew_before / 4))
+        self._started = False
+
+    # Entry points ----------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Work until `stop` is set; then finish the job in hand, release nothing half-done, return."""
+        self.start_up()
+        listener = self._start_listener(stop)
+        threads = [threading.Thread(target=self._loop, args=(f"{self.name}/{i}", stop),
+                                    name=f"calsync-worker-{i}", daemon=True) for i in range(self.threads)]
+        for t in threads:
+            t.start()
+        try:
+            while not stop.wait(self.tick_seconds):
+                self.tick()
+        finally:
+            stop.set()
+            self.runtime.wakeup.notify_all()
+            for t in threads:
+                t.join()
+            if listener is not None:
+                listener.join(timeout=5)
+            self._forget_heartbeat()
+
+    def run_burst(self) -> int:
+        """Do everything due now (including follow-up work it creates), then return the job count."""
+        self.start_up()
+        owner = f"{self.name}/burst"
+        done = 0
+        while True:
+            self.tick()
+            did = self.work_once(owner)
+            if not did:
+                return done
+            done += did
+
+    def start_up(self) -> None:
+        """Heartbeat, and recreate channels that lapsed while no worker ran."""
+        if self._started:
+            return
+        self._started = True
+        now = self.runtime.clock.now()
+        with transaction(self.runtime.sessions) as session:
+            schedule_missing_channels(session, now, self.runtime.settings.renew_before)
+        self.tick()
+
+    def tick(self) -> None:
+        """One scheduler pass: heartbeat, due renewals, bounded logs. Cheap and idempotent."""
+        now = self.runtime.clock.now()
+        try:
+            with transaction(self.runtime.sessions) as session:
+                self._heartbeat(session)
+                marked = schedule_renewals(session, now, self.runtime.settings.renew_before)
+                expire_lapsed_channels(session, now)
+                prune(session, self.runtime, now)
+                if marked:
+                    self.runtime.wakeup.notify_after_commit(session)
+        except SQLAlchemyError:
+            log.exception("scheduler pass failed; will retry")
+
+    def work_once(self, owner: str, stop: threading.Event | None = None) -> int:
+        """Claim and do one calendar-list refresh or else one calendar sync, then due deliveries.
+
+        One transaction claims and asks whether any delivery may be due, so a thread that finds
+        nothing has spent one short transaction. Lists go first: they are rare and quick, and a
+        backlog of calendars must not starve them.
+        """
+        rt = self.runtime
+        claim, run, release, deliveries_due = self._claim(owner)
+        done = 0
+        if claim is not None:
+            if claim.more_due or run is run_list_job:
+                rt.wakeup.notify_local()  # more may be waiting: pass the wake-up on to an idle thread
+            if stop is not None and stop.is_set():
+                self._release(release, claim)
+                return done
+            run(rt, claim)
+            done += 1
+        if deliveries_due and not (stop is not None and stop.is_set()):
+            done += self._deliveries(owner)
+        return done
+
+    # Helpers ---------------------------------------------------------------------------------
+    def _loop(self, owner: str, stop: threading.Event) -> None:
+        wakeup = self.runtime.wakeup
+        while not stop.is_set():
+            generation = wakeup.generation()
+            try:
+                did = self.work_once(owner, stop)
+            except Exception:
+                log.exception("worker thread %s: unexpected failure", owner)
+                did = 0
+                stop.wait(POLL_SECONDS)
+            if not did:
+                wakeup.wait(generation, POLL_SECONDS)
+
+    def _claim(self, owner: str) -> tuple[Claim | None, JobFn, ReleaseFn, bool]:
+        rt = self.runtime
+        settings = rt.settings
+        with transaction(rt.sessions) as session:
+            now = rt.clock.now()
+            deliveries_due = _deliveries_may_be_due(session, now)
+            claim = claim_account_list(session, owner, now, settings.lease_seconds)
+            if claim is not None:
+                return claim, run_list_job, release_account_list, deliveries_due
+            claim = claim_calendar(session, owner, now, settings.lease_seconds, settings.renew_before)
+            return claim, run_calendar_job, release_calendar, deliveries_due
+
+    def _release(self, release_fn: ReleaseFn, claim: Claim) -> None:
+        with transaction(self.runtime.sessions) as session:
+            release_fn(session, claim)
+
+    def _deliveries(self, owner: str) -> int:
+        from calsync.webhooks.delivery import run_due_deliveries
+
+        try:
+            return int(run_due_deliveries(self.runtime, owner, limit=DELIVERY_BATCH) or 0)
+        except Exception:
+            log.exception("webhook deliveries failed")
+            return 0
+
+    def _heartbeat(self, session: Session) -> None:
+        now = self.runtime.clock.now()
+        row = session.get(WorkerHeartbeat, self.name)
+        if row is None:
+            session.add(WorkerHeartbeat(name=self.name, host=socket.gethostname()[:255], pid=os.getpid(),
+                                        started_at=now, seen_at=now))
+        else:
+            row.seen_at = now
+
+    def _forget_heartbeat(self) -> None:
+        try:
+            with transaction(self.runtime.sessions) as session:
+                row = session.get(WorkerHeartbeat, self.name)
+                if row is not None:
+                    session.delete(row)
+        except SQLAlchemyError:
+            log.warning("could not remove the heartbeat of %s", self.name)
+
+    def _start_listener(self, stop: threading.Event) -> threading.Thread | None:
+        if self.runtime.engine.dialect.name != "postgresql":
+            return None
+        from calsync.work.listen import Listener
+
+        engine = self.runtime.engine
+        # This process's own NOTIFYs woke its threads already (at commit); only others' need passing on.
+        listener = Listener(engine.url, self.runtime.wakeup, stop, ignore=lambda pid: is_own_backend(engine, pid))
+        listener.start()
+        return listener
+
+
+def _deliveries_may_be_due(session: Session, now: datetime) -> bool:
+    """Whether a webhook delivery is pending, due and unleased: a cheap look before the real claim."""
+    return session.execute(_DELIVERY_DUE, {"now": now}).first() is not None
+
+
+def heartbeat_is_fresh(seen_at: datetime | None, now: datetime) -> bool:
+    """A worker that has not been seen for three heartbeats is presumed dead."""
+    return seen_at is not None and now - seen_at <= timedelta(seconds=3 * HEARTBEAT_SECONDS)

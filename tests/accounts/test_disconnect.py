@@ -1,0 +1,197 @@
+"""Disconnecting stops the account's channels at Google, revokes its grant and forgets its tokens."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from google.auth.exceptions import RefreshError
+from google.auth.transport.requests import Request
+from sqlalchemy import select
+
+from calsync.accounts.connected import load_credentials, upsert_account
+from calsync.store.db import transaction
+from calsync.accounts.disconnect import disconnect_account
+from calsync.errors import NotFoundError
+from calsync.google.calendar import GoogleCalendar
+from calsync.google.oauth import credentials_from_json
+from calsync.store.models import Account, Calendar, Channel
+from calsync.runtime import Runtime
+
+READONLY = "https://www.googleapis.com/auth/calendar.readonly"
+EMAIL = "alice@example.com"
+
+
+def connect(runtime: Runtime, emu: Any, email: str = EMAIL) -> int:
+    """An account as after consent: tokens from the emulator, stored through upsert_account."""
+    emu.create_user(email)
+    tokens = emu.issue_tokens(email, scopes=[READONLY])
+    creds = credentials_from_json(json.dumps({"token": tokens["access_token"],
+                                              "refresh_token": tokens["refresh_token"],
+                                              "scopes": [READONLY]}), runtime.settings)
+    with transaction(runtime.sessions) as session:
+        account = upsert_account(session, runtime.cipher, email, creds, [READONLY], runtime.clock.now())
+        return account.id
+
+
+def add_calendar(runtime: Runtime, account_id: int, google_id: str) -> int:
+    with transaction(runtime.sessions) as session:
+        cal = Calendar(account_id=account_id, google_id=google_id, sync_state="synced",
+                       due_at=runtime.clock.now())
+        session.add(cal)
+        session.flush()
+        return cal.id
+
+
+def watch(runtime: Runtime, account_id: int, calendar_id: int | None, google_id: str | None) -> str:
+    """Open a real channel at the emulator and record it the way calsync does (row first)."""
+    channel_id = str(uuid.uuid4())
+    with transaction(runtime.sessions) as session:
+        account = session.get(Account, account_id)
+        assert account is not None
+        creds = load_credentials(runtime, account)
+        session.add(Channel(id=channel_id, account_id=account_id, calendar_id=calendar_id,
+                            kind="events" if google_id else "calendar_list", token_hash="0" * 64))
+    google = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
+    address = runtime.settings.notifications_url
+    if google_id:
+        answer = google.watch_events(google_id, channel_id=channel_id, token="t", address=address, ttl=3600)
+    else:
+        answer = google.watch_calendar_list(channel_id=channel_id, token="t", address=address, ttl=3600)
+    with transaction(runtime.sessions) as session:
+        channel = session.get(Channel, channel_id)
+        assert channel is not None
+        channel.resource_id = answer["resourceId"]
+        channel.status = "active"
+    return channel_id
+
+
+def refresh_works(runtime: Runtime, refresh_token: str) -> bool:
+    creds = credentials_from_json(json.dumps({"refresh_token": refresh_token, "scopes": [READONLY]}),
+                                  runtime.settings)
+    try:
+        creds.refresh(Request())
+    except RefreshError:
+        return False
+    return True
+
+
+def test_disconnect_stops_channels_revokes_the_grant_and_wipes_tokens(runtime: Runtime, emu: Any) -> None:
+    emu.create_user(EMAIL)
+    team = emu.create_calendar(EMAIL, "Team")
+    account_id = connect(runtime, emu)
+    other_id = connect(runtime, emu, "bob@example.com")
+    primary = add_calendar(runtime, account_id, EMAIL)
+    team_cal = add_calendar(runtime, account_id, team)
+    bobs_cal = add_calendar(runtime, other_id, "bob@example.com")
+    opened = [watch(runtime, account_id, primary, EMAIL), watch(runtime, account_id, team_cal, team),
+              watch(runtime, account_id, None, None)]
+    bobs_channel = watch(runtime, other_id, bobs_cal, "bob@example.com")
+    with transaction(runtime.sessions) as session:  # a watch that never answered: nothing to stop at Google
+        session.add(Channel(id="never-answered", account_id=account_id, calendar_id=primary, kind="events",
+                            token_hash="0" * 64, status="pending"))
+    assert {c["id"] for c in emu.channels()} == {*opened, bobs_channel}
+    with runtime.sessions() as session:
+        account = session.get(Account, account_id)
+        assert account is not None
+        refresh_token = load_credentials(runtime, account).refresh_token
+    assert refresh_token and refresh_works(runtime, refresh_token)
+
+    result = disconnect_account(runtime, account_id)
+
+    assert {c["id"] for c in emu.channels()} == {bobs_channel}
+    assert sorted(result.channels_stopped) == sorted([*opened, "never-answered"])
+    assert result.revoked and not result.channels_not_stopped
+    assert not refresh_works(runtime, refresh_token)
+    with runtime.sessions() as session:
+        account = session.get(Account, account_id)
+        assert account is not None and account.status == "disconnected"
+        assert json.loads(runtime.cipher.decrypt_str(account.credentials)) == {}
+        assert account.list_due_at is None
+        channels = {c.id: c for c in session.scalars(select(Channel))}
+        for channel_id in [*opened, "never-answered"]:
+            assert channels[channel_id].status == "stopped" and channels[channel_id].stopped_at is not None
+        assert channels[bobs_channel].status == "active"
+        calendars = {c.id: c for c in session.scalars(select(Calendar))}
+        assert calendars[primary].due_at is None and calendars[team_cal].due_at is None
+        assert calendars[bobs_cal].due_at is not None
+        bob = session.get(Account, other_id)
+        assert bob is not None and bob.status == "active"
+
+
+def test_disconnect_is_idempotent(runtime: Runtime, emu: Any) -> None:
+    emu.create_user(EMAIL)
+    account_id = connect(runtime, emu)
+    cal = add_calendar(runtime, account_id, EMAIL)
+    watch(runtime, account_id, cal, EMAIL)
+    first = disconnect_account(runtime, account_id)
+    calls = len(emu.requests)
+    second = disconnect_account(runtime, account_id)
+    assert first.revoked and len(first.channels_stopped) == 1
+    assert second.already_disconnected and not second.revoked and not second.channels_stopped
+    assert len(emu.requests) == calls, "nothing left to ask Google"
+    with runtime.sessions() as session:
+        account = session.get(Account, account_id)
+        assert account is not None and account.status == "disconnected"
+
+
+def test_channel_already_gone_at_google_counts_as_stopped(runtime: Runtime, emu: Any) -> None:
+    emu.create_user(EMAIL)
+    account_id = connect(runtime, emu)
+    cal = add_calendar(runtime, account_id, EMAIL)
+    with transaction(runtime.sessions) as session:
+        session.add(Channel(id="expired-at-google", account_id=account_id, calendar_id=cal, kind="events",
+                            token_hash="0" * 64, resource_id="unknown-resource", status="active"))
+    result = disconnect_account(runtime, account_id)
+    assert result.channels_stopped == ["expired-at-google"]
+    assert emu.count("calendar.channels.stop") == 1
+
+
+def test_disconnect_with_a_grant_already_dead_still_disconnects(runtime: Runtime, emu: Any) -> None:
+    emu.create_user(EMAIL)
+    account_id = connect(runtime, emu)
+    cal = add_calendar(runtime, account_id, EMAIL)
+    channel_id = watch(runtime, account_id, cal, EMAIL)
+    emu.revoke_grant(EMAIL)
+    emu.expire_access_tokens()
+    result = disconnect_account(runtime, account_id)
+    assert result.channels_not_stopped == [channel_id]
+    with runtime.sessions() as session:
+        account = session.get(Account, account_id)
+        channel = session.get(Channel, channel_id)
+        assert account is not None and account.status == "disconnected"
+        assert channel is not None and channel.status == "stopped"
+
+
+def test_unknown_account_is_not_found(runtime: Runtime) -> None:
+    with pytest.raises(NotFoundError):
+        disconnect_account(runtime, 424242)
+
+
+def test_reconnecting_a_disconnected_account_makes_it_active_again(runtime: Runtime, emu: Any) -> None:
+    emu.create_user(EMAIL)
+    account_id = connect(runtime, emu)
+    cal = add_calendar(runtime, account_id, EMAIL)
+    disconnect_account(runtime, account_id)
+    assert connect(runtime, emu) == account_id
+    with runtime.sessions() as session:
+        account = session.get(Account, account_id)
+        calendar = session.get(Calendar, cal)
+        assert account is not None and account.status == "active"
+        assert calendar is not None and calendar.due_at is not None
+        assert load_credentials(runtime, account).refresh_token
+
+
+def test_operator_disconnect_endpoint(client: Any, runtime: Runtime, emu: Any, api_headers: dict[str, str]) -> None:
+    emu.create_user(EMAIL)
+    connect(runtime, emu)
+    resp = client.post(f"/api/accounts/{EMAIL}/disconnect", headers=api_headers)
+    assert resp.status_code == 200
+    assert resp.get_json() == {"account": EMAIL, "status": "disconnected", "revoked": True,
+                               "channels_stopped": [], "channels_not_stopped": []}
+    again = client.post(f"/api/accounts/{EMAIL}/disconnect", headers=api_headers)
+    assert again.status_code == 200 and again.get_json()["status"] == "disconnected"
+    with runtime.sessions() as session:
+        assert session.scalar(select(Account.status).where(Account.email == EMAIL)) == "disconnected"

@@ -1,0 +1,124 @@
+"""Opening, replacing and stopping push channels against the emulator."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from calsync.push.channels import (
+    live_channels,
+    needs_new_channel,
+    open_calendar_list_channel,
+    open_events_channel,
+    replace_channel,
+    stop_channel,
+)
+from calsync.store.db import transaction
+from calsync.errors import RateLimited
+from calsync.store.models import Channel
+from calsync.runtime import Runtime
+from tests.push_support import add_calendar_row, channels_of, connect_account, emu_channel, wait_for
+
+
+@pytest.fixture
+def calendar(runtime: Runtime, emu: Any) -> dict[str, int]:
+    account_id = connect_account(runtime, emu, "ann@example.com")
+    return {"account_id": account_id,
+            "calendar_id": add_calendar_row(runtime, account_id, "ann@example.com", baseline_done=True)}
+
+
+def _row(runtime: Runtime, channel_id: str) -> Channel:
+    with runtime.sessions() as session:
+        row = session.get(Channel, channel_id)
+        assert row is not None
+        return row
+
+
+def test_open_stores_the_granted_channel_and_only_a_hash_of_its_token(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+    channel_id = open_events_channel(runtime, calendar["calendar_id"])
+    row, granted = _row(runtime, channel_id), emu_channel(emu, channel_id)
+    assert row.status == "active" and row.kind == "events"
+    assert row.resource_id == granted["resource_id"] and row.resource_uri == granted["resource_uri"]
+    assert row.expires_at == granted["expiration"]
+    assert row.token_hash == hashlib.sha256(granted["token"].encode()).hexdigest()
+    assert granted["token"] not in repr(row.__dict__)
+    assert granted["address"] == runtime.settings.notifications_url
+    assert len(granted["token"]) >= 40  # secrets.token_urlsafe(32)
+
+
+def test_each_channel_has_its_own_token(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+    first = emu_channel(emu, open_events_channel(runtime, calendar["calendar_id"]))
+    second = emu_channel(emu, open_events_channel(runtime, calendar["calendar_id"]))
+    assert first["token"] != second["token"] and first["id"] != second["id"]
+
+
+def test_expiry_is_what_google_granted_not_what_was_asked(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+    emu.max_channel_ttl = 120
+    row = _row(runtime, open_events_channel(runtime, calendar["calendar_id"]))
+    assert row.expires_at is not None and row.created_at is not None
+    assert 100 < (row.expires_at - row.created_at).total_seconds() <= 121  # asked for 7 days
+
+
+def test_the_sync_message_is_accepted_even_when_it_beats_the_watch_response(runtime, emu, calendar, live_server):  # type: ignore[no-untyped-def]
+    channel_id = open_events_channel(runtime, calendar["calendar_id"])
+    record = wait_for(lambda: [n for n in emu.notifications if n.channel_id == channel_id], timeout=5,
+                      what="the sync message")[0]
+    assert (record.resource_state, record.message_number, record.status) == ("sync", 1, 200)
+    assert _row(runtime, channel_id).last_message_number == 1
+
+
+def test_a_failed_watch_leaves_no_pending_row(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+    emu.fail_next(1, status=429, method="calendar.events.watch")
+    with pytest.raises(RateLimited):
+        open_events_channel(runtime, calendar["calendar_id"])
+    assert [c.status for c in channels_of(runtime)] == ["stopped"]
+    assert emu.channels() == []
+
+
+def test_calendar_list_channel(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+    row = _row(runtime, open_calendar_list_channel(runtime, calendar["account_id"]))
+    assert row.kind == "calendar_list" and row.calendar_id is None and row.status == "active"
+    assert [c["kind"] for c in emu.channels()] == ["calendarList"]
+
+
+def test_replace_opens_the_new_channel_before_stopping_the_old(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+    old = open_events_channel(runtime, calendar["calendar_id"])
+    new = replace_channel(runtime, calendar_id=calendar["calendar_id"])
+    methods = [r.api_method for r in emu.requests if r.api_method in ("calendar.events.watch", "calendar.channels.stop")]
+    assert methods[-2:] == ["calendar.events.watch", "calendar.channels.stop"]
+    assert [c["id"] for c in emu.channels()] == [new]
+    old_row = _row(runtime, old)
+    assert (old_row.status, old_row.replaced_by) == ("stopped", new) and old_row.stopped_at is not None
+
+
+def test_stopping_a_channel_google_already_forgot_is_fine(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+    channel_id = open_events_channel(runtime, calendar["calendar_id"])
+    emu.push.stop(channel_id)  # gone at Google (expired or stopped elsewhere)
+    stop_channel(runtime, channel_id)
+    assert _row(runtime, channel_id).status == "stopped"
+    stop_channel(runtime, channel_id)  # idempotent: no second call
+    assert emu.count("calendar.channels.stop") == 1
+
+
+def test_a_pending_row_left_by_a_crash_is_stopped_with_its_siblings_resource_id(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+    live = open_events_channel(runtime, calendar["calendar_id"])
+    with transaction(runtime.sessions) as session:  # as if the process died right after the watch call
+        row = session.get(Channel, live)
+        assert row is not None
+        row.status, row.resource_id = "pending", None
+    other = open_events_channel(runtime, calendar["calendar_id"])
+    stop_channel(runtime, live)
+    assert [c["id"] for c in emu.channels()] == [other]
+
+
+def test_needs_new_channel(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+    channel_id = open_events_channel(runtime, calendar["calendar_id"])
+    now = runtime.clock.now()
+    with runtime.sessions() as session:
+        chans = live_channels(session, calendar_id=calendar["calendar_id"])
+    expires_in = (_row(runtime, channel_id).expires_at - now).total_seconds()  # type: ignore[operator]
+    assert not needs_new_channel(chans, now, renew_before=expires_in - 60)
+    assert needs_new_channel(chans, now, renew_before=expires_in + 60)
+    assert needs_new_channel([], now, renew_before=0)

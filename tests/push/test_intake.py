@@ -1,0 +1,221 @@
+"""The receiver's group commit: notifications waiting together share one transaction, and each
+still gets the outcome it would have had alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+
+from calsync.store.models import Channel, Notification
+from calsync.runtime import Runtime
+from calsync.push import intake as intake_module
+from calsync.push.intake import Intake, IntakeUnavailable
+from calsync.push.intake_sql import Item, record_batch
+from tests.push_support import calendar_row, push_of
+
+
+def _log(runtime: Runtime) -> list[Notification]:
+    with runtime.sessions() as session:
+        return list(session.scalars(select(Notification).order_by(Notification.id)))
+
+
+def test_a_batch_decides_in_arrival_order_and_owes_one_sync(runtime, watched):  # type: ignore[no-untyped-def]
+    ch = watched["channel"]
+    batch = [Item(push_of(ch, n), {}, runtime.clock.now()) for n in (9, 9, 4, 12)]
+    batch.append(Item(push_of(ch, 13, token="forged"), {}, runtime.clock.now()))
+    batch.append(Item(None, {"X-Goog-Channel-ID": "x"}, runtime.clock.now()))
+    conn = runtime.engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        if runtime.engine.dialect.name == "sqlite":
+            cursor.execute("BEGIN IMMEDIATE")
+        record_batch(cursor, runtime.engine.dialect, batch, runtime.clock.now())
+        conn.commit()
+    finally:
+        conn.close()
+    assert [i.outcome for i in batch] == ["queued", "duplicate", "duplicate", "queued", "bad_token", "malformed"]
+    assert [(n.message_number, n.outcome) for n in _log(runtime)] == [
+        (9, "queued"), (9, "duplicate"), (4, "duplicate"), (12, "queued"), (13, "bad_token"), (None, "malformed")]
+    cal = calendar_row(runtime, watched["calendar_id"])
+    assert (cal.sync_requested, cal.sync_done) == (2, 1)  # one more sync owed for the whole batch
+    with runtime.sessions() as session:
+        assert session.get(Channel, str(ch["id"])).last_message_number == 12  # the forged 13 is not seen
+
+
+def test_notifications_waiting_together_share_a_transaction(runtime, watched):  # type: ignore[no-untyped-def]
+    intake, ch = Intake(runtime), watched["channel"]
+    outcomes: list[str] = []
+    blocker = runtime.engine.connect()
+    blocker.begin()  # on SQLite, BEGIN IMMEDIATE: the writer's first batch now waits for the write lock
+    if runtime.engine.dialect.name == "postgresql":  # there, for the channel's row lock
+        blocker.execute(select(Channel.id).where(Channel.id == str(ch["id"])).with_for_update())
+    threads = [threading.Thread(target=lambda n=n: outcomes.append(intake.record(push_of(ch, n), {})))
+               for n in range(2, 42)]
+    for t in threads:
+        t.start()
+    threading.Event().wait(0.5)
+    blocker.rollback()
+    blocker.close()
+    for t in threads:
+        t.join(15)
+    assert len(outcomes) == 40 and set(outcomes) <= {"queued", "duplicate"} and "queued" in outcomes
+    assert len(_log(runtime)) == 40
+    assert intake.committed_batches <= 3, f"{intake.committed_batches} transactions for 40 notifications"
+    with runtime.sessions() as session:
+        assert session.get(Channel, str(ch["id"])).last_message_number == 41
+    assert 1 <= calendar_row(runtime, watched["calendar_id"]).sync_requested - 1 <= intake.committed_batches
+
+
+def test_two_processes_writing_one_channel_never_lose_the_newest_message(runtime, watched):  # type: ignore[no-untyped-def]
+    """Two intakes with their own engines stand for two web processes; row locks keep them exact."""
+    ch = watched["channel"]
+    other = Runtime.create(runtime.settings)
+    try:
+        intakes = [Intake(runtime), Intake(other)]
+        outcomes: list[str] = []
+        errors: list[BaseException] = []
+
+        def send(k: int) -> None:
+            try:
+                for n in range(k + 2, 402, 8):  # 8 threads, disjoint increasing message numbers
+                    outcomes.append(intakes[k % 2].record(push_of(ch, n), {}))
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors
+        assert len(outcomes) == 400 and len(_log(runtime)) == 400
+        assert [n.message_number for n in _log(runtime)].count(401) == 1
+        with runtime.sessions() as session:
+            assert session.get(Channel, str(ch["id"])).last_message_number == 401
+        # each queued outcome was newer than every message committed before it, so at least one
+        # and never more than there were notifications
+        assert 1 <= outcomes.count("queued") <= 400
+        assert calendar_row(runtime, watched["calendar_id"]).sync_requested >= 2
+    finally:
+        other.close()
+
+
+def test_the_writer_thread_ends_when_idle_and_comes_back(runtime, watched, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(intake_module, "IDLE_EXIT", 0.05)
+    intake, ch = Intake(runtime), watched["channel"]
+    assert intake.record(push_of(ch, 5), {}) == "queued"
+    threading.Event().wait(0.3)
+    assert not [t for t in threading.enumerate() if t.name == "calsync-intake" and t.is_alive()
+                and getattr(t, "_target", None) == intake._run]  # noqa: SLF001
+    assert intake.record(push_of(ch, 6), {}) == "queued"
+    assert [n.outcome for n in _log(runtime)] == ["queued", "queued"]
+
+
+def test_a_batch_that_cannot_commit_fails_whole_and_keeps_nothing(runtime, watched):  # type: ignore[no-untyped-def]
+    ch, intake = watched["channel"], Intake(runtime)
+    with runtime.sessions() as session:
+        seen_before = session.get(Channel, str(ch["id"])).last_message_number
+    with runtime.engine.begin() as conn:  # the log insert, last in the transaction, now fails
+        conn.execute(text("ALTER TABLE notifications RENAME TO notifications_away"))
+    try:
+        with pytest.raises(IntakeUnavailable):
+            intake.record(push_of(ch, 7), {})
+    finally:
+        with runtime.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE notifications_away RENAME TO notifications"))
+    assert _log(runtime) == []
+    with runtime.sessions() as session:  # the channel and calendar writes rolled back with it
+        assert session.get(Channel, str(ch["id"])).last_message_number == seen_before
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
+    assert intake.record(push_of(ch, 7), {}) == "queued"  # Google's retry then succeeds
+
+
+def test_sqlite_writers_of_several_processes_take_turns_on_a_lock_file(runtime, watched):  # type: ignore[no-untyped-def]
+    """While one process's writer holds its turn, another's batch waits for it, then commits at once
+    (no sleeping retry on SQLite's lock); PostgreSQL takes no turn."""
+    ch = watched["channel"]
+    first, second = Intake(runtime), Intake(runtime)
+    if runtime.engine.dialect.name != "sqlite":
+        assert first.turn.path is None
+        assert second.record(push_of(ch, 5), {}) == "queued"
+        return
+    assert first.turn.path == f"{runtime.engine.url.database}-intake.lock"
+    answered: list[str] = []
+    with first.turn:
+        sender = threading.Thread(target=lambda: answered.append(second.record(push_of(ch, 5), {})))
+        sender.start()
+        sender.join(0.5)
+        assert sender.is_alive() and answered == [] and _log(runtime) == []  # waiting for its turn
+    sender.join(10)
+    assert answered == ["queued"] and [n.message_number for n in _log(runtime)] == [5]
+    first.turn.close()
+    second.turn.close()
+
+
+def test_other_processes_are_woken_only_for_work_not_owed_before(runtime, watched):  # type: ignore[no-untyped-def]
+    """A NOTIFY for the first notification that makes a calendar owe a sync, none for the ones that
+    find it already owed: PostgreSQL serialises notifying commits, and the workers already know."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's")
+    import psycopg
+
+    from calsync.wakeup import CHANNEL
+
+    ch, intake = watched["channel"], Intake(runtime)
+    url = runtime.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {CHANNEL}")
+
+        def notifies() -> int:
+            return len(list(listener.notifies(timeout=0.5, stop_after=10)))
+
+        assert intake.record(push_of(ch, 5), {}) == "queued"
+        assert notifies() == 1
+        assert [intake.record(push_of(ch, n), {}) for n in (6, 7)] == ["queued", "queued"]
+        assert notifies() == 0
+        assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 4
+        with runtime.engine.begin() as conn:  # a worker caught up: the next notification owes anew
+            conn.execute(text("UPDATE calendars SET sync_done = sync_requested"))
+        assert intake.record(push_of(ch, 8), {}) == "queued"
+        assert notifies() == 1
+
+
+def test_a_request_that_gave_up_does_not_strand_the_rest_of_its_batch(runtime, watched):  # type: ignore[no-untyped-def]
+    """Each request wakes the next of its batch; one that stopped waiting (and answered 503) is passed
+    by, so the requests after it are answered when the batch commits, not at their own time-out."""
+    ch, intake = watched["channel"], Intake(runtime)
+    results: dict[int, Any] = {}
+    finished: dict[int, float] = {}
+
+    def send(number: int, timeout: float) -> None:
+        try:
+            results[number] = intake.record(push_of(ch, number), {}, timeout=timeout)
+        except IntakeUnavailable as err:
+            results[number] = err
+        finished[number] = time.monotonic()
+
+    blocker = runtime.engine.connect()  # another writer holds the database: the intake's batches wait
+    if runtime.engine.dialect.name == "sqlite":
+        blocker.exec_driver_sql("SELECT 1")  # the engine begins every transaction IMMEDIATE: the write lock
+    else:
+        blocker.exec_driver_sql("LOCK TABLE notifications IN EXCLUSIVE MODE")
+    threads = [threading.Thread(target=send, args=(n, t)) for n, t in ((5, 30.0), (6, 30.0), (7, 0.3), (8, 30.0))]
+    try:
+        for t in threads:
+            t.start()
+            time.sleep(0.05)  # in this order: 5 alone in the first batch, 6, 7 and 8 queued behind it
+        time.sleep(0.6)
+        assert isinstance(results.get(7), IntakeUnavailable)  # gave up while the database was held
+    finally:
+        blocker.rollback()
+        blocker.close()
+    released = time.monotonic()
+    for t in threads:
+        t.join(20)
+    assert [results[n] for n in (5, 6, 8)] == ["queued", "queued", "queued"]
+    assert max(finished[n] for n in (5, 6, 8)) - released < 5  # well before their 30 s time-out
+    assert sorted(n.message_number for n in _log(runtime)) == [5, 6, 7, 8]  # 7 was recorded all the same

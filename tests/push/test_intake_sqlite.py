@@ -1,0 +1,93 @@
+"""The intake on a SQLite file: its commits leave the write-ahead log's checkpoints to a thread of
+their own, which keeps the log from growing; PostgreSQL needs none of it."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from calsync.runtime import Runtime
+from calsync.push import intake_sqlite
+from calsync.push.intake import Intake
+from calsync.push.intake_sqlite import AUTOCHECKPOINT_DEFAULT, Checkpointer
+from tests.push_support import push_of, wait_for
+
+WAL_HEADER, FRAME_HEADER = 32, 24
+
+
+def _wal_frames(database: Path) -> int:
+    """How many frames the log file can hold: it grows while nothing checkpoints, and is reused after."""
+    page_size = sqlite3.connect(database).execute("PRAGMA page_size").fetchone()[0]
+    wal = Path(f"{database}-wal")
+    return max(0, (wal.stat().st_size - WAL_HEADER) // (page_size + FRAME_HEADER)) if wal.exists() else 0
+
+
+def _record(intake: Intake, channel: dict[str, Any], numbers: range) -> None:
+    for n in numbers:  # one at a time: each is a batch, and a commit, of its own
+        assert intake.record(push_of(channel, n), {"X-Goog-Message-Number": str(n)}) == "queued"
+
+
+def test_commits_leave_checkpoints_to_the_checkpointer_which_keeps_the_log_small(runtime, watched, monkeypatch):  # type: ignore[no-untyped-def]
+    if runtime.engine.dialect.name != "sqlite":
+        assert not Intake(runtime).checkpointer.enabled
+        return
+    database = Path(runtime.engine.url.database)
+    intake = Intake(runtime)
+    monkeypatch.setattr(intake.checkpointer, "written", lambda: None)  # no checkpoint yet
+    size_before = database.stat().st_size
+    _record(intake, watched["channel"], range(10, 510))
+    # Past SQLite's automatic threshold, and still nothing copied back: no commit checkpointed.
+    assert _wal_frames(database) > AUTOCHECKPOINT_DEFAULT + 200
+    assert database.stat().st_size == size_before
+
+    monkeypatch.undo()
+    monkeypatch.setattr(intake_sqlite, "CHECKPOINT_AFTER", 0.01)
+    intake.checkpointer = Checkpointer(runtime.engine)
+    _record(intake, watched["channel"], range(510, 511))
+    wait_for(lambda: intake.checkpointer.runs >= 1, what="a checkpoint after the commit")
+    assert database.stat().st_size > size_before  # the log's pages are in the database file now
+    frames = _wal_frames(database)
+    _record(intake, watched["channel"], range(511, 811))  # fewer pages than the file holds
+    assert _wal_frames(database) == frames  # the log was started over, not extended
+
+
+def test_the_writer_gives_its_connection_back_with_checkpoints_on(runtime, watched, monkeypatch):  # type: ignore[no-untyped-def]
+    """Other users of the pool (the worker, the API) checkpoint as SQLite does by default."""
+    if runtime.engine.dialect.name != "sqlite":
+        return
+    monkeypatch.setattr("calsync.push.intake.IDLE_EXIT", 0.05)
+    intake = Intake(runtime)
+    writer_settings: list[int] = []
+    original = intake._transaction  # noqa: SLF001
+
+    def spy(conn: Any, batch: Any) -> None:
+        writer_settings.append(conn.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        original(conn, batch)
+
+    monkeypatch.setattr(intake, "_transaction", spy)
+    _record(intake, watched["channel"], range(10, 12))
+    assert writer_settings == [0, 0]
+    wait_for(lambda: runtime.engine.pool.checkedout() == 0 and intake._writer is None,  # noqa: SLF001
+             what="the writer to go idle and give its connection back")
+    conns = [runtime.engine.raw_connection() for _ in range(runtime.engine.pool.checkedin())]
+    try:
+        assert {c.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] for c in conns} \
+            == {AUTOCHECKPOINT_DEFAULT}
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_the_checkpoint_thread_ends_when_idle_and_comes_back(runtime: Runtime, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    if runtime.engine.dialect.name != "sqlite":
+        return
+    monkeypatch.setattr(intake_sqlite, "IDLE_EXIT", 0.05)
+    checkpointer = Checkpointer(runtime.engine, after=0.0)
+    checkpointer.written()
+    wait_for(lambda: checkpointer.runs == 1 and checkpointer._thread is None,  # noqa: SLF001
+             what="one checkpoint, then the thread gone")
+    checkpointer.written()
+    wait_for(lambda: checkpointer.runs == 2, what="a new thread's checkpoint")
+    assert os.path.exists(f"{runtime.engine.url.database}-wal")

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
+
+import calsync.store.db
+from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, transaction
+from calsync.store.models import Account, Calendar
+
+
+def test_sqlite_is_configured_on_purpose(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+
+
+def test_datetimes_come_back_aware_utc(db_url: str) -> None:
+    sessions = make_sessionmaker(make_engine(db_url))
+    when = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    with transaction(sessions) as s:
+        s.add(Account(email="a@example.com", credentials=b"x", scopes=[], created_at=when, updated_at=when))
+    with sessions() as s:
+        account = s.scalars(select(Account)).one()
+        assert account.created_at == when and account.created_at.tzinfo is not None
+
+
+def test_a_failed_unit_of_work_changes_nothing(db_url: str) -> None:
+    sessions = make_sessionmaker(make_engine(db_url))
+    with pytest.raises(IntegrityError), transaction(sessions) as s:
+        s.add(Account(email="a@example.com", credentials=b"x", scopes=[]))
+        s.flush()
+        s.add(Calendar(account_id=999999, google_id="nope"))  # foreign key violation
+        s.flush()
+    with sessions() as s:
+        assert s.scalars(select(Account)).all() == []
+
+
+def _postgres_only(db_url: str) -> None:
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the pool's ping and server process ids are PostgreSQL's")
+
+
+def _terminate_backend_of(engine: Engine) -> None:
+    """Kill, from another connection, the server process behind the pooled connection."""
+    with engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    killer = create_engine(engine.url, poolclass=NullPool)
+    with killer.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+    killer.dispose()
+
+
+def test_a_connection_lost_while_idle_is_replaced_unnoticed(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _postgres_only(db_url)
+    monkeypatch.setattr(calsync.store.db, "PING_AFTER_IDLE_SECONDS", 0.0)  # every pooled connection counts as idle
+    engine = make_engine(db_url, pool_size=1, max_overflow=0)
+    _terminate_backend_of(engine)
+    with engine.connect() as conn:  # the ping finds it dead; the pool hands out a new one
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    engine.dispose()
+
+
+def test_a_connection_in_steady_use_is_not_pinged(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _postgres_only(db_url)
+    monkeypatch.setattr(calsync.store.db, "PING_AFTER_IDLE_SECONDS", 3600.0)  # never idle long enough
+    engine = make_engine(db_url, pool_size=1, max_overflow=0)
+    _terminate_backend_of(engine)
+    # No ping before use: the loss shows in the one transaction that meets it...
+    with pytest.raises(OperationalError) as failed, engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert failed.value.connection_invalidated
+    with engine.connect() as conn:  # ...and the pool has replaced the connection for the next one
+        assert conn.execute(text("SELECT 1")).scalar_one() == 1
+    engine.dispose()
+
+
+def test_the_pools_server_processes_are_known_while_open(db_url: str) -> None:
+    _postgres_only(db_url)
+    engine = make_engine(db_url, pool_size=1, max_overflow=0)
+    with engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    assert is_own_backend(engine, pid)
+    assert not is_own_backend(make_engine(db_url), pid)  # another engine's pool
+    engine.dispose()  # closed: the number may go to another process now
+    assert not is_own_backend(engine, pid)

@@ -1,0 +1,514 @@
+"""The sync engine against the emulator over HTTP, on SQLite and PostgreSQL: the mirror must equal
+what Google holds after every kind of change, and the diff log must hold exactly the real changes."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from calsync.sync.calendar_list import refresh_calendar_list
+from calsync.clock import FrozenClock
+from calsync.store.db import transaction
+from calsync.sync.diff import implied_occurrence
+from calsync.errors import AuthRevoked, BackendError, GoogleNotFound, LeaseLost, RateLimited
+from calsync.store.models import Account, Calendar, Event
+from calsync.runtime import Runtime
+from calsync.sync.run import SyncResult, sync_calendar
+from tests.sync_support import calendar_row_id, changes, connect_account, google_view, last_seq, mirror
+
+ALICE = "alice@example.com"
+
+
+def timed(summary: str, day: int = 5, hour: int = 10, **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "start": {"dateTime": f"2026-01-{day:02d}T{hour:02d}:00:00Z"},
+            "end": {"dateTime": f"2026-01-{day:02d}T{hour + 1:02d}:00:00Z"}, **extra}
+
+
+def weekly(summary: str) -> dict[str, Any]:
+    return {"summary": summary,
+            "start": {"dateTime": "2026-01-05T09:00:00+01:00", "timeZone": "Europe/Berlin"},
+            "end": {"dateTime": "2026-01-05T09:30:00+01:00", "timeZone": "Europe/Berlin"},
+            "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=10"]}
+
+
+@pytest.fixture
+def cal(runtime: Runtime, emu: Any) -> int:
+    """Alice's primary calendar, connected and baselined with two events."""
+    account_id = connect_account(runtime, emu, ALICE)
+    emu.insert_event(ALICE, timed("one"))
+    emu.insert_event(ALICE, timed("two", day=6))
+    refresh_calendar_list(runtime, account_id)
+    cal_id = calendar_row_id(runtime, ALICE)
+    assert sync_calendar(runtime, cal_id).kind == "full"
+    return cal_id
+
+
+def event_id(emu: Any, summary: str) -> str:
+    return next(e["id"] for e in emu.events(ALICE) if e.get("summary") == summary)
+
+
+def assert_mirrors_google(runtime: Runtime, emu: Any, cal_id: int, google_id: str = ALICE) -> None:
+    assert mirror(runtime, cal_id) == google_view(emu, google_id)
+
+
+def one_change(runtime: Runtime, cal_id: int, after: int) -> Any:
+    found = changes(runtime, cal_id, after=after)
+    assert len(found) == 1, [(c.kind, c.event_id, c.fields) for c in found]
+    return found[0]
+
+
+# Full sync ---------------------------------------------------------------------------------------
+def test_full_sync_of_three_calendars_mirrors_them_and_writes_no_changes(runtime: Runtime, emu: Any) -> None:
+    account_id = connect_account(runtime, emu, ALICE)
+    emu.insert_event(ALICE, timed("lunch"))
+    series = emu.insert_event(ALICE, weekly("standup"))
+    emu.patch_instance(ALICE, series["id"], "2026-01-12T08:00:00Z", {"summary": "standup (moved)"})
+    emu.cancel_instance(ALICE, series["id"], "2026-01-19T08:00:00Z")
+    gone = emu.insert_event(ALICE, timed("deleted before we came"))
+    emu.delete_event(ALICE, gone["id"])
+    big = emu.create_calendar(ALICE, "Big")
+    emu.bulk_insert_events(big, [timed(f"event {i}", day=1 + i % 28, hour=i % 20) for i in range(5000)])
+    small = emu.create_calendar(ALICE, "Small")
+    emu.insert_event(small, {"summary": "holiday", "start": {"date": "2026-02-01"}, "end": {"date": "2026-02-03"}})
+
+    listed = refresh_calendar_list(runtime, account_id)
+    assert len(listed.added) == 3
+    for google_id, events in ((ALICE, 4), (big, 5000), (small, 1)):
+        cal_id = calendar_row_id(runtime, google_id)
+        before_calls = emu.count("calendar.events.list", google_id)
+        result = sync_calendar(runtime, cal_id)
+        pages = max(1, math.ceil(events / 2500))
+        assert result.kind == "full" and result.pages == pages
+        assert (result.created, result.updated, result.deleted) == (0, 0, 0)
+        assert emu.count("calendar.events.list", google_id) - before_calls == pages
+        assert all(r.params.get("maxResults") == "2500" for r in emu.requests
+                   if r.api_method == "calendar.events.list")
+        assert_mirrors_google(runtime, emu, cal_id, google_id)
+        with runtime.sessions() as session:
+            row = session.get(Calendar, cal_id)
+            assert row.baseline_done and row.sync_token and row.sync_state == "synced"
+            assert row.last_synced_at is not None and row.last_error is None
+    assert len(mirror(runtime, calendar_row_id(runtime, big))) == 5000
+    assert changes(runtime) == []
+
+
+def test_sync_reports_progress_per_page_and_honours_the_page_size(runtime: Runtime, emu: Any, cal: int) -> None:
+    for i in range(7):
+        emu.insert_event(ALICE, timed(f"new {i}"))
+    seen: list[tuple[int, int | None]] = []
+    result = sync_calendar(runtime, cal, page_size=3, progress=lambda n, total: seen.append((n, total)))
+    assert result == SyncResult(kind="incremental", pages=3, events_seen=7, created=7, updated=0, deleted=0)
+    assert seen == [(3, None), (6, None), (7, None)]
+    assert_mirrors_google(runtime, emu, cal)
+
+
+def test_sync_leaves_the_work_queue_fields_to_the_worker(runtime: Runtime, emu: Any, cal: int) -> None:
+    due = datetime(2030, 1, 1, tzinfo=UTC)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Calendar).where(Calendar.id == cal).values(
+            sync_requested=7, sync_done=5, due_at=due, error_count=2, retry_at=due))
+    emu.insert_event(ALICE, timed("three"))
+    sync_calendar(runtime, cal)
+    with runtime.sessions() as session:
+        row = session.get(Calendar, cal)
+        assert (row.sync_requested, row.sync_done, row.due_at, row.error_count, row.retry_at) == (7, 5, due, 2, due)
+
+
+# Every kind of change ----------------------------------------------------------------------------
+def test_a_created_event_is_one_created_change(runtime: Runtime, emu: Any, cal: int) -> None:
+    start = last_seq(runtime)
+    created = emu.insert_event(ALICE, timed("three"))
+    result = sync_calendar(runtime, cal)
+    assert (result.kind, result.created, result.updated, result.deleted) == ("incremental", 1, 0, 0)
+    change = one_change(runtime, cal, start)
+    assert (change.kind, change.event_id, change.fields) == ("created", created["id"], [])
+    assert change.before is None and change.after == created
+    assert_mirrors_google(runtime, emu, cal)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("summary", "renamed"),
+    ("location", "Room 7"),
+    ("description", "agenda attached"),
+    ("start", {"dateTime": "2026-01-05T09:30:00Z"}),
+    ("end", {"dateTime": "2026-01-05T12:00:00Z"}),
+    ("attendees", [{"email": "bob@example.com"}, {"email": "carol@example.com"}]),
+])
+def test_an_edited_field_is_one_updated_change_naming_it(runtime: Runtime, emu: Any, cal: int,
+                                                         field: str, value: Any) -> None:
+    target = event_id(emu, "one")
+    before = mirror(runtime, cal)[target]
+    start = last_seq(runtime)
+    after = emu.patch_event(ALICE, target, {field: value})
+    assert sync_calendar(runtime, cal).updated == 1
+    change = one_change(runtime, cal, start)
+    assert (change.kind, change.event_id, change.fields) == ("updated", target, [field])
+    assert change.before == before and change.after == after
+    assert_mirrors_google(runtime, emu, cal)
+
+
+def test_an_attendee_answering_is_an_attendees_change(runtime: Runtime, emu: Any, cal: int) -> None:
+    target = event_id(emu, "one")
+    emu.patch_event(ALICE, target, {"attendees": [{"email": "bob@example.com"}]})
+    sync_calendar(runtime, cal)
+    start = last_seq(runtime)
+    emu.patch_event(ALICE, target, {"attendees": [{"email": "bob@example.com", "responseStatus": "accepted"}]})
+    sync_calendar(runtime, cal)
+    change = one_change(runtime, cal, start)
+    assert change.fields == ["attendees"]
+    assert change.before["attendees"][0]["responseStatus"] == "needsAction"
+    assert change.after["attendees"][0]["responseStatus"] == "accepted"
+
+
+def test_a_deleted_event_is_one_deleted_change_and_leaves_the_mirror(runtime: Runtime, emu: Any, cal: int) -> None:
+    target = event_id(emu, "two")
+    before = mirror(runtime, cal)[target]
+    start = last_seq(runtime)
+    emu.delete_event(ALICE, target)
+    assert sync_calendar(runtime, cal).deleted == 1
+    change = one_change(runtime, cal, start)
+    assert (change.kind, change.event_id, change.before, change.after) == ("deleted", target, before, None)
+    assert target not in mirror(runtime, cal)
+    assert_mirrors_google(runtime, emu, cal)
+
+
+def test_an_event_created_and_deleted_between_syncs_leaves_no_trace(runtime: Runtime, emu: Any, cal: int) -> None:
+    start = last_seq(runtime)
+    fleeting = emu.insert_event(ALICE, timed("fleeting"))
+    emu.delete_event(ALICE, fleeting["id"])
+    result = sync_calendar(runtime, cal)
+    assert result.events_seen == 1 and changes(runtime, cal, after=start) == []
+    assert_mirrors_google(runtime, emu, cal)
+
+
+def test_noise_alone_refreshes_the_mirror_without_a_change(runtime: Runtime, emu: Any, cal: int) -> None:
+    target = event_id(emu, "one")
+    start = last_seq(runtime)
+    old_etag = mirror(runtime, cal)[target]["etag"]
+    touched = emu.patch_event(ALICE, target, {"summary": "one"})
+    assert touched["etag"] != old_etag
+    result = sync_calendar(runtime, cal)
+    assert result.events_seen == 1 and (result.created, result.updated, result.deleted) == (0, 0, 0)
+    assert changes(runtime, cal, after=start) == []
+    assert mirror(runtime, cal)[target]["etag"] == touched["etag"]
+    with runtime.sessions() as session:
+        row = session.scalars(select(Event).where(Event.google_id == target)).one()
+        assert row.etag == touched["etag"] and row.updated == touched["updated"]
+
+
+def test_a_new_recurring_series_is_one_created_change(runtime: Runtime, emu: Any, cal: int) -> None:
+    start = last_seq(runtime)
+    series = emu.insert_event(ALICE, weekly("standup"))
+    sync_calendar(runtime, cal)
+    change = one_change(runtime, cal, start)
+    assert (change.kind, change.event_id, change.after) == ("created", series["id"], series)
+    assert mirror(runtime, cal)[series["id"]]["recurrence"] == ["RRULE:FREQ=WEEKLY;COUNT=10"]
+    assert_mirrors_google(runtime, emu, cal)
+
+
+def test_a_modified_occurrence_is_an_update_of_the_occurrence_the_series_implied(
+        runtime: Runtime, emu: Any, cal: int) -> None:
+    series = emu.insert_event(ALICE, weekly("standup"))
+    sync_calendar(runtime, cal)
+    start = last_seq(runtime)
+    moved = emu.patch_instance(ALICE, series["id"], "2026-01-12T08:00:00Z", {
+        "start": {"dateTime": "2026-01-12T10:00:00+01:00", "timeZone": "Europe/Berlin"},
+        "end": {"dateTime": "2026-01-12T10:30:00+01:00", "timeZone": "Europe/Berlin"}})
+    sync_calendar(runtime, cal)
+    change = one_change(runtime, cal, start)
+    assert (change.kind, change.event_id) == ("updated", moved["id"])
+    assert change.fields == ["end", "start"]
+    assert change.before == implied_occurrence(series, moved["id"], moved["originalStartTime"])
+    assert change.before["start"] == {"dateTime": "2026-01-12T09:00:00+01:00", "timeZone": "Europe/Berlin"}
+    assert change.after == moved
+    assert_mirrors_google(runtime, emu, cal)
+    # Editing the exception again compares with the mirrored exception.
+    start = last_seq(runtime)
+    renamed = emu.patch_event(ALICE, moved["id"], {"summary": "standup (late)"})
+    sync_calendar(runtime, cal)
+    change = one_change(runtime, cal, start)
+    assert (change.kind, change.fields, change.before, change.after) == ("updated", ["summary"], moved, renamed)
+
+
+def test_a_cancelled_occurrence_is_a_deletion_kept_in_the_mirror(runtime: Runtime, emu: Any, cal: int) -> None:
+    series = emu.insert_event(ALICE, weekly("standup"))
+    sync_calendar(runtime, cal)
+    start = last_seq(runtime)
+    emu.cancel_instance(ALICE, series["id"], "2026-01-19T08:00:00Z")
+    sync_calendar(runtime, cal)
+    occurrence_id = f"{series['id']}_20260119T080000Z"
+    change = one_change(runtime, cal, start)
+    assert (change.kind, change.event_id, change.after) == ("deleted", occurrence_id, None)
+    assert change.before["id"] == occurrence_id and change.before["recurringEventId"] == series["id"]
+    assert change.before["summary"] == "standup"
+    assert change.before["start"] == {"dateTime": "2026-01-19T09:00:00+01:00", "timeZone": "Europe/Berlin"}
+    assert change.before["end"] == {"dateTime": "2026-01-19T09:30:00+01:00", "timeZone": "Europe/Berlin"}
+    kept = mirror(runtime, cal)[occurrence_id]
+    assert kept["status"] == "cancelled" and kept["originalStartTime"]["dateTime"] == "2026-01-19T09:00:00+01:00"
+    assert_mirrors_google(runtime, emu, cal)
+
+
+def test_cancelling_a_modified_occurrence_deletes_the_mirrored_exception(runtime: Runtime, emu: Any, cal: int) -> None:
+    series = emu.insert_event(ALICE, weekly("standup"))
+    moved = emu.patch_instance(ALICE, series["id"], "2026-01-12T08:00:00Z", {"summary": "special"})
+    sync_calendar(runtime, cal)
+    start = last_seq(runtime)
+    emu.delete_event(ALICE, moved["id"])
+    sync_calendar(runtime, cal)
+    change = one_change(runtime, cal, start)
+    assert (change.kind, change.event_id, change.before, change.after) == ("deleted", moved["id"], moved, None)
+    assert mirror(runtime, cal)[moved["id"]]["status"] == "cancelled"
+    assert_mirrors_google(runtime, emu, cal)
+
+
+def test_deleting_a_series_deletes_it_and_its_live_exceptions(runtime: Runtime, emu: Any, cal: int) -> None:
+    series = emu.insert_event(ALICE, weekly("standup"))
+    moved = emu.patch_instance(ALICE, series["id"], "2026-01-12T08:00:00Z", {"summary": "special"})
+    emu.cancel_instance(ALICE, series["id"], "2026-01-19T08:00:00Z")
+    sync_calendar(runtime, cal)
+    series = next(e for e in emu.events(ALICE) if e["id"] == series["id"])
+    start = last_seq(runtime)
+    emu.delete_event(ALICE, series["id"])
+    result = sync_calendar(runtime, cal)
+    found = changes(runtime, cal, after=start)
+    assert sorted((c.kind, c.event_id) for c in found) == sorted(
+        [("deleted", series["id"]), ("deleted", moved["id"])])
+    assert {c.event_id: c.before for c in found} == {series["id"]: series, moved["id"]: moved}
+    assert all(c.after is None and c.fields == [] for c in found) and result.deleted == 2
+    assert not any(e.startswith(series["id"]) for e in mirror(runtime, cal))
+    assert_mirrors_google(runtime, emu, cal)
+
+
+def test_a_series_edit_is_one_change_of_the_series(runtime: Runtime, emu: Any, cal: int) -> None:
+    series = emu.insert_event(ALICE, weekly("standup"))
+    sync_calendar(runtime, cal)
+    start = last_seq(runtime)
+    after = emu.patch_event(ALICE, series["id"], {"recurrence": ["RRULE:FREQ=WEEKLY;COUNT=5"], "location": "Hall"})
+    sync_calendar(runtime, cal)
+    change = one_change(runtime, cal, start)
+    assert (change.kind, change.fields, change.after) == ("updated", ["location", "recurrence"], after)
+    assert_mirrors_google(runtime, emu, cal)
+
+
+# 410 and forced resyncs ---------------------------------------------------------------------------
+def test_an_expired_sync_token_resyncs_and_records_exactly_the_real_differences(
+        runtime: Runtime, emu: Any, cal: int) -> None:
+    series = emu.insert_event(ALICE, weekly("standup"))
+    keep = emu.insert_event(ALICE, timed("untouched"))
+    sync_calendar(runtime, cal)
+    start = last_seq(runtime)
+    mirrored = mirror(runtime, cal)
+    one, two = event_id(emu, "one"), event_id(emu, "two")
+    emu.delete_event(ALICE, one)
+    edited = emu.patch_event(ALICE, two, {"summary": "two (edited)"})
+    emu.patch_event(ALICE, keep["id"], {"summary": "untouched"})  # noise only
+    created = emu.insert_event(ALICE, timed("new while the token expired"))
+    emu.cancel_instance(ALICE, series["id"], "2026-01-26T08:00:00Z")
+    emu.invalidate_sync_tokens(ALICE)
+
+    result = sync_calendar(runtime, cal, page_size=2)
+    assert result.kind == "resync" and result.pages >= 3
+    found = {(c.kind, c.event_id): c for c in changes(runtime, cal, after=start)}
+    occurrence = f"{series['id']}_20260126T080000Z"
+    assert set(found) == {("deleted", one), ("updated", two), ("created", created["id"]), ("deleted", occurrence)}
+    assert found[("deleted", one)].before == mirrored[one]
+    assert found[("updated", two)].fields == ["summary"] and found[("updated", two)].after == edited
+    assert found[("created", created["id"])].after == created
+    assert (result.created, result.updated, result.deleted) == (1, 1, 2)
+    assert_mirrors_google(runtime, emu, cal)
+    with runtime.sessions() as session:
+        assert session.get(Calendar, cal).sync_token is not None
+    # The new token works: the next sync is incremental and finds nothing.
+    again = sync_calendar(runtime, cal)
+    assert again.kind == "incremental" and again.events_seen == 0
+
+
+def test_a_baseline_cut_short_and_run_again_mirrors_google_and_records_nothing(runtime: Runtime, emu: Any) -> None:
+    account_id = connect_account(runtime, emu, ALICE)
+    for i in range(12):
+        emu.insert_event(ALICE, timed(f"event {i}", day=1 + i))
+    refresh_calendar_list(runtime, account_id)
+    cal_id = calendar_row_id(runtime, ALICE)
+
+    def fail_after_two_pages(seen: int, _total: int | None) -> None:
+        if seen == 6:  # the request for page 4 goes out after this: it fails (page 3's may be in already)
+            emu.fail_next(1, 503, "backendError", method="calendar.events.list")
+
+    with pytest.raises(BackendError):
+        sync_calendar(runtime, cal_id, page_size=3, progress=fail_after_two_pages)
+    assert 6 <= len(mirror(runtime, cal_id)) < 12
+    emu.delete_event(ALICE, event_id(emu, "event 0"))  # mirrored by the first attempt, cancelled before the second
+    emu.insert_event(ALICE, timed("late", day=20))
+    with transaction(runtime.sessions) as session:  # one Google no longer lists at all: only a sweep finds it
+        session.add(Event(calendar_id=cal_id, google_id="ghost12345", status="confirmed", data={"id": "ghost12345"},
+                          seen_gen=1))
+    result = sync_calendar(runtime, cal_id, page_size=3)
+    assert result.kind == "full" and (result.created, result.updated, result.deleted) == (0, 0, 0)
+    assert changes(runtime, cal_id) == []
+    assert_mirrors_google(runtime, emu, cal_id)
+
+
+def test_events_missing_from_a_full_listing_are_deleted(runtime: Runtime, emu: Any, cal: int) -> None:
+    ghost = {"kind": "calendar#event", "id": "ghost12345", "status": "confirmed", "summary": "only here"}
+    with transaction(runtime.sessions) as session:
+        session.add(Event(calendar_id=cal, google_id="ghost12345", status="confirmed", data=ghost, seen_gen=0))
+    start = last_seq(runtime)
+    result = sync_calendar(runtime, cal, full=True)
+    assert result.kind == "resync" and result.deleted == 1
+    change = one_change(runtime, cal, start)
+    assert (change.kind, change.event_id, change.before) == ("deleted", "ghost12345", ghost)
+    assert_mirrors_google(runtime, emu, cal)
+
+
+def test_a_forced_full_sync_of_an_unchanged_calendar_records_nothing(runtime: Runtime, emu: Any, cal: int) -> None:
+    series = emu.insert_event(ALICE, weekly("standup"))
+    emu.cancel_instance(ALICE, series["id"], "2026-01-19T08:00:00Z")
+    emu.patch_instance(ALICE, series["id"], "2026-01-26T08:00:00Z", {"summary": "x"})
+    sync_calendar(runtime, cal)
+    start = last_seq(runtime)
+    result = sync_calendar(runtime, cal, full=True)
+    assert result.kind == "resync" and (result.created, result.updated, result.deleted) == (0, 0, 0)
+    assert changes(runtime, cal, after=start) == []
+    assert_mirrors_google(runtime, emu, cal)
+
+
+# Credentials ----------------------------------------------------------------------------------------
+def test_a_refreshed_access_token_is_persisted_and_reused(runtime: Runtime, emu: Any, cal: int) -> None:
+    with runtime.sessions() as session:
+        stored = session.scalars(select(Account.credentials)).one()
+    emu.expire_access_tokens()
+    refreshes = emu.count("oauth.token")
+    emu.insert_event(ALICE, timed("after expiry"))
+    assert sync_calendar(runtime, cal).created == 1
+    assert emu.count("oauth.token") == refreshes + 1
+    with runtime.sessions() as session:
+        assert session.scalars(select(Account.credentials)).one() != stored
+    emu.insert_event(ALICE, timed("later"))
+    assert sync_calendar(runtime, cal).created == 1
+    assert emu.count("oauth.token") == refreshes + 1
+
+
+def test_a_token_refreshed_before_a_failed_call_is_kept(runtime: Runtime, emu: Any, cal: int) -> None:
+    emu.expire_access_tokens()
+    refreshes = emu.count("oauth.token")
+    emu.fail_next(1, status=503, reason="backendError", method="calendar.events.list")
+    with pytest.raises(BackendError):
+        sync_calendar(runtime, cal)
+    assert emu.count("oauth.token") == refreshes + 1
+    sync_calendar(runtime, cal)
+    assert emu.count("oauth.token") == refreshes + 1
+
+
+def test_a_revoked_grant_marks_the_account_and_other_accounts_go_on(runtime: Runtime, emu: Any, cal: int) -> None:
+    bob_id = connect_account(runtime, emu, "bob@example.com")
+    refresh_calendar_list(runtime, bob_id)
+    bob_cal = calendar_row_id(runtime, "bob@example.com")
+    sync_calendar(runtime, bob_cal)
+    emu.revoke_grant(ALICE)
+    emu.insert_event(ALICE, timed("unseen"))
+    emu.insert_event("bob@example.com", timed("seen"))
+    with pytest.raises(AuthRevoked):
+        sync_calendar(runtime, cal)
+    with runtime.sessions() as session:
+        alice = session.scalars(select(Account).where(Account.email == ALICE)).one()
+        assert alice.status == "reauth_required" and alice.last_error
+        assert session.get(Calendar, cal).sync_state == "error"
+        assert session.scalars(select(Account.status).where(Account.id == bob_id)).one() == "active"
+    assert sync_calendar(runtime, bob_cal).created == 1
+    assert_mirrors_google(runtime, emu, bob_cal, "bob@example.com")
+
+
+# Errors that the worker handles ---------------------------------------------------------------------
+@pytest.mark.parametrize("status, reason, error", [
+    (429, "rateLimitExceeded", RateLimited),
+    (403, "userRateLimitExceeded", RateLimited),
+    (503, "backendError", BackendError),
+])
+def test_transient_errors_propagate_and_write_nothing(runtime: Runtime, emu: Any, cal: int,
+                                                      status: int, reason: str, error: type) -> None:
+    emu.insert_event(ALICE, timed("three"))
+    start = last_seq(runtime)
+    with runtime.sessions() as session:
+        token = session.get(Calendar, cal).sync_token
+    emu.fail_next(1, status=status, reason=reason, method="calendar.events.list")
+    with pytest.raises(error):
+        sync_calendar(runtime, cal)
+    with runtime.sessions() as session:
+        assert session.get(Calendar, cal).sync_token == token
+    assert changes(runtime, cal, after=start) == []
+    assert sync_calendar(runtime, cal).created == 1
+
+
+def test_a_calendar_gone_from_google_raises_not_found(runtime: Runtime, emu: Any) -> None:
+    account_id = connect_account(runtime, emu, ALICE)
+    other = emu.create_calendar(ALICE, "Team")
+    refresh_calendar_list(runtime, account_id)
+    emu.remove_calendar(ALICE, other)
+    with pytest.raises(GoogleNotFound):
+        sync_calendar(runtime, calendar_row_id(runtime, other))
+
+
+# The diff log -----------------------------------------------------------------------------------------
+def test_seq_is_strictly_increasing_and_gap_free_across_calendars(runtime: Runtime, emu: Any, cal: int) -> None:
+    account_id = calendar_account(runtime, cal)
+    team = emu.create_calendar(ALICE, "Team")
+    refresh_calendar_list(runtime, account_id)
+    team_cal = calendar_row_id(runtime, team)
+    sync_calendar(runtime, team_cal)
+    one = event_id(emu, "one")
+    for round_ in range(3):
+        emu.insert_event(ALICE, timed(f"a{round_}"))
+        emu.insert_event(team, timed(f"b{round_}"))
+        emu.insert_event(team, timed(f"c{round_}"))
+        emu.patch_event(ALICE, one, {"summary": f"one v{round_}"})
+        sync_calendar(runtime, team_cal)
+        sync_calendar(runtime, cal)
+    seqs = [c.seq for c in changes(runtime)]
+    assert seqs == list(range(1, 13))
+    assert {c.calendar_id for c in changes(runtime)} == {cal, team_cal}
+
+
+def calendar_account(runtime: Runtime, cal_id: int) -> int:
+    with runtime.sessions() as session:
+        return session.get(Calendar, cal_id).account_id
+
+
+# Leases -----------------------------------------------------------------------------------------------
+def test_a_sync_whose_lease_is_held_by_another_worker_writes_nothing(runtime: Runtime, emu: Any) -> None:
+    account_id = connect_account(runtime, emu, ALICE)
+    emu.insert_event(ALICE, timed("one"))
+    refresh_calendar_list(runtime, account_id)
+    cal_id = calendar_row_id(runtime, ALICE)
+    until = datetime(2030, 1, 1, tzinfo=UTC)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Calendar).where(Calendar.id == cal_id).values(lease_owner="other", lease_until=until))
+    with pytest.raises(LeaseLost):
+        sync_calendar(runtime, cal_id, lease_owner="me")
+    with runtime.sessions() as session:
+        row = session.get(Calendar, cal_id)
+        assert (row.sync_token, row.baseline_done, row.full_sync_gen, row.lease_until) == (None, False, 0, until)
+        assert session.scalars(select(Event)).all() == []
+
+
+def test_a_sync_under_its_own_lease_extends_it(settings: Any, emu: Any) -> None:
+    clock = FrozenClock(datetime(2026, 5, 1, 12, 0, tzinfo=UTC))
+    runtime = Runtime.create(settings, clock=clock)
+    try:
+        account_id = connect_account(runtime, emu, ALICE)
+        refresh_calendar_list(runtime, account_id)
+        cal_id = calendar_row_id(runtime, ALICE)
+        with transaction(runtime.sessions) as session:
+            session.execute(update(Calendar).where(Calendar.id == cal_id).values(
+                lease_owner="me", lease_until=clock.now() + timedelta(seconds=5)))
+        clock.advance(3)
+        sync_calendar(runtime, cal_id, lease_owner="me")
+        with runtime.sessions() as session:
+            row = session.get(Calendar, cal_id)
+            assert row.lease_until == clock.now() + timedelta(seconds=settings.lease_seconds)
+            assert row.last_synced_at == clock.now() and row.lease_owner == "me"
+    finally:
+        runtime.close()

@@ -1,0 +1,103 @@
+"""Backoff: delays with full jitter, Retry-After honoured, and one throttled calendar never blocks others."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from calsync.work.backoff import CAP_SECONDS, backoff_delay
+from calsync.clock import FrozenClock
+from calsync.store.db import transaction
+from calsync.runtime import Runtime
+from calsync.work.scheduler import request_calendar_sync
+from calsync.work.worker import Worker
+from tests.push_support import calendar_id_of, calendar_row, changes_for, connect_account
+
+EVENT = {"summary": "Review", "start": {"dateTime": "2026-12-02T09:00:00Z"},
+         "end": {"dateTime": "2026-12-02T10:00:00Z"}}
+
+
+def test_delays_grow_exponentially_within_full_jitter() -> None:
+    rng = random.Random(7)
+    for attempt, ceiling in [(1, 2.0), (2, 4.0), (3, 8.0), (6, 64.0)]:
+        samples = [backoff_delay(attempt, rng=rng) for _ in range(400)]
+        assert all(0 <= s <= ceiling for s in samples)
+        assert max(samples) > ceiling * 0.8  # the whole range is used: full jitter
+        assert min(samples) < ceiling * 0.2
+
+
+def test_delays_are_capped() -> None:
+    assert all(backoff_delay(50, rng=random.Random(i)) <= CAP_SECONDS for i in range(100))
+
+
+def test_retry_after_wins_when_it_is_longer() -> None:
+    assert backoff_delay(1, retry_after=90, rng=random.Random(1)) == 90
+    assert backoff_delay(12, retry_after=0.5, rng=random.Random(1)) >= 0.5
+
+
+@pytest.fixture
+def rt(settings: Any) -> Any:
+    runtime = Runtime.create(settings, clock=FrozenClock(datetime.now(UTC).replace(microsecond=0)))
+    yield runtime
+    runtime.close()
+
+
+@pytest.mark.parametrize("status,reason,retry_after", [
+    (429, "rateLimitExceeded", 1),
+    (403, "rateLimitExceeded", None),
+    (403, "userRateLimitExceeded", None),
+    (503, "backendError", None),
+])
+def test_a_throttled_calendar_backs_off_while_another_still_syncs(rt, emu, status, reason, retry_after):  # type: ignore[no-untyped-def]
+    clock: FrozenClock = rt.clock
+    connect_account(rt, emu, "ann@example.com")
+    connect_account(rt, emu, "bob@example.com")
+    Worker(rt, threads=1).run_burst()
+    ann, bob = calendar_id_of(rt, "ann@example.com"), calendar_id_of(rt, "bob@example.com")
+    emu.insert_event("ann@example.com", EVENT)
+    emu.insert_event("bob@example.com", EVENT)
+    emu.fail_next(3, status=status, reason=reason, retry_after=retry_after, method="calendar.events.list",
+                  calendar_id="ann@example.com")
+    for cal_id in (ann, bob):
+        with transaction(rt.sessions) as session:
+            request_calendar_sync(session, cal_id, clock.now())
+
+    Worker(rt, threads=1).run_burst()
+    throttled = calendar_row(rt, ann)
+    assert throttled.sync_state == "backoff" and throttled.error_count == 1
+    assert throttled.retry_at is not None and throttled.due_at == throttled.retry_at > clock.now()
+    if retry_after:
+        assert throttled.retry_at >= clock.now() + timedelta(seconds=retry_after)
+    assert reason in (throttled.last_error or "") or str(status) in (throttled.last_error or "")
+    assert [c.kind for c in changes_for(rt, bob)] == ["created"]  # the other calendar went on
+    assert changes_for(rt, ann) == []
+
+    for expected_errors in (2, 3):
+        clock.set(calendar_row(rt, ann).retry_at)  # type: ignore[arg-type]
+        Worker(rt, threads=1).run_burst()
+        assert calendar_row(rt, ann).error_count == expected_errors
+    clock.set(calendar_row(rt, ann).retry_at)  # type: ignore[arg-type]
+    Worker(rt, threads=1).run_burst()
+    recovered = calendar_row(rt, ann)
+    assert (recovered.sync_state, recovered.error_count, recovered.retry_at) == ("synced", 0, None)
+    assert [c.kind for c in changes_for(rt, ann)] == ["created"]
+    assert recovered.due_at == clock.now() + timedelta(seconds=rt.settings.reconcile_every)
+
+
+def test_a_notification_during_backoff_does_not_cut_it_short(rt, emu):  # type: ignore[no-untyped-def]
+    connect_account(rt, emu, "ann@example.com")
+    Worker(rt, threads=1).run_burst()
+    ann = calendar_id_of(rt, "ann@example.com")
+    emu.fail_next(1, status=429, retry_after=30, method="calendar.events.list")
+    with transaction(rt.sessions) as session:
+        request_calendar_sync(session, ann, rt.clock.now())
+    Worker(rt, threads=1).run_burst()
+    calls = emu.count("calendar.events.list", "ann@example.com")
+    with transaction(rt.sessions) as session:
+        request_calendar_sync(session, ann, rt.clock.now())
+    Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.list", "ann@example.com") == calls
+    assert calendar_row(rt, ann).due_at == calendar_row(rt, ann).retry_at

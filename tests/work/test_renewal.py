@@ -1,0 +1,137 @@
+"""Channel renewal: replaced before expiry (new first, old stopped, seam synced), recreated after downtime."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from calsync.clock import FrozenClock
+from calsync.config import Settings
+from calsync.runtime import Runtime
+from calsync.work.scheduler import due_channels
+from calsync.work.worker import Worker
+from tests.push_support import calendar_id_of, changes_for, channels_of, connect_account, wait_for
+
+EVENT = {"summary": "Seam", "start": {"dateTime": "2026-12-03T09:00:00Z"}, "end": {"dateTime": "2026-12-03T09:30:00Z"}}
+
+
+@pytest.fixture
+def rt(settings: Settings, emu: Any) -> Any:
+    """A frozen clock shared with the emulator, so Google's expirations move with calsync's time."""
+    clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
+    runtime = Runtime.create(settings, clock=clock)
+    real_clock, emu.clock = emu.clock, clock.now
+    yield runtime
+    emu.clock = real_clock
+    runtime.close()
+
+
+def _setup(rt: Runtime, emu: Any) -> tuple[int, int]:
+    account_id = connect_account(rt, emu, "ann@example.com")
+    Worker(rt, threads=1).run_burst()
+    return account_id, calendar_id_of(rt, "ann@example.com")
+
+
+def test_a_channel_near_expiry_is_replaced_and_the_seam_synced(rt, emu):  # type: ignore[no-untyped-def]
+    account_id, cal_id = _setup(rt, emu)
+    old = {c.kind: c for c in channels_of(rt, account_id=account_id)}
+    lists_before = emu.count("calendar.events.list", "ann@example.com")
+    emu.insert_event("ann@example.com", EVENT)  # made while nobody listens: only the seam sync sees it
+    # Renewal is timed from the expiry Google granted (7 days asked and granted), not from the TTL.
+    rt.clock.set(old["events"].expires_at - timedelta(seconds=rt.settings.renew_before - 1))
+    Worker(rt, threads=1).run_burst()
+
+    rows = channels_of(rt, account_id=account_id)
+    active = {c.kind: c for c in rows if c.status == "active"}
+    assert set(active) == {"events", "calendar_list"}
+    for kind in ("events", "calendar_list"):
+        stopped = next(c for c in rows if c.id == old[kind].id)
+        assert (stopped.status, stopped.replaced_by) == ("stopped", active[kind].id)
+    assert sorted(c["id"] for c in emu.channels()) == sorted(c.id for c in active.values())
+    assert emu.count("calendar.channels.stop") == 2
+    assert emu.count("calendar.events.list", "ann@example.com") == lists_before + 1
+    assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
+    # Order at the seam: watch the new channel, stop the old, then list.
+    log = [(r.api_method, r.calendar_id) for r in emu.requests]
+    watch = max(i for i, r in enumerate(log) if r == ("calendar.events.watch", "ann@example.com"))
+    listed = max(i for i, r in enumerate(log) if r == ("calendar.events.list", "ann@example.com"))
+    assert watch < listed and "calendar.channels.stop" in [m for m, _ in log[watch:listed]]
+
+
+def test_channels_that_expired_while_calsync_was_down_are_recreated_at_start(rt, emu):  # type: ignore[no-untyped-def]
+    account_id, _ = _setup(rt, emu)
+    old = channels_of(rt, account_id=account_id)
+    rt.clock.advance(days=8)
+    Worker(rt, threads=1).run_burst()
+    rows = channels_of(rt, account_id=account_id)
+    assert emu.channels() == [c for c in emu.channels() if c["id"] not in {o.id for o in old}]
+    assert {c.id: c.status for c in rows if c.id in {o.id for o in old}} == {o.id: "expired" for o in old}
+    fresh = [c for c in rows if c.status == "active"]
+    assert sorted(c.kind for c in fresh) == ["calendar_list", "events"]
+    assert all(c.expires_at > rt.clock.now() for c in fresh)  # type: ignore[operator]
+
+
+def test_a_synced_calendar_without_a_channel_gets_one_when_a_worker_starts(rt, emu):  # type: ignore[no-untyped-def]
+    account_id, cal_id = _setup(rt, emu)
+    with rt.sessions.begin() as session:
+        session.execute(text("DELETE FROM channels"))
+    Worker(rt, threads=1).run_burst()
+    assert sorted((c.kind, c.status) for c in channels_of(rt, account_id=account_id)) == [
+        ("calendar_list", "active"), ("events", "active")]
+
+
+def test_finding_due_channels_reads_the_index_not_the_table(rt):  # type: ignore[no-untyped-def]
+    stmt = due_channels(rt.clock.now())
+    with rt.engine.connect() as conn:
+        compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
+        if rt.engine.dialect.name == "postgresql":
+            conn.execute(text("SET enable_seqscan = off"))  # tiny tables would be scanned anyway
+            plan = " ".join(r[0] for r in conn.execute(text(f"EXPLAIN {compiled}")))
+        else:
+            plan = " ".join(str(r[-1]) for r in conn.execute(text(f"EXPLAIN QUERY PLAN {compiled}")))
+    assert "ix_channels_status_expires_at" in plan
+
+
+@pytest.mark.slow
+def test_short_lived_channels_renewed_again_and_again_miss_no_change(settings, emu, runtime, live_server):  # type: ignore[no-untyped-def]
+    """Real time: 4-second channels renewed 2 s before expiry, edits all along, for about 4 renewals."""
+    short = Runtime(settings=Settings(**{**settings.__dict__, "channel_ttl": 4.0, "renew_before": 2.0}),
+                    engine=runtime.engine, sessions=runtime.sessions, cipher=runtime.cipher, wakeup=runtime.wakeup)
+    account_id = connect_account(short, emu, "ann@example.com")
+    stop = threading.Event()
+    worker = threading.Thread(target=Worker(short, threads=2).run, args=(stop,))
+    worker.start()
+    try:
+        cal_id = wait_for(lambda: _synced_calendar(short), timeout=10, what="first sync")
+        inserted = []
+        for i in range(16):
+            inserted.append(emu.insert_event("ann@example.com", {**EVENT, "summary": f"edit {i}"})["id"])
+            threading.Event().wait(0.5)
+        wait_for(lambda: len(changes_for(short, cal_id)) >= len(inserted), timeout=10, what="all changes")
+    finally:
+        stop.set()
+        worker.join(timeout=20)
+    changes = changes_for(short, cal_id)
+    assert sorted(c.event_id for c in changes) == sorted(inserted)  # none missed, none twice
+    events_channels = [c for c in channels_of(short, calendar_id=cal_id)]
+    renewed = [c for c in events_channels if c.replaced_by]
+    assert len(renewed) >= 3, [(c.status, c.expires_at) for c in events_channels]
+    assert all(c.status == "stopped" for c in renewed)
+    live = [c for c in emu.channels() if c["kind"] == "events"]
+    assert len(live) == 1 and live[0]["id"] not in {c.id for c in renewed}
+    assert emu.count("calendar.channels.stop") >= len(renewed)
+    # Changes came through push, not a timer: reconciliation is an hour away.
+    assert short.settings.reconcile_every >= 3600
+    assert account_id
+
+
+def _synced_calendar(rt: Runtime) -> int | None:
+    try:
+        cal_id = calendar_id_of(rt, "ann@example.com")
+    except AssertionError:
+        return None
+    return cal_id if [c for c in channels_of(rt, calendar_id=cal_id) if c.status == "active"] else None

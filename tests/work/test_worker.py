@@ -1,0 +1,403 @@
+"""The worker: claims under leases, coalescing, reconciliation, channels after the first sync, errors."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from calsync.clock import FrozenClock
+from calsync.config import Settings
+from calsync.store.db import transaction
+from calsync.work.jobs import run_calendar_job
+from calsync.work.leases import claim_calendar
+from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
+from calsync.runtime import Runtime
+from calsync.work.scheduler import request_calendar_sync
+from calsync.work.worker import Worker
+from tests.push_support import (
+    account_row,
+    calendar_id_of,
+    calendar_row,
+    changes_for,
+    channels_of,
+    connect_account,
+    wait_for,
+)
+
+EVENT = {"summary": "Standup", "start": {"dateTime": "2026-12-01T10:00:00Z"},
+         "end": {"dateTime": "2026-12-01T10:15:00Z"}}
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def rt(settings: Settings, clock: FrozenClock) -> Any:
+    runtime = Runtime.create(settings, clock=clock)
+    yield runtime
+    runtime.close()
+
+
+def _connected(rt: Runtime, emu: Any, email: str = "ann@example.com") -> tuple[int, int]:
+    account_id = connect_account(rt, emu, email)
+    Worker(rt, threads=1).run_burst()
+    return account_id, calendar_id_of(rt, email)
+
+
+def _request(rt: Runtime, calendar_id: int, times: int = 1) -> None:
+    for _ in range(times):
+        with transaction(rt.sessions) as session:
+            request_calendar_sync(session, calendar_id, rt.clock.now())
+
+
+def test_a_new_account_gets_its_calendars_synced_then_watched(rt, emu):  # type: ignore[no-untyped-def]
+    account_id = connect_account(rt, emu, "ann@example.com")
+    emu.insert_event("ann@example.com", EVENT)
+    Worker(rt, threads=1).run_burst()
+    cal = calendar_row(rt, calendar_id_of(rt, "ann@example.com"))
+    assert cal.baseline_done and cal.sync_state == "synced" and cal.sync_done == cal.sync_requested
+    assert cal.lease_owner is None
+    kinds = sorted((c.kind, c.status) for c in channels_of(rt, account_id=account_id))
+    assert kinds == [("calendar_list", "active"), ("events", "active")]
+    assert sorted(c["kind"] for c in emu.channels()) == ["calendarList", "events"]
+    # The watch came after the baseline, and one incremental sync covers the seam.
+    methods = [r.api_method for r in emu.requests if r.api_method.startswith("calendar.events")]
+    assert methods == ["calendar.events.list", "calendar.events.watch", "calendar.events.list"]
+    assert changes_for(rt) == []  # the baseline writes no changes
+
+
+def test_many_requests_while_waiting_cost_one_sync(rt, emu):  # type: ignore[no-untyped-def]
+    _, cal_id = _connected(rt, emu)
+    before = emu.count("calendar.events.list", "ann@example.com")
+    _request(rt, cal_id, times=50)
+    Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.list", "ann@example.com") == before + 1
+
+
+def test_requests_during_a_sync_cause_exactly_one_more(rt, emu):  # type: ignore[no-untyped-def]
+    _, cal_id = _connected(rt, emu)
+    before = emu.count("calendar.events.list", "ann@example.com")
+    _request(rt, cal_id)
+    with transaction(rt.sessions) as session:
+        claim = claim_calendar(session, "w/0", rt.clock.now(), 60)
+    assert claim is not None and claim.id == cal_id
+    _request(rt, cal_id, times=5)  # notifications that arrive while the sync runs
+    run_calendar_job(rt, claim)
+    cal = calendar_row(rt, cal_id)
+    # One more is owed, due once the minimum interval since this sync began has passed.
+    follow_up = claim.claimed_at + timedelta(seconds=rt.settings.sync_min_interval)
+    assert cal.sync_done == claim.requested < cal.sync_requested and cal.due_at == follow_up
+    _request(rt, cal_id, times=5)  # more while it waits: still that one sync, still at that time
+    assert calendar_row(rt, cal_id).due_at == follow_up
+    Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.list", "ann@example.com") == before + 1
+    rt.clock.set(follow_up)
+    Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.list", "ann@example.com") == before + 2
+    assert calendar_row(rt, cal_id).sync_done == calendar_row(rt, cal_id).sync_requested
+
+
+def test_reconciliation_syncs_without_any_notification(rt, emu, clock):  # type: ignore[no-untyped-def]
+    _, cal_id = _connected(rt, emu)
+    cal = calendar_row(rt, cal_id)
+    assert cal.due_at == clock.now() + timedelta(seconds=rt.settings.reconcile_every)
+    emu.insert_event("ann@example.com", EVENT)  # its notification goes nowhere: no receiver runs
+    before = emu.count("calendar.events.list", "ann@example.com")
+    Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.list", "ann@example.com") == before
+    clock.advance(rt.settings.reconcile_every + 1)
+    Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.list", "ann@example.com") == before + 1
+    assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
+
+
+def test_a_lapsed_lease_is_reclaimed_by_another_worker(rt, emu, clock):  # type: ignore[no-untyped-def]
+    _, cal_id = _connected(rt, emu)
+    _request(rt, cal_id)
+    with transaction(rt.sessions) as session:
+        assert claim_calendar(session, "dead/0", clock.now(), 60) is not None
+    with transaction(rt.sessions) as session:
+        assert claim_calendar(session, "other/0", clock.now(), 60) is None
+    clock.advance(61)
+    with transaction(rt.sessions) as session:
+        claim = claim_calendar(session, "other/0", clock.now(), 60)
+    assert claim is not None and claim.id == cal_id
+
+
+def test_a_job_whose_lease_was_taken_over_writes_nothing(rt, emu):  # type: ignore[no-untyped-def]
+    _, cal_id = _connected(rt, emu)
+    emu.insert_event("ann@example.com", EVENT)
+    _request(rt, cal_id)
+    with transaction(rt.sessions) as session:
+        claim = claim_calendar(session, "slow/0", rt.clock.now(), 60)
+        session.execute(update(Calendar).values(lease_owner="fast/0"))
+    assert claim is not None
+    run_calendar_job(rt, claim)
+    cal = calendar_row(rt, cal_id)
+    assert cal.lease_owner == "fast/0" and cal.sync_done < cal.sync_requested
+    assert changes_for(rt) == []
+
+
+def test_concurrent_claims_take_different_calendars(rt, emu):  # type: ignore[no-untyped-def]
+    account_id = connect_account(rt, emu, "ann@example.com")
+    for i in range(6):
+        emu.create_calendar("ann@example.com", f"cal {i}")
+    Worker(rt, threads=1).run_burst()
+    with rt.sessions() as session:
+        ids = list(session.scalars(select(Calendar.id).where(Calendar.account_id == account_id)))
+    for cal_id in ids:
+        _request(rt, cal_id)
+    claims: list[Any] = []
+    lock = threading.Lock()
+
+    def claim(i: int) -> None:
+        while True:
+            with transaction(rt.sessions) as session:
+                got = claim_calendar(session, f"t/{i}", rt.clock.now(), 60)
+            if got is None:
+                return
+            with lock:
+                claims.append(got)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(c.id for c in claims) == sorted(ids)
+
+
+def test_calendars_of_inactive_accounts_are_not_claimed(rt, emu):  # type: ignore[no-untyped-def]
+    account_id, cal_id = _connected(rt, emu)
+    _request(rt, cal_id)
+    with transaction(rt.sessions) as session:
+        session.execute(update(Account).where(Account.id == account_id).values(status="reauth_required"))
+        assert claim_calendar(session, "w/0", rt.clock.now(), 60) is None
+
+
+def test_a_calendar_added_in_google_is_synced_and_watched(rt, emu):  # type: ignore[no-untyped-def]
+    account_id, _ = _connected(rt, emu)
+    new_google_id = emu.create_calendar("ann@example.com", "Team")
+    with transaction(rt.sessions) as session:  # what the calendar-list notification does
+        session.execute(update(Account).values(list_requested=Account.list_requested + 1, list_due_at=rt.clock.now()))
+    Worker(rt, threads=1).run_burst()
+    cal = calendar_row(rt, calendar_id_of(rt, new_google_id))
+    assert cal.baseline_done and cal.sync_state == "synced"
+    assert [c.status for c in channels_of(rt, calendar_id=cal.id)] == ["active"]
+    assert any(c["calendar_id"] == new_google_id for c in emu.channels())
+
+
+def test_a_calendar_removed_in_google_loses_its_channel_at_once(rt, emu):  # type: ignore[no-untyped-def]
+    connect_account(rt, emu, "ann@example.com")
+    team = emu.create_calendar("ann@example.com", "Team")
+    Worker(rt, threads=1).run_burst()
+    team_id = calendar_id_of(rt, team)
+    emu.remove_calendar("ann@example.com", team)
+    with transaction(rt.sessions) as session:
+        session.execute(update(Account).values(list_requested=Account.list_requested + 1, list_due_at=rt.clock.now()))
+    Worker(rt, threads=1).run_burst()
+    assert calendar_row(rt, team_id).removed_at is not None
+    assert [c.status for c in channels_of(rt, calendar_id=team_id)] == ["stopped"]
+    assert not any(c["calendar_id"] == team for c in emu.channels())
+    assert emu.count("calendar.channels.stop") == 1
+    before = emu.count("calendar.events.list", team)
+    _request(rt, team_id)
+    Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.list", team) == before
+
+
+def test_a_calendar_google_no_longer_knows_asks_for_a_list_refresh(rt, emu):  # type: ignore[no-untyped-def]
+    account_id, cal_id = _connected(rt, emu)
+    list_before = account_row(rt, account_id).list_requested
+    emu.fail_next(1, status=404, reason="notFound", method="calendar.events.list")
+    _request(rt, cal_id)
+    worker = Worker(rt, threads=1)
+    worker.start_up()
+    with transaction(rt.sessions) as session:
+        claim = claim_calendar(session, "w/0", rt.clock.now(), 60)
+    assert claim is not None
+    run_calendar_job(rt, claim)
+    cal = calendar_row(rt, cal_id)
+    assert cal.sync_state == "error" and "GoogleNotFound" in (cal.last_error or "")
+    assert cal.retry_at is not None and cal.retry_at >= rt.clock.now() + timedelta(seconds=rt.settings.reconcile_every)
+    assert account_row(rt, account_id).list_requested == list_before + 1
+
+
+def test_forbidden_is_an_error_with_a_long_retry(rt, emu):  # type: ignore[no-untyped-def]
+    _, cal_id = _connected(rt, emu)
+    emu.fail_next(1, status=403, reason="forbidden", method="calendar.events.list")
+    _request(rt, cal_id)
+    Worker(rt, threads=1).run_burst()
+    cal = calendar_row(rt, cal_id)
+    assert cal.sync_state == "error" and cal.error_count == 1
+    assert cal.due_at is not None and cal.due_at >= rt.clock.now() + timedelta(seconds=rt.settings.reconcile_every)
+
+
+def test_a_revoked_grant_stops_that_account_only(rt, emu):  # type: ignore[no-untyped-def]
+    ann, ann_cal = _connected(rt, emu, "ann@example.com")
+    bob, bob_cal = _connected(rt, emu, "bob@example.com")
+    emu.revoke_grant("ann@example.com")
+    emu.expire_access_tokens()
+    emu.insert_event("bob@example.com", EVENT)
+    _request(rt, ann_cal)
+    _request(rt, bob_cal)
+    Worker(rt, threads=1).run_burst()
+    assert account_row(rt, ann).status == "reauth_required"
+    assert {c.status for c in channels_of(rt, account_id=ann)} == {"stopped"}
+    assert calendar_row(rt, ann_cal).lease_owner is None
+    assert account_row(rt, bob).status == "active"
+    assert {c.status for c in channels_of(rt, account_id=bob)} == {"active"}
+    assert [c.kind for c in changes_for(rt, bob_cal)] == ["created"]
+    ann_calls = emu.count("calendar.events.list", "ann@example.com")
+    _request(rt, ann_cal)
+    Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.list", "ann@example.com") == ann_calls
+
+
+def test_heartbeat_is_written_and_removed_on_clean_exit(rt, emu):  # type: ignore[no-untyped-def]
+    worker = Worker(rt, name="hb-test", threads=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: _heartbeat(rt, "hb-test"), timeout=5, what="heartbeat row")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert _heartbeat(rt, "hb-test") is None
+
+
+def _heartbeat(rt: Runtime, name: str) -> WorkerHeartbeat | None:
+    with rt.sessions() as session:
+        return session.get(WorkerHeartbeat, name)
+
+
+def test_channel_rows_for_synced_calendars_are_never_left_pending(rt, emu):  # type: ignore[no-untyped-def]
+    _connected(rt, emu)
+    with rt.sessions() as session:
+        assert session.scalars(select(Channel).where(Channel.status == "pending")).all() == []
+
+
+def test_a_notify_from_another_process_wakes_this_one_at_once(rt):  # type: ignore[no-untyped-def]
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite deployments are a single process")
+    import time
+
+    from calsync.work.listen import Listener
+    from calsync.wakeup import Wakeup
+
+    here = Wakeup()  # this process's waiters; the NOTIFY below comes from another connection
+    stop = threading.Event()
+    listener = Listener(rt.engine.url, here, stop)
+    listener.start()
+    try:
+        assert listener.ready.wait(10)
+        time.sleep(0.05)
+        generation = here.generation()
+        started = time.monotonic()
+        with transaction(rt.sessions) as session:
+            Wakeup().notify_after_commit(session)  # what the receiver does in some web process
+        assert here.wait(generation, timeout=5)
+        latency = time.monotonic() - started
+    finally:
+        stop.set()
+        listener.join(timeout=5)
+    assert latency < 0.5 and not listener.is_alive()
+
+
+def test_the_claim_says_whether_another_calendar_waits(rt, emu):  # type: ignore[no-untyped-def]
+    connect_account(rt, emu, "ann@example.com")
+    emu.create_calendar("ann@example.com", "Team")
+    Worker(rt, threads=1).run_burst()
+    with rt.sessions() as session:
+        ids = list(session.scalars(select(Calendar.id)))
+    for cal_id in ids:
+        _request(rt, cal_id)
+    with transaction(rt.sessions) as session:
+        first = claim_calendar(session, "w/0", rt.clock.now(), 60)
+    with transaction(rt.sessions) as session:
+        second = claim_calendar(session, "w/1", rt.clock.now(), 60)
+    assert first is not None and second is not None and first.id != second.id
+    assert first.more_due and not second.more_due  # the first is leased by the time of the second
+
+
+def test_a_thread_that_takes_one_of_several_due_calendars_wakes_another(rt, emu):  # type: ignore[no-untyped-def]
+    connect_account(rt, emu, "ann@example.com")
+    emu.create_calendar("ann@example.com", "Team")
+    worker = Worker(rt, threads=1)
+    worker.run_burst()
+    with rt.sessions() as session:
+        ids = list(session.scalars(select(Calendar.id).order_by(Calendar.id)))
+    _request(rt, ids[0])
+    before = rt.wakeup.generation()
+    assert worker.work_once("w/0") == 1
+    assert rt.wakeup.generation() == before  # it was the only one: nobody else is woken for nothing
+    for cal_id in ids:
+        _request(rt, cal_id)
+    assert worker.work_once("w/0") == 1
+    assert rt.wakeup.generation() > before  # the other waits: an idle thread is told
+
+
+def test_an_incremental_sync_job_is_one_transaction_after_its_claim(rt, emu):  # type: ignore[no-untyped-def]
+    from sqlalchemy import event
+
+    _, cal_id = _connected(rt, emu)
+    emu.insert_event("ann@example.com", EVENT)
+    _request(rt, cal_id)
+    with transaction(rt.sessions) as session:
+        claim = claim_calendar(session, "w/0", rt.clock.now(), 60, rt.settings.renew_before)
+    assert claim is not None and claim.calendar is not None and claim.calendar.sync_token
+    begun: list[object] = []
+
+    def count(conn: object) -> None:
+        begun.append(conn)
+
+    event.listen(rt.engine, "begin", count)
+    try:
+        run_calendar_job(rt, claim)
+    finally:
+        event.remove(rt.engine, "begin", count)
+    # The claim read the calendar and its channel; the page, its changes, the new token, the lease's
+    # release and the owed count commit together.
+    assert len(begun) == 1
+    cal = calendar_row(rt, cal_id)
+    assert cal.lease_owner is None and cal.sync_done == cal.sync_requested and cal.sync_state == "synced"
+    assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
+
+
+def test_one_wake_up_gets_every_due_calendar_synced_without_polling(rt, emu, monkeypatch):  # type: ignore[no-untyped-def]
+    import calsync.work.worker
+
+    monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 3600.0)  # only wake-ups can start work
+    connect_account(rt, emu, "ann@example.com")
+    for i in range(3):
+        emu.create_calendar("ann@example.com", f"cal {i}")
+    Worker(rt, threads=1).run_burst()
+    with rt.sessions() as session:
+        rows = session.execute(select(Calendar.id, Calendar.google_id)).all()
+    ids = [r.id for r in rows]
+    for row in rows:
+        emu.insert_event(row.google_id, EVENT)
+    worker = Worker(rt, threads=3)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        wait_for(lambda: len(rt.wakeup._cond._waiters) == 3, timeout=10, what="three idle threads")
+        with transaction(rt.sessions) as session:
+            for cal_id in ids:
+                request_calendar_sync(session, cal_id, rt.clock.now())
+        rt.wakeup.notify_local()  # one wake-up, as a notification batch gives
+        wait_for(lambda: all(calendar_row(rt, c).sync_done == calendar_row(rt, c).sync_requested for c in ids),
+                 timeout=20, what="every calendar synced")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert len(changes_for(rt)) == len(ids)
