@@ -16,11 +16,11 @@ from sqlalchemy import make_url, text
 from werkzeug.serving import make_server
 
 from calsync.config import Settings
+from calsync.push.channels import open_events_channel
+from calsync.runtime import Runtime
 from calsync.store.crypto import new_key
 from calsync.store.db import make_engine
 from calsync.store.migrate import upgrade
-from calsync.push.channels import open_events_channel
-from calsync.runtime import Runtime
 from tests.push_support import add_calendar_row, connect_account, emu_channel
 
 PG_ENV = "CALSYNC_TEST_DATABASE_URL"

@@ -9,11 +9,10 @@ from typing import Any
 import requests
 from sqlalchemy import func, select
 
+from calsync.push.intake_sql import Push
+from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel
-from calsync.runtime import Runtime
-from calsync.push.intake_sql import Push
-
 from tests.sync_support import READONLY, connect_account  # noqa: F401  (re-exported for the push tests)
 
 

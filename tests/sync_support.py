@@ -8,10 +8,10 @@ from google.oauth2.credentials import Credentials
 from sqlalchemy import select
 
 from calsync.accounts.connected import upsert_account
-from calsync.store.db import transaction
 from calsync.google.oauth import client_config
-from calsync.store.models import Calendar, Change, Event
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Calendar, Change, Event
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 

@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from calsync.humanize import ago, event_title, expires_in, field_diffs, human_duration, render_value, utc_label
+from calsync.humanize import (
+    ago,
+    event_title,
+    expires_in,
+    field_diffs,
+    human_duration,
+    render_value,
+    utc_label,
+)
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

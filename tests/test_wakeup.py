@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 
 from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, transaction
-from calsync.work.listen import Listener
 from calsync.wakeup import CHANNEL, Wakeup
+from calsync.work.listen import Listener
 from tests.push_support import wait_for
 
 

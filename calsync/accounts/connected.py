@@ -9,10 +9,11 @@ from google.oauth2.credentials import Credentials
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from calsync.store.crypto import TokenCipher
 from calsync.google.oauth import credentials_from_json, credentials_to_json
-from calsync.store.models import Account, Calendar
 from calsync.runtime import Runtime
+from calsync.store.crypto import TokenCipher
+from calsync.store.models import Account, Calendar
+from calsync.store.states import AccountStatus
 
 
 def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Credentials,
@@ -30,7 +31,7 @@ def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Cre
                             scopes=creds.scopes, expiry=creds.expiry)
     account.credentials = cipher.encrypt_str(credentials_to_json(creds))
     account.scopes = list(scopes)
-    account.status = "active"
+    account.status = AccountStatus.ACTIVE
     account.last_error = None
     account.list_requested = (account.list_requested or 0) + 1
     account.list_due_at = now
@@ -57,7 +58,7 @@ def save_if_refreshed(session: Session, runtime: Runtime, account_id: int, creds
     if creds.token == token_before:
         return False
     # A disconnect wipes the credentials; a sync finishing after it must not write them back.
-    session.execute(update(Account).where(Account.id == account_id, Account.status != "disconnected").values(
+    session.execute(update(Account).where(Account.id == account_id, Account.status != AccountStatus.DISCONNECTED).values(
         credentials=runtime.cipher.encrypt_str(credentials_to_json(creds)), updated_at=runtime.clock.now()))
     return True
 
@@ -65,8 +66,8 @@ def save_if_refreshed(session: Session, runtime: Runtime, account_id: int, creds
 def mark_reauth_required(session: Session, account_id: int, reason: str, now: datetime) -> None:
     """A dead grant must be visible: the account says so, and its calendars stop asking Google."""
     # Only an active account can become reauth_required: a disconnect racing a sync must stay.
-    done = session.execute(update(Account).where(Account.id == account_id, Account.status == "active").values(
-        status="reauth_required", last_error=reason[:1000], updated_at=now))
+    done = session.execute(update(Account).where(Account.id == account_id, Account.status == AccountStatus.ACTIVE).values(
+        status=AccountStatus.REAUTH_REQUIRED, last_error=reason[:1000], updated_at=now))
     if done.rowcount == 0:  # type: ignore[attr-defined]
         return
     session.execute(update(Calendar).where(Calendar.account_id == account_id).values(

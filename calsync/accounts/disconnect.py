@@ -18,16 +18,16 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import load_credentials
-from calsync.store.db import transaction
 from calsync.errors import GoogleApiError, GoogleNotFound, NotFoundError
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import revoke
-from calsync.store.models import Account, Calendar, Channel
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Channel
+from calsync.store.states import UNSTOPPED_CHANNEL, AccountStatus, ChannelStatus
 
 log = logging.getLogger(__name__)
 
-LIVE_CHANNEL_STATES = ("pending", "active", "stopping")
 EMPTY_CREDENTIALS = "{}"
 
 
@@ -40,7 +40,7 @@ class DisconnectResult:
     already_disconnected: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        return {"account": self.account, "status": "disconnected", "revoked": self.revoked,
+        return {"account": self.account, "status": AccountStatus.DISCONNECTED, "revoked": self.revoked,
                 "channels_stopped": self.channels_stopped, "channels_not_stopped": self.channels_not_stopped}
 
 
@@ -60,10 +60,10 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
         account = session.get(Account, account_id)
         if account is None:
             raise NotFoundError(f"no account with id {account_id}")
-        result = DisconnectResult(account.email, already_disconnected=account.status == "disconnected")
+        result = DisconnectResult(account.email, already_disconnected=account.status == AccountStatus.DISCONNECTED)
         creds = _stored_credentials(runtime, account)
         channels = _live_channels(runtime, account_id, session)
-        account.status = "disconnected"
+        account.status = AccountStatus.DISCONNECTED
         account.list_due_at = None
         account.updated_at = now
         session.execute(update(Calendar).where(Calendar.account_id == account_id).values(due_at=None, retry_at=None))
@@ -80,10 +80,10 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
         session.execute(update(Channel).where(Channel.account_id == account_id,
-                                              Channel.status.in_(LIVE_CHANNEL_STATES))
-                        .values(status="stopped", stopped_at=now))
+                                              Channel.status.in_(UNSTOPPED_CHANNEL))
+                        .values(status=ChannelStatus.STOPPED, stopped_at=now))
         session.execute(update(Account).where(Account.id == account_id).values(
-            status="disconnected", credentials=runtime.cipher.encrypt_str(EMPTY_CREDENTIALS),
+            status=AccountStatus.DISCONNECTED, credentials=runtime.cipher.encrypt_str(EMPTY_CREDENTIALS),
             list_due_at=None, updated_at=now))
         session.execute(update(Calendar).where(Calendar.account_id == account_id).values(due_at=None, retry_at=None))
     log.info("account %s disconnected: %d channel(s) stopped, grant revoked: %s",
@@ -94,7 +94,7 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
 def _live_channels(runtime: Runtime, account_id: int, session: Session | None = None) -> list[tuple[str, str | None]]:
     """(id, resource id) of the account's channels that Google may still be serving."""
     query = (select(Channel.id, Channel.resource_id)
-             .where(Channel.account_id == account_id, Channel.status.in_(LIVE_CHANNEL_STATES)).order_by(Channel.id))
+             .where(Channel.account_id == account_id, Channel.status.in_(UNSTOPPED_CHANNEL)).order_by(Channel.id))
     if session is not None:
         return [(cid, rid) for cid, rid in session.execute(query)]
     with runtime.sessions() as own:

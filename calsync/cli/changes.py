@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.config import Settings
-from calsync.store.db import make_engine, make_sessionmaker
 from calsync.errors import ConfigError, NotFoundError
+from calsync.store.db import make_engine, make_sessionmaker
 from calsync.store.models import Change
 from calsync.sync import reads
 

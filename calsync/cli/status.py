@@ -5,8 +5,8 @@ Calendars are named the way people know them: their Google id, or their title wh
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,7 +14,13 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.engine import make_url
@@ -22,18 +28,18 @@ from sqlalchemy.orm import Session
 
 from calsync.clock import SystemClock
 from calsync.config import Settings
-from calsync.store.db import make_engine, make_sessionmaker, transaction
-from calsync.humanize import ago, expires_in
 from calsync.errors import ConfigError, NotFoundError
-from calsync.work.leases import Claim, finish_calendar, release_calendar
+from calsync.humanize import ago, expires_in
+from calsync.runtime import Runtime
+from calsync.store.db import make_engine, make_sessionmaker, transaction
 from calsync.store.migrate import current_revision
 from calsync.store.models import Account, Calendar, Change, Channel, WorkerHeartbeat
-from calsync.runtime import Runtime
+from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
+from calsync.work.leases import Claim, finish_calendar, release_calendar
 
 STATE_STYLE = {"synced": "green", "pending": "cyan", "backoff": "yellow", "error": "bold red",
                "active": "green", "reauth_required": "bold white on red", "disconnected": "dim",
                "stopping": "yellow", "stopped": "dim", "expired": "dim"}
-LIVE = ("pending", "active")
 
 
 @click.command()
@@ -47,7 +53,7 @@ def status(all_channels: bool) -> None:
         calendars = list(session.scalars(select(Calendar).where(Calendar.removed_at.is_(None))
                                          .order_by(Calendar.account_id, Calendar.primary.desc(), Calendar.summary)))
         query = select(Channel).order_by(Channel.expires_at)
-        channels = list(session.scalars(query if all_channels else query.where(Channel.status.in_(LIVE))))
+        channels = list(session.scalars(query if all_channels else query.where(Channel.status.in_(LIVE_CHANNEL))))
         emails = {a.id: a.email for a in accounts}
         titles = {c.id: c.summary or c.google_id for c in calendars}
         last_seq = session.scalar(select(func.max(Change.seq))) or 0
@@ -109,7 +115,7 @@ def channels() -> None:
 def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -> None:
     """Open a new channel for CALENDAR (or --all), then stop the old one, then queue a sync for the seam."""
     from calsync.push.channels import replace_channel
-    from calsync.work.scheduler import request_calendar_sync
+    from calsync.push.owed import request_calendar_sync
 
     if bool(calendar) == renew_all:
         raise click.UsageError("name one CALENDAR or give --all")
@@ -117,9 +123,9 @@ def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -
         with rt.sessions() as session:
             if renew_all:
                 targets = [(c.id, c.account_id, f"{c.summary or c.google_id} ({c.account.email})") for c in session.scalars(
-                    select(Calendar).join(Account).where(Calendar.removed_at.is_(None), Account.status == "active")
+                    select(Calendar).join(Account).where(Calendar.removed_at.is_(None), Account.status == AccountStatus.ACTIVE)
                     .order_by(Calendar.id))]
-                lists = [(a.id, a.email) for a in session.scalars(select(Account).where(Account.status == "active"))]
+                lists = [(a.id, a.email) for a in session.scalars(select(Account).where(Account.status == AccountStatus.ACTIVE))]
             else:
                 cal = find_calendar(session, calendar or "", account)
                 targets = [(cal.id, cal.account_id, f"{cal.summary or cal.google_id} ({cal.account.email})")]
@@ -156,14 +162,14 @@ def channels_stop(channel_id: str | None, calendar: str | None, account: str | N
                 channel = session.get(Channel, channel_id)
                 if channel is None:
                     raise NotFoundError(f"no channel {channel_id!r} (see `calsync status`)")
-                if channel.status not in LIVE:
+                if channel.status not in LIVE_CHANNEL:
                     click.echo(f"channel {channel_id} is already {channel.status}")
                     return
                 ids = [channel_id]
             else:
                 cal = find_calendar(session, calendar or "", account)
                 ids = list(session.scalars(select(Channel.id).where(Channel.calendar_id == cal.id,
-                                                                     Channel.status.in_(LIVE))))
+                                                                     Channel.status.in_(LIVE_CHANNEL))))
         for cid in ids:
             stop_channel(rt, cid)
             click.echo(f"stopped channel {cid}")
@@ -243,7 +249,7 @@ def _accounts_table(accounts: list[Account], calendars: list[Calendar], now: dat
     for a in accounts:
         count = sum(1 for c in calendars if c.account_id == a.id)
         problem = a.last_error or ""
-        if a.status == "reauth_required":
+        if a.status == AccountStatus.REAUTH_REQUIRED:
             problem = "re-consent needed at /connect" + (f": {problem}" if problem else "")
         table.add_row(escape(a.email), _style(a.status), str(count), ago(a.created_at, now),
                       f"[red]{escape(problem)}[/red]" if problem else "—")
@@ -259,7 +265,7 @@ def _calendars_table(calendars: list[Calendar], channels: list[Channel], emails:
         table.add_column(col, overflow="fold")
     expiry: dict[int, datetime | None] = {}
     for ch in channels:
-        if ch.calendar_id is not None and ch.status in LIVE:
+        if ch.calendar_id is not None and ch.status in LIVE_CHANNEL:
             expiry[ch.calendar_id] = ch.expires_at
     for c in calendars:
         channel = expires_in(expiry[c.id], now) if c.id in expiry else "[dim]none[/dim]"
@@ -276,7 +282,7 @@ def _channels_table(channels: list[Channel], emails: dict[int, str], titles: dic
     for col in ("channel id", "watches", "account", "status", "expiry", "last message"):
         table.add_column(col, overflow="fold")
     for ch in channels:
-        watches = "calendar list" if ch.kind == "calendar_list" else titles.get(ch.calendar_id or 0, "(removed)")
+        watches = "calendar list" if ch.kind == ChannelKind.CALENDAR_LIST else titles.get(ch.calendar_id or 0, "(removed)")
         table.add_row(ch.id, escape(watches), escape(emails.get(ch.account_id, "?")), _style(ch.status),
                       expires_in(ch.expires_at, now), str(ch.last_message_number or "—"))
     if not channels:

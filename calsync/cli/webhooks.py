@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from calsync.config import Settings
-from calsync.store.db import transaction
 from calsync.errors import InvalidSubscription
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
 from calsync.webhooks import claimcheck, subscriptions
 
 

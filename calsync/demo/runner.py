@@ -30,9 +30,9 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from calsync.store.crypto import new_key
-from calsync.humanize import event_title, event_when, field_diffs
 from calsync.errors import CalsyncError
+from calsync.humanize import event_title, event_when, field_diffs
+from calsync.store.crypto import new_key
 
 POLL_SECONDS = 0.25
 START_TIMEOUT = 60.0

@@ -46,7 +46,7 @@ class ApiRequest:
 
 def utcnow() -> dt.datetime:
     """The default clock: real time, aware UTC."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Emulator:

@@ -277,7 +277,7 @@ class PushHub:
             "X-Goog-Resource-State": message.state,
             "X-Goog-Resource-URI": channel.resource_uri,
             "X-Goog-Channel-Expiration": email.utils.format_datetime(
-                channel.expiration.astimezone(dt.timezone.utc), usegmt=True),
+                channel.expiration.astimezone(dt.UTC), usegmt=True),
             "User-Agent": USER_AGENT,
             "Content-Length": "0",
         }

@@ -17,7 +17,7 @@ from dateutil.parser import isoparse
 
 from .errors import invalid
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 OPEN_ENDED_SPAN = dt.timedelta(days=730)
 MAX_INSTANCES = 2500
 

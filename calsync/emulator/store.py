@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ApiError, invalid
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @dataclass

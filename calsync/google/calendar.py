@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -133,7 +132,7 @@ class GoogleCalendar:
             if getattr(err, "retryable", False):
                 raise BackendError(f"token refresh failed: {err}", reason="refreshFailed") from err
             raise AuthRevoked(f"the grant was refused: {err}", status=400, reason="invalid_grant") from err
-        except (TransportError, httplib2.HttpLib2Error, socket.timeout, ssl.SSLError, OSError) as err:
+        except (TimeoutError, TransportError, httplib2.HttpLib2Error, ssl.SSLError, OSError) as err:
             GOOGLE_CALLS.labels(method, "network_error").inc()
             raise BackendError(f"{method}: network error: {err}", reason="networkError") from err
         GOOGLE_CALLS.labels(method, "200").inc()

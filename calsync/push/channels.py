@@ -19,15 +19,15 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import load_credentials, save_if_refreshed
-from calsync.store.db import transaction
 from calsync.errors import GoogleApiError, GoogleNotFound
 from calsync.google.calendar import GoogleCalendar
-from calsync.store.models import Account, Calendar, Channel
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Channel
+from calsync.store.states import LIVE_CHANNEL, ChannelKind, ChannelStatus
 
 log = logging.getLogger(__name__)
 
-LIVE = ("pending", "active")
 
 
 def hash_token(token: str) -> str:
@@ -47,7 +47,7 @@ def open_events_channel(runtime: Runtime, calendar_id: int) -> str:
         return api.watch_events(google_id, channel_id=channel_id, token=token,
                                 address=runtime.settings.notifications_url, ttl=runtime.settings.channel_ttl)
 
-    return _open(runtime, account_id, calendar_id, "events", watch)
+    return _open(runtime, account_id, calendar_id, ChannelKind.EVENTS, watch)
 
 
 def open_calendar_list_channel(runtime: Runtime, account_id: int) -> str:
@@ -57,19 +57,19 @@ def open_calendar_list_channel(runtime: Runtime, account_id: int) -> str:
         return api.watch_calendar_list(channel_id=channel_id, token=token,
                                        address=runtime.settings.notifications_url, ttl=runtime.settings.channel_ttl)
 
-    return _open(runtime, account_id, None, "calendar_list", watch)
+    return _open(runtime, account_id, None, ChannelKind.CALENDAR_LIST, watch)
 
 
 def stop_channel(runtime: Runtime, channel_id: str, *, replaced_by: str | None = None) -> None:
     """Tell Google to stop a channel and mark it stopped; an already-gone channel is not an error."""
     with transaction(runtime.sessions) as session:
         channel = session.get(Channel, channel_id)
-        if channel is None or channel.status not in LIVE:
+        if channel is None or channel.status not in LIVE_CHANNEL:
             return
         # A row left pending by a crash has no resource id of its own; Google's resource id is the
         # same for every channel on one calendar (or calendar list), so a sibling's serves to stop it.
         account_id, resource_id = channel.account_id, channel.resource_id or _sibling_resource_id(session, channel)
-        channel.status = "stopping"
+        channel.status = ChannelStatus.STOPPING
     try:
         if resource_id:
             api, creds, token_before = _client(runtime, account_id)
@@ -91,18 +91,18 @@ def stop_channel(runtime: Runtime, channel_id: str, *, replaced_by: str | None =
 def stop_channels_locally(session: Session, *, now: datetime, account_id: int | None = None,
                           calendar_ids: Iterable[int] | None = None) -> int:
     """Mark live channels stopped without calling Google (a dead grant could not stop them anyway)."""
-    stmt = update(Channel).where(Channel.status.in_(LIVE))
+    stmt = update(Channel).where(Channel.status.in_(LIVE_CHANNEL))
     if account_id is not None:
         stmt = stmt.where(Channel.account_id == account_id)
     if calendar_ids is not None:
         stmt = stmt.where(Channel.calendar_id.in_(list(calendar_ids)))
-    return session.execute(stmt.values(status="stopped", stopped_at=now)).rowcount or 0
+    return session.execute(stmt.values(status=ChannelStatus.STOPPED, stopped_at=now)).rowcount or 0
 
 
 def live_channels(session: Session, *, calendar_id: int | None = None, account_id: int | None = None,
-                  kind: str = "events") -> list[Channel]:
+                  kind: str = ChannelKind.EVENTS) -> list[Channel]:
     """The pending or active channels of one calendar (or of one account's calendar list)."""
-    stmt = select(Channel).where(Channel.kind == kind, Channel.status.in_(LIVE))
+    stmt = select(Channel).where(Channel.kind == kind, Channel.status.in_(LIVE_CHANNEL))
     if calendar_id is not None:
         stmt = stmt.where(Channel.calendar_id == calendar_id)
     if account_id is not None:
@@ -117,13 +117,13 @@ def needs_new_channel(channels: list[Channel], now: datetime, renew_before: floa
     leftover, not a watch in flight.
     """
     horizon = now + timedelta(seconds=renew_before)
-    return not any(c.status == "active" and c.expires_at is not None and c.expires_at > horizon for c in channels)
+    return not any(c.status == ChannelStatus.ACTIVE and c.expires_at is not None and c.expires_at > horizon for c in channels)
 
 
 def replace_channel(runtime: Runtime, *, calendar_id: int | None = None, account_id: int | None = None) -> str:
     """Open a new channel first, then stop the old ones (the caller syncs afterwards to cover the seam)."""
     with transaction(runtime.sessions) as session:
-        kind = "events" if calendar_id is not None else "calendar_list"
+        kind = ChannelKind.EVENTS if calendar_id is not None else ChannelKind.CALENDAR_LIST
         old = [c.id for c in live_channels(session, calendar_id=calendar_id, account_id=account_id, kind=kind)]
     if calendar_id is not None:
         new_id = open_events_channel(runtime, calendar_id)
@@ -149,7 +149,7 @@ def _open(runtime: Runtime, account_id: int, calendar_id: int | None, kind: str,
     token = secrets.token_urlsafe(32)
     with transaction(runtime.sessions) as session:
         session.add(Channel(id=channel_id, account_id=account_id, calendar_id=calendar_id, kind=kind,
-                            token_hash=hash_token(token), status="pending", created_at=runtime.clock.now()))
+                            token_hash=hash_token(token), status=ChannelStatus.PENDING, created_at=runtime.clock.now()))
     try:
         api, creds, token_before = _client(runtime, account_id)
         try:
@@ -163,18 +163,18 @@ def _open(runtime: Runtime, account_id: int, calendar_id: int | None, kind: str,
         raise
     with transaction(runtime.sessions) as session:
         # The receiver may already have turned it active on `sync`; a stop in between wins.
-        session.execute(update(Channel).where(Channel.id == channel_id, Channel.status.in_(LIVE)).values(
+        session.execute(update(Channel).where(Channel.id == channel_id, Channel.status.in_(LIVE_CHANNEL)).values(
             resource_id=granted.get("resourceId"), resource_uri=granted.get("resourceUri"),
-            expires_at=expiration_from_ms(granted.get("expiration")), status="active"))
+            expires_at=expiration_from_ms(granted.get("expiration")), status=ChannelStatus.ACTIVE))
     log.info("opened %s channel %s (account %s, calendar %s)", kind, channel_id, account_id, calendar_id)
     return channel_id
 
 
 def _mark_stopped(session: Session, ids: list[str], now: datetime, *, replaced_by: str | None = None) -> None:
-    values: dict[str, Any] = {"status": "stopped", "stopped_at": now}
+    values: dict[str, Any] = {"status": ChannelStatus.STOPPED, "stopped_at": now}
     if replaced_by is not None:
         values["replaced_by"] = replaced_by
-    session.execute(update(Channel).where(Channel.id.in_(ids), Channel.status != "stopped").values(**values))
+    session.execute(update(Channel).where(Channel.id.in_(ids), Channel.status != ChannelStatus.STOPPED).values(**values))
 
 
 def _sibling_resource_id(session: Session, channel: Channel) -> str | None:

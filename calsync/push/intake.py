@@ -24,10 +24,9 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from calsync.metrics import NOTIFICATION_BATCH
-from calsync.runtime import Runtime
-from calsync.work.scheduler import TRIM_LOG
-from calsync.push.intake_sql import Item, Push, record_batch
+from calsync.push.intake_sql import TRIM_LOG, Item, Push, record_batch
 from calsync.push.intake_sqlite import Checkpointer, WriterTurn
+from calsync.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

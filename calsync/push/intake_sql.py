@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Dialect
+from sqlalchemy import Dialect, text
+from sqlalchemy.orm import Session
 
+from calsync.push.owed import OWE_LIST as _OWE_LIST
+from calsync.push.owed import OWE_SYNC as _OWE_SYNC
 from calsync.store.models import Notification
-from calsync.work.scheduler import OWE_LIST as _OWE_LIST
-from calsync.work.scheduler import OWE_SYNC as _OWE_SYNC
+from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
 from calsync.wakeup import CHANNEL as WAKEUP_CHANNEL
 
 REFUSED = frozenset({"unknown_channel", "bad_token", "bad_resource", "stopped_channel", "account_inactive"})
@@ -123,7 +125,7 @@ def decide(batch: list[Item], channels: dict[str, ChannelRow]) -> Owed:
             item.outcome = "duplicate"
         else:
             item.outcome = "queued"
-            if channel.kind == "calendar_list":
+            if channel.kind == ChannelKind.CALENDAR_LIST:
                 owed.accounts.add(channel.account_id)
             elif channel.calendar_id is not None:
                 owed.calendars.add(channel.calendar_id)
@@ -143,9 +145,9 @@ def _refusal(channel: ChannelRow | None, push: Push) -> str | None:
         return "bad_token"
     if channel.resource_id and push.resource_id != channel.resource_id:
         return "bad_resource"
-    if channel.status not in ("pending", "active"):
+    if channel.status not in LIVE_CHANNEL:
         return "stopped_channel"
-    if channel.account_status != "active":
+    if channel.account_status != AccountStatus.ACTIVE:
         return "account_inactive"
     return None
 
@@ -290,3 +292,11 @@ SELECT 0, 'notified' FROM (
     SELECT pg_notify('{WAKEUP_CHANNEL}', '')
       FROM (SELECT 1 WHERE EXISTS (SELECT FROM owe_calendar_sync WHERE newly_owed)
                         OR EXISTS (SELECT FROM owe_list_refresh WHERE newly_owed)) AS owed) AS woken"""
+
+
+TRIM_LOG = "DELETE FROM notifications WHERE id <= (SELECT max(id) FROM notifications) - {p}"
+
+
+def trim_log(session: Session, keep: int) -> int:
+    """Keep only the newest `keep` notifications."""
+    return session.execute(text(TRIM_LOG.format(p=":keep")), {"keep": keep}).rowcount or 0  # type: ignore[attr-defined]

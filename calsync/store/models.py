@@ -24,6 +24,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from calsync.store.states import (
+    AccountStatus,
+    ChannelStatus,
+    DeliveryState,
+    SubscriptionStatus,
+    SyncState,
+)
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -74,7 +82,7 @@ class Account(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     credentials: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet-encrypted JSON
     scopes: Mapped[list[str]] = mapped_column(default=list)
-    status: Mapped[str] = mapped_column(String(20), default="active")  # active|reauth_required|disconnected
+    status: Mapped[str] = mapped_column(String(20), default=AccountStatus.ACTIVE)
     last_error: Mapped[str | None] = mapped_column(Text)
     # The calendar list is work of its own, coalesced like a calendar's events.
     list_requested: Mapped[int] = mapped_column(Integer, default=1)
@@ -105,7 +113,7 @@ class Calendar(Base):
     removed_at: Mapped[datetime | None]  # gone from the account's calendar list; changes stay
     # Sync state
     sync_token: Mapped[str | None] = mapped_column(Text)
-    sync_state: Mapped[str] = mapped_column(String(20), default="pending")  # pending|synced|backoff|error
+    sync_state: Mapped[str] = mapped_column(String(20), default=SyncState.PENDING)
     baseline_done: Mapped[bool] = mapped_column(Boolean, default=False)
     full_sync_gen: Mapped[int] = mapped_column(Integer, default=0)
     last_synced_at: Mapped[datetime | None]
@@ -133,12 +141,12 @@ class Channel(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(20))  # events|calendar_list
+    kind: Mapped[str] = mapped_column(String(20))  # a ChannelKind
     token_hash: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str | None] = mapped_column(String(255))
     resource_uri: Mapped[str | None] = mapped_column(Text)
     expires_at: Mapped[datetime | None]
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|active|stopping|stopped|expired
+    status: Mapped[str] = mapped_column(String(20), default=ChannelStatus.PENDING)
     last_message_number: Mapped[int | None] = mapped_column(BigInteger)
     replaced_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=_now)
@@ -173,7 +181,7 @@ class Change(Base):
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False)
     calendar_id: Mapped[int] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
     event_id: Mapped[str] = mapped_column(String(1024))
-    kind: Mapped[str] = mapped_column(String(10))  # created|updated|deleted
+    kind: Mapped[str] = mapped_column(String(10))  # a ChangeKind
     fields: Mapped[list[str]] = mapped_column(default=list)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
@@ -219,7 +227,7 @@ class WebhookSubscription(Base):
     secret: Mapped[bytes] = mapped_column(LargeBinary)  # encrypted whsec_…
     previous_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     previous_secret_until: Mapped[datetime | None]
-    status: Mapped[str] = mapped_column(String(20), default="active")  # active|paused|disabled
+    status: Mapped[str] = mapped_column(String(20), default=SubscriptionStatus.ACTIVE)
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     last_success_at: Mapped[datetime | None]
     failing_since: Mapped[datetime | None]
@@ -239,7 +247,7 @@ class Delivery(Base):
     subscription_id: Mapped[str] = mapped_column(ForeignKey("webhook_subscriptions.id", ondelete="CASCADE"))
     change_seq: Mapped[int] = mapped_column(BigInteger, ForeignKey("changes.seq", ondelete="CASCADE"))
     message_id: Mapped[str] = mapped_column(String(80), unique=True)
-    state: Mapped[str] = mapped_column(String(20), default="pending")  # pending|delivered|failed
+    state: Mapped[str] = mapped_column(String(20), default=DeliveryState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     last_status: Mapped[int | None] = mapped_column(Integer)

@@ -9,12 +9,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from calsync.accounts.connected import load_credentials, mark_reauth_required, save_if_refreshed
-from calsync.store.db import transaction
+from calsync.accounts.connected import (
+    load_credentials,
+    mark_reauth_required,
+    save_if_refreshed,
+)
 from calsync.errors import AuthRevoked, NotFoundError
 from calsync.google.calendar import GoogleCalendar
-from calsync.store.models import Account, Calendar
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,24 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Select, String, Text, bindparam, cast, func, select, true
+from sqlalchemy import (
+    Connection,
+    Select,
+    String,
+    Text,
+    bindparam,
+    cast,
+    func,
+    select,
+    true,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from calsync.store.db import is_postgres
-from calsync.sync.diff import changed_fields, event_time_text, implied_occurrence
 from calsync.store.models import Change, Event
+from calsync.sync.diff import changed_fields, event_time_text, implied_occurrence
 
 CANCELLED = "cancelled"
 _CHUNK = 500  # series ids per IN (...) list, well under SQLite's bound-parameter limit

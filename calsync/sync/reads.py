@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from calsync.clock import rfc3339
 from calsync.errors import NotFoundError
 from calsync.store.models import Account, Calendar, Change, Channel, Event
+from calsync.store.states import ChannelKind, ChannelStatus
 
 EVENTS_PAGE_SIZE = 1000
 CHANGES_DEFAULT_LIMIT = 100
@@ -149,8 +150,8 @@ def _newest_active_channels(session: Session, calendar_ids: list[int]) -> dict[i
     if not calendar_ids:
         return {}
     channels = session.scalars(
-        select(Channel).where(and_(Channel.calendar_id.in_(calendar_ids), Channel.kind == "events",
-                                   Channel.status == "active"))
+        select(Channel).where(and_(Channel.calendar_id.in_(calendar_ids), Channel.kind == ChannelKind.EVENTS,
+                                   Channel.status == ChannelStatus.ACTIVE))
         .order_by(Channel.created_at, Channel.expires_at)
     )
     newest: dict[int, Channel] = {}

@@ -24,16 +24,26 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from calsync.accounts.connected import credentials_from_stored, mark_reauth_required, save_if_refreshed
-from calsync.sync.changelog import append_changes
-from calsync.store.db import transaction
-from calsync.errors import AuthRevoked, GoogleApiError, LeaseLost, NotFoundError, SyncTokenExpired
+from calsync.accounts.connected import (
+    credentials_from_stored,
+    mark_reauth_required,
+    save_if_refreshed,
+)
+from calsync.errors import (
+    AuthRevoked,
+    GoogleApiError,
+    LeaseLost,
+    NotFoundError,
+    SyncTokenExpired,
+)
 from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar, decode_page
-from calsync.work.leases import CalendarState
 from calsync.metrics import SYNC_SECONDS, SYNCS
-from calsync.sync.mirror import PageMirror
-from calsync.store.models import Calendar, Event
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Calendar, Event
+from calsync.store.states import SyncState
+from calsync.sync.changelog import append_changes
+from calsync.sync.mirror import PageMirror
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +54,23 @@ Progress = Callable[[int, int | None], None]
 # The caller's bookkeeping for a sync that succeeds (lease released, owed work settled): column
 # values written with the last page, in its transaction, so no crash can fall between the two.
 Finish = Callable[[datetime], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class CalendarState:
+    """What a sync of a claimed calendar starts from, returned by the claim statement itself.
+
+    Read under the lease, so nobody else moves the sync token before the run does; the run need
+    not read the row again.
+    """
+
+    account_id: int
+    google_id: str
+    sync_token: str | None
+    baseline_done: bool
+    credentials: bytes  # as stored: encrypted
+    # An active channel outlasts the renewal window (None: not asked, look it up).
+    channel_ok: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +95,7 @@ def sync_calendar(runtime: Runtime, calendar_id: int, *, full: bool = False, lea
     the calendar as the claim read it (else it is read here); `finish` needs `lease_owner`.
     """
     started = time.monotonic()
-    job = _Job.load(runtime, calendar_id, lease_owner=lease_owner, progress=progress, page_size=page_size,
+    job = _SyncRun.load(runtime, calendar_id, lease_owner=lease_owner, progress=progress, page_size=page_size,
                     start=start)
     job.finish = finish
     kind = "incremental" if job.sync_token and not full else ("resync" if job.baseline_done else "full")
@@ -98,7 +125,7 @@ def sync_calendar(runtime: Runtime, calendar_id: int, *, full: bool = False, lea
 
 
 @dataclass
-class _Job:
+class _SyncRun:
     """One sync of one calendar: the Google client, the lease, and the state kept between pages."""
 
     runtime: Runtime
@@ -121,7 +148,7 @@ class _Job:
 
     @classmethod
     def load(cls, runtime: Runtime, calendar_id: int, *, lease_owner: str | None, progress: Progress | None,
-             page_size: int, start: CalendarState | None = None) -> _Job:
+             page_size: int, start: CalendarState | None = None) -> _SyncRun:
         if start is None:  # not claimed by a worker (the CLI, the first sync after consent): read the row
             with runtime.sessions() as session:
                 cal = session.get(Calendar, calendar_id)
@@ -257,7 +284,7 @@ class _Job:
 
     def _finish(self, session: Session, next_sync_token: str, now: datetime) -> None:
         values: dict[str, Any] = dict(
-            sync_token=next_sync_token, baseline_done=True, last_synced_at=now, sync_state="synced",
+            sync_token=next_sync_token, baseline_done=True, last_synced_at=now, sync_state=SyncState.SYNCED,
             last_error=None, next_reconcile_at=now + timedelta(seconds=self.runtime.settings.reconcile_every))
         stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
         if self.finish is not None:

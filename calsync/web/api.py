@@ -14,8 +14,8 @@ from flask import Blueprint, jsonify, request
 from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.errors import NotFoundError
 from calsync.sync import reads
-from calsync.web.app import runtime
 from calsync.web.api_token import json_error, require_api_token
+from calsync.web.app import runtime
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 

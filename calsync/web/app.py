@@ -8,8 +8,8 @@ from pathlib import Path
 from flask import Flask, current_app, request
 
 from calsync.config import Settings
-from calsync.store.locations import resource_dir
 from calsync.runtime import Runtime
+from calsync.store.locations import resource_dir
 from calsync.web import receiver
 
 STATIC = resource_dir("static")
@@ -28,7 +28,15 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")
     app.extensions["calsync"] = runtime
 
-    from calsync.web import api, consent, dashboard, health, metrics, operator_login, webhooks_api
+    from calsync.web import (
+        api,
+        consent,
+        dashboard,
+        health,
+        metrics,
+        operator_login,
+        webhooks_api,
+    )
 
     for module in (health, consent, api, operator_login, dashboard, webhooks_api, metrics):
         app.register_blueprint(module.bp)

@@ -11,19 +11,27 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, current_app, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from google.oauth2.credentials import Credentials
 from oauthlib.oauth2.rfc6749.errors import OAuth2Error
 from requests import RequestException
 
 from calsync.accounts.connected import upsert_account
-from calsync.store.db import transaction
 from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.errors import ConfigError, GoogleApiError, NotFoundError
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import authorization_url, make_flow
-from calsync.web.app import runtime
+from calsync.store.db import transaction
 from calsync.web.api_token import api_token_ok, json_error
+from calsync.web.app import runtime
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,15 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
+from calsync.humanize import (
+    ago,
+    event_title,
+    event_when,
+    expires_in,
+    field_diffs,
+    utc_label,
+)
 from calsync.store.db import transaction
-from calsync.humanize import ago, expires_in, field_diffs, event_title, event_when, utc_label
 from calsync.store.models import (
     Account,
     Calendar,
@@ -27,16 +34,20 @@ from calsync.store.models import (
     DeliveryAttempt,
     Notification,
     WebhookSubscription,
-    WorkerHeartbeat,
 )
-from calsync.web.operator_login import check_csrf, render_error, require_admin, secure_headers
+from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind, DeliveryState
 from calsync.web.app import runtime
+from calsync.web.operator_login import (
+    check_csrf,
+    render_error,
+    require_admin,
+    secure_headers,
+)
+from calsync.work.liveness import heartbeat_is_fresh, last_heartbeat
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
 PAGE_SIZE = 50
-WORKER_STALE = timedelta(seconds=60)
-LIVE_CHANNEL_STATES = ("pending", "active")
 
 bp.before_request(check_csrf)
 bp.after_request(secure_headers)
@@ -70,7 +81,7 @@ def overview() -> Any:
     with runtime().sessions() as session:
         blocks = _account_blocks(session)
         stats = _stats(session, now)
-    reauth = [b.account for b in blocks if b.account.status == "reauth_required"]
+    reauth = [b.account for b in blocks if b.account.status == AccountStatus.REAUTH_REQUIRED]
     return render_template("dashboard/overview.html", blocks=blocks, stats=stats, reauth=reauth, now=now)
 
 
@@ -145,7 +156,7 @@ def webhooks() -> Any:
             attempts = _attempts(session, [d.id for d in items])
             deliveries[sub.id] = [(d, attempts.get(d.id, [])) for d in items]
         failed_counts = dict(session.execute(
-            select(Delivery.subscription_id, func.count()).where(Delivery.state == "failed")
+            select(Delivery.subscription_id, func.count()).where(Delivery.state == DeliveryState.FAILED)
             .group_by(Delivery.subscription_id)).all())
     return render_template("dashboard/webhooks.html", subs=subs, deliveries=deliveries, state=state,
                            failed_counts=failed_counts, now=runtime().clock.now())
@@ -221,14 +232,14 @@ def _account_blocks(session: Session) -> list[AccountBlock]:
     accounts = list(session.scalars(select(Account).order_by(Account.email)))
     calendars = list(session.scalars(select(Calendar).where(Calendar.removed_at.is_(None))
                                      .order_by(Calendar.account_id, Calendar.primary.desc(), Calendar.summary)))
-    channels = list(session.scalars(select(Channel).where(Channel.status.in_(LIVE_CHANNEL_STATES))
+    channels = list(session.scalars(select(Channel).where(Channel.status.in_(LIVE_CHANNEL))
                                     .order_by(Channel.expires_at)))
     by_calendar: dict[int, Channel] = {}
     by_account: dict[int, Channel] = {}
     for ch in channels:  # the latest-expiring live channel wins: it is the one being kept
         if ch.calendar_id is not None:
             by_calendar[ch.calendar_id] = ch
-        elif ch.kind == "calendar_list":
+        elif ch.kind == ChannelKind.CALENDAR_LIST:
             by_account[ch.account_id] = ch
     return [AccountBlock(account=a,
                          calendars=[CalendarRow(c, by_calendar.get(c.id)) for c in calendars if c.account_id == a.id],
@@ -237,7 +248,7 @@ def _account_blocks(session: Session) -> list[AccountBlock]:
 
 
 def _stats(session: Session, now: datetime) -> dict[str, Any]:
-    heartbeat = session.scalar(select(WorkerHeartbeat).order_by(WorkerHeartbeat.seen_at.desc()).limit(1))
+    seen_at = last_heartbeat(session)
     return {
         "last_seq": session.scalar(select(func.max(Change.seq))) or 0,
         "changes_today": session.scalar(select(func.count()).select_from(Change)
@@ -245,9 +256,9 @@ def _stats(session: Session, now: datetime) -> dict[str, Any]:
         "notifications_hour": session.scalar(select(func.count()).select_from(Notification)
                                              .where(Notification.received_at >= now - timedelta(hours=1))) or 0,
         "failed_deliveries": session.scalar(select(func.count()).select_from(Delivery)
-                                            .where(Delivery.state == "failed")) or 0,
-        "worker_seen": heartbeat.seen_at if heartbeat else None,
-        "worker_alive": bool(heartbeat and now - heartbeat.seen_at < WORKER_STALE),
+                                            .where(Delivery.state == DeliveryState.FAILED)) or 0,
+        "worker_seen": seen_at,
+        "worker_alive": heartbeat_is_fresh(seen_at, now),
     }
 
 

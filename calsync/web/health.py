@@ -7,13 +7,11 @@ heartbeat makes /healthz fail too.
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
-from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from calsync.clock import rfc3339, utc
-from calsync.store.models import WorkerHeartbeat
+from calsync.clock import rfc3339
 from calsync.web.app import runtime
-from calsync.work.worker import HEARTBEAT_SECONDS, heartbeat_is_fresh
+from calsync.work.liveness import HEARTBEAT_SECONDS, heartbeat_is_fresh, last_heartbeat
 
 bp = Blueprint("health", __name__)
 
@@ -23,7 +21,7 @@ def healthz() -> tuple[Response, int]:
     rt = runtime()
     try:
         with rt.sessions() as session:
-            seen_at = utc(session.scalar(select(func.max(WorkerHeartbeat.seen_at))))
+            seen_at = last_heartbeat(session)
     except SQLAlchemyError as err:
         return jsonify(status="error", database=f"unreachable: {type(err).__name__}", worker="unknown",
                        worker_seen_at=None), 503

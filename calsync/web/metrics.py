@@ -14,14 +14,21 @@ import os
 from collections.abc import Iterator, Sequence
 
 from flask import Blueprint, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import Row, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from calsync.store.models import Account, Calendar, Channel
 from calsync.runtime import Runtime
+from calsync.store.models import Account, Calendar, Channel
+from calsync.store.states import AccountStatus, ChannelStatus, SyncState
 from calsync.web.app import runtime
 
 bp = Blueprint("metrics", __name__)
@@ -65,10 +72,10 @@ class DatabaseCollector(Collector):
     def _families(self) -> Iterator[GaugeMetricFamily]:
         now = self.runtime.clock.now()
         with self.runtime.sessions() as session:
-            next_expiry = session.scalar(select(func.min(Channel.expires_at)).where(Channel.status == "active"))
+            next_expiry = session.scalar(select(func.min(Channel.expires_at)).where(Channel.status == ChannelStatus.ACTIVE))
             oldest_owed = session.scalar(select(func.min(Calendar.due_at)).join(Account).where(
                 Calendar.sync_requested > Calendar.sync_done, Calendar.removed_at.is_(None),
-                Account.status == "active"))
+                Account.status == AccountStatus.ACTIVE))
             by_state = session.execute(select(Calendar.sync_state, func.count()).where(Calendar.removed_at.is_(None))
                                        .group_by(Calendar.sync_state)).all()
             by_status = session.execute(select(Account.status, func.count()).group_by(Account.status)).all()
@@ -86,15 +93,15 @@ class DatabaseCollector(Collector):
         yield lag
 
         calendars = GaugeMetricFamily("calsync_calendars", "Calendars by sync state", labels=["sync_state"])
-        _fill(calendars, by_state, ("pending", "synced", "backoff", "error"))
+        _fill(calendars, by_state, tuple(SyncState))
         yield calendars
 
         accounts = GaugeMetricFamily("calsync_accounts", "Accounts by status", labels=["status"])
-        _fill(accounts, by_status, ("active", "reauth_required", "disconnected"))
+        _fill(accounts, by_status, tuple(AccountStatus))
         yield accounts
 
         chans = GaugeMetricFamily("calsync_channels", "Push channels by status", labels=["status"])
-        _fill(chans, channels, ("pending", "active", "stopped", "expired"))
+        _fill(chans, channels, tuple(ChannelStatus))
         yield chans
 
 

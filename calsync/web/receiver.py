@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from calsync.metrics import NOTIFICATIONS
-from calsync.runtime import Runtime
 from calsync.push.intake import Intake, IntakeUnavailable
 from calsync.push.intake_sql import REFUSED, Push
+from calsync.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

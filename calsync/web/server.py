@@ -19,8 +19,8 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from calsync.config import Settings
-from calsync.store.db import make_engine
 from calsync.errors import ConfigError
+from calsync.store.db import make_engine
 from calsync.store.migrate import current_revision, head_revision, upgrade
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,15 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
+from calsync.errors import (
+    InvalidSubscription,
+    NotFoundError,
+    UnsafeURLError,
+    VerificationFailed,
+)
 from calsync.store.db import transaction
-from calsync.errors import InvalidSubscription, NotFoundError, UnsafeURLError, VerificationFailed
-from calsync.web.app import runtime
 from calsync.web.api_token import json_error, require_api_token
+from calsync.web.app import runtime
 from calsync.webhooks import claimcheck, subscriptions
 
 bp = Blueprint("webhooks_api", __name__, url_prefix="/api/webhooks")

@@ -17,12 +17,13 @@ from sqlalchemy.orm import Session
 from calsync.clock import rfc3339
 from calsync.errors import InvalidSubscription
 from calsync.store.models import Change, Delivery, DeliveryAttempt, WebhookSubscription
+from calsync.store.states import DeliveryState
 from calsync.webhooks.payload import event_type
 
-STATES = ("pending", "delivered", "failed")
+STATES = tuple(DeliveryState)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-REPLAYABLE = ("failed", "delivered")
+REPLAYABLE = (DeliveryState.FAILED, DeliveryState.DELIVERED)
 
 
 def list_deliveries(session: Session, sub: WebhookSubscription, *, state: str | None = None,
@@ -51,7 +52,7 @@ def replay(session: Session, sub: WebhookSubscription, delivery_ids: Sequence[in
     """Queue deliveries again (the named ones, or every failed one); returns the ids queued."""
     query = select(Delivery).where(Delivery.subscription_id == sub.id)
     if delivery_ids is None:
-        query = query.where(Delivery.state == "failed")
+        query = query.where(Delivery.state == DeliveryState.FAILED)
     else:
         wanted = set(delivery_ids)
         query = query.where(Delivery.id.in_(wanted))
@@ -64,7 +65,7 @@ def replay(session: Session, sub: WebhookSubscription, delivery_ids: Sequence[in
         if pending:
             raise InvalidSubscription("delivery_ids", f"delivery_ids: still pending, nothing to replay: {pending}")
     for delivery in deliveries:
-        delivery.state = "pending"
+        delivery.state = DeliveryState.PENDING
         delivery.attempts = 0
         delivery.next_attempt_at = now
         delivery.last_error = None

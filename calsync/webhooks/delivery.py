@@ -16,11 +16,19 @@ from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from calsync.clock import rfc3339, utc
-from calsync.store.db import is_postgres, transaction
 from calsync.errors import UnsafeURLError
 from calsync.metrics import DELIVERIES
-from calsync.store.models import Account, Calendar, Change, Delivery, DeliveryAttempt, WebhookSubscription
 from calsync.runtime import Runtime
+from calsync.store.db import is_postgres, transaction
+from calsync.store.models import (
+    Account,
+    Calendar,
+    Change,
+    Delivery,
+    DeliveryAttempt,
+    WebhookSubscription,
+)
+from calsync.store.states import DeliveryState, SubscriptionStatus
 from calsync.webhooks import payload
 from calsync.webhooks.safety import resolve_target
 from calsync.webhooks.schedule import parse_retry_after, retry_delay
@@ -78,13 +86,13 @@ def _claim(runtime: Runtime, owner: str, limit: int) -> list[_Job]:
     """Lease the due deliveries: retries, and per subscription its oldest untried message only."""
     now = runtime.clock.now()
     older = aliased(Delivery)
-    older_untried = exists().where(older.subscription_id == Delivery.subscription_id, older.state == "pending",
+    older_untried = exists().where(older.subscription_id == Delivery.subscription_id, older.state == DeliveryState.PENDING,
                                    older.attempts == 0, older.change_seq < Delivery.change_seq)
     with transaction(runtime.sessions) as session:
         query = (select(Delivery)
                  .join(WebhookSubscription, WebhookSubscription.id == Delivery.subscription_id)
-                 .where(Delivery.state == "pending", Delivery.next_attempt_at <= now,
-                        WebhookSubscription.status == "active",
+                 .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now,
+                        WebhookSubscription.status == SubscriptionStatus.ACTIVE,
                         or_(Delivery.lease_until.is_(None), Delivery.lease_until <= now),
                         or_(Delivery.attempts > 0, ~older_untried))
                  .order_by(Delivery.next_attempt_at, Delivery.change_seq).limit(limit))
@@ -170,7 +178,7 @@ def _record(runtime: Runtime, owner: str, job: _Job, outcome: _Outcome) -> None:
         delivery.lease_until = None
         DELIVERIES.labels(_label(outcome)).inc()
         if outcome.ok:
-            delivery.state = "delivered"
+            delivery.state = DeliveryState.DELIVERED
             delivery.delivered_at = now
             delivery.next_attempt_at = None
             sub.last_success_at = now
@@ -189,7 +197,7 @@ def _failed_attempt(session: Session, runtime: Runtime, sub: WebhookSubscription
     """Schedule the retry (or give up), and disable a subscription that has failed for too long."""
     failing_since = utc(sub.failing_since) or now
     sub.failing_since = failing_since
-    delay = None if sub.status == "disabled" else retry_delay(
+    delay = None if sub.status == SubscriptionStatus.DISABLED else retry_delay(
         delivery.attempts, status=outcome.status, retry_after=outcome.retry_after)
     if delay is None:
         _fail(delivery)
@@ -197,7 +205,7 @@ def _failed_attempt(session: Session, runtime: Runtime, sub: WebhookSubscription
     else:
         delivery.next_attempt_at = now + timedelta(seconds=delay)
     failing_for = (now - failing_since).total_seconds()
-    if sub.status != "disabled" and failing_for >= runtime.settings.webhook_disable_after:
+    if sub.status != SubscriptionStatus.DISABLED and failing_for >= runtime.settings.webhook_disable_after:
         since = f"since {rfc3339(sub.last_success_at)}" if sub.last_success_at else "ever"
         reason = (f"no successful delivery {since}: every attempt failed for {failing_for / 86400:.1f} days "
                   f"(last: {outcome.error})")
@@ -206,7 +214,7 @@ def _failed_attempt(session: Session, runtime: Runtime, sub: WebhookSubscription
 
 
 def _fail(delivery: Delivery) -> None:
-    delivery.state = "failed"
+    delivery.state = DeliveryState.FAILED
     delivery.next_attempt_at = None
 
 

@@ -13,9 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from calsync.store.models import Calendar, Change, Delivery, WebhookSubscription
+from calsync.store.states import DeliveryState, SubscriptionStatus
 from calsync.webhooks.payload import event_type as _event_type
 
-QUEUED_STATUSES = ("active", "paused")
+QUEUED_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED)
 
 
 def event_type(change: Change) -> str:
@@ -51,7 +52,7 @@ def enqueue(session: Session, changes: Sequence[Change], now: datetime) -> int:
         for sub in subs:
             if matches(sub, change, google_ids[change.calendar_id]):
                 session.add(Delivery(subscription_id=sub.id, change_seq=change.seq,
-                                     message_id=message_id(sub.id, change.seq), state="pending",
+                                     message_id=message_id(sub.id, change.seq), state=DeliveryState.PENDING,
                                      attempts=0, next_attempt_at=now, created_at=now))
                 count += 1
     return count

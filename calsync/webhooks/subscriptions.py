@@ -17,18 +17,19 @@ from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339, utc
 from calsync.config import Settings
+from calsync.errors import InvalidSubscription, NotFoundError
+from calsync.runtime import Runtime
 from calsync.store.crypto import TokenCipher
 from calsync.store.db import transaction
-from calsync.errors import InvalidSubscription, NotFoundError
 from calsync.store.models import Delivery, WebhookSubscription
-from calsync.runtime import Runtime
+from calsync.store.states import DeliveryState, SubscriptionStatus
 from calsync.webhooks.safety import check_url, resolve_target
 from calsync.webhooks.signing import new_secret
 from calsync.webhooks.verification import verify_endpoint
 
 EVENT_TYPES = ("event.created", "event.updated", "event.deleted")
 FORMATS = ("standard", "slack")
-STATUSES = ("active", "paused", "disabled")
+STATUSES = tuple(SubscriptionStatus)
 DEFAULT_GRACE_SECONDS = 24 * 3600.0
 MAX_GRACE_SECONDS = 30 * 86400.0
 MAX_CALENDARS = 1000
@@ -89,7 +90,7 @@ def add_subscription(session: Session, cipher: TokenCipher, spec: SubscriptionSp
     secret = new_secret()
     sub = WebhookSubscription(id="wh_" + secrets.token_hex(8), url=spec.url, events=spec.events,
                               calendars=spec.calendars, format=spec.format, secret=cipher.encrypt_str(secret),
-                              status="active", created_at=now)
+                              status=SubscriptionStatus.ACTIVE, created_at=now)
     session.add(sub)
     session.flush()
     return sub, secret
@@ -110,9 +111,9 @@ def list_subscriptions(session: Session) -> list[WebhookSubscription]:
 
 def set_status(sub: WebhookSubscription, status: str) -> WebhookSubscription:
     """Pause or resume; resuming a disabled subscription re-enables it with a clean failure record."""
-    if status not in ("active", "paused"):
+    if status not in (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED):
         raise InvalidSubscription("status", 'status: use "active" or "paused"')
-    if status == "active":
+    if status == SubscriptionStatus.ACTIVE:
         sub.disabled_reason = None
         sub.failing_since = None
     sub.status = status
@@ -121,11 +122,11 @@ def set_status(sub: WebhookSubscription, status: str) -> WebhookSubscription:
 
 def disable(session: Session, sub: WebhookSubscription, reason: str, now: datetime) -> int:
     """Stop a subscription: its waiting deliveries become `failed` (kept, replayable). Returns their count."""
-    sub.status = "disabled"
+    sub.status = SubscriptionStatus.DISABLED
     sub.disabled_reason = reason
     result = session.execute(
-        update(Delivery).where(Delivery.subscription_id == sub.id, Delivery.state == "pending")
-        .values(state="failed", next_attempt_at=None, lease_owner=None, lease_until=None,
+        update(Delivery).where(Delivery.subscription_id == sub.id, Delivery.state == DeliveryState.PENDING)
+        .values(state=DeliveryState.FAILED, next_attempt_at=None, lease_owner=None, lease_until=None,
                 last_error=f"not sent: subscription disabled ({reason})"))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 

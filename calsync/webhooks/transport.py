@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 import urllib3
 from urllib3 import HTTPHeaderDict
-from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, SSLError, TimeoutError
+from urllib3.exceptions import (
+    HTTPError,
+    NewConnectionError,
+    ProtocolError,
+    SSLError,
+    TimeoutError,
+)
 
 from calsync.errors import WebhookError
 from calsync.webhooks.safety import Target

@@ -15,11 +15,27 @@ from typing import Any
 from sqlalchemy import select, update
 
 from calsync.accounts.connected import mark_reauth_required
-from calsync.work.backoff import backoff_delay
-from calsync.sync.calendar_list import refresh_calendar_list
-from calsync.push.channels import live_channels, needs_new_channel, replace_channel, stop_channel, stop_channels_locally
+from calsync.errors import (
+    AuthRevoked,
+    GoogleApiError,
+    GoogleNotFound,
+    LeaseLost,
+    TransientGoogleError,
+)
+from calsync.push.channels import (
+    live_channels,
+    needs_new_channel,
+    replace_channel,
+    stop_channel,
+    stop_channels_locally,
+)
+from calsync.runtime import Runtime
 from calsync.store.db import transaction
-from calsync.errors import AuthRevoked, GoogleApiError, GoogleNotFound, LeaseLost, TransientGoogleError
+from calsync.store.models import Account, Calendar
+from calsync.store.states import ChannelKind, SyncState
+from calsync.sync.calendar_list import refresh_calendar_list
+from calsync.sync.run import sync_calendar
+from calsync.work.backoff import backoff_delay
 from calsync.work.leases import (
     Claim,
     account_list_error_count,
@@ -32,9 +48,6 @@ from calsync.work.leases import (
     release_account_list,
     release_calendar,
 )
-from calsync.store.models import Account, Calendar
-from calsync.runtime import Runtime
-from calsync.sync.run import sync_calendar
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +63,7 @@ def run_calendar_job(runtime: Runtime, claim: Claim) -> None:
         with transaction(runtime.sessions) as session:
             release_calendar(session, claim)
     except TransientGoogleError as err:
-        _fail(runtime, claim, err, state="backoff", retry_after=err.retry_after)
+        _fail(runtime, claim, err, state=SyncState.BACKOFF, retry_after=err.retry_after)
     except GoogleNotFound as err:
         # Gone from Google: the calendar list will say so; until then, do not keep asking.
         _request_list_refresh(runtime, _account_of(runtime, claim.id))
@@ -59,7 +72,7 @@ def run_calendar_job(runtime: Runtime, claim: Claim) -> None:
         _fail(runtime, claim, err, state="error", floor=runtime.settings.reconcile_every)
     except Exception as err:
         log.exception("calendar %s: sync failed unexpectedly", claim.id)
-        _fail(runtime, claim, err, state="backoff")
+        _fail(runtime, claim, err, state=SyncState.BACKOFF)
 
 
 def run_list_job(runtime: Runtime, claim: Claim) -> None:
@@ -126,7 +139,7 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
 def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
     settings = runtime.settings
     with transaction(runtime.sessions) as session:
-        renew = needs_new_channel(live_channels(session, account_id=claim.id, kind="calendar_list"),
+        renew = needs_new_channel(live_channels(session, account_id=claim.id, kind=ChannelKind.CALENDAR_LIST),
                                   runtime.clock.now(), settings.renew_before)
     if renew:
         # Watch first: the refresh below then covers everything since the watch began.

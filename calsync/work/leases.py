@@ -17,23 +17,8 @@ from sqlalchemy.orm import Session
 
 from calsync.store.db import is_postgres
 from calsync.store.models import Account, Calendar, Channel
-
-
-@dataclass(frozen=True)
-class CalendarState:
-    """What a sync of the claimed calendar starts from, returned by the claim statement itself.
-
-    Read under the lease, so nobody else moves the sync token before the job does; the job need
-    not read the row again.
-    """
-
-    account_id: int
-    google_id: str
-    sync_token: str | None
-    baseline_done: bool
-    credentials: bytes  # as stored: encrypted
-    # An active channel outlasts the renewal window (None: not asked, look it up).
-    channel_ok: bool | None = None
+from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, SyncState
+from calsync.sync.run import CalendarState
 
 
 @dataclass(frozen=True)
@@ -93,7 +78,7 @@ def finish_values(claim: Claim, now: datetime, reconcile_every: float, min_inter
         due_at=case((Calendar.sync_requested > claim.requested, follow_up),
                     else_=now + timedelta(seconds=reconcile_every)),
         next_reconcile_at=now + timedelta(seconds=reconcile_every),
-        lease_owner=None, lease_until=None, error_count=0, retry_at=None, last_error=None, sync_state="synced")
+        lease_owner=None, lease_until=None, error_count=0, retry_at=None, last_error=None, sync_state=SyncState.SYNCED)
 
 
 def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float, state: str, error: str) -> bool:
@@ -131,7 +116,7 @@ def finish_account_list(session: Session, claim: Claim, now: datetime, reconcile
         list_due_at=case((Account.list_requested > claim.requested, now),
                          else_=now + timedelta(seconds=reconcile_every)),
         list_lease_owner=None, list_lease_until=None, list_error_count=0,
-        last_error=case((Account.status == "active", None), else_=Account.last_error)))
+        last_error=case((Account.status == AccountStatus.ACTIVE, None), else_=Account.last_error)))
     return bool(result.rowcount)
 
 
@@ -159,7 +144,7 @@ _NOW = bindparam("now", type_=_CAL.c.due_at.type)
 def _claimable(cal: Any, acct: Any) -> tuple[ColumnElement[bool], ...]:
     """A calendar that may be claimed now: due, not removed, its lease free, its account active."""
     return (cal.c.due_at <= _NOW, cal.c.removed_at.is_(None), cal.c.lease_until.is_(None) | (cal.c.lease_until < _NOW),
-            acct.c.status == "active")
+            acct.c.status == AccountStatus.ACTIVE)
 
 
 def _claimable_from(name: str) -> tuple[Any, Any]:
@@ -176,7 +161,7 @@ _RETURNED = (
     select(_ACC.c.credentials).where(_ACC.c.id == _CAL.c.account_id).correlate(_CAL).scalar_subquery()
     .label("credentials"),
     _other_query.where(_other.c.id != _CAL.c.id).correlate(_CAL).exists().label("more_due"),
-    select(_CH.c.id).where(_CH.c.calendar_id == _CAL.c.id, _CH.c.kind == "events", _CH.c.status == "active",
+    select(_CH.c.id).where(_CH.c.calendar_id == _CAL.c.id, _CH.c.kind == ChannelKind.EVENTS, _CH.c.status == ChannelStatus.ACTIVE,
                            _CH.c.expires_at > bindparam("horizon", type_=_CH.c.expires_at.type))
     .correlate(_CAL).exists().label("channel_ok"),
 )
@@ -187,6 +172,6 @@ _LEASE = update(_CAL).where(_CAL.c.id == bindparam("claimed")).values(**_SET_LEA
 
 
 _PICK_LIST = (select(_ACC.c.id, _ACC.c.list_requested)
-              .where(_ACC.c.status == "active", _ACC.c.list_due_at <= _NOW,
+              .where(_ACC.c.status == AccountStatus.ACTIVE, _ACC.c.list_due_at <= _NOW,
                      _ACC.c.list_lease_until.is_(None) | (_ACC.c.list_lease_until < _NOW))
               .order_by(_ACC.c.list_due_at, _ACC.c.id).limit(1).with_for_update(skip_locked=True))

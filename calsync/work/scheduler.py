@@ -9,34 +9,23 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, and_, bindparam, case, delete, exists, select, text, update
+from sqlalchemy import (
+    Select,
+    and_,
+    case,
+    delete,
+    exists,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
-from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
+from calsync.push.intake_sql import trim_log
 from calsync.runtime import Runtime
+from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
+from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus
 
 HEARTBEAT_RETENTION = timedelta(days=1)
-
-# What a notification owes, as SQL shared by the receiver's batches and `request_calendar_sync`
-# ({now} is the driver's placeholder). A sync already owed keeps its time: one owed for later (a
-# backoff's retry_at, or the follow-up of a burst) is never cut short nor turned into one call per
-# message, and one already due is not pushed back. Leaving due_at alone when a sync is already owed
-# also lets PostgreSQL update the row in place (no index entry changes) under a burst.
-OWE_SYNC = """sync_requested = sync_requested + 1,
-       due_at = CASE WHEN retry_at > {now} THEN retry_at
-                     WHEN sync_requested > sync_done AND due_at IS NOT NULL THEN due_at
-                     ELSE {now} END"""
-OWE_LIST = """list_requested = list_requested + 1,
-       list_due_at = CASE WHEN list_error_count > 0 AND list_due_at > {now} THEN list_due_at ELSE {now} END"""
-_OWE_SYNC_ONE = text(f"UPDATE calendars SET {OWE_SYNC.format(now=':now')} WHERE id = :id").bindparams(
-    bindparam("now", type_=Calendar.__table__.c.due_at.type), bindparam("id"))
-
-
-def request_calendar_sync(session: Session, calendar_id: int, now: datetime) -> None:
-    """Owe one more sync of a calendar (the CLI's renewals and the tests; the receiver does the same
-    in its batches). Coalescing lives in the counters."""
-    session.execute(_OWE_SYNC_ONE, {"id": calendar_id, "now": now})
-
 
 def schedule_renewals(session: Session, now: datetime, renew_before: float) -> int:
     """Make due every calendar or calendar list whose active channel expires within `renew_before`.
@@ -44,15 +33,15 @@ def schedule_renewals(session: Session, now: datetime, renew_before: float) -> i
     Reads `ix_channels_status_expires_at`, so the cost follows the number of due channels.
     """
     due = session.execute(due_channels(now + timedelta(seconds=renew_before))).all()
-    calendar_ids = {r.calendar_id for r in due if r.kind == "events" and r.calendar_id is not None}
-    account_ids = {r.account_id for r in due if r.kind == "calendar_list"}
+    calendar_ids = {r.calendar_id for r in due if r.kind == ChannelKind.EVENTS and r.calendar_id is not None}
+    account_ids = {r.account_id for r in due if r.kind == ChannelKind.CALENDAR_LIST}
     return _make_calendars_due(session, calendar_ids, now) + _make_lists_due(session, account_ids, now)
 
 
 def due_channels(horizon: datetime) -> Select[tuple[str, int | None, int]]:
     """Active channels expiring by `horizon`: a range read of `ix_channels_status_expires_at`."""
     return (select(Channel.kind, Channel.calendar_id, Channel.account_id)
-            .where(Channel.status == "active", Channel.expires_at <= horizon))
+            .where(Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= horizon))
 
 
 def schedule_missing_channels(session: Session, now: datetime, renew_before: float) -> int:
@@ -62,22 +51,22 @@ def schedule_missing_channels(session: Session, now: datetime, renew_before: flo
     per worker start, not every pass (each sync also checks its own calendar's channel).
     """
     horizon = now + timedelta(seconds=renew_before)
-    live_events = exists().where(Channel.calendar_id == Calendar.id, Channel.kind == "events",
-                                 Channel.status == "active", Channel.expires_at > horizon)
+    live_events = exists().where(Channel.calendar_id == Calendar.id, Channel.kind == ChannelKind.EVENTS,
+                                 Channel.status == ChannelStatus.ACTIVE, Channel.expires_at > horizon)
     calendar_ids = set(session.scalars(
         select(Calendar.id).join(Account, Account.id == Calendar.account_id)
-        .where(Account.status == "active", Calendar.removed_at.is_(None), Calendar.baseline_done.is_(True),
+        .where(Account.status == AccountStatus.ACTIVE, Calendar.removed_at.is_(None), Calendar.baseline_done.is_(True),
                ~live_events)))
-    live_list = exists().where(Channel.account_id == Account.id, Channel.kind == "calendar_list",
-                               Channel.status == "active", Channel.expires_at > horizon)
-    account_ids = set(session.scalars(select(Account.id).where(Account.status == "active", ~live_list)))
+    live_list = exists().where(Channel.account_id == Account.id, Channel.kind == ChannelKind.CALENDAR_LIST,
+                               Channel.status == ChannelStatus.ACTIVE, Channel.expires_at > horizon)
+    account_ids = set(session.scalars(select(Account.id).where(Account.status == AccountStatus.ACTIVE, ~live_list)))
     return _make_calendars_due(session, calendar_ids, now) + _make_lists_due(session, account_ids, now)
 
 
 def expire_lapsed_channels(session: Session, now: datetime) -> int:
     """Channels whose expiry passed while nobody renewed them are just dead: say so."""
-    return session.execute(update(Channel).where(Channel.status == "active", Channel.expires_at <= now)
-                           .values(status="expired")).rowcount or 0
+    return session.execute(update(Channel).where(Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= now)
+                           .values(status=ChannelStatus.EXPIRED)).rowcount or 0
 
 
 def prune(session: Session, runtime: Runtime, now: datetime) -> None:
@@ -88,14 +77,6 @@ def prune(session: Session, runtime: Runtime, now: datetime) -> None:
 
 # The bounded notification log: ids increase, so keeping the newest `keep` rows is one range delete.
 # Also run by the receiver's writer on its driver cursor ({p} is the driver's placeholder).
-TRIM_LOG = "DELETE FROM notifications WHERE id <= (SELECT max(id) FROM notifications) - {p}"
-
-
-def trim_log(session: Session, keep: int) -> int:
-    """Keep only the newest `keep` notifications."""
-    return session.execute(text(TRIM_LOG.format(p=":keep")), {"keep": keep}).rowcount or 0  # type: ignore[attr-defined]
-
-
 # Helpers ---------------------------------------------------------------------------------------
 def _make_calendars_due(session: Session, ids: set[int], now: datetime) -> int:
     if not ids:
@@ -110,5 +91,5 @@ def _make_lists_due(session: Session, ids: set[int], now: datetime) -> int:
         return 0
     not_yet = (Account.list_due_at.is_(None)) | (Account.list_due_at > now)
     in_backoff = and_(Account.list_error_count > 0, Account.list_due_at > now)
-    return session.execute(update(Account).where(Account.id.in_(ids), Account.status == "active", not_yet).values(
+    return session.execute(update(Account).where(Account.id.in_(ids), Account.status == AccountStatus.ACTIVE, not_yet).values(
         list_due_at=case((in_backoff, Account.list_due_at), else_=now))).rowcount or 0

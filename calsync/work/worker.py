@@ -14,24 +14,35 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import bindparam, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from calsync.store.db import is_own_backend, transaction
-from calsync.work.jobs import run_calendar_job, run_list_job
-from calsync.work.leases import Claim, claim_account_list, claim_calendar, release_account_list, release_calendar
-from calsync.store.models import Delivery, WorkerHeartbeat
 from calsync.runtime import Runtime
-from calsync.work.scheduler import expire_lapsed_channels, prune, schedule_missing_channels, schedule_renewals
+from calsync.store.db import is_own_backend, transaction
+from calsync.store.models import Delivery, WorkerHeartbeat
+from calsync.store.states import DeliveryState
+from calsync.work.jobs import run_calendar_job, run_list_job
+from calsync.work.leases import (
+    Claim,
+    claim_account_list,
+    claim_calendar,
+    release_account_list,
+    release_calendar,
+)
+from calsync.work.scheduler import (
+    expire_lapsed_channels,
+    prune,
+    schedule_missing_channels,
+    schedule_renewals,
+)
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 5.0  # /healthz calls a worker alive for three of these
 POLL_SECONDS = 1.5  # the fallback when no wake-up arrives
-SCHEDULER_SECONDS = 2.0
+SCHEDULER_SECONDS = 2.0  # also the heartbeat: well inside liveness.HEARTBEAT_SECONDS
 DELIVERY_BATCH = 50
 
 JobFn = Callable[[Runtime, Claim], None]
@@ -40,7 +51,7 @@ ReleaseFn = Callable[[Session, Claim], None]
 _DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
 _DELIVERY_NOW = bindparam("now", type_=_DELIVERIES.c.next_attempt_at.type)
 _DELIVERY_DUE = (select(_DELIVERIES.c.id)
-                 .where(_DELIVERIES.c.state == "pending", _DELIVERIES.c.next_attempt_at <= _DELIVERY_NOW,
+                 .where(_DELIVERIES.c.state == DeliveryState.PENDING, _DELIVERIES.c.next_attempt_at <= _DELIVERY_NOW,
                         or_(_DELIVERIES.c.lease_until.is_(None), _DELIVERIES.c.lease_until <= _DELIVERY_NOW))
                  .limit(1))
 
@@ -208,7 +219,3 @@ def _deliveries_may_be_due(session: Session, now: datetime) -> bool:
     """Whether a webhook delivery is pending, due and unleased: a cheap look before the real claim."""
     return session.execute(_DELIVERY_DUE, {"now": now}).first() is not None
 
-
-def heartbeat_is_fresh(seen_at: datetime | None, now: datetime) -> bool:
-    """A worker that has not been seen for three heartbeats is presumed dead."""
-    return seen_at is not None and now - seen_at <= timedelta(seconds=3 * HEARTBEAT_SECONDS)

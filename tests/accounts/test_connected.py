@@ -8,11 +8,16 @@ from typing import Any
 from google.oauth2.credentials import Credentials
 from sqlalchemy import select, update
 
-from calsync.accounts.connected import load_credentials, mark_reauth_required, save_if_refreshed, upsert_account
-from calsync.store.db import transaction
+from calsync.accounts.connected import (
+    load_credentials,
+    mark_reauth_required,
+    save_if_refreshed,
+    upsert_account,
+)
 from calsync.google.oauth import client_config
-from calsync.store.models import Account, Calendar
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar
 from tests.sync_support import connect_account
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"

@@ -12,13 +12,13 @@ from google.auth.transport.requests import Request
 from sqlalchemy import select
 
 from calsync.accounts.connected import load_credentials, upsert_account
-from calsync.store.db import transaction
 from calsync.accounts.disconnect import disconnect_account
 from calsync.errors import NotFoundError
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import credentials_from_json
-from calsync.store.models import Account, Calendar, Channel
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Channel
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 EMAIL = "alice@example.com"

@@ -27,11 +27,11 @@ from sqlalchemy import func, make_url, select, text
 
 from calsync.clock import Clock
 from calsync.config import Settings
+from calsync.runtime import Runtime
 from calsync.store.crypto import new_key
 from calsync.store.db import make_engine
 from calsync.store.migrate import upgrade
 from calsync.store.models import Calendar, Change, Channel, Event
-from calsync.runtime import Runtime
 from tests.sync_support import connect_account  # noqa: F401  (the benchmarks connect accounts as the tests do)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from calsync.sync.changelog import append_changes
 from calsync.cli.changes import changes
+from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change
-from calsync.runtime import Runtime
+from calsync.sync.changelog import append_changes
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 CALSYNC = shutil.which("calsync", path=str(Path(sys.executable).parent)) or "calsync"

@@ -20,10 +20,12 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from calsync.push.channels import open_events_channel
 from calsync.config import Settings
-from calsync.store.db import make_engine, transaction
 from calsync.errors import ConfigError
+from calsync.push.channels import open_events_channel
+from calsync.push.owed import request_calendar_sync
+from calsync.runtime import Runtime
+from calsync.store.db import make_engine, transaction
 from calsync.store.models import (
     Account,
     Calendar,
@@ -32,8 +34,6 @@ from calsync.store.models import (
     Notification,
     WorkerHeartbeat,
 )
-from calsync.runtime import Runtime
-from calsync.work.scheduler import request_calendar_sync
 from calsync.web.server import ensure_schema
 from tests.conftest import free_port
 from tests.push_support import (

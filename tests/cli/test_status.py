@@ -14,10 +14,10 @@ from sqlalchemy import func, select
 
 from calsync.accounts.connected import upsert_account
 from calsync.config import Settings
-from calsync.store.db import transaction
 from calsync.google.oauth import credentials_from_json
-from calsync.store.models import Calendar, Channel, Event
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Calendar, Channel, Event
 from tests.web.dashboard_support import add_account, add_calendar, add_channel
 
 CALSYNC = str(Path(sys.executable).with_name("calsync"))

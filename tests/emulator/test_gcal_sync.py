@@ -45,7 +45,7 @@ def test_full_then_incremental_sync(emu: Emulator, alice: str) -> None:
             listed = [c.id for c in (await calendars.store_service.async_list_calendars()).calendars]
             manager = CalendarEventSyncManager(api, calendar_id=alice, store=store)
             await manager.run()
-            request = LocalListEventsRequest(start_time=dt.datetime(2029, 12, 31, tzinfo=dt.timezone.utc))
+            request = LocalListEventsRequest(start_time=dt.datetime(2029, 12, 31, tzinfo=dt.UTC))
             before = [e.summary for e in (await manager.store_service.async_list_events(request)).events]
             emu.patch_event(alice, change["id"], {"summary": "changed"})
             emu.delete_event(alice, drop["id"])

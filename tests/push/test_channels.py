@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from calsync.errors import RateLimited
 from calsync.push.channels import (
     live_channels,
     needs_new_channel,
@@ -15,11 +16,16 @@ from calsync.push.channels import (
     replace_channel,
     stop_channel,
 )
-from calsync.store.db import transaction
-from calsync.errors import RateLimited
-from calsync.store.models import Channel
 from calsync.runtime import Runtime
-from tests.push_support import add_calendar_row, channels_of, connect_account, emu_channel, wait_for
+from calsync.store.db import transaction
+from calsync.store.models import Channel
+from tests.push_support import (
+    add_calendar_row,
+    channels_of,
+    connect_account,
+    emu_channel,
+    wait_for,
+)
 
 
 @pytest.fixture

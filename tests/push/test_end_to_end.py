@@ -20,9 +20,8 @@ from sqlalchemy import select
 from werkzeug.serving import make_server
 
 from calsync import create_app
-
-from calsync.store.models import Notification
 from calsync.runtime import Runtime
+from calsync.store.models import Notification
 from calsync.work.worker import Worker
 from tests.push_support import (
     calendar_id_of,

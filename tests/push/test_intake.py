@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from calsync.store.models import Channel, Notification
-from calsync.runtime import Runtime
 from calsync.push import intake as intake_module
 from calsync.push.intake import Intake, IntakeUnavailable
 from calsync.push.intake_sql import Item, record_batch
+from calsync.runtime import Runtime
+from calsync.store.models import Channel, Notification
 from tests.push_support import calendar_row, push_of
 
 

@@ -8,10 +8,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from calsync.runtime import Runtime
 from calsync.push import intake_sqlite
 from calsync.push.intake import Intake
 from calsync.push.intake_sqlite import AUTOCHECKPOINT_DEFAULT, Checkpointer
+from calsync.runtime import Runtime
 from tests.push_support import push_of, wait_for
 
 WAL_HEADER, FRAME_HEADER = 32, 24

@@ -13,9 +13,9 @@ from sqlalchemy import text
 
 from calsync.accounts.connected import upsert_account
 from calsync.config import Settings
+from calsync.errors import ConfigError
 from calsync.store.crypto import KEY_FILE, TokenCipher, cipher_from_settings, new_key
 from calsync.store.db import make_engine, make_sessionmaker, transaction
-from calsync.errors import ConfigError
 
 ACCESS = "ya29.a0-access-token-that-must-not-leak"
 REFRESH = "1//0g-refresh-token-that-must-not-leak"

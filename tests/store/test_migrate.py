@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
+from alembic import command
 from calsync.store.db import make_engine
 from calsync.store.migrate import alembic_config, current_revision, head_revision
 from calsync.store.models import Base

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from calsync.sync.calendar_list import CalendarListResult, refresh_calendar_list
 from calsync.clock import FrozenClock
-from calsync.store.db import transaction
 from calsync.errors import AuthRevoked
-from calsync.store.models import Account, Calendar, Change
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Change
+from calsync.sync.calendar_list import CalendarListResult, refresh_calendar_list
 from calsync.sync.run import sync_calendar
 from tests.sync_support import calendar_row_id, changes, connect_account
 

@@ -5,7 +5,12 @@ from typing import Any
 
 import pytest
 
-from calsync.sync.diff import IGNORED_FIELDS, changed_fields, event_time_text, implied_occurrence
+from calsync.sync.diff import (
+    IGNORED_FIELDS,
+    changed_fields,
+    event_time_text,
+    implied_occurrence,
+)
 
 EVENT: dict[str, Any] = {
     "kind": "calendar#event",

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from calsync.store.db import transaction
-from calsync.sync.mirror import PageMirror
-from calsync.store.models import Account, Calendar, Event
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Event
+from calsync.sync.mirror import PageMirror
 
 SERIES = {"id": "series1", "status": "confirmed", "summary": "standup", "recurrence": ["RRULE:FREQ=DAILY"],
           "start": {"dateTime": "2026-01-05T09:00:00Z"}, "end": {"dateTime": "2026-01-05T09:30:00Z"}}

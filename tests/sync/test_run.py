@@ -10,15 +10,28 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.clock import FrozenClock
-from calsync.store.db import transaction
-from calsync.sync.diff import implied_occurrence
-from calsync.errors import AuthRevoked, BackendError, GoogleNotFound, LeaseLost, RateLimited
-from calsync.store.models import Account, Calendar, Event
+from calsync.errors import (
+    AuthRevoked,
+    BackendError,
+    GoogleNotFound,
+    LeaseLost,
+    RateLimited,
+)
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Event
+from calsync.sync.calendar_list import refresh_calendar_list
+from calsync.sync.diff import implied_occurrence
 from calsync.sync.run import SyncResult, sync_calendar
-from tests.sync_support import calendar_row_id, changes, connect_account, google_view, last_seq, mirror
+from tests.sync_support import (
+    calendar_row_id,
+    changes,
+    connect_account,
+    google_view,
+    last_seq,
+    mirror,
+)
 
 ALICE = "alice@example.com"
 

@@ -23,11 +23,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.config import Settings
 from calsync.runtime import Runtime
+from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
-from tests.sync_support import calendar_row_id, changes, connect_account, google_view, mirror
+from tests.sync_support import (
+    calendar_row_id,
+    changes,
+    connect_account,
+    google_view,
+    mirror,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from calsync import create_app
 from calsync.accounts.connected import load_credentials
 from calsync.google.calendar import GoogleCalendar
-from calsync.store.models import Account
 from calsync.runtime import Runtime
+from calsync.store.models import Account
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 

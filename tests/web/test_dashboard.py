@@ -14,10 +14,10 @@ from calsync import create_app
 from calsync.accounts.connected import upsert_account
 from calsync.clock import FrozenClock
 from calsync.config import Secret, Settings
-from calsync.store.db import transaction
 from calsync.google.oauth import credentials_from_json
-from calsync.store.models import Account, Delivery, DeliveryAttempt, WebhookSubscription
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Delivery, DeliveryAttempt, WebhookSubscription
 from tests.web.dashboard_support import (
     PASSWORD,
     add_account,

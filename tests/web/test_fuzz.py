@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
-from calsync.sync.changelog import append_changes
+from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel, Event, Notification
-from calsync.runtime import Runtime
+from calsync.sync.changelog import append_changes
 
 TOKEN = "the-right-token"
 CHANNEL_ID = "0b7c1e2a-5f0e-4b7a-9d54-fuzzchannel01"

@@ -8,12 +8,16 @@ import pytest
 from sqlalchemy import func, select, update
 
 from calsync import create_app
-from calsync.push.channels import open_calendar_list_channel, open_events_channel, stop_channel
 from calsync.config import Settings
+from calsync.push.channels import (
+    open_calendar_list_channel,
+    open_events_channel,
+    stop_channel,
+)
+from calsync.push.intake_sql import trim_log
+from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Channel, Notification
-from calsync.runtime import Runtime
-from calsync.work.scheduler import trim_log
 from tests.push_support import (
     account_row,
     calendar_row,

@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
 from calsync.config import Settings
-from calsync.store.models import WebhookSubscription
 from calsync.runtime import Runtime
+from calsync.store.models import WebhookSubscription
 from tests.webhooks.receiver import Answer, Receiver
 from tests.webhooks.support import (
     deliver,

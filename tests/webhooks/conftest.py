@@ -10,8 +10,8 @@ import pytest
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
-from tests.webhooks.support import loopback_settings, make_runtime
 from tests.webhooks.receiver import Receiver
+from tests.webhooks.support import loopback_settings, make_runtime
 
 
 @pytest.fixture

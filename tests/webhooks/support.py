@@ -9,12 +9,19 @@ from typing import Any
 
 from sqlalchemy import select
 
-from calsync.sync.changelog import append_changes
 from calsync.clock import FrozenClock
 from calsync.config import Settings
-from calsync.store.db import transaction
-from calsync.store.models import Account, Calendar, Change, Delivery, DeliveryAttempt, WebhookSubscription
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import (
+    Account,
+    Calendar,
+    Change,
+    Delivery,
+    DeliveryAttempt,
+    WebhookSubscription,
+)
+from calsync.sync.changelog import append_changes
 from calsync.webhooks.delivery import run_due_deliveries
 from calsync.webhooks.subscriptions import parse_spec, register
 

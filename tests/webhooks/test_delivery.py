@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import update
 from standardwebhooks import Webhook
 
+from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Delivery
-from calsync.runtime import Runtime
 from calsync.webhooks.claimcheck import replay
 from calsync.webhooks.delivery import run_due_deliveries
 from calsync.webhooks.schedule import RETRY_DELAYS

@@ -6,8 +6,8 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.runtime import Runtime
+from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
 from tests.sync_support import calendar_row_id, connect_account
 from tests.webhooks.receiver import Receiver

@@ -5,13 +5,19 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from calsync.sync.changelog import append_changes
+from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Change, Delivery
-from calsync.runtime import Runtime
+from calsync.sync.changelog import append_changes
 from calsync.webhooks.subscriptions import get_subscription, set_status
 from tests.webhooks.receiver import Receiver
-from tests.webhooks.support import deliveries, event, make_calendar, subscribe, write_change
+from tests.webhooks.support import (
+    deliveries,
+    event,
+    make_calendar,
+    subscribe,
+    write_change,
+)
 
 
 def count(runtime: Runtime, model: type) -> int:

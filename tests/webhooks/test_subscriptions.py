@@ -6,10 +6,10 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
-from calsync.store.db import transaction
 from calsync.errors import InvalidSubscription, UnsafeURLError, VerificationFailed
-from calsync.store.models import Delivery, WebhookSubscription
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Delivery, WebhookSubscription
 from calsync.webhooks.signing import signature_headers
 from calsync.webhooks.subscriptions import (
     disable,
@@ -20,7 +20,14 @@ from calsync.webhooks.subscriptions import (
     signing_secrets,
 )
 from tests.webhooks.receiver import Receiver
-from tests.webhooks.support import clock, deliveries, make_calendar, subscribe, with_settings, write_change
+from tests.webhooks.support import (
+    clock,
+    deliveries,
+    make_calendar,
+    subscribe,
+    with_settings,
+    write_change,
+)
 
 
 def count_subscriptions(runtime: Runtime) -> int:

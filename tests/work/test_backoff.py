@@ -8,13 +8,18 @@ from typing import Any
 
 import pytest
 
-from calsync.work.backoff import CAP_SECONDS, backoff_delay
 from calsync.clock import FrozenClock
-from calsync.store.db import transaction
+from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
-from calsync.work.scheduler import request_calendar_sync
+from calsync.store.db import transaction
+from calsync.work.backoff import CAP_SECONDS, backoff_delay
 from calsync.work.worker import Worker
-from tests.push_support import calendar_id_of, calendar_row, changes_for, connect_account
+from tests.push_support import (
+    calendar_id_of,
+    calendar_row,
+    changes_for,
+    connect_account,
+)
 
 EVENT = {"summary": "Review", "start": {"dateTime": "2026-12-02T09:00:00Z"},
          "end": {"dateTime": "2026-12-02T10:00:00Z"}}

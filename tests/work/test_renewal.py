@@ -14,7 +14,13 @@ from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.work.scheduler import due_channels
 from calsync.work.worker import Worker
-from tests.push_support import calendar_id_of, changes_for, channels_of, connect_account, wait_for
+from tests.push_support import (
+    calendar_id_of,
+    changes_for,
+    channels_of,
+    connect_account,
+    wait_for,
+)
 
 EVENT = {"summary": "Seam", "start": {"dateTime": "2026-12-03T09:00:00Z"}, "end": {"dateTime": "2026-12-03T09:30:00Z"}}
 

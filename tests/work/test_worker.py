@@ -11,12 +11,12 @@ from sqlalchemy import select, update
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
+from calsync.push.owed import request_calendar_sync
+from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
 from calsync.work.jobs import run_calendar_job
 from calsync.work.leases import claim_calendar
-from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
-from calsync.runtime import Runtime
-from calsync.work.scheduler import request_calendar_sync
 from calsync.work.worker import Worker
 from tests.push_support import (
     account_row,
@@ -290,8 +290,8 @@ def test_a_notify_from_another_process_wakes_this_one_at_once(rt):  # type: igno
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite deployments are a single process")
     import time
 
-    from calsync.work.listen import Listener
     from calsync.wakeup import Wakeup
+    from calsync.work.listen import Listener
 
     here = Wakeup()  # this process's waiters; the NOTIFY below comes from another connection
     stop = threading.Event()

@@ -1,0 +1,81 @@
+"""The states of the rows that move through a life cycle, one definition each.
+
+The columns stay plain strings (no migration, and SQL written by hand compares with the same
+words); a `StrEnum` member *is* its string, so `Channel.status == ChannelStatus.ACTIVE` and
+`channel.status in LIVE_CHANNEL` read the stored value as it is.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class AccountStatus(StrEnum):
+    """Whether calsync may act for a connected Google account."""
+
+    ACTIVE = "active"  # tokens work: sync, watch, renew
+    REAUTH_REQUIRED = "reauth_required"  # Google refused the refresh token: the user must consent again
+    DISCONNECTED = "disconnected"  # the user or an operator disconnected it: grant revoked, tokens wiped
+
+
+class SyncState(StrEnum):
+    """How a calendar's mirror stands against Google, as `/api/calendars` reports it."""
+
+    PENDING = "pending"  # no full sync has completed yet
+    SYNCED = "synced"  # the last sync succeeded
+    BACKOFF = "backoff"  # the last sync hit a transient error; a retry is scheduled
+    ERROR = "error"  # the last sync failed for a reason a retry will not fix
+
+
+class ChannelKind(StrEnum):
+    """What a push channel watches."""
+
+    EVENTS = "events"  # one calendar's events
+    CALENDAR_LIST = "calendar_list"  # one account's calendar list
+
+
+class ChannelStatus(StrEnum):
+    """Where a push channel is in its life: opened before the watch call, stopped once replaced."""
+
+    PENDING = "pending"  # row written, watch call not yet answered (Google may already notify)
+    ACTIVE = "active"  # Google agreed; notifications are accepted
+    STOPPING = "stopping"  # calsync decided to stop it and is telling Google; notifications are refused
+    STOPPED = "stopped"  # stopped at Google (or given up on); refused
+    EXPIRED = "expired"  # lapsed at Google's expiration; refused
+
+
+# The channel that serves its calendar: the receiver accepts it, renewal replaces it, status and the
+# dashboard show it. A channel being stopped is not live, even though Google may still send on it.
+LIVE_CHANNEL = frozenset({ChannelStatus.PENDING, ChannelStatus.ACTIVE})
+# Channels that Google may still be serving, so a disconnect must stop them there: the live ones and
+# one left `stopping` by a crash in the middle of `channels.stop`.
+UNSTOPPED_CHANNEL = LIVE_CHANNEL | {ChannelStatus.STOPPING}
+
+
+class ChangeKind(StrEnum):
+    """What one row of the change feed says happened to an event."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
+class SubscriptionStatus(StrEnum):
+    """Whether an outgoing webhook subscription is sent to."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"  # by an operator; messages wait in the outbox
+    DISABLED = "disabled"  # by calsync after the endpoint kept failing, or refused verification
+
+
+class DeliveryState(StrEnum):
+    """Where one outgoing webhook message stands."""
+
+    PENDING = "pending"  # due now or at its next retry
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # retries exhausted; can be replayed
+
+
+def sql_list(states: frozenset[StrEnum] | frozenset[ChannelStatus]) -> str:
+    """`'a', 'b'` for SQL written by hand, sorted so statements stay byte-identical across processes."""
+    return ", ".join(f"'{state.value}'" for state in sorted(states))
