@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flask import Flask
 from sqlalchemy import make_url, text
 from werkzeug.serving import make_server
 
@@ -90,7 +91,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, _sqlite_template: Pat
             pytest.fail(f"{PG_ENV} must be set in CI")
         pytest.skip(f"PostgreSQL run skipped: set {PG_ENV}=postgresql+psycopg://postgres@127.0.0.1:5432/test")
     _truncate_postgres(pg)
-    return pg
+    return str(pg)
 
 
 # The emulator --------------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def api_headers() -> dict[str, str]:
 
 
 @pytest.fixture
-def live_server(app, public_port: int) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def live_server(app: Flask, public_port: int) -> Iterator[str]:
     """calsync's web app on the loopback port its settings name, so push from the emulator arrives."""
     server = make_server("127.0.0.1", public_port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -13,7 +13,7 @@ from calsync.push.intake_sql import Push
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel
-from tests.sync_support import READONLY, connect_account  # noqa: F401  (re-exported for the push tests)
+from tests.sync_support import connect_account as connect_account  # re-exported for the push tests
 
 
 def add_calendar_row(runtime: Runtime, account_id: int, google_id: str, **values: Any) -> int:
@@ -70,7 +70,9 @@ def change_count(runtime: Runtime) -> int:
         return int(session.scalar(select(func.count()).select_from(Change)) or 0)
 
 
-def push_headers(channel: dict[str, Any], state: str = "exists", number: int = 2, **override: str) -> dict[str, str]:
+def push_headers(
+    channel: dict[str, Any], state: str = "exists", number: int = 2, **override: str | None
+) -> dict[str, str]:
     """The headers Google sends, built from the emulator's view of a channel (which knows the token)."""
     headers = {
         "X-Goog-Channel-ID": str(channel["id"]),
@@ -80,8 +82,8 @@ def push_headers(channel: dict[str, Any], state: str = "exists", number: int = 2
         "X-Goog-Resource-State": state,
         "X-Goog-Resource-URI": str(channel["resource_uri"]),
     }
-    headers.update(override)
-    return {k: v for k, v in headers.items() if v is not None}
+    merged: dict[str, str | None] = {**headers, **override}
+    return {k: v for k, v in merged.items() if v is not None}
 
 
 def push_of(channel: dict[str, Any], number: int, state: str = "exists", token: str | None = None) -> Push:

@@ -45,13 +45,19 @@ def test_values_render_as_people_write_them() -> None:
     assert render_value({"date": "2026-12-01"}) == "2026-12-01 (all day)"
     assert render_value([{"email": "a@x.org", "responseStatus": "accepted"}, {"email": "b@x.org"}]) \
         == "a@x.org (accepted), b@x.org"
-    assert render_value(["RRULE:FREQ=WEEKLY", "EXDATE:20260105T093000Z"]) == "RRULE:FREQ=WEEKLY; EXDATE:20260105T093000Z"
+    assert (
+        render_value(["RRULE:FREQ=WEEKLY", "EXDATE:20260105T093000Z"]) == "RRULE:FREQ=WEEKLY; EXDATE:20260105T093000Z"
+    )
     assert render_value(None) == render_value("") == "—"
     assert render_value("x" * 500).endswith("…") and len(render_value("x" * 500)) == 160
 
 
 def test_field_diffs_come_in_reading_order_with_before_and_after() -> None:
-    before = {"summary": "Standup", "start": {"dateTime": "2026-01-05T10:00:00Z"}, "end": {"dateTime": "2026-01-05T10:15:00Z"}}
+    before = {
+        "summary": "Standup",
+        "start": {"dateTime": "2026-01-05T10:00:00Z"},
+        "end": {"dateTime": "2026-01-05T10:15:00Z"},
+    }
     after = {"summary": "Daily standup", "start": {"dateTime": "2026-01-05T10:30:00Z"},
              "end": {"dateTime": "2026-01-05T10:45:00Z"}, "location": "Room 4"}
     diffs = field_diffs(["end", "location", "start", "summary"], before, after)

@@ -1,8 +1,8 @@
 """The architecture as a table of layers, and a walk of every import that holds the code to it.
 
 An import may point down or sideways inside its layer, never up. The emulator stands for Google: it
-imports nothing else of calsync, and only the top layer (the CLI and the demo) starts it. Imports under `if TYPE_CHECKING:` count too: a type that names a
-higher layer is a dependency on it all the same.
+imports nothing else of calsync, and only the top layer (the CLI and the demo) starts it. Imports
+under `if TYPE_CHECKING:` count too: a type that names a higher layer is a dependency all the same.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from calsync.google.oauth import credentials_from_json, credentials_to_json
 from calsync.runtime import Runtime
 from calsync.store.crypto import TokenCipher
+from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar
 from calsync.store.states import AccountStatus
 
@@ -58,17 +59,23 @@ def save_if_refreshed(session: Session, runtime: Runtime, account_id: int, creds
     if creds.token == token_before:
         return False
     # A disconnect wipes the credentials; a sync finishing after it must not write them back.
-    session.execute(update(Account).where(Account.id == account_id, Account.status != AccountStatus.DISCONNECTED).values(
-        credentials=runtime.cipher.encrypt_str(credentials_to_json(creds)), updated_at=runtime.clock.now()))
+    session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.status != AccountStatus.DISCONNECTED)
+        .values(credentials=runtime.cipher.encrypt_str(credentials_to_json(creds)), updated_at=runtime.clock.now())
+    )
     return True
 
 
 def mark_reauth_required(session: Session, account_id: int, reason: str, now: datetime) -> None:
     """A dead grant must be visible: the account says so, and its calendars stop asking Google."""
     # Only an active account can become reauth_required: a disconnect racing a sync must stay.
-    done = session.execute(update(Account).where(Account.id == account_id, Account.status == AccountStatus.ACTIVE).values(
-        status=AccountStatus.REAUTH_REQUIRED, last_error=reason[:1000], updated_at=now))
-    if done.rowcount == 0:  # type: ignore[attr-defined]
+    done = session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.status == AccountStatus.ACTIVE)
+        .values(status=AccountStatus.REAUTH_REQUIRED, last_error=reason[:1000], updated_at=now)
+    )
+    if rows_affected(done) == 0:
         return
     session.execute(update(Calendar).where(Calendar.account_id == account_id).values(
         sync_state="error", last_error="re-consent required: " + reason[:900]))

@@ -31,7 +31,7 @@ from calsync.config import Settings
 from calsync.errors import ConfigError, NotFoundError
 from calsync.humanize import ago, expires_in
 from calsync.runtime import Runtime
-from calsync.store.db import make_engine, make_sessionmaker, transaction
+from calsync.store.db import make_engine, make_sessionmaker, rows_affected, transaction
 from calsync.store.migrate import current_revision
 from calsync.store.models import Account, Calendar, Change, Channel, WorkerHeartbeat
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
@@ -122,10 +122,19 @@ def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -
     with _runtime() as rt:
         with rt.sessions() as session:
             if renew_all:
-                targets = [(c.id, c.account_id, f"{c.summary or c.google_id} ({c.account.email})") for c in session.scalars(
-                    select(Calendar).join(Account).where(Calendar.removed_at.is_(None), Account.status == AccountStatus.ACTIVE)
-                    .order_by(Calendar.id))]
-                lists = [(a.id, a.email) for a in session.scalars(select(Account).where(Account.status == AccountStatus.ACTIVE))]
+                targets = [
+                    (c.id, c.account_id, f"{c.summary or c.google_id} ({c.account.email})")
+                    for c in session.scalars(
+                        select(Calendar)
+                        .join(Account)
+                        .where(Calendar.removed_at.is_(None), Account.status == AccountStatus.ACTIVE)
+                        .order_by(Calendar.id)
+                    )
+                ]
+                lists = [
+                    (a.id, a.email)
+                    for a in session.scalars(select(Account).where(Account.status == AccountStatus.ACTIVE))
+                ]
             else:
                 cal = find_calendar(session, calendar or "", account)
                 targets = [(cal.id, cal.account_id, f"{cal.summary or cal.google_id} ({cal.account.email})")]
@@ -231,7 +240,7 @@ def _claim(session: Session, cal: Calendar, owner: str, rt: Runtime) -> Claim:
     taken = session.execute(update(Calendar).where(
         Calendar.id == cal.id, (Calendar.lease_until.is_(None)) | (Calendar.lease_until < now)).values(
         lease_owner=owner, lease_until=now + timedelta(seconds=rt.settings.lease_seconds)))
-    if not taken.rowcount:  # type: ignore[attr-defined]
+    if not rows_affected(taken):
         raise click.ClickException(f"{cal.summary or cal.google_id} is being synced by a worker right now; "
                                    "try again in a moment")
     return Claim(id=cal.id, requested=cal.sync_requested, owner=owner)
@@ -282,7 +291,9 @@ def _channels_table(channels: list[Channel], emails: dict[int, str], titles: dic
     for col in ("channel id", "watches", "account", "status", "expiry", "last message"):
         table.add_column(col, overflow="fold")
     for ch in channels:
-        watches = "calendar list" if ch.kind == ChannelKind.CALENDAR_LIST else titles.get(ch.calendar_id or 0, "(removed)")
+        watches = (
+            "calendar list" if ch.kind == ChannelKind.CALENDAR_LIST else titles.get(ch.calendar_id or 0, "(removed)")
+        )
         table.add_row(ch.id, escape(watches), escape(emails.get(ch.account_id, "?")), _style(ch.status),
                       expires_in(ch.expires_at, now), str(ch.last_message_number or "—"))
     if not channels:

@@ -136,8 +136,16 @@ class DemoPerson:
         cal_id, series_id, first = self._series_or_fail()
         original = self._next_occurrence(first)
         moved = original + timedelta(minutes=30)
-        self.emu.patch_instance(cal_id, series_id, _rfc3339(original), {
-            "summary": f"{SERIES_TITLE} (late start)", "start": _when(moved), "end": _when(moved + timedelta(minutes=15))})
+        self.emu.patch_instance(
+            cal_id,
+            series_id,
+            _rfc3339(original),
+            {
+                "summary": f"{SERIES_TITLE} (late start)",
+                "start": _when(moved),
+                "end": _when(moved + timedelta(minutes=15)),
+            },
+        )
         return f"Team: moved one “{SERIES_TITLE}” ({_label(original)}) to {moved:%H:%M}"
 
     def _cancel_occurrence(self) -> str:

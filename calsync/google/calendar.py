@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import google_auth_httplib2
 import httplib2
@@ -64,7 +64,7 @@ class GoogleCalendar:
                 return items
 
     def get_calendar(self, calendar_id: str) -> dict[str, Any]:
-        return self._call("calendars.get", self._api.calendars.get(calendarId=calendar_id))
+        return cast(dict[str, Any], self._call("calendars.get", self._api.calendars.get(calendarId=calendar_id)))
 
     # Events ----------------------------------------------------------------------------------
     def list_events_page(
@@ -91,7 +91,7 @@ class GoogleCalendar:
             kwargs["pageToken"] = page_token
         request = self._api.events.list(**kwargs)
         request.postproc = _keep_bytes  # errors are raised before it runs; a success keeps its bytes
-        return self._call("events.list", request)  # type: ignore[no-any-return]
+        return cast(bytes, self._call("events.list", request))
 
     def iter_event_pages(self, calendar_id: str, sync_token: str | None = None,
                          max_results: int = EVENTS_PAGE_SIZE) -> Iterator[dict[str, Any]]:
@@ -111,11 +111,12 @@ class GoogleCalendar:
     def watch_events(self, calendar_id: str, *, channel_id: str, token: str, address: str,
                      ttl: float) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
-        return self._call("events.watch", self._api.events.watch(calendarId=calendar_id, body=body))
+        request = self._api.events.watch(calendarId=calendar_id, body=body)
+        return cast(dict[str, Any], self._call("events.watch", request))
 
     def watch_calendar_list(self, *, channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
-        return self._call("calendarList.watch", self._api.calendar_list.watch(body=body))
+        return cast(dict[str, Any], self._call("calendarList.watch", self._api.calendar_list.watch(body=body)))
 
     def stop_channel(self, channel_id: str, resource_id: str) -> None:
         self._call("channels.stop", self._api.channels.stop(body={"id": channel_id, "resourceId": resource_id}))

@@ -73,7 +73,8 @@ def make_flow(settings: Settings, *, state: str | None = None, code_verifier: st
 
 
 def authorization_url(flow: Flow) -> tuple[str, str]:
-    return flow.authorization_url(access_type="offline", prompt="consent", include_granted_scopes="true")
+    url, state = flow.authorization_url(access_type="offline", prompt="consent", include_granted_scopes="true")
+    return str(url), str(state)
 
 
 def credentials_to_json(creds: Credentials) -> str:

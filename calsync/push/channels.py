@@ -22,7 +22,7 @@ from calsync.accounts.connected import load_credentials, save_if_refreshed
 from calsync.errors import GoogleApiError, GoogleNotFound
 from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
+from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import LIVE_CHANNEL, ChannelKind, ChannelStatus
 
@@ -96,7 +96,7 @@ def stop_channels_locally(session: Session, *, now: datetime, account_id: int | 
         stmt = stmt.where(Channel.account_id == account_id)
     if calendar_ids is not None:
         stmt = stmt.where(Channel.calendar_id.in_(list(calendar_ids)))
-    return session.execute(stmt.values(status=ChannelStatus.STOPPED, stopped_at=now)).rowcount or 0
+    return rows_affected(session.execute(stmt.values(status=ChannelStatus.STOPPED, stopped_at=now)))
 
 
 def live_channels(session: Session, *, calendar_id: int | None = None, account_id: int | None = None,
@@ -117,7 +117,9 @@ def needs_new_channel(channels: list[Channel], now: datetime, renew_before: floa
     leftover, not a watch in flight.
     """
     horizon = now + timedelta(seconds=renew_before)
-    return not any(c.status == ChannelStatus.ACTIVE and c.expires_at is not None and c.expires_at > horizon for c in channels)
+    return not any(
+        c.status == ChannelStatus.ACTIVE and c.expires_at is not None and c.expires_at > horizon for c in channels
+    )
 
 
 def replace_channel(runtime: Runtime, *, calendar_id: int | None = None, account_id: int | None = None) -> str:
@@ -174,7 +176,9 @@ def _mark_stopped(session: Session, ids: list[str], now: datetime, *, replaced_b
     values: dict[str, Any] = {"status": ChannelStatus.STOPPED, "stopped_at": now}
     if replaced_by is not None:
         values["replaced_by"] = replaced_by
-    session.execute(update(Channel).where(Channel.id.in_(ids), Channel.status != ChannelStatus.STOPPED).values(**values))
+    session.execute(
+        update(Channel).where(Channel.id.in_(ids), Channel.status != ChannelStatus.STOPPED).values(**values)
+    )
 
 
 def _sibling_resource_id(session: Session, channel: Channel) -> str | None:

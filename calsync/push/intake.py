@@ -15,6 +15,7 @@ went from 1,925 to 2,393 notifications/s with the chain.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -142,7 +143,7 @@ class Intake:
             NOTIFICATION_BATCH.observe(len(batch))
             if any(item.outcome == "queued" for item in batch):
                 self._rt.wakeup.notify_local()  # after the commit, so a woken worker sees the owed sync
-        for earlier, later in zip(batch, batch[1:]):
+        for earlier, later in itertools.pairwise(batch):
             earlier.next = later
         self._wake(batch[0])
         return conn
@@ -187,6 +188,6 @@ class Intake:
                 driver.autocommit = False
             self.checkpointer.give_back(conn)
             conn.close()
-        except Exception:  # noqa: BLE001 - a connection that cannot be reset is dropped instead
+        except Exception:  # a connection that cannot be reset is dropped instead
             log.debug("dropping the writer's connection", exc_info=True)
             conn.invalidate()

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from calsync.push.owed import OWE_LIST as _OWE_LIST
 from calsync.push.owed import OWE_SYNC as _OWE_SYNC
+from calsync.store.db import rows_affected
 from calsync.store.models import Notification
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
 from calsync.wakeup import CHANNEL as WAKEUP_CHANNEL
@@ -203,10 +204,10 @@ def _sqlite_time(dialect: Dialect) -> Callable[[datetime], str]:
     """The column type's own conversion, so stored times compare with those SQLAlchemy writes."""
     process = _TIME_PROCESSORS.get(dialect)
     if process is None:
-        process = Notification.__table__.c.received_at.type.bind_processor(dialect)  # type: ignore[attr-defined]
+        process = Notification.__table__.c.received_at.type.bind_processor(dialect)
         assert process is not None
         _TIME_PROCESSORS[dialect] = process
-    return process  # type: ignore[no-any-return]
+    return process
 
 
 _TIME_PROCESSORS: weakref.WeakKeyDictionary[Dialect, Callable[[datetime], str]] = weakref.WeakKeyDictionary()
@@ -299,4 +300,4 @@ TRIM_LOG = "DELETE FROM notifications WHERE id <= (SELECT max(id) FROM notificat
 
 def trim_log(session: Session, keep: int) -> int:
     """Keep only the newest `keep` notifications."""
-    return session.execute(text(TRIM_LOG.format(p=":keep")), {"keep": keep}).rowcount or 0  # type: ignore[attr-defined]
+    return rows_affected(session.execute(text(TRIM_LOG.format(p=":keep")), {"keep": keep}))

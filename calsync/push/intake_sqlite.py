@@ -138,7 +138,7 @@ class Checkpointer:
             cursor.close()
             self.runs += 1
             return conn
-        except Exception:  # noqa: BLE001 - the next commit asks again; the log is safe meanwhile
+        except Exception:  # the next commit asks again; the log is safe meanwhile
             log.warning("write-ahead log checkpoint failed; will retry", exc_info=True)
             if conn is not None:
                 conn.invalidate()

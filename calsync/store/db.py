@@ -11,9 +11,9 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -55,6 +55,11 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A unit of work owned by the caller: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+def rows_affected(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE touched (a DML statement's result is a CursorResult)."""
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:

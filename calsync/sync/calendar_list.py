@@ -72,7 +72,7 @@ def _apply_list(session: Session, account_id: int, entries: list[dict[str, Any]]
         elif cal.removed_at is not None:
             cal.removed_at = None
             # An expression, not read-modify-write: a notification may bump the counter concurrently.
-            cal.sync_requested = Calendar.sync_requested + 1  # type: ignore[assignment]
+            cal.sync_requested = Calendar.sync_requested + 1
             cal.due_at = now
             added.append(cal)
         else:

@@ -312,7 +312,7 @@ _INSERT_COLUMNS = ("calendar_id", "google_id", "status", "etag", "updated", "rec
                    "data", "seen_gen")
 
 
-def _by_ids_pg() -> Select[tuple[Event]]:
+def _by_ids_pg() -> Select[Event]:
     """Rows by id on PostgreSQL: one unique-index probe per id, whatever the table's statistics say.
 
     `google_id IN (...)` (or `= ANY`) on a freshly filled `events` table, whose statistics still
@@ -329,7 +329,7 @@ def _by_ids_pg() -> Select[tuple[Event]]:
     return select(row).select_from(wanted).join(probe, true())
 
 
-def _by_ids_sqlite() -> Select[tuple[Event]]:
+def _by_ids_sqlite() -> Select[Event]:
     """Rows by id on SQLite: the ids as one JSON array, so the statement is the same for any number."""
     wanted = func.json_each(bindparam("ids", type_=String)).table_valued("value")
     return select(Event).where(Event.calendar_id == bindparam("cal"), Event.google_id.in_(select(wanted.c.value)))
@@ -370,6 +370,7 @@ def _insert_rows(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
     columns = ", ".join(dialect.identifier_preparer.quote(name) for name in _INSERT_COLUMNS)
     if dialect.name == "postgresql":
         driver = connection.connection.driver_connection
+        assert driver is not None  # a checked-out connection always has its driver's
         with driver.cursor() as cursor, cursor.copy(f"COPY {Event.__tablename__} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -39,7 +39,7 @@ from calsync.errors import (
 from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar, decode_page
 from calsync.metrics import SYNC_SECONDS, SYNCS
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
+from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Calendar, Event
 from calsync.store.states import SyncState
 from calsync.sync.changelog import append_changes
@@ -48,7 +48,7 @@ from calsync.sync.mirror import PageMirror
 log = logging.getLogger(__name__)
 
 # The calendar row's per-page updates go through Core: the ORM's bulk-update path costs more than the statement.
-_CALENDARS = Calendar.__table__  # type: ignore[attr-defined]
+_CALENDARS = Calendar.__table__
 
 Progress = Callable[[int, int | None], None]
 # The caller's bookkeeping for a sync that succeeds (lease released, owed work settled): column
@@ -200,7 +200,7 @@ class _SyncRun:
         return SyncResult(kind=kind, pages=self.pages, events_seen=self.events_seen, created=self.counts["created"],
                           updated=self.counts["updated"], deleted=self.counts["deleted"])
 
-    def _pages(self, sync_token: str | None) -> Iterator[tuple[dict[str, Any], Credentials, Callable[[], None]]]:
+    def _pages(self, sync_token: str | None) -> Generator[tuple[dict[str, Any], Credentials, Callable[[], None]]]:
         """The pages of one listing, each with a copy of the credentials and a `committing` signal.
 
         Page N names page N+1, so its request goes out on a background thread as soon as page N is
@@ -265,7 +265,7 @@ class _SyncRun:
         result = session.execute(
             update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id, _CALENDARS.c.lease_owner == self.lease_owner)
             .values(lease_until=until))
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        if rows_affected(result) == 0:
             raise self._lease_lost()
 
     def _start_full_sync(self, session: Session) -> tuple[int, bool]:
@@ -291,7 +291,7 @@ class _SyncRun:
             values.update(self.finish(now))
             stmt = stmt.where(_CALENDARS.c.lease_owner == self.lease_owner)
         result = session.execute(stmt.values(**values))
-        if self.finish is not None and result.rowcount == 0:  # type: ignore[attr-defined]
+        if self.finish is not None and rows_affected(result) == 0:
             raise self._lease_lost()
 
     def _lease_lost(self) -> LeaseLost:

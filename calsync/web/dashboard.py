@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from markupsafe import Markup
@@ -320,6 +320,6 @@ def _limit() -> int:
     return max(1, min(wanted, runtime().settings.notification_log_size, 1000))
 
 
-def _is_dashboard_path(value: str | None) -> bool:
-    return bool(value) and value.startswith("/dashboard") and "//" not in value and "\\" not in value  # type: ignore[union-attr]
+def _is_dashboard_path(value: str | None) -> TypeGuard[str]:
+    return value is not None and value.startswith("/dashboard") and "//" not in value and "\\" not in value
 

@@ -47,7 +47,7 @@ def _counters() -> CollectorRegistry:
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return REGISTRY
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    multiprocess.MultiProcessCollector(registry)
     return registry
 
 
@@ -72,7 +72,9 @@ class DatabaseCollector(Collector):
     def _families(self) -> Iterator[GaugeMetricFamily]:
         now = self.runtime.clock.now()
         with self.runtime.sessions() as session:
-            next_expiry = session.scalar(select(func.min(Channel.expires_at)).where(Channel.status == ChannelStatus.ACTIVE))
+            next_expiry = session.scalar(
+                select(func.min(Channel.expires_at)).where(Channel.status == ChannelStatus.ACTIVE)
+            )
             oldest_owed = session.scalar(select(func.min(Calendar.due_at)).join(Account).where(
                 Calendar.sync_requested > Calendar.sync_done, Calendar.removed_at.is_(None),
                 Account.status == AccountStatus.ACTIVE))
@@ -105,7 +107,7 @@ class DatabaseCollector(Collector):
         yield chans
 
 
-def _fill(family: GaugeMetricFamily, rows: Sequence[Row[tuple[str, int]]], known: tuple[str, ...]) -> None:
+def _fill(family: GaugeMetricFamily, rows: Sequence[Row[str, int]], known: tuple[str, ...]) -> None:
     """One sample per known label value (zeros included, so dashboards see them), plus any other."""
     counts = dict.fromkeys(known, 0)
     counts.update({str(k): int(v) for k, v in rows})

@@ -94,7 +94,9 @@ def check_csrf() -> None:
     expected = session.get(CSRF_KEY)
     given = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
     if not isinstance(expected, str) or not expected or not hmac.compare_digest(given.encode(), expected.encode()):
-        abort(403, description="The form has expired or did not come from this dashboard. Reload the page and try again.")
+        abort(
+            403, description="The form has expired or did not come from this dashboard. Reload the page and try again."
+        )
 
 
 @bp.record_once

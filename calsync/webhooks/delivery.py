@@ -86,8 +86,12 @@ def _claim(runtime: Runtime, owner: str, limit: int) -> list[_Job]:
     """Lease the due deliveries: retries, and per subscription its oldest untried message only."""
     now = runtime.clock.now()
     older = aliased(Delivery)
-    older_untried = exists().where(older.subscription_id == Delivery.subscription_id, older.state == DeliveryState.PENDING,
-                                   older.attempts == 0, older.change_seq < Delivery.change_seq)
+    older_untried = exists().where(
+        older.subscription_id == Delivery.subscription_id,
+        older.state == DeliveryState.PENDING,
+        older.attempts == 0,
+        older.change_seq < Delivery.change_seq,
+    )
     with transaction(runtime.sessions) as session:
         query = (select(Delivery)
                  .join(WebhookSubscription, WebhookSubscription.id == Delivery.subscription_id)

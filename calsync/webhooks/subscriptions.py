@@ -20,7 +20,7 @@ from calsync.config import Settings
 from calsync.errors import InvalidSubscription, NotFoundError
 from calsync.runtime import Runtime
 from calsync.store.crypto import TokenCipher
-from calsync.store.db import transaction
+from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Delivery, WebhookSubscription
 from calsync.store.states import DeliveryState, SubscriptionStatus
 from calsync.webhooks.safety import check_url, resolve_target
@@ -128,7 +128,7 @@ def disable(session: Session, sub: WebhookSubscription, reason: str, now: dateti
         update(Delivery).where(Delivery.subscription_id == sub.id, Delivery.state == DeliveryState.PENDING)
         .values(state=DeliveryState.FAILED, next_attempt_at=None, lease_owner=None, lease_until=None,
                 last_error=f"not sent: subscription disabled ({reason})"))
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return rows_affected(result)
 
 
 def delete_subscription(session: Session, sub: WebhookSubscription) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
-from calsync.store.db import is_postgres
+from calsync.store.db import is_postgres, rows_affected
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, SyncState
 from calsync.sync.run import CalendarState
@@ -63,7 +63,7 @@ def finish_calendar(session: Session, claim: Claim, now: datetime, reconcile_eve
     """Record a successful sync: one more run if requests arrived meanwhile, else reconcile later."""
     result = session.execute(update(Calendar).where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner)
                              .values(**finish_values(claim, now, reconcile_every, min_interval)))
-    return bool(result.rowcount)
+    return bool(rows_affected(result))
 
 
 def finish_values(claim: Claim, now: datetime, reconcile_every: float, min_interval: float = 0.0) -> dict[str, Any]:
@@ -84,10 +84,20 @@ def finish_values(claim: Claim, now: datetime, reconcile_every: float, min_inter
 def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float, state: str, error: str) -> bool:
     """Record a failed sync: the owed work stays owed, due again after `delay`."""
     retry_at = now + timedelta(seconds=delay)
-    result = session.execute(update(Calendar).where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner).values(
-        error_count=Calendar.error_count + 1, retry_at=retry_at, due_at=retry_at, sync_state=state,
-        last_error=error[:2000], lease_owner=None, lease_until=None))
-    return bool(result.rowcount)
+    result = session.execute(
+        update(Calendar)
+        .where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner)
+        .values(
+            error_count=Calendar.error_count + 1,
+            retry_at=retry_at,
+            due_at=retry_at,
+            sync_state=state,
+            last_error=error[:2000],
+            lease_owner=None,
+            lease_until=None,
+        )
+    )
+    return bool(rows_affected(result))
 
 
 def release_calendar(session: Session, claim: Claim) -> None:
@@ -111,20 +121,36 @@ def claim_account_list(session: Session, owner: str, now: datetime, lease_second
 
 
 def finish_account_list(session: Session, claim: Claim, now: datetime, reconcile_every: float) -> bool:
-    result = session.execute(update(Account).where(Account.id == claim.id, Account.list_lease_owner == claim.owner).values(
-        list_done=claim.requested,
-        list_due_at=case((Account.list_requested > claim.requested, now),
-                         else_=now + timedelta(seconds=reconcile_every)),
-        list_lease_owner=None, list_lease_until=None, list_error_count=0,
-        last_error=case((Account.status == AccountStatus.ACTIVE, None), else_=Account.last_error)))
-    return bool(result.rowcount)
+    result = session.execute(
+        update(Account)
+        .where(Account.id == claim.id, Account.list_lease_owner == claim.owner)
+        .values(
+            list_done=claim.requested,
+            list_due_at=case(
+                (Account.list_requested > claim.requested, now), else_=now + timedelta(seconds=reconcile_every)
+            ),
+            list_lease_owner=None,
+            list_lease_until=None,
+            list_error_count=0,
+            last_error=case((Account.status == AccountStatus.ACTIVE, None), else_=Account.last_error),
+        )
+    )
+    return bool(rows_affected(result))
 
 
 def fail_account_list(session: Session, claim: Claim, now: datetime, *, delay: float, error: str) -> bool:
-    result = session.execute(update(Account).where(Account.id == claim.id, Account.list_lease_owner == claim.owner).values(
-        list_error_count=Account.list_error_count + 1, list_due_at=now + timedelta(seconds=delay),
-        last_error=error[:1000], list_lease_owner=None, list_lease_until=None))
-    return bool(result.rowcount)
+    result = session.execute(
+        update(Account)
+        .where(Account.id == claim.id, Account.list_lease_owner == claim.owner)
+        .values(
+            list_error_count=Account.list_error_count + 1,
+            list_due_at=now + timedelta(seconds=delay),
+            last_error=error[:1000],
+            list_lease_owner=None,
+            list_lease_until=None,
+        )
+    )
+    return bool(rows_affected(result))
 
 
 def release_account_list(session: Session, claim: Claim) -> None:
@@ -137,7 +163,7 @@ def account_list_error_count(session: Session, account_id: int) -> int:
 
 
 # The claim, built once (SQLAlchemy's compiled cache then serves every call) -------------------
-_CAL, _ACC, _CH = Calendar.__table__, Account.__table__, Channel.__table__  # type: ignore[attr-defined]
+_CAL, _ACC, _CH = Calendar.__table__, Account.__table__, Channel.__table__
 _NOW = bindparam("now", type_=_CAL.c.due_at.type)
 
 
@@ -149,7 +175,9 @@ def _claimable(cal: Any, acct: Any) -> tuple[ColumnElement[bool], ...]:
 
 def _claimable_from(name: str) -> tuple[Any, Any]:
     cal, acct = _CAL.alias(f"{name}_cal"), _ACC.alias(f"{name}_acct")
-    return cal, select(cal.c.id).select_from(cal.join(acct, acct.c.id == cal.c.account_id)).where(*_claimable(cal, acct))
+    return cal, select(cal.c.id).select_from(cal.join(acct, acct.c.id == cal.c.account_id)).where(
+        *_claimable(cal, acct)
+    )
 
 
 _pick, _pick_query = _claimable_from("pick")
@@ -157,13 +185,28 @@ _PICK = (_pick_query.order_by(_pick.c.due_at, _pick.c.id).limit(1)
          .with_for_update(skip_locked=True, of=_pick).scalar_subquery())
 _other, _other_query = _claimable_from("other")
 _RETURNED = (
-    _CAL.c.id, _CAL.c.sync_requested, _CAL.c.account_id, _CAL.c.google_id, _CAL.c.sync_token, _CAL.c.baseline_done,
-    select(_ACC.c.credentials).where(_ACC.c.id == _CAL.c.account_id).correlate(_CAL).scalar_subquery()
+    _CAL.c.id,
+    _CAL.c.sync_requested,
+    _CAL.c.account_id,
+    _CAL.c.google_id,
+    _CAL.c.sync_token,
+    _CAL.c.baseline_done,
+    select(_ACC.c.credentials)
+    .where(_ACC.c.id == _CAL.c.account_id)
+    .correlate(_CAL)
+    .scalar_subquery()
     .label("credentials"),
     _other_query.where(_other.c.id != _CAL.c.id).correlate(_CAL).exists().label("more_due"),
-    select(_CH.c.id).where(_CH.c.calendar_id == _CAL.c.id, _CH.c.kind == ChannelKind.EVENTS, _CH.c.status == ChannelStatus.ACTIVE,
-                           _CH.c.expires_at > bindparam("horizon", type_=_CH.c.expires_at.type))
-    .correlate(_CAL).exists().label("channel_ok"),
+    select(_CH.c.id)
+    .where(
+        _CH.c.calendar_id == _CAL.c.id,
+        _CH.c.kind == ChannelKind.EVENTS,
+        _CH.c.status == ChannelStatus.ACTIVE,
+        _CH.c.expires_at > bindparam("horizon", type_=_CH.c.expires_at.type),
+    )
+    .correlate(_CAL)
+    .exists()
+    .label("channel_ok"),
 )
 _SET_LEASE = {"lease_owner": bindparam("owner"), "lease_until": bindparam("until", type_=_CAL.c.lease_until.type)}
 _CLAIM = update(_CAL).where(_CAL.c.id == _PICK).values(**_SET_LEASE).returning(*_RETURNED)

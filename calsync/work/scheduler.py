@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from calsync.push.intake_sql import trim_log
 from calsync.runtime import Runtime
+from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
 from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus
 
@@ -38,7 +39,7 @@ def schedule_renewals(session: Session, now: datetime, renew_before: float) -> i
     return _make_calendars_due(session, calendar_ids, now) + _make_lists_due(session, account_ids, now)
 
 
-def due_channels(horizon: datetime) -> Select[tuple[str, int | None, int]]:
+def due_channels(horizon: datetime) -> Select[str, int | None, int]:
     """Active channels expiring by `horizon`: a range read of `ix_channels_status_expires_at`."""
     return (select(Channel.kind, Channel.calendar_id, Channel.account_id)
             .where(Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= horizon))
@@ -65,8 +66,13 @@ def schedule_missing_channels(session: Session, now: datetime, renew_before: flo
 
 def expire_lapsed_channels(session: Session, now: datetime) -> int:
     """Channels whose expiry passed while nobody renewed them are just dead: say so."""
-    return session.execute(update(Channel).where(Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= now)
-                           .values(status=ChannelStatus.EXPIRED)).rowcount or 0
+    return rows_affected(
+        session.execute(
+            update(Channel)
+            .where(Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= now)
+            .values(status=ChannelStatus.EXPIRED)
+        )
+    )
 
 
 def prune(session: Session, runtime: Runtime, now: datetime) -> None:
@@ -82,8 +88,8 @@ def _make_calendars_due(session: Session, ids: set[int], now: datetime) -> int:
     if not ids:
         return 0
     not_yet = (Calendar.due_at.is_(None)) | (Calendar.due_at > now)
-    return session.execute(update(Calendar).where(Calendar.id.in_(ids), not_yet).values(
-        due_at=case((Calendar.retry_at > now, Calendar.retry_at), else_=now))).rowcount or 0
+    return rows_affected(session.execute(update(Calendar).where(Calendar.id.in_(ids), not_yet).values(
+        due_at=case((Calendar.retry_at > now, Calendar.retry_at), else_=now))))
 
 
 def _make_lists_due(session: Session, ids: set[int], now: datetime) -> int:
@@ -91,5 +97,10 @@ def _make_lists_due(session: Session, ids: set[int], now: datetime) -> int:
         return 0
     not_yet = (Account.list_due_at.is_(None)) | (Account.list_due_at > now)
     in_backoff = and_(Account.list_error_count > 0, Account.list_due_at > now)
-    return session.execute(update(Account).where(Account.id.in_(ids), Account.status == AccountStatus.ACTIVE, not_yet).values(
-        list_due_at=case((in_backoff, Account.list_due_at), else_=now))).rowcount or 0
+    return rows_affected(
+        session.execute(
+            update(Account)
+            .where(Account.id.in_(ids), Account.status == AccountStatus.ACTIVE, not_yet)
+            .values(list_due_at=case((in_backoff, Account.list_due_at), else_=now))
+        )
+    )

@@ -48,7 +48,7 @@ DELIVERY_BATCH = 50
 JobFn = Callable[[Runtime, Claim], None]
 ReleaseFn = Callable[[Session, Claim], None]
 
-_DELIVERIES = Delivery.__table__  # type: ignore[attr-defined]
+_DELIVERIES = Delivery.__table__
 _DELIVERY_NOW = bindparam("now", type_=_DELIVERIES.c.next_attempt_at.type)
 _DELIVERY_DUE = (select(_DELIVERIES.c.id)
                  .where(_DELIVERIES.c.state == DeliveryState.PENDING, _DELIVERIES.c.next_attempt_at <= _DELIVERY_NOW,

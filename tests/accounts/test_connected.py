@@ -38,13 +38,13 @@ def upsert(runtime: Runtime, token: str, refresh: str | None, now: datetime = NO
 
 def stored(runtime: Runtime, account_id: int) -> Credentials:
     with runtime.sessions() as session:
-        return load_credentials(runtime, session.get(Account, account_id))
+        return load_credentials(runtime, session.get_one(Account, account_id))
 
 
 def test_connecting_stores_encrypted_credentials_and_asks_for_the_calendar_list(runtime: Runtime) -> None:
     account_id = upsert(runtime, "access-1", "refresh-1")
     with runtime.sessions() as session:
-        account = session.get(Account, account_id)
+        account = session.get_one(Account, account_id)
         assert b"refresh-1" not in account.credentials and b"access-1" not in account.credentials
         assert (account.status, account.scopes, account.list_requested, account.list_due_at) == (
             "active", [READONLY], 1, NOW)
@@ -67,7 +67,7 @@ def test_reconnecting_never_duplicates_and_keeps_the_refresh_token_google_did_no
     assert (loaded.token, loaded.refresh_token) == ("access-2", "refresh-1")
     with runtime.sessions() as session:
         assert len(session.scalars(select(Account)).all()) == 1
-        account = session.get(Account, first)
+        account = session.get_one(Account, first)
         assert (account.status, account.last_error, account.list_requested) == ("active", None, 2)
         cal = session.scalars(select(Calendar)).one()
         assert (cal.sync_requested, cal.due_at, cal.retry_at) == (2, later, None)
@@ -92,7 +92,7 @@ def test_a_dead_grant_is_visible_on_the_account_and_its_calendars(runtime: Runti
         session.execute(update(Calendar).values(sync_state="synced"))
         mark_reauth_required(session, account_id, "Token has been expired or revoked.", NOW)
     with runtime.sessions() as session:
-        account = session.get(Account, account_id)
+        account = session.get_one(Account, account_id)
         assert (account.status, account.last_error) == ("reauth_required", "Token has been expired or revoked.")
         cal = session.scalars(select(Calendar)).one()
         assert cal.sync_state == "error" and "re-consent" in (cal.last_error or "")
@@ -113,6 +113,6 @@ def test_a_sync_finishing_after_a_disconnect_neither_revives_nor_rewrites_the_ac
         mark_reauth_required(session, account_id, "invalid_grant", NOW)
         save_if_refreshed(session, runtime, account_id, creds(runtime, "access-9", "refresh-9"), "access-1")
     with runtime.sessions() as session:
-        account = session.get(Account, account_id)
+        account = session.get_one(Account, account_id)
         assert account.status == "disconnected"
         assert runtime.cipher.decrypt_str(account.credentials) == "{}"

@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from click.testing import CliRunner
@@ -103,10 +103,16 @@ def test_follow_prints_a_change_committed_while_it_runs(settings: Any, runtime: 
     proc = subprocess.Popen([CALSYNC, "changes", "--follow", "--json", "--after", "4"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    assert proc.stdout is not None and proc.stderr is not None
+
+    def pump(stdout: IO[str]) -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, args=(proc.stdout,), daemon=True).start()
     try:
         time.sleep(0.3)
-        assert proc.poll() is None, proc.stderr.read()  # type: ignore[union-attr]
+        assert proc.poll() is None, proc.stderr.read()
         seq = add_change(runtime, home, "created", None, {"id": "late", "summary": "Added while following"})
         printed = json.loads(lines.get(timeout=10))
         assert printed["seq"] == seq == 5 and printed["event_id"] == "late"

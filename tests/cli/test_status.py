@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,8 +44,8 @@ def env_for(settings: Settings | None = None, **extra: str) -> dict[str, str]:
 def connect(runtime: Runtime, emu: Any, email: str) -> int:
     """An account stored as the consent would store it, with tokens the emulator accepts."""
     tokens = emu.issue_tokens(email)
-    creds = credentials_from_json('{"token": "%s", "refresh_token": "%s"}' % (
-        tokens["access_token"], tokens["refresh_token"]), runtime.settings)
+    stored = {"token": tokens["access_token"], "refresh_token": tokens["refresh_token"]}
+    creds = credentials_from_json(json.dumps(stored), runtime.settings)
     with transaction(runtime.sessions) as session:
         return upsert_account(session, runtime.cipher, email, creds, [], runtime.clock.now()).id
 

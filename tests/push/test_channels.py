@@ -42,7 +42,8 @@ def _row(runtime: Runtime, channel_id: str) -> Channel:
         return row
 
 
-def test_open_stores_the_granted_channel_and_only_a_hash_of_its_token(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+def test_open_stores_the_granted_channel_and_only_a_hash_of_its_token(runtime: Runtime, emu: Any,
+                                                                      calendar: dict[str, int]) -> None:
     channel_id = open_events_channel(runtime, calendar["calendar_id"])
     row, granted = _row(runtime, channel_id), emu_channel(emu, channel_id)
     assert row.status == "active" and row.kind == "events"
@@ -54,20 +55,22 @@ def test_open_stores_the_granted_channel_and_only_a_hash_of_its_token(runtime, e
     assert len(granted["token"]) >= 40  # secrets.token_urlsafe(32)
 
 
-def test_each_channel_has_its_own_token(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+def test_each_channel_has_its_own_token(runtime: Runtime, emu: Any, calendar: dict[str, int]) -> None:
     first = emu_channel(emu, open_events_channel(runtime, calendar["calendar_id"]))
     second = emu_channel(emu, open_events_channel(runtime, calendar["calendar_id"]))
     assert first["token"] != second["token"] and first["id"] != second["id"]
 
 
-def test_expiry_is_what_google_granted_not_what_was_asked(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+def test_expiry_is_what_google_granted_not_what_was_asked(runtime: Runtime, emu: Any, calendar: dict[str, int]) -> None:
     emu.max_channel_ttl = 120
     row = _row(runtime, open_events_channel(runtime, calendar["calendar_id"]))
     assert row.expires_at is not None and row.created_at is not None
     assert 100 < (row.expires_at - row.created_at).total_seconds() <= 121  # asked for 7 days
 
 
-def test_the_sync_message_is_accepted_even_when_it_beats_the_watch_response(runtime, emu, calendar, live_server):  # type: ignore[no-untyped-def]
+def test_the_sync_message_is_accepted_even_when_it_beats_the_watch_response(runtime: Runtime, emu: Any,
+                                                                            calendar: dict[str, int],
+                                                                            live_server: str) -> None:
     channel_id = open_events_channel(runtime, calendar["calendar_id"])
     record = wait_for(lambda: [n for n in emu.notifications if n.channel_id == channel_id], timeout=5,
                       what="the sync message")[0]
@@ -75,7 +78,7 @@ def test_the_sync_message_is_accepted_even_when_it_beats_the_watch_response(runt
     assert _row(runtime, channel_id).last_message_number == 1
 
 
-def test_a_failed_watch_leaves_no_pending_row(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+def test_a_failed_watch_leaves_no_pending_row(runtime: Runtime, emu: Any, calendar: dict[str, int]) -> None:
     emu.fail_next(1, status=429, method="calendar.events.watch")
     with pytest.raises(RateLimited):
         open_events_channel(runtime, calendar["calendar_id"])
@@ -83,23 +86,27 @@ def test_a_failed_watch_leaves_no_pending_row(runtime, emu, calendar):  # type: 
     assert emu.channels() == []
 
 
-def test_calendar_list_channel(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+def test_calendar_list_channel(runtime: Runtime, emu: Any, calendar: dict[str, int]) -> None:
     row = _row(runtime, open_calendar_list_channel(runtime, calendar["account_id"]))
     assert row.kind == "calendar_list" and row.calendar_id is None and row.status == "active"
     assert [c["kind"] for c in emu.channels()] == ["calendarList"]
 
 
-def test_replace_opens_the_new_channel_before_stopping_the_old(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+def test_replace_opens_the_new_channel_before_stopping_the_old(
+    runtime: Runtime, emu: Any, calendar: dict[str, int]
+) -> None:
     old = open_events_channel(runtime, calendar["calendar_id"])
     new = replace_channel(runtime, calendar_id=calendar["calendar_id"])
-    methods = [r.api_method for r in emu.requests if r.api_method in ("calendar.events.watch", "calendar.channels.stop")]
+    methods = [
+        r.api_method for r in emu.requests if r.api_method in ("calendar.events.watch", "calendar.channels.stop")
+    ]
     assert methods[-2:] == ["calendar.events.watch", "calendar.channels.stop"]
     assert [c["id"] for c in emu.channels()] == [new]
     old_row = _row(runtime, old)
     assert (old_row.status, old_row.replaced_by) == ("stopped", new) and old_row.stopped_at is not None
 
 
-def test_stopping_a_channel_google_already_forgot_is_fine(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+def test_stopping_a_channel_google_already_forgot_is_fine(runtime: Runtime, emu: Any, calendar: dict[str, int]) -> None:
     channel_id = open_events_channel(runtime, calendar["calendar_id"])
     emu.push.stop(channel_id)  # gone at Google (expired or stopped elsewhere)
     stop_channel(runtime, channel_id)
@@ -108,7 +115,8 @@ def test_stopping_a_channel_google_already_forgot_is_fine(runtime, emu, calendar
     assert emu.count("calendar.channels.stop") == 1
 
 
-def test_a_pending_row_left_by_a_crash_is_stopped_with_its_siblings_resource_id(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+def test_a_pending_row_left_by_a_crash_is_stopped_with_its_siblings_resource_id(runtime: Runtime, emu: Any,
+                                                                                calendar: dict[str, int]) -> None:
     live = open_events_channel(runtime, calendar["calendar_id"])
     with transaction(runtime.sessions) as session:  # as if the process died right after the watch call
         row = session.get(Channel, live)
@@ -119,7 +127,7 @@ def test_a_pending_row_left_by_a_crash_is_stopped_with_its_siblings_resource_id(
     assert [c["id"] for c in emu.channels()] == [other]
 
 
-def test_needs_new_channel(runtime, emu, calendar):  # type: ignore[no-untyped-def]
+def test_needs_new_channel(runtime: Runtime, emu: Any, calendar: dict[str, int]) -> None:
     channel_id = open_events_channel(runtime, calendar["calendar_id"])
     now = runtime.clock.now()
     with runtime.sessions() as session:

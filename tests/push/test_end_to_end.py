@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -65,7 +65,8 @@ def pushing(runtime: Runtime, emu: Any, live_server: str) -> Iterator[dict[str, 
         thread.join(timeout=20)
 
 
-def test_an_edit_in_google_becomes_a_change_through_push_alone(runtime, emu, pushing, record_property):  # type: ignore[no-untyped-def]
+def test_an_edit_in_google_becomes_a_change_through_push_alone(runtime: Runtime, emu: Any, pushing: dict[str, Any],
+                                                               record_property: Callable[[str, object], None]) -> None:
     cal_id = pushing["calendar_id"]
     assert runtime.settings.reconcile_every >= 3600  # no timer will do it for us
     latencies = []
@@ -152,7 +153,8 @@ def test_a_storm_of_a_thousand_notifications_costs_at_most_two_list_calls(settin
     assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
 
 
-def test_duplicated_and_reordered_notifications_change_nothing_twice(runtime, emu, pushing):  # type: ignore[no-untyped-def]
+def test_duplicated_and_reordered_notifications_change_nothing_twice(runtime: Runtime, emu: Any,
+                                                                     pushing: dict[str, Any]) -> None:
     cal_id = pushing["calendar_id"]
     emu.push_faults(duplicate=1.0, reorder=True)
     before = emu.count("calendar.events.list", EMAIL)
@@ -171,7 +173,7 @@ def test_duplicated_and_reordered_notifications_change_nothing_twice(runtime, em
     assert emu.count("calendar.events.list", EMAIL) - before <= 4  # at most one per distinct message
 
 
-def test_dropped_notifications_are_healed_by_reconciliation(runtime, emu, live_server):  # type: ignore[no-untyped-def]
+def test_dropped_notifications_are_healed_by_reconciliation(runtime: Runtime, emu: Any, live_server: str) -> None:
     quick = replace(runtime, settings=replace(runtime.settings, reconcile_every=1.5))
     stop, thread = _start_worker(quick)
     try:
@@ -188,7 +190,8 @@ def test_dropped_notifications_are_healed_by_reconciliation(runtime, emu, live_s
 
 
 @pytest.mark.parametrize("forgery", ["unknown", "token", "resource"])
-def test_forged_notifications_over_http_get_404_and_cost_no_google_call(runtime, emu, pushing, forgery):  # type: ignore[no-untyped-def]
+def test_forged_notifications_over_http_get_404_and_cost_no_google_call(runtime: Runtime, emu: Any,
+                                                                        pushing: dict[str, Any], forgery: Any) -> None:
     cal_id = pushing["calendar_id"]
     channel = emu_channel(emu, channels_of(runtime, calendar_id=cal_id)[-1].id)
     override = {"unknown": {"X-Goog-Channel-ID": "forged-channel"}, "token": {"X-Goog-Channel-Token": "x" * 43},

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import pytest
+from sqlalchemy.pool import QueuePool
 
 from calsync.push import intake_sqlite
 from calsync.push.intake import Intake
@@ -29,11 +32,13 @@ def _record(intake: Intake, channel: dict[str, Any], numbers: range) -> None:
         assert intake.record(push_of(channel, n), {"X-Goog-Message-Number": str(n)}) == "queued"
 
 
-def test_commits_leave_checkpoints_to_the_checkpointer_which_keeps_the_log_small(runtime, watched, monkeypatch):  # type: ignore[no-untyped-def]
+def test_commits_leave_checkpoints_to_the_checkpointer_which_keeps_the_log_small(
+    runtime: Runtime, watched: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     if runtime.engine.dialect.name != "sqlite":
         assert not Intake(runtime).checkpointer.enabled
         return
-    database = Path(runtime.engine.url.database)
+    database = Path(str(runtime.engine.url.database))
     intake = Intake(runtime)
     monkeypatch.setattr(intake.checkpointer, "written", lambda: None)  # no checkpoint yet
     size_before = database.stat().st_size
@@ -53,14 +58,15 @@ def test_commits_leave_checkpoints_to_the_checkpointer_which_keeps_the_log_small
     assert _wal_frames(database) == frames  # the log was started over, not extended
 
 
-def test_the_writer_gives_its_connection_back_with_checkpoints_on(runtime, watched, monkeypatch):  # type: ignore[no-untyped-def]
+def test_the_writer_gives_its_connection_back_with_checkpoints_on(runtime: Runtime, watched: dict[str, Any],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Other users of the pool (the worker, the API) checkpoint as SQLite does by default."""
     if runtime.engine.dialect.name != "sqlite":
         return
     monkeypatch.setattr("calsync.push.intake.IDLE_EXIT", 0.05)
     intake = Intake(runtime)
     writer_settings: list[int] = []
-    original = intake._transaction  # noqa: SLF001
+    original = intake._transaction
 
     def spy(conn: Any, batch: Any) -> None:
         writer_settings.append(conn.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
@@ -69,24 +75,24 @@ def test_the_writer_gives_its_connection_back_with_checkpoints_on(runtime, watch
     monkeypatch.setattr(intake, "_transaction", spy)
     _record(intake, watched["channel"], range(10, 12))
     assert writer_settings == [0, 0]
-    wait_for(lambda: runtime.engine.pool.checkedout() == 0 and intake._writer is None,  # noqa: SLF001
+    wait_for(lambda: cast(QueuePool, runtime.engine.pool).checkedout() == 0 and intake._writer is None,
              what="the writer to go idle and give its connection back")
-    conns = [runtime.engine.raw_connection() for _ in range(runtime.engine.pool.checkedin())]
+    conns = [runtime.engine.raw_connection() for _ in range(cast(QueuePool, runtime.engine.pool).checkedin())]
     try:
-        assert {c.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0] for c in conns} \
+        assert {c.cursor().execute("PRAGMA wal_autocheckpoint").fetchone()[0] for c in conns} \
             == {AUTOCHECKPOINT_DEFAULT}
     finally:
         for c in conns:
             c.close()
 
 
-def test_the_checkpoint_thread_ends_when_idle_and_comes_back(runtime: Runtime, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_checkpoint_thread_ends_when_idle_and_comes_back(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     if runtime.engine.dialect.name != "sqlite":
         return
     monkeypatch.setattr(intake_sqlite, "IDLE_EXIT", 0.05)
     checkpointer = Checkpointer(runtime.engine, after=0.0)
     checkpointer.written()
-    wait_for(lambda: checkpointer.runs == 1 and checkpointer._thread is None,  # noqa: SLF001
+    wait_for(lambda: checkpointer.runs == 1 and checkpointer._thread is None,
              what="one checkpoint, then the thread gone")
     checkpointer.written()
     wait_for(lambda: checkpointer.runs == 2, what="a new thread's checkpoint")

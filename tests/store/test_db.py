@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
@@ -12,7 +13,7 @@ from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, tra
 from calsync.store.models import Account, Calendar
 
 
-def test_sqlite_is_configured_on_purpose(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_is_configured_on_purpose(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"

@@ -103,12 +103,12 @@ def test_every_page_of_a_long_calendar_list_is_read(runtime: Runtime, emu: Any) 
 def test_a_refreshed_access_token_is_stored_with_the_list(runtime: Runtime, emu: Any) -> None:
     account_id = connect_account(runtime, emu, ALICE)
     with runtime.sessions() as session:
-        stored = session.get(Account, account_id).credentials
+        stored = session.get_one(Account, account_id).credentials
     emu.expire_access_tokens()
     refresh_calendar_list(runtime, account_id)
     assert emu.count("oauth.token") == 1
     with runtime.sessions() as session:
-        assert session.get(Account, account_id).credentials != stored
+        assert session.get_one(Account, account_id).credentials != stored
     refresh_calendar_list(runtime, account_id)
     assert emu.count("oauth.token") == 1
 
@@ -120,7 +120,7 @@ def test_a_revoked_grant_marks_the_account_and_raises(runtime: Runtime, emu: Any
     with pytest.raises(AuthRevoked):
         refresh_calendar_list(runtime, account_id)
     with runtime.sessions() as session:
-        account = session.get(Account, account_id)
+        account = session.get_one(Account, account_id)
         assert account.status == "reauth_required" and account.last_error
         assert session.scalars(select(Change)).all() == []
         assert len(session.scalars(select(Calendar)).all()) == 1

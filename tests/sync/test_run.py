@@ -61,7 +61,7 @@ def cal(runtime: Runtime, emu: Any) -> int:
 
 
 def event_id(emu: Any, summary: str) -> str:
-    return next(e["id"] for e in emu.events(ALICE) if e.get("summary") == summary)
+    return str(next(e["id"] for e in emu.events(ALICE) if e.get("summary") == summary))
 
 
 def assert_mirrors_google(runtime: Runtime, emu: Any, cal_id: int, google_id: str = ALICE) -> None:
@@ -102,7 +102,7 @@ def test_full_sync_of_three_calendars_mirrors_them_and_writes_no_changes(runtime
                    if r.api_method == "calendar.events.list")
         assert_mirrors_google(runtime, emu, cal_id, google_id)
         with runtime.sessions() as session:
-            row = session.get(Calendar, cal_id)
+            row = session.get_one(Calendar, cal_id)
             assert row.baseline_done and row.sync_token and row.sync_state == "synced"
             assert row.last_synced_at is not None and row.last_error is None
     assert len(mirror(runtime, calendar_row_id(runtime, big))) == 5000
@@ -127,7 +127,7 @@ def test_sync_leaves_the_work_queue_fields_to_the_worker(runtime: Runtime, emu: 
     emu.insert_event(ALICE, timed("three"))
     sync_calendar(runtime, cal)
     with runtime.sessions() as session:
-        row = session.get(Calendar, cal)
+        row = session.get_one(Calendar, cal)
         assert (row.sync_requested, row.sync_done, row.due_at, row.error_count, row.retry_at) == (7, 5, due, 2, due)
 
 
@@ -334,7 +334,7 @@ def test_an_expired_sync_token_resyncs_and_records_exactly_the_real_differences(
     assert (result.created, result.updated, result.deleted) == (1, 1, 2)
     assert_mirrors_google(runtime, emu, cal)
     with runtime.sessions() as session:
-        assert session.get(Calendar, cal).sync_token is not None
+        assert session.get_one(Calendar, cal).sync_token is not None
     # The new token works: the next sync is incremental and finds nothing.
     again = sync_calendar(runtime, cal)
     assert again.kind == "incremental" and again.events_seen == 0
@@ -429,7 +429,7 @@ def test_a_revoked_grant_marks_the_account_and_other_accounts_go_on(runtime: Run
     with runtime.sessions() as session:
         alice = session.scalars(select(Account).where(Account.email == ALICE)).one()
         assert alice.status == "reauth_required" and alice.last_error
-        assert session.get(Calendar, cal).sync_state == "error"
+        assert session.get_one(Calendar, cal).sync_state == "error"
         assert session.scalars(select(Account.status).where(Account.id == bob_id)).one() == "active"
     assert sync_calendar(runtime, bob_cal).created == 1
     assert_mirrors_google(runtime, emu, bob_cal, "bob@example.com")
@@ -446,12 +446,12 @@ def test_transient_errors_propagate_and_write_nothing(runtime: Runtime, emu: Any
     emu.insert_event(ALICE, timed("three"))
     start = last_seq(runtime)
     with runtime.sessions() as session:
-        token = session.get(Calendar, cal).sync_token
+        token = session.get_one(Calendar, cal).sync_token
     emu.fail_next(1, status=status, reason=reason, method="calendar.events.list")
     with pytest.raises(error):
         sync_calendar(runtime, cal)
     with runtime.sessions() as session:
-        assert session.get(Calendar, cal).sync_token == token
+        assert session.get_one(Calendar, cal).sync_token == token
     assert changes(runtime, cal, after=start) == []
     assert sync_calendar(runtime, cal).created == 1
 
@@ -487,7 +487,7 @@ def test_seq_is_strictly_increasing_and_gap_free_across_calendars(runtime: Runti
 
 def calendar_account(runtime: Runtime, cal_id: int) -> int:
     with runtime.sessions() as session:
-        return session.get(Calendar, cal_id).account_id
+        return session.get_one(Calendar, cal_id).account_id
 
 
 # Leases -----------------------------------------------------------------------------------------------
@@ -502,7 +502,7 @@ def test_a_sync_whose_lease_is_held_by_another_worker_writes_nothing(runtime: Ru
     with pytest.raises(LeaseLost):
         sync_calendar(runtime, cal_id, lease_owner="me")
     with runtime.sessions() as session:
-        row = session.get(Calendar, cal_id)
+        row = session.get_one(Calendar, cal_id)
         assert (row.sync_token, row.baseline_done, row.full_sync_gen, row.lease_until) == (None, False, 0, until)
         assert session.scalars(select(Event)).all() == []
 
@@ -520,7 +520,7 @@ def test_a_sync_under_its_own_lease_extends_it(settings: Any, emu: Any) -> None:
         clock.advance(3)
         sync_calendar(runtime, cal_id, lease_owner="me")
         with runtime.sessions() as session:
-            row = session.get(Calendar, cal_id)
+            row = session.get_one(Calendar, cal_id)
             assert row.lease_until == clock.now() + timedelta(seconds=settings.lease_seconds)
             assert row.last_synced_at == clock.now() and row.lease_owner == "me"
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -45,7 +46,7 @@ def runtime(settings: Settings, clock: FrozenClock) -> Iterator[Runtime]:
 def admin(runtime: Runtime) -> Any:
     """A test client signed in as the operator; `admin.csrf` holds the session's token."""
     client = create_app(runtime=runtime).test_client()
-    client.csrf = sign_in(client)
+    client.csrf = sign_in(client)  # type: ignore[attr-defined]
     return client
 
 
@@ -162,9 +163,8 @@ def test_notifications_fragment_follows_new_rows(admin: Any, runtime: Runtime) -
 def test_disconnect_button_disconnects_the_account(admin: Any, runtime: Runtime, emu: Any) -> None:
     emu.create_user("ann@example.com")
     tokens = emu.issue_tokens("ann@example.com")
-    creds = credentials_from_json(
-        '{"token": "%s", "refresh_token": "%s"}' % (tokens["access_token"], tokens["refresh_token"]),
-        runtime.settings)
+    stored = {"token": tokens["access_token"], "refresh_token": tokens["refresh_token"]}
+    creds = credentials_from_json(json.dumps(stored), runtime.settings)
     with transaction(runtime.sessions) as session:
         account_id = upsert_account(session, runtime.cipher, "ann@example.com", creds, [], runtime.clock.now()).id
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from flask.testing import FlaskClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
@@ -89,9 +90,12 @@ def _log(runtime: Runtime) -> list[Notification]:
 @given(headers=notification_headers, body=st.one_of(st.just(b""), st.binary(max_size=2000)))
 @example(headers={"X-Goog-Channel-ID": CHANNEL_ID, "X-Goog-Channel-Token": TOKEN, "X-Goog-Resource-ID": RESOURCE_ID,
                   "X-Goog-Resource-State": "exists", "X-Goog-Message-Number": "7"}, body=b"")
-@example(headers={"X-Goog-Channel-ID": CHANNEL_ID, "X-Goog-Channel-Token": TOKEN + "x", "X-Goog-Resource-ID": RESOURCE_ID,
-                  "X-Goog-Resource-State": "exists", "X-Goog-Message-Number": "8"}, body=b"")
-def test_fuzzed_notifications_get_2xx_or_4xx_and_rejected_ones_write_nothing(client, runtime, world, headers, body):  # type: ignore[no-untyped-def]
+@example(headers={"X-Goog-Channel-ID": CHANNEL_ID, "X-Goog-Channel-Token": TOKEN + "x",
+                  "X-Goog-Resource-ID": RESOURCE_ID, "X-Goog-Resource-State": "exists", "X-Goog-Message-Number": "8"},
+         body=b"")
+def test_fuzzed_notifications_get_2xx_or_4xx_and_rejected_ones_write_nothing(client: FlaskClient, runtime: Runtime,
+                                                                             world: dict[str, Any], headers: Any,
+                                                                             body: Any) -> None:
     before, log_before = _snapshot(runtime), len(_log(runtime))
     resp = client.post("/notifications", headers={k: v for k, v in headers.items() if v is not None}, data=body)
     assert resp.status_code < 500, (resp.status_code, headers)
@@ -106,8 +110,12 @@ def test_fuzzed_notifications_get_2xx_or_4xx_and_rejected_ones_write_nothing(cli
             assert after[table] == before[table], table
 
 
-query_value = st.one_of(st.none(), st.text(max_size=40), st.integers(-2**70, 2**70).map(str),
-                        st.sampled_from(["0", "1", "1000", "1001", "-1", " 5", "5 ", "0x10", "1e3", "٣", "fuzz@example.com"]))
+query_value = st.one_of(
+    st.none(),
+    st.text(max_size=40),
+    st.integers(-(2**70), 2**70).map(str),
+    st.sampled_from(["0", "1", "1000", "1001", "-1", " 5", "5 ", "0x10", "1e3", "٣", "fuzz@example.com"]),
+)
 
 
 @settings(FUZZ, max_examples=150)
@@ -115,7 +123,9 @@ query_value = st.one_of(st.none(), st.text(max_size=40), st.integers(-2**70, 2**
        params=st.fixed_dictionaries({}, optional={"after": query_value, "limit": query_value, "calendar": query_value,
                                                   "account": query_value, "pageToken": query_value}),
        auth=st.sampled_from(["Bearer test-api-token", "Bearer wrong", "", "Basic dGVzdDp0ZXN0", "Bearer "]))
-def test_fuzzed_api_queries_get_2xx_or_4xx_and_write_nothing(client, runtime, world, path, params, auth):  # type: ignore[no-untyped-def]
+def test_fuzzed_api_queries_get_2xx_or_4xx_and_write_nothing(
+    client: FlaskClient, runtime: Runtime, world: dict[str, Any], path: Any, params: Any, auth: Any
+) -> None:
     before = _snapshot(runtime)
     query = {k: v for k, v in params.items() if v is not None}
     resp = client.get(path, query_string=query, headers={"Authorization": auth} if auth else {})
@@ -148,8 +158,14 @@ webhook_body = st.one_of(
 
 @settings(FUZZ, max_examples=100)
 @given(body=webhook_body, content_type=st.sampled_from(["application/json", "text/plain", ""]))
-def test_fuzzed_webhook_subscriptions_get_4xx_and_write_nothing(client, runtime, world, api_headers, body,
-                                                                content_type):  # type: ignore[no-untyped-def]
+def test_fuzzed_webhook_subscriptions_get_4xx_and_write_nothing(
+    client: FlaskClient,
+    runtime: Runtime,
+    world: dict[str, Any],
+    api_headers: dict[str, str],
+    body: Any,
+    content_type: Any,
+) -> None:
     before = _snapshot(runtime)
     headers = dict(api_headers)
     if content_type:
@@ -161,7 +177,8 @@ def test_fuzzed_webhook_subscriptions_get_4xx_and_write_nothing(client, runtime,
 
 @settings(FUZZ, max_examples=60)
 @given(data=st.data())
-def test_fuzzed_paths_under_api_never_fail(client, runtime, world, api_headers, data):  # type: ignore[no-untyped-def]
+def test_fuzzed_paths_under_api_never_fail(client: FlaskClient, runtime: Runtime, world: dict[str, Any],
+                                           api_headers: dict[str, str], data: Any) -> None:
     """Ids in paths (subscriptions, accounts) are just as hostile as parameters."""
     segment = data.draw(st.text(min_size=1, max_size=60).filter(lambda s: "/" not in s and "?" not in s
                                                                 and "#" not in s))

@@ -13,7 +13,8 @@ from calsync import create_app
 from calsync.clock import FrozenClock
 from calsync.config import Settings
 from calsync.runtime import Runtime
-from calsync.work.worker import HEARTBEAT_SECONDS, Worker
+from calsync.work.liveness import HEARTBEAT_SECONDS
+from calsync.work.worker import Worker
 from tests.push_support import connect_account
 
 
@@ -25,11 +26,11 @@ def rt(settings: Settings) -> Any:
 
 
 @pytest.fixture
-def web(rt: Runtime) -> Any:
+def web(rt: Any) -> Any:
     return create_app(runtime=rt).test_client()
 
 
-def test_healthz_fails_until_a_worker_has_reported(web, rt):  # type: ignore[no-untyped-def]
+def test_healthz_fails_until_a_worker_has_reported(web: Any, rt: Any) -> None:
     resp = web.get("/healthz")
     assert resp.status_code == 503
     assert resp.json["database"] == "ok" and "no worker" in resp.json["worker"]
@@ -41,7 +42,7 @@ def test_healthz_fails_until_a_worker_has_reported(web, rt):  # type: ignore[no-
     assert resp.json["worker_seen_at"].startswith(rt.clock.now().strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-def test_healthz_fails_when_the_heartbeat_is_stale(web, rt):  # type: ignore[no-untyped-def]
+def test_healthz_fails_when_the_heartbeat_is_stale(web: Any, rt: Any) -> None:
     Worker(rt, threads=1).tick()
     rt.clock.advance(3 * HEARTBEAT_SECONDS - 1)
     assert web.get("/healthz").status_code == 200
@@ -50,11 +51,11 @@ def test_healthz_fails_when_the_heartbeat_is_stale(web, rt):  # type: ignore[no-
     assert resp.status_code == 503 and resp.json["worker"].startswith("stale")
 
 
-def test_healthz_reports_an_unreachable_database(settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+def test_healthz_reports_an_unreachable_database(settings: Settings, tmp_path: Path) -> None:
     broken = Runtime.create(Settings(**{**settings.__dict__, "database_url": f"sqlite:///{tmp_path}/no/such/dir.db"}))
     try:
         resp = create_app(runtime=broken).test_client().get("/healthz")
-        assert resp.status_code == 503 and resp.json["database"].startswith("unreachable")
+        assert resp.status_code == 503 and resp.json is not None and resp.json["database"].startswith("unreachable")
     finally:
         broken.close()
 
@@ -65,7 +66,7 @@ def _scrape(web: Any) -> dict[str, list[Any]]:
     return {f.name: f.samples for f in text_string_to_metric_families(resp.get_data(as_text=True))}
 
 
-def test_metrics_expose_the_named_series(web, rt, emu):  # type: ignore[no-untyped-def]
+def test_metrics_expose_the_named_series(web: Any, rt: Any, emu: Any) -> None:
     connect_account(rt, emu, "ann@example.com")
     Worker(rt, threads=1).run_burst()
     web.post("/notifications", headers={"X-Goog-Channel-ID": "nope", "X-Goog-Resource-State": "exists",
@@ -89,7 +90,7 @@ def test_metrics_expose_the_named_series(web, rt, emu):  # type: ignore[no-untyp
     assert gauges[("calsync_sync_lag_seconds", ())] == 0
 
 
-def test_sync_lag_is_the_age_of_the_oldest_owed_sync(web, rt, emu):  # type: ignore[no-untyped-def]
+def test_sync_lag_is_the_age_of_the_oldest_owed_sync(web: Any, rt: Any, emu: Any) -> None:
     from calsync.push.owed import request_calendar_sync
     from calsync.store.db import transaction
     from tests.push_support import calendar_id_of

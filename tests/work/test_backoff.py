@@ -56,7 +56,8 @@ def rt(settings: Any) -> Any:
     (403, "userRateLimitExceeded", None),
     (503, "backendError", None),
 ])
-def test_a_throttled_calendar_backs_off_while_another_still_syncs(rt, emu, status, reason, retry_after):  # type: ignore[no-untyped-def]
+def test_a_throttled_calendar_backs_off_while_another_still_syncs(rt: Any, emu: Any, status: Any, reason: Any,
+                                                                  retry_after: Any) -> None:
     clock: FrozenClock = rt.clock
     connect_account(rt, emu, "ann@example.com")
     connect_account(rt, emu, "bob@example.com")
@@ -92,7 +93,7 @@ def test_a_throttled_calendar_backs_off_while_another_still_syncs(rt, emu, statu
     assert recovered.due_at == clock.now() + timedelta(seconds=rt.settings.reconcile_every)
 
 
-def test_a_notification_during_backoff_does_not_cut_it_short(rt, emu):  # type: ignore[no-untyped-def]
+def test_a_notification_during_backoff_does_not_cut_it_short(rt: Any, emu: Any) -> None:
     connect_account(rt, emu, "ann@example.com")
     Worker(rt, threads=1).run_burst()
     ann = calendar_id_of(rt, "ann@example.com")

@@ -36,18 +36,19 @@ def rt(settings: Settings, emu: Any) -> Any:
     runtime.close()
 
 
-def _setup(rt: Runtime, emu: Any) -> tuple[int, int]:
+def _setup(rt: Any, emu: Any) -> tuple[int, int]:
     account_id = connect_account(rt, emu, "ann@example.com")
     Worker(rt, threads=1).run_burst()
     return account_id, calendar_id_of(rt, "ann@example.com")
 
 
-def test_a_channel_near_expiry_is_replaced_and_the_seam_synced(rt, emu):  # type: ignore[no-untyped-def]
+def test_a_channel_near_expiry_is_replaced_and_the_seam_synced(rt: Any, emu: Any) -> None:
     account_id, cal_id = _setup(rt, emu)
     old = {c.kind: c for c in channels_of(rt, account_id=account_id)}
     lists_before = emu.count("calendar.events.list", "ann@example.com")
     emu.insert_event("ann@example.com", EVENT)  # made while nobody listens: only the seam sync sees it
     # Renewal is timed from the expiry Google granted (7 days asked and granted), not from the TTL.
+    assert old["events"].expires_at is not None
     rt.clock.set(old["events"].expires_at - timedelta(seconds=rt.settings.renew_before - 1))
     Worker(rt, threads=1).run_burst()
 
@@ -68,7 +69,7 @@ def test_a_channel_near_expiry_is_replaced_and_the_seam_synced(rt, emu):  # type
     assert watch < listed and "calendar.channels.stop" in [m for m, _ in log[watch:listed]]
 
 
-def test_channels_that_expired_while_calsync_was_down_are_recreated_at_start(rt, emu):  # type: ignore[no-untyped-def]
+def test_channels_that_expired_while_calsync_was_down_are_recreated_at_start(rt: Any, emu: Any) -> None:
     account_id, _ = _setup(rt, emu)
     old = channels_of(rt, account_id=account_id)
     rt.clock.advance(days=8)
@@ -78,10 +79,10 @@ def test_channels_that_expired_while_calsync_was_down_are_recreated_at_start(rt,
     assert {c.id: c.status for c in rows if c.id in {o.id for o in old}} == {o.id: "expired" for o in old}
     fresh = [c for c in rows if c.status == "active"]
     assert sorted(c.kind for c in fresh) == ["calendar_list", "events"]
-    assert all(c.expires_at > rt.clock.now() for c in fresh)  # type: ignore[operator]
+    assert all(c.expires_at is not None and c.expires_at > rt.clock.now() for c in fresh)
 
 
-def test_a_synced_calendar_without_a_channel_gets_one_when_a_worker_starts(rt, emu):  # type: ignore[no-untyped-def]
+def test_a_synced_calendar_without_a_channel_gets_one_when_a_worker_starts(rt: Any, emu: Any) -> None:
     account_id, cal_id = _setup(rt, emu)
     with rt.sessions.begin() as session:
         session.execute(text("DELETE FROM channels"))
@@ -90,7 +91,7 @@ def test_a_synced_calendar_without_a_channel_gets_one_when_a_worker_starts(rt, e
         ("calendar_list", "active"), ("events", "active")]
 
 
-def test_finding_due_channels_reads_the_index_not_the_table(rt):  # type: ignore[no-untyped-def]
+def test_finding_due_channels_reads_the_index_not_the_table(rt: Any) -> None:
     stmt = due_channels(rt.clock.now())
     with rt.engine.connect() as conn:
         compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
@@ -103,7 +104,8 @@ def test_finding_due_channels_reads_the_index_not_the_table(rt):  # type: ignore
 
 
 @pytest.mark.slow
-def test_short_lived_channels_renewed_again_and_again_miss_no_change(settings, emu, runtime, live_server):  # type: ignore[no-untyped-def]
+def test_short_lived_channels_renewed_again_and_again_miss_no_change(settings: Settings, emu: Any, runtime: Runtime,
+                                                                     live_server: str) -> None:
     """Real time: 4-second channels renewed 2 s before expiry, edits all along, for about 4 renewals."""
     short = Runtime(settings=Settings(**{**settings.__dict__, "channel_ttl": 4.0, "renew_before": 2.0}),
                     engine=runtime.engine, sessions=runtime.sessions, cipher=runtime.cipher, wakeup=runtime.wakeup)
@@ -135,7 +137,7 @@ def test_short_lived_channels_renewed_again_and_again_miss_no_change(settings, e
     assert account_id
 
 
-def _synced_calendar(rt: Runtime) -> int | None:
+def _synced_calendar(rt: Any) -> int | None:
     try:
         cal_id = calendar_id_of(rt, "ann@example.com")
     except AssertionError:

@@ -44,19 +44,19 @@ def rt(settings: Settings, clock: FrozenClock) -> Any:
     runtime.close()
 
 
-def _connected(rt: Runtime, emu: Any, email: str = "ann@example.com") -> tuple[int, int]:
+def _connected(rt: Any, emu: Any, email: str = "ann@example.com") -> tuple[int, int]:
     account_id = connect_account(rt, emu, email)
     Worker(rt, threads=1).run_burst()
     return account_id, calendar_id_of(rt, email)
 
 
-def _request(rt: Runtime, calendar_id: int, times: int = 1) -> None:
+def _request(rt: Any, calendar_id: int, times: int = 1) -> None:
     for _ in range(times):
         with transaction(rt.sessions) as session:
             request_calendar_sync(session, calendar_id, rt.clock.now())
 
 
-def test_a_new_account_gets_its_calendars_synced_then_watched(rt, emu):  # type: ignore[no-untyped-def]
+def test_a_new_account_gets_its_calendars_synced_then_watched(rt: Any, emu: Any) -> None:
     account_id = connect_account(rt, emu, "ann@example.com")
     emu.insert_event("ann@example.com", EVENT)
     Worker(rt, threads=1).run_burst()
@@ -72,7 +72,7 @@ def test_a_new_account_gets_its_calendars_synced_then_watched(rt, emu):  # type:
     assert changes_for(rt) == []  # the baseline writes no changes
 
 
-def test_many_requests_while_waiting_cost_one_sync(rt, emu):  # type: ignore[no-untyped-def]
+def test_many_requests_while_waiting_cost_one_sync(rt: Any, emu: Any) -> None:
     _, cal_id = _connected(rt, emu)
     before = emu.count("calendar.events.list", "ann@example.com")
     _request(rt, cal_id, times=50)
@@ -80,7 +80,7 @@ def test_many_requests_while_waiting_cost_one_sync(rt, emu):  # type: ignore[no-
     assert emu.count("calendar.events.list", "ann@example.com") == before + 1
 
 
-def test_requests_during_a_sync_cause_exactly_one_more(rt, emu):  # type: ignore[no-untyped-def]
+def test_requests_during_a_sync_cause_exactly_one_more(rt: Any, emu: Any) -> None:
     _, cal_id = _connected(rt, emu)
     before = emu.count("calendar.events.list", "ann@example.com")
     _request(rt, cal_id)
@@ -91,6 +91,7 @@ def test_requests_during_a_sync_cause_exactly_one_more(rt, emu):  # type: ignore
     run_calendar_job(rt, claim)
     cal = calendar_row(rt, cal_id)
     # One more is owed, due once the minimum interval since this sync began has passed.
+    assert claim.claimed_at is not None
     follow_up = claim.claimed_at + timedelta(seconds=rt.settings.sync_min_interval)
     assert cal.sync_done == claim.requested < cal.sync_requested and cal.due_at == follow_up
     _request(rt, cal_id, times=5)  # more while it waits: still that one sync, still at that time
@@ -103,7 +104,7 @@ def test_requests_during_a_sync_cause_exactly_one_more(rt, emu):  # type: ignore
     assert calendar_row(rt, cal_id).sync_done == calendar_row(rt, cal_id).sync_requested
 
 
-def test_reconciliation_syncs_without_any_notification(rt, emu, clock):  # type: ignore[no-untyped-def]
+def test_reconciliation_syncs_without_any_notification(rt: Any, emu: Any, clock: FrozenClock) -> None:
     _, cal_id = _connected(rt, emu)
     cal = calendar_row(rt, cal_id)
     assert cal.due_at == clock.now() + timedelta(seconds=rt.settings.reconcile_every)
@@ -117,7 +118,7 @@ def test_reconciliation_syncs_without_any_notification(rt, emu, clock):  # type:
     assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
 
 
-def test_a_lapsed_lease_is_reclaimed_by_another_worker(rt, emu, clock):  # type: ignore[no-untyped-def]
+def test_a_lapsed_lease_is_reclaimed_by_another_worker(rt: Any, emu: Any, clock: FrozenClock) -> None:
     _, cal_id = _connected(rt, emu)
     _request(rt, cal_id)
     with transaction(rt.sessions) as session:
@@ -130,7 +131,7 @@ def test_a_lapsed_lease_is_reclaimed_by_another_worker(rt, emu, clock):  # type:
     assert claim is not None and claim.id == cal_id
 
 
-def test_a_job_whose_lease_was_taken_over_writes_nothing(rt, emu):  # type: ignore[no-untyped-def]
+def test_a_job_whose_lease_was_taken_over_writes_nothing(rt: Any, emu: Any) -> None:
     _, cal_id = _connected(rt, emu)
     emu.insert_event("ann@example.com", EVENT)
     _request(rt, cal_id)
@@ -144,7 +145,7 @@ def test_a_job_whose_lease_was_taken_over_writes_nothing(rt, emu):  # type: igno
     assert changes_for(rt) == []
 
 
-def test_concurrent_claims_take_different_calendars(rt, emu):  # type: ignore[no-untyped-def]
+def test_concurrent_claims_take_different_calendars(rt: Any, emu: Any) -> None:
     account_id = connect_account(rt, emu, "ann@example.com")
     for i in range(6):
         emu.create_calendar("ann@example.com", f"cal {i}")
@@ -173,7 +174,7 @@ def test_concurrent_claims_take_different_calendars(rt, emu):  # type: ignore[no
     assert sorted(c.id for c in claims) == sorted(ids)
 
 
-def test_calendars_of_inactive_accounts_are_not_claimed(rt, emu):  # type: ignore[no-untyped-def]
+def test_calendars_of_inactive_accounts_are_not_claimed(rt: Any, emu: Any) -> None:
     account_id, cal_id = _connected(rt, emu)
     _request(rt, cal_id)
     with transaction(rt.sessions) as session:
@@ -181,7 +182,7 @@ def test_calendars_of_inactive_accounts_are_not_claimed(rt, emu):  # type: ignor
         assert claim_calendar(session, "w/0", rt.clock.now(), 60) is None
 
 
-def test_a_calendar_added_in_google_is_synced_and_watched(rt, emu):  # type: ignore[no-untyped-def]
+def test_a_calendar_added_in_google_is_synced_and_watched(rt: Any, emu: Any) -> None:
     account_id, _ = _connected(rt, emu)
     new_google_id = emu.create_calendar("ann@example.com", "Team")
     with transaction(rt.sessions) as session:  # what the calendar-list notification does
@@ -193,7 +194,7 @@ def test_a_calendar_added_in_google_is_synced_and_watched(rt, emu):  # type: ign
     assert any(c["calendar_id"] == new_google_id for c in emu.channels())
 
 
-def test_a_calendar_removed_in_google_loses_its_channel_at_once(rt, emu):  # type: ignore[no-untyped-def]
+def test_a_calendar_removed_in_google_loses_its_channel_at_once(rt: Any, emu: Any) -> None:
     connect_account(rt, emu, "ann@example.com")
     team = emu.create_calendar("ann@example.com", "Team")
     Worker(rt, threads=1).run_burst()
@@ -212,7 +213,7 @@ def test_a_calendar_removed_in_google_loses_its_channel_at_once(rt, emu):  # typ
     assert emu.count("calendar.events.list", team) == before
 
 
-def test_a_calendar_google_no_longer_knows_asks_for_a_list_refresh(rt, emu):  # type: ignore[no-untyped-def]
+def test_a_calendar_google_no_longer_knows_asks_for_a_list_refresh(rt: Any, emu: Any) -> None:
     account_id, cal_id = _connected(rt, emu)
     list_before = account_row(rt, account_id).list_requested
     emu.fail_next(1, status=404, reason="notFound", method="calendar.events.list")
@@ -229,7 +230,7 @@ def test_a_calendar_google_no_longer_knows_asks_for_a_list_refresh(rt, emu):  # 
     assert account_row(rt, account_id).list_requested == list_before + 1
 
 
-def test_forbidden_is_an_error_with_a_long_retry(rt, emu):  # type: ignore[no-untyped-def]
+def test_forbidden_is_an_error_with_a_long_retry(rt: Any, emu: Any) -> None:
     _, cal_id = _connected(rt, emu)
     emu.fail_next(1, status=403, reason="forbidden", method="calendar.events.list")
     _request(rt, cal_id)
@@ -239,7 +240,7 @@ def test_forbidden_is_an_error_with_a_long_retry(rt, emu):  # type: ignore[no-un
     assert cal.due_at is not None and cal.due_at >= rt.clock.now() + timedelta(seconds=rt.settings.reconcile_every)
 
 
-def test_a_revoked_grant_stops_that_account_only(rt, emu):  # type: ignore[no-untyped-def]
+def test_a_revoked_grant_stops_that_account_only(rt: Any, emu: Any) -> None:
     ann, ann_cal = _connected(rt, emu, "ann@example.com")
     bob, bob_cal = _connected(rt, emu, "bob@example.com")
     emu.revoke_grant("ann@example.com")
@@ -260,7 +261,7 @@ def test_a_revoked_grant_stops_that_account_only(rt, emu):  # type: ignore[no-un
     assert emu.count("calendar.events.list", "ann@example.com") == ann_calls
 
 
-def test_heartbeat_is_written_and_removed_on_clean_exit(rt, emu):  # type: ignore[no-untyped-def]
+def test_heartbeat_is_written_and_removed_on_clean_exit(rt: Any, emu: Any) -> None:
     worker = Worker(rt, name="hb-test", threads=1)
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,))
@@ -279,13 +280,13 @@ def _heartbeat(rt: Runtime, name: str) -> WorkerHeartbeat | None:
         return session.get(WorkerHeartbeat, name)
 
 
-def test_channel_rows_for_synced_calendars_are_never_left_pending(rt, emu):  # type: ignore[no-untyped-def]
+def test_channel_rows_for_synced_calendars_are_never_left_pending(rt: Any, emu: Any) -> None:
     _connected(rt, emu)
     with rt.sessions() as session:
         assert session.scalars(select(Channel).where(Channel.status == "pending")).all() == []
 
 
-def test_a_notify_from_another_process_wakes_this_one_at_once(rt):  # type: ignore[no-untyped-def]
+def test_a_notify_from_another_process_wakes_this_one_at_once(rt: Any) -> None:
     if rt.engine.dialect.name != "postgresql":
         pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite deployments are a single process")
     import time
@@ -312,7 +313,7 @@ def test_a_notify_from_another_process_wakes_this_one_at_once(rt):  # type: igno
     assert latency < 0.5 and not listener.is_alive()
 
 
-def test_the_claim_says_whether_another_calendar_waits(rt, emu):  # type: ignore[no-untyped-def]
+def test_the_claim_says_whether_another_calendar_waits(rt: Any, emu: Any) -> None:
     connect_account(rt, emu, "ann@example.com")
     emu.create_calendar("ann@example.com", "Team")
     Worker(rt, threads=1).run_burst()
@@ -328,7 +329,7 @@ def test_the_claim_says_whether_another_calendar_waits(rt, emu):  # type: ignore
     assert first.more_due and not second.more_due  # the first is leased by the time of the second
 
 
-def test_a_thread_that_takes_one_of_several_due_calendars_wakes_another(rt, emu):  # type: ignore[no-untyped-def]
+def test_a_thread_that_takes_one_of_several_due_calendars_wakes_another(rt: Any, emu: Any) -> None:
     connect_account(rt, emu, "ann@example.com")
     emu.create_calendar("ann@example.com", "Team")
     worker = Worker(rt, threads=1)
@@ -345,7 +346,7 @@ def test_a_thread_that_takes_one_of_several_due_calendars_wakes_another(rt, emu)
     assert rt.wakeup.generation() > before  # the other waits: an idle thread is told
 
 
-def test_an_incremental_sync_job_is_one_transaction_after_its_claim(rt, emu):  # type: ignore[no-untyped-def]
+def test_an_incremental_sync_job_is_one_transaction_after_its_claim(rt: Any, emu: Any) -> None:
     from sqlalchemy import event
 
     _, cal_id = _connected(rt, emu)
@@ -372,7 +373,8 @@ def test_an_incremental_sync_job_is_one_transaction_after_its_claim(rt, emu):  #
     assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
 
 
-def test_one_wake_up_gets_every_due_calendar_synced_without_polling(rt, emu, monkeypatch):  # type: ignore[no-untyped-def]
+def test_one_wake_up_gets_every_due_calendar_synced_without_polling(rt: Any, emu: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import calsync.work.worker
 
     monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 3600.0)  # only wake-ups can start work
