@@ -35,7 +35,16 @@ class NotFoundError(CalsyncError):
 
 
 class ConsentError(CalsyncError):
-    """The consent flow failed; the message is safe to show to the end user."""
+    """The consent flow failed; the message is safe to show to the end user.
+
+    `reason` names the failure for programs (`not_configured`, `exchange_refused`,
+    `google_unreachable`, `no_primary_calendar`); `detail` is for the operator.
+    """
+
+    def __init__(self, message: str, *, reason: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.detail = detail
 
 
 class WebhookError(CalsyncError):

@@ -25,3 +25,11 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     commands = re.findall(r"```sh\n(.+?)\n```", quick_start)
     assert len(commands) == 2 and commands[0].endswith("calsync demo")
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_every_file_the_readme_names_exists() -> None:
+    named = set(re.findall(r"`((?:calsync|tests|alembic|static)/[\w/.*-]+)`", README))
+    missing = {path for path in named if "*" not in path and not (ROOT / path).exists()}
+    assert missing == set()
+    folded = {path for path in named if "*" in path and not list(ROOT.glob(path))}
+    assert folded == set()

@@ -1,10 +1,10 @@
 """What one batch of notifications does to the database: decide each outcome, then write it all.
 
 These few statements run for every batch the receiver commits, so they are written against the
-driver's cursor of a pooled connection (`Engine.raw_connection`): measured per batch of four,
-SQLAlchemy's execution layer cost ~1 ms of CPU against ~0.1 ms for the statements themselves, and
-that was most of a notification's price. The SQL is the same on both engines but for how the batch
-is passed: SQLite takes one executemany per table, PostgreSQL one statement for the whole batch.
+driver's cursor of a pooled connection (`Engine.raw_connection`): SQLAlchemy's execution layer
+costs several times what the statements themselves do, and would be most of a notification's
+price. The SQL is the same on both engines but for how the batch is passed: SQLite takes one
+executemany per table, PostgreSQL one statement for the whole batch.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ Two things kept SQLite's commits slow at the tail: writers of several processes 
 locked slept and retried (`WriterTurn` makes them queue instead), and every thousandth page or so a
 commit copied the write-ahead log back into the database and fsynced it before returning, holding up
 that batch's requests and every other writer's turn (`Checkpointer` does that copy in a thread of
-its own). In the receiver benchmark at 500 notifications/s, the second alone took p99 from 11–13 ms
-to 3.6–4.4 ms.
+its own).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ class WriterTurn:
 
     SQLite's own lock does not queue: a writer that finds the file locked sleeps (1, 2, 5, 10 ms and
     longer) and retries, so two web processes' writers, each holding the lock for a fraction of a
-    millisecond, spent most of a burst asleep (p99 over 400 ms at full load). An exclusive flock on a
+    millisecond, spend most of a burst asleep. An exclusive flock on a
     file beside the database is a queue: the next writer wakes the moment the lock is released.
     Opened lazily, so each process (after gunicorn's fork) has its own open file and so its own lock.
     """

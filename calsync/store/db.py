@@ -27,7 +27,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create the process's engine, with SQLite pragmas applied to every connection."""
     if url.startswith("sqlite"):
         # Connections are pooled, never opened per transaction: closing the last connection to a
-        # WAL database checkpoints and fsyncs it, which made every short transaction cost ~15 ms.
+        # WAL database checkpoints and fsyncs it, which would make every short transaction slow.
         if ":memory:" not in url and url.rstrip("/") != "sqlite:":
             kwargs.setdefault("pool_size", 10)
             kwargs.setdefault("max_overflow", 20)

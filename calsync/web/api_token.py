@@ -7,7 +7,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import jsonify, request
+from flask import Response, jsonify, request
 
 from calsync.web.app import runtime
 
@@ -42,7 +42,7 @@ def require_api_token(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def json_error(status: int, error: str, message: str) -> Any:
+def json_error(status: int, error: str, message: str) -> Response:
     resp = jsonify(error=error, message=message)
     resp.status_code = status
     return resp

@@ -20,7 +20,7 @@ from calsync.store.models import Change, Delivery, DeliveryAttempt, WebhookSubsc
 from calsync.store.states import DeliveryState
 from calsync.webhooks.payload import event_type
 
-STATES = tuple(DeliveryState)
+STATES = tuple(state.value for state in DeliveryState)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 REPLAYABLE = (DeliveryState.FAILED, DeliveryState.DELIVERED)

@@ -29,7 +29,7 @@ from calsync.webhooks.verification import verify_endpoint
 
 EVENT_TYPES = ("event.created", "event.updated", "event.deleted")
 FORMATS = ("standard", "slack")
-STATUSES = tuple(SubscriptionStatus)
+STATUSES = tuple(status.value for status in SubscriptionStatus)
 DEFAULT_GRACE_SECONDS = 24 * 3600.0
 MAX_GRACE_SECONDS = 30 * 86400.0
 MAX_CALENDARS = 1000

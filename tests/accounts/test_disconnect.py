@@ -195,3 +195,24 @@ def test_operator_disconnect_endpoint(client: Any, runtime: Runtime, emu: Any, a
     assert again.status_code == 200 and again.get_json()["status"] == "disconnected"
     with runtime.sessions() as session:
         assert session.scalar(select(Account.status).where(Account.email == EMAIL)) == "disconnected"
+
+
+def test_a_channel_left_stopping_by_a_crash_is_stopped_at_google_by_a_disconnect(runtime: Runtime,
+                                                                                 emu: Any) -> None:
+    """`stopping` is not a live channel (the receiver refuses it, renewal ignores it), but Google may
+    still serve it: a disconnect must stop it there too."""
+    emu.create_user(EMAIL)
+    account_id = connect(runtime, emu)
+    cal = add_calendar(runtime, account_id, EMAIL)
+    live = watch(runtime, account_id, cal, EMAIL)
+    half_stopped = watch(runtime, account_id, cal, EMAIL)
+    with transaction(runtime.sessions) as session:  # as a crash inside channels.stop leaves it
+        session.get_one(Channel, half_stopped).status = "stopping"
+    assert {c["id"] for c in emu.channels()} == {live, half_stopped}
+
+    result = disconnect_account(runtime, account_id)
+
+    assert sorted(result.channels_stopped) == sorted([live, half_stopped])
+    assert emu.channels() == []
+    with runtime.sessions() as session:
+        assert session.get_one(Channel, half_stopped).status == "stopped"

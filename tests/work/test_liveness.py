@@ -1,0 +1,53 @@
+"""One rule for whether a worker is alive, and every view that shows it agrees with it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from calsync import create_app
+from calsync.clock import FrozenClock
+from calsync.config import Settings
+from calsync.runtime import Runtime
+from calsync.work.liveness import WORKER_ALIVE, heartbeat_is_fresh
+from calsync.work.worker import SCHEDULER_SECONDS, Worker
+from tests.web.dashboard_support import PASSWORD, sign_in
+
+
+@pytest.fixture
+def rt(settings: Settings) -> Iterator[Runtime]:
+    runtime = Runtime.create(Settings(**{**settings.__dict__, "admin_password": PASSWORD}),
+                             clock=FrozenClock(datetime.now(UTC).replace(microsecond=0)))
+    yield runtime
+    runtime.close()
+
+
+def _views(rt: Runtime) -> tuple[bool, bool]:
+    """(what /healthz says, what the dashboard's overview says) about the worker."""
+    client = create_app(runtime=rt).test_client()
+    healthy = client.get("/healthz").status_code == 200
+    sign_in(client)
+    overview = client.get("/dashboard/").text
+    assert ("not seen" in overview) != ("running" in overview.split("Worker", 1)[1][:200])
+    return healthy, "not seen" not in overview
+
+
+def test_healthz_and_the_dashboard_call_a_worker_alive_for_the_same_fifteen_seconds(rt: Runtime) -> None:
+    assert WORKER_ALIVE.total_seconds() == 15 and SCHEDULER_SECONDS * 3 < WORKER_ALIVE.total_seconds()
+    assert _views(rt) == (False, False)  # no worker has ever reported
+    Worker(rt, threads=1).tick()
+    clock = rt.clock
+    assert isinstance(clock, FrozenClock)
+    clock.advance(WORKER_ALIVE.total_seconds() - 1)
+    assert _views(rt) == (True, True)
+    clock.advance(2)  # 16 s: the dashboard used to say "running" until 60 s
+    assert _views(rt) == (False, False)
+
+
+def test_a_heartbeat_is_fresh_up_to_and_including_the_limit() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert heartbeat_is_fresh(now - WORKER_ALIVE, now)
+    assert not heartbeat_is_fresh(now - WORKER_ALIVE - WORKER_ALIVE / 15, now)
+    assert not heartbeat_is_fresh(None, now)
