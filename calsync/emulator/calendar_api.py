@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import wraps
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
@@ -25,12 +25,12 @@ READ, LIST, WRITE = grants.READ_SCOPES, grants.LIST_SCOPES, grants.WRITE_SCOPES
 AUTH_HEADER = 'Bearer realm="https://accounts.google.com/", error="invalid_token"'
 
 
-def api(name: str, scopes: frozenset[str]) -> Callable:
+def api(name: str, scopes: frozenset[str]) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
     """Mark a handler as Calendar API method ``name`` needing one of ``scopes``."""
 
-    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(handler: Callable[..., Response]) -> Callable[..., Response]:
         @wraps(handler)
-        def wrapper(**kwargs: Any) -> Any:
+        def wrapper(**kwargs: Any) -> Response:
             g.api_method = name
             if "calendarId" in kwargs:
                 g.calendar_id = kwargs["calendarId"]
@@ -138,8 +138,9 @@ def _reply(body: Any) -> Response:
 
     List pages carry their events as cached ``RawJson`` text, spliced in rather than re-encoded.
     """
-    items = body.get("items") if isinstance(body, dict) else None
-    raw = isinstance(items, list) and any(isinstance(item, RawJson) for item in items)
+    found = body.get("items") if isinstance(body, dict) else None
+    items: list[Any] = found if isinstance(found, list) else []
+    raw = any(isinstance(item, RawJson) for item in items)
     selector = request.args.get("fields")
     if raw and selector:
         body = dict(body, items=[json.loads(i) if isinstance(i, RawJson) else i for i in items])
@@ -158,7 +159,7 @@ def _dumps(value: Any) -> str:
 
 
 def _emulator() -> Emulator:
-    return current_app.extensions["calsync_emulator"]
+    return cast("Emulator", current_app.extensions["calsync_emulator"])
 
 
 def _authenticate(emu: Emulator) -> grants.Token:

@@ -9,16 +9,20 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from functools import wraps
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from .errors import ApiError
 
 if TYPE_CHECKING:
-    from .emulator import Emulator
+    from .emulator import ApiRequest, Emulator
+    from .push import PushRecord
 
 bp = Blueprint("control", __name__, url_prefix="/_emulator")
+
+Json = dict[str, Any]
+_Handler = TypeVar("_Handler", bound=Callable[..., Any])
 
 
 def error_response(status: int, message: str, reason: str | None = None) -> Response:
@@ -31,10 +35,10 @@ def error_response(status: int, message: str, reason: str | None = None) -> Resp
     return response
 
 
-def route(rule: str, methods: list[str]) -> Callable:
+def route(rule: str, methods: list[str]) -> Callable[[_Handler], _Handler]:
     """Register a JSON handler receiving ``(emu, body, **path_args)``; map bad input to 400."""
 
-    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(handler: _Handler) -> _Handler:
         @wraps(handler)
         def wrapper(**kwargs: Any) -> Response:
             body = request.get_json(silent=True) if request.data else {}
@@ -55,13 +59,13 @@ def route(rule: str, methods: list[str]) -> Callable:
 
 
 @route("/reset", ["POST"])
-def reset(emu: Emulator, body: dict) -> dict:
+def reset(emu: Emulator, body: Json) -> Json:
     emu.reset()
     return {}
 
 
 @route("/users", ["GET"])
-def users(emu: Emulator, body: dict) -> list:
+def users(emu: Emulator, body: Json) -> list[Json]:
     with emu.store.lock:
         return [{"email": u.email, "name": u.name,
                  "calendars": [e.calendar_id for e in u.entries.values() if not e.deleted]}
@@ -69,39 +73,39 @@ def users(emu: Emulator, body: dict) -> list:
 
 
 @route("/users", ["POST"])
-def create_user(emu: Emulator, body: dict) -> dict:
+def create_user(emu: Emulator, body: Json) -> Json:
     return {"email": emu.create_user(_str(body, "email"), body.get("name"))}
 
 
 @route("/users/<email>/calendars", ["POST"])
-def create_calendar(emu: Emulator, body: dict, email: str) -> dict:
+def create_calendar(emu: Emulator, body: Json, email: str) -> Json:
     return {"id": emu.create_calendar(email, _str(body, "summary"), body.get("time_zone", "UTC"))}
 
 
 @route("/users/<email>/calendars/<calendar_id>", ["DELETE"])
-def remove_calendar(emu: Emulator, body: dict, email: str, calendar_id: str) -> dict:
+def remove_calendar(emu: Emulator, body: Json, email: str, calendar_id: str) -> Json:
     emu.remove_calendar(email, calendar_id)
     return {}
 
 
 @route("/users/<email>/revoke", ["POST"])
-def revoke_grant(emu: Emulator, body: dict, email: str) -> dict:
+def revoke_grant(emu: Emulator, body: Json, email: str) -> Json:
     emu.revoke_grant(email)
     return {}
 
 
 @route("/calendars/<calendar_id>/events", ["GET"])
-def list_events(emu: Emulator, body: dict, calendar_id: str) -> list:
+def list_events(emu: Emulator, body: Json, calendar_id: str) -> list[Json]:
     return emu.events(calendar_id, include_cancelled=request.args.get("include_cancelled") == "true")
 
 
 @route("/calendars/<calendar_id>/events", ["POST"])
-def insert_event(emu: Emulator, body: dict, calendar_id: str) -> dict:
+def insert_event(emu: Emulator, body: Json, calendar_id: str) -> Json:
     return emu.insert_event(calendar_id, body)
 
 
 @route("/calendars/<calendar_id>/events/bulk", ["POST"])
-def bulk_insert(emu: Emulator, body: dict, calendar_id: str) -> dict:
+def bulk_insert(emu: Emulator, body: Json, calendar_id: str) -> Json:
     items = body.get("events")
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise ValueError("'events' must be a list of event objects")
@@ -109,33 +113,33 @@ def bulk_insert(emu: Emulator, body: dict, calendar_id: str) -> dict:
 
 
 @route("/calendars/<calendar_id>/events/<event_id>", ["PATCH"])
-def patch_event(emu: Emulator, body: dict, calendar_id: str, event_id: str) -> dict:
+def patch_event(emu: Emulator, body: Json, calendar_id: str, event_id: str) -> Json:
     return emu.patch_event(calendar_id, event_id, body)
 
 
 @route("/calendars/<calendar_id>/events/<event_id>", ["PUT"])
-def update_event(emu: Emulator, body: dict, calendar_id: str, event_id: str) -> dict:
+def update_event(emu: Emulator, body: Json, calendar_id: str, event_id: str) -> Json:
     return emu.update_event(calendar_id, event_id, body)
 
 
 @route("/calendars/<calendar_id>/events/<event_id>", ["DELETE"])
-def delete_event(emu: Emulator, body: dict, calendar_id: str, event_id: str) -> dict:
+def delete_event(emu: Emulator, body: Json, calendar_id: str, event_id: str) -> Json:
     emu.delete_event(calendar_id, event_id)
     return {}
 
 
 @route("/calendars/<calendar_id>/events/<series_id>/instances/<original_start>", ["PATCH"])
-def patch_instance(emu: Emulator, body: dict, calendar_id: str, series_id: str, original_start: str) -> dict:
+def patch_instance(emu: Emulator, body: Json, calendar_id: str, series_id: str, original_start: str) -> Json:
     return emu.patch_instance(calendar_id, series_id, original_start, body)
 
 
 @route("/calendars/<calendar_id>/events/<series_id>/instances/<original_start>", ["DELETE"])
-def cancel_instance(emu: Emulator, body: dict, calendar_id: str, series_id: str, original_start: str) -> dict:
+def cancel_instance(emu: Emulator, body: Json, calendar_id: str, series_id: str, original_start: str) -> Json:
     return emu.cancel_instance(calendar_id, series_id, original_start)
 
 
 @route("/clients", ["POST"])
-def register_client(emu: Emulator, body: dict) -> dict:
+def register_client(emu: Emulator, body: Json) -> Json:
     uris = body.get("redirect_uris")
     if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
         raise ValueError("'redirect_uris' must be a list of strings")
@@ -143,7 +147,7 @@ def register_client(emu: Emulator, body: dict) -> dict:
 
 
 @route("/tokens", ["POST"])
-def issue_tokens(emu: Emulator, body: dict) -> dict:
+def issue_tokens(emu: Emulator, body: Json) -> Json:
     scopes = body.get("scopes", ["https://www.googleapis.com/auth/calendar.readonly"])
     if isinstance(scopes, str):
         scopes = scopes.split()
@@ -151,13 +155,13 @@ def issue_tokens(emu: Emulator, body: dict) -> dict:
 
 
 @route("/tokens/expire", ["POST"])
-def expire_tokens(emu: Emulator, body: dict) -> dict:
+def expire_tokens(emu: Emulator, body: Json) -> Json:
     emu.expire_access_tokens()
     return {}
 
 
 @route("/auto_approve", ["PUT"])
-def auto_approve(emu: Emulator, body: dict) -> dict:
+def auto_approve(emu: Emulator, body: Json) -> Json:
     email = body.get("email")
     if email is not None and not isinstance(email, str):
         raise ValueError("'email' must be a string or null")
@@ -166,33 +170,33 @@ def auto_approve(emu: Emulator, body: dict) -> dict:
 
 
 @route("/faults/fail_next", ["POST"])
-def fail_next(emu: Emulator, body: dict) -> dict:
+def fail_next(emu: Emulator, body: Json) -> Json:
     emu.fail_next(int(body.get("n", 1)), int(body.get("status", 429)), str(body.get("reason", "rateLimitExceeded")),
                   body.get("retry_after"), body.get("method"), body.get("calendar_id"))
     return {}
 
 
 @route("/faults/slow_next", ["POST"])
-def slow_next(emu: Emulator, body: dict) -> dict:
+def slow_next(emu: Emulator, body: Json) -> Json:
     emu.slow_next(int(body.get("n", 1)), float(body.get("seconds", 1.0)), body.get("method"), body.get("calendar_id"))
     return {}
 
 
 @route("/faults/invalidate_sync_tokens", ["POST"])
-def invalidate(emu: Emulator, body: dict) -> dict:
+def invalidate(emu: Emulator, body: Json) -> Json:
     emu.invalidate_sync_tokens(body.get("calendar_id"))
     return {}
 
 
 @route("/faults/push", ["POST"])
-def push_faults(emu: Emulator, body: dict) -> dict:
+def push_faults(emu: Emulator, body: Json) -> Json:
     emu.push_faults(float(body.get("drop", 0)), float(body.get("duplicate", 0)),
                     float(body.get("delay", 0)), bool(body.get("reorder", False)))
     return {}
 
 
 @route("/config", ["GET", "PUT"])
-def config(emu: Emulator, body: dict) -> dict:
+def config(emu: Emulator, body: Json) -> Json:
     for key in ("max_channel_ttl", "access_token_ttl"):
         if key in body:
             setattr(emu, key, int(body[key]))
@@ -203,28 +207,28 @@ def config(emu: Emulator, body: dict) -> dict:
 
 
 @route("/requests", ["GET"])
-def requests_log(emu: Emulator, body: dict) -> list:
+def requests_log(emu: Emulator, body: Json) -> list[ApiRequest]:
     name, cal = request.args.get("api_method"), request.args.get("calendar_id")
     return [r for r in emu.requests
             if (name is None or r.api_method == name) and (cal is None or r.calendar_id == cal)]
 
 
 @route("/notifications", ["GET"])
-def notifications(emu: Emulator, body: dict) -> list:
+def notifications(emu: Emulator, body: Json) -> list[PushRecord]:
     return emu.notifications
 
 
 @route("/channels", ["GET"])
-def channels(emu: Emulator, body: dict) -> list:
+def channels(emu: Emulator, body: Json) -> list[Json]:
     return emu.channels()
 
 
 @route("/wait_push_idle", ["POST"])
-def wait_push_idle(emu: Emulator, body: dict) -> dict:
+def wait_push_idle(emu: Emulator, body: Json) -> Json:
     return {"idle": emu.wait_push_idle(min(float(body.get("timeout", 5.0)), 60.0))}
 
 
-def _str(body: dict, key: str) -> str:
+def _str(body: Json, key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not value:
         raise ValueError(f"'{key}' is required (a string)")

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from . import events, listing
@@ -28,6 +28,8 @@ from .store import Calendar, ListEntry, Store, User, new_id
 HTML_BASE = "https://www.google.com"
 PROJECT_NUMBER = DEFAULT_CLIENT_ID.split("-", 1)[0]
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -393,7 +395,7 @@ class Emulator:
                                         calendar_id, user, status))
 
     # --- helpers ------------------------------------------------------------------------------
-    def _edit(self, calendar_id: str, apply: Callable[[Calendar, dt.datetime], Any]) -> Any:
+    def _edit(self, calendar_id: str, apply: Callable[[Calendar, dt.datetime], _T]) -> _T:
         with self.store.lock:
             cal = self.store.calendar(calendar_id)
             result = copy.deepcopy(apply(cal, self.clock()))

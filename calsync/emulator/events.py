@@ -44,7 +44,7 @@ def public(data: dict[str, Any]) -> dict[str, Any]:
     """What the API shows: everything, or for a cancelled event only what Google guarantees."""
     if data.get("status") != "cancelled":
         return data
-    out = {k: data[k] for k in ("kind", "etag", "id", "status", "updated") if k in data}
+    out: dict[str, Any] = {k: data[k] for k in ("kind", "etag", "id", "status", "updated") if k in data}
     for key in ("recurringEventId", "originalStartTime"):
         if key in data:
             out[key] = data[key]

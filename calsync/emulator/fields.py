@@ -63,10 +63,10 @@ def _merge(out: Selection, path: list[str], sub: Selection | None) -> None:
     last = path[-1]
     if last not in node:
         node[last] = sub
-    elif node[last] is None or sub is None:
+    elif (existing := node[last]) is None or sub is None:
         node[last] = None
     else:
-        node[last].update(sub)  # type: ignore[union-attr]
+        existing.update(sub)
 
 
 def _invalid(text: str) -> ApiError:

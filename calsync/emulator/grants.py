@@ -13,6 +13,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_CLIENT_ID = "1061200318841-calsyncemulator0000000000.apps.googleusercontent.com"
 DEFAULT_CLIENT_SECRET = "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et"
@@ -136,13 +137,13 @@ class Grants:
                 return None
             return found
 
-    def issue(self, grant: Grant, scopes: frozenset[str], ttl: int, with_refresh: bool) -> dict:
+    def issue(self, grant: Grant, scopes: frozenset[str], ttl: int, with_refresh: bool) -> dict[str, Any]:
         """Mint tokens and return Google's token response body."""
         with self.lock:
             access = "ya29.a0" + secrets.token_urlsafe(48)
             self.access[access] = Token(access, grant, grant.generation, scopes,
                                         self.clock() + dt.timedelta(seconds=ttl))
-            body: dict[str, object] = {"access_token": access, "expires_in": ttl}
+            body: dict[str, Any] = {"access_token": access, "expires_in": ttl}
             if with_refresh:
                 refresh = "1//0" + secrets.token_urlsafe(64)
                 self.refresh[refresh] = Token(refresh, grant, grant.generation, scopes, None)

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from dateutil.parser import isoparse
 
 from . import events, recurrence
 from .errors import ApiError, bad_request, invalid
-from .store import Calendar, EventRecord, Store, User, rfc3339
+from .store import Calendar, EventRecord, RawJson, Store, User, rfc3339
 
 SYNC_INCOMPATIBLE = ("iCalUID", "orderBy", "privateExtendedProperty", "q", "sharedExtendedProperty",
                      "timeMin", "timeMax", "updatedMin")
 DEFAULT_REMINDERS = [{"method": "popup", "minutes": 10}]
 Params = dict[str, list[str]]
+Listed = dict[str, Any] | RawJson  # an event's API JSON, or its cached serialised text
 
 
 def list_events(store: Store, cal: Calendar, params: Params, now: dt.datetime,
@@ -51,6 +52,7 @@ def list_events(store: Store, cal: Calendar, params: Params, now: dt.datetime,
     show_deleted = since is not None or _flag(params, "showDeleted")
     updated_min = _time(params, "updatedMin")
     match = _matcher(params, cal, since, show_deleted, single, updated_min, window)
+    keyed: Iterable[tuple[Any, Listed]]
     if single:
         keyed = _expanded(cal, match, since, show_deleted, window, now)
     elif order_by == "updated":
@@ -185,13 +187,13 @@ def _page_start(store: Store, params: Params, resource: str) -> tuple[int, dict[
     return int(data["snap"]), data
 
 
-def _take(keyed: Iterable[tuple[Any, dict[str, Any]]], after: dict[str, Any] | None, size: int,
-          *, ordered: bool) -> tuple[list[dict[str, Any]], Any]:
+def _take(keyed: Iterable[tuple[Any, Listed]], after: dict[str, Any] | None, size: int,
+          *, ordered: bool) -> tuple[list[Listed], Any]:
     """Up to ``size`` items with key greater than the page token's; the last key if more remain."""
     last_key = after.get("k") if after else None
     if isinstance(last_key, list):
         last_key = tuple(last_key)
-    items: list[dict[str, Any]] = []
+    items: list[Listed] = []
     key: Any = None
     for key_i, item in keyed:
         if last_key is not None and ordered and key_i <= last_key:
@@ -204,7 +206,7 @@ def _take(keyed: Iterable[tuple[Any, dict[str, Any]]], after: dict[str, Any] | N
 
 
 def _by_insertion(cal: Calendar, match: Callable[[EventRecord], bool],
-                  after: dict[str, Any] | None) -> Iterator[tuple[int, dict[str, Any]]]:
+                  after: dict[str, Any] | None) -> Iterator[tuple[int, RawJson]]:
     first = int(after["k"]) + 1 if after else 0
     for ordinal in range(first, len(cal.order)):
         record = cal.events[cal.order[ordinal]]
@@ -259,8 +261,8 @@ def _kept_cancelled(cal: Calendar, record: EventRecord) -> bool:
     return parent is not None and parent.data.get("status") != "cancelled"
 
 
-def _expanded(cal: Calendar, match: Callable[[EventRecord], bool], since: int | None,
-              show_deleted: bool, window: tuple[Any, Any], now: dt.datetime) -> list[tuple[Any, dict]]:
+def _expanded(cal: Calendar, match: Callable[[EventRecord], bool], since: int | None, show_deleted: bool,
+              window: tuple[Any, Any], now: dt.datetime) -> list[tuple[tuple[str, str], dict[str, Any]]]:
     """singleEvents=true: series replaced by their instances, sorted by start time."""
     out: dict[str, dict[str, Any]] = {}
     for record in cal.events.values():
@@ -305,7 +307,7 @@ def _overlaps(cal: Calendar, data: dict[str, Any], window: tuple[Any, Any]) -> b
 
 
 def _start_key(cal: Calendar, data: dict[str, Any]) -> str:
-    when = data.get("start") or data.get("originalStartTime")
+    when = cast(dict[str, Any], data.get("start") or data.get("originalStartTime"))
     return rfc3339(recurrence.to_utc(recurrence.parse_when(when, cal.time_zone), cal.time_zone))
 
 

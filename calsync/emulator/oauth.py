@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 from flask import (
@@ -180,8 +180,8 @@ def _refresh(emu: Emulator, client_id: str) -> Any:
         return _oauth_error(400, "unauthorized_client", "Unauthorized")
     asked = frozenset((request.form.get("scope") or "").split())
     if asked and not asked <= found.scopes:
-        return _oauth_error(400, "invalid_scope",
-                            "Some requested scopes were invalid. {invalid=[%s]}" % ", ".join(sorted(asked - found.scopes)))
+        unknown = ", ".join(sorted(asked - found.scopes))
+        return _oauth_error(400, "invalid_scope", f"Some requested scopes were invalid. {{invalid=[{unknown}]}}")
     g.user = found.grant.user
     return jsonify(emu.grants.issue(found.grant, asked or found.scopes, emu.access_token_ttl, False))
 
@@ -245,4 +245,4 @@ def _oauth_error(status: int, error: str, description: str) -> Response:
 
 
 def _emulator() -> Emulator:
-    return current_app.extensions["calsync_emulator"]
+    return cast("Emulator", current_app.extensions["calsync_emulator"])

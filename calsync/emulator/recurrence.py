@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil import rrule
@@ -119,16 +119,17 @@ def expand(
     return out
 
 
-def shift(series: dict[str, Any], original: dt.datetime | dt.date, cal_tz: str = "UTC") -> tuple[dict, dict]:
+def shift(series: dict[str, Any], original: dt.datetime | dt.date,
+          cal_tz: str = "UTC") -> tuple[dict[str, Any], dict[str, Any]]:
     """Start and end EventDateTimes of the instance starting at ``original`` (series duration)."""
     start = parse_when(series["start"], cal_tz)
     end = parse_when(series.get("end") or series["start"], cal_tz)
     tz_name = series["start"].get("timeZone")
     if isinstance(original, dt.datetime):
-        new_end = original + (end - start)  # type: ignore[operator]
+        new_end = original + (end - start)
         end_tz = (series.get("end") or {}).get("timeZone") or tz_name
         return as_event_time(original, tz_name), as_event_time(new_end, end_tz)
-    return as_event_time(original, None), as_event_time(original + (end - start), None)  # type: ignore[operator]
+    return as_event_time(original, None), as_event_time(original + (end - start), None)
 
 
 def validate(lines: list[str], start: dt.datetime | dt.date, cal_tz: str = "UTC") -> None:
@@ -147,8 +148,9 @@ def to_utc(value: dt.datetime | dt.date, cal_tz: str = "UTC") -> dt.datetime:
     return _to_aware(value, cal_tz).astimezone(UTC)
 
 
-def _duration(start: dt.datetime | dt.date, end: dt.datetime | dt.date) -> dt.timedelta:
-    return end - start  # type: ignore[operator]
+def _duration(start: dt.date, end: dt.date) -> dt.timedelta:
+    # Both datetimes or both dates (a datetime is a date); either way the difference is a timedelta.
+    return end - start
 
 
 def _to_aware(value: dt.datetime | dt.date, cal_tz: str) -> dt.datetime:
@@ -170,14 +172,15 @@ def _occurrences(lines: list[str], start: dt.datetime | dt.date, cal_tz: str) ->
         key = name.split(";")[0].upper()
         params = name.split(";")[1:]
         if key == "RRULE":
-            rset.rrule(rrule.rrulestr(_fix_until(value, dtstart), dtstart=dtstart))
+            # One rule line without ':' parses to an rrule (the stubs say rrule | rruleset).
+            rset.rrule(cast(rrule.rrule, rrule.rrulestr(_fix_until(value, dtstart), dtstart=dtstart)))
             has_rule = True
         elif key in ("EXDATE", "RDATE"):
             for item in value.split(","):
                 moment = _parse_ical_time(item, params, dtstart)
                 (rset.exdate if key == "EXDATE" else rset.rdate)(moment)
         elif key == "EXRULE":
-            rset.exrule(rrule.rrulestr(_fix_until(value, dtstart), dtstart=dtstart))
+            rset.exrule(cast(rrule.rrule, rrule.rrulestr(_fix_until(value, dtstart), dtstart=dtstart)))
         else:
             raise ValueError(f"unsupported recurrence line {line!r}")
     if not has_rule:

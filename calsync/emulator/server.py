@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from flask import Flask, Response, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
@@ -22,8 +23,9 @@ def create_app(emulator: Emulator) -> Flask:
     """Build the WSGI app serving OAuth, Calendar API v3 and the control API for ``emulator``."""
     app = Flask(__name__)
     app.config.update(JSON_SORT_KEYS=False)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.compact = True  # type: ignore[attr-defined]
+    provider = cast(DefaultJSONProvider, app.json)  # Flask's default provider, typed as its base class
+    provider.sort_keys = False
+    provider.compact = True
     app.extensions["calsync_emulator"] = emulator
     app.register_blueprint(oauth.bp)
     app.register_blueprint(calendar_api.bp)

@@ -26,13 +26,13 @@ import requests
 from sqlalchemy import func, make_url, select, text
 
 from calsync.clock import Clock
-from calsync.config import Settings
+from calsync.config import Secret, Settings
 from calsync.runtime import Runtime
 from calsync.store.crypto import new_key
 from calsync.store.db import make_engine
 from calsync.store.migrate import upgrade
 from calsync.store.models import Calendar, Change, Channel, Event
-from tests.sync_support import connect_account  # noqa: F401  (the benchmarks connect accounts as the tests do)
+from tests.sync_support import connect_account as connect_account  # re-exported for the benchmarks
 
 ROOT = Path(__file__).resolve().parents[2]
 CALSYNC = str(Path(sys.executable).parent / "calsync")
@@ -206,8 +206,8 @@ class Deployment:
         emu.write_client_secrets(secrets_path, [self.public_url + "/oauth2callback"])
         self.settings = Settings(database_url=db_url, google_client_secrets=secrets_path,
                                  google_api_url=emu.api_url, public_url=self.public_url,
-                                 secret_key="bench-secret", token_key=new_key(),  # type: ignore[arg-type]
-                                 api_token=API_TOKEN, instance_path=work / "instance",  # type: ignore[arg-type]
+                                 secret_key=Secret("bench-secret"), token_key=Secret(new_key()),
+                                 api_token=Secret(API_TOKEN), instance_path=work / "instance",
                                  **overrides)
         self.procs: list[Proc] = []
 
@@ -418,7 +418,8 @@ class EditStream:
         report.check(sorted(deleted) == sorted(self.deleted),
                      f"{label}: each of {len(self.deleted)} deletes is one `deleted` change "
                      f"(log has {len(deleted)}, distinct {len(set(deleted))})")
-        report.check(len(changes) == self.count, f"{label}: the log holds {len(changes)} changes for {self.count} edits")
+        report.check(len(changes) == self.count,
+                     f"{label}: the log holds {len(changes)} changes for {self.count} edits")
 
 
 def _google_ids(rt: Runtime) -> dict[int, str]:

@@ -10,6 +10,8 @@ import argparse
 import http.client
 import json
 import multiprocessing
+import multiprocessing.queues
+import multiprocessing.synchronize
 import threading
 import time
 from urllib.parse import urlsplit
@@ -17,7 +19,7 @@ from urllib.parse import urlsplit
 CALENDAR = "alice@example.com"
 
 
-def serve(ready: multiprocessing.Queue, stop: multiprocessing.Event) -> None:  # type: ignore[type-arg]
+def serve(ready: multiprocessing.queues.Queue[tuple[str, str]], stop: multiprocessing.synchronize.Event) -> None:
     """Child process: start an emulator with one calendar of ~100 events and a token."""
     from calsync.emulator import Emulator
 
@@ -35,11 +37,13 @@ def serve(ready: multiprocessing.Queue, stop: multiprocessing.Event) -> None:  #
 def hammer(url: str, path: str, headers: dict[str, str], seconds: float, threads: int) -> float:
     """Requests per second over ``threads`` keep-alive connections for ``seconds``."""
     parts = urlsplit(url)
+    assert parts.hostname is not None
+    host = parts.hostname
     counts = [0] * threads
     deadline = time.monotonic() + seconds
 
     def run(slot: int) -> None:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn = http.client.HTTPConnection(host, parts.port, timeout=10)
         while time.monotonic() < deadline:
             conn.request("GET", path, headers=headers)
             response = conn.getresponse()
@@ -63,14 +67,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
-    ready: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    ready: multiprocessing.queues.Queue[tuple[str, str]] = multiprocessing.Queue()
     stop = multiprocessing.Event()
     child = multiprocessing.Process(target=serve, args=(ready, stop), daemon=True)
     child.start()
     url, token = ready.get(timeout=30)
     auth = {"Authorization": f"Bearer {token}"}
     events_path = f"/calendar/v3/calendars/{CALENDAR}/events?alt=json"
-    conn = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port)
+    target = urlsplit(url)
+    assert target.hostname is not None
+    conn = http.client.HTTPConnection(target.hostname, target.port)
     conn.request("GET", events_path, headers=auth)
     items = len(json.loads(conn.getresponse().read())["items"])
     conn.close()

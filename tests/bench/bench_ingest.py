@@ -24,14 +24,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, select
 
-from tests.bench._common import (  # noqa: E402
+from tests.bench._common import (
     Deployment,
     Report,
     check_mirrors,
@@ -163,7 +164,7 @@ def _child(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
                          timeout=3600)
     if out.returncode != 0:
         raise RuntimeError(f"child {argv[0]} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return cast(dict[str, Any], json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 # Children ------------------------------------------------------------------------------------------
@@ -265,7 +266,9 @@ def _child_gcal(host: str, calendar_id: str, token: str) -> dict[str, Any]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, rest = sys.argv[2], sys.argv[3:]
-        result = {"calsync": _child_calsync, "raw": _child_raw, "gcal": _child_gcal}[kind](*rest)
+        children: dict[str, Callable[..., dict[str, Any]]] = {"calsync": _child_calsync, "raw": _child_raw,
+                                                               "gcal": _child_gcal}
+        result = children[kind](*rest)
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over execve, so a child would report the
         # parent's peak (the emulator's 100,000 events) instead of its own.
         result["maxrss_kb"] = proc_status_kb(os.getpid(), "VmHWM")
@@ -273,6 +276,7 @@ if __name__ == "__main__":
         sys.exit(0)
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=None, help="events in the big calendar (default 100,000)")
-    p.add_argument("--rounds", type=int, default=None, help="calsync/baseline pairs per engine (default 3, 1 with --quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="calsync/baseline pairs per engine (default 3, 1 with --quick)")
     args = p.parse_args()
     sys.exit(main(args))

@@ -21,9 +21,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import requests  # noqa: E402
+import requests
 
-from tests.bench._common import (  # noqa: E402
+from tests.bench._common import (
     API_TOKEN,
     Deployment,
     Report,

@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench._common import (  # noqa: E402
+from tests.bench._common import (
     Deployment,
     Report,
     all_changes,
@@ -77,7 +77,8 @@ def _burst(report: Report, work: Path, count: int) -> None:
                 wait_until(lambda: all_synced(rt, 1), 30, 0.05)
                 time.sleep(2.0)  # anything still owed would be claimed by now (the worker polls every 1.5 s)
                 lists = emu.count("calendar.events.list", email) - before
-                report.note(f"{count} notifications (+1 from the edit) sent in {sent_in:.2f}s; answers {dict(statuses)}")
+                report.note(f"{count} notifications (+1 from the edit) sent in {sent_in:.2f}s; "
+                            f"answers {dict(statuses)}")
                 report.figure(f"events.list calls for {count} notifications", lists, "calls",
                               baseline=count, baseline_name="one call per notification",
                               target="<= 2", met=lists <= 2)

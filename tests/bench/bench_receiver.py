@@ -33,12 +33,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, select
 
-from calsync.push.channels import hash_token  # noqa: E402
-from calsync.store.db import transaction  # noqa: E402
-from calsync.store.models import Account, Calendar, Channel, Notification  # noqa: E402
-from tests.bench._common import (  # noqa: E402
+from calsync.push.channels import hash_token
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Channel, Notification
+from tests.bench._common import (
     Deployment,
     Report,
     database,
@@ -267,13 +267,14 @@ def _cpu_so_far(server: int) -> tuple[float, float]:
 
 def _open_loop(port: int, channels: list[dict[str, str]], rate: float, seconds: int) -> dict[str, Any]:
     """Run the fixed-rate generator in its own process and read its result line."""
-    code = ("import json,sys; sys.path.insert(0, %r); from tests.bench.bench_receiver import open_loop_child; "
-            "print(json.dumps(open_loop_child(*json.loads(sys.argv[1]))))") % str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[2])
+    code = (f"import json,sys; sys.path.insert(0, {root!r}); from tests.bench.bench_receiver import open_loop_child; "
+            "print(json.dumps(open_loop_child(*json.loads(sys.argv[1]))))")
     import json
 
     out = subprocess.run([sys.executable, "-c", code, json.dumps([port, channels, rate, seconds])],
                          capture_output=True, text=True, timeout=seconds + 60)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
     return result
 

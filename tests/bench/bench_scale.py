@@ -21,11 +21,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sqlalchemy import func, insert, select, text, update  # noqa: E402
+from sqlalchemy import func, insert, select, text, update
 
-from calsync.store.db import transaction  # noqa: E402
-from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat  # noqa: E402
-from tests.bench._common import (  # noqa: E402
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
+from tests.bench._common import (
     Deployment,
     Report,
     all_changes,
@@ -193,7 +193,7 @@ def _throughput(report: Report, emu: Any, work: Path, calendars: int) -> None:
                 event_id = emu.events(cal)[0]["id"]
                 emu.patch_event(cal, event_id, {"summary": f"scale-{n}-{cal}"})
             procs = [dep.start(["worker"], f"worker-{n}-{i}") for i in range(n)]
-            wait_until(lambda: _heartbeats(rt) >= n, 60, 0.1)
+            wait_until(lambda: _heartbeats(rt) >= n, 60, 0.1)  # noqa: B023 - called within this iteration
             time.sleep(1.0)
             with transaction(rt.sessions) as session:
                 session.execute(update(Calendar).values(sync_requested=Calendar.sync_requested + 1,

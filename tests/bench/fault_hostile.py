@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench._common import (  # noqa: E402
+from tests.bench._common import (
     Deployment,
     EditStream,
     Report,
@@ -104,7 +104,8 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, reconcile: f
                       baseline_name="reconciliation interval", target=f"<= interval + {SLACK:g}s",
                       met=took <= reconcile + SLACK)
         report.check(bool(converged) and took <= reconcile + SLACK,
-                     f"[{kind}] converged within one reconciliation interval ({took:.1f}s <= {reconcile:g}s + {SLACK:g}s)")
+                     f"[{kind}] converged within one reconciliation interval "
+                     f"({took:.1f}s <= {reconcile:g}s + {SLACK:g}s)")
         emu.push_faults()
         wait_until(lambda: all_synced(rt, CALENDARS), 30, 0.1)
         check_mirrors(report, rt, emu, cals)

@@ -21,10 +21,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, select
 
-from calsync.store.models import WorkerHeartbeat  # noqa: E402
-from tests.bench._common import (  # noqa: E402
+from calsync.store.models import WorkerHeartbeat
+from tests.bench._common import (
     Deployment,
     EditStream,
     Report,
@@ -85,7 +85,8 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, kills: int, 
         started = time.perf_counter()
         for k in range(kills):
             beats = _heartbeats(rt)
-            wait_until(lambda: _heartbeats(rt) > beats, 30, 0.02)  # the new process is up and working
+            # the new process is up and working (the lambda is called within this iteration)
+            wait_until(lambda: _heartbeats(rt) > beats, 30, 0.02)  # noqa: B023
             time.sleep(rng.uniform(0.05, 1.2))
             worker.kill9()
             dep.procs.remove(worker)

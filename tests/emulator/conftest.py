@@ -44,7 +44,7 @@ def alice(emu: Emulator) -> str:
 
 def credentials_for(emu: Emulator, tokens: dict[str, Any]) -> google.oauth2.credentials.Credentials:
     web = emu.client_config(["http://127.0.0.1/cb"])["web"]
-    return google.oauth2.credentials.Credentials(
+    return google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
         token=tokens["access_token"], refresh_token=tokens.get("refresh_token"),
         token_uri=emu.url + "/token", client_id=web["client_id"], client_secret=web["client_secret"],
         scopes=tokens["scope"].split())
@@ -75,9 +75,9 @@ def timed(day: int, hour: int, summary: str = "meeting", **extra: Any) -> dict[s
             "end": {"dateTime": f"2030-01-{day:02d}T{hour + 1:02d}:00:00Z"}, **extra}
 
 
-def list_all(service: Any, calendar_id: str = "primary", **params: Any) -> tuple[list[dict], str, int]:
+def list_all(service: Any, calendar_id: str = "primary", **params: Any) -> tuple[list[dict[str, Any]], str, int]:
     """Follow nextPageToken to the end: (items, nextSyncToken, pages)."""
-    items: list[dict] = []
+    items: list[dict[str, Any]] = []
     token = None
     pages = 0
     while True:
@@ -129,7 +129,7 @@ def receiver() -> Iterator[Receiver]:
     rec = Receiver(url="")
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length) if length else b""
             with rec.lock:

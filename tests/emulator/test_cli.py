@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import requests
 from click.testing import CliRunner
@@ -11,7 +12,7 @@ from calsync.emulator import Emulator
 from calsync.emulator.cli import emulator
 
 
-def test_client_secrets_registers_with_a_running_emulator(emu: Emulator, tmp_path) -> None:
+def test_client_secrets_registers_with_a_running_emulator(emu: Emulator, tmp_path: Path) -> None:
     out = tmp_path / "client_secret.json"
     callback = "http://127.0.0.1:5000/oauth2callback"
     result = CliRunner().invoke(emulator, ["client-secrets", "--url", emu.url, "--redirect-uri", callback,
@@ -26,7 +27,7 @@ def test_client_secrets_registers_with_a_running_emulator(emu: Emulator, tmp_pat
     assert page.status_code == 200 and "alice@example.com" in page.text
 
 
-def test_client_secrets_without_an_emulator_still_writes(tmp_path) -> None:
+def test_client_secrets_without_an_emulator_still_writes(tmp_path: Path) -> None:
     out = tmp_path / "cs.json"
     result = CliRunner().invoke(emulator, ["client-secrets", "--url", "http://127.0.0.1:9", "--redirect-uri",
                                            "http://x/cb", "--out", str(out)])
@@ -47,6 +48,7 @@ def test_serves_in_its_own_process_until_interrupted() -> None:
     import sys
     code = "from calsync.emulator.cli import emulator; emulator(['--port', '0', '--user', 'a@example.com'])"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
     try:
         line = proc.stdout.readline()
         url = line.split(" on ", 1)[1].split(" ", 1)[0]

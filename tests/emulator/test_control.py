@@ -6,7 +6,7 @@ import requests
 
 from calsync.emulator import Emulator
 
-from .conftest import ALICE, list_all, service_for, timed
+from .conftest import ALICE, Receiver, list_all, service_for, timed
 
 
 def test_people_edits_and_logs_over_http(emu: Emulator) -> None:
@@ -16,7 +16,8 @@ def test_people_edits_and_logs_over_http(emu: Emulator) -> None:
     event = requests.post(f"{base}/calendars/{cal}/events", json=timed(1, 9)).json()
     patched = requests.patch(f"{base}/calendars/{cal}/events/{event['id']}", json={"summary": "p"}).json()
     assert patched["summary"] == "p"
-    assert requests.post(f"{base}/calendars/{cal}/events/bulk", json={"events": [timed(2, 9)] * 3}).json() == {"inserted": 3}
+    bulk = requests.post(f"{base}/calendars/{cal}/events/bulk", json={"events": [timed(2, 9)] * 3})
+    assert bulk.json() == {"inserted": 3}
     series = requests.post(f"{base}/calendars/{cal}/events", json={
         "summary": "s", "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"],
         "start": {"dateTime": "2030-01-01T08:00:00Z", "timeZone": "UTC"},
@@ -56,7 +57,7 @@ def test_bad_input_is_a_clear_400(emu: Emulator) -> None:
     assert missing.status_code == 404
 
 
-def test_push_logs_and_channels_over_http(emu: Emulator, receiver) -> None:
+def test_push_logs_and_channels_over_http(emu: Emulator, receiver: Receiver) -> None:
     base = emu.url + "/_emulator"
     requests.post(f"{base}/users", json={"email": ALICE})
     tokens = requests.post(f"{base}/tokens", json={"email": ALICE}).json()

@@ -4,18 +4,19 @@ present, types right, and no key Google's schema does not have."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import googleapiclient
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 import pytest
 import requests
 from googleapiclient.errors import HttpError
 
 from calsync.emulator import Emulator
 
-from .conftest import FULL, list_all, service_for, timed
+from .conftest import FULL, Receiver, list_all, service_for, timed
 
 DISCOVERY = Path(googleapiclient.__file__).parent / "discovery_cache/documents/calendar.v3.json"
 REQUIRED = {
@@ -76,7 +77,7 @@ def schemas() -> dict[str, Any]:
     return definitions
 
 
-def check(schemas: dict[str, Any], name: str, body: Any, extra_required: list[str] = ()) -> None:
+def check(schemas: dict[str, Any], name: str, body: Any, extra_required: Sequence[str] = ()) -> None:
     validators = schemas.setdefault("__validators__", {})
     if name not in validators:
         definitions = {k: v for k, v in schemas.items() if k != "__validators__"}
@@ -86,7 +87,7 @@ def check(schemas: dict[str, Any], name: str, body: Any, extra_required: list[st
     assert not missing, f"{name} lacks {missing}"
 
 
-def test_event_and_events_list(emu: Emulator, service, alice: str, schemas) -> None:
+def test_event_and_events_list(emu: Emulator, service: Any, alice: str, schemas: dict[str, Any]) -> None:
     plain = emu.insert_event(alice, timed(1, 9, location="Room", description="d",
                                           attendees=[{"email": "bob@example.com"}, {"email": alice}]))
     series = emu.insert_event(alice, {"summary": "s", "start": {"dateTime": "2030-01-01T08:00:00Z", "timeZone": "UTC"},
@@ -108,7 +109,8 @@ def test_event_and_events_list(emu: Emulator, service, alice: str, schemas) -> N
         check(schemas, "Event", item, LIVE_EVENT + ["recurringEventId", "originalStartTime"])
 
 
-def test_calendar_list_calendar_and_channel(emu: Emulator, service, alice: str, schemas, receiver) -> None:
+def test_calendar_list_calendar_and_channel(emu: Emulator, service: Any, alice: str, schemas: dict[str, Any],
+                                            receiver: Receiver) -> None:
     removed = emu.create_calendar(alice, "Gone")
     page = service.calendarList().list().execute()
     check(schemas, "CalendarList", page)
@@ -128,12 +130,12 @@ def test_calendar_list_calendar_and_channel(emu: Emulator, service, alice: str, 
         body={"id": "c3", "type": "web_hook", "address": receiver.url}).execute())
 
 
-def test_every_error_uses_googles_envelope(emu: Emulator, service, alice: str) -> None:
+def test_every_error_uses_googles_envelope(emu: Emulator, service: Any, alice: str) -> None:
     writer = service_for(emu, emu.issue_tokens(alice, scopes=(FULL,)))
     _, token, _ = list_all(service)
     emu.invalidate_sync_tokens()
     emu.fail_next(1, status=429)
-    calls = [
+    calls: list[Callable[[], Any]] = [
         lambda: service.events().list(calendarId="primary").execute(),                     # 429
         lambda: service.events().list(calendarId="primary", syncToken=token).execute(),    # 410
         lambda: service.events().get(calendarId="primary", eventId="unknown00").execute(),  # 404

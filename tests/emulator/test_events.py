@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import re
+from typing import Any, cast
 
 import pytest
 from googleapiclient.errors import HttpError
 
 from calsync.emulator import Emulator
 
-from .conftest import ALICE, list_all, timed
+from .conftest import ALICE, Receiver, list_all, timed
 
 
 def reason(err: HttpError) -> str:
     import json
-    return json.loads(err.content)["error"]["errors"][0]["reason"]
+    return cast(str, json.loads(err.content)["error"]["errors"][0]["reason"])
 
 
-def test_event_created_by_a_person_looks_like_googles(emu: Emulator, service, alice: str) -> None:
+def test_event_created_by_a_person_looks_like_googles(emu: Emulator, service: Any, alice: str) -> None:
     stored = emu.insert_event(alice, timed(1, 9, location="Room 1"))
     got = service.events().get(calendarId="primary", eventId=stored["id"]).execute()
     assert got == stored
@@ -41,7 +42,7 @@ def test_patch_bumps_etag_and_updated_and_sequence_only_when_significant(emu: Em
     assert replaced["summary"] == "whole" and replaced["sequence"] == 2 and "location" not in replaced
 
 
-def test_write_through_api_needs_a_write_scope(emu: Emulator, service, writer, alice: str) -> None:
+def test_write_through_api_needs_a_write_scope(emu: Emulator, service: Any, writer: Any, alice: str) -> None:
     with pytest.raises(HttpError) as err:
         service.events().insert(calendarId="primary", body=timed(1, 9)).execute()
     assert err.value.resp.status == 403 and reason(err.value) == "insufficientPermissions"
@@ -55,7 +56,7 @@ def test_write_through_api_needs_a_write_scope(emu: Emulator, service, writer, a
     assert emu.events(alice, include_cancelled=True)[0]["status"] == "cancelled"
 
 
-def test_deleting_twice_is_410_deleted_and_unknown_is_404(emu: Emulator, writer, alice: str) -> None:
+def test_deleting_twice_is_410_deleted_and_unknown_is_404(emu: Emulator, writer: Any, alice: str) -> None:
     event = emu.insert_event(alice, timed(1, 9))
     writer.events().delete(calendarId="primary", eventId=event["id"]).execute()
     with pytest.raises(HttpError) as err:
@@ -66,7 +67,7 @@ def test_deleting_twice_is_410_deleted_and_unknown_is_404(emu: Emulator, writer,
     assert err.value.resp.status == 404 and reason(err.value) == "notFound"
 
 
-def test_insert_validates_like_google(emu: Emulator, writer, alice: str) -> None:
+def test_insert_validates_like_google(emu: Emulator, writer: Any, alice: str) -> None:
     with pytest.raises(HttpError) as err:
         writer.events().insert(calendarId="primary", body={"summary": "no times"}).execute()
     assert err.value.resp.status == 400
@@ -80,7 +81,7 @@ def test_insert_validates_like_google(emu: Emulator, writer, alice: str) -> None
     assert err.value.resp.status == 409 and reason(err.value) == "duplicate"
 
 
-def test_list_pages_have_page_token_or_sync_token_never_both(emu: Emulator, service, alice: str) -> None:
+def test_list_pages_have_page_token_or_sync_token_never_both(emu: Emulator, service: Any, alice: str) -> None:
     emu.bulk_insert_events(alice, [timed(1 + i % 28, i % 20) for i in range(25)])
     token, pages = None, []
     while True:
@@ -94,7 +95,7 @@ def test_list_pages_have_page_token_or_sync_token_never_both(emu: Emulator, serv
     assert len({e["id"] for p in pages for e in p["items"]}) == 25
 
 
-def test_edits_between_pages_are_never_lost(emu: Emulator, service, alice: str) -> None:
+def test_edits_between_pages_are_never_lost(emu: Emulator, service: Any, alice: str) -> None:
     originals = [emu.insert_event(alice, timed(1, 0, summary=f"e{i}")) for i in range(30)]
     first = service.events().list(calendarId="primary", maxResults=10).execute()
     seen = {e["id"]: e for e in first["items"]}
@@ -120,7 +121,7 @@ def test_edits_between_pages_are_never_lost(emu: Emulator, service, alice: str) 
     assert {i for i, e in mirror.items() if e["status"] != "cancelled"} == live
 
 
-def test_max_results_is_capped_and_validated(emu: Emulator, service, alice: str) -> None:
+def test_max_results_is_capped_and_validated(emu: Emulator, service: Any, alice: str) -> None:
     emu.bulk_insert_events(alice, [timed(1, 1)] * 3)
     page = service.events().list(calendarId="primary", maxResults=99999).execute()
     assert len(page["items"]) == 3
@@ -129,7 +130,7 @@ def test_max_results_is_capped_and_validated(emu: Emulator, service, alice: str)
     assert err.value.resp.status == 400
 
 
-def test_time_window_and_search_filters(emu: Emulator, service, alice: str) -> None:
+def test_time_window_and_search_filters(emu: Emulator, service: Any, alice: str) -> None:
     emu.insert_event(alice, timed(1, 9, summary="breakfast"))
     emu.insert_event(alice, timed(5, 9, summary="lunch with Bob"))
     items = service.events().list(calendarId="primary", timeMin="2030-01-04T00:00:00Z",
@@ -139,7 +140,7 @@ def test_time_window_and_search_filters(emu: Emulator, service, alice: str) -> N
     assert [e["summary"] for e in items] == ["lunch with Bob"]
 
 
-def test_primary_resolves_and_foreign_calendar_is_404(emu: Emulator, service, alice: str) -> None:
+def test_primary_resolves_and_foreign_calendar_is_404(emu: Emulator, service: Any, alice: str) -> None:
     emu.create_user("bob@example.com")
     assert service.calendars().get(calendarId="primary").execute()["id"] == ALICE
     with pytest.raises(HttpError) as err:
@@ -147,7 +148,7 @@ def test_primary_resolves_and_foreign_calendar_is_404(emu: Emulator, service, al
     assert err.value.resp.status == 404
 
 
-def test_bulk_insert_is_fast_and_sends_one_push(emu: Emulator, service, alice: str, receiver) -> None:
+def test_bulk_insert_is_fast_and_sends_one_push(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     import time
     service.events().watch(calendarId="primary", body={"id": "bulk", "type": "web_hook",
                                                        "address": receiver.url}).execute()
@@ -161,7 +162,7 @@ def test_bulk_insert_is_fast_and_sends_one_push(emu: Emulator, service, alice: s
     assert len(items) == 5000 and pages == 2
 
 
-def test_fields_selects_a_partial_response(emu: Emulator, service, alice: str) -> None:
+def test_fields_selects_a_partial_response(emu: Emulator, service: Any, alice: str) -> None:
     emu.insert_event(alice, timed(1, 9, location="here"))
     page = service.events().list(calendarId="primary",
                                  fields="kind,nextSyncToken,items(id,start/dateTime,location)").execute()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 from googleapiclient.errors import HttpError
@@ -11,7 +12,7 @@ from googleapiclient.errors import HttpError
 from calsync.emulator import Emulator
 
 
-def test_429_with_retry_after_then_recovers(emu: Emulator, service, alice: str) -> None:
+def test_429_with_retry_after_then_recovers(emu: Emulator, service: Any, alice: str) -> None:
     emu.fail_next(1, status=429, reason="rateLimitExceeded", retry_after=7, method="calendar.events.list")
     service.calendarList().list().execute()  # another method is not affected
     with pytest.raises(HttpError) as err:
@@ -25,7 +26,7 @@ def test_429_with_retry_after_then_recovers(emu: Emulator, service, alice: str) 
     assert statuses == [429, 200]
 
 
-def test_403_rate_limit_envelope(emu: Emulator, service, alice: str) -> None:
+def test_403_rate_limit_envelope(emu: Emulator, service: Any, alice: str) -> None:
     emu.fail_next(2, status=403, reason="rateLimitExceeded")
     for _ in range(2):
         with pytest.raises(HttpError) as err:
@@ -37,7 +38,7 @@ def test_403_rate_limit_envelope(emu: Emulator, service, alice: str) -> None:
     service.events().list(calendarId="primary").execute()
 
 
-def test_backend_error_is_global_domain(emu: Emulator, service, alice: str) -> None:
+def test_backend_error_is_global_domain(emu: Emulator, service: Any, alice: str) -> None:
     emu.fail_next(1, status=503, reason="backendError")
     with pytest.raises(HttpError) as err:
         service.calendars().get(calendarId="primary").execute()
@@ -46,7 +47,7 @@ def test_backend_error_is_global_domain(emu: Emulator, service, alice: str) -> N
     assert error["errors"][0]["reason"] == "backendError"
 
 
-def test_fault_scoped_to_a_calendar(emu: Emulator, service, alice: str) -> None:
+def test_fault_scoped_to_a_calendar(emu: Emulator, service: Any, alice: str) -> None:
     other = emu.create_calendar(alice, "Other")
     emu.fail_next(1, status=500, reason="backendError", calendar_id=other)
     service.events().list(calendarId="primary").execute()
@@ -76,7 +77,7 @@ def test_token_endpoint_outage_only_when_asked_for(emu: Emulator, alice: str) ->
     from .conftest import credentials_for
     creds = credentials_for(emu, emu.issue_tokens(alice))
     emu.fail_next(1, status=503, reason="backendError")  # Calendar API only: refresh unaffected
-    creds.refresh(google.auth.transport.requests.Request())
+    creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
     emu.faults.clear()
     emu.fail_next(1, status=503, reason="backendError", retry_after=2, method="oauth.token")
     form = {"grant_type": "refresh_token", "refresh_token": creds.refresh_token,
@@ -87,7 +88,7 @@ def test_token_endpoint_outage_only_when_asked_for(emu: Emulator, alice: str) ->
     assert requests.post(emu.url + "/token", data=form).status_code == 200
 
 
-def test_slow_next_holds_only_the_matching_calls(emu: Emulator, service, alice: str) -> None:
+def test_slow_next_holds_only_the_matching_calls(emu: Emulator, service: Any, alice: str) -> None:
     emu.slow_next(1, 2.0, method="calendar.events.list")
     started = time.monotonic()
     service.calendarList().list().execute()  # another method is not held

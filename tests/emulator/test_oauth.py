@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import google.auth.transport.requests
@@ -24,8 +25,8 @@ def _oauthlib_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OAUTHLIB_RELAX_TOKEN_SCOPE", "1")
 
 
-def new_flow(emu: Emulator, scopes: list[str] = [READONLY]) -> Flow:
-    flow = Flow.from_client_config(emu.client_config([CALLBACK]), scopes=scopes, redirect_uri=CALLBACK)
+def new_flow(emu: Emulator, scopes: tuple[str, ...] = (READONLY,)) -> Flow:
+    flow = Flow.from_client_config(emu.client_config([CALLBACK]), scopes=list(scopes), redirect_uri=CALLBACK)
     return flow
 
 
@@ -34,8 +35,10 @@ def consent(url: str, account: str, action: str = "allow") -> dict[str, list[str
     session = requests.Session()
     page = session.get(url)
     assert page.status_code == 200 and "<form" in page.text
-    request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
-    action_url = re.search(r'<form method="post" action="([^"]+)"', page.text).group(1)
+    found_id = re.search(r'name="request_id" value="([^"]+)"', page.text)
+    found_action = re.search(r'<form method="post" action="([^"]+)"', page.text)
+    assert found_id and found_action
+    request_id, action_url = found_id.group(1), found_action.group(1)
     response = session.post(urlsplit(url)._replace(path=action_url, query="").geturl(),
                             data={"request_id": request_id, "account": account, "action": action},
                             allow_redirects=False)
@@ -106,11 +109,11 @@ def test_bad_client_or_redirect_is_shown_never_redirected(emu: Emulator, alice: 
 def test_refresh_token_only_for_offline_and_only_on_first_consent(emu: Emulator, alice: str) -> None:
     emu.auto_approve = ALICE
 
-    def run(**kwargs) -> dict:
+    def run(**kwargs: Any) -> dict[str, Any]:
         flow = new_flow(emu)
         url, _ = flow.authorization_url(**kwargs)
         code = parse_qs(urlsplit(requests.get(url, allow_redirects=False).headers["Location"]).query)["code"][0]
-        return flow.fetch_token(code=code)
+        return cast(dict[str, Any], flow.fetch_token(code=code))
 
     assert "refresh_token" not in run(access_type="online")
     assert "refresh_token" in run(access_type="offline")
@@ -129,12 +132,13 @@ def test_refresh_after_expiry_then_revocation(emu: Emulator, alice: str) -> None
     assert expired.json()["error"]["errors"][0]["reason"] == "authError"
     # the client library refreshes on 401 by itself and the call succeeds
     assert service.calendarList().list().execute()["items"][0]["id"] == alice
-    creds.refresh(google.auth.transport.requests.Request())
+    creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
     assert creds.token != tokens["access_token"]
     emu.revoke_grant(alice)
     with pytest.raises(RefreshError) as refused:
-        creds.refresh(google.auth.transport.requests.Request())
+        creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
     assert refused.value.retryable is False and "invalid_grant" in str(refused.value)
+    assert creds.token is not None
     response = requests.get(emu.api_url + "calendar/v3/users/me/calendarList",
                             headers={"Authorization": "Bearer " + creds.token})
     assert response.status_code == 401
@@ -142,7 +146,10 @@ def test_refresh_after_expiry_then_revocation(emu: Emulator, alice: str) -> None
 
 def test_token_endpoint_errors(emu: Emulator, alice: str) -> None:
     web = emu.client_config([CALLBACK])["web"]
-    post = lambda **data: requests.post(emu.url + "/token", data=data)  # noqa: E731
+
+    def post(**data: str) -> requests.Response:
+        return requests.post(emu.url + "/token", data=data)
+
     assert post(grant_type="refresh_token", refresh_token="x", client_id="nope", client_secret="s").status_code == 401
     wrong = post(grant_type="refresh_token", refresh_token="x", client_id=web["client_id"], client_secret="bad")
     assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"

@@ -6,6 +6,7 @@ import datetime as dt
 import email.utils
 import json
 import time
+from typing import Any, cast
 from urllib.parse import quote
 
 import pytest
@@ -13,15 +14,16 @@ from googleapiclient.errors import HttpError
 
 from calsync.emulator import Emulator
 
-from .conftest import timed
+from .conftest import Receiver, timed
 
 
-def watch(service, receiver, channel_id: str = "chan-1", calendar_id: str = "primary", **extra) -> dict:
+def watch(service: Any, receiver: Receiver, channel_id: str = "chan-1", calendar_id: str = "primary",
+          **extra: Any) -> dict[str, Any]:
     body = {"id": channel_id, "type": "web_hook", "address": receiver.url, **extra}
-    return service.events().watch(calendarId=calendar_id, body=body).execute()
+    return cast(dict[str, Any], service.events().watch(calendarId=calendar_id, body=body).execute())
 
 
-def test_watch_response_and_sync_message(emu: Emulator, service, alice: str, receiver) -> None:
+def test_watch_response_and_sync_message(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     before = time.time() * 1000
     channel = watch(service, receiver, token="secret-1")
     assert set(channel) == {"kind", "id", "resourceId", "resourceUri", "token", "expiration"}
@@ -43,7 +45,8 @@ def test_watch_response_and_sync_message(emu: Emulator, service, alice: str, rec
     assert abs(parsed.timestamp() * 1000 - expiration) < 1000
 
 
-def test_each_change_sends_exists_with_increasing_numbers(emu: Emulator, service, alice: str, receiver) -> None:
+def test_each_change_sends_exists_with_increasing_numbers(emu: Emulator, service: Any, alice: str,
+                                                          receiver: Receiver) -> None:
     watch(service, receiver)
     receiver.wait_for(lambda hits: len(hits) == 1)
     event = emu.insert_event(alice, timed(1, 9))
@@ -55,11 +58,11 @@ def test_each_change_sends_exists_with_increasing_numbers(emu: Emulator, service
     assert [h.headers["X-Goog-Resource-State"] for h in hits] == ["sync", "exists", "exists", "exists"]
     numbers = [int(h.headers["X-Goog-Message-Number"]) for h in hits]
     assert numbers == sorted(numbers) and len(set(numbers)) == 4
-    assert any(b - a > 1 for a, b in zip(numbers, numbers[1:]))
+    assert any(b - a > 1 for a, b in zip(numbers, numbers[1:], strict=False))
     assert [n.message_number for n in emu.notifications] == numbers
 
 
-def test_resource_id_is_shared_per_calendar(emu: Emulator, service, alice: str, receiver) -> None:
+def test_resource_id_is_shared_per_calendar(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     other = emu.create_calendar(alice, "Work")
     first, second = watch(service, receiver, "a"), watch(service, receiver, "b")
     third = watch(service, receiver, "c", calendar_id=other)
@@ -70,7 +73,8 @@ def test_resource_id_is_shared_per_calendar(emu: Emulator, service, alice: str, 
     assert [h.headers["X-Goog-Channel-ID"] for h in hits if h.headers["X-Goog-Resource-State"] == "exists"] == ["c"]
 
 
-def test_calendar_list_watch_fires_on_calendar_list_changes(emu: Emulator, service, alice: str, receiver) -> None:
+def test_calendar_list_watch_fires_on_calendar_list_changes(emu: Emulator, service: Any, alice: str,
+                                                            receiver: Receiver) -> None:
     channel = service.calendarList().watch(body={"id": "cl", "type": "webhook", "address": receiver.url}).execute()
     assert channel["resourceUri"].endswith("/calendar/v3/users/me/calendarList?alt=json")
     receiver.wait_for(lambda hits: len(hits) == 1)
@@ -81,12 +85,14 @@ def test_calendar_list_watch_fires_on_calendar_list_changes(emu: Emulator, servi
     assert receiver.states() == ["sync", "exists", "exists"]
 
 
-def test_channel_id_must_be_unique_and_valid(emu: Emulator, service, alice: str, receiver) -> None:
+def test_channel_id_must_be_unique_and_valid(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     watch(service, receiver, "same")
-    for body, status, why in [({"id": "same"}, 400, "channelIdNotUnique"), ({"id": "x" * 65}, 400, None),
-                              ({"id": "ok", "expiration": 1000}, 400, "pushInvalidTtl"),
-                              ({"id": "ok", "type": "carrier-pigeon"}, 400, None),
-                              ({"id": "ok", "address": "ftp://x"}, 400, None)]:
+    cases: list[tuple[dict[str, Any], int, str | None]] = [
+        ({"id": "same"}, 400, "channelIdNotUnique"), ({"id": "x" * 65}, 400, None),
+        ({"id": "ok", "expiration": 1000}, 400, "pushInvalidTtl"),
+        ({"id": "ok", "type": "carrier-pigeon"}, 400, None),
+        ({"id": "ok", "address": "ftp://x"}, 400, None)]
+    for body, status, why in cases:
         full = {"type": "web_hook", "address": receiver.url, **body}
         with pytest.raises(HttpError) as err:
             service.events().watch(calendarId="primary", body=full).execute()
@@ -95,7 +101,7 @@ def test_channel_id_must_be_unique_and_valid(emu: Emulator, service, alice: str,
             assert json.loads(err.value.content)["error"]["errors"][0]["reason"] == why
 
 
-def test_lifetime_is_capped_and_ttl_param_honoured(emu: Emulator, service, alice: str, receiver) -> None:
+def test_lifetime_is_capped_and_ttl_param_honoured(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     now = time.time() * 1000
     short = watch(service, receiver, "short", params={"ttl": "60"})
     assert abs(int(short["expiration"]) - now - 60_000) < 3000
@@ -104,7 +110,7 @@ def test_lifetime_is_capped_and_ttl_param_honoured(emu: Emulator, service, alice
     assert abs(int(long["expiration"]) - now - 3600_000) < 3000
 
 
-def test_nothing_after_stop(emu: Emulator, service, alice: str, receiver) -> None:
+def test_nothing_after_stop(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     channel = watch(service, receiver)
     receiver.wait_for(lambda hits: len(hits) == 1)
     service.channels().stop(body={"id": channel["id"], "resourceId": channel["resourceId"]}).execute()
@@ -119,7 +125,7 @@ def test_nothing_after_stop(emu: Emulator, service, alice: str, receiver) -> Non
     assert f"Channel '{channel['id']}' not found for project" in json.loads(err.value.content)["error"]["message"]
 
 
-def test_only_the_creator_can_stop_a_channel(emu: Emulator, service, alice: str, receiver) -> None:
+def test_only_the_creator_can_stop_a_channel(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     from .conftest import service_for
     channel = watch(service, receiver)
     emu.create_user("bob@example.com")
@@ -130,7 +136,7 @@ def test_only_the_creator_can_stop_a_channel(emu: Emulator, service, alice: str,
     assert [c["id"] for c in emu.channels()] == [channel["id"]]
 
 
-def test_nothing_after_expiry(emu: Emulator, service, alice: str, receiver) -> None:
+def test_nothing_after_expiry(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     watch(service, receiver, params={"ttl": "30"})
     receiver.wait_for(lambda hits: len(hits) == 1)
     real = emu.clock
@@ -145,7 +151,7 @@ def test_nothing_after_expiry(emu: Emulator, service, alice: str, receiver) -> N
     assert receiver.states() == ["sync"]
 
 
-def test_retries_503_with_backoff_but_not_404(emu: Emulator, service, alice: str, receiver) -> None:
+def test_retries_503_with_backoff_but_not_404(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     receiver.statuses = [503, 503]
     watch(service, receiver)
     hits = receiver.wait_for(lambda hits: len(hits) == 3)
@@ -163,7 +169,7 @@ def test_retries_503_with_backoff_but_not_404(emu: Emulator, service, alice: str
     assert emu.notifications[-1].status == 404 and emu.notifications[-1].attempts == 1
 
 
-def test_connection_error_is_retried_then_recorded(emu: Emulator, service, alice: str) -> None:
+def test_connection_error_is_retried_then_recorded(emu: Emulator, service: Any, alice: str) -> None:
     import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -175,7 +181,7 @@ def test_connection_error_is_retried_then_recorded(emu: Emulator, service, alice
     assert record.status is None and record.attempts == 3
 
 
-def test_fault_drop_everything(emu: Emulator, service, alice: str, receiver) -> None:
+def test_fault_drop_everything(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     emu.push_faults(drop=1.0)
     watch(service, receiver)
     emu.insert_event(alice, timed(1, 9))
@@ -185,14 +191,14 @@ def test_fault_drop_everything(emu: Emulator, service, alice: str, receiver) -> 
     assert [n.fault for n in emu.notifications] == ["dropped", "dropped"]
 
 
-def test_fault_duplicate_everything(emu: Emulator, service, alice: str, receiver) -> None:
+def test_fault_duplicate_everything(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     emu.push_faults(duplicate=1.0)
     watch(service, receiver)
     hits = receiver.wait_for(lambda hits: len(hits) == 2)
     assert [h.headers["X-Goog-Message-Number"] for h in hits] == ["1", "1"]
 
 
-def test_fault_delay(emu: Emulator, service, alice: str, receiver) -> None:
+def test_fault_delay(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     emu.push_faults(delay=0.3)
     started = time.monotonic()
     watch(service, receiver)
@@ -200,11 +206,11 @@ def test_fault_delay(emu: Emulator, service, alice: str, receiver) -> None:
     assert hit.time - started >= 0.29
 
 
-def test_fault_reorder_can_deliver_out_of_order(emu: Emulator, service, alice: str, receiver) -> None:
+def test_fault_reorder_can_deliver_out_of_order(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     emu.push_faults(reorder=True)
     watch(service, receiver)
     receiver.wait_for(lambda hits: len(hits) == 1)
-    for i in range(12):
+    for _ in range(12):
         emu.insert_event(alice, timed(1, 9))
     hits = receiver.wait_for(lambda hits: len(hits) == 13)
     numbers = [int(h.headers["X-Goog-Message-Number"]) for h in hits[1:]]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from googleapiclient.errors import HttpError
 
@@ -17,7 +19,7 @@ WEEKLY = {
 }
 
 
-def test_modified_and_cancelled_instances_are_exceptions(emu: Emulator, service, alice: str) -> None:
+def test_modified_and_cancelled_instances_are_exceptions(emu: Emulator, service: Any, alice: str) -> None:
     series = emu.insert_event(alice, WEEKLY)
     moved = emu.patch_instance(alice, series["id"], "2030-01-14T09:00:00+01:00",
                                {"start": {"dateTime": "2030-01-14T10:00:00+01:00", "timeZone": "Europe/Berlin"},
@@ -37,7 +39,7 @@ def test_modified_and_cancelled_instances_are_exceptions(emu: Emulator, service,
                                        "originalStartTime")}
 
 
-def test_single_events_expands_and_applies_exceptions(emu: Emulator, service, alice: str) -> None:
+def test_single_events_expands_and_applies_exceptions(emu: Emulator, service: Any, alice: str) -> None:
     series = emu.insert_event(alice, WEEKLY)
     emu.patch_instance(alice, series["id"], "2030-01-14T09:00:00+01:00", {"summary": "moved standup"})
     emu.cancel_instance(alice, series["id"], "2030-01-21T09:00:00+01:00")
@@ -50,7 +52,7 @@ def test_single_events_expands_and_applies_exceptions(emu: Emulator, service, al
     assert items[0]["id"] == series["id"] + "_20300107T080000Z"
 
 
-def test_expansion_keeps_wall_time_across_dst(emu: Emulator, service, alice: str) -> None:
+def test_expansion_keeps_wall_time_across_dst(emu: Emulator, service: Any, alice: str) -> None:
     body = dict(WEEKLY, start={"dateTime": "2030-03-25T09:00:00+01:00", "timeZone": "Europe/Berlin"},
                 end={"dateTime": "2030-03-25T10:00:00+01:00", "timeZone": "Europe/Berlin"},
                 recurrence=["RRULE:FREQ=WEEKLY;COUNT=2"])
@@ -59,7 +61,7 @@ def test_expansion_keeps_wall_time_across_dst(emu: Emulator, service, alice: str
     assert [e["start"]["dateTime"] for e in items] == ["2030-03-25T09:00:00+01:00", "2030-04-01T09:00:00+02:00"]
 
 
-def test_window_and_exdate_and_all_day(emu: Emulator, service, alice: str) -> None:
+def test_window_and_exdate_and_all_day(emu: Emulator, service: Any, alice: str) -> None:
     emu.insert_event(alice, {"summary": "daily", "start": {"date": "2030-01-01"}, "end": {"date": "2030-01-02"},
                              "recurrence": ["RRULE:FREQ=DAILY", "EXDATE;VALUE=DATE:20300101,20300103"]})
     items, _, _ = list_all(service, singleEvents=True, timeMin="2030-01-02T00:00:00Z",
@@ -68,7 +70,7 @@ def test_window_and_exdate_and_all_day(emu: Emulator, service, alice: str) -> No
     assert items[0]["id"].endswith("_20300102")
 
 
-def test_open_ended_series_expansion_is_bounded(emu: Emulator, service, alice: str) -> None:
+def test_open_ended_series_expansion_is_bounded(emu: Emulator, service: Any, alice: str) -> None:
     emu.insert_event(alice, {"summary": "forever", "start": {"dateTime": "2030-01-01T08:00:00Z", "timeZone": "UTC"},
                              "end": {"dateTime": "2030-01-01T08:30:00Z", "timeZone": "UTC"},
                              "recurrence": ["RRULE:FREQ=HOURLY"]})
@@ -76,7 +78,7 @@ def test_open_ended_series_expansion_is_bounded(emu: Emulator, service, alice: s
     assert 0 < len(items) <= 2500
 
 
-def test_instances_endpoint(emu: Emulator, service, alice: str) -> None:
+def test_instances_endpoint(emu: Emulator, service: Any, alice: str) -> None:
     series = emu.insert_event(alice, WEEKLY)
     emu.cancel_instance(alice, series["id"], "2030-01-14T09:00:00+01:00")
     page = service.events().instances(calendarId="primary", eventId=series["id"]).execute()
@@ -89,7 +91,7 @@ def test_instances_endpoint(emu: Emulator, service, alice: str) -> None:
     assert err.value.resp.status == 404
 
 
-def test_sync_reports_instance_changes_and_series_deletion(emu: Emulator, service, alice: str) -> None:
+def test_sync_reports_instance_changes_and_series_deletion(emu: Emulator, service: Any, alice: str) -> None:
     series = emu.insert_event(alice, WEEKLY)
     _, token, _ = list_all(service)
     exc = emu.cancel_instance(alice, series["id"], "2030-01-14T09:00:00+01:00")
@@ -101,7 +103,7 @@ def test_sync_reports_instance_changes_and_series_deletion(emu: Emulator, servic
     assert all(e["status"] == "cancelled" for e in items)
 
 
-def test_instance_of_series_can_be_fetched_and_patched_through_the_api(emu: Emulator, writer, alice: str) -> None:
+def test_instance_of_series_can_be_fetched_and_patched_through_the_api(emu: Emulator, writer: Any, alice: str) -> None:
     series = emu.insert_event(alice, WEEKLY)
     iid = series["id"] + "_20300128T080000Z"
     got = writer.events().get(calendarId="primary", eventId=iid).execute()
@@ -114,8 +116,8 @@ def test_instance_of_series_can_be_fetched_and_patched_through_the_api(emu: Emul
     assert err.value.resp.status == 404
 
 
-def test_recurring_without_time_zone_or_bad_rule_is_400(emu: Emulator, writer, alice: str) -> None:
-    body = {"start": {"dateTime": "2030-01-01T08:00:00Z"}, "end": {"dateTime": "2030-01-01T09:00:00Z"}}
+def test_recurring_without_time_zone_or_bad_rule_is_400(emu: Emulator, writer: Any, alice: str) -> None:
+    body: dict[str, Any] = {"start": {"dateTime": "2030-01-01T08:00:00Z"}, "end": {"dateTime": "2030-01-01T09:00:00Z"}}
     with pytest.raises(HttpError) as err:
         writer.events().insert(calendarId="primary", body=dict(body, recurrence=["RRULE:FREQ=DAILY"])).execute()
     assert err.value.resp.status == 400

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import pytest
 from googleapiclient.errors import HttpError
@@ -12,11 +13,11 @@ from calsync.emulator import Emulator
 from .conftest import list_all, timed
 
 
-def error_of(err: HttpError) -> dict:
-    return json.loads(err.content)["error"]
+def error_of(err: HttpError) -> dict[str, Any]:
+    return cast(dict[str, Any], json.loads(err.content)["error"])
 
 
-def test_incremental_returns_exactly_the_changes(emu: Emulator, service, alice: str) -> None:
+def test_incremental_returns_exactly_the_changes(emu: Emulator, service: Any, alice: str) -> None:
     kept, changed, gone = (emu.insert_event(alice, timed(d, 9)) for d in (1, 2, 3))
     _, token, _ = list_all(service)
     emu.patch_event(alice, changed["id"], {"summary": "new title"})
@@ -31,7 +32,7 @@ def test_incremental_returns_exactly_the_changes(emu: Emulator, service, alice: 
     assert list_all(service, syncToken=token2)[0] == []
 
 
-def test_cancelled_event_in_a_sync_carries_only_what_google_guarantees(emu: Emulator, service, alice: str) -> None:
+def test_cancelled_event_in_a_sync_carries_only_what_google_guarantees(emu: Emulator, service: Any, alice: str) -> None:
     event = emu.insert_event(alice, timed(1, 9, summary="secret"))
     _, token, _ = list_all(service)
     emu.delete_event(alice, event["id"])
@@ -40,21 +41,21 @@ def test_cancelled_event_in_a_sync_carries_only_what_google_guarantees(emu: Emul
     assert "summary" not in item
 
 
-def test_full_list_hides_deleted_unless_show_deleted(emu: Emulator, service, alice: str) -> None:
+def test_full_list_hides_deleted_unless_show_deleted(emu: Emulator, service: Any, alice: str) -> None:
     event = emu.insert_event(alice, timed(1, 9))
     emu.delete_event(alice, event["id"])
     assert list_all(service)[0] == []
     assert [e["id"] for e in list_all(service, showDeleted=True)[0]] == [event["id"]]
 
 
-def test_incremental_is_paged_too(emu: Emulator, service, alice: str) -> None:
+def test_incremental_is_paged_too(emu: Emulator, service: Any, alice: str) -> None:
     _, token, _ = list_all(service)
     emu.bulk_insert_events(alice, [timed(1, 1)] * 7)
     items, _, pages = list_all(service, syncToken=token, maxResults=3)
     assert len(items) == 7 and pages == 3
 
 
-def test_invalidated_token_is_410_full_sync_required(emu: Emulator, service, alice: str) -> None:
+def test_invalidated_token_is_410_full_sync_required(emu: Emulator, service: Any, alice: str) -> None:
     emu.insert_event(alice, timed(1, 9))
     _, token, _ = list_all(service)
     emu.invalidate_sync_tokens(alice)
@@ -69,7 +70,7 @@ def test_invalidated_token_is_410_full_sync_required(emu: Emulator, service, ali
     assert list_all(service, syncToken=fresh)[0] == []
 
 
-def test_invalidating_one_calendar_leaves_others_valid(emu: Emulator, service, alice: str) -> None:
+def test_invalidating_one_calendar_leaves_others_valid(emu: Emulator, service: Any, alice: str) -> None:
     other = emu.create_calendar(alice, "Work")
     _, primary_token, _ = list_all(service)
     _, work_token, _ = list_all(service, calendar_id=other)
@@ -80,7 +81,7 @@ def test_invalidating_one_calendar_leaves_others_valid(emu: Emulator, service, a
     assert err.value.resp.status == 410
 
 
-def test_token_from_before_a_reset_is_410(emu: Emulator, service, alice: str) -> None:
+def test_token_from_before_a_reset_is_410(emu: Emulator, service: Any, alice: str) -> None:
     _, token, _ = list_all(service)
     emu.reset()
     emu.create_user(alice)
@@ -91,7 +92,7 @@ def test_token_from_before_a_reset_is_410(emu: Emulator, service, alice: str) ->
     assert err.value.resp.status == 410
 
 
-def test_too_old_token_is_410(emu: Emulator, service, alice: str) -> None:
+def test_too_old_token_is_410(emu: Emulator, service: Any, alice: str) -> None:
     import datetime as dt
     _, token, _ = list_all(service)
     emu.sync_token_max_age = 60
@@ -109,14 +110,15 @@ def test_too_old_token_is_410(emu: Emulator, service, alice: str) -> None:
                                    {"q": "x"}, {"iCalUID": "a@google.com"}, {"updatedMin": "2030-01-01T00:00:00Z"},
                                    {"orderBy": "updated"}, {"privateExtendedProperty": "a=b"},
                                    {"sharedExtendedProperty": "a=b"}, {"showDeleted": False}])
-def test_sync_token_with_incompatible_params_is_400(emu: Emulator, service, alice: str, param: dict) -> None:
+def test_sync_token_with_incompatible_params_is_400(emu: Emulator, service: Any, alice: str,
+                                                    param: dict[str, Any]) -> None:
     _, token, _ = list_all(service)
     with pytest.raises(HttpError) as err:
         service.events().list(calendarId="primary", syncToken=token, **param).execute()
     assert err.value.resp.status == 400
 
 
-def test_calendar_list_sync_reports_added_and_removed_calendars(emu: Emulator, service, alice: str) -> None:
+def test_calendar_list_sync_reports_added_and_removed_calendars(emu: Emulator, service: Any, alice: str) -> None:
     removed = emu.create_calendar(alice, "Old")
     page = service.calendarList().list().execute()
     assert {e["id"] for e in page["items"]} == {alice, removed}
@@ -132,7 +134,7 @@ def test_calendar_list_sync_reports_added_and_removed_calendars(emu: Emulator, s
     assert err.value.resp.status == 404
 
 
-def test_calendar_list_pages(emu: Emulator, service, alice: str) -> None:
+def test_calendar_list_pages(emu: Emulator, service: Any, alice: str) -> None:
     for i in range(4):
         emu.create_calendar(alice, f"c{i}")
     first = service.calendarList().list(maxResults=2).execute()
@@ -165,10 +167,10 @@ def test_mirror_converges_whatever_edits_happen_between_pages(emu: Emulator, ali
             else:
                 emu.delete_event(alice, live[pick % len(live)]["id"])
 
-    def sync(mirror: dict, token: str | None, size: int, edits: list[list[tuple[str, int]]]) -> str:
+    def sync(mirror: dict[str, str], token: str | None, size: int, edits: list[list[tuple[str, int]]]) -> str:
         page_token = None
         for page_no in range(1000):
-            params = {"maxResults": size}
+            params: dict[str, Any] = {"maxResults": size}
             if token:
                 params["syncToken"] = token
             if page_token:
@@ -180,7 +182,7 @@ def test_mirror_converges_whatever_edits_happen_between_pages(emu: Emulator, ali
                 else:
                     mirror[item["id"]] = item["etag"]
             if "nextSyncToken" in page:
-                return page["nextSyncToken"]
+                return cast(str, page["nextSyncToken"])
             page_token = page["nextPageToken"]
             apply(edits[page_no] if page_no < len(edits) else [])
         raise AssertionError("paging did not end")
@@ -190,7 +192,8 @@ def test_mirror_converges_whatever_edits_happen_between_pages(emu: Emulator, ali
            during_full=st.lists(st.lists(edit, max_size=3), max_size=4),
            between=st.lists(edit, max_size=5),
            during_incremental=st.lists(st.lists(edit, max_size=3), max_size=4))
-    def run(initial: int, size: int, during_full: list, between: list, during_incremental: list) -> None:
+    def run(initial: int, size: int, during_full: list[list[tuple[str, int]]], between: list[tuple[str, int]],
+            during_incremental: list[list[tuple[str, int]]]) -> None:
         emu.reset()
         emu.create_user(alice)
         session.headers["Authorization"] = "Bearer " + emu.issue_tokens(alice)["access_token"]
