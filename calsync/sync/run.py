@@ -44,6 +44,7 @@ from calsync.store.models import Calendar, Event
 from calsync.store.states import SyncState
 from calsync.sync.changelog import append_changes
 from calsync.sync.mirror import PageMirror
+from calsync.sync.state import CalendarState
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +55,6 @@ Progress = Callable[[int, int | None], None]
 # The caller's bookkeeping for a sync that succeeds (lease released, owed work settled): column
 # values written with the last page, in its transaction, so no crash can fall between the two.
 Finish = Callable[[datetime], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class CalendarState:
-    """What a sync of a claimed calendar starts from, returned by the claim statement itself.
-
-    Read under the lease, so nobody else moves the sync token before the run does; the run need
-    not read the row again.
-    """
-
-    account_id: int
-    google_id: str
-    sync_token: str | None
-    baseline_done: bool
-    credentials: bytes  # as stored: encrypted
-    # An active channel outlasts the renewal window (None: not asked, look it up).
-    channel_ok: bool | None = None
 
 
 @dataclass(frozen=True)

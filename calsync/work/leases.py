@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from calsync.store.db import is_postgres, rows_affected
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, SyncState
-from calsync.sync.run import CalendarState
+from calsync.sync.state import CalendarState
 
 
 @dataclass(frozen=True)

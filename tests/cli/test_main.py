@@ -36,3 +36,12 @@ def test_a_malformed_setting_is_one_clear_line_without_a_traceback() -> None:
                             env={"PATH": "/usr/bin:/bin", "CALSYNC_RECONCILE_EVERY": "often"})
     assert result.returncode != 0
     assert "CALSYNC_RECONCILE_EVERY" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_command_line_imports_no_prometheus_client_before_a_command_runs() -> None:
+    """`calsync web` turns on prometheus-client's multiprocess mode before forking, which only works
+    if nothing imported prometheus-client first; the CLI imports every command's module up front."""
+    code = "import sys; from calsync import cli; cli._register(); print('prometheus_client' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -73,9 +73,9 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def _calsync(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = log.open("wb")
-    return subprocess.Popen([str(Path(sys.executable).parent / "calsync"), *args], env=env, stdout=out,
-                            stderr=subprocess.STDOUT)
+    with log.open("wb") as out:  # the child writes to its own copy of the descriptor
+        return subprocess.Popen([str(Path(sys.executable).parent / "calsync"), *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
@@ -189,6 +189,8 @@ def relays(emu: Any) -> Iterator[tuple[list[_Relay], list[tuple[str, str, float,
     yield servers, log
     for server in servers:
         server.shutdown()
+        server.server_close()
+        server.http.close()
 
 
 @pytest.mark.slow

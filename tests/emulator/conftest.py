@@ -44,7 +44,7 @@ def alice(emu: Emulator) -> str:
 
 def credentials_for(emu: Emulator, tokens: dict[str, Any]) -> google.oauth2.credentials.Credentials:
     web = emu.client_config(["http://127.0.0.1/cb"])["web"]
-    return google.oauth2.credentials.Credentials(  # type: ignore[no-untyped-call]
+    return google.oauth2.credentials.Credentials(
         token=tokens["access_token"], refresh_token=tokens.get("refresh_token"),
         token_uri=emu.url + "/token", client_id=web["client_id"], client_secret=web["client_secret"],
         scopes=tokens["scope"].split())

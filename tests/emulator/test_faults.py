@@ -77,7 +77,7 @@ def test_token_endpoint_outage_only_when_asked_for(emu: Emulator, alice: str) ->
     from .conftest import credentials_for
     creds = credentials_for(emu, emu.issue_tokens(alice))
     emu.fail_next(1, status=503, reason="backendError")  # Calendar API only: refresh unaffected
-    creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+    creds.refresh(google.auth.transport.requests.Request())
     emu.faults.clear()
     emu.fail_next(1, status=503, reason="backendError", retry_after=2, method="oauth.token")
     form = {"grant_type": "refresh_token", "refresh_token": creds.refresh_token,

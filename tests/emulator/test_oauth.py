@@ -132,11 +132,11 @@ def test_refresh_after_expiry_then_revocation(emu: Emulator, alice: str) -> None
     assert expired.json()["error"]["errors"][0]["reason"] == "authError"
     # the client library refreshes on 401 by itself and the call succeeds
     assert service.calendarList().list().execute()["items"][0]["id"] == alice
-    creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+    creds.refresh(google.auth.transport.requests.Request())
     assert creds.token != tokens["access_token"]
     emu.revoke_grant(alice)
     with pytest.raises(RefreshError) as refused:
-        creds.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
+        creds.refresh(google.auth.transport.requests.Request())
     assert refused.value.retryable is False and "invalid_grant" in str(refused.value)
     assert creds.token is not None
     response = requests.get(emu.api_url + "calendar/v3/users/me/calendarList",

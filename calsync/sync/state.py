@@ -1,0 +1,27 @@
+"""What a sync run starts from, as the worker's claim reads it.
+
+Its own module, so the claim (in `calsync.work.leases`) can name it without importing the sync run
+and, through it, prometheus-client: `calsync web` must set up prometheus-client's multiprocess
+mode before anything imports it, and the CLI imports every command's modules first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CalendarState:
+    """What a sync of a claimed calendar starts from, returned by the claim statement itself.
+
+    Read under the lease, so nobody else moves the sync token before the run does; the run need
+    not read the row again.
+    """
+
+    account_id: int
+    google_id: str
+    sync_token: str | None
+    baseline_done: bool
+    credentials: bytes  # as stored: encrypted
+    # An active channel outlasts the renewal window (None: not asked, look it up).
+    channel_ok: bool | None = None
