@@ -91,7 +91,7 @@ def delete(sub_id: str):  # type: ignore[no-untyped-def]
 @bp.post("/<sub_id>/rotate-secret")
 @require_api_token
 def rotate_secret(sub_id: str):  # type: ignore[no-untyped-def]
-    body = _body(optional=True)
+    body = _body(optional=True, fields={"grace_seconds"})
     grace = body.get("grace_seconds", subscriptions.DEFAULT_GRACE_SECONDS)
     if isinstance(grace, bool) or not isinstance(grace, int | float):
         raise InvalidSubscription("grace_seconds", "grace_seconds: a number of seconds")
@@ -106,7 +106,7 @@ def rotate_secret(sub_id: str):  # type: ignore[no-untyped-def]
 @require_api_token
 def deliveries(sub_id: str):  # type: ignore[no-untyped-def]
     limit = request.args.get("limit", str(claimcheck.DEFAULT_LIMIT))
-    if not limit.isdigit():
+    if not (limit.isascii() and limit.isdigit()):  # str.isdigit alone also takes "²", which int() refuses
         raise InvalidSubscription("limit", "limit: a whole number")
     with transaction(runtime().sessions) as session:
         sub = subscriptions.get_subscription(session, sub_id)
@@ -117,7 +117,7 @@ def deliveries(sub_id: str):  # type: ignore[no-untyped-def]
 @bp.post("/<sub_id>/replay")
 @require_api_token
 def replay(sub_id: str):  # type: ignore[no-untyped-def]
-    body = _body(optional=True)
+    body = _body(optional=True, fields={"delivery_ids"})
     ids = body.get("delivery_ids")
     if ids is not None and (not isinstance(ids, list) or not ids
                             or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
@@ -130,12 +130,16 @@ def replay(sub_id: str):  # type: ignore[no-untyped-def]
     return jsonify({"replayed": len(queued), "delivery_ids": queued}), 202
 
 
-def _body(*, optional: bool = False) -> dict[str, Any]:
+def _body(*, optional: bool = False, fields: set[str] | None = None) -> dict[str, Any]:
+    """The JSON object sent; with `fields`, any other key is refused (as creating a subscription does)."""
     if optional and not request.get_data():
         return {}
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise InvalidSubscription("body", "the body must be a JSON object")
+    unknown = sorted(set(data) - fields) if fields is not None else []
+    if unknown:
+        raise InvalidSubscription(unknown[0], f"{unknown[0]}: unknown field")
     return data
 
 
