@@ -19,6 +19,8 @@ from calsync.webhooks import claimcheck, subscriptions
 
 bp = Blueprint("webhooks_api", __name__, url_prefix="/api/webhooks")
 
+_MAX_ID = 2**63 - 1
+
 
 @bp.errorhandler(InvalidSubscription)
 def _invalid(err: InvalidSubscription) -> Any:
@@ -119,8 +121,10 @@ def deliveries(sub_id: str):  # type: ignore[no-untyped-def]
 def replay(sub_id: str):  # type: ignore[no-untyped-def]
     body = _body(optional=True, fields={"delivery_ids"})
     ids = body.get("delivery_ids")
+    # Bounded, as the databases' integers are: SQLite raised OverflowError (a 500) on a larger one.
     if ids is not None and (not isinstance(ids, list) or not ids
-                            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+                            or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= _MAX_ID
+                                       for i in ids)):
         raise InvalidSubscription("delivery_ids", "delivery_ids: a non-empty list of delivery ids")
     rt = runtime()
     with transaction(rt.sessions) as session:
