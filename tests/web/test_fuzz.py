@@ -119,8 +119,8 @@ def test_fuzzed_notifications_get_2xx_or_4xx_and_rejected_ones_write_nothing(cli
 
 
 # /api: schemathesis against a live `calsync web` ------------------------------------------------------
-API_EXAMPLES = 250  # cases drawn across all operations, half valid and half not; ~15 s per engine
-STATEFUL_SCENARIOS = 25
+API_EXAMPLES = 600  # cases drawn across all operations, half valid and half not; ~20 s per engine
+STATEFUL_SCENARIOS = 60
 # Requests that fit the document but are refused for what only the server can know: a URL that does
 # not resolve, is private or fails the verification; a page token calsync never handed out; delivery
 # ids that are not the subscription's.

@@ -10,11 +10,23 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import importlib
+import json
+
+import requests
 from flask import Flask, request
 from openapi_spec_validator import validate
 
+from calsync.config import Settings
+from calsync.runtime import Runtime
+from calsync.store.db import transaction
 from calsync.web.openapi import document
+from calsync.work.scheduler import request_calendar_sync
+from calsync.work.worker import Worker
+from tests.conftest import API_TOKEN
 from tests.openapi_support import CONFORMANCE
+from tests.sync_support import calendar_row_id, connect_account
+from tests.web.process_support import calsync_web
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,3 +105,46 @@ def test_a_test_whose_response_breaks_the_document_fails(tmp_path: Path) -> None
                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert "1 failed, 1 passed" in run.stdout, run.stdout + run.stderr
     assert "ConformanceError" in run.stdout and "'surprise' was unexpected" in run.stdout
+
+
+def test_a_generated_python_client_lists_a_real_change_from_a_live_calsync(settings: Settings, runtime: Runtime,
+                                                                         emu: Any, tmp_path: Path) -> None:
+    """openapi-python-client, as the README shows it, against `calsync web`: typed pages, typed errors."""
+    connect_account(runtime, emu, "ann@example.com")
+    event = emu.insert_event("ann@example.com", {"summary": "Standup", "start": {"dateTime": "2026-12-07T09:00:00Z"},
+                                                 "end": {"dateTime": "2026-12-07T09:15:00Z"}})
+    Worker(runtime, threads=1).run_burst()  # connects: lists calendars, first sync
+    emu.patch_event("ann@example.com", event["id"], {"summary": "Standup (moved)"})
+    with transaction(runtime.sessions) as session:
+        request_calendar_sync(session, calendar_row_id(runtime, "ann@example.com"), runtime.clock.now())
+    Worker(runtime, threads=1).run_burst()  # the edit becomes a change in the feed
+
+    with calsync_web(settings, tmp_path / "web.log") as base:
+        (tmp_path / "openapi.json").write_text(json.dumps(requests.get(base + "/api/openapi.json", timeout=10).json()))
+        (tmp_path / "generator.yaml").write_text("package_name_override: calsync_client\npost_hooks: []\n")
+        generated = subprocess.run(
+            [str(Path(sys.executable).parent / "openapi-python-client"), "generate", "--path", "openapi.json",
+             "--meta", "none", "--output-path", "calsync_client", "--config", "generator.yaml"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert generated.returncode == 0, generated.stdout + generated.stderr
+        assert "Warning" not in generated.stdout, generated.stdout
+        sys.path.insert(0, str(tmp_path))
+        try:
+            client_pkg = importlib.import_module("calsync_client")
+            list_changes = importlib.import_module("calsync_client.api.feed.list_changes")
+            models = importlib.import_module("calsync_client.models")
+            client = client_pkg.AuthenticatedClient(base_url=base, token=API_TOKEN)
+            page = list_changes.sync(client=client, after=0)
+            refused = list_changes.sync_detailed(client=client_pkg.Client(base_url=base))
+        finally:
+            sys.path.remove(str(tmp_path))
+            for name in [m for m in sys.modules if m == "calsync_client" or m.startswith("calsync_client.")]:
+                del sys.modules[name]
+
+    assert isinstance(page, models.ChangesPage)
+    updated = [c for c in page.changes if c.change == models.ChangeChange.UPDATED]
+    assert len(updated) == 1 and updated[0].event_id == event["id"] and updated[0].fields == ["summary"]
+    assert updated[0].after.additional_properties["summary"] == "Standup (moved)"
+    assert page.next_ == page.changes[-1].seq  # `next` is a builtin: the generator names it `next_`
+    assert refused.status_code == 401 and isinstance(refused.parsed, models.Error)
+    assert refused.parsed.error == "unauthorized"
