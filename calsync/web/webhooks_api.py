@@ -144,7 +144,21 @@ def _body(*, optional: bool = False, fields: set[str] | None = None) -> dict[str
     unknown = sorted(set(data) - fields) if fields is not None else []
     if unknown:
         raise InvalidSubscription(unknown[0], f"{unknown[0]}: unknown field")
+    for key, value in data.items():
+        if _has_nul(key) or _has_nul(value):
+            raise InvalidSubscription(key, f"{key}: a NUL character is not allowed")
     return data
+
+
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL stores no NUL in text or jsonb (it raised a 500), so no request may carry one."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
 
 
 def _field_error(status: int, error: str, err: Exception, field: str) -> Any:

@@ -254,3 +254,12 @@ def test_unknown_paths_and_methods_under_api_answer_json(client: Any, api_header
     nul = client.get("/api/changes?after=1%00", headers=api_headers)
     assert nul.status_code == 400 and nul.get_json()["error"] == "bad_request"
     assert client.get("/no-such-page").mimetype == "text/html"  # outside /api, pages stay pages
+
+
+def test_a_nul_in_any_body_string_is_refused_and_stores_nothing(client: Any, api_headers: dict[str, str],
+                                                                runtime: Runtime, receiver: Receiver) -> None:
+    for body in ({"calendars": ["team\x00"]}, {"verify_token": "t\x00"}, {"url": receiver.url + "?x=\x00"}):
+        resp = create(client, api_headers, **{"url": receiver.url, "events": ["*"], **body})
+        assert resp.status_code == 400, (body, resp.get_json())
+    with runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(WebhookSubscription)) == 0
