@@ -130,9 +130,10 @@ def test_a_generated_python_client_lists_a_real_change_from_a_live_calsync(setti
             client_pkg = importlib.import_module("calsync_client")
             list_changes = importlib.import_module("calsync_client.api.feed.list_changes")
             models = importlib.import_module("calsync_client.models")
-            client = client_pkg.AuthenticatedClient(base_url=base, token=API_TOKEN)
-            page = list_changes.sync(client=client, after=0)
-            refused = list_changes.sync_detailed(client=client_pkg.Client(base_url=base))
+            with client_pkg.AuthenticatedClient(base_url=base, token=API_TOKEN) as client:
+                page = list_changes.sync(client=client, after=0)
+            with client_pkg.Client(base_url=base) as anonymous:
+                refused = list_changes.sync_detailed(client=anonymous)
         finally:
             sys.path.remove(str(tmp_path))
             for name in [m for m in sys.modules if m == "calsync_client" or m.startswith("calsync_client.")]:
