@@ -112,7 +112,7 @@ def deliveries(sub_id: str):  # type: ignore[no-untyped-def]
         raise InvalidSubscription("limit", "limit: a whole number")
     with transaction(runtime().sessions) as session:
         sub = subscriptions.get_subscription(session, sub_id)
-        items = claimcheck.list_deliveries(session, sub, state=request.args.get("state") or None, limit=int(limit))
+        items = claimcheck.list_deliveries(session, sub, state=request.args.get("state"), limit=int(limit))
     return jsonify({"deliveries": items})
 
 

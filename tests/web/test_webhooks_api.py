@@ -263,3 +263,10 @@ def test_a_nul_in_any_body_string_is_refused_and_stores_nothing(client: Any, api
         assert resp.status_code == 400, (body, resp.get_json())
     with runtime.sessions() as session:
         assert session.scalar(select(func.count()).select_from(WebhookSubscription)) == 0
+
+
+def test_an_empty_state_filter_is_refused_like_any_unknown_state(client: Any, api_headers: dict[str, str],
+                                                                 receiver: Receiver) -> None:
+    sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
+    resp = client.get(f"/api/webhooks/{sub_id}/deliveries?state=", headers=api_headers)
+    assert resp.status_code == 400 and resp.get_json()["field"] == "state"
