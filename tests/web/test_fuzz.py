@@ -24,6 +24,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel, Event, Notification
 from calsync.sync.changelog import append_changes
+from calsync.web.openapi import document
 from tests.conftest import API_TOKEN
 from tests.web.process_support import calsync_web
 from tests.webhooks.receiver import Receiver
@@ -34,6 +35,7 @@ CHANNEL_ID = "0b7c1e2a-5f0e-4b7a-9d54-fuzzchannel01"
 RESOURCE_ID = "fuzz-resource-id"
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                                      HealthCheck.filter_too_much], database=None)
+NOTIFICATION_ANSWERS = document()["paths"]["/notifications"]["post"]["responses"]
 # Tables a rejected request must leave exactly as they were (the notification log is checked apart).
 GUARDED = ("accounts", "calendars", "channels", "events", "changes", "webhook_subscriptions", "deliveries")
 
@@ -107,6 +109,7 @@ def test_fuzzed_notifications_get_2xx_or_4xx_and_rejected_ones_write_nothing(cli
     before, log_before = _snapshot(runtime), len(_log(runtime))
     resp = client.post("/notifications", headers={k: v for k, v in headers.items() if v is not None}, data=body)
     assert resp.status_code < 500, (resp.status_code, headers)
+    assert str(resp.status_code) in NOTIFICATION_ANSWERS, resp.status_code
     log = _log(runtime)
     assert len(log) <= log_before + 1
     if resp.status_code >= 400:
@@ -202,6 +205,8 @@ def test_schemathesis_finds_no_5xx_no_response_outside_the_document_and_no_write
         live_api.call(case)
 
     fuzz()
+    print(f"schemathesis: {len(live_api.calls)} requests, "
+          f"{sum(status >= 400 for *_, status in live_api.calls)} refused")
     operations = {(method, path) for method, path, _ in live_api.calls}
     assert len(operations) == len(list(live_api.schema.get_all_operations())), operations
     assert any(status == 201 for method, path, status in live_api.calls if path == "/api/webhooks")
@@ -220,6 +225,8 @@ def test_schemathesis_follows_the_webhook_links_statefully(live_api: LiveAPI) ->
             live_api.settle(case, response, self.before)
 
     Scenario.run(settings=settings(FUZZ, max_examples=STATEFUL_SCENARIOS, stateful_step_count=6))
+    print(f"schemathesis stateful: {len(live_api.calls)} requests, "
+          f"{sum(status >= 400 for *_, status in live_api.calls)} refused")
     followed = {(method, path) for method, path, status in live_api.calls if status < 300 and "{sub_id}" in path}
     assert {("GET", "/api/webhooks/{sub_id}"), ("PATCH", "/api/webhooks/{sub_id}"),
             ("DELETE", "/api/webhooks/{sub_id}")} <= followed, sorted(set(live_api.calls))
