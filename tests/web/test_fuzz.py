@@ -121,7 +121,6 @@ def test_fuzzed_notifications_get_2xx_or_4xx_and_rejected_ones_write_nothing(cli
             assert after[table] == before[table], table
 
 
-
 # /api: schemathesis against a live `calsync web` ------------------------------------------------------
 API_EXAMPLES = 600  # cases drawn across all operations, half valid and half not; ~20 s per engine
 STATEFUL_SCENARIOS = 60
