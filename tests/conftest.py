@@ -22,6 +22,7 @@ from calsync.runtime import Runtime
 from calsync.store.crypto import new_key
 from calsync.store.db import make_engine
 from calsync.store.migrate import upgrade
+from tests.openapi_support import CONFORMANCE, Conformance
 from tests.push_support import add_calendar_row, connect_account, emu_channel
 
 PG_ENV = "CALSYNC_TEST_DATABASE_URL"
@@ -32,6 +33,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# Every /api response against the OpenAPI document ----------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def openapi_conformance() -> Iterator[Conformance]:
+    """Checks each /api response any calsync app gives during the session (tests.openapi_support)."""
+    CONFORMANCE.start()
+    yield CONFORMANCE
+    CONFORMANCE.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    CONFORMANCE.take()  # what an earlier test left is that test's
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """A response outside the document fails the test that made it (in its fixtures or its body)."""
+    result = yield
+    CONFORMANCE.check()
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    result = yield
+    CONFORMANCE.check()
+    return result
 
 
 # Databases -------------------------------------------------------------------------------------

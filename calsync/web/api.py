@@ -99,7 +99,7 @@ def _integer(name: str, *, default: int, minimum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not _INTEGER.fullmatch(raw.strip()):
+    if not _INTEGER.fullmatch(raw):  # as the document says: digits only, no padding
         raise _BadParameter(f"{name}: not a whole number: {raw!r}")
     value = int(raw)
     if value < minimum:

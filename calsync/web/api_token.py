@@ -8,8 +8,9 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from flask import Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from calsync.web.app import runtime
+from calsync.web.app import is_api_path, runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,4 +46,18 @@ def require_api_token(view: F) -> F:
 def json_error(status: int, error: str, message: str) -> Response:
     resp = jsonify(error=error, message=message)
     resp.status_code = status
+    return resp
+
+
+def api_http_error(err: HTTPException) -> Any:
+    """Under /api, werkzeug's own errors (unknown path, wrong method, body too large) are JSON errors
+    too; elsewhere they keep their HTML page."""
+    if not is_api_path(request.path):
+        return err
+    code = err.code or 500
+    name = "internal_error" if code >= 500 else (err.name or "error").lower().replace(" ", "_")
+    resp = json_error(code, name, err.description or err.name or "error")
+    for header, value in err.get_headers():
+        if header.lower() not in {"content-type", "content-length"}:
+            resp.headers[header] = value
     return resp

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, current_app, request
+from werkzeug.exceptions import HTTPException
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
@@ -28,29 +30,31 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")
     app.extensions["calsync"] = runtime
 
-    from calsync.web import (
-        api,
-        consent,
-        dashboard,
-        health,
-        metrics,
-        operator_login,
-        webhooks_api,
-    )
+    from calsync.web import api, consent, dashboard, health, metrics, openapi, operator_login, webhooks_api
+    from calsync.web.api_token import api_http_error
 
-    for module in (health, consent, api, operator_login, dashboard, webhooks_api, metrics):
+    for module in (health, consent, api, operator_login, dashboard, webhooks_api, metrics, openapi):
         app.register_blueprint(module.bp)
+    app.register_error_handler(HTTPException, api_http_error)
     app.before_request(_refuse_nul)
     app.wsgi_app = receiver.mount(app, runtime)  # type: ignore[method-assign]
     return app
 
 
-def _refuse_nul() -> tuple[str, int] | None:
+def _refuse_nul() -> Any:
     """Refuse a NUL byte anywhere in the request line or headers before any handler: PostgreSQL
-    raised a 500 on `/api/webhooks/%00`."""
+    raised a 500 on `/api/webhooks/%00`. Under /api the refusal is the API's JSON error."""
     if receiver.has_nul(request.environ):
+        if is_api_path(request.path):
+            from calsync.web.api_token import json_error
+
+            return json_error(400, "bad_request", receiver.NUL_REFUSED.strip())
         return receiver.NUL_REFUSED, 400
     return None
+
+
+def is_api_path(path: str) -> bool:
+    return path == "/api" or path.startswith("/api/")
 
 
 def runtime() -> Runtime:

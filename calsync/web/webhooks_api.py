@@ -24,6 +24,8 @@ from calsync.webhooks import claimcheck, subscriptions
 
 bp = Blueprint("webhooks_api", __name__, url_prefix="/api/webhooks")
 
+_MAX_ID = 2**63 - 1
+
 
 @bp.errorhandler(InvalidSubscription)
 def _invalid(err: InvalidSubscription) -> Any:
@@ -96,7 +98,7 @@ def delete(sub_id: str):  # type: ignore[no-untyped-def]
 @bp.post("/<sub_id>/rotate-secret")
 @require_api_token
 def rotate_secret(sub_id: str):  # type: ignore[no-untyped-def]
-    body = _body(optional=True)
+    body = _body(optional=True, fields={"grace_seconds"})
     grace = body.get("grace_seconds", subscriptions.DEFAULT_GRACE_SECONDS)
     if isinstance(grace, bool) or not isinstance(grace, int | float):
         raise InvalidSubscription("grace_seconds", "grace_seconds: a number of seconds")
@@ -111,21 +113,23 @@ def rotate_secret(sub_id: str):  # type: ignore[no-untyped-def]
 @require_api_token
 def deliveries(sub_id: str):  # type: ignore[no-untyped-def]
     limit = request.args.get("limit", str(claimcheck.DEFAULT_LIMIT))
-    if not limit.isdigit():
+    if not (limit.isascii() and limit.isdigit()):  # str.isdigit alone also takes "²", which int() refuses
         raise InvalidSubscription("limit", "limit: a whole number")
     with transaction(runtime().sessions) as session:
         sub = subscriptions.get_subscription(session, sub_id)
-        items = claimcheck.list_deliveries(session, sub, state=request.args.get("state") or None, limit=int(limit))
+        items = claimcheck.list_deliveries(session, sub, state=request.args.get("state"), limit=int(limit))
     return jsonify({"deliveries": items})
 
 
 @bp.post("/<sub_id>/replay")
 @require_api_token
 def replay(sub_id: str):  # type: ignore[no-untyped-def]
-    body = _body(optional=True)
+    body = _body(optional=True, fields={"delivery_ids"})
     ids = body.get("delivery_ids")
+    # Bounded, as the databases' integers are: SQLite raised OverflowError (a 500) on a larger one.
     if ids is not None and (not isinstance(ids, list) or not ids
-                            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+                            or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= _MAX_ID
+                                       for i in ids)):
         raise InvalidSubscription("delivery_ids", "delivery_ids: a non-empty list of delivery ids")
     rt = runtime()
     with transaction(rt.sessions) as session:
@@ -135,13 +139,31 @@ def replay(sub_id: str):  # type: ignore[no-untyped-def]
     return jsonify({"replayed": len(queued), "delivery_ids": queued}), 202
 
 
-def _body(*, optional: bool = False) -> dict[str, Any]:
+def _body(*, optional: bool = False, fields: set[str] | None = None) -> dict[str, Any]:
+    """The JSON object sent; with `fields`, any other key is refused (as creating a subscription does)."""
     if optional and not request.get_data():
         return {}
     data = request.get_json(silent=True)
     if not isinstance(data, dict):
         raise InvalidSubscription("body", "the body must be a JSON object")
+    unknown = sorted(set(data) - fields) if fields is not None else []
+    if unknown:
+        raise InvalidSubscription(unknown[0], f"{unknown[0]}: unknown field")
+    for key, value in data.items():
+        if _has_nul(key) or _has_nul(value):
+            raise InvalidSubscription(key, f"{key}: a NUL character is not allowed")
     return data
+
+
+def _has_nul(value: Any) -> bool:
+    """PostgreSQL stores no NUL in text or jsonb (it raised a 500), so no request may carry one."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return False
 
 
 def _field_error(status: int, error: str, err: Exception, field: str) -> Any:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import googleapiclient
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 import requests
 from googleapiclient.errors import HttpError

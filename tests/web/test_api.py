@@ -237,7 +237,8 @@ def test_changes_limit_defaults_to_100_and_is_capped_at_1000(client: Any, seed: 
 
 
 @pytest.mark.parametrize("query", ["after=-1", "after=abc", "after=1.5", "after=", "after=99999999999999999999",
-                                   "limit=0", "limit=-3", "limit=ten", "limit=2.0", "limit=", "calendar="])
+                                   "limit=0", "limit=-3", "limit=ten", "limit=2.0", "limit=", "calendar=", "after=%205",
+                                   "limit=5%20"])
 def test_changes_bad_parameter_is_a_400_json_error(client: Any, api_headers: dict[str, str], query: str) -> None:
     resp = client.get(f"/api/changes?{query}", headers=api_headers)
     assert resp.status_code == 400

@@ -227,3 +227,46 @@ def test_slack_subscription_needs_no_handshake(client: Any, api_headers: dict[st
     resp = create(client, api_headers, url=receiver.url, events=["*"], format="slack")
     assert resp.status_code == 201 and resp.get_json()["format"] == "slack"
     assert receiver.verifications() == []
+
+
+def test_replay_refuses_ids_beyond_the_databases_integers(client: Any, api_headers: dict[str, str],
+                                                          receiver: Receiver) -> None:
+    sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
+    for ids in ([2**63], [0], [-1]):
+        resp = client.post(f"/api/webhooks/{sub_id}/replay", json={"delivery_ids": ids}, headers=api_headers)
+        assert resp.status_code == 400 and resp.get_json()["field"] == "delivery_ids", ids
+
+
+def test_rotate_and_replay_refuse_unknown_fields(client: Any, api_headers: dict[str, str],
+                                                 receiver: Receiver) -> None:
+    sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
+    for action, body in (("rotate-secret", {"grace": 5}), ("replay", {"ids": [1]})):
+        resp = client.post(f"/api/webhooks/{sub_id}/{action}", json=body, headers=api_headers)
+        assert resp.status_code == 400 and resp.get_json()["field"] == next(iter(body)), action
+
+
+def test_unknown_paths_and_methods_under_api_answer_json(client: Any, api_headers: dict[str, str]) -> None:
+    missing = client.get("/api/nothing-here", headers=api_headers)
+    assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"
+    wrong = client.put("/api/webhooks", headers=api_headers)
+    assert wrong.status_code == 405 and wrong.get_json()["error"] == "method_not_allowed"
+    assert "POST" in wrong.headers["Allow"]
+    nul = client.get("/api/changes?after=1%00", headers=api_headers)
+    assert nul.status_code == 400 and nul.get_json()["error"] == "bad_request"
+    assert client.get("/no-such-page").mimetype == "text/html"  # outside /api, pages stay pages
+
+
+def test_a_nul_in_any_body_string_is_refused_and_stores_nothing(client: Any, api_headers: dict[str, str],
+                                                                runtime: Runtime, receiver: Receiver) -> None:
+    for body in ({"calendars": ["team\x00"]}, {"verify_token": "t\x00"}, {"url": receiver.url + "?x=\x00"}):
+        resp = create(client, api_headers, **{"url": receiver.url, "events": ["*"], **body})
+        assert resp.status_code == 400, (body, resp.get_json())
+    with runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(WebhookSubscription)) == 0
+
+
+def test_an_empty_state_filter_is_refused_like_any_unknown_state(client: Any, api_headers: dict[str, str],
+                                                                 receiver: Receiver) -> None:
+    sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
+    resp = client.get(f"/api/webhooks/{sub_id}/deliveries?state=", headers=api_headers)
+    assert resp.status_code == 400 and resp.get_json()["field"] == "state"
