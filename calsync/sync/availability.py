@@ -1,0 +1,204 @@
+"""Expanded occurrences and free/busy answered from the mirror, with no Google call.
+
+Each calendar's rows are parsed once into a `CalendarMirror` and kept while the calendar's
+version is unchanged. After the baseline every write to the mirror comes with a Change row, so
+the version is the calendar's newest change seq plus the sync fields a full listing moves; a
+calendar still in its baseline is read afresh each time. The version and the rows are read in
+one transaction (a snapshot on both engines), so an answer never mixes two states of the mirror.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from calsync.clock import rfc3339
+from calsync.store.db import is_postgres
+from calsync.store.models import Calendar, Change, Event
+from calsync.sync.occurrences import CalendarMirror, Occurrence, render, zone_of
+
+SINGLE_EVENTS_DEFAULT_PAGE = 1000
+SINGLE_EVENTS_MAX_PAGE = 2500
+FREEBUSY_MAX_CALENDARS = 50
+NOT_SYNCED = "notSynced"
+NOT_FOUND = "notFound"
+
+_Version = tuple[int | None, int, datetime | None, str | None]
+
+
+class MirrorCache:
+    """Parsed calendars by row id, each with the version it was parsed at (least recently used out)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._entries: OrderedDict[int, tuple[_Version, CalendarMirror]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def mirrors(self, session: Session, calendars: Sequence[Calendar]) -> dict[int, CalendarMirror]:
+        """The parsed mirror of each calendar as of this session's snapshot."""
+        if not calendars:
+            return {}
+        ids = [c.id for c in calendars]
+        newest: dict[int, int | None] = {cal_id: seq for cal_id, seq in session.execute(
+            select(Change.calendar_id, func.max(Change.seq)).where(Change.calendar_id.in_(ids))
+            .group_by(Change.calendar_id))}
+        out: dict[int, CalendarMirror] = {}
+        for cal in calendars:
+            version: _Version = (newest.get(cal.id), cal.full_sync_gen, cal.last_synced_at, cal.time_zone)
+            with self._lock:
+                hit = self._entries.get(cal.id)
+                if hit is not None and hit[0] == version and cal.baseline_done:
+                    self._entries.move_to_end(cal.id)
+                    out[cal.id] = hit[1]
+                    continue
+            rows = session.scalars(select(Event.data).where(Event.calendar_id == cal.id)).all()
+            mirror = CalendarMirror(rows, cal.time_zone)
+            out[cal.id] = mirror
+            if cal.baseline_done:
+                with self._lock:
+                    self._entries[cal.id] = (version, mirror)
+                    self._entries.move_to_end(cal.id)
+                    while len(self._entries) > self.size:
+                        self._entries.popitem(last=False)
+        return out
+
+
+MIRRORS = MirrorCache()
+
+
+def snapshot(session: Session) -> None:
+    """Make the rest of this read transaction one snapshot (PostgreSQL reads per statement otherwise)."""
+    if is_postgres(session):
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def as_of_seq(session: Session) -> int:
+    """The newest change seq this snapshot holds (0 before the first change)."""
+    return int(session.scalar(select(func.max(Change.seq))) or 0)
+
+
+# --- events.list?singleEvents=true ------------------------------------------------------------------
+def single_events_page(session: Session, calendar: Calendar, low: datetime, high: datetime, *,
+                       page_token: str | None, page_size: int = SINGLE_EVENTS_DEFAULT_PAGE,
+                       cache: MirrorCache = MIRRORS) -> dict[str, Any]:
+    """One page of the calendar's occurrences in [low, high), ordered by start then id.
+
+    The page token names the last item's (start, id), so an edit between pages neither repeats
+    nor skips an item that did not move. ValueError for a token calsync did not hand out.
+    """
+    after = decode_occurrence_token(page_token) if page_token else None
+    mirror = cache.mirrors(session, [calendar])[calendar.id]
+    found = mirror.occurrences(low, high)
+    if after is not None:
+        found = [o for o in found if (o.start, o.id) > after]
+    page, more = found[:page_size], len(found) > page_size
+    return {"items": [o.item() for o in page],
+            "nextPageToken": encode_occurrence_token(page[-1]) if more else None}
+
+
+def encode_occurrence_token(last: Occurrence) -> str:
+    text = f"o:{last.start.strftime('%Y%m%dT%H%M%S.%fZ')}:{last.id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_occurrence_token(token: str) -> tuple[datetime, str]:
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        prefix, stamp, event_id = text.split(":", 2)
+        if prefix != "o" or not event_id:
+            raise ValueError(text)
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC), event_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as err:
+        raise ValueError("malformed pageToken") from err
+
+
+# --- freebusy.query -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CalendarBusy:
+    calendar_id: str
+    busy: list[tuple[datetime, datetime]]
+    errors: list[dict[str, str]]
+    sync_state: str | None
+    last_synced_at: datetime | None
+
+    def to_dict(self, zone: tzinfo) -> dict[str, Any]:
+        out: dict[str, Any] = {"busy": [{"start": render(s.astimezone(zone)), "end": render(e.astimezone(zone))}
+                                        for s, e in self.busy]}
+        if self.errors:
+            out["errors"] = self.errors
+        out["sync_state"] = self.sync_state
+        out["last_synced_at"] = rfc3339(self.last_synced_at)
+        return out
+
+
+def busy_intervals(occurrences: Sequence[Occurrence], low: datetime, high: datetime) -> list[tuple[datetime, datetime]]:
+    """The busy occurrences clipped to [low, high) and merged where they overlap or touch."""
+    spans = sorted((max(o.start, low), min(o.end, high)) for o in occurrences if o.is_busy())
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in spans:
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def freebusy(session: Session, calendar_ids: Sequence[str], low: datetime, high: datetime, *,
+             cache: MirrorCache = MIRRORS) -> tuple[int, list[CalendarBusy]]:
+    """Busy blocks per calendar id, and the change seq they reflect, from one snapshot.
+
+    A Google id mirrored under several accounts is answered from the most recently synced copy.
+    An unknown or removed calendar gets `notFound`; one whose first full sync has not finished
+    gets `notSynced`: never an empty list that would read as "free".
+    """
+    snapshot(session)
+    seq = as_of_seq(session)
+    rows = session.scalars(
+        select(Calendar).where(Calendar.google_id.in_(set(calendar_ids)), Calendar.removed_at.is_(None))
+        .order_by(Calendar.id)).all()
+    chosen: dict[str, Calendar] = {}
+    for cal in rows:
+        best = chosen.get(cal.google_id)
+        if best is None or _fresher(cal, best):
+            chosen[cal.google_id] = cal
+    synced = [cal for cal in chosen.values() if cal.baseline_done]
+    mirrors = cache.mirrors(session, synced)
+    answers: list[CalendarBusy] = []
+    for google_id in calendar_ids:
+        found = chosen.get(google_id)
+        if found is None:
+            answers.append(CalendarBusy(google_id, [], [{"domain": "global", "reason": NOT_FOUND}], None, None))
+        elif not found.baseline_done:
+            answers.append(CalendarBusy(google_id, [], [{"domain": "calsync", "reason": NOT_SYNCED}],
+                                        found.sync_state, found.last_synced_at))
+        else:
+            busy = busy_intervals(mirrors[found.id].occurrences(low, high), low, high)
+            answers.append(CalendarBusy(google_id, busy, [], found.sync_state, found.last_synced_at))
+    return seq, answers
+
+
+def freebusy_body(seq: int, answers: Sequence[CalendarBusy], low: datetime, high: datetime,
+                  time_zone: str | None) -> dict[str, Any]:
+    """The answer in the shape of Google's freebusy.query, with calsync's staleness fields."""
+    zone = zone_of(time_zone)
+    return {"kind": "calendar#freeBusy", "timeMin": rfc3339(low), "timeMax": rfc3339(high),
+            "calendars": {a.calendar_id: a.to_dict(zone) for a in answers}, "as_of_seq": seq}
+
+
+def _fresher(cal: Calendar, than: Calendar) -> bool:
+    if cal.baseline_done != than.baseline_done:
+        return cal.baseline_done
+    epoch = datetime.min.replace(tzinfo=UTC)
+    return (cal.last_synced_at or epoch) > (than.last_synced_at or epoch)
