@@ -1,4 +1,4 @@
-"""The operator's dashboard: overview, changes feed, notification inspector, webhooks.
+"""The operator's dashboard: overview, a calendar's coming week, changes feed, notification inspector, webhooks.
 
 Server-rendered from the tables directly; a small script refreshes the feeds through the fragment
 endpoints below, which use the operator's session (never the API token). Operators only: end users
@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
 from calsync.store.db import transaction
+from calsync.sync import availability, timeline
 from calsync.humanize import ago, expires_in, field_diffs, event_title, event_when, utc_label
 from calsync.store.models import (
     Account,
@@ -72,6 +73,21 @@ def overview() -> Any:
         stats = _stats(session, now)
     reauth = [b.account for b in blocks if b.account.status == "reauth_required"]
     return render_template("dashboard/overview.html", blocks=blocks, stats=stats, reauth=reauth, now=now)
+
+
+@bp.get("/calendars/<int:calendar_id>")
+@require_admin
+def calendar(calendar_id: int) -> Any:
+    """The coming week's occurrences of one calendar, day by day, from the mirror."""
+    now = runtime().clock.now()
+    with runtime().sessions() as session:
+        availability.snapshot(session)
+        cal = session.get(Calendar, calendar_id)
+        if cal is None or cal.removed_at is not None:
+            abort(404)
+        days = timeline.coming_week(session, cal, now)
+        account = cal.account.email
+    return render_template("dashboard/calendar.html", calendar=cal, account=account, days=days, now=now)
 
 
 @bp.get("/changes")
