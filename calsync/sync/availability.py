@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from calsync.clock import rfc3339
 from calsync.store.db import is_postgres
 from calsync.store.models import Calendar, Change, Event
-from calsync.sync.occurrences import CalendarMirror, Occurrence, render, zone_of
+from calsync.sync.occurrences import CalendarMirror, Occurrence, merge, render, zone_of
 
 SINGLE_EVENTS_DEFAULT_PAGE = 1000
 SINGLE_EVENTS_MAX_PAGE = 2500
@@ -36,7 +36,12 @@ _Version = tuple[int | None, int, datetime | None, str | None]
 
 
 class MirrorCache:
-    """Parsed calendars by row id, each with the version it was parsed at (least recently used out)."""
+    """Parsed calendars by row id, each with the version it was parsed at (least recently used out).
+
+    A calendar whose version moved is refreshed, not parsed again: the rows whose `updated`
+    differs from the parsed one (or that are new) are read and parsed, rows gone are dropped,
+    and every other event, with its series' expansion, is kept.
+    """
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
@@ -56,20 +61,41 @@ class MirrorCache:
             version: _Version = (newest.get(cal.id), cal.full_sync_gen, cal.last_synced_at, cal.time_zone)
             with self._lock:
                 hit = self._entries.get(cal.id)
-                if hit is not None and hit[0] == version and cal.baseline_done:
-                    self._entries.move_to_end(cal.id)
-                    out[cal.id] = hit[1]
-                    continue
-            rows = session.scalars(select(Event.data).where(Event.calendar_id == cal.id)).all()
-            mirror = CalendarMirror(rows, cal.time_zone)
+            if hit is not None and hit[0] == version and cal.baseline_done:
+                mirror = hit[1]
+            elif hit is not None and hit[1].time_zone == cal.time_zone:
+                mirror = _refresh(session, cal.id, hit[1])
+            else:
+                rows = session.scalars(select(Event.data).where(Event.calendar_id == cal.id)).all()
+                mirror = CalendarMirror(rows, cal.time_zone)
             out[cal.id] = mirror
-            if cal.baseline_done:
-                with self._lock:
+            with self._lock:
+                if cal.baseline_done:
                     self._entries[cal.id] = (version, mirror)
                     self._entries.move_to_end(cal.id)
                     while len(self._entries) > self.size:
                         self._entries.popitem(last=False)
+                else:
+                    self._entries.pop(cal.id, None)
         return out
+
+
+def _refresh(session: Session, calendar_id: int, mirror: CalendarMirror) -> CalendarMirror:
+    """`mirror` brought up to this snapshot by reading only the rows that differ from it."""
+    known = mirror.versions()
+    current: dict[str, str | None] = {event_id: updated for event_id, updated in session.execute(
+        select(Event.google_id, Event.updated).where(Event.calendar_id == calendar_id))}
+    stale = [event_id for event_id, updated in current.items()
+             if event_id not in known or known[event_id] != updated or updated is None]
+    removed = [event_id for event_id in known if event_id not in current]
+    changed: list[dict[str, Any]] = []
+    for start in range(0, len(stale), _CHUNK):
+        changed += session.scalars(select(Event.data).where(
+            Event.calendar_id == calendar_id, Event.google_id.in_(stale[start:start + _CHUNK]))).all()
+    return mirror.refreshed(changed, removed)
+
+
+_CHUNK = 500
 
 
 MIRRORS = MirrorCache()
@@ -140,19 +166,10 @@ class CalendarBusy:
         return out
 
 
-def busy_intervals(occurrences: Sequence[Occurrence], low: datetime, high: datetime) -> list[tuple[datetime, datetime]]:
-    """The busy occurrences clipped to [low, high) and merged where they overlap or touch."""
-    spans = sorted((max(o.start, low), min(o.end, high)) for o in occurrences if o.is_busy())
-    merged: list[tuple[datetime, datetime]] = []
-    for start, end in spans:
-        if end <= start:
-            continue
-        if merged and start <= merged[-1][1]:
-            if end > merged[-1][1]:
-                merged[-1] = (merged[-1][0], end)
-        else:
-            merged.append((start, end))
-    return merged
+def busy_intervals(spans: Sequence[tuple[datetime, datetime]], low: datetime,
+                   high: datetime) -> list[tuple[datetime, datetime]]:
+    """Busy spans clipped to [low, high) and merged where they overlap or touch."""
+    return merge((max(start, low), min(end, high)) for start, end in spans)
 
 
 def freebusy(session: Session, calendar_ids: Sequence[str], low: datetime, high: datetime, *,
@@ -184,7 +201,7 @@ def freebusy(session: Session, calendar_ids: Sequence[str], low: datetime, high:
             answers.append(CalendarBusy(google_id, [], [{"domain": "calsync", "reason": NOT_SYNCED}],
                                         found.sync_state, found.last_synced_at))
         else:
-            busy = busy_intervals(mirrors[found.id].occurrences(low, high), low, high)
+            busy = mirrors[found.id].busy_blocks(low, high)
             answers.append(CalendarBusy(google_id, busy, [], found.sync_state, found.last_synced_at))
     return seq, answers
 

@@ -15,9 +15,8 @@ import bisect
 import re
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil import rrule
@@ -69,8 +68,17 @@ def midnight(day: date, zone: tzinfo) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
 
 
-@dataclass(frozen=True)
-class Occurrence:
+def is_busy(data: dict[str, Any]) -> bool:
+    """Busy unless shown as available, cancelled, or declined by the calendar's own attendee entry."""
+    if data.get("transparency") == "transparent" or data.get("status") == "cancelled":
+        return False
+    for attendee in data.get("attendees") or ():
+        if isinstance(attendee, dict) and attendee.get("self") and attendee.get("responseStatus") == "declined":
+            return False
+    return True
+
+
+class Occurrence(NamedTuple):
     """One item of the expanded listing: its instants, and how to build its JSON."""
 
     start: datetime  # aware UTC; an all-day start is midnight in the calendar's zone
@@ -78,6 +86,7 @@ class Occurrence:
     id: str
     all_day: bool
     source: dict[str, Any]  # the event itself, or for a generated occurrence its series
+    busy: bool
     series: _Series | None = None
     original: datetime | date | None = None  # generated: the local start (aware) or the date
 
@@ -87,72 +96,77 @@ class Occurrence:
             return self.source
         return self.series.instance(self.original)
 
-    def is_busy(self) -> bool:
-        """Busy unless shown as available, cancelled, or declined by the calendar's own attendee entry."""
-        data = self.source
-        if data.get("transparency") == "transparent" or data.get("status") == "cancelled":
-            return False
-        for attendee in data.get("attendees") or ():
-            if isinstance(attendee, dict) and attendee.get("self") and attendee.get("responseStatus") == "declined":
-                return False
-        return True
-
 
 class _Series:
-    """A recurring event and the occurrence starts generated so far (extended on demand)."""
+    """A recurring event and the occurrences generated so far (extended on demand, never shrunk).
+
+    Each generated occurrence is kept with its instants and id, so a question about any window
+    already covered is two bisections and a slice.
+    """
 
     def __init__(self, data: dict[str, Any], cal_zone: tzinfo) -> None:
         self.data = data
         self.id = str(data["id"])
         self.cal_zone = cal_zone
+        self.busy = is_busy(data)
         start, end = data["start"], data.get("end") or data["start"]
         self.all_day = not start.get("dateTime")
         if self.all_day:
             first = date.fromisoformat(start["date"])
             self.days = date.fromisoformat(end.get("date") or start["date"]) - first
-            dtstart = datetime(first.year, first.month, first.day)
+            self._dtstart = datetime(first.year, first.month, first.day)
             self.zone: tzinfo = cal_zone
             self.zone_name = None
             self.end_zone_name = None
             self.duration = timedelta(0)
+            self.longest = self.days + timedelta(days=1)
         else:
             self.zone_name = start.get("timeZone")
             self.end_zone_name = end.get("timeZone") or self.zone_name
             begin = _parse_datetime(start["dateTime"], self.zone_name)
             self.zone = zone_of(self.zone_name) if self.zone_name else (begin.tzinfo or UTC)
-            dtstart = begin.astimezone(self.zone).replace(tzinfo=None)
+            self._dtstart = begin.astimezone(self.zone).replace(tzinfo=None)
             finish = _parse_datetime(end["dateTime"], end.get("timeZone") or self.zone_name)
-            self.duration = finish.astimezone(self.zone).replace(tzinfo=None) - dtstart
+            self.duration = finish.astimezone(self.zone).replace(tzinfo=None) - self._dtstart
             self.days = timedelta(0)
-        self._generator = _rule_set(data.get("recurrence") or [], dtstart, self.all_day, self.zone)
-        self._walls: list[datetime] = []  # generated naive wall times (midnights for all-day)
-        self._keys: list[datetime] = []  # their start instants, UTC
+            self.longest = self.duration
+        self._generator: Iterator[datetime] | None = None
+        self._starts: list[datetime] = []  # UTC instants, in generation (= start) order
+        self._ends: list[datetime] = []
+        self._originals: list[datetime | date] = []  # the aware local start, or the date
+        self._horizon: datetime | None = None  # start of the last occurrence generated
         self._exhausted = False
         self._lock = threading.Lock()
 
-    def between(self, low: datetime, high: datetime, hidden: set[datetime | date]) -> Iterator[Occurrence]:
+    def between(self, low: datetime, high: datetime, hidden: set[datetime | date]) -> list[Occurrence]:
         """Generated occurrences overlapping [low, high), except the originals in `hidden`."""
-        with self._lock:
-            self._extend(high + _SLACK)
-            keys, walls = self._keys, self._walls
-            first = bisect.bisect_left(keys, low - self._longest() - _SLACK)
-            last = bisect.bisect_left(keys, high + _SLACK)
-            chosen = walls[first:last]
-        for wall in chosen:
-            original: datetime | date
-            if self.all_day:
-                original = wall.date()
-                start = midnight(original, self.cal_zone)
-                end = midnight(original + self.days, self.cal_zone)
-            else:
-                original = _place(wall, self.zone)
-                start = original.astimezone(UTC)
-                end = _place(original.replace(tzinfo=None) + self.duration, self.zone).astimezone(UTC)
+        first, last = self._slice(low, high)
+        out = []
+        for i in range(first, last):
+            start, end = self._starts[i], self._ends[i]
             if start >= high or end <= low:
                 continue
-            if (original if self.all_day else start) in hidden:
+            original = self._originals[i]
+            if hidden and (original if self.all_day else start) in hidden:
                 continue
-            yield Occurrence(start, end, instance_id(self.id, original), self.all_day, self.data, self, original)
+            out.append(Occurrence(start, end, instance_id(self.id, original), self.all_day, self.data, self.busy,
+                                  self, original))
+        return out
+
+    def busy_spans(self, low: datetime, high: datetime, hidden: set[datetime | date],
+                   out: list[tuple[datetime, datetime]]) -> None:
+        """Append the busy generated occurrences overlapping [low, high) to `out`."""
+        if not self.busy:
+            return
+        first, last = self._slice(low, high)
+        starts, ends = self._starts, self._ends
+        for i in range(first, last):
+            start, end = starts[i], ends[i]
+            if start >= high or end <= low:
+                continue
+            if hidden and (self._originals[i] if self.all_day else start) in hidden:
+                continue
+            out.append((start, end))
 
     def instance(self, original: datetime | date) -> dict[str, Any]:
         """The JSON of the unmodified occurrence at `original`: the series' fields, its own times."""
@@ -170,84 +184,194 @@ class _Series:
         data["recurringEventId"] = self.id
         return data
 
-    def _longest(self) -> timedelta:
-        return self.days if self.all_day else self.duration
+    def _slice(self, low: datetime, high: datetime) -> tuple[int, int]:
+        with self._lock:
+            self._extend(high + _SLACK)
+            starts = self._starts
+            return (bisect.bisect_left(starts, low - self.longest - _SLACK),
+                    bisect.bisect_left(starts, high + _SLACK))
 
     def _extend(self, until: datetime) -> None:
-        while not self._exhausted and (not self._keys or self._keys[-1] < until):
-            if len(self._keys) >= MAX_REMEMBERED:
-                self._exhausted = True
+        if self._generator is None and not self._exhausted:
+            self._generator = _rule_set(self.data.get("recurrence") or [], self._dtstart, self.all_day, self.zone)
+        while not self._exhausted and (self._horizon is None or self._horizon < until):
+            wall = next(self._generator, None) if self._generator is not None else None
+            if wall is None or len(self._starts) >= MAX_REMEMBERED:
+                self._exhausted, self._generator = True, None
                 break
-            wall = next(self._generator, None)
-            if wall is None:
-                self._exhausted = True
-                break
-            self._walls.append(wall)
-            key = midnight(wall.date(), self.cal_zone) if self.all_day else _place(wall, self.zone).astimezone(UTC)
-            self._keys.append(key)
+            original: datetime | date
+            if self.all_day:
+                original = wall.date()
+                start = midnight(original, self.cal_zone)
+                end = midnight(original + self.days, self.cal_zone)
+            else:
+                original = _place(wall, self.zone)
+                start = original.astimezone(UTC)
+                end = _place(original.replace(tzinfo=None) + self.duration, self.zone).astimezone(UTC)
+            self._starts.append(start)
+            self._ends.append(end)
+            self._originals.append(original)
+            self._horizon = start
+
+
+class _Entry(NamedTuple):
+    """One mirrored row, parsed: a series, a placed single event or exception, or only a hidden slot."""
+
+    updated: str | None
+    series: _Series | None
+    single: Occurrence | None
+    parent: str | None  # the series an exception belongs to
+    original: datetime | date | None  # the slot an exception takes from its series
 
 
 class CalendarMirror:
-    """One calendar's mirrored events, parsed once, asked for occurrences in any window."""
+    """One calendar's mirrored events, parsed, asked for occurrences in any window.
 
-    def __init__(self, rows: Iterable[dict[str, Any]], time_zone: str | None) -> None:
+    Immutable once built: `refreshed` makes a new one that shares every unchanged parsed event
+    (and so each unchanged series' expansion) with this one.
+    """
+
+    def __init__(self, rows: Iterable[dict[str, Any]], time_zone: str | None,
+                 _entries: dict[str, _Entry] | None = None) -> None:
+        self.time_zone = time_zone
         self.zone = zone_of(time_zone)
-        self.series: list[_Series] = []
-        self._hidden: dict[str, set[datetime | date]] = {}
-        singles: list[Occurrence] = []
+        entries = _entries if _entries is not None else {}
         for data in rows:
-            status = data.get("status")
-            parent = data.get("recurringEventId")
-            if parent:
-                original = self._original_key(data)
-                if original is not None:
-                    self._hidden.setdefault(str(parent), set()).add(original)
-                if status == "cancelled":
-                    continue
-            elif status == "cancelled":
-                continue  # a deleted event
-            try:
-                if data.get("recurrence") and not parent:
-                    self.series.append(_Series(data, self.zone))
-                    continue
-                singles.append(self._single(data))
-            except (KeyError, TypeError, ValueError):
-                continue  # a shape Google does not send; it cannot be placed in time
-        singles.sort(key=lambda o: o.start)
+            entry = _parse_entry(data, self.zone)
+            if entry is not None:
+                entries[str(data["id"])] = entry
+        self._entries = entries
+        self.series = [e.series for e in entries.values() if e.series is not None]
+        self._hidden: dict[str, set[datetime | date]] = {}
+        for e in entries.values():
+            if e.parent is not None and e.original is not None:
+                self._hidden.setdefault(e.parent, set()).add(e.original)
+        singles = sorted((e.single for e in entries.values() if e.single is not None), key=lambda o: o.start)
         self._singles = singles
         self._single_starts = [o.start for o in singles]
         self._longest_single = max((o.end - o.start for o in singles), default=timedelta(0))
+        self._lock = threading.Lock()
+        self._span: tuple[datetime, datetime] | None = None
+        self._blocks: list[tuple[datetime, datetime]] = []
+        self._block_ends: list[datetime] = []
+
+    def versions(self) -> dict[str, str | None]:
+        """Each parsed row's `updated`, by event id (what a refresh compares)."""
+        return {event_id: e.updated for event_id, e in self._entries.items()}
+
+    def refreshed(self, changed: Iterable[dict[str, Any]], removed: Iterable[str]) -> CalendarMirror:
+        """A new mirror with these rows replaced or added and these ids gone."""
+        entries = dict(self._entries)
+        for event_id in removed:
+            entries.pop(event_id, None)
+        changed = list(changed)
+        for data in changed:
+            entries.pop(str(data["id"]), None)
+        return CalendarMirror(changed, self.time_zone, entries)
 
     def occurrences(self, low: datetime, high: datetime) -> list[Occurrence]:
         """Every occurrence overlapping [low, high) (end > low and start < high), by start then id."""
-        found: list[Occurrence] = []
-        first = bisect.bisect_left(self._single_starts, low - self._longest_single)
-        last = bisect.bisect_left(self._single_starts, high)
-        found.extend(o for o in self._singles[first:last] if o.end > low)
+        found: list[Occurrence] = [o for o in self._singles_near(low, high) if o.end > low]
         for series in self.series:
-            found.extend(series.between(low, high, self._hidden.get(series.id, set())))
+            found.extend(series.between(low, high, self._hidden.get(series.id, _NOTHING)))
         found.sort(key=lambda o: (o.start, o.id))
         return found
 
-    def _single(self, data: dict[str, Any]) -> Occurrence:
-        start, end = data["start"], data.get("end") or data["start"]
-        if start.get("dateTime"):
-            begin = _parse_datetime(start["dateTime"], start.get("timeZone"), self.zone)
-            finish = _parse_datetime(end["dateTime"], end.get("timeZone"), self.zone)
-            return Occurrence(begin.astimezone(UTC), finish.astimezone(UTC), str(data["id"]), False, data)
-        first, after = date.fromisoformat(start["date"]), date.fromisoformat(end.get("date") or start["date"])
-        return Occurrence(midnight(first, self.zone), midnight(after, self.zone), str(data["id"]), True, data)
+    def busy(self, low: datetime, high: datetime) -> list[tuple[datetime, datetime]]:
+        """The (start, end) of every busy occurrence overlapping [low, high), unordered, unclipped."""
+        spans = [(o.start, o.end) for o in self._singles_near(low, high) if o.busy and o.end > low]
+        for series in self.series:
+            series.busy_spans(low, high, self._hidden.get(series.id, _NOTHING), spans)
+        return spans
 
-    def _original_key(self, data: dict[str, Any]) -> datetime | date | None:
-        original = data.get("originalStartTime") or {}
-        try:
-            if original.get("dateTime"):
-                return _parse_datetime(original["dateTime"], original.get("timeZone"), self.zone).astimezone(UTC)
-            if original.get("date"):
-                return date.fromisoformat(original["date"])
-        except (TypeError, ValueError):
+    def busy_blocks(self, low: datetime, high: datetime) -> list[tuple[datetime, datetime]]:
+        """The busy time in [low, high): merged blocks (overlapping or touching), clipped, in order.
+
+        Answered from blocks merged once over a span around the windows asked so far, so a
+        question inside that span costs a bisection, whatever the number of series.
+        """
+        with self._lock:
+            if self._span is None or low < self._span[0] or high > self._span[1]:
+                span_low, span_high = low - _MERGE_MARGIN, high + _MERGE_MARGIN
+                if self._span is not None and max(high, self._span[1]) - min(low, self._span[0]) <= _MERGE_MAX:
+                    span_low, span_high = min(span_low, self._span[0]), max(span_high, self._span[1])
+                self._blocks = merge(self.busy(span_low, span_high))
+                self._block_ends = [end for _, end in self._blocks]
+                self._span = (span_low, span_high)
+            blocks, ends = self._blocks, self._block_ends
+        out = []
+        for i in range(bisect.bisect_right(ends, low), len(blocks)):
+            start, end = blocks[i]
+            if start >= high:
+                break
+            out.append((max(start, low), min(end, high)))
+        return out
+
+    def _singles_near(self, low: datetime, high: datetime) -> list[Occurrence]:
+        first = bisect.bisect_left(self._single_starts, low - self._longest_single)
+        last = bisect.bisect_left(self._single_starts, high)
+        return self._singles[first:last]
+
+
+_NOTHING: set[datetime | date] = set()
+# Busy blocks are merged over the windows asked, widened by a margin, up to a bounded span.
+_MERGE_MARGIN = timedelta(days=45)
+_MERGE_MAX = timedelta(days=3 * 366)
+
+
+def merge(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """Spans merged where they overlap or touch, in order; empty spans dropped."""
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(spans):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _parse_entry(data: dict[str, Any], zone: tzinfo) -> _Entry | None:
+    """A row as the listing sees it; None for a deleted event or a shape Google does not send."""
+    status = data.get("status")
+    parent = data.get("recurringEventId")
+    updated = data.get("updated")
+    try:
+        if parent:
+            original = _original_key(data, zone)
+            single = None if status == "cancelled" else _single(data, zone)
+            return _Entry(updated, None, single, str(parent), original)
+        if status == "cancelled":
             return None
+        if data.get("recurrence"):
+            return _Entry(updated, _Series(data, zone), None, None, None)
+        return _Entry(updated, None, _single(data, zone), None, None)
+    except (KeyError, TypeError, ValueError):
         return None
+
+
+def _single(data: dict[str, Any], zone: tzinfo) -> Occurrence:
+    start, end = data["start"], data.get("end") or data["start"]
+    if start.get("dateTime"):
+        begin = _parse_datetime(start["dateTime"], start.get("timeZone"), zone)
+        finish = _parse_datetime(end["dateTime"], end.get("timeZone"), zone)
+        return Occurrence(begin.astimezone(UTC), finish.astimezone(UTC), str(data["id"]), False, data, is_busy(data))
+    first, after = date.fromisoformat(start["date"]), date.fromisoformat(end.get("date") or start["date"])
+    return Occurrence(midnight(first, zone), midnight(after, zone), str(data["id"]), True, data, is_busy(data))
+
+
+def _original_key(data: dict[str, Any], zone: tzinfo) -> datetime | date | None:
+    original = data.get("originalStartTime") or {}
+    try:
+        if original.get("dateTime"):
+            return _parse_datetime(original["dateTime"], original.get("timeZone"), zone).astimezone(UTC)
+        if original.get("date"):
+            return date.fromisoformat(original["date"])
+    except (TypeError, ValueError):
+        return None
+    return None
 
 
 def check_window(low: datetime, high: datetime) -> None:
@@ -283,7 +407,10 @@ def _when(moment: datetime, zone_name: str | None) -> dict[str, Any]:
 
 
 def _parse_datetime(text: str, zone_name: str | None, fallback: tzinfo = UTC) -> datetime:
-    value: datetime = isoparse(text)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = isoparse(text)
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone_of(zone_name) if zone_name else fallback)
     return value

@@ -63,7 +63,7 @@ def coming_week(session: Session, calendar: Calendar, now: datetime, days: int =
             label = "all day" if occ.all_day else f"{(first or begin.astimezone(zone)):%H:%M}–" \
                                                   f"{(last or end.astimezone(zone)):%H:%M}"
             slots.append(Slot(event_id=occ.id, summary=str(item.get("summary") or "(no title)"), all_day=occ.all_day,
-                              busy=occ.is_busy(), start_minute=_wall_minute(first, 0),
+                              busy=occ.busy, start_minute=_wall_minute(first, 0),
                               end_minute=_wall_minute(last, MINUTES_PER_DAY), label=label))
         slots.sort(key=lambda s: (not s.all_day, s.start_minute, s.event_id))
         out.append(Day(day, slots))

@@ -110,3 +110,33 @@ def test_window_checks_and_ids() -> None:
     with pytest.raises(ValueError, match="offset"):
         parse_instant("2026-01-01T00:00:00")
     assert instance_id("x", datetime(2026, 1, 1, 9, tzinfo=UTC)) == "x_20260101T090000Z"
+
+
+def test_a_refreshed_mirror_equals_one_parsed_afresh_and_keeps_unchanged_series() -> None:
+    weekly = _series(["RRULE:FREQ=WEEKLY"], "2026-01-05T09:00:00-05:00", "2026-01-05T10:00:00-05:00",
+                     updated="2026-01-01T00:00:00.000Z")
+    daily = dict(_series(["RRULE:FREQ=DAILY"], "2026-01-05T12:00:00-05:00", "2026-01-05T12:30:00-05:00"),
+                 id="s2", updated="2026-01-01T00:00:00.000Z")
+    lone = {"id": "one", "status": "confirmed", "updated": "2026-01-01T00:00:00.000Z",
+            "start": {"dateTime": "2026-01-06T15:00:00Z"}, "end": {"dateTime": "2026-01-06T16:00:00Z"}}
+    old = CalendarMirror([weekly, daily, lone], "UTC")
+    window = _window("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")
+    assert len(old.busy_blocks(*window)) == 4 + 27 + 1  # four Mondays, 27 days, one meeting
+    moved = {"id": "s2_20260107T170000Z", "status": "confirmed", "recurringEventId": "s2",
+             "updated": "2026-01-02T00:00:00.000Z",
+             "originalStartTime": {"dateTime": "2026-01-07T12:00:00-05:00", "timeZone": "America/New_York"},
+             "start": {"dateTime": "2026-01-07T09:30:00-05:00"}, "end": {"dateTime": "2026-01-07T10:30:00-05:00"}}
+    renamed = dict(weekly, summary="renamed", updated="2026-01-02T00:00:00.000Z")
+    new = old.refreshed([moved, renamed], ["one"])
+    fresh = CalendarMirror([renamed, daily, moved], "UTC")
+    assert [o.item() for o in new.occurrences(*window)] == [o.item() for o in fresh.occurrences(*window)]
+    assert new.busy_blocks(*window) == fresh.busy_blocks(*window)
+    blocks = new.busy_blocks(*window)
+    assert (datetime(2026, 1, 7, 14, 30, tzinfo=UTC), datetime(2026, 1, 7, 15, 30, tzinfo=UTC)) in blocks
+    assert (datetime(2026, 1, 7, 17, tzinfo=UTC), datetime(2026, 1, 7, 17, 30, tzinfo=UTC)) not in blocks
+    assert len(blocks) == 4 + 27
+    assert [s for s in new.series if s.id == "s2"][0] is [s for s in old.series if s.id == "s2"][0]
+    assert old.versions()["one"] and "one" not in new.versions()
+    # A window far from those asked before is answered as well (the merged span moves).
+    later = _window("2029-01-01T00:00:00Z", "2029-01-08T00:00:00Z")
+    assert new.busy_blocks(*later) == fresh.busy_blocks(*later) and len(new.busy_blocks(*later)) == 8
