@@ -15,7 +15,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import func, select
@@ -156,8 +157,8 @@ class CalendarBusy:
     sync_state: str | None
     last_synced_at: datetime | None
 
-    def to_dict(self, zone: tzinfo) -> dict[str, Any]:
-        out: dict[str, Any] = {"busy": [{"start": render(s.astimezone(zone)), "end": render(e.astimezone(zone))}
+    def to_dict(self, zone_name: str | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"busy": [{"start": _render(s, zone_name), "end": _render(e, zone_name)}
                                         for s, e in self.busy]}
         if self.errors:
             out["errors"] = self.errors
@@ -209,9 +210,14 @@ def freebusy(session: Session, calendar_ids: Sequence[str], low: datetime, high:
 def freebusy_body(seq: int, answers: Sequence[CalendarBusy], low: datetime, high: datetime,
                   time_zone: str | None) -> dict[str, Any]:
     """The answer in the shape of Google's freebusy.query, with calsync's staleness fields."""
-    zone = zone_of(time_zone)
     return {"kind": "calendar#freeBusy", "timeMin": rfc3339(low), "timeMax": rfc3339(high),
-            "calendars": {a.calendar_id: a.to_dict(zone) for a in answers}, "as_of_seq": seq}
+            "calendars": {a.calendar_id: a.to_dict(time_zone) for a in answers}, "as_of_seq": seq}
+
+
+@lru_cache(maxsize=1 << 16)
+def _render(moment: datetime, zone_name: str | None) -> str:
+    """A busy edge as text; the same blocks are asked for again and again, so each is rendered once."""
+    return render(moment.astimezone(zone_of(zone_name)))
 
 
 def _fresher(cal: Calendar, than: Calendar) -> bool:

@@ -109,10 +109,15 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, cal_ids: lis
             requests.post(base + "/api/freebusy", headers=auth, timeout=60, json=_body(week, items))
         http = requests.Session()
         http.headers.update(auth)
-        answers: dict[datetime, dict[str, Any]] = {}
-        all_ms = _timed(lambda week: answers.setdefault(week, _post(http, base, _body(week, items))), weeks)
-        one_ms = _timed(lambda week: _post(http, base, _body(week, items[:1])), weeks[: requests_n // 2])
+        # The load comes from a child process on one keep-alive connection (http.client), as in
+        # bench_receiver, so the emulator's threads in this process do not share its interpreter.
+        floor = _load(dep.port, [("GET", "/api/calendars", None)] * (requests_n // 2))
+        many = _load(dep.port, [("POST", "/api/freebusy", _body(week, items)) for week in weeks], keep=peer_n)
+        one = _load(dep.port, [("POST", "/api/freebusy", _body(week, items[:1])) for week in weeks[: requests_n // 2]])
+        all_ms, one_ms, floor_ms = many["ms"], one["ms"], floor["ms"]
+        answers = dict(zip(weeks, many["answers"], strict=False))
         report.note(f"[{kind}] first request after start (parses {len(cal_ids)} calendars): {cold_ms:.0f} ms")
+        report.figure(f"[{kind}] HTTP floor: GET /api/calendars p50", percentile(floor_ms, 50), "ms")
         # The peer: events.list?singleEvents=true per calendar from the emulator, busy merged client-side.
         api = EmulatorApi(emu, OWNER)
         peer_weeks = weeks[:peer_n]
@@ -132,6 +137,8 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, cal_ids: lis
         report.check(len(same) == len(peer_weeks),
                      f"[{kind}] free/busy == blocks from the emulator's expanded listing for {len(same)}/"
                      f"{len(peer_weeks)} weeks")
+        report.check(many["statuses"] == {"200": len(weeks)} and one["statuses"] == {"200": len(weeks) // 2},
+                     f"[{kind}] every free/busy request answered 200 ({many['statuses']}, {one['statuses']})")
         report.check(all(not a["calendars"][c].get("errors") for a in answers.values() for c in cal_ids),
                      f"[{kind}] no calendar answered with an error")
         # A year of calendar 0 over HTTP, every page.
@@ -239,10 +246,33 @@ def _body(week: datetime, items: list[dict[str, str]]) -> dict[str, Any]:
     return {"timeMin": week.isoformat(), "timeMax": (week + timedelta(days=7)).isoformat(), "items": items}
 
 
-def _post(http: requests.Session, base: str, body: dict[str, Any]) -> dict[str, Any]:
-    resp = http.post(base + "/api/freebusy", json=body, timeout=60)
-    resp.raise_for_status()
-    return resp.json()  # type: ignore[no-any-return]
+def _load(port: int, calls: list[tuple[str, str, Any]], keep: int = 0) -> dict[str, Any]:
+    """Send the calls one after another from a child process; latencies, statuses, the first `keep` answers."""
+    root = str(Path(__file__).resolve().parents[2])
+    code = (f"import json,sys; sys.path.insert(0, {root!r}); from tests.bench.bench_freebusy import load_child; "
+            "print(json.dumps(load_child(*json.loads(sys.stdin.read()))))")
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps([port, calls, keep]), capture_output=True,
+                         text=True, timeout=600, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def load_child(port: int, calls: list[list[Any]], keep: int) -> dict[str, Any]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
+    latencies, answers, statuses = [], [], {}  # type: ignore[var-annotated]
+    for i, (method, path, body) in enumerate(calls):
+        payload = None if body is None else json.dumps(body).encode()
+        started = time.perf_counter()
+        conn.request(method, path, body=payload, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+        latencies.append((time.perf_counter() - started) * 1000)
+        statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1
+        if i < keep:
+            answers.append(json.loads(data))
+    return {"ms": latencies, "answers": answers, "statuses": statuses}
 
 
 def _timed(call: Any, weeks: list[datetime]) -> list[float]:
