@@ -383,14 +383,14 @@ def check_window(low: datetime, high: datetime) -> None:
 
 
 def parse_instant(text: str) -> datetime:
-    """An RFC 3339 time with an offset, as an aware UTC datetime; ValueError otherwise."""
+    """An RFC 3339 time with an offset, as an aware UTC datetime in whole seconds; ValueError otherwise."""
     try:
         value: datetime = isoparse(text)
     except (ValueError, OverflowError) as err:
         raise ValueError(f"not an RFC 3339 time: {text!r}") from err
     if value.tzinfo is None:
         raise ValueError(f"an offset is required (e.g. Z or +01:00): {text!r}")
-    return value.astimezone(UTC)
+    return value.astimezone(UTC).replace(microsecond=0)  # Google ignores fractions of a second here
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -140,3 +140,11 @@ def test_a_refreshed_mirror_equals_one_parsed_afresh_and_keeps_unchanged_series(
     # A window far from those asked before is answered as well (the merged span moves).
     later = _window("2029-01-01T00:00:00Z", "2029-01-08T00:00:00Z")
     assert new.busy_blocks(*later) == fresh.busy_blocks(*later) and len(new.busy_blocks(*later)) == 8
+
+
+def test_fractions_of_a_second_in_a_window_are_ignored_as_google_does() -> None:
+    lone = {"id": "nine", "status": "confirmed", "start": {"dateTime": "2030-01-01T09:00:00Z"},
+            "end": {"dateTime": "2030-01-01T10:00:00Z"}}
+    mirror = CalendarMirror([lone], "UTC")
+    assert parse_instant("2030-01-01T09:00:00.500Z") == datetime(2030, 1, 1, 9, tzinfo=UTC)
+    assert mirror.occurrences(*_window("2030-01-01T08:00:00Z", "2030-01-01T09:00:00.500Z")) == []
