@@ -1,10 +1,12 @@
 """Expanded occurrences and free/busy answered from the mirror, with no Google call.
 
-Each calendar's rows are parsed once into a `CalendarMirror` and kept while the calendar's
-version is unchanged. After the baseline every write to the mirror comes with a Change row, so
-the version is the calendar's newest change seq plus the sync fields a full listing moves; a
-calendar still in its baseline is read afresh each time. The version and the rows are read in
-one transaction (a snapshot on both engines), so an answer never mixes two states of the mirror.
+Each calendar's rows are parsed into a `CalendarMirror` kept per process, with the calendar's
+version: its newest change seq, the `last_synced_at` that the last page of every sync run sets,
+its full-sync generation and its zone. A row written with a Change moves the seq at once; a row
+rewritten without one (only etag/updated moved) moves `last_synced_at` when its run ends. When
+the version moved, only the rows whose `updated` differs are read again. A calendar still in
+its baseline is read afresh each time. Version and rows are read in one transaction (a
+snapshot on both engines), so an answer never mixes two states of the mirror.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from sqlalchemy.orm import Session
 from calsync.clock import rfc3339
 from calsync.store.db import is_postgres
 from calsync.store.models import Calendar, Change, Event
-from calsync.sync.occurrences import CalendarMirror, Occurrence, merge, render, zone_of
+from calsync.sync.occurrences import CalendarMirror, Occurrence, render, zone_of
 
 SINGLE_EVENTS_DEFAULT_PAGE = 1000
 SINGLE_EVENTS_MAX_PAGE = 2500
@@ -165,12 +167,6 @@ class CalendarBusy:
         out["sync_state"] = self.sync_state
         out["last_synced_at"] = rfc3339(self.last_synced_at)
         return out
-
-
-def busy_intervals(spans: Sequence[tuple[datetime, datetime]], low: datetime,
-                   high: datetime) -> list[tuple[datetime, datetime]]:
-    """Busy spans clipped to [low, high) and merged where they overlap or touch."""
-    return merge((max(start, low), min(end, high)) for start, end in spans)
 
 
 def freebusy(session: Session, calendar_ids: Sequence[str], low: datetime, high: datetime, *,

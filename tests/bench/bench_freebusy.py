@@ -62,7 +62,7 @@ def main(args: Any) -> int:
     report = Report("bench_freebusy", args.json)
     calendars, per_calendar, series = (10, 2000, 200) if not args.quick else (4, 1000, 100)
     requests_n = 200 if args.quick else 1000
-    peer_n = 10 if args.quick else 30
+    peer_n = 6 if args.quick else 12
     emu = start_emulator()
     try:
         with workdir("freebusy") as work:
