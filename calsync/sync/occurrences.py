@@ -23,8 +23,9 @@ from dateutil import rrule
 from dateutil.parser import isoparse
 
 MAX_WINDOW = timedelta(days=366)
-# Occurrences remembered per series at most: a daily series over five centuries.
-MAX_REMEMBERED = 200_000
+# Occurrences remembered per series at most (a daily series over 130 years); windows beyond are
+# expanded afresh on each question instead of being kept.
+MAX_REMEMBERED = 50_000
 # Slack around a window when bisecting remembered starts: DST moves a wall-time end by hours.
 _SLACK = timedelta(days=2)
 _UNTIL = re.compile(r"(UNTIL=)([0-9]{8}(?:T[0-9]{6}Z?)?)", re.IGNORECASE)
@@ -136,17 +137,18 @@ class _Series:
         self._originals: list[datetime | date] = []  # the aware local start, or the date
         self._horizon: datetime | None = None  # start of the last occurrence generated
         self._exhausted = False
+        self._capped = False  # MAX_REMEMBERED reached: windows beyond are expanded afresh, not kept
         self._lock = threading.Lock()
 
     def between(self, low: datetime, high: datetime, hidden: set[datetime | date]) -> list[Occurrence]:
         """Generated occurrences overlapping [low, high), except the originals in `hidden`."""
-        first, last = self._slice(low, high)
+        starts, ends, originals, first, last = self._window(low, high)
         out = []
         for i in range(first, last):
-            start, end = self._starts[i], self._ends[i]
+            start, end = starts[i], ends[i]
             if start >= high or end <= low:
                 continue
-            original = self._originals[i]
+            original = originals[i]
             if hidden and (original if self.all_day else start) in hidden:
                 continue
             out.append(Occurrence(start, end, instance_id(self.id, original), self.all_day, self.data, self.busy,
@@ -158,13 +160,12 @@ class _Series:
         """Append the busy generated occurrences overlapping [low, high) to `out`."""
         if not self.busy:
             return
-        first, last = self._slice(low, high)
-        starts, ends = self._starts, self._ends
+        starts, ends, originals, first, last = self._window(low, high)
         for i in range(first, last):
             start, end = starts[i], ends[i]
             if start >= high or end <= low:
                 continue
-            if hidden and (self._originals[i] if self.all_day else start) in hidden:
+            if hidden and (originals[i] if self.all_day else start) in hidden:
                 continue
             out.append((start, end))
 
@@ -184,30 +185,49 @@ class _Series:
         data["recurringEventId"] = self.id
         return data
 
-    def _slice(self, low: datetime, high: datetime) -> tuple[int, int]:
+    def _window(self, low: datetime, high: datetime) -> tuple[list[datetime], list[datetime],
+                                                               list[datetime | date], int, int]:
+        """Arrays holding every occurrence that may overlap [low, high), and the index range to look at:
+        the remembered ones, or past the remembered limit a one-off expansion of the window."""
+        until = high + _SLACK
         with self._lock:
-            self._extend(high + _SLACK)
-            starts = self._starts
-            return (bisect.bisect_left(starts, low - self.longest - _SLACK),
-                    bisect.bisect_left(starts, high + _SLACK))
+            self._extend(until)
+            if not self._capped or (self._horizon is not None and self._horizon >= until):
+                starts = self._starts
+                return (starts, self._ends, self._originals, bisect.bisect_left(starts, low - self.longest - _SLACK),
+                        bisect.bisect_left(starts, until))
+        starts, ends, originals = [], [], []
+        for wall in _rule_set(self.data.get("recurrence") or [], self._dtstart, self.all_day, self.zone):
+            original, start, end = self._placed(wall)
+            if start >= until:
+                break
+            if end > low - _SLACK:
+                starts.append(start)
+                ends.append(end)
+                originals.append(original)
+        return starts, ends, originals, 0, len(starts)
+
+    def _placed(self, wall: datetime) -> tuple[datetime | date, datetime, datetime]:
+        """An occurrence's original (aware local start, or date) and its UTC start and end."""
+        if self.all_day:
+            day = wall.date()
+            return day, midnight(day, self.cal_zone), midnight(day + self.days, self.cal_zone)
+        original = _place(wall, self.zone)
+        end = _place(original.replace(tzinfo=None) + self.duration, self.zone)
+        return original, original.astimezone(UTC), end.astimezone(UTC)
 
     def _extend(self, until: datetime) -> None:
         if self._generator is None and not self._exhausted:
             self._generator = _rule_set(self.data.get("recurrence") or [], self._dtstart, self.all_day, self.zone)
-        while not self._exhausted and (self._horizon is None or self._horizon < until):
+        while not self._exhausted and not self._capped and (self._horizon is None or self._horizon < until):
+            if len(self._starts) >= MAX_REMEMBERED:
+                self._capped = True
+                break
             wall = next(self._generator, None) if self._generator is not None else None
-            if wall is None or len(self._starts) >= MAX_REMEMBERED:
+            if wall is None:
                 self._exhausted, self._generator = True, None
                 break
-            original: datetime | date
-            if self.all_day:
-                original = wall.date()
-                start = midnight(original, self.cal_zone)
-                end = midnight(original + self.days, self.cal_zone)
-            else:
-                original = _place(wall, self.zone)
-                start = original.astimezone(UTC)
-                end = _place(original.replace(tzinfo=None) + self.duration, self.zone).astimezone(UTC)
+            original, start, end = self._placed(wall)
             self._starts.append(start)
             self._ends.append(end)
             self._originals.append(original)

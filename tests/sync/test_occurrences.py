@@ -148,3 +148,16 @@ def test_fractions_of_a_second_in_a_window_are_ignored_as_google_does() -> None:
     mirror = CalendarMirror([lone], "UTC")
     assert parse_instant("2030-01-01T09:00:00.500Z") == datetime(2030, 1, 1, 9, tzinfo=UTC)
     assert mirror.occurrences(*_window("2030-01-01T08:00:00Z", "2030-01-01T09:00:00.500Z")) == []
+
+
+def test_past_the_remembered_limit_windows_are_expanded_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    from calsync.sync import occurrences
+
+    series = _series(["RRULE:FREQ=DAILY"], "2026-01-01T09:00:00-05:00", "2026-01-01T10:00:00-05:00")
+    window = _window("2026-03-01T00:00:00Z", "2026-03-08T00:00:00Z")
+    expected = [o.item() for o in CalendarMirror([series], "UTC").occurrences(*window)]
+    monkeypatch.setattr(occurrences, "MAX_REMEMBERED", 10)
+    capped = CalendarMirror([series], "UTC")
+    assert [o.item() for o in capped.occurrences(*window)] == expected and len(expected) == 7
+    assert capped.busy_blocks(*window) == [(o.start, o.end) for o in capped.occurrences(*window)]
+    assert len(capped.series[0]._starts) == 10  # the first ten kept, the rest not
