@@ -96,6 +96,7 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, cal_ids: lis
     web = dep.start(["web", "--port", str(dep.port)], f"web-{kind}")
     try:
         dep.wait_http()
+        rss_start = [proc_status_kb(pid) for pid in _children(web.pid)]
         base = f"http://127.0.0.1:{dep.port}"
         auth = {"Authorization": f"Bearer {API_TOKEN}"}
         rng = random.Random(7)
@@ -148,7 +149,8 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, cal_ids: lis
         report.figure(f"[{kind}] /api/events?singleEvents=true, calendar 0, one year ({count:,} items)",
                       (time.perf_counter() - listed) * 1000, "ms")
         rss = [proc_status_kb(pid) for pid in _children(web.pid)]
-        report.note(f"[{kind}] gunicorn worker RSS after the run: {', '.join(f'{k / 1024:.0f} MB' for k in rss)}")
+        report.figure(f"[{kind}] largest gunicorn worker RSS after the run (10 calendars parsed)", max(rss) / 1024,
+                      "MB", baseline=max(rss_start) / 1024, baseline_name="the same worker set at start")
     finally:
         web.stop()
         rt.close()
