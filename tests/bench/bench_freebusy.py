@@ -149,8 +149,8 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, cal_ids: lis
         report.figure(f"[{kind}] /api/events?singleEvents=true, calendar 0, one year ({count:,} items)",
                       (time.perf_counter() - listed) * 1000, "ms")
         rss = [proc_status_kb(pid) for pid in _children(web.pid)]
-        report.figure(f"[{kind}] largest gunicorn worker RSS after the run (10 calendars parsed)", max(rss) / 1024,
-                      "MB", baseline=max(rss_start) / 1024, baseline_name="the same worker set at start")
+        report.figure(f"[{kind}] largest gunicorn worker RSS after the run ({len(cal_ids)} calendars parsed)",
+                      max(rss) / 1024, "MB", baseline=max(rss_start) / 1024, baseline_name="the workers at start")
     finally:
         web.stop()
         rt.close()
