@@ -312,7 +312,7 @@ class CalendarMirror:
         """
         with self._lock:
             if self._span is None or low < self._span[0] or high > self._span[1]:
-                span_low, span_high = low - _MERGE_MARGIN, high + _MERGE_MARGIN
+                span_low, span_high = low - _MERGE_BEFORE, high + _MERGE_AFTER
                 if self._span is not None and max(high, self._span[1]) - min(low, self._span[0]) <= _MERGE_MAX:
                     span_low, span_high = min(span_low, self._span[0]), max(span_high, self._span[1])
                 self._blocks = merge(self.busy(span_low, span_high))
@@ -334,8 +334,10 @@ class CalendarMirror:
 
 
 _NOTHING: set[datetime | date] = set()
-# Busy blocks are merged over the windows asked, widened by a margin, up to a bounded span.
-_MERGE_MARGIN = timedelta(days=45)
+# Busy blocks are merged over the windows asked, widened (most of all into the future, where
+# questions go next) so that the merge is redone rarely, up to a bounded span.
+_MERGE_BEFORE = timedelta(days=90)
+_MERGE_AFTER = timedelta(days=366)
 _MERGE_MAX = timedelta(days=3 * 366)
 
 
