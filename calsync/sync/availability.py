@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
@@ -69,7 +69,7 @@ class MirrorCache:
             elif hit is not None and hit[1].time_zone == cal.time_zone:
                 mirror = _refresh(session, cal.id, hit[1])
             else:
-                rows = session.scalars(select(Event.data).where(Event.calendar_id == cal.id)).all()
+                rows = session.scalars(select(_DATA_TEXT).where(Event.calendar_id == cal.id)).all()
                 mirror = CalendarMirror(rows, cal.time_zone)
             out[cal.id] = mirror
             with self._lock:
@@ -91,14 +91,16 @@ def _refresh(session: Session, calendar_id: int, mirror: CalendarMirror) -> Cale
     stale = [event_id for event_id, updated in current.items()
              if event_id not in known or known[event_id] != updated or updated is None]
     removed = [event_id for event_id in known if event_id not in current]
-    changed: list[dict[str, Any]] = []
+    changed: list[str] = []
     for start in range(0, len(stale), _CHUNK):
-        changed += session.scalars(select(Event.data).where(
+        changed += session.scalars(select(_DATA_TEXT).where(
             Event.calendar_id == calendar_id, Event.google_id.in_(stale[start:start + _CHUNK]))).all()
     return mirror.refreshed(changed, removed)
 
 
 _CHUNK = 500
+# The rows' JSON as text (parsed by orjson, and kept as text for single events).
+_DATA_TEXT = cast(Event.data, Text)
 
 
 MIRRORS = MirrorCache()

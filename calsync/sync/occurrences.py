@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from dateutil import rrule
 from dateutil.parser import isoparse
 
@@ -86,7 +87,7 @@ class Occurrence(NamedTuple):
     end: datetime
     id: str
     all_day: bool
-    source: dict[str, Any]  # the event itself, or for a generated occurrence its series
+    source: dict[str, Any] | str  # the event (its JSON text when read so), or for a generated one its series
     busy: bool
     series: _Series | None = None
     original: datetime | date | None = None  # generated: the local start (aware) or the date
@@ -94,7 +95,7 @@ class Occurrence(NamedTuple):
     def item(self) -> dict[str, Any]:
         """The Event JSON Google lists for this occurrence."""
         if self.series is None or self.original is None:
-            return self.source
+            return orjson.loads(self.source) if isinstance(self.source, str) else self.source
         return self.series.instance(self.original)
 
 
@@ -251,13 +252,14 @@ class CalendarMirror:
     (and so each unchanged series' expansion) with this one.
     """
 
-    def __init__(self, rows: Iterable[dict[str, Any]], time_zone: str | None,
+    def __init__(self, rows: Iterable[dict[str, Any] | str], time_zone: str | None,
                  _entries: dict[str, _Entry] | None = None) -> None:
         self.time_zone = time_zone
         self.zone = zone_of(time_zone)
         entries = _entries if _entries is not None else {}
-        for data in rows:
-            entry = _parse_entry(data, self.zone)
+        for row in rows:
+            data = orjson.loads(row) if isinstance(row, str) else row
+            entry = _parse_entry(data, self.zone, row)
             if entry is not None:
                 entries[str(data["id"])] = entry
         self._entries = entries
@@ -273,20 +275,18 @@ class CalendarMirror:
         self._lock = threading.Lock()
         self._span: tuple[datetime, datetime] | None = None
         self._blocks: list[tuple[datetime, datetime]] = []
+        self._block_starts: list[datetime] = []
         self._block_ends: list[datetime] = []
 
     def versions(self) -> dict[str, str | None]:
         """Each parsed row's `updated`, by event id (what a refresh compares)."""
         return {event_id: e.updated for event_id, e in self._entries.items()}
 
-    def refreshed(self, changed: Iterable[dict[str, Any]], removed: Iterable[str]) -> CalendarMirror:
-        """A new mirror with these rows replaced or added and these ids gone."""
+    def refreshed(self, changed: Iterable[dict[str, Any] | str], removed: Iterable[str]) -> CalendarMirror:
+        """A new mirror with these rows (Event JSON, as dicts or text) replaced or added and these ids gone."""
         entries = dict(self._entries)
         for event_id in removed:
             entries.pop(event_id, None)
-        changed = list(changed)
-        for data in changed:
-            entries.pop(str(data["id"]), None)
         return CalendarMirror(changed, self.time_zone, entries)
 
     def occurrences(self, low: datetime, high: datetime) -> list[Occurrence]:
@@ -316,15 +316,16 @@ class CalendarMirror:
                 if self._span is not None and max(high, self._span[1]) - min(low, self._span[0]) <= _MERGE_MAX:
                     span_low, span_high = min(span_low, self._span[0]), max(span_high, self._span[1])
                 self._blocks = merge(self.busy(span_low, span_high))
+                self._block_starts = [start for start, _ in self._blocks]
                 self._block_ends = [end for _, end in self._blocks]
                 self._span = (span_low, span_high)
             blocks, ends = self._blocks, self._block_ends
-        out = []
-        for i in range(bisect.bisect_right(ends, low), len(blocks)):
-            start, end = blocks[i]
-            if start >= high:
-                break
-            out.append((max(start, low), min(end, high)))
+        first = bisect.bisect_right(ends, low)
+        last = bisect.bisect_left(self._block_starts, high, lo=first)
+        out = blocks[first:last]
+        if out:
+            out[0] = (max(out[0][0], low), out[0][1])
+            out[-1] = (out[-1][0], min(out[-1][1], high))
         return out
 
     def _singles_near(self, low: datetime, high: datetime) -> list[Occurrence]:
@@ -355,33 +356,37 @@ def merge(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, da
     return merged
 
 
-def _parse_entry(data: dict[str, Any], zone: tzinfo) -> _Entry | None:
-    """A row as the listing sees it; None for a deleted event or a shape Google does not send."""
+def _parse_entry(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) -> _Entry | None:
+    """A row as the listing sees it; None for a deleted event or a shape Google does not send.
+
+    A single event or exception keeps the row as it came (text stays text: a few hundred
+    thousand dicts held for hours would make every full garbage collection walk them all).
+    """
     status = data.get("status")
     parent = data.get("recurringEventId")
     updated = data.get("updated")
     try:
         if parent:
             original = _original_key(data, zone)
-            single = None if status == "cancelled" else _single(data, zone)
+            single = None if status == "cancelled" else _single(data, zone, row)
             return _Entry(updated, None, single, str(parent), original)
         if status == "cancelled":
             return None
         if data.get("recurrence"):
             return _Entry(updated, _Series(data, zone), None, None, None)
-        return _Entry(updated, None, _single(data, zone), None, None)
+        return _Entry(updated, None, _single(data, zone, row), None, None)
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def _single(data: dict[str, Any], zone: tzinfo) -> Occurrence:
+def _single(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) -> Occurrence:
     start, end = data["start"], data.get("end") or data["start"]
     if start.get("dateTime"):
         begin = _parse_datetime(start["dateTime"], start.get("timeZone"), zone)
         finish = _parse_datetime(end["dateTime"], end.get("timeZone"), zone)
-        return Occurrence(begin.astimezone(UTC), finish.astimezone(UTC), str(data["id"]), False, data, is_busy(data))
+        return Occurrence(begin.astimezone(UTC), finish.astimezone(UTC), str(data["id"]), False, row, is_busy(data))
     first, after = date.fromisoformat(start["date"]), date.fromisoformat(end.get("date") or start["date"])
-    return Occurrence(midnight(first, zone), midnight(after, zone), str(data["id"]), True, data, is_busy(data))
+    return Occurrence(midnight(first, zone), midnight(after, zone), str(data["id"]), True, row, is_busy(data))
 
 
 def _original_key(data: dict[str, Any], zone: tzinfo) -> datetime | date | None:

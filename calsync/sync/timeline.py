@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -59,7 +58,7 @@ def coming_week(session: Session, calendar: Calendar, now: datetime, days: int =
                 continue
             first = occ.start.astimezone(zone) if occ.start > begin else None
             last = occ.end.astimezone(zone) if occ.end < end else None
-            item: dict[str, Any] = occ.source
+            item = occ.item()
             label = "all day" if occ.all_day else f"{(first or begin.astimezone(zone)):%H:%M}–" \
                                                   f"{(last or end.astimezone(zone)):%H:%M}"
             slots.append(Slot(event_id=occ.id, summary=str(item.get("summary") or "(no title)"), all_day=occ.all_day,

@@ -10,7 +10,8 @@ import re
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+import orjson
+from flask import Blueprint, Response, jsonify, request
 
 from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.errors import NotFoundError
@@ -90,7 +91,7 @@ def _single_events(google_id: str, page_token: str | None) -> Any:
                                                    page_size=size)
         except ValueError as err:
             raise _BadParameter(f"pageToken: {err}") from err
-    return jsonify(page)
+    return _json(page)
 
 
 @bp.post("/freebusy")
@@ -125,7 +126,12 @@ def freebusy() -> Any:
             raise _BadParameter(f"{name}: must be a positive whole number")
     with runtime().sessions() as session:
         seq, answers = availability.freebusy(session, ids, low, high)
-    return jsonify(availability.freebusy_body(seq, answers, low, high, time_zone))
+    return _json(availability.freebusy_body(seq, answers, low, high, time_zone))
+
+
+def _json(body: dict[str, Any]) -> Response:
+    """A JSON answer encoded by orjson: occurrence pages and busy lists are large and asked for often."""
+    return Response(orjson.dumps(body), mimetype="application/json")
 
 
 @bp.get("/changes")
