@@ -213,9 +213,10 @@ class _Series:
         if self.all_day:
             day = wall.date()
             return day, midnight(day, self.cal_zone), midnight(day + self.days, self.cal_zone)
-        original = _place(wall, self.zone)
-        end = _place(original.replace(tzinfo=None) + self.duration, self.zone)
-        return original, original.astimezone(UTC), end.astimezone(UTC)
+        start = wall.replace(tzinfo=self.zone).astimezone(UTC)
+        original = start.astimezone(self.zone)  # normalised: a time in a DST gap moves past it
+        end = (original.replace(tzinfo=None) + self.duration).replace(tzinfo=self.zone).astimezone(UTC)
+        return original, start, end
 
     def _extend(self, until: datetime) -> None:
         if self._generator is None and not self._exhausted:
