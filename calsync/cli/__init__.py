@@ -23,12 +23,14 @@ def _register() -> None:
     from calsync.cli.changes import changes
     from calsync.cli.db import db, keygen
     from calsync.cli.demo import demo
+    from calsync.cli.freebusy import freebusy
     from calsync.cli.processes import serve, web, worker
     from calsync.cli.status import channels, status, sync
     from calsync.cli.webhooks import webhooks
     from calsync.emulator.cli import emulator
 
-    for command in (db, keygen, changes, webhooks, serve, web, worker, status, sync, channels, demo, emulator):
+    for command in (db, keygen, changes, freebusy, webhooks, serve, web, worker, status, sync, channels, demo,
+                    emulator):
         cli.add_command(command)
 
 

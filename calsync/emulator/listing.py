@@ -336,7 +336,7 @@ def _time(params: Params, name: str) -> dt.datetime | None:
         raise bad_request(f"Bad Request: invalid {name} {raw!r}", name) from None
     if value.tzinfo is None:
         raise bad_request(f"Bad Request: {name} must include a time zone offset", name)
-    return value
+    return value.replace(microsecond=0)  # "Milliseconds may be provided but are ignored."
 
 
 def _max_results(params: Params, default: int, cap: int) -> int:

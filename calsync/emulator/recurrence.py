@@ -110,6 +110,7 @@ def expand(
         window_end = base + OPEN_ENDED_SPAN
     out: list[dt.datetime | dt.date] = []
     for occurrence in _occurrences(series.get("recurrence") or [], start, cal_tz):
+        occurrence = _normal(occurrence)
         occ_start = _to_aware(occurrence, cal_tz)
         if occ_start >= window_end or len(out) >= limit:
             break
@@ -126,7 +127,8 @@ def shift(series: dict[str, Any], original: dt.datetime | dt.date,
     end = parse_when(series.get("end") or series["start"], cal_tz)
     tz_name = series["start"].get("timeZone")
     if isinstance(original, dt.datetime):
-        new_end = original + (end - start)
+        original = _normal(original)
+        new_end = _normal(original + (end - start))
         end_tz = (series.get("end") or {}).get("timeZone") or tz_name
         return as_event_time(original, tz_name), as_event_time(new_end, end_tz)
     return as_event_time(original, None), as_event_time(original + (end - start), None)
@@ -146,6 +148,13 @@ def validate(lines: list[str], start: dt.datetime | dt.date, cal_tz: str = "UTC"
 def to_utc(value: dt.datetime | dt.date, cal_tz: str = "UTC") -> dt.datetime:
     """An instant for ordering and window checks (dates at midnight in the calendar zone)."""
     return _to_aware(value, cal_tz).astimezone(UTC)
+
+
+def _normal(value: dt.datetime) -> dt.datetime:
+    """A wall time inside a DST gap, moved forward by the gap (RFC 5545), so it renders as Google does."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).astimezone(value.tzinfo)
 
 
 def _duration(start: dt.date, end: dt.date) -> dt.timedelta:

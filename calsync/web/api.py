@@ -1,4 +1,4 @@
-"""The operator's read API (/api/calendars, /api/events, /api/changes) and account disconnects.
+"""The operator's read API (/api/calendars, /api/events, /api/changes, /api/freebusy) and account disconnects.
 
 Handlers are thin: parse and check parameters (400 with a JSON error), query, shape with
 `calsync.sync.reads`.
@@ -7,13 +7,16 @@ Handlers are thin: parse and check parameters (400 with a JSON error), query, sh
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+import orjson
+from flask import Blueprint, Response, jsonify, request
 
 from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.errors import NotFoundError
-from calsync.sync import reads
+from calsync.sync import availability, reads
+from calsync.sync.occurrences import check_window, known_zone, parse_instant
 from calsync.web.api_token import json_error, require_api_token
 from calsync.web.app import runtime
 
@@ -54,6 +57,11 @@ def calendars() -> Any:
 def events() -> Any:
     google_id = _required("calendar")
     page_token = request.args.get("pageToken") or None
+    if _flag("singleEvents"):
+        return _single_events(google_id, page_token)
+    for name in ("timeMin", "timeMax", "orderBy", "maxResults"):
+        if name in request.args:
+            raise _BadParameter(f"{name}: only supported with singleEvents=true")
     with runtime().sessions() as session:
         calendar = reads.one_calendar(session, google_id, request.args.get("account") or None)
         try:
@@ -61,6 +69,69 @@ def events() -> Any:
         except ValueError as err:
             raise _BadParameter(f"pageToken: {err}") from err
     return jsonify(page)
+
+
+def _single_events(google_id: str, page_token: str | None) -> Any:
+    """Occurrences as Google's events.list?singleEvents=true gives them, from the mirror."""
+    low, high = _required_time("timeMin"), _required_time("timeMax")
+    try:
+        check_window(low, high)
+    except ValueError as err:
+        raise _BadParameter(f"timeMin/timeMax: {err}") from err
+    order_by = request.args.get("orderBy")
+    if order_by not in (None, "startTime"):
+        raise _BadParameter(f"orderBy: only startTime is supported with singleEvents=true, not {order_by!r}")
+    size = min(_integer("maxResults", default=availability.SINGLE_EVENTS_DEFAULT_PAGE, minimum=1),
+               availability.SINGLE_EVENTS_MAX_PAGE)
+    with runtime().sessions() as session:
+        availability.snapshot(session)
+        calendar = reads.one_calendar(session, google_id, request.args.get("account") or None)
+        try:
+            page = availability.single_events_page(session, calendar, low, high, page_token=page_token,
+                                                   page_size=size)
+        except ValueError as err:
+            raise _BadParameter(f"pageToken: {err}") from err
+    return _json(page)
+
+
+@bp.post("/freebusy")
+@require_api_token
+def freebusy() -> Any:
+    """Google's freebusy.query body and answer shape, plus `as_of_seq`, `sync_state`, `last_synced_at`."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise _BadParameter("body: a JSON object is required")
+    low, high = _body_time(body, "timeMin"), _body_time(body, "timeMax")
+    try:
+        check_window(low, high)
+    except ValueError as err:
+        raise _BadParameter(f"timeMin/timeMax: {err}") from err
+    time_zone = body.get("timeZone")
+    if time_zone is not None and (not isinstance(time_zone, str) or not known_zone(time_zone)):
+        raise _BadParameter(f"timeZone: not an IANA time zone: {time_zone!r}")
+    items = body.get("items")
+    if not isinstance(items, list) or not items:
+        raise _BadParameter("items: a non-empty list of {\"id\": calendar_id} is required")
+    if len(items) > availability.FREEBUSY_MAX_CALENDARS:
+        raise _BadParameter(f"items: at most {availability.FREEBUSY_MAX_CALENDARS} calendars")
+    ids: list[str] = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            raise _BadParameter("items: each item must be {\"id\": calendar_id}")
+        if item["id"] not in ids:
+            ids.append(item["id"])
+    for name in ("calendarExpansionMax", "groupExpansionMax"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise _BadParameter(f"{name}: must be a positive whole number")
+    with runtime().sessions() as session:
+        seq, answers = availability.freebusy(session, ids, low, high)
+    return _json(availability.freebusy_body(seq, answers, low, high, time_zone))
+
+
+def _json(body: dict[str, Any]) -> Response:
+    """A JSON answer encoded by orjson: occurrence pages and busy lists are large and asked for often."""
+    return Response(orjson.dumps(body), mimetype="application/json")
 
 
 @bp.get("/changes")
@@ -93,6 +164,35 @@ def _required(name: str) -> str:
     if not value:
         raise _BadParameter(f"{name}: required")
     return value
+
+
+def _flag(name: str) -> bool:
+    raw = request.args.get(name)
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise _BadParameter(f"{name}: must be true or false, not {raw!r}")
+
+
+def _required_time(name: str) -> datetime:
+    raw = request.args.get(name)
+    if not raw:
+        raise _BadParameter(f"{name}: required with singleEvents=true")
+    try:
+        return parse_instant(raw)
+    except ValueError as err:
+        raise _BadParameter(f"{name}: {err}") from err
+
+
+def _body_time(body: dict[str, Any], name: str) -> datetime:
+    raw = body.get(name)
+    if not isinstance(raw, str) or not raw:
+        raise _BadParameter(f"{name}: required (an RFC 3339 time)")
+    try:
+        return parse_instant(raw)
+    except ValueError as err:
+        raise _BadParameter(f"{name}: {err}") from err
 
 
 def _integer(name: str, *, default: int, minimum: int) -> int:

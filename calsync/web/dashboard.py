@@ -1,4 +1,4 @@
-"""The operator's dashboard: overview, changes feed, notification inspector, webhooks.
+"""The operator's dashboard: overview, a calendar's coming week, changes feed, notification inspector, webhooks.
 
 Server-rendered from the tables directly; a small script refreshes the feeds through the fragment
 endpoints below, which use the operator's session (never the API token). Operators only: end users
@@ -36,6 +36,7 @@ from calsync.store.models import (
     WebhookSubscription,
 )
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind, DeliveryState
+from calsync.sync import availability, timeline
 from calsync.web.app import runtime
 from calsync.web.operator_login import (
     check_csrf,
@@ -83,6 +84,21 @@ def overview() -> Any:
         stats = _stats(session, now)
     reauth = [b.account for b in blocks if b.account.status == AccountStatus.REAUTH_REQUIRED]
     return render_template("dashboard/overview.html", blocks=blocks, stats=stats, reauth=reauth, now=now)
+
+
+@bp.get("/calendars/<int:calendar_id>")
+@require_admin
+def calendar(calendar_id: int) -> Any:
+    """The coming week's occurrences of one calendar, day by day, from the mirror."""
+    now = runtime().clock.now()
+    with runtime().sessions() as session:
+        availability.snapshot(session)
+        cal = session.get(Calendar, calendar_id)
+        if cal is None or cal.removed_at is not None:
+            abort(404)
+        days = timeline.coming_week(session, cal, now)
+        account = cal.account.email
+    return render_template("dashboard/calendar.html", calendar=cal, account=account, days=days, now=now)
 
 
 @bp.get("/changes")

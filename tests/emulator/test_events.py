@@ -171,3 +171,14 @@ def test_fields_selects_a_partial_response(emu: Emulator, service: Any, alice: s
     with pytest.raises(HttpError) as err:
         service.events().list(calendarId="primary", fields="items(id").execute()
     assert err.value.resp.status == 400
+
+
+def test_fractions_of_a_second_in_the_window_are_ignored(emu: Emulator, service: Any, alice: str) -> None:
+    # events.list: timeMin/timeMax "Milliseconds may be provided but are ignored."
+    emu.insert_event(alice, timed(1, 9, summary="at nine"))
+    before_nine, _, _ = list_all(service, timeMin="2030-01-01T08:00:00Z", timeMax="2030-01-01T09:00:00.500Z",
+                                 singleEvents=True)
+    assert before_nine == []
+    at_nine, _, _ = list_all(service, timeMin="2030-01-01T08:00:00Z", timeMax="2030-01-01T09:00:01Z",
+                             singleEvents=True)
+    assert [e["summary"] for e in at_nine] == ["at nine"]

@@ -1,0 +1,163 @@
+"""calsync's expansion against the emulator's, on random series (no database: the mirror's rows
+are what Google's full listing holds), plus cases worked out by hand."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from calsync.sync.occurrences import CalendarMirror, check_window, instance_id, parse_instant
+from tests.occurrence_support import CALENDAR_ZONES, EmulatorApi, Scenario, scenarios, write_scenario
+from tests.sync_support import google_view
+
+OWNER = "olga@example.com"
+
+
+def _mirror(emu: Any, calendar_id: str, zone: str) -> CalendarMirror:
+    return CalendarMirror(google_view(emu, calendar_id).values(), zone)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scenario=scenarios())
+def test_expansion_equals_the_emulators_item_for_item(emu: Any, scenario: Scenario) -> None:
+    emu.reset()
+    emu.create_user(OWNER)
+    api = EmulatorApi(emu, OWNER)
+    zone = CALENDAR_ZONES[len(scenario.series) % len(CALENDAR_ZONES)]
+    calendar_id = emu.create_calendar(OWNER, "random", time_zone=zone)
+    write_scenario(emu, api, calendar_id, scenario)
+    mirror = _mirror(emu, calendar_id, zone)
+    for low, high in scenario.windows:
+        expected = api.single_events(calendar_id, low, high)
+        got = [o.item() for o in mirror.occurrences(low, high)]
+        assert [e["id"] for e in got] == [e["id"] for e in expected]
+        assert got == expected
+
+
+# Cases worked out by hand ---------------------------------------------------------------------------
+def _series(rule: list[str], start: str, end: str, zone: str = "America/New_York", **extra: Any) -> dict[str, Any]:
+    return {"id": "s1", "status": "confirmed", "summary": "standup", "recurrence": rule,
+            "start": {"dateTime": start, "timeZone": zone}, "end": {"dateTime": end, "timeZone": zone}, **extra}
+
+
+def _window(low: str, high: str) -> tuple[datetime, datetime]:
+    return parse_instant(low), parse_instant(high)
+
+
+def test_wall_time_is_kept_across_dst_and_ids_are_utc() -> None:
+    series = _series(["RRULE:FREQ=WEEKLY;COUNT=3"], "2026-03-01T09:00:00-05:00", "2026-03-01T10:00:00-05:00")
+    window = _window("2026-02-01T00:00:00Z", "2026-04-01T00:00:00Z")
+    items = [o.item() for o in CalendarMirror([series], "UTC").occurrences(*window)]
+    assert [i["start"]["dateTime"] for i in items] == [
+        "2026-03-01T09:00:00-05:00", "2026-03-08T09:00:00-04:00", "2026-03-15T09:00:00-04:00"]
+    assert [i["id"] for i in items] == ["s1_20260301T140000Z", "s1_20260308T130000Z", "s1_20260315T130000Z"]
+    assert items[1]["originalStartTime"] == {"dateTime": "2026-03-08T09:00:00-04:00", "timeZone": "America/New_York"}
+    assert items[1]["recurringEventId"] == "s1" and "recurrence" not in items[1]
+
+
+def test_a_wall_time_in_the_dst_gap_moves_forward_by_the_gap() -> None:
+    series = _series(["RRULE:FREQ=DAILY;COUNT=3"], "2026-03-07T02:30:00-05:00", "2026-03-07T03:30:00-05:00")
+    window = _window("2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z")
+    items = [o.item() for o in CalendarMirror([series], "UTC").occurrences(*window)]
+    assert items[1]["start"]["dateTime"] == "2026-03-08T03:30:00-04:00"
+    assert items[1]["end"]["dateTime"] == "2026-03-08T04:30:00-04:00"
+    assert items[1]["id"] == "s1_20260308T073000Z"
+
+
+def test_exceptions_exdates_rdates_and_cancellations() -> None:
+    series = _series(["RRULE:FREQ=DAILY;COUNT=5", "EXDATE;TZID=America/New_York:20260602T090000",
+                      "RDATE;TZID=America/New_York:20260610T120000"],
+                     "2026-06-01T09:00:00-04:00", "2026-06-01T09:30:00-04:00")
+    moved_out = {"id": "s1_20260603T130000Z", "status": "confirmed", "recurringEventId": "s1", "summary": "later",
+                 "originalStartTime": {"dateTime": "2026-06-03T09:00:00-04:00", "timeZone": "America/New_York"},
+                 "start": {"dateTime": "2026-07-01T09:00:00-04:00"}, "end": {"dateTime": "2026-07-01T10:00:00-04:00"}}
+    cancelled = {"id": "s1_20260604T130000Z", "status": "cancelled", "recurringEventId": "s1",
+                 "originalStartTime": {"dateTime": "2026-06-04T09:00:00-04:00", "timeZone": "America/New_York"}}
+    mirror = CalendarMirror([series, moved_out, cancelled], "UTC")
+    june = [o.id for o in mirror.occurrences(*_window("2026-06-01T00:00:00Z", "2026-06-30T00:00:00Z"))]
+    assert june == ["s1_20260601T130000Z", "s1_20260605T130000Z", "s1_20260610T160000Z"]
+    july = [o.item() for o in mirror.occurrences(*_window("2026-07-01T00:00:00Z", "2026-07-02T00:00:00Z"))]
+    assert july == [moved_out]
+
+
+def test_bysetpos_last_weekday_of_the_month_and_all_day_ids() -> None:
+    series = {"id": "pay", "status": "confirmed", "start": {"date": "2026-01-30"}, "end": {"date": "2026-01-31"},
+              "recurrence": ["RRULE:FREQ=MONTHLY;BYDAY=MO,TU,WE,TH,FR;BYSETPOS=-1;COUNT=3"]}
+    items = [o.item() for o in CalendarMirror([series], "Europe/Berlin").occurrences(
+        *_window("2026-01-01T00:00:00Z", "2026-12-31T00:00:00Z"))]
+    assert [i["start"]["date"] for i in items] == ["2026-01-30", "2026-02-27", "2026-03-31"]
+    assert [i["id"] for i in items] == ["pay_20260130", "pay_20260227", "pay_20260331"]
+    assert items[0]["originalStartTime"] == {"date": "2026-01-30"}
+
+
+def test_window_edges_are_exclusive_and_all_day_days_are_in_the_calendar_zone() -> None:
+    day = {"id": "d", "status": "confirmed", "start": {"date": "2026-05-04"}, "end": {"date": "2026-05-05"}}
+    mirror = CalendarMirror([day], "Australia/Sydney")  # the day is 2026-05-03T14:00Z to 2026-05-04T14:00Z
+    assert mirror.occurrences(*_window("2026-05-04T14:00:00Z", "2026-05-05T00:00:00Z")) == []
+    assert mirror.occurrences(*_window("2026-05-03T00:00:00Z", "2026-05-03T14:00:00Z")) == []
+    [hit] = mirror.occurrences(*_window("2026-05-04T13:59:00Z", "2026-05-05T00:00:00Z"))
+    assert hit.start == datetime(2026, 5, 3, 14, tzinfo=UTC)
+
+
+def test_window_checks_and_ids() -> None:
+    with pytest.raises(ValueError, match="later"):
+        check_window(*_window("2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z"))
+    with pytest.raises(ValueError, match="366 days"):
+        check_window(*_window("2026-01-01T00:00:00Z", "2027-01-03T00:00:00Z"))
+    with pytest.raises(ValueError, match="offset"):
+        parse_instant("2026-01-01T00:00:00")
+    assert instance_id("x", datetime(2026, 1, 1, 9, tzinfo=UTC)) == "x_20260101T090000Z"
+
+
+def test_a_refreshed_mirror_equals_one_parsed_afresh_and_keeps_unchanged_series() -> None:
+    weekly = _series(["RRULE:FREQ=WEEKLY"], "2026-01-05T09:00:00-05:00", "2026-01-05T10:00:00-05:00",
+                     updated="2026-01-01T00:00:00.000Z")
+    daily = dict(_series(["RRULE:FREQ=DAILY"], "2026-01-05T12:00:00-05:00", "2026-01-05T12:30:00-05:00"),
+                 id="s2", updated="2026-01-01T00:00:00.000Z")
+    lone = {"id": "one", "status": "confirmed", "updated": "2026-01-01T00:00:00.000Z",
+            "start": {"dateTime": "2026-01-06T15:00:00Z"}, "end": {"dateTime": "2026-01-06T16:00:00Z"}}
+    old = CalendarMirror([weekly, daily, lone], "UTC")
+    window = _window("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")
+    assert len(old.busy_blocks(*window)) == 4 + 27 + 1  # four Mondays, 27 days, one meeting
+    moved = {"id": "s2_20260107T170000Z", "status": "confirmed", "recurringEventId": "s2",
+             "updated": "2026-01-02T00:00:00.000Z",
+             "originalStartTime": {"dateTime": "2026-01-07T12:00:00-05:00", "timeZone": "America/New_York"},
+             "start": {"dateTime": "2026-01-07T09:30:00-05:00"}, "end": {"dateTime": "2026-01-07T10:30:00-05:00"}}
+    renamed = dict(weekly, summary="renamed", updated="2026-01-02T00:00:00.000Z")
+    new = old.refreshed([moved, renamed], ["one"])
+    fresh = CalendarMirror([renamed, daily, moved], "UTC")
+    assert [o.item() for o in new.occurrences(*window)] == [o.item() for o in fresh.occurrences(*window)]
+    assert new.busy_blocks(*window) == fresh.busy_blocks(*window)
+    blocks = new.busy_blocks(*window)
+    assert (datetime(2026, 1, 7, 14, 30, tzinfo=UTC), datetime(2026, 1, 7, 15, 30, tzinfo=UTC)) in blocks
+    assert (datetime(2026, 1, 7, 17, tzinfo=UTC), datetime(2026, 1, 7, 17, 30, tzinfo=UTC)) not in blocks
+    assert len(blocks) == 4 + 27
+    assert [s for s in new.series if s.id == "s2"][0] is [s for s in old.series if s.id == "s2"][0]
+    assert old.versions()["one"] and "one" not in new.versions()
+    # A window far from those asked before is answered as well (the merged span moves).
+    later = _window("2029-01-01T00:00:00Z", "2029-01-08T00:00:00Z")
+    assert new.busy_blocks(*later) == fresh.busy_blocks(*later) and len(new.busy_blocks(*later)) == 8
+
+
+def test_fractions_of_a_second_in_a_window_are_ignored_as_google_does() -> None:
+    lone = {"id": "nine", "status": "confirmed", "start": {"dateTime": "2030-01-01T09:00:00Z"},
+            "end": {"dateTime": "2030-01-01T10:00:00Z"}}
+    mirror = CalendarMirror([lone], "UTC")
+    assert parse_instant("2030-01-01T09:00:00.500Z") == datetime(2030, 1, 1, 9, tzinfo=UTC)
+    assert mirror.occurrences(*_window("2030-01-01T08:00:00Z", "2030-01-01T09:00:00.500Z")) == []
+
+
+def test_past_the_remembered_limit_windows_are_expanded_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    from calsync.sync import occurrences
+
+    series = _series(["RRULE:FREQ=DAILY"], "2026-01-01T09:00:00-05:00", "2026-01-01T10:00:00-05:00")
+    window = _window("2026-03-01T00:00:00Z", "2026-03-08T00:00:00Z")
+    expected = [o.item() for o in CalendarMirror([series], "UTC").occurrences(*window)]
+    monkeypatch.setattr(occurrences, "MAX_REMEMBERED", 10)
+    capped = CalendarMirror([series], "UTC")
+    assert [o.item() for o in capped.occurrences(*window)] == expected and len(expected) == 7
+    assert capped.busy_blocks(*window) == [(o.start, o.end) for o in capped.occurrences(*window)]
+    assert len(capped.series[0]._starts) == 10  # the first ten kept, the rest not
