@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from sqlalchemy import make_url, text
 from werkzeug.serving import make_server
 
@@ -174,7 +175,7 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 
 
 @pytest.fixture
-def app(runtime: Runtime):  # type: ignore[no-untyped-def]
+def app(runtime: Runtime) -> Flask:
     from calsync import create_app
 
     application = create_app(runtime=runtime)
@@ -183,7 +184,7 @@ def app(runtime: Runtime):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def client(app):  # type: ignore[no-untyped-def]
+def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 

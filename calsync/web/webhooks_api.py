@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
 
 from calsync.errors import (
     InvalidSubscription,
@@ -49,7 +50,7 @@ def _not_found(err: NotFoundError) -> Any:
 
 @bp.post("")
 @require_api_token
-def create():  # type: ignore[no-untyped-def]
+def create() -> ResponseReturnValue:
     rt = runtime()
     spec = subscriptions.parse_spec(_body(), rt.settings)
     sub, secret = subscriptions.register(rt, spec)
@@ -58,7 +59,7 @@ def create():  # type: ignore[no-untyped-def]
 
 @bp.get("")
 @require_api_token
-def index():  # type: ignore[no-untyped-def]
+def index() -> ResponseReturnValue:
     with transaction(runtime().sessions) as session:
         subs = [subscriptions.subscription_to_dict(s) for s in subscriptions.list_subscriptions(session)]
     return jsonify({"webhooks": subs})
@@ -66,14 +67,14 @@ def index():  # type: ignore[no-untyped-def]
 
 @bp.get("/<sub_id>")
 @require_api_token
-def show(sub_id: str):  # type: ignore[no-untyped-def]
+def show(sub_id: str) -> ResponseReturnValue:
     with transaction(runtime().sessions) as session:
         return jsonify(subscriptions.subscription_to_dict(subscriptions.get_subscription(session, sub_id)))
 
 
 @bp.patch("/<sub_id>")
 @require_api_token
-def patch(sub_id: str):  # type: ignore[no-untyped-def]
+def patch(sub_id: str) -> ResponseReturnValue:
     body = _body()
     unknown = sorted(set(body) - {"status"})
     if unknown or "status" not in body:
@@ -89,7 +90,7 @@ def patch(sub_id: str):  # type: ignore[no-untyped-def]
 
 @bp.delete("/<sub_id>")
 @require_api_token
-def delete(sub_id: str):  # type: ignore[no-untyped-def]
+def delete(sub_id: str) -> ResponseReturnValue:
     with transaction(runtime().sessions) as session:
         subscriptions.delete_subscription(session, subscriptions.get_subscription(session, sub_id, lock=True))
     return "", 204
@@ -97,7 +98,7 @@ def delete(sub_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/<sub_id>/rotate-secret")
 @require_api_token
-def rotate_secret(sub_id: str):  # type: ignore[no-untyped-def]
+def rotate_secret(sub_id: str) -> ResponseReturnValue:
     body = _body(optional=True, fields={"grace_seconds"})
     grace = body.get("grace_seconds", subscriptions.DEFAULT_GRACE_SECONDS)
     if isinstance(grace, bool) or not isinstance(grace, int | float):
@@ -111,7 +112,7 @@ def rotate_secret(sub_id: str):  # type: ignore[no-untyped-def]
 
 @bp.get("/<sub_id>/deliveries")
 @require_api_token
-def deliveries(sub_id: str):  # type: ignore[no-untyped-def]
+def deliveries(sub_id: str) -> ResponseReturnValue:
     limit = request.args.get("limit", str(claimcheck.DEFAULT_LIMIT))
     if not (limit.isascii() and limit.isdigit()):  # str.isdigit alone also takes "²", which int() refuses
         raise InvalidSubscription("limit", "limit: a whole number")
@@ -123,7 +124,7 @@ def deliveries(sub_id: str):  # type: ignore[no-untyped-def]
 
 @bp.post("/<sub_id>/replay")
 @require_api_token
-def replay(sub_id: str):  # type: ignore[no-untyped-def]
+def replay(sub_id: str) -> ResponseReturnValue:
     body = _body(optional=True, fields={"delivery_ids"})
     ids = body.get("delivery_ids")
     # Bounded, as the databases' integers are: SQLite raised OverflowError (a 500) on a larger one.

@@ -347,7 +347,8 @@ def test_every_web_process_reports_the_counters_of_all(settings: Settings, tmp_p
 
 
 @pytest.mark.slow
-def test_a_worker_serves_its_own_counters_on_its_metrics_port(settings, runtime, emu, tmp_path):  # type: ignore[no-untyped-def]
+def test_a_worker_serves_its_own_counters_on_its_metrics_port(settings: Settings, runtime: Runtime, emu: Any,
+                                                              tmp_path: Path) -> None:
     """A `calsync worker` shares no process with `/metrics`: with --metrics-port it reports its own syncs."""
     connect_account(runtime, emu, "ann@example.com")  # the worker picks up the primary calendar and syncs it
     port = free_port()

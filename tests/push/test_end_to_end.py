@@ -20,6 +20,7 @@ from sqlalchemy import select
 from werkzeug.serving import make_server
 
 from calsync import create_app
+from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.models import Notification
 from calsync.work.worker import Worker
@@ -105,7 +106,8 @@ class _JumpClock:
 
 
 @pytest.mark.slow
-def test_a_storm_of_a_thousand_notifications_costs_at_most_two_list_calls(settings, emu, public_port, record_property):  # type: ignore[no-untyped-def]
+def test_a_storm_of_a_thousand_notifications_costs_at_most_two_list_calls(
+        settings: Settings, emu: Any, public_port: int, record_property: Callable[[str, object], None]) -> None:
     # The window is made as long as the storm can take on a loaded machine; the clock then jumps it.
     clock = _JumpClock()
     rt = Runtime.create(replace(settings, sync_min_interval=600.0), clock=clock)

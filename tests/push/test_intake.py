@@ -161,7 +161,7 @@ def test_sqlite_writers_of_several_processes_take_turns_on_a_lock_file(
     second.turn.close()
 
 
-def test_other_processes_are_woken_only_for_work_not_owed_before(runtime, watched):  # type: ignore[no-untyped-def]
+def test_other_processes_are_woken_only_for_work_not_owed_before(runtime: Runtime, watched: dict[str, Any]) -> None:
     """A NOTIFY for the first notification that makes a calendar owe a sync, none for the ones that
     find it already owed: PostgreSQL serialises notifying commits, and the workers already know."""
     if runtime.engine.dialect.name != "postgresql":
