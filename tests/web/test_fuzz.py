@@ -130,8 +130,9 @@ API_EXAMPLES = 600  # cases drawn across all operations, half valid and half not
 STATEFUL_SCENARIOS = 60
 # Requests that fit the document but are refused for what only the server can know: a URL that does
 # not resolve, is private or fails the verification; a page token calsync never handed out; delivery
-# ids that are not the subscription's.
-SEMANTIC_REFUSALS = {"createWebhook": ["400", "422"], "listEvents": ["400"], "replayWebhookDeliveries": ["400"]}
+# ids that are not the subscription's; a time window whose end is not after its start, or longer than 366 days.
+SEMANTIC_REFUSALS = {"createWebhook": ["400", "422"], "listEvents": ["400"], "replayWebhookDeliveries": ["400"],
+                     "queryFreeBusy": ["400"]}
 
 
 class LiveAPI:
