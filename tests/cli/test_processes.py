@@ -48,28 +48,13 @@ from tests.push_support import (
     push_headers,
     wait_for,
 )
+from tests.web.process_support import web_env
 
 EVENT = {
     "summary": "Sprint",
     "start": {"dateTime": "2026-12-07T09:00:00Z"},
     "end": {"dateTime": "2026-12-07T10:00:00Z"},
 }
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CALSYNC_")}
-    env.update({
-        "CALSYNC_DATABASE_URL": settings.database_url,
-        "CALSYNC_GOOGLE_CLIENT_SECRETS": str(settings.google_client_secrets),
-        "CALSYNC_GOOGLE_API_URL": settings.google_api_url,
-        "CALSYNC_PUBLIC_URL": settings.public_url,
-        "CALSYNC_TOKEN_KEY": str(settings.token_key),
-        "CALSYNC_API_TOKEN": str(settings.api_token),
-        "CALSYNC_INSTANCE_PATH": str(settings.instance_path),
-        "PYTHONUNBUFFERED": "1",
-    })
-    env.update(extra)
-    return env
 
 
 def _calsync(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -95,7 +80,7 @@ def test_sigterm_lets_a_worker_finish_its_sync_and_exit_cleanly(settings: Settin
     connect_account(runtime, emu, "ann@example.com")
     big = emu.create_calendar("ann@example.com", "Big")
     emu.bulk_insert_events(big, [{**EVENT, "summary": f"e{i}"} for i in range(6000)])  # three pages
-    proc = _calsync(["worker", "--threads", "2"], _env(settings), tmp_path / "worker.log")
+    proc = _calsync(["worker", "--threads", "2"], web_env(settings), tmp_path / "worker.log")
     try:
         # Wait until the sync is under way (its first page committed): a claim not yet started may
         # rightly be released on SIGTERM, but a sync in hand must run to its end.
@@ -201,7 +186,7 @@ def test_three_worker_processes_share_the_work_and_never_sync_a_calendar_twice_a
     servers, log = relays
     connect_account(runtime, emu, "ann@example.com")
     google_ids = ["ann@example.com"] + [emu.create_calendar("ann@example.com", f"Team {i}") for i in range(7)]
-    procs = [_calsync(["worker", "--threads", "3"], _env(settings, CALSYNC_GOOGLE_API_URL=server.url),
+    procs = [_calsync(["worker", "--threads", "3"], web_env(settings, CALSYNC_GOOGLE_API_URL=server.url),
                       tmp_path / f"worker-{i}.log") for i, server in enumerate(servers)]
     try:
         wait_for(lambda: _all_watched(runtime, len(google_ids)), timeout=90, interval=0.1, what="first syncs")
@@ -253,7 +238,7 @@ def test_serve_runs_web_and_worker_in_one_process(
         settings = Settings(**{**settings.__dict__, "database_url": f"sqlite:///{fresh}"})
     base = settings.public_url
     proc = _calsync(["serve", "--host", "127.0.0.1", "--port", str(public_port), "--threads", "4"],
-                    _env(settings), tmp_path / "serve.log")
+                    web_env(settings), tmp_path / "serve.log")
     rt = None
     try:
         health = wait_for(lambda: _get(base + "/healthz", 200), timeout=60, interval=0.1, what="healthz 200")
@@ -302,7 +287,7 @@ def _watched_calendar(rt: Runtime) -> int | None:
 def _start_web(settings: Settings, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, requests.Response]:
     """`calsync web` with 2 processes, once it answers: the process, its port, the first /healthz."""
     port = free_port()
-    proc = _calsync(["web", "--port", str(port), "--workers", "2", "--threads", "2"], _env(settings),
+    proc = _calsync(["web", "--port", str(port), "--workers", "2", "--threads", "2"], web_env(settings),
                     tmp_path / "web.log")
     try:
         health = wait_for(lambda: _response(f"http://127.0.0.1:{port}/healthz"), timeout=60, interval=0.1,
@@ -352,7 +337,7 @@ def test_a_worker_serves_its_own_counters_on_its_metrics_port(settings: Settings
     """A `calsync worker` shares no process with `/metrics`: with --metrics-port it reports its own syncs."""
     connect_account(runtime, emu, "ann@example.com")  # the worker picks up the primary calendar and syncs it
     port = free_port()
-    proc = _calsync(["worker"], _env(settings, CALSYNC_WORKER_METRICS_PORT=str(port)), tmp_path / "worker.log")
+    proc = _calsync(["worker"], web_env(settings, CALSYNC_WORKER_METRICS_PORT=str(port)), tmp_path / "worker.log")
     try:
         def counted(sample: str, **labels: str) -> float:
             scrape = _response(f"http://127.0.0.1:{port}/metrics")
@@ -364,7 +349,7 @@ def test_a_worker_serves_its_own_counters_on_its_metrics_port(settings: Settings
         assert counted("calsync_google_calls_total", method="events.list", status="200") >= 1
         # The port is taken: a second worker says so and stops, rather than running unobserved.
         second = subprocess.run([str(Path(sys.executable).parent / "calsync"), "worker", "--metrics-port", str(port)],
-                                env=_env(settings), capture_output=True, text=True, timeout=60)
+                                env=web_env(settings), capture_output=True, text=True, timeout=60)
         assert second.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in second.stderr
     finally:
         assert _terminate(proc) == 0

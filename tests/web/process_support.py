@@ -18,7 +18,7 @@ from tests.push_support import wait_for
 
 
 def web_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that makes `calsync web` use these settings (and nothing from the caller's CALSYNC_*)."""
+    """The environment that makes a `calsync` process use these settings (and none of the caller's CALSYNC_*)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALSYNC_")}
     env.update({
         "CALSYNC_DATABASE_URL": settings.database_url,
