@@ -26,7 +26,7 @@ from calsync.push.owed import OWE_LIST as _OWE_LIST
 from calsync.push.owed import OWE_SYNC as _OWE_SYNC
 from calsync.store.db import rows_affected
 from calsync.store.models import Notification
-from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
+from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind, sql_list
 from calsync.wakeup import CHANNEL as WAKEUP_CHANNEL
 
 REFUSED = frozenset({"unknown_channel", "bad_token", "bad_resource", "stopped_channel", "account_inactive"})
@@ -252,7 +252,7 @@ WITH input AS (
                 WHEN i.token_digest IS NULL OR c.token_hash <> i.token_digest THEN 'bad_token'
                 WHEN coalesce(c.resource_id, '') <> '' AND i.resource_id IS DISTINCT FROM c.resource_id
                      THEN 'bad_resource'
-                WHEN c.status NOT IN ('pending', 'active') THEN 'stopped_channel'
+                WHEN c.status NOT IN ({sql_list(LIVE_CHANNEL)}) THEN 'stopped_channel'
                 WHEN a.status IS DISTINCT FROM 'active' THEN 'account_inactive'
            END AS refusal
       FROM input AS i

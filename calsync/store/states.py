@@ -7,6 +7,7 @@ words); a `StrEnum` member *is* its string, so `Channel.status == ChannelStatus.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import StrEnum
 
 
@@ -76,6 +77,6 @@ class DeliveryState(StrEnum):
     FAILED = "failed"  # retries exhausted; can be replayed
 
 
-def sql_list(states: frozenset[StrEnum] | frozenset[ChannelStatus]) -> str:
+def sql_list(states: Collection[StrEnum]) -> str:
     """`'a', 'b'` for SQL written by hand, sorted so statements stay byte-identical across processes."""
     return ", ".join(f"'{state.value}'" for state in sorted(states))
