@@ -20,11 +20,30 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database to `revision` inside one transaction."""
+    """Bring the database to `revision` inside one transaction.
+
+    On SQLite, changing a column means copying its table and dropping the old one, and a DROP
+    TABLE with foreign keys on first deletes its rows, cascading into the tables that refer to it.
+    So foreign keys are off during the migration, as SQLite's own procedure for schema changes
+    says, and checked before the commit: a violation rolls everything back.
+    """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        if sqlite:  # outside any transaction, where SQLite honours it
+            driver.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+                    if broken is not None:
+                        raise RuntimeError(f"migration left a broken foreign key: {tuple(broken)}")
+        finally:
+            if sqlite:
+                driver.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from calsync.store.states import (
     AccountStatus,
+    ChangeType,
     ChannelStatus,
     DeliveryState,
     SubscriptionStatus,
@@ -86,6 +87,9 @@ class Account(Base):
     credentials: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet-encrypted JSON
     scopes: Mapped[list[str]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(20), default=AccountStatus.ACTIVE)
+    # The embedding app's own id for the user behind this account (set by a connect session).
+    ref: Mapped[str | None] = mapped_column(String(200), index=True)
+    connected_at: Mapped[datetime | None]  # the last completed consent
     last_error: Mapped[str | None] = mapped_column(Text)
     # The calendar list is work of its own, coalesced like a calendar's events.
     list_requested: Mapped[int] = mapped_column(Integer, default=1)
@@ -176,7 +180,12 @@ class Event(Base):
 
 
 class Change(Base):
-    """One row of the diff log. `seq` is global, strictly increasing, and in commit order."""
+    """One row of the change feed. `seq` is global, strictly increasing, and in commit order.
+
+    An event row names its calendar and event; a lifecycle row (`account.*`, `calendar.*`) has no
+    event, and an account's row no calendar. `ref` is the account's ref when the row was written,
+    so a message retried later carries the same bytes.
+    """
 
     __tablename__ = "changes"
     __table_args__ = (Index("ix_changes_calendar_id_seq", "calendar_id", "seq"),)
@@ -184,15 +193,43 @@ class Change(Base):
     seq: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
     )
-    calendar_id: Mapped[int] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
-    event_id: Mapped[str] = mapped_column(String(1024))
-    kind: Mapped[str] = mapped_column(String(10))  # a ChangeKind
+    type: Mapped[str] = mapped_column(String(40))  # a ChangeType
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
+    event_id: Mapped[str | None] = mapped_column(String(1024))
+    ref: Mapped[str | None] = mapped_column(String(200))
     fields: Mapped[list[str]] = mapped_column(default=list)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     detected_at: Mapped[datetime] = mapped_column(default=_now)
 
-    calendar: Mapped[Calendar] = relationship()
+    calendar: Mapped[Calendar | None] = relationship()
+
+    @property
+    def kind(self) -> str | None:
+        """The event change (`created`, `snapshot`, ...) this row records; None for a lifecycle row."""
+        kind = ChangeType(self.type).kind
+        return None if kind is None else kind.value
+
+    @kind.setter
+    def kind(self, value: str) -> None:
+        self.type = ChangeType.of_event(value).value
+
+
+class ConnectSession(Base):
+    """A single-use consent link an app made for one of its users; the token is kept only as a hash."""
+
+    __tablename__ = "connect_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ref: Mapped[str] = mapped_column(String(200))
+    return_to: Mapped[str] = mapped_column(Text)
+    login_hint: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(20))  # connected | denied | error, once used
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"))
 
 
 class Counter(Base):
@@ -246,6 +283,8 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("subscription_id", "change_seq"),
         Index("ix_deliveries_state_next_attempt_at", "state", "next_attempt_at"),
+        # Deleting old changes (retention) cascades here: one probe per change, not a scan.
+        Index("ix_deliveries_change_seq", "change_seq"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

@@ -54,11 +54,41 @@ UNSTOPPED_CHANNEL = LIVE_CHANNEL | {ChannelStatus.STOPPING}
 
 
 class ChangeKind(StrEnum):
-    """What one row of the change feed says happened to an event."""
+    """What one row of the change feed says happened to an event (its `change` field)."""
 
+    SNAPSHOT = "snapshot"  # stored by the calendar's first full sync: the state the feed starts from
     CREATED = "created"
     UPDATED = "updated"
     DELETED = "deleted"
+
+
+class ChangeType(StrEnum):
+    """The `type` of a change-feed row and of its webhook message: an event's change or a lifecycle step."""
+
+    EVENT_SNAPSHOT = "event.snapshot"
+    EVENT_CREATED = "event.created"
+    EVENT_UPDATED = "event.updated"
+    EVENT_DELETED = "event.deleted"
+    ACCOUNT_CONNECTED = "account.connected"
+    ACCOUNT_REAUTH_REQUIRED = "account.reauth_required"
+    ACCOUNT_DISCONNECTED = "account.disconnected"
+    CALENDAR_ADDED = "calendar.added"
+    CALENDAR_REMOVED = "calendar.removed"
+    CALENDAR_SYNCED = "calendar.synced"
+
+    @classmethod
+    def of_event(cls, kind: str) -> ChangeType:
+        """The type of an event row of this kind."""
+        return cls(f"{EVENT_PREFIX}{ChangeKind(kind).value}")
+
+    @property
+    def kind(self) -> ChangeKind | None:
+        """The event change this type names, or None for a lifecycle type."""
+        prefix, _, rest = self.value.partition(".")
+        return ChangeKind(rest) if f"{prefix}." == EVENT_PREFIX else None
+
+
+EVENT_PREFIX = "event."
 
 
 class SubscriptionStatus(StrEnum):

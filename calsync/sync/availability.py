@@ -58,7 +58,7 @@ class MirrorCache:
         ids = [c.id for c in calendars]
         newest: dict[int, int | None] = {cal_id: seq for cal_id, seq in session.execute(
             select(Change.calendar_id, func.max(Change.seq)).where(Change.calendar_id.in_(ids))
-            .group_by(Change.calendar_id))}
+            .group_by(Change.calendar_id)) if cal_id is not None}
         out: dict[int, CalendarMirror] = {}
         for cal in calendars:
             version: _Version = (newest.get(cal.id), cal.full_sync_gen, cal.last_synced_at, cal.time_zone)

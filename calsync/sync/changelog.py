@@ -9,20 +9,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.metrics import CHANGES
-from calsync.store.models import Change, Counter
+from calsync.store.models import Account, Calendar, Change, Counter
 from calsync.webhooks.outbox import enqueue
 
 SEQ_COUNTER = "change_seq"
 
 
 def append_changes(session: Session, changes: Sequence[Change], now: Any) -> Sequence[Change]:
-    """Give `changes` their seq numbers, add them, and queue their webhook deliveries."""
+    """Give `changes` their seq numbers, add them, and queue their webhook deliveries.
+
+    A row that names only its calendar gets the calendar's account, and every row the account's
+    `ref` as it stands in this transaction.
+    """
     if not changes:
         return changes
+    _name_accounts(session, changes)
     last = session.execute(
         update(Counter).where(Counter.name == SEQ_COUNTER)
         .values(value=Counter.value + len(changes)).returning(Counter.value)
@@ -32,7 +37,22 @@ def append_changes(session: Session, changes: Sequence[Change], now: Any) -> Seq
         change.seq = first + offset
         change.detected_at = now
         session.add(change)
-        CHANGES.labels(change.kind).inc()
+        CHANGES.labels(change.type).inc()
     session.flush()
     enqueue(session, changes, now)
     return changes
+
+
+def _name_accounts(session: Session, changes: Sequence[Change]) -> None:
+    calendar_ids = {c.calendar_id for c in changes if c.account_id is None and c.calendar_id is not None}
+    owners: dict[int, int] = {}
+    if calendar_ids:
+        owners = {cal_id: account_id for cal_id, account_id in session.execute(
+            select(Calendar.id, Calendar.account_id).where(Calendar.id.in_(calendar_ids)))}
+    for change in changes:
+        if change.account_id is None and change.calendar_id is not None:
+            change.account_id = owners[change.calendar_id]
+    refs: dict[int, str | None] = {account_id: ref for account_id, ref in session.execute(
+        select(Account.id, Account.ref).where(Account.id.in_({c.account_id for c in changes})))}
+    for change in changes:
+        change.ref = refs.get(change.account_id or 0)

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
 from calsync.errors import NotFoundError
 from calsync.store.models import Account, Calendar, Change, Channel, Event
-from calsync.store.states import ChannelKind, ChannelStatus
+from calsync.store.states import ChangeType, ChannelKind, ChannelStatus
 
 EVENTS_PAGE_SIZE = 1000
 CHANGES_DEFAULT_LIMIT = 100
@@ -38,11 +38,13 @@ class ChangesPage:
         return {"changes": self.changes, "next": self.next}
 
 
-def change_to_dict(change: Change, account_email: str, calendar_google_id: str) -> dict[str, Any]:
+def change_to_dict(change: Change, account_email: str, calendar_google_id: str | None) -> dict[str, Any]:
     """One entry of `/api/changes`."""
     return {
         "seq": change.seq,
+        "type": change.type,
         "account": account_email,
+        "ref": change.ref,
         "calendar_id": calendar_google_id,
         "event_id": change.event_id,
         "change": change.kind,
@@ -116,15 +118,35 @@ def events_page(session: Session, calendar: Calendar, page_token: str | None,
             "nextPageToken": encode_page_token(rows[-1][0]) if more else None}
 
 
-def changes_page(session: Session, *, after: int, limit: int,
-                 calendars: Sequence[Calendar] | None = None) -> ChangesPage:
-    """Changes with seq > `after`, oldest first; `next` is the last seq returned, else `after`."""
-    query = (select(Change, Account.email, Calendar.google_id)
-             .join(Calendar, Change.calendar_id == Calendar.id)
-             .join(Account, Calendar.account_id == Account.id)
-             .where(Change.seq > after).order_by(Change.seq).limit(limit))
+def feed_rows() -> Select[Change, str, str]:
+    """Change rows with what their JSON names: the account's email and the calendar's Google id."""
+    return (select(Change, Account.email, Calendar.google_id)
+            .join(Account, Change.account_id == Account.id)
+            .outerjoin(Calendar, Change.calendar_id == Calendar.id))
+
+
+def parse_types(raw: str) -> list[ChangeType]:
+    """`event.created,event.updated` as types; ValueError naming an unknown one."""
+    wanted = [part.strip() for part in raw.split(",")]
+    known = {t.value for t in ChangeType}
+    for name in wanted:
+        if name not in known:
+            raise ValueError(f"unknown type {name!r}; use {', '.join(t.value for t in ChangeType)}")
+    return [ChangeType(name) for name in dict.fromkeys(wanted)]
+
+
+def changes_page(session: Session, *, after: int, limit: int, calendars: Sequence[Calendar] | None = None,
+                 types: Collection[str] | None = None) -> ChangesPage:
+    """Changes with seq > `after`, oldest first; `next` is the last seq returned, else `after`.
+
+    With `types`, only rows of those types are returned, and `next` still moves past the rows
+    left out up to the last one returned.
+    """
+    query = feed_rows().where(Change.seq > after).order_by(Change.seq).limit(limit)
     if calendars is not None:
         query = query.where(Change.calendar_id.in_([c.id for c in calendars]))
+    if types is not None:
+        query = query.where(Change.type.in_(sorted(types)))
     items = [change_to_dict(change, email, google_id)
              for change, email, google_id in session.execute(query)]
     return ChangesPage(items, items[-1]["seq"] if items else after)

@@ -173,7 +173,7 @@ class _SyncRun:
                     append_changes(session, mirror.changes, now)
                     committing()
                 self.token_before = credentials.token
-                self.counts.update(change.kind for change in mirror.changes)
+                self.counts.update(str(change.kind) for change in mirror.changes)
                 self.pages += 1
                 self.events_seen += len(items)
                 if self.progress is not None:

@@ -141,13 +141,19 @@ def changes() -> Any:
     limit = min(_integer("limit", default=reads.CHANGES_DEFAULT_LIMIT, minimum=1),
                 reads.CHANGES_MAX_LIMIT)
     google_id = request.args.get("calendar")
+    types = None
+    if "types" in request.args:
+        try:
+            types = reads.parse_types(request.args["types"])
+        except ValueError as err:
+            raise _BadParameter(f"types: {err}") from err
     with runtime().sessions() as session:
         cals = None
         if google_id is not None:
             if not google_id:
                 raise _BadParameter("calendar: empty")
             cals = reads.find_calendars(session, google_id, request.args.get("account") or None)
-        page = reads.changes_page(session, after=after, limit=limit, calendars=cals)
+        page = reads.changes_page(session, after=after, limit=limit, calendars=cals, types=types)
     return jsonify(page.to_dict())
 
 

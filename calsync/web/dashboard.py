@@ -287,6 +287,7 @@ def _changes_query(calendar_id: int | None) -> Any:
 
 def _change_view(change: Change) -> dict[str, Any]:
     cal = change.calendar
+    assert cal is not None  # the dashboard's feed lists event rows
     return {
         "seq": change.seq,
         "kind": change.kind,
@@ -294,7 +295,7 @@ def _change_view(change: Change) -> dict[str, Any]:
         "calendar_id": cal.id,
         "account": cal.account.email,
         "event_id": change.event_id,
-        "title": event_title(change.before, change.after, change.event_id),
+        "title": event_title(change.before, change.after, change.event_id or ""),
         "when": event_when(change.after or change.before),
         "diffs": field_diffs(change.fields, change.before, change.after) if change.kind == "updated" else [],
         "detected_at": change.detected_at,

@@ -18,7 +18,6 @@ from calsync.clock import rfc3339
 from calsync.errors import InvalidSubscription
 from calsync.store.models import Change, Delivery, DeliveryAttempt, WebhookSubscription
 from calsync.store.states import DeliveryState
-from calsync.webhooks.payload import event_type
 
 STATES = tuple(state.value for state in DeliveryState)
 DEFAULT_LIMIT = 100
@@ -33,7 +32,7 @@ def list_deliveries(session: Session, sub: WebhookSubscription, *, state: str | 
         raise InvalidSubscription("state", f"state: use {', '.join(STATES)}")
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidSubscription("limit", f"limit: between 1 and {MAX_LIMIT}")
-    query = (select(Delivery, Change.kind).join(Change, Change.seq == Delivery.change_seq)
+    query = (select(Delivery, Change.type).join(Change, Change.seq == Delivery.change_seq)
              .where(Delivery.subscription_id == sub.id).order_by(Delivery.change_seq.desc()).limit(limit))
     if state is not None:
         query = query.where(Delivery.state == state)
@@ -44,7 +43,7 @@ def list_deliveries(session: Session, sub: WebhookSubscription, *, state: str | 
                                        .where(DeliveryAttempt.delivery_id.in_([d.id for d, _ in rows]))
                                        .order_by(DeliveryAttempt.id)):
             attempts[attempt.delivery_id].append(attempt)
-    return [delivery_to_dict(d, kind, attempts[d.id] if with_attempts else None) for d, kind in rows]
+    return [delivery_to_dict(d, change_type, attempts[d.id] if with_attempts else None) for d, change_type in rows]
 
 
 def replay(session: Session, sub: WebhookSubscription, delivery_ids: Sequence[int] | None,
@@ -75,12 +74,12 @@ def replay(session: Session, sub: WebhookSubscription, delivery_ids: Sequence[in
     return [d.id for d in deliveries]
 
 
-def delivery_to_dict(delivery: Delivery, kind: str, attempts: list[DeliveryAttempt] | None) -> dict[str, Any]:
+def delivery_to_dict(delivery: Delivery, change_type: str, attempts: list[DeliveryAttempt] | None) -> dict[str, Any]:
     item: dict[str, Any] = {
         "id": delivery.id,
         "message_id": delivery.message_id,
         "seq": delivery.change_seq,
-        "type": event_type(kind),
+        "type": change_type,
         "state": delivery.state,
         "attempt_count": delivery.attempts,
         "next_attempt_at": rfc3339(delivery.next_attempt_at),

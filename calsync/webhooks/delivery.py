@@ -21,7 +21,6 @@ from calsync.metrics import DELIVERIES
 from calsync.runtime import Runtime
 from calsync.store.db import is_postgres, transaction
 from calsync.store.models import (
-    Account,
     Calendar,
     Change,
     Delivery,
@@ -29,6 +28,7 @@ from calsync.store.models import (
     WebhookSubscription,
 )
 from calsync.store.states import DeliveryState, SubscriptionStatus
+from calsync.sync.reads import feed_rows
 from calsync.webhooks import payload
 from calsync.webhooks.safety import resolve_target
 from calsync.webhooks.schedule import parse_retry_after, retry_delay
@@ -116,8 +116,7 @@ def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: d
     subs = {s.id: s for s in session.scalars(select(WebhookSubscription).where(
         WebhookSubscription.id.in_({d.subscription_id for d in deliveries})))}
     rows = session.execute(
-        select(Change, Account.email, Calendar.google_id, Calendar.summary, Calendar.time_zone)
-        .join(Calendar, Change.calendar_id == Calendar.id).join(Account, Calendar.account_id == Account.id)
+        feed_rows().add_columns(Calendar.summary, Calendar.time_zone)
         .where(Change.seq.in_({d.change_seq for d in deliveries}))).all()
     changes = {row[0].seq: row for row in rows}
     keys = {sub_id: signing_secrets(sub, runtime.cipher, now) for sub_id, sub in subs.items()}
@@ -126,8 +125,8 @@ def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: d
         sub = subs[delivery.subscription_id]
         change, email, google_id, summary, time_zone = changes[delivery.change_seq]
         if sub.format == "slack":
-            body = json.dumps(slack_message(change.kind, list(change.fields or []), change.before, change.after,
-                                            calendar_name=summary or google_id, time_zone=time_zone,
+            body = json.dumps(slack_message(change.kind or change.type, list(change.fields or []), change.before,
+                                            change.after, calendar_name=summary or google_id, time_zone=time_zone,
                                             event_id=change.event_id), ensure_ascii=False)
         else:
             body = payload.encode(payload.message(change, email, google_id))

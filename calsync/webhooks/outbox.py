@@ -13,14 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from calsync.store.models import Calendar, Change, Delivery, WebhookSubscription
-from calsync.store.states import DeliveryState, SubscriptionStatus
-from calsync.webhooks.payload import event_type as _event_type
+from calsync.store.states import ChangeType, DeliveryState, SubscriptionStatus
 
 QUEUED_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED)
-
-
-def event_type(change: Change) -> str:
-    return _event_type(change.kind)
 
 
 def message_id(sub_id: str, seq: int) -> str:
@@ -28,8 +23,10 @@ def message_id(sub_id: str, seq: int) -> str:
     return f"msg_{sub_id}_{seq}"
 
 
-def matches(sub: WebhookSubscription, change: Change, calendar_google_id: str) -> bool:
-    if "*" not in sub.events and event_type(change) not in sub.events:
+def matches(sub: WebhookSubscription, change: Change, calendar_google_id: str | None) -> bool:
+    """Whether `sub` wants `change`. Snapshot rows go only to those that name `event.snapshot`: a
+    first sync writes one per event, which `*` must not turn into a flood."""
+    if change.type not in sub.events and ("*" not in sub.events or change.type == ChangeType.EVENT_SNAPSHOT):
         return False
     return not sub.calendars or calendar_google_id in sub.calendars
 
@@ -43,14 +40,15 @@ def enqueue(session: Session, changes: Sequence[Change], now: datetime) -> int:
                            .order_by(WebhookSubscription.id)).all()
     if not subs:
         return 0
-    cal_ids = {c.calendar_id for c in changes}
+    cal_ids = {c.calendar_id for c in changes if c.calendar_id is not None}
     google_ids: dict[int, str] = {
         row.id: row.google_id
         for row in session.execute(select(Calendar.id, Calendar.google_id).where(Calendar.id.in_(cal_ids)))}
     count = 0
     for change in changes:
+        google_id = google_ids[change.calendar_id] if change.calendar_id is not None else None
         for sub in subs:
-            if matches(sub, change, google_ids[change.calendar_id]):
+            if matches(sub, change, google_id):
                 session.add(Delivery(subscription_id=sub.id, change_seq=change.seq,
                                      message_id=message_id(sub.id, change.seq), state=DeliveryState.PENDING,
                                      attempts=0, next_attempt_at=now, created_at=now))

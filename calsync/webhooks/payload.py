@@ -17,15 +17,10 @@ from calsync.sync.reads import change_to_dict
 MAX_BODY_BYTES = 256 * 1024
 
 
-def event_type(kind: str) -> str:
-    """`event.created`, `event.updated` or `event.deleted` for a change kind."""
-    return f"event.{kind}"
-
-
-def message(change: Change, account_email: str, calendar_google_id: str) -> dict[str, Any]:
-    """The message announcing `change`."""
+def message(change: Change, account_email: str, calendar_google_id: str | None) -> dict[str, Any]:
+    """The message announcing `change`: its type is the row's own."""
     return {
-        "type": event_type(change.kind),
+        "type": change.type,
         "timestamp": rfc3339(change.detected_at),
         "data": change_to_dict(change, account_email, calendar_google_id),
     }

@@ -29,6 +29,8 @@ def summary_line(kind: str, fields: list[str], before: dict[str, Any] | None, af
     title = _title(old if kind == "updated" and "summary" in fields else new or old, event_id)
     if kind == "created":
         what = f"created{_span(new, time_zone)}"
+    elif kind == "snapshot":
+        what = f"is on the calendar{_span(new, time_zone)}"
     elif kind == "deleted" or new.get("status") == "cancelled":
         what = f"cancelled{_span(old or new, time_zone, prefix=', was ')}"
     else:

@@ -22,12 +22,12 @@ from calsync.runtime import Runtime
 from calsync.store.crypto import TokenCipher
 from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Delivery, WebhookSubscription
-from calsync.store.states import DeliveryState, SubscriptionStatus
+from calsync.store.states import ChangeType, DeliveryState, SubscriptionStatus
 from calsync.webhooks.safety import check_url, resolve_target
 from calsync.webhooks.signing import new_secret
 from calsync.webhooks.verification import verify_endpoint
 
-EVENT_TYPES = ("event.created", "event.updated", "event.deleted")
+EVENT_TYPES = tuple(t.value for t in ChangeType)
 FORMATS = ("standard", "slack")
 STATUSES = tuple(status.value for status in SubscriptionStatus)
 DEFAULT_GRACE_SECONDS = 24 * 3600.0

@@ -408,7 +408,7 @@ class EditStream:
         cal_google = _google_ids(rt)
         created = [c.after["summary"] for c in changes if c.kind == "created" and c.after]
         updated = [c.after["summary"] for c in changes if c.kind == "updated" and c.after]
-        deleted = [(cal_google[c.calendar_id], c.event_id) for c in changes if c.kind == "deleted"]
+        deleted = [(cal_google[c.calendar_id or 0], c.event_id) for c in changes if c.kind == "deleted"]
         report.check(sorted(created) == sorted(self.created),
                      f"{label}: each of {len(self.created)} inserts is one `created` change "
                      f"(log has {len(created)}, distinct {len(set(created))})")

@@ -206,7 +206,7 @@ def test_three_worker_processes_share_the_work_and_never_sync_a_calendar_twice_a
         codes = [_terminate(p) for p in procs]
     assert codes == [0, 0, 0]
     for cal_id in cal_ids:
-        assert sorted(c.kind for c in changes_for(runtime, cal_id)) == ["created"] * 4
+        assert sorted(str(c.kind) for c in changes_for(runtime, cal_id)) == ["created"] * 4
     by_calendar: dict[str, list[tuple[str, float, float]]] = {}
     for calendar, worker, start, end in list(log):  # the workers are gone: nobody appends any more
         by_calendar.setdefault(calendar, []).append((worker, start, end))

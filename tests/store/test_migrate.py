@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, make_url, text
 
 from alembic import command
 from calsync.store.db import make_engine
-from calsync.store.migrate import alembic_config, current_revision, head_revision
+from calsync.store.migrate import alembic_config, current_revision, head_revision, upgrade
 from calsync.store.models import Base
 
 
@@ -21,4 +28,56 @@ def test_migrations_match_the_models(db_url: str) -> None:
     tables = set(inspect(engine).get_table_names())
     assert set(Base.metadata.tables) <= tables
     command.check(alembic_config(db_url))  # raises if autogenerate would emit any operation
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of its own, so a migration can start below head."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    base = os.environ.get("CALSYNC_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("PostgreSQL run skipped: set CALSYNC_TEST_DATABASE_URL")
+    name = f"calsync_migrate_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def test_0003_keeps_every_change_and_delivery_and_types_them(empty_db_url: str) -> None:
+    """Rows written under 0002 survive 0003: changes typed, their account filled in, deliveries kept."""
+    engine = make_engine(empty_db_url)
+    upgrade(engine, "0002")
+    now = datetime(2026, 11, 30, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO accounts (id, email, credentials, scopes, status, list_requested, list_done,"
+                          " list_error_count, created_at, updated_at) VALUES (7, 'a@example.com', :c, '[]',"
+                          " 'active', 1, 0, 0, :now, :now)"), {"c": b"x", "now": now})
+        conn.execute(text("INSERT INTO calendars (id, account_id, google_id, \"primary\", sync_state, baseline_done,"
+                          " full_sync_gen, sync_requested, sync_done, error_count, created_at) VALUES"
+                          " (3, 7, 'a@example.com', true, 'synced', true, 1, 1, 1, 0, :now)"), {"now": now})
+        for seq, kind in ((1, "created"), (2, "updated"), (3, "deleted")):
+            conn.execute(text("INSERT INTO changes (seq, calendar_id, event_id, kind, fields, detected_at)"
+                              " VALUES (:seq, 3, 'ev1', :kind, '[]', :now)"), {"seq": seq, "kind": kind, "now": now})
+        conn.execute(text("INSERT INTO webhook_subscriptions (id, url, events, format, secret, status, created_at)"
+                          " VALUES ('wh_1', 'https://x.example/h', '[\"*\"]', 'standard', :s, 'active', :now)"),
+                     {"s": b"s", "now": now})
+        conn.execute(text("INSERT INTO deliveries (subscription_id, change_seq, message_id, state, attempts,"
+                          " created_at) VALUES ('wh_1', 2, 'msg_wh_1_2', 'pending', 0, :now)"), {"now": now})
+    upgrade(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT seq, type, account_id, calendar_id, event_id FROM changes ORDER BY seq")).all()
+        assert [tuple(r) for r in rows] == [(1, "event.created", 7, 3, "ev1"), (2, "event.updated", 7, 3, "ev1"),
+                                            (3, "event.deleted", 7, 3, "ev1")]
+        assert conn.execute(text("SELECT change_seq FROM deliveries")).scalars().all() == [2]
+        assert conn.execute(text("SELECT connected_at IS NOT NULL FROM accounts")).scalar_one()
+    assert current_revision(engine) == head_revision()
     engine.dispose()

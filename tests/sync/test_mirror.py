@@ -36,7 +36,7 @@ def apply(runtime: Runtime, cal_id: int, items: list[dict[str, Any]], deferred: 
         page.apply(items, deferred)
         if last:
             page.finish(deferred)
-        return [(c.kind, c.event_id) for c in page.changes]
+        return [(str(c.kind), str(c.event_id)) for c in page.changes]
 
 
 def stored_ids(runtime: Runtime, cal_id: int) -> set[str]:
@@ -123,7 +123,7 @@ def fresh_page(runtime: Runtime, cal_id: int, items: list[dict[str, Any]], defer
     with transaction(runtime.sessions) as session:
         page = PageMirror(session, cal_id, gen=1, record=record, fresh=True)
         page.apply(items, deferred)
-        return [(c.kind, c.event_id) for c in page.changes]
+        return [(str(c.kind), str(c.event_id)) for c in page.changes]
 
 
 def test_a_fresh_listing_stores_an_event_listed_again_on_a_later_page_once(runtime: Runtime) -> None:

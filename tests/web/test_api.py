@@ -14,7 +14,8 @@ from calsync.store.models import Account, Calendar, Change, Channel, Event
 from calsync.sync.changelog import append_changes
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
-CHANGE_KEYS = {"seq", "account", "calendar_id", "event_id", "change", "fields", "before", "after", "detected_at"}
+CHANGE_KEYS = {"seq", "type", "account", "ref", "calendar_id", "event_id", "change", "fields", "before", "after",
+               "detected_at"}
 CALENDAR_KEYS = {"account", "account_status", "calendar_id", "summary", "sync_state", "last_synced_at", "channel"}
 
 
@@ -194,12 +195,15 @@ def test_changes_have_the_contract_shape(client: Any, seed: Seed, api_headers: d
     body = client.get("/api/changes", headers=api_headers).get_json()
     assert set(body) == {"changes", "next"}
     assert body == {"next": 3, "changes": [
-        {"seq": 1, "account": "alice@example.com", "calendar_id": "alice@example.com", "event_id": "e1",
+        {"seq": 1, "type": "event.created", "account": "alice@example.com", "ref": None,
+         "calendar_id": "alice@example.com", "event_id": "e1",
          "change": "created", "fields": [], "before": None, "after": v1, "detected_at": "2026-03-01T09:30:00.000Z"},
-        {"seq": 2, "account": "alice@example.com", "calendar_id": "alice@example.com", "event_id": "e1",
+        {"seq": 2, "type": "event.updated", "account": "alice@example.com", "ref": None,
+         "calendar_id": "alice@example.com", "event_id": "e1",
          "change": "updated", "fields": ["summary"], "before": v1, "after": v2,
          "detected_at": "2026-03-01T09:30:01.250Z"},
-        {"seq": 3, "account": "alice@example.com", "calendar_id": "alice@example.com", "event_id": "e1",
+        {"seq": 3, "type": "event.deleted", "account": "alice@example.com", "ref": None,
+         "calendar_id": "alice@example.com", "event_id": "e1",
          "change": "deleted", "fields": [], "before": v2, "after": None, "detected_at": "2026-03-01T09:31:00.000Z"},
     ]}
     assert all(set(c) == CHANGE_KEYS for c in body["changes"])
@@ -268,6 +272,29 @@ def test_changes_filtered_by_calendar(client: Any, seed: Seed, api_headers: dict
     assert [c["event_id"] for c in body["changes"]] == ["g0"]
     unknown = client.get("/api/changes?calendar=nope@example.com", headers=api_headers)
     assert unknown.status_code == 404 and set(unknown.get_json()) == {"error", "message"}
+
+
+def test_changes_filtered_by_type(client: Any, seed: Seed, api_headers: dict[str, str]) -> None:
+    cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
+    for i, kind in enumerate(["snapshot", "created", "updated", "deleted", "created", "snapshot"]):
+        seed.change(cal, f"e{i}", kind, None if kind in ("snapshot", "created") else {"id": f"e{i}"},
+                    None if kind == "deleted" else {"id": f"e{i}"})
+
+    def get(query: str) -> tuple[list[tuple[int, str]], int]:
+        body = client.get(f"/api/changes?{query}", headers=api_headers).get_json()
+        return [(c["seq"], c["type"]) for c in body["changes"]], body["next"]
+
+    assert get("types=event.created,event.updated") == ([(2, "event.created"), (3, "event.updated"),
+                                                         (5, "event.created")], 5)
+    assert get("types=event.snapshot&limit=1") == ([(1, "event.snapshot")], 1)
+    assert get("types=event.snapshot&after=1") == ([(6, "event.snapshot")], 6)
+    assert get("types=account.connected") == ([], 0)  # a known type with no rows: an empty page
+    assert [t for _, t in get("")[0]] == ["event.snapshot", "event.created", "event.updated", "event.deleted",
+                                          "event.created", "event.snapshot"]
+    for bad in ("types=event.moved", "types=event.created,", "types=", "types=Event.created"):
+        resp = client.get(f"/api/changes?{bad}", headers=api_headers)
+        assert resp.status_code == 400, bad
+        assert resp.get_json()["error"] == "bad_request" and "types" in resp.get_json()["message"]
 
 
 # End to end: consent, sync, an edit at Google, the change on the API ------------------------------

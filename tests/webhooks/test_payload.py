@@ -16,7 +16,8 @@ def test_message_carries_the_whole_change_as_api_changes_does() -> None:
     assert message(change(), "alice@example.com", "team@group") == {
         "type": "event.updated",
         "timestamp": "2026-01-01T12:00:00.000Z",
-        "data": {"seq": 7, "account": "alice@example.com", "calendar_id": "team@group", "event_id": "ev1",
+        "data": {"seq": 7, "type": "event.updated", "account": "alice@example.com", "ref": None,
+                 "calendar_id": "team@group", "event_id": "ev1",
                  "change": "updated", "fields": ["summary"], "before": {"summary": "a"},
                  "after": {"summary": "b"}, "detected_at": "2026-01-01T12:00:00.000Z"},
     }

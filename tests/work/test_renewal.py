@@ -124,7 +124,7 @@ def test_short_lived_channels_renewed_again_and_again_miss_no_change(settings: S
         stop.set()
         worker.join(timeout=20)
     changes = changes_for(short, cal_id)
-    assert sorted(c.event_id for c in changes) == sorted(inserted)  # none missed, none twice
+    assert sorted(str(c.event_id) for c in changes) == sorted(inserted)  # none missed, none twice
     events_channels = [c for c in channels_of(short, calendar_id=cal_id)]
     renewed = [c for c in events_channels if c.replaced_by]
     assert len(renewed) >= 3, [(c.status, c.expires_at) for c in events_channels]
