@@ -59,3 +59,25 @@ def changes(runtime: Runtime, calendar_id: int | None = None, after: int = 0) ->
 def last_seq(runtime: Runtime) -> int:
     found = changes(runtime)
     return found[-1].seq if found else 0
+
+
+def fold(runtime: Runtime, calendar_id: int) -> dict[str, dict[str, Any]]:
+    """The calendar's events as its change feed alone says: snapshot/created/updated set, deleted removes."""
+    state: dict[str, dict[str, Any]] = {}
+    for change in changes(runtime, calendar_id):
+        if change.event_id is None:
+            continue  # a lifecycle row
+        if change.kind == "deleted":
+            assert change.event_id in state, f"seq {change.seq} deletes {change.event_id}, which the feed never set"
+            del state[change.event_id]
+        else:
+            assert change.after is not None
+            state[change.event_id] = change.after
+    return state
+
+
+def assert_feed_rebuilds_mirror(runtime: Runtime, calendar_id: int) -> None:
+    """The fold of the feed is the mirror, event for event; and no event has two snapshot rows."""
+    assert fold(runtime, calendar_id) == mirror(runtime, calendar_id)
+    snapshots = [c.event_id for c in changes(runtime, calendar_id) if c.kind == "snapshot"]
+    assert len(snapshots) == len(set(snapshots)), "an event has a second snapshot row"

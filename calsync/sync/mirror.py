@@ -3,6 +3,11 @@
 The mirror holds what Google holds: series and exceptions unexpanded, cancelled exceptions of live
 series included, deleted events excluded. Every decision compares Google's JSON with the mirrored
 JSON, so a replayed page (after a crash, or a 410 resync) finds nothing new and writes no Change.
+
+Every version a row takes is one Change, so the feed folded from its start is the mirror: a row
+written sets the event (`snapshot` in the calendar's first full sync, else `created` or
+`updated`), a row removed is `deleted`. An occurrence cancelled in a live series is kept as Google
+lists it, so it is an `updated` whose `after` says `"status": "cancelled"`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from sqlalchemy.orm import Session, aliased
 
 from calsync.store.db import is_postgres
 from calsync.store.models import Change, Event
+from calsync.store.states import ChangeKind, ChangeType
 from calsync.sync.diff import changed_fields, event_time_text, implied_occurrence
 
 CANCELLED = "cancelled"
@@ -38,12 +44,14 @@ _CHUNK = 500  # series ids per IN (...) list, well under SQLite's bound-paramete
 class PageMirror:
     """The mirrored events of one calendar, as seen inside one page's transaction."""
 
-    def __init__(self, session: Session, calendar_id: int, *, gen: int | None, record: bool,
+    def __init__(self, session: Session, calendar_id: int, *, gen: int | None, first: bool = False,
                  fresh: bool = False) -> None:
         self.session = session
         self.calendar_id = calendar_id
         self.gen = gen  # set during a full sync: every event seen is stamped with it
-        self.record = record  # False during the baseline: events are written, no Change rows
+        # The calendar's first full sync, begun now or resumed after a crash: a row not yet
+        # mirrored is a snapshot; one an interrupted attempt stored is compared like any other.
+        self.first = first
         # True when the mirror held no row of this calendar as this full listing began: a live
         # event's id is then taken as new without a lookup (see `apply`).
         self.fresh = fresh
@@ -124,13 +132,13 @@ class PageMirror:
     # Live events -------------------------------------------------------------------------------
     def _put_live(self, item: dict[str, Any]) -> None:
         row = self._rows.get(item["id"])
-        if not self.record:  # the baseline compares nothing: the row is all there is to write
+        if row is None and self.first:
+            self._change(item["id"], ChangeKind.SNAPSHOT, [], None, item)
             self._write(row, item)
             return
         if row is not None and row.status != CANCELLED:
-            fields = changed_fields(row.data, item)
-            if fields:
-                self._change(item["id"], "updated", fields, row.data, item)
+            if row.data != item:  # also when only etag/updated/sequence moved: the feed has every version
+                self._change(item["id"], ChangeKind.UPDATED, changed_fields(row.data, item), row.data, item)
             self._write(row, item)
             return
         parent = self._live_parent(item)
@@ -138,12 +146,10 @@ class PageMirror:
         if row is None and parent is not None and isinstance(original, dict):
             # A modified occurrence: it existed before as the series implied it.
             before = implied_occurrence(parent.data, item["id"], original)
-            fields = changed_fields(before, item)
-            if fields:
-                self._change(item["id"], "updated", fields, before, item)
+            self._change(item["id"], ChangeKind.UPDATED, changed_fields(before, item), before, item)
         else:
             # New, or back after a cancellation we mirrored.
-            self._change(item["id"], "created", [], None, item)
+            self._change(item["id"], ChangeKind.CREATED, [], None, item)
         self._write(row, item)
 
     # Cancelled events --------------------------------------------------------------------------
@@ -170,18 +176,19 @@ class PageMirror:
             if row is not None:
                 self._remove(row)
             return True
-        if row is None or row.status != CANCELLED:
+        if row is None and self.first:
+            self._change(item["id"], ChangeKind.SNAPSHOT, [], None, item)
+        elif row is None or row.data != item:
             original = item.get("originalStartTime")
             before = row.data if row is not None else (
                 implied_occurrence(parent.data, item["id"], original) if isinstance(original, dict)
                 else {"id": item["id"], "recurringEventId": series_id})
-            self._change(item["id"], "deleted", [], before, None)
+            self._change(item["id"], ChangeKind.UPDATED, changed_fields(before, item), before, item)
         self._write(row, item)
         return True
 
     def _remove(self, row: _Row) -> None:
-        if row.status != CANCELLED:
-            self._change(row.google_id, "deleted", [], row.data, None)
+        self._change(row.google_id, ChangeKind.DELETED, [], row.data, None)
         if isinstance(row, _NewRow):
             del self._new[row.google_id]  # written earlier in this page, never stored
         else:
@@ -216,11 +223,10 @@ class PageMirror:
             _set_columns(row, item)
             row.seen_gen = self.gen if self.gen is not None else (row.seen_gen or 0)
 
-    def _change(self, event_id: str, kind: str, fields: list[str], before: dict[str, Any] | None,
+    def _change(self, event_id: str, kind: ChangeKind, fields: list[str], before: dict[str, Any] | None,
                 after: dict[str, Any] | None) -> None:
-        if self.record:
-            self.changes.append(Change(calendar_id=self.calendar_id, event_id=event_id, kind=kind,
-                                       fields=fields, before=before, after=after))
+        self.changes.append(Change(calendar_id=self.calendar_id, event_id=event_id,
+                                   type=ChangeType.of_event(kind).value, fields=fields, before=before, after=after))
 
     def _load_exceptions(self, series_ids: Iterable[str]) -> None:
         """Mirrored exceptions of these series, in one query per chunk (pending writes flushed first)."""

@@ -59,7 +59,7 @@ Finish = Callable[[datetime], dict[str, Any]]
 
 @dataclass(frozen=True)
 class SyncResult:
-    """What one sync did; `kind` is "full" (baseline), "incremental" or "resync" (compared with the mirror)."""
+    """What one sync did; `kind` is "full" (the first), "incremental" or "resync" (compared with the mirror)."""
 
     kind: str
     pages: int
@@ -67,6 +67,7 @@ class SyncResult:
     created: int
     updated: int
     deleted: int
+    snapshots: int = 0
 
 
 def sync_calendar(runtime: Runtime, calendar_id: int, *, full: bool = False, lease_owner: str | None = None,
@@ -162,7 +163,8 @@ class _SyncRun:
                     self._extend_lease(session, now)
                     if token is None and gen is None:
                         gen, fresh = self._start_full_sync(session)
-                    mirror = PageMirror(session, self.calendar_id, gen=gen, record=kind != "full", fresh=fresh)
+                    mirror = PageMirror(session, self.calendar_id, gen=gen, first=not self.baseline_done,
+                                        fresh=fresh)
                     mirror.apply(items, deferred)
                     if next_sync_token:
                         mirror.finish(deferred)
@@ -182,7 +184,8 @@ class _SyncRun:
                     self.sync_token = next_sync_token
                     self.baseline_done = True
         return SyncResult(kind=kind, pages=self.pages, events_seen=self.events_seen, created=self.counts["created"],
-                          updated=self.counts["updated"], deleted=self.counts["deleted"])
+                          updated=self.counts["updated"], deleted=self.counts["deleted"],
+                          snapshots=self.counts["snapshot"])
 
     def _pages(self, sync_token: str | None) -> Generator[tuple[dict[str, Any], Credentials, Callable[[], None]]]:
         """The pages of one listing, each with a copy of the credentials and a `committing` signal.

@@ -25,6 +25,7 @@ from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.diff import implied_occurrence
 from calsync.sync.run import SyncResult, sync_calendar
 from tests.sync_support import (
+    assert_feed_rebuilds_mirror,
     calendar_row_id,
     changes,
     connect_account,
@@ -75,7 +76,8 @@ def one_change(runtime: Runtime, cal_id: int, after: int) -> Any:
 
 
 # Full sync ---------------------------------------------------------------------------------------
-def test_full_sync_of_three_calendars_mirrors_them_and_writes_no_changes(runtime: Runtime, emu: Any) -> None:
+def test_full_sync_of_three_calendars_mirrors_them_with_one_snapshot_row_per_event(runtime: Runtime,
+                                                                                  emu: Any) -> None:
     account_id = connect_account(runtime, emu, ALICE)
     emu.insert_event(ALICE, timed("lunch"))
     series = emu.insert_event(ALICE, weekly("standup"))
@@ -95,18 +97,23 @@ def test_full_sync_of_three_calendars_mirrors_them_and_writes_no_changes(runtime
         before_calls = emu.count("calendar.events.list", google_id)
         result = sync_calendar(runtime, cal_id)
         pages = max(1, math.ceil(events / 2500))
+        start = last_seq(runtime)
         assert result.kind == "full" and result.pages == pages
-        assert (result.created, result.updated, result.deleted) == (0, 0, 0)
+        assert (result.created, result.updated, result.deleted, result.snapshots) == (0, 0, 0, events)
         assert emu.count("calendar.events.list", google_id) - before_calls == pages
         assert all(r.params.get("maxResults") == "2500" for r in emu.requests
                    if r.api_method == "calendar.events.list")
         assert_mirrors_google(runtime, emu, cal_id, google_id)
+        assert_feed_rebuilds_mirror(runtime, cal_id)
+        rows = changes(runtime, cal_id)
+        assert len(rows) == events and {(c.type, c.before is None, c.fields == []) for c in rows} == {
+            ("event.snapshot", True, True)}
+        assert [c.seq for c in rows] == sorted(c.seq for c in rows) and rows[0].seq > start - len(rows)
         with runtime.sessions() as session:
             row = session.get_one(Calendar, cal_id)
             assert row.baseline_done and row.sync_token and row.sync_state == "synced"
             assert row.last_synced_at is not None and row.last_error is None
     assert len(mirror(runtime, calendar_row_id(runtime, big))) == 5000
-    assert changes(runtime) == []
 
 
 def test_sync_reports_progress_per_page_and_honours_the_page_size(runtime: Runtime, emu: Any, cal: int) -> None:
@@ -198,16 +205,19 @@ def test_an_event_created_and_deleted_between_syncs_leaves_no_trace(runtime: Run
     assert_mirrors_google(runtime, emu, cal)
 
 
-def test_noise_alone_refreshes_the_mirror_without_a_change(runtime: Runtime, emu: Any, cal: int) -> None:
+def test_noise_alone_is_an_update_naming_no_field(runtime: Runtime, emu: Any, cal: int) -> None:
+    """Only etag/updated moved: no field changed, but the mirror takes the new version, so the feed does too."""
     target = event_id(emu, "one")
     start = last_seq(runtime)
-    old_etag = mirror(runtime, cal)[target]["etag"]
+    old = mirror(runtime, cal)[target]
     touched = emu.patch_event(ALICE, target, {"summary": "one"})
-    assert touched["etag"] != old_etag
+    assert touched["etag"] != old["etag"]
     result = sync_calendar(runtime, cal)
-    assert result.events_seen == 1 and (result.created, result.updated, result.deleted) == (0, 0, 0)
-    assert changes(runtime, cal, after=start) == []
+    assert result.events_seen == 1 and (result.created, result.updated, result.deleted) == (0, 1, 0)
+    change = one_change(runtime, cal, start)
+    assert (change.type, change.fields, change.before, change.after) == ("event.updated", [], old, touched)
     assert mirror(runtime, cal)[target]["etag"] == touched["etag"]
+    assert_feed_rebuilds_mirror(runtime, cal)
     with runtime.sessions() as session:
         row = session.scalars(select(Event).where(Event.google_id == target)).one()
         assert row.etag == touched["etag"] and row.updated == touched["updated"]
@@ -247,7 +257,10 @@ def test_a_modified_occurrence_is_an_update_of_the_occurrence_the_series_implied
     assert (change.kind, change.fields, change.before, change.after) == ("updated", ["summary"], moved, renamed)
 
 
-def test_a_cancelled_occurrence_is_a_deletion_kept_in_the_mirror(runtime: Runtime, emu: Any, cal: int) -> None:
+def test_a_cancelled_occurrence_is_an_update_to_cancelled_kept_in_the_mirror(
+        runtime: Runtime, emu: Any, cal: int) -> None:
+    """Google lists the cancelled occurrence and the mirror keeps it (it hides one instance), so the
+    feed sets it too: an update from the occurrence the series implied to the cancelled one."""
     series = emu.insert_event(ALICE, weekly("standup"))
     sync_calendar(runtime, cal)
     start = last_seq(runtime)
@@ -255,17 +268,20 @@ def test_a_cancelled_occurrence_is_a_deletion_kept_in_the_mirror(runtime: Runtim
     sync_calendar(runtime, cal)
     occurrence_id = f"{series['id']}_20260119T080000Z"
     change = one_change(runtime, cal, start)
-    assert (change.kind, change.event_id, change.after) == ("deleted", occurrence_id, None)
+    kept = mirror(runtime, cal)[occurrence_id]
+    assert (change.kind, change.event_id, change.after) == ("updated", occurrence_id, kept)
+    assert "status" in change.fields
     assert change.before["id"] == occurrence_id and change.before["recurringEventId"] == series["id"]
     assert change.before["summary"] == "standup"
     assert change.before["start"] == {"dateTime": "2026-01-19T09:00:00+01:00", "timeZone": "Europe/Berlin"}
     assert change.before["end"] == {"dateTime": "2026-01-19T09:30:00+01:00", "timeZone": "Europe/Berlin"}
-    kept = mirror(runtime, cal)[occurrence_id]
     assert kept["status"] == "cancelled" and kept["originalStartTime"]["dateTime"] == "2026-01-19T09:00:00+01:00"
     assert_mirrors_google(runtime, emu, cal)
+    assert_feed_rebuilds_mirror(runtime, cal)
 
 
-def test_cancelling_a_modified_occurrence_deletes_the_mirrored_exception(runtime: Runtime, emu: Any, cal: int) -> None:
+def test_cancelling_a_modified_occurrence_updates_the_mirrored_exception_to_cancelled(
+        runtime: Runtime, emu: Any, cal: int) -> None:
     series = emu.insert_event(ALICE, weekly("standup"))
     moved = emu.patch_instance(ALICE, series["id"], "2026-01-12T08:00:00Z", {"summary": "special"})
     sync_calendar(runtime, cal)
@@ -273,9 +289,11 @@ def test_cancelling_a_modified_occurrence_deletes_the_mirrored_exception(runtime
     emu.delete_event(ALICE, moved["id"])
     sync_calendar(runtime, cal)
     change = one_change(runtime, cal, start)
-    assert (change.kind, change.event_id, change.before, change.after) == ("deleted", moved["id"], moved, None)
-    assert mirror(runtime, cal)[moved["id"]]["status"] == "cancelled"
+    kept = mirror(runtime, cal)[moved["id"]]
+    assert (change.kind, change.event_id, change.before, change.after) == ("updated", moved["id"], moved, kept)
+    assert kept["status"] == "cancelled" and "status" in change.fields
     assert_mirrors_google(runtime, emu, cal)
+    assert_feed_rebuilds_mirror(runtime, cal)
 
 
 def test_deleting_a_series_deletes_it_and_its_live_exceptions(runtime: Runtime, emu: Any, cal: int) -> None:
@@ -284,16 +302,21 @@ def test_deleting_a_series_deletes_it_and_its_live_exceptions(runtime: Runtime, 
     emu.cancel_instance(ALICE, series["id"], "2026-01-19T08:00:00Z")
     sync_calendar(runtime, cal)
     series = next(e for e in emu.events(ALICE) if e["id"] == series["id"])
+    cancelled_id = f"{series['id']}_20260119T080000Z"
+    cancelled = mirror(runtime, cal)[cancelled_id]
     start = last_seq(runtime)
     emu.delete_event(ALICE, series["id"])
     result = sync_calendar(runtime, cal)
     found = changes(runtime, cal, after=start)
+    # The cancelled occurrence was in the mirror (and the feed) too: it goes with its series.
     assert sorted((c.kind, c.event_id) for c in found) == sorted(
-        [("deleted", series["id"]), ("deleted", moved["id"])])
-    assert {c.event_id: c.before for c in found} == {series["id"]: series, moved["id"]: moved}
-    assert all(c.after is None and c.fields == [] for c in found) and result.deleted == 2
+        [("deleted", series["id"]), ("deleted", moved["id"]), ("deleted", cancelled_id)])
+    assert {c.event_id: c.before for c in found} == {series["id"]: series, moved["id"]: moved,
+                                                     cancelled_id: cancelled}
+    assert all(c.after is None and c.fields == [] for c in found) and result.deleted == 3
     assert not any(e.startswith(series["id"]) for e in mirror(runtime, cal))
     assert_mirrors_google(runtime, emu, cal)
+    assert_feed_rebuilds_mirror(runtime, cal)
 
 
 def test_a_series_edit_is_one_change_of_the_series(runtime: Runtime, emu: Any, cal: int) -> None:
@@ -327,12 +350,15 @@ def test_an_expired_sync_token_resyncs_and_records_exactly_the_real_differences(
     assert result.kind == "resync" and result.pages >= 3
     found = {(c.kind, c.event_id): c for c in changes(runtime, cal, after=start)}
     occurrence = f"{series['id']}_20260126T080000Z"
-    assert set(found) == {("deleted", one), ("updated", two), ("created", created["id"]), ("deleted", occurrence)}
+    assert set(found) == {("deleted", one), ("updated", two), ("created", created["id"]), ("updated", occurrence),
+                          ("updated", keep["id"])}
     assert found[("deleted", one)].before == mirrored[one]
     assert found[("updated", two)].fields == ["summary"] and found[("updated", two)].after == edited
+    assert found[("updated", keep["id"])].fields == []  # noise only: a new version, no field changed
     assert found[("created", created["id"])].after == created
-    assert (result.created, result.updated, result.deleted) == (1, 1, 2)
+    assert (result.created, result.updated, result.deleted) == (1, 3, 1)
     assert_mirrors_google(runtime, emu, cal)
+    assert_feed_rebuilds_mirror(runtime, cal)
     with runtime.sessions() as session:
         assert session.get_one(Calendar, cal).sync_token is not None
     # The new token works: the next sync is incremental and finds nothing.
@@ -340,7 +366,7 @@ def test_an_expired_sync_token_resyncs_and_records_exactly_the_real_differences(
     assert again.kind == "incremental" and again.events_seen == 0
 
 
-def test_a_baseline_cut_short_and_run_again_mirrors_google_and_records_nothing(runtime: Runtime, emu: Any) -> None:
+def test_a_first_sync_cut_short_goes_on_and_the_feed_holds_every_version_once(runtime: Runtime, emu: Any) -> None:
     account_id = connect_account(runtime, emu, ALICE)
     for i in range(12):
         emu.insert_event(ALICE, timed(f"event {i}", day=1 + i))
@@ -353,16 +379,25 @@ def test_a_baseline_cut_short_and_run_again_mirrors_google_and_records_nothing(r
 
     with pytest.raises(BackendError):
         sync_calendar(runtime, cal_id, page_size=3, progress=fail_after_two_pages)
-    assert 6 <= len(mirror(runtime, cal_id)) < 12
-    emu.delete_event(ALICE, event_id(emu, "event 0"))  # mirrored by the first attempt, cancelled before the second
-    emu.insert_event(ALICE, timed("late", day=20))
-    with transaction(runtime.sessions) as session:  # one Google no longer lists at all: only a sweep finds it
-        session.add(Event(calendar_id=cal_id, google_id="ghost12345", status="confirmed", data={"id": "ghost12345"},
-                          seen_gen=1))
+    stored = mirror(runtime, cal_id)
+    assert 6 <= len(stored) < 12
+    assert sorted(str(c.event_id) for c in changes(runtime, cal_id)) == sorted(stored)  # one snapshot each
+    zero, one = event_id(emu, "event 0"), event_id(emu, "event 1")
+    emu.delete_event(ALICE, zero)  # mirrored by the first attempt, deleted before the second
+    edited = emu.patch_event(ALICE, one, {"summary": "event 1 (edited)"})  # mirrored, then edited
+    late = emu.insert_event(ALICE, timed("late", day=20))
+    start = last_seq(runtime)
     result = sync_calendar(runtime, cal_id, page_size=3)
-    assert result.kind == "full" and (result.created, result.updated, result.deleted) == (0, 0, 0)
-    assert changes(runtime, cal_id) == []
+    assert result.kind == "full"
+    found = changes(runtime, cal_id, after=start)
+    kinds = {str(c.event_id): str(c.kind) for c in found}
+    assert len(kinds) == len(found)  # one row per event at most
+    assert kinds[zero] == "deleted" and kinds[one] == "updated" and kinds[late["id"]] == "snapshot"
+    assert next(c for c in found if c.event_id == one).after == edited
+    # Every other event gets its snapshot in this attempt only if the first did not store it.
+    assert {e for e, k in kinds.items() if k == "snapshot"} == set(mirror(runtime, cal_id)) - set(stored)
     assert_mirrors_google(runtime, emu, cal_id)
+    assert_feed_rebuilds_mirror(runtime, cal_id)
 
 
 def test_events_missing_from_a_full_listing_are_deleted(runtime: Runtime, emu: Any, cal: int) -> None:
@@ -481,7 +516,7 @@ def test_seq_is_strictly_increasing_and_gap_free_across_calendars(runtime: Runti
         sync_calendar(runtime, team_cal)
         sync_calendar(runtime, cal)
     seqs = [c.seq for c in changes(runtime)]
-    assert seqs == list(range(1, 13))
+    assert seqs == list(range(1, 15))  # the fixture's two snapshot rows, then twelve changes
     assert {c.calendar_id for c in changes(runtime)} == {cal, team_cal}
 
 

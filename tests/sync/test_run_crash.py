@@ -9,15 +9,10 @@ edits can merge into one observed change: the diff log must hold each of them ex
 from __future__ import annotations
 
 import os
-import queue
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,7 +22,9 @@ from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
+from tests.sync.crash_support import Child, child_env
 from tests.sync_support import (
+    assert_feed_rebuilds_mirror,
     calendar_row_id,
     changes,
     connect_account,
@@ -42,7 +39,6 @@ KILLS = 20
 PAGE_SIZE = 50
 SINGLE_EVENTS = 600
 SERIES = 3
-CHILD = Path(__file__).with_name("crash_child.py")
 
 Expected = tuple[str, str, str | None, tuple[str, ...]]
 
@@ -103,75 +99,7 @@ class Editor(threading.Thread):
                 self.expected.append(("updated", done["id"], f"moved {label}", ("summary",)))
             else:
                 done = self.emu.cancel_instance(self.cal, series_id, original)
-                self.expected.append(("deleted", done["id"], None, ()))
-
-
-class Child:
-    """tests/sync/crash_child.py: imports calsync once, then forks a syncing process per `start()`."""
-
-    def __init__(self, env: dict[str, str], calendar_id: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(CHILD), str(calendar_id), str(PAGE_SIZE)],
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.last = ""
-        self.pid = 0
-        threading.Thread(target=self._read, daemon=True).start()
-        self.wait_for("ready", 1, timeout=60)
-        assert self.last == "ready", "the child did not start"
-
-    def start(self) -> None:
-        """Fork a new syncing process (the previous one is dead)."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        self.wait_for("pid", 1, timeout=10)
-        self.pid = int(self.last.split()[1])
-
-    def wait_for(self, prefix: str, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while seen < count and time.monotonic() < deadline:
-            try:
-                self.last = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                return
-            if self.last.startswith(("error", "dead")):
-                raise AssertionError(f"the syncing process died on its own: {self.last}")
-            if self.last.startswith(prefix):
-                seen += 1
-
-    def kill(self) -> bool:
-        """SIGKILL the syncing process; True when it was inside a sync (past "begin", before "end")."""
-        os.kill(self.pid, signal.SIGKILL)
-        was = self.last
-        while True:
-            line = self.lines.get(timeout=10)
-            if line.startswith("dead"):
-                return was.startswith(("begin", "page"))
-            if line.startswith("error"):
-                raise AssertionError(f"the syncing process failed: {line}")
-            was = line
-
-    def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
-
-
-def child_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "CALSYNC_DATABASE_URL": settings.database_url,
-        "CALSYNC_GOOGLE_CLIENT_SECRETS": str(settings.google_client_secrets),
-        "CALSYNC_GOOGLE_API_URL": settings.google_api_url,
-        "CALSYNC_PUBLIC_URL": settings.public_url,
-        "CALSYNC_TOKEN_KEY": str(settings.token_key),
-    })
-    return env
+                self.expected.append(("cancelled", done["id"], None, ()))
 
 
 def test_killing_the_sync_at_random_instants_loses_and_duplicates_nothing(
@@ -193,7 +121,7 @@ def test_killing_the_sync_at_random_instants_loses_and_duplicates_nothing(
         occurrences += [(series["id"], (first + timedelta(weeks=w)).isoformat()) for w in range(40)]
     refresh_calendar_list(runtime, account_id)
     cal_id = calendar_row_id(runtime, cal)
-    child = Child(child_env(settings), cal_id)
+    child = Child(child_env(settings), cal_id, PAGE_SIZE)
     editor = Editor(emu, cal, singles, occurrences, rng)
     mid_sync = 0
     try:
@@ -225,7 +153,18 @@ def test_killing_the_sync_at_random_instants_loses_and_duplicates_nothing(
     context = f"seed={seed} kills={KILLS} mid_sync={mid_sync} edits={len(editor.expected)} {elapsed:.1f}s"
     assert mid_sync >= KILLS // 3, context
     assert mirror(runtime, cal_id) == google_view(emu, cal), context
+    assert_feed_rebuilds_mirror(runtime, cal_id)
     logged = changes(runtime, cal_id)
-    actual = sorted((c.kind, c.event_id, (c.after or {}).get("summary"), tuple(c.fields)) for c in logged)
+    snapshots = [c for c in logged if c.kind == "snapshot"]
+    assert len(snapshots) == SINGLE_EVENTS + SERIES and snapshots == logged[:len(snapshots)], context
+    actual = sorted(_observed(c) for c in logged[len(snapshots):])
     assert actual == sorted(editor.expected), context
     assert [c.seq for c in logged] == list(range(1, len(logged) + 1)), context
+
+
+def _observed(change: Any) -> Expected:
+    """A row as the ledger writes it; an occurrence updated to cancelled is its cancellation."""
+    after = change.after or {}
+    if change.kind == "updated" and after.get("status") == "cancelled":
+        return ("cancelled", change.event_id, None, ())
+    return (change.kind, change.event_id, after.get("summary"), tuple(change.fields))
