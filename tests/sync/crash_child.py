@@ -1,7 +1,7 @@
 """Child process of tests/test_sync_crash.py: forks syncing processes for the parent to kill.
 
 Importing calsync takes a second or more on a busy machine, so this process imports once and then,
-for every "go" line on stdin, forks a process that builds its own Runtime (no connection is shared
+for every "go [calendar id]" line on stdin, forks a process that builds its own Runtime (no connection is shared
 across the fork) and syncs one calendar in a loop until it is SIGKILLed; then it reaps it.
 
 Configured through the CALSYNC_* environment (database, client secrets, emulator URL, token key);
@@ -44,12 +44,14 @@ def sync_forever(calendar_id: int, page_size: int) -> None:
 def main(calendar_id: int, page_size: int) -> None:
     say("ready")
     for command in sys.stdin:
-        if command.strip() != "go":
+        words = command.split()
+        if not words or words[0] != "go":
             continue
+        target = int(words[1]) if len(words) > 1 else calendar_id
         pid = os.fork()
         if pid == 0:
             try:
-                sync_forever(calendar_id, page_size)
+                sync_forever(target, page_size)
             except BaseException:
                 say("error " + traceback.format_exc().replace("\n", " | "))
             os._exit(1)

@@ -29,10 +29,10 @@ class Child:
         self.wait_for("ready", 1, timeout=60)
         assert self.last == "ready", "the child did not start"
 
-    def start(self) -> None:
-        """Fork a new syncing process (the previous one is dead)."""
+    def start(self, calendar_id: int | None = None) -> None:
+        """Fork a new syncing process (the previous one is dead), of another calendar if given."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
+        self.proc.stdin.write("go\n" if calendar_id is None else f"go {calendar_id}\n")
         self.proc.stdin.flush()
         self.wait_for("pid", 1, timeout=10)
         self.pid = int(self.last.split()[1])

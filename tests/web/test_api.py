@@ -329,20 +329,22 @@ def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
     assert all(c["last_synced_at"].endswith("Z") and c["account_status"] == "active" for c in calendars)
     events = api.get(f"{live_server}/api/events", params={"calendar": email}).json()
     assert [e["id"] for e in events["items"]] == [standup["id"]] and events["nextPageToken"] is None
+    baseline = api.get(f"{live_server}/api/changes", params={"calendar": email}).json()
+    assert [(c["type"], c["event_id"], c["after"]) for c in baseline["changes"]] == [
+        ("event.snapshot", standup["id"], events["items"][0])], "the first full sync is the feed's snapshot"
     baseline = api.get(f"{live_server}/api/changes").json()
-    assert baseline == {"changes": [], "next": 0}, "the first full sync is a baseline, not changes"
 
     emu.patch_event(email, standup["id"], {"summary": "Daily standup"})
     with runtime.sessions() as session:
         primary = session.scalars(select(Calendar.id).where(Calendar.google_id == email)).one()
     sync_calendar(runtime, primary)
 
-    feed = api.get(f"{live_server}/api/changes", params={"after": 0}).json()
+    feed = api.get(f"{live_server}/api/changes", params={"after": baseline["next"]}).json()
     [change] = feed["changes"]
     assert feed["next"] == change["seq"]
     assert (change["account"], change["calendar_id"], change["event_id"], change["change"], change["fields"]) == \
         (email, email, standup["id"], "updated", ["summary"])
     assert change["before"]["summary"] == "Standup" and change["after"]["summary"] == "Daily standup"
     assert change["detected_at"].endswith("Z")
-    assert api.get(f"{live_server}/api/changes", params={"calendar": team}).json() == \
-        {"changes": [], "next": 0}
+    assert [c["type"] for c in api.get(f"{live_server}/api/changes", params={"calendar": team}).json()["changes"]] \
+        == ["event.snapshot"]

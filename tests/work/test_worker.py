@@ -69,7 +69,9 @@ def test_a_new_account_gets_its_calendars_synced_then_watched(rt: Any, emu: Any)
     # The watch came after the baseline, and one incremental sync covers the seam.
     methods = [r.api_method for r in emu.requests if r.api_method.startswith("calendar.events")]
     assert methods == ["calendar.events.list", "calendar.events.watch", "calendar.events.list"]
-    assert changes_for(rt) == []  # the baseline writes no changes
+    # The first sync is the feed's snapshot: one row per event, nothing else.
+    assert [(c.type, (c.after or {}).get("summary")) for c in changes_for(rt)] == [("event.snapshot",
+                                                                                   EVENT["summary"])]
 
 
 def test_many_requests_while_waiting_cost_one_sync(rt: Any, emu: Any) -> None:
