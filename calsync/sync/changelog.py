@@ -9,16 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.metrics import CHANGES
+from calsync.store.bulk import bound, insert_rows, json_text
 from calsync.store.models import Account, Calendar, Change, Counter
 from calsync.webhooks.outbox import enqueue
 
 SEQ_COUNTER = "change_seq"
 _CHANGES = Change.__table__
-_COLUMNS = tuple(column.name for column in _CHANGES.columns)
+_COLUMNS = ("seq", "type", "account_id", "calendar_id", "event_id", "ref", "fields", "before", "after", "detected_at")
 
 
 def append_changes(session: Session, changes: Sequence[Change], now: Any) -> Sequence[Change]:
@@ -40,10 +41,13 @@ def append_changes(session: Session, changes: Sequence[Change], now: Any) -> Seq
         change.detected_at = now
         change.fields = list(change.fields or [])
         CHANGES.labels(change.type).inc()
-    # One executemany through Core: a first sync writes a row per event, and the ORM's unit of
-    # work per object cost more than the database's own insert. The objects stay as the caller's record.
-    session.execute(insert(_CHANGES), [{column: getattr(change, column) for column in _COLUMNS}
-                                       for change in changes])
+    # Straight to the driver: a first sync writes a row per event, and the ORM's unit of work per
+    # object cost more than the database's own insert. The objects stay as the caller's record.
+    connection = session.connection()
+    detected_at = bound(connection, _CHANGES.c.detected_at, now)
+    insert_rows(connection, _CHANGES, _COLUMNS, [
+        (c.seq, c.type, c.account_id, c.calendar_id, c.event_id, c.ref, json_text(c.fields), json_text(c.before),
+         json_text(c.after), detected_at) for c in changes])
     enqueue(session, changes, now)
     return changes
 
