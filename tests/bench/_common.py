@@ -371,6 +371,7 @@ class EditStream:
         self.calendars = calendars
         self.prefix = prefix
         self.untouched = {cal: [e["id"] for e in emu.events(cal)] for cal in calendars}
+        self.baseline = sum(len(ids) for ids in self.untouched.values())  # each is one snapshot row
         self.created: set[str] = set()
         self.updated: set[str] = set()
         self.deleted: set[tuple[str, str]] = set()
@@ -404,7 +405,11 @@ class EditStream:
             self.one()
 
     def check(self, report: Report, rt: Runtime, label: str) -> None:
-        changes = all_changes(rt)
+        snapshots = [c.event_id for c in all_changes(rt) if c.kind == "snapshot"]
+        report.check(len(snapshots) == len(set(snapshots)) == self.baseline,
+                     f"{label}: the first syncs wrote one snapshot row for each of {self.baseline} events "
+                     f"({len(snapshots)} rows, distinct {len(set(snapshots))})")
+        changes = [c for c in all_changes(rt) if c.kind != "snapshot"]
         cal_google = _google_ids(rt)
         created = [c.after["summary"] for c in changes if c.kind == "created" and c.after]
         updated = [c.after["summary"] for c in changes if c.kind == "updated" and c.after]
