@@ -103,6 +103,7 @@ class Worker:
 
         A beat before each job, and the heartbeat's thread during it, so a long job keeps its lease.
         """
+        self.heartbeat.beat()
         self.heartbeat.start()
         try:
             self.start_up()
@@ -118,12 +119,10 @@ class Worker:
             self.heartbeat.stop()
 
     def start_up(self) -> None:
-        """Heartbeat (before any claim, which the leases need), and recreate channels that lapsed
-        while no worker ran."""
+        """Recreate channels that lapsed while no worker ran (the callers beat first: leases need it)."""
         if self._started:
             return
         self._started = True
-        self.heartbeat.beat()
         now = self.runtime.clock.now()
         with transaction(self.runtime.sessions) as session:
             schedule_missing_channels(session, now, self.runtime.settings.renew_before)
