@@ -32,10 +32,12 @@ from calsync.errors import ConfigError, NotFoundError
 from calsync.humanize import ago, expires_in
 from calsync.runtime import Runtime
 from calsync.store.db import make_engine, make_sessionmaker, rows_affected, transaction
+from calsync.store.liveness import heartbeat_is_fresh, lease_is_free, stale_before
 from calsync.store.migrate import current_revision
-from calsync.store.models import Account, Calendar, Change, Channel, WorkerHeartbeat
+from calsync.store.models import Account, Calendar, Change, Channel
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
 from calsync.work.leases import Claim, finish_calendar, release_calendar
+from calsync.work.liveness import last_heartbeat
 
 STATE_STYLE = {"synced": "green", "pending": "cyan", "backoff": "yellow", "error": "bold red",
                "active": "green", "reauth_required": "bold white on red", "disconnected": "dim",
@@ -57,11 +59,16 @@ def status(all_channels: bool) -> None:
         emails = {a.id: a.email for a in accounts}
         titles = {c.id: c.summary or c.google_id for c in calendars}
         last_seq = session.scalar(select(func.max(Change.seq))) or 0
-        heartbeat = session.scalar(select(func.max(WorkerHeartbeat.seen_at)))
+        heartbeat = last_heartbeat(session)
     console.print(_accounts_table(accounts, calendars, now))
     console.print(_calendars_table(calendars, channels, emails, now))
     console.print(_channels_table(channels, emails, titles, now))
-    worker = f"worker heartbeat {ago(heartbeat, now)}" if heartbeat else "[yellow]no worker has run yet[/yellow]"
+    if heartbeat is None:
+        worker = "[yellow]no worker has run yet[/yellow]"
+    elif heartbeat_is_fresh(heartbeat, now):
+        worker = f"worker heartbeat {ago(heartbeat, now)}"
+    else:
+        worker = f"[bold red]no live worker[/bold red]: last heartbeat {ago(heartbeat, now)}"
     console.print(f"diff log at seq [bold]{last_seq}[/bold] · {worker}")
 
 
@@ -237,8 +244,8 @@ def _runtime() -> Iterator[Runtime]:
 def _claim(session: Session, cal: Calendar, owner: str, rt: Runtime) -> Claim:
     """Take the calendar's lease unless a worker holds it right now."""
     now = rt.clock.now()
-    taken = session.execute(update(Calendar).where(
-        Calendar.id == cal.id, (Calendar.lease_until.is_(None)) | (Calendar.lease_until < now)).values(
+    free = lease_is_free(Calendar.lease_owner, Calendar.lease_until, now, stale_before(now))
+    taken = session.execute(update(Calendar).where(Calendar.id == cal.id, free).values(
         lease_owner=owner, lease_until=now + timedelta(seconds=rt.settings.lease_seconds)))
     if not rows_affected(taken):
         raise click.ClickException(f"{cal.summary or cal.google_id} is being synced by a worker right now; "

@@ -10,8 +10,9 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
 from calsync.clock import rfc3339
+from calsync.store.liveness import HEARTBEAT_SECONDS, heartbeat_is_fresh
 from calsync.web.app import runtime
-from calsync.work.liveness import HEARTBEAT_SECONDS, heartbeat_is_fresh, last_heartbeat
+from calsync.work.liveness import last_heartbeat
 
 bp = Blueprint("health", __name__)
 

@@ -20,6 +20,7 @@ from calsync.errors import UnsafeURLError
 from calsync.metrics import DELIVERIES
 from calsync.runtime import Runtime
 from calsync.store.db import is_postgres, transaction
+from calsync.store.liveness import lease_is_free, stale_before
 from calsync.store.models import (
     Calendar,
     Change,
@@ -97,7 +98,7 @@ def _claim(runtime: Runtime, owner: str, limit: int) -> list[_Job]:
                  .join(WebhookSubscription, WebhookSubscription.id == Delivery.subscription_id)
                  .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now,
                         WebhookSubscription.status == SubscriptionStatus.ACTIVE,
-                        or_(Delivery.lease_until.is_(None), Delivery.lease_until <= now),
+                        lease_is_free(Delivery.lease_owner, Delivery.lease_until, now, stale_before(now)),
                         or_(Delivery.attempts > 0, ~older_untried))
                  .order_by(Delivery.next_attempt_at, Delivery.change_seq).limit(limit))
         if is_postgres(session):

@@ -2,8 +2,10 @@
 
 A claim takes the oldest due row whose lease is free, in one short transaction: on PostgreSQL with
 `FOR UPDATE SKIP LOCKED` so concurrent workers take different rows; on SQLite BEGIN IMMEDIATE already
-serialises writers. The claimer remembers `requested` at claim time; finishing sets `done` to that
-value, so requests that came in during the work leave exactly one more run owed.
+serialises writers. A lease is free once it ran out or once its holder stopped beating
+(`calsync.store.liveness`): a killed worker's work is taken over within seconds, a slow one keeps
+it. The claimer remembers `requested` at claim time; finishing sets `done` to that value, so
+requests that came in during the work leave exactly one more run owed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy import ColumnElement, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from calsync.store.db import is_postgres, rows_affected
+from calsync.store.liveness import lease_is_free, stale_before
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, SyncState
 from calsync.sync.state import CalendarState
@@ -40,8 +43,8 @@ def claim_calendar(session: Session, owner: str, now: datetime, lease_seconds: f
     One statement takes the lease and returns the job's starting state, whether another calendar
     is waiting too, and (given `renew_before`) whether an active channel outlasts the renewal window.
     """
-    params = {"now": now, "owner": owner, "until": now + timedelta(seconds=lease_seconds),
-              "horizon": now + timedelta(seconds=renew_before or 0.0)}
+    params = {"now": now, "stale_before": stale_before(now), "owner": owner,
+              "until": now + timedelta(seconds=lease_seconds), "horizon": now + timedelta(seconds=renew_before or 0.0)}
     if is_postgres(session):
         row = session.execute(_CLAIM, params).first()
     else:
@@ -112,7 +115,7 @@ def calendar_error_count(session: Session, calendar_id: int) -> int:
 
 def claim_account_list(session: Session, owner: str, now: datetime, lease_seconds: float) -> Claim | None:
     """An active account whose calendar list is due for a refresh, leased to `owner`."""
-    row = session.execute(_PICK_LIST, {"now": now}).first()
+    row = session.execute(_PICK_LIST, {"now": now, "stale_before": stale_before(now)}).first()
     if row is None:
         return None
     session.execute(update(Account).where(Account.id == row.id).values(
@@ -169,7 +172,7 @@ _NOW = bindparam("now", type_=_CAL.c.due_at.type)
 
 def _claimable(cal: Any, acct: Any) -> tuple[ColumnElement[bool], ...]:
     """A calendar that may be claimed now: due, not removed, its lease free, its account active."""
-    return (cal.c.due_at <= _NOW, cal.c.removed_at.is_(None), cal.c.lease_until.is_(None) | (cal.c.lease_until < _NOW),
+    return (cal.c.due_at <= _NOW, cal.c.removed_at.is_(None), lease_is_free(cal.c.lease_owner, cal.c.lease_until, _NOW),
             acct.c.status == AccountStatus.ACTIVE)
 
 
@@ -216,5 +219,5 @@ _LEASE = update(_CAL).where(_CAL.c.id == bindparam("claimed")).values(**_SET_LEA
 
 _PICK_LIST = (select(_ACC.c.id, _ACC.c.list_requested)
               .where(_ACC.c.status == AccountStatus.ACTIVE, _ACC.c.list_due_at <= _NOW,
-                     _ACC.c.list_lease_until.is_(None) | (_ACC.c.list_lease_until < _NOW))
+                     lease_is_free(_ACC.c.list_lease_owner, _ACC.c.list_lease_until, _NOW))
               .order_by(_ACC.c.list_due_at, _ACC.c.id).limit(1).with_for_update(skip_locked=True))

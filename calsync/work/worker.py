@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.runtime import Runtime
 from calsync.store.db import is_own_backend, transaction
-from calsync.store.models import Delivery, WorkerHeartbeat
+from calsync.store.liveness import lease_is_free, stale_before
+from calsync.store.models import Delivery
 from calsync.store.states import DeliveryState
 from calsync.work.jobs import run_calendar_job, run_list_job
 from calsync.work.leases import (
@@ -32,6 +33,7 @@ from calsync.work.leases import (
     release_account_list,
     release_calendar,
 )
+from calsync.work.liveness import Heartbeat
 from calsync.work.scheduler import (
     expire_lapsed_channels,
     prune,
@@ -41,8 +43,8 @@ from calsync.work.scheduler import (
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 1.5  # the fallback when no wake-up arrives
-SCHEDULER_SECONDS = 2.0  # also the heartbeat: well inside liveness.HEARTBEAT_SECONDS
+POLL_SECONDS = 1.5  # the fallback when no wake-up arrives; also bounds how soon a dead worker's work is seen
+SCHEDULER_SECONDS = 2.0
 DELIVERY_BATCH = 50
 
 JobFn = Callable[[Runtime, Claim], None]
@@ -52,7 +54,7 @@ _DELIVERIES = Delivery.__table__
 _DELIVERY_NOW = bindparam("now", type_=_DELIVERIES.c.next_attempt_at.type)
 _DELIVERY_DUE = (select(_DELIVERIES.c.id)
                  .where(_DELIVERIES.c.state == DeliveryState.PENDING, _DELIVERIES.c.next_attempt_at <= _DELIVERY_NOW,
-                        or_(_DELIVERIES.c.lease_until.is_(None), _DELIVERIES.c.lease_until <= _DELIVERY_NOW))
+                        lease_is_free(_DELIVERIES.c.lease_owner, _DELIVERIES.c.lease_until, _DELIVERY_NOW))
                  .limit(1))
 
 
@@ -65,20 +67,28 @@ class Worker:
         self.threads = max(1, threads or runtime.settings.worker_threads)
         # The scheduler must look several times within the renewal window, however short it is.
         self.tick_seconds = max(0.05, min(SCHEDULER_SECONDS, runtime.settings.renew_before / 4))
+        self.heartbeat = Heartbeat(runtime, self.name)
         self._started = False
 
     # Entry points ----------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
-        """Work until `stop` is set; then finish the job in hand, release nothing half-done, return."""
-        self.start_up()
-        listener = self._start_listener(stop)
-        threads = [threading.Thread(target=self._loop, args=(f"{self.name}/{i}", stop),
-                                    name=f"calsync-worker-{i}", daemon=True) for i in range(self.threads)]
-        for t in threads:
-            t.start()
+        """Work until `stop` is set; then finish the job in hand, release nothing half-done, return.
+
+        The heartbeat beats on its own thread until the last job has ended: the leases hang on it.
+        """
+        self.heartbeat.beat()
+        self.heartbeat.start()
+        listener = None
+        threads: list[threading.Thread] = []
         try:
+            self.start_up()
+            listener = self._start_listener(stop)
+            threads = [threading.Thread(target=self._loop, args=(f"{self.name}/{i}", stop),
+                                        name=f"calsync-worker-{i}", daemon=True) for i in range(self.threads)]
+            for t in threads:
+                t.start()
             while not stop.wait(self.tick_seconds):
-                self.tick()
+                self._schedule()
         finally:
             stop.set()
             self.runtime.wakeup.notify_all()
@@ -86,36 +96,48 @@ class Worker:
                 t.join()
             if listener is not None:
                 listener.join(timeout=5)
-            self._forget_heartbeat()
+            self.heartbeat.stop(forget=True)
 
     def run_burst(self) -> int:
-        """Do everything due now (including follow-up work it creates), then return the job count."""
-        self.start_up()
-        owner = f"{self.name}/burst"
-        done = 0
-        while True:
-            self.tick()
-            did = self.work_once(owner)
-            if not did:
-                return done
-            done += did
+        """Do everything due now (including follow-up work it creates), then return the job count.
+
+        A beat before each job, and the heartbeat's thread during it, so a long job keeps its lease.
+        """
+        self.heartbeat.beat()
+        self.heartbeat.start()
+        try:
+            self.start_up()
+            owner = f"{self.name}/burst"
+            done = 0
+            while True:
+                self.tick()
+                did = self.work_once(owner)
+                if not did:
+                    return done
+                done += did
+        finally:
+            self.heartbeat.stop()
 
     def start_up(self) -> None:
-        """Heartbeat, and recreate channels that lapsed while no worker ran."""
+        """Recreate channels that lapsed while no worker ran (the callers beat first: leases need it)."""
         if self._started:
             return
         self._started = True
         now = self.runtime.clock.now()
         with transaction(self.runtime.sessions) as session:
             schedule_missing_channels(session, now, self.runtime.settings.renew_before)
-        self.tick()
+        self._schedule()
 
     def tick(self) -> None:
-        """One scheduler pass: heartbeat, due renewals, bounded logs. Cheap and idempotent."""
+        """A heartbeat and one scheduler pass, each its own transaction. Cheap and idempotent."""
+        self.heartbeat.beat()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Due renewals, lapsed channels, bounded logs."""
         now = self.runtime.clock.now()
         try:
             with transaction(self.runtime.sessions) as session:
-                self._heartbeat(session)
                 marked = schedule_renewals(session, now, self.runtime.settings.renew_before)
                 expire_lapsed_channels(session, now)
                 prune(session, self.runtime, now)
@@ -185,24 +207,6 @@ class Worker:
             log.exception("webhook deliveries failed")
             return 0
 
-    def _heartbeat(self, session: Session) -> None:
-        now = self.runtime.clock.now()
-        row = session.get(WorkerHeartbeat, self.name)
-        if row is None:
-            session.add(WorkerHeartbeat(name=self.name, host=socket.gethostname()[:255], pid=os.getpid(),
-                                        started_at=now, seen_at=now))
-        else:
-            row.seen_at = now
-
-    def _forget_heartbeat(self) -> None:
-        try:
-            with transaction(self.runtime.sessions) as session:
-                row = session.get(WorkerHeartbeat, self.name)
-                if row is not None:
-                    session.delete(row)
-        except SQLAlchemyError:
-            log.warning("could not remove the heartbeat of %s", self.name)
-
     def _start_listener(self, stop: threading.Event) -> threading.Thread | None:
         if self.runtime.engine.dialect.name != "postgresql":
             return None
@@ -217,5 +221,5 @@ class Worker:
 
 def _deliveries_may_be_due(session: Session, now: datetime) -> bool:
     """Whether a webhook delivery is pending, due and unleased: a cheap look before the real claim."""
-    return session.execute(_DELIVERY_DUE, {"now": now}).first() is not None
+    return session.execute(_DELIVERY_DUE, {"now": now, "stale_before": stale_before(now)}).first() is not None
 

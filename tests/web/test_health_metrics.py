@@ -13,7 +13,7 @@ from calsync import create_app
 from calsync.clock import FrozenClock
 from calsync.config import Settings
 from calsync.runtime import Runtime
-from calsync.work.liveness import HEARTBEAT_SECONDS
+from calsync.store.liveness import HEARTBEAT_SECONDS
 from calsync.work.worker import Worker
 from tests.push_support import connect_account
 

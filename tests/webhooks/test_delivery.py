@@ -11,11 +11,13 @@ from standardwebhooks import Webhook
 
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.liveness import WORKER_ALIVE
 from calsync.store.models import Delivery
 from calsync.webhooks.claimcheck import replay
 from calsync.webhooks.delivery import run_due_deliveries
 from calsync.webhooks.schedule import RETRY_DELAYS
 from calsync.webhooks.subscriptions import get_subscription, rotate_secret, set_status
+from calsync.work.liveness import Heartbeat
 from tests.webhooks.receiver import Answer, Receiver
 from tests.webhooks.support import (
     attempts,
@@ -230,6 +232,26 @@ def test_a_newer_message_waits_while_an_older_first_attempt_is_in_flight(runtime
     clock(runtime).advance(121)  # that worker died: its lease runs out and the older message goes first
     assert deliver(runtime) == 2
     assert seqs_posted(receiver) == [first, second]
+    assert {d.state for d in deliveries(runtime, sub_id)} == {"delivered"}
+
+
+def test_a_message_held_by_a_dead_worker_goes_out_as_soon_as_its_heartbeat_is_stale(runtime: Runtime,
+                                                                                    receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    seq = write_change(runtime, cal)
+    heartbeat = Heartbeat(runtime, "host:1:other")
+    heartbeat.beat()
+    with transaction(runtime.sessions) as session:  # one of its threads is sending it
+        session.execute(update(Delivery).values(lease_owner="host:1:other/2",
+                                                lease_until=runtime.clock.now() + timedelta(seconds=120)))
+    clock(runtime).advance(WORKER_ALIVE.total_seconds())
+    heartbeat.beat()  # alive and slow: the message stays with it
+    clock(runtime).advance(WORKER_ALIVE.total_seconds())
+    assert deliver(runtime) == 0
+    clock(runtime).advance(1)  # silent for longer than the limit: dead, its lease still runs for 107 s
+    assert deliver(runtime) == 1
+    assert seqs_posted(receiver) == [seq]
     assert {d.state for d in deliveries(runtime, sub_id)} == {"delivered"}
 
 

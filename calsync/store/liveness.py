@@ -1,0 +1,59 @@
+"""When a worker process counts as alive, and so when the work it holds is free to take.
+
+Every worker process writes its heartbeat row every `HEARTBEAT_SECONDS` from a thread that does
+nothing else, so a slow job never delays it; three missed beats (`WORKER_ALIVE`) mean the process
+is gone. A lease names its holder as `<worker name>/<thread>`: the holder's heartbeat row decides
+whether the lease still counts, so the work of a killed process is free seconds after it died,
+not when its lease runs out. An owner with no heartbeat row (the CLI's one-off sync) keeps the
+plain `lease_until` rule. Claims of calendars, calendar lists and webhook deliveries, `/healthz`,
+the dashboard and `calsync status` all read this one rule.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, bindparam, func, or_, select
+
+from calsync.store.models import WorkerHeartbeat
+
+HEARTBEAT_SECONDS = 2.0
+WORKER_ALIVE = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+
+_BEATS = WorkerHeartbeat.__table__
+# For statements built once: pass `stale_before(now)` under this name.
+STALE_BEFORE = bindparam("stale_before", type_=_BEATS.c.seen_at.type)
+
+
+def stale_before(now: datetime) -> datetime:
+    """Heartbeats older than this belong to dead workers."""
+    return now - WORKER_ALIVE
+
+
+def heartbeat_is_fresh(seen_at: datetime | None, now: datetime) -> bool:
+    """The Python side of the rule: a worker not seen for three heartbeats is presumed dead."""
+    return seen_at is not None and now - seen_at <= WORKER_ALIVE
+
+
+def lease_is_free(owner: Any, until: Any, now: Any, stale: Any = STALE_BEFORE) -> ColumnElement[bool]:
+    """SQL: a lease (`owner`, `until` columns) may be taken at `now`.
+
+    Free when nobody holds it, when it ran out, or when its holder's worker has stopped beating.
+    `stale` is `stale_before(now)`, a value or a bind parameter (SQLite cannot subtract from its
+    text timestamps in SQL).
+    """
+    return or_(until.is_(None), until < now, held_by_dead_worker(owner, stale))
+
+
+def held_by_dead_worker(owner: Any, stale: Any = STALE_BEFORE) -> ColumnElement[bool]:
+    """SQL: `owner` is a worker (or one of its threads) whose heartbeat is older than `stale`.
+
+    The match is exact: `host:1:ab/0` belongs to the worker `host:1:ab`, never to `host:1:a`.
+    """
+    name = _BEATS.c.name
+    return (select(name)
+            .where(_BEATS.c.seen_at < stale,
+                   or_(owner == name, func.substr(owner, 1, func.length(name) + 1) == name + "/"))
+            .correlate_except(_BEATS)
+            .exists())

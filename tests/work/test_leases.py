@@ -1,0 +1,107 @@
+"""Leases hang on their holder's heartbeat: a dead worker's work is free in seconds, a live one's is not."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from calsync.clock import FrozenClock
+from calsync.config import Settings
+from calsync.push.owed import request_calendar_sync
+from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.liveness import HEARTBEAT_SECONDS, WORKER_ALIVE
+from calsync.store.models import Account
+from calsync.work.leases import claim_account_list, claim_calendar
+from calsync.work.liveness import Heartbeat
+from calsync.work.worker import Worker
+from tests.push_support import calendar_id_of, connect_account
+
+LEASE = 120.0
+ALIVE = WORKER_ALIVE.total_seconds()
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(datetime.now(UTC).replace(microsecond=0))
+
+
+@pytest.fixture
+def rt(settings: Settings, clock: FrozenClock) -> Any:
+    runtime = Runtime.create(settings, clock=clock)
+    yield runtime
+    runtime.close()
+
+
+def _due_calendar(rt: Runtime, emu: Any) -> int:
+    connect_account(rt, emu, "ann@example.com")
+    Worker(rt, threads=1).run_burst()
+    cal_id = calendar_id_of(rt, "ann@example.com")
+    with transaction(rt.sessions) as session:
+        request_calendar_sync(session, cal_id, rt.clock.now())
+    return cal_id
+
+
+def _claim(rt: Runtime, owner: str) -> int | None:
+    with transaction(rt.sessions) as session:
+        claim = claim_calendar(session, owner, rt.clock.now(), LEASE)
+        return claim.id if claim is not None else None
+
+
+def test_a_dead_workers_calendar_is_claimed_as_soon_as_its_heartbeat_is_stale(
+        rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    cal_id = _due_calendar(rt, emu)
+    Heartbeat(rt, "host:1:dead").beat()
+    assert _claim(rt, "host:1:dead/0") == cal_id
+    clock.advance(ALIVE)  # silent for the whole limit: still presumed alive
+    assert _claim(rt, "host:2:new/0") is None
+    clock.advance(1)  # one second more: dead, although its lease has nearly two minutes to run
+    assert _claim(rt, "host:2:new/0") == cal_id
+
+
+def test_a_worker_that_keeps_beating_keeps_its_calendar_until_the_lease_runs_out(
+        rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    cal_id = _due_calendar(rt, emu)
+    heartbeat = Heartbeat(rt, "host:1:slow")
+    heartbeat.beat()
+    assert _claim(rt, "host:1:slow/3") == cal_id
+    for _ in range(int(LEASE / HEARTBEAT_SECONDS)):  # a job far longer than the liveness limit
+        clock.advance(HEARTBEAT_SECONDS)
+        heartbeat.beat()
+        assert _claim(rt, "host:2:other/0") is None
+    clock.advance(1)  # a job that outlasts its lease has hung: beating or not, the work goes on elsewhere
+    assert _claim(rt, "host:2:other/0") == cal_id
+
+
+def test_a_dead_workers_calendar_list_is_claimed_as_soon_as_its_heartbeat_is_stale(
+        rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    account_id = connect_account(rt, emu, "ann@example.com")
+    Worker(rt, threads=1).run_burst()
+    with transaction(rt.sessions) as session:
+        session.execute(update(Account).values(list_requested=Account.list_requested + 1, list_due_at=clock.now()))
+    Heartbeat(rt, "host:1:dead").beat()
+
+    def claim(owner: str) -> int | None:
+        with transaction(rt.sessions) as session:
+            got = claim_account_list(session, owner, clock.now(), LEASE)
+            return got.id if got is not None else None
+
+    assert claim("host:1:dead/1") == account_id
+    clock.advance(ALIVE)
+    assert claim("host:2:new/0") is None
+    clock.advance(1)
+    assert claim("host:2:new/0") == account_id
+
+
+def test_a_holder_without_a_heartbeat_row_keeps_its_lease_until_it_runs_out(
+        rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    """`calsync sync` holds a lease with no heartbeat behind it: the plain lease rule applies."""
+    cal_id = _due_calendar(rt, emu)
+    assert _claim(rt, "cli-sync-1") == cal_id
+    clock.advance(LEASE)
+    assert _claim(rt, "host:2:new/0") is None
+    clock.advance(1)
+    assert _claim(rt, "host:2:new/0") == cal_id
