@@ -28,7 +28,7 @@ ANN = "ann@example.com"
 def example() -> str:
     section = README.split("## Embedding calsync in your app", 1)[1].split("\n## ", 1)[0]
     [code] = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)
-    return code
+    return str(code)
 
 
 @pytest.fixture
