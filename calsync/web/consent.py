@@ -57,6 +57,8 @@ def connect() -> ResponseReturnValue:
 @bp.get("/connect/<token>")
 def connect_link(token: str) -> ResponseReturnValue:
     """An app's connect link: claimed once, then the same consent as /connect, ending back at the app."""
+    if request.method == "HEAD":  # a link checker's look must not use the link up
+        return "", 200
     rt = runtime()
     try:
         with transaction(rt.sessions) as db:

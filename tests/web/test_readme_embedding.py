@@ -64,7 +64,7 @@ def test_the_readme_example_connects_a_user_and_follows_the_lifecycle(live_serve
                                                list_due_at=runtime.clock.now()))
     Worker(runtime, threads=1).run_burst()
     assert app["read_feed"](cursor) > cursor
-    [line] = capsys.readouterr().out.splitlines()
-    again = line.removeprefix("user-42: please connect your calendar again: ")
-    assert again.startswith(f"{live_server}/connect/")
-    assert requests.get(again, allow_redirects=False).status_code == 302  # a fresh link for the same user
+    assert capsys.readouterr().out.splitlines() == [
+        f"user-42: Google no longer lets calsync read {ANN}: ask them to connect again"]
+    again = app["connect_link"]("user-42")  # the user clicks "Connect calendar" again
+    assert requests.get(again, allow_redirects=False).status_code == 302
