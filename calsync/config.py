@@ -81,7 +81,7 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     secret_key: Secret | None = None
     token_key: Secret | None = None
-    api_token: Secret | None = None
+    api_token: Secret | None = None  # one or several comma-separated tokens (see `api_tokens`)
     admin_password: Secret | None = None
     channel_ttl: float = 7 * 86400
     renew_before: float = 86400
@@ -99,6 +99,8 @@ class Settings:
     # sync began: a burst of changes costs two events.list calls, not one per notification.
     sync_min_interval: float = 2.0
     notification_log_size: int = 1000
+    # Where a connect session may send its user back: `return_to` must start with one of these.
+    return_urls: tuple[str, ...] = ()
     instance_path: Path = field(default_factory=lambda: Path("instance").resolve())
 
     @classmethod
@@ -128,6 +130,13 @@ class Settings:
         object.__setattr__(self, "database_url", _parse_db_url(self.database_url))
 
     # Derived values -------------------------------------------------------------------------
+    @property
+    def api_tokens(self) -> tuple[Secret, ...]:
+        """Every accepted API token: several, comma-separated, let a token be rotated without downtime."""
+        if not self.api_token:
+            return ()
+        return tuple(Secret(t.strip()) for t in self.api_token.split(",") if t.strip())
+
     @property
     def calendar_api_endpoint(self) -> str:
         return self.google_api_url + "calendar/v3/"
@@ -159,6 +168,23 @@ class Settings:
             return False
 
 
+def _parse_return_urls(raw: str) -> tuple[str, ...]:
+    """Comma-separated http(s) prefixes. A bare origin gets its `/`, so that `https://app.example.com`
+    does not also admit `https://app.example.com.evil.example`."""
+    prefixes: list[str] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        parts = urlsplit(_parse_http_url(part))
+        if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+            raise ValueError(f"a return URL is a scheme, host and path prefix, without credentials or query: "
+                             f"{part!r}")
+        prefixes.append(part if parts.path else part + "/")
+    if not prefixes:
+        raise ValueError("no URL given")
+    return tuple(prefixes)
+
+
 def _whole_number(raw: str, low: int, high: int | None, what: str) -> int:
     if not raw.strip().isdigit() or int(raw) < low or (high is not None and int(raw) > high):
         raise ValueError(f"not {what}: {raw!r}")
@@ -182,6 +208,8 @@ def _convert(name: str, raw: str) -> object:
         return _parse_http_url(raw)
     if name == "database_url":
         return _parse_db_url(raw)
+    if name == "return_urls":
+        return _parse_return_urls(raw)
     if name == "google_scopes":
         scopes = tuple(s for s in re.split(r"[\s,]+", raw) if s)
         if not scopes:

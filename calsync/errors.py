@@ -5,6 +5,9 @@
     ├── LeaseLost                   another worker took over this work; stop without writing
     ├── NotFoundError               an unknown account, calendar, subscription … asked for by a user
     ├── ConsentError                the OAuth consent could not be completed (denied, bad state, exchange)
+    ├── ConnectSessionError         an app's connect session
+    │   ├── InvalidConnectSession   a request to create one names a bad field (carries `field`)
+    │   └── ConnectLinkUnusable     its link is unknown, expired or already used (carries `reason`)
     ├── WebhookError                outgoing webhooks
     │   ├── InvalidSubscription     a subscription request names a bad field (carries `field`)
     │   ├── UnsafeURLError          the URL is not allowed (scheme, private address)
@@ -45,6 +48,26 @@ class ConsentError(CalsyncError):
         super().__init__(message)
         self.reason = reason
         self.detail = detail
+
+
+class ConnectSessionError(CalsyncError):
+    """A connect session (a single-use consent link an app made for its user) cannot be made or used."""
+
+
+class InvalidConnectSession(ConnectSessionError):
+    """A request for a connect session with a bad field; `field` names it for the caller."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ConnectLinkUnusable(ConnectSessionError):
+    """A connect link that cannot start a consent; `reason` is `unknown`, `expired` or `used`."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class WebhookError(CalsyncError):

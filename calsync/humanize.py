@@ -115,6 +115,18 @@ def render_value(value: Any) -> str:
     return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 1] + "…"
 
 
+def lifecycle_title(change_type: str, summary: str | None = None) -> str:
+    """What a lifecycle row of the feed says, in words: 'Calendar "Work" added', 'Account disconnected'."""
+    subject, _, step = change_type.partition(".")
+    words = _LIFECYCLE_WORDS.get(step, step.replace("_", " "))
+    if subject == "calendar":
+        return f'Calendar "{summary}" {words}' if summary else f"Calendar {words}"
+    return f"Account {words}"
+
+
+_LIFECYCLE_WORDS = {"reauth_required": "needs consent again", "synced": "synced in full for the first time"}
+
+
 def _render_time(value: dict[str, Any]) -> str:
     """'2026-12-01 16:00 UTC' from Google's {dateTime, timeZone}: the wall time and one zone label."""
     if "date" in value and "dateTime" not in value:

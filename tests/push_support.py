@@ -58,16 +58,18 @@ def channels_of(runtime: Runtime, *, calendar_id: int | None = None, account_id:
 
 
 def changes_for(runtime: Runtime, calendar_id: int | None = None) -> list[Change]:
+    """The event rows of the feed (accounts' and calendars' lifecycle rows left out)."""
     with runtime.sessions() as session:
-        stmt = select(Change).order_by(Change.seq)
+        stmt = select(Change).where(Change.event_id.is_not(None)).order_by(Change.seq)
         if calendar_id is not None:
             stmt = stmt.where(Change.calendar_id == calendar_id)
         return list(session.scalars(stmt))
 
 
 def change_count(runtime: Runtime) -> int:
+    """How many event rows the feed holds."""
     with runtime.sessions() as session:
-        return int(session.scalar(select(func.count()).select_from(Change)) or 0)
+        return int(session.scalar(select(func.count()).select_from(Change).where(Change.event_id.is_not(None))) or 0)
 
 
 def push_headers(

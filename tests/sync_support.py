@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import requests
 from google.oauth2.credentials import Credentials
 from sqlalchemy import select
 
+from calsync.accounts import connect_sessions
 from calsync.accounts.connected import upsert_account
+from calsync.accounts.consent import finish_consent, start_consent
 from calsync.google.oauth import client_config
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
-from calsync.store.models import Calendar, Change, Event
+from calsync.store.models import Account, Calendar, Change, Event
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 
@@ -26,6 +30,22 @@ def connect_account(runtime: Runtime, emu: Any, email: str) -> int:
                         scopes=[READONLY])
     with transaction(runtime.sessions) as session:
         return upsert_account(session, runtime.cipher, email, creds, [READONLY], runtime.clock.now()).id
+
+
+def connect_with_ref(runtime: Runtime, emu: Any, email: str, ref: str) -> int:
+    """An app's connect session, claimed, and the consent after it (as /connect/<token> runs them)."""
+    wanted = connect_sessions.ConnectRequest(ref=ref, return_to="https://app.example.test/after", login_hint=email)
+    with transaction(runtime.sessions) as session:
+        url, _ = connect_sessions.create(session, wanted, runtime.settings.public_url, runtime.clock.now())
+    with transaction(runtime.sessions) as session:
+        link = connect_sessions.claim(session, url.rsplit("/", 1)[1], runtime.clock.now())
+    pending = start_consent(runtime, login_hint=email)
+    emu.auto_approve = email
+    answer = requests.get(pending.url, allow_redirects=False, timeout=10)
+    code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
+    assert finish_consent(runtime, pending.state, pending.verifier, code, link=link.token_hash) == email
+    with runtime.sessions() as session:
+        return session.scalars(select(Account.id).where(Account.email == email)).one()
 
 
 def calendar_row_id(runtime: Runtime, google_id: str) -> int:
@@ -48,9 +68,13 @@ def google_view(emu: Any, google_calendar_id: str) -> dict[str, dict[str, Any]]:
             if e.get("status") != "cancelled" or e.get("recurringEventId") in live}
 
 
-def changes(runtime: Runtime, calendar_id: int | None = None, after: int = 0) -> list[Change]:
+def changes(runtime: Runtime, calendar_id: int | None = None, after: int = 0, *,
+            lifecycle: bool = False) -> list[Change]:
+    """The event rows of the feed, or with `lifecycle` every row (accounts' and calendars' steps too)."""
     with runtime.sessions() as session:
         query = select(Change).where(Change.seq > after).order_by(Change.seq)
+        if not lifecycle:
+            query = query.where(Change.event_id.is_not(None))
         if calendar_id is not None:
             query = query.where(Change.calendar_id == calendar_id)
         return list(session.scalars(query).all())

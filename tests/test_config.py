@@ -49,3 +49,19 @@ def test_insecure_transport_only_for_loopback_http() -> None:
     assert Settings(public_url="http://localhost:8000").public_url_is_local_http
     assert not Settings(public_url="http://calsync.example.com").public_url_is_local_http
     assert not Settings(public_url="https://127.0.0.1").public_url_is_local_http
+
+
+def test_several_api_tokens_are_read_from_one_comma_separated_variable() -> None:
+    s = Settings.from_env({"CALSYNC_API_TOKEN": "old-token, new-token,"})
+    assert s.api_tokens == ("old-token", "new-token")
+    assert all(isinstance(t, Secret) for t in s.api_tokens) and "new-token" not in repr(s.api_tokens)
+    assert Settings().api_tokens == () and Settings.from_env({"CALSYNC_API_TOKEN": " , "}).api_tokens == ()
+
+
+def test_return_urls_are_prefixes_and_a_bare_origin_ends_at_its_host() -> None:
+    s = Settings.from_env({"CALSYNC_RETURN_URLS": "https://app.example.com, https://crm.example.com/calendar/done"})
+    assert s.return_urls == ("https://app.example.com/", "https://crm.example.com/calendar/done")
+    assert Settings().return_urls == ()
+    for bad in ("app.example.com", "ftp://x/", "https://u:p@app.example.com/", "https://app.example.com/?next=x", ","):
+        with pytest.raises(ConfigError, match="CALSYNC_RETURN_URLS"):
+            Settings.from_env({"CALSYNC_RETURN_URLS": bad})

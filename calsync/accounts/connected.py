@@ -1,4 +1,4 @@
-"""Connected accounts and their encrypted credentials."""
+"""Connected accounts and their encrypted credentials, and the lifecycle rows their changes of state write."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from calsync.runtime import Runtime
 from calsync.store.crypto import TokenCipher
 from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar
-from calsync.store.states import AccountStatus
+from calsync.store.states import AccountStatus, ChangeType
+from calsync.sync.changelog import append_changes
+from calsync.sync.lifecycle import account_change
 
 
 def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Credentials,
@@ -42,6 +44,16 @@ def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Cre
     session.execute(update(Calendar).where(Calendar.account_id == account.id, Calendar.removed_at.is_(None))
                     .values(sync_requested=Calendar.sync_requested + 1, due_at=now, retry_at=None))
     return account
+
+
+def record_connected(session: Session, account: Account, now: datetime, *, ref: str | None = None) -> None:
+    """A consent completed: the account is the app user's `ref` from now on (when one is given, even
+    if it was another's: the account moves, its history stays) and the feed says so."""
+    if ref is not None:
+        account.ref = ref
+    account.connected_at = now
+    session.flush()
+    append_changes(session, [account_change(ChangeType.ACCOUNT_CONNECTED, account.id)], now)
 
 
 def load_credentials(runtime: Runtime, account: Account) -> Credentials:
@@ -79,6 +91,7 @@ def mark_reauth_required(session: Session, account_id: int, reason: str, now: da
         return
     session.execute(update(Calendar).where(Calendar.account_id == account_id).values(
         sync_state="error", last_error="re-consent required: " + reason[:900]))
+    append_changes(session, [account_change(ChangeType.ACCOUNT_REAUTH_REQUIRED, account_id, reason=reason)], now)
 
 
 def _stored_credentials(cipher: TokenCipher, account: Account) -> dict[str, object]:

@@ -3,7 +3,8 @@
 The web layer keeps the pending state and PKCE verifier in the user's session between the halves
 and renders the outcome; this module starts Google's consent and, given the code, exchanges it,
 identifies the account by its primary calendar and stores it. The first sync and the watch are
-left to a worker, so finishing a consent costs two short calls to Google and one commit.
+left to a worker, so finishing a consent costs two short calls to Google and one commit. A consent
+started from an app's connect session also gives the account the session's `ref`, in that commit.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from google.oauth2.credentials import Credentials
 from oauthlib.oauth2.rfc6749.errors import OAuth2Error
 from requests import RequestException
 
-from calsync.accounts.connected import upsert_account
+from calsync.accounts import connect_sessions
+from calsync.accounts.connected import record_connected, upsert_account
 from calsync.errors import ConfigError, ConsentError, GoogleApiError
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import authorization_url, make_flow
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.states import ConnectOutcome
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +39,22 @@ class PendingConsent:
     verifier: str | None
 
 
-def start_consent(runtime: Runtime) -> PendingConsent:
+def start_consent(runtime: Runtime, login_hint: str | None = None) -> PendingConsent:
     """Google's authorization URL (offline access, PKCE); ConsentError when not configured."""
     try:
         flow = make_flow(runtime.settings)
-        url, state = authorization_url(flow)
+        url, state = authorization_url(flow, login_hint)
     except ConfigError as err:
         log.error("consent unavailable: %s", err)
         raise _not_configured(err) from err
     return PendingConsent(url=url, state=state, verifier=flow.code_verifier)
 
 
-def finish_consent(runtime: Runtime, state: str, verifier: str | None, code: str) -> str:
-    """Exchange the code, store the account (tokens encrypted), wake a worker; returns its email."""
+def finish_consent(runtime: Runtime, state: str, verifier: str | None, code: str, *, link: str | None = None) -> str:
+    """Exchange the code, store the account (tokens encrypted), wake a worker; returns its email.
+
+    `link` is the hash of the connect session the consent came from: the account takes its ref.
+    """
     try:
         flow = make_flow(runtime.settings, state=state, code_verifier=verifier)
         flow.fetch_token(code=code)
@@ -70,7 +76,12 @@ def finish_consent(runtime: Runtime, state: str, verifier: str | None, code: str
         raise ConsentError("Google did not let calsync read the account's primary calendar.",
                            reason="no_primary_calendar", detail=str(err)) from err
     with transaction(runtime.sessions) as db:
-        upsert_account(db, runtime.cipher, email, creds, granted_scopes(creds), runtime.clock.now())
+        now = runtime.clock.now()
+        account = upsert_account(db, runtime.cipher, email, creds, granted_scopes(creds), now)
+        ref = None
+        if link is not None:
+            ref = connect_sessions.settle(db, link, ConnectOutcome.CONNECTED, account.id).ref
+        record_connected(db, account, now, ref=ref)
         runtime.wakeup.notify_after_commit(db)
     log.info("account %s connected", email)
     return email

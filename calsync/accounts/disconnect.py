@@ -1,9 +1,9 @@
 """Disconnecting an account: stop its channels, revoke the grant, forget its tokens.
 
 It talks to Google, so it owns its transactions (like a job): the account is first marked
-`disconnected` so no worker picks up its work, then Google is called, then the channels and the
-credentials are settled. A crash in between leaves the credentials in place and a second call
-finishes the work: disconnecting is idempotent.
+`disconnected` so no worker picks up its work (and the feed says `account.disconnected`), then
+Google is called, then the channels and the credentials are settled. A crash in between leaves the
+credentials in place and a second call finishes the work: disconnecting is idempotent.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from calsync.google.oauth import revoke
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel
-from calsync.store.states import UNSTOPPED_CHANNEL, AccountStatus, ChannelStatus
+from calsync.store.states import UNSTOPPED_CHANNEL, AccountStatus, ChangeType, ChannelStatus
+from calsync.sync.changelog import append_changes
+from calsync.sync.lifecycle import account_change
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +46,15 @@ class DisconnectResult:
                 "channels_stopped": self.channels_stopped, "channels_not_stopped": self.channels_not_stopped}
 
 
-def find_account_id(runtime: Runtime, email: str) -> int:
-    """The id of the account with this email; NotFoundError when there is none."""
+def find_account_id(runtime: Runtime, email: str, *, ref: str | None = None) -> int:
+    """The id of the account with this email (and this ref, when given); NotFoundError when there is none."""
+    query = select(Account.id).where(Account.email == email)
+    if ref is not None:
+        query = query.where(Account.ref == ref)
     with runtime.sessions() as session:
-        account_id = session.scalar(select(Account.id).where(Account.email == email))
+        account_id = session.scalar(query)
     if account_id is None:
-        raise NotFoundError(f"no account {email!r}")
+        raise NotFoundError(f"no account {email!r}" + (f" with ref {ref!r}" if ref is not None else ""))
     return account_id
 
 
@@ -67,6 +72,8 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
         account.list_due_at = None
         account.updated_at = now
         session.execute(update(Calendar).where(Calendar.account_id == account_id).values(due_at=None, retry_at=None))
+        if not result.already_disconnected:
+            append_changes(session, [account_change(ChangeType.ACCOUNT_DISCONNECTED, account_id)], now)
 
     if creds is not None:
         _stop_channels(runtime, creds, channels, result)

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.config import Settings
 from calsync.errors import ConfigError, NotFoundError
+from calsync.humanize import lifecycle_title
 from calsync.store.db import make_engine, make_sessionmaker
 from calsync.store.models import Change
 from calsync.sync import reads
@@ -73,6 +74,8 @@ def changes(after: int, limit: int, calendar_id: str | None, account: str | None
 def format_change(item: dict[str, Any]) -> list[str]:
     """Rich-markup lines for one change: a header, then `field: before → after` for updates."""
     kind = item["change"]
+    if kind is None:
+        return [_lifecycle_line(item)]
     style = KIND_STYLE.get(kind, "white")
     event = item["after"] or item["before"] or {}
     summary = event.get("summary") or "(no title)"
@@ -84,6 +87,14 @@ def format_change(item: dict[str, Any]) -> list[str]:
         for name in item["fields"]:
             lines.append(f"    {escape(name)}: {escape(_short(before.get(name)))} → {escape(_short(after.get(name)))}")
     return lines
+
+
+def _lifecycle_line(item: dict[str, Any]) -> str:
+    """An account's or a calendar's step, in words, with the app's ref when it has one."""
+    where = escape(item["account"]) + (f" / {escape(item['calendar_id'])}" if item["calendar_id"] else "")
+    ref = f"  [dim]ref {escape(item['ref'])}[/dim]" if item["ref"] is not None else ""
+    return (f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {where}  [magenta]{item['type']}[/magenta]  "
+            f"{escape(lifecycle_title(item['type'], item.get('summary')))}{ref}")
 
 
 def _print(console: Console, item: dict[str, Any], as_json: bool) -> None:

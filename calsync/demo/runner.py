@@ -31,7 +31,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from calsync.errors import CalsyncError
-from calsync.humanize import event_title, event_when, field_diffs
+from calsync.humanize import event_title, event_when, field_diffs, lifecycle_title
 from calsync.store.crypto import new_key
 
 POLL_SECONDS = 0.25
@@ -106,9 +106,12 @@ def run_demo(options: DemoOptions, stop: threading.Event, console: Console) -> N
 
 def render_change(change: dict[str, Any], calendar_name: str) -> list[str]:
     """Rich markup for one change: a headline, then `field  before → after` for updates."""
+    stamp = str(change.get("detected_at", ""))[11:19]
+    if change["change"] is None:  # an account's or a calendar's step
+        return [f"[bold magenta]◆ #{change['seq']}[/bold magenta] [dim]{stamp}[/dim] "
+                f"[magenta]{change['type']}[/magenta] {escape(lifecycle_title(change['type'], change.get('summary')))}"]
     colour, sign = KIND_STYLE.get(change["change"], ("white", "·"))
     title = event_title(change.get("before"), change.get("after"), change["event_id"])
-    stamp = str(change.get("detected_at", ""))[11:19]
     lines = [f"[bold {colour}]{sign} #{change['seq']}[/bold {colour}] [dim]{stamp}[/dim] "
              f"[bold]{escape(calendar_name)}[/bold] [{colour}]{change['change']}[/{colour}] “{escape(title)}”"]
     if change["change"] == "updated":

@@ -72,8 +72,11 @@ def make_flow(settings: Settings, *, state: str | None = None, code_verifier: st
     return flow
 
 
-def authorization_url(flow: Flow) -> tuple[str, str]:
-    url, state = flow.authorization_url(access_type="offline", prompt="consent", include_granted_scopes="true")
+def authorization_url(flow: Flow, login_hint: str | None = None) -> tuple[str, str]:
+    """Offline access, consent asked every time (so a refresh token comes back); `login_hint` picks the account."""
+    extra = {"login_hint": login_hint} if login_hint else {}
+    url, state = flow.authorization_url(access_type="offline", prompt="consent", include_granted_scopes="true",
+                                        **extra)
     return str(url), str(state)
 
 

@@ -204,6 +204,7 @@ class Change(Base):
     detected_at: Mapped[datetime] = mapped_column(default=_now)
 
     calendar: Mapped[Calendar | None] = relationship()
+    account: Mapped[Account | None] = relationship()
 
     @property
     def kind(self) -> str | None:

@@ -91,6 +91,17 @@ class ChangeType(StrEnum):
 EVENT_PREFIX = "event."
 
 
+LIFECYCLE_OF_CALENDAR = frozenset({ChangeType.CALENDAR_ADDED, ChangeType.CALENDAR_REMOVED, ChangeType.CALENDAR_SYNCED})
+
+
+class ConnectOutcome(StrEnum):
+    """How a connect session ended: the `status` its user is sent back to the app with."""
+
+    CONNECTED = "connected"  # consent given and the account stored
+    DENIED = "denied"  # the user declined at Google
+    ERROR = "error"  # anything else; the return carries a short `error` code
+
+
 class SubscriptionStatus(StrEnum):
     """Whether an outgoing webhook subscription is sent to."""
 

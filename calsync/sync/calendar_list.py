@@ -19,6 +19,9 @@ from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar
+from calsync.store.states import ChangeType
+from calsync.sync.changelog import append_changes
+from calsync.sync.lifecycle import calendar_changes
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ def refresh_calendar_list(runtime: Runtime, account_id: int) -> CalendarListResu
     """Read the account's calendar list from Google and mirror it in Calendar rows, in one transaction.
 
     New calendars (and ones back on the list) ask for a sync; removed ones leave the work queue but
-    keep their changes. Channels are the caller's business: it opens and stops them from the result.
+    keep their changes. Both are announced in the feed (`calendar.added`, `calendar.removed`) in the
+    same commit. Channels are the caller's business: it opens and stops them from the result.
     """
     with runtime.sessions() as session:
         account = session.get(Account, account_id)
@@ -52,6 +56,8 @@ def refresh_calendar_list(runtime: Runtime, account_id: int) -> CalendarListResu
         now = runtime.clock.now()
         result = _apply_list(session, account_id, [e for e in entries if not e.get("deleted")], now)
         save_if_refreshed(session, runtime, account_id, creds, token_before)
+        append_changes(session, [*calendar_changes(session, ChangeType.CALENDAR_ADDED, result.added),
+                                 *calendar_changes(session, ChangeType.CALENDAR_REMOVED, result.removed)], now)
     return result
 
 

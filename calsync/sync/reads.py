@@ -19,6 +19,7 @@ from calsync.clock import rfc3339
 from calsync.errors import NotFoundError
 from calsync.store.models import Account, Calendar, Change, Channel, Event
 from calsync.store.states import ChangeType, ChannelKind, ChannelStatus
+from calsync.sync import lifecycle
 
 EVENTS_PAGE_SIZE = 1000
 CHANGES_DEFAULT_LIMIT = 100
@@ -39,20 +40,24 @@ class ChangesPage:
 
 
 def change_to_dict(change: Change, account_email: str, calendar_google_id: str | None) -> dict[str, Any]:
-    """One entry of `/api/changes`."""
-    return {
+    """One entry of `/api/changes`; a lifecycle row has no event, and says what it adds in keys of its own."""
+    kind = change.kind
+    row = {
         "seq": change.seq,
         "type": change.type,
         "account": account_email,
         "ref": change.ref,
         "calendar_id": calendar_google_id,
         "event_id": change.event_id,
-        "change": change.kind,
+        "change": kind,
         "fields": list(change.fields or []),
-        "before": change.before,
-        "after": change.after,
+        "before": change.before if kind is not None else None,
+        "after": change.after if kind is not None else None,
         "detected_at": rfc3339(change.detected_at),
     }
+    if kind is None:
+        row.update(lifecycle.details(change))
+    return row
 
 
 def calendar_to_dict(calendar: Calendar, account: Account, channel: Channel | None) -> dict[str, Any]:
@@ -60,6 +65,7 @@ def calendar_to_dict(calendar: Calendar, account: Account, channel: Channel | No
     return {
         "account": account.email,
         "account_status": account.status,
+        "ref": account.ref,
         "calendar_id": calendar.google_id,
         "summary": calendar.summary,
         "sync_state": calendar.sync_state,
@@ -76,6 +82,23 @@ def list_calendars(session: Session) -> list[dict[str, Any]]:
     ).all()
     channels = _newest_active_channels(session, [cal.id for cal, _ in rows])
     return [calendar_to_dict(cal, account, channels.get(cal.id)) for cal, account in rows]
+
+
+def list_accounts(session: Session, ref: str | None = None) -> list[dict[str, Any]]:
+    """Every account (or those of one app user's `ref`) with its live calendars, by email."""
+    query = select(Account).order_by(Account.email)
+    if ref is not None:
+        query = query.where(Account.ref == ref)
+    accounts = list(session.scalars(query))
+    calendars: dict[int, list[dict[str, Any]]] = {a.id: [] for a in accounts}
+    if accounts:
+        for cal in session.scalars(select(Calendar).where(Calendar.account_id.in_(list(calendars)),
+                                                          Calendar.removed_at.is_(None)).order_by(Calendar.id)):
+            calendars[cal.account_id].append({
+                "calendar_id": cal.google_id, "summary": cal.summary, "sync_state": cal.sync_state,
+                "last_synced_at": rfc3339(cal.last_synced_at)})
+    return [{"email": a.email, "ref": a.ref, "status": a.status, "connected_at": rfc3339(a.connected_at),
+             "calendars": calendars[a.id]} for a in accounts]
 
 
 def find_calendars(session: Session, google_id: str, account_email: str | None = None, *,

@@ -43,6 +43,7 @@ from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Calendar, Event
 from calsync.store.states import SyncState
 from calsync.sync.changelog import append_changes
+from calsync.sync.lifecycle import record_first_sync
 from calsync.sync.mirror import PageMirror
 from calsync.sync.state import CalendarState
 
@@ -173,6 +174,8 @@ class _SyncRun:
                         self._finish(session, next_sync_token, now)
                     save_if_refreshed(session, self.runtime, self.account_id, credentials, self.token_before)
                     append_changes(session, mirror.changes, now)
+                    if next_sync_token and not self.baseline_done:
+                        record_first_sync(session, self.calendar_id, now)
                     committing()
                 self.token_before = credentials.token
                 self.counts.update(str(change.kind) for change in mirror.changes)

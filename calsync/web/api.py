@@ -1,4 +1,4 @@
-"""The operator's read API (/api/calendars, /api/events, /api/changes, /api/freebusy) and account disconnects.
+"""The operator's read API: /api/calendars, /api/events, /api/changes, /api/freebusy (accounts: accounts_api).
 
 Handlers are thin: parse and check parameters (400 with a JSON error), query, shape with
 `calsync.sync.reads`.
@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, jsonify, request
 
-from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.errors import NotFoundError
 from calsync.sync import availability, reads
 from calsync.sync.occurrences import check_window, known_zone, parse_instant
@@ -155,14 +154,6 @@ def changes() -> Any:
             cals = reads.find_calendars(session, google_id, request.args.get("account") or None)
         page = reads.changes_page(session, after=after, limit=limit, calendars=cals, types=types)
     return jsonify(page.to_dict())
-
-
-@bp.post("/accounts/<path:email>/disconnect")
-@require_api_token
-def disconnect(email: str) -> Any:
-    rt = runtime()
-    result = disconnect_account(rt, find_account_id(rt, email))
-    return jsonify(result.to_dict())
 
 
 def _required(name: str) -> str:

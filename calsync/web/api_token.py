@@ -1,4 +1,9 @@
-"""Authorisation of the operator API: `Authorization: Bearer <CALSYNC_API_TOKEN>`."""
+"""Authorisation of the operator API: `Authorization: Bearer <CALSYNC_API_TOKEN>`.
+
+`CALSYNC_API_TOKEN` may hold several comma-separated tokens, so a new one can be handed out before
+the old one is removed. Each is compared in constant time, and all of them every time, so neither
+the answer nor its timing says which one (or how much of one) matched.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +21,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def api_token_ok() -> bool:
-    expected = runtime().settings.api_token
+    expected = runtime().settings.api_tokens
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if not expected or scheme.lower() != "bearer" or not token:
         return False
-    return hmac.compare_digest(token.strip().encode(), str(expected).encode())
+    given = token.strip().encode()
+    matches = [hmac.compare_digest(given, str(candidate).encode()) for candidate in expected]
+    return any(matches)
 
 
 def require_api_token(view: F) -> F:
@@ -30,7 +37,7 @@ def require_api_token(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not api_token_ok():
-            if not runtime().settings.api_token:
+            if not runtime().settings.api_tokens:
                 message = "the API is disabled: set CALSYNC_API_TOKEN"
             else:
                 message = "missing or wrong bearer token"

@@ -30,10 +30,20 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")
     app.extensions["calsync"] = runtime
 
-    from calsync.web import api, consent, dashboard, health, metrics, openapi, operator_login, webhooks_api
+    from calsync.web import (
+        accounts_api,
+        api,
+        consent,
+        dashboard,
+        health,
+        metrics,
+        openapi,
+        operator_login,
+        webhooks_api,
+    )
     from calsync.web.api_token import api_http_error
 
-    for module in (health, consent, api, operator_login, dashboard, webhooks_api, metrics, openapi):
+    for module in (health, consent, api, accounts_api, operator_login, dashboard, webhooks_api, metrics, openapi):
         app.register_blueprint(module.bp)
     app.register_error_handler(HTTPException, api_http_error)
     app.before_request(_refuse_nul)

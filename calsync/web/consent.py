@@ -2,11 +2,14 @@
 
 HTTP only: the session carries the pending consent between the two halves, and each outcome is a
 page. The logic is `calsync.accounts.consent`; the first sync and the watch happen in a worker.
+A consent started from an app's connect link (`/connect/<token>`) ends instead with a 303 back to
+the app, whatever happened, once the link was claimed.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,12 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 
+from calsync.accounts import connect_sessions
 from calsync.accounts.consent import finish_consent, start_consent
 from calsync.accounts.disconnect import disconnect_account, find_account_id
-from calsync.errors import ConsentError, NotFoundError
+from calsync.errors import ConnectLinkUnusable, ConsentError, NotFoundError
+from calsync.store.db import transaction
+from calsync.store.states import ConnectOutcome
 from calsync.web.api_token import api_token_ok, json_error
 from calsync.web.app import runtime
 
@@ -48,29 +54,60 @@ def connect() -> ResponseReturnValue:
     return redirect(pending.url, code=302)
 
 
+@bp.get("/connect/<token>")
+def connect_link(token: str) -> ResponseReturnValue:
+    """An app's connect link: claimed once, then the same consent as /connect, ending back at the app."""
+    if request.method == "HEAD":  # a link checker's look must not use the link up
+        return "", 200
+    rt = runtime()
+    try:
+        with transaction(rt.sessions) as db:
+            link = connect_sessions.claim(db, token, rt.clock.now())
+    except ConnectLinkUnusable as err:
+        return _page("consent/link.html", 404 if err.reason == "unknown" else 410,
+                     title=_LINK_TITLES[err.reason], message=str(err))
+    try:
+        pending = start_consent(rt, login_hint=link.login_hint)
+    except ConsentError as err:
+        return _back_to_app(link.token_hash, ConnectOutcome.ERROR, error=err.reason)
+    session[OAUTH_KEY] = {"state": pending.state, "verifier": pending.verifier, "link": link.token_hash}
+    return redirect(pending.url, code=302)
+
+
 @bp.get("/oauth2callback")
 def oauth2callback() -> ResponseReturnValue:
     """Check the single-use state, then let the account be stored and its sync handed to a worker."""
     pending = session.pop(OAUTH_KEY, None)
+    link = pending.get("link") if pending else None
     given_state = request.args.get("state")
     if not pending or not given_state or not secrets.compare_digest(str(pending.get("state")), given_state):
+        if link:
+            return _back_to_app(link, ConnectOutcome.ERROR, error="state_mismatch")
         reason = "This sign-in link has expired or was already used." if not pending else \
             "The sign-in answer does not belong to this browser session."
         return _page("consent/error.html", 400, title="The connection could not be completed",
                      message=reason, retry=True)
     error = request.args.get("error")
     if error == "access_denied":
+        if link:
+            return _back_to_app(link, ConnectOutcome.DENIED, error="access_denied")
         return _page("consent/declined.html", 403)
     code = request.args.get("code")
     if error or not code:
+        if link:
+            return _back_to_app(link, ConnectOutcome.ERROR, error=_error_code(error))
         return _page("consent/error.html", 400, title="The connection could not be completed",
                      message="Google did not grant access.", detail=error or "no authorization code", retry=True)
     try:
-        email = finish_consent(runtime(), pending["state"], pending.get("verifier"), code)
+        email = finish_consent(runtime(), pending["state"], pending.get("verifier"), code, link=link)
     except ConsentError as err:
+        if link:
+            return _back_to_app(link, ConnectOutcome.ERROR, error=err.reason)
         return _failure(err)
     session[CONNECTED_KEY] = sorted(set(session.get(CONNECTED_KEY, [])) | {email})
     session[LAST_KEY] = email
+    if link:
+        return _back_to_app(link, ConnectOutcome.CONNECTED, account=email)
     return redirect(url_for("consent.connected"), code=303)
 
 
@@ -111,6 +148,31 @@ _FAILURE_PAGES = {  # reason → (status, title, the variable to set, whether st
     "google_unreachable": (502, "Google could not be reached", None, True),
     "no_primary_calendar": (502, "The connection could not be completed", None, True),
 }
+
+
+_LINK_TITLES = {"unknown": "This link does not work", "expired": "This link has expired",
+                "used": "This link was already used"}
+_ERROR_CODE = re.compile(r"[a-z_]{1,40}")
+
+
+def _back_to_app(link: str, outcome: ConnectOutcome, *, account: str | None = None,
+                 error: str | None = None) -> ResponseReturnValue:
+    """The 303 that ends every consent of a claimed link, after its outcome is recorded."""
+    rt = runtime()
+    try:
+        with transaction(rt.sessions) as db:
+            row = connect_sessions.settle(db, link, outcome)
+            target = connect_sessions.return_url(row.return_to, row.ref, outcome, account=account, error=error)
+    except ConnectLinkUnusable as err:
+        return _page("consent/link.html", 404, title=_LINK_TITLES[err.reason], message=str(err))
+    return redirect(target, code=303)
+
+
+def _error_code(error: str | None) -> str:
+    """Google's error code when it is one (`invalid_scope`, `server_error`, …), never free text."""
+    if error is None:
+        return "no_code"
+    return error if _ERROR_CODE.fullmatch(error) else "google_error"
 
 
 def _failure(err: ConsentError) -> ResponseReturnValue:

@@ -22,6 +22,7 @@ from calsync.humanize import (
     event_when,
     expires_in,
     field_diffs,
+    lifecycle_title,
     utc_label,
 )
 from calsync.store.db import transaction
@@ -279,26 +280,42 @@ def _stats(session: Session, now: datetime) -> dict[str, Any]:
 
 
 def _changes_query(calendar_id: int | None) -> Any:
-    query = select(Change).options(joinedload(Change.calendar).joinedload(Calendar.account))
+    query = select(Change).options(joinedload(Change.calendar), joinedload(Change.account))
     if calendar_id is not None:
         query = query.where(Change.calendar_id == calendar_id)
     return query
 
 
 def _change_view(change: Change) -> dict[str, Any]:
-    cal = change.calendar
-    assert cal is not None  # the dashboard's feed lists event rows
+    cal, account = change.calendar, change.account
+    if change.kind is None:
+        return _lifecycle_view(change)
+    assert cal is not None and account is not None  # an event row names both
     return {
         "seq": change.seq,
         "kind": change.kind,
         "calendar": cal.summary or cal.google_id,
         "calendar_id": cal.id,
-        "account": cal.account.email,
+        "account": account.email,
         "event_id": change.event_id,
         "title": event_title(change.before, change.after, change.event_id or ""),
         "when": event_when(change.after or change.before),
         "diffs": field_diffs(change.fields, change.before, change.after) if change.kind == "updated" else [],
         "detected_at": change.detected_at,
+    }
+
+
+def _lifecycle_view(change: Change) -> dict[str, Any]:
+    """A lifecycle row: its type as the badge, what happened in words, the app's ref beside it."""
+    cal = change.calendar
+    summary = (change.after or {}).get("summary") if cal is not None else None
+    return {
+        "seq": change.seq, "kind": "lifecycle", "label": change.type,
+        "calendar": (summary or cal.google_id) if cal is not None else "",
+        "calendar_id": cal.id if cal is not None else None,
+        "account": change.account.email if change.account is not None else "",
+        "event_id": "", "title": lifecycle_title(change.type, summary), "when": None, "diffs": [],
+        "ref": change.ref, "detected_at": change.detected_at,
     }
 
 

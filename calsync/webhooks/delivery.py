@@ -34,7 +34,7 @@ from calsync.webhooks import payload
 from calsync.webhooks.safety import resolve_target
 from calsync.webhooks.schedule import parse_retry_after, retry_delay
 from calsync.webhooks.signing import signature_headers
-from calsync.webhooks.slack import slack_message
+from calsync.webhooks.slack import lifecycle_message, slack_message
 from calsync.webhooks.subscriptions import disable, signing_secrets
 from calsync.webhooks.transport import TransportError, exchange
 
@@ -125,8 +125,11 @@ def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: d
     for delivery in deliveries:
         sub = subs[delivery.subscription_id]
         change, email, google_id, summary, time_zone = changes[delivery.change_seq]
-        if sub.format == "slack":
-            body = json.dumps(slack_message(change.kind or change.type, list(change.fields or []), change.before,
+        if sub.format == "slack" and change.kind is None:
+            body = json.dumps(lifecycle_message(change.type, email, (change.after or {}).get("summary")),
+                              ensure_ascii=False)
+        elif sub.format == "slack":
+            body = json.dumps(slack_message(change.kind, list(change.fields or []), change.before,
                                             change.after, calendar_name=summary or google_id, time_zone=time_zone,
                                             event_id=change.event_id), ensure_ascii=False)
         else:

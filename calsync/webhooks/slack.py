@@ -11,6 +11,8 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from calsync.humanize import lifecycle_title
+
 MAX_TEXT = 3000
 _TIME_FIELDS = ("start", "end")
 
@@ -20,6 +22,11 @@ def slack_message(kind: str, fields: list[str], before: dict[str, Any] | None, a
     """The JSON body Slack's incoming webhooks take: `{"text": ...}`."""
     return {"text": summary_line(kind, fields, before, after, calendar_name=calendar_name,
                                  time_zone=time_zone, event_id=event_id)}
+
+
+def lifecycle_message(change_type: str, account: str, summary: str | None) -> dict[str, str]:
+    """An account's or a calendar's step, e.g. `ann@example.com: Calendar "Work" added`."""
+    return {"text": f"{_escape(account)}: {_escape(lifecycle_title(change_type, summary))}"[:MAX_TEXT]}
 
 
 def summary_line(kind: str, fields: list[str], before: dict[str, Any] | None, after: dict[str, Any] | None,

@@ -67,7 +67,7 @@ def test_sign_in_connect_see_calendars_and_a_live_change(page: Any, live_server:
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
     page.get_by_role("link", name="Changes").click()
-    expect(page.get_by_text("No changes yet")).to_be_visible()
+    expect(page.locator("#change-rows")).to_contain_text('Calendar "Work" synced in full for the first time')
     emu.patch_event(work, review["id"], {"summary": "Design review (v2)", "location": "Room 4.12",
                                          "start": {"dateTime": "2026-03-03T14:30:00Z"},
                                          "end": {"dateTime": "2026-03-03T15:30:00Z"}})

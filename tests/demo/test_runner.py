@@ -82,3 +82,9 @@ def test_render_change_shows_each_field_before_and_after() -> None:
     assert "#12" in lines[0] and "Team" in lines[0] and "Daily standup" in lines[0]
     assert "summary" in lines[1] and "Standup" in lines[1] and "Daily standup" in lines[1]
     assert "2026-01-05 10:00 UTC" in lines[2] and "2026-01-05 10:30 UTC" in lines[2] and "→" in lines[2]
+
+
+def test_render_change_says_a_lifecycle_step_in_words() -> None:
+    [line] = render_change({"seq": 3, "type": "calendar.added", "change": None, "event_id": None, "summary": "Team",
+                            "detected_at": "2026-01-05T09:00:01.000Z"}, "Team")
+    assert "#3" in line and "calendar.added" in line and 'Calendar "Team" added' in line

@@ -16,7 +16,8 @@ from calsync.sync.changelog import append_changes
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 CHANGE_KEYS = {"seq", "type", "account", "ref", "calendar_id", "event_id", "change", "fields", "before", "after",
                "detected_at"}
-CALENDAR_KEYS = {"account", "account_status", "calendar_id", "summary", "sync_state", "last_synced_at", "channel"}
+CALENDAR_KEYS = {"account", "account_status", "ref", "calendar_id", "summary", "sync_state", "last_synced_at",
+                 "channel"}
 
 
 # Rows put straight into the database ------------------------------------------------------------
@@ -26,10 +27,10 @@ class Seed:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def account(self, email: str, status: str = "active") -> int:
+    def account(self, email: str, status: str = "active", ref: str | None = None) -> int:
         with transaction(self.runtime.sessions) as s:
             account = Account(email=email, credentials=self.runtime.cipher.encrypt_str("{}"), scopes=[],
-                              status=status)
+                              status=status, ref=ref)
             s.add(account)
             s.flush()
             return account.id
@@ -96,7 +97,7 @@ def test_disconnect_endpoint_needs_the_bearer_token_and_a_known_account(client: 
 def test_calendars_lists_live_calendars_with_their_newest_active_channel(client: Any, seed: Seed,
                                                                        api_headers: dict[str, str]) -> None:
     alice = seed.account("alice@example.com")
-    bob = seed.account("bob@example.com", status="reauth_required")
+    bob = seed.account("bob@example.com", status="reauth_required", ref="user-42")
     primary = seed.calendar(alice, "alice@example.com", summary="Alice", sync_state="synced", last_synced_at=T0)
     seed.calendar(alice, "team@group.calendar.google.com", summary="Team")
     seed.calendar(alice, "gone@group.calendar.google.com", summary="Gone", removed_at=T0)
@@ -111,13 +112,14 @@ def test_calendars_lists_live_calendars_with_their_newest_active_channel(client:
     rows = resp.get_json()
     assert all(set(row) == CALENDAR_KEYS for row in rows)
     assert rows == [
-        {"account": "alice@example.com", "account_status": "active", "calendar_id": "alice@example.com",
+        {"account": "alice@example.com", "account_status": "active", "ref": None, "calendar_id": "alice@example.com",
          "summary": "Alice", "sync_state": "synced", "last_synced_at": "2026-03-01T09:30:00.000Z",
          "channel": {"id": "new-active", "expires_at": "2026-03-08T09:30:00.000Z"}},
-        {"account": "alice@example.com", "account_status": "active",
+        {"account": "alice@example.com", "account_status": "active", "ref": None,
          "calendar_id": "team@group.calendar.google.com", "summary": "Team", "sync_state": "pending",
          "last_synced_at": None, "channel": None},
-        {"account": "bob@example.com", "account_status": "reauth_required", "calendar_id": "bob@example.com",
+        {"account": "bob@example.com", "account_status": "reauth_required", "ref": "user-42",
+         "calendar_id": "bob@example.com",
          "summary": "Bob", "sync_state": "error", "last_synced_at": None, "channel": None},
     ]
 
@@ -329,7 +331,8 @@ def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
     assert all(c["last_synced_at"].endswith("Z") and c["account_status"] == "active" for c in calendars)
     events = api.get(f"{live_server}/api/events", params={"calendar": email}).json()
     assert [e["id"] for e in events["items"]] == [standup["id"]] and events["nextPageToken"] is None
-    baseline = api.get(f"{live_server}/api/changes", params={"calendar": email}).json()
+    event_rows: dict[str, str | int] = {"types": "event.snapshot,event.created,event.updated,event.deleted"}
+    baseline = api.get(f"{live_server}/api/changes", params={"calendar": email, **event_rows}).json()
     assert [(c["type"], c["event_id"], c["after"]) for c in baseline["changes"]] == [
         ("event.snapshot", standup["id"], events["items"][0])], "the first full sync is the feed's snapshot"
     baseline = api.get(f"{live_server}/api/changes").json()
@@ -339,12 +342,12 @@ def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
         primary = session.scalars(select(Calendar.id).where(Calendar.google_id == email)).one()
     sync_calendar(runtime, primary)
 
-    feed = api.get(f"{live_server}/api/changes", params={"after": baseline["next"]}).json()
+    feed = api.get(f"{live_server}/api/changes", params={"after": baseline["next"], **event_rows}).json()
     [change] = feed["changes"]
     assert feed["next"] == change["seq"]
     assert (change["account"], change["calendar_id"], change["event_id"], change["change"], change["fields"]) == \
         (email, email, standup["id"], "updated", ["summary"])
     assert change["before"]["summary"] == "Standup" and change["after"]["summary"] == "Daily standup"
     assert change["detected_at"].endswith("Z")
-    assert [c["type"] for c in api.get(f"{live_server}/api/changes", params={"calendar": team}).json()["changes"]] \
-        == ["event.snapshot"]
+    assert [c["type"] for c in api.get(f"{live_server}/api/changes",
+                                      params={"calendar": team, **event_rows}).json()["changes"]] == ["event.snapshot"]

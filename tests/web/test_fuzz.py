@@ -38,7 +38,8 @@ FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scope
                                                      HealthCheck.filter_too_much], database=None)
 NOTIFICATION_ANSWERS = document()["paths"]["/notifications"]["post"]["responses"]
 # Tables a rejected request must leave exactly as they were (the notification log is checked apart).
-GUARDED = ("accounts", "calendars", "channels", "events", "changes", "webhook_subscriptions", "deliveries")
+GUARDED = ("accounts", "calendars", "channels", "events", "changes", "webhook_subscriptions", "deliveries",
+           "connect_sessions")
 
 
 @pytest.fixture
@@ -130,9 +131,11 @@ API_EXAMPLES = 300  # cases drawn across all operations, half valid and half not
 STATEFUL_SCENARIOS = 30
 # Requests that fit the document but are refused for what only the server can know: a URL that does
 # not resolve, is private or fails the verification; a page token calsync never handed out; delivery
-# ids that are not the subscription's; a time window whose end is not after its start, or longer than 366 days.
+# ids that are not the subscription's; a time window whose end is not after its start, or longer than 366 days;
+# a return_to outside CALSYNC_RETURN_URLS; a ref or login hint with a character Unicode does not call printable.
 SEMANTIC_REFUSALS = {"createWebhook": ["400", "422"], "listEvents": ["400"], "replayWebhookDeliveries": ["400"],
-                     "queryFreeBusy": ["400"]}
+                     "queryFreeBusy": ["400"], "createConnectSession": ["400"], "listAccounts": ["400"],
+                     "disconnectAccount": ["400"]}
 
 
 class LiveAPI:

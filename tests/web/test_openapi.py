@@ -140,7 +140,7 @@ def test_a_generated_python_client_lists_a_real_change_from_a_live_calsync(setti
                 del sys.modules[name]
 
     assert isinstance(page, models.ChangesPage)
-    updated = [c for c in page.changes if c.change == "updated"]
+    updated = [c for c in page.changes if c.change == models.ChangeKind.UPDATED]
     assert len(updated) == 1 and updated[0].event_id == event["id"] and updated[0].fields == ["summary"]
     assert updated[0].after.additional_properties["summary"] == "Standup (moved)"
     assert page.next_ == page.changes[-1].seq  # `next` is a builtin: the generator names it `next_`

@@ -1,0 +1,67 @@
+"""Lifecycle rows of the change feed: an account connected, in need of consent again, disconnected; a
+calendar added to or removed from its account's list, and its first full sync complete.
+
+They are Change rows without an event, written with `append_changes` in the transaction of the step
+they announce, so they take their place in seq order among the event rows and are queued as
+webhooks like them. What they say beyond the account and the calendar (the calendar's name, why the
+grant died) is kept in `after` as it stood when the row was written, so a message retried later
+sends the same bytes; the API shows it as keys of the row of its own (`details`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from calsync.store.models import Calendar, Change
+from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType
+from calsync.sync.changelog import append_changes
+
+REASON_LIMIT = 500
+
+
+def account_change(change_type: ChangeType, account_id: int, *, reason: str | None = None) -> Change:
+    """An `account.*` row; a reauth row keeps Google's reason."""
+    after = {"reason": (reason or "")[:REASON_LIMIT]} if change_type == ChangeType.ACCOUNT_REAUTH_REQUIRED else None
+    return Change(type=change_type, account_id=account_id, fields=[], before=None, after=after)
+
+
+def calendar_changes(session: Session, change_type: ChangeType, calendar_ids: Collection[int]) -> list[Change]:
+    """One `calendar.*` row per calendar, in id order, each with the calendar's name as it stands."""
+    if not calendar_ids:
+        return []
+    rows = session.execute(select(Calendar.id, Calendar.account_id, Calendar.summary)
+                           .where(Calendar.id.in_(list(calendar_ids))).order_by(Calendar.id))
+    return [Change(type=change_type, account_id=account_id, calendar_id=cal_id, fields=[], before=None,
+                   after={"summary": summary})
+            for cal_id, account_id, summary in rows]
+
+
+def record_first_sync(session: Session, calendar_id: int, now: datetime) -> None:
+    """`calendar.synced`, in the last page's transaction after its rows: every row of the calendar's
+    first full sync comes before it in the feed."""
+    append_changes(session, calendar_changes(session, ChangeType.CALENDAR_SYNCED, [calendar_id]), now)
+
+
+def details(change: Change) -> dict[str, Any]:
+    """The keys a lifecycle row adds to its API row: `summary` for a calendar, `reason` and
+    `reconnect` when an account needs consent again."""
+    stored = change.after or {}
+    if change.type in LIFECYCLE_OF_CALENDAR:
+        return {"summary": stored.get("summary")}
+    if change.type == ChangeType.ACCOUNT_REAUTH_REQUIRED:
+        return {"reason": stored.get("reason"), "reconnect": reconnect_hint(change.ref)}
+    return {}
+
+
+def reconnect_hint(ref: str | None) -> str:
+    """How the account's user gets connected again, for the app (or the operator) reading the row."""
+    if ref is None:
+        return "The user must consent again: send them to /connect."
+    return (f"Create a connect session for the same ref (POST /api/connect-sessions with "
+            f'{{"ref": {json.dumps(ref, ensure_ascii=False)}, "return_to": ...}}) and send the user to its url.')

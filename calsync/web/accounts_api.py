@@ -1,0 +1,75 @@
+"""`/api/connect-sessions` and `/api/accounts`: how an app connects its users' calendars and finds them again.
+
+An app asks for a connect session for one of its users (`ref`), sends the user to its link and gets
+them back at `return_to`; from then on the account carries the ref, and the app can list, look up
+and disconnect accounts by it. Handlers parse, authorise and call calsync.accounts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from calsync.accounts import connect_sessions
+from calsync.accounts.disconnect import disconnect_account, find_account_id
+from calsync.clock import rfc3339
+from calsync.errors import InvalidConnectSession, NotFoundError
+from calsync.store.db import transaction
+from calsync.sync import reads
+from calsync.web.api_token import json_error, require_api_token
+from calsync.web.app import runtime
+
+bp = Blueprint("accounts_api", __name__, url_prefix="/api")
+
+
+@bp.errorhandler(InvalidConnectSession)
+def _invalid(err: InvalidConnectSession) -> Any:
+    resp = json_error(400, "bad_request", str(err))
+    resp.set_data(json.dumps({**resp.get_json(), "field": err.field}))
+    return resp
+
+
+@bp.errorhandler(NotFoundError)
+def _not_found(err: NotFoundError) -> Any:
+    return json_error(404, "not_found", str(err))
+
+
+@bp.post("/connect-sessions")
+@require_api_token
+def create_connect_session() -> ResponseReturnValue:
+    """A single-use link (15 minutes) that connects a Google account for the app's user `ref`."""
+    rt = runtime()
+    wanted = connect_sessions.parse_request(request.get_json(silent=True), rt.settings)
+    with transaction(rt.sessions) as session:
+        url, expires_at = connect_sessions.create(session, wanted, rt.settings.public_url, rt.clock.now())
+    return jsonify({"url": url, "expires_at": rfc3339(expires_at)}), 201
+
+
+@bp.get("/accounts")
+@require_api_token
+def accounts() -> ResponseReturnValue:
+    ref = _ref()
+    with runtime().sessions() as session:
+        return jsonify(reads.list_accounts(session, ref))
+
+
+@bp.post("/accounts/<path:email>/disconnect")
+@require_api_token
+def disconnect(email: str) -> ResponseReturnValue:
+    """Disconnect the account; with `?ref=`, only if it is that user's (an app's guard against a wrong email)."""
+    ref = _ref()
+    rt = runtime()
+    account_id = find_account_id(rt, email, ref=ref)
+    return jsonify(disconnect_account(rt, account_id).to_dict())
+
+
+def _ref() -> str | None:
+    if "ref" not in request.args:
+        return None
+    ref = request.args["ref"]
+    if not 1 <= len(ref) <= connect_sessions.REF_MAX or not ref.isprintable():
+        raise InvalidConnectSession("ref", f"ref: 1-{connect_sessions.REF_MAX} printable characters")
+    return ref
