@@ -5,21 +5,19 @@ They are Change rows without an event, written with `append_changes` in the tran
 they announce, so they take their place in seq order among the event rows and are queued as
 webhooks like them. What they say beyond the account and the calendar (the calendar's name, why the
 grant died) is kept in `after` as it stood when the row was written, so a message retried later
-sends the same bytes; the API shows it as keys of the row of its own (`details`).
+sends the same bytes; the API shows it as keys of the row of its own (`reads.lifecycle_details`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from calsync.store.models import Calendar, Change
-from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType
+from calsync.store.states import ChangeType
 from calsync.sync.changelog import append_changes
 
 REASON_LIMIT = 500
@@ -46,22 +44,3 @@ def record_first_sync(session: Session, calendar_id: int, now: datetime) -> None
     """`calendar.synced`, in the last page's transaction after its rows: every row of the calendar's
     first full sync comes before it in the feed."""
     append_changes(session, calendar_changes(session, ChangeType.CALENDAR_SYNCED, [calendar_id]), now)
-
-
-def details(change: Change) -> dict[str, Any]:
-    """The keys a lifecycle row adds to its API row: `summary` for a calendar, `reason` and
-    `reconnect` when an account needs consent again."""
-    stored = change.after or {}
-    if change.type in LIFECYCLE_OF_CALENDAR:
-        return {"summary": stored.get("summary")}
-    if change.type == ChangeType.ACCOUNT_REAUTH_REQUIRED:
-        return {"reason": stored.get("reason"), "reconnect": reconnect_hint(change.ref)}
-    return {}
-
-
-def reconnect_hint(ref: str | None) -> str:
-    """How the account's user gets connected again, for the app (or the operator) reading the row."""
-    if ref is None:
-        return "The user must consent again: send them to /connect."
-    return (f"Create a connect session for the same ref (POST /api/connect-sessions with "
-            f'{{"ref": {json.dumps(ref, ensure_ascii=False)}, "return_to": ...}}) and send the user to its url.')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +19,7 @@ from sqlalchemy.orm import Session
 from calsync.clock import rfc3339
 from calsync.errors import NotFoundError
 from calsync.store.models import Account, Calendar, Change, Channel, Event
-from calsync.store.states import ChangeType, ChannelKind, ChannelStatus
-from calsync.sync import lifecycle
+from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType, ChannelKind, ChannelStatus
 
 EVENTS_PAGE_SIZE = 1000
 CHANGES_DEFAULT_LIMIT = 100
@@ -56,7 +56,7 @@ def change_to_dict(change: Change, account_email: str, calendar_google_id: str |
         "detected_at": rfc3339(change.detected_at),
     }
     if kind is None:
-        row.update(lifecycle.details(change))
+        row.update(lifecycle_details(change))
     return row
 
 
@@ -203,3 +203,22 @@ def _newest_active_channels(session: Session, calendar_ids: list[int]) -> dict[i
     for channel in channels:  # later rows win: newest last
         newest[channel.calendar_id] = channel  # type: ignore[index]
     return newest
+
+
+def lifecycle_details(change: Change) -> dict[str, Any]:
+    """The keys a lifecycle row adds to its API row: `summary` for a calendar, `reason` and
+    `reconnect` when an account needs consent again."""
+    stored = change.after or {}
+    if change.type in LIFECYCLE_OF_CALENDAR:
+        return {"summary": stored.get("summary")}
+    if change.type == ChangeType.ACCOUNT_REAUTH_REQUIRED:
+        return {"reason": stored.get("reason"), "reconnect": reconnect_hint(change.ref)}
+    return {}
+
+
+def reconnect_hint(ref: str | None) -> str:
+    """How the account's user gets connected again, for the app (or the operator) reading the row."""
+    if ref is None:
+        return "The user must consent again: send them to /connect."
+    return (f"Create a connect session for the same ref (POST /api/connect-sessions with "
+            f'{{"ref": {json.dumps(ref, ensure_ascii=False)}, "return_to": ...}}) and send the user to its url.')

@@ -15,7 +15,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change
 from calsync.sync.calendar_list import refresh_calendar_list
-from calsync.sync.lifecycle import reconnect_hint
+from calsync.sync.reads import reconnect_hint
 from calsync.sync.run import sync_calendar
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN
@@ -106,7 +106,9 @@ def test_a_first_sync_of_many_pages_says_synced_once_at_its_end_and_later_syncs_
     assert sync_calendar(runtime, cal_id).kind == "resync"
     assert sync_calendar(runtime, cal_id, full=True).kind == "resync"
     assert [c.type for c in lifecycle(runtime)] == ["calendar.added", "calendar.synced"]
-    assert [c.kind for c in changes(runtime)] == ["updated", "updated"]
+    assert [c.kind for c in changes(runtime)] == ["snapshot"] * 4 + ["updated", "updated"]
+    # calendar.synced comes after every snapshot row of the first sync.
+    assert synced.seq > max(c.seq for c in changes(runtime) if c.kind == "snapshot")
 
 
 def test_a_calendar_removed_in_google_is_a_removed_row_with_its_name(runtime: Runtime, emu: Any,
