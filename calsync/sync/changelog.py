@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from calsync.metrics import CHANGES
 from calsync.store.bulk import bound, insert_rows, json_text
+from calsync.store.feed_rows import NewChange
 from calsync.store.models import Account, Calendar, Change, Counter
 from calsync.webhooks.outbox import enqueue
 
@@ -22,7 +23,7 @@ _CHANGES = Change.__table__
 _COLUMNS = ("seq", "type", "account_id", "calendar_id", "event_id", "ref", "fields", "before", "after", "detected_at")
 
 
-def append_changes(session: Session, changes: Sequence[Change], now: Any) -> Sequence[Change]:
+def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> Sequence[NewChange]:
     """Give `changes` their seq numbers, add them, and queue their webhook deliveries.
 
     A row that names only its calendar gets the calendar's account, and every row the account's
@@ -52,7 +53,7 @@ def append_changes(session: Session, changes: Sequence[Change], now: Any) -> Seq
     return changes
 
 
-def _name_accounts(session: Session, changes: Sequence[Change]) -> None:
+def _name_accounts(session: Session, changes: Sequence[NewChange]) -> None:
     calendar_ids = {c.calendar_id for c in changes if c.account_id is None and c.calendar_id is not None}
     owners: dict[int, int] = {}
     if calendar_ids:

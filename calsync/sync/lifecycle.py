@@ -16,27 +16,27 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from calsync.store.models import Calendar, Change
+from calsync.store.feed_rows import FeedRow
+from calsync.store.models import Calendar
 from calsync.store.states import ChangeType
 from calsync.sync.changelog import append_changes
 
 REASON_LIMIT = 500
 
 
-def account_change(change_type: ChangeType, account_id: int, *, reason: str | None = None) -> Change:
+def account_change(change_type: ChangeType, account_id: int, *, reason: str | None = None) -> FeedRow:
     """An `account.*` row; a reauth row keeps Google's reason."""
     after = {"reason": (reason or "")[:REASON_LIMIT]} if change_type == ChangeType.ACCOUNT_REAUTH_REQUIRED else None
-    return Change(type=change_type, account_id=account_id, fields=[], before=None, after=after)
+    return FeedRow(type=change_type.value, account_id=account_id, after=after)
 
 
-def calendar_changes(session: Session, change_type: ChangeType, calendar_ids: Collection[int]) -> list[Change]:
+def calendar_changes(session: Session, change_type: ChangeType, calendar_ids: Collection[int]) -> list[FeedRow]:
     """One `calendar.*` row per calendar, in id order, each with the calendar's name as it stands."""
     if not calendar_ids:
         return []
     rows = session.execute(select(Calendar.id, Calendar.account_id, Calendar.summary)
                            .where(Calendar.id.in_(list(calendar_ids))).order_by(Calendar.id))
-    return [Change(type=change_type, account_id=account_id, calendar_id=cal_id, fields=[], before=None,
-                   after={"summary": summary})
+    return [FeedRow(type=change_type.value, account_id=account_id, calendar_id=cal_id, after={"summary": summary})
             for cal_id, account_id, summary in rows]
 
 

@@ -32,7 +32,8 @@ from sqlalchemy.orm import Session, aliased
 
 from calsync.store.bulk import insert_rows, json_text
 from calsync.store.db import is_postgres
-from calsync.store.models import Change, Event
+from calsync.store.feed_rows import FeedRow
+from calsync.store.models import Event
 from calsync.store.states import ChangeKind, ChangeType
 from calsync.sync.diff import changed_fields, event_time_text, implied_occurrence
 
@@ -54,7 +55,7 @@ class PageMirror:
         # True when the mirror held no row of this calendar as this full listing began: a live
         # event's id is then taken as new without a lookup (see `apply`).
         self.fresh = fresh
-        self.changes: list[Change] = []
+        self.changes: list[FeedRow] = []
         self._rows: dict[str, _Row | None] = {}
         self._exceptions: dict[str, list[Event]] = {}
         # New rows of this page, plain objects outside the session: inserted in bulk at the end of
@@ -224,8 +225,7 @@ class PageMirror:
 
     def _change(self, event_id: str, kind: ChangeKind, fields: list[str], before: dict[str, Any] | None,
                 after: dict[str, Any] | None) -> None:
-        self.changes.append(Change(calendar_id=self.calendar_id, event_id=event_id,
-                                   type=ChangeType.of_event(kind).value, fields=fields, before=before, after=after))
+        self.changes.append(FeedRow(ChangeType.of_event(kind).value, self.calendar_id, event_id, fields, before, after))
 
     def _load_exceptions(self, series_ids: Iterable[str]) -> None:
         """Mirrored exceptions of these series, in one query per chunk (pending writes flushed first)."""

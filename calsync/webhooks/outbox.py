@@ -12,7 +12,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from calsync.store.models import Calendar, Change, Delivery, WebhookSubscription
+from calsync.store.feed_rows import NewChange
+from calsync.store.models import Calendar, Delivery, WebhookSubscription
 from calsync.store.states import ChangeType, DeliveryState, SubscriptionStatus
 
 QUEUED_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED)
@@ -23,7 +24,7 @@ def message_id(sub_id: str, seq: int) -> str:
     return f"msg_{sub_id}_{seq}"
 
 
-def matches(sub: WebhookSubscription, change: Change, calendar_google_id: str | None) -> bool:
+def matches(sub: WebhookSubscription, change: NewChange, calendar_google_id: str | None) -> bool:
     """Whether `sub` wants `change`. Snapshot rows go only to those that name `event.snapshot`: a
     first sync writes one per event, which `*` must not turn into a flood."""
     if change.type not in sub.events and ("*" not in sub.events or change.type == ChangeType.EVENT_SNAPSHOT):
@@ -31,7 +32,7 @@ def matches(sub: WebhookSubscription, change: Change, calendar_google_id: str | 
     return not sub.calendars or calendar_google_id in sub.calendars
 
 
-def enqueue(session: Session, changes: Sequence[Change], now: datetime) -> int:
+def enqueue(session: Session, changes: Sequence[NewChange], now: datetime) -> int:
     """Queue one delivery per (matching subscription, change); call before the commit."""
     if not changes:
         return 0
