@@ -99,6 +99,8 @@ class Settings:
     # sync began: a burst of changes costs two events.list calls, not one per notification.
     sync_min_interval: float = 2.0
     notification_log_size: int = 1000
+    # Feed rows older than this are deleted by the worker (0: keep every row).
+    changes_retention: float = 0.0
     instance_path: Path = field(default_factory=lambda: Path("instance").resolve())
 
     @classmethod
@@ -172,6 +174,8 @@ def _convert(name: str, raw: str) -> object:
         if seconds <= 0:
             raise ValueError("must be positive")
         return seconds
+    if name == "changes_retention":
+        return parse_duration(raw)  # 0 keeps everything
     if name in {"webhook_allow_http", "webhook_allow_private"}:
         return _parse_bool(raw)
     if name in {"worker_threads", "notification_log_size"}:
