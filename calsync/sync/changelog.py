@@ -43,6 +43,15 @@ def append_changes(session: Session, changes: Sequence[Change], now: Any) -> Seq
     return changes
 
 
+def newest_seq(session: Session) -> int:
+    """The newest seq committed in this session's snapshot: every change up to it is visible in it.
+
+    Read from the counter, which moves in the same transaction as the rows, so it stays right when
+    retention has deleted every row.
+    """
+    return int(session.scalar(select(Counter.value).where(Counter.name == SEQ_COUNTER)) or 0)
+
+
 def _name_accounts(session: Session, changes: Sequence[Change]) -> None:
     calendar_ids = {c.calendar_id for c in changes if c.account_id is None and c.calendar_id is not None}
     owners: dict[int, int] = {}
