@@ -3,6 +3,7 @@ has passed answered `410 cursor_expired` instead of a page with a silent gap."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -82,18 +83,20 @@ def test_pages_read_while_calendars_change_converge_from_the_smallest_as_of_seq(
 
     copy: dict[str, dict[str, Any]] = {}
     marks: list[int] = []
-    edits = [  # between the pages: edits to events already read and to events not read yet
-        lambda seen: [emu.patch_event(ALICE, seen[0], {"summary": "Read, then moved"}),
-                      emu.delete_event(ALICE, seen[1]),
-                      emu.patch_event(ALICE, ids[-1], {"location": "Not read yet"}),
-                      emu.delete_event(ALICE, ids[-2]),
-                      emu.insert_event(ALICE, {"summary": "Born between pages 1 and 2",
-                                               "start": {"dateTime": "2026-06-02T10:00:00Z"},
-                                               "end": {"dateTime": "2026-06-02T11:00:00Z"}})],
-        lambda seen: [emu.patch_event(ALICE, seen[0], {"summary": "Read, moved twice"}),
-                      emu.patch_event(ALICE, ids[-1], {"location": "Still not read"}),
-                      emu.delete_event(ALICE, ids[-3])],
-    ]
+    def after_page_1(seen: list[str]) -> None:  # edits to events already read and to events not read yet
+        emu.patch_event(ALICE, seen[0], {"summary": "Read, then moved"})
+        emu.delete_event(ALICE, seen[1])
+        emu.patch_event(ALICE, ids[-1], {"location": "Not read yet"})
+        emu.delete_event(ALICE, ids[-2])
+        emu.insert_event(ALICE, {"summary": "Born between pages 1 and 2", "start": {"dateTime": "2026-06-02T10:00:00Z"},
+                                 "end": {"dateTime": "2026-06-02T11:00:00Z"}})
+
+    def after_page_2(seen: list[str]) -> None:
+        emu.patch_event(ALICE, seen[0], {"summary": "Read, moved twice"})
+        emu.patch_event(ALICE, ids[-1], {"location": "Still not read"})
+        emu.delete_event(ALICE, ids[-3])
+
+    edits: list[Callable[[list[str]], None]] = [after_page_1, after_page_2]
     token = None
     while True:
         body = page(token)
