@@ -33,8 +33,9 @@ from calsync.humanize import ago, expires_in
 from calsync.runtime import Runtime
 from calsync.store.db import make_engine, make_sessionmaker, rows_affected, transaction
 from calsync.store.migrate import current_revision
-from calsync.store.models import Account, Calendar, Change, Channel, WorkerHeartbeat
+from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
+from calsync.sync.changelog import newest_seq
 from calsync.work.leases import Claim, finish_calendar, release_calendar
 
 STATE_STYLE = {"synced": "green", "pending": "cyan", "backoff": "yellow", "error": "bold red",
@@ -56,7 +57,7 @@ def status(all_channels: bool) -> None:
         channels = list(session.scalars(query if all_channels else query.where(Channel.status.in_(LIVE_CHANNEL))))
         emails = {a.id: a.email for a in accounts}
         titles = {c.id: c.summary or c.google_id for c in calendars}
-        last_seq = session.scalar(select(func.max(Change.seq))) or 0
+        last_seq = newest_seq(session)  # the counter: right even when retention deleted every row
         heartbeat = session.scalar(select(func.max(WorkerHeartbeat.seen_at)))
     console.print(_accounts_table(accounts, calendars, now))
     console.print(_calendars_table(calendars, channels, emails, now))

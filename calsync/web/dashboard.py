@@ -37,6 +37,7 @@ from calsync.store.models import (
 )
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChangeKind, ChannelKind, DeliveryState
 from calsync.sync import availability, timeline
+from calsync.sync.changelog import newest_seq
 from calsync.sync.feed_view import SnapshotRun, feed_window
 from calsync.web.app import runtime
 from calsync.web.operator_login import (
@@ -263,7 +264,7 @@ def _account_blocks(session: Session) -> list[AccountBlock]:
 def _stats(session: Session, now: datetime) -> dict[str, Any]:
     seen_at = last_heartbeat(session)
     return {
-        "last_seq": session.scalar(select(func.max(Change.seq))) or 0,
+        "last_seq": newest_seq(session),  # the counter: right even when retention deleted every row
         "changes_today": session.scalar(select(func.count()).select_from(Change)
                                         .where(Change.detected_at >= now - timedelta(days=1))) or 0,
         "notifications_hour": session.scalar(select(func.count()).select_from(Notification)
