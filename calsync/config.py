@@ -101,6 +101,8 @@ class Settings:
     notification_log_size: int = 1000
     # Where a connect session may send its user back: `return_to` must start with one of these.
     return_urls: tuple[str, ...] = ()
+    # Feed rows older than this are deleted by the worker (0: keep every row).
+    changes_retention: float = 0.0
     instance_path: Path = field(default_factory=lambda: Path("instance").resolve())
 
     @classmethod
@@ -198,6 +200,8 @@ def _convert(name: str, raw: str) -> object:
         if seconds <= 0:
             raise ValueError("must be positive")
         return seconds
+    if name == "changes_retention":
+        return parse_duration(raw)  # 0 keeps everything
     if name in {"webhook_allow_http", "webhook_allow_private"}:
         return _parse_bool(raw)
     if name in {"worker_threads", "notification_log_size"}:

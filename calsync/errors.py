@@ -4,6 +4,7 @@
     ├── ConfigError                 a setting is missing or malformed (names every bad variable)
     ├── LeaseLost                   another worker took over this work; stop without writing
     ├── NotFoundError               an unknown account, calendar, subscription … asked for by a user
+    ├── CursorExpired               a feed cursor older than the oldest change kept (carries `oldest_seq`)
     ├── ConsentError                the OAuth consent could not be completed (denied, bad state, exchange)
     ├── ConnectSessionError         an app's connect session
     │   ├── InvalidConnectSession   a request to create one names a bad field (carries `field`)
@@ -35,6 +36,17 @@ class ConfigError(CalsyncError):
 
 class NotFoundError(CalsyncError):
     """Something a user named does not exist."""
+
+
+class CursorExpired(CalsyncError):
+    """The changes right after a cursor were deleted by retention: reading on would skip them."""
+
+    def __init__(self, after: int, oldest_seq: int) -> None:
+        super().__init__(f"cursor {after} has expired: changes up to seq {oldest_seq - 1} were deleted by "
+                         "retention (CALSYNC_CHANGES_RETENTION); start from scratch: page /api/events, then "
+                         "read the changes after the smallest as_of_seq of those pages")
+        self.after = after
+        self.oldest_seq = oldest_seq
 
 
 class ConsentError(CalsyncError):

@@ -10,5 +10,6 @@ NOTIFICATION_BATCH = Histogram("calsync_notification_batch_size", "Notifications
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
 SYNCS = Counter("calsync_syncs_total", "Calendar syncs run", ["kind", "outcome"])
 CHANGES = Counter("calsync_changes_total", "Changes written to the diff log", ["kind"])
+CHANGES_TRIMMED = Counter("calsync_changes_trimmed_total", "Feed rows deleted by retention")
 SYNC_SECONDS = Histogram("calsync_sync_seconds", "Duration of one calendar sync", ["kind"])
 DELIVERIES = Counter("calsync_webhook_deliveries_total", "Outgoing webhook attempts", ["outcome"])

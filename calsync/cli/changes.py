@@ -16,14 +16,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.config import Settings
-from calsync.errors import ConfigError, NotFoundError
+from calsync.errors import ConfigError, CursorExpired, NotFoundError
 from calsync.humanize import lifecycle_title
+from calsync.store.counters import newest_seq
 from calsync.store.db import make_engine, make_sessionmaker
 from calsync.store.models import Change
-from calsync.sync import reads
+from calsync.store.states import ChangeType
+from calsync.sync import availability, reads
 
 POLL_SECONDS = 0.5
-KIND_STYLE = {"created": "green", "updated": "yellow", "deleted": "red"}
+KIND_STYLE = {"created": "green", "updated": "yellow", "deleted": "red", "snapshot": "cyan"}
 VALUE_WIDTH = 200
 
 
@@ -36,11 +38,15 @@ VALUE_WIDTH = 200
 @click.option("--account", metavar="EMAIL", help="With --calendar: the account, when several share the calendar.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new changes as they are committed (Ctrl-C stops).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as in /api/changes.")
+@click.option("--snapshots", is_flag=True,
+              help="Also print event.snapshot rows (a first sync writes one per event; hidden by default).")
+@click.option("--types", "types_text", metavar="A,B", help="Only rows of these types, as /api/changes?types=.")
 def changes(after: int, limit: int, calendar_id: str | None, account: str | None, follow: bool,
-            as_json: bool) -> None:
+            as_json: bool, snapshots: bool, types_text: str | None) -> None:
     """Print the diff log of CALSYNC_DATABASE_URL."""
     if account and not calendar_id:
         raise click.UsageError("--account needs --calendar")
+    types = _types(types_text, snapshots)
     settings = Settings.from_env()
     engine = _open_database(settings.database_url)
     sessions = make_sessionmaker(engine)
@@ -52,11 +58,20 @@ def changes(after: int, limit: int, calendar_id: str | None, account: str | None
             raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
         while True:
             with sessions() as session:
-                page = reads.changes_page(session, after=after, limit=limit, calendars=calendars)
+                availability.snapshot(session)
+                try:
+                    page = reads.changes_page(session, after=after, limit=limit, calendars=calendars, types=types)
+                except CursorExpired as err:
+                    raise click.ClickException(_expired(err)) from err
+                after = page.next
+                if follow and len(page.changes) < limit:
+                    # A page that is not full held every wanted row up to the newest seq of its
+                    # snapshot: a filtered follow moves past the rows it skips rather than sit on
+                    # an old cursor whose next rows retention deletes some day.
+                    after = max(after, newest_seq(session))
             for item in page.changes:
                 _print(console, item, as_json)
             sys.stdout.flush()
-            after = page.next
             if not follow:
                 if not page.changes and not as_json:
                     click.echo(f"no changes after seq {after}", err=True)
@@ -78,10 +93,10 @@ def format_change(item: dict[str, Any]) -> list[str]:
         return [_lifecycle_line(item)]
     style = KIND_STYLE.get(kind, "white")
     event = item["after"] or item["before"] or {}
-    summary = event.get("summary") or "(no title)"
-    lines = [f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {escape(item['account'])} / "
-             f"{escape(item['calendar_id'])}  [{style}]{kind}[/{style}]  {escape(str(summary))}  "
-             f"[dim]{escape(item['event_id'])}[/dim]"]
+    summary = event.get("summary") or ("(no title)" if item["event_id"] else "")
+    where = escape(item["account"]) + (f" / {escape(item['calendar_id'])}" if item["calendar_id"] else "")
+    lines = [f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {where}  [{style}]{kind}[/{style}]  "
+             f"{escape(str(summary))}  [dim]{escape(item['event_id'] or '')}[/dim]".rstrip()]
     if kind == "updated":
         before, after = item["before"] or {}, item["after"] or {}
         for name in item["fields"]:
@@ -95,6 +110,26 @@ def _lifecycle_line(item: dict[str, Any]) -> str:
     ref = f"  [dim]ref {escape(item['ref'])}[/dim]" if item["ref"] is not None else ""
     return (f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {where}  [magenta]{item['type']}[/magenta]  "
             f"{escape(lifecycle_title(item['type'], item.get('summary')))}{ref}")
+
+
+def _types(raw: str | None, snapshots: bool) -> list[str] | None:
+    """The types to print (None: all): those of --types, else all but snapshots unless --snapshots."""
+    if raw is None:
+        return None if snapshots else [t.value for t in ChangeType if t != ChangeType.EVENT_SNAPSHOT]
+    try:
+        chosen = reads.parse_types(raw)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--types") from err
+    if snapshots and ChangeType.EVENT_SNAPSHOT not in chosen:
+        chosen.append(ChangeType.EVENT_SNAPSHOT)
+    return [t.value for t in chosen]
+
+
+def _expired(err: CursorExpired) -> str:
+    kept_from = err.oldest_seq - 1
+    return (f"cursor expired: the changes after seq {err.after} up to seq {kept_from} were deleted by retention "
+            f"(CALSYNC_CHANGES_RETENTION). `--after {kept_from}` prints what is kept; a copy built from the feed "
+            "must start again from scratch.")
 
 
 def _print(console: Console, item: dict[str, Any], as_json: bool) -> None:

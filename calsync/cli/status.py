@@ -31,10 +31,11 @@ from calsync.config import Settings
 from calsync.errors import ConfigError, NotFoundError
 from calsync.humanize import ago, expires_in
 from calsync.runtime import Runtime
+from calsync.store.counters import newest_seq
 from calsync.store.db import make_engine, make_sessionmaker, rows_affected, transaction
 from calsync.store.liveness import heartbeat_is_fresh, lease_is_free, stale_before
 from calsync.store.migrate import current_revision
-from calsync.store.models import Account, Calendar, Change, Channel
+from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
 from calsync.work.leases import Claim, finish_calendar, release_calendar
 from calsync.work.liveness import last_heartbeat
@@ -58,7 +59,7 @@ def status(all_channels: bool) -> None:
         channels = list(session.scalars(query if all_channels else query.where(Channel.status.in_(LIVE_CHANNEL))))
         emails = {a.id: a.email for a in accounts}
         titles = {c.id: c.summary or c.google_id for c in calendars}
-        last_seq = session.scalar(select(func.max(Change.seq))) or 0
+        last_seq = newest_seq(session)  # the counter: right even when retention deleted every row
         heartbeat = last_heartbeat(session)
     console.print(_accounts_table(accounts, calendars, now))
     console.print(_calendars_table(calendars, channels, emails, now))

@@ -25,6 +25,7 @@ from sqlalchemy import Text, cast, func, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
+from calsync.store.counters import newest_seq
 from calsync.store.db import is_postgres
 from calsync.store.models import Calendar, Change, Event
 from calsync.sync.occurrences import CalendarMirror, Occurrence, render, zone_of
@@ -114,7 +115,7 @@ def snapshot(session: Session) -> None:
 
 def as_of_seq(session: Session) -> int:
     """The newest change seq this snapshot holds (0 before the first change)."""
-    return int(session.scalar(select(func.max(Change.seq))) or 0)
+    return newest_seq(session)
 
 
 # --- events.list?singleEvents=true ------------------------------------------------------------------

@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 
 from calsync.metrics import CHANGES
 from calsync.store.bulk import bound, insert_rows, json_text
+from calsync.store.counters import SEQ_COUNTER
 from calsync.store.feed_rows import NewChange
 from calsync.store.models import Account, Calendar, Change, Counter
 from calsync.webhooks.outbox import enqueue
 
-SEQ_COUNTER = "change_seq"
 _CHANGES = Change.__table__
 _COLUMNS = ("seq", "type", "account_id", "calendar_id", "event_id", "ref", "fields", "before", "after", "detected_at")
 

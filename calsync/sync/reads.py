@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
 from calsync.errors import NotFoundError
+from calsync.store.counters import check_cursor, newest_seq
 from calsync.store.models import Account, Calendar, Change, Channel, Event
 from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType, ChannelKind, ChannelStatus
 
@@ -126,8 +127,14 @@ def one_calendar(session: Session, google_id: str, account_email: str | None = N
 
 def events_page(session: Session, calendar: Calendar, page_token: str | None,
                 page_size: int = EVENTS_PAGE_SIZE) -> dict[str, Any]:
-    """A page of the mirrored events in row order; the page token is the last row id, opaque."""
+    """A page of the mirrored events in row order; the page token is the last row id, opaque.
+
+    `as_of_seq` is the newest change the page shows: read in the caller's snapshot
+    (`availability.snapshot`), so a consumer that follows the feed after the smallest `as_of_seq`
+    of its pages misses nothing that happened while it paged.
+    """
     after = decode_page_token(page_token) if page_token else 0
+    seq = newest_seq(session)
     rows = session.execute(
         select(Event.id, Event.data).where(
             Event.calendar_id == calendar.id, Event.id > after,
@@ -138,7 +145,7 @@ def events_page(session: Session, calendar: Calendar, page_token: str | None,
     more = len(rows) > page_size
     rows = rows[:page_size]
     return {"items": [data for _, data in rows],
-            "nextPageToken": encode_page_token(rows[-1][0]) if more else None}
+            "nextPageToken": encode_page_token(rows[-1][0]) if more else None, "as_of_seq": seq}
 
 
 def feed_rows() -> Select[Change, str, str]:
@@ -163,7 +170,8 @@ def changes_page(session: Session, *, after: int, limit: int, calendars: Sequenc
     """Changes with seq > `after`, oldest first; `next` is the last seq returned, else `after`.
 
     With `types`, only rows of those types are returned, and `next` still moves past the rows
-    left out up to the last one returned.
+    left out up to the last one returned. A cursor behind rows that retention deleted raises
+    CursorExpired: the page would silently lack them.
     """
     query = feed_rows().where(Change.seq > after).order_by(Change.seq).limit(limit)
     if calendars is not None:
@@ -172,6 +180,9 @@ def changes_page(session: Session, *, after: int, limit: int, calendars: Sequenc
         query = query.where(Change.type.in_(sorted(types)))
     items = [change_to_dict(change, email, google_id)
              for change, email, google_id in session.execute(query)]
+    # After the rows: the mark only grows and moves with its deletions, so a mark read now that
+    # is not past `after` proves that the rows above were all there when they were read.
+    check_cursor(session, after)
     return ChangesPage(items, items[-1]["seq"] if items else after)
 
 

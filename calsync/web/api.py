@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, jsonify, request
 
-from calsync.errors import NotFoundError
+from calsync.errors import CursorExpired, NotFoundError
 from calsync.sync import availability, reads
 from calsync.sync.occurrences import check_window, known_zone, parse_instant
 from calsync.web.api_token import json_error, require_api_token
@@ -39,6 +39,13 @@ def _not_found(err: NotFoundError) -> Any:
     return json_error(404, "not_found", str(err))
 
 
+@bp.errorhandler(CursorExpired)
+def _cursor_expired(err: CursorExpired) -> Any:
+    resp = jsonify(error="cursor_expired", message=str(err), oldest_seq=err.oldest_seq)
+    resp.status_code = 410
+    return resp
+
+
 @bp.errorhandler(reads.AmbiguousCalendar)
 def _ambiguous(err: reads.AmbiguousCalendar) -> Any:
     return json_error(400, "ambiguous_calendar", str(err))
@@ -62,6 +69,7 @@ def events() -> Any:
         if name in request.args:
             raise _BadParameter(f"{name}: only supported with singleEvents=true")
     with runtime().sessions() as session:
+        availability.snapshot(session)  # the page and its as_of_seq from one state of the mirror
         calendar = reads.one_calendar(session, google_id, request.args.get("account") or None)
         try:
             page = reads.events_page(session, calendar, page_token)

@@ -14,7 +14,7 @@ from typing import Any, TypeGuard
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from markupsafe import Markup
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session
 
 from calsync.humanize import (
     ago,
@@ -25,6 +25,7 @@ from calsync.humanize import (
     lifecycle_title,
     utc_label,
 )
+from calsync.store.counters import newest_seq
 from calsync.store.db import transaction
 from calsync.store.models import (
     Account,
@@ -36,8 +37,9 @@ from calsync.store.models import (
     Notification,
     WebhookSubscription,
 )
-from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind, DeliveryState
+from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChangeKind, ChannelKind, DeliveryState
 from calsync.sync import availability, timeline
+from calsync.sync.feed_view import SnapshotRun, feed_window
 from calsync.web.app import runtime
 from calsync.web.operator_login import (
     check_csrf,
@@ -108,16 +110,12 @@ def changes() -> Any:
     calendar_id = request.args.get("calendar", type=int)
     before = request.args.get("before", type=int)
     with runtime().sessions() as session:
-        query = _changes_query(calendar_id).order_by(Change.seq.desc()).limit(PAGE_SIZE + 1)
-        if before is not None:
-            query = query.where(Change.seq < before)
-        rows = [_change_view(c) for c in session.scalars(query)]
+        window = feed_window(session, calendar_id=calendar_id, below=before, limit=PAGE_SIZE)
+        rows = [_change_view(c) for c in window.entries]
         calendars = _calendar_choices(session)
-    older = rows[PAGE_SIZE - 1]["seq"] if len(rows) > PAGE_SIZE else None
-    rows = rows[:PAGE_SIZE]
     cursor = rows[0]["seq"] if rows else (before - 1 if before else 0)
     return render_template("dashboard/changes.html", changes=rows,
-                           calendars=calendars, calendar_id=calendar_id, before=before, older=older,
+                           calendars=calendars, calendar_id=calendar_id, before=before, older=window.older,
                            cursor=cursor, live=before is None, now=runtime().clock.now())
 
 
@@ -128,8 +126,8 @@ def changes_fragment() -> Any:
     after = request.args.get("after", default=0, type=int)
     calendar_id = request.args.get("calendar", type=int)
     with runtime().sessions() as session:
-        rows = [_change_view(c) for c in session.scalars(_changes_query(calendar_id).where(Change.seq > after)
-                                                          .order_by(Change.seq.desc()).limit(PAGE_SIZE))]
+        window = feed_window(session, calendar_id=calendar_id, above=after, limit=PAGE_SIZE)
+        rows = [_change_view(c) for c in window.entries]
     html = render_template("dashboard/_change_rows.html", changes=rows, now=runtime().clock.now())
     return html, 200, {"X-Cursor": str(rows[0]["seq"] if rows else after), "Content-Type": "text/html; charset=utf-8"}
 
@@ -267,7 +265,7 @@ def _account_blocks(session: Session) -> list[AccountBlock]:
 def _stats(session: Session, now: datetime) -> dict[str, Any]:
     seen_at = last_heartbeat(session)
     return {
-        "last_seq": session.scalar(select(func.max(Change.seq))) or 0,
+        "last_seq": newest_seq(session),  # the counter: right even when retention deleted every row
         "changes_today": session.scalar(select(func.count()).select_from(Change)
                                         .where(Change.detected_at >= now - timedelta(days=1))) or 0,
         "notifications_hour": session.scalar(select(func.count()).select_from(Notification)
@@ -279,14 +277,9 @@ def _stats(session: Session, now: datetime) -> dict[str, Any]:
     }
 
 
-def _changes_query(calendar_id: int | None) -> Any:
-    query = select(Change).options(joinedload(Change.calendar), joinedload(Change.account))
-    if calendar_id is not None:
-        query = query.where(Change.calendar_id == calendar_id)
-    return query
-
-
-def _change_view(change: Change) -> dict[str, Any]:
+def _change_view(change: Change | SnapshotRun) -> dict[str, Any]:
+    if isinstance(change, SnapshotRun):
+        return _run_view(change)
     cal, account = change.calendar, change.account
     if change.kind is None:
         return _lifecycle_view(change)
@@ -316,6 +309,22 @@ def _lifecycle_view(change: Change) -> dict[str, Any]:
         "account": change.account.email if change.account is not None else "",
         "event_id": "", "title": lifecycle_title(change.type, summary), "when": None, "diffs": [],
         "ref": change.ref, "detected_at": change.detected_at,
+    }
+
+
+def _run_view(run: SnapshotRun) -> dict[str, Any]:
+    """One line for a calendar's first-sync snapshot, however many events it stored."""
+    cal = run.calendar
+    return {
+        "seq": run.last_seq,
+        "kind": ChangeKind.SNAPSHOT.value,
+        "run": True,
+        "calendar": cal.summary or cal.google_id,
+        "calendar_id": cal.id,
+        "account": cal.account.email,
+        "title": f"First sync: {run.count:,} event{'' if run.count == 1 else 's'}",
+        "seqs": f"seq {run.first_seq:,}" if run.count == 1 else f"seq {run.first_seq:,}–{run.last_seq:,}",
+        "detected_at": run.detected_at,
     }
 
 

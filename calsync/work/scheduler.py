@@ -25,6 +25,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
 from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus
+from calsync.sync.retention import trim_changes
 
 HEARTBEAT_RETENTION = timedelta(days=1)
 
@@ -76,9 +77,15 @@ def expire_lapsed_channels(session: Session, now: datetime) -> int:
 
 
 def prune(session: Session, runtime: Runtime, now: datetime) -> None:
-    """Keep the notification log bounded and forget long-gone workers."""
+    """Keep the notification log bounded, forget long-gone workers, and apply feed retention.
+
+    Retention deletes one small batch per pass, inside the pass's own short transaction: a large
+    backlog goes over many passes, and the receiver and running syncs never wait for long.
+    """
     trim_log(session, runtime.settings.notification_log_size)
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.seen_at < now - HEARTBEAT_RETENTION))
+    if runtime.settings.changes_retention > 0:
+        trim_changes(session, now - timedelta(seconds=runtime.settings.changes_retention))
 
 
 # The bounded notification log: ids increase, so keeping the newest `keep` rows is one range delete.

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,6 +23,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change
 from calsync.sync.changelog import append_changes
+from calsync.sync.retention import trim_changes
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 CALSYNC = shutil.which("calsync", path=str(Path(sys.executable).parent)) or "calsync"
@@ -140,3 +141,69 @@ def test_database_without_schema_is_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run([CALSYNC, "changes"], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "calsync db upgrade" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def add_at(runtime: Runtime, calendar_id: int, kind: str, event_id: str, at: datetime) -> int:
+    with transaction(runtime.sessions) as s:
+        body = {"id": event_id, "summary": f"Event {event_id}"}
+        [change] = append_changes(s, [Change(calendar_id=calendar_id, event_id=event_id, kind=kind,
+                                             before=None, after=body)], at)
+        return change.seq
+
+
+def test_snapshot_rows_are_printed_only_with_snapshots(settings: Any, runtime: Runtime) -> None:
+    home, _ = seed_calendars(runtime)
+    for n in range(3):
+        add_at(runtime, home, "snapshot", f"s{n}", T0)
+    add_at(runtime, home, "created", "new", T0)
+
+    def seqs(*args: str) -> list[int]:
+        return [json.loads(line)["seq"] for line in run(settings, "--json", *args).output.splitlines()]
+
+    assert seqs() == [4]
+    assert seqs("--snapshots") == [1, 2, 3, 4]
+    assert seqs("--types", "event.snapshot") == [1, 2, 3]  # naming the type asks for it too
+    assert seqs("--types", "event.created,event.deleted") == [4]
+    assert seqs("--types", "event.deleted", "--snapshots") == [1, 2, 3]
+    human = run(settings, "--snapshots").output
+    assert "snapshot  Event s0" in human and "created  Event new" in human
+    assert "snapshot" not in run(settings).output
+    bad = CliRunner().invoke(changes, ["--types", "event.moved"], env={"CALSYNC_DATABASE_URL": settings.database_url})
+    assert bad.exit_code == 2 and "unknown type 'event.moved'" in bad.output
+
+
+def test_an_expired_cursor_is_a_clear_error_also_when_following(settings: Any, runtime: Runtime) -> None:
+    home, _ = seed_calendars(runtime)
+    for n in range(3):
+        add_at(runtime, home, "created", f"old{n}", T0)
+    add_at(runtime, home, "created", "kept", T0 + timedelta(days=40))
+    with transaction(runtime.sessions) as s:
+        assert trim_changes(s, T0 + timedelta(days=10)) == 3
+    env = {"CALSYNC_DATABASE_URL": settings.database_url}
+    for args in (["--after", "1"], ["--follow", "--json"]):
+        result = CliRunner().invoke(changes, args, env=env)
+        assert result.exit_code == 1, result.output
+        assert "cursor expired" in result.output and "up to seq 3 were deleted by retention" in result.output
+        assert "`--after 3` prints what is kept" in result.output and "Traceback" not in result.output
+    assert "created  Event kept" in run(settings, "--after", "3").output
+
+
+def test_follow_skips_snapshot_rows_unless_asked(settings: Any, runtime: Runtime) -> None:
+    home, _ = seed_calendars(runtime)
+    env = {**os.environ, "CALSYNC_DATABASE_URL": settings.database_url}
+    procs = [subprocess.Popen([CALSYNC, "changes", "--follow", "--json", *extra], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for extra in ([], ["--snapshots"])]
+    try:
+        time.sleep(0.5)
+        for n in range(5):
+            add_at(runtime, home, "snapshot", f"s{n}", T0)
+        add_at(runtime, home, "created", "after-the-snapshot", T0)
+        time.sleep(1.5)  # three polls
+    finally:
+        outputs = []
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=10)
+            assert proc.returncode == 0 and "Traceback" not in err, err
+            outputs.append([json.loads(line)["type"] for line in out.splitlines()])
+    assert outputs == [["event.created"], ["event.snapshot"] * 5 + ["event.created"]]

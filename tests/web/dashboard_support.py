@@ -78,3 +78,11 @@ def add_notification(runtime: Runtime, channel_id: str, state: str, number: int,
         session.add(note)
         session.flush()
         return note.id
+
+
+def add_snapshot(runtime: Runtime, calendar_id: int, count: int, prefix: str = "snap") -> list[int]:
+    """`count` snapshot rows in one transaction, as one page of a first full sync writes them."""
+    with transaction(runtime.sessions) as session:
+        rows = [Change(calendar_id=calendar_id, event_id=f"{prefix}{n}", kind="snapshot", fields=[], before=None,
+                       after={"id": f"{prefix}{n}", "summary": f"Snapshot event {prefix}{n}"}) for n in range(count)]
+        return [c.seq for c in append_changes(session, rows, runtime.clock.now())]

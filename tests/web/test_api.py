@@ -138,7 +138,7 @@ def test_events_pages_through_more_than_1000_rows_in_a_stable_order(client: Any,
         resp = client.get(url, headers=api_headers)
         assert resp.status_code == 200
         page = resp.get_json()
-        assert set(page) == {"items", "nextPageToken"}
+        assert set(page) == {"items", "nextPageToken", "as_of_seq"}
         sizes.append(len(page["items"]))
         seen.extend(item["id"] for item in page["items"])
         token = page["nextPageToken"]
@@ -158,7 +158,7 @@ def test_events_are_googles_json_with_cancelled_exceptions_but_without_deleted_e
     leftover_deleted = {"id": "gone", "status": "cancelled"}
     seed.events(cal, [series, cancelled_occurrence, leftover_deleted])
     resp = client.get("/api/events?calendar=alice@example.com", headers=api_headers)
-    assert resp.get_json() == {"items": [series, cancelled_occurrence], "nextPageToken": None}
+    assert resp.get_json() == {"items": [series, cancelled_occurrence], "nextPageToken": None, "as_of_seq": 0}
 
 
 def test_events_parameter_errors(client: Any, seed: Seed, api_headers: dict[str, str]) -> None:
