@@ -418,7 +418,10 @@ def parse_instant(text: str) -> datetime:
         raise ValueError(f"not an RFC 3339 time: {text!r}") from err
     if value.tzinfo is None:
         raise ValueError(f"an offset is required (e.g. Z or +01:00): {text!r}")
-    return value.astimezone(UTC).replace(microsecond=0)  # Google ignores fractions of a second here
+    try:
+        return value.astimezone(UTC).replace(microsecond=0)  # Google ignores fractions of a second here
+    except OverflowError as err:  # 0001-01-01T00:00:00+01:00 is before the first instant there is
+        raise ValueError(f"out of range: {text!r}") from err
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -109,6 +109,8 @@ def test_window_checks_and_ids() -> None:
         check_window(*_window("2026-01-01T00:00:00Z", "2027-01-03T00:00:00Z"))
     with pytest.raises(ValueError, match="offset"):
         parse_instant("2026-01-01T00:00:00")
+    with pytest.raises(ValueError, match="out of range"):  # before the first instant in UTC
+        parse_instant("0001-01-01T00:02:01+00:11")
     assert instance_id("x", datetime(2026, 1, 1, 9, tzinfo=UTC)) == "x_20260101T090000Z"
 
 
