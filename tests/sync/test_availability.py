@@ -66,7 +66,7 @@ def _calsync_single_events(pushed: dict[str, Any], calendar: str, low: datetime,
             return items
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenario=scenarios())
 def test_occurrences_and_freebusy_equal_the_emulators_after_push_sync(
         runtime: Runtime, emu: Any, pushed: dict[str, Any], scenario: Scenario) -> None:

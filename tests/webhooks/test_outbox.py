@@ -48,6 +48,19 @@ def test_filters_by_event_type(runtime: Runtime, receiver: Receiver) -> None:
     assert [d.change_seq for d in deliveries(runtime, deleted_only)] == [deleted]
 
 
+def test_snapshot_rows_go_only_to_subscriptions_that_name_them(runtime: Runtime, receiver: Receiver) -> None:
+    """A first sync writes a snapshot row per event: `*` must not turn that into a flood."""
+    cal = make_calendar(runtime)
+    everything, _ = subscribe(runtime, receiver.url, ["*"])
+    snapshots, _ = subscribe(runtime, receiver.url, ["event.snapshot"])
+    both, _ = subscribe(runtime, receiver.url, ["event.snapshot", "event.created"])
+    first = [write_change(runtime, cal, "snapshot", event_id=f"e{i}") for i in range(3)]
+    created = write_change(runtime, cal, "created", event_id="e9")
+    assert [d.change_seq for d in deliveries(runtime, everything)] == [created]
+    assert [d.change_seq for d in deliveries(runtime, snapshots)] == first
+    assert [d.change_seq for d in deliveries(runtime, both)] == [*first, created]
+
+
 def test_filters_by_calendar(runtime: Runtime, receiver: Receiver) -> None:
     team = make_calendar(runtime, "team@group")
     other = make_calendar(runtime, "other@group")
