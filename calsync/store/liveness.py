@@ -14,7 +14,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, or_, select
+from sqlalchemy import ColumnElement, bindparam, func, or_, select, update
+from sqlalchemy.orm import Session
 
 from calsync.store.models import WorkerHeartbeat
 
@@ -34,6 +35,18 @@ def stale_before(now: datetime) -> datetime:
 def heartbeat_is_fresh(seen_at: datetime | None, now: datetime) -> bool:
     """The Python side of the rule: a worker not seen for three heartbeats is presumed dead."""
     return seen_at is not None and now - seen_at <= WORKER_ALIVE
+
+
+def claiming_as(session: Session, owner: str, now: datetime) -> None:
+    """Before a claim: the claimer's own worker is alive, so its heartbeat says so now.
+
+    Without it a worker could take the work of its own other threads whenever its beats looked old:
+    when the clock stepped forward, or while its heartbeat thread waited for the database. Only an
+    existing row is touched: an owner without one (the CLI's one-off sync) has none to keep.
+    """
+    worker = owner.rpartition("/")[0] or owner
+    session.execute(update(WorkerHeartbeat).where(WorkerHeartbeat.name == worker).values(seen_at=now)
+                    .execution_options(synchronize_session=False))
 
 
 def lease_is_free(owner: Any, until: Any, now: Any, stale: Any = STALE_BEFORE) -> ColumnElement[bool]:

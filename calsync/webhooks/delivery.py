@@ -20,7 +20,7 @@ from calsync.errors import UnsafeURLError
 from calsync.metrics import DELIVERIES
 from calsync.runtime import Runtime
 from calsync.store.db import is_postgres, transaction
-from calsync.store.liveness import lease_is_free, stale_before
+from calsync.store.liveness import claiming_as, lease_is_free, stale_before
 from calsync.store.models import (
     Calendar,
     Change,
@@ -94,6 +94,7 @@ def _claim(runtime: Runtime, owner: str, limit: int) -> list[_Job]:
         older.change_seq < Delivery.change_seq,
     )
     with transaction(runtime.sessions) as session:
+        claiming_as(session, owner, now)
         query = (select(Delivery)
                  .join(WebhookSubscription, WebhookSubscription.id == Delivery.subscription_id)
                  .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now,

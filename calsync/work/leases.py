@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from calsync.store.db import is_postgres, rows_affected
-from calsync.store.liveness import lease_is_free, stale_before
+from calsync.store.liveness import claiming_as, lease_is_free, stale_before
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, SyncState
 from calsync.sync.state import CalendarState
@@ -43,6 +43,7 @@ def claim_calendar(session: Session, owner: str, now: datetime, lease_seconds: f
     One statement takes the lease and returns the job's starting state, whether another calendar
     is waiting too, and (given `renew_before`) whether an active channel outlasts the renewal window.
     """
+    claiming_as(session, owner, now)
     params = {"now": now, "stale_before": stale_before(now), "owner": owner,
               "until": now + timedelta(seconds=lease_seconds), "horizon": now + timedelta(seconds=renew_before or 0.0)}
     if is_postgres(session):
@@ -115,6 +116,7 @@ def calendar_error_count(session: Session, calendar_id: int) -> int:
 
 def claim_account_list(session: Session, owner: str, now: datetime, lease_seconds: float) -> Claim | None:
     """An active account whose calendar list is due for a refresh, leased to `owner`."""
+    claiming_as(session, owner, now)
     row = session.execute(_PICK_LIST, {"now": now, "stale_before": stale_before(now)}).first()
     if row is None:
         return None

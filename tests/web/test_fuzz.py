@@ -127,7 +127,7 @@ def test_fuzzed_notifications_get_2xx_or_4xx_and_rejected_ones_write_nothing(cli
 
 
 # /api: schemathesis against a live `calsync web` ------------------------------------------------------
-API_EXAMPLES = 300  # cases drawn across all operations, half valid and half not
+API_EXAMPLES = 600  # cases drawn across all operations (each must be reached), half valid and half not
 STATEFUL_SCENARIOS = 30
 # Requests that fit the document but are refused for what only the server can know: a URL that does
 # not resolve, is private or fails the verification; a page token calsync never handed out; delivery

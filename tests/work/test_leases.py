@@ -62,6 +62,20 @@ def test_a_dead_workers_calendar_is_claimed_as_soon_as_its_heartbeat_is_stale(
     assert _claim(rt, "host:2:new/0") == cal_id
 
 
+def test_a_workers_threads_never_take_each_others_work_when_its_beats_look_old(
+        rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    """The clock stepped forward (or the heartbeat thread waited for the database): to another
+    worker this one now looks dead, but a worker that is claiming knows it is alive."""
+    cal_id = _due_calendar(rt, emu)
+    Heartbeat(rt, "host:1:me").beat()
+    assert _claim(rt, "host:1:me/0") == cal_id
+    clock.advance(ALIVE + 30)  # its beats look old; its lease (120 s) has not run out
+    assert _claim(rt, "host:1:me/1") is None  # its own thread 0 is working on it
+    assert _claim(rt, "host:2:other/0") is None  # and the claim said so: the worker beat as it claimed
+    clock.advance(ALIVE + 1)
+    assert _claim(rt, "host:2:other/0") == cal_id  # silent since: dead
+
+
 def test_a_worker_that_keeps_beating_keeps_its_calendar_until_the_lease_runs_out(
         rt: Runtime, emu: Any, clock: FrozenClock) -> None:
     cal_id = _due_calendar(rt, emu)
