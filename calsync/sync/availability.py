@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import Text, bindparam, cast, func, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
@@ -57,9 +57,7 @@ class MirrorCache:
         if not calendars:
             return {}
         ids = [c.id for c in calendars]
-        newest: dict[int, int | None] = {cal_id: seq for cal_id, seq in session.execute(
-            select(Change.calendar_id, func.max(Change.seq)).where(Change.calendar_id.in_(ids))
-            .group_by(Change.calendar_id)) if cal_id is not None}
+        newest: dict[int, int | None] = {cal_id: seq for cal_id, seq in session.execute(_NEWEST, {"ids": ids})}
         out: dict[int, CalendarMirror] = {}
         for cal in calendars:
             version: _Version = (newest.get(cal.id), cal.full_sync_gen, cal.last_synced_at, cal.time_zone)
@@ -100,6 +98,12 @@ def _refresh(session: Session, calendar_id: int, mirror: CalendarMirror) -> Cale
 
 
 _CHUNK = 500
+# Each calendar's newest change: one backward probe of (calendar_id, seq) per calendar. A GROUP BY
+# over the calendars' rows read every one of them (a first sync writes a row per event).
+_CALS = Calendar.__table__
+_NEWEST = (select(_CALS.c.id, select(func.max(Change.seq)).where(Change.calendar_id == _CALS.c.id)
+                  .correlate(_CALS).scalar_subquery())
+           .where(_CALS.c.id.in_(bindparam("ids", expanding=True))))
 # The rows' JSON as text (parsed by orjson, and kept as text for single events).
 _DATA_TEXT = cast(Event.data, Text)
 
