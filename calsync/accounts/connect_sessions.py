@@ -108,7 +108,7 @@ def claim(session: Session, token: str, now: datetime) -> OpenedLink:
                            .values(used_at=now))
     row = session.get(ConnectSession, digest)
     if row is None:
-        raise ConnectLinkUnusable("This link is not a link to connect a calendar.", reason="unknown")
+        raise _unknown_link()
     if rows_affected(done) == 0:
         if row.used_at is not None:
             raise ConnectLinkUnusable("This link was already used. Links to connect a calendar work once.",
@@ -122,7 +122,7 @@ def settle(session: Session, digest: str, outcome: ConnectOutcome, account_id: i
     """Record how the claimed link's consent ended (the first outcome stays)."""
     row = session.get(ConnectSession, digest, with_for_update=True)
     if row is None:
-        raise ConnectLinkUnusable("This link is not a link to connect a calendar.", reason="unknown")
+        raise _unknown_link()
     if row.outcome is None:
         row.outcome = outcome
         row.account_id = account_id
@@ -144,3 +144,7 @@ def return_url(return_to: str, ref: str, outcome: ConnectOutcome, *, account: st
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _unknown_link() -> ConnectLinkUnusable:
+    return ConnectLinkUnusable("This link is not a link to connect a calendar.", reason="unknown")

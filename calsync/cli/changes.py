@@ -94,8 +94,7 @@ def format_change(item: dict[str, Any]) -> list[str]:
     style = KIND_STYLE.get(kind, "white")
     event = item["after"] or item["before"] or {}
     summary = event.get("summary") or ("(no title)" if item["event_id"] else "")
-    where = escape(item["account"]) + (f" / {escape(item['calendar_id'])}" if item["calendar_id"] else "")
-    lines = [f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {where}  [{style}]{kind}[/{style}]  "
+    lines = [f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {_where(item)}  [{style}]{kind}[/{style}]  "
              f"{escape(str(summary))}  [dim]{escape(item['event_id'] or '')}[/dim]".rstrip()]
     if kind == "updated":
         before, after = item["before"] or {}, item["after"] or {}
@@ -106,10 +105,14 @@ def format_change(item: dict[str, Any]) -> list[str]:
 
 def _lifecycle_line(item: dict[str, Any]) -> str:
     """An account's or a calendar's step, in words, with the app's ref when it has one."""
-    where = escape(item["account"]) + (f" / {escape(item['calendar_id'])}" if item["calendar_id"] else "")
     ref = f"  [dim]ref {escape(item['ref'])}[/dim]" if item["ref"] is not None else ""
-    return (f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {where}  [magenta]{item['type']}[/magenta]  "
+    return (f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {_where(item)}  [magenta]{item['type']}[/magenta]  "
             f"{escape(lifecycle_title(item['type'], item.get('summary')))}{ref}")
+
+
+def _where(item: dict[str, Any]) -> str:
+    """`account / calendar`, or the account alone for an account's lifecycle row."""
+    return escape(item["account"]) + (f" / {escape(item['calendar_id'])}" if item["calendar_id"] else "")
 
 
 def _types(raw: str | None, snapshots: bool) -> list[str] | None:

@@ -12,12 +12,12 @@ from datetime import datetime
 from typing import Any
 
 from calsync.store.models import Change
-from calsync.store.states import ChangeType
+from calsync.store.states import event_kind
 
 
 @dataclass(slots=True, eq=False)
 class FeedRow:
-    type: str  # a ChangeType
+    type: str  # a store.states.ChangeType
     calendar_id: int | None = None
     event_id: str | None = None
     fields: list[str] = field(default_factory=list)
@@ -31,8 +31,7 @@ class FeedRow:
     @property
     def kind(self) -> str | None:
         """As `Change.kind`: the event change, or None for a lifecycle row."""
-        kind = ChangeType(self.type).kind
-        return None if kind is None else kind.value
+        return event_kind(self.type)
 
 
 # What the writer and the outbox take: rows being written, or ORM objects made by hand.

@@ -32,6 +32,7 @@ from calsync.store.states import (
     DeliveryState,
     SubscriptionStatus,
     SyncState,
+    event_kind,
 )
 
 NAMING = {
@@ -209,8 +210,7 @@ class Change(Base):
     @property
     def kind(self) -> str | None:
         """The event change (`created`, `snapshot`, ...) this row records; None for a lifecycle row."""
-        kind = ChangeType(self.type).kind
-        return None if kind is None else kind.value
+        return event_kind(self.type)
 
     @kind.setter
     def kind(self, value: str) -> None:

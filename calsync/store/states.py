@@ -91,6 +91,12 @@ class ChangeType(StrEnum):
 EVENT_PREFIX = "event."
 
 
+def event_kind(change_type: str) -> str | None:
+    """The `change` field of a feed row of this type: the event change, or None for a lifecycle row."""
+    kind = ChangeType(change_type).kind
+    return None if kind is None else kind.value
+
+
 LIFECYCLE_OF_CALENDAR = frozenset({ChangeType.CALENDAR_ADDED, ChangeType.CALENDAR_REMOVED, ChangeType.CALENDAR_SYNCED})
 
 
