@@ -43,8 +43,7 @@ def freebusy(calendars: tuple[str, ...], start: str | None, end: str | None, zon
         raise click.BadParameter(str(err), param_hint="--from/--to") from err
     engine = _open_database(Settings.from_env().database_url)
     try:
-        with make_sessionmaker(engine)() as session:
-            seq, answers = availability.freebusy(session, list(dict.fromkeys(calendars)), low, high)
+        seq, answers = availability.freebusy(make_sessionmaker(engine), list(dict.fromkeys(calendars)), low, high)
     finally:
         engine.dispose()
     zone = zone_of(zone_name)

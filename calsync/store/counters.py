@@ -7,7 +7,7 @@ snapshot sees them agree with the feed. Reading them needs no writer, so the rea
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import ScalarSelect, select
 from sqlalchemy.orm import Session
 
 from calsync.errors import CursorExpired
@@ -23,7 +23,12 @@ def newest_seq(session: Session) -> int:
     Read from the counter, which moves in the same transaction as the rows, so it stays right when
     retention has deleted every row.
     """
-    return int(session.scalar(select(Counter.value).where(Counter.name == SEQ_COUNTER)) or 0)
+    return int(session.scalar(select(newest_seq_value())) or 0)
+
+
+def newest_seq_value() -> ScalarSelect[int]:
+    """`newest_seq` as a column, for a read that must see it in the same statement as other rows."""
+    return select(Counter.value).where(Counter.name == SEQ_COUNTER).scalar_subquery()
 
 
 def trimmed_through(session: Session) -> int:

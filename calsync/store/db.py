@@ -57,6 +57,22 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
+def statements_alone(session: Session) -> None:
+    """Run this fresh session's statements outside any transaction, each its own snapshot.
+
+    For a read that is one statement: it is consistent by itself, and it costs a single round
+    trip on PostgreSQL (no BEGIN, no ROLLBACK) and no write lock on SQLite. Never for writes.
+    """
+    if is_postgres(session):
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    else:
+        # Not SQLAlchemy's AUTOCOMMIT: undoing it would give the connection back pysqlite's own BEGIN.
+        session.connection(execution_options={_NO_TRANSACTION: True})
+
+
+_NO_TRANSACTION = "calsync_no_transaction"
+
+
 def rows_affected(result: Result[Any]) -> int:
     """How many rows an UPDATE or DELETE touched (a DML statement's result is a CursorResult)."""
     return int(cast(CursorResult[Any], result).rowcount or 0)
@@ -137,5 +153,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
+    if conn.get_execution_options().get(_NO_TRANSACTION):
+        return
     # IMMEDIATE takes the write lock up front, so two writers never deadlock on lock upgrade.
     conn.exec_driver_sql("BEGIN IMMEDIATE")

@@ -7,6 +7,12 @@ rewritten without one (only etag/updated moved) moves `last_synced_at` when its 
 the version moved, only the rows whose `updated` differs are read again. A calendar still in
 its baseline is read afresh each time. Version and rows are read in one transaction (a
 snapshot on both engines), so an answer never mixes two states of the mirror.
+
+Free/busy is asked far more often than calendars change, so it first reads every calendar's
+version and the feed's seq in one statement, outside any transaction: a snapshot by itself, one
+round trip on PostgreSQL (a read this small waits mostly on round trips) and no write lock on
+SQLite. When every parsed mirror is at the version read, that is the answer; otherwise the
+versions and the changed rows are read again inside a snapshot transaction.
 """
 
 from __future__ import annotations
@@ -21,12 +27,13 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Text, bindparam, cast, func, select
-from sqlalchemy.orm import Session
+import orjson
+from sqlalchemy import Text, and_, bindparam, cast, func, literal, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.clock import rfc3339
-from calsync.store.counters import newest_seq
-from calsync.store.db import is_postgres
+from calsync.store.counters import newest_seq, newest_seq_value
+from calsync.store.db import is_postgres, statements_alone
 from calsync.store.models import Calendar, Change, Event
 from calsync.sync.occurrences import CalendarMirror, Occurrence, render, zone_of
 
@@ -37,6 +44,29 @@ NOT_SYNCED = "notSynced"
 NOT_FOUND = "notFound"
 
 _Version = tuple[int | None, int, datetime | None, str | None]
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One calendar as a read saw it: what an answer says of it, and the version of its rows."""
+
+    id: int
+    google_id: str
+    time_zone: str | None
+    sync_state: str
+    baseline_done: bool
+    full_sync_gen: int
+    last_synced_at: datetime | None
+    newest_seq: int | None
+
+    @classmethod
+    def of(cls, cal: Calendar, newest: int | None) -> Standing:
+        return cls(cal.id, cal.google_id, cal.time_zone, cal.sync_state, cal.baseline_done, cal.full_sync_gen,
+                   cal.last_synced_at, newest)
+
+    @property
+    def version(self) -> _Version:
+        return (self.newest_seq, self.full_sync_gen, self.last_synced_at, self.time_zone)
 
 
 class MirrorCache:
@@ -52,18 +82,29 @@ class MirrorCache:
         self._entries: OrderedDict[int, tuple[_Version, CalendarMirror]] = OrderedDict()
         self._lock = threading.Lock()
 
+    def cached(self, standing: Standing) -> CalendarMirror | None:
+        """The parsed mirror if it is at exactly this version; None for a calendar in its baseline."""
+        if not standing.baseline_done:
+            return None
+        with self._lock:
+            hit = self._entries.get(standing.id)
+        return hit[1] if hit is not None and hit[0] == standing.version else None
+
     def mirrors(self, session: Session, calendars: Sequence[Calendar]) -> dict[int, CalendarMirror]:
         """The parsed mirror of each calendar as of this session's snapshot."""
         if not calendars:
             return {}
         ids = [c.id for c in calendars]
         newest: dict[int, int | None] = {cal_id: seq for cal_id, seq in session.execute(_NEWEST, {"ids": ids})}
+        return self.mirrors_at(session, [Standing.of(cal, newest.get(cal.id)) for cal in calendars])
+
+    def mirrors_at(self, session: Session, standings: Sequence[Standing]) -> dict[int, CalendarMirror]:
+        """The parsed mirror of each calendar at the version this session's snapshot read for it."""
         out: dict[int, CalendarMirror] = {}
-        for cal in calendars:
-            version: _Version = (newest.get(cal.id), cal.full_sync_gen, cal.last_synced_at, cal.time_zone)
+        for cal in standings:
             with self._lock:
                 hit = self._entries.get(cal.id)
-            if hit is not None and hit[0] == version and cal.baseline_done:
+            if hit is not None and hit[0] == cal.version and cal.baseline_done:
                 mirror = hit[1]
             elif hit is not None and hit[1].time_zone == cal.time_zone:
                 mirror = _refresh(session, cal.id, hit[1])
@@ -73,7 +114,7 @@ class MirrorCache:
             out[cal.id] = mirror
             with self._lock:
                 if cal.baseline_done:
-                    self._entries[cal.id] = (version, mirror)
+                    self._entries[cal.id] = (cal.version, mirror)
                     self._entries.move_to_end(cal.id)
                     while len(self._entries) > self.size:
                         self._entries.popitem(last=False)
@@ -101,9 +142,17 @@ _CHUNK = 500
 # Each calendar's newest change: one backward probe of (calendar_id, seq) per calendar. A GROUP BY
 # over the calendars' rows read every one of them (a first sync writes a row per event).
 _CALS = Calendar.__table__
-_NEWEST = (select(_CALS.c.id, select(func.max(Change.seq)).where(Change.calendar_id == _CALS.c.id)
+_NEWEST_OF_ROW = (select(func.max(Change.seq)).where(Change.calendar_id == _CALS.c.id)
                   .correlate(_CALS).scalar_subquery())
-           .where(_CALS.c.id.in_(bindparam("ids", expanding=True))))
+_NEWEST = select(_CALS.c.id, _NEWEST_OF_ROW).where(_CALS.c.id.in_(bindparam("ids", expanding=True)))
+# The feed's seq and each asked-for calendar with its version, in one statement. The calendars are
+# outer-joined to a one-row table so that the seq comes back even when none of them is known.
+_ONE_ROW = select(literal(1).label("one")).subquery("one_row")
+_STANDING = (select(newest_seq_value(), _CALS.c.id, _CALS.c.google_id, _CALS.c.time_zone, _CALS.c.sync_state,
+                    _CALS.c.baseline_done, _CALS.c.full_sync_gen, _CALS.c.last_synced_at, _NEWEST_OF_ROW)
+             .select_from(_ONE_ROW.outerjoin(_CALS, and_(_CALS.c.google_id.in_(bindparam("ids", expanding=True)),
+                                                         _CALS.c.removed_at.is_(None))))
+             .order_by(_CALS.c.id))
 # The rows' JSON as text (parsed by orjson, and kept as text for single events).
 _DATA_TEXT = cast(Event.data, Text)
 
@@ -167,8 +216,13 @@ class CalendarBusy:
     last_synced_at: datetime | None
 
     def to_dict(self, zone_name: str | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"busy": [{"start": _render(s, zone_name), "end": _render(e, zone_name)}
-                                        for s, e in self.busy]}
+        """Its part of the answer; without a zone the edges stay UTC datetimes, for `freebusy_json`."""
+        busy: list[dict[str, Any]]
+        if zone_name is None:
+            busy = [{"start": s, "end": e} for s, e in self.busy]
+        else:
+            busy = [{"start": _render(s, zone_name), "end": _render(e, zone_name)} for s, e in self.busy]
+        out: dict[str, Any] = {"busy": busy}
         if self.errors:
             out["errors"] = self.errors
         out["sync_state"] = self.sync_state
@@ -176,7 +230,7 @@ class CalendarBusy:
         return out
 
 
-def freebusy(session: Session, calendar_ids: Sequence[str], low: datetime, high: datetime, *,
+def freebusy(sessions: sessionmaker[Session], calendar_ids: Sequence[str], low: datetime, high: datetime, *,
              cache: MirrorCache = MIRRORS) -> tuple[int, list[CalendarBusy]]:
     """Busy blocks per calendar id, and the change seq they reflect, from one snapshot.
 
@@ -184,18 +238,16 @@ def freebusy(session: Session, calendar_ids: Sequence[str], low: datetime, high:
     An unknown or removed calendar gets `notFound`; one whose first full sync has not finished
     gets `notSynced`: never an empty list that would read as "free".
     """
-    snapshot(session)
-    seq = as_of_seq(session)
-    rows = session.scalars(
-        select(Calendar).where(Calendar.google_id.in_(set(calendar_ids)), Calendar.removed_at.is_(None))
-        .order_by(Calendar.id)).all()
-    chosen: dict[str, Calendar] = {}
-    for cal in rows:
-        best = chosen.get(cal.google_id)
-        if best is None or _fresher(cal, best):
-            chosen[cal.google_id] = cal
-    synced = [cal for cal in chosen.values() if cal.baseline_done]
-    mirrors = cache.mirrors(session, synced)
+    with sessions() as session:
+        statements_alone(session)
+        seq, chosen = _standing(session, calendar_ids)
+        synced = [cal for cal in chosen.values() if cal.baseline_done]
+        mirrors = {cal.id: mirror for cal in synced if (mirror := cache.cached(cal)) is not None}
+    if len(mirrors) < len(synced):
+        with sessions() as session:
+            snapshot(session)
+            seq, chosen = _standing(session, calendar_ids)
+            mirrors = cache.mirrors_at(session, [cal for cal in chosen.values() if cal.baseline_done])
     answers: list[CalendarBusy] = []
     for google_id in calendar_ids:
         found = chosen.get(google_id)
@@ -210,11 +262,32 @@ def freebusy(session: Session, calendar_ids: Sequence[str], low: datetime, high:
     return seq, answers
 
 
-def freebusy_body(seq: int, answers: Sequence[CalendarBusy], low: datetime, high: datetime,
-                  time_zone: str | None) -> dict[str, Any]:
-    """The answer in the shape of Google's freebusy.query, with calsync's staleness fields."""
-    return {"kind": "calendar#freeBusy", "timeMin": rfc3339(low), "timeMax": rfc3339(high),
+def _standing(session: Session, calendar_ids: Sequence[str]) -> tuple[int, dict[str, Standing]]:
+    """The feed's seq and, per Google id, the calendar that answers for it, read in one statement."""
+    seq = 0
+    chosen: dict[str, Standing] = {}
+    for row in session.execute(_STANDING, {"ids": sorted(set(calendar_ids))}):
+        seq = int(row[0] or 0)
+        if row[1] is None:
+            continue
+        cal = Standing(*row[1:])
+        best = chosen.get(cal.google_id)
+        if best is None or _fresher(cal, best):
+            chosen[cal.google_id] = cal
+    return seq, chosen
+
+
+def freebusy_json(seq: int, answers: Sequence[CalendarBusy], low: datetime, high: datetime,
+                  time_zone: str | None) -> bytes:
+    """The answer in the shape of Google's freebusy.query, with calsync's staleness fields, as JSON.
+
+    Busy edges are most of an answer. In UTC (the default) orjson writes them from the datetimes,
+    `Z` and whole seconds, as `render` would; in another zone they are rendered here, because
+    orjson rounds an offset with seconds (a zone's local mean time) to the minute.
+    """
+    body = {"kind": "calendar#freeBusy", "timeMin": rfc3339(low), "timeMax": rfc3339(high),
             "calendars": {a.calendar_id: a.to_dict(time_zone) for a in answers}, "as_of_seq": seq}
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -223,7 +296,7 @@ def _render(moment: datetime, zone_name: str | None) -> str:
     return render(moment.astimezone(zone_of(zone_name)))
 
 
-def _fresher(cal: Calendar, than: Calendar) -> bool:
+def _fresher(cal: Standing, than: Standing) -> bool:
     if cal.baseline_done != than.baseline_done:
         return cal.baseline_done
     epoch = datetime.min.replace(tzinfo=UTC)

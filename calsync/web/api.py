@@ -131,9 +131,8 @@ def freebusy() -> Any:
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise _BadParameter(f"{name}: must be a positive whole number")
-    with runtime().sessions() as session:
-        seq, answers = availability.freebusy(session, ids, low, high)
-    return _json(availability.freebusy_body(seq, answers, low, high, time_zone))
+    seq, answers = availability.freebusy(runtime().sessions, ids, low, high)
+    return Response(availability.freebusy_json(seq, answers, low, high, time_zone), mimetype="application/json")
 
 
 def _json(body: dict[str, Any]) -> Response:

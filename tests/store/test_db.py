@@ -6,10 +6,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 import calsync.store.db
-from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, transaction
+from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, statements_alone, transaction
 from calsync.store.models import Account, Calendar
 
 
@@ -40,6 +41,37 @@ def test_a_failed_unit_of_work_changes_nothing(db_url: str) -> None:
         s.flush()
     with sessions() as s:
         assert s.scalars(select(Account)).all() == []
+
+
+def test_statements_alone_hold_no_transaction_between_statements(db_url: str) -> None:
+    """Each read sees what was committed before it, and none holds a lock a writer waits on."""
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    sqlite = engine.dialect.name == "sqlite"
+    with sessions() as reader:
+        statements_alone(reader)
+        assert reader.scalars(select(Account.email)).all() == []
+        _add_account(engine, "w@example.com")
+        assert reader.scalars(select(Account.email)).all() == ["w@example.com"]
+    with sessions() as reader:  # an ordinary session, for contrast: it holds its transaction
+        reader.connection(execution_options={} if sqlite else {"isolation_level": "REPEATABLE READ"})
+        assert reader.scalars(select(Account.email)).all() == ["w@example.com"]
+        if sqlite:
+            with pytest.raises(OperationalError, match="locked"):
+                _add_account(engine, "v@example.com")
+        else:
+            _add_account(engine, "v@example.com")
+            assert reader.scalars(select(Account.email)).all() == ["w@example.com"]
+    engine.dispose()
+
+
+def _add_account(engine: Engine, email: str) -> None:
+    """Commit an account from a connection of its own; on SQLite a held write lock fails it in 0.2 s."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.connection.driver_connection.execute("PRAGMA busy_timeout=200")  # type: ignore[union-attr]
+        with Session(bind=conn) as writer, writer.begin():
+            writer.add(Account(email=email, credentials=b"x", scopes=[]))
 
 
 def _postgres_only(db_url: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from calsync.runtime import Runtime
 from calsync.store.models import Change
@@ -190,3 +190,44 @@ def test_freebusy_refuses_bad_bodies(client: Any, api_headers: dict[str, str], b
 
 def test_freebusy_needs_the_api_token(client: Any) -> None:
     assert client.post("/api/freebusy", json=GOOD).status_code == 401
+
+
+def test_a_warm_answer_is_one_statement_and_each_change_reaches_the_next(
+        runtime: Runtime, emu: Any, client: Any, api_headers: dict[str, str], synced: dict[str, Any]) -> None:
+    cal = synced["calendar"]
+    window = {"timeMin": "2026-03-02T00:00:00Z", "timeMax": "2026-03-03T00:00:00Z", "items": [{"id": cal}]}
+    statements: list[tuple[str, bool]] = []
+
+    def seen(conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        dbapi = conn.connection.dbapi_connection
+        statements.append((sql, bool(getattr(dbapi, "autocommit", False))))
+
+    def answer() -> list[dict[str, str]]:
+        statements.clear()
+        resp = _freebusy(client, api_headers, window)
+        assert resp.status_code == 200, resp.get_json()
+        return resp.get_json()["calendars"][cal]["busy"]  # type: ignore[no-any-return]
+
+    standup = [{"start": "2026-03-02T14:00:00Z", "end": "2026-03-02T15:30:00Z"}]
+    event.listen(runtime.engine, "before_cursor_execute", seen)
+    try:
+        assert answer() == standup  # parses the calendar
+        assert answer() == standup
+        assert len(statements) == 1, statements  # the seq and the version in one statement: a cache hit
+        if runtime.engine.dialect.name == "postgresql":
+            assert statements[0][1], "read outside a transaction: no BEGIN, no ROLLBACK"
+        emu.insert_event(cal, _timed("new", "2026-03-02T12:00:00-05:00", "2026-03-02T12:30:00-05:00"))
+        sync_calendar(runtime, synced["row"])
+        assert answer() == [*standup, {"start": "2026-03-02T17:00:00Z", "end": "2026-03-02T17:30:00Z"}]
+        assert len(statements) > 1  # the version moved: read again in a snapshot, with the rows that changed
+        answer()
+        assert len(statements) == 1
+        # Only unknown calendars: the seq still comes back from the one statement.
+        statements.clear()
+        body = _freebusy(client, api_headers, {**window, "items": [{"id": "nobody@example.com"}]}).get_json()
+        assert len(statements) == 1
+        with runtime.sessions() as session:
+            newest = session.scalar(select(func.max(Change.seq)))
+        assert newest and body["as_of_seq"] == newest
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", seen)
