@@ -19,10 +19,10 @@ from calsync.config import Settings
 from calsync.errors import ConfigError, CursorExpired, NotFoundError
 from calsync.humanize import lifecycle_title
 from calsync.store.counters import newest_seq
-from calsync.store.db import make_engine, make_sessionmaker, reading
+from calsync.store.db import make_engine, make_sessionmaker
 from calsync.store.models import Change
 from calsync.store.states import ChangeType
-from calsync.sync import reads
+from calsync.sync import availability, reads
 
 POLL_SECONDS = 0.5
 KIND_STYLE = {"created": "green", "updated": "yellow", "deleted": "red", "snapshot": "cyan"}
@@ -57,7 +57,8 @@ def changes(after: int, limit: int, calendar_id: str | None, account: str | None
         if calendars == [] and not follow:
             raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
         while True:
-            with reading(sessions) as session:
+            with sessions() as session:
+                availability.snapshot(session)
                 try:
                     page = reads.changes_page(session, after=after, limit=limit, calendars=calendars, types=types)
                 except CursorExpired as err:

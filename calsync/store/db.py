@@ -57,14 +57,6 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-@contextmanager
-def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session that only reads, as one snapshot (`read_snapshot`); the reads' `transaction`."""
-    with factory() as session:
-        read_snapshot(session)
-        yield session
-
-
 def statements_alone(session: Session) -> None:
     """Run this fresh session's statements outside any transaction, each its own snapshot.
 
@@ -78,21 +70,7 @@ def statements_alone(session: Session) -> None:
         session.connection(execution_options={_NO_TRANSACTION: True})
 
 
-def read_snapshot(session: Session) -> None:
-    """Make this fresh session one read-only snapshot, so that all its reads agree.
-
-    PostgreSQL: REPEATABLE READ, READ ONLY (it reads per statement otherwise, and a write is an
-    error). SQLite: a deferred BEGIN, so a read neither waits for a sync's write transaction nor
-    holds the worker's next one up, as every BEGIN IMMEDIATE does.
-    """
-    if is_postgres(session):
-        session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
-    else:
-        session.connection(execution_options={_READ_ONLY: True})
-
-
 _NO_TRANSACTION = "calsync_no_transaction"
-_READ_ONLY = "calsync_read_only"
 
 
 def rows_affected(result: Result[Any]) -> int:
@@ -175,9 +153,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(conn: Any) -> None:
-    options = conn.get_execution_options()
-    if options.get(_NO_TRANSACTION):
+    if conn.get_execution_options().get(_NO_TRANSACTION):
         return
-    # A reader's deferred BEGIN is a WAL snapshot from its first read and takes no lock. A writer's
     # IMMEDIATE takes the write lock up front, so two writers never deadlock on lock upgrade.
-    conn.exec_driver_sql("BEGIN" if options.get(_READ_ONLY) else "BEGIN IMMEDIATE")
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

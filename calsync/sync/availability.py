@@ -32,8 +32,8 @@ from sqlalchemy import Text, and_, bindparam, cast, func, literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.clock import rfc3339
-from calsync.store.counters import newest_seq_value
-from calsync.store.db import reading, statements_alone
+from calsync.store.counters import newest_seq, newest_seq_value
+from calsync.store.db import is_postgres, statements_alone
 from calsync.store.models import Calendar, Change, Event
 from calsync.sync.occurrences import CalendarMirror, Occurrence, render, zone_of
 
@@ -160,6 +160,17 @@ _DATA_TEXT = cast(Event.data, Text)
 MIRRORS = MirrorCache()
 
 
+def snapshot(session: Session) -> None:
+    """Make the rest of this read transaction one snapshot (PostgreSQL reads per statement otherwise)."""
+    if is_postgres(session):
+        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
+def as_of_seq(session: Session) -> int:
+    """The newest change seq this snapshot holds (0 before the first change)."""
+    return newest_seq(session)
+
+
 # --- events.list?singleEvents=true ------------------------------------------------------------------
 def single_events_page(session: Session, calendar: Calendar, low: datetime, high: datetime, *,
                        page_token: str | None, page_size: int = SINGLE_EVENTS_DEFAULT_PAGE,
@@ -233,7 +244,8 @@ def freebusy(sessions: sessionmaker[Session], calendar_ids: Sequence[str], low: 
         synced = [cal for cal in chosen.values() if cal.baseline_done]
         mirrors = {cal.id: mirror for cal in synced if (mirror := cache.cached(cal)) is not None}
     if len(mirrors) < len(synced):
-        with reading(sessions) as session:
+        with sessions() as session:
+            snapshot(session)
             seq, chosen = _standing(session, calendar_ids)
             mirrors = cache.mirrors_at(session, [cal for cal in chosen.values() if cal.baseline_done])
     answers: list[CalendarBusy] = []

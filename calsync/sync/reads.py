@@ -130,7 +130,7 @@ def events_page(session: Session, calendar: Calendar, page_token: str | None,
     """A page of the mirrored events in row order; the page token is the last row id, opaque.
 
     `as_of_seq` is the newest change the page shows: read in the caller's snapshot
-    (`store.db.read_snapshot`), so a consumer that follows the feed after the smallest `as_of_seq`
+    (`availability.snapshot`), so a consumer that follows the feed after the smallest `as_of_seq`
     of its pages misses nothing that happened while it paged.
     """
     after = decode_page_token(page_token) if page_token else 0

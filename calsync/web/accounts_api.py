@@ -17,7 +17,7 @@ from calsync.accounts import connect_sessions
 from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.clock import rfc3339
 from calsync.errors import InvalidConnectSession, NotFoundError
-from calsync.store.db import reading, transaction
+from calsync.store.db import transaction
 from calsync.sync import reads
 from calsync.web.api_token import json_error, require_api_token
 from calsync.web.app import runtime
@@ -52,7 +52,7 @@ def create_connect_session() -> ResponseReturnValue:
 @require_api_token
 def accounts() -> ResponseReturnValue:
     ref = _ref()
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
         return jsonify(reads.list_accounts(session, ref))
 
 

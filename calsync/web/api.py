@@ -14,7 +14,6 @@ import orjson
 from flask import Blueprint, Response, jsonify, request
 
 from calsync.errors import CursorExpired, NotFoundError
-from calsync.store.db import reading
 from calsync.sync import availability, reads
 from calsync.sync.occurrences import check_window, known_zone, parse_instant
 from calsync.web.api_token import json_error, require_api_token
@@ -55,7 +54,7 @@ def _ambiguous(err: reads.AmbiguousCalendar) -> Any:
 @bp.get("/calendars")
 @require_api_token
 def calendars() -> Any:
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
         return jsonify(reads.list_calendars(session))
 
 
@@ -69,7 +68,8 @@ def events() -> Any:
     for name in ("timeMin", "timeMax", "orderBy", "maxResults"):
         if name in request.args:
             raise _BadParameter(f"{name}: only supported with singleEvents=true")
-    with reading(runtime().sessions) as session:  # the page and its as_of_seq from one state of the mirror
+    with runtime().sessions() as session:
+        availability.snapshot(session)  # the page and its as_of_seq from one state of the mirror
         calendar = reads.one_calendar(session, google_id, request.args.get("account") or None)
         try:
             page = reads.events_page(session, calendar, page_token)
@@ -90,7 +90,8 @@ def _single_events(google_id: str, page_token: str | None) -> Any:
         raise _BadParameter(f"orderBy: only startTime is supported with singleEvents=true, not {order_by!r}")
     size = min(_integer("maxResults", default=availability.SINGLE_EVENTS_DEFAULT_PAGE, minimum=1),
                availability.SINGLE_EVENTS_MAX_PAGE)
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
+        availability.snapshot(session)
         calendar = reads.one_calendar(session, google_id, request.args.get("account") or None)
         try:
             page = availability.single_events_page(session, calendar, low, high, page_token=page_token,
@@ -152,7 +153,7 @@ def changes() -> Any:
             types = reads.parse_types(request.args["types"])
         except ValueError as err:
             raise _BadParameter(f"types: {err}") from err
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
         cals = None
         if google_id is not None:
             if not google_id:

@@ -26,7 +26,7 @@ from calsync.humanize import (
     utc_label,
 )
 from calsync.store.counters import newest_seq
-from calsync.store.db import reading, transaction
+from calsync.store.db import transaction
 from calsync.store.models import (
     Account,
     Calendar,
@@ -38,7 +38,7 @@ from calsync.store.models import (
     WebhookSubscription,
 )
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChangeKind, ChannelKind, DeliveryState
-from calsync.sync import timeline
+from calsync.sync import availability, timeline
 from calsync.sync.feed_view import SnapshotRun, feed_window
 from calsync.web.app import runtime
 from calsync.web.operator_login import (
@@ -82,7 +82,7 @@ def _add_root(state: Any) -> None:
 @require_admin
 def overview() -> Any:
     now = runtime().clock.now()
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
         blocks = _account_blocks(session)
         stats = _stats(session, now)
     reauth = [b.account for b in blocks if b.account.status == AccountStatus.REAUTH_REQUIRED]
@@ -94,7 +94,8 @@ def overview() -> Any:
 def calendar(calendar_id: int) -> Any:
     """The coming week's occurrences of one calendar, day by day, from the mirror."""
     now = runtime().clock.now()
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
+        availability.snapshot(session)
         cal = session.get(Calendar, calendar_id)
         if cal is None or cal.removed_at is not None:
             abort(404)
@@ -108,7 +109,7 @@ def calendar(calendar_id: int) -> Any:
 def changes() -> Any:
     calendar_id = request.args.get("calendar", type=int)
     before = request.args.get("before", type=int)
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
         window = feed_window(session, calendar_id=calendar_id, below=before, limit=PAGE_SIZE)
         rows = [_change_view(c) for c in window.entries]
         calendars = _calendar_choices(session)
@@ -124,7 +125,7 @@ def changes_fragment() -> Any:
     """Rows newer than `after`, for the auto-refresh script; the new cursor is in X-Cursor."""
     after = request.args.get("after", default=0, type=int)
     calendar_id = request.args.get("calendar", type=int)
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
         window = feed_window(session, calendar_id=calendar_id, above=after, limit=PAGE_SIZE)
         rows = [_change_view(c) for c in window.entries]
     html = render_template("dashboard/_change_rows.html", changes=rows, now=runtime().clock.now())
@@ -136,7 +137,7 @@ def changes_fragment() -> Any:
 def notifications() -> Any:
     limit = _limit()
     channel = request.args.get("channel") or None
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
         rows = _notification_rows(session, limit, channel, after=None)
     cursor = rows[0][0].id if rows else 0
     return render_template("dashboard/notifications.html", rows=rows, limit=limit, channel=channel,
@@ -149,7 +150,7 @@ def notifications() -> Any:
 def notifications_fragment() -> Any:
     after = request.args.get("after", default=0, type=int)
     channel = request.args.get("channel") or None
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
         rows = _notification_rows(session, _limit(), channel, after=after)
     html = render_template("dashboard/_notification_rows.html", rows=rows, now=runtime().clock.now())
     return html, 200, {"X-Cursor": str(rows[0][0].id if rows else after), "Content-Type": "text/html; charset=utf-8"}
@@ -159,7 +160,7 @@ def notifications_fragment() -> Any:
 @require_admin
 def webhooks() -> Any:
     state = request.args.get("state") or None
-    with reading(runtime().sessions) as session:
+    with runtime().sessions() as session:
         subs = list(session.scalars(select(WebhookSubscription).order_by(WebhookSubscription.created_at)))
         deliveries: dict[str, list[tuple[Delivery, list[DeliveryAttempt]]]] = {}
         for sub in subs:

@@ -4,20 +4,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 import calsync.store.db
-from calsync.store.db import (
-    is_own_backend,
-    make_engine,
-    make_sessionmaker,
-    reading,
-    statements_alone,
-    transaction,
-)
+from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, statements_alone, transaction
 from calsync.store.models import Account, Calendar
 
 
@@ -69,34 +62,6 @@ def test_statements_alone_hold_no_transaction_between_statements(db_url: str) ->
         else:
             _add_account(engine, "v@example.com")
             assert reader.scalars(select(Account.email)).all() == ["w@example.com"]
-    engine.dispose()
-
-
-def test_a_read_snapshot_neither_waits_for_a_writer_nor_sees_its_later_commit(db_url: str) -> None:
-    engine = make_engine(db_url)
-    sqlite = engine.dialect.name == "sqlite"
-    if sqlite:  # a lock wait fails in 0.2 s instead of 30 s
-        event.listen(engine, "connect", lambda conn, _record: conn.execute("PRAGMA busy_timeout=200"))
-    sessions = make_sessionmaker(engine)
-    _add_account(engine, "a@example.com")
-    with engine.connect() as conn, Session(bind=conn) as writer:
-        writer.begin()
-        writer.add(Account(email="b@example.com", credentials=b"x", scopes=[]))
-        writer.flush()  # mid-transaction: on SQLite it holds the write lock
-        if sqlite:
-            with pytest.raises(OperationalError, match="locked"), sessions() as plain:
-                plain.scalars(select(Account.email)).all()  # an ordinary session's BEGIN IMMEDIATE waits
-        with reading(sessions) as reader:
-            assert reader.scalars(select(Account.email)).all() == ["a@example.com"]
-            writer.commit()
-            assert reader.scalars(select(Account.email)).all() == ["a@example.com"]  # still its snapshot
-            if not sqlite:
-                reader.add(Account(email="c@example.com", credentials=b"x", scopes=[]))
-                with pytest.raises(DBAPIError, match="read-only transaction"):
-                    reader.flush()
-    with reading(sessions) as reader:
-        assert reader.scalars(select(Account.email).order_by(Account.email)).all() == ["a@example.com",
-                                                                                      "b@example.com"]
     engine.dispose()
 
 
