@@ -102,15 +102,15 @@ class MirrorCache:
         """The parsed mirror of each calendar at the version this session's snapshot read for it."""
         out: dict[int, CalendarMirror] = {}
         for cal in standings:
-            with self._lock:
-                hit = self._entries.get(cal.id)
-            if hit is not None and hit[0] == cal.version and cal.baseline_done:
-                mirror = hit[1]
-            elif hit is not None and hit[1].time_zone == cal.time_zone:
-                mirror = _refresh(session, cal.id, hit[1])
-            else:
-                rows = session.scalars(select(_DATA_TEXT).where(Event.calendar_id == cal.id)).all()
-                mirror = CalendarMirror(rows, cal.time_zone)
+            mirror = self.cached(cal)
+            if mirror is None:
+                with self._lock:
+                    hit = self._entries.get(cal.id)
+                if hit is not None and hit[1].time_zone == cal.time_zone:
+                    mirror = _refresh(session, cal.id, hit[1])
+                else:
+                    rows = session.scalars(select(_DATA_TEXT).where(Event.calendar_id == cal.id)).all()
+                    mirror = CalendarMirror(rows, cal.time_zone)
             out[cal.id] = mirror
             with self._lock:
                 if cal.baseline_done:
