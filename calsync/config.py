@@ -179,8 +179,7 @@ def _parse_return_urls(raw: str) -> tuple[str, ...]:
             continue
         parts = urlsplit(_parse_http_url(part))
         if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
-            raise ValueError(f"a return URL is a scheme, host and path prefix, without credentials or query: "
-                             f"{part!r}")
+            raise ValueError(f"a return URL is a scheme, host and path prefix, without credentials or query: {part!r}")
         prefixes.append(part if parts.path else part + "/")
     if not prefixes:
         raise ValueError("no URL given")
@@ -194,8 +193,16 @@ def _whole_number(raw: str, low: int, high: int | None, what: str) -> int:
 
 
 def _convert(name: str, raw: str) -> object:
-    if name in {"channel_ttl", "renew_before", "reconcile_every", "webhook_timeout",
-                "webhook_disable_after", "webhook_verify_timeout", "lease_seconds", "sync_min_interval"}:
+    if name in {
+        "channel_ttl",
+        "renew_before",
+        "reconcile_every",
+        "webhook_timeout",
+        "webhook_disable_after",
+        "webhook_verify_timeout",
+        "lease_seconds",
+        "sync_min_interval",
+    }:
         seconds = parse_duration(raw)
         if seconds <= 0:
             raise ValueError("must be positive")

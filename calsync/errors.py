@@ -1,26 +1,26 @@
 """The one exception tree of calsync.
 
-    CalsyncError
-    ├── ConfigError                 a setting is missing or malformed (names every bad variable)
-    ├── LeaseLost                   another worker took over this work; stop without writing
-    ├── NotFoundError               an unknown account, calendar, subscription … asked for by a user
-    ├── CursorExpired               a feed cursor older than the oldest change kept (carries `oldest_seq`)
-    ├── ConsentError                the OAuth consent could not be completed (denied, bad state, exchange)
-    ├── ConnectSessionError         an app's connect session
-    │   ├── InvalidConnectSession   a request to create one names a bad field (carries `field`)
-    │   └── ConnectLinkUnusable     its link is unknown, expired or already used (carries `reason`)
-    ├── WebhookError                outgoing webhooks
-    │   ├── InvalidSubscription     a subscription request names a bad field (carries `field`)
-    │   ├── UnsafeURLError          the URL is not allowed (scheme, private address)
-    │   └── VerificationFailed      the endpoint did not prove it belongs to the subscriber
-    └── GoogleApiError              anything Google answered with an error (mapped in calsync.google.calendar)
-        ├── AuthRevoked             the grant is gone (invalid_grant, 401 after a refresh): re-consent needed
-        ├── SyncTokenExpired        410 fullSyncRequired: a full resync is needed
-        ├── GoogleNotFound          404 notFound / 410 deleted on a resource
-        ├── Forbidden               403 that waiting will not fix (forbidden, insufficientPermissions)
-        └── TransientGoogleError    worth retrying later: carries retry_after (seconds) when known
-            ├── RateLimited         403/429 rate limits, quotaExceeded
-            └── BackendError        5xx and network failures
+CalsyncError
+├── ConfigError                 a setting is missing or malformed (names every bad variable)
+├── LeaseLost                   another worker took over this work; stop without writing
+├── NotFoundError               an unknown account, calendar, subscription … asked for by a user
+├── CursorExpired               a feed cursor older than the oldest change kept (carries `oldest_seq`)
+├── ConsentError                the OAuth consent could not be completed (denied, bad state, exchange)
+├── ConnectSessionError         an app's connect session
+│   ├── InvalidConnectSession   a request to create one names a bad field (carries `field`)
+│   └── ConnectLinkUnusable     its link is unknown, expired or already used (carries `reason`)
+├── WebhookError                outgoing webhooks
+│   ├── InvalidSubscription     a subscription request names a bad field (carries `field`)
+│   ├── UnsafeURLError          the URL is not allowed (scheme, private address)
+│   └── VerificationFailed      the endpoint did not prove it belongs to the subscriber
+└── GoogleApiError              anything Google answered with an error (mapped in calsync.google.calendar)
+    ├── AuthRevoked             the grant is gone (invalid_grant, 401 after a refresh): re-consent needed
+    ├── SyncTokenExpired        410 fullSyncRequired: a full resync is needed
+    ├── GoogleNotFound          404 notFound / 410 deleted on a resource
+    ├── Forbidden               403 that waiting will not fix (forbidden, insufficientPermissions)
+    └── TransientGoogleError    worth retrying later: carries retry_after (seconds) when known
+        ├── RateLimited         403/429 rate limits, quotaExceeded
+        └── BackendError        5xx and network failures
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ class CursorExpired(CalsyncError):
     """The changes right after a cursor were deleted by retention: reading on would skip them."""
 
     def __init__(self, after: int, oldest_seq: int) -> None:
-        super().__init__(f"cursor {after} has expired: changes up to seq {oldest_seq - 1} were deleted by "
-                         "retention (CALSYNC_CHANGES_RETENTION); start from scratch: page /api/events, then "
-                         "read the changes after the smallest as_of_seq of those pages")
+        super().__init__(
+            f"cursor {after} has expired: changes up to seq {oldest_seq - 1} were deleted by "
+            "retention (CALSYNC_CHANGES_RETENTION); start from scratch: page /api/events, then "
+            "read the changes after the smallest as_of_seq of those pages"
+        )
         self.after = after
         self.oldest_seq = oldest_seq
 

@@ -15,8 +15,12 @@ from calsync.clock import utc
 
 _UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
 _MAX_VALUE = 160
-_FIELD_ORDER = {name: n for n, name in enumerate(
-    ("summary", "status", "start", "end", "location", "description", "attendees", "recurrence", "originalStartTime"))}
+_FIELD_ORDER = {
+    name: n
+    for n, name in enumerate(
+        ("summary", "status", "start", "end", "location", "description", "attendees", "recurrence", "originalStartTime")
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -103,8 +107,9 @@ def render_value(value: Any) -> str:
     if isinstance(value, dict) and ("dateTime" in value or "date" in value):
         text = _render_time(value)
     elif isinstance(value, list) and all(isinstance(v, dict) and "email" in v for v in value):
-        text = ", ".join(str(v["email"]) + (f" ({v['responseStatus']})" if v.get("responseStatus") else "")
-                         for v in value)
+        text = ", ".join(
+            str(v["email"]) + (f" ({v['responseStatus']})" if v.get("responseStatus") else "") for v in value
+        )
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         text = "; ".join(value)
     elif isinstance(value, dict | list):

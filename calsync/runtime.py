@@ -26,8 +26,13 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings, *, clock: Clock | None = None, engine: Engine | None = None) -> Runtime:
         engine = engine or make_engine(settings.database_url)
-        return cls(settings=settings, engine=engine, sessions=make_sessionmaker(engine),
-                   cipher=cipher_from_settings(settings), clock=clock or SystemClock())
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_sessionmaker(engine),
+            cipher=cipher_from_settings(settings),
+            clock=clock or SystemClock(),
+        )
 
     def close(self) -> None:
         self.engine.dispose()

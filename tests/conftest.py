@@ -103,8 +103,12 @@ def _postgres_url() -> Iterator[str | None]:
 def _truncate_postgres(url: str) -> None:
     engine = make_engine(url)
     with engine.begin() as conn:
-        tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"))]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                text("SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'")
+            )
+        ]
         conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
         conn.execute(text("INSERT INTO counters (name, value) VALUES ('change_seq', 0)"))
     engine.dispose()
@@ -208,7 +212,6 @@ def live_server(app: Flask, public_port: int) -> Iterator[str]:
 def watched(runtime: Runtime, emu: Any) -> dict[str, Any]:
     """One account, one calendar with an open events channel (as the emulator sees it)."""
     account_id = connect_account(runtime, emu, "ann@example.com")
-    cal_id = add_calendar_row(runtime, account_id, "ann@example.com", sync_requested=1, sync_done=1,
-                              baseline_done=True)
+    cal_id = add_calendar_row(runtime, account_id, "ann@example.com", sync_requested=1, sync_done=1, baseline_done=True)
     channel_id = open_events_channel(runtime, cal_id)
     return {"account_id": account_id, "calendar_id": cal_id, "channel": emu_channel(emu, channel_id)}

@@ -110,21 +110,38 @@ def series_cases(draw: Any) -> SeriesCase:
     first = draw(starts(all_day))
     minutes = 1440 * draw(st.integers(1, 3)) if all_day else draw(st.sampled_from([15, 30, 60, 90, 180, 600, 1500]))
     kinds = st.sampled_from(["modify", "move", "cancel", "free", "declined"])
-    edits = draw(st.lists(st.tuples(st.integers(0, 12), kinds, st.sampled_from([-4320, -90, 60, 1440, 20160, 57600])),
-                          max_size=4, unique_by=lambda e: e[0]))
+    edits = draw(
+        st.lists(
+            st.tuples(st.integers(0, 12), kinds, st.sampled_from([-4320, -90, 60, 1440, 20160, 57600])),
+            max_size=4,
+            unique_by=lambda e: e[0],
+        )
+    )
     exdates = draw(st.lists(st.integers(0, 12), max_size=2, unique=True))
     exdates = [i for i in exdates if i not in {e[0] for e in edits}]
-    return SeriesCase(all_day=all_day, zone=draw(st.sampled_from(ZONES)), first=first, minutes=minutes,
-                      rule=draw(rules(all_day, first)), rdates=draw(st.lists(st.integers(1, 500), max_size=2)),
-                      exdates=exdates, edits=edits)
+    return SeriesCase(
+        all_day=all_day,
+        zone=draw(st.sampled_from(ZONES)),
+        first=first,
+        minutes=minutes,
+        rule=draw(rules(all_day, first)),
+        rdates=draw(st.lists(st.integers(1, 500), max_size=2)),
+        exdates=exdates,
+        edits=edits,
+    )
 
 
 @st.composite
 def single_cases(draw: Any) -> SingleCase:
     all_day = draw(st.integers(0, 3)) == 0
-    return SingleCase(all_day=all_day, zone=draw(st.sampled_from(ZONES)), first=draw(starts(all_day)),
-                      minutes=1440 * draw(st.integers(1, 3)) if all_day else draw(st.sampled_from([30, 60, 240, 2000])),
-                      transparent=draw(st.integers(0, 4)) == 0, declined=draw(st.integers(0, 4)) == 0)
+    return SingleCase(
+        all_day=all_day,
+        zone=draw(st.sampled_from(ZONES)),
+        first=draw(starts(all_day)),
+        minutes=1440 * draw(st.integers(1, 3)) if all_day else draw(st.sampled_from([30, 60, 240, 2000])),
+        transparent=draw(st.integers(0, 4)) == 0,
+        declined=draw(st.integers(0, 4)) == 0,
+    )
 
 
 @st.composite
@@ -135,9 +152,11 @@ def windows(draw: Any) -> tuple[datetime, datetime]:
 
 @st.composite
 def scenarios(draw: Any) -> Scenario:
-    return Scenario(series=draw(st.lists(series_cases(), min_size=1, max_size=4)),
-                    singles=draw(st.lists(single_cases(), max_size=3)),
-                    windows=draw(st.lists(windows(), min_size=2, max_size=4)))
+    return Scenario(
+        series=draw(st.lists(series_cases(), min_size=1, max_size=4)),
+        singles=draw(st.lists(single_cases(), max_size=3)),
+        windows=draw(st.lists(windows(), min_size=2, max_size=4)),
+    )
 
 
 # --- writing a scenario into the emulator -------------------------------------------------------------
@@ -165,16 +184,21 @@ class EmulatorApi:
         items: list[dict[str, Any]] = []
         token = None
         while True:
-            page = self.get(f"/calendars/{quote(calendar_id)}/events{path}", maxResults=2500,
-                            **params, **({"pageToken": token} if token else {}))
+            page = self.get(
+                f"/calendars/{quote(calendar_id)}/events{path}",
+                maxResults=2500,
+                **params,
+                **({"pageToken": token} if token else {}),
+            )
             items += page["items"]
             token = page.get("nextPageToken")
             if not token:
                 return items
 
     def single_events(self, calendar_id: str, low: datetime, high: datetime) -> list[dict[str, Any]]:
-        return self.listing(calendar_id, singleEvents="true", orderBy="startTime",
-                            timeMin=low.isoformat(), timeMax=high.isoformat())
+        return self.listing(
+            calendar_id, singleEvents="true", orderBy="startTime", timeMin=low.isoformat(), timeMax=high.isoformat()
+        )
 
 
 def write_scenario(emu: Any, api: EmulatorApi, calendar_id: str, scenario: Scenario) -> None:
@@ -182,8 +206,11 @@ def write_scenario(emu: Any, api: EmulatorApi, calendar_id: str, scenario: Scena
     owner = calendar_id
     for i, single in enumerate(scenario.singles):
         end = single.first + timedelta(minutes=single.minutes)
-        body: dict[str, Any] = {"summary": f"single {i}", "start": _when(single.first, single.zone, single.all_day),
-                                "end": _when(end, single.zone, single.all_day)}
+        body: dict[str, Any] = {
+            "summary": f"single {i}",
+            "start": _when(single.first, single.zone, single.all_day),
+            "end": _when(end, single.zone, single.all_day),
+        }
         if single.transparent:
             body["transparency"] = "transparent"
         if single.declined:
@@ -193,12 +220,20 @@ def write_scenario(emu: Any, api: EmulatorApi, calendar_id: str, scenario: Scena
         lines = [case.rule]
         for offset in case.rdates:
             wall = case.first + timedelta(days=offset)
-            lines.append(f"RDATE;VALUE=DATE:{wall:%Y%m%d}" if case.all_day
-                         else f"RDATE;TZID={case.zone}:{wall:%Y%m%dT%H%M%S}")
+            lines.append(
+                f"RDATE;VALUE=DATE:{wall:%Y%m%d}" if case.all_day else f"RDATE;TZID={case.zone}:{wall:%Y%m%dT%H%M%S}"
+            )
         end = case.first + timedelta(minutes=case.minutes)
-        series = emu.insert_event(calendar_id, {
-            "summary": f"series {i}", "location": "room", "start": _when(case.first, case.zone, case.all_day),
-            "end": _when(end, case.zone, case.all_day), "recurrence": lines})
+        series = emu.insert_event(
+            calendar_id,
+            {
+                "summary": f"series {i}",
+                "location": "room",
+                "start": _when(case.first, case.zone, case.all_day),
+                "end": _when(end, case.zone, case.all_day),
+                "recurrence": lines,
+            },
+        )
         wanted = max([e[0] for e in case.edits] + case.exdates + [-1]) + 1
         if not wanted:
             continue
@@ -206,8 +241,11 @@ def write_scenario(emu: Any, api: EmulatorApi, calendar_id: str, scenario: Scena
         for index in case.exdates:
             if index < len(instances):
                 original = instances[index]["originalStartTime"]
-                lines.append(f"EXDATE;VALUE=DATE:{original['date'].replace('-', '')}" if case.all_day else
-                             f"EXDATE;TZID={case.zone}:{isoparse(original['dateTime']).astimezone(ZoneInfo(case.zone)):%Y%m%dT%H%M%S}")
+                lines.append(
+                    f"EXDATE;VALUE=DATE:{original['date'].replace('-', '')}"
+                    if case.all_day
+                    else f"EXDATE;TZID={case.zone}:{_local(original['dateTime'], case.zone):%Y%m%dT%H%M%S}"
+                )
         if case.exdates:
             emu.patch_event(calendar_id, series["id"], {"recurrence": lines})
         for index, kind, minutes in case.edits:
@@ -228,10 +266,14 @@ def write_scenario(emu: Any, api: EmulatorApi, calendar_id: str, scenario: Scena
                 else:
                     zone = ZoneInfo(case.zone)
                     shift = timedelta(minutes=minutes)
-                    changes["start"] = {"dateTime": (isoparse(start["dateTime"]) + shift).astimezone(zone).isoformat(),
-                                        "timeZone": case.zone}
-                    changes["end"] = {"dateTime": (isoparse(stop["dateTime"]) + shift).astimezone(zone).isoformat(),
-                                      "timeZone": case.zone}
+                    changes["start"] = {
+                        "dateTime": (isoparse(start["dateTime"]) + shift).astimezone(zone).isoformat(),
+                        "timeZone": case.zone,
+                    }
+                    changes["end"] = {
+                        "dateTime": (isoparse(stop["dateTime"]) + shift).astimezone(zone).isoformat(),
+                        "timeZone": case.zone,
+                    }
             elif kind == "free":
                 changes["transparency"] = "transparent"
             elif kind == "declined":
@@ -240,8 +282,9 @@ def write_scenario(emu: Any, api: EmulatorApi, calendar_id: str, scenario: Scena
 
 
 # --- free/busy from a listing, computed here on its own -------------------------------------------------
-def busy_from_listing(items: list[dict[str, Any]], low: datetime, high: datetime,
-                      calendar_zone: str) -> list[tuple[datetime, datetime]]:
+def busy_from_listing(
+    items: list[dict[str, Any]], low: datetime, high: datetime, calendar_zone: str
+) -> list[tuple[datetime, datetime]]:
     """The merged busy blocks an app would compute from events.list?singleEvents=true items."""
     zone = ZoneInfo(calendar_zone)
     spans = []
@@ -267,3 +310,7 @@ def busy_from_listing(items: list[dict[str, Any]], low: datetime, high: datetime
         else:
             merged.append((start, end))
     return merged
+
+
+def _local(stamp: str, zone: str) -> datetime:
+    return isoparse(stamp).astimezone(ZoneInfo(zone))

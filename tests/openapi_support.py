@@ -78,8 +78,9 @@ class Conformance:
         with self._lock:
             self.checked += 1
             if problem:
-                self._violations.append(f"{request.method} {request.full_path.rstrip('?')} → "
-                                        f"{response.status_code}: {problem}")
+                self._violations.append(
+                    f"{request.method} {request.full_path.rstrip('?')} → {response.status_code}: {problem}"
+                )
 
 
 CONFORMANCE = Conformance()

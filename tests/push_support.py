@@ -19,8 +19,9 @@ from tests.sync_support import connect_account as connect_account  # re-exported
 def add_calendar_row(runtime: Runtime, account_id: int, google_id: str, **values: Any) -> int:
     """A Calendar row as the calendar-list refresh would write it (for tests below the worker)."""
     with transaction(runtime.sessions) as session:
-        cal = Calendar(account_id=account_id, google_id=google_id, summary=google_id,
-                       due_at=runtime.clock.now(), **values)
+        cal = Calendar(
+            account_id=account_id, google_id=google_id, summary=google_id, due_at=runtime.clock.now(), **values
+        )
         session.add(cal)
         session.flush()
         return cal.id
@@ -90,8 +91,13 @@ def push_headers(
 
 def push_of(channel: dict[str, Any], number: int, state: str = "exists", token: str | None = None) -> Push:
     """The parsed headers of a notification for `channel` (what the receiver hands its intake)."""
-    return Push(channel_id=str(channel["id"]), state=state, message_number=number,
-                resource_id=str(channel["resource_id"]), token=token if token is not None else str(channel["token"]))
+    return Push(
+        channel_id=str(channel["id"]),
+        state=state,
+        message_number=number,
+        resource_id=str(channel["resource_id"]),
+        token=token if token is not None else str(channel["token"]),
+    )
 
 
 def emu_channel(emu: Any, channel_id: str) -> dict[str, Any]:

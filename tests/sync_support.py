@@ -25,9 +25,14 @@ def connect_account(runtime: Runtime, emu: Any, email: str) -> int:
     emu.create_user(email)
     tokens = emu.issue_tokens(email)
     cfg = client_config(runtime.settings)
-    creds = Credentials(token=tokens["access_token"], refresh_token=tokens["refresh_token"],
-                        token_uri=emu.url + "/token", client_id=cfg.client_id, client_secret=cfg.client_secret,
-                        scopes=[READONLY])
+    creds = Credentials(
+        token=tokens["access_token"],
+        refresh_token=tokens["refresh_token"],
+        token_uri=emu.url + "/token",
+        client_id=cfg.client_id,
+        client_secret=cfg.client_secret,
+        scopes=[READONLY],
+    )
     with transaction(runtime.sessions) as session:
         return upsert_account(session, runtime.cipher, email, creds, [READONLY], runtime.clock.now()).id
 
@@ -64,12 +69,12 @@ def google_view(emu: Any, google_calendar_id: str) -> dict[str, dict[str, Any]]:
     """What Google holds and the mirror must equal: live events plus cancelled exceptions of live series."""
     everything = emu.events(google_calendar_id, include_cancelled=True)
     live = {e["id"] for e in everything if e.get("status") != "cancelled"}
-    return {e["id"]: e for e in everything
-            if e.get("status") != "cancelled" or e.get("recurringEventId") in live}
+    return {e["id"]: e for e in everything if e.get("status") != "cancelled" or e.get("recurringEventId") in live}
 
 
-def changes(runtime: Runtime, calendar_id: int | None = None, after: int = 0, *,
-            lifecycle: bool = False) -> list[Change]:
+def changes(
+    runtime: Runtime, calendar_id: int | None = None, after: int = 0, *, lifecycle: bool = False
+) -> list[Change]:
     """The event rows of the feed, or with `lifecycle` every row (accounts' and calendars' steps too)."""
     with runtime.sessions() as session:
         query = select(Change).where(Change.seq > after).order_by(Change.seq)

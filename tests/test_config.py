@@ -8,12 +8,23 @@ from calsync.errors import ConfigError
 
 def test_every_malformed_variable_is_named_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        Settings.from_env({"CALSYNC_CHANNEL_TTL": "soon", "CALSYNC_PUBLIC_URL": "ftp://x",
-                           "CALSYNC_WORKER_THREADS": "-2", "CALSYNC_DATABASE_URL": "mysql://x/y",
-                           "CALSYNC_WORKER_METRICS_PORT": "70000"})
+        Settings.from_env(
+            {
+                "CALSYNC_CHANNEL_TTL": "soon",
+                "CALSYNC_PUBLIC_URL": "ftp://x",
+                "CALSYNC_WORKER_THREADS": "-2",
+                "CALSYNC_DATABASE_URL": "mysql://x/y",
+                "CALSYNC_WORKER_METRICS_PORT": "70000",
+            }
+        )
     text = str(info.value)
-    for name in ("CALSYNC_CHANNEL_TTL", "CALSYNC_PUBLIC_URL", "CALSYNC_WORKER_THREADS", "CALSYNC_DATABASE_URL",
-                 "CALSYNC_WORKER_METRICS_PORT"):
+    for name in (
+        "CALSYNC_CHANNEL_TTL",
+        "CALSYNC_PUBLIC_URL",
+        "CALSYNC_WORKER_THREADS",
+        "CALSYNC_DATABASE_URL",
+        "CALSYNC_WORKER_METRICS_PORT",
+    ):
         assert name in text
     assert Settings.from_env({"CALSYNC_WORKER_METRICS_PORT": "9101"}).worker_metrics_port == 9101
 

@@ -19,10 +19,21 @@ from calsync.humanize import (
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (0, "0 s"), (3, "3 s"), (59.9, "59 s"), (60, "1 min"), (250, "4 min 10 s"), (3600, "1 h"),
-    (7500, "2 h 5 min"), (86400 + 30, "1 d"), (6 * 86400 + 23 * 3600 + 59 * 60, "6 d 23 h"), (-90, "1 min 30 s"),
-])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0 s"),
+        (3, "3 s"),
+        (59.9, "59 s"),
+        (60, "1 min"),
+        (250, "4 min 10 s"),
+        (3600, "1 h"),
+        (7500, "2 h 5 min"),
+        (86400 + 30, "1 d"),
+        (6 * 86400 + 23 * 3600 + 59 * 60, "6 d 23 h"),
+        (-90, "1 min 30 s"),
+    ],
+)
 def test_human_duration_keeps_the_two_largest_units(seconds: float, text: str) -> None:
     assert human_duration(seconds) == text
 
@@ -40,11 +51,15 @@ def test_ages_and_expiries_read_naturally() -> None:
 def test_values_render_as_people_write_them() -> None:
     assert render_value({"dateTime": "2026-12-01T16:00:00Z", "timeZone": "UTC"}) == "2026-12-01 16:00 UTC"
     assert render_value({"dateTime": "2026-12-01T16:00:00+01:00"}) == "2026-12-01 16:00 +01:00"
-    assert render_value({"dateTime": "2026-12-01T16:00:00+01:00", "timeZone": "Europe/Paris"}) \
+    assert (
+        render_value({"dateTime": "2026-12-01T16:00:00+01:00", "timeZone": "Europe/Paris"})
         == "2026-12-01 16:00 Europe/Paris"
+    )
     assert render_value({"date": "2026-12-01"}) == "2026-12-01 (all day)"
-    assert render_value([{"email": "a@x.org", "responseStatus": "accepted"}, {"email": "b@x.org"}]) \
+    assert (
+        render_value([{"email": "a@x.org", "responseStatus": "accepted"}, {"email": "b@x.org"}])
         == "a@x.org (accepted), b@x.org"
+    )
     assert (
         render_value(["RRULE:FREQ=WEEKLY", "EXDATE:20260105T093000Z"]) == "RRULE:FREQ=WEEKLY; EXDATE:20260105T093000Z"
     )
@@ -58,8 +73,12 @@ def test_field_diffs_come_in_reading_order_with_before_and_after() -> None:
         "start": {"dateTime": "2026-01-05T10:00:00Z"},
         "end": {"dateTime": "2026-01-05T10:15:00Z"},
     }
-    after = {"summary": "Daily standup", "start": {"dateTime": "2026-01-05T10:30:00Z"},
-             "end": {"dateTime": "2026-01-05T10:45:00Z"}, "location": "Room 4"}
+    after = {
+        "summary": "Daily standup",
+        "start": {"dateTime": "2026-01-05T10:30:00Z"},
+        "end": {"dateTime": "2026-01-05T10:45:00Z"},
+        "location": "Room 4",
+    }
     diffs = field_diffs(["end", "location", "start", "summary"], before, after)
     assert [d.name for d in diffs] == ["summary", "start", "end", "location"]
     assert (diffs[0].before, diffs[0].after) == ("Standup", "Daily standup")

@@ -64,8 +64,11 @@ def imports_of(path: Path, root: Path = PACKAGE) -> list[tuple[int, str]]:
             found.append((node.lineno, base))
             # `from calsync import sync` names a part; `from calsync import create_app` the package root
             if base == "calsync":
-                found += [(node.lineno, f"calsync.{alias.name}") for alias in node.names
-                          if (root / alias.name).is_dir() or (root / f"{alias.name}.py").exists()]
+                found += [
+                    (node.lineno, f"calsync.{alias.name}")
+                    for alias in node.names
+                    if (root / alias.name).is_dir() or (root / f"{alias.name}.py").exists()
+                ]
     return [(line, name) for line, name in found if name == "calsync" or name.startswith("calsync.")]
 
 
@@ -86,8 +89,11 @@ def upward_imports(root: Path = PACKAGE) -> list[str]:
 
 
 def test_every_part_of_calsync_has_a_layer() -> None:
-    parts = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
-             if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))}
+    parts = {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" or (p.is_dir() and (p / "__init__.py").exists()))
+    }
     named = {part for layer in LAYERS for part in layer} | set(SEALED)
     assert parts == named
 

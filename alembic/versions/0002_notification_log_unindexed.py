@@ -8,25 +8,26 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-25 19:20:00
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = '0002'
-down_revision: str | None = '0001'
+revision: str = "0002"
+down_revision: str | None = "0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('notifications', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_notifications_received_at'))
-        batch_op.drop_index(batch_op.f('ix_notifications_channel_id'))
+    with op.batch_alter_table("notifications", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_notifications_received_at"))
+        batch_op.drop_index(batch_op.f("ix_notifications_channel_id"))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('notifications', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_notifications_channel_id'), ['channel_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_notifications_received_at'), ['received_at'], unique=False)
+    with op.batch_alter_table("notifications", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_notifications_channel_id"), ["channel_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_notifications_received_at"), ["received_at"], unique=False)

@@ -68,8 +68,12 @@ def parse_request(body: Any, settings: Settings) -> ConnectRequest:
         raise InvalidConnectSession("return_to", "return_to: the URL of your app the user comes back to")
     check_return_to(return_to, settings)
     hint = body.get("login_hint")
-    if hint is not None and (not isinstance(hint, str) or not 1 <= len(hint) <= LOGIN_HINT_MAX
-                             or not hint.isprintable() or hint.strip() != hint):
+    if hint is not None and (
+        not isinstance(hint, str)
+        or not 1 <= len(hint) <= LOGIN_HINT_MAX
+        or not hint.isprintable()
+        or hint.strip() != hint
+    ):
         raise InvalidConnectSession("login_hint", f"login_hint: an email address, at most {LOGIN_HINT_MAX} characters")
     return ConnectRequest(ref=ref, return_to=return_to, login_hint=hint)
 
@@ -93,8 +97,16 @@ def create(session: Session, request: ConnectRequest, public_url: str, now: date
     session.execute(delete(ConnectSession).where(ConnectSession.expires_at < now - KEEP_EXPIRED))
     token = secrets.token_urlsafe(32)
     expires_at = now + LINK_TTL
-    session.add(ConnectSession(token_hash=token_hash(token), ref=request.ref, return_to=request.return_to,
-                               login_hint=request.login_hint, created_at=now, expires_at=expires_at))
+    session.add(
+        ConnectSession(
+            token_hash=token_hash(token),
+            ref=request.ref,
+            return_to=request.return_to,
+            login_hint=request.login_hint,
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
     session.flush()
     return f"{public_url}/connect/{token}", expires_at
 
@@ -102,19 +114,22 @@ def create(session: Session, request: ConnectRequest, public_url: str, now: date
 def claim(session: Session, token: str, now: datetime) -> OpenedLink:
     """Mark the link used, if it still can be; ConnectLinkUnusable (changing nothing) otherwise."""
     digest = token_hash(token)
-    done = session.execute(update(ConnectSession)
-                           .where(ConnectSession.token_hash == digest, ConnectSession.used_at.is_(None),
-                                  ConnectSession.expires_at > now)
-                           .values(used_at=now))
+    done = session.execute(
+        update(ConnectSession)
+        .where(ConnectSession.token_hash == digest, ConnectSession.used_at.is_(None), ConnectSession.expires_at > now)
+        .values(used_at=now)
+    )
     row = session.get(ConnectSession, digest)
     if row is None:
         raise _unknown_link()
     if rows_affected(done) == 0:
         if row.used_at is not None:
-            raise ConnectLinkUnusable("This link was already used. Links to connect a calendar work once.",
-                                      reason="used")
-        raise ConnectLinkUnusable("This link has expired. Links to connect a calendar work for 15 minutes.",
-                                  reason="expired")
+            raise ConnectLinkUnusable(
+                "This link was already used. Links to connect a calendar work once.", reason="used"
+            )
+        raise ConnectLinkUnusable(
+            "This link has expired. Links to connect a calendar work for 15 minutes.", reason="expired"
+        )
     return OpenedLink(token_hash=digest, ref=row.ref, return_to=row.return_to, login_hint=row.login_hint)
 
 
@@ -129,8 +144,9 @@ def settle(session: Session, digest: str, outcome: ConnectOutcome, account_id: i
     return row
 
 
-def return_url(return_to: str, ref: str, outcome: ConnectOutcome, *, account: str | None = None,
-               error: str | None = None) -> str:
+def return_url(
+    return_to: str, ref: str, outcome: ConnectOutcome, *, account: str | None = None, error: str | None = None
+) -> str:
     """`return_to` with `ref`, `status` and `account` or `error` added to whatever query it has."""
     params = {"ref": ref, "status": outcome.value}
     if account is not None:

@@ -19,8 +19,9 @@ from calsync.sync.changelog import append_changes
 from calsync.sync.lifecycle import account_change
 
 
-def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Credentials,
-                   scopes: list[str], now: datetime) -> Account:
+def upsert_account(
+    session: Session, cipher: TokenCipher, email: str, creds: Credentials, scopes: list[str], now: datetime
+) -> Account:
     """Store or update the account for `email` (never a duplicate) and ask for its calendar list."""
     account = session.scalar(select(Account).where(Account.email == email))
     if account is None:
@@ -29,9 +30,15 @@ def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Cre
     elif not creds.refresh_token:
         # Google sends a refresh token only on some consents; keep the one we have.
         old = _stored_credentials(cipher, account)
-        creds = Credentials(token=creds.token, refresh_token=old.get("refresh_token"), token_uri=creds.token_uri,
-                            client_id=creds.client_id, client_secret=creds.client_secret,
-                            scopes=creds.scopes, expiry=creds.expiry)
+        creds = Credentials(
+            token=creds.token,
+            refresh_token=old.get("refresh_token"),
+            token_uri=creds.token_uri,
+            client_id=creds.client_id,
+            client_secret=creds.client_secret,
+            scopes=creds.scopes,
+            expiry=creds.expiry,
+        )
     account.credentials = cipher.encrypt_str(credentials_to_json(creds))
     account.scopes = list(scopes)
     account.status = AccountStatus.ACTIVE
@@ -41,8 +48,11 @@ def upsert_account(session: Session, cipher: TokenCipher, email: str, creds: Cre
     account.updated_at = now
     session.flush()
     # Calendars of a re-connected account may have stopped on a dead grant: let them run again.
-    session.execute(update(Calendar).where(Calendar.account_id == account.id, Calendar.removed_at.is_(None))
-                    .values(sync_requested=Calendar.sync_requested + 1, due_at=now, retry_at=None))
+    session.execute(
+        update(Calendar)
+        .where(Calendar.account_id == account.id, Calendar.removed_at.is_(None))
+        .values(sync_requested=Calendar.sync_requested + 1, due_at=now, retry_at=None)
+    )
     return account
 
 
@@ -65,8 +75,9 @@ def credentials_from_stored(runtime: Runtime, stored: bytes) -> Credentials:
     return credentials_from_json(runtime.cipher.decrypt_str(stored), runtime.settings)
 
 
-def save_if_refreshed(session: Session, runtime: Runtime, account_id: int, creds: Credentials,
-                      token_before: str | None) -> bool:
+def save_if_refreshed(
+    session: Session, runtime: Runtime, account_id: int, creds: Credentials, token_before: str | None
+) -> bool:
     """Persist a transparently refreshed access token, so restarts do not refresh again."""
     if creds.token == token_before:
         return False
@@ -89,8 +100,11 @@ def mark_reauth_required(session: Session, account_id: int, reason: str, now: da
     )
     if rows_affected(done) == 0:
         return
-    session.execute(update(Calendar).where(Calendar.account_id == account_id).values(
-        sync_state="error", last_error="re-consent required: " + reason[:900]))
+    session.execute(
+        update(Calendar)
+        .where(Calendar.account_id == account_id)
+        .values(sync_state="error", last_error="re-consent required: " + reason[:900])
+    )
     append_changes(session, [account_change(ChangeType.ACCOUNT_REAUTH_REQUIRED, account_id, reason=reason)], now)
 
 

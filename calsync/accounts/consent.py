@@ -63,18 +63,25 @@ def finish_consent(runtime: Runtime, state: str, verifier: str | None, code: str
         raise _not_configured(err) from err
     except OAuth2Error as err:
         log.info("code exchange refused: %s", err.error)
-        raise ConsentError("Google refused the sign-in code (it may have expired or been used already).",
-                           reason="exchange_refused", detail=err.error) from err
+        raise ConsentError(
+            "Google refused the sign-in code (it may have expired or been used already).",
+            reason="exchange_refused",
+            detail=err.error,
+        ) from err
     except RequestException as err:
         log.warning("code exchange failed: %s", err)
-        raise ConsentError("The sign-in could not be finished because Google did not answer.",
-                           reason="google_unreachable") from err
+        raise ConsentError(
+            "The sign-in could not be finished because Google did not answer.", reason="google_unreachable"
+        ) from err
     try:
         email = str(GoogleCalendar(creds, runtime.settings.calendar_api_endpoint).get_calendar("primary")["id"])
     except GoogleApiError as err:
         log.warning("primary calendar lookup failed: %s", err)
-        raise ConsentError("Google did not let calsync read the account's primary calendar.",
-                           reason="no_primary_calendar", detail=str(err)) from err
+        raise ConsentError(
+            "Google did not let calsync read the account's primary calendar.",
+            reason="no_primary_calendar",
+            detail=str(err),
+        ) from err
     with transaction(runtime.sessions) as db:
         now = runtime.clock.now()
         account = upsert_account(db, runtime.cipher, email, creds, granted_scopes(creds), now)
@@ -96,5 +103,6 @@ def granted_scopes(creds: Credentials) -> list[str]:
 
 
 def _not_configured(err: ConfigError) -> ConsentError:
-    return ConsentError("This calsync installation cannot connect Google accounts yet.", reason="not_configured",
-                        detail=str(err))
+    return ConsentError(
+        "This calsync installation cannot connect Google accounts yet.", reason="not_configured", detail=str(err)
+    )

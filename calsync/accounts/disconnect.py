@@ -42,8 +42,13 @@ class DisconnectResult:
     already_disconnected: bool = False
 
     def to_dict(self) -> dict[str, object]:
-        return {"account": self.account, "status": AccountStatus.DISCONNECTED, "revoked": self.revoked,
-                "channels_stopped": self.channels_stopped, "channels_not_stopped": self.channels_not_stopped}
+        return {
+            "account": self.account,
+            "status": AccountStatus.DISCONNECTED,
+            "revoked": self.revoked,
+            "channels_stopped": self.channels_stopped,
+            "channels_not_stopped": self.channels_not_stopped,
+        }
 
 
 def find_account_id(runtime: Runtime, email: str, *, ref: str | None = None) -> int:
@@ -86,22 +91,38 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
 
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
-        session.execute(update(Channel).where(Channel.account_id == account_id,
-                                              Channel.status.in_(UNSTOPPED_CHANNEL))
-                        .values(status=ChannelStatus.STOPPED, stopped_at=now))
-        session.execute(update(Account).where(Account.id == account_id).values(
-            status=AccountStatus.DISCONNECTED, credentials=runtime.cipher.encrypt_str(EMPTY_CREDENTIALS),
-            list_due_at=None, updated_at=now))
+        session.execute(
+            update(Channel)
+            .where(Channel.account_id == account_id, Channel.status.in_(UNSTOPPED_CHANNEL))
+            .values(status=ChannelStatus.STOPPED, stopped_at=now)
+        )
+        session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(
+                status=AccountStatus.DISCONNECTED,
+                credentials=runtime.cipher.encrypt_str(EMPTY_CREDENTIALS),
+                list_due_at=None,
+                updated_at=now,
+            )
+        )
         session.execute(update(Calendar).where(Calendar.account_id == account_id).values(due_at=None, retry_at=None))
-    log.info("account %s disconnected: %d channel(s) stopped, grant revoked: %s",
-             result.account, len(result.channels_stopped), result.revoked)
+    log.info(
+        "account %s disconnected: %d channel(s) stopped, grant revoked: %s",
+        result.account,
+        len(result.channels_stopped),
+        result.revoked,
+    )
     return result
 
 
 def _live_channels(runtime: Runtime, account_id: int, session: Session | None = None) -> list[tuple[str, str | None]]:
     """(id, resource id) of the account's channels that Google may still be serving."""
-    query = (select(Channel.id, Channel.resource_id)
-             .where(Channel.account_id == account_id, Channel.status.in_(UNSTOPPED_CHANNEL)).order_by(Channel.id))
+    query = (
+        select(Channel.id, Channel.resource_id)
+        .where(Channel.account_id == account_id, Channel.status.in_(UNSTOPPED_CHANNEL))
+        .order_by(Channel.id)
+    )
     if session is not None:
         return [(cid, rid) for cid, rid in session.execute(query)]
     with runtime.sessions() as own:
@@ -116,8 +137,9 @@ def _stored_credentials(runtime: Runtime, account: Account) -> Credentials | Non
     return load_credentials(runtime, account)
 
 
-def _stop_channels(runtime: Runtime, creds: Credentials, channels: list[tuple[str, str | None]],
-                   result: DisconnectResult) -> None:
+def _stop_channels(
+    runtime: Runtime, creds: Credentials, channels: list[tuple[str, str | None]], result: DisconnectResult
+) -> None:
     if not channels:
         return
     google = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)

@@ -15,8 +15,9 @@ from calsync.errors import CalsyncError
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 def cli(verbose: bool) -> None:
     """calsync: mirror Google Calendars through push notifications and keep a diff log."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _register() -> None:
@@ -29,8 +30,21 @@ def _register() -> None:
     from calsync.cli.webhooks import webhooks
     from calsync.emulator.cli import emulator
 
-    for command in (db, keygen, changes, freebusy, webhooks, serve, web, worker, status, sync, channels, demo,
-                    emulator):
+    for command in (
+        db,
+        keygen,
+        changes,
+        freebusy,
+        webhooks,
+        serve,
+        web,
+        worker,
+        status,
+        sync,
+        channels,
+        demo,
+        emulator,
+    ):
         cli.add_command(command)
 
 

@@ -30,19 +30,40 @@ VALUE_WIDTH = 200
 
 
 @click.command()
-@click.option("--after", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Print changes with a seq greater than this.")
-@click.option("--limit", type=click.IntRange(min=1), default=reads.CHANGES_DEFAULT_LIMIT,
-              show_default=True, help="At most this many changes (per poll with --follow; capped at 1000).")
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Print changes with a seq greater than this.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=reads.CHANGES_DEFAULT_LIMIT,
+    show_default=True,
+    help="At most this many changes (per poll with --follow; capped at 1000).",
+)
 @click.option("--calendar", "calendar_id", metavar="ID", help="Only changes of this Google calendar id.")
 @click.option("--account", metavar="EMAIL", help="With --calendar: the account, when several share the calendar.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new changes as they are committed (Ctrl-C stops).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as in /api/changes.")
-@click.option("--snapshots", is_flag=True,
-              help="Also print event.snapshot rows (a first sync writes one per event; hidden by default).")
+@click.option(
+    "--snapshots",
+    is_flag=True,
+    help="Also print event.snapshot rows (a first sync writes one per event; hidden by default).",
+)
 @click.option("--types", "types_text", metavar="A,B", help="Only rows of these types, as /api/changes?types=.")
-def changes(after: int, limit: int, calendar_id: str | None, account: str | None, follow: bool,
-            as_json: bool, snapshots: bool, types_text: str | None) -> None:
+def changes(
+    after: int,
+    limit: int,
+    calendar_id: str | None,
+    account: str | None,
+    follow: bool,
+    as_json: bool,
+    snapshots: bool,
+    types_text: str | None,
+) -> None:
     """Print the diff log of CALSYNC_DATABASE_URL."""
     if account and not calendar_id:
         raise click.UsageError("--account needs --calendar")
@@ -94,8 +115,10 @@ def format_change(item: dict[str, Any]) -> list[str]:
     style = KIND_STYLE.get(kind, "white")
     event = item["after"] or item["before"] or {}
     summary = event.get("summary") or ("(no title)" if item["event_id"] else "")
-    lines = [f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {_where(item)}  [{style}]{kind}[/{style}]  "
-             f"{escape(str(summary))}  [dim]{escape(item['event_id'] or '')}[/dim]".rstrip()]
+    lines = [
+        f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {_where(item)}  [{style}]{kind}[/{style}]  "
+        f"{escape(str(summary))}  [dim]{escape(item['event_id'] or '')}[/dim]".rstrip()
+    ]
     if kind == "updated":
         before, after = item["before"] or {}, item["after"] or {}
         for name in item["fields"]:
@@ -106,8 +129,10 @@ def format_change(item: dict[str, Any]) -> list[str]:
 def _lifecycle_line(item: dict[str, Any]) -> str:
     """An account's or a calendar's step, in words, with the app's ref when it has one."""
     ref = f"  [dim]ref {escape(item['ref'])}[/dim]" if item["ref"] is not None else ""
-    return (f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {_where(item)}  [magenta]{item['type']}[/magenta]  "
-            f"{escape(lifecycle_title(item['type'], item.get('summary')))}{ref}")
+    return (
+        f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {_where(item)}  [magenta]{item['type']}[/magenta]  "
+        f"{escape(lifecycle_title(item['type'], item.get('summary')))}{ref}"
+    )
 
 
 def _where(item: dict[str, Any]) -> str:
@@ -130,9 +155,11 @@ def _types(raw: str | None, snapshots: bool) -> list[str] | None:
 
 def _expired(err: CursorExpired) -> str:
     kept_from = err.oldest_seq - 1
-    return (f"cursor expired: the changes after seq {err.after} up to seq {kept_from} were deleted by retention "
-            f"(CALSYNC_CHANGES_RETENTION). `--after {kept_from}` prints what is kept; a copy built from the feed "
-            "must start again from scratch.")
+    return (
+        f"cursor expired: the changes after seq {err.after} up to seq {kept_from} were deleted by retention "
+        f"(CALSYNC_CHANGES_RETENTION). `--after {kept_from}` prints what is kept; a copy built from the feed "
+        "must start again from scratch."
+    )
 
 
 def _print(console: Console, item: dict[str, Any], as_json: bool) -> None:

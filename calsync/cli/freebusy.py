@@ -57,8 +57,12 @@ def freebusy(calendars: tuple[str, ...], start: str | None, end: str | None, zon
         elif not answer.busy:
             table.add_row(answer.calendar_id, "[green]free[/green]", "", "")
         for block_start, block_end in answer.busy:
-            table.add_row(answer.calendar_id, render(block_start.astimezone(zone)), render(block_end.astimezone(zone)),
-                          _duration(block_end - block_start))
+            table.add_row(
+                answer.calendar_id,
+                render(block_start.astimezone(zone)),
+                render(block_end.astimezone(zone)),
+                _duration(block_end - block_start),
+            )
     Console(highlight=False, width=max(140, Console().width)).print(table)
 
 

@@ -15,16 +15,18 @@ from calsync.config import Settings
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1), help="HTTP request threads.")
-@click.option("--worker-threads", type=click.IntRange(1), default=None,
-              help="Sync threads (default: CALSYNC_WORKER_THREADS).")
+@click.option(
+    "--worker-threads", type=click.IntRange(1), default=None, help="Sync threads (default: CALSYNC_WORKER_THREADS)."
+)
 def serve(host: str, port: int, threads: int, worker_threads: int | None) -> None:
     """Web app and worker in one process (gunicorn); upgrades a SQLite database itself."""
     from calsync.web.server import CalsyncApplication, ensure_schema
 
     settings = Settings.from_env()
     ensure_schema(settings, upgrade_sqlite=True)
-    CalsyncApplication(settings, host=host, port=port, workers=1, threads=threads, with_worker=True,
-                       worker_threads=worker_threads).run()
+    CalsyncApplication(
+        settings, host=host, port=port, workers=1, threads=threads, with_worker=True, worker_threads=worker_threads
+    ).run()
 
 
 @click.command()
@@ -44,12 +46,19 @@ def web(host: str, port: int, workers: int, threads: int) -> None:
 @click.command()
 @click.option("--threads", type=click.IntRange(1), default=None, help="Sync threads (default: CALSYNC_WORKER_THREADS).")
 @click.option("--burst", is_flag=True, help="Do everything due now, then exit.")
-@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
-              help="Serve this process's Prometheus counters (syncs, changes, Google calls, deliveries) on this port "
-                   "(default: CALSYNC_WORKER_METRICS_PORT; none when unset).")
-@click.option("--metrics-host", default=None,
-              help="Address for the metrics port (default: CALSYNC_WORKER_METRICS_HOST, 127.0.0.1); "
-                   "0.0.0.0 lets a Prometheus on another machine scrape it.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve this process's Prometheus counters (syncs, changes, Google calls, deliveries) on this port "
+    "(default: CALSYNC_WORKER_METRICS_PORT; none when unset).",
+)
+@click.option(
+    "--metrics-host",
+    default=None,
+    help="Address for the metrics port (default: CALSYNC_WORKER_METRICS_HOST, 127.0.0.1); "
+    "0.0.0.0 lets a Prometheus on another machine scrape it.",
+)
 def worker(threads: int | None, burst: bool, metrics_port: int | None, metrics_host: str | None) -> None:
     """Claim and do due work (syncs, renewals, deliveries) until SIGTERM; any number may run."""
     from calsync.runtime import Runtime

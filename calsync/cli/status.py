@@ -40,9 +40,18 @@ from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
 from calsync.work.leases import Claim, finish_calendar, release_calendar
 from calsync.work.liveness import last_heartbeat
 
-STATE_STYLE = {"synced": "green", "pending": "cyan", "backoff": "yellow", "error": "bold red",
-               "active": "green", "reauth_required": "bold white on red", "disconnected": "dim",
-               "stopping": "yellow", "stopped": "dim", "expired": "dim"}
+STATE_STYLE = {
+    "synced": "green",
+    "pending": "cyan",
+    "backoff": "yellow",
+    "error": "bold red",
+    "active": "green",
+    "reauth_required": "bold white on red",
+    "disconnected": "dim",
+    "stopping": "yellow",
+    "stopped": "dim",
+    "expired": "dim",
+}
 
 
 @click.command()
@@ -53,8 +62,13 @@ def status(all_channels: bool) -> None:
     with _database() as (_settings, engine), make_sessionmaker(engine)() as session:
         now = SystemClock().now()
         accounts = list(session.scalars(select(Account).order_by(Account.email)))
-        calendars = list(session.scalars(select(Calendar).where(Calendar.removed_at.is_(None))
-                                         .order_by(Calendar.account_id, Calendar.primary.desc(), Calendar.summary)))
+        calendars = list(
+            session.scalars(
+                select(Calendar)
+                .where(Calendar.removed_at.is_(None))
+                .order_by(Calendar.account_id, Calendar.primary.desc(), Calendar.summary)
+            )
+        )
         query = select(Channel).order_by(Channel.expires_at)
         channels = list(session.scalars(query if all_channels else query.where(Channel.status.in_(LIVE_CHANNEL))))
         emails = {a.id: a.email for a in accounts}
@@ -76,8 +90,11 @@ def status(all_channels: bool) -> None:
 @click.command()
 @click.argument("calendar")
 @click.option("--account", metavar="EMAIL", help="The account, when several accounts share the calendar.")
-@click.option("--full", is_flag=True, help="List everything and compare with the mirror, instead of "
-                                           "an incremental sync from the stored sync token.")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="List everything and compare with the mirror, instead of an incremental sync from the stored sync token.",
+)
 def sync(calendar: str, account: str | None, full: bool) -> None:
     """Sync one CALENDAR (its Google id or its title) now, with a progress bar.
 
@@ -92,23 +109,36 @@ def sync(calendar: str, account: str | None, full: bool) -> None:
             cal = find_calendar(session, calendar, account)
             claim = _claim(session, cal, owner, rt)
             label = f"{cal.summary or cal.google_id} ({cal.account.email})"
-        progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-                            TextColumn("{task.completed} events"), TimeElapsedColumn(),
-                            console=console, transient=True)
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed} events"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
         try:
             with progress:
                 task = progress.add_task(f"syncing {escape(label)}", total=None)
-                result = sync_calendar(rt, claim.id, full=full, lease_owner=owner,
-                                       progress=lambda seen, total: progress.update(task, completed=seen, total=total))
+                result = sync_calendar(
+                    rt,
+                    claim.id,
+                    full=full,
+                    lease_owner=owner,
+                    progress=lambda seen, total: progress.update(task, completed=seen, total=total),
+                )
         except BaseException:
             with transaction(rt.sessions) as session:
                 release_calendar(session, claim)
             raise
         with transaction(rt.sessions) as session:
             finish_calendar(session, claim, rt.clock.now(), rt.settings.reconcile_every)
-    console.print(f"[green]✓[/green] {escape(label)}: {result.kind} sync, {result.pages} page(s), "
-                  f"{result.events_seen} event(s) seen · [green]{result.created} created[/green] · "
-                  f"[yellow]{result.updated} updated[/yellow] · [red]{result.deleted} deleted[/red]")
+    console.print(
+        f"[green]✓[/green] {escape(label)}: {result.kind} sync, {result.pages} page(s), "
+        f"{result.events_seen} event(s) seen · [green]{result.created} created[/green] · "
+        f"[yellow]{result.updated} updated[/yellow] · [red]{result.deleted} deleted[/red]"
+    )
 
 
 @click.group()
@@ -185,8 +215,11 @@ def channels_stop(channel_id: str | None, calendar: str | None, account: str | N
                 ids = [channel_id]
             else:
                 cal = find_calendar(session, calendar or "", account)
-                ids = list(session.scalars(select(Channel.id).where(Channel.calendar_id == cal.id,
-                                                                     Channel.status.in_(LIVE_CHANNEL))))
+                ids = list(
+                    session.scalars(
+                        select(Channel.id).where(Channel.calendar_id == cal.id, Channel.status.in_(LIVE_CHANNEL))
+                    )
+                )
         for cid in ids:
             stop_channel(rt, cid)
             click.echo(f"stopped channel {cid}")
@@ -196,8 +229,12 @@ def channels_stop(channel_id: str | None, calendar: str | None, account: str | N
 
 def find_calendar(session: Session, ref: str, account: str | None = None) -> Calendar:
     """The one live calendar named by Google id or, failing that, by title; a usage error if several."""
-    base = (select(Calendar).join(Account, Account.id == Calendar.account_id)
-            .where(Calendar.removed_at.is_(None)).order_by(Calendar.id))
+    base = (
+        select(Calendar)
+        .join(Account, Account.id == Calendar.account_id)
+        .where(Calendar.removed_at.is_(None))
+        .order_by(Calendar.id)
+    )
     if account:
         if session.scalar(select(Account.id).where(Account.email == account)) is None:
             raise NotFoundError(f"no account {account!r} (see `calsync status`)")
@@ -246,11 +283,15 @@ def _claim(session: Session, cal: Calendar, owner: str, rt: Runtime) -> Claim:
     """Take the calendar's lease unless a worker holds it right now."""
     now = rt.clock.now()
     free = lease_is_free(Calendar.lease_owner, Calendar.lease_until, now, stale_before(now))
-    taken = session.execute(update(Calendar).where(Calendar.id == cal.id, free).values(
-        lease_owner=owner, lease_until=now + timedelta(seconds=rt.settings.lease_seconds)))
+    taken = session.execute(
+        update(Calendar)
+        .where(Calendar.id == cal.id, free)
+        .values(lease_owner=owner, lease_until=now + timedelta(seconds=rt.settings.lease_seconds))
+    )
     if not rows_affected(taken):
-        raise click.ClickException(f"{cal.summary or cal.google_id} is being synced by a worker right now; "
-                                   "try again in a moment")
+        raise click.ClickException(
+            f"{cal.summary or cal.google_id} is being synced by a worker right now; try again in a moment"
+        )
     return Claim(id=cal.id, requested=cal.sync_requested, owner=owner)
 
 
@@ -268,15 +309,21 @@ def _accounts_table(accounts: list[Account], calendars: list[Calendar], now: dat
         problem = a.last_error or ""
         if a.status == AccountStatus.REAUTH_REQUIRED:
             problem = "re-consent needed at /connect" + (f": {problem}" if problem else "")
-        table.add_row(escape(a.email), _style(a.status), str(count), ago(a.created_at, now),
-                      f"[red]{escape(problem)}[/red]" if problem else "—")
+        table.add_row(
+            escape(a.email),
+            _style(a.status),
+            str(count),
+            ago(a.created_at, now),
+            f"[red]{escape(problem)}[/red]" if problem else "—",
+        )
     if not accounts:
         table.add_row("[dim]no account yet: people connect at /connect[/dim]", "", "", "", "")
     return table
 
 
-def _calendars_table(calendars: list[Calendar], channels: list[Channel], emails: dict[int, str],
-                     now: datetime) -> Table:
+def _calendars_table(
+    calendars: list[Calendar], channels: list[Channel], emails: dict[int, str], now: datetime
+) -> Table:
     table = Table(title="Calendars", title_justify="left")
     for col in ("account", "calendar", "google id", "state", "last sync", "channel", "error"):
         table.add_column(col, overflow="fold")
@@ -289,8 +336,15 @@ def _calendars_table(calendars: list[Calendar], channels: list[Channel], emails:
         error = f"[red]{escape(c.last_error)}[/red]" if c.last_error else "—"
         if c.retry_at and c.retry_at > now:
             error += f" [dim](retry {ago(c.retry_at, now)})[/dim]"
-        table.add_row(escape(emails.get(c.account_id, "?")), escape(c.summary or ""), escape(c.google_id),
-                      _style(c.sync_state), ago(c.last_synced_at, now), channel, error)
+        table.add_row(
+            escape(emails.get(c.account_id, "?")),
+            escape(c.summary or ""),
+            escape(c.google_id),
+            _style(c.sync_state),
+            ago(c.last_synced_at, now),
+            channel,
+            error,
+        )
     return table
 
 
@@ -302,8 +356,14 @@ def _channels_table(channels: list[Channel], emails: dict[int, str], titles: dic
         watches = (
             "calendar list" if ch.kind == ChannelKind.CALENDAR_LIST else titles.get(ch.calendar_id or 0, "(removed)")
         )
-        table.add_row(ch.id, escape(watches), escape(emails.get(ch.account_id, "?")), _style(ch.status),
-                      expires_in(ch.expires_at, now), str(ch.last_message_number or "—"))
+        table.add_row(
+            ch.id,
+            escape(watches),
+            escape(emails.get(ch.account_id, "?")),
+            _style(ch.status),
+            expires_in(ch.expires_at, now),
+            str(ch.last_message_number or "—"),
+        )
     if not channels:
         table.add_row("[dim]no live channel[/dim]", "", "", "", "", "")
     return table

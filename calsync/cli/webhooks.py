@@ -29,20 +29,46 @@ def webhooks() -> None:
 
 @webhooks.command("create")
 @click.argument("url")
-@click.option("--event", "events", multiple=True, default=("*",), show_default=True,
-              help="event.created, event.updated, event.deleted or * (repeatable).")
-@click.option("--calendar", "calendars", multiple=True, metavar="ID",
-              help="Only changes of this Google calendar id (repeatable; default: all).")
-@click.option("--format", "fmt", type=click.Choice(subscriptions.FORMATS), default="standard", show_default=True,
-              help="standard: signed JSON messages; slack: one-line summaries for a Slack incoming webhook.")
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    default=("*",),
+    show_default=True,
+    help="event.created, event.updated, event.deleted or * (repeatable).",
+)
+@click.option(
+    "--calendar",
+    "calendars",
+    multiple=True,
+    metavar="ID",
+    help="Only changes of this Google calendar id (repeatable; default: all).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(subscriptions.FORMATS),
+    default="standard",
+    show_default=True,
+    help="standard: signed JSON messages; slack: one-line summaries for a Slack incoming webhook.",
+)
 @click.option("--verify-token", help="The hub.verify_token your endpoint expects during verification.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def create(url: str, events: tuple[str, ...], calendars: tuple[str, ...], fmt: str, verify_token: str | None,
-           as_json: bool) -> None:
+def create(
+    url: str, events: tuple[str, ...], calendars: tuple[str, ...], fmt: str, verify_token: str | None, as_json: bool
+) -> None:
     """Verify URL (hub.challenge) and subscribe it; prints the signing secret ONCE."""
     with _runtime() as rt:
-        spec = subscriptions.parse_spec({"url": url, "events": list(events), "calendars": list(calendars) or None,
-                                         "format": fmt, "verify_token": verify_token}, rt.settings)
+        spec = subscriptions.parse_spec(
+            {
+                "url": url,
+                "events": list(events),
+                "calendars": list(calendars) or None,
+                "format": fmt,
+                "verify_token": verify_token,
+            },
+            rt.settings,
+        )
         sub, secret = subscriptions.register(rt, spec)
         view = {**subscriptions.subscription_to_dict(sub), "secret": secret}
     if as_json:
@@ -66,8 +92,9 @@ def list_(as_json: bool) -> None:
     if not views:
         click.echo("no webhook subscriptions")
         return
-    table = Table(Column("id", no_wrap=True), "status", "format", "events", Column("url", overflow="fold"),
-                  "last success")
+    table = Table(
+        Column("id", no_wrap=True), "status", "format", "events", Column("url", overflow="fold"), "last success"
+    )
     for v in views:
         table.add_row(v["id"], v["status"], v["format"], ",".join(v["events"]), v["url"], v["last_success_at"] or "—")
     Console(highlight=False).print(table)
@@ -118,8 +145,9 @@ def delete(sub_id: str) -> None:
 def deliveries(sub_id: str, state: str | None, limit: int, as_json: bool) -> None:
     """List deliveries, newest first, with their attempts."""
     with _runtime() as rt, transaction(rt.sessions) as session:
-        items = claimcheck.list_deliveries(session, subscriptions.get_subscription(session, sub_id),
-                                           state=state, limit=limit)
+        items = claimcheck.list_deliveries(
+            session, subscriptions.get_subscription(session, sub_id), state=state, limit=limit
+        )
     if as_json:
         for item in items:
             click.echo(json.dumps(item))
@@ -127,19 +155,32 @@ def deliveries(sub_id: str, state: str | None, limit: int, as_json: bool) -> Non
     if not items:
         click.echo("no deliveries")
         return
-    table = Table(Column("id", no_wrap=True), "seq", "type", "state", "attempts", Column("last", overflow="fold"),
-                  "next attempt")
+    table = Table(
+        Column("id", no_wrap=True), "seq", "type", "state", "attempts", Column("last", overflow="fold"), "next attempt"
+    )
     for d in items:
         last = d["last_error"] or (str(d["last_status"]) if d["last_status"] else "—")
-        table.add_row(str(d["id"]), str(d["seq"]), d["type"], d["state"], str(d["attempt_count"]), last,
-                      d["next_attempt_at"] or "—")
+        table.add_row(
+            str(d["id"]),
+            str(d["seq"]),
+            d["type"],
+            d["state"],
+            str(d["attempt_count"]),
+            last,
+            d["next_attempt_at"] or "—",
+        )
     Console(highlight=False).print(table)
 
 
 @webhooks.command("replay")
 @click.argument("sub_id")
-@click.option("--delivery", "delivery_ids", type=int, multiple=True,
-              help="Replay this delivery (repeatable; default: every failed one).")
+@click.option(
+    "--delivery",
+    "delivery_ids",
+    type=int,
+    multiple=True,
+    help="Replay this delivery (repeatable; default: every failed one).",
+)
 def replay(sub_id: str, delivery_ids: tuple[int, ...]) -> None:
     """Queue deliveries again, with the same webhook-id; the worker sends them."""
     with _runtime() as rt, transaction(rt.sessions) as session:
@@ -151,8 +192,13 @@ def replay(sub_id: str, delivery_ids: tuple[int, ...]) -> None:
 
 @webhooks.command("rotate-secret")
 @click.argument("sub_id")
-@click.option("--grace", type=float, default=subscriptions.DEFAULT_GRACE_SECONDS, show_default=True,
-              help="Seconds during which the old secret keeps signing alongside the new one.")
+@click.option(
+    "--grace",
+    type=float,
+    default=subscriptions.DEFAULT_GRACE_SECONDS,
+    show_default=True,
+    help="Seconds during which the old secret keeps signing alongside the new one.",
+)
 def rotate_secret(sub_id: str, grace: float) -> None:
     """Make a new signing secret (printed ONCE); the old one signs too until the grace ends."""
     with _runtime() as rt, transaction(rt.sessions) as session:
@@ -182,8 +228,18 @@ def _runtime() -> Iterator[Runtime]:
 
 
 def _print_subscription(view: dict[str, Any]) -> None:
-    for key in ("id", "url", "status", "format", "events", "calendars", "disabled_reason", "created_at",
-                "last_success_at", "failing_since"):
+    for key in (
+        "id",
+        "url",
+        "status",
+        "format",
+        "events",
+        "calendars",
+        "disabled_reason",
+        "created_at",
+        "last_success_at",
+        "failing_since",
+    ):
         value = view.get(key)
         if isinstance(value, list):
             value = ", ".join(value)

@@ -30,8 +30,9 @@ class EmulatorLike(Protocol):
     def insert_event(self, calendar_id: str, body: dict[str, Any]) -> dict[str, Any]: ...
     def patch_event(self, calendar_id: str, event_id: str, changes: dict[str, Any]) -> dict[str, Any]: ...
     def delete_event(self, calendar_id: str, event_id: str) -> None: ...
-    def patch_instance(self, calendar_id: str, series_id: str, original_start: str,
-                       changes: dict[str, Any]) -> dict[str, Any]: ...
+    def patch_instance(
+        self, calendar_id: str, series_id: str, original_start: str, changes: dict[str, Any]
+    ) -> dict[str, Any]: ...
     def cancel_instance(self, calendar_id: str, series_id: str, original_start: str) -> dict[str, Any]: ...
 
 
@@ -72,17 +73,30 @@ class DemoPerson:
             for n, summary in enumerate(TITLES[title][:2]):
                 self._create(title, summary, monday + timedelta(days=n + 1, hours=n * 2 + 1), 60)
         self._create("Primary", "Gym", monday + timedelta(days=2, hours=-2), 45)
-        series = self.emu.insert_event(self.calendars["Team"], {
-            "summary": SERIES_TITLE, "location": "Room 4.12",
-            "start": _when(monday), "end": _when(monday + timedelta(minutes=15)),
-            "recurrence": [f"RRULE:FREQ=WEEKLY;COUNT={SERIES_WEEKS}"],
-        })
+        series = self.emu.insert_event(
+            self.calendars["Team"],
+            {
+                "summary": SERIES_TITLE,
+                "location": "Room 4.12",
+                "start": _when(monday),
+                "end": _when(monday + timedelta(minutes=15)),
+                "recurrence": [f"RRULE:FREQ=WEEKLY;COUNT={SERIES_WEEKS}"],
+            },
+        )
         self._series = (self.calendars["Team"], series["id"], monday)
 
     def step(self) -> str:
         """Make the next edit; returns what was done, for people watching."""
-        actions = (self._add, self._move, self._rename, self._edit_occurrence, self._relocate,
-                   self._add, self._delete, self._cancel_occurrence)
+        actions = (
+            self._add,
+            self._move,
+            self._rename,
+            self._edit_occurrence,
+            self._relocate,
+            self._add,
+            self._delete,
+            self._cancel_occurrence,
+        )
         action = actions[self._turn % len(actions)]
         self._turn += 1
         return action()
@@ -101,8 +115,11 @@ class DemoPerson:
         if entry is None:
             return self._add()
         entry.start += timedelta(minutes=self._rng.choice((30, 60, 90, -30, 24 * 60)))
-        self.emu.patch_event(self.calendars[entry.calendar], entry.event_id, {
-            "start": _when(entry.start), "end": _when(entry.start + timedelta(minutes=entry.minutes))})
+        self.emu.patch_event(
+            self.calendars[entry.calendar],
+            entry.event_id,
+            {"start": _when(entry.start), "end": _when(entry.start + timedelta(minutes=entry.minutes))},
+        )
         return f"{entry.calendar}: moved “{entry.summary}” to {_label(entry.start)}"
 
     def _rename(self) -> str:

@@ -87,8 +87,9 @@ def run_demo(options: DemoOptions, stop: threading.Event, console: Console) -> N
 
         editor = None
         if options.edits:
-            editor = threading.Thread(target=_edit_loop, args=(person, options.interval, stop, console),
-                                      name="demo-person", daemon=True)
+            editor = threading.Thread(
+                target=_edit_loop, args=(person, options.interval, stop, console), name="demo-person", daemon=True
+            )
             editor.start()
         deadline = time.monotonic() + options.duration if options.duration else None
         cursor = 0
@@ -108,17 +109,23 @@ def render_change(change: dict[str, Any], calendar_name: str) -> list[str]:
     """Rich markup for one change: a headline, then `field  before → after` for updates."""
     stamp = str(change.get("detected_at", ""))[11:19]
     if change["change"] is None:  # an account's or a calendar's step
-        return [f"[bold magenta]◆ #{change['seq']}[/bold magenta] [dim]{stamp}[/dim] "
-                f"[magenta]{change['type']}[/magenta] {escape(lifecycle_title(change['type'], change.get('summary')))}"]
+        return [
+            f"[bold magenta]◆ #{change['seq']}[/bold magenta] [dim]{stamp}[/dim] "
+            f"[magenta]{change['type']}[/magenta] {escape(lifecycle_title(change['type'], change.get('summary')))}"
+        ]
     colour, sign = KIND_STYLE.get(change["change"], ("white", "·"))
     title = event_title(change.get("before"), change.get("after"), change["event_id"])
-    lines = [f"[bold {colour}]{sign} #{change['seq']}[/bold {colour}] [dim]{stamp}[/dim] "
-             f"[bold]{escape(calendar_name)}[/bold] [{colour}]{change['change']}[/{colour}] “{escape(title)}”"]
+    lines = [
+        f"[bold {colour}]{sign} #{change['seq']}[/bold {colour}] [dim]{stamp}[/dim] "
+        f"[bold]{escape(calendar_name)}[/bold] [{colour}]{change['change']}[/{colour}] “{escape(title)}”"
+    ]
     if change["change"] == "updated":
         width = max((len(f) for f in change["fields"]), default=0)
         for diff in field_diffs(change["fields"], change.get("before"), change.get("after")):
-            lines.append(f"      [cyan]{escape(diff.name.ljust(width))}[/cyan]  [red]{escape(diff.before)}[/red]"
-                         f" [dim]→[/dim] [green]{escape(diff.after)}[/green]")
+            lines.append(
+                f"      [cyan]{escape(diff.name.ljust(width))}[/cyan]  [red]{escape(diff.before)}[/red]"
+                f" [dim]→[/dim] [green]{escape(diff.after)}[/green]"
+            )
     else:
         when = event_when(change.get("after") or change.get("before"))
         if when:
@@ -139,18 +146,20 @@ def _folder(directory: Path | None, cleanup: ExitStack) -> Path:
 def _environment(folder: Path, public: str, api_url: str, secrets_file: Path) -> dict[str, str]:
     """Fresh keys and passwords for this run; nothing of the caller's CALSYNC_* leaks in."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALSYNC_")}
-    env.update({
-        "CALSYNC_DATABASE_URL": f"sqlite:///{folder / 'calsync.db'}",
-        "CALSYNC_GOOGLE_CLIENT_SECRETS": str(secrets_file),
-        "CALSYNC_GOOGLE_API_URL": api_url,
-        "CALSYNC_PUBLIC_URL": public,
-        "CALSYNC_SECRET_KEY": secrets.token_urlsafe(32),
-        "CALSYNC_TOKEN_KEY": new_key(),
-        "CALSYNC_API_TOKEN": secrets.token_urlsafe(24),
-        "CALSYNC_ADMIN_PASSWORD": secrets.token_urlsafe(12),
-        "CALSYNC_INSTANCE_PATH": str(folder / "instance"),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "CALSYNC_DATABASE_URL": f"sqlite:///{folder / 'calsync.db'}",
+            "CALSYNC_GOOGLE_CLIENT_SECRETS": str(secrets_file),
+            "CALSYNC_GOOGLE_API_URL": api_url,
+            "CALSYNC_PUBLIC_URL": public,
+            "CALSYNC_SECRET_KEY": secrets.token_urlsafe(32),
+            "CALSYNC_TOKEN_KEY": new_key(),
+            "CALSYNC_API_TOKEN": secrets.token_urlsafe(24),
+            "CALSYNC_ADMIN_PASSWORD": secrets.token_urlsafe(12),
+            "CALSYNC_INSTANCE_PATH": str(folder / "instance"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -159,11 +168,26 @@ def _start_calsync(env: dict[str, str], port: int, log_path: Path) -> subprocess
 
     It runs in the scratch folder: gunicorn puts its working directory on sys.path.
     """
-    command = [sys.executable, "-c", "import sys; from calsync.cli import main; sys.argv[0] = 'calsync'; main()",
-               "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from calsync.cli import main; sys.argv[0] = 'calsync'; main()",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log_path.open("ab") as log:
-        return subprocess.Popen(command, env=env, cwd=log_path.parent, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=log_path.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
 
 
 def _wait_healthy(public: str, server: subprocess.Popen[bytes], log_path: Path, stop: threading.Event) -> None:
@@ -220,8 +244,7 @@ def _edit_loop(person: Any, interval: float, stop: threading.Event, console: Con
         console.print(f"[dim italic]✎ {escape(done)}[/dim italic]")
 
 
-def _print_new_changes(api: requests.Session, public: str, cursor: int, names: dict[str, str],
-                       console: Console) -> int:
+def _print_new_changes(api: requests.Session, public: str, cursor: int, names: dict[str, str], console: Console) -> int:
     try:
         resp = api.get(public + "/api/changes", params={"after": cursor, "limit": 100}, timeout=10)
         resp.raise_for_status()
@@ -235,8 +258,9 @@ def _print_new_changes(api: requests.Session, public: str, cursor: int, names: d
     return int(body["next"])
 
 
-def _banner(console: Console, public: str, env: dict[str, str], emulator: str, folder: Path,
-            options: DemoOptions) -> None:
+def _banner(
+    console: Console, public: str, env: dict[str, str], emulator: str, folder: Path, options: DemoOptions
+) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -246,10 +270,20 @@ def _banner(console: Console, public: str, env: dict[str, str], emulator: str, f
     grid.add_row("Connect more", f"{public}/connect  (approve on the emulated Google consent page)")
     grid.add_row("Google (emulated)", emulator)
     grid.add_row("Data", str(folder) + ("" if options.directory else "  (removed when the demo stops)"))
-    what = "a simulated person edits the calendars every " + f"{options.interval:g} s" if options.edits \
+    what = (
+        "a simulated person edits the calendars every " + f"{options.interval:g} s"
+        if options.edits
         else "no simulated edits (--no-edits): change events in the emulator yourself"
-    console.print(Panel(grid, title="[bold]calsync demo[/bold]", subtitle="Ctrl-C stops everything",
-                        border_style="cyan", expand=False))
+    )
+    console.print(
+        Panel(
+            grid,
+            title="[bold]calsync demo[/bold]",
+            subtitle="Ctrl-C stops everything",
+            border_style="cyan",
+            expand=False,
+        )
+    )
     console.print(f"[bold]Watching the diff log:[/bold] {what}.\n")
 
 

@@ -42,9 +42,12 @@ def api(name: str, scopes: frozenset[str]) -> Callable[[Callable[..., Response]]
                 g.calendar_id = token.grant.user
             emu.faults.check(name, g.get("calendar_id"))
             if not scopes & token.scopes:
-                raise ApiError(403, "insufficientPermissions",
-                               "Request had insufficient authentication scopes.",
-                               top_message="Request had insufficient authentication scopes.")
+                raise ApiError(
+                    403,
+                    "insufficientPermissions",
+                    "Request had insufficient authentication scopes.",
+                    top_message="Request had insufficient authentication scopes.",
+                )
             return handler(emu, token.grant.user, **kwargs)
 
         return wrapper
@@ -165,17 +168,29 @@ def _emulator() -> Emulator:
 def _authenticate(emu: Emulator) -> grants.Token:
     header = request.headers.get("Authorization", "")
     if not header:
-        raise ApiError(401, "required", "Login Required.", location="Authorization",
-                       location_type="header", headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
-                       top_message="Request is missing required authentication credential. Expected OAuth 2 "
-                                   "access token, login cookie or other valid authentication credential.")
+        raise ApiError(
+            401,
+            "required",
+            "Login Required.",
+            location="Authorization",
+            location_type="header",
+            headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
+            top_message="Request is missing required authentication credential. Expected OAuth 2 "
+            "access token, login cookie or other valid authentication credential.",
+        )
     scheme, _, value = header.partition(" ")
     token = emu.grants.check_access(value.strip()) if scheme.lower() == "bearer" else None
     if token is None:
-        raise ApiError(401, "authError", "Invalid Credentials", location="Authorization",
-                       location_type="header", headers={"WWW-Authenticate": AUTH_HEADER},
-                       top_message="Request had invalid authentication credentials. Expected OAuth 2 "
-                                   "access token, login cookie or other valid authentication credential.")
+        raise ApiError(
+            401,
+            "authError",
+            "Invalid Credentials",
+            location="Authorization",
+            location_type="header",
+            headers={"WWW-Authenticate": AUTH_HEADER},
+            top_message="Request had invalid authentication credentials. Expected OAuth 2 "
+            "access token, login cookie or other valid authentication credential.",
+        )
     return token
 
 

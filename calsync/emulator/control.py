@@ -67,9 +67,14 @@ def reset(emu: Emulator, body: Json) -> Json:
 @route("/users", ["GET"])
 def users(emu: Emulator, body: Json) -> list[Json]:
     with emu.store.lock:
-        return [{"email": u.email, "name": u.name,
-                 "calendars": [e.calendar_id for e in u.entries.values() if not e.deleted]}
-                for u in emu.store.users.values()]
+        return [
+            {
+                "email": u.email,
+                "name": u.name,
+                "calendars": [e.calendar_id for e in u.entries.values() if not e.deleted],
+            }
+            for u in emu.store.users.values()
+        ]
 
 
 @route("/users", ["POST"])
@@ -171,8 +176,14 @@ def auto_approve(emu: Emulator, body: Json) -> Json:
 
 @route("/faults/fail_next", ["POST"])
 def fail_next(emu: Emulator, body: Json) -> Json:
-    emu.fail_next(int(body.get("n", 1)), int(body.get("status", 429)), str(body.get("reason", "rateLimitExceeded")),
-                  body.get("retry_after"), body.get("method"), body.get("calendar_id"))
+    emu.fail_next(
+        int(body.get("n", 1)),
+        int(body.get("status", 429)),
+        str(body.get("reason", "rateLimitExceeded")),
+        body.get("retry_after"),
+        body.get("method"),
+        body.get("calendar_id"),
+    )
     return {}
 
 
@@ -190,8 +201,12 @@ def invalidate(emu: Emulator, body: Json) -> Json:
 
 @route("/faults/push", ["POST"])
 def push_faults(emu: Emulator, body: Json) -> Json:
-    emu.push_faults(float(body.get("drop", 0)), float(body.get("duplicate", 0)),
-                    float(body.get("delay", 0)), bool(body.get("reorder", False)))
+    emu.push_faults(
+        float(body.get("drop", 0)),
+        float(body.get("duplicate", 0)),
+        float(body.get("delay", 0)),
+        bool(body.get("reorder", False)),
+    )
     return {}
 
 
@@ -202,15 +217,18 @@ def config(emu: Emulator, body: Json) -> Json:
             setattr(emu, key, int(body[key]))
     if "sync_token_max_age" in body:
         emu.sync_token_max_age = None if body["sync_token_max_age"] is None else float(body["sync_token_max_age"])
-    return {"max_channel_ttl": emu.max_channel_ttl, "access_token_ttl": emu.access_token_ttl,
-            "sync_token_max_age": emu.sync_token_max_age, "auto_approve": emu.auto_approve}
+    return {
+        "max_channel_ttl": emu.max_channel_ttl,
+        "access_token_ttl": emu.access_token_ttl,
+        "sync_token_max_age": emu.sync_token_max_age,
+        "auto_approve": emu.auto_approve,
+    }
 
 
 @route("/requests", ["GET"])
 def requests_log(emu: Emulator, body: Json) -> list[ApiRequest]:
     name, cal = request.args.get("api_method"), request.args.get("calendar_id")
-    return [r for r in emu.requests
-            if (name is None or r.api_method == name) and (cal is None or r.calendar_id == cal)]
+    return [r for r in emu.requests if (name is None or r.api_method == name) and (cal is None or r.calendar_id == cal)]
 
 
 @route("/notifications", ["GET"])

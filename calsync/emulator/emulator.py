@@ -54,11 +54,20 @@ def utcnow() -> dt.datetime:
 class Emulator:
     """Google for tests and demos: start it, point calsync at ``api_url``, edit calendars here."""
 
-    def __init__(self, access_token_ttl: int = 3600, max_channel_ttl: int = 30 * 86400,
-                 seed: int | None = None, *, clock: Callable[[], dt.datetime] | None = None,
-                 push_workers: int = 4, push_retry_base: float = 0.2, push_max_attempts: int = 4,
-                 push_timeout: float = 5.0, sync_token_max_age: float | None = None,
-                 log_size: int = 200_000) -> None:
+    def __init__(
+        self,
+        access_token_ttl: int = 3600,
+        max_channel_ttl: int = 30 * 86400,
+        seed: int | None = None,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        push_workers: int = 4,
+        push_retry_base: float = 0.2,
+        push_max_attempts: int = 4,
+        push_timeout: float = 5.0,
+        sync_token_max_age: float | None = None,
+        log_size: int = 200_000,
+    ) -> None:
         self.clock: Callable[[], dt.datetime] = clock or utcnow
         self.access_token_ttl = access_token_ttl
         self.max_channel_ttl = max_channel_ttl
@@ -67,9 +76,14 @@ class Emulator:
         self._defaults = (access_token_ttl, max_channel_ttl, sync_token_max_age)
         self.store = Store()
         self.grants = Grants(lambda: self.clock())
-        self.push = PushHub(lambda: self.clock(), seed=seed, workers=push_workers,
-                            retry_base=push_retry_base, max_attempts=push_max_attempts,
-                            timeout=push_timeout)
+        self.push = PushHub(
+            lambda: self.clock(),
+            seed=seed,
+            workers=push_workers,
+            retry_base=push_retry_base,
+            max_attempts=push_max_attempts,
+            timeout=push_timeout,
+        )
         self.faults = Faults()
         self._pending_consents: dict[str, dict[str, Any]] = {}
         self._log: deque[ApiRequest] = deque(maxlen=log_size)
@@ -150,8 +164,9 @@ class Emulator:
             if email in self.store.users:
                 return email
             user = self.store.users[email] = User(email=email, name=name or email.split("@")[0].title())
-            self.store.calendars[email] = Calendar(id=email, summary=email, time_zone="UTC", owner=email,
-                                                   updated=self.clock())
+            self.store.calendars[email] = Calendar(
+                id=email, summary=email, time_zone="UTC", owner=email, updated=self.clock()
+            )
             self._add_entry(user, email, primary=True)
         return email
 
@@ -160,8 +175,9 @@ class Emulator:
         with self.store.lock:
             user = self.store.user(email)
             cal_id = f"{new_id(26)}@group.calendar.google.com"
-            self.store.calendars[cal_id] = Calendar(id=cal_id, summary=summary, time_zone=time_zone,
-                                                    owner=user.email, updated=self.clock())
+            self.store.calendars[cal_id] = Calendar(
+                id=cal_id, summary=summary, time_zone=time_zone, owner=user.email, updated=self.clock()
+            )
             self._add_entry(user, cal_id, primary=False)
         self.push.notify("calendarList:" + user.email)
         return cal_id
@@ -180,39 +196,48 @@ class Emulator:
 
     def insert_event(self, calendar_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create an event as its owner would in the Calendar UI; returns the stored JSON."""
-        return self._edit(calendar_id, lambda cal, now: events.insert(
-            self.store, cal, body, cal.owner, now, HTML_BASE).data)
+        return self._edit(
+            calendar_id, lambda cal, now: events.insert(self.store, cal, body, cal.owner, now, HTML_BASE).data
+        )
 
     def bulk_insert_events(self, calendar_id: str, bodies: Iterable[dict[str, Any]]) -> int:
         """Insert many events at once (one push notification at the end); returns the count."""
+
         def insert_all(cal: Calendar, now: dt.datetime) -> int:
             count = 0
             for body in bodies:
                 events.insert(self.store, cal, body, cal.owner, now, HTML_BASE)
                 count += 1
             return count
+
         return self._edit(calendar_id, insert_all)
 
     def patch_event(self, calendar_id: str, event_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """Change some fields (JSON-merge like events.patch)."""
-        return self._edit(calendar_id, lambda cal, now: events.patch(
-            self.store, cal, event_id, changes, now, HTML_BASE).data)
+        return self._edit(
+            calendar_id, lambda cal, now: events.patch(self.store, cal, event_id, changes, now, HTML_BASE).data
+        )
 
     def update_event(self, calendar_id: str, event_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Replace the event's writable fields (like events.update)."""
-        return self._edit(calendar_id, lambda cal, now: events.patch(
-            self.store, cal, event_id, body, now, HTML_BASE, replace=True).data)
+        return self._edit(
+            calendar_id,
+            lambda cal, now: events.patch(self.store, cal, event_id, body, now, HTML_BASE, replace=True).data,
+        )
 
     def delete_event(self, calendar_id: str, event_id: str) -> None:
         """Cancel an event; it stays as a tombstone so sync tokens report it."""
         self._edit(calendar_id, lambda cal, now: events.delete(self.store, cal, event_id, now, HTML_BASE))
 
-    def patch_instance(self, calendar_id: str, series_id: str, original_start: str,
-                       changes: dict[str, Any]) -> dict[str, Any]:
+    def patch_instance(
+        self, calendar_id: str, series_id: str, original_start: str, changes: dict[str, Any]
+    ) -> dict[str, Any]:
         """Modify one occurrence: it becomes an exception ``<seriesId>_<originalStart>``."""
+
         def apply(cal: Calendar, now: dt.datetime) -> dict[str, Any]:
             event_id = events.instance_id(series_id, events.parse_original_start(original_start, cal))
             return events.patch(self.store, cal, event_id, changes, now, HTML_BASE).data
+
         return self._edit(calendar_id, apply)
 
     def cancel_instance(self, calendar_id: str, series_id: str, original_start: str) -> dict[str, Any]:
@@ -227,8 +252,9 @@ class Emulator:
             return copy.deepcopy([e for e in out if include_cancelled or e.get("status") != "cancelled"])
 
     # --- tokens -------------------------------------------------------------------------------
-    def issue_tokens(self, email: str, scopes: Iterable[str] = (READONLY,), offline: bool = True,
-                     client_id: str = DEFAULT_CLIENT_ID) -> dict[str, Any]:
+    def issue_tokens(
+        self, email: str, scopes: Iterable[str] = (READONLY,), offline: bool = True, client_id: str = DEFAULT_CLIENT_ID
+    ) -> dict[str, Any]:
         """Tokens as after consent, without the consent page (for tests)."""
         with self.store.lock:
             user = self.store.user(email)
@@ -245,14 +271,19 @@ class Emulator:
         self.grants.expire_access_tokens()
 
     # --- faults -------------------------------------------------------------------------------
-    def fail_next(self, n: int, status: int = 429, reason: str = "rateLimitExceeded",
-                  retry_after: int | None = None, method: str | None = None,
-                  calendar_id: str | None = None) -> None:
+    def fail_next(
+        self,
+        n: int,
+        status: int = 429,
+        reason: str = "rateLimitExceeded",
+        retry_after: int | None = None,
+        method: str | None = None,
+        calendar_id: str | None = None,
+    ) -> None:
         """The next ``n`` matching Calendar API calls fail with Google's error envelope."""
         self.faults.add(FailRule(n, status, reason, retry_after, method, calendar_id))
 
-    def slow_next(self, n: int, seconds: float, method: str | None = None,
-                  calendar_id: str | None = None) -> None:
+    def slow_next(self, n: int, seconds: float, method: str | None = None, calendar_id: str | None = None) -> None:
         """The next ``n`` matching Calendar API calls are answered ``seconds`` late."""
         self.faults.slow(SlowRule(n, seconds, method, calendar_id))
 
@@ -268,8 +299,7 @@ class Emulator:
             for user in self.store.users.values():
                 user.token_floor = floor
 
-    def push_faults(self, drop: float = 0.0, duplicate: float = 0.0, delay: float = 0.0,
-                    reorder: bool = False) -> None:
+    def push_faults(self, drop: float = 0.0, duplicate: float = 0.0, delay: float = 0.0, reorder: bool = False) -> None:
         """Make push lossy: drop/duplicate probabilities, extra delay (s), out-of-order delivery."""
         for value in (drop, duplicate):
             if not 0.0 <= value <= 1.0:
@@ -288,8 +318,11 @@ class Emulator:
     def count(self, api_method: str, calendar_id: str | None = None) -> int:
         """How many requests of ``api_method`` (optionally on one calendar) were served."""
         with self._log_lock:
-            return sum(1 for r in self._log if r.api_method == api_method
-                       and (calendar_id is None or r.calendar_id == calendar_id))
+            return sum(
+                1
+                for r in self._log
+                if r.api_method == api_method and (calendar_id is None or r.calendar_id == calendar_id)
+            )
 
     @property
     def notifications(self) -> list[PushRecord]:
@@ -308,8 +341,9 @@ class Emulator:
     # --- serving the HTTP API -----------------------------------------------------------------
     def _api_calendar_list(self, user: str, params: dict[str, list[str]]) -> dict[str, Any]:
         with self.store.lock:
-            return listing.list_calendars(self.store, self.store.user(user), params, self.clock(),
-                                          self.sync_token_max_age)
+            return listing.list_calendars(
+                self.store, self.store.user(user), params, self.clock(), self.sync_token_max_age
+            )
 
     def _api_calendar_list_entry(self, user: str, calendar_id: str) -> dict[str, Any]:
         with self.store.lock:
@@ -326,8 +360,9 @@ class Emulator:
             cal = self.store.calendar_for(self.store.user(user), calendar_id)
             return listing.list_events(self.store, cal, params, self.clock(), self.sync_token_max_age)
 
-    def _api_instances(self, user: str, calendar_id: str, event_id: str,
-                       params: dict[str, list[str]]) -> dict[str, Any]:
+    def _api_instances(
+        self, user: str, calendar_id: str, event_id: str, params: dict[str, list[str]]
+    ) -> dict[str, Any]:
         with self.store.lock:
             cal = self.store.calendar_for(self.store.user(user), calendar_id)
             return listing.list_instances(self.store, cal, event_id, params, self.clock())
@@ -337,8 +372,9 @@ class Emulator:
             cal = self.store.calendar_for(self.store.user(user), calendar_id)
             return copy.deepcopy(events.get(self.store, cal, event_id, self.clock()))
 
-    def _api_write(self, user: str, calendar_id: str, op: str, event_id: str | None,
-                   body: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _api_write(
+        self, user: str, calendar_id: str, op: str, event_id: str | None, body: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
         with self.store.lock:
             cal = self.store.calendar_for(self.store.user(user), calendar_id)
             now = self.clock()
@@ -348,14 +384,16 @@ class Emulator:
                 events.delete(self.store, cal, event_id or "", now, HTML_BASE)
                 result = None
             else:
-                result = events.patch(self.store, cal, event_id or "", body or {}, now, HTML_BASE,
-                                      replace=op == "update").data
+                result = events.patch(
+                    self.store, cal, event_id or "", body or {}, now, HTML_BASE, replace=op == "update"
+                ).data
             result = copy.deepcopy(result)
         self.push.notify("events:" + cal.id)
         return result
 
-    def _api_watch(self, user: str, calendar_id: str | None, body: Mapping[str, Any],
-                   client_id: str | None) -> dict[str, Any]:
+    def _api_watch(
+        self, user: str, calendar_id: str | None, body: Mapping[str, Any], client_id: str | None
+    ) -> dict[str, Any]:
         with self.store.lock:
             owner = self.store.user(user)
             if calendar_id is None:
@@ -366,14 +404,17 @@ class Emulator:
                 resource = "events:" + cal.id
                 uri = f"{self.api_url}calendar/v3/calendars/{quote(cal.id, safe='')}/events?alt=json"
             epoch = self.store.epoch
-        channel = new_channel(body, resource, uri, owner.email, client_id, epoch, self.clock(),
-                              self.max_channel_ttl)
+        channel = new_channel(body, resource, uri, owner.email, client_id, epoch, self.clock(), self.max_channel_ttl)
         with self.push._cond:
             if any(c.id == channel.id for c in self.push.live()):
                 raise ApiError(400, "channelIdNotUnique", "Channel id not unique")
             self.push.open(channel)
-        out: dict[str, Any] = {"kind": "api#channel", "id": channel.id, "resourceId": channel.resource_id,
-                               "resourceUri": channel.resource_uri}
+        out: dict[str, Any] = {
+            "kind": "api#channel",
+            "id": channel.id,
+            "resourceId": channel.resource_id,
+            "resourceUri": channel.resource_uri,
+        }
         if channel.token is not None:
             out["token"] = channel.token
         out["expiration"] = str(int(channel.expiration.timestamp() * 1000))
@@ -382,17 +423,28 @@ class Emulator:
     def _api_stop_channel(self, user: str, channel_id: Any, resource_id: Any, client_id: str | None) -> None:
         live = {c.id: c for c in self.push.live()}
         channel = live.get(channel_id) if isinstance(channel_id, str) else None
-        if channel is None or channel.user != user or channel.client_id != client_id \
-                or (resource_id is not None and resource_id != channel.resource_id):
+        if (
+            channel is None
+            or channel.user != user
+            or channel.client_id != client_id
+            or (resource_id is not None and resource_id != channel.resource_id)
+        ):
             raise ApiError(404, "notFound", f"Channel '{channel_id}' not found for project '{PROJECT_NUMBER}'")
         self.push.stop(channel.id)
 
-    def _record(self, api_method: str, http_method: str, path: str, args: Any, calendar_id: str | None,
-                user: str | None, status: int) -> None:
+    def _record(
+        self,
+        api_method: str,
+        http_method: str,
+        path: str,
+        args: Any,
+        calendar_id: str | None,
+        user: str | None,
+        status: int,
+    ) -> None:
         params = {k: (v[0] if len(v) == 1 else v) for k, v in args.lists()}
         with self._log_lock:
-            self._log.append(ApiRequest(self.clock(), http_method, path, api_method, params,
-                                        calendar_id, user, status))
+            self._log.append(ApiRequest(self.clock(), http_method, path, api_method, params, calendar_id, user, status))
 
     # --- helpers ------------------------------------------------------------------------------
     def _edit(self, calendar_id: str, apply: Callable[[Calendar, dt.datetime], _T]) -> _T:
@@ -408,12 +460,14 @@ class Emulator:
 
 def client_config(url: str, redirect_uris: list[str]) -> dict[str, Any]:
     """The "web" client-secret dict pointing at an emulator at ``url`` (deterministic credentials)."""
-    return {"web": {
-        "client_id": DEFAULT_CLIENT_ID,
-        "project_id": "calsync-emulator",
-        "auth_uri": f"{url}/o/oauth2/auth",
-        "token_uri": f"{url}/token",
-        "auth_provider_x509_cert_url": f"{url}/oauth2/v1/certs",
-        "client_secret": DEFAULT_CLIENT_SECRET,
-        "redirect_uris": list(redirect_uris),
-    }}
+    return {
+        "web": {
+            "client_id": DEFAULT_CLIENT_ID,
+            "project_id": "calsync-emulator",
+            "auth_uri": f"{url}/o/oauth2/auth",
+            "token_uri": f"{url}/token",
+            "auth_provider_x509_cert_url": f"{url}/oauth2/v1/certs",
+            "client_secret": DEFAULT_CLIENT_SECRET,
+            "redirect_uris": list(redirect_uris),
+        }
+    }

@@ -18,23 +18,83 @@ from .errors import ApiError, invalid, not_found
 from .store import Calendar, EventRecord, Store, new_id, rfc3339
 
 WRITABLE = (
-    "summary", "description", "location", "colorId", "start", "end", "endTimeUnspecified",
-    "recurrence", "transparency", "visibility", "attendees", "attendeesOmitted",
-    "extendedProperties", "reminders", "eventType", "guestsCanInviteOthers", "guestsCanModify",
-    "guestsCanSeeOtherGuests", "anyoneCanAddSelf", "source", "attachments", "conferenceData",
-    "status", "locked", "privateCopy", "gadget", "hangoutLink", "focusTimeProperties",
-    "outOfOfficeProperties", "workingLocationProperties", "birthdayProperties",
+    "summary",
+    "description",
+    "location",
+    "colorId",
+    "start",
+    "end",
+    "endTimeUnspecified",
+    "recurrence",
+    "transparency",
+    "visibility",
+    "attendees",
+    "attendeesOmitted",
+    "extendedProperties",
+    "reminders",
+    "eventType",
+    "guestsCanInviteOthers",
+    "guestsCanModify",
+    "guestsCanSeeOtherGuests",
+    "anyoneCanAddSelf",
+    "source",
+    "attachments",
+    "conferenceData",
+    "status",
+    "locked",
+    "privateCopy",
+    "gadget",
+    "hangoutLink",
+    "focusTimeProperties",
+    "outOfOfficeProperties",
+    "workingLocationProperties",
+    "birthdayProperties",
 )
 SIGNIFICANT = ("start", "end", "recurrence", "location")
 ORDER = (
-    "kind", "etag", "id", "status", "htmlLink", "created", "updated", "summary", "description",
-    "location", "colorId", "creator", "organizer", "start", "end", "endTimeUnspecified",
-    "recurrence", "recurringEventId", "originalStartTime", "transparency", "visibility", "iCalUID",
-    "sequence", "attendees", "attendeesOmitted", "extendedProperties", "hangoutLink",
-    "conferenceData", "gadget", "anyoneCanAddSelf", "guestsCanInviteOthers", "guestsCanModify",
-    "guestsCanSeeOtherGuests", "privateCopy", "locked", "reminders", "source", "attachments",
-    "birthdayProperties", "focusTimeProperties", "outOfOfficeProperties",
-    "workingLocationProperties", "eventType",
+    "kind",
+    "etag",
+    "id",
+    "status",
+    "htmlLink",
+    "created",
+    "updated",
+    "summary",
+    "description",
+    "location",
+    "colorId",
+    "creator",
+    "organizer",
+    "start",
+    "end",
+    "endTimeUnspecified",
+    "recurrence",
+    "recurringEventId",
+    "originalStartTime",
+    "transparency",
+    "visibility",
+    "iCalUID",
+    "sequence",
+    "attendees",
+    "attendeesOmitted",
+    "extendedProperties",
+    "hangoutLink",
+    "conferenceData",
+    "gadget",
+    "anyoneCanAddSelf",
+    "guestsCanInviteOthers",
+    "guestsCanModify",
+    "guestsCanSeeOtherGuests",
+    "privateCopy",
+    "locked",
+    "reminders",
+    "source",
+    "attachments",
+    "birthdayProperties",
+    "focusTimeProperties",
+    "outOfOfficeProperties",
+    "workingLocationProperties",
+    "eventType",
 )
 _ID = re.compile(r"^[a-v0-9]{5,1024}$")
 _STATUSES = ("confirmed", "tentative", "cancelled")
@@ -51,8 +111,9 @@ def public(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def insert(store: Store, cal: Calendar, body: dict[str, Any], actor: str, now: dt.datetime,
-           base_url: str) -> EventRecord:
+def insert(
+    store: Store, cal: Calendar, body: dict[str, Any], actor: str, now: dt.datetime, base_url: str
+) -> EventRecord:
     """Create an event (the id may be given, as Google allows) and record the change."""
     event_id = body.get("id") or new_id()
     if not isinstance(event_id, str) or not _ID.match(event_id):
@@ -83,8 +144,16 @@ def insert(store: Store, cal: Calendar, body: dict[str, Any], actor: str, now: d
     return record
 
 
-def patch(store: Store, cal: Calendar, event_id: str, changes: dict[str, Any], now: dt.datetime,
-          base_url: str, *, replace: bool = False) -> EventRecord:
+def patch(
+    store: Store,
+    cal: Calendar,
+    event_id: str,
+    changes: dict[str, Any],
+    now: dt.datetime,
+    base_url: str,
+    *,
+    replace: bool = False,
+) -> EventRecord:
     """Patch (merge) or update (replace) an event; a virtual instance becomes an exception."""
     record = cal.events.get(event_id)
     data = copy.deepcopy(record.data if record is not None else get(store, cal, event_id, now))
@@ -161,8 +230,7 @@ def _split_instance_id(cal: Calendar, event_id: str, now: dt.datetime) -> tuple[
     if series.data.get("status") == "cancelled":
         raise ApiError(410, "deleted")
     moment = recurrence.to_utc(original, cal.time_zone)
-    found = recurrence.expand(series.data, moment, moment + dt.timedelta(seconds=1), now,
-                              cal.time_zone, limit=5)
+    found = recurrence.expand(series.data, moment, moment + dt.timedelta(seconds=1), now, cal.time_zone, limit=5)
     for candidate in found:
         if recurrence.instance_suffix(candidate) == suffix:
             return series, candidate
@@ -194,8 +262,12 @@ def _apply(data: dict[str, Any], changes: dict[str, Any], cal: Calendar, *, repl
         value = changes[key]
         if value is None:
             data.pop(key, None)
-        elif key in ("start", "end", "reminders", "extendedProperties") and not replace \
-                and isinstance(value, dict) and isinstance(data.get(key), dict):
+        elif (
+            key in ("start", "end", "reminders", "extendedProperties")
+            and not replace
+            and isinstance(value, dict)
+            and isinstance(data.get(key), dict)
+        ):
             merged = {**data[key], **value}
             if key in ("start", "end") and "date" in value and "dateTime" not in value:
                 merged.pop("dateTime", None)
@@ -222,8 +294,9 @@ def _validate(data: dict[str, Any], cal: Calendar) -> None:
         raise invalid("Invalid value for status.", "status")
     for key in ("start", "end"):
         if not isinstance(data.get(key), dict):
-            raise ApiError(400, "required", "Missing end time." if key == "end" else "Missing start time.",
-                           location=key)
+            raise ApiError(
+                400, "required", "Missing end time." if key == "end" else "Missing start time.", location=key
+            )
     start = recurrence.parse_when(data["start"], cal.time_zone)
     end = recurrence.parse_when(data["end"], cal.time_zone)
     if isinstance(start, dt.datetime) != isinstance(end, dt.datetime):
@@ -234,8 +307,7 @@ def _validate(data: dict[str, Any], cal: Calendar) -> None:
         if data.get("recurringEventId"):
             raise invalid("An instance cannot have a recurrence.", "recurrence")
         if isinstance(start, dt.datetime) and not data["start"].get("timeZone"):
-            raise ApiError(400, "required", "Missing time zone definition for start time.",
-                           location="start.timeZone")
+            raise ApiError(400, "required", "Missing time zone definition for start time.", location="start.timeZone")
         recurrence.validate(data["recurrence"], start, cal.time_zone)
     for attendee in data.get("attendees") or []:
         if not isinstance(attendee, dict) or not attendee.get("email"):

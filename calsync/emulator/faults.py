@@ -9,8 +9,12 @@ from dataclasses import dataclass
 
 from .errors import ApiError
 
-_DOMAINS = {"rateLimitExceeded": "usageLimits", "userRateLimitExceeded": "usageLimits",
-            "quotaExceeded": "usageLimits", "dailyLimitExceeded": "usageLimits"}
+_DOMAINS = {
+    "rateLimitExceeded": "usageLimits",
+    "userRateLimitExceeded": "usageLimits",
+    "quotaExceeded": "usageLimits",
+    "dailyLimitExceeded": "usageLimits",
+}
 
 
 @dataclass
@@ -98,5 +102,4 @@ class Faults:
             if rule.remaining <= 0:
                 self.rules.remove(rule)
         headers = {"Retry-After": str(rule.retry_after)} if rule.retry_after is not None else {}
-        raise ApiError(rule.status, rule.reason, domain=_DOMAINS.get(rule.reason, "global"),
-                       headers=headers)
+        raise ApiError(rule.status, rule.reason, domain=_DOMAINS.get(rule.reason, "global"), headers=headers)

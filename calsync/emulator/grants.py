@@ -18,25 +18,31 @@ from typing import Any
 DEFAULT_CLIENT_ID = "1061200318841-calsyncemulator0000000000.apps.googleusercontent.com"
 DEFAULT_CLIENT_SECRET = "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et"
 CODE_TTL = dt.timedelta(seconds=60)
-READ_SCOPES = frozenset({
-    "https://www.googleapis.com/auth/calendar",
-    "https://www.googleapis.com/auth/calendar.readonly",
-    "https://www.googleapis.com/auth/calendar.events",
-    "https://www.googleapis.com/auth/calendar.events.readonly",
-    "https://www.googleapis.com/auth/calendar.events.owned",
-    "https://www.googleapis.com/auth/calendar.events.owned.readonly",
-})
-LIST_SCOPES = frozenset({
-    "https://www.googleapis.com/auth/calendar",
-    "https://www.googleapis.com/auth/calendar.readonly",
-    "https://www.googleapis.com/auth/calendar.calendarlist",
-    "https://www.googleapis.com/auth/calendar.calendarlist.readonly",
-})
-WRITE_SCOPES = frozenset({
-    "https://www.googleapis.com/auth/calendar",
-    "https://www.googleapis.com/auth/calendar.events",
-    "https://www.googleapis.com/auth/calendar.events.owned",
-})
+READ_SCOPES = frozenset(
+    {
+        "https://www.googleapis.com/auth/calendar",
+        "https://www.googleapis.com/auth/calendar.readonly",
+        "https://www.googleapis.com/auth/calendar.events",
+        "https://www.googleapis.com/auth/calendar.events.readonly",
+        "https://www.googleapis.com/auth/calendar.events.owned",
+        "https://www.googleapis.com/auth/calendar.events.owned.readonly",
+    }
+)
+LIST_SCOPES = frozenset(
+    {
+        "https://www.googleapis.com/auth/calendar",
+        "https://www.googleapis.com/auth/calendar.readonly",
+        "https://www.googleapis.com/auth/calendar.calendarlist",
+        "https://www.googleapis.com/auth/calendar.calendarlist.readonly",
+    }
+)
+WRITE_SCOPES = frozenset(
+    {
+        "https://www.googleapis.com/auth/calendar",
+        "https://www.googleapis.com/auth/calendar.events",
+        "https://www.googleapis.com/auth/calendar.events.owned",
+    }
+)
 
 
 @dataclass
@@ -90,8 +96,7 @@ class Grants:
     def __init__(self, clock: Callable[[], dt.datetime]) -> None:
         self.clock = clock
         self.lock = threading.RLock()
-        self.clients: dict[str, Client] = {
-            DEFAULT_CLIENT_ID: Client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)}
+        self.clients: dict[str, Client] = {DEFAULT_CLIENT_ID: Client(DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET)}
         self.clear()
 
     def clear(self) -> None:
@@ -119,14 +124,23 @@ class Grants:
             grant.scopes |= scopes
             return grant
 
-    def new_code(self, grant: Grant, scopes: frozenset[str], redirect_uri: str, offline: bool,
-                 force_consent: bool, challenge: str | None, method: str | None) -> str:
+    def new_code(
+        self,
+        grant: Grant,
+        scopes: frozenset[str],
+        redirect_uri: str,
+        offline: bool,
+        force_consent: bool,
+        challenge: str | None,
+        method: str | None,
+    ) -> str:
         """Issue a 60-second code; a refresh token comes with it only on first offline consent."""
         with self.lock:
             code = "4/0" + secrets.token_urlsafe(40)
             give_refresh = offline and (force_consent or not grant.has_refresh)
-            self.codes[code] = AuthCode(grant, scopes, redirect_uri, offline, give_refresh, challenge,
-                                        method, self.clock() + CODE_TTL)
+            self.codes[code] = AuthCode(
+                grant, scopes, redirect_uri, offline, give_refresh, challenge, method, self.clock() + CODE_TTL
+            )
             return code
 
     def redeem(self, code: str) -> AuthCode | None:
@@ -141,8 +155,9 @@ class Grants:
         """Mint tokens and return Google's token response body."""
         with self.lock:
             access = "ya29.a0" + secrets.token_urlsafe(48)
-            self.access[access] = Token(access, grant, grant.generation, scopes,
-                                        self.clock() + dt.timedelta(seconds=ttl))
+            self.access[access] = Token(
+                access, grant, grant.generation, scopes, self.clock() + dt.timedelta(seconds=ttl)
+            )
             body: dict[str, Any] = {"access_token": access, "expires_in": ttl}
             if with_refresh:
                 refresh = "1//0" + secrets.token_urlsafe(64)

@@ -18,15 +18,24 @@ from . import events, recurrence
 from .errors import ApiError, bad_request, invalid
 from .store import Calendar, EventRecord, RawJson, Store, User, rfc3339
 
-SYNC_INCOMPATIBLE = ("iCalUID", "orderBy", "privateExtendedProperty", "q", "sharedExtendedProperty",
-                     "timeMin", "timeMax", "updatedMin")
+SYNC_INCOMPATIBLE = (
+    "iCalUID",
+    "orderBy",
+    "privateExtendedProperty",
+    "q",
+    "sharedExtendedProperty",
+    "timeMin",
+    "timeMax",
+    "updatedMin",
+)
 DEFAULT_REMINDERS = [{"method": "popup", "minutes": 10}]
 Params = dict[str, list[str]]
 Listed = dict[str, Any] | RawJson  # an event's API JSON, or its cached serialised text
 
 
-def list_events(store: Store, cal: Calendar, params: Params, now: dt.datetime,
-                sync_token_max_age: float | None) -> dict[str, Any]:
+def list_events(
+    store: Store, cal: Calendar, params: Params, now: dt.datetime, sync_token_max_age: float | None
+) -> dict[str, Any]:
     """The Events resource for one events.list page."""
     size = _max_results(params, default=250, cap=2500)
     single = _flag(params, "singleEvents")
@@ -43,8 +52,7 @@ def list_events(store: Store, cal: Calendar, params: Params, now: dt.datetime,
                 raise invalid(f"The '{name}' parameter cannot be used together with a syncToken.", name)
         if _one(params, "showDeleted") == "false":
             raise invalid("showDeleted cannot be false when a syncToken is given.", "showDeleted")
-        since = store.read_sync_token(sync, "events:" + cal.id, cal.token_floor, sync_token_max_age,
-                                      now).seq
+        since = store.read_sync_token(sync, "events:" + cal.id, cal.token_floor, sync_token_max_age, now).seq
     snap, after = _page_start(store, params, "events:" + cal.id)
     if after is not None and after.get("since") is not None:
         since = after["since"]
@@ -56,8 +64,9 @@ def list_events(store: Store, cal: Calendar, params: Params, now: dt.datetime,
     if single:
         keyed = _expanded(cal, match, since, show_deleted, window, now)
     elif order_by == "updated":
-        keyed = sorted(((r.data["updated"], r.data["id"]), events.public(r.data))
-                       for r in cal.events.values() if match(r))
+        keyed = sorted(
+            ((r.data["updated"], r.data["id"]), events.public(r.data)) for r in cal.events.values() if match(r)
+        )
     else:
         keyed = _by_insertion(cal, match, after)
     items, last = _take(keyed, after, size, ordered=single or order_by == "updated")
@@ -68,19 +77,21 @@ def list_events(store: Store, cal: Calendar, params: Params, now: dt.datetime,
     }
     if cal.description:
         body["description"] = cal.description
-    body.update(updated=rfc3339(cal.updated), timeZone=cal.time_zone, accessRole="owner",
-                defaultReminders=list(DEFAULT_REMINDERS))
+    body.update(
+        updated=rfc3339(cal.updated),
+        timeZone=cal.time_zone,
+        accessRole="owner",
+        defaultReminders=list(DEFAULT_REMINDERS),
+    )
     if last is not None:
-        body["nextPageToken"] = store.page_token({"r": "events:" + cal.id, "snap": snap, "k": last,
-                                                  "since": since})
+        body["nextPageToken"] = store.page_token({"r": "events:" + cal.id, "snap": snap, "k": last, "since": since})
     else:
         body["nextSyncToken"] = store.sync_token("events:" + cal.id, snap, now)
     body["items"] = items
     return body
 
 
-def list_instances(store: Store, cal: Calendar, event_id: str, params: Params,
-                   now: dt.datetime) -> dict[str, Any]:
+def list_instances(store: Store, cal: Calendar, event_id: str, params: Params, now: dt.datetime) -> dict[str, Any]:
     """The Events resource for events.instances (occurrences of one series, exceptions applied)."""
     series = cal.events.get(event_id)
     if series is None or not series.data.get("recurrence"):
@@ -99,19 +110,24 @@ def list_instances(store: Store, cal: Calendar, event_id: str, params: Params,
         keyed.append(((_start_key(cal, item), item["id"]), events.public(item)))
     keyed.sort(key=lambda pair: pair[0])
     items, last = _take(keyed, after, size, ordered=True)
-    body: dict[str, Any] = {"kind": "calendar#events", "etag": f'"p{snap:x}{cal.seq:x}"',
-                            "summary": cal.summary, "updated": rfc3339(cal.updated),
-                            "timeZone": cal.time_zone, "accessRole": "owner",
-                            "defaultReminders": list(DEFAULT_REMINDERS)}
+    body: dict[str, Any] = {
+        "kind": "calendar#events",
+        "etag": f'"p{snap:x}{cal.seq:x}"',
+        "summary": cal.summary,
+        "updated": rfc3339(cal.updated),
+        "timeZone": cal.time_zone,
+        "accessRole": "owner",
+        "defaultReminders": list(DEFAULT_REMINDERS),
+    }
     if last is not None:
-        body["nextPageToken"] = store.page_token({"r": "instances:" + cal.id + ":" + event_id,
-                                                  "snap": snap, "k": last})
+        body["nextPageToken"] = store.page_token({"r": "instances:" + cal.id + ":" + event_id, "snap": snap, "k": last})
     body["items"] = items
     return body
 
 
-def list_calendars(store: Store, user: User, params: Params, now: dt.datetime,
-                   sync_token_max_age: float | None) -> dict[str, Any]:
+def list_calendars(
+    store: Store, user: User, params: Params, now: dt.datetime, sync_token_max_age: float | None
+) -> dict[str, Any]:
     """The CalendarList resource for one calendarList.list page."""
     size = _max_results(params, default=100, cap=250)
     resource = "calendarList:" + user.email
@@ -119,8 +135,7 @@ def list_calendars(store: Store, user: User, params: Params, now: dt.datetime,
     sync = _one(params, "syncToken")
     if sync is not None:
         if "minAccessRole" in params:
-            raise invalid("The 'minAccessRole' parameter cannot be used together with a syncToken.",
-                          "minAccessRole")
+            raise invalid("The 'minAccessRole' parameter cannot be used together with a syncToken.", "minAccessRole")
         since = store.read_sync_token(sync, resource, user.token_floor, sync_token_max_age, now).seq
     snap, after = _page_start(store, params, resource)
     if after is not None and after.get("since") is not None:
@@ -149,17 +164,27 @@ def calendar_entry(store: Store, user: User, calendar_id: str) -> dict[str, Any]
     if entry.deleted:
         return {"kind": "calendar#calendarListEntry", "etag": etag, "id": calendar_id, "deleted": True}
     cal = store.calendars[calendar_id]
-    out: dict[str, Any] = {"kind": "calendar#calendarListEntry", "etag": etag, "id": cal.id,
-                           "summary": cal.summary}
+    out: dict[str, Any] = {"kind": "calendar#calendarListEntry", "etag": etag, "id": cal.id, "summary": cal.summary}
     if cal.description:
         out["description"] = cal.description
-    out.update(timeZone=cal.time_zone, colorId="14" if entry.primary else "9",
-               backgroundColor="#9fe1e7" if entry.primary else "#5484ed", foregroundColor="#000000",
-               selected=True, accessRole="owner", defaultReminders=list(DEFAULT_REMINDERS))
+    out.update(
+        timeZone=cal.time_zone,
+        colorId="14" if entry.primary else "9",
+        backgroundColor="#9fe1e7" if entry.primary else "#5484ed",
+        foregroundColor="#000000",
+        selected=True,
+        accessRole="owner",
+        defaultReminders=list(DEFAULT_REMINDERS),
+    )
     if entry.primary:
-        out["notificationSettings"] = {"notifications": [
-            {"type": "eventCreation", "method": "email"}, {"type": "eventChange", "method": "email"},
-            {"type": "eventCancellation", "method": "email"}, {"type": "eventResponse", "method": "email"}]}
+        out["notificationSettings"] = {
+            "notifications": [
+                {"type": "eventCreation", "method": "email"},
+                {"type": "eventChange", "method": "email"},
+                {"type": "eventCancellation", "method": "email"},
+                {"type": "eventResponse", "method": "email"},
+            ]
+        }
         out["primary"] = True
     out["conferenceProperties"] = {"allowedConferenceSolutionTypes": ["hangoutsMeet"]}
     return out
@@ -167,8 +192,7 @@ def calendar_entry(store: Store, user: User, calendar_id: str) -> dict[str, Any]
 
 def calendar_resource(cal: Calendar) -> dict[str, Any]:
     """The Calendar resource (calendars.get)."""
-    out: dict[str, Any] = {"kind": "calendar#calendar", "etag": f'"c{cal.seq:x}"', "id": cal.id,
-                           "summary": cal.summary}
+    out: dict[str, Any] = {"kind": "calendar#calendar", "etag": f'"c{cal.seq:x}"', "id": cal.id, "summary": cal.summary}
     if cal.description:
         out["description"] = cal.description
     out["timeZone"] = cal.time_zone
@@ -187,8 +211,9 @@ def _page_start(store: Store, params: Params, resource: str) -> tuple[int, dict[
     return int(data["snap"]), data
 
 
-def _take(keyed: Iterable[tuple[Any, Listed]], after: dict[str, Any] | None, size: int,
-          *, ordered: bool) -> tuple[list[Listed], Any]:
+def _take(
+    keyed: Iterable[tuple[Any, Listed]], after: dict[str, Any] | None, size: int, *, ordered: bool
+) -> tuple[list[Listed], Any]:
     """Up to ``size`` items with key greater than the page token's; the last key if more remain."""
     last_key = after.get("k") if after else None
     if isinstance(last_key, list):
@@ -205,8 +230,9 @@ def _take(keyed: Iterable[tuple[Any, Listed]], after: dict[str, Any] | None, siz
     return items, None
 
 
-def _by_insertion(cal: Calendar, match: Callable[[EventRecord], bool],
-                  after: dict[str, Any] | None) -> Iterator[tuple[int, RawJson]]:
+def _by_insertion(
+    cal: Calendar, match: Callable[[EventRecord], bool], after: dict[str, Any] | None
+) -> Iterator[tuple[int, RawJson]]:
     first = int(after["k"]) + 1 if after else 0
     for ordinal in range(first, len(cal.order)):
         record = cal.events[cal.order[ordinal]]
@@ -214,8 +240,15 @@ def _by_insertion(cal: Calendar, match: Callable[[EventRecord], bool],
             yield ordinal, record.public_json(events.public)
 
 
-def _matcher(params: Params, cal: Calendar, since: int | None, show_deleted: bool, single: bool,
-             updated_min: dt.datetime | None, window: tuple[Any, Any]) -> Callable[[EventRecord], bool]:
+def _matcher(
+    params: Params,
+    cal: Calendar,
+    since: int | None,
+    show_deleted: bool,
+    single: bool,
+    updated_min: dt.datetime | None,
+    window: tuple[Any, Any],
+) -> Callable[[EventRecord], bool]:
     ical = _one(params, "iCalUID")
     query = (_one(params, "q") or "").lower()
     private = [p.split("=", 1) for p in params.get("privateExtendedProperty", [])]
@@ -261,8 +294,14 @@ def _kept_cancelled(cal: Calendar, record: EventRecord) -> bool:
     return parent is not None and parent.data.get("status") != "cancelled"
 
 
-def _expanded(cal: Calendar, match: Callable[[EventRecord], bool], since: int | None, show_deleted: bool,
-              window: tuple[Any, Any], now: dt.datetime) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+def _expanded(
+    cal: Calendar,
+    match: Callable[[EventRecord], bool],
+    since: int | None,
+    show_deleted: bool,
+    window: tuple[Any, Any],
+    now: dt.datetime,
+) -> list[tuple[tuple[str, str], dict[str, Any]]]:
     """singleEvents=true: series replaced by their instances, sorted by start time."""
     out: dict[str, dict[str, Any]] = {}
     for record in cal.events.values():
@@ -279,8 +318,14 @@ def _expanded(cal: Calendar, match: Callable[[EventRecord], bool], since: int | 
     return keyed
 
 
-def _series_instances(cal: Calendar, series: dict[str, Any], window: tuple[Any, Any], now: dt.datetime,
-                      show_deleted: bool, skip_exceptions: bool = False) -> Iterator[dict[str, Any]]:
+def _series_instances(
+    cal: Calendar,
+    series: dict[str, Any],
+    window: tuple[Any, Any],
+    now: dt.datetime,
+    show_deleted: bool,
+    skip_exceptions: bool = False,
+) -> Iterator[dict[str, Any]]:
     cancelled_series = series.get("status") == "cancelled"
     for original in recurrence.expand(series, window[0], window[1], now, cal.time_zone):
         exception = cal.events.get(events.instance_id(series["id"], original))
@@ -312,8 +357,12 @@ def _start_key(cal: Calendar, data: dict[str, Any]) -> str:
 
 
 def _text(data: dict[str, Any]) -> str:
-    parts = [data.get("summary"), data.get("description"), data.get("location"),
-             (data.get("organizer") or {}).get("email")]
+    parts = [
+        data.get("summary"),
+        data.get("description"),
+        data.get("location"),
+        (data.get("organizer") or {}).get("email"),
+    ]
     for attendee in data.get("attendees") or []:
         parts += [attendee.get("email"), attendee.get("displayName")]
     return " ".join(p for p in parts if p).lower()
@@ -346,8 +395,9 @@ def _max_results(params: Params, default: int, cap: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise invalid(f"Invalid value '{raw}'. Values must match the following regular expression: "
-                      "'-?\\d+'", "maxResults") from None
+        raise invalid(
+            f"Invalid value '{raw}'. Values must match the following regular expression: '-?\\d+'", "maxResults"
+        ) from None
     if value < 1:
         raise invalid(f"Invalid value '{raw}'. Values must be within the range: [1, {cap}]", "maxResults")
     return min(value, cap)

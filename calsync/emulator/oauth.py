@@ -45,15 +45,30 @@ def authorize() -> Any:
         return _error_page(401, "invalid_client", "The OAuth client was not found.")
     redirect_uri = args.get("redirect_uri", "")
     if redirect_uri not in client.redirect_uris:
-        return _error_page(400, "redirect_uri_mismatch",
-                           f"You can't sign in to this app because it doesn't comply with Google's "
-                           f"OAuth 2.0 policy. Request details: redirect_uri={redirect_uri}")
+        return _error_page(
+            400,
+            "redirect_uri_mismatch",
+            f"You can't sign in to this app because it doesn't comply with Google's "
+            f"OAuth 2.0 policy. Request details: redirect_uri={redirect_uri}",
+        )
     problem = _check_request(args)
     if problem:
         return _error_page(400, "invalid_request", problem)
-    pending = {key: args.get(key) for key in ("client_id", "redirect_uri", "scope", "state", "access_type",
-                                               "prompt", "include_granted_scopes", "code_challenge",
-                                               "code_challenge_method", "login_hint")}
+    pending = {
+        key: args.get(key)
+        for key in (
+            "client_id",
+            "redirect_uri",
+            "scope",
+            "state",
+            "access_type",
+            "prompt",
+            "include_granted_scopes",
+            "code_challenge",
+            "code_challenge_method",
+            "login_hint",
+        )
+    }
     if emu.auto_approve:
         if emu.auto_approve.lower() not in emu.store.users:
             emu.create_user(emu.auto_approve)
@@ -64,9 +79,14 @@ def authorize() -> Any:
     accounts = sorted(emu.store.users.values(), key=lambda u: u.email)
     hint = (args.get("login_hint") or "").lower()
     chosen = hint if hint in emu.store.users else (accounts[0].email if accounts else "")
-    return render_template("consent.html", request_id=request_id, accounts=accounts, chosen=chosen,
-                           hint=hint if hint not in emu.store.users else "",
-                           scopes=(args.get("scope") or "").split())
+    return render_template(
+        "consent.html",
+        request_id=request_id,
+        accounts=accounts,
+        chosen=chosen,
+        hint=hint if hint not in emu.store.users else "",
+        scopes=(args.get("scope") or "").split(),
+    )
 
 
 @bp.post("/o/oauth2/consent")
@@ -79,8 +99,7 @@ def consent() -> Any:
     if pending is None:
         return _error_page(400, "invalid_request", "This sign-in request has expired; start again.")
     if request.form.get("action") != "allow":
-        return redirect(_with_query(pending["redirect_uri"], {"error": "access_denied",
-                                                               "state": pending.get("state")}))
+        return redirect(_with_query(pending["redirect_uri"], {"error": "access_denied", "state": pending.get("state")}))
     email = (request.form.get("other_account") or request.form.get("account") or "").strip().lower()
     if "@" not in email:
         return _error_page(400, "invalid_request", "Choose an account to continue.")
@@ -193,13 +212,25 @@ def _approve(emu: Emulator, pending: dict[str, Any], email: str) -> str:
     include = (pending.get("include_granted_scopes") or "").lower() == "true"
     grant = emu.grants.grant(email, pending["client_id"], asked, include)
     scopes = frozenset(grant.scopes if include else asked)
-    code = emu.grants.new_code(grant, scopes, pending["redirect_uri"],
-                               pending.get("access_type") == "offline",
-                               "consent" in (pending.get("prompt") or "").split(),
-                               pending.get("code_challenge"), pending.get("code_challenge_method"))
-    return _with_query(pending["redirect_uri"], {"state": pending.get("state"), "code": code,
-                                                  "scope": " ".join(sorted(scopes)),
-                                                  "authuser": "0", "prompt": "consent"})
+    code = emu.grants.new_code(
+        grant,
+        scopes,
+        pending["redirect_uri"],
+        pending.get("access_type") == "offline",
+        "consent" in (pending.get("prompt") or "").split(),
+        pending.get("code_challenge"),
+        pending.get("code_challenge_method"),
+    )
+    return _with_query(
+        pending["redirect_uri"],
+        {
+            "state": pending.get("state"),
+            "code": code,
+            "scope": " ".join(sorted(scopes)),
+            "authuser": "0",
+            "prompt": "consent",
+        },
+    )
 
 
 def _check_request(args: Any) -> str | None:

@@ -48,29 +48,43 @@ class Channel:
     def as_dict(self) -> dict[str, object]:
         """Snapshot for ``Emulator.channels()`` and the control API."""
         kind, _, target = self.resource.partition(":")
-        out: dict[str, object] = {"id": self.id, "resource_id": self.resource_id, "kind": kind,
-                                  "address": self.address, "token": self.token,
-                                  "expiration": self.expiration, "user": self.user,
-                                  "resource_uri": self.resource_uri}
+        out: dict[str, object] = {
+            "id": self.id,
+            "resource_id": self.resource_id,
+            "kind": kind,
+            "address": self.address,
+            "token": self.token,
+            "expiration": self.expiration,
+            "user": self.user,
+            "resource_uri": self.resource_uri,
+        }
         out["calendar_id"] = target if kind == "events" else None
         return out
 
 
-def new_channel(body: Mapping[str, Any], resource: str, uri: str, user: str, client_id: str | None,
-                epoch: str, now: dt.datetime, max_ttl: float) -> Channel:
+def new_channel(
+    body: Mapping[str, Any],
+    resource: str,
+    uri: str,
+    user: str,
+    client_id: str | None,
+    epoch: str,
+    now: dt.datetime,
+    max_ttl: float,
+) -> Channel:
     """Validate a watch request body like Google and build the channel it asks for."""
     channel_id = body.get("id")
     if not channel_id:
         raise ApiError(400, "required", "Required", location="id")
     if not isinstance(channel_id, str) or not _CHANNEL_ID.match(channel_id):
-        raise ApiError(400, "channelIdInvalid",
-                       "Channel id must match [A-Za-z0-9\\-_\\+/=]+ and be at most 64 characters")
+        raise ApiError(
+            400, "channelIdInvalid", "Channel id must match [A-Za-z0-9\\-_\\+/=]+ and be at most 64 characters"
+        )
     if body.get("type") not in ("web_hook", "webhook"):
         raise invalid(f"Unknown channel type: {body.get('type')}", "type")
     address = body.get("address")
     if not isinstance(address, str) or not address.startswith(("http://", "https://")):
-        raise ApiError(400, "push.webhookUrlNotHttps", "WebHook callback must be HTTPS: "
-                       f"{address}")
+        raise ApiError(400, "push.webhookUrlNotHttps", f"WebHook callback must be HTTPS: {address}")
     token = body.get("token")
     if token is not None and (not isinstance(token, str) or len(token) > 256):
         raise invalid("Channel token must be a string of at most 256 characters.", "token")
@@ -129,8 +143,15 @@ class _Message:
 class PushHub:
     """Channel registry plus a heap-scheduled pool of delivery threads."""
 
-    def __init__(self, clock: Callable[[], dt.datetime], seed: int | None = None, workers: int = 4,
-                 retry_base: float = 0.2, max_attempts: int = 4, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], dt.datetime],
+        seed: int | None = None,
+        workers: int = 4,
+        retry_base: float = 0.2,
+        max_attempts: int = 4,
+        timeout: float = 5.0,
+    ) -> None:
         self.clock = clock
         self.retry_base = retry_base
         self.max_attempts = max_attempts
@@ -157,8 +178,10 @@ class PushHub:
             if self._running:
                 return
             self._running = True
-            self._threads = [threading.Thread(target=self._work, name=f"emulator-push-{i}", daemon=True)
-                             for i in range(self._workers)]
+            self._threads = [
+                threading.Thread(target=self._work, name=f"emulator-push-{i}", daemon=True)
+                for i in range(self._workers)
+            ]
         for thread in self._threads:
             thread.start()
 
@@ -228,16 +251,16 @@ class PushHub:
     def _enqueue(self, channel: Channel, state: str, number: int) -> None:
         faults = self.faults
         if faults.drop and self._rng.random() < faults.drop:
-            self.records.append(PushRecord(self.clock(), channel.id, state, number, channel.address,
-                                           None, 0, fault="dropped"))
+            self.records.append(
+                PushRecord(self.clock(), channel.id, state, number, channel.address, None, 0, fault="dropped")
+            )
             return
         copies = 2 if faults.duplicate and self._rng.random() < faults.duplicate else 1
         for _ in range(copies):
             due = time.monotonic() + faults.delay
             if faults.reorder:
                 due += self._rng.uniform(0.0, 0.3)
-            heapq.heappush(self._heap, _Message(due, next(self._order), channel, state, number,
-                                                self._generation))
+            heapq.heappush(self._heap, _Message(due, next(self._order), channel, state, number, self._generation))
         self._cond.notify_all()
 
     def _work(self) -> None:
@@ -277,7 +300,8 @@ class PushHub:
             "X-Goog-Resource-State": message.state,
             "X-Goog-Resource-URI": channel.resource_uri,
             "X-Goog-Channel-Expiration": email.utils.format_datetime(
-                channel.expiration.astimezone(dt.UTC), usegmt=True),
+                channel.expiration.astimezone(dt.UTC), usegmt=True
+            ),
             "User-Agent": USER_AGENT,
             "Content-Length": "0",
         }
@@ -285,8 +309,9 @@ class PushHub:
             headers["X-Goog-Channel-Token"] = channel.token
         status: int | None
         try:
-            response = self._session().post(channel.address, data=b"", headers=headers,
-                                            timeout=self.timeout, allow_redirects=False)
+            response = self._session().post(
+                channel.address, data=b"", headers=headers, timeout=self.timeout, allow_redirects=False
+            )
             status = response.status_code
             response.close()
         except requests.RequestException:
@@ -302,8 +327,17 @@ class PushHub:
                     return
         with self._cond:
             if message.generation == self._generation:
-                self.records.append(PushRecord(self.clock(), channel.id, message.state, message.number,
-                                               channel.address, status, message.attempt))
+                self.records.append(
+                    PushRecord(
+                        self.clock(),
+                        channel.id,
+                        message.state,
+                        message.number,
+                        channel.address,
+                        status,
+                        message.attempt,
+                    )
+                )
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)

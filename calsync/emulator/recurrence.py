@@ -120,8 +120,9 @@ def expand(
     return out
 
 
-def shift(series: dict[str, Any], original: dt.datetime | dt.date,
-          cal_tz: str = "UTC") -> tuple[dict[str, Any], dict[str, Any]]:
+def shift(
+    series: dict[str, Any], original: dt.datetime | dt.date, cal_tz: str = "UTC"
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Start and end EventDateTimes of the instance starting at ``original`` (series duration)."""
     start = parse_when(series["start"], cal_tz)
     end = parse_when(series.get("end") or series["start"], cal_tz)
@@ -208,10 +209,13 @@ def _fix_until(rule: str, dtstart: dt.datetime) -> str:
     elif raw.upper().endswith("Z"):
         return rule
     else:
-        local = dt.datetime.strptime(raw[:15], "%Y%m%dT%H%M%S") if "T" in raw else (
-            dt.datetime.strptime(raw[:8], "%Y%m%d") + dt.timedelta(days=1, seconds=-1))
+        local = (
+            dt.datetime.strptime(raw[:15], "%Y%m%dT%H%M%S")
+            if "T" in raw
+            else (dt.datetime.strptime(raw[:8], "%Y%m%d") + dt.timedelta(days=1, seconds=-1))
+        )
         fixed = local.replace(tzinfo=dtstart.tzinfo).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return rule[: match.start(1)] + fixed + rule[match.end(1):]
+    return rule[: match.start(1)] + fixed + rule[match.end(1) :]
 
 
 def _parse_ical_time(text: str, params: list[str], dtstart: dt.datetime) -> dt.datetime:

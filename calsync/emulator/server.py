@@ -53,8 +53,15 @@ def create_app(emulator: Emulator) -> Flask:
     def record(response: Response) -> Response:
         name = g.get("api_method")
         if name:
-            emulator._record(name, request.method, request.path, request.args, g.get("calendar_id"),
-                             g.get("user"), response.status_code)
+            emulator._record(
+                name,
+                request.method,
+                request.path,
+                request.args,
+                g.get("calendar_id"),
+                g.get("user"),
+                response.status_code,
+            )
         return response
 
     return app
@@ -65,8 +72,7 @@ class ServerThread(threading.Thread):
 
     def __init__(self, app: Flask, host: str, port: int) -> None:
         super().__init__(name="emulator-http", daemon=True)
-        self.server: BaseWSGIServer = make_server(host, port, app, threaded=True,
-                                                  request_handler=_QuietHandler)
+        self.server: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
         self.port = self.server.server_port
 
     def run(self) -> None:

@@ -146,8 +146,9 @@ class Store:
         """An opaque token for "everything of ``resource`` up to change ``seq``"."""
         return _encode({"e": self.epoch, "r": resource, "s": seq, "t": int(now.timestamp())})
 
-    def read_sync_token(self, token: str, resource: str, floor: int, max_age: float | None,
-                        now: dt.datetime) -> SyncPosition:
+    def read_sync_token(
+        self, token: str, resource: str, floor: int, max_age: float | None, now: dt.datetime
+    ) -> SyncPosition:
         """Decode a sync token or raise Google's 410 ``fullSyncRequired``."""
         data = _decode(token)
         if data is None or data.get("r") != resource:

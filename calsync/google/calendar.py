@@ -68,15 +68,24 @@ class GoogleCalendar:
 
     # Events ----------------------------------------------------------------------------------
     def list_events_page(
-        self, calendar_id: str, *, sync_token: str | None = None, page_token: str | None = None,
+        self,
+        calendar_id: str,
+        *,
+        sync_token: str | None = None,
+        page_token: str | None = None,
         max_results: int = EVENTS_PAGE_SIZE,
     ) -> dict[str, Any]:
         """One page of events.list; full sync without a token (deleted events included), else incremental."""
-        return decode_page(self.events_page_body(calendar_id, sync_token=sync_token, page_token=page_token,
-                                                 max_results=max_results))
+        return decode_page(
+            self.events_page_body(calendar_id, sync_token=sync_token, page_token=page_token, max_results=max_results)
+        )
 
     def events_page_body(
-        self, calendar_id: str, *, sync_token: str | None = None, page_token: str | None = None,
+        self,
+        calendar_id: str,
+        *,
+        sync_token: str | None = None,
+        page_token: str | None = None,
         max_results: int = EVENTS_PAGE_SIZE,
     ) -> bytes:
         """`list_events_page` without the decoding, for a thread that only waits on the network.
@@ -93,13 +102,15 @@ class GoogleCalendar:
         request.postproc = _keep_bytes  # errors are raised before it runs; a success keeps its bytes
         return cast(bytes, self._call("events.list", request))
 
-    def iter_event_pages(self, calendar_id: str, sync_token: str | None = None,
-                         max_results: int = EVENTS_PAGE_SIZE) -> Iterator[dict[str, Any]]:
+    def iter_event_pages(
+        self, calendar_id: str, sync_token: str | None = None, max_results: int = EVENTS_PAGE_SIZE
+    ) -> Iterator[dict[str, Any]]:
         """Follow nextPageToken; the last page carries nextSyncToken (its absence is an error)."""
         page_token: str | None = None
         while True:
-            page = self.list_events_page(calendar_id, sync_token=sync_token, page_token=page_token,
-                                         max_results=max_results)
+            page = self.list_events_page(
+                calendar_id, sync_token=sync_token, page_token=page_token, max_results=max_results
+            )
             page_token = page.get("nextPageToken")
             if not page_token and not page.get("nextSyncToken"):
                 raise GoogleApiError("events.list ended without nextSyncToken", reason="noSyncToken")
@@ -108,8 +119,9 @@ class GoogleCalendar:
                 return
 
     # Push channels ---------------------------------------------------------------------------
-    def watch_events(self, calendar_id: str, *, channel_id: str, token: str, address: str,
-                     ttl: float) -> dict[str, Any]:
+    def watch_events(
+        self, calendar_id: str, *, channel_id: str, token: str, address: str, ttl: float
+    ) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
         request = self._api.events.watch(calendarId=calendar_id, body=body)
         return cast(dict[str, Any], self._call("events.watch", request))
@@ -202,8 +214,7 @@ def _retry_after(err: HttpError) -> float | None:
 
 
 def _channel_body(channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
-    return {"id": channel_id, "type": "web_hook", "address": address, "token": token,
-            "params": {"ttl": str(int(ttl))}}
+    return {"id": channel_id, "type": "web_hook", "address": address, "token": token, "params": {"ttl": str(int(ttl))}}
 
 
 @dataclass(frozen=True)
@@ -222,10 +233,15 @@ def _resources(api_endpoint: str) -> _Resources:
     share of what a short incremental sync costs if done per client. Resources only build requests;
     the http given to `execute` sends them, so sharing them across threads is safe.
     """
-    service = build_from_document(_discovery_document(), http=httplib2.Http(),
-                                  client_options={"api_endpoint": api_endpoint})
-    return _Resources(events=service.events(), calendar_list=service.calendarList(),
-                      calendars=service.calendars(), channels=service.channels())
+    service = build_from_document(
+        _discovery_document(), http=httplib2.Http(), client_options={"api_endpoint": api_endpoint}
+    )
+    return _Resources(
+        events=service.events(),
+        calendar_list=service.calendarList(),
+        calendars=service.calendars(),
+        channels=service.channels(),
+    )
 
 
 @lru_cache(maxsize=1)

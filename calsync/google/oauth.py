@@ -32,8 +32,10 @@ class ClientConfig:
 
 def client_config(settings: Settings) -> ClientConfig:
     if settings.google_client_secrets is None:
-        raise ConfigError("CALSYNC_GOOGLE_CLIENT_SECRETS is not set: point it at the client_secret JSON "
-                          "of a web OAuth client (or run `calsync emulator client-secrets`)")
+        raise ConfigError(
+            "CALSYNC_GOOGLE_CLIENT_SECRETS is not set: point it at the client_secret JSON "
+            "of a web OAuth client (or run `calsync emulator client-secrets`)"
+        )
     return _read_client_config(settings.google_client_secrets)
 
 
@@ -47,7 +49,7 @@ def _read_client_config(path: Path) -> ClientConfig:
         raise ConfigError(f"CALSYNC_GOOGLE_CLIENT_SECRETS: not a readable JSON file: {path}: {err}") from err
     web = raw.get("web") if isinstance(raw, dict) else None
     if not isinstance(web, dict):
-        raise ConfigError(f"CALSYNC_GOOGLE_CLIENT_SECRETS: {path} is not a client secret of the \"web\" kind")
+        raise ConfigError(f'CALSYNC_GOOGLE_CLIENT_SECRETS: {path} is not a client secret of the "web" kind')
     missing = [k for k in ("client_id", "client_secret", "auth_uri", "token_uri") if not web.get(k)]
     if missing:
         raise ConfigError(f"CALSYNC_GOOGLE_CLIENT_SECRETS: {path} lacks {', '.join(missing)}")
@@ -66,8 +68,12 @@ def make_flow(settings: Settings, *, state: str | None = None, code_verifier: st
     cfg = client_config(settings)
     prepare_oauthlib_env(settings)
     flow = Flow.from_client_config(
-        cfg.raw, scopes=list(settings.google_scopes), state=state,
-        redirect_uri=settings.redirect_uri, code_verifier=code_verifier, autogenerate_code_verifier=True,
+        cfg.raw,
+        scopes=list(settings.google_scopes),
+        state=state,
+        redirect_uri=settings.redirect_uri,
+        code_verifier=code_verifier,
+        autogenerate_code_verifier=True,
     )
     return flow
 
@@ -75,20 +81,21 @@ def make_flow(settings: Settings, *, state: str | None = None, code_verifier: st
 def authorization_url(flow: Flow, login_hint: str | None = None) -> tuple[str, str]:
     """Offline access, consent asked every time (so a refresh token comes back); `login_hint` picks the account."""
     extra = {"login_hint": login_hint} if login_hint else {}
-    url, state = flow.authorization_url(access_type="offline", prompt="consent", include_granted_scopes="true",
-                                        **extra)
+    url, state = flow.authorization_url(access_type="offline", prompt="consent", include_granted_scopes="true", **extra)
     return str(url), str(state)
 
 
 def credentials_to_json(creds: Credentials) -> str:
     """Serialise what is needed to act for the user; `token_uri` is kept explicitly."""
-    return json.dumps({
-        "token": creds.token,
-        "refresh_token": creds.refresh_token,
-        "token_uri": creds.token_uri,
-        "scopes": list(creds.granted_scopes or creds.scopes or []),
-        "expiry": creds.expiry.replace(tzinfo=UTC).isoformat() if creds.expiry else None,
-    })
+    return json.dumps(
+        {
+            "token": creds.token,
+            "refresh_token": creds.refresh_token,
+            "token_uri": creds.token_uri,
+            "scopes": list(creds.granted_scopes or creds.scopes or []),
+            "expiry": creds.expiry.replace(tzinfo=UTC).isoformat() if creds.expiry else None,
+        }
+    )
 
 
 def credentials_from_json(text: str, settings: Settings) -> Credentials:
@@ -100,9 +107,13 @@ def credentials_from_json(text: str, settings: Settings) -> Credentials:
         # google-auth compares expiry with a naive UTC now.
         expiry = datetime.fromisoformat(data["expiry"]).astimezone(UTC).replace(tzinfo=None)
     return Credentials(
-        token=data.get("token"), refresh_token=data.get("refresh_token"),
-        token_uri=data.get("token_uri") or cfg.token_uri, client_id=cfg.client_id,
-        client_secret=cfg.client_secret, scopes=data.get("scopes") or None, expiry=expiry,
+        token=data.get("token"),
+        refresh_token=data.get("refresh_token"),
+        token_uri=data.get("token_uri") or cfg.token_uri,
+        client_id=cfg.client_id,
+        client_secret=cfg.client_secret,
+        scopes=data.get("scopes") or None,
+        expiry=expiry,
     )
 
 
@@ -115,6 +126,10 @@ def revoke_url(settings: Settings) -> str:
 
 def revoke(settings: Settings, token: str, *, timeout: float = 10.0) -> bool:
     """Ask Google to revoke the grant; True when it did (or the token was already dead)."""
-    resp = requests.post(revoke_url(settings), params={"token": token},
-                         headers={"content-type": "application/x-www-form-urlencoded"}, timeout=timeout)
+    resp = requests.post(
+        revoke_url(settings),
+        params={"token": token},
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        timeout=timeout,
+    )
     return resp.status_code == 200 or (resp.status_code == 400 and "invalid_token" in resp.text)

@@ -29,7 +29,6 @@ from calsync.store.states import LIVE_CHANNEL, ChannelKind, ChannelStatus
 log = logging.getLogger(__name__)
 
 
-
 def hash_token(token: str) -> str:
     """The only form in which a channel token is stored."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -44,8 +43,13 @@ def open_events_channel(runtime: Runtime, calendar_id: int) -> str:
         account_id, google_id = cal.account_id, cal.google_id
 
     def watch(api: GoogleCalendar, channel_id: str, token: str) -> dict[str, Any]:
-        return api.watch_events(google_id, channel_id=channel_id, token=token,
-                                address=runtime.settings.notifications_url, ttl=runtime.settings.channel_ttl)
+        return api.watch_events(
+            google_id,
+            channel_id=channel_id,
+            token=token,
+            address=runtime.settings.notifications_url,
+            ttl=runtime.settings.channel_ttl,
+        )
 
     return _open(runtime, account_id, calendar_id, ChannelKind.EVENTS, watch)
 
@@ -54,8 +58,12 @@ def open_calendar_list_channel(runtime: Runtime, account_id: int) -> str:
     """Watch an account's calendar list, so added and removed calendars are noticed at once."""
 
     def watch(api: GoogleCalendar, channel_id: str, token: str) -> dict[str, Any]:
-        return api.watch_calendar_list(channel_id=channel_id, token=token,
-                                       address=runtime.settings.notifications_url, ttl=runtime.settings.channel_ttl)
+        return api.watch_calendar_list(
+            channel_id=channel_id,
+            token=token,
+            address=runtime.settings.notifications_url,
+            ttl=runtime.settings.channel_ttl,
+        )
 
     return _open(runtime, account_id, None, ChannelKind.CALENDAR_LIST, watch)
 
@@ -88,8 +96,9 @@ def stop_channel(runtime: Runtime, channel_id: str, *, replaced_by: str | None =
             _mark_stopped(session, [channel_id], runtime.clock.now(), replaced_by=replaced_by)
 
 
-def stop_channels_locally(session: Session, *, now: datetime, account_id: int | None = None,
-                          calendar_ids: Iterable[int] | None = None) -> int:
+def stop_channels_locally(
+    session: Session, *, now: datetime, account_id: int | None = None, calendar_ids: Iterable[int] | None = None
+) -> int:
     """Mark live channels stopped without calling Google (a dead grant could not stop them anyway)."""
     stmt = update(Channel).where(Channel.status.in_(LIVE_CHANNEL))
     if account_id is not None:
@@ -99,8 +108,9 @@ def stop_channels_locally(session: Session, *, now: datetime, account_id: int | 
     return rows_affected(session.execute(stmt.values(status=ChannelStatus.STOPPED, stopped_at=now)))
 
 
-def live_channels(session: Session, *, calendar_id: int | None = None, account_id: int | None = None,
-                  kind: str = ChannelKind.EVENTS) -> list[Channel]:
+def live_channels(
+    session: Session, *, calendar_id: int | None = None, account_id: int | None = None, kind: str = ChannelKind.EVENTS
+) -> list[Channel]:
     """The pending or active channels of one calendar (or of one account's calendar list)."""
     stmt = select(Channel).where(Channel.kind == kind, Channel.status.in_(LIVE_CHANNEL))
     if calendar_id is not None:
@@ -145,13 +155,27 @@ def expiration_from_ms(value: Any) -> datetime | None:
 
 
 # Helpers ---------------------------------------------------------------------------------------
-def _open(runtime: Runtime, account_id: int, calendar_id: int | None, kind: str,
-          watch: Callable[[GoogleCalendar, str, str], dict[str, Any]]) -> str:
+def _open(
+    runtime: Runtime,
+    account_id: int,
+    calendar_id: int | None,
+    kind: str,
+    watch: Callable[[GoogleCalendar, str, str], dict[str, Any]],
+) -> str:
     channel_id = str(uuid.uuid4())
     token = secrets.token_urlsafe(32)
     with transaction(runtime.sessions) as session:
-        session.add(Channel(id=channel_id, account_id=account_id, calendar_id=calendar_id, kind=kind,
-                            token_hash=hash_token(token), status=ChannelStatus.PENDING, created_at=runtime.clock.now()))
+        session.add(
+            Channel(
+                id=channel_id,
+                account_id=account_id,
+                calendar_id=calendar_id,
+                kind=kind,
+                token_hash=hash_token(token),
+                status=ChannelStatus.PENDING,
+                created_at=runtime.clock.now(),
+            )
+        )
     try:
         api, creds, token_before = _client(runtime, account_id)
         try:
@@ -165,9 +189,16 @@ def _open(runtime: Runtime, account_id: int, calendar_id: int | None, kind: str,
         raise
     with transaction(runtime.sessions) as session:
         # The receiver may already have turned it active on `sync`; a stop in between wins.
-        session.execute(update(Channel).where(Channel.id == channel_id, Channel.status.in_(LIVE_CHANNEL)).values(
-            resource_id=granted.get("resourceId"), resource_uri=granted.get("resourceUri"),
-            expires_at=expiration_from_ms(granted.get("expiration")), status=ChannelStatus.ACTIVE))
+        session.execute(
+            update(Channel)
+            .where(Channel.id == channel_id, Channel.status.in_(LIVE_CHANNEL))
+            .values(
+                resource_id=granted.get("resourceId"),
+                resource_uri=granted.get("resourceUri"),
+                expires_at=expiration_from_ms(granted.get("expiration")),
+                status=ChannelStatus.ACTIVE,
+            )
+        )
     log.info("opened %s channel %s (account %s, calendar %s)", kind, channel_id, account_id, calendar_id)
     return channel_id
 
@@ -182,8 +213,9 @@ def _mark_stopped(session: Session, ids: list[str], now: datetime, *, replaced_b
 
 
 def _sibling_resource_id(session: Session, channel: Channel) -> str | None:
-    stmt = select(Channel.resource_id).where(Channel.kind == channel.kind, Channel.account_id == channel.account_id,
-                                             Channel.resource_id.is_not(None))
+    stmt = select(Channel.resource_id).where(
+        Channel.kind == channel.kind, Channel.account_id == channel.account_id, Channel.resource_id.is_not(None)
+    )
     if channel.calendar_id is not None:
         stmt = stmt.where(Channel.calendar_id == channel.calendar_id)
     return session.scalar(stmt.order_by(Channel.created_at.desc()).limit(1))

@@ -158,8 +158,10 @@ class Intake:
             record_batch(cursor, dialect, batch, self._rt.clock.now())
             trim = self._since_trim + len(batch) >= TRIM_EVERY
             if trim:
-                cursor.execute(TRIM_LOG.format(p="?" if dialect.name == "sqlite" else "%s"),
-                               (self._rt.settings.notification_log_size,))
+                cursor.execute(
+                    TRIM_LOG.format(p="?" if dialect.name == "sqlite" else "%s"),
+                    (self._rt.settings.notification_log_size,),
+                )
             conn.commit()
         except BaseException:
             conn.rollback()

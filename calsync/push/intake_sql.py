@@ -162,15 +162,25 @@ def _log_row(item: Item) -> tuple[Any, ...]:
     """(channel_id, resource_state, message_number, resource_id, headers, outcome)."""
     push, headers = item.push, item.headers
     if push is None:
-        return ((headers.get("X-Goog-Channel-ID") or "")[:255] or None,
-                (headers.get("X-Goog-Resource-State") or "")[:20] or None,
-                None, None, headers, item.outcome)
-    return (push.channel_id, push.state, push.message_number, (push.resource_id or "")[:255] or None,
-            headers, item.outcome)
+        return (
+            (headers.get("X-Goog-Channel-ID") or "")[:255] or None,
+            (headers.get("X-Goog-Resource-State") or "")[:20] or None,
+            None,
+            None,
+            headers,
+            item.outcome,
+        )
+    return (
+        push.channel_id,
+        push.state,
+        push.message_number,
+        (push.resource_id or "")[:255] or None,
+        headers,
+        item.outcome,
+    )
 
 
-def _write_sqlite(cursor: Any, batch: list[Item], owed: Owed, at: datetime,
-                  stamp: Callable[[datetime], str]) -> None:
+def _write_sqlite(cursor: Any, batch: list[Item], owed: Owed, at: datetime, stamp: Callable[[datetime], str]) -> None:
     now = stamp(at)
     if owed.seen:
         cursor.executemany(_MARK_SEEN_SQLITE, [(n, cid, n) for cid, n in sorted(owed.seen.items())])
@@ -213,10 +223,12 @@ def _sqlite_time(dialect: Dialect) -> Callable[[datetime], str]:
 _TIME_PROCESSORS: weakref.WeakKeyDictionary[Dialect, Callable[[datetime], str]] = weakref.WeakKeyDictionary()
 
 
-_COLUMNS = ("c.id, c.token_hash, c.resource_id, c.status, c.kind, c.account_id, c.calendar_id, "
-            "c.last_message_number, a.status")
-_LOOKUP_SQLITE = (f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id "
-                  "WHERE c.id IN ({marks})")
+_COLUMNS = (
+    "c.id, c.token_hash, c.resource_id, c.status, c.kind, c.account_id, c.calendar_id, c.last_message_number, a.status"
+)
+_LOOKUP_SQLITE = (
+    f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id WHERE c.id IN ({{marks}})"
+)
 # What a batch owes: the scheduler's rules, as SQL for both engines ({now} is each driver's placeholder).
 # A channel's number only ever moves forward, whoever else writes it.
 _MARK_SEEN = "CASE WHEN {table}status = 'pending' THEN 'active' ELSE {table}status END"

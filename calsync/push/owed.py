@@ -25,7 +25,8 @@ OWE_SYNC = """sync_requested = sync_requested + 1,
 OWE_LIST = """list_requested = list_requested + 1,
        list_due_at = CASE WHEN list_error_count > 0 AND list_due_at > {now} THEN list_due_at ELSE {now} END"""
 _OWE_SYNC_ONE = text(f"UPDATE calendars SET {OWE_SYNC.format(now=':now')} WHERE id = :id").bindparams(
-    bindparam("now", type_=Calendar.__table__.c.due_at.type), bindparam("id"))
+    bindparam("now", type_=Calendar.__table__.c.due_at.type), bindparam("id")
+)
 
 
 def request_calendar_sync(session: Session, calendar_id: int, now: datetime) -> None:

@@ -45,8 +45,12 @@ def claiming_as(session: Session, owner: str, now: datetime) -> None:
     existing row is touched: an owner without one (the CLI's one-off sync) has none to keep.
     """
     worker = owner.rpartition("/")[0] or owner
-    session.execute(update(WorkerHeartbeat).where(WorkerHeartbeat.name == worker).values(seen_at=now)
-                    .execution_options(synchronize_session=False))
+    session.execute(
+        update(WorkerHeartbeat)
+        .where(WorkerHeartbeat.name == worker)
+        .values(seen_at=now)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def lease_is_free(owner: Any, until: Any, now: Any, stale: Any = STALE_BEFORE) -> ColumnElement[bool]:
@@ -65,8 +69,9 @@ def held_by_dead_worker(owner: Any, stale: Any = STALE_BEFORE) -> ColumnElement[
     The match is exact: `host:1:ab/0` belongs to the worker `host:1:ab`, never to `host:1:a`.
     """
     name = _BEATS.c.name
-    return (select(name)
-            .where(_BEATS.c.seen_at < stale,
-                   or_(owner == name, func.substr(owner, 1, func.length(name) + 1) == name + "/"))
-            .correlate_except(_BEATS)
-            .exists())
+    return (
+        select(name)
+        .where(_BEATS.c.seen_at < stale, or_(owner == name, func.substr(owner, 1, func.length(name) + 1) == name + "/"))
+        .correlate_except(_BEATS)
+        .exists()
+    )

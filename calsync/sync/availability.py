@@ -61,8 +61,16 @@ class Standing:
 
     @classmethod
     def of(cls, cal: Calendar, newest: int | None) -> Standing:
-        return cls(cal.id, cal.google_id, cal.time_zone, cal.sync_state, cal.baseline_done, cal.full_sync_gen,
-                   cal.last_synced_at, newest)
+        return cls(
+            cal.id,
+            cal.google_id,
+            cal.time_zone,
+            cal.sync_state,
+            cal.baseline_done,
+            cal.full_sync_gen,
+            cal.last_synced_at,
+            newest,
+        )
 
     @property
     def version(self) -> _Version:
@@ -126,15 +134,25 @@ class MirrorCache:
 def _refresh(session: Session, calendar_id: int, mirror: CalendarMirror) -> CalendarMirror:
     """`mirror` brought up to this snapshot by reading only the rows that differ from it."""
     known = mirror.versions()
-    current: dict[str, str | None] = {event_id: updated for event_id, updated in session.execute(
-        select(Event.google_id, Event.updated).where(Event.calendar_id == calendar_id))}
-    stale = [event_id for event_id, updated in current.items()
-             if event_id not in known or known[event_id] != updated or updated is None]
+    current: dict[str, str | None] = {
+        event_id: updated
+        for event_id, updated in session.execute(
+            select(Event.google_id, Event.updated).where(Event.calendar_id == calendar_id)
+        )
+    }
+    stale = [
+        event_id
+        for event_id, updated in current.items()
+        if event_id not in known or known[event_id] != updated or updated is None
+    ]
     removed = [event_id for event_id in known if event_id not in current]
     changed: list[str] = []
     for start in range(0, len(stale), _CHUNK):
-        changed += session.scalars(select(_DATA_TEXT).where(
-            Event.calendar_id == calendar_id, Event.google_id.in_(stale[start:start + _CHUNK]))).all()
+        changed += session.scalars(
+            select(_DATA_TEXT).where(
+                Event.calendar_id == calendar_id, Event.google_id.in_(stale[start : start + _CHUNK])
+            )
+        ).all()
     return mirror.refreshed(changed, removed)
 
 
@@ -142,17 +160,30 @@ _CHUNK = 500
 # Each calendar's newest change: one backward probe of (calendar_id, seq) per calendar. A GROUP BY
 # over the calendars' rows read every one of them (a first sync writes a row per event).
 _CALS = Calendar.__table__
-_NEWEST_OF_ROW = (select(func.max(Change.seq)).where(Change.calendar_id == _CALS.c.id)
-                  .correlate(_CALS).scalar_subquery())
+_NEWEST_OF_ROW = select(func.max(Change.seq)).where(Change.calendar_id == _CALS.c.id).correlate(_CALS).scalar_subquery()
 _NEWEST = select(_CALS.c.id, _NEWEST_OF_ROW).where(_CALS.c.id.in_(bindparam("ids", expanding=True)))
 # The feed's seq and each asked-for calendar with its version, in one statement. The calendars are
 # outer-joined to a one-row table so that the seq comes back even when none of them is known.
 _ONE_ROW = select(literal(1).label("one")).subquery("one_row")
-_STANDING = (select(newest_seq_value(), _CALS.c.id, _CALS.c.google_id, _CALS.c.time_zone, _CALS.c.sync_state,
-                    _CALS.c.baseline_done, _CALS.c.full_sync_gen, _CALS.c.last_synced_at, _NEWEST_OF_ROW)
-             .select_from(_ONE_ROW.outerjoin(_CALS, and_(_CALS.c.google_id.in_(bindparam("ids", expanding=True)),
-                                                         _CALS.c.removed_at.is_(None))))
-             .order_by(_CALS.c.id))
+_STANDING = (
+    select(
+        newest_seq_value(),
+        _CALS.c.id,
+        _CALS.c.google_id,
+        _CALS.c.time_zone,
+        _CALS.c.sync_state,
+        _CALS.c.baseline_done,
+        _CALS.c.full_sync_gen,
+        _CALS.c.last_synced_at,
+        _NEWEST_OF_ROW,
+    )
+    .select_from(
+        _ONE_ROW.outerjoin(
+            _CALS, and_(_CALS.c.google_id.in_(bindparam("ids", expanding=True)), _CALS.c.removed_at.is_(None))
+        )
+    )
+    .order_by(_CALS.c.id)
+)
 # The rows' JSON as text (parsed by orjson, and kept as text for single events).
 _DATA_TEXT = cast(Event.data, Text)
 
@@ -172,9 +203,16 @@ def as_of_seq(session: Session) -> int:
 
 
 # --- events.list?singleEvents=true ------------------------------------------------------------------
-def single_events_page(session: Session, calendar: Calendar, low: datetime, high: datetime, *,
-                       page_token: str | None, page_size: int = SINGLE_EVENTS_DEFAULT_PAGE,
-                       cache: MirrorCache = MIRRORS) -> dict[str, Any]:
+def single_events_page(
+    session: Session,
+    calendar: Calendar,
+    low: datetime,
+    high: datetime,
+    *,
+    page_token: str | None,
+    page_size: int = SINGLE_EVENTS_DEFAULT_PAGE,
+    cache: MirrorCache = MIRRORS,
+) -> dict[str, Any]:
     """One page of the calendar's occurrences in [low, high), ordered by start then id.
 
     The page token names the last item's (start, id), so an edit between pages neither repeats
@@ -186,8 +224,7 @@ def single_events_page(session: Session, calendar: Calendar, low: datetime, high
     if after is not None:
         found = [o for o in found if (o.start, o.id) > after]
     page, more = found[:page_size], len(found) > page_size
-    return {"items": [o.item() for o in page],
-            "nextPageToken": encode_occurrence_token(page[-1]) if more else None}
+    return {"items": [o.item() for o in page], "nextPageToken": encode_occurrence_token(page[-1]) if more else None}
 
 
 def encode_occurrence_token(last: Occurrence) -> str:
@@ -230,8 +267,14 @@ class CalendarBusy:
         return out
 
 
-def freebusy(sessions: sessionmaker[Session], calendar_ids: Sequence[str], low: datetime, high: datetime, *,
-             cache: MirrorCache = MIRRORS) -> tuple[int, list[CalendarBusy]]:
+def freebusy(
+    sessions: sessionmaker[Session],
+    calendar_ids: Sequence[str],
+    low: datetime,
+    high: datetime,
+    *,
+    cache: MirrorCache = MIRRORS,
+) -> tuple[int, list[CalendarBusy]]:
     """Busy blocks per calendar id, and the change seq they reflect, from one snapshot.
 
     A Google id mirrored under several accounts is answered from the most recently synced copy.
@@ -254,8 +297,11 @@ def freebusy(sessions: sessionmaker[Session], calendar_ids: Sequence[str], low: 
         if found is None:
             answers.append(CalendarBusy(google_id, [], [{"domain": "global", "reason": NOT_FOUND}], None, None))
         elif not found.baseline_done:
-            answers.append(CalendarBusy(google_id, [], [{"domain": "calsync", "reason": NOT_SYNCED}],
-                                        found.sync_state, found.last_synced_at))
+            answers.append(
+                CalendarBusy(
+                    google_id, [], [{"domain": "calsync", "reason": NOT_SYNCED}], found.sync_state, found.last_synced_at
+                )
+            )
         else:
             busy = mirrors[found.id].busy_blocks(low, high)
             answers.append(CalendarBusy(google_id, busy, [], found.sync_state, found.last_synced_at))
@@ -277,16 +323,22 @@ def _standing(session: Session, calendar_ids: Sequence[str]) -> tuple[int, dict[
     return seq, chosen
 
 
-def freebusy_json(seq: int, answers: Sequence[CalendarBusy], low: datetime, high: datetime,
-                  time_zone: str | None) -> bytes:
+def freebusy_json(
+    seq: int, answers: Sequence[CalendarBusy], low: datetime, high: datetime, time_zone: str | None
+) -> bytes:
     """The answer in the shape of Google's freebusy.query, with calsync's staleness fields, as JSON.
 
     Busy edges are most of an answer. In UTC (the default) orjson writes them from the datetimes,
     `Z` and whole seconds, as `render` would; in another zone they are rendered here, because
     orjson rounds an offset with seconds (a zone's local mean time) to the minute.
     """
-    body = {"kind": "calendar#freeBusy", "timeMin": rfc3339(low), "timeMax": rfc3339(high),
-            "calendars": {a.calendar_id: a.to_dict(time_zone) for a in answers}, "as_of_seq": seq}
+    body = {
+        "kind": "calendar#freeBusy",
+        "timeMin": rfc3339(low),
+        "timeMax": rfc3339(high),
+        "calendars": {a.calendar_id: a.to_dict(time_zone) for a in answers},
+        "as_of_seq": seq,
+    }
     return orjson.dumps(body, option=orjson.OPT_UTC_Z | orjson.OPT_OMIT_MICROSECONDS)
 
 

@@ -56,8 +56,14 @@ def refresh_calendar_list(runtime: Runtime, account_id: int) -> CalendarListResu
         now = runtime.clock.now()
         result = _apply_list(session, account_id, [e for e in entries if not e.get("deleted")], now)
         save_if_refreshed(session, runtime, account_id, creds, token_before)
-        append_changes(session, [*calendar_changes(session, ChangeType.CALENDAR_ADDED, result.added),
-                                 *calendar_changes(session, ChangeType.CALENDAR_REMOVED, result.removed)], now)
+        append_changes(
+            session,
+            [
+                *calendar_changes(session, ChangeType.CALENDAR_ADDED, result.added),
+                *calendar_changes(session, ChangeType.CALENDAR_REMOVED, result.removed),
+            ],
+            now,
+        )
     return result
 
 
@@ -71,8 +77,9 @@ def _apply_list(session: Session, account_id: int, entries: list[dict[str, Any]]
         listed.add(google_id)
         cal = existing.get(google_id)
         if cal is None:
-            cal = Calendar(account_id=account_id, google_id=google_id, sync_requested=1, sync_done=0,
-                           due_at=now, created_at=now)
+            cal = Calendar(
+                account_id=account_id, google_id=google_id, sync_requested=1, sync_done=0, due_at=now, created_at=now
+            )
             session.add(cal)
             added.append(cal)
         elif cal.removed_at is not None:
@@ -92,5 +99,4 @@ def _apply_list(session: Session, account_id: int, entries: list[dict[str, Any]]
         cal.removed_at = now
         cal.due_at = None
     session.flush()
-    return CalendarListResult(added=[c.id for c in added], removed=[c.id for c in removed],
-                              kept=[c.id for c in kept])
+    return CalendarListResult(added=[c.id for c in added], removed=[c.id for c in removed], kept=[c.id for c in kept])

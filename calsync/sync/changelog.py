@@ -33,8 +33,10 @@ def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> 
         return changes
     _name_accounts(session, changes)
     last = session.execute(
-        update(Counter).where(Counter.name == SEQ_COUNTER)
-        .values(value=Counter.value + len(changes)).returning(Counter.value)
+        update(Counter)
+        .where(Counter.name == SEQ_COUNTER)
+        .values(value=Counter.value + len(changes))
+        .returning(Counter.value)
     ).scalar_one()
     first = last - len(changes) + 1
     for offset, change in enumerate(changes):
@@ -46,9 +48,26 @@ def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> 
     # object cost more than the database's own insert. The objects stay as the caller's record.
     connection = session.connection()
     detected_at = bound(connection, _CHANGES.c.detected_at, now)
-    insert_rows(connection, _CHANGES, _COLUMNS, [
-        (c.seq, c.type, c.account_id, c.calendar_id, c.event_id, c.ref, json_text(c.fields), json_text(c.before),
-         json_text(c.after), detected_at) for c in changes])
+    insert_rows(
+        connection,
+        _CHANGES,
+        _COLUMNS,
+        [
+            (
+                c.seq,
+                c.type,
+                c.account_id,
+                c.calendar_id,
+                c.event_id,
+                c.ref,
+                json_text(c.fields),
+                json_text(c.before),
+                json_text(c.after),
+                detected_at,
+            )
+            for c in changes
+        ],
+    )
     enqueue(session, changes, now)
     return changes
 
@@ -57,12 +76,20 @@ def _name_accounts(session: Session, changes: Sequence[NewChange]) -> None:
     calendar_ids = {c.calendar_id for c in changes if c.account_id is None and c.calendar_id is not None}
     owners: dict[int, int] = {}
     if calendar_ids:
-        owners = {cal_id: account_id for cal_id, account_id in session.execute(
-            select(Calendar.id, Calendar.account_id).where(Calendar.id.in_(calendar_ids)))}
+        owners = {
+            cal_id: account_id
+            for cal_id, account_id in session.execute(
+                select(Calendar.id, Calendar.account_id).where(Calendar.id.in_(calendar_ids))
+            )
+        }
     for change in changes:
         if change.account_id is None and change.calendar_id is not None:
             change.account_id = owners[change.calendar_id]
-    refs: dict[int, str | None] = {account_id: ref for account_id, ref in session.execute(
-        select(Account.id, Account.ref).where(Account.id.in_({c.account_id for c in changes})))}
+    refs: dict[int, str | None] = {
+        account_id: ref
+        for account_id, ref in session.execute(
+            select(Account.id, Account.ref).where(Account.id.in_({c.account_id for c in changes}))
+        )
+    }
     for change in changes:
         change.ref = refs.get(change.account_id or 0)

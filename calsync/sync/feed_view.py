@@ -44,8 +44,9 @@ class FeedWindow:
     older: int | None
 
 
-def feed_window(session: Session, *, calendar_id: int | None = None, above: int = 0, below: int | None = None,
-                limit: int = 50) -> FeedWindow:
+def feed_window(
+    session: Session, *, calendar_id: int | None = None, above: int = 0, below: int | None = None, limit: int = 50
+) -> FeedWindow:
     """Up to `limit` entries with seq in (above, below), newest first, snapshot runs folded.
 
     A run that reaches `below` or beyond belongs to a newer page and is left out here; runs are
@@ -55,8 +56,12 @@ def feed_window(session: Session, *, calendar_id: int | None = None, above: int 
     runs: dict[int, list[SnapshotRun]] = {}
     cursor, scanned, more = below, 0, False
     while len(entries) <= limit and scanned < MAX_SCAN:
-        query = (select(Change.seq, Change.type, Change.calendar_id)
-                 .where(Change.seq > above).order_by(Change.seq.desc()).limit(SCAN_CHUNK))
+        query = (
+            select(Change.seq, Change.type, Change.calendar_id)
+            .where(Change.seq > above)
+            .order_by(Change.seq.desc())
+            .limit(SCAN_CHUNK)
+        )
         if cursor is not None:
             query = query.where(Change.seq < cursor)
         if calendar_id is not None:
@@ -70,8 +75,7 @@ def feed_window(session: Session, *, calendar_id: int | None = None, above: int 
             cursor, scanned = seq, scanned + 1
             if type_ != ChangeType.EVENT_SNAPSHOT:
                 entries.append(seq)
-            elif cal_id is not None and not any(run.first_seq <= seq <= run.last_seq
-                                                for run in runs.get(cal_id, ())):
+            elif cal_id is not None and not any(run.first_seq <= seq <= run.last_seq for run in runs.get(cal_id, ())):
                 run = _run_around(session, cal_id, seq, above)
                 runs.setdefault(cal_id, []).append(run)
                 if below is None or run.last_seq < below:
@@ -99,12 +103,16 @@ def _run_around(session: Session, calendar_id: int, seq: int, above: int) -> Sna
     other = Change.type != ChangeType.EVENT_SNAPSHOT
     low = session.scalar(select(func.max(Change.seq)).where(*mine, other, Change.seq < seq, Change.seq > above))
     high = session.scalar(select(func.min(Change.seq)).where(*mine, other, Change.seq > seq))
-    bounds = [Change.calendar_id == calendar_id, Change.type == ChangeType.EVENT_SNAPSHOT,
-              Change.seq > (low if low is not None else above)]
+    bounds = [
+        Change.calendar_id == calendar_id,
+        Change.type == ChangeType.EVENT_SNAPSHOT,
+        Change.seq > (low if low is not None else above),
+    ]
     if high is not None:
         bounds.append(Change.seq < high)
     count, first, last = session.execute(
-        select(func.count(), func.min(Change.seq), func.max(Change.seq)).where(*bounds)).one()
+        select(func.count(), func.min(Change.seq), func.max(Change.seq)).where(*bounds)
+    ).one()
     detected_at = session.scalar(select(Change.detected_at).where(Change.seq == last))
     calendar = session.get(Calendar, calendar_id, options=[joinedload(Calendar.account)])
     assert calendar is not None and detected_at is not None
@@ -117,8 +125,16 @@ def _position(entry: int | SnapshotRun) -> int:
 
 def _load(session: Session, entries: list[int | SnapshotRun]) -> list[Change | SnapshotRun]:
     seqs = [e for e in entries if isinstance(e, int)]
-    rows = {c.seq: c for c in session.scalars(
-        select(Change).where(Change.seq.in_(seqs))
-        .options(joinedload(Change.calendar).joinedload(Calendar.account), joinedload(Change.account)))
-    } if seqs else {}
+    rows = (
+        {
+            c.seq: c
+            for c in session.scalars(
+                select(Change)
+                .where(Change.seq.in_(seqs))
+                .options(joinedload(Change.calendar).joinedload(Calendar.account), joinedload(Change.account))
+            )
+        }
+        if seqs
+        else {}
+    )
     return [rows[e] if isinstance(e, int) else e for e in entries]

@@ -34,10 +34,15 @@ def calendar_changes(session: Session, change_type: ChangeType, calendar_ids: Co
     """One `calendar.*` row per calendar, in id order, each with the calendar's name as it stands."""
     if not calendar_ids:
         return []
-    rows = session.execute(select(Calendar.id, Calendar.account_id, Calendar.summary)
-                           .where(Calendar.id.in_(list(calendar_ids))).order_by(Calendar.id))
-    return [FeedRow(type=change_type.value, account_id=account_id, calendar_id=cal_id, after={"summary": summary})
-            for cal_id, account_id, summary in rows]
+    rows = session.execute(
+        select(Calendar.id, Calendar.account_id, Calendar.summary)
+        .where(Calendar.id.in_(list(calendar_ids)))
+        .order_by(Calendar.id)
+    )
+    return [
+        FeedRow(type=change_type.value, account_id=account_id, calendar_id=cal_id, after={"summary": summary})
+        for cal_id, account_id, summary in rows
+    ]
 
 
 def record_first_sync(session: Session, calendar_id: int, now: datetime) -> None:

@@ -44,8 +44,9 @@ _CHUNK = 500  # series ids per IN (...) list, well under SQLite's bound-paramete
 class PageMirror:
     """The mirrored events of one calendar, as seen inside one page's transaction."""
 
-    def __init__(self, session: Session, calendar_id: int, *, gen: int | None, first: bool = False,
-                 fresh: bool = False) -> None:
+    def __init__(
+        self, session: Session, calendar_id: int, *, gen: int | None, first: bool = False, fresh: bool = False
+    ) -> None:
         self.session = session
         self.calendar_id = calendar_id
         self.gen = gen  # set during a full sync: every event seen is stamped with it
@@ -122,8 +123,9 @@ class PageMirror:
     def sweep(self) -> None:
         """Last page of a full sync: whatever the listing did not show any more is gone from Google."""
         assert self.gen is not None
-        stale = self.session.scalars(select(Event).where(
-            Event.calendar_id == self.calendar_id, Event.seen_gen < self.gen)).all()
+        stale = self.session.scalars(
+            select(Event).where(Event.calendar_id == self.calendar_id, Event.seen_gen < self.gen)
+        ).all()
         for row in sorted(stale, key=lambda r: r.recurring_event_id is not None):
             if self._rows.get(row.google_id, row) is not None:
                 self._rows[row.google_id] = row
@@ -180,9 +182,15 @@ class PageMirror:
             self._change(item["id"], ChangeKind.SNAPSHOT, [], None, item)
         elif row is None or row.data != item:
             original = item.get("originalStartTime")
-            before = row.data if row is not None else (
-                implied_occurrence(parent.data, item["id"], original) if isinstance(original, dict)
-                else {"id": item["id"], "recurringEventId": series_id})
+            before = (
+                row.data
+                if row is not None
+                else (
+                    implied_occurrence(parent.data, item["id"], original)
+                    if isinstance(original, dict)
+                    else {"id": item["id"], "recurringEventId": series_id}
+                )
+            )
             self._change(item["id"], ChangeKind.UPDATED, changed_fields(before, item), before, item)
         self._write(row, item)
         return True
@@ -223,8 +231,14 @@ class PageMirror:
             _set_columns(row, item)
             row.seen_gen = self.gen if self.gen is not None else (row.seen_gen or 0)
 
-    def _change(self, event_id: str, kind: ChangeKind, fields: list[str], before: dict[str, Any] | None,
-                after: dict[str, Any] | None) -> None:
+    def _change(
+        self,
+        event_id: str,
+        kind: ChangeKind,
+        fields: list[str],
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> None:
         self.changes.append(FeedRow(ChangeType.of_event(kind).value, self.calendar_id, event_id, fields, before, after))
 
     def _load_exceptions(self, series_ids: Iterable[str]) -> None:
@@ -233,11 +247,12 @@ class PageMirror:
         if wanted:
             self._attach_new()
         for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start:start + _CHUNK]
+            chunk = wanted[start : start + _CHUNK]
             for series_id in chunk:
                 self._exceptions[series_id] = []
-            for row in self.session.scalars(select(Event).where(
-                    Event.calendar_id == self.calendar_id, Event.recurring_event_id.in_(chunk))):
+            for row in self.session.scalars(
+                select(Event).where(Event.calendar_id == self.calendar_id, Event.recurring_event_id.in_(chunk))
+            ):
                 self._exceptions[row.recurring_event_id or ""].append(row)
                 self._rows.setdefault(row.google_id, row)
 
@@ -262,8 +277,12 @@ class PageMirror:
         if not self._new:
             return
         self.session.flush()
-        insert_rows(self.session.connection(), Event.__table__, _INSERT_COLUMNS,
-                    [row.values(self.calendar_id) for row in self._new.values()])
+        insert_rows(
+            self.session.connection(),
+            Event.__table__,
+            _INSERT_COLUMNS,
+            [row.values(self.calendar_id) for row in self._new.values()],
+        )
         for google_id in self._new:
             del self._rows[google_id]
         self._new.clear()
@@ -314,8 +333,18 @@ class _NewRow:
 
 
 _Row = Event | _NewRow
-_INSERT_COLUMNS = ("calendar_id", "google_id", "status", "etag", "updated", "recurring_event_id", "start", "end",
-                   "data", "seen_gen")
+_INSERT_COLUMNS = (
+    "calendar_id",
+    "google_id",
+    "status",
+    "etag",
+    "updated",
+    "recurring_event_id",
+    "start",
+    "end",
+    "data",
+    "seen_gen",
+)
 
 
 def _by_ids_pg() -> Select[Event]:
@@ -329,8 +358,12 @@ def _by_ids_pg() -> Select[Event]:
     """
     ids = cast(bindparam("ids", type_=Text), JSONB)  # one JSON array: a text parameter the driver passes as is
     wanted = func.jsonb_array_elements_text(ids).table_valued("gid").render_derived()
-    probe = (select(Event).where(Event.calendar_id == bindparam("cal"), Event.google_id == wanted.c.gid)
-             .limit(1).lateral("probe"))
+    probe = (
+        select(Event)
+        .where(Event.calendar_id == bindparam("cal"), Event.google_id == wanted.c.gid)
+        .limit(1)
+        .lateral("probe")
+    )
     row = aliased(Event, probe)
     return select(row).select_from(wanted).join(probe, true())
 
@@ -348,8 +381,14 @@ _BY_IDS_SQLITE = _by_ids_sqlite()
 def _columns(item: dict[str, Any]) -> tuple[str, str | None, str | None, str | None, str | None, str | None]:
     """The columns an event row derives from Google's JSON: status, etag, updated, recurring event
     id, start, end (the order of `_INSERT_COLUMNS`)."""
-    return (str(item.get("status") or "confirmed"), item.get("etag"), item.get("updated"),
-            item.get("recurringEventId"), event_time_text(item.get("start")), event_time_text(item.get("end")))
+    return (
+        str(item.get("status") or "confirmed"),
+        item.get("etag"),
+        item.get("updated"),
+        item.get("recurringEventId"),
+        event_time_text(item.get("start")),
+        event_time_text(item.get("end")),
+    )
 
 
 def _set_columns(row: Event, item: dict[str, Any]) -> None:

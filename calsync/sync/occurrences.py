@@ -152,12 +152,16 @@ class _Series:
             original = originals[i]
             if hidden and (original if self.all_day else start) in hidden:
                 continue
-            out.append(Occurrence(start, end, instance_id(self.id, original), self.all_day, self.data, self.busy,
-                                  self, original))
+            out.append(
+                Occurrence(
+                    start, end, instance_id(self.id, original), self.all_day, self.data, self.busy, self, original
+                )
+            )
         return out
 
-    def busy_spans(self, low: datetime, high: datetime, hidden: set[datetime | date],
-                   out: list[tuple[datetime, datetime]]) -> None:
+    def busy_spans(
+        self, low: datetime, high: datetime, hidden: set[datetime | date], out: list[tuple[datetime, datetime]]
+    ) -> None:
         """Append the busy generated occurrences overlapping [low, high) to `out`."""
         if not self.busy:
             return
@@ -186,8 +190,9 @@ class _Series:
         data["recurringEventId"] = self.id
         return data
 
-    def _window(self, low: datetime, high: datetime) -> tuple[list[datetime], list[datetime],
-                                                               list[datetime | date], int, int]:
+    def _window(
+        self, low: datetime, high: datetime
+    ) -> tuple[list[datetime], list[datetime], list[datetime | date], int, int]:
         """Arrays holding every occurrence that may overlap [low, high), and the index range to look at:
         the remembered ones, or past the remembered limit a one-off expansion of the window."""
         until = high + _SLACK
@@ -195,8 +200,13 @@ class _Series:
             self._extend(until)
             if not self._capped or (self._horizon is not None and self._horizon >= until):
                 starts = self._starts
-                return (starts, self._ends, self._originals, bisect.bisect_left(starts, low - self.longest - _SLACK),
-                        bisect.bisect_left(starts, until))
+                return (
+                    starts,
+                    self._ends,
+                    self._originals,
+                    bisect.bisect_left(starts, low - self.longest - _SLACK),
+                    bisect.bisect_left(starts, until),
+                )
         starts, ends, originals = [], [], []
         for wall in _rule_set(self.data.get("recurrence") or [], self._dtstart, self.all_day, self.zone):
             original, start, end = self._placed(wall)
@@ -253,8 +263,9 @@ class CalendarMirror:
     (and so each unchanged series' expansion) with this one.
     """
 
-    def __init__(self, rows: Iterable[dict[str, Any] | str], time_zone: str | None,
-                 _entries: dict[str, _Entry] | None = None) -> None:
+    def __init__(
+        self, rows: Iterable[dict[str, Any] | str], time_zone: str | None, _entries: dict[str, _Entry] | None = None
+    ) -> None:
         self.time_zone = time_zone
         self.zone = zone_of(time_zone)
         entries = _entries if _entries is not None else {}
@@ -489,7 +500,7 @@ def _local_until(rule: str, all_day: bool, zone: tzinfo) -> str:
         local = instant.astimezone(zone).strftime("%Y%m%dT%H%M%S")
     else:
         local = raw
-    return rule[:match.start(2)] + local + rule[match.end(2):]
+    return rule[: match.start(2)] + local + rule[match.end(2) :]
 
 
 def _wall_time(text: str, tzid: str | None, dtstart: datetime, all_day: bool, zone: tzinfo) -> datetime:

@@ -78,8 +78,10 @@ def calendar_to_dict(calendar: Calendar, account: Account, channel: Channel | No
 def list_calendars(session: Session) -> list[dict[str, Any]]:
     """Every calendar still in its account's list, with its newest active events channel."""
     rows = session.execute(
-        select(Calendar, Account).join(Account, Calendar.account_id == Account.id)
-        .where(Calendar.removed_at.is_(None)).order_by(Account.email, Calendar.id)
+        select(Calendar, Account)
+        .join(Account, Calendar.account_id == Account.id)
+        .where(Calendar.removed_at.is_(None))
+        .order_by(Account.email, Calendar.id)
     ).all()
     channels = _newest_active_channels(session, [cal.id for cal, _ in rows])
     return [calendar_to_dict(cal, account, channels.get(cal.id)) for cal, account in rows]
@@ -93,17 +95,34 @@ def list_accounts(session: Session, ref: str | None = None) -> list[dict[str, An
     accounts = list(session.scalars(query))
     calendars: dict[int, list[dict[str, Any]]] = {a.id: [] for a in accounts}
     if accounts:
-        for cal in session.scalars(select(Calendar).where(Calendar.account_id.in_(list(calendars)),
-                                                          Calendar.removed_at.is_(None)).order_by(Calendar.id)):
-            calendars[cal.account_id].append({
-                "calendar_id": cal.google_id, "summary": cal.summary, "sync_state": cal.sync_state,
-                "last_synced_at": rfc3339(cal.last_synced_at)})
-    return [{"email": a.email, "ref": a.ref, "status": a.status, "connected_at": rfc3339(a.connected_at),
-             "calendars": calendars[a.id]} for a in accounts]
+        for cal in session.scalars(
+            select(Calendar)
+            .where(Calendar.account_id.in_(list(calendars)), Calendar.removed_at.is_(None))
+            .order_by(Calendar.id)
+        ):
+            calendars[cal.account_id].append(
+                {
+                    "calendar_id": cal.google_id,
+                    "summary": cal.summary,
+                    "sync_state": cal.sync_state,
+                    "last_synced_at": rfc3339(cal.last_synced_at),
+                }
+            )
+    return [
+        {
+            "email": a.email,
+            "ref": a.ref,
+            "status": a.status,
+            "connected_at": rfc3339(a.connected_at),
+            "calendars": calendars[a.id],
+        }
+        for a in accounts
+    ]
 
 
-def find_calendars(session: Session, google_id: str, account_email: str | None = None, *,
-                   include_removed: bool = True) -> list[Calendar]:
+def find_calendars(
+    session: Session, google_id: str, account_email: str | None = None, *, include_removed: bool = True
+) -> list[Calendar]:
     """The calendars known under a Google id (one per account sharing it); NotFoundError if none."""
     query = select(Calendar).join(Account, Calendar.account_id == Account.id).where(Calendar.google_id == google_id)
     if account_email is not None:
@@ -125,8 +144,9 @@ def one_calendar(session: Session, google_id: str, account_email: str | None = N
     return found[0]
 
 
-def events_page(session: Session, calendar: Calendar, page_token: str | None,
-                page_size: int = EVENTS_PAGE_SIZE) -> dict[str, Any]:
+def events_page(
+    session: Session, calendar: Calendar, page_token: str | None, page_size: int = EVENTS_PAGE_SIZE
+) -> dict[str, Any]:
     """A page of the mirrored events in row order; the page token is the last row id, opaque.
 
     `as_of_seq` is the newest change the page shows: read in the caller's snapshot
@@ -136,23 +156,32 @@ def events_page(session: Session, calendar: Calendar, page_token: str | None,
     after = decode_page_token(page_token) if page_token else 0
     seq = newest_seq(session)
     rows = session.execute(
-        select(Event.id, Event.data).where(
-            Event.calendar_id == calendar.id, Event.id > after,
+        select(Event.id, Event.data)
+        .where(
+            Event.calendar_id == calendar.id,
+            Event.id > after,
             # Deleted events are not in the mirror; a cancelled occurrence of a series is kept.
             or_(Event.status != "cancelled", Event.recurring_event_id.is_not(None)),
-        ).order_by(Event.id).limit(page_size + 1)
+        )
+        .order_by(Event.id)
+        .limit(page_size + 1)
     ).all()
     more = len(rows) > page_size
     rows = rows[:page_size]
-    return {"items": [data for _, data in rows],
-            "nextPageToken": encode_page_token(rows[-1][0]) if more else None, "as_of_seq": seq}
+    return {
+        "items": [data for _, data in rows],
+        "nextPageToken": encode_page_token(rows[-1][0]) if more else None,
+        "as_of_seq": seq,
+    }
 
 
 def feed_rows() -> Select[Change, str, str]:
     """Change rows with what their JSON names: the account's email and the calendar's Google id."""
-    return (select(Change, Account.email, Calendar.google_id)
-            .join(Account, Change.account_id == Account.id)
-            .outerjoin(Calendar, Change.calendar_id == Calendar.id))
+    return (
+        select(Change, Account.email, Calendar.google_id)
+        .join(Account, Change.account_id == Account.id)
+        .outerjoin(Calendar, Change.calendar_id == Calendar.id)
+    )
 
 
 def parse_types(raw: str) -> list[ChangeType]:
@@ -165,8 +194,14 @@ def parse_types(raw: str) -> list[ChangeType]:
     return [ChangeType(name) for name in dict.fromkeys(wanted)]
 
 
-def changes_page(session: Session, *, after: int, limit: int, calendars: Sequence[Calendar] | None = None,
-                 types: Collection[str] | None = None) -> ChangesPage:
+def changes_page(
+    session: Session,
+    *,
+    after: int,
+    limit: int,
+    calendars: Sequence[Calendar] | None = None,
+    types: Collection[str] | None = None,
+) -> ChangesPage:
     """Changes with seq > `after`, oldest first; `next` is the last seq returned, else `after`.
 
     With `types`, only rows of those types are returned, and `next` still moves past the rows
@@ -178,8 +213,7 @@ def changes_page(session: Session, *, after: int, limit: int, calendars: Sequenc
         query = query.where(Change.calendar_id.in_([c.id for c in calendars]))
     if types is not None:
         query = query.where(Change.type.in_(sorted(types)))
-    items = [change_to_dict(change, email, google_id)
-             for change, email, google_id in session.execute(query)]
+    items = [change_to_dict(change, email, google_id) for change, email, google_id in session.execute(query)]
     # After the rows: the mark only grows and moves with its deletions, so a mark read now that
     # is not past `after` proves that the rows above were all there when they were read.
     check_cursor(session, after)
@@ -206,8 +240,14 @@ def _newest_active_channels(session: Session, calendar_ids: list[int]) -> dict[i
     if not calendar_ids:
         return {}
     channels = session.scalars(
-        select(Channel).where(and_(Channel.calendar_id.in_(calendar_ids), Channel.kind == ChannelKind.EVENTS,
-                                   Channel.status == ChannelStatus.ACTIVE))
+        select(Channel)
+        .where(
+            and_(
+                Channel.calendar_id.in_(calendar_ids),
+                Channel.kind == ChannelKind.EVENTS,
+                Channel.status == ChannelStatus.ACTIVE,
+            )
+        )
         .order_by(Channel.created_at, Channel.expires_at)
     )
     newest: dict[int, Channel] = {}
@@ -231,5 +271,7 @@ def reconnect_hint(ref: str | None) -> str:
     """How the account's user gets connected again, for the app (or the operator) reading the row."""
     if ref is None:
         return "The user must consent again: send them to /connect."
-    return (f"Create a connect session for the same ref (POST /api/connect-sessions with "
-            f'{{"ref": {json.dumps(ref, ensure_ascii=False)}, "return_to": ...}}) and send the user to its url.')
+    return (
+        f"Create a connect session for the same ref (POST /api/connect-sessions with "
+        f'{{"ref": {json.dumps(ref, ensure_ascii=False)}, "return_to": ...}}) and send the user to its url.'
+    )

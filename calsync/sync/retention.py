@@ -35,16 +35,20 @@ def trim_changes(session: Session, cutoff: datetime, limit: int = BATCH) -> int:
     through = _lock_mark(session)
     if through is None:
         return 0
-    ahead = session.execute(select(Change.seq, Change.detected_at).where(Change.seq > through)
-                            .order_by(Change.seq).limit(limit)).all()
+    ahead = session.execute(
+        select(Change.seq, Change.detected_at).where(Change.seq > through).order_by(Change.seq).limit(limit)
+    ).all()
     old = [seq for seq, _ in _prefix_before(ahead, cutoff)]
     held = list(session.scalars(select(Change.seq).where(Change.seq <= through).order_by(Change.seq).limit(limit)))
     candidates = held + old
     if not candidates:
         return 0
     pending = exists().where(Delivery.change_seq == Change.seq, Delivery.state == DeliveryState.PENDING)
-    deleted = rows_affected(session.execute(
-        delete(Change).where(Change.seq.in_(candidates), ~pending).execution_options(synchronize_session=False)))
+    deleted = rows_affected(
+        session.execute(
+            delete(Change).where(Change.seq.in_(candidates), ~pending).execution_options(synchronize_session=False)
+        )
+    )
     if old:
         session.execute(update(Counter).where(Counter.name == TRIMMED_COUNTER).values(value=old[-1]))
     CHANGES_TRIMMED.inc(deleted)

@@ -71,9 +71,17 @@ class SyncResult:
     snapshots: int = 0
 
 
-def sync_calendar(runtime: Runtime, calendar_id: int, *, full: bool = False, lease_owner: str | None = None,
-                  progress: Progress | None = None, page_size: int = EVENTS_PAGE_SIZE,
-                  start: CalendarState | None = None, finish: Finish | None = None) -> SyncResult:
+def sync_calendar(
+    runtime: Runtime,
+    calendar_id: int,
+    *,
+    full: bool = False,
+    lease_owner: str | None = None,
+    progress: Progress | None = None,
+    page_size: int = EVENTS_PAGE_SIZE,
+    start: CalendarState | None = None,
+    finish: Finish | None = None,
+) -> SyncResult:
     """Bring one calendar's mirror and diff log up to date with Google.
 
     Without a sync token (or with `full`) this lists everything; a 410 on the token clears it and
@@ -81,8 +89,9 @@ def sync_calendar(runtime: Runtime, calendar_id: int, *, full: bool = False, lea
     the calendar as the claim read it (else it is read here); `finish` needs `lease_owner`.
     """
     started = time.monotonic()
-    job = _SyncRun.load(runtime, calendar_id, lease_owner=lease_owner, progress=progress, page_size=page_size,
-                    start=start)
+    job = _SyncRun.load(
+        runtime, calendar_id, lease_owner=lease_owner, progress=progress, page_size=page_size, start=start
+    )
     job.finish = finish
     kind = "incremental" if job.sync_token and not full else ("resync" if job.baseline_done else "full")
     try:
@@ -133,19 +142,42 @@ class _SyncRun:
     counts: Counter[str] = field(default_factory=Counter)
 
     @classmethod
-    def load(cls, runtime: Runtime, calendar_id: int, *, lease_owner: str | None, progress: Progress | None,
-             page_size: int, start: CalendarState | None = None) -> _SyncRun:
+    def load(
+        cls,
+        runtime: Runtime,
+        calendar_id: int,
+        *,
+        lease_owner: str | None,
+        progress: Progress | None,
+        page_size: int,
+        start: CalendarState | None = None,
+    ) -> _SyncRun:
         if start is None:  # not claimed by a worker (the CLI, the first sync after consent): read the row
             with runtime.sessions() as session:
                 cal = session.get(Calendar, calendar_id)
                 if cal is None:
                     raise NotFoundError(f"no calendar with id {calendar_id}")
-                start = CalendarState(account_id=cal.account_id, google_id=cal.google_id, sync_token=cal.sync_token,
-                                      baseline_done=bool(cal.baseline_done), credentials=cal.account.credentials)
+                start = CalendarState(
+                    account_id=cal.account_id,
+                    google_id=cal.google_id,
+                    sync_token=cal.sync_token,
+                    baseline_done=bool(cal.baseline_done),
+                    credentials=cal.account.credentials,
+                )
         creds = credentials_from_stored(runtime, start.credentials)
-        job = cls(runtime=runtime, calendar_id=calendar_id, account_id=start.account_id, google_id=start.google_id,
-                  sync_token=start.sync_token, baseline_done=start.baseline_done, credentials=creds,
-                  lease_owner=lease_owner, progress=progress, page_size=page_size, token_before=creds.token)
+        job = cls(
+            runtime=runtime,
+            calendar_id=calendar_id,
+            account_id=start.account_id,
+            google_id=start.google_id,
+            sync_token=start.sync_token,
+            baseline_done=start.baseline_done,
+            credentials=creds,
+            lease_owner=lease_owner,
+            progress=progress,
+            page_size=page_size,
+            token_before=creds.token,
+        )
         job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
         return job
 
@@ -164,8 +196,7 @@ class _SyncRun:
                     self._extend_lease(session, now)
                     if token is None and gen is None:
                         gen, fresh = self._start_full_sync(session)
-                    mirror = PageMirror(session, self.calendar_id, gen=gen, first=not self.baseline_done,
-                                        fresh=fresh)
+                    mirror = PageMirror(session, self.calendar_id, gen=gen, first=not self.baseline_done, fresh=fresh)
                     mirror.apply(items, deferred)
                     if next_sync_token:
                         mirror.finish(deferred)
@@ -186,9 +217,15 @@ class _SyncRun:
                 if next_sync_token:
                     self.sync_token = next_sync_token
                     self.baseline_done = True
-        return SyncResult(kind=kind, pages=self.pages, events_seen=self.events_seen, created=self.counts["created"],
-                          updated=self.counts["updated"], deleted=self.counts["deleted"],
-                          snapshots=self.counts["snapshot"])
+        return SyncResult(
+            kind=kind,
+            pages=self.pages,
+            events_seen=self.events_seen,
+            created=self.counts["created"],
+            updated=self.counts["updated"],
+            deleted=self.counts["deleted"],
+            snapshots=self.counts["snapshot"],
+        )
 
     def _pages(self, sync_token: str | None) -> Generator[tuple[dict[str, Any], Credentials, Callable[[], None]]]:
         """The pages of one listing, each with a copy of the credentials and a `committing` signal.
@@ -204,8 +241,9 @@ class _SyncRun:
         """
 
         def body(page_token: str | None) -> bytes:
-            return self.api.events_page_body(self.google_id, sync_token=sync_token, page_token=page_token,
-                                             max_results=self.page_size)
+            return self.api.events_page_body(
+                self.google_id, sync_token=sync_token, page_token=page_token, max_results=self.page_size
+            )
 
         def fetch(page_token: str, decode: threading.Event) -> dict[str, Any]:
             fetched = body(page_token)
@@ -253,8 +291,10 @@ class _SyncRun:
             return
         until = now + timedelta(seconds=self.runtime.settings.lease_seconds)
         result = session.execute(
-            update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id, _CALENDARS.c.lease_owner == self.lease_owner)
-            .values(lease_until=until))
+            update(_CALENDARS)
+            .where(_CALENDARS.c.id == self.calendar_id, _CALENDARS.c.lease_owner == self.lease_owner)
+            .values(lease_until=until)
+        )
         if rows_affected(result) == 0:
             raise self._lease_lost()
 
@@ -265,17 +305,25 @@ class _SyncRun:
         written by it, so the closing sweep (a scan of the calendar's rows) would find nothing, and
         ids need no lookup before their insert (see `PageMirror.apply`).
         """
-        session.execute(update(Calendar).where(Calendar.id == self.calendar_id)
-                        .values(full_sync_gen=Calendar.full_sync_gen + 1, sync_token=None)
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            update(Calendar)
+            .where(Calendar.id == self.calendar_id)
+            .values(full_sync_gen=Calendar.full_sync_gen + 1, sync_token=None)
+            .execution_options(synchronize_session=False)
+        )
         gen = int(session.scalar(select(Calendar.full_sync_gen).where(Calendar.id == self.calendar_id)) or 0)
         mirrored = session.scalar(select(Event.id).where(Event.calendar_id == self.calendar_id).limit(1))
         return gen, mirrored is None
 
     def _finish(self, session: Session, next_sync_token: str, now: datetime) -> None:
         values: dict[str, Any] = dict(
-            sync_token=next_sync_token, baseline_done=True, last_synced_at=now, sync_state=SyncState.SYNCED,
-            last_error=None, next_reconcile_at=now + timedelta(seconds=self.runtime.settings.reconcile_every))
+            sync_token=next_sync_token,
+            baseline_done=True,
+            last_synced_at=now,
+            sync_state=SyncState.SYNCED,
+            last_error=None,
+            next_reconcile_at=now + timedelta(seconds=self.runtime.settings.reconcile_every),
+        )
         stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
         if self.finish is not None:
             values.update(self.finish(now))

@@ -41,8 +41,9 @@ class Day:
     slots: list[Slot]
 
 
-def coming_week(session: Session, calendar: Calendar, now: datetime, days: int = 7,
-                cache: MirrorCache = MIRRORS) -> list[Day]:
+def coming_week(
+    session: Session, calendar: Calendar, now: datetime, days: int = 7, cache: MirrorCache = MIRRORS
+) -> list[Day]:
     """From today (in the calendar's zone) for `days` days, each day's occurrences by start."""
     zone = zone_of(calendar.time_zone)
     today = now.astimezone(zone).date()
@@ -59,11 +60,22 @@ def coming_week(session: Session, calendar: Calendar, now: datetime, days: int =
             first = occ.start.astimezone(zone) if occ.start > begin else None
             last = occ.end.astimezone(zone) if occ.end < end else None
             item = occ.item()
-            label = "all day" if occ.all_day else f"{(first or begin.astimezone(zone)):%H:%M}–" \
-                                                  f"{(last or end.astimezone(zone)):%H:%M}"
-            slots.append(Slot(event_id=occ.id, summary=str(item.get("summary") or "(no title)"), all_day=occ.all_day,
-                              busy=occ.busy, start_minute=_wall_minute(first, 0),
-                              end_minute=_wall_minute(last, MINUTES_PER_DAY), label=label))
+            label = (
+                "all day"
+                if occ.all_day
+                else f"{(first or begin.astimezone(zone)):%H:%M}–{(last or end.astimezone(zone)):%H:%M}"
+            )
+            slots.append(
+                Slot(
+                    event_id=occ.id,
+                    summary=str(item.get("summary") or "(no title)"),
+                    all_day=occ.all_day,
+                    busy=occ.busy,
+                    start_minute=_wall_minute(first, 0),
+                    end_minute=_wall_minute(last, MINUTES_PER_DAY),
+                    label=label,
+                )
+            )
         slots.sort(key=lambda s: (not s.all_day, s.start_minute, s.event_id))
         out.append(Day(day, slots))
     return out

@@ -88,14 +88,15 @@ def _single_events(google_id: str, page_token: str | None) -> Any:
     order_by = request.args.get("orderBy")
     if order_by not in (None, "startTime"):
         raise _BadParameter(f"orderBy: only startTime is supported with singleEvents=true, not {order_by!r}")
-    size = min(_integer("maxResults", default=availability.SINGLE_EVENTS_DEFAULT_PAGE, minimum=1),
-               availability.SINGLE_EVENTS_MAX_PAGE)
+    size = min(
+        _integer("maxResults", default=availability.SINGLE_EVENTS_DEFAULT_PAGE, minimum=1),
+        availability.SINGLE_EVENTS_MAX_PAGE,
+    )
     with runtime().sessions() as session:
         availability.snapshot(session)
         calendar = reads.one_calendar(session, google_id, request.args.get("account") or None)
         try:
-            page = availability.single_events_page(session, calendar, low, high, page_token=page_token,
-                                                   page_size=size)
+            page = availability.single_events_page(session, calendar, low, high, page_token=page_token, page_size=size)
         except ValueError as err:
             raise _BadParameter(f"pageToken: {err}") from err
     return _json(page)
@@ -118,13 +119,13 @@ def freebusy() -> Any:
         raise _BadParameter(f"timeZone: not an IANA time zone: {time_zone!r}")
     items = body.get("items")
     if not isinstance(items, list) or not items:
-        raise _BadParameter("items: a non-empty list of {\"id\": calendar_id} is required")
+        raise _BadParameter('items: a non-empty list of {"id": calendar_id} is required')
     if len(items) > availability.FREEBUSY_MAX_CALENDARS:
         raise _BadParameter(f"items: at most {availability.FREEBUSY_MAX_CALENDARS} calendars")
     ids: list[str] = []
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
-            raise _BadParameter("items: each item must be {\"id\": calendar_id}")
+            raise _BadParameter('items: each item must be {"id": calendar_id}')
         if item["id"] not in ids:
             ids.append(item["id"])
     for name in ("calendarExpansionMax", "groupExpansionMax"):
@@ -144,8 +145,7 @@ def _json(body: dict[str, Any]) -> Response:
 @require_api_token
 def changes() -> Any:
     after = _integer("after", default=0, minimum=0)
-    limit = min(_integer("limit", default=reads.CHANGES_DEFAULT_LIMIT, minimum=1),
-                reads.CHANGES_MAX_LIMIT)
+    limit = min(_integer("limit", default=reads.CHANGES_DEFAULT_LIMIT, minimum=1), reads.CHANGES_MAX_LIMIT)
     google_id = request.args.get("calendar")
     types = None
     if "types" in request.args:

@@ -21,8 +21,13 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 def build_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
     settings = settings or (runtime.settings if runtime else Settings.from_env())
     runtime = runtime or Runtime.create(settings)
-    app = Flask("calsync", static_folder=str(STATIC), static_url_path="/static",
-                template_folder=str(TEMPLATES), instance_path=str(settings.instance_path))
+    app = Flask(
+        "calsync",
+        static_folder=str(STATIC),
+        static_url_path="/static",
+        template_folder=str(TEMPLATES),
+        instance_path=str(settings.instance_path),
+    )
     app.config["SECRET_KEY"] = settings.secret_key or _instance_secret(settings.instance_path)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.config["SESSION_COOKIE_HTTPONLY"] = True

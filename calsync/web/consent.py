@@ -64,8 +64,12 @@ def connect_link(token: str) -> ResponseReturnValue:
         with transaction(rt.sessions) as db:
             link = connect_sessions.claim(db, token, rt.clock.now())
     except ConnectLinkUnusable as err:
-        return _page("consent/link.html", 404 if err.reason == "unknown" else 410,
-                     title=_LINK_TITLES[err.reason], message=str(err))
+        return _page(
+            "consent/link.html",
+            404 if err.reason == "unknown" else 410,
+            title=_LINK_TITLES[err.reason],
+            message=str(err),
+        )
     try:
         pending = start_consent(rt, login_hint=link.login_hint)
     except ConsentError as err:
@@ -83,10 +87,14 @@ def oauth2callback() -> ResponseReturnValue:
     if not pending or not given_state or not secrets.compare_digest(str(pending.get("state")), given_state):
         if link:
             return _back_to_app(link, ConnectOutcome.ERROR, error="state_mismatch")
-        reason = "This sign-in link has expired or was already used." if not pending else \
-            "The sign-in answer does not belong to this browser session."
-        return _page("consent/error.html", 400, title="The connection could not be completed",
-                     message=reason, retry=True)
+        reason = (
+            "This sign-in link has expired or was already used."
+            if not pending
+            else "The sign-in answer does not belong to this browser session."
+        )
+        return _page(
+            "consent/error.html", 400, title="The connection could not be completed", message=reason, retry=True
+        )
     error = request.args.get("error")
     if error == "access_denied":
         if link:
@@ -96,8 +104,14 @@ def oauth2callback() -> ResponseReturnValue:
     if error or not code:
         if link:
             return _back_to_app(link, ConnectOutcome.ERROR, error=_error_code(error))
-        return _page("consent/error.html", 400, title="The connection could not be completed",
-                     message="Google did not grant access.", detail=error or "no authorization code", retry=True)
+        return _page(
+            "consent/error.html",
+            400,
+            title="The connection could not be completed",
+            message="Google did not grant access.",
+            detail=error or "no authorization code",
+            retry=True,
+        )
     try:
         email = finish_consent(runtime(), pending["state"], pending.get("verifier"), code, link=link)
     except ConsentError as err:
@@ -150,13 +164,17 @@ _FAILURE_PAGES = {  # reason → (status, title, the variable to set, whether st
 }
 
 
-_LINK_TITLES = {"unknown": "This link does not work", "expired": "This link has expired",
-                "used": "This link was already used"}
+_LINK_TITLES = {
+    "unknown": "This link does not work",
+    "expired": "This link has expired",
+    "used": "This link was already used",
+}
 _ERROR_CODE = re.compile(r"[a-z_]{1,40}")
 
 
-def _back_to_app(link: str, outcome: ConnectOutcome, *, account: str | None = None,
-                 error: str | None = None) -> ResponseReturnValue:
+def _back_to_app(
+    link: str, outcome: ConnectOutcome, *, account: str | None = None, error: str | None = None
+) -> ResponseReturnValue:
     """The 303 that ends every consent of a claimed link, after its outcome is recorded."""
     rt = runtime()
     try:
@@ -177,8 +195,9 @@ def _error_code(error: str | None) -> str:
 
 def _failure(err: ConsentError) -> ResponseReturnValue:
     status, title, variable, retry = _FAILURE_PAGES[err.reason]
-    return _page("consent/error.html", status, title=title, message=str(err), detail=err.detail,
-                 variable=variable, retry=retry)
+    return _page(
+        "consent/error.html", status, title=title, message=str(err), detail=err.detail, variable=variable, retry=retry
+    )
 
 
 def _page(template: str, status: int, **context: Any) -> ResponseReturnValue:

@@ -114,9 +114,17 @@ def changes() -> Any:
         rows = [_change_view(c) for c in window.entries]
         calendars = _calendar_choices(session)
     cursor = rows[0]["seq"] if rows else (before - 1 if before else 0)
-    return render_template("dashboard/changes.html", changes=rows,
-                           calendars=calendars, calendar_id=calendar_id, before=before, older=window.older,
-                           cursor=cursor, live=before is None, now=runtime().clock.now())
+    return render_template(
+        "dashboard/changes.html",
+        changes=rows,
+        calendars=calendars,
+        calendar_id=calendar_id,
+        before=before,
+        older=window.older,
+        cursor=cursor,
+        live=before is None,
+        now=runtime().clock.now(),
+    )
 
 
 @bp.get("/changes/fragment")
@@ -140,9 +148,15 @@ def notifications() -> Any:
     with runtime().sessions() as session:
         rows = _notification_rows(session, limit, channel, after=None)
     cursor = rows[0][0].id if rows else 0
-    return render_template("dashboard/notifications.html", rows=rows, limit=limit, channel=channel,
-                           cursor=cursor, now=runtime().clock.now(),
-                           log_size=runtime().settings.notification_log_size)
+    return render_template(
+        "dashboard/notifications.html",
+        rows=rows,
+        limit=limit,
+        channel=channel,
+        cursor=cursor,
+        now=runtime().clock.now(),
+        log_size=runtime().settings.notification_log_size,
+    )
 
 
 @bp.get("/notifications/fragment")
@@ -170,11 +184,21 @@ def webhooks() -> Any:
             items = list(session.scalars(query.order_by(Delivery.id.desc()).limit(25)))
             attempts = _attempts(session, [d.id for d in items])
             deliveries[sub.id] = [(d, attempts.get(d.id, [])) for d in items]
-        failed_counts = dict(session.execute(
-            select(Delivery.subscription_id, func.count()).where(Delivery.state == DeliveryState.FAILED)
-            .group_by(Delivery.subscription_id)).all())
-    return render_template("dashboard/webhooks.html", subs=subs, deliveries=deliveries, state=state,
-                           failed_counts=failed_counts, now=runtime().clock.now())
+        failed_counts = dict(
+            session.execute(
+                select(Delivery.subscription_id, func.count())
+                .where(Delivery.state == DeliveryState.FAILED)
+                .group_by(Delivery.subscription_id)
+            ).all()
+        )
+    return render_template(
+        "dashboard/webhooks.html",
+        subs=subs,
+        deliveries=deliveries,
+        state=state,
+        failed_counts=failed_counts,
+        now=runtime().clock.now(),
+    )
 
 
 @bp.post("/webhooks/<sub_id>/replay")
@@ -197,8 +221,12 @@ def replay(sub_id: str) -> Any:
     except InvalidSubscription as err:
         flash(f"Nothing replayed: {err}")
     else:
-        flash(f"Queued {len(queued)} deliver{'y' if len(queued) == 1 else 'ies'} again; the worker sends "
-              "them with their original webhook-id." if queued else "No failed delivery to replay.")
+        flash(
+            f"Queued {len(queued)} deliver{'y' if len(queued) == 1 else 'ies'} again; the worker sends "
+            "them with their original webhook-id."
+            if queued
+            else "No failed delivery to replay."
+        )
     back = request.form.get("back")
     return redirect(back if _is_dashboard_path(back) else url_for("dashboard.webhooks"))
 
@@ -239,16 +267,21 @@ def _utc_filter(value: datetime | None) -> str:
 def _time_tag(value: datetime | None, text: str) -> Markup:
     if value is None:
         return Markup('<span class="muted">{}</span>').format(text)
-    return Markup('<time datetime="{}" title="{}">{}</time>').format(
-        value.isoformat(), utc_label(value), text)
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(value.isoformat(), utc_label(value), text)
 
 
 def _account_blocks(session: Session) -> list[AccountBlock]:
     accounts = list(session.scalars(select(Account).order_by(Account.email)))
-    calendars = list(session.scalars(select(Calendar).where(Calendar.removed_at.is_(None))
-                                     .order_by(Calendar.account_id, Calendar.primary.desc(), Calendar.summary)))
-    channels = list(session.scalars(select(Channel).where(Channel.status.in_(LIVE_CHANNEL))
-                                    .order_by(Channel.expires_at)))
+    calendars = list(
+        session.scalars(
+            select(Calendar)
+            .where(Calendar.removed_at.is_(None))
+            .order_by(Calendar.account_id, Calendar.primary.desc(), Calendar.summary)
+        )
+    )
+    channels = list(
+        session.scalars(select(Channel).where(Channel.status.in_(LIVE_CHANNEL)).order_by(Channel.expires_at))
+    )
     by_calendar: dict[int, Channel] = {}
     by_account: dict[int, Channel] = {}
     for ch in channels:  # the latest-expiring live channel wins: it is the one being kept
@@ -256,22 +289,32 @@ def _account_blocks(session: Session) -> list[AccountBlock]:
             by_calendar[ch.calendar_id] = ch
         elif ch.kind == ChannelKind.CALENDAR_LIST:
             by_account[ch.account_id] = ch
-    return [AccountBlock(account=a,
-                         calendars=[CalendarRow(c, by_calendar.get(c.id)) for c in calendars if c.account_id == a.id],
-                         list_channel=by_account.get(a.id))
-            for a in accounts]
+    return [
+        AccountBlock(
+            account=a,
+            calendars=[CalendarRow(c, by_calendar.get(c.id)) for c in calendars if c.account_id == a.id],
+            list_channel=by_account.get(a.id),
+        )
+        for a in accounts
+    ]
 
 
 def _stats(session: Session, now: datetime) -> dict[str, Any]:
     seen_at = last_heartbeat(session)
     return {
         "last_seq": newest_seq(session),  # the counter: right even when retention deleted every row
-        "changes_today": session.scalar(select(func.count()).select_from(Change)
-                                        .where(Change.detected_at >= now - timedelta(days=1))) or 0,
-        "notifications_hour": session.scalar(select(func.count()).select_from(Notification)
-                                             .where(Notification.received_at >= now - timedelta(hours=1))) or 0,
-        "failed_deliveries": session.scalar(select(func.count()).select_from(Delivery)
-                                            .where(Delivery.state == DeliveryState.FAILED)) or 0,
+        "changes_today": session.scalar(
+            select(func.count()).select_from(Change).where(Change.detected_at >= now - timedelta(days=1))
+        )
+        or 0,
+        "notifications_hour": session.scalar(
+            select(func.count()).select_from(Notification).where(Notification.received_at >= now - timedelta(hours=1))
+        )
+        or 0,
+        "failed_deliveries": session.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.state == DeliveryState.FAILED)
+        )
+        or 0,
         "worker_seen": seen_at,
         "worker_alive": heartbeat_is_fresh(seen_at, now),
     }
@@ -303,12 +346,18 @@ def _lifecycle_view(change: Change) -> dict[str, Any]:
     cal = change.calendar
     summary = (change.after or {}).get("summary") if cal is not None else None
     return {
-        "seq": change.seq, "kind": "lifecycle", "label": change.type,
+        "seq": change.seq,
+        "kind": "lifecycle",
+        "label": change.type,
         "calendar": (summary or cal.google_id) if cal is not None else "",
         "calendar_id": cal.id if cal is not None else None,
         "account": change.account.email if change.account is not None else "",
-        "event_id": "", "title": lifecycle_title(change.type, summary), "when": None, "diffs": [],
-        "ref": change.ref, "detected_at": change.detected_at,
+        "event_id": "",
+        "title": lifecycle_title(change.type, summary),
+        "when": None,
+        "diffs": [],
+        "ref": change.ref,
+        "detected_at": change.detected_at,
     }
 
 
@@ -329,18 +378,24 @@ def _run_view(run: SnapshotRun) -> dict[str, Any]:
 
 
 def _calendar_choices(session: Session) -> list[tuple[int, str]]:
-    rows = session.execute(select(Calendar.id, Calendar.summary, Calendar.google_id, Account.email)
-                           .join(Account, Account.id == Calendar.account_id)
-                           .order_by(Account.email, Calendar.summary))
+    rows = session.execute(
+        select(Calendar.id, Calendar.summary, Calendar.google_id, Account.email)
+        .join(Account, Account.id == Calendar.account_id)
+        .order_by(Account.email, Calendar.summary)
+    )
     return [(cid, f"{summary or gid} · {email}") for cid, summary, gid, email in rows]
 
 
-def _notification_rows(session: Session, limit: int, channel: str | None,
-                       after: int | None) -> list[tuple[Notification, str | None]]:
-    query = (select(Notification, Calendar.summary)
-             .outerjoin(Channel, Channel.id == Notification.channel_id)
-             .outerjoin(Calendar, Calendar.id == Channel.calendar_id)
-             .order_by(Notification.id.desc()).limit(limit))
+def _notification_rows(
+    session: Session, limit: int, channel: str | None, after: int | None
+) -> list[tuple[Notification, str | None]]:
+    query = (
+        select(Notification, Calendar.summary)
+        .outerjoin(Channel, Channel.id == Notification.channel_id)
+        .outerjoin(Calendar, Calendar.id == Channel.calendar_id)
+        .order_by(Notification.id.desc())
+        .limit(limit)
+    )
     if channel:
         query = query.where(Notification.channel_id == channel)
     if after is not None:
@@ -352,8 +407,9 @@ def _attempts(session: Session, delivery_ids: list[int]) -> dict[int, list[Deliv
     if not delivery_ids:
         return {}
     out: dict[int, list[DeliveryAttempt]] = {}
-    for attempt in session.scalars(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(delivery_ids))
-                                   .order_by(DeliveryAttempt.id.desc())):
+    for attempt in session.scalars(
+        select(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(delivery_ids)).order_by(DeliveryAttempt.id.desc())
+    ):
         out.setdefault(attempt.delivery_id, []).append(attempt)
     return out
 
@@ -365,4 +421,3 @@ def _limit() -> int:
 
 def _is_dashboard_path(value: str | None) -> TypeGuard[str]:
     return value is not None and value.startswith("/dashboard") and "//" not in value and "\\" not in value
-

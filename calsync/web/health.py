@@ -24,11 +24,18 @@ def healthz() -> tuple[Response, int]:
         with rt.sessions() as session:
             seen_at = last_heartbeat(session)
     except SQLAlchemyError as err:
-        return jsonify(status="error", database=f"unreachable: {type(err).__name__}", worker="unknown",
-                       worker_seen_at=None), 503
+        return jsonify(
+            status="error", database=f"unreachable: {type(err).__name__}", worker="unknown", worker_seen_at=None
+        ), 503
     now = rt.clock.now()
     if not heartbeat_is_fresh(seen_at, now):
-        worker = "no worker has ever reported" if seen_at is None else \
-            f"stale: last heartbeat {int((now - seen_at).total_seconds())}s ago (expected every {HEARTBEAT_SECONDS:g}s)"
+        worker = (
+            "no worker has ever reported"
+            if seen_at is None
+            else (
+                f"stale: last heartbeat {int((now - seen_at).total_seconds())}s ago"
+                f" (expected every {HEARTBEAT_SECONDS:g}s)"
+            )
+        )
         return jsonify(status="error", database="ok", worker=worker, worker_seen_at=rfc3339(seen_at)), 503
     return jsonify(status="ok", database="ok", worker="ok", worker_seen_at=rfc3339(seen_at)), 200

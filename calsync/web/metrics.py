@@ -75,22 +75,33 @@ class DatabaseCollector(Collector):
             next_expiry = session.scalar(
                 select(func.min(Channel.expires_at)).where(Channel.status == ChannelStatus.ACTIVE)
             )
-            oldest_owed = session.scalar(select(func.min(Calendar.due_at)).join(Account).where(
-                Calendar.sync_requested > Calendar.sync_done, Calendar.removed_at.is_(None),
-                Account.status == AccountStatus.ACTIVE))
-            by_state = session.execute(select(Calendar.sync_state, func.count()).where(Calendar.removed_at.is_(None))
-                                       .group_by(Calendar.sync_state)).all()
+            oldest_owed = session.scalar(
+                select(func.min(Calendar.due_at))
+                .join(Account)
+                .where(
+                    Calendar.sync_requested > Calendar.sync_done,
+                    Calendar.removed_at.is_(None),
+                    Account.status == AccountStatus.ACTIVE,
+                )
+            )
+            by_state = session.execute(
+                select(Calendar.sync_state, func.count())
+                .where(Calendar.removed_at.is_(None))
+                .group_by(Calendar.sync_state)
+            ).all()
             by_status = session.execute(select(Account.status, func.count()).group_by(Account.status)).all()
             channels = session.execute(select(Channel.status, func.count()).group_by(Channel.status)).all()
 
-        expiry = GaugeMetricFamily("calsync_channel_next_expiry_seconds",
-                                   "Seconds until the soonest active channel expires (absent when none)")
+        expiry = GaugeMetricFamily(
+            "calsync_channel_next_expiry_seconds", "Seconds until the soonest active channel expires (absent when none)"
+        )
         if next_expiry is not None:
             expiry.add_metric([], (next_expiry - now).total_seconds())
         yield expiry
 
-        lag = GaugeMetricFamily("calsync_sync_lag_seconds",
-                                "Age of the oldest owed sync (0 when none is owed or it is not due yet)")
+        lag = GaugeMetricFamily(
+            "calsync_sync_lag_seconds", "Age of the oldest owed sync (0 when none is owed or it is not due yet)"
+        )
         lag.add_metric([], max(0.0, (now - oldest_owed).total_seconds()) if oldest_owed is not None else 0.0)
         yield lag
 

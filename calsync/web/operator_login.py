@@ -129,7 +129,8 @@ def secure_headers(response: Any) -> Any:
     response.headers.setdefault(
         "Content-Security-Policy",
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    )
     return response
 
 
@@ -145,8 +146,9 @@ def login() -> Any:
     throttle: _Throttle = current_app.extensions["calsync_login_throttle"]
     client = request.remote_addr or "?"
     if throttle.blocked(client):
-        return render_template("dashboard/login.html", next=target,
-                               error="Too many failed attempts. Wait a few minutes and try again."), 429
+        return render_template(
+            "dashboard/login.html", next=target, error="Too many failed attempts. Wait a few minutes and try again."
+        ), 429
     given = request.form.get("password", "")
     expected = str(runtime().settings.admin_password)
     if not hmac.compare_digest(given.encode(), expected.encode()):

@@ -28,9 +28,16 @@ PATH = "/notifications"
 STATES = ("sync", "exists", "not_exists")
 BODY_CAP = 64 * 1024  # Google sends no body; anything this large is not Google
 NUL_REFUSED = "bad request: NUL byte in the request line or headers\n"  # see has_nul
-_LOGGED_HEADERS = ("X-Goog-Channel-ID", "X-Goog-Channel-Token", "X-Goog-Channel-Expiration",
-                   "X-Goog-Message-Number", "X-Goog-Resource-ID", "X-Goog-Resource-State",
-                   "X-Goog-Resource-URI", "User-Agent")
+_LOGGED_HEADERS = (
+    "X-Goog-Channel-ID",
+    "X-Goog-Channel-Token",
+    "X-Goog-Channel-Expiration",
+    "X-Goog-Message-Number",
+    "X-Goog-Resource-ID",
+    "X-Goog-Resource-State",
+    "X-Goog-Resource-URI",
+    "User-Agent",
+)
 _ENVIRON_KEYS = tuple((name, "HTTP_" + name.upper().replace("-", "_")) for name in _LOGGED_HEADERS)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -98,8 +105,13 @@ def parse_headers(headers: Any) -> tuple[Push | None, str]:
     raw_number = (headers.get("X-Goog-Message-Number") or "").strip()
     if not raw_number.isdigit() or len(raw_number) > 18:
         return None, "X-Goog-Message-Number must be a whole number"
-    return Push(channel_id=channel_id, state=state, message_number=int(raw_number),
-                resource_id=headers.get("X-Goog-Resource-ID"), token=headers.get("X-Goog-Channel-Token")), ""
+    return Push(
+        channel_id=channel_id,
+        state=state,
+        message_number=int(raw_number),
+        resource_id=headers.get("X-Goog-Resource-ID"),
+        token=headers.get("X-Goog-Channel-Token"),
+    ), ""
 
 
 def has_nul(environ: dict[str, Any]) -> bool:

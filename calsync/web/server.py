@@ -31,8 +31,17 @@ GRACEFUL_SECONDS = 30
 class CalsyncApplication(BaseApplication):  # type: ignore[misc]
     """gunicorn, configured in code: gthread workers, and optionally calsync's Worker in each."""
 
-    def __init__(self, settings: Settings, *, host: str, port: int, workers: int = 1, threads: int = 8,
-                 with_worker: bool = False, worker_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        host: str,
+        port: int,
+        workers: int = 1,
+        threads: int = 8,
+        with_worker: bool = False,
+        worker_threads: int | None = None,
+    ) -> None:
         self.settings = settings
         self.with_worker = with_worker
         self.worker_threads = worker_threads
@@ -122,7 +131,8 @@ def ensure_schema(settings: Settings, *, upgrade_sqlite: bool) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # a revision check is not news
         current, head = current_revision(engine), head_revision()
         if current != head:
-            raise ConfigError(f"the database schema is at {current or 'nothing'}, not {head}: "
-                              "run `calsync db upgrade` first")
+            raise ConfigError(
+                f"the database schema is at {current or 'nothing'}, not {head}: run `calsync db upgrade` first"
+            )
     finally:
         engine.dispose()

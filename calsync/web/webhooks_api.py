@@ -82,8 +82,7 @@ def patch(sub_id: str) -> ResponseReturnValue:
         raise InvalidSubscription(field, 'only {"status": "active" | "paused"} can be changed')
     rt = runtime()
     with transaction(rt.sessions) as session:
-        sub = subscriptions.set_status(subscriptions.get_subscription(session, sub_id, lock=True),
-                                       body["status"])
+        sub = subscriptions.set_status(subscriptions.get_subscription(session, sub_id, lock=True), body["status"])
         rt.wakeup.notify_after_commit(session)
         return jsonify(subscriptions.subscription_to_dict(sub))
 
@@ -128,9 +127,11 @@ def replay(sub_id: str) -> ResponseReturnValue:
     body = _body(optional=True, fields={"delivery_ids"})
     ids = body.get("delivery_ids")
     # Bounded, as the databases' integers are: SQLite raised OverflowError (a 500) on a larger one.
-    if ids is not None and (not isinstance(ids, list) or not ids
-                            or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= _MAX_ID
-                                       for i in ids)):
+    if ids is not None and (
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= _MAX_ID for i in ids)
+    ):
         raise InvalidSubscription("delivery_ids", "delivery_ids: a non-empty list of delivery ids")
     rt = runtime()
     with transaction(rt.sessions) as session:

@@ -25,29 +25,41 @@ MAX_LIMIT = 1000
 REPLAYABLE = (DeliveryState.FAILED, DeliveryState.DELIVERED)
 
 
-def list_deliveries(session: Session, sub: WebhookSubscription, *, state: str | None = None,
-                    limit: int = DEFAULT_LIMIT, with_attempts: bool = True) -> list[dict[str, Any]]:
+def list_deliveries(
+    session: Session,
+    sub: WebhookSubscription,
+    *,
+    state: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    with_attempts: bool = True,
+) -> list[dict[str, Any]]:
     """The subscription's deliveries, newest seq first, each with its attempt log (oldest first)."""
     if state is not None and state not in STATES:
         raise InvalidSubscription("state", f"state: use {', '.join(STATES)}")
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidSubscription("limit", f"limit: between 1 and {MAX_LIMIT}")
-    query = (select(Delivery, Change.type).join(Change, Change.seq == Delivery.change_seq)
-             .where(Delivery.subscription_id == sub.id).order_by(Delivery.change_seq.desc()).limit(limit))
+    query = (
+        select(Delivery, Change.type)
+        .join(Change, Change.seq == Delivery.change_seq)
+        .where(Delivery.subscription_id == sub.id)
+        .order_by(Delivery.change_seq.desc())
+        .limit(limit)
+    )
     if state is not None:
         query = query.where(Delivery.state == state)
     rows = session.execute(query).all()
     attempts: dict[int, list[DeliveryAttempt]] = defaultdict(list)
     if with_attempts and rows:
-        for attempt in session.scalars(select(DeliveryAttempt)
-                                       .where(DeliveryAttempt.delivery_id.in_([d.id for d, _ in rows]))
-                                       .order_by(DeliveryAttempt.id)):
+        for attempt in session.scalars(
+            select(DeliveryAttempt)
+            .where(DeliveryAttempt.delivery_id.in_([d.id for d, _ in rows]))
+            .order_by(DeliveryAttempt.id)
+        ):
             attempts[attempt.delivery_id].append(attempt)
     return [delivery_to_dict(d, change_type, attempts[d.id] if with_attempts else None) for d, change_type in rows]
 
 
-def replay(session: Session, sub: WebhookSubscription, delivery_ids: Sequence[int] | None,
-           now: datetime) -> list[int]:
+def replay(session: Session, sub: WebhookSubscription, delivery_ids: Sequence[int] | None, now: datetime) -> list[int]:
     """Queue deliveries again (the named ones, or every failed one); returns the ids queued."""
     query = select(Delivery).where(Delivery.subscription_id == sub.id)
     if delivery_ids is None:
@@ -89,11 +101,14 @@ def delivery_to_dict(delivery: Delivery, change_type: str, attempts: list[Delive
         "delivered_at": rfc3339(delivery.delivered_at),
     }
     if attempts is not None:
-        item["attempts"] = [{
-            "attempted_at": rfc3339(a.attempted_at),
-            "status": a.status_code,
-            "latency_ms": a.latency_ms,
-            "response_excerpt": a.response_excerpt,
-            "error": a.error,
-        } for a in attempts]
+        item["attempts"] = [
+            {
+                "attempted_at": rfc3339(a.attempted_at),
+                "status": a.status_code,
+                "latency_ms": a.latency_ms,
+                "response_excerpt": a.response_excerpt,
+                "error": a.error,
+            }
+            for a in attempts
+        ]
     return item

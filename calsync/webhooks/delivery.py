@@ -95,13 +95,19 @@ def _claim(runtime: Runtime, owner: str, limit: int) -> list[_Job]:
     )
     with transaction(runtime.sessions) as session:
         claiming_as(session, owner, now)
-        query = (select(Delivery)
-                 .join(WebhookSubscription, WebhookSubscription.id == Delivery.subscription_id)
-                 .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now,
-                        WebhookSubscription.status == SubscriptionStatus.ACTIVE,
-                        lease_is_free(Delivery.lease_owner, Delivery.lease_until, now, stale_before(now)),
-                        or_(Delivery.attempts > 0, ~older_untried))
-                 .order_by(Delivery.next_attempt_at, Delivery.change_seq).limit(limit))
+        query = (
+            select(Delivery)
+            .join(WebhookSubscription, WebhookSubscription.id == Delivery.subscription_id)
+            .where(
+                Delivery.state == DeliveryState.PENDING,
+                Delivery.next_attempt_at <= now,
+                WebhookSubscription.status == SubscriptionStatus.ACTIVE,
+                lease_is_free(Delivery.lease_owner, Delivery.lease_until, now, stale_before(now)),
+                or_(Delivery.attempts > 0, ~older_untried),
+            )
+            .order_by(Delivery.next_attempt_at, Delivery.change_seq)
+            .limit(limit)
+        )
         if is_postgres(session):
             query = query.with_for_update(skip_locked=True, of=Delivery)
         deliveries = list(session.scalars(query))
@@ -115,11 +121,17 @@ def _claim(runtime: Runtime, owner: str, limit: int) -> list[_Job]:
 
 
 def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: datetime) -> list[_Job]:
-    subs = {s.id: s for s in session.scalars(select(WebhookSubscription).where(
-        WebhookSubscription.id.in_({d.subscription_id for d in deliveries})))}
+    subs = {
+        s.id: s
+        for s in session.scalars(
+            select(WebhookSubscription).where(WebhookSubscription.id.in_({d.subscription_id for d in deliveries}))
+        )
+    }
     rows = session.execute(
-        feed_rows().add_columns(Calendar.summary, Calendar.time_zone)
-        .where(Change.seq.in_({d.change_seq for d in deliveries}))).all()
+        feed_rows()
+        .add_columns(Calendar.summary, Calendar.time_zone)
+        .where(Change.seq.in_({d.change_seq for d in deliveries}))
+    ).all()
     changes = {row[0].seq: row for row in rows}
     keys = {sub_id: signing_secrets(sub, runtime.cipher, now) for sub_id, sub in subs.items()}
     jobs = []
@@ -127,12 +139,22 @@ def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: d
         sub = subs[delivery.subscription_id]
         change, email, google_id, summary, time_zone = changes[delivery.change_seq]
         if sub.format == "slack" and change.kind is None:
-            body = json.dumps(lifecycle_message(change.type, email, (change.after or {}).get("summary")),
-                              ensure_ascii=False)
+            body = json.dumps(
+                lifecycle_message(change.type, email, (change.after or {}).get("summary")), ensure_ascii=False
+            )
         elif sub.format == "slack":
-            body = json.dumps(slack_message(change.kind, list(change.fields or []), change.before,
-                                            change.after, calendar_name=summary or google_id, time_zone=time_zone,
-                                            event_id=change.event_id), ensure_ascii=False)
+            body = json.dumps(
+                slack_message(
+                    change.kind,
+                    list(change.fields or []),
+                    change.before,
+                    change.after,
+                    calendar_name=summary or google_id,
+                    time_zone=time_zone,
+                    event_id=change.event_id,
+                ),
+                ensure_ascii=False,
+            )
         else:
             body = payload.encode(payload.message(change, email, google_id))
         jobs.append(_Job(delivery.id, sub.id, delivery.message_id, sub.url, body, keys[sub.id]))
@@ -145,8 +167,7 @@ def _attempt(runtime: Runtime, owner: str, job: _Job) -> None:
     sent_at = runtime.clock.now()
     try:
         target = resolve_target(job.url, settings)
-        headers = {"Content-Type": "application/json",
-                   **signature_headers(job.message_id, sent_at, job.body, job.keys)}
+        headers = {"Content-Type": "application/json", **signature_headers(job.message_id, sent_at, job.body, job.keys)}
         resp = exchange(target, "POST", headers=headers, body=job.body.encode(), timeout=settings.webhook_timeout)
     except UnsafeURLError as err:
         outcome = _Outcome(sent_at, error=f"not sent: {err}", refused=True)
@@ -158,8 +179,14 @@ def _attempt(runtime: Runtime, owner: str, job: _Job) -> None:
             error = f"HTTP {resp.status} redirect to {resp.headers.get('Location', '?')} (redirects are not followed)"
         elif not 200 <= resp.status < 300:
             error = f"HTTP {resp.status}"
-        outcome = _Outcome(sent_at, status=resp.status, latency_ms=resp.latency_ms, excerpt=_excerpt(resp.body),
-                           error=error, retry_after=parse_retry_after(resp.headers.get("Retry-After"), sent_at))
+        outcome = _Outcome(
+            sent_at,
+            status=resp.status,
+            latency_ms=resp.latency_ms,
+            excerpt=_excerpt(resp.body),
+            error=error,
+            retry_after=parse_retry_after(resp.headers.get("Retry-After"), sent_at),
+        )
     _record(runtime, owner, job, outcome)
 
 
@@ -169,12 +196,22 @@ def _record(runtime: Runtime, owner: str, job: _Job, outcome: _Outcome) -> None:
         delivery = session.get(Delivery, job.delivery_id, with_for_update=True)
         if delivery is None:  # the subscription was deleted meanwhile
             return
-        session.add(DeliveryAttempt(delivery_id=delivery.id, attempted_at=outcome.sent_at,
-                                    status_code=outcome.status, latency_ms=outcome.latency_ms,
-                                    response_excerpt=outcome.excerpt, error=outcome.error))
+        session.add(
+            DeliveryAttempt(
+                delivery_id=delivery.id,
+                attempted_at=outcome.sent_at,
+                status_code=outcome.status,
+                latency_ms=outcome.latency_ms,
+                response_excerpt=outcome.excerpt,
+                error=outcome.error,
+            )
+        )
         if delivery.lease_owner != owner:
-            log.warning("delivery %s: lease lost to %s; attempt logged, state left to the new owner",
-                        delivery.id, delivery.lease_owner)
+            log.warning(
+                "delivery %s: lease lost to %s; attempt logged, state left to the new owner",
+                delivery.id,
+                delivery.lease_owner,
+            )
             DELIVERIES.labels("lease_lost").inc()
             return
         sub = session.get(WebhookSubscription, delivery.subscription_id, with_for_update=True)
@@ -200,13 +237,17 @@ def _record(runtime: Runtime, owner: str, job: _Job, outcome: _Outcome) -> None:
             _failed_attempt(session, runtime, sub, delivery, outcome, now)
 
 
-def _failed_attempt(session: Session, runtime: Runtime, sub: WebhookSubscription, delivery: Delivery,
-                    outcome: _Outcome, now: datetime) -> None:
+def _failed_attempt(
+    session: Session, runtime: Runtime, sub: WebhookSubscription, delivery: Delivery, outcome: _Outcome, now: datetime
+) -> None:
     """Schedule the retry (or give up), and disable a subscription that has failed for too long."""
     failing_since = utc(sub.failing_since) or now
     sub.failing_since = failing_since
-    delay = None if sub.status == SubscriptionStatus.DISABLED else retry_delay(
-        delivery.attempts, status=outcome.status, retry_after=outcome.retry_after)
+    delay = (
+        None
+        if sub.status == SubscriptionStatus.DISABLED
+        else retry_delay(delivery.attempts, status=outcome.status, retry_after=outcome.retry_after)
+    )
     if delay is None:
         _fail(delivery)
         DELIVERIES.labels("failed").inc()
@@ -215,8 +256,10 @@ def _failed_attempt(session: Session, runtime: Runtime, sub: WebhookSubscription
     failing_for = (now - failing_since).total_seconds()
     if sub.status != SubscriptionStatus.DISABLED and failing_for >= runtime.settings.webhook_disable_after:
         since = f"since {rfc3339(sub.last_success_at)}" if sub.last_success_at else "ever"
-        reason = (f"no successful delivery {since}: every attempt failed for {failing_for / 86400:.1f} days "
-                  f"(last: {outcome.error})")
+        reason = (
+            f"no successful delivery {since}: every attempt failed for {failing_for / 86400:.1f} days "
+            f"(last: {outcome.error})"
+        )
         log.warning("webhook %s disabled: %s", sub.id, reason)
         disable(session, sub, reason, now)
 

@@ -36,22 +36,33 @@ def enqueue(session: Session, changes: Sequence[NewChange], now: datetime) -> in
     """Queue one delivery per (matching subscription, change); call before the commit."""
     if not changes:
         return 0
-    subs = session.scalars(select(WebhookSubscription)
-                           .where(WebhookSubscription.status.in_(QUEUED_STATUSES))
-                           .order_by(WebhookSubscription.id)).all()
+    subs = session.scalars(
+        select(WebhookSubscription)
+        .where(WebhookSubscription.status.in_(QUEUED_STATUSES))
+        .order_by(WebhookSubscription.id)
+    ).all()
     if not subs:
         return 0
     cal_ids = {c.calendar_id for c in changes if c.calendar_id is not None}
     google_ids: dict[int, str] = {
         row.id: row.google_id
-        for row in session.execute(select(Calendar.id, Calendar.google_id).where(Calendar.id.in_(cal_ids)))}
+        for row in session.execute(select(Calendar.id, Calendar.google_id).where(Calendar.id.in_(cal_ids)))
+    }
     count = 0
     for change in changes:
         google_id = google_ids[change.calendar_id] if change.calendar_id is not None else None
         for sub in subs:
             if matches(sub, change, google_id):
-                session.add(Delivery(subscription_id=sub.id, change_seq=change.seq,
-                                     message_id=message_id(sub.id, change.seq), state=DeliveryState.PENDING,
-                                     attempts=0, next_attempt_at=now, created_at=now))
+                session.add(
+                    Delivery(
+                        subscription_id=sub.id,
+                        change_seq=change.seq,
+                        message_id=message_id(sub.id, change.seq),
+                        state=DeliveryState.PENDING,
+                        attempts=0,
+                        next_attempt_at=now,
+                        created_at=now,
+                    )
+                )
                 count += 1
     return count

@@ -24,12 +24,15 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[..., list[tuple[Any, ...]]]
 
 # Instance metadata services: link-local or unique-local already, named so the error says why.
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254",  # AWS, GCP, Azure, OpenStack …
-    "169.254.170.2",    # AWS ECS task metadata
-    "fd00:ec2::254",    # AWS over IPv6
-    "100.100.100.200",  # Alibaba Cloud
-))
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack …
+        "169.254.170.2",  # AWS ECS task metadata
+        "fd00:ec2::254",  # AWS over IPv6
+        "100.100.100.200",  # Alibaba Cloud
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -97,12 +100,19 @@ def resolve_target(url: str, settings: Settings, *, resolver: Resolver = socket.
             if reason:
                 raise UnsafeURLError(
                     f"url: host {host!r} resolves to {ip}, a {reason} address "
-                    "(set CALSYNC_WEBHOOK_ALLOW_PRIVATE=1 for development)")
+                    "(set CALSYNC_WEBHOOK_ALLOW_PRIVATE=1 for development)"
+                )
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return Target(url=url.strip(), scheme=parts.scheme, host=host, port=port, path=path,
-                  addresses=tuple(str(ip) for ip in addresses))
+    return Target(
+        url=url.strip(),
+        scheme=parts.scheme,
+        host=host,
+        port=port,
+        path=path,
+        addresses=tuple(str(ip) for ip in addresses),
+    )
 
 
 def non_public_reason(ip: IPAddress) -> str | None:

@@ -20,8 +20,9 @@ OVERLOAD_FLOOR = 60.0
 MAX_RETRY_AFTER = 6 * 3600.0
 
 
-def retry_delay(attempts_made: int, *, status: int | None = None, retry_after: float | None = None,
-                rng: random.Random | None = None) -> float | None:
+def retry_delay(
+    attempts_made: int, *, status: int | None = None, retry_after: float | None = None, rng: random.Random | None = None
+) -> float | None:
     """Seconds until the next try after `attempts_made` failed attempts; None when none is left."""
     if attempts_made < 1:
         raise ValueError("retry_delay is asked after at least one attempt")

@@ -17,11 +17,22 @@ MAX_TEXT = 3000
 _TIME_FIELDS = ("start", "end")
 
 
-def slack_message(kind: str, fields: list[str], before: dict[str, Any] | None, after: dict[str, Any] | None,
-                  *, calendar_name: str, time_zone: str | None = None, event_id: str = "") -> dict[str, str]:
+def slack_message(
+    kind: str,
+    fields: list[str],
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    *,
+    calendar_name: str,
+    time_zone: str | None = None,
+    event_id: str = "",
+) -> dict[str, str]:
     """The JSON body Slack's incoming webhooks take: `{"text": ...}`."""
-    return {"text": summary_line(kind, fields, before, after, calendar_name=calendar_name,
-                                 time_zone=time_zone, event_id=event_id)}
+    return {
+        "text": summary_line(
+            kind, fields, before, after, calendar_name=calendar_name, time_zone=time_zone, event_id=event_id
+        )
+    }
 
 
 def lifecycle_message(change_type: str, account: str, summary: str | None) -> dict[str, str]:
@@ -29,8 +40,16 @@ def lifecycle_message(change_type: str, account: str, summary: str | None) -> di
     return {"text": f"{_escape(account)}: {_escape(lifecycle_title(change_type, summary))}"[:MAX_TEXT]}
 
 
-def summary_line(kind: str, fields: list[str], before: dict[str, Any] | None, after: dict[str, Any] | None,
-                 *, calendar_name: str, time_zone: str | None = None, event_id: str = "") -> str:
+def summary_line(
+    kind: str,
+    fields: list[str],
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    *,
+    calendar_name: str,
+    time_zone: str | None = None,
+    event_id: str = "",
+) -> str:
     """One line saying what happened to the event, in words."""
     old, new = before or {}, after or {}
     title = _title(old if kind == "updated" and "summary" in fields else new or old, event_id)
@@ -60,7 +79,7 @@ def _updated(fields: list[str], old: dict[str, Any], new: dict[str, Any], tz: st
     elif "end" in fields and old_end and new_end:
         parts.append(f"now ends {_clock(new_end)} (was {_clock(old_end)})")
     if "summary" in fields and new.get("summary"):
-        parts.append(f"renamed to \"{_escape(str(new['summary']))}\"")
+        parts.append(f'renamed to "{_escape(str(new["summary"]))}"')
     rest = [f for f in fields if f not in _TIME_FIELDS and f != "summary"]
     if rest:
         parts.append(("also changed: " if parts else "updated: ") + ", ".join(rest))

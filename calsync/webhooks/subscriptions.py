@@ -55,10 +55,13 @@ def parse_spec(data: Any, settings: Settings) -> SubscriptionSpec:
         raise InvalidSubscription(unknown[0], f"{unknown[0]}: unknown field")
     url = data.get("url")
     check_url(url, settings)
-    return SubscriptionSpec(url=str(url).strip(), events=parse_events(data.get("events")),
-                            calendars=_parse_calendars(data.get("calendars")),
-                            format=_parse_format(data.get("format")),
-                            verify_token=_parse_verify_token(data.get("verify_token")))
+    return SubscriptionSpec(
+        url=str(url).strip(),
+        events=parse_events(data.get("events")),
+        calendars=_parse_calendars(data.get("calendars")),
+        format=_parse_format(data.get("format")),
+        verify_token=_parse_verify_token(data.get("verify_token")),
+    )
 
 
 def parse_events(value: Any) -> list[str]:
@@ -84,13 +87,21 @@ def register(runtime: Runtime, spec: SubscriptionSpec) -> tuple[WebhookSubscript
         return add_subscription(session, runtime.cipher, spec, runtime.clock.now())
 
 
-def add_subscription(session: Session, cipher: TokenCipher, spec: SubscriptionSpec,
-                     now: datetime) -> tuple[WebhookSubscription, str]:
+def add_subscription(
+    session: Session, cipher: TokenCipher, spec: SubscriptionSpec, now: datetime
+) -> tuple[WebhookSubscription, str]:
     """Store an active subscription with a new secret (encrypted); the plain secret is returned once."""
     secret = new_secret()
-    sub = WebhookSubscription(id="wh_" + secrets.token_hex(8), url=spec.url, events=spec.events,
-                              calendars=spec.calendars, format=spec.format, secret=cipher.encrypt_str(secret),
-                              status=SubscriptionStatus.ACTIVE, created_at=now)
+    sub = WebhookSubscription(
+        id="wh_" + secrets.token_hex(8),
+        url=spec.url,
+        events=spec.events,
+        calendars=spec.calendars,
+        format=spec.format,
+        secret=cipher.encrypt_str(secret),
+        status=SubscriptionStatus.ACTIVE,
+        created_at=now,
+    )
     session.add(sub)
     session.flush()
     return sub, secret
@@ -105,8 +116,9 @@ def get_subscription(session: Session, sub_id: str, *, lock: bool = False) -> We
 
 
 def list_subscriptions(session: Session) -> list[WebhookSubscription]:
-    return list(session.scalars(select(WebhookSubscription).order_by(WebhookSubscription.created_at,
-                                                                     WebhookSubscription.id)))
+    return list(
+        session.scalars(select(WebhookSubscription).order_by(WebhookSubscription.created_at, WebhookSubscription.id))
+    )
 
 
 def set_status(sub: WebhookSubscription, status: str) -> WebhookSubscription:
@@ -125,9 +137,16 @@ def disable(session: Session, sub: WebhookSubscription, reason: str, now: dateti
     sub.status = SubscriptionStatus.DISABLED
     sub.disabled_reason = reason
     result = session.execute(
-        update(Delivery).where(Delivery.subscription_id == sub.id, Delivery.state == DeliveryState.PENDING)
-        .values(state=DeliveryState.FAILED, next_attempt_at=None, lease_owner=None, lease_until=None,
-                last_error=f"not sent: subscription disabled ({reason})"))
+        update(Delivery)
+        .where(Delivery.subscription_id == sub.id, Delivery.state == DeliveryState.PENDING)
+        .values(
+            state=DeliveryState.FAILED,
+            next_attempt_at=None,
+            lease_owner=None,
+            lease_until=None,
+            last_error=f"not sent: subscription disabled ({reason})",
+        )
+    )
     return rows_affected(result)
 
 
@@ -136,8 +155,9 @@ def delete_subscription(session: Session, sub: WebhookSubscription) -> None:
     session.delete(sub)
 
 
-def rotate_secret(cipher: TokenCipher, sub: WebhookSubscription, now: datetime,
-                  grace_seconds: float = DEFAULT_GRACE_SECONDS) -> str:
+def rotate_secret(
+    cipher: TokenCipher, sub: WebhookSubscription, now: datetime, grace_seconds: float = DEFAULT_GRACE_SECONDS
+) -> str:
     """A new secret signs from now on; the current one keeps signing too until the grace ends."""
     if not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
         raise InvalidSubscription("grace_seconds", f"grace_seconds: between 0 and {MAX_GRACE_SECONDS:g}")

@@ -43,8 +43,15 @@ class TransportError(WebhookError):
         self.latency_ms = latency_ms
 
 
-def exchange(target: Target, method: str, *, headers: Mapping[str, str] | None = None,
-             body: bytes | None = None, timeout: float, max_response: int = MAX_RESPONSE_BYTES) -> Response:
+def exchange(
+    target: Target,
+    method: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float,
+    max_response: int = MAX_RESPONSE_BYTES,
+) -> Response:
     """Send one request to the checked addresses (the next one only if connecting failed)."""
     started = time.monotonic()
     for index, address in enumerate(target.addresses):
@@ -58,20 +65,42 @@ def exchange(target: Target, method: str, *, headers: Mapping[str, str] | None =
     raise TransportError("no address to connect to", _ms(started))
 
 
-def _exchange_with(address: str, target: Target, method: str, headers: Mapping[str, str] | None,
-                   body: bytes | None, timeout: float, max_response: int, started: float) -> Response:
-    pool_kw: dict[str, object] = {"maxsize": 1, "retries": False, "block": False}
+def _exchange_with(
+    address: str,
+    target: Target,
+    method: str,
+    headers: Mapping[str, str] | None,
+    body: bytes | None,
+    timeout: float,
+    max_response: int,
+    started: float,
+) -> Response:
     if target.scheme == "https":
         pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
-            address, target.port, server_hostname=target.host, assert_hostname=target.host,
-            cert_reqs="CERT_REQUIRED", **pool_kw)  # type: ignore[arg-type]
+            address,
+            target.port,
+            server_hostname=target.host,
+            assert_hostname=target.host,
+            cert_reqs="CERT_REQUIRED",
+            maxsize=1,
+            retries=False,
+            block=False,
+        )
     else:
-        pool = urllib3.HTTPConnectionPool(address, target.port, **pool_kw)  # type: ignore[arg-type]
+        pool = urllib3.HTTPConnectionPool(address, target.port, maxsize=1, retries=False, block=False)
     all_headers = {"User-Agent": USER_AGENT, **(headers or {}), "Host": target.host_header}
     try:
-        resp = pool.urlopen(method, target.path, body=body, headers=all_headers, redirect=False, retries=False,
-                            assert_same_host=False, preload_content=False,
-                            timeout=urllib3.Timeout(connect=timeout, read=timeout))
+        resp = pool.urlopen(
+            method,
+            target.path,
+            body=body,
+            headers=all_headers,
+            redirect=False,
+            retries=False,
+            assert_same_host=False,
+            preload_content=False,
+            timeout=urllib3.Timeout(connect=timeout, read=timeout),
+        )
         try:
             data = resp.read(max_response)
         finally:

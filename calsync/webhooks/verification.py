@@ -19,22 +19,26 @@ from calsync.webhooks.transport import TransportError, exchange
 MAX_ANSWER_BYTES = 4096
 
 
-def verify_endpoint(url: str, settings: Settings, *, verify_token: str | None = None,
-                    timeout: float | None = None) -> None:
+def verify_endpoint(
+    url: str, settings: Settings, *, verify_token: str | None = None, timeout: float | None = None
+) -> None:
     """Raise VerificationFailed (with the reason) unless the endpoint echoes a fresh challenge."""
     challenge = secrets.token_urlsafe(24)
     token = verify_token or secrets.token_urlsafe(16)
     target = resolve_target(challenge_url(url, challenge, token), settings)
     wait = settings.webhook_verify_timeout if timeout is None else timeout
     try:
-        answer = exchange(target, "GET", headers={"Accept": "application/json"}, timeout=wait,
-                          max_response=MAX_ANSWER_BYTES)
+        answer = exchange(
+            target, "GET", headers={"Accept": "application/json"}, timeout=wait, max_response=MAX_ANSWER_BYTES
+        )
     except TransportError as err:
         raise VerificationFailed(f"endpoint verification failed: {err}") from err
     if 300 <= answer.status < 400:
         where = answer.headers.get("Location") or answer.headers.get("location") or "elsewhere"
-        raise VerificationFailed(f"endpoint verification failed: HTTP {answer.status} redirect to {where} "
-                                 "(redirects are not followed; give the final URL)")
+        raise VerificationFailed(
+            f"endpoint verification failed: HTTP {answer.status} redirect to {where} "
+            "(redirects are not followed; give the final URL)"
+        )
     if answer.status != 200:
         raise VerificationFailed(f"endpoint verification failed: HTTP {answer.status} (expected 200)")
     try:
@@ -42,8 +46,10 @@ def verify_endpoint(url: str, settings: Settings, *, verify_token: str | None = 
     except (ValueError, AttributeError):
         echoed = None
     if echoed != challenge:
-        raise VerificationFailed('endpoint verification failed: the answer must be the JSON '
-                                 '{"hub.challenge": "<the hub.challenge query parameter>"}')
+        raise VerificationFailed(
+            "endpoint verification failed: the answer must be the JSON "
+            '{"hub.challenge": "<the hub.challenge query parameter>"}'
+        )
 
 
 def challenge_url(url: str, challenge: str, verify_token: str) -> str:

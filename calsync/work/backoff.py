@@ -12,8 +12,14 @@ BASE_SECONDS = 2.0
 CAP_SECONDS = 30 * 60.0
 
 
-def backoff_delay(error_count: int, *, retry_after: float | None = None, base: float = BASE_SECONDS,
-                  cap: float = CAP_SECONDS, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    error_count: int,
+    *,
+    retry_after: float | None = None,
+    base: float = BASE_SECONDS,
+    cap: float = CAP_SECONDS,
+    rng: random.Random | None = None,
+) -> float:
     """Seconds to wait after the `error_count`-th failure in a row (1 = the first)."""
     ceiling = min(cap, base * 2 ** max(0, error_count - 1))
     delay = (rng or random).uniform(0, ceiling)

@@ -111,8 +111,9 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
     else:
         with transaction(runtime.sessions) as session:
             baseline_before = bool(session.scalar(select(Calendar.baseline_done).where(Calendar.id == claim.id)))
-            channel_ok = not needs_new_channel(live_channels(session, calendar_id=claim.id), runtime.clock.now(),
-                                               settings.renew_before)
+            channel_ok = not needs_new_channel(
+                live_channels(session, calendar_id=claim.id), runtime.clock.now(), settings.renew_before
+            )
     if baseline_before and not channel_ok:
         # New channel first, old one stopped; the sync below covers the seam between them.
         replace_channel(runtime, calendar_id=claim.id)
@@ -129,8 +130,9 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
     # between the last page and the watch are caught by one more (incremental) sync.
     replace_channel(runtime, calendar_id=claim.id)
     with transaction(runtime.sessions) as session:
-        session.execute(update(Calendar).where(Calendar.id == claim.id)
-                        .values(sync_requested=Calendar.sync_requested + 1))
+        session.execute(
+            update(Calendar).where(Calendar.id == claim.id).values(sync_requested=Calendar.sync_requested + 1)
+        )
         runtime.wakeup.notify_after_commit(session)
         if not finish_calendar(session, claim, runtime.clock.now(), settings.reconcile_every, 0.0):
             log.info("calendar %s: synced, but the lease had passed to another worker", claim.id)
@@ -139,8 +141,11 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
 def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
     settings = runtime.settings
     with transaction(runtime.sessions) as session:
-        renew = needs_new_channel(live_channels(session, account_id=claim.id, kind=ChannelKind.CALENDAR_LIST),
-                                  runtime.clock.now(), settings.renew_before)
+        renew = needs_new_channel(
+            live_channels(session, account_id=claim.id, kind=ChannelKind.CALENDAR_LIST),
+            runtime.clock.now(),
+            settings.renew_before,
+        )
     if renew:
         # Watch first: the refresh below then covers everything since the watch began.
         replace_channel(runtime, account_id=claim.id)
@@ -153,14 +158,24 @@ def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
         if result.added:
-            session.execute(update(Calendar).where(Calendar.id.in_(list(result.added)), Calendar.due_at.is_(None))
-                            .values(due_at=now))
+            session.execute(
+                update(Calendar)
+                .where(Calendar.id.in_(list(result.added)), Calendar.due_at.is_(None))
+                .values(due_at=now)
+            )
             runtime.wakeup.notify_after_commit(session)
         finish_account_list(session, claim, now, settings.reconcile_every)
 
 
-def _fail(runtime: Runtime, claim: Claim, err: BaseException, *, state: str, retry_after: float | None = None,
-          floor: float = 0.0) -> None:
+def _fail(
+    runtime: Runtime,
+    claim: Claim,
+    err: BaseException,
+    *,
+    state: str,
+    retry_after: float | None = None,
+    floor: float = 0.0,
+) -> None:
     with transaction(runtime.sessions) as session:
         count = calendar_error_count(session, claim.id) + 1
         delay = max(floor, backoff_delay(count, retry_after=retry_after))
@@ -186,8 +201,11 @@ def _request_list_refresh(runtime: Runtime, account_id: int | None) -> None:
         return
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
-        session.execute(update(Account).where(Account.id == account_id).values(
-            list_requested=Account.list_requested + 1, list_due_at=now))
+        session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(list_requested=Account.list_requested + 1, list_due_at=now)
+        )
         runtime.wakeup.notify_after_commit(session)
 
 

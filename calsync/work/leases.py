@@ -36,16 +36,22 @@ class Claim:
     more_due: bool = False  # another calendar was due and free when this one was claimed
 
 
-def claim_calendar(session: Session, owner: str, now: datetime, lease_seconds: float,
-                   renew_before: float | None = None) -> Claim | None:
+def claim_calendar(
+    session: Session, owner: str, now: datetime, lease_seconds: float, renew_before: float | None = None
+) -> Claim | None:
     """The calendar that has waited longest for a sync, leased to `owner`; None when nothing is due.
 
     One statement takes the lease and returns the job's starting state, whether another calendar
     is waiting too, and (given `renew_before`) whether an active channel outlasts the renewal window.
     """
     claiming_as(session, owner, now)
-    params = {"now": now, "stale_before": stale_before(now), "owner": owner,
-              "until": now + timedelta(seconds=lease_seconds), "horizon": now + timedelta(seconds=renew_before or 0.0)}
+    params = {
+        "now": now,
+        "stale_before": stale_before(now),
+        "owner": owner,
+        "until": now + timedelta(seconds=lease_seconds),
+        "horizon": now + timedelta(seconds=renew_before or 0.0),
+    }
     if is_postgres(session):
         row = session.execute(_CLAIM, params).first()
     else:
@@ -55,18 +61,33 @@ def claim_calendar(session: Session, owner: str, now: datetime, lease_seconds: f
             session.execute(_LEASE, {**params, "claimed": row.id})
     if row is None:
         return None
-    state = CalendarState(account_id=row.account_id, google_id=row.google_id, sync_token=row.sync_token,
-                          baseline_done=bool(row.baseline_done), credentials=row.credentials,
-                          channel_ok=bool(row.channel_ok) if renew_before is not None else None)
-    return Claim(id=row.id, requested=row.sync_requested, owner=owner, claimed_at=now, calendar=state,
-                 more_due=bool(row.more_due))
+    state = CalendarState(
+        account_id=row.account_id,
+        google_id=row.google_id,
+        sync_token=row.sync_token,
+        baseline_done=bool(row.baseline_done),
+        credentials=row.credentials,
+        channel_ok=bool(row.channel_ok) if renew_before is not None else None,
+    )
+    return Claim(
+        id=row.id,
+        requested=row.sync_requested,
+        owner=owner,
+        claimed_at=now,
+        calendar=state,
+        more_due=bool(row.more_due),
+    )
 
 
-def finish_calendar(session: Session, claim: Claim, now: datetime, reconcile_every: float,
-                    min_interval: float = 0.0) -> bool:
+def finish_calendar(
+    session: Session, claim: Claim, now: datetime, reconcile_every: float, min_interval: float = 0.0
+) -> bool:
     """Record a successful sync: one more run if requests arrived meanwhile, else reconcile later."""
-    result = session.execute(update(Calendar).where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner)
-                             .values(**finish_values(claim, now, reconcile_every, min_interval)))
+    result = session.execute(
+        update(Calendar)
+        .where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner)
+        .values(**finish_values(claim, now, reconcile_every, min_interval))
+    )
     return bool(rows_affected(result))
 
 
@@ -79,10 +100,17 @@ def finish_values(claim: Claim, now: datetime, reconcile_every: float, min_inter
     follow_up = max(now, (claim.claimed_at or now) + timedelta(seconds=min_interval))
     return dict(
         sync_done=claim.requested,
-        due_at=case((Calendar.sync_requested > claim.requested, follow_up),
-                    else_=now + timedelta(seconds=reconcile_every)),
+        due_at=case(
+            (Calendar.sync_requested > claim.requested, follow_up), else_=now + timedelta(seconds=reconcile_every)
+        ),
         next_reconcile_at=now + timedelta(seconds=reconcile_every),
-        lease_owner=None, lease_until=None, error_count=0, retry_at=None, last_error=None, sync_state=SyncState.SYNCED)
+        lease_owner=None,
+        lease_until=None,
+        error_count=0,
+        retry_at=None,
+        last_error=None,
+        sync_state=SyncState.SYNCED,
+    )
 
 
 def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float, state: str, error: str) -> bool:
@@ -106,8 +134,11 @@ def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float
 
 def release_calendar(session: Session, claim: Claim) -> None:
     """Give the work back untouched (shutdown, or a job that must not run now)."""
-    session.execute(update(Calendar).where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner)
-                    .values(lease_owner=None, lease_until=None))
+    session.execute(
+        update(Calendar)
+        .where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner)
+        .values(lease_owner=None, lease_until=None)
+    )
 
 
 def calendar_error_count(session: Session, calendar_id: int) -> int:
@@ -120,8 +151,11 @@ def claim_account_list(session: Session, owner: str, now: datetime, lease_second
     row = session.execute(_PICK_LIST, {"now": now, "stale_before": stale_before(now)}).first()
     if row is None:
         return None
-    session.execute(update(Account).where(Account.id == row.id).values(
-        list_lease_owner=owner, list_lease_until=now + timedelta(seconds=lease_seconds)))
+    session.execute(
+        update(Account)
+        .where(Account.id == row.id)
+        .values(list_lease_owner=owner, list_lease_until=now + timedelta(seconds=lease_seconds))
+    )
     return Claim(id=row.id, requested=row.list_requested, owner=owner, claimed_at=now)
 
 
@@ -159,8 +193,11 @@ def fail_account_list(session: Session, claim: Claim, now: datetime, *, delay: f
 
 
 def release_account_list(session: Session, claim: Claim) -> None:
-    session.execute(update(Account).where(Account.id == claim.id, Account.list_lease_owner == claim.owner)
-                    .values(list_lease_owner=None, list_lease_until=None))
+    session.execute(
+        update(Account)
+        .where(Account.id == claim.id, Account.list_lease_owner == claim.owner)
+        .values(list_lease_owner=None, list_lease_until=None)
+    )
 
 
 def account_list_error_count(session: Session, account_id: int) -> int:
@@ -174,8 +211,12 @@ _NOW = bindparam("now", type_=_CAL.c.due_at.type)
 
 def _claimable(cal: Any, acct: Any) -> tuple[ColumnElement[bool], ...]:
     """A calendar that may be claimed now: due, not removed, its lease free, its account active."""
-    return (cal.c.due_at <= _NOW, cal.c.removed_at.is_(None), lease_is_free(cal.c.lease_owner, cal.c.lease_until, _NOW),
-            acct.c.status == AccountStatus.ACTIVE)
+    return (
+        cal.c.due_at <= _NOW,
+        cal.c.removed_at.is_(None),
+        lease_is_free(cal.c.lease_owner, cal.c.lease_until, _NOW),
+        acct.c.status == AccountStatus.ACTIVE,
+    )
 
 
 def _claimable_from(name: str) -> tuple[Any, Any]:
@@ -186,8 +227,12 @@ def _claimable_from(name: str) -> tuple[Any, Any]:
 
 
 _pick, _pick_query = _claimable_from("pick")
-_PICK = (_pick_query.order_by(_pick.c.due_at, _pick.c.id).limit(1)
-         .with_for_update(skip_locked=True, of=_pick).scalar_subquery())
+_PICK = (
+    _pick_query.order_by(_pick.c.due_at, _pick.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True, of=_pick)
+    .scalar_subquery()
+)
 _other, _other_query = _claimable_from("other")
 _RETURNED = (
     _CAL.c.id,
@@ -219,7 +264,14 @@ _PEEK = select(*_RETURNED).where(_CAL.c.id == _PICK)
 _LEASE = update(_CAL).where(_CAL.c.id == bindparam("claimed")).values(**_SET_LEASE)
 
 
-_PICK_LIST = (select(_ACC.c.id, _ACC.c.list_requested)
-              .where(_ACC.c.status == AccountStatus.ACTIVE, _ACC.c.list_due_at <= _NOW,
-                     lease_is_free(_ACC.c.list_lease_owner, _ACC.c.list_lease_until, _NOW))
-              .order_by(_ACC.c.list_due_at, _ACC.c.id).limit(1).with_for_update(skip_locked=True))
+_PICK_LIST = (
+    select(_ACC.c.id, _ACC.c.list_requested)
+    .where(
+        _ACC.c.status == AccountStatus.ACTIVE,
+        _ACC.c.list_due_at <= _NOW,
+        lease_is_free(_ACC.c.list_lease_owner, _ACC.c.list_lease_until, _NOW),
+    )
+    .order_by(_ACC.c.list_due_at, _ACC.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)

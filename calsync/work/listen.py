@@ -23,8 +23,15 @@ RECONNECT_SECONDS = 2.0
 class Listener(threading.Thread):
     """Holds one autocommit connection in LISTEN and turns each notification into a local wake-up."""
 
-    def __init__(self, url: URL, wakeup: Wakeup, stop: threading.Event, *, poll: float = 0.5,
-                 ignore: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self,
+        url: URL,
+        wakeup: Wakeup,
+        stop: threading.Event,
+        *,
+        poll: float = 0.5,
+        ignore: Callable[[int], bool] | None = None,
+    ) -> None:
         super().__init__(name="calsync-listen", daemon=True)
         self.conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.wakeup = wakeup

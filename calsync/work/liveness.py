@@ -78,5 +78,8 @@ class Heartbeat:
     def _write(self, session: Session, now: datetime) -> None:
         seen = session.execute(update(WorkerHeartbeat).where(WorkerHeartbeat.name == self.name).values(seen_at=now))
         if not rows_affected(seen):
-            session.add(WorkerHeartbeat(name=self.name, host=socket.gethostname()[:255], pid=os.getpid(),
-                                        started_at=now, seen_at=now))
+            session.add(
+                WorkerHeartbeat(
+                    name=self.name, host=socket.gethostname()[:255], pid=os.getpid(), started_at=now, seen_at=now
+                )
+            )

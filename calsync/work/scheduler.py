@@ -29,6 +29,7 @@ from calsync.sync.retention import trim_changes
 
 HEARTBEAT_RETENTION = timedelta(days=1)
 
+
 def schedule_renewals(session: Session, now: datetime, renew_before: float) -> int:
     """Make due every calendar or calendar list whose active channel expires within `renew_before`.
 
@@ -42,8 +43,9 @@ def schedule_renewals(session: Session, now: datetime, renew_before: float) -> i
 
 def due_channels(horizon: datetime) -> Select[str, int | None, int]:
     """Active channels expiring by `horizon`: a range read of `ix_channels_status_expires_at`."""
-    return (select(Channel.kind, Channel.calendar_id, Channel.account_id)
-            .where(Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= horizon))
+    return select(Channel.kind, Channel.calendar_id, Channel.account_id).where(
+        Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= horizon
+    )
 
 
 def schedule_missing_channels(session: Session, now: datetime, renew_before: float) -> int:
@@ -53,14 +55,30 @@ def schedule_missing_channels(session: Session, now: datetime, renew_before: flo
     per worker start, not every pass (each sync also checks its own calendar's channel).
     """
     horizon = now + timedelta(seconds=renew_before)
-    live_events = exists().where(Channel.calendar_id == Calendar.id, Channel.kind == ChannelKind.EVENTS,
-                                 Channel.status == ChannelStatus.ACTIVE, Channel.expires_at > horizon)
-    calendar_ids = set(session.scalars(
-        select(Calendar.id).join(Account, Account.id == Calendar.account_id)
-        .where(Account.status == AccountStatus.ACTIVE, Calendar.removed_at.is_(None), Calendar.baseline_done.is_(True),
-               ~live_events)))
-    live_list = exists().where(Channel.account_id == Account.id, Channel.kind == ChannelKind.CALENDAR_LIST,
-                               Channel.status == ChannelStatus.ACTIVE, Channel.expires_at > horizon)
+    live_events = exists().where(
+        Channel.calendar_id == Calendar.id,
+        Channel.kind == ChannelKind.EVENTS,
+        Channel.status == ChannelStatus.ACTIVE,
+        Channel.expires_at > horizon,
+    )
+    calendar_ids = set(
+        session.scalars(
+            select(Calendar.id)
+            .join(Account, Account.id == Calendar.account_id)
+            .where(
+                Account.status == AccountStatus.ACTIVE,
+                Calendar.removed_at.is_(None),
+                Calendar.baseline_done.is_(True),
+                ~live_events,
+            )
+        )
+    )
+    live_list = exists().where(
+        Channel.account_id == Account.id,
+        Channel.kind == ChannelKind.CALENDAR_LIST,
+        Channel.status == ChannelStatus.ACTIVE,
+        Channel.expires_at > horizon,
+    )
     account_ids = set(session.scalars(select(Account.id).where(Account.status == AccountStatus.ACTIVE, ~live_list)))
     return _make_calendars_due(session, calendar_ids, now) + _make_lists_due(session, account_ids, now)
 
@@ -95,8 +113,13 @@ def _make_calendars_due(session: Session, ids: set[int], now: datetime) -> int:
     if not ids:
         return 0
     not_yet = (Calendar.due_at.is_(None)) | (Calendar.due_at > now)
-    return rows_affected(session.execute(update(Calendar).where(Calendar.id.in_(ids), not_yet).values(
-        due_at=case((Calendar.retry_at > now, Calendar.retry_at), else_=now))))
+    return rows_affected(
+        session.execute(
+            update(Calendar)
+            .where(Calendar.id.in_(ids), not_yet)
+            .values(due_at=case((Calendar.retry_at > now, Calendar.retry_at), else_=now))
+        )
+    )
 
 
 def _make_lists_due(session: Session, ids: set[int], now: datetime) -> int:

@@ -52,10 +52,15 @@ ReleaseFn = Callable[[Session, Claim], None]
 
 _DELIVERIES = Delivery.__table__
 _DELIVERY_NOW = bindparam("now", type_=_DELIVERIES.c.next_attempt_at.type)
-_DELIVERY_DUE = (select(_DELIVERIES.c.id)
-                 .where(_DELIVERIES.c.state == DeliveryState.PENDING, _DELIVERIES.c.next_attempt_at <= _DELIVERY_NOW,
-                        lease_is_free(_DELIVERIES.c.lease_owner, _DELIVERIES.c.lease_until, _DELIVERY_NOW))
-                 .limit(1))
+_DELIVERY_DUE = (
+    select(_DELIVERIES.c.id)
+    .where(
+        _DELIVERIES.c.state == DeliveryState.PENDING,
+        _DELIVERIES.c.next_attempt_at <= _DELIVERY_NOW,
+        lease_is_free(_DELIVERIES.c.lease_owner, _DELIVERIES.c.lease_until, _DELIVERY_NOW),
+    )
+    .limit(1)
+)
 
 
 class Worker:
@@ -83,8 +88,12 @@ class Worker:
         try:
             self.start_up()
             listener = self._start_listener(stop)
-            threads = [threading.Thread(target=self._loop, args=(f"{self.name}/{i}", stop),
-                                        name=f"calsync-worker-{i}", daemon=True) for i in range(self.threads)]
+            threads = [
+                threading.Thread(
+                    target=self._loop, args=(f"{self.name}/{i}", stop), name=f"calsync-worker-{i}", daemon=True
+                )
+                for i in range(self.threads)
+            ]
             for t in threads:
                 t.start()
             while not stop.wait(self.tick_seconds):
@@ -222,4 +231,3 @@ class Worker:
 def _deliveries_may_be_due(session: Session, now: datetime) -> bool:
     """Whether a webhook delivery is pending, due and unleased: a cheap look before the real claim."""
     return session.execute(_DELIVERY_DUE, {"now": now, "stale_before": stale_before(now)}).first() is not None
-

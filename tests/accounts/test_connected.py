@@ -26,14 +26,21 @@ NOW = datetime(2026, 2, 1, 12, 0, tzinfo=UTC)
 
 def creds(runtime: Runtime, token: str, refresh: str | None) -> Credentials:
     cfg = client_config(runtime.settings)
-    return Credentials(token=token, refresh_token=refresh, token_uri="http://127.0.0.1:1/token",
-                       client_id=cfg.client_id, client_secret=cfg.client_secret, scopes=[READONLY])
+    return Credentials(
+        token=token,
+        refresh_token=refresh,
+        token_uri="http://127.0.0.1:1/token",
+        client_id=cfg.client_id,
+        client_secret=cfg.client_secret,
+        scopes=[READONLY],
+    )
 
 
 def upsert(runtime: Runtime, token: str, refresh: str | None, now: datetime = NOW) -> int:
     with transaction(runtime.sessions) as session:
-        return upsert_account(session, runtime.cipher, "a@example.com", creds(runtime, token, refresh),
-                              [READONLY], now).id
+        return upsert_account(
+            session, runtime.cipher, "a@example.com", creds(runtime, token, refresh), [READONLY], now
+        ).id
 
 
 def stored(runtime: Runtime, account_id: int) -> Credentials:
@@ -47,18 +54,23 @@ def test_connecting_stores_encrypted_credentials_and_asks_for_the_calendar_list(
         account = session.get_one(Account, account_id)
         assert b"refresh-1" not in account.credentials and b"access-1" not in account.credentials
         assert (account.status, account.scopes, account.list_requested, account.list_due_at) == (
-            "active", [READONLY], 1, NOW)
+            "active",
+            [READONLY],
+            1,
+            NOW,
+        )
     loaded = stored(runtime, account_id)
-    assert (loaded.token, loaded.refresh_token, loaded.token_uri) == ("access-1", "refresh-1",
-                                                                       "http://127.0.0.1:1/token")
+    assert (loaded.token, loaded.refresh_token, loaded.token_uri) == (
+        "access-1",
+        "refresh-1",
+        "http://127.0.0.1:1/token",
+    )
 
 
-def test_reconnecting_never_duplicates_and_keeps_the_refresh_token_google_did_not_resend(
-        runtime: Runtime) -> None:
+def test_reconnecting_never_duplicates_and_keeps_the_refresh_token_google_did_not_resend(runtime: Runtime) -> None:
     first = upsert(runtime, "access-1", "refresh-1")
     with transaction(runtime.sessions) as session:
-        session.add(Calendar(account_id=first, google_id="a@example.com", sync_requested=1, sync_done=1,
-                             retry_at=NOW))
+        session.add(Calendar(account_id=first, google_id="a@example.com", sync_requested=1, sync_done=1, retry_at=NOW))
         mark_reauth_required(session, first, "invalid_grant", NOW)
     later = datetime(2026, 2, 2, tzinfo=UTC)
     second = upsert(runtime, "access-2", None, now=later)
@@ -107,8 +119,11 @@ def test_credentials_survive_a_round_trip_through_the_emulator(runtime: Runtime,
 def test_a_sync_finishing_after_a_disconnect_neither_revives_nor_rewrites_the_account(runtime: Runtime) -> None:
     account_id = upsert(runtime, "access-1", "refresh-1")
     with transaction(runtime.sessions) as session:
-        session.execute(update(Account).where(Account.id == account_id).values(
-            status="disconnected", credentials=runtime.cipher.encrypt_str("{}")))
+        session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(status="disconnected", credentials=runtime.cipher.encrypt_str("{}"))
+        )
     with transaction(runtime.sessions) as session:
         mark_reauth_required(session, account_id, "invalid_grant", NOW)
         save_if_refreshed(session, runtime, account_id, creds(runtime, "access-9", "refresh-9"), "access-1")

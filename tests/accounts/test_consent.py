@@ -21,8 +21,7 @@ def _accounts(runtime: Runtime) -> int:
         return int(session.scalar(select(func.count()).select_from(Account)) or 0)
 
 
-def test_a_consent_started_and_finished_stores_the_account_by_its_primary_calendar(runtime: Runtime,
-                                                                                  emu: Any) -> None:
+def test_a_consent_started_and_finished_stores_the_account_by_its_primary_calendar(runtime: Runtime, emu: Any) -> None:
     pending = start_consent(runtime)
     query = parse_qs(urlsplit(pending.url).query)
     assert query["access_type"] == ["offline"] and query["code_challenge_method"] == ["S256"]

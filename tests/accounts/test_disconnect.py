@@ -28,9 +28,10 @@ def connect(runtime: Runtime, emu: Any, email: str = EMAIL) -> int:
     """An account as after consent: tokens from the emulator, stored through upsert_account."""
     emu.create_user(email)
     tokens = emu.issue_tokens(email, scopes=[READONLY])
-    creds = credentials_from_json(json.dumps({"token": tokens["access_token"],
-                                              "refresh_token": tokens["refresh_token"],
-                                              "scopes": [READONLY]}), runtime.settings)
+    creds = credentials_from_json(
+        json.dumps({"token": tokens["access_token"], "refresh_token": tokens["refresh_token"], "scopes": [READONLY]}),
+        runtime.settings,
+    )
     with transaction(runtime.sessions) as session:
         account = upsert_account(session, runtime.cipher, email, creds, [READONLY], runtime.clock.now())
         return account.id
@@ -38,8 +39,7 @@ def connect(runtime: Runtime, emu: Any, email: str = EMAIL) -> int:
 
 def add_calendar(runtime: Runtime, account_id: int, google_id: str) -> int:
     with transaction(runtime.sessions) as session:
-        cal = Calendar(account_id=account_id, google_id=google_id, sync_state="synced",
-                       due_at=runtime.clock.now())
+        cal = Calendar(account_id=account_id, google_id=google_id, sync_state="synced", due_at=runtime.clock.now())
         session.add(cal)
         session.flush()
         return cal.id
@@ -52,8 +52,15 @@ def watch(runtime: Runtime, account_id: int, calendar_id: int | None, google_id:
         account = session.get(Account, account_id)
         assert account is not None
         creds = load_credentials(runtime, account)
-        session.add(Channel(id=channel_id, account_id=account_id, calendar_id=calendar_id,
-                            kind="events" if google_id else "calendar_list", token_hash="0" * 64))
+        session.add(
+            Channel(
+                id=channel_id,
+                account_id=account_id,
+                calendar_id=calendar_id,
+                kind="events" if google_id else "calendar_list",
+                token_hash="0" * 64,
+            )
+        )
     google = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
     address = runtime.settings.notifications_url
     if google_id:
@@ -69,8 +76,7 @@ def watch(runtime: Runtime, account_id: int, calendar_id: int | None, google_id:
 
 
 def refresh_works(runtime: Runtime, refresh_token: str) -> bool:
-    creds = credentials_from_json(json.dumps({"refresh_token": refresh_token, "scopes": [READONLY]}),
-                                  runtime.settings)
+    creds = credentials_from_json(json.dumps({"refresh_token": refresh_token, "scopes": [READONLY]}), runtime.settings)
     try:
         creds.refresh(Request())
     except RefreshError:
@@ -86,12 +92,23 @@ def test_disconnect_stops_channels_revokes_the_grant_and_wipes_tokens(runtime: R
     primary = add_calendar(runtime, account_id, EMAIL)
     team_cal = add_calendar(runtime, account_id, team)
     bobs_cal = add_calendar(runtime, other_id, "bob@example.com")
-    opened = [watch(runtime, account_id, primary, EMAIL), watch(runtime, account_id, team_cal, team),
-              watch(runtime, account_id, None, None)]
+    opened = [
+        watch(runtime, account_id, primary, EMAIL),
+        watch(runtime, account_id, team_cal, team),
+        watch(runtime, account_id, None, None),
+    ]
     bobs_channel = watch(runtime, other_id, bobs_cal, "bob@example.com")
     with transaction(runtime.sessions) as session:  # a watch that never answered: nothing to stop at Google
-        session.add(Channel(id="never-answered", account_id=account_id, calendar_id=primary, kind="events",
-                            token_hash="0" * 64, status="pending"))
+        session.add(
+            Channel(
+                id="never-answered",
+                account_id=account_id,
+                calendar_id=primary,
+                kind="events",
+                token_hash="0" * 64,
+                status="pending",
+            )
+        )
     assert {c["id"] for c in emu.channels()} == {*opened, bobs_channel}
     with runtime.sessions() as session:
         account = session.get(Account, account_id)
@@ -142,8 +159,17 @@ def test_channel_already_gone_at_google_counts_as_stopped(runtime: Runtime, emu:
     account_id = connect(runtime, emu)
     cal = add_calendar(runtime, account_id, EMAIL)
     with transaction(runtime.sessions) as session:
-        session.add(Channel(id="expired-at-google", account_id=account_id, calendar_id=cal, kind="events",
-                            token_hash="0" * 64, resource_id="unknown-resource", status="active"))
+        session.add(
+            Channel(
+                id="expired-at-google",
+                account_id=account_id,
+                calendar_id=cal,
+                kind="events",
+                token_hash="0" * 64,
+                resource_id="unknown-resource",
+                status="active",
+            )
+        )
     result = disconnect_account(runtime, account_id)
     assert result.channels_stopped == ["expired-at-google"]
     assert emu.count("calendar.channels.stop") == 1
@@ -189,16 +215,20 @@ def test_operator_disconnect_endpoint(client: Any, runtime: Runtime, emu: Any, a
     connect(runtime, emu)
     resp = client.post(f"/api/accounts/{EMAIL}/disconnect", headers=api_headers)
     assert resp.status_code == 200
-    assert resp.get_json() == {"account": EMAIL, "status": "disconnected", "revoked": True,
-                               "channels_stopped": [], "channels_not_stopped": []}
+    assert resp.get_json() == {
+        "account": EMAIL,
+        "status": "disconnected",
+        "revoked": True,
+        "channels_stopped": [],
+        "channels_not_stopped": [],
+    }
     again = client.post(f"/api/accounts/{EMAIL}/disconnect", headers=api_headers)
     assert again.status_code == 200 and again.get_json()["status"] == "disconnected"
     with runtime.sessions() as session:
         assert session.scalar(select(Account.status).where(Account.email == EMAIL)) == "disconnected"
 
 
-def test_a_channel_left_stopping_by_a_crash_is_stopped_at_google_by_a_disconnect(runtime: Runtime,
-                                                                                 emu: Any) -> None:
+def test_a_channel_left_stopping_by_a_crash_is_stopped_at_google_by_a_disconnect(runtime: Runtime, emu: Any) -> None:
     """`stopping` is not a live channel (the receiver refuses it, renewal ignores it), but Google may
     still serve it: a disconnect must stop it there too."""
     emu.create_user(EMAIL)

@@ -66,9 +66,18 @@ class Report:
         self.command = " ".join([Path(sys.executable).name, *[a for a in sys.argv if a]])
         print(f"== {title}   ({self.command})", flush=True)
 
-    def figure(self, name: str, value: float, unit: str, *, baseline: float | None = None,
-               baseline_name: str = "", target: str | None = None, met: bool | None = None,
-               ratio: float | None = None) -> None:
+    def figure(
+        self,
+        name: str,
+        value: float,
+        unit: str,
+        *,
+        baseline: float | None = None,
+        baseline_name: str = "",
+        target: str | None = None,
+        met: bool | None = None,
+        ratio: float | None = None,
+    ) -> None:
         """One measured figure: value, the same-run baseline and their ratio, and the target verdict."""
         line = f"  {name}: {_fmt(value)} {unit}"
         if baseline is not None:
@@ -81,9 +90,23 @@ class Report:
         print(line, flush=True)
         if self.json_path is not None:
             with self.json_path.open("a") as fh:
-                fh.write(json.dumps({"script": self.title, "name": name, "value": value, "unit": unit,
-                                     "baseline": baseline, "baseline_name": baseline_name, "ratio": ratio,
-                                     "target": target, "met": met, "command": self.command}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "script": self.title,
+                            "name": name,
+                            "value": value,
+                            "unit": unit,
+                            "baseline": baseline,
+                            "baseline_name": baseline_name,
+                            "ratio": ratio,
+                            "target": target,
+                            "met": met,
+                            "command": self.command,
+                        }
+                    )
+                    + "\n"
+                )
 
     def note(self, text_: str) -> None:
         print(f"  - {text_}", flush=True)
@@ -196,39 +219,46 @@ def start_emulator(**kwargs: Any) -> Any:
 class Deployment:
     """calsync's configuration for one run, as Settings (in-process) and as environment (subprocesses)."""
 
-    def __init__(self, emu: Any, db_url: str, work: Path, *, public_port: int | None = None,
-                 **overrides: Any) -> None:
+    def __init__(self, emu: Any, db_url: str, work: Path, *, public_port: int | None = None, **overrides: Any) -> None:
         self.emu = emu
         self.work = work
         self.port = public_port or free_port()
         self.public_url = f"http://127.0.0.1:{self.port}"
         secrets_path = work / "client_secret.json"
         emu.write_client_secrets(secrets_path, [self.public_url + "/oauth2callback"])
-        self.settings = Settings(database_url=db_url, google_client_secrets=secrets_path,
-                                 google_api_url=emu.api_url, public_url=self.public_url,
-                                 secret_key=Secret("bench-secret"), token_key=Secret(new_key()),
-                                 api_token=Secret(API_TOKEN), instance_path=work / "instance",
-                                 **overrides)
+        self.settings = Settings(
+            database_url=db_url,
+            google_client_secrets=secrets_path,
+            google_api_url=emu.api_url,
+            public_url=self.public_url,
+            secret_key=Secret("bench-secret"),
+            token_key=Secret(new_key()),
+            api_token=Secret(API_TOKEN),
+            instance_path=work / "instance",
+            **overrides,
+        )
         self.procs: list[Proc] = []
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CALSYNC_")}
         s = self.settings
-        env.update({
-            "CALSYNC_DATABASE_URL": s.database_url,
-            "CALSYNC_GOOGLE_CLIENT_SECRETS": str(s.google_client_secrets),
-            "CALSYNC_GOOGLE_API_URL": s.google_api_url,
-            "CALSYNC_PUBLIC_URL": s.public_url,
-            "CALSYNC_SECRET_KEY": str(s.secret_key),
-            "CALSYNC_TOKEN_KEY": str(s.token_key),
-            "CALSYNC_API_TOKEN": str(s.api_token),
-            "CALSYNC_INSTANCE_PATH": str(s.instance_path),
-            "CALSYNC_CHANNEL_TTL": str(s.channel_ttl),
-            "CALSYNC_RENEW_BEFORE": str(s.renew_before),
-            "CALSYNC_RECONCILE_EVERY": str(s.reconcile_every),
-            "CALSYNC_LEASE_SECONDS": str(s.lease_seconds),
-            "CALSYNC_WORKER_THREADS": str(s.worker_threads),
-        })
+        env.update(
+            {
+                "CALSYNC_DATABASE_URL": s.database_url,
+                "CALSYNC_GOOGLE_CLIENT_SECRETS": str(s.google_client_secrets),
+                "CALSYNC_GOOGLE_API_URL": s.google_api_url,
+                "CALSYNC_PUBLIC_URL": s.public_url,
+                "CALSYNC_SECRET_KEY": str(s.secret_key),
+                "CALSYNC_TOKEN_KEY": str(s.token_key),
+                "CALSYNC_API_TOKEN": str(s.api_token),
+                "CALSYNC_INSTANCE_PATH": str(s.instance_path),
+                "CALSYNC_CHANNEL_TTL": str(s.channel_ttl),
+                "CALSYNC_RENEW_BEFORE": str(s.renew_before),
+                "CALSYNC_RECONCILE_EVERY": str(s.reconcile_every),
+                "CALSYNC_LEASE_SECONDS": str(s.lease_seconds),
+                "CALSYNC_WORKER_THREADS": str(s.worker_threads),
+            }
+        )
         env.update(extra)
         return env
 
@@ -273,8 +303,9 @@ class Proc:
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._fh = log.open("ab")
-        self.popen = subprocess.Popen(argv, env=env, stdout=self._fh, stderr=subprocess.STDOUT, cwd=str(ROOT),
-                                      start_new_session=True)
+        self.popen = subprocess.Popen(
+            argv, env=env, stdout=self._fh, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True
+        )
         self.pid = self.popen.pid
 
     def alive(self) -> bool:
@@ -307,23 +338,36 @@ class Proc:
 def event_body(n: int, summary: str | None = None, day: int = 0) -> dict[str, Any]:
     start = 8 + n % 10
     date = f"2026-{1 + (day // 28) % 12:02d}-{1 + day % 28:02d}"
-    return {"summary": summary or f"event {n}", "description": f"benchmark event number {n}",
-            "location": "Room 4", "start": {"dateTime": f"{date}T{start:02d}:00:00Z"},
-            "end": {"dateTime": f"{date}T{start:02d}:30:00Z"}}
+    return {
+        "summary": summary or f"event {n}",
+        "description": f"benchmark event number {n}",
+        "location": "Room 4",
+        "start": {"dateTime": f"{date}T{start:02d}:00:00Z"},
+        "end": {"dateTime": f"{date}T{start:02d}:30:00Z"},
+    }
 
 
 def all_synced(rt: Runtime, calendars: int, *, watched: bool = True) -> bool:
     """Every calendar has its baseline, owes no sync, and (if asked) has an active channel."""
     with rt.sessions() as session:
-        done = session.scalar(select(func.count()).select_from(Calendar).where(
-            Calendar.baseline_done.is_(True), Calendar.sync_done >= Calendar.sync_requested,
-            Calendar.lease_owner.is_(None)))
+        done = session.scalar(
+            select(func.count())
+            .select_from(Calendar)
+            .where(
+                Calendar.baseline_done.is_(True),
+                Calendar.sync_done >= Calendar.sync_requested,
+                Calendar.lease_owner.is_(None),
+            )
+        )
         if (done or 0) < calendars:
             return False
         if not watched:
             return True
-        live = session.scalar(select(func.count(func.distinct(Channel.calendar_id))).where(
-            Channel.kind == "events", Channel.status == "active"))
+        live = session.scalar(
+            select(func.count(func.distinct(Channel.calendar_id))).where(
+                Channel.kind == "events", Channel.status == "active"
+            )
+        )
         return (live or 0) >= calendars
 
 
@@ -349,8 +393,9 @@ def all_changes(rt: Runtime) -> list[Change]:
 def check_mirrors(report: Report, rt: Runtime, emu: Any, calendar_ids: list[str]) -> None:
     """The mirror of every calendar equals what Google holds, event by event (not just counts)."""
     bad = [cal for cal in calendar_ids if mirror_of(rt, cal) != google_view(emu, cal)]
-    report.check(not bad, f"mirror == emulator for all {len(calendar_ids)} calendars"
-                 + (f" (differ: {bad[:3]})" if bad else ""))
+    report.check(
+        not bad, f"mirror == emulator for all {len(calendar_ids)} calendars" + (f" (differ: {bad[:3]})" if bad else "")
+    )
 
 
 def run_main(main: Callable[[argparse.Namespace], int], p: argparse.ArgumentParser) -> None:
@@ -406,25 +451,34 @@ class EditStream:
 
     def check(self, report: Report, rt: Runtime, label: str) -> None:
         snapshots = [c.event_id for c in all_changes(rt) if c.kind == "snapshot"]
-        report.check(len(snapshots) == len(set(snapshots)) == self.baseline,
-                     f"{label}: the first syncs wrote one snapshot row for each of {self.baseline} events "
-                     f"({len(snapshots)} rows, distinct {len(set(snapshots))})")
+        report.check(
+            len(snapshots) == len(set(snapshots)) == self.baseline,
+            f"{label}: the first syncs wrote one snapshot row for each of {self.baseline} events "
+            f"({len(snapshots)} rows, distinct {len(set(snapshots))})",
+        )
         changes = [c for c in all_changes(rt) if c.kind != "snapshot"]
         cal_google = _google_ids(rt)
         created = [c.after["summary"] for c in changes if c.kind == "created" and c.after]
         updated = [c.after["summary"] for c in changes if c.kind == "updated" and c.after]
         deleted = [(cal_google[c.calendar_id or 0], c.event_id) for c in changes if c.kind == "deleted"]
-        report.check(sorted(created) == sorted(self.created),
-                     f"{label}: each of {len(self.created)} inserts is one `created` change "
-                     f"(log has {len(created)}, distinct {len(set(created))})")
-        report.check(sorted(updated) == sorted(self.updated),
-                     f"{label}: each of {len(self.updated)} patches is one `updated` change "
-                     f"(log has {len(updated)}, distinct {len(set(updated))})")
-        report.check(sorted(deleted) == sorted(self.deleted),
-                     f"{label}: each of {len(self.deleted)} deletes is one `deleted` change "
-                     f"(log has {len(deleted)}, distinct {len(set(deleted))})")
-        report.check(len(changes) == self.count,
-                     f"{label}: the log holds {len(changes)} changes for {self.count} edits")
+        report.check(
+            sorted(created) == sorted(self.created),
+            f"{label}: each of {len(self.created)} inserts is one `created` change "
+            f"(log has {len(created)}, distinct {len(set(created))})",
+        )
+        report.check(
+            sorted(updated) == sorted(self.updated),
+            f"{label}: each of {len(self.updated)} patches is one `updated` change "
+            f"(log has {len(updated)}, distinct {len(set(updated))})",
+        )
+        report.check(
+            sorted(deleted) == sorted(self.deleted),
+            f"{label}: each of {len(self.deleted)} deletes is one `deleted` change "
+            f"(log has {len(deleted)}, distinct {len(set(deleted))})",
+        )
+        report.check(
+            len(changes) == self.count, f"{label}: the log holds {len(changes)} changes for {self.count} edits"
+        )
 
 
 def _google_ids(rt: Runtime) -> dict[int, str]:

@@ -25,10 +25,19 @@ def serve(ready: multiprocessing.queues.Queue[tuple[str, str]], stop: multiproce
 
     emu = Emulator(log_size=1000).start()
     emu.create_user(CALENDAR)
-    emu.bulk_insert_events(CALENDAR, [
-        {"summary": f"event {i}", "location": "Room 4", "description": "weekly sync " * 3,
-         "start": {"dateTime": f"2030-01-{1 + i % 28:02d}T{8 + i % 9:02d}:00:00Z"},
-         "end": {"dateTime": f"2030-01-{1 + i % 28:02d}T{9 + i % 9:02d}:00:00Z"}} for i in range(100)])
+    emu.bulk_insert_events(
+        CALENDAR,
+        [
+            {
+                "summary": f"event {i}",
+                "location": "Room 4",
+                "description": "weekly sync " * 3,
+                "start": {"dateTime": f"2030-01-{1 + i % 28:02d}T{8 + i % 9:02d}:00:00Z"},
+                "end": {"dateTime": f"2030-01-{1 + i % 28:02d}T{9 + i % 9:02d}:00:00Z"},
+            }
+            for i in range(100)
+        ],
+    )
     ready.put((emu.url, emu.issue_tokens(CALENDAR)["access_token"]))
     stop.wait()
     emu.stop()

@@ -67,13 +67,16 @@ def main(args: Any) -> int:
     try:
         with workdir("freebusy") as work:
             emu.create_user(OWNER)
-            cal_ids = [emu.create_calendar(OWNER, f"team {i}", time_zone=ZONES[i % len(ZONES)])
-                       for i in range(calendars)]
+            cal_ids = [
+                emu.create_calendar(OWNER, f"team {i}", time_zone=ZONES[i % len(ZONES)]) for i in range(calendars)
+            ]
             started = time.perf_counter()
             for i, cal in enumerate(cal_ids):
                 _fill(emu, cal, i, per_calendar, series)
-            report.note(f"{calendars} calendars x {per_calendar:,} events ({series} series each) written "
-                        f"into the emulator in {time.perf_counter() - started:.1f}s")
+            report.note(
+                f"{calendars} calendars x {per_calendar:,} events ({series} series each) written "
+                f"into the emulator in {time.perf_counter() - started:.1f}s"
+            )
             for kind in engines(args.db):
                 with database(kind, work, "freebusy") as url:
                     _run(report, kind, emu, url, work, cal_ids, requests_n, peer_n)
@@ -82,8 +85,9 @@ def main(args: Any) -> int:
     return report.finish()
 
 
-def _run(report: Report, kind: str, emu: Any, url: str, work: Path, cal_ids: list[str], requests_n: int,
-         peer_n: int) -> None:
+def _run(
+    report: Report, kind: str, emu: Any, url: str, work: Path, cal_ids: list[str], requests_n: int, peer_n: int
+) -> None:
     print(f"-- {kind}", flush=True)
     dep = Deployment(emu, url, work)
     rt = dep.runtime()
@@ -127,30 +131,56 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, cal_ids: lis
         p50, p99 = percentile(all_ms, 50), percentile(all_ms, 99)
         peer_p50 = percentile(peer_ms, 50)
         report.figure(f"[{kind}] free/busy, {len(cal_ids)} calendars, one week, p50", p50, "ms")
-        report.figure(f"[{kind}] free/busy, {len(cal_ids)} calendars, one week, p99", p99, "ms",
-                      target="<= 10 ms", met=p99 <= 10.0)
+        report.figure(
+            f"[{kind}] free/busy, {len(cal_ids)} calendars, one week, p99",
+            p99,
+            "ms",
+            target="<= 10 ms",
+            met=p99 <= 10.0,
+        )
         report.figure(f"[{kind}] free/busy, 1 calendar, one week, p50", percentile(one_ms, 50), "ms")
         report.figure(f"[{kind}] free/busy, 1 calendar, one week, p99", percentile(one_ms, 99), "ms")
-        report.figure(f"[{kind}] speed-up over the peer's way (p50)", peer_p50 / p50, "x",
-                      baseline=peer_p50, baseline_name=f"{len(cal_ids)} x events.list?singleEvents=true p50 (ms)",
-                      ratio=peer_p50 / p50, target=">= 10x", met=peer_p50 / p50 >= 10)
+        report.figure(
+            f"[{kind}] speed-up over the peer's way (p50)",
+            peer_p50 / p50,
+            "x",
+            baseline=peer_p50,
+            baseline_name=f"{len(cal_ids)} x events.list?singleEvents=true p50 (ms)",
+            ratio=peer_p50 / p50,
+            target=">= 10x",
+            met=peer_p50 / p50 >= 10,
+        )
         same = [w for w in peer_weeks if _busy(answers[w], cal_ids) == peer[w]]
-        report.check(len(same) == len(peer_weeks),
-                     f"[{kind}] free/busy == blocks from the emulator's expanded listing for {len(same)}/"
-                     f"{len(peer_weeks)} weeks")
-        report.check(many["statuses"] == {"200": len(weeks)} and one["statuses"] == {"200": len(weeks) // 2},
-                     f"[{kind}] every free/busy request answered 200 ({many['statuses']}, {one['statuses']})")
-        report.check(all(not a["calendars"][c].get("errors") for a in answers.values() for c in cal_ids),
-                     f"[{kind}] no calendar answered with an error")
+        report.check(
+            len(same) == len(peer_weeks),
+            f"[{kind}] free/busy == blocks from the emulator's expanded listing for {len(same)}/"
+            f"{len(peer_weeks)} weeks",
+        )
+        report.check(
+            many["statuses"] == {"200": len(weeks)} and one["statuses"] == {"200": len(weeks) // 2},
+            f"[{kind}] every free/busy request answered 200 ({many['statuses']}, {one['statuses']})",
+        )
+        report.check(
+            all(not a["calendars"][c].get("errors") for a in answers.values() for c in cal_ids),
+            f"[{kind}] no calendar answered with an error",
+        )
         # A year of calendar 0 over HTTP, every page.
         year = (T0.isoformat(), (T0 + timedelta(days=365)).isoformat())
         listed = time.perf_counter()
         count = _list_year(http, base, cal_ids[0], *year)
-        report.figure(f"[{kind}] /api/events?singleEvents=true, calendar 0, one year ({count:,} items)",
-                      (time.perf_counter() - listed) * 1000, "ms")
+        report.figure(
+            f"[{kind}] /api/events?singleEvents=true, calendar 0, one year ({count:,} items)",
+            (time.perf_counter() - listed) * 1000,
+            "ms",
+        )
         rss = [proc_status_kb(pid) for pid in _children(web.pid)]
-        report.figure(f"[{kind}] largest gunicorn worker RSS after the run ({len(cal_ids)} calendars parsed)",
-                      max(rss) / 1024, "MB", baseline=max(rss_start) / 1024, baseline_name="the workers at start")
+        report.figure(
+            f"[{kind}] largest gunicorn worker RSS after the run ({len(cal_ids)} calendars parsed)",
+            max(rss) / 1024,
+            "MB",
+            baseline=max(rss_start) / 1024,
+            baseline_name="the workers at start",
+        )
     finally:
         web.stop()
         rt.close()
@@ -178,13 +208,18 @@ warm_ms = (time.perf_counter() - t) * 1000
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({{"n": len(cold), "cold_ms": cold_ms, "warm_ms": warm_ms, "rss_before": before, "rss_after": after}}))
 """
-    out = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                                    text=True).stdout.splitlines()[-1])
-    report.figure(f"one-year window of the ten-year daily series, cold ({out['n']} occurrences)",
-                  out["cold_ms"], "ms")
+    out = json.loads(
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+    )
+    report.figure(f"one-year window of the ten-year daily series, cold ({out['n']} occurrences)", out["cold_ms"], "ms")
     report.figure("the same, warm (history already expanded), with each item's JSON", out["warm_ms"], "ms")
-    report.figure("peak RSS of that process", out["rss_after"] / 1024, "MB",
-                  baseline=out["rss_before"] / 1024, baseline_name="before the listing")
+    report.figure(
+        "peak RSS of that process",
+        out["rss_after"] / 1024,
+        "MB",
+        baseline=out["rss_before"] / 1024,
+        baseline_name="before the listing",
+    )
     report.check(out["n"] == 365, f"the year holds 365 daily occurrences ({out['n']})")
 
 
@@ -196,11 +231,19 @@ def _fill(emu: Any, cal: str, index: int, total: int, series: int) -> None:
         start = T0 + timedelta(days=rng.randrange(-365, 365), hours=rng.randrange(7, 19), minutes=rng.choice([0, 30]))
         if rng.random() < 0.03:
             day = start.date()
-            bodies.append({"summary": f"day {n}", "start": {"date": day.isoformat()},
-                           "end": {"date": (day + timedelta(days=1)).isoformat()}})
+            bodies.append(
+                {
+                    "summary": f"day {n}",
+                    "start": {"date": day.isoformat()},
+                    "end": {"date": (day + timedelta(days=1)).isoformat()},
+                }
+            )
             continue
-        body = {"summary": f"meeting {n}", "start": {"dateTime": start.isoformat()},
-                "end": {"dateTime": (start + timedelta(minutes=rng.choice([30, 60, 90]))).isoformat()}}
+        body = {
+            "summary": f"meeting {n}",
+            "start": {"dateTime": start.isoformat()},
+            "end": {"dateTime": (start + timedelta(minutes=rng.choice([30, 60, 90]))).isoformat()},
+        }
         if rng.random() < 0.05:
             body["transparency"] = "transparent"
         bodies.append(body)
@@ -216,17 +259,25 @@ def _fill(emu: Any, cal: str, index: int, total: int, series: int) -> None:
             if start.weekday() >= 5:
                 start += timedelta(days=7 - start.weekday())
                 days = sorted({"MO"} | set(days), key=DAYS.index)
-            rule = rng.choice([f"RRULE:FREQ=WEEKLY;BYDAY={','.join(days)}", "RRULE:FREQ=DAILY;COUNT=120",
-                               f"RRULE:FREQ=WEEKLY;INTERVAL=2;BYDAY={DAYS[start.weekday()]}",
-                               f"RRULE:FREQ=MONTHLY;BYDAY=1{DAYS[start.weekday()]}"])
+            rule = rng.choice(
+                [
+                    f"RRULE:FREQ=WEEKLY;BYDAY={','.join(days)}",
+                    "RRULE:FREQ=DAILY;COUNT=120",
+                    f"RRULE:FREQ=WEEKLY;INTERVAL=2;BYDAY={DAYS[start.weekday()]}",
+                    f"RRULE:FREQ=MONTHLY;BYDAY=1{DAYS[start.weekday()]}",
+                ]
+            )
             if rule.startswith("RRULE:FREQ=MONTHLY"):
                 start = start.replace(day=1)
                 start += timedelta(days=(DAYS.index(rule[-2:]) - start.weekday()) % 7)
             event_id = f"ser{index}q{n}"
-        body = {"id": event_id, "summary": f"series {n}",
-                "start": {"dateTime": start.isoformat(), "timeZone": zone},
-                "end": {"dateTime": (start + timedelta(minutes=30)).isoformat(), "timeZone": zone},
-                "recurrence": [rule]}
+        body = {
+            "id": event_id,
+            "summary": f"series {n}",
+            "start": {"dateTime": start.isoformat(), "timeZone": zone},
+            "end": {"dateTime": (start + timedelta(minutes=30)).isoformat(), "timeZone": zone},
+            "recurrence": [rule],
+        }
         bodies.append(body)
         if n % 10 == 1 and "WEEKLY;BYDAY" in rule:
             edits.append((event_id, start + timedelta(days=7), zone))
@@ -234,14 +285,21 @@ def _fill(emu: Any, cal: str, index: int, total: int, series: int) -> None:
     emu.bulk_insert_events(cal, bodies)
     for k, (event_id, original, zone) in enumerate(edits):
         from zoneinfo import ZoneInfo
+
         when = original.replace(tzinfo=ZoneInfo(zone)).isoformat()
         if k % 2:
             emu.cancel_instance(cal, event_id, when)
         else:
             moved = original.replace(tzinfo=ZoneInfo(zone)) + timedelta(hours=2)
-            emu.patch_instance(cal, event_id, when, {
-                "start": {"dateTime": moved.isoformat(), "timeZone": zone},
-                "end": {"dateTime": (moved + timedelta(minutes=45)).isoformat(), "timeZone": zone}})
+            emu.patch_instance(
+                cal,
+                event_id,
+                when,
+                {
+                    "start": {"dateTime": moved.isoformat(), "timeZone": zone},
+                    "end": {"dateTime": (moved + timedelta(minutes=45)).isoformat(), "timeZone": zone},
+                },
+            )
 
 
 def _body(week: datetime, items: list[dict[str, str]]) -> dict[str, Any]:
@@ -251,10 +309,18 @@ def _body(week: datetime, items: list[dict[str, str]]) -> dict[str, Any]:
 def _load(port: int, calls: list[tuple[str, str, Any]], keep: int = 0) -> dict[str, Any]:
     """Send the calls one after another from a child process; latencies, statuses, the first `keep` answers."""
     root = str(Path(__file__).resolve().parents[2])
-    code = (f"import json,sys; sys.path.insert(0, {root!r}); from tests.bench.bench_freebusy import load_child; "
-            "print(json.dumps(load_child(*json.loads(sys.stdin.read()))))")
-    out = subprocess.run([sys.executable, "-c", code], input=json.dumps([port, calls, keep]), capture_output=True,
-                         text=True, timeout=600, check=True)
+    code = (
+        f"import json,sys; sys.path.insert(0, {root!r}); from tests.bench.bench_freebusy import load_child; "
+        "print(json.dumps(load_child(*json.loads(sys.stdin.read()))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps([port, calls, keep]),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -296,16 +362,26 @@ def _peer(api: EmulatorApi, cal_ids: list[str], week: datetime) -> dict[str, lis
 
 
 def _busy(answer: dict[str, Any], cal_ids: list[str]) -> dict[str, list[Any]]:
-    return {cal: [(isoparse(b["start"]), isoparse(b["end"])) for b in answer["calendars"][cal]["busy"]]
-            for cal in cal_ids}
+    return {
+        cal: [(isoparse(b["start"]), isoparse(b["end"])) for b in answer["calendars"][cal]["busy"]] for cal in cal_ids
+    }
 
 
 def _list_year(http: requests.Session, base: str, cal: str, low: str, high: str) -> int:
     count, token = 0, None
     while True:
-        resp = http.get(base + "/api/events", timeout=60, params={
-            "calendar": cal, "singleEvents": "true", "timeMin": low, "timeMax": high, "maxResults": "2500",
-            **({"pageToken": token} if token else {})})
+        resp = http.get(
+            base + "/api/events",
+            timeout=60,
+            params={
+                "calendar": cal,
+                "singleEvents": "true",
+                "timeMin": low,
+                "timeMax": high,
+                "maxResults": "2500",
+                **({"pageToken": token} if token else {}),
+            },
+        )
         resp.raise_for_status()
         count += len(resp.json()["items"])
         token = resp.json()["nextPageToken"]

@@ -81,25 +81,36 @@ def main(args: Any) -> int:
                         if number == 0:
                             small_run = _child(["calsync", str(ids[small])], env)
                             check_mirrors(report, rt, emu, [cals[small]])
-                        pairs.append((_child(["calsync", str(ids[total])], env),
-                                      _child(["raw", str(rows_file), str(ids[total])], env)))
+                        pairs.append(
+                            (
+                                _child(["calsync", str(ids[total])], env),
+                                _child(["raw", str(rows_file), str(ids[total])], env),
+                            )
+                        )
                         if kind == "postgresql":
                             copies.append(_child(["raw", str(rows_file), str(ids[total]), "copy"], env))
                         _check_big(report, rt, emu, cals[total], ids[total])
                         rt.close()
                     big_run, raw = pairs[-1]
-                    report.note(f"[{kind}] round {number + 1}: calsync {_rate(big_run):,.0f} events/s "
-                                f"({big_run['seconds']:.1f}s), raw executemany {_rate(raw):,.0f} events/s "
-                                f"({raw['seconds']:.1f}s), ratio {_rate(big_run) / _rate(raw):.2f}"
-                                + (f"; raw COPY {_rate(copies[-1]):,.0f} events/s" if copies else ""))
+                    report.note(
+                        f"[{kind}] round {number + 1}: calsync {_rate(big_run):,.0f} events/s "
+                        f"({big_run['seconds']:.1f}s), raw executemany {_rate(raw):,.0f} events/s "
+                        f"({raw['seconds']:.1f}s), ratio {_rate(big_run) / _rate(raw):.2f}"
+                        + (f"; raw COPY {_rate(copies[-1]):,.0f} events/s" if copies else "")
+                    )
                 median = sorted(range(rounds), key=lambda n: _rate(pairs[n][0]) / _rate(pairs[n][1]))[rounds // 2]
                 big_run, raw = pairs[median]
                 peak_kb = max(run["maxrss_kb"] for run, _ in pairs)  # memory: the worst round, not the median
                 _report(report, kind, total, small, small_run, big_run, raw, gcal, peak_kb)
                 if copies:
-                    report.figure(f"[{kind}] calsync vs a raw COPY of the same rows (calsync writes with COPY here; "
-                                  "median round)", _rate(big_run), "events/s", baseline=_rate(copies[median]),
-                                  baseline_name="raw COPY")
+                    report.figure(
+                        f"[{kind}] calsync vs a raw COPY of the same rows (calsync writes with COPY here; "
+                        "median round)",
+                        _rate(big_run),
+                        "events/s",
+                        baseline=_rate(copies[median]),
+                        baseline_name="raw COPY",
+                    )
     finally:
         emu.stop()
     return report.finish()
@@ -116,24 +127,54 @@ def _rate(run: dict[str, Any]) -> float:
     return float(run["events"]) / float(run["seconds"])
 
 
-def _report(report: Report, kind: str, total: int, small: int, small_run: dict[str, Any],
-            big_run: dict[str, Any], raw: dict[str, Any], gcal: dict[str, Any], peak_kb: int) -> None:
+def _report(
+    report: Report,
+    kind: str,
+    total: int,
+    small: int,
+    small_run: dict[str, Any],
+    big_run: dict[str, Any],
+    raw: dict[str, Any],
+    gcal: dict[str, Any],
+    peak_kb: int,
+) -> None:
     rate = _rate(big_run)
     raw_rate = _rate(raw)
-    report.figure(f"[{kind}] calsync full sync of {total:,} events (median round)", rate, "events/s",
-                  baseline=raw_rate, baseline_name="raw executemany", target=">= 0.5", met=rate >= 0.5 * raw_rate)
-    report.figure(f"[{kind}] calsync full sync of {small:,} events", small_run["events"] / small_run["seconds"],
-                  "events/s")
-    report.figure(f"[{kind}] gcal-sync (in-memory store, same emulator) {total:,} events",
-                  gcal["events"] / gcal["seconds"], "events/s", baseline=rate, baseline_name="calsync")
+    report.figure(
+        f"[{kind}] calsync full sync of {total:,} events (median round)",
+        rate,
+        "events/s",
+        baseline=raw_rate,
+        baseline_name="raw executemany",
+        target=">= 0.5",
+        met=rate >= 0.5 * raw_rate,
+    )
+    report.figure(
+        f"[{kind}] calsync full sync of {small:,} events", small_run["events"] / small_run["seconds"], "events/s"
+    )
+    report.figure(
+        f"[{kind}] gcal-sync (in-memory store, same emulator) {total:,} events",
+        gcal["events"] / gcal["seconds"],
+        "events/s",
+        baseline=rate,
+        baseline_name="calsync",
+    )
     big_mb, small_mb = peak_kb / 1024, small_run["maxrss_kb"] / 1024
-    report.figure(f"[{kind}] calsync peak RSS at {total:,} events", big_mb, "MB", baseline=small_mb,
-                  baseline_name=f"at {small:,}", target="< 200 MB and flat (ratio <= 1.25)",
-                  met=big_mb < 200 and big_mb <= 1.25 * small_mb)
+    report.figure(
+        f"[{kind}] calsync peak RSS at {total:,} events",
+        big_mb,
+        "MB",
+        baseline=small_mb,
+        baseline_name=f"at {small:,}",
+        target="< 200 MB and flat (ratio <= 1.25)",
+        met=big_mb < 200 and big_mb <= 1.25 * small_mb,
+    )
     report.figure(f"[{kind}] peak RSS of the raw executemany child (rows in memory)", raw["maxrss_kb"] / 1024, "MB")
     report.figure(f"[{kind}] gcal-sync peak RSS at {total:,} events", gcal["maxrss_kb"] / 1024, "MB")
-    report.note(f"[{kind}] calsync {big_run['pages']} pages in {big_run['seconds']:.1f}s; "
-                f"raw executemany {raw['seconds']:.1f}s; gcal-sync {gcal['seconds']:.1f}s")
+    report.note(
+        f"[{kind}] calsync {big_run['pages']} pages in {big_run['seconds']:.1f}s; "
+        f"raw executemany {raw['seconds']:.1f}s; gcal-sync {gcal['seconds']:.1f}s"
+    )
 
 
 def _make_calendar(emu: Any, email: str, n: int) -> str:
@@ -156,21 +197,31 @@ def _check_big(report: Report, rt: Any, emu: Any, google_id: str, cal_id: int) -
 
     with rt.sessions() as session:
         mirrored = dict(session.execute(select(Event.google_id, Event.etag).where(Event.calendar_id == cal_id)).all())
-        feed = dict(session.execute(select(Change.event_id, Change.after["etag"].as_string())
-                                    .where(Change.calendar_id == cal_id, Change.type == "event.snapshot")).all())
-        changes = session.scalar(select(func.count()).select_from(Change).where(
-            Change.calendar_id == cal_id, Change.type.like("event.%")))
+        feed = dict(
+            session.execute(
+                select(Change.event_id, Change.after["etag"].as_string()).where(
+                    Change.calendar_id == cal_id, Change.type == "event.snapshot"
+                )
+            ).all()
+        )
+        changes = session.scalar(
+            select(func.count()).select_from(Change).where(Change.calendar_id == cal_id, Change.type.like("event.%"))
+        )
     google = {e["id"]: e["etag"] for e in emu.events(google_id)}
-    report.check(mirrored == google, f"big calendar: {len(mirrored):,} mirrored events == {len(google):,} in Google "
-                 "(ids and etags)")
-    report.check(feed == mirrored and changes == len(mirrored),
-                 f"the first sync wrote one snapshot row per event ({changes:,} rows), and the feed's etags are the "
-                 "mirror's")
+    report.check(
+        mirrored == google,
+        f"big calendar: {len(mirrored):,} mirrored events == {len(google):,} in Google (ids and etags)",
+    )
+    report.check(
+        feed == mirrored and changes == len(mirrored),
+        f"the first sync wrote one snapshot row per event ({changes:,} rows), and the feed's etags are the mirror's",
+    )
 
 
 def _child(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "--child", *argv], capture_output=True, text=True, env=env,
-                         timeout=3600)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *argv], capture_output=True, text=True, env=env, timeout=3600
+    )
     if out.returncode != 0:
         raise RuntimeError(f"child {argv[0]} failed:\n{out.stderr[-3000:]}")
     return cast(dict[str, Any], json.loads(out.stdout.strip().splitlines()[-1]))
@@ -209,13 +260,27 @@ def _child_raw(rows_file: str, calendar_id: str, how: str = "executemany") -> di
     columns = 'calendar_id, google_id, status, etag, updated, recurring_event_id, start, "end", data, seen_gen'
     sql = f"INSERT INTO events ({columns}) VALUES ({', '.join([mark] * 8)}, {data_mark}, {mark})"
     cal = -int(calendar_id)  # a calendar row of its own so the unique key does not collide
-    rows = [(cal, i["id"], i.get("status", "confirmed"), i.get("etag"), i.get("updated"), i.get("recurringEventId"),
-             event_time_text(i.get("start")), event_time_text(i.get("end")), json.dumps(i), 1) for i in items]
+    rows = [
+        (
+            cal,
+            i["id"],
+            i.get("status", "confirmed"),
+            i.get("etag"),
+            i.get("updated"),
+            i.get("recurringEventId"),
+            event_time_text(i.get("start")),
+            event_time_text(i.get("end")),
+            json.dumps(i),
+            1,
+        )
+        for i in items
+    ]
     # The change log's rows of the same events: seqs of their own, far above calsync's.
     change_columns = "seq, type, calendar_id, event_id, fields, before, after, detected_at"
     now = datetime.now(UTC).replace(tzinfo=None) if sqlite else datetime.now(UTC)
-    change_rows = [(10**12 + n, "event.snapshot", cal, i["id"], "[]", None, json.dumps(i), now)
-                   for n, i in enumerate(items)]
+    change_rows = [
+        (10**12 + n, "event.snapshot", cal, i["id"], "[]", None, json.dumps(i), now) for n, i in enumerate(items)
+    ]
     change_marks = [mark] * 4 + [data_mark] * 3 + [mark]
     change_sql = f"INSERT INTO changes ({change_columns}) VALUES ({', '.join(change_marks)})"
     conn = engine.raw_connection()
@@ -229,17 +294,17 @@ def _child_raw(rows_file: str, calendar_id: str, how: str = "executemany") -> di
     for start in range(0, len(rows), CHUNK):
         if how == "copy":
             with cur.copy(f"COPY events ({columns}) FROM STDIN") as copy:
-                for row in rows[start:start + CHUNK]:
+                for row in rows[start : start + CHUNK]:
                     copy.write_row(row)
             with cur.copy(f"COPY changes ({change_columns}) FROM STDIN") as copy:
-                for change in change_rows[start:start + CHUNK]:
+                for change in change_rows[start : start + CHUNK]:
                     copy.write_row(change)
             conn.commit()
             continue
         if sqlite:
             cur.execute("BEGIN IMMEDIATE")
-        cur.executemany(sql, rows[start:start + CHUNK])
-        cur.executemany(change_sql, change_rows[start:start + CHUNK])
+        cur.executemany(sql, rows[start : start + CHUNK])
+        cur.executemany(change_sql, change_rows[start : start + CHUNK])
         if sqlite:
             cur.execute("COMMIT")
         else:
@@ -272,8 +337,9 @@ def _child_gcal(host: str, calendar_id: str, token: str) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         async with aiohttp.ClientSession() as session:
             store = InMemoryCalendarStore()
-            manager = CalendarEventSyncManager(GoogleCalendarService(_Auth(session, host)), calendar_id=calendar_id,
-                                               store=store)
+            manager = CalendarEventSyncManager(
+                GoogleCalendarService(_Auth(session, host)), calendar_id=calendar_id, store=store
+            )
             started = time.perf_counter()
             await manager.run()
             seconds = time.perf_counter() - started
@@ -287,8 +353,11 @@ def _child_gcal(host: str, calendar_id: str, token: str) -> dict[str, Any]:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         kind, rest = sys.argv[2], sys.argv[3:]
-        children: dict[str, Callable[..., dict[str, Any]]] = {"calsync": _child_calsync, "raw": _child_raw,
-                                                               "gcal": _child_gcal}
+        children: dict[str, Callable[..., dict[str, Any]]] = {
+            "calsync": _child_calsync,
+            "raw": _child_raw,
+            "gcal": _child_gcal,
+        }
         result = children[kind](*rest)
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over execve, so a child would report the
         # parent's peak (the emulator's 100,000 events) instead of its own.
@@ -297,7 +366,8 @@ if __name__ == "__main__":
         sys.exit(0)
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=None, help="events in the big calendar (default 100,000)")
-    p.add_argument("--rounds", type=int, default=None,
-                   help="calsync/baseline pairs per engine (default 3, 1 with --quick)")
+    p.add_argument(
+        "--rounds", type=int, default=None, help="calsync/baseline pairs per engine (default 3, 1 with --quick)"
+    )
     args = p.parse_args()
     sys.exit(main(args))

@@ -62,8 +62,7 @@ def main(args: Any) -> int:
     return report.finish()
 
 
-def _run(report: Report, kind: str, emu: Any, url: str, work: Path, edits: int, calendars: int,
-         rate: float) -> None:
+def _run(report: Report, kind: str, emu: Any, url: str, work: Path, edits: int, calendars: int, rate: float) -> None:
     print(f"-- {kind}: {edits} edits over {calendars} calendars at {rate:g}/s", flush=True)
     dep = Deployment(emu, url, work)
     rt = dep.runtime()
@@ -74,12 +73,15 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, edits: int, 
     try:
         dep.wait_http()
         started = time.monotonic()
-        if not report.check(bool(wait_until(lambda: all_synced(rt, calendars), 300, 0.2)),
-                            f"[{kind}] {calendars} calendars synced and watched"):
+        if not report.check(
+            bool(wait_until(lambda: all_synced(rt, calendars), 300, 0.2)),
+            f"[{kind}] {calendars} calendars synced and watched",
+        ):
             print(serve.tail())
             return
-        report.note(f"[{kind}] baseline of {calendars} calendars (list, sync, watch) took "
-                    f"{time.monotonic() - started:.1f}s")
+        report.note(
+            f"[{kind}] baseline of {calendars} calendars (list, sync, watch) took {time.monotonic() - started:.1f}s"
+        )
         emu.wait_push_idle(10)
         consumer = _Consumer(dep.public_url, after=max((c.seq for c in all_changes(rt)), default=0))
         consumer.start()
@@ -88,23 +90,43 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, edits: int, 
         wait_until(lambda: wanted <= consumer.seen.keys(), 60, 0.1)
         consumer.stop()
         emu.wait_push_idle(10)
-        latencies = [(consumer.seen[f"lat-{i}"] - edit_at[i]) * 1000 for i in range(edits)
-                     if f"lat-{i}" in consumer.seen]
+        latencies = [
+            (consumer.seen[f"lat-{i}"] - edit_at[i]) * 1000 for i in range(edits) if f"lat-{i}" in consumer.seen
+        ]
         push = _push_latencies(emu, edit_wall, edit_cal)
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
         b50, b99 = percentile(push, 50), percentile(push, 99)
-        report.figure(f"[{kind}] change-to-diff p50", p50, "ms", baseline=b50,
-                      baseline_name="push delivery p50", target="<= 150 ms", met=p50 <= 150)
-        report.figure(f"[{kind}] change-to-diff p99", p99, "ms", baseline=b99,
-                      baseline_name="push delivery p99", target="<= 1000 ms", met=p99 <= 1000)
+        report.figure(
+            f"[{kind}] change-to-diff p50",
+            p50,
+            "ms",
+            baseline=b50,
+            baseline_name="push delivery p50",
+            target="<= 150 ms",
+            met=p50 <= 150,
+        )
+        report.figure(
+            f"[{kind}] change-to-diff p99",
+            p99,
+            "ms",
+            baseline=b99,
+            baseline_name="push delivery p99",
+            target="<= 1000 ms",
+            met=p99 <= 1000,
+        )
         report.figure(f"[{kind}] change-to-diff max", max(latencies, default=float("nan")), "ms")
-        values = [c.after.get("summary") for c in all_changes(rt) if c.after and
-                  str(c.after.get("summary", "")).startswith("lat-")]
+        values = [
+            c.after.get("summary")
+            for c in all_changes(rt)
+            if c.after and str(c.after.get("summary", "")).startswith("lat-")
+        ]
         missing = wanted - set(values)
         repeated = len(values) - len(set(values))
-        report.check(not missing and repeated == 0,
-                     f"[{kind}] each of {edits} edits is in the diff log exactly once "
-                     f"(missing {len(missing)}, repeated {repeated})")
+        report.check(
+            not missing and repeated == 0,
+            f"[{kind}] each of {edits} edits is in the diff log exactly once "
+            f"(missing {len(missing)}, repeated {repeated})",
+        )
         check_mirrors(report, rt, emu, [c for _, c in cal_ids])
     finally:
         serve.stop()
@@ -128,8 +150,9 @@ def _make_calendars(emu: Any, n: int) -> list[tuple[str, str]]:
     return out
 
 
-def _edit(emu: Any, cal_ids: list[tuple[str, str]], edits: int, rate: float
-          ) -> tuple[list[float], list[dt.datetime], list[str]]:
+def _edit(
+    emu: Any, cal_ids: list[tuple[str, str]], edits: int, rate: float
+) -> tuple[list[float], list[dt.datetime], list[str]]:
     """Open-loop edits at `rate`/s; each patches one event's summary to a unique value."""
     events = {cal: [e["id"] for e in emu.events(cal)] for _, cal in cal_ids}
     at: list[float] = []

@@ -77,11 +77,18 @@ def _burst(report: Report, work: Path, count: int) -> None:
                 wait_until(lambda: all_synced(rt, 1), 30, 0.05)
                 time.sleep(2.0)  # anything still owed would be claimed by now (the worker polls every 1.5 s)
                 lists = emu.count("calendar.events.list", email) - before
-                report.note(f"{count} notifications (+1 from the edit) sent in {sent_in:.2f}s; "
-                            f"answers {dict(statuses)}")
-                report.figure(f"events.list calls for {count} notifications", lists, "calls",
-                              baseline=count, baseline_name="one call per notification",
-                              target="<= 2", met=lists <= 2)
+                report.note(
+                    f"{count} notifications (+1 from the edit) sent in {sent_in:.2f}s; answers {dict(statuses)}"
+                )
+                report.figure(
+                    f"events.list calls for {count} notifications",
+                    lists,
+                    "calls",
+                    baseline=count,
+                    baseline_name="one call per notification",
+                    target="<= 2",
+                    met=lists <= 2,
+                )
                 report.check(statuses.get(200, 0) == count, "every notification answered 200")
                 edits = [c for c in all_changes(rt) if (c.after or {}).get("summary") == "burst-edit"]
                 report.check(len(edits) == 1, f"the edit is in the diff log exactly once ({len(edits)})")
@@ -112,11 +119,20 @@ def _send_burst(port: int, channel: dict[str, Any], count: int, seconds: float) 
             delay = start + i * seconds / count - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            conn.request("POST", "/notifications", body=b"", headers={
-                "X-Goog-Channel-ID": channel["id"], "X-Goog-Channel-Token": channel["token"],
-                "X-Goog-Resource-ID": channel["resource_id"], "X-Goog-Resource-State": "exists",
-                "X-Goog-Resource-URI": channel["resource_uri"], "X-Goog-Message-Number": str(base + i),
-                "Content-Length": "0"})
+            conn.request(
+                "POST",
+                "/notifications",
+                body=b"",
+                headers={
+                    "X-Goog-Channel-ID": channel["id"],
+                    "X-Goog-Channel-Token": channel["token"],
+                    "X-Goog-Resource-ID": channel["resource_id"],
+                    "X-Goog-Resource-State": "exists",
+                    "X-Goog-Resource-URI": channel["resource_uri"],
+                    "X-Goog-Message-Number": str(base + i),
+                    "Content-Length": "0",
+                },
+            )
             resp = conn.getresponse()
             resp.read()
             with lock:
@@ -163,20 +179,38 @@ def _simulated_days(report: Report, work: Path, *, calendars: int, days: int) ->
             calls = Counter(r.api_method for r in served if r.status != 401)
             per_cal_day = {k: v / calendars / days for k, v in sorted(calls.items())}
             report.note(f"left out: {expired} calls answered 401 (simulated-time token expiry)")
-            report.note("calls per calendar per day by method: "
-                        + ", ".join(f"{k} {v:.2f}" for k, v in per_cal_day.items()))
+            report.note(
+                "calls per calendar per day by method: " + ", ".join(f"{k} {v:.2f}" for k, v in per_cal_day.items())
+            )
             calendar_api = sum(v for k, v in per_cal_day.items() if k.startswith("calendar."))
-            report.figure("events.list per idle calendar per day", per_cal_day.get("calendar.events.list", 0.0),
-                          "calls", baseline=POLL_CALLS_PER_DAY, baseline_name="polling every 5 min")
-            report.figure("Calendar API calls per idle calendar per day (list + watch + stop + calendarList)",
-                          calendar_api, "calls", baseline=POLL_CALLS_PER_DAY, baseline_name="polling every 5 min",
-                          target="well under polling", met=calendar_api < POLL_CALLS_PER_DAY / 4)
-            report.figure("all Google calls per idle calendar per day (incl. token refresh)",
-                          sum(per_cal_day.values()), "calls", baseline=POLL_CALLS_PER_DAY,
-                          baseline_name="polling every 5 min")
-            report.note(f"settings: reconcile_every={rt.settings.reconcile_every:g}s, "
-                        f"channel_ttl={rt.settings.channel_ttl:g}s, renew_before={rt.settings.renew_before:g}s, "
-                        f"emulator access token ttl {emu.access_token_ttl}s")
+            report.figure(
+                "events.list per idle calendar per day",
+                per_cal_day.get("calendar.events.list", 0.0),
+                "calls",
+                baseline=POLL_CALLS_PER_DAY,
+                baseline_name="polling every 5 min",
+            )
+            report.figure(
+                "Calendar API calls per idle calendar per day (list + watch + stop + calendarList)",
+                calendar_api,
+                "calls",
+                baseline=POLL_CALLS_PER_DAY,
+                baseline_name="polling every 5 min",
+                target="well under polling",
+                met=calendar_api < POLL_CALLS_PER_DAY / 4,
+            )
+            report.figure(
+                "all Google calls per idle calendar per day (incl. token refresh)",
+                sum(per_cal_day.values()),
+                "calls",
+                baseline=POLL_CALLS_PER_DAY,
+                baseline_name="polling every 5 min",
+            )
+            report.note(
+                f"settings: reconcile_every={rt.settings.reconcile_every:g}s, "
+                f"channel_ttl={rt.settings.channel_ttl:g}s, renew_before={rt.settings.renew_before:g}s, "
+                f"emulator access token ttl {emu.access_token_ttl}s"
+            )
             report.check(all_synced(rt, calendars), "still synced and watched after the simulated days")
             check_mirrors(report, rt, emu, cal_ids)
             rt.close()

@@ -77,8 +77,9 @@ def main(args: Any) -> int:
     return report.finish()
 
 
-def _run(report: Report, kind: str, emu: Any, url: str, work: Path, bare_port: int, bare_pid: int,
-         seconds: int) -> None:
+def _run(
+    report: Report, kind: str, emu: Any, url: str, work: Path, bare_port: int, bare_pid: int, seconds: int
+) -> None:
     print(f"-- {kind}", flush=True)
     dep = Deployment(emu, url, work)
     rt = dep.runtime()
@@ -97,36 +98,71 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, bare_port: i
                 recv_runs.append(_wrk(dep.port, lua, seconds, server_pid=web.pid))
             bare_best = max(bare_runs, key=lambda r: r["rps"])
             recv_best = max(recv_runs, key=lambda r: r["rps"])
-            report.figure(f"[{kind}] max throughput (wrk -t2 -c16)", recv_best["rps"], "notifications/s",
-                          baseline=bare_best["rps"], baseline_name="bare Flask 200",
-                          target=">= 0.7", met=recv_best["rps"] >= 0.7 * bare_best["rps"])
-            report.figure(f"[{kind}] latency at max throughput p50", recv_best["p50"], "ms",
-                          baseline=bare_best["p50"], baseline_name="bare")
-            report.figure(f"[{kind}] latency at max throughput p99", recv_best["p99"], "ms",
-                          baseline=bare_best["p99"], baseline_name="bare")
+            report.figure(
+                f"[{kind}] max throughput (wrk -t2 -c16)",
+                recv_best["rps"],
+                "notifications/s",
+                baseline=bare_best["rps"],
+                baseline_name="bare Flask 200",
+                target=">= 0.7",
+                met=recv_best["rps"] >= 0.7 * bare_best["rps"],
+            )
+            report.figure(
+                f"[{kind}] latency at max throughput p50",
+                recv_best["p50"],
+                "ms",
+                baseline=bare_best["p50"],
+                baseline_name="bare",
+            )
+            report.figure(
+                f"[{kind}] latency at max throughput p99",
+                recv_best["p99"],
+                "ms",
+                baseline=bare_best["p99"],
+                baseline_name="bare",
+            )
             _report_cpu(report, kind, bare_runs, recv_runs)
-            report.check(all(r["non2xx"] == 0 and r["errors"] == 0 for r in recv_runs),
-                         f"[{kind}] every wrk notification answered 2xx, no connection errors "
-                         f"({[(r['non2xx'], r['errors']) for r in recv_runs]})")
+            report.check(
+                all(r["non2xx"] == 0 and r["errors"] == 0 for r in recv_runs),
+                f"[{kind}] every wrk notification answered 2xx, no connection errors "
+                f"({[(r['non2xx'], r['errors']) for r in recv_runs]})",
+            )
             timeouts = sum(r["timeouts"] for r in recv_runs)
             if timeouts:
-                report.note(f"[{kind}] {timeouts} wrk requests outlived wrk's 2 s timeout (overload, not an error "
-                            "answer); they are left out of its latency figures")
+                report.note(
+                    f"[{kind}] {timeouts} wrk requests outlived wrk's 2 s timeout (overload, not an error "
+                    "answer); they are left out of its latency figures"
+                )
         fixed = _open_loop(dep.port, channels, RATE, seconds)
         fixed_bare = _open_loop(bare_port, channels, RATE, seconds)
-        report.figure(f"[{kind}] p50 at {RATE:.0f}/s", fixed["p50"], "ms", baseline=fixed_bare["p50"],
-                      baseline_name="bare")
-        report.figure(f"[{kind}] p99 at {RATE:.0f}/s", fixed["p99"], "ms", baseline=fixed_bare["p99"],
-                      baseline_name="bare", target="< 10 ms", met=fixed["p99"] < 10.0)
-        report.note(f"[{kind}] open loop sent {fixed['sent']} in {fixed['elapsed']:.1f}s "
-                    f"({fixed['sent'] / fixed['elapsed']:.0f}/s achieved)")
-        report.check(fixed["statuses"] == {200: fixed["sent"]},
-                     f"[{kind}] every open-loop notification answered 200 ({fixed['statuses']})")
+        report.figure(
+            f"[{kind}] p50 at {RATE:.0f}/s", fixed["p50"], "ms", baseline=fixed_bare["p50"], baseline_name="bare"
+        )
+        report.figure(
+            f"[{kind}] p99 at {RATE:.0f}/s",
+            fixed["p99"],
+            "ms",
+            baseline=fixed_bare["p99"],
+            baseline_name="bare",
+            target="< 10 ms",
+            met=fixed["p99"] < 10.0,
+        )
+        report.note(
+            f"[{kind}] open loop sent {fixed['sent']} in {fixed['elapsed']:.1f}s "
+            f"({fixed['sent'] / fixed['elapsed']:.0f}/s achieved)"
+        )
+        report.check(
+            fixed["statuses"] == {200: fixed["sent"]},
+            f"[{kind}] every open-loop notification answered 200 ({fixed['statuses']})",
+        )
         with rt.sessions() as session:
             owed = session.scalar(select(func.sum(Calendar.sync_requested - Calendar.sync_done))) or 0
             logged = session.scalar(select(func.count()).select_from(Notification)) or 0
-        report.check(owed > 0 and logged > 0, f"[{kind}] notifications were recorded: {owed} syncs owed, "
-                     f"{logged} rows in the bounded log (size {rt.settings.notification_log_size})")
+        report.check(
+            owed > 0 and logged > 0,
+            f"[{kind}] notifications were recorded: {owed} syncs owed, "
+            f"{logged} rows in the bounded log (size {rt.settings.notification_log_size})",
+        )
     finally:
         web.stop()
         rt.close()
@@ -137,19 +173,40 @@ def _insert_channels(rt: Any, n: int) -> list[dict[str, str]]:
     now = rt.clock.now()
     out = []
     with transaction(rt.sessions) as session:
-        account = Account(email="load@example.com", credentials=rt.cipher.encrypt_str("{}"), scopes=[],
-                          status="active", list_requested=0, list_done=0)
+        account = Account(
+            email="load@example.com",
+            credentials=rt.cipher.encrypt_str("{}"),
+            scopes=[],
+            status="active",
+            list_requested=0,
+            list_done=0,
+        )
         session.add(account)
         session.flush()
         for i in range(n):
-            cal = Calendar(account_id=account.id, google_id=f"cal{i}@group.calendar.google.com", baseline_done=True,
-                           sync_requested=0, sync_done=0, sync_state="synced", due_at=now + timedelta(days=1))
+            cal = Calendar(
+                account_id=account.id,
+                google_id=f"cal{i}@group.calendar.google.com",
+                baseline_done=True,
+                sync_requested=0,
+                sync_done=0,
+                sync_state="synced",
+                due_at=now + timedelta(days=1),
+            )
             session.add(cal)
             session.flush()
             token = uuid.uuid4().hex
-            channel = Channel(id=str(uuid.uuid4()), account_id=account.id, calendar_id=cal.id, kind="events",
-                              token_hash=hash_token(token), resource_id=f"res{i}", status="active",
-                              expires_at=now + timedelta(days=7), created_at=now)
+            channel = Channel(
+                id=str(uuid.uuid4()),
+                account_id=account.id,
+                calendar_id=cal.id,
+                kind="events",
+                token_hash=hash_token(token),
+                resource_id=f"res{i}",
+                status="active",
+                expires_at=now + timedelta(days=7),
+                created_at=now,
+            )
             session.add(channel)
             out.append({"id": channel.id, "token": token, "rid": f"res{i}"})
     return out
@@ -184,9 +241,11 @@ end
 """
 
 
-def _report_cpu(report: Report, kind: str, bare_runs: list[dict[str, float]],
-                recv_runs: list[dict[str, float]]) -> None:
+def _report_cpu(
+    report: Report, kind: str, bare_runs: list[dict[str, float]], recv_runs: list[dict[str, float]]
+) -> None:
     """CPU per notification, summed over both runs of each server: the noise-resistant companion of the ratio."""
+
     def per_notification(runs: list[dict[str, float]], key: str) -> float:
         done = sum(r["requests"] for r in runs)
         return 1000 * sum(r[key] for r in runs) / done if done else float("nan")
@@ -194,25 +253,45 @@ def _report_cpu(report: Report, kind: str, bare_runs: list[dict[str, float]],
     bare = {k: per_notification(bare_runs, k) for k in ("server_cpu", "db_cpu", "wrk_cpu")}
     recv = {k: per_notification(recv_runs, k) for k in ("server_cpu", "db_cpu", "wrk_cpu")}
     bare_total, recv_total = sum(bare.values()), sum(recv.values())
-    report.figure(f"[{kind}] CPU per notification, web processes", recv["server_cpu"], "ms",
-                  baseline=bare["server_cpu"], baseline_name="bare")
+    report.figure(
+        f"[{kind}] CPU per notification, web processes",
+        recv["server_cpu"],
+        "ms",
+        baseline=bare["server_cpu"],
+        baseline_name="bare",
+    )
     if kind == "postgresql":
         report.figure(f"[{kind}] CPU per notification, PostgreSQL server", recv["db_cpu"], "ms")
-    report.figure(f"[{kind}] CPU per notification, all (web + database + wrk)", recv_total, "ms",
-                  baseline=bare_total, baseline_name="bare")
-    report.figure(f"[{kind}] throughput the CPU allows, receiver/bare", bare_total / recv_total, "",
-                  target=">= 0.7", met=bare_total / recv_total >= 0.7)
+    report.figure(
+        f"[{kind}] CPU per notification, all (web + database + wrk)",
+        recv_total,
+        "ms",
+        baseline=bare_total,
+        baseline_name="bare",
+    )
+    report.figure(
+        f"[{kind}] throughput the CPU allows, receiver/bare",
+        bare_total / recv_total,
+        "",
+        target=">= 0.7",
+        met=bare_total / recv_total >= 0.7,
+    )
     if kind == "postgresql" and recv["db_cpu"] > 0:
-        report.note(f"[{kind}] with the database's CPU alone added to the bare endpoint's, the ratio could be at "
-                    f"most {bare_total / (bare_total + recv['db_cpu']):.2f} on these shared cores")
+        report.note(
+            f"[{kind}] with the database's CPU alone added to the bare endpoint's, the ratio could be at "
+            f"most {bare_total / (bare_total + recv['db_cpu']):.2f} on these shared cores"
+        )
 
 
 def _wrk(port: int, lua: Path, seconds: int, *, server_pid: int) -> dict[str, float]:
     server_before, db_before = _cpu_so_far(server_pid)
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", str(lua),
-                          f"http://127.0.0.1:{port}/notifications"], capture_output=True, text=True,
-                         timeout=seconds + 30).stdout
+    out = subprocess.run(
+        ["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", "-s", str(lua), f"http://127.0.0.1:{port}/notifications"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_after, db_after = _cpu_so_far(server_pid)
     server_cpu, db_cpu = server_after - server_before, db_after - db_before
@@ -229,10 +308,18 @@ def _wrk(port: int, lua: Path, seconds: int, *, server_pid: int) -> dict[str, fl
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     counts = [int(x) for x in errors.groups()] if errors else [0, 0, 0, 0]
-    return {"rps": float(rps.group(1)) if rps else 0.0, "p50": ms("50"), "p99": ms("99"),
-            "non2xx": int(non2xx.group(1)) if non2xx else 0, "errors": sum(counts[:3]), "timeouts": counts[3],
-            "requests": int(requests.group(1)) if requests else 0,
-            "server_cpu": server_cpu, "db_cpu": db_cpu, "wrk_cpu": wrk_cpu}
+    return {
+        "rps": float(rps.group(1)) if rps else 0.0,
+        "p50": ms("50"),
+        "p99": ms("99"),
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": sum(counts[:3]),
+        "timeouts": counts[3],
+        "requests": int(requests.group(1)) if requests else 0,
+        "server_cpu": server_cpu,
+        "db_cpu": db_cpu,
+        "wrk_cpu": wrk_cpu,
+    }
 
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -244,8 +331,8 @@ def _stat(pid: int | str) -> tuple[int, str, float] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    name = raw[raw.index("(") + 1:raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2:].split()
+    name = raw[raw.index("(") + 1 : raw.rindex(")")]
+    fields = raw[raw.rindex(")") + 2 :].split()
     return int(fields[1]), name, (int(fields[11]) + int(fields[12])) / _TICK
 
 
@@ -268,12 +355,18 @@ def _cpu_so_far(server: int) -> tuple[float, float]:
 def _open_loop(port: int, channels: list[dict[str, str]], rate: float, seconds: int) -> dict[str, Any]:
     """Run the fixed-rate generator in its own process and read its result line."""
     root = str(Path(__file__).resolve().parents[2])
-    code = (f"import json,sys; sys.path.insert(0, {root!r}); from tests.bench.bench_receiver import open_loop_child; "
-            "print(json.dumps(open_loop_child(*json.loads(sys.argv[1]))))")
+    code = (
+        f"import json,sys; sys.path.insert(0, {root!r}); from tests.bench.bench_receiver import open_loop_child; "
+        "print(json.dumps(open_loop_child(*json.loads(sys.argv[1]))))"
+    )
     import json
 
-    out = subprocess.run([sys.executable, "-c", code, json.dumps([port, channels, rate, seconds])],
-                         capture_output=True, text=True, timeout=seconds + 60)
+    out = subprocess.run(
+        [sys.executable, "-c", code, json.dumps([port, channels, rate, seconds])],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
     return result
@@ -302,10 +395,15 @@ def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seco
             if wait > 0:
                 time.sleep(wait)
             c = channels[i % len(channels)]
-            headers = {"X-Goog-Channel-ID": c["id"], "X-Goog-Channel-Token": c["token"],
-                       "X-Goog-Resource-ID": c["rid"], "X-Goog-Resource-State": "exists",
-                       "X-Goog-Message-Number": str(base_number + i), "Content-Length": "0",
-                       "X-Goog-Resource-URI": "https://www.googleapis.com/calendar/v3/calendars/x/events?alt=json"}
+            headers = {
+                "X-Goog-Channel-ID": c["id"],
+                "X-Goog-Channel-Token": c["token"],
+                "X-Goog-Resource-ID": c["rid"],
+                "X-Goog-Resource-State": "exists",
+                "X-Goog-Message-Number": str(base_number + i),
+                "Content-Length": "0",
+                "X-Goog-Resource-URI": "https://www.googleapis.com/calendar/v3/calendars/x/events?alt=json",
+            }
             try:
                 conn.request("POST", "/notifications", body=b"", headers=headers)
                 resp = conn.getresponse()
@@ -327,14 +425,22 @@ def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seco
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - start
-    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "sent": len(latencies),
-            "elapsed": elapsed, "statuses": statuses}
+    return {
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "sent": len(latencies),
+        "elapsed": elapsed,
+        "statuses": statuses,
+    }
 
 
 def _start_bare(work: Path, port: int) -> subprocess.Popen[bytes]:
     log = (work / "bare.log").open("ab")
-    return subprocess.Popen([sys.executable, str(Path(__file__).with_name("_bare_app.py")), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("_bare_app.py")), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 if __name__ == "__main__":

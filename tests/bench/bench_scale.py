@@ -62,14 +62,27 @@ def main(args: Any) -> int:
                         if n == big and kind == "postgresql":
                             _worker_rss(report, dep, n)
                 small_t, big_t = ticks[1_000], ticks[big]
-                report.figure(f"[{kind}] scheduler pass, {big:,} calendars ({DUE} due)", big_t["tick"], "ms",
-                              baseline=small_t["tick"], baseline_name="1,000 calendars, same due",
-                              target="< 50 ms", met=big_t["tick"] < 50)
-                report.figure(f"[{kind}] claim of the next due calendar, {big:,} calendars", big_t["claim"], "ms",
-                              baseline=small_t["claim"], baseline_name="1,000 calendars")
-                report.check(big_t["marked"] == DUE and small_t["marked"] == DUE,
-                             f"[{kind}] the pass made exactly the {DUE} calendars near expiry due "
-                             f"({small_t['marked']}, {big_t['marked']})")
+                report.figure(
+                    f"[{kind}] scheduler pass, {big:,} calendars ({DUE} due)",
+                    big_t["tick"],
+                    "ms",
+                    baseline=small_t["tick"],
+                    baseline_name="1,000 calendars, same due",
+                    target="< 50 ms",
+                    met=big_t["tick"] < 50,
+                )
+                report.figure(
+                    f"[{kind}] claim of the next due calendar, {big:,} calendars",
+                    big_t["claim"],
+                    "ms",
+                    baseline=small_t["claim"],
+                    baseline_name="1,000 calendars",
+                )
+                report.check(
+                    big_t["marked"] == DUE and small_t["marked"] == DUE,
+                    f"[{kind}] the pass made exactly the {DUE} calendars near expiry due "
+                    f"({small_t['marked']}, {big_t['marked']})",
+                )
             if "postgresql" in engines(args.db):
                 _throughput(report, emu, work, calendars=60 if args.quick else 200)
     finally:
@@ -83,20 +96,55 @@ def _insert_calendars(dep: Deployment, n: int, due: int) -> None:
     now = rt.clock.now()
     try:
         with transaction(rt.sessions) as session:
-            account_id = session.execute(insert(Account).values(
-                email="scale@example.com", credentials=rt.cipher.encrypt_str("{}"), scopes=[], status="active",
-                list_requested=0, list_done=0, list_due_at=now + timedelta(hours=1)).returning(Account.id)).scalar_one()
-            session.execute(insert(Calendar), [
-                {"account_id": account_id, "google_id": f"c{i}@group.calendar.google.com", "baseline_done": True,
-                 "sync_requested": 1, "sync_done": 1, "sync_state": "synced", "sync_token": "t",
-                 "due_at": now + timedelta(minutes=30 + i % 60), "next_reconcile_at": now + timedelta(hours=1),
-                 "created_at": now} for i in range(n)])
+            account_id = session.execute(
+                insert(Account)
+                .values(
+                    email="scale@example.com",
+                    credentials=rt.cipher.encrypt_str("{}"),
+                    scopes=[],
+                    status="active",
+                    list_requested=0,
+                    list_done=0,
+                    list_due_at=now + timedelta(hours=1),
+                )
+                .returning(Account.id)
+            ).scalar_one()
+            session.execute(
+                insert(Calendar),
+                [
+                    {
+                        "account_id": account_id,
+                        "google_id": f"c{i}@group.calendar.google.com",
+                        "baseline_done": True,
+                        "sync_requested": 1,
+                        "sync_done": 1,
+                        "sync_state": "synced",
+                        "sync_token": "t",
+                        "due_at": now + timedelta(minutes=30 + i % 60),
+                        "next_reconcile_at": now + timedelta(hours=1),
+                        "created_at": now,
+                    }
+                    for i in range(n)
+                ],
+            )
             ids = list(session.scalars(select(Calendar.id).order_by(Calendar.id)))
-            session.execute(insert(Channel), [
-                {"id": str(uuid.uuid4()), "account_id": account_id, "calendar_id": cid, "kind": "events",
-                 "token_hash": "0" * 64, "resource_id": f"r{cid}", "status": "active", "created_at": now,
-                 "expires_at": now + (timedelta(hours=2) if k < due else timedelta(days=6, minutes=k % 600))}
-                for k, cid in enumerate(ids)])
+            session.execute(
+                insert(Channel),
+                [
+                    {
+                        "id": str(uuid.uuid4()),
+                        "account_id": account_id,
+                        "calendar_id": cid,
+                        "kind": "events",
+                        "token_hash": "0" * 64,
+                        "resource_id": f"r{cid}",
+                        "status": "active",
+                        "created_at": now,
+                        "expires_at": now + (timedelta(hours=2) if k < due else timedelta(days=6, minutes=k % 600)),
+                    }
+                    for k, cid in enumerate(ids)
+                ],
+            )
         if not dep.settings.is_sqlite:
             with rt.engine.connect() as conn:
                 conn.execute(text("COMMIT"))
@@ -117,8 +165,7 @@ def _tick_cost(dep: Deployment, n: int) -> dict[str, float]:
         worker.tick()  # the first pass marks the due calendars
         first = (time.perf_counter() - started) * 1000
         with rt.sessions() as session:
-            marked = session.scalar(select(func.count()).select_from(Calendar).where(
-                Calendar.due_at <= rt.clock.now()))
+            marked = session.scalar(select(func.count()).select_from(Calendar).where(Calendar.due_at <= rt.clock.now()))
         times = []
         for _ in range(20):
             started = time.perf_counter()
@@ -133,8 +180,12 @@ def _tick_cost(dep: Deployment, n: int) -> dict[str, float]:
             assert claim is not None
             with transaction(rt.sessions) as session:
                 release_calendar(session, claim)
-        return {"tick": statistics.median(times + [first]), "first": first, "claim": statistics.median(claims),
-                "marked": float(marked or 0)}
+        return {
+            "tick": statistics.median(times + [first]),
+            "first": first,
+            "claim": statistics.median(claims),
+            "marked": float(marked or 0),
+        }
     finally:
         rt.close()
 
@@ -180,8 +231,10 @@ def _throughput(report: Report, emu: Any, work: Path, calendars: int) -> None:
         procs = [dep.start(["worker"], f"worker-baseline-{i}") for i in range(2)]
         started = time.perf_counter()
         ok = wait_until(lambda: all_synced(rt, calendars), 600, 0.2)
-        report.note(f"baseline (list, full sync, watch, seam sync) of {calendars} calendars with 2 workers: "
-                    f"{time.perf_counter() - started:.1f}s")
+        report.note(
+            f"baseline (list, full sync, watch, seam sync) of {calendars} calendars with 2 workers: "
+            f"{time.perf_counter() - started:.1f}s"
+        )
         for p in procs:
             p.stop()
         dep.procs.clear()
@@ -196,8 +249,9 @@ def _throughput(report: Report, emu: Any, work: Path, calendars: int) -> None:
             wait_until(lambda: _heartbeats(rt) >= n, 60, 0.1)  # noqa: B023 - called within this iteration
             time.sleep(1.0)
             with transaction(rt.sessions) as session:
-                session.execute(update(Calendar).values(sync_requested=Calendar.sync_requested + 1,
-                                                        due_at=rt.clock.now()))
+                session.execute(
+                    update(Calendar).values(sync_requested=Calendar.sync_requested + 1, due_at=rt.clock.now())
+                )
                 session.execute(text("NOTIFY calsync_work"))
             started = time.perf_counter()
             done = wait_until(lambda: all_synced(rt, calendars), 300, 0.02)
@@ -210,13 +264,23 @@ def _throughput(report: Report, emu: Any, work: Path, calendars: int) -> None:
                 session.execute(text("DELETE FROM worker_heartbeats"))
             results[n] = calendars / elapsed
             report.check(bool(done), f"{n} worker(s): all {calendars} calendars synced")
-            report.figure(f"[postgresql] syncs/s with {n} worker process(es) (4 threads each)", results[n], "syncs/s",
-                          baseline=results[1], baseline_name="1 process")
+            report.figure(
+                f"[postgresql] syncs/s with {n} worker process(es) (4 threads each)",
+                results[n],
+                "syncs/s",
+                baseline=results[1],
+                baseline_name="1 process",
+            )
             report.note(f"{n} worker(s): peak RSS per process {', '.join(f'{r:.0f}' for r in rss)} MB")
-        values = [c.after.get("summary") for c in all_changes(rt) if c.after and
-                  str(c.after.get("summary", "")).startswith("scale-")]
-        report.check(len(values) == len(set(values)) == 3 * calendars,
-                     f"every edit in the diff log exactly once ({len(values)} of {3 * calendars})")
+        values = [
+            c.after.get("summary")
+            for c in all_changes(rt)
+            if c.after and str(c.after.get("summary", "")).startswith("scale-")
+        ]
+        report.check(
+            len(values) == len(set(values)) == 3 * calendars,
+            f"every edit in the diff log exactly once ({len(values)} of {3 * calendars})",
+        )
         check_mirrors(report, rt, emu, cal_ids)
         rt.close()
 

@@ -70,8 +70,10 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, reconcile: f
     serve = dep.start(["serve", "--port", str(dep.port)], f"serve-{kind}")
     try:
         dep.wait_http()
-        if not report.check(bool(wait_until(lambda: all_synced(rt, CALENDARS), 120, 0.1)),
-                            f"[{kind}] {CALENDARS} calendars synced and watched"):
+        if not report.check(
+            bool(wait_until(lambda: all_synced(rt, CALENDARS), 120, 0.1)),
+            f"[{kind}] {CALENDARS} calendars synced and watched",
+        ):
             print(serve.tail())
             return
         emu.push_faults(drop=0.3, duplicate=0.3, reorder=True)
@@ -85,8 +87,7 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, reconcile: f
             if bursts % 2:
                 emu.fail_next(3, status=503, reason="backendError", method="calendar.events.list")
             else:
-                emu.fail_next(3, status=429, reason="rateLimitExceeded", retry_after=1,
-                              method="calendar.events.list")
+                emu.fail_next(3, status=429, reason="rateLimitExceeded", retry_after=1, method="calendar.events.list")
             bursts += 1
             time.sleep(2.0)
         stop.set()
@@ -98,14 +99,23 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, reconcile: f
         records = emu.notifications
         dropped = sum(1 for r in records if r.fault == "dropped")
         failed = sum(1 for r in emu.requests if r.api_method == "calendar.events.list" and r.status in (429, 503))
-        report.note(f"[{kind}] {stream.count} edits; {dropped} of {len(records)} notifications dropped; "
-                    f"{failed} events.list calls answered 429/503 ({bursts} bursts)")
-        report.figure(f"[{kind}] convergence after the last edit", took, "s", baseline=reconcile,
-                      baseline_name="reconciliation interval", target=f"<= interval + {SLACK:g}s",
-                      met=took <= reconcile + SLACK)
-        report.check(bool(converged) and took <= reconcile + SLACK,
-                     f"[{kind}] converged within one reconciliation interval "
-                     f"({took:.1f}s <= {reconcile:g}s + {SLACK:g}s)")
+        report.note(
+            f"[{kind}] {stream.count} edits; {dropped} of {len(records)} notifications dropped; "
+            f"{failed} events.list calls answered 429/503 ({bursts} bursts)"
+        )
+        report.figure(
+            f"[{kind}] convergence after the last edit",
+            took,
+            "s",
+            baseline=reconcile,
+            baseline_name="reconciliation interval",
+            target=f"<= interval + {SLACK:g}s",
+            met=took <= reconcile + SLACK,
+        )
+        report.check(
+            bool(converged) and took <= reconcile + SLACK,
+            f"[{kind}] converged within one reconciliation interval ({took:.1f}s <= {reconcile:g}s + {SLACK:g}s)",
+        )
         emu.push_faults()
         wait_until(lambda: all_synced(rt, CALENDARS), 30, 0.1)
         check_mirrors(report, rt, emu, cals)

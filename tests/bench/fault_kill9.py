@@ -69,8 +69,16 @@ def main(args: Any) -> int:
                     _run(report, kind, emu, url, work, kills, rng)
                 emu.reset()
                 with database(kind, work, "first") as url:
-                    _first_sync_rounds(report, kind, emu, url, work, args.first_syncs or (3 if args.quick else 10),
-                                       5_000 if args.quick else 20_000, rng)
+                    _first_sync_rounds(
+                        report,
+                        kind,
+                        emu,
+                        url,
+                        work,
+                        args.first_syncs or (3 if args.quick else 10),
+                        5_000 if args.quick else 20_000,
+                        rng,
+                    )
                 emu.reset()
     finally:
         emu.stop()
@@ -90,8 +98,10 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, kills: int, 
     worker = dep.start(["worker"], f"worker-{kind}-0")
     try:
         dep.wait_http()
-        if not report.check(bool(wait_until(lambda: all_synced(rt, CALENDARS), 120, 0.1)),
-                            f"[{kind}] {CALENDARS} calendars synced and watched"):
+        if not report.check(
+            bool(wait_until(lambda: all_synced(rt, CALENDARS), 120, 0.1)),
+            f"[{kind}] {CALENDARS} calendars synced and watched",
+        ):
             print(worker.tail())
             return
         stream = EditStream(emu, cals, "k9")
@@ -109,8 +119,9 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, kills: int, 
             worker = dep.start(["worker"], f"worker-{kind}-{k + 1}")
         stop.set()
         editor.join()
-        report.note(f"[{kind}] {kills} SIGKILLs over {time.perf_counter() - started:.1f}s while {stream.count} "
-                    f"edits were made")
+        report.note(
+            f"[{kind}] {kills} SIGKILLs over {time.perf_counter() - started:.1f}s while {stream.count} edits were made"
+        )
         last = time.perf_counter()
         emu.wait_push_idle(30)
         converged = wait_until(lambda: all_synced(rt, CALENDARS) and mirrors_match(rt, emu, cals), 120, 0.2)
@@ -125,8 +136,9 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, kills: int, 
         rt.close()
 
 
-def _first_sync_rounds(report: Report, kind: str, emu: Any, url: str, work: Path, rounds: int, events: int,
-                       rng: random.Random) -> None:
+def _first_sync_rounds(
+    report: Report, kind: str, emu: Any, url: str, work: Path, rounds: int, events: int, rng: random.Random
+) -> None:
     print(f"-- {kind}: {rounds} first syncs of {events:,} events, each SIGKILLed midway", flush=True)
     dep = Deployment(emu, url, work, reconcile_every=3600.0)  # the default lease: liveness must free it
     rt = dep.runtime()
@@ -149,22 +161,35 @@ def _first_sync_rounds(report: Report, kind: str, emu: Any, url: str, work: Path
             ledger = _edit_while_down(emu, email, stored, rng, r)
             restarted = time.perf_counter()
             worker = dep.start(["worker"], f"first-{kind}-{r}-again")
-            if wait_until(lambda: _lease(rt, cal_id)[0] not in (owner, None) or _lease(rt, cal_id)[1],  # noqa: B023
-                          60, 0.02):
+            if wait_until(
+                lambda: _lease(rt, cal_id)[0] not in (owner, None) or _lease(rt, cal_id)[1],  # noqa: B023
+                60,
+                0.02,
+            ):
                 takeovers.append(time.perf_counter() - restarted)
             synced = wait_until(lambda: _synced(rt, cal_id), 120, 0.1)  # noqa: B023
             worker.stop()
             dep.procs.remove(worker)
-            report.check(bool(synced) and _check_round(rt, emu, email, cal_id, ledger),
-                         f"[{kind}] first sync {r + 1}: every edit made while it was down is in the feed once, "
-                         "and the feed folds to the mirror and Google")
+            report.check(
+                bool(synced) and _check_round(rt, emu, email, cal_id, ledger),
+                f"[{kind}] first sync {r + 1}: every edit made while it was down is in the feed once, "
+                "and the feed folds to the mirror and Google",
+            )
         report.note(f"[{kind}] {midway} of {rounds} kills landed inside the first sync")
         report.check(midway == rounds, f"[{kind}] every kill landed inside the first sync")
         if takeovers:
-            report.figure(f"[{kind}] take-over after a SIGKILL in a first sync (worst of {len(takeovers)})",
-                          max(takeovers), "s", target="<= 10 s", met=max(takeovers) <= 10)
-            report.figure(f"[{kind}] take-over after a SIGKILL in a first sync (median)",
-                          sorted(takeovers)[len(takeovers) // 2], "s")
+            report.figure(
+                f"[{kind}] take-over after a SIGKILL in a first sync (worst of {len(takeovers)})",
+                max(takeovers),
+                "s",
+                target="<= 10 s",
+                met=max(takeovers) <= 10,
+            )
+            report.figure(
+                f"[{kind}] take-over after a SIGKILL in a first sync (median)",
+                sorted(takeovers)[len(takeovers) // 2],
+                "s",
+            )
         report.check(len(takeovers) == rounds, f"[{kind}] a new worker took over each of {rounds} calendars")
     finally:
         dep.stop_all()
@@ -206,8 +231,10 @@ def _check_round(rt: Any, emu: Any, cal: str, cal_id: int, ledger: dict[str, Any
         else:
             state[str(change.event_id)] = change.after
     once = all(by_summary.get(value) == 1 for value in ledger["versions"])
-    stored_deletions = all(per_event.get(e, [None])[-1] is not None and per_event[e][-1].kind == "deleted"
-                           for e in ledger["deleted_stored"])
+    stored_deletions = all(
+        per_event.get(e, [None])[-1] is not None and per_event[e][-1].kind == "deleted"
+        for e in ledger["deleted_stored"]
+    )
     unstored_deletions = not any(e in per_event for e in ledger["deleted_unstored"])
     one_snapshot = all(sum(c.kind == "snapshot" for c in changes) <= 1 for changes in per_event.values())
     mirror = mirror_of(rt, cal)
@@ -248,6 +275,7 @@ if __name__ == "__main__":
     p = parser(__doc__.splitlines()[0], db_default="sqlite")
     p.add_argument("--kills", type=int, default=None, help="number of SIGKILLs (default 30, --quick 10)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--first-syncs", type=int, default=None,
-                   help="first syncs to SIGKILL midway (default 10, --quick 3)")
+    p.add_argument(
+        "--first-syncs", type=int, default=None, help="first syncs to SIGKILL midway (default 10, --quick 3)"
+    )
     run_main(main, p)

@@ -15,8 +15,15 @@ from calsync.config import Secret, Settings
 from calsync.runtime import Runtime
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--headless=new",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 PASSWORD = "browser-test-password"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

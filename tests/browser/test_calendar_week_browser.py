@@ -25,25 +25,43 @@ def _when(moment: datetime) -> dict[str, str]:
     return {"dateTime": moment.isoformat(), "timeZone": "America/New_York"}
 
 
-def test_the_calendar_page_shows_the_coming_week_day_by_day(page: Any, live_server: str, emu: Any, worker: Any,
-                                                            runtime: Runtime) -> None:
+def test_the_calendar_page_shows_the_coming_week_day_by_day(
+    page: Any, live_server: str, emu: Any, worker: Any, runtime: Runtime
+) -> None:
     from playwright.sync_api import expect
 
     today = runtime.clock.now().astimezone(NY).date()
     day = [today + timedelta(days=i) for i in range(8)]
     emu.create_user("ann@example.com")
     team = emu.create_calendar("ann@example.com", "Team", time_zone="America/New_York")
-    standup = emu.insert_event(team, {"summary": "Standup", "start": _when(_at(day[0], 9) - timedelta(days=2)),
-                                      "end": _when(_at(day[0], 9, 15) - timedelta(days=2)),
-                                      "recurrence": ["RRULE:FREQ=DAILY;COUNT=20"]})
+    standup = emu.insert_event(
+        team,
+        {
+            "summary": "Standup",
+            "start": _when(_at(day[0], 9) - timedelta(days=2)),
+            "end": _when(_at(day[0], 9, 15) - timedelta(days=2)),
+            "recurrence": ["RRULE:FREQ=DAILY;COUNT=20"],
+        },
+    )
     emu.cancel_instance(team, standup["id"], _at(day[2], 9).isoformat())
-    emu.patch_instance(team, standup["id"], _at(day[3], 9).isoformat(),
-                       {"summary": "Standup (moved)", "start": _when(_at(day[3], 15)),
-                        "end": _when(_at(day[3], 15, 15))})
-    emu.insert_event(team, {"summary": "Offsite", "start": {"date": day[4].isoformat()},
-                            "end": {"date": day[5].isoformat()}})
-    emu.insert_event(team, {"summary": "Focus", "start": _when(_at(day[1], 13)), "end": _when(_at(day[1], 15)),
-                            "transparency": "transparent"})
+    emu.patch_instance(
+        team,
+        standup["id"],
+        _at(day[3], 9).isoformat(),
+        {"summary": "Standup (moved)", "start": _when(_at(day[3], 15)), "end": _when(_at(day[3], 15, 15))},
+    )
+    emu.insert_event(
+        team, {"summary": "Offsite", "start": {"date": day[4].isoformat()}, "end": {"date": day[5].isoformat()}}
+    )
+    emu.insert_event(
+        team,
+        {
+            "summary": "Focus",
+            "start": _when(_at(day[1], 13)),
+            "end": _when(_at(day[1], 15)),
+            "transparency": "transparent",
+        },
+    )
     emu.insert_event(team, {"summary": "Next week", "start": _when(_at(day[7], 10)), "end": _when(_at(day[7], 11))})
     connect_account(runtime, emu, "ann@example.com")
     wait_for(lambda: _synced(runtime, team), timeout=30, what="the Team calendar's first sync")

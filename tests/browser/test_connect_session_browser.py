@@ -39,10 +39,16 @@ def the_app(live_server: str, app_port: int) -> Iterator[str]:
 
     @app.get("/connect-calendar")
     def connect_calendar() -> Any:
-        resp = requests.post(f"{live_server}/api/connect-sessions", timeout=10,
-                             headers={"Authorization": f"Bearer {API_TOKEN}"},
-                             json={"ref": "user-42", "login_hint": "ann@example.com",
-                                   "return_to": f"http://127.0.0.1:{app_port}/calendar/connected"})
+        resp = requests.post(
+            f"{live_server}/api/connect-sessions",
+            timeout=10,
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+            json={
+                "ref": "user-42",
+                "login_hint": "ann@example.com",
+                "return_to": f"http://127.0.0.1:{app_port}/calendar/connected",
+            },
+        )
         resp.raise_for_status()
         return redirect(resp.json()["url"], code=303)
 
@@ -62,8 +68,9 @@ def the_app(live_server: str, app_port: int) -> Iterator[str]:
 
 
 @pytest.mark.slow
-def test_an_app_connects_its_users_calendar_through_a_connect_session(page: Any, the_app: str, live_server: str,
-                                                                     emu: Any, worker: Any) -> None:
+def test_an_app_connects_its_users_calendar_through_a_connect_session(
+    page: Any, the_app: str, live_server: str, emu: Any, worker: Any
+) -> None:
     from playwright.sync_api import expect
 
     emu.create_user("bob@example.com", "Bob Example")
@@ -77,14 +84,18 @@ def test_an_app_connects_its_users_calendar_through_a_connect_session(page: Any,
     page.get_by_role("button", name="Allow").click()
     page.wait_for_url(f"{the_app}/calendar/connected?*")
     assert {k: v for k, v in parse_qs(urlsplit(page.url).query).items()} == {
-        "ref": ["user-42"], "status": ["connected"], "account": ["ann@example.com"]}
+        "ref": ["user-42"],
+        "status": ["connected"],
+        "account": ["ann@example.com"],
+    }
     expect(page.locator("#who")).to_have_text("ann@example.com for user-42")
 
     api = {"Authorization": f"Bearer {API_TOKEN}"}
     deadline = time.monotonic() + 20
     while True:  # the worker reads the calendar list and syncs each calendar
-        [account] = requests.get(f"{live_server}/api/accounts", params={"ref": "user-42"}, headers=api,
-                                 timeout=10).json()
+        [account] = requests.get(
+            f"{live_server}/api/accounts", params={"ref": "user-42"}, headers=api, timeout=10
+        ).json()
         if len(account["calendars"]) == 2 and all(c["sync_state"] == "synced" for c in account["calendars"]):
             break
         assert time.monotonic() < deadline, account

@@ -30,19 +30,31 @@ def reload_until(page: Any, selector: str, count: int, timeout: float = 20.0) ->
 
 
 @pytest.mark.slow
-def test_sign_in_connect_see_calendars_and_a_live_change(page: Any, live_server: str, emu: Any,
-                                                          worker: Any, runtime: Runtime) -> None:
+def test_sign_in_connect_see_calendars_and_a_live_change(
+    page: Any, live_server: str, emu: Any, worker: Any, runtime: Runtime
+) -> None:
     from playwright.sync_api import expect
 
     emu.create_user("ann@example.com", "Ann Example")
     work = emu.create_calendar("ann@example.com", "Work")
     emu.create_calendar("ann@example.com", "Family")
-    standup = emu.insert_event(work, {"summary": "Standup",
-                                      "start": {"dateTime": "2026-03-02T09:30:00Z", "timeZone": "UTC"},
-                                      "end": {"dateTime": "2026-03-02T09:45:00Z", "timeZone": "UTC"},
-                                      "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=10"]})
-    review = emu.insert_event(work, {"summary": "Design review", "start": {"dateTime": "2026-03-03T14:00:00Z"},
-                                     "end": {"dateTime": "2026-03-03T15:00:00Z"}})
+    standup = emu.insert_event(
+        work,
+        {
+            "summary": "Standup",
+            "start": {"dateTime": "2026-03-02T09:30:00Z", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-03-02T09:45:00Z", "timeZone": "UTC"},
+            "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=10"],
+        },
+    )
+    review = emu.insert_event(
+        work,
+        {
+            "summary": "Design review",
+            "start": {"dateTime": "2026-03-03T14:00:00Z"},
+            "end": {"dateTime": "2026-03-03T15:00:00Z"},
+        },
+    )
 
     sign_in(page, live_server)
     expect(page.get_by_role("heading", name="Overview")).to_be_visible()
@@ -68,9 +80,16 @@ def test_sign_in_connect_see_calendars_and_a_live_change(page: Any, live_server:
 
     page.get_by_role("link", name="Changes").click()
     expect(page.locator("#change-rows")).to_contain_text('Calendar "Work" synced in full for the first time')
-    emu.patch_event(work, review["id"], {"summary": "Design review (v2)", "location": "Room 4.12",
-                                         "start": {"dateTime": "2026-03-03T14:30:00Z"},
-                                         "end": {"dateTime": "2026-03-03T15:30:00Z"}})
+    emu.patch_event(
+        work,
+        review["id"],
+        {
+            "summary": "Design review (v2)",
+            "location": "Room 4.12",
+            "start": {"dateTime": "2026-03-03T14:30:00Z"},
+            "end": {"dateTime": "2026-03-03T15:30:00Z"},
+        },
+    )
     emu.patch_instance(work, standup["id"], "2026-03-09T09:30:00Z", {"summary": "Standup (late start)"})
     rows = page.locator("#change-rows")
     expect(rows).to_contain_text("Design review (v2)", timeout=20_000)  # no reload: the page follows live

@@ -44,11 +44,29 @@ def seed_calendars(runtime: Runtime) -> tuple[int, int]:
         return home.id, team.id
 
 
-def add_change(runtime: Runtime, calendar_id: int, kind: str, before: dict[str, Any] | None,
-               after: dict[str, Any] | None, fields: list[str] | None = None) -> int:
+def add_change(
+    runtime: Runtime,
+    calendar_id: int,
+    kind: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    fields: list[str] | None = None,
+) -> int:
     with transaction(runtime.sessions) as s:
-        [change] = append_changes(s, [Change(calendar_id=calendar_id, event_id=(after or before or {})["id"],
-                                             kind=kind, fields=fields or [], before=before, after=after)], T0)
+        [change] = append_changes(
+            s,
+            [
+                Change(
+                    calendar_id=calendar_id,
+                    event_id=(after or before or {})["id"],
+                    kind=kind,
+                    fields=fields or [],
+                    before=before,
+                    after=after,
+                )
+            ],
+            T0,
+        )
         return change.seq
 
 
@@ -63,8 +81,9 @@ def feed(runtime: Runtime) -> tuple[int, int]:
 
 
 def run(settings: Any, *args: str) -> Any:
-    result = CliRunner().invoke(changes, list(args), env={"CALSYNC_DATABASE_URL": settings.database_url},
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        changes, list(args), env={"CALSYNC_DATABASE_URL": settings.database_url}, catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return result
 
@@ -101,8 +120,13 @@ def test_unknown_calendar_and_bad_options_are_errors(settings: Any, feed: Any) -
 def test_follow_prints_a_change_committed_while_it_runs(settings: Any, runtime: Runtime, feed: Any) -> None:
     home, _ = feed
     env = {**os.environ, "CALSYNC_DATABASE_URL": settings.database_url}
-    proc = subprocess.Popen([CALSYNC, "changes", "--follow", "--json", "--after", "4"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CALSYNC, "changes", "--follow", "--json", "--after", "4"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stdout is not None and proc.stderr is not None
 
@@ -124,8 +148,9 @@ def test_follow_prints_a_change_committed_while_it_runs(settings: Any, runtime: 
     assert proc.returncode == 0 and "Traceback" not in err
 
 
-@pytest.mark.parametrize("url", ["sqlite:////nonexistent-dir/calsync.db",
-                                 "postgresql+psycopg://nobody@127.0.0.1:1/calsync"])
+@pytest.mark.parametrize(
+    "url", ["sqlite:////nonexistent-dir/calsync.db", "postgresql+psycopg://nobody@127.0.0.1:1/calsync"]
+)
 def test_bad_database_is_one_line_without_traceback(url: str) -> None:
     env = {**os.environ, "CALSYNC_DATABASE_URL": url}
     proc = subprocess.run([CALSYNC, "changes"], env=env, capture_output=True, text=True, timeout=30)
@@ -146,8 +171,9 @@ def test_database_without_schema_is_a_clear_error(tmp_path: Path) -> None:
 def add_at(runtime: Runtime, calendar_id: int, kind: str, event_id: str, at: datetime) -> int:
     with transaction(runtime.sessions) as s:
         body = {"id": event_id, "summary": f"Event {event_id}"}
-        [change] = append_changes(s, [Change(calendar_id=calendar_id, event_id=event_id, kind=kind,
-                                             before=None, after=body)], at)
+        [change] = append_changes(
+            s, [Change(calendar_id=calendar_id, event_id=event_id, kind=kind, before=None, after=body)], at
+        )
         return change.seq
 
 
@@ -191,8 +217,16 @@ def test_an_expired_cursor_is_a_clear_error_also_when_following(settings: Any, r
 def test_follow_skips_snapshot_rows_unless_asked(settings: Any, runtime: Runtime) -> None:
     home, _ = seed_calendars(runtime)
     env = {**os.environ, "CALSYNC_DATABASE_URL": settings.database_url}
-    procs = [subprocess.Popen([CALSYNC, "changes", "--follow", "--json", *extra], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for extra in ([], ["--snapshots"])]
+    procs = [
+        subprocess.Popen(
+            [CALSYNC, "changes", "--follow", "--json", *extra],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for extra in ([], ["--snapshots"])
+    ]
     try:
         time.sleep(0.5)
         for n in range(5):

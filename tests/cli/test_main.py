@@ -6,8 +6,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-CONTRACT_COMMANDS = {"db", "serve", "web", "worker", "emulator", "demo", "changes", "status", "sync",
-                     "channels", "webhooks", "keygen"}
+CONTRACT_COMMANDS = {
+    "db",
+    "serve",
+    "web",
+    "worker",
+    "emulator",
+    "demo",
+    "changes",
+    "status",
+    "sync",
+    "channels",
+    "webhooks",
+    "keygen",
+}
 
 
 def _calsync(*args: str) -> subprocess.CompletedProcess[str]:
@@ -31,9 +43,13 @@ def test_keygen_prints_a_fernet_key_that_calsync_accepts() -> None:
 
 
 def test_a_malformed_setting_is_one_clear_line_without_a_traceback() -> None:
-    result = subprocess.run([str(Path(sys.executable).with_name("calsync")), "db", "current"],
-                            capture_output=True, text=True, timeout=60,
-                            env={"PATH": "/usr/bin:/bin", "CALSYNC_RECONCILE_EVERY": "often"})
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("calsync")), "db", "current"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "CALSYNC_RECONCILE_EVERY": "often"},
+    )
     assert result.returncode != 0
     assert "CALSYNC_RECONCILE_EVERY" in result.stderr and "Traceback" not in result.stderr
 

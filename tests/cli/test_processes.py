@@ -59,8 +59,9 @@ EVENT = {
 
 def _calsync(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:  # the child writes to its own copy of the descriptor
-        return subprocess.Popen([str(Path(sys.executable).parent / "calsync"), *args], env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "calsync"), *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
@@ -75,8 +76,9 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
 
 
 @pytest.mark.slow
-def test_sigterm_lets_a_worker_finish_its_sync_and_exit_cleanly(settings: Settings, runtime: Runtime, emu: Any,
-                                                                tmp_path: Path) -> None:
+def test_sigterm_lets_a_worker_finish_its_sync_and_exit_cleanly(
+    settings: Settings, runtime: Runtime, emu: Any, tmp_path: Path
+) -> None:
     connect_account(runtime, emu, "ann@example.com")
     big = emu.create_calendar("ann@example.com", "Big")
     emu.bulk_insert_events(big, [{**EVENT, "summary": f"e{i}"} for i in range(6000)])  # three pages
@@ -84,8 +86,9 @@ def test_sigterm_lets_a_worker_finish_its_sync_and_exit_cleanly(settings: Settin
     try:
         # Wait until the sync is under way (its first page committed): a claim not yet started may
         # rightly be released on SIGTERM, but a sync in hand must run to its end.
-        wait_for(lambda: _first_page_written(runtime, big), timeout=60, interval=0.005,
-                 what="the big sync's first page")
+        wait_for(
+            lambda: _first_page_written(runtime, big), timeout=60, interval=0.005, what="the big sync's first page"
+        )
         assert _terminate(proc) == 0, (tmp_path / "worker.log").read_text()
     finally:
         if proc.poll() is None:
@@ -106,8 +109,9 @@ def test_sigterm_lets_a_worker_finish_its_sync_and_exit_cleanly(settings: Settin
 def _first_page_written(rt: Runtime, google_id: str) -> bool:
     with rt.sessions() as session:
         cal_id = session.scalar(select(Calendar.id).where(Calendar.google_id == google_id))
-        return cal_id is not None and bool(session.scalar(
-            select(func.count()).select_from(Event).where(Event.calendar_id == cal_id)))
+        return cal_id is not None and bool(
+            session.scalar(select(func.count()).select_from(Event).where(Event.calendar_id == cal_id))
+        )
 
 
 class _Relay(ThreadingHTTPServer):
@@ -119,8 +123,9 @@ class _Relay(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, name: str, upstream: str, hold: float, log: list[tuple[str, str, float, float]],
-                 lock: threading.Lock) -> None:
+    def __init__(
+        self, name: str, upstream: str, hold: float, log: list[tuple[str, str, float, float]], lock: threading.Lock
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _RelayHandler)
         self.name, self.upstream, self.hold, self.log, self.lock = name, upstream.rstrip("/"), hold, log, lock
         self.http = requests.Session()
@@ -147,10 +152,11 @@ class _RelayHandler(BaseHTTPRequestHandler):
         if listing:
             time.sleep(self.server.hold)
         headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
-        resp = self.server.http.request(self.command, self.server.upstream + self.path, data=body, headers=headers,
-                                        timeout=30)
+        resp = self.server.http.request(
+            self.command, self.server.upstream + self.path, data=body, headers=headers, timeout=30
+        )
         if listing:
-            calendar = unquote(path[len("/calendar/v3/calendars/"):-len("/events")])
+            calendar = unquote(path[len("/calendar/v3/calendars/") : -len("/events")])
             with self.server.lock:
                 self.server.log.append((calendar, self.server.name, started, time.monotonic()))
         self.send_response(resp.status_code)
@@ -180,14 +186,21 @@ def relays(emu: Any) -> Iterator[tuple[list[_Relay], list[tuple[str, str, float,
 
 @pytest.mark.slow
 def test_three_worker_processes_share_the_work_and_never_sync_a_calendar_twice_at_once(
-        settings: Settings, runtime: Runtime, emu: Any, tmp_path: Path, relays: Any) -> None:
+    settings: Settings, runtime: Runtime, emu: Any, tmp_path: Path, relays: Any
+) -> None:
     if not settings.database_url.startswith("postgresql"):
         pytest.skip("several worker processes share work through PostgreSQL (SKIP LOCKED, LISTEN/NOTIFY)")
     servers, log = relays
     connect_account(runtime, emu, "ann@example.com")
     google_ids = ["ann@example.com"] + [emu.create_calendar("ann@example.com", f"Team {i}") for i in range(7)]
-    procs = [_calsync(["worker", "--threads", "3"], web_env(settings, CALSYNC_GOOGLE_API_URL=server.url),
-                      tmp_path / f"worker-{i}.log") for i, server in enumerate(servers)]
+    procs = [
+        _calsync(
+            ["worker", "--threads", "3"],
+            web_env(settings, CALSYNC_GOOGLE_API_URL=server.url),
+            tmp_path / f"worker-{i}.log",
+        )
+        for i, server in enumerate(servers)
+    ]
     try:
         wait_for(lambda: _all_watched(runtime, len(google_ids)), timeout=90, interval=0.1, what="first syncs")
         cal_ids = [calendar_id_of(runtime, g) for g in google_ids]
@@ -200,8 +213,12 @@ def test_three_worker_processes_share_the_work_and_never_sync_a_calendar_twice_a
                     request_calendar_sync(session, cal_id, runtime.clock.now())
                     runtime.wakeup.notify_after_commit(session)  # NOTIFY: LISTENing workers wake at once
             time.sleep(0.3)
-        wait_for(lambda: change_count(runtime) == expected and _drained(runtime), timeout=90, interval=0.1,
-                 what="every requested sync")
+        wait_for(
+            lambda: change_count(runtime) == expected and _drained(runtime),
+            timeout=90,
+            interval=0.1,
+            what="every requested sync",
+        )
     finally:
         codes = [_terminate(p) for p in procs]
     assert codes == [0, 0, 0]
@@ -225,8 +242,7 @@ def _all_watched(rt: Runtime, n: int) -> bool:
 
 def _drained(rt: Runtime) -> bool:
     with rt.sessions() as session:
-        return all(c.sync_done == c.sync_requested and c.lease_owner is None
-                   for c in session.scalars(select(Calendar)))
+        return all(c.sync_done == c.sync_requested and c.lease_owner is None for c in session.scalars(select(Calendar)))
 
 
 @pytest.mark.slow
@@ -237,8 +253,11 @@ def test_serve_runs_web_and_worker_in_one_process(
         fresh = tmp_path / "fresh.db"  # `calsync serve` migrates a SQLite database itself
         settings = Settings(**{**settings.__dict__, "database_url": f"sqlite:///{fresh}"})
     base = settings.public_url
-    proc = _calsync(["serve", "--host", "127.0.0.1", "--port", str(public_port), "--threads", "4"],
-                    web_env(settings), tmp_path / "serve.log")
+    proc = _calsync(
+        ["serve", "--host", "127.0.0.1", "--port", str(public_port), "--threads", "4"],
+        web_env(settings),
+        tmp_path / "serve.log",
+    )
     rt = None
     try:
         health = wait_for(lambda: _get(base + "/healthz", 200), timeout=60, interval=0.1, what="healthz 200")
@@ -254,8 +273,13 @@ def test_serve_runs_web_and_worker_in_one_process(
         latency = time.monotonic() - started
         print(f"\ncalsync serve push-to-change latency: {latency * 1000:.0f} ms")
         metrics = requests.get(base + "/metrics", timeout=5).text
-        for name in ("calsync_notifications_total", "calsync_syncs_total", "calsync_google_calls_total",
-                     "calsync_sync_lag_seconds", "calsync_channel_next_expiry_seconds"):
+        for name in (
+            "calsync_notifications_total",
+            "calsync_syncs_total",
+            "calsync_google_calls_total",
+            "calsync_sync_lag_seconds",
+            "calsync_channel_next_expiry_seconds",
+        ):
             assert name in metrics
         assert 'calsync_notifications_total{outcome="queued",state="exists"}' in metrics
         assert latency < 1.5, f"{latency:.3f}s: the receiver's wake-up did not reach the worker thread"
@@ -287,11 +311,13 @@ def _watched_calendar(rt: Runtime) -> int | None:
 def _start_web(settings: Settings, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, requests.Response]:
     """`calsync web` with 2 processes, once it answers: the process, its port, the first /healthz."""
     port = free_port()
-    proc = _calsync(["web", "--port", str(port), "--workers", "2", "--threads", "2"], web_env(settings),
-                    tmp_path / "web.log")
+    proc = _calsync(
+        ["web", "--port", str(port), "--workers", "2", "--threads", "2"], web_env(settings), tmp_path / "web.log"
+    )
     try:
-        health = wait_for(lambda: _response(f"http://127.0.0.1:{port}/healthz"), timeout=60, interval=0.1,
-                          what="the web process")[0]
+        health = wait_for(
+            lambda: _response(f"http://127.0.0.1:{port}/healthz"), timeout=60, interval=0.1, what="the web process"
+        )[0]
     except BaseException:
         _terminate(proc)
         raise
@@ -316,8 +342,9 @@ def test_every_web_process_reports_the_counters_of_all(settings: Settings, tmp_p
     proc, port, _health = _start_web(settings, tmp_path)
     try:
         for _ in range(40):  # a new connection each: gunicorn's processes take turns accepting them
-            resp = requests.post(f"http://127.0.0.1:{port}/notifications", headers={"X-Goog-Channel-ID": "x"},
-                                 timeout=5)
+            resp = requests.post(
+                f"http://127.0.0.1:{port}/notifications", headers={"X-Goog-Channel-ID": "x"}, timeout=5
+            )
             assert resp.status_code == 400
         totals = []
         for _ in range(12):
@@ -332,37 +359,49 @@ def test_every_web_process_reports_the_counters_of_all(settings: Settings, tmp_p
 
 
 @pytest.mark.slow
-def test_a_worker_serves_its_own_counters_on_its_metrics_port(settings: Settings, runtime: Runtime, emu: Any,
-                                                              tmp_path: Path) -> None:
+def test_a_worker_serves_its_own_counters_on_its_metrics_port(
+    settings: Settings, runtime: Runtime, emu: Any, tmp_path: Path
+) -> None:
     """A `calsync worker` shares no process with `/metrics`: with --metrics-port it reports its own syncs."""
     connect_account(runtime, emu, "ann@example.com")  # the worker picks up the primary calendar and syncs it
     port = free_port()
     proc = _calsync(["worker"], web_env(settings, CALSYNC_WORKER_METRICS_PORT=str(port)), tmp_path / "worker.log")
     try:
+
         def counted(sample: str, **labels: str) -> float:
             scrape = _response(f"http://127.0.0.1:{port}/metrics")
             return _sample_total(scrape[0].text, sample, **labels) if scrape else 0.0
 
-        wait_for(lambda: counted("calsync_syncs_total", kind="full", outcome="ok") >= 1
-                 and counted("calsync_google_calls_total", method="events.watch", status="200") >= 1, timeout=30,
-                 what="the worker's full sync and watch on its metrics port")
+        wait_for(
+            lambda: (
+                counted("calsync_syncs_total", kind="full", outcome="ok") >= 1
+                and counted("calsync_google_calls_total", method="events.watch", status="200") >= 1
+            ),
+            timeout=30,
+            what="the worker's full sync and watch on its metrics port",
+        )
         assert counted("calsync_google_calls_total", method="events.list", status="200") >= 1
         # The port is taken: a second worker says so and stops, rather than running unobserved.
-        second = subprocess.run([str(Path(sys.executable).parent / "calsync"), "worker", "--metrics-port", str(port)],
-                                env=web_env(settings), capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [str(Path(sys.executable).parent / "calsync"), "worker", "--metrics-port", str(port)],
+            env=web_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in second.stderr
     finally:
         assert _terminate(proc) == 0
 
 
 @pytest.mark.slow
-def test_every_answered_notification_survives_a_kill_9_of_the_web_processes(settings: Settings, runtime: Runtime,
-                                                                            emu: Any, tmp_path: Path) -> None:
+def test_every_answered_notification_survives_a_kill_9_of_the_web_processes(
+    settings: Settings, runtime: Runtime, emu: Any, tmp_path: Path
+) -> None:
     """A 200 means committed: SIGKILLed with no chance to close (on SQLite, most of it still in the
     write-ahead log, as the checkpoint comes a moment later), nothing answered is missing."""
     account_id = connect_account(runtime, emu, "ann@example.com")
-    cal_id = add_calendar_row(runtime, account_id, "ann@example.com", sync_requested=1, sync_done=1,
-                              baseline_done=True)
+    cal_id = add_calendar_row(runtime, account_id, "ann@example.com", sync_requested=1, sync_done=1, baseline_done=True)
     channel = emu_channel(emu, open_events_channel(runtime, cal_id))
     proc, port, _health = _start_web(settings, tmp_path)
     answered = []
@@ -384,8 +423,12 @@ def test_every_answered_notification_survives_a_kill_9_of_the_web_processes(sett
 
 def _sample_total(exposition: str, sample: str, **labels: str) -> float:
     """The sum of a scrape's `sample` values whose labels include `labels`."""
-    return sum(s.value for family in text_string_to_metric_families(exposition) for s in family.samples
-               if s.name == sample and labels.items() <= s.labels.items())
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+        if s.name == sample and labels.items() <= s.labels.items()
+    )
 
 
 def _children(pid: int) -> list[int]:

@@ -33,10 +33,14 @@ def env_for(settings: Settings | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALSYNC_")}
     env["COLUMNS"] = "200"
     if settings is not None:
-        env.update(CALSYNC_DATABASE_URL=settings.database_url, CALSYNC_GOOGLE_API_URL=settings.google_api_url,
-                   CALSYNC_GOOGLE_CLIENT_SECRETS=str(settings.google_client_secrets),
-                   CALSYNC_PUBLIC_URL=settings.public_url, CALSYNC_TOKEN_KEY=str(settings.token_key),
-                   CALSYNC_INSTANCE_PATH=str(settings.instance_path))
+        env.update(
+            CALSYNC_DATABASE_URL=settings.database_url,
+            CALSYNC_GOOGLE_API_URL=settings.google_api_url,
+            CALSYNC_GOOGLE_CLIENT_SECRETS=str(settings.google_client_secrets),
+            CALSYNC_PUBLIC_URL=settings.public_url,
+            CALSYNC_TOKEN_KEY=str(settings.token_key),
+            CALSYNC_INSTANCE_PATH=str(settings.instance_path),
+        )
     env.update(extra)
     return env
 
@@ -62,10 +66,17 @@ def test_status_shows_accounts_calendars_and_channel_expiry(settings: Settings, 
     now = runtime.clock.now()
     ann = add_account(runtime, "ann@example.com")
     add_account(runtime, "dead@example.com", status="reauth_required", last_error="invalid_grant")
-    work = add_calendar(runtime, ann, "work-1@group.calendar.google.com", "Work", sync_state="synced",
-                        last_synced_at=now - timedelta(minutes=4))
-    add_channel(runtime, ann, work, "11111111-2222-3333-4444-555555555555",
-                now + timedelta(days=6, hours=23, minutes=30))
+    work = add_calendar(
+        runtime,
+        ann,
+        "work-1@group.calendar.google.com",
+        "Work",
+        sync_state="synced",
+        last_synced_at=now - timedelta(minutes=4),
+    )
+    add_channel(
+        runtime, ann, work, "11111111-2222-3333-4444-555555555555", now + timedelta(days=6, hours=23, minutes=30)
+    )
 
     result = run(env_for(settings), "status")
     assert result.returncode == 0, result.stderr
@@ -77,12 +88,20 @@ def test_status_shows_accounts_calendars_and_channel_expiry(settings: Settings, 
 
 
 @pytest.mark.slow
-def test_sync_by_title_shows_the_result_full_then_incremental(settings: Settings, runtime: Runtime,
-                                                              emu: Any) -> None:
+def test_sync_by_title_shows_the_result_full_then_incremental(settings: Settings, runtime: Runtime, emu: Any) -> None:
     emu.create_user("ann@example.com")
     cal_id = emu.create_calendar("ann@example.com", "Work")
-    emu.bulk_insert_events(cal_id, [{"summary": f"Meeting {n}", "start": {"dateTime": f"2026-02-{n + 1:02d}T10:00:00Z"},
-                                     "end": {"dateTime": f"2026-02-{n + 1:02d}T11:00:00Z"}} for n in range(12)])
+    emu.bulk_insert_events(
+        cal_id,
+        [
+            {
+                "summary": f"Meeting {n}",
+                "start": {"dateTime": f"2026-02-{n + 1:02d}T10:00:00Z"},
+                "end": {"dateTime": f"2026-02-{n + 1:02d}T11:00:00Z"},
+            }
+            for n in range(12)
+        ],
+    )
     account_id = connect(runtime, emu, "ann@example.com")
     add_calendar(runtime, account_id, cal_id, "Work")
     env = env_for(settings)
@@ -105,8 +124,14 @@ def test_sync_by_title_shows_the_result_full_then_incremental(settings: Settings
 def test_sync_refuses_while_a_worker_holds_the_lease(settings: Settings, runtime: Runtime, emu: Any) -> None:
     emu.create_user("ann@example.com")
     account_id = connect(runtime, emu, "ann@example.com")
-    cal = add_calendar(runtime, account_id, "ann@example.com", "Ann",
-                       lease_owner="worker-1", lease_until=runtime.clock.now() + timedelta(minutes=2))
+    cal = add_calendar(
+        runtime,
+        account_id,
+        "ann@example.com",
+        "Ann",
+        lease_owner="worker-1",
+        lease_until=runtime.clock.now() + timedelta(minutes=2),
+    )
     result = run(env_for(settings), "sync", "Ann")
     assert result.returncode != 0 and "being synced by a worker" in result.stderr
     with runtime.sessions() as session:
@@ -146,8 +171,7 @@ def test_unknown_calendar_is_a_one_line_error(settings: Settings) -> None:
     assert line == "error: no calendar 'No such calendar' (see `calsync status`)"
 
 
-@pytest.mark.parametrize("case", ["missing client secrets", "unreachable database", "malformed URL",
-                                  "no database"])
+@pytest.mark.parametrize("case", ["missing client secrets", "unreachable database", "malformed URL", "no database"])
 def test_configuration_problems_are_one_line_errors(case: str, tmp_path: Path) -> None:
     db = tmp_path / "c.db"
     env = env_for(CALSYNC_DATABASE_URL=f"sqlite:///{db}", CALSYNC_INSTANCE_PATH=str(tmp_path))
@@ -160,8 +184,10 @@ def test_configuration_problems_are_one_line_errors(case: str, tmp_path: Path) -
         env["CALSYNC_DATABASE_URL"] = "postgresql+psycopg://calsync@127.0.0.1:1/calsync"
     elif case == "malformed URL":
         env["CALSYNC_PUBLIC_URL"] = "not a url"
-    expected = {"missing client secrets": "CALSYNC_GOOGLE_CLIENT_SECRETS is not set",
-                "unreachable database": "the database cannot be reached",
-                "malformed URL": "CALSYNC_PUBLIC_URL: not an http(s) URL",
-                "no database": "no database at"}[case]
+    expected = {
+        "missing client secrets": "CALSYNC_GOOGLE_CLIENT_SECRETS is not set",
+        "unreachable database": "the database cannot be reached",
+        "malformed URL": "CALSYNC_PUBLIC_URL: not an http(s) URL",
+        "no database": "no database at",
+    }[case]
     assert expected in one_line_error(run(env, *command))

@@ -29,8 +29,13 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_demo_connects_prints_field_level_diffs_and_stops_by_itself() -> None:
     started = time.monotonic()
-    result = subprocess.run([CALSYNC, "demo", "--duration", "12", "--interval", "1", "--seed", "7"],
-                            env=_env(), capture_output=True, text=True, timeout=90)
+    result = subprocess.run(
+        [CALSYNC, "demo", "--duration", "12", "--interval", "1", "--seed", "7"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     out = result.stdout
@@ -48,8 +53,13 @@ def test_demo_connects_prints_field_level_diffs_and_stops_by_itself() -> None:
 
 @pytest.mark.slow
 def test_demo_stops_cleanly_on_ctrl_c() -> None:
-    proc = subprocess.Popen([CALSYNC, "demo", "--interval", "0.5", "--seed", "7"], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [CALSYNC, "demo", "--interval", "0.5", "--seed", "7"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen: list[str] = []
     try:
         assert proc.stdout is not None
@@ -73,18 +83,33 @@ def test_demo_stops_cleanly_on_ctrl_c() -> None:
 
 
 def test_render_change_shows_each_field_before_and_after() -> None:
-    lines = render_change({
-        "seq": 12, "change": "updated", "event_id": "ev1", "detected_at": "2026-01-05T09:00:01.000Z",
-        "fields": ["start", "summary"],
-        "before": {"summary": "Standup", "start": {"dateTime": "2026-01-05T10:00:00Z"}},
-        "after": {"summary": "Daily standup", "start": {"dateTime": "2026-01-05T10:30:00Z"}},
-    }, "Team")
+    lines = render_change(
+        {
+            "seq": 12,
+            "change": "updated",
+            "event_id": "ev1",
+            "detected_at": "2026-01-05T09:00:01.000Z",
+            "fields": ["start", "summary"],
+            "before": {"summary": "Standup", "start": {"dateTime": "2026-01-05T10:00:00Z"}},
+            "after": {"summary": "Daily standup", "start": {"dateTime": "2026-01-05T10:30:00Z"}},
+        },
+        "Team",
+    )
     assert "#12" in lines[0] and "Team" in lines[0] and "Daily standup" in lines[0]
     assert "summary" in lines[1] and "Standup" in lines[1] and "Daily standup" in lines[1]
     assert "2026-01-05 10:00 UTC" in lines[2] and "2026-01-05 10:30 UTC" in lines[2] and "→" in lines[2]
 
 
 def test_render_change_says_a_lifecycle_step_in_words() -> None:
-    [line] = render_change({"seq": 3, "type": "calendar.added", "change": None, "event_id": None, "summary": "Team",
-                            "detected_at": "2026-01-05T09:00:01.000Z"}, "Team")
+    [line] = render_change(
+        {
+            "seq": 3,
+            "type": "calendar.added",
+            "change": None,
+            "event_id": None,
+            "summary": "Team",
+            "detected_at": "2026-01-05T09:00:01.000Z",
+        },
+        "Team",
+    )
     assert "#3" in line and "calendar.added" in line and 'Calendar "Team" added' in line

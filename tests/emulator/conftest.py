@@ -45,15 +45,24 @@ def alice(emu: Emulator) -> str:
 def credentials_for(emu: Emulator, tokens: dict[str, Any]) -> google.oauth2.credentials.Credentials:
     web = emu.client_config(["http://127.0.0.1/cb"])["web"]
     return google.oauth2.credentials.Credentials(
-        token=tokens["access_token"], refresh_token=tokens.get("refresh_token"),
-        token_uri=emu.url + "/token", client_id=web["client_id"], client_secret=web["client_secret"],
-        scopes=tokens["scope"].split())
+        token=tokens["access_token"],
+        refresh_token=tokens.get("refresh_token"),
+        token_uri=emu.url + "/token",
+        client_id=web["client_id"],
+        client_secret=web["client_secret"],
+        scopes=tokens["scope"].split(),
+    )
 
 
 def service_for(emu: Emulator, tokens: dict[str, Any]) -> Any:
     """google-api-python-client's Calendar service pointed at the emulator (static discovery)."""
-    return build("calendar", "v3", credentials=credentials_for(emu, tokens), cache_discovery=False,
-                 client_options={"api_endpoint": emu.api_url + "calendar/v3/"})
+    return build(
+        "calendar",
+        "v3",
+        credentials=credentials_for(emu, tokens),
+        cache_discovery=False,
+        client_options={"api_endpoint": emu.api_url + "calendar/v3/"},
+    )
 
 
 @pytest.fixture
@@ -70,9 +79,12 @@ def writer(emu: Emulator, alice: str) -> Any:
 
 def timed(day: int, hour: int, summary: str = "meeting", **extra: Any) -> dict[str, Any]:
     """An event body on 2030-01-<day> at <hour>:00 UTC lasting one hour."""
-    return {"summary": summary,
-            "start": {"dateTime": f"2030-01-{day:02d}T{hour:02d}:00:00Z"},
-            "end": {"dateTime": f"2030-01-{day:02d}T{hour + 1:02d}:00:00Z"}, **extra}
+    return {
+        "summary": summary,
+        "start": {"dateTime": f"2030-01-{day:02d}T{hour:02d}:00:00Z"},
+        "end": {"dateTime": f"2030-01-{day:02d}T{hour + 1:02d}:00:00Z"},
+        **extra,
+    }
 
 
 def list_all(service: Any, calendar_id: str = "primary", **params: Any) -> tuple[list[dict[str, Any]], str, int]:

@@ -18,10 +18,15 @@ def test_people_edits_and_logs_over_http(emu: Emulator) -> None:
     assert patched["summary"] == "p"
     bulk = requests.post(f"{base}/calendars/{cal}/events/bulk", json={"events": [timed(2, 9)] * 3})
     assert bulk.json() == {"inserted": 3}
-    series = requests.post(f"{base}/calendars/{cal}/events", json={
-        "summary": "s", "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"],
-        "start": {"dateTime": "2030-01-01T08:00:00Z", "timeZone": "UTC"},
-        "end": {"dateTime": "2030-01-01T09:00:00Z", "timeZone": "UTC"}}).json()
+    series = requests.post(
+        f"{base}/calendars/{cal}/events",
+        json={
+            "summary": "s",
+            "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"],
+            "start": {"dateTime": "2030-01-01T08:00:00Z", "timeZone": "UTC"},
+            "end": {"dateTime": "2030-01-01T09:00:00Z", "timeZone": "UTC"},
+        },
+    ).json()
     cancelled = requests.delete(f"{base}/calendars/{cal}/events/{series['id']}/instances/20300102T080000Z").json()
     assert cancelled["status"] == "cancelled"
     requests.delete(f"{base}/calendars/{cal}/events/{event['id']}")
@@ -34,11 +39,21 @@ def test_people_edits_and_logs_over_http(emu: Emulator) -> None:
     assert [r["calendar_id"] for r in log] == [cal] and log[0]["status"] == 200
     requests.post(f"{base}/faults/invalidate_sync_tokens", json={})
     requests.post(f"{base}/faults/fail_next", json={"n": 1, "status": 503, "reason": "backendError"})
-    assert requests.get(emu.api_url + "calendar/v3/users/me/calendarList",
-                        headers={"Authorization": "Bearer " + tokens["access_token"]}).status_code == 503
+    assert (
+        requests.get(
+            emu.api_url + "calendar/v3/users/me/calendarList",
+            headers={"Authorization": "Bearer " + tokens["access_token"]},
+        ).status_code
+        == 503
+    )
     requests.post(f"{base}/users/{ALICE}/revoke")
-    assert requests.get(emu.api_url + "calendar/v3/users/me/calendarList",
-                        headers={"Authorization": "Bearer " + tokens["access_token"]}).status_code == 401
+    assert (
+        requests.get(
+            emu.api_url + "calendar/v3/users/me/calendarList",
+            headers={"Authorization": "Bearer " + tokens["access_token"]},
+        ).status_code
+        == 401
+    )
     assert requests.put(f"{base}/config", json={"max_channel_ttl": 60}).json()["max_channel_ttl"] == 60
     assert emu.max_channel_ttl == 60
     assert requests.post(f"{base}/reset").json() == {}
@@ -47,10 +62,12 @@ def test_people_edits_and_logs_over_http(emu: Emulator) -> None:
 
 def test_bad_input_is_a_clear_400(emu: Emulator) -> None:
     base = emu.url + "/_emulator"
-    for response in (requests.post(f"{base}/users", json={}),
-                     requests.post(f"{base}/users", data="not json", headers={"Content-Type": "application/json"}),
-                     requests.post(f"{base}/faults/push", json={"drop": 3}),
-                     requests.post(f"{base}/calendars/x/events/bulk", json={"events": "no"})):
+    for response in (
+        requests.post(f"{base}/users", json={}),
+        requests.post(f"{base}/users", data="not json", headers={"Content-Type": "application/json"}),
+        requests.post(f"{base}/faults/push", json={"drop": 3}),
+        requests.post(f"{base}/calendars/x/events/bulk", json={"events": "no"}),
+    ):
         assert response.status_code == 400
         assert response.json()["error"]["message"]
     missing = requests.post(f"{base}/calendars/nobody@example.com/events", json=timed(1, 1))
@@ -61,8 +78,9 @@ def test_push_logs_and_channels_over_http(emu: Emulator, receiver: Receiver) -> 
     base = emu.url + "/_emulator"
     requests.post(f"{base}/users", json={"email": ALICE})
     tokens = requests.post(f"{base}/tokens", json={"email": ALICE}).json()
-    service_for(emu, tokens).events().watch(calendarId="primary", body={
-        "id": "c", "type": "web_hook", "address": receiver.url, "token": "t"}).execute()
+    service_for(emu, tokens).events().watch(
+        calendarId="primary", body={"id": "c", "type": "web_hook", "address": receiver.url, "token": "t"}
+    ).execute()
     assert requests.post(f"{base}/wait_push_idle", json={"timeout": 5}).json() == {"idle": True}
     [note] = requests.get(f"{base}/notifications").json()
     assert note["resource_state"] == "sync" and note["message_number"] == 1 and note["status"] == 200

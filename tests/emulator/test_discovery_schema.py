@@ -27,19 +27,47 @@ REQUIRED = {
     "Calendar": ["kind", "etag", "id", "summary", "timeZone"],
     "Channel": ["kind", "id", "resourceId", "resourceUri", "expiration"],
 }
-LIVE_EVENT = ["htmlLink", "created", "updated", "creator", "organizer", "start", "end", "iCalUID", "sequence",
-              "reminders", "eventType"]
+LIVE_EVENT = [
+    "htmlLink",
+    "created",
+    "updated",
+    "creator",
+    "organizer",
+    "start",
+    "end",
+    "iCalUID",
+    "sequence",
+    "reminders",
+    "eventType",
+]
 ERROR_SCHEMA = {
-    "type": "object", "additionalProperties": False, "required": ["error"],
-    "properties": {"error": {
-        "type": "object", "additionalProperties": False, "required": ["code", "message", "errors"],
-        "properties": {
-            "code": {"type": "integer"}, "message": {"type": "string"},
-            "status": {"type": "string"},
-            "errors": {"type": "array", "minItems": 1, "items": {
-                "type": "object", "additionalProperties": False, "required": ["domain", "reason", "message"],
-                "properties": {k: {"type": "string"} for k in
-                               ("domain", "reason", "message", "locationType", "location")}}}}}},
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["code", "message", "errors"],
+            "properties": {
+                "code": {"type": "integer"},
+                "message": {"type": "string"},
+                "status": {"type": "string"},
+                "errors": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["domain", "reason", "message"],
+                        "properties": {
+                            k: {"type": "string"} for k in ("domain", "reason", "message", "locationType", "location")
+                        },
+                    },
+                },
+            },
+        }
+    },
 }
 
 
@@ -88,11 +116,18 @@ def check(schemas: dict[str, Any], name: str, body: Any, extra_required: Sequenc
 
 
 def test_event_and_events_list(emu: Emulator, service: Any, alice: str, schemas: dict[str, Any]) -> None:
-    plain = emu.insert_event(alice, timed(1, 9, location="Room", description="d",
-                                          attendees=[{"email": "bob@example.com"}, {"email": alice}]))
-    series = emu.insert_event(alice, {"summary": "s", "start": {"dateTime": "2030-01-01T08:00:00Z", "timeZone": "UTC"},
-                                      "end": {"dateTime": "2030-01-01T09:00:00Z", "timeZone": "UTC"},
-                                      "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"]})
+    plain = emu.insert_event(
+        alice, timed(1, 9, location="Room", description="d", attendees=[{"email": "bob@example.com"}, {"email": alice}])
+    )
+    series = emu.insert_event(
+        alice,
+        {
+            "summary": "s",
+            "start": {"dateTime": "2030-01-01T08:00:00Z", "timeZone": "UTC"},
+            "end": {"dateTime": "2030-01-01T09:00:00Z", "timeZone": "UTC"},
+            "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"],
+        },
+    )
     emu.patch_instance(alice, series["id"], "2030-01-02T08:00:00Z", {"summary": "x"})
     emu.cancel_instance(alice, series["id"], "2030-01-03T08:00:00Z")
     allday = emu.insert_event(alice, {"summary": "a", "start": {"date": "2030-01-05"}, "end": {"date": "2030-01-06"}})
@@ -109,8 +144,9 @@ def test_event_and_events_list(emu: Emulator, service: Any, alice: str, schemas:
         check(schemas, "Event", item, LIVE_EVENT + ["recurringEventId", "originalStartTime"])
 
 
-def test_calendar_list_calendar_and_channel(emu: Emulator, service: Any, alice: str, schemas: dict[str, Any],
-                                            receiver: Receiver) -> None:
+def test_calendar_list_calendar_and_channel(
+    emu: Emulator, service: Any, alice: str, schemas: dict[str, Any], receiver: Receiver
+) -> None:
     removed = emu.create_calendar(alice, "Gone")
     page = service.calendarList().list().execute()
     check(schemas, "CalendarList", page)
@@ -123,11 +159,16 @@ def test_calendar_list_calendar_and_channel(emu: Emulator, service: Any, alice: 
         check(schemas, "CalendarListEntry", entry)
     check(schemas, "CalendarListEntry", service.calendarList().get(calendarId=alice).execute())
     check(schemas, "Calendar", service.calendars().get(calendarId="primary").execute())
-    for body in ({"id": "c1", "type": "web_hook", "address": receiver.url, "token": "t"},
-                 {"id": "c2", "type": "web_hook", "address": receiver.url}):
+    for body in (
+        {"id": "c1", "type": "web_hook", "address": receiver.url, "token": "t"},
+        {"id": "c2", "type": "web_hook", "address": receiver.url},
+    ):
         check(schemas, "Channel", service.events().watch(calendarId="primary", body=body).execute())
-    check(schemas, "Channel", service.calendarList().watch(
-        body={"id": "c3", "type": "web_hook", "address": receiver.url}).execute())
+    check(
+        schemas,
+        "Channel",
+        service.calendarList().watch(body={"id": "c3", "type": "web_hook", "address": receiver.url}).execute(),
+    )
 
 
 def test_every_error_uses_googles_envelope(emu: Emulator, service: Any, alice: str) -> None:
@@ -136,12 +177,12 @@ def test_every_error_uses_googles_envelope(emu: Emulator, service: Any, alice: s
     emu.invalidate_sync_tokens()
     emu.fail_next(1, status=429)
     calls: list[Callable[[], Any]] = [
-        lambda: service.events().list(calendarId="primary").execute(),                     # 429
-        lambda: service.events().list(calendarId="primary", syncToken=token).execute(),    # 410
+        lambda: service.events().list(calendarId="primary").execute(),  # 429
+        lambda: service.events().list(calendarId="primary", syncToken=token).execute(),  # 410
         lambda: service.events().get(calendarId="primary", eventId="unknown00").execute(),  # 404
         lambda: service.events().insert(calendarId="primary", body=timed(1, 1)).execute(),  # 403
-        lambda: writer.events().insert(calendarId="primary", body={}).execute(),           # 400
-        lambda: service.channels().stop(body={"id": "x", "resourceId": "y"}).execute(),    # 404
+        lambda: writer.events().insert(calendarId="primary", body={}).execute(),  # 400
+        lambda: service.channels().stop(body={"id": "x", "resourceId": "y"}).execute(),  # 404
     ]
     codes = []
     for call in calls:

@@ -15,6 +15,7 @@ from .conftest import ALICE, Receiver, list_all, timed
 
 def reason(err: HttpError) -> str:
     import json
+
     return cast(str, json.loads(err.content)["error"]["errors"][0]["reason"])
 
 
@@ -35,8 +36,9 @@ def test_patch_bumps_etag_and_updated_and_sequence_only_when_significant(emu: Em
     first = emu.insert_event(alice, timed(1, 9))
     renamed = emu.patch_event(alice, first["id"], {"summary": "renamed"})
     assert renamed["etag"] != first["etag"] and renamed["sequence"] == 0
-    moved = emu.patch_event(alice, first["id"], {"start": {"dateTime": "2030-01-01T10:00:00Z"},
-                                                  "end": {"dateTime": "2030-01-01T11:00:00Z"}})
+    moved = emu.patch_event(
+        alice, first["id"], {"start": {"dateTime": "2030-01-01T10:00:00Z"}, "end": {"dateTime": "2030-01-01T11:00:00Z"}}
+    )
     assert moved["sequence"] == 1 and moved["summary"] == "renamed"
     replaced = emu.update_event(alice, first["id"], timed(2, 9, summary="whole"))
     assert replaced["summary"] == "whole" and replaced["sequence"] == 2 and "location" not in replaced
@@ -100,8 +102,8 @@ def test_edits_between_pages_are_never_lost(emu: Emulator, service: Any, alice: 
     first = service.events().list(calendarId="primary", maxResults=10).execute()
     seen = {e["id"]: e for e in first["items"]}
     early, late = originals[0]["id"], originals[25]["id"]
-    emu.patch_event(alice, early, {"summary": "changed early"})     # already paged past
-    emu.patch_event(alice, late, {"summary": "changed late"})       # still ahead
+    emu.patch_event(alice, early, {"summary": "changed early"})  # already paged past
+    emu.patch_event(alice, late, {"summary": "changed late"})  # still ahead
     emu.delete_event(alice, originals[1]["id"])
     added = emu.insert_event(alice, timed(2, 0, summary="added while paging"))
     token = first["nextPageToken"]
@@ -133,8 +135,11 @@ def test_max_results_is_capped_and_validated(emu: Emulator, service: Any, alice:
 def test_time_window_and_search_filters(emu: Emulator, service: Any, alice: str) -> None:
     emu.insert_event(alice, timed(1, 9, summary="breakfast"))
     emu.insert_event(alice, timed(5, 9, summary="lunch with Bob"))
-    items = service.events().list(calendarId="primary", timeMin="2030-01-04T00:00:00Z",
-                                  timeMax="2030-01-06T00:00:00Z").execute()["items"]
+    items = (
+        service.events()
+        .list(calendarId="primary", timeMin="2030-01-04T00:00:00Z", timeMax="2030-01-06T00:00:00Z")
+        .execute()["items"]
+    )
     assert [e["summary"] for e in items] == ["lunch with Bob"]
     items = service.events().list(calendarId="primary", q="bob").execute()["items"]
     assert [e["summary"] for e in items] == ["lunch with Bob"]
@@ -150,8 +155,10 @@ def test_primary_resolves_and_foreign_calendar_is_404(emu: Emulator, service: An
 
 def test_bulk_insert_is_fast_and_sends_one_push(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     import time
-    service.events().watch(calendarId="primary", body={"id": "bulk", "type": "web_hook",
-                                                       "address": receiver.url}).execute()
+
+    service.events().watch(
+        calendarId="primary", body={"id": "bulk", "type": "web_hook", "address": receiver.url}
+    ).execute()
     receiver.wait_for(lambda hits: len(hits) == 1)
     started = time.monotonic()
     assert emu.bulk_insert_events(alice, (timed(1 + i % 28, i % 20) for i in range(5000))) == 5000
@@ -164,8 +171,11 @@ def test_bulk_insert_is_fast_and_sends_one_push(emu: Emulator, service: Any, ali
 
 def test_fields_selects_a_partial_response(emu: Emulator, service: Any, alice: str) -> None:
     emu.insert_event(alice, timed(1, 9, location="here"))
-    page = service.events().list(calendarId="primary",
-                                 fields="kind,nextSyncToken,items(id,start/dateTime,location)").execute()
+    page = (
+        service.events()
+        .list(calendarId="primary", fields="kind,nextSyncToken,items(id,start/dateTime,location)")
+        .execute()
+    )
     assert set(page) == {"kind", "nextSyncToken", "items"}
     assert set(page["items"][0]) == {"id", "start", "location"} and set(page["items"][0]["start"]) == {"dateTime"}
     with pytest.raises(HttpError) as err:
@@ -176,9 +186,9 @@ def test_fields_selects_a_partial_response(emu: Emulator, service: Any, alice: s
 def test_fractions_of_a_second_in_the_window_are_ignored(emu: Emulator, service: Any, alice: str) -> None:
     # events.list: timeMin/timeMax "Milliseconds may be provided but are ignored."
     emu.insert_event(alice, timed(1, 9, summary="at nine"))
-    before_nine, _, _ = list_all(service, timeMin="2030-01-01T08:00:00Z", timeMax="2030-01-01T09:00:00.500Z",
-                                 singleEvents=True)
+    before_nine, _, _ = list_all(
+        service, timeMin="2030-01-01T08:00:00Z", timeMax="2030-01-01T09:00:00.500Z", singleEvents=True
+    )
     assert before_nine == []
-    at_nine, _, _ = list_all(service, timeMin="2030-01-01T08:00:00Z", timeMax="2030-01-01T09:00:01Z",
-                             singleEvents=True)
+    at_nine, _, _ = list_all(service, timeMin="2030-01-01T08:00:00Z", timeMax="2030-01-01T09:00:01Z", singleEvents=True)
     assert [e["summary"] for e in at_nine] == ["at nine"]

@@ -31,10 +31,14 @@ def test_403_rate_limit_envelope(emu: Emulator, service: Any, alice: str) -> Non
     for _ in range(2):
         with pytest.raises(HttpError) as err:
             service.events().list(calendarId="primary").execute()
-        assert json.loads(err.value.content) == {"error": {
-            "code": 403, "message": "Rate Limit Exceeded",
-            "errors": [{"domain": "usageLimits", "reason": "rateLimitExceeded", "message": "Rate Limit Exceeded"}],
-            "status": "PERMISSION_DENIED"}}
+        assert json.loads(err.value.content) == {
+            "error": {
+                "code": 403,
+                "message": "Rate Limit Exceeded",
+                "errors": [{"domain": "usageLimits", "reason": "rateLimitExceeded", "message": "Rate Limit Exceeded"}],
+                "status": "PERMISSION_DENIED",
+            }
+        }
     service.events().list(calendarId="primary").execute()
 
 
@@ -60,6 +64,7 @@ def test_reset_clears_pending_faults(emu: Emulator, alice: str) -> None:
     emu.reset()
     emu.create_user(alice)
     from .conftest import service_for
+
     assert service_for(emu, emu.issue_tokens(alice)).events().list(calendarId="primary").execute()["items"] == []
 
 
@@ -75,13 +80,18 @@ def test_token_endpoint_outage_only_when_asked_for(emu: Emulator, alice: str) ->
     import requests
 
     from .conftest import credentials_for
+
     creds = credentials_for(emu, emu.issue_tokens(alice))
     emu.fail_next(1, status=503, reason="backendError")  # Calendar API only: refresh unaffected
     creds.refresh(google.auth.transport.requests.Request())
     emu.faults.clear()
     emu.fail_next(1, status=503, reason="backendError", retry_after=2, method="oauth.token")
-    form = {"grant_type": "refresh_token", "refresh_token": creds.refresh_token,
-            "client_id": creds.client_id, "client_secret": creds.client_secret}
+    form = {
+        "grant_type": "refresh_token",
+        "refresh_token": creds.refresh_token,
+        "client_id": creds.client_id,
+        "client_secret": creds.client_secret,
+    }
     down = requests.post(emu.url + "/token", data=form)
     assert down.status_code == 503 and down.headers["Retry-After"] == "2"
     assert down.json()["error"] == "backendError"

@@ -32,9 +32,15 @@ def test_full_then_incremental_sync(emu: Emulator, alice: str) -> None:
     keep = emu.insert_event(alice, timed(1, 9, summary="keep"))
     change = emu.insert_event(alice, timed(2, 9, summary="change me"))
     drop = emu.insert_event(alice, timed(3, 9, summary="drop me"))
-    series = emu.insert_event(alice, {"summary": "weekly", "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=3"],
-                                      "start": {"dateTime": "2030-01-07T09:00:00Z", "timeZone": "UTC"},
-                                      "end": {"dateTime": "2030-01-07T10:00:00Z", "timeZone": "UTC"}})
+    series = emu.insert_event(
+        alice,
+        {
+            "summary": "weekly",
+            "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=3"],
+            "start": {"dateTime": "2030-01-07T09:00:00Z", "timeZone": "UTC"},
+            "end": {"dateTime": "2030-01-07T10:00:00Z", "timeZone": "UTC"},
+        },
+    )
 
     async def scenario() -> tuple[list[str], list[str], list[str]]:
         async with aiohttp.ClientSession() as session:

@@ -39,9 +39,11 @@ def consent(url: str, account: str, action: str = "allow") -> dict[str, list[str
     found_action = re.search(r'<form method="post" action="([^"]+)"', page.text)
     assert found_id and found_action
     request_id, action_url = found_id.group(1), found_action.group(1)
-    response = session.post(urlsplit(url)._replace(path=action_url, query="").geturl(),
-                            data={"request_id": request_id, "account": account, "action": action},
-                            allow_redirects=False)
+    response = session.post(
+        urlsplit(url)._replace(path=action_url, query="").geturl(),
+        data={"request_id": request_id, "account": account, "action": action},
+        allow_redirects=False,
+    )
     assert response.status_code == 302
     location = response.headers["Location"]
     assert location.startswith(CALLBACK)
@@ -50,10 +52,11 @@ def consent(url: str, account: str, action: str = "allow") -> dict[str, list[str
 
 def test_full_web_flow_with_pkce_then_api_call(emu: Emulator, alice: str) -> None:
     flow = new_flow(emu)
-    url, state = flow.authorization_url(access_type="offline", prompt="consent", include_granted_scopes="true",
-                                        login_hint=ALICE)
+    url, state = flow.authorization_url(
+        access_type="offline", prompt="consent", include_granted_scopes="true", login_hint=ALICE
+    )
     page = requests.get(url).text
-    assert ALICE in page and 'checked' in page and "Allow" in page and "Deny" in page
+    assert ALICE in page and "checked" in page and "Allow" in page and "Deny" in page
     query = consent(url, ALICE)
     assert query["state"] == [state]
     # The exchange happens in another Flow that only has the stored verifier, as in a web app.
@@ -63,8 +66,7 @@ def test_full_web_flow_with_pkce_then_api_call(emu: Emulator, alice: str) -> Non
     assert token["token_type"] == "Bearer" and token["refresh_token"] and 3500 < token["expires_in"] <= 3600
     creds = second.credentials
     assert creds.token_uri == emu.url + "/token"
-    service = service_for(emu, {"access_token": creds.token, "refresh_token": creds.refresh_token,
-                                "scope": READONLY})
+    service = service_for(emu, {"access_token": creds.token, "refresh_token": creds.refresh_token, "scope": READONLY})
     assert service.calendars().get(calendarId="primary").execute()["id"] == ALICE
     assert emu.count("oauth.token") == 1
 
@@ -79,9 +81,11 @@ def test_code_is_single_use_and_needs_the_verifier(emu: Emulator, alice: str) ->
     without = new_flow(emu)
     without.code_verifier = None
     without.autogenerate_code_verifier = False
-    response = requests.post(emu.url + "/token", data={"grant_type": "authorization_code", "code": code,
-                                                        "redirect_uri": CALLBACK},
-                             auth=(flow.client_config["client_id"], flow.client_config["client_secret"]))
+    response = requests.post(
+        emu.url + "/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK},
+        auth=(flow.client_config["client_id"], flow.client_config["client_secret"]),
+    )
     assert response.status_code == 400
     assert response.json() == {"error": "invalid_grant", "error_description": "Missing code verifier."}
     url, _ = flow.authorization_url(access_type="offline")
@@ -126,8 +130,9 @@ def test_refresh_after_expiry_then_revocation(emu: Emulator, alice: str) -> None
     creds = credentials_for(emu, tokens)
     service = service_for(emu, tokens)
     emu.expire_access_tokens()
-    expired = requests.get(emu.api_url + "calendar/v3/users/me/calendarList",
-                           headers={"Authorization": "Bearer " + tokens["access_token"]})
+    expired = requests.get(
+        emu.api_url + "calendar/v3/users/me/calendarList", headers={"Authorization": "Bearer " + tokens["access_token"]}
+    )
     assert expired.status_code == 401 and expired.headers["WWW-Authenticate"].startswith("Bearer")
     assert expired.json()["error"]["errors"][0]["reason"] == "authError"
     # the client library refreshes on 401 by itself and the call succeeds
@@ -139,8 +144,9 @@ def test_refresh_after_expiry_then_revocation(emu: Emulator, alice: str) -> None
         creds.refresh(google.auth.transport.requests.Request())
     assert refused.value.retryable is False and "invalid_grant" in str(refused.value)
     assert creds.token is not None
-    response = requests.get(emu.api_url + "calendar/v3/users/me/calendarList",
-                            headers={"Authorization": "Bearer " + creds.token})
+    response = requests.get(
+        emu.api_url + "calendar/v3/users/me/calendarList", headers={"Authorization": "Bearer " + creds.token}
+    )
     assert response.status_code == 401
 
 
@@ -157,16 +163,21 @@ def test_token_endpoint_errors(emu: Emulator, alice: str) -> None:
     assert odd.status_code == 400 and odd.json()["error"] == "unsupported_grant_type"
     missing = post(client_id=web["client_id"], client_secret=web["client_secret"])
     assert missing.status_code == 400 and missing.json()["error"] == "invalid_request"
-    unknown = post(grant_type="refresh_token", refresh_token="nope", client_id=web["client_id"],
-                   client_secret=web["client_secret"])
+    unknown = post(
+        grant_type="refresh_token", refresh_token="nope", client_id=web["client_id"], client_secret=web["client_secret"]
+    )
     assert unknown.json() == {"error": "invalid_grant", "error_description": "Token has been expired or revoked."}
 
 
 def test_refresh_accepts_scope_subset_only(emu: Emulator, alice: str) -> None:
     web = emu.client_config([CALLBACK])["web"]
     tokens = emu.issue_tokens(alice, scopes=(READONLY,))
-    base = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"],
-            "client_id": web["client_id"], "client_secret": web["client_secret"]}
+    base = {
+        "grant_type": "refresh_token",
+        "refresh_token": tokens["refresh_token"],
+        "client_id": web["client_id"],
+        "client_secret": web["client_secret"],
+    }
     ok = requests.post(emu.url + "/token", data={**base, "scope": READONLY})
     assert ok.status_code == 200 and ok.json()["scope"] == READONLY and "refresh_token" not in ok.json()
     wider = requests.post(emu.url + "/token", data={**base, "scope": FULL})
@@ -191,6 +202,7 @@ def test_api_refuses_missing_and_bogus_tokens(emu: Emulator, alice: str) -> None
 
 def test_code_expires_after_60_seconds(emu: Emulator, alice: str) -> None:
     import datetime as dt
+
     emu.auto_approve = ALICE
     flow = new_flow(emu)
     url, _ = flow.authorization_url(access_type="offline")
@@ -206,6 +218,7 @@ def test_code_expires_after_60_seconds(emu: Emulator, alice: str) -> None:
 
 def test_access_token_ttl_is_honoured(emu: Emulator, alice: str) -> None:
     import datetime as dt
+
     emu.access_token_ttl = 30
     tokens = emu.issue_tokens(alice)
     assert tokens["expires_in"] == 30
@@ -222,6 +235,7 @@ def test_access_token_ttl_is_honoured(emu: Emulator, alice: str) -> None:
 
 def test_userinfo_names_the_account(emu: Emulator, alice: str) -> None:
     tokens = emu.issue_tokens(alice)
-    info = requests.get(emu.url + "/oauth2/v2/userinfo",
-                        headers={"Authorization": "Bearer " + tokens["access_token"]}).json()
+    info = requests.get(
+        emu.url + "/oauth2/v2/userinfo", headers={"Authorization": "Bearer " + tokens["access_token"]}
+    ).json()
     assert info["email"] == ALICE and info["verified_email"] is True

@@ -17,8 +17,9 @@ from calsync.emulator import Emulator
 from .conftest import Receiver, timed
 
 
-def watch(service: Any, receiver: Receiver, channel_id: str = "chan-1", calendar_id: str = "primary",
-          **extra: Any) -> dict[str, Any]:
+def watch(
+    service: Any, receiver: Receiver, channel_id: str = "chan-1", calendar_id: str = "primary", **extra: Any
+) -> dict[str, Any]:
     body = {"id": channel_id, "type": "web_hook", "address": receiver.url, **extra}
     return cast(dict[str, Any], service.events().watch(calendarId=calendar_id, body=body).execute())
 
@@ -45,8 +46,9 @@ def test_watch_response_and_sync_message(emu: Emulator, service: Any, alice: str
     assert abs(parsed.timestamp() * 1000 - expiration) < 1000
 
 
-def test_each_change_sends_exists_with_increasing_numbers(emu: Emulator, service: Any, alice: str,
-                                                          receiver: Receiver) -> None:
+def test_each_change_sends_exists_with_increasing_numbers(
+    emu: Emulator, service: Any, alice: str, receiver: Receiver
+) -> None:
     watch(service, receiver)
     receiver.wait_for(lambda hits: len(hits) == 1)
     event = emu.insert_event(alice, timed(1, 9))
@@ -73,13 +75,14 @@ def test_resource_id_is_shared_per_calendar(emu: Emulator, service: Any, alice: 
     assert [h.headers["X-Goog-Channel-ID"] for h in hits if h.headers["X-Goog-Resource-State"] == "exists"] == ["c"]
 
 
-def test_calendar_list_watch_fires_on_calendar_list_changes(emu: Emulator, service: Any, alice: str,
-                                                            receiver: Receiver) -> None:
+def test_calendar_list_watch_fires_on_calendar_list_changes(
+    emu: Emulator, service: Any, alice: str, receiver: Receiver
+) -> None:
     channel = service.calendarList().watch(body={"id": "cl", "type": "webhook", "address": receiver.url}).execute()
     assert channel["resourceUri"].endswith("/calendar/v3/users/me/calendarList?alt=json")
     receiver.wait_for(lambda hits: len(hits) == 1)
     cal = emu.create_calendar(alice, "New")
-    emu.insert_event(cal, timed(1, 9))        # an event change is not a calendar-list change
+    emu.insert_event(cal, timed(1, 9))  # an event change is not a calendar-list change
     emu.remove_calendar(alice, cal)
     emu.wait_push_idle()
     assert receiver.states() == ["sync", "exists", "exists"]
@@ -88,10 +91,12 @@ def test_calendar_list_watch_fires_on_calendar_list_changes(emu: Emulator, servi
 def test_channel_id_must_be_unique_and_valid(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     watch(service, receiver, "same")
     cases: list[tuple[dict[str, Any], int, str | None]] = [
-        ({"id": "same"}, 400, "channelIdNotUnique"), ({"id": "x" * 65}, 400, None),
+        ({"id": "same"}, 400, "channelIdNotUnique"),
+        ({"id": "x" * 65}, 400, None),
         ({"id": "ok", "expiration": 1000}, 400, "pushInvalidTtl"),
         ({"id": "ok", "type": "carrier-pigeon"}, 400, None),
-        ({"id": "ok", "address": "ftp://x"}, 400, None)]
+        ({"id": "ok", "address": "ftp://x"}, 400, None),
+    ]
     for body, status, why in cases:
         full = {"type": "web_hook", "address": receiver.url, **body}
         with pytest.raises(HttpError) as err:
@@ -127,6 +132,7 @@ def test_nothing_after_stop(emu: Emulator, service: Any, alice: str, receiver: R
 
 def test_only_the_creator_can_stop_a_channel(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
     from .conftest import service_for
+
     channel = watch(service, receiver)
     emu.create_user("bob@example.com")
     bob = service_for(emu, emu.issue_tokens("bob@example.com"))
@@ -171,11 +177,13 @@ def test_retries_503_with_backoff_but_not_404(emu: Emulator, service: Any, alice
 
 def test_connection_error_is_retried_then_recorded(emu: Emulator, service: Any, alice: str) -> None:
     import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    service.events().watch(calendarId="primary", body={"id": "dead", "type": "web_hook",
-                                                       "address": f"http://127.0.0.1:{port}/x"}).execute()
+    service.events().watch(
+        calendarId="primary", body={"id": "dead", "type": "web_hook", "address": f"http://127.0.0.1:{port}/x"}
+    ).execute()
     assert emu.wait_push_idle()
     [record] = emu.notifications
     assert record.status is None and record.attempts == 3

@@ -21,9 +21,15 @@ WEEKLY = {
 
 def test_modified_and_cancelled_instances_are_exceptions(emu: Emulator, service: Any, alice: str) -> None:
     series = emu.insert_event(alice, WEEKLY)
-    moved = emu.patch_instance(alice, series["id"], "2030-01-14T09:00:00+01:00",
-                               {"start": {"dateTime": "2030-01-14T10:00:00+01:00", "timeZone": "Europe/Berlin"},
-                                "end": {"dateTime": "2030-01-14T10:15:00+01:00", "timeZone": "Europe/Berlin"}})
+    moved = emu.patch_instance(
+        alice,
+        series["id"],
+        "2030-01-14T09:00:00+01:00",
+        {
+            "start": {"dateTime": "2030-01-14T10:00:00+01:00", "timeZone": "Europe/Berlin"},
+            "end": {"dateTime": "2030-01-14T10:15:00+01:00", "timeZone": "Europe/Berlin"},
+        },
+    )
     assert moved["id"] == series["id"] + "_20300114T080000Z"
     assert moved["recurringEventId"] == series["id"]
     assert moved["originalStartTime"] == {"dateTime": "2030-01-14T09:00:00+01:00", "timeZone": "Europe/Berlin"}
@@ -34,9 +40,10 @@ def test_modified_and_cancelled_instances_are_exceptions(emu: Emulator, service:
     by_id = {e["id"]: e for e in items}
     # Google keeps cancelled occurrences of a live series in a plain full list.
     assert set(by_id) == {series["id"], moved["id"], cancelled["id"]}
-    assert by_id[cancelled["id"]] == {k: by_id[cancelled["id"]][k] for k in
-                                      ("kind", "etag", "id", "status", "updated", "recurringEventId",
-                                       "originalStartTime")}
+    assert by_id[cancelled["id"]] == {
+        k: by_id[cancelled["id"]][k]
+        for k in ("kind", "etag", "id", "status", "updated", "recurringEventId", "originalStartTime")
+    }
 
 
 def test_single_events_expands_and_applies_exceptions(emu: Emulator, service: Any, alice: str) -> None:
@@ -45,35 +52,53 @@ def test_single_events_expands_and_applies_exceptions(emu: Emulator, service: An
     emu.cancel_instance(alice, series["id"], "2030-01-21T09:00:00+01:00")
     items, _, _ = list_all(service, singleEvents=True, orderBy="startTime")
     assert [e["start"]["dateTime"] for e in items] == [
-        "2030-01-07T09:00:00+01:00", "2030-01-14T09:00:00+01:00", "2030-01-28T09:00:00+01:00",
-        "2030-02-04T09:00:00+01:00"]
+        "2030-01-07T09:00:00+01:00",
+        "2030-01-14T09:00:00+01:00",
+        "2030-01-28T09:00:00+01:00",
+        "2030-02-04T09:00:00+01:00",
+    ]
     assert [e["summary"] for e in items] == ["standup", "moved standup", "standup", "standup"]
     assert all(e["recurringEventId"] == series["id"] for e in items)
     assert items[0]["id"] == series["id"] + "_20300107T080000Z"
 
 
 def test_expansion_keeps_wall_time_across_dst(emu: Emulator, service: Any, alice: str) -> None:
-    body = dict(WEEKLY, start={"dateTime": "2030-03-25T09:00:00+01:00", "timeZone": "Europe/Berlin"},
-                end={"dateTime": "2030-03-25T10:00:00+01:00", "timeZone": "Europe/Berlin"},
-                recurrence=["RRULE:FREQ=WEEKLY;COUNT=2"])
+    body = dict(
+        WEEKLY,
+        start={"dateTime": "2030-03-25T09:00:00+01:00", "timeZone": "Europe/Berlin"},
+        end={"dateTime": "2030-03-25T10:00:00+01:00", "timeZone": "Europe/Berlin"},
+        recurrence=["RRULE:FREQ=WEEKLY;COUNT=2"],
+    )
     emu.insert_event(alice, body)
     items, _, _ = list_all(service, singleEvents=True)
     assert [e["start"]["dateTime"] for e in items] == ["2030-03-25T09:00:00+01:00", "2030-04-01T09:00:00+02:00"]
 
 
 def test_window_and_exdate_and_all_day(emu: Emulator, service: Any, alice: str) -> None:
-    emu.insert_event(alice, {"summary": "daily", "start": {"date": "2030-01-01"}, "end": {"date": "2030-01-02"},
-                             "recurrence": ["RRULE:FREQ=DAILY", "EXDATE;VALUE=DATE:20300101,20300103"]})
-    items, _, _ = list_all(service, singleEvents=True, timeMin="2030-01-02T00:00:00Z",
-                           timeMax="2030-01-05T00:00:00Z")
+    emu.insert_event(
+        alice,
+        {
+            "summary": "daily",
+            "start": {"date": "2030-01-01"},
+            "end": {"date": "2030-01-02"},
+            "recurrence": ["RRULE:FREQ=DAILY", "EXDATE;VALUE=DATE:20300101,20300103"],
+        },
+    )
+    items, _, _ = list_all(service, singleEvents=True, timeMin="2030-01-02T00:00:00Z", timeMax="2030-01-05T00:00:00Z")
     assert [e["start"]["date"] for e in items] == ["2030-01-02", "2030-01-04"]
     assert items[0]["id"].endswith("_20300102")
 
 
 def test_open_ended_series_expansion_is_bounded(emu: Emulator, service: Any, alice: str) -> None:
-    emu.insert_event(alice, {"summary": "forever", "start": {"dateTime": "2030-01-01T08:00:00Z", "timeZone": "UTC"},
-                             "end": {"dateTime": "2030-01-01T08:30:00Z", "timeZone": "UTC"},
-                             "recurrence": ["RRULE:FREQ=HOURLY"]})
+    emu.insert_event(
+        alice,
+        {
+            "summary": "forever",
+            "start": {"dateTime": "2030-01-01T08:00:00Z", "timeZone": "UTC"},
+            "end": {"dateTime": "2030-01-01T08:30:00Z", "timeZone": "UTC"},
+            "recurrence": ["RRULE:FREQ=HOURLY"],
+        },
+    )
     items, _, _ = list_all(service, singleEvents=True, maxResults=2500)
     assert 0 < len(items) <= 2500
 
@@ -83,8 +108,9 @@ def test_instances_endpoint(emu: Emulator, service: Any, alice: str) -> None:
     emu.cancel_instance(alice, series["id"], "2030-01-14T09:00:00+01:00")
     page = service.events().instances(calendarId="primary", eventId=series["id"]).execute()
     assert len(page["items"]) == 4
-    page = service.events().instances(calendarId="primary", eventId=series["id"], showDeleted=True,
-                                      maxResults=3).execute()
+    page = (
+        service.events().instances(calendarId="primary", eventId=series["id"], showDeleted=True, maxResults=3).execute()
+    )
     assert len(page["items"]) == 3 and "nextPageToken" in page
     with pytest.raises(HttpError) as err:
         service.events().instances(calendarId="primary", eventId="nosuchseries").execute()

@@ -63,9 +63,13 @@ def test_invalidated_token_is_410_full_sync_required(emu: Emulator, service: Any
         service.events().list(calendarId="primary", syncToken=token).execute()
     error = error_of(err.value)
     assert err.value.resp.status == 410
-    assert error["errors"][0] == {"domain": "calendar", "reason": "fullSyncRequired",
-                                  "message": "Sync token is no longer valid, a full sync is required.",
-                                  "locationType": "parameter", "location": "syncToken"}
+    assert error["errors"][0] == {
+        "domain": "calendar",
+        "reason": "fullSyncRequired",
+        "message": "Sync token is no longer valid, a full sync is required.",
+        "locationType": "parameter",
+        "location": "syncToken",
+    }
     _, fresh, _ = list_all(service)
     assert list_all(service, syncToken=fresh)[0] == []
 
@@ -86,6 +90,7 @@ def test_token_from_before_a_reset_is_410(emu: Emulator, service: Any, alice: st
     emu.reset()
     emu.create_user(alice)
     from .conftest import service_for
+
     fresh = service_for(emu, emu.issue_tokens(alice))
     with pytest.raises(HttpError) as err:
         fresh.events().list(calendarId="primary", syncToken=token).execute()
@@ -94,6 +99,7 @@ def test_token_from_before_a_reset_is_410(emu: Emulator, service: Any, alice: st
 
 def test_too_old_token_is_410(emu: Emulator, service: Any, alice: str) -> None:
     import datetime as dt
+
     _, token, _ = list_all(service)
     emu.sync_token_max_age = 60
     real = emu.clock
@@ -106,12 +112,23 @@ def test_too_old_token_is_410(emu: Emulator, service: Any, alice: str) -> None:
     assert err.value.resp.status == 410
 
 
-@pytest.mark.parametrize("param", [{"timeMin": "2030-01-01T00:00:00Z"}, {"timeMax": "2030-01-01T00:00:00Z"},
-                                   {"q": "x"}, {"iCalUID": "a@google.com"}, {"updatedMin": "2030-01-01T00:00:00Z"},
-                                   {"orderBy": "updated"}, {"privateExtendedProperty": "a=b"},
-                                   {"sharedExtendedProperty": "a=b"}, {"showDeleted": False}])
-def test_sync_token_with_incompatible_params_is_400(emu: Emulator, service: Any, alice: str,
-                                                    param: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "param",
+    [
+        {"timeMin": "2030-01-01T00:00:00Z"},
+        {"timeMax": "2030-01-01T00:00:00Z"},
+        {"q": "x"},
+        {"iCalUID": "a@google.com"},
+        {"updatedMin": "2030-01-01T00:00:00Z"},
+        {"orderBy": "updated"},
+        {"privateExtendedProperty": "a=b"},
+        {"sharedExtendedProperty": "a=b"},
+        {"showDeleted": False},
+    ],
+)
+def test_sync_token_with_incompatible_params_is_400(
+    emu: Emulator, service: Any, alice: str, param: dict[str, Any]
+) -> None:
     _, token, _ = list_all(service)
     with pytest.raises(HttpError) as err:
         service.events().list(calendarId="primary", syncToken=token, **param).execute()
@@ -188,12 +205,20 @@ def test_mirror_converges_whatever_edits_happen_between_pages(emu: Emulator, ali
         raise AssertionError("paging did not end")
 
     @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-    @given(initial=st.integers(0, 12), size=st.integers(1, 5),
-           during_full=st.lists(st.lists(edit, max_size=3), max_size=4),
-           between=st.lists(edit, max_size=5),
-           during_incremental=st.lists(st.lists(edit, max_size=3), max_size=4))
-    def run(initial: int, size: int, during_full: list[list[tuple[str, int]]], between: list[tuple[str, int]],
-            during_incremental: list[list[tuple[str, int]]]) -> None:
+    @given(
+        initial=st.integers(0, 12),
+        size=st.integers(1, 5),
+        during_full=st.lists(st.lists(edit, max_size=3), max_size=4),
+        between=st.lists(edit, max_size=5),
+        during_incremental=st.lists(st.lists(edit, max_size=3), max_size=4),
+    )
+    def run(
+        initial: int,
+        size: int,
+        during_full: list[list[tuple[str, int]]],
+        between: list[tuple[str, int]],
+        during_incremental: list[list[tuple[str, int]]],
+    ) -> None:
         emu.reset()
         emu.create_user(alice)
         session.headers["Authorization"] = "Bearer " + emu.issue_tokens(alice)["access_token"]

@@ -19,8 +19,14 @@ def _client(emu: Any, email: str) -> GoogleCalendar:
 def test_clients_share_the_built_api_but_each_speaks_for_its_own_user(emu: Any) -> None:
     ann, bob = _client(emu, "ann@example.com"), _client(emu, "bob@example.com")
     assert ann._api is bob._api  # built once per process and endpoint
-    emu.insert_event("ann@example.com", {"summary": "ann's", "start": {"dateTime": "2026-03-01T09:00:00Z"},
-                                         "end": {"dateTime": "2026-03-01T10:00:00Z"}})
+    emu.insert_event(
+        "ann@example.com",
+        {
+            "summary": "ann's",
+            "start": {"dateTime": "2026-03-01T09:00:00Z"},
+            "end": {"dateTime": "2026-03-01T10:00:00Z"},
+        },
+    )
     for _ in range(2):  # interleaved, through the same resources
         assert ann.get_calendar("primary")["id"] == "ann@example.com"
         assert bob.get_calendar("primary")["id"] == "bob@example.com"

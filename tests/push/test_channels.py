@@ -31,8 +31,10 @@ from tests.push_support import (
 @pytest.fixture
 def calendar(runtime: Runtime, emu: Any) -> dict[str, int]:
     account_id = connect_account(runtime, emu, "ann@example.com")
-    return {"account_id": account_id,
-            "calendar_id": add_calendar_row(runtime, account_id, "ann@example.com", baseline_done=True)}
+    return {
+        "account_id": account_id,
+        "calendar_id": add_calendar_row(runtime, account_id, "ann@example.com", baseline_done=True),
+    }
 
 
 def _row(runtime: Runtime, channel_id: str) -> Channel:
@@ -42,8 +44,9 @@ def _row(runtime: Runtime, channel_id: str) -> Channel:
         return row
 
 
-def test_open_stores_the_granted_channel_and_only_a_hash_of_its_token(runtime: Runtime, emu: Any,
-                                                                      calendar: dict[str, int]) -> None:
+def test_open_stores_the_granted_channel_and_only_a_hash_of_its_token(
+    runtime: Runtime, emu: Any, calendar: dict[str, int]
+) -> None:
     channel_id = open_events_channel(runtime, calendar["calendar_id"])
     row, granted = _row(runtime, channel_id), emu_channel(emu, channel_id)
     assert row.status == "active" and row.kind == "events"
@@ -68,12 +71,13 @@ def test_expiry_is_what_google_granted_not_what_was_asked(runtime: Runtime, emu:
     assert 100 < (row.expires_at - row.created_at).total_seconds() <= 121  # asked for 7 days
 
 
-def test_the_sync_message_is_accepted_even_when_it_beats_the_watch_response(runtime: Runtime, emu: Any,
-                                                                            calendar: dict[str, int],
-                                                                            live_server: str) -> None:
+def test_the_sync_message_is_accepted_even_when_it_beats_the_watch_response(
+    runtime: Runtime, emu: Any, calendar: dict[str, int], live_server: str
+) -> None:
     channel_id = open_events_channel(runtime, calendar["calendar_id"])
-    record = wait_for(lambda: [n for n in emu.notifications if n.channel_id == channel_id], timeout=5,
-                      what="the sync message")[0]
+    record = wait_for(
+        lambda: [n for n in emu.notifications if n.channel_id == channel_id], timeout=5, what="the sync message"
+    )[0]
     assert (record.resource_state, record.message_number, record.status) == ("sync", 1, 200)
     assert _row(runtime, channel_id).last_message_number == 1
 
@@ -115,8 +119,9 @@ def test_stopping_a_channel_google_already_forgot_is_fine(runtime: Runtime, emu:
     assert emu.count("calendar.channels.stop") == 1
 
 
-def test_a_pending_row_left_by_a_crash_is_stopped_with_its_siblings_resource_id(runtime: Runtime, emu: Any,
-                                                                                calendar: dict[str, int]) -> None:
+def test_a_pending_row_left_by_a_crash_is_stopped_with_its_siblings_resource_id(
+    runtime: Runtime, emu: Any, calendar: dict[str, int]
+) -> None:
     live = open_events_channel(runtime, calendar["calendar_id"])
     with transaction(runtime.sessions) as session:  # as if the process died right after the watch call
         row = session.get(Channel, live)

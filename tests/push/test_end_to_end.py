@@ -36,8 +36,11 @@ from tests.push_support import (
 )
 
 EMAIL = "ann@example.com"
-EVENT = {"summary": "Planning", "start": {"dateTime": "2026-12-04T14:00:00Z"},
-         "end": {"dateTime": "2026-12-04T15:00:00Z"}}
+EVENT = {
+    "summary": "Planning",
+    "start": {"dateTime": "2026-12-04T14:00:00Z"},
+    "end": {"dateTime": "2026-12-04T15:00:00Z"},
+}
 
 
 def _start_worker(rt: Runtime, threads: int = 2) -> tuple[threading.Event, threading.Thread]:
@@ -66,8 +69,9 @@ def pushing(runtime: Runtime, emu: Any, live_server: str) -> Iterator[dict[str, 
         thread.join(timeout=20)
 
 
-def test_an_edit_in_google_becomes_a_change_through_push_alone(runtime: Runtime, emu: Any, pushing: dict[str, Any],
-                                                               record_property: Callable[[str, object], None]) -> None:
+def test_an_edit_in_google_becomes_a_change_through_push_alone(
+    runtime: Runtime, emu: Any, pushing: dict[str, Any], record_property: Callable[[str, object], None]
+) -> None:
     cal_id = pushing["calendar_id"]
     assert runtime.settings.reconcile_every >= 3600  # no timer will do it for us
     latencies = []
@@ -107,7 +111,8 @@ class _JumpClock:
 
 @pytest.mark.slow
 def test_a_storm_of_a_thousand_notifications_costs_at_most_two_list_calls(
-        settings: Settings, emu: Any, public_port: int, record_property: Callable[[str, object], None]) -> None:
+    settings: Settings, emu: Any, public_port: int, record_property: Callable[[str, object], None]
+) -> None:
     # The window is made as long as the storm can take on a loaded machine; the clock then jumps it.
     clock = _JumpClock()
     rt = Runtime.create(replace(settings, sync_min_interval=600.0), clock=clock)
@@ -129,8 +134,9 @@ def test_a_storm_of_a_thousand_notifications_costs_at_most_two_list_calls(
         def fire(number: int) -> int:
             session = getattr(local, "session", None) or requests.Session()
             local.session = session
-            return session.post(settings.notifications_url, data=b"", timeout=30,
-                                headers=push_headers(channel, number=number)).status_code
+            return session.post(
+                settings.notifications_url, data=b"", timeout=30, headers=push_headers(channel, number=number)
+            ).status_code
 
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -155,8 +161,9 @@ def test_a_storm_of_a_thousand_notifications_costs_at_most_two_list_calls(
     assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
 
 
-def test_duplicated_and_reordered_notifications_change_nothing_twice(runtime: Runtime, emu: Any,
-                                                                     pushing: dict[str, Any]) -> None:
+def test_duplicated_and_reordered_notifications_change_nothing_twice(
+    runtime: Runtime, emu: Any, pushing: dict[str, Any]
+) -> None:
     cal_id = pushing["calendar_id"]
     emu.push_faults(duplicate=1.0, reorder=True)
     before = emu.count("calendar.events.list", EMAIL)
@@ -192,16 +199,21 @@ def test_dropped_notifications_are_healed_by_reconciliation(runtime: Runtime, em
 
 
 @pytest.mark.parametrize("forgery", ["unknown", "token", "resource"])
-def test_forged_notifications_over_http_get_404_and_cost_no_google_call(runtime: Runtime, emu: Any,
-                                                                        pushing: dict[str, Any], forgery: Any) -> None:
+def test_forged_notifications_over_http_get_404_and_cost_no_google_call(
+    runtime: Runtime, emu: Any, pushing: dict[str, Any], forgery: Any
+) -> None:
     cal_id = pushing["calendar_id"]
     channel = emu_channel(emu, channels_of(runtime, calendar_id=cal_id)[-1].id)
-    override = {"unknown": {"X-Goog-Channel-ID": "forged-channel"}, "token": {"X-Goog-Channel-Token": "x" * 43},
-                "resource": {"X-Goog-Resource-ID": "another-resource"}}[forgery]
+    override = {
+        "unknown": {"X-Goog-Channel-ID": "forged-channel"},
+        "token": {"X-Goog-Channel-Token": "x" * 43},
+        "resource": {"X-Goog-Resource-ID": "another-resource"},
+    }[forgery]
     requested = calendar_row(runtime, cal_id).sync_requested
     calls = len(emu.requests)
-    resp = requests.post(pushing["url"] + "/notifications", data=b"", timeout=5,
-                         headers=push_headers(channel, number=10_000, **override))
+    resp = requests.post(
+        pushing["url"] + "/notifications", data=b"", timeout=5, headers=push_headers(channel, number=10_000, **override)
+    )
     assert resp.status_code == 404
     time.sleep(0.3)  # room for a wrongly woken worker to call Google
     assert calendar_row(runtime, cal_id).sync_requested == requested

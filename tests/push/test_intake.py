@@ -39,7 +39,13 @@ def test_a_batch_decides_in_arrival_order_and_owes_one_sync(runtime: Runtime, wa
         conn.close()
     assert [i.outcome for i in batch] == ["queued", "duplicate", "duplicate", "queued", "bad_token", "malformed"]
     assert [(n.message_number, n.outcome) for n in _log(runtime)] == [
-        (9, "queued"), (9, "duplicate"), (4, "duplicate"), (12, "queued"), (13, "bad_token"), (None, "malformed")]
+        (9, "queued"),
+        (9, "duplicate"),
+        (4, "duplicate"),
+        (12, "queued"),
+        (13, "bad_token"),
+        (None, "malformed"),
+    ]
     cal = calendar_row(runtime, watched["calendar_id"])
     assert (cal.sync_requested, cal.sync_done) == (2, 1)  # one more sync owed for the whole batch
     with runtime.sessions() as session:
@@ -53,8 +59,9 @@ def test_notifications_waiting_together_share_a_transaction(runtime: Runtime, wa
     blocker.begin()  # on SQLite, BEGIN IMMEDIATE: the writer's first batch now waits for the write lock
     if runtime.engine.dialect.name == "postgresql":  # there, for the channel's row lock
         blocker.execute(select(Channel.id).where(Channel.id == str(ch["id"])).with_for_update())
-    threads = [threading.Thread(target=lambda n=n: outcomes.append(intake.record(push_of(ch, n), {})))
-               for n in range(2, 42)]
+    threads = [
+        threading.Thread(target=lambda n=n: outcomes.append(intake.record(push_of(ch, n), {}))) for n in range(2, 42)
+    ]
     for t in threads:
         t.start()
     threading.Event().wait(0.5)
@@ -106,14 +113,18 @@ def test_two_processes_writing_one_channel_never_lose_the_newest_message(
         other.close()
 
 
-def test_the_writer_thread_ends_when_idle_and_comes_back(runtime: Runtime, watched: dict[str, Any],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_writer_thread_ends_when_idle_and_comes_back(
+    runtime: Runtime, watched: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(intake_module, "IDLE_EXIT", 0.05)
     intake, ch = Intake(runtime), watched["channel"]
     assert intake.record(push_of(ch, 5), {}) == "queued"
     threading.Event().wait(0.3)
-    assert not [t for t in threading.enumerate() if t.name == "calsync-intake" and t.is_alive()
-                and getattr(t, "_target", None) == intake._run]
+    assert not [
+        t
+        for t in threading.enumerate()
+        if t.name == "calsync-intake" and t.is_alive() and getattr(t, "_target", None) == intake._run
+    ]
     assert intake.record(push_of(ch, 6), {}) == "queued"
     assert [n.outcome for n in _log(runtime)] == ["queued", "queued"]
 

@@ -58,8 +58,9 @@ def test_commits_leave_checkpoints_to_the_checkpointer_which_keeps_the_log_small
     assert _wal_frames(database) == frames  # the log was started over, not extended
 
 
-def test_the_writer_gives_its_connection_back_with_checkpoints_on(runtime: Runtime, watched: dict[str, Any],
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_writer_gives_its_connection_back_with_checkpoints_on(
+    runtime: Runtime, watched: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Other users of the pool (the worker, the API) checkpoint as SQLite does by default."""
     if runtime.engine.dialect.name != "sqlite":
         return
@@ -75,12 +76,15 @@ def test_the_writer_gives_its_connection_back_with_checkpoints_on(runtime: Runti
     monkeypatch.setattr(intake, "_transaction", spy)
     _record(intake, watched["channel"], range(10, 12))
     assert writer_settings == [0, 0]
-    wait_for(lambda: cast(QueuePool, runtime.engine.pool).checkedout() == 0 and intake._writer is None,
-             what="the writer to go idle and give its connection back")
+    wait_for(
+        lambda: cast(QueuePool, runtime.engine.pool).checkedout() == 0 and intake._writer is None,
+        what="the writer to go idle and give its connection back",
+    )
     conns = [runtime.engine.raw_connection() for _ in range(cast(QueuePool, runtime.engine.pool).checkedin())]
     try:
-        assert {c.cursor().execute("PRAGMA wal_autocheckpoint").fetchone()[0] for c in conns} \
-            == {AUTOCHECKPOINT_DEFAULT}
+        assert {c.cursor().execute("PRAGMA wal_autocheckpoint").fetchone()[0] for c in conns} == {
+            AUTOCHECKPOINT_DEFAULT
+        }
     finally:
         for c in conns:
             c.close()
@@ -92,8 +96,9 @@ def test_the_checkpoint_thread_ends_when_idle_and_comes_back(runtime: Runtime, m
     monkeypatch.setattr(intake_sqlite, "IDLE_EXIT", 0.05)
     checkpointer = Checkpointer(runtime.engine, after=0.0)
     checkpointer.written()
-    wait_for(lambda: checkpointer.runs == 1 and checkpointer._thread is None,
-             what="one checkpoint, then the thread gone")
+    wait_for(
+        lambda: checkpointer.runs == 1 and checkpointer._thread is None, what="one checkpoint, then the thread gone"
+    )
     checkpointer.written()
     wait_for(lambda: checkpointer.runs == 2, what="a new thread's checkpoint")
     assert os.path.exists(f"{runtime.engine.url.database}-wal")

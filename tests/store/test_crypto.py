@@ -21,8 +21,9 @@ ACCESS = "ya29.a0-access-token-that-must-not-leak"
 REFRESH = "1//0g-refresh-token-that-must-not-leak"
 
 
-def test_missing_key_is_generated_once_with_mode_0600_and_a_warning(tmp_path: Path,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_key_is_generated_once_with_mode_0600_and_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     settings = Settings(database_url="sqlite://", token_key=None, instance_path=tmp_path / "instance")
     with caplog.at_level(logging.WARNING, logger="calsync.store.crypto"):
         first = cipher_from_settings(settings)
@@ -69,12 +70,23 @@ def test_stored_credentials_hold_no_token_in_clear(db_url: str, tmp_path: Path) 
     cipher = cipher_from_settings(Settings(database_url=db_url, token_key=None, instance_path=tmp_path))
     engine = make_engine(db_url)
     try:
-        creds = Credentials(token=ACCESS, refresh_token=REFRESH, token_uri="http://127.0.0.1:1/token",
-                            client_id="cid", client_secret="csecret",
-                            expiry=(datetime.now(UTC) + timedelta(hours=1)).replace(tzinfo=None))
+        creds = Credentials(
+            token=ACCESS,
+            refresh_token=REFRESH,
+            token_uri="http://127.0.0.1:1/token",
+            client_id="cid",
+            client_secret="csecret",
+            expiry=(datetime.now(UTC) + timedelta(hours=1)).replace(tzinfo=None),
+        )
         with transaction(make_sessionmaker(engine)) as session:
-            upsert_account(session, cipher, "alice@example.com", creds,
-                           ["https://www.googleapis.com/auth/calendar.readonly"], datetime.now(UTC))
+            upsert_account(
+                session,
+                cipher,
+                "alice@example.com",
+                creds,
+                ["https://www.googleapis.com/auth/calendar.readonly"],
+                datetime.now(UTC),
+            )
         with engine.connect() as conn:
             raw = conn.execute(text("SELECT credentials FROM accounts WHERE email = 'alice@example.com'")).scalar_one()
             dump = "\n".join(str(row) for row in conn.execute(text("SELECT * FROM accounts")))

@@ -60,8 +60,9 @@ def test_a_lapsed_lease_is_free_even_while_its_worker_beats(runtime: Runtime) ->
     assert _free(runtime, "host:1:ab/0", NOW - timedelta(seconds=1))
 
 
-@pytest.mark.parametrize("owner", ["host:1:a/0", "host:1:abc/0", "host:1:a", "host:1:ab0", "xhost:1:ab/0",
-                                   "host:1:a_/0", "host:1:a%/0"])
+@pytest.mark.parametrize(
+    "owner", ["host:1:a/0", "host:1:abc/0", "host:1:a", "host:1:ab0", "xhost:1:ab/0", "host:1:a_/0", "host:1:a%/0"]
+)
 def test_a_dead_worker_frees_only_its_own_leases(runtime: Runtime, owner: str) -> None:
     _beat(runtime, "host:1:ab", NOW - timedelta(minutes=5))
     _beat(runtime, "host:1:a_", NOW)  # alive; its name holds a LIKE wildcard, which must match only itself

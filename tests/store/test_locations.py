@@ -41,13 +41,34 @@ def test_a_checkout_uses_the_folders_beside_the_package() -> None:
 def test_a_wheel_installed_elsewhere_migrates_and_serves_its_static_files(tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
     # --ignore-installed: without it pip first uninstalls the editable calsync this very test runs from.
-    build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed",
-                            "--prefix", str(prefix), str(SOURCE_ROOT)], capture_output=True, text=True, timeout=300)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--ignore-installed",
+            "--prefix",
+            str(prefix),
+            str(SOURCE_ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
     site = next(prefix.glob("lib/python*/site-packages"))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CALSYNC_")}, "PYTHONPATH": str(site)}
-    probe = subprocess.run([sys.executable, "-c", _PROBE, f"sqlite:///{tmp_path / 'w.db'}", str(tmp_path / "inst")],
-                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    probe = subprocess.run(
+        [sys.executable, "-c", _PROBE, f"sqlite:///{tmp_path / 'w.db'}", str(tmp_path / "inst")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     seen = json.loads(probe.stdout.strip().splitlines()[-1])
     assert seen["package"].startswith(str(site))  # the installed copy ran, not this checkout

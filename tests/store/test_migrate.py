@@ -58,25 +58,52 @@ def test_0003_keeps_every_change_and_delivery_and_types_them(empty_db_url: str) 
     upgrade(engine, "0002")
     now = datetime(2026, 11, 30, tzinfo=UTC)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO accounts (id, email, credentials, scopes, status, list_requested, list_done,"
-                          " list_error_count, created_at, updated_at) VALUES (7, 'a@example.com', :c, '[]',"
-                          " 'active', 1, 0, 0, :now, :now)"), {"c": b"x", "now": now})
-        conn.execute(text("INSERT INTO calendars (id, account_id, google_id, \"primary\", sync_state, baseline_done,"
-                          " full_sync_gen, sync_requested, sync_done, error_count, created_at) VALUES"
-                          " (3, 7, 'a@example.com', true, 'synced', true, 1, 1, 1, 0, :now)"), {"now": now})
+        conn.execute(
+            text(
+                "INSERT INTO accounts (id, email, credentials, scopes, status, list_requested, list_done,"
+                " list_error_count, created_at, updated_at) VALUES (7, 'a@example.com', :c, '[]',"
+                " 'active', 1, 0, 0, :now, :now)"
+            ),
+            {"c": b"x", "now": now},
+        )
+        conn.execute(
+            text(
+                'INSERT INTO calendars (id, account_id, google_id, "primary", sync_state, baseline_done,'
+                " full_sync_gen, sync_requested, sync_done, error_count, created_at) VALUES"
+                " (3, 7, 'a@example.com', true, 'synced', true, 1, 1, 1, 0, :now)"
+            ),
+            {"now": now},
+        )
         for seq, kind in ((1, "created"), (2, "updated"), (3, "deleted")):
-            conn.execute(text("INSERT INTO changes (seq, calendar_id, event_id, kind, fields, detected_at)"
-                              " VALUES (:seq, 3, 'ev1', :kind, '[]', :now)"), {"seq": seq, "kind": kind, "now": now})
-        conn.execute(text("INSERT INTO webhook_subscriptions (id, url, events, format, secret, status, created_at)"
-                          " VALUES ('wh_1', 'https://x.example/h', '[\"*\"]', 'standard', :s, 'active', :now)"),
-                     {"s": b"s", "now": now})
-        conn.execute(text("INSERT INTO deliveries (subscription_id, change_seq, message_id, state, attempts,"
-                          " created_at) VALUES ('wh_1', 2, 'msg_wh_1_2', 'pending', 0, :now)"), {"now": now})
+            conn.execute(
+                text(
+                    "INSERT INTO changes (seq, calendar_id, event_id, kind, fields, detected_at)"
+                    " VALUES (:seq, 3, 'ev1', :kind, '[]', :now)"
+                ),
+                {"seq": seq, "kind": kind, "now": now},
+            )
+        conn.execute(
+            text(
+                "INSERT INTO webhook_subscriptions (id, url, events, format, secret, status, created_at)"
+                " VALUES ('wh_1', 'https://x.example/h', '[\"*\"]', 'standard', :s, 'active', :now)"
+            ),
+            {"s": b"s", "now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO deliveries (subscription_id, change_seq, message_id, state, attempts,"
+                " created_at) VALUES ('wh_1', 2, 'msg_wh_1_2', 'pending', 0, :now)"
+            ),
+            {"now": now},
+        )
     upgrade(engine)
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT seq, type, account_id, calendar_id, event_id FROM changes ORDER BY seq")).all()
-        assert [tuple(r) for r in rows] == [(1, "event.created", 7, 3, "ev1"), (2, "event.updated", 7, 3, "ev1"),
-                                            (3, "event.deleted", 7, 3, "ev1")]
+        assert [tuple(r) for r in rows] == [
+            (1, "event.created", 7, 3, "ev1"),
+            (2, "event.updated", 7, 3, "ev1"),
+            (3, "event.deleted", 7, 3, "ev1"),
+        ]
         assert conn.execute(text("SELECT change_seq FROM deliveries")).scalars().all() == [2]
         assert conn.execute(text("SELECT connected_at IS NOT NULL FROM accounts")).scalar_one()
     assert current_revision(engine) == head_revision()

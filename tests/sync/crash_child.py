@@ -32,8 +32,7 @@ def sync_forever(calendar_id: int, page_size: int) -> None:
     while True:
         say("begin")
         try:
-            sync_calendar(runtime, calendar_id, page_size=page_size,
-                          progress=lambda seen, _total: say(f"page {seen}"))
+            sync_calendar(runtime, calendar_id, page_size=page_size, progress=lambda seen, _total: say(f"page {seen}"))
         except TransientGoogleError:
             time.sleep(0.01)
             continue

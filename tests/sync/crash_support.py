@@ -20,8 +20,13 @@ class Child:
     """tests/sync/crash_child.py: imports calsync once, then forks a syncing process per `start()`."""
 
     def __init__(self, env: dict[str, str], calendar_id: int, page_size: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(CHILD), str(calendar_id), str(page_size)],
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD), str(calendar_id), str(page_size)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.last = ""
         self.pid = 0
@@ -74,13 +79,13 @@ class Child:
 
 def child_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "CALSYNC_DATABASE_URL": settings.database_url,
-        "CALSYNC_GOOGLE_CLIENT_SECRETS": str(settings.google_client_secrets),
-        "CALSYNC_GOOGLE_API_URL": settings.google_api_url,
-        "CALSYNC_PUBLIC_URL": settings.public_url,
-        "CALSYNC_TOKEN_KEY": str(settings.token_key),
-    })
+    env.update(
+        {
+            "CALSYNC_DATABASE_URL": settings.database_url,
+            "CALSYNC_GOOGLE_CLIENT_SECRETS": str(settings.google_client_secrets),
+            "CALSYNC_GOOGLE_API_URL": settings.google_api_url,
+            "CALSYNC_PUBLIC_URL": settings.public_url,
+            "CALSYNC_TOKEN_KEY": str(settings.token_key),
+        }
+    )
     return env
-
-

@@ -39,8 +39,10 @@ def pushed(runtime: Runtime, emu: Any, live_server: str) -> Iterator[dict[str, A
                 rows = [calendar_row(runtime, calendar_id_of(runtime, cal)) for cal in calendars.values()]
             except AssertionError:
                 return False
-            return all(r.baseline_done and any(c.status == "active" for c in channels_of(runtime, calendar_id=r.id))
-                       for r in rows)
+            return all(
+                r.baseline_done and any(c.status == "active" for c in channels_of(runtime, calendar_id=r.id))
+                for r in rows
+            )
 
         wait_for(ready, timeout=30, what="every calendar synced and watched")
         emu.wait_push_idle(5)
@@ -56,8 +58,15 @@ def _calsync_single_events(pushed: dict[str, Any], calendar: str, low: datetime,
     items: list[Any] = []
     token = None
     while True:
-        params = {"calendar": calendar, "singleEvents": "true", "orderBy": "startTime", "maxResults": "500",
-                  "timeMin": low.isoformat(), "timeMax": high.isoformat(), **({"pageToken": token} if token else {})}
+        params = {
+            "calendar": calendar,
+            "singleEvents": "true",
+            "orderBy": "startTime",
+            "maxResults": "500",
+            "timeMin": low.isoformat(),
+            "timeMax": high.isoformat(),
+            **({"pageToken": token} if token else {}),
+        }
         resp = pushed["http"].get(pushed["url"] + "/api/events", params=params, timeout=30)
         assert resp.status_code == 200, resp.text
         items += resp.json()["items"]
@@ -69,7 +78,8 @@ def _calsync_single_events(pushed: dict[str, Any], calendar: str, low: datetime,
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(scenario=scenarios())
 def test_occurrences_and_freebusy_equal_the_emulators_after_push_sync(
-        runtime: Runtime, emu: Any, pushed: dict[str, Any], scenario: Scenario) -> None:
+    runtime: Runtime, emu: Any, pushed: dict[str, Any], scenario: Scenario
+) -> None:
     zone = CALENDAR_ZONES[len(scenario.series) % len(CALENDAR_ZONES)]
     calendar = pushed["calendars"][zone]
     for event in emu.events(calendar):  # the previous example's events go, as a person would delete them
@@ -83,8 +93,11 @@ def test_occurrences_and_freebusy_equal_the_emulators_after_push_sync(
         got = _calsync_single_events(pushed, calendar, low, high)
         assert [e["id"] for e in got] == [e["id"] for e in expected]
         assert got == expected
-        resp = pushed["http"].post(pushed["url"] + "/api/freebusy", timeout=30, json={
-            "timeMin": low.isoformat(), "timeMax": high.isoformat(), "items": [{"id": calendar}]})
+        resp = pushed["http"].post(
+            pushed["url"] + "/api/freebusy",
+            timeout=30,
+            json={"timeMin": low.isoformat(), "timeMax": high.isoformat(), "items": [{"id": calendar}]},
+        )
         assert resp.status_code == 200, resp.text
         busy = [(isoparse(b["start"]), isoparse(b["end"])) for b in resp.json()["calendars"][calendar]["busy"]]
         assert busy == busy_from_listing(expected, low, high, zone)

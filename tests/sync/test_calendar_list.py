@@ -122,6 +122,8 @@ def test_a_revoked_grant_marks_the_account_and_raises(runtime: Runtime, emu: Any
     with runtime.sessions() as session:
         account = session.get_one(Account, account_id)
         assert account.status == "reauth_required" and account.last_error
-        assert [c.type for c in session.scalars(select(Change).order_by(Change.seq))] == \
-            ["calendar.added", "account.reauth_required"]
+        assert [c.type for c in session.scalars(select(Change).order_by(Change.seq))] == [
+            "calendar.added",
+            "account.reauth_required",
+        ]
         assert len(session.scalars(select(Calendar)).all()) == 1

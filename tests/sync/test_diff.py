@@ -47,14 +47,17 @@ def test_identical_events_have_no_changed_fields() -> None:
     assert changed_fields(EVENT, copy.deepcopy(EVENT)) == []
 
 
-@pytest.mark.parametrize("field, value", [
-    ("summary", "Retro"),
-    ("description", "weekly"),
-    ("location", "Room 2"),
-    ("status", "tentative"),
-    ("start", {"dateTime": "2026-01-05T10:00:00+01:00", "timeZone": "Europe/Berlin"}),
-    ("end", {"dateTime": "2026-01-05T10:15:00+01:00", "timeZone": "Europe/Berlin"}),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("summary", "Retro"),
+        ("description", "weekly"),
+        ("location", "Room 2"),
+        ("status", "tentative"),
+        ("start", {"dateTime": "2026-01-05T10:00:00+01:00", "timeZone": "Europe/Berlin"}),
+        ("end", {"dateTime": "2026-01-05T10:15:00+01:00", "timeZone": "Europe/Berlin"}),
+    ],
+)
 def test_each_changed_field_is_named(field: str, value: Any) -> None:
     assert changed_fields(EVENT, edited(**{field: value})) == [field]
 
@@ -65,8 +68,9 @@ def test_noise_next_to_a_real_change_is_left_out() -> None:
 
 
 def test_fields_are_sorted_top_level_keys() -> None:
-    after = edited(summary="Retro", location="Room 9",
-                   end={"dateTime": "2026-01-05T09:30:00+01:00", "timeZone": "Europe/Berlin"})
+    after = edited(
+        summary="Retro", location="Room 9", end={"dateTime": "2026-01-05T09:30:00+01:00", "timeZone": "Europe/Berlin"}
+    )
     assert changed_fields(EVENT, after) == ["end", "location", "summary"]
 
 
@@ -108,8 +112,13 @@ def test_an_occurrence_implied_by_a_timed_series_keeps_its_duration_and_zone() -
 
 
 def test_an_occurrence_implied_by_an_all_day_series_spans_as_many_days() -> None:
-    series = {"id": "s1", "summary": "Trip", "start": {"date": "2026-03-02"}, "end": {"date": "2026-03-04"},
-              "recurrence": ["RRULE:FREQ=WEEKLY"]}
+    series = {
+        "id": "s1",
+        "summary": "Trip",
+        "start": {"date": "2026-03-02"},
+        "end": {"date": "2026-03-04"},
+        "recurrence": ["RRULE:FREQ=WEEKLY"],
+    }
     occurrence = implied_occurrence(series, "s1_20260309", {"date": "2026-03-09"})
     assert occurrence["start"] == {"date": "2026-03-09"}
     assert occurrence["end"] == {"date": "2026-03-11"}

@@ -40,10 +40,29 @@ pytestmark = pytest.mark.slow
 ALICE = "fold@example.com"
 PAGE_SIZE = 7
 WEEKS = 8
-ACTIONS = ("create", "edit", "delete", "touch", "series", "move occurrence", "cancel occurrence", "edit series",
-           "delete series", "expire tokens", "sync", "resync", "kill", "kill", "kill")
-FOLD = settings(max_examples=25, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+ACTIONS = (
+    "create",
+    "edit",
+    "delete",
+    "touch",
+    "series",
+    "move occurrence",
+    "cancel occurrence",
+    "edit series",
+    "delete series",
+    "expire tokens",
+    "sync",
+    "resync",
+    "kill",
+    "kill",
+    "kill",
+)
+FOLD = settings(
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture
@@ -74,20 +93,29 @@ class Calendar:
 
     def create(self) -> None:
         day = self.rng.randint(1, 28)
-        event = self.emu.insert_event(self.id, {"summary": f"single {self.label()}",
-                                                "start": {"dateTime": f"2026-03-{day:02d}T10:00:00Z"},
-                                                "end": {"dateTime": f"2026-03-{day:02d}T11:00:00Z"}})
+        event = self.emu.insert_event(
+            self.id,
+            {
+                "summary": f"single {self.label()}",
+                "start": {"dateTime": f"2026-03-{day:02d}T10:00:00Z"},
+                "end": {"dateTime": f"2026-03-{day:02d}T11:00:00Z"},
+            },
+        )
         self.singles.append(event["id"])
 
     def add_series(self) -> None:
         first = self.rng.randint(1, 4)
-        series = self.emu.insert_event(self.id, {
-            "summary": f"series {self.label()}", "recurrence": [f"RRULE:FREQ=WEEKLY;COUNT={WEEKS}"],
-            "start": {"dateTime": f"2026-06-0{first}T09:00:00+02:00", "timeZone": "Europe/Berlin"},
-            "end": {"dateTime": f"2026-06-0{first}T09:30:00+02:00", "timeZone": "Europe/Berlin"}})
+        series = self.emu.insert_event(
+            self.id,
+            {
+                "summary": f"series {self.label()}",
+                "recurrence": [f"RRULE:FREQ=WEEKLY;COUNT={WEEKS}"],
+                "start": {"dateTime": f"2026-06-0{first}T09:00:00+02:00", "timeZone": "Europe/Berlin"},
+                "end": {"dateTime": f"2026-06-0{first}T09:30:00+02:00", "timeZone": "Europe/Berlin"},
+            },
+        )
         start = datetime(2026, 6, first, 7, 0, tzinfo=UTC)
-        self.series[series["id"]] = [(start + timedelta(weeks=w)).strftime("%Y-%m-%dT%H:%M:%SZ")
-                                     for w in range(WEEKS)]
+        self.series[series["id"]] = [(start + timedelta(weeks=w)).strftime("%Y-%m-%dT%H:%M:%SZ") for w in range(WEEKS)]
 
     def act(self, action: str) -> None:
         rng = self.rng
@@ -153,12 +181,25 @@ def assert_no_version_lost_or_repeated(runtime: Runtime, calendar_id: int) -> No
         current[change.event_id] = change.after
 
 
-@given(initial=st.integers(0, 40), series=st.integers(0, 2), seed=st.integers(0, 2**32),
-       first_kills=st.integers(0, 2), program=st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=12))
+@given(
+    initial=st.integers(0, 40),
+    series=st.integers(0, 2),
+    seed=st.integers(0, 2**32),
+    first_kills=st.integers(0, 2),
+    program=st.lists(st.sampled_from(ACTIONS), min_size=1, max_size=12),
+)
 @FOLD
 def test_the_feed_folded_from_its_start_is_the_mirror_after_any_program(
-        runtime: Runtime, emu: Any, account: int, child: Child, initial: int, series: int, seed: int,
-        first_kills: int, program: list[str]) -> None:
+    runtime: Runtime,
+    emu: Any,
+    account: int,
+    child: Child,
+    initial: int,
+    series: int,
+    seed: int,
+    first_kills: int,
+    program: list[str],
+) -> None:
     rng = random.Random(seed)
     google_id = emu.create_calendar(ALICE, f"Fold {seed}")
     cal = Calendar(emu, google_id, rng)

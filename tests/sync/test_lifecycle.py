@@ -32,8 +32,11 @@ def work(runtime: Runtime) -> None:
 def owe_list_refresh(runtime: Runtime, account_id: int) -> None:
     """What a calendar-list notification owes the account (the receiver's rule)."""
     with transaction(runtime.sessions) as session:
-        session.execute(update(Account).where(Account.id == account_id).values(
-            list_requested=Account.list_requested + 1, list_due_at=runtime.clock.now()))
+        session.execute(
+            update(Account)
+            .where(Account.id == account_id)
+            .values(list_requested=Account.list_requested + 1, list_due_at=runtime.clock.now())
+        )
 
 
 def lifecycle(runtime: Runtime) -> list[Change]:
@@ -41,19 +44,24 @@ def lifecycle(runtime: Runtime) -> list[Change]:
 
 
 def feed(client: FlaskClient, **params: str) -> list[dict[str, Any]]:
-    resp = client.get("/api/changes", query_string={"limit": "1000", **params},
-                      headers={"Authorization": f"Bearer {API_TOKEN}"})
+    resp = client.get(
+        "/api/changes", query_string={"limit": "1000", **params}, headers={"Authorization": f"Bearer {API_TOKEN}"}
+    )
     assert resp.status_code == 200
     return list(resp.get_json()["changes"])
 
 
 def timed(summary: str, day: int) -> dict[str, Any]:
-    return {"summary": summary, "start": {"dateTime": f"2026-03-{day:02d}T09:00:00Z"},
-            "end": {"dateTime": f"2026-03-{day:02d}T10:00:00Z"}}
+    return {
+        "summary": summary,
+        "start": {"dateTime": f"2026-03-{day:02d}T09:00:00Z"},
+        "end": {"dateTime": f"2026-03-{day:02d}T10:00:00Z"},
+    }
 
 
 def test_connect_writes_connected_then_added_per_calendar_then_synced_after_each_first_sync(
-        runtime: Runtime, emu: Any, client: FlaskClient) -> None:
+    runtime: Runtime, emu: Any, client: FlaskClient
+) -> None:
     emu.create_user(ANN)
     team = emu.create_calendar(ANN, "Team")
     family = emu.create_calendar(ANN, "Family")
@@ -79,17 +87,31 @@ def test_connect_writes_connected_then_added_per_calendar_then_synced_after_each
 
     api = feed(client, types="account.connected,calendar.added,calendar.synced")
     assert [r["seq"] for r in api] == [c.seq for c in steps]
-    assert api[0] == {"seq": steps[0].seq, "type": "account.connected", "account": ANN, "ref": REF,
-                      "calendar_id": None, "event_id": None, "change": None, "fields": [], "before": None,
-                      "after": None, "detected_at": api[0]["detected_at"]}
+    assert api[0] == {
+        "seq": steps[0].seq,
+        "type": "account.connected",
+        "account": ANN,
+        "ref": REF,
+        "calendar_id": None,
+        "event_id": None,
+        "change": None,
+        "fields": [],
+        "before": None,
+        "after": None,
+        "detected_at": api[0]["detected_at"],
+    }
     assert {(r["type"], r["calendar_id"], r["summary"]) for r in api[1:4]} == {
-        ("calendar.added", ANN, ANN), ("calendar.added", team, "Team"), ("calendar.added", family, "Family")}
+        ("calendar.added", ANN, ANN),
+        ("calendar.added", team, "Team"),
+        ("calendar.added", family, "Family"),
+    }
     assert all(r["event_id"] is None and r["ref"] == REF and r["before"] is r["after"] is None for r in api[1:])
     assert [r["type"] for r in feed(client, types="calendar.synced", calendar=team)] == ["calendar.synced"]
 
 
 def test_a_first_sync_of_many_pages_says_synced_once_at_its_end_and_later_syncs_never(
-        runtime: Runtime, emu: Any) -> None:
+    runtime: Runtime, emu: Any
+) -> None:
     account_id = connect_account(runtime, emu, ANN)
     events = [emu.insert_event(ANN, timed(f"Event {day}", day)) for day in (2, 3, 4, 5)]
     refresh_calendar_list(runtime, account_id)
@@ -111,8 +133,9 @@ def test_a_first_sync_of_many_pages_says_synced_once_at_its_end_and_later_syncs_
     assert synced.seq > max(c.seq for c in changes(runtime) if c.kind == "snapshot")
 
 
-def test_a_calendar_removed_in_google_is_a_removed_row_with_its_name(runtime: Runtime, emu: Any,
-                                                                    client: FlaskClient) -> None:
+def test_a_calendar_removed_in_google_is_a_removed_row_with_its_name(
+    runtime: Runtime, emu: Any, client: FlaskClient
+) -> None:
     emu.create_user(ANN)
     family = emu.create_calendar(ANN, "Family")
     account_id = connect_with_ref(runtime, emu, ANN, REF)
@@ -129,7 +152,8 @@ def test_a_calendar_removed_in_google_is_a_removed_row_with_its_name(runtime: Ru
 
 
 def test_a_revoked_grant_is_one_reauth_row_saying_how_to_reconnect_then_reconnect_and_disconnect(
-        runtime: Runtime, emu: Any, client: FlaskClient) -> None:
+    runtime: Runtime, emu: Any, client: FlaskClient
+) -> None:
     emu.create_user(ANN)
     emu.create_calendar(ANN, "Team")
     account_id = connect_with_ref(runtime, emu, ANN, REF)
@@ -151,6 +175,14 @@ def test_a_revoked_grant_is_one_reauth_row_saying_how_to_reconnect_then_reconnec
     disconnect_account(runtime, account_id)
     disconnect_account(runtime, account_id)  # again: nothing more to say
     steps = [r["type"] for r in feed(client) if r["change"] is None]
-    assert steps == ["account.connected", "calendar.added", "calendar.added", "calendar.synced", "calendar.synced",
-                     "account.reauth_required", "account.connected", "account.disconnected"]
+    assert steps == [
+        "account.connected",
+        "calendar.added",
+        "calendar.added",
+        "calendar.synced",
+        "calendar.synced",
+        "account.reauth_required",
+        "account.connected",
+        "account.disconnected",
+    ]
     assert {r["ref"] for r in feed(client)} == {REF}

@@ -12,10 +12,20 @@ from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Event
 from calsync.sync.mirror import PageMirror
 
-SERIES = {"id": "series1", "status": "confirmed", "summary": "standup", "recurrence": ["RRULE:FREQ=DAILY"],
-          "start": {"dateTime": "2026-01-05T09:00:00Z"}, "end": {"dateTime": "2026-01-05T09:30:00Z"}}
-CANCELLED = {"id": "series1_20260107T090000Z", "status": "cancelled", "recurringEventId": "series1",
-             "originalStartTime": {"dateTime": "2026-01-07T09:00:00Z"}}
+SERIES = {
+    "id": "series1",
+    "status": "confirmed",
+    "summary": "standup",
+    "recurrence": ["RRULE:FREQ=DAILY"],
+    "start": {"dateTime": "2026-01-05T09:00:00Z"},
+    "end": {"dateTime": "2026-01-05T09:30:00Z"},
+}
+CANCELLED = {
+    "id": "series1_20260107T090000Z",
+    "status": "cancelled",
+    "recurringEventId": "series1",
+    "originalStartTime": {"dateTime": "2026-01-07T09:00:00Z"},
+}
 
 
 def calendar(runtime: Runtime) -> int:
@@ -29,8 +39,9 @@ def calendar(runtime: Runtime) -> int:
         return cal.id
 
 
-def apply(runtime: Runtime, cal_id: int, items: list[dict[str, Any]], deferred: list[dict[str, Any]],
-          *, last: bool = False) -> list[tuple[str, str]]:
+def apply(
+    runtime: Runtime, cal_id: int, items: list[dict[str, Any]], deferred: list[dict[str, Any]], *, last: bool = False
+) -> list[tuple[str, str]]:
     with transaction(runtime.sessions) as session:
         page = PageMirror(session, cal_id, gen=None)
         page.apply(items, deferred)
@@ -65,12 +76,21 @@ def test_a_cancelled_occurrence_of_a_series_never_seen_is_dropped(runtime: Runti
 def test_series_and_occurrence_cancelled_in_one_page_in_any_order(runtime: Runtime) -> None:
     cal_id = calendar(runtime)
     apply(runtime, cal_id, [SERIES], [], last=True)
-    moved = {**SERIES, "id": "series1_20260108T090000Z", "recurringEventId": "series1", "summary": "x",
-             "originalStartTime": {"dateTime": "2026-01-08T09:00:00Z"}}
+    moved = {
+        **SERIES,
+        "id": "series1_20260108T090000Z",
+        "recurringEventId": "series1",
+        "summary": "x",
+        "originalStartTime": {"dateTime": "2026-01-08T09:00:00Z"},
+    }
     moved.pop("recurrence")
     apply(runtime, cal_id, [moved], [], last=True)
-    gone_moved = {"id": moved["id"], "status": "cancelled", "recurringEventId": "series1",
-                  "originalStartTime": moved["originalStartTime"]}
+    gone_moved = {
+        "id": moved["id"],
+        "status": "cancelled",
+        "recurringEventId": "series1",
+        "originalStartTime": moved["originalStartTime"],
+    }
     found = apply(runtime, cal_id, [gone_moved, {"id": "series1", "status": "cancelled"}], [], last=True)
     assert sorted(found) == [("deleted", "series1"), ("deleted", moved["id"])]
     assert stored_ids(runtime, cal_id) == set()
@@ -78,9 +98,15 @@ def test_series_and_occurrence_cancelled_in_one_page_in_any_order(runtime: Runti
 
 def test_cancelling_a_mirrored_exception_of_an_unmirrored_series_removes_it(runtime: Runtime) -> None:
     cal_id = calendar(runtime)
-    moved = {"id": CANCELLED["id"], "status": "confirmed", "recurringEventId": "series1", "summary": "moved",
-             "originalStartTime": CANCELLED["originalStartTime"],
-             "start": {"dateTime": "2026-01-07T11:00:00Z"}, "end": {"dateTime": "2026-01-07T11:30:00Z"}}
+    moved = {
+        "id": CANCELLED["id"],
+        "status": "confirmed",
+        "recurringEventId": "series1",
+        "summary": "moved",
+        "originalStartTime": CANCELLED["originalStartTime"],
+        "start": {"dateTime": "2026-01-07T11:00:00Z"},
+        "end": {"dateTime": "2026-01-07T11:30:00Z"},
+    }
     assert apply(runtime, cal_id, [moved], [], last=True) == [("created", moved["id"])]
     deferred: list[dict[str, Any]] = []
     assert apply(runtime, cal_id, [CANCELLED], deferred) == [("deleted", moved["id"])]
@@ -115,11 +141,13 @@ def test_an_event_listed_again_on_a_later_page_updates_its_row(runtime: Runtime)
     assert found == [("updated", "ev1")]
     with runtime.sessions() as session:
         assert session.scalars(select(Event.data).where(Event.calendar_id == cal_id)).all() == [
-            {"id": "ev1", "status": "confirmed", "summary": "b"}]
+            {"id": "ev1", "status": "confirmed", "summary": "b"}
+        ]
 
 
-def fresh_page(runtime: Runtime, cal_id: int, items: list[dict[str, Any]], deferred: list[dict[str, Any]],
-               *, first: bool = False) -> list[tuple[str, str]]:
+def fresh_page(
+    runtime: Runtime, cal_id: int, items: list[dict[str, Any]], deferred: list[dict[str, Any]], *, first: bool = False
+) -> list[tuple[str, str]]:
     """One page of a full listing that began on an empty mirror: live ids are taken as new."""
     with transaction(runtime.sessions) as session:
         page = PageMirror(session, cal_id, gen=1, first=first, fresh=True)
@@ -131,7 +159,9 @@ def test_a_fresh_listing_stores_an_event_listed_again_on_a_later_page_once(runti
     cal_id = calendar(runtime)
     first = {"id": "ev1", "status": "confirmed", "summary": "first", "etag": "1"}
     assert fresh_page(runtime, cal_id, [first, {"id": "ev2", "status": "confirmed"}], []) == [
-        ("created", "ev1"), ("created", "ev2")]
+        ("created", "ev1"),
+        ("created", "ev2"),
+    ]
     # ev1 again, edited: its insert fails on the unique key and the page is applied again, looked up.
     found = fresh_page(runtime, cal_id, [{"id": "ev3", "status": "confirmed"}, {**first, "summary": "later"}], [])
     assert found == [("created", "ev3"), ("updated", "ev1")]
@@ -151,7 +181,8 @@ def test_a_fresh_page_applied_again_keeps_its_waiting_cancellations_exactly_once
     cal_id = calendar(runtime)
     deferred: list[dict[str, Any]] = []
     assert fresh_page(runtime, cal_id, [{"id": "ev1", "status": "confirmed"}, CANCELLED], deferred) == [
-        ("created", "ev1")]
+        ("created", "ev1")
+    ]
     assert deferred == [CANCELLED]
     # ev1 listed again makes this page go through twice; the cancellation waiting for series1 must
     # come out once, and the first attempt's changes must not survive.
@@ -167,7 +198,8 @@ def test_postgresql_looks_ids_up_on_the_unique_index_without_statistics(runtime:
     cal_id = calendar(runtime)
     with transaction(runtime.sessions) as session:
         PageMirror(session, cal_id, gen=1, first=True).apply(
-            [{"id": f"ev{i}", "status": "confirmed"} for i in range(3000)], [])
+            [{"id": f"ev{i}", "status": "confirmed"} for i in range(3000)], []
+        )
     lookups: list[tuple[str, Any]] = []
 
     def keep(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:

@@ -39,8 +39,15 @@ def test_expansion_equals_the_emulators_item_for_item(emu: Any, scenario: Scenar
 
 # Cases worked out by hand ---------------------------------------------------------------------------
 def _series(rule: list[str], start: str, end: str, zone: str = "America/New_York", **extra: Any) -> dict[str, Any]:
-    return {"id": "s1", "status": "confirmed", "summary": "standup", "recurrence": rule,
-            "start": {"dateTime": start, "timeZone": zone}, "end": {"dateTime": end, "timeZone": zone}, **extra}
+    return {
+        "id": "s1",
+        "status": "confirmed",
+        "summary": "standup",
+        "recurrence": rule,
+        "start": {"dateTime": start, "timeZone": zone},
+        "end": {"dateTime": end, "timeZone": zone},
+        **extra,
+    }
 
 
 def _window(low: str, high: str) -> tuple[datetime, datetime]:
@@ -52,7 +59,10 @@ def test_wall_time_is_kept_across_dst_and_ids_are_utc() -> None:
     window = _window("2026-02-01T00:00:00Z", "2026-04-01T00:00:00Z")
     items = [o.item() for o in CalendarMirror([series], "UTC").occurrences(*window)]
     assert [i["start"]["dateTime"] for i in items] == [
-        "2026-03-01T09:00:00-05:00", "2026-03-08T09:00:00-04:00", "2026-03-15T09:00:00-04:00"]
+        "2026-03-01T09:00:00-05:00",
+        "2026-03-08T09:00:00-04:00",
+        "2026-03-15T09:00:00-04:00",
+    ]
     assert [i["id"] for i in items] == ["s1_20260301T140000Z", "s1_20260308T130000Z", "s1_20260315T130000Z"]
     assert items[1]["originalStartTime"] == {"dateTime": "2026-03-08T09:00:00-04:00", "timeZone": "America/New_York"}
     assert items[1]["recurringEventId"] == "s1" and "recurrence" not in items[1]
@@ -68,14 +78,30 @@ def test_a_wall_time_in_the_dst_gap_moves_forward_by_the_gap() -> None:
 
 
 def test_exceptions_exdates_rdates_and_cancellations() -> None:
-    series = _series(["RRULE:FREQ=DAILY;COUNT=5", "EXDATE;TZID=America/New_York:20260602T090000",
-                      "RDATE;TZID=America/New_York:20260610T120000"],
-                     "2026-06-01T09:00:00-04:00", "2026-06-01T09:30:00-04:00")
-    moved_out = {"id": "s1_20260603T130000Z", "status": "confirmed", "recurringEventId": "s1", "summary": "later",
-                 "originalStartTime": {"dateTime": "2026-06-03T09:00:00-04:00", "timeZone": "America/New_York"},
-                 "start": {"dateTime": "2026-07-01T09:00:00-04:00"}, "end": {"dateTime": "2026-07-01T10:00:00-04:00"}}
-    cancelled = {"id": "s1_20260604T130000Z", "status": "cancelled", "recurringEventId": "s1",
-                 "originalStartTime": {"dateTime": "2026-06-04T09:00:00-04:00", "timeZone": "America/New_York"}}
+    series = _series(
+        [
+            "RRULE:FREQ=DAILY;COUNT=5",
+            "EXDATE;TZID=America/New_York:20260602T090000",
+            "RDATE;TZID=America/New_York:20260610T120000",
+        ],
+        "2026-06-01T09:00:00-04:00",
+        "2026-06-01T09:30:00-04:00",
+    )
+    moved_out = {
+        "id": "s1_20260603T130000Z",
+        "status": "confirmed",
+        "recurringEventId": "s1",
+        "summary": "later",
+        "originalStartTime": {"dateTime": "2026-06-03T09:00:00-04:00", "timeZone": "America/New_York"},
+        "start": {"dateTime": "2026-07-01T09:00:00-04:00"},
+        "end": {"dateTime": "2026-07-01T10:00:00-04:00"},
+    }
+    cancelled = {
+        "id": "s1_20260604T130000Z",
+        "status": "cancelled",
+        "recurringEventId": "s1",
+        "originalStartTime": {"dateTime": "2026-06-04T09:00:00-04:00", "timeZone": "America/New_York"},
+    }
     mirror = CalendarMirror([series, moved_out, cancelled], "UTC")
     june = [o.id for o in mirror.occurrences(*_window("2026-06-01T00:00:00Z", "2026-06-30T00:00:00Z"))]
     assert june == ["s1_20260601T130000Z", "s1_20260605T130000Z", "s1_20260610T160000Z"]
@@ -84,10 +110,19 @@ def test_exceptions_exdates_rdates_and_cancellations() -> None:
 
 
 def test_bysetpos_last_weekday_of_the_month_and_all_day_ids() -> None:
-    series = {"id": "pay", "status": "confirmed", "start": {"date": "2026-01-30"}, "end": {"date": "2026-01-31"},
-              "recurrence": ["RRULE:FREQ=MONTHLY;BYDAY=MO,TU,WE,TH,FR;BYSETPOS=-1;COUNT=3"]}
-    items = [o.item() for o in CalendarMirror([series], "Europe/Berlin").occurrences(
-        *_window("2026-01-01T00:00:00Z", "2026-12-31T00:00:00Z"))]
+    series = {
+        "id": "pay",
+        "status": "confirmed",
+        "start": {"date": "2026-01-30"},
+        "end": {"date": "2026-01-31"},
+        "recurrence": ["RRULE:FREQ=MONTHLY;BYDAY=MO,TU,WE,TH,FR;BYSETPOS=-1;COUNT=3"],
+    }
+    items = [
+        o.item()
+        for o in CalendarMirror([series], "Europe/Berlin").occurrences(
+            *_window("2026-01-01T00:00:00Z", "2026-12-31T00:00:00Z")
+        )
+    ]
     assert [i["start"]["date"] for i in items] == ["2026-01-30", "2026-02-27", "2026-03-31"]
     assert [i["id"] for i in items] == ["pay_20260130", "pay_20260227", "pay_20260331"]
     assert items[0]["originalStartTime"] == {"date": "2026-01-30"}
@@ -115,19 +150,36 @@ def test_window_checks_and_ids() -> None:
 
 
 def test_a_refreshed_mirror_equals_one_parsed_afresh_and_keeps_unchanged_series() -> None:
-    weekly = _series(["RRULE:FREQ=WEEKLY"], "2026-01-05T09:00:00-05:00", "2026-01-05T10:00:00-05:00",
-                     updated="2026-01-01T00:00:00.000Z")
-    daily = dict(_series(["RRULE:FREQ=DAILY"], "2026-01-05T12:00:00-05:00", "2026-01-05T12:30:00-05:00"),
-                 id="s2", updated="2026-01-01T00:00:00.000Z")
-    lone = {"id": "one", "status": "confirmed", "updated": "2026-01-01T00:00:00.000Z",
-            "start": {"dateTime": "2026-01-06T15:00:00Z"}, "end": {"dateTime": "2026-01-06T16:00:00Z"}}
+    weekly = _series(
+        ["RRULE:FREQ=WEEKLY"],
+        "2026-01-05T09:00:00-05:00",
+        "2026-01-05T10:00:00-05:00",
+        updated="2026-01-01T00:00:00.000Z",
+    )
+    daily = dict(
+        _series(["RRULE:FREQ=DAILY"], "2026-01-05T12:00:00-05:00", "2026-01-05T12:30:00-05:00"),
+        id="s2",
+        updated="2026-01-01T00:00:00.000Z",
+    )
+    lone = {
+        "id": "one",
+        "status": "confirmed",
+        "updated": "2026-01-01T00:00:00.000Z",
+        "start": {"dateTime": "2026-01-06T15:00:00Z"},
+        "end": {"dateTime": "2026-01-06T16:00:00Z"},
+    }
     old = CalendarMirror([weekly, daily, lone], "UTC")
     window = _window("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")
     assert len(old.busy_blocks(*window)) == 4 + 27 + 1  # four Mondays, 27 days, one meeting
-    moved = {"id": "s2_20260107T170000Z", "status": "confirmed", "recurringEventId": "s2",
-             "updated": "2026-01-02T00:00:00.000Z",
-             "originalStartTime": {"dateTime": "2026-01-07T12:00:00-05:00", "timeZone": "America/New_York"},
-             "start": {"dateTime": "2026-01-07T09:30:00-05:00"}, "end": {"dateTime": "2026-01-07T10:30:00-05:00"}}
+    moved = {
+        "id": "s2_20260107T170000Z",
+        "status": "confirmed",
+        "recurringEventId": "s2",
+        "updated": "2026-01-02T00:00:00.000Z",
+        "originalStartTime": {"dateTime": "2026-01-07T12:00:00-05:00", "timeZone": "America/New_York"},
+        "start": {"dateTime": "2026-01-07T09:30:00-05:00"},
+        "end": {"dateTime": "2026-01-07T10:30:00-05:00"},
+    }
     renamed = dict(weekly, summary="renamed", updated="2026-01-02T00:00:00.000Z")
     new = old.refreshed([moved, renamed], ["one"])
     fresh = CalendarMirror([renamed, daily, moved], "UTC")
@@ -145,8 +197,12 @@ def test_a_refreshed_mirror_equals_one_parsed_afresh_and_keeps_unchanged_series(
 
 
 def test_fractions_of_a_second_in_a_window_are_ignored_as_google_does() -> None:
-    lone = {"id": "nine", "status": "confirmed", "start": {"dateTime": "2030-01-01T09:00:00Z"},
-            "end": {"dateTime": "2030-01-01T10:00:00Z"}}
+    lone = {
+        "id": "nine",
+        "status": "confirmed",
+        "start": {"dateTime": "2030-01-01T09:00:00Z"},
+        "end": {"dateTime": "2030-01-01T10:00:00Z"},
+    }
     mirror = CalendarMirror([lone], "UTC")
     assert parse_instant("2030-01-01T09:00:00.500Z") == datetime(2030, 1, 1, 9, tzinfo=UTC)
     assert mirror.occurrences(*_window("2030-01-01T08:00:00Z", "2030-01-01T09:00:00.500Z")) == []

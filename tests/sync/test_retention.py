@@ -42,9 +42,16 @@ def seed_changes(runtime: Runtime, calendar_id: int, count: int, at: datetime, p
     seqs: list[int] = []
     for start in range(0, count, 5000):
         with transaction(runtime.sessions) as session:
-            rows = [Change(calendar_id=calendar_id, event_id=f"{prefix}{n}", kind="created", before=None,
-                           after={"id": f"{prefix}{n}", "summary": f"Event {n}"})
-                    for n in range(start, min(count, start + 5000))]
+            rows = [
+                Change(
+                    calendar_id=calendar_id,
+                    event_id=f"{prefix}{n}",
+                    kind="created",
+                    before=None,
+                    after={"id": f"{prefix}{n}", "summary": f"Event {n}"},
+                )
+                for n in range(start, min(count, start + 5000))
+            ]
             seqs.extend(c.seq for c in append_changes(session, rows, at))
     return seqs
 
@@ -91,13 +98,18 @@ def test_zero_retention_keeps_every_row(runtime: Runtime, emu: Any) -> None:
 def test_a_change_whose_delivery_is_pending_stays_until_it_is_delivered(retaining: Runtime, emu: Any) -> None:
     cal = a_calendar(retaining, emu)
     with transaction(retaining.sessions) as session:  # paused: its messages wait in the outbox
-        session.add(WebhookSubscription(id="wh_paused", url="https://crm.example.com/hook", events=["event.created"],
-                                        secret=retaining.cipher.encrypt_str("whsec_x"),
-                                        status=SubscriptionStatus.PAUSED))
+        session.add(
+            WebhookSubscription(
+                id="wh_paused",
+                url="https://crm.example.com/hook",
+                events=["event.created"],
+                secret=retaining.cipher.encrypt_str("whsec_x"),
+                status=SubscriptionStatus.PAUSED,
+            )
+        )
     old = seed_changes(retaining, cal, 5, retaining.clock.now() - RETENTION - timedelta(days=1))
     with transaction(retaining.sessions) as session:
-        session.execute(update(Delivery).where(Delivery.change_seq != old[2])
-                        .values(state=DeliveryState.DELIVERED))
+        session.execute(update(Delivery).where(Delivery.change_seq != old[2]).values(state=DeliveryState.DELIVERED))
     cutoff = retaining.clock.now() - RETENTION
     with transaction(retaining.sessions) as session:
         assert trim_changes(session, cutoff) == 4
@@ -115,7 +127,8 @@ def test_a_change_whose_delivery_is_pending_stays_until_it_is_delivered(retainin
 
 
 def test_the_receiver_and_a_sync_complete_while_many_old_rows_are_deleted(
-        runtime: Runtime, client: FlaskClient, watched: dict[str, Any], emu: Any) -> None:
+    runtime: Runtime, client: FlaskClient, watched: dict[str, Any], emu: Any
+) -> None:
     cal = watched["calendar_id"]
     now = runtime.clock.now()
     old = seed_changes(runtime, cal, 20_000, now - RETENTION - timedelta(days=1))
@@ -146,9 +159,14 @@ def test_the_receiver_and_a_sync_complete_while_many_old_rows_are_deleted(
         started = time.monotonic()
         return action(), time.monotonic() - started
 
-    emu.insert_event("ann@example.com", {"summary": "Booked during retention",
-                                         "start": {"dateTime": "2026-05-04T10:00:00Z"},
-                                         "end": {"dateTime": "2026-05-04T11:00:00Z"}})
+    emu.insert_event(
+        "ann@example.com",
+        {
+            "summary": "Booked during retention",
+            "start": {"dateTime": "2026-05-04T10:00:00Z"},
+            "end": {"dateTime": "2026-05-04T11:00:00Z"},
+        },
+    )
     answer, receiver_seconds = during(lambda: client.post("/notifications", headers=push_headers(watched["channel"])))
     result, sync_seconds = during(lambda: sync_calendar(runtime, cal))
     trimmer.join(timeout=60)
@@ -172,12 +190,18 @@ def postgres_only(runtime: Runtime) -> None:
 
 
 def test_an_uncommitted_batch_blocks_neither_the_receiver_nor_a_sync_commit(
-        runtime: Runtime, client: FlaskClient, watched: dict[str, Any], emu: Any, postgres_only: None) -> None:
+    runtime: Runtime, client: FlaskClient, watched: dict[str, Any], emu: Any, postgres_only: None
+) -> None:
     cal = watched["calendar_id"]
     old = seed_changes(runtime, cal, 1500, runtime.clock.now() - RETENTION - timedelta(days=1))
-    emu.insert_event("ann@example.com", {"summary": "Booked while a batch is open",
-                                         "start": {"dateTime": "2026-05-04T10:00:00Z"},
-                                         "end": {"dateTime": "2026-05-04T11:00:00Z"}})
+    emu.insert_event(
+        "ann@example.com",
+        {
+            "summary": "Booked while a batch is open",
+            "start": {"dateTime": "2026-05-04T10:00:00Z"},
+            "end": {"dateTime": "2026-05-04T11:00:00Z"},
+        },
+    )
     outcome: dict[str, Any] = {}
 
     def others() -> None:
@@ -195,8 +219,7 @@ def test_an_uncommitted_batch_blocks_neither_the_receiver_nor_a_sync_commit(
     assert kept[0] == old[BATCH] and kept[-1] > old[-1]
 
 
-def test_a_second_worker_skips_retention_while_another_trims(retaining: Runtime, emu: Any,
-                                                             postgres_only: None) -> None:
+def test_a_second_worker_skips_retention_while_another_trims(retaining: Runtime, emu: Any, postgres_only: None) -> None:
     cal = a_calendar(retaining, emu)
     seed_changes(retaining, cal, 10, retaining.clock.now() - RETENTION - timedelta(days=1))
     cutoff = retaining.clock.now() - RETENTION

@@ -38,15 +38,21 @@ ALICE = "alice@example.com"
 
 
 def timed(summary: str, day: int = 5, hour: int = 10, **extra: Any) -> dict[str, Any]:
-    return {"summary": summary, "start": {"dateTime": f"2026-01-{day:02d}T{hour:02d}:00:00Z"},
-            "end": {"dateTime": f"2026-01-{day:02d}T{hour + 1:02d}:00:00Z"}, **extra}
+    return {
+        "summary": summary,
+        "start": {"dateTime": f"2026-01-{day:02d}T{hour:02d}:00:00Z"},
+        "end": {"dateTime": f"2026-01-{day:02d}T{hour + 1:02d}:00:00Z"},
+        **extra,
+    }
 
 
 def weekly(summary: str) -> dict[str, Any]:
-    return {"summary": summary,
-            "start": {"dateTime": "2026-01-05T09:00:00+01:00", "timeZone": "Europe/Berlin"},
-            "end": {"dateTime": "2026-01-05T09:30:00+01:00", "timeZone": "Europe/Berlin"},
-            "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=10"]}
+    return {
+        "summary": summary,
+        "start": {"dateTime": "2026-01-05T09:00:00+01:00", "timeZone": "Europe/Berlin"},
+        "end": {"dateTime": "2026-01-05T09:30:00+01:00", "timeZone": "Europe/Berlin"},
+        "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=10"],
+    }
 
 
 @pytest.fixture
@@ -76,8 +82,7 @@ def one_change(runtime: Runtime, cal_id: int, after: int) -> Any:
 
 
 # Full sync ---------------------------------------------------------------------------------------
-def test_full_sync_of_three_calendars_mirrors_them_with_one_snapshot_row_per_event(runtime: Runtime,
-                                                                                  emu: Any) -> None:
+def test_full_sync_of_three_calendars_mirrors_them_with_one_snapshot_row_per_event(runtime: Runtime, emu: Any) -> None:
     account_id = connect_account(runtime, emu, ALICE)
     emu.insert_event(ALICE, timed("lunch"))
     series = emu.insert_event(ALICE, weekly("standup"))
@@ -101,13 +106,13 @@ def test_full_sync_of_three_calendars_mirrors_them_with_one_snapshot_row_per_eve
         assert result.kind == "full" and result.pages == pages
         assert (result.created, result.updated, result.deleted, result.snapshots) == (0, 0, 0, events)
         assert emu.count("calendar.events.list", google_id) - before_calls == pages
-        assert all(r.params.get("maxResults") == "2500" for r in emu.requests
-                   if r.api_method == "calendar.events.list")
+        assert all(r.params.get("maxResults") == "2500" for r in emu.requests if r.api_method == "calendar.events.list")
         assert_mirrors_google(runtime, emu, cal_id, google_id)
         assert_feed_rebuilds_mirror(runtime, cal_id)
         rows = changes(runtime, cal_id)
         assert len(rows) == events and {(c.type, c.before is None, c.fields == []) for c in rows} == {
-            ("event.snapshot", True, True)}
+            ("event.snapshot", True, True)
+        }
         assert [c.seq for c in rows] == sorted(c.seq for c in rows) and rows[0].seq > start - len(rows)
         with runtime.sessions() as session:
             row = session.get_one(Calendar, cal_id)
@@ -129,8 +134,11 @@ def test_sync_reports_progress_per_page_and_honours_the_page_size(runtime: Runti
 def test_sync_leaves_the_work_queue_fields_to_the_worker(runtime: Runtime, emu: Any, cal: int) -> None:
     due = datetime(2030, 1, 1, tzinfo=UTC)
     with transaction(runtime.sessions) as session:
-        session.execute(update(Calendar).where(Calendar.id == cal).values(
-            sync_requested=7, sync_done=5, due_at=due, error_count=2, retry_at=due))
+        session.execute(
+            update(Calendar)
+            .where(Calendar.id == cal)
+            .values(sync_requested=7, sync_done=5, due_at=due, error_count=2, retry_at=due)
+        )
     emu.insert_event(ALICE, timed("three"))
     sync_calendar(runtime, cal)
     with runtime.sessions() as session:
@@ -150,16 +158,20 @@ def test_a_created_event_is_one_created_change(runtime: Runtime, emu: Any, cal: 
     assert_mirrors_google(runtime, emu, cal)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("summary", "renamed"),
-    ("location", "Room 7"),
-    ("description", "agenda attached"),
-    ("start", {"dateTime": "2026-01-05T09:30:00Z"}),
-    ("end", {"dateTime": "2026-01-05T12:00:00Z"}),
-    ("attendees", [{"email": "bob@example.com"}, {"email": "carol@example.com"}]),
-])
-def test_an_edited_field_is_one_updated_change_naming_it(runtime: Runtime, emu: Any, cal: int,
-                                                         field: str, value: Any) -> None:
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("summary", "renamed"),
+        ("location", "Room 7"),
+        ("description", "agenda attached"),
+        ("start", {"dateTime": "2026-01-05T09:30:00Z"}),
+        ("end", {"dateTime": "2026-01-05T12:00:00Z"}),
+        ("attendees", [{"email": "bob@example.com"}, {"email": "carol@example.com"}]),
+    ],
+)
+def test_an_edited_field_is_one_updated_change_naming_it(
+    runtime: Runtime, emu: Any, cal: int, field: str, value: Any
+) -> None:
     target = event_id(emu, "one")
     before = mirror(runtime, cal)[target]
     start = last_seq(runtime)
@@ -234,13 +246,20 @@ def test_a_new_recurring_series_is_one_created_change(runtime: Runtime, emu: Any
 
 
 def test_a_modified_occurrence_is_an_update_of_the_occurrence_the_series_implied(
-        runtime: Runtime, emu: Any, cal: int) -> None:
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
     series = emu.insert_event(ALICE, weekly("standup"))
     sync_calendar(runtime, cal)
     start = last_seq(runtime)
-    moved = emu.patch_instance(ALICE, series["id"], "2026-01-12T08:00:00Z", {
-        "start": {"dateTime": "2026-01-12T10:00:00+01:00", "timeZone": "Europe/Berlin"},
-        "end": {"dateTime": "2026-01-12T10:30:00+01:00", "timeZone": "Europe/Berlin"}})
+    moved = emu.patch_instance(
+        ALICE,
+        series["id"],
+        "2026-01-12T08:00:00Z",
+        {
+            "start": {"dateTime": "2026-01-12T10:00:00+01:00", "timeZone": "Europe/Berlin"},
+            "end": {"dateTime": "2026-01-12T10:30:00+01:00", "timeZone": "Europe/Berlin"},
+        },
+    )
     sync_calendar(runtime, cal)
     change = one_change(runtime, cal, start)
     assert (change.kind, change.event_id) == ("updated", moved["id"])
@@ -258,7 +277,8 @@ def test_a_modified_occurrence_is_an_update_of_the_occurrence_the_series_implied
 
 
 def test_a_cancelled_occurrence_is_an_update_to_cancelled_kept_in_the_mirror(
-        runtime: Runtime, emu: Any, cal: int) -> None:
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
     """Google lists the cancelled occurrence and the mirror keeps it (it hides one instance), so the
     feed sets it too: an update from the occurrence the series implied to the cancelled one."""
     series = emu.insert_event(ALICE, weekly("standup"))
@@ -281,7 +301,8 @@ def test_a_cancelled_occurrence_is_an_update_to_cancelled_kept_in_the_mirror(
 
 
 def test_cancelling_a_modified_occurrence_updates_the_mirrored_exception_to_cancelled(
-        runtime: Runtime, emu: Any, cal: int) -> None:
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
     series = emu.insert_event(ALICE, weekly("standup"))
     moved = emu.patch_instance(ALICE, series["id"], "2026-01-12T08:00:00Z", {"summary": "special"})
     sync_calendar(runtime, cal)
@@ -310,9 +331,9 @@ def test_deleting_a_series_deletes_it_and_its_live_exceptions(runtime: Runtime, 
     found = changes(runtime, cal, after=start)
     # The cancelled occurrence was in the mirror (and the feed) too: it goes with its series.
     assert sorted((c.kind, c.event_id) for c in found) == sorted(
-        [("deleted", series["id"]), ("deleted", moved["id"]), ("deleted", cancelled_id)])
-    assert {c.event_id: c.before for c in found} == {series["id"]: series, moved["id"]: moved,
-                                                     cancelled_id: cancelled}
+        [("deleted", series["id"]), ("deleted", moved["id"]), ("deleted", cancelled_id)]
+    )
+    assert {c.event_id: c.before for c in found} == {series["id"]: series, moved["id"]: moved, cancelled_id: cancelled}
     assert all(c.after is None and c.fields == [] for c in found) and result.deleted == 3
     assert not any(e.startswith(series["id"]) for e in mirror(runtime, cal))
     assert_mirrors_google(runtime, emu, cal)
@@ -332,7 +353,8 @@ def test_a_series_edit_is_one_change_of_the_series(runtime: Runtime, emu: Any, c
 
 # 410 and forced resyncs ---------------------------------------------------------------------------
 def test_an_expired_sync_token_resyncs_and_records_exactly_the_real_differences(
-        runtime: Runtime, emu: Any, cal: int) -> None:
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
     series = emu.insert_event(ALICE, weekly("standup"))
     keep = emu.insert_event(ALICE, timed("untouched"))
     sync_calendar(runtime, cal)
@@ -350,8 +372,13 @@ def test_an_expired_sync_token_resyncs_and_records_exactly_the_real_differences(
     assert result.kind == "resync" and result.pages >= 3
     found = {(c.kind, c.event_id): c for c in changes(runtime, cal, after=start)}
     occurrence = f"{series['id']}_20260126T080000Z"
-    assert set(found) == {("deleted", one), ("updated", two), ("created", created["id"]), ("updated", occurrence),
-                          ("updated", keep["id"])}
+    assert set(found) == {
+        ("deleted", one),
+        ("updated", two),
+        ("created", created["id"]),
+        ("updated", occurrence),
+        ("updated", keep["id"]),
+    }
     assert found[("deleted", one)].before == mirrored[one]
     assert found[("updated", two)].fields == ["summary"] and found[("updated", two)].after == edited
     assert found[("updated", keep["id"])].fields == []  # noise only: a new version, no field changed
@@ -471,13 +498,17 @@ def test_a_revoked_grant_marks_the_account_and_other_accounts_go_on(runtime: Run
 
 
 # Errors that the worker handles ---------------------------------------------------------------------
-@pytest.mark.parametrize("status, reason, error", [
-    (429, "rateLimitExceeded", RateLimited),
-    (403, "userRateLimitExceeded", RateLimited),
-    (503, "backendError", BackendError),
-])
-def test_transient_errors_propagate_and_write_nothing(runtime: Runtime, emu: Any, cal: int,
-                                                      status: int, reason: str, error: type) -> None:
+@pytest.mark.parametrize(
+    "status, reason, error",
+    [
+        (429, "rateLimitExceeded", RateLimited),
+        (403, "userRateLimitExceeded", RateLimited),
+        (503, "backendError", BackendError),
+    ],
+)
+def test_transient_errors_propagate_and_write_nothing(
+    runtime: Runtime, emu: Any, cal: int, status: int, reason: str, error: type
+) -> None:
     emu.insert_event(ALICE, timed("three"))
     start = last_seq(runtime)
     with runtime.sessions() as session:
@@ -551,8 +582,11 @@ def test_a_sync_under_its_own_lease_extends_it(settings: Any, emu: Any) -> None:
         refresh_calendar_list(runtime, account_id)
         cal_id = calendar_row_id(runtime, ALICE)
         with transaction(runtime.sessions) as session:
-            session.execute(update(Calendar).where(Calendar.id == cal_id).values(
-                lease_owner="me", lease_until=clock.now() + timedelta(seconds=5)))
+            session.execute(
+                update(Calendar)
+                .where(Calendar.id == cal_id)
+                .values(lease_owner="me", lease_until=clock.now() + timedelta(seconds=5))
+            )
         clock.advance(3)
         sync_calendar(runtime, cal_id, lease_owner="me")
         with runtime.sessions() as session:

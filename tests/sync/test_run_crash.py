@@ -46,8 +46,9 @@ Expected = tuple[str, str, str | None, tuple[str, ...]]
 class Editor(threading.Thread):
     """Edits the calendar the way people do, at a steady pace with bursts, keeping a ledger."""
 
-    def __init__(self, emu: Any, cal: str, singles: list[str], occurrences: list[tuple[str, str]],
-                 rng: random.Random) -> None:
+    def __init__(
+        self, emu: Any, cal: str, singles: list[str], occurrences: list[tuple[str, str]], rng: random.Random
+    ) -> None:
         super().__init__(daemon=True)
         self.emu, self.cal, self.rng = emu, cal, rng
         self.singles, self.occurrences = singles, occurrences
@@ -80,8 +81,11 @@ class Editor(threading.Thread):
             choices += ["modify occurrence", "cancel occurrence"]
         action = self.rng.choice(choices)
         if action == "create":
-            body = {"summary": f"new {label}", "start": {"dateTime": "2026-03-01T10:00:00Z"},
-                    "end": {"dateTime": "2026-03-01T11:00:00Z"}}
+            body = {
+                "summary": f"new {label}",
+                "start": {"dateTime": "2026-03-01T10:00:00Z"},
+                "end": {"dateTime": "2026-03-01T11:00:00Z"},
+            }
             created = self.emu.insert_event(self.cal, body)
             self.expected.append(("created", created["id"], f"new {label}", ()))
         elif action == "edit":
@@ -103,20 +107,35 @@ class Editor(threading.Thread):
 
 
 def test_killing_the_sync_at_random_instants_loses_and_duplicates_nothing(
-        runtime: Runtime, settings: Settings, emu: Any) -> None:
+    runtime: Runtime, settings: Settings, emu: Any
+) -> None:
     seed = int(os.environ.get("CALSYNC_CRASH_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
     account_id = connect_account(runtime, emu, ALICE)
     cal = emu.create_calendar(ALICE, "Busy")
-    emu.bulk_insert_events(cal, [{"summary": f"event {i}", "start": {"dateTime": "2026-02-01T10:00:00Z"},
-                                  "end": {"dateTime": "2026-02-01T11:00:00Z"}} for i in range(SINGLE_EVENTS)])
+    emu.bulk_insert_events(
+        cal,
+        [
+            {
+                "summary": f"event {i}",
+                "start": {"dateTime": "2026-02-01T10:00:00Z"},
+                "end": {"dateTime": "2026-02-01T11:00:00Z"},
+            }
+            for i in range(SINGLE_EVENTS)
+        ],
+    )
     singles = [e["id"] for e in emu.events(cal)]
     occurrences: list[tuple[str, str]] = []
     for s in range(SERIES):
-        series = emu.insert_event(cal, {
-            "summary": f"series {s}", "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=40"],
-            "start": {"dateTime": f"2026-01-0{5 + s}T09:00:00+01:00", "timeZone": "Europe/Berlin"},
-            "end": {"dateTime": f"2026-01-0{5 + s}T09:30:00+01:00", "timeZone": "Europe/Berlin"}})
+        series = emu.insert_event(
+            cal,
+            {
+                "summary": f"series {s}",
+                "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=40"],
+                "start": {"dateTime": f"2026-01-0{5 + s}T09:00:00+01:00", "timeZone": "Europe/Berlin"},
+                "end": {"dateTime": f"2026-01-0{5 + s}T09:30:00+01:00", "timeZone": "Europe/Berlin"},
+            },
+        )
         first = datetime(2026, 1, 5 + s, 9, 0, tzinfo=ZoneInfo("Europe/Berlin"))
         occurrences += [(series["id"], (first + timedelta(weeks=w)).isoformat()) for w in range(40)]
     refresh_calendar_list(runtime, account_id)
@@ -156,8 +175,8 @@ def test_killing_the_sync_at_random_instants_loses_and_duplicates_nothing(
     assert_feed_rebuilds_mirror(runtime, cal_id)
     logged = changes(runtime, cal_id)
     snapshots = [c for c in logged if c.kind == "snapshot"]
-    assert len(snapshots) == SINGLE_EVENTS + SERIES and snapshots == logged[:len(snapshots)], context
-    actual = sorted(_observed(c) for c in logged[len(snapshots):])
+    assert len(snapshots) == SINGLE_EVENTS + SERIES and snapshots == logged[: len(snapshots)], context
+    actual = sorted(_observed(c) for c in logged[len(snapshots) :])
     assert actual == sorted(editor.expected), context
     every = changes(runtime, lifecycle=True)  # with the calendars' added and synced rows
     assert [c.seq for c in every] == list(range(1, len(every) + 1)), context

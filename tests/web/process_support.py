@@ -20,16 +20,18 @@ from tests.push_support import wait_for
 def web_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that makes a `calsync` process use these settings (and none of the caller's CALSYNC_*)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALSYNC_")}
-    env.update({
-        "CALSYNC_DATABASE_URL": settings.database_url,
-        "CALSYNC_GOOGLE_CLIENT_SECRETS": str(settings.google_client_secrets),
-        "CALSYNC_GOOGLE_API_URL": settings.google_api_url,
-        "CALSYNC_PUBLIC_URL": settings.public_url,
-        "CALSYNC_TOKEN_KEY": str(settings.token_key),
-        "CALSYNC_API_TOKEN": str(settings.api_token),
-        "CALSYNC_INSTANCE_PATH": str(settings.instance_path),
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "CALSYNC_DATABASE_URL": settings.database_url,
+            "CALSYNC_GOOGLE_CLIENT_SECRETS": str(settings.google_client_secrets),
+            "CALSYNC_GOOGLE_API_URL": settings.google_api_url,
+            "CALSYNC_PUBLIC_URL": settings.public_url,
+            "CALSYNC_TOKEN_KEY": str(settings.token_key),
+            "CALSYNC_API_TOKEN": str(settings.api_token),
+            "CALSYNC_INSTANCE_PATH": str(settings.instance_path),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra)
     return env
 
@@ -46,13 +48,29 @@ def calsync_web(settings: Settings, log: Path, **extra_env: str) -> Iterator[str
     """A running `calsync web` (one gunicorn process, four threads); yields its base URL."""
     port = free_port()
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "calsync"), "web", "--port", str(port),
-                                 "--workers", "1", "--threads", "4"], env=web_env(settings, **extra_env),
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "calsync"),
+                "web",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+            ],
+            env=web_env(settings, **extra_env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: proc.poll() is not None or _healthy(base + "/api/openapi.json"), timeout=60, interval=0.1,
-                 what="calsync web")
+        wait_for(
+            lambda: proc.poll() is not None or _healthy(base + "/api/openapi.json"),
+            timeout=60,
+            interval=0.1,
+            what="calsync web",
+        )
         assert proc.poll() is None, log.read_text()
         yield base
     finally:

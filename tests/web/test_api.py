@@ -14,10 +14,29 @@ from calsync.store.models import Account, Calendar, Change, Channel, Event
 from calsync.sync.changelog import append_changes
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
-CHANGE_KEYS = {"seq", "type", "account", "ref", "calendar_id", "event_id", "change", "fields", "before", "after",
-               "detected_at"}
-CALENDAR_KEYS = {"account", "account_status", "ref", "calendar_id", "summary", "sync_state", "last_synced_at",
-                 "channel"}
+CHANGE_KEYS = {
+    "seq",
+    "type",
+    "account",
+    "ref",
+    "calendar_id",
+    "event_id",
+    "change",
+    "fields",
+    "before",
+    "after",
+    "detected_at",
+}
+CALENDAR_KEYS = {
+    "account",
+    "account_status",
+    "ref",
+    "calendar_id",
+    "summary",
+    "sync_state",
+    "last_synced_at",
+    "channel",
+}
 
 
 # Rows put straight into the database ------------------------------------------------------------
@@ -29,8 +48,9 @@ class Seed:
 
     def account(self, email: str, status: str = "active", ref: str | None = None) -> int:
         with transaction(self.runtime.sessions) as s:
-            account = Account(email=email, credentials=self.runtime.cipher.encrypt_str("{}"), scopes=[],
-                              status=status, ref=ref)
+            account = Account(
+                email=email, credentials=self.runtime.cipher.encrypt_str("{}"), scopes=[], status=status, ref=ref
+            )
             s.add(account)
             s.flush()
             return account.id
@@ -44,24 +64,70 @@ class Seed:
 
     def events(self, calendar_id: int, bodies: list[dict[str, Any]]) -> None:
         with transaction(self.runtime.sessions) as s:
-            s.execute(insert(Event), [{"calendar_id": calendar_id, "google_id": b["id"],
-                                       "status": b.get("status", "confirmed"),
-                                       "recurring_event_id": b.get("recurringEventId"), "data": b}
-                                      for b in bodies])
+            s.execute(
+                insert(Event),
+                [
+                    {
+                        "calendar_id": calendar_id,
+                        "google_id": b["id"],
+                        "status": b.get("status", "confirmed"),
+                        "recurring_event_id": b.get("recurringEventId"),
+                        "data": b,
+                    }
+                    for b in bodies
+                ],
+            )
 
-    def change(self, calendar_id: int, event_id: str, kind: str, before: dict[str, Any] | None,
-               after: dict[str, Any] | None, fields: list[str] | None = None, at: datetime = T0) -> int:
+    def change(
+        self,
+        calendar_id: int,
+        event_id: str,
+        kind: str,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        fields: list[str] | None = None,
+        at: datetime = T0,
+    ) -> int:
         with transaction(self.runtime.sessions) as s:
-            [change] = append_changes(s, [Change(calendar_id=calendar_id, event_id=event_id, kind=kind,
-                                                 fields=fields or [], before=before, after=after)], at)
+            [change] = append_changes(
+                s,
+                [
+                    Change(
+                        calendar_id=calendar_id,
+                        event_id=event_id,
+                        kind=kind,
+                        fields=fields or [],
+                        before=before,
+                        after=after,
+                    )
+                ],
+                at,
+            )
             return change.seq
 
-    def channel(self, account_id: int, calendar_id: int | None, channel_id: str, status: str,
-                created_at: datetime, kind: str = "events") -> None:
+    def channel(
+        self,
+        account_id: int,
+        calendar_id: int | None,
+        channel_id: str,
+        status: str,
+        created_at: datetime,
+        kind: str = "events",
+    ) -> None:
         with transaction(self.runtime.sessions) as s:
-            s.add(Channel(id=channel_id, account_id=account_id, calendar_id=calendar_id, kind=kind,
-                          token_hash="0" * 64, resource_id="res-" + channel_id, status=status,
-                          created_at=created_at, expires_at=created_at + timedelta(days=7)))
+            s.add(
+                Channel(
+                    id=channel_id,
+                    account_id=account_id,
+                    calendar_id=calendar_id,
+                    kind=kind,
+                    token_hash="0" * 64,
+                    resource_id="res-" + channel_id,
+                    status=status,
+                    created_at=created_at,
+                    expires_at=created_at + timedelta(days=7),
+                )
+            )
 
 
 @pytest.fixture
@@ -86,16 +152,18 @@ def test_api_refuses_without_the_right_bearer_token(client: Any, path: str, head
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_disconnect_endpoint_needs_the_bearer_token_and_a_known_account(client: Any,
-                                                                        api_headers: dict[str, str]) -> None:
+def test_disconnect_endpoint_needs_the_bearer_token_and_a_known_account(
+    client: Any, api_headers: dict[str, str]
+) -> None:
     assert client.post("/api/accounts/a@example.com/disconnect").status_code == 401
     resp = client.post("/api/accounts/nobody@example.com/disconnect", headers=api_headers)
     assert resp.status_code == 404 and set(resp.get_json()) == {"error", "message"}
 
 
 # /api/calendars -----------------------------------------------------------------------------------
-def test_calendars_lists_live_calendars_with_their_newest_active_channel(client: Any, seed: Seed,
-                                                                       api_headers: dict[str, str]) -> None:
+def test_calendars_lists_live_calendars_with_their_newest_active_channel(
+    client: Any, seed: Seed, api_headers: dict[str, str]
+) -> None:
     alice = seed.account("alice@example.com")
     bob = seed.account("bob@example.com", status="reauth_required", ref="user-42")
     primary = seed.calendar(alice, "alice@example.com", summary="Alice", sync_state="synced", last_synced_at=T0)
@@ -112,21 +180,43 @@ def test_calendars_lists_live_calendars_with_their_newest_active_channel(client:
     rows = resp.get_json()
     assert all(set(row) == CALENDAR_KEYS for row in rows)
     assert rows == [
-        {"account": "alice@example.com", "account_status": "active", "ref": None, "calendar_id": "alice@example.com",
-         "summary": "Alice", "sync_state": "synced", "last_synced_at": "2026-03-01T09:30:00.000Z",
-         "channel": {"id": "new-active", "expires_at": "2026-03-08T09:30:00.000Z"}},
-        {"account": "alice@example.com", "account_status": "active", "ref": None,
-         "calendar_id": "team@group.calendar.google.com", "summary": "Team", "sync_state": "pending",
-         "last_synced_at": None, "channel": None},
-        {"account": "bob@example.com", "account_status": "reauth_required", "ref": "user-42",
-         "calendar_id": "bob@example.com",
-         "summary": "Bob", "sync_state": "error", "last_synced_at": None, "channel": None},
+        {
+            "account": "alice@example.com",
+            "account_status": "active",
+            "ref": None,
+            "calendar_id": "alice@example.com",
+            "summary": "Alice",
+            "sync_state": "synced",
+            "last_synced_at": "2026-03-01T09:30:00.000Z",
+            "channel": {"id": "new-active", "expires_at": "2026-03-08T09:30:00.000Z"},
+        },
+        {
+            "account": "alice@example.com",
+            "account_status": "active",
+            "ref": None,
+            "calendar_id": "team@group.calendar.google.com",
+            "summary": "Team",
+            "sync_state": "pending",
+            "last_synced_at": None,
+            "channel": None,
+        },
+        {
+            "account": "bob@example.com",
+            "account_status": "reauth_required",
+            "ref": "user-42",
+            "calendar_id": "bob@example.com",
+            "summary": "Bob",
+            "sync_state": "error",
+            "last_synced_at": None,
+            "channel": None,
+        },
     ]
 
 
 # /api/events --------------------------------------------------------------------------------------
-def test_events_pages_through_more_than_1000_rows_in_a_stable_order(client: Any, seed: Seed,
-                                                                    api_headers: dict[str, str]) -> None:
+def test_events_pages_through_more_than_1000_rows_in_a_stable_order(
+    client: Any, seed: Seed, api_headers: dict[str, str]
+) -> None:
     cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
     bodies = [{"id": f"ev{i:05d}", "status": "confirmed", "summary": f"Event {i}"} for i in range(2345)]
     seed.events(cal, bodies)
@@ -149,12 +239,23 @@ def test_events_pages_through_more_than_1000_rows_in_a_stable_order(client: Any,
 
 
 def test_events_are_googles_json_with_cancelled_exceptions_but_without_deleted_events(
-        client: Any, seed: Seed, api_headers: dict[str, str]) -> None:
+    client: Any, seed: Seed, api_headers: dict[str, str]
+) -> None:
     cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
-    series = {"id": "series1", "status": "confirmed", "summary": "Weekly", "recurrence": ["RRULE:FREQ=WEEKLY"],
-              "start": {"dateTime": "2026-03-02T10:00:00Z"}, "end": {"dateTime": "2026-03-02T11:00:00Z"}}
-    cancelled_occurrence = {"id": "series1_20260309T100000Z", "status": "cancelled", "recurringEventId": "series1",
-                            "originalStartTime": {"dateTime": "2026-03-09T10:00:00Z"}}
+    series = {
+        "id": "series1",
+        "status": "confirmed",
+        "summary": "Weekly",
+        "recurrence": ["RRULE:FREQ=WEEKLY"],
+        "start": {"dateTime": "2026-03-02T10:00:00Z"},
+        "end": {"dateTime": "2026-03-02T11:00:00Z"},
+    }
+    cancelled_occurrence = {
+        "id": "series1_20260309T100000Z",
+        "status": "cancelled",
+        "recurringEventId": "series1",
+        "originalStartTime": {"dateTime": "2026-03-09T10:00:00Z"},
+    }
     leftover_deleted = {"id": "gone", "status": "cancelled"}
     seed.events(cal, [series, cancelled_occurrence, leftover_deleted])
     resp = client.get("/api/events?calendar=alice@example.com", headers=api_headers)
@@ -181,8 +282,9 @@ def test_events_parameter_errors(client: Any, seed: Seed, api_headers: dict[str,
         assert set(resp.get_json()) == {"error", "message"}, url
     ambiguous = client.get("/api/events?calendar=shared@group.calendar.google.com", headers=api_headers)
     assert "account=" in ambiguous.get_json()["message"]
-    resp = client.get("/api/events?calendar=shared@group.calendar.google.com&account=bob@example.com",
-                      headers=api_headers)
+    resp = client.get(
+        "/api/events?calendar=shared@group.calendar.google.com&account=bob@example.com", headers=api_headers
+    )
     assert resp.get_json()["items"] == [{"id": "b1", "status": "confirmed"}]
 
 
@@ -196,23 +298,56 @@ def test_changes_have_the_contract_shape(client: Any, seed: Seed, api_headers: d
     seed.change(cal, "e1", "deleted", v2, None, at=T0 + timedelta(minutes=1))
     body = client.get("/api/changes", headers=api_headers).get_json()
     assert set(body) == {"changes", "next"}
-    assert body == {"next": 3, "changes": [
-        {"seq": 1, "type": "event.created", "account": "alice@example.com", "ref": None,
-         "calendar_id": "alice@example.com", "event_id": "e1",
-         "change": "created", "fields": [], "before": None, "after": v1, "detected_at": "2026-03-01T09:30:00.000Z"},
-        {"seq": 2, "type": "event.updated", "account": "alice@example.com", "ref": None,
-         "calendar_id": "alice@example.com", "event_id": "e1",
-         "change": "updated", "fields": ["summary"], "before": v1, "after": v2,
-         "detected_at": "2026-03-01T09:30:01.250Z"},
-        {"seq": 3, "type": "event.deleted", "account": "alice@example.com", "ref": None,
-         "calendar_id": "alice@example.com", "event_id": "e1",
-         "change": "deleted", "fields": [], "before": v2, "after": None, "detected_at": "2026-03-01T09:31:00.000Z"},
-    ]}
+    assert body == {
+        "next": 3,
+        "changes": [
+            {
+                "seq": 1,
+                "type": "event.created",
+                "account": "alice@example.com",
+                "ref": None,
+                "calendar_id": "alice@example.com",
+                "event_id": "e1",
+                "change": "created",
+                "fields": [],
+                "before": None,
+                "after": v1,
+                "detected_at": "2026-03-01T09:30:00.000Z",
+            },
+            {
+                "seq": 2,
+                "type": "event.updated",
+                "account": "alice@example.com",
+                "ref": None,
+                "calendar_id": "alice@example.com",
+                "event_id": "e1",
+                "change": "updated",
+                "fields": ["summary"],
+                "before": v1,
+                "after": v2,
+                "detected_at": "2026-03-01T09:30:01.250Z",
+            },
+            {
+                "seq": 3,
+                "type": "event.deleted",
+                "account": "alice@example.com",
+                "ref": None,
+                "calendar_id": "alice@example.com",
+                "event_id": "e1",
+                "change": "deleted",
+                "fields": [],
+                "before": v2,
+                "after": None,
+                "detected_at": "2026-03-01T09:31:00.000Z",
+            },
+        ],
+    }
     assert all(set(c) == CHANGE_KEYS for c in body["changes"])
 
 
-def test_changes_after_is_exclusive_and_next_is_the_cursor(client: Any, seed: Seed,
-                                                           api_headers: dict[str, str]) -> None:
+def test_changes_after_is_exclusive_and_next_is_the_cursor(
+    client: Any, seed: Seed, api_headers: dict[str, str]
+) -> None:
     _, seqs = simple_changes(seed, 5)
     assert seqs == [1, 2, 3, 4, 5]
 
@@ -228,12 +363,19 @@ def test_changes_after_is_exclusive_and_next_is_the_cursor(client: Any, seed: Se
     assert get("after=0") == ([1, 2, 3, 4, 5], 5)
 
 
-def test_changes_limit_defaults_to_100_and_is_capped_at_1000(client: Any, seed: Seed,
-                                                             api_headers: dict[str, str]) -> None:
+def test_changes_limit_defaults_to_100_and_is_capped_at_1000(
+    client: Any, seed: Seed, api_headers: dict[str, str]
+) -> None:
     cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
     with transaction(seed.runtime.sessions) as s:
-        append_changes(s, [Change(calendar_id=cal, event_id=f"e{i}", kind="created", fields=[], before=None,
-                                  after={"id": f"e{i}"}) for i in range(1005)], T0)
+        append_changes(
+            s,
+            [
+                Change(calendar_id=cal, event_id=f"e{i}", kind="created", fields=[], before=None, after={"id": f"e{i}"})
+                for i in range(1005)
+            ],
+            T0,
+        )
     default = client.get("/api/changes", headers=api_headers).get_json()
     assert len(default["changes"]) == 100 and default["next"] == 100
     capped = client.get("/api/changes?limit=5000", headers=api_headers).get_json()
@@ -242,9 +384,24 @@ def test_changes_limit_defaults_to_100_and_is_capped_at_1000(client: Any, seed: 
     assert [c["seq"] for c in rest["changes"]] == [1001, 1002, 1003, 1004, 1005]
 
 
-@pytest.mark.parametrize("query", ["after=-1", "after=abc", "after=1.5", "after=", "after=99999999999999999999",
-                                   "limit=0", "limit=-3", "limit=ten", "limit=2.0", "limit=", "calendar=", "after=%205",
-                                   "limit=5%20"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "after=-1",
+        "after=abc",
+        "after=1.5",
+        "after=",
+        "after=99999999999999999999",
+        "limit=0",
+        "limit=-3",
+        "limit=ten",
+        "limit=2.0",
+        "limit=",
+        "calendar=",
+        "after=%205",
+        "limit=5%20",
+    ],
+)
 def test_changes_bad_parameter_is_a_400_json_error(client: Any, api_headers: dict[str, str], query: str) -> None:
     resp = client.get(f"/api/changes?{query}", headers=api_headers)
     assert resp.status_code == 400
@@ -266,8 +423,9 @@ def test_changes_filtered_by_calendar(client: Any, seed: Seed, api_headers: dict
     assert [c["event_id"] for c in body["changes"]] == ["t0", "t1", "t2"]
     assert {c["calendar_id"] for c in body["changes"]} == {"team@group.calendar.google.com"}
     assert body["next"] == 6
-    paged = client.get("/api/changes?calendar=team@group.calendar.google.com&after=2&limit=1",
-                       headers=api_headers).get_json()
+    paged = client.get(
+        "/api/changes?calendar=team@group.calendar.google.com&after=2&limit=1", headers=api_headers
+    ).get_json()
     assert [c["seq"] for c in paged["changes"]] == [4] and paged["next"] == 4
     # A calendar gone from the account's list keeps its past changes.
     body = client.get("/api/changes?calendar=gone@group.calendar.google.com", headers=api_headers).get_json()
@@ -279,20 +437,33 @@ def test_changes_filtered_by_calendar(client: Any, seed: Seed, api_headers: dict
 def test_changes_filtered_by_type(client: Any, seed: Seed, api_headers: dict[str, str]) -> None:
     cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
     for i, kind in enumerate(["snapshot", "created", "updated", "deleted", "created", "snapshot"]):
-        seed.change(cal, f"e{i}", kind, None if kind in ("snapshot", "created") else {"id": f"e{i}"},
-                    None if kind == "deleted" else {"id": f"e{i}"})
+        seed.change(
+            cal,
+            f"e{i}",
+            kind,
+            None if kind in ("snapshot", "created") else {"id": f"e{i}"},
+            None if kind == "deleted" else {"id": f"e{i}"},
+        )
 
     def get(query: str) -> tuple[list[tuple[int, str]], int]:
         body = client.get(f"/api/changes?{query}", headers=api_headers).get_json()
         return [(c["seq"], c["type"]) for c in body["changes"]], body["next"]
 
-    assert get("types=event.created,event.updated") == ([(2, "event.created"), (3, "event.updated"),
-                                                         (5, "event.created")], 5)
+    assert get("types=event.created,event.updated") == (
+        [(2, "event.created"), (3, "event.updated"), (5, "event.created")],
+        5,
+    )
     assert get("types=event.snapshot&limit=1") == ([(1, "event.snapshot")], 1)
     assert get("types=event.snapshot&after=1") == ([(6, "event.snapshot")], 6)
     assert get("types=account.connected") == ([], 0)  # a known type with no rows: an empty page
-    assert [t for _, t in get("")[0]] == ["event.snapshot", "event.created", "event.updated", "event.deleted",
-                                          "event.created", "event.snapshot"]
+    assert [t for _, t in get("")[0]] == [
+        "event.snapshot",
+        "event.created",
+        "event.updated",
+        "event.deleted",
+        "event.created",
+        "event.snapshot",
+    ]
     for bad in ("types=event.moved", "types=event.created,", "types=", "types=Event.created"):
         resp = client.get(f"/api/changes?{bad}", headers=api_headers)
         assert resp.status_code == 400, bad
@@ -301,7 +472,8 @@ def test_changes_filtered_by_type(client: Any, seed: Seed, api_headers: dict[str
 
 # End to end: consent, sync, an edit at Google, the change on the API ------------------------------
 def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
-        emu: Any, live_server: str, runtime: Runtime, api_headers: dict[str, str]) -> None:
+    emu: Any, live_server: str, runtime: Runtime, api_headers: dict[str, str]
+) -> None:
     import requests
 
     from calsync.sync.calendar_list import refresh_calendar_list
@@ -310,8 +482,14 @@ def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
     email = "zoe@example.com"
     emu.create_user(email)
     team = emu.create_calendar(email, "Team")
-    standup = emu.insert_event(email, {"summary": "Standup", "start": {"dateTime": "2026-03-02T10:00:00Z"},
-                                       "end": {"dateTime": "2026-03-02T10:15:00Z"}})
+    standup = emu.insert_event(
+        email,
+        {
+            "summary": "Standup",
+            "start": {"dateTime": "2026-03-02T10:00:00Z"},
+            "end": {"dateTime": "2026-03-02T10:15:00Z"},
+        },
+    )
     emu.insert_event(team, {"summary": "Offsite", "start": {"date": "2026-04-01"}, "end": {"date": "2026-04-02"}})
     emu.auto_approve = email
     browser = requests.Session()
@@ -326,15 +504,18 @@ def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
     api = requests.Session()
     api.headers.update(api_headers)
     calendars = api.get(f"{live_server}/api/calendars").json()
-    assert {(c["calendar_id"], c["summary"], c["sync_state"]) for c in calendars} == \
-        {(email, email, "synced"), (team, "Team", "synced")}
+    assert {(c["calendar_id"], c["summary"], c["sync_state"]) for c in calendars} == {
+        (email, email, "synced"),
+        (team, "Team", "synced"),
+    }
     assert all(c["last_synced_at"].endswith("Z") and c["account_status"] == "active" for c in calendars)
     events = api.get(f"{live_server}/api/events", params={"calendar": email}).json()
     assert [e["id"] for e in events["items"]] == [standup["id"]] and events["nextPageToken"] is None
     event_rows: dict[str, str | int] = {"types": "event.snapshot,event.created,event.updated,event.deleted"}
     baseline = api.get(f"{live_server}/api/changes", params={"calendar": email, **event_rows}).json()
     assert [(c["type"], c["event_id"], c["after"]) for c in baseline["changes"]] == [
-        ("event.snapshot", standup["id"], events["items"][0])], "the first full sync is the feed's snapshot"
+        ("event.snapshot", standup["id"], events["items"][0])
+    ], "the first full sync is the feed's snapshot"
     baseline = api.get(f"{live_server}/api/changes").json()
 
     emu.patch_event(email, standup["id"], {"summary": "Daily standup"})
@@ -345,9 +526,16 @@ def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
     feed = api.get(f"{live_server}/api/changes", params={"after": baseline["next"], **event_rows}).json()
     [change] = feed["changes"]
     assert feed["next"] == change["seq"]
-    assert (change["account"], change["calendar_id"], change["event_id"], change["change"], change["fields"]) == \
-        (email, email, standup["id"], "updated", ["summary"])
+    assert (change["account"], change["calendar_id"], change["event_id"], change["change"], change["fields"]) == (
+        email,
+        email,
+        standup["id"],
+        "updated",
+        ["summary"],
+    )
     assert change["before"]["summary"] == "Standup" and change["after"]["summary"] == "Daily standup"
     assert change["detected_at"].endswith("Z")
-    assert [c["type"] for c in api.get(f"{live_server}/api/changes",
-                                      params={"calendar": team, **event_rows}).json()["changes"]] == ["event.snapshot"]
+    assert [
+        c["type"]
+        for c in api.get(f"{live_server}/api/changes", params={"calendar": team, **event_rows}).json()["changes"]
+    ] == ["event.snapshot"]

@@ -32,12 +32,14 @@ def feed_with_old_rows(runtime: Runtime, old: int, new: int) -> list[int]:
     seed = Seed(runtime)
     cal = seed.calendar(seed.account(ALICE), ALICE, summary="Alice")
     long_ago, lately = runtime.clock.now() - RETENTION - timedelta(days=1), runtime.clock.now()
-    return ([seed.change(cal, f"old{i}", "created", None, {"id": f"old{i}"}, at=long_ago) for i in range(old)]
-            + [seed.change(cal, f"new{i}", "created", None, {"id": f"new{i}"}, at=lately) for i in range(new)])
+    return [seed.change(cal, f"old{i}", "created", None, {"id": f"old{i}"}, at=long_ago) for i in range(old)] + [
+        seed.change(cal, f"new{i}", "created", None, {"id": f"new{i}"}, at=lately) for i in range(new)
+    ]
 
 
-def test_a_cursor_behind_deleted_rows_is_410_cursor_expired(client: FlaskClient, runtime: Runtime,
-                                                            api_headers: dict[str, str]) -> None:
+def test_a_cursor_behind_deleted_rows_is_410_cursor_expired(
+    client: FlaskClient, runtime: Runtime, api_headers: dict[str, str]
+) -> None:
     seqs = feed_with_old_rows(runtime, old=5, new=3)
     trim_all(runtime)
 
@@ -57,7 +59,8 @@ def test_a_cursor_behind_deleted_rows_is_410_cursor_expired(client: FlaskClient,
 
 
 def test_with_every_row_deleted_the_cursor_and_as_of_seq_stay_where_the_feed_was(
-        client: FlaskClient, runtime: Runtime, api_headers: dict[str, str]) -> None:
+    client: FlaskClient, runtime: Runtime, api_headers: dict[str, str]
+) -> None:
     feed_with_old_rows(runtime, old=4, new=0)
     trim_all(runtime)
     events = client.get(f"/api/events?calendar={ALICE}", headers=api_headers).get_json()
@@ -67,10 +70,20 @@ def test_with_every_row_deleted_the_cursor_and_as_of_seq_stay_where_the_feed_was
 
 
 def test_pages_read_while_calendars_change_converge_from_the_smallest_as_of_seq(
-        client: FlaskClient, runtime: Runtime, emu: Any, api_headers: dict[str, str]) -> None:
+    client: FlaskClient, runtime: Runtime, emu: Any, api_headers: dict[str, str]
+) -> None:
     account_id = connect_account(runtime, emu, ALICE)
-    ids = [emu.insert_event(ALICE, {"summary": f"Event {n}", "start": {"dateTime": "2026-06-01T10:00:00Z"},
-                                    "end": {"dateTime": "2026-06-01T11:00:00Z"}})["id"] for n in range(2300)]
+    ids = [
+        emu.insert_event(
+            ALICE,
+            {
+                "summary": f"Event {n}",
+                "start": {"dateTime": "2026-06-01T10:00:00Z"},
+                "end": {"dateTime": "2026-06-01T11:00:00Z"},
+            },
+        )["id"]
+        for n in range(2300)
+    ]
     refresh_calendar_list(runtime, account_id)
     cal = calendar_row_id(runtime, ALICE)
     sync_calendar(runtime, cal)
@@ -83,13 +96,20 @@ def test_pages_read_while_calendars_change_converge_from_the_smallest_as_of_seq(
 
     copy: dict[str, dict[str, Any]] = {}
     marks: list[int] = []
+
     def after_page_1(seen: list[str]) -> None:  # edits to events already read and to events not read yet
         emu.patch_event(ALICE, seen[0], {"summary": "Read, then moved"})
         emu.delete_event(ALICE, seen[1])
         emu.patch_event(ALICE, ids[-1], {"location": "Not read yet"})
         emu.delete_event(ALICE, ids[-2])
-        emu.insert_event(ALICE, {"summary": "Born between pages 1 and 2", "start": {"dateTime": "2026-06-02T10:00:00Z"},
-                                 "end": {"dateTime": "2026-06-02T11:00:00Z"}})
+        emu.insert_event(
+            ALICE,
+            {
+                "summary": "Born between pages 1 and 2",
+                "start": {"dateTime": "2026-06-02T10:00:00Z"},
+                "end": {"dateTime": "2026-06-02T11:00:00Z"},
+            },
+        )
 
     def after_page_2(seen: list[str]) -> None:
         emu.patch_event(ALICE, seen[0], {"summary": "Read, moved twice"})
@@ -105,7 +125,7 @@ def test_pages_read_while_calendars_change_converge_from_the_smallest_as_of_seq(
         token = body["nextPageToken"]
         if token is None:
             break
-        for write in edits[len(marks) - 1:len(marks)]:
+        for write in edits[len(marks) - 1 : len(marks)]:
             write([item["id"] for item in body["items"]])
             sync_calendar(runtime, cal)
     assert len(marks) == 3 and marks[0] < marks[1] < marks[2]

@@ -78,13 +78,16 @@ def feed(api: requests.Session, live: str, **params: Any) -> list[dict[str, Any]
 
 
 # The whole flow ---------------------------------------------------------------------------------
-def test_a_link_connects_the_account_for_the_ref_and_returns_to_the_app(emu: Any, live_server: str, runtime: Runtime,
-                                                                       api: requests.Session) -> None:
+def test_a_link_connects_the_account_for_the_ref_and_returns_to_the_app(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
     emu.create_user("someone@example.com")
     emu.create_user(ANN)
     before = runtime.clock.now()
-    resp = api.post(f"{live_server}/api/connect-sessions",
-                    json={"ref": "user-42", "return_to": APP + "?tab=calendar", "login_hint": ANN})
+    resp = api.post(
+        f"{live_server}/api/connect-sessions",
+        json={"ref": "user-42", "return_to": APP + "?tab=calendar", "login_hint": ANN},
+    )
     assert resp.status_code == 201 and set(resp.json()) == {"url", "expires_at"}
     link = resp.json()["url"]
     token = link.removeprefix(f"{live_server}/connect/")
@@ -111,8 +114,13 @@ def test_a_link_connects_the_account_for_the_ref_and_returns_to_the_app(emu: Any
     assert returned(back) == {"tab": "calendar", "ref": "user-42", "status": "connected", "account": ANN}
 
     [account] = api.get(f"{live_server}/api/accounts", params={"ref": "user-42"}).json()
-    assert account == {"email": ANN, "ref": "user-42", "status": "active",
-                       "connected_at": account["connected_at"], "calendars": []}
+    assert account == {
+        "email": ANN,
+        "ref": "user-42",
+        "status": "active",
+        "connected_at": account["connected_at"],
+        "calendars": [],
+    }
     assert account["connected_at"].endswith("Z")
     assert api.get(f"{live_server}/api/accounts", params={"ref": "someone-else"}).json() == []
     [connected] = feed(api, live_server)
@@ -125,13 +133,20 @@ def test_a_link_connects_the_account_for_the_ref_and_returns_to_the_app(emu: Any
     [calendar] = api.get(f"{live_server}/api/calendars").json()
     assert (calendar["calendar_id"], calendar["ref"]) == (ANN, "user-42")
     [account] = api.get(f"{live_server}/api/accounts").json()
-    assert account["calendars"] == [{"calendar_id": ANN, "summary": ANN, "sync_state": "synced",
-                                     "last_synced_at": account["calendars"][0]["last_synced_at"]}]
+    assert account["calendars"] == [
+        {
+            "calendar_id": ANN,
+            "summary": ANN,
+            "sync_state": "synced",
+            "last_synced_at": account["calendars"][0]["last_synced_at"],
+        }
+    ]
     assert {row["ref"] for row in feed(api, live_server)} == {"user-42"}
 
 
 def test_connecting_again_with_another_ref_moves_the_account_and_keeps_its_history(
-        emu: Any, live_server: str, runtime: Runtime, api: requests.Session) -> None:
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
     emu.create_user(ANN)
     assert returned(follow_link(requests.Session(), new_link(api, live_server, "user-1"), ANN))["status"] == "connected"
     Worker(runtime, threads=1).run_burst()
@@ -139,7 +154,11 @@ def test_connecting_again_with_another_ref_moves_the_account_and_keeps_its_histo
     assert [r["type"] for r in first] == ["account.connected", "calendar.added", "calendar.synced"]
 
     assert returned(follow_link(requests.Session(), new_link(api, live_server, "user-2"), ANN)) == {
-        "tab": "calendar", "ref": "user-2", "status": "connected", "account": ANN}
+        "tab": "calendar",
+        "ref": "user-2",
+        "status": "connected",
+        "account": ANN,
+    }
     rows = feed(api, live_server)
     assert rows[:3] == first  # the history stays, under the ref it was written with
     assert [(r["type"], r["ref"]) for r in rows[3:]] == [("account.connected", "user-2")]
@@ -149,8 +168,9 @@ def test_connecting_again_with_another_ref_moves_the_account_and_keeps_its_histo
     assert api.get(f"{live_server}/api/calendars").json()[0]["ref"] == "user-2"
 
 
-def test_disconnect_with_a_ref_touches_only_that_users_account(emu: Any, live_server: str, runtime: Runtime,
-                                                               api: requests.Session) -> None:
+def test_disconnect_with_a_ref_touches_only_that_users_account(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
     emu.create_user(ANN)
     returned(follow_link(requests.Session(), new_link(api, live_server, "user-42"), ANN))
     wrong = api.post(f"{live_server}/api/accounts/{ANN}/disconnect", params={"ref": "user-7"})
@@ -159,15 +179,18 @@ def test_disconnect_with_a_ref_touches_only_that_users_account(emu: Any, live_se
     right = api.post(f"{live_server}/api/accounts/{ANN}/disconnect", params={"ref": "user-42"})
     assert right.status_code == 200 and right.json()["status"] == "disconnected"
     assert [(r["type"], r["ref"]) for r in feed(api, live_server)] == [
-        ("account.connected", "user-42"), ("account.disconnected", "user-42")]
+        ("account.connected", "user-42"),
+        ("account.disconnected", "user-42"),
+    ]
     assert api.post(f"{live_server}/api/accounts/{ANN}/disconnect").status_code == 200  # idempotent
     assert len(feed(api, live_server)) == 2
     assert api.get(f"{live_server}/api/accounts", params={"ref": ""}).status_code == 400
 
 
 # Every other end: the outcome the app is told, and nothing stored ----------------------------------
-def test_denied_consent_returns_denied_and_stores_no_account(emu: Any, live_server: str, runtime: Runtime,
-                                                             api: requests.Session) -> None:
+def test_denied_consent_returns_denied_and_stores_no_account(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
     emu.create_user(ANN)
     back = follow_link(requests.Session(), new_link(api, live_server), ANN, action="deny")
     assert returned(back) == {"tab": "calendar", "ref": "user-42", "status": "denied", "error": "access_denied"}
@@ -177,18 +200,21 @@ def test_denied_consent_returns_denied_and_stores_no_account(emu: Any, live_serv
         assert session.scalars(select(ConnectSession.outcome)).one() == "denied"
 
 
-def test_an_answer_from_another_consent_returns_an_error(emu: Any, live_server: str, runtime: Runtime,
-                                                         api: requests.Session) -> None:
+def test_an_answer_from_another_consent_returns_an_error(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
     browser = requests.Session()
     assert browser.get(new_link(api, live_server), allow_redirects=False).status_code == 302
-    back = browser.get(f"{live_server}/oauth2callback", params={"state": "forged", "code": "stolen"},
-                       allow_redirects=False)
+    back = browser.get(
+        f"{live_server}/oauth2callback", params={"state": "forged", "code": "stolen"}, allow_redirects=False
+    )
     assert returned(back) == {"tab": "calendar", "ref": "user-42", "status": "error", "error": "state_mismatch"}
     assert count(runtime, Account) == 0 and emu.count("oauth.token") == 0
 
 
-def test_an_expired_link_says_so_and_changes_nothing(emu: Any, live_server: str, runtime: Runtime,
-                                                     api: requests.Session) -> None:
+def test_an_expired_link_says_so_and_changes_nothing(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
     link = new_link(api, live_server)
     runtime.clock.advance(minutes=15)  # type: ignore[attr-defined]
     resp = requests.get(link, allow_redirects=False)
@@ -200,8 +226,9 @@ def test_an_expired_link_says_so_and_changes_nothing(emu: Any, live_server: str,
     assert count(runtime, Account) == 0 and emu.count("oauth.authorize") == 0
 
 
-def test_a_used_link_says_so_and_changes_nothing(emu: Any, live_server: str, runtime: Runtime,
-                                                 api: requests.Session) -> None:
+def test_a_used_link_says_so_and_changes_nothing(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
     emu.create_user(ANN)
     link = new_link(api, live_server)
     returned(follow_link(requests.Session(), link, ANN))
@@ -222,41 +249,50 @@ def test_a_used_link_says_so_and_changes_nothing(emu: Any, live_server: str, run
     assert unknown.status_code == 404 and "does not work" in unknown.text
 
 
-@pytest.mark.parametrize("return_to", [
-    "https://evil.example/after",
-    "https://app.example.test/settings",  # the prefix covers the path too, not only the host
-    "http://app.example.test/after",
-    "https://app.example.test.evil.example/after",
-    "https://user@app.example.test/after",
-    "javascript:alert(1)//https://app.example.test/after",
-    "/after",
-    "",
-])
-def test_a_return_to_outside_the_allow_list_is_refused(live_server: str, runtime: Runtime, api: requests.Session,
-                                                       return_to: str) -> None:
+@pytest.mark.parametrize(
+    "return_to",
+    [
+        "https://evil.example/after",
+        "https://app.example.test/settings",  # the prefix covers the path too, not only the host
+        "http://app.example.test/after",
+        "https://app.example.test.evil.example/after",
+        "https://user@app.example.test/after",
+        "javascript:alert(1)//https://app.example.test/after",
+        "/after",
+        "",
+    ],
+)
+def test_a_return_to_outside_the_allow_list_is_refused(
+    live_server: str, runtime: Runtime, api: requests.Session, return_to: str
+) -> None:
     resp = api.post(f"{live_server}/api/connect-sessions", json={"ref": "user-42", "return_to": return_to})
     assert resp.status_code == 400 and resp.json()["field"] == "return_to"
     assert count(runtime, ConnectSession) == 0
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"ref": "", "return_to": APP}, "ref"),
-    ({"ref": "x" * 201, "return_to": APP}, "ref"),
-    ({"ref": "line\nbreak", "return_to": APP}, "ref"),
-    ({"return_to": APP}, "ref"),
-    ({"ref": "user-42"}, "return_to"),
-    ({"ref": "user-42", "return_to": APP, "login_hint": ""}, "login_hint"),
-    ({"ref": "user-42", "return_to": APP, "state": "x"}, "state"),
-])
-def test_a_malformed_request_is_refused_naming_its_field(live_server: str, runtime: Runtime, api: requests.Session,
-                                                         body: dict[str, Any], field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"ref": "", "return_to": APP}, "ref"),
+        ({"ref": "x" * 201, "return_to": APP}, "ref"),
+        ({"ref": "line\nbreak", "return_to": APP}, "ref"),
+        ({"return_to": APP}, "ref"),
+        ({"ref": "user-42"}, "return_to"),
+        ({"ref": "user-42", "return_to": APP, "login_hint": ""}, "login_hint"),
+        ({"ref": "user-42", "return_to": APP, "state": "x"}, "state"),
+    ],
+)
+def test_a_malformed_request_is_refused_naming_its_field(
+    live_server: str, runtime: Runtime, api: requests.Session, body: dict[str, Any], field: str
+) -> None:
     resp = api.post(f"{live_server}/api/connect-sessions", json=body)
     assert resp.status_code == 400 and resp.json()["field"] == field
     assert count(runtime, ConnectSession) == 0
 
 
-def test_any_printable_ref_up_to_200_characters_is_accepted(live_server: str, runtime: Runtime,
-                                                            api: requests.Session) -> None:
+def test_any_printable_ref_up_to_200_characters_is_accepted(
+    live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
     for ref in ("x" * 200, "tenant 7 / user é", "a"):
         assert api.post(f"{live_server}/api/connect-sessions", json={"ref": ref, "return_to": APP}).status_code == 201
     with runtime.sessions() as session:
@@ -268,7 +304,10 @@ def test_without_return_urls_no_session_can_be_made(settings: Settings, runtime:
 
     closed = dataclasses.replace(runtime, settings=dataclasses.replace(settings, return_urls=()))
     client = create_app(runtime=closed).test_client()
-    resp = client.post("/api/connect-sessions", json={"ref": "user-42", "return_to": APP},
-                       headers={"Authorization": f"Bearer {API_TOKEN}"})
+    resp = client.post(
+        "/api/connect-sessions",
+        json={"ref": "user-42", "return_to": APP},
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
     assert resp.status_code == 400 and "CALSYNC_RETURN_URLS" in resp.get_json()["message"]
     assert client.post("/api/connect-sessions", json={"ref": "user-42", "return_to": APP}).status_code == 401

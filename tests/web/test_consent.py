@@ -40,8 +40,11 @@ def consent(browser: requests.Session, auth_url: str, email: str, action: str = 
     action_url = re.search(r'<form method="post" action="([^"]+)"', page.text)
     assert request_id and action_url
     target = urlsplit(auth_url)._replace(path=action_url.group(1), query="").geturl()
-    resp = browser.post(target, data={"request_id": request_id.group(1), "account": email,
-                                      "other_account": email, "action": action}, allow_redirects=False)
+    resp = browser.post(
+        target,
+        data={"request_id": request_id.group(1), "account": email, "other_account": email, "action": action},
+        allow_redirects=False,
+    )
     assert resp.status_code in (302, 303), resp.text
     return resp.headers["Location"]
 
@@ -67,8 +70,9 @@ def accounts(runtime: Runtime) -> list[Account]:
 
 
 # The happy paths ----------------------------------------------------------------------------------
-def test_consent_form_allow_stores_encrypted_tokens_that_google_accepts(emu: Any, live_server: str,
-                                                                       runtime: Runtime) -> None:
+def test_consent_form_allow_stores_encrypted_tokens_that_google_accepts(
+    emu: Any, live_server: str, runtime: Runtime
+) -> None:
     emu.create_user("bob@example.com")
     emu.create_user("carol@example.com")
     browser = requests.Session()
@@ -100,8 +104,10 @@ def test_consent_form_allow_stores_encrypted_tokens_that_google_accepts(emu: Any
     # The stored tokens work against Google, and the refresh token refreshes.
     creds = load_credentials(runtime, account)
     assert creds.refresh_token and creds.token
-    assert GoogleCalendar(creds, runtime.settings.calendar_api_endpoint).get_calendar("primary")["id"] == \
-        "carol@example.com"
+    assert (
+        GoogleCalendar(creds, runtime.settings.calendar_api_endpoint).get_calendar("primary")["id"]
+        == "carol@example.com"
+    )
     old_access = creds.token
     creds.refresh(Request())
     assert creds.token != old_access
@@ -168,8 +174,7 @@ def test_callback_with_a_wrong_state_is_refused(emu: Any, live_server: str, runt
     assert accounts(runtime) == [] and emu.count("oauth.token") == 0
 
 
-def test_replayed_callback_shows_an_error_and_changes_nothing(emu: Any, live_server: str,
-                                                             runtime: Runtime) -> None:
+def test_replayed_callback_shows_an_error_and_changes_nothing(emu: Any, live_server: str, runtime: Runtime) -> None:
     browser = requests.Session()
     callback = auto_consent(browser, emu, start(browser, live_server), "ivy@example.com")
     assert browser.get(callback).status_code == 200
@@ -177,13 +182,15 @@ def test_replayed_callback_shows_an_error_and_changes_nothing(emu: Any, live_ser
     resp = browser.get(callback)
     assert resp.status_code == 400 and "already used" in resp.text
     [after] = accounts(runtime)
-    assert (after.credentials, after.updated_at, after.list_requested) == \
-        (before.credentials, before.updated_at, before.list_requested)
+    assert (after.credentials, after.updated_at, after.list_requested) == (
+        before.credentials,
+        before.updated_at,
+        before.list_requested,
+    )
     assert emu.count("oauth.token") == 1
 
 
-def test_reused_code_under_a_fresh_state_is_refused_by_google(emu: Any, live_server: str,
-                                                             runtime: Runtime) -> None:
+def test_reused_code_under_a_fresh_state_is_refused_by_google(emu: Any, live_server: str, runtime: Runtime) -> None:
     browser = requests.Session()
     first = auto_consent(browser, emu, start(browser, live_server), "jay@example.com")
     assert browser.get(first).status_code == 200
@@ -234,7 +241,8 @@ def test_unknown_client_is_an_error_page_at_google(emu: Any, settings: Any, tmp_
 
 @pytest.mark.parametrize("problem", ["unset", "missing", "broken"])
 def test_consent_without_usable_client_secrets_is_a_503_page_naming_the_variable(
-        problem: str, settings: Any, tmp_path: Path) -> None:
+    problem: str, settings: Any, tmp_path: Path
+) -> None:
     path: Path | None = tmp_path / "nowhere.json"
     if problem == "unset":
         path = None
@@ -257,8 +265,7 @@ def test_pages_are_plain_accessible_html(emu: Any, live_server: str) -> None:
 
 
 # Disconnecting from the browser ------------------------------------------------------------------
-def test_end_user_disconnects_own_account_from_the_connected_page(emu: Any, live_server: str,
-                                                                  runtime: Runtime) -> None:
+def test_end_user_disconnects_own_account_from_the_connected_page(emu: Any, live_server: str, runtime: Runtime) -> None:
     browser = connect(emu, live_server, "mia@example.com")
     [account] = accounts(runtime)
     refresh_token = load_credentials(runtime, account).refresh_token
@@ -267,9 +274,15 @@ def test_end_user_disconnects_own_account_from_the_connected_page(emu: Any, live
     [account] = accounts(runtime)
     assert account.status == "disconnected"
     assert runtime.cipher.decrypt_str(account.credentials) == "{}"
-    refused = requests.post(f"{emu.url}/token", data={
-        "grant_type": "refresh_token", "refresh_token": refresh_token,
-        "client_id": load_credentials_config(runtime)[0], "client_secret": load_credentials_config(runtime)[1]})
+    refused = requests.post(
+        f"{emu.url}/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": load_credentials_config(runtime)[0],
+            "client_secret": load_credentials_config(runtime)[1],
+        },
+    )
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
 
 
@@ -283,8 +296,9 @@ def test_disconnect_of_someone_elses_account_is_forbidden(emu: Any, live_server:
     assert {a.email: a.status for a in accounts(runtime)} == {"ned@example.com": "active", "oli@example.com": "active"}
 
 
-def test_operator_disconnects_with_the_bearer_token(emu: Any, live_server: str, runtime: Runtime,
-                                                    api_headers: dict[str, str]) -> None:
+def test_operator_disconnects_with_the_bearer_token(
+    emu: Any, live_server: str, runtime: Runtime, api_headers: dict[str, str]
+) -> None:
     connect(emu, live_server, "pat@example.com")
     resp = requests.post(f"{live_server}/disconnect", json={"account": "pat@example.com"}, headers=api_headers)
     assert resp.status_code == 200

@@ -50,14 +50,28 @@ def admin(runtime: Runtime) -> Any:
     return client
 
 
-def test_overview_shows_accounts_calendars_sync_age_and_channel_expiry(admin: Any, runtime: Runtime,
-                                                                       clock: FrozenClock) -> None:
+def test_overview_shows_accounts_calendars_sync_age_and_channel_expiry(
+    admin: Any, runtime: Runtime, clock: FrozenClock
+) -> None:
     now = clock.now()
     ann = add_account(runtime, "ann@example.com")
-    work = add_calendar(runtime, ann, "work-1@group.calendar.google.com", "Work", sync_state="synced",
-                        last_synced_at=now - timedelta(seconds=3))
-    add_calendar(runtime, ann, "family-2@group.calendar.google.com", "Family", sync_state="backoff",
-                 last_error="rate limited by Google", retry_at=now + timedelta(seconds=40))
+    work = add_calendar(
+        runtime,
+        ann,
+        "work-1@group.calendar.google.com",
+        "Work",
+        sync_state="synced",
+        last_synced_at=now - timedelta(seconds=3),
+    )
+    add_calendar(
+        runtime,
+        ann,
+        "family-2@group.calendar.google.com",
+        "Family",
+        sync_state="backoff",
+        last_error="rate limited by Google",
+        retry_at=now + timedelta(seconds=40),
+    )
     add_channel(runtime, ann, work, "chan-work-1", now + timedelta(days=6, hours=23, minutes=10))
     add_channel(runtime, ann, None, "chan-list-1", now + timedelta(days=2))
 
@@ -74,10 +88,14 @@ def test_overview_shows_accounts_calendars_sync_age_and_channel_expiry(admin: An
 
 def test_reauth_required_account_stands_out(admin: Any, runtime: Runtime) -> None:
     add_account(runtime, "fine@example.com")
-    add_account(runtime, "dead@example.com", status="reauth_required",
-                last_error="invalid_grant: Token has been expired or revoked.")
+    add_account(
+        runtime,
+        "dead@example.com",
+        status="reauth_required",
+        last_error="invalid_grant: Token has been expired or revoked.",
+    )
     page = admin.get("/dashboard/").text
-    alert = page[page.index('role="alert"'):]
+    alert = page[page.index('role="alert"') :]
     assert "1 account needs re-consent" in alert
     assert "dead@example.com" in alert[:600] and "fine@example.com" not in alert[:600]
     assert "badge-reauth_required" in page and "Token has been expired or revoked." in page
@@ -141,8 +159,14 @@ def test_notification_inspector_shows_state_number_outcome_and_headers(admin: An
     work = add_calendar(runtime, ann, "work@x", "Work")
     add_channel(runtime, ann, work, "chan-abc", runtime.clock.now() + timedelta(days=7))
     add_notification(runtime, "chan-abc", "sync", 1, "ok")
-    add_notification(runtime, "chan-abc", "exists", 7, "ok",
-                     {"X-Goog-Channel-ID": "chan-abc", "X-Goog-Resource-URI": "https://example/calendars/work/events"})
+    add_notification(
+        runtime,
+        "chan-abc",
+        "exists",
+        7,
+        "ok",
+        {"X-Goog-Channel-ID": "chan-abc", "X-Goog-Resource-URI": "https://example/calendars/work/events"},
+    )
     add_notification(runtime, "chan-zzz", "exists", 3, "unknown_channel")
 
     page = admin.get("/dashboard/notifications").text
@@ -198,8 +222,15 @@ def test_every_post_form_carries_the_csrf_token(admin: Any, runtime: Runtime) ->
 def _failed_delivery(runtime: Runtime) -> tuple[str, int]:
     """A subscription whose one delivery failed after an HTTP 500, as the delivery worker leaves it."""
     with transaction(runtime.sessions) as session:
-        session.add(WebhookSubscription(id="sub_test1", url="https://hooks.example.com/calsync", events=["*"],
-                                        secret=runtime.cipher.encrypt_str("whsec_x"), status="active"))
+        session.add(
+            WebhookSubscription(
+                id="sub_test1",
+                url="https://hooks.example.com/calsync",
+                events=["*"],
+                secret=runtime.cipher.encrypt_str("whsec_x"),
+                status="active",
+            )
+        )
     ann = add_account(runtime, "ann@example.com")
     work = add_calendar(runtime, ann, "work@x", "Work")
     add_change(runtime, work, "ev1", "created", None, {"summary": "Board meeting"})
@@ -207,8 +238,15 @@ def _failed_delivery(runtime: Runtime) -> tuple[str, int]:
         delivery = session.scalars(select(Delivery)).one()
         delivery.state, delivery.attempts, delivery.last_status = "failed", 8, 500
         delivery.last_error = "HTTP 500"
-        session.add(DeliveryAttempt(delivery_id=delivery.id, status_code=500, latency_ms=41.0,
-                                    response_excerpt="upstream exploded", attempted_at=runtime.clock.now()))
+        session.add(
+            DeliveryAttempt(
+                delivery_id=delivery.id,
+                status_code=500,
+                latency_ms=41.0,
+                response_excerpt="upstream exploded",
+                attempted_at=runtime.clock.now(),
+            )
+        )
         return "sub_test1", delivery.id
 
 
@@ -228,8 +266,10 @@ def test_replay_button_queues_the_delivery_again(admin: Any, runtime: Runtime) -
     with runtime.sessions() as session:
         assert session.get(Delivery, delivery_id).state == "failed"  # type: ignore[union-attr]
 
-    resp = admin.post(f"/dashboard/webhooks/{sub_id}/replay",
-                      data={"csrf_token": admin.csrf, "delivery": delivery_id, "back": "/dashboard/webhooks"})
+    resp = admin.post(
+        f"/dashboard/webhooks/{sub_id}/replay",
+        data={"csrf_token": admin.csrf, "delivery": delivery_id, "back": "/dashboard/webhooks"},
+    )
     assert resp.status_code == 302 and resp.headers["Location"] == "/dashboard/webhooks"
     with runtime.sessions() as session:
         delivery = session.get(Delivery, delivery_id)

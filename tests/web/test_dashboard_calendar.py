@@ -19,8 +19,10 @@ from tests.web.dashboard_support import PASSWORD, add_account, add_calendar, sig
 
 @pytest.fixture
 def runtime(settings: Settings) -> Iterator[Runtime]:
-    rt = Runtime.create(dataclasses.replace(settings, admin_password=Secret(PASSWORD)),
-                        clock=FrozenClock(datetime(2026, 3, 6, 12, tzinfo=UTC)))
+    rt = Runtime.create(
+        dataclasses.replace(settings, admin_password=Secret(PASSWORD)),
+        clock=FrozenClock(datetime(2026, 3, 6, 12, tzinfo=UTC)),
+    )
     yield rt
     rt.close()
 

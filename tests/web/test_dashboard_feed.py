@@ -44,8 +44,9 @@ def test_a_first_sync_is_one_summary_line_per_calendar(admin: Any, runtime: Runt
     created(runtime, family, "piano")  # another calendar's change between two pages of Work's sync
     second_page = add_snapshot(runtime, work, 1000, "v")
     family_snapshot = add_snapshot(runtime, family, 3, "f")
-    moved = add_change(runtime, work, "w7", "updated", {"id": "w7", "summary": "Standup"},
-                       {"id": "w7", "summary": "Daily standup"})
+    moved = add_change(
+        runtime, work, "w7", "updated", {"id": "w7", "summary": "Standup"}, {"id": "w7", "summary": "Daily standup"}
+    )
 
     page = admin.get("/dashboard/changes").text
     assert _ROW.findall(page) == ["updated", "snapshot", "snapshot", "created"]

@@ -37,8 +37,12 @@ def test_healthz_fails_until_a_worker_has_reported(web: Any, rt: Any) -> None:
     Worker(rt, threads=1).tick()
     resp = web.get("/healthz")
     assert resp.status_code == 200
-    assert resp.json == {"status": "ok", "database": "ok", "worker": "ok",
-                         "worker_seen_at": resp.json["worker_seen_at"]}
+    assert resp.json == {
+        "status": "ok",
+        "database": "ok",
+        "worker": "ok",
+        "worker_seen_at": resp.json["worker_seen_at"],
+    }
     assert resp.json["worker_seen_at"].startswith(rt.clock.now().strftime("%Y-%m-%dT%H:%M:%S"))
 
 
@@ -69,18 +73,34 @@ def _scrape(web: Any) -> dict[str, list[Any]]:
 def test_metrics_expose_the_named_series(web: Any, rt: Any, emu: Any) -> None:
     connect_account(rt, emu, "ann@example.com")
     Worker(rt, threads=1).run_burst()
-    web.post("/notifications", headers={"X-Goog-Channel-ID": "nope", "X-Goog-Resource-State": "exists",
-                                        "X-Goog-Message-Number": "2"})
+    web.post(
+        "/notifications",
+        headers={"X-Goog-Channel-ID": "nope", "X-Goog-Resource-State": "exists", "X-Goog-Message-Number": "2"},
+    )
     families = _scrape(web)
-    for name in ("calsync_notifications", "calsync_syncs", "calsync_google_calls", "calsync_changes",
-                 "calsync_channel_next_expiry_seconds", "calsync_sync_lag_seconds", "calsync_calendars",
-                 "calsync_accounts", "calsync_channels", "calsync_database_up"):
+    for name in (
+        "calsync_notifications",
+        "calsync_syncs",
+        "calsync_google_calls",
+        "calsync_changes",
+        "calsync_channel_next_expiry_seconds",
+        "calsync_sync_lag_seconds",
+        "calsync_calendars",
+        "calsync_accounts",
+        "calsync_channels",
+        "calsync_database_up",
+    ):
         assert name in families, name
-    refused = [s for s in families["calsync_notifications"]
-               if s.labels == {"state": "exists", "outcome": "unknown_channel"} and s.name.endswith("_total")]
+    refused = [
+        s
+        for s in families["calsync_notifications"]
+        if s.labels == {"state": "exists", "outcome": "unknown_channel"} and s.name.endswith("_total")
+    ]
     assert refused and refused[0].value >= 1
-    assert any(s.labels.get("method") == "events.list" and s.labels.get("status") == "200"
-               for s in families["calsync_google_calls"])
+    assert any(
+        s.labels.get("method") == "events.list" and s.labels.get("status") == "200"
+        for s in families["calsync_google_calls"]
+    )
     gauges = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f}
     assert gauges[("calsync_calendars", (("sync_state", "synced"),))] == 1
     assert gauges[("calsync_accounts", (("status", "active"),))] == 1

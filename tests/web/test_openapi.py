@@ -40,15 +40,27 @@ def test_it_is_served_without_a_token_as_json(client: Any) -> None:
     assert resp.status_code == 200 and resp.mimetype == "application/json"
     assert resp.get_json() == document()
     assert document()["components"]["securitySchemes"]["bearer"] == {
-        "type": "http", "scheme": "bearer", "description": "The value of `CALSYNC_API_TOKEN`."}
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The value of `CALSYNC_API_TOKEN`.",
+    }
 
 
 def test_every_api_route_of_the_app_is_described_and_nothing_else(app: Flask) -> None:
-    routes = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
-              for rule in app.url_map.iter_rules() if rule.rule.startswith("/api")
-              for method in rule.methods or () if method not in {"HEAD", "OPTIONS"}}
-    described = {(path, method) for path, item in document()["paths"].items() if path.startswith("/api")
-                 for method in item if method != "parameters"}
+    routes = {
+        (re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.rule.startswith("/api")
+        for method in rule.methods or ()
+        if method not in {"HEAD", "OPTIONS"}
+    }
+    described = {
+        (path, method)
+        for path, item in document()["paths"].items()
+        if path.startswith("/api")
+        for method in item
+        if method != "parameters"
+    }
     assert routes == described
     assert set(document()["paths"]["/notifications"]) == {"post"}
     assert document()["paths"]["/notifications"]["post"]["security"] == []
@@ -85,7 +97,8 @@ def test_a_response_outside_the_document_is_caught(app: Flask, client: Any, api_
 
 def test_a_test_whose_response_breaks_the_document_fails(tmp_path: Path) -> None:
     """The whole mechanism, as a test run sees it: the test that made the wrong response fails."""
-    (tmp_path / "test_wrong.py").write_text(textwrap.dedent('''
+    (tmp_path / "test_wrong.py").write_text(
+        textwrap.dedent("""
         from flask import request
 
         def test_right(client, api_headers):
@@ -98,20 +111,47 @@ def test_a_test_whose_response_breaks_the_document_fails(tmp_path: Path) -> None
                     resp.set_data(b'{"changes": [], "next": 0, "surprise": true}')
                 return resp
             assert client.get("/api/changes", headers=api_headers).status_code == 200
-    '''))
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
-                          "-k", "sqlite", "--rootdir", str(tmp_path), str(tmp_path)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    """)
+    )
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "tests.conftest",
+            "-k",
+            "sqlite",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert "1 failed, 1 passed" in run.stdout, run.stdout + run.stderr
     assert "ConformanceError" in run.stdout and "'surprise' was unexpected" in run.stdout
 
 
-def test_a_generated_python_client_lists_a_real_change_from_a_live_calsync(settings: Settings, runtime: Runtime,
-                                                                         emu: Any, tmp_path: Path) -> None:
+def test_a_generated_python_client_lists_a_real_change_from_a_live_calsync(
+    settings: Settings, runtime: Runtime, emu: Any, tmp_path: Path
+) -> None:
     """openapi-python-client, as the README shows it, against `calsync web`: typed pages, typed errors."""
     connect_account(runtime, emu, "ann@example.com")
-    event = emu.insert_event("ann@example.com", {"summary": "Standup", "start": {"dateTime": "2026-12-07T09:00:00Z"},
-                                                 "end": {"dateTime": "2026-12-07T09:15:00Z"}})
+    event = emu.insert_event(
+        "ann@example.com",
+        {
+            "summary": "Standup",
+            "start": {"dateTime": "2026-12-07T09:00:00Z"},
+            "end": {"dateTime": "2026-12-07T09:15:00Z"},
+        },
+    )
     Worker(runtime, threads=1).run_burst()  # connects: lists calendars, first sync
     emu.patch_event("ann@example.com", event["id"], {"summary": "Standup (moved)"})
     with transaction(runtime.sessions) as session:
@@ -121,9 +161,21 @@ def test_a_generated_python_client_lists_a_real_change_from_a_live_calsync(setti
     with calsync_web(settings, tmp_path / "web.log") as base:
         (tmp_path / "openapi.json").write_text(json.dumps(requests.get(base + "/api/openapi.json", timeout=10).json()))
         generated = subprocess.run(  # the README's command
-            [str(Path(sys.executable).parent / "openapi-python-client"), "generate", "--path", "openapi.json",
-             "--meta", "none", "--output-path", "calsync_client"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            [
+                str(Path(sys.executable).parent / "openapi-python-client"),
+                "generate",
+                "--path",
+                "openapi.json",
+                "--meta",
+                "none",
+                "--output-path",
+                "calsync_client",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert generated.returncode == 0, generated.stdout + generated.stderr
         sys.path.insert(0, str(tmp_path))
         try:

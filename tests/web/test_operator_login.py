@@ -33,10 +33,16 @@ def admin_client(admin_runtime: Runtime) -> Any:
 
 
 def test_without_a_password_the_dashboard_explains_how_to_enable_it_and_shows_nothing(
-        client: Any, runtime: Runtime) -> None:
+    client: Any, runtime: Runtime
+) -> None:
     add_account(runtime, "secret-person@example.com")
-    for path in ("/dashboard/", "/dashboard/changes", "/dashboard/notifications", "/dashboard/webhooks",
-                 "/dashboard/login"):
+    for path in (
+        "/dashboard/",
+        "/dashboard/changes",
+        "/dashboard/notifications",
+        "/dashboard/webhooks",
+        "/dashboard/login",
+    ):
         resp = client.get(path)
         assert resp.status_code == 403, path
         assert "CALSYNC_ADMIN_PASSWORD" in resp.text
@@ -51,8 +57,10 @@ def test_dashboard_redirects_to_sign_in_and_back(admin_client: Any, admin_runtim
     assert resp.headers["Location"].startswith("/dashboard/login?next=")
     page = admin_client.get(resp.headers["Location"])
     assert "ann@example.com" not in page.text
-    signed = admin_client.post("/dashboard/login", data={
-        "csrf_token": csrf_from(page.text), "password": PASSWORD, "next": "/dashboard/changes?calendar=1"})
+    signed = admin_client.post(
+        "/dashboard/login",
+        data={"csrf_token": csrf_from(page.text), "password": PASSWORD, "next": "/dashboard/changes?calendar=1"},
+    )
     assert signed.status_code == 302 and signed.headers["Location"] == "/dashboard/changes?calendar=1"
     assert "ann@example.com" in admin_client.get("/dashboard/").text
 
@@ -110,8 +118,10 @@ def test_changing_the_password_signs_everyone_out(admin_client: Any, admin_setti
 
 def test_next_parameter_never_leaves_the_dashboard(admin_client: Any) -> None:
     page = admin_client.get("/dashboard/login")
-    resp = admin_client.post("/dashboard/login", data={
-        "csrf_token": csrf_from(page.text), "password": PASSWORD, "next": "https://evil.example/dashboard"})
+    resp = admin_client.post(
+        "/dashboard/login",
+        data={"csrf_token": csrf_from(page.text), "password": PASSWORD, "next": "https://evil.example/dashboard"},
+    )
     assert resp.headers["Location"] == "/dashboard/"
 
 

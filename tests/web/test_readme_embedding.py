@@ -36,8 +36,9 @@ def settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, return_urls=("https://app.example.test/calendar/",))
 
 
-def test_the_readme_example_connects_a_user_and_follows_the_lifecycle(live_server: str, emu: Any, runtime: Runtime,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_readme_example_connects_a_user_and_follows_the_lifecycle(
+    live_server: str, emu: Any, runtime: Runtime, capsys: pytest.CaptureFixture[str]
+) -> None:
     app: dict[str, Any] = {}
     exec(example(), app)  # the README's code, unchanged; then pointed at this calsync
     app.update(CALSYNC=live_server, API={"Authorization": f"Bearer {API_TOKEN}"}, RETURN_TO=RETURN_TO)
@@ -50,21 +51,28 @@ def test_the_readme_example_connects_a_user_and_follows_the_lifecycle(live_serve
     assert back.startswith(RETURN_TO + "?")
     args = {k: v[0] for k, v in parse_qs(urlsplit(back).query).items()}
     assert app["connected_page"](args) == f"Connected: {ANN}"
-    assert app["connected_page"]({"ref": "user-42", "status": "denied", "error": "access_denied"}) == \
-        "Your calendar was not connected (access_denied)."
+    assert (
+        app["connected_page"]({"ref": "user-42", "status": "denied", "error": "access_denied"})
+        == "Your calendar was not connected (access_denied)."
+    )
 
     Worker(runtime, threads=1).run_burst()
     cursor = app["read_feed"](0)
     assert capsys.readouterr().out.splitlines() == [
-        f"user-42: account.connected {ANN}", f"user-42: calendar.added {ANN}", f"user-42: calendar.synced {ANN}"]
+        f"user-42: account.connected {ANN}",
+        f"user-42: calendar.added {ANN}",
+        f"user-42: calendar.synced {ANN}",
+    ]
 
     emu.revoke_grant(ANN)
     with transaction(runtime.sessions) as session:  # what Google's calendar-list notification would owe
-        session.execute(update(Account).values(list_requested=Account.list_requested + 1,
-                                               list_due_at=runtime.clock.now()))
+        session.execute(
+            update(Account).values(list_requested=Account.list_requested + 1, list_due_at=runtime.clock.now())
+        )
     Worker(runtime, threads=1).run_burst()
     assert app["read_feed"](cursor) > cursor
     assert capsys.readouterr().out.splitlines() == [
-        f"user-42: Google no longer lets calsync read {ANN}: ask them to connect again"]
+        f"user-42: Google no longer lets calsync read {ANN}: ask them to connect again"
+    ]
     again = app["connect_link"]("user-42")  # the user clicks "Connect calendar" again
     assert requests.get(again, allow_redirects=False).status_code == 302

@@ -33,8 +33,9 @@ def _notifications(runtime: Runtime) -> list[Notification]:
         return list(session.scalars(select(Notification).order_by(Notification.id)))
 
 
-def test_exists_marks_the_calendar_for_one_sync_and_wakes_workers(client: FlaskClient, runtime: Runtime,
-                                                                  watched: dict[str, Any]) -> None:
+def test_exists_marks_the_calendar_for_one_sync_and_wakes_workers(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any]
+) -> None:
     generation = runtime.wakeup.generation()
     resp = client.post("/notifications", headers=push_headers(watched["channel"], number=5))
     assert resp.status_code == 200
@@ -45,16 +46,18 @@ def test_exists_marks_the_calendar_for_one_sync_and_wakes_workers(client: FlaskC
     assert _notifications(runtime)[-1].outcome == "queued"
 
 
-def test_duplicate_and_older_message_numbers_are_acknowledged_and_ignored(client: FlaskClient, runtime: Runtime,
-                                                                          watched: dict[str, Any]) -> None:
+def test_duplicate_and_older_message_numbers_are_acknowledged_and_ignored(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any]
+) -> None:
     for number in (9, 9, 4):
         assert client.post("/notifications", headers=push_headers(watched["channel"], number=number)).status_code == 200
     assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 2
     assert [n.outcome for n in _notifications(runtime)][-3:] == ["queued", "duplicate", "duplicate"]
 
 
-def test_sync_message_activates_a_pending_channel_without_asking_for_a_sync(client: FlaskClient, runtime: Runtime,
-                                                                            watched: dict[str, Any]) -> None:
+def test_sync_message_activates_a_pending_channel_without_asking_for_a_sync(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any]
+) -> None:
     with transaction(runtime.sessions) as session:
         session.execute(update(Channel).values(status="pending", last_message_number=None))
     assert (
@@ -68,9 +71,9 @@ def test_sync_message_activates_a_pending_channel_without_asking_for_a_sync(clie
 
 
 @pytest.mark.parametrize("forgery", ["unknown_channel", "bad_token", "missing_token", "bad_resource"])
-def test_forged_notifications_get_404_and_cause_no_sync_and_no_google_call(client: FlaskClient, runtime: Runtime,
-                                                                           emu: Any, watched: dict[str, Any],
-                                                                           forgery: Any) -> None:
+def test_forged_notifications_get_404_and_cause_no_sync_and_no_google_call(
+    client: FlaskClient, runtime: Runtime, emu: Any, watched: dict[str, Any], forgery: Any
+) -> None:
     forgeries: dict[str, dict[str, str | None]] = {
         "unknown_channel": {"X-Goog-Channel-ID": "00000000-0000-4000-8000-000000000000"},
         "bad_token": {"X-Goog-Channel-Token": "guessed"},
@@ -96,13 +99,16 @@ def test_logged_headers_never_hold_the_channel_token(
     assert watched["channel"]["token"] not in str(logged)
 
 
-@pytest.mark.parametrize("broken", [
-    {"X-Goog-Channel-ID": None},
-    {"X-Goog-Resource-State": "changed"},
-    {"X-Goog-Resource-State": None},
-    {"X-Goog-Message-Number": "two"},
-    {"X-Goog-Message-Number": None},
-])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"X-Goog-Channel-ID": None},
+        {"X-Goog-Resource-State": "changed"},
+        {"X-Goog-Resource-State": None},
+        {"X-Goog-Message-Number": "two"},
+        {"X-Goog-Message-Number": None},
+    ],
+)
 def test_malformed_headers_get_400(client: FlaskClient, runtime: Runtime, watched: dict[str, Any], broken: Any) -> None:
     resp = client.post("/notifications", headers=push_headers(watched["channel"], **broken))
     assert resp.status_code == 400
@@ -117,15 +123,17 @@ def test_a_stopped_channel_gets_404(client: FlaskClient, runtime: Runtime, emu: 
     assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
 
 
-def test_channels_of_an_account_that_is_not_active_get_404(client: FlaskClient, runtime: Runtime,
-                                                           watched: dict[str, Any]) -> None:
+def test_channels_of_an_account_that_is_not_active_get_404(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any]
+) -> None:
     with transaction(runtime.sessions) as session:
         session.execute(update(Account).values(status="disconnected"))
     assert client.post("/notifications", headers=push_headers(watched["channel"], number=3)).status_code == 404
 
 
-def test_an_old_channel_overlapping_its_replacement_still_counts(client: FlaskClient, runtime: Runtime, emu: Any,
-                                                                 watched: dict[str, Any]) -> None:
+def test_an_old_channel_overlapping_its_replacement_still_counts(
+    client: FlaskClient, runtime: Runtime, emu: Any, watched: dict[str, Any]
+) -> None:
     new_id = open_events_channel(runtime, watched["calendar_id"])
     old, new = watched["channel"], emu_channel(emu, new_id)
     assert old["resource_id"] == new["resource_id"]
@@ -134,8 +142,9 @@ def test_an_old_channel_overlapping_its_replacement_still_counts(client: FlaskCl
     assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 3
 
 
-def test_calendar_list_notification_marks_the_account_list(client: FlaskClient, runtime: Runtime, emu: Any,
-                                                           watched: dict[str, Any]) -> None:
+def test_calendar_list_notification_marks_the_account_list(
+    client: FlaskClient, runtime: Runtime, emu: Any, watched: dict[str, Any]
+) -> None:
     account_id = watched["account_id"]
     before = account_row(runtime, account_id).list_requested
     channel = emu_channel(emu, open_calendar_list_channel(runtime, account_id))
@@ -146,8 +155,9 @@ def test_calendar_list_notification_marks_the_account_list(client: FlaskClient, 
     assert account.list_due_at is not None and account.list_due_at <= runtime.clock.now()
 
 
-def test_a_calendar_in_backoff_stays_due_at_its_retry_time(client: FlaskClient, runtime: Runtime,
-                                                           watched: dict[str, Any]) -> None:
+def test_a_calendar_in_backoff_stays_due_at_its_retry_time(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any]
+) -> None:
     from datetime import timedelta
 
     from calsync.store.models import Calendar
@@ -172,16 +182,25 @@ def test_the_body_is_ignored_and_capped(client: FlaskClient, runtime: Runtime, w
 def test_notification_log_is_bounded(runtime: Runtime, watched: dict[str, Any]) -> None:
     with transaction(runtime.sessions) as session:
         for i in range(30):
-            session.add(Notification(channel_id="c", resource_state="exists", message_number=i, headers={},
-                                     outcome="queued", received_at=runtime.clock.now()))
+            session.add(
+                Notification(
+                    channel_id="c",
+                    resource_state="exists",
+                    message_number=i,
+                    headers={},
+                    outcome="queued",
+                    received_at=runtime.clock.now(),
+                )
+            )
     with transaction(runtime.sessions) as session:
         trim_log(session, 10)
     rows = _notifications(runtime)
     assert len(rows) == 10 and [r.message_number for r in rows] == list(range(20, 30))
 
 
-def test_the_receiver_trims_the_log_as_it_goes(settings: Settings, runtime: Runtime, emu: Any,
-                                               watched: dict[str, Any]) -> None:
+def test_the_receiver_trims_the_log_as_it_goes(
+    settings: Settings, runtime: Runtime, emu: Any, watched: dict[str, Any]
+) -> None:
     small = Runtime.create(Settings(**{**settings.__dict__, "notification_log_size": 5}))
     try:
         client = create_app(runtime=small).test_client()
@@ -194,10 +213,12 @@ def test_the_receiver_trims_the_log_as_it_goes(settings: Settings, runtime: Runt
         small.close()
 
 
-def test_503_only_when_the_database_cannot_record_the_notification(settings: Settings, tmp_path: Path,
-                                                                   watched: dict[str, Any]) -> None:
-    broken = Runtime.create(Settings(**{**settings.__dict__,
-                                        "database_url": f"sqlite:///{tmp_path}/missing/dir/calsync.db"}))
+def test_503_only_when_the_database_cannot_record_the_notification(
+    settings: Settings, tmp_path: Path, watched: dict[str, Any]
+) -> None:
+    broken = Runtime.create(
+        Settings(**{**settings.__dict__, "database_url": f"sqlite:///{tmp_path}/missing/dir/calsync.db"})
+    )
     try:
         client = create_app(runtime=broken).test_client()
         assert client.post("/notifications", headers=push_headers(watched["channel"], number=3)).status_code == 503
@@ -207,8 +228,9 @@ def test_503_only_when_the_database_cannot_record_the_notification(settings: Set
 
 
 @pytest.mark.parametrize("header", ["X-Goog-Channel-ID", "X-Goog-Resource-URI", "User-Agent"])
-def test_a_nul_byte_is_refused_before_it_can_reach_a_batch(client: FlaskClient, runtime: Runtime,
-                                                           watched: dict[str, Any], header: Any) -> None:
+def test_a_nul_byte_is_refused_before_it_can_reach_a_batch(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any], header: Any
+) -> None:
     """PostgreSQL rejects NUL in text and JSON: one such header in a batch would fail its neighbours."""
     logged = len(_notifications(runtime))
     headers = push_headers(watched["channel"], number=7)
@@ -243,8 +265,9 @@ def test_a_sync_already_owed_and_due_keeps_its_place(
     assert cal.sync_requested == 4 and cal.due_at is not None and cal.due_at <= runtime.clock.now()
 
 
-def test_only_post_reaches_the_receiver_and_other_paths_reach_flask(client: FlaskClient, runtime: Runtime,
-                                                                    watched: dict[str, Any]) -> None:
+def test_only_post_reaches_the_receiver_and_other_paths_reach_flask(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any]
+) -> None:
     """`/notifications` is answered in front of Flask; the rest of the app is untouched by that."""
     resp = client.get("/notifications", headers=push_headers(watched["channel"], number=3))
     assert resp.status_code == 405 and resp.headers["Allow"] == "POST"

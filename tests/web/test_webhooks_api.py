@@ -23,8 +23,19 @@ from tests.webhooks.support import (
     write_change,
 )
 
-PUBLIC_FIELDS = {"id", "url", "events", "calendars", "format", "status", "disabled_reason", "created_at",
-                 "last_success_at", "failing_since", "previous_secret_until"}
+PUBLIC_FIELDS = {
+    "id",
+    "url",
+    "events",
+    "calendars",
+    "format",
+    "status",
+    "disabled_reason",
+    "created_at",
+    "last_success_at",
+    "failing_since",
+    "previous_secret_until",
+}
 
 
 @pytest.fixture
@@ -55,8 +66,9 @@ def stored(runtime: Runtime) -> int:
         return int(session.scalar(select(func.count()).select_from(WebhookSubscription)) or 0)
 
 
-def test_create_returns_the_secret_once_and_lists_never_show_it(client: Any, api_headers: dict[str, str],
-                                                                receiver: Receiver) -> None:
+def test_create_returns_the_secret_once_and_lists_never_show_it(
+    client: Any, api_headers: dict[str, str], receiver: Receiver
+) -> None:
     resp = create(client, api_headers, url=receiver.url, events=["event.updated", "event.deleted"])
     assert resp.status_code == 201
     body = resp.get_json()
@@ -80,17 +92,20 @@ def test_the_api_needs_the_bearer_token(client: Any, receiver: Receiver) -> None
     assert receiver.requests == []
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"events": ["*"]}, "url"),
-    ({"url": "ftp://example.com/x", "events": ["*"]}, "url"),
-    ({"url": "https://example.com/x", "events": ["event.moved"]}, "events"),
-    ({"url": "https://example.com/x", "events": []}, "events"),
-    ({"url": "https://example.com/x", "events": ["*"], "format": "teams"}, "format"),
-    ({"url": "https://example.com/x", "events": ["*"], "calendars": [1]}, "calendars"),
-])
-def test_bad_input_is_a_400_naming_the_field_and_stores_nothing(client: Any, api_headers: dict[str, str],
-                                                                 runtime: Runtime, body: dict[str, Any],
-                                                                 field: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"events": ["*"]}, "url"),
+        ({"url": "ftp://example.com/x", "events": ["*"]}, "url"),
+        ({"url": "https://example.com/x", "events": ["event.moved"]}, "events"),
+        ({"url": "https://example.com/x", "events": []}, "events"),
+        ({"url": "https://example.com/x", "events": ["*"], "format": "teams"}, "format"),
+        ({"url": "https://example.com/x", "events": ["*"], "calendars": [1]}, "calendars"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_field_and_stores_nothing(
+    client: Any, api_headers: dict[str, str], runtime: Runtime, body: dict[str, Any], field: str
+) -> None:
     resp = create(client, api_headers, **body)
     assert resp.status_code == 400
     error = resp.get_json()
@@ -103,10 +118,13 @@ def test_a_non_json_body_is_a_400(client: Any, api_headers: dict[str, str]) -> N
     assert resp.status_code == 400 and resp.get_json()["field"] == "body"
 
 
-def test_an_unsafe_url_is_refused_clearly(client: Any, api_headers: dict[str, str], app: Any,
-                                          runtime: Runtime) -> None:
-    for url, words in (("https://127.0.0.1/x", "loopback"), ("https://169.254.169.254/", "cloud metadata"),
-                       ("https://[::1]/x", "loopback"), ("https://10.0.0.1/", "private")):
+def test_an_unsafe_url_is_refused_clearly(client: Any, api_headers: dict[str, str], app: Any, runtime: Runtime) -> None:
+    for url, words in (
+        ("https://127.0.0.1/x", "loopback"),
+        ("https://169.254.169.254/", "cloud metadata"),
+        ("https://[::1]/x", "loopback"),
+        ("https://10.0.0.1/", "private"),
+    ):
         app.extensions["calsync"] = with_settings(runtime, webhook_allow_private=False)
         resp = create(client, api_headers, url=url, events=["*"])
         assert resp.status_code == 400, url
@@ -118,9 +136,9 @@ def test_an_unsafe_url_is_refused_clearly(client: Any, api_headers: dict[str, st
 
 
 @pytest.mark.parametrize("mode", ["wrong", "status:404", "sleep:2", "redirect"])
-def test_a_failed_verification_is_a_422_and_stores_nothing(client: Any, api_headers: dict[str, str],
-                                                            runtime: Runtime, receiver: Receiver,
-                                                            mode: str) -> None:
+def test_a_failed_verification_is_a_422_and_stores_nothing(
+    client: Any, api_headers: dict[str, str], runtime: Runtime, receiver: Receiver, mode: str
+) -> None:
     receiver.verify_mode = mode
     resp = create(client, api_headers, url=receiver.url, events=["*"])
     assert resp.status_code == 422
@@ -133,8 +151,10 @@ def test_pause_resume_and_delete(client: Any, api_headers: dict[str, str], recei
     sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
     resp = client.patch(f"/api/webhooks/{sub_id}", json={"status": "paused"}, headers=api_headers)
     assert resp.status_code == 200 and resp.get_json()["status"] == "paused"
-    assert client.patch(f"/api/webhooks/{sub_id}", json={"status": "disabled"},
-                        headers=api_headers).get_json()["field"] == "status"
+    assert (
+        client.patch(f"/api/webhooks/{sub_id}", json={"status": "disabled"}, headers=api_headers).get_json()["field"]
+        == "status"
+    )
     assert client.patch(f"/api/webhooks/{sub_id}", json={"url": "https://x"}, headers=api_headers).status_code == 400
     resp = client.patch(f"/api/webhooks/{sub_id}", json={"status": "active"}, headers=api_headers)
     assert resp.get_json()["status"] == "active"
@@ -144,8 +164,9 @@ def test_pause_resume_and_delete(client: Any, api_headers: dict[str, str], recei
     assert client.delete(f"/api/webhooks/{sub_id}", headers=api_headers).status_code == 404
 
 
-def test_resume_re_enables_a_subscription_disabled_by_410(client: Any, api_headers: dict[str, str],
-                                                          runtime: Runtime, receiver: Receiver) -> None:
+def test_resume_re_enables_a_subscription_disabled_by_410(
+    client: Any, api_headers: dict[str, str], runtime: Runtime, receiver: Receiver
+) -> None:
     sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
     receiver.script(Answer(410))
     write_change(runtime, make_calendar(runtime))
@@ -156,11 +177,13 @@ def test_resume_re_enables_a_subscription_disabled_by_410(client: Any, api_heade
     assert resumed["status"] == "active" and resumed["disabled_reason"] is None
 
 
-def test_rotate_secret_keeps_the_old_one_signing_during_the_grace(client: Any, api_headers: dict[str, str],
-                                                                  runtime: Runtime, receiver: Receiver) -> None:
+def test_rotate_secret_keeps_the_old_one_signing_during_the_grace(
+    client: Any, api_headers: dict[str, str], runtime: Runtime, receiver: Receiver
+) -> None:
     created = create(client, api_headers, url=receiver.url, events=["*"]).get_json()
-    rotated = client.post(f"/api/webhooks/{created['id']}/rotate-secret", json={"grace_seconds": 3600},
-                          headers=api_headers)
+    rotated = client.post(
+        f"/api/webhooks/{created['id']}/rotate-secret", json={"grace_seconds": 3600}, headers=api_headers
+    )
     assert rotated.status_code == 200
     new = rotated.get_json()["secret"]
     assert new != created["secret"] and rotated.get_json()["previous_secret_until"]
@@ -169,13 +192,15 @@ def test_rotate_secret_keeps_the_old_one_signing_during_the_grace(client: Any, a
     (post,) = receiver.posts()
     Webhook(created["secret"]).verify(post.body, post.headers)
     Webhook(new).verify(post.body, post.headers)
-    bad = client.post(f"/api/webhooks/{created['id']}/rotate-secret", json={"grace_seconds": "soon"},
-                      headers=api_headers)
+    bad = client.post(
+        f"/api/webhooks/{created['id']}/rotate-secret", json={"grace_seconds": "soon"}, headers=api_headers
+    )
     assert bad.status_code == 400 and bad.get_json()["field"] == "grace_seconds"
 
 
-def test_deliveries_are_listed_with_their_attempts_and_replayed(client: Any, api_headers: dict[str, str],
-                                                                runtime: Runtime, receiver: Receiver) -> None:
+def test_deliveries_are_listed_with_their_attempts_and_replayed(
+    client: Any, api_headers: dict[str, str], runtime: Runtime, receiver: Receiver
+) -> None:
     sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
     receiver.default = Answer(500, b"down for maintenance")
     cal = make_calendar(runtime)
@@ -187,8 +212,12 @@ def test_deliveries_are_listed_with_their_attempts_and_replayed(client: Any, api
 
     failed = client.get(f"/api/webhooks/{sub_id}/deliveries?state=failed", headers=api_headers).get_json()
     (item,) = failed["deliveries"]
-    assert (item["seq"], item["state"], item["attempt_count"], item["type"]) == (failed_seq, "failed", 8,
-                                                                                 "event.updated")
+    assert (item["seq"], item["state"], item["attempt_count"], item["type"]) == (
+        failed_seq,
+        "failed",
+        8,
+        "event.updated",
+    )
     assert len(item["attempts"]) == 8
     assert item["attempts"][0]["status"] == 500
     assert item["attempts"][0]["response_excerpt"] == "down for maintenance"
@@ -207,14 +236,14 @@ def test_deliveries_are_listed_with_their_attempts_and_replayed(client: Any, api
     assert pending["deliveries"] == []
 
 
-def test_replay_of_named_deliveries_checks_the_ids(client: Any, api_headers: dict[str, str], runtime: Runtime,
-                                                   receiver: Receiver) -> None:
+def test_replay_of_named_deliveries_checks_the_ids(
+    client: Any, api_headers: dict[str, str], runtime: Runtime, receiver: Receiver
+) -> None:
     sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
     write_change(runtime, make_calendar(runtime))
     deliver(runtime)
     (item,) = client.get(f"/api/webhooks/{sub_id}/deliveries", headers=api_headers).get_json()["deliveries"]
-    resp = client.post(f"/api/webhooks/{sub_id}/replay", json={"delivery_ids": [item["id"], 999]},
-                       headers=api_headers)
+    resp = client.post(f"/api/webhooks/{sub_id}/replay", json={"delivery_ids": [item["id"], 999]}, headers=api_headers)
     assert resp.status_code == 400 and "999" in resp.get_json()["message"]
     resp = client.post(f"/api/webhooks/{sub_id}/replay", json={"delivery_ids": [item["id"]]}, headers=api_headers)
     assert resp.get_json()["delivery_ids"] == [item["id"]]
@@ -222,23 +251,22 @@ def test_replay_of_named_deliveries_checks_the_ids(client: Any, api_headers: dic
     assert [p.headers["Webhook-Id"] for p in receiver.posts()] == [item["message_id"]] * 2
 
 
-def test_slack_subscription_needs_no_handshake(client: Any, api_headers: dict[str, str],
-                                               receiver: Receiver) -> None:
+def test_slack_subscription_needs_no_handshake(client: Any, api_headers: dict[str, str], receiver: Receiver) -> None:
     resp = create(client, api_headers, url=receiver.url, events=["*"], format="slack")
     assert resp.status_code == 201 and resp.get_json()["format"] == "slack"
     assert receiver.verifications() == []
 
 
-def test_replay_refuses_ids_beyond_the_databases_integers(client: Any, api_headers: dict[str, str],
-                                                          receiver: Receiver) -> None:
+def test_replay_refuses_ids_beyond_the_databases_integers(
+    client: Any, api_headers: dict[str, str], receiver: Receiver
+) -> None:
     sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
     for ids in ([2**63], [0], [-1]):
         resp = client.post(f"/api/webhooks/{sub_id}/replay", json={"delivery_ids": ids}, headers=api_headers)
         assert resp.status_code == 400 and resp.get_json()["field"] == "delivery_ids", ids
 
 
-def test_rotate_and_replay_refuse_unknown_fields(client: Any, api_headers: dict[str, str],
-                                                 receiver: Receiver) -> None:
+def test_rotate_and_replay_refuse_unknown_fields(client: Any, api_headers: dict[str, str], receiver: Receiver) -> None:
     sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
     for action, body in (("rotate-secret", {"grace": 5}), ("replay", {"ids": [1]})):
         resp = client.post(f"/api/webhooks/{sub_id}/{action}", json=body, headers=api_headers)
@@ -256,8 +284,9 @@ def test_unknown_paths_and_methods_under_api_answer_json(client: Any, api_header
     assert client.get("/no-such-page").mimetype == "text/html"  # outside /api, pages stay pages
 
 
-def test_a_nul_in_any_body_string_is_refused_and_stores_nothing(client: Any, api_headers: dict[str, str],
-                                                                runtime: Runtime, receiver: Receiver) -> None:
+def test_a_nul_in_any_body_string_is_refused_and_stores_nothing(
+    client: Any, api_headers: dict[str, str], runtime: Runtime, receiver: Receiver
+) -> None:
     for body in ({"calendars": ["team\x00"]}, {"verify_token": "t\x00"}, {"url": receiver.url + "?x=\x00"}):
         resp = create(client, api_headers, **{"url": receiver.url, "events": ["*"], **body})
         assert resp.status_code == 400, (body, resp.get_json())
@@ -265,8 +294,9 @@ def test_a_nul_in_any_body_string_is_refused_and_stores_nothing(client: Any, api
         assert session.scalar(select(func.count()).select_from(WebhookSubscription)) == 0
 
 
-def test_an_empty_state_filter_is_refused_like_any_unknown_state(client: Any, api_headers: dict[str, str],
-                                                                 receiver: Receiver) -> None:
+def test_an_empty_state_filter_is_refused_like_any_unknown_state(
+    client: Any, api_headers: dict[str, str], receiver: Receiver
+) -> None:
     sub_id = create(client, api_headers, url=receiver.url, events=["*"]).get_json()["id"]
     resp = client.get(f"/api/webhooks/{sub_id}/deliveries?state=", headers=api_headers)
     assert resp.status_code == 400 and resp.get_json()["field"] == "state"

@@ -46,8 +46,7 @@ class Receiver:
         self._script: deque[Answer] = deque()
         self._lock = threading.Lock()
         self._server = make_server("127.0.0.1", 0, self._wsgi, threaded=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     @property
     def port(self) -> int:
@@ -85,8 +84,7 @@ class Receiver:
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
-        record = Recorded(request.method, request.path, dict(request.args), dict(request.headers),
-                          request.get_data())
+        record = Recorded(request.method, request.path, dict(request.args), dict(request.headers), request.get_data())
         with self._lock:
             self.requests.append(record)
         if request.method == "GET" and "hub.challenge" in request.args:

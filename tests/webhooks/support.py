@@ -29,8 +29,9 @@ OWNER = "test-worker"
 
 
 def loopback_settings(settings: Settings) -> Settings:
-    return dataclasses.replace(settings, webhook_allow_http=True, webhook_allow_private=True,
-                               webhook_timeout=1.0, webhook_verify_timeout=0.5)
+    return dataclasses.replace(
+        settings, webhook_allow_http=True, webhook_allow_private=True, webhook_timeout=1.0, webhook_verify_timeout=0.5
+    )
 
 
 def make_runtime(settings: Settings) -> Runtime:
@@ -43,9 +44,14 @@ def clock(runtime: Runtime) -> FrozenClock:
     return runtime.clock
 
 
-def make_calendar(runtime: Runtime, google_id: str = "team@group.calendar.google.com", *,
-                  email: str = "alice@example.com", summary: str = "Team calendar",
-                  time_zone: str = "Europe/Berlin") -> int:
+def make_calendar(
+    runtime: Runtime,
+    google_id: str = "team@group.calendar.google.com",
+    *,
+    email: str = "alice@example.com",
+    summary: str = "Team calendar",
+    time_zone: str = "Europe/Berlin",
+) -> int:
     """An account (if new) and one of its calendars, as the sync engine would have stored them."""
     with transaction(runtime.sessions) as session:
         account = session.scalars(select(Account).where(Account.email == email)).one_or_none()
@@ -53,23 +59,45 @@ def make_calendar(runtime: Runtime, google_id: str = "team@group.calendar.google
             account = Account(email=email, credentials=runtime.cipher.encrypt_str("{}"), scopes=[])
             session.add(account)
             session.flush()
-        cal = Calendar(account_id=account.id, google_id=google_id, summary=summary, time_zone=time_zone,
-                       baseline_done=True, sync_state="synced")
+        cal = Calendar(
+            account_id=account.id,
+            google_id=google_id,
+            summary=summary,
+            time_zone=time_zone,
+            baseline_done=True,
+            sync_state="synced",
+        )
         session.add(cal)
         session.flush()
         return cal.id
 
 
-def event(summary: str = "Standup", start: str = "2026-12-03T10:00:00+01:00",
-          end: str = "2026-12-03T10:30:00+01:00", **extra: Any) -> dict[str, Any]:
-    return {"id": extra.pop("id", "ev1"), "status": "confirmed", "summary": summary,
-            "start": {"dateTime": start, "timeZone": "Europe/Berlin"},
-            "end": {"dateTime": end, "timeZone": "Europe/Berlin"}, **extra}
+def event(
+    summary: str = "Standup",
+    start: str = "2026-12-03T10:00:00+01:00",
+    end: str = "2026-12-03T10:30:00+01:00",
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "id": extra.pop("id", "ev1"),
+        "status": "confirmed",
+        "summary": summary,
+        "start": {"dateTime": start, "timeZone": "Europe/Berlin"},
+        "end": {"dateTime": end, "timeZone": "Europe/Berlin"},
+        **extra,
+    }
 
 
-def write_change(runtime: Runtime, calendar_id: int, kind: str = "updated", *, event_id: str = "ev1",
-                 fields: list[str] | None = None, before: dict[str, Any] | None = None,
-                 after: dict[str, Any] | None = None) -> int:
+def write_change(
+    runtime: Runtime,
+    calendar_id: int,
+    kind: str = "updated",
+    *,
+    event_id: str = "ev1",
+    fields: list[str] | None = None,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> int:
     """One Change committed through append_changes, as the sync engine writes it; returns its seq."""
     if kind == "created":
         before, after = None, after or event(id=event_id)
@@ -80,8 +108,9 @@ def write_change(runtime: Runtime, calendar_id: int, kind: str = "updated", *, e
         after = after or event(id=event_id, start="2026-12-03T10:30:00+01:00", end="2026-12-03T11:00:00+01:00")
         fields = fields if fields is not None else ["end", "start"]
     with transaction(runtime.sessions) as session:
-        change = Change(calendar_id=calendar_id, event_id=event_id, kind=kind, fields=fields or [],
-                        before=before, after=after)
+        change = Change(
+            calendar_id=calendar_id, event_id=event_id, kind=kind, fields=fields or [], before=before, after=after
+        )
         append_changes(session, [change], runtime.clock.now())
         return change.seq
 
@@ -99,14 +128,18 @@ def deliver(runtime: Runtime, limit: int = 50) -> int:
 
 def deliveries(runtime: Runtime, sub_id: str) -> list[Delivery]:
     with runtime.sessions() as session:
-        return list(session.scalars(select(Delivery).where(Delivery.subscription_id == sub_id)
-                                    .order_by(Delivery.change_seq)))
+        return list(
+            session.scalars(select(Delivery).where(Delivery.subscription_id == sub_id).order_by(Delivery.change_seq))
+        )
 
 
 def attempts(runtime: Runtime, delivery_id: int) -> list[DeliveryAttempt]:
     with runtime.sessions() as session:
-        return list(session.scalars(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery_id)
-                                    .order_by(DeliveryAttempt.id)))
+        return list(
+            session.scalars(
+                select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery_id).order_by(DeliveryAttempt.id)
+            )
+        )
 
 
 def subscription(runtime: Runtime, sub_id: str) -> WebhookSubscription:
@@ -120,8 +153,12 @@ def exhaust_all(runtime: Runtime) -> None:
     """Run the worker at each retry time until no delivery is pending (the clock moves)."""
     while True:
         with runtime.sessions() as session:
-            due = session.scalar(select(Delivery.next_attempt_at).where(Delivery.state == "pending")
-                                 .order_by(Delivery.next_attempt_at).limit(1))
+            due = session.scalar(
+                select(Delivery.next_attempt_at)
+                .where(Delivery.state == "pending")
+                .order_by(Delivery.next_attempt_at)
+                .limit(1)
+            )
         if due is None:
             return
         clock(runtime).set(max(runtime.clock.now(), due))

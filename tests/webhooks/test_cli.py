@@ -22,18 +22,33 @@ from tests.webhooks.support import deliver, exhaust_all, make_calendar, write_ch
 @pytest.fixture
 def run(settings: Settings, tmp_path: Path) -> Any:
     _register()
-    env = {"CALSYNC_DATABASE_URL": settings.database_url, "CALSYNC_TOKEN_KEY": str(settings.token_key),
-           "CALSYNC_WEBHOOK_ALLOW_HTTP": "1", "CALSYNC_WEBHOOK_ALLOW_PRIVATE": "1",
-           "CALSYNC_WEBHOOK_VERIFY_TIMEOUT": "0.5", "CALSYNC_INSTANCE_PATH": str(tmp_path / "instance")}
+    env = {
+        "CALSYNC_DATABASE_URL": settings.database_url,
+        "CALSYNC_TOKEN_KEY": str(settings.token_key),
+        "CALSYNC_WEBHOOK_ALLOW_HTTP": "1",
+        "CALSYNC_WEBHOOK_ALLOW_PRIVATE": "1",
+        "CALSYNC_WEBHOOK_VERIFY_TIMEOUT": "0.5",
+        "CALSYNC_INSTANCE_PATH": str(tmp_path / "instance"),
+    }
 
     def invoke(*args: str) -> Result:
         return CliRunner().invoke(cli, ["webhooks", *args], env=env)
+
     return invoke
 
 
 def test_create_list_show_pause_resume_delete(run: Any, receiver: Receiver) -> None:
-    created = run("create", receiver.url, "--event", "event.created", "--event", "event.deleted",
-                  "--calendar", "team@group", "--json")
+    created = run(
+        "create",
+        receiver.url,
+        "--event",
+        "event.created",
+        "--event",
+        "event.deleted",
+        "--calendar",
+        "team@group",
+        "--json",
+    )
     assert created.exit_code == 0, created.output
     view = json.loads(created.output)
     assert view["secret"].startswith("whsec_") and view["events"] == ["event.created", "event.deleted"]
@@ -75,8 +90,9 @@ def test_deliveries_replay_and_rotate_secret(run: Any, runtime: Runtime, receive
     write_change(runtime, make_calendar(runtime))
     exhaust_all(runtime)
 
-    failed = [json.loads(line) for line in run("deliveries", view["id"], "--state", "failed", "--json")
-              .output.splitlines()]
+    failed = [
+        json.loads(line) for line in run("deliveries", view["id"], "--state", "failed", "--json").output.splitlines()
+    ]
     assert [(d["state"], d["attempt_count"], len(d["attempts"])) for d in failed] == [("failed", 8, 8)]
     assert "failed" in run("deliveries", view["id"]).output
 
@@ -90,6 +106,9 @@ def test_deliveries_replay_and_rotate_secret(run: Any, runtime: Runtime, receive
     post = receiver.posts()[-1]
     assert post.headers["Webhook-Id"] == failed[0]["message_id"]
     # The frozen clock is a day ahead after the retries, past the ±5 min check of verify(): compare signatures.
-    expected = Webhook(new_secret).sign(post.headers["Webhook-Id"], datetime.fromtimestamp(
-        int(post.headers["Webhook-Timestamp"]), UTC), post.body.decode())
+    expected = Webhook(new_secret).sign(
+        post.headers["Webhook-Id"],
+        datetime.fromtimestamp(int(post.headers["Webhook-Timestamp"]), UTC),
+        post.body.decode(),
+    )
     assert expected in post.headers["Webhook-Signature"].split(" ")

@@ -90,8 +90,9 @@ def test_slack_subscriptions_get_a_one_line_summary(runtime: Runtime, receiver: 
 
 
 # Retries -----------------------------------------------------------------------------------------
-def test_failures_follow_the_schedule_with_jitter_then_the_delivery_is_kept_failed(runtime: Runtime,
-                                                                                    receiver: Receiver) -> None:
+def test_failures_follow_the_schedule_with_jitter_then_the_delivery_is_kept_failed(
+    runtime: Runtime, receiver: Receiver
+) -> None:
     receiver.default = Answer(500, b"boom " * 200)
     cal = make_calendar(runtime)
     sub_id, _ = subscribe(runtime, receiver.url)
@@ -116,14 +117,18 @@ def test_failures_follow_the_schedule_with_jitter_then_the_delivery_is_kept_fail
     assert subscription(runtime, sub_id).status == "active"  # 27.6 h of failures is not 5 days
 
 
-@pytest.mark.parametrize(("answer", "expected"), [
-    (Answer(429, headers={"Retry-After": "120"}), 120),
-    (Answer(503), 60),
-    (Answer(429, headers={"Retry-After": "1"}), 60),
-    (Answer(502), 60),
-])
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (Answer(429, headers={"Retry-After": "120"}), 120),
+        (Answer(503), 60),
+        (Answer(429, headers={"Retry-After": "1"}), 60),
+        (Answer(502), 60),
+    ],
+)
 def test_overloaded_endpoints_get_at_least_a_minute_and_their_retry_after(
-        runtime: Runtime, receiver: Receiver, answer: Answer, expected: float) -> None:
+    runtime: Runtime, receiver: Receiver, answer: Answer, expected: float
+) -> None:
     receiver.script(answer)
     sub_id, _ = subscribe(runtime, receiver.url)
     write_change(runtime, make_calendar(runtime))
@@ -206,8 +211,7 @@ def test_a_success_resets_the_failure_clock(runtime: Runtime, receiver: Receiver
 
 
 # Order -------------------------------------------------------------------------------------------
-def test_first_attempts_go_out_in_seq_order_and_a_retry_does_not_block(runtime: Runtime,
-                                                                        receiver: Receiver) -> None:
+def test_first_attempts_go_out_in_seq_order_and_a_retry_does_not_block(runtime: Runtime, receiver: Receiver) -> None:
     receiver.script(Answer(500))
     cal = make_calendar(runtime)
     subscribe(runtime, receiver.url)
@@ -220,14 +224,16 @@ def test_first_attempts_go_out_in_seq_order_and_a_retry_does_not_block(runtime: 
     assert seqs_posted(receiver) == [*seqs, seqs[0]]
 
 
-def test_a_newer_message_waits_while_an_older_first_attempt_is_in_flight(runtime: Runtime,
-                                                                         receiver: Receiver) -> None:
+def test_a_newer_message_waits_while_an_older_first_attempt_is_in_flight(runtime: Runtime, receiver: Receiver) -> None:
     cal = make_calendar(runtime)
     sub_id, _ = subscribe(runtime, receiver.url)
     first, second = write_change(runtime, cal, event_id="a"), write_change(runtime, cal, event_id="b")
     with transaction(runtime.sessions) as session:  # another worker holds the older message's lease
-        session.execute(update(Delivery).where(Delivery.change_seq == first).values(
-            lease_owner="other-worker", lease_until=runtime.clock.now() + timedelta(seconds=120)))
+        session.execute(
+            update(Delivery)
+            .where(Delivery.change_seq == first)
+            .values(lease_owner="other-worker", lease_until=runtime.clock.now() + timedelta(seconds=120))
+        )
     assert deliver(runtime) == 0
     clock(runtime).advance(121)  # that worker died: its lease runs out and the older message goes first
     assert deliver(runtime) == 2
@@ -235,16 +241,20 @@ def test_a_newer_message_waits_while_an_older_first_attempt_is_in_flight(runtime
     assert {d.state for d in deliveries(runtime, sub_id)} == {"delivered"}
 
 
-def test_a_message_held_by_a_dead_worker_goes_out_as_soon_as_its_heartbeat_is_stale(runtime: Runtime,
-                                                                                    receiver: Receiver) -> None:
+def test_a_message_held_by_a_dead_worker_goes_out_as_soon_as_its_heartbeat_is_stale(
+    runtime: Runtime, receiver: Receiver
+) -> None:
     cal = make_calendar(runtime)
     sub_id, _ = subscribe(runtime, receiver.url)
     seq = write_change(runtime, cal)
     heartbeat = Heartbeat(runtime, "host:1:other")
     heartbeat.beat()
     with transaction(runtime.sessions) as session:  # one of its threads is sending it
-        session.execute(update(Delivery).values(lease_owner="host:1:other/2",
-                                                lease_until=runtime.clock.now() + timedelta(seconds=120)))
+        session.execute(
+            update(Delivery).values(
+                lease_owner="host:1:other/2", lease_until=runtime.clock.now() + timedelta(seconds=120)
+            )
+        )
     clock(runtime).advance(WORKER_ALIVE.total_seconds())
     heartbeat.beat()  # alive and slow: the message stays with it
     clock(runtime).advance(WORKER_ALIVE.total_seconds())
@@ -261,8 +271,9 @@ def test_two_workers_send_every_message_exactly_once(runtime: Runtime, receiver:
     for i in range(6):
         write_change(runtime, cal, event_id=f"e{i}")
     made: list[int] = []
-    workers = [threading.Thread(target=lambda n=n: made.append(run_due_deliveries(runtime, f"w{n}", 50)))
-               for n in range(2)]
+    workers = [
+        threading.Thread(target=lambda n=n: made.append(run_due_deliveries(runtime, f"w{n}", 50))) for n in range(2)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -270,8 +281,9 @@ def test_two_workers_send_every_message_exactly_once(runtime: Runtime, receiver:
     ids = [r.headers["Webhook-Id"] for r in receiver.posts()]
     assert sum(made) == 18 and len(ids) == 18 and len(set(ids)) == 18
     for sub_id in subs:
-        assert [r.json()["data"]["seq"] for r in receiver.posts() if sub_id in r.headers["Webhook-Id"]] == \
-            sorted(r.json()["data"]["seq"] for r in receiver.posts() if sub_id in r.headers["Webhook-Id"])
+        assert [r.json()["data"]["seq"] for r in receiver.posts() if sub_id in r.headers["Webhook-Id"]] == sorted(
+            r.json()["data"]["seq"] for r in receiver.posts() if sub_id in r.headers["Webhook-Id"]
+        )
 
 
 # Pause, replay, safety ---------------------------------------------------------------------------

@@ -16,13 +16,18 @@ from tests.webhooks.support import deliver, subscribe
 ALICE = "alice@example.com"
 
 
-def test_an_edit_at_google_reaches_the_subscriber_signed_with_the_change(runtime: Runtime, emu: Any,
-                                                                         receiver: Receiver) -> None:
+def test_an_edit_at_google_reaches_the_subscriber_signed_with_the_change(
+    runtime: Runtime, emu: Any, receiver: Receiver
+) -> None:
     account_id = connect_account(runtime, emu, ALICE)
-    standup = emu.insert_event(ALICE, {
-        "summary": "Standup",
-        "start": {"dateTime": "2026-12-03T10:00:00+01:00", "timeZone": "Europe/Berlin"},
-        "end": {"dateTime": "2026-12-03T10:30:00+01:00", "timeZone": "Europe/Berlin"}})
+    standup = emu.insert_event(
+        ALICE,
+        {
+            "summary": "Standup",
+            "start": {"dateTime": "2026-12-03T10:00:00+01:00", "timeZone": "Europe/Berlin"},
+            "end": {"dateTime": "2026-12-03T10:30:00+01:00", "timeZone": "Europe/Berlin"},
+        },
+    )
     refresh_calendar_list(runtime, account_id)
     cal_id = calendar_row_id(runtime, ALICE)
     sync_calendar(runtime, cal_id)  # the baseline: no changes, nothing to send
@@ -30,9 +35,14 @@ def test_an_edit_at_google_reaches_the_subscriber_signed_with_the_change(runtime
     slack_id, _ = subscribe(runtime, receiver.url, ["*"], format="slack", calendars=[ALICE])
     assert deliver(runtime) == 0
 
-    emu.patch_event(ALICE, standup["id"], {
-        "start": {"dateTime": "2026-12-03T10:30:00+01:00", "timeZone": "Europe/Berlin"},
-        "end": {"dateTime": "2026-12-03T11:00:00+01:00", "timeZone": "Europe/Berlin"}})
+    emu.patch_event(
+        ALICE,
+        standup["id"],
+        {
+            "start": {"dateTime": "2026-12-03T10:30:00+01:00", "timeZone": "Europe/Berlin"},
+            "end": {"dateTime": "2026-12-03T11:00:00+01:00", "timeZone": "Europe/Berlin"},
+        },
+    )
     sync_calendar(runtime, cal_id)
     assert deliver(runtime) == 2
 
@@ -41,7 +51,11 @@ def test_an_edit_at_google_reaches_the_subscriber_signed_with_the_change(runtime
     data = message["data"]
     assert message["type"] == "event.updated"
     assert (data["account"], data["calendar_id"], data["event_id"], data["change"]) == (
-        ALICE, ALICE, standup["id"], "updated")
+        ALICE,
+        ALICE,
+        standup["id"],
+        "updated",
+    )
     assert {"start", "end"} <= set(data["fields"])
     assert data["before"]["start"]["dateTime"].startswith("2026-12-03T10:00")
     assert data["after"]["start"]["dateTime"].startswith("2026-12-03T10:30")

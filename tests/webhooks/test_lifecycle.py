@@ -24,15 +24,23 @@ def messages(receiver: Receiver, sub_id: str, secret: str) -> list[dict[str, Any
     return sorted((Webhook(secret).verify(p.body, p.headers) for p in mine), key=lambda m: m["data"]["seq"])
 
 
-def test_lifecycle_and_event_messages_are_signed_and_carry_the_ref(runtime: Runtime, emu: Any,
-                                                                   receiver: Receiver) -> None:
+def test_lifecycle_and_event_messages_are_signed_and_carry_the_ref(
+    runtime: Runtime, emu: Any, receiver: Receiver
+) -> None:
     everything, all_secret = subscribe(runtime, receiver.url, ["*"])
-    steps, steps_secret = subscribe(runtime, receiver.url, ["account.connected", "calendar.added",
-                                                            "calendar.synced", "account.disconnected"])
+    steps, steps_secret = subscribe(
+        runtime, receiver.url, ["account.connected", "calendar.added", "calendar.synced", "account.disconnected"]
+    )
     slack, _ = subscribe(runtime, receiver.url, ["calendar.added"], format="slack")
     emu.create_user(ANN)
-    standup = emu.insert_event(ANN, {"summary": "Standup", "start": {"dateTime": "2026-12-03T09:00:00Z"},
-                                     "end": {"dateTime": "2026-12-03T09:15:00Z"}})
+    standup = emu.insert_event(
+        ANN,
+        {
+            "summary": "Standup",
+            "start": {"dateTime": "2026-12-03T09:00:00Z"},
+            "end": {"dateTime": "2026-12-03T09:15:00Z"},
+        },
+    )
     account_id = connect_with_ref(runtime, emu, ANN, "crm-7")
     Worker(runtime, threads=1).run_burst()  # the calendar list, the first sync, and the deliveries
     emu.patch_event(ANN, standup["id"], {"summary": "Standup (moved)"})
@@ -41,15 +49,23 @@ def test_lifecycle_and_event_messages_are_signed_and_carry_the_ref(runtime: Runt
     deliver(runtime)
 
     got = messages(receiver, everything, all_secret)
-    assert [m["type"] for m in got] == ["account.connected", "calendar.added", "calendar.synced", "event.updated",
-                                        "account.disconnected"]
+    assert [m["type"] for m in got] == [
+        "account.connected",
+        "calendar.added",
+        "calendar.synced",
+        "event.updated",
+        "account.disconnected",
+    ]
     assert {m["data"]["ref"] for m in got} == {"crm-7"}
     assert all(m["type"] == m["data"]["type"] and m["data"]["account"] == ANN for m in got)
     added = got[1]["data"]
     assert (added["calendar_id"], added["summary"], added["event_id"], added["change"]) == (ANN, ANN, None, None)
     assert got[3]["data"]["after"]["summary"] == "Standup (moved)"
     assert [(m["type"], m["data"]["ref"]) for m in messages(receiver, steps, steps_secret)] == [
-        ("account.connected", "crm-7"), ("calendar.added", "crm-7"), ("calendar.synced", "crm-7"),
-        ("account.disconnected", "crm-7")]
+        ("account.connected", "crm-7"),
+        ("calendar.added", "crm-7"),
+        ("calendar.synced", "crm-7"),
+        ("account.disconnected", "crm-7"),
+    ]
     [line] = [p.json()["text"] for p in receiver.posts() if p.headers["Webhook-Id"].startswith(f"msg_{slack}_")]
     assert line == f'{ANN}: Calendar "{ANN}" added'

@@ -70,8 +70,7 @@ def test_filters_by_calendar(runtime: Runtime, receiver: Receiver) -> None:
     assert [d.change_seq for d in deliveries(runtime, sub_id)] == [wanted]
 
 
-def test_paused_subscriptions_collect_deliveries_and_disabled_ones_do_not(runtime: Runtime,
-                                                                         receiver: Receiver) -> None:
+def test_paused_subscriptions_collect_deliveries_and_disabled_ones_do_not(runtime: Runtime, receiver: Receiver) -> None:
     cal = make_calendar(runtime)
     paused, _ = subscribe(runtime, receiver.url)
     disabled, _ = subscribe(runtime, receiver.url)
@@ -87,8 +86,11 @@ def test_a_rolled_back_transaction_leaves_neither_change_nor_delivery(runtime: R
     cal = make_calendar(runtime)
     subscribe(runtime, receiver.url)
     with pytest.raises(RuntimeError), transaction(runtime.sessions) as session:
-        append_changes(session, [Change(calendar_id=cal, event_id="e1", kind="created", fields=[], before=None,
-                                        after=event())], runtime.clock.now())
+        append_changes(
+            session,
+            [Change(calendar_id=cal, event_id="e1", kind="created", fields=[], before=None, after=event())],
+            runtime.clock.now(),
+        )
         assert session.scalar(select(func.count()).select_from(Delivery)) == 1  # queued inside the transaction
         raise RuntimeError("the sync page failed before its commit")
     assert count(runtime, Change) == 0 and count(runtime, Delivery) == 0
@@ -98,7 +100,9 @@ def test_several_changes_in_one_commit_each_get_their_delivery(runtime: Runtime,
     cal = make_calendar(runtime)
     sub_id, _ = subscribe(runtime, receiver.url)
     with transaction(runtime.sessions) as session:
-        batch = [Change(calendar_id=cal, event_id=f"e{i}", kind="created", fields=[], before=None,
-                        after=event(id=f"e{i}")) for i in range(3)]
+        batch = [
+            Change(calendar_id=cal, event_id=f"e{i}", kind="created", fields=[], before=None, after=event(id=f"e{i}"))
+            for i in range(3)
+        ]
         append_changes(session, batch, runtime.clock.now())
     assert [d.change_seq for d in deliveries(runtime, sub_id)] == [c.seq for c in batch]

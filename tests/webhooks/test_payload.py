@@ -8,18 +8,35 @@ from calsync.webhooks.payload import encode, message
 
 
 def change() -> Change:
-    return Change(seq=7, calendar_id=1, event_id="ev1", kind="updated", fields=["summary"],
-                  before={"summary": "a"}, after={"summary": "b"}, detected_at=datetime(2026, 1, 1, 12, tzinfo=UTC))
+    return Change(
+        seq=7,
+        calendar_id=1,
+        event_id="ev1",
+        kind="updated",
+        fields=["summary"],
+        before={"summary": "a"},
+        after={"summary": "b"},
+        detected_at=datetime(2026, 1, 1, 12, tzinfo=UTC),
+    )
 
 
 def test_message_carries_the_whole_change_as_api_changes_does() -> None:
     assert message(change(), "alice@example.com", "team@group") == {
         "type": "event.updated",
         "timestamp": "2026-01-01T12:00:00.000Z",
-        "data": {"seq": 7, "type": "event.updated", "account": "alice@example.com", "ref": None,
-                 "calendar_id": "team@group", "event_id": "ev1",
-                 "change": "updated", "fields": ["summary"], "before": {"summary": "a"},
-                 "after": {"summary": "b"}, "detected_at": "2026-01-01T12:00:00.000Z"},
+        "data": {
+            "seq": 7,
+            "type": "event.updated",
+            "account": "alice@example.com",
+            "ref": None,
+            "calendar_id": "team@group",
+            "event_id": "ev1",
+            "change": "updated",
+            "fields": ["summary"],
+            "before": {"summary": "a"},
+            "after": {"summary": "b"},
+            "detected_at": "2026-01-01T12:00:00.000Z",
+        },
     }
 
 

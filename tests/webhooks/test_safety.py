@@ -18,36 +18,45 @@ OPEN = dataclasses.replace(STRICT, webhook_allow_http=True, webhook_allow_privat
 
 def fake_dns(*answers: str) -> Any:
     """A resolver answering with these addresses, as getaddrinfo would."""
+
     def resolve(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
-        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
-                for a in answers]
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers
+        ]
+
     return resolve
 
 
 def test_plain_http_is_refused_unless_allowed() -> None:
     with pytest.raises(UnsafeURLError, match="only https"):
         resolve_target("http://hooks.example.com/x", STRICT, resolver=fake_dns("93.184.215.14"))
-    target = resolve_target("http://hooks.example.com/x", dataclasses.replace(STRICT, webhook_allow_http=True),
-                            resolver=fake_dns("93.184.215.14"))
+    target = resolve_target(
+        "http://hooks.example.com/x",
+        dataclasses.replace(STRICT, webhook_allow_http=True),
+        resolver=fake_dns("93.184.215.14"),
+    )
     assert target.scheme == "http" and target.port == 80
 
 
-@pytest.mark.parametrize(("url", "reason"), [
-    ("https://127.0.0.1/hook", "loopback"),
-    ("https://10.1.2.3/hook", "private"),
-    ("https://192.168.0.10/hook", "private"),
-    ("https://172.16.5.4/hook", "private"),
-    ("https://169.254.169.254/latest/meta-data/", "cloud metadata"),
-    ("https://169.254.1.1/", "link-local"),
-    ("https://[::1]/hook", "loopback"),
-    ("https://[fd00:ec2::254]/", "cloud metadata"),
-    ("https://[fd12:3456::1]/", "unique-local"),
-    ("https://[fe80::1]/", "link-local"),
-    ("https://[::ffff:127.0.0.1]/", "loopback"),
-    ("https://0.0.0.0/", "unspecified"),
-    ("https://100.64.0.1/", "reserved"),
-    ("https://localhost/hook", "loopback"),
-])
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://127.0.0.1/hook", "loopback"),
+        ("https://10.1.2.3/hook", "private"),
+        ("https://192.168.0.10/hook", "private"),
+        ("https://172.16.5.4/hook", "private"),
+        ("https://169.254.169.254/latest/meta-data/", "cloud metadata"),
+        ("https://169.254.1.1/", "link-local"),
+        ("https://[::1]/hook", "loopback"),
+        ("https://[fd00:ec2::254]/", "cloud metadata"),
+        ("https://[fd12:3456::1]/", "unique-local"),
+        ("https://[fe80::1]/", "link-local"),
+        ("https://[::ffff:127.0.0.1]/", "loopback"),
+        ("https://0.0.0.0/", "unspecified"),
+        ("https://100.64.0.1/", "reserved"),
+        ("https://localhost/hook", "loopback"),
+    ],
+)
 def test_non_public_addresses_are_refused(url: str, reason: str) -> None:
     with pytest.raises(UnsafeURLError, match=reason):
         resolve_target(url, STRICT)
@@ -59,8 +68,11 @@ def test_a_name_resolving_to_a_private_address_is_refused_even_among_public_ones
 
 
 def test_the_connection_goes_to_the_addresses_that_were_checked() -> None:
-    target = resolve_target("https://hooks.example.com:8443/in?a=1", STRICT,
-                            resolver=fake_dns("93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"))
+    target = resolve_target(
+        "https://hooks.example.com:8443/in?a=1",
+        STRICT,
+        resolver=fake_dns("93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"),
+    )
     assert target.addresses == ("93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c")
     assert target.host == "hooks.example.com" and target.host_header == "hooks.example.com:8443"
     assert target.path == "/in?a=1"
@@ -81,5 +93,6 @@ def test_malformed_urls_are_invalid(url: str) -> None:
 def test_unresolvable_host_is_refused_with_a_clear_message() -> None:
     def fail(*_: Any, **__: Any) -> list[tuple[Any, ...]]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
     with pytest.raises(UnsafeURLError, match="cannot resolve host 'nowhere.invalid'"):
         resolve_target("https://nowhere.invalid/", STRICT, resolver=fail)

@@ -39,8 +39,12 @@ def test_a_verified_endpoint_becomes_an_active_subscription(runtime: Runtime, re
     sub_id, secret = subscribe(runtime, receiver.url, ["event.updated"], calendars=["team@group"])
     with runtime.sessions() as session:
         sub = get_subscription(session, sub_id)
-        assert (sub.status, sub.events, sub.calendars, sub.format) == ("active", ["event.updated"], ["team@group"],
-                                                                       "standard")
+        assert (sub.status, sub.events, sub.calendars, sub.format) == (
+            "active",
+            ["event.updated"],
+            ["team@group"],
+            "standard",
+        )
         assert secret.encode() not in sub.secret  # stored encrypted
         assert runtime.cipher.decrypt_str(sub.secret) == secret
     assert len(receiver.verifications()) == 1
@@ -66,16 +70,19 @@ def test_slack_subscriptions_skip_the_handshake(runtime: Runtime, receiver: Rece
     assert receiver.verifications() == [] and count_subscriptions(runtime) == 1
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"url": "https://example.com/h", "events": ["event.moved"]}, "events"),
-    ({"url": "https://example.com/h", "events": []}, "events"),
-    ({"url": "https://example.com/h", "events": "event.created"}, "events"),
-    ({"url": "https://example.com/h"}, "events"),
-    ({"events": ["*"]}, "url"),
-    ({"url": "https://example.com/h", "events": ["*"], "format": "xml"}, "format"),
-    ({"url": "https://example.com/h", "events": ["*"], "calendars": "x"}, "calendars"),
-    ({"url": "https://example.com/h", "events": ["*"], "colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "https://example.com/h", "events": ["event.moved"]}, "events"),
+        ({"url": "https://example.com/h", "events": []}, "events"),
+        ({"url": "https://example.com/h", "events": "event.created"}, "events"),
+        ({"url": "https://example.com/h"}, "events"),
+        ({"events": ["*"]}, "url"),
+        ({"url": "https://example.com/h", "events": ["*"], "format": "xml"}, "format"),
+        ({"url": "https://example.com/h", "events": ["*"], "calendars": "x"}, "calendars"),
+        ({"url": "https://example.com/h", "events": ["*"], "colour": "red"}, "colour"),
+    ],
+)
 def test_bad_requests_name_the_field(body: dict[str, object], field: str) -> None:
     from calsync.config import Settings
 

@@ -22,8 +22,14 @@ from tests.webhooks.receiver import Answer, Receiver
 
 
 def pinned(receiver: Receiver, *addresses: str) -> Target:
-    return Target(url=f"http://hooks.example.test:{receiver.port}/in", scheme="http", host="hooks.example.test",
-                  port=receiver.port, path="/in?x=1", addresses=addresses)
+    return Target(
+        url=f"http://hooks.example.test:{receiver.port}/in",
+        scheme="http",
+        host="hooks.example.test",
+        port=receiver.port,
+        path="/in?x=1",
+        addresses=addresses,
+    )
 
 
 def test_request_goes_to_the_checked_address_with_the_url_s_host_header(receiver: Receiver) -> None:
@@ -59,16 +65,23 @@ def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hooks.example.test")])
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.example.test")]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("hooks.example.test")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
@@ -87,8 +100,14 @@ def tls_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]
 
 def test_https_to_the_checked_address_verifies_the_certificate_for_the_url_s_name(tls_server: int) -> None:
     def target(host: str) -> Target:
-        return Target(url=f"https://{host}:{tls_server}/", scheme="https", host=host, port=tls_server, path="/",
-                      addresses=("127.0.0.1",))
+        return Target(
+            url=f"https://{host}:{tls_server}/",
+            scheme="https",
+            host=host,
+            port=tls_server,
+            path="/",
+            addresses=("127.0.0.1",),
+        )
 
     resp = exchange(target("hooks.example.test"), "POST", body=b"{}", timeout=2)
     assert resp.status == 200 and resp.body == f"hooks.example.test:{tls_server}".encode()

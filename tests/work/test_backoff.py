@@ -21,8 +21,11 @@ from tests.push_support import (
     connect_account,
 )
 
-EVENT = {"summary": "Review", "start": {"dateTime": "2026-12-02T09:00:00Z"},
-         "end": {"dateTime": "2026-12-02T10:00:00Z"}}
+EVENT = {
+    "summary": "Review",
+    "start": {"dateTime": "2026-12-02T09:00:00Z"},
+    "end": {"dateTime": "2026-12-02T10:00:00Z"},
+}
 
 
 def test_delays_grow_exponentially_within_full_jitter() -> None:
@@ -50,14 +53,18 @@ def rt(settings: Any) -> Any:
     runtime.close()
 
 
-@pytest.mark.parametrize("status,reason,retry_after", [
-    (429, "rateLimitExceeded", 1),
-    (403, "rateLimitExceeded", None),
-    (403, "userRateLimitExceeded", None),
-    (503, "backendError", None),
-])
-def test_a_throttled_calendar_backs_off_while_another_still_syncs(rt: Any, emu: Any, status: Any, reason: Any,
-                                                                  retry_after: Any) -> None:
+@pytest.mark.parametrize(
+    "status,reason,retry_after",
+    [
+        (429, "rateLimitExceeded", 1),
+        (403, "rateLimitExceeded", None),
+        (403, "userRateLimitExceeded", None),
+        (503, "backendError", None),
+    ],
+)
+def test_a_throttled_calendar_backs_off_while_another_still_syncs(
+    rt: Any, emu: Any, status: Any, reason: Any, retry_after: Any
+) -> None:
     clock: FrozenClock = rt.clock
     connect_account(rt, emu, "ann@example.com")
     connect_account(rt, emu, "bob@example.com")
@@ -65,8 +72,14 @@ def test_a_throttled_calendar_backs_off_while_another_still_syncs(rt: Any, emu: 
     ann, bob = calendar_id_of(rt, "ann@example.com"), calendar_id_of(rt, "bob@example.com")
     emu.insert_event("ann@example.com", EVENT)
     emu.insert_event("bob@example.com", EVENT)
-    emu.fail_next(3, status=status, reason=reason, retry_after=retry_after, method="calendar.events.list",
-                  calendar_id="ann@example.com")
+    emu.fail_next(
+        3,
+        status=status,
+        reason=reason,
+        retry_after=retry_after,
+        method="calendar.events.list",
+        calendar_id="ann@example.com",
+    )
     for cal_id in (ann, bob):
         with transaction(rt.sessions) as session:
             request_calendar_sync(session, cal_id, clock.now())

@@ -52,7 +52,8 @@ def _claim(rt: Runtime, owner: str) -> int | None:
 
 
 def test_a_dead_workers_calendar_is_claimed_as_soon_as_its_heartbeat_is_stale(
-        rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    rt: Runtime, emu: Any, clock: FrozenClock
+) -> None:
     cal_id = _due_calendar(rt, emu)
     Heartbeat(rt, "host:1:dead").beat()
     assert _claim(rt, "host:1:dead/0") == cal_id
@@ -63,7 +64,8 @@ def test_a_dead_workers_calendar_is_claimed_as_soon_as_its_heartbeat_is_stale(
 
 
 def test_a_workers_threads_never_take_each_others_work_when_its_beats_look_old(
-        rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    rt: Runtime, emu: Any, clock: FrozenClock
+) -> None:
     """The clock stepped forward (or the heartbeat thread waited for the database): to another
     worker this one now looks dead, but a worker that is claiming knows it is alive."""
     cal_id = _due_calendar(rt, emu)
@@ -77,7 +79,8 @@ def test_a_workers_threads_never_take_each_others_work_when_its_beats_look_old(
 
 
 def test_a_worker_that_keeps_beating_keeps_its_calendar_until_the_lease_runs_out(
-        rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    rt: Runtime, emu: Any, clock: FrozenClock
+) -> None:
     cal_id = _due_calendar(rt, emu)
     heartbeat = Heartbeat(rt, "host:1:slow")
     heartbeat.beat()
@@ -91,7 +94,8 @@ def test_a_worker_that_keeps_beating_keeps_its_calendar_until_the_lease_runs_out
 
 
 def test_a_dead_workers_calendar_list_is_claimed_as_soon_as_its_heartbeat_is_stale(
-        rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    rt: Runtime, emu: Any, clock: FrozenClock
+) -> None:
     account_id = connect_account(rt, emu, "ann@example.com")
     Worker(rt, threads=1).run_burst()
     with transaction(rt.sessions) as session:
@@ -111,7 +115,8 @@ def test_a_dead_workers_calendar_list_is_claimed_as_soon_as_its_heartbeat_is_sta
 
 
 def test_a_holder_without_a_heartbeat_row_keeps_its_lease_until_it_runs_out(
-        rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    rt: Runtime, emu: Any, clock: FrozenClock
+) -> None:
     """`calsync sync` holds a lease with no heartbeat behind it: the plain lease rule applies."""
     cal_id = _due_calendar(rt, emu)
     assert _claim(rt, "cli-sync-1") == cal_id

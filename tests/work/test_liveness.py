@@ -18,8 +18,10 @@ from tests.web.dashboard_support import PASSWORD, sign_in
 
 @pytest.fixture
 def rt(settings: Settings) -> Iterator[Runtime]:
-    runtime = Runtime.create(Settings(**{**settings.__dict__, "admin_password": PASSWORD}),
-                             clock=FrozenClock(datetime.now(UTC).replace(microsecond=0)))
+    runtime = Runtime.create(
+        Settings(**{**settings.__dict__, "admin_password": PASSWORD}),
+        clock=FrozenClock(datetime.now(UTC).replace(microsecond=0)),
+    )
     yield runtime
     runtime.close()
 

@@ -88,7 +88,9 @@ def test_a_synced_calendar_without_a_channel_gets_one_when_a_worker_starts(rt: A
         session.execute(text("DELETE FROM channels"))
     Worker(rt, threads=1).run_burst()
     assert sorted((c.kind, c.status) for c in channels_of(rt, account_id=account_id)) == [
-        ("calendar_list", "active"), ("events", "active")]
+        ("calendar_list", "active"),
+        ("events", "active"),
+    ]
 
 
 def test_finding_due_channels_reads_the_index_not_the_table(rt: Any) -> None:
@@ -104,11 +106,17 @@ def test_finding_due_channels_reads_the_index_not_the_table(rt: Any) -> None:
 
 
 @pytest.mark.slow
-def test_short_lived_channels_renewed_again_and_again_miss_no_change(settings: Settings, emu: Any, runtime: Runtime,
-                                                                     live_server: str) -> None:
+def test_short_lived_channels_renewed_again_and_again_miss_no_change(
+    settings: Settings, emu: Any, runtime: Runtime, live_server: str
+) -> None:
     """Real time: 4-second channels renewed 2 s before expiry, edits all along, for about 4 renewals."""
-    short = Runtime(settings=Settings(**{**settings.__dict__, "channel_ttl": 4.0, "renew_before": 2.0}),
-                    engine=runtime.engine, sessions=runtime.sessions, cipher=runtime.cipher, wakeup=runtime.wakeup)
+    short = Runtime(
+        settings=Settings(**{**settings.__dict__, "channel_ttl": 4.0, "renew_before": 2.0}),
+        engine=runtime.engine,
+        sessions=runtime.sessions,
+        cipher=runtime.cipher,
+        wakeup=runtime.wakeup,
+    )
     account_id = connect_account(short, emu, "ann@example.com")
     stop = threading.Event()
     worker = threading.Thread(target=Worker(short, threads=2).run, args=(stop,))

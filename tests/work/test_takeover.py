@@ -34,12 +34,16 @@ TAKE_OVER_LIMIT = 10.0
 
 
 def _event(summary: str) -> dict[str, Any]:
-    return {"summary": summary, "start": {"dateTime": "2026-12-07T09:00:00Z"},
-            "end": {"dateTime": "2026-12-07T10:00:00Z"}}
+    return {
+        "summary": summary,
+        "start": {"dateTime": "2026-12-07T09:00:00Z"},
+        "end": {"dateTime": "2026-12-07T10:00:00Z"},
+    }
 
 
 def test_a_sigkilled_workers_calendar_is_synced_within_ten_seconds_of_the_restart(
-        settings: Settings, runtime: Runtime, emu: Any, tmp_path: Path) -> None:
+    settings: Settings, runtime: Runtime, emu: Any, tmp_path: Path
+) -> None:
     assert settings.lease_seconds == 120  # the default: waiting for the lease would take two minutes
     connect_account(runtime, emu, ANN)
     env = web_env(settings)
@@ -49,8 +53,9 @@ def test_a_sigkilled_workers_calendar_is_synced_within_ten_seconds_of_the_restar
         added = {emu.insert_event(ANN, _event(f"while syncing {i}"))["id"] for i in range(3)}
         emu.slow_next(1, 15.0, "calendar.events.list", ANN)  # the kill lands inside this listing
         _request_sync(runtime, cal_id)
-        owner = wait_for(lambda: calendar_row(runtime, cal_id).lease_owner, timeout=10, interval=0.01,
-                         what="the sync's lease")
+        owner = wait_for(
+            lambda: calendar_row(runtime, cal_id).lease_owner, timeout=10, interval=0.01, what="the sync's lease"
+        )
         assert owner.startswith(_worker_name(runtime, first.pid) + "/")
         time.sleep(0.5)
         first.send_signal(signal.SIGKILL)
@@ -72,14 +77,14 @@ def test_a_sigkilled_workers_calendar_is_synced_within_ten_seconds_of_the_restar
 
 
 def test_a_slow_live_worker_keeps_its_calendar_past_the_liveness_limit(
-        settings: Settings, emu: Any, caplog: pytest.LogCaptureFixture) -> None:
+    settings: Settings, emu: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     slow = WORKER_ALIVE.total_seconds() + 2  # the listing outlasts the silence that means death
     caplog.set_level(logging.INFO, logger="calsync.work.jobs")
     rt_a, rt_b = Runtime.create(settings), Runtime.create(settings)
     a, b = Worker(rt_a, threads=2), Worker(rt_b, threads=2)
     stops = [threading.Event(), threading.Event()]
-    threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w, stop in zip((a, b), stops,
-                                                                                            strict=True)]
+    threads = [threading.Thread(target=w.run, args=(stop,), daemon=True) for w, stop in zip((a, b), stops, strict=True)]
     try:
         connect_account(rt_a, emu, ANN)
         threads[0].start()
@@ -87,8 +92,9 @@ def test_a_slow_live_worker_keeps_its_calendar_past_the_liveness_limit(
         added = {emu.insert_event(ANN, _event(f"slow {i}"))["id"] for i in range(3)}
         emu.slow_next(1, slow, "calendar.events.list", ANN)
         _request_sync(rt_a, cal_id)
-        owner = wait_for(lambda: calendar_row(rt_a, cal_id).lease_owner, timeout=10, interval=0.01,
-                         what="the slow sync's lease")
+        owner = wait_for(
+            lambda: calendar_row(rt_a, cal_id).lease_owner, timeout=10, interval=0.01, what="the slow sync's lease"
+        )
         assert owner.startswith(a.name + "/")
         held_from = time.monotonic()
         beat_before = _seen_at(rt_a, a.name)
@@ -120,8 +126,12 @@ def test_a_slow_live_worker_keeps_its_calendar_past_the_liveness_limit(
 # Helpers ---------------------------------------------------------------------------------------
 def _worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen([str(Path(sys.executable).parent / "calsync"), "worker", "--threads", "2"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "calsync"), "worker", "--threads", "2"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _terminate(proc: subprocess.Popen[bytes]) -> int:
@@ -156,8 +166,11 @@ def _idle_calendar(rt: Runtime, google_id: str) -> int | None:
 
 def _caught_up(rt: Runtime, emu: Any, cal_id: int) -> bool:
     cal = calendar_row(rt, cal_id)
-    return (cal.sync_done == cal.sync_requested and cal.lease_owner is None
-            and mirror(rt, cal_id) == google_view(emu, cal.google_id))
+    return (
+        cal.sync_done == cal.sync_requested
+        and cal.lease_owner is None
+        and mirror(rt, cal_id) == google_view(emu, cal.google_id)
+    )
 
 
 def _worker_name(rt: Runtime, pid: int) -> str:

@@ -28,8 +28,11 @@ from tests.push_support import (
     wait_for,
 )
 
-EVENT = {"summary": "Standup", "start": {"dateTime": "2026-12-01T10:00:00Z"},
-         "end": {"dateTime": "2026-12-01T10:15:00Z"}}
+EVENT = {
+    "summary": "Standup",
+    "start": {"dateTime": "2026-12-01T10:00:00Z"},
+    "end": {"dateTime": "2026-12-01T10:15:00Z"},
+}
 
 
 @pytest.fixture
@@ -70,8 +73,7 @@ def test_a_new_account_gets_its_calendars_synced_then_watched(rt: Any, emu: Any)
     methods = [r.api_method for r in emu.requests if r.api_method.startswith("calendar.events")]
     assert methods == ["calendar.events.list", "calendar.events.watch", "calendar.events.list"]
     # The first sync is the feed's snapshot: one row per event, nothing else.
-    assert [(c.type, (c.after or {}).get("summary")) for c in changes_for(rt)] == [("event.snapshot",
-                                                                                   EVENT["summary"])]
+    assert [(c.type, (c.after or {}).get("summary")) for c in changes_for(rt)] == [("event.snapshot", EVENT["summary"])]
 
 
 def test_many_requests_while_waiting_cost_one_sync(rt: Any, emu: Any) -> None:
@@ -375,8 +377,9 @@ def test_an_incremental_sync_job_is_one_transaction_after_its_claim(rt: Any, emu
     assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
 
 
-def test_one_wake_up_gets_every_due_calendar_synced_without_polling(rt: Any, emu: Any,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_wake_up_gets_every_due_calendar_synced_without_polling(
+    rt: Any, emu: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import calsync.work.worker
 
     monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 3600.0)  # only wake-ups can start work
@@ -399,8 +402,11 @@ def test_one_wake_up_gets_every_due_calendar_synced_without_polling(rt: Any, emu
             for cal_id in ids:
                 request_calendar_sync(session, cal_id, rt.clock.now())
         rt.wakeup.notify_local()  # one wake-up, as a notification batch gives
-        wait_for(lambda: all(calendar_row(rt, c).sync_done == calendar_row(rt, c).sync_requested for c in ids),
-                 timeout=20, what="every calendar synced")
+        wait_for(
+            lambda: all(calendar_row(rt, c).sync_done == calendar_row(rt, c).sync_requested for c in ids),
+            timeout=20,
+            what="every calendar synced",
+        )
     finally:
         stop.set()
         thread.join(timeout=10)
