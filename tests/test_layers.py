@@ -18,8 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "calsync"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "web", "cli", "demo"),
     ("work",),
-    ("sync", "push", "webhooks", "accounts"),
-    ("runtime",),
+    ("sync", "push", "webhooks", "accounts", "readmodels"),
+    ("feed", "runtime"),
     ("store", "google"),
     ("config", "errors", "clock", "metrics", "wakeup", "humanize"),
 )

@@ -9,14 +9,14 @@ from google.oauth2.credentials import Credentials
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from calsync.feed.append import append_changes
+from calsync.feed.lifecycle import account_change
 from calsync.google.oauth import credentials_from_json, credentials_to_json
 from calsync.runtime import Runtime
 from calsync.store.crypto import TokenCipher
 from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar
 from calsync.store.states import AccountStatus, ChangeType
-from calsync.sync.changelog import append_changes
-from calsync.sync.lifecycle import account_change
 
 
 def upsert_account(

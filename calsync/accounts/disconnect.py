@@ -19,14 +19,14 @@ from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import load_credentials
 from calsync.errors import GoogleApiError, GoogleNotFound, NotFoundError
+from calsync.feed.append import append_changes
+from calsync.feed.lifecycle import account_change
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import revoke
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import UNSTOPPED_CHANNEL, AccountStatus, ChangeType, ChannelStatus
-from calsync.sync.changelog import append_changes
-from calsync.sync.lifecycle import account_change
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.config import Settings
 from calsync.errors import ConfigError, CursorExpired, NotFoundError
+from calsync.feed import reads as feed_reads
+from calsync.feed.cursor import newest_seq
 from calsync.humanize import lifecycle_title
-from calsync.store.counters import newest_seq
+from calsync.readmodels import availability, reads
 from calsync.store.db import make_engine, make_sessionmaker
 from calsync.store.models import Change
 from calsync.store.states import ChangeType
-from calsync.sync import availability, reads
 
 POLL_SECONDS = 0.5
 KIND_STYLE = {"created": "green", "updated": "yellow", "deleted": "red", "snapshot": "cyan"}
@@ -40,7 +41,7 @@ VALUE_WIDTH = 200
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
-    default=reads.CHANGES_DEFAULT_LIMIT,
+    default=feed_reads.CHANGES_DEFAULT_LIMIT,
     show_default=True,
     help="At most this many changes (per poll with --follow; capped at 1000).",
 )
@@ -72,7 +73,7 @@ def changes(
     engine = _open_database(settings.database_url)
     sessions = make_sessionmaker(engine)
     console = Console(highlight=False, soft_wrap=True)
-    limit = min(limit, reads.CHANGES_MAX_LIMIT)
+    limit = min(limit, feed_reads.CHANGES_MAX_LIMIT)
     try:
         calendars = _calendars(sessions, calendar_id, account)
         if calendars == [] and not follow:
@@ -81,7 +82,7 @@ def changes(
             with sessions() as session:
                 availability.snapshot(session)
                 try:
-                    page = reads.changes_page(session, after=after, limit=limit, calendars=calendars, types=types)
+                    page = feed_reads.changes_page(session, after=after, limit=limit, calendars=calendars, types=types)
                 except CursorExpired as err:
                     raise click.ClickException(_expired(err)) from err
                 after = page.next
@@ -145,7 +146,7 @@ def _types(raw: str | None, snapshots: bool) -> list[str] | None:
     if raw is None:
         return None if snapshots else [t.value for t in ChangeType if t != ChangeType.EVENT_SNAPSHOT]
     try:
-        chosen = reads.parse_types(raw)
+        chosen = feed_reads.parse_types(raw)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--types") from err
     if snapshots and ChangeType.EVENT_SNAPSHOT not in chosen:

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from calsync.cli.changes import _open_database
 from calsync.config import Settings
+from calsync.readmodels import availability
+from calsync.readmodels.occurrences import check_window, known_zone, parse_instant, render, zone_of
 from calsync.store.db import make_sessionmaker
-from calsync.sync import availability
-from calsync.sync.occurrences import check_window, known_zone, parse_instant, render, zone_of
 
 
 def _instant(value: str, zone_name: str) -> datetime:

@@ -29,9 +29,9 @@ from sqlalchemy.orm import Session
 from calsync.clock import SystemClock
 from calsync.config import Settings
 from calsync.errors import ConfigError, NotFoundError
+from calsync.feed.cursor import newest_seq
 from calsync.humanize import ago, expires_in
 from calsync.runtime import Runtime
-from calsync.store.counters import newest_seq
 from calsync.store.db import make_engine, make_sessionmaker, rows_affected, transaction
 from calsync.store.liveness import heartbeat_is_fresh, lease_is_free, stale_before
 from calsync.store.migrate import current_revision

@@ -15,13 +15,13 @@ from calsync.accounts.connected import (
     save_if_refreshed,
 )
 from calsync.errors import AuthRevoked, NotFoundError
+from calsync.feed.append import append_changes
+from calsync.feed.lifecycle import calendar_changes
 from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar
 from calsync.store.states import ChangeType
-from calsync.sync.changelog import append_changes
-from calsync.sync.lifecycle import calendar_changes
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from calsync.feed.rows import FeedRow
 from calsync.store.bulk import insert_rows, json_text
 from calsync.store.db import is_postgres
-from calsync.store.feed_rows import FeedRow
 from calsync.store.models import Event
 from calsync.store.states import ChangeKind, ChangeType
 from calsync.sync.diff import changed_fields, event_time_text, implied_occurrence

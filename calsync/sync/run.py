@@ -36,14 +36,14 @@ from calsync.errors import (
     NotFoundError,
     SyncTokenExpired,
 )
+from calsync.feed.append import append_changes
+from calsync.feed.lifecycle import record_first_sync
 from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar, decode_page
 from calsync.metrics import SYNC_SECONDS, SYNCS
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Calendar, Event
 from calsync.store.states import SyncState
-from calsync.sync.changelog import append_changes
-from calsync.sync.lifecycle import record_first_sync
 from calsync.sync.mirror import PageMirror
 from calsync.sync.state import CalendarState
 

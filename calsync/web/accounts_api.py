@@ -17,8 +17,8 @@ from calsync.accounts import connect_sessions
 from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.clock import rfc3339
 from calsync.errors import InvalidConnectSession, NotFoundError
+from calsync.readmodels import reads
 from calsync.store.db import transaction
-from calsync.sync import reads
 from calsync.web.api_token import json_error, require_api_token
 from calsync.web.app import runtime
 

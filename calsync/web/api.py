@@ -1,7 +1,7 @@
 """The operator's read API: /api/calendars, /api/events, /api/changes, /api/freebusy (accounts: accounts_api).
 
 Handlers are thin: parse and check parameters (400 with a JSON error), query, shape with
-`calsync.sync.reads`.
+`calsync.readmodels.reads`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import orjson
 from flask import Blueprint, Response, jsonify, request
 
 from calsync.errors import CursorExpired, NotFoundError
-from calsync.sync import availability, reads
-from calsync.sync.occurrences import check_window, known_zone, parse_instant
+from calsync.feed import reads as feed_reads
+from calsync.readmodels import availability, reads
+from calsync.readmodels.occurrences import check_window, known_zone, parse_instant
 from calsync.web.api_token import json_error, require_api_token
 from calsync.web.app import runtime
 
@@ -145,12 +146,12 @@ def _json(body: dict[str, Any]) -> Response:
 @require_api_token
 def changes() -> Any:
     after = _integer("after", default=0, minimum=0)
-    limit = min(_integer("limit", default=reads.CHANGES_DEFAULT_LIMIT, minimum=1), reads.CHANGES_MAX_LIMIT)
+    limit = min(_integer("limit", default=feed_reads.CHANGES_DEFAULT_LIMIT, minimum=1), feed_reads.CHANGES_MAX_LIMIT)
     google_id = request.args.get("calendar")
     types = None
     if "types" in request.args:
         try:
-            types = reads.parse_types(request.args["types"])
+            types = feed_reads.parse_types(request.args["types"])
         except ValueError as err:
             raise _BadParameter(f"types: {err}") from err
     with runtime().sessions() as session:
@@ -159,7 +160,7 @@ def changes() -> Any:
             if not google_id:
                 raise _BadParameter("calendar: empty")
             cals = reads.find_calendars(session, google_id, request.args.get("account") or None)
-        page = reads.changes_page(session, after=after, limit=limit, calendars=cals, types=types)
+        page = feed_reads.changes_page(session, after=after, limit=limit, calendars=cals, types=types)
     return jsonify(page.to_dict())
 
 

@@ -16,6 +16,8 @@ from markupsafe import Markup
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from calsync.feed.cursor import newest_seq
+from calsync.feed.window import SnapshotRun, feed_window
 from calsync.humanize import (
     ago,
     event_title,
@@ -25,7 +27,7 @@ from calsync.humanize import (
     lifecycle_title,
     utc_label,
 )
-from calsync.store.counters import newest_seq
+from calsync.readmodels import availability, timeline
 from calsync.store.db import transaction
 from calsync.store.models import (
     Account,
@@ -38,8 +40,6 @@ from calsync.store.models import (
     WebhookSubscription,
 )
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChangeKind, ChannelKind, DeliveryState
-from calsync.sync import availability, timeline
-from calsync.sync.feed_view import SnapshotRun, feed_window
 from calsync.web.app import runtime
 from calsync.web.operator_login import (
     check_csrf,

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, aliased
 
 from calsync.clock import rfc3339, utc
 from calsync.errors import UnsafeURLError
+from calsync.feed.reads import feed_rows
 from calsync.metrics import DELIVERIES
 from calsync.runtime import Runtime
 from calsync.store.db import is_postgres, transaction
@@ -29,7 +30,6 @@ from calsync.store.models import (
     WebhookSubscription,
 )
 from calsync.store.states import DeliveryState, SubscriptionStatus
-from calsync.sync.reads import feed_rows
 from calsync.webhooks import payload
 from calsync.webhooks.safety import resolve_target
 from calsync.webhooks.schedule import parse_retry_after, retry_delay

@@ -12,7 +12,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from calsync.store.feed_rows import NewChange
+from calsync.feed.rows import NewChange
 from calsync.store.models import Calendar, Delivery, WebhookSubscription
 from calsync.store.states import ChangeType, DeliveryState, SubscriptionStatus
 

@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 from calsync.clock import rfc3339
+from calsync.feed.reads import change_to_dict
 from calsync.store.models import Change
-from calsync.sync.reads import change_to_dict
 
 MAX_BODY_BYTES = 256 * 1024
 

@@ -196,7 +196,7 @@ from datetime import datetime, timedelta, UTC
 from sqlalchemy import select
 from calsync.store.db import make_engine, make_sessionmaker
 from calsync.store.models import Event
-from calsync.sync.occurrences import CalendarMirror
+from calsync.readmodels.occurrences import CalendarMirror
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with make_sessionmaker(make_engine({url!r}))() as s:
     row = s.scalars(select(Event.data).where(Event.google_id == "d2016each0")).one()

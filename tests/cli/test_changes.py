@@ -19,11 +19,11 @@ import pytest
 from click.testing import CliRunner
 
 from calsync.cli.changes import changes
+from calsync.feed.append import append_changes
+from calsync.feed.retention import trim_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change
-from calsync.sync.changelog import append_changes
-from calsync.sync.retention import trim_changes
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 CALSYNC = shutil.which("calsync", path=str(Path(sys.executable).parent)) or "calsync"

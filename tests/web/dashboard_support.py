@@ -6,10 +6,10 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
+from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel, Notification
-from calsync.sync.changelog import append_changes
 
 PASSWORD = "correct horse battery staple"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select
 
+from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel, Event
-from calsync.sync.changelog import append_changes
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 CHANGE_KEYS = {

@@ -9,10 +9,10 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
+from calsync.feed.retention import trim_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.sync.calendar_list import refresh_calendar_list
-from calsync.sync.retention import trim_changes
 from calsync.sync.run import sync_calendar
 from tests.sync_support import calendar_row_id, connect_account, google_view
 from tests.web.test_api import Seed

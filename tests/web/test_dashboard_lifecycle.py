@@ -13,12 +13,12 @@ from sqlalchemy import update
 from calsync import create_app
 from calsync.cli.changes import changes
 from calsync.config import Secret, Settings
+from calsync.feed.append import append_changes
+from calsync.feed.lifecycle import account_change, calendar_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account
 from calsync.store.states import ChangeType
-from calsync.sync.changelog import append_changes
-from calsync.sync.lifecycle import account_change, calendar_changes
 from tests.web.dashboard_support import PASSWORD, add_account, add_calendar, add_change, sign_in
 
 

@@ -21,10 +21,10 @@ from schemathesis import Case as GenericCase
 from sqlalchemy import select, text
 
 from calsync.config import Settings
+from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel, Event, Notification
-from calsync.sync.changelog import append_changes
 from calsync.web.openapi import document
 from tests.conftest import API_TOKEN
 from tests.web.process_support import calsync_web

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
+from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import (
@@ -21,7 +22,6 @@ from calsync.store.models import (
     DeliveryAttempt,
     WebhookSubscription,
 )
-from calsync.sync.changelog import append_changes
 from calsync.webhooks.delivery import run_due_deliveries
 from calsync.webhooks.subscriptions import parse_spec, register
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Change, Delivery
-from calsync.sync.changelog import append_changes
 from calsync.webhooks.subscriptions import get_subscription, set_status
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import (

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from calsync.sync.occurrences import CalendarMirror, check_window, instance_id, parse_instant
+from calsync.readmodels.occurrences import CalendarMirror, check_window, instance_id, parse_instant
 from tests.occurrence_support import CALENDAR_ZONES, EmulatorApi, Scenario, scenarios, write_scenario
 from tests.sync_support import google_view
 
@@ -209,7 +209,7 @@ def test_fractions_of_a_second_in_a_window_are_ignored_as_google_does() -> None:
 
 
 def test_past_the_remembered_limit_windows_are_expanded_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
-    from calsync.sync import occurrences
+    from calsync.readmodels import occurrences
 
     series = _series(["RRULE:FREQ=DAILY"], "2026-01-01T09:00:00-05:00", "2026-01-01T10:00:00-05:00")
     window = _window("2026-03-01T00:00:00Z", "2026-03-08T00:00:00Z")

@@ -16,8 +16,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from calsync.feed.cursor import TRIMMED_COUNTER
 from calsync.metrics import CHANGES_TRIMMED
-from calsync.store.counters import TRIMMED_COUNTER
 from calsync.store.db import is_postgres, rows_affected
 from calsync.store.models import Change, Counter, Delivery
 from calsync.store.states import DeliveryState

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from calsync.feed import append as changelog
+from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change
-from calsync.sync import changelog
-from calsync.sync.changelog import append_changes
 
 NOW = datetime(2026, 3, 1, 9, 30, 1, 250000, tzinfo=UTC)
 

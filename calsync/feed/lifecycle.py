@@ -16,10 +16,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from calsync.store.feed_rows import FeedRow
+from calsync.feed.append import append_changes
+from calsync.feed.rows import FeedRow
 from calsync.store.models import Calendar
 from calsync.store.states import ChangeType
-from calsync.sync.changelog import append_changes
 
 REASON_LIMIT = 500
 

@@ -8,57 +8,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
 from calsync.errors import NotFoundError
-from calsync.store.counters import check_cursor, newest_seq
-from calsync.store.models import Account, Calendar, Change, Channel, Event
-from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType, ChannelKind, ChannelStatus
+from calsync.feed.cursor import newest_seq
+from calsync.store.models import Account, Calendar, Channel, Event
+from calsync.store.states import ChannelKind, ChannelStatus
 
 EVENTS_PAGE_SIZE = 1000
-CHANGES_DEFAULT_LIMIT = 100
-CHANGES_MAX_LIMIT = 1000
 
 
 class AmbiguousCalendar(ValueError):
     """Two accounts share this calendar id; the caller must name the account."""
-
-
-@dataclass(frozen=True)
-class ChangesPage:
-    changes: list[dict[str, Any]]
-    next: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"changes": self.changes, "next": self.next}
-
-
-def change_to_dict(change: Change, account_email: str, calendar_google_id: str | None) -> dict[str, Any]:
-    """One entry of `/api/changes`; a lifecycle row has no event, and says what it adds in keys of its own."""
-    kind = change.kind
-    row = {
-        "seq": change.seq,
-        "type": change.type,
-        "account": account_email,
-        "ref": change.ref,
-        "calendar_id": calendar_google_id,
-        "event_id": change.event_id,
-        "change": kind,
-        "fields": list(change.fields or []),
-        "before": change.before if kind is not None else None,
-        "after": change.after if kind is not None else None,
-        "detected_at": rfc3339(change.detected_at),
-    }
-    if kind is None:
-        row.update(lifecycle_details(change))
-    return row
 
 
 def calendar_to_dict(calendar: Calendar, account: Account, channel: Channel | None) -> dict[str, Any]:
@@ -175,51 +140,6 @@ def events_page(
     }
 
 
-def feed_rows() -> Select[Change, str, str]:
-    """Change rows with what their JSON names: the account's email and the calendar's Google id."""
-    return (
-        select(Change, Account.email, Calendar.google_id)
-        .join(Account, Change.account_id == Account.id)
-        .outerjoin(Calendar, Change.calendar_id == Calendar.id)
-    )
-
-
-def parse_types(raw: str) -> list[ChangeType]:
-    """`event.created,event.updated` as types; ValueError naming an unknown one."""
-    wanted = [part.strip() for part in raw.split(",")]
-    known = {t.value for t in ChangeType}
-    for name in wanted:
-        if name not in known:
-            raise ValueError(f"unknown type {name!r}; use {', '.join(t.value for t in ChangeType)}")
-    return [ChangeType(name) for name in dict.fromkeys(wanted)]
-
-
-def changes_page(
-    session: Session,
-    *,
-    after: int,
-    limit: int,
-    calendars: Sequence[Calendar] | None = None,
-    types: Collection[str] | None = None,
-) -> ChangesPage:
-    """Changes with seq > `after`, oldest first; `next` is the last seq returned, else `after`.
-
-    With `types`, only rows of those types are returned, and `next` still moves past the rows
-    left out up to the last one returned. A cursor behind rows that retention deleted raises
-    CursorExpired: the page would silently lack them.
-    """
-    query = feed_rows().where(Change.seq > after).order_by(Change.seq).limit(limit)
-    if calendars is not None:
-        query = query.where(Change.calendar_id.in_([c.id for c in calendars]))
-    if types is not None:
-        query = query.where(Change.type.in_(sorted(types)))
-    items = [change_to_dict(change, email, google_id) for change, email, google_id in session.execute(query)]
-    # After the rows: the mark only grows and moves with its deletions, so a mark read now that
-    # is not past `after` proves that the rows above were all there when they were read.
-    check_cursor(session, after)
-    return ChangesPage(items, items[-1]["seq"] if items else after)
-
-
 def encode_page_token(row_id: int) -> str:
     return base64.urlsafe_b64encode(f"e:{row_id}".encode()).decode().rstrip("=")
 
@@ -254,24 +174,3 @@ def _newest_active_channels(session: Session, calendar_ids: list[int]) -> dict[i
     for channel in channels:  # later rows win: newest last
         newest[channel.calendar_id] = channel  # type: ignore[index]
     return newest
-
-
-def lifecycle_details(change: Change) -> dict[str, Any]:
-    """The keys a lifecycle row adds to its API row: `summary` for a calendar, `reason` and
-    `reconnect` when an account needs consent again."""
-    stored = change.after or {}
-    if change.type in LIFECYCLE_OF_CALENDAR:
-        return {"summary": stored.get("summary")}
-    if change.type == ChangeType.ACCOUNT_REAUTH_REQUIRED:
-        return {"reason": stored.get("reason"), "reconnect": reconnect_hint(change.ref)}
-    return {}
-
-
-def reconnect_hint(ref: str | None) -> str:
-    """How the account's user gets connected again, for the app (or the operator) reading the row."""
-    if ref is None:
-        return "The user must consent again: send them to /connect."
-    return (
-        f"Create a connect session for the same ref (POST /api/connect-sessions with "
-        f'{{"ref": {json.dumps(ref, ensure_ascii=False)}, "return_to": ...}}) and send the user to its url.'
-    )

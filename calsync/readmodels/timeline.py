@@ -7,9 +7,9 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from calsync.readmodels.availability import MIRRORS, MirrorCache
+from calsync.readmodels.occurrences import midnight, zone_of
 from calsync.store.models import Calendar
-from calsync.sync.availability import MIRRORS, MirrorCache
-from calsync.sync.occurrences import midnight, zone_of
 
 MINUTES_PER_DAY = 24 * 60
 

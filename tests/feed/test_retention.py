@@ -15,13 +15,13 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
 from calsync.config import Settings
+from calsync.feed.append import append_changes
+from calsync.feed.cursor import trimmed_through
+from calsync.feed.retention import BATCH, trim_changes
 from calsync.runtime import Runtime
-from calsync.store.counters import trimmed_through
 from calsync.store.db import is_postgres, transaction
 from calsync.store.models import Change, Delivery, WebhookSubscription
 from calsync.store.states import DeliveryState, SubscriptionStatus
-from calsync.sync.changelog import append_changes
-from calsync.sync.retention import BATCH, trim_changes
 from calsync.sync.run import sync_calendar
 from calsync.work.worker import Worker
 from tests.push_support import calendar_row, push_headers

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from calsync.feed.cursor import SEQ_COUNTER
+from calsync.feed.rows import NewChange
 from calsync.metrics import CHANGES
 from calsync.store.bulk import bound, insert_rows, json_text
-from calsync.store.counters import SEQ_COUNTER
-from calsync.store.feed_rows import NewChange
 from calsync.store.models import Account, Calendar, Change, Counter
 from calsync.webhooks.outbox import enqueue
 

@@ -32,10 +32,10 @@ from sqlalchemy import Text, and_, bindparam, cast, func, literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.clock import rfc3339
-from calsync.store.counters import newest_seq, newest_seq_value
+from calsync.feed.cursor import newest_seq, newest_seq_value
+from calsync.readmodels.occurrences import CalendarMirror, Occurrence, render, zone_of
 from calsync.store.db import is_postgres, statements_alone
 from calsync.store.models import Calendar, Change, Event
-from calsync.sync.occurrences import CalendarMirror, Occurrence, render, zone_of
 
 SINGLE_EVENTS_DEFAULT_PAGE = 1000
 SINGLE_EVENTS_MAX_PAGE = 2500
