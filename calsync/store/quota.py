@@ -192,14 +192,14 @@ class Budget:
 
     def take_in(self, session: Session, priority: Priority, account_id: int | None) -> float:
         """`try_take` inside the caller's transaction (which must commit for the call to count)."""
-        now_dt = self.clock.now()
-        now = now_dt.timestamp()
         limits = self.limits
         scopes = [PROJECT] if account_id is None else [PROJECT, user_scope(account_id)]
         rows = _lock(session, scopes)
         if len(rows) < len(scopes):
             _create(session, [s for s in scopes if s not in rows])
             rows = _lock(session, scopes)
+        now_dt = self.clock.now()  # read under the lock: decisions are made in the order of their times
+        now = now_dt.timestamp()
         project, wait = admit(_state(rows[PROJECT]), now, priority, limits.per_window, limits.window)
         user: ScopeState | None = None
         if wait == 0.0 and account_id is not None:
