@@ -220,7 +220,12 @@ def quota(emu: Emulator, body: Json) -> Json:
             float(body.get("window", 60.0)),
         )
     cfg = emu.quota.config
-    return {"per_project": cfg.per_project, "per_user": cfg.per_user, "window": cfg.window, "refused": emu.quota.refused}
+    return {
+        "per_project": cfg.per_project,
+        "per_user": cfg.per_user,
+        "window": cfg.window,
+        "refused": emu.quota.refused,
+    }
 
 
 @route("/config", ["GET", "PUT"])

@@ -21,9 +21,9 @@ from urllib.parse import quote
 from . import events, listing
 from .errors import ApiError
 from .faults import FailRule, Faults, SlowRule
-from .quota import Quota
 from .grants import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Grants
 from .push import PushFaults, PushHub, PushRecord, new_channel
+from .quota import Quota
 from .store import Calendar, ListEntry, Store, User, new_id
 
 HTML_BASE = "https://www.google.com"
@@ -290,9 +290,7 @@ class Emulator:
         """The next ``n`` matching Calendar API calls are answered ``seconds`` late."""
         self.faults.slow(SlowRule(n, seconds, method, calendar_id))
 
-    def enforce_quota(
-        self, per_project: int | None = None, per_user: int | None = None, window: float = 60.0
-    ) -> None:
+    def enforce_quota(self, per_project: int | None = None, per_user: int | None = None, window: float = 60.0) -> None:
         """Refuse Calendar API calls over these limits per sliding window, as Google does (None: no limit)."""
         self.quota.configure(per_project, per_user, window)
 
