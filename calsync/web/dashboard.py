@@ -24,6 +24,7 @@ from calsync.humanize import (
     event_when,
     expires_in,
     field_diffs,
+    human_duration,
     lifecycle_title,
     utc_label,
 )
@@ -48,6 +49,7 @@ from calsync.web.operator_login import (
     secure_headers,
 )
 from calsync.work.liveness import heartbeat_is_fresh, last_heartbeat
+from calsync.work.quota import outlook
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
@@ -258,6 +260,11 @@ def _expires_filter(value: datetime | None) -> Markup:
     return _time_tag(value, expires_in(value, runtime().clock.now()))
 
 
+@bp.app_template_filter("duration")
+def _duration_filter(seconds: float) -> str:
+    return human_duration(seconds)
+
+
 @bp.app_template_filter("utc")
 def _utc_filter(value: datetime | None) -> str:
     return utc_label(value)
@@ -317,6 +324,7 @@ def _stats(session: Session, now: datetime) -> dict[str, Any]:
         or 0,
         "worker_seen": seen_at,
         "worker_alive": heartbeat_is_fresh(seen_at, now),
+        "quota": outlook(session, runtime().settings, now),
     }
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.config import Settings
+from calsync.humanize import human_duration
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar
@@ -236,6 +237,20 @@ def projection(
         interval_busy=plan.interval(0.0),
         interval_idle=plan.interval(7 * 86400.0),
     )
+
+
+def describe(p: Projection) -> str:
+    """One line for people: calls today, the projection against the budget, the reconcile interval."""
+    of = f" of {p.budget:,}" if p.budget else " (no daily limit)"
+    over = " — over the budget" if p.budget and p.projected > p.budget else ""
+    every = _hours(p.interval_busy)
+    if p.stretched:
+        every += f" (quiet calendars: up to {_hours(p.interval_idle)})"
+    return f"Google quota today: {p.calls_today:,} calls, projected {p.projected:,}{of}{over} · reconcile every {every}"
+
+
+def _hours(seconds: float) -> str:
+    return human_duration(seconds)
 
 
 def outlook(session: Session, settings: Settings, now: datetime) -> Projection:

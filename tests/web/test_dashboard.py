@@ -84,6 +84,7 @@ def test_overview_shows_accounts_calendars_sync_age_and_channel_expiry(
     assert "rate limited by Google" in page and "retry <time" in page and ">in 40 s</time>" in page
     assert f'title="{(now - timedelta(seconds=3)).strftime("%Y-%m-%d %H:%M:%S")} UTC"' in page
     assert "badge-synced" in page and "badge-backoff" in page
+    assert "Google calls today" in page and "of 900,000" in page and "reconcile every 1 h" in page
 
 
 def test_reauth_required_account_stands_out(admin: Any, runtime: Runtime) -> None:
