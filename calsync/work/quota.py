@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 PLAN_SECONDS = 300.0  # how often the day is projected again
 MIN_ELAPSED = 600.0  # the steady rate is measured over at least this much of the day
 QUIET_STEPS = 12  # quiet-time buckets: base, 2×base, … 2^11×base
+MIN_SLOT = 1.0  # seconds: the longest gap is the period plus at most this
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK = (1 << 64) - 1
 
@@ -82,15 +83,27 @@ def reconcile_in(key: int, now: datetime, *, last_change: datetime | None, since
 
     A calendar that changed within the base period is busy: its notifications keep it fresh, so it
     is reconciled one period after its last sync. Any other one goes to its next phase slot, in
-    (0, period]: never later than one period, and spread over the whole period.
+    [1 s, period + 1 s): never later than one period (and a second), spread over the whole period.
     """
-    quiet_from = last_change or since or now
-    quiet_for = (now - quiet_from).total_seconds()
+    return reconcile_in_seconds(
+        key,
+        now.timestamp(),
+        last_change=None if last_change is None else last_change.timestamp(),
+        since=None if since is None else since.timestamp(),
+        plan=plan,
+    )
+
+
+def reconcile_in_seconds(key: int, now: float, *, last_change: float | None, since: float | None, plan: Plan) -> float:
+    """`reconcile_in` on Unix seconds (what the simulation in tests/bench drives)."""
+    quiet_from = last_change if last_change is not None else (since if since is not None else now)
+    quiet_for = now - quiet_from
     interval = plan.interval(quiet_for)
     if last_change is not None and quiet_for < plan.base:
         return interval
-    slot = (phase(key) * interval - now.timestamp()) % interval
-    return slot if slot > 0 else interval
+    slot = (phase(key) * interval - now) % interval
+    # A calendar reconciled at its slot is next due one period on, not again at once (rounding).
+    return slot if slot >= MIN_SLOT else slot + interval
 
 
 def next_reconcile(
