@@ -285,10 +285,11 @@ class Sim:
         if self.first_done[c] and now >= DAY / 2 and gap > self.max_gap[c]:  # after the warm start
             self.max_gap[c] = gap
         self.first_done[c] = True
+        found = self.changed_at[c] > self.last_sync[c]  # this sync finds a change made since the last one
         self.last_sync[c] = now
-        if self.changed_at[c] > (self.last_change[c] or -math.inf) and self.changed_at[c] > -math.inf:
-            old = self.last_change[c] if self.last_change[c] is not None else self.created[c]
-            self.quiet_hours[int(old // 3600)] -= 1
+        if found:
+            old = self.last_change[c]
+            self.quiet_hours[int((old if old is not None else self.created[c]) // 3600)] -= 1
             self.quiet_hours[int(now // 3600)] += 1
             self.last_change[c] = now
         if self.dropped_since[c] is not None:
