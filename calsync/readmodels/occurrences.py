@@ -388,7 +388,7 @@ def _parse_entry(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) 
         if data.get("recurrence"):
             return _Entry(updated, _Series(data, zone), None, None, None)
         return _Entry(updated, None, _single(data, zone, row), None, None)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):  # AttributeError: a field of another type
         return None
 
 
