@@ -288,4 +288,4 @@ def _label(outcome: _Outcome) -> str:
 
 def _excerpt(body: bytes) -> str:
     """The answer's first bytes as text any engine stores: bytes that are not UTF-8 and NUL escaped."""
-    return printable(body[:EXCERPT_BYTES].decode("utf-8", errors="backslashreplace"))
+    return printable(body[:EXCERPT_BYTES].decode("utf-8", errors="backslashreplace"))[:EXCERPT_BYTES]
