@@ -5,8 +5,8 @@ failed every page that carried it, and its calendar stopped. `json` keeps the te
 checks only its syntax. Nothing queries inside these columns on the server: every index is on the
 columns derived beside them (status, times, ids). SQLite keeps its text columns unchanged.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-12-06 11:30:00
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
