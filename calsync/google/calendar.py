@@ -64,7 +64,7 @@ class GoogleCalendar:
                 return items
 
     def get_calendar(self, calendar_id: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._call("calendars.get", self._api.calendars.get(calendarId=calendar_id)))
+        return cast("dict[str, Any]", self._call("calendars.get", self._api.calendars.get(calendarId=calendar_id)))
 
     # Events ----------------------------------------------------------------------------------
     def list_events_page(
@@ -100,7 +100,7 @@ class GoogleCalendar:
             kwargs["pageToken"] = page_token
         request = self._api.events.list(**kwargs)
         request.postproc = _keep_bytes  # errors are raised before it runs; a success keeps its bytes
-        return cast(bytes, self._call("events.list", request))
+        return cast("bytes", self._call("events.list", request))
 
     def iter_event_pages(
         self, calendar_id: str, sync_token: str | None = None, max_results: int = EVENTS_PAGE_SIZE
@@ -124,11 +124,11 @@ class GoogleCalendar:
     ) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
         request = self._api.events.watch(calendarId=calendar_id, body=body)
-        return cast(dict[str, Any], self._call("events.watch", request))
+        return cast("dict[str, Any]", self._call("events.watch", request))
 
     def watch_calendar_list(self, *, channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
-        return cast(dict[str, Any], self._call("calendarList.watch", self._api.calendar_list.watch(body=body)))
+        return cast("dict[str, Any]", self._call("calendarList.watch", self._api.calendar_list.watch(body=body)))
 
     def stop_channel(self, channel_id: str, resource_id: str) -> None:
         self._call("channels.stop", self._api.channels.stop(body={"id": channel_id, "resourceId": resource_id}))
