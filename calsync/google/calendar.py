@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -32,8 +31,6 @@ from calsync.metrics import GOOGLE_CALLS
 EVENTS_PAGE_SIZE = 2500
 CALENDAR_LIST_PAGE_SIZE = 250
 RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
-
-CallHook = Callable[[str, int], None]
 
 
 class GoogleCalendar:
@@ -101,22 +98,6 @@ class GoogleCalendar:
         request = self._api.events.list(**kwargs)
         request.postproc = _keep_bytes  # errors are raised before it runs; a success keeps its bytes
         return cast("bytes", self._call("events.list", request))
-
-    def iter_event_pages(
-        self, calendar_id: str, sync_token: str | None = None, max_results: int = EVENTS_PAGE_SIZE
-    ) -> Iterator[dict[str, Any]]:
-        """Follow nextPageToken; the last page carries nextSyncToken (its absence is an error)."""
-        page_token: str | None = None
-        while True:
-            page = self.list_events_page(
-                calendar_id, sync_token=sync_token, page_token=page_token, max_results=max_results
-            )
-            page_token = page.get("nextPageToken")
-            if not page_token and not page.get("nextSyncToken"):
-                raise GoogleApiError("events.list ended without nextSyncToken", reason="noSyncToken")
-            yield page
-            if not page_token:
-                return
 
     # Push channels ---------------------------------------------------------------------------
     def watch_events(
