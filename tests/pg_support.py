@@ -7,6 +7,7 @@ test's fresh database a file copy.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -120,10 +121,8 @@ class PrivateServer:
         return int(killed)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
             self.stop("immediate")
-        except subprocess.CalledProcessError:
-            pass  # not running
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _run(self, tool: str, *args: str) -> None:

@@ -334,14 +334,14 @@ class _SyncRun:
         meanwhile compares equal to the mirror and writes nothing twice. The calendar says which
         events wait, as its error, until a sync applies every one.
         """
-        values: dict[str, Any] = dict(
-            sync_token=next_sync_token,
-            baseline_done=True,
-            last_synced_at=now,
-            sync_state=SyncState.SYNCED,
-            last_error=None,
-            next_reconcile_at=now + timedelta(seconds=self.runtime.settings.reconcile_every),
-        )
+        values: dict[str, Any] = {
+            "sync_token": next_sync_token,
+            "baseline_done": True,
+            "last_synced_at": now,
+            "sync_state": SyncState.SYNCED,
+            "last_error": None,
+            "next_reconcile_at": now + timedelta(seconds=self.runtime.settings.reconcile_every),
+        }
         stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
         if self.finish is not None:
             values.update(self.finish(now))

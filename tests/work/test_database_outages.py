@@ -62,15 +62,25 @@ def worker_runtime(settings: Settings) -> Iterator[Runtime]:
 
 
 @pytest.fixture
+def poll_seconds() -> float:
+    """The worker's polling, slowed to 30 s: a change seen sooner was passed on by LISTEN."""
+    return 30.0
+
+
+@pytest.fixture
 def running(
-    worker_runtime: Runtime, runtime: Runtime, live_server: str, emu: Any, monkeypatch: pytest.MonkeyPatch
+    worker_runtime: Runtime,
+    runtime: Runtime,
+    live_server: str,
+    emu: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    poll_seconds: float,
 ) -> Iterator[Worker]:
     """A connected account whose calendar a running worker has synced and watches.
 
-    Polling is slowed to 30 s, so a change seen sooner was passed on by LISTEN. Google retries a
-    notification answered 5xx, with backoff; the emulator retries for about 25 s.
+    Google retries a notification answered 5xx, with backoff; the emulator retries for about 25 s.
     """
-    monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 30.0)
+    monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", poll_seconds)
     emu.push.retry_base, emu.push.max_attempts = 0.1, 9
     connect_account(runtime, emu, ALICE)
     stop = threading.Event()
@@ -106,6 +116,9 @@ def test_killed_backends_cost_no_500_and_listen_comes_back(
     assert get(live_server, "/healthz") == 200
 
 
+# A sync that failed while the server was away is retried after its backoff, which only polling
+# notices (as in production): these tests keep the worker's own polling.
+@pytest.mark.parametrize("poll_seconds", [calsync.work.worker.POLL_SECONDS])
 def test_a_restart_while_edits_flow_loses_and_repeats_nothing(
     running: Worker, runtime: Runtime, live_server: str, emu: Any, private_pg: PrivateServer
 ) -> None:
@@ -138,6 +151,7 @@ def test_a_restart_while_edits_flow_loses_and_repeats_nothing(
     assert {r.status for r in emu.notifications} <= {200}  # each notification recorded in the end
 
 
+@pytest.mark.parametrize("poll_seconds", [calsync.work.worker.POLL_SECONDS])
 def test_a_sync_in_flight_when_postgres_stops_does_not_hold_its_calendar(
     running: Worker, runtime: Runtime, live_server: str, emu: Any, private_pg: PrivateServer
 ) -> None:
