@@ -138,7 +138,7 @@ def _run_child(argv: list[str], env: dict[str, str], tree: Path) -> dict[str, An
     )
     if out.returncode != 0:
         raise RuntimeError(f"child {argv[0]} failed in {tree}:\n{out.stderr[-3000:]}")
-    return cast(dict[str, Any], json.loads(out.stdout.strip().splitlines()[-1]))
+    return cast("dict[str, Any]", json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def _commit_before_cursor() -> str:
