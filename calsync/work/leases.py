@@ -119,18 +119,18 @@ def finish_values(claim: Claim, now: datetime, reconcile_in: float, min_interval
     follow_up = max(now, (claim.claimed_at or now) + timedelta(seconds=min_interval))
     reconcile_at = now + timedelta(seconds=reconcile_in)
     more = Calendar.sync_requested > claim.requested
-    return dict(
-        sync_done=claim.requested,
-        due_at=case((more, follow_up), else_=reconcile_at),
-        due_priority=case((more, int(Priority.NOTIFICATION)), else_=int(Priority.RECONCILE)),
-        next_reconcile_at=reconcile_at,
-        lease_owner=None,
-        lease_until=None,
-        error_count=0,
-        retry_at=None,
-        last_error=None,
-        sync_state=SyncState.SYNCED,
-    )
+    return {
+        "sync_done": claim.requested,
+        "due_at": case((more, follow_up), else_=reconcile_at),
+        "due_priority": case((more, int(Priority.NOTIFICATION)), else_=int(Priority.RECONCILE)),
+        "next_reconcile_at": reconcile_at,
+        "lease_owner": None,
+        "lease_until": None,
+        "error_count": 0,
+        "retry_at": None,
+        "last_error": None,
+        "sync_state": SyncState.SYNCED,
+    }
 
 
 def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float, state: str, error: str) -> bool:

@@ -193,7 +193,7 @@ def quiet_buckets(session: Session, now: datetime, plan: Plan) -> list[tuple[flo
         ]
         row = session.execute(stmt.add_columns(*columns)).one()
         counts = [int(v or 0) for v in row]
-        at_least = counts[1:] + [0]
+        at_least = [*counts[1:], 0]
         buckets.append((0.0, counts[0] - at_least[0]))
         for j, edge in enumerate(edges):
             buckets.append((edge, at_least[j] - at_least[j + 1]))

@@ -207,7 +207,7 @@ class Sim:
             if not ready:
                 now = min(next_t, end)
                 continue
-            _, due, ident, version = ready[0]
+            _, _due, ident, version = ready[0]
             if (ident >= 0 and version != self.version[ident]) or (ident < 0 and version != self.list_version[~ident]):
                 heapq.heappop(ready)
                 continue
@@ -412,7 +412,7 @@ def main(args: Any) -> int:
         ):
             print(f"{label:36}{_h(ours[key]):>16}{_h(hourly[key]):>16}")
         print(f"{'largest stretch':36}{ours['stretch_max']:>16.3f}")
-        print(f"{'projected at the end of day 1, 2':36}{str(ours['projected']):>16}")
+        print(f"{'projected at the end of day 1, 2':36}{ours['projected']!s:>16}")
         day_budget, minute_budget = settings.quota_per_day, settings.quota_per_minute
         report.figure(
             f"{n:,} calendars: calls on the busiest day",

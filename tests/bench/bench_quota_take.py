@@ -74,7 +74,7 @@ def main(args: Any) -> int:
 def _engine(report: Report, dep: Deployment, kind: str, rounds: int) -> None:
     rt = dep.runtime()
     off = dataclasses.replace(rt)
-    off.budget = cast(Budget, _NoBudget())
+    off.budget = cast("Budget", _NoBudget())
     email = f"take-{kind}@example.com"
     connect_account(rt, dep.emu, email)
     Worker(rt, threads=1).run_burst()

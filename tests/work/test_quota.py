@@ -142,7 +142,7 @@ def test_reconciliation_times_are_spread_over_the_whole_period(settings: Setting
             return sorted((r.due_at - synced_at).total_seconds() for r in rows)
 
         first = offsets()
-        assert len(first) == 24 and 0 < first[0] and first[-1] <= period
+        assert len(first) == 24 and first[0] > 0 and first[-1] <= period
         quarters = [sum(1 for o in first if q * period / 4 < o <= (q + 1) * period / 4) for q in range(4)]
         assert min(quarters) >= 3, quarters  # spread over the period, from the first reconciliation
 

@@ -6,8 +6,8 @@ reads in order, and `last_changed_at` (how active they are). Existing calendars 
 their state implies: a sync owed after the first one is a notification's, a calendar without its
 first sync waits for it, every other one waits for its reconciliation.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-06 11:30:00
 """
 
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
