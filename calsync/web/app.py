@@ -11,11 +11,13 @@ from werkzeug.exceptions import HTTPException
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
+from calsync.store.keyfiles import read_or_create
 from calsync.store.locations import resource_dir
 from calsync.web import receiver
 
 STATIC = resource_dir("static")
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+SESSION_KEY_FILE = "secret.key"
 
 
 def build_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
@@ -28,7 +30,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
         template_folder=str(TEMPLATES),
         instance_path=str(settings.instance_path),
     )
-    app.config["SECRET_KEY"] = settings.secret_key or _instance_secret(settings.instance_path)
+    app.config["SECRET_KEY"] = session_secret(settings)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
@@ -77,13 +79,9 @@ def runtime() -> Runtime:
     return current_app.extensions["calsync"]  # type: ignore[no-any-return]
 
 
-def _instance_secret(folder: Path) -> str:
-    """A per-installation session key kept in the instance folder when none is configured."""
-    path = folder / "secret.key"
-    if path.exists():
-        return path.read_text().strip()
-    folder.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
-    return key
+def session_secret(settings: Settings) -> str:
+    """CALSYNC_SECRET_KEY, or else a per-installation session key kept in the instance folder."""
+    if settings.secret_key:
+        return str(settings.secret_key)
+    key, _ = read_or_create(settings.instance_path / SESSION_KEY_FILE, lambda: secrets.token_urlsafe(32).encode())
+    return key.decode()
