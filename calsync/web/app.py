@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, current_app, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
@@ -55,6 +56,10 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     app.register_error_handler(HTTPException, api_http_error)
     app.before_request(_refuse_nul)
     app.wsgi_app = receiver.mount(app, runtime)  # type: ignore[method-assign]
+    if settings.trusted_proxies:
+        # Outermost, so that every part (the sign-in throttle, the receiver) sees the real client.
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     return app
 
 
