@@ -4,8 +4,8 @@ A session cookie alone could not be revoked: a copy taken before signing out kep
 expired. Each sign-in is now a row, which signing out deletes. Failed attempts are counted per
 client in the database, so every web process slows the same guesser.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-06 11:40:00
 """
 
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
