@@ -8,13 +8,16 @@ pooled connection is pinged before use only when it has sat idle (see `_ping_if_
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, make_url
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,6 +53,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if ":memory:" not in url and url.rstrip("/") != "sqlite:":
             kwargs.setdefault("pool_size", 10)
             kwargs.setdefault("max_overflow", 20)
+            _private_database_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -183,6 +187,27 @@ def _ping_if_idle(engine: Engine) -> None:
 
     event.listen(engine, "checkin", checkin)
     event.listen(engine, "checkout", checkout)
+
+
+def _private_database_file(url: str) -> None:
+    """Create a new SQLite file 0600 before SQLite does (it would follow the umask, often 0644):
+    it holds every mirrored calendar. SQLite gives its -wal and -shm files the database's mode."""
+    database = make_url(url).database
+    if not database or database.startswith("file:"):
+        return  # a URI filename (uri=true) names its own mode and place
+    path = Path(database)
+    if not path.parent.is_dir():
+        return  # SQLite's own error names the missing folder
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning(
+                "the database %s is readable by other users (mode %o); `chmod 600` it and its -wal and -shm files",
+                path,
+                mode,
+            )
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
