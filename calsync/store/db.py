@@ -12,13 +12,13 @@ import os
 import stat
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import CursorResult, Engine, Result, create_engine, event, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ KEEPALIVE_ARGS: dict[str, Any] = {
     "tcp_user_timeout": 60_000,
     "connect_timeout": 10,
 }
+
+# How long a SQLite writer waits for the write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _BACKENDS: weakref.WeakKeyDictionary[Engine, set[int]] = weakref.WeakKeyDictionary()
 
@@ -76,6 +79,30 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A unit of work owned by the caller: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+T = TypeVar("T")
+RETRY_WHILE_AWAY_SECONDS = 0.25  # while the database is away, how often `when_back` tries again
+
+
+def when_back(factory: sessionmaker[Session], work: Callable[[Session], T], *, give_up_after: float) -> T:
+    """`work` in a transaction of its own, tried again while the database is away (stopped,
+    restarting, unreachable, locked, out of space) for up to `give_up_after` seconds.
+
+    For what must be written once the database returns: the outcome of a job or of a webhook
+    attempt, which releases a lease. Left unwritten, the lease would hold its calendar or message
+    for the whole lease period after the return.
+    """
+    deadline = time.monotonic() + give_up_after
+    while True:
+        try:
+            with transaction(factory) as session:
+                return work(session)
+        except (OperationalError, InterfaceError) as err:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("the database is away (%s); writing again in %.2fs", err.orig, RETRY_WHILE_AWAY_SECONDS)
+            time.sleep(RETRY_WHILE_AWAY_SECONDS)
 
 
 def statements_alone(session: Session) -> None:
@@ -189,7 +216,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 
