@@ -87,3 +87,11 @@ def test_quota_settings_default_under_googles_limits_and_are_validated() -> None
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"CALSYNC_QUOTA_PER_MINUTE": "-5", "CALSYNC_QUOTA_PER_USER_PER_MINUTE": "lots"})
     assert "CALSYNC_QUOTA_PER_MINUTE" in str(err.value) and "CALSYNC_QUOTA_PER_USER_PER_MINUTE" in str(err.value)
+
+
+def test_trusted_proxies_default_to_none_and_must_be_a_small_whole_number() -> None:
+    assert Settings.from_env({}).trusted_proxies == 0
+    assert Settings.from_env({"CALSYNC_TRUSTED_PROXIES": "2"}).trusted_proxies == 2
+    for bad in ("-1", "one", "1.5", "11"):
+        with pytest.raises(ConfigError, match="CALSYNC_TRUSTED_PROXIES"):
+            Settings.from_env({"CALSYNC_TRUSTED_PROXIES": bad})
