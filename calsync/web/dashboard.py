@@ -53,7 +53,8 @@ from calsync.work.liveness import heartbeat_is_fresh, last_heartbeat
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
 PAGE_SIZE = 50
-BIGINT_MAX = 2**63 - 1  # the largest id or seq a column holds, on either engine
+BIGINT_MAX = 2**63 - 1  # the largest seq or log id a column holds, on either engine
+INT_MAX = 2**31 - 1  # the largest account or calendar id (INTEGER columns on PostgreSQL)
 NOTIFICATION_VIEWS = ("accepted", "refused")  # the inspector's two histories
 
 bp.before_request(check_csrf)
@@ -92,7 +93,7 @@ def overview() -> Any:
     return render_template("dashboard/overview.html", blocks=blocks, stats=stats, reauth=reauth, now=now)
 
 
-@bp.get(f"/calendars/<int(max={BIGINT_MAX}):calendar_id>")
+@bp.get(f"/calendars/<int(max={INT_MAX}):calendar_id>")
 @require_admin
 def calendar(calendar_id: int) -> Any:
     """The coming week's occurrences of one calendar, day by day, from the mirror."""
@@ -110,7 +111,7 @@ def calendar(calendar_id: int) -> Any:
 @bp.get("/changes")
 @require_admin
 def changes() -> Any:
-    calendar_id = _int_arg("calendar")
+    calendar_id = _int_arg("calendar", most=INT_MAX)
     before = _int_arg("before")
     with runtime().sessions() as session:
         window = feed_window(session, calendar_id=calendar_id, below=before, limit=PAGE_SIZE)
@@ -135,7 +136,7 @@ def changes() -> Any:
 def changes_fragment() -> Any:
     """Rows newer than `after`, for the auto-refresh script; the new cursor is in X-Cursor."""
     after = _int_arg("after", 0)
-    calendar_id = _int_arg("calendar")
+    calendar_id = _int_arg("calendar", most=INT_MAX)
     with runtime().sessions() as session:
         window = feed_window(session, calendar_id=calendar_id, above=after, limit=PAGE_SIZE)
         rows = [_change_view(c) for c in window.entries]
@@ -236,7 +237,7 @@ def replay(sub_id: str) -> Any:
     return redirect(back if _is_dashboard_path(back) else url_for("dashboard.webhooks"))
 
 
-@bp.post(f"/accounts/<int(max={BIGINT_MAX}):account_id>/disconnect")
+@bp.post(f"/accounts/<int(max={INT_MAX}):account_id>/disconnect")
 @require_admin
 def disconnect(account_id: int) -> Any:
     from calsync.accounts.disconnect import disconnect_account
@@ -427,14 +428,14 @@ def _limit() -> int:
     return max(1, min(wanted, runtime().settings.notification_log_size, 1000))
 
 
-def _int_arg(name: str, default: int | None = None, *, source: Any = None) -> int | None:
+def _int_arg(name: str, default: int | None = None, *, source: Any = None, most: int = BIGINT_MAX) -> int | None:
     """A whole-number parameter: absent or empty is `default`; anything but ASCII digits, or a number
-    no database column can hold, is a 400 (not a 500 from the driver)."""
+    past what its column holds (`most`), is a 400, not a 500 from the driver."""
     raw = (request.args if source is None else source).get(name)
     if not raw:
         return default
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > BIGINT_MAX:
-        abort(400, f"{name} must be a whole number from 0 to {BIGINT_MAX}")
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > most:
+        abort(400, f"{name} must be a whole number from 0 to {most}")
     return int(raw)
 
 
@@ -446,4 +447,10 @@ def _show_arg() -> str:
 
 
 def _is_dashboard_path(value: str | None) -> TypeGuard[str]:
-    return value is not None and value.startswith("/dashboard") and "//" not in value and "\\" not in value
+    return (
+        value is not None
+        and value.startswith("/dashboard")
+        and "//" not in value
+        and "\\" not in value
+        and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)  # no CR/LF into a Location header
+    )

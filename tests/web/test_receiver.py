@@ -308,7 +308,10 @@ def test_a_flood_of_forged_notifications_leaves_the_real_history_and_one_log_lin
     try:
         client = create_app(runtime=small).test_client()
         for number in (2, 3, 4):
-            assert client.post("/notifications", headers=push_headers(watched["channel"], number=number)).status_code == 200
+            assert (
+                client.post("/notifications", headers=push_headers(watched["channel"], number=number)).status_code
+                == 200
+            )
         forged = {"X-Goog-Channel-ID": "00000000-0000-4000-8000-000000000000"}
         with caplog.at_level("WARNING", logger="calsync.web.receiver"):
             for number in range(300):
