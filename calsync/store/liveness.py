@@ -12,10 +12,11 @@ the dashboard and `calsync status` all read this one rule.
 from __future__ import annotations
 
 import threading
+import weakref
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, event, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, bindparam, event, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from calsync.store.models import WorkerHeartbeat
@@ -24,7 +25,8 @@ HEARTBEAT_SECONDS = 2.0
 WORKER_ALIVE = timedelta(seconds=3 * HEARTBEAT_SECONDS)
 RECENT_BEAT = timedelta(seconds=HEARTBEAT_SECONDS / 2)  # a beat this fresh need not be written before a claim
 
-_committed: dict[str, datetime] = {}  # worker name -> the newest beat this process committed for it
+# Per database: worker name -> the newest beat this process committed for it.
+_committed: weakref.WeakKeyDictionary[Engine, dict[str, datetime]] = weakref.WeakKeyDictionary()
 _committed_lock = threading.Lock()
 
 _BEATS = WorkerHeartbeat.__table__
@@ -54,7 +56,9 @@ def claiming_as(session: Session, owner: str, now: datetime) -> None:
     writes held the one write lock that the notification intake waits for.
     """
     worker = owner.rpartition("/")[0] or owner
-    last = _committed.get(worker)
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    last = _committed.get(engine, {}).get(worker)
     if last is not None and timedelta(0) <= now - last <= RECENT_BEAT:
         return
     session.execute(
@@ -63,15 +67,16 @@ def claiming_as(session: Session, owner: str, now: datetime) -> None:
         .values(seen_at=now)
         .execution_options(synchronize_session=False)
     )
-    event.listen(session, "after_commit", lambda _session: beat_committed(worker, now), once=True)
+    event.listen(session, "after_commit", lambda _session: beat_committed(engine, worker, now), once=True)
 
 
-def beat_committed(worker: str, at: datetime) -> None:
-    """The heartbeat row of `worker` says `at`, committed by this process."""
+def beat_committed(engine: Engine, worker: str, at: datetime) -> None:
+    """The heartbeat row of `worker` in `engine`'s database says `at`, committed by this process."""
     with _committed_lock:
-        last = _committed.get(worker)
+        beats = _committed.setdefault(engine, {})
+        last = beats.get(worker)
         if last is None or at > last:
-            _committed[worker] = at
+            beats[worker] = at
 
 
 def lease_is_free(owner: Any, until: Any, now: Any, stale: Any = STALE_BEFORE) -> ColumnElement[bool]:

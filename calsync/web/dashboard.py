@@ -135,7 +135,7 @@ def changes() -> Any:
 @require_admin
 def changes_fragment() -> Any:
     """Rows newer than `after`, for the auto-refresh script; the new cursor is in X-Cursor."""
-    after = _int_arg("after", 0)
+    after = _int_arg("after", 0) or 0
     calendar_id = _int_arg("calendar", most=INT_MAX)
     with runtime().sessions() as session:
         window = feed_window(session, calendar_id=calendar_id, above=after, limit=PAGE_SIZE)
@@ -168,7 +168,7 @@ def notifications() -> Any:
 @bp.get("/notifications/fragment")
 @require_admin
 def notifications_fragment() -> Any:
-    after = _int_arg("after", 0)
+    after = _int_arg("after", 0) or 0
     channel = request.args.get("channel") or None
     with runtime().sessions() as session:
         rows = _notification_rows(session, _limit(), channel, after=after, show=_show_arg())

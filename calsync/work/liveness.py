@@ -53,7 +53,7 @@ class Heartbeat:
         except SQLAlchemyError:
             log.exception("heartbeat of %s failed; will retry", self.name)
         else:
-            beat_committed(self.name, now)
+            beat_committed(self.runtime.engine, self.name, now)
 
     def start(self) -> None:
         if self._thread is None:

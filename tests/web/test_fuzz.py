@@ -31,7 +31,7 @@ from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel, Event, Notification, WebhookSubscription
 from calsync.web.openapi import document
 from tests.conftest import API_TOKEN
-from tests.web.dashboard_support import PASSWORD, csrf_from
+from tests.web.dashboard_support import PASSWORD, csrf_from, sign_in
 from tests.web.process_support import calsync_web
 from tests.webhooks.receiver import Receiver
 
@@ -199,7 +199,7 @@ def test_fuzzed_notifications_get_2xx_or_4xx_and_rejected_ones_write_nothing(
 def test_fuzzed_notifications_leave_the_metrics_to_the_known_states(client: FlaskClient, world: dict[str, Any]) -> None:
     """Anyone may send any X-Goog-Resource-State: each must not become a series of its own."""
 
-    @settings(FUZZ, max_examples=60)
+    @settings(FUZZ, max_examples=30)
     @given(headers=notification_headers)
     def send(headers: Any) -> None:
         client.post("/notifications", headers={k: v for k, v in headers.items() if v is not None})
@@ -232,7 +232,7 @@ def _nested(depth: int, kind: str) -> str:
     return '{"a":' * depth + "1" + "}" * depth
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=25)
 @given(
     endpoint=st.sampled_from(JSON_ENDPOINTS),
     depth=st.integers(500, 60_000),
@@ -255,7 +255,7 @@ def test_json_nested_deep_is_a_4xx_on_every_json_endpoint(
     assert _snapshot(runtime) == before
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=40)
 @given(row_id=st.integers(-(2**70), 2**70))
 @example(row_id=2**63)
 @example(row_id=2**31)
@@ -270,7 +270,7 @@ def test_a_page_token_with_any_integer_is_a_page_or_a_400(
     assert resp.status_code == (200 if 0 <= row_id < 2**31 else 400), (row_id, resp.status_code)
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=30)
 @given(
     start=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
     length=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=366)),
@@ -296,7 +296,7 @@ def test_free_busy_at_any_year_is_an_answer_or_a_400(
         assert all(body["timeMin"] <= b["start"] < b["end"] <= body["timeMax"] for b in busy)
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=40)
 @given(
     path=st.sampled_from(
         [
@@ -319,24 +319,28 @@ def test_the_dashboards_integer_parameters_past_64_bits_are_a_4xx(admin_client: 
         assert 400 <= resp.status_code < 500, (path, n, resp.status_code)
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=30)
 @given(tail=st.text(max_size=40))
 @example(tail="\r\nSet-Cookie: x=1")
-def test_any_login_next_is_followed_only_to_the_dashboard(admin_client: FlaskClient, tail: str) -> None:
+def test_any_login_next_is_followed_only_to_the_dashboard(login_client: FlaskClient, tail: str) -> None:
     nxt = "/dashboard/" + tail
-    assert admin_client.get("/dashboard/login", query_string={"next": nxt}).status_code == 200
-    resp = admin_client.get("/dashboard/", query_string={"next": nxt})
+    first = login_client.get("/dashboard/login", query_string={"next": nxt})
+    if "\x00" in tail:  # refused before any handler (see the NUL refusal)
+        assert first.status_code == 400
+        return
+    assert first.status_code == 200
+    resp = login_client.get("/dashboard/", query_string={"next": nxt})
     assert resp.status_code < 500
-    page = admin_client.get("/dashboard/login", query_string={"next": nxt})
+    page = login_client.get("/dashboard/login", query_string={"next": nxt})
     form = {"csrf_token": csrf_from(page.text), "password": PASSWORD, "next": nxt}
-    answer = admin_client.post("/dashboard/login", data=form)
+    answer = login_client.post("/dashboard/login", data=form)
     assert answer.status_code == 302, answer.status_code
     location = answer.headers["Location"]
     assert location.startswith("/dashboard") and "\r" not in location and "\n" not in location
-    admin_client.post("/dashboard/logout", data={"csrf_token": csrf_from(admin_client.get("/dashboard/").text)})
+    login_client.post("/dashboard/logout", data={"csrf_token": csrf_from(login_client.get("/dashboard/").text)})
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=40)
 @given(state=st.text(min_size=1, max_size=60))
 @example(state="é")
 def test_any_oauth_state_is_refused_with_a_4xx(client: FlaskClient, state: str) -> None:
@@ -346,13 +350,20 @@ def test_any_oauth_state_is_refused_with_a_4xx(client: FlaskClient, state: str) 
 
 
 @pytest.fixture
-def admin_client(settings: Settings) -> Iterator[FlaskClient]:
+def login_client(settings: Settings) -> Iterator[FlaskClient]:
+    """A client of a dashboard that has a password, not signed in."""
     rt = Runtime.create(dataclasses.replace(settings, admin_password=Secret(PASSWORD)))
-    client = create_app(runtime=rt).test_client()
     try:
-        yield client
+        yield create_app(runtime=rt).test_client()
     finally:
         rt.close()
+
+
+@pytest.fixture
+def admin_client(login_client: FlaskClient) -> FlaskClient:
+    """Signed in as the operator."""
+    sign_in(login_client)
+    return login_client
 
 
 def _subscription(runtime: Runtime) -> None:
@@ -371,7 +382,7 @@ def _subscription(runtime: Runtime) -> None:
 
 
 def _series(runtime: Runtime) -> None:
-    """A daily series in the fuzz calendar, so that free/busy expands occurrences around the window."""
+    """A daily series in the fuzz calendar, so that free/busy reads a series around the window."""
     with transaction(runtime.sessions) as session:
         cal_id = session.scalar(select(Calendar.id).where(Calendar.google_id == "fuzz@example.com"))
         if session.scalar(select(Event.id).where(Event.google_id == "daily")) is None:
@@ -381,7 +392,7 @@ def _series(runtime: Runtime) -> None:
                 "summary": "Daily",
                 "start": {"dateTime": "2026-01-05T09:00:00Z"},
                 "end": {"dateTime": "2026-01-05T10:00:00Z"},
-                "recurrence": ["RRULE:FREQ=DAILY"],
+                "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"],  # bounded: a window in year 9000 expands nothing more
             }
             session.add(Event(calendar_id=cal_id, google_id="daily", status="confirmed", data=data))
 
