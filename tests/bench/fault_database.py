@@ -62,7 +62,6 @@ def main(args: Any) -> int:
     outages = args.outages or (3 if args.quick else 10)
     longest = 5.0 if args.quick else 30.0
     emu = start_emulator()
-    emu.push.retry_base, emu.push.max_attempts = 0.25, 10  # retried for about two minutes, as Google does
     try:
         with workdir("dbfault") as work:
             for kind in engines(args.db):
@@ -100,6 +99,7 @@ def _run(
     server: PrivateServer | None,
 ) -> None:
     print(f"-- {kind}: {outages} outages of 1-{longest:g} s", flush=True)
+    emu.push.retry_base, emu.push.max_attempts = 0.25, 10  # retried for about two minutes, as Google does
     dep = Deployment(emu, url, work, reconcile_every=3600.0)
     rt = dep.runtime()
     email = emu.create_user(f"dbfault-{kind}@example.com")
