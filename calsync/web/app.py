@@ -40,6 +40,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
         api,
         consent,
         dashboard,
+        events_api,
         health,
         metrics,
         openapi,
@@ -48,7 +49,18 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     )
     from calsync.web.api_token import api_http_error
 
-    for module in (health, consent, api, accounts_api, operator_login, dashboard, webhooks_api, metrics, openapi):
+    for module in (
+        health,
+        consent,
+        api,
+        events_api,
+        accounts_api,
+        operator_login,
+        dashboard,
+        webhooks_api,
+        metrics,
+        openapi,
+    ):
         app.register_blueprint(module.bp)
     app.register_error_handler(HTTPException, api_http_error)
     app.before_request(_refuse_nul)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from calsync.feed.rows import NewChange
 from calsync.store.models import Calendar, Delivery, WebhookSubscription
-from calsync.store.states import ChangeType, DeliveryState, SubscriptionStatus
+from calsync.store.states import ChangeType, DeliveryState, Origin, SubscriptionStatus
 
 QUEUED_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED)
 
@@ -26,8 +26,11 @@ def message_id(sub_id: str, seq: int) -> str:
 
 def matches(sub: WebhookSubscription, change: NewChange, calendar_google_id: str | None) -> bool:
     """Whether `sub` wants `change`. Snapshot rows go only to those that name `event.snapshot`: a
-    first sync writes one per event, which `*` must not turn into a flood."""
+    first sync writes one per event, which `*` must not turn into a flood. A subscription with an
+    `origin` gets only the event rows of it (`google`: not the app's own writes through calsync)."""
     if change.type not in sub.events and ("*" not in sub.events or change.type == ChangeType.EVENT_SNAPSHOT):
+        return False
+    if sub.origin is not None and change.kind is not None and (change.origin or Origin.GOOGLE) != sub.origin:
         return False
     return not sub.calendars or calendar_google_id in sub.calendars
 
