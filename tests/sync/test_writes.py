@@ -297,11 +297,16 @@ def test_bad_requests_are_refused_before_google(runtime: Runtime, emu: Any, cal:
     assert changes(runtime, cal) == []
 
 
-def test_keys_are_kept_a_day_then_pruned(runtime: Runtime, emu: Any, cal: int) -> None:
+def test_keys_are_kept_a_day_then_pruned_by_the_schedulers_prune_pass(runtime: Runtime, emu: Any, cal: int) -> None:
+    from calsync.work.scheduler import prune
+
     writes.create_event(runtime, cal, MEETING, idempotency_key="old")
     now = runtime.clock.now()
     with transaction(runtime.sessions) as session:
-        assert idempotency.prune_keys(session, now + timedelta(hours=23)) == 0
-        assert idempotency.prune_keys(session, now + timedelta(hours=24, seconds=1)) == 1
+        prune(session, runtime, now + timedelta(hours=23, minutes=59))
+    with runtime.sessions() as session:
+        assert [k.key for k in session.scalars(select(IdempotencyKey))] == ["old"]
+    with transaction(runtime.sessions) as session:
+        prune(session, runtime, now + timedelta(hours=24, seconds=1))
     with runtime.sessions() as session:
         assert session.scalars(select(IdempotencyKey)).all() == []
