@@ -21,12 +21,12 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from calsync.feed.retention import trim_changes
-from calsync.sync.idempotency import prune_keys
 from calsync.push.intake_sql import trim_log
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
 from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus
+from calsync.sync.idempotency import prune_keys
 
 HEARTBEAT_RETENTION = timedelta(days=1)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from calsync.errors import InvalidSubscription
 from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Change, Delivery
-from calsync.errors import InvalidSubscription
 from calsync.webhooks.subscriptions import get_subscription, parse_spec, set_status
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import (
