@@ -18,7 +18,6 @@ from calsync.metrics import CHANGES
 from calsync.store.bulk import bound, insert_rows, json_text
 from calsync.store.models import Account, Calendar, Change, Counter
 from calsync.store.states import Origin
-from calsync.webhooks.outbox import enqueue
 
 _CHANGES = Change.__table__
 _COLUMNS = (
@@ -38,7 +37,7 @@ _COLUMNS = (
 
 
 def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> Sequence[NewChange]:
-    """Give `changes` their seq numbers, add them, and queue their webhook deliveries.
+    """Give `changes` their seq numbers and add them; consumers (webhooks among them) read them from here.
 
     A row that names only its calendar gets the calendar's account, and every row the account's
     `ref` as it stands in this transaction.
@@ -84,7 +83,6 @@ def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> 
             for c in changes
         ],
     )
-    enqueue(session, changes, now)
     return changes
 
 

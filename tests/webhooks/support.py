@@ -23,6 +23,7 @@ from calsync.store.models import (
     WebhookSubscription,
 )
 from calsync.webhooks.delivery import run_due_deliveries
+from calsync.webhooks.outbox import fill
 from calsync.webhooks.subscriptions import parse_spec, register
 
 OWNER = "test-worker"
@@ -100,7 +101,7 @@ def write_change(
     origin: str = "google",
 ) -> int:
     """One Change committed through append_changes, as the sync engine (or a write, `origin="api"`)
-    writes it; returns its seq."""
+    writes it, then the worker's pass that queues it for the subscriptions; returns its seq."""
     if kind == "created":
         before, after = None, after or event(id=event_id)
     elif kind == "deleted":
@@ -120,7 +121,14 @@ def write_change(
             origin=origin,
         )
         append_changes(session, [change], runtime.clock.now())
-        return change.seq
+    fill_outbox(runtime)
+    return change.seq
+
+
+def fill_outbox(runtime: Runtime) -> int:
+    """The worker's first step: move the subscriptions' cursors over the feed, queuing deliveries."""
+    with transaction(runtime.sessions) as session:
+        return fill(session, runtime.clock.now())
 
 
 def subscribe(runtime: Runtime, url: str, events: list[str] | None = None, **fields: Any) -> tuple[str, str]:
