@@ -409,6 +409,8 @@ def _older(updated: Any, than: Any) -> bool:
     """Whether RFC 3339 time `updated` is strictly before `than` (False when either is missing or malformed)."""
     if not isinstance(updated, str) or not isinstance(than, str):
         return False
+    if len(updated) == len(than) and updated.endswith("Z") and than.endswith("Z"):
+        return updated < than  # Google's own form (fixed width, UTC): text order is time order
     try:
         return datetime.fromisoformat(updated.replace("Z", "+00:00")) < datetime.fromisoformat(
             than.replace("Z", "+00:00")

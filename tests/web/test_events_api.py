@@ -75,6 +75,8 @@ def test_create_replay_and_reuse_answer_as_documented_and_the_feed_says_origin(
     assert made.json is not None and made.json["event"] == emu.events(ANN)[0]
     again = client.post(EVENTS + "?sendUpdates=none", json=MEETING, headers=keyed)
     assert (again.status_code, again.json) == (200, made.json)
+    inserts = [r for r in emu.requests if r.api_method == "calendar.events.insert"]
+    assert [r.params.get("sendUpdates") for r in inserts] == ["none"]  # passed through; the replay sent nothing
     reused = client.post(EVENTS, json={**MEETING, "summary": "x"}, headers=keyed)
     assert (reused.status_code, reused.json["error"]) == (422, "idempotency_key_reused")  # type: ignore[index]
     emu.insert_event(ANN, {**MEETING, "summary": "By Ann in Google"})
