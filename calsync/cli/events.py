@@ -18,11 +18,14 @@ from calsync.config import Settings
 from calsync.errors import IdempotencyKeyReused, InsufficientScope, InvalidWrite, WriteConflict
 from calsync.readmodels import reads
 from calsync.runtime import Runtime
-from calsync.sync import writes
+
+# Google's sendUpdates values (as calsync.sync.writes checks them; that module is imported only
+# when a command runs: it brings the Google client, which `calsync --help` must not load).
+SEND_UPDATES = ("all", "externalOnly", "none")
 
 _account = click.option("--account", metavar="EMAIL", help="The account, when several share the calendar.")
 _send_updates = click.option(
-    "--send-updates", type=click.Choice(writes.SEND_UPDATES), help="Who Google tells of the change (sendUpdates)."
+    "--send-updates", type=click.Choice(SEND_UPDATES), help="Who Google tells of the change (sendUpdates)."
 )
 _if_match = click.option(
     "--if-match", metavar="ETAG", help="Only if the event is still at this version (Google's check)."
@@ -47,6 +50,8 @@ def create(
     calendar: str, body_text: str, idempotency_key: str | None, account: str | None, send_updates: str | None
 ) -> None:
     """Create an event in CALENDAR from a Google Event resource."""
+    from calsync.sync import writes
+
     body = _read_body(body_text)
     with _runtime() as rt:
         result = writes.create_event(
@@ -66,6 +71,8 @@ def patch(
     calendar: str, event_id: str, body_text: str, if_match: str | None, account: str | None, send_updates: str | None
 ) -> None:
     """Change the fields given in the JSON body of EVENT_ID in CALENDAR."""
+    from calsync.sync import writes
+
     body = _read_body(body_text)
     with _runtime() as rt:
         result = writes.patch_event(
@@ -82,6 +89,8 @@ def patch(
 @_send_updates
 def delete(calendar: str, event_id: str, if_match: str | None, account: str | None, send_updates: str | None) -> None:
     """Delete EVENT_ID (an occurrence by its instance id) from CALENDAR."""
+    from calsync.sync import writes
+
     with _runtime() as rt:
         result = writes.delete_event(
             rt, _calendar(rt, calendar, account), event_id, if_match=if_match, send_updates=send_updates
