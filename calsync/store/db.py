@@ -75,7 +75,7 @@ _NO_TRANSACTION = "calsync_no_transaction"
 
 def rows_affected(result: Result[Any]) -> int:
     """How many rows an UPDATE or DELETE touched (a DML statement's result is a CursorResult)."""
-    return int(cast(CursorResult[Any], result).rowcount or 0)
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:

@@ -76,7 +76,11 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     if TYPE_CHECKING:  # every model here is mapped to a Table, which Core's update() and insert() need
         __table__: ClassVar[Table]
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[str]: JSONType}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONType,
+        list[str]: JSONType,
+    }
 
 
 class Account(Base):

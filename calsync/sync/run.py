@@ -316,14 +316,14 @@ class _SyncRun:
         return gen, mirrored is None
 
     def _finish(self, session: Session, next_sync_token: str, now: datetime) -> None:
-        values: dict[str, Any] = dict(
-            sync_token=next_sync_token,
-            baseline_done=True,
-            last_synced_at=now,
-            sync_state=SyncState.SYNCED,
-            last_error=None,
-            next_reconcile_at=now + timedelta(seconds=self.runtime.settings.reconcile_every),
-        )
+        values: dict[str, Any] = {
+            "sync_token": next_sync_token,
+            "baseline_done": True,
+            "last_synced_at": now,
+            "sync_state": SyncState.SYNCED,
+            "last_error": None,
+            "next_reconcile_at": now + timedelta(seconds=self.runtime.settings.reconcile_every),
+        }
         stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
         if self.finish is not None:
             values.update(self.finish(now))
