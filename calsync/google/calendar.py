@@ -107,12 +107,12 @@ class GoogleCalendar:
     ) -> dict[str, Any]:
         """events.insert; a body with an `id` that exists gives Duplicate (409)."""
         request = self._api.events.insert(calendarId=calendar_id, body=body, **_send_updates(send_updates))
-        return cast(dict[str, Any], self._call("events.insert", request))
+        return cast("dict[str, Any]", self._call("events.insert", request))
 
     def get_event(self, calendar_id: str, event_id: str) -> dict[str, Any]:
         """events.get (also a deleted event, as Google keeps it, and an unmodified instance of a series)."""
         request = self._api.events.get(calendarId=calendar_id, eventId=event_id)
-        return cast(dict[str, Any], self._call("events.get", request))
+        return cast("dict[str, Any]", self._call("events.get", request))
 
     def patch_event(
         self,
@@ -128,7 +128,7 @@ class GoogleCalendar:
             calendarId=calendar_id, eventId=event_id, body=body, **_send_updates(send_updates)
         )
         _if_match(request, if_match)
-        return cast(dict[str, Any], self._call("events.patch", request))
+        return cast("dict[str, Any]", self._call("events.patch", request))
 
     def delete_event(
         self, calendar_id: str, event_id: str, *, if_match: str | None = None, send_updates: str | None = None

@@ -12,6 +12,7 @@ had not seen yet, so of origin `google`) and handed back to the app.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -161,10 +162,8 @@ def delete_event(
         single = row is not None and row.recurring_event_id is None
     tombstone: dict[str, Any] = {"id": event_id, "status": CANCELLED}
     if not single:  # an occurrence stays, cancelled: mirror Google's own version of it
-        try:
+        with contextlib.suppress(GoogleNotFound):  # gone for good: the minimal tombstone will do
             tombstone = target.google(runtime, lambda: api.get_event(target.google_id, event_id))
-        except GoogleNotFound:
-            pass
     return _commit(runtime, target, tombstone)
 
 
