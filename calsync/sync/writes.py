@@ -13,6 +13,7 @@ had not seen yet, so of origin `google`) and handed back to the app.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -52,6 +53,7 @@ WRITE_SCOPES = frozenset(
 )
 SEND_UPDATES = ("all", "externalOnly", "none")
 ETAG_MAX = 200
+_ETAG = re.compile(r'\*|(W/)?"[!#-\[\]-~]*"')
 
 _T = TypeVar("_T")
 
@@ -333,5 +335,12 @@ def _check_event_id(event_id: str) -> None:
 
 
 def _check_if_match(etag: str | None) -> None:
-    if etag is not None and (not 1 <= len(etag) <= ETAG_MAX or not all(" " <= ch <= "~" for ch in etag)):
-        raise InvalidWrite("If-Match", f"If-Match: an etag of 1 to {ETAG_MAX} printable ASCII characters")
+    """An entity tag as Google gives them (`"3181161784712000"`, maybe `W/`), or `*`.
+
+    A backslash, though RFC 9110 allows it inside the quotes, is refused: Google's etags never
+    hold one, and the HTTP client under googleapiclient cannot send one in a header.
+    """
+    if etag is not None and (len(etag) > ETAG_MAX or not _ETAG.fullmatch(etag)):
+        raise InvalidWrite(
+            "If-Match", f'If-Match: an etag as Google gives it, e.g. "3181161784712000" (at most {ETAG_MAX} characters)'
+        )
