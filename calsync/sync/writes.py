@@ -5,6 +5,9 @@ goes into the mirror and the feed in one commit, as a row of origin `api`. When 
 reads of the mirror already show it, and the sync that Google's notification of the same write
 causes finds the etag the mirror holds and adds no second row (`PageMirror._holds`).
 
+A write and the syncs of its calendar take turns (`calsync.sync.turns`): the sync woken by the
+write's own notification cannot commit the write's version before the write does.
+
 Conflicts are Google's to judge: `If-Match` goes to Google as given, since the mirror may be a
 notification behind. On 412 the event's current version is fetched, mirrored (a change calsync
 had not seen yet, so of origin `google`) and handed back to the app.
@@ -44,7 +47,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Event
 from calsync.store.states import AccountStatus, Origin
-from calsync.sync import idempotency
+from calsync.sync import idempotency, turns
 from calsync.sync.mirror import CANCELLED, PageMirror
 
 # Scopes that let calsync write events (`calendar.events` beside the read scope, or `calendar`).
@@ -98,18 +101,19 @@ def create_event(
             return _replay(runtime, target, claim)
         body = {**body, "id": claim.event_id}
     api = target.client(runtime)
-    try:
-        event = target.google(runtime, lambda: api.insert_event(target.google_id, body, send_updates=send_updates))
-    except Duplicate:
-        if claim is None:
+    with turns.turn(runtime, calendar_id):
+        try:
+            event = target.google(runtime, lambda: api.insert_event(target.google_id, body, send_updates=send_updates))
+        except Duplicate:
+            if claim is None:
+                raise
+            # An earlier attempt with this key was made in Google, and its answer was lost: fetch it.
+            event = target.google(runtime, lambda: api.get_event(target.google_id, claim.event_id))
+        except GoogleApiError as err:
+            if claim is not None and not isinstance(err, TransientGoogleError):
+                idempotency.release(runtime, calendar_id, claim.key, claim.body_hash)
             raise
-        # An earlier attempt with this key was made in Google, and its answer was lost: fetch it.
-        event = target.google(runtime, lambda: api.get_event(target.google_id, claim.event_id))
-    except GoogleApiError as err:
-        if claim is not None and not isinstance(err, TransientGoogleError):
-            idempotency.release(runtime, calendar_id, claim.key, claim.body_hash)
-        raise
-    return _commit(runtime, target, event, key=claim.key if claim else None)
+        return _commit(runtime, target, event, key=claim.key if claim else None)
 
 
 def patch_event(
@@ -128,14 +132,17 @@ def patch_event(
     _check_if_match(if_match)
     target = _Target.load(runtime, calendar_id)
     api = target.client(runtime)
-    try:
-        event = target.google(
-            runtime,
-            lambda: api.patch_event(target.google_id, event_id, changes, if_match=if_match, send_updates=send_updates),
-        )
-    except PreconditionFailed as err:
-        raise _conflict(runtime, target, event_id) from err
-    return _commit(runtime, target, event)
+    with turns.turn(runtime, calendar_id):
+        try:
+            event = target.google(
+                runtime,
+                lambda: api.patch_event(
+                    target.google_id, event_id, changes, if_match=if_match, send_updates=send_updates
+                ),
+            )
+        except PreconditionFailed as err:
+            raise _conflict(runtime, target, event_id) from err
+        return _commit(runtime, target, event)
 
 
 def delete_event(
@@ -152,6 +159,20 @@ def delete_event(
     _check_if_match(if_match)
     target = _Target.load(runtime, calendar_id)
     api = target.client(runtime)
+    with turns.turn(runtime, calendar_id):
+        return _delete(runtime, target, api, event_id, if_match=if_match, send_updates=send_updates)
+
+
+def _delete(
+    runtime: Runtime,
+    target: _Target,
+    api: GoogleCalendar,
+    event_id: str,
+    *,
+    if_match: str | None,
+    send_updates: str | None,
+) -> WriteResult:
+    """`delete_event` within the calendar's turn."""
     try:
         target.google(
             runtime,
@@ -160,7 +181,7 @@ def delete_event(
     except PreconditionFailed as err:
         raise _conflict(runtime, target, event_id) from err
     with runtime.sessions() as session:
-        row = _mirrored(session, calendar_id, event_id)
+        row = _mirrored(session, target.calendar_id, event_id)
         single = row is not None and row.recurring_event_id is None
     tombstone: dict[str, Any] = {"id": event_id, "status": CANCELLED}
     if not single:  # an occurrence stays, cancelled: mirror Google's own version of it

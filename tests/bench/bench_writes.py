@@ -122,21 +122,20 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, writes: int)
             )
         # Every notification of these writes is synced; then: one row per write, none echoed.
         emu.wait_push_idle(20)
-        wanted = base + 2 * 2 * (writes + 1)
+        each = 2 * writes + 1  # creates and patches, and the warm-up creation, per path
+        wanted = base + 2 * each
         wait_until(lambda: len(all_changes(rt)) >= wanted and all_synced(rt, 1), 60, 0.2)
         time.sleep(1.0)  # a sync still owed would add its echo rows now
         rows = all_changes(rt)[base:]
         api_rows = [r for r in rows if r.origin == "api"]
         google_rows = [r for r in rows if r.origin == "google" and r.event_id]
         report.check(
-            len(api_rows) == 2 * (writes + 1),
-            f"[{kind}] each write through calsync is one api row ({len(api_rows)} for {2 * (writes + 1)})",
+            len(api_rows) == each, f"[{kind}] each write through calsync is one api row ({len(api_rows)} for {each})"
         )
         echoes = [r for r in google_rows if str((r.after or {}).get("summary", "")).startswith("calsync")]
         report.check(not echoes, f"[{kind}] no echo row of a write through calsync ({len(echoes)} found)")
         report.check(
-            len(google_rows) == 2 * (writes + 1),
-            f"[{kind}] each direct write is one google row ({len(google_rows)} for {2 * (writes + 1)})",
+            len(google_rows) == each, f"[{kind}] each direct write is one google row ({len(google_rows)} for {each})"
         )
         check_mirrors(report, rt, emu, [OWNER])
     finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -310,3 +312,25 @@ def test_keys_are_kept_a_day_then_pruned_by_the_schedulers_prune_pass(runtime: R
         prune(session, runtime, now + timedelta(hours=24, seconds=1))
     with runtime.sessions() as session:
         assert session.scalars(select(IdempotencyKey)).all() == []
+
+
+def test_a_sync_woken_by_the_writes_own_notification_cannot_commit_it_first(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """Google made the write and its answer is on its way; meanwhile a sync lists the new version.
+    The sync waits for the write's turn, then finds the etag the write committed: one `api` row."""
+    emu.fail_after_write(1, hold=0.6, status=None, method="calendar.events.insert")
+    done: list[writes.WriteResult] = []
+    writer = threading.Thread(target=lambda: done.append(writes.create_event(runtime, cal, MEETING)))
+    writer.start()
+    deadline = time.monotonic() + 5
+    while not emu.events(ANN) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    syncer = threading.Thread(target=sync_calendar, args=(runtime, cal))
+    syncer.start()  # lists the written event at once, while the write still waits for Google's answer
+    writer.join(10)
+    syncer.join(10)
+    [made] = emu.events(ANN)
+    assert [(c.origin, c.event_id) for c in changes(runtime, cal)] == [("api", made["id"])]
+    assert done[0].seq == changes(runtime, cal)[0].seq
+    settle(runtime, emu, cal)
