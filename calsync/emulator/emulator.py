@@ -23,7 +23,7 @@ from .errors import ApiError
 from .faults import AfterWriteRule, FailRule, Faults, SlowRule
 from .grants import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Grants
 from .push import PushFaults, PushHub, PushRecord, new_channel
-from .store import Calendar, ListEntry, Store, User, new_id, rfc3339
+from .store import Calendar, ListEntry, Store, User, new_id
 
 HTML_BASE = "https://www.google.com"
 PROJECT_NUMBER = DEFAULT_CLIENT_ID.split("-", 1)[0]
@@ -248,7 +248,9 @@ class Emulator:
         def force(cal: Calendar, now: dt.datetime) -> dict[str, Any]:
             record = cal.events[event_id]
             seq = self.store.next_seq()
-            record.data = {**record.data, "updated": rfc3339(now), **fields}
+            data = dict(record.data)
+            events.stamp(data, now, seq)  # a change moves `updated` and the etag, as every change in Google
+            record.data = {**data, **fields}
             record.seq = seq
             cal.updated, cal.seq = now, seq
             return record.data
