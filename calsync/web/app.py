@@ -50,6 +50,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
         api,
         consent,
         dashboard,
+        events_api,
         health,
         metrics,
         openapi,
@@ -58,7 +59,18 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     )
     from calsync.web.api_token import api_http_error
 
-    for module in (health, consent, api, accounts_api, operator_login, dashboard, webhooks_api, metrics, openapi):
+    for module in (
+        health,
+        consent,
+        api,
+        events_api,
+        accounts_api,
+        operator_login,
+        dashboard,
+        webhooks_api,
+        metrics,
+        openapi,
+    ):
         app.register_blueprint(module.bp)
     app.register_error_handler(HTTPException, api_http_error)
     app.register_error_handler(OperationalError, _database_unavailable)
