@@ -13,6 +13,7 @@ time out after `READ_SECONDS`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import re
@@ -117,10 +118,8 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
 
     def _drop(self, conn: ReadingConn) -> None:
         self.reading.pop(conn, None)
-        try:
+        with contextlib.suppress(OSError, KeyError, ValueError):  # not registered any more
             self.poller.unregister(conn.sock)
-        except (OSError, KeyError, ValueError):
-            pass
         self.nr_conns -= 1
         conn.close()
 
