@@ -33,6 +33,7 @@ from calsync.store.states import (
     ChangeType,
     ChannelStatus,
     DeliveryState,
+    Origin,
     Priority,
     SubscriptionStatus,
     SyncState,
@@ -224,6 +225,9 @@ class Change(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(ExactJSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(ExactJSON)
     detected_at: Mapped[datetime] = mapped_column(default=_now)
+    # `api` for a write made through calsync (with the app's Idempotency-Key, if any), else `google`.
+    origin: Mapped[str] = mapped_column(String(10), default=Origin.GOOGLE, server_default=Origin.GOOGLE.value)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
     calendar: Mapped[Calendar | None] = relationship()
     account: Mapped[Account | None] = relationship()
@@ -236,6 +240,23 @@ class Change(Base):
     @kind.setter
     def kind(self, value: str) -> None:
         self.type = ChangeType.of_event(value).value
+
+
+class IdempotencyKey(Base):
+    """An app's `Idempotency-Key` for one event creation: the body it came with and the event it made.
+
+    Claimed (with `seq` null) before Google is called, so a retry or a concurrent twin finds it; `seq`
+    is the feed row of the creation once committed. Kept for a day (the scheduler's prune pass).
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    calendar_id: Mapped[int] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(1024))
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
 
 
 class ConnectSession(Base):
@@ -312,6 +333,7 @@ class WebhookSubscription(Base):
     events: Mapped[list[str]] = mapped_column(default=list)
     calendars: Mapped[list[str] | None] = mapped_column(JSONType)
     format: Mapped[str] = mapped_column(String(20), default="standard")  # standard|slack
+    origin: Mapped[str | None] = mapped_column(String(10))  # an Origin: only event rows of it; null for all
     secret: Mapped[bytes] = mapped_column(LargeBinary)  # encrypted whsec_…
     previous_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     previous_secret_until: Mapped[datetime | None]

@@ -174,8 +174,10 @@ def test_notification_inspector_shows_state_number_outcome_and_headers(admin: An
     page = admin.get("/dashboard/notifications").text
     assert page.index(">7<") < page.index(">1<")  # newest first
     assert "X-Goog-Resource-URI" in page and "https://example/calendars/work/events" in page
-    assert "unknown_channel" in page and "Work" in page and "unknown channel" in page
-    only = admin.get("/dashboard/notifications?channel=chan-zzz").text
+    assert "Work" in page and "unknown_channel" not in page  # refused ones have a history of their own
+    refused = admin.get("/dashboard/notifications?show=refused").text
+    assert "unknown_channel" in refused and "unknown channel" in refused and "X-Goog-Resource-URI" not in refused
+    only = admin.get("/dashboard/notifications?channel=chan-zzz&show=refused").text
     assert "unknown_channel" in only and "X-Goog-Resource-URI" not in only
 
 

@@ -6,8 +6,8 @@ reads in order, and `last_changed_at` (how active they are). Existing calendars 
 their state implies: a sync owed after the first one is a notification's, a calendar without its
 first sync waits for it, every other one waits for its reconciliation.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-06 11:30:00
 """
 
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0007"
-down_revision: str | None = "0006"
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
