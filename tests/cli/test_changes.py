@@ -161,7 +161,7 @@ def test_bad_database_is_one_line_without_traceback(url: str) -> None:
 
 def test_database_without_schema_is_a_clear_error(tmp_path: Path) -> None:
     empty = tmp_path / "empty.db"
-    empty.touch()
+    empty.touch(mode=0o600)  # private, as calsync makes it: a readable one adds a warning line
     env = {**os.environ, "CALSYNC_DATABASE_URL": f"sqlite:///{empty}"}
     proc = subprocess.run([CALSYNC, "changes"], env=env, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and "calsync db upgrade" in proc.stderr
