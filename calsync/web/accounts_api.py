@@ -7,34 +7,19 @@ and disconnect accounts by it. Handlers parse, authorise and call calsync.accoun
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from calsync.accounts import connect_sessions
 from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.clock import rfc3339
-from calsync.errors import InvalidConnectSession, NotFoundError
+from calsync.errors import InvalidConnectSession
 from calsync.readmodels import reads
 from calsync.store.db import transaction
-from calsync.web.api_token import json_error, require_api_token
+from calsync.web.api_token import require_api_token
 from calsync.web.app import runtime
 
 bp = Blueprint("accounts_api", __name__, url_prefix="/api")
-
-
-@bp.errorhandler(InvalidConnectSession)
-def _invalid(err: InvalidConnectSession) -> Any:
-    resp = json_error(400, "bad_request", str(err))
-    resp.set_data(json.dumps({**resp.get_json(), "field": err.field}))
-    return resp
-
-
-@bp.errorhandler(NotFoundError)
-def _not_found(err: NotFoundError) -> Any:
-    return json_error(404, "not_found", str(err))
 
 
 @bp.post("/connect-sessions")

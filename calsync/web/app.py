@@ -40,6 +40,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
         api,
         consent,
         dashboard,
+        errors,
         health,
         metrics,
         openapi,
@@ -51,6 +52,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     for module in (health, consent, api, accounts_api, operator_login, dashboard, webhooks_api, metrics, openapi):
         app.register_blueprint(module.bp)
     app.register_error_handler(HTTPException, api_http_error)
+    errors.init_app(app)
     app.before_request(_refuse_nul)
     app.wsgi_app = receiver.mount(app, runtime)  # type: ignore[method-assign]
     return app

@@ -205,7 +205,7 @@ def webhooks() -> Any:
 @require_admin
 def replay(sub_id: str) -> Any:
     """Queue one delivery again (form field `delivery`), or every failed one of the subscription."""
-    from calsync.errors import InvalidSubscription, NotFoundError
+    from calsync.errors import InvalidSubscription
     from calsync.webhooks.claimcheck import replay as replay_deliveries
     from calsync.webhooks.subscriptions import get_subscription
 
@@ -216,8 +216,6 @@ def replay(sub_id: str) -> Any:
             sub = get_subscription(session, sub_id, lock=True)
             queued = replay_deliveries(session, sub, [delivery] if delivery else None, rt.clock.now())
             rt.wakeup.notify_after_commit(session)
-    except NotFoundError:
-        abort(404)
     except InvalidSubscription as err:
         flash(f"Nothing replayed: {err}")
     else:
