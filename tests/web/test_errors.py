@@ -30,7 +30,7 @@ from tests.web.dashboard_support import PASSWORD, sign_in
 
 
 def test_every_error_of_the_table_answers_its_status_and_the_documented_shape() -> None:
-    expected = {
+    expected: dict[Exception, tuple[int, dict[str, Any]]] = {
         errors.BadParameter("limit: a whole number"): (400, {"error": "bad_request"}),
         InvalidConnectSession("ref", "ref: required"): (400, {"error": "bad_request", "field": "ref"}),
         InvalidSubscription("events", "events: unknown"): (400, {"error": "bad_request", "field": "events"}),
