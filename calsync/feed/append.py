@@ -17,14 +17,13 @@ from calsync.feed.rows import NewChange
 from calsync.metrics import CHANGES
 from calsync.store.bulk import bound, insert_rows, json_text
 from calsync.store.models import Account, Calendar, Change, Counter
-from calsync.webhooks.outbox import enqueue
 
 _CHANGES = Change.__table__
 _COLUMNS = ("seq", "type", "account_id", "calendar_id", "event_id", "ref", "fields", "before", "after", "detected_at")
 
 
 def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> Sequence[NewChange]:
-    """Give `changes` their seq numbers, add them, and queue their webhook deliveries.
+    """Give `changes` their seq numbers and add them; consumers (webhooks among them) read them from here.
 
     A row that names only its calendar gets the calendar's account, and every row the account's
     `ref` as it stands in this transaction.
@@ -68,7 +67,6 @@ def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> 
             for c in changes
         ],
     )
-    enqueue(session, changes, now)
     return changes
 
 

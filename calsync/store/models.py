@@ -271,6 +271,8 @@ class WebhookSubscription(Base):
     previous_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     previous_secret_until: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(String(20), default=SubscriptionStatus.ACTIVE)
+    # The newest feed seq this subscription has looked at: rows above it are still to be queued.
+    cursor_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     last_success_at: Mapped[datetime | None]
     failing_since: Mapped[datetime | None]
@@ -278,7 +280,8 @@ class WebhookSubscription(Base):
 
 
 class Delivery(Base):
-    """The outbox: one message of one change to one subscription, written with the change."""
+    """The outbox: one message of one change to one subscription, queued as the subscription's cursor
+    passes the change, and kept after its last attempt (the claim check)."""
 
     __tablename__ = "deliveries"
     __table_args__ = (

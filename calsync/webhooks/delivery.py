@@ -1,4 +1,5 @@
-"""Sending the outbox: the worker claims due deliveries with a lease, POSTs them, and records each attempt.
+"""Sending the outbox: the worker fills it from the feed, claims due deliveries with a lease, POSTs
+them, and records each attempt.
 
 No transaction is held while a subscriber is called: a claim commits a lease, the HTTP exchange runs,
 and a second transaction records the outcome (only if the lease is still ours). First attempts leave
@@ -31,6 +32,7 @@ from calsync.store.models import (
 )
 from calsync.store.states import DeliveryState, SubscriptionStatus
 from calsync.webhooks import payload
+from calsync.webhooks.outbox import fill
 from calsync.webhooks.safety import resolve_target
 from calsync.webhooks.schedule import parse_retry_after, retry_delay
 from calsync.webhooks.signing import signature_headers
@@ -44,7 +46,10 @@ EXCERPT_BYTES = 500
 
 
 def run_due_deliveries(runtime: Runtime, owner: str, limit: int = 50) -> int:
-    """Attempt up to `limit` due deliveries; returns the number of attempts made."""
+    """Queue what the feed has for the subscriptions, then attempt up to `limit` due deliveries;
+    returns the number of attempts made."""
+    with transaction(runtime.sessions) as session:
+        fill(session, runtime.clock.now())
     made = 0
     while made < limit:
         jobs = _claim(runtime, owner, limit - made)

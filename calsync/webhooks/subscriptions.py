@@ -23,6 +23,7 @@ from calsync.store.crypto import TokenCipher
 from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Delivery, WebhookSubscription
 from calsync.store.states import ChangeType, DeliveryState, SubscriptionStatus
+from calsync.webhooks.outbox import start_at_head
 from calsync.webhooks.safety import check_url, resolve_target
 from calsync.webhooks.signing import new_secret
 from calsync.webhooks.verification import verify_endpoint
@@ -102,6 +103,7 @@ def add_subscription(
         status=SubscriptionStatus.ACTIVE,
         created_at=now,
     )
+    start_at_head(session, sub)
     session.add(sub)
     session.flush()
     return sub, secret

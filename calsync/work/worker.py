@@ -25,6 +25,7 @@ from calsync.store.db import is_own_backend, transaction
 from calsync.store.liveness import lease_is_free, stale_before
 from calsync.store.models import Delivery
 from calsync.store.states import DeliveryState
+from calsync.webhooks.outbox import behind_the_feed
 from calsync.work.jobs import run_calendar_job, run_list_job
 from calsync.work.leases import (
     Claim,
@@ -52,14 +53,15 @@ ReleaseFn = Callable[[Session, Claim], None]
 
 _DELIVERIES = Delivery.__table__
 _DELIVERY_NOW = bindparam("now", type_=_DELIVERIES.c.next_attempt_at.type)
-_DELIVERY_DUE = (
+_DELIVERY_DUE = select(
     select(_DELIVERIES.c.id)
     .where(
         _DELIVERIES.c.state == DeliveryState.PENDING,
         _DELIVERIES.c.next_attempt_at <= _DELIVERY_NOW,
         lease_is_free(_DELIVERIES.c.lease_owner, _DELIVERIES.c.lease_until, _DELIVERY_NOW),
     )
-    .limit(1)
+    .exists()
+    | behind_the_feed()
 )
 
 
@@ -229,5 +231,6 @@ class Worker:
 
 
 def _deliveries_may_be_due(session: Session, now: datetime) -> bool:
-    """Whether a webhook delivery is pending, due and unleased: a cheap look before the real claim."""
-    return session.execute(_DELIVERY_DUE, {"now": now, "stale_before": stale_before(now)}).first() is not None
+    """Whether a webhook delivery is pending, due and unleased, or a subscription has feed rows to
+    look at: a cheap look before the real claim."""
+    return bool(session.execute(_DELIVERY_DUE, {"now": now, "stale_before": stale_before(now)}).scalar())
