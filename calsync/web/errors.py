@@ -83,6 +83,7 @@ def error_body(err: Exception) -> dict[str, Any]:
 
 
 def handle(err: Exception) -> Any:
+    """The API's JSON answer for `err`, or the status's error page outside `/api`."""
     answer = answer_for(err)
     if not is_api_path(request.path):  # a page: its blueprint's own error page for that status
         return current_app.handle_http_exception(default_exceptions[answer.status](description=str(err)))
