@@ -179,9 +179,12 @@ def _short(value: Any) -> str:
 def _open_database(url: str) -> Engine:
     """An engine on an existing calsync database; reading must never create one by accident."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        if not Path(parsed.database).exists():
-            raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {parsed.database} (run `calsync db upgrade`)")
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and not Path(parsed.database).exists()
+    ):
+        raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {parsed.database} (run `calsync db upgrade`)")
     engine = make_engine(url)
     if not inspect(engine).has_table(Change.__tablename__):
         engine.dispose()

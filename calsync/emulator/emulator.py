@@ -23,7 +23,7 @@ from .errors import ApiError
 from .faults import FailRule, Faults, SlowRule
 from .grants import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Grants
 from .push import PushFaults, PushHub, PushRecord, new_channel
-from .store import Calendar, ListEntry, Store, User, new_id
+from .store import Calendar, ListEntry, Store, User, new_id, rfc3339
 
 HTML_BASE = "https://www.google.com"
 PROJECT_NUMBER = DEFAULT_CLIENT_ID.split("-", 1)[0]
@@ -217,6 +217,23 @@ class Emulator:
         return self._edit(
             calendar_id, lambda cal, now: events.patch(self.store, cal, event_id, changes, now, HTML_BASE).data
         )
+
+    def force_event_fields(self, calendar_id: str, event_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Set fields of a stored event with no validation at all, as a change listed like any other.
+
+        For what Google's own checks would not let a client write but a consumer must survive all
+        the same (an undocumented value, an oversized etag, a field of an unexpected type).
+        """
+
+        def force(cal: Calendar, now: dt.datetime) -> dict[str, Any]:
+            record = cal.events[event_id]
+            seq = self.store.next_seq()
+            record.data = {**record.data, "updated": rfc3339(now), **fields}
+            record.seq = seq
+            cal.updated, cal.seq = now, seq
+            return record.data
+
+        return self._edit(calendar_id, force)
 
     def update_event(self, calendar_id: str, event_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Replace the event's writable fields (like events.update)."""

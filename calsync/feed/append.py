@@ -74,20 +74,14 @@ def _name_accounts(session: Session, changes: Sequence[NewChange]) -> None:
     calendar_ids = {c.calendar_id for c in changes if c.account_id is None and c.calendar_id is not None}
     owners: dict[int, int] = {}
     if calendar_ids:
-        owners = {
-            cal_id: account_id
-            for cal_id, account_id in session.execute(
-                select(Calendar.id, Calendar.account_id).where(Calendar.id.in_(calendar_ids))
-            )
-        }
+        owners = dict(
+            session.execute(select(Calendar.id, Calendar.account_id).where(Calendar.id.in_(calendar_ids))).all()
+        )
     for change in changes:
         if change.account_id is None and change.calendar_id is not None:
             change.account_id = owners[change.calendar_id]
-    refs: dict[int, str | None] = {
-        account_id: ref
-        for account_id, ref in session.execute(
-            select(Account.id, Account.ref).where(Account.id.in_({c.account_id for c in changes}))
-        )
-    }
+    refs: dict[int, str | None] = dict(
+        session.execute(select(Account.id, Account.ref).where(Account.id.in_({c.account_id for c in changes}))).all()
+    )
     for change in changes:
         change.ref = refs.get(change.account_id or 0)

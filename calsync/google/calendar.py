@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -32,8 +31,6 @@ from calsync.metrics import GOOGLE_CALLS
 EVENTS_PAGE_SIZE = 2500
 CALENDAR_LIST_PAGE_SIZE = 250
 RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
-
-CallHook = Callable[[str, int], None]
 
 
 class GoogleCalendar:
@@ -64,7 +61,7 @@ class GoogleCalendar:
                 return items
 
     def get_calendar(self, calendar_id: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._call("calendars.get", self._api.calendars.get(calendarId=calendar_id)))
+        return cast("dict[str, Any]", self._call("calendars.get", self._api.calendars.get(calendarId=calendar_id)))
 
     # Events ----------------------------------------------------------------------------------
     def list_events_page(
@@ -100,23 +97,7 @@ class GoogleCalendar:
             kwargs["pageToken"] = page_token
         request = self._api.events.list(**kwargs)
         request.postproc = _keep_bytes  # errors are raised before it runs; a success keeps its bytes
-        return cast(bytes, self._call("events.list", request))
-
-    def iter_event_pages(
-        self, calendar_id: str, sync_token: str | None = None, max_results: int = EVENTS_PAGE_SIZE
-    ) -> Iterator[dict[str, Any]]:
-        """Follow nextPageToken; the last page carries nextSyncToken (its absence is an error)."""
-        page_token: str | None = None
-        while True:
-            page = self.list_events_page(
-                calendar_id, sync_token=sync_token, page_token=page_token, max_results=max_results
-            )
-            page_token = page.get("nextPageToken")
-            if not page_token and not page.get("nextSyncToken"):
-                raise GoogleApiError("events.list ended without nextSyncToken", reason="noSyncToken")
-            yield page
-            if not page_token:
-                return
+        return cast("bytes", self._call("events.list", request))
 
     # Push channels ---------------------------------------------------------------------------
     def watch_events(
@@ -124,11 +105,11 @@ class GoogleCalendar:
     ) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
         request = self._api.events.watch(calendarId=calendar_id, body=body)
-        return cast(dict[str, Any], self._call("events.watch", request))
+        return cast("dict[str, Any]", self._call("events.watch", request))
 
     def watch_calendar_list(self, *, channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
-        return cast(dict[str, Any], self._call("calendarList.watch", self._api.calendar_list.watch(body=body)))
+        return cast("dict[str, Any]", self._call("calendarList.watch", self._api.calendar_list.watch(body=body)))
 
     def stop_channel(self, channel_id: str, resource_id: str) -> None:
         self._call("channels.stop", self._api.channels.stop(body={"id": channel_id, "resourceId": resource_id}))

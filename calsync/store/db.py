@@ -20,6 +20,19 @@ from sqlalchemy.orm import Session, sessionmaker
 # A connection back in the pool for less than this is taken as alive without a ping.
 PING_AFTER_IDLE_SECONDS = 1.0
 
+# libpq's TCP settings for every PostgreSQL connection. After a partition that sends no RST (a
+# NAT or firewall forgetting the flow, a host gone), a socket waits forever by default: keepalives
+# find an idle one dead in about a minute, `tcp_user_timeout` one whose sent data goes unacknowledged
+# as long, and `connect_timeout` bounds a connection attempt to an address that does not answer.
+KEEPALIVE_ARGS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+    "connect_timeout": 10,
+}
+
 _BACKENDS: weakref.WeakKeyDictionary[Engine, set[int]] = weakref.WeakKeyDictionary()
 
 
@@ -39,6 +52,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("max_overflow", 20)
     # Last in, first out: busy threads keep reusing a few warm connections, the rest go idle.
     kwargs.setdefault("pool_use_lifo", True)
+    kwargs["connect_args"] = {**KEEPALIVE_ARGS, **kwargs.get("connect_args", {})}
     engine = create_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         _ping_if_idle(engine)
@@ -75,7 +89,7 @@ _NO_TRANSACTION = "calsync_no_transaction"
 
 def rows_affected(result: Result[Any]) -> int:
     """How many rows an UPDATE or DELETE touched (a DML statement's result is a CursorResult)."""
-    return int(cast(CursorResult[Any], result).rowcount or 0)
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSON as PG_JSON
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -65,6 +66,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# Google's event JSON and the feed's before/after, kept as the text they were written as: jsonb
+# refuses `\u0000` and lone surrogates, which JSON allows and an event may hold. Nothing queries
+# inside them on the server; every index is on the columns derived beside them.
+ExactJSON = JSON().with_variant(PG_JSON(), "postgresql")
 
 
 def _now() -> datetime:
@@ -75,7 +80,11 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     if TYPE_CHECKING:  # every model here is mapped to a Table, which Core's update() and insert() need
         __table__: ClassVar[Table]
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[str]: JSONType}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONType,
+        list[str]: JSONType,
+    }
 
 
 class Account(Base):
@@ -176,7 +185,7 @@ class Event(Base):
     recurring_event_id: Mapped[str | None] = mapped_column(String(1024))
     start: Mapped[str | None] = mapped_column(String(40))
     end: Mapped[str | None] = mapped_column(String(40))
-    data: Mapped[dict[str, Any]] = mapped_column()
+    data: Mapped[dict[str, Any]] = mapped_column(ExactJSON)
     seen_gen: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -199,9 +208,9 @@ class Change(Base):
     calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
     event_id: Mapped[str | None] = mapped_column(String(1024))
     ref: Mapped[str | None] = mapped_column(String(200))
-    fields: Mapped[list[str]] = mapped_column(default=list)
-    before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    after: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    fields: Mapped[list[str]] = mapped_column(ExactJSON, default=list)
+    before: Mapped[dict[str, Any] | None] = mapped_column(ExactJSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(ExactJSON)
     detected_at: Mapped[datetime] = mapped_column(default=_now)
 
     calendar: Mapped[Calendar | None] = relationship()

@@ -13,7 +13,7 @@ lists it, so it is an `updated` whose `after` says `"status": "cancelled"`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, aliased
 from calsync.feed.rows import FeedRow
 from calsync.store.bulk import insert_rows, json_text
 from calsync.store.db import is_postgres
+from calsync.store.jsontext import printable
 from calsync.store.models import Event
 from calsync.store.states import ChangeKind, ChangeType
 from calsync.sync.diff import changed_fields, event_time_text, implied_occurrence
@@ -45,7 +46,14 @@ class PageMirror:
     """The mirrored events of one calendar, as seen inside one page's transaction."""
 
     def __init__(
-        self, session: Session, calendar_id: int, *, gen: int | None, first: bool = False, fresh: bool = False
+        self,
+        session: Session,
+        calendar_id: int,
+        *,
+        gen: int | None,
+        first: bool = False,
+        fresh: bool = False,
+        skipped: dict[str, str] | None = None,
     ) -> None:
         self.session = session
         self.calendar_id = calendar_id
@@ -57,6 +65,9 @@ class PageMirror:
         # event's id is then taken as new without a lookup (see `apply`).
         self.fresh = fresh
         self.changes: list[FeedRow] = []
+        # Events this listing could not apply, by id, with the reason: left as they were (never
+        # swept away), reported on the calendar, and listed again by the next sync.
+        self.skipped: dict[str, str] = skipped if skipped is not None else {}
         self._rows: dict[str, _Row | None] = {}
         self._exceptions: dict[str, list[Event]] = {}
         # New rows of this page, plain objects outside the session: inserted in bulk at the end of
@@ -75,7 +86,11 @@ class PageMirror:
         fails its insert on the unique key; the page is then rolled back to a savepoint and applied
         again with every id looked up. Ids of cancelled events are always looked up: a cancellation
         deletes, and a wrong guess there would not fail, it would leave the row.
+
+        An event calsync cannot store or read (see `unusable`) is left out and named in `skipped`:
+        one such event must not stop the rest of its page, nor its calendar.
         """
+        items = self._admit(items)
         if self.fresh:
             kept = list(deferred)
             try:
@@ -105,16 +120,42 @@ class PageMirror:
             else:
                 (occurrences if item.get("recurringEventId") else gone).append(item)
         for item in live:
-            self._put_live(item)
+            self._guarded(self._put_live, item)
         self._load_exceptions(i["id"] for i in gone)
         for item in gone:
-            self._put_gone(item)
+            self._guarded(self._put_gone, item)
         retry = deferred + occurrences
         deferred.clear()
         for item in retry:
-            if not self._put_cancelled_occurrence(item):
+            if self._guarded(self._put_cancelled_occurrence, item) is False:
                 deferred.append(item)
         self._insert_new()
+
+    def _admit(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The items that can be stored; the others are named in `skipped`."""
+        kept = []
+        for item in items:
+            problem = unusable(item)
+            if problem is None:
+                kept.append(item)
+            else:
+                self._skip(item, problem)
+        return kept
+
+    def _guarded(self, put: Callable[[dict[str, Any]], Any], item: dict[str, Any]) -> Any:
+        """Apply one item; a shape the code cannot follow skips that item, not its page."""
+        mark = len(self.changes)
+        try:
+            return put(item)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            del self.changes[mark:]
+            self._skip(item, f"{type(err).__name__}: {err}")
+            return None
+
+    def _skip(self, item: Any, problem: str) -> None:
+        event_id = item.get("id") if isinstance(item, dict) else None
+        key = event_id if isinstance(event_id, str) and unusable_text(event_id, 1024) is None else ascii(event_id)
+        self.skipped[key] = printable(problem)[:300]
 
     def finish(self, deferred: list[dict[str, Any]]) -> None:
         """Last page: cancelled occurrences of series we never saw stay unmirrored (nothing to hide)."""
@@ -127,6 +168,8 @@ class PageMirror:
             select(Event).where(Event.calendar_id == self.calendar_id, Event.seen_gen < self.gen)
         ).all()
         for row in sorted(stale, key=lambda r: r.recurring_event_id is not None):
+            if row.google_id in self.skipped:
+                continue  # listed, but not applied: it is still in Google
             if self._rows.get(row.google_id, row) is not None:
                 self._rows[row.google_id] = row
                 self._remove(row)
@@ -389,6 +432,50 @@ def _columns(item: dict[str, Any]) -> tuple[str, str | None, str | None, str | N
         event_time_text(item.get("start")),
         event_time_text(item.get("end")),
     )
+
+
+def unusable(item: Any) -> str | None:
+    """Why calsync cannot store this listed event, or None when it can.
+
+    Its JSON is stored as sent, whatever its strings hold. The columns derived from it (id, status,
+    etag, times) are text on both engines, which holds neither NUL nor lone surrogates on
+    PostgreSQL, and have bounded lengths: Google's own values always fit.
+    """
+    if not isinstance(item, dict):
+        return f"not an event object: {type(item).__name__}"
+    if not isinstance(item.get("id"), str) or not item["id"]:
+        return "no id"
+    try:
+        values = _columns(item)
+    except (TypeError, ValueError, AttributeError) as err:
+        return f"unreadable fields: {err}"
+    for name, value, limit in zip(_CHECKED, (item["id"], *values), _LIMITS, strict=True):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return f"{name} is not a string"
+        problem = unusable_text(value, limit)
+        if problem is not None:
+            return f"{name} {problem}"
+    return None
+
+
+def unusable_text(value: str, limit: int) -> str | None:
+    """Why `value` cannot go into a text column of `limit` characters, or None."""
+    if len(value) > limit:
+        return f"is longer than {limit} characters"
+    if "\x00" in value:
+        return "holds a NUL character"
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "holds a lone surrogate"
+    return None
+
+
+_CHECKED = ("id", "status", "etag", "updated", "recurringEventId", "start", "end")
+_LIMITS = (1024, 20, 100, 40, 1024, 40, 40)
 
 
 def _set_columns(row: Event, item: dict[str, Any]) -> None:

@@ -10,12 +10,12 @@ import re
 from datetime import datetime
 from typing import Any
 
-import orjson
 from flask import Blueprint, Response, jsonify, request
 
 from calsync.feed import reads as feed_reads
 from calsync.readmodels import availability, reads
 from calsync.readmodels.occurrences import check_window, known_zone, parse_instant
+from calsync.store.jsontext import dumps
 from calsync.web.api_token import require_api_token
 from calsync.web.app import runtime
 from calsync.web.errors import BadParameter
@@ -113,7 +113,7 @@ def freebusy() -> Any:
 
 def _json(body: dict[str, Any]) -> Response:
     """A JSON answer encoded by orjson: occurrence pages and busy lists are large and asked for often."""
-    return Response(orjson.dumps(body), mimetype="application/json")
+    return Response(dumps(body), mimetype="application/json")
 
 
 @bp.get("/changes")

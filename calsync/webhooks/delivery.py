@@ -8,12 +8,12 @@ in seq order per subscription; retries never hold newer messages back.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import exists, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, aliased
 
 from calsync.clock import rfc3339, utc
@@ -22,6 +22,7 @@ from calsync.feed.reads import feed_rows
 from calsync.metrics import DELIVERIES
 from calsync.runtime import Runtime
 from calsync.store.db import is_postgres, transaction
+from calsync.store.jsontext import dumps_unicode, printable
 from calsync.store.liveness import claiming_as, lease_is_free, stale_before
 from calsync.store.models import (
     Calendar,
@@ -144,11 +145,9 @@ def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: d
         sub = subs[delivery.subscription_id]
         change, email, google_id, summary, time_zone = changes[delivery.change_seq]
         if sub.format == "slack" and change.kind is None:
-            body = json.dumps(
-                lifecycle_message(change.type, email, (change.after or {}).get("summary")), ensure_ascii=False
-            )
+            body = dumps_unicode(lifecycle_message(change.type, email, (change.after or {}).get("summary")))
         elif sub.format == "slack":
-            body = json.dumps(
+            body = dumps_unicode(
                 slack_message(
                     change.kind,
                     list(change.fields or []),
@@ -157,8 +156,7 @@ def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: d
                     calendar_name=summary or google_id,
                     time_zone=time_zone,
                     event_id=change.event_id,
-                ),
-                ensure_ascii=False,
+                )
             )
         else:
             body = payload.encode(payload.message(change, email, google_id))
@@ -192,7 +190,16 @@ def _attempt(runtime: Runtime, owner: str, job: _Job) -> None:
             error=error,
             retry_after=parse_retry_after(resp.headers.get("Retry-After"), sent_at),
         )
-    _record(runtime, owner, job, outcome)
+    try:
+        _record(runtime, owner, job, outcome)
+    except DBAPIError as err:
+        if err.connection_invalidated:
+            raise  # the database is away: the lease runs out and the message goes again
+        # The database refused what the endpoint answered. Recorded without it, the attempt still
+        # counts towards the retry limit, and the messages behind it go on.
+        log.warning("delivery %s: attempt not recordable as is (%s); recorded without the answer", job.delivery_id, err)
+        bare = replace(outcome, excerpt=None, error=f"answer not recordable; error was {ascii(outcome.error)[:300]}")
+        _record(runtime, owner, job, bare)
 
 
 def _record(runtime: Runtime, owner: str, job: _Job, outcome: _Outcome) -> None:
@@ -285,4 +292,5 @@ def _label(outcome: _Outcome) -> str:
 
 
 def _excerpt(body: bytes) -> str:
-    return body[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+    """The answer's first bytes as text any engine stores: bytes that are not UTF-8 and NUL escaped."""
+    return printable(body[:EXCERPT_BYTES].decode("utf-8", errors="backslashreplace"))[:EXCERPT_BYTES]

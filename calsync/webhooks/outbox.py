@@ -16,11 +16,14 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from calsync.feed.cursor import newest_seq, newest_seq_value
+from calsync.store.bulk import bound, insert_rows
 from calsync.store.db import is_postgres
 from calsync.store.models import Calendar, Change, Delivery, WebhookSubscription
 from calsync.store.states import ChangeType, DeliveryState, SubscriptionStatus
 
 QUEUED_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED)
+_DELIVERIES = Delivery.__table__
+_COLUMNS = ("subscription_id", "change_seq", "message_id", "state", "attempts", "next_attempt_at", "created_at")
 FILL_BATCH = 1000  # feed rows looked at per pass; a long backlog is worked through over passes
 
 
@@ -67,7 +70,17 @@ def fill(session: Session, now: datetime, limit: int = FILL_BATCH) -> int:
     ).all()
     # A full batch ends at its last row; a short one saw everything up to the head read above.
     reached = rows[-1].seq if len(rows) == limit else head
-    return sum(_queue(session, sub, rows, reached, now) for sub in subs)
+    queued = [item for sub in subs for item in _queue(sub, rows, reached)]
+    # Straight to the driver, as the feed's own rows: thousands of ORM objects cost more than the insert.
+    connection = session.connection()
+    at = bound(connection, _DELIVERIES.c.created_at, now)
+    insert_rows(
+        connection,
+        _DELIVERIES,
+        _COLUMNS,
+        [(sub_id, seq, message_id(sub_id, seq), DeliveryState.PENDING.value, 0, at, at) for sub_id, seq in queued],
+    )
+    return len(queued)
 
 
 def start_at_head(session: Session, sub: WebhookSubscription) -> None:
@@ -76,24 +89,19 @@ def start_at_head(session: Session, sub: WebhookSubscription) -> None:
 
 
 # Helpers ---------------------------------------------------------------------------------------
+_FeedRow = tuple[int, str, str | None]  # seq, type, the calendar's Google id
+
+
 def _queue(
-    session: Session, sub: WebhookSubscription, rows: Sequence[tuple[int, str, str | None]], reached: int, now: datetime
-) -> int:
-    count = 0
+    sub: WebhookSubscription, rows: Sequence[tuple[int, str, str | None]], reached: int
+) -> list[tuple[str, int]]:
+    """(subscription, seq) of the rows `sub` wants between its cursor and `reached`; moves the cursor."""
+    wanted = []
     if sub.status in QUEUED_STATUSES:
-        for seq, change_type, google_id in rows:
-            if sub.cursor_seq < seq <= reached and matches(sub, change_type, google_id):
-                session.add(
-                    Delivery(
-                        subscription_id=sub.id,
-                        change_seq=seq,
-                        message_id=message_id(sub.id, seq),
-                        state=DeliveryState.PENDING,
-                        attempts=0,
-                        next_attempt_at=now,
-                        created_at=now,
-                    )
-                )
-                count += 1
+        wanted = [
+            (sub.id, seq)
+            for seq, change_type, google_id in rows
+            if sub.cursor_seq < seq <= reached and matches(sub, change_type, google_id)
+        ]
     sub.cursor_seq = max(sub.cursor_seq, reached)
-    return count
+    return wanted

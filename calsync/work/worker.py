@@ -15,9 +15,10 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.runtime import Runtime
@@ -42,9 +43,13 @@ from calsync.work.scheduler import (
     schedule_renewals,
 )
 
+if TYPE_CHECKING:
+    from calsync.work.listen import Listener
+
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.5  # the fallback when no wake-up arrives; also bounds how soon a dead worker's work is seen
+ERROR_PAUSE_SECONDS = 0.5  # after a failed pass (the database away, say): back soon, without hammering it
 SCHEDULER_SECONDS = 2.0
 DELIVERY_BATCH = 50
 
@@ -75,6 +80,7 @@ class Worker:
         # The scheduler must look several times within the renewal window, however short it is.
         self.tick_seconds = max(0.05, min(SCHEDULER_SECONDS, runtime.settings.renew_before / 4))
         self.heartbeat = Heartbeat(runtime, self.name)
+        self.listener: Listener | None = None  # while `run` runs, on PostgreSQL
         self._started = False
 
     # Entry points ----------------------------------------------------------------------------
@@ -89,7 +95,7 @@ class Worker:
         threads: list[threading.Thread] = []
         try:
             self.start_up()
-            listener = self._start_listener(stop)
+            listener = self.listener = self._start_listener(stop)
             threads = [
                 threading.Thread(
                     target=self._loop, args=(f"{self.name}/{i}", stop), name=f"calsync-worker-{i}", daemon=True
@@ -186,10 +192,14 @@ class Worker:
             generation = wakeup.generation()
             try:
                 did = self.work_once(owner, stop)
+            except (OperationalError, InterfaceError) as err:
+                log.warning("worker thread %s: the database is away (%s); trying again shortly", owner, err.orig)
+                did = 0
+                stop.wait(ERROR_PAUSE_SECONDS)
             except Exception:
                 log.exception("worker thread %s: unexpected failure", owner)
                 did = 0
-                stop.wait(POLL_SECONDS)
+                stop.wait(ERROR_PAUSE_SECONDS)
             if not did:
                 wakeup.wait(generation, POLL_SECONDS)
 
@@ -218,7 +228,7 @@ class Worker:
             log.exception("webhook deliveries failed")
             return 0
 
-    def _start_listener(self, stop: threading.Event) -> threading.Thread | None:
+    def _start_listener(self, stop: threading.Event) -> Listener | None:
         if self.runtime.engine.dialect.name != "postgresql":
             return None
         from calsync.work.listen import Listener

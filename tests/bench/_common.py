@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -319,10 +319,8 @@ class Proc:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (warm shutdown), then SIGKILL if it does not go; gunicorn's children go with their group."""
         if self.alive():
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:

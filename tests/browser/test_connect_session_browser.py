@@ -83,7 +83,7 @@ def test_an_app_connects_its_users_calendar_through_a_connect_session(
     expect(page.get_by_label("Ann Example <ann@example.com>")).to_be_checked()  # the login hint chose it
     page.get_by_role("button", name="Allow").click()
     page.wait_for_url(f"{the_app}/calendar/connected?*")
-    assert {k: v for k, v in parse_qs(urlsplit(page.url).query).items()} == {
+    assert dict(parse_qs(urlsplit(page.url).query).items()) == {
         "ref": ["user-42"],
         "status": ["connected"],
         "account": ["ann@example.com"],

@@ -16,7 +16,7 @@ from .conftest import ALICE, Receiver, list_all, timed
 def reason(err: HttpError) -> str:
     import json
 
-    return cast(str, json.loads(err.content)["error"]["errors"][0]["reason"])
+    return cast("str", json.loads(err.content)["error"]["errors"][0]["reason"])
 
 
 def test_event_created_by_a_person_looks_like_googles(emu: Emulator, service: Any, alice: str) -> None:

@@ -81,7 +81,11 @@ def test_the_table_is_registered_once_on_the_app_and_nowhere_else(app: Flask) ->
         name: [kind for kind in handlers.get(None, {}) if not issubclass(kind, HTTPException)]
         for name, handlers in app.error_handler_spec.items()
     }
-    assert {name: kinds for name, kinds in by_blueprint.items() if kinds} == {None: list(errors.ANSWERS)}
+    assert {name: kinds for name, kinds in by_blueprint.items() if name is not None and kinds} == {}
+    on_the_app = app.error_handler_spec[None][None]
+    assert {kind: on_the_app[kind] for kind in errors.ANSWERS} == dict.fromkeys(errors.ANSWERS, errors.handle)
+    calsync_errors = [kind for kind in on_the_app if issubclass(kind, CalsyncError)]
+    assert set(calsync_errors) <= set(errors.ANSWERS)  # any other error of calsync's is a 500, as before
     assert all(issubclass(kind, CalsyncError | ValueError) for kind in errors.ANSWERS)
 
 
