@@ -339,3 +339,25 @@ class WorkerHeartbeat(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=_now)
     seen_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+
+
+class OperatorSession(Base):
+    """A dashboard sign-in. The cookie carries a random id and this row its hash: deleting the row
+    (signing out, or expiry) ends the session for every copy of the cookie."""
+
+    __tablename__ = "operator_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class LoginFailure(Base):
+    """Failed dashboard sign-ins of one client (an IPv4 address, or an IPv6 /64), which set how long
+    it must wait before its next attempt; shared by every web process."""
+
+    __tablename__ = "login_failures"
+
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(index=True)

@@ -11,15 +11,18 @@ from typing import Any
 from flask import Flask, current_app, request
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.jsontext import printable
+from calsync.store.keyfiles import read_or_create
 from calsync.store.locations import resource_dir
 from calsync.web import receiver
 
 STATIC = resource_dir("static")
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+SESSION_KEY_FILE = "secret.key"
 
 
 def build_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
@@ -35,7 +38,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     # An event's text may hold a lone surrogate (JSON allows it; UTF-8 has no form for it): escaped
     # where a page shows it, so the page still renders.
     app.jinja_env.finalize = _displayable
-    app.config["SECRET_KEY"] = settings.secret_key or _instance_secret(settings.instance_path)
+    app.config["SECRET_KEY"] = session_secret(settings)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
@@ -67,6 +70,10 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
             app.view_functions[endpoint] = _retried_on_lost_connection(view)
     app.before_request(_refuse_nul)
     app.wsgi_app = receiver.mount(app, runtime)  # type: ignore[method-assign]
+    if settings.trusted_proxies:
+        # Outermost, so that every part (the sign-in throttle, the receiver) sees the real client.
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     return app
 
 
@@ -134,13 +141,9 @@ def runtime() -> Runtime:
     return current_app.extensions["calsync"]  # type: ignore[no-any-return]
 
 
-def _instance_secret(folder: Path) -> str:
-    """A per-installation session key kept in the instance folder when none is configured."""
-    path = folder / "secret.key"
-    if path.exists():
-        return path.read_text().strip()
-    folder.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
-    return key
+def session_secret(settings: Settings) -> str:
+    """CALSYNC_SECRET_KEY, or else a per-installation session key kept in the instance folder."""
+    if settings.secret_key:
+        return str(settings.secret_key)
+    key, _ = read_or_create(settings.instance_path / SESSION_KEY_FILE, lambda: secrets.token_urlsafe(32).encode())
+    return key.decode()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import exists, or_, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from calsync.clock import rfc3339, utc
@@ -21,7 +21,7 @@ from calsync.errors import UnsafeURLError
 from calsync.feed.reads import feed_rows
 from calsync.metrics import DELIVERIES
 from calsync.runtime import Runtime
-from calsync.store.db import is_postgres, transaction
+from calsync.store.db import is_postgres, transaction, when_back
 from calsync.store.jsontext import dumps_unicode, printable
 from calsync.store.liveness import claiming_as, lease_is_free, stale_before
 from calsync.store.models import (
@@ -192,9 +192,9 @@ def _attempt(runtime: Runtime, owner: str, job: _Job) -> None:
         )
     try:
         _record(runtime, owner, job, outcome)
+    except (OperationalError, InterfaceError):
+        raise
     except DBAPIError as err:
-        if err.connection_invalidated:
-            raise  # the database is away: the lease runs out and the message goes again
         # The database refused what the endpoint answered. Recorded without it, the attempt still
         # counts towards the retry limit, and the messages behind it go on.
         log.warning("delivery %s: attempt not recordable as is (%s); recorded without the answer", job.delivery_id, err)
@@ -203,50 +203,59 @@ def _attempt(runtime: Runtime, owner: str, job: _Job) -> None:
 
 
 def _record(runtime: Runtime, owner: str, job: _Job, outcome: _Outcome) -> None:
+    """The attempt and its consequences; once the database is back if it is away (the lease that
+    holds the message goes with it)."""
+    when_back(
+        runtime.sessions,
+        lambda session: _write(session, runtime, owner, job, outcome),
+        give_up_after=runtime.settings.lease_seconds,
+    )
+
+
+def _write(session: Session, runtime: Runtime, owner: str, job: _Job, outcome: _Outcome) -> None:
     now = runtime.clock.now()
-    with transaction(runtime.sessions) as session:
-        delivery = session.get(Delivery, job.delivery_id, with_for_update=True)
-        if delivery is None:  # the subscription was deleted meanwhile
-            return
-        session.add(
-            DeliveryAttempt(
-                delivery_id=delivery.id,
-                attempted_at=outcome.sent_at,
-                status_code=outcome.status,
-                latency_ms=outcome.latency_ms,
-                response_excerpt=outcome.excerpt,
-                error=outcome.error,
-            )
+    delivery = session.get(Delivery, job.delivery_id, with_for_update=True)
+    if delivery is None:  # the subscription was deleted meanwhile
+        return
+    session.add(
+        DeliveryAttempt(
+            delivery_id=delivery.id,
+            attempted_at=outcome.sent_at,
+            status_code=outcome.status,
+            latency_ms=outcome.latency_ms,
+            response_excerpt=outcome.excerpt,
+            error=outcome.error,
         )
-        if delivery.lease_owner != owner:
-            log.warning(
-                "delivery %s: lease lost to %s; attempt logged, state left to the new owner",
-                delivery.id,
-                delivery.lease_owner,
-            )
-            DELIVERIES.labels("lease_lost").inc()
-            return
-        sub = session.get(WebhookSubscription, delivery.subscription_id, with_for_update=True)
-        assert sub is not None  # the delivery's foreign key cascades on delete
-        delivery.attempts += 1
-        delivery.last_status = outcome.status
-        delivery.last_error = outcome.error
-        delivery.lease_owner = None
-        delivery.lease_until = None
-        DELIVERIES.labels(_label(outcome)).inc()
-        if outcome.ok:
-            delivery.state = DeliveryState.DELIVERED
-            delivery.delivered_at = now
-            delivery.next_attempt_at = None
-            sub.last_success_at = now
-            sub.failing_since = None
-        elif outcome.status == 410:
-            _fail(delivery)
-            reason = f"the endpoint answered 410 Gone at {rfc3339(now)}"
-            log.warning("webhook %s disabled: %s", sub.id, reason)
-            disable(session, sub, reason, now)
-        else:
-            _failed_attempt(session, runtime, sub, delivery, outcome, now)
+    )
+    if delivery.lease_owner != owner:
+        log.warning(
+            "delivery %s: lease lost to %s; attempt logged, state left to the new owner",
+            delivery.id,
+            delivery.lease_owner,
+        )
+        DELIVERIES.labels("lease_lost").inc()
+        return
+    sub = session.get(WebhookSubscription, delivery.subscription_id, with_for_update=True)
+    assert sub is not None  # the delivery's foreign key cascades on delete
+    delivery.attempts += 1
+    delivery.last_status = outcome.status
+    delivery.last_error = outcome.error
+    delivery.lease_owner = None
+    delivery.lease_until = None
+    DELIVERIES.labels(_label(outcome)).inc()
+    if outcome.ok:
+        delivery.state = DeliveryState.DELIVERED
+        delivery.delivered_at = now
+        delivery.next_attempt_at = None
+        sub.last_success_at = now
+        sub.failing_since = None
+    elif outcome.status == 410:
+        _fail(delivery)
+        reason = f"the endpoint answered 410 Gone at {rfc3339(now)}"
+        log.warning("webhook %s disabled: %s", sub.id, reason)
+        disable(session, sub, reason, now)
+    else:
+        _failed_attempt(session, runtime, sub, delivery, outcome, now)
 
 
 def _failed_attempt(

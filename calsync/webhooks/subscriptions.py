@@ -82,7 +82,7 @@ def register(runtime: Runtime, spec: SubscriptionSpec) -> tuple[WebhookSubscript
     check raises (UnsafeURLError, VerificationFailed) and nothing is stored.
     """
     resolve_target(spec.url, runtime.settings)
-    if spec.format == "standard":
+    if spec.format == "standard":  # a Slack incoming webhook cannot answer a challenge; its URL is its secret
         verify_endpoint(spec.url, runtime.settings, verify_token=spec.verify_token)
     with transaction(runtime.sessions) as session:
         return add_subscription(session, runtime.cipher, spec, runtime.clock.now())

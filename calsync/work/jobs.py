@@ -9,13 +9,11 @@ sorted here into backoff (rate limits, 5xx), long retries (forbidden), re-consen
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import mark_reauth_required
@@ -34,7 +32,7 @@ from calsync.push.channels import (
     stop_channels_locally,
 )
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
+from calsync.store.db import transaction, when_back
 from calsync.store.models import Account, Calendar
 from calsync.store.states import ChannelKind, SyncState
 from calsync.sync.calendar_list import refresh_calendar_list
@@ -54,8 +52,6 @@ from calsync.work.leases import (
 )
 
 log = logging.getLogger(__name__)
-
-RECORD_RETRY_SECONDS = 0.25  # while the database is away, how often a job tries to record its outcome
 
 
 def run_calendar_job(runtime: Runtime, claim: Claim) -> None:
@@ -106,24 +102,14 @@ def run_list_job(runtime: Runtime, claim: Claim) -> None:
 
 
 def record_outcome(runtime: Runtime, record: Callable[[Session], None]) -> None:
-    """Record a job's outcome, waiting for the database if it is away (stopped, restarting, unreachable).
+    """Record a job's outcome (which releases its lease), waiting for the database if it is away.
 
-    The outcome releases the lease. A job the database failed under could record nothing while it
-    was away; left at that, its calendar stayed leased for the whole lease period after the return,
-    and every change made meanwhile waited that long. Retried until the lease would have run out
-    anyway, the release lands within moments of the database's return.
+    A job the database failed under could record nothing while it was away; left at that, its
+    calendar stayed leased for the whole lease period after the return, and every change made
+    meanwhile waited that long. Retried until the lease would have run out anyway, the release
+    lands within moments of the database's return.
     """
-    deadline = time.monotonic() + runtime.settings.lease_seconds
-    while True:
-        try:
-            with transaction(runtime.sessions) as session:
-                record(session)
-            return
-        except (OperationalError, InterfaceError):
-            if time.monotonic() >= deadline:
-                raise
-            log.warning("could not record a job's outcome: the database is away; retrying")
-            time.sleep(RECORD_RETRY_SECONDS)
+    when_back(runtime.sessions, record, give_up_after=runtime.settings.lease_seconds)
 
 
 def describe(err: BaseException) -> str:

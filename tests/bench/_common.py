@@ -454,7 +454,7 @@ class EditStream:
             f"{label}: the first syncs wrote one snapshot row for each of {self.baseline} events "
             f"({len(snapshots)} rows, distinct {len(set(snapshots))})",
         )
-        changes = [c for c in all_changes(rt) if c.kind != "snapshot"]
+        changes = [c for c in all_changes(rt) if c.kind not in (None, "snapshot")]  # event rows only
         cal_google = _google_ids(rt)
         created = [c.after["summary"] for c in changes if c.kind == "created" and c.after]
         updated = [c.after["summary"] for c in changes if c.kind == "updated" and c.after]

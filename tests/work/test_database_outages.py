@@ -29,7 +29,16 @@ from calsync.wakeup import CHANNEL, Wakeup
 from calsync.work.listen import Listener
 from calsync.work.worker import Worker
 from tests.pg_support import PrivateServer, unavailable
-from tests.sync_support import assert_feed_rebuilds_mirror, changes, connect_account, google_view, mirror
+from tests.sync_support import (
+    assert_feed_rebuilds_mirror,
+    changes,
+    connect_account,
+    google_view,
+    last_seq,
+    mirror,
+)
+from tests.webhooks.receiver import Receiver as WebhookReceiver
+from tests.webhooks.support import loopback_settings, subscribe
 
 ALICE = "alice@example.com"
 SERVER_ERRORS = range(500, 600)
@@ -51,6 +60,12 @@ def private_pg() -> Iterator[PrivateServer]:
 def db_url(private_pg: PrivateServer) -> str:
     """Overrides the suite's both-engines fixture: these tests are about PostgreSQL itself."""
     return private_pg.fresh_database(f"t_{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Webhooks to a subscriber on loopback allowed."""
+    return loopback_settings(settings)
 
 
 @pytest.fixture
@@ -122,6 +137,9 @@ def test_killed_backends_cost_no_500_and_listen_comes_back(
 def test_a_restart_while_edits_flow_loses_and_repeats_nothing(
     running: Worker, runtime: Runtime, live_server: str, emu: Any, private_pg: PrivateServer
 ) -> None:
+    subscriber = WebhookReceiver().start()
+    subscribe(runtime, subscriber.url)
+    subscribed_at = last_seq(runtime)
     made: list[str] = []
     seen: list[int] = []
     stop = threading.Event()
@@ -149,6 +167,12 @@ def test_a_restart_while_edits_flow_loses_and_repeats_nothing(
     assert not [s for s in seen if s in SERVER_ERRORS and s != 503], seen
     wait_until(lambda: get(live_server, "/healthz") == 200, 10, "/healthz 200 again")
     assert {r.status for r in emu.notifications} <= {200}  # each notification recorded in the end
+
+    # Webhook deliveries went on: every change since the subscription reached the subscriber.
+    wanted = {c.seq for c in changes(runtime, after=subscribed_at)}
+    assert len(wanted) >= len(made)
+    wait_until(lambda: wanted <= {p.json()["data"]["seq"] for p in subscriber.posts()}, 20, "every webhook message")
+    subscriber.stop()
 
 
 @pytest.mark.parametrize("poll_seconds", [calsync.work.worker.POLL_SECONDS])
