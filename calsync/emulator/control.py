@@ -93,6 +93,12 @@ def remove_calendar(emu: Emulator, body: Json, email: str, calendar_id: str) -> 
     return {}
 
 
+@route("/users/<email>/shared/<calendar_id>", ["POST"])
+def share_calendar(emu: Emulator, body: Json, email: str, calendar_id: str) -> Json:
+    emu.share_calendar(calendar_id, email, str(body.get("role", "reader")))
+    return {}
+
+
 @route("/users/<email>/revoke", ["POST"])
 def revoke_grant(emu: Emulator, body: Json, email: str) -> Json:
     emu.revoke_grant(email)
@@ -187,6 +193,20 @@ def fail_next(emu: Emulator, body: Json) -> Json:
     return {}
 
 
+@route("/faults/fail_after_write", ["POST"])
+def fail_after_write(emu: Emulator, body: Json) -> Json:
+    status = body.get("status", 503)
+    emu.fail_after_write(
+        int(body.get("n", 1)),
+        hold=float(body.get("hold", 0.0)),
+        status=None if status is None else int(status),
+        reason=str(body.get("reason", "backendError")),
+        method=body.get("method"),
+        calendar_id=body.get("calendar_id"),
+    )
+    return {}
+
+
 @route("/faults/slow_next", ["POST"])
 def slow_next(emu: Emulator, body: Json) -> Json:
     emu.slow_next(int(body.get("n", 1)), float(body.get("seconds", 1.0)), body.get("method"), body.get("calendar_id"))
@@ -208,6 +228,24 @@ def push_faults(emu: Emulator, body: Json) -> Json:
         bool(body.get("reorder", False)),
     )
     return {}
+
+
+@route("/quota", ["GET", "PUT"])
+def quota(emu: Emulator, body: Json) -> Json:
+    if body:
+        per_project, per_user = body.get("per_project"), body.get("per_user")
+        emu.enforce_quota(
+            None if per_project is None else int(per_project),
+            None if per_user is None else int(per_user),
+            float(body.get("window", 60.0)),
+        )
+    cfg = emu.quota.config
+    return {
+        "per_project": cfg.per_project,
+        "per_user": cfg.per_user,
+        "window": cfg.window,
+        "refused": emu.quota.refused,
+    }
 
 
 @route("/config", ["GET", "PUT"])

@@ -20,14 +20,16 @@ from urllib.parse import quote
 
 from . import events, listing
 from .errors import ApiError
-from .faults import FailRule, Faults, SlowRule
+from .faults import AfterWriteRule, FailRule, Faults, SlowRule
 from .grants import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Grants
 from .push import PushFaults, PushHub, PushRecord, new_channel
-from .store import Calendar, ListEntry, Store, User, new_id, rfc3339
+from .quota import Quota
+from .store import Calendar, ListEntry, Store, User, new_id
 
 HTML_BASE = "https://www.google.com"
 PROJECT_NUMBER = DEFAULT_CLIENT_ID.split("-", 1)[0]
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
+WRITER_ROLES = ("owner", "writer")
 
 _T = TypeVar("_T")
 
@@ -85,6 +87,7 @@ class Emulator:
             timeout=push_timeout,
         )
         self.faults = Faults()
+        self.quota = Quota()
         self._pending_consents: dict[str, dict[str, Any]] = {}
         self._log: deque[ApiRequest] = deque(maxlen=log_size)
         self._log_lock = threading.Lock()
@@ -118,6 +121,7 @@ class Emulator:
         self.grants.clear()
         self.push.clear()
         self.faults.clear()
+        self.quota.clear()
         with self._log_lock:
             self._log.clear()
         self._pending_consents.clear()
@@ -182,6 +186,25 @@ class Emulator:
         self.push.notify("calendarList:" + user.email)
         return cal_id
 
+    def share_calendar(self, calendar_id: str, email: str, role: str = "reader") -> None:
+        """Put another user's calendar on ``email``'s list with ``role`` (fires calendarList push).
+
+        A ``reader`` sees its events; a write gets Google's 403 ``requiredAccessLevel``.
+        """
+        if role not in ("owner", "writer", "reader", "freeBusyReader"):
+            raise ValueError(f"unknown access role {role!r}")
+        with self.store.lock:
+            user = self.store.user(email)
+            self.store.calendar(calendar_id)
+            entry = user.entries.get(calendar_id)
+            if entry is not None and not entry.deleted:
+                entry.role, entry.seq = role, self.store.next_seq()
+            else:
+                user.entries[calendar_id] = ListEntry(
+                    calendar_id, False, self.store.next_seq(), len(user.entries), role=role
+                )
+        self.push.notify("calendarList:" + user.email)
+
     def remove_calendar(self, email: str, calendar_id: str) -> None:
         """Take a calendar off the user's list (fires calendarList push); the API then gives 404."""
         with self.store.lock:
@@ -228,7 +251,9 @@ class Emulator:
         def force(cal: Calendar, now: dt.datetime) -> dict[str, Any]:
             record = cal.events[event_id]
             seq = self.store.next_seq()
-            record.data = {**record.data, "updated": rfc3339(now), **fields}
+            data = dict(record.data)
+            events.stamp(data, now, seq)  # a change moves `updated` and the etag, as every change in Google
+            record.data = {**data, **fields}
             record.seq = seq
             cal.updated, cal.seq = now, seq
             return record.data
@@ -300,9 +325,27 @@ class Emulator:
         """The next ``n`` matching Calendar API calls fail with Google's error envelope."""
         self.faults.add(FailRule(n, status, reason, retry_after, method, calendar_id))
 
+    def fail_after_write(
+        self,
+        n: int = 1,
+        *,
+        hold: float = 0.0,
+        status: int | None = 503,
+        reason: str = "backendError",
+        method: str | None = None,
+        calendar_id: str | None = None,
+    ) -> None:
+        """The next ``n`` matching writes are made, then answered ``hold`` seconds late and, with a
+        ``status``, as that error: the caller (or its process, killed meanwhile) never learns of them."""
+        self.faults.after_write(AfterWriteRule(n, hold, status, reason, method, calendar_id))
+
     def slow_next(self, n: int, seconds: float, method: str | None = None, calendar_id: str | None = None) -> None:
         """The next ``n`` matching Calendar API calls are answered ``seconds`` late."""
         self.faults.slow(SlowRule(n, seconds, method, calendar_id))
+
+    def enforce_quota(self, per_project: int | None = None, per_user: int | None = None, window: float = 60.0) -> None:
+        """Refuse Calendar API calls over these limits per sliding window, as Google does (None: no limit)."""
+        self.quota.configure(per_project, per_user, window)
 
     def invalidate_sync_tokens(self, calendar_id: str | None = None) -> None:
         """Every sync token issued so far (one calendar's, or all) now gives 410 fullSyncRequired."""
@@ -387,14 +430,28 @@ class Emulator:
     def _api_get_event(self, user: str, calendar_id: str, event_id: str) -> dict[str, Any]:
         with self.store.lock:
             cal = self.store.calendar_for(self.store.user(user), calendar_id)
-            return copy.deepcopy(events.get(self.store, cal, event_id, self.clock()))
+            return copy.deepcopy(events.public(events.get(self.store, cal, event_id, self.clock())))
 
     def _api_write(
-        self, user: str, calendar_id: str, op: str, event_id: str | None, body: dict[str, Any] | None
+        self,
+        user: str,
+        calendar_id: str,
+        op: str,
+        event_id: str | None,
+        body: dict[str, Any] | None,
+        if_match: str | None = None,
     ) -> dict[str, Any] | None:
+        """A write as Google checks it: writer access to the calendar, then the If-Match etag."""
         with self.store.lock:
-            cal = self.store.calendar_for(self.store.user(user), calendar_id)
+            owner = self.store.user(user)
+            cal = self.store.calendar_for(owner, calendar_id)
+            if owner.entries[cal.id].role not in WRITER_ROLES:
+                raise ApiError(403, "requiredAccessLevel")
             now = self.clock()
+            if if_match is not None and op != "insert":
+                current = events.get(self.store, cal, event_id or "", now)
+                if current.get("etag") != if_match:
+                    raise ApiError(412, "conditionNotMet")
             if op == "insert":
                 result = events.insert(self.store, cal, body or {}, user, now, HTML_BASE).data
             elif op == "delete":

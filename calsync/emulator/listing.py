@@ -173,7 +173,7 @@ def calendar_entry(store: Store, user: User, calendar_id: str) -> dict[str, Any]
         backgroundColor="#9fe1e7" if entry.primary else "#5484ed",
         foregroundColor="#000000",
         selected=True,
-        accessRole="owner",
+        accessRole=entry.role,
         defaultReminders=list(DEFAULT_REMINDERS),
     )
     if entry.primary:

@@ -17,9 +17,23 @@ from calsync.feed.rows import NewChange
 from calsync.metrics import CHANGES
 from calsync.store.bulk import bound, insert_rows, json_text
 from calsync.store.models import Account, Calendar, Change, Counter
+from calsync.store.states import Origin
 
 _CHANGES = Change.__table__
-_COLUMNS = ("seq", "type", "account_id", "calendar_id", "event_id", "ref", "fields", "before", "after", "detected_at")
+_COLUMNS = (
+    "seq",
+    "type",
+    "account_id",
+    "calendar_id",
+    "event_id",
+    "ref",
+    "fields",
+    "before",
+    "after",
+    "detected_at",
+    "origin",
+    "idempotency_key",
+)
 
 
 def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> Sequence[NewChange]:
@@ -63,6 +77,8 @@ def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> 
                 json_text(c.before),
                 json_text(c.after),
                 detected_at,
+                c.origin or Origin.GOOGLE,
+                c.idempotency_key,
             )
             for c in changes
         ],

@@ -7,7 +7,7 @@ import ssl
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import google_auth_httplib2
 import httplib2
@@ -20,9 +20,11 @@ from googleapiclient.errors import HttpError
 from calsync.errors import (
     AuthRevoked,
     BackendError,
+    Duplicate,
     Forbidden,
     GoogleApiError,
     GoogleNotFound,
+    PreconditionFailed,
     RateLimited,
     SyncTokenExpired,
 )
@@ -33,6 +35,16 @@ CALENDAR_LIST_PAGE_SIZE = 250
 RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
 
 
+class CallBudget(Protocol):
+    """The deployment's quota budget, as a client sees it (`calsync.store.quota.Spender`)."""
+
+    def before_call(self, method: str) -> None:
+        """Take this call from the budget: return when it may go, or raise QuotaWait."""
+
+    def rate_limited(self, method: str, reason: str | None, retry_after: float | None) -> None:
+        """Google refused a call for its rate (403 usageLimits or 429)."""
+
+
 class GoogleCalendar:
     """One user's Calendar API, over its own HTTP connection (httplib2 is not thread-safe).
 
@@ -40,8 +52,11 @@ class GoogleCalendar:
     this user's authorised connection.
     """
 
-    def __init__(self, credentials: Credentials, api_endpoint: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, credentials: Credentials, api_endpoint: str, *, timeout: float = 30.0, budget: CallBudget | None = None
+    ) -> None:
         self.credentials = credentials
+        self.budget = budget
         self._http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
         self._api = _resources(api_endpoint)
 
@@ -99,6 +114,43 @@ class GoogleCalendar:
         request.postproc = _keep_bytes  # errors are raised before it runs; a success keeps its bytes
         return cast("bytes", self._call("events.list", request))
 
+    # Writes (calsync.sync.writes; every call there goes through its `_google`, the quota's place) --
+    def insert_event(
+        self, calendar_id: str, body: dict[str, Any], *, send_updates: str | None = None
+    ) -> dict[str, Any]:
+        """events.insert; a body with an `id` that exists gives Duplicate (409)."""
+        request = self._api.events.insert(calendarId=calendar_id, body=body, **_send_updates(send_updates))
+        return cast("dict[str, Any]", self._call("events.insert", request))
+
+    def get_event(self, calendar_id: str, event_id: str) -> dict[str, Any]:
+        """events.get (also a deleted event, as Google keeps it, and an unmodified instance of a series)."""
+        request = self._api.events.get(calendarId=calendar_id, eventId=event_id)
+        return cast("dict[str, Any]", self._call("events.get", request))
+
+    def patch_event(
+        self,
+        calendar_id: str,
+        event_id: str,
+        body: dict[str, Any],
+        *,
+        if_match: str | None = None,
+        send_updates: str | None = None,
+    ) -> dict[str, Any]:
+        """events.patch; with `if_match`, a changed event gives PreconditionFailed (412)."""
+        request = self._api.events.patch(
+            calendarId=calendar_id, eventId=event_id, body=body, **_send_updates(send_updates)
+        )
+        _if_match(request, if_match)
+        return cast("dict[str, Any]", self._call("events.patch", request))
+
+    def delete_event(
+        self, calendar_id: str, event_id: str, *, if_match: str | None = None, send_updates: str | None = None
+    ) -> None:
+        """events.delete; with `if_match`, a changed event gives PreconditionFailed (412)."""
+        request = self._api.events.delete(calendarId=calendar_id, eventId=event_id, **_send_updates(send_updates))
+        _if_match(request, if_match)
+        self._call("events.delete", request)
+
     # Push channels ---------------------------------------------------------------------------
     def watch_events(
         self, calendar_id: str, *, channel_id: str, token: str, address: str, ttl: float
@@ -116,11 +168,16 @@ class GoogleCalendar:
 
     # The one place where Google's failures become calsync's errors ---------------------------
     def _call(self, method: str, request: Any) -> Any:
+        if self.budget is not None:
+            self.budget.before_call(method)
         try:
             result = request.execute(http=self._http, num_retries=0)
         except HttpError as err:
             GOOGLE_CALLS.labels(method, str(err.resp.status)).inc()
-            raise map_http_error(err) from err
+            mapped = map_http_error(err)
+            if isinstance(mapped, RateLimited) and self.budget is not None:
+                self.budget.rate_limited(method, mapped.reason, mapped.retry_after)
+            raise mapped from err
         except RefreshError as err:
             GOOGLE_CALLS.labels(method, "refresh_error").inc()
             if getattr(err, "retryable", False):
@@ -169,6 +226,10 @@ def map_http_error(err: HttpError) -> GoogleApiError:
         return RateLimited(message, status=status, reason=reason or "rateLimitExceeded", retry_after=retry_after)
     if status == 403:
         return Forbidden(message, status=status, reason=reason)
+    if status == 409 and reason == "duplicate":
+        return Duplicate(message, status=status, reason=reason)
+    if status == 412:
+        return PreconditionFailed(message, status=status, reason=reason or "conditionNotMet")
     if status >= 500:
         return BackendError(message, status=status, reason=reason or "backendError", retry_after=retry_after)
     return GoogleApiError(message, status=status, reason=reason)
@@ -192,6 +253,16 @@ def _retry_after(err: HttpError) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def _send_updates(value: str | None) -> dict[str, str]:
+    return {"sendUpdates": value} if value else {}
+
+
+def _if_match(request: Any, etag: str | None) -> None:
+    """Google checks the version itself: the header goes on the request as given."""
+    if etag is not None:
+        request.headers["if-match"] = etag
 
 
 def _channel_body(channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:

@@ -9,13 +9,17 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from calsync.push.intake_sql import NOT_ACCEPTED
 from calsync.store.models import Calendar, Channel, Notification
 
 
 def logged_notifications(
-    session: Session, limit: int, *, channel: str | None = None, after: int | None = None
+    session: Session, limit: int, *, channel: str | None = None, after: int | None = None, show: str = "accepted"
 ) -> list[tuple[Notification, str | None]]:
-    """The newest `limit` notifications (of one channel, newer than `after`), each with its calendar's title."""
+    """The newest `limit` notifications (of one channel, newer than `after`), each with its calendar's title.
+
+    One history at a time: our channels' (`accepted`), or the refused and malformed (`refused`).
+    """
     query = (
         select(Notification, Calendar.summary)
         .outerjoin(Channel, Channel.id == Notification.channel_id)
@@ -25,6 +29,8 @@ def logged_notifications(
     )
     if channel:
         query = query.where(Notification.channel_id == channel)
+    refused = Notification.outcome.in_(sorted(NOT_ACCEPTED))
+    query = query.where(refused if show == "refused" else ~refused)
     if after is not None:
         query = query.where(Notification.id > after)
     return [(n, summary) for n, summary in session.execute(query)]

@@ -10,11 +10,13 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -31,6 +33,8 @@ from calsync.store.states import (
     ChangeType,
     ChannelStatus,
     DeliveryState,
+    Origin,
+    Priority,
     SubscriptionStatus,
     SyncState,
     event_kind,
@@ -118,7 +122,11 @@ class Calendar(Base):
     """One Google calendar of an account, with its sync token and its place in the work queue."""
 
     __tablename__ = "calendars"
-    __table_args__ = (UniqueConstraint("account_id", "google_id"),)
+    __table_args__ = (
+        UniqueConstraint("account_id", "google_id"),
+        # The claim's order: the most urgent kind of owed work first, then the longest waiting.
+        Index("ix_calendars_due_priority_due_at", "due_priority", "due_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
@@ -135,10 +143,15 @@ class Calendar(Base):
     full_sync_gen: Mapped[int] = mapped_column(Integer, default=0)
     last_synced_at: Mapped[datetime | None]
     next_reconcile_at: Mapped[datetime | None]
+    # The last sync that found a real change (not a snapshot): how active the calendar is, which
+    # decides whose reconciliations stretch first when the day's quota is short.
+    last_changed_at: Mapped[datetime | None]
     # Work queue: requested > done means a sync is owed; due_at says when it may run.
     sync_requested: Mapped[int] = mapped_column(Integer, default=1)
     sync_done: Mapped[int] = mapped_column(Integer, default=0)
     due_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Why the owed sync is owed (a Priority): claims take the most urgent first.
+    due_priority: Mapped[int] = mapped_column(SmallInteger, default=Priority.FIRST_SYNC)
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None]
     error_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -212,6 +225,9 @@ class Change(Base):
     before: Mapped[dict[str, Any] | None] = mapped_column(ExactJSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(ExactJSON)
     detected_at: Mapped[datetime] = mapped_column(default=_now)
+    # `api` for a write made through calsync (with the app's Idempotency-Key, if any), else `google`.
+    origin: Mapped[str] = mapped_column(String(10), default=Origin.GOOGLE, server_default=Origin.GOOGLE.value)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
     calendar: Mapped[Calendar | None] = relationship()
     account: Mapped[Account | None] = relationship()
@@ -224,6 +240,23 @@ class Change(Base):
     @kind.setter
     def kind(self, value: str) -> None:
         self.type = ChangeType.of_event(value).value
+
+
+class IdempotencyKey(Base):
+    """An app's `Idempotency-Key` for one event creation: the body it came with and the event it made.
+
+    Claimed (with `seq` null) before Google is called, so a retry or a concurrent twin finds it; `seq`
+    is the feed row of the creation once committed. Kept for a day (the scheduler's prune pass).
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    calendar_id: Mapped[int] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(1024))
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
 
 
 class ConnectSession(Base):
@@ -251,6 +284,30 @@ class Counter(Base):
     value: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
+class QuotaBudget(Base):
+    """Google's quota as one row per scope ("project", "user:<account id>"), shared by every process.
+
+    Times are Unix seconds (floats), so the budget's arithmetic is the same on both engines. The
+    project's row also carries the day's counts (Google's day ends at midnight Pacific time) and
+    the plan: how far reconciliations are stretched to fit the day's budget.
+    """
+
+    __tablename__ = "quota_budget"
+
+    scope: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float, default=0.0)  # when the calls taken so far are paid off
+    hold_until: Mapped[float] = mapped_column(Float, default=0.0)  # Google's Retry-After
+    factor: Mapped[float] = mapped_column(Float, default=1.0)  # share of the rate after the last slow-down
+    factor_at: Mapped[float] = mapped_column(Float, default=0.0)  # when that slow-down happened
+    day: Mapped[int] = mapped_column(Integer, default=0)  # YYYYMMDD in Pacific time
+    calls_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    reconcile_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_sync_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    stretch: Mapped[float] = mapped_column(Float, default=0.0)  # see calsync.work.quota.Plan
+    projected: Mapped[int] = mapped_column(BigInteger, default=0)
+    planned_at: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class Notification(Base):
     """A bounded log of received push notifications, for the inspector."""
 
@@ -276,6 +333,7 @@ class WebhookSubscription(Base):
     events: Mapped[list[str]] = mapped_column(default=list)
     calendars: Mapped[list[str] | None] = mapped_column(JSONType)
     format: Mapped[str] = mapped_column(String(20), default="standard")  # standard|slack
+    origin: Mapped[str | None] = mapped_column(String(10))  # an Origin: only event rows of it; null for all
     secret: Mapped[bytes] = mapped_column(LargeBinary)  # encrypted whsec_…
     previous_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     previous_secret_until: Mapped[datetime | None]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -177,6 +178,8 @@ class PageMirror:
     # Live events -------------------------------------------------------------------------------
     def _put_live(self, item: dict[str, Any]) -> None:
         row = self._rows.get(item["id"])
+        if self._holds(row, item):
+            return
         if row is None and self.first:
             self._change(item["id"], ChangeKind.SNAPSHOT, [], None, item)
             self._write(row, item)
@@ -201,6 +204,8 @@ class PageMirror:
     def _put_gone(self, item: dict[str, Any]) -> None:
         """A cancelled single event or series: remove it (a series takes its exceptions along)."""
         row = self._rows.get(item["id"])
+        if self._holds(row, item):
+            return
         if row is not None:
             self._remove(row)
         else:
@@ -220,6 +225,8 @@ class PageMirror:
         if parent.status == CANCELLED or parent.data.get("recurrence") is None:
             if row is not None:
                 self._remove(row)
+            return True
+        if self._holds(row, item):
             return True
         if row is None and self.first:
             self._change(item["id"], ChangeKind.SNAPSHOT, [], None, item)
@@ -255,6 +262,26 @@ class PageMirror:
                 self._remove(row)
 
     # Rows --------------------------------------------------------------------------------------
+    def _holds(self, row: _Row | None, item: dict[str, Any]) -> bool:
+        """Whether the mirror already holds this version of the event, or a newer one.
+
+        A write through calsync stores Google's answer at once (calsync.sync.writes); the sync that
+        the write's notification then causes lists the same version (the same etag): it is neither
+        stored again nor written to the feed a second time. A listing made before such a write but
+        applied after it carries an older `updated`: it must not take the mirror back. In a full
+        sync the row still counts as seen.
+        """
+        if row is None:
+            return False
+        held = row.data
+        etag = item.get("etag")
+        same = etag is not None and held.get("etag") == etag
+        if not same and not _older(item.get("updated"), held.get("updated")):
+            return False
+        if isinstance(row, Event) and self.gen is not None:
+            row.seen_gen = max(row.seen_gen or 0, self.gen)
+        return True
+
     def _live_parent(self, item: dict[str, Any]) -> _Row | None:
         series_id = item.get("recurringEventId")
         if not series_id:
@@ -419,6 +446,20 @@ def _by_ids_sqlite() -> Select[Event]:
 
 _BY_IDS_PG = _by_ids_pg()
 _BY_IDS_SQLITE = _by_ids_sqlite()
+
+
+def _older(updated: Any, than: Any) -> bool:
+    """Whether RFC 3339 time `updated` is strictly before `than` (False when either is missing or malformed)."""
+    if not isinstance(updated, str) or not isinstance(than, str):
+        return False
+    if len(updated) == len(than) and updated.endswith("Z") and than.endswith("Z"):
+        return updated < than  # Google's own form (fixed width, UTC): text order is time order
+    try:
+        return datetime.fromisoformat(updated.replace("Z", "+00:00")) < datetime.fromisoformat(
+            than.replace("Z", "+00:00")
+        )
+    except ValueError:
+        return False
 
 
 def _columns(item: dict[str, Any]) -> tuple[str, str | None, str | None, str | None, str | None, str | None]:

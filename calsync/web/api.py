@@ -128,13 +128,19 @@ def changes() -> Any:
             types = feed_reads.parse_types(request.args["types"])
         except ValueError as err:
             raise BadParameter(f"types: {err}") from err
+    origin = None
+    if "origin" in request.args:
+        try:
+            origin = feed_reads.parse_origin(request.args["origin"])
+        except ValueError as err:
+            raise BadParameter(f"origin: {err}") from err
     with runtime().sessions() as session:
         cals = None
         if google_id is not None:
             if not google_id:
                 raise BadParameter("calendar: empty")
             cals = reads.find_calendars(session, google_id, request.args.get("account") or None)
-        page = feed_reads.changes_page(session, after=after, limit=limit, calendars=cals, types=types)
+        page = feed_reads.changes_page(session, after=after, limit=limit, calendars=cals, types=types, origin=origin)
     return jsonify(page.to_dict())
 
 

@@ -22,6 +22,7 @@ from calsync.humanize import (
     event_when,
     expires_in,
     field_diffs,
+    human_duration,
     lifecycle_title,
     utc_label,
 )
@@ -46,10 +47,14 @@ from calsync.web.operator_login import (
 from calsync.webhooks.claimcheck import failed_counts, recent_deliveries
 from calsync.webhooks.subscriptions import list_subscriptions
 from calsync.work.liveness import heartbeat_is_fresh, last_heartbeat
+from calsync.work.quota import outlook
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
 PAGE_SIZE = 50
+BIGINT_MAX = 2**63 - 1  # the largest seq or log id a column holds, on either engine
+INT_MAX = 2**31 - 1  # the largest account or calendar id (INTEGER columns on PostgreSQL)
+NOTIFICATION_VIEWS = ("accepted", "refused")  # the inspector's two histories
 
 bp.before_request(check_csrf)
 bp.after_request(secure_headers)
@@ -88,7 +93,7 @@ def overview() -> Any:
     return render_template("dashboard/overview.html", blocks=blocks, stats=stats, reauth=reauth, now=now)
 
 
-@bp.get("/calendars/<int:calendar_id>")
+@bp.get(f"/calendars/<int(max={INT_MAX}):calendar_id>")
 @require_admin
 def calendar(calendar_id: int) -> Any:
     """The coming week's occurrences of one calendar, day by day, from the mirror."""
@@ -106,8 +111,8 @@ def calendar(calendar_id: int) -> Any:
 @bp.get("/changes")
 @require_admin
 def changes() -> Any:
-    calendar_id = request.args.get("calendar", type=int)
-    before = request.args.get("before", type=int)
+    calendar_id = _int_arg("calendar", most=INT_MAX)
+    before = _int_arg("before")
     with runtime().sessions() as session:
         window = feed_window(session, calendar_id=calendar_id, below=before, limit=PAGE_SIZE)
         rows = [_change_view(c) for c in window.entries]
@@ -130,8 +135,8 @@ def changes() -> Any:
 @require_admin
 def changes_fragment() -> Any:
     """Rows newer than `after`, for the auto-refresh script; the new cursor is in X-Cursor."""
-    after = request.args.get("after", default=0, type=int)
-    calendar_id = request.args.get("calendar", type=int)
+    after = _int_arg("after", 0) or 0
+    calendar_id = _int_arg("calendar", most=INT_MAX)
     with runtime().sessions() as session:
         window = feed_window(session, calendar_id=calendar_id, above=after, limit=PAGE_SIZE)
         rows = [_change_view(c) for c in window.entries]
@@ -144,14 +149,16 @@ def changes_fragment() -> Any:
 def notifications() -> Any:
     limit = _limit()
     channel = request.args.get("channel") or None
+    show = _show_arg()
     with runtime().sessions() as session:
-        rows = logged_notifications(session, limit, channel=channel)
+        rows = logged_notifications(session, limit, channel=channel, show=show)
     cursor = rows[0][0].id if rows else 0
     return render_template(
         "dashboard/notifications.html",
         rows=rows,
         limit=limit,
         channel=channel,
+        show=show,
         cursor=cursor,
         now=runtime().clock.now(),
         log_size=runtime().settings.notification_log_size,
@@ -161,10 +168,10 @@ def notifications() -> Any:
 @bp.get("/notifications/fragment")
 @require_admin
 def notifications_fragment() -> Any:
-    after = request.args.get("after", default=0, type=int)
+    after = _int_arg("after", 0) or 0
     channel = request.args.get("channel") or None
     with runtime().sessions() as session:
-        rows = logged_notifications(session, _limit(), channel=channel, after=after)
+        rows = logged_notifications(session, _limit(), channel=channel, after=after, show=_show_arg())
     html = render_template("dashboard/_notification_rows.html", rows=rows, now=runtime().clock.now())
     return html, 200, {"X-Cursor": str(rows[0][0].id if rows else after), "Content-Type": "text/html; charset=utf-8"}
 
@@ -195,7 +202,7 @@ def replay(sub_id: str) -> Any:
     from calsync.webhooks.claimcheck import replay as replay_deliveries
     from calsync.webhooks.subscriptions import get_subscription
 
-    delivery = request.form.get("delivery", type=int)
+    delivery = _int_arg("delivery", source=request.form)
     rt = runtime()
     try:
         with transaction(rt.sessions) as session:
@@ -215,7 +222,7 @@ def replay(sub_id: str) -> Any:
     return redirect(back if _is_dashboard_path(back) else url_for("dashboard.webhooks"))
 
 
-@bp.post("/accounts/<int:account_id>/disconnect")
+@bp.post(f"/accounts/<int(max={INT_MAX}):account_id>/disconnect")
 @require_admin
 def disconnect(account_id: int) -> Any:
     from calsync.accounts.disconnect import disconnect_account
@@ -240,6 +247,11 @@ def _ago_filter(value: datetime | None) -> Markup:
 @bp.app_template_filter("expires")
 def _expires_filter(value: datetime | None) -> Markup:
     return _time_tag(value, expires_in(value, runtime().clock.now()))
+
+
+@bp.app_template_filter("duration")
+def _duration_filter(seconds: float) -> str:
+    return human_duration(seconds)
 
 
 @bp.app_template_filter("utc")
@@ -283,6 +295,7 @@ def _stats(session: Session, last_seq: int, now: datetime) -> dict[str, Any]:
         "failed_deliveries": activity.failed_deliveries,
         "worker_seen": seen_at,
         "worker_alive": heartbeat_is_fresh(seen_at, now),
+        "quota": outlook(session, runtime().settings, now),
     }
 
 
@@ -303,6 +316,8 @@ def _change_view(change: Change | SnapshotRun) -> dict[str, Any]:
         "title": event_title(change.before, change.after, change.event_id or ""),
         "when": event_when(change.after or change.before),
         "diffs": field_diffs(change.fields, change.before, change.after) if change.kind == "updated" else [],
+        "origin": change.origin or "google",
+        "idempotency_key": change.idempotency_key,
         "detected_at": change.detected_at,
     }
 
@@ -348,9 +363,33 @@ def _calendar_choices(session: Session) -> list[tuple[int, str]]:
 
 
 def _limit() -> int:
-    wanted = request.args.get("limit", default=50, type=int) or 50
+    wanted = _int_arg("limit", 50) or 50
     return max(1, min(wanted, runtime().settings.notification_log_size, 1000))
 
 
+def _int_arg(name: str, default: int | None = None, *, source: Any = None, most: int = BIGINT_MAX) -> int | None:
+    """A whole-number parameter: absent or empty is `default`; anything but ASCII digits, or a number
+    past what its column holds (`most`), is a 400, not a 500 from the driver."""
+    raw = (request.args if source is None else source).get(name)
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > most:
+        abort(400, f"{name} must be a whole number from 0 to {most}")
+    return int(raw)
+
+
+def _show_arg() -> str:
+    show = request.args.get("show") or "accepted"
+    if show not in NOTIFICATION_VIEWS:
+        abort(400, "show must be accepted or refused")
+    return show
+
+
 def _is_dashboard_path(value: str | None) -> TypeGuard[str]:
-    return value is not None and value.startswith("/dashboard") and "//" not in value and "\\" not in value
+    return (
+        value is not None
+        and value.startswith("/dashboard")
+        and "//" not in value
+        and "\\" not in value
+        and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)  # no CR/LF into a Location header
+    )

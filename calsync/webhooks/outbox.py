@@ -19,7 +19,7 @@ from calsync.feed.cursor import newest_seq, newest_seq_value
 from calsync.store.bulk import bound, insert_rows
 from calsync.store.db import is_postgres
 from calsync.store.models import Calendar, Change, Delivery, WebhookSubscription
-from calsync.store.states import ChangeType, DeliveryState, SubscriptionStatus
+from calsync.store.states import ChangeType, DeliveryState, Origin, SubscriptionStatus, event_kind
 
 QUEUED_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED)
 _DELIVERIES = Delivery.__table__
@@ -32,10 +32,16 @@ def message_id(sub_id: str, seq: int) -> str:
     return f"msg_{sub_id}_{seq}"
 
 
-def matches(sub: WebhookSubscription, change_type: str, calendar_google_id: str | None) -> bool:
+def matches(
+    sub: WebhookSubscription, change_type: str, calendar_google_id: str | None, origin: str | None = Origin.GOOGLE
+) -> bool:
     """Whether `sub` wants a row. Snapshot rows go only to those that name `event.snapshot`: a
-    first sync writes one per event, which `*` must not turn into a flood."""
+    first sync writes one per event, which `*` must not turn into a flood. A subscription with an
+    `origin` gets only the event rows of it (`google`: not the app's own writes through calsync);
+    lifecycle rows have no origin of their own and always pass."""
     if change_type not in sub.events and ("*" not in sub.events or change_type == ChangeType.EVENT_SNAPSHOT):
+        return False
+    if sub.origin is not None and event_kind(change_type) is not None and (origin or Origin.GOOGLE) != sub.origin:
         return False
     return not sub.calendars or calendar_google_id in sub.calendars
 
@@ -62,7 +68,7 @@ def fill(session: Session, now: datetime, limit: int = FILL_BATCH) -> int:
         return 0
     low = min(sub.cursor_seq for sub in subs)
     rows = session.execute(
-        select(Change.seq, Change.type, Calendar.google_id)
+        select(Change.seq, Change.type, Calendar.google_id, Change.origin)
         .outerjoin(Calendar, Change.calendar_id == Calendar.id)
         .where(Change.seq > low, Change.seq <= head)
         .order_by(Change.seq)
@@ -89,19 +95,17 @@ def start_at_head(session: Session, sub: WebhookSubscription) -> None:
 
 
 # Helpers ---------------------------------------------------------------------------------------
-_FeedRow = tuple[int, str, str | None]  # seq, type, the calendar's Google id
+_FeedRow = tuple[int, str, str | None, str | None]  # seq, type, the calendar's Google id, origin
 
 
-def _queue(
-    sub: WebhookSubscription, rows: Sequence[tuple[int, str, str | None]], reached: int
-) -> list[tuple[str, int]]:
+def _queue(sub: WebhookSubscription, rows: Sequence[_FeedRow], reached: int) -> list[tuple[str, int]]:
     """(subscription, seq) of the rows `sub` wants between its cursor and `reached`; moves the cursor."""
     wanted = []
     if sub.status in QUEUED_STATUSES:
         wanted = [
             (sub.id, seq)
-            for seq, change_type, google_id in rows
-            if sub.cursor_seq < seq <= reached and matches(sub, change_type, google_id)
+            for seq, change_type, google_id, origin in rows
+            if sub.cursor_seq < seq <= reached and matches(sub, change_type, google_id, origin)
         ]
     sub.cursor_seq = max(sub.cursor_seq, reached)
     return wanted

@@ -98,9 +98,10 @@ def write_change(
     fields: list[str] | None = None,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
+    origin: str = "google",
 ) -> int:
-    """One Change committed through append_changes, as the sync engine writes it, then the worker's
-    pass that queues it for the subscriptions; returns its seq."""
+    """One Change committed through append_changes, as the sync engine (or a write, `origin="api"`)
+    writes it, then the worker's pass that queues it for the subscriptions; returns its seq."""
     if kind == "created":
         before, after = None, after or event(id=event_id)
     elif kind == "deleted":
@@ -111,7 +112,13 @@ def write_change(
         fields = fields if fields is not None else ["end", "start"]
     with transaction(runtime.sessions) as session:
         change = Change(
-            calendar_id=calendar_id, event_id=event_id, kind=kind, fields=fields or [], before=before, after=after
+            calendar_id=calendar_id,
+            event_id=event_id,
+            kind=kind,
+            fields=fields or [],
+            before=before,
+            after=after,
+            origin=origin,
         )
         append_changes(session, [change], runtime.clock.now())
     fill_outbox(runtime)

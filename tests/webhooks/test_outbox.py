@@ -8,12 +8,13 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
+from calsync.errors import InvalidSubscription
 from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Change, Delivery
 from calsync.webhooks.outbox import fill
-from calsync.webhooks.subscriptions import get_subscription, set_status
+from calsync.webhooks.subscriptions import get_subscription, parse_spec, set_status
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import (
     deliveries,
@@ -73,6 +74,24 @@ def test_filters_by_calendar(runtime: Runtime, receiver: Receiver) -> None:
     wanted = write_change(runtime, team)
     write_change(runtime, other)
     assert [d.change_seq for d in deliveries(runtime, sub_id)] == [wanted]
+
+
+def test_a_subscription_for_origin_google_leaves_out_the_apps_own_writes(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    others, _ = subscribe(runtime, receiver.url, ["*"], origin="google")
+    everything, _ = subscribe(runtime, receiver.url, ["*"])
+    own = write_change(runtime, cal, "created", event_id="e1", origin="api")
+    found = write_change(runtime, cal, "updated", event_id="e1")
+    with transaction(runtime.sessions) as session:
+        [lifecycle] = append_changes(
+            session, [Change(type="calendar.removed", calendar_id=cal, after={"summary": "Team"})], runtime.clock.now()
+        )
+    fill_outbox(runtime)
+    assert [d.change_seq for d in deliveries(runtime, others)] == [found, lifecycle.seq]
+    assert [d.change_seq for d in deliveries(runtime, everything)] == [own, found, lifecycle.seq]
+    with pytest.raises(InvalidSubscription) as refused:
+        parse_spec({"url": receiver.url, "events": ["*"], "origin": "app"}, runtime.settings)
+    assert refused.value.field == "origin"
 
 
 def test_paused_subscriptions_collect_deliveries_and_disabled_ones_do_not(runtime: Runtime, receiver: Receiver) -> None:
