@@ -13,17 +13,18 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from calsync.accounts.connected import load_credentials
 from calsync.clock import FrozenClock
 from calsync.config import Settings
 from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
 from calsync.store.models import Account, Change, ConnectSession
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN
-from tests.web.test_consent import consent
+from tests.web.test_consent import connect, consent
 
 APP = "https://app.example.test/after"
 ANN = "ann@example.com"
@@ -259,8 +260,11 @@ def test_disconnect_with_a_ref_touches_only_that_users_account(
 def test_a_link_made_for_another_user_cannot_take_an_account_away_from_its_ref(
     emu: Any, live_server: str, runtime: Runtime, api: requests.Session
 ) -> None:
-    emu.create_user(BOB)
-    connect_as(api, live_server, "victim-bob", BOB)
+    # bob's account is already victim-bob's (set in the table, so that this holds on any version of calsync)
+    connect(emu, live_server, BOB)
+    emu.auto_approve = None  # from here on bob answers Google's consent page himself
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Account).values(ref="victim-bob"))
     Worker(runtime, threads=1).run_burst()
     rows = feed(api, live_server)
     with runtime.sessions() as session:
@@ -321,6 +325,7 @@ def test_an_unconfirmed_connection_is_dropped_after_ten_minutes(
 ) -> None:
     emu.create_user(ANN)
     back = returned(follow_link(requests.Session(), new_link(api, live_server), ANN))
+    assert count(runtime, Account) == 0
     worker = Worker(runtime, threads=1)
     runtime.clock.advance(minutes=9, seconds=59)  # type: ignore[attr-defined]
     worker.run_burst()
