@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from calsync.errors import ConfigError
 
 DEFAULT_SCOPES = ("https://www.googleapis.com/auth/calendar.readonly",)
+MAX_TRUSTED_PROXIES = 10
 
 
 class Secret(str):
@@ -83,6 +84,9 @@ class Settings:
     token_key: Secret | None = None
     api_token: Secret | None = None  # one or several comma-separated tokens (see `api_tokens`)
     admin_password: Secret | None = None
+    # Proxies in front of calsync whose X-Forwarded-For and -Proto are believed (0: none, the
+    # client is the connection's peer). Too high, and a client can pretend to be anyone.
+    trusted_proxies: int = 0
     channel_ttl: float = 7 * 86400
     renew_before: float = 86400
     reconcile_every: float = 3600
@@ -213,6 +217,8 @@ def _convert(name: str, raw: str) -> object:
         return _parse_bool(raw)
     if name in {"worker_threads", "notification_log_size"}:
         return _whole_number(raw, 1, None, "a positive whole number")
+    if name == "trusted_proxies":
+        return _whole_number(raw, 0, MAX_TRUSTED_PROXIES, f"a number of proxy hops (0-{MAX_TRUSTED_PROXIES})")
     if name == "worker_metrics_port":
         return _whole_number(raw, 1, 65535, "a port number (1-65535)")
     if name in {"google_api_url", "public_url", "google_revoke_url"}:

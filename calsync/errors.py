@@ -13,11 +13,18 @@ CalsyncError
 │   ├── InvalidSubscription     a subscription request names a bad field (carries `field`)
 │   ├── UnsafeURLError          the URL is not allowed (scheme, private address)
 │   └── VerificationFailed      the endpoint did not prove it belongs to the subscriber
+├── WriteRefused                a write through calsync that is not sent to Google, or that Google refused
+│   ├── InvalidWrite            a bad request (body, header, parameter; carries `field`)
+│   ├── InsufficientScope       the account's grant does not allow writing (carries `reconnect`)
+│   ├── IdempotencyKeyReused    an Idempotency-Key given again with another body
+│   └── WriteConflict           If-Match named a version Google no longer holds (carries `current`)
 └── GoogleApiError              anything Google answered with an error (mapped in calsync.google.calendar)
     ├── AuthRevoked             the grant is gone (invalid_grant, 401 after a refresh): re-consent needed
     ├── SyncTokenExpired        410 fullSyncRequired: a full resync is needed
     ├── GoogleNotFound          404 notFound / 410 deleted on a resource
     ├── Forbidden               403 that waiting will not fix (forbidden, insufficientPermissions)
+    ├── Duplicate               409 duplicate: an insert with an id the calendar already holds
+    ├── PreconditionFailed      412: the If-Match etag is no longer the event's
     └── TransientGoogleError    worth retrying later: carries retry_after (seconds) when known
         ├── RateLimited         403/429 rate limits, quotaExceeded
         └── BackendError        5xx and network failures
@@ -141,6 +148,14 @@ class Forbidden(GoogleApiError):
     """Access denied in a way waiting does not fix."""
 
 
+class Duplicate(GoogleApiError):
+    """An insert named an event id that exists (or existed) in the calendar."""
+
+
+class PreconditionFailed(GoogleApiError):
+    """The event changed since the etag given in If-Match."""
+
+
 class TransientGoogleError(GoogleApiError):
     """A failure worth retrying after a pause."""
 
@@ -162,6 +177,38 @@ class RateLimited(TransientGoogleError):
 
 class BackendError(TransientGoogleError):
     """Google (or the network to it) failed; try again later."""
+
+
+class WriteRefused(CalsyncError):
+    """A write through calsync that did not change Google; the message is safe to show to the app."""
+
+
+class InvalidWrite(WriteRefused):
+    """A write request with a bad field (`field` names it: a body key, a header, a parameter)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InsufficientScope(WriteRefused):
+    """The account's grant lacks a write scope; `reconnect` says how its user consents again."""
+
+    def __init__(self, message: str, *, reconnect: str) -> None:
+        super().__init__(message)
+        self.reconnect = reconnect
+
+
+class IdempotencyKeyReused(WriteRefused):
+    """The Idempotency-Key was used before with another body: answering the first would be wrong."""
+
+
+class WriteConflict(WriteRefused):
+    """Google refused If-Match: the event changed since; `current` is its version now (None if gone)."""
+
+    def __init__(self, message: str, *, current: dict[str, object] | None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 class LeaseLost(CalsyncError):

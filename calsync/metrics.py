@@ -14,5 +14,8 @@ NOTIFICATION_BATCH = Histogram(
 SYNCS = Counter("calsync_syncs_total", "Calendar syncs run", ["kind", "outcome"])
 CHANGES = Counter("calsync_changes_total", "Changes written to the diff log", ["kind"])
 CHANGES_TRIMMED = Counter("calsync_changes_trimmed_total", "Feed rows deleted by retention")
+EVENTS_SKIPPED = Counter(
+    "calsync_events_skipped_total", "Listed events a sync could not apply (left for the next sync)"
+)
 SYNC_SECONDS = Histogram("calsync_sync_seconds", "Duration of one calendar sync", ["kind"])
 DELIVERIES = Counter("calsync_webhook_deliveries_total", "Outgoing webhook attempts", ["outcome"])

@@ -18,12 +18,14 @@ from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Event
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
+EVENTS = "https://www.googleapis.com/auth/calendar.events"
+WRITER = (READONLY, EVENTS)  # what an operator who turned writing on asks for
 
 
-def connect_account(runtime: Runtime, emu: Any, email: str) -> int:
+def connect_account(runtime: Runtime, emu: Any, email: str, scopes: tuple[str, ...] = (READONLY,)) -> int:
     """Create the user in the emulator and store its tokens as the consent flow would."""
     emu.create_user(email)
-    tokens = emu.issue_tokens(email)
+    tokens = emu.issue_tokens(email, scopes=scopes)
     cfg = client_config(runtime.settings)
     creds = Credentials(
         token=tokens["access_token"],
@@ -31,10 +33,10 @@ def connect_account(runtime: Runtime, emu: Any, email: str) -> int:
         token_uri=emu.url + "/token",
         client_id=cfg.client_id,
         client_secret=cfg.client_secret,
-        scopes=[READONLY],
+        scopes=list(scopes),
     )
     with transaction(runtime.sessions) as session:
-        return upsert_account(session, runtime.cipher, email, creds, [READONLY], runtime.clock.now()).id
+        return upsert_account(session, runtime.cipher, email, creds, list(scopes), runtime.clock.now()).id
 
 
 def connect_with_ref(runtime: Runtime, emu: Any, email: str, ref: str) -> int:

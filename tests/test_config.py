@@ -76,3 +76,11 @@ def test_return_urls_are_prefixes_and_a_bare_origin_ends_at_its_host() -> None:
     for bad in ("app.example.com", "ftp://x/", "https://u:p@app.example.com/", "https://app.example.com/?next=x", ","):
         with pytest.raises(ConfigError, match="CALSYNC_RETURN_URLS"):
             Settings.from_env({"CALSYNC_RETURN_URLS": bad})
+
+
+def test_trusted_proxies_default_to_none_and_must_be_a_small_whole_number() -> None:
+    assert Settings.from_env({}).trusted_proxies == 0
+    assert Settings.from_env({"CALSYNC_TRUSTED_PROXIES": "2"}).trusted_proxies == 2
+    for bad in ("-1", "one", "1.5", "11"):
+        with pytest.raises(ConfigError, match="CALSYNC_TRUSTED_PROXIES"):
+            Settings.from_env({"CALSYNC_TRUSTED_PROXIES": bad})

@@ -1,6 +1,7 @@
 """The architecture as a table of layers, and a walk of every import that holds the code to it.
 
-An import may point down or sideways inside its layer, never up. The emulator stands for Google: it
+An import may point down or sideways inside its layer, never up, and no packages import each
+other round a circle (sideways imports inside a layer included). The emulator stands for Google: it
 imports nothing else of calsync, and only the top layer (the CLI and the demo) starts it. Imports
 under `if TYPE_CHECKING:` count too: a type that names a higher layer is a dependency all the same.
 """
@@ -88,6 +89,34 @@ def upward_imports(root: Path = PACKAGE) -> list[str]:
     return problems
 
 
+def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """Which parts each part imports (itself left out)."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        own = part_of(module_name(path, root))
+        targets = graph.setdefault(own, set())
+        targets.update(part_of(target) for _, target in imports_of(path, root))
+        targets.discard(own)
+    return graph
+
+
+def package_cycles(root: Path = PACKAGE) -> list[list[str]]:
+    """Every circle of imports between parts, each once, as its parts from the smallest name round."""
+    graph = import_graph(root)
+    cycles: set[tuple[str, ...]] = set()
+
+    def walk(start: str, node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == start:
+                cycles.add(tuple(path))
+            elif nxt not in path and nxt > start:  # each circle found from its smallest part only
+                walk(start, nxt, [*path, nxt])
+
+    for start in sorted(graph):
+        walk(start, start, [start])
+    return [list(cycle) for cycle in sorted(cycles)]
+
+
 def test_every_part_of_calsync_has_a_layer() -> None:
     parts = {
         p.stem if p.is_file() else p.name
@@ -122,6 +151,27 @@ def test_an_upward_import_is_caught(tmp_path: Path) -> None:
         "calsync/sync/run.py:1 imports calsync.emulator (only the top layer runs the emulator)",
         "calsync/sync/run.py:2 imports calsync (__init__ is above sync)",
     ]
+
+
+def test_no_packages_import_each_other_round_a_circle() -> None:
+    assert package_cycles() == []
+
+
+def test_a_circle_between_packages_is_caught(tmp_path: Path) -> None:
+    tree = tmp_path / "calsync"
+    for part, imports in {
+        "accounts": "from calsync.sync.run import sync_calendar\n",
+        "sync": "from calsync.webhooks import outbox\n",
+        "webhooks": "import calsync.accounts.connected\n",
+        "feed": "from calsync.store import models\n",
+        "store": "",
+    }.items():
+        (tree / part).mkdir(parents=True)
+        (tree / part / "__init__.py").write_text("")
+        (tree / part / "mod.py").write_text(imports)
+    (tree / "__init__.py").write_text("")
+    assert package_cycles(tree) == [["accounts", "sync", "webhooks"]]
+    assert upward_imports(tree) == []  # sideways imports: only the circle test sees them
 
 
 @pytest.mark.parametrize("part", [part for layer in LAYERS for part in layer])

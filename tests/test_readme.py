@@ -6,10 +6,13 @@ import dataclasses
 import re
 from pathlib import Path
 
+import pytest
+
 from calsync.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+MANUAL = [Path("README.md"), *sorted(path.relative_to(ROOT) for path in (ROOT / "docs").glob("*.md"))]
 
 
 def test_every_setting_is_in_the_configuration_table() -> None:
@@ -27,9 +30,38 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
-def test_every_file_the_readme_names_exists() -> None:
-    named = set(re.findall(r"`((?:calsync|tests|alembic|static)/[\w/.*-]+)`", README))
+@pytest.mark.parametrize("document", MANUAL, ids=str)
+def test_every_file_the_manual_names_exists(document: Path) -> None:
+    named = set(re.findall(r"`((?:calsync|tests|alembic|static|docs)/[\w/.*-]+)`", (ROOT / document).read_text()))
     missing = {path for path in named if "*" not in path and not (ROOT / path).exists()}
     assert missing == set()
     folded = {path for path in named if "*" in path and not list(ROOT.glob(path))}
     assert folded == set()
+
+
+@pytest.mark.parametrize("document", MANUAL, ids=str)
+def test_every_link_of_the_manual_leads_to_a_file_and_a_heading(document: Path) -> None:
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", (ROOT / document).read_text()):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (ROOT / document).parent / path if path else ROOT / document
+        if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked)):
+            broken.append(target)
+    assert broken == []
+
+
+def test_the_readme_is_a_manual_not_a_log() -> None:
+    """Figures and their history live in docs/performance.md; the README keeps one short table."""
+    assert len(README.splitlines()) < 700
+    performance = README.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    assert len(performance.splitlines()) < 40
+    figures = performance + (ROOT / "docs" / "performance.md").read_text()
+    assert re.findall(r"\b(?:re-run|landing|last run|20\d\d-\d\d-\d\d)\b", figures) == []
+
+
+def _anchors(markdown: Path) -> set[str]:
+    """The fragment ids a Markdown renderer such as GitHub's gives the file's headings."""
+    headings = re.findall(r"^#+ (.+)$", markdown.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}

@@ -24,6 +24,7 @@ def _register() -> None:
     from calsync.cli.changes import changes
     from calsync.cli.db import db, keygen
     from calsync.cli.demo import demo
+    from calsync.cli.events import events
     from calsync.cli.freebusy import freebusy
     from calsync.cli.processes import serve, web, worker
     from calsync.cli.status import channels, status, sync
@@ -34,6 +35,7 @@ def _register() -> None:
         db,
         keygen,
         changes,
+        events,
         freebusy,
         webhooks,
         serve,

@@ -23,7 +23,7 @@ from calsync.humanize import lifecycle_title
 from calsync.readmodels import availability, reads
 from calsync.store.db import make_engine, make_sessionmaker
 from calsync.store.models import Change
-from calsync.store.states import ChangeType
+from calsync.store.states import ChangeType, Origin
 
 POLL_SECONDS = 0.5
 KIND_STYLE = {"created": "green", "updated": "yellow", "deleted": "red", "snapshot": "cyan"}
@@ -55,6 +55,11 @@ VALUE_WIDTH = 200
     help="Also print event.snapshot rows (a first sync writes one per event; hidden by default).",
 )
 @click.option("--types", "types_text", metavar="A,B", help="Only rows of these types, as /api/changes?types=.")
+@click.option(
+    "--origin",
+    type=click.Choice([o.value for o in Origin]),
+    help="Only rows of this origin, as /api/changes?origin= (google: not the writes made through the API).",
+)
 def changes(
     after: int,
     limit: int,
@@ -64,6 +69,7 @@ def changes(
     as_json: bool,
     snapshots: bool,
     types_text: str | None,
+    origin: str | None,
 ) -> None:
     """Print the diff log of CALSYNC_DATABASE_URL."""
     if account and not calendar_id:
@@ -82,7 +88,14 @@ def changes(
             with sessions() as session:
                 availability.snapshot(session)
                 try:
-                    page = feed_reads.changes_page(session, after=after, limit=limit, calendars=calendars, types=types)
+                    page = feed_reads.changes_page(
+                        session,
+                        after=after,
+                        limit=limit,
+                        calendars=calendars,
+                        types=types,
+                        origin=Origin(origin) if origin else None,
+                    )
                 except CursorExpired as err:
                     raise click.ClickException(_expired(err)) from err
                 after = page.next
@@ -118,13 +131,21 @@ def format_change(item: dict[str, Any]) -> list[str]:
     summary = event.get("summary") or ("(no title)" if item["event_id"] else "")
     lines = [
         f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {_where(item)}  [{style}]{kind}[/{style}]  "
-        f"{escape(str(summary))}  [dim]{escape(item['event_id'] or '')}[/dim]".rstrip()
+        f"{escape(str(summary))}  [dim]{escape(item['event_id'] or '')}[/dim]  {_origin(item)}".rstrip()
     ]
     if kind == "updated":
         before, after = item["before"] or {}, item["after"] or {}
         for name in item["fields"]:
             lines.append(f"    {escape(name)}: {escape(_short(before.get(name)))} → {escape(_short(after.get(name)))}")
     return lines
+
+
+def _origin(item: dict[str, Any]) -> str:
+    """`via api` (with the app's key) for a write made through calsync, `from google` for one a sync found."""
+    if item.get("origin") == Origin.API:
+        key = item.get("idempotency_key")
+        return "[blue]via api[/blue]" + (f" [dim]key {escape(key)}[/dim]" if key else "")
+    return "[dim]from google[/dim]"
 
 
 def _lifecycle_line(item: dict[str, Any]) -> str:
@@ -179,9 +200,12 @@ def _short(value: Any) -> str:
 def _open_database(url: str) -> Engine:
     """An engine on an existing calsync database; reading must never create one by accident."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        if not Path(parsed.database).exists():
-            raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {parsed.database} (run `calsync db upgrade`)")
+    if (
+        parsed.get_backend_name() == "sqlite"
+        and parsed.database not in (None, "", ":memory:")
+        and not Path(parsed.database).exists()
+    ):
+        raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {parsed.database} (run `calsync db upgrade`)")
     engine = make_engine(url)
     if not inspect(engine).has_table(Change.__tablename__):
         engine.dispose()

@@ -256,9 +256,12 @@ def _database() -> Iterator[tuple[Settings, Engine]]:
     """An engine on an existing calsync database: an operator command never creates one by accident."""
     settings = Settings.from_env()
     url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        if not Path(url.database).exists():
-            raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {url.database} (run `calsync db upgrade`)")
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not Path(url.database).exists()
+    ):
+        raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {url.database} (run `calsync db upgrade`)")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the revision check is not news
     engine = make_engine(settings.database_url)
     try:

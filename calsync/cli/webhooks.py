@@ -53,9 +53,20 @@ def webhooks() -> None:
     help="standard: signed JSON messages; slack: one-line summaries for a Slack incoming webhook.",
 )
 @click.option("--verify-token", help="The hub.verify_token your endpoint expects during verification.")
+@click.option(
+    "--origin",
+    type=click.Choice(subscriptions.ORIGINS),
+    help="Only event rows of this origin (google: not the writes made through calsync's API).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def create(
-    url: str, events: tuple[str, ...], calendars: tuple[str, ...], fmt: str, verify_token: str | None, as_json: bool
+    url: str,
+    events: tuple[str, ...],
+    calendars: tuple[str, ...],
+    fmt: str,
+    verify_token: str | None,
+    origin: str | None,
+    as_json: bool,
 ) -> None:
     """Verify URL (hub.challenge) and subscribe it; prints the signing secret ONCE."""
     with _runtime() as rt:
@@ -66,6 +77,7 @@ def create(
                 "calendars": list(calendars) or None,
                 "format": fmt,
                 "verify_token": verify_token,
+                "origin": origin,
             },
             rt.settings,
         )

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,11 @@ from calsync.store.crypto import new_key
 POLL_SECONDS = 0.25
 START_TIMEOUT = 60.0
 KIND_STYLE = {"created": ("green", "+"), "updated": ("yellow", "~"), "deleted": ("red", "−")}
+# Writing is on in the demo, so an app's booking can go through calsync's API.
+DEMO_SCOPES = (
+    "https://www.googleapis.com/auth/calendar.readonly",
+    "https://www.googleapis.com/auth/calendar.events",
+)
 
 
 class DemoStopped(Exception):
@@ -84,6 +89,7 @@ def run_demo(options: DemoOptions, stop: threading.Event, console: Console) -> N
         _connect(emu, public, person.email)
         names = _wait_mirrored(api, public, len(person.calendars), stop)
         _banner(console, public, env, emu.url, folder, options)
+        _write_through_api(api, public, person.email, console)
 
         editor = None
         if options.edits:
@@ -115,9 +121,11 @@ def render_change(change: dict[str, Any], calendar_name: str) -> list[str]:
         ]
     colour, sign = KIND_STYLE.get(change["change"], ("white", "·"))
     title = event_title(change.get("before"), change.get("after"), change["event_id"])
+    origin = change.get("origin")
     lines = [
         f"[bold {colour}]{sign} #{change['seq']}[/bold {colour}] [dim]{stamp}[/dim] "
         f"[bold]{escape(calendar_name)}[/bold] [{colour}]{change['change']}[/{colour}] “{escape(title)}”"
+        + (f" [bold blue]origin: {origin}[/bold blue]" if origin == "api" else "")
     ]
     if change["change"] == "updated":
         width = max((len(f) for f in change["fields"]), default=0)
@@ -157,6 +165,7 @@ def _environment(folder: Path, public: str, api_url: str, secrets_file: Path) ->
             "CALSYNC_API_TOKEN": secrets.token_urlsafe(24),
             "CALSYNC_ADMIN_PASSWORD": secrets.token_urlsafe(12),
             "CALSYNC_INSTANCE_PATH": str(folder / "instance"),
+            "CALSYNC_GOOGLE_SCOPES": " ".join(DEMO_SCOPES),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -232,6 +241,28 @@ def _wait_mirrored(api: requests.Session, public: str, expected: int, stop: thre
     else:
         raise DemoFailed(f"the calendars were not mirrored within {START_TIMEOUT:.0f} s: {rows}")
     return {r["calendar_id"]: r.get("summary") or r["calendar_id"] for r in rows}
+
+
+def _write_through_api(api: requests.Session, public: str, calendar: str, console: Console) -> None:
+    """What an embedding app does: book an event through calsync's API (idempotently); its feed row
+    then says `origin: api`, and the notification Google sends for it adds no second row."""
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    body = {
+        "summary": "Booked by an app through calsync",
+        "start": {"dateTime": start.isoformat().replace("+00:00", "Z")},
+        "end": {"dateTime": (start + timedelta(minutes=30)).isoformat().replace("+00:00", "Z")},
+    }
+    url = f"{public}/api/calendars/{calendar}/events"
+    try:
+        resp = api.post(url, json=body, headers={"Idempotency-Key": "demo-booking-1"}, timeout=30)
+        resp.raise_for_status()
+    except requests.RequestException as err:
+        console.print(f"[red]the write through the API failed: {escape(str(err))}[/red]")
+        return
+    console.print(
+        f"[dim italic]✎ an app: POST /api/calendars/{escape(calendar)}/events → {resp.status_code}, "
+        f"seq {resp.json()['seq']}[/dim italic]"
+    )
 
 
 def _edit_loop(person: Any, interval: float, stop: threading.Event, console: Console) -> None:

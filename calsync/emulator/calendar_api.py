@@ -48,7 +48,10 @@ def api(name: str, scopes: frozenset[str]) -> Callable[[Callable[..., Response]]
                     "Request had insufficient authentication scopes.",
                     top_message="Request had insufficient authentication scopes.",
                 )
-            return handler(emu, token.grant.user, **kwargs)
+            response = handler(emu, token.grant.user, **kwargs)
+            if scopes is WRITE:
+                emu.faults.check_after_write(name, g.get("calendar_id"))
+            return response
 
         return wrapper
 
@@ -112,19 +115,19 @@ def events_instances(emu: Emulator, user: str, calendarId: str, eventId: str) ->
 @bp.patch("/calendars/<calendarId>/events/<eventId>")
 @api("calendar.events.patch", WRITE)
 def events_patch(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
-    return _reply(emu._api_write(user, calendarId, "patch", eventId, _body()))
+    return _reply(emu._api_write(user, calendarId, "patch", eventId, _body(), _if_match()))
 
 
 @bp.put("/calendars/<calendarId>/events/<eventId>")
 @api("calendar.events.update", WRITE)
 def events_update(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
-    return _reply(emu._api_write(user, calendarId, "update", eventId, _body()))
+    return _reply(emu._api_write(user, calendarId, "update", eventId, _body(), _if_match()))
 
 
 @bp.delete("/calendars/<calendarId>/events/<eventId>")
 @api("calendar.events.delete", WRITE)
 def events_delete(emu: Emulator, user: str, calendarId: str, eventId: str) -> Response:
-    emu._api_write(user, calendarId, "delete", eventId, None)
+    emu._api_write(user, calendarId, "delete", eventId, None, _if_match())
     return Response(status=204)
 
 
@@ -192,6 +195,12 @@ def _authenticate(emu: Emulator) -> grants.Token:
             "access token, login cookie or other valid authentication credential.",
         )
     return token
+
+
+def _if_match() -> str | None:
+    """The ``If-Match`` etag of an update, patch or delete (``*`` matches any version)."""
+    value = request.headers.get("If-Match")
+    return value.strip() if value and value.strip() != "*" else None
 
 
 def _params() -> dict[str, list[str]]:

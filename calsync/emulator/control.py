@@ -93,6 +93,12 @@ def remove_calendar(emu: Emulator, body: Json, email: str, calendar_id: str) -> 
     return {}
 
 
+@route("/users/<email>/shared/<calendar_id>", ["POST"])
+def share_calendar(emu: Emulator, body: Json, email: str, calendar_id: str) -> Json:
+    emu.share_calendar(calendar_id, email, str(body.get("role", "reader")))
+    return {}
+
+
 @route("/users/<email>/revoke", ["POST"])
 def revoke_grant(emu: Emulator, body: Json, email: str) -> Json:
     emu.revoke_grant(email)
@@ -183,6 +189,20 @@ def fail_next(emu: Emulator, body: Json) -> Json:
         body.get("retry_after"),
         body.get("method"),
         body.get("calendar_id"),
+    )
+    return {}
+
+
+@route("/faults/fail_after_write", ["POST"])
+def fail_after_write(emu: Emulator, body: Json) -> Json:
+    status = body.get("status", 503)
+    emu.fail_after_write(
+        int(body.get("n", 1)),
+        hold=float(body.get("hold", 0.0)),
+        status=None if status is None else int(status),
+        reason=str(body.get("reason", "backendError")),
+        method=body.get("method"),
+        calendar_id=body.get("calendar_id"),
     )
     return {}
 

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from . import events, listing
 from .errors import ApiError
-from .faults import FailRule, Faults, SlowRule
+from .faults import AfterWriteRule, FailRule, Faults, SlowRule
 from .grants import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Grants
 from .push import PushFaults, PushHub, PushRecord, new_channel
 from .store import Calendar, ListEntry, Store, User, new_id
@@ -28,6 +28,7 @@ from .store import Calendar, ListEntry, Store, User, new_id
 HTML_BASE = "https://www.google.com"
 PROJECT_NUMBER = DEFAULT_CLIENT_ID.split("-", 1)[0]
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
+WRITER_ROLES = ("owner", "writer")
 
 _T = TypeVar("_T")
 
@@ -182,6 +183,25 @@ class Emulator:
         self.push.notify("calendarList:" + user.email)
         return cal_id
 
+    def share_calendar(self, calendar_id: str, email: str, role: str = "reader") -> None:
+        """Put another user's calendar on ``email``'s list with ``role`` (fires calendarList push).
+
+        A ``reader`` sees its events; a write gets Google's 403 ``requiredAccessLevel``.
+        """
+        if role not in ("owner", "writer", "reader", "freeBusyReader"):
+            raise ValueError(f"unknown access role {role!r}")
+        with self.store.lock:
+            user = self.store.user(email)
+            self.store.calendar(calendar_id)
+            entry = user.entries.get(calendar_id)
+            if entry is not None and not entry.deleted:
+                entry.role, entry.seq = role, self.store.next_seq()
+            else:
+                user.entries[calendar_id] = ListEntry(
+                    calendar_id, False, self.store.next_seq(), len(user.entries), role=role
+                )
+        self.push.notify("calendarList:" + user.email)
+
     def remove_calendar(self, email: str, calendar_id: str) -> None:
         """Take a calendar off the user's list (fires calendarList push); the API then gives 404."""
         with self.store.lock:
@@ -217,6 +237,25 @@ class Emulator:
         return self._edit(
             calendar_id, lambda cal, now: events.patch(self.store, cal, event_id, changes, now, HTML_BASE).data
         )
+
+    def force_event_fields(self, calendar_id: str, event_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Set fields of a stored event with no validation at all, as a change listed like any other.
+
+        For what Google's own checks would not let a client write but a consumer must survive all
+        the same (an undocumented value, an oversized etag, a field of an unexpected type).
+        """
+
+        def force(cal: Calendar, now: dt.datetime) -> dict[str, Any]:
+            record = cal.events[event_id]
+            seq = self.store.next_seq()
+            data = dict(record.data)
+            events.stamp(data, now, seq)  # a change moves `updated` and the etag, as every change in Google
+            record.data = {**data, **fields}
+            record.seq = seq
+            cal.updated, cal.seq = now, seq
+            return record.data
+
+        return self._edit(calendar_id, force)
 
     def update_event(self, calendar_id: str, event_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Replace the event's writable fields (like events.update)."""
@@ -282,6 +321,20 @@ class Emulator:
     ) -> None:
         """The next ``n`` matching Calendar API calls fail with Google's error envelope."""
         self.faults.add(FailRule(n, status, reason, retry_after, method, calendar_id))
+
+    def fail_after_write(
+        self,
+        n: int = 1,
+        *,
+        hold: float = 0.0,
+        status: int | None = 503,
+        reason: str = "backendError",
+        method: str | None = None,
+        calendar_id: str | None = None,
+    ) -> None:
+        """The next ``n`` matching writes are made, then answered ``hold`` seconds late and, with a
+        ``status``, as that error: the caller (or its process, killed meanwhile) never learns of them."""
+        self.faults.after_write(AfterWriteRule(n, hold, status, reason, method, calendar_id))
 
     def slow_next(self, n: int, seconds: float, method: str | None = None, calendar_id: str | None = None) -> None:
         """The next ``n`` matching Calendar API calls are answered ``seconds`` late."""
@@ -370,14 +423,28 @@ class Emulator:
     def _api_get_event(self, user: str, calendar_id: str, event_id: str) -> dict[str, Any]:
         with self.store.lock:
             cal = self.store.calendar_for(self.store.user(user), calendar_id)
-            return copy.deepcopy(events.get(self.store, cal, event_id, self.clock()))
+            return copy.deepcopy(events.public(events.get(self.store, cal, event_id, self.clock())))
 
     def _api_write(
-        self, user: str, calendar_id: str, op: str, event_id: str | None, body: dict[str, Any] | None
+        self,
+        user: str,
+        calendar_id: str,
+        op: str,
+        event_id: str | None,
+        body: dict[str, Any] | None,
+        if_match: str | None = None,
     ) -> dict[str, Any] | None:
+        """A write as Google checks it: writer access to the calendar, then the If-Match etag."""
         with self.store.lock:
-            cal = self.store.calendar_for(self.store.user(user), calendar_id)
+            owner = self.store.user(user)
+            cal = self.store.calendar_for(owner, calendar_id)
+            if owner.entries[cal.id].role not in WRITER_ROLES:
+                raise ApiError(403, "requiredAccessLevel")
             now = self.clock()
+            if if_match is not None and op != "insert":
+                current = events.get(self.store, cal, event_id or "", now)
+                if current.get("etag") != if_match:
+                    raise ApiError(412, "conditionNotMet")
             if op == "insert":
                 result = events.insert(self.store, cal, body or {}, user, now, HTML_BASE).data
             elif op == "delete":

@@ -34,6 +34,8 @@ _DEFAULT_MESSAGES = {
     "invalid": "Invalid Value",
     "required": "Login Required.",
     "duplicate": "The requested identifier already exists.",
+    "conditionNotMet": "Precondition Failed",
+    "requiredAccessLevel": "You need to have writer access to this calendar.",
     "fullSyncRequired": "Sync token is no longer valid, a full sync is required.",
 }
 

@@ -138,7 +138,7 @@ def insert(
         if key in body:
             data[key] = body[key]
     _apply(data, body, cal, replace=False)
-    _stamp(data, now, seq)
+    stamp(data, now, seq)
     record = cal.add(event_id, _ordered(data), seq)
     _touch(cal, now, seq)
     return record
@@ -162,7 +162,7 @@ def patch(
     if any(data.get(k) != before[k] for k in SIGNIFICANT):
         data["sequence"] = int(data.get("sequence", 0)) + 1
     seq = store.next_seq()
-    _stamp(data, now, seq)
+    stamp(data, now, seq)
     if record is None:
         record = cal.add(event_id, _ordered(data), seq)
     else:
@@ -243,7 +243,7 @@ def _cancel_exceptions(store: Store, cal: Calendar, series_id: str, now: dt.date
         if record.data.get("status") != "cancelled":
             seq = store.next_seq()
             record.data = dict(record.data, status="cancelled")
-            _stamp(record.data, now, seq)
+            stamp(record.data, now, seq)
             record.seq = seq
             _touch(cal, now, seq)
 
@@ -333,7 +333,7 @@ def _person(email: str, cal: Calendar, *, creator: bool) -> dict[str, Any]:
     return out
 
 
-def _stamp(data: dict[str, Any], now: dt.datetime, seq: int) -> None:
+def stamp(data: dict[str, Any], now: dt.datetime, seq: int) -> None:
     data["updated"] = rfc3339(now)
     data["etag"] = f'"{int(now.timestamp() * 1000)}{seq % 1000000:06d}"'
 

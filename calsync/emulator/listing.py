@@ -173,7 +173,7 @@ def calendar_entry(store: Store, user: User, calendar_id: str) -> dict[str, Any]
         backgroundColor="#9fe1e7" if entry.primary else "#5484ed",
         foregroundColor="#000000",
         selected=True,
-        accessRole="owner",
+        accessRole=entry.role,
         defaultReminders=list(DEFAULT_REMINDERS),
     )
     if entry.primary:
@@ -268,9 +268,8 @@ def _matcher(
         if updated_text is not None:
             if data["updated"] < updated_text:
                 return False
-        elif data.get("status") == "cancelled" and not show_deleted:
-            if single or not _kept_cancelled(cal, record):
-                return False
+        elif data.get("status") == "cancelled" and not show_deleted and (single or not _kept_cancelled(cal, record)):
+            return False
         if ical and data.get("iCalUID") != ical:
             return False
         if types and data.get("eventType", "default") not in types:
@@ -352,7 +351,7 @@ def _overlaps(cal: Calendar, data: dict[str, Any], window: tuple[Any, Any]) -> b
 
 
 def _start_key(cal: Calendar, data: dict[str, Any]) -> str:
-    when = cast(dict[str, Any], data.get("start") or data.get("originalStartTime"))
+    when = cast("dict[str, Any]", data.get("start") or data.get("originalStartTime"))
     return rfc3339(recurrence.to_utc(recurrence.parse_when(when, cal.time_zone), cal.time_zone))
 
 

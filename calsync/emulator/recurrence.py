@@ -171,10 +171,7 @@ def _to_aware(value: dt.datetime | dt.date, cal_tz: str) -> dt.datetime:
 
 def _occurrences(lines: list[str], start: dt.datetime | dt.date, cal_tz: str) -> Iterator[dt.datetime]:
     """Iterate occurrence starts (aware datetimes, or naive midnights for all-day series)."""
-    if isinstance(start, dt.datetime):
-        dtstart = start
-    else:
-        dtstart = dt.datetime(start.year, start.month, start.day)
+    dtstart = start if isinstance(start, dt.datetime) else dt.datetime(start.year, start.month, start.day)
     rset = rrule.rruleset()
     has_rule = False
     for line in lines:
@@ -183,14 +180,14 @@ def _occurrences(lines: list[str], start: dt.datetime | dt.date, cal_tz: str) ->
         params = name.split(";")[1:]
         if key == "RRULE":
             # One rule line without ':' parses to an rrule (the stubs say rrule | rruleset).
-            rset.rrule(cast(rrule.rrule, rrule.rrulestr(_fix_until(value, dtstart), dtstart=dtstart)))
+            rset.rrule(cast("rrule.rrule", rrule.rrulestr(_fix_until(value, dtstart), dtstart=dtstart)))
             has_rule = True
         elif key in ("EXDATE", "RDATE"):
             for item in value.split(","):
                 moment = _parse_ical_time(item, params, dtstart)
                 (rset.exdate if key == "EXDATE" else rset.rdate)(moment)
         elif key == "EXRULE":
-            rset.exrule(cast(rrule.rrule, rrule.rrulestr(_fix_until(value, dtstart), dtstart=dtstart)))
+            rset.exrule(cast("rrule.rrule", rrule.rrulestr(_fix_until(value, dtstart), dtstart=dtstart)))
         else:
             raise ValueError(f"unsupported recurrence line {line!r}")
     if not has_rule:

@@ -23,7 +23,7 @@ def create_app(emulator: Emulator) -> Flask:
     """Build the WSGI app serving OAuth, Calendar API v3 and the control API for ``emulator``."""
     app = Flask(__name__)
     app.config.update(JSON_SORT_KEYS=False)
-    provider = cast(DefaultJSONProvider, app.json)  # Flask's default provider, typed as its base class
+    provider = cast("DefaultJSONProvider", app.json)  # Flask's default provider, typed as its base class
     provider.sort_keys = False
     provider.compact = True
     app.extensions["calsync_emulator"] = emulator

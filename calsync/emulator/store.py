@@ -77,6 +77,7 @@ class ListEntry:
     seq: int
     ordinal: int
     deleted: bool = False
+    role: str = "owner"  # the user's access role: owner, writer, reader or freeBusyReader
 
 
 @dataclass

@@ -17,14 +17,27 @@ from calsync.feed.rows import NewChange
 from calsync.metrics import CHANGES
 from calsync.store.bulk import bound, insert_rows, json_text
 from calsync.store.models import Account, Calendar, Change, Counter
-from calsync.webhooks.outbox import enqueue
+from calsync.store.states import Origin
 
 _CHANGES = Change.__table__
-_COLUMNS = ("seq", "type", "account_id", "calendar_id", "event_id", "ref", "fields", "before", "after", "detected_at")
+_COLUMNS = (
+    "seq",
+    "type",
+    "account_id",
+    "calendar_id",
+    "event_id",
+    "ref",
+    "fields",
+    "before",
+    "after",
+    "detected_at",
+    "origin",
+    "idempotency_key",
+)
 
 
 def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> Sequence[NewChange]:
-    """Give `changes` their seq numbers, add them, and queue their webhook deliveries.
+    """Give `changes` their seq numbers and add them; consumers (webhooks among them) read them from here.
 
     A row that names only its calendar gets the calendar's account, and every row the account's
     `ref` as it stands in this transaction.
@@ -64,11 +77,12 @@ def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> 
                 json_text(c.before),
                 json_text(c.after),
                 detected_at,
+                c.origin or Origin.GOOGLE,
+                c.idempotency_key,
             )
             for c in changes
         ],
     )
-    enqueue(session, changes, now)
     return changes
 
 
@@ -76,20 +90,14 @@ def _name_accounts(session: Session, changes: Sequence[NewChange]) -> None:
     calendar_ids = {c.calendar_id for c in changes if c.account_id is None and c.calendar_id is not None}
     owners: dict[int, int] = {}
     if calendar_ids:
-        owners = {
-            cal_id: account_id
-            for cal_id, account_id in session.execute(
-                select(Calendar.id, Calendar.account_id).where(Calendar.id.in_(calendar_ids))
-            )
-        }
+        owners = dict(
+            session.execute(select(Calendar.id, Calendar.account_id).where(Calendar.id.in_(calendar_ids))).all()
+        )
     for change in changes:
         if change.account_id is None and change.calendar_id is not None:
             change.account_id = owners[change.calendar_id]
-    refs: dict[int, str | None] = {
-        account_id: ref
-        for account_id, ref in session.execute(
-            select(Account.id, Account.ref).where(Account.id.in_({c.account_id for c in changes}))
-        )
-    }
+    refs: dict[int, str | None] = dict(
+        session.execute(select(Account.id, Account.ref).where(Account.id.in_({c.account_id for c in changes}))).all()
+    )
     for change in changes:
         change.ref = refs.get(change.account_id or 0)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from calsync.clock import rfc3339
 from calsync.feed.cursor import check_cursor
 from calsync.store.models import Account, Calendar, Change
-from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType
+from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType, Origin
 
 CHANGES_DEFAULT_LIMIT = 100
 CHANGES_MAX_LIMIT = 1000
@@ -49,7 +49,25 @@ def change_to_dict(change: Change, account_email: str, calendar_google_id: str |
     }
     if kind is None:
         row.update(lifecycle_details(change))
+    else:
+        row.update(origin_details(change))
     return row
+
+
+def origin_details(change: Change) -> dict[str, Any]:
+    """Who made an event row's change: `api` rows (writes through calsync) also carry the app's key."""
+    origin = change.origin or Origin.GOOGLE
+    if origin == Origin.API:
+        return {"origin": origin, "idempotency_key": change.idempotency_key}
+    return {"origin": origin}
+
+
+def parse_origin(raw: str) -> Origin:
+    """`api` or `google`; ValueError naming the choices."""
+    try:
+        return Origin(raw)
+    except ValueError:
+        raise ValueError(f"unknown origin {raw!r}; use {' or '.join(o.value for o in Origin)}") from None
 
 
 def feed_rows() -> Select[Change, str, str]:
@@ -78,18 +96,22 @@ def changes_page(
     limit: int,
     calendars: Sequence[Calendar] | None = None,
     types: Collection[str] | None = None,
+    origin: Origin | None = None,
 ) -> ChangesPage:
     """Changes with seq > `after`, oldest first; `next` is the last seq returned, else `after`.
 
     With `types`, only rows of those types are returned, and `next` still moves past the rows
-    left out up to the last one returned. A cursor behind rows that retention deleted raises
-    CursorExpired: the page would silently lack them.
+    left out up to the last one returned; `origin` likewise keeps the rows of one origin (lifecycle
+    rows count as `google`: only writes made through calsync are `api`). A cursor behind rows
+    that retention deleted raises CursorExpired: the page would silently lack them.
     """
     query = feed_rows().where(Change.seq > after).order_by(Change.seq).limit(limit)
     if calendars is not None:
         query = query.where(Change.calendar_id.in_([c.id for c in calendars]))
     if types is not None:
         query = query.where(Change.type.in_(sorted(types)))
+    if origin is not None:
+        query = query.where(Change.origin == origin.value)
     items = [change_to_dict(change, email, google_id) for change, email, google_id in session.execute(query)]
     # After the rows: the mark only grows and moves with its deletions, so a mark read now that
     # is not past `after` proves that the rows above were all there when they were read.

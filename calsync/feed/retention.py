@@ -2,8 +2,10 @@
 
 The counter row `changes_trimmed_through`, written in the same transaction as each batch, is the
 highest seq retention has passed: every row at or below it is gone, except a row whose webhook
-delivery is still pending, which stays for the outbox until it is delivered or fails. Reading the
-feed after a cursor below that mark would skip rows without a sign, so it is refused instead.
+delivery is still pending, which stays for the outbox until it is delivered or fails. A row that
+some webhook subscription's cursor has not passed yet is not trimmed either, so every message goes
+out whole. Reading the feed after a cursor below that mark would skip rows without a sign, so it
+is refused instead.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -19,7 +21,7 @@ from sqlalchemy.orm import Session
 from calsync.feed.cursor import TRIMMED_COUNTER
 from calsync.metrics import CHANGES_TRIMMED
 from calsync.store.db import is_postgres, rows_affected
-from calsync.store.models import Change, Counter, Delivery
+from calsync.store.models import Change, Counter, Delivery, WebhookSubscription
 from calsync.store.states import DeliveryState
 
 BATCH = 1000
@@ -35,9 +37,11 @@ def trim_changes(session: Session, cutoff: datetime, limit: int = BATCH) -> int:
     through = _lock_mark(session)
     if through is None:
         return 0
-    ahead = session.execute(
-        select(Change.seq, Change.detected_at).where(Change.seq > through).order_by(Change.seq).limit(limit)
-    ).all()
+    ahead_query = select(Change.seq, Change.detected_at).where(Change.seq > through)
+    slowest = session.scalar(select(func.min(WebhookSubscription.cursor_seq)))
+    if slowest is not None:
+        ahead_query = ahead_query.where(Change.seq <= slowest)
+    ahead = session.execute(ahead_query.order_by(Change.seq).limit(limit)).all()
     old = [seq for seq, _ in _prefix_before(ahead, cutoff)]
     held = list(session.scalars(select(Change.seq).where(Change.seq <= through).order_by(Change.seq).limit(limit)))
     candidates = held + old

@@ -27,6 +27,8 @@ class FeedRow:
     ref: str | None = None
     seq: int = 0  # given by the writer
     detected_at: datetime | None = None
+    origin: str = "google"  # a store.states.Origin: `api` for a write made through calsync
+    idempotency_key: str | None = None
 
     @property
     def kind(self) -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -21,9 +20,11 @@ from googleapiclient.errors import HttpError
 from calsync.errors import (
     AuthRevoked,
     BackendError,
+    Duplicate,
     Forbidden,
     GoogleApiError,
     GoogleNotFound,
+    PreconditionFailed,
     RateLimited,
     SyncTokenExpired,
 )
@@ -32,8 +33,6 @@ from calsync.metrics import GOOGLE_CALLS
 EVENTS_PAGE_SIZE = 2500
 CALENDAR_LIST_PAGE_SIZE = 250
 RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
-
-CallHook = Callable[[str, int], None]
 
 
 class GoogleCalendar:
@@ -64,7 +63,7 @@ class GoogleCalendar:
                 return items
 
     def get_calendar(self, calendar_id: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self._call("calendars.get", self._api.calendars.get(calendarId=calendar_id)))
+        return cast("dict[str, Any]", self._call("calendars.get", self._api.calendars.get(calendarId=calendar_id)))
 
     # Events ----------------------------------------------------------------------------------
     def list_events_page(
@@ -100,23 +99,44 @@ class GoogleCalendar:
             kwargs["pageToken"] = page_token
         request = self._api.events.list(**kwargs)
         request.postproc = _keep_bytes  # errors are raised before it runs; a success keeps its bytes
-        return cast(bytes, self._call("events.list", request))
+        return cast("bytes", self._call("events.list", request))
 
-    def iter_event_pages(
-        self, calendar_id: str, sync_token: str | None = None, max_results: int = EVENTS_PAGE_SIZE
-    ) -> Iterator[dict[str, Any]]:
-        """Follow nextPageToken; the last page carries nextSyncToken (its absence is an error)."""
-        page_token: str | None = None
-        while True:
-            page = self.list_events_page(
-                calendar_id, sync_token=sync_token, page_token=page_token, max_results=max_results
-            )
-            page_token = page.get("nextPageToken")
-            if not page_token and not page.get("nextSyncToken"):
-                raise GoogleApiError("events.list ended without nextSyncToken", reason="noSyncToken")
-            yield page
-            if not page_token:
-                return
+    # Writes (calsync.sync.writes; every call there goes through its `_google`, the quota's place) --
+    def insert_event(
+        self, calendar_id: str, body: dict[str, Any], *, send_updates: str | None = None
+    ) -> dict[str, Any]:
+        """events.insert; a body with an `id` that exists gives Duplicate (409)."""
+        request = self._api.events.insert(calendarId=calendar_id, body=body, **_send_updates(send_updates))
+        return cast("dict[str, Any]", self._call("events.insert", request))
+
+    def get_event(self, calendar_id: str, event_id: str) -> dict[str, Any]:
+        """events.get (also a deleted event, as Google keeps it, and an unmodified instance of a series)."""
+        request = self._api.events.get(calendarId=calendar_id, eventId=event_id)
+        return cast("dict[str, Any]", self._call("events.get", request))
+
+    def patch_event(
+        self,
+        calendar_id: str,
+        event_id: str,
+        body: dict[str, Any],
+        *,
+        if_match: str | None = None,
+        send_updates: str | None = None,
+    ) -> dict[str, Any]:
+        """events.patch; with `if_match`, a changed event gives PreconditionFailed (412)."""
+        request = self._api.events.patch(
+            calendarId=calendar_id, eventId=event_id, body=body, **_send_updates(send_updates)
+        )
+        _if_match(request, if_match)
+        return cast("dict[str, Any]", self._call("events.patch", request))
+
+    def delete_event(
+        self, calendar_id: str, event_id: str, *, if_match: str | None = None, send_updates: str | None = None
+    ) -> None:
+        """events.delete; with `if_match`, a changed event gives PreconditionFailed (412)."""
+        request = self._api.events.delete(calendarId=calendar_id, eventId=event_id, **_send_updates(send_updates))
+        _if_match(request, if_match)
+        self._call("events.delete", request)
 
     # Push channels ---------------------------------------------------------------------------
     def watch_events(
@@ -124,11 +144,11 @@ class GoogleCalendar:
     ) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
         request = self._api.events.watch(calendarId=calendar_id, body=body)
-        return cast(dict[str, Any], self._call("events.watch", request))
+        return cast("dict[str, Any]", self._call("events.watch", request))
 
     def watch_calendar_list(self, *, channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
-        return cast(dict[str, Any], self._call("calendarList.watch", self._api.calendar_list.watch(body=body)))
+        return cast("dict[str, Any]", self._call("calendarList.watch", self._api.calendar_list.watch(body=body)))
 
     def stop_channel(self, channel_id: str, resource_id: str) -> None:
         self._call("channels.stop", self._api.channels.stop(body={"id": channel_id, "resourceId": resource_id}))
@@ -188,6 +208,10 @@ def map_http_error(err: HttpError) -> GoogleApiError:
         return RateLimited(message, status=status, reason=reason or "rateLimitExceeded", retry_after=retry_after)
     if status == 403:
         return Forbidden(message, status=status, reason=reason)
+    if status == 409 and reason == "duplicate":
+        return Duplicate(message, status=status, reason=reason)
+    if status == 412:
+        return PreconditionFailed(message, status=status, reason=reason or "conditionNotMet")
     if status >= 500:
         return BackendError(message, status=status, reason=reason or "backendError", retry_after=retry_after)
     return GoogleApiError(message, status=status, reason=reason)
@@ -211,6 +235,16 @@ def _retry_after(err: HttpError) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def _send_updates(value: str | None) -> dict[str, str]:
+    return {"sendUpdates": value} if value else {}
+
+
+def _if_match(request: Any, etag: str | None) -> None:
+    """Google checks the version itself: the header goes on the request as given."""
+    if etag is not None:
+        request.headers["if-match"] = etag
 
 
 def _channel_body(channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:

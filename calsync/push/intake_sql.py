@@ -205,7 +205,7 @@ def _record_pg(cursor: Any, batch: list[Item], now: datetime) -> None:
         token = None if push is None or push.token is None else hashlib.sha256(push.token.encode()).hexdigest()
         rows.append((*_log_row(item), item.received_at.isoformat(), token, push is None))
     cursor.execute(_RECORD_PG, {"rows": json.dumps(rows), "now": now})
-    outcomes = {ord_: outcome for ord_, outcome in cursor.fetchall()}
+    outcomes = dict(cursor.fetchall())
     for i, item in enumerate(batch, start=1):
         item.outcome = outcomes[i]
 

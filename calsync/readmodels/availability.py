@@ -103,7 +103,7 @@ class MirrorCache:
         if not calendars:
             return {}
         ids = [c.id for c in calendars]
-        newest: dict[int, int | None] = {cal_id: seq for cal_id, seq in session.execute(_NEWEST, {"ids": ids})}
+        newest: dict[int, int | None] = dict(session.execute(_NEWEST, {"ids": ids}).all())
         return self.mirrors_at(session, [Standing.of(cal, newest.get(cal.id)) for cal in calendars])
 
     def mirrors_at(self, session: Session, standings: Sequence[Standing]) -> dict[int, CalendarMirror]:
@@ -134,12 +134,9 @@ class MirrorCache:
 def _refresh(session: Session, calendar_id: int, mirror: CalendarMirror) -> CalendarMirror:
     """`mirror` brought up to this snapshot by reading only the rows that differ from it."""
     known = mirror.versions()
-    current: dict[str, str | None] = {
-        event_id: updated
-        for event_id, updated in session.execute(
-            select(Event.google_id, Event.updated).where(Event.calendar_id == calendar_id)
-        )
-    }
+    current: dict[str, str | None] = dict(
+        session.execute(select(Event.google_id, Event.updated).where(Event.calendar_id == calendar_id)).all()
+    )
     stale = [
         event_id
         for event_id, updated in current.items()

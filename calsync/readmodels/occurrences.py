@@ -19,9 +19,10 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import orjson
 from dateutil import rrule
 from dateutil.parser import isoparse
+
+from calsync.store.jsontext import loads
 
 MAX_WINDOW = timedelta(days=366)
 # Occurrences remembered per series at most (a daily series over 130 years); windows beyond are
@@ -95,7 +96,7 @@ class Occurrence(NamedTuple):
     def item(self) -> dict[str, Any]:
         """The Event JSON Google lists for this occurrence."""
         if self.series is None or self.original is None:
-            return orjson.loads(self.source) if isinstance(self.source, str) else self.source
+            return loads(self.source) if isinstance(self.source, str) else self.source
         return self.series.instance(self.original)
 
 
@@ -270,7 +271,7 @@ class CalendarMirror:
         self.zone = zone_of(time_zone)
         entries = _entries if _entries is not None else {}
         for row in rows:
-            data = orjson.loads(row) if isinstance(row, str) else row
+            data = loads(row) if isinstance(row, str) else row
             entry = _parse_entry(data, self.zone, row)
             if entry is not None:
                 entries[str(data["id"])] = entry
@@ -387,7 +388,7 @@ def _parse_entry(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) 
         if data.get("recurrence"):
             return _Entry(updated, _Series(data, zone), None, None, None)
         return _Entry(updated, None, _single(data, zone, row), None, None)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):  # AttributeError: a field of another type
         return None
 
 

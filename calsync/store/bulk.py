@@ -9,12 +9,12 @@ type binds them (`bound`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from sqlalchemy import Column, Connection, Table
+
+from calsync.store.jsontext import dumps_text
 
 
 def insert_rows(connection: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
@@ -38,10 +38,7 @@ def json_text(value: Any) -> str | None:
     """JSON as text for a JSON column (orjson: far cheaper than the json module); None stays NULL."""
     if value is None:
         return None
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # what orjson cannot write exactly (an integer past 64 bits): the json module
-        return json.dumps(value)
+    return dumps_text(value)
 
 
 def bound(connection: Connection, column: Column[Any], value: Any) -> Any:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from calsync.config import Settings
 from calsync.errors import ConfigError
+from calsync.store.keyfiles import read_or_create
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,7 @@ def cipher_from_settings(settings: Settings) -> TokenCipher:
 
 def _instance_key(folder: Path) -> bytes:
     path = folder / KEY_FILE
-    if path.exists():
-        return path.read_bytes().strip()
-    folder.mkdir(parents=True, exist_ok=True)
-    key = Fernet.generate_key()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process won the race; use its key
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key + b"\n")
-    log.warning("CALSYNC_TOKEN_KEY is not set: generated a key in %s; back it up or set the variable", path)
+    key, created = read_or_create(path, Fernet.generate_key)
+    if created:
+        log.warning("CALSYNC_TOKEN_KEY is not set: generated a key in %s; back it up or set the variable", path)
     return key

@@ -7,18 +7,40 @@ pooled connection is pinged before use only when it has sat idle (see `_ping_if_
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, make_url
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 # A connection back in the pool for less than this is taken as alive without a ping.
 PING_AFTER_IDLE_SECONDS = 1.0
+
+# libpq's TCP settings for every PostgreSQL connection. After a partition that sends no RST (a
+# NAT or firewall forgetting the flow, a host gone), a socket waits forever by default: keepalives
+# find an idle one dead in about a minute, `tcp_user_timeout` one whose sent data goes unacknowledged
+# as long, and `connect_timeout` bounds a connection attempt to an address that does not answer.
+KEEPALIVE_ARGS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+    "connect_timeout": 10,
+}
+
+# How long a SQLite writer waits for the write lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 _BACKENDS: weakref.WeakKeyDictionary[Engine, set[int]] = weakref.WeakKeyDictionary()
 
@@ -31,6 +53,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         if ":memory:" not in url and url.rstrip("/") != "sqlite:":
             kwargs.setdefault("pool_size", 10)
             kwargs.setdefault("max_overflow", 20)
+            _private_database_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -39,6 +62,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("max_overflow", 20)
     # Last in, first out: busy threads keep reusing a few warm connections, the rest go idle.
     kwargs.setdefault("pool_use_lifo", True)
+    kwargs["connect_args"] = {**KEEPALIVE_ARGS, **kwargs.get("connect_args", {})}
     engine = create_engine(url, **kwargs)
     if not kwargs.get("pool_pre_ping"):
         _ping_if_idle(engine)
@@ -55,6 +79,30 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """A unit of work owned by the caller: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+T = TypeVar("T")
+RETRY_WHILE_AWAY_SECONDS = 0.25  # while the database is away, how often `when_back` tries again
+
+
+def when_back(factory: sessionmaker[Session], work: Callable[[Session], T], *, give_up_after: float) -> T:
+    """`work` in a transaction of its own, tried again while the database is away (stopped,
+    restarting, unreachable, locked, out of space) for up to `give_up_after` seconds.
+
+    For what must be written once the database returns: the outcome of a job or of a webhook
+    attempt, which releases a lease. Left unwritten, the lease would hold its calendar or message
+    for the whole lease period after the return.
+    """
+    deadline = time.monotonic() + give_up_after
+    while True:
+        try:
+            with transaction(factory) as session:
+                return work(session)
+        except (OperationalError, InterfaceError) as err:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("the database is away (%s); writing again in %.2fs", err.orig, RETRY_WHILE_AWAY_SECONDS)
+            time.sleep(RETRY_WHILE_AWAY_SECONDS)
 
 
 def statements_alone(session: Session) -> None:
@@ -75,7 +123,7 @@ _NO_TRANSACTION = "calsync_no_transaction"
 
 def rows_affected(result: Result[Any]) -> int:
     """How many rows an UPDATE or DELETE touched (a DML statement's result is a CursorResult)."""
-    return int(cast(CursorResult[Any], result).rowcount or 0)
+    return int(cast("CursorResult[Any]", result).rowcount or 0)
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:
@@ -141,13 +189,34 @@ def _ping_if_idle(engine: Engine) -> None:
     event.listen(engine, "checkout", checkout)
 
 
+def _private_database_file(url: str) -> None:
+    """Create a new SQLite file 0600 before SQLite does (it would follow the umask, often 0644):
+    it holds every mirrored calendar. SQLite gives its -wal and -shm files the database's mode."""
+    database = make_url(url).database
+    if not database or database.startswith("file:"):
+        return  # a URI filename (uri=true) names its own mode and place
+    path = Path(database)
+    if not path.parent.is_dir():
+        return  # SQLite's own error names the missing folder
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning(
+                "the database %s is readable by other users (mode %o); `chmod 600` it and its -wal and -shm files",
+                path,
+                mode,
+            )
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # pysqlite's own implicit BEGIN is turned off; SQLAlchemy's "begin" event emits ours.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSON as PG_JSON
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -30,6 +31,7 @@ from calsync.store.states import (
     ChangeType,
     ChannelStatus,
     DeliveryState,
+    Origin,
     SubscriptionStatus,
     SyncState,
     event_kind,
@@ -65,6 +67,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# Google's event JSON and the feed's before/after, kept as the text they were written as: jsonb
+# refuses `\u0000` and lone surrogates, which JSON allows and an event may hold. Nothing queries
+# inside them on the server; every index is on the columns derived beside them.
+ExactJSON = JSON().with_variant(PG_JSON(), "postgresql")
 
 
 def _now() -> datetime:
@@ -75,7 +81,11 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     if TYPE_CHECKING:  # every model here is mapped to a Table, which Core's update() and insert() need
         __table__: ClassVar[Table]
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType, list[str]: JSONType}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONType,
+        list[str]: JSONType,
+    }
 
 
 class Account(Base):
@@ -176,7 +186,7 @@ class Event(Base):
     recurring_event_id: Mapped[str | None] = mapped_column(String(1024))
     start: Mapped[str | None] = mapped_column(String(40))
     end: Mapped[str | None] = mapped_column(String(40))
-    data: Mapped[dict[str, Any]] = mapped_column()
+    data: Mapped[dict[str, Any]] = mapped_column(ExactJSON)
     seen_gen: Mapped[int] = mapped_column(Integer, default=0)
 
 
@@ -199,10 +209,13 @@ class Change(Base):
     calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
     event_id: Mapped[str | None] = mapped_column(String(1024))
     ref: Mapped[str | None] = mapped_column(String(200))
-    fields: Mapped[list[str]] = mapped_column(default=list)
-    before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
-    after: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    fields: Mapped[list[str]] = mapped_column(ExactJSON, default=list)
+    before: Mapped[dict[str, Any] | None] = mapped_column(ExactJSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(ExactJSON)
     detected_at: Mapped[datetime] = mapped_column(default=_now)
+    # `api` for a write made through calsync (with the app's Idempotency-Key, if any), else `google`.
+    origin: Mapped[str] = mapped_column(String(10), default=Origin.GOOGLE, server_default=Origin.GOOGLE.value)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
     calendar: Mapped[Calendar | None] = relationship()
     account: Mapped[Account | None] = relationship()
@@ -215,6 +228,23 @@ class Change(Base):
     @kind.setter
     def kind(self, value: str) -> None:
         self.type = ChangeType.of_event(value).value
+
+
+class IdempotencyKey(Base):
+    """An app's `Idempotency-Key` for one event creation: the body it came with and the event it made.
+
+    Claimed (with `seq` null) before Google is called, so a retry or a concurrent twin finds it; `seq`
+    is the feed row of the creation once committed. Kept for a day (the scheduler's prune pass).
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    calendar_id: Mapped[int] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    body_hash: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(1024))
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=_now, index=True)
 
 
 class ConnectSession(Base):
@@ -275,10 +305,13 @@ class WebhookSubscription(Base):
     events: Mapped[list[str]] = mapped_column(default=list)
     calendars: Mapped[list[str] | None] = mapped_column(JSONType)
     format: Mapped[str] = mapped_column(String(20), default="standard")  # standard|slack
+    origin: Mapped[str | None] = mapped_column(String(10))  # an Origin: only event rows of it; null for all
     secret: Mapped[bytes] = mapped_column(LargeBinary)  # encrypted whsec_…
     previous_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     previous_secret_until: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(String(20), default=SubscriptionStatus.ACTIVE)
+    # The newest feed seq this subscription has looked at: rows above it are still to be queued.
+    cursor_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     disabled_reason: Mapped[str | None] = mapped_column(Text)
     last_success_at: Mapped[datetime | None]
     failing_since: Mapped[datetime | None]
@@ -286,7 +319,8 @@ class WebhookSubscription(Base):
 
 
 class Delivery(Base):
-    """The outbox: one message of one change to one subscription, written with the change."""
+    """The outbox: one message of one change to one subscription, queued as the subscription's cursor
+    passes the change, and kept after its last attempt (the claim check)."""
 
     __tablename__ = "deliveries"
     __table_args__ = (
@@ -335,3 +369,25 @@ class WorkerHeartbeat(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=_now)
     seen_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+
+
+class OperatorSession(Base):
+    """A dashboard sign-in. The cookie carries a random id and this row its hash: deleting the row
+    (signing out, or expiry) ends the session for every copy of the cookie."""
+
+    __tablename__ = "operator_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class LoginFailure(Base):
+    """Failed dashboard sign-ins of one client (an IPv4 address, or an IPv6 /64), which set how long
+    it must wait before its next attempt; shared by every web process."""
+
+    __tablename__ = "login_failures"
+
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(index=True)

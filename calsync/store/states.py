@@ -100,6 +100,13 @@ def event_kind(change_type: str) -> str | None:
 LIFECYCLE_OF_CALENDAR = frozenset({ChangeType.CALENDAR_ADDED, ChangeType.CALENDAR_REMOVED, ChangeType.CALENDAR_SYNCED})
 
 
+class Origin(StrEnum):
+    """Who made the change an event row of the feed records."""
+
+    API = "api"  # written to Google through calsync's own API, on an app's behalf
+    GOOGLE = "google"  # found in Google by a sync (every row written before writes existed)
+
+
 class ConnectOutcome(StrEnum):
     """How a connect session ended: the `status` its user is sent back to the app with."""
 

@@ -13,7 +13,8 @@ lists it, so it is an `updated` whose `after` says `"status": "cancelled"`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session, aliased
 from calsync.feed.rows import FeedRow
 from calsync.store.bulk import insert_rows, json_text
 from calsync.store.db import is_postgres
+from calsync.store.jsontext import printable
 from calsync.store.models import Event
 from calsync.store.states import ChangeKind, ChangeType
 from calsync.sync.diff import changed_fields, event_time_text, implied_occurrence
@@ -45,7 +47,14 @@ class PageMirror:
     """The mirrored events of one calendar, as seen inside one page's transaction."""
 
     def __init__(
-        self, session: Session, calendar_id: int, *, gen: int | None, first: bool = False, fresh: bool = False
+        self,
+        session: Session,
+        calendar_id: int,
+        *,
+        gen: int | None,
+        first: bool = False,
+        fresh: bool = False,
+        skipped: dict[str, str] | None = None,
     ) -> None:
         self.session = session
         self.calendar_id = calendar_id
@@ -57,6 +66,9 @@ class PageMirror:
         # event's id is then taken as new without a lookup (see `apply`).
         self.fresh = fresh
         self.changes: list[FeedRow] = []
+        # Events this listing could not apply, by id, with the reason: left as they were (never
+        # swept away), reported on the calendar, and listed again by the next sync.
+        self.skipped: dict[str, str] = skipped if skipped is not None else {}
         self._rows: dict[str, _Row | None] = {}
         self._exceptions: dict[str, list[Event]] = {}
         # New rows of this page, plain objects outside the session: inserted in bulk at the end of
@@ -75,7 +87,11 @@ class PageMirror:
         fails its insert on the unique key; the page is then rolled back to a savepoint and applied
         again with every id looked up. Ids of cancelled events are always looked up: a cancellation
         deletes, and a wrong guess there would not fail, it would leave the row.
+
+        An event calsync cannot store or read (see `unusable`) is left out and named in `skipped`:
+        one such event must not stop the rest of its page, nor its calendar.
         """
+        items = self._admit(items)
         if self.fresh:
             kept = list(deferred)
             try:
@@ -105,16 +121,42 @@ class PageMirror:
             else:
                 (occurrences if item.get("recurringEventId") else gone).append(item)
         for item in live:
-            self._put_live(item)
+            self._guarded(self._put_live, item)
         self._load_exceptions(i["id"] for i in gone)
         for item in gone:
-            self._put_gone(item)
+            self._guarded(self._put_gone, item)
         retry = deferred + occurrences
         deferred.clear()
         for item in retry:
-            if not self._put_cancelled_occurrence(item):
+            if self._guarded(self._put_cancelled_occurrence, item) is False:
                 deferred.append(item)
         self._insert_new()
+
+    def _admit(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The items that can be stored; the others are named in `skipped`."""
+        kept = []
+        for item in items:
+            problem = unusable(item)
+            if problem is None:
+                kept.append(item)
+            else:
+                self._skip(item, problem)
+        return kept
+
+    def _guarded(self, put: Callable[[dict[str, Any]], Any], item: dict[str, Any]) -> Any:
+        """Apply one item; a shape the code cannot follow skips that item, not its page."""
+        mark = len(self.changes)
+        try:
+            return put(item)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            del self.changes[mark:]
+            self._skip(item, f"{type(err).__name__}: {err}")
+            return None
+
+    def _skip(self, item: Any, problem: str) -> None:
+        event_id = item.get("id") if isinstance(item, dict) else None
+        key = event_id if isinstance(event_id, str) and unusable_text(event_id, 1024) is None else ascii(event_id)
+        self.skipped[key] = printable(problem)[:300]
 
     def finish(self, deferred: list[dict[str, Any]]) -> None:
         """Last page: cancelled occurrences of series we never saw stay unmirrored (nothing to hide)."""
@@ -127,6 +169,8 @@ class PageMirror:
             select(Event).where(Event.calendar_id == self.calendar_id, Event.seen_gen < self.gen)
         ).all()
         for row in sorted(stale, key=lambda r: r.recurring_event_id is not None):
+            if row.google_id in self.skipped:
+                continue  # listed, but not applied: it is still in Google
             if self._rows.get(row.google_id, row) is not None:
                 self._rows[row.google_id] = row
                 self._remove(row)
@@ -134,6 +178,8 @@ class PageMirror:
     # Live events -------------------------------------------------------------------------------
     def _put_live(self, item: dict[str, Any]) -> None:
         row = self._rows.get(item["id"])
+        if self._holds(row, item):
+            return
         if row is None and self.first:
             self._change(item["id"], ChangeKind.SNAPSHOT, [], None, item)
             self._write(row, item)
@@ -158,6 +204,8 @@ class PageMirror:
     def _put_gone(self, item: dict[str, Any]) -> None:
         """A cancelled single event or series: remove it (a series takes its exceptions along)."""
         row = self._rows.get(item["id"])
+        if self._holds(row, item):
+            return
         if row is not None:
             self._remove(row)
         else:
@@ -177,6 +225,8 @@ class PageMirror:
         if parent.status == CANCELLED or parent.data.get("recurrence") is None:
             if row is not None:
                 self._remove(row)
+            return True
+        if self._holds(row, item):
             return True
         if row is None and self.first:
             self._change(item["id"], ChangeKind.SNAPSHOT, [], None, item)
@@ -212,6 +262,26 @@ class PageMirror:
                 self._remove(row)
 
     # Rows --------------------------------------------------------------------------------------
+    def _holds(self, row: _Row | None, item: dict[str, Any]) -> bool:
+        """Whether the mirror already holds this version of the event, or a newer one.
+
+        A write through calsync stores Google's answer at once (calsync.sync.writes); the sync that
+        the write's notification then causes lists the same version (the same etag): it is neither
+        stored again nor written to the feed a second time. A listing made before such a write but
+        applied after it carries an older `updated`: it must not take the mirror back. In a full
+        sync the row still counts as seen.
+        """
+        if row is None:
+            return False
+        held = row.data
+        etag = item.get("etag")
+        same = etag is not None and held.get("etag") == etag
+        if not same and not _older(item.get("updated"), held.get("updated")):
+            return False
+        if isinstance(row, Event) and self.gen is not None:
+            row.seen_gen = max(row.seen_gen or 0, self.gen)
+        return True
+
     def _live_parent(self, item: dict[str, Any]) -> _Row | None:
         series_id = item.get("recurringEventId")
         if not series_id:
@@ -378,6 +448,20 @@ _BY_IDS_PG = _by_ids_pg()
 _BY_IDS_SQLITE = _by_ids_sqlite()
 
 
+def _older(updated: Any, than: Any) -> bool:
+    """Whether RFC 3339 time `updated` is strictly before `than` (False when either is missing or malformed)."""
+    if not isinstance(updated, str) or not isinstance(than, str):
+        return False
+    if len(updated) == len(than) and updated.endswith("Z") and than.endswith("Z"):
+        return updated < than  # Google's own form (fixed width, UTC): text order is time order
+    try:
+        return datetime.fromisoformat(updated.replace("Z", "+00:00")) < datetime.fromisoformat(
+            than.replace("Z", "+00:00")
+        )
+    except ValueError:
+        return False
+
+
 def _columns(item: dict[str, Any]) -> tuple[str, str | None, str | None, str | None, str | None, str | None]:
     """The columns an event row derives from Google's JSON: status, etag, updated, recurring event
     id, start, end (the order of `_INSERT_COLUMNS`)."""
@@ -389,6 +473,50 @@ def _columns(item: dict[str, Any]) -> tuple[str, str | None, str | None, str | N
         event_time_text(item.get("start")),
         event_time_text(item.get("end")),
     )
+
+
+def unusable(item: Any) -> str | None:
+    """Why calsync cannot store this listed event, or None when it can.
+
+    Its JSON is stored as sent, whatever its strings hold. The columns derived from it (id, status,
+    etag, times) are text on both engines, which holds neither NUL nor lone surrogates on
+    PostgreSQL, and have bounded lengths: Google's own values always fit.
+    """
+    if not isinstance(item, dict):
+        return f"not an event object: {type(item).__name__}"
+    if not isinstance(item.get("id"), str) or not item["id"]:
+        return "no id"
+    try:
+        values = _columns(item)
+    except (TypeError, ValueError, AttributeError) as err:
+        return f"unreadable fields: {err}"
+    for name, value, limit in zip(_CHECKED, (item["id"], *values), _LIMITS, strict=True):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            return f"{name} is not a string"
+        problem = unusable_text(value, limit)
+        if problem is not None:
+            return f"{name} {problem}"
+    return None
+
+
+def unusable_text(value: str, limit: int) -> str | None:
+    """Why `value` cannot go into a text column of `limit` characters, or None."""
+    if len(value) > limit:
+        return f"is longer than {limit} characters"
+    if "\x00" in value:
+        return "holds a NUL character"
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "holds a lone surrogate"
+    return None
+
+
+_CHECKED = ("id", "status", "etag", "updated", "recurringEventId", "start", "end")
+_LIMITS = (1024, 20, 100, 40, 1024, 40, 40)
 
 
 def _set_columns(row: Event, item: dict[str, Any]) -> None:

@@ -39,13 +39,14 @@ from calsync.errors import (
 from calsync.feed.append import append_changes
 from calsync.feed.lifecycle import record_first_sync
 from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar, decode_page
-from calsync.metrics import SYNC_SECONDS, SYNCS
+from calsync.metrics import EVENTS_SKIPPED, SYNC_SECONDS, SYNCS
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Calendar, Event
 from calsync.store.states import SyncState
 from calsync.sync.mirror import PageMirror
 from calsync.sync.state import CalendarState
+from calsync.sync.turns import turn
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class _SyncRun:
     pages: int = 0
     events_seen: int = 0
     counts: Counter[str] = field(default_factory=Counter)
+    # Events of this listing that could not be applied (id → why): see `_finish`.
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(
@@ -191,31 +194,41 @@ class _SyncRun:
             for page, credentials, committing in pages:
                 next_sync_token = page.get("nextSyncToken")
                 items: list[dict[str, Any]] = list(page.get("items") or [])
-                with transaction(self.runtime.sessions) as session:
+                # A write through calsync to this calendar commits before or after this page, never amid it.
+                with turn(self.runtime, self.calendar_id), transaction(self.runtime.sessions) as session:
                     now = self.runtime.clock.now()
                     self._extend_lease(session, now)
                     if token is None and gen is None:
                         gen, fresh = self._start_full_sync(session)
-                    mirror = PageMirror(session, self.calendar_id, gen=gen, first=not self.baseline_done, fresh=fresh)
+                    skipped_before = len(self.skipped)
+                    mirror = PageMirror(
+                        session,
+                        self.calendar_id,
+                        gen=gen,
+                        first=not self.baseline_done,
+                        fresh=fresh,
+                        skipped=self.skipped,
+                    )
                     mirror.apply(items, deferred)
                     if next_sync_token:
                         mirror.finish(deferred)
                         if gen is not None and not fresh:
                             mirror.sweep()
-                        self._finish(session, next_sync_token, now)
+                        self._finish(session, next_sync_token if not self.skipped else token, now)
                     save_if_refreshed(session, self.runtime, self.account_id, credentials, self.token_before)
                     append_changes(session, mirror.changes, now)
                     if next_sync_token and not self.baseline_done:
                         record_first_sync(session, self.calendar_id, now)
                     committing()
                 self.token_before = credentials.token
+                EVENTS_SKIPPED.inc(len(self.skipped) - skipped_before)
                 self.counts.update(str(change.kind) for change in mirror.changes)
                 self.pages += 1
                 self.events_seen += len(items)
                 if self.progress is not None:
                     self.progress(self.events_seen, None)
                 if next_sync_token:
-                    self.sync_token = next_sync_token
+                    self.sync_token = next_sync_token if not self.skipped else token
                     self.baseline_done = True
         return SyncResult(
             kind=kind,
@@ -315,22 +328,38 @@ class _SyncRun:
         mirrored = session.scalar(select(Event.id).where(Event.calendar_id == self.calendar_id).limit(1))
         return gen, mirrored is None
 
-    def _finish(self, session: Session, next_sync_token: str, now: datetime) -> None:
-        values: dict[str, Any] = dict(
-            sync_token=next_sync_token,
-            baseline_done=True,
-            last_synced_at=now,
-            sync_state=SyncState.SYNCED,
-            last_error=None,
-            next_reconcile_at=now + timedelta(seconds=self.runtime.settings.reconcile_every),
-        )
+    def _finish(self, session: Session, next_sync_token: str | None, now: datetime) -> None:
+        """The listing's end: the new sync token, and the calendar's state.
+
+        When some event could not be applied, the token the listing began from is kept instead
+        (none after a full listing): the next sync lists that event again, and everything applied
+        meanwhile compares equal to the mirror and writes nothing twice. The calendar says which
+        events wait, as its error, until a sync applies every one.
+        """
+        values: dict[str, Any] = {
+            "sync_token": next_sync_token,
+            "baseline_done": True,
+            "last_synced_at": now,
+            "sync_state": SyncState.SYNCED,
+            "last_error": None,
+            "next_reconcile_at": now + timedelta(seconds=self.runtime.settings.reconcile_every),
+        }
         stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
         if self.finish is not None:
             values.update(self.finish(now))
             stmt = stmt.where(_CALENDARS.c.lease_owner == self.lease_owner)
+        if self.skipped:
+            values.update(sync_state=SyncState.ERROR, last_error=skipped_error(self.skipped))
         result = session.execute(stmt.values(**values))
         if self.finish is not None and rows_affected(result) == 0:
             raise self._lease_lost()
 
     def _lease_lost(self) -> LeaseLost:
         return LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")
+
+
+def skipped_error(skipped: dict[str, str]) -> str:
+    """The calendar's `last_error` while some listed events wait: how many, and the first few with why."""
+    shown = "; ".join(f"{event_id}: {why}" for event_id, why in list(skipped.items())[:5])
+    more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+    return f"{len(skipped)} event(s) could not be applied and wait for the next sync: {shown}{more}"[:2000]

@@ -10,13 +10,13 @@ import re
 from datetime import datetime
 from typing import Any
 
-import orjson
 from flask import Blueprint, Response, jsonify, request
 
 from calsync.errors import CursorExpired, NotFoundError
 from calsync.feed import reads as feed_reads
 from calsync.readmodels import availability, reads
 from calsync.readmodels.occurrences import check_window, known_zone, parse_instant
+from calsync.store.jsontext import dumps
 from calsync.web.api_token import json_error, require_api_token
 from calsync.web.app import runtime
 
@@ -139,7 +139,7 @@ def freebusy() -> Any:
 
 def _json(body: dict[str, Any]) -> Response:
     """A JSON answer encoded by orjson: occurrence pages and busy lists are large and asked for often."""
-    return Response(orjson.dumps(body), mimetype="application/json")
+    return Response(dumps(body), mimetype="application/json")
 
 
 @bp.get("/changes")
@@ -154,13 +154,19 @@ def changes() -> Any:
             types = feed_reads.parse_types(request.args["types"])
         except ValueError as err:
             raise _BadParameter(f"types: {err}") from err
+    origin = None
+    if "origin" in request.args:
+        try:
+            origin = feed_reads.parse_origin(request.args["origin"])
+        except ValueError as err:
+            raise _BadParameter(f"origin: {err}") from err
     with runtime().sessions() as session:
         cals = None
         if google_id is not None:
             if not google_id:
                 raise _BadParameter("calendar: empty")
             cals = reads.find_calendars(session, google_id, request.args.get("account") or None)
-        page = feed_reads.changes_page(session, after=after, limit=limit, calendars=cals, types=types)
+        page = feed_reads.changes_page(session, after=after, limit=limit, calendars=cals, types=types, origin=origin)
     return jsonify(page.to_dict())
 
 

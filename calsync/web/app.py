@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app, request
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
+from calsync.store.jsontext import printable
+from calsync.store.keyfiles import read_or_create
 from calsync.store.locations import resource_dir
 from calsync.web import receiver
 
 STATIC = resource_dir("static")
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+SESSION_KEY_FILE = "secret.key"
 
 
 def build_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
@@ -28,7 +35,10 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
         template_folder=str(TEMPLATES),
         instance_path=str(settings.instance_path),
     )
-    app.config["SECRET_KEY"] = settings.secret_key or _instance_secret(settings.instance_path)
+    # An event's text may hold a lone surrogate (JSON allows it; UTF-8 has no form for it): escaped
+    # where a page shows it, so the page still renders.
+    app.jinja_env.finalize = _displayable
+    app.config["SECRET_KEY"] = session_secret(settings)
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
@@ -40,6 +50,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
         api,
         consent,
         dashboard,
+        events_api,
         health,
         metrics,
         openapi,
@@ -48,12 +59,66 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     )
     from calsync.web.api_token import api_http_error
 
-    for module in (health, consent, api, accounts_api, operator_login, dashboard, webhooks_api, metrics, openapi):
+    for module in (
+        health,
+        consent,
+        api,
+        events_api,
+        accounts_api,
+        operator_login,
+        dashboard,
+        webhooks_api,
+        metrics,
+        openapi,
+    ):
         app.register_blueprint(module.bp)
     app.register_error_handler(HTTPException, api_http_error)
+    app.register_error_handler(OperationalError, _database_unavailable)
+    app.register_error_handler(InterfaceError, _database_unavailable)
+    for endpoint, view in list(app.view_functions.items()):
+        if endpoint != "static":
+            app.view_functions[endpoint] = _retried_on_lost_connection(view)
     app.before_request(_refuse_nul)
     app.wsgi_app = receiver.mount(app, runtime)  # type: ignore[method-assign]
+    if settings.trusted_proxies:
+        # Outermost, so that every part (the sign-in throttle, the receiver) sees the real client.
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     return app
+
+
+RETRY_AFTER_SECONDS = 2
+
+
+def _retried_on_lost_connection(view: Callable[..., Any]) -> Callable[..., Any]:
+    """A read that met a connection the database had dropped (killed backend, restart) runs once
+    more: the pool has thrown away every connection as old as the lost one, so it gets a fresh one.
+    Writes are not repeated: one that fails so answers 503 and the client decides."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return view(*args, **kwargs)
+        except DBAPIError as err:
+            if not err.connection_invalidated or request.method not in ("GET", "HEAD"):
+                raise
+            return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _database_unavailable(err: DBAPIError) -> Any:
+    """The database cannot answer (down, restarting, locked past its timeout, disk full): 503, never 500."""
+    current_app.logger.warning("database unavailable for %s %s: %s", request.method, request.path, err.orig)
+    message = "the database cannot answer now; retry shortly"
+    if is_api_path(request.path):
+        from calsync.web.api_token import json_error
+
+        resp = json_error(503, "database_unavailable", message)
+    else:
+        resp = current_app.make_response((message + "\n", 503))
+    resp.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return resp
 
 
 def _refuse_nul() -> Any:
@@ -68,6 +133,15 @@ def _refuse_nul() -> Any:
     return None
 
 
+def _displayable(value: Any) -> Any:
+    if type(value) is str and not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return printable(value)
+    return value
+
+
 def is_api_path(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
 
@@ -77,13 +151,9 @@ def runtime() -> Runtime:
     return current_app.extensions["calsync"]  # type: ignore[no-any-return]
 
 
-def _instance_secret(folder: Path) -> str:
-    """A per-installation session key kept in the instance folder when none is configured."""
-    path = folder / "secret.key"
-    if path.exists():
-        return path.read_text().strip()
-    folder.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
-    return key
+def session_secret(settings: Settings) -> str:
+    """CALSYNC_SECRET_KEY, or else a per-installation session key kept in the instance folder."""
+    if settings.secret_key:
+        return str(settings.secret_key)
+    key, _ = read_or_create(settings.instance_path / SESSION_KEY_FILE, lambda: secrets.token_urlsafe(32).encode())
+    return key.decode()

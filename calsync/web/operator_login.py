@@ -1,17 +1,17 @@
 """Operator sign-in for the dashboard: one password (CALSYNC_ADMIN_PASSWORD), a session cookie, CSRF.
 
-The session holds a keyed fingerprint of the password, not a bare flag, so changing the password
-signs every operator out. Every state-changing form carries a per-session CSRF token, checked in
-constant time before any view runs.
+The cookie names a server-side session (calsync.accounts.operator_sign_in), so signing out ends it
+for every copy of the cookie; it also holds a keyed fingerprint of the password, so changing the
+password signs every operator out. Failed passwords slow down their own client only. Every
+state-changing form carries a per-session CSRF token, checked in constant time before any view runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
-import threading
-import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     redirect,
     render_template,
     request,
@@ -29,6 +30,15 @@ from flask import (
     url_for,
 )
 
+from calsync.accounts.operator_sign_in import (
+    claim_attempt,
+    client_key,
+    end_session,
+    forget_failures,
+    session_is_live,
+    start_session,
+)
+from calsync.store.db import statements_alone, transaction
 from calsync.web.app import runtime
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,13 +46,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 bp = Blueprint("operator_login", __name__, url_prefix="/dashboard")
 
 SESSION_KEY = "calsync_admin"
-SIGNED_IN_AT = "calsync_admin_at"
+SESSION_ID = "calsync_sid"
 CSRF_KEY = "calsync_csrf"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
-SESSION_HOURS = 12
-_FAILURES_ALLOWED = 10
-_FAILURE_WINDOW = 300.0
 
 
 def dashboard_enabled() -> bool:
@@ -50,16 +57,25 @@ def dashboard_enabled() -> bool:
 
 
 def is_admin() -> bool:
-    """True when this request's session was signed in with the current password, recently."""
+    """True when this request's cookie names a live sign-in made with the current password."""
     if not dashboard_enabled():
         return False
+    if "calsync_is_admin" not in g:
+        g.calsync_is_admin = _signed_in()
+    return bool(g.calsync_is_admin)
+
+
+def _signed_in() -> bool:
     marker = session.get(SESSION_KEY)
-    signed_in_at = session.get(SIGNED_IN_AT)
-    if not isinstance(marker, str) or not isinstance(signed_in_at, int | float):
+    session_id = session.get(SESSION_ID)
+    if not isinstance(marker, str) or not isinstance(session_id, str):
         return False
-    if time.time() - signed_in_at > SESSION_HOURS * 3600:
+    if not hmac.compare_digest(marker, _password_fingerprint()):
         return False
-    return hmac.compare_digest(marker, _password_fingerprint())
+    rt = runtime()
+    with rt.sessions() as db:
+        statements_alone(db)
+        return session_is_live(db, session_id, rt.clock.now())
 
 
 def require_admin(view: F) -> F:
@@ -102,7 +118,6 @@ def check_csrf() -> None:
 @bp.record_once
 def _install(state: Any) -> None:
     state.app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD, is_admin=is_admin)
-    state.app.extensions["calsync_login_throttle"] = _Throttle()
 
 
 def render_error(err: Any) -> Any:
@@ -143,28 +158,40 @@ def login() -> Any:
         if is_admin():
             return redirect(target)
         return render_template("dashboard/login.html", next=target)
-    throttle: _Throttle = current_app.extensions["calsync_login_throttle"]
-    client = request.remote_addr or "?"
-    if throttle.blocked(client):
-        return render_template(
-            "dashboard/login.html", next=target, error="Too many failed attempts. Wait a few minutes and try again."
-        ), 429
+    rt = runtime()
+    client = client_key(request.remote_addr)
+    with transaction(rt.sessions) as db:
+        wait = claim_attempt(db, client, rt.clock.now())
+    if wait:
+        seconds = math.ceil(wait)
+        page = render_template(
+            "dashboard/login.html",
+            next=target,
+            error=f"Too many failed attempts from your address. Try again in {seconds} s.",
+        )
+        return page, 429, {"Retry-After": str(seconds)}
     given = request.form.get("password", "")
-    expected = str(runtime().settings.admin_password)
+    expected = str(rt.settings.admin_password)
     if not hmac.compare_digest(given.encode(), expected.encode()):
-        throttle.failed(client)
         return render_template("dashboard/login.html", next=target, error="That password is not right."), 401
-    throttle.reset(client)
+    with transaction(rt.sessions) as db:
+        forget_failures(db, client)
+        session_id = start_session(db, rt.clock.now())
     session.clear()
     session[SESSION_KEY] = _password_fingerprint()
-    session[SIGNED_IN_AT] = int(time.time())
+    session[SESSION_ID] = session_id
     csrf_token()  # a fresh token for the signed-in session
     return redirect(target)
 
 
 @bp.post("/logout")
 def logout() -> Any:
+    session_id = session.get(SESSION_ID)
+    if isinstance(session_id, str):
+        with transaction(runtime().sessions) as db:
+            end_session(db, session_id)
     session.clear()
+    g.calsync_is_admin = False
     flash("You are signed out.")
     return redirect(url_for("operator_login.login"))
 
@@ -185,25 +212,3 @@ def _safe_next(value: str | None) -> str:
     if parts.scheme or parts.netloc or not parts.path.startswith("/dashboard") or "\\" in value:
         return default
     return value
-
-
-class _Throttle:
-    """Slows password guessing: a client with too many failures in a window must wait (per process)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._failures: dict[str, list[float]] = {}
-
-    def blocked(self, client: str) -> bool:
-        with self._lock:
-            recent = [t for t in self._failures.get(client, []) if time.monotonic() - t < _FAILURE_WINDOW]
-            self._failures[client] = recent
-            return len(recent) >= _FAILURES_ALLOWED
-
-    def failed(self, client: str) -> None:
-        with self._lock:
-            self._failures.setdefault(client, []).append(time.monotonic())
-
-    def reset(self, client: str) -> None:
-        with self._lock:
-            self._failures.pop(client, None)

@@ -89,9 +89,9 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         # Built in the worker process (no preload), so each process has its own engine and pool.
-        from calsync import create_app
+        from calsync.web.app import build_app
 
-        return create_app(self.settings)
+        return build_app(self.settings)
 
     # gunicorn hooks, run inside the worker process ---------------------------------------------
     def _start_worker(self, gworker: Any) -> None:

@@ -1,4 +1,5 @@
-"""Sending the outbox: the worker claims due deliveries with a lease, POSTs them, and records each attempt.
+"""Sending the outbox: the worker fills it from the feed, claims due deliveries with a lease, POSTs
+them, and records each attempt.
 
 No transaction is held while a subscriber is called: a claim commits a lease, the HTTP exchange runs,
 and a second transaction records the outcome (only if the lease is still ours). First attempts leave
@@ -7,12 +8,12 @@ in seq order per subscription; retries never hold newer messages back.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import exists, or_, select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from calsync.clock import rfc3339, utc
@@ -20,7 +21,8 @@ from calsync.errors import UnsafeURLError
 from calsync.feed.reads import feed_rows
 from calsync.metrics import DELIVERIES
 from calsync.runtime import Runtime
-from calsync.store.db import is_postgres, transaction
+from calsync.store.db import is_postgres, transaction, when_back
+from calsync.store.jsontext import dumps_unicode, printable
 from calsync.store.liveness import claiming_as, lease_is_free, stale_before
 from calsync.store.models import (
     Calendar,
@@ -31,6 +33,7 @@ from calsync.store.models import (
 )
 from calsync.store.states import DeliveryState, SubscriptionStatus
 from calsync.webhooks import payload
+from calsync.webhooks.outbox import fill
 from calsync.webhooks.safety import resolve_target
 from calsync.webhooks.schedule import parse_retry_after, retry_delay
 from calsync.webhooks.signing import signature_headers
@@ -44,7 +47,10 @@ EXCERPT_BYTES = 500
 
 
 def run_due_deliveries(runtime: Runtime, owner: str, limit: int = 50) -> int:
-    """Attempt up to `limit` due deliveries; returns the number of attempts made."""
+    """Queue what the feed has for the subscriptions, then attempt up to `limit` due deliveries;
+    returns the number of attempts made."""
+    with transaction(runtime.sessions) as session:
+        fill(session, runtime.clock.now())
     made = 0
     while made < limit:
         jobs = _claim(runtime, owner, limit - made)
@@ -139,11 +145,9 @@ def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: d
         sub = subs[delivery.subscription_id]
         change, email, google_id, summary, time_zone = changes[delivery.change_seq]
         if sub.format == "slack" and change.kind is None:
-            body = json.dumps(
-                lifecycle_message(change.type, email, (change.after or {}).get("summary")), ensure_ascii=False
-            )
+            body = dumps_unicode(lifecycle_message(change.type, email, (change.after or {}).get("summary")))
         elif sub.format == "slack":
-            body = json.dumps(
+            body = dumps_unicode(
                 slack_message(
                     change.kind,
                     list(change.fields or []),
@@ -152,8 +156,7 @@ def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: d
                     calendar_name=summary or google_id,
                     time_zone=time_zone,
                     event_id=change.event_id,
-                ),
-                ensure_ascii=False,
+                )
             )
         else:
             body = payload.encode(payload.message(change, email, google_id))
@@ -187,54 +190,72 @@ def _attempt(runtime: Runtime, owner: str, job: _Job) -> None:
             error=error,
             retry_after=parse_retry_after(resp.headers.get("Retry-After"), sent_at),
         )
-    _record(runtime, owner, job, outcome)
+    try:
+        _record(runtime, owner, job, outcome)
+    except (OperationalError, InterfaceError):
+        raise
+    except DBAPIError as err:
+        # The database refused what the endpoint answered. Recorded without it, the attempt still
+        # counts towards the retry limit, and the messages behind it go on.
+        log.warning("delivery %s: attempt not recordable as is (%s); recorded without the answer", job.delivery_id, err)
+        bare = replace(outcome, excerpt=None, error=f"answer not recordable; error was {ascii(outcome.error)[:300]}")
+        _record(runtime, owner, job, bare)
 
 
 def _record(runtime: Runtime, owner: str, job: _Job, outcome: _Outcome) -> None:
+    """The attempt and its consequences; once the database is back if it is away (the lease that
+    holds the message goes with it)."""
+    when_back(
+        runtime.sessions,
+        lambda session: _write(session, runtime, owner, job, outcome),
+        give_up_after=runtime.settings.lease_seconds,
+    )
+
+
+def _write(session: Session, runtime: Runtime, owner: str, job: _Job, outcome: _Outcome) -> None:
     now = runtime.clock.now()
-    with transaction(runtime.sessions) as session:
-        delivery = session.get(Delivery, job.delivery_id, with_for_update=True)
-        if delivery is None:  # the subscription was deleted meanwhile
-            return
-        session.add(
-            DeliveryAttempt(
-                delivery_id=delivery.id,
-                attempted_at=outcome.sent_at,
-                status_code=outcome.status,
-                latency_ms=outcome.latency_ms,
-                response_excerpt=outcome.excerpt,
-                error=outcome.error,
-            )
+    delivery = session.get(Delivery, job.delivery_id, with_for_update=True)
+    if delivery is None:  # the subscription was deleted meanwhile
+        return
+    session.add(
+        DeliveryAttempt(
+            delivery_id=delivery.id,
+            attempted_at=outcome.sent_at,
+            status_code=outcome.status,
+            latency_ms=outcome.latency_ms,
+            response_excerpt=outcome.excerpt,
+            error=outcome.error,
         )
-        if delivery.lease_owner != owner:
-            log.warning(
-                "delivery %s: lease lost to %s; attempt logged, state left to the new owner",
-                delivery.id,
-                delivery.lease_owner,
-            )
-            DELIVERIES.labels("lease_lost").inc()
-            return
-        sub = session.get(WebhookSubscription, delivery.subscription_id, with_for_update=True)
-        assert sub is not None  # the delivery's foreign key cascades on delete
-        delivery.attempts += 1
-        delivery.last_status = outcome.status
-        delivery.last_error = outcome.error
-        delivery.lease_owner = None
-        delivery.lease_until = None
-        DELIVERIES.labels(_label(outcome)).inc()
-        if outcome.ok:
-            delivery.state = DeliveryState.DELIVERED
-            delivery.delivered_at = now
-            delivery.next_attempt_at = None
-            sub.last_success_at = now
-            sub.failing_since = None
-        elif outcome.status == 410:
-            _fail(delivery)
-            reason = f"the endpoint answered 410 Gone at {rfc3339(now)}"
-            log.warning("webhook %s disabled: %s", sub.id, reason)
-            disable(session, sub, reason, now)
-        else:
-            _failed_attempt(session, runtime, sub, delivery, outcome, now)
+    )
+    if delivery.lease_owner != owner:
+        log.warning(
+            "delivery %s: lease lost to %s; attempt logged, state left to the new owner",
+            delivery.id,
+            delivery.lease_owner,
+        )
+        DELIVERIES.labels("lease_lost").inc()
+        return
+    sub = session.get(WebhookSubscription, delivery.subscription_id, with_for_update=True)
+    assert sub is not None  # the delivery's foreign key cascades on delete
+    delivery.attempts += 1
+    delivery.last_status = outcome.status
+    delivery.last_error = outcome.error
+    delivery.lease_owner = None
+    delivery.lease_until = None
+    DELIVERIES.labels(_label(outcome)).inc()
+    if outcome.ok:
+        delivery.state = DeliveryState.DELIVERED
+        delivery.delivered_at = now
+        delivery.next_attempt_at = None
+        sub.last_success_at = now
+        sub.failing_since = None
+    elif outcome.status == 410:
+        _fail(delivery)
+        reason = f"the endpoint answered 410 Gone at {rfc3339(now)}"
+        log.warning("webhook %s disabled: %s", sub.id, reason)
+        disable(session, sub, reason, now)
+    else:
+        _failed_attempt(session, runtime, sub, delivery, outcome, now)
 
 
 def _failed_attempt(
@@ -280,4 +301,5 @@ def _label(outcome: _Outcome) -> str:
 
 
 def _excerpt(body: bytes) -> str:
-    return body[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+    """The answer's first bytes as text any engine stores: bytes that are not UTF-8 and NUL escaped."""
+    return printable(body[:EXCERPT_BYTES].decode("utf-8", errors="backslashreplace"))[:EXCERPT_BYTES]

@@ -7,11 +7,11 @@ message sends the same bytes.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from calsync.clock import rfc3339
 from calsync.feed.reads import change_to_dict
+from calsync.store.jsontext import dumps_unicode
 from calsync.store.models import Change
 
 MAX_BODY_BYTES = 256 * 1024
@@ -40,4 +40,4 @@ def encode(msg: dict[str, Any], max_bytes: int = MAX_BODY_BYTES) -> str:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return dumps_unicode(value, separators=(",", ":"))

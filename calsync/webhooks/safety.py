@@ -116,9 +116,15 @@ def resolve_target(url: str, settings: Settings, *, resolver: Resolver = socket.
 
 
 def non_public_reason(ip: IPAddress) -> str | None:
-    """Why an address must not be called ('loopback', 'private' …), or None when it is public."""
+    """Why an address must not be called ('loopback', 'private' …), or None when it is public.
+
+    An IPv6 address that carries an IPv4 one (mapped, 6to4, Teredo, NAT64's well-known prefix)
+    reaches that IPv4 address, so it is judged by it. The IPv6 ranges are named here rather than
+    left to `ipaddress`, whose verdicts differ between Python versions (site-local `fec0::/10` is
+    neither private nor reserved to it).
+    """
     if isinstance(ip, ipaddress.IPv6Address):
-        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        embedded = _embedded_ipv4(ip)
         if embedded is not None:
             return non_public_reason(embedded)
     if ip in METADATA_ADDRESSES:
@@ -129,8 +135,10 @@ def non_public_reason(ip: IPAddress) -> str | None:
         return "unspecified"
     if ip.is_link_local:
         return "link-local"
-    if isinstance(ip, ipaddress.IPv6Address) and ip in _UNIQUE_LOCAL:
-        return "unique-local"
+    if isinstance(ip, ipaddress.IPv6Address):
+        for network, reason in _IPV6_RANGES:
+            if ip in network:
+                return reason
     if ip.is_private:
         return "private"
     if ip.is_multicast or ip.is_reserved or not ip.is_global:
@@ -138,4 +146,30 @@ def non_public_reason(ip: IPAddress) -> str | None:
     return None
 
 
-_UNIQUE_LOCAL = ipaddress.ip_network("fc00::/7")
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to through a translator or tunnel, if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+# NAT64's well-known prefix (RFC 6052): DNS64 answers a public host with it on IPv6-only networks.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV6_RANGES = tuple(
+    (ipaddress.ip_network(net), reason)
+    for net, reason in (
+        ("fc00::/7", "unique-local"),
+        ("fec0::/10", "site-local"),  # deprecated (RFC 3879), still routed inside some networks
+        ("64:ff9b:1::/48", "private"),  # NAT64 for local use (RFC 8215)
+        ("2001:db8::/32", "reserved"),  # documentation
+        ("3fff::/20", "reserved"),  # documentation (RFC 9637)
+        ("5f00::/16", "reserved"),  # segment routing (RFC 9602)
+        ("100::/64", "reserved"),  # discard-only
+    )
+)

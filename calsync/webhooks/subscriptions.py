@@ -22,13 +22,15 @@ from calsync.runtime import Runtime
 from calsync.store.crypto import TokenCipher
 from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Delivery, WebhookSubscription
-from calsync.store.states import ChangeType, DeliveryState, SubscriptionStatus
+from calsync.store.states import ChangeType, DeliveryState, Origin, SubscriptionStatus
+from calsync.webhooks.outbox import start_at_head
 from calsync.webhooks.safety import check_url, resolve_target
 from calsync.webhooks.signing import new_secret
 from calsync.webhooks.verification import verify_endpoint
 
 EVENT_TYPES = tuple(t.value for t in ChangeType)
 FORMATS = ("standard", "slack")
+ORIGINS = tuple(origin.value for origin in Origin)
 STATUSES = tuple(status.value for status in SubscriptionStatus)
 DEFAULT_GRACE_SECONDS = 24 * 3600.0
 MAX_GRACE_SECONDS = 30 * 86400.0
@@ -44,13 +46,14 @@ class SubscriptionSpec:
     calendars: list[str] | None
     format: str = "standard"
     verify_token: str | None = None
+    origin: str | None = None  # an Origin: only event rows of it (`google`: not the app's own writes)
 
 
 def parse_spec(data: Any, settings: Settings) -> SubscriptionSpec:
     """Validate a request body; InvalidSubscription names the first bad field."""
     if not isinstance(data, dict):
         raise InvalidSubscription("body", "the body must be a JSON object")
-    unknown = sorted(set(data) - {"url", "events", "calendars", "format", "verify_token"})
+    unknown = sorted(set(data) - {"url", "events", "calendars", "format", "verify_token", "origin"})
     if unknown:
         raise InvalidSubscription(unknown[0], f"{unknown[0]}: unknown field")
     url = data.get("url")
@@ -61,6 +64,7 @@ def parse_spec(data: Any, settings: Settings) -> SubscriptionSpec:
         calendars=_parse_calendars(data.get("calendars")),
         format=_parse_format(data.get("format")),
         verify_token=_parse_verify_token(data.get("verify_token")),
+        origin=_parse_origin(data.get("origin")),
     )
 
 
@@ -81,7 +85,7 @@ def register(runtime: Runtime, spec: SubscriptionSpec) -> tuple[WebhookSubscript
     check raises (UnsafeURLError, VerificationFailed) and nothing is stored.
     """
     resolve_target(spec.url, runtime.settings)
-    if spec.format == "standard":
+    if spec.format == "standard":  # a Slack incoming webhook cannot answer a challenge; its URL is its secret
         verify_endpoint(spec.url, runtime.settings, verify_token=spec.verify_token)
     with transaction(runtime.sessions) as session:
         return add_subscription(session, runtime.cipher, spec, runtime.clock.now())
@@ -98,10 +102,12 @@ def add_subscription(
         events=spec.events,
         calendars=spec.calendars,
         format=spec.format,
+        origin=spec.origin,
         secret=cipher.encrypt_str(secret),
         status=SubscriptionStatus.ACTIVE,
         created_at=now,
     )
+    start_at_head(session, sub)
     session.add(sub)
     session.flush()
     return sub, secret
@@ -189,6 +195,7 @@ def subscription_to_dict(sub: WebhookSubscription) -> dict[str, Any]:
         "events": list(sub.events or []),
         "calendars": list(sub.calendars) if sub.calendars is not None else None,
         "format": sub.format,
+        "origin": sub.origin,
         "status": sub.status,
         "disabled_reason": sub.disabled_reason,
         "created_at": rfc3339(sub.created_at),
@@ -213,6 +220,14 @@ def _parse_format(value: Any) -> str:
         return "standard"
     if value not in FORMATS:
         raise InvalidSubscription("format", f"format: use {' or '.join(FORMATS)}")
+    return str(value)
+
+
+def _parse_origin(value: Any) -> str | None:
+    if value is None:
+        return None
+    if value not in ORIGINS:
+        raise InvalidSubscription("origin", f"origin: use {' or '.join(ORIGINS)}, or null for every row")
     return str(value)
 
 

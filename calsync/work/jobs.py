@@ -9,10 +9,12 @@ sorted here into backoff (rate limits, 5xx), long retries (forbidden), re-consen
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import mark_reauth_required
 from calsync.errors import (
@@ -30,7 +32,7 @@ from calsync.push.channels import (
     stop_channels_locally,
 )
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
+from calsync.store.db import transaction, when_back
 from calsync.store.models import Account, Calendar
 from calsync.store.states import ChannelKind, SyncState
 from calsync.sync.calendar_list import refresh_calendar_list
@@ -87,12 +89,27 @@ def run_list_job(runtime: Runtime, claim: Claim) -> None:
         if not isinstance(err, GoogleApiError):
             log.exception("account %s: calendar-list refresh failed unexpectedly", claim.id)
         transient = isinstance(err, TransientGoogleError) or not isinstance(err, GoogleApiError)
-        with transaction(runtime.sessions) as session:
+        retry_after, error = getattr(err, "retry_after", None), describe(err)
+
+        def record(session: Session) -> None:
             count = account_list_error_count(session, claim.id) + 1
-            delay = backoff_delay(count, retry_after=getattr(err, "retry_after", None))
+            delay = backoff_delay(count, retry_after=retry_after)
             if not transient:
                 delay = max(delay, runtime.settings.reconcile_every)
-            fail_account_list(session, claim, runtime.clock.now(), delay=delay, error=describe(err))
+            fail_account_list(session, claim, runtime.clock.now(), delay=delay, error=error)
+
+        record_outcome(runtime, record)
+
+
+def record_outcome(runtime: Runtime, record: Callable[[Session], None]) -> None:
+    """Record a job's outcome (which releases its lease), waiting for the database if it is away.
+
+    A job the database failed under could record nothing while it was away; left at that, its
+    calendar stayed leased for the whole lease period after the return, and every change made
+    meanwhile waited that long. Retried until the lease would have run out anyway, the release
+    lands within moments of the database's return.
+    """
+    when_back(runtime.sessions, record, give_up_after=runtime.settings.lease_seconds)
 
 
 def describe(err: BaseException) -> str:
@@ -176,11 +193,15 @@ def _fail(
     retry_after: float | None = None,
     floor: float = 0.0,
 ) -> None:
-    with transaction(runtime.sessions) as session:
+    delays: list[float] = []
+
+    def record(session: Session) -> None:
         count = calendar_error_count(session, claim.id) + 1
-        delay = max(floor, backoff_delay(count, retry_after=retry_after))
-        fail_calendar(session, claim, runtime.clock.now(), delay=delay, state=state, error=describe(err))
-    log.warning("calendar %s: %s; retry in %.1fs", claim.id, describe(err), delay)
+        delays.append(max(floor, backoff_delay(count, retry_after=retry_after)))
+        fail_calendar(session, claim, runtime.clock.now(), delay=delays[-1], state=state, error=describe(err))
+
+    record_outcome(runtime, record)
+    log.warning("calendar %s: %s; retry in %.1fs", claim.id, describe(err), delays[-1])
 
 
 def _account_revoked(runtime: Runtime, account_id: int | None, reason: str) -> None:

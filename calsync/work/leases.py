@@ -98,19 +98,19 @@ def finish_values(claim: Claim, now: datetime, reconcile_every: float, min_inter
     sync still costs one more call, not one per notification.
     """
     follow_up = max(now, (claim.claimed_at or now) + timedelta(seconds=min_interval))
-    return dict(
-        sync_done=claim.requested,
-        due_at=case(
+    return {
+        "sync_done": claim.requested,
+        "due_at": case(
             (Calendar.sync_requested > claim.requested, follow_up), else_=now + timedelta(seconds=reconcile_every)
         ),
-        next_reconcile_at=now + timedelta(seconds=reconcile_every),
-        lease_owner=None,
-        lease_until=None,
-        error_count=0,
-        retry_at=None,
-        last_error=None,
-        sync_state=SyncState.SYNCED,
-    )
+        "next_reconcile_at": now + timedelta(seconds=reconcile_every),
+        "lease_owner": None,
+        "lease_until": None,
+        "error_count": 0,
+        "retry_at": None,
+        "last_error": None,
+        "sync_state": SyncState.SYNCED,
+    }
 
 
 def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float, state: str, error: str) -> bool:

@@ -26,6 +26,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
 from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus
+from calsync.sync.idempotency import prune_keys
 
 HEARTBEAT_RETENTION = timedelta(days=1)
 
@@ -95,13 +96,15 @@ def expire_lapsed_channels(session: Session, now: datetime) -> int:
 
 
 def prune(session: Session, runtime: Runtime, now: datetime) -> None:
-    """Keep the notification log bounded, forget long-gone workers, and apply feed retention.
+    """Keep the notification log bounded, forget long-gone workers and day-old idempotency keys,
+    and apply feed retention.
 
     Retention deletes one small batch per pass, inside the pass's own short transaction: a large
     backlog goes over many passes, and the receiver and running syncs never wait for long.
     """
     trim_log(session, runtime.settings.notification_log_size)
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.seen_at < now - HEARTBEAT_RETENTION))
+    prune_keys(session, now)
     if runtime.settings.changes_retention > 0:
         trim_changes(session, now - timedelta(seconds=runtime.settings.changes_retention))
 

@@ -15,9 +15,10 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connections import drop_unconfirmed
@@ -26,6 +27,7 @@ from calsync.store.db import is_own_backend, transaction
 from calsync.store.liveness import lease_is_free, stale_before
 from calsync.store.models import Delivery
 from calsync.store.states import DeliveryState
+from calsync.webhooks.outbox import behind_the_feed
 from calsync.work.jobs import run_calendar_job, run_list_job
 from calsync.work.leases import (
     Claim,
@@ -42,9 +44,13 @@ from calsync.work.scheduler import (
     schedule_renewals,
 )
 
+if TYPE_CHECKING:
+    from calsync.work.listen import Listener
+
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.5  # the fallback when no wake-up arrives; also bounds how soon a dead worker's work is seen
+ERROR_PAUSE_SECONDS = 0.5  # after a failed pass (the database away, say): back soon, without hammering it
 SCHEDULER_SECONDS = 2.0
 DELIVERY_BATCH = 50
 
@@ -53,14 +59,15 @@ ReleaseFn = Callable[[Session, Claim], None]
 
 _DELIVERIES = Delivery.__table__
 _DELIVERY_NOW = bindparam("now", type_=_DELIVERIES.c.next_attempt_at.type)
-_DELIVERY_DUE = (
+_DELIVERY_DUE = select(
     select(_DELIVERIES.c.id)
     .where(
         _DELIVERIES.c.state == DeliveryState.PENDING,
         _DELIVERIES.c.next_attempt_at <= _DELIVERY_NOW,
         lease_is_free(_DELIVERIES.c.lease_owner, _DELIVERIES.c.lease_until, _DELIVERY_NOW),
     )
-    .limit(1)
+    .exists()
+    | behind_the_feed()
 )
 
 
@@ -74,6 +81,7 @@ class Worker:
         # The scheduler must look several times within the renewal window, however short it is.
         self.tick_seconds = max(0.05, min(SCHEDULER_SECONDS, runtime.settings.renew_before / 4))
         self.heartbeat = Heartbeat(runtime, self.name)
+        self.listener: Listener | None = None  # while `run` runs, on PostgreSQL
         self._started = False
 
     # Entry points ----------------------------------------------------------------------------
@@ -88,7 +96,7 @@ class Worker:
         threads: list[threading.Thread] = []
         try:
             self.start_up()
-            listener = self._start_listener(stop)
+            listener = self.listener = self._start_listener(stop)
             threads = [
                 threading.Thread(
                     target=self._loop, args=(f"{self.name}/{i}", stop), name=f"calsync-worker-{i}", daemon=True
@@ -187,10 +195,14 @@ class Worker:
             generation = wakeup.generation()
             try:
                 did = self.work_once(owner, stop)
+            except (OperationalError, InterfaceError) as err:
+                log.warning("worker thread %s: the database is away (%s); trying again shortly", owner, err.orig)
+                did = 0
+                stop.wait(ERROR_PAUSE_SECONDS)
             except Exception:
                 log.exception("worker thread %s: unexpected failure", owner)
                 did = 0
-                stop.wait(POLL_SECONDS)
+                stop.wait(ERROR_PAUSE_SECONDS)
             if not did:
                 wakeup.wait(generation, POLL_SECONDS)
 
@@ -219,7 +231,7 @@ class Worker:
             log.exception("webhook deliveries failed")
             return 0
 
-    def _start_listener(self, stop: threading.Event) -> threading.Thread | None:
+    def _start_listener(self, stop: threading.Event) -> Listener | None:
         if self.runtime.engine.dialect.name != "postgresql":
             return None
         from calsync.work.listen import Listener
@@ -232,5 +244,6 @@ class Worker:
 
 
 def _deliveries_may_be_due(session: Session, now: datetime) -> bool:
-    """Whether a webhook delivery is pending, due and unleased: a cheap look before the real claim."""
-    return session.execute(_DELIVERY_DUE, {"now": now, "stale_before": stale_before(now)}).first() is not None
+    """Whether a webhook delivery is pending, due and unleased, or a subscription has feed rows to
+    look at: a cheap look before the real claim."""
+    return bool(session.execute(_DELIVERY_DUE, {"now": now, "stale_before": stale_before(now)}).scalar())

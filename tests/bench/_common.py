@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -319,10 +319,8 @@ class Proc:
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (warm shutdown), then SIGKILL if it does not go; gunicorn's children go with their group."""
         if self.alive():
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -456,7 +454,7 @@ class EditStream:
             f"{label}: the first syncs wrote one snapshot row for each of {self.baseline} events "
             f"({len(snapshots)} rows, distinct {len(set(snapshots))})",
         )
-        changes = [c for c in all_changes(rt) if c.kind != "snapshot"]
+        changes = [c for c in all_changes(rt) if c.kind not in (None, "snapshot")]  # event rows only
         cal_google = _google_ids(rt)
         created = [c.after["summary"] for c in changes if c.kind == "created" and c.after]
         updated = [c.after["summary"] for c in changes if c.kind == "updated" and c.after]

@@ -224,7 +224,7 @@ def _child(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
     )
     if out.returncode != 0:
         raise RuntimeError(f"child {argv[0]} failed:\n{out.stderr[-3000:]}")
-    return cast(dict[str, Any], json.loads(out.stdout.strip().splitlines()[-1]))
+    return cast("dict[str, Any]", json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 # Children ------------------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def _tick_cost(dep: Deployment, n: int) -> dict[str, float]:
             with transaction(rt.sessions) as session:
                 release_calendar(session, claim)
         return {
-            "tick": statistics.median(times + [first]),
+            "tick": statistics.median([*times, first]),
             "first": first,
             "claim": statistics.median(claims),
             "marked": float(marked or 0),

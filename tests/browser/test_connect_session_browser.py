@@ -119,7 +119,7 @@ def test_an_app_connects_its_users_calendar_through_a_connect_session(
     expect(page.get_by_label("Ann Example <ann@example.com>")).to_be_checked()  # the login hint chose it
     page.get_by_role("button", name="Allow").click()
     page.wait_for_url(f"{the_app}/calendar/connected?*")
-    query = {k: v for k, v in parse_qs(urlsplit(page.url).query).items()}
+    query = dict(parse_qs(urlsplit(page.url).query).items())
     assert len(query.pop("connection")[0]) >= 40
     assert query == {"ref": ["user-42"], "status": ["connected"], "account": ["ann@example.com"]}
     expect(page.locator("#who")).to_have_text("ann@example.com for user-42")  # confirmed by the app

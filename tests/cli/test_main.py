@@ -31,7 +31,7 @@ def test_every_contract_command_is_registered() -> None:
     result = _calsync("--help")
     assert result.returncode == 0
     listed = {line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()}
-    assert CONTRACT_COMMANDS <= listed
+    assert listed >= CONTRACT_COMMANDS
 
 
 def test_keygen_prints_a_fernet_key_that_calsync_accepts() -> None:

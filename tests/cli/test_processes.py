@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -229,7 +230,7 @@ def test_three_worker_processes_share_the_work_and_never_sync_a_calendar_twice_a
         by_calendar.setdefault(calendar, []).append((worker, start, end))
     for calendar, spans in by_calendar.items():
         spans.sort(key=lambda s: s[1])
-        for (w1, _, end1), (w2, start2, _) in zip(spans, spans[1:], strict=False):
+        for (w1, _, end1), (w2, start2, _) in itertools.pairwise(spans):
             assert start2 >= end1, f"{calendar}: {w1} and {w2} listed it at the same time"
     assert len({worker for _, worker, _, _ in log}) >= 2, "the work was not shared"
 

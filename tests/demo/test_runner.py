@@ -44,6 +44,9 @@ def test_demo_connects_prints_field_level_diffs_and_stops_by_itself() -> None:
     assert re.search(r"Password\s+\S{12,}", out), out
     assert len(CHANGE_LINE.findall(out)) >= 4, out
     assert FIELD_LINE.search(out), out
+    assert re.search(r"POST /api/calendars/\S+/events → 201, seq \d+", out), out
+    [write] = [line for line in out.splitlines() if "Booked by an app through calsync" in line]
+    assert write.startswith("+ #") and write.endswith("origin: api"), write  # once: no echo row
     assert "demo stopped." in out
     assert time.monotonic() - started < 60
     port = int(dashboard.group(1))

@@ -141,7 +141,7 @@ def test_event_and_events_list(emu: Emulator, service: Any, alice: str, schemas:
     instances = service.events().instances(calendarId="primary", eventId=series["id"]).execute()
     check(schemas, "Events", instances)
     for item in instances["items"]:
-        check(schemas, "Event", item, LIVE_EVENT + ["recurringEventId", "originalStartTime"])
+        check(schemas, "Event", item, [*LIVE_EVENT, "recurringEventId", "originalStartTime"])
 
 
 def test_calendar_list_calendar_and_channel(

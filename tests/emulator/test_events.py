@@ -16,7 +16,7 @@ from .conftest import ALICE, Receiver, list_all, timed
 def reason(err: HttpError) -> str:
     import json
 
-    return cast(str, json.loads(err.content)["error"]["errors"][0]["reason"])
+    return cast("str", json.loads(err.content)["error"]["errors"][0]["reason"])
 
 
 def test_event_created_by_a_person_looks_like_googles(emu: Emulator, service: Any, alice: str) -> None:
@@ -192,3 +192,58 @@ def test_fractions_of_a_second_in_the_window_are_ignored(emu: Emulator, service:
     assert before_nine == []
     at_nine, _, _ = list_all(service, timeMin="2030-01-01T08:00:00Z", timeMax="2030-01-01T09:00:01Z", singleEvents=True)
     assert [e["summary"] for e in at_nine] == ["at nine"]
+
+
+def test_if_match_with_a_stale_etag_is_412_and_changes_nothing(emu: Emulator, writer: Any, alice: str) -> None:
+    made = writer.events().insert(calendarId="primary", body=timed(1, 9)).execute()
+    moved = emu.patch_event(alice, made["id"], {"summary": "by a person"})
+    for request in (
+        writer.events().patch(calendarId="primary", eventId=made["id"], body={"summary": "app"}),
+        writer.events().update(calendarId="primary", eventId=made["id"], body=timed(2, 9)),
+        writer.events().delete(calendarId="primary", eventId=made["id"]),
+    ):
+        request.headers["if-match"] = made["etag"]
+        with pytest.raises(HttpError) as err:
+            request.execute()
+        assert err.value.resp.status == 412 and reason(err.value) == "conditionNotMet"
+    assert emu.events(alice) == [moved]
+    fresh = writer.events().patch(calendarId="primary", eventId=made["id"], body={"summary": "app"})
+    fresh.headers["if-match"] = moved["etag"]
+    assert fresh.execute()["summary"] == "app"
+
+
+def test_an_insert_with_an_id_the_calendar_holds_is_409_duplicate_even_once_deleted(
+    emu: Emulator, writer: Any, alice: str
+) -> None:
+    made = writer.events().insert(calendarId="primary", body={**timed(1, 9), "id": "booking0042"}).execute()
+    assert made["id"] == "booking0042"
+    writer.events().delete(calendarId="primary", eventId=made["id"]).execute()
+    with pytest.raises(HttpError) as err:
+        writer.events().insert(calendarId="primary", body={**timed(2, 9), "id": "booking0042"}).execute()
+    assert err.value.resp.status == 409 and reason(err.value) == "duplicate"
+    assert emu.events(alice) == []
+
+
+def test_a_reader_of_a_shared_calendar_cannot_write_to_it(emu: Emulator, writer: Any, alice: str) -> None:
+    bob = emu.create_user("bob@example.com")
+    emu.share_calendar(bob, alice, role="reader")
+    entry = writer.calendarList().get(calendarId=bob).execute()
+    assert entry["accessRole"] == "reader"
+    assert writer.events().list(calendarId=bob).execute()["items"] == []
+    with pytest.raises(HttpError) as err:
+        writer.events().insert(calendarId=bob, body=timed(1, 9)).execute()
+    assert err.value.resp.status == 403 and reason(err.value) == "requiredAccessLevel"
+    emu.share_calendar(bob, alice, role="writer")
+    assert writer.events().insert(calendarId=bob, body=timed(1, 9)).execute()["id"]
+
+
+def test_a_write_whose_answer_is_lost_is_made_all_the_same(emu: Emulator, writer: Any, alice: str) -> None:
+    emu.fail_after_write(1, status=503, method="calendar.events.insert")
+    with pytest.raises(HttpError) as err:
+        writer.events().insert(calendarId="primary", body={**timed(1, 9), "id": "lostansa01"}).execute()
+    assert err.value.resp.status == 503
+    assert [e["id"] for e in emu.events(alice)] == ["lostansa01"]
+    with pytest.raises(HttpError) as err:
+        writer.events().insert(calendarId="primary", body={**timed(1, 9), "id": "lostansa01"}).execute()
+    assert err.value.resp.status == 409  # the retry learns it was made
+    assert writer.events().get(calendarId="primary", eventId="lostansa01").execute()["id"] == "lostansa01"

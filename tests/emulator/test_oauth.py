@@ -117,7 +117,7 @@ def test_refresh_token_only_for_offline_and_only_on_first_consent(emu: Emulator,
         flow = new_flow(emu)
         url, _ = flow.authorization_url(**kwargs)
         code = parse_qs(urlsplit(requests.get(url, allow_redirects=False).headers["Location"]).query)["code"][0]
-        return cast(dict[str, Any], flow.fetch_token(code=code))
+        return cast("dict[str, Any]", flow.fetch_token(code=code))
 
     assert "refresh_token" not in run(access_type="online")
     assert "refresh_token" in run(access_type="offline")

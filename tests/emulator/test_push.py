@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import itertools
 import json
 import time
 from typing import Any, cast
@@ -21,7 +22,7 @@ def watch(
     service: Any, receiver: Receiver, channel_id: str = "chan-1", calendar_id: str = "primary", **extra: Any
 ) -> dict[str, Any]:
     body = {"id": channel_id, "type": "web_hook", "address": receiver.url, **extra}
-    return cast(dict[str, Any], service.events().watch(calendarId=calendar_id, body=body).execute())
+    return cast("dict[str, Any]", service.events().watch(calendarId=calendar_id, body=body).execute())
 
 
 def test_watch_response_and_sync_message(emu: Emulator, service: Any, alice: str, receiver: Receiver) -> None:
@@ -60,7 +61,7 @@ def test_each_change_sends_exists_with_increasing_numbers(
     assert [h.headers["X-Goog-Resource-State"] for h in hits] == ["sync", "exists", "exists", "exists"]
     numbers = [int(h.headers["X-Goog-Message-Number"]) for h in hits]
     assert numbers == sorted(numbers) and len(set(numbers)) == 4
-    assert any(b - a > 1 for a, b in zip(numbers, numbers[1:], strict=False))
+    assert any(b - a > 1 for a, b in itertools.pairwise(numbers))
     assert [n.message_number for n in emu.notifications] == numbers
 
 

@@ -14,7 +14,7 @@ from .conftest import list_all, timed
 
 
 def error_of(err: HttpError) -> dict[str, Any]:
-    return cast(dict[str, Any], json.loads(err.content)["error"])
+    return cast("dict[str, Any]", json.loads(err.content)["error"])
 
 
 def test_incremental_returns_exactly_the_changes(emu: Emulator, service: Any, alice: str) -> None:
@@ -199,7 +199,7 @@ def test_mirror_converges_whatever_edits_happen_between_pages(emu: Emulator, ali
                 else:
                     mirror[item["id"]] = item["etag"]
             if "nextSyncToken" in page:
-                return cast(str, page["nextSyncToken"])
+                return cast("str", page["nextSyncToken"])
             page_token = page["nextPageToken"]
             apply(edits[page_no] if page_no < len(edits) else [])
         raise AssertionError("paging did not end")

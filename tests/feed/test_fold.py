@@ -1,7 +1,9 @@
 """The feed alone rebuilds the mirror: hypothesis writes programs of edits, 410s, resyncs and SIGKILLs.
 
 Each example is a calendar of its own. Its program edits it in the emulator (single events, weekly
-series, moved and cancelled occurrences, series edits and deletions, noise-only writes), expires its
+series, moved and cancelled occurrences, series edits and deletions, noise-only writes), writes to
+it through calsync (creations retried with their key, patches with a fresh or a stale If-Match,
+deletions, an occurrence moved by its instance id), expires its
 sync tokens, syncs it in this process, forces a full resync (as reconciliation does), or starts the
 real sync in a child process and SIGKILLs it at a random moment, the first sync included. Once the
 program ends and one clean sync has run, the feed folded from its start must equal the mirror, the
@@ -21,12 +23,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from calsync.config import Settings
+from calsync.errors import WriteConflict
 from calsync.runtime import Runtime
 from calsync.store.models import Calendar as CalendarRow
+from calsync.sync import writes
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
 from tests.sync.crash_support import Child, child_env
 from tests.sync_support import (
+    WRITER,
     assert_feed_rebuilds_mirror,
     calendar_row_id,
     changes,
@@ -50,6 +55,10 @@ ACTIONS = (
     "cancel occurrence",
     "edit series",
     "delete series",
+    "api create",
+    "api edit",
+    "api delete",
+    "api move occurrence",
     "expire tokens",
     "sync",
     "resync",
@@ -67,7 +76,7 @@ FOLD = settings(
 
 @pytest.fixture
 def account(runtime: Runtime, emu: Any) -> int:
-    return connect_account(runtime, emu, ALICE)
+    return connect_account(runtime, emu, ALICE, scopes=WRITER)
 
 
 @pytest.fixture
@@ -116,6 +125,39 @@ class Calendar:
         )
         start = datetime(2026, 6, first, 7, 0, tzinfo=UTC)
         self.series[series["id"]] = [(start + timedelta(weeks=w)).strftime("%Y-%m-%dT%H:%M:%SZ") for w in range(WEEKS)]
+
+    def write(self, runtime: Runtime, calendar_id: int, action: str) -> None:
+        """The same kinds of change made through calsync's API: read-your-writes, no echo."""
+        rng = self.rng
+        if action == "api create" or (action in ("api edit", "api delete") and not self.singles):
+            day, key = rng.randint(1, 28), self.label()
+            body = {
+                "summary": f"api {key}",
+                "start": {"dateTime": f"2026-03-{day:02d}T14:00:00Z"},
+                "end": {"dateTime": f"2026-03-{day:02d}T15:00:00Z"},
+            }
+            made = writes.create_event(runtime, calendar_id, body, idempotency_key=key)
+            if rng.random() < 0.5:  # the app retries: the same event, nothing sent
+                assert writes.create_event(runtime, calendar_id, body, idempotency_key=key).seq == made.seq
+            assert made.event is not None
+            self.singles.append(made.event["id"])
+        elif action == "api edit":
+            event_id = rng.choice(self.singles)
+            current = next(e for e in self.emu.events(self.id) if e["id"] == event_id)
+            etag = current["etag"] if rng.random() < 0.7 else '"stale"'
+            try:
+                writes.patch_event(runtime, calendar_id, event_id, {"summary": f"api {self.label()}"}, if_match=etag)
+            except WriteConflict:
+                assert etag == '"stale"'
+        elif action == "api delete":
+            writes.delete_event(runtime, calendar_id, self.singles.pop(rng.randrange(len(self.singles))))
+        elif not any(self.series.values()):
+            self.add_series()
+        else:  # api move occurrence, by its instance id
+            series_id = rng.choice([s for s, left in self.series.items() if left])
+            original = self.series[series_id].pop(rng.randrange(len(self.series[series_id])))
+            instance = f"{series_id}_{original.replace('-', '').replace(':', '')}"
+            writes.patch_event(runtime, calendar_id, instance, {"summary": f"api moved {self.label()}"})
 
     def act(self, action: str) -> None:
         rng = self.rng
@@ -221,6 +263,8 @@ def test_the_feed_folded_from_its_start_is_the_mirror_after_any_program(
             sync_calendar(runtime, calendar_id, page_size=PAGE_SIZE, full=True)
         elif action == "kill":
             kill_mid_sync(runtime, child, calendar_id, rng)
+        elif action.startswith("api "):
+            cal.write(runtime, calendar_id, action)
         else:
             cal.act(action)
     sync_calendar(runtime, calendar_id, page_size=PAGE_SIZE)

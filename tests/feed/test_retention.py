@@ -23,6 +23,7 @@ from calsync.store.db import is_postgres, transaction
 from calsync.store.models import Change, Delivery, WebhookSubscription
 from calsync.store.states import DeliveryState, SubscriptionStatus
 from calsync.sync.run import sync_calendar
+from calsync.webhooks.outbox import fill
 from calsync.work.worker import Worker
 from tests.push_support import calendar_row, push_headers
 
@@ -38,7 +39,8 @@ def retaining(settings: Settings) -> Iterator[Runtime]:
 
 
 def seed_changes(runtime: Runtime, calendar_id: int, count: int, at: datetime, prefix: str = "old") -> list[int]:
-    """`count` created rows detected at `at`, as the sync engine writes them (and their deliveries)."""
+    """`count` created rows detected at `at`, as the sync engine writes them, then queued for the
+    subscriptions as the worker does."""
     seqs: list[int] = []
     for start in range(0, count, 5000):
         with transaction(runtime.sessions) as session:
@@ -53,6 +55,8 @@ def seed_changes(runtime: Runtime, calendar_id: int, count: int, at: datetime, p
                 for n in range(start, min(count, start + 5000))
             ]
             seqs.extend(c.seq for c in append_changes(session, rows, at))
+    with transaction(runtime.sessions) as session:  # the worker's pass: subscriptions queue theirs
+        fill(session, runtime.clock.now(), limit=count + 1)
     return seqs
 
 
@@ -234,3 +238,38 @@ def test_a_second_worker_skips_retention_while_another_trims(retaining: Runtime,
     with transaction(retaining.sessions) as session:
         assert trim_changes(session, cutoff) == 6
     assert seqs_kept(retaining) == []
+
+
+def test_rows_a_subscription_has_not_looked_at_yet_are_kept(retaining: Runtime, emu: Any) -> None:
+    """Retention never deletes a row above the slowest subscription's cursor: its message would be lost."""
+    cal = a_calendar(retaining, emu)
+    with transaction(retaining.sessions) as session:
+        session.add(
+            WebhookSubscription(
+                id="wh_behind",
+                url="https://crm.example.com/hook",
+                events=["*"],
+                secret=retaining.cipher.encrypt_str("whsec_x"),
+                status=SubscriptionStatus.ACTIVE,
+            )
+        )
+    at = retaining.clock.now() - RETENTION - timedelta(days=1)
+    seqs: list[int] = []
+    with transaction(retaining.sessions) as session:  # written, and not yet looked at by the worker
+        rows = [Change(calendar_id=cal, event_id=f"e{n}", kind="created", after={"id": f"e{n}"}) for n in range(4)]
+        seqs.extend(c.seq for c in append_changes(session, rows, at))
+    cutoff = retaining.clock.now() - RETENTION
+    with transaction(retaining.sessions) as session:
+        assert trim_changes(session, cutoff) == 0
+    assert seqs_kept(retaining) == seqs
+    with transaction(retaining.sessions) as session:
+        fill(session, retaining.clock.now(), limit=2)  # the cursor passes the first two rows
+    with transaction(retaining.sessions) as session:
+        trim_changes(session, cutoff)
+    # The two it passed stay while their deliveries are pending; the two ahead of the cursor stay.
+    assert seqs_kept(retaining) == seqs
+    with transaction(retaining.sessions) as session:
+        session.execute(update(Delivery).values(state=DeliveryState.DELIVERED))
+    with transaction(retaining.sessions) as session:
+        assert trim_changes(session, cutoff) == 2
+    assert seqs_kept(retaining) == seqs[2:]

@@ -77,10 +77,10 @@ def test_the_writer_gives_its_connection_back_with_checkpoints_on(
     _record(intake, watched["channel"], range(10, 12))
     assert writer_settings == [0, 0]
     wait_for(
-        lambda: cast(QueuePool, runtime.engine.pool).checkedout() == 0 and intake._writer is None,
+        lambda: cast("QueuePool", runtime.engine.pool).checkedout() == 0 and intake._writer is None,
         what="the writer to go idle and give its connection back",
     )
-    conns = [runtime.engine.raw_connection() for _ in range(cast(QueuePool, runtime.engine.pool).checkedin())]
+    conns = [runtime.engine.raw_connection() for _ in range(cast("QueuePool", runtime.engine.pool).checkedin())]
     try:
         assert {c.cursor().execute("PRAGMA wal_autocheckpoint").fetchone()[0] for c in conns} == {
             AUTOCHECKPOINT_DEFAULT

@@ -189,7 +189,7 @@ def test_a_refreshed_mirror_equals_one_parsed_afresh_and_keeps_unchanged_series(
     assert (datetime(2026, 1, 7, 14, 30, tzinfo=UTC), datetime(2026, 1, 7, 15, 30, tzinfo=UTC)) in blocks
     assert (datetime(2026, 1, 7, 17, tzinfo=UTC), datetime(2026, 1, 7, 17, 30, tzinfo=UTC)) not in blocks
     assert len(blocks) == 4 + 27
-    assert [s for s in new.series if s.id == "s2"][0] is [s for s in old.series if s.id == "s2"][0]
+    assert next(s for s in new.series if s.id == "s2") is next(s for s in old.series if s.id == "s2")
     assert old.versions()["one"] and "one" not in new.versions()
     # A window far from those asked before is answered as well (the merged span moves).
     later = _window("2029-01-01T00:00:00Z", "2029-01-08T00:00:00Z")

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,6 +14,7 @@ from sqlalchemy.pool import NullPool
 
 import calsync.store.db
 from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, statements_alone, transaction
+from calsync.store.migrate import upgrade
 from calsync.store.models import Account, Calendar
 
 
@@ -20,6 +24,34 @@ def test_sqlite_is_configured_on_purpose(tmp_path: Path) -> None:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+
+
+def test_a_new_sqlite_database_and_its_wal_and_shm_are_private(tmp_path: Path) -> None:
+    """Whatever the umask, no other local user can read the mirrored calendars."""
+    path = tmp_path / "calsync.db"
+    old_umask = os.umask(0o022)
+    try:
+        engine = make_engine(f"sqlite:///{path}")
+        upgrade(engine)
+        with engine.connect() as conn:  # an open connection keeps -wal and -shm in place
+            conn.execute(text("SELECT count(*) FROM accounts")).scalar()
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("calsync.db*")}
+        engine.dispose()
+    finally:
+        os.umask(old_umask)
+    assert modes == {"calsync.db": 0o600, "calsync.db-wal": 0o600, "calsync.db-shm": 0o600}
+
+
+def test_an_existing_database_readable_by_others_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.db"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="calsync.store.db"):
+        make_engine(f"sqlite:///{path}").dispose()
+    assert any(str(path) in r.getMessage() and "chmod 600" in r.getMessage() for r in caplog.records)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644, "the operator's file is left as it is"
 
 
 def test_datetimes_come_back_aware_utc(db_url: str) -> None:

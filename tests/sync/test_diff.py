@@ -40,7 +40,7 @@ def edited(**changes: Any) -> dict[str, Any]:
 def test_noise_alone_is_no_change() -> None:
     noisy = edited(etag='"999"', updated="2026-02-01T00:00:00.000Z", sequence=4)
     assert changed_fields(EVENT, noisy) == []
-    assert IGNORED_FIELDS == {"etag", "updated", "sequence"}
+    assert {"etag", "updated", "sequence"} == IGNORED_FIELDS
 
 
 def test_identical_events_have_no_changed_fields() -> None:

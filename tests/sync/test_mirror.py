@@ -163,7 +163,9 @@ def test_a_fresh_listing_stores_an_event_listed_again_on_a_later_page_once(runti
         ("created", "ev2"),
     ]
     # ev1 again, edited: its insert fails on the unique key and the page is applied again, looked up.
-    found = fresh_page(runtime, cal_id, [{"id": "ev3", "status": "confirmed"}, {**first, "summary": "later"}], [])
+    found = fresh_page(
+        runtime, cal_id, [{"id": "ev3", "status": "confirmed"}, {**first, "summary": "later", "etag": "2"}], []
+    )
     assert found == [("created", "ev3"), ("updated", "ev1")]
     with runtime.sessions() as session:
         rows = session.scalars(select(Event).where(Event.calendar_id == cal_id).order_by(Event.google_id)).all()

@@ -84,6 +84,7 @@ def add_change(
     kind: str,
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
+    **values: Any,
 ) -> int:
     fields = (
         sorted(k for k in set(before or {}) | set(after or {}) if (before or {}).get(k) != (after or {}).get(k))
@@ -92,7 +93,7 @@ def add_change(
     )
     with transaction(runtime.sessions) as session:
         change = Change(
-            calendar_id=calendar_id, event_id=event_id, kind=kind, fields=fields, before=before, after=after
+            calendar_id=calendar_id, event_id=event_id, kind=kind, fields=fields, before=before, after=after, **values
         )
         append_changes(session, [change], runtime.clock.now())
         return change.seq

@@ -26,6 +26,7 @@ CHANGE_KEYS = {
     "before",
     "after",
     "detected_at",
+    "origin",
 }
 CALENDAR_KEYS = {
     "account",
@@ -313,6 +314,7 @@ def test_changes_have_the_contract_shape(client: Any, seed: Seed, api_headers: d
                 "before": None,
                 "after": v1,
                 "detected_at": "2026-03-01T09:30:00.000Z",
+                "origin": "google",
             },
             {
                 "seq": 2,
@@ -326,6 +328,7 @@ def test_changes_have_the_contract_shape(client: Any, seed: Seed, api_headers: d
                 "before": v1,
                 "after": v2,
                 "detected_at": "2026-03-01T09:30:01.250Z",
+                "origin": "google",
             },
             {
                 "seq": 3,
@@ -339,6 +342,7 @@ def test_changes_have_the_contract_shape(client: Any, seed: Seed, api_headers: d
                 "before": v2,
                 "after": None,
                 "detected_at": "2026-03-01T09:31:00.000Z",
+                "origin": "google",
             },
         ],
     }

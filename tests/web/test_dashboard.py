@@ -19,6 +19,7 @@ from calsync.google.oauth import credentials_from_json
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Delivery, DeliveryAttempt, WebhookSubscription
+from calsync.webhooks.outbox import fill
 from tests.web.dashboard_support import (
     PASSWORD,
     add_account,
@@ -234,6 +235,8 @@ def _failed_delivery(runtime: Runtime) -> tuple[str, int]:
     ann = add_account(runtime, "ann@example.com")
     work = add_calendar(runtime, ann, "work@x", "Work")
     add_change(runtime, work, "ev1", "created", None, {"summary": "Board meeting"})
+    with transaction(runtime.sessions) as session:
+        fill(session, runtime.clock.now())  # the worker's pass queues it for the subscription
     with transaction(runtime.sessions) as session:
         delivery = session.scalars(select(Delivery)).one()
         delivery.state, delivery.attempts, delivery.last_status = "failed", 8, 500

@@ -97,3 +97,19 @@ def test_the_live_refresh_brings_a_new_first_sync_as_one_line(admin: Any, runtim
     resp = admin.get(f"/dashboard/changes/fragment?after={cursor}", headers={"X-Requested-With": "fetch"})
     assert _ROW.findall(resp.text) == ["snapshot"] and "First sync: 1,250 events" in resp.text
     assert resp.headers["X-Cursor"] == str(seqs[-1])
+
+
+def test_each_event_row_says_whether_the_app_wrote_it_through_calsync_or_google_had_it(
+    admin: Any, runtime: Runtime
+) -> None:
+    ann = add_account(runtime, "ann@example.com")
+    work = add_calendar(runtime, ann, "work@x", "Work")
+    add_change(
+        runtime, work, "b1", "created", None, {"id": "b1", "summary": "Booking"}, origin="api", idempotency_key="k-7"
+    )
+    created(runtime, work, "lunch")
+    page = admin.get("/dashboard/changes").text
+    booking, lunch = page.index("Booking"), page.index("New lunch")
+    assert page.count("via API") == 1 and page.count("from Google") == 1
+    assert lunch < page.index("from Google") < booking < page.index("via API")  # newest first
+    assert "Idempotency-Key k-7" in page

@@ -25,8 +25,10 @@ from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel, Event, Notification
+from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.web.openapi import document
 from tests.conftest import API_TOKEN
+from tests.sync_support import WRITER, connect_account
 from tests.web.process_support import calsync_web
 from tests.webhooks.receiver import Receiver
 
@@ -54,8 +56,10 @@ GUARDED = (
 
 
 @pytest.fixture
-def world(runtime: Runtime) -> dict[str, Any]:
-    """One account, a calendar with an event, a change in the log and a live channel with a known token."""
+def world(runtime: Runtime, emu: Any) -> dict[str, Any]:
+    """One account, a calendar with an event, a change in the log and a live channel with a known token;
+    and an account of the emulator whose grant may write, with its calendar listed."""
+    refresh_calendar_list(runtime, connect_account(runtime, emu, WRITER_EMAIL, scopes=WRITER))
     now = runtime.clock.now()
     with transaction(runtime.sessions) as session:
         account = Account(
@@ -203,7 +207,14 @@ SEMANTIC_REFUSALS = {
     "confirmConnection": ["400"],
     "listAccounts": ["400"],
     "disconnectAccount": ["400"],
+    # Writes: the world's first account may not write (403 insufficient_scope); Google refuses events
+    # it finds malformed (400) or unknown (404), a stale If-Match (412), a reused key (422), an id
+    # the calendar holds (409).
+    "createEvent": ["400", "403", "409", "422"],
+    "patchEvent": ["400", "403", "412"],
+    "deleteEvent": ["400", "403", "412"],
 }
+WRITER_EMAIL = "fuzz-writer@example.com"
 
 
 class LiveAPI:
@@ -264,6 +275,10 @@ def live_api(settings: Settings, runtime: Runtime, world: dict[str, Any], tmp_pa
             def flatmap_case(context: Any, case: Case) -> st.SearchStrategy[Case]:
                 """Point about half the valid subscription requests at the subscriber (never an invalid
                 one: it must stay invalid)."""
+                if context.operation.path.startswith("/api/calendars/") and "calendar_id" in case.path_parameters:
+                    return st.sampled_from([None, "fuzz@example.com", WRITER_EMAIL]).map(
+                        lambda google_id: _at_calendar(case, google_id)
+                    )
                 if (
                     context.operation.label != "POST /api/webhooks"
                     or not isinstance(case.body, dict)
@@ -283,6 +298,13 @@ def live_api(settings: Settings, runtime: Runtime, world: dict[str, Any], tmp_pa
             yield LiveAPI(schema, receiver, runtime)
     finally:
         receiver.stop()
+
+
+def _at_calendar(case: Case, google_id: str | None) -> Case:
+    """A write case pointed at one of the world's calendars (None: left as generated, mostly unknown)."""
+    if google_id is not None:
+        case.path_parameters = {**case.path_parameters, "calendar_id": google_id}
+    return case
 
 
 def test_schemathesis_finds_no_5xx_no_response_outside_the_document_and_no_write_by_a_refusal(

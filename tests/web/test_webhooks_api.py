@@ -29,6 +29,7 @@ PUBLIC_FIELDS = {
     "events",
     "calendars",
     "format",
+    "origin",
     "status",
     "disabled_reason",
     "created_at",

@@ -23,6 +23,7 @@ from calsync.store.models import (
     WebhookSubscription,
 )
 from calsync.webhooks.delivery import run_due_deliveries
+from calsync.webhooks.outbox import fill
 from calsync.webhooks.subscriptions import parse_spec, register
 
 OWNER = "test-worker"
@@ -97,8 +98,10 @@ def write_change(
     fields: list[str] | None = None,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
+    origin: str = "google",
 ) -> int:
-    """One Change committed through append_changes, as the sync engine writes it; returns its seq."""
+    """One Change committed through append_changes, as the sync engine (or a write, `origin="api"`)
+    writes it, then the worker's pass that queues it for the subscriptions; returns its seq."""
     if kind == "created":
         before, after = None, after or event(id=event_id)
     elif kind == "deleted":
@@ -109,10 +112,23 @@ def write_change(
         fields = fields if fields is not None else ["end", "start"]
     with transaction(runtime.sessions) as session:
         change = Change(
-            calendar_id=calendar_id, event_id=event_id, kind=kind, fields=fields or [], before=before, after=after
+            calendar_id=calendar_id,
+            event_id=event_id,
+            kind=kind,
+            fields=fields or [],
+            before=before,
+            after=after,
+            origin=origin,
         )
         append_changes(session, [change], runtime.clock.now())
-        return change.seq
+    fill_outbox(runtime)
+    return change.seq
+
+
+def fill_outbox(runtime: Runtime) -> int:
+    """The worker's first step: move the subscriptions' cursors over the feed, queuing deliveries."""
+    with transaction(runtime.sessions) as session:
+        return fill(session, runtime.clock.now())
 
 
 def subscribe(runtime: Runtime, url: str, events: list[str] | None = None, **fields: Any) -> tuple[str, str]:

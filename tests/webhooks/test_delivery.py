@@ -302,7 +302,7 @@ def test_paused_deliveries_wait_and_go_out_on_resume(runtime: Runtime, receiver:
 def test_a_replayed_failure_is_sent_again_with_the_same_webhook_id(runtime: Runtime, receiver: Receiver) -> None:
     receiver.default = Answer(500)
     cal = make_calendar(runtime)
-    sub_id, secret = subscribe(runtime, receiver.url)
+    sub_id, _secret = subscribe(runtime, receiver.url)
     write_change(runtime, cal)
     exhaust_all(runtime)
     (failed,) = deliveries(runtime, sub_id)

@@ -1,19 +1,25 @@
-"""The outbox is written with the change, in the same transaction, for matching subscriptions only."""
+"""The outbox is filled from the feed: each subscription's cursor passes every committed row once,
+queuing a delivery for the rows it wants, in seq order."""
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 from sqlalchemy import func, select
 
+from calsync.errors import InvalidSubscription
 from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Change, Delivery
-from calsync.webhooks.subscriptions import get_subscription, set_status
+from calsync.webhooks.outbox import fill
+from calsync.webhooks.subscriptions import get_subscription, parse_spec, set_status
 from tests.webhooks.receiver import Receiver
 from tests.webhooks.support import (
     deliveries,
     event,
+    fill_outbox,
     make_calendar,
     subscribe,
     write_change,
@@ -70,6 +76,24 @@ def test_filters_by_calendar(runtime: Runtime, receiver: Receiver) -> None:
     assert [d.change_seq for d in deliveries(runtime, sub_id)] == [wanted]
 
 
+def test_a_subscription_for_origin_google_leaves_out_the_apps_own_writes(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    others, _ = subscribe(runtime, receiver.url, ["*"], origin="google")
+    everything, _ = subscribe(runtime, receiver.url, ["*"])
+    own = write_change(runtime, cal, "created", event_id="e1", origin="api")
+    found = write_change(runtime, cal, "updated", event_id="e1")
+    with transaction(runtime.sessions) as session:
+        [lifecycle] = append_changes(
+            session, [Change(type="calendar.removed", calendar_id=cal, after={"summary": "Team"})], runtime.clock.now()
+        )
+    fill_outbox(runtime)
+    assert [d.change_seq for d in deliveries(runtime, others)] == [found, lifecycle.seq]
+    assert [d.change_seq for d in deliveries(runtime, everything)] == [own, found, lifecycle.seq]
+    with pytest.raises(InvalidSubscription) as refused:
+        parse_spec({"url": receiver.url, "events": ["*"], "origin": "app"}, runtime.settings)
+    assert refused.value.field == "origin"
+
+
 def test_paused_subscriptions_collect_deliveries_and_disabled_ones_do_not(runtime: Runtime, receiver: Receiver) -> None:
     cal = make_calendar(runtime)
     paused, _ = subscribe(runtime, receiver.url)
@@ -82,21 +106,9 @@ def test_paused_subscriptions_collect_deliveries_and_disabled_ones_do_not(runtim
     assert deliveries(runtime, disabled) == []
 
 
-def test_a_rolled_back_transaction_leaves_neither_change_nor_delivery(runtime: Runtime, receiver: Receiver) -> None:
-    cal = make_calendar(runtime)
-    subscribe(runtime, receiver.url)
-    with pytest.raises(RuntimeError), transaction(runtime.sessions) as session:
-        append_changes(
-            session,
-            [Change(calendar_id=cal, event_id="e1", kind="created", fields=[], before=None, after=event())],
-            runtime.clock.now(),
-        )
-        assert session.scalar(select(func.count()).select_from(Delivery)) == 1  # queued inside the transaction
-        raise RuntimeError("the sync page failed before its commit")
-    assert count(runtime, Change) == 0 and count(runtime, Delivery) == 0
-
-
-def test_several_changes_in_one_commit_each_get_their_delivery(runtime: Runtime, receiver: Receiver) -> None:
+def test_the_feed_writer_queues_nothing_and_the_cursor_queues_each_row_once(
+    runtime: Runtime, receiver: Receiver
+) -> None:
     cal = make_calendar(runtime)
     sub_id, _ = subscribe(runtime, receiver.url)
     with transaction(runtime.sessions) as session:
@@ -105,4 +117,88 @@ def test_several_changes_in_one_commit_each_get_their_delivery(runtime: Runtime,
             for i in range(3)
         ]
         append_changes(session, batch, runtime.clock.now())
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 0  # a sync's commit writes none
+    assert fill_outbox(runtime) == 3
+    assert fill_outbox(runtime) == 0  # the cursor has passed them
     assert [d.change_seq for d in deliveries(runtime, sub_id)] == [c.seq for c in batch]
+    with runtime.sessions() as session:
+        assert get_subscription(session, sub_id).cursor_seq == batch[-1].seq
+
+
+def test_a_rolled_back_transaction_leaves_nothing_to_queue(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    subscribe(runtime, receiver.url)
+    with pytest.raises(RuntimeError), transaction(runtime.sessions) as session:
+        append_changes(
+            session,
+            [Change(calendar_id=cal, event_id="e1", kind="created", fields=[], before=None, after=event())],
+            runtime.clock.now(),
+        )
+        raise RuntimeError("the sync page failed before its commit")
+    assert fill_outbox(runtime) == 0
+    assert count(runtime, Change) == 0 and count(runtime, Delivery) == 0
+
+
+def test_a_new_subscription_hears_only_of_later_changes(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    write_change(runtime, cal, event_id="before")
+    sub_id, _ = subscribe(runtime, receiver.url)
+    later = write_change(runtime, cal, event_id="after")
+    assert [d.change_seq for d in deliveries(runtime, sub_id)] == [later]
+
+
+def test_a_long_backlog_is_queued_in_batches_in_seq_order(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url, ["event.created"])
+    with transaction(runtime.sessions) as session:
+        rows = [
+            Change(calendar_id=cal, event_id=f"e{i}", kind="created" if i % 2 else "updated", after=event(id=f"e{i}"))
+            for i in range(7)
+        ]
+        append_changes(session, rows, runtime.clock.now())
+    queued = []
+    for _ in range(4):
+        with transaction(runtime.sessions) as session:
+            queued.append(fill(session, runtime.clock.now(), limit=2))
+    assert queued == [1, 1, 1, 0]  # two rows a pass, one of each pair wanted; the fourth pass sees one unwanted row
+    assert [d.change_seq for d in deliveries(runtime, sub_id)] == [c.seq for c in rows if c.kind == "created"]
+
+
+def test_a_subscription_disabled_meanwhile_moves_on_and_hears_only_later_changes_once_resumed(
+    runtime: Runtime, receiver: Receiver
+) -> None:
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    with transaction(runtime.sessions) as session:
+        get_subscription(session, sub_id).status = "disabled"
+    write_change(runtime, cal, event_id="while-disabled")
+    with transaction(runtime.sessions) as session:
+        set_status(get_subscription(session, sub_id), "active")
+    later = write_change(runtime, cal, event_id="after")
+    assert [d.change_seq for d in deliveries(runtime, sub_id)] == [later]
+
+
+def test_workers_filling_at_once_queue_each_message_once(runtime: Runtime, receiver: Receiver) -> None:
+    cal = make_calendar(runtime)
+    subs = [subscribe(runtime, receiver.url)[0] for _ in range(3)]
+    with transaction(runtime.sessions) as session:
+        rows = [Change(calendar_id=cal, event_id=f"e{i}", kind="created", after=event(id=f"e{i}")) for i in range(40)]
+        append_changes(session, rows, runtime.clock.now())
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(10):
+                with transaction(runtime.sessions) as session:
+                    fill(session, runtime.clock.now(), limit=7)
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for sub_id in subs:
+        assert [d.change_seq for d in deliveries(runtime, sub_id)] == [c.seq for c in rows]

@@ -36,6 +36,7 @@ def test_message_carries_the_whole_change_as_api_changes_does() -> None:
             "before": {"summary": "a"},
             "after": {"summary": "b"},
             "detected_at": "2026-01-01T12:00:00.000Z",
+            "origin": "google",
         },
     }
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import socket
 from typing import Any
 
@@ -62,8 +64,47 @@ def test_non_public_addresses_are_refused(url: str, reason: str) -> None:
         resolve_target(url, STRICT)
 
 
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("fec0::1", "site-local"),
+        ("feff:ffff::1", "site-local"),
+        ("fc00::5", "unique-local"),
+        ("fdff::5", "unique-local"),
+        ("fe80::1", "link-local"),
+        ("::ffff:10.0.0.1", "private"),
+        ("::ffff:169.254.169.254", "cloud metadata"),
+        ("2002:a00:1::1", "private"),  # 6to4 around 10.0.0.1
+        ("2002:7f00:1::1", "loopback"),  # 6to4 around 127.0.0.1
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "private"),  # Teredo for client 10.0.0.1
+        ("64:ff9b::a00:1", "private"),  # NAT64 to 10.0.0.1
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64 to 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", "cloud metadata"),  # NAT64 to 169.254.169.254
+        ("64:ff9b:1::a00:1", "private"),  # local-use NAT64
+        ("2001:db8::1", "reserved"),
+        ("3fff::1", "reserved"),
+        ("ff02::1", "reserved"),
+    ],
+)
+def test_ipv6_special_ranges_are_refused_as_literals_and_as_dns_answers(address: str, reason: str) -> None:
+    with pytest.raises(UnsafeURLError, match=reason):
+        resolve_target(f"https://[{address}]/hook", STRICT)
+    shown = ipaddress.ip_address(address)
+    with pytest.raises(UnsafeURLError, match=re.escape(f"resolves to {shown}, a {reason} address")):
+        resolve_target("https://hooks.example.com/", STRICT, resolver=fake_dns("93.184.215.14", address))
+
+
+@pytest.mark.parametrize(
+    "address", ["64:ff9b::5db8:d70e", "::ffff:93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]
+)
+def test_ipv6_addresses_leading_to_a_public_host_are_allowed(address: str) -> None:
+    """DNS64 on an IPv6-only network answers a public host inside 64:ff9b::/96: that host is public."""
+    target = resolve_target("https://hooks.example.com/", STRICT, resolver=fake_dns(address))
+    assert target.addresses == (str(ipaddress.ip_address(address)),)
+
+
 def test_a_name_resolving_to_a_private_address_is_refused_even_among_public_ones() -> None:
-    with pytest.raises(UnsafeURLError, match="resolves to 10.0.0.7, a private address"):
+    with pytest.raises(UnsafeURLError, match=re.escape("resolves to 10.0.0.7, a private address")):
         resolve_target("https://hooks.example.com/", STRICT, resolver=fake_dns("93.184.215.14", "10.0.0.7"))
 
 
@@ -94,5 +135,5 @@ def test_unresolvable_host_is_refused_with_a_clear_message() -> None:
     def fail(*_: Any, **__: Any) -> list[tuple[Any, ...]]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    with pytest.raises(UnsafeURLError, match="cannot resolve host 'nowhere.invalid'"):
+    with pytest.raises(UnsafeURLError, match=re.escape("cannot resolve host 'nowhere.invalid'")):
         resolve_target("https://nowhere.invalid/", STRICT, resolver=fail)

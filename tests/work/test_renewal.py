@@ -83,7 +83,7 @@ def test_channels_that_expired_while_calsync_was_down_are_recreated_at_start(rt:
 
 
 def test_a_synced_calendar_without_a_channel_gets_one_when_a_worker_starts(rt: Any, emu: Any) -> None:
-    account_id, cal_id = _setup(rt, emu)
+    account_id, _cal_id = _setup(rt, emu)
     with rt.sessions.begin() as session:
         session.execute(text("DELETE FROM channels"))
     Worker(rt, threads=1).run_burst()
@@ -133,7 +133,7 @@ def test_short_lived_channels_renewed_again_and_again_miss_no_change(
         worker.join(timeout=20)
     changes = changes_for(short, cal_id)
     assert sorted(str(c.event_id) for c in changes) == sorted(inserted)  # none missed, none twice
-    events_channels = [c for c in channels_of(short, calendar_id=cal_id)]
+    events_channels = list(channels_of(short, calendar_id=cal_id))
     renewed = [c for c in events_channels if c.replaced_by]
     assert len(renewed) >= 3, [(c.status, c.expires_at) for c in events_channels]
     assert all(c.status == "stopped" for c in renewed)

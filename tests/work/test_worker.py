@@ -187,7 +187,7 @@ def test_calendars_of_inactive_accounts_are_not_claimed(rt: Any, emu: Any) -> No
 
 
 def test_a_calendar_added_in_google_is_synced_and_watched(rt: Any, emu: Any) -> None:
-    account_id, _ = _connected(rt, emu)
+    _account_id, _ = _connected(rt, emu)
     new_google_id = emu.create_calendar("ann@example.com", "Team")
     with transaction(rt.sessions) as session:  # what the calendar-list notification does
         session.execute(update(Account).values(list_requested=Account.list_requested + 1, list_due_at=rt.clock.now()))

@@ -1,0 +1,57 @@
+"""Writes through calsync and syncs of the same calendar take turns.
+
+A write holds the calendar's turn from before it calls Google until its commit; a sync holds it
+for each page's transaction. So a sync page that lists a write's new version is applied only after
+the write committed it (it then finds the etag it holds: no echo row), and a page listed before the
+write reached Google carries an older version (which the mirror does not take back). Without the
+turn, a sync woken by the write's own notification could commit that version first, as a change
+found in Google: the app would hear its own write.
+
+PostgreSQL: a session-level advisory lock on a connection of its own (any number of processes).
+SQLite: an exclusive `flock` on a file beside the database (the processes of one host).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import make_url, text
+
+from calsync.runtime import Runtime
+
+# The first key of PostgreSQL's two-key advisory locks: "cal" in ASCII, so calsync's turns never
+# meet another application's locks that use the same database.
+_LOCK_CLASS = 0x63616C
+
+
+@contextmanager
+def turn(runtime: Runtime, calendar_id: int) -> Iterator[None]:
+    """Hold the calendar's turn for the block (not re-entrant: take it once per write or page)."""
+    engine = runtime.engine
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k, :c)"), {"k": _LOCK_CLASS, "c": calendar_id})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k, :c)"), {"k": _LOCK_CLASS, "c": calendar_id})
+        return
+    path = _lock_file(runtime.settings.database_url, calendar_id)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock_file(database_url: str, calendar_id: int) -> Path:
+    """`<database>.turns/<calendar id>`: beside the database, so every process using it meets it."""
+    database = make_url(database_url).database or "calsync.db"
+    folder = Path(database + ".turns")
+    folder.mkdir(exist_ok=True)
+    return folder / str(calendar_id)

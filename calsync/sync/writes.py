@@ -1,0 +1,367 @@
+"""Writes through calsync to Google: create, patch and delete an event for an app.
+
+Each write is sent to Google with the account's own grant; Google's answer (the new version) then
+goes into the mirror and the feed in one commit, as a row of origin `api`. When the write returns,
+reads of the mirror already show it, and the sync that Google's notification of the same write
+causes finds the etag the mirror holds and adds no second row (`PageMirror._holds`).
+
+A write and the syncs of its calendar take turns (`calsync.sync.turns`): the sync woken by the
+write's own notification cannot commit the write's version before the write does.
+
+Conflicts are Google's to judge: `If-Match` goes to Google as given, since the mirror may be a
+notification behind. On 412 the event's current version is fetched, mirrored (a change calsync
+had not seen yet, so of origin `google`) and handed back to the app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from google.oauth2.credentials import Credentials
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from calsync.accounts.connected import credentials_from_stored, mark_reauth_required, save_if_refreshed
+from calsync.errors import (
+    AuthRevoked,
+    Duplicate,
+    Forbidden,
+    GoogleApiError,
+    GoogleNotFound,
+    InsufficientScope,
+    InvalidWrite,
+    NotFoundError,
+    PreconditionFailed,
+    TransientGoogleError,
+    WriteConflict,
+)
+from calsync.feed.append import append_changes
+from calsync.feed.cursor import newest_seq
+from calsync.feed.reads import reconnect_hint
+from calsync.google.calendar import GoogleCalendar
+from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar, Change, Event
+from calsync.store.states import AccountStatus, Origin
+from calsync.sync import idempotency, turns
+from calsync.sync.mirror import CANCELLED, PageMirror
+
+# Scopes that let calsync write events (`calendar.events` beside the read scope, or `calendar`).
+WRITE_SCOPES = frozenset(
+    {"https://www.googleapis.com/auth/calendar", "https://www.googleapis.com/auth/calendar.events"}
+)
+SEND_UPDATES = ("all", "externalOnly", "none")
+ETAG_MAX = 200
+_ETAG = re.compile(r'\*|(W/)?"[!#-\[\]-~]*"')
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """The event as mirrored after the write (None once deleted) and the feed seq that holds it.
+
+    `replayed` is True when an Idempotency-Key named a creation already committed: nothing was sent.
+    """
+
+    event: dict[str, Any] | None
+    seq: int
+    replayed: bool = False
+
+
+def create_event(
+    runtime: Runtime,
+    calendar_id: int,
+    body: Any,
+    *,
+    idempotency_key: str | None = None,
+    send_updates: str | None = None,
+) -> WriteResult:
+    """events.insert; with a key, the same key and body make one event however often they are sent."""
+    body = _check_body(body)
+    _check_send_updates(send_updates)
+    target = _Target.load(runtime, calendar_id)
+    claim: idempotency.Claim | None = None
+    if idempotency_key is not None:
+        key = idempotency.check_key(idempotency_key)
+        if "id" in body:
+            raise InvalidWrite("id", "id: the event id is derived from the Idempotency-Key; give one or the other")
+        claim = idempotency.claim(
+            runtime,
+            calendar_id,
+            key,
+            idempotency.body_hash(body),
+            idempotency.derived_event_id(target.google_id, key),
+        )
+        if claim.seq is not None:
+            return _replay(runtime, target, claim)
+        body = {**body, "id": claim.event_id}
+    api = target.client(runtime)
+    with turns.turn(runtime, calendar_id):
+        try:
+            event = target.google(runtime, lambda: api.insert_event(target.google_id, body, send_updates=send_updates))
+        except Duplicate:
+            if claim is None:
+                raise
+            # An earlier attempt with this key was made in Google, and its answer was lost: fetch it.
+            event = target.google(runtime, lambda: api.get_event(target.google_id, claim.event_id))
+        except GoogleApiError as err:
+            if claim is not None and not isinstance(err, TransientGoogleError):
+                idempotency.release(runtime, calendar_id, claim.key, claim.body_hash)
+            raise
+        return _commit(runtime, target, event, key=claim.key if claim else None)
+
+
+def patch_event(
+    runtime: Runtime,
+    calendar_id: int,
+    event_id: str,
+    changes: Any,
+    *,
+    if_match: str | None = None,
+    send_updates: str | None = None,
+) -> WriteResult:
+    """events.patch (an instance of a series by its instance id); `if_match` is checked by Google."""
+    changes = _check_body(changes)
+    _check_send_updates(send_updates)
+    _check_event_id(event_id)
+    _check_if_match(if_match)
+    target = _Target.load(runtime, calendar_id)
+    api = target.client(runtime)
+    with turns.turn(runtime, calendar_id):
+        try:
+            event = target.google(
+                runtime,
+                lambda: api.patch_event(
+                    target.google_id, event_id, changes, if_match=if_match, send_updates=send_updates
+                ),
+            )
+        except PreconditionFailed as err:
+            raise _conflict(runtime, target, event_id) from err
+        return _commit(runtime, target, event)
+
+
+def delete_event(
+    runtime: Runtime,
+    calendar_id: int,
+    event_id: str,
+    *,
+    if_match: str | None = None,
+    send_updates: str | None = None,
+) -> WriteResult:
+    """events.delete; an occurrence of a series stays mirrored as Google keeps it (a cancelled exception)."""
+    _check_send_updates(send_updates)
+    _check_event_id(event_id)
+    _check_if_match(if_match)
+    target = _Target.load(runtime, calendar_id)
+    api = target.client(runtime)
+    with turns.turn(runtime, calendar_id):
+        return _delete(runtime, target, api, event_id, if_match=if_match, send_updates=send_updates)
+
+
+def _delete(
+    runtime: Runtime,
+    target: _Target,
+    api: GoogleCalendar,
+    event_id: str,
+    *,
+    if_match: str | None,
+    send_updates: str | None,
+) -> WriteResult:
+    """`delete_event` within the calendar's turn."""
+    try:
+        target.google(
+            runtime,
+            lambda: api.delete_event(target.google_id, event_id, if_match=if_match, send_updates=send_updates),
+        )
+    except PreconditionFailed as err:
+        raise _conflict(runtime, target, event_id) from err
+    with runtime.sessions() as session:
+        row = _mirrored(session, target.calendar_id, event_id)
+        single = row is not None and row.recurring_event_id is None
+    tombstone: dict[str, Any] = {"id": event_id, "status": CANCELLED}
+    if not single:  # an occurrence stays, cancelled: mirror Google's own version of it
+        with contextlib.suppress(GoogleNotFound):  # gone for good: the minimal tombstone will do
+            tombstone = target.google(runtime, lambda: api.get_event(target.google_id, event_id))
+    return _commit(runtime, target, tombstone)
+
+
+# The account and calendar a write acts for ---------------------------------------------------------
+@dataclass
+class _Target:
+    calendar_id: int
+    google_id: str
+    account_id: int
+    email: str
+    ref: str | None
+    stored_credentials: bytes
+    credentials: Credentials | None = None
+    token_before: str | None = None
+
+    @classmethod
+    def load(cls, runtime: Runtime, calendar_id: int) -> _Target:
+        """The calendar and its account; InsufficientScope unless the grant lets calsync write."""
+        with runtime.sessions() as session:
+            found = session.execute(
+                select(Calendar, Account)
+                .join(Account, Calendar.account_id == Account.id)
+                .where(Calendar.id == calendar_id, Calendar.removed_at.is_(None))
+            ).one_or_none()
+            if found is None:
+                raise NotFoundError(f"no calendar with id {calendar_id}")
+            cal, account = found
+            target = cls(cal.id, cal.google_id, account.id, account.email, account.ref, account.credentials)
+            status, scopes = account.status, set(account.scopes or [])
+        if status != AccountStatus.ACTIVE:
+            raise InsufficientScope(
+                f"Google no longer lets calsync act for {target.email} ({status}): the user must connect again",
+                reconnect=reconnect_hint(target.ref),
+            )
+        if not scopes & WRITE_SCOPES:
+            raise target.insufficient_scope(runtime)
+        return target
+
+    def insufficient_scope(self, runtime: Runtime) -> InsufficientScope:
+        if not set(runtime.settings.google_scopes) & WRITE_SCOPES:
+            message = (
+                "writing is off in this calsync: its operator must add "
+                "https://www.googleapis.com/auth/calendar.events to CALSYNC_GOOGLE_SCOPES, "
+                f"then {self.email} must connect again"
+            )
+        else:
+            message = f"{self.email} connected before writing was turned on: the user must consent again"
+        return InsufficientScope(message, reconnect=reconnect_hint(self.ref))
+
+    def client(self, runtime: Runtime) -> GoogleCalendar:
+        self.credentials = credentials_from_stored(runtime, self.stored_credentials)
+        self.token_before = self.credentials.token
+        return GoogleCalendar(self.credentials, runtime.settings.calendar_api_endpoint)
+
+    def google(self, runtime: Runtime, call: Callable[[], _T]) -> _T:
+        """Every Google call of a write goes through here (one place for the quota budget, where
+        writes go first). A dead grant is recorded; a grant without the scope is the app's 403."""
+        try:
+            return call()
+        except AuthRevoked as err:
+            with transaction(runtime.sessions) as session:
+                mark_reauth_required(session, self.account_id, str(err), runtime.clock.now())
+            raise InsufficientScope(
+                f"Google no longer lets calsync act for {self.email}: the user must connect again",
+                reconnect=reconnect_hint(self.ref),
+            ) from err
+        except Forbidden as err:
+            if err.reason in ("insufficientPermissions", "ACCESS_TOKEN_SCOPE_INSUFFICIENT"):
+                raise self.insufficient_scope(runtime) from err
+            raise
+
+    def keep_token(self, session: Session, runtime: Runtime) -> None:
+        if self.credentials is not None:
+            save_if_refreshed(session, runtime, self.account_id, self.credentials, self.token_before)
+
+
+# One commit: the mirror, the feed, the key ------------------------------------------------------------
+def _commit(
+    runtime: Runtime, target: _Target, event: dict[str, Any], *, key: str | None = None, origin: Origin = Origin.API
+) -> WriteResult:
+    """Google's version into the mirror and the feed (rows of `origin`), in one transaction.
+
+    The calendar row is locked first, as a worker's sync locks it (extending its lease) before it
+    reads the mirror: a sync and a write of the same calendar never interleave their reads and
+    writes. The written row is stamped with the next full-sync generation, so a full sync that
+    listed before the write cannot sweep it away.
+    """
+    with transaction(runtime.sessions) as session:
+        now = runtime.clock.now()
+        gen = session.scalar(select(Calendar.full_sync_gen).where(Calendar.id == target.calendar_id).with_for_update())
+        mirror = PageMirror(session, target.calendar_id, gen=int(gen or 0) + 1)
+        mirror.apply([event], [])
+        for change in mirror.changes:
+            change.origin = origin
+            change.idempotency_key = key if origin == Origin.API else None
+        target.keep_token(session, runtime)
+        append_changes(session, mirror.changes, now)
+        session.flush()
+        seq = max((c.seq for c in mirror.changes), default=0) or _latest_seq(session, target, event["id"], key)
+        if key is not None:
+            idempotency.record(session, target.calendar_id, key, seq)
+        row = _mirrored(session, target.calendar_id, event["id"])
+        return WriteResult(dict(row.data) if row is not None else _unless_cancelled(event), seq)
+
+
+def _conflict(runtime: Runtime, target: _Target, event_id: str) -> WriteConflict:
+    """Google's 412: fetch the event as it is now, mirror it, and give it to the app."""
+    api = target.client(runtime)
+    try:
+        current: dict[str, Any] | None = target.google(runtime, lambda: api.get_event(target.google_id, event_id))
+    except GoogleNotFound:
+        current = None
+    if current is not None:
+        current = _commit(runtime, target, current, origin=Origin.GOOGLE).event
+    return WriteConflict(
+        "the event changed since the version named by If-Match: Google left it as it is (see `current`)",
+        current=current,
+    )
+
+
+def _replay(runtime: Runtime, target: _Target, claim: idempotency.Claim) -> WriteResult:
+    """A key whose creation is committed: the same event (its version at that seq), nothing sent."""
+    assert claim.seq is not None
+    with runtime.sessions() as session:
+        change = session.get(Change, claim.seq)
+        if change is not None and change.after is not None:
+            return WriteResult(dict(change.after), claim.seq, replayed=True)
+        row = _mirrored(session, target.calendar_id, claim.event_id)
+        return WriteResult(dict(row.data) if row is not None else None, claim.seq, replayed=True)
+
+
+def _latest_seq(session: Session, target: _Target, event_id: str, key: str | None) -> int:
+    """The write changed nothing the mirror did not hold (a twin of this write committed it): its seq."""
+    if key is not None:
+        recorded = idempotency.recorded_seq(session, target.calendar_id, key)
+        if recorded is not None:
+            return recorded
+    found = session.scalar(
+        select(func.max(Change.seq)).where(Change.calendar_id == target.calendar_id, Change.event_id == event_id)
+    )
+    return int(found) if found is not None else newest_seq(session)
+
+
+def _mirrored(session: Session, calendar_id: int, event_id: str) -> Event | None:
+    return session.scalar(select(Event).where(Event.calendar_id == calendar_id, Event.google_id == event_id))
+
+
+def _unless_cancelled(event: dict[str, Any]) -> dict[str, Any] | None:
+    return None if event.get("status") == CANCELLED else event
+
+
+# Checks of the request -------------------------------------------------------------------------------
+def _check_body(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidWrite("body", "the body must be a JSON object (a Google Calendar Event resource)")
+    return body
+
+
+def _check_send_updates(value: str | None) -> None:
+    if value is not None and value not in SEND_UPDATES:
+        raise InvalidWrite("sendUpdates", f"sendUpdates: use {', '.join(SEND_UPDATES)}")
+
+
+def _check_event_id(event_id: str) -> None:
+    if not event_id or len(event_id) > 1024:
+        raise InvalidWrite("event_id", "event_id: 1 to 1024 characters")
+
+
+def _check_if_match(etag: str | None) -> None:
+    """An entity tag as Google gives them (`"3181161784712000"`, maybe `W/`), or `*`.
+
+    A backslash, though RFC 9110 allows it inside the quotes, is refused: Google's etags never
+    hold one, and the HTTP client under googleapiclient cannot send one in a header.
+    """
+    if etag is not None and (len(etag) > ETAG_MAX or not _ETAG.fullmatch(etag)):
+        raise InvalidWrite(
+            "If-Match", f'If-Match: an etag as Google gives it, e.g. "3181161784712000" (at most {ETAG_MAX} characters)'
+        )

@@ -1,0 +1,336 @@
+"""Writes through calsync, against the emulator over HTTP and a real database (both engines): one event per
+key however the creation is retried, Google's If-Match check, read-your-writes, and no echo row."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from calsync.config import Settings
+from calsync.errors import (
+    BackendError,
+    Forbidden,
+    IdempotencyKeyReused,
+    InsufficientScope,
+    InvalidWrite,
+    WriteConflict,
+)
+from calsync.readmodels import availability
+from calsync.readmodels.occurrences import parse_instant
+from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import IdempotencyKey
+from calsync.sync import idempotency, writes
+from calsync.sync.calendar_list import refresh_calendar_list
+from calsync.sync.run import sync_calendar
+from tests.sync_support import (
+    READONLY,
+    WRITER,
+    assert_feed_rebuilds_mirror,
+    calendar_row_id,
+    changes,
+    connect_account,
+    connect_with_ref,
+    google_view,
+    mirror,
+)
+
+ANN = "ann@example.com"
+MEETING = {
+    "summary": "Booking 42",
+    "start": {"dateTime": "2026-03-02T10:00:00Z"},
+    "end": {"dateTime": "2026-03-02T11:00:00Z"},
+}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, google_scopes=WRITER)
+
+
+@pytest.fixture
+def cal(runtime: Runtime, emu: Any) -> int:
+    """Ann's primary calendar, connected with write access and synced once."""
+    account = connect_account(runtime, emu, ANN, scopes=WRITER)
+    refresh_calendar_list(runtime, account)
+    calendar_id = calendar_row_id(runtime, ANN)
+    sync_calendar(runtime, calendar_id)
+    return calendar_id
+
+
+def settle(runtime: Runtime, emu: Any, calendar_id: int) -> None:
+    """The sync Google's notification of the write causes; then the mirror is Google and the feed folds to it."""
+    sync_calendar(runtime, calendar_id)
+    assert mirror(runtime, calendar_id) == google_view(emu, ANN)
+    assert_feed_rebuilds_mirror(runtime, calendar_id)
+
+
+def test_a_created_event_is_mirrored_and_in_the_feed_when_the_call_returns_and_its_sync_adds_no_row(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    result = writes.create_event(runtime, cal, MEETING)
+    [made] = emu.events(ANN)
+    assert result.event == made and not result.replayed
+    assert mirror(runtime, cal) == {made["id"]: made}  # read your write: before any sync
+    [row] = changes(runtime, cal)
+    assert (row.seq, row.type, row.origin, row.idempotency_key) == (result.seq, "event.created", "api", None)
+    assert row.after == made
+    day = parse_instant("2026-03-02T00:00:00Z")
+    _, answers = availability.freebusy(runtime.sessions, [ANN], day, day + timedelta(days=1))  # reads the mirror
+    assert [len(a.busy) for a in answers] == [1]
+    settle(runtime, emu, cal)
+    assert [c.seq for c in changes(runtime, cal)] == [result.seq], "the write's notification added an echo row"
+
+
+def test_the_same_key_and_body_make_one_event_and_one_row_and_another_body_is_refused(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    first = writes.create_event(runtime, cal, MEETING, idempotency_key="booking-42")
+    again = writes.create_event(runtime, cal, dict(reversed(MEETING.items())), idempotency_key="booking-42")
+    assert again.replayed and (again.event, again.seq) == (first.event, first.seq)
+    assert first.event is not None and first.event["id"] == idempotency.derived_event_id(ANN, "booking-42")
+    with pytest.raises(IdempotencyKeyReused):
+        writes.create_event(runtime, cal, {**MEETING, "summary": "Other"}, idempotency_key="booking-42")
+    assert [e["summary"] for e in emu.events(ANN)] == ["Booking 42"]
+    [row] = changes(runtime, cal)
+    assert (row.origin, row.idempotency_key) == ("api", "booking-42")
+    settle(runtime, emu, cal)
+    assert len(changes(runtime, cal)) == 1
+
+
+def test_a_retry_after_google_inserted_but_the_answer_was_lost_makes_one_event(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    emu.fail_after_write(1, status=503, method="calendar.events.insert")
+    with pytest.raises(BackendError):
+        writes.create_event(runtime, cal, MEETING, idempotency_key="k-1")
+    assert len(emu.events(ANN)) == 1 and changes(runtime, cal) == []  # made in Google, not committed here
+    result = writes.create_event(runtime, cal, MEETING, idempotency_key="k-1")
+    [made] = emu.events(ANN)
+    assert result.event == made and not result.replayed
+    assert emu.count("calendar.events.insert") == 2 and emu.count("calendar.events.get") == 1
+    [row] = changes(runtime, cal)
+    assert (row.seq, row.idempotency_key) == (result.seq, "k-1")
+    settle(runtime, emu, cal)
+    assert len(changes(runtime, cal)) == 1
+
+
+def test_a_creation_google_refuses_frees_its_key(runtime: Runtime, emu: Any, cal: int) -> None:
+    with pytest.raises(Exception) as refused:
+        writes.create_event(runtime, cal, {"summary": "no times"}, idempotency_key="k-2")
+    assert getattr(refused.value, "status", None) == 400
+    result = writes.create_event(runtime, cal, MEETING, idempotency_key="k-2")  # the corrected body
+    assert result.event is not None and result.event["summary"] == "Booking 42"
+
+
+def test_a_stale_if_match_leaves_google_unchanged_and_hands_back_the_current_version(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    made = writes.create_event(runtime, cal, MEETING).event
+    assert made is not None
+    person = emu.patch_event(ANN, made["id"], {"summary": "Moved by Ann"})  # in Google, no sync yet
+    with pytest.raises(WriteConflict) as conflict:
+        writes.patch_event(runtime, cal, made["id"], {"summary": "By the app"}, if_match=made["etag"])
+    assert conflict.value.current == person
+    assert emu.events(ANN) == [person]
+    assert mirror(runtime, cal)[made["id"]] == person  # the mirror caught up, as a change found in Google
+    assert [(c.origin, c.after) for c in changes(runtime, cal)][-1] == ("google", person)
+    ok = writes.patch_event(runtime, cal, made["id"], {"summary": "By the app"}, if_match=person["etag"])
+    assert ok.event is not None and ok.event["summary"] == "By the app" == emu.events(ANN)[0]["summary"]
+    settle(runtime, emu, cal)
+    assert [c.origin for c in changes(runtime, cal)] == ["api", "google", "api"]
+
+
+def test_a_blind_patch_racing_a_persons_edit_keeps_both_and_the_feed_folds_to_google(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    made = writes.create_event(runtime, cal, MEETING).event
+    assert made is not None
+    emu.patch_event(ANN, made["id"], {"location": "Room 2"})  # the person, unseen by calsync
+    result = writes.patch_event(runtime, cal, made["id"], {"summary": "Renamed"})
+    assert result.event is not None and (result.event["summary"], result.event["location"]) == ("Renamed", "Room 2")
+    row = changes(runtime, cal)[-1]
+    assert (row.origin, row.fields) == ("api", ["location", "summary"])
+    settle(runtime, emu, cal)
+    assert len(changes(runtime, cal)) == 2
+
+
+def test_a_sync_that_listed_before_a_write_does_not_take_the_mirror_back(runtime: Runtime, emu: Any, cal: int) -> None:
+    made = writes.create_event(runtime, cal, MEETING).event
+    assert made is not None
+    settle(runtime, emu, cal)
+    old = emu.patch_event(ANN, made["id"], {"summary": "v1"})
+    newer = writes.patch_event(runtime, cal, made["id"], {"summary": "v2"}).event
+    # A listing made between the two writes, applied after the second (as a slow sync would):
+    from calsync.feed.append import append_changes
+    from calsync.sync.mirror import PageMirror
+
+    with transaction(runtime.sessions) as session:
+        page = PageMirror(session, cal, gen=None)
+        page.apply([old], [])
+        append_changes(session, page.changes, runtime.clock.now())
+    assert page.changes == [] and mirror(runtime, cal)[made["id"]] == newer
+    settle(runtime, emu, cal)
+
+
+def test_an_occurrence_is_patched_and_deleted_by_its_instance_id_without_echo(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    series = writes.create_event(
+        runtime,
+        cal,
+        {
+            "summary": "Weekly",
+            "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=4"],
+            "start": {"dateTime": "2026-03-02T09:00:00+01:00", "timeZone": "Europe/Berlin"},
+            "end": {"dateTime": "2026-03-02T09:30:00+01:00", "timeZone": "Europe/Berlin"},
+        },
+    ).event
+    assert series is not None
+    second, third = f"{series['id']}_20260309T080000Z", f"{series['id']}_20260316T080000Z"
+    moved = writes.patch_event(runtime, cal, second, {"summary": "Moved once"}, send_updates="none").event
+    assert moved is not None and moved["recurringEventId"] == series["id"]
+    gone = writes.delete_event(runtime, cal, third)
+    assert gone.event == mirror(runtime, cal)[third] and gone.event["status"] == "cancelled"
+    rows = changes(runtime, cal)
+    assert [(c.type, c.event_id, c.origin) for c in rows] == [
+        ("event.created", series["id"], "api"),
+        ("event.updated", second, "api"),
+        ("event.updated", third, "api"),
+    ]
+    settle(runtime, emu, cal)
+    assert len(changes(runtime, cal)) == 3
+    writes.delete_event(runtime, cal, series["id"])  # the series takes its exceptions along
+    settle(runtime, emu, cal)
+    assert mirror(runtime, cal) == {} and [c.type for c in changes(runtime, cal)[3:]] == ["event.deleted"] * 3
+
+
+def test_a_delete_with_a_stale_if_match_deletes_nothing(runtime: Runtime, emu: Any, cal: int) -> None:
+    made = writes.create_event(runtime, cal, MEETING).event
+    assert made is not None
+    emu.patch_event(ANN, made["id"], {"summary": "Changed"})
+    with pytest.raises(WriteConflict):
+        writes.delete_event(runtime, cal, made["id"], if_match=made["etag"])
+    assert [e["summary"] for e in emu.events(ANN)] == ["Changed"]
+    result = writes.delete_event(runtime, cal, made["id"], if_match=emu.events(ANN)[0]["etag"])
+    assert emu.events(ANN) == [] and mirror(runtime, cal) == {}
+    assert changes(runtime, cal)[-1].seq == result.seq
+    settle(runtime, emu, cal)
+
+
+def test_an_account_connected_read_only_gets_insufficient_scope_then_consents_again_and_writes(
+    runtime: Runtime, emu: Any
+) -> None:
+    account = connect_account(runtime, emu, ANN, scopes=(READONLY,))
+    refresh_calendar_list(runtime, account)
+    calendar_id = calendar_row_id(runtime, ANN)
+    with transaction(runtime.sessions) as session:
+        from calsync.store.models import Account
+
+        session.get_one(Account, account).ref = "user-7"
+    with pytest.raises(InsufficientScope) as refused:
+        writes.create_event(runtime, calendar_id, MEETING)
+    assert "consent again" in str(refused.value) and '"ref": "user-7"' in refused.value.reconnect
+    assert emu.events(ANN) == [] and emu.count("calendar.events.insert") == 0
+    connect_with_ref(runtime, emu, ANN, "user-7")  # the connect session asks for the write scope too
+    result = writes.create_event(runtime, calendar_id, MEETING)
+    assert result.event is not None and emu.events(ANN) == [result.event]
+
+
+def test_with_writing_off_the_refusal_names_the_setting(runtime: Runtime, emu: Any) -> None:
+    account = connect_account(runtime, emu, ANN, scopes=(READONLY,))
+    refresh_calendar_list(runtime, account)
+    off = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, google_scopes=(READONLY,)))
+    with pytest.raises(InsufficientScope, match="CALSYNC_GOOGLE_SCOPES"):
+        writes.create_event(off, calendar_row_id(runtime, ANN), MEETING)
+
+
+def test_a_grant_that_lost_its_scope_at_google_is_insufficient_scope(runtime: Runtime, emu: Any, cal: int) -> None:
+    tokens = emu.issue_tokens(ANN, scopes=[READONLY])  # the stored grant says more than Google allows
+    from calsync.accounts.connected import upsert_account
+    from calsync.google.oauth import credentials_from_json
+
+    stored = {
+        "token": tokens["access_token"],
+        "refresh_token": tokens["refresh_token"],
+        "token_uri": emu.url + "/token",
+    }
+    creds = credentials_from_json(json.dumps(stored), runtime.settings)
+    with transaction(runtime.sessions) as session:
+        upsert_account(session, runtime.cipher, ANN, creds, list(WRITER), runtime.clock.now())
+    with pytest.raises(InsufficientScope):
+        writes.create_event(runtime, cal, MEETING)
+
+
+def test_a_calendar_the_user_may_only_read_gets_googles_403(runtime: Runtime, emu: Any, cal: int) -> None:
+    emu.create_user("bob@example.com")
+    emu.share_calendar("bob@example.com", ANN, role="reader")
+    refresh_calendar_list(runtime, 1)
+    shared = calendar_row_id(runtime, "bob@example.com")
+    with pytest.raises(Forbidden) as refused:
+        writes.create_event(runtime, shared, MEETING)
+    assert refused.value.reason == "requiredAccessLevel"
+    assert emu.events("bob@example.com") == []
+
+
+def test_bad_requests_are_refused_before_google(runtime: Runtime, emu: Any, cal: int) -> None:
+    refusals: list[tuple[Callable[[], object], str]] = [
+        (lambda: writes.create_event(runtime, cal, ["not", "an", "object"]), "body"),
+        (lambda: writes.create_event(runtime, cal, MEETING, idempotency_key=""), "Idempotency-Key"),
+        (lambda: writes.create_event(runtime, cal, MEETING, idempotency_key="é"), "Idempotency-Key"),
+        (lambda: writes.create_event(runtime, cal, MEETING, idempotency_key="x" * 201), "Idempotency-Key"),
+        (lambda: writes.create_event(runtime, cal, {**MEETING, "id": "abcde"}, idempotency_key="k"), "id"),
+        (lambda: writes.create_event(runtime, cal, MEETING, send_updates="everyone"), "sendUpdates"),
+        (lambda: writes.patch_event(runtime, cal, "abcde", {}, if_match="\x01"), "If-Match"),
+    ]
+    for call, field in refusals:
+        with pytest.raises(InvalidWrite) as refused:
+            call()
+        assert refused.value.field == field
+    assert emu.count("calendar.events.insert") == emu.count("calendar.events.patch") == 0
+    assert changes(runtime, cal) == []
+
+
+def test_keys_are_kept_a_day_then_pruned_by_the_schedulers_prune_pass(runtime: Runtime, emu: Any, cal: int) -> None:
+    from calsync.work.scheduler import prune
+
+    writes.create_event(runtime, cal, MEETING, idempotency_key="old")
+    now = runtime.clock.now()
+    with transaction(runtime.sessions) as session:
+        prune(session, runtime, now + timedelta(hours=23, minutes=59))
+    with runtime.sessions() as session:
+        assert [k.key for k in session.scalars(select(IdempotencyKey))] == ["old"]
+    with transaction(runtime.sessions) as session:
+        prune(session, runtime, now + timedelta(hours=24, seconds=1))
+    with runtime.sessions() as session:
+        assert session.scalars(select(IdempotencyKey)).all() == []
+
+
+def test_a_sync_woken_by_the_writes_own_notification_cannot_commit_it_first(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """Google made the write and its answer is on its way; meanwhile a sync lists the new version.
+    The sync waits for the write's turn, then finds the etag the write committed: one `api` row."""
+    emu.fail_after_write(1, hold=0.6, status=None, method="calendar.events.insert")
+    done: list[writes.WriteResult] = []
+    writer = threading.Thread(target=lambda: done.append(writes.create_event(runtime, cal, MEETING)))
+    writer.start()
+    deadline = time.monotonic() + 5
+    while not emu.events(ANN) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    syncer = threading.Thread(target=sync_calendar, args=(runtime, cal))
+    syncer.start()  # lists the written event at once, while the write still waits for Google's answer
+    writer.join(10)
+    syncer.join(10)
+    [made] = emu.events(ANN)
+    assert [(c.origin, c.event_id) for c in changes(runtime, cal)] == [("api", made["id"])]
+    assert done[0].seq == changes(runtime, cal)[0].seq
+    settle(runtime, emu, cal)
