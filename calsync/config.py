@@ -107,6 +107,14 @@ class Settings:
     return_urls: tuple[str, ...] = ()
     # Feed rows older than this are deleted by the worker (0: keep every row).
     changes_retention: float = 0.0
+    # Google's quota, with a margin under its limits (10,000/min per project, 600/min per user,
+    # 1,000,000/day per project): other clients of the project, the network's reordering and the
+    # clocks of several machines all eat into it. 0 turns a limit off.
+    quota_per_minute: int = 8000
+    quota_per_user_per_minute: int = 480
+    quota_per_day: int = 900_000
+    # The length of the budget's sliding window; Google's is a minute (shorter only for tests).
+    quota_window: float = 60.0
     instance_path: Path = field(default_factory=lambda: Path("instance").resolve())
 
     @classmethod
@@ -206,6 +214,7 @@ def _convert(name: str, raw: str) -> object:
         "webhook_verify_timeout",
         "lease_seconds",
         "sync_min_interval",
+        "quota_window",
     }:
         seconds = parse_duration(raw)
         if seconds <= 0:
@@ -217,6 +226,8 @@ def _convert(name: str, raw: str) -> object:
         return _parse_bool(raw)
     if name in {"worker_threads", "notification_log_size"}:
         return _whole_number(raw, 1, None, "a positive whole number")
+    if name in {"quota_per_minute", "quota_per_user_per_minute", "quota_per_day"}:
+        return _whole_number(raw, 0, None, "a whole number (0 turns the limit off)")
     if name == "trusted_proxies":
         return _whole_number(raw, 0, MAX_TRUSTED_PROXIES, f"a number of proxy hops (0-{MAX_TRUSTED_PROXIES})")
     if name == "worker_metrics_port":

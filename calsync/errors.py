@@ -3,6 +3,7 @@
 CalsyncError
 ├── ConfigError                 a setting is missing or malformed (names every bad variable)
 ├── LeaseLost                   another worker took over this work; stop without writing
+├── QuotaWait                   the quota budget has no room for this work yet (carries `wait`)
 ├── NotFoundError               an unknown account, calendar, subscription … asked for by a user
 ├── CursorExpired               a feed cursor older than the oldest change kept (carries `oldest_seq`)
 ├── ConsentError                the OAuth consent could not be completed (denied, bad state, exchange)
@@ -213,3 +214,11 @@ class WriteConflict(WriteRefused):
 
 class LeaseLost(CalsyncError):
     """Another worker owns this work now (our lease lapsed); stop without writing."""
+
+
+class QuotaWait(CalsyncError):
+    """The deployment's Google quota has no room for this kind of work for `wait` seconds: put it off."""
+
+    def __init__(self, message: str, *, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait

@@ -11,6 +11,7 @@ from calsync.clock import Clock, SystemClock
 from calsync.config import Settings
 from calsync.store.crypto import TokenCipher, cipher_from_settings
 from calsync.store.db import make_engine, make_sessionmaker
+from calsync.store.quota import Budget, Limits
 from calsync.wakeup import Wakeup
 
 
@@ -22,6 +23,10 @@ class Runtime:
     cipher: TokenCipher
     clock: Clock = field(default_factory=SystemClock)
     wakeup: Wakeup = field(default_factory=Wakeup)
+    budget: Budget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budget = Budget(self.sessions, self.clock, limits(self.settings))
 
     @classmethod
     def create(cls, settings: Settings, *, clock: Clock | None = None, engine: Engine | None = None) -> Runtime:
@@ -36,3 +41,13 @@ class Runtime:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def limits(settings: Settings) -> Limits:
+    """The per-minute budget as the budget's window sees it (the day is planned in calsync.work.quota)."""
+    scale = settings.quota_window / 60.0
+    return Limits(
+        per_window=max(0, round(settings.quota_per_minute * scale)),
+        per_user_per_window=max(0, round(settings.quota_per_user_per_minute * scale)),
+        window=settings.quota_window,
+    )

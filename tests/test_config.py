@@ -78,6 +78,17 @@ def test_return_urls_are_prefixes_and_a_bare_origin_ends_at_its_host() -> None:
             Settings.from_env({"CALSYNC_RETURN_URLS": bad})
 
 
+def test_quota_settings_default_under_googles_limits_and_are_validated() -> None:
+    s = Settings.from_env({})
+    assert (s.quota_per_minute, s.quota_per_user_per_minute, s.quota_per_day) == (8000, 480, 900_000)
+    assert s.quota_per_minute < 10_000 and s.quota_per_user_per_minute < 600 and s.quota_per_day < 1_000_000
+    off = Settings.from_env({"CALSYNC_QUOTA_PER_DAY": "0", "CALSYNC_QUOTA_WINDOW": "5s"})
+    assert (off.quota_per_day, off.quota_window) == (0, 5.0)
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"CALSYNC_QUOTA_PER_MINUTE": "-5", "CALSYNC_QUOTA_PER_USER_PER_MINUTE": "lots"})
+    assert "CALSYNC_QUOTA_PER_MINUTE" in str(err.value) and "CALSYNC_QUOTA_PER_USER_PER_MINUTE" in str(err.value)
+
+
 def test_trusted_proxies_default_to_none_and_must_be_a_small_whole_number() -> None:
     assert Settings.from_env({}).trusted_proxies == 0
     assert Settings.from_env({"CALSYNC_TRUSTED_PROXIES": "2"}).trusted_proxies == 2

@@ -25,6 +25,7 @@ from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import authorization_url, make_flow
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.states import Priority
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,10 @@ def finish_consent(
             "The sign-in could not be finished because Google did not answer.", reason="google_unreachable"
         ) from err
     try:
-        email = str(GoogleCalendar(creds, runtime.settings.calendar_api_endpoint).get_calendar("primary")["id"])
+        budget = runtime.budget.spender(None, Priority.WRITE)  # a person waits on this page
+        email = str(
+            GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget).get_calendar("primary")["id"]
+        )
     except GoogleApiError as err:
         log.warning("primary calendar lookup failed: %s", err)
         raise ConsentError(

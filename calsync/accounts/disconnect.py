@@ -26,7 +26,7 @@ from calsync.google.oauth import revoke
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel
-from calsync.store.states import UNSTOPPED_CHANNEL, AccountStatus, ChangeType, ChannelStatus
+from calsync.store.states import UNSTOPPED_CHANNEL, AccountStatus, ChangeType, ChannelStatus, Priority
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,8 @@ def _stop_channels(
 ) -> None:
     if not channels:
         return
-    google = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
+    budget = runtime.budget.spender(None, Priority.RENEWAL)
+    google = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget)
     for channel_id, resource_id in channels:
         if resource_id is None:  # the watch never answered: there is nothing to stop at Google
             result.channels_stopped.append(channel_id)

@@ -39,6 +39,7 @@ from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
 from calsync.work.leases import Claim, finish_calendar, release_calendar
 from calsync.work.liveness import last_heartbeat
+from calsync.work.quota import describe, outlook
 
 STATE_STYLE = {
     "synced": "green",
@@ -75,6 +76,7 @@ def status(all_channels: bool) -> None:
         titles = {c.id: c.summary or c.google_id for c in calendars}
         last_seq = newest_seq(session)  # the counter: right even when retention deleted every row
         heartbeat = last_heartbeat(session)
+        quota = outlook(session, _settings, now)
     console.print(_accounts_table(accounts, calendars, now))
     console.print(_calendars_table(calendars, channels, emails, now))
     console.print(_channels_table(channels, emails, titles, now))
@@ -85,6 +87,7 @@ def status(all_channels: bool) -> None:
     else:
         worker = f"[bold red]no live worker[/bold red]: last heartbeat {ago(heartbeat, now)}"
     console.print(f"diff log at seq [bold]{last_seq}[/bold] · {worker}")
+    console.print(describe(quota), markup=False)
 
 
 @click.command()

@@ -41,6 +41,7 @@ def api(name: str, scopes: frozenset[str]) -> Callable[[Callable[..., Response]]
             if g.get("calendar_id") == "primary":
                 g.calendar_id = token.grant.user
             emu.faults.check(name, g.get("calendar_id"))
+            emu.quota.check(token.grant.user, emu.clock().timestamp())
             if not scopes & token.scopes:
                 raise ApiError(
                     403,

@@ -230,6 +230,24 @@ def push_faults(emu: Emulator, body: Json) -> Json:
     return {}
 
 
+@route("/quota", ["GET", "PUT"])
+def quota(emu: Emulator, body: Json) -> Json:
+    if body:
+        per_project, per_user = body.get("per_project"), body.get("per_user")
+        emu.enforce_quota(
+            None if per_project is None else int(per_project),
+            None if per_user is None else int(per_user),
+            float(body.get("window", 60.0)),
+        )
+    cfg = emu.quota.config
+    return {
+        "per_project": cfg.per_project,
+        "per_user": cfg.per_user,
+        "window": cfg.window,
+        "refused": emu.quota.refused,
+    }
+
+
 @route("/config", ["GET", "PUT"])
 def config(emu: Emulator, body: Json) -> Json:
     for key in ("max_channel_ttl", "access_token_ttl"):

@@ -23,6 +23,7 @@ from .errors import ApiError
 from .faults import AfterWriteRule, FailRule, Faults, SlowRule
 from .grants import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Grants
 from .push import PushFaults, PushHub, PushRecord, new_channel
+from .quota import Quota
 from .store import Calendar, ListEntry, Store, User, new_id
 
 HTML_BASE = "https://www.google.com"
@@ -86,6 +87,7 @@ class Emulator:
             timeout=push_timeout,
         )
         self.faults = Faults()
+        self.quota = Quota()
         self._pending_consents: dict[str, dict[str, Any]] = {}
         self._log: deque[ApiRequest] = deque(maxlen=log_size)
         self._log_lock = threading.Lock()
@@ -119,6 +121,7 @@ class Emulator:
         self.grants.clear()
         self.push.clear()
         self.faults.clear()
+        self.quota.clear()
         with self._log_lock:
             self._log.clear()
         self._pending_consents.clear()
@@ -339,6 +342,10 @@ class Emulator:
     def slow_next(self, n: int, seconds: float, method: str | None = None, calendar_id: str | None = None) -> None:
         """The next ``n`` matching Calendar API calls are answered ``seconds`` late."""
         self.faults.slow(SlowRule(n, seconds, method, calendar_id))
+
+    def enforce_quota(self, per_project: int | None = None, per_user: int | None = None, window: float = 60.0) -> None:
+        """Refuse Calendar API calls over these limits per sliding window, as Google does (None: no limit)."""
+        self.quota.configure(per_project, per_user, window)
 
     def invalidate_sync_tokens(self, calendar_id: str | None = None) -> None:
         """Every sync token issued so far (one calendar's, or all) now gives 410 fullSyncRequired."""

@@ -7,7 +7,7 @@ import ssl
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import google_auth_httplib2
 import httplib2
@@ -35,6 +35,16 @@ CALENDAR_LIST_PAGE_SIZE = 250
 RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
 
 
+class CallBudget(Protocol):
+    """The deployment's quota budget, as a client sees it (`calsync.store.quota.Spender`)."""
+
+    def before_call(self, method: str) -> None:
+        """Take this call from the budget: return when it may go, or raise QuotaWait."""
+
+    def rate_limited(self, method: str, reason: str | None, retry_after: float | None) -> None:
+        """Google refused a call for its rate (403 usageLimits or 429)."""
+
+
 class GoogleCalendar:
     """One user's Calendar API, over its own HTTP connection (httplib2 is not thread-safe).
 
@@ -42,8 +52,11 @@ class GoogleCalendar:
     this user's authorised connection.
     """
 
-    def __init__(self, credentials: Credentials, api_endpoint: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, credentials: Credentials, api_endpoint: str, *, timeout: float = 30.0, budget: CallBudget | None = None
+    ) -> None:
         self.credentials = credentials
+        self.budget = budget
         self._http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
         self._api = _resources(api_endpoint)
 
@@ -155,11 +168,16 @@ class GoogleCalendar:
 
     # The one place where Google's failures become calsync's errors ---------------------------
     def _call(self, method: str, request: Any) -> Any:
+        if self.budget is not None:
+            self.budget.before_call(method)
         try:
             result = request.execute(http=self._http, num_retries=0)
         except HttpError as err:
             GOOGLE_CALLS.labels(method, str(err.resp.status)).inc()
-            raise map_http_error(err) from err
+            mapped = map_http_error(err)
+            if isinstance(mapped, RateLimited) and self.budget is not None:
+                self.budget.rate_limited(method, mapped.reason, mapped.retry_after)
+            raise mapped from err
         except RefreshError as err:
             GOOGLE_CALLS.labels(method, "refresh_error").inc()
             if getattr(err, "retryable", False):

@@ -24,7 +24,7 @@ from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Account, Calendar, Channel
-from calsync.store.states import LIVE_CHANNEL, ChannelKind, ChannelStatus
+from calsync.store.states import LIVE_CHANNEL, ChannelKind, ChannelStatus, Priority
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def open_events_channel(runtime: Runtime, calendar_id: int) -> str:
+def open_events_channel(runtime: Runtime, calendar_id: int, priority: Priority = Priority.RENEWAL) -> str:
     """Watch a calendar's events; returns the new channel id (the row is active once Google agreed)."""
     with transaction(runtime.sessions) as session:
         cal = session.get(Calendar, calendar_id)
@@ -51,10 +51,10 @@ def open_events_channel(runtime: Runtime, calendar_id: int) -> str:
             ttl=runtime.settings.channel_ttl,
         )
 
-    return _open(runtime, account_id, calendar_id, ChannelKind.EVENTS, watch)
+    return _open(runtime, account_id, calendar_id, ChannelKind.EVENTS, watch, priority)
 
 
-def open_calendar_list_channel(runtime: Runtime, account_id: int) -> str:
+def open_calendar_list_channel(runtime: Runtime, account_id: int, priority: Priority = Priority.RENEWAL) -> str:
     """Watch an account's calendar list, so added and removed calendars are noticed at once."""
 
     def watch(api: GoogleCalendar, channel_id: str, token: str) -> dict[str, Any]:
@@ -65,10 +65,12 @@ def open_calendar_list_channel(runtime: Runtime, account_id: int) -> str:
             ttl=runtime.settings.channel_ttl,
         )
 
-    return _open(runtime, account_id, None, ChannelKind.CALENDAR_LIST, watch)
+    return _open(runtime, account_id, None, ChannelKind.CALENDAR_LIST, watch, priority)
 
 
-def stop_channel(runtime: Runtime, channel_id: str, *, replaced_by: str | None = None) -> None:
+def stop_channel(
+    runtime: Runtime, channel_id: str, *, replaced_by: str | None = None, priority: Priority = Priority.RENEWAL
+) -> None:
     """Tell Google to stop a channel and mark it stopped; an already-gone channel is not an error."""
     with transaction(runtime.sessions) as session:
         channel = session.get(Channel, channel_id)
@@ -80,7 +82,7 @@ def stop_channel(runtime: Runtime, channel_id: str, *, replaced_by: str | None =
         channel.status = ChannelStatus.STOPPING
     try:
         if resource_id:
-            api, creds, token_before = _client(runtime, account_id)
+            api, creds, token_before = _client(runtime, account_id, priority)
             try:
                 api.stop_channel(channel_id, resource_id)
             finally:
@@ -132,18 +134,24 @@ def needs_new_channel(channels: list[Channel], now: datetime, renew_before: floa
     )
 
 
-def replace_channel(runtime: Runtime, *, calendar_id: int | None = None, account_id: int | None = None) -> str:
+def replace_channel(
+    runtime: Runtime,
+    *,
+    calendar_id: int | None = None,
+    account_id: int | None = None,
+    priority: Priority = Priority.RENEWAL,
+) -> str:
     """Open a new channel first, then stop the old ones (the caller syncs afterwards to cover the seam)."""
     with transaction(runtime.sessions) as session:
         kind = ChannelKind.EVENTS if calendar_id is not None else ChannelKind.CALENDAR_LIST
         old = [c.id for c in live_channels(session, calendar_id=calendar_id, account_id=account_id, kind=kind)]
     if calendar_id is not None:
-        new_id = open_events_channel(runtime, calendar_id)
+        new_id = open_events_channel(runtime, calendar_id, priority)
     else:
         assert account_id is not None
-        new_id = open_calendar_list_channel(runtime, account_id)
+        new_id = open_calendar_list_channel(runtime, account_id, priority)
     for old_id in old:
-        stop_channel(runtime, old_id, replaced_by=new_id)
+        stop_channel(runtime, old_id, replaced_by=new_id, priority=priority)
     return new_id
 
 
@@ -161,6 +169,7 @@ def _open(
     calendar_id: int | None,
     kind: str,
     watch: Callable[[GoogleCalendar, str, str], dict[str, Any]],
+    priority: Priority,
 ) -> str:
     channel_id = str(uuid.uuid4())
     token = secrets.token_urlsafe(32)
@@ -177,7 +186,7 @@ def _open(
             )
         )
     try:
-        api, creds, token_before = _client(runtime, account_id)
+        api, creds, token_before = _client(runtime, account_id, priority)
         try:
             granted = watch(api, channel_id, token)
         finally:
@@ -221,10 +230,11 @@ def _sibling_resource_id(session: Session, channel: Channel) -> str | None:
     return session.scalar(stmt.order_by(Channel.created_at.desc()).limit(1))
 
 
-def _client(runtime: Runtime, account_id: int) -> tuple[GoogleCalendar, Any, str | None]:
+def _client(runtime: Runtime, account_id: int, priority: Priority) -> tuple[GoogleCalendar, Any, str | None]:
     with transaction(runtime.sessions) as session:
         account = session.get(Account, account_id)
         if account is None:
             raise GoogleNotFound(f"account {account_id} does not exist", status=404, reason="notFound")
         creds = load_credentials(runtime, account)
-    return GoogleCalendar(creds, runtime.settings.calendar_api_endpoint), creds, creds.token
+    budget = runtime.budget.spender(account_id, priority)
+    return GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget), creds, creds.token

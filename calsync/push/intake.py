@@ -158,10 +158,11 @@ class Intake:
             record_batch(cursor, dialect, batch, self._rt.clock.now())
             trim = self._since_trim + len(batch) >= TRIM_EVERY
             if trim:
-                cursor.execute(
-                    TRIM_LOG.format(p="?" if dialect.name == "sqlite" else "%s"),
-                    (self._rt.settings.notification_log_size,),
-                )
+                for sql in TRIM_LOG:
+                    cursor.execute(
+                        sql.format(p="?" if dialect.name == "sqlite" else "%s"),
+                        (self._rt.settings.notification_log_size,),
+                    )
             conn.commit()
         except BaseException:
             conn.rollback()

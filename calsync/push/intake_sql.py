@@ -29,6 +29,13 @@ from calsync.store.models import Notification
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind, sql_list
 from calsync.wakeup import CHANNEL as WAKEUP_CHANNEL
 
+# How far above a channel's high-water mark a message number may be and still move it. Google's numbers
+# start at 1 (the sync message) and grow by small steps; a number beyond this came from someone who holds
+# the channel's token but not Google's counter (a leaked token), and moving the mark there would make every
+# later real message look like a duplicate. Such a message still owes a sync (as any accepted message
+# does), but leaves the mark where it was; duplicates are likewise only numbers at most this far below it.
+MAX_STEP = 10_000
+
 REFUSED = frozenset({"unknown_channel", "bad_token", "bad_resource", "stopped_channel", "account_inactive"})
 
 
@@ -103,9 +110,14 @@ def record_batch(cursor: Any, dialect: Dialect, batch: list[Item], now: datetime
 
 
 def decide(batch: list[Item], channels: dict[str, ChannelRow]) -> Owed:
-    """Set each item's outcome as if the items had come one by one; what they owe together."""
+    """Set each item's outcome as if the items had come one by one; what they owe together.
+
+    The mark a message is measured against is the stored one (no mark counts as 0) raised by the batch's
+    earlier messages that moved it; only a number within `MAX_STEP` above the stored mark moves it.
+    """
     owed = Owed()
-    last_seen = {cid: row.last_message_number for cid, row in channels.items()}
+    stored = {cid: row.last_message_number or 0 for cid, row in channels.items()}
+    mark = dict(stored)
     for item in batch:
         push = item.push
         if push is None:
@@ -116,13 +128,13 @@ def decide(batch: list[Item], channels: dict[str, ChannelRow]) -> Owed:
         if refusal is not None or channel is None:
             item.outcome = refusal or "unknown_channel"
             continue
-        newest = last_seen[push.channel_id]
-        newer = newest is None or newest < push.message_number
+        number, base, newest = push.message_number, stored[push.channel_id], mark[push.channel_id]
+        newer = base < number <= base + MAX_STEP and number > newest
         if newer:
-            last_seen[push.channel_id] = owed.seen[push.channel_id] = push.message_number
+            mark[push.channel_id] = owed.seen[push.channel_id] = number
         if push.state == "sync":
             item.outcome = "sync"
-        elif not newer:
+        elif not newer and newest - MAX_STEP < number <= newest:
             item.outcome = "duplicate"
         else:
             item.outcome = "queued"
@@ -243,7 +255,7 @@ INSERT INTO notifications (channel_id, resource_state, message_number, resource_
 VALUES (?, ?, ?, ?, ?, ?, ?)"""
 
 # PostgreSQL: the whole batch in one statement, the same decisions as `decide` (in arrival order:
-# `earlier` is the newest accepted message of the same channel before this one in the batch). The
+# `newest` is the stored mark raised by the batch's earlier messages of the channel that moved it). The
 # channel rows are not read FOR UPDATE: when two processes' batches race on one channel, the
 # guarded UPDATE still only moves its number forward, and the worst case is one message counted
 # as new twice, which owes one sync that coalescing absorbs. Data-modifying CTEs run to completion
@@ -271,17 +283,20 @@ WITH input AS (
       LEFT JOIN channels AS c ON c.id = i.channel_id AND NOT i.malformed
       LEFT JOIN accounts AS a ON a.id = c.account_id
 ), ranked AS (
-    SELECT k.*, max(number) FILTER (WHERE refusal IS NULL) OVER (
-               PARTITION BY channel_id ORDER BY ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier
+    SELECT k.*, coalesce(stored, 0) AS base,
+           number > coalesce(stored, 0) AND number <= coalesce(stored, 0) + {MAX_STEP} AS within,
+           greatest(coalesce(stored, 0), coalesce(max(number) FILTER (
+               WHERE refusal IS NULL AND number > coalesce(stored, 0) AND number <= coalesce(stored, 0) + {MAX_STEP})
+               OVER (PARTITION BY channel_id ORDER BY ord ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))
+               AS newest
       FROM checked AS k
 ), decided AS (
     SELECT d.*,
            CASE WHEN refusal IS NOT NULL THEN refusal
                 WHEN state = 'sync' THEN 'sync'
-                WHEN newer THEN 'queued'
-                ELSE 'duplicate' END AS outcome
-      FROM (SELECT r.*, refusal IS NULL AND number > greatest(coalesce(stored, -1), coalesce(earlier, -1)) AS newer
-              FROM ranked AS r) AS d
+                WHEN NOT newer AND number > newest - {MAX_STEP} AND number <= newest THEN 'duplicate'
+                ELSE 'queued' END AS outcome
+      FROM (SELECT r.*, refusal IS NULL AND within AND number > newest AS newer FROM ranked AS r) AS d
 ), seen AS (
     UPDATE channels AS c
        SET last_message_number = v.n, status = {_MARK_SEEN.format(table="c.")}
@@ -307,9 +322,18 @@ SELECT 0, 'notified' FROM (
                         OR EXISTS (SELECT FROM owe_list_refresh WHERE newly_owed)) AS owed) AS woken"""
 
 
-TRIM_LOG = "DELETE FROM notifications WHERE id <= (SELECT max(id) FROM notifications) - {p}"
+# The log keeps two histories, each bounded on its own: notifications of our channels (accepted, even as
+# duplicates) and the rest (refused or malformed). Anyone can send the second kind, so a flood of forged
+# ones must not push the real history out of the inspector.
+NOT_ACCEPTED = REFUSED | {"malformed"}
+_NOT_ACCEPTED_SQL = ", ".join(f"'{outcome}'" for outcome in sorted(NOT_ACCEPTED))
+_TRIM_ONE = (
+    "DELETE FROM notifications WHERE outcome {op} ({names}) AND id <= (SELECT id FROM notifications"
+    " WHERE outcome {op} ({names}) ORDER BY id DESC LIMIT 1 OFFSET {{p}})"
+)
+TRIM_LOG = tuple(_TRIM_ONE.format(op=op, names=_NOT_ACCEPTED_SQL) for op in ("NOT IN", "IN"))
 
 
 def trim_log(session: Session, keep: int) -> int:
-    """Keep only the newest `keep` notifications."""
-    return rows_affected(session.execute(text(TRIM_LOG.format(p=":keep")), {"keep": keep}))
+    """Keep only the newest `keep` accepted notifications and the newest `keep` others."""
+    return sum(rows_affected(session.execute(text(sql.format(p=":keep")), {"keep": keep})) for sql in TRIM_LOG)

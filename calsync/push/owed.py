@@ -17,11 +17,14 @@ from calsync.store.models import Calendar
 # ({now} is the driver's placeholder). A sync already owed keeps its time: one owed for later (a
 # backoff's retry_at, or the follow-up of a burst) is never cut short nor turned into one call per
 # message, and one already due is not pushed back. Leaving due_at alone when a sync is already owed
-# also lets PostgreSQL update the row in place (no index entry changes) under a burst.
+# also lets PostgreSQL update the row in place (no index entry changes) under a burst. The sync is
+# owed to a notification, so it is claimed before renewals, first syncs and reconciliations
+# (a calendar already owing something more urgent keeps that).
 OWE_SYNC = """sync_requested = sync_requested + 1,
        due_at = CASE WHEN retry_at > {now} THEN retry_at
                      WHEN sync_requested > sync_done AND due_at IS NOT NULL THEN due_at
-                     ELSE {now} END"""
+                     ELSE {now} END,
+       due_priority = CASE WHEN due_priority > 1 THEN 1 ELSE due_priority END"""
 OWE_LIST = """list_requested = list_requested + 1,
        list_due_at = CASE WHEN list_error_count > 0 AND list_due_at > {now} THEN list_due_at ELSE {now} END"""
 _OWE_SYNC_ONE = text(f"UPDATE calendars SET {OWE_SYNC.format(now=':now')} WHERE id = :id").bindparams(

@@ -25,6 +25,9 @@ from dateutil.parser import isoparse
 from calsync.store.jsontext import loads
 
 MAX_WINDOW = timedelta(days=366)
+# The years a window may lie in: far enough from datetime's limits for every widening of it.
+EARLIEST = datetime(2, 1, 1, tzinfo=UTC)
+LATEST = datetime(9998, 1, 1, tzinfo=UTC)
 # Occurrences remembered per series at most (a daily series over 130 years); windows beyond are
 # expanded afresh on each question instead of being kept.
 MAX_REMEMBERED = 50_000
@@ -415,7 +418,13 @@ def _original_key(data: dict[str, Any], zone: tzinfo) -> datetime | date | None:
 
 
 def check_window(low: datetime, high: datetime) -> None:
-    """ValueError unless `low < high` and the window is at most MAX_WINDOW long."""
+    """ValueError unless `low < high`, the window is at most MAX_WINDOW long and inside the years answered.
+
+    Answering widens the window (by the longest event, by a few days, and by the merged span around it),
+    so a window at the very ends of datetime's range (year 1, year 9999) would overflow as it is widened.
+    """
+    if low < EARLIEST or high > LATEST:
+        raise ValueError(f"times must be from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}")
     if high <= low:
         raise ValueError("timeMax must be later than timeMin")
     if high - low > MAX_WINDOW:

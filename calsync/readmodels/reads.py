@@ -140,6 +140,9 @@ def events_page(
     }
 
 
+_MAX_EVENT_ID = 2**31 - 1  # events.id is an INTEGER on PostgreSQL
+
+
 def encode_page_token(row_id: int) -> str:
     return base64.urlsafe_b64encode(f"e:{row_id}".encode()).decode().rstrip("=")
 
@@ -151,7 +154,8 @@ def decode_page_token(token: str) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError) as err:
         raise ValueError("malformed pageToken") from err
     prefix, _, number = text.partition(":")
-    if prefix != "e" or not number.isdigit():
+    # ASCII digits of an id the events table can hold: anything else is no token calsync made.
+    if prefix != "e" or not (number.isascii() and number.isdigit()) or len(number) > 10 or int(number) > _MAX_EVENT_ID:
         raise ValueError("malformed pageToken")
     return int(number)
 

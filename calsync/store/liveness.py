@@ -11,16 +11,23 @@ the dashboard and `calsync status` all read this one rule.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, Engine, bindparam, event, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from calsync.store.models import WorkerHeartbeat
 
 HEARTBEAT_SECONDS = 2.0
 WORKER_ALIVE = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+RECENT_BEAT = timedelta(seconds=HEARTBEAT_SECONDS / 2)  # a beat this fresh need not be written before a claim
+
+# Per database: worker name -> the newest beat this process committed for it.
+_committed: weakref.WeakKeyDictionary[Engine, dict[str, datetime]] = weakref.WeakKeyDictionary()
+_committed_lock = threading.Lock()
 
 _BEATS = WorkerHeartbeat.__table__
 # For statements built once: pass `stale_before(now)` under this name.
@@ -43,14 +50,33 @@ def claiming_as(session: Session, owner: str, now: datetime) -> None:
     Without it a worker could take the work of its own other threads whenever its beats looked old:
     when the clock stepped forward, or while its heartbeat thread waited for the database. Only an
     existing row is touched: an owner without one (the CLI's one-off sync) has none to keep.
+
+    A beat this process committed less than `RECENT_BEAT` ago (by this clock) already says so, and
+    is not written again: every wake-up of every worker thread claims, and on SQLite each of those
+    writes held the one write lock that the notification intake waits for.
     """
     worker = owner.rpartition("/")[0] or owner
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    last = _committed.get(engine, {}).get(worker)
+    if last is not None and timedelta(0) <= now - last <= RECENT_BEAT:
+        return
     session.execute(
         update(WorkerHeartbeat)
         .where(WorkerHeartbeat.name == worker)
         .values(seen_at=now)
         .execution_options(synchronize_session=False)
     )
+    event.listen(session, "after_commit", lambda _session: beat_committed(engine, worker, now), once=True)
+
+
+def beat_committed(engine: Engine, worker: str, at: datetime) -> None:
+    """The heartbeat row of `worker` in `engine`'s database says `at`, committed by this process."""
+    with _committed_lock:
+        beats = _committed.setdefault(engine, {})
+        last = beats.get(worker)
+        if last is None or at > last:
+            beats[worker] = at
 
 
 def lease_is_free(owner: Any, until: Any, now: Any, stale: Any = STALE_BEFORE) -> ColumnElement[bool]:

@@ -10,11 +10,13 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -32,6 +34,7 @@ from calsync.store.states import (
     ChannelStatus,
     DeliveryState,
     Origin,
+    Priority,
     SubscriptionStatus,
     SyncState,
     event_kind,
@@ -119,7 +122,11 @@ class Calendar(Base):
     """One Google calendar of an account, with its sync token and its place in the work queue."""
 
     __tablename__ = "calendars"
-    __table_args__ = (UniqueConstraint("account_id", "google_id"),)
+    __table_args__ = (
+        UniqueConstraint("account_id", "google_id"),
+        # The claim's order: the most urgent kind of owed work first, then the longest waiting.
+        Index("ix_calendars_due_priority_due_at", "due_priority", "due_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
@@ -136,10 +143,15 @@ class Calendar(Base):
     full_sync_gen: Mapped[int] = mapped_column(Integer, default=0)
     last_synced_at: Mapped[datetime | None]
     next_reconcile_at: Mapped[datetime | None]
+    # The last sync that found a real change (not a snapshot): how active the calendar is, which
+    # decides whose reconciliations stretch first when the day's quota is short.
+    last_changed_at: Mapped[datetime | None]
     # Work queue: requested > done means a sync is owed; due_at says when it may run.
     sync_requested: Mapped[int] = mapped_column(Integer, default=1)
     sync_done: Mapped[int] = mapped_column(Integer, default=0)
     due_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Why the owed sync is owed (a Priority): claims take the most urgent first.
+    due_priority: Mapped[int] = mapped_column(SmallInteger, default=Priority.FIRST_SYNC)
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None]
     error_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -278,6 +290,30 @@ class Counter(Base):
 
     name: Mapped[str] = mapped_column(String(40), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class QuotaBudget(Base):
+    """Google's quota as one row per scope ("project", "user:<account id>"), shared by every process.
+
+    Times are Unix seconds (floats), so the budget's arithmetic is the same on both engines. The
+    project's row also carries the day's counts (Google's day ends at midnight Pacific time) and
+    the plan: how far reconciliations are stretched to fit the day's budget.
+    """
+
+    __tablename__ = "quota_budget"
+
+    scope: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tat: Mapped[float] = mapped_column(Float, default=0.0)  # when the calls taken so far are paid off
+    hold_until: Mapped[float] = mapped_column(Float, default=0.0)  # Google's Retry-After
+    factor: Mapped[float] = mapped_column(Float, default=1.0)  # share of the rate after the last slow-down
+    factor_at: Mapped[float] = mapped_column(Float, default=0.0)  # when that slow-down happened
+    day: Mapped[int] = mapped_column(Integer, default=0)  # YYYYMMDD in Pacific time
+    calls_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    reconcile_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_sync_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    stretch: Mapped[float] = mapped_column(Float, default=0.0)  # see calsync.work.quota.Plan
+    projected: Mapped[int] = mapped_column(BigInteger, default=0)
+    planned_at: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class Notification(Base):

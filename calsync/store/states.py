@@ -8,7 +8,7 @@ words); a `StrEnum` member *is* its string, so `Channel.status == ChannelStatus.
 from __future__ import annotations
 
 from collections.abc import Collection
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 
 class AccountStatus(StrEnum):
@@ -138,6 +138,20 @@ class DeliveryState(StrEnum):
     PENDING = "pending"  # due now or at its next retry
     DELIVERED = "delivered"  # the endpoint answered 2xx
     FAILED = "failed"  # retries exhausted; can be replayed
+
+
+class Priority(IntEnum):
+    """Who goes first when Google's quota is tight (smaller is more urgent).
+
+    A calendar's `due_priority` says why its next sync is owed, so claims take the most urgent first;
+    every Google call takes its place in the budget with the priority of the work it does.
+    """
+
+    WRITE = 0  # a change an app asked calsync to make in Google
+    NOTIFICATION = 1  # a sync owed to a push notification (or to the seam of a new channel)
+    RENEWAL = 2  # a channel about to expire, and the sync across its seam
+    FIRST_SYNC = 3  # the first full sync of a newly connected calendar
+    RECONCILE = 4  # the periodic safety-net sync
 
 
 def sql_list(states: Collection[StrEnum]) -> str:

@@ -21,7 +21,7 @@ from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar
-from calsync.store.states import ChangeType
+from calsync.store.states import ChangeType, Priority
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,9 @@ class CalendarListResult:
     kept: list[int]
 
 
-def refresh_calendar_list(runtime: Runtime, account_id: int) -> CalendarListResult:
+def refresh_calendar_list(
+    runtime: Runtime, account_id: int, priority: Priority = Priority.NOTIFICATION
+) -> CalendarListResult:
     """Read the account's calendar list from Google and mirror it in Calendar rows, in one transaction.
 
     New calendars (and ones back on the list) ask for a sync; removed ones leave the work queue but
@@ -47,7 +49,8 @@ def refresh_calendar_list(runtime: Runtime, account_id: int) -> CalendarListResu
         creds = load_credentials(runtime, account)
     token_before = creds.token
     try:
-        entries = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint).list_calendars()
+        budget = runtime.budget.spender(account_id, priority)
+        entries = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget).list_calendars()
     except AuthRevoked as err:
         with transaction(runtime.sessions) as session:
             mark_reauth_required(session, account_id, str(err), runtime.clock.now())

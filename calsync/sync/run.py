@@ -43,13 +43,15 @@ from calsync.metrics import EVENTS_SKIPPED, SYNC_SECONDS, SYNCS
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Calendar, Event
-from calsync.store.states import SyncState
+from calsync.store.states import ChangeKind, Priority, SyncState
 from calsync.sync.mirror import PageMirror
 from calsync.sync.state import CalendarState
-from calsync.sync.turns import turn
+from calsync.sync.turns import page_transaction
 
 log = logging.getLogger(__name__)
 
+# What makes a calendar active (a first sync's snapshots do not).
+_REAL_CHANGES = (ChangeKind.CREATED, ChangeKind.UPDATED, ChangeKind.DELETED)
 # The calendar row's per-page updates go through Core: the ORM's bulk-update path costs more than the statement.
 _CALENDARS = Calendar.__table__
 
@@ -82,16 +84,24 @@ def sync_calendar(
     page_size: int = EVENTS_PAGE_SIZE,
     start: CalendarState | None = None,
     finish: Finish | None = None,
+    priority: Priority = Priority.NOTIFICATION,
 ) -> SyncResult:
     """Bring one calendar's mirror and diff log up to date with Google.
 
     Without a sync token (or with `full`) this lists everything; a 410 on the token clears it and
     does the same. Errors other than a 410 propagate for the worker to schedule around. `start` is
-    the calendar as the claim read it (else it is read here); `finish` needs `lease_owner`.
+    the calendar as the claim read it (else it is read here); `finish` needs `lease_owner`. Every
+    call is taken from the quota budget as `priority` (a sync nobody waits for passes that in).
     """
     started = time.monotonic()
     job = _SyncRun.load(
-        runtime, calendar_id, lease_owner=lease_owner, progress=progress, page_size=page_size, start=start
+        runtime,
+        calendar_id,
+        lease_owner=lease_owner,
+        progress=progress,
+        page_size=page_size,
+        start=start,
+        priority=priority,
     )
     job.finish = finish
     kind = "incremental" if job.sync_token and not full else ("resync" if job.baseline_done else "full")
@@ -154,6 +164,7 @@ class _SyncRun:
         progress: Progress | None,
         page_size: int,
         start: CalendarState | None = None,
+        priority: Priority = Priority.NOTIFICATION,
     ) -> _SyncRun:
         if start is None:  # not claimed by a worker (the CLI, the first sync after consent): read the row
             with runtime.sessions() as session:
@@ -181,7 +192,8 @@ class _SyncRun:
             page_size=page_size,
             token_before=creds.token,
         )
-        job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
+        budget = runtime.budget.spender(start.account_id, priority)
+        job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget)
         return job
 
     def run(self, kind: str) -> SyncResult:
@@ -195,7 +207,7 @@ class _SyncRun:
                 next_sync_token = page.get("nextSyncToken")
                 items: list[dict[str, Any]] = list(page.get("items") or [])
                 # A write through calsync to this calendar commits before or after this page, never amid it.
-                with turn(self.runtime, self.calendar_id), transaction(self.runtime.sessions) as session:
+                with page_transaction(self.runtime, self.calendar_id) as session:
                     now = self.runtime.clock.now()
                     self._extend_lease(session, now)
                     if token is None and gen is None:
@@ -214,7 +226,8 @@ class _SyncRun:
                         mirror.finish(deferred)
                         if gen is not None and not fresh:
                             mirror.sweep()
-                        self._finish(session, next_sync_token if not self.skipped else token, now)
+                        changed = self._changed() or any(c.kind in _REAL_CHANGES for c in mirror.changes)
+                        self._finish(session, next_sync_token if not self.skipped else token, now, changed)
                     save_if_refreshed(session, self.runtime, self.account_id, credentials, self.token_before)
                     append_changes(session, mirror.changes, now)
                     if next_sync_token and not self.baseline_done:
@@ -328,7 +341,10 @@ class _SyncRun:
         mirrored = session.scalar(select(Event.id).where(Event.calendar_id == self.calendar_id).limit(1))
         return gen, mirrored is None
 
-    def _finish(self, session: Session, next_sync_token: str | None, now: datetime) -> None:
+    def _changed(self) -> bool:
+        return any(self.counts[kind] for kind in _REAL_CHANGES)
+
+    def _finish(self, session: Session, next_sync_token: str | None, now: datetime, changed: bool) -> None:
         """The listing's end: the new sync token, and the calendar's state.
 
         When some event could not be applied, the token the listing began from is kept instead
@@ -344,6 +360,8 @@ class _SyncRun:
             "last_error": None,
             "next_reconcile_at": now + timedelta(seconds=self.runtime.settings.reconcile_every),
         }
+        if changed:
+            values["last_changed_at"] = now
         stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
         if self.finish is not None:
             values.update(self.finish(now))

@@ -46,7 +46,7 @@ from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Event
-from calsync.store.states import AccountStatus, Origin
+from calsync.store.states import AccountStatus, Origin, Priority
 from calsync.sync import idempotency, turns
 from calsync.sync.mirror import CANCELLED, PageMirror
 
@@ -239,7 +239,8 @@ class _Target:
     def client(self, runtime: Runtime) -> GoogleCalendar:
         self.credentials = credentials_from_stored(runtime, self.stored_credentials)
         self.token_before = self.credentials.token
-        return GoogleCalendar(self.credentials, runtime.settings.calendar_api_endpoint)
+        budget = runtime.budget.spender(self.account_id, Priority.WRITE)  # first in line for the quota
+        return GoogleCalendar(self.credentials, runtime.settings.calendar_api_endpoint, budget=budget)
 
     def google(self, runtime: Runtime, call: Callable[[], _T]) -> _T:
         """Every Google call of a write goes through here (one place for the quota budget, where

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app, request
+from flask.json.provider import DefaultJSONProvider
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -21,6 +22,7 @@ from calsync.store.locations import resource_dir
 from calsync.web import receiver
 
 STATIC = resource_dir("static")
+JSON_DEPTH = 32  # levels of arrays and objects a request body may nest
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SESSION_KEY_FILE = "secret.key"
 
@@ -35,6 +37,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
         template_folder=str(TEMPLATES),
         instance_path=str(settings.instance_path),
     )
+    app.json = _JSONProvider(app)
     # An event's text may hold a lone surrogate (JSON allows it; UTF-8 has no form for it): escaped
     # where a page shows it, so the page still renders.
     app.jinja_env.finalize = _displayable
@@ -85,6 +88,35 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     return app
+
+
+class _JSONProvider(DefaultJSONProvider):
+    """Flask's JSON, but a body nested deeper than `JSON_DEPTH` is malformed (a 400): calsync's bodies
+    are a few levels deep, and deeper ones reached code that walks them recursively (a RecursionError,
+    a 500), as the decoder itself does past about a thousand levels."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            value = super().loads(s, **kwargs)
+        except RecursionError as err:
+            raise ValueError("JSON nested too deeply") from err
+        if _depth_over(value, JSON_DEPTH):
+            raise ValueError(f"JSON nested deeper than {JSON_DEPTH} levels")
+        return value
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest deeper than `limit`, found without recursion."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 RETRY_AFTER_SECONDS = 2

@@ -100,7 +100,9 @@ def oauth2callback() -> ResponseReturnValue:
     pending = session.pop(OAUTH_KEY, None)
     link = pending.get("link") if pending else None
     given_state = request.args.get("state")
-    if not pending or not given_state or not secrets.compare_digest(str(pending.get("state")), given_state):
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, not a mismatch).
+    expected = str(pending.get("state") if pending else "").encode()
+    if not pending or not given_state or not secrets.compare_digest(expected, given_state.encode()):
         if link:
             return _back_to_app(link, ConnectOutcome.ERROR, error="state_mismatch")
         reason = (

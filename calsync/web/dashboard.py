@@ -24,9 +24,11 @@ from calsync.humanize import (
     event_when,
     expires_in,
     field_diffs,
+    human_duration,
     lifecycle_title,
     utc_label,
 )
+from calsync.push.intake_sql import NOT_ACCEPTED
 from calsync.readmodels import availability, timeline
 from calsync.store.db import transaction
 from calsync.store.models import (
@@ -48,10 +50,14 @@ from calsync.web.operator_login import (
     secure_headers,
 )
 from calsync.work.liveness import heartbeat_is_fresh, last_heartbeat
+from calsync.work.quota import outlook
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 
 PAGE_SIZE = 50
+BIGINT_MAX = 2**63 - 1  # the largest seq or log id a column holds, on either engine
+INT_MAX = 2**31 - 1  # the largest account or calendar id (INTEGER columns on PostgreSQL)
+NOTIFICATION_VIEWS = ("accepted", "refused")  # the inspector's two histories
 
 bp.before_request(check_csrf)
 bp.after_request(secure_headers)
@@ -89,7 +95,7 @@ def overview() -> Any:
     return render_template("dashboard/overview.html", blocks=blocks, stats=stats, reauth=reauth, now=now)
 
 
-@bp.get("/calendars/<int:calendar_id>")
+@bp.get(f"/calendars/<int(max={INT_MAX}):calendar_id>")
 @require_admin
 def calendar(calendar_id: int) -> Any:
     """The coming week's occurrences of one calendar, day by day, from the mirror."""
@@ -107,8 +113,8 @@ def calendar(calendar_id: int) -> Any:
 @bp.get("/changes")
 @require_admin
 def changes() -> Any:
-    calendar_id = request.args.get("calendar", type=int)
-    before = request.args.get("before", type=int)
+    calendar_id = _int_arg("calendar", most=INT_MAX)
+    before = _int_arg("before")
     with runtime().sessions() as session:
         window = feed_window(session, calendar_id=calendar_id, below=before, limit=PAGE_SIZE)
         rows = [_change_view(c) for c in window.entries]
@@ -131,8 +137,8 @@ def changes() -> Any:
 @require_admin
 def changes_fragment() -> Any:
     """Rows newer than `after`, for the auto-refresh script; the new cursor is in X-Cursor."""
-    after = request.args.get("after", default=0, type=int)
-    calendar_id = request.args.get("calendar", type=int)
+    after = _int_arg("after", 0) or 0
+    calendar_id = _int_arg("calendar", most=INT_MAX)
     with runtime().sessions() as session:
         window = feed_window(session, calendar_id=calendar_id, above=after, limit=PAGE_SIZE)
         rows = [_change_view(c) for c in window.entries]
@@ -145,14 +151,16 @@ def changes_fragment() -> Any:
 def notifications() -> Any:
     limit = _limit()
     channel = request.args.get("channel") or None
+    show = _show_arg()
     with runtime().sessions() as session:
-        rows = _notification_rows(session, limit, channel, after=None)
+        rows = _notification_rows(session, limit, channel, after=None, show=show)
     cursor = rows[0][0].id if rows else 0
     return render_template(
         "dashboard/notifications.html",
         rows=rows,
         limit=limit,
         channel=channel,
+        show=show,
         cursor=cursor,
         now=runtime().clock.now(),
         log_size=runtime().settings.notification_log_size,
@@ -162,10 +170,10 @@ def notifications() -> Any:
 @bp.get("/notifications/fragment")
 @require_admin
 def notifications_fragment() -> Any:
-    after = request.args.get("after", default=0, type=int)
+    after = _int_arg("after", 0) or 0
     channel = request.args.get("channel") or None
     with runtime().sessions() as session:
-        rows = _notification_rows(session, _limit(), channel, after=after)
+        rows = _notification_rows(session, _limit(), channel, after=after, show=_show_arg())
     html = render_template("dashboard/_notification_rows.html", rows=rows, now=runtime().clock.now())
     return html, 200, {"X-Cursor": str(rows[0][0].id if rows else after), "Content-Type": "text/html; charset=utf-8"}
 
@@ -209,7 +217,7 @@ def replay(sub_id: str) -> Any:
     from calsync.webhooks.claimcheck import replay as replay_deliveries
     from calsync.webhooks.subscriptions import get_subscription
 
-    delivery = request.form.get("delivery", type=int)
+    delivery = _int_arg("delivery", source=request.form)
     rt = runtime()
     try:
         with transaction(rt.sessions) as session:
@@ -231,7 +239,7 @@ def replay(sub_id: str) -> Any:
     return redirect(back if _is_dashboard_path(back) else url_for("dashboard.webhooks"))
 
 
-@bp.post("/accounts/<int:account_id>/disconnect")
+@bp.post(f"/accounts/<int(max={INT_MAX}):account_id>/disconnect")
 @require_admin
 def disconnect(account_id: int) -> Any:
     from calsync.accounts.disconnect import disconnect_account
@@ -256,6 +264,11 @@ def _ago_filter(value: datetime | None) -> Markup:
 @bp.app_template_filter("expires")
 def _expires_filter(value: datetime | None) -> Markup:
     return _time_tag(value, expires_in(value, runtime().clock.now()))
+
+
+@bp.app_template_filter("duration")
+def _duration_filter(seconds: float) -> str:
+    return human_duration(seconds)
 
 
 @bp.app_template_filter("utc")
@@ -317,6 +330,7 @@ def _stats(session: Session, now: datetime) -> dict[str, Any]:
         or 0,
         "worker_seen": seen_at,
         "worker_alive": heartbeat_is_fresh(seen_at, now),
+        "quota": outlook(session, runtime().settings, now),
     }
 
 
@@ -389,8 +403,9 @@ def _calendar_choices(session: Session) -> list[tuple[int, str]]:
 
 
 def _notification_rows(
-    session: Session, limit: int, channel: str | None, after: int | None
+    session: Session, limit: int, channel: str | None, after: int | None, show: str = "accepted"
 ) -> list[tuple[Notification, str | None]]:
+    """The newest notifications of one history: our channels' (`accepted`) or the refused and malformed."""
     query = (
         select(Notification, Calendar.summary)
         .outerjoin(Channel, Channel.id == Notification.channel_id)
@@ -400,6 +415,8 @@ def _notification_rows(
     )
     if channel:
         query = query.where(Notification.channel_id == channel)
+    refused = Notification.outcome.in_(sorted(NOT_ACCEPTED))
+    query = query.where(refused if show == "refused" else ~refused)
     if after is not None:
         query = query.where(Notification.id > after)
     return [(n, summary) for n, summary in session.execute(query)]
@@ -417,9 +434,33 @@ def _attempts(session: Session, delivery_ids: list[int]) -> dict[int, list[Deliv
 
 
 def _limit() -> int:
-    wanted = request.args.get("limit", default=50, type=int) or 50
+    wanted = _int_arg("limit", 50) or 50
     return max(1, min(wanted, runtime().settings.notification_log_size, 1000))
 
 
+def _int_arg(name: str, default: int | None = None, *, source: Any = None, most: int = BIGINT_MAX) -> int | None:
+    """A whole-number parameter: absent or empty is `default`; anything but ASCII digits, or a number
+    past what its column holds (`most`), is a 400, not a 500 from the driver."""
+    raw = (request.args if source is None else source).get(name)
+    if not raw:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > most:
+        abort(400, f"{name} must be a whole number from 0 to {most}")
+    return int(raw)
+
+
+def _show_arg() -> str:
+    show = request.args.get("show") or "accepted"
+    if show not in NOTIFICATION_VIEWS:
+        abort(400, "show must be accepted or refused")
+    return show
+
+
 def _is_dashboard_path(value: str | None) -> TypeGuard[str]:
-    return value is not None and value.startswith("/dashboard") and "//" not in value and "\\" not in value
+    return (
+        value is not None
+        and value.startswith("/dashboard")
+        and "//" not in value
+        and "\\" not in value
+        and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)  # no CR/LF into a Location header
+    )

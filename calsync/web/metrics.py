@@ -30,6 +30,7 @@ from calsync.runtime import Runtime
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import AccountStatus, ChannelStatus, SyncState
 from calsync.web.app import runtime
+from calsync.work.quota import outlook
 
 bp = Blueprint("metrics", __name__)
 
@@ -91,6 +92,7 @@ class DatabaseCollector(Collector):
             ).all()
             by_status = session.execute(select(Account.status, func.count()).group_by(Account.status)).all()
             channels = session.execute(select(Channel.status, func.count()).group_by(Channel.status)).all()
+            quota = outlook(session, self.runtime.settings, now)
 
         expiry = GaugeMetricFamily(
             "calsync_channel_next_expiry_seconds", "Seconds until the soonest active channel expires (absent when none)"
@@ -116,6 +118,26 @@ class DatabaseCollector(Collector):
         chans = GaugeMetricFamily("calsync_channels", "Push channels by status", labels=["status"])
         _fill(chans, channels, tuple(ChannelStatus))
         yield chans
+
+        calls = GaugeMetricFamily("calsync_quota_calls_today", "Google API calls in the current quota day (Pacific)")
+        calls.add_metric([], quota.calls_today)
+        yield calls
+        projected = GaugeMetricFamily(
+            "calsync_quota_projected_calls", "Calls the quota day is projected to end with, under the current plan"
+        )
+        projected.add_metric([], quota.projected)
+        yield projected
+        budget = GaugeMetricFamily("calsync_quota_per_day", "CALSYNC_QUOTA_PER_DAY (0: no daily limit)")
+        budget.add_metric([], quota.budget)
+        yield budget
+        interval = GaugeMetricFamily(
+            "calsync_reconcile_interval_seconds",
+            "The current reconcile interval: for a calendar that changed lately, and for one quiet for a week",
+            labels=["calendars"],
+        )
+        interval.add_metric(["active"], quota.interval_busy)
+        interval.add_metric(["quiet"], quota.interval_idle)
+        yield interval
 
 
 def _fill(family: GaugeMetricFamily, rows: Sequence[Row[str, int]], known: tuple[str, ...]) -> None:

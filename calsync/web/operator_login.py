@@ -208,6 +208,9 @@ def _safe_next(value: str | None) -> str:
     default = url_for("dashboard.overview")
     if not value:
         return default
+    # A control character (CR, LF) cannot go into a Location header: werkzeug would raise, a 500.
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return default
     parts = urlsplit(value)
     if parts.scheme or parts.netloc or not parts.path.startswith("/dashboard") or "\\" in value:
         return default

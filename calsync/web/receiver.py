@@ -14,6 +14,8 @@ Flask unchanged.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 PATH = "/notifications"
 STATES = ("sync", "exists", "not_exists")
+INVALID_STATE = "invalid"  # the metrics label of every other value: anyone can send any header
+REFUSAL_LOG_EVERY = 60.0  # seconds: at most one WARNING line for refused notifications per period
 BODY_CAP = 64 * 1024  # Google sends no body; anything this large is not Google
 NUL_REFUSED = "bad request: NUL byte in the request line or headers\n"  # see has_nul
 _LOGGED_HEADERS = (
@@ -49,6 +53,7 @@ class Receiver:
     def __init__(self, next_app: WSGIApp, runtime: Runtime) -> None:
         self._next = next_app
         self.intake = Intake(runtime)  # its writer thread starts on first use, in the serving process
+        self.refusals = RefusalLog()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH:
@@ -67,12 +72,12 @@ class Receiver:
         if has_nul(environ):
             return "400 BAD REQUEST", NUL_REFUSED.encode()
         length = environ.get("CONTENT_LENGTH") or "0"
-        if not length.isdigit() or int(length) > BODY_CAP:
-            NOTIFICATIONS.labels("none", "oversized").inc()
+        if not (length.isascii() and length.isdigit()) or int(length) > BODY_CAP:
+            NOTIFICATIONS.labels(INVALID_STATE, "oversized").inc()
             return "413 REQUEST ENTITY TOO LARGE", b"body too large; notifications carry none\n"
         sent = {name: environ[key] for name, key in _ENVIRON_KEYS if key in environ}
         push, problem = parse_headers(sent)
-        state = push.state if push else sent.get("X-Goog-Resource-State", "none")[:20]
+        state = push.state if push else INVALID_STATE
         try:
             outcome = self.intake.record(push, _for_log(sent))
         except IntakeUnavailable:
@@ -84,9 +89,38 @@ class Receiver:
         if push is None:
             return "400 BAD REQUEST", f"bad request: {problem}\n".encode()
         if outcome in REFUSED:
-            log.warning("refused notification for channel %s: %s", push.channel_id, outcome)
+            self.refusals.log(push.channel_id, outcome)
             return "404 NOT FOUND", b""
         return "200 OK", b""
+
+
+class RefusalLog:
+    """The WARNING line for refused notifications, at most once per `every` seconds.
+
+    Anyone can POST a made-up channel id, so one line per refusal would let a stranger fill the
+    log; the line names the latest refusal and how many were left unlogged since the previous one.
+    """
+
+    def __init__(self, every: float = REFUSAL_LOG_EVERY) -> None:
+        self.every = every
+        self._lock = threading.Lock()
+        self._next_at = 0.0
+        self._unlogged = 0
+
+    def log(self, channel_id: str, outcome: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_at:
+                self._unlogged += 1
+                return
+            self._next_at = now + self.every
+            unlogged, self._unlogged = self._unlogged, 0
+        log.warning(
+            "refused notification for channel %s: %s (%d more refused since the last line)",
+            channel_id[:64],
+            outcome,
+            unlogged,
+        )
 
 
 def mount(app: Any, runtime: Runtime) -> Receiver:
@@ -103,7 +137,8 @@ def parse_headers(headers: Any) -> tuple[Push | None, str]:
     if state not in STATES:
         return None, "X-Goog-Resource-State must be sync, exists or not_exists"
     raw_number = (headers.get("X-Goog-Message-Number") or "").strip()
-    if not raw_number.isdigit() or len(raw_number) > 18:
+    # ASCII digits only: str.isdigit() also takes "²" and other digits that int() refuses.
+    if not (raw_number.isascii() and raw_number.isdigit()) or len(raw_number) > 18:
         return None, "X-Goog-Message-Number must be a whole number"
     return Push(
         channel_id=channel_id,

@@ -1,7 +1,8 @@
 """Running calsync under gunicorn: the web app alone, or the web app plus worker threads.
 
 `calsync serve` is what most people run, so it is a production server (gunicorn's threaded
-worker), never Flask's development server. Its single worker process also runs the calsync Worker,
+worker, reading each request whole before a thread takes it: `calsync.web.reading_worker`), never
+Flask's development server. Its single worker process also runs the calsync Worker,
 sharing the app's Runtime: a notification handled by a request thread wakes a worker thread
 through the in-process condition, with no polling in between.
 """
@@ -29,7 +30,7 @@ GRACEFUL_SECONDS = 30
 
 
 class CalsyncApplication(BaseApplication):  # type: ignore[misc]
-    """gunicorn, configured in code: gthread workers, and optionally calsync's Worker in each."""
+    """gunicorn, configured in code: threaded workers that read requests whole, optionally with calsync's Worker."""
 
     def __init__(
         self,
@@ -48,7 +49,7 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
         self.options: dict[str, Any] = {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "gthread",
+            "worker_class": "calsync.web.reading_worker.ReadingThreadWorker",
             "threads": threads,
             "graceful_timeout": GRACEFUL_SECONDS,
             "timeout": 60,

@@ -2,15 +2,16 @@
 
 Each job gets a Claim (ids and the lease owner, never ORM objects), uses short sessions, and is
 idempotent: running it twice costs at most a few calls, never a duplicate change. Errors are
-sorted here into backoff (rate limits, 5xx), long retries (forbidden), re-consent (dead grant) and
-"someone else has it" (lease lost); the broad `except` is only at the top of a job.
+sorted here into backoff (rate limits, 5xx), long retries (forbidden), re-consent (dead grant),
+"not yet" (no room in the quota budget: put off, not counted as a failure) and "someone else has
+it" (lease lost); the broad `except` is only at the top of a job.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -22,6 +23,7 @@ from calsync.errors import (
     GoogleApiError,
     GoogleNotFound,
     LeaseLost,
+    QuotaWait,
     TransientGoogleError,
 )
 from calsync.push.channels import (
@@ -34,7 +36,7 @@ from calsync.push.channels import (
 from calsync.runtime import Runtime
 from calsync.store.db import transaction, when_back
 from calsync.store.models import Account, Calendar
-from calsync.store.states import ChannelKind, SyncState
+from calsync.store.states import ChannelKind, Priority, SyncState
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
 from calsync.work.backoff import backoff_delay
@@ -42,6 +44,8 @@ from calsync.work.leases import (
     Claim,
     account_list_error_count,
     calendar_error_count,
+    defer_account_list,
+    defer_calendar,
     fail_account_list,
     fail_calendar,
     finish_account_list,
@@ -50,6 +54,7 @@ from calsync.work.leases import (
     release_account_list,
     release_calendar,
 )
+from calsync.work.quota import next_reconcile
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,10 @@ def run_calendar_job(runtime: Runtime, claim: Claim) -> None:
         _sync_with_channel(runtime, claim)
     except LeaseLost:
         log.info("calendar %s: lease lost to another worker; dropping the job", claim.id)
+    except QuotaWait as err:
+        with transaction(runtime.sessions) as session:
+            defer_calendar(session, claim, runtime.clock.now() + timedelta(seconds=err.wait))
+        log.info("calendar %s: %s; put off", claim.id, err)
     except AuthRevoked as err:
         _account_revoked(runtime, _account_of(runtime, claim.id), str(err))
         with transaction(runtime.sessions) as session:
@@ -81,6 +90,9 @@ def run_list_job(runtime: Runtime, claim: Claim) -> None:
     """Keep the account's calendar-list channel alive, refresh the list, stop removed calendars' channels."""
     try:
         _refresh_with_channel(runtime, claim)
+    except QuotaWait as err:
+        with transaction(runtime.sessions) as session:
+            defer_account_list(session, claim, runtime.clock.now() + timedelta(seconds=err.wait))
     except AuthRevoked as err:
         _account_revoked(runtime, claim.id, str(err))
         with transaction(runtime.sessions) as session:
@@ -123,6 +135,8 @@ def describe(err: BaseException) -> str:
 def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
     settings = runtime.settings
     start = claim.calendar
+    priority = claim.priority
+    renewal = min(priority, Priority.RENEWAL)  # a channel's calls go before first syncs and reconciliations
     if start is not None and start.channel_ok is not None:
         baseline_before, channel_ok = start.baseline_done, start.channel_ok
     else:
@@ -133,25 +147,29 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
             )
     if baseline_before and not channel_ok:
         # New channel first, old one stopped; the sync below covers the seam between them.
-        replace_channel(runtime, calendar_id=claim.id)
+        replace_channel(runtime, calendar_id=claim.id, priority=renewal)
         start = None  # the watch may have refreshed the account's token: read it again
+        priority = renewal  # the sync across the seam belongs to the renewal
     if baseline_before:
         # Nothing follows the sync: the lease is released and owed work settled with its last page.
         def finish(now: datetime) -> dict[str, Any]:
-            return finish_values(claim, now, settings.reconcile_every, settings.sync_min_interval)
+            reconcile = _reconcile_in(runtime, claim, now)
+            return finish_values(claim, now, reconcile, settings.sync_min_interval)
 
-        sync_calendar(runtime, claim.id, lease_owner=claim.owner, start=start, finish=finish)
+        sync_calendar(runtime, claim.id, lease_owner=claim.owner, start=start, finish=finish, priority=priority)
         return
-    sync_calendar(runtime, claim.id, lease_owner=claim.owner, start=start)
-    # The first full sync is the baseline; only now is the calendar worth watching. Changes made
-    # between the last page and the watch are caught by one more (incremental) sync.
-    replace_channel(runtime, calendar_id=claim.id)
+    sync_calendar(runtime, claim.id, lease_owner=claim.owner, start=start, priority=priority)
+    # The first full sync is the baseline; only now is the calendar worth watching (at once, not
+    # after the rest of a queue of first syncs). Changes made between the last page and the watch
+    # are caught by one more (incremental) sync, owed like a notification's.
+    replace_channel(runtime, calendar_id=claim.id, priority=renewal)
     with transaction(runtime.sessions) as session:
         session.execute(
             update(Calendar).where(Calendar.id == claim.id).values(sync_requested=Calendar.sync_requested + 1)
         )
         runtime.wakeup.notify_after_commit(session)
-        if not finish_calendar(session, claim, runtime.clock.now(), settings.reconcile_every, 0.0):
+        now = runtime.clock.now()
+        if not finish_calendar(session, claim, now, _reconcile_in(runtime, claim, now), 0.0):
             log.info("calendar %s: synced, but the lease had passed to another worker", claim.id)
 
 
@@ -165,13 +183,13 @@ def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
         )
     if renew:
         # Watch first: the refresh below then covers everything since the watch began.
-        replace_channel(runtime, account_id=claim.id)
-    result = refresh_calendar_list(runtime, claim.id)
+        replace_channel(runtime, account_id=claim.id, priority=min(claim.priority, Priority.RENEWAL))
+    result = refresh_calendar_list(runtime, claim.id, claim.priority)
     if result.removed:
         with transaction(runtime.sessions) as session:
             doomed = [c.id for cal_id in result.removed for c in live_channels(session, calendar_id=cal_id)]
         for channel_id in doomed:
-            stop_channel(runtime, channel_id)
+            stop_channel(runtime, channel_id, priority=Priority.NOTIFICATION)
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
         if result.added:
@@ -181,7 +199,12 @@ def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
                 .values(due_at=now)
             )
             runtime.wakeup.notify_after_commit(session)
-        finish_account_list(session, claim, now, settings.reconcile_every)
+        finish_account_list(session, claim, now, _reconcile_in(runtime, claim, now))
+
+
+def _reconcile_in(runtime: Runtime, claim: Claim, now: datetime) -> float:
+    """When the safety net next runs for this calendar (or calendar list): spread and stretched."""
+    return next_reconcile(runtime, claim.id, now, claim.last_changed_at, claim.created_at)
 
 
 def _fail(

@@ -6,6 +6,10 @@ serialises writers. A lease is free once it ran out or once its holder stopped b
 (`calsync.store.liveness`): a killed worker's work is taken over within seconds, a slow one keeps
 it. The claimer remembers `requested` at claim time; finishing sets `done` to that value, so
 requests that came in during the work leave exactly one more run owed.
+
+Calendars are claimed most urgent first (`due_priority`: notification syncs, renewals, first syncs,
+reconciliations), and only in the classes the quota budget admits now, so a notification that
+arrives behind thousands of queued first syncs is the next calendar claimed.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
+from calsync.clock import utc
 from calsync.store.db import is_postgres, rows_affected
 from calsync.store.liveness import claiming_as, lease_is_free, stale_before
 from calsync.store.models import Account, Calendar, Channel
-from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, SyncState
+from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, Priority, SyncState
 from calsync.sync.state import CalendarState
 
 
@@ -34,18 +39,28 @@ class Claim:
     claimed_at: datetime | None = None
     calendar: CalendarState | None = None
     more_due: bool = False  # another calendar was due and free when this one was claimed
+    priority: Priority = Priority.NOTIFICATION  # why the work is owed: the budget's class for its calls
+    created_at: datetime | None = None
+    last_changed_at: datetime | None = None
 
 
 def claim_calendar(
-    session: Session, owner: str, now: datetime, lease_seconds: float, renew_before: float | None = None
+    session: Session,
+    owner: str,
+    now: datetime,
+    lease_seconds: float,
+    renew_before: float | None = None,
+    ceiling: Priority = Priority.RECONCILE,
 ) -> Claim | None:
-    """The calendar that has waited longest for a sync, leased to `owner`; None when nothing is due.
+    """The most urgent calendar owing a sync, longest waiting first, leased to `owner`; None when nothing is due.
 
-    One statement takes the lease and returns the job's starting state, whether another calendar
-    is waiting too, and (given `renew_before`) whether an active channel outlasts the renewal window.
+    Only classes up to `ceiling` (the quota budget's answer) are taken. One statement takes the
+    lease and returns the job's starting state, whether another calendar is waiting too, and
+    (given `renew_before`) whether an active channel outlasts the renewal window.
     """
     claiming_as(session, owner, now)
     params = {
+        "ceiling": int(ceiling),
         "now": now,
         "stale_before": stale_before(now),
         "owner": owner,
@@ -76,34 +91,39 @@ def claim_calendar(
         claimed_at=now,
         calendar=state,
         more_due=bool(row.more_due),
+        priority=Priority(row.due_priority),
+        created_at=utc(row.created_at),
+        last_changed_at=utc(row.last_changed_at),
     )
 
 
 def finish_calendar(
-    session: Session, claim: Claim, now: datetime, reconcile_every: float, min_interval: float = 0.0
+    session: Session, claim: Claim, now: datetime, reconcile_in: float, min_interval: float = 0.0
 ) -> bool:
     """Record a successful sync: one more run if requests arrived meanwhile, else reconcile later."""
     result = session.execute(
         update(Calendar)
         .where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner)
-        .values(**finish_values(claim, now, reconcile_every, min_interval))
+        .values(**finish_values(claim, now, reconcile_in, min_interval))
     )
     return bool(rows_affected(result))
 
 
-def finish_values(claim: Claim, now: datetime, reconcile_every: float, min_interval: float = 0.0) -> dict[str, Any]:
+def finish_values(claim: Claim, now: datetime, reconcile_in: float, min_interval: float = 0.0) -> dict[str, Any]:
     """The calendar's queue fields after a successful sync (for an UPDATE guarded by the lease).
 
     The one more run waits until `min_interval` after this one began, so a burst that outlasts a
-    sync still costs one more call, not one per notification.
+    sync still costs one more call, not one per notification; it is owed to a notification. Else
+    the next sync is the reconciliation, `reconcile_in` seconds from now (see calsync.work.quota).
     """
     follow_up = max(now, (claim.claimed_at or now) + timedelta(seconds=min_interval))
+    reconcile_at = now + timedelta(seconds=reconcile_in)
+    more = Calendar.sync_requested > claim.requested
     return {
         "sync_done": claim.requested,
-        "due_at": case(
-            (Calendar.sync_requested > claim.requested, follow_up), else_=now + timedelta(seconds=reconcile_every)
-        ),
-        "next_reconcile_at": now + timedelta(seconds=reconcile_every),
+        "due_at": case((more, follow_up), else_=reconcile_at),
+        "due_priority": case((more, int(Priority.NOTIFICATION)), else_=int(Priority.RECONCILE)),
+        "next_reconcile_at": reconcile_at,
         "lease_owner": None,
         "lease_until": None,
         "error_count": 0,
@@ -132,6 +152,15 @@ def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float
     return bool(rows_affected(result))
 
 
+def defer_calendar(session: Session, claim: Claim, until: datetime) -> None:
+    """Give the work back for later, untouched otherwise: the quota budget has no room for it yet."""
+    session.execute(
+        update(Calendar)
+        .where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner)
+        .values(lease_owner=None, lease_until=None, due_at=until)
+    )
+
+
 def release_calendar(session: Session, claim: Claim) -> None:
     """Give the work back untouched (shutdown, or a job that must not run now)."""
     session.execute(
@@ -145,10 +174,17 @@ def calendar_error_count(session: Session, calendar_id: int) -> int:
     return int(session.scalar(select(Calendar.error_count).where(Calendar.id == calendar_id)) or 0)
 
 
-def claim_account_list(session: Session, owner: str, now: datetime, lease_seconds: float) -> Claim | None:
-    """An active account whose calendar list is due for a refresh, leased to `owner`."""
+def claim_account_list(
+    session: Session, owner: str, now: datetime, lease_seconds: float, ceiling: Priority = Priority.RECONCILE
+) -> Claim | None:
+    """An active account whose calendar list is due for a refresh, leased to `owner`.
+
+    A refresh owed to a notification (or to a new connection) is urgent; a periodic one is a
+    reconciliation, taken only when the budget admits those.
+    """
     claiming_as(session, owner, now)
-    row = session.execute(_PICK_LIST, {"now": now, "stale_before": stale_before(now)}).first()
+    pick = _PICK_LIST if ceiling >= Priority.RECONCILE else _PICK_LIST_OWED
+    row = session.execute(pick, {"now": now, "stale_before": stale_before(now)}).first()
     if row is None:
         return None
     session.execute(
@@ -156,7 +192,24 @@ def claim_account_list(session: Session, owner: str, now: datetime, lease_second
         .where(Account.id == row.id)
         .values(list_lease_owner=owner, list_lease_until=now + timedelta(seconds=lease_seconds))
     )
-    return Claim(id=row.id, requested=row.list_requested, owner=owner, claimed_at=now)
+    owed = row.list_requested > row.list_done
+    return Claim(
+        id=row.id,
+        requested=row.list_requested,
+        owner=owner,
+        claimed_at=now,
+        priority=Priority.NOTIFICATION if owed else Priority.RECONCILE,
+        created_at=utc(row.connected_at or row.created_at),
+    )
+
+
+def defer_account_list(session: Session, claim: Claim, until: datetime) -> None:
+    """Give the refresh back for later: the quota budget has no room for it yet."""
+    session.execute(
+        update(Account)
+        .where(Account.id == claim.id, Account.list_lease_owner == claim.owner)
+        .values(list_lease_owner=None, list_lease_until=None, list_due_at=until)
+    )
 
 
 def finish_account_list(session: Session, claim: Claim, now: datetime, reconcile_every: float) -> bool:
@@ -210,8 +263,10 @@ _NOW = bindparam("now", type_=_CAL.c.due_at.type)
 
 
 def _claimable(cal: Any, acct: Any) -> tuple[ColumnElement[bool], ...]:
-    """A calendar that may be claimed now: due, not removed, its lease free, its account active."""
+    """A calendar that may be claimed now: due, in a class the budget admits, not removed, its
+    lease free, its account active."""
     return (
+        cal.c.due_priority <= bindparam("ceiling", type_=cal.c.due_priority.type),
         cal.c.due_at <= _NOW,
         cal.c.removed_at.is_(None),
         lease_is_free(cal.c.lease_owner, cal.c.lease_until, _NOW),
@@ -228,7 +283,7 @@ def _claimable_from(name: str) -> tuple[Any, Any]:
 
 _pick, _pick_query = _claimable_from("pick")
 _PICK = (
-    _pick_query.order_by(_pick.c.due_at, _pick.c.id)
+    _pick_query.order_by(_pick.c.due_priority, _pick.c.due_at, _pick.c.id)
     .limit(1)
     .with_for_update(skip_locked=True, of=_pick)
     .scalar_subquery()
@@ -237,6 +292,9 @@ _other, _other_query = _claimable_from("other")
 _RETURNED = (
     _CAL.c.id,
     _CAL.c.sync_requested,
+    _CAL.c.due_priority,
+    _CAL.c.created_at,
+    _CAL.c.last_changed_at,
     _CAL.c.account_id,
     _CAL.c.google_id,
     _CAL.c.sync_token,
@@ -264,14 +322,16 @@ _PEEK = select(*_RETURNED).where(_CAL.c.id == _PICK)
 _LEASE = update(_CAL).where(_CAL.c.id == bindparam("claimed")).values(**_SET_LEASE)
 
 
+_LIST_DUE = (
+    _ACC.c.status == AccountStatus.ACTIVE,
+    _ACC.c.list_due_at <= _NOW,
+    lease_is_free(_ACC.c.list_lease_owner, _ACC.c.list_lease_until, _NOW),
+)
 _PICK_LIST = (
-    select(_ACC.c.id, _ACC.c.list_requested)
-    .where(
-        _ACC.c.status == AccountStatus.ACTIVE,
-        _ACC.c.list_due_at <= _NOW,
-        lease_is_free(_ACC.c.list_lease_owner, _ACC.c.list_lease_until, _NOW),
-    )
+    select(_ACC.c.id, _ACC.c.list_requested, _ACC.c.list_done, _ACC.c.connected_at, _ACC.c.created_at)
+    .where(*_LIST_DUE)
     .order_by(_ACC.c.list_due_at, _ACC.c.id)
     .limit(1)
     .with_for_update(skip_locked=True)
 )
+_PICK_LIST_OWED = _PICK_LIST.where(_ACC.c.list_requested > _ACC.c.list_done)

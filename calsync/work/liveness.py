@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from calsync.clock import utc
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected, transaction
-from calsync.store.liveness import HEARTBEAT_SECONDS, heartbeat_is_fresh
+from calsync.store.liveness import HEARTBEAT_SECONDS, beat_committed, heartbeat_is_fresh
 from calsync.store.models import WorkerHeartbeat
 
 __all__ = ["Heartbeat", "heartbeat_is_fresh", "last_heartbeat"]
@@ -46,11 +46,14 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Say this worker is alive now; a database error is logged and the next beat tries again."""
+        now = self.runtime.clock.now()
         try:
             with transaction(self.runtime.sessions) as session:
-                self._write(session, self.runtime.clock.now())
+                self._write(session, now)
         except SQLAlchemyError:
             log.exception("heartbeat of %s failed; will retry", self.name)
+        else:
+            beat_committed(self.runtime.engine, self.name, now)
 
     def start(self) -> None:
         if self._thread is None:

@@ -25,7 +25,7 @@ from calsync.push.intake_sql import trim_log
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
-from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus
+from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, Priority
 from calsync.sync.idempotency import prune_keys
 
 HEARTBEAT_RETENTION = timedelta(days=1)
@@ -120,7 +120,12 @@ def _make_calendars_due(session: Session, ids: set[int], now: datetime) -> int:
         session.execute(
             update(Calendar)
             .where(Calendar.id.in_(ids), not_yet)
-            .values(due_at=case((Calendar.retry_at > now, Calendar.retry_at), else_=now))
+            .values(
+                due_at=case((Calendar.retry_at > now, Calendar.retry_at), else_=now),
+                due_priority=case(
+                    (Calendar.due_priority > Priority.RENEWAL, int(Priority.RENEWAL)), else_=Calendar.due_priority
+                ),
+            )
         )
     )
 

@@ -14,7 +14,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, select
@@ -33,10 +33,13 @@ from calsync.work.leases import (
     Claim,
     claim_account_list,
     claim_calendar,
+    defer_account_list,
+    defer_calendar,
     release_account_list,
     release_calendar,
 )
 from calsync.work.liveness import Heartbeat
+from calsync.work.quota import replan
 from calsync.work.scheduler import (
     expire_lapsed_channels,
     prune,
@@ -56,6 +59,7 @@ DELIVERY_BATCH = 50
 
 JobFn = Callable[[Runtime, Claim], None]
 ReleaseFn = Callable[[Session, Claim], None]
+DeferFn = Callable[[Session, Claim, datetime], None]
 
 _DELIVERIES = Delivery.__table__
 _DELIVERY_NOW = bindparam("now", type_=_DELIVERIES.c.next_attempt_at.type)
@@ -152,7 +156,9 @@ class Worker:
         self._schedule()
 
     def _schedule(self) -> None:
-        """Due renewals, lapsed channels, bounded logs; then connections nobody confirmed in time."""
+        """Due renewals, lapsed channels, bounded logs, the day's quota plan; then connections nobody
+        confirmed in time."""
+        replan(self.runtime)
         now = self.runtime.clock.now()
         try:
             with transaction(self.runtime.sessions) as session:
@@ -182,7 +188,10 @@ class Worker:
             if stop is not None and stop.is_set():
                 self._release(release, claim)
                 return done
-            run(rt, claim)
+            try:
+                run(rt, claim)
+            finally:
+                rt.budget.forget_prepaid()
             done += 1
         if deliveries_due and not (stop is not None and stop.is_set()):
             done += self._deliveries(owner)
@@ -212,11 +221,31 @@ class Worker:
         with transaction(rt.sessions) as session:
             now = rt.clock.now()
             deliveries_due = _deliveries_may_be_due(session, now)
-            claim = claim_account_list(session, owner, now, settings.lease_seconds)
+            # Only the kinds of work the quota budget has room for now (None: Google said wait).
+            ceiling = rt.budget.ceiling(session)
+            if ceiling is None:
+                return None, run_calendar_job, release_calendar, deliveries_due
+            claim = claim_account_list(session, owner, now, settings.lease_seconds, ceiling)
             if claim is not None:
-                return claim, run_list_job, release_account_list, deliveries_due
-            claim = claim_calendar(session, owner, now, settings.lease_seconds, settings.renew_before)
+                if self._prepay(session, claim, claim.id, defer_account_list, now):
+                    return claim, run_list_job, release_account_list, deliveries_due
+                return None, run_list_job, release_account_list, deliveries_due
+            claim = claim_calendar(session, owner, now, settings.lease_seconds, settings.renew_before, ceiling)
+            if (
+                claim is not None
+                and claim.calendar is not None
+                and not self._prepay(session, claim, claim.calendar.account_id, defer_calendar, now)
+            ):
+                claim = None
             return claim, run_calendar_job, release_calendar, deliveries_due
+
+    def _prepay(self, session: Session, claim: Claim, account_id: int, defer: DeferFn, now: datetime) -> bool:
+        """Take the job's first call in the claim's own transaction; put the job off if its user has no room."""
+        wait = self.runtime.budget.prepay(session, claim.priority, account_id)
+        if wait > 0.0:
+            defer(session, claim, now + timedelta(seconds=wait))
+            return False
+        return True
 
     def _release(self, release_fn: ReleaseFn, claim: Claim) -> None:
         with transaction(self.runtime.sessions) as session:

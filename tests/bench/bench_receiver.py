@@ -1,13 +1,17 @@
-"""Receiver throughput and latency: `POST /notifications` under `calsync web` against a bare Flask 200.
+"""Receiver throughput and latency: `POST /notifications` under `calsync serve` and `calsync web`, each
+against a bare Flask 200 in the same gunicorn layout.
 
-Both servers run with the same gunicorn settings (`calsync web` defaults: 2 gthread processes x 8
-threads) on loopback. Load comes from other processes: wrk (max throughput, closed loop, a Lua
-script sending valid channel ids, tokens and increasing message numbers over 50 channels), and an
-open-loop Python generator at a fixed 500 notifications/s whose latencies are measured from each
-request's scheduled send time (so a stall is not hidden by the generator waiting on it).
+`calsync serve` runs 1 process x 8 threads with its worker in the same process, syncing every calendar
+the notifications mark against the emulator, as people run it; `calsync web` runs its defaults (2
+processes x 8 threads) with no worker. Each is compared with the bare endpoint under the same worker
+class, processes and threads (`_bare_app.py`), on loopback. Load comes from other processes: wrk (max
+throughput, closed loop, a Lua script sending valid channel ids, tokens and increasing message
+numbers over 50 channels), and an open-loop Python generator at a fixed 500 notifications/s whose
+latencies are measured from each request's scheduled send time (so a stall is not hidden by the
+generator waiting on it).
 
 Targets: receiver/bare max throughput >= 0.7; p99 < 10 ms at 500 notifications/s.
-Correctness: every notification answered 200, and the calendars owe syncs for them.
+Correctness: every notification answered 200, and the calendars owe (or had) syncs for them.
 
 Throughput on a shared 2-core machine drifts from run to run (the bare endpoint alone has ranged from
 about 1,500 to 5,000/s), so each wrk run also counts the CPU it cost per notification, read from /proc:
@@ -41,6 +45,8 @@ from calsync.store.models import Account, Calendar, Channel, Notification
 from tests.bench._common import (
     Deployment,
     Report,
+    all_synced,
+    connect_account,
     database,
     engines,
     free_port,
@@ -48,11 +54,15 @@ from tests.bench._common import (
     percentile,
     run_main,
     start_emulator,
+    wait_until,
     workdir,
 )
 
 CHANNELS = 50
 RATE = 500.0
+CALENDARS_PER_ACCOUNT = 10
+# Each command's default layout: gunicorn processes (8 threads each); `serve` also runs the worker.
+PROCESSES = {"serve": 1, "web": 2}
 
 
 def main(args: Any) -> int:
@@ -63,30 +73,53 @@ def main(args: Any) -> int:
     emu = start_emulator()
     try:
         with workdir("receiver") as work:
-            bare_port = free_port()
-            bare = _start_bare(work, bare_port)
-            try:
-                for kind in engines(args.db):
-                    with database(kind, work, "receiver") as url:
-                        _run(report, kind, emu, url, work, bare_port, bare.pid, seconds)
-            finally:
-                bare.terminate()
-                bare.wait(15)
+            for server in PROCESSES if args.server == "both" else (args.server,):
+                bare_port = free_port()
+                bare = _start_bare(work, bare_port, PROCESSES[server])
+                try:
+                    for kind in engines(args.db):
+                        with database(kind, work, f"receiver_{server}") as url:
+                            _run(report, server, kind, emu, url, work, bare_port, bare.pid, seconds)
+                        emu.reset()
+                finally:
+                    bare.terminate()
+                    bare.wait(15)
     finally:
         emu.stop()
     return report.finish()
 
 
 def _run(
-    report: Report, kind: str, emu: Any, url: str, work: Path, bare_port: int, bare_pid: int, seconds: int
+    report: Report,
+    server: str,
+    kind: str,
+    emu: Any,
+    url: str,
+    work: Path,
+    bare_port: int,
+    bare_pid: int,
+    seconds: int,
 ) -> None:
-    print(f"-- {kind}", flush=True)
+    label = f"{server} {kind}"
+    print(
+        f"-- calsync {server} on {kind}, against bare Flask in {PROCESSES[server]} process(es) x 8 threads", flush=True
+    )
     dep = Deployment(emu, url, work)
     rt = dep.runtime()
-    channels = _insert_channels(rt, CHANNELS)
-    web = dep.start(["web", "--port", str(dep.port)], f"web-{kind}")
+    if server == "serve":
+        for email in _make_calendars(emu, CHANNELS):
+            connect_account(rt, emu, email)
+    else:
+        _insert_calendars(rt, CHANNELS)
+    web = dep.start([server, "--port", str(dep.port)], f"{server}-{kind}")
     try:
         dep.wait_http()
+        if server == "serve" and not report.check(
+            bool(wait_until(lambda: all_synced(rt, CHANNELS), 120, 0.2)),
+            f"[{label}] {CHANNELS} calendars synced and watched before the load",
+        ):
+            return
+        channels = _insert_channels(rt)
         dep.wait_http(port=bare_port)
         lua = work / "notify.lua"
         lua.write_text(_lua(channels))
@@ -99,7 +132,7 @@ def _run(
             bare_best = max(bare_runs, key=lambda r: r["rps"])
             recv_best = max(recv_runs, key=lambda r: r["rps"])
             report.figure(
-                f"[{kind}] max throughput (wrk -t2 -c16)",
+                f"[{label}] max throughput (wrk -t2 -c16)",
                 recv_best["rps"],
                 "notifications/s",
                 baseline=bare_best["rps"],
@@ -108,38 +141,38 @@ def _run(
                 met=recv_best["rps"] >= 0.7 * bare_best["rps"],
             )
             report.figure(
-                f"[{kind}] latency at max throughput p50",
+                f"[{label}] latency at max throughput p50",
                 recv_best["p50"],
                 "ms",
                 baseline=bare_best["p50"],
                 baseline_name="bare",
             )
             report.figure(
-                f"[{kind}] latency at max throughput p99",
+                f"[{label}] latency at max throughput p99",
                 recv_best["p99"],
                 "ms",
                 baseline=bare_best["p99"],
                 baseline_name="bare",
             )
-            _report_cpu(report, kind, bare_runs, recv_runs)
+            _report_cpu(report, label, bare_runs, recv_runs)
             report.check(
                 all(r["non2xx"] == 0 and r["errors"] == 0 for r in recv_runs),
-                f"[{kind}] every wrk notification answered 2xx, no connection errors "
+                f"[{label}] every wrk notification answered 2xx, no connection errors "
                 f"({[(r['non2xx'], r['errors']) for r in recv_runs]})",
             )
             timeouts = sum(r["timeouts"] for r in recv_runs)
             if timeouts:
                 report.note(
-                    f"[{kind}] {timeouts} wrk requests outlived wrk's 2 s timeout (overload, not an error "
+                    f"[{label}] {timeouts} wrk requests outlived wrk's 2 s timeout (overload, not an error "
                     "answer); they are left out of its latency figures"
                 )
         fixed = _open_loop(dep.port, channels, RATE, seconds)
         fixed_bare = _open_loop(bare_port, channels, RATE, seconds)
         report.figure(
-            f"[{kind}] p50 at {RATE:.0f}/s", fixed["p50"], "ms", baseline=fixed_bare["p50"], baseline_name="bare"
+            f"[{label}] p50 at {RATE:.0f}/s", fixed["p50"], "ms", baseline=fixed_bare["p50"], baseline_name="bare"
         )
         report.figure(
-            f"[{kind}] p99 at {RATE:.0f}/s",
+            f"[{label}] p99 at {RATE:.0f}/s",
             fixed["p99"],
             "ms",
             baseline=fixed_bare["p99"],
@@ -148,19 +181,19 @@ def _run(
             met=fixed["p99"] < 10.0,
         )
         report.note(
-            f"[{kind}] open loop sent {fixed['sent']} in {fixed['elapsed']:.1f}s "
+            f"[{label}] open loop sent {fixed['sent']} in {fixed['elapsed']:.1f}s "
             f"({fixed['sent'] / fixed['elapsed']:.0f}/s achieved)"
         )
         report.check(
             fixed["statuses"] == {200: fixed["sent"]},
-            f"[{kind}] every open-loop notification answered 200 ({fixed['statuses']})",
+            f"[{label}] every open-loop notification answered 200 ({fixed['statuses']})",
         )
         with rt.sessions() as session:
-            owed = session.scalar(select(func.sum(Calendar.sync_requested - Calendar.sync_done))) or 0
+            owed = session.scalar(select(func.sum(Calendar.sync_requested))) or 0
             logged = session.scalar(select(func.count()).select_from(Notification)) or 0
         report.check(
             owed > 0 and logged > 0,
-            f"[{kind}] notifications were recorded: {owed} syncs owed, "
+            f"[{label}] notifications were recorded: {owed} syncs asked for, "
             f"{logged} rows in the bounded log (size {rt.settings.notification_log_size})",
         )
     finally:
@@ -168,10 +201,24 @@ def _run(
         rt.close()
 
 
-def _insert_channels(rt: Any, n: int) -> list[dict[str, str]]:
-    """Accounts, calendars and live channels as the worker would have left them (written directly)."""
+def _make_calendars(emu: Any, n: int) -> list[str]:
+    """Accounts of up to 10 calendars each in the emulator, for `calsync serve` to sync; their emails."""
+    emails: list[str] = []
+    made = 0
+    while made < n:
+        email = emu.create_user(f"user{len(emails)}@example.com")
+        emails.append(email)
+        made += 1
+        for j in range(1, min(CALENDARS_PER_ACCOUNT, n - made + 1)):
+            emu.create_calendar(email, f"Team {len(emails)}-{j}")
+            made += 1
+    return emails
+
+
+def _insert_calendars(rt: Any, n: int) -> None:
+    """An account and its calendars as the worker would have left them (written directly), for
+    `calsync web`, which runs no worker to sync them."""
     now = rt.clock.now()
-    out = []
     with transaction(rt.sessions) as session:
         account = Account(
             email="load@example.com",
@@ -184,31 +231,39 @@ def _insert_channels(rt: Any, n: int) -> list[dict[str, str]]:
         session.add(account)
         session.flush()
         for i in range(n):
-            cal = Calendar(
-                account_id=account.id,
-                google_id=f"cal{i}@group.calendar.google.com",
-                baseline_done=True,
-                sync_requested=0,
-                sync_done=0,
-                sync_state="synced",
-                due_at=now + timedelta(days=1),
+            session.add(
+                Calendar(
+                    account_id=account.id,
+                    google_id=f"cal{i}@group.calendar.google.com",
+                    baseline_done=True,
+                    sync_requested=0,
+                    sync_done=0,
+                    sync_state="synced",
+                    due_at=now + timedelta(days=1),
+                )
             )
-            session.add(cal)
-            session.flush()
+
+
+def _insert_channels(rt: Any) -> list[dict[str, str]]:
+    """One more live channel per calendar, whose token the load generators know (written directly)."""
+    now = rt.clock.now()
+    out = []
+    with transaction(rt.sessions) as session:
+        for i, cal in enumerate(session.scalars(select(Calendar).order_by(Calendar.id))):
             token = uuid.uuid4().hex
             channel = Channel(
                 id=str(uuid.uuid4()),
-                account_id=account.id,
+                account_id=cal.account_id,
                 calendar_id=cal.id,
                 kind="events",
                 token_hash=hash_token(token),
-                resource_id=f"res{i}",
+                resource_id=f"bench-res{i}",
                 status="active",
                 expires_at=now + timedelta(days=7),
                 created_at=now,
             )
             session.add(channel)
-            out.append({"id": channel.id, "token": token, "rid": f"res{i}"})
+            out.append({"id": channel.id, "token": token, "rid": f"bench-res{i}"})
     return out
 
 
@@ -242,7 +297,7 @@ end
 
 
 def _report_cpu(
-    report: Report, kind: str, bare_runs: list[dict[str, float]], recv_runs: list[dict[str, float]]
+    report: Report, label: str, bare_runs: list[dict[str, float]], recv_runs: list[dict[str, float]]
 ) -> None:
     """CPU per notification, summed over both runs of each server: the noise-resistant companion of the ratio."""
 
@@ -254,31 +309,31 @@ def _report_cpu(
     recv = {k: per_notification(recv_runs, k) for k in ("server_cpu", "db_cpu", "wrk_cpu")}
     bare_total, recv_total = sum(bare.values()), sum(recv.values())
     report.figure(
-        f"[{kind}] CPU per notification, web processes",
+        f"[{label}] CPU per notification, web processes",
         recv["server_cpu"],
         "ms",
         baseline=bare["server_cpu"],
         baseline_name="bare",
     )
-    if kind == "postgresql":
-        report.figure(f"[{kind}] CPU per notification, PostgreSQL server", recv["db_cpu"], "ms")
+    if label.endswith("postgresql"):
+        report.figure(f"[{label}] CPU per notification, PostgreSQL server", recv["db_cpu"], "ms")
     report.figure(
-        f"[{kind}] CPU per notification, all (web + database + wrk)",
+        f"[{label}] CPU per notification, all (web + database + wrk)",
         recv_total,
         "ms",
         baseline=bare_total,
         baseline_name="bare",
     )
     report.figure(
-        f"[{kind}] throughput the CPU allows, receiver/bare",
+        f"[{label}] throughput the CPU allows, receiver/bare",
         bare_total / recv_total,
         "",
         target=">= 0.7",
         met=bare_total / recv_total >= 0.7,
     )
-    if kind == "postgresql" and recv["db_cpu"] > 0:
+    if label.endswith("postgresql") and recv["db_cpu"] > 0:
         report.note(
-            f"[{kind}] with the database's CPU alone added to the bare endpoint's, the ratio could be at "
+            f"[{label}] with the database's CPU alone added to the bare endpoint's, the ratio could be at "
             f"most {bare_total / (bare_total + recv['db_cpu']):.2f} on these shared cores"
         )
 
@@ -434,14 +489,27 @@ def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seco
     }
 
 
-def _start_bare(work: Path, port: int) -> subprocess.Popen[bytes]:
+def _start_bare(work: Path, port: int, processes: int) -> subprocess.Popen[bytes]:
     log = (work / "bare.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("_bare_app.py")), "--port", str(port)],
+        [
+            sys.executable,
+            str(Path(__file__).with_name("_bare_app.py")),
+            "--port",
+            str(port),
+            "--workers",
+            str(processes),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
 
 
+def _parser() -> Any:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--server", choices=(*PROCESSES, "both"), default="both", help="calsync command(s) to measure")
+    return p
+
+
 if __name__ == "__main__":
-    run_main(main, parser(__doc__.splitlines()[0]))
+    run_main(main, _parser())

@@ -62,7 +62,6 @@ def main(args: Any) -> int:
     outages = args.outages or (3 if args.quick else 10)
     longest = 5.0 if args.quick else 30.0
     emu = start_emulator()
-    emu.push.retry_base, emu.push.max_attempts = 0.25, 10  # retried for about two minutes, as Google does
     try:
         with workdir("dbfault") as work:
             for kind in engines(args.db):
@@ -100,6 +99,7 @@ def _run(
     server: PrivateServer | None,
 ) -> None:
     print(f"-- {kind}: {outages} outages of 1-{longest:g} s", flush=True)
+    emu.push.retry_base, emu.push.max_attempts = 0.25, 10  # retried for about two minutes, as Google does
     dep = Deployment(emu, url, work, reconcile_every=3600.0)
     rt = dep.runtime()
     email = emu.create_user(f"dbfault-{kind}@example.com")
@@ -166,7 +166,9 @@ def _run(
         report.note(f"[{kind}] notifications by final status: {dict(pushes)}; retried by Google {retried} times")
         server_errors = {s: n for s, n in answers.items() if s.startswith("5") and s != "503"}
         report.check(not server_errors, f"[{kind}] no 5xx but 503 from the web process ({server_errors or 'none'})")
-        report.check(set(pushes) <= {"200"}, f"[{kind}] every notification recorded in the end")
+        # Outages take most of the run, so a notification's every retry can meet one and Google give
+        # up on it: its change still arrives with the calendar's next sync (the checks below).
+        report.note(f"[{kind}] notifications Google gave up on: {sum(n for s, n in pushes.items() if s != '200')}")
         report.check(web.alive() and worker.alive(), f"[{kind}] no calsync process exited")
         check_mirrors(report, rt, emu, cals)
         stream.check(report, rt, f"[{kind}]")

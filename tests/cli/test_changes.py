@@ -227,17 +227,29 @@ def test_follow_skips_snapshot_rows_unless_asked(settings: Any, runtime: Runtime
         )
         for extra in ([], ["--snapshots"])
     ]
+    printed: list[queue.Queue[str]] = [queue.Queue() for _ in procs]
+
+    def pump(stdout: IO[str], into: queue.Queue[str]) -> None:
+        for line in stdout:
+            into.put(json.loads(line)["type"])
+
+    for proc, into in zip(procs, printed, strict=True):
+        threading.Thread(target=pump, args=(proc.stdout, into), daemon=True).start()
+    outputs: list[list[str]] = [[], []]
     try:
-        time.sleep(0.5)
         for n in range(5):
             add_at(runtime, home, "snapshot", f"s{n}", T0)
         add_at(runtime, home, "created", "after-the-snapshot", T0)
-        time.sleep(1.5)  # three polls
+        for output, into in zip(outputs, printed, strict=True):  # each prints up to the created row
+            while not output or output[-1] != "event.created":
+                output.append(into.get(timeout=20))
+        time.sleep(0.5)  # a few more polls: nothing else may follow
     finally:
-        outputs = []
         for proc in procs:
             proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=10)
+            _, err = proc.communicate(timeout=10)
             assert proc.returncode == 0 and "Traceback" not in err, err
-            outputs.append([json.loads(line)["type"] for line in out.splitlines()])
+    for output, into in zip(outputs, printed, strict=True):
+        while not into.empty():
+            output.append(into.get())
     assert outputs == [["event.created"], ["event.snapshot"] * 5 + ["event.created"]]

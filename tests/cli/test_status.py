@@ -85,6 +85,7 @@ def test_status_shows_accounts_calendars_and_channel_expiry(settings: Settings, 
     assert "reauth_required" in out and "re-consent needed at /connect" in out
     assert "work-1@group.calendar.google.com" in out and "synced" in out and "4 min" in out
     assert "11111111-2222-3333-4444-555555555555" in out and "expires in 6 d 23 h" in out
+    assert "Google quota today: 0 calls, projected 0 of 900,000 · reconcile every 1 h" in out
 
 
 @pytest.mark.slow

@@ -176,6 +176,9 @@ def test_an_event_calsync_cannot_apply_is_recorded_and_does_not_stop_its_calenda
     assert [i["summary"] for i in json.loads(expanded.data)["items"]] == ["first, edited", "second", "good"]
     listing = client.get("/api/calendars", headers=HEADERS).get_json()
     assert [c["sync_state"] for c in listing] == ["error"]
+    assert "calsync_events_skipped_total" in client.get("/metrics").text
+    sign_in(client)
+    assert "2 event(s) could not be applied" in client.get("/dashboard/").text
 
     # A later edit reaches the feed at the next sync, which lists the waiting events again.
     emu.patch_event(ALICE, good["id"], {"summary": "good, edited"})

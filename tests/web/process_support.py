@@ -46,19 +46,17 @@ def _healthy(url: str) -> bool:
 @contextmanager
 def calsync_web(settings: Settings, log: Path, **extra_env: str) -> Iterator[str]:
     """A running `calsync web` (one gunicorn process, four threads); yields its base URL."""
+    with calsync_process(settings, log, ["web", "--workers", "1", "--threads", "4"], **extra_env) as base:
+        yield base
+
+
+@contextmanager
+def calsync_process(settings: Settings, log: Path, args: list[str], **extra_env: str) -> Iterator[str]:
+    """A running `calsync <args>` server on a free port; yields its base URL."""
     port = free_port()
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "calsync"),
-                "web",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--threads",
-                "4",
-            ],
+            [str(Path(sys.executable).parent / "calsync"), *args, "--port", str(port)],
             env=web_env(settings, **extra_env),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -69,7 +67,7 @@ def calsync_web(settings: Settings, log: Path, **extra_env: str) -> Iterator[str
             lambda: proc.poll() is not None or _healthy(base + "/api/openapi.json"),
             timeout=60,
             interval=0.1,
-            what="calsync web",
+            what=f"calsync {args[0]}",
         )
         assert proc.poll() is None, log.read_text()
         yield base

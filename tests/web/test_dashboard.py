@@ -85,6 +85,7 @@ def test_overview_shows_accounts_calendars_sync_age_and_channel_expiry(
     assert "rate limited by Google" in page and "retry <time" in page and ">in 40 s</time>" in page
     assert f'title="{(now - timedelta(seconds=3)).strftime("%Y-%m-%d %H:%M:%S")} UTC"' in page
     assert "badge-synced" in page and "badge-backoff" in page
+    assert "Google calls today" in page and "of 900,000" in page and "reconcile every 1 h" in page
 
 
 def test_reauth_required_account_stands_out(admin: Any, runtime: Runtime) -> None:
@@ -173,8 +174,10 @@ def test_notification_inspector_shows_state_number_outcome_and_headers(admin: An
     page = admin.get("/dashboard/notifications").text
     assert page.index(">7<") < page.index(">1<")  # newest first
     assert "X-Goog-Resource-URI" in page and "https://example/calendars/work/events" in page
-    assert "unknown_channel" in page and "Work" in page and "unknown channel" in page
-    only = admin.get("/dashboard/notifications?channel=chan-zzz").text
+    assert "Work" in page and "unknown_channel" not in page  # refused ones have a history of their own
+    refused = admin.get("/dashboard/notifications?show=refused").text
+    assert "unknown_channel" in refused and "unknown channel" in refused and "X-Goog-Resource-URI" not in refused
+    only = admin.get("/dashboard/notifications?channel=chan-zzz&show=refused").text
     assert "unknown_channel" in only and "X-Goog-Resource-URI" not in only
 
 

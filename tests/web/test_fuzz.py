@@ -5,9 +5,11 @@ notification log may note a rejected notification)."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +18,22 @@ import schemathesis
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import APIOperation, BaseSchema, GenerationMode
 from schemathesis import Case as GenericCase
 from sqlalchemy import select, text
 
-from calsync.config import Settings
+from calsync import create_app
+from calsync.config import Secret, Settings
 from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
-from calsync.store.models import Account, Calendar, Change, Channel, Event, Notification
+from calsync.store.models import Account, Calendar, Change, Channel, Event, Notification, WebhookSubscription
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.web.openapi import document
 from tests.conftest import API_TOKEN
 from tests.sync_support import WRITER, connect_account
+from tests.web.dashboard_support import PASSWORD, csrf_from, sign_in
 from tests.web.process_support import calsync_web
 from tests.webhooks.receiver import Receiver
 
@@ -116,7 +121,10 @@ def _header_text() -> st.SearchStrategy[str]:
         st.just(""),
         st.just(" "),
     )
-    return raw.map(lambda s: s.encode("utf-8").decode("latin-1")).map(lambda s: s.replace("\r", "").replace("\n", ""))
+    as_bytes = raw.map(lambda s: s.encode("utf-8").decode("latin-1"))
+    # Single bytes above 0x7F as the server reads them: 0xB2 is "²", which str.isdigit() calls a digit.
+    latin1 = st.text(st.characters(max_codepoint=0xFF), max_size=40)
+    return st.one_of(as_bytes, latin1).map(lambda s: s.replace("\r", "").replace("\n", ""))
 
 
 def _maybe(values: st.SearchStrategy[str], *known: str) -> st.SearchStrategy[str | None]:
@@ -130,8 +138,10 @@ notification_headers = st.fixed_dictionaries(
         "X-Goog-Channel-ID": _maybe(_header_text(), CHANNEL_ID, "unknown-channel"),
         "X-Goog-Channel-Token": _maybe(_header_text(), TOKEN, ""),
         "X-Goog-Resource-ID": _maybe(_header_text(), RESOURCE_ID),
-        "X-Goog-Resource-State": _maybe(_header_text(), "sync", "exists", "not_exists", "EXISTS"),
-        "X-Goog-Message-Number": _maybe(_header_text(), "1", "2", "99999999999999999999", "-3", "1e9", "٣"),
+        "X-Goog-Resource-State": _maybe(_header_text(), "sync", "exists", "not_exists", "EXISTS", "made-up"),
+        "X-Goog-Message-Number": _maybe(
+            _header_text(), "1", "2", "99999999999999999999", "999999999999999999", "-3", "1e9", "٣", "²", "1²"
+        ),
         "X-Goog-Resource-URI": _maybe(_header_text()),
         "X-Goog-Channel-Expiration": _maybe(_header_text(), "Tue, 19 Nov 2013 01:13:52 GMT"),
         "Content-Type": _maybe(_header_text(), "application/json"),
@@ -188,6 +198,217 @@ def test_fuzzed_notifications_get_2xx_or_4xx_and_rejected_ones_write_nothing(
         after = _snapshot(runtime)
         for table in ("accounts", "events", "changes", "webhook_subscriptions", "deliveries"):
             assert after[table] == before[table], table
+
+
+def test_fuzzed_notifications_leave_the_metrics_to_the_known_states(client: FlaskClient, world: dict[str, Any]) -> None:
+    """Anyone may send any X-Goog-Resource-State: each must not become a series of its own."""
+
+    @settings(FUZZ, max_examples=30)
+    @given(headers=notification_headers)
+    def send(headers: Any) -> None:
+        client.post("/notifications", headers={k: v for k, v in headers.items() if v is not None})
+
+    send()
+    states = {
+        sample.labels["state"]
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        if family.name == "calsync_notifications"
+        for sample in family.samples
+    }
+    assert states <= {"sync", "exists", "not_exists", "invalid"}, states
+
+
+# Classes of input that once answered 500 ------------------------------------------------------------
+# Each is drawn as a class (any depth, any integer, any year, any character), so a fix for one value
+# that misses its neighbours fails here.
+JSON_ENDPOINTS = [
+    *sorted(
+        (method.upper(), path)
+        for path, operations in document()["paths"].items()
+        for method, operation in operations.items()
+        if isinstance(operation, dict) and "requestBody" in operation
+    ),
+    ("POST", "/disconnect"),
+]
+SUBSCRIPTION_ID = "wh_fuzz"
+
+
+def _nested(depth: int, kind: str) -> str:
+    if kind == "array":
+        return "[" * depth + "]" * depth
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+@settings(FUZZ, max_examples=25)
+@given(
+    endpoint=st.sampled_from(JSON_ENDPOINTS),
+    depth=st.integers(500, 60_000),
+    kind=st.sampled_from(["array", "object"]),
+)
+@example(endpoint=("POST", "/api/freebusy"), depth=5000, kind="array")
+def test_json_nested_deep_is_a_4xx_on_every_json_endpoint(
+    client: FlaskClient, runtime: Runtime, world: dict[str, Any], endpoint: tuple[str, str], depth: int, kind: str
+) -> None:
+    _subscription(runtime)
+    method, path = endpoint
+    before = _snapshot(runtime)
+    resp = client.open(
+        path.replace("{sub_id}", SUBSCRIPTION_ID)
+        .replace("{calendar_id}", world["calendar"])
+        .replace("{event_id}", "ev1"),
+        method=method,
+        data=_nested(depth, kind),
+        headers={
+            "Authorization": f"Bearer {API_TOKEN}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": "fuzz-deep",
+            "If-Match": "*",
+        },
+    )
+    assert 400 <= resp.status_code < 500, (endpoint, depth, resp.status_code)
+    assert _snapshot(runtime) == before
+
+
+@settings(FUZZ, max_examples=40)
+@given(row_id=st.integers(-(2**70), 2**70))
+@example(row_id=2**63)
+@example(row_id=2**31)
+def test_a_page_token_with_any_integer_is_a_page_or_a_400(
+    client: FlaskClient, world: dict[str, Any], row_id: int
+) -> None:
+    token = base64.urlsafe_b64encode(f"e:{row_id}".encode()).decode().rstrip("=")
+    resp = client.get(
+        f"/api/events?calendar={world['calendar']}&pageToken={token}", headers={"Authorization": f"Bearer {API_TOKEN}"}
+    )
+    # Event ids are INTEGER on PostgreSQL: a larger one is no token calsync handed out.
+    assert resp.status_code == (200 if 0 <= row_id < 2**31 else 400), (row_id, resp.status_code)
+
+
+@settings(FUZZ, max_examples=30)
+@given(
+    start=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    length=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=366)),
+)
+@example(start=datetime(1, 1, 1), length=timedelta(days=1))
+@example(start=datetime(9999, 12, 30), length=timedelta(days=1))
+def test_free_busy_at_any_year_is_an_answer_or_a_400(
+    client: FlaskClient, runtime: Runtime, world: dict[str, Any], start: datetime, length: timedelta
+) -> None:
+    _series(runtime)
+    start = start.replace(microsecond=0)
+    end = start + min(length, datetime(9999, 12, 31, 23, 59, 59) - start)
+    body = {
+        "timeMin": start.isoformat() + "Z",
+        "timeMax": end.isoformat() + "Z",
+        "items": [{"id": world["calendar"]}],
+    }
+    resp = client.post("/api/freebusy", json=body, headers={"Authorization": f"Bearer {API_TOKEN}"})
+    answerable = datetime(2, 1, 1) <= start and end <= datetime(9998, 1, 1) and end > start
+    assert resp.status_code == (200 if answerable else 400), (body, resp.status_code, resp.text)
+    if resp.status_code == 200:
+        busy = resp.get_json()["calendars"][world["calendar"]]["busy"]
+        assert all(body["timeMin"] <= b["start"] < b["end"] <= body["timeMax"] for b in busy)
+
+
+@settings(FUZZ, max_examples=40)
+@given(
+    path=st.sampled_from(
+        [
+            "/dashboard/changes?before={n}",
+            "/dashboard/changes?calendar={n}",
+            "/dashboard/changes/fragment?after={n}",
+            "/dashboard/notifications/fragment?after={n}",
+            "/dashboard/notifications?limit={n}",
+            "/dashboard/calendars/{n}",
+        ]
+    ),
+    n=st.integers(0, 2**80),
+)
+@example(path="/dashboard/changes/fragment?after={n}", n=2**63)
+@example(path="/dashboard/changes?calendar={n}", n=2**31)
+def test_the_dashboards_integer_parameters_past_64_bits_are_a_4xx(admin_client: FlaskClient, path: str, n: int) -> None:
+    resp = admin_client.get(path.format(n=n))
+    assert resp.status_code < 500, (path, n, resp.status_code)
+    if n >= 2**63:
+        assert 400 <= resp.status_code < 500, (path, n, resp.status_code)
+
+
+@settings(FUZZ, max_examples=30)
+@given(tail=st.text(max_size=40))
+@example(tail="\r\nSet-Cookie: x=1")
+def test_any_login_next_is_followed_only_to_the_dashboard(login_client: FlaskClient, tail: str) -> None:
+    nxt = "/dashboard/" + tail
+    first = login_client.get("/dashboard/login", query_string={"next": nxt})
+    if "\x00" in tail:  # refused before any handler (see the NUL refusal)
+        assert first.status_code == 400
+        return
+    assert first.status_code == 200
+    resp = login_client.get("/dashboard/", query_string={"next": nxt})
+    assert resp.status_code < 500
+    page = login_client.get("/dashboard/login", query_string={"next": nxt})
+    form = {"csrf_token": csrf_from(page.text), "password": PASSWORD, "next": nxt}
+    answer = login_client.post("/dashboard/login", data=form)
+    assert answer.status_code == 302, answer.status_code
+    location = answer.headers["Location"]
+    assert location.startswith("/dashboard") and "\r" not in location and "\n" not in location
+    login_client.post("/dashboard/logout", data={"csrf_token": csrf_from(login_client.get("/dashboard/").text)})
+
+
+@settings(FUZZ, max_examples=40)
+@given(state=st.text(min_size=1, max_size=60))
+@example(state="é")
+def test_any_oauth_state_is_refused_with_a_4xx(client: FlaskClient, state: str) -> None:
+    assert client.get("/connect").status_code in (302, 303)
+    resp = client.get("/oauth2callback", query_string={"state": state, "code": "c"})
+    assert 400 <= resp.status_code < 500, (state, resp.status_code)
+
+
+@pytest.fixture
+def login_client(settings: Settings) -> Iterator[FlaskClient]:
+    """A client of a dashboard that has a password, not signed in."""
+    rt = Runtime.create(dataclasses.replace(settings, admin_password=Secret(PASSWORD)))
+    try:
+        yield create_app(runtime=rt).test_client()
+    finally:
+        rt.close()
+
+
+@pytest.fixture
+def admin_client(login_client: FlaskClient) -> FlaskClient:
+    """Signed in as the operator."""
+    sign_in(login_client)
+    return login_client
+
+
+def _subscription(runtime: Runtime) -> None:
+    """A webhook subscription, so that the operations under /api/webhooks/{sub_id} read their body."""
+    with transaction(runtime.sessions) as session:
+        if session.get(WebhookSubscription, SUBSCRIPTION_ID) is None:
+            session.add(
+                WebhookSubscription(
+                    id=SUBSCRIPTION_ID,
+                    url="https://hooks.example.com/calsync",
+                    events=["event.created"],
+                    secret=runtime.cipher.encrypt_str("whsec_" + base64.b64encode(b"k" * 24).decode()),
+                    status="active",
+                )
+            )
+
+
+def _series(runtime: Runtime) -> None:
+    """A daily series in the fuzz calendar, so that free/busy reads a series around the window."""
+    with transaction(runtime.sessions) as session:
+        cal_id = session.scalar(select(Calendar.id).where(Calendar.google_id == "fuzz@example.com"))
+        if session.scalar(select(Event.id).where(Event.google_id == "daily")) is None:
+            data = {
+                "id": "daily",
+                "status": "confirmed",
+                "summary": "Daily",
+                "start": {"dateTime": "2026-01-05T09:00:00Z"},
+                "end": {"dateTime": "2026-01-05T10:00:00Z"},
+                "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"],  # bounded: a window in year 9000 expands nothing more
+            }
+            session.add(Event(calendar_id=cal_id, google_id="daily", status="confirmed", data=data))
 
 
 # /api: schemathesis against a live `calsync web` ------------------------------------------------------

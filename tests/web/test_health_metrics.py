@@ -108,6 +108,12 @@ def test_metrics_expose_the_named_series(web: Any, rt: Any, emu: Any) -> None:
     expiry = gauges[("calsync_channel_next_expiry_seconds", ())]
     assert abs(expiry - 7 * 86400) < 120  # the granted week, counted on calsync's clock
     assert gauges[("calsync_sync_lag_seconds", ())] == 0
+    # The day's quota: every call of the connect and first sync counted, the projection, the interval.
+    served = sum(1 for r in emu.requests if r.api_method.startswith("calendar.") and r.status < 400)
+    assert gauges[("calsync_quota_calls_today", ())] == served >= 4
+    assert gauges[("calsync_quota_projected_calls", ())] >= served
+    assert gauges[("calsync_quota_per_day", ())] == rt.settings.quota_per_day
+    assert gauges[("calsync_reconcile_interval_seconds", (("calendars", "active"),))] == rt.settings.reconcile_every
 
 
 def test_sync_lag_is_the_age_of_the_oldest_owed_sync(web: Any, rt: Any, emu: Any) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select, update
 
 from calsync import create_app
@@ -276,3 +277,77 @@ def test_only_post_reaches_the_receiver_and_other_paths_reach_flask(
     assert client.post("/notifications/", headers=push_headers(watched["channel"], number=3)).status_code == 404
     assert client.get("/healthz").status_code in (200, 503)
     assert client.post("/notifications", headers=push_headers(watched["channel"], number=3)).status_code == 200
+
+
+@pytest.mark.parametrize("number", ["²", "12³", "¹"])
+def test_a_message_number_in_other_digits_is_a_400(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any], number: str
+) -> None:
+    """str.isdigit() takes superscripts (a header's byte 0xB2 reads as "²"), which int() refuses."""
+    headers = {**push_headers(watched["channel"]), "X-Goog-Message-Number": number}
+    resp = client.post("/notifications", headers=headers)
+    assert resp.status_code == 400 and b"X-Goog-Message-Number" in resp.data
+    assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
+
+
+def test_made_up_resource_states_share_one_metrics_label(client: FlaskClient, watched: dict[str, Any]) -> None:
+    for i in range(30):
+        client.post("/notifications", headers=push_headers(watched["channel"], state=f"made-up-{i}", number=10 + i))
+    client.post("/notifications", headers={"X-Goog-Channel-ID": "x"})  # no state at all
+    states = set()
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        if family.name == "calsync_notifications":
+            states |= {sample.labels["state"] for sample in family.samples}
+    assert "invalid" in states and states <= {"sync", "exists", "not_exists", "invalid"}
+
+
+def test_a_flood_of_forged_notifications_leaves_the_real_history_and_one_log_line(
+    settings: Settings, watched: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    small = Runtime.create(Settings(**{**settings.__dict__, "notification_log_size": 5}))
+    try:
+        client = create_app(runtime=small).test_client()
+        for number in (2, 3, 4):
+            assert (
+                client.post("/notifications", headers=push_headers(watched["channel"], number=number)).status_code
+                == 200
+            )
+        forged = {"X-Goog-Channel-ID": "00000000-0000-4000-8000-000000000000"}
+        with caplog.at_level("WARNING", logger="calsync.web.receiver"):
+            for number in range(300):
+                resp = client.post("/notifications", headers=push_headers(watched["channel"], number=number, **forged))
+                assert resp.status_code == 404
+        with small.sessions() as session:
+            trim_log(session, 5)
+            session.commit()
+        kept = _notifications(small)
+        assert [n.message_number for n in kept if n.outcome == "queued"] == [2, 3, 4]
+        assert 0 < sum(n.outcome == "unknown_channel" for n in kept) <= 5
+        assert len([r for r in caplog.records if "refused notification" in r.getMessage()]) == 1
+    finally:
+        small.close()
+
+
+def test_a_huge_message_number_does_not_make_later_real_ones_duplicates(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any]
+) -> None:
+    """A leaked token lets anyone send a valid notification; its number must not move the mark far."""
+    leaked = push_headers(watched["channel"], number=999999999999999999)
+    assert client.post("/notifications", headers=leaked).status_code == 200
+    for number in (5, 9):
+        assert client.post("/notifications", headers=push_headers(watched["channel"], number=number)).status_code == 200
+    assert client.post("/notifications", headers=push_headers(watched["channel"], number=9)).status_code == 200
+    assert [n.outcome for n in _notifications(runtime)][-4:] == ["queued", "queued", "queued", "duplicate"]
+    with runtime.sessions() as session:
+        channel = session.get(Channel, watched["channel"]["id"])
+        assert channel is not None and channel.last_message_number == 9
+
+
+def test_a_jump_within_the_step_moves_the_mark_and_far_below_it_is_work_again(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any]
+) -> None:
+    from calsync.push.intake_sql import MAX_STEP
+
+    for number in (MAX_STEP, MAX_STEP + 5, MAX_STEP + 1, 3):
+        assert client.post("/notifications", headers=push_headers(watched["channel"], number=number)).status_code == 200
+    assert [n.outcome for n in _notifications(runtime)][-4:] == ["queued", "queued", "duplicate", "queued"]

@@ -111,7 +111,9 @@ def test_requests_during_a_sync_cause_exactly_one_more(rt: Any, emu: Any) -> Non
 def test_reconciliation_syncs_without_any_notification(rt: Any, emu: Any, clock: FrozenClock) -> None:
     _, cal_id = _connected(rt, emu)
     cal = calendar_row(rt, cal_id)
-    assert cal.due_at == clock.now() + timedelta(seconds=rt.settings.reconcile_every)
+    assert cal.due_at is not None and clock.now() < cal.due_at <= clock.now() + timedelta(
+        seconds=rt.settings.reconcile_every
+    )  # at the calendar's own phase of the period
     emu.insert_event("ann@example.com", EVENT)  # its notification goes nowhere: no receiver runs
     before = emu.count("calendar.events.list", "ann@example.com")
     Worker(rt, threads=1).run_burst()
@@ -358,7 +360,9 @@ def test_an_incremental_sync_job_is_one_transaction_after_its_claim(rt: Any, emu
     _request(rt, cal_id)
     with transaction(rt.sessions) as session:
         claim = claim_calendar(session, "w/0", rt.clock.now(), 60, rt.settings.renew_before)
-    assert claim is not None and claim.calendar is not None and claim.calendar.sync_token
+        assert claim is not None and claim.calendar is not None and claim.calendar.sync_token
+        # As the worker does: the job's first call is taken from the quota budget in the claim's transaction.
+        assert rt.budget.prepay(session, claim.priority, claim.calendar.account_id) == 0.0
     begun: list[object] = []
 
     def count(conn: object) -> None:
@@ -369,8 +373,8 @@ def test_an_incremental_sync_job_is_one_transaction_after_its_claim(rt: Any, emu
         run_calendar_job(rt, claim)
     finally:
         event.remove(rt.engine, "begin", count)
-    # The claim read the calendar and its channel; the page, its changes, the new token, the lease's
-    # release and the owed count commit together.
+    # The claim read the calendar and its channel and paid for the call; the page, its changes, the
+    # new token, the lease's release and the owed count commit together.
     assert len(begun) == 1
     cal = calendar_row(rt, cal_id)
     assert cal.lease_owner is None and cal.sync_done == cal.sync_requested and cal.sync_state == "synced"

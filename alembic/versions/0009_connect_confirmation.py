@@ -4,8 +4,8 @@ The consent's tokens wait (encrypted) on the session's row, with the hash of a o
 the time by which the app must confirm; only the app's confirmation for the session's own ref
 stores the account and attaches the ref.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-06 11:30:00
 """
 
@@ -18,8 +18,8 @@ from sqlalchemy.dialects import postgresql
 
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0007"
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

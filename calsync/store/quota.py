@@ -1,0 +1,365 @@
+"""Google's quota as one budget in the database, taken from by every call of every process.
+
+Each scope (the project, and each user: Google limits both per minute) is paced with GCRA, the
+generic cell rate algorithm: a row keeps `tat`, the time at which the calls taken so far are paid
+off at the allowed pace, one every `emission_interval`. A call may go when `tat` is no further
+ahead of now than its priority's tolerance; it then moves `tat` on by one interval. The most
+tolerant class may run `URGENT_SHARE` of the window ahead, which bounds any sliding window of
+`window` seconds to the budget (see `emission_interval`); background work may run less far ahead
+or none, so a full window of it still leaves room for urgent calls, which never queue behind it.
+
+Google's "slow down" (403 usageLimits, 429) halves the scope's pace, which then grows back by a
+fixed step per second (additive increase, multiplicative decrease). Retry-After holds the scope's
+background work (first syncs, reconciliations) that long; urgent work goes on at the halved pace,
+and the calendar that was refused waits out the Retry-After itself (calsync.work.backoff).
+
+The decisions are pure functions of a row (`admit`, `slowed`), so a simulation can drive the same
+code; `Budget` applies them to the rows under a row lock, in a transaction of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from calsync.clock import Clock
+from calsync.errors import QuotaWait
+from calsync.store.db import is_postgres
+from calsync.store.models import QuotaBudget
+from calsync.store.states import Priority
+
+log = logging.getLogger(__name__)
+
+PROJECT = "project"
+_NOBODY = object()  # no call prepaid on this thread
+# The most tolerant class may run this share of the window ahead: the urgent reserve.
+URGENT_SHARE = 0.2
+# How far ahead each class may run, as a share of that reserve. Background classes stop short,
+# so whatever they leave is there for the classes above them at once.
+TOLERANCE = {
+    Priority.WRITE: 1.0,
+    Priority.NOTIFICATION: 0.9,
+    Priority.RENEWAL: 0.6,
+    Priority.FIRST_SYNC: 0.3,
+    Priority.RECONCILE: 0.1,
+}
+SLOWEST = 1 / 16  # the pace never falls below this share of the budget
+RECOVERY_PER_SECOND = 1 / 120  # additive increase: from half pace back to full in a minute
+DECREASE_COOLDOWN = 5.0  # 403s from calls already in flight do not halve the pace again
+MAX_HOLD = 3600.0  # a Retry-After longer than this is not believed
+HELD_FROM = Priority.FIRST_SYNC  # the classes a Retry-After holds back
+
+
+def user_scope(account_id: int) -> str:
+    return f"user:{account_id}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The budget: calls per window for the project and for each user; 0 turns a limit off."""
+
+    per_window: int
+    per_user_per_window: int
+    window: float = 60.0
+
+
+@dataclass(frozen=True)
+class ScopeState:
+    """One scope's row, as the pure decisions see it."""
+
+    tat: float = 0.0
+    hold_until: float = 0.0
+    factor: float = 1.0
+    factor_at: float = 0.0
+
+
+def emission_interval(per_window: int, window: float) -> float:
+    """Seconds between calls at full pace.
+
+    A call goes only while `tat` <= now + tolerance, and each moves `tat` on by this interval, so
+    calls i..j inside one window satisfy (j - i) * interval <= window + tolerance: with the largest
+    tolerance (`URGENT_SHARE` of the window), no window holds more than `per_window` calls.
+    """
+    return (window * (1 + URGENT_SHARE)) / max(1, per_window - 1)
+
+
+def pace(state: ScopeState, now: float) -> float:
+    """The share of the full rate allowed now: halved by each slow-down, growing back linearly."""
+    return min(1.0, state.factor + RECOVERY_PER_SECOND * max(0.0, now - state.factor_at))
+
+
+def admit(
+    state: ScopeState, now: float, priority: Priority, per_window: int, window: float
+) -> tuple[ScopeState, float]:
+    """Take one call for a class: (the scope's new state, 0.0), or (unchanged, seconds to wait)."""
+    if per_window <= 0:
+        return state, 0.0
+    if now < state.hold_until and priority >= HELD_FROM:
+        return state, state.hold_until - now
+    start = max(state.tat, now)
+    ahead = start - now - URGENT_SHARE * window * TOLERANCE[priority]
+    if ahead > 0:
+        return state, ahead
+    return replace(state, tat=start + emission_interval(per_window, window) / pace(state, now)), 0.0
+
+
+def slowed(state: ScopeState, now: float, retry_after: float | None) -> ScopeState:
+    """Google said slow down: halve the pace (once per cooldown) and hold for Retry-After."""
+    if now - state.factor_at >= DECREASE_COOLDOWN or state.factor_at == 0.0:
+        state = replace(state, factor=max(SLOWEST, pace(state, now) / 2), factor_at=now)
+    if retry_after:
+        state = replace(state, hold_until=max(state.hold_until, now + min(retry_after, MAX_HOLD)))
+    return state
+
+
+def ceiling(state: ScopeState, now: float, per_window: int, window: float) -> Priority | None:
+    """The least urgent class the project's budget admits now (None: not even writes)."""
+    for priority in sorted(Priority, reverse=True):
+        if admit(state, now, priority, per_window, window)[1] == 0.0:
+            return priority
+    return None
+
+
+def quota_day(moment: datetime) -> int:
+    """Google's quota day (it ends at midnight Pacific time) as YYYYMMDD."""
+    local = moment.astimezone(_PACIFIC)
+    return local.year * 10000 + local.month * 100 + local.day
+
+
+def day_started(moment: datetime) -> datetime:
+    """When the quota day holding `moment` began, in UTC."""
+    local = moment.astimezone(_PACIFIC)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class DayCount:
+    """The project's calls in the current quota day, by what they were for."""
+
+    day: int
+    calls: int
+    reconcile: int
+    first_sync: int
+    stretch: float
+    projected: int
+    planned_at: float
+
+
+class Budget:
+    """The deployment's budget: every Google call takes its place here first."""
+
+    def __init__(self, sessions: sessionmaker[Session], clock: Clock, limits: Limits, *, max_wait: float = 5.0) -> None:
+        self.sessions = sessions
+        self.clock = clock
+        self.limits = limits
+        self.max_wait = max_wait
+        self.stretch = 0.0  # the day's plan as last read (calsync.work.quota keeps it current)
+        self.sleep: Callable[[float], None] = time.sleep
+        self._prepaid = threading.local()
+
+    def try_take(self, priority: Priority, account_id: int | None) -> float:
+        """Take one call now (0.0), or say how many seconds until this class may."""
+        with self.sessions() as session, session.begin():
+            return self.take_in(session, priority, account_id)
+
+    def prepay(self, session: Session, priority: Priority, account_id: int | None) -> float:
+        """Take a job's first call inside the transaction that claims the job (0.0), or say how long to wait.
+
+        The call is then credited to this thread: the job's first request costs no transaction of
+        its own, so a one-call incremental sync pays for the budget with no extra round trip.
+        """
+        wait = self.take_in(session, priority, account_id)
+        self._prepaid.account = account_id if wait == 0.0 else _NOBODY
+        return wait
+
+    def use_prepaid(self, account_id: int | None) -> bool:
+        """Spend this thread's credit if it was taken for this account (at most once)."""
+        if getattr(self._prepaid, "account", _NOBODY) != account_id:
+            return False
+        self._prepaid.account = _NOBODY
+        return True
+
+    def forget_prepaid(self) -> None:
+        self._prepaid.account = _NOBODY
+
+    def take_in(self, session: Session, priority: Priority, account_id: int | None) -> float:
+        """`try_take` inside the caller's transaction (which must commit for the call to count)."""
+        limits = self.limits
+        scopes = [PROJECT] if account_id is None else [PROJECT, user_scope(account_id)]
+        rows = _lock(session, scopes)
+        if len(rows) < len(scopes):
+            _create(session, [s for s in scopes if s not in rows])
+            rows = _lock(session, scopes)
+        now_dt = self.clock.now()  # read under the lock: decisions are made in the order of their times
+        now = now_dt.timestamp()
+        project, wait = admit(_state(rows[PROJECT]), now, priority, limits.per_window, limits.window)
+        user: ScopeState | None = None
+        if wait == 0.0 and account_id is not None:
+            user, wait = admit(
+                _state(rows[user_scope(account_id)]), now, priority, limits.per_user_per_window, limits.window
+            )
+        if wait > 0.0:
+            return wait  # nothing written: the transaction ends having changed nothing
+        if user is not None and account_id is not None:
+            _write(session, user_scope(account_id), user, {})
+        _write(session, PROJECT, project, _count(rows[PROJECT], quota_day(now_dt), priority))
+        return 0.0
+
+    def take(self, priority: Priority, account_id: int | None, *, max_wait: float | None = None) -> None:
+        """Take one call, waiting up to `max_wait` seconds for room; else raise QuotaWait."""
+        limit = self.max_wait if max_wait is None else max_wait
+        waited = 0.0
+        while True:
+            wait = self.try_take(priority, account_id)
+            if wait == 0.0:
+                return
+            if waited + wait > limit:
+                raise QuotaWait(f"no {priority.name.lower()} quota for {wait:.1f}s", wait=wait)
+            step = min(wait + 0.005, 1.0)
+            self.sleep(step)
+            waited += step
+
+    def slowed(self, account_id: int | None, retry_after: float | None) -> None:
+        """Google refused a call for its rate: slow the project (or that user) down."""
+        now = self.clock.now().timestamp()
+        scope = PROJECT if account_id is None else user_scope(account_id)
+        with self.sessions() as session, session.begin():
+            rows = _lock(session, [scope])
+            if scope not in rows:
+                _create(session, [scope])
+                rows = _lock(session, [scope])
+            _write(session, scope, slowed(_state(rows[scope]), now, retry_after), {})
+        log.warning("Google asked %s to slow down (retry after %s s)", scope, retry_after)
+
+    def ceiling(self, session: Session) -> Priority | None:
+        """The least urgent class that may start work now (one read of the project's row)."""
+        row = session.execute(select(*_STATE_COLUMNS).where(QuotaBudget.scope == PROJECT)).first()
+        state = _state(row) if row is not None else ScopeState()
+        return ceiling(state, self.clock.now().timestamp(), self.limits.per_window, self.limits.window)
+
+    def spender(self, account_id: int | None, priority: Priority) -> Spender:
+        return Spender(self, account_id, priority)
+
+
+class Spender:
+    """What a Google client calls around each request: take from the budget, report slow-downs."""
+
+    def __init__(self, budget: Budget, account_id: int | None, priority: Priority) -> None:
+        self.budget = budget
+        self.account_id = account_id
+        self.priority = priority
+
+    def before_call(self, method: str) -> None:
+        if not self.budget.use_prepaid(self.account_id):
+            self.budget.take(self.priority, self.account_id)
+
+    def rate_limited(self, method: str, reason: str | None, retry_after: float | None) -> None:
+        per_user = reason == "userRateLimitExceeded" and self.account_id is not None
+        self.budget.slowed(self.account_id if per_user else None, retry_after)
+
+    def at(self, priority: Priority) -> Spender:
+        """The same user's budget for another kind of work (a renewal inside a sync job)."""
+        return Spender(self.budget, self.account_id, priority)
+
+
+def day_count(session: Session, now: datetime) -> DayCount:
+    """The project's counts for the quota day holding `now` (zeros once the day has turned)."""
+    row = session.execute(
+        select(
+            QuotaBudget.day,
+            QuotaBudget.calls_today,
+            QuotaBudget.reconcile_today,
+            QuotaBudget.first_sync_today,
+            QuotaBudget.stretch,
+            QuotaBudget.projected,
+            QuotaBudget.planned_at,
+        ).where(QuotaBudget.scope == PROJECT)
+    ).first()
+    if row is None:
+        return DayCount(quota_day(now), 0, 0, 0, 0.0, 0, 0.0)
+    if row.day != quota_day(now):
+        return DayCount(quota_day(now), 0, 0, 0, float(row.stretch), 0, float(row.planned_at))
+    return DayCount(
+        row.day,
+        int(row.calls_today),
+        int(row.reconcile_today),
+        int(row.first_sync_today),
+        float(row.stretch),
+        int(row.projected),
+        float(row.planned_at),
+    )
+
+
+def save_plan(session: Session, *, stretch: float, projected: int, planned_at: float, not_after: float) -> bool:
+    """Record a new plan unless another process planned since `not_after` (then False)."""
+    result = session.execute(
+        update(QuotaBudget)
+        .where(QuotaBudget.scope == PROJECT, QuotaBudget.planned_at <= not_after)
+        .values(stretch=stretch, projected=projected, planned_at=planned_at)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def ensure_project_row(session: Session) -> None:
+    if session.get(QuotaBudget, PROJECT) is None:
+        _create(session, [PROJECT])
+
+
+# Helpers ---------------------------------------------------------------------------------------
+_PACIFIC: Any
+try:
+    from zoneinfo import ZoneInfo
+
+    _PACIFIC = ZoneInfo("America/Los_Angeles")
+except Exception:  # no time-zone database: Pacific standard time all year
+    _PACIFIC = timezone(timedelta(hours=-8))
+
+_Q = QuotaBudget.__table__
+_STATE_COLUMNS = (_Q.c.scope, _Q.c.tat, _Q.c.hold_until, _Q.c.factor, _Q.c.factor_at)
+
+
+def _lock(session: Session, scopes: list[str]) -> dict[str, Any]:
+    """The scopes' rows, locked in one order (project first) so two takers never deadlock."""
+    stmt = select(*_STATE_COLUMNS, _Q.c.day).where(_Q.c.scope.in_(scopes)).order_by(_Q.c.scope)
+    if is_postgres(session):
+        stmt = stmt.with_for_update()
+    return {row.scope: row for row in session.execute(stmt)}
+
+
+def _create(session: Session, scopes: list[str]) -> None:
+    if is_postgres(session):
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        session.execute(pg_insert(_Q).values([{"scope": s} for s in scopes]).on_conflict_do_nothing())
+    else:
+        session.execute(insert(_Q).prefix_with("OR IGNORE").values([{"scope": s} for s in scopes]))
+
+
+def _state(row: Any) -> ScopeState:
+    return ScopeState(tat=row.tat, hold_until=row.hold_until, factor=row.factor, factor_at=row.factor_at)
+
+
+def _count(row: Any, day: int, priority: Priority) -> dict[str, Any]:
+    """The project's day counters after one more call (restarting on a new day)."""
+    same = row.day == day
+    values: dict[str, Any] = {"day": day, "calls_today": (_Q.c.calls_today + 1) if same else 1}
+    for column, cls in (("reconcile_today", Priority.RECONCILE), ("first_sync_today", Priority.FIRST_SYNC)):
+        hit = 1 if priority == cls else 0
+        values[column] = (_Q.c[column] + hit) if same else hit
+    return values
+
+
+def _write(session: Session, scope: str, state: ScopeState, extra: dict[str, Any]) -> None:
+    session.execute(
+        update(_Q)
+        .where(_Q.c.scope == scope)
+        .values(tat=state.tat, hold_until=state.hold_until, factor=state.factor, factor_at=state.factor_at, **extra)
+    )

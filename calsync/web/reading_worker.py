@@ -1,0 +1,137 @@
+"""gunicorn's threaded worker, but a request thread only ever gets a request that has fully arrived.
+
+gunicorn's gthread hands a connection to a thread as soon as its first bytes arrive, and the thread
+then reads the rest with no deadline. Eight clients that send half a request and stop (slowloris)
+held all eight threads of `calsync serve`, and nothing was answered, not even `/healthz`, for as long
+as they stayed connected. Here the worker's event loop reads each request itself, without blocking,
+until its headers and its body (by Content-Length) are in; only then does a thread parse and answer
+it, from the bytes already read. A connection that has not sent a whole request within
+`REQUEST_SECONDS` of its first byte (or a new one that sends nothing within `FIRST_BYTE_SECONDS`) is
+closed. A body past `BUFFER_LIMIT` or a chunked one is handed over early, and the thread's reads then
+time out after `READ_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import re
+import selectors
+import socket
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+FIRST_BYTE_SECONDS = 5.0  # from a new connection to its first byte (gthread's own wait for data)
+REQUEST_SECONDS = 10.0  # from a request's first byte to its last
+READ_SECONDS = 5.0  # each read of a thread that was handed a request before it had all arrived
+BUFFER_LIMIT = 256 * 1024  # bytes of one request read by the event loop before a thread takes over
+_HEADER_END = b"\r\n\r\n"
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r\n", re.IGNORECASE)
+_CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r\n]*chunked", re.IGNORECASE)
+
+
+class ReadingConn(TConn):  # type: ignore[misc]
+    """A connection with the bytes of its next request read so far."""
+
+    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
+        super().__init__(cfg, sock, client, server)
+        self.pending = bytearray()
+        self.deadline = 0.0
+
+    def init(self) -> None:
+        super().init()
+        self.sock.settimeout(READ_SECONDS)  # gthread made it blocking; reads past what we hold must end
+
+
+class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gthread whose event loop reads whole requests before a thread handles them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reading: dict[ReadingConn, None] = {}  # connections the event loop is reading from
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = ReadingConn(self.cfg, client_sock, client_addr, listener.getsockname())
+        conn.deadline = time.monotonic() + FIRST_BYTE_SECONDS
+        self._read_from(conn)
+
+    def on_client_socket_readable(self, conn: ReadingConn, client: Any) -> None:
+        """A kept-alive connection has bytes of its next request: read them here, not on a thread."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._read_from(conn)
+
+    def handle(self, conn: ReadingConn) -> Any:
+        """On a thread: parse and answer the request the event loop read (gthread's own handling)."""
+        conn.data_ready = True
+        conn.sock.setblocking(True)
+        conn.init()
+        if conn.pending:
+            buf = conn.parser.unreader.buf
+            buf.seek(0, io.SEEK_END)
+            buf.write(bytes(conn.pending))
+            conn.pending.clear()
+        return super().handle(conn)
+
+    def murder_pending(self) -> None:
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in [c for c in self.reading if c.deadline <= now]:
+            self._drop(conn)
+
+    # In the event loop ---------------------------------------------------------------------------
+    def _read_from(self, conn: ReadingConn) -> None:
+        conn.sock.setblocking(False)
+        self.reading[conn] = None
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_bytes, conn))
+        self._on_bytes(conn, conn.sock)
+
+    def _on_bytes(self, conn: ReadingConn, _sock: Any) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:  # the client closed (or went away mid-request)
+            self._drop(conn)
+            return
+        if not conn.pending:
+            conn.deadline = time.monotonic() + REQUEST_SECONDS
+        conn.pending += data
+        if _complete(conn.pending):
+            self.poller.unregister(conn.sock)
+            del self.reading[conn]
+            self.enqueue_req(conn)
+
+    def _drop(self, conn: ReadingConn) -> None:
+        self.reading.pop(conn, None)
+        with contextlib.suppress(OSError, KeyError, ValueError):  # not registered any more
+            self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        conn.close()
+
+
+def _complete(pending: bytearray) -> bool:
+    """Whether a thread can take the request: all of it is here, or the rest must be streamed."""
+    end = pending.find(_HEADER_END)
+    if end < 0:
+        return len(pending) >= BUFFER_LIMIT  # the parser refuses headers this long at once
+    head = bytes(pending[: end + 2])
+    if _CHUNKED.search(head):
+        return True
+    match = _CONTENT_LENGTH.search(head)
+    length = int(match.group(1)) if match else 0
+    return len(pending) - (end + 4) >= length or len(pending) >= BUFFER_LIMIT

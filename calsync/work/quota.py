@@ -1,0 +1,271 @@
+"""Spending the day's Google quota: reconciliations spread over their period, stretched to fit the day.
+
+The per-minute budget and its priorities live in `calsync.store.quota` (every call takes from
+it). This module decides *when* the safety-net reconciliations happen:
+
+- Spread: a quiet calendar is reconciled at its own phase of the period (a hash of its id), so
+  calendars connected or resynced together never reconcile together, from their first
+  reconciliation on; one that reconciled at its phase is next due exactly one period later.
+- Stretch: every few minutes one process projects the quota day (calls so far, the steady rate of
+  everything but reconciliations, and the reconciliations owed at the current stretch) and picks
+  the smallest stretch whose projection fits `CALSYNC_QUOTA_PER_DAY`. A calendar quiet for `q`
+  seconds is then reconciled every `stretch * q` (never less than `CALSYNC_RECONCILE_EVERY`, never
+  more than a channel's life, since a renewal syncs anyway): the least active stretch first, a
+  calendar that changed within the period keeps it. Notification syncs, renewals and writes are
+  never held back for the day.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy import Integer, case, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from calsync.config import Settings
+from calsync.humanize import human_duration
+from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Account, Calendar
+from calsync.store.quota import DayCount, day_count, day_started, ensure_project_row, save_plan
+from calsync.store.states import AccountStatus
+
+log = logging.getLogger(__name__)
+
+PLAN_SECONDS = 300.0  # how often the day is projected again
+MIN_ELAPSED = 600.0  # the steady rate is measured over at least this much of the day
+QUIET_STEPS = 12  # quiet-time buckets: base, 2×base, … 2^11×base
+MIN_SLOT = 1.0  # seconds: the longest gap is the period plus at most this
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK = (1 << 64) - 1
+
+
+def phase(key: int) -> float:
+    """A calendar's place in its period, in [0, 1): Fibonacci hashing of its id.
+
+    Consecutive ids (calendars connected together) land as far apart as possible.
+    """
+    return ((key * _GOLDEN) & _MASK) / float(1 << 64)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long a calendar may go without a sync: `base` stretched by `stretch` × its quiet time."""
+
+    base: float
+    cap: float
+    stretch: float = 0.0
+
+    def interval(self, quiet_for: float) -> float:
+        """The reconcile period for a calendar quiet for `quiet_for` seconds.
+
+        Rounded down to base × 2^j, so an idle calendar keeps one period (and its phase) for long
+        stretches of time instead of moving its slot at every reconciliation.
+        """
+        raw = min(self.cap, max(self.base, self.stretch * max(0.0, quiet_for)))
+        if raw <= self.base:
+            return self.base
+        return min(self.cap, self.base * 2.0 ** math.floor(math.log2(raw / self.base) + 1e-9))
+
+
+def plan_of(settings: Settings, stretch: float = 0.0) -> Plan:
+    base = settings.reconcile_every
+    return Plan(base=base, cap=max(base, settings.channel_ttl - settings.renew_before), stretch=stretch)
+
+
+def reconcile_in(key: int, now: datetime, *, last_change: datetime | None, since: datetime | None, plan: Plan) -> float:
+    """Seconds from a successful sync at `now` until the calendar's next reconciliation.
+
+    A calendar that changed within the base period is busy: its notifications keep it fresh, so it
+    is reconciled one period after its last sync. Any other one goes to its next phase slot, in
+    [1 s, period + 1 s): never later than one period (and a second), spread over the whole period.
+    """
+    return reconcile_in_seconds(
+        key,
+        now.timestamp(),
+        last_change=None if last_change is None else last_change.timestamp(),
+        since=None if since is None else since.timestamp(),
+        plan=plan,
+    )
+
+
+def reconcile_in_seconds(key: int, now: float, *, last_change: float | None, since: float | None, plan: Plan) -> float:
+    """`reconcile_in` on Unix seconds (what the simulation in tests/bench drives)."""
+    quiet_from = last_change if last_change is not None else (since if since is not None else now)
+    quiet_for = now - quiet_from
+    interval = plan.interval(quiet_for)
+    if last_change is not None and quiet_for < plan.base:
+        return interval
+    slot = (phase(key) * interval - now) % interval
+    # A calendar reconciled at its slot is next due one period on, not again at once (rounding).
+    return slot if slot >= MIN_SLOT else slot + interval
+
+
+def next_reconcile(
+    runtime: Runtime, key: int, now: datetime, last_change: datetime | None, since: datetime | None
+) -> float:
+    """`reconcile_in` under this process's current plan."""
+    plan = plan_of(runtime.settings, runtime.budget.stretch)
+    return reconcile_in(key, now, last_change=last_change, since=since, plan=plan)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The day's outlook: what `calsync status`, the dashboard and /metrics show."""
+
+    budget: int
+    calls_today: int
+    projected: int
+    stretch: float
+    interval_busy: float  # a calendar that changed within the base period
+    interval_idle: float  # a calendar quiet for a week
+
+    @property
+    def stretched(self) -> bool:
+        return self.interval_idle > self.interval_busy
+
+
+def projected_total(
+    plan: Plan, *, spent: float, steady_rate: float, left: float, quiet: Sequence[tuple[float, int]]
+) -> float:
+    """Calls by the end of the day: spent + the steady rest + each quiet bucket's reconciliations."""
+    reconciles = sum(count * left / plan.interval(q) for q, count in quiet)
+    return spent + steady_rate * left + reconciles
+
+
+def solve_stretch(
+    plan: Plan, *, budget: int, spent: float, steady_rate: float, left: float, quiet: Sequence[tuple[float, int]]
+) -> tuple[float, float]:
+    """The smallest stretch whose projected day fits `budget`, and that projection.
+
+    0 when the day fits unstretched (or there is no daily budget); the largest useful stretch when
+    even that does not fit (everything at the cap: the day will go over, and the status says so).
+    """
+
+    def total(k: float) -> float:
+        return projected_total(replace(plan, stretch=k), spent=spent, steady_rate=steady_rate, left=left, quiet=quiet)
+
+    if budget <= 0 or total(0.0) <= budget:
+        return 0.0, total(0.0)
+    shortest = min((q for q, n in quiet if n and q > 0), default=plan.base)
+    high = plan.cap / shortest * 2
+    if total(high) > budget:
+        return high, total(high)
+    low = 0.0
+    for _ in range(50):
+        mid = (low + high) / 2
+        if total(mid) <= budget:
+            high = mid
+        else:
+            low = mid
+    return high, total(high)
+
+
+def quiet_buckets(session: Session, now: datetime, plan: Plan) -> list[tuple[float, int]]:
+    """Calendars (and calendar lists) that reconcile, by how long they have been quiet.
+
+    One scan of the calendars and one of the accounts, every few minutes; each bucket is
+    represented by its lower edge (so the projection errs on the side of more calls).
+    """
+    edges = [plan.base * 2**j for j in range(QUIET_STEPS)]
+    buckets: list[tuple[float, int]] = []
+    quiet_cal = func.coalesce(Calendar.last_changed_at, Calendar.created_at)
+    quiet_acct = func.coalesce(Account.connected_at, Account.created_at)
+    for stamp, stmt in (
+        (
+            quiet_cal,
+            select()
+            .select_from(Calendar)
+            .join(Account, Account.id == Calendar.account_id)
+            .where(
+                Account.status == AccountStatus.ACTIVE, Calendar.removed_at.is_(None), Calendar.baseline_done.is_(True)
+            ),
+        ),
+        (quiet_acct, select().select_from(Account).where(Account.status == AccountStatus.ACTIVE)),
+    ):
+        columns = [func.count()] + [
+            func.sum(case((stamp <= now - timedelta(seconds=edge), 1), else_=0)).cast(Integer) for edge in edges
+        ]
+        row = session.execute(stmt.add_columns(*columns)).one()
+        counts = [int(v or 0) for v in row]
+        at_least = [*counts[1:], 0]
+        buckets.append((0.0, counts[0] - at_least[0]))
+        for j, edge in enumerate(edges):
+            buckets.append((edge, at_least[j] - at_least[j + 1]))
+    merged: dict[float, int] = {}
+    for q, n in buckets:
+        merged[q] = merged.get(q, 0) + n
+    return sorted(merged.items())
+
+
+def replan(runtime: Runtime) -> Projection | None:
+    """Project the day and store a new stretch if the last plan is older than PLAN_SECONDS.
+
+    Any process may call it on every scheduler pass: the stored plan's time elects one planner, and
+    every process picks up the stretch from the row. Failures are logged: the old plan stays.
+    """
+    settings = runtime.settings
+    now = runtime.clock.now()
+    try:
+        with transaction(runtime.sessions) as session:
+            ensure_project_row(session)
+            count = day_count(session, now)
+            runtime.budget.stretch = count.stretch
+            if now.timestamp() - count.planned_at < PLAN_SECONDS:
+                return None
+            base = plan_of(settings)
+            quiet = quiet_buckets(session, now, base)
+            elapsed = max(MIN_ELAPSED, (now - day_started(now)).total_seconds())
+            left = max(0.0, 86400.0 - (now - day_started(now)).total_seconds())
+            steady = max(0, count.calls - count.reconcile - count.first_sync) / elapsed
+            stretch, total = solve_stretch(
+                base, budget=settings.quota_per_day, spent=count.calls, steady_rate=steady, left=left, quiet=quiet
+            )
+            if save_plan(
+                session, stretch=stretch, projected=round(total), planned_at=now.timestamp(), not_after=count.planned_at
+            ):
+                runtime.budget.stretch = stretch
+                if stretch:
+                    log.info("quota: the day projects to %d calls; reconciliations stretched by %.2f", total, stretch)
+                return projection(settings, count, stretch=stretch, projected=round(total))
+    except SQLAlchemyError:
+        log.exception("quota plan failed; the previous plan stays")
+    return None
+
+
+def projection(
+    settings: Settings, count: DayCount, *, stretch: float | None = None, projected: int | None = None
+) -> Projection:
+    plan = plan_of(settings, count.stretch if stretch is None else stretch)
+    return Projection(
+        budget=settings.quota_per_day,
+        calls_today=count.calls,
+        projected=max(count.calls, count.projected if projected is None else projected),
+        stretch=plan.stretch,
+        interval_busy=plan.interval(0.0),
+        interval_idle=plan.interval(7 * 86400.0),
+    )
+
+
+def describe(p: Projection) -> str:
+    """One line for people: calls today, the projection against the budget, the reconcile interval."""
+    of = f" of {p.budget:,}" if p.budget else " (no daily limit)"
+    over = " — over the budget" if p.budget and p.projected > p.budget else ""
+    every = _hours(p.interval_busy)
+    if p.stretched:
+        every += f" (quiet calendars: up to {_hours(p.interval_idle)})"
+    return f"Google quota today: {p.calls_today:,} calls, projected {p.projected:,}{of}{over} · reconcile every {every}"
+
+
+def _hours(seconds: float) -> str:
+    return human_duration(seconds)
+
+
+def outlook(session: Session, settings: Settings, now: datetime) -> Projection:
+    """The day as the last plan saw it, with today's calls counted to now."""
+    return projection(settings, day_count(session, now))

@@ -1,0 +1,179 @@
+"""The quota budget: no sliding window holds more than the budget, urgent work keeps a reserve,
+Google's slow-downs halve the pace and it grows back; shared through the database by every taker."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from calsync.clock import FrozenClock
+from calsync.config import Settings
+from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import QuotaBudget
+from calsync.store.quota import (
+    PROJECT,
+    Budget,
+    Limits,
+    ScopeState,
+    admit,
+    ceiling,
+    pace,
+    quota_day,
+    slowed,
+    user_scope,
+)
+from calsync.store.states import Priority
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_sliding_window_holds_more_than_the_budget_whatever_the_mix(seed: int) -> None:
+    rng = random.Random(seed)
+    state, now, granted = ScopeState(), 0.0, []
+    for _ in range(20_000):
+        now += rng.expovariate(50.0)  # far more demand than the budget allows
+        priority = rng.choice(list(Priority))
+        state, wait = admit(state, now, priority, per_window=100, window=60.0)
+        if wait == 0.0:
+            granted.append(now)
+    assert _max_in_window(granted, 60.0) <= 100
+    assert _max_in_window(granted, 60.0) >= 90  # and the budget is used, not wasted
+
+
+def test_background_at_its_ceiling_leaves_urgent_calls_room_at_once() -> None:
+    state, now = ScopeState(), 1000.0
+    while True:  # reconciliations take everything they may
+        state, wait = admit(state, now, Priority.RECONCILE, per_window=1000, window=60.0)
+        if wait:
+            break
+    assert ceiling(state, now, 1000, 60.0) == Priority.FIRST_SYNC
+    urgent = 0
+    while admit(state, now, Priority.NOTIFICATION, 1000, 60.0)[1] == 0.0:
+        state = admit(state, now, Priority.NOTIFICATION, 1000, 60.0)[0]
+        urgent += 1
+    assert urgent >= 100  # a notification never queues behind a full window of background work
+    assert admit(state, now, Priority.WRITE, 1000, 60.0)[1] == 0.0  # and writes have room above that
+    assert admit(state, now, Priority.RECONCILE, 1000, 60.0)[1] > 5.0  # background waits its turn
+
+
+def test_a_slow_down_halves_the_pace_once_per_cooldown_and_it_grows_back() -> None:
+    state = slowed(ScopeState(), 100.0, None)
+    assert pace(state, 100.0) == 0.5
+    assert pace(slowed(state, 101.0, None), 101.0) == pytest.approx(pace(state, 101.0))  # calls in flight
+    assert pace(slowed(state, 106.0, None), 106.0) < 0.3  # a new refusal later halves again
+    assert pace(state, 130.0) == pytest.approx(0.75)
+    assert pace(state, 160.0) == 1.0
+    held = slowed(ScopeState(), 100.0, 30.0)
+    assert admit(held, 110.0, Priority.RECONCILE, 100, 60.0)[1] == pytest.approx(20.0)  # Retry-After
+    assert admit(held, 110.0, Priority.FIRST_SYNC, 100, 60.0)[1] == pytest.approx(20.0)
+    assert admit(held, 110.0, Priority.NOTIFICATION, 100, 60.0)[1] == 0.0  # urgent work goes on, slower
+
+
+def test_the_quota_day_ends_at_midnight_pacific() -> None:
+    assert quota_day(datetime(2026, 12, 6, 7, 59, tzinfo=UTC)) == 20261205
+    assert quota_day(datetime(2026, 12, 6, 8, 0, tzinfo=UTC)) == 20261206
+
+
+@pytest.fixture
+def budget(settings: Settings) -> Any:
+    rt = Runtime.create(settings)
+    yield rt
+    rt.close()
+
+
+class _Stamps:
+    """The system clock, remembering on each thread the time the budget last decided at."""
+
+    def __init__(self) -> None:
+        self.local = threading.local()
+
+    def now(self) -> datetime:
+        self.local.at = datetime.now(UTC)
+        return self.local.at  # type: ignore[no-any-return]
+
+
+def test_takers_in_many_threads_share_one_budget_in_the_database(budget: Runtime) -> None:
+    """Eight threads, each with its own Budget object (as separate processes have), one table: the
+    row lock makes their decisions one after another, so none is taken twice."""
+    window, per_window = 1.0, 40
+    granted: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + 2.5
+    clock = _Stamps()
+
+    def taker(n: int) -> None:
+        own = Budget(budget.sessions, clock, Limits(per_window, 0, window))
+        while time.monotonic() < stop:
+            if own.try_take(Priority(n % 5), account_id=None) == 0.0:
+                with lock:
+                    granted.append(clock.local.at.timestamp())
+
+    threads = [threading.Thread(target=taker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _max_in_window(granted, window) <= per_window
+    assert len(granted) >= 2 * per_window * 0.8  # the budget was spent, not starved by contention
+    with budget.sessions() as session:
+        row = session.get(QuotaBudget, PROJECT)
+        assert row is not None and row.calls_today == len(granted)
+
+
+def test_a_user_over_its_budget_waits_while_others_and_the_project_go_on(budget: Runtime) -> None:
+    clock = FrozenClock(datetime(2026, 12, 6, 12, tzinfo=UTC))
+    own = Budget(budget.sessions, clock, Limits(1000, 10, 60.0))
+    taken: list[float] = []
+    for _ in range(600):  # one user asks every 0.1 s for a minute: ten calls, paced
+        if own.try_take(Priority.NOTIFICATION, account_id=1) == 0.0:
+            taken.append(clock.now().timestamp())
+        clock.advance(0.1)
+    assert 2 <= _max_in_window(taken, 60.0) <= 10 and len(taken) >= 8
+    assert own.try_take(Priority.NOTIFICATION, account_id=2) == 0.0  # another user has room
+    refused = own.try_take(Priority.NOTIFICATION, account_id=1)
+    assert refused > 0
+    with budget.sessions() as session:
+        rows = {r.scope: r.calls_today for r in session.execute(select(QuotaBudget.scope, QuotaBudget.calls_today))}
+    assert rows[PROJECT] == len(taken) + 1  # a refused call is not counted
+    assert user_scope(1) in rows and user_scope(2) in rows
+
+
+def test_take_waits_for_room_then_gives_up_with_quota_wait(budget: Runtime) -> None:
+    from calsync.errors import QuotaWait
+
+    clock = FrozenClock(datetime(2026, 12, 6, 12, tzinfo=UTC))
+    own = Budget(budget.sessions, clock, Limits(100, 0, 60.0), max_wait=2.0)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:  # budget time passes only while someone waits
+        slept.append(seconds)
+        clock.advance(seconds)
+
+    own.sleep = sleep
+    while own.try_take(Priority.FIRST_SYNC, None) == 0.0:
+        pass
+    own.take(Priority.FIRST_SYNC, None)  # no room now: it waits for the next slot, then goes
+    assert 0 < sum(slept) <= 1.0
+    with pytest.raises(QuotaWait) as err:
+        own.take(Priority.RECONCILE, None, max_wait=0.0)  # may not wait: says how long instead
+    assert err.value.wait > 0
+    with transaction(budget.sessions) as session:
+        row = session.get(QuotaBudget, PROJECT)
+        assert row is not None and row.first_sync_today == row.calls_today and row.reconcile_today == 0
+    assert clock.now() - datetime(2026, 12, 6, 12, tzinfo=UTC) < timedelta(seconds=2)

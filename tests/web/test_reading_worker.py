@@ -1,0 +1,75 @@
+"""Slow clients against a real `calsync serve`: half-sent requests hold no request thread."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import requests
+
+from calsync.config import Settings
+from tests.web.process_support import calsync_process
+
+SLOW_SOCKETS = 16  # twice the request threads of `calsync serve`
+
+
+def _half_sent(base: str, partial: bytes) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(partial)
+    return sock
+
+
+def test_sixteen_slow_sockets_leave_notifications_and_healthz_answering(settings: Settings, tmp_path: Path) -> None:
+    with calsync_process(settings, tmp_path / "serve.log", ["serve"]) as base:
+        partials = [
+            b"POST /notifications HTTP/1.1\r\nHost: calsync\r\nX-Goog-Channel-ID: a",  # headers never end
+            b"POST /notifications HTTP/1.1\r\nHost: calsync\r\nContent-Length: 100\r\n\r\n{",  # nor does the body
+        ]
+        slow = [_half_sent(base, partials[i % 2]) for i in range(SLOW_SOCKETS)]
+        try:
+            time.sleep(0.5)  # gthread's threads would be reading them by now
+            for _ in range(3):
+                started = time.monotonic()
+                health = requests.get(base + "/healthz", timeout=2)
+                notified = requests.post(
+                    base + "/notifications",
+                    headers={
+                        "X-Goog-Channel-ID": "00000000-0000-4000-8000-000000000000",
+                        "X-Goog-Resource-State": "exists",
+                        "X-Goog-Message-Number": "2",
+                    },
+                    timeout=2,
+                )
+                assert health.status_code in (200, 503) and notified.status_code == 404
+                assert time.monotonic() - started < 2
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+def test_a_request_sent_in_pieces_is_answered_whole(settings: Settings, tmp_path: Path) -> None:
+    """The event loop gathers a request across reads and hands the thread all of it, body included."""
+    with calsync_process(settings, tmp_path / "serve.log", ["serve"]) as base:
+        body = b'{"url": "ftp://calsync.invalid/hook", "events": ["event.created"]}'
+        request = (
+            b"POST /api/webhooks HTTP/1.1\r\nHost: calsync\r\nAuthorization: Bearer "
+            + str(settings.api_token).encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + body
+        )
+        sock = _half_sent(base, request[:40])
+        try:
+            for start in range(40, len(request), 25):
+                time.sleep(0.05)
+                sock.sendall(request[start : start + 25])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        finally:
+            sock.close()
+        # The URL (the body's first field) was judged: the JSON body reached the app whole.
+        assert answer.startswith(b"HTTP/1.1 400 ") and b'"field": "url"' in answer

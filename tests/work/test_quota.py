@@ -1,0 +1,306 @@
+"""The quota budget at work: several worker processes keep it as Google measures it, a notification's
+sync overtakes a queue of first syncs, reconciliations are spread over their period, a 403 slows the
+deployment down, and a short day stretches the quietest calendars' reconciliations first."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, update
+
+from calsync.clock import FrozenClock
+from calsync.config import Settings
+from calsync.push.owed import request_calendar_sync
+from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import Calendar, QuotaBudget
+from calsync.store.quota import PROJECT, ScopeState, ceiling, pace, user_scope
+from calsync.store.states import Priority
+from calsync.work.quota import Plan, outlook, reconcile_in, replan
+from calsync.work.worker import Worker
+from tests.push_support import calendar_id_of, calendar_row, changes_for, wait_for
+from tests.sync_support import connect_account
+from tests.web.process_support import web_env
+
+EVENT = {"summary": "Q", "start": {"dateTime": "2026-12-07T09:00:00Z"}, "end": {"dateTime": "2026-12-07T10:00:00Z"}}
+
+
+def _runtime(settings: Settings, **quota: Any) -> Runtime:
+    clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
+    return Runtime.create(dataclasses.replace(settings, **quota), clock=clock)
+
+
+def _frozen(rt: Runtime) -> FrozenClock:
+    assert isinstance(rt.clock, FrozenClock)
+    return rt.clock
+
+
+def _project(rt: Runtime) -> QuotaBudget:
+    with rt.sessions() as session:
+        row = session.get(QuotaBudget, PROJECT)
+        assert row is not None
+        return row
+
+
+def _baselines(rt: Runtime, account_id: int) -> int:
+    with rt.sessions() as session:
+        return int(
+            session.scalar(
+                select(func.count()).where(Calendar.account_id == account_id, Calendar.baseline_done.is_(True))
+            )
+            or 0
+        )
+
+
+def _drain(worker: Worker) -> int:
+    done = 0
+    while worker.work_once("w/0"):
+        done += 1
+    return done
+
+
+def test_a_notifications_sync_overtakes_a_queue_of_first_syncs(settings: Settings, emu: Any) -> None:
+    rt = _runtime(settings, quota_per_minute=120, quota_per_user_per_minute=0)
+    try:
+        clock = _frozen(rt)
+        connect_account(rt, emu, "ann@example.com")
+        Worker(rt, threads=1).run_burst()
+        ann = calendar_id_of(rt, "ann@example.com")
+        clock.advance(600)  # the budget is full again
+        Worker(rt, threads=1).run_burst()  # whatever reconciliation fell due meanwhile (the clock stays)
+        emu.create_user("bob@example.com")
+        for i in range(30):
+            emu.create_calendar("bob@example.com", f"team {i}")
+        bob = connect_account(rt, emu, "bob@example.com")
+        worker = Worker(rt, threads=1)
+        worker.work_once("w/0")  # bob's calendar list: 31 first syncs are now queued
+        emu.insert_event("ann@example.com", EVENT)
+        with transaction(rt.sessions) as session:
+            request_calendar_sync(session, ann, clock.now())  # what the receiver does for ann's notification
+        assert worker.work_once("w/0") == 1
+        assert [c.kind for c in changes_for(rt, ann)] == ["created"]  # first, ahead of the queue
+        assert _baselines(rt, bob) == 0
+
+        # The budget runs out for first syncs; a notification still gets through at once.
+        _drain(worker)
+        waiting = 31 - _baselines(rt, bob)
+        assert waiting > 20  # the queue is still there: first syncs wait for room
+        emu.insert_event("ann@example.com", {**EVENT, "summary": "second"})
+        with transaction(rt.sessions) as session:
+            request_calendar_sync(session, ann, clock.now())
+        started = time.monotonic()
+        assert worker.work_once("w/0") == 1
+        assert time.monotonic() - started < 2.0
+        assert [c.kind for c in changes_for(rt, ann)] == ["created", "created"]
+        assert 31 - _baselines(rt, bob) == waiting
+        for _ in range(200):  # and the queue drains as the budget allows, a few calls a second
+            clock.advance(5)
+            Worker(rt, threads=1).run_burst()
+            if _baselines(rt, bob) == 31:
+                break
+        assert _baselines(rt, bob) == 31
+    finally:
+        rt.close()
+
+
+def test_reconciliation_times_are_spread_over_the_whole_period(settings: Settings, emu: Any) -> None:
+    rt = _runtime(settings, quota_per_user_per_minute=0)  # all 24 in one (frozen) instant
+    try:
+        clock = _frozen(rt)
+        emu.create_user("ann@example.com")
+        for i in range(23):
+            emu.create_calendar("ann@example.com", f"c{i}")
+        connect_account(rt, emu, "ann@example.com")
+        Worker(rt, threads=1).run_burst()  # 24 calendars connected (and synced) at one instant
+        period = rt.settings.reconcile_every
+        synced_at = clock.now()
+
+        def offsets() -> list[float]:
+            with rt.sessions() as session:
+                rows = session.execute(
+                    select(
+                        Calendar.due_at,
+                        Calendar.next_reconcile_at,
+                        Calendar.sync_requested,
+                        Calendar.sync_done,
+                        Calendar.due_priority,
+                        Calendar.baseline_done,
+                    )
+                ).all()
+            assert all(r.due_at == r.next_reconcile_at for r in rows), [
+                tuple(r) for r in rows if r.due_at != r.next_reconcile_at
+            ]
+            return sorted((r.due_at - synced_at).total_seconds() for r in rows)
+
+        first = offsets()
+        assert len(first) == 24 and first[0] > 0 and first[-1] <= period
+        quarters = [sum(1 for o in first if q * period / 4 < o <= (q + 1) * period / 4) for q in range(4)]
+        assert min(quarters) >= 3, quarters  # spread over the period, from the first reconciliation
+
+        # An idle calendar that reconciled at its phase is due again exactly one period later.
+        one = min(first)
+        clock.set(synced_at + timedelta(seconds=one))
+        Worker(rt, threads=1).run_burst()
+        assert offsets()[-1] == pytest.approx(one + period)
+
+        # Reconciliations lined up (as by an older version) are spread again at their next pass.
+        with transaction(rt.sessions) as session:
+            session.execute(update(Calendar).values(due_at=clock.now(), next_reconcile_at=clock.now()))
+        synced_at = clock.now()
+        Worker(rt, threads=1).run_burst()
+        again = offsets()
+        assert again[-1] <= period and min(sum(1 for o in again if o <= (q + 1) * period / 4) for q in range(1)) >= 3
+        assert len({round(o) for o in again}) == 24
+    finally:
+        rt.close()
+
+
+def test_a_403_slows_the_deployment_and_a_user_limit_slows_that_user(settings: Settings, emu: Any) -> None:
+    rt = _runtime(settings)
+    try:
+        clock = _frozen(rt)
+        account = connect_account(rt, emu, "ann@example.com")
+        Worker(rt, threads=1).run_burst()
+        ann = calendar_id_of(rt, "ann@example.com")
+        assert pace(_state(_project(rt)), clock.now().timestamp()) == 1.0
+
+        emu.fail_next(1, status=403, reason="rateLimitExceeded", method="calendar.events.list")
+        with transaction(rt.sessions) as session:
+            request_calendar_sync(session, ann, clock.now())
+        Worker(rt, threads=1).run_burst()
+        assert calendar_row(rt, ann).sync_state == "backoff"
+        now = clock.now().timestamp()
+        assert pace(_state(_project(rt)), now) == 0.5  # the whole deployment's pace halved
+        assert pace(_state(_project(rt)), now + 30) == pytest.approx(0.75)  # and it grows back
+        assert pace(_state(_project(rt)), now + 60) == 1.0
+
+        clock.advance(120)
+        emu.fail_next(1, status=403, reason="userRateLimitExceeded", method="calendar.events.list")
+        with transaction(rt.sessions) as session:
+            request_calendar_sync(session, ann, clock.now())
+        Worker(rt, threads=1).run_burst()
+        now = clock.now().timestamp()
+        with rt.sessions() as session:
+            user = session.get(QuotaBudget, user_scope(account))
+        assert user is not None and pace(_state(user), now) == 0.5  # only that user's budget slows
+        assert pace(_state(_project(rt)), now) == 1.0
+
+        clock.advance(120)
+        emu.fail_next(1, status=429, reason="rateLimitExceeded", retry_after=30, method="calendar.events.list")
+        with transaction(rt.sessions) as session:
+            request_calendar_sync(session, ann, clock.now())
+        Worker(rt, threads=1).run_burst()
+        state = _state(_project(rt))
+        limits = rt.budget.limits
+        # Retry-After holds background work; a notification's sync still goes.
+        assert ceiling(state, clock.now().timestamp(), limits.per_window, limits.window) == Priority.RENEWAL
+        clock.set(calendar_row(rt, ann).retry_at)  # type: ignore[arg-type]
+        emu.insert_event("ann@example.com", EVENT)
+        Worker(rt, threads=1).run_burst()
+        assert [c.kind for c in changes_for(rt, ann)] == ["created"]
+    finally:
+        rt.close()
+
+
+def _state(row: QuotaBudget) -> ScopeState:
+    return ScopeState(tat=row.tat, hold_until=row.hold_until, factor=row.factor, factor_at=row.factor_at)
+
+
+def test_a_short_day_stretches_the_quietest_calendars_first(settings: Settings, emu: Any) -> None:
+    rt = _runtime(settings, quota_per_day=200, quota_per_user_per_minute=0)  # the first syncs alone take ~120
+    try:
+        clock = _frozen(rt)
+        emu.create_user("ann@example.com")
+        for i in range(39):
+            emu.create_calendar("ann@example.com", f"c{i}")
+        connect_account(rt, emu, "ann@example.com")
+        Worker(rt, threads=1).run_burst()
+        now = clock.now()
+        busy = calendar_id_of(rt, "ann@example.com")
+        with transaction(rt.sessions) as session:  # quiet for weeks, all but one
+            session.execute(update(Calendar).values(created_at=now - timedelta(days=30), last_changed_at=None))
+            session.execute(update(Calendar).where(Calendar.id == busy).values(last_changed_at=now))
+        assert outlook(rt.sessions(), rt.settings, now).stretch == 0.0
+        clock.advance(400)
+        replan(rt)
+        with rt.sessions() as session:
+            seen = outlook(session, rt.settings, clock.now())
+        assert seen.stretched and seen.interval_busy == rt.settings.reconcile_every
+        assert seen.interval_idle > rt.settings.reconcile_every
+        plan = Plan(rt.settings.reconcile_every, 6 * 86400, seen.stretch)
+        at = clock.now()
+        idle_gap = reconcile_in(7, at, last_change=None, since=at - timedelta(days=30), plan=plan)
+        busy_gap = reconcile_in(8, at, last_change=at - timedelta(minutes=5), since=at, plan=plan)
+        assert busy_gap == rt.settings.reconcile_every and idle_gap > rt.settings.reconcile_every
+    finally:
+        rt.close()
+
+
+@pytest.mark.slow
+def test_several_worker_processes_keep_the_budget_measured_at_google(
+    settings: Settings, emu: Any, tmp_path: Path
+) -> None:
+    window, budget = 3.0, 15  # a short window keeps the test short; the arithmetic is the minute's
+    emu.enforce_quota(per_project=budget, window=window)  # Google refuses anything over it
+    runtime = Runtime.create(settings)
+    try:
+        for user in ("ann@example.com", "bob@example.com"):
+            emu.create_user(user)
+            for i in range(2):
+                emu.create_calendar(user, f"{user} {i}")
+            connect_account(runtime, emu, user)
+        env = web_env(
+            settings,
+            CALSYNC_QUOTA_WINDOW=str(window),
+            CALSYNC_QUOTA_PER_MINUTE=str(round(budget * 60 / window)),
+        )
+        workers = [
+            subprocess.Popen(
+                [str(Path(sys.executable).parent / "calsync"), "worker", "--threads", "3"],
+                env=env,
+                stdout=(tmp_path / f"w{n}.log").open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            for n in range(3)
+        ]
+        try:
+            wait_for(lambda: _all_watched(runtime, 6), timeout=60, interval=0.2, what="every calendar synced")
+        finally:
+            for proc in workers:
+                proc.send_signal(signal.SIGTERM)
+            for proc in workers:
+                try:
+                    proc.wait(timeout=30)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+    finally:
+        runtime.close()
+    served = sorted(r.time.timestamp() for r in emu.requests if r.api_method.startswith("calendar.") and r.status < 400)
+    assert len(served) >= 20  # more than the budget: without it, they would all go within a second or two
+    print(f"\n{len(served)} calls served over {served[-1] - served[0]:.1f} s")
+    assert emu.quota.refused == 0  # Google never had to say no
+    assert _max_in_window(served, window) <= budget
+
+
+def _all_watched(rt: Runtime, count: int) -> bool:
+    with rt.sessions() as session:
+        rows = session.execute(select(Calendar.baseline_done, Calendar.sync_requested, Calendar.sync_done)).all()
+    return len(rows) == count and all(r.baseline_done and r.sync_requested == r.sync_done for r in rows)
+
+
+def _max_in_window(times: list[float], window: float) -> int:
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
