@@ -46,7 +46,7 @@ from calsync.store.models import Calendar, Event
 from calsync.store.states import ChangeKind, Priority, SyncState
 from calsync.sync.mirror import PageMirror
 from calsync.sync.state import CalendarState
-from calsync.sync.turns import turn
+from calsync.sync.turns import page_transaction
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class _SyncRun:
                 next_sync_token = page.get("nextSyncToken")
                 items: list[dict[str, Any]] = list(page.get("items") or [])
                 # A write through calsync to this calendar commits before or after this page, never amid it.
-                with turn(self.runtime, self.calendar_id), transaction(self.runtime.sessions) as session:
+                with page_transaction(self.runtime, self.calendar_id) as session:
                     now = self.runtime.clock.now()
                     self._extend_lease(session, now)
                     if token is None and gen is None:

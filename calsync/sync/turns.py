@@ -7,8 +7,10 @@ write reached Google carries an older version (which the mirror does not take ba
 turn, a sync woken by the write's own notification could commit that version first, as a change
 found in Google: the app would hear its own write.
 
-PostgreSQL: a session-level advisory lock on a connection of its own (any number of processes).
-SQLite: an exclusive `flock` on a file beside the database (the processes of one host).
+PostgreSQL: an advisory lock (any number of processes): a write holds it on a connection of its
+own across Google's call; a sync page takes it inside the page's own transaction, as its first
+statement, so a page costs no connection or transaction more. SQLite: an exclusive `flock` on a
+file beside the database (the processes of one host).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import make_url, text
+from sqlalchemy.orm import Session
 
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
 
 # The first key of PostgreSQL's two-key advisory locks: "cal" in ASCII, so calsync's turns never
 # meet another application's locks that use the same database.
@@ -47,6 +51,18 @@ def turn(runtime: Runtime, calendar_id: int) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextmanager
+def page_transaction(runtime: Runtime, calendar_id: int) -> Iterator[Session]:
+    """A sync page's transaction, holding the calendar's turn until it commits or rolls back."""
+    if runtime.engine.dialect.name == "postgresql":
+        with transaction(runtime.sessions) as session:
+            session.execute(text("SELECT pg_advisory_xact_lock(:k, :c)"), {"k": _LOCK_CLASS, "c": calendar_id})
+            yield session
+        return
+    with turn(runtime, calendar_id), transaction(runtime.sessions) as session:
+        yield session
 
 
 def _lock_file(database_url: str, calendar_id: int) -> Path:
