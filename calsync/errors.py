@@ -92,6 +92,18 @@ class ConnectLinkUnusable(ConnectSessionError):
         self.reason = reason
 
 
+class ConnectionUnusable(ConnectSessionError):
+    """A connection code that cannot be confirmed; `reason` is `unknown`, `used` or `expired`."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class RefMismatch(ConnectSessionError):
+    """The app confirmed a connection for another ref than its session's: the connection is dropped."""
+
+
 class WebhookError(CalsyncError):
     """Outgoing webhook problem."""
 

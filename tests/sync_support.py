@@ -9,7 +9,7 @@ import requests
 from google.oauth2.credentials import Credentials
 from sqlalchemy import select
 
-from calsync.accounts import connect_sessions
+from calsync.accounts import connect_sessions, connections
 from calsync.accounts.connected import upsert_account
 from calsync.accounts.consent import finish_consent, start_consent
 from calsync.google.oauth import client_config
@@ -40,7 +40,8 @@ def connect_account(runtime: Runtime, emu: Any, email: str, scopes: tuple[str, .
 
 
 def connect_with_ref(runtime: Runtime, emu: Any, email: str, ref: str) -> int:
-    """An app's connect session, claimed, and the consent after it (as /connect/<token> runs them)."""
+    """An app's connect session, claimed, the consent after it (as /connect/<token> runs them), and
+    the app's confirmation for the same ref."""
     wanted = connect_sessions.ConnectRequest(ref=ref, return_to="https://app.example.test/after", login_hint=email)
     with transaction(runtime.sessions) as session:
         url, _ = connect_sessions.create(session, wanted, runtime.settings.public_url, runtime.clock.now())
@@ -50,7 +51,9 @@ def connect_with_ref(runtime: Runtime, emu: Any, email: str, ref: str) -> int:
     emu.auto_approve = email
     answer = requests.get(pending.url, allow_redirects=False, timeout=10)
     code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
-    assert finish_consent(runtime, pending.state, pending.verifier, code, link=link.token_hash) == email
+    done = finish_consent(runtime, pending.state, pending.verifier, code, link=link.token_hash)
+    assert done.email == email and done.connection is not None
+    assert connections.confirm(runtime, done.connection, ref) == connections.Confirmation(account=email, ref=ref)
     with runtime.sessions() as session:
         return session.scalars(select(Account.id).where(Account.email == email)).one()
 

@@ -4,7 +4,8 @@ The web layer keeps the pending state and PKCE verifier in the user's session be
 and renders the outcome; this module starts Google's consent and, given the code, exchanges it,
 identifies the account by its primary calendar and stores it. The first sync and the watch are
 left to a worker, so finishing a consent costs two short calls to Google and one commit. A consent
-started from an app's connect session also gives the account the session's `ref`, in that commit.
+started from an app's connect session stores nothing yet: its tokens wait behind a one-time code
+until the app confirms them for its signed-in user (`calsync.accounts.connections`).
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from google.oauth2.credentials import Credentials
 from oauthlib.oauth2.rfc6749.errors import OAuth2Error
 from requests import RequestException
 
-from calsync.accounts import connect_sessions
+from calsync.accounts import connections
 from calsync.accounts.connected import record_connected, upsert_account
 from calsync.errors import ConfigError, ConsentError, GoogleApiError
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import authorization_url, make_flow
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
-from calsync.store.states import ConnectOutcome, Priority
+from calsync.store.states import Priority
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,14 @@ class PendingConsent:
     verifier: str | None
 
 
+@dataclass(frozen=True)
+class Consented:
+    """A finished consent: the Google account, and for a connect session the code the app confirms it with."""
+
+    email: str
+    connection: str | None = None
+
+
 def start_consent(runtime: Runtime, login_hint: str | None = None) -> PendingConsent:
     """Google's authorization URL (offline access, PKCE); ConsentError when not configured."""
     try:
@@ -50,10 +59,13 @@ def start_consent(runtime: Runtime, login_hint: str | None = None) -> PendingCon
     return PendingConsent(url=url, state=state, verifier=flow.code_verifier)
 
 
-def finish_consent(runtime: Runtime, state: str, verifier: str | None, code: str, *, link: str | None = None) -> str:
-    """Exchange the code, store the account (tokens encrypted), wake a worker; returns its email.
+def finish_consent(
+    runtime: Runtime, state: str, verifier: str | None, code: str, *, link: str | None = None
+) -> Consented:
+    """Exchange the code, store the account (tokens encrypted), wake a worker.
 
-    `link` is the hash of the connect session the consent came from: the account takes its ref.
+    `link` is the hash of the connect session the consent came from: the account is then only held,
+    and the answer carries the one-time code the app confirms it with.
     """
     try:
         flow = make_flow(runtime.settings, state=state, code_verifier=verifier)
@@ -85,16 +97,18 @@ def finish_consent(runtime: Runtime, state: str, verifier: str | None, code: str
             reason="no_primary_calendar",
             detail=str(err),
         ) from err
+    if link is not None:
+        with transaction(runtime.sessions) as db:
+            held = connections.hold(db, runtime.cipher, link, email, creds, granted_scopes(creds), runtime.clock.now())
+        log.info("account %s consented through a connect link; waiting for the app's confirmation", email)
+        return Consented(email, held)
     with transaction(runtime.sessions) as db:
         now = runtime.clock.now()
         account = upsert_account(db, runtime.cipher, email, creds, granted_scopes(creds), now)
-        ref = None
-        if link is not None:
-            ref = connect_sessions.settle(db, link, ConnectOutcome.CONNECTED, account.id).ref
-        record_connected(db, account, now, ref=ref)
+        record_connected(db, account, now)
         runtime.wakeup.notify_after_commit(db)
     log.info("account %s connected", email)
-    return email
+    return Consented(email)
 
 
 def granted_scopes(creds: Credentials) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -22,22 +22,23 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from calsync.clock import SystemClock
 from calsync.config import Settings
 from calsync.errors import ConfigError, NotFoundError
-from calsync.feed.cursor import newest_seq
 from calsync.humanize import ago, expires_in
+from calsync.readmodels.overview import operator_overview, watched
+from calsync.readmodels.reads import calendars_named
 from calsync.runtime import Runtime
-from calsync.store.db import make_engine, make_sessionmaker, rows_affected, transaction
-from calsync.store.liveness import heartbeat_is_fresh, lease_is_free, stale_before
+from calsync.store.db import make_engine, make_sessionmaker, transaction
+from calsync.store.liveness import heartbeat_is_fresh
 from calsync.store.migrate import current_revision
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
-from calsync.work.leases import Claim, finish_calendar, release_calendar
+from calsync.work.leases import Claim, claim_this_calendar, finish_calendar, release_calendar
 from calsync.work.liveness import last_heartbeat
 from calsync.work.quota import describe, outlook
 
@@ -62,19 +63,11 @@ def status(all_channels: bool) -> None:
     console = Console(highlight=False)
     with _database() as (_settings, engine), make_sessionmaker(engine)() as session:
         now = SystemClock().now()
-        accounts = list(session.scalars(select(Account).order_by(Account.email)))
-        calendars = list(
-            session.scalars(
-                select(Calendar)
-                .where(Calendar.removed_at.is_(None))
-                .order_by(Calendar.account_id, Calendar.primary.desc(), Calendar.summary)
-            )
-        )
-        query = select(Channel).order_by(Channel.expires_at)
-        channels = list(session.scalars(query if all_channels else query.where(Channel.status.in_(LIVE_CHANNEL))))
+        seen = operator_overview(session, all_channels=all_channels)
+        accounts, calendars, channels = seen.accounts, seen.calendars, seen.channels
         emails = {a.id: a.email for a in accounts}
         titles = {c.id: c.summary or c.google_id for c in calendars}
-        last_seq = newest_seq(session)  # the counter: right even when retention deleted every row
+        last_seq = seen.last_seq
         heartbeat = last_heartbeat(session)
         quota = outlook(session, _settings, now)
     console.print(_accounts_table(accounts, calendars, now))
@@ -163,19 +156,9 @@ def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -
     with _runtime() as rt:
         with rt.sessions() as session:
             if renew_all:
-                targets = [
-                    (c.id, c.account_id, f"{c.summary or c.google_id} ({c.account.email})")
-                    for c in session.scalars(
-                        select(Calendar)
-                        .join(Account)
-                        .where(Calendar.removed_at.is_(None), Account.status == AccountStatus.ACTIVE)
-                        .order_by(Calendar.id)
-                    )
-                ]
-                lists = [
-                    (a.id, a.email)
-                    for a in session.scalars(select(Account).where(Account.status == AccountStatus.ACTIVE))
-                ]
+                live, active = watched(session)
+                targets = [(c.id, c.account_id, f"{c.summary or c.google_id} ({c.account.email})") for c in live]
+                lists = [(a.id, a.email) for a in active]
             else:
                 cal = find_calendar(session, calendar or "", account)
                 targets = [(cal.id, cal.account_id, f"{cal.summary or cal.google_id} ({cal.account.email})")]
@@ -202,7 +185,7 @@ def channels_stop(channel_id: str | None, calendar: str | None, account: str | N
 
     The calendar keeps being reconciled; a new channel opens at its next renewal or `channels renew`.
     """
-    from calsync.push.channels import stop_channel
+    from calsync.push.channels import live_channels, stop_channel
 
     if bool(channel_id) == bool(calendar):
         raise click.UsageError("name one CHANNEL_ID or give --calendar")
@@ -218,11 +201,7 @@ def channels_stop(channel_id: str | None, calendar: str | None, account: str | N
                 ids = [channel_id]
             else:
                 cal = find_calendar(session, calendar or "", account)
-                ids = list(
-                    session.scalars(
-                        select(Channel.id).where(Channel.calendar_id == cal.id, Channel.status.in_(LIVE_CHANNEL))
-                    )
-                )
+                ids = [c.id for c in live_channels(session, calendar_id=cal.id)]
         for cid in ids:
             stop_channel(rt, cid)
             click.echo(f"stopped channel {cid}")
@@ -232,19 +211,7 @@ def channels_stop(channel_id: str | None, calendar: str | None, account: str | N
 
 def find_calendar(session: Session, ref: str, account: str | None = None) -> Calendar:
     """The one live calendar named by Google id or, failing that, by title; a usage error if several."""
-    base = (
-        select(Calendar)
-        .join(Account, Account.id == Calendar.account_id)
-        .where(Calendar.removed_at.is_(None))
-        .order_by(Calendar.id)
-    )
-    if account:
-        if session.scalar(select(Account.id).where(Account.email == account)) is None:
-            raise NotFoundError(f"no account {account!r} (see `calsync status`)")
-        base = base.where(Account.email == account)
-    found = list(session.scalars(base.where(Calendar.google_id == ref)))
-    if not found:
-        found = list(session.scalars(base.where(func.lower(Calendar.summary) == ref.lower())))
+    found = calendars_named(session, ref, account)
     if not found:
         owner = f" of account {account}" if account else ""
         raise NotFoundError(f"no calendar {ref!r}{owner} (see `calsync status`)")
@@ -287,18 +254,12 @@ def _runtime() -> Iterator[Runtime]:
 
 def _claim(session: Session, cal: Calendar, owner: str, rt: Runtime) -> Claim:
     """Take the calendar's lease unless a worker holds it right now."""
-    now = rt.clock.now()
-    free = lease_is_free(Calendar.lease_owner, Calendar.lease_until, now, stale_before(now))
-    taken = session.execute(
-        update(Calendar)
-        .where(Calendar.id == cal.id, free)
-        .values(lease_owner=owner, lease_until=now + timedelta(seconds=rt.settings.lease_seconds))
-    )
-    if not rows_affected(taken):
+    claim = claim_this_calendar(session, cal.id, cal.sync_requested, owner, rt.clock.now(), rt.settings.lease_seconds)
+    if claim is None:
         raise click.ClickException(
             f"{cal.summary or cal.google_id} is being synced by a worker right now; try again in a moment"
         )
-    return Claim(id=cal.id, requested=cal.sync_requested, owner=owner)
+    return claim
 
 
 def _style(value: str) -> str:

@@ -10,7 +10,7 @@ import base64
 import binascii
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
@@ -107,6 +107,25 @@ def one_calendar(session: Session, google_id: str, account_email: str | None = N
     if len(found) > 1:
         raise AmbiguousCalendar(f"calendar {google_id!r} belongs to {len(found)} accounts: add account=EMAIL")
     return found[0]
+
+
+def calendars_named(session: Session, name: str, account_email: str | None = None) -> list[Calendar]:
+    """The live calendars an operator means by `name`: by Google id, or failing that by title (any case).
+
+    NotFoundError when `account_email` names no account; an empty list when no calendar matches.
+    """
+    query = (
+        select(Calendar)
+        .join(Account, Account.id == Calendar.account_id)
+        .where(Calendar.removed_at.is_(None))
+        .order_by(Calendar.id)
+    )
+    if account_email:
+        if session.scalar(select(Account.id).where(Account.email == account_email)) is None:
+            raise NotFoundError(f"no account {account_email!r} (see `calsync status`)")
+        query = query.where(Account.email == account_email)
+    found = list(session.scalars(query.where(Calendar.google_id == name)))
+    return found or list(session.scalars(query.where(func.lower(Calendar.summary) == name.lower())))
 
 
 def events_page(

@@ -273,6 +273,14 @@ class ConnectSession(Base):
     used_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(String(20))  # connected | denied | error, once used
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"))
+    # The connection the consent made, held (tokens encrypted) until the app confirms it for the
+    # user signed in to it; the one-time code is kept only as its hash, like the link's token.
+    connection_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    connection_state: Mapped[str | None] = mapped_column(String(20))  # a ConnectionState
+    connection_until: Mapped[datetime | None] = mapped_column(index=True)  # set while tokens are held
+    email: Mapped[str | None] = mapped_column(String(320))
+    credentials: Mapped[bytes | None] = mapped_column(LargeBinary)  # Fernet-encrypted JSON, wiped once settled
+    scopes: Mapped[list[str] | None] = mapped_column(JSONType)
 
 
 class Counter(Base):

@@ -115,6 +115,15 @@ class ConnectOutcome(StrEnum):
     ERROR = "error"  # anything else; the return carries a short `error` code
 
 
+class ConnectionState(StrEnum):
+    """Where the connection a connect session's consent made stands: held until the app confirms it."""
+
+    PENDING = "pending"  # the consent succeeded; the account waits for the app's confirmation
+    CONFIRMED = "confirmed"  # the app confirmed it for the session's ref: the account is that ref's
+    REFUSED = "refused"  # the app's signed-in user was another ref: dropped
+    EXPIRED = "expired"  # not confirmed in time: dropped
+
+
 class SubscriptionStatus(StrEnum):
     """Whether an outgoing webhook subscription is sent to."""
 

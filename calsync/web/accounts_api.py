@@ -1,40 +1,26 @@
 """`/api/connect-sessions` and `/api/accounts`: how an app connects its users' calendars and finds them again.
 
 An app asks for a connect session for one of its users (`ref`), sends the user to its link and gets
-them back at `return_to`; from then on the account carries the ref, and the app can list, look up
-and disconnect accounts by it. Handlers parse, authorise and call calsync.accounts.
+them back at `return_to` with a one-time `connection` code, which its server confirms with the ref
+of the user signed in to it; from then on the account carries the ref, and the app can list, look
+up and disconnect accounts by it. Handlers parse, authorise and call calsync.accounts.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from calsync.accounts import connect_sessions
+from calsync.accounts import connect_sessions, connections
 from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.clock import rfc3339
-from calsync.errors import InvalidConnectSession, NotFoundError
+from calsync.errors import ConnectionUnusable, InvalidConnectSession, RefMismatch
 from calsync.readmodels import reads
 from calsync.store.db import transaction
 from calsync.web.api_token import json_error, require_api_token
 from calsync.web.app import runtime
 
 bp = Blueprint("accounts_api", __name__, url_prefix="/api")
-
-
-@bp.errorhandler(InvalidConnectSession)
-def _invalid(err: InvalidConnectSession) -> Any:
-    resp = json_error(400, "bad_request", str(err))
-    resp.set_data(json.dumps({**resp.get_json(), "field": err.field}))
-    return resp
-
-
-@bp.errorhandler(NotFoundError)
-def _not_found(err: NotFoundError) -> Any:
-    return json_error(404, "not_found", str(err))
 
 
 @bp.post("/connect-sessions")
@@ -46,6 +32,25 @@ def create_connect_session() -> ResponseReturnValue:
     with transaction(rt.sessions) as session:
         url, expires_at = connect_sessions.create(session, wanted, rt.settings.public_url, rt.clock.now())
     return jsonify({"url": url, "expires_at": rfc3339(expires_at)}), 201
+
+
+@bp.post("/connect-sessions/confirm")
+@require_api_token
+def confirm_connection() -> ResponseReturnValue:
+    """Attach the account a link's consent made to `ref`, the app's signed-in user, if the link was theirs.
+
+    409 `ref_mismatch` drops the connection; an unknown code is a 404, a used or expired one a 410.
+    """
+    code, ref = connections.parse_confirm(request.get_json(silent=True))
+    try:
+        done = connections.confirm(runtime(), code, ref)
+    except RefMismatch as err:
+        return json_error(409, "ref_mismatch", str(err))
+    except ConnectionUnusable as err:
+        if err.reason == "unknown":
+            return json_error(404, "unknown_connection", str(err))
+        return json_error(410, f"connection_{err.reason}", str(err))
+    return jsonify({"account": done.account, "ref": done.ref})
 
 
 @bp.get("/accounts")

@@ -1,7 +1,7 @@
 """The operator's read API: /api/calendars, /api/events, /api/changes, /api/freebusy (accounts: accounts_api).
 
-Handlers are thin: parse and check parameters (400 with a JSON error), query, shape with
-`calsync.readmodels.reads`.
+Handlers are thin: parse and check parameters (a `BadParameter` is a 400, as `calsync.web.errors`
+says), query, shape with `calsync.readmodels.reads`.
 """
 
 from __future__ import annotations
@@ -12,44 +12,18 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from calsync.errors import CursorExpired, NotFoundError
 from calsync.feed import reads as feed_reads
 from calsync.readmodels import availability, reads
 from calsync.readmodels.occurrences import check_window, known_zone, parse_instant
 from calsync.store.jsontext import dumps
-from calsync.web.api_token import json_error, require_api_token
+from calsync.web.api_token import require_api_token
 from calsync.web.app import runtime
+from calsync.web.errors import BadParameter
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
 _INTEGER = re.compile(r"-?[0-9]+")
 _MAX_INT = 2**63 - 1
-
-
-class _BadParameter(ValueError):
-    pass
-
-
-@bp.errorhandler(_BadParameter)
-def _bad_parameter(err: _BadParameter) -> Any:
-    return json_error(400, "bad_request", str(err))
-
-
-@bp.errorhandler(NotFoundError)
-def _not_found(err: NotFoundError) -> Any:
-    return json_error(404, "not_found", str(err))
-
-
-@bp.errorhandler(CursorExpired)
-def _cursor_expired(err: CursorExpired) -> Any:
-    resp = jsonify(error="cursor_expired", message=str(err), oldest_seq=err.oldest_seq)
-    resp.status_code = 410
-    return resp
-
-
-@bp.errorhandler(reads.AmbiguousCalendar)
-def _ambiguous(err: reads.AmbiguousCalendar) -> Any:
-    return json_error(400, "ambiguous_calendar", str(err))
 
 
 @bp.get("/calendars")
@@ -68,14 +42,14 @@ def events() -> Any:
         return _single_events(google_id, page_token)
     for name in ("timeMin", "timeMax", "orderBy", "maxResults"):
         if name in request.args:
-            raise _BadParameter(f"{name}: only supported with singleEvents=true")
+            raise BadParameter(f"{name}: only supported with singleEvents=true")
     with runtime().sessions() as session:
         availability.snapshot(session)  # the page and its as_of_seq from one state of the mirror
         calendar = reads.one_calendar(session, google_id, request.args.get("account") or None)
         try:
             page = reads.events_page(session, calendar, page_token)
         except ValueError as err:
-            raise _BadParameter(f"pageToken: {err}") from err
+            raise BadParameter(f"pageToken: {err}") from err
     return jsonify(page)
 
 
@@ -85,10 +59,10 @@ def _single_events(google_id: str, page_token: str | None) -> Any:
     try:
         check_window(low, high)
     except ValueError as err:
-        raise _BadParameter(f"timeMin/timeMax: {err}") from err
+        raise BadParameter(f"timeMin/timeMax: {err}") from err
     order_by = request.args.get("orderBy")
     if order_by not in (None, "startTime"):
-        raise _BadParameter(f"orderBy: only startTime is supported with singleEvents=true, not {order_by!r}")
+        raise BadParameter(f"orderBy: only startTime is supported with singleEvents=true, not {order_by!r}")
     size = min(
         _integer("maxResults", default=availability.SINGLE_EVENTS_DEFAULT_PAGE, minimum=1),
         availability.SINGLE_EVENTS_MAX_PAGE,
@@ -99,7 +73,7 @@ def _single_events(google_id: str, page_token: str | None) -> Any:
         try:
             page = availability.single_events_page(session, calendar, low, high, page_token=page_token, page_size=size)
         except ValueError as err:
-            raise _BadParameter(f"pageToken: {err}") from err
+            raise BadParameter(f"pageToken: {err}") from err
     return _json(page)
 
 
@@ -109,30 +83,30 @@ def freebusy() -> Any:
     """Google's freebusy.query body and answer shape, plus `as_of_seq`, `sync_state`, `last_synced_at`."""
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise _BadParameter("body: a JSON object is required")
+        raise BadParameter("body: a JSON object is required")
     low, high = _body_time(body, "timeMin"), _body_time(body, "timeMax")
     try:
         check_window(low, high)
     except ValueError as err:
-        raise _BadParameter(f"timeMin/timeMax: {err}") from err
+        raise BadParameter(f"timeMin/timeMax: {err}") from err
     time_zone = body.get("timeZone")
     if time_zone is not None and (not isinstance(time_zone, str) or not known_zone(time_zone)):
-        raise _BadParameter(f"timeZone: not an IANA time zone: {time_zone!r}")
+        raise BadParameter(f"timeZone: not an IANA time zone: {time_zone!r}")
     items = body.get("items")
     if not isinstance(items, list) or not items:
-        raise _BadParameter('items: a non-empty list of {"id": calendar_id} is required')
+        raise BadParameter('items: a non-empty list of {"id": calendar_id} is required')
     if len(items) > availability.FREEBUSY_MAX_CALENDARS:
-        raise _BadParameter(f"items: at most {availability.FREEBUSY_MAX_CALENDARS} calendars")
+        raise BadParameter(f"items: at most {availability.FREEBUSY_MAX_CALENDARS} calendars")
     ids: list[str] = []
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
-            raise _BadParameter('items: each item must be {"id": calendar_id}')
+            raise BadParameter('items: each item must be {"id": calendar_id}')
         if item["id"] not in ids:
             ids.append(item["id"])
     for name in ("calendarExpansionMax", "groupExpansionMax"):
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise _BadParameter(f"{name}: must be a positive whole number")
+            raise BadParameter(f"{name}: must be a positive whole number")
     seq, answers = availability.freebusy(runtime().sessions, ids, low, high)
     return Response(availability.freebusy_json(seq, answers, low, high, time_zone), mimetype="application/json")
 
@@ -153,18 +127,18 @@ def changes() -> Any:
         try:
             types = feed_reads.parse_types(request.args["types"])
         except ValueError as err:
-            raise _BadParameter(f"types: {err}") from err
+            raise BadParameter(f"types: {err}") from err
     origin = None
     if "origin" in request.args:
         try:
             origin = feed_reads.parse_origin(request.args["origin"])
         except ValueError as err:
-            raise _BadParameter(f"origin: {err}") from err
+            raise BadParameter(f"origin: {err}") from err
     with runtime().sessions() as session:
         cals = None
         if google_id is not None:
             if not google_id:
-                raise _BadParameter("calendar: empty")
+                raise BadParameter("calendar: empty")
             cals = reads.find_calendars(session, google_id, request.args.get("account") or None)
         page = feed_reads.changes_page(session, after=after, limit=limit, calendars=cals, types=types, origin=origin)
     return jsonify(page.to_dict())
@@ -173,7 +147,7 @@ def changes() -> Any:
 def _required(name: str) -> str:
     value = request.args.get(name)
     if not value:
-        raise _BadParameter(f"{name}: required")
+        raise BadParameter(f"{name}: required")
     return value
 
 
@@ -183,27 +157,27 @@ def _flag(name: str) -> bool:
         return False
     if raw == "true":
         return True
-    raise _BadParameter(f"{name}: must be true or false, not {raw!r}")
+    raise BadParameter(f"{name}: must be true or false, not {raw!r}")
 
 
 def _required_time(name: str) -> datetime:
     raw = request.args.get(name)
     if not raw:
-        raise _BadParameter(f"{name}: required with singleEvents=true")
+        raise BadParameter(f"{name}: required with singleEvents=true")
     try:
         return parse_instant(raw)
     except ValueError as err:
-        raise _BadParameter(f"{name}: {err}") from err
+        raise BadParameter(f"{name}: {err}") from err
 
 
 def _body_time(body: dict[str, Any], name: str) -> datetime:
     raw = body.get(name)
     if not isinstance(raw, str) or not raw:
-        raise _BadParameter(f"{name}: required (an RFC 3339 time)")
+        raise BadParameter(f"{name}: required (an RFC 3339 time)")
     try:
         return parse_instant(raw)
     except ValueError as err:
-        raise _BadParameter(f"{name}: {err}") from err
+        raise BadParameter(f"{name}: {err}") from err
 
 
 def _integer(name: str, *, default: int, minimum: int) -> int:
@@ -211,10 +185,10 @@ def _integer(name: str, *, default: int, minimum: int) -> int:
     if raw is None:
         return default
     if not _INTEGER.fullmatch(raw):  # as the document says: digits only, no padding
-        raise _BadParameter(f"{name}: not a whole number: {raw!r}")
+        raise BadParameter(f"{name}: not a whole number: {raw!r}")
     value = int(raw)
     if value < minimum:
-        raise _BadParameter(f"{name}: must be at least {minimum}")
+        raise BadParameter(f"{name}: must be at least {minimum}")
     if value > _MAX_INT:
-        raise _BadParameter(f"{name}: too large")
+        raise BadParameter(f"{name}: too large")
     return value

@@ -53,6 +53,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
         api,
         consent,
         dashboard,
+        errors,
         events_api,
         health,
         metrics,
@@ -76,6 +77,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     ):
         app.register_blueprint(module.bp)
     app.register_error_handler(HTTPException, api_http_error)
+    errors.init_app(app)
     app.register_error_handler(OperationalError, _database_unavailable)
     app.register_error_handler(InterfaceError, _database_unavailable)
     for endpoint, view in list(app.view_functions.items()):

@@ -3,11 +3,14 @@
 HTTP only: the session carries the pending consent between the two halves, and each outcome is a
 page. The logic is `calsync.accounts.consent`; the first sync and the watch happen in a worker.
 A consent started from an app's connect link (`/connect/<token>`) ends instead with a 303 back to
-the app, whatever happened, once the link was claimed.
+the app, whatever happened, once the link was claimed; a successful one carries the one-time code
+the app's server confirms the connection with. The pages are never framed (no clickjacking of the
+consent or of the disconnect button), and the end user's disconnect form carries a CSRF token.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import secrets
@@ -16,6 +19,7 @@ from typing import Any
 
 from flask import (
     Blueprint,
+    Response,
     current_app,
     redirect,
     render_template,
@@ -28,11 +32,12 @@ from flask.typing import ResponseReturnValue
 from calsync.accounts import connect_sessions
 from calsync.accounts.consent import finish_consent, start_consent
 from calsync.accounts.disconnect import disconnect_account, find_account_id
-from calsync.errors import ConnectLinkUnusable, ConsentError, NotFoundError
+from calsync.errors import ConnectionUnusable, ConnectLinkUnusable, ConsentError, NotFoundError
 from calsync.store.db import transaction
 from calsync.store.states import ConnectOutcome
 from calsync.web.api_token import api_token_ok, json_error
 from calsync.web.app import runtime
+from calsync.web.operator_login import CSRF_FIELD, CSRF_HEADER, CSRF_KEY, csrf_token
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,17 @@ bp = Blueprint("consent", __name__)
 OAUTH_KEY = "oauth_pending"
 CONNECTED_KEY = "connected_accounts"
 LAST_KEY = "last_connected"
+
+
+@bp.after_request
+def _not_framed(response: Response) -> Response:
+    """Consent and disconnect pages act for the user who sees them: no other site may frame them."""
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers.setdefault("Cache-Control", "no-store")
+    # The callback's address holds Google's code and the return holds the connection code.
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    return response
 
 
 @bp.get("/connect")
@@ -115,15 +131,18 @@ def oauth2callback() -> ResponseReturnValue:
             retry=True,
         )
     try:
-        email = finish_consent(runtime(), pending["state"], pending.get("verifier"), code, link=link)
+        done = finish_consent(runtime(), pending["state"], pending.get("verifier"), code, link=link)
     except ConsentError as err:
         if link:
             return _back_to_app(link, ConnectOutcome.ERROR, error=err.reason)
         return _failure(err)
+    except ConnectionUnusable:  # only a link's consent holds a connection: this link made one already
+        return _back_to_app(str(link), ConnectOutcome.ERROR, error="link_used")
+    email = done.email
     session[CONNECTED_KEY] = sorted(set(session.get(CONNECTED_KEY, [])) | {email})
     session[LAST_KEY] = email
     if link:
-        return _back_to_app(link, ConnectOutcome.CONNECTED, account=email)
+        return _back_to_app(link, ConnectOutcome.CONNECTED, account=email, connection=done.connection)
     return redirect(url_for("consent.connected"), code=303)
 
 
@@ -132,15 +151,18 @@ def connected() -> ResponseReturnValue:
     email = session.get(LAST_KEY)
     if not email:
         return redirect(url_for("consent.connect"))
-    return _page("consent/connected.html", 200, account=email)
+    return _page("consent/connected.html", 200, account=email, csrf_field=CSRF_FIELD, csrf=csrf_token())
 
 
 @bp.post("/disconnect")
 def disconnect() -> ResponseReturnValue:
-    """For the operator's bearer token, or for the end user whose session connected the account."""
+    """For the operator's bearer token, or for the end user whose session connected the account
+    (with the session's CSRF token: another site must not be able to post this form for them)."""
     payload = request.get_json(silent=True) if request.is_json else None
     email = (payload or {}).get("account") if isinstance(payload, dict) else request.form.get("account")
     as_operator = api_token_ok()
+    if not as_operator and not _csrf_ok():
+        return json_error(403, "csrf_failed", "the form has expired or did not come from this site: reload the page")
     if not isinstance(email, str) or not email:
         return json_error(400, "bad_request", "give the account's email in the field `account`")
     if not as_operator and email not in session.get(CONNECTED_KEY, []):
@@ -174,15 +196,28 @@ _LINK_TITLES = {
 _ERROR_CODE = re.compile(r"[a-z_]{1,40}")
 
 
+def _csrf_ok() -> bool:
+    expected = session.get(CSRF_KEY)
+    given = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
+    return isinstance(expected, str) and bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
 def _back_to_app(
-    link: str, outcome: ConnectOutcome, *, account: str | None = None, error: str | None = None
+    link: str,
+    outcome: ConnectOutcome,
+    *,
+    account: str | None = None,
+    connection: str | None = None,
+    error: str | None = None,
 ) -> ResponseReturnValue:
     """The 303 that ends every consent of a claimed link, after its outcome is recorded."""
     rt = runtime()
     try:
         with transaction(rt.sessions) as db:
             row = connect_sessions.settle(db, link, outcome)
-            target = connect_sessions.return_url(row.return_to, row.ref, outcome, account=account, error=error)
+            target = connect_sessions.return_url(
+                row.return_to, row.ref, outcome, account=account, connection=connection, error=error
+            )
     except ConnectLinkUnusable as err:
         return _page("consent/link.html", 404, title=_LINK_TITLES[err.reason], message=str(err))
     return redirect(target, code=303)

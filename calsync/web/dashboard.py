@@ -1,6 +1,6 @@
 """The operator's dashboard: overview, a calendar's coming week, changes feed, notification inspector, webhooks.
 
-Server-rendered from the tables directly; a small script refreshes the feeds through the fragment
+Server-rendered from calsync's read models (no SQL here); a small script refreshes the feeds through the fragment
 endpoints below, which use the operator's session (never the API token). Operators only: end users
 see `/connect` and nothing else, so no account ever sees another's data.
 """
@@ -8,15 +8,13 @@ see `/connect` and nothing else, so no account ever sees another's data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeGuard
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from markupsafe import Markup
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from calsync.feed.cursor import newest_seq
 from calsync.feed.window import SnapshotRun, feed_window
 from calsync.humanize import (
     ago,
@@ -28,20 +26,17 @@ from calsync.humanize import (
     lifecycle_title,
     utc_label,
 )
-from calsync.push.intake_sql import NOT_ACCEPTED
+from calsync.push.inspector import logged_notifications
 from calsync.readmodels import availability, timeline
+from calsync.readmodels.overview import Overview, calendar_titles, operator_overview, recent_activity
 from calsync.store.db import transaction
 from calsync.store.models import (
     Account,
     Calendar,
     Change,
     Channel,
-    Delivery,
-    DeliveryAttempt,
-    Notification,
-    WebhookSubscription,
 )
-from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChangeKind, ChannelKind, DeliveryState
+from calsync.store.states import AccountStatus, ChangeKind, ChannelKind
 from calsync.web.app import runtime
 from calsync.web.operator_login import (
     check_csrf,
@@ -49,6 +44,8 @@ from calsync.web.operator_login import (
     require_admin,
     secure_headers,
 )
+from calsync.webhooks.claimcheck import failed_counts, recent_deliveries
+from calsync.webhooks.subscriptions import list_subscriptions
 from calsync.work.liveness import heartbeat_is_fresh, last_heartbeat
 from calsync.work.quota import outlook
 
@@ -89,8 +86,9 @@ def _add_root(state: Any) -> None:
 def overview() -> Any:
     now = runtime().clock.now()
     with runtime().sessions() as session:
-        blocks = _account_blocks(session)
-        stats = _stats(session, now)
+        seen = operator_overview(session)
+        blocks = _account_blocks(seen)
+        stats = _stats(session, seen.last_seq, now)
     reauth = [b.account for b in blocks if b.account.status == AccountStatus.REAUTH_REQUIRED]
     return render_template("dashboard/overview.html", blocks=blocks, stats=stats, reauth=reauth, now=now)
 
@@ -153,7 +151,7 @@ def notifications() -> Any:
     channel = request.args.get("channel") or None
     show = _show_arg()
     with runtime().sessions() as session:
-        rows = _notification_rows(session, limit, channel, after=None, show=show)
+        rows = logged_notifications(session, limit, channel=channel, show=show)
     cursor = rows[0][0].id if rows else 0
     return render_template(
         "dashboard/notifications.html",
@@ -173,7 +171,7 @@ def notifications_fragment() -> Any:
     after = _int_arg("after", 0) or 0
     channel = request.args.get("channel") or None
     with runtime().sessions() as session:
-        rows = _notification_rows(session, _limit(), channel, after=after, show=_show_arg())
+        rows = logged_notifications(session, _limit(), channel=channel, after=after, show=_show_arg())
     html = render_template("dashboard/_notification_rows.html", rows=rows, now=runtime().clock.now())
     return html, 200, {"X-Cursor": str(rows[0][0].id if rows else after), "Content-Type": "text/html; charset=utf-8"}
 
@@ -183,28 +181,15 @@ def notifications_fragment() -> Any:
 def webhooks() -> Any:
     state = request.args.get("state") or None
     with runtime().sessions() as session:
-        subs = list(session.scalars(select(WebhookSubscription).order_by(WebhookSubscription.created_at)))
-        deliveries: dict[str, list[tuple[Delivery, list[DeliveryAttempt]]]] = {}
-        for sub in subs:
-            query = select(Delivery).where(Delivery.subscription_id == sub.id)
-            if state:
-                query = query.where(Delivery.state == state)
-            items = list(session.scalars(query.order_by(Delivery.id.desc()).limit(25)))
-            attempts = _attempts(session, [d.id for d in items])
-            deliveries[sub.id] = [(d, attempts.get(d.id, [])) for d in items]
-        failed_counts = dict(
-            session.execute(
-                select(Delivery.subscription_id, func.count())
-                .where(Delivery.state == DeliveryState.FAILED)
-                .group_by(Delivery.subscription_id)
-            ).all()
-        )
+        subs = list_subscriptions(session)
+        deliveries = {sub.id: recent_deliveries(session, sub, state=state) for sub in subs}
+        failed = failed_counts(session)
     return render_template(
         "dashboard/webhooks.html",
         subs=subs,
         deliveries=deliveries,
         state=state,
-        failed_counts=failed_counts,
+        failed_counts=failed,
         now=runtime().clock.now(),
     )
 
@@ -213,7 +198,7 @@ def webhooks() -> Any:
 @require_admin
 def replay(sub_id: str) -> Any:
     """Queue one delivery again (form field `delivery`), or every failed one of the subscription."""
-    from calsync.errors import InvalidSubscription, NotFoundError
+    from calsync.errors import InvalidSubscription
     from calsync.webhooks.claimcheck import replay as replay_deliveries
     from calsync.webhooks.subscriptions import get_subscription
 
@@ -224,8 +209,6 @@ def replay(sub_id: str) -> Any:
             sub = get_subscription(session, sub_id, lock=True)
             queued = replay_deliveries(session, sub, [delivery] if delivery else None, rt.clock.now())
             rt.wakeup.notify_after_commit(session)
-    except NotFoundError:
-        abort(404)
     except InvalidSubscription as err:
         flash(f"Nothing replayed: {err}")
     else:
@@ -283,18 +266,8 @@ def _time_tag(value: datetime | None, text: str) -> Markup:
     return Markup('<time datetime="{}" title="{}">{}</time>').format(value.isoformat(), utc_label(value), text)
 
 
-def _account_blocks(session: Session) -> list[AccountBlock]:
-    accounts = list(session.scalars(select(Account).order_by(Account.email)))
-    calendars = list(
-        session.scalars(
-            select(Calendar)
-            .where(Calendar.removed_at.is_(None))
-            .order_by(Calendar.account_id, Calendar.primary.desc(), Calendar.summary)
-        )
-    )
-    channels = list(
-        session.scalars(select(Channel).where(Channel.status.in_(LIVE_CHANNEL)).order_by(Channel.expires_at))
-    )
+def _account_blocks(seen: Overview) -> list[AccountBlock]:
+    accounts, calendars, channels = seen.accounts, seen.calendars, seen.channels
     by_calendar: dict[int, Channel] = {}
     by_account: dict[int, Channel] = {}
     for ch in channels:  # the latest-expiring live channel wins: it is the one being kept
@@ -312,22 +285,14 @@ def _account_blocks(session: Session) -> list[AccountBlock]:
     ]
 
 
-def _stats(session: Session, now: datetime) -> dict[str, Any]:
+def _stats(session: Session, last_seq: int, now: datetime) -> dict[str, Any]:
     seen_at = last_heartbeat(session)
+    activity = recent_activity(session, now)
     return {
-        "last_seq": newest_seq(session),  # the counter: right even when retention deleted every row
-        "changes_today": session.scalar(
-            select(func.count()).select_from(Change).where(Change.detected_at >= now - timedelta(days=1))
-        )
-        or 0,
-        "notifications_hour": session.scalar(
-            select(func.count()).select_from(Notification).where(Notification.received_at >= now - timedelta(hours=1))
-        )
-        or 0,
-        "failed_deliveries": session.scalar(
-            select(func.count()).select_from(Delivery).where(Delivery.state == DeliveryState.FAILED)
-        )
-        or 0,
+        "last_seq": last_seq,
+        "changes_today": activity.changes_today,
+        "notifications_hour": activity.notifications_hour,
+        "failed_deliveries": activity.failed_deliveries,
         "worker_seen": seen_at,
         "worker_alive": heartbeat_is_fresh(seen_at, now),
         "quota": outlook(session, runtime().settings, now),
@@ -394,43 +359,7 @@ def _run_view(run: SnapshotRun) -> dict[str, Any]:
 
 
 def _calendar_choices(session: Session) -> list[tuple[int, str]]:
-    rows = session.execute(
-        select(Calendar.id, Calendar.summary, Calendar.google_id, Account.email)
-        .join(Account, Account.id == Calendar.account_id)
-        .order_by(Account.email, Calendar.summary)
-    )
-    return [(cid, f"{summary or gid} · {email}") for cid, summary, gid, email in rows]
-
-
-def _notification_rows(
-    session: Session, limit: int, channel: str | None, after: int | None, show: str = "accepted"
-) -> list[tuple[Notification, str | None]]:
-    """The newest notifications of one history: our channels' (`accepted`) or the refused and malformed."""
-    query = (
-        select(Notification, Calendar.summary)
-        .outerjoin(Channel, Channel.id == Notification.channel_id)
-        .outerjoin(Calendar, Calendar.id == Channel.calendar_id)
-        .order_by(Notification.id.desc())
-        .limit(limit)
-    )
-    if channel:
-        query = query.where(Notification.channel_id == channel)
-    refused = Notification.outcome.in_(sorted(NOT_ACCEPTED))
-    query = query.where(refused if show == "refused" else ~refused)
-    if after is not None:
-        query = query.where(Notification.id > after)
-    return [(n, summary) for n, summary in session.execute(query)]
-
-
-def _attempts(session: Session, delivery_ids: list[int]) -> dict[int, list[DeliveryAttempt]]:
-    if not delivery_ids:
-        return {}
-    out: dict[int, list[DeliveryAttempt]] = {}
-    for attempt in session.scalars(
-        select(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(delivery_ids)).order_by(DeliveryAttempt.id.desc())
-    ):
-        out.setdefault(attempt.delivery_id, []).append(attempt)
-    return out
+    return [(cid, f"{title} · {email}") for cid, title, email in calendar_titles(session)]
 
 
 def _limit() -> int:

@@ -18,7 +18,6 @@ from calsync.errors import (
     IdempotencyKeyReused,
     InsufficientScope,
     InvalidWrite,
-    NotFoundError,
     TransientGoogleError,
     WriteConflict,
 )
@@ -70,16 +69,6 @@ def delete(calendar_id: str, event_id: str) -> Any:
 @bp.errorhandler(InvalidWrite)
 def _invalid(err: InvalidWrite) -> Any:
     return _answer({"error": "bad_request", "message": str(err), "field": err.field}, 400)
-
-
-@bp.errorhandler(NotFoundError)
-def _not_found(err: NotFoundError) -> Any:
-    return json_error(404, "not_found", str(err))
-
-
-@bp.errorhandler(reads.AmbiguousCalendar)
-def _ambiguous(err: reads.AmbiguousCalendar) -> Any:
-    return json_error(400, "ambiguous_calendar", str(err))
 
 
 @bp.errorhandler(InsufficientScope)

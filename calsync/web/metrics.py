@@ -11,7 +11,7 @@ by a collector bound to this app's runtime.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 
 from flask import Blueprint, Response
 from prometheus_client import (
@@ -23,11 +23,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import Row, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from calsync.readmodels import overview
 from calsync.runtime import Runtime
-from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import AccountStatus, ChannelStatus, SyncState
 from calsync.web.app import runtime
 from calsync.work.quota import outlook
@@ -73,50 +72,33 @@ class DatabaseCollector(Collector):
     def _families(self) -> Iterator[GaugeMetricFamily]:
         now = self.runtime.clock.now()
         with self.runtime.sessions() as session:
-            next_expiry = session.scalar(
-                select(func.min(Channel.expires_at)).where(Channel.status == ChannelStatus.ACTIVE)
-            )
-            oldest_owed = session.scalar(
-                select(func.min(Calendar.due_at))
-                .join(Account)
-                .where(
-                    Calendar.sync_requested > Calendar.sync_done,
-                    Calendar.removed_at.is_(None),
-                    Account.status == AccountStatus.ACTIVE,
-                )
-            )
-            by_state = session.execute(
-                select(Calendar.sync_state, func.count())
-                .where(Calendar.removed_at.is_(None))
-                .group_by(Calendar.sync_state)
-            ).all()
-            by_status = session.execute(select(Account.status, func.count()).group_by(Account.status)).all()
-            channels = session.execute(select(Channel.status, func.count()).group_by(Channel.status)).all()
+            read = overview.gauges(session)
             quota = outlook(session, self.runtime.settings, now)
 
         expiry = GaugeMetricFamily(
             "calsync_channel_next_expiry_seconds", "Seconds until the soonest active channel expires (absent when none)"
         )
-        if next_expiry is not None:
-            expiry.add_metric([], (next_expiry - now).total_seconds())
+        if read.next_channel_expiry is not None:
+            expiry.add_metric([], (read.next_channel_expiry - now).total_seconds())
         yield expiry
 
         lag = GaugeMetricFamily(
             "calsync_sync_lag_seconds", "Age of the oldest owed sync (0 when none is owed or it is not due yet)"
         )
+        oldest_owed = read.oldest_owed_sync
         lag.add_metric([], max(0.0, (now - oldest_owed).total_seconds()) if oldest_owed is not None else 0.0)
         yield lag
 
         calendars = GaugeMetricFamily("calsync_calendars", "Calendars by sync state", labels=["sync_state"])
-        _fill(calendars, by_state, tuple(SyncState))
+        _fill(calendars, read.calendars_by_state, tuple(SyncState))
         yield calendars
 
         accounts = GaugeMetricFamily("calsync_accounts", "Accounts by status", labels=["status"])
-        _fill(accounts, by_status, tuple(AccountStatus))
+        _fill(accounts, read.accounts_by_status, tuple(AccountStatus))
         yield accounts
 
         chans = GaugeMetricFamily("calsync_channels", "Push channels by status", labels=["status"])
-        _fill(chans, channels, tuple(ChannelStatus))
+        _fill(chans, read.channels_by_status, tuple(ChannelStatus))
         yield chans
 
         calls = GaugeMetricFamily("calsync_quota_calls_today", "Google API calls in the current quota day (Pacific)")
@@ -140,9 +122,9 @@ class DatabaseCollector(Collector):
         yield interval
 
 
-def _fill(family: GaugeMetricFamily, rows: Sequence[Row[str, int]], known: tuple[str, ...]) -> None:
+def _fill(family: GaugeMetricFamily, found: Mapping[str, int], known: tuple[str, ...]) -> None:
     """One sample per known label value (zeros included, so dashboards see them), plus any other."""
     counts = dict.fromkeys(known, 0)
-    counts.update({str(k): int(v) for k, v in rows})
+    counts.update(found)
     for key, value in sorted(counts.items()):
         family.add_metric([key], value)

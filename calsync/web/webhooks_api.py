@@ -6,7 +6,6 @@ does). Creating a subscription calls the endpoint once, to verify it, before any
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -14,38 +13,15 @@ from flask.typing import ResponseReturnValue
 
 from calsync.errors import (
     InvalidSubscription,
-    NotFoundError,
-    UnsafeURLError,
-    VerificationFailed,
 )
 from calsync.store.db import transaction
-from calsync.web.api_token import json_error, require_api_token
+from calsync.web.api_token import require_api_token
 from calsync.web.app import runtime
 from calsync.webhooks import claimcheck, subscriptions
 
 bp = Blueprint("webhooks_api", __name__, url_prefix="/api/webhooks")
 
 _MAX_ID = 2**63 - 1
-
-
-@bp.errorhandler(InvalidSubscription)
-def _invalid(err: InvalidSubscription) -> Any:
-    return _field_error(400, "invalid_request", err, err.field)
-
-
-@bp.errorhandler(UnsafeURLError)
-def _unsafe(err: UnsafeURLError) -> Any:
-    return _field_error(400, "unsafe_url", err, "url")
-
-
-@bp.errorhandler(VerificationFailed)
-def _unverified(err: VerificationFailed) -> Any:
-    return _field_error(422, "verification_failed", err, "url")
-
-
-@bp.errorhandler(NotFoundError)
-def _not_found(err: NotFoundError) -> Any:
-    return json_error(404, "not_found", str(err))
 
 
 @bp.post("")
@@ -166,10 +142,3 @@ def _has_nul(value: Any) -> bool:
     if isinstance(value, dict):
         return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
     return False
-
-
-def _field_error(status: int, error: str, err: Exception, field: str) -> Any:
-    """`{error, message}` plus the name of the offending field."""
-    resp = json_error(status, error, str(err))
-    resp.set_data(json.dumps({**resp.get_json(), "field": field}))
-    return resp

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
@@ -84,6 +84,35 @@ def replay(session: Session, sub: WebhookSubscription, delivery_ids: Sequence[in
         delivery.lease_until = None
         delivery.delivered_at = None
     return [d.id for d in deliveries]
+
+
+def recent_deliveries(
+    session: Session, sub: WebhookSubscription, *, state: str | None = None, limit: int = 25
+) -> list[tuple[Delivery, list[DeliveryAttempt]]]:
+    """The subscription's newest deliveries (in one state), each with its attempts, newest first (the dashboard's)."""
+    query = select(Delivery).where(Delivery.subscription_id == sub.id)
+    if state:
+        query = query.where(Delivery.state == state)
+    items = list(session.scalars(query.order_by(Delivery.id.desc()).limit(limit)))
+    attempts: dict[int, list[DeliveryAttempt]] = defaultdict(list)
+    if items:
+        for attempt in session.scalars(
+            select(DeliveryAttempt)
+            .where(DeliveryAttempt.delivery_id.in_([d.id for d in items]))
+            .order_by(DeliveryAttempt.id.desc())
+        ):
+            attempts[attempt.delivery_id].append(attempt)
+    return [(d, attempts[d.id]) for d in items]
+
+
+def failed_counts(session: Session) -> dict[str, int]:
+    """Deliveries failed for good, by subscription id (subscriptions without any are absent)."""
+    rows = session.execute(
+        select(Delivery.subscription_id, func.count())
+        .where(Delivery.state == DeliveryState.FAILED)
+        .group_by(Delivery.subscription_id)
+    ).all()
+    return {sub_id: int(count) for sub_id, count in rows}
 
 
 def delivery_to_dict(delivery: Delivery, change_type: str, attempts: list[DeliveryAttempt] | None) -> dict[str, Any]:

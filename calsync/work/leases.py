@@ -97,6 +97,19 @@ def claim_calendar(
     )
 
 
+def claim_this_calendar(
+    session: Session, calendar_id: int, requested: int, owner: str, now: datetime, lease_seconds: float
+) -> Claim | None:
+    """One named calendar leased to `owner` (an operator's `calsync sync`), due or not; None while another holds it."""
+    free = lease_is_free(Calendar.lease_owner, Calendar.lease_until, now, stale_before(now))
+    taken = session.execute(
+        update(Calendar)
+        .where(Calendar.id == calendar_id, free)
+        .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+    )
+    return Claim(id=calendar_id, requested=requested, owner=owner) if rows_affected(taken) else None
+
+
 def finish_calendar(
     session: Session, claim: Claim, now: datetime, reconcile_in: float, min_interval: float = 0.0
 ) -> bool:

@@ -21,6 +21,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from calsync.accounts.connections import drop_unconfirmed
 from calsync.runtime import Runtime
 from calsync.store.db import is_own_backend, transaction
 from calsync.store.liveness import lease_is_free, stale_before
@@ -155,7 +156,8 @@ class Worker:
         self._schedule()
 
     def _schedule(self) -> None:
-        """Due renewals, lapsed channels, bounded logs; the day's quota plan."""
+        """Due renewals, lapsed channels, bounded logs, the day's quota plan; then connections nobody
+        confirmed in time."""
         replan(self.runtime)
         now = self.runtime.clock.now()
         try:
@@ -165,6 +167,8 @@ class Worker:
                 prune(session, self.runtime, now)
                 if marked:
                     self.runtime.wakeup.notify_after_commit(session)
+            # Its own transactions: a dropped connection's grant is revoked at Google in between.
+            drop_unconfirmed(self.runtime)
         except SQLAlchemyError:
             log.exception("scheduler pass failed; will retry")
 

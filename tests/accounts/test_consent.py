@@ -10,7 +10,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from calsync.accounts.consent import finish_consent, start_consent
+from calsync.accounts.consent import Consented, finish_consent, start_consent
 from calsync.errors import ConsentError
 from calsync.runtime import Runtime
 from calsync.store.models import Account
@@ -29,7 +29,7 @@ def test_a_consent_started_and_finished_stores_the_account_by_its_primary_calend
     emu.auto_approve = "ann@example.com"
     answer = requests.get(pending.url, allow_redirects=False, timeout=10)
     code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
-    assert finish_consent(runtime, pending.state, pending.verifier, code) == "ann@example.com"
+    assert finish_consent(runtime, pending.state, pending.verifier, code) == Consented("ann@example.com")
     with runtime.sessions() as session:
         account = session.scalars(select(Account)).one()
         assert account.email == "ann@example.com" and account.list_requested == 1

@@ -1,5 +1,6 @@
 """Connect sessions over real HTTP: an app makes a link for its user, the user consents on the
-emulator's page, and comes back to the app with the ref, the outcome and the account."""
+emulator's page, comes back to the app with the ref, the outcome, the account and a one-time
+connection code, and the app's server confirms the code with the ref of the user signed in to it."""
 
 from __future__ import annotations
 
@@ -12,18 +13,23 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from calsync.accounts.connected import load_credentials
 from calsync.clock import FrozenClock
 from calsync.config import Settings
+from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
+from calsync.store.db import transaction
 from calsync.store.models import Account, Change, ConnectSession
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN
-from tests.web.test_consent import consent
+from tests.web.test_consent import connect, consent
 
 APP = "https://app.example.test/after"
 ANN = "ann@example.com"
+BOB = "bob@example.com"
+CAROL = "carol@example.com"
 
 
 @pytest.fixture
@@ -68,6 +74,41 @@ def returned(resp: requests.Response) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
 
 
+def confirm(api: requests.Session, live: str, connection: str, ref: str) -> requests.Response:
+    """What the app's server does on its return page, with the ref of the user signed in to the app."""
+    return api.post(f"{live}/api/connect-sessions/confirm", json={"connection": connection, "ref": ref})
+
+
+def connect_as(api: requests.Session, live: str, ref: str, email: str) -> dict[str, str]:
+    """A link for `ref`, consented to with `email`'s Google account, confirmed by the app for `ref`."""
+    back = returned(follow_link(requests.Session(), new_link(api, live, ref), email))
+    resp = confirm(api, live, back["connection"], ref)
+    assert resp.status_code == 200 and resp.json() == {"account": email, "ref": ref}, resp.text
+    return back
+
+
+def accounts_by_ref(api: requests.Session, live: str) -> list[tuple[str, str | None]]:
+    return [(a["email"], a["ref"]) for a in api.get(f"{live}/api/accounts").json()]
+
+
+def revocations(emu: Any) -> list[int]:
+    """The statuses of the calls made to Google's revoke endpoint."""
+    return [r.status for r in emu.requests if r.api_method == "oauth.revoke"]
+
+
+def held(runtime: Runtime, ref: str = "user-42") -> ConnectSession:
+    """The session of `ref` whose consent made a connection."""
+    with runtime.sessions() as session:
+        return session.scalars(
+            select(ConnectSession).where(ConnectSession.connection_hash.is_not(None), ConnectSession.ref == ref)
+        ).one()
+
+
+def held_states(runtime: Runtime) -> list[str]:
+    with runtime.sessions() as session:
+        return sorted(state or "" for state in session.scalars(select(ConnectSession.connection_state)))
+
+
 def count(runtime: Runtime, model: type[Any]) -> int:
     with runtime.sessions() as session:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
@@ -110,9 +151,28 @@ def test_a_link_connects_the_account_for_the_ref_and_returns_to_the_app(
     assert 'value="ann@example.com" checked' in page.text  # the hint chose the account on Google's page
     callback = consent(browser, opened.headers["Location"], ANN)
     back = browser.get(callback, allow_redirects=False)
-    assert back.headers["Location"] == f"{APP}?tab=calendar&ref=user-42&status=connected&account=ann%40example.com"
-    assert returned(back) == {"tab": "calendar", "ref": "user-42", "status": "connected", "account": ANN}
+    location = back.headers["Location"]
+    assert location.startswith(f"{APP}?tab=calendar&ref=user-42&status=connected&account=ann%40example.com&connection=")
+    args = returned(back)
+    code = args.pop("connection")
+    assert args == {"tab": "calendar", "ref": "user-42", "status": "connected", "account": ANN}
+    assert len(code) >= 40
+    with runtime.sessions() as session:  # the code is kept only as its hash, the tokens encrypted
+        stored = session.scalars(select(ConnectSession)).one()
+        assert stored.connection_hash == hashlib.sha256(code.encode()).hexdigest()
+        assert stored.outcome == "connected" and stored.connection_state == "pending"
+        assert stored.credentials and b"refresh_token" not in stored.credentials
 
+    # Until the app confirms, nothing of the account exists: no account, no feed row, no sync.
+    assert api.get(f"{live_server}/api/accounts").json() == [] and feed(api, live_server) == []
+    Worker(runtime, threads=1).run_burst()
+    assert emu.count("calendar.calendarList.list") == 0 and emu.count("calendar.events.list") == 0
+    assert count(runtime, Account) == 0 and count(runtime, Change) == 0
+
+    # The app's return page confirms with the user signed in to it.
+    runtime.clock.advance(minutes=9, seconds=59)  # type: ignore[attr-defined]
+    confirmed = confirm(api, live_server, code, "user-42")
+    assert confirmed.status_code == 200 and confirmed.json() == {"account": ANN, "ref": "user-42"}
     [account] = api.get(f"{live_server}/api/accounts", params={"ref": "user-42"}).json()
     assert account == {
         "email": ANN,
@@ -121,13 +181,20 @@ def test_a_link_connects_the_account_for_the_ref_and_returns_to_the_app(
         "connected_at": account["connected_at"],
         "calendars": [],
     }
-    assert account["connected_at"].endswith("Z")
+    # Connected when confirmed, not when consented.
+    assert (
+        timedelta(0)
+        <= runtime.clock.now() - datetime.fromisoformat(account["connected_at"])
+        < timedelta(milliseconds=1)
+    )
     assert api.get(f"{live_server}/api/accounts", params={"ref": "someone-else"}).json() == []
     [connected] = feed(api, live_server)
     assert (connected["type"], connected["account"], connected["ref"]) == ("account.connected", ANN, "user-42")
     assert (connected["calendar_id"], connected["event_id"], connected["change"]) == (None, None, None)
     with runtime.sessions() as session:
-        assert session.scalars(select(ConnectSession.outcome)).one() == "connected"
+        stored = session.scalars(select(ConnectSession)).one()
+        assert (stored.connection_state, stored.credentials) == ("confirmed", None)  # the held tokens are gone
+        assert stored.account_id == session.scalars(select(Account.id)).one()
 
     Worker(runtime, threads=1).run_burst()  # the calendar list and the first sync
     [calendar] = api.get(f"{live_server}/api/calendars").json()
@@ -142,18 +209,20 @@ def test_a_link_connects_the_account_for_the_ref_and_returns_to_the_app(
         }
     ]
     assert {row["ref"] for row in feed(api, live_server)} == {"user-42"}
+    assert revocations(emu) == []
 
 
-def test_connecting_again_with_another_ref_moves_the_account_and_keeps_its_history(
+def test_an_account_moves_to_another_ref_when_that_refs_user_confirms_and_keeps_its_history(
     emu: Any, live_server: str, runtime: Runtime, api: requests.Session
 ) -> None:
     emu.create_user(ANN)
-    assert returned(follow_link(requests.Session(), new_link(api, live_server, "user-1"), ANN))["status"] == "connected"
+    assert connect_as(api, live_server, "user-1", ANN)["status"] == "connected"
     Worker(runtime, threads=1).run_burst()
     first = feed(api, live_server)
     assert [r["type"] for r in first] == ["account.connected", "calendar.added", "calendar.synced"]
 
-    assert returned(follow_link(requests.Session(), new_link(api, live_server, "user-2"), ANN)) == {
+    back = connect_as(api, live_server, "user-2", ANN)  # ann, signed in to the app as user-2, connects again
+    assert {k: v for k, v in back.items() if k != "connection"} == {
         "tab": "calendar",
         "ref": "user-2",
         "status": "connected",
@@ -172,7 +241,7 @@ def test_disconnect_with_a_ref_touches_only_that_users_account(
     emu: Any, live_server: str, runtime: Runtime, api: requests.Session
 ) -> None:
     emu.create_user(ANN)
-    returned(follow_link(requests.Session(), new_link(api, live_server, "user-42"), ANN))
+    connect_as(api, live_server, "user-42", ANN)
     wrong = api.post(f"{live_server}/api/accounts/{ANN}/disconnect", params={"ref": "user-7"})
     assert wrong.status_code == 404 and wrong.json()["error"] == "not_found"
     assert api.get(f"{live_server}/api/accounts").json()[0]["status"] == "active"
@@ -185,6 +254,151 @@ def test_disconnect_with_a_ref_touches_only_that_users_account(
     assert api.post(f"{live_server}/api/accounts/{ANN}/disconnect").status_code == 200  # idempotent
     assert len(feed(api, live_server)) == 2
     assert api.get(f"{live_server}/api/accounts", params={"ref": ""}).status_code == 400
+
+
+# A link is not its user: the app confirms who came back ------------------------------------------
+def test_a_link_made_for_another_user_cannot_take_an_account_away_from_its_ref(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
+    # bob's account is already victim-bob's (set in the table, so that this holds on any version of calsync)
+    connect(emu, live_server, BOB)
+    emu.auto_approve = None  # from here on bob answers Google's consent page himself
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Account).values(ref="victim-bob"))
+    Worker(runtime, threads=1).run_burst()
+    rows = feed(api, live_server)
+    with runtime.sessions() as session:
+        bobs_tokens = session.scalars(select(Account.credentials)).one()
+
+    # mallory, an ordinary user of the app, makes a link for her own ref and sends it to bob, who consents
+    back = returned(follow_link(requests.Session(), new_link(api, live_server, "attacker-mallory"), BOB))
+    assert (back["status"], back["ref"], back["account"]) == ("connected", "attacker-mallory", BOB)
+    assert accounts_by_ref(api, live_server) == [(BOB, "victim-bob")]  # the consent moved nothing
+    assert api.get(f"{live_server}/api/accounts", params={"ref": "attacker-mallory"}).json() == []
+    assert feed(api, live_server) == rows
+
+    # bob lands on the app's return page, where he is signed in as victim-bob: the app confirms with that
+    refused = confirm(api, live_server, back["connection"], "victim-bob")
+    assert refused.status_code == 409 and refused.json()["error"] == "ref_mismatch"
+    # the code is spent: it cannot be confirmed for mallory afterwards either
+    again = confirm(api, live_server, back["connection"], "attacker-mallory")
+    assert again.status_code == 410 and again.json()["error"] == "connection_used"
+
+    assert accounts_by_ref(api, live_server) == [(BOB, "victim-bob")]
+    assert feed(api, live_server) == rows and [c["ref"] for c in api.get(f"{live_server}/api/calendars").json()] == [
+        "victim-bob"
+    ]
+    assert revocations(emu) == []  # revoking would end the grant bob's own account lives on
+    with runtime.sessions() as session:
+        account = session.scalars(select(Account)).one()
+        assert account.credentials == bobs_tokens
+    creds = load_credentials(runtime, account)
+    assert GoogleCalendar(creds, runtime.settings.calendar_api_endpoint).get_calendar("primary")["id"] == BOB
+    dropped = held(runtime, "attacker-mallory")
+    assert (dropped.connection_state, dropped.credentials, dropped.account_id) == ("refused", None, None)
+
+
+def test_a_link_made_for_another_user_keeps_no_new_account_and_revokes_its_grant(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
+    emu.create_user(CAROL)
+    back = returned(follow_link(requests.Session(), new_link(api, live_server, "attacker-mallory"), CAROL))
+    assert back["status"] == "connected"
+    assert api.get(f"{live_server}/api/accounts").json() == [] and feed(api, live_server) == []
+    Worker(runtime, threads=1).run_burst()
+    assert emu.count("calendar.calendarList.list") == 0  # no sync starts for a connection not confirmed
+
+    refused = confirm(api, live_server, back["connection"], "victim-carol")
+    assert refused.status_code == 409 and refused.json() == {
+        "error": "ref_mismatch",
+        "message": refused.json()["message"],
+    }
+    assert count(runtime, Account) == 0 and count(runtime, Change) == 0
+    assert revocations(emu) == [200]  # the grant carol gave through mallory's link is gone at Google
+    assert emu.count("calendar.calendarList.list") == 0
+    dropped = held(runtime, "attacker-mallory")
+    assert (dropped.connection_state, dropped.credentials) == ("refused", None)
+
+
+def test_an_unconfirmed_connection_is_dropped_after_ten_minutes(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
+    emu.create_user(ANN)
+    back = returned(follow_link(requests.Session(), new_link(api, live_server), ANN))
+    assert count(runtime, Account) == 0
+    worker = Worker(runtime, threads=1)
+    runtime.clock.advance(minutes=9, seconds=59)  # type: ignore[attr-defined]
+    worker.run_burst()
+    assert held(runtime).connection_state == "pending" and revocations(emu) == []
+
+    runtime.clock.advance(seconds=1)  # type: ignore[attr-defined]
+    late = confirm(api, live_server, back["connection"], "user-42")
+    assert late.status_code == 410 and late.json()["error"] == "connection_expired"
+    assert count(runtime, Account) == 0
+    worker.run_burst()  # the scheduler's pass drops it
+    dropped = held(runtime)
+    assert (dropped.connection_state, dropped.credentials, dropped.connection_until) == ("expired", None, None)
+    assert revocations(emu) == [200]
+    worker.run_burst()
+    assert revocations(emu) == [200]  # dropped once
+    assert count(runtime, Account) == 0 and feed(api, live_server) == []
+    assert emu.count("calendar.calendarList.list") == 0
+    assert confirm(api, live_server, back["connection"], "user-42").json()["error"] == "connection_expired"
+
+
+def test_dropping_a_connection_keeps_the_grant_of_an_account_calsync_serves(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
+    emu.create_user(ANN)
+    connect_as(api, live_server, "user-42", ANN)
+    returned(follow_link(requests.Session(), new_link(api, live_server), ANN))  # a second consent, never confirmed
+    runtime.clock.advance(minutes=10)  # type: ignore[attr-defined]
+    Worker(runtime, threads=1).run_burst()
+    assert held_states(runtime) == ["confirmed", "expired"]
+    assert revocations(emu) == []
+    with runtime.sessions() as session:
+        account = session.scalars(select(Account)).one()
+    assert account.status == "active" and account.ref == "user-42"
+    assert account.credentials is not None
+    assert (
+        GoogleCalendar(load_credentials(runtime, account), runtime.settings.calendar_api_endpoint).get_calendar(
+            "primary"
+        )["id"]
+        == ANN
+    )
+
+
+def test_a_connection_code_works_once_and_only_a_real_one(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
+    emu.create_user(ANN)
+    back = returned(follow_link(requests.Session(), new_link(api, live_server), ANN))
+    assert (
+        requests.post(
+            f"{live_server}/api/connect-sessions/confirm", json={"connection": back["connection"], "ref": "user-42"}
+        ).status_code
+        == 401
+    )
+    for body, field in [
+        ({"connection": back["connection"]}, "ref"),
+        ({"ref": "user-42"}, "connection"),
+        ({"connection": back["connection"], "ref": ""}, "ref"),
+        ({"connection": back["connection"], "ref": "user\n42"}, "ref"),
+        ({"connection": "", "ref": "user-42"}, "connection"),
+        ({"connection": back["connection"], "ref": "user-42", "account": ANN}, "account"),
+        ([back["connection"]], "body"),
+    ]:
+        resp = api.post(f"{live_server}/api/connect-sessions/confirm", json=body)
+        assert resp.status_code == 400 and resp.json()["field"] == field, (body, resp.text)
+    unknown = confirm(api, live_server, back["connection"][:-1] + "x", "user-42")
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_connection"
+    assert count(runtime, Account) == 0 and held(runtime).connection_state == "pending"
+
+    assert confirm(api, live_server, back["connection"], "user-42").status_code == 200
+    changes = count(runtime, Change)
+    again = confirm(api, live_server, back["connection"], "user-42")
+    assert again.status_code == 410 and again.json()["error"] == "connection_used"
+    assert count(runtime, Change) == changes == 1
 
 
 # Every other end: the outcome the app is told, and nothing stored ----------------------------------
@@ -231,7 +445,7 @@ def test_a_used_link_says_so_and_changes_nothing(
 ) -> None:
     emu.create_user(ANN)
     link = new_link(api, live_server)
-    returned(follow_link(requests.Session(), link, ANN))
+    assert confirm(api, live_server, returned(follow_link(requests.Session(), link, ANN))["connection"], "user-42").ok
     with runtime.sessions() as session:
         first = session.scalars(select(ConnectSession)).one()
         account = session.scalars(select(Account)).one()
@@ -260,6 +474,30 @@ def test_a_used_link_says_so_and_changes_nothing(
         "javascript:alert(1)//https://app.example.test/after",
         "/after",
         "",
+        # Paths that start with the allowed one as a string but lead elsewhere
+        "https://app.example.test/afterwards",
+        "https://app.example.test/after/../settings",
+        "https://app.example.test/after/..",
+        "https://app.example.test/after/%2e%2e/settings",
+        "https://app.example.test/after/%2E%2E%2Fsettings",
+        "https://app.example.test/after/.%2e/settings",
+        "https://app.example.test/after/%252e%252e/settings",
+        "https://app.example.test/after/..;/settings",
+        "https://app.example.test/after/x/../../settings",
+        "https://app.example.test/after\\..\\settings",
+        "https://app.example.test/after/%5c..%5csettings",
+        "https://app.example.test/after//evil.example/",
+        "https://app.example.test//evil.example/after",
+        "//app.example.test/after",
+        # Another host behind user info
+        "https://app.example.test@evil.example/after",
+        "https://app.example.test:443@evil.example/after",
+        "https://app.example.test%2F@evil.example/after",
+        "https://app.example.test\\@evil.example/after",
+        "https://:@app.example.test/after",
+        # Another port
+        "https://app.example.test:8443/after",
+        "https://app.example.test:99999/after",
     ],
 )
 def test_a_return_to_outside_the_allow_list_is_refused(
@@ -268,6 +506,26 @@ def test_a_return_to_outside_the_allow_list_is_refused(
     resp = api.post(f"{live_server}/api/connect-sessions", json={"ref": "user-42", "return_to": return_to})
     assert resp.status_code == 400 and resp.json()["field"] == "return_to"
     assert count(runtime, ConnectSession) == 0
+
+
+@pytest.mark.parametrize(
+    ("return_to", "stored"),
+    [
+        (APP, APP),
+        (APP + "/", APP + "/"),
+        ("https://APP.example.test:443/after/x?tab=1#top", "https://APP.example.test:443/after/x?tab=1#top"),
+        ("https://app.example.test/after/x/../y?next=../../z", "https://app.example.test/after/y?next=../../z"),
+        ("https://app.example.test/after/./%2e/sub/%2E%2E/y", "https://app.example.test/after/y"),
+        ("https://app.example.test/settings/../after", "https://app.example.test/after"),
+    ],
+)
+def test_a_return_to_under_the_allow_list_is_kept_with_its_path_resolved(
+    live_server: str, runtime: Runtime, api: requests.Session, return_to: str, stored: str
+) -> None:
+    resp = api.post(f"{live_server}/api/connect-sessions", json={"ref": "user-42", "return_to": return_to})
+    assert resp.status_code == 201, resp.text
+    with runtime.sessions() as session:
+        assert session.scalars(select(ConnectSession.return_to)).one() == stored
 
 
 @pytest.mark.parametrize(

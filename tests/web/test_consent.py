@@ -64,6 +64,14 @@ def connect(emu: Any, live: str, email: str, browser: requests.Session | None = 
     return browser
 
 
+def csrf_of(browser: requests.Session, live: str) -> str:
+    """The CSRF token of the disconnect form on this browser's /connected page."""
+    page = browser.get(f"{live}/connected").text
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert found, page
+    return found.group(1)
+
+
 def accounts(runtime: Runtime) -> list[Account]:
     with runtime.sessions() as session:
         return list(session.scalars(select(Account).order_by(Account.id)))
@@ -262,6 +270,7 @@ def test_pages_are_plain_accessible_html(emu: Any, live_server: str) -> None:
     page = browser.get(f"{live_server}/connected").text
     assert '<html lang="en">' in page and "<title>" in page and 'role="status"' in page
     assert '<form method="post" action="/disconnect">' in page
+    assert re.search(r'<input type="hidden" name="csrf_token" value="[\w-]{40,}">', page)
 
 
 # Disconnecting from the browser ------------------------------------------------------------------
@@ -269,7 +278,8 @@ def test_end_user_disconnects_own_account_from_the_connected_page(emu: Any, live
     browser = connect(emu, live_server, "mia@example.com")
     [account] = accounts(runtime)
     refresh_token = load_credentials(runtime, account).refresh_token
-    resp = browser.post(f"{live_server}/disconnect", data={"account": "mia@example.com"})
+    token = csrf_of(browser, live_server)
+    resp = browser.post(f"{live_server}/disconnect", data={"account": "mia@example.com", "csrf_token": token})
     assert resp.status_code == 200 and "disconnected" in resp.text.lower()
     [account] = accounts(runtime)
     assert account.status == "disconnected"
@@ -289,11 +299,65 @@ def test_end_user_disconnects_own_account_from_the_connected_page(emu: Any, live
 def test_disconnect_of_someone_elses_account_is_forbidden(emu: Any, live_server: str, runtime: Runtime) -> None:
     connect(emu, live_server, "ned@example.com")
     intruder = connect(emu, live_server, "oli@example.com")
-    resp = intruder.post(f"{live_server}/disconnect", data={"account": "ned@example.com"})
+    token = csrf_of(intruder, live_server)
+    resp = intruder.post(f"{live_server}/disconnect", data={"account": "ned@example.com", "csrf_token": token})
     assert resp.status_code == 403 and resp.json()["error"] == "forbidden"
     anonymous = requests.post(f"{live_server}/disconnect", json={"account": "ned@example.com"})
     assert anonymous.status_code == 403
     assert {a.email: a.status for a in accounts(runtime)} == {"ned@example.com": "active", "oli@example.com": "active"}
+
+
+def test_disconnect_from_a_form_without_this_sessions_csrf_token_is_refused(
+    emu: Any, live_server: str, runtime: Runtime
+) -> None:
+    """Another site's page can make the user's browser post the form (with the user's cookie); it
+    cannot read the token, so its post changes nothing."""
+    browser = connect(emu, live_server, "quinn@example.com")
+    other = connect(emu, live_server, "quinn@example.com")  # another browser session has another token
+    for extra in ({}, {"csrf_token": ""}, {"csrf_token": "x" * 43}, None):
+        extra = extra if extra is not None else {"csrf_token": csrf_of(other, live_server)}
+        resp = browser.post(
+            f"{live_server}/disconnect",
+            data={"account": "quinn@example.com", **extra},
+            headers={"Origin": "https://evil.example"},
+        )
+        assert resp.status_code == 403 and resp.json()["error"] == "csrf_failed", extra
+    as_json = browser.post(f"{live_server}/disconnect", json={"account": "quinn@example.com"})
+    assert as_json.status_code == 403 and as_json.json()["error"] == "csrf_failed"
+    assert [a.status for a in accounts(runtime)] == ["active"] and emu.count("oauth.revoke") == 0
+
+    token = csrf_of(browser, live_server)
+    assert token != csrf_of(other, live_server)
+    with_header = browser.post(
+        f"{live_server}/disconnect", json={"account": "quinn@example.com"}, headers={"X-CSRF-Token": token}
+    )
+    assert with_header.status_code == 200 and [a.status for a in accounts(runtime)] == ["disconnected"]
+
+
+def test_consent_and_disconnect_pages_cannot_be_framed(emu: Any, live_server: str, runtime: Runtime) -> None:
+    browser = connect(emu, live_server, "rae@example.com")
+    answers = [
+        browser.get(f"{live_server}/connect", allow_redirects=False),
+        browser.get(f"{live_server}/connected"),
+        browser.get(f"{live_server}/connect/not-a-token"),
+        browser.get(f"{live_server}/oauth2callback", params={"state": "x", "code": "y"}),
+        browser.post(f"{live_server}/disconnect", json={"account": "nobody@example.com"}),
+    ]
+    assert [r.status_code for r in answers] == [302, 200, 404, 400, 403]
+    for resp in answers:
+        assert_not_framed(resp)
+    done = browser.post(
+        f"{live_server}/disconnect", data={"account": "rae@example.com", "csrf_token": csrf_of(browser, live_server)}
+    )
+    assert done.status_code == 200 and "Disconnected" in done.text
+    assert_not_framed(done)
+
+
+def assert_not_framed(resp: requests.Response) -> None:
+    assert resp.headers.get("X-Frame-Options") == "DENY", resp.url
+    assert "frame-ancestors 'none'" in resp.headers.get("Content-Security-Policy", ""), resp.url
+    assert resp.headers.get("Referrer-Policy") == "no-referrer", resp.url
+    assert resp.headers.get("Cache-Control") == "no-store", resp.url
 
 
 def test_operator_disconnects_with_the_bearer_token(

@@ -417,13 +417,15 @@ STATEFUL_SCENARIOS = 30
 # Requests that fit the document but are refused for what only the server can know: a URL that does
 # not resolve, is private or fails the verification; a page token calsync never handed out; delivery
 # ids that are not the subscription's; a time window whose end is not after its start, or longer than 366 days;
-# a return_to outside CALSYNC_RETURN_URLS; a ref or login hint with a character Unicode does not call printable.
+# a return_to outside CALSYNC_RETURN_URLS; a ref, login hint or connection code with a character Unicode does
+# not call printable.
 SEMANTIC_REFUSALS = {
     "createWebhook": ["400", "422"],
     "listEvents": ["400"],
     "replayWebhookDeliveries": ["400"],
     "queryFreeBusy": ["400"],
     "createConnectSession": ["400"],
+    "confirmConnection": ["400"],
     "listAccounts": ["400"],
     "disconnectAccount": ["400"],
     # Writes: the world's first account may not write (403 insufficient_scope); Google refuses events

@@ -44,15 +44,23 @@ def test_the_readme_example_connects_a_user_and_follows_the_lifecycle(
     app.update(CALSYNC=live_server, API={"Authorization": f"Bearer {API_TOKEN}"}, RETURN_TO=RETURN_TO)
     emu.create_user(ANN)
 
-    link = app["connect_link"]("user-42", ANN)
-    browser = requests.Session()
-    callback = consent(browser, browser.get(link, allow_redirects=False).headers["Location"], ANN)
-    back = browser.get(callback, allow_redirects=False).headers["Location"]
-    assert back.startswith(RETURN_TO + "?")
-    args = {k: v[0] for k, v in parse_qs(urlsplit(back).query).items()}
-    assert app["connected_page"](args) == f"Connected: {ANN}"
+    def come_back(link: str, email: str) -> dict[str, str]:
+        """The user follows the link, consents as `email`, and lands on RETURN_TO: its query."""
+        browser = requests.Session()
+        callback = consent(browser, browser.get(link, allow_redirects=False).headers["Location"], email)
+        back = browser.get(callback, allow_redirects=False).headers["Location"]
+        assert back.startswith(RETURN_TO + "?")
+        return {k: v[0] for k, v in parse_qs(urlsplit(back).query).items()}
+
+    # user-7 makes a link for themself and sends it to ann, who is signed in to the app as user-42
+    stolen = come_back(app["connect_link"]("user-7"), ANN)
+    assert app["connected_page"]("user-42", stolen) == "This link was made for someone else: nothing was connected."
+    assert requests.get(f"{live_server}/api/accounts", headers=app["API"], timeout=10).json() == []
+
+    args = come_back(app["connect_link"]("user-42", ANN), ANN)
+    assert app["connected_page"]("user-42", args) == f"Connected: {ANN}"
     assert (
-        app["connected_page"]({"ref": "user-42", "status": "denied", "error": "access_denied"})
+        app["connected_page"]("user-42", {"ref": "user-42", "status": "denied", "error": "access_denied"})
         == "Your calendar was not connected (access_denied)."
     )
 

@@ -110,7 +110,7 @@ def test_bad_input_is_a_400_naming_the_field_and_stores_nothing(
     resp = create(client, api_headers, **body)
     assert resp.status_code == 400
     error = resp.get_json()
-    assert error["error"] == "invalid_request" and error["field"] == field and field in error["message"]
+    assert error["error"] == "bad_request" and error["field"] == field and field in error["message"]
     assert stored(runtime) == 0
 
 
