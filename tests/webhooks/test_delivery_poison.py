@@ -6,10 +6,12 @@ recorded, counts towards the retry limit, and never holds the messages behind it
 
 from __future__ import annotations
 
+from sqlalchemy import text
 from standardwebhooks import Webhook
 
 from calsync.runtime import Runtime
 from calsync.webhooks.delivery import EXCERPT_BYTES
+from calsync.webhooks.schedule import MAX_ATTEMPTS
 from tests.webhooks.receiver import Answer, Receiver
 from tests.webhooks.support import (
     attempts,
@@ -17,6 +19,7 @@ from tests.webhooks.support import (
     deliver,
     deliveries,
     event,
+    exhaust_all,
     make_calendar,
     subscribe,
     subscription,
@@ -63,3 +66,51 @@ def test_a_change_holding_nul_and_lone_surrogates_is_sent_signed(runtime: Runtim
     message = Webhook(secret).verify(standard.body, standard.headers)
     assert message["data"]["after"]["summary"] == "nul\x00 and \ud800 lone"
     assert message["data"]["after"]["description"] == "\udfff\x00"
+
+
+def _refuse_answers_holding(runtime: Runtime, word: str) -> None:
+    """A database that refuses to record some answers, whatever their form: a trigger of its own."""
+    with runtime.engine.begin() as conn:
+        if runtime.engine.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    "CREATE FUNCTION refuse_answer() RETURNS trigger AS $$ BEGIN "
+                    f"IF NEW.response_excerpt LIKE '%{word}%' THEN "
+                    "RAISE EXCEPTION 'answer refused' USING ERRCODE = '22000'; END IF; "
+                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_answer BEFORE INSERT ON delivery_attempts "
+                    "FOR EACH ROW EXECUTE FUNCTION refuse_answer()"
+                )
+            )
+        else:
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_answer BEFORE INSERT ON delivery_attempts "
+                    f"WHEN NEW.response_excerpt LIKE '%{word}%' BEGIN SELECT RAISE(ABORT, 'answer refused'); END"
+                )
+            )
+
+
+def test_an_attempt_the_database_refuses_to_record_counts_and_its_retries_end(
+    runtime: Runtime, receiver: Receiver
+) -> None:
+    cal = make_calendar(runtime)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    _refuse_answers_holding(runtime, "POISON")
+    receiver.default = Answer(500, b"POISON")
+    first = write_change(runtime, cal, event_id="ev1")
+    second = write_change(runtime, cal, event_id="ev2")
+
+    assert deliver(runtime) == 2  # neither message holds the other back
+    for delivery in deliveries(runtime, sub_id):
+        assert (delivery.state, delivery.attempts, delivery.last_status) == ("pending", 1, 500)
+        (attempt,) = attempts(runtime, delivery.id)
+        assert attempt.response_excerpt is None and "answer not recordable" in (attempt.error or "")
+    exhaust_all(runtime)  # every retry meets the same refusal, and each one still counts
+    done = {d.change_seq: d for d in deliveries(runtime, sub_id)}
+    assert [(done[s].state, done[s].attempts) for s in (first, second)] == [("failed", MAX_ATTEMPTS)] * 2
+    assert len(receiver.posts()) == 2 * MAX_ATTEMPTS  # bounded: not one POST more than the schedule
