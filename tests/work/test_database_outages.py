@@ -14,33 +14,28 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import make_url, select
+from sqlalchemy import make_url
 
 import calsync.work.worker
 from calsync.config import Settings
 from calsync.runtime import Runtime
-from calsync.store.models import Calendar, Channel
 from calsync.wakeup import CHANNEL, Wakeup
 from calsync.work.listen import Listener
 from calsync.work.worker import Worker
 from tests.pg_support import PrivateServer, unavailable
 from tests.sync_support import (
-    assert_feed_rebuilds_mirror,
     changes,
-    connect_account,
-    google_view,
     last_seq,
-    mirror,
 )
 from tests.webhooks.receiver import Receiver as WebhookReceiver
 from tests.webhooks.support import loopback_settings, subscribe
+from tests.work.outage_support import edit, running_worker, wait_converged, wait_until
 
-ALICE = "alice@example.com"
 SERVER_ERRORS = range(500, 600)
 
 
@@ -91,22 +86,10 @@ def running(
     monkeypatch: pytest.MonkeyPatch,
     poll_seconds: float,
 ) -> Iterator[Worker]:
-    """A connected account whose calendar a running worker has synced and watches.
-
-    Google retries a notification answered 5xx, with backoff; the emulator retries for about 25 s.
-    """
+    """A connected account whose calendar a running worker has synced and watches."""
     monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", poll_seconds)
-    emu.push.retry_base, emu.push.max_attempts = 0.1, 9
-    connect_account(runtime, emu, ALICE)
-    stop = threading.Event()
-    worker = Worker(worker_runtime, threads=2)
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    wait_until(lambda: _watched(runtime), 20, "the first sync and the watch")
-    yield worker
-    stop.set()
-    thread.join(timeout=30)
-    assert not thread.is_alive()
+    with running_worker(worker_runtime, runtime, emu) as worker:
+        yield worker
 
 
 def test_killed_backends_cost_no_500_and_listen_comes_back(
@@ -218,64 +201,12 @@ def test_a_half_open_listen_connection_is_probed_and_replaced(private_pg: Privat
 
 
 # Helpers ------------------------------------------------------------------------------------------
-def edit(emu: Any, summary: str) -> str:
-    """A new event in Google: its `created` row must reach the feed exactly once."""
-    body = {
-        "summary": summary,
-        "start": {"dateTime": "2026-01-05T10:00:00Z"},
-        "end": {"dateTime": "2026-01-05T11:00:00Z"},
-    }
-    return str(emu.insert_event(ALICE, body)["id"])
-
-
 def get(base: str, path: str) -> int:
     headers = {"Authorization": "Bearer test-api-token"}
     try:
         return requests.get(base + path, headers=headers, timeout=10).status_code
     except requests.RequestException:
         return -1
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception:  # the database may be away while we look
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def wait_converged(runtime: Runtime, emu: Any, made: list[str], timeout: float) -> None:
-    """Every edit in the feed exactly once, and the feed folded = the mirror = Google."""
-    cal_id = _calendar_id(runtime)
-
-    def converged() -> bool:
-        created = [c.event_id for c in changes(runtime, cal_id) if c.kind in ("created", "snapshot")]
-        return set(made) <= set(created) and mirror(runtime, cal_id) == google_view(emu, ALICE)
-
-    wait_until(converged, timeout, f"{len(made)} edits in the feed")
-    created = [c.event_id for c in changes(runtime, cal_id) if c.kind in ("created", "snapshot")]
-    assert len(created) == len(set(created)), "an edit reached the feed twice"
-    assert_feed_rebuilds_mirror(runtime, cal_id)
-
-
-def _calendar_id(runtime: Runtime) -> int:
-    with runtime.sessions() as session:
-        return session.scalars(select(Calendar.id).where(Calendar.google_id == ALICE)).one()
-
-
-def _watched(runtime: Runtime) -> bool:
-    with runtime.sessions() as session:
-        cal = session.scalars(select(Calendar).where(Calendar.google_id == ALICE)).one_or_none()
-        if cal is None or not cal.baseline_done:
-            return False
-        return (
-            session.scalar(select(Channel.id).where(Channel.calendar_id == cal.id, Channel.status == "active"))
-            is not None
-        )
 
 
 def _notify_wakes(wakeup: Wakeup, db_url: str) -> float:

@@ -10,7 +10,6 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +23,7 @@ import calsync.store.db
 from calsync.runtime import Runtime
 from calsync.work.worker import Worker
 from tests.push_support import push_headers
-from tests.sync_support import connect_account
-from tests.work.test_database_outages import ALICE, _calendar_id, _watched, edit, wait_converged, wait_until
+from tests.work.outage_support import calendar_id, edit, running_worker, wait_converged, wait_until
 
 
 @pytest.fixture
@@ -44,17 +42,8 @@ def db_url(
 @pytest.fixture
 def serving(runtime: Runtime, live_server: str, emu: Any) -> Iterator[Worker]:
     """`calsync serve` in this process: the web app on its port and a worker, one runtime."""
-    emu.push.retry_base, emu.push.max_attempts = 0.1, 9
-    connect_account(runtime, emu, ALICE)
-    stop = threading.Event()
-    worker = Worker(runtime, threads=2)
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    wait_until(lambda: _watched(runtime), 20, "the first sync and the watch")
-    yield worker
-    stop.set()
-    thread.join(timeout=30)
-    assert not thread.is_alive()
+    with running_worker(runtime, runtime, emu) as worker:
+        yield worker
 
 
 def test_a_write_lock_held_past_the_busy_timeout_answers_503_and_loses_nothing(
@@ -130,4 +119,4 @@ def test_a_full_disk_answers_503_and_the_worker_goes_on_once_there_is_room(
     assert serving.listener is None
     with sqlite3.connect(database) as check:
         assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    assert _calendar_id(runtime)
+    assert calendar_id(runtime)
