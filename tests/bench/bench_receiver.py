@@ -91,8 +91,8 @@ def main(args: Any) -> int:
                 bare = _start_bare(work, bare_port, PROCESSES[server])
                 try:
                     for kind in engines(args.db):
-                        for name, tree in trees.items():
-                            with database(kind, work, f"receiver_{server}") as url:
+                        for n, (name, tree) in enumerate(trees.items()):
+                            with database(kind, work, f"receiver_{server}{n}") as url:
                                 where = (bare_port, bare.pid, tree)
                                 _run(report, f"{name}{server}", kind, emu, url, work, where, seconds)
                             emu.reset()
