@@ -117,7 +117,7 @@ def test_a_storm_of_a_thousand_notifications_costs_at_most_two_list_calls(
     clock = _JumpClock()
     rt = Runtime.create(replace(settings, sync_min_interval=600.0), clock=clock)
     server = make_server("127.0.0.1", public_port, create_app(runtime=rt), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     stop, thread = _start_worker(rt)
     try:
         cal_id = _watched(rt, emu)
