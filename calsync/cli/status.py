@@ -149,7 +149,7 @@ def channels() -> None:
 def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -> None:
     """Open a new channel for CALENDAR (or --all), then stop the old one, then queue a sync for the seam."""
     from calsync.push.channels import replace_channel
-    from calsync.push.owed import request_calendar_sync
+    from calsync.store.owed import request_calendar_sync
 
     if bool(calendar) == renew_all:
         raise click.UsageError("name one CALENDAR or give --all")

@@ -36,6 +36,7 @@ from calsync.push.channels import (
 from calsync.runtime import Runtime
 from calsync.store.db import transaction, when_back
 from calsync.store.models import Account, Calendar
+from calsync.store.owed import owe_list_refresh, owe_sync
 from calsync.store.states import ChannelKind, Priority, SyncState
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
@@ -164,11 +165,9 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
     # are caught by one more (incremental) sync, owed like a notification's.
     replace_channel(runtime, calendar_id=claim.id, priority=renewal)
     with transaction(runtime.sessions) as session:
-        session.execute(
-            update(Calendar).where(Calendar.id == claim.id).values(sync_requested=Calendar.sync_requested + 1)
-        )
-        runtime.wakeup.notify_after_commit(session)
         now = runtime.clock.now()
+        session.execute(update(Calendar).where(Calendar.id == claim.id).values(**owe_sync(now)))
+        runtime.wakeup.notify_after_commit(session)
         if not finish_calendar(session, claim, now, _reconcile_in(runtime, claim, now), 0.0):
             log.info("calendar %s: synced, but the lease had passed to another worker", claim.id)
 
@@ -245,11 +244,7 @@ def _request_list_refresh(runtime: Runtime, account_id: int | None) -> None:
         return
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
-        session.execute(
-            update(Account)
-            .where(Account.id == account_id)
-            .values(list_requested=Account.list_requested + 1, list_due_at=now)
-        )
+        session.execute(update(Account).where(Account.id == account_id).values(**owe_list_refresh(now, at_once=True)))
         runtime.wakeup.notify_after_commit(session)
 
 

@@ -11,8 +11,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import (
     Select,
-    and_,
-    case,
     delete,
     exists,
     select,
@@ -25,6 +23,7 @@ from calsync.push.intake_sql import trim_log
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
+from calsync.store.owed import at_most, due_unless_backing_off, list_due_unless_backing_off
 from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, Priority
 from calsync.sync.idempotency import prune_keys
 
@@ -120,12 +119,7 @@ def _make_calendars_due(session: Session, ids: set[int], now: datetime) -> int:
         session.execute(
             update(Calendar)
             .where(Calendar.id.in_(ids), not_yet)
-            .values(
-                due_at=case((Calendar.retry_at > now, Calendar.retry_at), else_=now),
-                due_priority=case(
-                    (Calendar.due_priority > Priority.RENEWAL, int(Priority.RENEWAL)), else_=Calendar.due_priority
-                ),
-            )
+            .values(due_at=due_unless_backing_off(now), due_priority=at_most(Priority.RENEWAL))
         )
     )
 
@@ -134,11 +128,10 @@ def _make_lists_due(session: Session, ids: set[int], now: datetime) -> int:
     if not ids:
         return 0
     not_yet = (Account.list_due_at.is_(None)) | (Account.list_due_at > now)
-    in_backoff = and_(Account.list_error_count > 0, Account.list_due_at > now)
     return rows_affected(
         session.execute(
             update(Account)
             .where(Account.id.in_(ids), Account.status == AccountStatus.ACTIVE, not_yet)
-            .values(list_due_at=case((in_backoff, Account.list_due_at), else_=now))
+            .values(list_due_at=list_due_unless_backing_off(now))
         )
     )

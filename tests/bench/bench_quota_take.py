@@ -18,9 +18,9 @@ from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.owed import request_calendar_sync
 from calsync.store.quota import Budget
 from calsync.sync.run import sync_calendar
 from calsync.work.jobs import run_calendar_job

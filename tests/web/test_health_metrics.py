@@ -117,8 +117,8 @@ def test_metrics_expose_the_named_series(web: Any, rt: Any, emu: Any) -> None:
 
 
 def test_sync_lag_is_the_age_of_the_oldest_owed_sync(web: Any, rt: Any, emu: Any) -> None:
-    from calsync.push.owed import request_calendar_sync
     from calsync.store.db import transaction
+    from calsync.store.owed import request_calendar_sync
     from tests.push_support import calendar_id_of
 
     connect_account(rt, emu, "ann@example.com")

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from calsync.clock import FrozenClock
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.owed import request_calendar_sync
 from calsync.work.backoff import CAP_SECONDS, backoff_delay
 from calsync.work.worker import Worker
 from tests.push_support import (

@@ -10,11 +10,11 @@ from sqlalchemy import update
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.liveness import HEARTBEAT_SECONDS, WORKER_ALIVE
 from calsync.store.models import Account
+from calsync.store.owed import request_calendar_sync
 from calsync.work.leases import claim_account_list, claim_calendar
 from calsync.work.liveness import Heartbeat
 from calsync.work.worker import Worker

@@ -18,10 +18,10 @@ from sqlalchemy import func, select, update
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Calendar, QuotaBudget
+from calsync.store.owed import request_calendar_sync
 from calsync.store.quota import PROJECT, ScopeState, ceiling, pace, user_scope
 from calsync.store.states import Priority
 from calsync.work.quota import Plan, outlook, reconcile_in, replan

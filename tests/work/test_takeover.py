@@ -17,11 +17,11 @@ import pytest
 from sqlalchemy import select
 
 from calsync.config import Settings
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.liveness import WORKER_ALIVE
 from calsync.store.models import Calendar, WorkerHeartbeat
+from calsync.store.owed import request_calendar_sync
 from calsync.work.worker import Worker
 from tests.push_support import calendar_row, changes_for, connect_account, wait_for
 from tests.sync_support import google_view, mirror

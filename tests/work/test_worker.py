@@ -11,10 +11,10 @@ from sqlalchemy import select, update
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
+from calsync.store.owed import request_calendar_sync
 from calsync.work.jobs import run_calendar_job
 from calsync.work.leases import claim_calendar
 from calsync.work.worker import Worker
