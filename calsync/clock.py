@@ -33,9 +33,10 @@ class FrozenClock:
         with self._lock:
             return self._now
 
-    def advance(self, seconds: float = 0, **kwargs: float) -> datetime:
+    def advance(self, seconds: float | timedelta = 0, **kwargs: float) -> datetime:
+        step = seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
         with self._lock:
-            self._now += timedelta(seconds=seconds, **kwargs)
+            self._now += step + timedelta(**kwargs)
             return self._now
 
     def set(self, when: datetime) -> None:

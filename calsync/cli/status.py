@@ -254,7 +254,7 @@ def _runtime() -> Iterator[Runtime]:
 
 def _claim(session: Session, cal: Calendar, owner: str, rt: Runtime) -> Claim:
     """Take the calendar's lease unless a worker holds it right now."""
-    claim = claim_this_calendar(session, cal.id, cal.sync_requested, owner, rt.clock.now(), rt.settings.lease_seconds)
+    claim = claim_this_calendar(session, cal.id, cal.sync_requested, owner, rt.clock.now(), rt.settings.lease)
     if claim is None:
         raise click.ClickException(
             f"{cal.summary or cal.google_id} is being synced by a worker right now; try again in a moment"

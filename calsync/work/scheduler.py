@@ -30,12 +30,12 @@ from calsync.sync.idempotency import prune_keys
 HEARTBEAT_RETENTION = timedelta(days=1)
 
 
-def schedule_renewals(session: Session, now: datetime, renew_before: float) -> int:
+def schedule_renewals(session: Session, now: datetime, renew_before: timedelta) -> int:
     """Make due every calendar or calendar list whose active channel expires within `renew_before`.
 
     Reads `ix_channels_status_expires_at`, so the cost follows the number of due channels.
     """
-    due = session.execute(due_channels(now + timedelta(seconds=renew_before))).all()
+    due = session.execute(due_channels(now + renew_before)).all()
     calendar_ids = {r.calendar_id for r in due if r.kind == ChannelKind.EVENTS and r.calendar_id is not None}
     account_ids = {r.account_id for r in due if r.kind == ChannelKind.CALENDAR_LIST}
     return _make_calendars_due(session, calendar_ids, now) + _make_lists_due(session, account_ids, now)
@@ -48,13 +48,13 @@ def due_channels(horizon: datetime) -> Select[str, int | None, int]:
     )
 
 
-def schedule_missing_channels(session: Session, now: datetime, renew_before: float) -> int:
+def schedule_missing_channels(session: Session, now: datetime, renew_before: timedelta) -> int:
     """At start: synced calendars and active accounts without a channel that outlasts the window.
 
     This covers channels that expired while calsync was down; it scans calendars, so it runs once
     per worker start, not every pass (each sync also checks its own calendar's channel).
     """
-    horizon = now + timedelta(seconds=renew_before)
+    horizon = now + renew_before
     live_events = exists().where(
         Channel.calendar_id == Calendar.id,
         Channel.kind == ChannelKind.EVENTS,
@@ -104,8 +104,8 @@ def prune(session: Session, runtime: Runtime, now: datetime) -> None:
     trim_log(session, runtime.settings.notification_log_size)
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.seen_at < now - HEARTBEAT_RETENTION))
     prune_keys(session, now)
-    if runtime.settings.changes_retention > 0:
-        trim_changes(session, now - timedelta(seconds=runtime.settings.changes_retention))
+    if runtime.settings.changes_retention:
+        trim_changes(session, now - runtime.settings.changes_retention)
 
 
 # The bounded notification log: ids increase, so keeping the newest `keep` rows is one range delete.

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def _event(summary: str) -> dict[str, Any]:
 def test_a_sigkilled_workers_calendar_is_synced_within_ten_seconds_of_the_restart(
     settings: Settings, runtime: Runtime, emu: Any, tmp_path: Path
 ) -> None:
-    assert settings.lease_seconds == 120  # the default: waiting for the lease would take two minutes
+    assert settings.lease == timedelta(minutes=2)  # the default: waiting for the lease would take two minutes
     connect_account(runtime, emu, ANN)
     env = web_env(settings)
     first = _worker(env, tmp_path / "first.log")
