@@ -22,6 +22,7 @@ from calsync.errors import (
     WriteConflict,
 )
 from calsync.readmodels import reads
+from calsync.store.db import statements_alone
 from calsync.sync import writes
 from calsync.web.api_token import json_error, require_api_token
 from calsync.web.app import runtime
@@ -107,6 +108,7 @@ def _google(err: GoogleApiError) -> Any:
 # Helpers --------------------------------------------------------------------------------------
 def _calendar(google_id: str) -> int:
     with runtime().sessions() as session:
+        statements_alone(session)  # one round trip: no BEGIN, no ROLLBACK
         return reads.one_calendar(session, google_id, request.args.get("account") or None).id
 
 
