@@ -24,7 +24,6 @@ from sqlalchemy import func, select
 from calsync.config import Settings
 from calsync.errors import ConfigError
 from calsync.push.channels import open_events_channel
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import make_engine, transaction
 from calsync.store.models import (
@@ -35,6 +34,7 @@ from calsync.store.models import (
     Notification,
     WorkerHeartbeat,
 )
+from calsync.store.owed import request_calendar_sync
 from calsync.web.server import ensure_schema
 from tests.conftest import free_port
 from tests.push_support import (

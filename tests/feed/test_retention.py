@@ -33,7 +33,7 @@ RETENTION = timedelta(days=30)
 @pytest.fixture
 def retaining(settings: Settings) -> Iterator[Runtime]:
     """calsync with CALSYNC_CHANGES_RETENTION=30d."""
-    rt = Runtime.create(dataclasses.replace(settings, changes_retention=RETENTION.total_seconds()))
+    rt = Runtime.create(dataclasses.replace(settings, changes_retention=RETENTION))
     yield rt
     rt.close()
 
@@ -92,7 +92,7 @@ def test_the_worker_deletes_old_rows_a_batch_per_pass_and_keeps_the_new(retainin
 
 
 def test_zero_retention_keeps_every_row(runtime: Runtime, emu: Any) -> None:
-    assert runtime.settings.changes_retention == 0
+    assert runtime.settings.changes_retention == timedelta(0)
     cal = a_calendar(runtime, emu)
     seqs = seed_changes(runtime, cal, 10, runtime.clock.now() - timedelta(days=3650))
     Worker(runtime, threads=1).tick()
