@@ -68,7 +68,7 @@ def main(args: Any) -> int:
         with workdir("writes") as work, tempfile.TemporaryDirectory(prefix="calsync-old-") as old:
             trees: list[tuple[str, str | None]] = [("", None)]
             if args.old:
-                archive = f"git -C {ROOT} archive {args.old} calsync | tar -x -C {old}"
+                archive = f"git -C {ROOT} archive {args.old} calsync alembic | tar -x -C {old}"
                 subprocess.run(archive, shell=True, check=True)
                 trees = [(f"old {args.old}, ", old), ("new, ", None)]
             for kind in engines(args.db):
