@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.oauth2.credentials import Credentials
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -46,7 +46,7 @@ from calsync.feed.cursor import newest_seq
 from calsync.feed.reads import reconnect_hint
 from calsync.google.calendar import Connections, GoogleCalendar
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
+from calsync.store.db import is_postgres, transaction
 from calsync.store.models import Account, Calendar, Change, Event
 from calsync.store.states import AccountStatus, Origin, Priority
 from calsync.sync import idempotency, turns
@@ -240,6 +240,10 @@ class _Target:
                         target.claim = idempotency.claim(session, calendar_id, key, digest, event_id, now)
                         if target.claim.seq is not None:
                             return target  # a replay: nothing will be sent
+                    elif is_postgres(session):
+                        # Only the budget's take is written: a crash of the database may lose it
+                        # (one call uncounted), so its commit does not wait for the disk.
+                        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
                     runtime.budget.prepay(session, Priority.WRITE, target.account_id)
                     return target
             except IntegrityError:  # a concurrent twin claimed the key first: read its row
