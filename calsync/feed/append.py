@@ -68,7 +68,7 @@ def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> 
         [
             (
                 c.seq,
-                c.type,
+                c.type.value,
                 c.account_id,
                 c.calendar_id,
                 c.event_id,
@@ -77,7 +77,7 @@ def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> 
                 json_text(c.before),
                 json_text(c.after),
                 detected_at,
-                c.origin or Origin.GOOGLE,
+                (c.origin or Origin.GOOGLE).value,
                 c.idempotency_key,
             )
             for c in changes

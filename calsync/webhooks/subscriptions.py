@@ -134,7 +134,7 @@ def set_status(sub: WebhookSubscription, status: str) -> WebhookSubscription:
     if status == SubscriptionStatus.ACTIVE:
         sub.disabled_reason = None
         sub.failing_since = None
-    sub.status = status
+    sub.status = SubscriptionStatus(status)
     return sub
 
 

@@ -19,6 +19,7 @@ from calsync.google.oauth import credentials_from_json
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Delivery, DeliveryAttempt, WebhookSubscription
+from calsync.store.states import DeliveryState
 from calsync.webhooks.outbox import fill
 from tests.web.dashboard_support import (
     PASSWORD,
@@ -242,7 +243,7 @@ def _failed_delivery(runtime: Runtime) -> tuple[str, int]:
         fill(session, runtime.clock.now())  # the worker's pass queues it for the subscription
     with transaction(runtime.sessions) as session:
         delivery = session.scalars(select(Delivery)).one()
-        delivery.state, delivery.attempts, delivery.last_status = "failed", 8, 500
+        delivery.state, delivery.attempts, delivery.last_status = DeliveryState.FAILED, 8, 500
         delivery.last_error = "HTTP 500"
         session.add(
             DeliveryAttempt(
