@@ -199,8 +199,7 @@ def _log_row(item: Item) -> tuple[Any, ...]:
 
 
 def _stored(outcome: NotificationOutcome | None) -> str:
-    assert outcome is not None, "an item is logged only once its outcome is decided"
-    return outcome.value
+    return "" if outcome is None else outcome.value  # None: PostgreSQL's statement decides it
 
 
 def _write_sqlite(cursor: Any, batch: list[Item], owed: Owed, at: datetime, stamp: Callable[[datetime], str]) -> None:

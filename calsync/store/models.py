@@ -27,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSON as PG_JSON
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import operators
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
@@ -78,6 +79,18 @@ class UTCDateTime(TypeDecorator[datetime]):
 E = TypeVar("E", bound=Enum)
 
 
+_MEMBER_OPS = frozenset(
+    {
+        operators.eq,
+        operators.ne,
+        operators.in_op,
+        operators.not_in_op,
+        operators.is_distinct_from,
+        operators.is_not_distinct_from,
+    }
+)
+
+
 class UnknownStateError(ValueError):
     """The database holds a value that is not a member of its column's enum."""
 
@@ -115,7 +128,8 @@ class EnumColumn(TypeDecorator[E]):
         return member
 
     def coerce_compared_value(self, op: Any, value: Any) -> TypeEngine[Any]:
-        return self
+        # Compared for equality, the other side must be a member too; a LIKE pattern is text.
+        return self if op in _MEMBER_OPS else self.impl_instance
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")

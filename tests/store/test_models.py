@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import String, select, text, update
+from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.store.db import make_engine, make_sessionmaker, transaction
@@ -67,3 +68,15 @@ def test_a_value_of_another_enum_or_no_member_is_refused() -> None:
         column.process_bind_param(AccountStatus.ACTIVE, dialect)  # type: ignore[arg-type]
     with pytest.raises(UnknownStateError, match="not a ChannelStatus"):
         column.process_bind_param("activ", dialect)  # type: ignore[arg-type]
+
+
+def test_a_pattern_compares_as_text_and_a_word_that_is_no_member_not_at_all(db_url: str) -> None:
+    sessions, cal_id = _calendar(db_url)
+    with transaction(sessions) as session:
+        session.add(Channel(id="ch", account_id=1, calendar_id=cal_id, kind=ChannelKind.CALENDAR_LIST, token_hash="h"))
+    with transaction(sessions) as session:
+        assert session.scalar(select(Channel.id).where(Channel.kind.startswith("calendar_"))) == "ch"
+        assert session.scalar(select(Channel.id).where(Channel.kind.in_(["calendar_list"]))) == "ch"
+        for misspelt in (Channel.kind == "calendar-list", Channel.kind.in_(["events", "calendar-list"])):
+            with pytest.raises(StatementError, match="'calendar-list' is not a ChannelKind"):
+                session.scalar(select(Channel.id).where(misspelt))
