@@ -264,6 +264,8 @@ def test_webhooks_page_lists_subscriptions_deliveries_and_attempts(admin: Any, r
     assert "badge-failed" in page and "HTTP 500" in page and "upstream exploded" in page and "41 ms" in page
     assert "Replay 1 failed" in page
     assert "upstream exploded" not in admin.get("/dashboard/webhooks?state=delivered").text
+    unknown = admin.get("/dashboard/webhooks?state=bogus")  # a state no delivery can be in: none listed
+    assert unknown.status_code == 200 and "upstream exploded" not in unknown.text
 
 
 def test_replay_button_queues_the_delivery_again(admin: Any, runtime: Runtime) -> None:
