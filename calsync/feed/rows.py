@@ -33,7 +33,7 @@ class FeedRow:
     @property
     def kind(self) -> ChangeKind | None:
         """As `Change.kind`: the event change, or None for a lifecycle row."""
-        return self.type.kind
+        return ChangeType(self.type).kind
 
 
 # What the writer and the outbox take: rows being written, or ORM objects made by hand.

@@ -300,7 +300,7 @@ class Change(Base):
     @property
     def kind(self) -> ChangeKind | None:
         """The event change (`created`, `snapshot`, ...) this row records; None for a lifecycle row."""
-        return self.type.kind
+        return ChangeType(self.type).kind  # one made by hand may hold the plain word until flushed
 
     @kind.setter
     def kind(self, value: str) -> None:
