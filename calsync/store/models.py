@@ -99,7 +99,8 @@ class EnumColumn(TypeDecorator[E]):
     """An enum's values stored as the plain column they always were; read back as its members.
 
     The schema stays the same (a string, or a small integer for an `IntEnum`), so SQL written by
-    hand still compares with the stored words, while the ORM hands out and takes enum members only.
+    hand still compares with the stored words, while the ORM hands out members and takes members (or
+    their values: an unknown one is refused).
     """
 
     impl: TypeEngine[Any] | type[TypeEngine[Any]] = String  # replaced by each column's own
