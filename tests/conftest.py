@@ -201,7 +201,7 @@ def api_headers() -> dict[str, str]:
 def live_server(app: Flask, public_port: int) -> Iterator[str]:
     """calsync's web app on the loopback port its settings name, so push from the emulator arrives."""
     server = make_server("127.0.0.1", public_port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{public_port}"
     server.shutdown()

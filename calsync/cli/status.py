@@ -73,7 +73,7 @@ def status(all_channels: bool) -> None:
         heartbeat = last_heartbeat(session)
         quota = outlook(session, _settings, now)
     console.print(_accounts_table(accounts, calendars, now))
-    console.print(_calendars_table(calendars, channels, emails, now))
+    console.print(_calendars_table(calendars, seen.serving.calendars, emails, now))
     console.print(_channels_table(channels, emails, titles, now))
     if heartbeat is None:
         worker = "[yellow]no worker has run yet[/yellow]"
@@ -151,7 +151,7 @@ def channels() -> None:
 def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -> None:
     """Open a new channel for CALENDAR (or --all), then stop the old one, then queue a sync for the seam."""
     from calsync.push.channels import replace_channel
-    from calsync.push.owed import request_calendar_sync
+    from calsync.store.owed import request_calendar_sync
 
     if bool(calendar) == renew_all:
         raise click.UsageError("name one CALENDAR or give --all")
@@ -256,7 +256,7 @@ def _runtime() -> Iterator[Runtime]:
 
 def _claim(session: Session, cal: Calendar, owner: str, rt: Runtime) -> Claim:
     """Take the calendar's lease unless a worker holds it right now."""
-    claim = claim_this_calendar(session, cal.id, cal.sync_requested, owner, rt.clock.now(), rt.settings.lease_seconds)
+    claim = claim_this_calendar(session, cal.id, cal.sync_requested, owner, rt.clock.now(), rt.settings.lease)
     if claim is None:
         raise click.ClickException(
             f"{cal.summary or cal.google_id} is being synced by a worker right now; try again in a moment"
@@ -291,17 +291,13 @@ def _accounts_table(accounts: list[Account], calendars: list[Calendar], now: dat
 
 
 def _calendars_table(
-    calendars: list[Calendar], channels: list[Channel], emails: dict[int, str], now: datetime
+    calendars: list[Calendar], serving: dict[int, Channel], emails: dict[int, str], now: datetime
 ) -> Table:
     table = Table(title="Calendars", title_justify="left")
     for col in ("account", "calendar", "google id", "state", "last sync", "channel", "error"):
         table.add_column(col, overflow="fold")
-    expiry: dict[int, datetime | None] = {}
-    for ch in channels:
-        if ch.calendar_id is not None and ch.status in LIVE_CHANNEL:
-            expiry[ch.calendar_id] = ch.expires_at
     for c in calendars:
-        channel = expires_in(expiry[c.id], now) if c.id in expiry else "[dim]none[/dim]"
+        channel = expires_in(serving[c.id].expires_at, now) if c.id in serving else "[dim]none[/dim]"
         error = f"[red]{escape(c.last_error)}[/red]" if c.last_error else "—"
         if c.retry_at and c.retry_at > now:
             error += f" [dim](retry {ago(c.retry_at, now)})[/dim]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Protocol, cast
@@ -153,13 +154,13 @@ class GoogleCalendar:
 
     # Push channels ---------------------------------------------------------------------------
     def watch_events(
-        self, calendar_id: str, *, channel_id: str, token: str, address: str, ttl: float
+        self, calendar_id: str, *, channel_id: str, token: str, address: str, ttl: timedelta
     ) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
         request = self._api.events.watch(calendarId=calendar_id, body=body)
         return cast("dict[str, Any]", self._call("events.watch", request))
 
-    def watch_calendar_list(self, *, channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
+    def watch_calendar_list(self, *, channel_id: str, token: str, address: str, ttl: timedelta) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
         return cast("dict[str, Any]", self._call("calendarList.watch", self._api.calendar_list.watch(body=body)))
 
@@ -265,8 +266,14 @@ def _if_match(request: Any, etag: str | None) -> None:
         request.headers["if-match"] = etag
 
 
-def _channel_body(channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
-    return {"id": channel_id, "type": "web_hook", "address": address, "token": token, "params": {"ttl": str(int(ttl))}}
+def _channel_body(channel_id: str, token: str, address: str, ttl: timedelta) -> dict[str, Any]:
+    return {
+        "id": channel_id,
+        "type": "web_hook",
+        "address": address,
+        "token": token,
+        "params": {"ttl": str(int(ttl.total_seconds()))},
+    }
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,9 @@ from typing import Any, NamedTuple
 from sqlalchemy import Dialect, text
 from sqlalchemy.orm import Session
 
-from calsync.push.owed import OWE_LIST as _OWE_LIST
-from calsync.push.owed import OWE_SYNC as _OWE_SYNC
 from calsync.store.db import rows_affected
 from calsync.store.models import Notification
+from calsync.store.owed import owe_list_sql, owe_sync_sql
 from calsync.store.states import (
     LIVE_CHANNEL,
     NOT_ACCEPTED_NOTIFICATION,
@@ -261,8 +260,8 @@ _MARK_SEEN = (
 _MARK_SEEN_SQLITE = f"""
 UPDATE channels SET last_message_number = ?, status = {_MARK_SEEN.format(table="")}
  WHERE id = ? AND (last_message_number IS NULL OR last_message_number < ?)"""
-_OWE_CALENDAR_SQLITE = f"UPDATE calendars SET {_OWE_SYNC.format(now=':now')} WHERE id = :id"
-_OWE_LIST_SQLITE = f"UPDATE accounts SET {_OWE_LIST.format(now=':now')} WHERE id = :id"
+_OWE_CALENDAR_SQLITE = f"UPDATE calendars SET {owe_sync_sql(':now')} WHERE id = :id"
+_OWE_LIST_SQLITE = f"UPDATE accounts SET {owe_list_sql(':now')} WHERE id = :id"
 _INSERT_LOG_SQLITE = """
 INSERT INTO notifications (channel_id, resource_state, message_number, resource_id, headers, outcome, received_at)
 VALUES (?, ?, ?, ?, ?, ?, ?)"""
@@ -317,11 +316,11 @@ WITH input AS (
       FROM (SELECT channel_id, max(number) AS n FROM decided WHERE newer GROUP BY channel_id) AS v
      WHERE c.id = v.channel_id AND (c.last_message_number IS NULL OR c.last_message_number < v.n)
 ), owe_calendar_sync AS (
-    UPDATE calendars SET {_OWE_SYNC.format(now="%(now)s")}
+    UPDATE calendars SET {owe_sync_sql("%(now)s")}
      WHERE id IN (SELECT calendar_id FROM decided WHERE outcome = '{_O.QUEUED.value}' AND kind <> '{_LIST}')
     RETURNING sync_requested - 1 = sync_done AS newly_owed
 ), owe_list_refresh AS (
-    UPDATE accounts SET {_OWE_LIST.format(now="%(now)s")}
+    UPDATE accounts SET {owe_list_sql("%(now)s")}
      WHERE id IN (SELECT account_id FROM decided WHERE outcome = '{_O.QUEUED.value}' AND kind = '{_LIST}')
     RETURNING list_requested - 1 = list_done AS newly_owed
 ), logged AS (

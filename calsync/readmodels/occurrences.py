@@ -17,11 +17,11 @@ import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil import rrule
 from dateutil.parser import isoparse
 
+from calsync.clock import event_datetime, event_time, zone_named
 from calsync.store.jsontext import loads
 
 MAX_WINDOW = timedelta(days=366)
@@ -38,21 +38,12 @@ _UNTIL = re.compile(r"(UNTIL=)([0-9]{8}(?:T[0-9]{6}Z?)?)", re.IGNORECASE)
 
 def zone_of(name: str | None) -> tzinfo:
     """The zone for an IANA name; UTC when there is none or it is unknown."""
-    if not name:
-        return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return UTC
+    return zone_named(name) or UTC
 
 
 def known_zone(name: str) -> bool:
     """Whether an IANA zone name is known here."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
+    return zone_named(name) is not None
 
 
 def render(moment: datetime) -> str:
@@ -129,10 +120,10 @@ class _Series:
         else:
             self.zone_name = start.get("timeZone")
             self.end_zone_name = end.get("timeZone") or self.zone_name
-            begin = _parse_datetime(start["dateTime"], self.zone_name)
+            begin = event_datetime(start["dateTime"], self.zone_name)
             self.zone = zone_of(self.zone_name) if self.zone_name else (begin.tzinfo or UTC)
             self._dtstart = begin.astimezone(self.zone).replace(tzinfo=None)
-            finish = _parse_datetime(end["dateTime"], end.get("timeZone") or self.zone_name)
+            finish = event_datetime(end["dateTime"], end.get("timeZone") or self.zone_name)
             self.duration = finish.astimezone(self.zone).replace(tzinfo=None) - self._dtstart
             self.days = timedelta(0)
             self.longest = self.duration
@@ -398,8 +389,8 @@ def _parse_entry(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) 
 def _single(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) -> Occurrence:
     start, end = data["start"], data.get("end") or data["start"]
     if start.get("dateTime"):
-        begin = _parse_datetime(start["dateTime"], start.get("timeZone"), zone)
-        finish = _parse_datetime(end["dateTime"], end.get("timeZone"), zone)
+        begin = event_datetime(start["dateTime"], start.get("timeZone"), zone)
+        finish = event_datetime(end["dateTime"], end.get("timeZone"), zone)
         return Occurrence(begin.astimezone(UTC), finish.astimezone(UTC), str(data["id"]), False, row, is_busy(data))
     first, after = date.fromisoformat(start["date"]), date.fromisoformat(end.get("date") or start["date"])
     return Occurrence(midnight(first, zone), midnight(after, zone), str(data["id"]), True, row, is_busy(data))
@@ -408,10 +399,9 @@ def _single(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) -> Oc
 def _original_key(data: dict[str, Any], zone: tzinfo) -> datetime | date | None:
     original = data.get("originalStartTime") or {}
     try:
-        if original.get("dateTime"):
-            return _parse_datetime(original["dateTime"], original.get("timeZone"), zone).astimezone(UTC)
-        if original.get("date"):
-            return date.fromisoformat(original["date"])
+        if original.get("dateTime") or original.get("date"):
+            key = event_time(original, fallback=zone)
+            return key.astimezone(UTC) if isinstance(key, datetime) else key
     except (TypeError, ValueError):
         return None
     return None
@@ -456,16 +446,6 @@ def _when(moment: datetime, zone_name: str | None) -> dict[str, Any]:
     if zone_name:
         out["timeZone"] = zone_name
     return out
-
-
-def _parse_datetime(text: str, zone_name: str | None, fallback: tzinfo = UTC) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        value = isoparse(text)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=zone_of(zone_name) if zone_name else fallback)
-    return value
 
 
 def _rule_set(lines: list[str], dtstart: datetime, all_day: bool, zone: tzinfo) -> Iterator[datetime]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -327,7 +327,7 @@ class _SyncRun:
         """Extend our lease, or stop writing if another worker owns the calendar now."""
         if self.lease_owner is None:
             return
-        until = now + timedelta(seconds=self.runtime.settings.lease_seconds)
+        until = now + self.runtime.settings.lease
         result = session.execute(
             update(_CALENDARS)
             .where(_CALENDARS.c.id == self.calendar_id, _CALENDARS.c.lease_owner == self.lease_owner)
@@ -370,7 +370,7 @@ class _SyncRun:
             "last_synced_at": now,
             "sync_state": SyncState.SYNCED,
             "last_error": None,
-            "next_reconcile_at": now + timedelta(seconds=self.runtime.settings.reconcile_every),
+            "next_reconcile_at": now + self.runtime.settings.reconcile_every,
         }
         if changed:
             values["last_changed_at"] = now

@@ -36,7 +36,7 @@ from calsync.store.models import (
     Change,
     Channel,
 )
-from calsync.store.states import AccountStatus, ChangeKind, ChannelKind
+from calsync.store.states import AccountStatus, ChangeKind
 from calsync.web.app import runtime
 from calsync.web.operator_login import (
     check_csrf,
@@ -267,19 +267,12 @@ def _time_tag(value: datetime | None, text: str) -> Markup:
 
 
 def _account_blocks(seen: Overview) -> list[AccountBlock]:
-    accounts, calendars, channels = seen.accounts, seen.calendars, seen.channels
-    by_calendar: dict[int, Channel] = {}
-    by_account: dict[int, Channel] = {}
-    for ch in channels:  # the latest-expiring live channel wins: it is the one being kept
-        if ch.calendar_id is not None:
-            by_calendar[ch.calendar_id] = ch
-        elif ch.kind == ChannelKind.CALENDAR_LIST:
-            by_account[ch.account_id] = ch
+    accounts, calendars, serving = seen.accounts, seen.calendars, seen.serving
     return [
         AccountBlock(
             account=a,
-            calendars=[CalendarRow(c, by_calendar.get(c.id)) for c in calendars if c.account_id == a.id],
-            list_channel=by_account.get(a.id),
+            calendars=[CalendarRow(c, serving.calendars.get(c.id)) for c in calendars if c.account_id == a.id],
+            list_channel=serving.lists.get(a.id),
         )
         for a in accounts
     ]

@@ -7,10 +7,10 @@ and show times in the event's own time zone.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from calsync.clock import event_datetime, zone_named
 from calsync.humanize import lifecycle_title
 from calsync.store.states import ChangeKind
 
@@ -105,29 +105,18 @@ def _moment(value: Any, tz: str | None) -> date | None:
     if not isinstance(value, dict):
         return None
     if value.get("dateTime"):
+        zone = zone_named(value.get("timeZone")) or zone_named(tz)
         try:
-            when = datetime.fromisoformat(str(value["dateTime"]).replace("Z", "+00:00"))
+            when = event_datetime(str(value["dateTime"]), None, fallback=zone or UTC)
         except ValueError:
             return None
-        zone = _zone(value.get("timeZone")) or _zone(tz)
-        if zone is not None and when.tzinfo is not None:
-            when = when.astimezone(zone)
-        return when
+        return when.astimezone(zone) if zone is not None else when
     if value.get("date"):
         try:
             return date.fromisoformat(str(value["date"]))
         except ValueError:
             return None
     return None
-
-
-def _zone(name: Any) -> ZoneInfo | None:
-    if not name:
-        return None
-    try:
-        return ZoneInfo(str(name))
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
 
 
 def _clock(value: date | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -65,9 +66,11 @@ def watch(runtime: Runtime, account_id: int, calendar_id: int | None, google_id:
     google = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
     address = runtime.settings.notifications_url
     if google_id:
-        answer = google.watch_events(google_id, channel_id=channel_id, token="t", address=address, ttl=3600)
+        answer = google.watch_events(
+            google_id, channel_id=channel_id, token="t", address=address, ttl=timedelta(hours=1)
+        )
     else:
-        answer = google.watch_calendar_list(channel_id=channel_id, token="t", address=address, ttl=3600)
+        answer = google.watch_calendar_list(channel_id=channel_id, token="t", address=address, ttl=timedelta(hours=1))
     with transaction(runtime.sessions) as session:
         channel = session.get(Channel, channel_id)
         assert channel is not None

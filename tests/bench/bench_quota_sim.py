@@ -75,7 +75,7 @@ class Sim:
         self.policy = policy
         self.settings = settings
         self.rng = random.Random(seed)
-        self.base = settings.reconcile_every
+        self.base = settings.reconcile_every.total_seconds()
         self.plan = plan_of(settings)
         self.limits = (settings.quota_per_minute, 60.0)
         self.state = ScopeState()
@@ -448,7 +448,7 @@ def main(args: Any) -> int:
                 baseline=hourly["busy_gap_max"] / 3600,
                 baseline_name="fixed hourly",
                 target="<= 1 h",
-                met=ours["busy_gap_max"] <= settings.reconcile_every + 1,
+                met=ours["busy_gap_max"] <= settings.reconcile_every.total_seconds() + 1,
             )
     return report.finish()
 

@@ -11,10 +11,10 @@ from sqlalchemy import select, update
 
 from calsync.accounts.disconnect import disconnect_account
 from calsync.feed.reads import reconnect_hint
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change
+from calsync.store.owed import request_calendar_sync
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import SyncKind, sync_calendar
 from calsync.work.worker import Worker

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -138,7 +139,7 @@ def test_needs_new_channel(runtime: Runtime, emu: Any, calendar: dict[str, int])
     now = runtime.clock.now()
     with runtime.sessions() as session:
         chans = live_channels(session, calendar_id=calendar["calendar_id"])
-    expires_in = (_row(runtime, channel_id).expires_at - now).total_seconds()  # type: ignore[operator]
-    assert not needs_new_channel(chans, now, renew_before=expires_in - 60)
-    assert needs_new_channel(chans, now, renew_before=expires_in + 60)
-    assert needs_new_channel([], now, renew_before=0)
+    expires_in = _row(runtime, channel_id).expires_at - now  # type: ignore[operator]
+    assert not needs_new_channel(chans, now, renew_before=expires_in - timedelta(minutes=1))
+    assert needs_new_channel(chans, now, renew_before=expires_in + timedelta(minutes=1))
+    assert needs_new_channel([], now, renew_before=timedelta(0))

@@ -592,7 +592,7 @@ def test_a_sync_under_its_own_lease_extends_it(settings: Any, emu: Any) -> None:
         sync_calendar(runtime, cal_id, lease_owner="me")
         with runtime.sessions() as session:
             row = session.get_one(Calendar, cal_id)
-            assert row.lease_until == clock.now() + timedelta(seconds=settings.lease_seconds)
+            assert row.lease_until == clock.now() + settings.lease
             assert row.last_synced_at == clock.now() and row.lease_owner == "me"
     finally:
         runtime.close()

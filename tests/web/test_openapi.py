@@ -17,9 +17,9 @@ from flask import Flask, request
 from openapi_spec_validator import validate
 
 from calsync.config import Settings
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.owed import request_calendar_sync
 from calsync.web.openapi import document
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN

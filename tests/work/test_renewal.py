@@ -51,7 +51,7 @@ def test_a_channel_near_expiry_is_replaced_and_the_seam_synced(rt: Any, emu: Any
     # Renewal is timed from the expiry Google granted (7 days asked and granted), not from the TTL.
     expires_at = old[ChannelKind.EVENTS].expires_at
     assert expires_at is not None
-    rt.clock.set(expires_at - timedelta(seconds=rt.settings.renew_before - 1))
+    rt.clock.set(expires_at - rt.settings.renew_before + timedelta(seconds=1))
     Worker(rt, threads=1).run_burst()
 
     rows = channels_of(rt, account_id=account_id)
@@ -113,7 +113,9 @@ def test_short_lived_channels_renewed_again_and_again_miss_no_change(
 ) -> None:
     """Real time: 4-second channels renewed 2 s before expiry, edits all along, for about 4 renewals."""
     short = Runtime(
-        settings=Settings(**{**settings.__dict__, "channel_ttl": 4.0, "renew_before": 2.0}),
+        settings=Settings(
+            **{**settings.__dict__, "channel_ttl": timedelta(seconds=4), "renew_before": timedelta(seconds=2)}
+        ),
         engine=runtime.engine,
         sessions=runtime.sessions,
         cipher=runtime.cipher,
@@ -143,7 +145,7 @@ def test_short_lived_channels_renewed_again_and_again_miss_no_change(
     assert len(live) == 1 and live[0]["id"] not in {c.id for c in renewed}
     assert emu.count("calendar.channels.stop") >= len(renewed)
     # Changes came through push, not a timer: reconciliation is an hour away.
-    assert short.settings.reconcile_every >= 3600
+    assert short.settings.reconcile_every >= timedelta(hours=1)
     assert account_id
 
 
