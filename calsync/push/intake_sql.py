@@ -87,6 +87,7 @@ class ChannelRow(NamedTuple):
     calendar_id: int | None
     last_message_number: int | None
     account_status: str | None
+    owing: bool  # its calendar already owes a sync (its account a list refresh, for a calendar-list channel)
 
 
 @dataclass
@@ -96,22 +97,28 @@ class Owed:
     seen: dict[str, int] = field(default_factory=dict)  # channel id -> newest message number
     calendars: set[int] = field(default_factory=set)  # owe one more sync
     accounts: set[int] = field(default_factory=set)  # owe one more calendar-list refresh
+    newly_owed: bool = False  # some of that work was not owed before: a worker must hear of it
 
 
-def record_batch(cursor: Any, dialect: Dialect, batch: list[Item], now: datetime) -> None:
-    """Decide each item's outcome, in arrival order, and write the log and what the accepted ones owe.
+def record_batch(cursor: Any, dialect: Dialect, batch: list[Item], now: datetime) -> bool:
+    """Decide each item's outcome, in arrival order, and write the log and what the accepted ones owe;
+    whether the batch made a calendar (or a calendar list) owe work it did not owe before.
+
+    Only then need a worker be woken: work already owed is known to the workers (they were woken
+    when it became owed, or it waits for a time of its own, a burst's follow-up or a retry).
 
     On SQLite, inside the caller's BEGIN IMMEDIATE (which serialises writers), the channels are read
     and the outcomes decided here. On PostgreSQL one statement decides and writes everything, so that
     on an autocommit connection a batch costs one round trip; see `_RECORD_PG`.
     """
     if dialect.name == "postgresql":
-        _record_pg(cursor, batch, now)
-    else:
-        ids = sorted({item.push.channel_id for item in batch if item.push is not None})
-        marks = ",".join("?" * len(ids))
-        channels = _lookup(cursor, _LOOKUP_SQLITE.format(marks=marks), ids) if ids else {}
-        _write_sqlite(cursor, batch, decide(batch, channels), now, _sqlite_time(dialect))
+        return _record_pg(cursor, batch, now)
+    ids = sorted({item.push.channel_id for item in batch if item.push is not None})
+    marks = ",".join("?" * len(ids))
+    channels = _lookup(cursor, _LOOKUP_SQLITE.format(marks=marks), ids) if ids else {}
+    owed = decide(batch, channels)
+    _write_sqlite(cursor, batch, owed, now, _sqlite_time(dialect))
+    return owed.newly_owed
 
 
 def decide(batch: list[Item], channels: dict[str, ChannelRow]) -> Owed:
@@ -143,6 +150,7 @@ def decide(batch: list[Item], channels: dict[str, ChannelRow]) -> Owed:
             item.outcome = NotificationOutcome.DUPLICATE
         else:
             item.outcome = NotificationOutcome.QUEUED
+            owed.newly_owed = owed.newly_owed or not channel.owing
             if channel.kind == ChannelKind.CALENDAR_LIST:
                 owed.accounts.add(channel.account_id)
             elif channel.calendar_id is not None:
@@ -216,7 +224,7 @@ def _write_sqlite(cursor: Any, batch: list[Item], owed: Owed, at: datetime, stam
     cursor.executemany(_INSERT_LOG_SQLITE, rows)
 
 
-def _record_pg(cursor: Any, batch: list[Item], now: datetime) -> None:
+def _record_pg(cursor: Any, batch: list[Item], now: datetime) -> bool:
     # One JSON document for the batch, where a text array per column would have psycopg quote every
     # string in Python; the headers ride in it as an object, not as a string parsed a second time.
     # Only the token's digest travels: the stored one is a digest too.
@@ -229,6 +237,7 @@ def _record_pg(cursor: Any, batch: list[Item], now: datetime) -> None:
     outcomes = dict(cursor.fetchall())
     for i, item in enumerate(batch, start=1):
         item.outcome = NotificationOutcome(outcomes[i])
+    return 0 in outcomes  # the statement's NOTIFY row
 
 
 def _sqlite_time(dialect: Dialect) -> Callable[[datetime], str]:
@@ -245,10 +254,13 @@ _TIME_PROCESSORS: weakref.WeakKeyDictionary[Dialect, Callable[[datetime], str]] 
 
 
 _COLUMNS = (
-    "c.id, c.token_hash, c.resource_id, c.status, c.kind, c.account_id, c.calendar_id, c.last_message_number, a.status"
+    "c.id, c.token_hash, c.resource_id, c.status, c.kind, c.account_id, c.calendar_id, c.last_message_number, a.status,"
+    f" CASE WHEN c.kind = '{ChannelKind.CALENDAR_LIST}' THEN coalesce(a.list_requested > a.list_done, 0)"
+    " ELSE coalesce(k.sync_requested > k.sync_done, 0) END"
 )
 _LOOKUP_SQLITE = (
-    f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id WHERE c.id IN ({{marks}})"
+    f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id"
+    " LEFT JOIN calendars AS k ON k.id = c.calendar_id WHERE c.id IN ({marks})"
 )
 # What a batch owes: the scheduler's rules, as SQL for both engines ({now} is each driver's placeholder).
 # A channel's number only ever moves forward, whoever else writes it.

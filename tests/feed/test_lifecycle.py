@@ -19,7 +19,13 @@ from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import SyncKind, sync_calendar
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN
-from tests.sync_support import calendar_row_id, changes, connect_account, connect_with_ref
+from tests.sync_support import (
+    assert_names_the_whole_connect_flow,
+    calendar_row_id,
+    changes,
+    connect_account,
+    connect_with_ref,
+)
 
 ANN = "ann@example.com"
 REF = "crm-7"
@@ -168,6 +174,7 @@ def test_a_revoked_grant_is_one_reauth_row_saying_how_to_reconnect_then_reconnec
     assert (reauth["account"], reauth["ref"], reauth["calendar_id"], reauth["event_id"]) == (ANN, REF, None, None)
     assert reauth["reason"] and "POST /api/connect-sessions" in reauth["reconnect"]
     assert '"ref": "crm-7"' in reauth["reconnect"]
+    assert_names_the_whole_connect_flow(reauth["reconnect"])
     assert "/connect" in reconnect_hint(None)  # an account connected by an operator, without a ref
 
     connect_with_ref(runtime, emu, ANN, REF)  # the user consents again through a new session
@@ -186,3 +193,9 @@ def test_a_revoked_grant_is_one_reauth_row_saying_how_to_reconnect_then_reconnec
         "account.disconnected",
     ]
     assert {r["ref"] for r in feed(client)} == {REF}
+
+
+def test_the_reconnect_hint_includes_the_confirm_step() -> None:
+    hint = reconnect_hint("crm-7")
+    assert_names_the_whole_connect_flow(hint)
+    assert '"ref": "crm-7"' in hint and "connection=" in hint
