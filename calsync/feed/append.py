@@ -17,7 +17,7 @@ from calsync.feed.rows import NewChange
 from calsync.metrics import CHANGES
 from calsync.store.bulk import bound, insert_rows, json_text
 from calsync.store.models import Account, Calendar, Change, Counter
-from calsync.store.states import Origin
+from calsync.store.states import ChangeType, Origin
 
 _CHANGES = Change.__table__
 _COLUMNS = (
@@ -75,7 +75,7 @@ def append_changes(
         [
             (
                 c.seq,
-                c.type,
+                ChangeType(c.type).value,  # a plain word too, checked
                 c.account_id,
                 c.calendar_id,
                 c.event_id,
@@ -84,7 +84,7 @@ def append_changes(
                 json_text(c.before),
                 json_text(c.after),
                 detected_at,
-                c.origin or Origin.GOOGLE,
+                Origin(c.origin or Origin.GOOGLE).value,
                 c.idempotency_key,
             )
             for c in changes

@@ -203,7 +203,8 @@ class _Series:
                     bisect.bisect_left(starts, until),
                 )
         starts, ends, originals = [], [], []
-        for wall in _rule_set(self.data.get("recurrence") or [], self._dtstart, self.all_day, self.zone):
+        near = (low - self.longest - _SLACK).astimezone(self.zone).replace(tzinfo=None)
+        for wall in _rule_set(self.data.get("recurrence") or [], self._dtstart, self.all_day, self.zone, near):
             original, start, end = self._placed(wall)
             if start >= until:
                 break
@@ -448,8 +449,14 @@ def _when(moment: datetime, zone_name: str | None) -> dict[str, Any]:
     return out
 
 
-def _rule_set(lines: list[str], dtstart: datetime, all_day: bool, zone: tzinfo) -> Iterator[datetime]:
-    """The naive wall-time starts of a series: its RRULEs and RDATEs, less its EXDATEs."""
+def _rule_set(
+    lines: list[str], dtstart: datetime, all_day: bool, zone: tzinfo, near: datetime | None = None
+) -> Iterator[datetime]:
+    """The naive wall-time starts of a series: its RRULEs and RDATEs, less its EXDATEs.
+
+    Given `near` (a naive wall time), the rules start from their last period before it instead of
+    from DTSTART (`_jumped`): every start from `near` on is the same, and the ones before may be missing.
+    """
     rules = rrule.rruleset()
     has_rule = False
     for line in lines:
@@ -457,7 +464,7 @@ def _rule_set(lines: list[str], dtstart: datetime, all_day: bool, zone: tzinfo) 
         name, *params = head.split(";")
         name = name.strip().upper()
         if name == "RRULE":
-            rules.rrule(_one_rule(_local_until(value, all_day, zone), dtstart))
+            rules.rrule(_jumped(_one_rule(_local_until(value, all_day, zone), dtstart), near))
             has_rule = True
         elif name in ("RDATE", "EXDATE"):
             tzid = next((p.split("=", 1)[1] for p in params if p.upper().startswith("TZID=")), None)
@@ -468,7 +475,7 @@ def _rule_set(lines: list[str], dtstart: datetime, all_day: bool, zone: tzinfo) 
                 else:
                     rules.exdate(wall)
         elif name == "EXRULE":
-            rules.exrule(_one_rule(_local_until(value, all_day, zone), dtstart))
+            rules.exrule(_jumped(_one_rule(_local_until(value, all_day, zone), dtstart), near))
     if not has_rule:
         rules.rdate(dtstart)
     return iter(rules)
@@ -512,3 +519,53 @@ def _one_rule(text: str, dtstart: datetime) -> rrule.rrule:
     parsed = rrule.rrulestr(text, dtstart=dtstart)
     assert isinstance(parsed, rrule.rrule)
     return parsed
+
+
+# What one period of a rule is, in months or in seconds, by its FREQ (dateutil's numbering).
+_MONTHS_PER = {rrule.YEARLY: 12, rrule.MONTHLY: 1}
+_SECONDS_PER = {rrule.WEEKLY: 7 * 86400, rrule.DAILY: 86400, rrule.HOURLY: 3600, rrule.MINUTELY: 60, rrule.SECONDLY: 1}
+_BY_PARTS = ("bysetpos", "bymonth", "bymonthday", "byyearday", "byeaster", "byweekno", "byweekday")
+
+
+def _jumped(rule: rrule.rrule, near: datetime | None) -> rrule.rrule:
+    """The rule, started a whole number of its periods after DTSTART, at the last such start before `near`.
+
+    dateutil generates from DTSTART on, so a window in the far future of an endless series cost one
+    step per occurrence in between (a daily series asked about the year 9997 walked 2.9 million).
+    Moved by whole periods (INTERVAL x FREQ), DTSTART keeps its weekday, day of the month, month
+    and time, so the defaults dateutil takes from it, and so every occurrence from the new start
+    on, are unchanged. A COUNT counts from the first occurrence: a rule with one is moved only when
+    each period holds exactly one occurrence (weekly or shorter, no BY parts; a monthly rule on the
+    31st skips months), its COUNT reduced by the periods skipped.
+    """
+    parts: Any = rule  # dateutil keeps a rule's parts only as private attributes
+    dtstart = parts._dtstart
+    if near is None or near <= dtstart:
+        return rule
+    interval, count = parts._interval, parts._count
+    if count is not None and (parts._freq in _MONTHS_PER or any(p in parts._original_rule for p in _BY_PARTS)):
+        return rule
+    months = _MONTHS_PER.get(parts._freq)
+    if months is not None:
+        step = months * interval
+        periods = ((near.year - dtstart.year) * 12 + near.month - dtstart.month) // step - 1
+        start = None
+        while periods > 0 and start is None:  # a 31st or a 29 February exists only in some periods
+            total = dtstart.month - 1 + periods * step
+            try:
+                start = dtstart.replace(year=dtstart.year + total // 12, month=total % 12 + 1)
+            except ValueError:
+                periods -= 1
+        if start is None:
+            return rule
+    else:
+        step_seconds = _SECONDS_PER[parts._freq] * interval
+        periods = int((near - dtstart).total_seconds() // step_seconds) - 1
+        if periods <= 0:
+            return rule
+        start = dtstart + timedelta(seconds=periods * step_seconds)
+    if count is not None:
+        if periods >= count:
+            return rrule.rrule(rrule.DAILY, dtstart=dtstart, count=0)  # nothing left
+        return rule.replace(dtstart=start, count=count - periods)
+    return rule.replace(dtstart=start)

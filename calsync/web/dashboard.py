@@ -308,8 +308,8 @@ def _change_view(change: Change | SnapshotRun) -> dict[str, Any]:
         "event_id": change.event_id,
         "title": event_title(change.before, change.after, change.event_id or ""),
         "when": event_when(change.after or change.before),
-        "diffs": field_diffs(change.fields, change.before, change.after) if change.kind == "updated" else [],
-        "origin": change.origin or "google",
+        "diffs": field_diffs(change.fields, change.before, change.after) if change.kind == ChangeKind.UPDATED else [],
+        "origin": change.origin,
         "idempotency_key": change.idempotency_key,
         "detected_at": change.detected_at,
     }

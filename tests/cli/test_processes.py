@@ -177,7 +177,7 @@ def relays(emu: Any) -> Iterator[tuple[list[_Relay], list[tuple[str, str, float,
     lock = threading.Lock()
     servers = [_Relay(f"worker-{i}", emu.url, 0.15, log, lock) for i in range(3)]
     for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     yield servers, log
     for server in servers:
         server.shutdown()

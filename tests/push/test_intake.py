@@ -52,6 +52,43 @@ def test_a_batch_decides_in_arrival_order_and_owes_one_sync(runtime: Runtime, wa
         assert session.get_one(Channel, str(ch["id"])).last_message_number == 12  # the forged 13 is not seen
 
 
+def _record(runtime: Runtime, batch: list[Item]) -> bool:
+    conn = runtime.engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        if runtime.engine.dialect.name == "sqlite":
+            cursor.execute("BEGIN IMMEDIATE")
+        newly_owed = record_batch(cursor, runtime.engine.dialect, batch, runtime.clock.now())
+        conn.commit()
+        return newly_owed
+    finally:
+        conn.close()
+
+
+def test_only_a_batch_that_makes_work_owed_wakes_a_worker(runtime: Runtime, watched: dict[str, Any]) -> None:
+    """Work already owed is known to the workers: waking one per batch of a burst made every batch
+    cost an empty claim, a write transaction that the next batch then waited for."""
+    ch, cal_id = watched["channel"], watched["calendar_id"]
+    now = runtime.clock.now()
+    assert _record(runtime, [Item(push_of(ch, 5), {}, now)]) is True  # the calendar owed nothing
+    assert _record(runtime, [Item(push_of(ch, 6), {}, now), Item(push_of(ch, 7), {}, now)]) is False
+    assert _record(runtime, [Item(push_of(ch, 7), {}, now), Item(push_of(ch, 9, token="x"), {}, now)]) is False
+    cal = calendar_row(runtime, cal_id)
+    assert (cal.sync_requested, cal.sync_done) == (3, 1)  # one per batch that queued
+    with runtime.engine.begin() as conn:  # a worker synced it: nothing owed any more
+        conn.execute(text("UPDATE calendars SET sync_done = sync_requested WHERE id = :id"), {"id": cal_id})
+    assert _record(runtime, [Item(push_of(ch, 8), {}, now)]) is True
+
+    intake = Intake(runtime)
+    woken = runtime.wakeup.generation()
+    assert intake.record(push_of(ch, 10), {}) == "queued"  # owed again by the previous batch: no wake-up
+    assert runtime.wakeup.generation() == woken
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE calendars SET sync_done = sync_requested WHERE id = :id"), {"id": cal_id})
+    assert intake.record(push_of(ch, 11), {}) == "queued"
+    assert runtime.wakeup.generation() == woken + 1
+
+
 def test_notifications_waiting_together_share_a_transaction(runtime: Runtime, watched: dict[str, Any]) -> None:
     intake, ch = Intake(runtime), watched["channel"]
     outcomes: list[str] = []

@@ -37,6 +37,7 @@ from tests.sync_support import (
     READONLY,
     WRITER,
     assert_feed_rebuilds_mirror,
+    assert_names_the_whole_connect_flow,
     calendar_row_id,
     changes,
     connect_account,
@@ -241,6 +242,7 @@ def test_an_account_connected_read_only_gets_insufficient_scope_then_consents_ag
     with pytest.raises(InsufficientScope) as refused:
         writes.create_event(runtime, calendar_id, MEETING)
     assert "consent again" in str(refused.value) and '"ref": "user-7"' in refused.value.reconnect
+    assert_names_the_whole_connect_flow(refused.value.reconnect)
     assert emu.events(ANN) == [] and emu.count("calendar.events.insert") == 0
     connect_with_ref(runtime, emu, ANN, "user-7")  # the connect session asks for the write scope too
     result = writes.create_event(runtime, calendar_id, MEETING)
