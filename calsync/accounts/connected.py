@@ -17,7 +17,7 @@ from calsync.store.crypto import TokenCipher
 from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar
 from calsync.store.owed import owe_list_refresh, owe_sync
-from calsync.store.states import AccountStatus, ChangeType
+from calsync.store.states import AccountStatus, ChangeType, SyncState
 
 
 def upsert_account(
@@ -103,7 +103,7 @@ def mark_reauth_required(session: Session, account_id: int, reason: str, now: da
     session.execute(
         update(Calendar)
         .where(Calendar.account_id == account_id)
-        .values(sync_state="error", last_error="re-consent required: " + reason[:900])
+        .values(sync_state=SyncState.ERROR, last_error="re-consent required: " + reason[:900])
     )
     append_changes(session, [account_change(ChangeType.ACCOUNT_REAUTH_REQUIRED, account_id, reason=reason)], now)
 

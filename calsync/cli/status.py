@@ -37,22 +37,24 @@ from calsync.store.db import make_engine, make_sessionmaker, transaction
 from calsync.store.liveness import heartbeat_is_fresh
 from calsync.store.migrate import current_revision
 from calsync.store.models import Account, Calendar, Channel
-from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
+from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind, ChannelStatus, SyncState
 from calsync.work.leases import Claim, claim_this_calendar, finish_calendar, release_calendar
 from calsync.work.liveness import last_heartbeat
 from calsync.work.quota import describe, outlook
 
-STATE_STYLE = {
-    "synced": "green",
-    "pending": "cyan",
-    "backoff": "yellow",
-    "error": "bold red",
-    "active": "green",
-    "reauth_required": "bold white on red",
-    "disconnected": "dim",
-    "stopping": "yellow",
-    "stopped": "dim",
-    "expired": "dim",
+# A channel's `pending` and `active` are the same words as a calendar's and an account's, so share
+# their styles.
+STATE_STYLE: dict[str, str] = {
+    SyncState.SYNCED: "green",
+    SyncState.PENDING: "cyan",
+    SyncState.BACKOFF: "yellow",
+    SyncState.ERROR: "bold red",
+    AccountStatus.ACTIVE: "green",
+    AccountStatus.REAUTH_REQUIRED: "bold white on red",
+    AccountStatus.DISCONNECTED: "dim",
+    ChannelStatus.STOPPING: "yellow",
+    ChannelStatus.STOPPED: "dim",
+    ChannelStatus.EXPIRED: "dim",
 }
 
 

@@ -28,6 +28,7 @@ from calsync.metrics import NOTIFICATION_BATCH
 from calsync.push.intake_sql import TRIM_LOG, Item, Push, record_batch
 from calsync.push.intake_sqlite import Checkpointer, WriterTurn, begin_immediate
 from calsync.runtime import Runtime
+from calsync.store.states import NotificationOutcome
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Intake:
         self.turn = WriterTurn(self._rt.engine)
         self.checkpointer = Checkpointer(self._rt.engine)
 
-    def record(self, push: Push | None, headers: dict[str, str], *, timeout: float = 10.0) -> str:
+    def record(self, push: Push | None, headers: dict[str, str], *, timeout: float = 10.0) -> NotificationOutcome:
         """Record one notification and return its outcome once committed."""
         if self._pid != os.getpid():  # forked: the parent's thread and lock are not ours
             self._reset()
@@ -72,7 +73,8 @@ class Intake:
             else:
                 self._cond.notify()
         if not self._await(item, timeout) or item.failed:
-            raise IntakeUnavailable(item.push.channel_id if item.push else "malformed")
+            raise IntakeUnavailable(item.push.channel_id if item.push else NotificationOutcome.MALFORMED)
+        assert item.outcome is not None  # decided by the committed batch
         return item.outcome
 
     def _await(self, item: Item, timeout: float) -> bool:

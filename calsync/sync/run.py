@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from google.oauth2.credentials import Credentials
@@ -61,11 +62,19 @@ Progress = Callable[[int, int | None], None]
 Finish = Callable[[datetime], dict[str, Any]]
 
 
+class SyncKind(StrEnum):
+    """How a sync lists the calendar (also the `kind` label of `calsync_syncs_total`)."""
+
+    FULL = "full"  # the first: everything, each event stored as a snapshot
+    INCREMENTAL = "incremental"  # from the sync token: only what changed
+    RESYNC = "resync"  # everything again (the token expired, or asked for), compared with the mirror
+
+
 @dataclass(frozen=True)
 class SyncResult:
-    """What one sync did; `kind` is "full" (the first), "incremental" or "resync" (compared with the mirror)."""
+    """What one sync did."""
 
-    kind: str
+    kind: SyncKind
     pages: int
     events_seen: int
     created: int
@@ -104,14 +113,17 @@ def sync_calendar(
         priority=priority,
     )
     job.finish = finish
-    kind = "incremental" if job.sync_token and not full else ("resync" if job.baseline_done else "full")
+    if job.sync_token and not full:
+        kind = SyncKind.INCREMENTAL
+    else:
+        kind = SyncKind.RESYNC if job.baseline_done else SyncKind.FULL
     try:
         try:
             result = job.run(kind)
         except SyncTokenExpired:
-            if kind != "incremental":
+            if kind != SyncKind.INCREMENTAL:
                 raise
-            kind = "resync"
+            kind = SyncKind.RESYNC
             result = job.run(kind)
     except AuthRevoked as err:
         job.mark_revoked(err)
@@ -150,7 +162,7 @@ class _SyncRun:
     # Totals over the whole job: an incremental cut short by a 410 still counts what it committed.
     pages: int = 0
     events_seen: int = 0
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: Counter[ChangeKind | None] = field(default_factory=Counter)
     # Events of this listing that could not be applied (id → why): see `_finish`.
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -196,9 +208,9 @@ class _SyncRun:
         job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget)
         return job
 
-    def run(self, kind: str) -> SyncResult:
+    def run(self, kind: SyncKind) -> SyncResult:
         """List every page (from the token when incremental) and commit each one with its changes."""
-        token = self.sync_token if kind == "incremental" else None
+        token = self.sync_token if kind == SyncKind.INCREMENTAL else None
         gen: int | None = None
         fresh = False  # a full listing into a mirror that held no row of this calendar as it began
         deferred: list[dict[str, Any]] = []
@@ -235,7 +247,7 @@ class _SyncRun:
                     committing()
                 self.token_before = credentials.token
                 EVENTS_SKIPPED.inc(len(self.skipped) - skipped_before)
-                self.counts.update(str(change.kind) for change in mirror.changes)
+                self.counts.update(change.kind for change in mirror.changes)
                 self.pages += 1
                 self.events_seen += len(items)
                 if self.progress is not None:
@@ -247,10 +259,10 @@ class _SyncRun:
             kind=kind,
             pages=self.pages,
             events_seen=self.events_seen,
-            created=self.counts["created"],
-            updated=self.counts["updated"],
-            deleted=self.counts["deleted"],
-            snapshots=self.counts["snapshot"],
+            created=self.counts[ChangeKind.CREATED],
+            updated=self.counts[ChangeKind.UPDATED],
+            deleted=self.counts[ChangeKind.DELETED],
+            snapshots=self.counts[ChangeKind.SNAPSHOT],
         )
 
     def _pages(self, sync_token: str | None) -> Generator[tuple[dict[str, Any], Credentials, Callable[[], None]]]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from calsync.clock import event_datetime, zone_named
 from calsync.humanize import lifecycle_title
+from calsync.store.states import ChangeKind
 
 MAX_TEXT = 3000
 _TIME_FIELDS = ("start", "end")
@@ -52,12 +53,12 @@ def summary_line(
 ) -> str:
     """One line saying what happened to the event, in words."""
     old, new = before or {}, after or {}
-    title = _title(old if kind == "updated" and "summary" in fields else new or old, event_id)
-    if kind == "created":
+    title = _title(old if kind == ChangeKind.UPDATED and "summary" in fields else new or old, event_id)
+    if kind == ChangeKind.CREATED:
         what = f"created{_span(new, time_zone)}"
-    elif kind == "snapshot":
+    elif kind == ChangeKind.SNAPSHOT:
         what = f"is on the calendar{_span(new, time_zone)}"
-    elif kind == "deleted" or new.get("status") == "cancelled":
+    elif kind == ChangeKind.DELETED or new.get("status") == "cancelled":
         what = f"cancelled{_span(old or new, time_zone, prefix=', was ')}"
     else:
         what = _updated(fields, old, new, time_zone)

@@ -37,7 +37,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import transaction, when_back
 from calsync.store.models import Account, Calendar
 from calsync.store.owed import owe_list_refresh, owe_sync
-from calsync.store.states import ChannelKind, Priority, SyncState
+from calsync.store.states import AccountStatus, ChannelKind, Priority, SyncState
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
 from calsync.work.backoff import backoff_delay
@@ -79,9 +79,9 @@ def run_calendar_job(runtime: Runtime, claim: Claim) -> None:
     except GoogleNotFound as err:
         # Gone from Google: the calendar list will say so; until then, do not keep asking.
         _request_list_refresh(runtime, _account_of(runtime, claim.id))
-        _fail(runtime, claim, err, state="error", floor=runtime.settings.reconcile_every)
+        _fail(runtime, claim, err, state=SyncState.ERROR, floor=runtime.settings.reconcile_every)
     except GoogleApiError as err:
-        _fail(runtime, claim, err, state="error", floor=runtime.settings.reconcile_every)
+        _fail(runtime, claim, err, state=SyncState.ERROR, floor=runtime.settings.reconcile_every)
     except Exception as err:
         log.exception("calendar %s: sync failed unexpectedly", claim.id)
         _fail(runtime, claim, err, state=SyncState.BACKOFF)
@@ -211,7 +211,7 @@ def _fail(
     claim: Claim,
     err: BaseException,
     *,
-    state: str,
+    state: SyncState,
     retry_after: float | None = None,
     floor: timedelta = timedelta(0),
 ) -> None:
@@ -233,7 +233,7 @@ def _account_revoked(runtime: Runtime, account_id: int | None, reason: str) -> N
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
         status = session.scalar(select(Account.status).where(Account.id == account_id))
-        if status == "active":
+        if status == AccountStatus.ACTIVE:
             mark_reauth_required(session, account_id, reason, now)
         stopped = stop_channels_locally(session, now=now, account_id=account_id)
     log.warning("account %s: grant revoked (%s); %d channel(s) stopped", account_id, reason, stopped)

@@ -146,7 +146,7 @@ def finish_values(
     }
 
 
-def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float, state: str, error: str) -> bool:
+def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float, state: SyncState, error: str) -> bool:
     """Record a failed sync: the owed work stays owed, due again after `delay`."""
     retry_at = now + timedelta(seconds=delay)
     result = session.execute(

@@ -16,7 +16,7 @@ from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change
 from calsync.store.owed import request_calendar_sync
 from calsync.sync.calendar_list import refresh_calendar_list
-from calsync.sync.run import sync_calendar
+from calsync.sync.run import SyncKind, sync_calendar
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN
 from tests.sync_support import (
@@ -128,11 +128,11 @@ def test_a_first_sync_of_many_pages_says_synced_once_at_its_end_and_later_syncs_
     assert synced.seq == max(c.seq for c in changes(runtime, lifecycle=True))
 
     emu.patch_event(ANN, events[0]["id"], {"summary": "Moved"})
-    assert sync_calendar(runtime, cal_id).kind == "incremental"
+    assert sync_calendar(runtime, cal_id).kind == SyncKind.INCREMENTAL
     emu.invalidate_sync_tokens(ANN)
     emu.patch_event(ANN, events[1]["id"], {"summary": "Moved too"})
-    assert sync_calendar(runtime, cal_id).kind == "resync"
-    assert sync_calendar(runtime, cal_id, full=True).kind == "resync"
+    assert sync_calendar(runtime, cal_id).kind == SyncKind.RESYNC
+    assert sync_calendar(runtime, cal_id, full=True).kind == SyncKind.RESYNC
     assert [c.type for c in lifecycle(runtime)] == ["calendar.added", "calendar.synced"]
     assert [c.kind for c in changes(runtime)] == ["snapshot"] * 4 + ["updated", "updated"]
     # calendar.synced comes after every snapshot row of the first sync.

@@ -20,6 +20,7 @@ from calsync.push.channels import (
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Channel
+from calsync.store.states import ChannelStatus
 from tests.push_support import (
     add_calendar_row,
     channels_of,
@@ -127,7 +128,7 @@ def test_a_pending_row_left_by_a_crash_is_stopped_with_its_siblings_resource_id(
     with transaction(runtime.sessions) as session:  # as if the process died right after the watch call
         row = session.get(Channel, live)
         assert row is not None
-        row.status, row.resource_id = "pending", None
+        row.status, row.resource_id = ChannelStatus.PENDING, None
     other = open_events_channel(runtime, calendar["calendar_id"])
     stop_channel(runtime, live)
     assert [c["id"] for c in emu.channels()] == [other]

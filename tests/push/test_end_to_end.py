@@ -23,6 +23,7 @@ from calsync import create_app
 from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.models import Notification
+from calsync.store.states import NotificationOutcome
 from calsync.work.worker import Worker
 from tests.push_support import (
     calendar_id_of,
@@ -178,7 +179,7 @@ def test_duplicated_and_reordered_notifications_change_nothing_twice(
     assert len({c.event_id for c in changes}) == 4
     with runtime.sessions() as session:
         outcomes = list(session.scalars(select(Notification.outcome).where(Notification.resource_state == "exists")))
-    assert outcomes.count("duplicate") >= 4  # every message came twice; the copies were ignored
+    assert outcomes.count(NotificationOutcome.DUPLICATE) >= 4  # every message came twice; the copies were ignored
     assert emu.count("calendar.events.list", EMAIL) - before <= 4  # at most one per distinct message
 
 
