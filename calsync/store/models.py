@@ -146,6 +146,8 @@ class Calendar(Base):
     # The last sync that found a real change (not a snapshot): how active the calendar is, which
     # decides whose reconciliations stretch first when the day's quota is short.
     last_changed_at: Mapped[datetime | None]
+    # Its decayed rate of changes (calsync.store.activity); NULL until a sync after the first finds one.
+    activity: Mapped[float | None] = mapped_column(Float)
     # Work queue: requested > done means a sync is owed; due_at says when it may run.
     sync_requested: Mapped[int] = mapped_column(Integer, default=1)
     sync_done: Mapped[int] = mapped_column(Integer, default=0)

@@ -8,11 +8,12 @@ it). This module decides *when* the safety-net reconciliations happen:
   reconciliation on; one that reconciled at its phase is next due exactly one period later.
 - Stretch: every few minutes one process projects the quota day (calls so far, the steady rate of
   everything but reconciliations, and the reconciliations owed at the current stretch) and picks
-  the smallest stretch whose projection fits `CALSYNC_QUOTA_PER_DAY`. A calendar quiet for `q`
-  seconds is then reconciled every `stretch * q` (never less than `CALSYNC_RECONCILE_EVERY`, never
-  more than a channel's life, since a renewal syncs anyway): the least active stretch first, a
-  calendar that changed within the period keeps it. Notification syncs, renewals and writes are
-  never held back for the day.
+  the smallest stretch whose projection fits `CALSYNC_QUOTA_PER_DAY`. A calendar whose changes
+  come every `q` seconds (its decayed change rate, `calsync.store.activity`; for one not measured
+  yet, the time since its last change) is then reconciled every `stretch * q` (never less than
+  `CALSYNC_RECONCILE_EVERY`, never more than a channel's life, since a renewal syncs anyway): the
+  least active stretch first and most, while a busy calendar keeps the period, nights included.
+  Notification syncs, renewals and writes are never held back for the day.
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Integer, case, func, select
+from sqlalchemy import Integer, and_, case, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.config import Settings
 from calsync.humanize import human_duration
 from calsync.runtime import Runtime
+from calsync.store.activity import expected_gap, gap_bound
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar
 from calsync.store.quota import DayCount, day_count, day_started, ensure_project_row, save_plan
@@ -62,7 +65,7 @@ class Plan:
     stretch: float = 0.0
 
     def interval(self, quiet_for: float) -> float:
-        """The reconcile period for a calendar quiet for `quiet_for` seconds.
+        """The reconcile period for a calendar whose changes come `quiet_for` seconds apart.
 
         Rounded down to base × 2^j, so an idle calendar keeps one period (and its phase) for long
         stretches of time instead of moving its slot at every reconciliation.
@@ -78,12 +81,21 @@ def plan_of(settings: Settings, stretch: float = 0.0) -> Plan:
     return Plan(base=base, cap=max(base, settings.channel_ttl - settings.renew_before), stretch=stretch)
 
 
-def reconcile_in(key: int, now: datetime, *, last_change: datetime | None, since: datetime | None, plan: Plan) -> float:
+def reconcile_in(
+    key: int,
+    now: datetime,
+    *,
+    last_change: datetime | None,
+    since: datetime | None,
+    plan: Plan,
+    activity: float | None = None,
+) -> float:
     """Seconds from a successful sync at `now` until the calendar's next reconciliation.
 
     A calendar that changed within the base period is busy: its notifications keep it fresh, so it
     is reconciled one period after its last sync. Any other one goes to its next phase slot, in
     [1 s, period + 1 s): never later than one period (and a second), spread over the whole period.
+    The period is stretched by how rarely it changes (`activity`; else its quiet time).
     """
     return reconcile_in_seconds(
         key,
@@ -91,15 +103,28 @@ def reconcile_in(key: int, now: datetime, *, last_change: datetime | None, since
         last_change=None if last_change is None else last_change.timestamp(),
         since=None if since is None else since.timestamp(),
         plan=plan,
+        activity=activity,
     )
 
 
-def reconcile_in_seconds(key: int, now: float, *, last_change: float | None, since: float | None, plan: Plan) -> float:
-    """`reconcile_in` on Unix seconds (what the simulation in tests/bench drives)."""
+def change_gap(now: float, *, last_change: float | None, since: float | None, activity: float | None) -> float:
+    """Seconds between the calendar's changes, as the stretch sees it.
+
+    From its decayed change rate once one was measured; before that, the time since its last
+    change (or since it was connected).
+    """
+    if activity is not None:
+        return expected_gap(activity, now)
     quiet_from = last_change if last_change is not None else (since if since is not None else now)
-    quiet_for = now - quiet_from
-    interval = plan.interval(quiet_for)
-    if last_change is not None and quiet_for < plan.base:
+    return now - quiet_from
+
+
+def reconcile_in_seconds(
+    key: int, now: float, *, last_change: float | None, since: float | None, plan: Plan, activity: float | None = None
+) -> float:
+    """`reconcile_in` on Unix seconds (what the simulation in tests/bench drives)."""
+    interval = plan.interval(change_gap(now, last_change=last_change, since=since, activity=activity))
+    if last_change is not None and now - last_change < plan.base:
         return interval
     slot = (phase(key) * interval - now) % interval
     # A calendar reconciled at its slot is next due one period on, not again at once (rounding).
@@ -107,11 +132,16 @@ def reconcile_in_seconds(key: int, now: float, *, last_change: float | None, sin
 
 
 def next_reconcile(
-    runtime: Runtime, key: int, now: datetime, last_change: datetime | None, since: datetime | None
+    runtime: Runtime,
+    key: int,
+    now: datetime,
+    last_change: datetime | None,
+    since: datetime | None,
+    activity: float | None = None,
 ) -> float:
     """`reconcile_in` under this process's current plan."""
     plan = plan_of(runtime.settings, runtime.budget.stretch)
-    return reconcile_in(key, now, last_change=last_change, since=since, plan=plan)
+    return reconcile_in(key, now, last_change=last_change, since=since, plan=plan, activity=activity)
 
 
 @dataclass(frozen=True)
@@ -167,15 +197,23 @@ def solve_stretch(
 
 
 def quiet_buckets(session: Session, now: datetime, plan: Plan) -> list[tuple[float, int]]:
-    """Calendars (and calendar lists) that reconcile, by how long they have been quiet.
+    """Calendars (and calendar lists) that reconcile, by the gap between their changes (`change_gap`).
 
     One scan of the calendars and one of the accounts, every few minutes; each bucket is
-    represented by its lower edge (so the projection errs on the side of more calls).
+    represented by its lower edge (so the projection errs on the side of more calls). A measured
+    calendar's gap is at least an edge when its `activity` is at most a constant (`gap_bound`).
     """
     edges = [plan.base * 2**j for j in range(QUIET_STEPS)]
     buckets: list[tuple[float, int]] = []
     quiet_cal = func.coalesce(Calendar.last_changed_at, Calendar.created_at)
     quiet_acct = func.coalesce(Account.connected_at, Account.created_at)
+
+    def at_least(edge: float, stamp: Any) -> Any:
+        since = stamp <= now - timedelta(seconds=edge)
+        if stamp is quiet_acct:
+            return since
+        return or_(Calendar.activity <= gap_bound(edge, now.timestamp()), and_(Calendar.activity.is_(None), since))
+
     for stamp, stmt in (
         (
             quiet_cal,
@@ -188,15 +226,13 @@ def quiet_buckets(session: Session, now: datetime, plan: Plan) -> list[tuple[flo
         ),
         (quiet_acct, select().select_from(Account).where(Account.status == AccountStatus.ACTIVE)),
     ):
-        columns = [func.count()] + [
-            func.sum(case((stamp <= now - timedelta(seconds=edge), 1), else_=0)).cast(Integer) for edge in edges
-        ]
+        columns = [func.count()] + [func.sum(case((at_least(edge, stamp), 1), else_=0)).cast(Integer) for edge in edges]
         row = session.execute(stmt.add_columns(*columns)).one()
         counts = [int(v or 0) for v in row]
-        at_least = [*counts[1:], 0]
-        buckets.append((0.0, counts[0] - at_least[0]))
+        above = [*counts[1:], 0]
+        buckets.append((0.0, counts[0] - above[0]))
         for j, edge in enumerate(edges):
-            buckets.append((edge, at_least[j] - at_least[j + 1]))
+            buckets.append((edge, above[j] - above[j + 1]))
     merged: dict[float, int] = {}
     for q, n in buckets:
         merged[q] = merged.get(q, 0) + n
