@@ -370,10 +370,10 @@ class _SyncRun:
             "next_reconcile_at": now + timedelta(seconds=self.runtime.settings.reconcile_every),
         }
         activity = self.activity
-        if changed:
+        if changed and self.baseline_done:  # (the first listing is no change)
             values["last_changed_at"] = now
             rate = activity.activity
-            if self.baseline_done and self.created_at is not None:  # the first listing is no change
+            if self.created_at is not None:
                 last = activity.last_changed_at
                 rate = values["activity"] = after_change(
                     rate,

@@ -10,9 +10,11 @@ it). This module decides *when* the safety-net reconciliations happen:
   everything but reconciliations, and the reconciliations owed at the current stretch) and picks
   the smallest stretch whose projection fits `CALSYNC_QUOTA_PER_DAY`. A calendar whose changes
   come every `q` seconds (its decayed change rate, `calsync.store.activity`; for one not measured
-  yet, the time since its last change) is then reconciled every `stretch * q` (never less than
-  `CALSYNC_RECONCILE_EVERY`, never more than a channel's life, since a renewal syncs anyway): the
-  least active stretch first and most, while a busy calendar keeps the period, nights included.
+  yet, the time since its last change, at least a day) is then reconciled every
+  `stretch * q² / period` (never less than `CALSYNC_RECONCILE_EVERY`, never more than a channel's
+  life, since a renewal syncs anyway). The square puts the stretch on the least active first: a
+  calendar changing a few times a day keeps the period, nights included, until the idle and the
+  occasional ones have given what they can.
   Notification syncs, renewals and writes are never held back for the day.
 """
 
@@ -25,14 +27,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, and_, case, func, or_, select
+from sqlalchemy import Integer, and_, case, func, or_, select, true
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.config import Settings
 from calsync.humanize import human_duration
 from calsync.runtime import Runtime
-from calsync.store.activity import expected_gap, gap_bound
+from calsync.store.activity import PRIOR, expected_gap, gap_bound
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar
 from calsync.store.quota import DayCount, day_count, day_started, ensure_project_row, save_plan
@@ -70,7 +72,7 @@ class Plan:
         Rounded down to base × 2^j, so an idle calendar keeps one period (and its phase) for long
         stretches of time instead of moving its slot at every reconciliation.
         """
-        raw = min(self.cap, max(self.base, self.stretch * max(0.0, quiet_for)))
+        raw = min(self.cap, max(self.base, self.stretch * max(0.0, quiet_for) ** 2 / self.base))
         if raw <= self.base:
             return self.base
         return min(self.cap, self.base * 2.0 ** math.floor(math.log2(raw / self.base) + 1e-9))
@@ -111,12 +113,15 @@ def change_gap(now: float, *, last_change: float | None, since: float | None, ac
     """Seconds between the calendar's changes, as the stretch sees it.
 
     From its decayed change rate once one was measured; before that, the time since its last
-    change (or since it was connected).
+    change; for one never changed, the time since it was connected but at least a day: no change
+    seen reads as at most one a day (`PRIOR`), so a mass of newly connected calendars is not taken
+    for a mass of busy ones.
     """
     if activity is not None:
         return expected_gap(activity, now)
-    quiet_from = last_change if last_change is not None else (since if since is not None else now)
-    return now - quiet_from
+    if last_change is not None:
+        return now - last_change
+    return max(PRIOR, now - (since if since is not None else now))
 
 
 def reconcile_in_seconds(
@@ -183,7 +188,7 @@ def solve_stretch(
     if budget <= 0 or total(0.0) <= budget:
         return 0.0, total(0.0)
     shortest = min((q for q, n in quiet if n and q > 0), default=plan.base)
-    high = plan.cap / shortest * 2
+    high = plan.cap * plan.base / shortest**2 * 2
     if total(high) > budget:
         return high, total(high)
     low = 0.0
@@ -205,18 +210,24 @@ def quiet_buckets(session: Session, now: datetime, plan: Plan) -> list[tuple[flo
     """
     edges = [plan.base * 2**j for j in range(QUIET_STEPS)]
     buckets: list[tuple[float, int]] = []
-    quiet_cal = func.coalesce(Calendar.last_changed_at, Calendar.created_at)
     quiet_acct = func.coalesce(Account.connected_at, Account.created_at)
 
-    def at_least(edge: float, stamp: Any) -> Any:
-        since = stamp <= now - timedelta(seconds=edge)
-        if stamp is quiet_acct:
-            return since
-        return or_(Calendar.activity <= gap_bound(edge, now.timestamp()), and_(Calendar.activity.is_(None), since))
+    def at_least(edge: float, table: Any) -> Any:
+        """`change_gap` >= edge, as SQL: one comparison with a constant for each kind of row."""
+        before = now - timedelta(seconds=edge)
+        never = true() if edge <= PRIOR else None
+        if table is Account:
+            return never if never is not None else quiet_acct <= before
+        unchanged = never if never is not None else Calendar.created_at <= before
+        return or_(
+            Calendar.activity <= gap_bound(edge, now.timestamp()),
+            and_(Calendar.activity.is_(None), Calendar.last_changed_at <= before),
+            and_(Calendar.activity.is_(None), Calendar.last_changed_at.is_(None), unchanged),
+        )
 
-    for stamp, stmt in (
+    for table, stmt in (
         (
-            quiet_cal,
+            Calendar,
             select()
             .select_from(Calendar)
             .join(Account, Account.id == Calendar.account_id)
@@ -224,9 +235,9 @@ def quiet_buckets(session: Session, now: datetime, plan: Plan) -> list[tuple[flo
                 Account.status == AccountStatus.ACTIVE, Calendar.removed_at.is_(None), Calendar.baseline_done.is_(True)
             ),
         ),
-        (quiet_acct, select().select_from(Account).where(Account.status == AccountStatus.ACTIVE)),
+        (Account, select().select_from(Account).where(Account.status == AccountStatus.ACTIVE)),
     ):
-        columns = [func.count()] + [func.sum(case((at_least(edge, stamp), 1), else_=0)).cast(Integer) for edge in edges]
+        columns = [func.count()] + [func.sum(case((at_least(edge, table), 1), else_=0)).cast(Integer) for edge in edges]
         row = session.execute(stmt.add_columns(*columns)).one()
         counts = [int(v or 0) for v in row]
         above = [*counts[1:], 0]

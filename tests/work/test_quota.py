@@ -341,18 +341,19 @@ def test_under_a_stretch_a_busy_calendar_keeps_the_hour_through_the_night_and_id
         gap = change_gap(now.timestamp(), last_change=None, since=None, activity=row.activity)
         assert gap < 4 * 3600  # its rate says a change every few hours, though the night was quiet
 
-        # The day is short: reconciliations stretch by 0.25 × the gap between a calendar's changes.
-        stretch = 0.25
+        # The day is short: reconciliations stretch by 0.1 × (the gap between a calendar's changes)² / period.
+        stretch = 0.1
         assert Plan(base, 6 * 86400, stretch).interval(quiet) > base  # by its quiet time it would stretch
         with rt.sessions() as session:  # the plan's query sees the busy one among the most active
             buckets = dict(quiet_buckets(session, now, Plan(base, 6 * 86400)))
         assert sum(n for q, n in buckets.items() if q < 4 * 3600) == 1, buckets
         assert sum(n for q, n in buckets.items() if q >= 16 * 3600) == 5 + 1, buckets  # + the calendar list
         with transaction(rt.sessions) as session:  # that plan stays (planned "later": no process replans)
-            session.execute(update(QuotaBudget).values(stretch=stretch, planned_at=now.timestamp() + 86400))
+            session.execute(update(QuotaBudget).values(stretch=stretch, planned_at=now.timestamp() + 10 * 86400))
             session.execute(update(Calendar).values(due_at=now, next_reconcile_at=now))  # all reconcile now
         synced: dict[int, list[datetime]] = {}
-        while True:  # each reconciliation as it falls due: the second gap is a whole period
+        until = now + timedelta(hours=12)
+        while clock.now() <= until:  # twelve hours of reconciliations, each as it falls due
             Worker(rt, threads=1).run_burst()
             with rt.sessions() as session:
                 rows = session.execute(select(Calendar.id, Calendar.last_synced_at, Calendar.next_reconcile_at)).all()
@@ -360,13 +361,12 @@ def test_under_a_stretch_a_busy_calendar_keeps_the_hour_through_the_night_and_id
                 seen = synced.setdefault(r.id, [])
                 if not seen or seen[-1] != utc(r.last_synced_at):
                     seen.append(utc(r.last_synced_at))  # type: ignore[arg-type]
-            if all(len(seen) >= 3 for seen in synced.values()):
-                break
             clock.set(min(t for t in (utc(r.next_reconcile_at) for r in rows) if t is not None))
-        period = {cid: (seen[2] - seen[1]).total_seconds() for cid, seen in synced.items()}
-        assert period[busy] == pytest.approx(base, abs=1), period  # the busy calendar keeps the hour
-        idle = [p for cid, p in period.items() if cid != busy]
-        # The idle ones stretch: 0.25 × the day they have been quiet since connected, in base × 2^j.
-        assert all(p == pytest.approx(4 * base, abs=1) for p in idle), period
+        gaps = [(b - a).total_seconds() for a, b in zip(synced[busy], synced[busy][1:], strict=False)]
+        assert len(gaps) >= 12 and max(gaps) <= base + 1, gaps  # the busy calendar keeps the hour
+        # The idle ones stretch: 0.1 × (at least a day, as nothing was seen to change)² / 1 h ≥ 57.6 h,
+        # so a few syncs in 12 hours (a slot moves as the period grows), not twelve.
+        idle = {cid: len(seen) for cid, seen in synced.items() if cid != busy}
+        assert len(idle) == 5 and max(idle.values()) <= 3, idle
     finally:
         rt.close()
