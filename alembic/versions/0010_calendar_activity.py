@@ -1,4 +1,5 @@
-"""Calendars keep a decayed rate of their changes, so the daily quota stretches the least active first.
+"""Calendars keep a decayed rate of their changes, so the daily quota stretches the least active first;
+the budget keeps the last day's steady calls, from which the plan projects the rest of today.
 
 NULL for every existing calendar: until a sync finds its next change, its quiet time since the last
 one stands in (as before this column).
@@ -25,8 +26,12 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     with op.batch_alter_table("calendars", schema=None) as batch_op:
         batch_op.add_column(sa.Column("activity", sa.Float(), nullable=True))
+    with op.batch_alter_table("quota_budget", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("steady_before", sa.BigInteger(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("quota_budget", schema=None) as batch_op:
+        batch_op.drop_column("steady_before")
     with op.batch_alter_table("calendars", schema=None) as batch_op:
         batch_op.drop_column("activity")

@@ -316,6 +316,9 @@ class QuotaBudget(Base):
     stretch: Mapped[float] = mapped_column(Float, default=0.0)  # see calsync.work.quota.Plan
     projected: Mapped[int] = mapped_column(BigInteger, default=0)
     planned_at: Mapped[float] = mapped_column(Float, default=0.0)
+    # The last quota day's calls other than reconciliations and first syncs: how the plan expects the
+    # rest of today to go (today's pace so far misleads: office hours).
+    steady_before: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Notification(Base):

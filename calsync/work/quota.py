@@ -6,8 +6,9 @@ it). This module decides *when* the safety-net reconciliations happen:
 - Spread: a quiet calendar is reconciled at its own phase of the period (a hash of its id), so
   calendars connected or resynced together never reconcile together, from their first
   reconciliation on; one that reconciled at its phase is next due exactly one period later.
-- Stretch: every few minutes one process projects the quota day (calls so far, the steady rate of
-  everything but reconciliations, and the reconciliations owed at the current stretch) and picks
+- Stretch: every few minutes one process projects the quota day (calls so far, the rest of
+  everything but reconciliations as the last day went, and the reconciliations owed at the
+  current stretch) and picks
   the smallest stretch whose projection fits `CALSYNC_QUOTA_PER_DAY`. A calendar whose changes
   come every `q` seconds (its decayed change rate, `calsync.store.activity`; for one not measured
   yet, the time since its last change, at least a day) is then reconciled every
@@ -173,6 +174,18 @@ def projected_total(
     return spent + steady_rate * left + reconciles
 
 
+def steady_rest(*, so_far: float, before: float, elapsed: float, left: float) -> float:
+    """The calls other than reconciliations and first syncs still to come today.
+
+    Notifications follow office hours, so today's pace so far misleads: too low at noon, several
+    times too high by evening. The last day's count less today's so far follows the same shape;
+    once today has outgrown the last day (or there is none), today's pace is all there is.
+    """
+    if so_far < before:
+        return before - so_far
+    return so_far / max(MIN_ELAPSED, elapsed) * left
+
+
 def solve_stretch(
     plan: Plan, *, budget: int, spent: float, steady_rate: float, left: float, quiet: Sequence[tuple[float, int]]
 ) -> tuple[float, float]:
@@ -269,7 +282,8 @@ def replan(runtime: Runtime) -> Projection | None:
             quiet = quiet_buckets(session, now, base)
             elapsed = max(MIN_ELAPSED, (now - day_started(now)).total_seconds())
             left = max(0.0, 86400.0 - (now - day_started(now)).total_seconds())
-            steady = max(0, count.calls - count.reconcile - count.first_sync) / elapsed
+            rest = steady_rest(so_far=count.steady, before=count.steady_before, elapsed=elapsed, left=left)
+            steady = rest / left if left > 0 else 0.0
             stretch, total = solve_stretch(
                 base, budget=settings.quota_per_day, spent=count.calls, steady_rate=steady, left=left, quiet=quiet
             )

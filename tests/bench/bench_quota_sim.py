@@ -15,7 +15,8 @@ Population: accounts of 1 to 200 calendars (4.6 on average; a few large resource
 the per-user budget matters. Activity: 60 % of calendars nearly idle (a change a month), 30 %
 normal (2 a day), 10 % busy (15 a day), each rate jittered ×0.5-2, changes three times as frequent
 in office hours (08:00-18:00 Pacific); 1 % of notifications dropped. Existing calendars carry the
-change rate of their last nine days; their channels expire uniformly over a channel's life. Day 2
+change rate of their last nine days (the day before the run gives the plan its last day's count of
+notification syncs and renewals); their channels expire uniformly over a channel's life. Day 2
 at 09:00 a mass onboarding connects a fifth more calendars (new accounts) within five minutes.
 
 100,000 calendars run at full size. 1,000,000 run as a scale model by default (`--unscaled` runs
@@ -53,7 +54,7 @@ from calsync.config import Settings
 from calsync.store.activity import PRIOR, TAU, after_change, gap_bound
 from calsync.store.quota import ScopeState, admit
 from calsync.store.states import Priority
-from calsync.work.quota import PLAN_SECONDS, QUIET_STEPS, plan_of, reconcile_in_seconds, solve_stretch
+from calsync.work.quota import PLAN_SECONDS, QUIET_STEPS, plan_of, reconcile_in_seconds, solve_stretch, steady_rest
 from tests.bench._common import Report, parser, run_main
 
 DAY = 86400.0
@@ -109,6 +110,7 @@ class Sim:
         self.ready: list[tuple[int, float, int, int]] = []
         self.seq = 0
         self._renewing: set[int] = set()
+        self.steady_before = 0.0  # the day before the run's: the warm start counts it
         # Per calendar (lists: index = calendar id)
         self.acct: list[int] = []
         self.kind: list[int] = []
@@ -138,6 +140,7 @@ class Sim:
         self.list_hours: Counter[int] = Counter()
         while len(self.kind) < n:
             self._add_account(-30 * DAY, self._size(), existing=True)
+        self.steady_before += 3 * (len(self.kind) + len(self.acct_created)) * DAY / self.plan.cap  # renewals
         self._push(ONBOARD_AT, ONBOARD, 0)
         if self.calsync:
             self._push(0.0, PLAN, 0)
@@ -200,6 +203,8 @@ class Sim:
             t += self._next_change_gap(c, t, rng)
             if t >= 0:
                 break
+            if t >= -DAY:  # a notification's sync the day before
+                self.steady_before += 1 - DROP
             if self.calsync:
                 activity = after_change(activity, last_change=last, created=self.created[c], now=t)
             last = t
@@ -424,7 +429,16 @@ class Sim:
         spent = sum(calls.values())
         elapsed = max(600.0, now - day * DAY)
         left = max(0.0, (day + 1) * DAY - now)
-        steady = (spent - calls[RECON] - calls[FIRST]) / elapsed
+        so_far = spent - calls[RECON] - calls[FIRST]
+        before = (
+            self.steady_before
+            if day == 0
+            else sum(self.stats.calls[day - 1].values())
+            - self.stats.calls[day - 1][RECON]
+            - self.stats.calls[day - 1][FIRST]
+        )
+        rest = steady_rest(so_far=so_far, before=before, elapsed=elapsed, left=left)
+        steady = rest / left if left > 0 else 0.0
         edges = [self.base * 2**j for j in range(QUIET_STEPS)]
         buckets: Counter[float] = Counter()
         bounds = [gap_bound(e, now) * BIN for e in edges]
@@ -465,11 +479,11 @@ def summary(sim: Sim, scale: float = 1.0) -> dict[str, Any]:
     end = DAYS * DAY
     # The longest gap between two syncs, the one still open at the end included.
     gaps = [max(g, end - last) for g, last in zip(sim.max_gap, sim.last_sync, strict=True)]
-    by_kind = [
-        sorted(g for g, k, f in zip(gaps, sim.kind, sim.first_done, strict=True) if k == kind and f)
-        for kind in range(3)
-    ]
-    busy, idle = by_kind[2], by_kind[0]
+    old = [t < 0 for t in sim.created]  # connected before the run (the onboarding's are new)
+    rows = list(zip(gaps, sim.kind, sim.first_done, old, strict=True))
+    busy = sorted(g for g, k, f, o in rows if k == 2 and f and o)
+    new_busy = sorted(g for g, k, f, o in rows if k == 2 and f and not o)
+    idle = sorted(g for g, k, f, o in rows if k == 0 and f and o)
 
     def pct(xs: list[float], q: float) -> float:
         return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
@@ -485,6 +499,7 @@ def summary(sim: Sim, scale: float = 1.0) -> dict[str, Any]:
         "busy_gap_max": busy[-1] if busy else 0.0,
         "busy_gap_p99": pct(busy, 0.99),
         "busy_hourly": sum(1 for g in busy if g <= hourly) / max(1, len(busy)),
+        "new_busy_hourly": sum(1 for g in new_busy if g <= hourly) / max(1, len(new_busy)),
         "idle_gap_p50": pct(idle, 0.5),
         "idle_gap_max": idle[-1] if idle else 0.0,
         "dropped_busy_max": max(st.dropped_wait[2], default=0.0),
@@ -526,6 +541,7 @@ def _table(ours: dict[str, Any], hourly: dict[str, Any], settings: Settings) -> 
         ("busiest minute, project (sliding 60 s)", "busiest_minute", "{:,}"),
         ("busiest minute, one user", "user_minute", "{:,}"),
         ("busy calendars reconciled hourly", "busy_hourly", "{:.1%}"),
+        ("  the same, connected in the onboarding", "new_busy_hourly", "{:.1%}"),
     ):
         print(f"{label:40}{fmt.format(_get(ours, key)):>16}{fmt.format(_get(hourly, key)):>16}")
     for label, key in (

@@ -25,7 +25,7 @@ from calsync.store.db import transaction
 from calsync.store.models import Calendar, QuotaBudget
 from calsync.store.quota import PROJECT, ScopeState, ceiling, pace, user_scope
 from calsync.store.states import Priority
-from calsync.work.quota import Plan, change_gap, outlook, quiet_buckets, reconcile_in, replan
+from calsync.work.quota import Plan, change_gap, outlook, quiet_buckets, reconcile_in, replan, steady_rest
 from calsync.work.worker import Worker
 from tests.push_support import calendar_id_of, calendar_row, changes_for, wait_for
 from tests.sync_support import connect_account
@@ -370,3 +370,12 @@ def test_under_a_stretch_a_busy_calendar_keeps_the_hour_through_the_night_and_id
         assert len(idle) == 5 and max(idle.values()) <= 3, idle
     finally:
         rt.close()
+
+
+def test_the_rest_of_the_day_follows_the_last_day_not_the_pace_of_office_hours() -> None:
+    day = 86400.0
+    # 18:00, 90 % of yesterday's notifications already in: the rest is the evening's tenth.
+    assert steady_rest(so_far=900, before=1000, elapsed=0.75 * day, left=0.25 * day) == 100
+    # A day that outgrew the last one (or the first day) goes on at its own pace.
+    assert steady_rest(so_far=1200, before=1000, elapsed=0.5 * day, left=0.5 * day) == 1200
+    assert steady_rest(so_far=300, before=0, elapsed=0.25 * day, left=0.75 * day) == 900
