@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dateutil.parser import isoparse
 
 
 class Clock(Protocol):
@@ -29,9 +33,10 @@ class FrozenClock:
         with self._lock:
             return self._now
 
-    def advance(self, seconds: float = 0, **kwargs: float) -> datetime:
+    def advance(self, seconds: float | timedelta = 0, **kwargs: float) -> datetime:
+        step = seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
         with self._lock:
-            self._now += timedelta(seconds=seconds, **kwargs)
+            self._now += step + timedelta(**kwargs)
             return self._now
 
     def set(self, when: datetime) -> None:
@@ -54,3 +59,40 @@ def rfc3339(value: datetime | None) -> str | None:
     if v is None:
         return None
     return v.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def zone_named(name: object) -> ZoneInfo | None:
+    """The IANA zone of that name; None when there is no name or it is unknown here."""
+    if not name:
+        return None
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
+def parse_timestamp(text: str) -> datetime:
+    """An ISO 8601 / RFC 3339 date-time as written, naive when it has no offset; ValueError otherwise."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        value: datetime = isoparse(text)  # the forms fromisoformat refuses, such as a bare hour offset
+        return value
+
+
+def event_datetime(text: str, zone_name: str | None, fallback: tzinfo = UTC) -> datetime:
+    """Google's `dateTime` as an aware datetime: a wall time without an offset is in `zone_name`
+    (UTC when that zone is unknown here), or in `fallback` when there is no zone name."""
+    value = parse_timestamp(text)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=(zone_named(zone_name) or UTC) if zone_name else fallback)
+    return value
+
+
+def event_time(when: Mapping[str, Any], zone_name: str | None = None, fallback: tzinfo = UTC) -> datetime | date:
+    """Google's EventDateTime: an aware datetime for `dateTime` (in its own `timeZone`, else
+    `zone_name`, see `event_datetime`), a date for an all-day `date`; KeyError, TypeError or
+    ValueError when it is neither."""
+    if when.get("dateTime"):
+        return event_datetime(str(when["dateTime"]), when.get("timeZone") or zone_name, fallback)
+    return date.fromisoformat(when["date"])

@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -31,12 +32,12 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
-def parse_duration(text: str) -> float:
-    """Seconds from '90', '90s', '15m', '1h', '7d'."""
+def parse_duration(text: str) -> timedelta:
+    """A duration from '90' (seconds), '90s', '1.5s', '250ms', '15m', '1h', '7d'."""
     m = _DURATION.match(text)
     if not m:
         raise ValueError(f"not a duration: {text!r} (use seconds or a suffix: 90s, 15m, 1h, 7d)")
-    return float(m.group(1)) * _UNITS[m.group(2)]
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
 def _parse_bool(text: str) -> bool:
@@ -87,26 +88,27 @@ class Settings:
     # Proxies in front of calsync whose X-Forwarded-For and -Proto are believed (0: none, the
     # client is the connection's peer). Too high, and a client can pretend to be anyone.
     trusted_proxies: int = 0
-    channel_ttl: float = 7 * 86400
-    renew_before: float = 86400
-    reconcile_every: float = 3600
+    channel_ttl: timedelta = timedelta(days=7)
+    renew_before: timedelta = timedelta(days=1)
+    reconcile_every: timedelta = timedelta(hours=1)
     webhook_allow_http: bool = False
     webhook_allow_private: bool = False
-    webhook_timeout: float = 15.0
-    webhook_disable_after: float = 5 * 86400
-    webhook_verify_timeout: float = 5.0
+    webhook_timeout: timedelta = timedelta(seconds=15)
+    webhook_disable_after: timedelta = timedelta(days=5)
+    webhook_verify_timeout: timedelta = timedelta(seconds=5)
     worker_threads: int = 4
     worker_metrics_port: int | None = None  # `calsync worker` serves its own counters here when set
     worker_metrics_host: str = "127.0.0.1"
-    lease_seconds: float = 120.0
+    # The longest a job may go without progress before its work is given to another worker.
+    lease: timedelta = field(default=timedelta(seconds=120), metadata={"env": "CALSYNC_LEASE_SECONDS"})
     # A calendar that changed during its own sync is synced again no sooner than this after that
     # sync began: a burst of changes costs two events.list calls, not one per notification.
-    sync_min_interval: float = 2.0
+    sync_min_interval: timedelta = timedelta(seconds=2)
     notification_log_size: int = 1000
     # Where a connect session may send its user back: `return_to` must start with one of these.
     return_urls: tuple[str, ...] = ()
     # Feed rows older than this are deleted by the worker (0: keep every row).
-    changes_retention: float = 0.0
+    changes_retention: timedelta = timedelta(0)
     # Google's quota, with a margin under its limits (10,000/min per project, 600/min per user,
     # 1,000,000/day per project): other clients of the project, the network's reordering and the
     # clocks of several machines all eat into it. 0 turns a limit off.
@@ -114,7 +116,7 @@ class Settings:
     quota_per_user_per_minute: int = 480
     quota_per_day: int = 900_000
     # The length of the budget's sliding window; Google's is a minute (shorter only for tests).
-    quota_window: float = 60.0
+    quota_window: timedelta = timedelta(seconds=60)
     instance_path: Path = field(default_factory=lambda: Path("instance").resolve())
 
     @classmethod
@@ -124,7 +126,7 @@ class Settings:
         values: dict[str, object] = {}
         problems: list[str] = []
         for f in dataclasses.fields(cls):
-            name = "CALSYNC_" + f.name.upper()
+            name = env_name(f)
             raw = env.get(name)
             if raw is None or raw == "":
                 continue
@@ -204,6 +206,11 @@ def _whole_number(raw: str, low: int, high: int | None, what: str) -> int:
     return int(raw)
 
 
+def env_name(setting: dataclasses.Field[object]) -> str:
+    """The variable a setting is read from: CALSYNC_ and its name, unless it keeps an older one."""
+    return str(setting.metadata.get("env", "CALSYNC_" + setting.name.upper()))
+
+
 def _convert(name: str, raw: str) -> object:
     if name in {
         "channel_ttl",
@@ -212,14 +219,14 @@ def _convert(name: str, raw: str) -> object:
         "webhook_timeout",
         "webhook_disable_after",
         "webhook_verify_timeout",
-        "lease_seconds",
+        "lease",
         "sync_min_interval",
         "quota_window",
     }:
-        seconds = parse_duration(raw)
-        if seconds <= 0:
+        duration = parse_duration(raw)
+        if duration <= timedelta(0):
             raise ValueError("must be positive")
-        return seconds
+        return duration
     if name == "changes_retention":
         return parse_duration(raw)  # 0 keeps everything
     if name in {"webhook_allow_http", "webhook_allow_private"}:

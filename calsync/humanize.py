@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from calsync.clock import utc
+from calsync.clock import parse_timestamp, utc
 
 _UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
 _MAX_VALUE = 160
@@ -138,7 +138,7 @@ def _render_time(value: dict[str, Any]) -> str:
         return f"{value['date']} (all day)"
     raw = str(value["dateTime"])
     try:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        parsed = parse_timestamp(raw)
     except ValueError:
         return raw
     wall = parsed.strftime("%Y-%m-%d %H:%M" + (":%S" if parsed.second else ""))

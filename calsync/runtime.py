@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,9 +46,9 @@ class Runtime:
 
 def limits(settings: Settings) -> Limits:
     """The per-minute budget as the budget's window sees it (the day is planned in calsync.work.quota)."""
-    scale = settings.quota_window / 60.0
+    scale = settings.quota_window / timedelta(minutes=1)
     return Limits(
         per_window=max(0, round(settings.quota_per_minute * scale)),
         per_user_per_window=max(0, round(settings.quota_per_user_per_minute * scale)),
-        window=settings.quota_window,
+        window=settings.quota_window.total_seconds(),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,13 @@ from tests.push_support import add_calendar_row, connect_account, emu_channel
 
 PG_ENV = "CALSYNC_TEST_DATABASE_URL"
 API_TOKEN = "test-api-token"
+
+
+# A shell that starts a command in the background without job control makes it ignore SIGINT, and
+# an ignored signal stays ignored in every child: the tests that stop a `calsync` process with
+# Ctrl-C (SIGINT) would wait for it in vain. A handler is reset to the default in a child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def free_port() -> int:
@@ -201,7 +209,7 @@ def api_headers() -> dict[str, str]:
 def live_server(app: Flask, public_port: int) -> Iterator[str]:
     """calsync's web app on the loopback port its settings name, so push from the emulator arrives."""
     server = make_server("127.0.0.1", public_port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{public_port}"
     server.shutdown()

@@ -115,3 +115,12 @@ def assert_feed_rebuilds_mirror(runtime: Runtime, calendar_id: int) -> None:
     assert fold(runtime, calendar_id) == mirror(runtime, calendar_id)
     snapshots = [c.event_id for c in changes(runtime, calendar_id) if c.kind == "snapshot"]
     assert len(snapshots) == len(set(snapshots)), "an event has a second snapshot row"
+
+
+def assert_names_the_whole_connect_flow(hint: str) -> None:
+    """A reconnect hint leads through the connect session and then its confirm step, in that order:
+    without the confirmation the account is never attached to the ref."""
+    create = hint.index("POST /api/connect-sessions ")
+    confirm = hint.index("POST /api/connect-sessions/confirm")
+    assert create < confirm
+    assert '"connection"' in hint[confirm:] and '"ref"' in hint[confirm:]

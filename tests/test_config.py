@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+import re
+from datetime import timedelta
+from pathlib import Path
+
 import pytest
 
-from calsync.config import Secret, Settings, parse_duration
+from calsync.config import Secret, Settings, env_name, parse_duration
 from calsync.errors import ConfigError
 
 
@@ -30,12 +35,47 @@ def test_every_malformed_variable_is_named_at_once() -> None:
 
 
 def test_durations_accept_units() -> None:
-    assert parse_duration("90") == 90
-    assert parse_duration("15m") == 900
-    assert parse_duration("1h") == 3600
-    assert parse_duration("7d") == 604800
+    assert parse_duration("90") == timedelta(seconds=90)
+    assert parse_duration("1.5") == parse_duration("1500ms") == timedelta(seconds=1.5)
+    assert parse_duration("15m") == timedelta(minutes=15)
+    assert parse_duration("1h") == timedelta(hours=1)
+    assert parse_duration("7d") == timedelta(days=7)
     s = Settings.from_env({"CALSYNC_RENEW_BEFORE": "2h", "CALSYNC_RECONCILE_EVERY": "30m"})
-    assert (s.renew_before, s.reconcile_every) == (7200, 1800)
+    assert (s.renew_before, s.reconcile_every) == (timedelta(hours=2), timedelta(minutes=30))
+
+
+DURATIONS = [f for f in dataclasses.fields(Settings) if f.type in ("timedelta", timedelta)]
+
+
+def test_every_duration_variable_reads_seconds_or_a_unit_as_before() -> None:
+    assert {env_name(f) for f in DURATIONS} == {
+        "CALSYNC_CHANNEL_TTL",
+        "CALSYNC_RENEW_BEFORE",
+        "CALSYNC_RECONCILE_EVERY",
+        "CALSYNC_WEBHOOK_TIMEOUT",
+        "CALSYNC_WEBHOOK_DISABLE_AFTER",
+        "CALSYNC_WEBHOOK_VERIFY_TIMEOUT",
+        "CALSYNC_LEASE_SECONDS",
+        "CALSYNC_SYNC_MIN_INTERVAL",
+        "CALSYNC_CHANGES_RETENTION",
+        "CALSYNC_QUOTA_WINDOW",
+    }
+    for f in DURATIONS:
+        for raw, expected in (("90", 90), ("2.5", 2.5), (" 250ms ", 0.25), ("15m", 900), ("1h", 3600), ("7d", 604800)):
+            read = getattr(Settings.from_env({env_name(f): raw}), f.name)
+            assert read == timedelta(seconds=expected), (f.name, raw)
+        zero_allowed = f.name == "changes_retention"
+        for bad in ("soon", "-5", "5 weeks", *(() if zero_allowed else ("0", "0s"))):
+            with pytest.raises(ConfigError, match=env_name(f)):
+                Settings.from_env({env_name(f): bad})
+    assert Settings.from_env({"CALSYNC_CHANGES_RETENTION": "0"}).changes_retention == timedelta(0)
+
+
+def test_the_readme_states_each_durations_default() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for f in DURATIONS:
+        documented = re.search(rf"^\| `{env_name(f)}` \| `([^`]+)`", readme, flags=re.M)
+        assert documented is not None and parse_duration(documented.group(1)) == f.default, f.name
 
 
 def test_api_url_gets_one_trailing_slash_and_calendar_path() -> None:
@@ -83,7 +123,7 @@ def test_quota_settings_default_under_googles_limits_and_are_validated() -> None
     assert (s.quota_per_minute, s.quota_per_user_per_minute, s.quota_per_day) == (8000, 480, 900_000)
     assert s.quota_per_minute < 10_000 and s.quota_per_user_per_minute < 600 and s.quota_per_day < 1_000_000
     off = Settings.from_env({"CALSYNC_QUOTA_PER_DAY": "0", "CALSYNC_QUOTA_WINDOW": "5s"})
-    assert (off.quota_per_day, off.quota_window) == (0, 5.0)
+    assert (off.quota_per_day, off.quota_window) == (0, timedelta(seconds=5))
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"CALSYNC_QUOTA_PER_MINUTE": "-5", "CALSYNC_QUOTA_PER_USER_PER_MINUTE": "lots"})
     assert "CALSYNC_QUOTA_PER_MINUTE" in str(err.value) and "CALSYNC_QUOTA_PER_USER_PER_MINUTE" in str(err.value)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from calsync.config import Settings
+from calsync.config import Settings, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -18,7 +18,7 @@ MANUAL = [Path("README.md"), *sorted(path.relative_to(ROOT) for path in (ROOT / 
 def test_every_setting_is_in_the_configuration_table() -> None:
     table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"^\| `(CALSYNC_[A-Z_]+)`", table, flags=re.M))
-    expected = {"CALSYNC_" + f.name.upper() for f in dataclasses.fields(Settings)}
+    expected = {env_name(f) for f in dataclasses.fields(Settings)}
     assert expected - documented == set(), "settings missing from the README"
     assert documented - expected == set(), "README documents settings that do not exist"
 

@@ -16,7 +16,8 @@ from calsync.runtime import Runtime
 from calsync.store.crypto import TokenCipher
 from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar
-from calsync.store.states import AccountStatus, ChangeType
+from calsync.store.owed import owe_list_refresh, owe_sync
+from calsync.store.states import AccountStatus, ChangeType, SyncState
 
 
 def upsert_account(
@@ -43,15 +44,14 @@ def upsert_account(
     account.scopes = list(scopes)
     account.status = AccountStatus.ACTIVE
     account.last_error = None
-    account.list_requested = (account.list_requested or 0) + 1
-    account.list_due_at = now
     account.updated_at = now
     session.flush()
+    session.execute(update(Account).where(Account.id == account.id).values(**owe_list_refresh(now, at_once=True)))
     # Calendars of a re-connected account may have stopped on a dead grant: let them run again.
     session.execute(
         update(Calendar)
         .where(Calendar.account_id == account.id, Calendar.removed_at.is_(None))
-        .values(sync_requested=Calendar.sync_requested + 1, due_at=now, retry_at=None)
+        .values(**owe_sync(now, at_once=True))
     )
     return account
 
@@ -103,7 +103,7 @@ def mark_reauth_required(session: Session, account_id: int, reason: str, now: da
     session.execute(
         update(Calendar)
         .where(Calendar.account_id == account_id)
-        .values(sync_state="error", last_error="re-consent required: " + reason[:900])
+        .values(sync_state=SyncState.ERROR, last_error="re-consent required: " + reason[:900])
     )
     append_changes(session, [account_change(ChangeType.ACCOUNT_REAUTH_REQUIRED, account_id, reason=reason)], now)
 

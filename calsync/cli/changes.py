@@ -23,10 +23,15 @@ from calsync.humanize import lifecycle_title
 from calsync.readmodels import availability, reads
 from calsync.store.db import make_engine, make_sessionmaker
 from calsync.store.models import Change
-from calsync.store.states import ChangeType, Origin
+from calsync.store.states import ChangeKind, ChangeType, Origin
 
 POLL_SECONDS = 0.5
-KIND_STYLE = {"created": "green", "updated": "yellow", "deleted": "red", "snapshot": "cyan"}
+KIND_STYLE = {
+    ChangeKind.CREATED: "green",
+    ChangeKind.UPDATED: "yellow",
+    ChangeKind.DELETED: "red",
+    ChangeKind.SNAPSHOT: "cyan",
+}
 VALUE_WIDTH = 200
 
 
@@ -133,7 +138,7 @@ def format_change(item: dict[str, Any]) -> list[str]:
         f"[bold]#{item['seq']}[/bold]  {item['detected_at']}  {_where(item)}  [{style}]{kind}[/{style}]  "
         f"{escape(str(summary))}  [dim]{escape(item['event_id'] or '')}[/dim]  {_origin(item)}".rstrip()
     ]
-    if kind == "updated":
+    if kind == ChangeKind.UPDATED:
         before, after = item["before"] or {}, item["after"] or {}
         for name in item["fields"]:
             lines.append(f"    {escape(name)}: {escape(_short(before.get(name)))} → {escape(_short(after.get(name)))}")

@@ -37,22 +37,24 @@ from calsync.store.db import make_engine, make_sessionmaker, transaction
 from calsync.store.liveness import heartbeat_is_fresh
 from calsync.store.migrate import current_revision
 from calsync.store.models import Account, Calendar, Channel
-from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind
+from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind, ChannelStatus, SyncState
 from calsync.work.leases import Claim, claim_this_calendar, finish_calendar, release_calendar
 from calsync.work.liveness import last_heartbeat
 from calsync.work.quota import describe, outlook
 
-STATE_STYLE = {
-    "synced": "green",
-    "pending": "cyan",
-    "backoff": "yellow",
-    "error": "bold red",
-    "active": "green",
-    "reauth_required": "bold white on red",
-    "disconnected": "dim",
-    "stopping": "yellow",
-    "stopped": "dim",
-    "expired": "dim",
+# A channel's `pending` and `active` are the same words as a calendar's and an account's, so share
+# their styles.
+STATE_STYLE: dict[str, str] = {
+    SyncState.SYNCED: "green",
+    SyncState.PENDING: "cyan",
+    SyncState.BACKOFF: "yellow",
+    SyncState.ERROR: "bold red",
+    AccountStatus.ACTIVE: "green",
+    AccountStatus.REAUTH_REQUIRED: "bold white on red",
+    AccountStatus.DISCONNECTED: "dim",
+    ChannelStatus.STOPPING: "yellow",
+    ChannelStatus.STOPPED: "dim",
+    ChannelStatus.EXPIRED: "dim",
 }
 
 
@@ -71,7 +73,7 @@ def status(all_channels: bool) -> None:
         heartbeat = last_heartbeat(session)
         quota = outlook(session, _settings, now)
     console.print(_accounts_table(accounts, calendars, now))
-    console.print(_calendars_table(calendars, channels, emails, now))
+    console.print(_calendars_table(calendars, seen.serving.calendars, emails, now))
     console.print(_channels_table(channels, emails, titles, now))
     if heartbeat is None:
         worker = "[yellow]no worker has run yet[/yellow]"
@@ -149,7 +151,7 @@ def channels() -> None:
 def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -> None:
     """Open a new channel for CALENDAR (or --all), then stop the old one, then queue a sync for the seam."""
     from calsync.push.channels import replace_channel
-    from calsync.push.owed import request_calendar_sync
+    from calsync.store.owed import request_calendar_sync
 
     if bool(calendar) == renew_all:
         raise click.UsageError("name one CALENDAR or give --all")
@@ -254,7 +256,7 @@ def _runtime() -> Iterator[Runtime]:
 
 def _claim(session: Session, cal: Calendar, owner: str, rt: Runtime) -> Claim:
     """Take the calendar's lease unless a worker holds it right now."""
-    claim = claim_this_calendar(session, cal.id, cal.sync_requested, owner, rt.clock.now(), rt.settings.lease_seconds)
+    claim = claim_this_calendar(session, cal.id, cal.sync_requested, owner, rt.clock.now(), rt.settings.lease)
     if claim is None:
         raise click.ClickException(
             f"{cal.summary or cal.google_id} is being synced by a worker right now; try again in a moment"
@@ -289,17 +291,13 @@ def _accounts_table(accounts: list[Account], calendars: list[Calendar], now: dat
 
 
 def _calendars_table(
-    calendars: list[Calendar], channels: list[Channel], emails: dict[int, str], now: datetime
+    calendars: list[Calendar], serving: dict[int, Channel], emails: dict[int, str], now: datetime
 ) -> Table:
     table = Table(title="Calendars", title_justify="left")
     for col in ("account", "calendar", "google id", "state", "last sync", "channel", "error"):
         table.add_column(col, overflow="fold")
-    expiry: dict[int, datetime | None] = {}
-    for ch in channels:
-        if ch.calendar_id is not None and ch.status in LIVE_CHANNEL:
-            expiry[ch.calendar_id] = ch.expires_at
     for c in calendars:
-        channel = expires_in(expiry[c.id], now) if c.id in expiry else "[dim]none[/dim]"
+        channel = expires_in(serving[c.id].expires_at, now) if c.id in serving else "[dim]none[/dim]"
         error = f"[red]{escape(c.last_error)}[/red]" if c.last_error else "—"
         if c.retry_at and c.retry_at > now:
             error += f" [dim](retry {ago(c.retry_at, now)})[/dim]"

@@ -19,6 +19,7 @@ from calsync.config import Settings
 from calsync.errors import InvalidSubscription
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.states import SubscriptionStatus
 from calsync.webhooks import claimcheck, subscriptions
 
 
@@ -129,14 +130,14 @@ def show(sub_id: str, as_json: bool) -> None:
 @click.argument("sub_id")
 def pause(sub_id: str) -> None:
     """Hold deliveries (they wait and go out on resume)."""
-    _set_status(sub_id, "paused")
+    _set_status(sub_id, SubscriptionStatus.PAUSED)
 
 
 @webhooks.command("resume")
 @click.argument("sub_id")
 def resume(sub_id: str) -> None:
     """Resume a paused subscription, or re-enable a disabled one."""
-    _set_status(sub_id, "active")
+    _set_status(sub_id, SubscriptionStatus.ACTIVE)
 
 
 @webhooks.command("delete")
@@ -221,7 +222,7 @@ def rotate_secret(sub_id: str, grace: float) -> None:
     click.echo(f"the old secret keeps signing until {until}" if until else "the old secret no longer signs")
 
 
-def _set_status(sub_id: str, status: str) -> None:
+def _set_status(sub_id: str, status: SubscriptionStatus) -> None:
     with _runtime() as rt, transaction(rt.sessions) as session:
         sub = subscriptions.set_status(subscriptions.get_subscription(session, sub_id, lock=True), status)
         rt.wakeup.notify_after_commit(session)

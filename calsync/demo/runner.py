@@ -33,10 +33,11 @@ from rich.table import Table
 from calsync.errors import CalsyncError
 from calsync.humanize import event_title, event_when, field_diffs, lifecycle_title
 from calsync.store.crypto import new_key
+from calsync.store.states import ChangeKind, Origin, SyncState
 
 POLL_SECONDS = 0.25
 START_TIMEOUT = 60.0
-KIND_STYLE = {"created": ("green", "+"), "updated": ("yellow", "~"), "deleted": ("red", "−")}
+KIND_STYLE = {ChangeKind.CREATED: ("green", "+"), ChangeKind.UPDATED: ("yellow", "~"), ChangeKind.DELETED: ("red", "−")}
 # Writing is on in the demo, so an app's booking can go through calsync's API.
 DEMO_SCOPES = (
     "https://www.googleapis.com/auth/calendar.readonly",
@@ -125,9 +126,9 @@ def render_change(change: dict[str, Any], calendar_name: str) -> list[str]:
     lines = [
         f"[bold {colour}]{sign} #{change['seq']}[/bold {colour}] [dim]{stamp}[/dim] "
         f"[bold]{escape(calendar_name)}[/bold] [{colour}]{change['change']}[/{colour}] “{escape(title)}”"
-        + (f" [bold blue]origin: {origin}[/bold blue]" if origin == "api" else "")
+        + (f" [bold blue]origin: {origin}[/bold blue]" if origin == Origin.API else "")
     ]
-    if change["change"] == "updated":
+    if change["change"] == ChangeKind.UPDATED:
         width = max((len(f) for f in change["fields"]), default=0)
         for diff in field_diffs(change["fields"], change.get("before"), change.get("after")):
             lines.append(
@@ -235,7 +236,7 @@ def _wait_mirrored(api: requests.Session, public: str, expected: int, stop: thre
         if stop.is_set():
             raise DemoStopped
         rows = api.get(public + "/api/calendars", timeout=10).json()
-        if len(rows) >= expected and all(r["sync_state"] == "synced" and r.get("channel") for r in rows):
+        if len(rows) >= expected and all(r["sync_state"] == SyncState.SYNCED and r.get("channel") for r in rows):
             break
         stop.wait(0.2)
     else:

@@ -6,7 +6,7 @@ counter row's lock as the last step of a transaction serialises the commits that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -17,7 +17,7 @@ from calsync.feed.rows import NewChange
 from calsync.metrics import CHANGES
 from calsync.store.bulk import bound, insert_rows, json_text
 from calsync.store.models import Account, Calendar, Change, Counter
-from calsync.store.states import Origin
+from calsync.store.states import ChangeType, Origin
 
 _CHANGES = Change.__table__
 _COLUMNS = (
@@ -36,15 +36,22 @@ _COLUMNS = (
 )
 
 
-def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> Sequence[NewChange]:
+def append_changes(
+    session: Session, changes: Sequence[NewChange], now: Any, *, refs: Mapping[int, str | None] | None = None
+) -> Sequence[NewChange]:
     """Give `changes` their seq numbers and add them; consumers (webhooks among them) read them from here.
 
     A row that names only its calendar gets the calendar's account, and every row the account's
-    `ref` as it stands in this transaction.
+    `ref` as it stands in this transaction: `refs` when the caller read them in it already (rows
+    that all name their account), else read here.
     """
     if not changes:
         return changes
-    _name_accounts(session, changes)
+    if refs is not None and all(c.account_id in refs for c in changes):
+        for change in changes:
+            change.ref = refs[change.account_id or 0]
+    else:
+        _name_accounts(session, changes)
     last = session.execute(
         update(Counter)
         .where(Counter.name == SEQ_COUNTER)
@@ -68,7 +75,7 @@ def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> 
         [
             (
                 c.seq,
-                c.type,
+                ChangeType(c.type).value,  # a plain word too, checked
                 c.account_id,
                 c.calendar_id,
                 c.event_id,
@@ -77,7 +84,7 @@ def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> 
                 json_text(c.before),
                 json_text(c.after),
                 detected_at,
-                c.origin or Origin.GOOGLE,
+                Origin(c.origin or Origin.GOOGLE).value,
                 c.idempotency_key,
             )
             for c in changes

@@ -27,7 +27,7 @@ REASON_LIMIT = 500
 def account_change(change_type: ChangeType, account_id: int, *, reason: str | None = None) -> FeedRow:
     """An `account.*` row; a reauth row keeps Google's reason."""
     after = {"reason": (reason or "")[:REASON_LIMIT]} if change_type == ChangeType.ACCOUNT_REAUTH_REQUIRED else None
-    return FeedRow(type=change_type.value, account_id=account_id, after=after)
+    return FeedRow(type=change_type, account_id=account_id, after=after)
 
 
 def calendar_changes(session: Session, change_type: ChangeType, calendar_ids: Collection[int]) -> list[FeedRow]:
@@ -40,7 +40,7 @@ def calendar_changes(session: Session, change_type: ChangeType, calendar_ids: Co
         .order_by(Calendar.id)
     )
     return [
-        FeedRow(type=change_type.value, account_id=account_id, calendar_id=cal_id, after={"summary": summary})
+        FeedRow(type=change_type, account_id=account_id, calendar_id=cal_id, after={"summary": summary})
         for cal_id, account_id, summary in rows
     ]
 

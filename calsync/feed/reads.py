@@ -136,5 +136,7 @@ def reconnect_hint(ref: str | None) -> str:
         return "The user must consent again: send them to /connect."
     return (
         f"Create a connect session for the same ref (POST /api/connect-sessions with "
-        f'{{"ref": {json.dumps(ref, ensure_ascii=False)}, "return_to": ...}}) and send the user to its url.'
+        f'{{"ref": {json.dumps(ref, ensure_ascii=False)}, "return_to": ...}}) and send the user to its url; '
+        "when they come back to return_to with connection=..., confirm it from your server for the signed-in "
+        'user: POST /api/connect-sessions/confirm with {"connection": ..., "ref": <that user\'s ref>}.'
     )

@@ -12,12 +12,12 @@ from datetime import datetime
 from typing import Any
 
 from calsync.store.models import Change
-from calsync.store.states import event_kind
+from calsync.store.states import ChangeKind, ChangeType, Origin
 
 
 @dataclass(slots=True, eq=False)
 class FeedRow:
-    type: str  # a store.states.ChangeType
+    type: ChangeType
     calendar_id: int | None = None
     event_id: str | None = None
     fields: list[str] = field(default_factory=list)
@@ -27,13 +27,13 @@ class FeedRow:
     ref: str | None = None
     seq: int = 0  # given by the writer
     detected_at: datetime | None = None
-    origin: str = "google"  # a store.states.Origin: `api` for a write made through calsync
+    origin: Origin = Origin.GOOGLE  # `api` for a write made through calsync
     idempotency_key: str | None = None
 
     @property
-    def kind(self) -> str | None:
+    def kind(self) -> ChangeKind | None:
         """As `Change.kind`: the event change, or None for a lifecycle row."""
-        return event_kind(self.type)
+        return ChangeType(self.type).kind
 
 
 # What the writer and the outbox take: rows being written, or ORM objects made by hand.

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Protocol, cast
@@ -53,11 +57,18 @@ class GoogleCalendar:
     """
 
     def __init__(
-        self, credentials: Credentials, api_endpoint: str, *, timeout: float = 30.0, budget: CallBudget | None = None
+        self,
+        credentials: Credentials,
+        api_endpoint: str,
+        *,
+        timeout: float = 30.0,
+        budget: CallBudget | None = None,
+        http: httplib2.Http | None = None,
     ) -> None:
+        """`http`: a connection lent for the client's life (`Connections`), else one of its own."""
         self.credentials = credentials
         self.budget = budget
-        self._http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
+        self._http = google_auth_httplib2.AuthorizedHttp(credentials, http=http or httplib2.Http(timeout=timeout))
         self._api = _resources(api_endpoint)
 
     # Calendar list ---------------------------------------------------------------------------
@@ -153,13 +164,13 @@ class GoogleCalendar:
 
     # Push channels ---------------------------------------------------------------------------
     def watch_events(
-        self, calendar_id: str, *, channel_id: str, token: str, address: str, ttl: float
+        self, calendar_id: str, *, channel_id: str, token: str, address: str, ttl: timedelta
     ) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
         request = self._api.events.watch(calendarId=calendar_id, body=body)
         return cast("dict[str, Any]", self._call("events.watch", request))
 
-    def watch_calendar_list(self, *, channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
+    def watch_calendar_list(self, *, channel_id: str, token: str, address: str, ttl: timedelta) -> dict[str, Any]:
         body = _channel_body(channel_id, token, address, ttl)
         return cast("dict[str, Any]", self._call("calendarList.watch", self._api.calendar_list.watch(body=body)))
 
@@ -188,6 +199,33 @@ class GoogleCalendar:
             raise BackendError(f"{method}: network error: {err}", reason="networkError") from err
         GOOGLE_CALLS.labels(method, "200").inc()
         return result
+
+
+class Connections:
+    """Kept-alive connections to Google, lent to one client (one thread) at a time.
+
+    For short calls made one by one from many threads (writes through calsync): each would
+    otherwise open a connection of its own, a TCP and TLS handshake with Google per call. An
+    httplib2.Http keeps one open connection per host and is not thread-safe, hence the lending.
+    """
+
+    def __init__(self, *, timeout: float = 30.0, keep: int = 16) -> None:
+        self.timeout = timeout
+        self.keep = keep
+        self._idle: list[httplib2.Http] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lend(self) -> Iterator[httplib2.Http]:
+        with self._lock:
+            http = self._idle.pop() if self._idle else None
+        http = http or httplib2.Http(timeout=self.timeout)
+        try:
+            yield http
+        finally:
+            with self._lock:
+                if len(self._idle) < self.keep:
+                    self._idle.append(http)
 
 
 def decode_page(body: bytes) -> dict[str, Any]:
@@ -265,8 +303,14 @@ def _if_match(request: Any, etag: str | None) -> None:
         request.headers["if-match"] = etag
 
 
-def _channel_body(channel_id: str, token: str, address: str, ttl: float) -> dict[str, Any]:
-    return {"id": channel_id, "type": "web_hook", "address": address, "token": token, "params": {"ttl": str(int(ttl))}}
+def _channel_body(channel_id: str, token: str, address: str, ttl: timedelta) -> dict[str, Any]:
+    return {
+        "id": channel_id,
+        "type": "web_hook",
+        "address": address,
+        "token": token,
+        "params": {"ttl": str(int(ttl.total_seconds()))},
+    }
 
 
 @dataclass(frozen=True)

@@ -122,13 +122,13 @@ def live_channels(
     return list(session.scalars(stmt.order_by(Channel.created_at)))
 
 
-def needs_new_channel(channels: list[Channel], now: datetime, renew_before: float) -> bool:
+def needs_new_channel(channels: list[Channel], now: datetime, renew_before: timedelta) -> bool:
     """True when no active channel outlasts the renewal window (none at all, or all close to expiry).
 
     Called under the lease of the calendar (or calendar list), so a pending row seen here is a crash's
     leftover, not a watch in flight.
     """
-    horizon = now + timedelta(seconds=renew_before)
+    horizon = now + renew_before
     return not any(
         c.status == ChannelStatus.ACTIVE and c.expires_at is not None and c.expires_at > horizon for c in channels
     )

@@ -9,8 +9,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from calsync.push.intake_sql import NOT_ACCEPTED
 from calsync.store.models import Calendar, Channel, Notification
+from calsync.store.states import NOT_ACCEPTED_NOTIFICATION
 
 
 def logged_notifications(
@@ -29,7 +29,7 @@ def logged_notifications(
     )
     if channel:
         query = query.where(Notification.channel_id == channel)
-    refused = Notification.outcome.in_(sorted(NOT_ACCEPTED))
+    refused = Notification.outcome.in_(sorted(NOT_ACCEPTED_NOTIFICATION))
     query = query.where(refused if show == "refused" else ~refused)
     if after is not None:
         query = query.where(Notification.id > after)

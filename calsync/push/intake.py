@@ -28,6 +28,7 @@ from calsync.metrics import NOTIFICATION_BATCH
 from calsync.push.intake_sql import TRIM_LOG, Item, Push, record_batch
 from calsync.push.intake_sqlite import Checkpointer, WriterTurn
 from calsync.runtime import Runtime
+from calsync.store.states import NotificationOutcome
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Intake:
         self.turn = WriterTurn(self._rt.engine)
         self.checkpointer = Checkpointer(self._rt.engine)
 
-    def record(self, push: Push | None, headers: dict[str, str], *, timeout: float = 10.0) -> str:
+    def record(self, push: Push | None, headers: dict[str, str], *, timeout: float = 10.0) -> NotificationOutcome:
         """Record one notification and return its outcome once committed."""
         if self._pid != os.getpid():  # forked: the parent's thread and lock are not ours
             self._reset()
@@ -72,7 +73,8 @@ class Intake:
             else:
                 self._cond.notify()
         if not self._await(item, timeout) or item.failed:
-            raise IntakeUnavailable(item.push.channel_id if item.push else "malformed")
+            raise IntakeUnavailable(item.push.channel_id if item.push else NotificationOutcome.MALFORMED)
+        assert item.outcome is not None  # decided by the committed batch
         return item.outcome
 
     def _await(self, item: Item, timeout: float) -> bool:
@@ -119,7 +121,7 @@ class Intake:
                 conn = conn or self._acquire()
                 try:
                     with self.turn:
-                        self._transaction(conn, batch)
+                        newly_owed = self._transaction(conn, batch)
                     break
                 except engine.dialect.loaded_dbapi.Error as err:
                     self._release(conn)
@@ -141,21 +143,21 @@ class Intake:
             self.committed_batches += 1
             self.checkpointer.written()
             NOTIFICATION_BATCH.observe(len(batch))
-            if any(item.outcome == "queued" for item in batch):
+            if newly_owed:
                 self._rt.wakeup.notify_local()  # after the commit, so a woken worker sees the owed sync
         for earlier, later in itertools.pairwise(batch):
             earlier.next = later
         self._wake(batch[0])
         return conn
 
-    def _transaction(self, conn: Any, batch: list[Item]) -> None:
+    def _transaction(self, conn: Any, batch: list[Item]) -> bool:
         dialect = self._rt.engine.dialect
         cursor = conn.cursor()
         try:
             if dialect.name == "sqlite":
                 cursor.execute("BEGIN IMMEDIATE")  # as db.py's transactions: the write lock up front
             # (on PostgreSQL each statement is its own transaction: see _acquire)
-            record_batch(cursor, dialect, batch, self._rt.clock.now())
+            newly_owed = record_batch(cursor, dialect, batch, self._rt.clock.now())
             trim = self._since_trim + len(batch) >= TRIM_EVERY
             if trim:
                 for sql in TRIM_LOG:
@@ -170,6 +172,7 @@ class Intake:
         finally:
             cursor.close()
         self._since_trim = 0 if trim else self._since_trim + len(batch)
+        return newly_owed
 
     def _acquire(self) -> Any:
         """A pooled driver connection for the writer. On PostgreSQL it is put in autocommit: a batch is

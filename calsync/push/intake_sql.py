@@ -22,11 +22,18 @@ from typing import Any, NamedTuple
 from sqlalchemy import Dialect, text
 from sqlalchemy.orm import Session
 
-from calsync.push.owed import OWE_LIST as _OWE_LIST
-from calsync.push.owed import OWE_SYNC as _OWE_SYNC
 from calsync.store.db import rows_affected
 from calsync.store.models import Notification
-from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind, sql_list
+from calsync.store.owed import owe_list_sql, owe_sync_sql
+from calsync.store.states import (
+    LIVE_CHANNEL,
+    NOT_ACCEPTED_NOTIFICATION,
+    AccountStatus,
+    ChannelKind,
+    ChannelStatus,
+    NotificationOutcome,
+    sql_list,
+)
 from calsync.wakeup import CHANNEL as WAKEUP_CHANNEL
 
 # How far above a channel's high-water mark a message number may be and still move it. Google's numbers
@@ -35,8 +42,6 @@ from calsync.wakeup import CHANNEL as WAKEUP_CHANNEL
 # later real message look like a duplicate. Such a message still owes a sync (as any accepted message
 # does), but leaves the mark where it was; duplicates are likewise only numbers at most this far below it.
 MAX_STEP = 10_000
-
-REFUSED = frozenset({"unknown_channel", "bad_token", "bad_resource", "stopped_channel", "account_inactive"})
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class Item:
     push: Push | None  # None: malformed, only logged
     headers: dict[str, str]
     received_at: datetime
-    outcome: str = ""
+    outcome: NotificationOutcome | None = None  # decided by its batch
     failed: bool = False
     # A bare lock as a one-shot latch, held until the writer is done with the item: one futex
     # operation each way, where an Event is a Condition and a lock.
@@ -82,6 +87,7 @@ class ChannelRow(NamedTuple):
     calendar_id: int | None
     last_message_number: int | None
     account_status: str | None
+    owing: bool  # its calendar already owes a sync (its account a list refresh, for a calendar-list channel)
 
 
 @dataclass
@@ -91,22 +97,28 @@ class Owed:
     seen: dict[str, int] = field(default_factory=dict)  # channel id -> newest message number
     calendars: set[int] = field(default_factory=set)  # owe one more sync
     accounts: set[int] = field(default_factory=set)  # owe one more calendar-list refresh
+    newly_owed: bool = False  # some of that work was not owed before: a worker must hear of it
 
 
-def record_batch(cursor: Any, dialect: Dialect, batch: list[Item], now: datetime) -> None:
-    """Decide each item's outcome, in arrival order, and write the log and what the accepted ones owe.
+def record_batch(cursor: Any, dialect: Dialect, batch: list[Item], now: datetime) -> bool:
+    """Decide each item's outcome, in arrival order, and write the log and what the accepted ones owe;
+    whether the batch made a calendar (or a calendar list) owe work it did not owe before.
+
+    Only then need a worker be woken: work already owed is known to the workers (they were woken
+    when it became owed, or it waits for a time of its own, a burst's follow-up or a retry).
 
     On SQLite, inside the caller's BEGIN IMMEDIATE (which serialises writers), the channels are read
     and the outcomes decided here. On PostgreSQL one statement decides and writes everything, so that
     on an autocommit connection a batch costs one round trip; see `_RECORD_PG`.
     """
     if dialect.name == "postgresql":
-        _record_pg(cursor, batch, now)
-    else:
-        ids = sorted({item.push.channel_id for item in batch if item.push is not None})
-        marks = ",".join("?" * len(ids))
-        channels = _lookup(cursor, _LOOKUP_SQLITE.format(marks=marks), ids) if ids else {}
-        _write_sqlite(cursor, batch, decide(batch, channels), now, _sqlite_time(dialect))
+        return _record_pg(cursor, batch, now)
+    ids = sorted({item.push.channel_id for item in batch if item.push is not None})
+    marks = ",".join("?" * len(ids))
+    channels = _lookup(cursor, _LOOKUP_SQLITE.format(marks=marks), ids) if ids else {}
+    owed = decide(batch, channels)
+    _write_sqlite(cursor, batch, owed, now, _sqlite_time(dialect))
+    return owed.newly_owed
 
 
 def decide(batch: list[Item], channels: dict[str, ChannelRow]) -> Owed:
@@ -121,23 +133,24 @@ def decide(batch: list[Item], channels: dict[str, ChannelRow]) -> Owed:
     for item in batch:
         push = item.push
         if push is None:
-            item.outcome = "malformed"
+            item.outcome = NotificationOutcome.MALFORMED
             continue
         channel = channels.get(push.channel_id)
         refusal = _refusal(channel, push)
         if refusal is not None or channel is None:
-            item.outcome = refusal or "unknown_channel"
+            item.outcome = refusal or NotificationOutcome.UNKNOWN_CHANNEL
             continue
         number, base, newest = push.message_number, stored[push.channel_id], mark[push.channel_id]
         newer = base < number <= base + MAX_STEP and number > newest
         if newer:
             mark[push.channel_id] = owed.seen[push.channel_id] = number
         if push.state == "sync":
-            item.outcome = "sync"
+            item.outcome = NotificationOutcome.SYNC
         elif not newer and newest - MAX_STEP < number <= newest:
-            item.outcome = "duplicate"
+            item.outcome = NotificationOutcome.DUPLICATE
         else:
-            item.outcome = "queued"
+            item.outcome = NotificationOutcome.QUEUED
+            owed.newly_owed = owed.newly_owed or not channel.owing
             if channel.kind == ChannelKind.CALENDAR_LIST:
                 owed.accounts.add(channel.account_id)
             elif channel.calendar_id is not None:
@@ -151,17 +164,17 @@ def token_matches(token_hash: str, token: str | None) -> bool:
     return hmac.compare_digest(presented.encode(), token_hash.encode()) and token is not None
 
 
-def _refusal(channel: ChannelRow | None, push: Push) -> str | None:
+def _refusal(channel: ChannelRow | None, push: Push) -> NotificationOutcome | None:
     if channel is None:
-        return "unknown_channel"
+        return NotificationOutcome.UNKNOWN_CHANNEL
     if not token_matches(channel.token_hash, push.token):
-        return "bad_token"
+        return NotificationOutcome.BAD_TOKEN
     if channel.resource_id and push.resource_id != channel.resource_id:
-        return "bad_resource"
+        return NotificationOutcome.BAD_RESOURCE
     if channel.status not in LIVE_CHANNEL:
-        return "stopped_channel"
+        return NotificationOutcome.STOPPED_CHANNEL
     if channel.account_status != AccountStatus.ACTIVE:
-        return "account_inactive"
+        return NotificationOutcome.ACCOUNT_INACTIVE
     return None
 
 
@@ -180,7 +193,7 @@ def _log_row(item: Item) -> tuple[Any, ...]:
             None,
             None,
             headers,
-            item.outcome,
+            _stored(item.outcome),
         )
     return (
         push.channel_id,
@@ -188,8 +201,12 @@ def _log_row(item: Item) -> tuple[Any, ...]:
         push.message_number,
         (push.resource_id or "")[:255] or None,
         headers,
-        item.outcome,
+        _stored(item.outcome),
     )
+
+
+def _stored(outcome: NotificationOutcome | None) -> str:
+    return "" if outcome is None else outcome.value  # None: PostgreSQL's statement decides it
 
 
 def _write_sqlite(cursor: Any, batch: list[Item], owed: Owed, at: datetime, stamp: Callable[[datetime], str]) -> None:
@@ -207,7 +224,7 @@ def _write_sqlite(cursor: Any, batch: list[Item], owed: Owed, at: datetime, stam
     cursor.executemany(_INSERT_LOG_SQLITE, rows)
 
 
-def _record_pg(cursor: Any, batch: list[Item], now: datetime) -> None:
+def _record_pg(cursor: Any, batch: list[Item], now: datetime) -> bool:
     # One JSON document for the batch, where a text array per column would have psycopg quote every
     # string in Python; the headers ride in it as an object, not as a string parsed a second time.
     # Only the token's digest travels: the stored one is a digest too.
@@ -219,7 +236,8 @@ def _record_pg(cursor: Any, batch: list[Item], now: datetime) -> None:
     cursor.execute(_RECORD_PG, {"rows": json.dumps(rows), "now": now})
     outcomes = dict(cursor.fetchall())
     for i, item in enumerate(batch, start=1):
-        item.outcome = outcomes[i]
+        item.outcome = NotificationOutcome(outcomes[i])
+    return 0 in outcomes  # the statement's NOTIFY row
 
 
 def _sqlite_time(dialect: Dialect) -> Callable[[datetime], str]:
@@ -236,20 +254,26 @@ _TIME_PROCESSORS: weakref.WeakKeyDictionary[Dialect, Callable[[datetime], str]] 
 
 
 _COLUMNS = (
-    "c.id, c.token_hash, c.resource_id, c.status, c.kind, c.account_id, c.calendar_id, c.last_message_number, a.status"
+    "c.id, c.token_hash, c.resource_id, c.status, c.kind, c.account_id, c.calendar_id, c.last_message_number, a.status,"
+    f" CASE WHEN c.kind = '{ChannelKind.CALENDAR_LIST}' THEN coalesce(a.list_requested > a.list_done, 0)"
+    " ELSE coalesce(k.sync_requested > k.sync_done, 0) END"
 )
 _LOOKUP_SQLITE = (
-    f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id WHERE c.id IN ({{marks}})"
+    f"SELECT {_COLUMNS} FROM channels AS c LEFT JOIN accounts AS a ON a.id = c.account_id"
+    " LEFT JOIN calendars AS k ON k.id = c.calendar_id WHERE c.id IN ({marks})"
 )
 # What a batch owes: the scheduler's rules, as SQL for both engines ({now} is each driver's placeholder).
 # A channel's number only ever moves forward, whoever else writes it.
-_MARK_SEEN = "CASE WHEN {table}status = 'pending' THEN 'active' ELSE {table}status END"
+_MARK_SEEN = (
+    f"CASE WHEN {{table}}status = '{ChannelStatus.PENDING.value}' THEN '{ChannelStatus.ACTIVE.value}'"
+    " ELSE {table}status END"
+)
 
 _MARK_SEEN_SQLITE = f"""
 UPDATE channels SET last_message_number = ?, status = {_MARK_SEEN.format(table="")}
  WHERE id = ? AND (last_message_number IS NULL OR last_message_number < ?)"""
-_OWE_CALENDAR_SQLITE = f"UPDATE calendars SET {_OWE_SYNC.format(now=':now')} WHERE id = :id"
-_OWE_LIST_SQLITE = f"UPDATE accounts SET {_OWE_LIST.format(now=':now')} WHERE id = :id"
+_OWE_CALENDAR_SQLITE = f"UPDATE calendars SET {owe_sync_sql(':now')} WHERE id = :id"
+_OWE_LIST_SQLITE = f"UPDATE accounts SET {owe_list_sql(':now')} WHERE id = :id"
 _INSERT_LOG_SQLITE = """
 INSERT INTO notifications (channel_id, resource_state, message_number, resource_id, headers, outcome, received_at)
 VALUES (?, ?, ?, ?, ?, ?, ?)"""
@@ -263,6 +287,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?)"""
 # calendar or a calendar list owe work it did not owe before: the workers already know of work that
 # was owed, and PostgreSQL serialises the commits of notifying transactions (a lock held through the
 # WAL flush), which queued the batches of several web processes behind each other.
+_O, _LIST = NotificationOutcome, ChannelKind.CALENDAR_LIST.value
 _RECORD_PG = f"""
 WITH input AS (
     SELECT r->>0 AS channel_id, r->>1 AS state, (r->>2)::bigint AS number, r->>3 AS resource_id,
@@ -271,13 +296,13 @@ WITH input AS (
       FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY AS l(r, ord)
 ), checked AS (
     SELECT i.*, c.kind, c.account_id, c.calendar_id, c.last_message_number AS stored,
-           CASE WHEN i.malformed THEN 'malformed'
-                WHEN c.id IS NULL THEN 'unknown_channel'
-                WHEN i.token_digest IS NULL OR c.token_hash <> i.token_digest THEN 'bad_token'
+           CASE WHEN i.malformed THEN '{_O.MALFORMED.value}'
+                WHEN c.id IS NULL THEN '{_O.UNKNOWN_CHANNEL.value}'
+                WHEN i.token_digest IS NULL OR c.token_hash <> i.token_digest THEN '{_O.BAD_TOKEN.value}'
                 WHEN coalesce(c.resource_id, '') <> '' AND i.resource_id IS DISTINCT FROM c.resource_id
-                     THEN 'bad_resource'
-                WHEN c.status NOT IN ({sql_list(LIVE_CHANNEL)}) THEN 'stopped_channel'
-                WHEN a.status IS DISTINCT FROM 'active' THEN 'account_inactive'
+                     THEN '{_O.BAD_RESOURCE.value}'
+                WHEN c.status NOT IN ({sql_list(LIVE_CHANNEL)}) THEN '{_O.STOPPED_CHANNEL.value}'
+                WHEN a.status IS DISTINCT FROM '{AccountStatus.ACTIVE.value}' THEN '{_O.ACCOUNT_INACTIVE.value}'
            END AS refusal
       FROM input AS i
       LEFT JOIN channels AS c ON c.id = i.channel_id AND NOT i.malformed
@@ -293,9 +318,9 @@ WITH input AS (
 ), decided AS (
     SELECT d.*,
            CASE WHEN refusal IS NOT NULL THEN refusal
-                WHEN state = 'sync' THEN 'sync'
-                WHEN NOT newer AND number > newest - {MAX_STEP} AND number <= newest THEN 'duplicate'
-                ELSE 'queued' END AS outcome
+                WHEN state = 'sync' THEN '{_O.SYNC.value}'
+                WHEN NOT newer AND number > newest - {MAX_STEP} AND number <= newest THEN '{_O.DUPLICATE.value}'
+                ELSE '{_O.QUEUED.value}' END AS outcome
       FROM (SELECT r.*, refusal IS NULL AND within AND number > newest AS newer FROM ranked AS r) AS d
 ), seen AS (
     UPDATE channels AS c
@@ -303,12 +328,12 @@ WITH input AS (
       FROM (SELECT channel_id, max(number) AS n FROM decided WHERE newer GROUP BY channel_id) AS v
      WHERE c.id = v.channel_id AND (c.last_message_number IS NULL OR c.last_message_number < v.n)
 ), owe_calendar_sync AS (
-    UPDATE calendars SET {_OWE_SYNC.format(now="%(now)s")}
-     WHERE id IN (SELECT calendar_id FROM decided WHERE outcome = 'queued' AND kind <> 'calendar_list')
+    UPDATE calendars SET {owe_sync_sql("%(now)s")}
+     WHERE id IN (SELECT calendar_id FROM decided WHERE outcome = '{_O.QUEUED.value}' AND kind <> '{_LIST}')
     RETURNING sync_requested - 1 = sync_done AS newly_owed
 ), owe_list_refresh AS (
-    UPDATE accounts SET {_OWE_LIST.format(now="%(now)s")}
-     WHERE id IN (SELECT account_id FROM decided WHERE outcome = 'queued' AND kind = 'calendar_list')
+    UPDATE accounts SET {owe_list_sql("%(now)s")}
+     WHERE id IN (SELECT account_id FROM decided WHERE outcome = '{_O.QUEUED.value}' AND kind = '{_LIST}')
     RETURNING list_requested - 1 = list_done AS newly_owed
 ), logged AS (
     INSERT INTO notifications (channel_id, resource_state, message_number, resource_id, headers, outcome, received_at)
@@ -325,8 +350,7 @@ SELECT 0, 'notified' FROM (
 # The log keeps two histories, each bounded on its own: notifications of our channels (accepted, even as
 # duplicates) and the rest (refused or malformed). Anyone can send the second kind, so a flood of forged
 # ones must not push the real history out of the inspector.
-NOT_ACCEPTED = REFUSED | {"malformed"}
-_NOT_ACCEPTED_SQL = ", ".join(f"'{outcome}'" for outcome in sorted(NOT_ACCEPTED))
+_NOT_ACCEPTED_SQL = sql_list(NOT_ACCEPTED_NOTIFICATION)
 _TRIM_ONE = (
     "DELETE FROM notifications WHERE outcome {op} ({names}) AND id <= (SELECT id FROM notifications"
     " WHERE outcome {op} ({names}) ORDER BY id DESC LIMIT 1 OFFSET {{p}})"

@@ -17,11 +17,11 @@ import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any, NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dateutil import rrule
 from dateutil.parser import isoparse
 
+from calsync.clock import event_datetime, event_time, zone_named
 from calsync.store.jsontext import loads
 
 MAX_WINDOW = timedelta(days=366)
@@ -38,21 +38,12 @@ _UNTIL = re.compile(r"(UNTIL=)([0-9]{8}(?:T[0-9]{6}Z?)?)", re.IGNORECASE)
 
 def zone_of(name: str | None) -> tzinfo:
     """The zone for an IANA name; UTC when there is none or it is unknown."""
-    if not name:
-        return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return UTC
+    return zone_named(name) or UTC
 
 
 def known_zone(name: str) -> bool:
     """Whether an IANA zone name is known here."""
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
+    return zone_named(name) is not None
 
 
 def render(moment: datetime) -> str:
@@ -129,10 +120,10 @@ class _Series:
         else:
             self.zone_name = start.get("timeZone")
             self.end_zone_name = end.get("timeZone") or self.zone_name
-            begin = _parse_datetime(start["dateTime"], self.zone_name)
+            begin = event_datetime(start["dateTime"], self.zone_name)
             self.zone = zone_of(self.zone_name) if self.zone_name else (begin.tzinfo or UTC)
             self._dtstart = begin.astimezone(self.zone).replace(tzinfo=None)
-            finish = _parse_datetime(end["dateTime"], end.get("timeZone") or self.zone_name)
+            finish = event_datetime(end["dateTime"], end.get("timeZone") or self.zone_name)
             self.duration = finish.astimezone(self.zone).replace(tzinfo=None) - self._dtstart
             self.days = timedelta(0)
             self.longest = self.duration
@@ -212,7 +203,8 @@ class _Series:
                     bisect.bisect_left(starts, until),
                 )
         starts, ends, originals = [], [], []
-        for wall in _rule_set(self.data.get("recurrence") or [], self._dtstart, self.all_day, self.zone):
+        near = (low - self.longest - _SLACK).astimezone(self.zone).replace(tzinfo=None)
+        for wall in _rule_set(self.data.get("recurrence") or [], self._dtstart, self.all_day, self.zone, near):
             original, start, end = self._placed(wall)
             if start >= until:
                 break
@@ -398,8 +390,8 @@ def _parse_entry(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) 
 def _single(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) -> Occurrence:
     start, end = data["start"], data.get("end") or data["start"]
     if start.get("dateTime"):
-        begin = _parse_datetime(start["dateTime"], start.get("timeZone"), zone)
-        finish = _parse_datetime(end["dateTime"], end.get("timeZone"), zone)
+        begin = event_datetime(start["dateTime"], start.get("timeZone"), zone)
+        finish = event_datetime(end["dateTime"], end.get("timeZone"), zone)
         return Occurrence(begin.astimezone(UTC), finish.astimezone(UTC), str(data["id"]), False, row, is_busy(data))
     first, after = date.fromisoformat(start["date"]), date.fromisoformat(end.get("date") or start["date"])
     return Occurrence(midnight(first, zone), midnight(after, zone), str(data["id"]), True, row, is_busy(data))
@@ -408,10 +400,9 @@ def _single(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) -> Oc
 def _original_key(data: dict[str, Any], zone: tzinfo) -> datetime | date | None:
     original = data.get("originalStartTime") or {}
     try:
-        if original.get("dateTime"):
-            return _parse_datetime(original["dateTime"], original.get("timeZone"), zone).astimezone(UTC)
-        if original.get("date"):
-            return date.fromisoformat(original["date"])
+        if original.get("dateTime") or original.get("date"):
+            key = event_time(original, fallback=zone)
+            return key.astimezone(UTC) if isinstance(key, datetime) else key
     except (TypeError, ValueError):
         return None
     return None
@@ -458,18 +449,14 @@ def _when(moment: datetime, zone_name: str | None) -> dict[str, Any]:
     return out
 
 
-def _parse_datetime(text: str, zone_name: str | None, fallback: tzinfo = UTC) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        value = isoparse(text)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=zone_of(zone_name) if zone_name else fallback)
-    return value
+def _rule_set(
+    lines: list[str], dtstart: datetime, all_day: bool, zone: tzinfo, near: datetime | None = None
+) -> Iterator[datetime]:
+    """The naive wall-time starts of a series: its RRULEs and RDATEs, less its EXDATEs.
 
-
-def _rule_set(lines: list[str], dtstart: datetime, all_day: bool, zone: tzinfo) -> Iterator[datetime]:
-    """The naive wall-time starts of a series: its RRULEs and RDATEs, less its EXDATEs."""
+    Given `near` (a naive wall time), the rules start from their last period before it instead of
+    from DTSTART (`_jumped`): every start from `near` on is the same, and the ones before may be missing.
+    """
     rules = rrule.rruleset()
     has_rule = False
     for line in lines:
@@ -477,7 +464,7 @@ def _rule_set(lines: list[str], dtstart: datetime, all_day: bool, zone: tzinfo) 
         name, *params = head.split(";")
         name = name.strip().upper()
         if name == "RRULE":
-            rules.rrule(_one_rule(_local_until(value, all_day, zone), dtstart))
+            rules.rrule(_jumped(_one_rule(_local_until(value, all_day, zone), dtstart), near))
             has_rule = True
         elif name in ("RDATE", "EXDATE"):
             tzid = next((p.split("=", 1)[1] for p in params if p.upper().startswith("TZID=")), None)
@@ -488,7 +475,7 @@ def _rule_set(lines: list[str], dtstart: datetime, all_day: bool, zone: tzinfo) 
                 else:
                     rules.exdate(wall)
         elif name == "EXRULE":
-            rules.exrule(_one_rule(_local_until(value, all_day, zone), dtstart))
+            rules.exrule(_jumped(_one_rule(_local_until(value, all_day, zone), dtstart), near))
     if not has_rule:
         rules.rdate(dtstart)
     return iter(rules)
@@ -532,3 +519,53 @@ def _one_rule(text: str, dtstart: datetime) -> rrule.rrule:
     parsed = rrule.rrulestr(text, dtstart=dtstart)
     assert isinstance(parsed, rrule.rrule)
     return parsed
+
+
+# What one period of a rule is, in months or in seconds, by its FREQ (dateutil's numbering).
+_MONTHS_PER = {rrule.YEARLY: 12, rrule.MONTHLY: 1}
+_SECONDS_PER = {rrule.WEEKLY: 7 * 86400, rrule.DAILY: 86400, rrule.HOURLY: 3600, rrule.MINUTELY: 60, rrule.SECONDLY: 1}
+_BY_PARTS = ("bysetpos", "bymonth", "bymonthday", "byyearday", "byeaster", "byweekno", "byweekday")
+
+
+def _jumped(rule: rrule.rrule, near: datetime | None) -> rrule.rrule:
+    """The rule, started a whole number of its periods after DTSTART, at the last such start before `near`.
+
+    dateutil generates from DTSTART on, so a window in the far future of an endless series cost one
+    step per occurrence in between (a daily series asked about the year 9997 walked 2.9 million).
+    Moved by whole periods (INTERVAL x FREQ), DTSTART keeps its weekday, day of the month, month
+    and time, so the defaults dateutil takes from it, and so every occurrence from the new start
+    on, are unchanged. A COUNT counts from the first occurrence: a rule with one is moved only when
+    each period holds exactly one occurrence (weekly or shorter, no BY parts; a monthly rule on the
+    31st skips months), its COUNT reduced by the periods skipped.
+    """
+    parts: Any = rule  # dateutil keeps a rule's parts only as private attributes
+    dtstart = parts._dtstart
+    if near is None or near <= dtstart:
+        return rule
+    interval, count = parts._interval, parts._count
+    if count is not None and (parts._freq in _MONTHS_PER or any(p in parts._original_rule for p in _BY_PARTS)):
+        return rule
+    months = _MONTHS_PER.get(parts._freq)
+    if months is not None:
+        step = months * interval
+        periods = ((near.year - dtstart.year) * 12 + near.month - dtstart.month) // step - 1
+        start = None
+        while periods > 0 and start is None:  # a 31st or a 29 February exists only in some periods
+            total = dtstart.month - 1 + periods * step
+            try:
+                start = dtstart.replace(year=dtstart.year + total // 12, month=total % 12 + 1)
+            except ValueError:
+                periods -= 1
+        if start is None:
+            return rule
+    else:
+        step_seconds = _SECONDS_PER[parts._freq] * interval
+        periods = int((near - dtstart).total_seconds() // step_seconds) - 1
+        if periods <= 0:
+            return rule
+        start = dtstart + timedelta(seconds=periods * step_seconds)
+    if count is not None:
+        if periods >= count:
+            return rrule.rrule(rrule.DAILY, dtstart=dtstart, count=0)  # nothing left
+        return rule.replace(dtstart=start, count=count - periods)
+    return rule.replace(dtstart=start)

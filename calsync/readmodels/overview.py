@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from calsync.feed.cursor import newest_seq
 from calsync.store.models import Account, Calendar, Change, Channel, Delivery, Notification
+from calsync.store.serving import Serving, serving_channels
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelStatus, DeliveryState
 
 
@@ -24,7 +25,8 @@ class Overview:
 
     accounts: list[Account]  # by email
     calendars: list[Calendar]  # still listed, by account, the primary first, then by title
-    channels: list[Channel]  # by expiry, so the latest-expiring channel of a calendar comes last
+    channels: list[Channel]  # by expiry
+    serving: Serving  # the channel that serves each calendar and calendar list
     last_seq: int  # the counter: right even when retention deleted every row
 
 
@@ -61,7 +63,7 @@ def operator_overview(session: Session, *, all_channels: bool = False) -> Overvi
     query = select(Channel).order_by(Channel.expires_at)
     if not all_channels:
         query = query.where(Channel.status.in_(LIVE_CHANNEL))
-    return Overview(accounts, calendars, list(session.scalars(query)), newest_seq(session))
+    return Overview(accounts, calendars, list(session.scalars(query)), serving_channels(session), newest_seq(session))
 
 
 def recent_activity(session: Session, now: datetime) -> Activity:

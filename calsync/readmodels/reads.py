@@ -10,14 +10,14 @@ import base64
 import binascii
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
 from calsync.errors import NotFoundError
 from calsync.feed.cursor import newest_seq
 from calsync.store.models import Account, Calendar, Channel, Event
-from calsync.store.states import ChannelKind, ChannelStatus
+from calsync.store.serving import serving_channels
 
 EVENTS_PAGE_SIZE = 1000
 
@@ -41,14 +41,14 @@ def calendar_to_dict(calendar: Calendar, account: Account, channel: Channel | No
 
 
 def list_calendars(session: Session) -> list[dict[str, Any]]:
-    """Every calendar still in its account's list, with its newest active events channel."""
+    """Every calendar still in its account's list, with the channel that serves it."""
     rows = session.execute(
         select(Calendar, Account)
         .join(Account, Calendar.account_id == Account.id)
         .where(Calendar.removed_at.is_(None))
         .order_by(Account.email, Calendar.id)
     ).all()
-    channels = _newest_active_channels(session, [cal.id for cal, _ in rows])
+    channels = serving_channels(session, calendar_ids=[cal.id for cal, _ in rows]).calendars
     return [calendar_to_dict(cal, account, channels.get(cal.id)) for cal, account in rows]
 
 
@@ -177,23 +177,3 @@ def decode_page_token(token: str) -> int:
     if prefix != "e" or not (number.isascii() and number.isdigit()) or len(number) > 10 or int(number) > _MAX_EVENT_ID:
         raise ValueError("malformed pageToken")
     return int(number)
-
-
-def _newest_active_channels(session: Session, calendar_ids: list[int]) -> dict[int, Channel]:
-    if not calendar_ids:
-        return {}
-    channels = session.scalars(
-        select(Channel)
-        .where(
-            and_(
-                Channel.calendar_id.in_(calendar_ids),
-                Channel.kind == ChannelKind.EVENTS,
-                Channel.status == ChannelStatus.ACTIVE,
-            )
-        )
-        .order_by(Channel.created_at, Channel.expires_at)
-    )
-    newest: dict[int, Channel] = {}
-    for channel in channels:  # later rows win: newest last
-        newest[channel.calendar_id] = channel  # type: ignore[index]
-    return newest

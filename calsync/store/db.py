@@ -14,6 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -85,15 +86,15 @@ T = TypeVar("T")
 RETRY_WHILE_AWAY_SECONDS = 0.25  # while the database is away, how often `when_back` tries again
 
 
-def when_back(factory: sessionmaker[Session], work: Callable[[Session], T], *, give_up_after: float) -> T:
+def when_back(factory: sessionmaker[Session], work: Callable[[Session], T], *, give_up_after: timedelta) -> T:
     """`work` in a transaction of its own, tried again while the database is away (stopped,
-    restarting, unreachable, locked, out of space) for up to `give_up_after` seconds.
+    restarting, unreachable, locked, out of space) for up to `give_up_after`.
 
     For what must be written once the database returns: the outcome of a job or of a webhook
     attempt, which releases a lease. Left unwritten, the lease would hold its calendar or message
     for the whole lease period after the return.
     """
-    deadline = time.monotonic() + give_up_after
+    deadline = time.monotonic() + give_up_after.total_seconds()
     while True:
         try:
             with transaction(factory) as session:

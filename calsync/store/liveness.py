@@ -29,6 +29,7 @@ RECENT_BEAT = timedelta(seconds=HEARTBEAT_SECONDS / 2)  # a beat this fresh need
 _committed: weakref.WeakKeyDictionary[Engine, dict[str, datetime]] = weakref.WeakKeyDictionary()
 _committed_lock = threading.Lock()
 
+_BEATING = "calsync_beating"  # session.info: workers whose beat the session's transaction has written
 _BEATS = WorkerHeartbeat.__table__
 # For statements built once: pass `stale_before(now)` under this name.
 STALE_BEFORE = bindparam("stale_before", type_=_BEATS.c.seen_at.type)
@@ -56,18 +57,28 @@ def claiming_as(session: Session, owner: str, now: datetime) -> None:
     writes held the one write lock that the notification intake waits for.
     """
     worker = owner.rpartition("/")[0] or owner
+    beating = session.info.setdefault(_BEATING, set())
+    if worker in beating:  # this transaction wrote the beat already (a list claim, then a calendar claim)
+        return
     bind = session.get_bind()
     engine = bind if isinstance(bind, Engine) else bind.engine
     last = _committed.get(engine, {}).get(worker)
     if last is not None and timedelta(0) <= now - last <= RECENT_BEAT:
         return
+    beating.add(worker)
+    event.listen(session, "after_rollback", lambda _session: beating.discard(worker), once=True)
     session.execute(
         update(WorkerHeartbeat)
         .where(WorkerHeartbeat.name == worker)
         .values(seen_at=now)
         .execution_options(synchronize_session=False)
     )
-    event.listen(session, "after_commit", lambda _session: beat_committed(engine, worker, now), once=True)
+    event.listen(session, "after_commit", lambda _session: _committed_beat(beating, engine, worker, now), once=True)
+
+
+def _committed_beat(beating: set[str], engine: Engine, worker: str, at: datetime) -> None:
+    beating.discard(worker)
+    beat_committed(engine, worker, at)
 
 
 def beat_committed(engine: Engine, worker: str, at: datetime) -> None:

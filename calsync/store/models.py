@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from enum import Enum
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -27,17 +28,23 @@ from sqlalchemy.dialects.postgresql import JSON as PG_JSON
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql import operators
+from sqlalchemy.types import TypeEngine
 
 from calsync.store.states import (
     AccountStatus,
+    ChangeKind,
     ChangeType,
+    ChannelKind,
     ChannelStatus,
+    ConnectionState,
+    ConnectOutcome,
     DeliveryState,
+    NotificationOutcome,
     Origin,
     Priority,
     SubscriptionStatus,
     SyncState,
-    event_kind,
 )
 
 NAMING = {
@@ -67,6 +74,63 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+E = TypeVar("E", bound=Enum)
+
+
+_MEMBER_OPS = frozenset(
+    {
+        operators.eq,
+        operators.ne,
+        operators.in_op,
+        operators.not_in_op,
+        operators.is_distinct_from,
+        operators.is_not_distinct_from,
+    }
+)
+
+
+class UnknownStateError(ValueError):
+    """The database holds a value that is not a member of its column's enum."""
+
+
+class EnumColumn(TypeDecorator[E]):
+    """An enum's values stored as the plain column they always were; read back as its members.
+
+    The schema stays the same (a string, or a small integer for an `IntEnum`), so SQL written by
+    hand still compares with the stored words, while the ORM hands out members and takes members (or
+    their values: an unknown one is refused).
+    """
+
+    impl: TypeEngine[Any] | type[TypeEngine[Any]] = String  # replaced by each column's own
+    cache_ok = True
+
+    def __init__(self, enum: type[E], stored: TypeEngine[Any]) -> None:
+        super().__init__()
+        self.impl = stored
+        self.enum = enum
+        self._members: dict[Any, E] = {member.value: member for member in enum}
+
+    def process_bind_param(self, value: E | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        member = self._members.get(value.value if isinstance(value, Enum) else value)
+        if member is None or (isinstance(value, Enum) and not isinstance(value, self.enum)):
+            raise UnknownStateError(f"{value!r} is not a {self.enum.__name__}")
+        return member.value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> E | None:
+        if value is None:
+            return None
+        member = self._members.get(value)
+        if member is None:
+            raise UnknownStateError(f"the database holds {value!r}, which is not a {self.enum.__name__}")
+        return member
+
+    def coerce_compared_value(self, op: Any, value: Any) -> TypeEngine[Any]:
+        # Compared for equality, the other side must be a member too; a LIKE pattern is text.
+        return self if op in _MEMBER_OPS else self.impl_instance
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -100,7 +164,7 @@ class Account(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     credentials: Mapped[bytes] = mapped_column(LargeBinary)  # Fernet-encrypted JSON
     scopes: Mapped[list[str]] = mapped_column(default=list)
-    status: Mapped[str] = mapped_column(String(20), default=AccountStatus.ACTIVE)
+    status: Mapped[AccountStatus] = mapped_column(EnumColumn(AccountStatus, String(20)), default=AccountStatus.ACTIVE)
     # The embedding app's own id for the user behind this account (set by a connect session).
     ref: Mapped[str | None] = mapped_column(String(200), index=True)
     connected_at: Mapped[datetime | None]  # the last completed consent
@@ -138,7 +202,7 @@ class Calendar(Base):
     removed_at: Mapped[datetime | None]  # gone from the account's calendar list; changes stay
     # Sync state
     sync_token: Mapped[str | None] = mapped_column(Text)
-    sync_state: Mapped[str] = mapped_column(String(20), default=SyncState.PENDING)
+    sync_state: Mapped[SyncState] = mapped_column(EnumColumn(SyncState, String(20)), default=SyncState.PENDING)
     baseline_done: Mapped[bool] = mapped_column(Boolean, default=False)
     full_sync_gen: Mapped[int] = mapped_column(Integer, default=0)
     last_synced_at: Mapped[datetime | None]
@@ -153,7 +217,7 @@ class Calendar(Base):
     sync_done: Mapped[int] = mapped_column(Integer, default=0)
     due_at: Mapped[datetime | None] = mapped_column(index=True)
     # Why the owed sync is owed (a Priority): claims take the most urgent first.
-    due_priority: Mapped[int] = mapped_column(SmallInteger, default=Priority.FIRST_SYNC)
+    due_priority: Mapped[Priority] = mapped_column(EnumColumn(Priority, SmallInteger()), default=Priority.FIRST_SYNC)
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None]
     error_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -173,12 +237,12 @@ class Channel(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(20))  # a ChannelKind
+    kind: Mapped[ChannelKind] = mapped_column(EnumColumn(ChannelKind, String(20)))
     token_hash: Mapped[str] = mapped_column(String(64))
     resource_id: Mapped[str | None] = mapped_column(String(255))
     resource_uri: Mapped[str | None] = mapped_column(Text)
     expires_at: Mapped[datetime | None]
-    status: Mapped[str] = mapped_column(String(20), default=ChannelStatus.PENDING)
+    status: Mapped[ChannelStatus] = mapped_column(EnumColumn(ChannelStatus, String(20)), default=ChannelStatus.PENDING)
     last_message_number: Mapped[int | None] = mapped_column(BigInteger)
     replaced_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=_now)
@@ -218,7 +282,7 @@ class Change(Base):
     seq: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
     )
-    type: Mapped[str] = mapped_column(String(40))  # a ChangeType
+    type: Mapped[ChangeType] = mapped_column(EnumColumn(ChangeType, String(40)))
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id", ondelete="CASCADE"))
     event_id: Mapped[str | None] = mapped_column(String(1024))
@@ -228,20 +292,22 @@ class Change(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(ExactJSON)
     detected_at: Mapped[datetime] = mapped_column(default=_now)
     # `api` for a write made through calsync (with the app's Idempotency-Key, if any), else `google`.
-    origin: Mapped[str] = mapped_column(String(10), default=Origin.GOOGLE, server_default=Origin.GOOGLE.value)
+    origin: Mapped[Origin] = mapped_column(
+        EnumColumn(Origin, String(10)), default=Origin.GOOGLE, server_default=Origin.GOOGLE.value
+    )
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
     calendar: Mapped[Calendar | None] = relationship()
     account: Mapped[Account | None] = relationship()
 
     @property
-    def kind(self) -> str | None:
+    def kind(self) -> ChangeKind | None:
         """The event change (`created`, `snapshot`, ...) this row records; None for a lifecycle row."""
-        return event_kind(self.type)
+        return ChangeType(self.type).kind  # one made by hand may hold the plain word until flushed
 
     @kind.setter
     def kind(self, value: str) -> None:
-        self.type = ChangeType.of_event(value).value
+        self.type = ChangeType.of_event(value)
 
 
 class IdempotencyKey(Base):
@@ -273,12 +339,12 @@ class ConnectSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=_now)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
-    outcome: Mapped[str | None] = mapped_column(String(20))  # connected | denied | error, once used
+    outcome: Mapped[ConnectOutcome | None] = mapped_column(EnumColumn(ConnectOutcome, String(20)))  # once used
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="SET NULL"))
     # The connection the consent made, held (tokens encrypted) until the app confirms it for the
     # user signed in to it; the one-time code is kept only as its hash, like the link's token.
     connection_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
-    connection_state: Mapped[str | None] = mapped_column(String(20))  # a ConnectionState
+    connection_state: Mapped[ConnectionState | None] = mapped_column(EnumColumn(ConnectionState, String(20)))
     connection_until: Mapped[datetime | None] = mapped_column(index=True)  # set while tokens are held
     email: Mapped[str | None] = mapped_column(String(320))
     credentials: Mapped[bytes | None] = mapped_column(LargeBinary)  # Fernet-encrypted JSON, wiped once settled
@@ -332,7 +398,7 @@ class Notification(Base):
     message_number: Mapped[int | None] = mapped_column(BigInteger)
     resource_id: Mapped[str | None] = mapped_column(String(255))
     headers: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    outcome: Mapped[str] = mapped_column(String(40))
+    outcome: Mapped[NotificationOutcome] = mapped_column(EnumColumn(NotificationOutcome, String(40)))
     received_at: Mapped[datetime] = mapped_column(default=_now)
 
 
@@ -346,11 +412,13 @@ class WebhookSubscription(Base):
     events: Mapped[list[str]] = mapped_column(default=list)
     calendars: Mapped[list[str] | None] = mapped_column(JSONType)
     format: Mapped[str] = mapped_column(String(20), default="standard")  # standard|slack
-    origin: Mapped[str | None] = mapped_column(String(10))  # an Origin: only event rows of it; null for all
+    origin: Mapped[Origin | None] = mapped_column(EnumColumn(Origin, String(10)))  # only event rows of it; null: all
     secret: Mapped[bytes] = mapped_column(LargeBinary)  # encrypted whsec_…
     previous_secret: Mapped[bytes | None] = mapped_column(LargeBinary)
     previous_secret_until: Mapped[datetime | None]
-    status: Mapped[str] = mapped_column(String(20), default=SubscriptionStatus.ACTIVE)
+    status: Mapped[SubscriptionStatus] = mapped_column(
+        EnumColumn(SubscriptionStatus, String(20)), default=SubscriptionStatus.ACTIVE
+    )
     # The newest feed seq this subscription has looked at: rows above it are still to be queued.
     cursor_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     disabled_reason: Mapped[str | None] = mapped_column(Text)
@@ -375,7 +443,7 @@ class Delivery(Base):
     subscription_id: Mapped[str] = mapped_column(ForeignKey("webhook_subscriptions.id", ondelete="CASCADE"))
     change_seq: Mapped[int] = mapped_column(BigInteger, ForeignKey("changes.seq", ondelete="CASCADE"))
     message_id: Mapped[str] = mapped_column(String(80), unique=True)
-    state: Mapped[str] = mapped_column(String(20), default=DeliveryState.PENDING)
+    state: Mapped[DeliveryState] = mapped_column(EnumColumn(DeliveryState, String(20)), default=DeliveryState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     last_status: Mapped[int | None] = mapped_column(Integer)

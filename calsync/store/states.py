@@ -1,8 +1,9 @@
 """The states of the rows that move through a life cycle, one definition each.
 
-The columns stay plain strings (no migration, and SQL written by hand compares with the same
-words); a `StrEnum` member *is* its string, so `Channel.status == ChannelStatus.ACTIVE` and
-`channel.status in LIVE_CHANNEL` read the stored value as it is.
+The columns store the plain values (no migration, and SQL written by hand compares with the same
+words, through `sql_list` or `.value`); the ORM reads and writes them as these enums
+(`calsync.store.models.EnumColumn`), so a misspelt state is a type error, and a stored one that is
+no member fails loudly when read.
 """
 
 from __future__ import annotations
@@ -105,6 +106,34 @@ class Origin(StrEnum):
 
     API = "api"  # written to Google through calsync's own API, on an app's behalf
     GOOGLE = "google"  # found in Google by a sync (every row written before writes existed)
+
+
+class NotificationOutcome(StrEnum):
+    """What the receiver made of one push notification: logged with it, and counted by it."""
+
+    QUEUED = "queued"  # a new message: its calendar (or calendar list) owes one more sync
+    SYNC = "sync"  # the channel's first message, which Google sends when it opens; nothing is owed
+    DUPLICATE = "duplicate"  # a message number already seen; nothing more is owed
+    MALFORMED = "malformed"  # the headers are missing or unreadable
+    UNKNOWN_CHANNEL = "unknown_channel"  # no such channel
+    BAD_TOKEN = "bad_token"  # the channel's token is missing or wrong
+    BAD_RESOURCE = "bad_resource"  # the resource id is not the channel's
+    STOPPED_CHANNEL = "stopped_channel"  # the channel no longer serves its calendar
+    ACCOUNT_INACTIVE = "account_inactive"  # the channel's account is not active
+
+
+# Refused: answered 404 so that Google stops sending on the channel.
+REFUSED_NOTIFICATION = frozenset(
+    {
+        NotificationOutcome.UNKNOWN_CHANNEL,
+        NotificationOutcome.BAD_TOKEN,
+        NotificationOutcome.BAD_RESOURCE,
+        NotificationOutcome.STOPPED_CHANNEL,
+        NotificationOutcome.ACCOUNT_INACTIVE,
+    }
+)
+# The inspector's second history (anyone can send these), trimmed apart from the accepted ones.
+NOT_ACCEPTED_NOTIFICATION = REFUSED_NOTIFICATION | {NotificationOutcome.MALFORMED}
 
 
 class ConnectOutcome(StrEnum):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import (
@@ -21,6 +21,7 @@ from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar
+from calsync.store.owed import owe_sync
 from calsync.store.states import ChangeType, Priority
 
 
@@ -73,6 +74,7 @@ def refresh_calendar_list(
 def _apply_list(session: Session, account_id: int, entries: list[dict[str, Any]], now: datetime) -> CalendarListResult:
     existing = {c.google_id: c for c in session.scalars(select(Calendar).where(Calendar.account_id == account_id))}
     added: list[Calendar] = []
+    returned: list[Calendar] = []  # back in the list after it had dropped them
     kept: list[Calendar] = []
     listed: set[str] = set()
     for entry in entries:
@@ -87,9 +89,7 @@ def _apply_list(session: Session, account_id: int, entries: list[dict[str, Any]]
             added.append(cal)
         elif cal.removed_at is not None:
             cal.removed_at = None
-            # An expression, not read-modify-write: a notification may bump the counter concurrently.
-            cal.sync_requested = Calendar.sync_requested + 1
-            cal.due_at = now
+            returned.append(cal)
             added.append(cal)
         else:
             kept.append(cal)
@@ -102,4 +102,8 @@ def _apply_list(session: Session, account_id: int, entries: list[dict[str, Any]]
         cal.removed_at = now
         cal.due_at = None
     session.flush()
+    if returned:
+        session.execute(
+            update(Calendar).where(Calendar.id.in_([c.id for c in returned])).values(**owe_sync(now, at_once=True))
+        )
     return CalendarListResult(added=[c.id for c in added], removed=[c.id for c in removed], kept=[c.id for c in kept])

@@ -9,7 +9,8 @@ from __future__ import annotations
 import copy
 from datetime import date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from calsync.clock import event_datetime, zone_named
 
 IGNORED_FIELDS = frozenset({"etag", "updated", "sequence"})
 
@@ -86,20 +87,10 @@ def _shift(series: dict[str, Any], original: dict[str, Any]) -> tuple[dict[str, 
 
 
 def _aware(text: str, tz_name: str | None) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    zone = _zone(tz_name)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=zone or ZoneInfo("UTC"))
+    """The time in its own zone when that is known (the shifted copy is written in it)."""
+    value = event_datetime(text, tz_name)
+    zone = zone_named(tz_name)
     return value.astimezone(zone) if zone else value
-
-
-def _zone(name: str | None) -> ZoneInfo | None:
-    if not name:
-        return None
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
 
 
 def _format(value: datetime) -> str:

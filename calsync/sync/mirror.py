@@ -309,7 +309,7 @@ class PageMirror:
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
     ) -> None:
-        self.changes.append(FeedRow(ChangeType.of_event(kind).value, self.calendar_id, event_id, fields, before, after))
+        self.changes.append(FeedRow(ChangeType.of_event(kind), self.calendar_id, event_id, fields, before, after))
 
     def _load_exceptions(self, series_ids: Iterable[str]) -> None:
         """Mirrored exceptions of these series, in one query per chunk (pending writes flushed first)."""

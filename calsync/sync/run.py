@@ -16,7 +16,8 @@ from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from google.oauth2.credentials import Credentials
@@ -63,11 +64,19 @@ Progress = Callable[[int, int | None], None]
 Finish = Callable[[datetime, Activity], dict[str, Any]]
 
 
+class SyncKind(StrEnum):
+    """How a sync lists the calendar (also the `kind` label of `calsync_syncs_total`)."""
+
+    FULL = "full"  # the first: everything, each event stored as a snapshot
+    INCREMENTAL = "incremental"  # from the sync token: only what changed
+    RESYNC = "resync"  # everything again (the token expired, or asked for), compared with the mirror
+
+
 @dataclass(frozen=True)
 class SyncResult:
-    """What one sync did; `kind` is "full" (the first), "incremental" or "resync" (compared with the mirror)."""
+    """What one sync did."""
 
-    kind: str
+    kind: SyncKind
     pages: int
     events_seen: int
     created: int
@@ -106,14 +115,17 @@ def sync_calendar(
         priority=priority,
     )
     job.finish = finish
-    kind = "incremental" if job.sync_token and not full else ("resync" if job.baseline_done else "full")
+    if job.sync_token and not full:
+        kind = SyncKind.INCREMENTAL
+    else:
+        kind = SyncKind.RESYNC if job.baseline_done else SyncKind.FULL
     try:
         try:
             result = job.run(kind)
         except SyncTokenExpired:
-            if kind != "incremental":
+            if kind != SyncKind.INCREMENTAL:
                 raise
-            kind = "resync"
+            kind = SyncKind.RESYNC
             result = job.run(kind)
     except AuthRevoked as err:
         job.mark_revoked(err)
@@ -154,7 +166,7 @@ class _SyncRun:
     # Totals over the whole job: an incremental cut short by a 410 still counts what it committed.
     pages: int = 0
     events_seen: int = 0
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: Counter[ChangeKind | None] = field(default_factory=Counter)
     # Events of this listing that could not be applied (id → why): see `_finish`.
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -205,9 +217,9 @@ class _SyncRun:
         job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget)
         return job
 
-    def run(self, kind: str) -> SyncResult:
+    def run(self, kind: SyncKind) -> SyncResult:
         """List every page (from the token when incremental) and commit each one with its changes."""
-        token = self.sync_token if kind == "incremental" else None
+        token = self.sync_token if kind == SyncKind.INCREMENTAL else None
         gen: int | None = None
         fresh = False  # a full listing into a mirror that held no row of this calendar as it began
         deferred: list[dict[str, Any]] = []
@@ -244,7 +256,7 @@ class _SyncRun:
                     committing()
                 self.token_before = credentials.token
                 EVENTS_SKIPPED.inc(len(self.skipped) - skipped_before)
-                self.counts.update(str(change.kind) for change in mirror.changes)
+                self.counts.update(change.kind for change in mirror.changes)
                 self.pages += 1
                 self.events_seen += len(items)
                 if self.progress is not None:
@@ -256,10 +268,10 @@ class _SyncRun:
             kind=kind,
             pages=self.pages,
             events_seen=self.events_seen,
-            created=self.counts["created"],
-            updated=self.counts["updated"],
-            deleted=self.counts["deleted"],
-            snapshots=self.counts["snapshot"],
+            created=self.counts[ChangeKind.CREATED],
+            updated=self.counts[ChangeKind.UPDATED],
+            deleted=self.counts[ChangeKind.DELETED],
+            snapshots=self.counts[ChangeKind.SNAPSHOT],
         )
 
     def _pages(self, sync_token: str | None) -> Generator[tuple[dict[str, Any], Credentials, Callable[[], None]]]:
@@ -324,7 +336,7 @@ class _SyncRun:
         """Extend our lease, or stop writing if another worker owns the calendar now."""
         if self.lease_owner is None:
             return
-        until = now + timedelta(seconds=self.runtime.settings.lease_seconds)
+        until = now + self.runtime.settings.lease
         result = session.execute(
             update(_CALENDARS)
             .where(_CALENDARS.c.id == self.calendar_id, _CALENDARS.c.lease_owner == self.lease_owner)
@@ -367,7 +379,7 @@ class _SyncRun:
             "last_synced_at": now,
             "sync_state": SyncState.SYNCED,
             "last_error": None,
-            "next_reconcile_at": now + timedelta(seconds=self.runtime.settings.reconcile_every),
+            "next_reconcile_at": now + self.runtime.settings.reconcile_every,
         }
         activity = self.activity
         if changed and self.baseline_done:  # (the first listing is no change)

@@ -14,10 +14,10 @@ from flask.typing import ResponseReturnValue
 from calsync.accounts import connect_sessions, connections
 from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.clock import rfc3339
-from calsync.errors import ConnectionUnusable, InvalidConnectSession, RefMismatch
+from calsync.errors import InvalidConnectSession
 from calsync.readmodels import reads
 from calsync.store.db import transaction
-from calsync.web.api_token import json_error, require_api_token
+from calsync.web.api_token import require_api_token
 from calsync.web.app import runtime
 
 bp = Blueprint("accounts_api", __name__, url_prefix="/api")
@@ -42,14 +42,7 @@ def confirm_connection() -> ResponseReturnValue:
     409 `ref_mismatch` drops the connection; an unknown code is a 404, a used or expired one a 410.
     """
     code, ref = connections.parse_confirm(request.get_json(silent=True))
-    try:
-        done = connections.confirm(runtime(), code, ref)
-    except RefMismatch as err:
-        return json_error(409, "ref_mismatch", str(err))
-    except ConnectionUnusable as err:
-        if err.reason == "unknown":
-            return json_error(404, "unknown_connection", str(err))
-        return json_error(410, f"connection_{err.reason}", str(err))
+    done = connections.confirm(runtime(), code, ref)
     return jsonify({"account": done.account, "ref": done.ref})
 
 

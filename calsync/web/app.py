@@ -121,9 +121,6 @@ def _depth_over(value: Any, limit: int) -> bool:
     return False
 
 
-RETRY_AFTER_SECONDS = 2
-
-
 def _retried_on_lost_connection(view: Callable[..., Any]) -> Callable[..., Any]:
     """A read that met a connection the database had dropped (killed backend, restart) runs once
     more: the pool has thrown away every connection as old as the lost one, so it gets a fresh one.
@@ -143,16 +140,10 @@ def _retried_on_lost_connection(view: Callable[..., Any]) -> Callable[..., Any]:
 
 def _database_unavailable(err: DBAPIError) -> Any:
     """The database cannot answer (down, restarting, locked past its timeout, disk full): 503, never 500."""
-    current_app.logger.warning("database unavailable for %s %s: %s", request.method, request.path, err.orig)
-    message = "the database cannot answer now; retry shortly"
-    if is_api_path(request.path):
-        from calsync.web.api_token import json_error
+    from calsync.web import errors
 
-        resp = json_error(503, "database_unavailable", message)
-    else:
-        resp = current_app.make_response((message + "\n", 503))
-    resp.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return resp
+    current_app.logger.warning("database unavailable for %s %s: %s", request.method, request.path, err.orig)
+    return errors.handle(errors.DatabaseUnavailable("the database cannot answer now; retry shortly"))
 
 
 def _refuse_nul() -> Any:

@@ -36,7 +36,7 @@ from calsync.store.models import (
     Change,
     Channel,
 )
-from calsync.store.states import AccountStatus, ChangeKind, ChannelKind
+from calsync.store.states import AccountStatus, ChangeKind, DeliveryState, Origin
 from calsync.web.app import runtime
 from calsync.web.operator_login import (
     check_csrf,
@@ -79,6 +79,10 @@ class AccountBlock:
 def _add_root(state: Any) -> None:
     """The site's root leads operators to the dashboard (a rule outside the /dashboard prefix)."""
     state.app.add_url_rule("/", "index", lambda: redirect(url_for("dashboard.overview")))
+    # The pages compare states with the enums, as the code does.
+    state.app.jinja_env.globals.update(
+        AccountStatus=AccountStatus, ChangeKind=ChangeKind, DeliveryState=DeliveryState, Origin=Origin
+    )
 
 
 @bp.get("/")
@@ -267,19 +271,12 @@ def _time_tag(value: datetime | None, text: str) -> Markup:
 
 
 def _account_blocks(seen: Overview) -> list[AccountBlock]:
-    accounts, calendars, channels = seen.accounts, seen.calendars, seen.channels
-    by_calendar: dict[int, Channel] = {}
-    by_account: dict[int, Channel] = {}
-    for ch in channels:  # the latest-expiring live channel wins: it is the one being kept
-        if ch.calendar_id is not None:
-            by_calendar[ch.calendar_id] = ch
-        elif ch.kind == ChannelKind.CALENDAR_LIST:
-            by_account[ch.account_id] = ch
+    accounts, calendars, serving = seen.accounts, seen.calendars, seen.serving
     return [
         AccountBlock(
             account=a,
-            calendars=[CalendarRow(c, by_calendar.get(c.id)) for c in calendars if c.account_id == a.id],
-            list_channel=by_account.get(a.id),
+            calendars=[CalendarRow(c, serving.calendars.get(c.id)) for c in calendars if c.account_id == a.id],
+            list_channel=serving.lists.get(a.id),
         )
         for a in accounts
     ]
@@ -315,8 +312,8 @@ def _change_view(change: Change | SnapshotRun) -> dict[str, Any]:
         "event_id": change.event_id,
         "title": event_title(change.before, change.after, change.event_id or ""),
         "when": event_when(change.after or change.before),
-        "diffs": field_diffs(change.fields, change.before, change.after) if change.kind == "updated" else [],
-        "origin": change.origin or "google",
+        "diffs": field_diffs(change.fields, change.before, change.after) if change.kind == ChangeKind.UPDATED else [],
+        "origin": change.origin,
         "idempotency_key": change.idempotency_key,
         "detected_at": change.detected_at,
     }

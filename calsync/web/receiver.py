@@ -21,14 +21,17 @@ from typing import Any
 
 from calsync.metrics import NOTIFICATIONS
 from calsync.push.intake import Intake, IntakeUnavailable
-from calsync.push.intake_sql import REFUSED, Push
+from calsync.push.intake_sql import Push
 from calsync.runtime import Runtime
+from calsync.store.states import REFUSED_NOTIFICATION, NotificationOutcome
 
 log = logging.getLogger(__name__)
 
 PATH = "/notifications"
 STATES = ("sync", "exists", "not_exists")
 INVALID_STATE = "invalid"  # the metrics label of every other value: anyone can send any header
+# Outcomes counted beside the `NotificationOutcome`s, for requests that were never recorded.
+OVERSIZED, DB_ERROR = "oversized", "db_error"
 REFUSAL_LOG_EVERY = 60.0  # seconds: at most one WARNING line for refused notifications per period
 BODY_CAP = 64 * 1024  # Google sends no body; anything this large is not Google
 NUL_REFUSED = "bad request: NUL byte in the request line or headers\n"  # see has_nul
@@ -73,7 +76,7 @@ class Receiver:
             return "400 BAD REQUEST", NUL_REFUSED.encode()
         length = environ.get("CONTENT_LENGTH") or "0"
         if not (length.isascii() and length.isdigit()) or int(length) > BODY_CAP:
-            NOTIFICATIONS.labels(INVALID_STATE, "oversized").inc()
+            NOTIFICATIONS.labels(INVALID_STATE, OVERSIZED).inc()
             return "413 REQUEST ENTITY TOO LARGE", b"body too large; notifications carry none\n"
         sent = {name: environ[key] for name, key in _ENVIRON_KEYS if key in environ}
         push, problem = parse_headers(sent)
@@ -81,14 +84,14 @@ class Receiver:
         try:
             outcome = self.intake.record(push, _for_log(sent))
         except IntakeUnavailable:
-            NOTIFICATIONS.labels(state, "db_error").inc()
+            NOTIFICATIONS.labels(state, DB_ERROR).inc()
             if push is not None:
                 return "503 SERVICE UNAVAILABLE", b"cannot record the notification now\n"
-            outcome = "malformed"
+            outcome = NotificationOutcome.MALFORMED
         NOTIFICATIONS.labels(state, outcome).inc()
         if push is None:
             return "400 BAD REQUEST", f"bad request: {problem}\n".encode()
-        if outcome in REFUSED:
+        if outcome in REFUSED_NOTIFICATION:
             self.refusals.log(push.channel_id, outcome)
             return "404 NOT FOUND", b""
         return "200 OK", b""
@@ -107,7 +110,7 @@ class RefusalLog:
         self._next_at = 0.0
         self._unlogged = 0
 
-    def log(self, channel_id: str, outcome: str) -> None:
+    def log(self, channel_id: str, outcome: NotificationOutcome) -> None:
         now = time.monotonic()
         with self._lock:
             if now < self._next_at:

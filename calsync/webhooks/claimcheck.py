@@ -92,6 +92,8 @@ def recent_deliveries(
     """The subscription's newest deliveries (in one state), each with its attempts, newest first (the dashboard's)."""
     query = select(Delivery).where(Delivery.subscription_id == sub.id)
     if state:
+        if state not in STATES:
+            return []  # no delivery is in a state that does not exist
         query = query.where(Delivery.state == state)
     items = list(session.scalars(query.order_by(Delivery.id.desc()).limit(limit)))
     attempts: dict[int, list[DeliveryAttempt]] = defaultdict(list)

@@ -119,7 +119,7 @@ def _claim(runtime: Runtime, owner: str, limit: int) -> list[_Job]:
         deliveries = list(session.scalars(query))
         if not deliveries:
             return []
-        until = now + timedelta(seconds=runtime.settings.lease_seconds)
+        until = now + runtime.settings.lease
         for delivery in deliveries:
             delivery.lease_owner = owner
             delivery.lease_until = until
@@ -171,7 +171,9 @@ def _attempt(runtime: Runtime, owner: str, job: _Job) -> None:
     try:
         target = resolve_target(job.url, settings)
         headers = {"Content-Type": "application/json", **signature_headers(job.message_id, sent_at, job.body, job.keys)}
-        resp = exchange(target, "POST", headers=headers, body=job.body.encode(), timeout=settings.webhook_timeout)
+        resp = exchange(
+            target, "POST", headers=headers, body=job.body.encode(), timeout=settings.webhook_timeout.total_seconds()
+        )
     except UnsafeURLError as err:
         outcome = _Outcome(sent_at, error=f"not sent: {err}", refused=True)
     except TransportError as err:
@@ -208,7 +210,7 @@ def _record(runtime: Runtime, owner: str, job: _Job, outcome: _Outcome) -> None:
     when_back(
         runtime.sessions,
         lambda session: _write(session, runtime, owner, job, outcome),
-        give_up_after=runtime.settings.lease_seconds,
+        give_up_after=runtime.settings.lease,
     )
 
 
@@ -274,11 +276,11 @@ def _failed_attempt(
         DELIVERIES.labels("failed").inc()
     else:
         delivery.next_attempt_at = now + timedelta(seconds=delay)
-    failing_for = (now - failing_since).total_seconds()
+    failing_for = now - failing_since
     if sub.status != SubscriptionStatus.DISABLED and failing_for >= runtime.settings.webhook_disable_after:
         since = f"since {rfc3339(sub.last_success_at)}" if sub.last_success_at else "ever"
         reason = (
-            f"no successful delivery {since}: every attempt failed for {failing_for / 86400:.1f} days "
+            f"no successful delivery {since}: every attempt failed for {failing_for / timedelta(days=1):.1f} days "
             f"(last: {outcome.error})"
         )
         log.warning("webhook %s disabled: %s", sub.id, reason)

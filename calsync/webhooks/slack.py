@@ -7,11 +7,12 @@ and show times in the event's own time zone.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from calsync.clock import event_datetime, zone_named
 from calsync.humanize import lifecycle_title
+from calsync.store.states import ChangeKind
 
 MAX_TEXT = 3000
 _TIME_FIELDS = ("start", "end")
@@ -52,12 +53,12 @@ def summary_line(
 ) -> str:
     """One line saying what happened to the event, in words."""
     old, new = before or {}, after or {}
-    title = _title(old if kind == "updated" and "summary" in fields else new or old, event_id)
-    if kind == "created":
+    title = _title(old if kind == ChangeKind.UPDATED and "summary" in fields else new or old, event_id)
+    if kind == ChangeKind.CREATED:
         what = f"created{_span(new, time_zone)}"
-    elif kind == "snapshot":
+    elif kind == ChangeKind.SNAPSHOT:
         what = f"is on the calendar{_span(new, time_zone)}"
-    elif kind == "deleted" or new.get("status") == "cancelled":
+    elif kind == ChangeKind.DELETED or new.get("status") == "cancelled":
         what = f"cancelled{_span(old or new, time_zone, prefix=', was ')}"
     else:
         what = _updated(fields, old, new, time_zone)
@@ -104,29 +105,18 @@ def _moment(value: Any, tz: str | None) -> date | None:
     if not isinstance(value, dict):
         return None
     if value.get("dateTime"):
+        zone = zone_named(value.get("timeZone")) or zone_named(tz)
         try:
-            when = datetime.fromisoformat(str(value["dateTime"]).replace("Z", "+00:00"))
+            when = event_datetime(str(value["dateTime"]), None, fallback=zone or UTC)
         except ValueError:
             return None
-        zone = _zone(value.get("timeZone")) or _zone(tz)
-        if zone is not None and when.tzinfo is not None:
-            when = when.astimezone(zone)
-        return when
+        return when.astimezone(zone) if zone is not None else when
     if value.get("date"):
         try:
             return date.fromisoformat(str(value["date"]))
         except ValueError:
             return None
     return None
-
-
-def _zone(name: Any) -> ZoneInfo | None:
-    if not name:
-        return None
-    try:
-        return ZoneInfo(str(name))
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
 
 
 def _clock(value: date | None) -> str:

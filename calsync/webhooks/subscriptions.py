@@ -46,7 +46,7 @@ class SubscriptionSpec:
     calendars: list[str] | None
     format: str = "standard"
     verify_token: str | None = None
-    origin: str | None = None  # an Origin: only event rows of it (`google`: not the app's own writes)
+    origin: Origin | None = None  # only event rows of it (`google`: not the app's own writes)
 
 
 def parse_spec(data: Any, settings: Settings) -> SubscriptionSpec:
@@ -134,7 +134,7 @@ def set_status(sub: WebhookSubscription, status: str) -> WebhookSubscription:
     if status == SubscriptionStatus.ACTIVE:
         sub.disabled_reason = None
         sub.failing_since = None
-    sub.status = status
+    sub.status = SubscriptionStatus(status)
     return sub
 
 
@@ -223,12 +223,12 @@ def _parse_format(value: Any) -> str:
     return str(value)
 
 
-def _parse_origin(value: Any) -> str | None:
+def _parse_origin(value: Any) -> Origin | None:
     if value is None:
         return None
     if value not in ORIGINS:
         raise InvalidSubscription("origin", f"origin: use {' or '.join(ORIGINS)}, or null for every row")
-    return str(value)
+    return Origin(value)
 
 
 def _parse_verify_token(value: Any) -> str | None:

@@ -26,7 +26,7 @@ def verify_endpoint(
     challenge = secrets.token_urlsafe(24)
     token = verify_token or secrets.token_urlsafe(16)
     target = resolve_target(challenge_url(url, challenge, token), settings)
-    wait = settings.webhook_verify_timeout if timeout is None else timeout
+    wait = settings.webhook_verify_timeout.total_seconds() if timeout is None else timeout
     try:
         answer = exchange(
             target, "GET", headers={"Accept": "application/json"}, timeout=wait, max_response=MAX_ANSWER_BYTES

@@ -36,7 +36,8 @@ from calsync.push.channels import (
 from calsync.runtime import Runtime
 from calsync.store.db import transaction, when_back
 from calsync.store.models import Account, Calendar
-from calsync.store.states import ChannelKind, Priority, SyncState
+from calsync.store.owed import owe_list_refresh, owe_sync
+from calsync.store.states import AccountStatus, ChannelKind, Priority, SyncState
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
 from calsync.sync.state import Activity
@@ -79,9 +80,9 @@ def run_calendar_job(runtime: Runtime, claim: Claim) -> None:
     except GoogleNotFound as err:
         # Gone from Google: the calendar list will say so; until then, do not keep asking.
         _request_list_refresh(runtime, _account_of(runtime, claim.id))
-        _fail(runtime, claim, err, state="error", floor=runtime.settings.reconcile_every)
+        _fail(runtime, claim, err, state=SyncState.ERROR, floor=runtime.settings.reconcile_every)
     except GoogleApiError as err:
-        _fail(runtime, claim, err, state="error", floor=runtime.settings.reconcile_every)
+        _fail(runtime, claim, err, state=SyncState.ERROR, floor=runtime.settings.reconcile_every)
     except Exception as err:
         log.exception("calendar %s: sync failed unexpectedly", claim.id)
         _fail(runtime, claim, err, state=SyncState.BACKOFF)
@@ -108,7 +109,7 @@ def run_list_job(runtime: Runtime, claim: Claim) -> None:
             count = account_list_error_count(session, claim.id) + 1
             delay = backoff_delay(count, retry_after=retry_after)
             if not transient:
-                delay = max(delay, runtime.settings.reconcile_every)
+                delay = max(delay, runtime.settings.reconcile_every.total_seconds())
             fail_account_list(session, claim, runtime.clock.now(), delay=delay, error=error)
 
         record_outcome(runtime, record)
@@ -122,7 +123,7 @@ def record_outcome(runtime: Runtime, record: Callable[[Session], None]) -> None:
     meanwhile waited that long. Retried until the lease would have run out anyway, the release
     lands within moments of the database's return.
     """
-    when_back(runtime.sessions, record, give_up_after=runtime.settings.lease_seconds)
+    when_back(runtime.sessions, record, give_up_after=runtime.settings.lease)
 
 
 def describe(err: BaseException) -> str:
@@ -165,12 +166,10 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
     # are caught by one more (incremental) sync, owed like a notification's.
     replace_channel(runtime, calendar_id=claim.id, priority=renewal)
     with transaction(runtime.sessions) as session:
-        session.execute(
-            update(Calendar).where(Calendar.id == claim.id).values(sync_requested=Calendar.sync_requested + 1)
-        )
-        runtime.wakeup.notify_after_commit(session)
         now = runtime.clock.now()
-        if not finish_calendar(session, claim, now, _reconcile_in(runtime, claim, now), 0.0):
+        session.execute(update(Calendar).where(Calendar.id == claim.id).values(**owe_sync(now)))
+        runtime.wakeup.notify_after_commit(session)
+        if not finish_calendar(session, claim, now, _reconcile_in(runtime, claim, now)):
             log.info("calendar %s: synced, but the lease had passed to another worker", claim.id)
 
 
@@ -203,11 +202,12 @@ def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
         finish_account_list(session, claim, now, _reconcile_in(runtime, claim, now))
 
 
-def _reconcile_in(runtime: Runtime, claim: Claim, now: datetime, activity: Activity | None = None) -> float:
+def _reconcile_in(runtime: Runtime, claim: Claim, now: datetime, activity: Activity | None = None) -> timedelta:
     """When the safety net next runs for this calendar (or calendar list): spread and stretched."""
     if activity is None:
         activity = Activity(claim.last_changed_at, None)
-    return next_reconcile(runtime, claim.id, now, activity.last_changed_at, claim.created_at, activity.activity)
+    seconds = next_reconcile(runtime, claim.id, now, activity.last_changed_at, claim.created_at, activity.activity)
+    return timedelta(seconds=seconds)
 
 
 def _fail(
@@ -215,15 +215,15 @@ def _fail(
     claim: Claim,
     err: BaseException,
     *,
-    state: str,
+    state: SyncState,
     retry_after: float | None = None,
-    floor: float = 0.0,
+    floor: timedelta = timedelta(0),
 ) -> None:
     delays: list[float] = []
 
     def record(session: Session) -> None:
         count = calendar_error_count(session, claim.id) + 1
-        delays.append(max(floor, backoff_delay(count, retry_after=retry_after)))
+        delays.append(max(floor.total_seconds(), backoff_delay(count, retry_after=retry_after)))
         fail_calendar(session, claim, runtime.clock.now(), delay=delays[-1], state=state, error=describe(err))
 
     record_outcome(runtime, record)
@@ -237,7 +237,7 @@ def _account_revoked(runtime: Runtime, account_id: int | None, reason: str) -> N
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
         status = session.scalar(select(Account.status).where(Account.id == account_id))
-        if status == "active":
+        if status == AccountStatus.ACTIVE:
             mark_reauth_required(session, account_id, reason, now)
         stopped = stop_channels_locally(session, now=now, account_id=account_id)
     log.warning("account %s: grant revoked (%s); %d channel(s) stopped", account_id, reason, stopped)
@@ -248,11 +248,7 @@ def _request_list_refresh(runtime: Runtime, account_id: int | None) -> None:
         return
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
-        session.execute(
-            update(Account)
-            .where(Account.id == account_id)
-            .values(list_requested=Account.list_requested + 1, list_due_at=now)
-        )
+        session.execute(update(Account).where(Account.id == account_id).values(**owe_list_refresh(now, at_once=True)))
         runtime.wakeup.notify_after_commit(session)
 
 

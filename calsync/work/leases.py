@@ -48,8 +48,8 @@ def claim_calendar(
     session: Session,
     owner: str,
     now: datetime,
-    lease_seconds: float,
-    renew_before: float | None = None,
+    lease: timedelta,
+    renew_before: timedelta | None = None,
     ceiling: Priority = Priority.RECONCILE,
 ) -> Claim | None:
     """The most urgent calendar owing a sync, longest waiting first, leased to `owner`; None when nothing is due.
@@ -64,8 +64,8 @@ def claim_calendar(
         "now": now,
         "stale_before": stale_before(now),
         "owner": owner,
-        "until": now + timedelta(seconds=lease_seconds),
-        "horizon": now + timedelta(seconds=renew_before or 0.0),
+        "until": now + lease,
+        "horizon": now + (renew_before or timedelta(0)),
     }
     if is_postgres(session):
         row = session.execute(_CLAIM, params).first()
@@ -101,20 +101,18 @@ def claim_calendar(
 
 
 def claim_this_calendar(
-    session: Session, calendar_id: int, requested: int, owner: str, now: datetime, lease_seconds: float
+    session: Session, calendar_id: int, requested: int, owner: str, now: datetime, lease: timedelta
 ) -> Claim | None:
     """One named calendar leased to `owner` (an operator's `calsync sync`), due or not; None while another holds it."""
     free = lease_is_free(Calendar.lease_owner, Calendar.lease_until, now, stale_before(now))
     taken = session.execute(
-        update(Calendar)
-        .where(Calendar.id == calendar_id, free)
-        .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+        update(Calendar).where(Calendar.id == calendar_id, free).values(lease_owner=owner, lease_until=now + lease)
     )
     return Claim(id=calendar_id, requested=requested, owner=owner) if rows_affected(taken) else None
 
 
 def finish_calendar(
-    session: Session, claim: Claim, now: datetime, reconcile_in: float, min_interval: float = 0.0
+    session: Session, claim: Claim, now: datetime, reconcile_in: timedelta, min_interval: timedelta = timedelta(0)
 ) -> bool:
     """Record a successful sync: one more run if requests arrived meanwhile, else reconcile later."""
     result = session.execute(
@@ -125,15 +123,17 @@ def finish_calendar(
     return bool(rows_affected(result))
 
 
-def finish_values(claim: Claim, now: datetime, reconcile_in: float, min_interval: float = 0.0) -> dict[str, Any]:
+def finish_values(
+    claim: Claim, now: datetime, reconcile_in: timedelta, min_interval: timedelta = timedelta(0)
+) -> dict[str, Any]:
     """The calendar's queue fields after a successful sync (for an UPDATE guarded by the lease).
 
     The one more run waits until `min_interval` after this one began, so a burst that outlasts a
     sync still costs one more call, not one per notification; it is owed to a notification. Else
-    the next sync is the reconciliation, `reconcile_in` seconds from now (see calsync.work.quota).
+    the next sync is the reconciliation, `reconcile_in` from now (see calsync.work.quota).
     """
-    follow_up = max(now, (claim.claimed_at or now) + timedelta(seconds=min_interval))
-    reconcile_at = now + timedelta(seconds=reconcile_in)
+    follow_up = max(now, (claim.claimed_at or now) + min_interval)
+    reconcile_at = now + reconcile_in
     more = Calendar.sync_requested > claim.requested
     return {
         "sync_done": claim.requested,
@@ -149,7 +149,7 @@ def finish_values(claim: Claim, now: datetime, reconcile_in: float, min_interval
     }
 
 
-def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float, state: str, error: str) -> bool:
+def fail_calendar(session: Session, claim: Claim, now: datetime, *, delay: float, state: SyncState, error: str) -> bool:
     """Record a failed sync: the owed work stays owed, due again after `delay`."""
     retry_at = now + timedelta(seconds=delay)
     result = session.execute(
@@ -191,7 +191,7 @@ def calendar_error_count(session: Session, calendar_id: int) -> int:
 
 
 def claim_account_list(
-    session: Session, owner: str, now: datetime, lease_seconds: float, ceiling: Priority = Priority.RECONCILE
+    session: Session, owner: str, now: datetime, lease: timedelta, ceiling: Priority = Priority.RECONCILE
 ) -> Claim | None:
     """An active account whose calendar list is due for a refresh, leased to `owner`.
 
@@ -204,9 +204,7 @@ def claim_account_list(
     if row is None:
         return None
     session.execute(
-        update(Account)
-        .where(Account.id == row.id)
-        .values(list_lease_owner=owner, list_lease_until=now + timedelta(seconds=lease_seconds))
+        update(Account).where(Account.id == row.id).values(list_lease_owner=owner, list_lease_until=now + lease)
     )
     owed = row.list_requested > row.list_done
     return Claim(
@@ -228,15 +226,13 @@ def defer_account_list(session: Session, claim: Claim, until: datetime) -> None:
     )
 
 
-def finish_account_list(session: Session, claim: Claim, now: datetime, reconcile_every: float) -> bool:
+def finish_account_list(session: Session, claim: Claim, now: datetime, reconcile_in: timedelta) -> bool:
     result = session.execute(
         update(Account)
         .where(Account.id == claim.id, Account.list_lease_owner == claim.owner)
         .values(
             list_done=claim.requested,
-            list_due_at=case(
-                (Account.list_requested > claim.requested, now), else_=now + timedelta(seconds=reconcile_every)
-            ),
+            list_due_at=case((Account.list_requested > claim.requested, now), else_=now + reconcile_in),
             list_lease_owner=None,
             list_lease_until=None,
             list_error_count=0,

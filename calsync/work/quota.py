@@ -80,8 +80,9 @@ class Plan:
 
 
 def plan_of(settings: Settings, stretch: float = 0.0) -> Plan:
-    base = settings.reconcile_every
-    return Plan(base=base, cap=max(base, settings.channel_ttl - settings.renew_before), stretch=stretch)
+    base = settings.reconcile_every.total_seconds()
+    cap = (settings.channel_ttl - settings.renew_before).total_seconds()
+    return Plan(base=base, cap=max(base, cap), stretch=stretch)
 
 
 def reconcile_in(

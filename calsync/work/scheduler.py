@@ -11,8 +11,6 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import (
     Select,
-    and_,
-    case,
     delete,
     exists,
     select,
@@ -25,18 +23,19 @@ from calsync.push.intake_sql import trim_log
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
+from calsync.store.owed import at_most, due_unless_backing_off, list_due_unless_backing_off
 from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, Priority
 from calsync.sync.idempotency import prune_keys
 
 HEARTBEAT_RETENTION = timedelta(days=1)
 
 
-def schedule_renewals(session: Session, now: datetime, renew_before: float) -> int:
+def schedule_renewals(session: Session, now: datetime, renew_before: timedelta) -> int:
     """Make due every calendar or calendar list whose active channel expires within `renew_before`.
 
     Reads `ix_channels_status_expires_at`, so the cost follows the number of due channels.
     """
-    due = session.execute(due_channels(now + timedelta(seconds=renew_before))).all()
+    due = session.execute(due_channels(now + renew_before)).all()
     calendar_ids = {r.calendar_id for r in due if r.kind == ChannelKind.EVENTS and r.calendar_id is not None}
     account_ids = {r.account_id for r in due if r.kind == ChannelKind.CALENDAR_LIST}
     return _make_calendars_due(session, calendar_ids, now) + _make_lists_due(session, account_ids, now)
@@ -49,13 +48,13 @@ def due_channels(horizon: datetime) -> Select[str, int | None, int]:
     )
 
 
-def schedule_missing_channels(session: Session, now: datetime, renew_before: float) -> int:
+def schedule_missing_channels(session: Session, now: datetime, renew_before: timedelta) -> int:
     """At start: synced calendars and active accounts without a channel that outlasts the window.
 
     This covers channels that expired while calsync was down; it scans calendars, so it runs once
     per worker start, not every pass (each sync also checks its own calendar's channel).
     """
-    horizon = now + timedelta(seconds=renew_before)
+    horizon = now + renew_before
     live_events = exists().where(
         Channel.calendar_id == Calendar.id,
         Channel.kind == ChannelKind.EVENTS,
@@ -105,8 +104,8 @@ def prune(session: Session, runtime: Runtime, now: datetime) -> None:
     trim_log(session, runtime.settings.notification_log_size)
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.seen_at < now - HEARTBEAT_RETENTION))
     prune_keys(session, now)
-    if runtime.settings.changes_retention > 0:
-        trim_changes(session, now - timedelta(seconds=runtime.settings.changes_retention))
+    if runtime.settings.changes_retention:
+        trim_changes(session, now - runtime.settings.changes_retention)
 
 
 # The bounded notification log: ids increase, so keeping the newest `keep` rows is one range delete.
@@ -120,12 +119,7 @@ def _make_calendars_due(session: Session, ids: set[int], now: datetime) -> int:
         session.execute(
             update(Calendar)
             .where(Calendar.id.in_(ids), not_yet)
-            .values(
-                due_at=case((Calendar.retry_at > now, Calendar.retry_at), else_=now),
-                due_priority=case(
-                    (Calendar.due_priority > Priority.RENEWAL, int(Priority.RENEWAL)), else_=Calendar.due_priority
-                ),
-            )
+            .values(due_at=due_unless_backing_off(now), due_priority=at_most(Priority.RENEWAL))
         )
     )
 
@@ -134,11 +128,10 @@ def _make_lists_due(session: Session, ids: set[int], now: datetime) -> int:
     if not ids:
         return 0
     not_yet = (Account.list_due_at.is_(None)) | (Account.list_due_at > now)
-    in_backoff = and_(Account.list_error_count > 0, Account.list_due_at > now)
     return rows_affected(
         session.execute(
             update(Account)
             .where(Account.id.in_(ids), Account.status == AccountStatus.ACTIVE, not_yet)
-            .values(list_due_at=case((in_backoff, Account.list_due_at), else_=now))
+            .values(list_due_at=list_due_unless_backing_off(now))
         )
     )

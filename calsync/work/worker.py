@@ -83,7 +83,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.threads = max(1, threads or runtime.settings.worker_threads)
         # The scheduler must look several times within the renewal window, however short it is.
-        self.tick_seconds = max(0.05, min(SCHEDULER_SECONDS, runtime.settings.renew_before / 4))
+        self.tick_seconds = max(0.05, min(SCHEDULER_SECONDS, runtime.settings.renew_before.total_seconds() / 4))
         self.heartbeat = Heartbeat(runtime, self.name)
         self.listener: Listener | None = None  # while `run` runs, on PostgreSQL
         self._started = False
@@ -225,12 +225,12 @@ class Worker:
             ceiling = rt.budget.ceiling(session)
             if ceiling is None:
                 return None, run_calendar_job, release_calendar, deliveries_due
-            claim = claim_account_list(session, owner, now, settings.lease_seconds, ceiling)
+            claim = claim_account_list(session, owner, now, settings.lease, ceiling)
             if claim is not None:
                 if self._prepay(session, claim, claim.id, defer_account_list, now):
                     return claim, run_list_job, release_account_list, deliveries_due
                 return None, run_list_job, release_account_list, deliveries_due
-            claim = claim_calendar(session, owner, now, settings.lease_seconds, settings.renew_before, ceiling)
+            claim = claim_calendar(session, owner, now, settings.lease, settings.renew_before, ceiling)
             if (
                 claim is not None
                 and claim.calendar is not None

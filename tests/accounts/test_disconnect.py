@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from calsync.google.oauth import credentials_from_json
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel
+from calsync.store.states import ChannelStatus
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 EMAIL = "alice@example.com"
@@ -64,14 +66,16 @@ def watch(runtime: Runtime, account_id: int, calendar_id: int | None, google_id:
     google = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint)
     address = runtime.settings.notifications_url
     if google_id:
-        answer = google.watch_events(google_id, channel_id=channel_id, token="t", address=address, ttl=3600)
+        answer = google.watch_events(
+            google_id, channel_id=channel_id, token="t", address=address, ttl=timedelta(hours=1)
+        )
     else:
-        answer = google.watch_calendar_list(channel_id=channel_id, token="t", address=address, ttl=3600)
+        answer = google.watch_calendar_list(channel_id=channel_id, token="t", address=address, ttl=timedelta(hours=1))
     with transaction(runtime.sessions) as session:
         channel = session.get(Channel, channel_id)
         assert channel is not None
         channel.resource_id = answer["resourceId"]
-        channel.status = "active"
+        channel.status = ChannelStatus.ACTIVE
     return channel_id
 
 
@@ -237,7 +241,7 @@ def test_a_channel_left_stopping_by_a_crash_is_stopped_at_google_by_a_disconnect
     live = watch(runtime, account_id, cal, EMAIL)
     half_stopped = watch(runtime, account_id, cal, EMAIL)
     with transaction(runtime.sessions) as session:  # as a crash inside channels.stop leaves it
-        session.get_one(Channel, half_stopped).status = "stopping"
+        session.get_one(Channel, half_stopped).status = ChannelStatus.STOPPING
     assert {c["id"] for c in emu.channels()} == {live, half_stopped}
 
     result = disconnect_account(runtime, account_id)

@@ -252,10 +252,10 @@ class Deployment:
                 "CALSYNC_TOKEN_KEY": str(s.token_key),
                 "CALSYNC_API_TOKEN": str(s.api_token),
                 "CALSYNC_INSTANCE_PATH": str(s.instance_path),
-                "CALSYNC_CHANNEL_TTL": str(s.channel_ttl),
-                "CALSYNC_RENEW_BEFORE": str(s.renew_before),
-                "CALSYNC_RECONCILE_EVERY": str(s.reconcile_every),
-                "CALSYNC_LEASE_SECONDS": str(s.lease_seconds),
+                "CALSYNC_CHANNEL_TTL": f"{s.channel_ttl.total_seconds():g}",
+                "CALSYNC_RENEW_BEFORE": f"{s.renew_before.total_seconds():g}",
+                "CALSYNC_RECONCILE_EVERY": f"{s.reconcile_every.total_seconds():g}",
+                "CALSYNC_LEASE_SECONDS": f"{s.lease.total_seconds():g}",
                 "CALSYNC_WORKER_THREADS": str(s.worker_threads),
             }
         )

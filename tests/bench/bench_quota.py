@@ -207,8 +207,9 @@ def _simulated_days(report: Report, work: Path, *, calendars: int, days: int) ->
                 baseline_name="polling every 5 min",
             )
             report.note(
-                f"settings: reconcile_every={rt.settings.reconcile_every:g}s, "
-                f"channel_ttl={rt.settings.channel_ttl:g}s, renew_before={rt.settings.renew_before:g}s, "
+                f"settings: reconcile_every={rt.settings.reconcile_every.total_seconds():g}s, "
+                f"channel_ttl={rt.settings.channel_ttl.total_seconds():g}s, "
+                f"renew_before={rt.settings.renew_before.total_seconds():g}s, "
                 f"emulator access token ttl {emu.access_token_ttl}s"
             )
             report.check(all_synced(rt, calendars), "still synced and watched after the simulated days")

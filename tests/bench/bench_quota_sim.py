@@ -98,9 +98,9 @@ class Sim:
         self.settings = settings
         self.rng = random.Random(seed)
         self.history_rng = random.Random(seed + 1)
-        self.base = settings.reconcile_every
+        self.base = settings.reconcile_every.total_seconds()
         self.plan = plan_of(settings)
-        self.window = settings.quota_window
+        self.window = settings.quota_window.total_seconds()
         self.state = ScopeState()
         self.users: dict[int, ScopeState] = {}
         self.user_calls: dict[int, deque[tuple[float, int]]] = {}

@@ -13,14 +13,15 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.owed import request_calendar_sync
 from calsync.store.quota import Budget
 from calsync.sync.run import sync_calendar
 from calsync.work.jobs import run_calendar_job
@@ -39,6 +40,8 @@ from tests.bench._common import (
     workdir,
 )
 from tests.push_support import calendar_id_of
+
+LEASE = timedelta(seconds=60)
 
 
 class _NoBudget:
@@ -111,7 +114,7 @@ def _job(rt: Runtime, cal: int) -> float:
     with transaction(rt.sessions) as session:
         if isinstance(rt.budget, Budget):
             rt.budget.ceiling(session)  # the worker asks which classes may start
-        claim = claim_calendar(session, "bench/0", rt.clock.now(), 60, rt.settings.renew_before)
+        claim = claim_calendar(session, "bench/0", rt.clock.now(), LEASE, rt.settings.renew_before)
         assert claim is not None and claim.calendar is not None
         assert rt.budget.prepay(session, claim.priority, claim.calendar.account_id) == 0.0
     run_calendar_job(rt, claim)

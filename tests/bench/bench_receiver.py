@@ -13,6 +13,9 @@ generator waiting on it).
 Targets: receiver/bare max throughput >= 0.7; p99 < 10 ms at 500 notifications/s.
 Correctness: every notification answered 200, and the calendars owe (or had) syncs for them.
 
+With `--old REV`, the receiver of that commit (taken from git) is measured too, in the same run and the
+same way, each tree against its own bare-Flask runs: the before and after of a change side by side.
+
 Throughput on a shared 2-core machine drifts from run to run (the bare endpoint alone has ranged from
 about 1,500 to 5,000/s), so each wrk run also counts the CPU it cost per notification, read from /proc:
 the server's processes, the local PostgreSQL server's processes and wrk itself. CPU per notification
@@ -28,6 +31,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -65,6 +69,9 @@ CALENDARS_PER_ACCOUNT = 10
 PROCESSES = {"serve": 1, "web": 2}
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
 def main(args: Any) -> int:
     report = Report("bench_receiver", args.json)
     seconds = 5 if args.quick else 10
@@ -72,15 +79,23 @@ def main(args: Any) -> int:
         report.note("wrk is not installed (apt-get install -y wrk); max throughput is not measured")
     emu = start_emulator()
     try:
-        with workdir("receiver") as work:
+        with workdir("receiver") as work, tempfile.TemporaryDirectory(prefix="calsync-old-") as old:
+            trees = {"": ROOT}
+            if args.old:
+                subprocess.run(
+                    f"git -C {ROOT} archive {args.old} calsync tests alembic | tar -x -C {old}", shell=True, check=True
+                )
+                trees = {f"old {args.old[:9]} ": Path(old), "new ": ROOT}
             for server in PROCESSES if args.server == "both" else (args.server,):
                 bare_port = free_port()
                 bare = _start_bare(work, bare_port, PROCESSES[server])
                 try:
                     for kind in engines(args.db):
-                        with database(kind, work, f"receiver_{server}") as url:
-                            _run(report, server, kind, emu, url, work, bare_port, bare.pid, seconds)
-                        emu.reset()
+                        for n, (name, tree) in enumerate(trees.items()):
+                            with database(kind, work, f"receiver_{server}{n}") as url:
+                                where = (bare_port, bare.pid, tree)
+                                _run(report, f"{name}{server}", kind, emu, url, work, where, seconds)
+                            emu.reset()
                 finally:
                     bare.terminate()
                     bare.wait(15)
@@ -91,18 +106,21 @@ def main(args: Any) -> int:
 
 def _run(
     report: Report,
-    server: str,
+    name: str,
     kind: str,
     emu: Any,
     url: str,
     work: Path,
-    bare_port: int,
-    bare_pid: int,
+    where: tuple[int, int, Path],
     seconds: int,
 ) -> None:
-    label = f"{server} {kind}"
+    """One tree's `calsync serve` or `calsync web` (`name` ends with the command) against the bare endpoint."""
+    bare_port, bare_pid, tree = where
+    label = f"{name} {kind}"
+    server = name.split()[-1]
     print(
-        f"-- calsync {server} on {kind}, against bare Flask in {PROCESSES[server]} process(es) x 8 threads", flush=True
+        f"-- calsync {name} on {kind} ({tree}), against bare Flask in {PROCESSES[server]} process(es) x 8 threads",
+        flush=True,
     )
     dep = Deployment(emu, url, work)
     rt = dep.runtime()
@@ -111,7 +129,7 @@ def _run(
             connect_account(rt, emu, email)
     else:
         _insert_calendars(rt, CHANNELS)
-    web = dep.start([server, "--port", str(dep.port)], f"{server}-{kind}")
+    web = dep.start([server, "--port", str(dep.port)], f"{server}-{kind}", PYTHONPATH=str(tree))
     try:
         dep.wait_http()
         if server == "serve" and not report.check(
@@ -508,6 +526,7 @@ def _start_bare(work: Path, port: int, processes: int) -> subprocess.Popen[bytes
 def _parser() -> Any:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--server", choices=(*PROCESSES, "both"), default="both", help="calsync command(s) to measure")
+    p.add_argument("--old", default="", help="also measure the receiver of this commit, side by side")
     return p
 
 

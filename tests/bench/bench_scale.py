@@ -43,6 +43,7 @@ from tests.bench._common import (
     workdir,
 )
 
+LEASE = timedelta(seconds=60)
 DUE = 100
 
 
@@ -175,7 +176,7 @@ def _tick_cost(dep: Deployment, n: int) -> dict[str, float]:
         for _ in range(20):
             started = time.perf_counter()
             with transaction(rt.sessions) as session:
-                claim = claim_calendar(session, "bench", rt.clock.now(), 60)
+                claim = claim_calendar(session, "bench", rt.clock.now(), LEASE)
             claims.append((time.perf_counter() - started) * 1000)
             assert claim is not None
             with transaction(rt.sessions) as session:

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def _run(
 ) -> None:
     print(f"-- {kind}: {outages} outages of 1-{longest:g} s", flush=True)
     emu.push.retry_base, emu.push.max_attempts = 0.25, 10  # retried for about two minutes, as Google does
-    dep = Deployment(emu, url, work, reconcile_every=3600.0)
+    dep = Deployment(emu, url, work, reconcile_every=timedelta(hours=1))
     rt = dep.runtime()
     email = emu.create_user(f"dbfault-{kind}@example.com")
     cals = [email] + [emu.create_calendar(email, f"D{i}") for i in range(1, CALENDARS)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ def main(args: Any) -> int:
 
 def _run(report: Report, kind: str, emu: Any, url: str, work: Path, reconcile: float, seconds: float) -> None:
     print(f"-- {kind}: reconcile every {reconcile:g}s, {seconds:g}s of edits", flush=True)
-    dep = Deployment(emu, url, work, reconcile_every=reconcile)
+    dep = Deployment(emu, url, work, reconcile_every=timedelta(seconds=reconcile))
     rt = dep.runtime()
     email = emu.create_user("hostile@example.com")
     cals = [email] + [emu.create_calendar(email, f"H{i}") for i in range(1, CALENDARS)]

@@ -26,6 +26,7 @@ import random
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def main(args: Any) -> int:
 
 def _run(report: Report, kind: str, emu: Any, url: str, work: Path, kills: int, rng: random.Random) -> None:
     print(f"-- {kind}: {kills} kills", flush=True)
-    dep = Deployment(emu, url, work, reconcile_every=3600.0)
+    dep = Deployment(emu, url, work, reconcile_every=timedelta(hours=1))
     rt = dep.runtime()
     email = emu.create_user("kill9@example.com")
     cals = [email] + [emu.create_calendar(email, f"K{i}") for i in range(1, CALENDARS)]
@@ -140,7 +141,7 @@ def _first_sync_rounds(
     report: Report, kind: str, emu: Any, url: str, work: Path, rounds: int, events: int, rng: random.Random
 ) -> None:
     print(f"-- {kind}: {rounds} first syncs of {events:,} events, each SIGKILLed midway", flush=True)
-    dep = Deployment(emu, url, work, reconcile_every=3600.0)  # the default lease: liveness must free it
+    dep = Deployment(emu, url, work, reconcile_every=timedelta(hours=1))  # the default lease: liveness must free it
     rt = dep.runtime()
     takeovers: list[float] = []
     midway = 0

@@ -91,7 +91,7 @@ def the_app(live_server: str, app_port: int) -> Iterator[str]:
         return f"<h1>Calendar connected</h1><p id=who>{resp.json()['account']} for {resp.json()['ref']}</p>"
 
     server = make_server("127.0.0.1", app_port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{app_port}"
     server.shutdown()

@@ -24,7 +24,6 @@ from sqlalchemy import func, select
 from calsync.config import Settings
 from calsync.errors import ConfigError
 from calsync.push.channels import open_events_channel
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import make_engine, transaction
 from calsync.store.models import (
@@ -35,6 +34,7 @@ from calsync.store.models import (
     Notification,
     WorkerHeartbeat,
 )
+from calsync.store.owed import request_calendar_sync
 from calsync.web.server import ensure_schema
 from tests.conftest import free_port
 from tests.push_support import (
@@ -177,7 +177,7 @@ def relays(emu: Any) -> Iterator[tuple[list[_Relay], list[tuple[str, str, float,
     lock = threading.Lock()
     servers = [_Relay(f"worker-{i}", emu.url, 0.15, log, lock) for i in range(3)]
     for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     yield servers, log
     for server in servers:
         server.shutdown()

@@ -19,6 +19,7 @@ from calsync.google.oauth import credentials_from_json
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Calendar, Channel, Event
+from calsync.store.states import ChannelStatus
 from tests.web.dashboard_support import add_account, add_calendar, add_channel
 
 CALSYNC = str(Path(sys.executable).with_name("calsync"))
@@ -149,7 +150,7 @@ def test_channels_renew_then_stop(settings: Settings, runtime: Runtime, emu: Any
     renewed = run(env, "channels", "renew", "Ann")
     assert renewed.returncode == 0, renewed.stderr
     with runtime.sessions() as session:
-        live = list(session.scalars(select(Channel).where(Channel.status == "active")))
+        live = list(session.scalars(select(Channel).where(Channel.status == ChannelStatus.ACTIVE)))
     assert len(live) == 1 and live[0].expires_at is not None
     assert live[0].id in renewed.stdout
 
@@ -157,9 +158,9 @@ def test_channels_renew_then_stop(settings: Settings, runtime: Runtime, emu: Any
     assert again.returncode == 0, again.stderr
     with runtime.sessions() as session:
         states = dict(session.execute(select(Channel.id, Channel.status)).all())
-    assert states[live[0].id] == "stopped" and list(states.values()).count("active") == 1
+    assert states[live[0].id] == ChannelStatus.STOPPED and list(states.values()).count(ChannelStatus.ACTIVE) == 1
 
-    new_id = next(cid for cid, state in states.items() if state == "active")
+    new_id = next(cid for cid, state in states.items() if state == ChannelStatus.ACTIVE)
     stopped = run(env, "channels", "stop", new_id)
     assert stopped.returncode == 0 and f"stopped channel {new_id}" in stopped.stdout
     with runtime.sessions() as session:

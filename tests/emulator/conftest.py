@@ -121,7 +121,7 @@ class Receiver:
     default: int = 200
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def wait_for(self, predicate: Callable[[list[Hit]], bool], timeout: float = 5.0) -> list[Hit]:
+    def wait_for(self, predicate: Callable[[list[Hit]], bool], timeout: float = 30.0) -> list[Hit]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:

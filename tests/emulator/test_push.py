@@ -53,10 +53,11 @@ def test_each_change_sends_exists_with_increasing_numbers(
     watch(service, receiver)
     receiver.wait_for(lambda hits: len(hits) == 1)
     event = emu.insert_event(alice, timed(1, 9))
-    emu.wait_push_idle()
+    assert emu.wait_push_idle(30)  # one at a time: the pool's threads may not overtake each other
     emu.patch_event(alice, event["id"], {"summary": "b"})
-    emu.wait_push_idle()
+    assert emu.wait_push_idle(30)
     emu.delete_event(alice, event["id"])
+    assert emu.wait_push_idle(30)  # the emulator records a delivery once its answer is back
     hits = receiver.wait_for(lambda hits: len(hits) == 4)
     assert [h.headers["X-Goog-Resource-State"] for h in hits] == ["sync", "exists", "exists", "exists"]
     numbers = [int(h.headers["X-Goog-Message-Number"]) for h in hits]
@@ -70,7 +71,7 @@ def test_resource_id_is_shared_per_calendar(emu: Emulator, service: Any, alice: 
     first, second = watch(service, receiver, "a"), watch(service, receiver, "b")
     third = watch(service, receiver, "c", calendar_id=other)
     assert first["resourceId"] == second["resourceId"] != third["resourceId"]
-    emu.wait_push_idle()
+    assert emu.wait_push_idle(30)
     emu.insert_event(other, timed(1, 9))
     hits = receiver.wait_for(lambda hits: len(hits) == 4)
     assert [h.headers["X-Goog-Channel-ID"] for h in hits if h.headers["X-Goog-Resource-State"] == "exists"] == ["c"]
@@ -85,7 +86,7 @@ def test_calendar_list_watch_fires_on_calendar_list_changes(
     cal = emu.create_calendar(alice, "New")
     emu.insert_event(cal, timed(1, 9))  # an event change is not a calendar-list change
     emu.remove_calendar(alice, cal)
-    emu.wait_push_idle()
+    assert emu.wait_push_idle(30)
     assert receiver.states() == ["sync", "exists", "exists"]
 
 
@@ -121,7 +122,7 @@ def test_nothing_after_stop(emu: Emulator, service: Any, alice: str, receiver: R
     receiver.wait_for(lambda hits: len(hits) == 1)
     service.channels().stop(body={"id": channel["id"], "resourceId": channel["resourceId"]}).execute()
     emu.insert_event(alice, timed(1, 9))
-    emu.wait_push_idle()
+    assert emu.wait_push_idle(30)
     time.sleep(0.1)
     assert receiver.states() == ["sync"]
     assert emu.channels() == []
@@ -150,7 +151,7 @@ def test_nothing_after_expiry(emu: Emulator, service: Any, alice: str, receiver:
     emu.clock = lambda: real() + dt.timedelta(seconds=31)
     try:
         emu.insert_event(alice, timed(1, 9))
-        emu.wait_push_idle()
+        assert emu.wait_push_idle(30)
         assert emu.channels() == []
     finally:
         emu.clock = real
@@ -165,12 +166,12 @@ def test_retries_503_with_backoff_but_not_404(emu: Emulator, service: Any, alice
     assert {h.headers["X-Goog-Message-Number"] for h in hits} == {"1"}
     first_gap, second_gap = hits[1].time - hits[0].time, hits[2].time - hits[1].time
     assert first_gap >= 0.04 and second_gap >= 0.09  # 0.05 s base, doubling
-    assert emu.wait_push_idle()
+    assert emu.wait_push_idle(30)
     [record] = emu.notifications
     assert record.status == 200 and record.attempts == 3
     receiver.statuses = [404]
     emu.insert_event(alice, timed(1, 9))
-    assert emu.wait_push_idle()
+    assert emu.wait_push_idle(30)
     time.sleep(0.1)
     assert len(receiver.hits) == 4
     assert emu.notifications[-1].status == 404 and emu.notifications[-1].attempts == 1
@@ -185,7 +186,7 @@ def test_connection_error_is_retried_then_recorded(emu: Emulator, service: Any, 
     service.events().watch(
         calendarId="primary", body={"id": "dead", "type": "web_hook", "address": f"http://127.0.0.1:{port}/x"}
     ).execute()
-    assert emu.wait_push_idle()
+    assert emu.wait_push_idle(30)
     [record] = emu.notifications
     assert record.status is None and record.attempts == 3
 
@@ -194,7 +195,7 @@ def test_fault_drop_everything(emu: Emulator, service: Any, alice: str, receiver
     emu.push_faults(drop=1.0)
     watch(service, receiver)
     emu.insert_event(alice, timed(1, 9))
-    assert emu.wait_push_idle()
+    assert emu.wait_push_idle(30)
     time.sleep(0.1)
     assert receiver.hits == []
     assert [n.fault for n in emu.notifications] == ["dropped", "dropped"]

@@ -11,15 +11,21 @@ from sqlalchemy import select, update
 
 from calsync.accounts.disconnect import disconnect_account
 from calsync.feed.reads import reconnect_hint
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change
+from calsync.store.owed import request_calendar_sync
 from calsync.sync.calendar_list import refresh_calendar_list
-from calsync.sync.run import sync_calendar
+from calsync.sync.run import SyncKind, sync_calendar
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN
-from tests.sync_support import calendar_row_id, changes, connect_account, connect_with_ref
+from tests.sync_support import (
+    assert_names_the_whole_connect_flow,
+    calendar_row_id,
+    changes,
+    connect_account,
+    connect_with_ref,
+)
 
 ANN = "ann@example.com"
 REF = "crm-7"
@@ -122,11 +128,11 @@ def test_a_first_sync_of_many_pages_says_synced_once_at_its_end_and_later_syncs_
     assert synced.seq == max(c.seq for c in changes(runtime, lifecycle=True))
 
     emu.patch_event(ANN, events[0]["id"], {"summary": "Moved"})
-    assert sync_calendar(runtime, cal_id).kind == "incremental"
+    assert sync_calendar(runtime, cal_id).kind == SyncKind.INCREMENTAL
     emu.invalidate_sync_tokens(ANN)
     emu.patch_event(ANN, events[1]["id"], {"summary": "Moved too"})
-    assert sync_calendar(runtime, cal_id).kind == "resync"
-    assert sync_calendar(runtime, cal_id, full=True).kind == "resync"
+    assert sync_calendar(runtime, cal_id).kind == SyncKind.RESYNC
+    assert sync_calendar(runtime, cal_id, full=True).kind == SyncKind.RESYNC
     assert [c.type for c in lifecycle(runtime)] == ["calendar.added", "calendar.synced"]
     assert [c.kind for c in changes(runtime)] == ["snapshot"] * 4 + ["updated", "updated"]
     # calendar.synced comes after every snapshot row of the first sync.
@@ -168,6 +174,7 @@ def test_a_revoked_grant_is_one_reauth_row_saying_how_to_reconnect_then_reconnec
     assert (reauth["account"], reauth["ref"], reauth["calendar_id"], reauth["event_id"]) == (ANN, REF, None, None)
     assert reauth["reason"] and "POST /api/connect-sessions" in reauth["reconnect"]
     assert '"ref": "crm-7"' in reauth["reconnect"]
+    assert_names_the_whole_connect_flow(reauth["reconnect"])
     assert "/connect" in reconnect_hint(None)  # an account connected by an operator, without a ref
 
     connect_with_ref(runtime, emu, ANN, REF)  # the user consents again through a new session
@@ -186,3 +193,9 @@ def test_a_revoked_grant_is_one_reauth_row_saying_how_to_reconnect_then_reconnec
         "account.disconnected",
     ]
     assert {r["ref"] for r in feed(client)} == {REF}
+
+
+def test_the_reconnect_hint_includes_the_confirm_step() -> None:
+    hint = reconnect_hint("crm-7")
+    assert_names_the_whole_connect_flow(hint)
+    assert '"ref": "crm-7"' in hint and "connection=" in hint

@@ -33,7 +33,7 @@ RETENTION = timedelta(days=30)
 @pytest.fixture
 def retaining(settings: Settings) -> Iterator[Runtime]:
     """calsync with CALSYNC_CHANGES_RETENTION=30d."""
-    rt = Runtime.create(dataclasses.replace(settings, changes_retention=RETENTION.total_seconds()))
+    rt = Runtime.create(dataclasses.replace(settings, changes_retention=RETENTION))
     yield rt
     rt.close()
 
@@ -92,7 +92,7 @@ def test_the_worker_deletes_old_rows_a_batch_per_pass_and_keeps_the_new(retainin
 
 
 def test_zero_retention_keeps_every_row(runtime: Runtime, emu: Any) -> None:
-    assert runtime.settings.changes_retention == 0
+    assert runtime.settings.changes_retention == timedelta(0)
     cal = a_calendar(runtime, emu)
     seqs = seed_changes(runtime, cal, 10, runtime.clock.now() - timedelta(days=3650))
     Worker(runtime, threads=1).tick()
@@ -139,9 +139,13 @@ def test_the_receiver_and_a_sync_complete_while_many_old_rows_are_deleted(
     cutoff = now - RETENTION
     batches: list[float] = []
     marks_seen: list[int] = []
+    actions_done = threading.Event()
+    last_batches = len(old) // BATCH - 2
 
     def trim_everything() -> None:
         while True:
+            if len(batches) == last_batches:  # however slow the machine, the last batches wait for the actions
+                actions_done.wait(60)
             started = time.monotonic()
             with transaction(runtime.sessions) as session:
                 deleted = trim_changes(session, cutoff)
@@ -173,14 +177,17 @@ def test_the_receiver_and_a_sync_complete_while_many_old_rows_are_deleted(
     )
     answer, receiver_seconds = during(lambda: client.post("/notifications", headers=push_headers(watched["channel"])))
     result, sync_seconds = during(lambda: sync_calendar(runtime, cal))
+    actions_done.set()
     trimmer.join(timeout=60)
     assert not trimmer.is_alive()
 
-    assert answer.status_code == 200 and receiver_seconds < 1.0
+    # Bounds far above a quiet machine's figures (a few ms, tens of ms) and far below waiting for
+    # the whole of it, which here cannot end before both actions have.
+    assert answer.status_code == 200 and receiver_seconds < 5.0
     assert calendar_row(runtime, cal).sync_requested == 2
-    assert result.created == 1 and sync_seconds < 5.0
+    assert result.created == 1 and sync_seconds < 10.0
     assert all(0 < mark < old[-1] for mark in marks_seen), marks_seen  # both ran in the middle of it
-    assert len(batches) >= 20 and max(batches) < 0.5, batches  # each batch holds its locks briefly
+    assert len(batches) >= 20 and max(batches) < 2.0, batches  # each batch holds its locks briefly
     with runtime.sessions() as session:  # every old row went, the sync's new change stayed
         kept = session.scalars(select(Change).order_by(Change.seq)).all()
     assert [(c.kind, (c.after or {}).get("summary")) for c in kept] == [("created", "Booked during retention")]

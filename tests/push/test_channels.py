@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from calsync.push.channels import (
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Channel
+from calsync.store.states import ChannelStatus
 from tests.push_support import (
     add_calendar_row,
     channels_of,
@@ -126,7 +128,7 @@ def test_a_pending_row_left_by_a_crash_is_stopped_with_its_siblings_resource_id(
     with transaction(runtime.sessions) as session:  # as if the process died right after the watch call
         row = session.get(Channel, live)
         assert row is not None
-        row.status, row.resource_id = "pending", None
+        row.status, row.resource_id = ChannelStatus.PENDING, None
     other = open_events_channel(runtime, calendar["calendar_id"])
     stop_channel(runtime, live)
     assert [c["id"] for c in emu.channels()] == [other]
@@ -137,7 +139,7 @@ def test_needs_new_channel(runtime: Runtime, emu: Any, calendar: dict[str, int])
     now = runtime.clock.now()
     with runtime.sessions() as session:
         chans = live_channels(session, calendar_id=calendar["calendar_id"])
-    expires_in = (_row(runtime, channel_id).expires_at - now).total_seconds()  # type: ignore[operator]
-    assert not needs_new_channel(chans, now, renew_before=expires_in - 60)
-    assert needs_new_channel(chans, now, renew_before=expires_in + 60)
-    assert needs_new_channel([], now, renew_before=0)
+    expires_in = _row(runtime, channel_id).expires_at - now  # type: ignore[operator]
+    assert not needs_new_channel(chans, now, renew_before=expires_in - timedelta(minutes=1))
+    assert needs_new_channel(chans, now, renew_before=expires_in + timedelta(minutes=1))
+    assert needs_new_channel([], now, renew_before=timedelta(0))

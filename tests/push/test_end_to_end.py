@@ -23,6 +23,7 @@ from calsync import create_app
 from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.models import Notification
+from calsync.store.states import NotificationOutcome
 from calsync.work.worker import Worker
 from tests.push_support import (
     calendar_id_of,
@@ -73,7 +74,7 @@ def test_an_edit_in_google_becomes_a_change_through_push_alone(
     runtime: Runtime, emu: Any, pushing: dict[str, Any], record_property: Callable[[str, object], None]
 ) -> None:
     cal_id = pushing["calendar_id"]
-    assert runtime.settings.reconcile_every >= 3600  # no timer will do it for us
+    assert runtime.settings.reconcile_every >= timedelta(hours=1)  # no timer will do it for us
     latencies = []
     started = time.monotonic()
     event = emu.insert_event(EMAIL, EVENT)
@@ -115,9 +116,9 @@ def test_a_storm_of_a_thousand_notifications_costs_at_most_two_list_calls(
 ) -> None:
     # The window is made as long as the storm can take on a loaded machine; the clock then jumps it.
     clock = _JumpClock()
-    rt = Runtime.create(replace(settings, sync_min_interval=600.0), clock=clock)
+    rt = Runtime.create(replace(settings, sync_min_interval=timedelta(minutes=10)), clock=clock)
     server = make_server("127.0.0.1", public_port, create_app(runtime=rt), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     stop, thread = _start_worker(rt)
     try:
         cal_id = _watched(rt, emu)
@@ -144,7 +145,7 @@ def test_a_storm_of_a_thousand_notifications_costs_at_most_two_list_calls(
         storm_seconds = time.monotonic() - started
         assert statuses == [200] * 1000
         wait_for(lambda: len(changes_for(rt, cal_id)) == 1, timeout=10, what="the change")
-        clock.offset += timedelta(seconds=rt.settings.sync_min_interval)
+        clock.offset += rt.settings.sync_min_interval
         rt.wakeup.notify_local()
         wait_for(lambda: _idle(rt, cal_id), timeout=10, what="the queue to drain")
         calls = emu.count("calendar.events.list", EMAIL) - before
@@ -178,12 +179,12 @@ def test_duplicated_and_reordered_notifications_change_nothing_twice(
     assert len({c.event_id for c in changes}) == 4
     with runtime.sessions() as session:
         outcomes = list(session.scalars(select(Notification.outcome).where(Notification.resource_state == "exists")))
-    assert outcomes.count("duplicate") >= 4  # every message came twice; the copies were ignored
+    assert outcomes.count(NotificationOutcome.DUPLICATE) >= 4  # every message came twice; the copies were ignored
     assert emu.count("calendar.events.list", EMAIL) - before <= 4  # at most one per distinct message
 
 
 def test_dropped_notifications_are_healed_by_reconciliation(runtime: Runtime, emu: Any, live_server: str) -> None:
-    quick = replace(runtime, settings=replace(runtime.settings, reconcile_every=1.5))
+    quick = replace(runtime, settings=replace(runtime.settings, reconcile_every=timedelta(seconds=1.5)))
     stop, thread = _start_worker(quick)
     try:
         cal_id = _watched(quick, emu)

@@ -15,6 +15,7 @@ from calsync.push import intake_sqlite
 from calsync.push.intake import Intake
 from calsync.push.intake_sqlite import AUTOCHECKPOINT_DEFAULT, Checkpointer
 from calsync.runtime import Runtime
+from calsync.store.states import NotificationOutcome
 from tests.push_support import push_of, wait_for
 
 WAL_HEADER, FRAME_HEADER = 32, 24
@@ -29,7 +30,7 @@ def _wal_frames(database: Path) -> int:
 
 def _record(intake: Intake, channel: dict[str, Any], numbers: range) -> None:
     for n in numbers:  # one at a time: each is a batch, and a commit, of its own
-        assert intake.record(push_of(channel, n), {"X-Goog-Message-Number": str(n)}) == "queued"
+        assert intake.record(push_of(channel, n), {"X-Goog-Message-Number": str(n)}) == NotificationOutcome.QUEUED
 
 
 def test_commits_leave_checkpoints_to_the_checkpointer_which_keeps_the_log_small(

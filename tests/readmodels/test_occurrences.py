@@ -3,8 +3,10 @@ are what Google's full listing holds), plus cases worked out by hand."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -219,3 +221,59 @@ def test_past_the_remembered_limit_windows_are_expanded_afresh(monkeypatch: pyte
     assert [o.item() for o in capped.occurrences(*window)] == expected and len(expected) == 7
     assert capped.busy_blocks(*window) == [(o.start, o.end) for o in capped.occurrences(*window)]
     assert len(capped.series[0]._starts) == 10  # the first ten kept, the rest not
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "RRULE:FREQ=DAILY",
+        "RRULE:FREQ=DAILY;INTERVAL=3",
+        "RRULE:FREQ=DAILY;COUNT=2000",
+        "RRULE:FREQ=DAILY;COUNT=600",
+        "RRULE:FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,TH",
+        "RRULE:FREQ=WEEKLY;COUNT=400",
+        "RRULE:FREQ=HOURLY;INTERVAL=7",
+        "RRULE:FREQ=MONTHLY;BYMONTHDAY=31",
+        "RRULE:FREQ=MONTHLY;BYDAY=-1FR",
+        "RRULE:FREQ=MONTHLY;COUNT=30",
+        "RRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=2SU",
+        "RRULE:FREQ=DAILY;UNTIL=20320310T000000Z",
+    ],
+)
+def test_windows_past_the_remembered_limit_equal_the_walk_from_dtstart(
+    monkeypatch: pytest.MonkeyPatch, rule: str
+) -> None:
+    """Past the limit, a window's expansion starts near it, not at DTSTART: the same occurrences."""
+    from calsync.readmodels import occurrences
+
+    series = _series(
+        [rule, "EXDATE;TZID=America/New_York:20320304T090000"], "2026-01-31T09:00:00-05:00", "2026-01-31T10:00:00-05:00"
+    )
+    windows = [
+        _window("2032-03-01T00:00:00Z", "2032-03-20T00:00:00Z"),
+        _window("2027-08-01T00:00:00Z", "2028-08-01T00:00:00Z"),
+    ]
+    expected = [[o.item() for o in CalendarMirror([series], "UTC").occurrences(*w)] for w in windows]
+    monkeypatch.setattr(occurrences, "MAX_REMEMBERED", 3)
+    capped = CalendarMirror([series], "UTC")
+    assert [[o.item() for o in capped.occurrences(*w)] for w in windows] == expected
+    assert any(expected)
+
+
+def test_free_busy_in_the_year_9997_of_an_endless_daily_series_is_quick_and_right() -> None:
+    """The walk from DTSTART to the window cost 2.9 million steps (seconds of CPU per question)."""
+    series = _series(["RRULE:FREQ=DAILY"], "2026-01-01T09:00:00-05:00", "2026-01-01T10:00:00-05:00")
+    mirror = CalendarMirror([series], "UTC")
+    started = time.process_time()
+    busy = mirror.busy_blocks(*_window("9997-06-01T00:00:00Z", "9997-06-08T00:00:00Z"))
+    assert time.process_time() - started < 1.0
+    new_york = ZoneInfo("America/New_York")
+    assert busy == [
+        (
+            datetime(9997, 6, d, 9, tzinfo=new_york).astimezone(UTC),
+            datetime(9997, 6, d, 10, tzinfo=new_york).astimezone(UTC),
+        )
+        for d in range(1, 8)
+    ]
+    with pytest.raises(ValueError, match="times must be"):
+        check_window(*_window("9999-06-01T00:00:00Z", "9999-06-08T00:00:00Z"))

@@ -7,6 +7,7 @@ from datetime import timedelta
 from calsync.feed.cursor import newest_seq
 from calsync.readmodels.overview import calendar_titles, gauges, operator_overview, recent_activity, watched
 from calsync.runtime import Runtime
+from calsync.store.states import NotificationOutcome
 from tests.web.dashboard_support import add_account, add_calendar, add_change, add_channel, add_notification
 
 
@@ -44,7 +45,7 @@ def test_recent_activity_counts_the_last_day_of_changes_and_the_last_hour_of_not
     add_channel(runtime, ann, cal, "ch-1", runtime.clock.now() + timedelta(days=6))
     add_change(runtime, cal, "e1", "created", None, {"id": "e1"})
     add_change(runtime, cal, "e2", "created", None, {"id": "e2"})
-    add_notification(runtime, "ch-1", "exists", 2, "queued")
+    add_notification(runtime, "ch-1", "exists", 2, NotificationOutcome.QUEUED)
 
     now = runtime.clock.now()
     with runtime.sessions() as session:

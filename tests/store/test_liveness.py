@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import String, literal, select
+from sqlalchemy import String, event, literal, select
 
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.liveness import (
     WORKER_ALIVE,
+    claiming_as,
     heartbeat_is_fresh,
     held_by_dead_worker,
     lease_is_free,
@@ -76,3 +77,33 @@ def test_the_python_and_the_sql_side_of_the_rule_agree(runtime: Runtime) -> None
         with runtime.sessions() as session:
             dead = bool(session.scalar(select(held_by_dead_worker(literal("w/0", String), stale_before(NOW)))))
         assert dead == (not heartbeat_is_fresh(NOW - age, NOW)), age
+
+
+def test_a_claim_transaction_writes_its_workers_beat_once(runtime: Runtime) -> None:
+    """A list claim then a calendar claim in one transaction: one heartbeat UPDATE, not one per claim
+    (each held SQLite's write lock longer); after the commit, none until the beat is no longer recent."""
+    _beat(runtime, "host:1:ab", NOW - timedelta(seconds=5))
+    beats: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE WORKER_HEARTBEATS"):
+            beats.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", count)
+    try:
+        with transaction(runtime.sessions) as session:
+            claiming_as(session, "host:1:ab/0", NOW)
+            claiming_as(session, "host:1:ab/0", NOW)
+            claiming_as(session, "host:1:ab/1", NOW)
+        assert len(beats) == 1
+        with transaction(runtime.sessions) as session:
+            claiming_as(session, "host:1:ab/2", NOW + timedelta(milliseconds=500))
+        assert len(beats) == 1
+        with transaction(runtime.sessions) as session:
+            claiming_as(session, "host:1:ab/2", NOW + timedelta(seconds=2))
+        assert len(beats) == 2
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", count)
+    with runtime.sessions() as session:
+        seen = session.scalar(select(WorkerHeartbeat.seen_at).where(WorkerHeartbeat.name == "host:1:ab"))
+        assert seen is not None and heartbeat_is_fresh(seen, NOW + timedelta(seconds=2))

@@ -21,9 +21,10 @@ from calsync.errors import (
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Event
+from calsync.store.states import ChangeKind
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.diff import implied_occurrence
-from calsync.sync.run import SyncResult, sync_calendar
+from calsync.sync.run import SyncKind, SyncResult, sync_calendar
 from tests.sync_support import (
     assert_feed_rebuilds_mirror,
     calendar_row_id,
@@ -63,7 +64,7 @@ def cal(runtime: Runtime, emu: Any) -> int:
     emu.insert_event(ALICE, timed("two", day=6))
     refresh_calendar_list(runtime, account_id)
     cal_id = calendar_row_id(runtime, ALICE)
-    assert sync_calendar(runtime, cal_id).kind == "full"
+    assert sync_calendar(runtime, cal_id).kind == SyncKind.FULL
     return cal_id
 
 
@@ -103,7 +104,7 @@ def test_full_sync_of_three_calendars_mirrors_them_with_one_snapshot_row_per_eve
         result = sync_calendar(runtime, cal_id)
         pages = max(1, math.ceil(events / 2500))
         start = last_seq(runtime)
-        assert result.kind == "full" and result.pages == pages
+        assert result.kind == SyncKind.FULL and result.pages == pages
         assert (result.created, result.updated, result.deleted, result.snapshots) == (0, 0, 0, events)
         assert emu.count("calendar.events.list", google_id) - before_calls == pages
         assert all(r.params.get("maxResults") == "2500" for r in emu.requests if r.api_method == "calendar.events.list")
@@ -126,7 +127,7 @@ def test_sync_reports_progress_per_page_and_honours_the_page_size(runtime: Runti
         emu.insert_event(ALICE, timed(f"new {i}"))
     seen: list[tuple[int, int | None]] = []
     result = sync_calendar(runtime, cal, page_size=3, progress=lambda n, total: seen.append((n, total)))
-    assert result == SyncResult(kind="incremental", pages=3, events_seen=7, created=7, updated=0, deleted=0)
+    assert result == SyncResult(kind=SyncKind.INCREMENTAL, pages=3, events_seen=7, created=7, updated=0, deleted=0)
     assert seen == [(3, None), (6, None), (7, None)]
     assert_mirrors_google(runtime, emu, cal)
 
@@ -151,7 +152,7 @@ def test_a_created_event_is_one_created_change(runtime: Runtime, emu: Any, cal: 
     start = last_seq(runtime)
     created = emu.insert_event(ALICE, timed("three"))
     result = sync_calendar(runtime, cal)
-    assert (result.kind, result.created, result.updated, result.deleted) == ("incremental", 1, 0, 0)
+    assert (result.kind, result.created, result.updated, result.deleted) == (SyncKind.INCREMENTAL, 1, 0, 0)
     change = one_change(runtime, cal, start)
     assert (change.kind, change.event_id, change.fields) == ("created", created["id"], [])
     assert change.before is None and change.after == created
@@ -369,20 +370,20 @@ def test_an_expired_sync_token_resyncs_and_records_exactly_the_real_differences(
     emu.invalidate_sync_tokens(ALICE)
 
     result = sync_calendar(runtime, cal, page_size=2)
-    assert result.kind == "resync" and result.pages >= 3
+    assert result.kind == SyncKind.RESYNC and result.pages >= 3
     found = {(c.kind, c.event_id): c for c in changes(runtime, cal, after=start)}
     occurrence = f"{series['id']}_20260126T080000Z"
     assert set(found) == {
-        ("deleted", one),
-        ("updated", two),
-        ("created", created["id"]),
-        ("updated", occurrence),
-        ("updated", keep["id"]),
+        (ChangeKind.DELETED, one),
+        (ChangeKind.UPDATED, two),
+        (ChangeKind.CREATED, created["id"]),
+        (ChangeKind.UPDATED, occurrence),
+        (ChangeKind.UPDATED, keep["id"]),
     }
-    assert found[("deleted", one)].before == mirrored[one]
-    assert found[("updated", two)].fields == ["summary"] and found[("updated", two)].after == edited
-    assert found[("updated", keep["id"])].fields == []  # noise only: a new version, no field changed
-    assert found[("created", created["id"])].after == created
+    assert found[(ChangeKind.DELETED, one)].before == mirrored[one]
+    assert found[(ChangeKind.UPDATED, two)].fields == ["summary"] and found[(ChangeKind.UPDATED, two)].after == edited
+    assert found[(ChangeKind.UPDATED, keep["id"])].fields == []  # noise only: a new version, no field changed
+    assert found[(ChangeKind.CREATED, created["id"])].after == created
     assert (result.created, result.updated, result.deleted) == (1, 3, 1)
     assert_mirrors_google(runtime, emu, cal)
     assert_feed_rebuilds_mirror(runtime, cal)
@@ -390,7 +391,7 @@ def test_an_expired_sync_token_resyncs_and_records_exactly_the_real_differences(
         assert session.get_one(Calendar, cal).sync_token is not None
     # The new token works: the next sync is incremental and finds nothing.
     again = sync_calendar(runtime, cal)
-    assert again.kind == "incremental" and again.events_seen == 0
+    assert again.kind == SyncKind.INCREMENTAL and again.events_seen == 0
 
 
 def test_a_first_sync_cut_short_goes_on_and_the_feed_holds_every_version_once(runtime: Runtime, emu: Any) -> None:
@@ -415,7 +416,7 @@ def test_a_first_sync_cut_short_goes_on_and_the_feed_holds_every_version_once(ru
     late = emu.insert_event(ALICE, timed("late", day=20))
     start = last_seq(runtime)
     result = sync_calendar(runtime, cal_id, page_size=3)
-    assert result.kind == "full"
+    assert result.kind == SyncKind.FULL
     found = changes(runtime, cal_id, after=start)
     kinds = {str(c.event_id): str(c.kind) for c in found}
     assert len(kinds) == len(found)  # one row per event at most
@@ -433,7 +434,7 @@ def test_events_missing_from_a_full_listing_are_deleted(runtime: Runtime, emu: A
         session.add(Event(calendar_id=cal, google_id="ghost12345", status="confirmed", data=ghost, seen_gen=0))
     start = last_seq(runtime)
     result = sync_calendar(runtime, cal, full=True)
-    assert result.kind == "resync" and result.deleted == 1
+    assert result.kind == SyncKind.RESYNC and result.deleted == 1
     change = one_change(runtime, cal, start)
     assert (change.kind, change.event_id, change.before) == ("deleted", "ghost12345", ghost)
     assert_mirrors_google(runtime, emu, cal)
@@ -446,7 +447,7 @@ def test_a_forced_full_sync_of_an_unchanged_calendar_records_nothing(runtime: Ru
     sync_calendar(runtime, cal)
     start = last_seq(runtime)
     result = sync_calendar(runtime, cal, full=True)
-    assert result.kind == "resync" and (result.created, result.updated, result.deleted) == (0, 0, 0)
+    assert result.kind == SyncKind.RESYNC and (result.created, result.updated, result.deleted) == (0, 0, 0)
     assert changes(runtime, cal, after=start) == []
     assert_mirrors_google(runtime, emu, cal)
 
@@ -591,7 +592,7 @@ def test_a_sync_under_its_own_lease_extends_it(settings: Any, emu: Any) -> None:
         sync_calendar(runtime, cal_id, lease_owner="me")
         with runtime.sessions() as session:
             row = session.get_one(Calendar, cal_id)
-            assert row.lease_until == clock.now() + timedelta(seconds=settings.lease_seconds)
+            assert row.lease_until == clock.now() + settings.lease
             assert row.last_synced_at == clock.now() and row.lease_owner == "me"
     finally:
         runtime.close()

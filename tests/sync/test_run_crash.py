@@ -21,7 +21,7 @@ import pytest
 from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.sync.calendar_list import refresh_calendar_list
-from calsync.sync.run import sync_calendar
+from calsync.sync.run import SyncKind, sync_calendar
 from tests.sync.crash_support import Child, child_env
 from tests.sync_support import (
     assert_feed_rebuilds_mirror,
@@ -144,7 +144,7 @@ def test_killing_the_sync_at_random_instants_loses_and_duplicates_nothing(
     editor = Editor(emu, cal, singles, occurrences, rng)
     mid_sync = 0
     try:
-        assert sync_calendar(runtime, cal_id, page_size=PAGE_SIZE).kind == "full"
+        assert sync_calendar(runtime, cal_id, page_size=PAGE_SIZE).kind == SyncKind.FULL
         editor.start()
         started = time.monotonic()
         for kill in range(KILLS):

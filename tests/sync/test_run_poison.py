@@ -24,7 +24,7 @@ from calsync.runtime import Runtime
 from calsync.store.models import Calendar
 from calsync.store.states import SyncState
 from calsync.sync.calendar_list import refresh_calendar_list
-from calsync.sync.run import sync_calendar
+from calsync.sync.run import SyncKind, sync_calendar
 from tests.conftest import API_TOKEN
 from tests.sync_support import (
     assert_feed_rebuilds_mirror,
@@ -80,7 +80,7 @@ def assert_converged(runtime: Runtime, emu: Any, cal_id: int) -> None:
 def test_poison_strings_are_mirrored_listed_folded_and_expanded_as_google_sent_them(runtime: Runtime, emu: Any) -> None:
     cal_id = start(runtime, emu)
     emu.insert_event(ALICE, poisoned("plain", 5))
-    assert sync_calendar(runtime, cal_id).kind == "full"
+    assert sync_calendar(runtime, cal_id).kind == SyncKind.FULL
     single = emu.insert_event(ALICE, poisoned("nul\x00summary", 6))
     series = emu.insert_event(
         ALICE,
@@ -93,7 +93,7 @@ def test_poison_strings_are_mirrored_listed_folded_and_expanded_as_google_sent_t
         ),
     )
     result = sync_calendar(runtime, cal_id)
-    assert (result.kind, result.created) == ("incremental", 2)
+    assert (result.kind, result.created) == (SyncKind.INCREMENTAL, 2)
     emu.patch_event(ALICE, single["id"], {"summary": "still\x00nul \udfff", "description": "\x00"})
     assert sync_calendar(runtime, cal_id).updated == 1
     assert_converged(runtime, emu, cal_id)
@@ -210,7 +210,7 @@ def test_a_full_listing_with_an_unusable_event_keeps_its_mirrored_version(runtim
     emu.force_event_fields(ALICE, kept["id"], {"status": "confirmed-but-far-too-long-for-its-column"})
     emu.invalidate_sync_tokens(ALICE)
     result = sync_calendar(runtime, cal_id)
-    assert result.kind == "resync" and result.deleted == 0
+    assert result.kind == SyncKind.RESYNC and result.deleted == 0
     assert mirror(runtime, cal_id)[kept["id"]] == before
     emu.force_event_fields(ALICE, kept["id"], {"status": "confirmed"})
     assert sync_calendar(runtime, cal_id).updated == 1

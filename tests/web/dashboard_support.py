@@ -10,6 +10,7 @@ from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel, Notification
+from calsync.store.states import NotificationOutcome
 
 PASSWORD = "correct horse battery staple"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -100,7 +101,12 @@ def add_change(
 
 
 def add_notification(
-    runtime: Runtime, channel_id: str, state: str, number: int, outcome: str, headers: dict[str, str] | None = None
+    runtime: Runtime,
+    channel_id: str,
+    state: str,
+    number: int,
+    outcome: NotificationOutcome,
+    headers: dict[str, str] | None = None,
 ) -> int:
     with transaction(runtime.sessions) as session:
         note = Notification(

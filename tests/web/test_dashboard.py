@@ -19,6 +19,7 @@ from calsync.google.oauth import credentials_from_json
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Delivery, DeliveryAttempt, WebhookSubscription
+from calsync.store.states import DeliveryState, NotificationOutcome
 from calsync.webhooks.outbox import fill
 from tests.web.dashboard_support import (
     PASSWORD,
@@ -160,16 +161,16 @@ def test_notification_inspector_shows_state_number_outcome_and_headers(admin: An
     ann = add_account(runtime, "ann@example.com")
     work = add_calendar(runtime, ann, "work@x", "Work")
     add_channel(runtime, ann, work, "chan-abc", runtime.clock.now() + timedelta(days=7))
-    add_notification(runtime, "chan-abc", "sync", 1, "ok")
+    add_notification(runtime, "chan-abc", "sync", 1, NotificationOutcome.SYNC)
     add_notification(
         runtime,
         "chan-abc",
         "exists",
         7,
-        "ok",
+        NotificationOutcome.QUEUED,
         {"X-Goog-Channel-ID": "chan-abc", "X-Goog-Resource-URI": "https://example/calendars/work/events"},
     )
-    add_notification(runtime, "chan-zzz", "exists", 3, "unknown_channel")
+    add_notification(runtime, "chan-zzz", "exists", 3, NotificationOutcome.UNKNOWN_CHANNEL)
 
     page = admin.get("/dashboard/notifications").text
     assert page.index(">7<") < page.index(">1<")  # newest first
@@ -182,8 +183,8 @@ def test_notification_inspector_shows_state_number_outcome_and_headers(admin: An
 
 
 def test_notifications_fragment_follows_new_rows(admin: Any, runtime: Runtime) -> None:
-    first = add_notification(runtime, "chan-a", "sync", 1, "ok")
-    add_notification(runtime, "chan-a", "exists", 2, "ok")
+    first = add_notification(runtime, "chan-a", "sync", 1, NotificationOutcome.SYNC)
+    add_notification(runtime, "chan-a", "exists", 2, NotificationOutcome.QUEUED)
     resp = admin.get(f"/dashboard/notifications/fragment?after={first}")
     assert resp.text.count("<tr>") == 1 and ">2<" in resp.text
 
@@ -242,7 +243,7 @@ def _failed_delivery(runtime: Runtime) -> tuple[str, int]:
         fill(session, runtime.clock.now())  # the worker's pass queues it for the subscription
     with transaction(runtime.sessions) as session:
         delivery = session.scalars(select(Delivery)).one()
-        delivery.state, delivery.attempts, delivery.last_status = "failed", 8, 500
+        delivery.state, delivery.attempts, delivery.last_status = DeliveryState.FAILED, 8, 500
         delivery.last_error = "HTTP 500"
         session.add(
             DeliveryAttempt(
@@ -263,6 +264,8 @@ def test_webhooks_page_lists_subscriptions_deliveries_and_attempts(admin: Any, r
     assert "badge-failed" in page and "HTTP 500" in page and "upstream exploded" in page and "41 ms" in page
     assert "Replay 1 failed" in page
     assert "upstream exploded" not in admin.get("/dashboard/webhooks?state=delivered").text
+    unknown = admin.get("/dashboard/webhooks?state=bogus")  # a state no delivery can be in: none listed
+    assert unknown.status_code == 200 and "upstream exploded" not in unknown.text
 
 
 def test_replay_button_queues_the_delivery_again(admin: Any, runtime: Runtime) -> None:

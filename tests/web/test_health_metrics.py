@@ -113,12 +113,15 @@ def test_metrics_expose_the_named_series(web: Any, rt: Any, emu: Any) -> None:
     assert gauges[("calsync_quota_calls_today", ())] == served >= 4
     assert gauges[("calsync_quota_projected_calls", ())] >= served
     assert gauges[("calsync_quota_per_day", ())] == rt.settings.quota_per_day
-    assert gauges[("calsync_reconcile_interval_seconds", (("calendars", "active"),))] == rt.settings.reconcile_every
+    assert (
+        gauges[("calsync_reconcile_interval_seconds", (("calendars", "active"),))]
+        == rt.settings.reconcile_every.total_seconds()
+    )
 
 
 def test_sync_lag_is_the_age_of_the_oldest_owed_sync(web: Any, rt: Any, emu: Any) -> None:
-    from calsync.push.owed import request_calendar_sync
     from calsync.store.db import transaction
+    from calsync.store.owed import request_calendar_sync
     from tests.push_support import calendar_id_of
 
     connect_account(rt, emu, "ann@example.com")

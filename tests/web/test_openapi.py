@@ -17,9 +17,9 @@ from flask import Flask, request
 from openapi_spec_validator import validate
 
 from calsync.config import Settings
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.owed import request_calendar_sync
 from calsync.web.openapi import document
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN
@@ -198,3 +198,11 @@ def test_a_generated_python_client_lists_a_real_change_from_a_live_calsync(
     assert page.next_ == page.changes[-1].seq  # `next` is a builtin: the generator names it `next_`
     assert refused.status_code == 401 and isinstance(refused.parsed, models.Error)
     assert refused.parsed.error == "unauthorized"
+
+
+def test_every_reconnect_description_includes_the_confirm_step() -> None:
+    text = json.dumps(document())
+    described = list(re.finditer(r'"reconnect": \{[^{}]*\}', text))
+    assert len(described) >= 2
+    for match in described:
+        assert "POST /api/connect-sessions/confirm" in match.group(0)

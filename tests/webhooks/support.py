@@ -4,7 +4,7 @@ written through the real append_changes, subscriptions made through the real reg
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -31,7 +31,11 @@ OWNER = "test-worker"
 
 def loopback_settings(settings: Settings) -> Settings:
     return dataclasses.replace(
-        settings, webhook_allow_http=True, webhook_allow_private=True, webhook_timeout=1.0, webhook_verify_timeout=0.5
+        settings,
+        webhook_allow_http=True,
+        webhook_allow_private=True,
+        webhook_timeout=timedelta(seconds=1),
+        webhook_verify_timeout=timedelta(seconds=0.5),
     )
 
 

@@ -148,7 +148,7 @@ def test_a_redirect_is_a_failure_and_is_not_followed(runtime: Runtime, receiver:
 
 
 def test_a_timeout_is_logged_and_retried(runtime: Runtime, receiver: Receiver) -> None:
-    fast = with_settings(runtime, webhook_timeout=0.2)
+    fast = with_settings(runtime, webhook_timeout=timedelta(seconds=0.2))
     receiver.script(Answer(delay=1.0))
     sub_id, _ = subscribe(fast, receiver.url)
     write_change(fast, make_calendar(fast))

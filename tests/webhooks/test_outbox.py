@@ -13,6 +13,7 @@ from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Change, Delivery
+from calsync.store.states import SubscriptionStatus
 from calsync.webhooks.outbox import fill
 from calsync.webhooks.subscriptions import get_subscription, parse_spec, set_status
 from tests.webhooks.receiver import Receiver
@@ -100,7 +101,7 @@ def test_paused_subscriptions_collect_deliveries_and_disabled_ones_do_not(runtim
     disabled, _ = subscribe(runtime, receiver.url)
     with transaction(runtime.sessions) as session:
         set_status(get_subscription(session, paused), "paused")
-        get_subscription(session, disabled).status = "disabled"
+        get_subscription(session, disabled).status = SubscriptionStatus.DISABLED
     write_change(runtime, cal)
     assert len(deliveries(runtime, paused)) == 1
     assert deliveries(runtime, disabled) == []
@@ -170,10 +171,10 @@ def test_a_subscription_disabled_meanwhile_moves_on_and_hears_only_later_changes
     cal = make_calendar(runtime)
     sub_id, _ = subscribe(runtime, receiver.url)
     with transaction(runtime.sessions) as session:
-        get_subscription(session, sub_id).status = "disabled"
+        get_subscription(session, sub_id).status = SubscriptionStatus.DISABLED
     write_change(runtime, cal, event_id="while-disabled")
     with transaction(runtime.sessions) as session:
-        set_status(get_subscription(session, sub_id), "active")
+        set_status(get_subscription(session, sub_id), SubscriptionStatus.ACTIVE)
     later = write_change(runtime, cal, event_id="after")
     assert [d.change_seq for d in deliveries(runtime, sub_id)] == [later]
 

@@ -25,16 +25,22 @@ def running_worker(worker_runtime: Runtime, runtime: Runtime, emu: Any) -> Itera
 
     Google retries a notification answered 5xx, with backoff; the emulator retries for about 25 s.
     """
+    usual = emu.push.retry_base, emu.push.max_attempts
     emu.push.retry_base, emu.push.max_attempts = 0.1, 9
-    connect_account(runtime, emu, ALICE)
     stop = threading.Event()
-    worker = Worker(worker_runtime, threads=2)
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    wait_until(lambda: watched(runtime), 20, "the first sync and the watch")
-    yield worker
-    stop.set()
-    thread.join(timeout=30)
+    thread: threading.Thread | None = None
+    try:  # the emulator serves the whole session: the next test gets its usual retries back
+        connect_account(runtime, emu, ALICE)
+        worker = Worker(worker_runtime, threads=2)
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        wait_until(lambda: watched(runtime), 20, "the first sync and the watch")
+        yield worker
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=30)
+        emu.push.retry_base, emu.push.max_attempts = usual
     assert not thread.is_alive()
 
 

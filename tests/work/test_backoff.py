@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from calsync.clock import FrozenClock
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.owed import request_calendar_sync
 from calsync.work.backoff import CAP_SECONDS, backoff_delay
 from calsync.work.worker import Worker
 from tests.push_support import (
@@ -105,7 +105,7 @@ def test_a_throttled_calendar_backs_off_while_another_still_syncs(
     assert [c.kind for c in changes_for(rt, ann)] == ["created"]
     # Next: the reconciliation, at the calendar's own phase within one period.
     assert recovered.due_at is not None
-    assert clock.now() < recovered.due_at <= clock.now() + timedelta(seconds=rt.settings.reconcile_every)
+    assert clock.now() < recovered.due_at <= clock.now() + rt.settings.reconcile_every
 
 
 def test_a_notification_during_backoff_does_not_cut_it_short(rt: Any, emu: Any) -> None:

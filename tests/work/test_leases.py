@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,17 +10,17 @@ from sqlalchemy import update
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.liveness import HEARTBEAT_SECONDS, WORKER_ALIVE
 from calsync.store.models import Account
+from calsync.store.owed import request_calendar_sync
 from calsync.work.leases import claim_account_list, claim_calendar
 from calsync.work.liveness import Heartbeat
 from calsync.work.worker import Worker
 from tests.push_support import calendar_id_of, connect_account
 
-LEASE = 120.0
+LEASE = timedelta(seconds=120)
 ALIVE = WORKER_ALIVE.total_seconds()
 
 
@@ -85,7 +85,7 @@ def test_a_worker_that_keeps_beating_keeps_its_calendar_until_the_lease_runs_out
     heartbeat = Heartbeat(rt, "host:1:slow")
     heartbeat.beat()
     assert _claim(rt, "host:1:slow/3") == cal_id
-    for _ in range(int(LEASE / HEARTBEAT_SECONDS)):  # a job far longer than the liveness limit
+    for _ in range(int(LEASE.total_seconds() / HEARTBEAT_SECONDS)):  # a job far longer than the liveness limit
         clock.advance(HEARTBEAT_SECONDS)
         heartbeat.beat()
         assert _claim(rt, "host:2:other/0") is None

@@ -19,10 +19,10 @@ from sqlalchemy import func, select, update
 
 from calsync.clock import FrozenClock, utc
 from calsync.config import Settings
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Calendar, QuotaBudget
+from calsync.store.owed import request_calendar_sync
 from calsync.store.quota import PROJECT, ScopeState, ceiling, pace, user_scope
 from calsync.store.states import Priority
 from calsync.work.quota import Plan, change_gap, outlook, quiet_buckets, reconcile_in, replan, steady_rest
@@ -121,7 +121,7 @@ def test_reconciliation_times_are_spread_over_the_whole_period(settings: Setting
             emu.create_calendar("ann@example.com", f"c{i}")
         connect_account(rt, emu, "ann@example.com")
         Worker(rt, threads=1).run_burst()  # 24 calendars connected (and synced) at one instant
-        period = rt.settings.reconcile_every
+        period = rt.settings.reconcile_every.total_seconds()
         synced_at = clock.now()
 
         def offsets() -> list[float]:
@@ -234,13 +234,14 @@ def test_a_short_day_stretches_the_quietest_calendars_first(settings: Settings, 
         replan(rt)
         with rt.sessions() as session:
             seen = outlook(session, rt.settings, clock.now())
-        assert seen.stretched and seen.interval_busy == rt.settings.reconcile_every
-        assert seen.interval_idle > rt.settings.reconcile_every
-        plan = Plan(rt.settings.reconcile_every, 6 * 86400, seen.stretch)
+        base = rt.settings.reconcile_every.total_seconds()
+        assert seen.stretched and seen.interval_busy == base
+        assert seen.interval_idle > base
+        plan = Plan(base, 6 * 86400, seen.stretch)
         at = clock.now()
         idle_gap = reconcile_in(7, at, last_change=None, since=at - timedelta(days=30), plan=plan)
         busy_gap = reconcile_in(8, at, last_change=at - timedelta(minutes=5), since=at, plan=plan)
-        assert busy_gap == rt.settings.reconcile_every and idle_gap > rt.settings.reconcile_every
+        assert busy_gap == base and idle_gap > base
     finally:
         rt.close()
 
@@ -319,7 +320,7 @@ def test_under_a_stretch_a_busy_calendar_keeps_the_hour_through_the_night_and_id
         connect_account(rt, emu, "ann@example.com")
         Worker(rt, threads=1).run_burst()
         busy = calendar_id_of(rt, "ann@example.com")
-        base = rt.settings.reconcile_every
+        base = rt.settings.reconcile_every.total_seconds()
         # A working day: a change every half hour, each synced by the notification it sends.
         for i in range(16):
             emu.insert_event("ann@example.com", {**EVENT, "summary": f"change {i}"})

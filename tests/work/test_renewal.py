@@ -12,6 +12,7 @@ from sqlalchemy import text
 from calsync.clock import FrozenClock
 from calsync.config import Settings
 from calsync.runtime import Runtime
+from calsync.store.states import ChannelKind, ChannelStatus
 from calsync.work.scheduler import due_channels
 from calsync.work.worker import Worker
 from tests.push_support import (
@@ -48,16 +49,17 @@ def test_a_channel_near_expiry_is_replaced_and_the_seam_synced(rt: Any, emu: Any
     lists_before = emu.count("calendar.events.list", "ann@example.com")
     emu.insert_event("ann@example.com", EVENT)  # made while nobody listens: only the seam sync sees it
     # Renewal is timed from the expiry Google granted (7 days asked and granted), not from the TTL.
-    assert old["events"].expires_at is not None
-    rt.clock.set(old["events"].expires_at - timedelta(seconds=rt.settings.renew_before - 1))
+    expires_at = old[ChannelKind.EVENTS].expires_at
+    assert expires_at is not None
+    rt.clock.set(expires_at - rt.settings.renew_before + timedelta(seconds=1))
     Worker(rt, threads=1).run_burst()
 
     rows = channels_of(rt, account_id=account_id)
-    active = {c.kind: c for c in rows if c.status == "active"}
-    assert set(active) == {"events", "calendar_list"}
-    for kind in ("events", "calendar_list"):
+    active = {c.kind: c for c in rows if c.status == ChannelStatus.ACTIVE}
+    assert set(active) == set(ChannelKind)
+    for kind in ChannelKind:
         stopped = next(c for c in rows if c.id == old[kind].id)
-        assert (stopped.status, stopped.replaced_by) == ("stopped", active[kind].id)
+        assert (stopped.status, stopped.replaced_by) == (ChannelStatus.STOPPED, active[kind].id)
     assert sorted(c["id"] for c in emu.channels()) == sorted(c.id for c in active.values())
     assert emu.count("calendar.channels.stop") == 2
     assert emu.count("calendar.events.list", "ann@example.com") == lists_before + 1
@@ -111,7 +113,9 @@ def test_short_lived_channels_renewed_again_and_again_miss_no_change(
 ) -> None:
     """Real time: 4-second channels renewed 2 s before expiry, edits all along, for about 4 renewals."""
     short = Runtime(
-        settings=Settings(**{**settings.__dict__, "channel_ttl": 4.0, "renew_before": 2.0}),
+        settings=Settings(
+            **{**settings.__dict__, "channel_ttl": timedelta(seconds=4), "renew_before": timedelta(seconds=2)}
+        ),
         engine=runtime.engine,
         sessions=runtime.sessions,
         cipher=runtime.cipher,
@@ -141,7 +145,7 @@ def test_short_lived_channels_renewed_again_and_again_miss_no_change(
     assert len(live) == 1 and live[0]["id"] not in {c.id for c in renewed}
     assert emu.count("calendar.channels.stop") >= len(renewed)
     # Changes came through push, not a timer: reconciliation is an hour away.
-    assert short.settings.reconcile_every >= 3600
+    assert short.settings.reconcile_every >= timedelta(hours=1)
     assert account_id
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,11 @@ import pytest
 from sqlalchemy import select
 
 from calsync.config import Settings
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.liveness import WORKER_ALIVE
 from calsync.store.models import Calendar, WorkerHeartbeat
+from calsync.store.owed import request_calendar_sync
 from calsync.work.worker import Worker
 from tests.push_support import calendar_row, changes_for, connect_account, wait_for
 from tests.sync_support import google_view, mirror
@@ -44,7 +45,7 @@ def _event(summary: str) -> dict[str, Any]:
 def test_a_sigkilled_workers_calendar_is_synced_within_ten_seconds_of_the_restart(
     settings: Settings, runtime: Runtime, emu: Any, tmp_path: Path
 ) -> None:
-    assert settings.lease_seconds == 120  # the default: waiting for the lease would take two minutes
+    assert settings.lease == timedelta(minutes=2)  # the default: waiting for the lease would take two minutes
     connect_account(runtime, emu, ANN)
     env = web_env(settings)
     first = _worker(env, tmp_path / "first.log")

@@ -11,10 +11,10 @@ from sqlalchemy import select, update
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
-from calsync.push.owed import request_calendar_sync
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
+from calsync.store.owed import request_calendar_sync
 from calsync.work.jobs import run_calendar_job
 from calsync.work.leases import claim_calendar
 from calsync.work.worker import Worker
@@ -28,6 +28,7 @@ from tests.push_support import (
     wait_for,
 )
 
+LEASE = timedelta(seconds=60)
 EVENT = {
     "summary": "Standup",
     "start": {"dateTime": "2026-12-01T10:00:00Z"},
@@ -89,14 +90,14 @@ def test_requests_during_a_sync_cause_exactly_one_more(rt: Any, emu: Any) -> Non
     before = emu.count("calendar.events.list", "ann@example.com")
     _request(rt, cal_id)
     with transaction(rt.sessions) as session:
-        claim = claim_calendar(session, "w/0", rt.clock.now(), 60)
+        claim = claim_calendar(session, "w/0", rt.clock.now(), LEASE)
     assert claim is not None and claim.id == cal_id
     _request(rt, cal_id, times=5)  # notifications that arrive while the sync runs
     run_calendar_job(rt, claim)
     cal = calendar_row(rt, cal_id)
     # One more is owed, due once the minimum interval since this sync began has passed.
     assert claim.claimed_at is not None
-    follow_up = claim.claimed_at + timedelta(seconds=rt.settings.sync_min_interval)
+    follow_up = claim.claimed_at + rt.settings.sync_min_interval
     assert cal.sync_done == claim.requested < cal.sync_requested and cal.due_at == follow_up
     _request(rt, cal_id, times=5)  # more while it waits: still that one sync, still at that time
     assert calendar_row(rt, cal_id).due_at == follow_up
@@ -111,14 +112,14 @@ def test_requests_during_a_sync_cause_exactly_one_more(rt: Any, emu: Any) -> Non
 def test_reconciliation_syncs_without_any_notification(rt: Any, emu: Any, clock: FrozenClock) -> None:
     _, cal_id = _connected(rt, emu)
     cal = calendar_row(rt, cal_id)
-    assert cal.due_at is not None and clock.now() < cal.due_at <= clock.now() + timedelta(
-        seconds=rt.settings.reconcile_every
+    assert (
+        cal.due_at is not None and clock.now() < cal.due_at <= clock.now() + rt.settings.reconcile_every
     )  # at the calendar's own phase of the period
     emu.insert_event("ann@example.com", EVENT)  # its notification goes nowhere: no receiver runs
     before = emu.count("calendar.events.list", "ann@example.com")
     Worker(rt, threads=1).run_burst()
     assert emu.count("calendar.events.list", "ann@example.com") == before
-    clock.advance(rt.settings.reconcile_every + 1)
+    clock.advance(rt.settings.reconcile_every + timedelta(seconds=1))
     Worker(rt, threads=1).run_burst()
     assert emu.count("calendar.events.list", "ann@example.com") == before + 1
     assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
@@ -128,12 +129,12 @@ def test_a_lapsed_lease_is_reclaimed_by_another_worker(rt: Any, emu: Any, clock:
     _, cal_id = _connected(rt, emu)
     _request(rt, cal_id)
     with transaction(rt.sessions) as session:
-        assert claim_calendar(session, "dead/0", clock.now(), 60) is not None
+        assert claim_calendar(session, "dead/0", clock.now(), LEASE) is not None
     with transaction(rt.sessions) as session:
-        assert claim_calendar(session, "other/0", clock.now(), 60) is None
+        assert claim_calendar(session, "other/0", clock.now(), LEASE) is None
     clock.advance(61)
     with transaction(rt.sessions) as session:
-        claim = claim_calendar(session, "other/0", clock.now(), 60)
+        claim = claim_calendar(session, "other/0", clock.now(), LEASE)
     assert claim is not None and claim.id == cal_id
 
 
@@ -142,7 +143,7 @@ def test_a_job_whose_lease_was_taken_over_writes_nothing(rt: Any, emu: Any) -> N
     emu.insert_event("ann@example.com", EVENT)
     _request(rt, cal_id)
     with transaction(rt.sessions) as session:
-        claim = claim_calendar(session, "slow/0", rt.clock.now(), 60)
+        claim = claim_calendar(session, "slow/0", rt.clock.now(), LEASE)
         session.execute(update(Calendar).values(lease_owner="fast/0"))
     assert claim is not None
     run_calendar_job(rt, claim)
@@ -166,7 +167,7 @@ def test_concurrent_claims_take_different_calendars(rt: Any, emu: Any) -> None:
     def claim(i: int) -> None:
         while True:
             with transaction(rt.sessions) as session:
-                got = claim_calendar(session, f"t/{i}", rt.clock.now(), 60)
+                got = claim_calendar(session, f"t/{i}", rt.clock.now(), LEASE)
             if got is None:
                 return
             with lock:
@@ -185,7 +186,7 @@ def test_calendars_of_inactive_accounts_are_not_claimed(rt: Any, emu: Any) -> No
     _request(rt, cal_id)
     with transaction(rt.sessions) as session:
         session.execute(update(Account).where(Account.id == account_id).values(status="reauth_required"))
-        assert claim_calendar(session, "w/0", rt.clock.now(), 60) is None
+        assert claim_calendar(session, "w/0", rt.clock.now(), LEASE) is None
 
 
 def test_a_calendar_added_in_google_is_synced_and_watched(rt: Any, emu: Any) -> None:
@@ -227,12 +228,12 @@ def test_a_calendar_google_no_longer_knows_asks_for_a_list_refresh(rt: Any, emu:
     worker = Worker(rt, threads=1)
     worker.start_up()
     with transaction(rt.sessions) as session:
-        claim = claim_calendar(session, "w/0", rt.clock.now(), 60)
+        claim = claim_calendar(session, "w/0", rt.clock.now(), LEASE)
     assert claim is not None
     run_calendar_job(rt, claim)
     cal = calendar_row(rt, cal_id)
     assert cal.sync_state == "error" and "GoogleNotFound" in (cal.last_error or "")
-    assert cal.retry_at is not None and cal.retry_at >= rt.clock.now() + timedelta(seconds=rt.settings.reconcile_every)
+    assert cal.retry_at is not None and cal.retry_at >= rt.clock.now() + rt.settings.reconcile_every
     assert account_row(rt, account_id).list_requested == list_before + 1
 
 
@@ -243,7 +244,7 @@ def test_forbidden_is_an_error_with_a_long_retry(rt: Any, emu: Any) -> None:
     Worker(rt, threads=1).run_burst()
     cal = calendar_row(rt, cal_id)
     assert cal.sync_state == "error" and cal.error_count == 1
-    assert cal.due_at is not None and cal.due_at >= rt.clock.now() + timedelta(seconds=rt.settings.reconcile_every)
+    assert cal.due_at is not None and cal.due_at >= rt.clock.now() + rt.settings.reconcile_every
 
 
 def test_a_revoked_grant_stops_that_account_only(rt: Any, emu: Any) -> None:
@@ -328,9 +329,9 @@ def test_the_claim_says_whether_another_calendar_waits(rt: Any, emu: Any) -> Non
     for cal_id in ids:
         _request(rt, cal_id)
     with transaction(rt.sessions) as session:
-        first = claim_calendar(session, "w/0", rt.clock.now(), 60)
+        first = claim_calendar(session, "w/0", rt.clock.now(), LEASE)
     with transaction(rt.sessions) as session:
-        second = claim_calendar(session, "w/1", rt.clock.now(), 60)
+        second = claim_calendar(session, "w/1", rt.clock.now(), LEASE)
     assert first is not None and second is not None and first.id != second.id
     assert first.more_due and not second.more_due  # the first is leased by the time of the second
 
@@ -359,7 +360,7 @@ def test_an_incremental_sync_job_is_one_transaction_after_its_claim(rt: Any, emu
     emu.insert_event("ann@example.com", EVENT)
     _request(rt, cal_id)
     with transaction(rt.sessions) as session:
-        claim = claim_calendar(session, "w/0", rt.clock.now(), 60, rt.settings.renew_before)
+        claim = claim_calendar(session, "w/0", rt.clock.now(), LEASE, rt.settings.renew_before)
         assert claim is not None and claim.calendar is not None and claim.calendar.sync_token
         # As the worker does: the job's first call is taken from the quota budget in the claim's transaction.
         assert rt.budget.prepay(session, claim.priority, claim.calendar.account_id) == 0.0

@@ -1,0 +1,75 @@
+"""Google's event times parsed once: an offset wins, a bare wall time takes its zone, a date is all day."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from calsync.clock import event_datetime, event_time, parse_timestamp, zone_named
+
+ZONES = ["Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "UTC"]
+moments = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
+offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+zone_names = st.sampled_from([*ZONES, "Not/AZone", None])
+
+
+@given(moment=moments, offset=offsets, zone_name=zone_names)
+def test_a_time_with_an_offset_is_that_instant_whatever_the_zone_name(
+    moment: datetime, offset: timezone, zone_name: str | None
+) -> None:
+    text = moment.astimezone(offset).isoformat()
+    parsed = event_datetime(text, zone_name)
+    assert parsed == moment and parsed.utcoffset() == offset.utcoffset(None)
+    assert event_time({"dateTime": text, "timeZone": zone_name}) == moment
+
+
+@given(moment=moments, zone_name=st.sampled_from(ZONES))
+def test_a_wall_time_without_an_offset_is_in_its_zone(moment: datetime, zone_name: str) -> None:
+    wall = moment.replace(tzinfo=None, microsecond=0)
+    parsed = event_datetime(wall.isoformat(), zone_name)
+    assert parsed.replace(tzinfo=None) == wall and parsed.tzinfo == ZoneInfo(zone_name)
+    # The event's own zone wins over the calendar's
+    assert event_time({"dateTime": wall.isoformat(), "timeZone": zone_name}, "Asia/Tokyo") == parsed
+
+
+def test_a_wall_time_in_an_unknown_zone_is_utc_and_without_any_zone_takes_the_fallback() -> None:
+    paris = ZoneInfo("Europe/Paris")
+    assert event_datetime("2026-03-01T09:30:00", "Not/AZone", paris) == datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    assert event_datetime("2026-03-01T09:30:00", None, paris) == datetime(2026, 3, 1, 9, 30, tzinfo=paris)
+    assert event_time({"dateTime": "2026-03-01T09:30:00"}, "Asia/Tokyo") == datetime(
+        2026, 3, 1, 9, 30, tzinfo=ZoneInfo("Asia/Tokyo")
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-03-01T09:30:00Z", datetime(2026, 3, 1, 9, 30, tzinfo=UTC)),
+        ("2026-03-01T09:30:00.123456789Z", datetime(2026, 3, 1, 9, 30, 0, 123456, tzinfo=UTC)),
+        ("2026-03-01T09:30:00+05", datetime(2026, 3, 1, 4, 30, tzinfo=UTC)),
+    ],
+)
+def test_the_forms_google_and_rfc_3339_allow(text: str, expected: datetime) -> None:
+    assert parse_timestamp(text) == expected
+
+
+@given(day=st.dates(min_value=date(1, 1, 1), max_value=date(9999, 12, 31)))
+def test_an_all_day_date_is_a_date(day: date) -> None:
+    parsed = event_time({"date": day.isoformat(), "timeZone": "Europe/Paris"})
+    assert parsed == day and not isinstance(parsed, datetime)
+
+
+@pytest.mark.parametrize("when", [{}, {"dateTime": ""}, {"date": "tomorrow"}, {"dateTime": "noon"}, {"date": None}])
+def test_neither_a_time_nor_a_date_is_an_error(when: dict[str, str | None]) -> None:
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        event_time(when)
+
+
+def test_zone_names() -> None:
+    assert zone_named("Europe/Paris") == ZoneInfo("Europe/Paris")
+    assert zone_named("Not/AZone") is None and zone_named("") is None and zone_named(None) is None
+    assert zone_named("../etc/passwd") is None
