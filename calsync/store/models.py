@@ -112,13 +112,15 @@ class EnumColumn(TypeDecorator[E]):
         self.enum = enum
         self._members: dict[Any, E] = {member.value: member for member in enum}
 
-    def process_bind_param(self, value: E | None, dialect: Dialect) -> Any:
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:  # a member, or its value
         if value is None:
             return None
-        member = self._members.get(value.value if isinstance(value, Enum) else value)
-        if member is None or (isinstance(value, Enum) and not isinstance(value, self.enum)):
+        if value.__class__ is self.enum:
+            return value._value_
+        member = None if isinstance(value, Enum) else self._members.get(value)  # another enum's member: no
+        if member is None:
             raise UnknownStateError(f"{value!r} is not a {self.enum.__name__}")
-        return member.value
+        return member._value_
 
     def process_result_value(self, value: Any, dialect: Dialect) -> E | None:
         if value is None:

@@ -198,11 +198,13 @@ def test_an_occurrence_is_patched_and_deleted_by_its_instance_id_without_echo(
         },
     ).event
     assert series is not None
+    assert [o["summary"] for o in _occurrences(runtime, cal)] == ["Weekly"] * 4  # now cached by the process
     second, third = f"{series['id']}_20260309T080000Z", f"{series['id']}_20260316T080000Z"
     moved = writes.patch_event(runtime, cal, second, {"summary": "Moved once"}, send_updates="none").event
     assert moved is not None and moved["recurringEventId"] == series["id"]
     gone = writes.delete_event(runtime, cal, third)
     assert gone.event == mirror(runtime, cal)[third] and gone.event["status"] == "cancelled"
+    assert [o["summary"] for o in _occurrences(runtime, cal)] == ["Weekly", "Moved once", "Weekly"]  # read your writes
     rows = changes(runtime, cal)
     assert [(c.type, c.event_id, c.origin) for c in rows] == [
         ("event.created", series["id"], "api"),
@@ -214,6 +216,14 @@ def test_an_occurrence_is_patched_and_deleted_by_its_instance_id_without_echo(
     writes.delete_event(runtime, cal, series["id"])  # the series takes its exceptions along
     settle(runtime, emu, cal)
     assert mirror(runtime, cal) == {} and [c.type for c in changes(runtime, cal)[3:]] == ["event.deleted"] * 3
+
+
+def _occurrences(runtime: Runtime, calendar_id: int) -> list[dict[str, Any]]:
+    """March 2026 as `/api/events?singleEvents=true` answers it (the process's cached expansion)."""
+    with runtime.sessions() as session:
+        calendar = session.get_one(Calendar, calendar_id)
+        low, high = parse_instant("2026-03-01T00:00:00Z"), parse_instant("2026-04-01T00:00:00Z")
+        return list(availability.single_events_page(session, calendar, low, high, page_token=None)["items"])
 
 
 def test_a_delete_with_a_stale_if_match_deletes_nothing(runtime: Runtime, emu: Any, cal: int) -> None:
