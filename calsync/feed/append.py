@@ -6,7 +6,7 @@ counter row's lock as the last step of a transaction serialises the commits that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -36,15 +36,22 @@ _COLUMNS = (
 )
 
 
-def append_changes(session: Session, changes: Sequence[NewChange], now: Any) -> Sequence[NewChange]:
+def append_changes(
+    session: Session, changes: Sequence[NewChange], now: Any, *, refs: Mapping[int, str | None] | None = None
+) -> Sequence[NewChange]:
     """Give `changes` their seq numbers and add them; consumers (webhooks among them) read them from here.
 
     A row that names only its calendar gets the calendar's account, and every row the account's
-    `ref` as it stands in this transaction.
+    `ref` as it stands in this transaction: `refs` when the caller read them in it already (rows
+    that all name their account), else read here.
     """
     if not changes:
         return changes
-    _name_accounts(session, changes)
+    if refs is not None and all(c.account_id in refs for c in changes):
+        for change in changes:
+            change.ref = refs[change.account_id or 0]
+    else:
+        _name_accounts(session, changes)
     last = session.execute(
         update(Counter)
         .where(Counter.name == SEQ_COUNTER)

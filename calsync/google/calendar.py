@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -54,11 +57,18 @@ class GoogleCalendar:
     """
 
     def __init__(
-        self, credentials: Credentials, api_endpoint: str, *, timeout: float = 30.0, budget: CallBudget | None = None
+        self,
+        credentials: Credentials,
+        api_endpoint: str,
+        *,
+        timeout: float = 30.0,
+        budget: CallBudget | None = None,
+        http: httplib2.Http | None = None,
     ) -> None:
+        """`http`: a connection lent for the client's life (`Connections`), else one of its own."""
         self.credentials = credentials
         self.budget = budget
-        self._http = google_auth_httplib2.AuthorizedHttp(credentials, http=httplib2.Http(timeout=timeout))
+        self._http = google_auth_httplib2.AuthorizedHttp(credentials, http=http or httplib2.Http(timeout=timeout))
         self._api = _resources(api_endpoint)
 
     # Calendar list ---------------------------------------------------------------------------
@@ -189,6 +199,33 @@ class GoogleCalendar:
             raise BackendError(f"{method}: network error: {err}", reason="networkError") from err
         GOOGLE_CALLS.labels(method, "200").inc()
         return result
+
+
+class Connections:
+    """Kept-alive connections to Google, lent to one client (one thread) at a time.
+
+    For short calls made one by one from many threads (writes through calsync): each would
+    otherwise open a connection of its own, a TCP and TLS handshake with Google per call. An
+    httplib2.Http keeps one open connection per host and is not thread-safe, hence the lending.
+    """
+
+    def __init__(self, *, timeout: float = 30.0, keep: int = 16) -> None:
+        self.timeout = timeout
+        self.keep = keep
+        self._idle: list[httplib2.Http] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def lend(self) -> Iterator[httplib2.Http]:
+        with self._lock:
+            http = self._idle.pop() if self._idle else None
+        http = http or httplib2.Http(timeout=self.timeout)
+        try:
+            yield http
+        finally:
+            with self._lock:
+                if len(self._idle) < self.keep:
+                    self._idle.append(http)
 
 
 def decode_page(body: bytes) -> dict[str, Any]:

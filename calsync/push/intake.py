@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from calsync.metrics import NOTIFICATION_BATCH
 from calsync.push.intake_sql import TRIM_LOG, Item, Push, record_batch
-from calsync.push.intake_sqlite import Checkpointer, WriterTurn
+from calsync.push.intake_sqlite import Checkpointer, WriterTurn, begin_immediate
 from calsync.runtime import Runtime
 from calsync.store.states import NotificationOutcome
 
@@ -155,7 +155,7 @@ class Intake:
         cursor = conn.cursor()
         try:
             if dialect.name == "sqlite":
-                cursor.execute("BEGIN IMMEDIATE")  # as db.py's transactions: the write lock up front
+                begin_immediate(cursor)  # as db.py's transactions: the write lock up front
             # (on PostgreSQL each statement is its own transaction: see _acquire)
             newly_owed = record_batch(cursor, dialect, batch, self._rt.clock.now())
             trim = self._since_trim + len(batch) >= TRIM_EVERY

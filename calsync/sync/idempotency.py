@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from calsync.errors import IdempotencyKeyReused, InvalidWrite
@@ -59,31 +58,23 @@ def body_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def claim(runtime: Runtime, calendar_id: int, key: str, digest: str, event_id: str) -> Claim:
-    """Hold `key` for this body (committed at once), or find it held; another body → IdempotencyKeyReused."""
-    for _ in range(2):
-        try:
-            with transaction(runtime.sessions) as session:
-                row = session.get(IdempotencyKey, (calendar_id, key))
-                if row is None:
-                    row = IdempotencyKey(
-                        calendar_id=calendar_id,
-                        key=key,
-                        body_hash=digest,
-                        event_id=event_id,
-                        seq=None,
-                        created_at=runtime.clock.now(),
-                    )
-                    session.add(row)
-                    session.flush()
-                if row.body_hash != digest:
-                    raise IdempotencyKeyReused(
-                        "this Idempotency-Key was used for another body: use a new key for a new event"
-                    )
-                return Claim(row.key, row.body_hash, row.event_id, row.seq)
-        except IntegrityError:  # a concurrent twin claimed it first: read its row
-            continue
-    raise IdempotencyKeyReused("this Idempotency-Key is being claimed concurrently; retry")
+def claim(session: Session, calendar_id: int, key: str, digest: str, event_id: str, now: datetime) -> Claim:
+    """Hold `key` for this body in the caller's transaction (committed before Google is called), or
+    find it held; another body → IdempotencyKeyReused.
+
+    A concurrent twin that inserted the same key first makes the flush fail with IntegrityError:
+    the caller runs its transaction again and then finds the twin's row.
+    """
+    row = session.get(IdempotencyKey, (calendar_id, key))
+    if row is None:
+        row = IdempotencyKey(
+            calendar_id=calendar_id, key=key, body_hash=digest, event_id=event_id, seq=None, created_at=now
+        )
+        session.add(row)
+        session.flush()
+    if row.body_hash != digest:
+        raise IdempotencyKeyReused("this Idempotency-Key was used for another body: use a new key for a new event")
+    return Claim(row.key, row.body_hash, row.event_id, row.seq)
 
 
 def release(runtime: Runtime, calendar_id: int, key: str, digest: str) -> None:
@@ -100,10 +91,13 @@ def release(runtime: Runtime, calendar_id: int, key: str, digest: str) -> None:
 
 
 def record(session: Session, calendar_id: int, key: str, seq: int) -> None:
-    """The creation is committed at `seq` (in the same transaction as its feed row)."""
-    row = session.get(IdempotencyKey, (calendar_id, key))
-    if row is not None and row.seq is None:
-        row.seq = seq
+    """The creation is committed at `seq` (in the same transaction as its feed row; one statement)."""
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.calendar_id == calendar_id, IdempotencyKey.key == key, IdempotencyKey.seq.is_(None))
+        .values(seq=seq)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def recorded_seq(session: Session, calendar_id: int, key: str) -> int | None:

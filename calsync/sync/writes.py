@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.oauth2.credentials import Credentials
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import credentials_from_stored, mark_reauth_required, save_if_refreshed
@@ -32,6 +33,7 @@ from calsync.errors import (
     Forbidden,
     GoogleApiError,
     GoogleNotFound,
+    IdempotencyKeyReused,
     InsufficientScope,
     InvalidWrite,
     NotFoundError,
@@ -42,9 +44,9 @@ from calsync.errors import (
 from calsync.feed.append import append_changes
 from calsync.feed.cursor import newest_seq
 from calsync.feed.reads import reconnect_hint
-from calsync.google.calendar import GoogleCalendar
+from calsync.google.calendar import Connections, GoogleCalendar
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
+from calsync.store.db import is_postgres, transaction
 from calsync.store.models import Account, Calendar, Change, Event
 from calsync.store.states import AccountStatus, Origin, Priority
 from calsync.sync import idempotency, turns
@@ -84,36 +86,31 @@ def create_event(
     """events.insert; with a key, the same key and body make one event however often they are sent."""
     body = _check_body(body)
     _check_send_updates(send_updates)
-    target = _Target.load(runtime, calendar_id)
-    claim: idempotency.Claim | None = None
-    if idempotency_key is not None:
-        key = idempotency.check_key(idempotency_key)
-        if "id" in body:
-            raise InvalidWrite("id", "id: the event id is derived from the Idempotency-Key; give one or the other")
-        claim = idempotency.claim(
-            runtime,
-            calendar_id,
-            key,
-            idempotency.body_hash(body),
-            idempotency.derived_event_id(target.google_id, key),
-        )
-        if claim.seq is not None:
-            return _replay(runtime, target, claim)
-        body = {**body, "id": claim.event_id}
-    api = target.client(runtime)
-    with turns.turn(runtime, calendar_id):
-        try:
-            event = target.google(runtime, lambda: api.insert_event(target.google_id, body, send_updates=send_updates))
-        except Duplicate:
-            if claim is None:
+    key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
+    if key is not None and "id" in body:
+        raise InvalidWrite("id", "id: the event id is derived from the Idempotency-Key; give one or the other")
+    with _Target.ready(runtime, calendar_id, key=key, body=body) as target:
+        claim = target.claim
+        if claim is not None:
+            if claim.seq is not None:
+                return _replay(runtime, target, claim)
+            body = {**body, "id": claim.event_id}
+        api = target.api
+        with turns.turn(runtime, calendar_id):
+            try:
+                event = target.google(
+                    runtime, lambda: api.insert_event(target.google_id, body, send_updates=send_updates)
+                )
+            except Duplicate:
+                if claim is None:
+                    raise
+                # An earlier attempt with this key was made in Google, and its answer was lost: fetch it.
+                event = target.google(runtime, lambda: api.get_event(target.google_id, claim.event_id))
+            except GoogleApiError as err:
+                if claim is not None and not isinstance(err, TransientGoogleError):
+                    idempotency.release(runtime, calendar_id, claim.key, claim.body_hash)
                 raise
-            # An earlier attempt with this key was made in Google, and its answer was lost: fetch it.
-            event = target.google(runtime, lambda: api.get_event(target.google_id, claim.event_id))
-        except GoogleApiError as err:
-            if claim is not None and not isinstance(err, TransientGoogleError):
-                idempotency.release(runtime, calendar_id, claim.key, claim.body_hash)
-            raise
-        return _commit(runtime, target, event, key=claim.key if claim else None)
+            return _commit(runtime, target, event, key=claim.key if claim else None)
 
 
 def patch_event(
@@ -130,9 +127,8 @@ def patch_event(
     _check_send_updates(send_updates)
     _check_event_id(event_id)
     _check_if_match(if_match)
-    target = _Target.load(runtime, calendar_id)
-    api = target.client(runtime)
-    with turns.turn(runtime, calendar_id):
+    with _Target.ready(runtime, calendar_id) as target, turns.turn(runtime, calendar_id):
+        api = target.api
         try:
             event = target.google(
                 runtime,
@@ -157,22 +153,20 @@ def delete_event(
     _check_send_updates(send_updates)
     _check_event_id(event_id)
     _check_if_match(if_match)
-    target = _Target.load(runtime, calendar_id)
-    api = target.client(runtime)
-    with turns.turn(runtime, calendar_id):
-        return _delete(runtime, target, api, event_id, if_match=if_match, send_updates=send_updates)
+    with _Target.ready(runtime, calendar_id) as target, turns.turn(runtime, calendar_id):
+        return _delete(runtime, target, event_id, if_match=if_match, send_updates=send_updates)
 
 
 def _delete(
     runtime: Runtime,
     target: _Target,
-    api: GoogleCalendar,
     event_id: str,
     *,
     if_match: str | None,
     send_updates: str | None,
 ) -> WriteResult:
     """`delete_event` within the calendar's turn."""
+    api = target.api
     try:
         target.google(
             runtime,
@@ -193,37 +187,95 @@ def _delete(
 # The account and calendar a write acts for ---------------------------------------------------------
 @dataclass
 class _Target:
+    """A write's calendar, its account's grant, its key's claim and its Google client."""
+
     calendar_id: int
     google_id: str
     account_id: int
     email: str
     ref: str | None
     stored_credentials: bytes
+    claim: idempotency.Claim | None = None
     credentials: Credentials | None = None
     token_before: str | None = None
+    _api: GoogleCalendar | None = None
 
     @classmethod
-    def load(cls, runtime: Runtime, calendar_id: int) -> _Target:
-        """The calendar and its account; InsufficientScope unless the grant lets calsync write."""
-        with runtime.sessions() as session:
-            found = session.execute(
-                select(Calendar, Account)
-                .join(Account, Calendar.account_id == Account.id)
-                .where(Calendar.id == calendar_id, Calendar.removed_at.is_(None))
-            ).one_or_none()
-            if found is None:
-                raise NotFoundError(f"no calendar with id {calendar_id}")
-            cal, account = found
-            target = cls(cal.id, cal.google_id, account.id, account.email, account.ref, account.credentials)
-            status, scopes = account.status, set(account.scopes or [])
-        if status != AccountStatus.ACTIVE:
+    @contextlib.contextmanager
+    def ready(
+        cls, runtime: Runtime, calendar_id: int, *, key: str | None = None, body: dict[str, Any] | None = None
+    ) -> Iterator[_Target]:
+        """The calendar, its account and the key's claim, read and committed in one transaction with
+        the write's first Google call taken from the budget (prepaid, at the priority of writes); then
+        a client over a kept-alive connection for the block. InsufficientScope unless the grant lets
+        calsync write; IdempotencyKeyReused for a key held by another body.
+
+        One transaction, not three (the read, the claim, the budget's take): each durable commit
+        and round trip is latency added to Google's own. A call the block does not make is not
+        left credited to the thread.
+        """
+        digest = idempotency.body_hash(body or {}) if key is not None else None
+        try:
+            target = cls._prepare(runtime, calendar_id, key, digest)
+            with _CONNECTIONS.lend() as http:
+                target.credentials = credentials_from_stored(runtime, target.stored_credentials)
+                target.token_before = target.credentials.token
+                budget = runtime.budget.spender(target.account_id, Priority.WRITE)  # first in line for the quota
+                target._api = GoogleCalendar(
+                    target.credentials, runtime.settings.calendar_api_endpoint, budget=budget, http=http
+                )
+                yield target
+        finally:
+            runtime.budget.forget_prepaid()
+
+    @classmethod
+    def _prepare(cls, runtime: Runtime, calendar_id: int, key: str | None, digest: str | None) -> _Target:
+        for attempt in range(2):
+            try:
+                with transaction(runtime.sessions) as session:
+                    target = cls._read(runtime, session, calendar_id)
+                    if key is not None and digest is not None:
+                        event_id = idempotency.derived_event_id(target.google_id, key)
+                        now = runtime.clock.now()
+                        target.claim = idempotency.claim(session, calendar_id, key, digest, event_id, now)
+                        if target.claim.seq is not None:
+                            return target  # a replay: nothing will be sent
+                    elif is_postgres(session):
+                        # Only the budget's take is written: a crash of the database may lose it
+                        # (one call uncounted), so its commit does not wait for the disk.
+                        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+                    runtime.budget.prepay(session, Priority.WRITE, target.account_id)
+                    return target
+            except IntegrityError:  # a concurrent twin claimed the key first: read its row
+                runtime.budget.forget_prepaid()
+                if attempt:
+                    raise IdempotencyKeyReused("this Idempotency-Key is being claimed concurrently; retry") from None
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _read(cls, runtime: Runtime, session: Session, calendar_id: int) -> _Target:
+        found = session.execute(
+            select(Calendar, Account)
+            .join(Account, Calendar.account_id == Account.id)
+            .where(Calendar.id == calendar_id, Calendar.removed_at.is_(None))
+        ).one_or_none()
+        if found is None:
+            raise NotFoundError(f"no calendar with id {calendar_id}")
+        cal, account = found
+        target = cls(cal.id, cal.google_id, account.id, account.email, account.ref, account.credentials)
+        if account.status != AccountStatus.ACTIVE:
             raise InsufficientScope(
-                f"Google no longer lets calsync act for {target.email} ({status}): the user must connect again",
+                f"Google no longer lets calsync act for {target.email} ({account.status}): the user must connect again",
                 reconnect=reconnect_hint(target.ref),
             )
-        if not scopes & WRITE_SCOPES:
+        if not set(account.scopes or []) & WRITE_SCOPES:
             raise target.insufficient_scope(runtime)
         return target
+
+    @property
+    def api(self) -> GoogleCalendar:
+        assert self._api is not None, "a client exists only within `_Target.ready`"
+        return self._api
 
     def insufficient_scope(self, runtime: Runtime) -> InsufficientScope:
         if not set(runtime.settings.google_scopes) & WRITE_SCOPES:
@@ -235,12 +287,6 @@ class _Target:
         else:
             message = f"{self.email} connected before writing was turned on: the user must consent again"
         return InsufficientScope(message, reconnect=reconnect_hint(self.ref))
-
-    def client(self, runtime: Runtime) -> GoogleCalendar:
-        self.credentials = credentials_from_stored(runtime, self.stored_credentials)
-        self.token_before = self.credentials.token
-        budget = runtime.budget.spender(self.account_id, Priority.WRITE)  # first in line for the quota
-        return GoogleCalendar(self.credentials, runtime.settings.calendar_api_endpoint, budget=budget)
 
     def google(self, runtime: Runtime, call: Callable[[], _T]) -> _T:
         """Every Google call of a write goes through here (one place for the quota budget, where
@@ -264,38 +310,59 @@ class _Target:
             save_if_refreshed(session, runtime, self.account_id, self.credentials, self.token_before)
 
 
+# Kept-alive connections to Google, shared by the process's writes.
+_CONNECTIONS = Connections()
+
+
 # One commit: the mirror, the feed, the key ------------------------------------------------------------
 def _commit(
     runtime: Runtime, target: _Target, event: dict[str, Any], *, key: str | None = None, origin: Origin = Origin.API
 ) -> WriteResult:
     """Google's version into the mirror and the feed (rows of `origin`), in one transaction.
 
-    The calendar row is locked first, as a worker's sync locks it (extending its lease) before it
-    reads the mirror: a sync and a write of the same calendar never interleave their reads and
-    writes. The written row is stamped with the next full-sync generation, so a full sync that
-    listed before the write cannot sweep it away.
+    Runs within the calendar's turn, which every sync page's transaction takes too: a sync and a
+    write of the same calendar never interleave their reads and writes, and the full-sync
+    generation read here cannot move meanwhile (only a page starts a full sync). So the calendar
+    row is not locked: the write does not wait on the worker's own commits of that row (its claim
+    of the job, its outcome). The written row is stamped with the next generation, so a full sync
+    that listed before the write cannot sweep it away.
     """
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
-        gen = session.scalar(select(Calendar.full_sync_gen).where(Calendar.id == target.calendar_id).with_for_update())
+        gen, ref = session.execute(
+            select(Calendar.full_sync_gen, Account.ref)
+            .join(Account, Calendar.account_id == Account.id)
+            .where(Calendar.id == target.calendar_id)
+        ).one()
         mirror = PageMirror(session, target.calendar_id, gen=int(gen or 0) + 1)
         mirror.apply([event], [])
         for change in mirror.changes:
+            change.account_id = target.account_id
             change.origin = origin
             change.idempotency_key = key if origin == Origin.API else None
         target.keep_token(session, runtime)
-        append_changes(session, mirror.changes, now)
+        append_changes(session, mirror.changes, now, refs={target.account_id: ref})
         session.flush()
         seq = max((c.seq for c in mirror.changes), default=0) or _latest_seq(session, target, event["id"], key)
         if key is not None:
             idempotency.record(session, target.calendar_id, key, seq)
-        row = _mirrored(session, target.calendar_id, event["id"])
-        return WriteResult(dict(row.data) if row is not None else _unless_cancelled(event), seq)
+        return WriteResult(_as_mirrored(session, target, mirror, event), seq)
+
+
+def _as_mirrored(session: Session, target: _Target, mirror: PageMirror, event: dict[str, Any]) -> dict[str, Any] | None:
+    """The event's row after the commit: the version its last feed row wrote (no read), or, when
+    the mirror held it already (or kept it out), the row as it stands."""
+    written = [c for c in mirror.changes if c.event_id == event["id"]]
+    if written:
+        after = written[-1].after
+        return dict(after) if after is not None else None
+    row = _mirrored(session, target.calendar_id, event["id"])
+    return dict(row.data) if row is not None else _unless_cancelled(event)
 
 
 def _conflict(runtime: Runtime, target: _Target, event_id: str) -> WriteConflict:
     """Google's 412: fetch the event as it is now, mirror it, and give it to the app."""
-    api = target.client(runtime)
+    api = target.api
     try:
         current: dict[str, Any] | None = target.google(runtime, lambda: api.get_event(target.google_id, event_id))
     except GoogleNotFound:

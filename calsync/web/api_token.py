@@ -16,6 +16,7 @@ from flask import Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from calsync.web.app import is_api_path, runtime
+from calsync.web.errors import Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,10 +42,7 @@ def require_api_token(view: F) -> F:
                 message = "the API is disabled: set CALSYNC_API_TOKEN"
             else:
                 message = "missing or wrong bearer token"
-            resp = jsonify(error="unauthorized", message=message)
-            resp.status_code = 401
-            resp.headers["WWW-Authenticate"] = 'Bearer realm="calsync"'
-            return resp
+            raise Unauthorized(message)
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

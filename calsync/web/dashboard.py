@@ -36,7 +36,7 @@ from calsync.store.models import (
     Change,
     Channel,
 )
-from calsync.store.states import AccountStatus, ChangeKind
+from calsync.store.states import AccountStatus, ChangeKind, DeliveryState, Origin
 from calsync.web.app import runtime
 from calsync.web.operator_login import (
     check_csrf,
@@ -79,6 +79,10 @@ class AccountBlock:
 def _add_root(state: Any) -> None:
     """The site's root leads operators to the dashboard (a rule outside the /dashboard prefix)."""
     state.app.add_url_rule("/", "index", lambda: redirect(url_for("dashboard.overview")))
+    # The pages compare states with the enums, as the code does.
+    state.app.jinja_env.globals.update(
+        AccountStatus=AccountStatus, ChangeKind=ChangeKind, DeliveryState=DeliveryState, Origin=Origin
+    )
 
 
 @bp.get("/")

@@ -48,6 +48,10 @@ class BadParameter(ValueError):
     """A query parameter or body value a view refused; the message names it."""
 
 
+class Unauthorized(CalsyncError):
+    """The request lacks the API's bearer token (or the API has none)."""
+
+
 class DatabaseUnavailable(CalsyncError):
     """The database cannot answer (down, restarting, locked past its timeout, disk full)."""
 
@@ -83,6 +87,7 @@ ANSWERS: dict[type[Exception], ErrorAnswer] = {
     AmbiguousCalendar: ErrorAnswer(400, "ambiguous_calendar"),
     UnsafeURLError: ErrorAnswer(400, "unsafe_url", field="url"),
     VerificationFailed: ErrorAnswer(422, "verification_failed", field="url"),
+    Unauthorized: ErrorAnswer(401, "unauthorized", headers=lambda _: {"WWW-Authenticate": 'Bearer realm="calsync"'}),
     NotFoundError: ErrorAnswer(404, "not_found"),
     CursorExpired: ErrorAnswer(410, "cursor_expired", details=lambda err: {"oldest_seq": err.oldest_seq}),
     DatabaseUnavailable: ErrorAnswer(

@@ -12,6 +12,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from calsync.errors import InvalidWrite
 from calsync.readmodels import reads
+from calsync.store.db import statements_alone
 from calsync.sync import writes
 from calsync.web.api_token import require_api_token
 from calsync.web.app import runtime
@@ -58,6 +59,7 @@ def delete(calendar_id: str, event_id: str) -> Any:
 # Helpers --------------------------------------------------------------------------------------
 def _calendar(google_id: str) -> int:
     with runtime().sessions() as session:
+        statements_alone(session)  # one round trip: no BEGIN, no ROLLBACK
         return reads.one_calendar(session, google_id, request.args.get("account") or None).id
 
 

@@ -8,13 +8,23 @@ over the same kind of connection. calsync's overhead is the difference of the me
 to Google's own latency (claiming the key, the account's grant, the mirror and the feed in one
 commit).
 
+The user's quota budget is set above the rate of this one user writing as fast as it can (Google's
+own limit, 600/min per user, would refuse the direct calls too): every write still takes from the
+budget, but none waits for it. Pacing is measured by `bench_quota.py` and `bench_quota_sim.py`.
+
+With `--old REV`, each engine also runs the same steps with `calsync serve` of that commit (a fresh
+database each), old then new: the overheads of both, each with its own same-run baseline.
+
 Target: overhead p50 <= 10 ms. Correctness: each write through calsync is one `api` row of the feed
 and its notification adds none; each direct call is one `google` row; the mirror equals the emulator.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +55,9 @@ from tests.bench._common import (
 OWNER = "writer@example.com"
 SCOPES = ("https://www.googleapis.com/auth/calendar.readonly", "https://www.googleapis.com/auth/calendar.events")
 TARGET_MS = 10.0
+ROOT = Path(__file__).resolve().parents[2]
+# Above this benchmark's rate for its one user (see the docstring); the budget is still taken per call.
+PER_USER_PER_MINUTE = "100000"
 
 
 def main(args: Any) -> int:
@@ -52,17 +65,27 @@ def main(args: Any) -> int:
     writes = args.writes or (60 if args.quick else 300)
     emu = start_emulator()
     try:
-        with workdir("writes") as work:
+        with workdir("writes") as work, tempfile.TemporaryDirectory(prefix="calsync-old-") as old:
+            trees: list[tuple[str, str | None]] = [("", None)]
+            if args.old:
+                archive = f"git -C {ROOT} archive {args.old} calsync alembic | tar -x -C {old}"
+                subprocess.run(archive, shell=True, check=True)
+                trees = [(f"old {args.old}, ", old), ("new, ", None)]
             for kind in engines(args.db):
-                with database(kind, work, "writes") as url:
-                    _run(report, kind, emu, url, work, writes)
-                emu.reset()
+                for label, tree in trees:
+                    with database(kind, work, "writes-old" if tree else "writes") as url:
+                        _run(report, kind, emu, url, work, writes, label=label, tree=tree)
+                    emu.reset()
     finally:
         emu.stop()
     return report.finish()
 
 
-def _run(report: Report, kind: str, emu: Any, url: str, work: Path, writes: int) -> None:
+def _run(
+    report: Report, engine: str, emu: Any, url: str, work: Path, writes: int, *, label: str, tree: str | None
+) -> None:
+    """One round; `tree`: run `calsync serve` from that source tree (an older commit)."""
+    kind = f"{label}{engine}"
     print(f"-- {kind}: {writes} creates and {writes} patches each way", flush=True)
     dep = Deployment(emu, url, work)
     rt = dep.runtime()
@@ -71,7 +94,10 @@ def _run(report: Report, kind: str, emu: Any, url: str, work: Path, writes: int)
         emu.insert_event(OWNER, event_body(n))
     connect_account(rt, emu, OWNER, scopes=SCOPES)
     token = emu.issue_tokens(OWNER, scopes=SCOPES)["access_token"]
-    serve = dep.start(["serve", "--port", str(dep.port)], f"serve-{kind}", CALSYNC_GOOGLE_SCOPES=" ".join(SCOPES))
+    env = {"CALSYNC_GOOGLE_SCOPES": " ".join(SCOPES), "CALSYNC_QUOTA_PER_USER_PER_MINUTE": PER_USER_PER_MINUTE}
+    if tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")])
+    serve = dep.start(["serve", "--port", str(dep.port)], f"serve-{engine}-{'old' if tree else 'new'}", **env)
     try:
         dep.wait_http()
         if not report.check(bool(wait_until(lambda: all_synced(rt, 1), 120, 0.2)), f"[{kind}] calendar synced"):
@@ -175,4 +201,5 @@ class _Client:
 if __name__ == "__main__":
     p = parser(__doc__ or "")
     p.add_argument("--writes", type=int, default=None, help="creates (and patches) per path")
+    p.add_argument("--old", default="", help="also measure `calsync serve` of this commit, in the same run")
     run_main(main, p)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from calsync.errors import AuthRevoked, SyncTokenExpired
-from calsync.google.calendar import GoogleCalendar
+from calsync.google.calendar import Connections, GoogleCalendar
 from tests.emulator.conftest import credentials_for
 
 
@@ -48,3 +48,20 @@ def test_an_expired_sync_token_is_its_own_error(emu: Any) -> None:
     emu.invalidate_sync_tokens("ann@example.com")
     with pytest.raises(SyncTokenExpired):
         ann.list_events_page("primary", sync_token=token)
+
+
+def test_clients_lent_one_connection_in_turn_speak_for_their_own_users_and_never_share_it(emu: Any) -> None:
+    """Writes borrow a kept-alive connection (httplib2 keeps it open where the server allows, as
+    Google does): no new TCP and TLS handshake per call, and never two threads on one connection."""
+    pool = Connections()
+    ann_creds = credentials_for(emu, emu.issue_tokens(emu.create_user("ann@example.com", "ann")))
+    bob_creds = credentials_for(emu, emu.issue_tokens(emu.create_user("bob@example.com", "bob")))
+    lent = []
+    for creds, email in ((ann_creds, "ann@example.com"), (bob_creds, "bob@example.com")) * 2:
+        with pool.lend() as http:
+            client = GoogleCalendar(creds, emu.api_url + "calendar/v3/", http=http)
+            assert client.get_calendar("primary")["id"] == email  # each call speaks for its own user
+            lent.append(http)
+    assert all(http is lent[0] for http in lent)
+    with pool.lend() as first, pool.lend() as second:
+        assert first is not second  # lent at once: one connection each

@@ -15,6 +15,7 @@ from calsync.push.intake import Intake, IntakeUnavailable
 from calsync.push.intake_sql import Item, record_batch
 from calsync.runtime import Runtime
 from calsync.store.models import Channel, Notification
+from calsync.store.states import NotificationOutcome
 from tests.push_support import calendar_row, push_of
 
 
@@ -37,14 +38,21 @@ def test_a_batch_decides_in_arrival_order_and_owes_one_sync(runtime: Runtime, wa
         conn.commit()
     finally:
         conn.close()
-    assert [i.outcome for i in batch] == ["queued", "duplicate", "duplicate", "queued", "bad_token", "malformed"]
+    assert [i.outcome for i in batch] == [
+        NotificationOutcome.QUEUED,
+        NotificationOutcome.DUPLICATE,
+        NotificationOutcome.DUPLICATE,
+        NotificationOutcome.QUEUED,
+        NotificationOutcome.BAD_TOKEN,
+        NotificationOutcome.MALFORMED,
+    ]
     assert [(n.message_number, n.outcome) for n in _log(runtime)] == [
-        (9, "queued"),
-        (9, "duplicate"),
-        (4, "duplicate"),
-        (12, "queued"),
-        (13, "bad_token"),
-        (None, "malformed"),
+        (9, NotificationOutcome.QUEUED),
+        (9, NotificationOutcome.DUPLICATE),
+        (4, NotificationOutcome.DUPLICATE),
+        (12, NotificationOutcome.QUEUED),
+        (13, NotificationOutcome.BAD_TOKEN),
+        (None, NotificationOutcome.MALFORMED),
     ]
     cal = calendar_row(runtime, watched["calendar_id"])
     assert (cal.sync_requested, cal.sync_done) == (2, 1)  # one more sync owed for the whole batch
@@ -81,11 +89,12 @@ def test_only_a_batch_that_makes_work_owed_wakes_a_worker(runtime: Runtime, watc
 
     intake = Intake(runtime)
     woken = runtime.wakeup.generation()
-    assert intake.record(push_of(ch, 10), {}) == "queued"  # owed again by the previous batch: no wake-up
+    # Owed again by the previous batch: no wake-up.
+    assert intake.record(push_of(ch, 10), {}) == NotificationOutcome.QUEUED
     assert runtime.wakeup.generation() == woken
     with runtime.engine.begin() as conn:
         conn.execute(text("UPDATE calendars SET sync_done = sync_requested WHERE id = :id"), {"id": cal_id})
-    assert intake.record(push_of(ch, 11), {}) == "queued"
+    assert intake.record(push_of(ch, 11), {}) == NotificationOutcome.QUEUED
     assert runtime.wakeup.generation() == woken + 1
 
 
@@ -106,7 +115,11 @@ def test_notifications_waiting_together_share_a_transaction(runtime: Runtime, wa
     blocker.close()
     for t in threads:
         t.join(15)
-    assert len(outcomes) == 40 and set(outcomes) <= {"queued", "duplicate"} and "queued" in outcomes
+    assert (
+        len(outcomes) == 40
+        and set(outcomes) <= {NotificationOutcome.QUEUED, NotificationOutcome.DUPLICATE}
+        and NotificationOutcome.QUEUED in outcomes
+    )
     assert len(_log(runtime)) == 40
     assert intake.committed_batches <= 3, f"{intake.committed_batches} transactions for 40 notifications"
     with runtime.sessions() as session:
@@ -144,7 +157,7 @@ def test_two_processes_writing_one_channel_never_lose_the_newest_message(
             assert session.get_one(Channel, str(ch["id"])).last_message_number == 401
         # each queued outcome was newer than every message committed before it, so at least one
         # and never more than there were notifications
-        assert 1 <= outcomes.count("queued") <= 400
+        assert 1 <= outcomes.count(NotificationOutcome.QUEUED) <= 400
         assert calendar_row(runtime, watched["calendar_id"]).sync_requested >= 2
     finally:
         other.close()
@@ -155,15 +168,15 @@ def test_the_writer_thread_ends_when_idle_and_comes_back(
 ) -> None:
     monkeypatch.setattr(intake_module, "IDLE_EXIT", 0.05)
     intake, ch = Intake(runtime), watched["channel"]
-    assert intake.record(push_of(ch, 5), {}) == "queued"
+    assert intake.record(push_of(ch, 5), {}) == NotificationOutcome.QUEUED
     threading.Event().wait(0.3)
     assert not [
         t
         for t in threading.enumerate()
         if t.name == "calsync-intake" and t.is_alive() and getattr(t, "_target", None) == intake._run
     ]
-    assert intake.record(push_of(ch, 6), {}) == "queued"
-    assert [n.outcome for n in _log(runtime)] == ["queued", "queued"]
+    assert intake.record(push_of(ch, 6), {}) == NotificationOutcome.QUEUED
+    assert [n.outcome for n in _log(runtime)] == [NotificationOutcome.QUEUED, NotificationOutcome.QUEUED]
 
 
 def test_a_batch_that_cannot_commit_fails_whole_and_keeps_nothing(runtime: Runtime, watched: dict[str, Any]) -> None:
@@ -182,7 +195,7 @@ def test_a_batch_that_cannot_commit_fails_whole_and_keeps_nothing(runtime: Runti
     with runtime.sessions() as session:  # the channel and calendar writes rolled back with it
         assert session.get_one(Channel, str(ch["id"])).last_message_number == seen_before
     assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
-    assert intake.record(push_of(ch, 7), {}) == "queued"  # Google's retry then succeeds
+    assert intake.record(push_of(ch, 7), {}) == NotificationOutcome.QUEUED  # Google's retry then succeeds
 
 
 def test_sqlite_writers_of_several_processes_take_turns_on_a_lock_file(
@@ -194,7 +207,7 @@ def test_sqlite_writers_of_several_processes_take_turns_on_a_lock_file(
     first, second = Intake(runtime), Intake(runtime)
     if runtime.engine.dialect.name != "sqlite":
         assert first.turn.path is None
-        assert second.record(push_of(ch, 5), {}) == "queued"
+        assert second.record(push_of(ch, 5), {}) == NotificationOutcome.QUEUED
         return
     assert first.turn.path == f"{runtime.engine.url.database}-intake.lock"
     answered: list[str] = []
@@ -204,7 +217,7 @@ def test_sqlite_writers_of_several_processes_take_turns_on_a_lock_file(
         sender.join(0.5)
         assert sender.is_alive() and answered == [] and _log(runtime) == []  # waiting for its turn
     sender.join(10)
-    assert answered == ["queued"] and [n.message_number for n in _log(runtime)] == [5]
+    assert answered == [NotificationOutcome.QUEUED] and [n.message_number for n in _log(runtime)] == [5]
     first.turn.close()
     second.turn.close()
 
@@ -226,14 +239,17 @@ def test_other_processes_are_woken_only_for_work_not_owed_before(runtime: Runtim
         def notifies() -> int:
             return len(list(listener.notifies(timeout=0.5, stop_after=10)))
 
-        assert intake.record(push_of(ch, 5), {}) == "queued"
+        assert intake.record(push_of(ch, 5), {}) == NotificationOutcome.QUEUED
         assert notifies() == 1
-        assert [intake.record(push_of(ch, n), {}) for n in (6, 7)] == ["queued", "queued"]
+        assert [intake.record(push_of(ch, n), {}) for n in (6, 7)] == [
+            NotificationOutcome.QUEUED,
+            NotificationOutcome.QUEUED,
+        ]
         assert notifies() == 0
         assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 4
         with runtime.engine.begin() as conn:  # a worker caught up: the next notification owes anew
             conn.execute(text("UPDATE calendars SET sync_done = sync_requested"))
-        assert intake.record(push_of(ch, 8), {}) == "queued"
+        assert intake.record(push_of(ch, 8), {}) == NotificationOutcome.QUEUED
         assert notifies() == 1
 
 
@@ -271,6 +287,10 @@ def test_a_request_that_gave_up_does_not_strand_the_rest_of_its_batch(
     released = time.monotonic()
     for t in threads:
         t.join(20)
-    assert [results[n] for n in (5, 6, 8)] == ["queued", "queued", "queued"]
+    assert [results[n] for n in (5, 6, 8)] == [
+        NotificationOutcome.QUEUED,
+        NotificationOutcome.QUEUED,
+        NotificationOutcome.QUEUED,
+    ]
     assert max(finished[n] for n in (5, 6, 8)) - released < 5  # well before their 30 s time-out
     assert sorted(n.message_number or -1 for n in _log(runtime)) == [5, 6, 7, 8]  # 7 was recorded all the same

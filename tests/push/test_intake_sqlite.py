@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +17,8 @@ from calsync.push import intake_sqlite
 from calsync.push.intake import Intake
 from calsync.push.intake_sqlite import AUTOCHECKPOINT_DEFAULT, Checkpointer
 from calsync.runtime import Runtime
+from calsync.store.db import SQLITE_BUSY_TIMEOUT_MS
+from calsync.store.states import NotificationOutcome
 from tests.push_support import push_of, wait_for
 
 WAL_HEADER, FRAME_HEADER = 32, 24
@@ -29,7 +33,7 @@ def _wal_frames(database: Path) -> int:
 
 def _record(intake: Intake, channel: dict[str, Any], numbers: range) -> None:
     for n in numbers:  # one at a time: each is a batch, and a commit, of its own
-        assert intake.record(push_of(channel, n), {"X-Goog-Message-Number": str(n)}) == "queued"
+        assert intake.record(push_of(channel, n), {"X-Goog-Message-Number": str(n)}) == NotificationOutcome.QUEUED
 
 
 def test_commits_leave_checkpoints_to_the_checkpointer_which_keeps_the_log_small(
@@ -69,13 +73,15 @@ def test_the_writer_gives_its_connection_back_with_checkpoints_on(
     writer_settings: list[int] = []
     original = intake._transaction
 
-    def spy(conn: Any, batch: Any) -> None:
-        writer_settings.append(conn.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-        original(conn, batch)
+    def spy(conn: Any, batch: Any) -> bool:
+        driver = conn.driver_connection
+        writer_settings.append(driver.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        writer_settings.append(driver.execute("PRAGMA busy_timeout").fetchone()[0])
+        return original(conn, batch)
 
     monkeypatch.setattr(intake, "_transaction", spy)
     _record(intake, watched["channel"], range(10, 12))
-    assert writer_settings == [0, 0]
+    assert writer_settings == [0, 0, 0, 0]  # no automatic checkpoints, no busy handler
     wait_for(
         lambda: cast("QueuePool", runtime.engine.pool).checkedout() == 0 and intake._writer is None,
         what="the writer to go idle and give its connection back",
@@ -85,6 +91,7 @@ def test_the_writer_gives_its_connection_back_with_checkpoints_on(
         assert {c.cursor().execute("PRAGMA wal_autocheckpoint").fetchone()[0] for c in conns} == {
             AUTOCHECKPOINT_DEFAULT
         }
+        assert {c.cursor().execute("PRAGMA busy_timeout").fetchone()[0] for c in conns} == {SQLITE_BUSY_TIMEOUT_MS}
     finally:
         for c in conns:
             c.close()
@@ -102,3 +109,31 @@ def test_the_checkpoint_thread_ends_when_idle_and_comes_back(runtime: Runtime, m
     checkpointer.written()
     wait_for(lambda: checkpointer.runs == 2, what="a new thread's checkpoint")
     assert os.path.exists(f"{runtime.engine.url.database}-wal")
+
+
+def test_a_batch_takes_the_write_lock_as_soon_as_another_writer_lets_go(
+    runtime: Runtime, watched: dict[str, Any]
+) -> None:
+    """SQLite's busy handler sleeps up to 100 ms between tries: a lock freed 335 ms into the wait was
+    taken at its 428 ms try. The writer looks every half millisecond instead."""
+    if runtime.engine.dialect.name != "sqlite":
+        return
+    intake = Intake(runtime)
+    _record(intake, watched["channel"], range(1, 2))  # the writer's connection is set up
+    blocker = runtime.engine.raw_connection()
+    blocker.cursor().execute("BEGIN IMMEDIATE")  # the worker's transaction, say
+    done: list[float] = []
+
+    def record_one() -> None:
+        _record(intake, watched["channel"], range(2, 3))
+        done.append(time.monotonic())
+
+    recorder = threading.Thread(target=record_one)
+    recorder.start()
+    time.sleep(0.335)
+    assert not done  # it waits for the lock, and does not give up
+    released = time.monotonic()
+    blocker.commit()
+    recorder.join(5)
+    blocker.close()
+    assert done and done[0] - released < 0.04, done[0] - released if done else None

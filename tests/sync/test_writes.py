@@ -27,7 +27,9 @@ from calsync.readmodels import availability
 from calsync.readmodels.occurrences import parse_instant
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
-from calsync.store.models import IdempotencyKey
+from calsync.store.models import Calendar, IdempotencyKey
+from calsync.store.quota import Budget, Limits, day_count
+from calsync.store.states import Priority
 from calsync.sync import idempotency, writes
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
@@ -196,11 +198,13 @@ def test_an_occurrence_is_patched_and_deleted_by_its_instance_id_without_echo(
         },
     ).event
     assert series is not None
+    assert [o["summary"] for o in _occurrences(runtime, cal)] == ["Weekly"] * 4  # now cached by the process
     second, third = f"{series['id']}_20260309T080000Z", f"{series['id']}_20260316T080000Z"
     moved = writes.patch_event(runtime, cal, second, {"summary": "Moved once"}, send_updates="none").event
     assert moved is not None and moved["recurringEventId"] == series["id"]
     gone = writes.delete_event(runtime, cal, third)
     assert gone.event == mirror(runtime, cal)[third] and gone.event["status"] == "cancelled"
+    assert [o["summary"] for o in _occurrences(runtime, cal)] == ["Weekly", "Moved once", "Weekly"]  # read your writes
     rows = changes(runtime, cal)
     assert [(c.type, c.event_id, c.origin) for c in rows] == [
         ("event.created", series["id"], "api"),
@@ -212,6 +216,14 @@ def test_an_occurrence_is_patched_and_deleted_by_its_instance_id_without_echo(
     writes.delete_event(runtime, cal, series["id"])  # the series takes its exceptions along
     settle(runtime, emu, cal)
     assert mirror(runtime, cal) == {} and [c.type for c in changes(runtime, cal)[3:]] == ["event.deleted"] * 3
+
+
+def _occurrences(runtime: Runtime, calendar_id: int) -> list[dict[str, Any]]:
+    """March 2026 as `/api/events?singleEvents=true` answers it (the process's cached expansion)."""
+    with runtime.sessions() as session:
+        calendar = session.get_one(Calendar, calendar_id)
+        low, high = parse_instant("2026-03-01T00:00:00Z"), parse_instant("2026-04-01T00:00:00Z")
+        return list(availability.single_events_page(session, calendar, low, high, page_token=None)["items"])
 
 
 def test_a_delete_with_a_stale_if_match_deletes_nothing(runtime: Runtime, emu: Any, cal: int) -> None:
@@ -245,6 +257,8 @@ def test_an_account_connected_read_only_gets_insufficient_scope_then_consents_ag
     connect_with_ref(runtime, emu, ANN, "user-7")  # the connect session asks for the write scope too
     result = writes.create_event(runtime, calendar_id, MEETING)
     assert result.event is not None and emu.events(ANN) == [result.event]
+    [row] = changes(runtime, calendar_id)
+    assert (row.seq, row.origin, row.account_id, row.ref) == (result.seq, "api", account, "user-7")
 
 
 def test_with_writing_off_the_refusal_names_the_setting(runtime: Runtime, emu: Any) -> None:
@@ -336,3 +350,27 @@ def test_a_sync_woken_by_the_writes_own_notification_cannot_commit_it_first(
     assert [(c.origin, c.event_id) for c in changes(runtime, cal)] == [("api", made["id"])]
     assert done[0].seq == changes(runtime, cal)[0].seq
     settle(runtime, emu, cal)
+
+
+def test_a_write_takes_from_the_shared_budget_and_goes_where_a_sync_must_wait(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """The user's budget is spent as far as a notification's sync may run ahead; a write still goes
+    at once (writes may use the reserve above it; nobody may wait here), and its call is counted."""
+    # One call per 0.73 s: the last the syncs may take leaves the writes' share (1.2 s) room for one.
+    limits = Limits(per_window=0, per_user_per_window=100)
+    runtime.budget = Budget(runtime.sessions, runtime.clock, limits, max_wait=0.0)
+    with runtime.sessions() as session:
+        account = session.scalars(select(Calendar.account_id).where(Calendar.id == cal)).one()
+    while runtime.budget.try_take(Priority.NOTIFICATION, account) == 0.0:
+        pass
+    with runtime.sessions() as session:
+        before = day_count(session, runtime.clock.now()).calls
+    made = writes.create_event(runtime, cal, MEETING, idempotency_key="first-in-line")
+    assert made.event is not None and made.event["id"] in google_view(emu, ANN)
+    with runtime.sessions() as session:
+        assert day_count(session, runtime.clock.now()).calls == before + 1
+    assert runtime.budget.try_take(Priority.NOTIFICATION, account) > 0.0  # still nothing for a sync
+    writes.create_event(runtime, cal, MEETING, idempotency_key="first-in-line")  # a replay calls nothing
+    with runtime.sessions() as session:
+        assert day_count(session, runtime.clock.now()).calls == before + 1

@@ -49,6 +49,7 @@ def test_every_error_of_the_table_answers_its_status_and_the_documented_shape() 
         AmbiguousCalendar("add account=EMAIL"): (400, {"error": "ambiguous_calendar"}),
         UnsafeURLError("loopback"): (400, {"error": "unsafe_url", "field": "url"}),
         VerificationFailed("no echo"): (422, {"error": "verification_failed", "field": "url"}),
+        errors.Unauthorized("missing or wrong bearer token"): (401, {"error": "unauthorized"}),
         NotFoundError("no such subscription"): (404, {"error": "not_found"}),
         CursorExpired(3, 10): (410, {"error": "cursor_expired", "oldest_seq": 10}),
         errors.DatabaseUnavailable("retry shortly"): (503, {"error": "database_unavailable"}),

@@ -29,6 +29,7 @@ from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Channel, Event, Notification, WebhookSubscription
+from calsync.store.states import NotificationOutcome
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.web.openapi import document
 from tests.conftest import API_TOKEN
@@ -193,7 +194,10 @@ def test_fuzzed_notifications_get_2xx_or_4xx_and_rejected_ones_write_nothing(
     assert len(log) <= log_before + 1
     if resp.status_code >= 400:
         assert _snapshot(runtime) == before, headers
-        assert all(n.outcome not in {"queued", "sync", "duplicate"} for n in log[log_before:])
+        assert all(
+            n.outcome not in {NotificationOutcome.QUEUED, NotificationOutcome.SYNC, NotificationOutcome.DUPLICATE}
+            for n in log[log_before:]
+        )
     else:
         after = _snapshot(runtime)
         for table in ("accounts", "events", "changes", "webhook_subscriptions", "deliveries"):

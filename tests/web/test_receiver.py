@@ -21,6 +21,7 @@ from calsync.push.intake_sql import trim_log
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Channel, Notification
+from calsync.store.states import NotificationOutcome
 from tests.push_support import (
     account_row,
     calendar_row,
@@ -44,7 +45,7 @@ def test_exists_marks_the_calendar_for_one_sync_and_wakes_workers(
     assert (cal.sync_requested, cal.sync_done) == (2, 1)
     assert cal.due_at is not None and cal.due_at <= runtime.clock.now()
     assert runtime.wakeup.generation() > generation
-    assert _notifications(runtime)[-1].outcome == "queued"
+    assert _notifications(runtime)[-1].outcome == NotificationOutcome.QUEUED
 
 
 def test_duplicate_and_older_message_numbers_are_acknowledged_and_ignored(
@@ -53,7 +54,11 @@ def test_duplicate_and_older_message_numbers_are_acknowledged_and_ignored(
     for number in (9, 9, 4):
         assert client.post("/notifications", headers=push_headers(watched["channel"], number=number)).status_code == 200
     assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 2
-    assert [n.outcome for n in _notifications(runtime)][-3:] == ["queued", "duplicate", "duplicate"]
+    assert [n.outcome for n in _notifications(runtime)][-3:] == [
+        NotificationOutcome.QUEUED,
+        NotificationOutcome.DUPLICATE,
+        NotificationOutcome.DUPLICATE,
+    ]
 
 
 def test_sync_message_activates_a_pending_channel_without_asking_for_a_sync(
@@ -114,7 +119,7 @@ def test_malformed_headers_get_400(client: FlaskClient, runtime: Runtime, watche
     resp = client.post("/notifications", headers=push_headers(watched["channel"], **broken))
     assert resp.status_code == 400
     assert calendar_row(runtime, watched["calendar_id"]).sync_requested == 1
-    assert _notifications(runtime)[-1].outcome == "malformed"
+    assert _notifications(runtime)[-1].outcome == NotificationOutcome.MALFORMED
 
 
 def test_a_stopped_channel_gets_404(client: FlaskClient, runtime: Runtime, emu: Any, watched: dict[str, Any]) -> None:
@@ -189,7 +194,7 @@ def test_notification_log_is_bounded(runtime: Runtime, watched: dict[str, Any]) 
                     resource_state="exists",
                     message_number=i,
                     headers={},
-                    outcome="queued",
+                    outcome=NotificationOutcome.QUEUED,
                     received_at=runtime.clock.now(),
                 )
             )
@@ -321,8 +326,8 @@ def test_a_flood_of_forged_notifications_leaves_the_real_history_and_one_log_lin
             trim_log(session, 5)
             session.commit()
         kept = _notifications(small)
-        assert [n.message_number for n in kept if n.outcome == "queued"] == [2, 3, 4]
-        assert 0 < sum(n.outcome == "unknown_channel" for n in kept) <= 5
+        assert [n.message_number for n in kept if n.outcome == NotificationOutcome.QUEUED] == [2, 3, 4]
+        assert 0 < sum(n.outcome == NotificationOutcome.UNKNOWN_CHANNEL for n in kept) <= 5
         assert len([r for r in caplog.records if "refused notification" in r.getMessage()]) == 1
     finally:
         small.close()
@@ -337,7 +342,12 @@ def test_a_huge_message_number_does_not_make_later_real_ones_duplicates(
     for number in (5, 9):
         assert client.post("/notifications", headers=push_headers(watched["channel"], number=number)).status_code == 200
     assert client.post("/notifications", headers=push_headers(watched["channel"], number=9)).status_code == 200
-    assert [n.outcome for n in _notifications(runtime)][-4:] == ["queued", "queued", "queued", "duplicate"]
+    assert [n.outcome for n in _notifications(runtime)][-4:] == [
+        NotificationOutcome.QUEUED,
+        NotificationOutcome.QUEUED,
+        NotificationOutcome.QUEUED,
+        NotificationOutcome.DUPLICATE,
+    ]
     with runtime.sessions() as session:
         channel = session.get(Channel, watched["channel"]["id"])
         assert channel is not None and channel.last_message_number == 9
