@@ -112,13 +112,15 @@ class EnumColumn(TypeDecorator[E]):
         self.enum = enum
         self._members: dict[Any, E] = {member.value: member for member in enum}
 
-    def process_bind_param(self, value: E | None, dialect: Dialect) -> Any:
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:  # a member, or its value
         if value is None:
             return None
-        member = self._members.get(value.value if isinstance(value, Enum) else value)
-        if member is None or (isinstance(value, Enum) and not isinstance(value, self.enum)):
+        if value.__class__ is self.enum:
+            return value._value_
+        member = None if isinstance(value, Enum) else self._members.get(value)  # another enum's member: no
+        if member is None:
             raise UnknownStateError(f"{value!r} is not a {self.enum.__name__}")
-        return member.value
+        return member._value_
 
     def process_result_value(self, value: Any, dialect: Dialect) -> E | None:
         if value is None:
@@ -210,6 +212,8 @@ class Calendar(Base):
     # The last sync that found a real change (not a snapshot): how active the calendar is, which
     # decides whose reconciliations stretch first when the day's quota is short.
     last_changed_at: Mapped[datetime | None]
+    # Its decayed rate of changes (calsync.store.activity); NULL until a sync after the first finds one.
+    activity: Mapped[float | None] = mapped_column(Float)
     # Work queue: requested > done means a sync is owed; due_at says when it may run.
     sync_requested: Mapped[int] = mapped_column(Integer, default=1)
     sync_done: Mapped[int] = mapped_column(Integer, default=0)
@@ -380,6 +384,9 @@ class QuotaBudget(Base):
     stretch: Mapped[float] = mapped_column(Float, default=0.0)  # see calsync.work.quota.Plan
     projected: Mapped[int] = mapped_column(BigInteger, default=0)
     planned_at: Mapped[float] = mapped_column(Float, default=0.0)
+    # The last quota day's calls other than reconciliations and first syncs: how the plan expects the
+    # rest of today to go (today's pace so far misleads: office hours).
+    steady_before: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class Notification(Base):

@@ -151,6 +151,12 @@ class DayCount:
     stretch: float
     projected: int
     planned_at: float
+    steady_before: int = 0  # the previous day's calls other than reconciliations and first syncs
+
+    @property
+    def steady(self) -> int:
+        """Today's calls other than reconciliations and first syncs (what happens whatever the plan)."""
+        return max(0, self.calls - self.reconcile - self.first_sync)
 
 
 class Budget:
@@ -281,12 +287,14 @@ def day_count(session: Session, now: datetime) -> DayCount:
             QuotaBudget.stretch,
             QuotaBudget.projected,
             QuotaBudget.planned_at,
+            QuotaBudget.steady_before,
         ).where(QuotaBudget.scope == PROJECT)
     ).first()
     if row is None:
         return DayCount(quota_day(now), 0, 0, 0, 0.0, 0, 0.0)
-    if row.day != quota_day(now):
-        return DayCount(quota_day(now), 0, 0, 0, float(row.stretch), 0, float(row.planned_at))
+    if row.day != quota_day(now):  # no call yet today: the row's counts are the last day's
+        before = max(0, int(row.calls_today) - int(row.reconcile_today) - int(row.first_sync_today))
+        return DayCount(quota_day(now), 0, 0, 0, float(row.stretch), 0, float(row.planned_at), before)
     return DayCount(
         row.day,
         int(row.calls_today),
@@ -295,6 +303,7 @@ def day_count(session: Session, now: datetime) -> DayCount:
         float(row.stretch),
         int(row.projected),
         float(row.planned_at),
+        int(row.steady_before),
     )
 
 
@@ -351,6 +360,8 @@ def _count(row: Any, day: int, priority: Priority) -> dict[str, Any]:
     """The project's day counters after one more call (restarting on a new day)."""
     same = row.day == day
     values: dict[str, Any] = {"day": day, "calls_today": (_Q.c.calls_today + 1) if same else 1}
+    if not same:  # (the right-hand sides read the row as it was: the day that ended)
+        values["steady_before"] = _Q.c.calls_today - _Q.c.reconcile_today - _Q.c.first_sync_today
     for column, cls in (("reconcile_today", Priority.RECONCILE), ("first_sync_today", Priority.FIRST_SYNC)):
         hit = 1 if priority == cls else 0
         values[column] = (_Q.c[column] + hit) if same else hit

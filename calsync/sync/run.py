@@ -30,6 +30,7 @@ from calsync.accounts.connected import (
     mark_reauth_required,
     save_if_refreshed,
 )
+from calsync.clock import utc
 from calsync.errors import (
     AuthRevoked,
     GoogleApiError,
@@ -42,11 +43,12 @@ from calsync.feed.lifecycle import record_first_sync
 from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar, decode_page
 from calsync.metrics import EVENTS_SKIPPED, SYNC_SECONDS, SYNCS
 from calsync.runtime import Runtime
+from calsync.store.activity import after_change
 from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Calendar, Event
 from calsync.store.states import ChangeKind, Priority, SyncState
 from calsync.sync.mirror import PageMirror
-from calsync.sync.state import CalendarState
+from calsync.sync.state import Activity, CalendarState
 from calsync.sync.turns import page_transaction
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ _CALENDARS = Calendar.__table__
 Progress = Callable[[int, int | None], None]
 # The caller's bookkeeping for a sync that succeeds (lease released, owed work settled): column
 # values written with the last page, in its transaction, so no crash can fall between the two.
-Finish = Callable[[datetime], dict[str, Any]]
+Finish = Callable[[datetime, Activity], dict[str, Any]]
 
 
 class SyncKind(StrEnum):
@@ -158,6 +160,8 @@ class _SyncRun:
     page_size: int
     token_before: str | None = None
     finish: Finish | None = None
+    activity: Activity = field(default_factory=lambda: Activity(None, None))
+    created_at: datetime | None = None
     api: GoogleCalendar = field(init=False)
     # Totals over the whole job: an incremental cut short by a 410 still counts what it committed.
     pages: int = 0
@@ -189,6 +193,9 @@ class _SyncRun:
                     sync_token=cal.sync_token,
                     baseline_done=bool(cal.baseline_done),
                     credentials=cal.account.credentials,
+                    created_at=utc(cal.created_at),
+                    last_changed_at=utc(cal.last_changed_at),
+                    activity=cal.activity,
                 )
         creds = credentials_from_stored(runtime, start.credentials)
         job = cls(
@@ -203,6 +210,8 @@ class _SyncRun:
             progress=progress,
             page_size=page_size,
             token_before=creds.token,
+            activity=Activity(start.last_changed_at, start.activity),
+            created_at=start.created_at,
         )
         budget = runtime.budget.spender(start.account_id, priority)
         job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget)
@@ -372,11 +381,22 @@ class _SyncRun:
             "last_error": None,
             "next_reconcile_at": now + self.runtime.settings.reconcile_every,
         }
-        if changed:
+        activity = self.activity
+        if changed and self.baseline_done:  # (the first listing is no change)
             values["last_changed_at"] = now
+            rate = activity.activity
+            if self.created_at is not None:
+                last = activity.last_changed_at
+                rate = values["activity"] = after_change(
+                    rate,
+                    last_change=None if last is None else last.timestamp(),
+                    created=self.created_at.timestamp(),
+                    now=now.timestamp(),
+                )
+            activity = Activity(now, rate)
         stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
         if self.finish is not None:
-            values.update(self.finish(now))
+            values.update(self.finish(now, activity))
             stmt = stmt.where(_CALENDARS.c.lease_owner == self.lease_owner)
         if self.skipped:
             values.update(sync_state=SyncState.ERROR, last_error=skipped_error(self.skipped))

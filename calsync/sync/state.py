@@ -8,6 +8,7 @@ mode before anything imports it, and the CLI imports every command's modules fir
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -25,3 +26,15 @@ class CalendarState:
     credentials: bytes  # as stored: encrypted
     # An active channel outlasts the renewal window (None: not asked, look it up).
     channel_ok: bool | None = None
+    # How active the calendar is (calsync.store.activity): a sync that finds a change moves it on.
+    created_at: datetime | None = None
+    last_changed_at: datetime | None = None
+    activity: float | None = None
+
+
+@dataclass(frozen=True)
+class Activity:
+    """The calendar's activity as a sync leaves it: what its next reconciliation is planned from."""
+
+    last_changed_at: datetime | None
+    activity: float | None

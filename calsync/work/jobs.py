@@ -40,6 +40,7 @@ from calsync.store.owed import owe_list_refresh, owe_sync
 from calsync.store.states import AccountStatus, ChannelKind, Priority, SyncState
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
+from calsync.sync.state import Activity
 from calsync.work.backoff import backoff_delay
 from calsync.work.leases import (
     Claim,
@@ -153,8 +154,8 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
         priority = renewal  # the sync across the seam belongs to the renewal
     if baseline_before:
         # Nothing follows the sync: the lease is released and owed work settled with its last page.
-        def finish(now: datetime) -> dict[str, Any]:
-            reconcile = _reconcile_in(runtime, claim, now)
+        def finish(now: datetime, activity: Activity) -> dict[str, Any]:
+            reconcile = _reconcile_in(runtime, claim, now, activity)
             return finish_values(claim, now, reconcile, settings.sync_min_interval)
 
         sync_calendar(runtime, claim.id, lease_owner=claim.owner, start=start, finish=finish, priority=priority)
@@ -201,9 +202,12 @@ def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
         finish_account_list(session, claim, now, _reconcile_in(runtime, claim, now))
 
 
-def _reconcile_in(runtime: Runtime, claim: Claim, now: datetime) -> timedelta:
+def _reconcile_in(runtime: Runtime, claim: Claim, now: datetime, activity: Activity | None = None) -> timedelta:
     """When the safety net next runs for this calendar (or calendar list): spread and stretched."""
-    return timedelta(seconds=next_reconcile(runtime, claim.id, now, claim.last_changed_at, claim.created_at))
+    if activity is None:
+        activity = Activity(claim.last_changed_at, None)
+    seconds = next_reconcile(runtime, claim.id, now, activity.last_changed_at, claim.created_at, activity.activity)
+    return timedelta(seconds=seconds)
 
 
 def _fail(

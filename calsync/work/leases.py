@@ -83,6 +83,9 @@ def claim_calendar(
         baseline_done=bool(row.baseline_done),
         credentials=row.credentials,
         channel_ok=bool(row.channel_ok) if renew_before is not None else None,
+        created_at=utc(row.created_at),
+        last_changed_at=utc(row.last_changed_at),
+        activity=row.activity,
     )
     return Claim(
         id=row.id,
@@ -304,6 +307,7 @@ _RETURNED = (
     _CAL.c.due_priority,
     _CAL.c.created_at,
     _CAL.c.last_changed_at,
+    _CAL.c.activity,
     _CAL.c.account_id,
     _CAL.c.google_id,
     _CAL.c.sync_token,

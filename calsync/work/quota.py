@@ -6,13 +6,17 @@ it). This module decides *when* the safety-net reconciliations happen:
 - Spread: a quiet calendar is reconciled at its own phase of the period (a hash of its id), so
   calendars connected or resynced together never reconcile together, from their first
   reconciliation on; one that reconciled at its phase is next due exactly one period later.
-- Stretch: every few minutes one process projects the quota day (calls so far, the steady rate of
-  everything but reconciliations, and the reconciliations owed at the current stretch) and picks
-  the smallest stretch whose projection fits `CALSYNC_QUOTA_PER_DAY`. A calendar quiet for `q`
-  seconds is then reconciled every `stretch * q` (never less than `CALSYNC_RECONCILE_EVERY`, never
-  more than a channel's life, since a renewal syncs anyway): the least active stretch first, a
-  calendar that changed within the period keeps it. Notification syncs, renewals and writes are
-  never held back for the day.
+- Stretch: every few minutes one process projects the quota day (calls so far, the rest of
+  everything but reconciliations as the last day went, and the reconciliations owed at the
+  current stretch) and picks
+  the smallest stretch whose projection fits `CALSYNC_QUOTA_PER_DAY`. A calendar whose changes
+  come every `q` seconds (its decayed change rate, `calsync.store.activity`; for one not measured
+  yet, the time since its last change, at least a day) is then reconciled every
+  `stretch * q² / period` (never less than `CALSYNC_RECONCILE_EVERY`, never more than a channel's
+  life, since a renewal syncs anyway). The square puts the stretch on the least active first: a
+  calendar changing a few times a day keeps the period, nights included, until the idle and the
+  occasional ones have given what they can.
+  Notification syncs, renewals and writes are never held back for the day.
 """
 
 from __future__ import annotations
@@ -22,14 +26,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Integer, case, func, select
+from sqlalchemy import Integer, and_, case, func, or_, select, true
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.config import Settings
 from calsync.humanize import human_duration
 from calsync.runtime import Runtime
+from calsync.store.activity import PRIOR, expected_gap, gap_bound
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar
 from calsync.store.quota import DayCount, day_count, day_started, ensure_project_row, save_plan
@@ -62,12 +68,12 @@ class Plan:
     stretch: float = 0.0
 
     def interval(self, quiet_for: float) -> float:
-        """The reconcile period for a calendar quiet for `quiet_for` seconds.
+        """The reconcile period for a calendar whose changes come `quiet_for` seconds apart.
 
         Rounded down to base × 2^j, so an idle calendar keeps one period (and its phase) for long
         stretches of time instead of moving its slot at every reconciliation.
         """
-        raw = min(self.cap, max(self.base, self.stretch * max(0.0, quiet_for)))
+        raw = min(self.cap, max(self.base, self.stretch * max(0.0, quiet_for) ** 2 / self.base))
         if raw <= self.base:
             return self.base
         return min(self.cap, self.base * 2.0 ** math.floor(math.log2(raw / self.base) + 1e-9))
@@ -79,12 +85,21 @@ def plan_of(settings: Settings, stretch: float = 0.0) -> Plan:
     return Plan(base=base, cap=max(base, cap), stretch=stretch)
 
 
-def reconcile_in(key: int, now: datetime, *, last_change: datetime | None, since: datetime | None, plan: Plan) -> float:
+def reconcile_in(
+    key: int,
+    now: datetime,
+    *,
+    last_change: datetime | None,
+    since: datetime | None,
+    plan: Plan,
+    activity: float | None = None,
+) -> float:
     """Seconds from a successful sync at `now` until the calendar's next reconciliation.
 
     A calendar that changed within the base period is busy: its notifications keep it fresh, so it
     is reconciled one period after its last sync. Any other one goes to its next phase slot, in
     [1 s, period + 1 s): never later than one period (and a second), spread over the whole period.
+    The period is stretched by how rarely it changes (`activity`; else its quiet time).
     """
     return reconcile_in_seconds(
         key,
@@ -92,15 +107,31 @@ def reconcile_in(key: int, now: datetime, *, last_change: datetime | None, since
         last_change=None if last_change is None else last_change.timestamp(),
         since=None if since is None else since.timestamp(),
         plan=plan,
+        activity=activity,
     )
 
 
-def reconcile_in_seconds(key: int, now: float, *, last_change: float | None, since: float | None, plan: Plan) -> float:
+def change_gap(now: float, *, last_change: float | None, since: float | None, activity: float | None) -> float:
+    """Seconds between the calendar's changes, as the stretch sees it.
+
+    From its decayed change rate once one was measured; before that, the time since its last
+    change; for one never changed, the time since it was connected but at least a day: no change
+    seen reads as at most one a day (`PRIOR`), so a mass of newly connected calendars is not taken
+    for a mass of busy ones.
+    """
+    if activity is not None:
+        return expected_gap(activity, now)
+    if last_change is not None:
+        return now - last_change
+    return max(PRIOR, now - (since if since is not None else now))
+
+
+def reconcile_in_seconds(
+    key: int, now: float, *, last_change: float | None, since: float | None, plan: Plan, activity: float | None = None
+) -> float:
     """`reconcile_in` on Unix seconds (what the simulation in tests/bench drives)."""
-    quiet_from = last_change if last_change is not None else (since if since is not None else now)
-    quiet_for = now - quiet_from
-    interval = plan.interval(quiet_for)
-    if last_change is not None and quiet_for < plan.base:
+    interval = plan.interval(change_gap(now, last_change=last_change, since=since, activity=activity))
+    if last_change is not None and now - last_change < plan.base:
         return interval
     slot = (phase(key) * interval - now) % interval
     # A calendar reconciled at its slot is next due one period on, not again at once (rounding).
@@ -108,11 +139,16 @@ def reconcile_in_seconds(key: int, now: float, *, last_change: float | None, sin
 
 
 def next_reconcile(
-    runtime: Runtime, key: int, now: datetime, last_change: datetime | None, since: datetime | None
+    runtime: Runtime,
+    key: int,
+    now: datetime,
+    last_change: datetime | None,
+    since: datetime | None,
+    activity: float | None = None,
 ) -> float:
     """`reconcile_in` under this process's current plan."""
     plan = plan_of(runtime.settings, runtime.budget.stretch)
-    return reconcile_in(key, now, last_change=last_change, since=since, plan=plan)
+    return reconcile_in(key, now, last_change=last_change, since=since, plan=plan, activity=activity)
 
 
 @dataclass(frozen=True)
@@ -139,6 +175,18 @@ def projected_total(
     return spent + steady_rate * left + reconciles
 
 
+def steady_rest(*, so_far: float, before: float, elapsed: float, left: float) -> float:
+    """The calls other than reconciliations and first syncs still to come today.
+
+    Notifications follow office hours, so today's pace so far misleads: too low at noon, several
+    times too high by evening. The last day's count less today's so far follows the same shape;
+    once today has outgrown the last day (or there is none), today's pace is all there is.
+    """
+    if so_far < before:
+        return before - so_far
+    return so_far / max(MIN_ELAPSED, elapsed) * left
+
+
 def solve_stretch(
     plan: Plan, *, budget: int, spent: float, steady_rate: float, left: float, quiet: Sequence[tuple[float, int]]
 ) -> tuple[float, float]:
@@ -154,7 +202,7 @@ def solve_stretch(
     if budget <= 0 or total(0.0) <= budget:
         return 0.0, total(0.0)
     shortest = min((q for q, n in quiet if n and q > 0), default=plan.base)
-    high = plan.cap / shortest * 2
+    high = plan.cap * plan.base / shortest**2 * 2
     if total(high) > budget:
         return high, total(high)
     low = 0.0
@@ -168,18 +216,32 @@ def solve_stretch(
 
 
 def quiet_buckets(session: Session, now: datetime, plan: Plan) -> list[tuple[float, int]]:
-    """Calendars (and calendar lists) that reconcile, by how long they have been quiet.
+    """Calendars (and calendar lists) that reconcile, by the gap between their changes (`change_gap`).
 
     One scan of the calendars and one of the accounts, every few minutes; each bucket is
-    represented by its lower edge (so the projection errs on the side of more calls).
+    represented by its lower edge (so the projection errs on the side of more calls). A measured
+    calendar's gap is at least an edge when its `activity` is at most a constant (`gap_bound`).
     """
     edges = [plan.base * 2**j for j in range(QUIET_STEPS)]
     buckets: list[tuple[float, int]] = []
-    quiet_cal = func.coalesce(Calendar.last_changed_at, Calendar.created_at)
     quiet_acct = func.coalesce(Account.connected_at, Account.created_at)
-    for stamp, stmt in (
+
+    def at_least(edge: float, table: Any) -> Any:
+        """`change_gap` >= edge, as SQL: one comparison with a constant for each kind of row."""
+        before = now - timedelta(seconds=edge)
+        never = true() if edge <= PRIOR else None
+        if table is Account:
+            return never if never is not None else quiet_acct <= before
+        unchanged = never if never is not None else Calendar.created_at <= before
+        return or_(
+            Calendar.activity <= gap_bound(edge, now.timestamp()),
+            and_(Calendar.activity.is_(None), Calendar.last_changed_at <= before),
+            and_(Calendar.activity.is_(None), Calendar.last_changed_at.is_(None), unchanged),
+        )
+
+    for table, stmt in (
         (
-            quiet_cal,
+            Calendar,
             select()
             .select_from(Calendar)
             .join(Account, Account.id == Calendar.account_id)
@@ -187,17 +249,15 @@ def quiet_buckets(session: Session, now: datetime, plan: Plan) -> list[tuple[flo
                 Account.status == AccountStatus.ACTIVE, Calendar.removed_at.is_(None), Calendar.baseline_done.is_(True)
             ),
         ),
-        (quiet_acct, select().select_from(Account).where(Account.status == AccountStatus.ACTIVE)),
+        (Account, select().select_from(Account).where(Account.status == AccountStatus.ACTIVE)),
     ):
-        columns = [func.count()] + [
-            func.sum(case((stamp <= now - timedelta(seconds=edge), 1), else_=0)).cast(Integer) for edge in edges
-        ]
+        columns = [func.count()] + [func.sum(case((at_least(edge, table), 1), else_=0)).cast(Integer) for edge in edges]
         row = session.execute(stmt.add_columns(*columns)).one()
         counts = [int(v or 0) for v in row]
-        at_least = [*counts[1:], 0]
-        buckets.append((0.0, counts[0] - at_least[0]))
+        above = [*counts[1:], 0]
+        buckets.append((0.0, counts[0] - above[0]))
         for j, edge in enumerate(edges):
-            buckets.append((edge, at_least[j] - at_least[j + 1]))
+            buckets.append((edge, above[j] - above[j + 1]))
     merged: dict[float, int] = {}
     for q, n in buckets:
         merged[q] = merged.get(q, 0) + n
@@ -223,7 +283,8 @@ def replan(runtime: Runtime) -> Projection | None:
             quiet = quiet_buckets(session, now, base)
             elapsed = max(MIN_ELAPSED, (now - day_started(now)).total_seconds())
             left = max(0.0, 86400.0 - (now - day_started(now)).total_seconds())
-            steady = max(0, count.calls - count.reconcile - count.first_sync) / elapsed
+            rest = steady_rest(so_far=count.steady, before=count.steady_before, elapsed=elapsed, left=left)
+            steady = rest / left if left > 0 else 0.0
             stretch, total = solve_stretch(
                 base, budget=settings.quota_per_day, spent=count.calls, steady_rate=steady, left=left, quiet=quiet
             )

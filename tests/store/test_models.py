@@ -65,9 +65,9 @@ def test_a_value_of_another_enum_or_no_member_is_refused() -> None:
     assert column.process_bind_param(ChannelStatus.ACTIVE, dialect) == "active"
     assert type(column.process_bind_param(ChannelStatus.ACTIVE, dialect)) is str
     with pytest.raises(UnknownStateError, match="not a ChannelStatus"):
-        column.process_bind_param(AccountStatus.ACTIVE, dialect)  # type: ignore[arg-type]
+        column.process_bind_param(AccountStatus.ACTIVE, dialect)
     with pytest.raises(UnknownStateError, match="not a ChannelStatus"):
-        column.process_bind_param("activ", dialect)  # type: ignore[arg-type]
+        column.process_bind_param("activ", dialect)
 
 
 def test_a_pattern_compares_as_text_and_a_word_that_is_no_member_not_at_all(db_url: str) -> None:

@@ -24,6 +24,7 @@ from calsync.store.quota import (
     ScopeState,
     admit,
     ceiling,
+    day_count,
     pace,
     quota_day,
     slowed,
@@ -177,3 +178,22 @@ def test_take_waits_for_room_then_gives_up_with_quota_wait(budget: Runtime) -> N
         row = session.get(QuotaBudget, PROJECT)
         assert row is not None and row.first_sync_today == row.calls_today and row.reconcile_today == 0
     assert clock.now() - datetime(2026, 12, 6, 12, tzinfo=UTC) < timedelta(seconds=2)
+
+
+def test_the_day_that_ended_leaves_its_steady_count_for_the_plan(budget: Runtime) -> None:
+    """Calls other than reconciliations and first syncs are what the next day expects again."""
+    clock = FrozenClock(datetime(2026, 12, 6, 20, 0, tzinfo=UTC))  # noon Pacific
+    taker = Budget(budget.sessions, clock, Limits(per_window=0, per_user_per_window=0))
+    for priority in (Priority.NOTIFICATION, Priority.NOTIFICATION, Priority.RENEWAL, Priority.RECONCILE):
+        assert taker.try_take(priority, None) == 0.0
+    assert taker.try_take(Priority.FIRST_SYNC, None) == 0.0
+    with budget.sessions() as session:
+        today = day_count(session, clock.now())
+    assert (today.calls, today.steady, today.steady_before) == (5, 3, 0)
+    clock.advance(86400)
+    with budget.sessions() as session:  # before the new day's first call
+        assert day_count(session, clock.now()).steady_before == 3
+    assert taker.try_take(Priority.RECONCILE, None) == 0.0
+    with budget.sessions() as session:
+        after = day_count(session, clock.now())
+    assert (after.calls, after.steady, after.steady_before) == (1, 0, 3)

@@ -1,6 +1,7 @@
 """The quota budget at work: several worker processes keep it as Google measures it, a notification's
 sync overtakes a queue of first syncs, reconciliations are spread over their period, a 403 slows the
-deployment down, and a short day stretches the quietest calendars' reconciliations first."""
+deployment down, and a short day stretches the least active calendars' reconciliations first (by
+their rate of changes: a busy calendar keeps the hour through a quiet night)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from calsync.clock import FrozenClock
+from calsync.clock import FrozenClock, utc
 from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
@@ -24,7 +25,7 @@ from calsync.store.models import Calendar, QuotaBudget
 from calsync.store.owed import request_calendar_sync
 from calsync.store.quota import PROJECT, ScopeState, ceiling, pace, user_scope
 from calsync.store.states import Priority
-from calsync.work.quota import Plan, outlook, reconcile_in, replan
+from calsync.work.quota import Plan, change_gap, outlook, quiet_buckets, reconcile_in, replan, steady_rest
 from calsync.work.worker import Worker
 from tests.push_support import calendar_id_of, calendar_row, changes_for, wait_for
 from tests.sync_support import connect_account
@@ -305,3 +306,77 @@ def _max_in_window(times: list[float], window: float) -> int:
             j += 1
         best = max(best, i - j + 1)
     return best
+
+
+def test_under_a_stretch_a_busy_calendar_keeps_the_hour_through_the_night_and_idle_ones_stretch(
+    settings: Settings, emu: Any
+) -> None:
+    rt = _runtime(settings, quota_per_user_per_minute=0)
+    try:
+        clock = _frozen(rt)
+        emu.create_user("ann@example.com")
+        for i in range(5):
+            emu.create_calendar("ann@example.com", f"c{i}")
+        connect_account(rt, emu, "ann@example.com")
+        Worker(rt, threads=1).run_burst()
+        busy = calendar_id_of(rt, "ann@example.com")
+        base = rt.settings.reconcile_every.total_seconds()
+        # A working day: a change every half hour, each synced by the notification it sends.
+        for i in range(16):
+            emu.insert_event("ann@example.com", {**EVENT, "summary": f"change {i}"})
+            with transaction(rt.sessions) as session:
+                request_calendar_sync(session, busy, clock.now())
+            Worker(rt, threads=1).run_burst()
+            clock.advance(1800)
+        for _ in range(14):  # then a night without a change (hourly reconciliations meanwhile)
+            clock.advance(3600)
+            Worker(rt, threads=1).run_burst()
+        now = clock.now()
+        row = calendar_row(rt, busy)
+        assert row.activity is not None and row.last_changed_at is not None
+        quiet = (now - utc(row.last_changed_at)).total_seconds()  # type: ignore[operator]
+        assert quiet > 14 * 3600
+        with rt.sessions() as session:
+            others = session.execute(select(Calendar.activity).where(Calendar.id != busy)).scalars().all()
+        assert len(others) == 5 and all(a is None for a in others)  # no change measured: quiet since connected
+        gap = change_gap(now.timestamp(), last_change=None, since=None, activity=row.activity)
+        assert gap < 4 * 3600  # its rate says a change every few hours, though the night was quiet
+
+        # The day is short: reconciliations stretch by 0.1 × (the gap between a calendar's changes)² / period.
+        stretch = 0.1
+        assert Plan(base, 6 * 86400, stretch).interval(quiet) > base  # by its quiet time it would stretch
+        with rt.sessions() as session:  # the plan's query sees the busy one among the most active
+            buckets = dict(quiet_buckets(session, now, Plan(base, 6 * 86400)))
+        assert sum(n for q, n in buckets.items() if q < 4 * 3600) == 1, buckets
+        assert sum(n for q, n in buckets.items() if q >= 16 * 3600) == 5 + 1, buckets  # + the calendar list
+        with transaction(rt.sessions) as session:  # that plan stays (planned "later": no process replans)
+            session.execute(update(QuotaBudget).values(stretch=stretch, planned_at=now.timestamp() + 10 * 86400))
+            session.execute(update(Calendar).values(due_at=now, next_reconcile_at=now))  # all reconcile now
+        synced: dict[int, list[datetime]] = {}
+        until = now + timedelta(hours=12)
+        while clock.now() <= until:  # twelve hours of reconciliations, each as it falls due
+            Worker(rt, threads=1).run_burst()
+            with rt.sessions() as session:
+                rows = session.execute(select(Calendar.id, Calendar.last_synced_at, Calendar.next_reconcile_at)).all()
+            for r in rows:
+                seen = synced.setdefault(r.id, [])
+                if not seen or seen[-1] != utc(r.last_synced_at):
+                    seen.append(utc(r.last_synced_at))  # type: ignore[arg-type]
+            clock.set(min(t for t in (utc(r.next_reconcile_at) for r in rows) if t is not None))
+        gaps = [(b - a).total_seconds() for a, b in zip(synced[busy], synced[busy][1:], strict=False)]
+        assert len(gaps) >= 12 and max(gaps) <= base + 1, gaps  # the busy calendar keeps the hour
+        # The idle ones stretch: 0.1 × (at least a day, as nothing was seen to change)² / 1 h ≥ 57.6 h,
+        # so a few syncs in 12 hours (a slot moves as the period grows), not twelve.
+        idle = {cid: len(seen) for cid, seen in synced.items() if cid != busy}
+        assert len(idle) == 5 and max(idle.values()) <= 3, idle
+    finally:
+        rt.close()
+
+
+def test_the_rest_of_the_day_follows_the_last_day_not_the_pace_of_office_hours() -> None:
+    day = 86400.0
+    # 18:00, 90 % of yesterday's notifications already in: the rest is the evening's tenth.
+    assert steady_rest(so_far=900, before=1000, elapsed=0.75 * day, left=0.25 * day) == 100
+    # A day that outgrew the last one (or the first day) goes on at its own pace.
+    assert steady_rest(so_far=1200, before=1000, elapsed=0.5 * day, left=0.5 * day) == 1200
+    assert steady_rest(so_far=300, before=0, elapsed=0.25 * day, left=0.75 * day) == 900
