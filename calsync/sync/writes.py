@@ -320,10 +320,12 @@ def _commit(
 ) -> WriteResult:
     """Google's version into the mirror and the feed (rows of `origin`), in one transaction.
 
-    The calendar row is locked first, as a worker's sync locks it (extending its lease) before it
-    reads the mirror: a sync and a write of the same calendar never interleave their reads and
-    writes. The written row is stamped with the next full-sync generation, so a full sync that
-    listed before the write cannot sweep it away.
+    Runs within the calendar's turn, which every sync page's transaction takes too: a sync and a
+    write of the same calendar never interleave their reads and writes, and the full-sync
+    generation read here cannot move meanwhile (only a page starts a full sync). So the calendar
+    row is not locked: the write does not wait on the worker's own commits of that row (its claim
+    of the job, its outcome). The written row is stamped with the next generation, so a full sync
+    that listed before the write cannot sweep it away.
     """
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
@@ -331,7 +333,6 @@ def _commit(
             select(Calendar.full_sync_gen, Account.ref)
             .join(Account, Calendar.account_id == Account.id)
             .where(Calendar.id == target.calendar_id)
-            .with_for_update(of=Calendar)
         ).one()
         mirror = PageMirror(session, target.calendar_id, gen=int(gen or 0) + 1)
         mirror.apply([event], [])

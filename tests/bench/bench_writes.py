@@ -22,6 +22,7 @@ and its notification adds none; each direct call is one `google` row; the mirror
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,8 +69,10 @@ def main(args: Any) -> int:
         with workdir("writes") as work, tempfile.TemporaryDirectory(prefix="calsync-old-") as old:
             trees: list[tuple[str, str | None]] = [("", None)]
             if args.old:
-                archive = f"git -C {ROOT} archive {args.old} calsync alembic | tar -x -C {old}"
+                # The old code on this tree's schema (the database is migrated by this tree).
+                archive = f"git -C {ROOT} archive {args.old} calsync | tar -x -C {old}"
                 subprocess.run(archive, shell=True, check=True)
+                shutil.copytree(ROOT / "alembic", Path(old) / "alembic")
                 trees = [(f"old {args.old}, ", old), ("new, ", None)]
             for kind in engines(args.db):
                 for label, tree in trees:

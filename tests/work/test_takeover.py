@@ -80,7 +80,8 @@ def test_a_sigkilled_workers_calendar_is_synced_within_ten_seconds_of_the_restar
 def test_a_slow_live_worker_keeps_its_calendar_past_the_liveness_limit(
     settings: Settings, emu: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    slow = WORKER_ALIVE.total_seconds() + 2  # the listing outlasts the silence that means death
+    alive = WORKER_ALIVE.total_seconds()
+    slow = alive + 4  # the listing outlasts the silence that means death
     caplog.set_level(logging.INFO, logger="calsync.work.jobs")
     rt_a, rt_b = Runtime.create(settings), Runtime.create(settings)
     a, b = Worker(rt_a, threads=2), Worker(rt_b, threads=2)
@@ -118,8 +119,10 @@ def test_a_slow_live_worker_keeps_its_calendar_past_the_liveness_limit(
                 thread.join(timeout=30)
         rt_a.close()
         rt_b.close()
-    # a let go of the lease itself, at the end of its own sync: nobody took the calendar from it.
-    assert held >= slow - 1 and current is None, (held, current)
+    # a let go of the lease itself, at the end of its own sync: nobody took the calendar from it, though
+    # it held it past the liveness limit (measured from when this test saw the lease, which a loaded
+    # machine can delay by seconds: hence the margin in `slow`).
+    assert held > alive + 1 and current is None, (held, current)
     assert not [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()]
     assert created == sorted(added)  # found by a's sync, once
 
