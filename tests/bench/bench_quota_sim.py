@@ -311,6 +311,7 @@ class Sim:
                 continue
             heapq.heappop(ready)
             if user_wait > 0:  # QuotaWait: the job is put off, the next one goes
+                user_wait = max(user_wait, 1e-3)  # (a rounding-sized wait must not come straight back)
                 self.stats.deferred += 1
                 if ident < 0:
                     self.list_due[a] = now + user_wait
