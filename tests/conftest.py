@@ -111,6 +111,15 @@ def _postgres_url() -> Iterator[str | None]:
 def _truncate_postgres(url: str) -> None:
     engine = make_engine(url)
     with engine.begin() as conn:
+        # A session a test left open (idle in its transaction, nobody to end it) would make the
+        # TRUNCATE wait forever: end it, and never wait on a lock for long.
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+            )
+        )
+        conn.execute(text("SET LOCAL lock_timeout = '60s'"))
         tables = [
             r[0]
             for r in conn.execute(

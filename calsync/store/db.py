@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
 import time
 import weakref
@@ -215,11 +216,29 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # pysqlite's own implicit BEGIN is turned off; SQLAlchemy's "begin" event emits ours.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    _enter_wal(cur)
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _enter_wal(cur: Any) -> None:
+    """Switch the file to WAL, asking again while another connection is switching it.
+
+    Processes that start together on a new file all ask at once. SQLite then refuses all but one
+    at once, without its busy handler (waiting could deadlock two lock upgrades), so the busy
+    timeout alone does not cover this.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _sqlite_begin(conn: Any) -> None:

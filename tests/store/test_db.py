@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -154,3 +155,30 @@ def test_the_pools_server_processes_are_known_while_open(db_url: str) -> None:
     assert not is_own_backend(make_engine(db_url), pid)  # another engine's pool
     engine.dispose()  # closed: the number may go to another process now
     assert not is_own_backend(engine, pid)
+
+
+def test_engines_opening_a_new_sqlite_file_together_all_connect(tmp_path: Path) -> None:
+    """Processes started together on a new file (`calsync web` beside `calsync worker`) all ask
+    SQLite for WAL at once; none of them may fail with "database is locked"."""
+    failures: list[str] = []
+    for round_ in range(10):
+        url = f"sqlite:///{tmp_path / f'round{round_}.db'}"
+        barrier = threading.Barrier(6)
+
+        def open_it(url: str = url, barrier: threading.Barrier = barrier) -> None:
+            engine = make_engine(url)
+            barrier.wait()
+            try:
+                with engine.connect() as conn:
+                    assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            except OperationalError as exc:
+                failures.append(str(exc.orig))
+            finally:
+                engine.dispose()
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []

@@ -229,7 +229,8 @@ def test_a_short_day_stretches_the_quietest_calendars_first(settings: Settings, 
         with transaction(rt.sessions) as session:  # quiet for weeks, all but one
             session.execute(update(Calendar).values(created_at=now - timedelta(days=30), last_changed_at=None))
             session.execute(update(Calendar).where(Calendar.id == busy).values(last_changed_at=now))
-        assert outlook(rt.sessions(), rt.settings, now).stretch == 0.0
+        with rt.sessions() as session:
+            assert outlook(session, rt.settings, now).stretch == 0.0
         clock.advance(400)
         replan(rt)
         with rt.sessions() as session:
