@@ -179,11 +179,15 @@ def steady_rest(*, so_far: float, before: float, elapsed: float, left: float) ->
     """The calls other than reconciliations and first syncs still to come today.
 
     Notifications follow office hours, so today's pace so far misleads: too low at noon, several
-    times too high by evening. The last day's count less today's so far follows the same shape;
-    once today has outgrown the last day (or there is none), today's pace is all there is.
+    times too high by evening. The last day's count less today's so far follows the same shape.
+    Once today has outgrown the last day (a mass onboarding), its count so far is spread over the
+    whole day: extrapolating office hours into the night would stretch busy calendars for nothing.
+    With no last day, today's pace is all there is.
     """
     if so_far < before:
         return before - so_far
+    if before > 0:
+        return so_far * left / (elapsed + left)
     return so_far / max(MIN_ELAPSED, elapsed) * left
 
 

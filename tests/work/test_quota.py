@@ -380,6 +380,8 @@ def test_the_rest_of_the_day_follows_the_last_day_not_the_pace_of_office_hours()
     day = 86400.0
     # 18:00, 90 % of yesterday's notifications already in: the rest is the evening's tenth.
     assert steady_rest(so_far=900, before=1000, elapsed=0.75 * day, left=0.25 * day) == 100
-    # A day that outgrew the last one (or the first day) goes on at its own pace.
-    assert steady_rest(so_far=1200, before=1000, elapsed=0.5 * day, left=0.5 * day) == 1200
+    # A day that outgrew the last one spreads its count so far over the whole day (not its pace
+    # into the night); the first day goes on at its own pace.
+    assert steady_rest(so_far=1200, before=1000, elapsed=0.5 * day, left=0.5 * day) == 600
+    assert steady_rest(so_far=1800, before=1000, elapsed=0.75 * day, left=0.25 * day) == 450
     assert steady_rest(so_far=300, before=0, elapsed=0.25 * day, left=0.75 * day) == 900
