@@ -115,25 +115,30 @@ def test_a_batch_takes_the_write_lock_as_soon_as_another_writer_lets_go(
     runtime: Runtime, watched: dict[str, Any]
 ) -> None:
     """SQLite's busy handler sleeps up to 100 ms between tries: a lock freed 335 ms into the wait was
-    taken at its 428 ms try. The writer looks every half millisecond instead."""
+    taken at its 428 ms try, every time. The writer looks every half millisecond instead. The best of
+    three tries counts, so that a loaded machine's scheduling delay in one try does not decide."""
     if runtime.engine.dialect.name != "sqlite":
         return
     intake = Intake(runtime)
     _record(intake, watched["channel"], range(1, 2))  # the writer's connection is set up
-    blocker = runtime.engine.raw_connection()
-    blocker.cursor().execute("BEGIN IMMEDIATE")  # the worker's transaction, say
-    done: list[float] = []
+    lags: list[float] = []
+    for number in range(2, 5):
+        blocker = runtime.engine.raw_connection()
+        blocker.cursor().execute("BEGIN IMMEDIATE")  # the worker's transaction, say
+        done: list[float] = []
 
-    def record_one() -> None:
-        _record(intake, watched["channel"], range(2, 3))
-        done.append(time.monotonic())
+        def record_one(number: int = number, done: list[float] = done) -> None:
+            _record(intake, watched["channel"], range(number, number + 1))
+            done.append(time.monotonic())
 
-    recorder = threading.Thread(target=record_one)
-    recorder.start()
-    time.sleep(0.335)
-    assert not done  # it waits for the lock, and does not give up
-    released = time.monotonic()
-    blocker.commit()
-    recorder.join(5)
-    blocker.close()
-    assert done and done[0] - released < 0.04, done[0] - released if done else None
+        recorder = threading.Thread(target=record_one)
+        recorder.start()
+        time.sleep(0.335)
+        assert not done  # it waits for the lock, and does not give up
+        released = time.monotonic()
+        blocker.commit()
+        recorder.join(5)
+        blocker.close()
+        assert done, "the batch never took the lock"
+        lags.append(done[0] - released)
+    assert min(lags) < 0.04, lags
