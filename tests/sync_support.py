@@ -16,6 +16,8 @@ from calsync.google.oauth import client_config
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Event
+from calsync.sync.calendar_list import refresh_calendar_list
+from calsync.sync.run import sync_calendar
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 EVENTS = "https://www.googleapis.com/auth/calendar.events"
@@ -39,9 +41,20 @@ def connect_account(runtime: Runtime, emu: Any, email: str, scopes: tuple[str, .
         return upsert_account(session, runtime.cipher, email, creds, list(scopes), runtime.clock.now()).id
 
 
-def connect_with_ref(runtime: Runtime, emu: Any, email: str, ref: str) -> int:
-    """An app's connect session, claimed, the consent after it (as /connect/<token> runs them), and
-    the app's confirmation for the same ref."""
+def writable_calendar(runtime: Runtime, emu: Any, email: str) -> int:
+    """The user connected with the write scope, its calendar list read and its primary calendar
+    synced once: that calendar's row id."""
+    account = connect_account(runtime, emu, email, scopes=WRITER)
+    refresh_calendar_list(runtime, account)
+    calendar_id = calendar_row_id(runtime, email)
+    sync_calendar(runtime, calendar_id)
+    return calendar_id
+
+
+def consent_through_link(runtime: Runtime, emu: Any, email: str, ref: str) -> str:
+    """An app's connect session for `ref`, claimed, and `email`'s consent after it (as
+    /connect/<token> runs them): the one-time connection code the app must confirm."""
+    emu.create_user(email)
     wanted = connect_sessions.ConnectRequest(ref=ref, return_to="https://app.example.test/after", login_hint=email)
     with transaction(runtime.sessions) as session:
         url, _ = connect_sessions.create(session, wanted, runtime.settings.public_url, runtime.clock.now())
@@ -52,8 +65,14 @@ def connect_with_ref(runtime: Runtime, emu: Any, email: str, ref: str) -> int:
     answer = requests.get(pending.url, allow_redirects=False, timeout=10)
     code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
     done = finish_consent(runtime, pending.state, pending.verifier, code, link=link.token_hash)
-    assert done.email == email and done.connection is not None
-    assert connections.confirm(runtime, done.connection, ref) == connections.Confirmation(account=email, ref=ref)
+    assert done.email == email and done.connection
+    return done.connection
+
+
+def connect_with_ref(runtime: Runtime, emu: Any, email: str, ref: str) -> int:
+    """A consent through an app's connect link, and the app's confirmation for the same ref."""
+    connection = consent_through_link(runtime, emu, email, ref)
+    assert connections.confirm(runtime, connection, ref) == connections.Confirmation(account=email, ref=ref)
     with runtime.sessions() as session:
         return session.scalars(select(Account.id).where(Account.email == email)).one()
 

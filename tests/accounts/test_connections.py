@@ -6,20 +6,17 @@ import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
 from sqlalchemy import func, select
 
-from calsync.accounts import connect_sessions, connections
-from calsync.accounts.consent import finish_consent, start_consent
+from calsync.accounts import connections
 from calsync.clock import FrozenClock
 from calsync.config import Settings
 from calsync.errors import ConnectionUnusable, RefMismatch
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
 from calsync.store.models import Account, Change, ConnectSession
+from tests.sync_support import consent_through_link
 
 ANN = "ann@example.com"
 
@@ -29,23 +26,6 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     rt = Runtime.create(settings, clock=FrozenClock(datetime.now(UTC)))
     yield rt
     rt.close()
-
-
-def consented(runtime: Runtime, emu: Any, email: str, ref: str) -> str:
-    """A link for `ref`, claimed, and `email`'s consent after it; returns the connection code."""
-    emu.create_user(email)
-    wanted = connect_sessions.ConnectRequest(ref=ref, return_to="https://app.example.test/after", login_hint=email)
-    with transaction(runtime.sessions) as session:
-        url, _ = connect_sessions.create(session, wanted, runtime.settings.public_url, runtime.clock.now())
-    with transaction(runtime.sessions) as session:
-        link = connect_sessions.claim(session, url.rsplit("/", 1)[1], runtime.clock.now())
-    pending = start_consent(runtime, login_hint=email)
-    emu.auto_approve = email
-    answer = requests.get(pending.url, allow_redirects=False, timeout=10)
-    code = parse_qs(urlsplit(answer.headers["Location"]).query)["code"][0]
-    done = finish_consent(runtime, pending.state, pending.verifier, code, link=link.token_hash)
-    assert done.email == email and done.connection
-    return done.connection
 
 
 def row(runtime: Runtime) -> ConnectSession:
@@ -66,7 +46,7 @@ def revocations(emu: Any) -> list[int]:
 
 
 def test_a_confirmation_at_the_deadline_loses_to_the_drop_and_stores_nothing(runtime: Runtime, emu: Any) -> None:
-    code = consented(runtime, emu, ANN, "user-42")
+    code = consent_through_link(runtime, emu, ANN, "user-42")
     runtime.clock.advance(minutes=10)  # type: ignore[attr-defined]
     assert connections.drop_unconfirmed(runtime) == 1
     with pytest.raises(ConnectionUnusable) as caught:
@@ -79,7 +59,7 @@ def test_a_confirmation_at_the_deadline_loses_to_the_drop_and_stores_nothing(run
 def test_a_grant_google_could_not_revoke_is_revoked_by_a_later_pass(
     runtime: Runtime, emu: Any, settings: Settings
 ) -> None:
-    code = consented(runtime, emu, ANN, "user-42")
+    code = consent_through_link(runtime, emu, ANN, "user-42")
     unreachable = dataclasses.replace(
         runtime, settings=dataclasses.replace(settings, google_revoke_url="http://127.0.0.1:9/revoke")
     )
@@ -96,7 +76,7 @@ def test_a_grant_google_could_not_revoke_is_revoked_by_a_later_pass(
 
 
 def test_a_confirmation_writes_the_account_and_its_connected_row_in_one_step(runtime: Runtime, emu: Any) -> None:
-    code = consented(runtime, emu, ANN, "user-42")
+    code = consent_through_link(runtime, emu, ANN, "user-42")
     assert counts(runtime) == (0, 0)
     assert connections.confirm(runtime, code, "user-42") == connections.Confirmation(account=ANN, ref="user-42")
     with runtime.sessions() as session:

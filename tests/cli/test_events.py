@@ -13,9 +13,7 @@ from calsync.cli.changes import changes
 from calsync.cli.events import events
 from calsync.config import Settings
 from calsync.runtime import Runtime
-from calsync.sync.calendar_list import refresh_calendar_list
-from calsync.sync.run import sync_calendar
-from tests.sync_support import WRITER, calendar_row_id, connect_account
+from tests.sync_support import WRITER, writable_calendar
 from tests.web.process_support import web_env
 
 ANN = "ann@example.com"
@@ -33,9 +31,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def env(settings: Settings, runtime: Runtime, emu: Any) -> dict[str, str]:
-    account = connect_account(runtime, emu, ANN, scopes=WRITER)
-    refresh_calendar_list(runtime, account)
-    sync_calendar(runtime, calendar_row_id(runtime, ANN))
+    writable_calendar(runtime, emu, ANN)
     return web_env(settings, CALSYNC_GOOGLE_SCOPES=" ".join(WRITER))
 
 

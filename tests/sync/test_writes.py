@@ -44,6 +44,7 @@ from tests.sync_support import (
     connect_with_ref,
     google_view,
     mirror,
+    writable_calendar,
 )
 
 ANN = "ann@example.com"
@@ -62,11 +63,7 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 def cal(runtime: Runtime, emu: Any) -> int:
     """Ann's primary calendar, connected with write access and synced once."""
-    account = connect_account(runtime, emu, ANN, scopes=WRITER)
-    refresh_calendar_list(runtime, account)
-    calendar_id = calendar_row_id(runtime, ANN)
-    sync_calendar(runtime, calendar_id)
-    return calendar_id
+    return writable_calendar(runtime, emu, ANN)
 
 
 def settle(runtime: Runtime, emu: Any, calendar_id: int) -> None:

@@ -29,11 +29,11 @@ from tests.sync_support import (
     READONLY,
     WRITER,
     assert_feed_rebuilds_mirror,
-    calendar_row_id,
     changes,
     connect_account,
     google_view,
     mirror,
+    writable_calendar,
 )
 from tests.web.process_support import web_env
 
@@ -53,11 +53,7 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def cal(runtime: Runtime, emu: Any) -> int:
-    account = connect_account(runtime, emu, ANN, scopes=WRITER)
-    refresh_calendar_list(runtime, account)
-    calendar_id = calendar_row_id(runtime, ANN)
-    sync_calendar(runtime, calendar_id)
-    return calendar_id
+    return writable_calendar(runtime, emu, ANN)
 
 
 def feed(client: FlaskClient, headers: dict[str, str], query: str = "") -> list[dict[str, Any]]:
