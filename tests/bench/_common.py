@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -146,6 +147,28 @@ def percentile(values: list[float], p: float) -> float:
 
 
 # Small utilities ---------------------------------------------------------------------------------
+def old_code(rev: str, into: Path, parts: tuple[str, ...] = ("calsync",)) -> Path:
+    """That commit's code in `into`, with this tree's migrations beside it.
+
+    The old code is measured on the schema this tree sets up (a SQLite `calsync serve` upgrades its
+    own database, so it must know this tree's head). Migrations only add, so every column the old
+    code knows is there, provided its migrations are a prefix of this tree's.
+    """
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, "alembic/versions/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    theirs = sorted(Path(line).name for line in listed.stdout.split() if line.endswith(".py"))
+    ours = sorted(p.name for p in (ROOT / "alembic" / "versions").glob("*.py"))
+    if ours[: len(theirs)] != theirs:
+        raise SystemExit(f"--old {rev}: its migrations are not a prefix of this tree's; both run on one schema")
+    subprocess.run(f"git -C {ROOT} archive {rev} {' '.join(parts)} | tar -x -C {into}", shell=True, check=True)
+    shutil.copytree(ROOT / "alembic", into / "alembic")
+    return into
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ Correctness: every notification answered 200, and the calendars owe (or had) syn
 
 With `--old REV`, the receiver of that commit (taken from git) is measured too, in the same run and the
 same way, each tree against its own bare-Flask runs: the before and after of a change side by side. Both
-run on databases this tree sets up, so REV must have the same migrations.
+run on databases this tree sets up (`old_code`), so REV's migrations must be a prefix of this tree's.
 
 Throughput on a shared 2-core machine drifts from run to run (the bare endpoint alone has ranged from
 about 1,500 to 5,000/s), so each wrk run also counts the CPU it cost per notification, read from /proc:
@@ -55,6 +55,7 @@ from tests.bench._common import (
     database,
     engines,
     free_port,
+    old_code,
     parser,
     percentile,
     run_main,
@@ -83,19 +84,8 @@ def main(args: Any) -> int:
         with workdir("receiver") as work, tempfile.TemporaryDirectory(prefix="calsync-old-") as old:
             trees = {"": ROOT}
             if args.old:
-                subprocess.run(
-                    f"git -C {ROOT} archive {args.old} calsync tests alembic | tar -x -C {old}", shell=True, check=True
-                )
+                old_code(args.old, Path(old), ("calsync", "tests"))
                 trees = {f"old {args.old[:9]} ": Path(old), "new ": ROOT}
-                migrations = {
-                    tree: sorted(p.name for p in (tree / "alembic" / "versions").glob("*.py"))
-                    for tree in (Path(old), ROOT)
-                }
-                if migrations[Path(old)] != migrations[ROOT]:
-                    raise SystemExit(
-                        f"--old {args.old}: its migrations differ from this tree's; both run on one schema, "
-                        "so compare with a commit that has the same alembic/versions"
-                    )
             for server in PROCESSES if args.server == "both" else (args.server,):
                 bare_port = free_port()
                 bare = _start_bare(work, bare_port, PROCESSES[server])

@@ -22,8 +22,6 @@ and its notification adds none; each direct call is one `google` row; the mirror
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +43,7 @@ from tests.bench._common import (
     database,
     engines,
     event_body,
+    old_code,
     parser,
     percentile,
     run_main,
@@ -69,10 +68,7 @@ def main(args: Any) -> int:
         with workdir("writes") as work, tempfile.TemporaryDirectory(prefix="calsync-old-") as old:
             trees: list[tuple[str, str | None]] = [("", None)]
             if args.old:
-                # The old code on this tree's schema (the database is migrated by this tree).
-                archive = f"git -C {ROOT} archive {args.old} calsync | tar -x -C {old}"
-                subprocess.run(archive, shell=True, check=True)
-                shutil.copytree(ROOT / "alembic", Path(old) / "alembic")
+                old_code(args.old, Path(old))  # on this tree's schema (the database is migrated by this tree)
                 trees = [(f"old {args.old}, ", old), ("new, ", None)]
             for kind in engines(args.db):
                 for label, tree in trees:
