@@ -11,7 +11,12 @@ exponentially weighted rate of changes. A busy calendar keeps its rate overnight
 The column holds `ln(rate at the last change) + (last change - EPOCH) / TAU`, so that the rate at
 any later time is `exp(activity - (now - EPOCH) / TAU)`: no other column needed, and "rate below r
 at `now`" is `activity <= constant`, one comparison a plain SQL scan can count. NULL means no
-change measured yet (a calendar never changed since it was connected or since the column came).
+change measured yet (a calendar connected before the column came, not changed since).
+
+A newly connected calendar has no history of syncs, but its first listing has one: each event's
+`updated`. The events updated within `RECENT` before the first sync give its starting rate
+(`from_first_sync`), so a busy calendar connected in a mass onboarding is busy from its first sync
+on. One event edited several times counts once, so this errs towards quiet.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import math
 TAU = 3 * 86400.0  # the rate's memory: a weekend away from a busy calendar slows it ≈ 2.4 times
 PRIOR = 86400.0  # seconds of watching credited before the first: one change reads as one a day
 EPOCH = 1_700_000_000.0  # any fixed instant; keeps the stored numbers small
+RECENT = 7 * 86400.0  # the first listing's events updated within this long count towards its rate
 _MAX_EXP = 700.0  # exp() of more overflows a float: such a calendar is idle for any purpose
 
 
@@ -57,3 +63,15 @@ def after_change(activity: float | None, *, last_change: float | None, created: 
         before = rate(activity, last_change) * _exposure(last_change - created)
         count += before * math.exp(-max(0.0, now - last_change) / TAU)
     return math.log(count / _exposure(now - created)) + (now - EPOCH) / TAU
+
+
+def from_first_sync(recent: int, *, now: float) -> float | None:
+    """The column's value after a first sync that listed `recent` events updated within `RECENT`.
+
+    None when none was: the calendar's last change (the newest `updated`) then stands in. Later
+    changes go on from this rate as from a measured one (`after_change` counts it back as
+    rate × `PRIOR` changes).
+    """
+    if recent <= 0:
+        return None
+    return math.log(recent / RECENT) + (now - EPOCH) / TAU

@@ -367,7 +367,7 @@ class QuotaBudget(Base):
 
     Times are Unix seconds (floats), so the budget's arithmetic is the same on both engines. The
     project's row also carries the day's counts (Google's day ends at midnight Pacific time) and
-    the plan: how far reconciliations are stretched to fit the day's budget.
+    the plan: which calendars' reconciliations are stretched to fit the day's budget.
     """
 
     __tablename__ = "quota_budget"
@@ -381,12 +381,18 @@ class QuotaBudget(Base):
     calls_today: Mapped[int] = mapped_column(BigInteger, default=0)
     reconcile_today: Mapped[int] = mapped_column(BigInteger, default=0)
     first_sync_today: Mapped[int] = mapped_column(BigInteger, default=0)
-    stretch: Mapped[float] = mapped_column(Float, default=0.0)  # see calsync.work.quota.Plan
+    # The plan's cut (seconds between changes): calendars changing less often are stretched (NULL:
+    # none). See calsync.work.quota.Plan.
+    reconcile_cut: Mapped[float | None] = mapped_column(Float)
     projected: Mapped[int] = mapped_column(BigInteger, default=0)
     planned_at: Mapped[float] = mapped_column(Float, default=0.0)
     # The last quota day's calls other than reconciliations and first syncs: how the plan expects the
     # rest of today to go (today's pace so far misleads: office hours).
     steady_before: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Those calls hour by hour, today and the last day ("YYYYMMDD:n0,n1,…", counts so far at the end
+    # of each hour, written by the plan): the last day's shape says how much of a day is still to come.
+    steady_hours: Mapped[str | None] = mapped_column(String(400))
+    steady_hours_before: Mapped[str | None] = mapped_column(String(400))
 
 
 class Notification(Base):

@@ -20,6 +20,7 @@ code; `Budget` applies them to the rows under a row lock, in a transaction of it
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -148,10 +149,12 @@ class DayCount:
     calls: int
     reconcile: int
     first_sync: int
-    stretch: float
+    cut: float  # the plan's: calendars changing less often are stretched (inf: none)
     projected: int
     planned_at: float
     steady_before: int = 0  # the previous day's calls other than reconciliations and first syncs
+    steady_hours: str | None = None  # those calls hour by hour, today and the last day (as stored)
+    steady_hours_before: str | None = None
 
     @property
     def steady(self) -> int:
@@ -167,7 +170,7 @@ class Budget:
         self.clock = clock
         self.limits = limits
         self.max_wait = max_wait
-        self.stretch = 0.0  # the day's plan as last read (calsync.work.quota keeps it current)
+        self.cut = math.inf  # the day's plan as last read (calsync.work.quota keeps it current)
         self.sleep: Callable[[float], None] = time.sleep
         self._prepaid = threading.local()
 
@@ -284,35 +287,55 @@ def day_count(session: Session, now: datetime) -> DayCount:
             QuotaBudget.calls_today,
             QuotaBudget.reconcile_today,
             QuotaBudget.first_sync_today,
-            QuotaBudget.stretch,
+            QuotaBudget.reconcile_cut,
             QuotaBudget.projected,
             QuotaBudget.planned_at,
             QuotaBudget.steady_before,
+            QuotaBudget.steady_hours,
+            QuotaBudget.steady_hours_before,
         ).where(QuotaBudget.scope == PROJECT)
     ).first()
     if row is None:
-        return DayCount(quota_day(now), 0, 0, 0, 0.0, 0, 0.0)
+        return DayCount(quota_day(now), 0, 0, 0, math.inf, 0, 0.0)
+    cut = math.inf if row.reconcile_cut is None else float(row.reconcile_cut)
     if row.day != quota_day(now):  # no call yet today: the row's counts are the last day's
         before = max(0, int(row.calls_today) - int(row.reconcile_today) - int(row.first_sync_today))
-        return DayCount(quota_day(now), 0, 0, 0, float(row.stretch), 0, float(row.planned_at), before)
+        hours = (row.steady_hours, row.steady_hours_before)
+        return DayCount(quota_day(now), 0, 0, 0, cut, 0, float(row.planned_at), before, *hours)
     return DayCount(
         row.day,
         int(row.calls_today),
         int(row.reconcile_today),
         int(row.first_sync_today),
-        float(row.stretch),
+        cut,
         int(row.projected),
         float(row.planned_at),
         int(row.steady_before),
+        row.steady_hours,
+        row.steady_hours_before,
     )
 
 
-def save_plan(session: Session, *, stretch: float, projected: int, planned_at: float, not_after: float) -> bool:
-    """Record a new plan unless another process planned since `not_after` (then False)."""
+def save_plan(
+    session: Session,
+    *,
+    cut: float,
+    projected: int,
+    planned_at: float,
+    not_after: float,
+    hours: tuple[str | None, str | None] | None = None,
+) -> bool:
+    """Record a new plan (and the steady calls by hour, today's and the last day's) unless another
+    process planned since `not_after` (then False)."""
+    values: dict[str, Any] = {
+        "reconcile_cut": cut if math.isfinite(cut) else None,
+        "projected": projected,
+        "planned_at": planned_at,
+    }
+    if hours is not None:
+        values.update(steady_hours=hours[0], steady_hours_before=hours[1])
     result = session.execute(
-        update(QuotaBudget)
-        .where(QuotaBudget.scope == PROJECT, QuotaBudget.planned_at <= not_after)
-        .values(stretch=stretch, projected=projected, planned_at=planned_at)
+        update(QuotaBudget).where(QuotaBudget.scope == PROJECT, QuotaBudget.planned_at <= not_after).values(**values)
     )
     return bool(getattr(result, "rowcount", 0))
 

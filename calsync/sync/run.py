@@ -16,7 +16,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -43,7 +43,7 @@ from calsync.feed.lifecycle import record_first_sync
 from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar, decode_page
 from calsync.metrics import EVENTS_SKIPPED, SYNC_SECONDS, SYNCS
 from calsync.runtime import Runtime
-from calsync.store.activity import after_change
+from calsync.store.activity import RECENT, after_change, from_first_sync
 from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Calendar, Event
 from calsync.store.states import ChangeKind, Priority, SyncState
@@ -169,6 +169,9 @@ class _SyncRun:
     counts: Counter[ChangeKind | None] = field(default_factory=Counter)
     # Events of this listing that could not be applied (id → why): see `_finish`.
     skipped: dict[str, str] = field(default_factory=dict)
+    # A first listing's events updated within RECENT, and the newest `updated`: its starting rate.
+    recent: int = 0
+    newest: datetime | None = None
 
     @classmethod
     def load(
@@ -243,6 +246,8 @@ class _SyncRun:
                         skipped=self.skipped,
                     )
                     mirror.apply(items, deferred)
+                    if not self.baseline_done:
+                        self._count_recent(items, now)
                     if next_sync_token:
                         mirror.finish(deferred)
                         if gen is not None and not fresh:
@@ -362,6 +367,19 @@ class _SyncRun:
         mirrored = session.scalar(select(Event.id).where(Event.calendar_id == self.calendar_id).limit(1))
         return gen, mirrored is None
 
+    def _count_recent(self, items: list[dict[str, Any]], now: datetime) -> None:
+        """Count a first listing's recently updated events (its starting rate, calsync.store.activity)."""
+        since = now - timedelta(seconds=RECENT)
+        for item in items:
+            updated = _instant(item.get("updated"))
+            if updated is None:
+                continue
+            updated = min(updated, now)
+            if updated >= since:
+                self.recent += 1
+            if self.newest is None or updated > self.newest:
+                self.newest = updated
+
     def _changed(self) -> bool:
         return any(self.counts[kind] for kind in _REAL_CHANGES)
 
@@ -394,6 +412,13 @@ class _SyncRun:
                     now=now.timestamp(),
                 )
             activity = Activity(now, rate)
+        elif not self.baseline_done and activity.activity is None:
+            # The first listing: its events' `updated` give the calendar a rate from the start. Its
+            # first reconciliation still goes to its phase slot (no last change passed on), so
+            # calendars connected together stay spread.
+            values["last_changed_at"] = self.newest
+            rate = values["activity"] = from_first_sync(self.recent, now=now.timestamp())
+            activity = Activity(None, rate)
         stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
         if self.finish is not None:
             values.update(self.finish(now, activity))
@@ -406,6 +431,17 @@ class _SyncRun:
 
     def _lease_lost(self) -> LeaseLost:
         return LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")
+
+
+def _instant(value: Any) -> datetime | None:
+    """An RFC 3339 time from Google's JSON (None when missing or malformed)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def skipped_error(skipped: dict[str, str]) -> str:

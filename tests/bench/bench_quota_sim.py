@@ -2,14 +2,15 @@
 
 A simulated clock drives calsync's real decisions, called as the worker calls them:
 `calsync.store.quota.admit` for the project's and each user's per-minute budget and its priorities,
-`calsync.store.activity.after_change` (the change rate a sync's commit stores),
+`calsync.store.activity.after_change` (the change rate a sync's commit stores) and `from_first_sync`
+(the rate a first listing gives, from its events updated in the week before),
 `calsync.work.quota.reconcile_in_seconds` (spread and stretched reconciliations) and
-`solve_stretch` (the day's plan, every five simulated minutes, from the buckets calsync's plan query
-counts). What is modelled in Python is the database's queue: each calendar owes at most one piece
-of work (a due time and a priority, as its row does), claimed most urgent first (the claim's
-ORDER BY due_priority, due_at); a job whose user is out of budget is put off by the wait, as
-`QuotaWait` does; calls are instantaneous and workers unlimited, so the budget alone decides when
-a call goes.
+`solve_cut` (the day's plan, every five simulated minutes, from the buckets calsync's plan query
+counts, and `steady_rest` from the steady calls by hour the plan keeps). What is modelled in Python
+is the database's queue: each calendar owes at most one piece of work (a due time and a priority, as
+its row does), claimed most urgent first (the claim's ORDER BY due_priority, due_at); a job whose
+user is out of budget is put off by the wait, as `QuotaWait` does; calls are instantaneous and
+workers unlimited, so the budget alone decides when a call goes.
 
 Population: accounts of 1 to 200 calendars (4.6 on average; a few large resource accounts), so
 the per-user budget matters. Activity: 60 % of calendars nearly idle (a change a month), 30 %
@@ -51,10 +52,20 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from calsync.config import Settings
-from calsync.store.activity import PRIOR, TAU, after_change, gap_bound
+from calsync.store.activity import PRIOR, RECENT, TAU, after_change, from_first_sync, gap_bound
 from calsync.store.quota import ScopeState, admit
 from calsync.store.states import Priority
-from calsync.work.quota import PLAN_SECONDS, QUIET_STEPS, plan_of, reconcile_in_seconds, solve_stretch, steady_rest
+from calsync.work.quota import (
+    PLAN_SECONDS,
+    hours_at,
+    ladder,
+    mark_hour,
+    plan_of,
+    reconcile_in_seconds,
+    roll_hours,
+    solve_cut,
+    steady_rest,
+)
 from tests.bench._common import Report, parser, run_main
 
 DAY = 86400.0
@@ -85,7 +96,7 @@ class Stats:
     dropped_wait: list[list[float]] = field(default_factory=lambda: [[], [], []])
     user_minute: int = 0
     deferred: int = 0
-    stretch_max: float = 0.0
+    cut_min: float = math.inf
     projected_at_end: list[int] = field(default_factory=lambda: [0] * DAYS)
 
 
@@ -111,6 +122,7 @@ class Sim:
         self.seq = 0
         self._renewing: set[int] = set()
         self.steady_before = 0.0  # the day before the run's: the warm start counts it
+        self.hours: tuple[str | None, str | None] = (None, None)  # steady calls by hour, as the plan keeps them
         # Per calendar (lists: index = calendar id)
         self.acct: list[int] = []
         self.kind: list[int] = []
@@ -126,6 +138,7 @@ class Sim:
         self.prio: list[int] = []
         self.version: list[int] = []
         self.first_done: list[bool] = []
+        self.first_listing: list[tuple[int, float | None]] = []  # a new calendar's recent updates, newest
         # Per account: the calendar list
         self.acct_created: list[float] = []
         self.list_due: list[float] = []
@@ -185,8 +198,11 @@ class Sim:
         self.prio.append(RECON)
         self.version.append(0)
         self.first_done.append(existing)
+        self.first_listing.append((0, None))
         if existing:
             self._warm_start(c)
+        else:
+            self.first_listing[c] = self._past_week(c, at)
         self._measure(c, add=True)
         start = max(at, 0.0)
         self._push(start + self._next_change_gap(c, start), CHANGE, c)
@@ -213,6 +229,18 @@ class Sim:
         self.last_change[c] = last
         self.changed_at[c] = last if last is not None else -math.inf
         self.activity[c] = activity
+
+    def _past_week(self, c: int, at: float) -> tuple[int, float | None]:
+        """What a new calendar's first listing shows: its changes in the week before `at`, the newest.
+
+        Each change is taken to touch its own event (the listing shows one `updated` per event).
+        """
+        rng, t, count, last = self.history_rng, at - RECENT, 0, None
+        while True:
+            t += self._next_change_gap(c, t, rng)
+            if t >= at:
+                return count, last
+            count, last = count + 1, t
 
     def _next_change_gap(self, c: int, now: float, rng: random.Random | None = None) -> float:
         """Thinning: a Poisson process three times as dense in office hours."""
@@ -258,12 +286,12 @@ class Sim:
         self.list_version[a] += 1
         self._push(due, LIST_DUE, a)
 
-    def _schedule_reconcile(self, c: int, now: float) -> None:
+    def _schedule_reconcile(self, c: int, now: float, *, first: bool = False) -> None:
         if self.calsync:
             gap = reconcile_in_seconds(
                 c,
                 now,
-                last_change=self.last_change[c],
+                last_change=None if first else self.last_change[c],  # as the first sync passes it on
                 since=self.created[c],
                 plan=self.plan,
                 activity=self.activity[c],
@@ -416,12 +444,19 @@ class Sim:
             )
             self.last_change[c] = now
             self._measure(c, add=True)
+        first = not self.first_done[c]
+        if first and self.calsync:  # the first listing's `updated` times give the calendar its rate
+            recent, newest = self.first_listing[c]
+            self._measure(c, add=False)
+            self.activity[c] = from_first_sync(recent, now=now)
+            self.last_change[c] = newest
+            self._measure(c, add=True)
         self.first_done[c] = True
         self.last_sync[c] = now
         if self.dropped_since[c] is not None:
             self.stats.dropped_wait[self.kind[c]].append(now - self.dropped_since[c])  # type: ignore[operator]
             self.dropped_since[c] = None
-        self._schedule_reconcile(c, now)
+        self._schedule_reconcile(c, now, first=first)
 
     def _replan(self, now: float) -> None:
         """calsync's `replan`, with the buckets its query counts (`quiet_buckets`)."""
@@ -438,9 +473,13 @@ class Sim:
             - self.stats.calls[day - 1][RECON]
             - self.stats.calls[day - 1][FIRST]
         )
-        rest = steady_rest(so_far=so_far, before=before, elapsed=elapsed, left=left)
+        today, before_hours = roll_hours(*self.hours, today=day, yesterday=day - 1)
+        today = mark_hour(today, day, now - day * DAY, int(so_far))
+        self.hours = (today, before_hours)
+        by_now = hours_at(before_hours, day - 1, now - day * DAY)
+        rest = steady_rest(so_far=so_far, before=before, elapsed=elapsed, left=left, before_by_now=by_now)
         steady = rest / left if left > 0 else 0.0
-        edges = [self.base * 2**j for j in range(QUIET_STEPS)]
+        edges = ladder(plan_of(self.settings))
         buckets: Counter[float] = Counter()
         bounds = [gap_bound(e, now) * BIN for e in edges]
         for b, n in self.bins.items():
@@ -451,7 +490,7 @@ class Sim:
                 if n:
                     q = max(floor, now - (h + 1) * 3600)  # as `change_gap`: never changed, at least a day
                     buckets[max((e for e in edges if e <= q), default=0.0)] += n
-        stretch, total = solve_stretch(
+        cut, total = solve_cut(
             plan_of(self.settings),
             budget=self.settings.quota_per_day,
             spent=spent,
@@ -459,8 +498,8 @@ class Sim:
             left=left,
             quiet=sorted(buckets.items()),
         )
-        self.plan = plan_of(self.settings, stretch)
-        self.stats.stretch_max = max(self.stats.stretch_max, stretch)
+        self.plan = plan_of(self.settings, cut)
+        self.stats.cut_min = min(self.stats.cut_min, cut)
         self.stats.projected_at_end[day] = round(total)
 
 
@@ -505,7 +544,7 @@ def summary(sim: Sim, scale: float = 1.0) -> dict[str, Any]:
         "idle_gap_max": idle[-1] if idle else 0.0,
         "dropped_busy_max": max(st.dropped_wait[2], default=0.0),
         "dropped_idle_max": max(st.dropped_wait[0], default=0.0),
-        "stretch_max": st.stretch_max,
+        "cut_min": st.cut_min,
         "deferred": round(st.deferred * scale),
         "projected": [round(p * scale) for p in st.projected_at_end],
     }
@@ -554,7 +593,7 @@ def _table(ours: dict[str, Any], hourly: dict[str, Any], settings: Settings) -> 
         ("dropped notification waited, idle: max", "dropped_idle_max"),
     ):
         print(f"{label:40}{_h(ours[key]):>16}{_h(hourly[key]):>16}")
-    print(f"{'largest stretch':40}{ours['stretch_max']:>16.3f}")
+    print(f"{'lowest cut (gap between changes)':40}{_h(ours['cut_min']):>16}")
     print(f"{'jobs put off by a user budget':40}{ours['deferred']:>16,}")
     print(f"{'projected at the end of day 1, 2':40}{ours['projected']!s:>16}")
     print(

@@ -11,6 +11,7 @@ Printed: the median and p90 of each, the difference per sync and its ratio to th
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from datetime import timedelta
@@ -47,7 +48,7 @@ LEASE = timedelta(seconds=60)
 class _NoBudget:
     """The baseline: no budget at all (what calsync did before it counted its calls)."""
 
-    stretch = 0.0
+    cut = math.inf
 
     def spender(self, account_id: int | None, priority: Any) -> None:
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from calsync.store.activity import EPOCH, after_change, expected_gap, gap_bound, rate
+from calsync.store.activity import EPOCH, after_change, expected_gap, from_first_sync, gap_bound, rate
 
 DAY = 86400.0
 START = EPOCH + 1000 * DAY
@@ -52,3 +52,12 @@ def test_the_sql_bound_agrees_with_the_gap(gap: float) -> None:
     assert activity is not None
     for now in (START + DAY, START + 3 * DAY, START + 9 * DAY):
         assert (activity <= gap_bound(gap, now)) == (expected_gap(activity, now) >= gap)
+
+
+def test_a_first_listing_gives_its_rate_and_later_changes_go_on_from_it() -> None:
+    assert from_first_sync(0, now=START) is None  # nothing updated recently: no rate to give
+    activity = from_first_sync(105, now=START)  # 105 events updated in the week: 15 a day
+    assert activity is not None
+    assert rate(activity, START) * DAY == pytest.approx(15)
+    after = after_change(activity, last_change=START - 600, created=START, now=START + 3600)
+    assert rate(after, START + 3600) * DAY == pytest.approx(15, rel=0.1)  # one more change: still busy

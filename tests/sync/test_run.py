@@ -19,12 +19,14 @@ from calsync.errors import (
     RateLimited,
 )
 from calsync.runtime import Runtime
+from calsync.store.activity import rate
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Event
 from calsync.store.states import ChangeKind
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.diff import implied_occurrence
 from calsync.sync.run import SyncKind, SyncResult, sync_calendar
+from calsync.work.quota import change_gap
 from tests.sync_support import (
     assert_feed_rebuilds_mirror,
     calendar_row_id,
@@ -596,3 +598,38 @@ def test_a_sync_under_its_own_lease_extends_it(settings: Any, emu: Any) -> None:
             assert row.last_synced_at == clock.now() and row.lease_owner == "me"
     finally:
         runtime.close()
+
+
+def test_a_first_sync_gives_the_calendar_a_rate_from_its_recently_updated_events(runtime: Runtime, emu: Any) -> None:
+    """A busy calendar connected in a mass onboarding must not count as quiet until its changes are seen."""
+    account_id = connect_account(runtime, emu, ALICE)
+    quiet_id = emu.create_calendar(ALICE, "quiet")
+    now = datetime.now(UTC)
+    real = emu.clock
+    try:
+        for i in range(28):  # four a day over the last week, the newest an hour ago
+            emu.clock = lambda i=i: now - timedelta(hours=1 + 6 * i)
+            emu.insert_event(ALICE, timed(f"e{i}"))
+        emu.clock = lambda: now - timedelta(days=30)  # older than a week: no part of the rate
+        emu.insert_event(ALICE, timed("old"))
+        emu.insert_event(quiet_id, timed("old quiet"))
+    finally:
+        emu.clock = real
+    refresh_calendar_list(runtime, account_id)
+    busy, quiet = calendar_row_id(runtime, ALICE), calendar_row_id(runtime, quiet_id)
+    for cal_id in (busy, quiet):
+        assert sync_calendar(runtime, cal_id).kind == SyncKind.FULL
+    with runtime.sessions() as session:
+        rows = {r.id: r for r in session.execute(select(Calendar).where(Calendar.id.in_([busy, quiet]))).scalars()}
+    at = datetime.now(UTC).timestamp()
+    row = rows[busy]
+    assert row.activity is not None
+    assert rate(row.activity, at) * 86400 == pytest.approx(4, rel=0.05)
+    assert row.last_changed_at is not None
+    assert abs(row.last_changed_at.replace(tzinfo=UTC).timestamp() - (now.timestamp() - 3600)) < 5
+    assert change_gap(at, last_change=None, since=None, activity=row.activity) == pytest.approx(6 * 3600, rel=0.05)
+    # Nothing updated within the week: no rate; its last change (a month ago) says how quiet it is.
+    row = rows[quiet]
+    assert row.activity is None and row.last_changed_at is not None
+    gap = change_gap(at, last_change=row.last_changed_at.replace(tzinfo=UTC).timestamp(), since=None, activity=None)
+    assert gap == pytest.approx(30 * 86400, rel=0.01)

@@ -1,11 +1,13 @@
 """The quota budget at work: several worker processes keep it as Google measures it, a notification's
 sync overtakes a queue of first syncs, reconciliations are spread over their period, a 403 slows the
 deployment down, and a short day stretches the least active calendars' reconciliations first (by
-their rate of changes: a busy calendar keeps the hour through a quiet night)."""
+their rate of changes: a busy calendar keeps the hour through a quiet night, and as long as quieter
+ones can give)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import signal
 import subprocess
 import sys
@@ -25,7 +27,22 @@ from calsync.store.models import Calendar, QuotaBudget
 from calsync.store.owed import request_calendar_sync
 from calsync.store.quota import PROJECT, ScopeState, ceiling, pace, user_scope
 from calsync.store.states import Priority
-from calsync.work.quota import MIN_SLOT, Plan, change_gap, outlook, quiet_buckets, reconcile_in, replan, steady_rest
+from calsync.work.quota import (
+    MIN_SLOT,
+    Plan,
+    change_gap,
+    hours_at,
+    ladder,
+    mark_hour,
+    outlook,
+    projected_total,
+    quiet_buckets,
+    reconcile_in,
+    replan,
+    roll_hours,
+    solve_cut,
+    steady_rest,
+)
 from calsync.work.worker import Worker
 from tests.push_support import calendar_id_of, calendar_row, changes_for, wait_for
 from tests.sync_support import connect_account
@@ -232,7 +249,7 @@ def test_a_short_day_stretches_the_quietest_calendars_first(settings: Settings, 
             session.execute(update(Calendar).values(created_at=now - timedelta(days=30), last_changed_at=None))
             session.execute(update(Calendar).where(Calendar.id == busy).values(last_changed_at=now))
         with rt.sessions() as session:
-            assert outlook(session, rt.settings, now).stretch == 0.0
+            assert outlook(session, rt.settings, now).cut == math.inf
         clock.advance(400)
         replan(rt)
         with rt.sessions() as session:
@@ -240,7 +257,8 @@ def test_a_short_day_stretches_the_quietest_calendars_first(settings: Settings, 
         base = rt.settings.reconcile_every.total_seconds()
         assert seen.stretched and seen.interval_busy == base
         assert seen.interval_idle > base
-        plan = Plan(base, 6 * 86400, seen.stretch)
+        assert seen.cut >= base  # the busy one (a change minutes ago, nothing measured yet) is above the cut
+        plan = Plan(base, 6 * 86400, seen.cut)
         at = clock.now()
         idle_gap = reconcile_in(7, at, last_change=None, since=at - timedelta(days=30), plan=plan)
         busy_gap = reconcile_in(8, at, last_change=at - timedelta(minutes=5), since=at, plan=plan)
@@ -345,15 +363,15 @@ def test_under_a_stretch_a_busy_calendar_keeps_the_hour_through_the_night_and_id
         gap = change_gap(now.timestamp(), last_change=None, since=None, activity=row.activity)
         assert gap < 4 * 3600  # its rate says a change every few hours, though the night was quiet
 
-        # The day is short: reconciliations stretch by 0.1 × (the gap between a calendar's changes)² / period.
-        stretch = 0.1
-        assert Plan(base, 6 * 86400, stretch).interval(quiet) > base  # by its quiet time it would stretch
+        # The day is short: the plan cuts at 4 h, so calendars changing less often are stretched.
+        cut = 4 * 3600.0
+        assert Plan(base, 6 * 86400, cut).interval(quiet) > base  # by its quiet time it would stretch
         with rt.sessions() as session:  # the plan's query sees the busy one among the most active
             buckets = dict(quiet_buckets(session, now, Plan(base, 6 * 86400)))
         assert sum(n for q, n in buckets.items() if q < 4 * 3600) == 1, buckets
         assert sum(n for q, n in buckets.items() if q >= 16 * 3600) == 5 + 1, buckets  # + the calendar list
         with transaction(rt.sessions) as session:  # that plan stays (planned "later": no process replans)
-            session.execute(update(QuotaBudget).values(stretch=stretch, planned_at=now.timestamp() + 10 * 86400))
+            session.execute(update(QuotaBudget).values(reconcile_cut=cut, planned_at=now.timestamp() + 10 * 86400))
             session.execute(update(Calendar).values(due_at=now, next_reconcile_at=now))  # all reconcile now
         synced: dict[int, list[datetime]] = {}
         until = now + timedelta(hours=12)
@@ -368,8 +386,8 @@ def test_under_a_stretch_a_busy_calendar_keeps_the_hour_through_the_night_and_id
             clock.set(min(t for t in (utc(r.next_reconcile_at) for r in rows) if t is not None))
         gaps = [(b - a).total_seconds() for a, b in zip(synced[busy], synced[busy][1:], strict=False)]
         assert len(gaps) >= 12 and max(gaps) <= base + 1, gaps  # the busy calendar keeps the hour
-        # The idle ones stretch: 0.1 × (at least a day, as nothing was seen to change)² / 1 h ≥ 57.6 h,
-        # so a few syncs in 12 hours (a slot moves as the period grows), not twelve.
+        # The idle ones stretch: at least a day between changes (nothing was seen to change), six times
+        # the cut, so 2^6 h; a few syncs in 12 hours (a slot moves as the period grows), not twelve.
         idle = {cid: len(seen) for cid, seen in synced.items() if cid != busy}
         assert len(idle) == 5 and max(idle.values()) <= 3, idle
     finally:
@@ -380,8 +398,66 @@ def test_the_rest_of_the_day_follows_the_last_day_not_the_pace_of_office_hours()
     day = 86400.0
     # 18:00, 90 % of yesterday's notifications already in: the rest is the evening's tenth.
     assert steady_rest(so_far=900, before=1000, elapsed=0.75 * day, left=0.25 * day) == 100
-    # A day that outgrew the last one spreads its count so far over the whole day (not its pace
-    # into the night); the first day goes on at its own pace.
+    # Without the last day's hours: a day that outgrew the last one spreads its count so far over
+    # the whole day (not its pace into the night); the first day goes on at its own pace.
     assert steady_rest(so_far=1200, before=1000, elapsed=0.5 * day, left=0.5 * day) == 600
     assert steady_rest(so_far=1800, before=1000, elapsed=0.75 * day, left=0.25 * day) == 450
     assert steady_rest(so_far=300, before=0, elapsed=0.25 * day, left=0.75 * day) == 900
+
+
+def test_a_day_that_outgrew_the_last_one_follows_its_shape_with_no_jump() -> None:
+    day = 86400.0
+    # The last day: office hours (08:00-18:00) carry most calls; 940 by 18:00, 1000 in all.
+    yesterday = None
+    for hour in range(24):
+        done = 20 * min(hour + 1, 8) + 78 * max(0, min(hour + 1, 18) - 8) + 10 * max(0, hour + 1 - 18)
+        yesterday = mark_hour(yesterday, 20261205, hour * 3600 + 3500, done)
+    today, before = roll_hours(yesterday, None, today=20261206, yesterday=20261205)
+    assert today is None and before == yesterday
+    by_six = hours_at(before, 20261205, 18 * 3600)
+    assert by_six == 940
+    # Today grew by a fifth (an onboarding): at 18:00 it has 1128 and passes the last day's 1000
+    # soon after. The rest is the evening's, grown a fifth, on either side of that moment.
+    rests = [
+        steady_rest(so_far=so_far, before=1000, elapsed=at, left=day - at, before_by_now=hours_at(before, 20261205, at))
+        for so_far, at in ((1128, 18 * 3600), (1000 * 1.2 * 0.97, 19.5 * 3600))
+    ]
+    assert 60 < rests[0] < 75  # 60 × 1.2, shrunk a little towards the last day
+    assert rests[1] < rests[0]  # no jump when today's count passes the last day's
+    assert steady_rest(so_far=1128, before=1000, elapsed=18 * 3600, left=6 * 3600) == pytest.approx(1128 * 0.25)
+
+
+def test_busy_calendars_are_not_stretched_while_quiet_ones_can_give() -> None:
+    base, cap = 3600.0, 6 * 86400.0
+    plan = Plan(base, cap)
+    busy, normal, idle = base * 2, base * 8, base * 512  # gaps between changes, on the plan's ladder
+    assert {busy, normal, idle} <= set(ladder(plan))
+    quiet = [(busy, 1000), (normal, 3000), (idle, 6000)]
+
+    def solve(budget: int) -> Plan:
+        cut, total = solve_cut(plan, budget=budget, spent=0, steady_rate=0, left=86400, quiet=quiet)
+        assert total <= budget or cut == base
+        fitted = dataclasses.replace(plan, cut=cut)
+        assert total == projected_total(fitted, spent=0, steady_rate=0, left=86400, quiet=quiet)
+        return fitted
+
+    assert solve(240_000).cut == math.inf  # everything at the hour fits: nothing stretched
+    # The idle calendars at the channel's life give enough: the busy and the normal keep the hour.
+    enough = solve(100_000)
+    assert enough.interval(busy) == enough.interval(normal) == base < enough.interval(idle)
+    # Not enough: the normal ones give next; the busy ones still keep the hour.
+    tight = solve(40_000)
+    assert tight.interval(busy) == base < tight.interval(normal) and tight.interval(idle) == cap
+    # Only when the quieter ones at the cap cannot make the day fit are busy ones stretched.
+    assert solve(20_000).interval(busy) > base
+
+
+def test_a_calendar_quieter_than_the_cut_is_stretched_by_the_square_of_its_gap() -> None:
+    base, cut = 3600.0, 4 * 3600.0
+    plan = Plan(base, 6 * 86400, cut)
+    assert plan.interval(cut * 0.99) == base  # just above the cut: untouched
+    assert plan.interval(cut) == 2 * base
+    assert plan.interval(cut * math.sqrt(2)) == 4 * base
+    assert plan.interval(cut * 2) == 8 * base
+    assert plan.interval(30 * 86400) == 6 * 86400  # never past a channel's life
+    assert Plan(base, 6 * 86400, 0.0).interval(0.0) == 6 * 86400  # a cut at 0: everything at the cap
