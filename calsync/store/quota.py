@@ -8,6 +8,11 @@ tolerant class may run `URGENT_SHARE` of the window ahead, which bounds any slid
 `window` seconds to the budget (see `emission_interval`); background work may run less far ahead
 or none, so a full window of it still leaves room for urgent calls, which never queue behind it.
 
+First syncs also take from a scope of their own, paced at `FIRST_SYNC_SHARE` of the project's: a
+mass onboarding ranks above reconciliations, and without it would take the whole minute for as long
+as it lasts, holding up the reconciliations of every calendar already connected. With it, the
+claim takes reconciliations while the first syncs' share is spent (`Budget.admits`).
+
 Google's "slow down" (403 usageLimits, 429) halves the scope's pace, which then grows back by a
 fixed step per second (additive increase, multiplicative decrease). Retry-After holds the scope's
 background work (first syncs, reconciliations) that long; urgent work goes on at the halved pace,
@@ -40,6 +45,8 @@ from calsync.store.states import Priority
 log = logging.getLogger(__name__)
 
 PROJECT = "project"
+FIRST_SYNCS = "first_syncs"
+FIRST_SYNC_SHARE = 0.75  # of the project's pace: the rest stays for reconciliations during an onboarding
 _NOBODY = object()  # no call prepaid on this thread
 # The most tolerant class may run this share of the window ahead: the urgent reserve.
 URGENT_SHARE = 0.2
@@ -70,6 +77,11 @@ class Limits:
     per_window: int
     per_user_per_window: int
     window: float = 60.0
+
+    @property
+    def first_syncs_per_window(self) -> int:
+        """The first syncs' own budget: `FIRST_SYNC_SHARE` of the project's (0: no limit, as the project's)."""
+        return max(1, int(self.per_window * FIRST_SYNC_SHARE)) if self.per_window > 0 else 0
 
 
 @dataclass(frozen=True)
@@ -203,6 +215,8 @@ class Budget:
         """`try_take` inside the caller's transaction (which must commit for the call to count)."""
         limits = self.limits
         scopes = [PROJECT] if account_id is None else [PROJECT, user_scope(account_id)]
+        if priority == Priority.FIRST_SYNC:
+            scopes.append(FIRST_SYNCS)
         rows = _lock(session, scopes)
         if len(rows) < len(scopes):
             _create(session, [s for s in scopes if s not in rows])
@@ -210,6 +224,9 @@ class Budget:
         now_dt = self.clock.now()  # read under the lock: decisions are made in the order of their times
         now = now_dt.timestamp()
         project, wait = admit(_state(rows[PROJECT]), now, priority, limits.per_window, limits.window)
+        first: ScopeState | None = None
+        if wait == 0.0 and priority == Priority.FIRST_SYNC:
+            first, wait = admit(_state(rows[FIRST_SYNCS]), now, priority, limits.first_syncs_per_window, limits.window)
         user: ScopeState | None = None
         if wait == 0.0 and account_id is not None:
             user, wait = admit(
@@ -219,6 +236,8 @@ class Budget:
             return wait  # nothing written: the transaction ends having changed nothing
         if user is not None and account_id is not None:
             _write(session, user_scope(account_id), user, {})
+        if first is not None:
+            _write(session, FIRST_SYNCS, first, {})
         _write(session, PROJECT, project, _count(rows[PROJECT], quota_day(now_dt), priority))
         return 0.0
 
@@ -250,9 +269,24 @@ class Budget:
 
     def ceiling(self, session: Session) -> Priority | None:
         """The least urgent class that may start work now (one read of the project's row)."""
-        row = session.execute(select(*_STATE_COLUMNS).where(QuotaBudget.scope == PROJECT)).first()
-        state = _state(row) if row is not None else ScopeState()
-        return ceiling(state, self.clock.now().timestamp(), self.limits.per_window, self.limits.window)
+        return self.admits(session)[0]
+
+    def admits(self, session: Session) -> tuple[Priority | None, bool]:
+        """The least urgent class that may start work now, and whether first syncs may (their share
+        left): one read of two rows. When they may not, reconciliations still can."""
+        rows = {
+            row.scope: row
+            for row in session.execute(select(*_STATE_COLUMNS).where(QuotaBudget.scope.in_([PROJECT, FIRST_SYNCS])))
+        }
+        now = self.clock.now().timestamp()
+        project = _state(rows[PROJECT]) if PROJECT in rows else ScopeState()
+        top = ceiling(project, now, self.limits.per_window, self.limits.window)
+        first = rows.get(FIRST_SYNCS)
+        per_window = self.limits.first_syncs_per_window
+        first_ok = (
+            first is None or admit(_state(first), now, Priority.FIRST_SYNC, per_window, self.limits.window)[1] == 0
+        )
+        return top, first_ok
 
     def spender(self, account_id: int | None, priority: Priority) -> Spender:
         return Spender(self, account_id, priority)

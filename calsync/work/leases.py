@@ -51,16 +51,18 @@ def claim_calendar(
     lease: timedelta,
     renew_before: timedelta | None = None,
     ceiling: Priority = Priority.RECONCILE,
+    floor: Priority = Priority.WRITE,
 ) -> Claim | None:
     """The most urgent calendar owing a sync, longest waiting first, leased to `owner`; None when nothing is due.
 
-    Only classes up to `ceiling` (the quota budget's answer) are taken. One statement takes the
+    Only classes from `floor` to `ceiling` (the quota budget's answer) are taken. One statement takes the
     lease and returns the job's starting state, whether another calendar is waiting too, and
     (given `renew_before`) whether an active channel outlasts the renewal window.
     """
     claiming_as(session, owner, now)
     params = {
         "ceiling": int(ceiling),
+        "floor": int(floor),
         "now": now,
         "stale_before": stale_before(now),
         "owner": owner,
@@ -279,6 +281,7 @@ def _claimable(cal: Any, acct: Any) -> tuple[ColumnElement[bool], ...]:
     lease free, its account active."""
     return (
         cal.c.due_priority <= bindparam("ceiling", type_=cal.c.due_priority.type),
+        cal.c.due_priority >= bindparam("floor", type_=cal.c.due_priority.type),
         cal.c.due_at <= _NOW,
         cal.c.removed_at.is_(None),
         lease_is_free(cal.c.lease_owner, cal.c.lease_until, _NOW),

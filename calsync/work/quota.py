@@ -49,6 +49,7 @@ QUIET_STEPS = 12  # the plan looks at gaps from base to 2^12×base (half a year)
 STEPS = 4  # gaps on the plan's ladder per doubling: the cut moves by 19 % at a time
 SHAPE_PRIOR = 0.05  # of the last day's count: early calls of a day say little about its growth
 MAX_HOURS = 25  # a quota day is 23 to 25 hours long (summer time)
+AIM = 0.998  # the plan fits the day to this share of its budget: the last minutes never go exactly as projected
 MIN_SLOT = 1.0  # seconds: the longest gap is the period plus at most this
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK = (1 << 64) - 1
@@ -260,7 +261,7 @@ def roll_hours(
 def solve_cut(
     plan: Plan, *, budget: int, spent: float, steady_rate: float, left: float, quiet: Sequence[tuple[float, int]]
 ) -> tuple[float, float]:
-    """The highest cut on the ladder whose projected day fits `budget`, and that projection.
+    """The highest cut on the ladder whose projected day fits `budget` (with `AIM`'s margin), and that projection.
 
     inf (nothing stretched) when the day fits as it is (or there is no daily budget). The quiet
     buckets are counted by the ladder's gaps, so a bucket is wholly above or below any cut: the
@@ -272,11 +273,11 @@ def solve_cut(
     def total(cut: float) -> float:
         return projected_total(replace(plan, cut=cut), spent=spent, steady_rate=steady_rate, left=left, quiet=quiet)
 
-    if budget <= 0 or total(math.inf) <= budget:
+    if budget <= 0 or total(math.inf) <= budget * AIM:
         return math.inf, total(math.inf)
     cuts = ladder(plan)
     for cut in reversed(cuts):
-        if total(cut) <= budget:
+        if total(cut) <= budget * AIM:
             return cut, total(cut)
     return cuts[0], total(cuts[0])
 

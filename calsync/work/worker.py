@@ -26,7 +26,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import is_own_backend, transaction
 from calsync.store.liveness import lease_is_free, stale_before
 from calsync.store.models import Delivery
-from calsync.store.states import DeliveryState
+from calsync.store.states import DeliveryState, Priority
 from calsync.webhooks.outbox import behind_the_feed
 from calsync.work.jobs import run_calendar_job, run_list_job
 from calsync.work.leases import (
@@ -222,7 +222,7 @@ class Worker:
             now = rt.clock.now()
             deliveries_due = _deliveries_may_be_due(session, now)
             # Only the kinds of work the quota budget has room for now (None: Google said wait).
-            ceiling = rt.budget.ceiling(session)
+            ceiling, first_syncs = rt.budget.admits(session)
             if ceiling is None:
                 return None, run_calendar_job, release_calendar, deliveries_due
             claim = claim_account_list(session, owner, now, settings.lease, ceiling)
@@ -230,7 +230,13 @@ class Worker:
                 if self._prepay(session, claim, claim.id, defer_account_list, now):
                     return claim, run_list_job, release_account_list, deliveries_due
                 return None, run_list_job, release_account_list, deliveries_due
-            claim = claim_calendar(session, owner, now, settings.lease, settings.renew_before, ceiling)
+            upto = ceiling if first_syncs else min(ceiling, Priority.RENEWAL)
+            claim = claim_calendar(session, owner, now, settings.lease, settings.renew_before, upto)
+            if claim is None and upto < ceiling and ceiling >= Priority.RECONCILE:
+                # The first syncs' share is spent (an onboarding): reconciliations go meanwhile.
+                claim = claim_calendar(
+                    session, owner, now, settings.lease, settings.renew_before, ceiling, floor=Priority.RECONCILE
+                )
             if (
                 claim is not None
                 and claim.calendar is not None

@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from calsync.config import Settings
 from calsync.store.activity import PRIOR, RECENT, TAU, after_change, from_first_sync, gap_bound
-from calsync.store.quota import ScopeState, admit
+from calsync.store.quota import Limits, ScopeState, admit
 from calsync.store.states import Priority
 from calsync.work.quota import (
     PLAN_SECONDS,
@@ -113,12 +113,15 @@ class Sim:
         self.plan = plan_of(settings)
         self.window = settings.quota_window.total_seconds()
         self.state = ScopeState()
+        self.first_state = ScopeState()  # the first syncs' own share (`Budget.admits`)
+        self.first_per_window = Limits(settings.quota_per_minute, 0, self.window).first_syncs_per_window
         self.users: dict[int, ScopeState] = {}
         self.user_calls: dict[int, deque[tuple[float, int]]] = {}
         self.user_sum: dict[int, int] = {}
         self.stats = Stats()
         self.timeline: list[tuple[float, int, int, int]] = []
-        self.ready: list[tuple[int, float, int, int]] = []
+        self.ready: list[tuple[int, float, int, int]] = []  # owed sync, by class then due time
+        self.ready_recon: list[tuple[int, float, int, int]] = []  # reconciliations, by due time
         self.seq = 0
         self._renewing: set[int] = set()
         self.steady_before = 0.0  # the day before the run's: the warm start counts it
@@ -323,21 +326,28 @@ class Sim:
             if now >= end:
                 return self.stats
             next_t = tl[0][0] if tl else end
-            if not ready:
+            heap, head = ready, self._head(ready)
+            if head is not None and head[0] == FIRST and head[2] >= 0:
+                first_wait = self._first_wait(now, self._cost(head[2]))
+                if first_wait > 0:  # the first syncs' share is spent: the claim takes a reconciliation
+                    heap, head = self.ready_recon, self._head(self.ready_recon)
+                    if head is None:
+                        now = min(now + max(first_wait, 1e-6), next_t, end)
+                        continue
+            elif head is None:
+                heap, head = self.ready_recon, self._head(self.ready_recon)
+            if head is None:
                 now = min(next_t, end)
                 continue
-            _, _due, ident, version = ready[0]
-            if (ident >= 0 and version != self.version[ident]) or (ident < 0 and version != self.list_version[~ident]):
-                heapq.heappop(ready)
-                continue
+            _, _due, ident, _version = head
             a = self.acct[ident] if ident >= 0 else ~ident
             prio = self.list_prio[a] if ident < 0 else self.prio[ident]
             cost = (3 if a in self._list_renewing else 1) if ident < 0 else self._cost(ident)
-            wait, user_wait = self._take(now, a, prio, cost)
+            wait, user_wait = self._take(now, a, prio, cost, first=ident >= 0 and prio == FIRST)
             if wait > 0:  # (a step of at least a microsecond: a rounding-sized wait must not stall the clock)
                 now = min(now + max(wait, 1e-6), next_t, end)
                 continue
-            heapq.heappop(ready)
+            heapq.heappop(heap)
             if user_wait > 0:  # QuotaWait: the job is put off, the next one goes
                 user_wait = max(user_wait, 1e-3)  # (a rounding-sized wait must not come straight back)
                 self.stats.deferred += 1
@@ -357,15 +367,37 @@ class Sim:
             else:
                 self._synced(ident, now)
 
+    def _head(self, heap: list[tuple[int, float, int, int]]) -> tuple[int, float, int, int] | None:
+        """The heap's first job still owed as queued (stale entries dropped)."""
+        while heap:
+            _, _due, ident, version = heap[0]
+            if (ident >= 0 and version != self.version[ident]) or (ident < 0 and version != self.list_version[~ident]):
+                heapq.heappop(heap)
+                continue
+            return heap[0]
+        return None
+
+    def _first_wait(self, now: float, cost: int) -> float:
+        """Seconds until the first syncs' share has room for a job of `cost` calls (`Budget.admits`)."""
+        state = self.first_state
+        for _ in range(cost):
+            state, wait = admit(state, now, Priority.FIRST_SYNC, self.first_per_window, self.window)
+            if wait:
+                return wait
+        return 0.0
+
     def _event(self, t: float, kind: int, ident: int) -> None:
         if kind == DUE:
             if t == self.due[ident]:
                 order = self.prio[ident] if self.calsync else RECON  # hourly: first come, first served
-                heapq.heappush(self.ready, (order, t, ident, self.version[ident]))
+                heapq.heappush(
+                    self.ready if order < RECON else self.ready_recon, (order, t, ident, self.version[ident])
+                )
         elif kind == LIST_DUE:
             if t == self.list_due[ident]:
                 order = self.list_prio[ident] if self.calsync else RECON
-                heapq.heappush(self.ready, (order, t, ~ident, self.list_version[ident]))
+                entry = (order, t, ~ident, self.list_version[ident])
+                heapq.heappush(self.ready if order < RECON else self.ready_recon, entry)
         elif kind == CHANGE:
             c = ident
             self.changed_at[c] = t
@@ -399,7 +431,7 @@ class Sim:
             return 3  # events.list, events.watch, and the seam's list (one page: most calendars are small)
         return 3 if c in self._renewing else 1  # watch, stop, the seam's list
 
-    def _take(self, now: float, a: int, prio: int, cost: int) -> tuple[float, float]:
+    def _take(self, now: float, a: int, prio: int, cost: int, *, first: bool = False) -> tuple[float, float]:
         """(the project's wait, the user's wait): calsync's budget, both scopes, as `Budget.take_in`."""
         if not self.calsync:
             return 0.0, 0.0
@@ -408,15 +440,19 @@ class Sim:
             self.settings.quota_per_user_per_minute,
             self.window,
         )
-        state, user = self.state, self.users.get(a, ScopeState())
+        state, user, first_state = self.state, self.users.get(a, ScopeState()), self.first_state
         for _ in range(cost):
             state, wait = admit(state, now, Priority(prio), per_window, window)
             if wait:
                 return wait, 0.0
+            if first:
+                first_state, wait = admit(first_state, now, Priority(prio), self.first_per_window, window)
+                if wait:
+                    return wait, 0.0
             user, wait = admit(user, now, Priority(prio), per_user, window)
             if wait:
                 return 0.0, wait
-        self.state, self.users[a] = state, user
+        self.state, self.users[a], self.first_state = state, user, first_state
         return 0.0, 0.0
 
     def _charge(self, a: int, now: float, cost: int, prio: int) -> None:

@@ -18,6 +18,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import QuotaBudget
 from calsync.store.quota import (
+    FIRST_SYNC_SHARE,
     PROJECT,
     Budget,
     Limits,
@@ -197,3 +198,28 @@ def test_the_day_that_ended_leaves_its_steady_count_for_the_plan(budget: Runtime
     with budget.sessions() as session:
         after = day_count(session, clock.now())
     assert (after.calls, after.steady, after.steady_before) == (1, 0, 3)
+
+
+def test_first_syncs_take_at_most_their_share_and_reconciliations_go_on(budget: Runtime) -> None:
+    """A mass onboarding's first syncs rank above reconciliations, but cannot hold them up for as
+    long as it lasts: the claim asks `admits` and takes a reconciliation while their share is spent."""
+    clock = FrozenClock(datetime(2026, 12, 6, 12, tzinfo=UTC))
+    own = Budget(budget.sessions, clock, Limits(100, 0, 60.0))
+    first: list[float] = []
+    recon: list[float] = []
+    for _ in range(1800):  # a queue of each, for three minutes: the worker's claim every 0.1 s
+        with budget.sessions() as session:
+            top, first_ok = own.admits(session)
+        now = clock.now().timestamp()
+        if top is not None and top >= Priority.FIRST_SYNC and first_ok:
+            if own.try_take(Priority.FIRST_SYNC, account_id=None) == 0.0:
+                first.append(now)
+        elif top == Priority.RECONCILE and own.try_take(Priority.RECONCILE, account_id=None) == 0.0:
+            recon.append(now)
+        clock.advance(0.1)
+    start = datetime(2026, 12, 6, 12, tzinfo=UTC).timestamp()
+    last_minute = [sum(1 for t in ts if t >= start + 120) for ts in (first, recon)]
+    assert _max_in_window(first, 60.0) <= 100 * FIRST_SYNC_SHARE
+    assert 50 <= last_minute[0] <= 75  # the first syncs go on at their share of the pace...
+    assert last_minute[1] >= 15  # ...and reconciliations get the rest, not nothing
+    assert _max_in_window(sorted(first + recon), 60.0) <= 100
