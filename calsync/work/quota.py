@@ -14,8 +14,9 @@ it). This module decides *when* the safety-net reconciliations happen:
   keeps `CALSYNC_RECONCILE_EVERY`, untouched. One at the cut is reconciled half as often, and four
   times less often again for each doubling of its gap (never more than a channel's life apart,
   since a renewal syncs anyway). The cut is the highest on a ladder of gaps (a quarter of a
-  doubling apart) whose projection fits `CALSYNC_QUOTA_PER_DAY`: the fewest, quietest calendars
-  give, and busy ones keep the hour as long as the quiet ones can give enough.
+  doubling apart, never below the period) whose projection fits `CALSYNC_QUOTA_PER_DAY` (less
+  `AIM`'s margin): the fewest, quietest calendars give, and busy ones keep the hour as long as the
+  quiet ones can give enough.
   Notification syncs, renewals and writes are never held back for the day.
 """
 
@@ -86,10 +87,6 @@ class Plan:
             return self.cap
         doublings = 1 + math.floor(2 * math.log2(quiet_for / self.cut) + 1e-9)
         return min(self.cap, self.base * 2.0 ** min(doublings, 64))
-
-    @property
-    def stretched(self) -> bool:
-        return math.isfinite(self.cut)
 
 
 def plan_of(settings: Settings, cut: float = math.inf) -> Plan:
