@@ -18,4 +18,7 @@ EVENTS_SKIPPED = Counter(
     "calsync_events_skipped_total", "Listed events a sync could not apply (left for the next sync)"
 )
 SYNC_SECONDS = Histogram("calsync_sync_seconds", "Duration of one calendar sync", ["kind"])
+QUOTA_WAITS = Counter(
+    "calsync_quota_waits_total", "Jobs put off because the quota budget had no room for them yet", ["priority"]
+)
 DELIVERIES = Counter("calsync_webhook_deliveries_total", "Outgoing webhook attempts", ["outcome"])

@@ -22,6 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connections import drop_unconfirmed
+from calsync.metrics import QUOTA_WAITS
 from calsync.runtime import Runtime
 from calsync.store.db import is_own_backend, transaction
 from calsync.store.liveness import lease_is_free, stale_before
@@ -85,7 +86,7 @@ class Worker:
         # The scheduler must look several times within the renewal window, however short it is.
         self.tick_seconds = max(0.05, min(SCHEDULER_SECONDS, runtime.settings.renew_before.total_seconds() / 4))
         self.heartbeat = Heartbeat(runtime, self.name)
-        self.listener: Listener | None = None  # while `run` runs, on PostgreSQL
+        self.listener: Listener | threading.Thread | None = None  # while `run` runs
         self._started = False
 
     # Entry points ----------------------------------------------------------------------------
@@ -249,6 +250,7 @@ class Worker:
         """Take the job's first call in the claim's own transaction; put the job off if its user has no room."""
         wait = self.runtime.budget.prepay(session, claim.priority, account_id)
         if wait > 0.0:
+            QUOTA_WAITS.labels(claim.priority.name.lower()).inc()
             defer(session, claim, now + timedelta(seconds=wait))
             return False
         return True
@@ -266,9 +268,11 @@ class Worker:
             log.exception("webhook deliveries failed")
             return 0
 
-    def _start_listener(self, stop: threading.Event) -> Listener | None:
+    def _start_listener(self, stop: threading.Event) -> Listener | threading.Thread | None:
+        """What wakes this process's threads for work committed by other processes."""
         if self.runtime.engine.dialect.name != "postgresql":
-            return None
+            peers = self.runtime.wakeup.peers
+            return peers.listen(self.runtime.wakeup, stop) if peers is not None else None
         from calsync.work.listen import Listener
 
         engine = self.runtime.engine
