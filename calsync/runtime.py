@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from calsync.clock import Clock, SystemClock
 from calsync.config import Settings
 from calsync.store.crypto import TokenCipher, cipher_from_settings
-from calsync.store.db import make_engine, make_sessionmaker
+from calsync.store.db import make_engine, make_sessionmaker, sqlite_file
 from calsync.store.quota import Budget, Limits
-from calsync.wakeup import Wakeup
+from calsync.wakeup import HostPeers, Wakeup
 
 
 @dataclass
@@ -32,12 +32,14 @@ class Runtime:
     @classmethod
     def create(cls, settings: Settings, *, clock: Clock | None = None, engine: Engine | None = None) -> Runtime:
         engine = engine or make_engine(settings.database_url)
+        database = sqlite_file(engine)
         return cls(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
             cipher=cipher_from_settings(settings),
             clock=clock or SystemClock(),
+            wakeup=Wakeup(HostPeers.beside(database) if database else None),
         )
 
     def close(self) -> None:

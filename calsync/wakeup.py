@@ -1,16 +1,25 @@
-"""Wake workers the moment there is work: an in-process condition, and LISTEN/NOTIFY across processes.
+"""Wake workers the moment there is work: an in-process condition, and across processes LISTEN/NOTIFY
+on PostgreSQL or a datagram per worker process on a SQLite file's host (`HostPeers`).
 
 Polling the tables stays as the fallback; this only shortens the wait.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import socket
 import threading
+from pathlib import Path
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 CHANNEL = "calsync_work"
+PEER_POLL = 0.5  # seconds between two looks at `stop` while a peer listener waits for datagrams
+
+log = logging.getLogger(__name__)
 
 
 class Wakeup:
@@ -22,15 +31,23 @@ class Wakeup:
     that was busy when the counter moved sees that when it comes to wait, and looks again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, peers: HostPeers | None = None) -> None:
         self._cond = threading.Condition()
         self._generation = 0
+        self.peers = peers  # worker processes on this host, for a SQLite file (PostgreSQL has NOTIFY)
 
     def notify_local(self) -> None:
         """There may be work: one idle waiter looks."""
         with self._cond:
             self._generation += 1
             self._cond.notify()
+
+    def notify_committed(self) -> None:
+        """Work was committed: one idle waiter here looks, and so does every worker process on this host
+        that shares the SQLite file (on PostgreSQL the commit's own NOTIFY reaches the others)."""
+        self.notify_local()
+        if self.peers is not None:
+            self.peers.notify()
 
     def notify_all(self) -> None:
         """Every waiter looks (shutting down)."""
@@ -57,6 +74,87 @@ class Wakeup:
 
             def _after_commit(_s: Session) -> None:
                 session.info.pop("_calsync_wakeup_hooked", None)
-                self.notify_local()
+                self.notify_committed()
 
             event.listen(session, "after_commit", _after_commit, once=True)
+
+
+class HostPeers:
+    """The worker processes of one host that share a SQLite file, woken by a datagram each.
+
+    SQLite has no LISTEN/NOTIFY, so a worker process in another process than the receiver (the
+    worker of `calsync serve`, or `calsync worker` beside `calsync web`) would otherwise see a
+    notification's sync only when it next polls. Each listening process registers itself as a file
+    named by its pid in a folder beside the database, and listens on a Linux abstract socket named
+    after the database and that pid (no path-length limit, nothing left on disk when it dies); a
+    commit that owes work sends one byte to each. A file whose socket refuses is a dead process's
+    and is removed. A lost datagram costs only the wait until the next poll.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._prefix = b"\0calsync-" + hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:24].encode() + b"-"
+        self._sender: socket.socket | None = None
+        self._listing: tuple[int, list[str]] = (-1, [])
+        self._lock = threading.Lock()
+
+    @classmethod
+    def beside(cls, database: str) -> HostPeers:
+        return cls(Path(database + ".wakeup"))
+
+    def _address(self, pid: str) -> bytes:
+        return self._prefix + pid.encode()
+
+    def notify(self) -> None:
+        """Wake every listening process on this host (this one's included: its threads look once more)."""
+        with self._lock:
+            try:
+                stamp = os.stat(self.folder).st_mtime_ns
+                if stamp != self._listing[0]:
+                    self._listing = (stamp, [name for name in os.listdir(self.folder) if name.isdigit()])
+            except OSError:
+                return  # no process has ever listened (or the folder cannot be read): they poll
+            if self._sender is None:
+                self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sender.setblocking(False)
+            for pid in self._listing[1]:
+                try:
+                    self._sender.sendto(b"!", self._address(pid))
+                except BlockingIOError:
+                    pass  # its queue is full: it has wake-ups enough
+                except (ConnectionRefusedError, FileNotFoundError):
+                    (self.folder / pid).unlink(missing_ok=True)  # nobody listens there any more
+
+    def listen(self, wakeup: Wakeup, stop: threading.Event) -> threading.Thread | None:
+        """Register this process and pass each datagram on to `wakeup` until `stop` is set (None: the
+        process could not register, and its threads poll)."""
+        pid = str(os.getpid())
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(self._address(pid))
+            self.folder.mkdir(mode=0o700, exist_ok=True)
+            (self.folder / pid).touch(mode=0o600)
+        except OSError as err:
+            sock.close()
+            log.warning("cannot listen for wake-ups beside the database (%s); polling instead", err)
+            return None
+        sock.settimeout(PEER_POLL)
+
+        def run() -> None:
+            try:
+                while not stop.is_set():
+                    try:
+                        sock.recv(64)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        log.exception("wake-up socket failed; the worker falls back to polling")
+                        return
+                    wakeup.notify_local()
+            finally:
+                (self.folder / pid).unlink(missing_ok=True)
+                sock.close()
+
+        thread = threading.Thread(target=run, name="calsync-wakeup-peers", daemon=True)
+        thread.start()
+        return thread

@@ -1,16 +1,20 @@
-"""Wake-ups: one idle thread per wake-up, all of them on shutdown, and NOTIFYs from other processes only."""
+"""Wake-ups: one idle thread per wake-up, all of them on shutdown, NOTIFYs from other processes only,
+and on a SQLite file a datagram to each worker process of the host."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, transaction
-from calsync.wakeup import CHANNEL, Wakeup
+from calsync.wakeup import CHANNEL, HostPeers, Wakeup
 from calsync.work.listen import Listener
 from tests.push_support import wait_for
 
@@ -81,3 +85,66 @@ def test_the_listener_passes_on_other_processes_notifies_only(db_url: str) -> No
 def _notify(engine: Any) -> None:
     with transaction(make_sessionmaker(engine)) as session:
         session.execute(text(f"NOTIFY {CHANNEL}"))
+
+
+_PEER = """
+import sys, threading
+from pathlib import Path
+from calsync.wakeup import HostPeers, Wakeup
+
+wakeup, stop = Wakeup(), threading.Event()
+generation = wakeup.generation()
+listener = HostPeers(Path(sys.argv[1])).listen(wakeup, stop)
+print("listening", flush=True)
+print("woken" if wakeup.wait(generation, timeout=20) else "timed out", flush=True)
+stop.set()
+listener.join()  # as a worker does when it stops: the entry goes with it
+"""
+
+
+def _peer(folder: Path) -> subprocess.Popen[str]:
+    """A worker-like process listening beside a SQLite file, once it has registered."""
+    proc = subprocess.Popen([sys.executable, "-c", _PEER, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "listening"
+    return proc
+
+
+def test_a_commit_on_a_sqlite_file_wakes_the_worker_processes_of_its_host(tmp_path: Path) -> None:
+    database = str(tmp_path / "calsync.db")
+    engine = make_engine(f"sqlite:///{database}")
+    peers = HostPeers.beside(database)
+    first, second = _peer(peers.folder), _peer(peers.folder)
+    try:
+        wakeup = Wakeup(peers)
+        with transaction(make_sessionmaker(engine)) as session:
+            session.execute(text("SELECT 1"))
+            wakeup.notify_after_commit(session)
+        for proc in (first, second):
+            out, _ = proc.communicate(timeout=10)
+            assert out.strip() == "woken"  # long before its 20 s poll
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+        engine.dispose()
+    wait_for(lambda: not list(peers.folder.iterdir()), timeout=5, what="the listeners' entries removed as they stop")
+
+
+def test_a_dead_listeners_entry_is_dropped_and_a_stray_file_is_ignored(tmp_path: Path) -> None:
+    peers = HostPeers(tmp_path / "db.wakeup")
+    peers.folder.mkdir()
+    killed = _peer(peers.folder)
+    killed.kill()  # SIGKILL: its entry stays behind, its socket is gone
+    killed.wait()
+    (peers.folder / "notes.txt").write_text("not a process")
+    assert (peers.folder / str(killed.pid)).exists()
+    peers.notify()
+    assert sorted(p.name for p in peers.folder.iterdir()) == ["notes.txt"]
+
+
+def test_a_process_that_cannot_register_polls_instead(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the folder would go")
+    stop = threading.Event()
+    assert HostPeers(blocked).listen(Wakeup(), stop) is None
+    HostPeers(blocked).notify()  # and notifying it is harmless

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -9,6 +10,8 @@ from types import FrameType
 import click
 
 from calsync.config import Settings
+
+PARENT_CHECK_SECONDS = 0.5
 
 
 @click.command()
@@ -19,7 +22,7 @@ from calsync.config import Settings
     "--worker-threads", type=click.IntRange(1), default=None, help="Sync threads (default: CALSYNC_WORKER_THREADS)."
 )
 def serve(host: str, port: int, threads: int, worker_threads: int | None) -> None:
-    """Web app and worker in one process (gunicorn); upgrades a SQLite database itself."""
+    """Web app (gunicorn) and a worker process beside it, in one command; upgrades a SQLite database itself."""
     from calsync.web.server import CalsyncApplication, ensure_schema
 
     settings = Settings.from_env()
@@ -59,7 +62,10 @@ def web(host: str, port: int, workers: int, threads: int) -> None:
     help="Address for the metrics port (default: CALSYNC_WORKER_METRICS_HOST, 127.0.0.1); "
     "0.0.0.0 lets a Prometheus on another machine scrape it.",
 )
-def worker(threads: int | None, burst: bool, metrics_port: int | None, metrics_host: str | None) -> None:
+@click.option("--exit-with-parent", is_flag=True, hidden=True, help="Stop once the process that started it is gone.")
+def worker(
+    threads: int | None, burst: bool, metrics_port: int | None, metrics_host: str | None, exit_with_parent: bool
+) -> None:
     """Claim and do due work (syncs, renewals, deliveries) until SIGTERM; any number may run."""
     from calsync.runtime import Runtime
     from calsync.web.server import ensure_schema
@@ -85,11 +91,26 @@ def worker(threads: int | None, burst: bool, metrics_port: int | None, metrics_h
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
+        if exit_with_parent:
+            _stop_with_parent(stop)
         click.echo(f"worker {w.name} running with {w.threads} thread(s)", err=True)
         w.run(stop)
         click.echo(f"worker {w.name} stopped", err=True)
     finally:
         runtime.close()
+
+
+def _stop_with_parent(stop: threading.Event) -> None:
+    """`calsync serve`'s worker: a parent killed outright (SIGKILL, OOM) cannot stop it, so it looks."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(PARENT_CHECK_SECONDS):
+            if os.getppid() != parent:
+                click.echo("the serving process is gone: finishing the work in hand", err=True)
+                stop.set()
+
+    threading.Thread(target=watch, name="calsync-parent-watch", daemon=True).start()
 
 
 def _serve_metrics(host: str, port: int) -> None:

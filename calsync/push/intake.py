@@ -144,7 +144,7 @@ class Intake:
             self.checkpointer.written()
             NOTIFICATION_BATCH.observe(len(batch))
             if newly_owed:
-                self._rt.wakeup.notify_local()  # after the commit, so a woken worker sees the owed sync
+                self._rt.wakeup.notify_committed()  # after the commit, so a woken worker sees the owed sync
         for earlier, later in itertools.pairwise(batch):
             earlier.next = later
         self._wake(batch[0])

@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from calsync.store.db import SQLITE_BUSY_TIMEOUT_MS
+from calsync.store.db import SQLITE_BUSY_TIMEOUT_MS, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,6 @@ def begin_immediate(cursor: Any, timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000)
             if err.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
                 raise
         time.sleep(BUSY_POLL)
-
-
-def sqlite_file(engine: Engine) -> str | None:
-    """The database file of a SQLite engine; None for PostgreSQL and in-memory databases."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return database
 
 
 class WriterTurn:

@@ -133,6 +133,14 @@ def is_postgres(session_or_engine: Session | Engine) -> bool:
     return bind.dialect.name == "postgresql"
 
 
+def sqlite_file(engine: Engine) -> str | None:
+    """The database file of a SQLite engine; None for PostgreSQL and in-memory databases."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
 def is_own_backend(engine: Engine, pid: int) -> bool:
     """Whether a PostgreSQL server process serves one of `engine`'s open connections.
 

@@ -247,7 +247,7 @@ def _drained(rt: Runtime) -> bool:
 
 
 @pytest.mark.slow
-def test_serve_runs_web_and_worker_in_one_process(
+def test_serve_runs_the_web_app_and_a_worker_process_woken_at_once(
     settings: Settings, emu: Any, tmp_path: Path, public_port: int
 ) -> None:
     if settings.database_url.startswith("sqlite"):
@@ -289,6 +289,64 @@ def test_serve_runs_web_and_worker_in_one_process(
         if rt is not None:
             rt.close()
     assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+
+
+def _heartbeat_pids(rt: Runtime) -> set[int]:
+    """The processes with a worker heartbeat (a worker's name is host:pid:suffix)."""
+    with rt.sessions() as session:
+        return {int(name.split(":")[1]) for name in session.scalars(select(WorkerHeartbeat.name))}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_serve_starts_its_worker_again_after_a_kill_and_the_worker_stops_with_serve(
+    settings: Settings, emu: Any, tmp_path: Path, public_port: int
+) -> None:
+    """The worker is a process of its own beside gunicorn's: killed, another takes its place and the
+    next push is synced; serve killed outright, the worker does not outlive it."""
+    proc = _calsync(
+        ["serve", "--host", "127.0.0.1", "--port", str(public_port), "--threads", "4"],
+        web_env(settings),
+        tmp_path / "serve.log",
+    )
+    rt = Runtime.create(settings)
+    try:
+        wait_for(lambda: _get(settings.public_url + "/healthz", 200), timeout=60, interval=0.1, what="healthz 200")
+        first = wait_for(
+            lambda: _heartbeat_pids(rt) & set(_children(proc.pid)), timeout=10, what="the worker's heartbeat"
+        )
+        (worker,) = first
+        assert "worker" in Path(f"/proc/{worker}/cmdline").read_text()
+        connect_account(rt, emu, "ann@example.com")
+        cal_id = wait_for(lambda: _watched_calendar(rt), timeout=30, interval=0.05, what="first sync and watch")
+
+        os.kill(worker, signal.SIGKILL)
+        again = wait_for(
+            lambda: (set(_children(proc.pid)) & _heartbeat_pids(rt)) - {worker},
+            timeout=20,
+            what="another worker process",
+        )
+        emu.wait_push_idle(5)
+        emu.insert_event("ann@example.com", EVENT)
+        wait_for(
+            lambda: changes_for(rt, cal_id), timeout=10, interval=0.02, what="the change, synced by the new worker"
+        )
+
+        (replacement,) = again
+        proc.kill()  # no SIGTERM: gunicorn cannot stop the worker
+        proc.wait()
+        wait_for(lambda: not _alive(replacement), timeout=10, what="the worker stopping once serve is gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        rt.close()
 
 
 def _get(url: str, status: int) -> Any:

@@ -99,7 +99,7 @@ def test_killed_backends_cost_no_500_and_listen_comes_back(
     made = [edit(emu, "before")]
     wait_converged(runtime, emu, made, 5)
     listener = running.listener
-    assert listener is not None and listener.connections == 1
+    assert isinstance(listener, Listener) and listener.connections == 1
 
     killed = private_pg.terminate_backends(make_url(runtime.settings.database_url).database or "")
     assert killed >= 3  # the web's pool, the worker's pool, the LISTEN connection
