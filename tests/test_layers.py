@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "calsync"
 
 # Top to bottom. Each entry is a package or top-level module of calsync.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("__init__", "web", "cli", "demo"),
+    ("__init__", "__main__", "web", "cli", "demo"),
     ("work",),
     ("sync", "push", "webhooks", "accounts", "readmodels"),
     ("feed", "runtime"),

@@ -32,7 +32,8 @@ from calsync.store.migrate import current_revision, head_revision, upgrade
 log = logging.getLogger(__name__)
 
 GRACEFUL_SECONDS = 30
-RESPAWN_DELAY = 1.0
+RESPAWN_DELAY = 1.0  # seconds before a worker that died is started again, doubling up to RESPAWN_MAX
+RESPAWN_MAX = 30.0
 
 
 class CalsyncApplication(BaseApplication):  # type: ignore[misc]
@@ -64,6 +65,7 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
             "loglevel": "info",
         }
         self._worker: subprocess.Popen[bytes] | None = None
+        self._respawn_delay = RESPAWN_DELAY / 2
         if with_worker:
             self.options["when_ready"] = self._start_worker
         self.options["on_exit"] = self._on_exit
@@ -115,12 +117,19 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
         watch.start()
 
     def _watch_worker(self, worker: subprocess.Popen[bytes]) -> None:
-        """Start the worker again if it died (it exits 0 only when told to stop, as gunicorn is)."""
+        """Start the worker again if it ended while serve goes on (its exit status is no guide: gunicorn's
+        arbiter may reap it first); sooner when it had run a while, so a worker that cannot start is not
+        started again in a tight loop."""
+        started = time.monotonic()
         code = worker.wait()
-        if code == 0 or self._worker is not worker:
-            return
-        log.error("calsync worker process %d exited with %s; starting another in %gs", worker.pid, code, RESPAWN_DELAY)
-        time.sleep(RESPAWN_DELAY)
+        if self._worker is not worker:
+            return  # stopped by serve
+        lived = time.monotonic() - started
+        self._respawn_delay = RESPAWN_DELAY if lived > RESPAWN_MAX else min(RESPAWN_MAX, self._respawn_delay * 2)
+        log.error(
+            "calsync worker process %d ended (%s); starting another in %gs", worker.pid, code, self._respawn_delay
+        )
+        time.sleep(self._respawn_delay)
         if self._worker is worker:
             self._start_worker(None)
 
