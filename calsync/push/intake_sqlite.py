@@ -14,14 +14,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import sqlite3
 import threading
 import time
 from typing import Any
 
 from sqlalchemy import Engine
 
-from calsync.store.db import SQLITE_BUSY_TIMEOUT_MS, sqlite_file
+from calsync.store.db import SQLITE_BUSY_TIMEOUT_MS, execute_when_free, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +30,16 @@ AUTOCHECKPOINT_DEFAULT = 1000  # SQLite's own wal_autocheckpoint, given back wit
 BUSY_POLL = 0.0005  # seconds between two tries of the writer's BEGIN IMMEDIATE while another connection writes
 
 
-def begin_immediate(cursor: Any, timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+def begin_immediate(cursor: Any) -> None:
     """BEGIN IMMEDIATE on a connection whose busy timeout is 0 (`Checkpointer.take`), tried again every
-    `BUSY_POLL` while another connection holds the write lock, for up to `timeout` seconds.
+    `BUSY_POLL` while another connection holds the write lock.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, ... 100 ms between tries: a batch that found the
     worker's short transaction in the way waited for the next try, not for the lock, and its
     requests' p99 at 500 notifications/s was 160-240 ms in `calsync serve` against 2-4 ms without
     the worker. Once BEGIN IMMEDIATE holds the lock, nothing else in a WAL transaction waits for it.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            cursor.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as err:
-            if err.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                raise
-        time.sleep(BUSY_POLL)
+    execute_when_free(cursor, "BEGIN IMMEDIATE", poll=BUSY_POLL)
 
 
 class WriterTurn:

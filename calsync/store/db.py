@@ -238,15 +238,22 @@ def _enter_wal(cur: Any) -> None:
     at once, without its busy handler (waiting could deadlock two lock upgrades), so the busy
     timeout alone does not cover this.
     """
-    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    execute_when_free(cur, "PRAGMA journal_mode=WAL", poll=0.005)
+
+
+def execute_when_free(cursor: Any, sql: str, *, poll: float, timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000) -> None:
+    """Run `sql` on a SQLite cursor, trying again every `poll` seconds for up to `timeout` while another
+    connection holds the lock it needs (SQLITE_BUSY), instead of in SQLite's own busy handler."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
-            cur.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(sql)
             return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
+        except sqlite3.OperationalError as err:
+            busy = err.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)  # primary code
+            if not busy or time.monotonic() >= deadline:
                 raise
-            time.sleep(0.005)
+        time.sleep(poll)
 
 
 def _sqlite_begin(conn: Any) -> None:
