@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import BigInteger, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from calsync.feed.cursor import SEQ_COUNTER
@@ -36,6 +36,15 @@ _COLUMNS = (
 )
 
 
+# Built once (every commit that writes changes runs it).
+_TAKE_SEQS = (
+    update(Counter)
+    .where(Counter.name == SEQ_COUNTER)
+    .values(value=Counter.value + bindparam("n", type_=BigInteger))
+    .returning(Counter.value)
+)
+
+
 def append_changes(
     session: Session, changes: Sequence[NewChange], now: Any, *, refs: Mapping[int, str | None] | None = None
 ) -> Sequence[NewChange]:
@@ -52,12 +61,7 @@ def append_changes(
             change.ref = refs[change.account_id or 0]
     else:
         _name_accounts(session, changes)
-    last = session.execute(
-        update(Counter)
-        .where(Counter.name == SEQ_COUNTER)
-        .values(value=Counter.value + len(changes))
-        .returning(Counter.value)
-    ).scalar_one()
+    last = session.execute(_TAKE_SEQS, {"n": len(changes)}).scalar_one()
     first = last - len(changes) + 1
     for offset, change in enumerate(changes):
         change.seq = first + offset

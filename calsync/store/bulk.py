@@ -3,8 +3,10 @@
 A first sync writes thousands of mirror rows and as many change-log rows per page; the per-row work
 of an ORM or Core insert cost more than the database's own. On PostgreSQL, COPY streams the rows as
 one statement: on 2,500-event pages it took half the server time of an INSERT per row and a fifth of
-the client's CPU. Values must already be what the driver takes: JSON as text, times as the column's
-type binds them (`bound`).
+the client's CPU. A few rows (a write through calsync, an incremental sync's page) go as one
+multi-row INSERT instead: COPY costs two round trips (its start, then its end), an INSERT one.
+Values must already be what the driver takes: JSON as text, times as the column's type binds them
+(`bound`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from sqlalchemy import Column, Connection, Table
 
 from calsync.store.jsontext import dumps_text
 
+# Up to this many rows, PostgreSQL gets one INSERT (one round trip) rather than COPY (two).
+INSERT_UP_TO = 20
+
 
 def insert_rows(connection: Connection, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
     """Rows whose values are in `columns` order."""
@@ -23,12 +28,18 @@ def insert_rows(connection: Connection, table: Table, columns: Sequence[str], ro
         return
     dialect = connection.dialect
     names = ", ".join(dialect.identifier_preparer.quote(name) for name in columns)
-    if dialect.name == "postgresql":
+    if dialect.name == "postgresql" and len(rows) > INSERT_UP_TO:
         driver = connection.connection.driver_connection
         assert driver is not None  # a checked-out connection always has its driver's
         with driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+        return
+    if dialect.name == "postgresql":
+        row_marks = "(" + ", ".join("%s" for _ in columns) + ")"
+        values = ", ".join(row_marks for _ in rows)
+        flat = tuple(value for row in rows for value in row)
+        connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES {values}", flat)
         return
     marks = ", ".join("?" for _ in columns)
     connection.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", list(rows))

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from calsync.errors import IdempotencyKeyReused, InvalidWrite
 from calsync.runtime import Runtime
-from calsync.store.db import rows_affected, transaction
+from calsync.store.db import is_postgres, rows_affected, transaction
 from calsync.store.models import IdempotencyKey
 
 KEY_MAX = 200
@@ -62,19 +64,51 @@ def claim(session: Session, calendar_id: int, key: str, digest: str, event_id: s
     """Hold `key` for this body in the caller's transaction (committed before Google is called), or
     find it held; another body → IdempotencyKeyReused.
 
-    A concurrent twin that inserted the same key first makes the flush fail with IntegrityError:
-    the caller runs its transaction again and then finds the twin's row.
+    One statement when the key is new: an INSERT that does nothing on a held key. A twin inserting
+    the same key concurrently makes it wait for the twin's commit; the row is then read.
     """
-    row = session.get(IdempotencyKey, (calendar_id, key))
-    if row is None:
-        row = IdempotencyKey(
-            calendar_id=calendar_id, key=key, body_hash=digest, event_id=event_id, seq=None, created_at=now
-        )
-        session.add(row)
-        session.flush()
-    if row.body_hash != digest:
-        raise IdempotencyKeyReused("this Idempotency-Key was used for another body: use a new key for a new event")
-    return Claim(row.key, row.body_hash, row.event_id, row.seq)
+    values = {
+        "calendar_id": calendar_id,
+        "key": key,
+        "body_hash": digest,
+        "event_id": event_id,
+        "seq": None,
+        "created_at": now,
+    }
+    claiming = _CLAIM_PG if is_postgres(session) else _CLAIM_SQLITE
+    for _ in range(2):
+        row = session.execute(claiming, values).first()
+        if row is None:  # held already: read it (a row released meanwhile is claimed on the next turn)
+            row = session.execute(_HELD, values).first()
+        if row is not None:
+            if row.body_hash != digest:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used for another body: use a new key for a new event"
+                )
+            return Claim(key, row.body_hash, row.event_id, row.seq)
+    raise IdempotencyKeyReused("this Idempotency-Key is being claimed concurrently; retry")
+
+
+_KEY_COLUMNS = (IdempotencyKey.body_hash, IdempotencyKey.event_id, IdempotencyKey.seq)
+_KEY_VALUES: dict[str, Any] = {
+    name: bindparam(name) for name in ("calendar_id", "key", "body_hash", "event_id", "seq", "created_at")
+}
+# Built once: a statement built per call costs more Python than its round trip.
+_CLAIM_PG = pg_insert(IdempotencyKey).values(_KEY_VALUES).on_conflict_do_nothing().returning(*_KEY_COLUMNS)
+_CLAIM_SQLITE = sqlite_insert(IdempotencyKey).values(_KEY_VALUES).on_conflict_do_nothing().returning(*_KEY_COLUMNS)
+_HELD = select(*_KEY_COLUMNS).where(
+    IdempotencyKey.calendar_id == bindparam("calendar_id"), IdempotencyKey.key == bindparam("key")
+)
+_RECORD = (
+    update(IdempotencyKey)
+    .where(
+        IdempotencyKey.calendar_id == bindparam("calendar"),
+        IdempotencyKey.key == bindparam("the_key"),
+        IdempotencyKey.seq.is_(None),
+    )
+    .values(seq=bindparam("the_seq"))
+    .execution_options(synchronize_session=False)
+)
 
 
 def release(runtime: Runtime, calendar_id: int, key: str, digest: str) -> None:
@@ -92,12 +126,7 @@ def release(runtime: Runtime, calendar_id: int, key: str, digest: str) -> None:
 
 def record(session: Session, calendar_id: int, key: str, seq: int) -> None:
     """The creation is committed at `seq` (in the same transaction as its feed row; one statement)."""
-    session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.calendar_id == calendar_id, IdempotencyKey.key == key, IdempotencyKey.seq.is_(None))
-        .values(seq=seq)
-        .execution_options(synchronize_session=False)
-    )
+    session.execute(_RECORD, {"calendar": calendar_id, "the_key": key, "the_seq": seq})
 
 
 def recorded_seq(session: Session, calendar_id: int, key: str) -> int | None:

@@ -7,25 +7,29 @@ write reached Google carries an older version (which the mirror does not take ba
 turn, a sync woken by the write's own notification could commit that version first, as a change
 found in Google: the app would hear its own write.
 
-PostgreSQL: an advisory lock (any number of processes): a write holds it on a connection of its
-own across Google's call; a sync page takes it inside the page's own transaction, as its first
-statement, so a page costs no connection or transaction more. SQLite: an exclusive `flock` on a
-file beside the database (the processes of one host).
+PostgreSQL: an advisory lock (any number of processes). A write takes it in the first statement of
+its first transaction (`take_turn`, beside the read of its calendar) and holds it on that same
+connection across Google's call and its commit (`release` after); a sync page takes it inside the
+page's own transaction, as its first statement. Neither costs a connection or a round trip more.
+SQLite: an exclusive `flock` on a file beside the database (the processes of one host).
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import make_url, text
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, func, make_url, text
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+
+log = logging.getLogger(__name__)
 
 # The first key of PostgreSQL's two-key advisory locks: "cal" in ASCII, so calsync's turns never
 # meet another application's locks that use the same database.
@@ -51,6 +55,30 @@ def turn(runtime: Runtime, calendar_id: int) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+_UNLOCK = text("SELECT pg_advisory_unlock(:k, :c)")
+
+
+def take_turn(calendar_id: ColumnElement[int] | InstrumentedAttribute[int]) -> ColumnElement[object]:
+    """PostgreSQL: a column that takes the turn of the calendar of each row a statement returns,
+    held by the connection until `release` (past its transaction's end)."""
+    return func.pg_advisory_lock(_LOCK_CLASS, calendar_id)
+
+
+def release(connection: Connection, calendar_ids: list[int]) -> None:
+    """Give back the turns `take_turn` took on `connection` (outside any transaction). A connection
+    that cannot say so is closed for good: its server process ends, and with it the locks."""
+    if not calendar_ids:
+        return
+    try:
+        connection.rollback()
+        auto = connection.execution_options(isolation_level="AUTOCOMMIT")
+        for calendar_id in calendar_ids:
+            auto.execute(_UNLOCK, {"k": _LOCK_CLASS, "c": calendar_id})
+    except Exception as err:  # (also when the connection was lost mid-write: the caller's error stands)
+        log.warning("could not give back the turns of calendars %s (%s): closing the connection", calendar_ids, err)
+        connection.invalidate()
 
 
 @contextmanager

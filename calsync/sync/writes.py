@@ -16,14 +16,14 @@ had not seen yet, so of origin `google`) and handed back to the app.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.oauth2.credentials import Credentials
-from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Executable, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import credentials_from_stored, mark_reauth_required, save_if_refreshed
@@ -33,7 +33,6 @@ from calsync.errors import (
     Forbidden,
     GoogleApiError,
     GoogleNotFound,
-    IdempotencyKeyReused,
     InsufficientScope,
     InvalidWrite,
     NotFoundError,
@@ -45,8 +44,9 @@ from calsync.feed.append import append_changes
 from calsync.feed.cursor import newest_seq
 from calsync.feed.reads import reconnect_hint
 from calsync.google.calendar import Connections, GoogleCalendar
+from calsync.readmodels.reads import AmbiguousCalendar
 from calsync.runtime import Runtime
-from calsync.store.db import is_postgres, transaction
+from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Event
 from calsync.store.states import AccountStatus, Origin, Priority
 from calsync.sync import idempotency, turns
@@ -77,7 +77,7 @@ class WriteResult:
 
 def create_event(
     runtime: Runtime,
-    calendar_id: int,
+    calendar: int | CalendarName,
     body: Any,
     *,
     idempotency_key: str | None = None,
@@ -89,33 +89,30 @@ def create_event(
     key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
     if key is not None and "id" in body:
         raise InvalidWrite("id", "id: the event id is derived from the Idempotency-Key; give one or the other")
-    with _Target.ready(runtime, calendar_id, key=key, body=body) as target:
+    with _Target.ready(runtime, calendar, key=key, body=body) as target:
         claim = target.claim
         if claim is not None:
             if claim.seq is not None:
-                return _replay(runtime, target, claim)
+                return _replay(target, claim)
             body = {**body, "id": claim.event_id}
         api = target.api
-        with turns.turn(runtime, calendar_id):
-            try:
-                event = target.google(
-                    runtime, lambda: api.insert_event(target.google_id, body, send_updates=send_updates)
-                )
-            except Duplicate:
-                if claim is None:
-                    raise
-                # An earlier attempt with this key was made in Google, and its answer was lost: fetch it.
-                event = target.google(runtime, lambda: api.get_event(target.google_id, claim.event_id))
-            except GoogleApiError as err:
-                if claim is not None and not isinstance(err, TransientGoogleError):
-                    idempotency.release(runtime, calendar_id, claim.key, claim.body_hash)
+        try:
+            event = target.google(runtime, lambda: api.insert_event(target.google_id, body, send_updates=send_updates))
+        except Duplicate:
+            if claim is None:
                 raise
-            return _commit(runtime, target, event, key=claim.key if claim else None)
+            # An earlier attempt with this key was made in Google, and its answer was lost: fetch it.
+            event = target.google(runtime, lambda: api.get_event(target.google_id, claim.event_id))
+        except GoogleApiError as err:
+            if claim is not None and not isinstance(err, TransientGoogleError):
+                idempotency.release(runtime, target.calendar_id, claim.key, claim.body_hash)
+            raise
+        return _commit(runtime, target, event, key=claim.key if claim else None)
 
 
 def patch_event(
     runtime: Runtime,
-    calendar_id: int,
+    calendar: int | CalendarName,
     event_id: str,
     changes: Any,
     *,
@@ -127,7 +124,7 @@ def patch_event(
     _check_send_updates(send_updates)
     _check_event_id(event_id)
     _check_if_match(if_match)
-    with _Target.ready(runtime, calendar_id) as target, turns.turn(runtime, calendar_id):
+    with _Target.ready(runtime, calendar) as target:
         api = target.api
         try:
             event = target.google(
@@ -143,7 +140,7 @@ def patch_event(
 
 def delete_event(
     runtime: Runtime,
-    calendar_id: int,
+    calendar: int | CalendarName,
     event_id: str,
     *,
     if_match: str | None = None,
@@ -153,7 +150,7 @@ def delete_event(
     _check_send_updates(send_updates)
     _check_event_id(event_id)
     _check_if_match(if_match)
-    with _Target.ready(runtime, calendar_id) as target, turns.turn(runtime, calendar_id):
+    with _Target.ready(runtime, calendar) as target:
         return _delete(runtime, target, event_id, if_match=if_match, send_updates=send_updates)
 
 
@@ -174,8 +171,8 @@ def _delete(
         )
     except PreconditionFailed as err:
         raise _conflict(runtime, target, event_id) from err
-    with runtime.sessions() as session:
-        row = _mirrored(session, target.calendar_id, event_id)
+    with target.session.begin():
+        row = _mirrored(target.session, target.calendar_id, event_id)
         single = row is not None and row.recurring_event_id is None
     tombstone: dict[str, Any] = {"id": event_id, "status": CANCELLED}
     if not single:  # an occurrence stays, cancelled: mirror Google's own version of it
@@ -185,9 +182,18 @@ def _delete(
 
 
 # The account and calendar a write acts for ---------------------------------------------------------
+@dataclass(frozen=True)
+class CalendarName:
+    """A calendar as an app names it: its Google id, and its account's email where accounts share it."""
+
+    google_id: str
+    account_email: str | None = None
+
+
 @dataclass
 class _Target:
-    """A write's calendar, its account's grant, its key's claim and its Google client."""
+    """A write's calendar, its account's grant, its key's claim, its Google client, and the session
+    (on one connection for the whole write) of its two transactions."""
 
     calendar_id: int
     google_id: str
@@ -195,6 +201,7 @@ class _Target:
     email: str
     ref: str | None
     stored_credentials: bytes
+    session: Session
     claim: idempotency.Claim | None = None
     credentials: Credentials | None = None
     token_before: str | None = None
@@ -203,72 +210,110 @@ class _Target:
     @classmethod
     @contextlib.contextmanager
     def ready(
-        cls, runtime: Runtime, calendar_id: int, *, key: str | None = None, body: dict[str, Any] | None = None
+        cls,
+        runtime: Runtime,
+        calendar: int | CalendarName,
+        *,
+        key: str | None = None,
+        body: dict[str, Any] | None = None,
     ) -> Iterator[_Target]:
-        """The calendar, its account and the key's claim, read and committed in one transaction with
-        the write's first Google call taken from the budget (prepaid, at the priority of writes); then
-        a client over a kept-alive connection for the block. InsufficientScope unless the grant lets
-        calsync write; IdempotencyKeyReused for a key held by another body.
+        """The calendar's turn for the block; the calendar, its account and the key's claim, read and
+        committed in one transaction with the write's first Google call taken from the budget
+        (prepaid, at the priority of writes); then a client over a kept-alive connection.
+        InsufficientScope unless the grant lets calsync write; IdempotencyKeyReused for a key held
+        by another body.
 
-        One transaction, not three (the read, the claim, the budget's take): each durable commit
-        and round trip is latency added to Google's own. A call the block does not make is not
-        left credited to the thread.
+        One database connection serves the whole write: both transactions, and on PostgreSQL the
+        turn, which is taken by the transaction's first statement (the read of the calendar), so it
+        costs no round trip and no connection of its own. One transaction, not three (the read, the
+        claim, the budget's take): each commit and round trip is latency added to Google's own. A
+        call the block does not make is not left credited to the thread.
         """
         digest = idempotency.body_hash(body or {}) if key is not None else None
-        try:
-            target = cls._prepare(runtime, calendar_id, key, digest)
-            with _CONNECTIONS.lend() as http:
-                target.credentials = credentials_from_stored(runtime, target.stored_credentials)
-                target.token_before = target.credentials.token
-                budget = runtime.budget.spender(target.account_id, Priority.WRITE)  # first in line for the quota
-                target._api = GoogleCalendar(
-                    target.credentials, runtime.settings.calendar_api_endpoint, budget=budget, http=http
-                )
-                yield target
-        finally:
-            runtime.budget.forget_prepaid()
-
-    @classmethod
-    def _prepare(cls, runtime: Runtime, calendar_id: int, key: str | None, digest: str | None) -> _Target:
-        for attempt in range(2):
+        postgres = runtime.engine.dialect.name == "postgresql"
+        locked: list[int] = []
+        with runtime.engine.connect() as connection:
             try:
-                with transaction(runtime.sessions) as session:
-                    target = cls._read(runtime, session, calendar_id)
-                    if key is not None and digest is not None:
-                        event_id = idempotency.derived_event_id(target.google_id, key)
-                        now = runtime.clock.now()
-                        target.claim = idempotency.claim(session, calendar_id, key, digest, event_id, now)
-                        if target.claim.seq is not None:
-                            return target  # a replay: nothing will be sent
-                    elif is_postgres(session):
-                        # Only the budget's take is written: a crash of the database may lose it
-                        # (one call uncounted), so its commit does not wait for the disk.
-                        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-                    runtime.budget.prepay(session, Priority.WRITE, target.account_id)
-                    return target
-            except IntegrityError:  # a concurrent twin claimed the key first: read its row
+                with runtime.sessions(bind=connection) as session, contextlib.ExitStack() as stack:
+                    target = cls._prepare(runtime, session, calendar, key, digest, locked if postgres else None)
+                    if not postgres:
+                        stack.enter_context(turns.turn(runtime, target.calendar_id))
+                    http = stack.enter_context(_CONNECTIONS.lend())
+                    target.credentials = credentials_from_stored(runtime, target.stored_credentials)
+                    target.token_before = target.credentials.token
+                    budget = runtime.budget.spender(target.account_id, Priority.WRITE)  # first in line for the quota
+                    target._api = GoogleCalendar(
+                        target.credentials, runtime.settings.calendar_api_endpoint, budget=budget, http=http
+                    )
+                    yield target
+            finally:
                 runtime.budget.forget_prepaid()
-                if attempt:
-                    raise IdempotencyKeyReused("this Idempotency-Key is being claimed concurrently; retry") from None
-        raise AssertionError("unreachable")
+                turns.release(connection, locked)
 
     @classmethod
-    def _read(cls, runtime: Runtime, session: Session, calendar_id: int) -> _Target:
-        found = session.execute(
-            select(Calendar, Account)
-            .join(Account, Calendar.account_id == Account.id)
-            .where(Calendar.id == calendar_id, Calendar.removed_at.is_(None))
-        ).one_or_none()
-        if found is None:
-            raise NotFoundError(f"no calendar with id {calendar_id}")
-        cal, account = found
-        target = cls(cal.id, cal.google_id, account.id, account.email, account.ref, account.credentials)
-        if account.status != AccountStatus.ACTIVE:
+    def _prepare(
+        cls,
+        runtime: Runtime,
+        session: Session,
+        calendar: int | CalendarName,
+        key: str | None,
+        digest: str | None,
+        locked: list[int] | None,
+    ) -> _Target:
+        with session.begin():
+            # Only the budget's take is written without a key: a crash of the database may lose it
+            # (one call uncounted), so then the commit does not wait for the disk.
+            target = cls._read(runtime, session, calendar, locked, durable=key is not None)
+            if key is not None and digest is not None:
+                event_id = idempotency.derived_event_id(target.google_id, key)
+                target.claim = idempotency.claim(
+                    session, target.calendar_id, key, digest, event_id, runtime.clock.now()
+                )
+                if target.claim.seq is not None:
+                    return target  # a replay: nothing will be sent
+            runtime.budget.prepay(session, Priority.WRITE, target.account_id)
+            return target
+
+    @classmethod
+    def _read(
+        cls,
+        runtime: Runtime,
+        session: Session,
+        calendar: int | CalendarName,
+        locked: list[int] | None,
+        *,
+        durable: bool,
+    ) -> _Target:
+        """The calendar and its account in one statement; on PostgreSQL (`locked` given) the same
+        statement takes the calendar's turn, and for a commit that need not wait for the disk sets
+        that too. Every calendar it returns is locked (no LIMIT: a row left out might be locked)."""
+        by_name = isinstance(calendar, CalendarName)
+        params: dict[str, Any] = {"calendar": calendar}
+        if isinstance(calendar, CalendarName):
+            params = {"google_id": calendar.google_id, "email": calendar.account_email}
+        lock = locked is not None
+        statement = _target_query(by_name, by_name and params["email"] is not None, lock, lock and not durable)
+        rows = session.execute(statement, params).all()
+        if locked is not None:
+            locked.extend(row[0] for row in rows)
+        if not rows:
+            if isinstance(calendar, CalendarName):
+                owner = f" of account {calendar.account_email}" if calendar.account_email else ""
+                raise NotFoundError(f"no calendar {calendar.google_id!r}{owner}")
+            raise NotFoundError(f"no calendar with id {calendar}")
+        if len(rows) > 1:
+            assert isinstance(calendar, CalendarName)
+            raise AmbiguousCalendar(
+                f"calendar {calendar.google_id!r} belongs to {len(rows)} accounts: add account=EMAIL"
+            )
+        cal_id, google_id, account_id, email, ref, credentials, status, scopes = rows[0][:8]
+        target = cls(cal_id, google_id, account_id, email, ref, credentials, session)
+        if status != AccountStatus.ACTIVE:
             raise InsufficientScope(
-                f"Google no longer lets calsync act for {target.email} ({account.status}): the user must connect again",
+                f"Google no longer lets calsync act for {target.email} ({status}): the user must connect again",
                 reconnect=reconnect_hint(target.ref),
             )
-        if not set(account.scopes or []) & WRITE_SCOPES:
+        if not set(scopes or []) & WRITE_SCOPES:
             raise target.insufficient_scope(runtime)
         return target
 
@@ -310,6 +355,45 @@ class _Target:
             save_if_refreshed(session, runtime, self.account_id, self.credentials, self.token_before)
 
 
+@functools.cache
+def _target_query(by_name: bool, by_email: bool, lock: bool, async_commit: bool) -> Executable:
+    """`_Target._read`'s statement, built once per form (building one costs more than running it)."""
+    columns: list[Any] = [
+        Calendar.id,
+        Calendar.google_id,
+        Account.id,
+        Account.email,
+        Account.ref,
+        Account.credentials,
+        Account.status,
+        Account.scopes,
+    ]
+    if lock:
+        columns.append(turns.take_turn(Calendar.id))
+        if async_commit:
+            columns.append(func.set_config("synchronous_commit", "off", True))
+    if by_name:
+        found = [Calendar.google_id == bindparam("google_id")]
+        if by_email:
+            found.append(Account.email == bindparam("email"))
+    else:
+        found = [Calendar.id == bindparam("calendar")]
+    return (
+        select(*columns)
+        .join(Account, Calendar.account_id == Account.id)
+        .where(Calendar.removed_at.is_(None), *found)
+        .order_by(Calendar.id)
+    )
+
+
+# The write's own commit reads the calendar's generation and its account's `ref`.
+_GENERATION = (
+    select(Calendar.full_sync_gen, Account.ref)
+    .join(Account, Calendar.account_id == Account.id)
+    .where(Calendar.id == bindparam("calendar"))
+)
+
+
 # Kept-alive connections to Google, shared by the process's writes.
 _CONNECTIONS = Connections()
 
@@ -327,13 +411,11 @@ def _commit(
     of the job, its outcome). The written row is stamped with the next generation, so a full sync
     that listed before the write cannot sweep it away.
     """
-    with transaction(runtime.sessions) as session:
+    session = target.session
+    session.expunge_all()  # rows read by an earlier transaction of this write are read again
+    with session.begin():
         now = runtime.clock.now()
-        gen, ref = session.execute(
-            select(Calendar.full_sync_gen, Account.ref)
-            .join(Account, Calendar.account_id == Account.id)
-            .where(Calendar.id == target.calendar_id)
-        ).one()
+        gen, ref = session.execute(_GENERATION, {"calendar": target.calendar_id}).one()
         mirror = PageMirror(session, target.calendar_id, gen=int(gen or 0) + 1)
         mirror.apply([event], [])
         for change in mirror.changes:
@@ -375,10 +457,11 @@ def _conflict(runtime: Runtime, target: _Target, event_id: str) -> WriteConflict
     )
 
 
-def _replay(runtime: Runtime, target: _Target, claim: idempotency.Claim) -> WriteResult:
+def _replay(target: _Target, claim: idempotency.Claim) -> WriteResult:
     """A key whose creation is committed: the same event (its version at that seq), nothing sent."""
     assert claim.seq is not None
-    with runtime.sessions() as session:
+    session = target.session
+    with session.begin():
         change = session.get(Change, claim.seq)
         if change is not None and change.after is not None:
             return WriteResult(dict(change.after), claim.seq, replayed=True)

@@ -11,8 +11,6 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from calsync.errors import InvalidWrite
-from calsync.readmodels import reads
-from calsync.store.db import statements_alone
 from calsync.sync import writes
 from calsync.web.api_token import require_api_token
 from calsync.web.app import runtime
@@ -57,10 +55,9 @@ def delete(calendar_id: str, event_id: str) -> Any:
 
 
 # Helpers --------------------------------------------------------------------------------------
-def _calendar(google_id: str) -> int:
-    with runtime().sessions() as session:
-        statements_alone(session)  # one round trip: no BEGIN, no ROLLBACK
-        return reads.one_calendar(session, google_id, request.args.get("account") or None).id
+def _calendar(google_id: str) -> writes.CalendarName:
+    """The calendar as named; the write itself finds it, in its first statement."""
+    return writes.CalendarName(google_id, request.args.get("account") or None)
 
 
 def _json_body() -> Any:

@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 import requests
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
+from calsync.store.models import Calendar
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
 from tests.conftest import API_TOKEN, free_port
@@ -130,6 +132,40 @@ def test_refusals_say_why_and_change_nothing(
     read_only = client.post("/api/calendars/bob@example.com/events", json=MEETING, headers=api_headers)
     assert (read_only.status_code, read_only.json["error"]) == (403, "forbidden")  # type: ignore[index]
     assert emu.events(ANN) == [] and emu.events("bob@example.com") == [] and feed(client, api_headers) == []
+
+
+def test_a_calendar_two_accounts_share_is_named_by_account_and_refusals_leave_its_turn_free(
+    client: FlaskClient, api_headers: dict[str, str], runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """The write finds the calendar the app names itself (in the statement that takes the calendar's
+    turn): one shared by two accounts needs `account=`; every refusal gives the turns back, so a sync
+    of each calendar still commits."""
+    bob = "bob@example.com"
+    bobs = writable_calendar(runtime, emu, bob)
+    emu.share_calendar(bob, ANN, role="writer")
+    refresh_calendar_list(runtime, 1)
+    shared = f"/api/calendars/{bob}/events"
+    ambiguous = client.post(shared, json=MEETING, headers=api_headers)
+    assert (ambiguous.status_code, ambiguous.json["error"]) == (400, "ambiguous_calendar")  # type: ignore[index]
+    nobody = client.post(f"{shared}?account=carl@example.com", json=MEETING, headers=api_headers)
+    assert nobody.status_code == 404
+    stale = client.patch(f"{shared}/nope?account={bob}", json={"summary": "x"}, headers=api_headers)
+    assert stale.status_code == 404  # Google's: no such event
+    assert emu.count("calendar.events.insert") == 0
+    made = client.post(f"{shared}?account={ANN}", json=MEETING, headers=api_headers)
+    assert made.status_code == 201 and made.json is not None
+    assert [e["id"] for e in emu.events(bob)] == [made.json["event"]["id"]]
+    for calendar_id in (cal, bobs, *_calendar_ids(runtime, bob)):
+        syncer = threading.Thread(target=sync_calendar, args=(runtime, calendar_id), daemon=True)
+        syncer.start()
+        syncer.join(10)
+        assert not syncer.is_alive(), f"calendar {calendar_id}'s turn was left taken"
+    assert made.json["event"]["id"] in mirror(runtime, bobs)
+
+
+def _calendar_ids(runtime: Runtime, google_id: str) -> list[int]:
+    with runtime.sessions() as session:
+        return list(session.scalars(select(Calendar.id).where(Calendar.google_id == google_id)))
 
 
 def test_an_account_without_the_write_scope_gets_403_insufficient_scope_with_a_reconnect_hint(
