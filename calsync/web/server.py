@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 GRACEFUL_SECONDS = 30
 RESPAWN_DELAY = 1.0  # seconds before a worker that died is started again, doubling up to RESPAWN_MAX
 RESPAWN_MAX = 30.0
+WORKER_NICENESS = 5
 
 
 class CalsyncApplication(BaseApplication):  # type: ignore[misc]
@@ -110,7 +111,7 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
         argv = [sys.executable, "-m", "calsync", "worker", "--exit-with-parent"]
         if self.worker_threads is not None:
             argv += ["--threads", str(self.worker_threads)]
-        self._worker = subprocess.Popen(argv)
+        self._worker = subprocess.Popen(argv, preexec_fn=_below_the_web)
         log.info("calsync worker process %d started", self._worker.pid)
         watch = threading.Thread(target=self._watch_worker, args=(self._worker,), name="calsync-worker-watch")
         watch.daemon = True
@@ -147,6 +148,12 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(worker.pid)
+
+
+def _below_the_web() -> None:
+    """The worker's niceness: when the cores are short, the receiver's answers to Google come first
+    and syncs take what is left (they wait in the queue; a notification must not)."""
+    os.nice(WORKER_NICENESS)
 
 
 def _forget_process_metrics(_arbiter: Any, gworker: Any) -> None:

@@ -35,7 +35,7 @@ from calsync.store.models import (
     WorkerHeartbeat,
 )
 from calsync.store.owed import request_calendar_sync
-from calsync.web.server import ensure_schema
+from calsync.web.server import WORKER_NICENESS, ensure_schema
 from tests.conftest import free_port
 from tests.push_support import (
     add_calendar_row,
@@ -297,6 +297,10 @@ def _heartbeat_pids(rt: Runtime) -> set[int]:
         return {int(name.split(":")[1]) for name in session.scalars(select(WorkerHeartbeat.name))}
 
 
+def _niceness(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[16])
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
@@ -323,6 +327,7 @@ def test_serve_starts_its_worker_again_after_a_kill_and_the_worker_stops_with_se
         )
         (worker,) = first
         assert "worker" in Path(f"/proc/{worker}/cmdline").read_text()
+        assert _niceness(worker) == _niceness(proc.pid) + WORKER_NICENESS  # the receiver's answers come first
         connect_account(rt, emu, "ann@example.com")
         cal_id = wait_for(lambda: _watched_calendar(rt), timeout=30, interval=0.05, what="first sync and watch")
 
