@@ -9,18 +9,21 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from calsync import create_app
 from calsync.accounts.connected import upsert_account
 from calsync.clock import FrozenClock
 from calsync.config import Secret, Settings
 from calsync.google.oauth import credentials_from_json
+from calsync.humanize import human_duration
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
-from calsync.store.models import Account, Delivery, DeliveryAttempt, WebhookSubscription
+from calsync.store.models import Account, Delivery, DeliveryAttempt, QuotaBudget, WebhookSubscription
+from calsync.store.quota import PROJECT, ensure_project_row
 from calsync.store.states import DeliveryState, NotificationOutcome
 from calsync.webhooks.outbox import fill
+from calsync.work.quota import outlook
 from tests.web.dashboard_support import (
     PASSWORD,
     add_account,
@@ -87,6 +90,22 @@ def test_overview_shows_accounts_calendars_sync_age_and_channel_expiry(
     assert f'title="{(now - timedelta(seconds=3)).strftime("%Y-%m-%d %H:%M:%S")} UTC"' in page
     assert "badge-synced" in page and "badge-backoff" in page
     assert "Google calls today" in page and "of 900,000" in page and "reconcile every 1 h" in page
+
+
+def test_the_overview_names_the_days_activity_cut_when_quiet_calendars_are_stretched(
+    admin: Any, runtime: Runtime
+) -> None:
+    """The plan keeps calendars busier than the cut at the base period and stretches the others: the
+    dashboard says which, as `calsync status` does."""
+    cut = 3 * 3600 + 21 * 60
+    with transaction(runtime.sessions) as session:
+        ensure_project_row(session)
+        session.execute(update(QuotaBudget).where(QuotaBudget.scope == PROJECT).values(reconcile_cut=cut))
+    with runtime.sessions() as session:
+        idle = outlook(session, runtime.settings, runtime.clock.now()).interval_idle
+    page = admin.get("/dashboard/").text
+    assert f"reconcile every 1 h (calendars changing less often than every {human_duration(cut)}: up to" in page
+    assert human_duration(idle) in page and idle > 3600
 
 
 def test_reauth_required_account_stands_out(admin: Any, runtime: Runtime) -> None:
