@@ -295,7 +295,7 @@ def test_channel_rows_for_synced_calendars_are_never_left_pending(rt: Any, emu: 
 
 def test_a_notify_from_another_process_wakes_this_one_at_once(rt: Any) -> None:
     if rt.engine.dialect.name != "postgresql":
-        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite deployments are a single process")
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; on SQLite the host's datagrams do it (tests/test_wakeup.py)")
     import time
 
     from calsync.wakeup import Wakeup
