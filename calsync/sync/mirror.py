@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -31,6 +30,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from calsync.clock import event_datetime
 from calsync.feed.rows import FeedRow
 from calsync.store.bulk import insert_rows, json_text
 from calsync.store.db import is_postgres
@@ -455,9 +455,7 @@ def _older(updated: Any, than: Any) -> bool:
     if len(updated) == len(than) and updated.endswith("Z") and than.endswith("Z"):
         return updated < than  # Google's own form (fixed width, UTC): text order is time order
     try:
-        return datetime.fromisoformat(updated.replace("Z", "+00:00")) < datetime.fromisoformat(
-            than.replace("Z", "+00:00")
-        )
+        return event_datetime(updated, None) < event_datetime(than, None)  # a time with no offset is UTC
     except ValueError:
         return False
 

@@ -15,7 +15,7 @@ budget, but none waits for it. Pacing is measured by `bench_quota.py` and `bench
 With `--old REV`, each engine also runs the same steps with `calsync serve` of that commit (a fresh
 database each), old then new: the overheads of both, each with its own same-run baseline.
 
-Target: overhead p50 <= 10 ms. Correctness: each write through calsync is one `api` row of the feed
+Target: overhead p50 <= 5 ms (a few milliseconds). Correctness: each write through calsync is one `api` row of the feed
 and its notification adds none; each direct call is one `google` row; the mirror equals the emulator.
 """
 
@@ -54,7 +54,7 @@ from tests.bench._common import (
 
 OWNER = "writer@example.com"
 SCOPES = ("https://www.googleapis.com/auth/calendar.readonly", "https://www.googleapis.com/auth/calendar.events")
-TARGET_MS = 10.0
+TARGET_MS = 5.0  # "a few milliseconds" of overhead at p50
 ROOT = Path(__file__).resolve().parents[2]
 # Above this benchmark's rate for its one user (see the docstring); the budget is still taken per call.
 PER_USER_PER_MINUTE = "100000"

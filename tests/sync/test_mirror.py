@@ -10,6 +10,7 @@ from sqlalchemy import event, select
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Event
+from calsync.sync import mirror as mirror_module
 from calsync.sync.mirror import PageMirror
 
 SERIES = {
@@ -219,3 +220,19 @@ def test_postgresql_looks_ids_up_on_the_unique_index_without_statistics(runtime:
             plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
             assert "Index Cond: ((calendar_id =" in plan and "google_id" in plan.split("Index Cond:")[1], plan
             assert "Bitmap" not in plan and "Seq Scan on events" not in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("updated", "than", "older"),
+    [
+        ("2026-01-01T10:00:00.000Z", "2026-01-01T10:00:01.000Z", True),  # Google's own form: text order
+        ("2026-01-01T10:00:01.000Z", "2026-01-01T10:00:00.000Z", False),
+        ("2026-01-01T11:00:00+01:00", "2026-01-01T10:30:00Z", True),  # offsets compared as instants
+        ("2026-01-01T10:00:00+01", "2026-01-01T09:30:00Z", True),  # a bare hour offset (dateutil's form)
+        ("2026-01-01T10:00:00", "2026-01-01T10:30:00Z", True),  # no offset: UTC, not a TypeError
+        ("yesterday", "2026-01-01T10:30:00Z", False),  # malformed: never older
+        (None, "2026-01-01T10:30:00Z", False),
+    ],
+)
+def test_older_compares_googles_times_as_instants(updated: Any, than: Any, older: bool) -> None:
+    assert mirror_module._older(updated, than) is older
