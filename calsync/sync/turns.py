@@ -38,16 +38,8 @@ _LOCK_CLASS = 0x63616C
 
 @contextmanager
 def turn(runtime: Runtime, calendar_id: int) -> Iterator[None]:
-    """Hold the calendar's turn for the block (not re-entrant: take it once per write or page)."""
-    engine = runtime.engine
-    if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k, :c)"), {"k": _LOCK_CLASS, "c": calendar_id})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k, :c)"), {"k": _LOCK_CLASS, "c": calendar_id})
-        return
+    """SQLite: hold the calendar's turn for the block (not re-entrant: take it once per write or page).
+    On PostgreSQL the turn is taken by a statement instead (`take_turn`, `page_transaction`)."""
     path = _lock_file(runtime.settings.database_url, calendar_id)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -58,6 +50,7 @@ def turn(runtime: Runtime, calendar_id: int) -> Iterator[None]:
 
 
 _UNLOCK = text("SELECT pg_advisory_unlock(:k, :c)")
+_XACT_LOCK = text("SELECT pg_advisory_xact_lock(:k, :c)")  # held until its transaction ends
 
 
 def take_turn(calendar_id: ColumnElement[int] | InstrumentedAttribute[int]) -> ColumnElement[object]:
@@ -86,7 +79,7 @@ def page_transaction(runtime: Runtime, calendar_id: int) -> Iterator[Session]:
     """A sync page's transaction, holding the calendar's turn until it commits or rolls back."""
     if runtime.engine.dialect.name == "postgresql":
         with transaction(runtime.sessions) as session:
-            session.execute(text("SELECT pg_advisory_xact_lock(:k, :c)"), {"k": _LOCK_CLASS, "c": calendar_id})
+            session.execute(_XACT_LOCK, {"k": _LOCK_CLASS, "c": calendar_id})
             yield session
         return
     with turn(runtime, calendar_id), transaction(runtime.sessions) as session:
