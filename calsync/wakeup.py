@@ -106,7 +106,8 @@ class HostPeers:
         return self._prefix + pid.encode()
 
     def notify(self) -> None:
-        """Wake every listening process on this host (this one's included: its threads look once more)."""
+        """Wake every other listening process on this host (this one's threads `notify_committed` woke)."""
+        own = str(os.getpid())
         with self._lock:
             try:
                 stamp = os.stat(self.folder).st_mtime_ns
@@ -118,6 +119,8 @@ class HostPeers:
                 self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sender.setblocking(False)
             for pid in self._listing[1]:
+                if pid == own:
+                    continue
                 try:
                     self._sender.sendto(b"!", self._address(pid))
                 except BlockingIOError:
