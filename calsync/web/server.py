@@ -126,6 +126,7 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
         if self._worker is not worker:
             return  # stopped by serve
         lived = time.monotonic() - started
+        _forget_metrics_of(worker.pid)
         self._respawn_delay = RESPAWN_DELAY if lived > RESPAWN_MAX else min(RESPAWN_MAX, self._respawn_delay * 2)
         log.error(
             "calsync worker process %d ended (%s); starting another in %gs", worker.pid, code, self._respawn_delay
@@ -144,10 +145,7 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from prometheus_client import multiprocess
-
-            multiprocess.mark_process_dead(worker.pid)
+        _forget_metrics_of(worker.pid)
 
 
 def _below_the_web() -> None:
@@ -157,10 +155,15 @@ def _below_the_web() -> None:
 
 
 def _forget_process_metrics(_arbiter: Any, gworker: Any) -> None:
-    """A dead process's gauges go with it (its counters still count towards the totals)."""
-    from prometheus_client import multiprocess
+    _forget_metrics_of(gworker.pid)
 
-    multiprocess.mark_process_dead(gworker.pid)
+
+def _forget_metrics_of(pid: int) -> None:
+    """A dead process's gauges go with it (its counters still count towards the totals)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
 
 
 def ensure_schema(settings: Settings, *, upgrade_sqlite: bool) -> None:
