@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from calsync.store.db import SQLITE_BUSY_TIMEOUT_MS, execute_when_free, sqlite_file
+from calsync.store.db import SQLITE_BUSY_TIMEOUT_MS, execute_when_free, intake_lock_path, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,11 @@ class WriterTurn:
     millisecond, spend most of a burst asleep. An exclusive flock on a
     file beside the database is a queue: the next writer wakes the moment the lock is released.
     Opened lazily, so each process (after gunicorn's fork) has its own open file and so its own lock.
+    While a writer holds it, no other transaction on the file starts (`calsync.store.db.IntakeGate`).
     """
 
     def __init__(self, engine: Engine) -> None:
-        database = sqlite_file(engine)
-        self.path = f"{database}-intake.lock" if database else None
+        self.path = intake_lock_path(engine)
         self._fd: int | None = None
 
     def __enter__(self) -> None:

@@ -7,10 +7,12 @@ pooled connection is pinged before use only when it has sat idle (see `_ping_if_
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
 import stat
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -58,7 +60,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             _private_database_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", _SqliteBegin(IntakeGate.of(engine)))
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
@@ -139,6 +141,48 @@ def sqlite_file(engine: Engine) -> str | None:
     if engine.dialect.name != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
         return None
     return database
+
+
+def intake_lock_path(engine: Engine) -> str | None:
+    """`<database>-intake.lock`: the file the receiver's writers queue on (see `IntakeGate`)."""
+    database = sqlite_file(engine)
+    return f"{database}-intake.lock" if database else None
+
+
+class IntakeGate:
+    """Lets the receiver's writers go ahead of every other writer on a SQLite file.
+
+    SQLite's write lock is not a queue: whoever asks the moment it is free gets it. In `calsync serve`
+    the worker's threads, each starting a transaction as its Google call returns, kept taking it
+    between a batch of notifications and its turn, and a batch (with every request in it) waited
+    behind several of their transactions in a row. The intake holds an exclusive flock on the lock
+    file from before it asks for the write lock until it commits (`WriterTurn`); every other
+    transaction first takes and drops a shared one (`wait`), so none starts while a batch waits or
+    writes, and a batch waits at most for the transaction already running.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, engine: Engine) -> IntakeGate:
+        return cls(intake_lock_path(engine))
+
+    def wait(self) -> None:
+        """Return once no intake writer of any process on this file waits for the lock or holds it."""
+        if self.path is None:
+            return
+        fd = self._fd
+        if fd is None or self._pid != os.getpid():  # a forked child opens its own (flocks follow the open file)
+            with self._lock:
+                if self._fd is None or self._pid != os.getpid():
+                    self._fd, self._pid = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
+                fd = self._fd
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def is_own_backend(engine: Engine, pid: int) -> bool:
@@ -256,8 +300,15 @@ def execute_when_free(cursor: Any, sql: str, *, poll: float, timeout: float = SQ
         time.sleep(poll)
 
 
-def _sqlite_begin(conn: Any) -> None:
-    if conn.get_execution_options().get(_NO_TRANSACTION):
-        return
-    # IMMEDIATE takes the write lock up front, so two writers never deadlock on lock upgrade.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+class _SqliteBegin:
+    """The "begin" event of a SQLite engine: after the receiver's writers, take the write lock."""
+
+    def __init__(self, gate: IntakeGate) -> None:
+        self.gate = gate
+
+    def __call__(self, conn: Any) -> None:
+        if conn.get_execution_options().get(_NO_TRANSACTION):
+            return
+        self.gate.wait()
+        # IMMEDIATE takes the write lock up front, so two writers never deadlock on lock upgrade.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")

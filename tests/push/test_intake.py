@@ -14,13 +14,15 @@ from calsync.push import intake as intake_module
 from calsync.push.intake import Intake, IntakeUnavailable
 from calsync.push.intake_sql import Item, record_batch
 from calsync.runtime import Runtime
-from calsync.store.models import Channel, Notification
+from calsync.store.db import statements_alone, transaction
+from calsync.store.models import Calendar, Channel, Notification
 from calsync.store.states import NotificationOutcome
 from tests.push_support import calendar_row, push_of
 
 
 def _log(runtime: Runtime) -> list[Notification]:
     with runtime.sessions() as session:
+        statements_alone(session)  # no transaction: it may look while a writer holds its turn
         return list(session.scalars(select(Notification).order_by(Notification.id)))
 
 
@@ -220,6 +222,40 @@ def test_sqlite_writers_of_several_processes_take_turns_on_a_lock_file(
     assert answered == [NotificationOutcome.QUEUED] and [n.message_number for n in _log(runtime)] == [5]
     first.turn.close()
     second.turn.close()
+
+
+def test_no_other_sqlite_transaction_starts_while_an_intake_writer_waits_or_writes(
+    runtime: Runtime, watched: dict[str, Any]
+) -> None:
+    """Every other transaction on the file (a worker's claim, a page of a sync) waits while a writer
+    holds its turn, so a batch of notifications waits at most for the transaction already running;
+    PostgreSQL's writers queue on the server and pass no gate."""
+    intake = Intake(runtime)
+    began: list[float] = []
+
+    def other_transaction() -> None:
+        with transaction(runtime.sessions) as session:
+            session.execute(select(Calendar.id)).all()
+            began.append(time.monotonic())
+
+    if runtime.engine.dialect.name != "sqlite":
+        with intake.turn:
+            other_transaction()
+        assert began
+        return
+    with intake.turn:
+        other = threading.Thread(target=other_transaction)
+        other.start()
+        other.join(0.5)
+        assert other.is_alive() and began == []  # not even begun
+        released = time.monotonic()
+    other.join(10)
+    assert began and began[0] >= released
+    with intake.turn:  # the same process's writer: its own open file, so still a separate lock
+        pass
+    other_transaction()  # no writer: straight in
+    assert len(began) == 2
+    intake.turn.close()
 
 
 def test_other_processes_are_woken_only_for_work_not_owed_before(runtime: Runtime, watched: dict[str, Any]) -> None:

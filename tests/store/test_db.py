@@ -40,7 +40,8 @@ def test_a_new_sqlite_database_and_its_wal_and_shm_are_private(tmp_path: Path) -
         engine.dispose()
     finally:
         os.umask(old_umask)
-    assert modes == {"calsync.db": 0o600, "calsync.db-wal": 0o600, "calsync.db-shm": 0o600}
+    private = ("calsync.db", "calsync.db-wal", "calsync.db-shm", "calsync.db-intake.lock")  # the lock: IntakeGate
+    assert modes == dict.fromkeys(private, 0o600)
 
 
 def test_an_existing_database_readable_by_others_is_named_in_a_warning(
