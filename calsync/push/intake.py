@@ -107,15 +107,23 @@ class Intake:
                     if not self._queue:
                         self._writer = None
                         return
-                    batch = [self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue)))]
-                conn = self._write(conn, batch)
+                conn = self._write(conn)
         finally:
             if conn is not None:
                 self._release(conn)
 
-    def _write(self, conn: Any, batch: list[Item]) -> Any:
-        """Record the batch and wake its requests; the connection to keep (None after a failure)."""
+    def _take(self, batch: list[Item]) -> list[Item]:
+        """Fill an empty batch with what is queued (a batch being retried keeps its items)."""
+        if not batch:
+            with self._cond:
+                batch.extend(self._queue.popleft() for _ in range(min(MAX_BATCH, len(self._queue))))
+        return batch
+
+    def _write(self, conn: Any) -> Any:
+        """Record a batch of what is queued and wake its requests; the connection to keep (None after a
+        failure). The batch is taken once the write lock is held (`_transaction`)."""
         engine = self._rt.engine
+        batch: list[Item] = []
         try:
             for attempt in range(3):
                 conn = conn or self._acquire()
@@ -129,12 +137,12 @@ class Intake:
                     if attempt == 2 or getattr(err, "sqlstate", None) not in _RETRYABLE_PG:
                         raise
         except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error):
-            log.exception("could not record %d notification(s)", len(batch))
+            log.exception("could not record %d notification(s)", len(self._take(batch)))
             for item in batch:
                 item.failed = True
         except BaseException:  # never leave a request waiting on a dead writer
             log.exception("notification writer failed")
-            for item in batch:
+            for item in self._take(batch):
                 item.failed = True
             if conn is not None:
                 self._release(conn)
@@ -147,7 +155,7 @@ class Intake:
                 self._rt.wakeup.notify_committed()  # after the commit, so a woken worker sees the owed sync
         for earlier, later in itertools.pairwise(batch):
             earlier.next = later
-        self._wake(batch[0])
+        self._wake(batch[0] if batch else None)
         return conn
 
     def _transaction(self, conn: Any, batch: list[Item]) -> bool:
@@ -157,6 +165,9 @@ class Intake:
             if dialect.name == "sqlite":
                 begin_immediate(cursor)  # as db.py's transactions: the write lock up front
             # (on PostgreSQL each statement is its own transaction: see _acquire)
+            # Taken only now, so what queued while the lock was busy rides in this batch: on SQLite,
+            # a request waits for at most one other transaction, not for one before each of two batches.
+            self._take(batch)
             newly_owed = record_batch(cursor, dialect, batch, self._rt.clock.now())
             trim = self._since_trim + len(batch) >= TRIM_EVERY
             if trim:
