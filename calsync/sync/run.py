@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from google.oauth2.credentials import Credentials
-from sqlalchemy import select, update
+from sqlalchemy import Update, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -59,9 +59,10 @@ _REAL_CHANGES = (ChangeKind.CREATED, ChangeKind.UPDATED, ChangeKind.DELETED)
 _CALENDARS = Calendar.__table__
 
 Progress = Callable[[int, int | None], None]
-# The caller's bookkeeping for a sync that succeeds (lease released, owed work settled): column
-# values written with the last page, in its transaction, so no crash can fall between the two.
-Finish = Callable[[datetime, Activity], dict[str, Any]]
+# The caller's bookkeeping for a sync that succeeds (lease released, owed work settled): columns
+# written with the last page, in its transaction, so no crash can fall between the two. The columns
+# (SQL expressions of bound parameters, one object built once) and those parameters' values.
+Finish = Callable[[datetime, Activity], tuple[dict[str, Any], dict[str, Any]]]
 
 
 class SyncKind(StrEnum):
@@ -343,9 +344,7 @@ class _SyncRun:
             return
         until = now + self.runtime.settings.lease
         result = session.execute(
-            update(_CALENDARS)
-            .where(_CALENDARS.c.id == self.calendar_id, _CALENDARS.c.lease_owner == self.lease_owner)
-            .values(lease_until=until)
+            _EXTEND_LEASE, {"leased_id": self.calendar_id, "leased_by": self.lease_owner, "until": until}
         )
         if rows_affected(result) == 0:
             raise self._lease_lost()
@@ -419,18 +418,45 @@ class _SyncRun:
             values["last_changed_at"] = self.newest
             rate = values["activity"] = from_first_sync(self.recent, now=now.timestamp())
             activity = Activity(None, rate)
-        stmt = update(_CALENDARS).where(_CALENDARS.c.id == self.calendar_id)
-        if self.finish is not None:
-            values.update(self.finish(now, activity))
-            stmt = stmt.where(_CALENDARS.c.lease_owner == self.lease_owner)
+        finished, params = self.finish(now, activity) if self.finish is not None else ({}, {})
         if self.skipped:
             values.update(sync_state=SyncState.ERROR, last_error=skipped_error(self.skipped))
-        result = session.execute(stmt.values(**values))
+        stmt = _finish_statement(tuple(values), finished, bool(self.skipped))
+        params.update({f"set_{name}": value for name, value in values.items()})
+        result = session.execute(stmt, {**params, "finished_id": self.calendar_id, "finished_by": self.lease_owner})
         if self.finish is not None and rows_affected(result) == 0:
             raise self._lease_lost()
 
     def _lease_lost(self) -> LeaseLost:
         return LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")
+
+
+_EXTEND_LEASE = (
+    update(_CALENDARS)
+    .where(_CALENDARS.c.id == bindparam("leased_id"), _CALENDARS.c.lease_owner == bindparam("leased_by"))
+    .values(lease_until=bindparam("until", type_=_CALENDARS.c.lease_until.type))
+)
+# A sync's closing UPDATE by the columns it sets: a page's statements are built once, not per page
+# (building one cost several times running it, inside the transaction that holds SQLite's write lock).
+_FINISH_STATEMENTS: dict[tuple[tuple[str, ...], int, bool], tuple[dict[str, Any], Update]] = {}
+
+
+def _finish_statement(names: tuple[str, ...], finished: dict[str, Any], skipped: bool) -> Update:
+    """UPDATE of one calendar setting `names` from `set_<name>` parameters, then `finished`'s columns
+    (guarded by the lease when there are any); a sync that skipped events keeps its own state and error."""
+    key = (names, id(finished), skipped)
+    cached = _FINISH_STATEMENTS.get(key)
+    if cached is not None and cached[0] is finished:
+        return cached[1]
+    columns: dict[str, Any] = {name: bindparam(f"set_{name}", type_=_CALENDARS.c[name].type) for name in names}
+    kept = ("sync_state", "last_error") if skipped else ()
+    columns.update({name: column for name, column in finished.items() if name not in kept})
+    stmt = update(_CALENDARS).where(_CALENDARS.c.id == bindparam("finished_id"))
+    if finished:
+        stmt = stmt.where(_CALENDARS.c.lease_owner == bindparam("finished_by"))
+    built = stmt.values(**columns)
+    _FINISH_STATEMENTS[key] = (finished, built)
+    return built
 
 
 def _instant(value: Any) -> datetime | None:

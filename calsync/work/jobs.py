@@ -43,6 +43,7 @@ from calsync.sync.run import sync_calendar
 from calsync.sync.state import Activity
 from calsync.work.backoff import backoff_delay
 from calsync.work.leases import (
+    FINISHED,
     Claim,
     account_list_error_count,
     calendar_error_count,
@@ -52,7 +53,7 @@ from calsync.work.leases import (
     fail_calendar,
     finish_account_list,
     finish_calendar,
-    finish_values,
+    finish_params,
     release_account_list,
     release_calendar,
 )
@@ -154,9 +155,9 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
         priority = renewal  # the sync across the seam belongs to the renewal
     if baseline_before:
         # Nothing follows the sync: the lease is released and owed work settled with its last page.
-        def finish(now: datetime, activity: Activity) -> dict[str, Any]:
+        def finish(now: datetime, activity: Activity) -> tuple[dict[str, Any], dict[str, Any]]:
             reconcile = _reconcile_in(runtime, claim, now, activity)
-            return finish_values(claim, now, reconcile, settings.sync_min_interval)
+            return FINISHED, finish_params(claim, now, reconcile, settings.sync_min_interval)
 
         sync_calendar(runtime, claim.id, lease_owner=claim.owner, start=start, finish=finish, priority=priority)
         return

@@ -117,37 +117,27 @@ def finish_calendar(
     session: Session, claim: Claim, now: datetime, reconcile_in: timedelta, min_interval: timedelta = timedelta(0)
 ) -> bool:
     """Record a successful sync: one more run if requests arrived meanwhile, else reconcile later."""
-    result = session.execute(
-        update(Calendar)
-        .where(Calendar.id == claim.id, Calendar.lease_owner == claim.owner)
-        .values(**finish_values(claim, now, reconcile_in, min_interval))
-    )
-    return bool(rows_affected(result))
+    params = {
+        "claimed_id": claim.id,
+        "claimed_by": claim.owner,
+        **finish_params(claim, now, reconcile_in, min_interval),
+    }
+    return bool(rows_affected(session.execute(_FINISH_CALENDAR, params)))
 
 
-def finish_values(
+def finish_params(
     claim: Claim, now: datetime, reconcile_in: timedelta, min_interval: timedelta = timedelta(0)
 ) -> dict[str, Any]:
-    """The calendar's queue fields after a successful sync (for an UPDATE guarded by the lease).
+    """The values of `FINISHED`'s parameters after a successful sync (for an UPDATE guarded by the lease).
 
     The one more run waits until `min_interval` after this one began, so a burst that outlasts a
     sync still costs one more call, not one per notification; it is owed to a notification. Else
     the next sync is the reconciliation, `reconcile_in` from now (see calsync.work.quota).
     """
-    follow_up = max(now, (claim.claimed_at or now) + min_interval)
-    reconcile_at = now + reconcile_in
-    more = Calendar.sync_requested > claim.requested
     return {
-        "sync_done": claim.requested,
-        "due_at": case((more, follow_up), else_=reconcile_at),
-        "due_priority": case((more, int(Priority.NOTIFICATION)), else_=int(Priority.RECONCILE)),
-        "next_reconcile_at": reconcile_at,
-        "lease_owner": None,
-        "lease_until": None,
-        "error_count": 0,
-        "retry_at": None,
-        "last_error": None,
-        "sync_state": SyncState.SYNCED,
+        "claimed_requested": claim.requested,
+        "follow_up_at": max(now, (claim.claimed_at or now) + min_interval),
+        "reconcile_at": now + reconcile_in,
     }
 
 
@@ -351,3 +341,26 @@ _PICK_LIST = (
     .with_for_update(skip_locked=True)
 )
 _PICK_LIST_OWED = _PICK_LIST.where(_ACC.c.list_requested > _ACC.c.list_done)
+
+
+_MORE = _CAL.c.sync_requested > bindparam("claimed_requested", type_=_CAL.c.sync_requested.type)
+_RECONCILE_AT = bindparam("reconcile_at", type_=_CAL.c.next_reconcile_at.type)
+# A finished sync's queue fields, built once: the sync's last page writes them in its own statement,
+# and building these expressions anew cost more than running that statement.
+FINISHED: dict[str, Any] = {
+    "sync_done": bindparam("claimed_requested", type_=_CAL.c.sync_done.type),
+    "due_at": case((_MORE, bindparam("follow_up_at", type_=_CAL.c.due_at.type)), else_=_RECONCILE_AT),
+    "due_priority": case((_MORE, int(Priority.NOTIFICATION)), else_=int(Priority.RECONCILE)),
+    "next_reconcile_at": _RECONCILE_AT,
+    "lease_owner": None,
+    "lease_until": None,
+    "error_count": 0,
+    "retry_at": None,
+    "last_error": None,
+    "sync_state": SyncState.SYNCED,
+}
+_FINISH_CALENDAR = (
+    update(_CAL)
+    .where(_CAL.c.id == bindparam("claimed_id"), _CAL.c.lease_owner == bindparam("claimed_by"))
+    .values(**FINISHED)
+)
