@@ -391,10 +391,15 @@ _Q = QuotaBudget.__table__
 _STATE_COLUMNS = (_Q.c.scope, _Q.c.tat, _Q.c.hold_until, _Q.c.factor, _Q.c.factor_at)
 # Built once: a take runs these in every claim, and building a statement cost more CPU than running it.
 _READ_ADMITS = select(*_STATE_COLUMNS).where(_Q.c.scope.in_([PROJECT, FIRST_SYNCS]))
-_LOCK = (
-    select(*_STATE_COLUMNS, _Q.c.day).where(_Q.c.scope.in_(bindparam("scopes", expanding=True))).order_by(_Q.c.scope)
-)
-_LOCK_PG = _LOCK.with_for_update()
+# By the number of scopes (a take has one to three): a fixed list of parameters keeps the whole
+# statement compiled once, where an expanding IN renders it again at every execution.
+_LOCK = {
+    n: select(*_STATE_COLUMNS, _Q.c.day)
+    .where(_Q.c.scope.in_([bindparam(f"scope{i}") for i in range(n)]))
+    .order_by(_Q.c.scope)
+    for n in (1, 2, 3)
+}
+_LOCK_PG = {n: stmt.with_for_update() for n, stmt in _LOCK.items()}
 
 
 def _today(column: str) -> Any:
@@ -426,8 +431,8 @@ _TAKE = (
 
 def _lock(session: Session, scopes: list[str]) -> dict[str, Any]:
     """The scopes' rows, locked in one order (project first) so two takers never deadlock."""
-    stmt = _LOCK_PG if is_postgres(session) else _LOCK
-    return {row.scope: row for row in session.execute(stmt, {"scopes": scopes})}
+    stmt = (_LOCK_PG if is_postgres(session) else _LOCK)[len(scopes)]
+    return {row.scope: row for row in session.execute(stmt, {f"scope{i}": s for i, s in enumerate(scopes)})}
 
 
 def _create(session: Session, scopes: list[str]) -> None:
