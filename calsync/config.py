@@ -102,8 +102,7 @@ class Settings:
     # The longest a job may go without progress before its work is given to another worker.
     lease: timedelta = field(default=timedelta(seconds=120), metadata={"env": "CALSYNC_LEASE_SECONDS"})
     # A calendar that changed during its own sync is synced again no sooner than this after that
-    # sync began: a burst of changes costs two events.list calls, not one per notification. A write
-    # through calsync puts the sync of its own notification as far off (a burst of writes: one call).
+    # sync began: a burst of changes costs two events.list calls, not one per notification.
     sync_min_interval: timedelta = timedelta(seconds=2)
     notification_log_size: int = 1000
     # Where a connect session may send its user back: `return_to` must start with one of these.

@@ -56,22 +56,6 @@ def owe_sync(now: When, *, at_once: bool = False) -> dict[str, Any]:
     }
 
 
-def owe_echo_sync(later: When) -> dict[str, Any]:
-    """One more sync of a calendar that calsync is about to write to, due at `later`.
-
-    Google notifies calsync of its own write too, and the sync of that notification only finds the
-    version the write put in the mirror: owed now, due `CALSYNC_SYNC_MIN_INTERVAL` later, the
-    notification finds the sync owed and keeps its time, so a burst of writes costs one events.list
-    call, not one each. A sync already owed keeps its time; a backoff is never cut short.
-    """
-    already_owed = and_(Calendar.sync_requested > Calendar.sync_done, Calendar.due_at.is_not(None))
-    return {
-        "sync_requested": Calendar.sync_requested + 1,
-        "due_at": case((Calendar.retry_at > later, Calendar.retry_at), (already_owed, Calendar.due_at), else_=later),
-        "due_priority": at_most(Priority.NOTIFICATION),
-    }
-
-
 def list_due_unless_backing_off(now: When) -> ColumnElement[Any]:
     """An account's list due time when made due now: a failed refresh's retry is never cut short."""
     backing_off = and_(Account.list_error_count > 0, Account.list_due_at > now)

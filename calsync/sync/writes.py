@@ -3,9 +3,7 @@
 Each write is sent to Google with the account's own grant; Google's answer (the new version) then
 goes into the mirror and the feed in one commit, as a row of origin `api`. When the write returns,
 reads of the mirror already show it, and the sync that Google's notification of the same write
-causes finds the etag the mirror holds and adds no second row (`PageMirror._holds`). That sync is
-owed by the write itself, put off by `CALSYNC_SYNC_MIN_INTERVAL`, so a burst of writes to a
-calendar costs one events.list call (`calsync.store.owed.owe_echo_sync`).
+causes finds the etag the mirror holds and adds no second row (`PageMirror._holds`).
 
 A write and the syncs of its calendar take turns (`calsync.sync.turns`): the sync woken by the
 write's own notification cannot commit the write's version before the write does.
@@ -25,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.oauth2.credentials import Credentials
-from sqlalchemy import Executable, bindparam, func, select, update
+from sqlalchemy import Executable, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import credentials_from_stored, mark_reauth_required, save_if_refreshed
@@ -50,7 +48,6 @@ from calsync.readmodels.reads import AmbiguousCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change, Event
-from calsync.store.owed import owe_echo_sync
 from calsync.store.states import AccountStatus, Origin, Priority
 from calsync.sync import idempotency, turns
 from calsync.sync.mirror import CANCELLED, PageMirror
@@ -275,8 +272,6 @@ class _Target:
                 if target.claim.seq is not None:
                     return target  # a replay: nothing will be sent
             runtime.budget.prepay(session, Priority.WRITE, target.account_id)
-            later = runtime.clock.now() + runtime.settings.sync_min_interval
-            session.execute(_EXPECT_ECHO, {"calendar": target.calendar_id, "later": later})
             return target
 
     @classmethod
@@ -401,15 +396,6 @@ _GENERATION = (
 
 # Kept-alive connections to Google, shared by the process's writes.
 _CONNECTIONS = Connections()
-
-
-# Committed with the write's first transaction, before Google is called: the notification of the write
-# then finds its sync owed, put off by CALSYNC_SYNC_MIN_INTERVAL (see `owe_echo_sync`).
-_EXPECT_ECHO = (
-    update(Calendar.__table__)
-    .where(Calendar.__table__.c.id == bindparam("calendar"))
-    .values(**owe_echo_sync(bindparam("later", type_=Calendar.due_at.type)))
-)
 
 
 # One commit: the mirror, the feed, the key ------------------------------------------------------------

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from calsync.config import Settings
 from calsync.errors import (
@@ -28,13 +28,11 @@ from calsync.readmodels.occurrences import parse_instant
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Calendar, IdempotencyKey
-from calsync.store.owed import owe_sync
 from calsync.store.quota import Budget, Limits, day_count
 from calsync.store.states import Priority
 from calsync.sync import idempotency, writes
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
-from calsync.work.leases import claim_calendar
 from tests.sync_support import (
     READONLY,
     WRITER,
@@ -90,40 +88,6 @@ def test_a_created_event_is_mirrored_and_in_the_feed_when_the_call_returns_and_i
     assert [len(a.busy) for a in answers] == [1]
     settle(runtime, emu, cal)
     assert [c.seq for c in changes(runtime, cal)] == [result.seq], "the write's notification added an echo row"
-
-
-def test_a_burst_of_writes_owes_one_sync_put_off_and_their_notifications_leave_it_there(
-    runtime: Runtime, emu: Any, cal: int
-) -> None:
-    """Each write makes its calendar owe the sync of its own notification, due CALSYNC_SYNC_MIN_INTERVAL
-    later; those notifications (the receiver's rule, `owe_sync`) find it owed and keep its time. One
-    sync then settles the burst, with no echo row."""
-    with transaction(runtime.sessions) as session:  # owing nothing: its next sync the reconciliation
-        later = runtime.clock.now() + timedelta(hours=1)
-        session.execute(
-            update(Calendar).where(Calendar.id == cal).values(sync_done=Calendar.sync_requested, due_at=later)
-        )
-    started = runtime.clock.now()
-    made = [writes.create_event(runtime, cal, {**MEETING, "summary": f"Booking {n}"}) for n in range(3)]
-    finished = runtime.clock.now()
-    interval = runtime.settings.sync_min_interval
-
-    def queue() -> tuple[int, Any]:
-        with runtime.sessions() as session:
-            row = session.get_one(Calendar, cal)
-            return row.sync_requested - row.sync_done, row.due_at
-
-    owed, due = queue()
-    assert owed == 3 and started + interval <= due <= finished + interval  # the first write's time, kept
-    with transaction(runtime.sessions) as session:  # their notifications arrive
-        session.execute(update(Calendar).where(Calendar.id == cal).values(**owe_sync(runtime.clock.now())))
-    assert queue() == (4, due)
-    with transaction(runtime.sessions) as session:
-        assert claim_calendar(session, "w/0", finished, runtime.settings.lease) is None  # not due yet
-        claim = claim_calendar(session, "w/0", due, runtime.settings.lease)
-    assert claim is not None and claim.id == cal
-    settle(runtime, emu, cal)
-    assert [c.seq for c in changes(runtime, cal)] == [m.seq for m in made], "a write's notification added an echo row"
 
 
 def test_the_same_key_and_body_make_one_event_and_one_row_and_another_body_is_refused(
