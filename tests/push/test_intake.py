@@ -258,6 +258,43 @@ def test_no_other_sqlite_transaction_starts_while_an_intake_writer_waits_or_writ
     intake.turn.close()
 
 
+def test_what_queues_while_the_writer_waits_for_the_lock_rides_in_its_batch(
+    runtime: Runtime, watched: dict[str, Any]
+) -> None:
+    """The writer takes its batch once the write lock is held: on SQLite a notification that arrives
+    while another transaction holds the lock is committed with the one already waiting, so no request
+    waits for a second transaction's turn."""
+    if runtime.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's batch is one statement, with no lock to wait for first")
+    ch = watched["channel"]
+    intake = Intake(runtime)
+    answered: list[NotificationOutcome] = []
+
+    def send(number: int) -> threading.Thread:
+        sender = threading.Thread(target=lambda: answered.append(intake.record(push_of(ch, number), {})))
+        sender.start()
+        return sender
+
+    holder = runtime.engine.raw_connection()  # another writer (the worker's page, say) holds the lock
+    cursor = holder.cursor()
+    cursor.execute("BEGIN IMMEDIATE")
+    try:
+        first = send(5)
+        time.sleep(0.3)  # the writer is waiting for the lock now
+        second = send(6)
+        time.sleep(0.3)
+        assert answered == [] and intake.committed_batches == 0
+    finally:
+        holder.rollback()
+        holder.close()
+    first.join(10)
+    second.join(10)
+    assert sorted(answered) == [NotificationOutcome.QUEUED] * 2
+    assert intake.committed_batches == 1  # one transaction for both
+    assert [n.message_number for n in _log(runtime)] == [5, 6]
+    intake.turn.close()
+
+
 def test_other_processes_are_woken_only_for_work_not_owed_before(runtime: Runtime, watched: dict[str, Any]) -> None:
     """A NOTIFY for the first notification that makes a calendar owe a sync, none for the ones that
     find it already owed: PostgreSQL serialises notifying commits, and the workers already know."""
