@@ -137,7 +137,8 @@ class Intake:
                     if attempt == 2 or getattr(err, "sqlstate", None) not in _RETRYABLE_PG:
                         raise
         except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error):
-            log.exception("could not record %d notification(s)", len(self._take(batch)))
+            self._take(batch)  # failed before its lock was held: what is queued fails with it
+            log.exception("could not record %d notification(s)", len(batch))
             for item in batch:
                 item.failed = True
         except BaseException:  # never leave a request waiting on a dead writer

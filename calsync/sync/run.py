@@ -418,7 +418,7 @@ class _SyncRun:
             values["last_changed_at"] = self.newest
             rate = values["activity"] = from_first_sync(self.recent, now=now.timestamp())
             activity = Activity(None, rate)
-        finished, params = self.finish(now, activity) if self.finish is not None else ({}, {})
+        finished, params = self.finish(now, activity) if self.finish is not None else (_UNFINISHED, {})
         if self.skipped:
             values.update(sync_state=SyncState.ERROR, last_error=skipped_error(self.skipped))
         stmt = _finish_statement(tuple(values), finished, bool(self.skipped))
@@ -439,6 +439,7 @@ _EXTEND_LEASE = (
 # A sync's closing UPDATE by the columns it sets: a page's statements are built once, not per page
 # (building one cost several times running it, inside the transaction that holds SQLite's write lock).
 _FINISH_STATEMENTS: dict[tuple[tuple[str, ...], int, bool], tuple[dict[str, Any], Update]] = {}
+_UNFINISHED: dict[str, Any] = {}  # no caller's columns (one object, so it is cached like the caller's)
 
 
 def _finish_statement(names: tuple[str, ...], finished: dict[str, Any], skipped: bool) -> Update:

@@ -219,7 +219,11 @@ class Worker:
     def _claim(self, owner: str) -> tuple[Claim | None, JobFn, ReleaseFn, bool]:
         rt = self.runtime
         settings = rt.settings
-        hints = None if is_postgres(rt.engine) else self._hints()
+        hints = None
+        if not is_postgres(rt.engine):  # SQLite: read before the claim's transaction, on no write lock
+            with rt.sessions() as alone:
+                statements_alone(alone)
+                hints = self._hints(alone, rt.clock.now())
         with transaction(rt.sessions) as session:
             now = rt.clock.now()
             # Only the kinds of work the quota budget has room for now (None: Google said wait).
@@ -246,18 +250,11 @@ class Worker:
                 claim = None
             return claim, run_calendar_job, release_calendar, deliveries_due
 
-    def _hints(
-        self, session: Session | None = None, now: datetime | None = None
-    ) -> tuple[bool, tuple[Priority | None, bool]]:
+    def _hints(self, session: Session, now: datetime) -> tuple[bool, tuple[Priority | None, bool]]:
         """Whether a delivery may be due, and what the quota budget admits: reads the claim only
-        filters by (the budget's take checks again under lock). On SQLite they are read before the
-        claim's transaction, on no write lock: a claim holds the file's only one, which the
-        notification intake waits for, and these reads were a third of its time."""
-        if session is None:
-            with self.runtime.sessions() as alone:
-                statements_alone(alone)
-                return self._hints(alone, self.runtime.clock.now())
-        assert now is not None
+        filters by (the budget's take checks again under lock). On SQLite `_claim` reads them before
+        its transaction: a claim holds the file's only write lock, which the notification intake
+        waits for, and these reads were a third of its time."""
         return _deliveries_may_be_due(session, now), self.runtime.budget.admits(session)
 
     def _prepay(self, session: Session, claim: Claim, account_id: int, defer: DeferFn, now: datetime) -> bool:

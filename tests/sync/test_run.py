@@ -23,6 +23,7 @@ from calsync.store.activity import rate
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Event
 from calsync.store.states import ChangeKind
+from calsync.sync import run
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.diff import implied_occurrence
 from calsync.sync.run import SyncKind, SyncResult, sync_calendar
@@ -150,6 +151,16 @@ def test_sync_leaves_the_work_queue_fields_to_the_worker(runtime: Runtime, emu: 
 
 
 # Every kind of change ----------------------------------------------------------------------------
+def test_syncs_without_a_finish_reuse_one_closing_statement(runtime: Runtime, emu: Any, cal: int) -> None:
+    """The closing UPDATE is built once per set of columns, also for syncs that no worker finishes
+    (the CLI's): the statements it keeps do not grow with every sync."""
+    sync_calendar(runtime, cal)
+    kept = len(run._FINISH_STATEMENTS)
+    for _ in range(3):
+        sync_calendar(runtime, cal)
+    assert len(run._FINISH_STATEMENTS) == kept
+
+
 def test_a_created_event_is_one_created_change(runtime: Runtime, emu: Any, cal: int) -> None:
     start = last_seq(runtime)
     created = emu.insert_event(ALICE, timed("three"))
