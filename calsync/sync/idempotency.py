@@ -89,25 +89,24 @@ def claim(session: Session, calendar_id: int, key: str, digest: str, event_id: s
     raise IdempotencyKeyReused("this Idempotency-Key is being claimed concurrently; retry")
 
 
-_KEY_COLUMNS = (IdempotencyKey.body_hash, IdempotencyKey.event_id, IdempotencyKey.seq)
+# On the table, not the ORM class: run as plain Core, at a fraction of the ORM's CPU per statement.
+_KEYS = IdempotencyKey.__table__
+_KEY_COLUMNS = (_KEYS.c.body_hash, _KEYS.c.event_id, _KEYS.c.seq)
 _KEY_VALUES: dict[str, Any] = {
     name: bindparam(name) for name in ("calendar_id", "key", "body_hash", "event_id", "seq", "created_at")
 }
 # Built once: a statement built per call costs more Python than its round trip.
-_CLAIM_PG = pg_insert(IdempotencyKey).values(_KEY_VALUES).on_conflict_do_nothing().returning(*_KEY_COLUMNS)
-_CLAIM_SQLITE = sqlite_insert(IdempotencyKey).values(_KEY_VALUES).on_conflict_do_nothing().returning(*_KEY_COLUMNS)
-_HELD = select(*_KEY_COLUMNS).where(
-    IdempotencyKey.calendar_id == bindparam("calendar_id"), IdempotencyKey.key == bindparam("key")
-)
+_CLAIM_PG = pg_insert(_KEYS).values(_KEY_VALUES).on_conflict_do_nothing().returning(*_KEY_COLUMNS)
+_CLAIM_SQLITE = sqlite_insert(_KEYS).values(_KEY_VALUES).on_conflict_do_nothing().returning(*_KEY_COLUMNS)
+_HELD = select(*_KEY_COLUMNS).where(_KEYS.c.calendar_id == bindparam("calendar_id"), _KEYS.c.key == bindparam("key"))
 _RECORD = (
-    update(IdempotencyKey)
+    update(_KEYS)
     .where(
-        IdempotencyKey.calendar_id == bindparam("calendar"),
-        IdempotencyKey.key == bindparam("the_key"),
-        IdempotencyKey.seq.is_(None),
+        _KEYS.c.calendar_id == bindparam("calendar"),
+        _KEYS.c.key == bindparam("the_key"),
+        _KEYS.c.seq.is_(None),
     )
     .values(seq=bindparam("the_seq"))
-    .execution_options(synchronize_session=False)
 )
 
 
