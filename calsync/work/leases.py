@@ -102,6 +102,22 @@ def claim_calendar(
     )
 
 
+def may_be_due(session: Session, now: datetime, ceiling: Priority) -> bool:
+    """Whether a claim now could find work (never False when it could: the claim checks again).
+
+    A read: on SQLite it runs before a claim's transaction, on no lock, so a worker thread that
+    wakes with nothing to take (the usual case once a job is done) does not take the file's one
+    write lock, which the notification intake waits for.
+    """
+    params = {
+        "ceiling": int(ceiling),
+        "floor": int(Priority.WRITE),
+        "now": now,
+        "stale_before": stale_before(now),
+    }
+    return bool(session.execute(_MAY_BE_DUE, params).scalar())
+
+
 def claim_this_calendar(
     session: Session, calendar_id: int, requested: int, owner: str, now: datetime, lease: timedelta
 ) -> Claim | None:
@@ -195,9 +211,7 @@ def claim_account_list(
     row = session.execute(pick, {"now": now, "stale_before": stale_before(now)}).first()
     if row is None:
         return None
-    session.execute(
-        update(Account).where(Account.id == row.id).values(list_lease_owner=owner, list_lease_until=now + lease)
-    )
+    session.execute(_LEASE_LIST, {"claimed": row.id, "owner": owner, "until": now + lease})
     owed = row.list_requested > row.list_done
     return Claim(
         id=row.id,
@@ -341,6 +355,17 @@ _PICK_LIST = (
     .with_for_update(skip_locked=True)
 )
 _PICK_LIST_OWED = _PICK_LIST.where(_ACC.c.list_requested > _ACC.c.list_done)
+_LEASE_LIST = (
+    update(_ACC)
+    .where(_ACC.c.id == bindparam("claimed"))
+    .values(
+        list_lease_owner=bindparam("owner"), list_lease_until=bindparam("until", type_=_ACC.c.list_lease_until.type)
+    )
+)
+# Whether a claim could find anything: a calendar claimable in the classes from WRITE to the
+# ceiling, or a calendar list due (owed or periodic; the claim itself tells those apart).
+_any, _any_query = _claimable_from("any")
+_MAY_BE_DUE = select(_any_query.exists() | select(_ACC.c.id).where(*_LIST_DUE).exists())
 
 
 _MORE = _CAL.c.sync_requested > bindparam("claimed_requested", type_=_CAL.c.sync_requested.type)

@@ -36,6 +36,7 @@ from calsync.work.leases import (
     claim_calendar,
     defer_account_list,
     defer_calendar,
+    may_be_due,
     release_account_list,
     release_calendar,
 )
@@ -223,7 +224,11 @@ class Worker:
         if not is_postgres(rt.engine):  # SQLite: read before the claim's transaction, on no write lock
             with rt.sessions() as alone:
                 statements_alone(alone)
-                hints = self._hints(alone, rt.clock.now())
+                now = rt.clock.now()
+                hints = self._hints(alone, now)
+                ceiling = hints[1][0]
+                if ceiling is None or not may_be_due(alone, now, ceiling):  # nothing to claim: no transaction
+                    return None, run_calendar_job, release_calendar, hints[0]
         with transaction(rt.sessions) as session:
             now = rt.clock.now()
             # Only the kinds of work the quota budget has room for now (None: Google said wait).

@@ -15,7 +15,8 @@ from calsync.store.db import transaction
 from calsync.store.liveness import HEARTBEAT_SECONDS, WORKER_ALIVE
 from calsync.store.models import Account
 from calsync.store.owed import request_calendar_sync
-from calsync.work.leases import claim_account_list, claim_calendar
+from calsync.store.states import Priority
+from calsync.work.leases import claim_account_list, claim_calendar, may_be_due
 from calsync.work.liveness import Heartbeat
 from calsync.work.worker import Worker
 from tests.push_support import calendar_id_of, connect_account
@@ -124,3 +125,50 @@ def test_a_holder_without_a_heartbeat_row_keeps_its_lease_until_it_runs_out(
     assert _claim(rt, "host:2:new/0") is None
     clock.advance(1)
     assert _claim(rt, "host:2:new/0") == cal_id
+
+
+def _lists_done(rt: Runtime) -> None:
+    """No calendar list due (the scheduler's periodic refresh included)."""
+    with transaction(rt.sessions) as session:
+        session.execute(update(Account).values(list_due_at=rt.clock.now() + timedelta(hours=1)))
+
+
+def _may_be_due(rt: Runtime, ceiling: Priority = Priority.RECONCILE) -> bool:
+    with rt.sessions() as session:
+        return may_be_due(session, rt.clock.now(), ceiling)
+
+
+def test_may_be_due_says_yes_whenever_a_claim_would_find_work(rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    cal_id = _due_calendar(rt, emu)
+    _lists_done(rt)
+    assert _may_be_due(rt)
+    assert not _may_be_due(rt, Priority.WRITE)  # a notification's sync is above that ceiling
+    Heartbeat(rt, "host:1:live").beat()
+    assert _claim(rt, "host:1:live/0") == cal_id
+    # Held by a live worker: nothing a claim could take, and the read says so.
+    assert not _may_be_due(rt)
+    assert _claim(rt, "host:1:other/0") is None
+    # The holder stops beating: its calendar is free again, for the read as for the claim.
+    clock.advance(ALIVE + HEARTBEAT_SECONDS + 1)
+    assert _may_be_due(rt)
+    assert _claim(rt, "host:1:other/0") == cal_id
+
+
+def test_may_be_due_sees_a_calendar_list_due_and_not_an_inactive_account(rt: Runtime, emu: Any) -> None:
+    connect_account(rt, emu, "ann@example.com")
+    Worker(rt, threads=1).run_burst()
+    _lists_done(rt)
+    assert not _may_be_due(rt)  # everything synced, nothing owed
+    with transaction(rt.sessions) as session:
+        session.execute(update(Account).values(list_due_at=rt.clock.now()))
+    assert _may_be_due(rt)
+    with transaction(rt.sessions) as session:
+        assert claim_account_list(session, "w/0", rt.clock.now(), LEASE) is not None
+    assert not _may_be_due(rt)  # the list is leased now
+    cal_id = calendar_id_of(rt, "ann@example.com")
+    with transaction(rt.sessions) as session:
+        session.execute(update(Account).values(status="reauth_required", list_lease_owner=None))
+        request_calendar_sync(session, cal_id, rt.clock.now())
+    assert not _may_be_due(rt)  # owed, but its account cannot be acted for
+    with transaction(rt.sessions) as session:
+        assert claim_calendar(session, "w/0", rt.clock.now(), LEASE) is None

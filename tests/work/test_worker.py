@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
@@ -416,3 +416,33 @@ def test_one_wake_up_gets_every_due_calendar_synced_without_polling(
         stop.set()
         thread.join(timeout=10)
     assert len(changes_for(rt)) == len(ids)
+
+
+def test_on_sqlite_a_worker_with_nothing_to_claim_takes_no_write_lock(rt: Any, emu: Any) -> None:
+    """A thread that wakes with nothing due reads, and takes no write transaction: the notification
+    intake waits for SQLite's one write lock. With work due it still claims and syncs."""
+    _account_id, cal_id = _connected(rt, emu)
+    with transaction(rt.sessions) as session:
+        session.execute(update(Account).values(list_due_at=rt.clock.now() + timedelta(hours=1)))
+    writes: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("BEGIN IMMEDIATE"):
+            writes.append(statement)
+
+    event.listen(rt.engine, "before_cursor_execute", count)
+    try:
+        worker = Worker(rt, threads=1)
+        assert worker.work_once("w/0") == 0
+        empty = len(writes)
+        _request(rt, cal_id)
+        writes.clear()
+        assert worker.work_once("w/0") == 1
+    finally:
+        event.remove(rt.engine, "before_cursor_execute", count)
+    with rt.sessions() as session:
+        calendar = session.get(Calendar, cal_id)
+        assert calendar is not None and calendar.sync_done == calendar.sync_requested
+    if rt.engine.dialect.name == "sqlite":
+        assert empty == 0
+        assert writes  # the claim and the sync did write
