@@ -102,12 +102,25 @@ def claim_calendar(
     )
 
 
-def may_be_due(session: Session, now: datetime, ceiling: Priority) -> bool:
-    """Whether a claim now could find work (never False when it could: the claim checks again).
+@dataclass(frozen=True)
+class MayBeDue:
+    """What a claim now could find: a calendar to sync, a calendar list to refresh (each never False
+    when there is one; the claim itself checks again)."""
+
+    calendars: bool
+    lists: bool
+
+    def __bool__(self) -> bool:
+        return self.calendars or self.lists
+
+
+def may_be_due(session: Session, now: datetime, ceiling: Priority) -> MayBeDue:
+    """Whether a claim now could find work, of each kind.
 
     A read: on SQLite it runs before a claim's transaction, on no lock, so a worker thread that
     wakes with nothing to take (the usual case once a job is done) does not take the file's one
-    write lock, which the notification intake waits for.
+    write lock, which the notification intake waits for, and a claim with no list due does not
+    look for one while it holds that lock.
     """
     params = {
         "ceiling": int(ceiling),
@@ -115,7 +128,8 @@ def may_be_due(session: Session, now: datetime, ceiling: Priority) -> bool:
         "now": now,
         "stale_before": stale_before(now),
     }
-    return bool(session.execute(_MAY_BE_DUE, params).scalar())
+    row = session.execute(_MAY_BE_DUE, params).one()
+    return MayBeDue(calendars=bool(row.calendars), lists=bool(row.lists))
 
 
 def claim_this_calendar(
@@ -365,7 +379,9 @@ _LEASE_LIST = (
 # Whether a claim could find anything: a calendar claimable in the classes from WRITE to the
 # ceiling, or a calendar list due (owed or periodic; the claim itself tells those apart).
 _any, _any_query = _claimable_from("any")
-_MAY_BE_DUE = select(_any_query.exists() | select(_ACC.c.id).where(*_LIST_DUE).exists())
+_MAY_BE_DUE = select(
+    _any_query.exists().label("calendars"), select(_ACC.c.id).where(*_LIST_DUE).exists().label("lists")
+)
 
 
 _MORE = _CAL.c.sync_requested > bindparam("claimed_requested", type_=_CAL.c.sync_requested.type)

@@ -221,21 +221,24 @@ class Worker:
         rt = self.runtime
         settings = rt.settings
         hints = None
+        lists_due = True
         if not is_postgres(rt.engine):  # SQLite: read before the claim's transaction, on no write lock
             with rt.sessions() as alone:
                 statements_alone(alone)
                 now = rt.clock.now()
                 hints = self._hints(alone, now)
                 ceiling = hints[1][0]
-                if ceiling is None or not may_be_due(alone, now, ceiling):  # nothing to claim: no transaction
+                due = may_be_due(alone, now, ceiling) if ceiling is not None else None
+                if not due:  # nothing to claim: no transaction
                     return None, run_calendar_job, release_calendar, hints[0]
+                lists_due = due.lists
         with transaction(rt.sessions) as session:
             now = rt.clock.now()
             # Only the kinds of work the quota budget has room for now (None: Google said wait).
             deliveries_due, (ceiling, first_syncs) = hints or self._hints(session, now)
             if ceiling is None:
                 return None, run_calendar_job, release_calendar, deliveries_due
-            claim = claim_account_list(session, owner, now, settings.lease, ceiling)
+            claim = claim_account_list(session, owner, now, settings.lease, ceiling) if lists_due else None
             if claim is not None:
                 if self._prepay(session, claim, claim.id, defer_account_list, now):
                     return claim, run_list_job, release_account_list, deliveries_due

@@ -16,7 +16,7 @@ from calsync.store.liveness import HEARTBEAT_SECONDS, WORKER_ALIVE
 from calsync.store.models import Account
 from calsync.store.owed import request_calendar_sync
 from calsync.store.states import Priority
-from calsync.work.leases import claim_account_list, claim_calendar, may_be_due
+from calsync.work.leases import MayBeDue, claim_account_list, claim_calendar, may_be_due
 from calsync.work.liveness import Heartbeat
 from calsync.work.worker import Worker
 from tests.push_support import calendar_id_of, connect_account
@@ -133,7 +133,7 @@ def _lists_done(rt: Runtime) -> None:
         session.execute(update(Account).values(list_due_at=rt.clock.now() + timedelta(hours=1)))
 
 
-def _may_be_due(rt: Runtime, ceiling: Priority = Priority.RECONCILE) -> bool:
+def _may_be_due(rt: Runtime, ceiling: Priority = Priority.RECONCILE) -> MayBeDue:
     with rt.sessions() as session:
         return may_be_due(session, rt.clock.now(), ceiling)
 
@@ -141,7 +141,7 @@ def _may_be_due(rt: Runtime, ceiling: Priority = Priority.RECONCILE) -> bool:
 def test_may_be_due_says_yes_whenever_a_claim_would_find_work(rt: Runtime, emu: Any, clock: FrozenClock) -> None:
     cal_id = _due_calendar(rt, emu)
     _lists_done(rt)
-    assert _may_be_due(rt)
+    assert _may_be_due(rt) == MayBeDue(calendars=True, lists=False)
     assert not _may_be_due(rt, Priority.WRITE)  # a notification's sync is above that ceiling
     Heartbeat(rt, "host:1:live").beat()
     assert _claim(rt, "host:1:live/0") == cal_id
@@ -150,7 +150,7 @@ def test_may_be_due_says_yes_whenever_a_claim_would_find_work(rt: Runtime, emu: 
     assert _claim(rt, "host:1:other/0") is None
     # The holder stops beating: its calendar is free again, for the read as for the claim.
     clock.advance(ALIVE + HEARTBEAT_SECONDS + 1)
-    assert _may_be_due(rt)
+    assert _may_be_due(rt).calendars
     assert _claim(rt, "host:1:other/0") == cal_id
 
 
@@ -161,7 +161,7 @@ def test_may_be_due_sees_a_calendar_list_due_and_not_an_inactive_account(rt: Run
     assert not _may_be_due(rt)  # everything synced, nothing owed
     with transaction(rt.sessions) as session:
         session.execute(update(Account).values(list_due_at=rt.clock.now()))
-    assert _may_be_due(rt)
+    assert _may_be_due(rt) == MayBeDue(calendars=False, lists=True)
     with transaction(rt.sessions) as session:
         assert claim_account_list(session, "w/0", rt.clock.now(), LEASE) is not None
     assert not _may_be_due(rt)  # the list is leased now

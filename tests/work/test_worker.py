@@ -420,29 +420,41 @@ def test_one_wake_up_gets_every_due_calendar_synced_without_polling(
 
 def test_on_sqlite_a_worker_with_nothing_to_claim_takes_no_write_lock(rt: Any, emu: Any) -> None:
     """A thread that wakes with nothing due reads, and takes no write transaction: the notification
-    intake waits for SQLite's one write lock. With work due it still claims and syncs."""
-    _account_id, cal_id = _connected(rt, emu)
+    intake waits for SQLite's one write lock. With a calendar due it claims and syncs, and does not
+    look for a calendar list while it holds the lock; with a list due it takes the list."""
+    account_id, cal_id = _connected(rt, emu)
     with transaction(rt.sessions) as session:
         session.execute(update(Account).values(list_due_at=rt.clock.now() + timedelta(hours=1)))
-    writes: list[str] = []
+    begun: list[str] = []
+    locked: list[str] = []  # statements run while a write transaction is open
 
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if statement.startswith("BEGIN IMMEDIATE"):
-            writes.append(statement)
+            begun.append(statement)
+        elif begun and len(begun) > len(ended):
+            locked.append(statement)
 
-    event.listen(rt.engine, "before_cursor_execute", count)
+    ended: list[None] = []
+    event.listen(rt.engine, "before_cursor_execute", seen)
+    event.listen(rt.engine, "commit", lambda _conn: ended.append(None) if len(begun) > len(ended) else None)
+    worker = Worker(rt, threads=1)
     try:
-        worker = Worker(rt, threads=1)
         assert worker.work_once("w/0") == 0
-        empty = len(writes)
+        empty = len(begun)
         _request(rt, cal_id)
-        writes.clear()
+        assert worker.work_once("w/0") == 1
+        calendar_claim = list(locked)
+        with transaction(rt.sessions) as session:
+            session.execute(update(Account).values(list_due_at=rt.clock.now()))
         assert worker.work_once("w/0") == 1
     finally:
-        event.remove(rt.engine, "before_cursor_execute", count)
+        event.remove(rt.engine, "before_cursor_execute", seen)
     with rt.sessions() as session:
         calendar = session.get(Calendar, cal_id)
+        account = session.get(Account, account_id)
         assert calendar is not None and calendar.sync_done == calendar.sync_requested
+        assert account is not None and account.list_due_at > rt.clock.now()  # the list was refreshed
     if rt.engine.dialect.name == "sqlite":
         assert empty == 0
-        assert writes  # the claim and the sync did write
+        assert calendar_claim  # the claim and the sync did write
+        assert not [s for s in calendar_claim if "list_due_at" in s]
