@@ -8,14 +8,18 @@ class, processes and threads (`_bare_app.py`), on loopback. Load comes from othe
 throughput, closed loop, a Lua script sending valid channel ids, tokens and increasing message
 numbers over 50 channels), and an open-loop Python generator at a fixed 500 notifications/s whose
 latencies are measured from each request's scheduled send time (so a stall is not hidden by the
-generator waiting on it).
+generator waiting on it); its connections are open before the first request is due.
 
 Targets: receiver/bare max throughput >= 0.7; p99 < 10 ms at 500 notifications/s.
 Correctness: every notification answered 200, and the calendars owe (or had) syncs for them.
 
-With `--old REV`, the receiver of that commit (taken from git) is measured too, in the same run and the
-same way, each tree against its own bare-Flask runs: the before and after of a change side by side. Both
-run on databases this tree sets up (`old_code`), so REV's migrations must be a prefix of this tree's.
+With `--old REV`, the receiver of that commit (taken from git) runs at the same time as this tree's, each
+with its own database (and Google users), and is measured the same way: wrk against each tree alternates
+with wrk against the bare endpoint, and the open loop runs in rounds (ROUNDS per target, each a quarter
+of the time) that take turns among the bare endpoint, the old tree and the new one, so all three meet
+the same moments of the machine's load. Run one after the other, the same tree's p99 at 500/s varied
+threefold between runs, more than the changes it was to judge. Both trees run on databases this tree
+sets up (`old_code`), so REV's migrations must be a prefix of this tree's.
 
 Throughput on a shared 2-core machine drifts from run to run (the bare endpoint alone has ranged from
 about 1,500 to 5,000/s), so each wrk run also counts the CPU it cost per notification, read from /proc:
@@ -25,6 +29,7 @@ moves far less with the neighbours' load than requests per second do, and it sho
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -36,6 +41,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -66,6 +72,7 @@ from tests.bench._common import (
 
 CHANNELS = 50
 RATE = 500.0
+ROUNDS = 4  # the open loop's rounds per target, taking turns (each `seconds` / ROUNDS long)
 CALENDARS_PER_ACCOUNT = 10
 # Each command's default layout: gunicorn processes (8 threads each); `serve` also runs the worker.
 PROCESSES = {"serve": 1, "web": 2}
@@ -91,11 +98,20 @@ def main(args: Any) -> int:
                 bare = _start_bare(work, bare_port, PROCESSES[server])
                 try:
                     for kind in engines(args.db):
-                        for n, (name, tree) in enumerate(trees.items()):
-                            with database(kind, work, f"receiver_{server}{n}") as url:
-                                where = (bare_port, bare.pid, tree)
-                                _run(report, f"{name}{server}", kind, emu, url, work, where, seconds)
-                            emu.reset()
+                        with contextlib.ExitStack() as stack:
+                            sides = [
+                                stack.enter_context(_Side.up(f"{name}{server}", kind, emu, work, tree, n))
+                                for n, (name, tree) in enumerate(trees.items())
+                            ]
+                            if all(side.ready(report) for side in sides):
+                                dep = sides[0].dep
+                                dep.wait_http(port=bare_port)
+                                for side in sides:
+                                    _throughput(report, side, work, bare_port, bare.pid, seconds)
+                                _latency(report, sides, bare_port, seconds)
+                                for side in sides:
+                                    _recorded(report, side)
+                        emu.reset()
                 finally:
                     bare.terminate()
                     bare.wait(15)
@@ -104,127 +120,168 @@ def main(args: Any) -> int:
     return report.finish()
 
 
-def _run(
-    report: Report,
-    name: str,
-    kind: str,
-    emu: Any,
-    url: str,
-    work: Path,
-    where: tuple[int, int, Path],
-    seconds: int,
-) -> None:
-    """One tree's `calsync serve` or `calsync web` (`name` ends with the command) against the bare endpoint."""
-    bare_port, bare_pid, tree = where
-    label = f"{name} {kind}"
-    server = name.split()[-1]
-    print(
-        f"-- calsync {name} on {kind} ({tree}), against bare Flask in {PROCESSES[server]} process(es) x 8 threads",
-        flush=True,
-    )
-    dep = Deployment(emu, url, work)
-    rt = dep.runtime()
-    if server == "serve":
-        for email in _make_calendars(emu, CHANNELS):
-            connect_account(rt, emu, email)
-    else:
-        _insert_calendars(rt, CHANNELS)
-    web = dep.start([server, "--port", str(dep.port)], f"{server}-{kind}", PYTHONPATH=str(tree))
-    try:
-        dep.wait_http()
-        if server == "serve" and not report.check(
-            bool(wait_until(lambda: all_synced(rt, CHANNELS), 120, 0.2)),
-            f"[{label}] {CHANNELS} calendars synced and watched before the load",
+class _Side:
+    """One tree's `calsync serve` or `calsync web` (`name` ends with the command), with a database and
+    (for `serve`) Google users of its own, so that two trees can run at once."""
+
+    def __init__(self, name: str, kind: str, emu: Any, url: str, work: Path, tree: Path, n: int) -> None:
+        self.label = f"{name} {kind}"
+        self.server = name.split()[-1]
+        self.tree = tree
+        print(
+            f"-- calsync {name} on {kind} ({tree}), against bare Flask in {PROCESSES[self.server]} process(es)"
+            " x 8 threads",
+            flush=True,
+        )
+        self.dep = Deployment(emu, url, work)
+        self.rt = self.dep.runtime()
+        if self.server == "serve":
+            for email in _make_calendars(emu, CHANNELS, prefix=f"t{n}-"):
+                connect_account(self.rt, emu, email)
+        else:
+            _insert_calendars(self.rt, CHANNELS)
+        self.web = self.dep.start(
+            [self.server, "--port", str(self.dep.port)], f"{self.server}-{kind}-{n}", PYTHONPATH=str(tree)
+        )
+        self.channels: list[dict[str, str]] = []
+
+    @classmethod
+    @contextlib.contextmanager
+    def up(cls, name: str, kind: str, emu: Any, work: Path, tree: Path, n: int) -> Iterator[_Side]:
+        server = name.split()[-1]
+        with database(kind, work, f"receiver_{server}{n}") as url:
+            side = cls(name, kind, emu, url, work, tree, n)
+            try:
+                yield side
+            finally:
+                side.web.stop()
+                side.rt.close()
+
+    def ready(self, report: Report) -> bool:
+        self.dep.wait_http()
+        if self.server == "serve" and not report.check(
+            bool(wait_until(lambda: all_synced(self.rt, CHANNELS), 120, 0.2)),
+            f"[{self.label}] {CHANNELS} calendars synced and watched before the load",
         ):
-            return
-        channels = _insert_channels(rt)
-        dep.wait_http(port=bare_port)
-        lua = work / "notify.lua"
-        lua.write_text(_lua(channels))
-        if shutil.which("wrk"):
-            # Alternate bare and receiver runs so drifting background load hits both alike.
-            bare_runs, recv_runs = [], []
-            for _ in range(2):
-                bare_runs.append(_wrk(bare_port, lua, seconds, server_pid=bare_pid))
-                recv_runs.append(_wrk(dep.port, lua, seconds, server_pid=web.pid))
-            bare_best = max(bare_runs, key=lambda r: r["rps"])
-            recv_best = max(recv_runs, key=lambda r: r["rps"])
-            report.figure(
-                f"[{label}] max throughput (wrk -t2 -c16)",
-                recv_best["rps"],
-                "notifications/s",
-                baseline=bare_best["rps"],
-                baseline_name="bare Flask 200",
-                target=">= 0.7",
-                met=recv_best["rps"] >= 0.7 * bare_best["rps"],
-            )
-            report.figure(
-                f"[{label}] latency at max throughput p50",
-                recv_best["p50"],
-                "ms",
-                baseline=bare_best["p50"],
-                baseline_name="bare",
-            )
-            report.figure(
-                f"[{label}] latency at max throughput p99",
-                recv_best["p99"],
-                "ms",
-                baseline=bare_best["p99"],
-                baseline_name="bare",
-            )
-            _report_cpu(report, label, bare_runs, recv_runs)
-            report.check(
-                all(r["non2xx"] == 0 and r["errors"] == 0 for r in recv_runs),
-                f"[{label}] every wrk notification answered 2xx, no connection errors "
-                f"({[(r['non2xx'], r['errors']) for r in recv_runs]})",
-            )
-            timeouts = sum(r["timeouts"] for r in recv_runs)
-            if timeouts:
-                report.note(
-                    f"[{label}] {timeouts} wrk requests outlived wrk's 2 s timeout (overload, not an error "
-                    "answer); they are left out of its latency figures"
-                )
-        fixed = _open_loop(dep.port, channels, RATE, seconds)
-        fixed_bare = _open_loop(bare_port, channels, RATE, seconds)
+            return False
+        self.channels = _insert_channels(self.rt)
+        return True
+
+
+def _throughput(report: Report, side: _Side, work: Path, bare_port: int, bare_pid: int, seconds: int) -> None:
+    """wrk against the receiver and the bare endpoint, alternated so drifting background load hits both alike."""
+    if not shutil.which("wrk"):
+        return
+    label = side.label
+    lua = work / "notify.lua"
+    lua.write_text(_lua(side.channels))
+    bare_runs, recv_runs = [], []
+    for _ in range(2):
+        bare_runs.append(_wrk(bare_port, lua, seconds, server_pid=bare_pid))
+        recv_runs.append(_wrk(side.dep.port, lua, seconds, server_pid=side.web.pid))
+    bare_best = max(bare_runs, key=lambda r: r["rps"])
+    recv_best = max(recv_runs, key=lambda r: r["rps"])
+    report.figure(
+        f"[{label}] max throughput (wrk -t2 -c16)",
+        recv_best["rps"],
+        "notifications/s",
+        baseline=bare_best["rps"],
+        baseline_name="bare Flask 200",
+        target=">= 0.7",
+        met=recv_best["rps"] >= 0.7 * bare_best["rps"],
+    )
+    report.figure(
+        f"[{label}] latency at max throughput p50",
+        recv_best["p50"],
+        "ms",
+        baseline=bare_best["p50"],
+        baseline_name="bare",
+    )
+    report.figure(
+        f"[{label}] latency at max throughput p99",
+        recv_best["p99"],
+        "ms",
+        baseline=bare_best["p99"],
+        baseline_name="bare",
+    )
+    _report_cpu(report, label, bare_runs, recv_runs)
+    report.check(
+        all(r["non2xx"] == 0 and r["errors"] == 0 for r in recv_runs),
+        f"[{label}] every wrk notification answered 2xx, no connection errors "
+        f"({[(r['non2xx'], r['errors']) for r in recv_runs]})",
+    )
+    timeouts = sum(r["timeouts"] for r in recv_runs)
+    if timeouts:
+        report.note(
+            f"[{label}] {timeouts} wrk requests outlived wrk's 2 s timeout (overload, not an error "
+            "answer); they are left out of its latency figures"
+        )
+
+
+def _latency(report: Report, sides: list[_Side], bare_port: int, seconds: int) -> None:
+    """The open loop at RATE/s, in rounds that take turns among the bare endpoint and every tree, so each
+    meets the same moments of the machine's load (the bare endpoint with each tree's channels in turn)."""
+    span = seconds / ROUNDS
+    lat: dict[str, list[float]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    targets = [(side.label, side.dep.port, side) for side in sides] + [("bare", bare_port, None)]
+    for r in range(ROUNDS):
+        k = r % len(targets)
+        for name, port, side in targets[k:] + targets[:k]:
+            channels = (side or sides[r % len(sides)]).channels
+            result = _open_loop(port, channels, RATE, span)
+            lat.setdefault(name, []).extend(result["latencies"])
+            runs.setdefault(name, []).append(result)
+    bare = lat["bare"]
+    for side in sides:
+        mine, done = lat[side.label], runs[side.label]
+        p99 = percentile(mine, 99)
         report.figure(
-            f"[{label}] p50 at {RATE:.0f}/s", fixed["p50"], "ms", baseline=fixed_bare["p50"], baseline_name="bare"
+            f"[{side.label}] p50 at {RATE:.0f}/s",
+            percentile(mine, 50),
+            "ms",
+            baseline=percentile(bare, 50),
+            baseline_name="bare",
         )
         report.figure(
-            f"[{label}] p99 at {RATE:.0f}/s",
-            fixed["p99"],
+            f"[{side.label}] p99 at {RATE:.0f}/s",
+            p99,
             "ms",
-            baseline=fixed_bare["p99"],
+            baseline=percentile(bare, 99),
             baseline_name="bare",
             target="< 10 ms",
-            met=fixed["p99"] < 10.0,
+            met=p99 < 10.0,
         )
+        sent = sum(run["sent"] for run in done)
+        elapsed = sum(run["elapsed"] for run in done)
         report.note(
-            f"[{label}] open loop sent {fixed['sent']} in {fixed['elapsed']:.1f}s "
-            f"({fixed['sent'] / fixed['elapsed']:.0f}/s achieved)"
+            f"[{side.label}] open loop sent {sent} in {len(done)} rounds of {span:.1f}s, taking turns with "
+            f"{len(targets) - 1} other target(s) ({sent / elapsed:.0f}/s achieved)"
         )
-        report.check(
-            fixed["statuses"] == {200: fixed["sent"]},
-            f"[{label}] every open-loop notification answered 200 ({fixed['statuses']})",
-        )
-        with rt.sessions() as session:
-            owed = session.scalar(select(func.sum(Calendar.sync_requested))) or 0
-            logged = session.scalar(select(func.count()).select_from(Notification)) or 0
-        report.check(
-            owed > 0 and logged > 0,
-            f"[{label}] notifications were recorded: {owed} syncs asked for, "
-            f"{logged} rows in the bounded log (size {rt.settings.notification_log_size})",
-        )
-    finally:
-        web.stop()
-        rt.close()
+        statuses: dict[int, int] = {}
+        for run in done:
+            for status, count in run["statuses"].items():
+                statuses[status] = statuses.get(status, 0) + count
+        report.check(statuses == {200: sent}, f"[{side.label}] every open-loop notification answered 200 ({statuses})")
 
 
-def _make_calendars(emu: Any, n: int) -> list[str]:
+def _recorded(report: Report, side: _Side) -> None:
+    with side.rt.sessions() as session:
+        owed = session.scalar(select(func.sum(Calendar.sync_requested))) or 0
+        logged = session.scalar(select(func.count()).select_from(Notification)) or 0
+    report.check(
+        owed > 0 and logged > 0,
+        f"[{side.label}] notifications were recorded: {owed} syncs asked for, "
+        f"{logged} rows in the bounded log (size {side.rt.settings.notification_log_size})",
+    )
+
+
+def _make_calendars(emu: Any, n: int, *, prefix: str = "") -> list[str]:
     """Accounts of up to 10 calendars each in the emulator, for `calsync serve` to sync; their emails."""
     emails: list[str] = []
     made = 0
     while made < n:
-        email = emu.create_user(f"user{len(emails)}@example.com")
+        email = emu.create_user(f"{prefix}user{len(emails)}@example.com")
         emails.append(email)
         made += 1
         for j in range(1, min(CALENDARS_PER_ACCOUNT, n - made + 1)):
@@ -425,7 +482,7 @@ def _cpu_so_far(server: int) -> tuple[float, float]:
     return server_cpu, sum(cpu for _, name, cpu in stats.values() if name.startswith("postgres"))
 
 
-def _open_loop(port: int, channels: list[dict[str, str]], rate: float, seconds: int) -> dict[str, Any]:
+def _open_loop(port: int, channels: list[dict[str, str]], rate: float, seconds: float) -> dict[str, Any]:
     """Run the fixed-rate generator in its own process and read its result line."""
     root = str(Path(__file__).resolve().parents[2])
     code = (
@@ -445,7 +502,7 @@ def _open_loop(port: int, channels: list[dict[str, str]], rate: float, seconds: 
     return result
 
 
-def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seconds: int) -> dict[str, Any]:
+def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seconds: float) -> dict[str, Any]:
     """Send at `rate`/s for `seconds`, each request at its scheduled time, from 16 keep-alive connections."""
     total = int(rate * seconds)
     start = time.perf_counter() + 0.2
@@ -457,6 +514,7 @@ def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seco
 
     def run() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.connect()  # before the first request is due: its latency is not a handshake
         while True:
             with lock:
                 i = state["next"]
@@ -504,6 +562,7 @@ def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seco
         "sent": len(latencies),
         "elapsed": elapsed,
         "statuses": statuses,
+        "latencies": latencies,
     }
 
 
