@@ -20,8 +20,8 @@ from calsync.errors import ConfigError, CursorExpired, NotFoundError
 from calsync.feed import reads as feed_reads
 from calsync.feed.cursor import newest_seq
 from calsync.humanize import lifecycle_title
-from calsync.readmodels import availability, reads
-from calsync.store.db import make_engine, make_sessionmaker
+from calsync.readmodels import reads
+from calsync.store.db import make_engine, make_sessionmaker, reading
 from calsync.store.models import Change
 from calsync.store.states import ChangeKind, ChangeType, Origin
 
@@ -90,8 +90,7 @@ def changes(
         if calendars == [] and not follow:
             raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
         while True:
-            with sessions() as session:
-                availability.snapshot(session)
+            with reading(sessions) as session:
                 try:
                     page = feed_reads.changes_page(
                         session,

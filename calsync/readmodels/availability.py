@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from calsync.clock import rfc3339
 from calsync.feed.cursor import newest_seq, newest_seq_value
 from calsync.readmodels.occurrences import CalendarMirror, Occurrence, render, zone_of
-from calsync.store.db import is_postgres, statements_alone
+from calsync.store.db import reading, statements_alone
 from calsync.store.models import Calendar, Change, Event
 
 SINGLE_EVENTS_DEFAULT_PAGE = 1000
@@ -188,12 +188,6 @@ _DATA_TEXT = cast(Event.data, Text)
 MIRRORS = MirrorCache()
 
 
-def snapshot(session: Session) -> None:
-    """Make the rest of this read transaction one snapshot (PostgreSQL reads per statement otherwise)."""
-    if is_postgres(session):
-        session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-
-
 def as_of_seq(session: Session) -> int:
     """The newest change seq this snapshot holds (0 before the first change)."""
     return newest_seq(session)
@@ -284,8 +278,7 @@ def freebusy(
         synced = [cal for cal in chosen.values() if cal.baseline_done]
         mirrors = {cal.id: mirror for cal in synced if (mirror := cache.cached(cal)) is not None}
     if len(mirrors) < len(synced):
-        with sessions() as session:
-            snapshot(session)
+        with reading(sessions) as session:
             seq, chosen = _standing(session, calendar_ids)
             mirrors = cache.mirrors_at(session, [cal for cal in chosen.values() if cal.baseline_done])
     answers: list[CalendarBusy] = []

@@ -134,7 +134,7 @@ def events_page(
     """A page of the mirrored events in row order; the page token is the last row id, opaque.
 
     `as_of_seq` is the newest change the page shows: read in the caller's snapshot
-    (`availability.snapshot`), so a consumer that follows the feed after the smallest `as_of_seq`
+    (`calsync.store.db.reading`), so a consumer that follows the feed after the smallest `as_of_seq`
     of its pages misses nothing that happened while it paged.
     """
     after = decode_page_token(page_token) if page_token else 0

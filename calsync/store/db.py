@@ -123,6 +123,26 @@ def statements_alone(session: Session) -> None:
 
 
 _NO_TRANSACTION = "calsync_no_transaction"
+_READ_ONLY = "calsync_read_only"
+
+
+@contextmanager
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that only reads, all its statements from one state of the database.
+
+    On PostgreSQL a REPEATABLE READ transaction (READ COMMITTED reads each statement afresh). On
+    SQLite a deferred BEGIN, past the intake's gate: a reader of the write-ahead log takes no lock a
+    writer waits for, where every other transaction begins IMMEDIATE and holds the file's one write
+    lock, so an app polling the feed or an operator on the dashboard neither waits for the
+    notification intake and the worker nor holds them up. Nothing is committed; a write inside
+    fails on SQLite whenever another connection holds the write lock.
+    """
+    with factory() as session:
+        if is_postgres(session):
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        else:
+            session.connection(execution_options={_READ_ONLY: True})
+        yield session
 
 
 def rows_affected(result: Result[Any]) -> int:
@@ -307,7 +327,11 @@ class _SqliteBegin:
         self.gate = gate
 
     def __call__(self, conn: Any) -> None:
-        if conn.get_execution_options().get(_NO_TRANSACTION):
+        options = conn.get_execution_options()
+        if options.get(_NO_TRANSACTION):
+            return
+        if options.get(_READ_ONLY):
+            conn.exec_driver_sql("BEGIN")  # deferred: a snapshot at its first read, and no write lock
             return
         self.gate.wait()
         # IMMEDIATE takes the write lock up front, so two writers never deadlock on lock upgrade.

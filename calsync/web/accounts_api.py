@@ -16,7 +16,7 @@ from calsync.accounts.disconnect import disconnect_account, find_account_id
 from calsync.clock import rfc3339
 from calsync.errors import InvalidConnectSession
 from calsync.readmodels import reads
-from calsync.store.db import transaction
+from calsync.store.db import reading, transaction
 from calsync.web.api_token import require_api_token
 from calsync.web.app import runtime
 
@@ -50,7 +50,7 @@ def confirm_connection() -> ResponseReturnValue:
 @require_api_token
 def accounts() -> ResponseReturnValue:
     ref = _ref()
-    with runtime().sessions() as session:
+    with reading(runtime().sessions) as session:
         return jsonify(reads.list_accounts(session, ref))
 
 

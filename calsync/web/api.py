@@ -15,6 +15,7 @@ from flask import Blueprint, Response, jsonify, request
 from calsync.feed import reads as feed_reads
 from calsync.readmodels import availability, reads
 from calsync.readmodels.occurrences import check_window, known_zone, parse_instant
+from calsync.store.db import reading
 from calsync.store.jsontext import dumps
 from calsync.web.api_token import require_api_token
 from calsync.web.app import runtime
@@ -29,7 +30,7 @@ _MAX_INT = 2**63 - 1
 @bp.get("/calendars")
 @require_api_token
 def calendars() -> Any:
-    with runtime().sessions() as session:
+    with reading(runtime().sessions) as session:
         return jsonify(reads.list_calendars(session))
 
 
@@ -43,8 +44,7 @@ def events() -> Any:
     for name in ("timeMin", "timeMax", "orderBy", "maxResults"):
         if name in request.args:
             raise BadParameter(f"{name}: only supported with singleEvents=true")
-    with runtime().sessions() as session:
-        availability.snapshot(session)  # the page and its as_of_seq from one state of the mirror
+    with reading(runtime().sessions) as session:  # the page and its as_of_seq from one state of the mirror
         calendar = reads.one_calendar(session, google_id, request.args.get("account") or None)
         try:
             page = reads.events_page(session, calendar, page_token)
@@ -67,8 +67,7 @@ def _single_events(google_id: str, page_token: str | None) -> Any:
         _integer("maxResults", default=availability.SINGLE_EVENTS_DEFAULT_PAGE, minimum=1),
         availability.SINGLE_EVENTS_MAX_PAGE,
     )
-    with runtime().sessions() as session:
-        availability.snapshot(session)
+    with reading(runtime().sessions) as session:
         calendar = reads.one_calendar(session, google_id, request.args.get("account") or None)
         try:
             page = availability.single_events_page(session, calendar, low, high, page_token=page_token, page_size=size)
@@ -134,7 +133,7 @@ def changes() -> Any:
             origin = feed_reads.parse_origin(request.args["origin"])
         except ValueError as err:
             raise BadParameter(f"origin: {err}") from err
-    with runtime().sessions() as session:
+    with reading(runtime().sessions) as session:
         cals = None
         if google_id is not None:
             if not google_id:

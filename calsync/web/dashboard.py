@@ -27,9 +27,9 @@ from calsync.humanize import (
     utc_label,
 )
 from calsync.push.inspector import logged_notifications
-from calsync.readmodels import availability, timeline
+from calsync.readmodels import timeline
 from calsync.readmodels.overview import Overview, calendar_titles, operator_overview, recent_activity
-from calsync.store.db import transaction
+from calsync.store.db import reading, transaction
 from calsync.store.models import (
     Account,
     Calendar,
@@ -89,7 +89,7 @@ def _add_root(state: Any) -> None:
 @require_admin
 def overview() -> Any:
     now = runtime().clock.now()
-    with runtime().sessions() as session:
+    with reading(runtime().sessions) as session:
         seen = operator_overview(session)
         blocks = _account_blocks(seen)
         stats = _stats(session, seen.last_seq, now)
@@ -102,8 +102,7 @@ def overview() -> Any:
 def calendar(calendar_id: int) -> Any:
     """The coming week's occurrences of one calendar, day by day, from the mirror."""
     now = runtime().clock.now()
-    with runtime().sessions() as session:
-        availability.snapshot(session)
+    with reading(runtime().sessions) as session:
         cal = session.get(Calendar, calendar_id)
         if cal is None or cal.removed_at is not None:
             abort(404)
@@ -117,7 +116,7 @@ def calendar(calendar_id: int) -> Any:
 def changes() -> Any:
     calendar_id = _int_arg("calendar", most=INT_MAX)
     before = _int_arg("before")
-    with runtime().sessions() as session:
+    with reading(runtime().sessions) as session:
         window = feed_window(session, calendar_id=calendar_id, below=before, limit=PAGE_SIZE)
         rows = [_change_view(c) for c in window.entries]
         calendars = _calendar_choices(session)
@@ -141,7 +140,7 @@ def changes_fragment() -> Any:
     """Rows newer than `after`, for the auto-refresh script; the new cursor is in X-Cursor."""
     after = _int_arg("after", 0) or 0
     calendar_id = _int_arg("calendar", most=INT_MAX)
-    with runtime().sessions() as session:
+    with reading(runtime().sessions) as session:
         window = feed_window(session, calendar_id=calendar_id, above=after, limit=PAGE_SIZE)
         rows = [_change_view(c) for c in window.entries]
     html = render_template("dashboard/_change_rows.html", changes=rows, now=runtime().clock.now())
@@ -154,7 +153,7 @@ def notifications() -> Any:
     limit = _limit()
     channel = request.args.get("channel") or None
     show = _show_arg()
-    with runtime().sessions() as session:
+    with reading(runtime().sessions) as session:
         rows = logged_notifications(session, limit, channel=channel, show=show)
     cursor = rows[0][0].id if rows else 0
     return render_template(
@@ -174,7 +173,7 @@ def notifications() -> Any:
 def notifications_fragment() -> Any:
     after = _int_arg("after", 0) or 0
     channel = request.args.get("channel") or None
-    with runtime().sessions() as session:
+    with reading(runtime().sessions) as session:
         rows = logged_notifications(session, _limit(), channel=channel, after=after, show=_show_arg())
     html = render_template("dashboard/_notification_rows.html", rows=rows, now=runtime().clock.now())
     return html, 200, {"X-Cursor": str(rows[0][0].id if rows else after), "Content-Type": "text/html; charset=utf-8"}
@@ -184,7 +183,7 @@ def notifications_fragment() -> Any:
 @require_admin
 def webhooks() -> Any:
     state = request.args.get("state") or None
-    with runtime().sessions() as session:
+    with reading(runtime().sessions) as session:
         subs = list_subscriptions(session)
         deliveries = {sub.id: recent_deliveries(session, sub, state=state) for sub in subs}
         failed = failed_counts(session)

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify
 from sqlalchemy.exc import SQLAlchemyError
 
 from calsync.clock import rfc3339
+from calsync.store.db import reading
 from calsync.store.liveness import HEARTBEAT_SECONDS, heartbeat_is_fresh
 from calsync.web.app import runtime
 from calsync.work.liveness import last_heartbeat
@@ -21,7 +22,7 @@ bp = Blueprint("health", __name__)
 def healthz() -> tuple[Response, int]:
     rt = runtime()
     try:
-        with rt.sessions() as session:
+        with reading(rt.sessions) as session:
             seen_at = last_heartbeat(session)
     except SQLAlchemyError as err:
         return jsonify(

@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from calsync.readmodels import overview
 from calsync.runtime import Runtime
+from calsync.store.db import reading
 from calsync.store.states import AccountStatus, ChannelStatus, SyncState
 from calsync.web.app import runtime
 from calsync.work.quota import outlook
@@ -71,7 +72,7 @@ class DatabaseCollector(Collector):
 
     def _families(self) -> Iterator[GaugeMetricFamily]:
         now = self.runtime.clock.now()
-        with self.runtime.sessions() as session:
+        with reading(self.runtime.sessions) as session:
             read = overview.gauges(session)
             quota = outlook(session, self.runtime.settings, now)
 

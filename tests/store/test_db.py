@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import stat
@@ -14,7 +15,15 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 import calsync.store.db
-from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, statements_alone, transaction
+from calsync.store.db import (
+    intake_lock_path,
+    is_own_backend,
+    make_engine,
+    make_sessionmaker,
+    reading,
+    statements_alone,
+    transaction,
+)
 from calsync.store.migrate import upgrade
 from calsync.store.models import Account, Calendar
 
@@ -96,6 +105,38 @@ def test_statements_alone_hold_no_transaction_between_statements(db_url: str) ->
         else:
             _add_account(engine, "v@example.com")
             assert reader.scalars(select(Account.email)).all() == ["w@example.com"]
+    engine.dispose()
+
+
+def test_a_reading_session_sees_one_state_and_holds_no_writer_up(db_url: str) -> None:
+    """Its statements all read the state of its first one; on SQLite it takes no write lock, so a
+    writer commits while it reads (an ordinary session holds the lock, above), and it reads while a
+    writer holds the lock and while the intake's writer holds its turn."""
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    _add_account(engine, "a@example.com")
+    with reading(sessions) as reader:
+        assert reader.scalars(select(Account.email)).all() == ["a@example.com"]
+        _add_account(engine, "b@example.com")  # committed meanwhile, without waiting
+        assert reader.scalars(select(Account.email)).all() == ["a@example.com"]  # the first state still
+    with reading(sessions) as reader:
+        assert sorted(reader.scalars(select(Account.email))) == ["a@example.com", "b@example.com"]
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as writer:
+            writer.execute(select(Account.email)).all()  # begins IMMEDIATE: another connection holds the write lock
+            with open(str(intake_lock_path(engine)), "a+b") as gate:
+                fcntl.flock(gate.fileno(), fcntl.LOCK_EX)  # and an intake writer its turn
+                done = threading.Event()
+
+                def read() -> None:
+                    with reading(sessions) as reader:
+                        reader.scalars(select(Account.email)).all()
+                    done.set()
+
+                threading.Thread(target=read, daemon=True).start()
+                assert done.wait(2), "a read waited for a writer"
+                fcntl.flock(gate.fileno(), fcntl.LOCK_UN)
+            writer.rollback()
     engine.dispose()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -365,6 +366,31 @@ def test_changes_after_is_exclusive_and_next_is_the_cursor(
     assert get("after=5") == ([], 5)
     assert get("after=99") == ([], 99)
     assert get("after=0") == ([1, 2, 3, 4, 5], 5)
+
+
+def test_reads_answer_while_a_writer_holds_sqlites_write_lock(
+    client: Any, seed: Seed, runtime: Runtime, api_headers: dict[str, str]
+) -> None:
+    """An app polling the feed, the calendars and the events, and a health check, do not wait for the
+    worker or the notification intake: on SQLite they read the write-ahead log's last commit, and a
+    writer's transaction (here, held open) is not theirs to wait for."""
+    _, seqs = simple_changes(seed, 3)
+    paths = ["/api/changes?after=0", "/api/calendars", "/api/events?calendar=alice@example.com", "/api/accounts"]
+    with runtime.engine.connect() as writer:
+        writer.execute(select(Calendar.id)).all()  # on SQLite this began IMMEDIATE: the write lock is held
+        answers: dict[str, int] = {}
+
+        def read() -> None:
+            for path in paths:
+                answers[path] = client.get(path, headers=api_headers).status_code
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(5)
+        assert answers == dict.fromkeys(paths, 200), "a read waited for the writer"
+        writer.rollback()
+    body = client.get("/api/changes?after=0", headers=api_headers).get_json()
+    assert [c["seq"] for c in body["changes"]] == seqs
 
 
 def test_changes_limit_defaults_to_100_and_is_capped_at_1000(
