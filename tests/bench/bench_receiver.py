@@ -10,6 +10,9 @@ numbers over 50 channels), and an open-loop Python generator at a fixed 500 noti
 latencies are measured from each request's scheduled send time (so a stall is not hidden by the
 generator waiting on it); its connections are open before the first request is due.
 
+With `--readers N`, an app polls the feed (`/api/changes`, caught up) N times a second from each tree
+while its open loop runs; the reads' own latency is printed too.
+
 Targets: receiver/bare max throughput >= 0.7; p99 < 10 ms at 500 notifications/s.
 Correctness: every notification answered 200, and the calendars owe (or had) syncs for them.
 
@@ -54,6 +57,7 @@ from calsync.push.channels import hash_token
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel, Notification
 from tests.bench._common import (
+    API_TOKEN,
     Deployment,
     Report,
     all_synced,
@@ -72,6 +76,7 @@ from tests.bench._common import (
 
 CHANNELS = 50
 RATE = 500.0
+READ_PATH = "/api/changes?after=1000000000"  # an app polling the feed, caught up (`--readers`)
 ROUNDS = 4  # the open loop's rounds per target, taking turns (each `seconds` / ROUNDS long)
 CALENDARS_PER_ACCOUNT = 10
 # Each command's default layout: gunicorn processes (8 threads each); `serve` also runs the worker.
@@ -108,7 +113,7 @@ def main(args: Any) -> int:
                                 dep.wait_http(port=bare_port)
                                 for side in sides:
                                     _throughput(report, side, work, bare_port, bare.pid, seconds)
-                                _latency(report, sides, bare_port, seconds)
+                                _latency(report, sides, bare_port, seconds, args.readers)
                                 for side in sides:
                                     _recorded(report, side)
                         emu.reset()
@@ -218,22 +223,32 @@ def _throughput(report: Report, side: _Side, work: Path, bare_port: int, bare_pi
         )
 
 
-def _latency(report: Report, sides: list[_Side], bare_port: int, seconds: int) -> None:
+def _latency(report: Report, sides: list[_Side], bare_port: int, seconds: int, readers: float = 0.0) -> None:
     """The open loop at RATE/s, in rounds that take turns among the bare endpoint and every tree, so each
-    meets the same moments of the machine's load (the bare endpoint with each tree's channels in turn)."""
+    meets the same moments of the machine's load (the bare endpoint with each tree's channels in turn).
+    With `readers`, an app reads the feed (`/api/changes`) at that rate from each tree while its
+    notifications flow."""
     span = seconds / ROUNDS
     lat: dict[str, list[float]] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
+    reads: dict[str, list[dict[str, Any]]] = {}
     targets = [(side.label, side.dep.port, side) for side in sides] + [("bare", bare_port, None)]
     for r in range(ROUNDS):
         k = r % len(targets)
         for name, port, side in targets[k:] + targets[:k]:
             channels = (side or sides[r % len(sides)]).channels
+            poll = None
+            if readers and side is not None:
+                poll = _Background(lambda p=port: _open_loop(p, [], readers, span, read=READ_PATH))
             result = _open_loop(port, channels, RATE, span)
+            if poll is not None:
+                reads.setdefault(name, []).append(poll.result())
             lat.setdefault(name, []).extend(result["latencies"])
             runs.setdefault(name, []).append(result)
     bare = lat["bare"]
     for side in sides:
+        if side.label in reads:
+            _report_reads(report, side.label, reads[side.label], readers)
         mine, done = lat[side.label], runs[side.label]
         p99 = percentile(mine, 99)
         report.figure(
@@ -263,6 +278,30 @@ def _latency(report: Report, sides: list[_Side], bare_port: int, seconds: int) -
             for status, count in run["statuses"].items():
                 statuses[status] = statuses.get(status, 0) + count
         report.check(statuses == {200: sent}, f"[{side.label}] every open-loop notification answered 200 ({statuses})")
+
+
+class _Background:
+    """A call run on a thread of its own; `result` waits for it."""
+
+    def __init__(self, call: Any) -> None:
+        self._out: list[Any] = []
+        self._thread = threading.Thread(target=lambda: self._out.append(call()), daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        return self._out[0]
+
+
+def _report_reads(report: Report, label: str, done: list[dict[str, Any]], rate: float) -> None:
+    latencies = [x for run in done for x in run["latencies"]]
+    report.figure(f"[{label}] {READ_PATH} p50 at {rate:g}/s, notifications flowing", percentile(latencies, 50), "ms")
+    report.figure(f"[{label}] {READ_PATH} p99 at {rate:g}/s, notifications flowing", percentile(latencies, 99), "ms")
+    statuses: dict[int, int] = {}
+    for run in done:
+        for status, count in run["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
+    report.check(statuses == {200: len(latencies)}, f"[{label}] every read of the feed answered 200 ({statuses})")
 
 
 def _recorded(report: Report, side: _Side) -> None:
@@ -482,7 +521,9 @@ def _cpu_so_far(server: int) -> tuple[float, float]:
     return server_cpu, sum(cpu for _, name, cpu in stats.values() if name.startswith("postgres"))
 
 
-def _open_loop(port: int, channels: list[dict[str, str]], rate: float, seconds: float) -> dict[str, Any]:
+def _open_loop(
+    port: int, channels: list[dict[str, str]], rate: float, seconds: float, *, read: str | None = None
+) -> dict[str, Any]:
     """Run the fixed-rate generator in its own process and read its result line."""
     root = str(Path(__file__).resolve().parents[2])
     code = (
@@ -492,7 +533,7 @@ def _open_loop(port: int, channels: list[dict[str, str]], rate: float, seconds: 
     import json
 
     out = subprocess.run(
-        [sys.executable, "-c", code, json.dumps([port, channels, rate, seconds])],
+        [sys.executable, "-c", code, json.dumps([port, channels, rate, seconds, read])],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
@@ -502,8 +543,11 @@ def _open_loop(port: int, channels: list[dict[str, str]], rate: float, seconds: 
     return result
 
 
-def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seconds: float) -> dict[str, Any]:
-    """Send at `rate`/s for `seconds`, each request at its scheduled time, from 16 keep-alive connections."""
+def open_loop_child(
+    port: int, channels: list[dict[str, str]], rate: float, seconds: float, read: str | None = None
+) -> dict[str, Any]:
+    """Send at `rate`/s for `seconds`, each request at its scheduled time, from 16 keep-alive connections:
+    notifications over `channels`, or with `read`, GETs of that path with the API token."""
     total = int(rate * seconds)
     start = time.perf_counter() + 0.2
     lock = threading.Lock()
@@ -525,18 +569,13 @@ def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seco
             wait = due - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            c = channels[i % len(channels)]
-            headers = {
-                "X-Goog-Channel-ID": c["id"],
-                "X-Goog-Channel-Token": c["token"],
-                "X-Goog-Resource-ID": c["rid"],
-                "X-Goog-Resource-State": "exists",
-                "X-Goog-Message-Number": str(base_number + i),
-                "Content-Length": "0",
-                "X-Goog-Resource-URI": "https://www.googleapis.com/calendar/v3/calendars/x/events?alt=json",
-            }
+            if read is not None:
+                method, path, headers = "GET", read, {"Authorization": f"Bearer {API_TOKEN}"}
+            else:
+                notification = _notification(channels[i % len(channels)], base_number + i)
+                method, path, headers = "POST", "/notifications", notification
             try:
-                conn.request("POST", "/notifications", body=b"", headers=headers)
+                conn.request(method, path, body=b"" if read is None else None, headers=headers)
                 resp = conn.getresponse()
                 resp.read()
                 status = resp.status
@@ -566,6 +605,19 @@ def open_loop_child(port: int, channels: list[dict[str, str]], rate: float, seco
     }
 
 
+def _notification(c: dict[str, str], number: int) -> dict[str, str]:
+    """Google's headers for a notification on channel `c`."""
+    return {
+        "X-Goog-Channel-ID": c["id"],
+        "X-Goog-Channel-Token": c["token"],
+        "X-Goog-Resource-ID": c["rid"],
+        "X-Goog-Resource-State": "exists",
+        "X-Goog-Message-Number": str(number),
+        "Content-Length": "0",
+        "X-Goog-Resource-URI": "https://www.googleapis.com/calendar/v3/calendars/x/events?alt=json",
+    }
+
+
 def _start_bare(work: Path, port: int, processes: int) -> subprocess.Popen[bytes]:
     log = (work / "bare.log").open("ab")
     return subprocess.Popen(
@@ -586,6 +638,9 @@ def _parser() -> Any:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--server", choices=(*PROCESSES, "both"), default="both", help="calsync command(s) to measure")
     p.add_argument("--old", default="", help="also measure the receiver of this commit, side by side")
+    p.add_argument(
+        "--readers", type=float, default=0.0, help="an app's reads of the feed per second while notifications flow"
+    )
     return p
 
 
