@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import func, select, update
@@ -51,9 +52,20 @@ from tests.web.process_support import web_env
 EVENT = {"summary": "Q", "start": {"dateTime": "2026-12-07T09:00:00Z"}, "end": {"dateTime": "2026-12-07T10:00:00Z"}}
 
 
-def _runtime(settings: Settings, **quota: Any) -> Runtime:
-    clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
+def _runtime(settings: Settings, *, at: datetime | None = None, **quota: Any) -> Runtime:
+    clock = FrozenClock(at or datetime.now(UTC).replace(microsecond=0))
     return Runtime.create(dataclasses.replace(settings, **quota), clock=clock)
+
+
+def _morning() -> datetime:
+    """09:00 Pacific of the quota day now running (the day before, before 09:00): a plan made then has
+    15 hours of the day left to spread, whatever the hour the test runs at. Late in the day the few
+    hours left fit the budget without stretching anything."""
+    local = datetime.now(ZoneInfo("America/Los_Angeles"))
+    morning = local.replace(hour=9, minute=0, second=0, microsecond=0)
+    if morning > local:
+        morning -= timedelta(days=1)
+    return morning.astimezone(UTC)
 
 
 def _frozen(rt: Runtime) -> FrozenClock:
@@ -269,7 +281,7 @@ def _state(row: QuotaBudget) -> ScopeState:
 
 
 def test_a_short_day_stretches_the_quietest_calendars_first(settings: Settings, emu: Any) -> None:
-    rt = _runtime(settings, quota_per_day=200, quota_per_user_per_minute=0)  # the first syncs alone take ~120
+    rt = _runtime(settings, at=_morning(), quota_per_day=200, quota_per_user_per_minute=0)  # first syncs: ~120
     try:
         clock = _frozen(rt)
         emu.create_user("ann@example.com")
