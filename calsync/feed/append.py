@@ -58,6 +58,9 @@ def append_changes(
     """
     if not changes:
         return changes
+    # What the session holds goes first: from the counter's lock on, the transaction only inserts
+    # and commits (the statements below are Core, which does not flush by itself).
+    session.flush()
     if refs is not None and all(c.account_id in refs for c in changes):
         for change in changes:
             change.ref = refs[change.account_id or 0]

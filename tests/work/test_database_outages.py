@@ -10,6 +10,7 @@ and every edit in the feed exactly once.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import threading
 import time
@@ -66,8 +67,12 @@ def settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 def worker_runtime(settings: Settings) -> Iterator[Runtime]:
-    """The worker's own runtime: its own engine and wake-ups, as another process would have."""
-    rt = Runtime.create(settings)
+    """The worker's own runtime: its own engine and wake-ups, as another process would have.
+
+    Syncs are not spaced (`sync_min_interval` 0): with polling slowed to 30 s, an edit made within
+    the minimum interval of the last sync (the set-up's) was due only after the wake-up that came
+    for it, and waited for the next poll."""
+    rt = Runtime.create(dataclasses.replace(settings, sync_min_interval=timedelta(0)))
     yield rt
     rt.close()
 
