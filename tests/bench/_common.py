@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import requests
 from sqlalchemy import func, make_url, select, text
@@ -222,6 +222,24 @@ def database(kind: str, workdir: Path, name: str = "bench") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
         admin.dispose()
+
+
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=Stoppable)
+
+
+@contextmanager
+def started_on(kind: str, workdir: Path, name: str, start: Callable[[str], _S]) -> Iterator[_S]:
+    """What `start` builds on a fresh database (`database`, given its URL), stopped before the database goes."""
+    with database(kind, workdir, name) as url:
+        thing = start(url)
+        try:
+            yield thing
+        finally:
+            thing.stop()
 
 
 @contextmanager

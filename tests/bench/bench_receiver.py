@@ -44,8 +44,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,6 @@ from tests.bench._common import (
     Report,
     all_synced,
     connect_account,
-    database,
     engines,
     free_port,
     old_code,
@@ -70,6 +71,7 @@ from tests.bench._common import (
     percentile,
     run_main,
     start_emulator,
+    started_on,
     wait_until,
     workdir,
 )
@@ -105,7 +107,14 @@ def main(args: Any) -> int:
                     for kind in engines(args.db):
                         with contextlib.ExitStack() as stack:
                             sides = [
-                                stack.enter_context(_Side.up(f"{name}{server}", kind, emu, work, tree, n))
+                                stack.enter_context(
+                                    started_on(
+                                        kind,
+                                        work,
+                                        f"receiver_{server}{n}",
+                                        partial(_Side, f"{name}{server}", kind, emu, work=work, tree=tree, n=n),
+                                    )
+                                )
                                 for n, (name, tree) in enumerate(trees.items())
                             ]
                             if all(side.ready(report) for side in sides):
@@ -129,7 +138,7 @@ class _Side:
     """One tree's `calsync serve` or `calsync web` (`name` ends with the command), with a database and
     (for `serve`) Google users of its own, so that two trees can run at once."""
 
-    def __init__(self, name: str, kind: str, emu: Any, url: str, work: Path, tree: Path, n: int) -> None:
+    def __init__(self, name: str, kind: str, emu: Any, url: str, *, work: Path, tree: Path, n: int) -> None:
         self.label = f"{name} {kind}"
         self.server = name.split()[-1]
         self.tree = tree
@@ -150,17 +159,9 @@ class _Side:
         )
         self.channels: list[dict[str, str]] = []
 
-    @classmethod
-    @contextlib.contextmanager
-    def up(cls, name: str, kind: str, emu: Any, work: Path, tree: Path, n: int) -> Iterator[_Side]:
-        server = name.split()[-1]
-        with database(kind, work, f"receiver_{server}{n}") as url:
-            side = cls(name, kind, emu, url, work, tree, n)
-            try:
-                yield side
-            finally:
-                side.web.stop()
-                side.rt.close()
+    def stop(self) -> None:
+        self.web.stop()
+        self.rt.close()
 
     def ready(self, report: Report) -> bool:
         self.dep.wait_http()
@@ -233,18 +234,19 @@ def _latency(report: Report, sides: list[_Side], bare_port: int, seconds: int, r
     runs: dict[str, list[dict[str, Any]]] = {}
     reads: dict[str, list[dict[str, Any]]] = {}
     targets = [(side.label, side.dep.port, side) for side in sides] + [("bare", bare_port, None)]
-    for r in range(ROUNDS):
-        k = r % len(targets)
-        for name, port, side in targets[k:] + targets[:k]:
-            channels = (side or sides[r % len(sides)]).channels
-            poll = None
-            if readers and side is not None:
-                poll = _Background(lambda p=port: _open_loop(p, [], readers, span, read=READ_PATH))
-            result = _open_loop(port, channels, RATE, span)
-            if poll is not None:
-                reads.setdefault(name, []).append(poll.result())
-            lat.setdefault(name, []).extend(result["latencies"])
-            runs.setdefault(name, []).append(result)
+    with ThreadPoolExecutor(max_workers=1) as background:
+        for r in range(ROUNDS):
+            k = r % len(targets)
+            for name, port, side in targets[k:] + targets[:k]:
+                channels = (side or sides[r % len(sides)]).channels
+                poll = None
+                if readers and side is not None:
+                    poll = background.submit(_open_loop, port, [], readers, span, read=READ_PATH)
+                result = _open_loop(port, channels, RATE, span)
+                if poll is not None:
+                    reads.setdefault(name, []).append(poll.result())
+                lat.setdefault(name, []).extend(result["latencies"])
+                runs.setdefault(name, []).append(result)
     bare = lat["bare"]
     for side in sides:
         if side.label in reads:
@@ -273,35 +275,24 @@ def _latency(report: Report, sides: list[_Side], bare_port: int, seconds: int, r
             f"[{side.label}] open loop sent {sent} in {len(done)} rounds of {span:.1f}s, taking turns with "
             f"{len(targets) - 1} other target(s) ({sent / elapsed:.0f}/s achieved)"
         )
-        statuses: dict[int, int] = {}
-        for run in done:
-            for status, count in run["statuses"].items():
-                statuses[status] = statuses.get(status, 0) + count
+        statuses = _statuses(done)
         report.check(statuses == {200: sent}, f"[{side.label}] every open-loop notification answered 200 ({statuses})")
-
-
-class _Background:
-    """A call run on a thread of its own; `result` waits for it."""
-
-    def __init__(self, call: Any) -> None:
-        self._out: list[Any] = []
-        self._thread = threading.Thread(target=lambda: self._out.append(call()), daemon=True)
-        self._thread.start()
-
-    def result(self) -> Any:
-        self._thread.join()
-        return self._out[0]
 
 
 def _report_reads(report: Report, label: str, done: list[dict[str, Any]], rate: float) -> None:
     latencies = [x for run in done for x in run["latencies"]]
     report.figure(f"[{label}] {READ_PATH} p50 at {rate:g}/s, notifications flowing", percentile(latencies, 50), "ms")
     report.figure(f"[{label}] {READ_PATH} p99 at {rate:g}/s, notifications flowing", percentile(latencies, 99), "ms")
-    statuses: dict[int, int] = {}
-    for run in done:
-        for status, count in run["statuses"].items():
-            statuses[status] = statuses.get(status, 0) + count
+    statuses = _statuses(done)
     report.check(statuses == {200: len(latencies)}, f"[{label}] every read of the feed answered 200 ({statuses})")
+
+
+def _statuses(runs: list[dict[str, Any]]) -> dict[int, int]:
+    """How many requests of these open-loop runs got each HTTP status."""
+    total: Counter[int] = Counter()
+    for run in runs:
+        total.update(run["statuses"])
+    return dict(total)
 
 
 def _recorded(report: Report, side: _Side) -> None:

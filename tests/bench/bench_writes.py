@@ -29,7 +29,8 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,7 +46,6 @@ from tests.bench._common import (
     all_synced,
     check_mirrors,
     connect_account,
-    database,
     engines,
     event_body,
     old_code,
@@ -53,6 +53,7 @@ from tests.bench._common import (
     percentile,
     run_main,
     start_emulator,
+    started_on,
     wait_until,
     workdir,
 )
@@ -78,7 +79,9 @@ def main(args: Any) -> int:
             for kind in engines(args.db):
                 with contextlib.ExitStack() as stack:
                     sides = [
-                        stack.enter_context(_Side.running(emu, kind, work, label, tree, n))
+                        stack.enter_context(
+                            started_on(kind, work, f"writes{n}", partial(_Side, emu, kind, work, label, tree, n))
+                        )
                         for n, (label, tree) in enumerate(trees)
                     ]
                     if all(side.ready(report) for side in sides):
@@ -117,16 +120,9 @@ class _Side:
         self.made: dict[str, list[dict[str, Any]]] = {"calsync": [], "direct": []}
         self.base = 0
 
-    @classmethod
-    @contextlib.contextmanager
-    def running(cls, emu: Any, engine: str, work: Path, label: str, tree: str | None, n: int) -> Iterator[_Side]:
-        with database(engine, work, f"writes{n}") as url:
-            side = cls(emu, engine, work, label, tree, n, url)
-            try:
-                yield side
-            finally:
-                side.serve.stop()
-                side.rt.close()
+    def stop(self) -> None:
+        self.serve.stop()
+        self.rt.close()
 
     def ready(self, report: Report) -> bool:
         self.dep.wait_http()
