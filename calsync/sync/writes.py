@@ -356,6 +356,7 @@ class _Target:
 
 
 _CAL, _ACC = Calendar.__table__, Account.__table__
+_CALENDAR_ACCOUNT = _CAL.join(_ACC, _CAL.c.account_id == _ACC.c.id)
 
 
 @functools.cache
@@ -387,18 +388,13 @@ def _target_query(by_name: bool, by_email: bool, lock: bool, async_commit: bool)
     else:
         found = [_CAL.c.id == bindparam("calendar")]
     return (
-        select(*columns)
-        .select_from(_CAL.join(_ACC, _CAL.c.account_id == _ACC.c.id))
-        .where(_CAL.c.removed_at.is_(None), *found)
-        .order_by(_CAL.c.id)
+        select(*columns).select_from(_CALENDAR_ACCOUNT).where(_CAL.c.removed_at.is_(None), *found).order_by(_CAL.c.id)
     )
 
 
 # The write's own commit reads the calendar's generation and its account's `ref`.
 _GENERATION = (
-    select(_CAL.c.full_sync_gen, _ACC.c.ref)
-    .select_from(_CAL.join(_ACC, _CAL.c.account_id == _ACC.c.id))
-    .where(_CAL.c.id == bindparam("calendar"))
+    select(_CAL.c.full_sync_gen, _ACC.c.ref).select_from(_CALENDAR_ACCOUNT).where(_CAL.c.id == bindparam("calendar"))
 )
 
 
