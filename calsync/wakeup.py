@@ -7,10 +7,12 @@ Polling the tables stays as the fallback; this only shortens the wait.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import text
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 
 CHANNEL = "calsync_work"
 PEER_POLL = 0.5  # seconds between two looks at `stop` while a peer listener waits for datagrams
+ALARM_HORIZON = 60.0  # seconds: work due later than this is left to polling (no alarm is kept for it)
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +32,16 @@ class Wakeup:
     run an empty claim. A thread that claims work while more is due wakes the next one
     (`worker.Worker`), so a batch of owed syncs still spreads over the idle threads. A thread
     that was busy when the counter moved sees that when it comes to wait, and looks again.
+
+    Work this process puts off to a known time (a burst's follow-up sync, a retry after a failure,
+    a job the quota budget put off) sets an alarm (`wake_in`): an idle waiter looks at that time
+    rather than at its next poll, which came up to a whole poll interval later.
     """
 
     def __init__(self, peers: HostPeers | None = None) -> None:
         self._cond = threading.Condition()
         self._generation = 0
+        self._alarms: list[float] = []  # monotonic times, a heap
         self.peers = peers  # worker processes on this host, for a SQLite file (PostgreSQL has NOTIFY)
 
     def notify_local(self) -> None:
@@ -59,10 +67,36 @@ class Wakeup:
         with self._cond:
             return self._generation
 
-    def wait(self, since: int, timeout: float) -> bool:
-        """Block until the generation passes `since` or the timeout ends; True if woken."""
+    def wake_in(self, seconds: float) -> None:
+        """Work comes due in `seconds`: one idle waiter looks then."""
+        if seconds > ALARM_HORIZON:
+            return
+        at = time.monotonic() + max(0.0, seconds)
         with self._cond:
-            return self._cond.wait_for(lambda: self._generation != since, timeout=timeout)
+            heapq.heappush(self._alarms, at)
+            if self._alarms[0] == at:
+                self._cond.notify()  # a waiter asleep past this time sets its timeout again
+
+    def wait(self, since: int, timeout: float) -> bool:
+        """Block until the generation passes `since`, an alarm comes due or the timeout ends; True if woken.
+
+        Every alarm due by then is taken at once: the one pass it starts passes the wake-up on while
+        more is due.
+        """
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._generation == since:
+                now = time.monotonic()
+                alarms = self._alarms
+                if alarms and alarms[0] <= now:
+                    while alarms and alarms[0] <= now:
+                        heapq.heappop(alarms)
+                    return True
+                until = min(end, alarms[0]) if alarms else end
+                if until <= now:
+                    return False
+                self._cond.wait(until - now)
+            return True
 
     def notify_after_commit(self, session: Session) -> None:
         """Wake local waiters when `session` commits, and remote ones through NOTIFY on PostgreSQL."""

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from calsync.store.db import is_own_backend, make_engine, make_sessionmaker, transaction
-from calsync.wakeup import CHANNEL, HostPeers, Wakeup
+from calsync.wakeup import ALARM_HORIZON, CHANNEL, HostPeers, Wakeup
 from calsync.work.listen import Listener
 from tests.push_support import wait_for
 
@@ -148,3 +148,32 @@ def test_a_process_that_cannot_register_polls_instead(tmp_path: Path) -> None:
     stop = threading.Event()
     assert HostPeers(blocked).listen(Wakeup(), stop) is None
     HostPeers(blocked).notify()  # and notifying it is harmless
+
+
+def test_an_alarm_rouses_an_idle_thread_when_its_work_comes_due() -> None:
+    wakeup = Wakeup()
+    generation = wakeup.generation()
+    started = time.monotonic()
+    wakeup.wake_in(0.3)
+    assert wakeup.wait(generation, timeout=30)
+    assert 0.25 <= time.monotonic() - started < 5
+    assert not wakeup.wait(generation, timeout=0.2), "an alarm rouses one pass, once"
+
+
+def test_an_alarm_set_while_threads_sleep_shortens_their_wait() -> None:
+    wakeup = Wakeup()
+    threads, woken = _waiters(wakeup, 2)
+    wakeup.wake_in(0.2)
+    wait_for(lambda: woken, timeout=5, what="a thread roused by the alarm")
+    time.sleep(0.3)
+    assert len(woken) == 1
+    wakeup.notify_all()
+    for t in threads:
+        t.join(timeout=5)
+
+
+def test_work_due_past_the_alarm_horizon_is_left_to_polling() -> None:
+    wakeup = Wakeup()
+    wakeup.wake_in(ALARM_HORIZON + 1)
+    assert not wakeup._alarms
+    assert not wakeup.wait(wakeup.generation(), timeout=0.1)

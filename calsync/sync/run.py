@@ -424,8 +424,14 @@ class _SyncRun:
         stmt = _finish_statement(tuple(values), finished, bool(self.skipped))
         params.update({f"set_{name}": value for name, value in values.items()})
         result = session.execute(stmt, {**params, "finished_id": self.calendar_id, "finished_by": self.lease_owner})
-        if self.finish is not None and rows_affected(result) == 0:
+        if self.finish is None:
+            return
+        due_at = result.scalar()  # (RETURNING: None when no row was updated)
+        if due_at is None:
             raise self._lease_lost()
+        # One more sync owed to a notification that came during this one waits for the minimum
+        # interval: this process looks at that time, not at its next poll.
+        self.runtime.wakeup.wake_in((due_at - now).total_seconds())
 
     def _lease_lost(self) -> LeaseLost:
         return LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")
@@ -454,7 +460,7 @@ def _finish_statement(names: tuple[str, ...], finished: dict[str, Any], skipped:
     columns.update({name: column for name, column in finished.items() if name not in kept})
     stmt = update(_CALENDARS).where(_CALENDARS.c.id == bindparam("finished_id"))
     if finished:
-        stmt = stmt.where(_CALENDARS.c.lease_owner == bindparam("finished_by"))
+        stmt = stmt.where(_CALENDARS.c.lease_owner == bindparam("finished_by")).returning(_CALENDARS.c.due_at)
     built = stmt.values(**columns)
     _FINISH_STATEMENTS[key] = (finished, built)
     return built

@@ -71,6 +71,7 @@ def run_calendar_job(runtime: Runtime, claim: Claim) -> None:
     except QuotaWait as err:
         with transaction(runtime.sessions) as session:
             defer_calendar(session, claim, runtime.clock.now() + timedelta(seconds=err.wait))
+        runtime.wakeup.wake_in(err.wait)
         log.info("calendar %s: %s; put off", claim.id, err)
     except AuthRevoked as err:
         _account_revoked(runtime, _account_of(runtime, claim.id), str(err))
@@ -96,6 +97,7 @@ def run_list_job(runtime: Runtime, claim: Claim) -> None:
     except QuotaWait as err:
         with transaction(runtime.sessions) as session:
             defer_account_list(session, claim, runtime.clock.now() + timedelta(seconds=err.wait))
+        runtime.wakeup.wake_in(err.wait)
     except AuthRevoked as err:
         _account_revoked(runtime, claim.id, str(err))
         with transaction(runtime.sessions) as session:
@@ -105,15 +107,18 @@ def run_list_job(runtime: Runtime, claim: Claim) -> None:
             log.exception("account %s: calendar-list refresh failed unexpectedly", claim.id)
         transient = isinstance(err, TransientGoogleError) or not isinstance(err, GoogleApiError)
         retry_after, error = getattr(err, "retry_after", None), describe(err)
+        delays: list[float] = []
 
         def record(session: Session) -> None:
             count = account_list_error_count(session, claim.id) + 1
             delay = backoff_delay(count, retry_after=retry_after)
             if not transient:
                 delay = max(delay, runtime.settings.reconcile_every.total_seconds())
+            delays.append(delay)
             fail_account_list(session, claim, runtime.clock.now(), delay=delay, error=error)
 
         record_outcome(runtime, record)
+        runtime.wakeup.wake_in(delays[-1])
 
 
 def record_outcome(runtime: Runtime, record: Callable[[Session], None]) -> None:
@@ -228,6 +233,7 @@ def _fail(
         fail_calendar(session, claim, runtime.clock.now(), delay=delays[-1], state=state, error=describe(err))
 
     record_outcome(runtime, record)
+    runtime.wakeup.wake_in(delays[-1])
     log.warning("calendar %s: %s; retry in %.1fs", claim.id, describe(err), delays[-1])
 
 

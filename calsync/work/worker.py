@@ -201,6 +201,8 @@ class Worker:
 
     # Helpers ---------------------------------------------------------------------------------
     def _loop(self, owner: str, stop: threading.Event) -> None:
+        """Passes until `stop`. A pass that failed is tried again after a short pause, not at the next
+        wake-up: the wake-up that started it was spent, and its work would otherwise wait for a poll."""
         wakeup = self.runtime.wakeup
         while not stop.is_set():
             generation = wakeup.generation()
@@ -208,12 +210,12 @@ class Worker:
                 did = self.work_once(owner, stop)
             except (OperationalError, InterfaceError) as err:
                 log.warning("worker thread %s: the database is away (%s); trying again shortly", owner, err.orig)
-                did = 0
                 stop.wait(ERROR_PAUSE_SECONDS)
+                continue
             except Exception:
                 log.exception("worker thread %s: unexpected failure", owner)
-                did = 0
                 stop.wait(ERROR_PAUSE_SECONDS)
+                continue
             if not did:
                 wakeup.wait(generation, POLL_SECONDS)
 
@@ -271,6 +273,7 @@ class Worker:
         if wait > 0.0:
             QUOTA_WAITS.labels(claim.priority.name.lower()).inc()
             defer(session, claim, now + timedelta(seconds=wait))
+            self.runtime.wakeup.wake_in(wait)
             return False
         return True
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -458,3 +462,71 @@ def test_on_sqlite_a_worker_with_nothing_to_claim_takes_no_write_lock(rt: Any, e
         assert empty == 0
         assert calendar_claim  # the claim and the sync did write
         assert not [s for s in calendar_claim if "list_due_at" in s]
+
+
+@pytest.fixture
+def live_rt(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A runtime on the real clock, whose worker threads only look when woken: polling every hour."""
+    import calsync.work.worker
+
+    monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 3600.0)
+    runtime = Runtime.create(dataclasses.replace(settings, sync_min_interval=timedelta(seconds=2)))
+    yield runtime
+    runtime.close()
+
+
+@contextlib.contextmanager
+def _working(rt: Any, threads: int) -> Iterator[Worker]:
+    worker = Worker(rt, threads=threads)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def test_a_sync_that_failed_is_retried_when_its_backoff_ends_not_at_the_next_poll(live_rt: Any, emu: Any) -> None:
+    rt = live_rt
+    _, cal_id = _connected(rt, emu)
+    emu.fail_next(1, status=503, reason="backendError", retry_after=1, method="calendar.events.list")
+    emu.insert_event("ann@example.com", EVENT)
+    _request(rt, cal_id)
+    started = time.monotonic()
+    with _working(rt, threads=1):  # its first pass claims the sync, which fails: retry in 1 to 2 s
+        wait_for(lambda: calendar_row(rt, cal_id).error_count == 1, timeout=10, what="the failed sync recorded")
+        wait_for(lambda: len(changes_for(rt, cal_id)) == 1, timeout=10, what="the retry's change")
+    assert 1.0 <= time.monotonic() - started < 8.0
+    assert calendar_row(rt, cal_id).error_count == 0
+
+
+def test_the_follow_up_of_a_notification_during_a_sync_runs_after_the_minimum_interval(live_rt: Any, emu: Any) -> None:
+    """A notification that comes while its calendar syncs owes one more sync, put off to the minimum
+    interval after the first began; no wake-up is sent for it (the work was owed already)."""
+    rt = live_rt
+    _, cal_id = _connected(rt, emu)
+    emu.slow_next(1, 0.5, method="calendar.events.list")  # well within the minimum interval (2 s)
+    emu.insert_event("ann@example.com", EVENT)
+    _request(rt, cal_id)
+    lists_before = _event_lists(emu)
+    with _working(rt, threads=2):
+        wait_for(lambda: calendar_row(rt, cal_id).lease_owner is not None, timeout=10, what="the sync under way")
+        _request(rt, cal_id)  # as the receiver owes it: no wake-up for work already owed
+        wait_for(lambda: _event_lists(emu) == lists_before + 1, timeout=10, what="the first listing")
+        first_done = time.monotonic()
+        wait_for(lambda: _event_lists(emu) == lists_before + 2, timeout=10, what="the follow-up listing")
+        waited = time.monotonic() - first_done
+        wait_for(lambda: _settled(rt, cal_id), timeout=10, what="every request settled")
+    assert 0.5 < waited < 4.0, "the follow-up came before its minimum interval, or not when it came due"
+    assert len(changes_for(rt, cal_id)) == 1
+
+
+def _event_lists(emu: Any) -> int:
+    return sum(1 for r in emu.requests if r.api_method == "calendar.events.list")
+
+
+def _settled(rt: Any, cal_id: int) -> bool:
+    row = calendar_row(rt, cal_id)
+    return bool(row.sync_done == row.sync_requested and row.lease_owner is None)
