@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, Connection, func, make_url, text
+from sqlalchemy import ColumnElement, Connection, case, false, func, make_url, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from calsync.runtime import Runtime
@@ -57,6 +57,21 @@ def take_turn(calendar_id: ColumnElement[int] | InstrumentedAttribute[int]) -> C
     """PostgreSQL: a column that takes the turn of the calendar of each row a statement returns,
     held by the connection until `release` (past its transaction's end)."""
     return func.pg_advisory_lock(_LOCK_CLASS, calendar_id)
+
+
+def hand_over_turn(calendar_id: ColumnElement[int]) -> ColumnElement[bool]:
+    """PostgreSQL: a column that turns this connection's hold on the calendar's turn (`take_turn`)
+    into one held by the statement's transaction, which its commit or rollback gives back: the
+    write's last transaction ends its turn with no round trip of its own. True once handed over.
+    (The transaction's lock is taken before the connection's is given up: a lock held at both
+    levels by one session is held until both are let go.)"""
+    return case(
+        (
+            func.pg_try_advisory_xact_lock(_LOCK_CLASS, calendar_id),
+            func.pg_advisory_unlock(_LOCK_CLASS, calendar_id),
+        ),
+        else_=false(),
+    )
 
 
 def release(connection: Connection, calendar_ids: list[int]) -> None:

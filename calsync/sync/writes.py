@@ -205,6 +205,7 @@ class _Target:
     claim: idempotency.Claim | None = None
     credentials: Credentials | None = None
     token_before: str | None = None
+    turns_held: list[int] | None = None  # PostgreSQL: the turns this connection holds, till `release`
     _api: GoogleCalendar | None = None
 
     @classmethod
@@ -236,6 +237,7 @@ class _Target:
             try:
                 with runtime.sessions(bind=connection) as session, contextlib.ExitStack() as stack:
                     target = cls._prepare(runtime, session, calendar, key, digest, locked if postgres else None)
+                    target.turns_held = locked if postgres else None
                     if not postgres:
                         stack.enter_context(turns.turn(runtime, target.calendar_id))
                     http = stack.enter_context(_CONNECTIONS.lend())
@@ -392,10 +394,12 @@ def _target_query(by_name: bool, by_email: bool, lock: bool, async_commit: bool)
     )
 
 
-# The write's own commit reads the calendar's generation and its account's `ref`.
+# The write's own commit reads the calendar's generation and its account's `ref`; on PostgreSQL the
+# same statement hands the calendar's turn over to the commit's transaction.
 _GENERATION = (
     select(_CAL.c.full_sync_gen, _ACC.c.ref).select_from(_CALENDAR_ACCOUNT).where(_CAL.c.id == bindparam("calendar"))
 )
+_GENERATION_HANDING_OVER = _GENERATION.add_columns(turns.hand_over_turn(bindparam("calendar", type_=_CAL.c.id.type)))
 
 
 # Kept-alive connections to Google, shared by the process's writes.
@@ -417,9 +421,14 @@ def _commit(
     """
     session = target.session
     session.expunge_all()  # rows read by an earlier transaction of this write are read again
+    held = target.turns_held
+    hand_over = held is not None and target.calendar_id in held
     with session.begin():
         now = runtime.clock.now()
-        gen, ref = session.execute(_GENERATION, {"calendar": target.calendar_id}).one()
+        row = session.execute(_GENERATION_HANDING_OVER if hand_over else _GENERATION, {"calendar": target.calendar_id})
+        gen, ref, *handed = row.one()
+        if held is not None and handed and handed[0]:
+            held.remove(target.calendar_id)  # this transaction's end gives the turn back
         mirror = PageMirror(session, target.calendar_id, gen=int(gen or 0) + 1)
         mirror.apply([event], [])
         for change in mirror.changes:

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, text
 
 from calsync.config import Settings
 from calsync.errors import (
@@ -371,3 +371,31 @@ def test_a_write_takes_from_the_shared_budget_and_goes_where_a_sync_must_wait(
     writes.create_event(runtime, cal, MEETING, idempotency_key="first-in-line")  # a replay calls nothing
     with runtime.sessions() as session:
         assert day_count(session, runtime.clock.now()).calls == before + 1
+
+
+def test_a_writes_turn_ends_with_its_commit_and_costs_no_statement_of_its_own(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """PostgreSQL holds a write's turn as an advisory lock of its connection; the commit's first
+    statement hands it to the transaction, whose end gives it back (a write, a conflict, a delete)."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's turn is a file lock, given back when the write's block ends")
+    statements: list[str] = []
+    event.listen(runtime.engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
+    made = writes.create_event(runtime, cal, MEETING).event
+    assert made is not None
+    emu.patch_event(ANN, made["id"], {"summary": "Moved by Ann"})
+    with pytest.raises(WriteConflict):
+        writes.patch_event(runtime, cal, made["id"], {"summary": "By the app"}, if_match=made["etag"])
+    writes.delete_event(runtime, cal, made["id"])
+    assert not [s for s in statements if s.startswith("SELECT pg_advisory_unlock")]
+    assert sum("pg_advisory_unlock" in s for s in statements) == 3  # each write's commit handed its turn over
+    with runtime.engine.connect() as conn:
+        held = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        ).scalar()
+    assert held == 0
+    settle(runtime, emu, cal)
