@@ -59,6 +59,11 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
             "workers": workers,
             "worker_class": "calsync.web.reading_worker.ReadingThreadWorker",
             "threads": threads,
+            # Several processes: each listens on a socket of its own (SO_REUSEPORT), and the kernel
+            # spreads new connections over them. On one shared socket, whichever process woke first
+            # took them, and a load balancer's few kept-alive connections could all land on one
+            # process while the others idled.
+            "reuse_port": workers > 1,
             "graceful_timeout": GRACEFUL_SECONDS,
             "timeout": 60,
             "proc_name": "calsync",
