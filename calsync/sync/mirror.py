@@ -26,6 +26,7 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
@@ -435,7 +436,12 @@ def _by_ids_pg() -> Select[Event]:
         .lateral("probe")
     )
     row = aliased(Event, probe)
-    return select(row).select_from(wanted).join(probe, true())
+    statement = select(row).select_from(wanted).join(probe, true())
+    # Compiled once here, in the importing thread: SQLAlchemy fills in parts of an aliased entity
+    # over a LATERAL the first time it compiles, and a new worker's threads, compiling it at once,
+    # could leave a statement whose rows lack `probe.id`: every later sync of that process failed.
+    statement.compile(dialect=postgresql.dialect())
+    return statement
 
 
 def _by_ids_sqlite() -> Select[Event]:

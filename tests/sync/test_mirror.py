@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +15,8 @@ from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Event
 from calsync.sync import mirror as mirror_module
 from calsync.sync.mirror import PageMirror
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SERIES = {
     "id": "series1",
@@ -236,3 +241,20 @@ def test_postgresql_looks_ids_up_on_the_unique_index_without_statistics(runtime:
 )
 def test_older_compares_googles_times_as_instants(updated: Any, than: Any, older: bool) -> None:
     assert mirror_module._older(updated, than) is older
+
+
+def test_a_fresh_process_whose_threads_look_up_rows_all_at_once_gets_every_answer(db_url: str) -> None:
+    """The lookup's statement is built once per process and shared by its threads. SQLAlchemy fills in
+    parts of such a statement the first time it runs, and threads that did that at once could leave
+    one that, on PostgreSQL, failed every sync of that process after (`probe.id` not found in a row).
+    It is run once while the module is imported, before any thread shares it."""
+    for _ in range(3):  # the race, unguarded, showed in 16 processes out of 20
+        child = subprocess.run(
+            [sys.executable, "-m", "tests.sync.race_child", db_url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        assert child.returncode == 0, child.stderr
+        assert child.stdout.splitlines()[0] == "0", child.stdout
