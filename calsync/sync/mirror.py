@@ -26,8 +26,8 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -440,7 +440,7 @@ def _by_ids_pg() -> Select[Event]:
     # Compiled once here, in the importing thread: SQLAlchemy fills in parts of an aliased entity
     # over a LATERAL the first time it compiles, and a new worker's threads, compiling it at once,
     # could leave a statement whose rows lack `probe.id`: every later sync of that process failed.
-    statement.compile(dialect=postgresql.dialect())
+    statement.compile(dialect=PGDialect_psycopg())  # type: ignore[no-untyped-call]
     return statement
 
 
