@@ -67,7 +67,7 @@ def worker(
     threads: int | None, burst: bool, metrics_port: int | None, metrics_host: str | None, exit_with_parent: bool
 ) -> None:
     """Claim and do due work (syncs, renewals, deliveries) until SIGTERM; any number may run."""
-    from calsync.runtime import Runtime
+    from calsync.runtime import Runtime, freeze_startup_objects
     from calsync.web.server import ensure_schema
     from calsync.work.worker import Worker
 
@@ -79,6 +79,7 @@ def worker(
         if port is not None and not burst:
             _serve_metrics(metrics_host or settings.worker_metrics_host, port)
         w = Worker(runtime, threads=threads)
+        freeze_startup_objects()
         if burst:
             done = w.run_burst()
             click.echo(f"burst finished: {done} job(s)")

@@ -105,9 +105,12 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         # Built in the worker process (no preload), so each process has its own engine and pool.
+        from calsync.runtime import freeze_startup_objects
         from calsync.web.app import build_app
 
-        return build_app(self.settings)
+        app = build_app(self.settings)
+        freeze_startup_objects()
+        return app
 
     # gunicorn hooks, run in gunicorn's own (arbiter) process ---------------------------------
     def _start_worker(self, _arbiter: Any) -> None:
