@@ -332,9 +332,9 @@ def day_count(session: Session, now: datetime) -> DayCount:
         return DayCount(quota_day(now), 0, 0, 0, math.inf, 0, 0.0)
     cut = math.inf if row.reconcile_cut is None else float(row.reconcile_cut)
     if row.day != quota_day(now):  # no call yet today: the row's counts are the last day's
-        before = max(0, int(row.calls_today) - int(row.reconcile_today) - int(row.first_sync_today))
+        last = DayCount(row.day, int(row.calls_today), int(row.reconcile_today), int(row.first_sync_today), cut, 0, 0.0)
         hours = (row.steady_hours, row.steady_hours_before)
-        return DayCount(quota_day(now), 0, 0, 0, cut, 0, float(row.planned_at), before, *hours)
+        return DayCount(quota_day(now), 0, 0, 0, cut, 0, float(row.planned_at), last.steady, *hours)
     return DayCount(
         row.day,
         int(row.calls_today),

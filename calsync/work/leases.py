@@ -61,10 +61,7 @@ def claim_calendar(
     """
     claiming_as(session, owner, now)
     params = {
-        "ceiling": int(ceiling),
-        "floor": int(floor),
-        "now": now,
-        "stale_before": stale_before(now),
+        **_claimable_params(now, ceiling, floor),
         "owner": owner,
         "until": now + lease,
         "horizon": now + (renew_before or timedelta(0)),
@@ -122,13 +119,7 @@ def may_be_due(session: Session, now: datetime, ceiling: Priority) -> MayBeDue:
     write lock, which the notification intake waits for, and a claim with no list due does not
     look for one while it holds that lock.
     """
-    params = {
-        "ceiling": int(ceiling),
-        "floor": int(Priority.WRITE),
-        "now": now,
-        "stale_before": stale_before(now),
-    }
-    row = session.execute(_MAY_BE_DUE, params).one()
+    row = session.execute(_MAY_BE_DUE, _claimable_params(now, ceiling, Priority.WRITE)).one()
     return MayBeDue(calendars=bool(row.calendars), lists=bool(row.lists))
 
 
@@ -292,6 +283,11 @@ def account_list_error_count(session: Session, account_id: int) -> int:
 # The claim, built once (SQLAlchemy's compiled cache then serves every call) -------------------
 _CAL, _ACC, _CH = Calendar.__table__, Account.__table__, Channel.__table__
 _NOW = bindparam("now", type_=_CAL.c.due_at.type)
+
+
+def _claimable_params(now: datetime, ceiling: Priority, floor: Priority) -> dict[str, Any]:
+    """The parameters of `_claimable`: the classes a claim may take, and when it is made."""
+    return {"ceiling": int(ceiling), "floor": int(floor), "now": now, "stale_before": stale_before(now)}
 
 
 def _claimable(cal: Any, acct: Any) -> tuple[ColumnElement[bool], ...]:

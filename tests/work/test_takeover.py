@@ -119,10 +119,12 @@ def test_a_slow_live_worker_keeps_its_calendar_past_the_liveness_limit(
                 thread.join(timeout=30)
         rt_a.close()
         rt_b.close()
-    # a let go of the lease itself, at the end of its own sync: nobody took the calendar from it, though
-    # it held it past the liveness limit (measured from when this test saw the lease, which a loaded
-    # machine can delay by seconds: hence the margin in `slow`).
-    assert held > alive + 1 and current is None, (held, current)
+    # a held the lease past the liveness limit (measured from when this test saw the lease, which a
+    # loaded machine can delay by seconds: hence the margin in `slow`), and nobody took the calendar
+    # from it: its sync's closing statement, guarded by the lease, found the lease still its own.
+    # (Once a let go, the follow-up the requests above owe may be claimed at once, by any thread of
+    # either worker, before this test sees the lease free.)
+    assert held > alive + 1, (held, current)
     assert not [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()]
     assert created == sorted(added)  # found by a's sync, once
 
