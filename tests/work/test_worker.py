@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, make_url, select, update
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
@@ -477,15 +478,8 @@ def live_rt(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 @contextlib.contextmanager
 def _working(rt: Any, threads: int) -> Iterator[Worker]:
-    worker = Worker(rt, threads=threads)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,))
-    thread.start()
-    try:
+    with _working_with(Worker(rt, threads=threads)) as worker:
         yield worker
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def test_a_sync_that_failed_is_retried_when_its_backoff_ends_not_at_the_next_poll(live_rt: Any, emu: Any) -> None:
@@ -530,3 +524,59 @@ def _event_lists(emu: Any) -> int:
 def _settled(rt: Any, cal_id: int) -> bool:
     row = calendar_row(rt, cal_id)
     return bool(row.sync_done == row.sync_requested and row.lease_owner is None)
+
+
+def test_a_pass_that_failed_is_tried_again_without_waiting_for_another_wake_up(
+    settings: Settings, emu: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wake-up that started a pass is spent when the pass fails (here SQLite's write lock, held
+    elsewhere past the busy timeout); the work it woke the thread for is tried again shortly after."""
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("the fault is SQLite's write lock held by another connection")
+    import calsync.store.db
+    import calsync.work.worker
+
+    monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 3600.0)  # only wake-ups can start work
+    monkeypatch.setattr(calsync.store.db, "SQLITE_BUSY_TIMEOUT_MS", 300)  # read as each connection opens
+    rt = Runtime.create(settings)
+    try:
+        _, cal_id = _connected(rt, emu)
+        emu.insert_event("ann@example.com", EVENT)
+        due = rt.clock.now() + timedelta(seconds=2)
+        with transaction(rt.sessions) as session:  # owed from a moment on, and no wake-up for it
+            session.execute(
+                update(Calendar)
+                .where(Calendar.id == cal_id)
+                .values(sync_requested=Calendar.sync_requested + 1, due_at=due)
+            )
+        worker = Worker(rt, threads=1)
+        worker.tick_seconds = 3600.0  # no scheduler pass to wake anyone meanwhile
+        holder = sqlite3.connect(make_url(settings.database_url).database or "", isolation_level=None)
+        try:
+            with _working_with(worker):
+                idle = rt.wakeup._cond._waiters  # type: ignore[attr-defined]
+                wait_for(lambda: len(idle) == 1, timeout=10, what="the thread idle, nothing due yet")
+                holder.execute("BEGIN IMMEDIATE")
+                rows_before = holder.execute("SELECT count(*) FROM changes").fetchone()
+                time.sleep(max(0.0, (due - rt.clock.now()).total_seconds()) + 0.1)
+                rt.wakeup.notify_local()  # a notification's wake-up: the claim meets the held lock
+                time.sleep(1.0)  # past the busy timeout: the pass failed
+                assert holder.execute("SELECT count(*) FROM changes").fetchone() == rows_before
+                holder.execute("ROLLBACK")
+                wait_for(lambda: len(changes_for(rt, cal_id)) == 1, timeout=10, what="the pass tried again")
+        finally:
+            holder.close()
+    finally:
+        rt.close()
+
+
+@contextlib.contextmanager
+def _working_with(worker: Worker) -> Iterator[Worker]:
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        yield worker
+    finally:
+        stop.set()
+        thread.join(timeout=10)
