@@ -11,9 +11,11 @@ at once: NOTIFY on PostgreSQL, a datagram on a SQLite file's host (`calsync.wake
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -70,6 +72,7 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": "info",
         }
+        self.address = (host, port)
         self._worker: subprocess.Popen[bytes] | None = None
         self._respawn_delay = RESPAWN_DELAY / 2
         if with_worker:
@@ -94,6 +97,11 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
         self._stop_worker()
         if self._metrics_dir is not None:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def run(self) -> None:
+        if self.options["reuse_port"]:
+            refuse_a_taken_port(*self.address)
+        super().run()
 
     def load_config(self) -> None:
         for key, value in self.options.items():
@@ -154,6 +162,21 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
             worker.kill()
             worker.wait()
         _forget_metrics_of(worker.pid)
+
+
+def refuse_a_taken_port(host: str, port: int) -> None:
+    """With `SO_REUSEPORT` a second server on the same port (the same user's) would bind beside the
+    first and share its connections, where it used to fail: it is refused here, as before, by a
+    bind without the option, which any socket already listening there makes fail."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn's own: a restart's TIME_WAITs pass
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            raise ConfigError(f"{host}:{port} is already in use: is another calsync running there?") from err
 
 
 def _below_the_web() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,22 @@ def test_a_long_running_process_leaves_its_start_up_objects_out_of_full_collecti
     process stopped: the receiver's p99 was that pause."""
     frozen, walked = _after(settings, start)
     assert frozen > 50_000 and walked < frozen / 10
+
+
+def test_a_port_another_server_listens_on_is_refused_with_a_clear_error(settings: Settings, tmp_path: Path) -> None:
+    """Each process binding with SO_REUSEPORT would otherwise share the port with another server that
+    listens with it too (another `calsync web` started by mistake)."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        child = subprocess.run(
+            [str(Path(sys.executable).parent / "calsync"), "web", "--workers", "2", "--port", str(port)],
+            env=web_env(settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert child.returncode == 2, child.stderr
+    assert f"error: 127.0.0.1:{port} is already in use" in child.stderr
