@@ -236,8 +236,9 @@ class _Target:
         with runtime.engine.connect() as connection:
             try:
                 with runtime.sessions(bind=connection) as session, contextlib.ExitStack() as stack:
-                    target = cls._prepare(runtime, session, calendar, key, digest, locked if postgres else None)
-                    target.turns_held = locked if postgres else None
+                    held = locked if postgres else None
+                    target = cls._prepare(runtime, session, calendar, key, digest, held)
+                    target.turns_held = held
                     if not postgres:
                         stack.enter_context(turns.turn(runtime, target.calendar_id))
                     http = stack.enter_context(_CONNECTIONS.lend())
@@ -421,13 +422,12 @@ def _commit(
     """
     session = target.session
     session.expunge_all()  # rows read by an earlier transaction of this write are read again
-    held = target.turns_held
-    hand_over = held is not None and target.calendar_id in held
+    held = target.turns_held if target.turns_held and target.calendar_id in target.turns_held else None
     with session.begin():
         now = runtime.clock.now()
-        row = session.execute(_GENERATION_HANDING_OVER if hand_over else _GENERATION, {"calendar": target.calendar_id})
-        gen, ref, *handed = row.one()
-        if held is not None and handed and handed[0]:
+        statement = _GENERATION_HANDING_OVER if held is not None else _GENERATION
+        gen, ref, *handed = session.execute(statement, {"calendar": target.calendar_id}).one()
+        if held is not None and handed[0]:
             held.remove(target.calendar_id)  # this transaction's end gives the turn back
         mirror = PageMirror(session, target.calendar_id, gen=int(gen or 0) + 1)
         mirror.apply([event], [])

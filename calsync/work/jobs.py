@@ -107,29 +107,30 @@ def run_list_job(runtime: Runtime, claim: Claim) -> None:
             log.exception("account %s: calendar-list refresh failed unexpectedly", claim.id)
         transient = isinstance(err, TransientGoogleError) or not isinstance(err, GoogleApiError)
         retry_after, error = getattr(err, "retry_after", None), describe(err)
-        delays: list[float] = []
 
-        def record(session: Session) -> None:
+        def record(session: Session) -> float:
             count = account_list_error_count(session, claim.id) + 1
             delay = backoff_delay(count, retry_after=retry_after)
             if not transient:
                 delay = max(delay, runtime.settings.reconcile_every.total_seconds())
-            delays.append(delay)
             fail_account_list(session, claim, runtime.clock.now(), delay=delay, error=error)
+            return delay
 
-        record_outcome(runtime, record)
-        runtime.wakeup.wake_in(delays[-1])
+        record_failure(runtime, record)
 
 
-def record_outcome(runtime: Runtime, record: Callable[[Session], None]) -> None:
-    """Record a job's outcome (which releases its lease), waiting for the database if it is away.
+def record_failure(runtime: Runtime, record: Callable[[Session], float]) -> float:
+    """Record a failed job (which releases its lease), waiting for the database if it is away; `record`
+    says in how many seconds the job is tried again, and this process looks then. Those seconds.
 
     A job the database failed under could record nothing while it was away; left at that, its
     calendar stayed leased for the whole lease period after the return, and every change made
     meanwhile waited that long. Retried until the lease would have run out anyway, the release
     lands within moments of the database's return.
     """
-    when_back(runtime.sessions, record, give_up_after=runtime.settings.lease)
+    delay = when_back(runtime.sessions, record, give_up_after=runtime.settings.lease)
+    runtime.wakeup.wake_in(delay)
+    return delay
 
 
 def describe(err: BaseException) -> str:
@@ -225,16 +226,14 @@ def _fail(
     retry_after: float | None = None,
     floor: timedelta = timedelta(0),
 ) -> None:
-    delays: list[float] = []
-
-    def record(session: Session) -> None:
+    def record(session: Session) -> float:
         count = calendar_error_count(session, claim.id) + 1
-        delays.append(max(floor.total_seconds(), backoff_delay(count, retry_after=retry_after)))
-        fail_calendar(session, claim, runtime.clock.now(), delay=delays[-1], state=state, error=describe(err))
+        delay = max(floor.total_seconds(), backoff_delay(count, retry_after=retry_after))
+        fail_calendar(session, claim, runtime.clock.now(), delay=delay, state=state, error=describe(err))
+        return delay
 
-    record_outcome(runtime, record)
-    runtime.wakeup.wake_in(delays[-1])
-    log.warning("calendar %s: %s; retry in %.1fs", claim.id, describe(err), delays[-1])
+    delay = record_failure(runtime, record)
+    log.warning("calendar %s: %s; retry in %.1fs", claim.id, describe(err), delay)
 
 
 def _account_revoked(runtime: Runtime, account_id: int | None, reason: str) -> None:
