@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -37,6 +38,9 @@ GRACEFUL_SECONDS = 30
 RESPAWN_DELAY = 1.0  # seconds before a worker that died is started again, doubling up to RESPAWN_MAX
 RESPAWN_MAX = 30.0
 WORKER_NICENESS = 5
+# Linux 5.14+: whether a closing listener's queued connections move to another socket of its
+# SO_REUSEPORT group (1) or are reset (0, the default).
+MIGRATE_QUEUED = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
 class CalsyncApplication(BaseApplication):  # type: ignore[misc]
@@ -101,6 +105,7 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
     def run(self) -> None:
         if self.options["reuse_port"]:
             refuse_a_taken_port(*self.address)
+            warn_unless_queued_connections_move()
         super().run()
 
     def load_config(self) -> None:
@@ -177,6 +182,24 @@ def refuse_a_taken_port(host: str, port: int) -> None:
             if err.errno != errno.EADDRINUSE:
                 raise
             raise ConfigError(f"{host}:{port} is already in use: is another calsync running there?") from err
+
+
+def warn_unless_queued_connections_move(setting: Path = MIGRATE_QUEUED) -> bool:
+    """Say so when a process that stops (a reload, a restart, a crash) would reset the connections
+    waiting in its own socket's queue, which the kernel no longer hands to any other process: a
+    notification then fails at Google's end (behind a proxy, as a 502 that Google retries). With
+    `net.ipv4.tcp_migrate_req = 1` they move to another process's socket. True when they will."""
+    try:
+        moves = setting.read_text().strip() == "1"
+    except OSError:
+        moves = False  # not Linux 5.14+, or /proc unreadable: assume the kernel's default
+    if not moves:
+        log.warning(
+            "each of the web processes listens on a socket of its own: connections waiting in the queue of one "
+            "that stops (a reload, a restart) are reset unless the kernel moves them; "
+            "set net.ipv4.tcp_migrate_req = 1 (sysctl, Linux 5.14+)"
+        )
+    return moves
 
 
 def _below_the_web() -> None:
