@@ -6,6 +6,7 @@ counter row's lock as the last step of a transaction serialises the commits that
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from sqlalchemy.orm import Session
 from calsync.feed.cursor import SEQ_COUNTER
 from calsync.feed.rows import NewChange
 from calsync.metrics import CHANGES
-from calsync.store.bulk import bound, insert_rows, json_text
+from calsync.store.bulk import INSERT_UP_TO, bound, insert_rows, json_text
 from calsync.store.models import Account, Calendar, Change, Counter
 from calsync.store.states import ChangeType, Origin
 
@@ -66,40 +67,56 @@ def append_changes(
             change.ref = refs[change.account_id or 0]
     else:
         _name_accounts(session, changes)
-    last = session.execute(_TAKE_SEQS, {"n": len(changes)}).scalar_one()
-    first = last - len(changes) + 1
-    for offset, change in enumerate(changes):
-        change.seq = first + offset
-        change.detected_at = now
-        change.fields = list(change.fields or [])
-        CHANGES.labels(change.type).inc()
     # Straight to the driver: a first sync writes a row per event, and the ORM's unit of work per
     # object cost more than the database's own insert. The objects stay as the caller's record.
     connection = session.connection()
     detected_at = bound(connection, _CHANGES.c.detected_at, now)
-    insert_rows(
-        connection,
-        _CHANGES,
-        _COLUMNS,
-        [
-            (
-                c.seq,
-                ChangeType(c.type).value,  # a plain word too, checked
-                c.account_id,
-                c.calendar_id,
-                c.event_id,
-                c.ref,
-                json_text(c.fields),
-                json_text(c.before),
-                json_text(c.after),
-                detected_at,
-                Origin(c.origin or Origin.GOOGLE).value,
-                c.idempotency_key,
-            )
-            for c in changes
-        ],
-    )
+    for change in changes:
+        change.detected_at = now
+        change.fields = list(change.fields or [])
+        CHANGES.labels(change.type).inc()
+    rows = [
+        (
+            ChangeType(c.type).value,  # a plain word too, checked
+            c.account_id,
+            c.calendar_id,
+            c.event_id,
+            c.ref,
+            json_text(c.fields),
+            json_text(c.before),
+            json_text(c.after),
+            detected_at,
+            Origin(c.origin or Origin.GOOGLE).value,
+            c.idempotency_key,
+        )
+        for c in changes
+    ]
+    if connection.dialect.name == "postgresql" and len(rows) <= INSERT_UP_TO:
+        # The counter's take and the insert as one statement: one round trip fewer for each commit
+        # that writes a few changes (every write through calsync, most syncs).
+        flat = tuple(value for row in rows for value in row)
+        last = max(connection.exec_driver_sql(_numbered_insert_pg(len(rows)), (SEQ_COUNTER, *flat)).scalars())
+    else:
+        last = session.execute(_TAKE_SEQS, {"n": len(changes)}).scalar_one()
+        first = last - len(changes) + 1
+        insert_rows(connection, _CHANGES, _COLUMNS, [(first + i, *row) for i, row in enumerate(rows)])
+    first = last - len(changes) + 1
+    for offset, change in enumerate(changes):
+        change.seq = first + offset
     return changes
+
+
+@functools.cache
+def _numbered_insert_pg(n: int) -> str:
+    """PostgreSQL: take n seqs from the counter and insert n rows numbered with them, in one statement
+    (the counter's row is still locked by the transaction's last writes: seq order stays commit order)."""
+    names = ", ".join(f'"{name}"' for name in _COLUMNS)
+    marks = ", ".join("%s" for _ in _COLUMNS[1:])
+    values = ", ".join(f"((SELECT value FROM taken) - {n - 1 - i}, {marks})" for i in range(n))
+    return (
+        f"WITH taken AS (UPDATE {_COUNTERS.name} SET value = value + {n} WHERE name = %s RETURNING value) "
+        f"INSERT INTO {_CHANGES.name} ({names}) VALUES {values} RETURNING seq"
+    )
 
 
 def _name_accounts(session: Session, changes: Sequence[NewChange]) -> None:

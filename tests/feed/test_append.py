@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import event, select
 
 from calsync.feed import append as changelog
 from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
+from calsync.store.bulk import INSERT_UP_TO
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change
 
@@ -54,3 +57,66 @@ def test_appended_rows_read_back_as_written_with_their_account_and_ref(runtime: 
             (1, "event.snapshot", account_id, cal_id, "e1", "user-42", [], None, {"id": "e1"}, NOW),
             (2, "event.updated", account_id, cal_id, "e2", "user-42", ["n", "nested"], {"id": "e2"}, big, NOW),
         ]
+
+
+def _calendar(runtime: Runtime) -> int:
+    with transaction(runtime.sessions) as session:
+        account = Account(email="a@example.com", credentials=b"x", ref="user-42")
+        session.add(account)
+        session.flush()
+        cal = Calendar(account_id=account.id, google_id="a@example.com")
+        session.add(cal)
+        session.flush()
+        return cal.id
+
+
+def _rows(cal: int, n: int, tag: str) -> list[Change]:
+    return [
+        Change(calendar_id=cal, event_id=f"{tag}{i}", kind="created", fields=[], before=None, after={"id": f"{tag}{i}"})
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("n", [1, 3, INSERT_UP_TO + 5])
+def test_a_commit_that_takes_seqs_while_another_holds_them_follows_it(runtime: Runtime, n: int) -> None:
+    """A writes and has not committed; B's append waits for A's commit, and B's seqs come after A's:
+    a reader paging by seq never sees B's rows before A's. Few rows (one statement on PostgreSQL) and
+    many (COPY) alike."""
+    cal = _calendar(runtime)
+    first = runtime.sessions()
+    first.begin()
+    a = [c.seq for c in append_changes(first, _rows(cal, n, "a"), NOW)]
+    b_seqs: list[int] = []
+    b = threading.Thread(
+        target=lambda: b_seqs.extend(c.seq for c in _append_in_own_transaction(runtime, _rows(cal, n, "b")))
+    )
+    b.start()
+    b.join(timeout=1.0)
+    assert b.is_alive(), "B took seqs while A held the counter"
+    first.commit()
+    first.close()
+    b.join(timeout=30)
+    assert a == list(range(1, n + 1)) and b_seqs == list(range(n + 1, 2 * n + 1))
+    with runtime.sessions() as session:
+        rows = session.execute(select(Change.seq, Change.event_id).order_by(Change.seq)).all()
+    assert rows == [(i + 1, f"a{i}") for i in range(n)] + [(n + i + 1, f"b{i}") for i in range(n)]
+
+
+def _append_in_own_transaction(runtime: Runtime, rows: list[Change]) -> list[Change]:
+    with transaction(runtime.sessions) as session:
+        return list(append_changes(session, rows, NOW))
+
+
+def test_a_few_rows_take_their_seqs_and_are_inserted_in_one_statement_on_postgresql(runtime: Runtime) -> None:
+    """Each commit that writes changes (every write through calsync, most syncs) pays one round trip
+    for them, not two (the counter, then the rows)."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no round trips")
+    cal = _calendar(runtime)
+    statements: list[str] = []
+    event.listen(runtime.engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
+    with transaction(runtime.sessions) as session:
+        written = append_changes(session, _rows(cal, 3, "e"), NOW)
+    assert [c.seq for c in written] == [1, 2, 3]
+    ours = [sql for sql in statements if "counters" in sql or "changes" in sql]  # (not the accounts' refs)
+    assert len(ours) == 1 and "UPDATE counters" in ours[0] and "INSERT INTO changes" in ours[0]
