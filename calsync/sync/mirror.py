@@ -327,6 +327,11 @@ class PageMirror:
                 self._exceptions[row.recurring_event_id or ""].append(row)
                 self._rows.setdefault(row.google_id, row)
 
+    def known(self, google_id: str, row: Event | None) -> None:
+        """The mirrored row of this id (None: not mirrored), read by the caller in this transaction
+        (a write reads it with its calendar's generation, in one statement): not looked up again."""
+        self._rows[google_id] = row
+
     def _load(self, ids: Iterable[str]) -> None:
         """Mirrored rows of these ids (None where there is none), in one query however many."""
         wanted = [i for i in dict.fromkeys(ids) if i not in self._rows]

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from google.oauth2.credentials import Credentials
-from sqlalchemy import Executable, bindparam, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Executable, Select, bindparam, func, select, true
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+from sqlalchemy.orm import Session, aliased
 
 from calsync.accounts.connected import credentials_from_stored, mark_reauth_required, save_if_refreshed
 from calsync.errors import (
@@ -395,12 +396,40 @@ def _target_query(by_name: bool, by_email: bool, lock: bool, async_commit: bool)
     )
 
 
-# The write's own commit reads the calendar's generation and its account's `ref`; on PostgreSQL the
-# same statement hands the calendar's turn over to the commit's transaction.
+# The write's own commit reads the calendar's generation and its account's `ref`.
 _GENERATION = (
     select(_CAL.c.full_sync_gen, _ACC.c.ref).select_from(_CALENDAR_ACCOUNT).where(_CAL.c.id == bindparam("calendar"))
 )
-_GENERATION_HANDING_OVER = _GENERATION.add_columns(turns.hand_over_turn(bindparam("calendar", type_=_CAL.c.id.type)))
+
+
+def _generation_handing_over() -> Select[Any]:
+    """PostgreSQL: `_GENERATION`, the event's mirrored row (or none), and the hand-over of the
+    calendar's turn to the commit's transaction, in one statement (each is a round trip otherwise).
+
+    The row is probed as the mirror's lookup does (`mirror._by_ids_pg`): a LATERAL with LIMIT 1,
+    answered from the unique index whatever the table's statistics say.
+    """
+    calendar = bindparam("calendar", type_=_CAL.c.id.type)
+    probe = (
+        select(Event)
+        .where(Event.calendar_id == calendar, Event.google_id == bindparam("event_id", type_=Event.google_id.type))
+        .limit(1)
+        .lateral("probe")
+    )
+    row = aliased(Event, probe)
+    statement = (
+        select(_CAL.c.full_sync_gen, _ACC.c.ref, turns.hand_over_turn(calendar), row)
+        .select_from(_CALENDAR_ACCOUNT)
+        .outerjoin(probe, true())
+        .where(_CAL.c.id == calendar)
+    )
+    # Compiled once here, in the importing thread, as the mirror's lookup is (an aliased entity over
+    # a LATERAL compiled by several threads at once could lose columns).
+    statement.compile(dialect=PGDialect_psycopg())  # type: ignore[no-untyped-call]
+    return statement
+
+
+_GENERATION_HANDING_OVER = _generation_handing_over()
 
 
 # Kept-alive connections to Google, shared by the process's writes.
@@ -425,11 +454,16 @@ def _commit(
     held = target.turns_held if target.turns_held and target.calendar_id in target.turns_held else None
     with session.begin():
         now = runtime.clock.now()
-        statement = _GENERATION_HANDING_OVER if held is not None else _GENERATION
-        gen, ref, *handed = session.execute(statement, {"calendar": target.calendar_id}).one()
-        if held is not None and handed[0]:
-            held.remove(target.calendar_id)  # this transaction's end gives the turn back
+        if held is not None:
+            params = {"calendar": target.calendar_id, "event_id": event["id"]}
+            gen, ref, handed, row = session.execute(_GENERATION_HANDING_OVER, params).one()
+            if handed:
+                held.remove(target.calendar_id)  # this transaction's end gives the turn back
+        else:
+            gen, ref = session.execute(_GENERATION, {"calendar": target.calendar_id}).one()
         mirror = PageMirror(session, target.calendar_id, gen=int(gen or 0) + 1)
+        if held is not None:
+            mirror.known(event["id"], row)
         mirror.apply([event], [])
         for change in mirror.changes:
             change.account_id = target.account_id

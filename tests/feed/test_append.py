@@ -87,9 +87,7 @@ def test_a_commit_that_takes_seqs_while_another_holds_them_follows_it(runtime: R
     first.begin()
     a = [c.seq for c in append_changes(first, _rows(cal, n, "a"), NOW)]
     b_seqs: list[int] = []
-    b = threading.Thread(
-        target=lambda: b_seqs.extend(c.seq for c in _append_in_own_transaction(runtime, _rows(cal, n, "b")))
-    )
+    b = threading.Thread(target=lambda: b_seqs.extend(_append_in_own_transaction(runtime, _rows(cal, n, "b"))))
     b.start()
     b.join(timeout=1.0)
     assert b.is_alive(), "B took seqs while A held the counter"
@@ -102,9 +100,9 @@ def test_a_commit_that_takes_seqs_while_another_holds_them_follows_it(runtime: R
     assert rows == [(i + 1, f"a{i}") for i in range(n)] + [(n + i + 1, f"b{i}") for i in range(n)]
 
 
-def _append_in_own_transaction(runtime: Runtime, rows: list[Change]) -> list[Change]:
+def _append_in_own_transaction(runtime: Runtime, rows: list[Change]) -> list[int]:
     with transaction(runtime.sessions) as session:
-        return list(append_changes(session, rows, NOW))
+        return [c.seq for c in append_changes(session, rows, NOW)]
 
 
 def test_a_few_rows_take_their_seqs_and_are_inserted_in_one_statement_on_postgresql(runtime: Runtime) -> None:
