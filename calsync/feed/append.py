@@ -96,11 +96,10 @@ def append_changes(
         # that writes a few changes (every write through calsync, most syncs).
         flat = tuple(value for row in rows for value in row)
         last = max(connection.exec_driver_sql(_numbered_insert_pg(len(rows)), (SEQ_COUNTER, *flat)).scalars())
+        first = last - len(rows) + 1
     else:
-        last = session.execute(_TAKE_SEQS, {"n": len(changes)}).scalar_one()
-        first = last - len(changes) + 1
+        first = session.execute(_TAKE_SEQS, {"n": len(rows)}).scalar_one() - len(rows) + 1
         insert_rows(connection, _CHANGES, _COLUMNS, [(first + i, *row) for i, row in enumerate(rows)])
-    first = last - len(changes) + 1
     for offset, change in enumerate(changes):
         change.seq = first + offset
     return changes
