@@ -13,7 +13,8 @@ from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.bulk import INSERT_UP_TO
 from calsync.store.db import transaction
-from calsync.store.models import Account, Calendar, Change
+from calsync.store.models import Change
+from tests.sync_support import stored_calendar
 
 NOW = datetime(2026, 3, 1, 9, 30, 1, 250000, tzinfo=UTC)
 
@@ -23,20 +24,15 @@ def test_the_writer_names_every_column_of_the_table() -> None:
 
 
 def test_appended_rows_read_back_as_written_with_their_account_and_ref(runtime: Runtime) -> None:
+    account_id, cal_id = stored_calendar(runtime, ref="user-42")
     with transaction(runtime.sessions) as session:
-        account = Account(email="a@example.com", credentials=b"x", ref="user-42")
-        session.add(account)
-        session.flush()
-        cal = Calendar(account_id=account.id, google_id="a@example.com")
-        session.add(cal)
-        session.flush()
         big = {"id": "e2", "n": 2**70, "nested": {"ü": [1.5, None, True]}}
         written = append_changes(
             session,
             [
-                Change(calendar_id=cal.id, event_id="e1", kind="snapshot", fields=[], before=None, after={"id": "e1"}),
+                Change(calendar_id=cal_id, event_id="e1", kind="snapshot", fields=[], before=None, after={"id": "e1"}),
                 Change(
-                    calendar_id=cal.id,
+                    calendar_id=cal_id,
                     event_id="e2",
                     kind="updated",
                     fields=["n", "nested"],
@@ -47,7 +43,6 @@ def test_appended_rows_read_back_as_written_with_their_account_and_ref(runtime: 
             NOW,
         )
         assert [c.seq for c in written] == [1, 2]
-        account_id, cal_id = account.id, cal.id
     with runtime.sessions() as session:
         rows = session.scalars(select(Change).order_by(Change.seq)).all()
         assert [
@@ -60,14 +55,7 @@ def test_appended_rows_read_back_as_written_with_their_account_and_ref(runtime: 
 
 
 def _calendar(runtime: Runtime) -> int:
-    with transaction(runtime.sessions) as session:
-        account = Account(email="a@example.com", credentials=b"x", ref="user-42")
-        session.add(account)
-        session.flush()
-        cal = Calendar(account_id=account.id, google_id="a@example.com")
-        session.add(cal)
-        session.flush()
-        return cal.id
+    return stored_calendar(runtime, ref="user-42")[1]
 
 
 def _rows(cal: int, n: int, tag: str) -> list[Change]:

@@ -12,9 +12,10 @@ from sqlalchemy import event, select
 
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
-from calsync.store.models import Account, Calendar, Event
+from calsync.store.models import Event
 from calsync.sync import mirror as mirror_module
 from calsync.sync.mirror import PageMirror
+from tests.sync_support import stored_calendar
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,14 +36,7 @@ CANCELLED = {
 
 
 def calendar(runtime: Runtime) -> int:
-    with transaction(runtime.sessions) as session:
-        account = Account(email="a@example.com", credentials=b"x", scopes=[])
-        session.add(account)
-        session.flush()
-        cal = Calendar(account_id=account.id, google_id="a@example.com")
-        session.add(cal)
-        session.flush()
-        return cal.id
+    return stored_calendar(runtime)[1]
 
 
 def apply(
