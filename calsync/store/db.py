@@ -21,7 +21,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event, make_url
+from sqlalchemy import ClauseElement, CursorResult, Engine, Result, create_engine, event, make_url
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -86,6 +87,20 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 T = TypeVar("T")
+S = TypeVar("S", bound=ClauseElement)
+
+
+def compiled_for_postgres(statement: S) -> S:
+    """`statement`, compiled once for PostgreSQL in the importing thread before any thread shares it.
+
+    SQLAlchemy fills in parts of an aliased ORM entity over a LATERAL the first time it compiles
+    such a statement; a new worker's threads compiling it at once could leave a statement whose rows
+    lacked the entity's columns (`probe.id`), and every later use in that process failed.
+    """
+    statement.compile(dialect=PGDialect_psycopg())  # type: ignore[no-untyped-call]
+    return statement
+
+
 RETRY_WHILE_AWAY_SECONDS = 0.25  # while the database is away, how often `when_back` tries again
 
 

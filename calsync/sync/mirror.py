@@ -27,14 +27,13 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from calsync.clock import event_datetime
 from calsync.feed.rows import FeedRow
 from calsync.store.bulk import insert_rows, json_text
-from calsync.store.db import is_postgres
+from calsync.store.db import compiled_for_postgres, is_postgres
 from calsync.store.jsontext import printable
 from calsync.store.models import Event
 from calsync.store.states import ChangeKind, ChangeType
@@ -441,12 +440,7 @@ def _by_ids_pg() -> Select[Event]:
         .lateral("probe")
     )
     row = aliased(Event, probe)
-    statement = select(row).select_from(wanted).join(probe, true())
-    # Compiled once here, in the importing thread: SQLAlchemy fills in parts of an aliased entity
-    # over a LATERAL the first time it compiles, and a new worker's threads, compiling it at once,
-    # could leave a statement whose rows lack `probe.id`: every later sync of that process failed.
-    statement.compile(dialect=PGDialect_psycopg())  # type: ignore[no-untyped-call]
-    return statement
+    return compiled_for_postgres(select(row).select_from(wanted).join(probe, true()))
 
 
 def _by_ids_sqlite() -> Select[Event]:

@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 from google.oauth2.credentials import Credentials
 from sqlalchemy import Executable, Select, bindparam, func, select, true
-from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.orm import Session, aliased
 
 from calsync.accounts.connected import credentials_from_stored, mark_reauth_required, save_if_refreshed
@@ -47,7 +46,7 @@ from calsync.feed.reads import reconnect_hint
 from calsync.google.calendar import Connections, GoogleCalendar
 from calsync.readmodels.reads import AmbiguousCalendar
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
+from calsync.store.db import compiled_for_postgres, transaction
 from calsync.store.models import Account, Calendar, Change, Event
 from calsync.store.states import AccountStatus, Origin, Priority
 from calsync.sync import idempotency, turns
@@ -417,16 +416,12 @@ def _generation_handing_over() -> Select[Any]:
         .lateral("probe")
     )
     row = aliased(Event, probe)
-    statement = (
+    return compiled_for_postgres(
         select(_CAL.c.full_sync_gen, _ACC.c.ref, turns.hand_over_turn(calendar), row)
         .select_from(_CALENDAR_ACCOUNT)
         .outerjoin(probe, true())
         .where(_CAL.c.id == calendar)
     )
-    # Compiled once here, in the importing thread, as the mirror's lookup is (an aliased entity over
-    # a LATERAL compiled by several threads at once could lose columns).
-    statement.compile(dialect=PGDialect_psycopg())  # type: ignore[no-untyped-call]
-    return statement
 
 
 _GENERATION_HANDING_OVER = _generation_handing_over()
