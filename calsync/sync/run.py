@@ -426,12 +426,13 @@ class _SyncRun:
         result = session.execute(stmt, {**params, "finished_id": self.calendar_id, "finished_by": self.lease_owner})
         if self.finish is None:
             return
-        due_at = result.scalar()  # (RETURNING: None when no row was updated)
-        if due_at is None:
+        row = result.first()  # the calendar's new due time (RETURNING); no row: the lease was not ours
+        if row is None:
             raise self._lease_lost()
         # One more sync owed to a notification that came during this one waits for the minimum
         # interval: this process looks at that time, not at its next poll.
-        self.runtime.wakeup.wake_in((due_at - now).total_seconds())
+        if row.due_at is not None:
+            self.runtime.wakeup.wake_in((row.due_at - now).total_seconds())
 
     def _lease_lost(self) -> LeaseLost:
         return LeaseLost(f"calendar {self.calendar_id}: lease no longer held by {self.lease_owner}")
