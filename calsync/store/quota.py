@@ -171,7 +171,12 @@ class DayCount:
     @property
     def steady(self) -> int:
         """Today's calls other than reconciliations and first syncs (what happens whatever the plan)."""
-        return max(0, self.calls - self.reconcile - self.first_sync)
+        return steady_calls(self.calls, self.reconcile, self.first_sync)
+
+
+def steady_calls(calls: int, reconcile: int, first_sync: int) -> int:
+    """A day's calls other than reconciliations and first syncs."""
+    return max(0, calls - reconcile - first_sync)
 
 
 class Budget:
@@ -332,9 +337,9 @@ def day_count(session: Session, now: datetime) -> DayCount:
         return DayCount(quota_day(now), 0, 0, 0, math.inf, 0, 0.0)
     cut = math.inf if row.reconcile_cut is None else float(row.reconcile_cut)
     if row.day != quota_day(now):  # no call yet today: the row's counts are the last day's
-        last = DayCount(row.day, int(row.calls_today), int(row.reconcile_today), int(row.first_sync_today), cut, 0, 0.0)
+        before = steady_calls(int(row.calls_today), int(row.reconcile_today), int(row.first_sync_today))
         hours = (row.steady_hours, row.steady_hours_before)
-        return DayCount(quota_day(now), 0, 0, 0, cut, 0, float(row.planned_at), last.steady, *hours)
+        return DayCount(quota_day(now), 0, 0, 0, cut, 0, float(row.planned_at), before, *hours)
     return DayCount(
         row.day,
         int(row.calls_today),
