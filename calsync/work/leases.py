@@ -123,6 +123,23 @@ def may_be_due(session: Session, now: datetime, ceiling: Priority) -> MayBeDue:
     return MayBeDue(calendars=bool(row.calendars), lists=bool(row.lists))
 
 
+def passed_by(session: Session, now: datetime, ceiling: Priority, tried: list[tuple[Priority, Priority]]) -> bool:
+    """PostgreSQL, after claims that found nothing: whether one of them had work to take all the same,
+    a row that SKIP LOCKED passed by because another transaction held it.
+
+    A receiver marking an owed calendar owed once more holds its row for its statement and sends no
+    NOTIFY (the work was owed already); a claim made meanwhile spent the wake-up that came with the
+    work, and nothing else would make this process look before its next poll. The same reads as the
+    claims (`tried`: each calendar claim's ceiling and floor, in order; lists as `claim_account_list`
+    takes them at `ceiling`), without their locks.
+    """
+    lists = _LIST_WAITING if ceiling >= Priority.RECONCILE else _LIST_OWED_WAITING
+    (upto, floor), *more = tried  # the lists ride with the first (every pass tries one calendar claim at least)
+    if session.execute(_PASSED_BY[lists], _claimable_params(now, upto, floor)).scalar():
+        return True
+    return any(session.execute(_CALENDAR_WAITING, _claimable_params(now, *r)).scalar() for r in more)
+
+
 def claim_this_calendar(
     session: Session, calendar_id: int, requested: int, owner: str, now: datetime, lease: timedelta
 ) -> Claim | None:
@@ -378,6 +395,11 @@ _any, _any_query = _claimable_from("any")
 _MAY_BE_DUE = select(
     _any_query.exists().label("calendars"), select(_ACC.c.id).where(*_LIST_DUE).exists().label("lists")
 )
+# `passed_by`'s reads: the claims' picks as plain reads (a read waits for no row lock).
+_CALENDAR_WAITING = select(_any_query.exists())
+_LIST_WAITING = select(_ACC.c.id).where(*_LIST_DUE).exists()
+_LIST_OWED_WAITING = select(_ACC.c.id).where(*_LIST_DUE, _ACC.c.list_requested > _ACC.c.list_done).exists()
+_PASSED_BY = {lists: select(_any_query.exists() | lists) for lists in (_LIST_WAITING, _LIST_OWED_WAITING)}
 
 
 _MORE = _CAL.c.sync_requested > bindparam("claimed_requested", type_=_CAL.c.sync_requested.type)

@@ -37,6 +37,7 @@ from calsync.work.leases import (
     defer_account_list,
     defer_calendar,
     may_be_due,
+    passed_by,
     release_account_list,
     release_calendar,
 )
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.5  # the fallback when no wake-up arrives; also bounds how soon a dead worker's work is seen
+RELOOK_SECONDS = 0.05  # after a claim passed by a row another transaction held (PostgreSQL's SKIP LOCKED)
 ERROR_PAUSE_SECONDS = 0.5  # after a failed pass (the database away, say): back soon, without hammering it
 SCHEDULER_SECONDS = 2.0
 DELIVERY_BATCH = 50
@@ -224,7 +226,8 @@ class Worker:
         settings = rt.settings
         hints = None
         lists_due = True
-        if not is_postgres(rt.engine):  # SQLite: read before the claim's transaction, on no write lock
+        postgres = is_postgres(rt.engine)
+        if not postgres:  # SQLite: read before the claim's transaction, on no write lock
             with rt.sessions() as alone:
                 statements_alone(alone)
                 now = rt.clock.now()
@@ -246,12 +249,16 @@ class Worker:
                     return claim, run_list_job, release_account_list, deliveries_due
                 return None, run_list_job, release_account_list, deliveries_due
             upto = ceiling if first_syncs else min(ceiling, Priority.RENEWAL)
+            tried = [(upto, Priority.WRITE)]
             claim = claim_calendar(session, owner, now, settings.lease, settings.renew_before, upto)
             if claim is None and upto < ceiling and ceiling >= Priority.RECONCILE:
                 # The first syncs' share is spent (an onboarding): reconciliations go meanwhile.
+                tried.append((ceiling, Priority.RECONCILE))
                 claim = claim_calendar(
                     session, owner, now, settings.lease, settings.renew_before, ceiling, floor=Priority.RECONCILE
                 )
+            if claim is None and postgres and passed_by(session, now, ceiling, tried):
+                rt.wakeup.wake_in(RELOOK_SECONDS)  # a row another transaction held: it is let go within moments
             if (
                 claim is not None
                 and claim.calendar is not None

@@ -3,7 +3,8 @@
 1. Rows inserted directly: N calendars, each with a live channel, of which a fixed number (100) is due
    for renewal. One scheduler pass (`Worker.tick()`: heartbeat, due renewals, lapsed channels, log
    trim) and one claim are timed at 1,000 and 10,000 calendars: the cost must follow the due rows,
-   not the table (O(due)). Target: tick < 50 ms at 10,000.
+   not the table (O(due)). Target: tick < 50 ms at 10,000. Then a worker's pass that finds nothing
+   (what a thread woken for work another thread took pays).
 2. A `calsync worker` process idling over the 10,000 calendars: its RSS.
 3. PostgreSQL, calendars that exist in the emulator (one edit each), all made due at once; 1, 2 and 4
    `calsync worker` processes drain them: syncs/s (baseline: 1 process).
@@ -78,6 +79,13 @@ def main(args: Any) -> int:
                     "ms",
                     baseline=small_t["claim"],
                     baseline_name="1,000 calendars",
+                )
+                report.figure(
+                    f"[{kind}] a worker's pass that finds nothing to take, {big:,} calendars",
+                    big_t["idle"],
+                    "ms",
+                    baseline=big_t["claim"],
+                    baseline_name="the claim of a due calendar",
                 )
                 report.check(
                     big_t["marked"] == DUE and small_t["marked"] == DUE,
@@ -181,10 +189,19 @@ def _tick_cost(dep: Deployment, n: int) -> dict[str, float]:
             assert claim is not None
             with transaction(rt.sessions) as session:
                 release_calendar(session, claim)
+        # What a thread woken for work another thread took pays: a pass that claims nothing.
+        with transaction(rt.sessions) as session:
+            session.execute(update(Calendar).values(due_at=rt.clock.now() + timedelta(hours=1)))
+        idle = []
+        for _ in range(200):
+            started = time.perf_counter()
+            assert worker.work_once("bench/0") == 0
+            idle.append((time.perf_counter() - started) * 1000)
         return {
             "tick": statistics.median([*times, first]),
             "first": first,
             "claim": statistics.median(claims),
+            "idle": statistics.median(idle),
             "marked": float(marked or 0),
         }
     finally:

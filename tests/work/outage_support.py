@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 
 from calsync.runtime import Runtime
-from calsync.store.models import Calendar, Channel
+from calsync.store.models import Calendar, Channel, Notification
 from calsync.work.worker import Worker
 from tests.sync_support import assert_feed_rebuilds_mirror, changes, connect_account, google_view, mirror
 
@@ -74,10 +74,29 @@ def wait_converged(runtime: Runtime, emu: Any, made: list[str], timeout: float) 
         created = [c.event_id for c in changes(runtime, cal_id) if c.kind in ("created", "snapshot")]
         return set(made) <= set(created) and mirror(runtime, cal_id) == google_view(emu, ALICE)
 
-    wait_until(converged, timeout, f"{len(made)} edits in the feed")
+    try:
+        wait_until(converged, timeout, f"{len(made)} edits in the feed")
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{queue_state(runtime, cal_id)}") from None
     created = [c.event_id for c in changes(runtime, cal_id) if c.kind in ("created", "snapshot")]
     assert len(created) == len(set(created)), "an edit reached the feed twice"
     assert_feed_rebuilds_mirror(runtime, cal_id)
+
+
+def queue_state(runtime: Runtime, cal_id: int) -> str:
+    """What a timed-out wait prints: the calendar's queue fields, its channels and the notifications heard."""
+    with runtime.sessions() as session:
+        cal = session.get(Calendar, cal_id)
+        assert cal is not None
+        fields = ("sync_requested", "sync_done", "due_at", "due_priority", "lease_owner", "retry_at", "last_error")
+        heard = session.execute(select(Notification.channel_id, Notification.message_number, Notification.outcome))
+        return "\n".join(
+            [
+                "calendar: " + ", ".join(f"{name}={getattr(cal, name)!r}" for name in fields),
+                *(f"channel {c.id}: {c.status}" for c in session.scalars(select(Channel))),
+                *(f"heard {row.channel_id} #{row.message_number}: {row.outcome}" for row in heard),
+            ]
+        )
 
 
 def calendar_id(runtime: Runtime) -> int:

@@ -13,10 +13,10 @@ from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.liveness import HEARTBEAT_SECONDS, WORKER_ALIVE
-from calsync.store.models import Account
+from calsync.store.models import Account, Calendar
 from calsync.store.owed import request_calendar_sync
 from calsync.store.states import Priority
-from calsync.work.leases import MayBeDue, claim_account_list, claim_calendar, may_be_due
+from calsync.work.leases import MayBeDue, claim_account_list, claim_calendar, may_be_due, passed_by
 from calsync.work.liveness import Heartbeat
 from calsync.work.worker import Worker
 from tests.push_support import calendar_id_of, connect_account
@@ -172,3 +172,40 @@ def test_may_be_due_sees_a_calendar_list_due_and_not_an_inactive_account(rt: Run
     assert not _may_be_due(rt)  # owed, but its account cannot be acted for
     with transaction(rt.sessions) as session:
         assert claim_calendar(session, "w/0", rt.clock.now(), LEASE) is None
+
+
+def _passed_by(rt: Runtime, ceiling: Priority, tried: list[tuple[Priority, Priority]]) -> bool:
+    with rt.sessions() as session:
+        return passed_by(session, rt.clock.now(), ceiling, tried)
+
+
+def test_passed_by_tells_a_row_skip_locked_passed_by_only_when_the_claim_would_have_taken_it(
+    rt: Runtime, emu: Any
+) -> None:
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("SKIP LOCKED is PostgreSQL's: on SQLite a claim waits for the write lock instead")
+    connect_account(rt, emu, "ann@example.com")
+    Worker(rt, threads=1).run_burst()
+    _lists_done(rt)
+    everything = [(Priority.RECONCILE, Priority.WRITE)]
+    assert not _passed_by(rt, Priority.RECONCILE, everything)  # nothing due
+    cal_id = calendar_id_of(rt, "ann@example.com")
+    with transaction(rt.sessions) as session:
+        request_calendar_sync(session, cal_id, rt.clock.now())  # owed to a notification
+    with rt.engine.connect() as other, other.begin():
+        other.execute(update(Calendar).where(Calendar.id == cal_id).values(sync_requested=Calendar.sync_requested + 1))
+        assert _claim(rt, "w/0") is None  # held by the other transaction: passed by
+        assert _passed_by(rt, Priority.RECONCILE, everything)
+        # A claim that could not have taken it (reconciliations only) was not passed by anything.
+        assert not _passed_by(rt, Priority.RECONCILE, [(Priority.RECONCILE, Priority.RECONCILE)])
+    assert _claim(rt, "w/0") == cal_id
+    assert not _passed_by(rt, Priority.RECONCILE, everything)  # leased now: nothing to look at again
+
+    with transaction(rt.sessions) as session:  # a periodic refresh of the calendar list comes due
+        session.execute(update(Account).values(list_due_at=rt.clock.now()))
+    with rt.engine.connect() as other, other.begin():
+        other.execute(update(Account).values(list_error_count=0))
+        with transaction(rt.sessions) as session:
+            assert claim_account_list(session, "w/1", rt.clock.now(), LEASE) is None
+        assert _passed_by(rt, Priority.RECONCILE, everything)
+        assert not _passed_by(rt, Priority.FIRST_SYNC, everything)  # a periodic refresh waits for the budget's room

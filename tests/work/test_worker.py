@@ -19,7 +19,7 @@ from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
-from calsync.store.owed import request_calendar_sync
+from calsync.store.owed import owe_sync, request_calendar_sync
 from calsync.work.jobs import run_calendar_job
 from calsync.work.leases import claim_calendar
 from calsync.work.worker import Worker
@@ -580,3 +580,43 @@ def _working_with(worker: Worker) -> Iterator[Worker]:
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def test_a_calendar_whose_row_another_transaction_held_during_the_claim_is_synced_soon_after(
+    runtime: Runtime, emu: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim passes by a row another transaction holds (SKIP LOCKED): a receiver marking an owed calendar
+    owed once more holds it, and sends no NOTIFY for work already owed. The worker must look again soon,
+    not at its next poll (slowed here to 30 s)."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("SKIP LOCKED is PostgreSQL's: on SQLite a claim waits for the write lock instead")
+    import calsync.work.worker
+    from calsync.work.listen import Listener
+
+    monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 30.0)
+    connect_account(runtime, emu, "ann@example.com")
+    Worker(runtime, threads=1).run_burst()
+    cal_id = calendar_id_of(runtime, "ann@example.com")
+    before = len(changes_for(runtime, cal_id))
+    worker = Worker(runtime, threads=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: isinstance(worker.listener, Listener) and worker.listener.ready.is_set(), what="LISTEN")
+        emu.insert_event("ann@example.com", EVENT)
+        _request(runtime, cal_id)  # owed and due, committed without a wake-up
+        with runtime.engine.connect() as receiver, receiver.begin():
+            # Owed once more (the row stays locked until this commit, which wakes nobody) ...
+            receiver.execute(update(Calendar).where(Calendar.id == cal_id).values(**owe_sync(runtime.clock.now())))
+            time.sleep(0.3)
+            runtime.wakeup.notify_local()  # ... while the wake-up that came with the first request is spent
+            time.sleep(0.5)
+            assert len(changes_for(runtime, cal_id)) == before  # the claim found the row held
+        started = time.monotonic()
+        wait_for(lambda: len(changes_for(runtime, cal_id)) > before, timeout=5, what="the sync after the row was freed")
+        assert time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
