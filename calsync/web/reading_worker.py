@@ -19,11 +19,14 @@ import io
 import re
 import selectors
 import socket
+import threading
 import time
 from functools import partial
 from typing import Any
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from calsync.web.handover import wait_for_replacements
 
 FIRST_BYTE_SECONDS = 5.0  # from a new connection to its first byte (gthread's own wait for data)
 REQUEST_SECONDS = 10.0  # from a request's first byte to its last
@@ -53,6 +56,26 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reading: dict[ReadingConn, None] = {}  # connections the event loop is reading from
+        self.stopping = False
+
+    def handle_exit(self, sig: Any, frame: Any) -> None:
+        """SIGTERM: stop gracefully, but on a socket of its own only once a replacement listens
+        (`calsync.web.handover`); until then this process goes on accepting."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if not (self.cfg.reuse_port and self.sockets):
+            self.alive = False
+            return
+        port = self.sockets[0].getsockname()[1]
+        threading.Thread(target=self._hand_over, args=(port,), name="calsync-handover", daemon=True).start()
+
+    def _hand_over(self, port: int) -> None:
+        wait_for_replacements(port, self.cfg.workers)
+        self.method_queue.defer(self._stop)  # run by the event loop, which the queue's pipe wakes
+
+    def _stop(self) -> None:
+        self.alive = False
 
     def accept(self, listener: socket.socket) -> None:
         try:
