@@ -102,7 +102,7 @@ def test_killed_backends_cost_no_500_and_listen_comes_back(
     running: Worker, runtime: Runtime, live_server: str, emu: Any, private_pg: PrivateServer
 ) -> None:
     made = [edit(emu, "before")]
-    wait_converged(runtime, emu, made, 20)  # a setup step: under a loaded CI machine it took more than 5 s once
+    wait_converged(runtime, emu, made, 20)  # a set-up step, not what this test measures
     listener = running.listener
     assert isinstance(listener, Listener) and listener.connections == 1
 
