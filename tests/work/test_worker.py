@@ -604,6 +604,7 @@ def test_a_calendar_whose_row_another_transaction_held_during_the_claim_is_synce
     thread.start()
     try:
         wait_for(lambda: isinstance(worker.listener, Listener) and worker.listener.ready.is_set(), what="LISTEN")
+        time.sleep(0.5)  # the look the listener asks for once it listens has been taken, and found nothing
         emu.insert_event("ann@example.com", EVENT)
         _request(runtime, cal_id)  # owed and due, committed without a wake-up
         with runtime.engine.connect() as receiver, receiver.begin():
