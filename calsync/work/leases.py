@@ -381,7 +381,8 @@ _PICK_LIST = (
     .limit(1)
     .with_for_update(skip_locked=True)
 )
-_PICK_LIST_OWED = _PICK_LIST.where(_ACC.c.list_requested > _ACC.c.list_done)
+_LIST_OWED = _ACC.c.list_requested > _ACC.c.list_done  # a refresh owed to a notification or a new connection
+_PICK_LIST_OWED = _PICK_LIST.where(_LIST_OWED)
 _LEASE_LIST = (
     update(_ACC)
     .where(_ACC.c.id == bindparam("claimed"))
@@ -392,13 +393,11 @@ _LEASE_LIST = (
 # Whether a claim could find anything: a calendar claimable in the classes from WRITE to the
 # ceiling, or a calendar list due (owed or periodic; the claim itself tells those apart).
 _any, _any_query = _claimable_from("any")
-_MAY_BE_DUE = select(
-    _any_query.exists().label("calendars"), select(_ACC.c.id).where(*_LIST_DUE).exists().label("lists")
-)
+_LIST_WAITING = select(_ACC.c.id).where(*_LIST_DUE).exists()
+_MAY_BE_DUE = select(_any_query.exists().label("calendars"), _LIST_WAITING.label("lists"))
 # `passed_by`'s reads: the claims' picks as plain reads (a read waits for no row lock).
 _CALENDAR_WAITING = select(_any_query.exists())
-_LIST_WAITING = select(_ACC.c.id).where(*_LIST_DUE).exists()
-_LIST_OWED_WAITING = select(_ACC.c.id).where(*_LIST_DUE, _ACC.c.list_requested > _ACC.c.list_done).exists()
+_LIST_OWED_WAITING = select(_ACC.c.id).where(*_LIST_DUE, _LIST_OWED).exists()
 _PASSED_BY = {lists: select(_any_query.exists() | lists) for lists in (_LIST_WAITING, _LIST_OWED_WAITING)}
 
 
