@@ -24,13 +24,13 @@ EVENTS = "https://www.googleapis.com/auth/calendar.events"
 WRITER = (READONLY, EVENTS)  # what an operator who turned writing on asks for
 
 
-def stored_calendar(runtime: Runtime, *, ref: str | None = None) -> tuple[int, int]:
+def stored_calendar(runtime: Runtime, *, ref: str | None = None, email: str = "a@example.com") -> tuple[int, int]:
     """An account and its calendar as rows only (no grant, no Google): their ids."""
     with transaction(runtime.sessions) as session:
-        account = Account(email="a@example.com", credentials=b"x", scopes=[], ref=ref)
+        account = Account(email=email, credentials=b"x", scopes=[], ref=ref)
         session.add(account)
         session.flush()
-        cal = Calendar(account_id=account.id, google_id="a@example.com")
+        cal = Calendar(account_id=account.id, google_id=email)
         session.add(cal)
         session.flush()
         return account.id, cal.id

@@ -2,6 +2,10 @@
 
 A reader paging with `after=SEQ` must never see seq 7 committed after it has read seq 8; taking the
 counter row's lock as the last step of a transaction serialises the commits that write changes.
+
+A row that carries an Idempotency-Key (a creation through calsync) marks the key's claim committed
+at the row's seq, in the same statement as its insert on PostgreSQL: a retry with that key is then
+answered from the feed.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from calsync.feed.cursor import SEQ_COUNTER
 from calsync.feed.rows import NewChange
 from calsync.metrics import CHANGES
 from calsync.store.bulk import INSERT_UP_TO, bound, insert_rows, json_text
-from calsync.store.models import Account, Calendar, Change, Counter
+from calsync.store.models import Account, Calendar, Change, Counter, IdempotencyKey
 from calsync.store.states import ChangeType, Origin
 
 _CHANGES = Change.__table__
@@ -91,30 +95,64 @@ def append_changes(
         )
         for c in changes
     ]
+    keyed = any(c.idempotency_key is not None for c in changes)
     if connection.dialect.name == "postgresql" and len(rows) <= INSERT_UP_TO:
-        # The counter's take and the insert as one statement: one round trip fewer for each commit
-        # that writes a few changes (every write through calsync, most syncs).
+        # The counter's take, the insert and the keys' marks as one statement: round trips fewer
+        # for each commit that writes a few changes (every write through calsync, most syncs).
         flat = tuple(value for row in rows for value in row)
-        last = max(connection.exec_driver_sql(_numbered_insert_pg(len(rows)), (SEQ_COUNTER, *flat)).scalars())
+        statement = _numbered_insert_pg(len(rows), keyed)
+        last = max(connection.exec_driver_sql(statement, (SEQ_COUNTER, *flat)).scalars())
         first = last - len(rows) + 1
+        keyed = False  # marked by the statement
     else:
         first = session.execute(_TAKE_SEQS, {"n": len(rows)}).scalar_one() - len(rows) + 1
         insert_rows(connection, _CHANGES, _COLUMNS, [(first + i, *row) for i, row in enumerate(rows)])
     for offset, change in enumerate(changes):
         change.seq = first + offset
+    if keyed:
+        last_of = {(c.calendar_id, c.idempotency_key): c.seq for c in changes if c.idempotency_key is not None}
+        for (calendar_id, key), seq in last_of.items():
+            assert calendar_id is not None and key is not None and seq is not None
+            mark_key_committed(session, calendar_id, key, seq)
     return changes
 
 
+_KEYS = IdempotencyKey.__table__
+_MARK_KEY = (
+    update(_KEYS)
+    .where(
+        _KEYS.c.calendar_id == bindparam("calendar"),
+        _KEYS.c.key == bindparam("the_key"),
+        _KEYS.c.seq.is_(None),
+    )
+    .values(seq=bindparam("the_seq"))
+)
+
+
+def mark_key_committed(session: Session, calendar_id: int, key: str, seq: int) -> None:
+    """The creation claimed by `key` is committed at `seq` (in the transaction that commits it)."""
+    session.execute(_MARK_KEY, {"calendar": calendar_id, "the_key": key, "the_seq": seq})
+
+
 @functools.cache
-def _numbered_insert_pg(n: int) -> str:
+def _numbered_insert_pg(n: int, keyed: bool) -> str:
     """PostgreSQL: take n seqs from the counter and insert n rows numbered with them, in one statement
-    (the counter's row is still locked by the transaction's last writes: seq order stays commit order)."""
+    (the counter's row is still locked by the transaction's last writes: seq order stays commit order).
+    `keyed`: the same statement marks each row's key committed at the key's last seq (`_MARK_KEY`)."""
     names = ", ".join(f'"{name}"' for name in _COLUMNS)
     marks = ", ".join("%s" for _ in _COLUMNS[1:])
     values = ", ".join(f"((SELECT value FROM taken) - {n - 1 - i}, {marks})" for i in range(n))
+    taken = f"WITH taken AS (UPDATE {_COUNTERS.name} SET value = value + {n} WHERE name = %s RETURNING value)"
+    insert = f"INSERT INTO {_CHANGES.name} ({names}) VALUES {values}"
+    if not keyed:
+        return f"{taken} {insert} RETURNING seq"
+    keys = _KEYS.name
     return (
-        f"WITH taken AS (UPDATE {_COUNTERS.name} SET value = value + {n} WHERE name = %s RETURNING value) "
-        f"INSERT INTO {_CHANGES.name} ({names}) VALUES {values} RETURNING seq"
+        f"{taken}, inserted AS ({insert} RETURNING seq, calendar_id, idempotency_key), "
+        f"marked AS (UPDATE {keys} SET seq = last.seq FROM (SELECT calendar_id, idempotency_key, max(seq) AS seq "
+        "FROM inserted WHERE idempotency_key IS NOT NULL GROUP BY calendar_id, idempotency_key) AS last "
+        f"WHERE {keys}.calendar_id = last.calendar_id AND {keys}.key = last.idempotency_key AND {keys}.seq IS NULL) "
+        "SELECT seq FROM inserted"
     )
 
 

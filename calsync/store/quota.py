@@ -28,12 +28,12 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, case, insert, select, update
+from sqlalchemy import ColumnElement, String, bindparam, case, cast, func, insert, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.clock import Clock
@@ -196,13 +196,15 @@ class Budget:
         with self.sessions() as session, session.begin():
             return self.take_in(session, priority, account_id)
 
-    def prepay(self, session: Session, priority: Priority, account_id: int | None) -> float:
+    def prepay(
+        self, session: Session, priority: Priority, account_id: int | None, *, locked: LockedRows | None = None
+    ) -> float:
         """Take a job's first call inside the transaction that claims the job (0.0), or say how long to wait.
 
         The call is then credited to this thread: the job's first request costs no transaction of
         its own, so a one-call incremental sync pays for the budget with no extra round trip.
         """
-        wait = self.take_in(session, priority, account_id)
+        wait = self.take_in(session, priority, account_id, locked=locked)
         self._prepaid.account = account_id if wait == 0.0 else _NOBODY
         return wait
 
@@ -216,13 +218,20 @@ class Budget:
     def forget_prepaid(self) -> None:
         self._prepaid.account = _NOBODY
 
-    def take_in(self, session: Session, priority: Priority, account_id: int | None) -> float:
-        """`try_take` inside the caller's transaction (which must commit for the call to count)."""
+    def take_in(
+        self, session: Session, priority: Priority, account_id: int | None, *, locked: LockedRows | None = None
+    ) -> float:
+        """`try_take` inside the caller's transaction (which must commit for the call to count).
+
+        `locked`: the scopes' rows as `locking_rows` read and locked them earlier in the transaction
+        (no statement of its own then, unless a row is missing)."""
         limits = self.limits
         scopes = [PROJECT] if account_id is None else [PROJECT, user_scope(account_id)]
         if priority == Priority.FIRST_SYNC:
             scopes.append(FIRST_SYNCS)
-        rows = _lock(session, scopes)
+        rows = _held(locked) if locked is not None else {}
+        if not all(scope in rows for scope in scopes):
+            rows = _lock(session, scopes)
         if len(rows) < len(scopes):
             _create(session, [s for s in scopes if s not in rows])
             rows = _lock(session, scopes)
@@ -432,6 +441,47 @@ _TAKE = (
         ),
     )
 )
+
+
+class LockedRow(NamedTuple):
+    """A scope's row as `locking_rows` returns it."""
+
+    scope: str
+    tat: float
+    hold_until: float
+    factor: float
+    factor_at: float
+    day: int
+
+
+# What a `locking_rows` column holds: each row as a JSON array (None when there is none).
+LockedRows = Sequence[Sequence[Any]]
+
+
+def locking_rows(account_id: ColumnElement[int]) -> ColumnElement[Any]:
+    """PostgreSQL: a column that locks the project's row and the account's (`FOR UPDATE`, in
+    `_lock`'s order) and returns them for `take_in(..., locked=...)`.
+
+    For the first statement of a transaction that will take a call for the account (a write reads
+    its calendar with it): the take then costs no round trip of its own to read its rows.
+    """
+    user = literal("user:", String) + cast(account_id, String)
+    rows = (
+        select(*_STATE_COLUMNS, _Q.c.day)
+        .where(_Q.c.scope.in_([literal(PROJECT, String), user]))
+        .order_by(_Q.c.scope)
+        .with_for_update()
+        .correlate_except(_Q)
+        .subquery("quota_rows")
+    )
+    return select(func.json_agg(func.json_build_array(*rows.c))).scalar_subquery()
+
+
+def _held(locked: LockedRows) -> dict[str, LockedRow]:
+    return {
+        str(scope): LockedRow(str(scope), float(tat), float(hold), float(factor), float(factor_at), int(day))
+        for scope, tat, hold, factor, factor_at, day in locked
+    }
 
 
 def _lock(session: Session, scopes: list[str]) -> dict[str, Any]:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from calsync.errors import IdempotencyKeyReused, InvalidWrite
+from calsync.feed.append import mark_key_committed
 from calsync.runtime import Runtime
 from calsync.store.db import is_postgres, rows_affected, transaction
 from calsync.store.models import IdempotencyKey
@@ -99,15 +100,6 @@ _KEY_VALUES: dict[str, Any] = {
 _CLAIM_PG = pg_insert(_KEYS).values(_KEY_VALUES).on_conflict_do_nothing().returning(*_KEY_COLUMNS)
 _CLAIM_SQLITE = sqlite_insert(_KEYS).values(_KEY_VALUES).on_conflict_do_nothing().returning(*_KEY_COLUMNS)
 _HELD = select(*_KEY_COLUMNS).where(_KEYS.c.calendar_id == bindparam("calendar_id"), _KEYS.c.key == bindparam("key"))
-_RECORD = (
-    update(_KEYS)
-    .where(
-        _KEYS.c.calendar_id == bindparam("calendar"),
-        _KEYS.c.key == bindparam("the_key"),
-        _KEYS.c.seq.is_(None),
-    )
-    .values(seq=bindparam("the_seq"))
-)
 
 
 def release(runtime: Runtime, calendar_id: int, key: str, digest: str) -> None:
@@ -124,8 +116,9 @@ def release(runtime: Runtime, calendar_id: int, key: str, digest: str) -> None:
 
 
 def record(session: Session, calendar_id: int, key: str, seq: int) -> None:
-    """The creation is committed at `seq` (in the same transaction as its feed row; one statement)."""
-    session.execute(_RECORD, {"calendar": calendar_id, "the_key": key, "the_seq": seq})
+    """The creation is committed at `seq`, where the commit wrote no feed row of its own (an api row
+    with the key marks it as it is appended: `calsync.feed.append`)."""
+    mark_key_committed(session, calendar_id, key, seq)
 
 
 def recorded_seq(session: Session, calendar_id: int, key: str) -> int | None:

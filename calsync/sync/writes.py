@@ -48,6 +48,7 @@ from calsync.readmodels.reads import AmbiguousCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import compiled_for_postgres, transaction
 from calsync.store.models import Account, Calendar, Change, Event
+from calsync.store.quota import LockedRows, locking_rows
 from calsync.store.states import AccountStatus, Origin, Priority
 from calsync.sync import idempotency, turns
 from calsync.sync.mirror import CANCELLED, PageMirror
@@ -206,6 +207,7 @@ class _Target:
     credentials: Credentials | None = None
     token_before: str | None = None
     turns_held: list[int] | None = None  # PostgreSQL: the turns this connection holds, till `release`
+    quota_rows: LockedRows | None = None  # PostgreSQL: the budget's rows, locked by the first statement
     _api: GoogleCalendar | None = None
 
     @classmethod
@@ -264,9 +266,7 @@ class _Target:
         locked: list[int] | None,
     ) -> _Target:
         with session.begin():
-            # Only the budget's take is written without a key: a crash of the database may lose it
-            # (one call uncounted), so then the commit does not wait for the disk.
-            target = cls._read(runtime, session, calendar, locked, durable=key is not None)
+            target = cls._read(runtime, session, calendar, locked)
             if key is not None and digest is not None:
                 event_id = idempotency.derived_event_id(target.google_id, key)
                 target.claim = idempotency.claim(
@@ -274,7 +274,7 @@ class _Target:
                 )
                 if target.claim.seq is not None:
                     return target  # a replay: nothing will be sent
-            runtime.budget.prepay(session, Priority.WRITE, target.account_id)
+            runtime.budget.prepay(session, Priority.WRITE, target.account_id, locked=target.quota_rows)
             return target
 
     @classmethod
@@ -284,18 +284,22 @@ class _Target:
         session: Session,
         calendar: int | CalendarName,
         locked: list[int] | None,
-        *,
-        durable: bool,
     ) -> _Target:
-        """The calendar and its account in one statement; on PostgreSQL (`locked` given) the same
-        statement takes the calendar's turn, and for a commit that need not wait for the disk sets
-        that too. Every calendar it returns is locked (no LIMIT: a row left out might be locked)."""
+        """The calendar and its account in one statement. On PostgreSQL (`locked` given) the same
+        statement takes the calendar's turn, locks and reads the quota budget's rows that the
+        write's call takes from, and lets the transaction's commit not wait for the disk. Every
+        calendar it returns is locked (no LIMIT: a row left out might be locked).
+
+        Nothing this transaction writes needs the disk: a crash of the database may lose the
+        budget's take (one call uncounted) or the key's claim. A retry then claims the key again,
+        and the event id derived from it makes Google answer 409 if the first attempt made the
+        event: one event still, which the retry fetches."""
         by_name = isinstance(calendar, CalendarName)
         params: dict[str, Any] = {"calendar": calendar}
         if isinstance(calendar, CalendarName):
             params = {"google_id": calendar.google_id, "email": calendar.account_email}
         lock = locked is not None
-        statement = _target_query(by_name, by_name and params["email"] is not None, lock, lock and not durable)
+        statement = _target_query(by_name, by_name and params["email"] is not None, lock)
         rows = session.execute(statement, params).all()
         if locked is not None:
             locked.extend(row[0] for row in rows)
@@ -311,6 +315,8 @@ class _Target:
             )
         cal_id, google_id, account_id, email, ref, credentials, status, scopes = rows[0][:8]
         target = cls(cal_id, google_id, account_id, email, ref, credentials, session)
+        if lock:
+            target.quota_rows = rows[0][_QUOTA_ROWS]
         if status != AccountStatus.ACTIVE:
             raise InsufficientScope(
                 f"Google no longer lets calsync act for {target.email} ({status}): the user must connect again",
@@ -362,8 +368,11 @@ _CAL, _ACC = Calendar.__table__, Account.__table__
 _CALENDAR_ACCOUNT = _CAL.join(_ACC, _CAL.c.account_id == _ACC.c.id)
 
 
+_QUOTA_ROWS = 9  # the column of `_target_query` (with `lock`) that holds the budget's rows
+
+
 @functools.cache
-def _target_query(by_name: bool, by_email: bool, lock: bool, async_commit: bool) -> Executable:
+def _target_query(by_name: bool, by_email: bool, lock: bool) -> Executable:
     """`_Target._read`'s statement, built once per form (building one costs more than running it).
 
     On the tables, not the ORM classes: the session runs such a statement as plain Core, where one
@@ -382,8 +391,8 @@ def _target_query(by_name: bool, by_email: bool, lock: bool, async_commit: bool)
     ]
     if lock:
         columns.append(turns.take_turn(_CAL.c.id))
-        if async_commit:
-            columns.append(func.set_config("synchronous_commit", "off", True))
+        columns.append(locking_rows(_ACC.c.id))
+        columns.append(func.set_config("synchronous_commit", "off", True))
     if by_name:
         found = [_CAL.c.google_id == bindparam("google_id")]
         if by_email:
@@ -468,7 +477,7 @@ def _commit(
         append_changes(session, mirror.changes, now, refs={target.account_id: ref})
         session.flush()
         seq = max((c.seq for c in mirror.changes), default=0) or _latest_seq(session, target, event["id"], key)
-        if key is not None:
+        if key is not None and not mirror.changes:  # a row of the feed with the key marks it itself
             idempotency.record(session, target.calendar_id, key, seq)
         return WriteResult(_as_mirrored(session, target, mirror, event), seq)
 

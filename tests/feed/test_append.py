@@ -13,7 +13,8 @@ from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.bulk import INSERT_UP_TO
 from calsync.store.db import transaction
-from calsync.store.models import Change
+from calsync.store.models import Change, IdempotencyKey
+from calsync.store.states import Origin
 from tests.sync_support import stored_calendar
 
 NOW = datetime(2026, 3, 1, 9, 30, 1, 250000, tzinfo=UTC)
@@ -106,3 +107,36 @@ def test_a_few_rows_take_their_seqs_and_are_inserted_in_one_statement_on_postgre
     assert [c.seq for c in written] == [1, 2, 3]
     ours = [sql for sql in statements if "counters" in sql or "changes" in sql]  # (not the accounts' refs)
     assert len(ours) == 1 and "UPDATE counters" in ours[0] and "INSERT INTO changes" in ours[0]
+
+
+@pytest.mark.parametrize("n", [1, 2, INSERT_UP_TO + 5])
+def test_rows_with_a_key_mark_its_claim_committed_at_their_last_seq_and_leave_other_keys_alone(
+    runtime: Runtime, n: int
+) -> None:
+    """A creation's feed rows carry its Idempotency-Key: appending them marks the key's claim at their
+    last seq (on PostgreSQL within the one statement that numbers and inserts a few rows); a claim
+    already committed, or of another calendar, keeps what it had."""
+    cal = _calendar(runtime)
+    other = stored_calendar(runtime, ref="user-43", email="bob@example.com")[1]
+    with transaction(runtime.sessions) as session:
+        for calendar_id, key, seq in [(cal, "k1", None), (cal, "k2", 99), (other, "k1", None)]:
+            session.add(
+                IdempotencyKey(calendar_id=calendar_id, key=key, body_hash="h", event_id="e", seq=seq, created_at=NOW)
+            )
+    rows = _rows(cal, n, "a")
+    for row in rows:
+        row.origin, row.idempotency_key = Origin.API, "k1"
+    rows += _rows(cal, 1, "b")  # no key
+    rows[-1].origin, rows[-1].idempotency_key = Origin.API, "k2"
+    statements: list[str] = []
+    event.listen(runtime.engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
+    with transaction(runtime.sessions) as session:
+        written = append_changes(session, rows, NOW)
+    appending = list(statements)
+    last_k1 = max(c.seq for c in written if c.event_id.startswith("a"))
+    with runtime.sessions() as session:
+        marks = {(k.calendar_id, k.key): k.seq for k in session.scalars(select(IdempotencyKey))}
+    assert marks == {(cal, "k1"): last_k1, (cal, "k2"): 99, (other, "k1"): None}
+    if runtime.engine.dialect.name == "postgresql" and len(rows) <= INSERT_UP_TO:
+        ours = [sql for sql in appending if "idempotency_keys" in sql or "changes" in sql]
+        assert len(ours) == 1, ours

@@ -10,7 +10,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Integer, event, literal, select, text
+from sqlalchemy.exc import OperationalError
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
@@ -26,6 +27,7 @@ from calsync.store.quota import (
     admit,
     ceiling,
     day_count,
+    locking_rows,
     pace,
     quota_day,
     slowed,
@@ -223,3 +225,50 @@ def test_first_syncs_take_at_most_their_share_and_reconciliations_go_on(budget: 
     assert 50 <= last_minute[0] <= 75  # the first syncs go on at their share of the pace...
     assert last_minute[1] >= 15  # ...and reconciliations get the rest, not nothing
     assert _max_in_window(sorted(first + recon), 60.0) <= 100
+
+
+def test_a_take_from_rows_a_first_statement_locked_writes_once_and_decides_as_a_take_of_its_own(
+    budget: Runtime,
+) -> None:
+    """PostgreSQL: `locking_rows` beside another read locks the project's and the user's rows (another
+    taker waits) and hands them to `take_in`, which then only writes; the decisions are those of a
+    take that reads its rows itself. A user's row not there yet is made as before."""
+    if budget.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite takes the budget under its one write lock: no row locks, no round trips")
+    clock = FrozenClock(datetime(2026, 12, 6, 12, tzinfo=UTC))
+    own = Budget(budget.sessions, clock, Limits(100, 10, 60.0))
+    assert own.try_take(Priority.NOTIFICATION, account_id=7) == 0.0  # both rows exist
+    column = locking_rows(literal(7, Integer))
+    statements: list[str] = []
+    event.listen(budget.engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
+    taken: list[float] = []
+    with transaction(budget.sessions) as session:
+        locked = session.execute(select(column)).scalar_one()
+        assert sorted(row[0] for row in locked) == [PROJECT, user_scope(7)]
+        with budget.engine.connect() as other:  # another taker waits for this transaction
+            other.execute(text("SET lock_timeout = '100ms'"))
+            with pytest.raises(OperationalError, match="lock timeout"):
+                other.execute(text("SELECT 1 FROM quota_budget WHERE scope = :s FOR UPDATE"), {"s": user_scope(7)})
+        statements.clear()
+        for _ in range(12):  # more than the user's budget: the reads are those the rows say
+            taken.append(own.take_in(session, Priority.WRITE, 7, locked=locked))
+            locked = session.execute(select(column)).scalar_one()
+    assert [s.split()[0] for s in statements].count("UPDATE") == taken.count(0.0)
+    assert not [s for s in statements if s.startswith("SELECT quota_budget")]  # read by the caller only
+    twin = Budget(budget.sessions, clock, Limits(100, 10, 60.0))  # the same takes, each reading its rows
+    with budget.sessions() as session:
+        user = session.get(QuotaBudget, user_scope(7))
+        assert user is not None
+        after = (user.tat, user.calls_today)
+    assert 0 < taken.count(0.0) < len(taken)  # the user's budget ran out within the loop
+    assert twin.try_take(Priority.WRITE, account_id=7) == taken[-1]  # refused as the last locked take was
+    with budget.sessions() as session:
+        user = session.get(QuotaBudget, user_scope(7))
+        assert user is not None and (user.tat, user.calls_today) == after
+    with transaction(budget.sessions) as session:  # no row for user 8 yet: made, then taken from
+        locked = session.execute(select(locking_rows(literal(8, Integer)))).scalar_one()
+        assert [row[0] for row in locked] == [PROJECT]
+        assert own.take_in(session, Priority.WRITE, 8, locked=locked) == 0.0
+    with budget.sessions() as session:
+        made = session.get(QuotaBudget, user_scope(8))
+        assert made is not None and made.tat > 0

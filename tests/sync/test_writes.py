@@ -399,3 +399,31 @@ def test_a_writes_turn_ends_with_its_commit_and_costs_no_statement_of_its_own(
         ).scalar()
     assert held == 0
     settle(runtime, emu, cal)
+
+
+def test_a_keyed_create_costs_six_statements_and_a_patch_five_on_postgresql(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """Each statement is a round trip added to Google's own latency. Before Google: the calendar with
+    its turn and the budget's rows, the key's claim, the budget's take. After: the generation with the
+    turn's hand-over, the event, the feed row with the key's mark. (A patch has no key to claim.)"""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no round trips")
+    statements: list[str] = []
+    event.listen(runtime.engine, "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
+    made = writes.create_event(runtime, cal, MEETING, idempotency_key="counted")
+    created, statements[:] = list(statements), []
+    assert made.event is not None
+    writes.patch_event(runtime, cal, made.event["id"], {"summary": "Moved"}, if_match=made.event["etag"])
+    patched = list(statements)
+    heads = [" ".join(s.split()[:3]) for s in created]
+    assert len(created) == 6, heads
+    assert "pg_advisory_lock" in created[0] and "quota_budget" in created[0] and "FOR UPDATE" in created[0]
+    assert created[1].startswith("INSERT INTO idempotency_keys") and created[2].startswith("UPDATE quota_budget")
+    assert "pg_try_advisory_xact_lock" in created[3] and created[4].startswith("INSERT INTO events")
+    assert "INSERT INTO changes" in created[5] and "UPDATE idempotency_keys" in created[5]
+    assert len(patched) == 5, [" ".join(s.split()[:3]) for s in patched]
+    with runtime.sessions() as session:
+        key = session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == "counted")).one()
+    assert key.seq == made.seq  # marked by the feed row's statement
+    settle(runtime, emu, cal)
