@@ -133,7 +133,7 @@ def test_rows_with_a_key_mark_its_claim_committed_at_their_last_seq_and_leave_ot
     with transaction(runtime.sessions) as session:
         written = append_changes(session, rows, NOW)
     appending = list(statements)
-    last_k1 = max(c.seq for c in written if c.event_id.startswith("a"))
+    last_k1 = max(c.seq for c in written if (c.event_id or "").startswith("a"))
     with runtime.sessions() as session:
         marks = {(k.calendar_id, k.key): k.seq for k in session.scalars(select(IdempotencyKey))}
     assert marks == {(cal, "k1"): last_k1, (cal, "k2"): 99, (other, "k1"): None}
