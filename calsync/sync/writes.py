@@ -316,7 +316,7 @@ class _Target:
         cal_id, google_id, account_id, email, ref, credentials, status, scopes = rows[0][:8]
         target = cls(cal_id, google_id, account_id, email, ref, credentials, session)
         if lock:
-            target.quota_rows = rows[0][_QUOTA_ROWS]
+            target.quota_rows = rows[0].quota_rows
         if status != AccountStatus.ACTIVE:
             raise InsufficientScope(
                 f"Google no longer lets calsync act for {target.email} ({status}): the user must connect again",
@@ -368,9 +368,6 @@ _CAL, _ACC = Calendar.__table__, Account.__table__
 _CALENDAR_ACCOUNT = _CAL.join(_ACC, _CAL.c.account_id == _ACC.c.id)
 
 
-_QUOTA_ROWS = 9  # the column of `_target_query` (with `lock`) that holds the budget's rows
-
-
 @functools.cache
 def _target_query(by_name: bool, by_email: bool, lock: bool) -> Executable:
     """`_Target._read`'s statement, built once per form (building one costs more than running it).
@@ -391,7 +388,7 @@ def _target_query(by_name: bool, by_email: bool, lock: bool) -> Executable:
     ]
     if lock:
         columns.append(turns.take_turn(_CAL.c.id))
-        columns.append(locking_rows(_ACC.c.id))
+        columns.append(locking_rows(_ACC.c.id).label("quota_rows"))
         columns.append(func.set_config("synchronous_commit", "off", True))
     if by_name:
         found = [_CAL.c.google_id == bindparam("google_id")]
