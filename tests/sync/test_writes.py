@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import delete, event, select, text
 
 from calsync.config import Settings
 from calsync.errors import (
@@ -119,6 +119,26 @@ def test_a_retry_after_google_inserted_but_the_answer_was_lost_makes_one_event(
     assert emu.count("calendar.events.insert") == 2 and emu.count("calendar.events.get") == 1
     [row] = changes(runtime, cal)
     assert (row.seq, row.idempotency_key) == (result.seq, "k-1")
+    settle(runtime, emu, cal)
+    assert len(changes(runtime, cal)) == 1
+
+
+def test_a_claim_lost_with_the_database_still_makes_one_event_on_retry(runtime: Runtime, emu: Any, cal: int) -> None:
+    """The claim's commit does not wait for the disk, so a crash of the database can lose it after
+    Google made the event. The retry claims the key again, and the event id derived from it makes
+    Google answer 409: the first event is fetched and committed, one event and one feed row."""
+    emu.fail_after_write(1, status=503, method="calendar.events.insert")
+    with pytest.raises(BackendError):
+        writes.create_event(runtime, cal, MEETING, idempotency_key="k-lost")
+    with transaction(runtime.sessions) as session:  # what the crash took with it
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.key == "k-lost"))
+    result = writes.create_event(runtime, cal, MEETING, idempotency_key="k-lost")
+    [made] = emu.events(ANN)
+    assert result.event == made and made["id"] == idempotency.derived_event_id(ANN, "k-lost")
+    [row] = changes(runtime, cal)
+    assert (row.seq, row.idempotency_key) == (result.seq, "k-lost")
+    again = writes.create_event(runtime, cal, MEETING, idempotency_key="k-lost")
+    assert again.replayed and again.seq == result.seq  # claimed anew and marked by its feed row
     settle(runtime, emu, cal)
     assert len(changes(runtime, cal)) == 1
 
