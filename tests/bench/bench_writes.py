@@ -37,7 +37,11 @@ from typing import Any, TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import requests
+from sqlalchemy import select
 
+from calsync.store.db import transaction
+from calsync.store.models import Calendar
+from calsync.store.owed import request_calendar_sync
 from tests.bench._common import (
     API_TOKEN,
     Deployment,
@@ -85,7 +89,7 @@ def main(args: Any) -> int:
                         for n, (label, tree) in enumerate(trees)
                     ]
                     if all(side.ready(report) for side in sides):
-                        _measure(report, emu, sides, writes)
+                        _measure(report, emu, sides, writes, push_off=args.push_off)
                 emu.reset()
     finally:
         emu.stop()
@@ -140,11 +144,19 @@ class _Side:
         return event
 
 
-def _measure(report: Report, emu: Any, sides: list[_Side], writes: int) -> None:
+def _measure(report: Report, emu: Any, sides: list[_Side], writes: int, *, push_off: bool = False) -> None:
     """Every write of every side in one interleaved sequence: each side, and each side's calls
-    through calsync and straight to Google, meet the same moments of the machine's load."""
+    through calsync and straight to Google, meet the same moments of the machine's load.
+
+    `push_off`: no notification while the writes are timed, so no sync (of a write's own echo, or of
+    a write straight to Google) runs beside them and the figures are the write path's alone; each
+    calendar is then owed one sync, which the checks wait for."""
     print(f"-- {', '.join(side.kind for side in sides)}: {writes} creates and {writes} patches each way", flush=True)
     emu.wait_push_idle(10)
+    if push_off:
+        emu.push_faults(drop=1.0)
+        for side in sides:
+            side.kind += ", push off"
     for side in sides:
         side.base = len(all_changes(side.rt))
         for client in (side.via, side.direct):  # warm both paths (connections, caches) before measuring
@@ -163,6 +175,12 @@ def _measure(report: Report, emu: Any, sides: list[_Side], writes: int) -> None:
                 side.timed(client.name, "patch", client.patch, event, changes)
     for side in sides:
         _report(report, side)
+    if push_off:
+        emu.push_faults()
+        for side in sides:
+            with transaction(side.rt.sessions) as session:
+                for calendar_id in session.scalars(select(Calendar.id)):
+                    request_calendar_sync(session, calendar_id, side.rt.clock.now())
     emu.wait_push_idle(20)
     for side in sides:
         _check(report, emu, side, writes)
@@ -254,4 +272,9 @@ if __name__ == "__main__":
     p = parser(__doc__ or "")
     p.add_argument("--writes", type=int, default=None, help="creates (and patches) per path")
     p.add_argument("--old", default="", help="also measure `calsync serve` of this commit, in the same run")
+    p.add_argument(
+        "--push-off",
+        action="store_true",
+        help="the emulator sends no notification while the writes are timed (no sync runs beside them)",
+    )
     run_main(main, p)
