@@ -18,6 +18,11 @@ calsync and straight to Google, in turns): the before and after meet the same lo
 machine, where runs one after the other differed by more than the change (SQLite's overhead moved
 from 4.9 to 6.0 ms between two runs of the same code). Each has its own same-call baseline.
 
+With `--push-off` the emulator sends no notification while the writes are timed: no sync (of a
+write's own echo, or of a write straight to Google) runs beside them, so the figures are the write
+path's alone. The emulator notifies at once, so otherwise each write's own sync runs on the same
+cores while the write commits, which a call straight to Google does not pay in its own window.
+
 Target: overhead p50 <= 5 ms (a few milliseconds). Correctness: each write through calsync is one `api` row of the feed
 and its notification adds none; each direct call is one `google` row; the mirror equals the emulator.
 """
