@@ -66,8 +66,11 @@ MAX_HOLD = 3600.0  # a Retry-After longer than this is not believed
 HELD_FROM = Priority.FIRST_SYNC  # the classes a Retry-After holds back
 
 
+USER_SCOPE_PREFIX = "user:"  # a user's scope: this, then the account's id (`user_scope`, and `locking_rows` in SQL)
+
+
 def user_scope(account_id: int) -> str:
-    return f"user:{account_id}"
+    return f"{USER_SCOPE_PREFIX}{account_id}"
 
 
 @dataclass(frozen=True)
@@ -465,7 +468,7 @@ def locking_rows(account_id: ColumnElement[int]) -> ColumnElement[Any]:
     For the first statement of a transaction that will take a call for the account (a write reads
     its calendar with it): the take then costs no round trip of its own to read its rows.
     """
-    user = literal("user:", String) + cast(account_id, String)
+    user = literal(USER_SCOPE_PREFIX, String) + cast(account_id, String)
     rows = (
         select(*_STATE_COLUMNS, _Q.c.day)
         .where(_Q.c.scope.in_([literal(PROJECT, String), user]))
