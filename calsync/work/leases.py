@@ -207,21 +207,6 @@ def defer_calendar(session: Session, claim: Claim, until: datetime) -> None:
     )
 
 
-def defer_calendar_and_its_class(session: Session, claim: Claim, until: datetime) -> None:
-    """`defer_calendar` for a claim whose first call the budget refused: the same user's other
-    calendars that owe work of the same class wait with it.
-
-    The budget would refuse each of them until then as well (the same scopes, the same tolerance),
-    and each would otherwise be claimed and given back in turn, a write transaction apiece. A row
-    another transaction holds is passed by, not waited for (PostgreSQL).
-    """
-    defer_calendar(session, claim, until)
-    if claim.calendar is not None:
-        statement = _DEFER_CLASS_PG if is_postgres(session) else _DEFER_CLASS
-        params = {"account": claim.calendar.account_id, "claimed": claim.id, "priority": int(claim.priority)}
-        session.execute(statement, {**params, "until": until})
-
-
 def release_calendar(session: Session, claim: Claim) -> None:
     """Give the work back untouched (shutdown, or a job that must not run now)."""
     session.execute(
@@ -378,17 +363,6 @@ _RETURNED = (
     .exists()
     .label("channel_ok"),
 )
-_UNTIL = bindparam("until", type_=_CAL.c.due_at.type)
-_SAME_CLASS = select(_CAL.c.id).where(
-    _CAL.c.account_id == bindparam("account"),
-    _CAL.c.id != bindparam("claimed"),
-    _CAL.c.due_priority == bindparam("priority", type_=_CAL.c.due_priority.type),
-    _CAL.c.due_at < _UNTIL,
-    _CAL.c.lease_owner.is_(None),
-    _CAL.c.removed_at.is_(None),
-)
-_DEFER_CLASS = update(_CAL).where(_CAL.c.id.in_(_SAME_CLASS)).values(due_at=_UNTIL)
-_DEFER_CLASS_PG = update(_CAL).where(_CAL.c.id.in_(_SAME_CLASS.with_for_update(skip_locked=True))).values(due_at=_UNTIL)
 _SET_LEASE = {"lease_owner": bindparam("owner"), "lease_until": bindparam("until", type_=_CAL.c.lease_until.type)}
 _CLAIM = update(_CAL).where(_CAL.c.id == _PICK).values(**_SET_LEASE).returning(*_RETURNED)
 _PEEK = select(*_RETURNED).where(_CAL.c.id == _PICK)

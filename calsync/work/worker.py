@@ -35,7 +35,7 @@ from calsync.work.leases import (
     claim_account_list,
     claim_calendar,
     defer_account_list,
-    defer_calendar_and_its_class,
+    defer_calendar,
     may_be_due,
     passed_by,
     release_account_list,
@@ -262,7 +262,7 @@ class Worker:
             if (
                 claim is not None
                 and claim.calendar is not None
-                and not self._prepay(session, claim, claim.calendar.account_id, defer_calendar_and_its_class, now)
+                and not self._prepay(session, claim, claim.calendar.account_id, defer_calendar, now)
             ):
                 claim = None
             return claim, run_calendar_job, release_calendar, deliveries_due

@@ -18,7 +18,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from calsync.clock import FrozenClock, utc
@@ -508,68 +507,3 @@ def test_a_calendar_quieter_than_the_cut_is_stretched_by_the_square_of_its_gap()
     assert plan.interval(cut * 2) == 8 * base
     assert plan.interval(30 * 86400) == 6 * 86400  # never past a channel's life
     assert Plan(base, 6 * 86400, 0.0).interval(0.0) == 6 * 86400  # a cut at 0: everything at the cap
-
-
-def _quota_waits(priority: Priority) -> float:
-    return REGISTRY.get_sample_value("calsync_quota_waits_total", {"priority": priority.name.lower()}) or 0.0
-
-
-def test_a_user_out_of_budget_is_put_off_once_not_once_per_calendar(settings: Settings, emu: Any) -> None:
-    """The claim that finds a user's budget spent puts off that user's other calendars owing work of
-    its class until the same time: each would be refused until then, and claimed and given back in
-    turn otherwise (a write transaction apiece). Other classes, other users and rows another
-    transaction holds are left as they are."""
-    rt = _runtime(settings)
-    try:
-        clock = _frozen(rt)
-        ann = connect_account(rt, emu, "ann@example.com")
-        for n in range(3):
-            emu.create_calendar("ann@example.com", f"Team {n}")
-        connect_account(rt, emu, "bob@example.com")
-        Worker(rt, threads=1).run_burst()
-        with rt.sessions() as session:
-            anns = list(session.scalars(select(Calendar.id).where(Calendar.account_id == ann).order_by(Calendar.id)))
-        bob = calendar_id_of(rt, "bob@example.com")
-        assert len(anns) == 4
-        now = clock.now()
-        with transaction(rt.sessions) as session:
-            for cal in [*anns, bob]:
-                request_calendar_sync(session, cal, now)
-            # A reconciliation is another class: the refusal of a notification's sync says nothing of it.
-            session.execute(
-                update(Calendar).where(Calendar.id == anns[3]).values(due_at=now, due_priority=Priority.RECONCILE)
-            )
-            session.execute(
-                update(QuotaBudget).where(QuotaBudget.scope == user_scope(ann)).values(tat=now.timestamp() + 600)
-            )
-        held = anns[2]
-        other = _held_row(rt, held) if rt.engine.dialect.name == "postgresql" else None
-        waits = {p: _quota_waits(p) for p in (Priority.NOTIFICATION, Priority.RECONCILE)}
-        try:
-            worker = Worker(rt, threads=1)
-            done = sum(worker.work_once("w/0") for _ in range(8))  # a put-off pass does nothing: go on
-        finally:
-            if other is not None:
-                other.close()
-        assert done >= 1 and calendar_row(rt, bob).sync_done == calendar_row(rt, bob).sync_requested  # bob synced
-        rows = {cal: calendar_row(rt, cal) for cal in anns}
-        assert all(row.sync_done < row.sync_requested for row in rows.values())  # nothing of ann's ran
-        until = utc(rows[anns[0]].due_at)
-        assert until is not None and until > now
-        assert _quota_waits(Priority.NOTIFICATION) - waits[Priority.NOTIFICATION] == 1  # one claim for the three
-        assert _quota_waits(Priority.RECONCILE) - waits[Priority.RECONCILE] == 1  # its own claim
-        if other is None:
-            assert utc(rows[held].due_at) == until
-        else:  # passed by while held, by the claims and by the putting off: still due
-            assert utc(rows[held].due_at) == now
-        assert utc(rows[anns[1]].due_at) == until
-        assert utc(rows[anns[3]].due_at) is not None and rows[anns[3]].due_priority == Priority.RECONCILE
-    finally:
-        rt.close()
-
-
-def _held_row(rt: Runtime, calendar_id: int) -> Any:
-    """Another connection holding a calendar's row (as a receiver's statement does for a moment)."""
-    conn = rt.engine.connect()
-    conn.execute(select(Calendar.id).where(Calendar.id == calendar_id).with_for_update())
-    return conn
