@@ -35,6 +35,13 @@ from calsync.store.migrate import current_revision, head_revision, upgrade
 log = logging.getLogger(__name__)
 
 GRACEFUL_SECONDS = 30
+# A web process whose event loop has not told gunicorn it is alive for this long is killed and replaced.
+# The loop does so at least once a second whatever its request threads are doing, so only a process
+# that is truly stuck (stopped, deadlocked, its loop blocked) goes quiet. With several processes each
+# has a socket of its own, and the kernel keeps handing a stuck one its share of new connections
+# until it is gone: at 60 s, a minute of them went unanswered. The limit also bounds a
+# process's start-up (building the app), which takes about a second.
+HUNG_SECONDS = 20
 RESPAWN_DELAY = 1.0  # seconds before a worker that died is started again, doubling up to RESPAWN_MAX
 RESPAWN_MAX = 30.0
 WORKER_NICENESS = 5
@@ -71,7 +78,7 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
             # process while the others idled.
             "reuse_port": workers > 1,
             "graceful_timeout": GRACEFUL_SECONDS,
-            "timeout": 60,
+            "timeout": HUNG_SECONDS,
             "proc_name": "calsync",
             "errorlog": "-",
             "loglevel": "info",

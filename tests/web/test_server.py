@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from calsync.config import Settings
-from calsync.web.server import MIGRATE_QUEUED, warn_unless_queued_connections_move
+from calsync.web.server import HUNG_SECONDS, MIGRATE_QUEUED, warn_unless_queued_connections_move
 from tests.push_support import wait_for
 from tests.web.process_support import calsync_process, web_env
 
@@ -63,6 +64,53 @@ def test_each_process_listens_on_its_own_socket_and_kept_alive_connections_sprea
             for conn in connections:
                 conn.close()
         assert served_by == workers  # 16 connections on one of two sockets: one chance in 32,768
+
+
+@NEEDS_SS
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the server's, not the database's
+def test_a_web_process_that_stops_answering_is_replaced_within_the_hung_limit(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A stuck process keeps a listening socket of its own, and the kernel keeps giving it its share of
+    new connections; they go unanswered until gunicorn replaces it (after a minute, at a 60 s limit)."""
+    with calsync_process(settings, tmp_path / "web.log", ["web", "--workers", "2", "--threads", "2"]) as base:
+        port = int(base.rsplit(":", 1)[1])
+        wait_for(lambda: len(_owners(port, "listening")) == 2, timeout=30, what="both processes listening")
+        stuck = min(_owners(port, "listening")[0])
+        os.kill(stuck, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            wait_for(
+                lambda: _replaced_by_one(_owners(port, "listening"), stuck),
+                timeout=HUNG_SECONDS + 15,
+                interval=0.5,
+                what="the stuck process replaced",
+            )
+        finally:
+            if _alive(stuck):
+                os.kill(stuck, signal.SIGCONT)
+        replaced_after = time.monotonic() - stopped_at
+        assert HUNG_SECONDS - 1 <= replaced_after <= HUNG_SECONDS + 10
+        for _ in range(20):  # every new connection lands on a live process again
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            try:
+                conn.request("GET", "/api/openapi.json")
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 200
+            finally:
+                conn.close()
+
+
+def _replaced_by_one(listeners: list[set[int]], gone: int) -> bool:
+    return len(listeners) == 2 and gone not in set().union(*listeners)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _after(settings: Settings, code: str) -> tuple[int, int]:
