@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 CHANNEL = "calsync_work"
 PEER_POLL = 0.5  # seconds between two looks at `stop` while a peer listener waits for datagrams
+RELOOK_SECONDS = 0.05  # after a claim passed by a row another transaction held (PostgreSQL's SKIP LOCKED)
 ALARM_HORIZON = 60.0  # seconds: work due later than this is left to polling (no alarm is kept for it)
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,9 @@ from calsync.store.models import (
     WebhookSubscription,
 )
 from calsync.store.states import DeliveryState, SubscriptionStatus
+from calsync.wakeup import RELOOK_SECONDS
 from calsync.webhooks import payload
-from calsync.webhooks.outbox import fill
+from calsync.webhooks.outbox import fill, still_behind
 from calsync.webhooks.safety import resolve_target
 from calsync.webhooks.schedule import parse_retry_after, retry_delay
 from calsync.webhooks.signing import signature_headers
@@ -50,7 +51,11 @@ def run_due_deliveries(runtime: Runtime, owner: str, limit: int = 50) -> int:
     """Queue what the feed has for the subscriptions, then attempt up to `limit` due deliveries;
     returns the number of attempts made."""
     with transaction(runtime.sessions) as session:
-        fill(session, runtime.clock.now())
+        if not fill(session, runtime.clock.now()) and still_behind(session):
+            # Nothing queued, and a subscription is behind all the same: another worker's fill held it
+            # (PostgreSQL's SKIP LOCKED), and queues only the rows it read before the change's wake-up
+            # that was spent here; or a whole batch of rows it does not take, with more after them.
+            runtime.wakeup.wake_in(RELOOK_SECONDS)
     made = 0
     while made < limit:
         jobs = _claim(runtime, owner, limit - made)

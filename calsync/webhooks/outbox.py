@@ -55,6 +55,12 @@ def behind_the_feed() -> ColumnElement[bool]:
     )
 
 
+def still_behind(session: Session) -> bool:
+    """After a fill that queued nothing: whether a subscription is behind the feed all the same (read
+    without a lock, so it sees the rows that the fill's SKIP LOCKED passed by)."""
+    return bool(session.scalar(select(behind_the_feed())))
+
+
 def fill(session: Session, now: datetime, limit: int = FILL_BATCH) -> int:
     """Move the cursors of the subscriptions behind the feed over up to `limit` rows; returns the
     number of deliveries queued. Call inside a transaction; another worker filling at the same

@@ -28,6 +28,7 @@ from calsync.store.db import is_own_backend, is_postgres, statements_alone, tran
 from calsync.store.liveness import lease_is_free, stale_before
 from calsync.store.models import Delivery
 from calsync.store.states import DeliveryState, Priority
+from calsync.wakeup import RELOOK_SECONDS
 from calsync.webhooks.outbox import behind_the_feed
 from calsync.work.jobs import run_calendar_job, run_list_job
 from calsync.work.leases import (
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.5  # the fallback when no wake-up arrives; also bounds how soon a dead worker's work is seen
-RELOOK_SECONDS = 0.05  # after a claim passed by a row another transaction held (PostgreSQL's SKIP LOCKED)
 ERROR_PAUSE_SECONDS = 0.5  # after a failed pass (the database away, say): back soon, without hammering it
 SCHEDULER_SECONDS = 2.0
 DELIVERY_BATCH = 50

@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from standardwebhooks import Webhook
 
+from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.liveness import WORKER_ALIVE
-from calsync.store.models import Delivery
+from calsync.store.models import Change, Delivery, WebhookSubscription
 from calsync.webhooks.claimcheck import replay
 from calsync.webhooks.delivery import run_due_deliveries
+from calsync.webhooks.outbox import FILL_BATCH
 from calsync.webhooks.schedule import RETRY_DELAYS
 from calsync.webhooks.subscriptions import get_subscription, rotate_secret, set_status
 from calsync.work.liveness import Heartbeat
+from tests.push_support import wait_for
 from tests.webhooks.receiver import Answer, Receiver
 from tests.webhooks.support import (
     attempts,
     clock,
     deliver,
     deliveries,
+    event,
     exhaust_all,
     make_calendar,
     subscribe,
@@ -330,3 +335,94 @@ def test_the_address_is_checked_again_at_send_time(runtime: Runtime, receiver: R
     (attempt,) = attempts(strict, delivery.id)
     assert attempt.status_code is None and "not sent" in (attempt.error or "") and "loopback" in (attempt.error or "")
     assert delivery.state == "pending"
+
+
+def test_a_change_whose_subscription_another_fill_held_is_delivered_soon_after(
+    runtime: Runtime, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox's fill passes by a subscription that another worker's fill holds (SKIP LOCKED). That fill
+    queues only what it read before the change was committed, and its worker looks again only if it had
+    something to send; the wake-up that came with the change was spent on the fill that passed by. The
+    worker must look again soon, not at its next poll (slowed here to 30 s)."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("SKIP LOCKED is PostgreSQL's: on SQLite a fill waits for the write lock instead")
+    import calsync.work.worker
+    from calsync.work.listen import Listener
+    from calsync.work.worker import Worker
+
+    monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 30.0)
+    sub_id, _ = subscribe(runtime, receiver.url)
+    calendar_id = make_calendar(runtime)
+    Worker(runtime, threads=1).run_burst()  # what the worker does first (here: the account's grant found revoked)
+    before, posted = len(deliveries(runtime, sub_id)), len(receiver.posts())
+    worker = Worker(runtime, threads=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: isinstance(worker.listener, Listener) and worker.listener.ready.is_set(), what="LISTEN")
+        time.sleep(0.5)  # the look the listener asks for once it listens has been taken, and found nothing
+        with runtime.engine.connect() as other_fill, other_fill.begin():
+            # Another worker's fill holds the subscription's row until this commit, which queues nothing.
+            other_fill.execute(select(WebhookSubscription.id).where(WebhookSubscription.id == sub_id).with_for_update())
+            with transaction(runtime.sessions) as session:
+                append_changes(session, [_change(calendar_id)], runtime.clock.now())
+            runtime.wakeup.notify_local()  # the change's wake-up, spent while the row is held
+            time.sleep(0.5)
+            assert len(deliveries(runtime, sub_id)) == before  # the fill found the row held
+        started = time.monotonic()
+        wait_for(lambda: len(receiver.posts()) > posted, timeout=5, what="the delivery after the row was freed")
+        assert time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+
+
+def _change(calendar_id: int, event_id: str = "ev1", origin: str = "google") -> Change:
+    return Change(
+        calendar_id=calendar_id,
+        event_id=event_id,
+        kind="created",
+        fields=[],
+        before=None,
+        after=event(id=event_id),
+        origin=origin,
+    )
+
+
+def test_a_change_after_a_whole_batch_of_rows_a_subscription_leaves_out_is_delivered_soon_after(
+    runtime: Runtime, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fill looks at `FILL_BATCH` feed rows at a time. When none of them is for the subscription (here the
+    app's own writes, to a subscription that takes only Google's changes), it queues nothing and its worker
+    had nothing to send; the row after them must not wait for the next poll (slowed here to 30 s)."""
+    import calsync.work.worker
+    from calsync.work.listen import Listener
+    from calsync.work.worker import Worker
+
+    monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 30.0)
+    subscribe(runtime, receiver.url, origin="google")
+    calendar_id = make_calendar(runtime)
+    Worker(runtime, threads=1).run_burst()
+    posted = len(receiver.posts())
+    worker = Worker(runtime, threads=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        if runtime.engine.dialect.name == "postgresql":
+            wait_for(lambda: isinstance(worker.listener, Listener) and worker.listener.ready.is_set(), what="LISTEN")
+        time.sleep(0.5)  # the first look has been taken, and found nothing
+        own = [_change(calendar_id, f"app{i}", origin="api") for i in range(FILL_BATCH)]
+        with transaction(runtime.sessions) as session:
+            append_changes(session, [*own, _change(calendar_id, "theirs")], runtime.clock.now())
+        started = time.monotonic()
+        runtime.wakeup.notify_local()
+        wait_for(lambda: len(receiver.posts()) > posted, timeout=5, what="the delivery of the row after the batch")
+        assert time.monotonic() - started < 2.0
+        assert [post.json()["data"]["event_id"] for post in receiver.posts()[posted:]] == ["theirs"]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
