@@ -36,6 +36,7 @@ from tests.webhooks.support import (
     with_settings,
     write_change,
 )
+from tests.work_support import idle_worker
 
 
 def next_offset(runtime: Runtime, sub_id: str) -> float:
@@ -347,7 +348,6 @@ def test_a_change_whose_subscription_another_fill_held_is_delivered_soon_after(
     if runtime.engine.dialect.name != "postgresql":
         pytest.skip("SKIP LOCKED is PostgreSQL's: on SQLite a fill waits for the write lock instead")
     import calsync.work.worker
-    from calsync.work.listen import Listener
     from calsync.work.worker import Worker
 
     monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 30.0)
@@ -355,13 +355,7 @@ def test_a_change_whose_subscription_another_fill_held_is_delivered_soon_after(
     calendar_id = make_calendar(runtime)
     Worker(runtime, threads=1).run_burst()  # what the worker does first (here: the account's grant found revoked)
     before, posted = len(deliveries(runtime, sub_id)), len(receiver.posts())
-    worker = Worker(runtime, threads=1)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: isinstance(worker.listener, Listener) and worker.listener.ready.is_set(), what="LISTEN")
-        time.sleep(0.5)  # the look the listener asks for once it listens has been taken, and found nothing
+    with idle_worker(runtime):
         with runtime.engine.connect() as other_fill, other_fill.begin():
             # Another worker's fill holds the subscription's row until this commit, which queues nothing.
             other_fill.execute(select(WebhookSubscription.id).where(WebhookSubscription.id == sub_id).with_for_update())
@@ -373,10 +367,6 @@ def test_a_change_whose_subscription_another_fill_held_is_delivered_soon_after(
         started = time.monotonic()
         wait_for(lambda: len(receiver.posts()) > posted, timeout=5, what="the delivery after the row was freed")
         assert time.monotonic() - started < 2.0
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert not thread.is_alive()
 
 
 def _change(calendar_id: int, event_id: str = "ev1", origin: str = "google") -> Change:
@@ -398,7 +388,6 @@ def test_a_change_after_a_whole_batch_of_rows_a_subscription_leaves_out_is_deliv
     app's own writes, to a subscription that takes only Google's changes), it queues nothing and its worker
     had nothing to send; the row after them must not wait for the next poll (slowed here to 30 s)."""
     import calsync.work.worker
-    from calsync.work.listen import Listener
     from calsync.work.worker import Worker
 
     monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 30.0)
@@ -406,14 +395,7 @@ def test_a_change_after_a_whole_batch_of_rows_a_subscription_leaves_out_is_deliv
     calendar_id = make_calendar(runtime)
     Worker(runtime, threads=1).run_burst()
     posted = len(receiver.posts())
-    worker = Worker(runtime, threads=1)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        if runtime.engine.dialect.name == "postgresql":
-            wait_for(lambda: isinstance(worker.listener, Listener) and worker.listener.ready.is_set(), what="LISTEN")
-        time.sleep(0.5)  # the first look has been taken, and found nothing
+    with idle_worker(runtime):
         own = [_change(calendar_id, f"app{i}", origin="api") for i in range(FILL_BATCH)]
         with transaction(runtime.sessions) as session:
             append_changes(session, [*own, _change(calendar_id, "theirs")], runtime.clock.now())
@@ -422,7 +404,3 @@ def test_a_change_after_a_whole_batch_of_rows_a_subscription_leaves_out_is_deliv
         wait_for(lambda: len(receiver.posts()) > posted, timeout=5, what="the delivery of the row after the batch")
         assert time.monotonic() - started < 2.0
         assert [post.json()["data"]["event_id"] for post in receiver.posts()[posted:]] == ["theirs"]
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert not thread.is_alive()

@@ -32,6 +32,7 @@ from tests.push_support import (
     connect_account,
     wait_for,
 )
+from tests.work_support import idle_worker
 
 LEASE = timedelta(seconds=60)
 EVENT = {
@@ -591,20 +592,13 @@ def test_a_calendar_whose_row_another_transaction_held_during_the_claim_is_synce
     if runtime.engine.dialect.name != "postgresql":
         pytest.skip("SKIP LOCKED is PostgreSQL's: on SQLite a claim waits for the write lock instead")
     import calsync.work.worker
-    from calsync.work.listen import Listener
 
     monkeypatch.setattr(calsync.work.worker, "POLL_SECONDS", 30.0)
     connect_account(runtime, emu, "ann@example.com")
     Worker(runtime, threads=1).run_burst()
     cal_id = calendar_id_of(runtime, "ann@example.com")
     before = len(changes_for(runtime, cal_id))
-    worker = Worker(runtime, threads=1)
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: isinstance(worker.listener, Listener) and worker.listener.ready.is_set(), what="LISTEN")
-        time.sleep(0.5)  # the look the listener asks for once it listens has been taken, and found nothing
+    with idle_worker(runtime):
         emu.insert_event("ann@example.com", EVENT)
         _request(runtime, cal_id)  # owed and due, committed without a wake-up
         with runtime.engine.connect() as receiver, receiver.begin():
@@ -617,7 +611,3 @@ def test_a_calendar_whose_row_another_transaction_held_during_the_claim_is_synce
         started = time.monotonic()
         wait_for(lambda: len(changes_for(runtime, cal_id)) > before, timeout=5, what="the sync after the row was freed")
         assert time.monotonic() - started < 2.0
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert not thread.is_alive()
