@@ -62,9 +62,10 @@ def freeze_startup_objects() -> None:
 
     Once calsync is imported and its app built, a process holds about 117,000 objects (modules,
     SQLAlchemy's metadata, Flask, the Calendar API's discovery document). A full collection walked
-    them all, 55-85 ms during which no thread of the process ran: a receiver answering in 2 ms had
-    its p99 set by that pause, and a worker paused so while holding SQLite's write lock held up the
-    intake of every web process. Collected first, so that no garbage is kept for good.
+    them all, tens of milliseconds during which no thread of the process ran: a receiver answering in
+    a few milliseconds had its tail set by that pause, and a worker paused so while holding SQLite's
+    write lock held up the intake of every web process. Collected first, so that no garbage is kept
+    for good.
     """
     gc.collect()
     gc.freeze()

@@ -9,8 +9,7 @@ one batch commits form the next, so the cost per notification falls as the load 
 
 The writer wakes only the first request of a committed batch, and each request wakes the next as it
 resumes. Woken all at once, they fought each other (and the writer) for the GIL, and those extra
-sleeps and wake-ups cost more than the database work: one run of the receiver benchmark on SQLite
-went from 1,925 to 2,393 notifications/s with the chain.
+sleeps and wake-ups cost more than the database work (figures in `docs/performance.md`).
 """
 
 from __future__ import annotations

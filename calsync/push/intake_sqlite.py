@@ -35,9 +35,9 @@ def begin_immediate(cursor: Any) -> None:
     `BUSY_POLL` while another connection holds the write lock.
 
     SQLite's own busy handler sleeps 1, 2, 5, 10, ... 100 ms between tries: a batch that found the
-    worker's short transaction in the way waited for the next try, not for the lock, and its
-    requests' p99 at 500 notifications/s was 160-240 ms in `calsync serve` against 2-4 ms without
-    the worker. Once BEGIN IMMEDIATE holds the lock, nothing else in a WAL transaction waits for it.
+    worker's short transaction in the way waited for the next try, not for the lock, and in
+    `calsync serve` that sleep, not the lock, set its requests' tail latency. Once BEGIN IMMEDIATE
+    holds the lock, nothing else in a WAL transaction waits for it.
     """
     execute_when_free(cursor, "BEGIN IMMEDIATE", poll=BUSY_POLL)
 

@@ -3,9 +3,9 @@
 `calsync serve` is what most people run, so it is a production server (gunicorn's threaded
 worker, reading each request whole before a thread takes it: `calsync.web.reading_worker`), never
 Flask's development server. Its worker (`calsync worker`) runs in a process of its own, started
-once gunicorn listens and stopped with it. Sync threads in the web process held the interpreter
-lock against the request threads: the receiver answered at about half the rate of a bare endpoint,
-with a p99 of tens of milliseconds at 500 notifications/s. A notification still reaches the worker
+once gunicorn listens and stopped with it: sync threads in the web process held the interpreter
+lock against the request threads, and the receiver's throughput and tail latency paid for every
+sync. A notification still reaches the worker
 at once: NOTIFY on PostgreSQL, a datagram on a SQLite file's host (`calsync.wakeup.HostPeers`).
 """
 
