@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 
 CHANNEL = "calsync_work"
 PEER_POLL = 0.5  # seconds between two looks at `stop` while a peer listener waits for datagrams
-RELOOK_SECONDS = 0.05  # after a claim passed by a row another transaction held (PostgreSQL's SKIP LOCKED)
+# Seconds before a pass looks again at work it found but could not take: a row another transaction
+# held (PostgreSQL's SKIP LOCKED), or a subscription still behind the feed after a fill.
+RELOOK_SECONDS = 0.05
 ALARM_HORIZON = 60.0  # seconds: work due later than this is left to polling (no alarm is kept for it)
 
 log = logging.getLogger(__name__)

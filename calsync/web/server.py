@@ -5,8 +5,8 @@ worker, reading each request whole before a thread takes it: `calsync.web.readin
 Flask's development server. Its worker (`calsync worker`) runs in a process of its own, started
 once gunicorn listens and stopped with it: sync threads in the web process held the interpreter
 lock against the request threads, and the receiver's throughput and tail latency paid for every
-sync. A notification still reaches the worker
-at once: NOTIFY on PostgreSQL, a datagram on a SQLite file's host (`calsync.wakeup.HostPeers`).
+sync. A notification still reaches the worker at once: NOTIFY on PostgreSQL, a datagram on a SQLite
+file's host (`calsync.wakeup.HostPeers`).
 """
 
 from __future__ import annotations
