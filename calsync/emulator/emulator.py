@@ -69,7 +69,9 @@ class Emulator:
         push_timeout: float = 5.0,
         sync_token_max_age: float | None = None,
         log_size: int = 200_000,
+        keep_alive: float = 10.0,
     ) -> None:
+        self.keep_alive = keep_alive  # seconds an idle connection stays open (Google closes idle ones too)
         self.clock: Callable[[], dt.datetime] = clock or utcnow
         self.access_token_ttl = access_token_ttl
         self.max_channel_ttl = max_channel_ttl
@@ -96,12 +98,12 @@ class Emulator:
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self, host: str = "127.0.0.1", port: int = 0) -> Emulator:
-        """Serve in a background thread (threaded werkzeug server); returns self."""
+        """Serve in a background thread (a threaded HTTP server); returns self."""
         from .server import ServerThread, create_app
 
         if self._server is not None:
             raise RuntimeError("emulator already started")
-        self._server = ServerThread(create_app(self), host, port)
+        self._server = ServerThread(create_app(self), host, port, keep_alive=self.keep_alive)
         shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
         self._url = f"http://{shown}:{self._server.port}"
         self._server.start()

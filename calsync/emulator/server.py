@@ -1,14 +1,14 @@
-"""The Flask app (factory) and the threaded werkzeug server that runs it in a background thread."""
+"""The Flask app (factory) and the threaded HTTP server that runs it in a background thread."""
 
 from __future__ import annotations
 
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
+from cheroot import wsgi
 from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from . import calendar_api, control, oauth
 from .errors import ApiError
@@ -68,27 +68,25 @@ def create_app(emulator: Emulator) -> Flask:
 
 
 class ServerThread(threading.Thread):
-    """Serve an app with werkzeug's threaded server (a thread per connection) until ``shutdown``."""
+    """Serve an app in a background thread until ``shutdown``, keeping connections alive as Google does.
 
-    def __init__(self, app: Flask, host: str, port: int) -> None:
+    A client of Google reuses its connections (calsync's writes share kept-alive ones), and a
+    connection Google has closed while it sat idle is what such a client meets again. werkzeug's
+    development server closed every connection after one response, so neither was ever exercised.
+    cheroot keeps HTTP/1.1 connections open, idle ones without holding a thread, and closes a
+    connection idle for ``keep_alive`` seconds.
+    """
+
+    def __init__(self, app: Flask, host: str, port: int, *, threads: int = 32, keep_alive: float = 10.0) -> None:
         super().__init__(name="emulator-http", daemon=True)
-        self.server: BaseWSGIServer = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
-        self.port = self.server.server_port
+        self.server = wsgi.Server((host, port), app, numthreads=threads, timeout=int(keep_alive), shutdown_timeout=1)
+        self.server.prepare()  # bound and listening now, so the port is known before the thread runs
+        self.port = int(self.server.bind_addr[1])
 
     def run(self) -> None:
-        self.server.serve_forever(poll_interval=0.1)
+        self.server.serve()
 
     def shutdown(self) -> None:
         """Stop accepting requests and close the socket."""
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
         self.join(timeout=5)
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """HTTP/1.1 responses without a log line per request (werkzeug closes each connection)."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        return None

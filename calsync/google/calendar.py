@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import ssl
 import threading
 from collections.abc import Iterator
@@ -217,8 +218,12 @@ class Connections:
 
     @contextmanager
     def lend(self) -> Iterator[httplib2.Http]:
+        """A connection for the caller's calls, checked first: one the server closed while it sat idle
+        is dropped, and the next request opens a fresh one."""
         with self._lock:
             http = self._idle.pop() if self._idle else None
+        if http is not None:
+            drop_closed(http)
         http = http or httplib2.Http(timeout=self.timeout)
         try:
             yield http
@@ -226,6 +231,27 @@ class Connections:
             with self._lock:
                 if len(self._idle) < self.keep:
                     self._idle.append(http)
+
+
+def drop_closed(http: httplib2.Http) -> None:
+    """Close the connections of `http` that the server closed while they sat idle.
+
+    Google closes a connection that has been idle for a while. Written to again, it met a broken pipe
+    as the request's body went out (http.client sends the headers and the body apart), and httplib2
+    retries only when the failure comes with the response: a creation failed as if Google were down.
+    An idle connection has nothing to read, so one that is readable was closed (or sent what was
+    never asked for): closed here, it is opened again by the next request.
+    """
+    for conn in list(http.connections.values()):
+        sock = conn.sock
+        if sock is None:
+            continue
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):  # closed under us, or no longer a socket
+            readable = [sock]
+        if readable:
+            conn.close()
 
 
 def decode_page(body: bytes) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -65,3 +66,45 @@ def test_clients_lent_one_connection_in_turn_speak_for_their_own_users_and_never
     assert all(http is lent[0] for http in lent)
     with pool.lend() as first, pool.lend() as second:
         assert first is not second  # lent at once: one connection each
+
+
+def _local_port(http: Any) -> int:
+    (conn,) = http.connections.values()
+    return int(conn.sock.getsockname()[1])
+
+
+def test_a_lent_connection_stays_open_for_the_next_call(emu: Any) -> None:
+    """Google keeps a connection open between calls, and so does the emulator: the second call goes
+    over the first one's TCP connection."""
+    pool = Connections()
+    creds = credentials_for(emu, emu.issue_tokens(emu.create_user("ann@example.com", "ann")))
+    ports = []
+    for _ in range(2):
+        with pool.lend() as http:
+            GoogleCalendar(creds, emu.api_url + "calendar/v3/", http=http).get_calendar("primary")
+            ports.append(_local_port(http))
+    assert ports[0] == ports[1]
+
+
+def test_a_connection_google_closed_while_it_sat_idle_is_not_written_to() -> None:
+    """A kept-alive connection that the server closed while it was idle is replaced before it is lent:
+    written to, a creation's body met a broken pipe, and the write failed as if Google were down."""
+    from calsync.emulator import Emulator
+
+    emu = Emulator(keep_alive=1.0).start()
+    try:
+        pool = Connections()
+        writer = ("https://www.googleapis.com/auth/calendar",)
+        creds = credentials_for(emu, emu.issue_tokens(emu.create_user("ann@example.com", "ann"), scopes=writer))
+        made = []
+        for n in range(3):
+            with pool.lend() as http:
+                client = GoogleCalendar(creds, emu.api_url + "calendar/v3/", http=http)
+                body = {"summary": f"n{n}", "start": {"dateTime": "2026-03-01T09:00:00Z"}}
+                body["end"] = {"dateTime": "2026-03-01T10:00:00Z"}
+                made.append(client.insert_event("primary", body)["id"])
+            time.sleep(1.5)  # the emulator closes the idle connection meanwhile
+        assert len(set(made)) == 3
+        assert sorted(e["summary"] for e in emu.events("ann@example.com")) == ["n0", "n1", "n2"]
+    finally:
+        emu.stop()
