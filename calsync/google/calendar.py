@@ -181,7 +181,8 @@ class GoogleCalendar:
     # The one place where Google's failures become calsync's errors ---------------------------
     def _call(self, method: str, request: Any) -> Any:
         if self.budget is not None:
-            self.budget.before_call(method)
+            self.budget.before_call(method)  # may wait for the budget: the connection is checked after
+        drop_closed(self._http.http)
         try:
             result = request.execute(http=self._http, num_retries=0)
         except HttpError as err:
@@ -218,12 +219,8 @@ class Connections:
 
     @contextmanager
     def lend(self) -> Iterator[httplib2.Http]:
-        """A connection for the caller's calls, checked first: one the server closed while it sat idle
-        is dropped, and the next request opens a fresh one."""
         with self._lock:
             http = self._idle.pop() if self._idle else None
-        if http is not None:
-            drop_closed(http)
         http = http or httplib2.Http(timeout=self.timeout)
         try:
             yield http
@@ -234,13 +231,15 @@ class Connections:
 
 
 def drop_closed(http: httplib2.Http) -> None:
-    """Close the connections of `http` that the server closed while they sat idle.
+    """Close the connections of `http` that the server closed while they sat idle; checked before each
+    call, so a kept-alive connection lent to a write, or a sync's own after a wait for the budget, is
+    never written to after Google let it go.
 
     Google closes a connection that has been idle for a while. Written to again, it met a broken pipe
     as the request's body went out (http.client sends the headers and the body apart), and httplib2
     retries only when the failure comes with the response: a creation failed as if Google were down.
     An idle connection has nothing to read, so one that is readable was closed (or sent what was
-    never asked for): closed here, it is opened again by the next request.
+    never asked for): closed here, it is opened again by the request.
     """
     for conn in list(http.connections.values()):
         sock = conn.sock

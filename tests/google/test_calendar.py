@@ -86,9 +86,11 @@ def test_a_lent_connection_stays_open_for_the_next_call(emu: Any) -> None:
     assert ports[0] == ports[1]
 
 
-def test_a_connection_google_closed_while_it_sat_idle_is_not_written_to() -> None:
-    """A kept-alive connection that the server closed while it was idle is replaced before it is lent:
-    written to, a creation's body met a broken pipe, and the write failed as if Google were down."""
+@pytest.mark.parametrize("lent", [True, False], ids=["lent", "own"])
+def test_a_connection_google_closed_while_it_sat_idle_is_not_written_to(lent: bool) -> None:
+    """A kept-alive connection that the server closed while it was idle is replaced before the next
+    call, whether lent to a write or a client's own (a sync that waited for the budget): written to,
+    a creation's body met a broken pipe, and the write failed as if Google were down."""
     from calsync.emulator import Emulator
 
     emu = Emulator(keep_alive=1.0).start()
@@ -96,10 +98,11 @@ def test_a_connection_google_closed_while_it_sat_idle_is_not_written_to() -> Non
         pool = Connections()
         writer = ("https://www.googleapis.com/auth/calendar",)
         creds = credentials_for(emu, emu.issue_tokens(emu.create_user("ann@example.com", "ann"), scopes=writer))
+        own = GoogleCalendar(creds, emu.api_url + "calendar/v3/")
         made = []
         for n in range(3):
             with pool.lend() as http:
-                client = GoogleCalendar(creds, emu.api_url + "calendar/v3/", http=http)
+                client = GoogleCalendar(creds, emu.api_url + "calendar/v3/", http=http) if lent else own
                 body = {"summary": f"n{n}", "start": {"dateTime": "2026-03-01T09:00:00Z"}}
                 body["end"] = {"dateTime": "2026-03-01T10:00:00Z"}
                 made.append(client.insert_event("primary", body)["id"])
