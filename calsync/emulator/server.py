@@ -74,10 +74,12 @@ class ServerThread(threading.Thread):
     connection Google has closed while it sat idle is what such a client meets again. werkzeug's
     development server closed every connection after one response, so neither was ever exercised.
     cheroot keeps HTTP/1.1 connections open, idle ones without holding a thread, and closes a
-    connection idle for ``keep_alive`` seconds.
+    connection idle for ``keep_alive`` seconds. Its ``threads`` answer requests at once; more wait
+    their turn (werkzeug started a thread per connection), so there are more than the benchmarks' and
+    the tests' clients ever send at one time.
     """
 
-    def __init__(self, app: Flask, host: str, port: int, *, threads: int = 32, keep_alive: float = 10.0) -> None:
+    def __init__(self, app: Flask, host: str, port: int, *, threads: int = 64, keep_alive: float = 10.0) -> None:
         super().__init__(name="emulator-http", daemon=True)
         self.server = wsgi.Server((host, port), app, numthreads=threads, timeout=int(keep_alive), shutdown_timeout=1)
         self.server.prepare()  # bound and listening now, so the port is known before the thread runs
