@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import select
 import ssl
 import threading
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from google.auth.exceptions import RefreshError, TransportError
 from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import Resource, build_from_document
 from googleapiclient.errors import HttpError
+from urllib3.util.wait import wait_for_read
 
 from calsync.errors import (
     AuthRevoked,
@@ -246,9 +246,9 @@ def drop_closed(http: httplib2.Http) -> None:
         if sock is None:
             continue
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-        except (OSError, ValueError):  # closed under us, or no longer a socket
-            readable = [sock]
+            readable = wait_for_read(sock, timeout=0.0)  # poll(): any descriptor, where select() stops at 1024
+        except OSError:  # closed under us
+            readable = True
         if readable:
             conn.close()
 

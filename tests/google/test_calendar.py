@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import resource
 import time
 from typing import Any
 
@@ -111,3 +113,26 @@ def test_a_connection_google_closed_while_it_sat_idle_is_not_written_to(lent: bo
         assert sorted(e["summary"] for e in emu.events("ann@example.com")) == ["n0", "n1", "n2"]
     finally:
         emu.stop()
+
+
+def test_a_connection_on_a_descriptor_past_1024_is_kept_alive(emu: Any) -> None:
+    """A busy process holds more than 1,024 descriptors; select() cannot look at one past that, and the
+    check before each call then dropped every connection instead of keeping it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("needs 1,200 open files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        creds = credentials_for(emu, emu.issue_tokens(emu.create_user("ann@example.com", "ann")))
+        client = GoogleCalendar(creds, emu.api_url + "calendar/v3/")
+        client.get_calendar("primary")
+        (conn,) = client._http.http.connections.values()
+        first = conn.sock
+        assert first is not None and first.fileno() >= 1024
+        client.get_calendar("primary")
+        assert conn.sock is first  # the same connection, not a new one
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
