@@ -69,9 +69,9 @@ class Emulator:
         push_timeout: float = 5.0,
         sync_token_max_age: float | None = None,
         log_size: int = 200_000,
-        keep_alive: float = 10.0,
+        keep_alive: int = 10,
     ) -> None:
-        self.keep_alive = keep_alive  # seconds an idle connection stays open (Google closes idle ones too)
+        self.keep_alive = keep_alive  # whole seconds an idle connection stays open (Google closes idle ones too)
         self.clock: Callable[[], dt.datetime] = clock or utcnow
         self.access_token_ttl = access_token_ttl
         self.max_channel_ttl = max_channel_ttl

@@ -16,6 +16,7 @@ from .errors import ApiError
 if TYPE_CHECKING:
     from .emulator import Emulator
 
+KEPT_CONNECTIONS = 1000  # idle kept-alive connections held open at once
 _STATUS_REASONS = {400: "badRequest", 404: "notFound", 405: "httpMethodNotAllowed", 413: "uploadTooLarge"}
 
 
@@ -74,14 +75,16 @@ class ServerThread(threading.Thread):
     connection Google has closed while it sat idle is what such a client meets again. werkzeug's
     development server closed every connection after one response, so neither was ever exercised.
     cheroot keeps HTTP/1.1 connections open, idle ones without holding a thread, and closes a
-    connection idle for ``keep_alive`` seconds. Its ``threads`` answer requests at once; more wait
-    their turn (werkzeug started a thread per connection), so there are more than the benchmarks' and
-    the tests' clients ever send at one time.
+    connection idle for ``keep_alive`` seconds (looked at every half second). Its ``threads`` answer
+    requests at once; more wait their turn (werkzeug started a thread per connection), so there are
+    more than the benchmarks' and the tests' clients ever send at one time.
     """
 
-    def __init__(self, app: Flask, host: str, port: int, *, threads: int = 64, keep_alive: float = 10.0) -> None:
+    def __init__(self, app: Flask, host: str, port: int, *, keep_alive: int, threads: int = 64) -> None:
         super().__init__(name="emulator-http", daemon=True)
-        self.server = wsgi.Server((host, port), app, numthreads=threads, timeout=int(keep_alive), shutdown_timeout=1)
+        self.server = wsgi.Server((host, port), app, numthreads=threads, timeout=keep_alive, shutdown_timeout=1)
+        # cheroot answers `Connection: close` once 10 idle connections are kept; Google keeps many more.
+        self.server.keep_alive_conn_limit = KEPT_CONNECTIONS
         self.server.prepare()  # bound and listening now, so the port is known before the thread runs
         self.port = int(self.server.bind_addr[1])
 
