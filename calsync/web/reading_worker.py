@@ -31,6 +31,7 @@ from calsync.web.handover import wait_for_replacements
 FIRST_BYTE_SECONDS = 5.0  # from a new connection to its first byte (gthread's own wait for data)
 REQUEST_SECONDS = 10.0  # from a request's first byte to its last
 READ_SECONDS = 5.0  # each read of a thread that was handed a request before it had all arrived
+BOOT_BEAT_SECONDS = 1.0  # while the app is built, how often gunicorn is told the process is alive
 BUFFER_LIMIT = 256 * 1024  # bytes of one request read by the event loop before a thread takes over
 _HEADER_END = b"\r\n\r\n"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r\n", re.IGNORECASE)
@@ -57,6 +58,22 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.reading: dict[ReadingConn, None] = {}  # connections the event loop is reading from
         self.stopping = False
+
+    def load_wsgi(self) -> None:
+        """Build the app while telling gunicorn this process is alive: its limit for a silent process
+        (`calsync.web.server.HUNG_SECONDS`) is for a stuck event loop, and a start-up slowed by a busy
+        machine is not one (killed, its replacement would start as slowly, and so on)."""
+        loaded = threading.Event()
+
+        def beat() -> None:
+            while not loaded.wait(BOOT_BEAT_SECONDS):
+                self.notify()
+
+        threading.Thread(target=beat, name="calsync-boot-beat", daemon=True).start()
+        try:
+            super().load_wsgi()
+        finally:
+            loaded.set()
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         """SIGTERM: stop gracefully, but on a socket of its own only once a replacement listens

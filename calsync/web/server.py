@@ -39,8 +39,8 @@ GRACEFUL_SECONDS = 30
 # The loop does so at least once a second whatever its request threads are doing, so only a process
 # that is truly stuck (stopped, deadlocked, its loop blocked) goes quiet. With several processes each
 # has a socket of its own, and the kernel keeps handing a stuck one its share of new connections
-# until it is gone: at 60 s, a minute of them went unanswered. The limit also bounds a
-# process's start-up (building the app), which takes about a second.
+# until it is gone: at 60 s, a minute of them went unanswered. A process building its app says it
+# is alive meanwhile (`ReadingThreadWorker.load_wsgi`), so a slow start-up is not taken for stuck.
 HUNG_SECONDS = 20
 RESPAWN_DELAY = 1.0  # seconds before a worker that died is started again, doubling up to RESPAWN_MAX
 RESPAWN_MAX = 30.0
