@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sync", "push", "webhooks", "accounts", "readmodels"),
     ("feed", "runtime"),
     ("store", "google"),
-    ("config", "errors", "clock", "metrics", "wakeup", "humanize"),
+    ("config", "errors", "clock", "metrics", "wakeup", "humanize", "stopping"),
 )
 SEALED = ("emulator",)
 

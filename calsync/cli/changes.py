@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-import time
+import threading
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from calsync.feed import reads as feed_reads
 from calsync.feed.cursor import newest_seq
 from calsync.humanize import lifecycle_title
 from calsync.readmodels import reads
+from calsync.stopping import stop_on_signals
 from calsync.store.db import make_engine, make_sessionmaker, reading
 from calsync.store.models import Change
 from calsync.store.states import ChangeKind, ChangeType, Origin
@@ -85,41 +87,44 @@ def changes(
     sessions = make_sessionmaker(engine)
     console = Console(highlight=False, soft_wrap=True)
     limit = min(limit, feed_reads.CHANGES_MAX_LIMIT)
+    # Following, Ctrl-C sets `stop`: a KeyboardInterrupt can be swallowed where it lands.
+    stops = stop_on_signals() if follow else nullcontext(threading.Event())
     try:
-        calendars = _calendars(sessions, calendar_id, account)
-        if calendars == [] and not follow:
-            raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
-        while True:
-            with reading(sessions) as session:
-                try:
-                    page = feed_reads.changes_page(
-                        session,
-                        after=after,
-                        limit=limit,
-                        calendars=calendars,
-                        types=types,
-                        origin=Origin(origin) if origin else None,
-                    )
-                except CursorExpired as err:
-                    raise click.ClickException(_expired(err)) from err
-                after = page.next
-                if follow and len(page.changes) < limit:
-                    # A page that is not full held every wanted row up to the newest seq of its
-                    # snapshot: a filtered follow moves past the rows it skips rather than sit on
-                    # an old cursor whose next rows retention deletes some day.
-                    after = max(after, newest_seq(session))
-            for item in page.changes:
-                _print(console, item, as_json)
-            sys.stdout.flush()
-            if not follow:
-                if not page.changes and not as_json:
-                    click.echo(f"no changes after seq {after}", err=True)
-                return
-            if len(page.changes) < limit:
-                time.sleep(POLL_SECONDS)
-                if calendar_id and not calendars:
-                    calendars = _calendars(sessions, calendar_id, account)
-    except KeyboardInterrupt:
+        with stops as stop:
+            calendars = _calendars(sessions, calendar_id, account)
+            if calendars == [] and not follow:
+                raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
+            while not stop.is_set():
+                with reading(sessions) as session:
+                    try:
+                        page = feed_reads.changes_page(
+                            session,
+                            after=after,
+                            limit=limit,
+                            calendars=calendars,
+                            types=types,
+                            origin=Origin(origin) if origin else None,
+                        )
+                    except CursorExpired as err:
+                        raise click.ClickException(_expired(err)) from err
+                    after = page.next
+                    if follow and len(page.changes) < limit:
+                        # A page that is not full held every wanted row up to the newest seq of its
+                        # snapshot: a filtered follow moves past the rows it skips rather than sit on
+                        # an old cursor whose next rows retention deletes some day.
+                        after = max(after, newest_seq(session))
+                for item in page.changes:
+                    _print(console, item, as_json)
+                sys.stdout.flush()
+                if not follow:
+                    if not page.changes and not as_json:
+                        click.echo(f"no changes after seq {after}", err=True)
+                    return
+                if len(page.changes) < limit:
+                    stop.wait(POLL_SECONDS)
+                    if calendar_id and not calendars:
+                        calendars = _calendars(sessions, calendar_id, account)
+    except KeyboardInterrupt:  # without --follow, Ctrl-C during the one read
         return
     finally:
         engine.dispose()

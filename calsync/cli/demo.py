@@ -55,7 +55,8 @@ def demo(
     connects a demo account through the real /connect consent flow, then prints every diff as it
     arrives, with the dashboard address and its password. Ctrl-C stops everything.
     """
-    from calsync.demo.runner import DemoOptions, DemoStopped, run_demo, stop_on_signals
+    from calsync.demo.runner import DemoOptions, DemoStopped, run_demo
+    from calsync.stopping import stop_on_signals
 
     console = Console(highlight=False)
     options = DemoOptions(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from types import FrameType
 
 import click
 
 from calsync.config import Settings
+from calsync.stopping import stop_on_signals
 
 PARENT_CHECK_SECONDS = 0.5
 
@@ -84,18 +84,15 @@ def worker(
             done = w.run_burst()
             click.echo(f"burst finished: {done} job(s)")
             return
-        stop = threading.Event()
 
-        def _stop(signum: int, _frame: FrameType | None) -> None:
-            click.echo(f"received {signal.Signals(signum).name}: finishing the work in hand", err=True)
-            stop.set()
+        def _announce(sig: signal.Signals) -> None:
+            click.echo(f"received {sig.name}: finishing the work in hand", err=True)
 
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        if exit_with_parent:
-            _stop_with_parent(stop)
-        click.echo(f"worker {w.name} running with {w.threads} thread(s)", err=True)
-        w.run(stop)
+        with stop_on_signals(_announce) as stop:
+            if exit_with_parent:
+                _stop_with_parent(stop)
+            click.echo(f"worker {w.name} running with {w.threads} thread(s)", err=True)
+            w.run(stop)
         click.echo(f"worker {w.name} stopped", err=True)
     finally:
         runtime.close()

@@ -245,8 +245,8 @@ def test_follow_skips_snapshot_rows_unless_asked(settings: Any, runtime: Runtime
                 output.append(into.get(timeout=20))
         time.sleep(0.5)  # a few more polls: nothing else may follow
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGINT)
+        for proc, sig in zip(procs, (signal.SIGINT, signal.SIGTERM), strict=True):  # Ctrl-C and a kill
+            proc.send_signal(sig)
             _, err = proc.communicate(timeout=10)
             assert proc.returncode == 0 and "Traceback" not in err, err
     for output, into in zip(outputs, printed, strict=True):
