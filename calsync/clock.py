@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -42,6 +43,15 @@ class FrozenClock:
     def set(self, when: datetime) -> None:
         with self._lock:
             self._now = when
+
+
+def at_least(seconds: float) -> timedelta:
+    """`seconds` rounded up to whole microseconds (a timedelta's and a stored time's resolution).
+
+    Work put off by a wait rounded to the nearest microsecond could come due a moment before the
+    wait is over: claimed then, it would be refused, and put off again, by less than a microsecond.
+    """
+    return timedelta(microseconds=math.ceil(seconds * 1_000_000))
 
 
 def utc(value: datetime | None) -> datetime | None:

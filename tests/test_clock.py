@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from calsync.clock import event_datetime, event_time, parse_timestamp, zone_named
+from calsync.clock import at_least, event_datetime, event_time, parse_timestamp, zone_named
 
 ZONES = ["Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "UTC"]
 moments = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
@@ -73,3 +73,16 @@ def test_zone_names() -> None:
     assert zone_named("Europe/Paris") == ZoneInfo("Europe/Paris")
     assert zone_named("Not/AZone") is None and zone_named("") is None and zone_named(None) is None
     assert zone_named("../etc/passwd") is None
+
+
+@given(st.floats(min_value=0, max_value=86_400 * 365, allow_nan=False))
+def test_at_least_never_rounds_a_wait_down_and_adds_less_than_a_microsecond(seconds: float) -> None:
+    waited = at_least(seconds)
+    assert waited.total_seconds() >= seconds - 1e-9 * max(1.0, seconds)  # float's own error only
+    assert waited - timedelta(seconds=seconds) < timedelta(microseconds=2)
+
+
+def test_at_least_rounds_up_where_timedelta_rounds_to_the_nearest() -> None:
+    assert timedelta(seconds=1.0000004) == timedelta(seconds=1)  # early by 0.4 µs
+    assert at_least(1.0000004) == timedelta(seconds=1, microseconds=1)
+    assert at_least(2.5) == timedelta(seconds=2.5)

@@ -49,6 +49,10 @@ FIRST_SYNCS = "first_syncs"
 FIRST_SYNC_SHARE = 0.75  # of the project's pace: the rest stays for reconciliations during an onboarding
 _NOBODY = object()  # no call prepaid on this thread
 # The most tolerant class may run this share of the window ahead: the urgent reserve.
+# A call less than this early counts as on time: times are stored to the microsecond, and a
+# timestamp's float cannot tell apart instants a few tenths of one apart. Work put off to the
+# moment its wait ends would otherwise be refused then by a rounding error, and put off again.
+RESOLUTION = 1e-6
 URGENT_SHARE = 0.2
 # How far ahead each class may run, as a share of that reserve. Background classes stop short,
 # so whatever they leave is there for the classes above them at once.
@@ -122,7 +126,7 @@ def admit(
         return state, state.hold_until - now
     start = max(state.tat, now)
     ahead = start - now - URGENT_SHARE * window * TOLERANCE[priority]
-    if ahead > 0:
+    if ahead > RESOLUTION:
         return state, ahead
     return replace(state, tat=start + emission_interval(per_window, window) / pace(state, now)), 0.0
 
@@ -193,6 +197,7 @@ class Budget:
         self.cut = math.inf  # the day's plan as last read (calsync.work.quota keeps it current)
         self.sleep: Callable[[float], None] = time.sleep
         self._prepaid = threading.local()
+        self._refused = threading.local()
 
     def try_take(self, priority: Priority, account_id: int | None) -> float:
         """Take one call now (0.0), or say how many seconds until this class may."""
@@ -210,6 +215,12 @@ class Budget:
         wait = self.take_in(session, priority, account_id, locked=locked)
         self._prepaid.account = account_id if wait == 0.0 else _NOBODY
         return wait
+
+    def user_spacing(self) -> float | None:
+        """After this thread's last take: the seconds between the user's calls at its pace if the
+        user's own budget refused it (the project's had room), else None."""
+        spacing: float | None = getattr(self._refused, "spacing", None)
+        return spacing
 
     def use_prepaid(self, account_id: int | None) -> bool:
         """Spend this thread's credit if it was taken for this account (at most once)."""
@@ -245,10 +256,12 @@ class Budget:
         if wait == 0.0 and priority == Priority.FIRST_SYNC:
             first, wait = admit(_state(rows[FIRST_SYNCS]), now, priority, limits.first_syncs_per_window, limits.window)
         user: ScopeState | None = None
+        self._refused.spacing = None
         if wait == 0.0 and account_id is not None:
-            user, wait = admit(
-                _state(rows[user_scope(account_id)]), now, priority, limits.per_user_per_window, limits.window
-            )
+            held = _state(rows[user_scope(account_id)])
+            user, wait = admit(held, now, priority, limits.per_user_per_window, limits.window)
+            if wait > 0.0:
+                self._refused.spacing = emission_interval(limits.per_user_per_window, limits.window) / pace(held, now)
         if wait > 0.0:
             return wait  # nothing written: the transaction ends having changed nothing
         day = quota_day(now_dt)

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import mark_reauth_required
+from calsync.clock import at_least
 from calsync.errors import (
     AuthRevoked,
     GoogleApiError,
@@ -70,7 +71,7 @@ def run_calendar_job(runtime: Runtime, claim: Claim) -> None:
         log.info("calendar %s: lease lost to another worker; dropping the job", claim.id)
     except QuotaWait as err:
         with transaction(runtime.sessions) as session:
-            defer_calendar(session, claim, runtime.clock.now() + timedelta(seconds=err.wait))
+            defer_calendar(session, claim, runtime.clock.now() + at_least(err.wait))
         runtime.wakeup.wake_in(err.wait)
         log.info("calendar %s: %s; put off", claim.id, err)
     except AuthRevoked as err:
@@ -96,7 +97,7 @@ def run_list_job(runtime: Runtime, claim: Claim) -> None:
         _refresh_with_channel(runtime, claim)
     except QuotaWait as err:
         with transaction(runtime.sessions) as session:
-            defer_account_list(session, claim, runtime.clock.now() + timedelta(seconds=err.wait))
+            defer_account_list(session, claim, runtime.clock.now() + at_least(err.wait))
         runtime.wakeup.wake_in(err.wait)
     except AuthRevoked as err:
         _account_revoked(runtime, claim.id, str(err))

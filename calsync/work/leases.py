@@ -207,6 +207,32 @@ def defer_calendar(session: Session, claim: Claim, until: datetime) -> None:
     )
 
 
+def put_off_in_turn(
+    session: Session, refused: Claim, account_id: int, first: datetime, spacing: timedelta, now: datetime
+) -> int:
+    """A claim its user's budget refused (put off to `first`): the user's other calendars due by then,
+    of its class or a less urgent one, come due one call apart after it, in the order claims would
+    take them (up to PUT_OFF_MAX); how many were put off.
+
+    Left due, each would be claimed at `first` and refused in turn, a write transaction (on SQLite,
+    the file's one write lock) for every call the user cannot make yet. On PostgreSQL a calendar
+    another transaction holds is passed by (SKIP LOCKED): the claim must not wait behind a sync.
+    """
+    pick = _PUT_OFF_PICK_PG if is_postgres(session) else _PUT_OFF_PICK
+    params = {
+        "account_id": account_id,
+        "refused": refused.id,
+        "class_from": int(refused.priority),
+        "first": first,
+        "now": now,
+        "stale_before": stale_before(now),
+    }
+    ids = session.scalars(pick, params).all()
+    if ids:
+        session.execute(_PUT_OFF, [{"put_off": id_, "due": first + spacing * k} for k, id_ in enumerate(ids, 1)])
+    return len(ids)
+
+
 def release_calendar(session: Session, claim: Claim) -> None:
     """Give the work back untouched (shutdown, or a job that must not run now)."""
     session.execute(
@@ -397,6 +423,27 @@ _LIST_WAITING = select(_ACC.c.id).where(*_LIST_DUE).exists()
 _MAY_BE_DUE = select(_any_query.exists().label("calendars"), _LIST_WAITING.label("lists"))
 # `passed_by`'s reads: the claims' picks as plain reads (a read waits for no row lock).
 _CALENDAR_WAITING = select(_any_query.exists())
+
+PUT_OFF_MAX = 100  # a refused claim puts off at most this many of its user's other calendars
+_PUT_OFF_PICK = (
+    select(_CAL.c.id)
+    .where(
+        _CAL.c.account_id == bindparam("account_id"),
+        _CAL.c.id != bindparam("refused"),
+        _CAL.c.due_priority >= bindparam("class_from", type_=_CAL.c.due_priority.type),
+        _CAL.c.due_at <= bindparam("first", type_=_CAL.c.due_at.type),
+        _CAL.c.removed_at.is_(None),
+        lease_is_free(_CAL.c.lease_owner, _CAL.c.lease_until, _NOW),
+    )
+    .order_by(_CAL.c.due_priority, _CAL.c.due_at, _CAL.c.id)
+    .limit(PUT_OFF_MAX)
+)
+_PUT_OFF_PICK_PG = _PUT_OFF_PICK.with_for_update(skip_locked=True)
+_PUT_OFF = (
+    update(_CAL)
+    .where(_CAL.c.id == bindparam("put_off"), _CAL.c.due_at < bindparam("due", type_=_CAL.c.due_at.type))
+    .values(due_at=bindparam("due", type_=_CAL.c.due_at.type))
+)
 _LIST_OWED_WAITING = select(_ACC.c.id).where(*_LIST_DUE, _LIST_OWED).exists()
 _PASSED_BY = {lists: select(_any_query.exists() | lists) for lists in (_LIST_WAITING, _LIST_OWED_WAITING)}
 

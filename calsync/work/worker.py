@@ -14,7 +14,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, select
@@ -22,6 +22,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connections import drop_unconfirmed
+from calsync.clock import at_least
 from calsync.metrics import QUOTA_WAITS
 from calsync.runtime import Runtime
 from calsync.store.db import is_own_backend, is_postgres, statements_alone, transaction
@@ -39,6 +40,7 @@ from calsync.work.leases import (
     defer_calendar,
     may_be_due,
     passed_by,
+    put_off_in_turn,
     release_account_list,
     release_calendar,
 )
@@ -262,7 +264,7 @@ class Worker:
             if (
                 claim is not None
                 and claim.calendar is not None
-                and not self._prepay(session, claim, claim.calendar.account_id, defer_calendar, now)
+                and not self._prepay(session, claim, claim.calendar.account_id, defer_calendar, now, in_turn=True)
             ):
                 claim = None
             return claim, run_calendar_job, release_calendar, deliveries_due
@@ -274,12 +276,23 @@ class Worker:
         waits for, and these reads were a third of its time."""
         return _deliveries_may_be_due(session, now), self.runtime.budget.admits(session)
 
-    def _prepay(self, session: Session, claim: Claim, account_id: int, defer: DeferFn, now: datetime) -> bool:
-        """Take the job's first call in the claim's own transaction; put the job off if its user has no room."""
-        wait = self.runtime.budget.prepay(session, claim.priority, account_id)
+    def _prepay(
+        self, session: Session, claim: Claim, account_id: int, defer: DeferFn, now: datetime, *, in_turn: bool = False
+    ) -> bool:
+        """Take the job's first call in the claim's own transaction; put the job off if its user has no room.
+
+        `in_turn` (a calendar): when the user's own budget refused it, the user's other due calendars
+        are put off one call apart after it (`put_off_in_turn`), not each claimed and refused in turn.
+        """
+        budget = self.runtime.budget
+        wait = budget.prepay(session, claim.priority, account_id)
         if wait > 0.0:
             QUOTA_WAITS.labels(claim.priority.name.lower()).inc()
-            defer(session, claim, now + timedelta(seconds=wait))
+            until = now + at_least(wait)
+            defer(session, claim, until)
+            spacing = budget.user_spacing()
+            if in_turn and spacing is not None:
+                put_off_in_turn(session, claim, account_id, until, at_least(spacing), now)
             self.runtime.wakeup.wake_in(wait)
             return False
         return True

@@ -21,6 +21,8 @@ from calsync.store.models import QuotaBudget
 from calsync.store.quota import (
     FIRST_SYNC_SHARE,
     PROJECT,
+    TOLERANCE,
+    URGENT_SHARE,
     Budget,
     Limits,
     ScopeState,
@@ -272,3 +274,14 @@ def test_a_take_from_rows_a_first_statement_locked_writes_once_and_decides_as_a_
     with budget.sessions() as session:
         made = session.get(QuotaBudget, user_scope(8))
         assert made is not None and made.tat > 0
+
+
+def test_a_call_due_within_a_microsecond_is_admitted_and_one_due_later_is_not() -> None:
+    """Work put off to the end of its wait comes back at a stored time (microseconds) and a float
+    timestamp (a few tenths of one at today's epoch): neither may turn "now" into "not yet"."""
+    tat = datetime(2026, 12, 7, 12, tzinfo=UTC).timestamp()
+    state = ScopeState(tat=tat)
+    lead = URGENT_SHARE * 60.0 * TOLERANCE[Priority.NOTIFICATION]
+    assert admit(state, tat - lead - 4e-7, Priority.NOTIFICATION, 600, 60.0)[1] == 0.0
+    _, wait = admit(state, tat - lead - 5e-6, Priority.NOTIFICATION, 600, 60.0)
+    assert wait == pytest.approx(5e-6, abs=5e-7)

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, text, update
 
-from calsync.clock import FrozenClock
+from calsync.clock import FrozenClock, utc
 from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
@@ -16,7 +16,15 @@ from calsync.store.liveness import HEARTBEAT_SECONDS, WORKER_ALIVE
 from calsync.store.models import Account, Calendar
 from calsync.store.owed import request_calendar_sync
 from calsync.store.states import Priority
-from calsync.work.leases import MayBeDue, claim_account_list, claim_calendar, may_be_due, passed_by
+from calsync.work.leases import (
+    Claim,
+    MayBeDue,
+    claim_account_list,
+    claim_calendar,
+    may_be_due,
+    passed_by,
+    put_off_in_turn,
+)
 from calsync.work.liveness import Heartbeat
 from calsync.work.worker import Worker
 from tests.push_support import calendar_id_of, connect_account
@@ -209,3 +217,63 @@ def test_passed_by_tells_a_row_skip_locked_passed_by_only_when_the_claim_would_h
             assert claim_account_list(session, "w/1", rt.clock.now(), LEASE) is None
         assert _passed_by(rt, Priority.RECONCILE, everything)
         assert not _passed_by(rt, Priority.FIRST_SYNC, everything)  # a periodic refresh waits for the budget's room
+
+
+def test_put_off_in_turn_spaces_the_users_due_calendars_of_the_class_and_below_and_nothing_else(
+    rt: Runtime, emu: Any, clock: FrozenClock
+) -> None:
+    account = connect_account(rt, emu, "busy@example.com")
+    for n in range(4):
+        emu.create_calendar("busy@example.com", f"Team {n}")
+    connect_account(rt, emu, "other@example.com")
+    Worker(rt, threads=1).run_burst()
+    now = clock.now()
+    first = now + timedelta(seconds=20)
+    with transaction(rt.sessions) as session:
+        refused, urgent, background, later, removed = sorted(
+            session.scalars(select(Calendar.id).where(Calendar.account_id == account))
+        )
+        someone_else = session.scalars(select(Calendar.id).where(Calendar.account_id != account)).one()
+        due = {refused: now, urgent: now, background: now - timedelta(minutes=5), removed: now, someone_else: now}
+        for calendar_id, at in due.items():
+            session.execute(
+                update(Calendar).where(Calendar.id == calendar_id).values(due_at=at, due_priority=Priority.NOTIFICATION)
+            )
+        session.execute(update(Calendar).where(Calendar.id == background).values(due_priority=Priority.RECONCILE))
+        session.execute(update(Calendar).where(Calendar.id == later).values(due_at=first + timedelta(seconds=1)))
+        session.execute(update(Calendar).where(Calendar.id == removed).values(removed_at=now))
+    claim = Claim(id=refused, requested=1, owner="w/0", priority=Priority.NOTIFICATION)
+    with transaction(rt.sessions) as session:
+        if rt.engine.dialect.name == "postgresql":
+            session.execute(text("SET LOCAL lock_timeout = '2s'"))  # waiting for a row would fail, not hang
+        assert put_off_in_turn(session, claim, account, first, timedelta(seconds=1.5), now) == 2
+    with rt.sessions() as session:
+        after = {c.id: utc(c.due_at) for c in session.scalars(select(Calendar))}
+    # the notification's sync first, then the reconciliation, one call apart after the refused one
+    assert after[urgent] == first + timedelta(seconds=1.5)
+    assert after[background] == first + timedelta(seconds=3)
+    # not due by then, removed, the refused one itself (its own defer moves it) and another user's: untouched
+    assert after[later] == first + timedelta(seconds=1)
+    assert after[removed] == now and after[refused] == now and after[someone_else] == now
+
+
+def test_put_off_in_turn_passes_by_a_calendar_another_transaction_holds(
+    rt: Runtime, emu: Any, clock: FrozenClock
+) -> None:
+    if rt.engine.dialect.name != "postgresql":
+        pytest.skip("SKIP LOCKED is PostgreSQL's: on SQLite the claim's transaction holds the write lock")
+    account = connect_account(rt, emu, "busy@example.com")
+    emu.create_calendar("busy@example.com", "Team")
+    Worker(rt, threads=1).run_burst()
+    now = clock.now()
+    with transaction(rt.sessions) as session:
+        refused, held = sorted(session.scalars(select(Calendar.id).where(Calendar.account_id == account)))
+        session.execute(update(Calendar).values(due_at=now, due_priority=Priority.NOTIFICATION))
+    claim = Claim(id=refused, requested=1, owner="w/0", priority=Priority.NOTIFICATION)
+    with rt.engine.connect() as other, other.begin():
+        other.execute(update(Calendar).where(Calendar.id == held).values(sync_requested=Calendar.sync_requested + 1))
+        with transaction(rt.sessions) as session:
+            session.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert put_off_in_turn(session, claim, account, now + timedelta(seconds=5), timedelta(seconds=1), now) == 0
+    with rt.sessions() as session:
+        assert utc(session.get_one(Calendar, held).due_at) == now

@@ -7,6 +7,7 @@ ones can give)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from calsync.clock import FrozenClock, utc
@@ -26,7 +28,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Calendar, QuotaBudget
 from calsync.store.owed import request_calendar_sync
-from calsync.store.quota import FIRST_SYNCS, PROJECT, ScopeState, ceiling, pace, user_scope
+from calsync.store.quota import FIRST_SYNCS, PROJECT, ScopeState, ceiling, emission_interval, pace, user_scope
 from calsync.store.states import Priority
 from calsync.work.quota import (
     MIN_SLOT,
@@ -238,6 +240,60 @@ def test_a_403_slows_the_deployment_and_a_user_limit_slows_that_user(settings: S
         emu.insert_event("ann@example.com", EVENT)
         Worker(rt, threads=1).run_burst()
         assert [c.kind for c in changes_for(rt, ann)] == ["created"]
+    finally:
+        rt.close()
+
+
+def _due_at(rt: Runtime, calendar_id: int) -> datetime:
+    at = utc(calendar_row(rt, calendar_id).due_at)
+    assert at is not None
+    return at
+
+
+def _refusals() -> float:
+    return REGISTRY.get_sample_value("calsync_quota_waits_total", {"priority": "notification"}) or 0.0
+
+
+def test_a_user_out_of_budget_has_its_other_due_calendars_put_off_one_call_apart(settings: Settings, emu: Any) -> None:
+    """One refused claim, not one per calendar: each of the user's calendars comes due when the
+    user's budget has room for it, and is then synced at once."""
+    rt = _runtime(settings)
+    try:
+        clock = _frozen(rt)
+        account = connect_account(rt, emu, "busy@example.com")
+        for n in range(3):
+            emu.create_calendar("busy@example.com", f"Team {n}")
+        Worker(rt, threads=1).run_burst()
+        assert _baselines(rt, account) == 4
+        rt.budget.limits = dataclasses.replace(rt.budget.limits, per_user_per_window=60)
+        clock.advance(60)
+        with transaction(rt.sessions) as session:
+            ids = list(session.scalars(select(Calendar.id).where(Calendar.account_id == account).order_by(Calendar.id)))
+            for calendar_id in ids:
+                request_calendar_sync(session, calendar_id, clock.now())
+            # the user has just spent its budget: its next call is 30 s away (less what urgent work may borrow)
+            session.execute(
+                update(QuotaBudget)
+                .where(QuotaBudget.scope == user_scope(account))
+                .values(tat=clock.now().timestamp() + 30, hold_until=0.0, factor=1.0, factor_at=0.0)
+            )
+        before = _refusals()
+        worker = Worker(rt, threads=1)
+        assert [worker.work_once("w/0") for _ in ids] == [0, 0, 0, 0]
+        assert _refusals() - before == 1  # one calendar refused; the rest were not claimed to be refused
+
+        due: list[tuple[datetime, int]] = sorted((_due_at(rt, c), c) for c in ids)
+        assert [c for _, c in due] == ids  # in the order claims take them
+        spacing = emission_interval(60, rt.budget.limits.window)
+        gaps = [(later - earlier).total_seconds() for (earlier, _), (later, _) in itertools.pairwise(due)]
+        assert gaps == pytest.approx([spacing] * 3, abs=1e-3)
+
+        for at, calendar_id in due:  # each is admitted when it comes due, one call apart
+            clock.set(at)
+            assert worker.work_once("w/0") == 1
+            row = calendar_row(rt, calendar_id)
+            assert row.sync_done == row.sync_requested
+        assert _refusals() - before == 1
     finally:
         rt.close()
 
