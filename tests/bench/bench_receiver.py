@@ -126,6 +126,7 @@ def main(args: Any) -> int:
                                 _latency(report, sides, bare_port, seconds, args.readers)
                                 for side in sides:
                                     _recorded(report, side)
+                                    _worker_counts(report, side)
                         emu.reset()
                 finally:
                     bare.terminate()
@@ -341,6 +342,27 @@ def _recorded(report: Report, side: _Side) -> None:
         owed > 0 and logged > 0,
         f"[{side.label}] notifications were recorded: {owed} syncs asked for, "
         f"{logged} rows in the bounded log (size {side.rt.settings.notification_log_size})",
+    )
+
+
+def _worker_counts(report: Report, side: _Side) -> None:
+    """`serve`: the syncs its worker ran and the claims the quota budget refused (from `/metrics`,
+    which sums every process of the tree): refused claims are write transactions spent for nothing."""
+    if side.server != "serve":
+        return
+    conn = http.client.HTTPConnection("127.0.0.1", side.dep.port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+    def total(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+    report.note(
+        f"[{side.label}] worker: {total('calsync_syncs_total'):.0f} syncs, "
+        f"{total('calsync_quota_waits_total'):.0f} claims refused by the quota budget"
     )
 
 
