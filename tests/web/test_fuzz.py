@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import APIOperation, BaseSchema, GenerationMode
 from schemathesis import Case as GenericCase
+from schemathesis.core.result import Ok
 from sqlalchemy import select, text
 
 from calsync import create_app
@@ -426,7 +427,7 @@ def _series(runtime: Runtime) -> None:
 
 
 # /api: schemathesis against a live `calsync web` ------------------------------------------------------
-API_EXAMPLES = 600  # cases drawn across all operations (each must be reached), half valid and half not
+API_EXAMPLES = 600  # cases drawn, an equal share for each operation, half valid and half not
 STATEFUL_SCENARIOS = 30
 # Requests that fit the document but are refused for what only the server can know: a URL that does
 # not resolve, is private or fails the verification; a page token calsync never handed out; delivery
@@ -535,6 +536,14 @@ def live_api(settings: Settings, runtime: Runtime, world: dict[str, Any], tmp_pa
         receiver.stop()
 
 
+def _operations(schema: Any) -> list[Any]:
+    found = [result.ok() for result in schema.get_all_operations() if isinstance(result, Ok)]
+    assert len(found) == len(list(schema.get_all_operations())), (
+        "the document has an operation schemathesis cannot read"
+    )
+    return found
+
+
 def _at_calendar(case: Case, google_id: str | None) -> Case:
     """A write case pointed at one of the world's calendars (None: left as generated, mostly unknown)."""
     if google_id is not None:
@@ -545,21 +554,26 @@ def _at_calendar(case: Case, google_id: str | None) -> Case:
 def test_schemathesis_finds_no_5xx_no_response_outside_the_document_and_no_write_by_a_refusal(
     live_api: LiveAPI,
 ) -> None:
-    cases = st.one_of(
-        live_api.schema.as_strategy(GenerationMode.POSITIVE), live_api.schema.as_strategy(GenerationMode.NEGATIVE)
-    )
+    # Each operation its own share: drawn from all of them at once, an operation with little to vary
+    # (GET /api/webhooks has no parameter) was drawn in some orders of the test run and not in others.
+    operations = _operations(live_api.schema)
+    for operation in operations:
+        cases = st.one_of(
+            operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)
+        )
 
-    @settings(FUZZ, max_examples=API_EXAMPLES)
-    @given(case=cases)
-    def fuzz(case: Case) -> None:
-        live_api.call(case)
+        @settings(FUZZ, max_examples=API_EXAMPLES // len(operations))
+        @given(case=cases)
+        def fuzz(case: Case) -> None:
+            live_api.call(case)
 
-    fuzz()
+        fuzz()
     print(
         f"schemathesis: {len(live_api.calls)} requests, {sum(status >= 400 for *_, status in live_api.calls)} refused"
     )
-    operations = {(method, path) for method, path, _ in live_api.calls}
-    assert len(operations) == len(list(live_api.schema.get_all_operations())), operations
+    called = {(method, path) for method, path, _ in live_api.calls}
+    documented = {(op.method.upper(), op.path) for op in operations}
+    assert called == documented, f"never called: {sorted(documented - called)}"
     assert any(status == 201 for method, path, status in live_api.calls if path == "/api/webhooks")
     assert any(status == 400 for *_, status in live_api.calls)
 

@@ -33,11 +33,27 @@ SETS_MIGRATE = pytest.mark.skipif(
 
 
 def _owners(port: int, state: str) -> list[set[int]]:
-    """For each TCP socket on the local port in this state, the processes holding it."""
+    """For each TCP socket on the local port in this state, the processes of this test's server (the
+    server it started, and that server's children) holding it. Under parallel tests another test's
+    process may hold a socket with the same port number (another address, or SO_REUSEPORT)."""
     out = subprocess.run(
         ["ss", "-Htnp", "state", state, f"( sport = :{port} )"], capture_output=True, text=True, check=True
     ).stdout
-    return [{int(pid) for pid in re.findall(r"pid=(\d+)", line)} for line in out.splitlines() if line.strip()]
+    owners = [{int(pid) for pid in re.findall(r"pid=(\d+)", line)} for line in out.splitlines() if line.strip()]
+    return [mine for mine in ({pid for pid in pids if _started_here(pid)} for pids in owners) if mine]
+
+
+def _started_here(pid: int, generations: int = 2) -> bool:
+    """`pid` is a child or grandchild of this test process."""
+    for _ in range(generations):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rpartition(")")[2].split()[1])  # the field after the state: the parent's pid
+        if pid == os.getpid():
+            return True
+    return False
 
 
 @NEEDS_SS
@@ -84,8 +100,10 @@ def test_a_web_process_that_stops_answering_is_replaced_within_the_hung_limit(
                 lambda: _replaced_by_one(_owners(port, "listening"), stuck),
                 timeout=HUNG_SECONDS + 35,  # a new process boots slowly on a loaded machine; 60 s never fits
                 interval=0.5,
-                what="the stuck process replaced",
+                what=f"the stuck process {stuck} replaced",
             )
+        except AssertionError as err:  # what would tell why: the processes, the sockets, the log
+            raise AssertionError(f"{err}\n{_diagnosis(port, tmp_path / 'web.log')}") from err
         finally:
             if _alive(stuck):
                 os.kill(stuck, signal.SIGCONT)
@@ -100,6 +118,24 @@ def test_a_web_process_that_stops_answering_is_replaced_within_the_hung_limit(
                 assert response.status == 200
             finally:
                 conn.close()
+
+
+def _diagnosis(port: int, log: Path) -> str:
+    """This test's server processes (state, kernel wait channel), its sockets, the server's log, and
+    where its master's Python stands when py-spy is at hand."""
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,wchan:32,args"], capture_output=True, text=True).stdout
+    lines = ps.splitlines()
+    mine = [line for line in lines[1:] if _started_here(int(line.split()[0]))]
+    sockets = subprocess.run(["ss", "-Htanp", f"( sport = :{port} )"], capture_output=True, text=True).stdout
+    stacks = ""
+    if shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists():
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        for line in mine:
+            pid, ppid = line.split()[:2]
+            if int(ppid) == os.getpid():  # the master
+                stacks = subprocess.run([spy, "dump", "--pid", pid], capture_output=True, text=True).stdout
+    tail = log.read_text(errors="replace")[-3000:]
+    return "\n".join([lines[0], *mine, sockets, tail, stacks])
 
 
 def _replaced_by_one(listeners: list[set[int]], gone: int) -> bool:
