@@ -48,11 +48,11 @@ PROJECT = "project"
 FIRST_SYNCS = "first_syncs"
 FIRST_SYNC_SHARE = 0.75  # of the project's pace: the rest stays for reconciliations during an onboarding
 _NOBODY = object()  # no call prepaid on this thread
-# The most tolerant class may run this share of the window ahead: the urgent reserve.
 # A call less than this early counts as on time: times are stored to the microsecond, and a
 # timestamp's float cannot tell apart instants a few tenths of one apart. Work put off to the
 # moment its wait ends would otherwise be refused then by a rounding error, and put off again.
 RESOLUTION = 1e-6
+# The most tolerant class may run this share of the window ahead: the urgent reserve.
 URGENT_SHARE = 0.2
 # How far ahead each class may run, as a share of that reserve. Background classes stop short,
 # so whatever they leave is there for the classes above them at once.

@@ -423,6 +423,8 @@ _LIST_WAITING = select(_ACC.c.id).where(*_LIST_DUE).exists()
 _MAY_BE_DUE = select(_any_query.exists().label("calendars"), _LIST_WAITING.label("lists"))
 # `passed_by`'s reads: the claims' picks as plain reads (a read waits for no row lock).
 _CALENDAR_WAITING = select(_any_query.exists())
+_LIST_OWED_WAITING = select(_ACC.c.id).where(*_LIST_DUE, _LIST_OWED).exists()
+_PASSED_BY = {lists: select(_any_query.exists() | lists) for lists in (_LIST_WAITING, _LIST_OWED_WAITING)}
 
 PUT_OFF_MAX = 100  # a refused claim puts off at most this many of its user's other calendars
 _PUT_OFF_PICK = (
@@ -444,8 +446,6 @@ _PUT_OFF = (
     .where(_CAL.c.id == bindparam("put_off"), _CAL.c.due_at < bindparam("due", type_=_CAL.c.due_at.type))
     .values(due_at=bindparam("due", type_=_CAL.c.due_at.type))
 )
-_LIST_OWED_WAITING = select(_ACC.c.id).where(*_LIST_DUE, _LIST_OWED).exists()
-_PASSED_BY = {lists: select(_any_query.exists() | lists) for lists in (_LIST_WAITING, _LIST_OWED_WAITING)}
 
 
 _MORE = _CAL.c.sync_requested > bindparam("claimed_requested", type_=_CAL.c.sync_requested.type)

@@ -186,11 +186,13 @@ def _throughput(report: Report, sides: list[_Side], work: Path, bare_port: int, 
     if not shutil.which("wrk"):
         return
     runs: dict[str, tuple[list[dict[str, float]], list[dict[str, float]]]] = {side.label: ([], []) for side in sides}
+    scripts = {side.label: work / f"notify-{side.dep.port}.lua" for side in sides}
+    for side in sides:
+        scripts[side.label].write_text(_lua(side.channels))
     for rep in range(2):
         k = rep % len(sides)
         for side in sides[k:] + sides[:k]:
-            lua = work / f"notify-{len(side.channels)}-{side.dep.port}.lua"
-            lua.write_text(_lua(side.channels))
+            lua = scripts[side.label]
             bare_runs, recv_runs = runs[side.label]
             _quiet(sides)
             bare_runs.append(_wrk(bare_port, lua, seconds, server_pid=bare_pid))

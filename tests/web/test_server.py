@@ -128,8 +128,9 @@ def _diagnosis(port: int, log: Path) -> str:
     mine = [line for line in lines[1:] if _started_here(int(line.split()[0]))]
     sockets = subprocess.run(["ss", "-Htanp", f"( sport = :{port} )"], capture_output=True, text=True).stdout
     stacks = ""
-    if shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists():
-        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    beside = Path(sys.executable).with_name("py-spy")
+    spy = shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+    if spy is not None:
         for line in mine:
             pid, ppid = line.split()[:2]
             if int(ppid) == os.getpid():  # the master
