@@ -61,7 +61,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             _private_database_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _SqliteBegin(IntakeGate.of(engine)))
+        gate = IntakeGate.of(engine)
+        event.listen(engine, "begin", _SqliteBegin(gate))
+        event.listen(engine, "engine_disposed", lambda _engine: gate.close())
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
@@ -218,6 +220,14 @@ class IntakeGate:
                 fd = self._fd
         fcntl.flock(fd, fcntl.LOCK_SH)
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """With its engine: a process that only checked the schema (gunicorn's master, before it forks its
+        web processes) would otherwise keep the file open for its whole life, and pass it to each child."""
+        with self._lock:
+            fd, self._fd = self._fd, None
+            if fd is not None and self._pid == os.getpid():
+                os.close(fd)
 
 
 def is_own_backend(engine: Engine, pid: int) -> bool:

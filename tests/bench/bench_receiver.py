@@ -39,6 +39,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,7 +123,7 @@ def main(args: Any) -> int:
                             if all(side.ready(report) for side in sides):
                                 dep = sides[0].dep
                                 dep.wait_http(port=bare_port)
-                                _throughput(report, sides, work, bare_port, bare.pid, seconds)
+                                _throughput(report, sides, work, bare_port, bare.pid, seconds, args.wrk_rounds)
                                 _latency(report, sides, bare_port, seconds, args.readers)
                                 for side in sides:
                                     _recorded(report, side)
@@ -176,12 +177,15 @@ class _Side:
         return True
 
 
-def _throughput(report: Report, sides: list[_Side], work: Path, bare_port: int, bare_pid: int, seconds: int) -> None:
+def _throughput(
+    report: Report, sides: list[_Side], work: Path, bare_port: int, bare_pid: int, seconds: int, rounds: int = 2
+) -> None:
     """wrk against each tree and the bare endpoint, alternated so drifting background load hits all alike.
 
     Each tree's run follows a bare run of its own (its baseline), and the trees take turns coming
     first: measured one tree after the other, the first measured had a ratio of 0.57 and the second
-    0.78 with the same commit on both sides.
+    0.78 with the same commit on both sides. Each pair's own ratio is printed too: their spread is the
+    noise that a difference between two trees must stand above.
     """
     if not shutil.which("wrk"):
         return
@@ -189,7 +193,7 @@ def _throughput(report: Report, sides: list[_Side], work: Path, bare_port: int, 
     scripts = {side.label: work / f"notify-{side.dep.port}.lua" for side in sides}
     for side in sides:
         scripts[side.label].write_text(_lua(side.channels))
-    for rep in range(2):
+    for rep in range(rounds):
         k = rep % len(sides)
         for side in sides[k:] + sides[:k]:
             lua = scripts[side.label]
@@ -230,6 +234,12 @@ def _report_throughput(
         baseline=bare_best["p99"],
         baseline_name="bare",
     )
+    pairs = sorted(recv["rps"] / bare["rps"] for bare, recv in zip(bare_runs, recv_runs, strict=True) if bare["rps"])
+    if pairs:
+        report.note(
+            f"[{label}] each run over the bare run just before it: {', '.join(f'{r:.2f}' for r in pairs)} "
+            f"(median {statistics.median(pairs):.2f})"
+        )
     _report_cpu(report, label, bare_runs, recv_runs)
     report.check(
         all(r["non2xx"] == 0 and r["errors"] == 0 for r in recv_runs),
@@ -691,6 +701,7 @@ def _parser() -> Any:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--server", choices=(*PROCESSES, "both"), default="both", help="calsync command(s) to measure")
     p.add_argument("--old", default="", help="also measure the receiver of this commit, side by side")
+    p.add_argument("--wrk-rounds", type=int, default=2, help="wrk runs per tree (each after a bare run of its own)")
     p.add_argument(
         "--readers", type=float, default=0.0, help="an app's reads of the feed per second while notifications flow"
     )

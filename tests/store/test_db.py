@@ -53,6 +53,26 @@ def test_a_new_sqlite_database_and_its_wal_and_shm_are_private(tmp_path: Path) -
     assert modes == dict.fromkeys(private, 0o600)
 
 
+def test_disposing_a_sqlite_engine_closes_its_intake_lock_file(tmp_path: Path) -> None:
+    """A process that only checked the schema (gunicorn's master) kept the lock file open for life."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    lock = intake_lock_path(engine)
+    with transaction(make_sessionmaker(engine)) as session:  # a write transaction passes the gate
+        session.execute(text("SELECT 1"))
+    assert lock in _open_files()
+    engine.dispose()
+    assert lock not in _open_files()
+    with transaction(make_sessionmaker(engine)) as session:  # the engine is still usable: opened again
+        session.execute(text("SELECT 1"))
+    assert lock in _open_files()
+    engine.dispose()
+
+
+def _open_files() -> list[str]:
+    fds = Path("/proc/self/fd")
+    return [os.path.realpath(fds / fd) for fd in os.listdir(fds)]
+
+
 def test_an_existing_database_readable_by_others_is_named_in_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
