@@ -49,10 +49,17 @@ def check_key(key: str) -> str:
     return key
 
 
-def derived_event_id(calendar_google_id: str, key: str) -> str:
-    """A Google event id (base32hex, lower case) that only this calendar and key give."""
-    digest = hashlib.sha256(f"{calendar_google_id}\0{key}".encode()).digest()
-    return base64.b32hexencode(digest).decode().rstrip("=").lower()
+def derived_event_id(calendar_id: int, calendar_google_id: str, key: str, digest: str) -> str:
+    """A Google event id (base32hex, lower case) that only this calendar, key and body give.
+
+    The calendar's own row (one per account that sees it) as well as its Google id: two accounts
+    sharing a calendar keep apart keys, and so apart events. The body's hash too: a key used again
+    for another body once its row is gone (pruned after `KEEP_KEYS`, or a claim lost with the
+    database) makes a new event, instead of Google's 409 handing back the first one as if it were
+    this one. A retry of the same creation still derives the same id.
+    """
+    raw = hashlib.sha256(f"{calendar_id}\0{calendar_google_id}\0{key}\0{digest}".encode()).digest()
+    return base64.b32hexencode(raw).decode().rstrip("=").lower()
 
 
 def body_hash(body: dict[str, Any]) -> str:

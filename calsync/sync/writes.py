@@ -37,6 +37,7 @@ from calsync.errors import (
     InvalidWrite,
     NotFoundError,
     PreconditionFailed,
+    QuotaWait,
     TransientGoogleError,
     WriteConflict,
 )
@@ -103,12 +104,24 @@ def create_event(
             if claim is None:
                 raise
             # An earlier attempt with this key was made in Google, and its answer was lost: fetch it.
-            event = target.google(runtime, lambda: api.get_event(target.google_id, claim.event_id))
-        except GoogleApiError as err:
+            event = _made_earlier(runtime, target, claim.event_id)
+        except (GoogleApiError, InsufficientScope, QuotaWait) as err:
+            # Refused outright, for the scope, or put off by the quota: nothing was made, the key is free again.
             if claim is not None and not isinstance(err, TransientGoogleError):
                 idempotency.release(runtime, target.calendar_id, claim.key, claim.body_hash)
             raise
         return _commit(runtime, target, event, key=claim.key if claim else None)
+
+
+def _made_earlier(runtime: Runtime, target: _Target, event_id: str) -> dict[str, Any]:
+    """The event an earlier attempt of this creation made; a tombstone when it is gone from Google
+    since (deleted and purged): the key's creation is then answered as made and deleted, not as a
+    404 that every retry would meet again."""
+    api = target.api
+    try:
+        return target.google(runtime, lambda: api.get_event(target.google_id, event_id))
+    except GoogleNotFound:
+        return {"id": event_id, "status": CANCELLED}
 
 
 def patch_event(
@@ -268,7 +281,7 @@ class _Target:
         with session.begin():
             target = cls._read(runtime, session, calendar, locked)
             if key is not None and digest is not None:
-                event_id = idempotency.derived_event_id(target.google_id, key)
+                event_id = idempotency.derived_event_id(target.calendar_id, target.google_id, key, digest)
                 target.claim = idempotency.claim(
                     session, target.calendar_id, key, digest, event_id, runtime.clock.now()
                 )
@@ -401,9 +414,13 @@ def _target_query(by_name: bool, by_email: bool, lock: bool) -> Executable:
     )
 
 
-# The write's own commit reads the calendar's generation and its account's `ref`.
+# The write's own commit reads the calendar's generation, whether a sync of it may be listing now (a
+# worker holds its lease), and its account's `ref`.
+_LISTING = _CAL.c.lease_owner.is_not(None)
 _GENERATION = (
-    select(_CAL.c.full_sync_gen, _ACC.c.ref).select_from(_CALENDAR_ACCOUNT).where(_CAL.c.id == bindparam("calendar"))
+    select(_CAL.c.full_sync_gen, _LISTING, _ACC.c.ref)
+    .select_from(_CALENDAR_ACCOUNT)
+    .where(_CAL.c.id == bindparam("calendar"))
 )
 
 
@@ -423,7 +440,7 @@ def _generation_handing_over() -> Select[Any]:
     )
     row = aliased(Event, probe)
     return compiled_for_postgres(
-        select(_CAL.c.full_sync_gen, _ACC.c.ref, turns.hand_over_turn(calendar), row)
+        select(_CAL.c.full_sync_gen, _LISTING, _ACC.c.ref, turns.hand_over_turn(calendar), row)
         .select_from(_CALENDAR_ACCOUNT)
         .outerjoin(probe, true())
         .where(_CAL.c.id == calendar)
@@ -447,8 +464,11 @@ def _commit(
     write of the same calendar never interleave their reads and writes, and the full-sync
     generation read here cannot move meanwhile (only a page starts a full sync). So the calendar
     row is not locked: the write does not wait on the worker's own commits of that row (its claim
-    of the job, its outcome). The written row is stamped with the next generation, so a full sync
-    that listed before the write cannot sweep it away.
+    of the job, its outcome).
+
+    While a worker holds the calendar's lease, the written row is stamped with the next generation:
+    a full sync that listed before the write (and so does not show it) cannot sweep it away. Otherwise
+    with the current one, so the next full sync sweeps it like any row if Google no longer has it.
     """
     session = target.session
     session.expunge_all()  # rows read by an earlier transaction of this write are read again
@@ -457,12 +477,12 @@ def _commit(
         now = runtime.clock.now()
         if held is not None:
             params = {"calendar": target.calendar_id, "event_id": event["id"]}
-            gen, ref, handed, row = session.execute(_GENERATION_HANDING_OVER, params).one()
+            gen, listing, ref, handed, row = session.execute(_GENERATION_HANDING_OVER, params).one()
             if handed:
                 held.remove(target.calendar_id)  # this transaction's end gives the turn back
         else:
-            gen, ref = session.execute(_GENERATION, {"calendar": target.calendar_id}).one()
-        mirror = PageMirror(session, target.calendar_id, gen=int(gen or 0) + 1)
+            gen, listing, ref = session.execute(_GENERATION, {"calendar": target.calendar_id}).one()
+        mirror = PageMirror(session, target.calendar_id, gen=int(gen or 0) + (1 if listing else 0))
         if held is not None:
             mirror.known(event["id"], row)
         mirror.apply([event], [])
@@ -506,12 +526,21 @@ def _conflict(runtime: Runtime, target: _Target, event_id: str) -> WriteConflict
 
 
 def _replay(target: _Target, claim: idempotency.Claim) -> WriteResult:
-    """A key whose creation is committed: the same event (its version at that seq), nothing sent."""
+    """A key whose creation is committed: the same event (its version at that seq), nothing sent.
+
+    The row at that seq is the creation's only when it is this calendar's row of this event: a
+    creation that wrote no row of its own (the mirror held it already, or it was gone when fetched)
+    is marked with the feed's position at its commit, and the row there may be anyone's."""
     assert claim.seq is not None
     session = target.session
     with session.begin():
         change = session.get(Change, claim.seq)
-        if change is not None and change.after is not None:
+        if (
+            change is not None
+            and change.after is not None
+            and change.calendar_id == target.calendar_id
+            and change.event_id == claim.event_id
+        ):
             return WriteResult(dict(change.after), claim.seq, replayed=True)
         row = _mirrored(session, target.calendar_id, claim.event_id)
         return WriteResult(dict(row.data) if row is not None else None, claim.seq, replayed=True)

@@ -11,6 +11,7 @@ connection code is unusable) names its `variants`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ from calsync.errors import (
     InvalidSubscription,
     InvalidWrite,
     NotFoundError,
+    QuotaWait,
     RefMismatch,
     TransientGoogleError,
     UnsafeURLError,
@@ -76,7 +78,7 @@ class ErrorAnswer:
 
 
 def _retry_after(seconds: float | None) -> dict[str, str]:
-    return {"Retry-After": str(max(1, int(seconds or 1)))}
+    return {"Retry-After": str(max(1, math.ceil(seconds or 1)))}
 
 
 ANSWERS: dict[type[Exception], ErrorAnswer] = {
@@ -110,6 +112,12 @@ ANSWERS: dict[type[Exception], ErrorAnswer] = {
         "google_unavailable",
         message=lambda err: f"Google did not answer the write; retry later ({err})",
         headers=lambda err: _retry_after(err.retry_after),
+    ),
+    QuotaWait: ErrorAnswer(  # the user's (or the project's) Google quota has no room for the write yet
+        503,
+        "quota_exhausted",
+        message=lambda err: f"calsync's Google quota has no room for this write now; retry later ({err})",
+        headers=lambda err: _retry_after(err.wait),
     ),
     GoogleNotFound: ErrorAnswer(
         404, "not_found", message=lambda err: f"Google has no such event (or it was deleted): {err}"

@@ -261,7 +261,7 @@ class _Client:
             return dict(resp.json()["event"])
         from calsync.sync.idempotency import derived_event_id  # the same kind of client-chosen id
 
-        resp = self.http.post(self.url, json={**body, "id": derived_event_id("direct", key)}, timeout=30)
+        resp = self.http.post(self.url, json={**body, "id": derived_event_id(0, "direct", key, "")}, timeout=30)
         resp.raise_for_status()
         return dict(resp.json())
 

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, select, text
+from sqlalchemy import delete, event, select, text, update
 
 from calsync.config import Settings
 from calsync.errors import (
@@ -27,7 +27,7 @@ from calsync.readmodels import availability
 from calsync.readmodels.occurrences import parse_instant
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
-from calsync.store.models import Calendar, IdempotencyKey
+from calsync.store.models import Account, Calendar, Event, IdempotencyKey
 from calsync.store.quota import Budget, Limits, day_count
 from calsync.store.states import Priority
 from calsync.sync import idempotency, writes
@@ -48,6 +48,7 @@ from tests.sync_support import (
 )
 
 ANN = "ann@example.com"
+BOB = "bob@example.com"
 MEETING = {
     "summary": "Booking 42",
     "start": {"dateTime": "2026-03-02T10:00:00Z"},
@@ -96,7 +97,9 @@ def test_the_same_key_and_body_make_one_event_and_one_row_and_another_body_is_re
     first = writes.create_event(runtime, cal, MEETING, idempotency_key="booking-42")
     again = writes.create_event(runtime, cal, dict(reversed(MEETING.items())), idempotency_key="booking-42")
     assert again.replayed and (again.event, again.seq) == (first.event, first.seq)
-    assert first.event is not None and first.event["id"] == idempotency.derived_event_id(ANN, "booking-42")
+    assert first.event is not None and first.event["id"] == idempotency.derived_event_id(
+        cal, ANN, "booking-42", idempotency.body_hash(MEETING)
+    )
     with pytest.raises(IdempotencyKeyReused):
         writes.create_event(runtime, cal, {**MEETING, "summary": "Other"}, idempotency_key="booking-42")
     assert [e["summary"] for e in emu.events(ANN)] == ["Booking 42"]
@@ -134,7 +137,9 @@ def test_a_claim_lost_with_the_database_still_makes_one_event_on_retry(runtime: 
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.key == "k-lost"))
     result = writes.create_event(runtime, cal, MEETING, idempotency_key="k-lost")
     [made] = emu.events(ANN)
-    assert result.event == made and made["id"] == idempotency.derived_event_id(ANN, "k-lost")
+    assert result.event == made and made["id"] == idempotency.derived_event_id(
+        cal, ANN, "k-lost", idempotency.body_hash(MEETING)
+    )
     [row] = changes(runtime, cal)
     assert (row.seq, row.idempotency_key) == (result.seq, "k-lost")
     again = writes.create_event(runtime, cal, MEETING, idempotency_key="k-lost")
@@ -149,6 +154,99 @@ def test_a_creation_google_refuses_frees_its_key(runtime: Runtime, emu: Any, cal
     assert getattr(refused.value, "status", None) == 400
     result = writes.create_event(runtime, cal, MEETING, idempotency_key="k-2")  # the corrected body
     assert result.event is not None and result.event["summary"] == "Booking 42"
+
+
+def test_a_replay_never_hands_back_another_accounts_event(runtime: Runtime, emu: Any, cal: int) -> None:
+    """A creation that writes no feed row of its own (here: made, its answer lost, then deleted by the
+    person before the retry) is marked with the feed's newest seq, which may be anyone's row."""
+    bob = writable_calendar(runtime, emu, BOB)
+    secret = writes.create_event(runtime, bob, {**MEETING, "summary": "Bob's private thing"})
+    emu.fail_after_write(1, status=503, method="calendar.events.insert")
+    with pytest.raises(BackendError):
+        writes.create_event(runtime, cal, MEETING, idempotency_key="k")
+    [made] = emu.events(ANN)
+    emu.delete_event(ANN, made["id"])
+    first = writes.create_event(runtime, cal, MEETING, idempotency_key="k")  # 409, fetched: cancelled
+    assert first.event is None and first.seq >= secret.seq
+    again = writes.create_event(runtime, cal, MEETING, idempotency_key="k")
+    assert again.replayed and again.event is None, "a replay handed back the row at its seq, another account's"
+    cancelled = writes.create_event(runtime, cal, {**MEETING, "status": "cancelled"}, idempotency_key="c")
+    replayed = writes.create_event(runtime, cal, {**MEETING, "status": "cancelled"}, idempotency_key="c")
+    assert replayed.replayed and replayed.event == cancelled.event
+    assert replayed.event is None or replayed.event["id"] != secret.event["id"]  # type: ignore[index]
+
+
+def test_a_made_event_gone_from_google_before_the_retry_is_answered_as_deleted(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """Google's 409 says the id is taken, and its get no longer finds the event: every retry met that
+    404 and the key stayed claimed; now the creation is answered as made and deleted, once."""
+    emu.fail_after_write(1, status=503, method="calendar.events.insert")
+    with pytest.raises(BackendError):
+        writes.create_event(runtime, cal, MEETING, idempotency_key="gone")
+    emu.fail_next(1, status=404, reason="notFound", method="calendar.events.get")
+    result = writes.create_event(runtime, cal, MEETING, idempotency_key="gone")
+    assert result.event is None and not result.replayed
+    again = writes.create_event(runtime, cal, MEETING, idempotency_key="gone")
+    assert again.replayed and (again.event, again.seq) == (None, result.seq)
+    assert emu.count("calendar.events.insert") == 2 and emu.count("calendar.events.get") == 1
+
+
+def test_accounts_sharing_a_calendar_keep_apart_keys_and_a_key_used_again_later_makes_its_own_event(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """The derived id names the calendar's row (one per account) and the body: neither another account's
+    creation with the same key nor the same key used again for another body once its row was pruned
+    is handed Google's 409 and the first event as if it were its own."""
+    writable_calendar(runtime, emu, BOB)
+    emu.share_calendar(ANN, BOB, role="writer")
+    refresh_calendar_list(runtime, _account_of(runtime, BOB))
+    with runtime.sessions() as session:
+        bobs_view = session.scalars(select(Calendar.id).where(Calendar.google_id == ANN, Calendar.id != cal)).one()
+    first = writes.create_event(runtime, cal, MEETING, idempotency_key="k")
+    other = writes.create_event(runtime, bobs_view, {**MEETING, "summary": "Bob's booking"}, idempotency_key="k")
+    assert other.event is not None and other.event["summary"] == "Bob's booking"
+    with transaction(runtime.sessions) as session:  # a day later: the scheduler pruned the key
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.calendar_id == cal))
+    later = writes.create_event(runtime, cal, {**MEETING, "summary": "Next week"}, idempotency_key="k")
+    assert later.event is not None and later.event["summary"] == "Next week"
+    assert sorted(e["summary"] for e in emu.events(ANN)) == sorted(["Booking 42", "Bob's booking", "Next week"])
+    assert first.event is not None and first.event["id"] not in {other.event["id"], later.event["id"]}
+
+
+def test_a_written_event_google_forgets_is_swept_by_the_next_full_sync(runtime: Runtime, emu: Any, cal: int) -> None:
+    """Written outside any sync, the row carries the calendar's current generation: the next full
+    listing that does not show it removes it, as it removes a row any sync wrote."""
+    by_write = writes.create_event(runtime, cal, MEETING).event
+    by_google = emu.insert_event(ANN, {**MEETING, "summary": "by Google"})
+    sync_calendar(runtime, cal)
+    assert by_write is not None and set(mirror(runtime, cal)) == {by_write["id"], by_google["id"]}
+    with emu.store.lock:  # Google forgets both (tombstones purged): only a full listing can tell
+        forgotten = emu.store.calendars[ANN]
+        for event_id in (by_write["id"], by_google["id"]):
+            del forgotten.events[event_id]
+            forgotten.order.remove(event_id)
+    emu.invalidate_sync_tokens(ANN)
+    sync_calendar(runtime, cal)
+    assert mirror(runtime, cal) == {}
+    assert_feed_rebuilds_mirror(runtime, cal)
+
+
+def test_a_write_while_a_worker_holds_the_lease_is_stamped_for_the_listing_in_flight(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """A full sync that listed before the write commits after it: the row must count as seen by it."""
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Calendar).where(Calendar.id == cal).values(lease_owner="host:1:w/0"))
+    during = writes.create_event(runtime, cal, MEETING).event
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Calendar).where(Calendar.id == cal).values(lease_owner=None))
+    outside = writes.create_event(runtime, cal, {**MEETING, "summary": "later"}).event
+    assert during is not None and outside is not None
+    with runtime.sessions() as session:
+        gen = session.scalars(select(Calendar.full_sync_gen).where(Calendar.id == cal)).one()
+        stamps = dict(session.execute(select(Event.google_id, Event.seen_gen).where(Event.calendar_id == cal)).all())
+    assert (stamps[during["id"]], stamps[outside["id"]]) == (gen + 1, gen)
 
 
 def test_a_stale_if_match_leaves_google_unchanged_and_hands_back_the_current_version(
@@ -300,7 +398,9 @@ def test_a_grant_that_lost_its_scope_at_google_is_insufficient_scope(runtime: Ru
     with transaction(runtime.sessions) as session:
         upsert_account(session, runtime.cipher, ANN, creds, list(WRITER), runtime.clock.now())
     with pytest.raises(InsufficientScope):
-        writes.create_event(runtime, cal, MEETING)
+        writes.create_event(runtime, cal, MEETING, idempotency_key="k")
+    with runtime.sessions() as session:  # nothing was made: the key is free for the retry after consent
+        assert session.scalars(select(IdempotencyKey)).all() == []
 
 
 def test_a_calendar_the_user_may_only_read_gets_googles_403(runtime: Runtime, emu: Any, cal: int) -> None:
@@ -447,3 +547,8 @@ def test_a_keyed_create_costs_six_statements_and_a_patch_five_on_postgresql(
         key = session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == "counted")).one()
     assert key.seq == made.seq  # marked by the feed row's statement
     settle(runtime, emu, cal)
+
+
+def _account_of(runtime: Runtime, email: str) -> int:
+    with runtime.sessions() as session:
+        return session.scalars(select(Account.id).where(Account.email == email)).one()

@@ -27,6 +27,7 @@ from calsync.errors import (
     InvalidSubscription,
     InvalidWrite,
     NotFoundError,
+    QuotaWait,
     RefMismatch,
     TransientGoogleError,
     UnsafeURLError,
@@ -64,6 +65,13 @@ def test_every_error_of_the_table_answers_its_status_and_the_documented_shape() 
         TransientGoogleError("backendError", retry_after=3): (
             503,
             {"error": "google_unavailable", "message": "Google did not answer the write; retry later (backendError)"},
+        ),
+        QuotaWait("no room", wait=2.5): (
+            503,
+            {
+                "error": "quota_exhausted",
+                "message": "calsync's Google quota has no room for this write now; retry later (no room)",
+            },
         ),
         GoogleNotFound("gone"): (
             404,
@@ -124,7 +132,8 @@ def test_the_database_away_answers_503_with_retry_after_in_the_api_and_on_pages(
 def test_google_s_pause_answers_retry_after_from_its_own(app: Flask) -> None:
     with app.test_request_context("/api/calendars/x/events", method="POST"):
         resp = app.make_response(app.handle_user_exception(TransientGoogleError("rateLimit", retry_after=7.5)))
-    assert (resp.status_code, resp.headers["Retry-After"], resp.get_json()["error"]) == (503, "7", "google_unavailable")
+    # Rounded up: a client that retries after 7 s would come back before Google is ready.
+    assert (resp.status_code, resp.headers["Retry-After"], resp.get_json()["error"]) == (503, "8", "google_unavailable")
 
 
 def test_field_errors_have_one_code_whichever_part_refused_the_field(client: Any, api_headers: dict[str, str]) -> None:

@@ -22,7 +22,9 @@ from sqlalchemy import select
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
-from calsync.store.models import Calendar
+from calsync.store.models import Calendar, IdempotencyKey
+from calsync.store.quota import Budget, Limits
+from calsync.store.states import Priority
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
 from tests.conftest import API_TOKEN, free_port
@@ -132,6 +134,25 @@ def test_refusals_say_why_and_change_nothing(
     read_only = client.post("/api/calendars/bob@example.com/events", json=MEETING, headers=api_headers)
     assert (read_only.status_code, read_only.json["error"]) == (403, "forbidden")  # type: ignore[index]
     assert emu.events(ANN) == [] and emu.events("bob@example.com") == [] and feed(client, api_headers) == []
+
+
+def test_a_write_the_quota_has_no_room_for_is_503_with_retry_after_and_frees_its_key(
+    client: FlaskClient, api_headers: dict[str, str], runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """The user's budget spent to the last call writes may take: the write is put off to the app, as a
+    503 it may retry after the seconds it names, not a 500; nothing reached Google, the key is free."""
+    runtime.budget = Budget(runtime.sessions, runtime.clock, Limits(per_window=0, per_user_per_window=100), max_wait=0)
+    with runtime.sessions() as session:
+        account = session.scalars(select(Calendar.account_id).where(Calendar.id == cal)).one()
+    while runtime.budget.try_take(Priority.WRITE, account) == 0.0:
+        pass
+    inserts = emu.count("calendar.events.insert")
+    refused = client.post(EVENTS, json=MEETING, headers={**api_headers, "Idempotency-Key": "k"})
+    assert (refused.status_code, refused.json["error"]) == (503, "quota_exhausted"), refused.json  # type: ignore[index]
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert emu.count("calendar.events.insert") == inserts and feed(client, api_headers) == []
+    with runtime.sessions() as session:
+        assert session.scalars(select(IdempotencyKey)).all() == []
 
 
 def test_a_calendar_two_accounts_share_is_named_by_account_and_refusals_leave_its_turn_free(

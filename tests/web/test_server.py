@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -136,7 +136,20 @@ def _diagnosis(port: int, log: Path) -> str:
             if int(ppid) == os.getpid():  # the master
                 stacks = subprocess.run([spy, "dump", "--pid", pid], capture_output=True, text=True).stdout
     tail = log.read_text(errors="replace")[-3000:]
-    return "\n".join([lines[0], *mine, sockets, tail, stacks])
+    files = [_files_of(int(line.split()[0])) for line in mine]
+    return "\n".join([lines[0], *mine, sockets, tail, stacks, f"monotonic now {time.monotonic():.1f}", *files])
+
+
+def _files_of(pid: int) -> str:
+    """A process's open files and their mtimes: gunicorn's master judges a process stuck by the mtime of
+    a file the process touches (with monotonic seconds, not the wall clock)."""
+    fds = Path(f"/proc/{pid}/fd")
+    seen = []
+    with suppress(OSError):
+        for fd in sorted(os.listdir(fds), key=int):
+            with suppress(OSError):
+                seen.append(f"{fd}={os.readlink(fds / fd)} mtime {os.stat(fds / fd).st_mtime:.1f}")
+    return f"{pid}: " + "; ".join(seen)
 
 
 def _replaced_by_one(listeners: list[set[int]], gone: int) -> bool:
