@@ -58,6 +58,11 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.reading: dict[ReadingConn, None] = {}  # connections the event loop is reading from
         self.stopping = False
+        # gunicorn judges a process by the mtime of this file, which its heartbeat sets to monotonic
+        # seconds; made (here, in the master, before the fork) it holds the wall clock's, decades ahead
+        # of them. A process stuck before its first heartbeat (stopped, or hung at boot) looked alive
+        # for ever and was never replaced. The first heartbeat is now the file's birth.
+        self.tmp.notify()
 
     def load_wsgi(self) -> None:
         """Build the app while telling gunicorn this process is alive: its limit for a silent process

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
 
 import requests
+from gunicorn.config import Config
 
 from calsync.config import Settings
+from calsync.web.reading_worker import ReadingThreadWorker
 from tests.web.process_support import calsync_process
 
 SLOW_SOCKETS = 16  # twice the request threads of `calsync serve`
@@ -75,3 +78,15 @@ def test_a_request_sent_in_pieces_is_answered_whole(settings: Settings, tmp_path
         # The URL (the body's first field) was judged: the JSON body reached the app whole.
         assert answer.startswith(b"HTTP/1.1 400 ")
         assert json.loads(answer.partition(b"\r\n\r\n")[2])["field"] == "url"
+
+
+def test_a_process_is_judged_by_its_heartbeat_from_the_moment_it_is_made() -> None:
+    """gunicorn's master replaces a process once `monotonic() - tmp.last_update()` passes its limit. Its
+    heartbeat writes monotonic seconds, but the file is born with the wall clock's, about 1.8e9 ahead:
+    a process stopped before its first beat (as under the stuck-process test, now and then) was never
+    replaced. The age must be a real age from the start."""
+    worker = ReadingThreadWorker(1, os.getpid(), [], None, 10, Config(), None)
+    try:
+        assert 0 <= time.monotonic() - worker.tmp.last_update() < 5
+    finally:
+        worker.tmp.close()
