@@ -61,10 +61,19 @@ def run_due_deliveries(runtime: Runtime, owner: str, limit: int = 50) -> int:
         jobs = _claim(runtime, owner, limit - made)
         if not jobs:
             break
-        for job in jobs:
+        for n, job in enumerate(jobs):
+            if n and not _lease_outlasts_an_attempt(runtime, job):
+                break  # the rest of the batch is left to its lease's end, then claimed again: never sent twice
             _attempt(runtime, owner, job)
             made += 1
     return made
+
+
+def _lease_outlasts_an_attempt(runtime: Runtime, job: _Job) -> bool:
+    """Whether the job's lease holds through one more attempt (its timeout, and as much again for a
+    slow answer). A batch sent to an endpoint that times out outlived its lease: another worker took
+    the rest, and sent each again, the older message after the newer."""
+    return runtime.clock.now() + 2 * runtime.settings.webhook_timeout < job.lease_until
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class _Job:
     url: str
     body: str
     keys: list[str]
+    lease_until: datetime
 
 
 @dataclass(frozen=True)
@@ -128,10 +138,12 @@ def _claim(runtime: Runtime, owner: str, limit: int) -> list[_Job]:
         for delivery in deliveries:
             delivery.lease_owner = owner
             delivery.lease_until = until
-        return _jobs(session, runtime, deliveries, now)
+        return _jobs(session, runtime, deliveries, now, until)
 
 
-def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: datetime) -> list[_Job]:
+def _jobs(
+    session: Session, runtime: Runtime, deliveries: list[Delivery], now: datetime, lease_until: datetime
+) -> list[_Job]:
     subs = {
         s.id: s
         for s in session.scalars(
@@ -165,7 +177,7 @@ def _jobs(session: Session, runtime: Runtime, deliveries: list[Delivery], now: d
             )
         else:
             body = payload.encode(payload.message(change, email, google_id))
-        jobs.append(_Job(delivery.id, sub.id, delivery.message_id, sub.url, body, keys[sub.id]))
+        jobs.append(_Job(delivery.id, sub.id, delivery.message_id, sub.url, body, keys[sub.id], lease_until))
     return jobs
 
 

@@ -75,13 +75,23 @@ def check_url(url: object, settings: Settings) -> SplitResult:
         raise UnsafeURLError("url: IPv6 zone identifiers are not allowed")
     if port == 0:
         raise InvalidSubscription("url", "url: port 0 is not a valid port")
+    ascii_host(parts.hostname)
     return parts
+
+
+def ascii_host(host: str) -> str:
+    """The host as DNS, TLS and the Host header take it: an internationalised name in its IDNA form
+    (`bücher.example` → `xn--bcher-kva.example`). Sent as typed, it failed in the HTTP client."""
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError as err:
+        raise InvalidSubscription("url", f"url: {host!r} is not a valid host name ({err})") from err
 
 
 def resolve_target(url: str, settings: Settings, *, resolver: Resolver = socket.getaddrinfo) -> Target:
     """Check the URL, resolve its host and refuse non-public addresses (unless allowed)."""
     parts = check_url(url, settings)
-    host = parts.hostname or ""
+    host = ascii_host(parts.hostname or "")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = resolver(host, port, type=socket.SOCK_STREAM)

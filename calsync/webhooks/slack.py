@@ -108,9 +108,9 @@ def _moment(value: Any, tz: str | None) -> date | None:
         zone = zone_named(value.get("timeZone")) or zone_named(tz)
         try:
             when = event_datetime(str(value["dateTime"]), None, fallback=zone or UTC)
-        except ValueError:
+            return when.astimezone(zone) if zone is not None else when
+        except (ValueError, OverflowError):  # year 1 or 9999 pushed past the calendar by its zone
             return None
-        return when.astimezone(zone) if zone is not None else when
     if value.get("date"):
         try:
             return date.fromisoformat(str(value["date"]))

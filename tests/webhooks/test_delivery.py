@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -15,11 +16,13 @@ from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.liveness import WORKER_ALIVE
 from calsync.store.models import Change, Delivery, WebhookSubscription
+from calsync.webhooks import delivery
 from calsync.webhooks.claimcheck import replay
 from calsync.webhooks.delivery import run_due_deliveries
 from calsync.webhooks.outbox import FILL_BATCH
 from calsync.webhooks.schedule import RETRY_DELAYS
 from calsync.webhooks.subscriptions import get_subscription, rotate_secret, set_status
+from calsync.webhooks.transport import exchange
 from calsync.work.liveness import Heartbeat
 from tests.push_support import wait_for
 from tests.webhooks.receiver import Answer, Receiver
@@ -93,6 +96,47 @@ def test_slack_subscriptions_get_a_one_line_summary(runtime: Runtime, receiver: 
     deliver(runtime)
     (post,) = receiver.posts()
     assert post.json() == {"text": 'Team calendar: "Standup" moved 10:00 → 10:30 (Thu 3 Dec)'}
+
+
+def test_an_event_at_the_edge_of_the_calendar_does_not_hold_up_any_delivery(
+    runtime: Runtime, receiver: Receiver
+) -> None:
+    """Year 1 in a zone east of UTC is before year 1 in UTC: building its Slack line raised
+    OverflowError inside the claim, which rolled back, and every later pass met it first."""
+    cal = make_calendar(runtime)
+    slack_id, _ = subscribe(runtime, receiver.url, format="slack")
+    plain_id, _ = subscribe(runtime, receiver.url)
+    edge = event(id="edge", start="0001-01-01T00:30:00+01:00", end="0001-01-01T01:30:00+01:00")
+    write_change(runtime, cal, "created", event_id="edge", after=edge)
+    write_change(runtime, cal, event_id="ok")
+    for _ in range(3):
+        deliver(runtime)
+    assert {d.state for sub in (slack_id, plain_id) for d in deliveries(runtime, sub)} == {"delivered"}
+    assert len(receiver.posts()) == 4
+
+
+def test_a_batch_stops_before_its_lease_could_run_out_mid_send(
+    runtime: Runtime, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One claim leases a batch; sent one by one to a slow endpoint it outlived its lease, and another
+    worker took the rest and sent each again, the older message after the newer."""
+    slow = with_settings(runtime, lease=timedelta(seconds=120), webhook_timeout=timedelta(seconds=15))
+    cal = make_calendar(slow)
+    subs = [subscribe(slow, receiver.url)[0] for _ in range(3)]
+    write_change(slow, cal)
+
+    def answered_late(*args: Any, **kwargs: Any) -> Any:  # each answer takes 50 s of the worker's clock
+        clock(slow).advance(50)
+        return exchange(*args, **kwargs)
+
+    monkeypatch.setattr(delivery, "exchange", answered_late)
+    assert run_due_deliveries(slow, "A", 50) == 2  # a third would start at 100 s, and could end past 120 s
+    assert run_due_deliveries(slow, "B", 50) == 0  # A's lease still holds the third
+    clock(slow).advance(21)
+    assert run_due_deliveries(slow, "B", 50) == 1
+    sent = [post.headers["Webhook-Id"] for post in receiver.posts()]
+    assert len(sent) == len(set(sent)) == 3, "a message was sent twice"
+    assert {d.state for sub in subs for d in deliveries(slow, sub)} == {"delivered"}
 
 
 # Retries -----------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import pytest
 from calsync.config import Settings
 from calsync.errors import InvalidSubscription, UnsafeURLError
 from calsync.webhooks.safety import resolve_target
+from calsync.webhooks.transport import exchange
+from tests.webhooks.receiver import Receiver
 
 STRICT = Settings(database_url="sqlite://")
 OPEN = dataclasses.replace(STRICT, webhook_allow_http=True, webhook_allow_private=True)
@@ -137,3 +139,21 @@ def test_unresolvable_host_is_refused_with_a_clear_message() -> None:
 
     with pytest.raises(UnsafeURLError, match=re.escape("cannot resolve host 'nowhere.invalid'")):
         resolve_target("https://nowhere.invalid/", STRICT, resolver=fail)
+
+
+def test_an_internationalised_host_is_called_by_its_idna_name(receiver: Receiver) -> None:
+    """Sent as typed, a name beyond Latin-1 made the HTTP client raise UnicodeEncodeError: a 500 on
+    subscribing, and an attempt that escaped its delivery (the rest of its batch abandoned)."""
+    asked: list[str] = []
+
+    def local(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    target = resolve_target(f"http://例え.bücher.test:{receiver.port}/hook", OPEN, resolver=local)
+    assert asked == ["xn--r8jz45g.xn--bcher-kva.test"] and target.host == asked[0]
+    answer = exchange(target, "POST", body=b"{}", timeout=5)
+    assert answer.status == 200 and receiver.posts()[-1].headers["Host"] == f"{asked[0]}:{receiver.port}"
+    with pytest.raises(InvalidSubscription) as refused:  # a label IDNA cannot encode (over 63 characters)
+        resolve_target(f"https://{'ü' * 64}.example/", STRICT)
+    assert refused.value.field == "url"
