@@ -7,6 +7,8 @@ from datetime import datetime
 
 from google.oauth2.credentials import Credentials
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from calsync.feed.append import append_changes
@@ -14,7 +16,7 @@ from calsync.feed.lifecycle import account_change
 from calsync.google.oauth import credentials_from_json, credentials_to_json
 from calsync.runtime import Runtime
 from calsync.store.crypto import TokenCipher
-from calsync.store.db import rows_affected
+from calsync.store.db import is_postgres, rows_affected
 from calsync.store.models import Account, Calendar
 from calsync.store.owed import owe_list_refresh, owe_sync
 from calsync.store.states import AccountStatus, ChangeType, SyncState
@@ -23,12 +25,23 @@ from calsync.store.states import AccountStatus, ChangeType, SyncState
 def upsert_account(
     session: Session, cipher: TokenCipher, email: str, creds: Credentials, scopes: list[str], now: datetime
 ) -> Account:
-    """Store or update the account for `email` (never a duplicate) and ask for its calendar list."""
+    """Store or update the account for `email` (never a duplicate) and ask for its calendar list.
+
+    A new account's row is inserted unless one is there already: two consents of one new Google
+    account committing at once (two apps' links confirmed together, or a link and `/connect`) both
+    found none, and the second insert's unique violation was a 500. Now it waits for the first
+    and updates its row.
+    """
     account = session.scalar(select(Account).where(Account.email == email))
     if account is None:
-        account = Account(email=email, credentials=b"", scopes=[], created_at=now, list_requested=0, list_done=0)
-        session.add(account)
-    elif not creds.refresh_token:
+        insert = pg_insert if is_postgres(session) else sqlite_insert
+        session.execute(
+            insert(Account)
+            .values(email=email, credentials=b"", scopes=[], created_at=now, list_requested=0, list_done=0)
+            .on_conflict_do_nothing(index_elements=[Account.email])
+        )
+        account = session.scalars(select(Account).where(Account.email == email)).one()
+    if not creds.refresh_token and account.credentials:
         # Google sends a refresh token only on some consents; keep the one we have.
         old = _stored_credentials(cipher, account)
         creds = Credentials(

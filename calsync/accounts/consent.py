@@ -20,7 +20,7 @@ from requests import RequestException
 
 from calsync.accounts import connections
 from calsync.accounts.connected import record_connected, upsert_account
-from calsync.errors import ConfigError, ConsentError, GoogleApiError
+from calsync.errors import ConfigError, ConsentError, GoogleApiError, QuotaWait
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import authorization_url, make_flow
 from calsync.runtime import Runtime
@@ -90,6 +90,13 @@ def finish_consent(
         email = str(
             GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget).get_calendar("primary")["id"]
         )
+    except QuotaWait as err:  # a link's user must still be sent back to the app, told why
+        log.warning("primary calendar lookup put off by the quota budget: %s", err)
+        raise ConsentError(
+            "calsync has used its Google quota for the moment: try again in a minute.",
+            reason="quota_exhausted",
+            detail=str(err),
+        ) from err
     except GoogleApiError as err:
         log.warning("primary calendar lookup failed: %s", err)
         raise ConsentError(

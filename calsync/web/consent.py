@@ -185,6 +185,7 @@ _FAILURE_PAGES = {  # reason → (status, title, the variable to set, whether st
     "exchange_refused": (400, "The connection could not be completed", None, True),
     "google_unreachable": (502, "Google could not be reached", None, True),
     "no_primary_calendar": (502, "The connection could not be completed", None, True),
+    "quota_exhausted": (503, "Google is busy for a moment", None, True),
 }
 
 

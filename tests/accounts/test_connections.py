@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from calsync.accounts import connections
 from calsync.clock import FrozenClock
@@ -85,3 +86,35 @@ def test_a_confirmation_writes_the_account_and_its_connected_row_in_one_step(run
     assert (account.ref, account.status) == ("user-42", "active")
     assert (change.type, change.ref, change.account_id) == ("account.connected", "user-42", account.id)
     assert account.list_requested > account.list_done and account.list_due_at is not None
+
+
+def test_a_confirmation_racing_another_consent_of_the_same_new_account_waits_for_it(runtime: Runtime, emu: Any) -> None:
+    """Another transaction (a second link's confirmation, or `/connect`) is inserting the same new
+    account: the confirmation waits for it and updates its row; a duplicate insert was a 500."""
+    code = consent_through_link(runtime, emu, ANN, "user-2")
+    other = runtime.sessions()
+    other.begin()
+    now = runtime.clock.now()
+    other.execute(
+        insert(Account).values(email=ANN, credentials=b"", scopes=[], created_at=now, list_requested=0, list_done=0)
+    )
+    other.flush()
+    outcome: dict[str, Any] = {}
+
+    def confirm() -> None:
+        try:
+            outcome["done"] = connections.confirm(runtime, code, "user-2")
+        except Exception as err:  # the test reports it below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=confirm)
+    thread.start()
+    thread.join(0.5)  # on PostgreSQL it waits on the other transaction's row; on SQLite for the write lock
+    other.commit()
+    other.close()
+    thread.join(30)
+    assert "error" not in outcome, repr(outcome.get("error"))
+    assert outcome["done"].ref == "user-2"
+    with runtime.sessions() as session:
+        [account] = session.scalars(select(Account)).all()
+        assert (account.email, account.ref, account.credentials != b"") == (ANN, "user-2", True)

@@ -22,6 +22,7 @@ from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Change, ConnectSession
+from calsync.store.quota import Budget, Limits
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN
 from tests.web.test_consent import connect, consent
@@ -412,6 +413,20 @@ def test_denied_consent_returns_denied_and_stores_no_account(
     assert emu.count("oauth.token") == 0
     with runtime.sessions() as session:
         assert session.scalars(select(ConnectSession.outcome)).one() == "denied"
+
+
+def test_a_consent_the_quota_has_no_room_for_still_returns_to_the_app(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session
+) -> None:
+    """The account's primary calendar is read at consent, from the quota budget; with none left the
+    callback answered a bare 503 and the link's user was never sent back (the link spent)."""
+    runtime.budget = Budget(runtime.sessions, runtime.clock, Limits(per_window=1, per_user_per_window=0), max_wait=0)
+    answers = []
+    for email in (ANN, BOB):
+        emu.create_user(email)
+        answers.append(returned(follow_link(requests.Session(), new_link(api, live_server), email)))
+    assert answers[0]["status"] == "connected"
+    assert answers[1] == {"tab": "calendar", "ref": "user-42", "status": "error", "error": "quota_exhausted"}
 
 
 def test_an_answer_from_another_consent_returns_an_error(
