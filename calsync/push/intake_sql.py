@@ -40,8 +40,13 @@ from calsync.wakeup import CHANNEL as WAKEUP_CHANNEL
 # start at 1 (the sync message) and grow by small steps; a number beyond this came from someone who holds
 # the channel's token but not Google's counter (a leaked token), and moving the mark there would make every
 # later real message look like a duplicate. Such a message still owes a sync (as any accepted message
-# does), but leaves the mark where it was; duplicates are likewise only numbers at most this far below it.
+# does), but leaves the mark where it was.
 MAX_STEP = 10_000
+# Only numbers this close below the mark are duplicates (a redelivery, or an older message overtaken by
+# the one that owed the sync). With the window as wide as MAX_STEP, one forged message at the mark plus
+# MAX_STEP made the next ten thousand real ones "duplicates", and their changes waited for the
+# reconciliation. A real message farther below the mark now owes a sync: at worst one sync too many.
+DUPLICATE_WINDOW = 100
 
 
 @dataclass(frozen=True)
@@ -146,7 +151,7 @@ def decide(batch: list[Item], channels: dict[str, ChannelRow]) -> Owed:
             mark[push.channel_id] = owed.seen[push.channel_id] = number
         if push.state == "sync":
             item.outcome = NotificationOutcome.SYNC
-        elif not newer and newest - MAX_STEP < number <= newest:
+        elif not newer and newest - DUPLICATE_WINDOW < number <= newest:
             item.outcome = NotificationOutcome.DUPLICATE
         else:
             item.outcome = NotificationOutcome.QUEUED
@@ -319,7 +324,8 @@ WITH input AS (
     SELECT d.*,
            CASE WHEN refusal IS NOT NULL THEN refusal
                 WHEN state = 'sync' THEN '{_O.SYNC.value}'
-                WHEN NOT newer AND number > newest - {MAX_STEP} AND number <= newest THEN '{_O.DUPLICATE.value}'
+                WHEN NOT newer AND number > newest - {DUPLICATE_WINDOW} AND number <= newest
+                     THEN '{_O.DUPLICATE.value}'
                 ELSE '{_O.QUEUED.value}' END AS outcome
       FROM (SELECT r.*, refusal IS NULL AND within AND number > newest AS newer FROM ranked AS r) AS d
 ), seen AS (

@@ -353,6 +353,23 @@ def test_a_huge_message_number_does_not_make_later_real_ones_duplicates(
         assert channel is not None and channel.last_message_number == 9
 
 
+def test_one_forged_message_at_the_edge_of_the_step_silences_no_real_message(
+    client: FlaskClient, runtime: Runtime, watched: dict[str, Any]
+) -> None:
+    """With a leaked token, a message at the mark plus MAX_STEP moves the mark that far: the real
+    messages after it, far below the new mark, must still each owe a sync (they counted as
+    duplicates, and their changes waited for the reconciliation)."""
+    from calsync.push.intake_sql import MAX_STEP
+
+    channel = watched["channel"]
+    assert client.post("/notifications", headers=push_headers(channel, number=5)).status_code == 200
+    forged = push_headers(channel, number=5 + MAX_STEP)
+    assert client.post("/notifications", headers=forged).status_code == 200
+    for number in (6, 7, 500):
+        assert client.post("/notifications", headers=push_headers(channel, number=number)).status_code == 200
+    assert [n.outcome for n in _notifications(runtime)][-3:] == ["queued"] * 3
+
+
 def test_a_jump_within_the_step_moves_the_mark_and_far_below_it_is_work_again(
     client: FlaskClient, runtime: Runtime, watched: dict[str, Any]
 ) -> None:
