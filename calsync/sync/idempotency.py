@@ -40,6 +40,7 @@ class Claim:
     body_hash: str
     event_id: str
     seq: int | None
+    found: bool = False  # held already (by an earlier attempt, or a twin still in flight), not claimed now
 
 
 def check_key(key: str) -> str:
@@ -86,14 +87,15 @@ def claim(session: Session, calendar_id: int, key: str, digest: str, event_id: s
     claiming = _CLAIM_PG if is_postgres(session) else _CLAIM_SQLITE
     for _ in range(2):
         row = session.execute(claiming, values).first()
-        if row is None:  # held already: read it (a row released meanwhile is claimed on the next turn)
+        found = row is None
+        if found:  # held already: read it (a row released meanwhile is claimed on the next turn)
             row = session.execute(_HELD, values).first()
         if row is not None:
             if row.body_hash != digest:
                 raise IdempotencyKeyReused(
                     "this Idempotency-Key was used for another body: use a new key for a new event"
                 )
-            return Claim(key, row.body_hash, row.event_id, row.seq)
+            return Claim(key, row.body_hash, row.event_id, row.seq, found=found)
     raise IdempotencyKeyReused("this Idempotency-Key is being claimed concurrently; retry")
 
 

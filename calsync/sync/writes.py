@@ -19,7 +19,7 @@ import contextlib
 import functools
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from google.oauth2.credentials import Credentials
@@ -94,6 +94,8 @@ def create_event(
     with _Target.ready(runtime, calendar, key=key, body=body) as target:
         claim = target.claim
         if claim is not None:
+            if claim.seq is None and claim.found:
+                claim = _settled(target, claim)
             if claim.seq is not None:
                 return _replay(target, claim)
             body = {**body, "id": claim.event_id}
@@ -111,6 +113,15 @@ def create_event(
                 idempotency.release(runtime, target.calendar_id, claim.key, claim.body_hash)
             raise
         return _commit(runtime, target, event, key=claim.key if claim else None)
+
+
+def _settled(target: _Target, claim: idempotency.Claim) -> idempotency.Claim:
+    """The key as it stands now that the calendar's turn is this write's: a twin that held it, in
+    flight when it was read, has committed since (on SQLite the turn is taken after the claim). Its
+    creation is then replayed, not sent again to meet Google's 409."""
+    with target.session.begin():
+        seq = idempotency.recorded_seq(target.session, target.calendar_id, claim.key)
+    return replace(claim, seq=seq)
 
 
 def _made_earlier(runtime: Runtime, target: _Target, event_id: str) -> dict[str, Any]:

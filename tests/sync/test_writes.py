@@ -33,6 +33,7 @@ from calsync.store.states import Priority
 from calsync.sync import idempotency, writes
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
+from tests.push_support import wait_for
 from tests.sync_support import (
     READONLY,
     WRITER,
@@ -174,6 +175,32 @@ def test_a_replay_never_hands_back_another_accounts_event(runtime: Runtime, emu:
     replayed = writes.create_event(runtime, cal, {**MEETING, "status": "cancelled"}, idempotency_key="c")
     assert replayed.replayed and replayed.event == cancelled.event
     assert replayed.event is None or replayed.event["id"] != secret.event["id"]  # type: ignore[index]
+
+
+def test_twins_with_one_key_send_one_insert_and_the_second_replays_it(runtime: Runtime, emu: Any, cal: int) -> None:
+    """A client's retry racing its first try: the second finds the key held by the first, in flight,
+    waits for the calendar's turn and replays the event. On SQLite (where the turn comes after the
+    claim) it went on to Google, met its 409, fetched the event, and answered 201 as if it made it."""
+    inserts = emu.count("calendar.events.insert")
+    emu.slow_next(1, 1.0, method="calendar.events.insert")
+    results: dict[str, writes.WriteResult] = {}
+
+    def create(name: str) -> None:
+        results[name] = writes.create_event(runtime, cal, MEETING, idempotency_key="twin")
+
+    first = threading.Thread(target=create, args=("first",))
+    first.start()
+
+    def claimed() -> bool:
+        with runtime.sessions() as session:
+            return session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == "twin")).first() is not None
+
+    wait_for(claimed, timeout=10, what="the first try's claim")
+    create("second")
+    first.join(10)
+    assert emu.count("calendar.events.insert") == inserts + 1 and emu.count("calendar.events.get") == 0
+    assert (results["first"].replayed, results["second"].replayed) == (False, True)
+    assert (results["second"].event, results["second"].seq) == (results["first"].event, results["first"].seq)
 
 
 def test_a_made_event_gone_from_google_before_the_retry_is_answered_as_deleted(
