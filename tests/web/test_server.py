@@ -120,6 +120,37 @@ def test_a_web_process_that_stops_answering_is_replaced_within_the_hung_limit(
                 conn.close()
 
 
+@NEEDS_SS
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the server's, not the database's
+def test_a_web_process_stopped_as_it_boots_is_replaced_within_the_hung_limit(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Before its first heartbeat a process's heartbeat file held the wall clock's time, which gunicorn's
+    master compares with monotonic seconds: a process stuck at boot looked alive for ever."""
+    with calsync_process(settings, tmp_path / "web.log", ["web", "--workers", "1", "--threads", "2"]) as base:
+        port = int(base.rsplit(":", 1)[1])
+        wait_for(lambda: len(_owners(port, "listening")) == 1, timeout=30, what="the process listening")
+        [master] = [pid for pid in _children(os.getpid()) if _started_here(pid, generations=1)]
+        before = _children(master)
+        os.kill(master, signal.SIGTTIN)  # one process more: stopped the moment it is forked
+        booting = min(wait_for(lambda: _children(master) - before, timeout=10, interval=0.002, what="a new process"))
+        os.kill(booting, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            wait_for(lambda: not _alive(booting), timeout=HUNG_SECONDS + 35, interval=0.5, what="it replaced")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{_diagnosis(port, tmp_path / 'web.log')}") from err
+        finally:
+            if _alive(booting):
+                os.kill(booting, signal.SIGCONT)
+        assert time.monotonic() - stopped_at >= HUNG_SECONDS - 1
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return {int(line) for line in out.split()}
+
+
 def _diagnosis(port: int, log: Path) -> str:
     """This test's server processes (state, kernel wait channel), its sockets, the server's log, and
     where its master's Python stands when py-spy is at hand."""
