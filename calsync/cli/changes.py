@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from calsync.config import Settings
 from calsync.errors import ConfigError, CursorExpired, NotFoundError
@@ -91,11 +91,16 @@ def changes(
     stops = stop_on_signals() if follow else nullcontext(threading.Event())
     try:
         with stops as stop:
-            calendars = _calendars(sessions, calendar_id, account)
+            with sessions() as session:
+                calendars = _calendars(session, calendar_id, account)
             if calendars == [] and not follow:
                 raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
             while not stop.is_set():
                 with reading(sessions) as session:
+                    if follow:
+                        # Looked up in the page's own snapshot: a calendar row added since the last page
+                        # (another account that sees the same calendar) has its rows read, not skipped.
+                        calendars = _calendars(session, calendar_id, account)
                     try:
                         page = feed_reads.changes_page(
                             session,
@@ -122,8 +127,6 @@ def changes(
                     return
                 if len(page.changes) < limit:
                     stop.wait(POLL_SECONDS)
-                    if calendar_id and not calendars:
-                        calendars = _calendars(sessions, calendar_id, account)
     except KeyboardInterrupt:  # without --follow, Ctrl-C during the one read
         return
     finally:
@@ -222,12 +225,11 @@ def _open_database(url: str) -> Engine:
     return engine
 
 
-def _calendars(sessions: sessionmaker[Session], calendar_id: str | None, account: str | None) -> list[Any] | None:
+def _calendars(session: Session, calendar_id: str | None, account: str | None) -> list[Any] | None:
     """The calendar rows of --calendar; an empty list while it is unknown (it may appear under --follow)."""
     if not calendar_id:
         return None
-    with sessions() as session:
-        try:
-            return reads.find_calendars(session, calendar_id, account)
-        except NotFoundError:
-            return []
+    try:
+        return reads.find_calendars(session, calendar_id, account)
+    except NotFoundError:
+        return []

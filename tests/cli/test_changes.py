@@ -214,6 +214,46 @@ def test_an_expired_cursor_is_a_clear_error_also_when_following(settings: Any, r
     assert "created  Event kept" in run(settings, "--after", "3").output
 
 
+def test_follow_of_a_calendar_reads_rows_of_an_account_that_adds_it_later(settings: Any, runtime: Runtime) -> None:
+    """The calendar was looked up once: when a second account came to see it, that account's rows were
+    filtered out and the cursor moved past them for good."""
+    _, team = seed_calendars(runtime)
+    env = {**os.environ, "CALSYNC_DATABASE_URL": settings.database_url}
+    proc = subprocess.Popen(
+        [CALSYNC, "changes", "--follow", "--json", "--calendar", "team@group.calendar.google.com"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump(stdout: IO[str]) -> None:
+        for line in stdout:
+            lines.put(line)
+
+    assert proc.stdout is not None
+    threading.Thread(target=pump, args=(proc.stdout,), daemon=True).start()
+    try:
+        add_change(runtime, team, "created", None, {"id": "alices", "summary": "Alice's view"})
+        assert json.loads(lines.get(timeout=10))["event_id"] == "alices"
+        with transaction(runtime.sessions) as s:
+            bob = Account(email="bob@example.com", credentials=runtime.cipher.encrypt_str("{}"), scopes=[])
+            s.add(bob)
+            s.flush()
+            bobs_view = Calendar(account_id=bob.id, google_id="team@group.calendar.google.com")
+            s.add(bobs_view)
+            s.flush()
+            bobs_team = bobs_view.id
+        add_change(runtime, bobs_team, "created", None, {"id": "bobs", "summary": "Bob's view"})
+        printed = json.loads(lines.get(timeout=10))
+        assert (printed["event_id"], printed["account"]) == ("bobs", "bob@example.com")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+
+
 def test_follow_skips_snapshot_rows_unless_asked(settings: Any, runtime: Runtime) -> None:
     home, _ = seed_calendars(runtime)
     env = {**os.environ, "CALSYNC_DATABASE_URL": settings.database_url}
