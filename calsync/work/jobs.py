@@ -142,6 +142,28 @@ def describe(err: BaseException) -> str:
 
 
 # Helpers ---------------------------------------------------------------------------------------
+def _watch(
+    runtime: Runtime, *, calendar_id: int | None = None, account_id: int | None = None, priority: Priority
+) -> bool:
+    """A new channel (the old ones stopped); False when Google refused it, and the job goes on.
+
+    The watch came before the sync, and its error failed the job: a calendar Google will not watch
+    (`pushNotSupportedForRequestedResource`, as for its public holiday calendars) or a long run of
+    errors on `watch` alone stopped every sync of it, notifications' and reconciliations' alike, the
+    mirror frozen. Without a channel the reconciliation still syncs it, and the next job watches
+    again. A dead grant still fails the job: the sync would meet it too, and it must be recorded.
+    """
+    try:
+        replace_channel(runtime, calendar_id=calendar_id, account_id=account_id, priority=priority)
+    except AuthRevoked:
+        raise
+    except GoogleApiError as err:
+        what = f"calendar {calendar_id}" if calendar_id is not None else f"the calendar list of account {account_id}"
+        log.warning("%s: Google refused a channel, syncing without one: %s", what, describe(err))
+        return False
+    return True
+
+
 def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
     settings = runtime.settings
     start = claim.calendar
@@ -157,7 +179,7 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
             )
     if baseline_before and not channel_ok:
         # New channel first, old one stopped; the sync below covers the seam between them.
-        replace_channel(runtime, calendar_id=claim.id, priority=renewal)
+        _watch(runtime, calendar_id=claim.id, priority=renewal)
         start = None  # the watch may have refreshed the account's token: read it again
         priority = renewal  # the sync across the seam belongs to the renewal
     if baseline_before:
@@ -172,10 +194,11 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
     # The first full sync is the baseline; only now is the calendar worth watching (at once, not
     # after the rest of a queue of first syncs). Changes made between the last page and the watch
     # are caught by one more (incremental) sync, owed like a notification's.
-    replace_channel(runtime, calendar_id=claim.id, priority=renewal)
+    watched = _watch(runtime, calendar_id=claim.id, priority=renewal)
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
-        session.execute(update(Calendar).where(Calendar.id == claim.id).values(**owe_sync(now)))
+        if watched:
+            session.execute(update(Calendar).where(Calendar.id == claim.id).values(**owe_sync(now)))
         runtime.wakeup.notify_after_commit(session)
         if not finish_calendar(session, claim, now, _reconcile_in(runtime, claim, now)):
             log.info("calendar %s: synced, but the lease had passed to another worker", claim.id)
@@ -191,7 +214,7 @@ def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
         )
     if renew:
         # Watch first: the refresh below then covers everything since the watch began.
-        replace_channel(runtime, account_id=claim.id, priority=min(claim.priority, Priority.RENEWAL))
+        _watch(runtime, account_id=claim.id, priority=min(claim.priority, Priority.RENEWAL))
     result = refresh_calendar_list(runtime, claim.id, claim.priority)
     if result.removed:
         with transaction(runtime.sessions) as session:

@@ -155,3 +155,32 @@ def _synced_calendar(rt: Any) -> int | None:
     except AssertionError:
         return None
     return cal_id if [c for c in channels_of(rt, calendar_id=cal_id) if c.status == "active"] else None
+
+
+def test_a_calendar_google_will_not_watch_is_still_synced(rt: Any, emu: Any) -> None:
+    """The watch came first and its error failed the job: with Google refusing every watch (as for
+    calendars that do not support push), no sync of the calendar ever ran again."""
+    _, cal_id = _setup(rt, emu)
+    [channel] = [c for c in channels_of(rt, calendar_id=cal_id) if c.status == ChannelStatus.ACTIVE]
+    assert channel.expires_at is not None
+    emu.fail_next(1000, status=400, reason="pushNotSupportedForRequestedResource", method="calendar.events.watch")
+    emu.insert_event("ann@example.com", EVENT)
+    rt.clock.set(channel.expires_at - rt.settings.renew_before + timedelta(seconds=1))
+    watches = emu.count("calendar.events.watch", "ann@example.com")
+    Worker(rt, threads=1).run_burst()
+    assert [c.kind for c in changes_for(rt, cal_id)] == ["created"]
+    assert emu.count("calendar.events.watch", "ann@example.com") > watches  # it was asked, and refused
+
+
+def test_a_first_sync_whose_watch_is_refused_still_completes(rt: Any, emu: Any) -> None:
+    emu.create_user("bob@example.com")
+    emu.insert_event("bob@example.com", EVENT)
+    emu.fail_next(1000, status=400, reason="pushNotSupportedForRequestedResource", method="calendar.events.watch")
+    connect_account(rt, emu, "bob@example.com")
+    Worker(rt, threads=1).run_burst()
+    cal_id = calendar_id_of(rt, "bob@example.com")
+    assert [c.kind for c in changes_for(rt, cal_id)] == ["snapshot"]
+    emu.insert_event("bob@example.com", {**EVENT, "summary": "Later"})
+    rt.clock.advance(rt.settings.reconcile_every + timedelta(seconds=1))  # no channel: the reconciliation
+    Worker(rt, threads=1).run_burst()
+    assert [c.kind for c in changes_for(rt, cal_id)] == ["snapshot", "created"]
