@@ -7,10 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from calsync.clock import FrozenClock
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
+from calsync.store.models import Calendar
 from calsync.store.owed import request_calendar_sync
 from calsync.work.backoff import CAP_SECONDS, backoff_delay
 from calsync.work.worker import Worker
@@ -39,6 +41,23 @@ def test_delays_grow_exponentially_within_full_jitter() -> None:
 
 def test_delays_are_capped() -> None:
     assert all(backoff_delay(50, rng=random.Random(i)) <= CAP_SECONDS for i in range(100))
+
+
+def test_a_calendar_failing_for_weeks_still_backs_off_to_the_cap(rt: Any, emu: Any) -> None:
+    """Past 1,024 failures in a row `2 ** n` overflowed a float: the failure could not be recorded, the
+    lease stayed held, and the calendar was retried every lease period instead of every half hour."""
+    assert all(backoff_delay(n, rng=random.Random(n)) <= CAP_SECONDS for n in (1025, 10**6))
+    connect_account(rt, emu, "ann@example.com")
+    Worker(rt, threads=1).run_burst()
+    cal_id = calendar_id_of(rt, "ann@example.com")
+    with transaction(rt.sessions) as session:
+        session.execute(update(Calendar).where(Calendar.id == cal_id).values(error_count=1024))
+        request_calendar_sync(session, cal_id, rt.clock.now())
+    emu.fail_next(1, status=503, reason="backendError", method="calendar.events.list")
+    Worker(rt, threads=1).run_burst()
+    row = calendar_row(rt, cal_id)
+    assert (row.lease_owner, row.error_count) == (None, 1025)
+    assert row.due_at is not None and row.due_at <= rt.clock.now() + timedelta(seconds=CAP_SECONDS)
 
 
 def test_retry_after_wins_when_it_is_longer() -> None:
