@@ -245,11 +245,10 @@ class Worker:
             deliveries_due, (ceiling, first_syncs) = hints or self._hints(session, now)
             if ceiling is None:
                 return None, run_calendar_job, release_calendar, deliveries_due
-            claim = claim_account_list(session, owner, now, settings.lease, ceiling) if lists_due else None
-            if claim is not None:
-                if self._prepay(session, claim, claim.id, defer_account_list, now):
-                    return claim, run_list_job, release_account_list, deliveries_due
-                return None, run_list_job, release_account_list, deliveries_due
+            if lists_due:  # owed to a notification or a new connection: first, they are rare and quick
+                listed = self._claim_list(session, owner, now, min(ceiling, Priority.RENEWAL), deliveries_due)
+                if listed is not None:
+                    return listed
             upto = ceiling if first_syncs else min(ceiling, Priority.RENEWAL)
             tried = [(upto, Priority.WRITE)]
             claim = claim_calendar(session, owner, now, settings.lease, settings.renew_before, upto)
@@ -259,6 +258,11 @@ class Worker:
                 claim = claim_calendar(
                     session, owner, now, settings.lease, settings.renew_before, ceiling, floor=Priority.RECONCILE
                 )
+            if claim is None and lists_due and ceiling >= Priority.RECONCILE:
+                # A periodic refresh is a reconciliation: after every calendar owed sooner, not before.
+                listed = self._claim_list(session, owner, now, ceiling, deliveries_due)
+                if listed is not None:
+                    return listed
             if claim is None and postgres and passed_by(session, now, ceiling, tried):
                 rt.wakeup.wake_in(RELOOK_SECONDS)  # a row another transaction held: it is let go within moments
             if (
@@ -268,6 +272,17 @@ class Worker:
             ):
                 claim = None
             return claim, run_calendar_job, release_calendar, deliveries_due
+
+    def _claim_list(
+        self, session: Session, owner: str, now: datetime, ceiling: Priority, deliveries_due: bool
+    ) -> tuple[Claim | None, JobFn, ReleaseFn, bool] | None:
+        """A calendar list due in the classes up to `ceiling`, prepaid; None when there is none."""
+        claim = claim_account_list(session, owner, now, self.runtime.settings.lease, ceiling)
+        if claim is None:
+            return None
+        if self._prepay(session, claim, claim.id, defer_account_list, now):
+            return claim, run_list_job, release_account_list, deliveries_due
+        return None, run_list_job, release_account_list, deliveries_due
 
     def _hints(self, session: Session, now: datetime) -> tuple[bool, tuple[Priority | None, bool]]:
         """Whether a delivery may be due, and what the quota budget admits: reads the claim only

@@ -611,3 +611,22 @@ def test_a_calendar_whose_row_another_transaction_held_during_the_claim_is_synce
         started = time.monotonic()
         wait_for(lambda: len(changes_for(runtime, cal_id)) > before, timeout=5, what="the sync after the row was freed")
         assert time.monotonic() - started < 2.0
+
+
+def test_a_calendar_owed_to_a_notification_goes_before_a_periodic_list_refresh(rt: Any, emu: Any) -> None:
+    """Lists were claimed first, whatever their class: after an outage, or with many accounts, every
+    thread drained the due routine refreshes (reconciliations) before any notification's sync."""
+    _connected(rt, emu, "ann@example.com")
+    bob, _ = _connected(rt, emu, "bob@example.com")
+    ann_calendar = calendar_id_of(rt, "ann@example.com")
+    with transaction(rt.sessions) as session:  # bob's routine refresh is due; ann's calendar owes a sync
+        session.execute(update(Account).where(Account.id == bob).values(list_due_at=rt.clock.now()))
+        request_calendar_sync(session, ann_calendar, rt.clock.now())
+    seen = len(emu.requests)
+    Worker(rt, threads=1).run_burst()
+    calls = [
+        r.api_method
+        for r in emu.requests[seen:]
+        if r.api_method in ("calendar.events.list", "calendar.calendarList.list")
+    ]
+    assert calls[:2] == ["calendar.events.list", "calendar.calendarList.list"], calls
