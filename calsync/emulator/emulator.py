@@ -219,6 +219,17 @@ class Emulator:
             entry.deleted, entry.seq = True, self.store.next_seq()
         self.push.notify("calendarList:" + user.email)
 
+    def hide_calendar(self, email: str, calendar_id: str, hidden: bool = True) -> None:
+        """Hide a calendar from the user's list, or show it again, as the Calendar UI does (fires
+        calendarList push). A full calendarList.list leaves hidden entries out unless showHidden."""
+        with self.store.lock:
+            user = self.store.user(email)
+            entry = user.entries.get(calendar_id)
+            if entry is None or entry.deleted:
+                raise ApiError(404, "notFound", f"{calendar_id} is not on {email}'s calendar list")
+            entry.hidden, entry.seq = hidden, self.store.next_seq()
+        self.push.notify("calendarList:" + user.email)
+
     def insert_event(self, calendar_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create an event as its owner would in the Calendar UI; returns the stored JSON."""
         return self._edit(

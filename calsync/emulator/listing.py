@@ -140,12 +140,14 @@ def list_calendars(
     snap, after = _page_start(store, params, resource)
     if after is not None and after.get("since") is not None:
         since = after["since"]
+    # As Google: an incremental listing always shows deleted and hidden entries; a full one only when asked.
     show_deleted = since is not None or _flag(params, "showDeleted")
+    show_hidden = since is not None or _flag(params, "showHidden")
     entries = sorted(user.entries.values(), key=lambda e: e.ordinal)
     keyed = (
         (e.ordinal, calendar_entry(store, user, e.calendar_id))
         for e in entries
-        if (since is None or e.seq > since) and (show_deleted or not e.deleted)
+        if (since is None or e.seq > since) and (show_deleted or not e.deleted) and (show_hidden or not e.hidden)
     )
     items, last = _take(keyed, after, size, ordered=True)
     body: dict[str, Any] = {"kind": "calendar#calendarList", "etag": f'"p{snap:x}"'}
@@ -176,6 +178,8 @@ def calendar_entry(store: Store, user: User, calendar_id: str) -> dict[str, Any]
         accessRole=entry.role,
         defaultReminders=list(DEFAULT_REMINDERS),
     )
+    if entry.hidden:
+        out["hidden"] = True
     if entry.primary:
         out["notificationSettings"] = {
             "notifications": [

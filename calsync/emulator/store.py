@@ -78,6 +78,7 @@ class ListEntry:
     ordinal: int
     deleted: bool = False
     role: str = "owner"  # the user's access role: owner, writer, reader or freeBusyReader
+    hidden: bool = False  # hidden from the list in Google's UI: listed only with showHidden (or a sync)
 
 
 @dataclass

@@ -80,7 +80,8 @@ class GoogleCalendar:
         while True:
             page = self._call(
                 "calendarList.list",
-                self._api.calendar_list.list(maxResults=CALENDAR_LIST_PAGE_SIZE, pageToken=page_token),
+                # showHidden: a calendar the user hid in Google's UI is still on the list, not removed.
+                self._api.calendar_list.list(maxResults=CALENDAR_LIST_PAGE_SIZE, pageToken=page_token, showHidden=True),
             )
             items.extend(page.get("items", []))
             page_token = page.get("nextPageToken")

@@ -144,6 +144,21 @@ def test_event_and_events_list(emu: Emulator, service: Any, alice: str, schemas:
         check(schemas, "Event", item, [*LIVE_EVENT, "recurringEventId", "originalStartTime"])
 
 
+def test_a_hidden_calendar_is_listed_only_with_show_hidden_or_in_a_sync(
+    emu: Emulator, service: Any, alice: str
+) -> None:
+    """As Google: a full listing leaves hidden entries out unless showHidden; an incremental one always
+    has them (showHidden cannot be false with a syncToken)."""
+    hidden = emu.create_calendar(alice, "Hidden")
+    token = service.calendarList().list().execute()["nextSyncToken"]
+    emu.hide_calendar(alice, hidden)
+    assert hidden not in [e["id"] for e in service.calendarList().list().execute()["items"]]
+    shown = {e["id"]: e for e in service.calendarList().list(showHidden=True).execute()["items"]}
+    assert shown[hidden]["hidden"] is True
+    delta = service.calendarList().list(syncToken=token).execute()["items"]
+    assert [(e["id"], e.get("hidden")) for e in delta] == [(hidden, True)]
+
+
 def test_calendar_list_calendar_and_channel(
     emu: Emulator, service: Any, alice: str, schemas: dict[str, Any], receiver: Receiver
 ) -> None:

@@ -79,6 +79,20 @@ def test_a_removed_calendar_leaves_the_queue_but_keeps_its_changes(frozen: Runti
     assert refresh_calendar_list(frozen, account_id).removed == []
 
 
+def test_a_calendar_the_user_hides_in_google_stays_and_keeps_syncing(frozen: Runtime, emu: Any) -> None:
+    """Hidden from the list in Google's UI, a calendar is still the user's: calendarList.list leaves it
+    out unless asked with showHidden, and without it the refresh took it for removed (its channel
+    stopped, a `calendar.removed` row, no more syncs)."""
+    account_id = connect_account(frozen, emu, ALICE)
+    team = emu.create_calendar(ALICE, "Team")
+    refresh_calendar_list(frozen, account_id)
+    emu.hide_calendar(ALICE, team)
+    result = refresh_calendar_list(frozen, account_id)
+    assert result.removed == [] and rows(frozen)[team].removed_at is None
+    types = [c.type for c in changes(frozen, lifecycle=True)]
+    assert "calendar.removed" not in types
+
+
 def test_a_calendar_back_on_the_list_asks_for_a_sync_again(frozen: Runtime, emu: Any) -> None:
     account_id = connect_account(frozen, emu, ALICE)
     refresh_calendar_list(frozen, account_id)
