@@ -134,6 +134,13 @@ class Settings:
                 values[f.name] = _convert(f.name, raw)
             except ValueError as err:
                 problems.append(f"{name}: {err}")
+        ttl, renew = values.get("channel_ttl", cls.channel_ttl), values.get("renew_before", cls.renew_before)
+        if isinstance(ttl, timedelta) and isinstance(renew, timedelta) and ttl <= renew:
+            # Every channel would be due for renewal as soon as it is opened: each job replaced it.
+            problems.append(
+                f"CALSYNC_CHANNEL_TTL ({ttl}) must be longer than CALSYNC_RENEW_BEFORE ({renew}): "
+                "a channel is replaced that long before it expires"
+            )
         if problems:
             raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
         values.update(overrides)

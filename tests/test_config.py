@@ -34,6 +34,16 @@ def test_every_malformed_variable_is_named_at_once() -> None:
     assert Settings.from_env({"CALSYNC_WORKER_METRICS_PORT": "9101"}).worker_metrics_port == 9101
 
 
+def test_a_channel_lifetime_within_the_renewal_window_is_refused() -> None:
+    """Every channel would be due for renewal as soon as it was opened: each job replaced it."""
+    with pytest.raises(ConfigError, match=r"CALSYNC_CHANNEL_TTL .* must be longer than CALSYNC_RENEW_BEFORE"):
+        Settings.from_env({"CALSYNC_CHANNEL_TTL": "12h"})  # the renewal window's default is a day
+    with pytest.raises(ConfigError, match="CALSYNC_RENEW_BEFORE"):
+        Settings.from_env({"CALSYNC_CHANNEL_TTL": "2h", "CALSYNC_RENEW_BEFORE": "2h"})
+    fine = Settings.from_env({"CALSYNC_CHANNEL_TTL": "2h", "CALSYNC_RENEW_BEFORE": "30m"})
+    assert fine.channel_ttl > fine.renew_before
+
+
 def test_durations_accept_units() -> None:
     assert parse_duration("90") == timedelta(seconds=90)
     assert parse_duration("1.5") == parse_duration("1500ms") == timedelta(seconds=1.5)
@@ -60,9 +70,11 @@ def test_every_duration_variable_reads_seconds_or_a_unit_as_before() -> None:
         "CALSYNC_CHANGES_RETENTION",
         "CALSYNC_QUOTA_WINDOW",
     }
+    # The channel's lifetime must outlast its renewal window: each is read beside a fitting other.
+    beside = {"channel_ttl": {"CALSYNC_RENEW_BEFORE": "0.1"}, "renew_before": {"CALSYNC_CHANNEL_TTL": "30d"}}
     for f in DURATIONS:
         for raw, expected in (("90", 90), ("2.5", 2.5), (" 250ms ", 0.25), ("15m", 900), ("1h", 3600), ("7d", 604800)):
-            read = getattr(Settings.from_env({env_name(f): raw}), f.name)
+            read = getattr(Settings.from_env({env_name(f): raw, **beside.get(f.name, {})}), f.name)
             assert read == timedelta(seconds=expected), (f.name, raw)
         zero_allowed = f.name == "changes_retention"
         for bad in ("soon", "-5", "5 weeks", *(() if zero_allowed else ("0", "0s"))):
