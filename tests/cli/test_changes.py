@@ -117,27 +117,32 @@ def test_unknown_calendar_and_bad_options_are_errors(settings: Any, feed: Any) -
     assert CliRunner().invoke(changes, ["--limit", "0"], env=env).exit_code == 2
 
 
-def test_follow_prints_a_change_committed_while_it_runs(settings: Any, runtime: Runtime, feed: Any) -> None:
-    home, _ = feed
-    env = {**os.environ, "CALSYNC_DATABASE_URL": settings.database_url}
+def _following(settings: Any, *args: str) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """`calsync changes --follow --json` with these arguments, and the lines it prints as they come."""
     proc = subprocess.Popen(
-        [CALSYNC, "changes", "--follow", "--json", "--after", "4"],
-        env=env,
+        [CALSYNC, "changes", "--follow", "--json", *args],
+        env={**os.environ, "CALSYNC_DATABASE_URL": settings.database_url},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None and proc.stderr is not None
 
     def pump(stdout: IO[str]) -> None:
         for line in stdout:
             lines.put(line)
 
+    assert proc.stdout is not None
     threading.Thread(target=pump, args=(proc.stdout,), daemon=True).start()
+    return proc, lines
+
+
+def test_follow_prints_a_change_committed_while_it_runs(settings: Any, runtime: Runtime, feed: Any) -> None:
+    home, _ = feed
+    proc, lines = _following(settings, "--after", "4")
     try:
         time.sleep(0.3)
-        assert proc.poll() is None, proc.stderr.read()
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         seq = add_change(runtime, home, "created", None, {"id": "late", "summary": "Added while following"})
         printed = json.loads(lines.get(timeout=10))
         assert printed["seq"] == seq == 5 and printed["event_id"] == "late"
@@ -218,22 +223,7 @@ def test_follow_of_a_calendar_reads_rows_of_an_account_that_adds_it_later(settin
     """The calendar was looked up once: when a second account came to see it, that account's rows were
     filtered out and the cursor moved past them for good."""
     _, team = seed_calendars(runtime)
-    env = {**os.environ, "CALSYNC_DATABASE_URL": settings.database_url}
-    proc = subprocess.Popen(
-        [CALSYNC, "changes", "--follow", "--json", "--calendar", "team@group.calendar.google.com"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def pump(stdout: IO[str]) -> None:
-        for line in stdout:
-            lines.put(line)
-
-    assert proc.stdout is not None
-    threading.Thread(target=pump, args=(proc.stdout,), daemon=True).start()
+    proc, lines = _following(settings, "--calendar", "team@group.calendar.google.com")
     try:
         add_change(runtime, team, "created", None, {"id": "alices", "summary": "Alice's view"})
         assert json.loads(lines.get(timeout=10))["event_id"] == "alices"
