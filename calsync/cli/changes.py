@@ -91,16 +91,15 @@ def changes(
     stops = stop_on_signals() if follow else nullcontext(threading.Event())
     try:
         with stops as stop:
-            with sessions() as session:
-                calendars = _calendars(session, calendar_id, account)
-            if calendars == [] and not follow:
-                raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
             while not stop.is_set():
                 with reading(sessions) as session:
-                    if follow:
-                        # Looked up in the page's own snapshot: a calendar row added since the last page
-                        # (another account that sees the same calendar) has its rows read, not skipped.
-                        calendars = _calendars(session, calendar_id, account)
+                    # Looked up in the page's own snapshot: a calendar row added since the last page
+                    # (another account that sees the same calendar) has its rows read, not skipped.
+                    calendars = _calendars(session, calendar_id, account)
+                    if calendars == [] and not follow:
+                        raise NotFoundError(
+                            f"no calendar {calendar_id!r}" + (f" of account {account}" if account else "")
+                        )
                     try:
                         page = feed_reads.changes_page(
                             session,
