@@ -3,6 +3,7 @@
 CalsyncError
 ├── ConfigError                 a setting is missing or malformed (names every bad variable)
 ├── LeaseLost                   another worker took over this work; stop without writing
+├── ChannelNotWanted            a channel's calendar was removed, or its row stopped, before Google granted it
 ├── QuotaWait                   the quota budget has no room for this work yet (carries `wait`)
 ├── NotFoundError               an unknown account, calendar, subscription … asked for by a user
 ├── CursorExpired               a feed cursor older than the oldest change kept (carries `oldest_seq`)
@@ -40,6 +41,11 @@ class CalsyncError(Exception):
 
 class ConfigError(CalsyncError):
     """A setting is missing or malformed."""
+
+
+class ChannelNotWanted(CalsyncError):
+    """A watch no longer wanted: its calendar left the list, its account left, or its pending row was
+    stopped (by a job that took it for a crash's leftover) before Google granted it."""
 
 
 class NotFoundError(CalsyncError):

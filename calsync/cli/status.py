@@ -150,6 +150,7 @@ def channels() -> None:
 @click.option("--all", "renew_all", is_flag=True, help="Every calendar and calendar list of every active account.")
 def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -> None:
     """Open a new channel for CALENDAR (or --all), then stop the old one, then queue a sync for the seam."""
+    from calsync.errors import ChannelNotWanted
     from calsync.push.channels import replace_channel
     from calsync.store.owed import request_calendar_sync
 
@@ -166,10 +167,18 @@ def channels_renew(calendar: str | None, account: str | None, renew_all: bool) -
                 targets = [(cal.id, cal.account_id, f"{cal.summary or cal.google_id} ({cal.account.email})")]
                 lists = []
         for account_id, email in lists:
-            new_id = replace_channel(rt, account_id=account_id)
+            try:
+                new_id = replace_channel(rt, account_id=account_id)
+            except ChannelNotWanted as err:
+                click.echo(f"calendar list of {email}: not renewed ({err})")
+                continue
             click.echo(f"calendar list of {email}: new channel {new_id}")
         for calendar_id, _account_id, label in targets:
-            new_id = replace_channel(rt, calendar_id=calendar_id)
+            try:
+                new_id = replace_channel(rt, calendar_id=calendar_id)
+            except ChannelNotWanted as err:
+                click.echo(f"{label}: not renewed ({err})")
+                continue
             with transaction(rt.sessions) as session:
                 request_calendar_sync(session, calendar_id, rt.clock.now())
                 rt.wakeup.notify_after_commit(session)

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import load_credentials, save_if_refreshed
-from calsync.errors import GoogleApiError, GoogleNotFound
+from calsync.errors import ChannelNotWanted, GoogleApiError, GoogleNotFound
 from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected, transaction
@@ -40,6 +40,8 @@ def open_events_channel(runtime: Runtime, calendar_id: int, priority: Priority =
         cal = session.get(Calendar, calendar_id)
         if cal is None:
             raise GoogleNotFound(f"calendar {calendar_id} does not exist", status=404, reason="notFound")
+        if cal.removed_at is not None:
+            raise ChannelNotWanted(f"calendar {calendar_id} left its account's calendar list")
         account_id, google_id = cal.account_id, cal.google_id
 
     def watch(api: GoogleCalendar, channel_id: str, token: str) -> dict[str, Any]:
@@ -80,6 +82,19 @@ def stop_channel(
         # same for every channel on one calendar (or calendar list), so a sibling's serves to stop it.
         account_id, resource_id = channel.account_id, channel.resource_id or _sibling_resource_id(session, channel)
         channel.status = ChannelStatus.STOPPING
+    _stop_at_google(runtime, account_id, channel_id, resource_id, priority, replaced_by=replaced_by)
+
+
+def _stop_at_google(
+    runtime: Runtime,
+    account_id: int,
+    channel_id: str,
+    resource_id: str | None,
+    priority: Priority,
+    *,
+    replaced_by: str | None = None,
+) -> None:
+    """channels.stop, then the row marked stopped whatever Google answered."""
     try:
         if resource_id:
             api, creds, token_before = _client(runtime, account_id, priority)
@@ -196,20 +211,39 @@ def _open(
         with transaction(runtime.sessions) as session:
             _mark_stopped(session, [channel_id], runtime.clock.now())
         raise
+    resource_id = granted.get("resourceId")
     with transaction(runtime.sessions) as session:
-        # The receiver may already have turned it active on `sync`; a stop in between wins.
-        session.execute(
+        # The receiver may already have turned it active on `sync`; a stop in between wins, and so
+        # does the calendar's removal from the list while Google was granting it.
+        wanted = [Channel.id == channel_id, Channel.status.in_(LIVE_CHANNEL)]
+        if calendar_id is not None:
+            wanted.append(exists().where(Calendar.id == calendar_id, Calendar.removed_at.is_(None)))
+        made = session.execute(
             update(Channel)
-            .where(Channel.id == channel_id, Channel.status.in_(LIVE_CHANNEL))
+            .where(*wanted)
             .values(
-                resource_id=granted.get("resourceId"),
+                resource_id=resource_id,
                 resource_uri=granted.get("resourceUri"),
                 expires_at=expiration_from_ms(granted.get("expiration")),
                 status=ChannelStatus.ACTIVE,
             )
         )
+        if not rows_affected(made):
+            # Record the resource id, so that whatever stops it later can tell Google.
+            session.execute(update(Channel).where(Channel.id == channel_id).values(resource_id=resource_id))
+    if not rows_affected(made):
+        _unwanted(runtime, account_id, channel_id, resource_id, priority)
     log.info("opened %s channel %s (account %s, calendar %s)", kind, channel_id, account_id, calendar_id)
     return channel_id
+
+
+def _unwanted(runtime: Runtime, account_id: int, channel_id: str, resource_id: str | None, priority: Priority) -> None:
+    """A channel Google granted after its row was stopped (a job took the pending row for a crash's
+    leftover, the account was disconnected) or its calendar left the list: stopped at Google at once.
+    Left open, Google would push its notifications (and calsync answer 404) until it expired, days
+    later, with nothing to stop it: the row's stop had no resource id to give Google."""
+    _stop_at_google(runtime, account_id, channel_id, resource_id, priority)
+    raise ChannelNotWanted(f"channel {channel_id} was stopped as Google granted it: no longer wanted")
 
 
 def _mark_stopped(session: Session, ids: list[str], now: datetime, *, replaced_by: str | None = None) -> None:

@@ -21,6 +21,7 @@ from calsync.accounts.connected import mark_reauth_required
 from calsync.clock import at_least
 from calsync.errors import (
     AuthRevoked,
+    ChannelNotWanted,
     GoogleApiError,
     GoogleNotFound,
     LeaseLost,
@@ -157,6 +158,9 @@ def _watch(
         replace_channel(runtime, calendar_id=calendar_id, account_id=account_id, priority=priority)
     except AuthRevoked:
         raise
+    except ChannelNotWanted as err:
+        log.info("%s", err)
+        return False
     except GoogleApiError as err:
         what = f"calendar {calendar_id}" if calendar_id is not None else f"the calendar list of account {account_id}"
         log.warning("%s: Google refused a channel, syncing without one: %s", what, describe(err))

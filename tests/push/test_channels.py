@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from calsync.errors import RateLimited
+from calsync.errors import ChannelNotWanted, RateLimited
 from calsync.push.channels import (
     live_channels,
     needs_new_channel,
@@ -19,7 +20,7 @@ from calsync.push.channels import (
 )
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
-from calsync.store.models import Channel
+from calsync.store.models import Calendar, Channel
 from calsync.store.states import ChannelStatus
 from tests.push_support import (
     add_calendar_row,
@@ -132,6 +133,54 @@ def test_a_pending_row_left_by_a_crash_is_stopped_with_its_siblings_resource_id(
     other = open_events_channel(runtime, calendar["calendar_id"])
     stop_channel(runtime, live)
     assert [c["id"] for c in emu.channels()] == [other]
+
+
+def _remove(runtime: Runtime, calendar_id: int) -> None:
+    """What the calendar list's refresh does to a calendar gone from the list: marked removed, its
+    live channels stopped."""
+    with transaction(runtime.sessions) as session:
+        cal = session.get(Calendar, calendar_id)
+        assert cal is not None
+        cal.removed_at = runtime.clock.now()
+    for channel in channels_of(runtime, calendar_id=calendar_id):
+        stop_channel(runtime, channel.id)
+
+
+def test_a_removed_calendar_is_not_watched(runtime: Runtime, emu: Any, calendar: dict[str, int]) -> None:
+    _remove(runtime, calendar["calendar_id"])
+    with pytest.raises(ChannelNotWanted):
+        open_events_channel(runtime, calendar["calendar_id"])
+    assert emu.count("calendar.events.watch") == 0 and channels_of(runtime) == []
+
+
+@pytest.mark.parametrize("meanwhile", ["calendar removed", "pending row stopped"])
+def test_a_channel_no_longer_wanted_when_google_grants_it_is_stopped_there(
+    runtime: Runtime, emu: Any, calendar: dict[str, int], meanwhile: str
+) -> None:
+    """The list's refresh removes the calendar (or another job takes the pending row for a crash's
+    leftover) while Google is granting the watch: the row's stop cannot tell Google (no resource id
+    yet), so the channel would stay open at Google, pushing into 404s, until it expired."""
+    emu.slow_next(1, 1.0, "calendar.events.watch", "ann@example.com")
+    outcome: list[BaseException | str] = []
+
+    def watch() -> None:
+        try:
+            outcome.append(open_events_channel(runtime, calendar["calendar_id"]))
+        except BaseException as err:  # handed to the test's thread
+            outcome.append(err)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    pending = wait_for(lambda: channels_of(runtime, calendar_id=calendar["calendar_id"]), what="the pending row")
+    if meanwhile == "calendar removed":
+        _remove(runtime, calendar["calendar_id"])
+    else:
+        stop_channel(runtime, pending[0].id)
+    watcher.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], ChannelNotWanted), outcome
+    assert emu.channels() == []  # stopped at Google too
+    assert [c.status for c in channels_of(runtime)] == ["stopped"]
+    assert emu.count("calendar.channels.stop") == 1
 
 
 def test_needs_new_channel(runtime: Runtime, emu: Any, calendar: dict[str, int]) -> None:
