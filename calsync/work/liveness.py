@@ -45,10 +45,16 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def beat(self) -> None:
-        """Say this worker is alive now; a database error is logged and the next beat tries again."""
-        now = self.runtime.clock.now()
+        """Say this worker is alive now; a database error is logged and the next beat tries again.
+
+        The time is read once the transaction holds SQLite's write lock: read before, a beat that
+        waited for the lock wrote a time already that old, and a wait near `WORKER_ALIVE` made a
+        live worker look dead the moment its beat committed (its leases then free to take).
+        """
         try:
             with transaction(self.runtime.sessions) as session:
+                session.connection()  # begins the transaction: on SQLite, waits for the write lock
+                now = self.runtime.clock.now()
                 self._write(session, now)
         except SQLAlchemyError:
             log.exception("heartbeat of %s failed; will retry", self.name)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select, text
 
 from calsync import create_app
 from calsync.clock import FrozenClock
 from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.liveness import HEARTBEAT_SECONDS, WORKER_ALIVE, heartbeat_is_fresh
+from calsync.store.models import WorkerHeartbeat
+from calsync.work.liveness import Heartbeat
 from calsync.work.worker import POLL_SECONDS, Worker
 from tests.web.dashboard_support import PASSWORD, sign_in
 
@@ -59,3 +64,23 @@ def test_a_heartbeat_is_fresh_up_to_and_including_the_limit() -> None:
     assert heartbeat_is_fresh(now - WORKER_ALIVE, now)
     assert not heartbeat_is_fresh(now - WORKER_ALIVE - WORKER_ALIVE / 6, now)
     assert not heartbeat_is_fresh(None, now)
+
+
+def test_a_beat_that_waited_for_sqlites_write_lock_says_when_it_got_it(rt: Runtime) -> None:
+    """The time was read before the wait: a beat held up by another writer for as long as
+    `WORKER_ALIVE` committed a time that already said the worker was dead."""
+    if rt.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's one write lock")
+    heartbeat = Heartbeat(rt, "host:1:waits")
+    heartbeat.beat()
+    assert isinstance(rt.clock, FrozenClock)
+    with rt.engine.begin() as holder:  # another writer holds the file's write lock
+        holder.execute(text("UPDATE worker_heartbeats SET pid = pid"))
+        beating = threading.Thread(target=heartbeat.beat)
+        beating.start()
+        time.sleep(0.3)  # the beat is waiting for the lock now
+        rt.clock.advance(WORKER_ALIVE + timedelta(seconds=1))
+    beating.join(10)
+    with rt.sessions() as session:
+        seen = session.scalar(select(WorkerHeartbeat.seen_at).where(WorkerHeartbeat.name == "host:1:waits"))
+    assert seen == rt.clock.now()
