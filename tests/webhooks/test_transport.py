@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from werkzeug.serving import make_server
 
 from calsync.webhooks.safety import Target
-from calsync.webhooks.transport import TransportError, exchange
+from calsync.webhooks.transport import DEADLINE_FACTOR, TransportError, exchange
 from tests.webhooks.receiver import Answer, Receiver
 
 
@@ -58,6 +60,63 @@ def test_no_answer_in_time_is_a_transport_error(receiver: Receiver) -> None:
     receiver.script(Answer(delay=1.0))
     with pytest.raises(TransportError, match=re.escape("timed out after 0.2 s")):
         exchange(pinned(receiver, "127.0.0.1"), "POST", body=b"{}", timeout=0.2)
+
+
+@pytest.fixture
+def dripping() -> Iterator[tuple[int, list[str]]]:
+    """An endpoint that answers a byte at a time, each well within the read timeout: first its
+    status and headers (`?part=head`), or its headers whole and then its body (`?part=body`)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    served: list[str] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                request = conn.recv(65536).decode("latin-1")
+                served.append(request.split(" ", 2)[1])
+                if "part=body" in request:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+                    drip = b"x" * 100
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                    drip = b"X-Drip: " + b"y" * 100
+                try:
+                    for byte in drip:
+                        conn.sendall(bytes([byte]))
+                        time.sleep(0.05)
+                except OSError:
+                    continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1], served
+    listener.close()
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_an_answer_dripped_a_byte_at_a_time_ends_at_the_whole_exchange_s_deadline(
+    dripping: tuple[int, list[str]], part: str
+) -> None:
+    """Each byte came within the read timeout (0.3 s), so the exchange went on for as long as the
+    endpoint liked: here 5 s, and a delivery's lease ran out meanwhile."""
+    port, served = dripping
+    target = Target(
+        url=f"http://hooks.example.test:{port}/in",
+        scheme="http",
+        host="hooks.example.test",
+        port=port,
+        path=f"/in?part={part}",
+        addresses=("127.0.0.1",),
+    )
+    started = time.monotonic()
+    with pytest.raises(TransportError, match=re.escape(f"no whole answer within {DEADLINE_FACTOR * 0.3:g} s")):
+        exchange(target, "POST", body=b"{}", timeout=0.3)
+    assert time.monotonic() - started < DEADLINE_FACTOR * 0.3 + 1.0
+    assert served == [f"/in?part={part}"]
 
 
 @pytest.fixture
