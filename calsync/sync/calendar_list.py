@@ -14,12 +14,12 @@ from calsync.accounts.connected import (
     mark_reauth_required,
     save_if_refreshed,
 )
-from calsync.errors import AuthRevoked, NotFoundError
+from calsync.errors import AuthRevoked, LeaseLost, NotFoundError
 from calsync.feed.append import append_changes
 from calsync.feed.lifecycle import calendar_changes
 from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
+from calsync.store.db import rows_affected, transaction
 from calsync.store.models import Account, Calendar
 from calsync.store.owed import owe_sync
 from calsync.store.states import ChangeType, Priority
@@ -35,13 +35,17 @@ class CalendarListResult:
 
 
 def refresh_calendar_list(
-    runtime: Runtime, account_id: int, priority: Priority = Priority.NOTIFICATION
+    runtime: Runtime, account_id: int, priority: Priority = Priority.NOTIFICATION, *, lease_owner: str | None = None
 ) -> CalendarListResult:
     """Read the account's calendar list from Google and mirror it in Calendar rows, in one transaction.
 
     New calendars (and ones back on the list) ask for a sync; removed ones leave the work queue but
     keep their changes. Both are announced in the feed (`calendar.added`, `calendar.removed`) in the
     same commit. Channels are the caller's business: it opens and stops them from the result.
+
+    With `lease_owner` (a worker's job), the commit first extends the list's lease, and writes
+    nothing (LeaseLost) if the lease has passed to another worker: a refresh whose listing outlived
+    its lease would otherwise commit beside the new holder's, each announcing the same change.
     """
     with runtime.sessions() as session:
         account = session.get(Account, account_id)
@@ -58,6 +62,10 @@ def refresh_calendar_list(
         raise
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
+        if lease_owner is not None and not _extend_lease(
+            session, account_id, lease_owner, now + runtime.settings.lease
+        ):
+            raise LeaseLost(f"account {account_id}: calendar-list lease no longer held by {lease_owner}")
         result = _apply_list(session, account_id, [e for e in entries if not e.get("deleted")], now)
         save_if_refreshed(session, runtime, account_id, creds, token_before)
         append_changes(
@@ -69,6 +77,15 @@ def refresh_calendar_list(
             now,
         )
     return result
+
+
+def _extend_lease(session: Session, account_id: int, owner: str, until: datetime) -> bool:
+    held = session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.list_lease_owner == owner)
+        .values(list_lease_until=until)
+    )
+    return bool(rows_affected(held))
 
 
 def _apply_list(session: Session, account_id: int, entries: list[dict[str, Any]], now: datetime) -> CalendarListResult:

@@ -96,6 +96,8 @@ def run_list_job(runtime: Runtime, claim: Claim) -> None:
     """Keep the account's calendar-list channel alive, refresh the list, stop removed calendars' channels."""
     try:
         _refresh_with_channel(runtime, claim)
+    except LeaseLost:
+        log.info("account %s: calendar-list lease lost to another worker; dropping the job", claim.id)
     except QuotaWait as err:
         with transaction(runtime.sessions) as session:
             defer_account_list(session, claim, runtime.clock.now() + at_least(err.wait))
@@ -219,7 +221,7 @@ def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
     if renew:
         # Watch first: the refresh below then covers everything since the watch began.
         _watch(runtime, account_id=claim.id, priority=min(claim.priority, Priority.RENEWAL))
-    result = refresh_calendar_list(runtime, claim.id, claim.priority)
+    result = refresh_calendar_list(runtime, claim.id, claim.priority, lease_owner=claim.owner)
     if result.removed:
         with transaction(runtime.sessions) as session:
             doomed = [c.id for cal_id in result.removed for c in live_channels(session, calendar_id=cal_id)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,9 +15,10 @@ from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.liveness import HEARTBEAT_SECONDS, WORKER_ALIVE
-from calsync.store.models import Account, Calendar
+from calsync.store.models import Account, Calendar, Change
 from calsync.store.owed import request_calendar_sync
-from calsync.store.states import Priority
+from calsync.store.states import ChangeType, Priority
+from calsync.work.jobs import run_list_job
 from calsync.work.leases import (
     Claim,
     MayBeDue,
@@ -277,3 +280,43 @@ def test_put_off_in_turn_passes_by_a_calendar_another_transaction_holds(
             assert put_off_in_turn(session, claim, account, now + timedelta(seconds=5), timedelta(seconds=1), now) == 0
     with rt.sessions() as session:
         assert utc(session.get_one(Calendar, held).due_at) == now
+
+
+def test_a_list_refresh_that_outlived_its_lease_writes_nothing(rt: Runtime, emu: Any, clock: FrozenClock) -> None:
+    """A refresh whose listing outlived its lease committed its view of the list anyway, beside the
+    new holder's: both could announce the same removal."""
+    account_id = connect_account(rt, emu, "ann@example.com")
+    team = emu.create_calendar("ann@example.com", "Team")
+    Worker(rt, threads=1).run_burst()
+    emu.remove_calendar("ann@example.com", team)
+    with transaction(rt.sessions) as session:
+        session.execute(update(Account).values(list_requested=Account.list_requested + 1, list_due_at=clock.now()))
+
+    def claim(owner: str) -> Claim:
+        Heartbeat(rt, owner.partition("/")[0]).beat()
+        with transaction(rt.sessions) as session:
+            got = claim_account_list(session, owner, clock.now(), LEASE)
+        assert got is not None and got.id == account_id
+        return got
+
+    slow = claim("host:1:slow/0")
+    emu.slow_next(1, 1.5, "calendar.calendarList.list")
+    refreshing = threading.Thread(target=run_list_job, args=(rt, slow))
+    refreshing.start()
+    time.sleep(0.5)  # the slow refresh is waiting for Google's answer
+    clock.advance(LEASE + timedelta(seconds=1))  # and its lease runs out meanwhile
+    taken = claim("host:2:next/0")
+    refreshing.join(10)
+    assert _removed_rows(rt) == []  # the slow refresh wrote nothing
+    run_list_job(rt, taken)
+    assert _removed_rows(rt) == [team]
+
+
+def _removed_rows(rt: Runtime) -> list[str]:
+    with rt.sessions() as session:
+        rows = session.execute(
+            select(Calendar.google_id)
+            .join(Change, Change.calendar_id == Calendar.id)
+            .where(Change.type == ChangeType.CALENDAR_REMOVED)
+        )
+        return [google_id for (google_id,) in rows]
