@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import load_credentials
-from calsync.errors import GoogleApiError, GoogleNotFound, NotFoundError
+from calsync.errors import GoogleApiError, GoogleNotFound, NotFoundError, QuotaWait
 from calsync.feed.append import append_changes
 from calsync.feed.lifecycle import account_change
 from calsync.google.calendar import GoogleCalendar
@@ -81,10 +81,10 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
             append_changes(session, [account_change(ChangeType.ACCOUNT_DISCONNECTED, account_id)], now)
 
     if creds is not None:
-        _stop_channels(runtime, creds, channels, result)
+        _stop_channels(runtime, account_id, creds, channels, result)
         # A worker busy with this account when it was marked may have opened one more meanwhile.
         late = [c for c in _live_channels(runtime, account_id) if c[0] not in {cid for cid, _ in channels}]
-        _stop_channels(runtime, creds, late, result)
+        _stop_channels(runtime, account_id, creds, late, result)
         result.revoked = _revoke(runtime, creds)
     else:
         result.channels_not_stopped = [channel_id for channel_id, _ in channels]
@@ -138,13 +138,22 @@ def _stored_credentials(runtime: Runtime, account: Account) -> Credentials | Non
 
 
 def _stop_channels(
-    runtime: Runtime, creds: Credentials, channels: list[tuple[str, str | None]], result: DisconnectResult
+    runtime: Runtime,
+    account_id: int,
+    creds: Credentials,
+    channels: list[tuple[str, str | None]],
+    result: DisconnectResult,
 ) -> None:
+    """channels.stop for each, from the user's quota budget as every call for the account is.
+
+    With no room in the budget, the rest are left to expire: the disconnect must still revoke the
+    grant and wipe the tokens (it stopped half-way, the account marked disconnected and its tokens
+    kept, when the budget's wait escaped from here)."""
     if not channels:
         return
-    budget = runtime.budget.spender(None, Priority.RENEWAL)
+    budget = runtime.budget.spender(account_id, Priority.RENEWAL)
     google = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget)
-    for channel_id, resource_id in channels:
+    for index, (channel_id, resource_id) in enumerate(channels):
         if resource_id is None:  # the watch never answered: there is nothing to stop at Google
             result.channels_stopped.append(channel_id)
             continue
@@ -152,6 +161,10 @@ def _stop_channels(
             google.stop_channel(channel_id, resource_id)
         except GoogleNotFound:
             pass  # already gone at Google
+        except QuotaWait as err:
+            log.warning("no quota to stop the channels of %s (%s); they will expire", result.account, err)
+            result.channels_not_stopped.extend(cid for cid, _ in channels[index:])
+            return
         except GoogleApiError as err:
             # It will expire on its own; the receiver refuses it once the row is stopped.
             log.warning("could not stop channel %s of %s: %s", channel_id, result.account, err)

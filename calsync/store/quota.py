@@ -160,6 +160,14 @@ def day_started(moment: datetime) -> datetime:
     return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
 
 
+def day_ends(moment: datetime) -> datetime:
+    """When the quota day holding `moment` ends, in UTC: a Pacific day of 23 or 25 hours when the
+    clocks change, so never `day_started + 24 h`."""
+    local = moment.astimezone(_PACIFIC)
+    tomorrow = local.date() + timedelta(days=1)
+    return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=_PACIFIC).astimezone(UTC)
+
+
 @dataclass(frozen=True)
 class DayCount:
     """The project's calls in the current quota day, by what they were for."""

@@ -39,7 +39,15 @@ from calsync.runtime import Runtime
 from calsync.store.activity import PRIOR, expected_gap, gap_bound
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar
-from calsync.store.quota import DayCount, day_count, day_started, ensure_project_row, quota_day, save_plan
+from calsync.store.quota import (
+    DayCount,
+    day_count,
+    day_ends,
+    day_started,
+    ensure_project_row,
+    quota_day,
+    save_plan,
+)
 from calsync.store.states import AccountStatus
 
 log = logging.getLogger(__name__)
@@ -348,7 +356,7 @@ def replan(runtime: Runtime) -> Projection | None:
             quiet = quiet_buckets(session, now, base)
             since_start = (now - day_started(now)).total_seconds()
             elapsed = max(MIN_ELAPSED, since_start)
-            left = max(0.0, 86400.0 - since_start)
+            left = max(0.0, (day_ends(now) - now).total_seconds())
             yesterday = quota_day(day_started(now) - timedelta(seconds=1))
             today_hours, before_hours = roll_hours(
                 count.steady_hours, count.steady_hours_before, today=count.day, yesterday=yesterday

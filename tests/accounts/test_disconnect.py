@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,13 +15,14 @@ from sqlalchemy import select
 
 from calsync.accounts.connected import load_credentials, upsert_account
 from calsync.accounts.disconnect import disconnect_account
+from calsync.clock import FrozenClock
 from calsync.errors import NotFoundError
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import credentials_from_json
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel
-from calsync.store.states import ChannelStatus
+from calsync.store.states import ChannelStatus, Priority
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 EMAIL = "alice@example.com"
@@ -250,3 +252,47 @@ def test_a_channel_left_stopping_by_a_crash_is_stopped_at_google_by_a_disconnect
     assert emu.channels() == []
     with runtime.sessions() as session:
         assert session.get_one(Channel, half_stopped).status == "stopped"
+
+
+@pytest.mark.parametrize("limit", ["user", "project"])
+def test_a_disconnect_takes_from_the_budget_and_without_room_leaves_channels_to_expire(
+    runtime: Runtime, emu: Any, limit: str
+) -> None:
+    """The stops were paid from the project's budget alone (the user's limit never applied), and
+    the budget's wait escaped half-way: the account marked disconnected, its grant not revoked,
+    its tokens kept."""
+    emu.create_user(EMAIL)
+    team = emu.create_calendar(EMAIL, "Team")
+    account_id = connect(runtime, emu)
+    opened = [
+        watch(runtime, account_id, add_calendar(runtime, account_id, EMAIL), EMAIL),
+        watch(runtime, account_id, add_calendar(runtime, account_id, team), team),
+    ]
+    with runtime.sessions() as session:
+        account = session.get(Account, account_id)
+        assert account is not None
+        refresh_token = load_credentials(runtime, account).refresh_token
+    assert refresh_token
+    settings = runtime.settings
+    if limit == "user":
+        settings = dataclasses.replace(settings, quota_per_user_per_minute=1)
+    else:
+        settings = dataclasses.replace(settings, quota_per_minute=1)
+    tight = Runtime.create(settings, clock=FrozenClock(datetime.now(UTC).replace(microsecond=0)))
+    try:
+        tight.budget.max_wait = 0.0
+        if limit == "project":
+            assert tight.budget.try_take(Priority.WRITE, None) == 0.0  # someone else took the minute's one call
+        result = disconnect_account(tight, account_id)
+    finally:
+        tight.close()
+    stopped = 1 if limit == "user" else 0  # the user's one call of the minute, or none
+    assert len(result.channels_stopped) == stopped and len(result.channels_not_stopped) == 2 - stopped
+    assert len(emu.channels()) == 2 - stopped
+    assert result.revoked and not refresh_works(runtime, refresh_token)
+    with runtime.sessions() as session:
+        account = session.get(Account, account_id)
+        assert account is not None and account.status == "disconnected"
+        assert json.loads(runtime.cipher.decrypt_str(account.credentials)) == {}
+        assert {c.status for c in session.scalars(select(Channel))} == {"stopped"}
+    assert set(result.channels_stopped) | set(result.channels_not_stopped) == set(opened)
