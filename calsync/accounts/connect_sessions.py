@@ -205,8 +205,12 @@ def _place(url: str) -> _Place | None:
     """The place `url` leads to, or None when it is not plainly one absolute http(s) URL."""
     if len(url) > RETURN_TO_MAX or not url.isprintable() or " " in url or "\\" in url:
         return None
-    parts = urlsplit(url)
-    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+    try:
+        parts = urlsplit(url)  # ValueError for a bracket left open, or a host that NFKC turns into `/`, `@` …
+        hostname = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not hostname or "@" in parts.netloc:
         return None
     try:
         port = parts.port or _DEFAULT_PORTS[parts.scheme]

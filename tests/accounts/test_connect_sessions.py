@@ -55,6 +55,10 @@ def test_a_url_under_an_entry_is_kept_with_its_dot_segments_resolved(settings: S
         (ORIGIN, "http://127.0.0.1:8081/"),
         (ORIGIN, "http://127.0.0.1.evil.example:8080/"),
         (ORIGIN, "http://127.0.0.1:8080/\tx"),
+        # urlsplit's own ValueError (a 500): a host that NFKC turns into `/` or `@`, a bracket left open
+        (FOLDER, "https://app.example.test\uff0f@evil.example/calendar/"),
+        (FOLDER, "https://[app.example.test/calendar/"),
+        (FOLDER, "https://app.example.test]/calendar/"),
     ],
 )
 def test_a_url_that_leads_outside_every_entry_is_refused(settings: Settings, url: str) -> None:
