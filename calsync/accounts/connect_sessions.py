@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from calsync.config import Settings
@@ -148,6 +148,12 @@ def claim(session: Session, token: str, now: datetime) -> OpenedLink:
     return OpenedLink(token_hash=digest, ref=row.ref, return_to=row.return_to, login_hint=row.login_hint)
 
 
+def consent_ended(session: Session, digest: str) -> bool:
+    """Whether the claimed link's consent has ended already (connected, denied, failed): its state
+    lives in the browser's cookie, and an old copy of the cookie must not start it again."""
+    return session.scalar(select(ConnectSession.outcome).where(ConnectSession.token_hash == digest)) is not None
+
+
 def settle(session: Session, digest: str, outcome: ConnectOutcome) -> ConnectSession:
     """Record how the claimed link's consent ended (the first outcome stays)."""
     row = session.get(ConnectSession, digest, with_for_update=True)
@@ -233,7 +239,7 @@ def _place(url: str) -> _Place | None:
         resolved.append(segment)
     return _Place(
         scheme=parts.scheme,
-        host=parts.hostname.lower(),
+        host=hostname.lower(),
         port=port,
         path=tuple(resolved),
         decoded=tuple(unquote(segment) for segment in resolved),

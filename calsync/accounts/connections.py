@@ -66,7 +66,9 @@ def hold(
 ) -> str:
     """Keep the consent's tokens on the claimed link's row until confirmed; returns the one-time code."""
     row = session.get(ConnectSession, link, with_for_update=True)
-    if row is None or row.connection_hash is not None:
+    if row is None or row.connection_hash is not None or row.outcome is not None:
+        # Made its connection already, or its consent ended otherwise (denied, failed): a replay of
+        # the browser's old cookie with a new code from Google must not turn that into a connection.
         raise ConnectionUnusable("This link already made its connection.", reason="used")
     code = secrets.token_urlsafe(32)
     row.connection_hash = connect_sessions.token_hash(code)
@@ -126,7 +128,9 @@ def confirm(runtime: Runtime, code: str, ref: str) -> Confirmation:
             db.refresh(row)
             if row.connection_state in {ConnectionState.PENDING, ConnectionState.EXPIRED}:
                 raise ConnectionUnusable(
-                    "This connection was not confirmed within 10 minutes and was dropped.", reason="expired"
+                    "This connection was dropped: it was not confirmed within 10 minutes, or its account was"
+                    " disconnected meanwhile.",
+                    reason="expired",
                 )
             raise ConnectionUnusable("This connection code was already used.", reason="used")
         db.refresh(row)
@@ -189,19 +193,13 @@ def _held(runtime: Runtime, digest: str, email: str, stored: bytes) -> _Held:
 
 
 def _let_go(runtime: Runtime, held: _Held) -> None:
-    """Revoke the held grant unless an active account of calsync's lives on it, then forget the tokens.
+    """Revoke the held grant unless calsync still lives on it, then forget the tokens.
 
     Revoking at Google ends the whole grant of that user to this client, the tokens calsync already
     holds for the account included: an account that was active before the consent keeps its own.
     """
-    if held.creds is not None and not _in_use(runtime, held.email):
-        token = held.creds.refresh_token or held.creds.token
-        if token:
-            try:
-                revoke(runtime.settings, token)
-            except requests.RequestException as err:
-                log.warning("could not revoke the dropped connection's grant of %s: %s", held.email, err)
-                return  # the tokens stay, and the scheduler's pass tries again after REVOKE_GRACE
+    if not release_grant(runtime, held.email, held.creds, keeping=held.digest):
+        return  # the tokens stay, and the scheduler's pass tries again after REVOKE_GRACE
     with transaction(runtime.sessions) as db:
         db.execute(
             update(ConnectSession)
@@ -210,7 +208,50 @@ def _let_go(runtime: Runtime, held: _Held) -> None:
         )
 
 
-def _in_use(runtime: Runtime, email: str) -> bool:
+def release_grant(runtime: Runtime, email: str, creds: Credentials | None, *, keeping: str | None = None) -> bool:
+    """Revoke a grant nobody will use, unless calsync still lives on it; False if Google could not
+    be reached (the caller keeps the tokens to try again).
+
+    It lives on while the account is active, and while another connection of the same Google
+    account waits for its app's confirmation (`keeping`: the one being let go): an abandoned first
+    attempt dropped after ten minutes, or a refused link an attacker sent, revoked the grant that
+    the user's own pending connection then confirmed with dead tokens.
+    """
+    if creds is None or _in_use(runtime, email, runtime.clock.now(), keeping):
+        return True
+    token = creds.refresh_token or creds.token
+    if not token:
+        return True
+    try:
+        revoke(runtime.settings, token)
+    except requests.RequestException as err:
+        log.warning("could not revoke the unused grant of %s: %s", email, err)
+        return False
+    return True
+
+
+def forget_pending(session: Session, email: str) -> int:
+    """A disconnect's part: the account's connections still waiting for confirmation are dropped
+    with it (the disconnect revokes the grant they hold, and a confirmation would have brought the
+    account back with dead tokens)."""
+    dropped = session.execute(
+        update(ConnectSession)
+        .where(ConnectSession.email == email, ConnectSession.connection_state == ConnectionState.PENDING)
+        .values(connection_state=ConnectionState.EXPIRED, credentials=None, connection_until=None)
+    )
+    return rows_affected(dropped)
+
+
+def _in_use(runtime: Runtime, email: str, now: datetime, keeping: str | None) -> bool:
     with runtime.sessions() as db:
-        status = db.scalar(select(Account.status).where(Account.email == email))
-    return status == AccountStatus.ACTIVE
+        if db.scalar(select(Account.status).where(Account.email == email)) == AccountStatus.ACTIVE:
+            return True
+        waiting = select(ConnectSession.token_hash).where(
+            ConnectSession.email == email,
+            ConnectSession.connection_state == ConnectionState.PENDING,
+            ConnectSession.connection_until > now,
+            ConnectSession.credentials.is_not(None),
+        )
+        if keeping is not None:
+            waiting = waiting.where(ConnectSession.token_hash != keeping)
+        return db.scalar(waiting.limit(1)) is not None

@@ -20,7 +20,7 @@ from requests import RequestException
 
 from calsync.accounts import connections
 from calsync.accounts.connected import record_connected, upsert_account
-from calsync.errors import ConfigError, ConsentError, GoogleApiError, QuotaWait
+from calsync.errors import ConfigError, ConnectionUnusable, ConsentError, GoogleApiError, QuotaWait
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import authorization_url, make_flow
 from calsync.runtime import Runtime
@@ -105,8 +105,13 @@ def finish_consent(
             detail=str(err),
         ) from err
     if link is not None:
-        with transaction(runtime.sessions) as db:
-            held = connections.hold(db, runtime.cipher, link, email, creds, granted_scopes(creds), runtime.clock.now())
+        try:
+            with transaction(runtime.sessions) as db:
+                now = runtime.clock.now()
+                held = connections.hold(db, runtime.cipher, link, email, creds, granted_scopes(creds), now)
+        except ConnectionUnusable:
+            connections.release_grant(runtime, email, creds)  # the grant just made serves nothing
+            raise
         log.info("account %s consented through a connect link; waiting for the app's confirmation", email)
         return Consented(email, held)
     with transaction(runtime.sessions) as db:

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import load_credentials
+from calsync.accounts.connections import forget_pending
 from calsync.errors import GoogleApiError, GoogleNotFound, NotFoundError, QuotaWait
 from calsync.feed.append import append_changes
 from calsync.feed.lifecycle import account_change
@@ -74,6 +75,7 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
         creds = _stored_credentials(runtime, account)
         channels = _live_channels(runtime, account_id, session)
         account.status = AccountStatus.DISCONNECTED
+        forget_pending(session, account.email)
         account.list_due_at = None
         account.updated_at = now
         session.execute(update(Calendar).where(Calendar.account_id == account_id).values(due_at=None, retry_at=None))

@@ -113,6 +113,8 @@ def oauth2callback() -> ResponseReturnValue:
         return _page(
             "consent/error.html", 400, title="The connection could not be completed", message=reason, retry=True
         )
+    if link and _consent_ended(link):
+        return _back_to_app(link, ConnectOutcome.ERROR, error="link_used")
     error = request.args.get("error")
     if error == "access_denied":
         if link:
@@ -222,6 +224,11 @@ def _back_to_app(
     except ConnectLinkUnusable as err:
         return _page("consent/link.html", 404, title=_LINK_TITLES[err.reason], message=str(err))
     return redirect(target, code=303)
+
+
+def _consent_ended(link: str) -> bool:
+    with runtime().sessions() as db:
+        return connect_sessions.consent_ended(db, link)
 
 
 def _error_code(error: str | None) -> str:

@@ -441,6 +441,29 @@ def test_an_answer_from_another_consent_returns_an_error(
     assert count(runtime, Account) == 0 and emu.count("oauth.token") == 0
 
 
+@pytest.mark.parametrize("first", ["deny", "allow"])
+def test_a_replayed_cookie_cannot_consent_again_through_a_link_whose_consent_ended(
+    emu: Any, live_server: str, runtime: Runtime, api: requests.Session, first: str
+) -> None:
+    """The consent's state and PKCE verifier live in the browser's cookie: an old copy of it, with a
+    new code from Google for the same authorization URL, turned a link the app was told was denied
+    into a connection, or exchanged a second code after the first connection (a live grant that
+    nothing held)."""
+    emu.create_user(ANN)
+    browser = requests.Session()
+    opened = browser.get(new_link(api, live_server), allow_redirects=False)
+    saved = browser.cookies.copy()
+    back = returned(browser.get(consent(browser, opened.headers["Location"], ANN, action=first), allow_redirects=False))
+    assert back["status"] == ("denied" if first == "deny" else "connected")
+    replay = requests.Session()
+    replay.cookies.update(saved)
+    again = returned(replay.get(consent(replay, opened.headers["Location"], ANN), allow_redirects=False))
+    assert again == {"tab": "calendar", "ref": "user-42", "status": "error", "error": "link_used"}
+    assert emu.count("oauth.token") == (0 if first == "deny" else 1)  # no second exchange
+    with runtime.sessions() as session:
+        assert session.scalars(select(ConnectSession.outcome)).one() == ("denied" if first == "deny" else "connected")
+
+
 def test_an_expired_link_says_so_and_changes_nothing(
     emu: Any, live_server: str, runtime: Runtime, api: requests.Session
 ) -> None:
