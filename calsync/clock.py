@@ -6,6 +6,7 @@ import math
 import threading
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -106,3 +107,24 @@ def event_time(when: Mapping[str, Any], zone_name: str | None = None, fallback: 
     if when.get("dateTime"):
         return event_datetime(str(when["dateTime"]), when.get("timeZone") or zone_name, fallback)
     return date.fromisoformat(when["date"])
+
+
+def parse_retry_after(value: str | None, now: datetime) -> float | None:
+    """An HTTP Retry-After as seconds from `now`: a number of seconds or an HTTP date (RFC 9110).
+    None when absent or unreadable; never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - now.astimezone(UTC)).total_seconds())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
+from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from calsync.clock import at_least, event_datetime, event_time, parse_timestamp, zone_named
+from calsync.clock import at_least, event_datetime, event_time, parse_retry_after, parse_timestamp, zone_named
 
 ZONES = ["Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "UTC"]
 moments = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
@@ -86,3 +87,14 @@ def test_at_least_rounds_up_where_timedelta_rounds_to_the_nearest() -> None:
     assert timedelta(seconds=1.0000004) == timedelta(seconds=1)  # early by 0.4 µs
     assert at_least(1.0000004) == timedelta(seconds=1, microseconds=1)
     assert at_least(2.5) == timedelta(seconds=2.5)
+
+
+def test_parse_retry_after_seconds_and_http_date() -> None:
+    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    assert parse_retry_after("120", now) == 120
+    assert parse_retry_after("1.5", now) == 1.5
+    assert parse_retry_after(format_datetime(now + timedelta(minutes=3), usegmt=True), now) == 180
+    assert parse_retry_after(format_datetime(now - timedelta(minutes=3), usegmt=True), now) == 0
+    assert parse_retry_after("-5", now) == 0
+    for unreadable in ("soon", "nan", "inf", "", None):
+        assert parse_retry_after(unreadable, now) is None

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Protocol, cast
@@ -22,6 +22,7 @@ from googleapiclient.discovery import Resource, build_from_document
 from googleapiclient.errors import HttpError
 from urllib3.util.wait import wait_for_read
 
+from calsync.clock import parse_retry_after
 from calsync.errors import (
     AuthRevoked,
     BackendError,
@@ -37,7 +38,9 @@ from calsync.metrics import GOOGLE_CALLS
 
 EVENTS_PAGE_SIZE = 2500
 CALENDAR_LIST_PAGE_SIZE = 250
-RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded"}
+RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded", "dailyLimitExceeded"}
+# Every 403 of this domain is a limit of use that waiting lifts, whatever its reason's name.
+USAGE_LIMITS = "usageLimits"
 
 
 class CallBudget(Protocol):
@@ -278,7 +281,7 @@ def _keep_bytes(_response: Any, content: bytes) -> bytes:
 def map_http_error(err: HttpError) -> GoogleApiError:
     """Google's JSON error envelope → the calsync exception that says what to do about it."""
     status = int(err.resp.status)
-    reason, message = _reason(err)
+    domain, reason, message = _reason(err)
     retry_after = _retry_after(err)
     if status == 410 and reason == "fullSyncRequired":
         return SyncTokenExpired(message, status=status, reason=reason)
@@ -286,7 +289,7 @@ def map_http_error(err: HttpError) -> GoogleApiError:
         return GoogleNotFound(message, status=status, reason=reason)
     if status == 401:
         return AuthRevoked(message, status=status, reason=reason or "authError")
-    if status == 429 or (status == 403 and reason in RATE_LIMIT_REASONS):
+    if status == 429 or (status == 403 and (reason in RATE_LIMIT_REASONS or domain == USAGE_LIMITS)):
         return RateLimited(message, status=status, reason=reason or "rateLimitExceeded", retry_after=retry_after)
     if status == 403:
         return Forbidden(message, status=status, reason=reason)
@@ -299,24 +302,20 @@ def map_http_error(err: HttpError) -> GoogleApiError:
     return GoogleApiError(message, status=status, reason=reason)
 
 
-def _reason(err: HttpError) -> tuple[str | None, str]:
+def _reason(err: HttpError) -> tuple[str | None, str | None, str]:
+    """(domain, reason, message) of Google's error envelope."""
     try:
         body = json.loads(err.content.decode("utf-8", "replace"))
         error = body.get("error", {})
         errors = error.get("errors") or [{}]
-        return errors[0].get("reason"), str(error.get("message") or err.reason)
+        return errors[0].get("domain"), errors[0].get("reason"), str(error.get("message") or err.reason)
     except (ValueError, AttributeError):
-        return None, str(err.reason or f"HTTP {err.resp.status}")
+        return None, None, str(err.reason or f"HTTP {err.resp.status}")
 
 
 def _retry_after(err: HttpError) -> float | None:
-    value = err.resp.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+    """Retry-After in seconds or as an HTTP date (RFC 9110 allows both)."""
+    return parse_retry_after(err.resp.get("retry-after"), datetime.now(UTC))
 
 
 def _send_updates(value: str | None) -> dict[str, str]:

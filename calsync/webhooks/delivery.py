@@ -16,7 +16,7 @@ from sqlalchemy import exists, or_, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
-from calsync.clock import rfc3339, utc
+from calsync.clock import parse_retry_after, rfc3339, utc
 from calsync.errors import UnsafeURLError
 from calsync.feed.reads import feed_rows
 from calsync.metrics import DELIVERIES
@@ -36,7 +36,7 @@ from calsync.wakeup import RELOOK_SECONDS
 from calsync.webhooks import payload
 from calsync.webhooks.outbox import fill, still_behind
 from calsync.webhooks.safety import resolve_target
-from calsync.webhooks.schedule import parse_retry_after, retry_delay
+from calsync.webhooks.schedule import retry_delay
 from calsync.webhooks.signing import signature_headers
 from calsync.webhooks.slack import lifecycle_message, slack_message
 from calsync.webhooks.subscriptions import disable, signing_secrets

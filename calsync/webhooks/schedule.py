@@ -7,10 +7,6 @@ Jitter keeps one subscriber's burst of failures from coming back as one burst; 4
 from __future__ import annotations
 
 import random
-from datetime import datetime
-from email.utils import parsedate_to_datetime
-
-from calsync.clock import utc
 
 RETRY_DELAYS: tuple[float, ...] = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
 MAX_ATTEMPTS = len(RETRY_DELAYS) + 1
@@ -34,19 +30,3 @@ def retry_delay(
         if retry_after is not None:
             delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return delay
-
-
-def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds (it may be a number or an HTTP date); None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - utc(now)).total_seconds())  # type: ignore[operator]

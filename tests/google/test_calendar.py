@@ -6,13 +6,16 @@ import fcntl
 import resource
 import socket
 import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import httplib2
 import pytest
+from googleapiclient.errors import HttpError
 
-from calsync.errors import AuthRevoked, SyncTokenExpired
-from calsync.google.calendar import Connections, GoogleCalendar, drop_closed
+from calsync.errors import AuthRevoked, BackendError, Forbidden, RateLimited, SyncTokenExpired
+from calsync.google.calendar import Connections, GoogleCalendar, drop_closed, map_http_error
 from tests.emulator.conftest import credentials_for
 
 
@@ -141,3 +144,29 @@ def test_an_open_connection_on_a_descriptor_past_1024_is_kept_and_a_closed_one_d
     finally:
         server.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("reason", ["dailyLimitExceeded", "rateLimitExceeded", "userRateLimitExceeded"])
+def test_a_403_of_usage_limits_is_a_rate_limit_whatever_its_reason(emu: Any, reason: str) -> None:
+    """`dailyLimitExceeded` was a plain Forbidden: the budget never slowed, the job failed as if
+    waiting could not help."""
+    ann = _client(emu, "ann@example.com")
+    emu.fail_next(1, status=403, reason=reason, retry_after=7)
+    with pytest.raises(RateLimited) as caught:
+        ann.get_calendar("primary")
+    assert caught.value.reason == reason and caught.value.retry_after == 7
+
+
+def test_a_403_of_another_domain_is_forbidden(emu: Any) -> None:
+    ann = _client(emu, "ann@example.com")
+    emu.fail_next(1, status=403, reason="forbidden")
+    with pytest.raises(Forbidden):
+        ann.get_calendar("primary")
+
+
+def test_retry_after_as_an_http_date_is_read() -> None:
+    """RFC 9110 lets Retry-After be a date; it was read as no Retry-After at all."""
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    body = b'{"error": {"code": 503, "message": "busy", "errors": [{"domain": "global", "reason": "backendError"}]}}'
+    err = map_http_error(HttpError(httplib2.Response({"status": "503", "retry-after": when}), body))
+    assert isinstance(err, BackendError) and err.retry_after is not None and 85 <= err.retry_after <= 90

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
-from email.utils import format_datetime
 
 import pytest
 
@@ -10,7 +8,6 @@ from calsync.webhooks.schedule import (
     MAX_ATTEMPTS,
     MAX_RETRY_AFTER,
     RETRY_DELAYS,
-    parse_retry_after,
     retry_delay,
 )
 
@@ -53,11 +50,3 @@ def test_retry_after_is_honoured_and_clamped() -> None:
     assert retry_delay(1, status=429, retry_after=10 * 86400) == MAX_RETRY_AFTER
     step = retry_delay(4, status=429, retry_after=120, rng=random.Random(1))
     assert step is not None and step > 7200 * 0.79  # a longer scheduled step is kept
-
-
-def test_parse_retry_after_seconds_and_http_date() -> None:
-    now = datetime(2026, 1, 1, 12, tzinfo=UTC)
-    assert parse_retry_after("120", now) == 120
-    assert parse_retry_after(format_datetime(now + timedelta(minutes=3), usegmt=True), now) == 180
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after(None, now) is None
