@@ -173,7 +173,6 @@ def _occurrences(lines: list[str], start: dt.datetime | dt.date, cal_tz: str) ->
     """Iterate occurrence starts (aware datetimes, or naive midnights for all-day series)."""
     dtstart = start if isinstance(start, dt.datetime) else dt.datetime(start.year, start.month, start.day)
     rset = rrule.rruleset()
-    has_rule = False
     for line in lines:
         name, _, value = line.partition(":")
         key = name.split(";")[0].upper()
@@ -181,7 +180,6 @@ def _occurrences(lines: list[str], start: dt.datetime | dt.date, cal_tz: str) ->
         if key == "RRULE":
             # One rule line without ':' parses to an rrule (the stubs say rrule | rruleset).
             rset.rrule(cast("rrule.rrule", rrule.rrulestr(_fix_until(value, dtstart), dtstart=dtstart)))
-            has_rule = True
         elif key in ("EXDATE", "RDATE"):
             for item in value.split(","):
                 moment = _parse_ical_time(item, params, dtstart)
@@ -190,8 +188,9 @@ def _occurrences(lines: list[str], start: dt.datetime | dt.date, cal_tz: str) ->
             rset.exrule(cast("rrule.rrule", rrule.rrulestr(_fix_until(value, dtstart), dtstart=dtstart)))
         else:
             raise ValueError(f"unsupported recurrence line {line!r}")
-    if not has_rule:
-        rset.rdate(dtstart)
+    # Google shows DTSTART as the first instance even on a day the rule skips (the rule's COUNT
+    # then counts the others); dateutil leaves it out.
+    rset.rdate(dtstart)
     return iter(rset)
 
 

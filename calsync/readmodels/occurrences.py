@@ -458,14 +458,12 @@ def _rule_set(
     from DTSTART (`_jumped`): every start from `near` on is the same, and the ones before may be missing.
     """
     rules = rrule.rruleset()
-    has_rule = False
     for line in lines:
         head, _, value = str(line).partition(":")
         name, *params = head.split(";")
         name = name.strip().upper()
         if name == "RRULE":
             rules.rrule(_jumped(_one_rule(_local_until(value, all_day, zone), dtstart), near))
-            has_rule = True
         elif name in ("RDATE", "EXDATE"):
             tzid = next((p.split("=", 1)[1] for p in params if p.upper().startswith("TZID=")), None)
             for text in value.split(","):
@@ -476,8 +474,10 @@ def _rule_set(
                     rules.exdate(wall)
         elif name == "EXRULE":
             rules.exrule(_jumped(_one_rule(_local_until(value, all_day, zone), dtstart), near))
-    if not has_rule:
-        rules.rdate(dtstart)
+    # DTSTART is the first instance even on a day its rule skips, as Google shows it (and RFC 5545
+    # says); dateutil leaves it out then, and the series' first meeting was missing. It does not
+    # count towards COUNT unless the rule gives it too (the set holds it once): Google's count.
+    rules.rdate(dtstart)
     return iter(rules)
 
 

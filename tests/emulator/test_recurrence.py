@@ -151,3 +151,27 @@ def test_recurring_without_time_zone_or_bad_rule_is_400(emu: Emulator, writer: A
     with pytest.raises(HttpError) as err:
         writer.events().insert(calendarId="primary", body=body).execute()
     assert err.value.resp.status == 400
+
+
+def test_dtstart_on_a_day_the_rule_skips_is_the_first_instance(emu: Emulator, service: Any, alice: str) -> None:
+    """As Google lists it (googleapis/google-api-nodejs-client#2214): a Monday start with
+    `BYDAY=TU,TH,SA;COUNT=5` is six instances, the Monday and five the rule gives."""
+    series = emu.insert_event(
+        alice,
+        {
+            "summary": "session",
+            "start": {"dateTime": "2020-06-08T13:00:00Z", "timeZone": "UTC"},
+            "end": {"dateTime": "2020-06-08T14:00:00Z", "timeZone": "UTC"},
+            "recurrence": ["RRULE:FREQ=WEEKLY;INTERVAL=1;BYDAY=TU,TH,SA;COUNT=5"],
+        },
+    )
+    items, _, _ = list_all(service, singleEvents=True, orderBy="startTime")
+    assert [e["start"]["dateTime"][:10] for e in items] == [
+        "2020-06-08",
+        "2020-06-09",
+        "2020-06-11",
+        "2020-06-13",
+        "2020-06-16",
+        "2020-06-18",
+    ]
+    assert items[0]["id"] == series["id"] + "_20200608T130000Z"

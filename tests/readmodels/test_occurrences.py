@@ -277,3 +277,27 @@ def test_free_busy_in_the_year_9997_of_an_endless_daily_series_is_quick_and_righ
     ]
     with pytest.raises(ValueError, match="times must be"):
         check_window(*_window("9999-06-01T00:00:00Z", "9999-06-08T00:00:00Z"))
+
+
+def test_dtstart_on_a_day_the_rule_skips_is_the_first_occurrence_and_busy() -> None:
+    """Google lists the start as the first instance even when the rule skips its day (and the rule's
+    COUNT then counts the others); the series' first meeting was missing from the occurrences and
+    free/busy. When the start matches the rule it is one of its COUNT, once."""
+    series = {
+        "id": "s1",
+        "status": "confirmed",
+        "recurrence": ["RRULE:FREQ=WEEKLY;INTERVAL=1;BYDAY=TU,TH,SA;COUNT=5"],
+        "start": {"dateTime": "2020-06-08T13:00:00Z", "timeZone": "UTC"},  # a Monday
+        "end": {"dateTime": "2020-06-08T14:00:00Z", "timeZone": "UTC"},
+    }
+    window = parse_instant("2020-06-01T00:00:00Z"), parse_instant("2020-07-01T00:00:00Z")
+    mirror = CalendarMirror([series], "UTC")
+    days = [o.id.rsplit("_", 1)[1][:8] for o in mirror.occurrences(*window)]
+    assert days == ["20200608", "20200609", "20200611", "20200613", "20200616", "20200618"]
+    assert (datetime(2020, 6, 8, 13, tzinfo=UTC), datetime(2020, 6, 8, 14, tzinfo=UTC)) in mirror.busy_blocks(*window)
+    on_a_tuesday = {
+        **series,
+        "start": {"dateTime": "2020-06-09T13:00:00Z"},
+        "end": {"dateTime": "2020-06-09T14:00:00Z"},
+    }
+    assert len(list(CalendarMirror([on_a_tuesday], "UTC").occurrences(*window))) == 5
