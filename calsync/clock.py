@@ -78,7 +78,7 @@ def zone_named(name: object) -> ZoneInfo | None:
         return None
     try:
         return ZoneInfo(str(name))
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of the database ("America"), a long name
         return None
 
 

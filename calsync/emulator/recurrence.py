@@ -30,7 +30,7 @@ def zone(name: str | None) -> dt.tzinfo:
         return UTC
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of the database, a long name
         raise invalid("Invalid time zone definition for start time.", "timeZone") from None
 
 

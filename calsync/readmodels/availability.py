@@ -219,7 +219,8 @@ def single_events_page(
 
 
 def encode_occurrence_token(last: Occurrence) -> str:
-    text = f"o:{last.start.strftime('%Y%m%dT%H%M%S.%fZ')}:{last.id}"
+    start = last.start  # the year zero-padded: strftime writes year 500 as `500`, read back as 5000
+    text = f"o:{start.year:04d}{start.strftime('%m%dT%H%M%S.%f')}Z:{last.id}"
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,6 +13,8 @@ import requests
 from dateutil.parser import isoparse
 from hypothesis import HealthCheck, given, settings
 
+from calsync.readmodels.availability import decode_occurrence_token, encode_occurrence_token
+from calsync.readmodels.occurrences import CalendarMirror, parse_instant
 from calsync.runtime import Runtime
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN
@@ -101,3 +103,17 @@ def test_occurrences_and_freebusy_equal_the_emulators_after_push_sync(
         assert resp.status_code == 200, resp.text
         busy = [(isoparse(b["start"]), isoparse(b["end"])) for b in resp.json()["calendars"][calendar]["busy"]]
         assert busy == busy_from_listing(expected, low, high, zone)
+
+
+def test_a_page_token_keeps_a_year_before_1000() -> None:
+    """strftime writes year 500 as `500`: read back as year 5000, and the next page came back empty."""
+    series = {
+        "id": "s1",
+        "status": "confirmed",
+        "recurrence": ["RRULE:FREQ=DAILY"],
+        "start": {"dateTime": "0500-01-01T09:00:00Z", "timeZone": "UTC"},
+        "end": {"dateTime": "0500-01-01T10:00:00Z", "timeZone": "UTC"},
+    }
+    window = parse_instant("0500-01-01T00:00:00Z"), parse_instant("0500-01-05T00:00:00Z")
+    first = CalendarMirror([series], "UTC").occurrences(*window)[0]
+    assert decode_occurrence_token(encode_occurrence_token(first)) == (datetime(500, 1, 1, 9, tzinfo=UTC), first.id)

@@ -244,6 +244,8 @@ GOOD = {"timeMin": "2026-03-01T00:00:00Z", "timeMax": "2026-03-02T00:00:00Z", "i
         ({**GOOD, "timeMax": "2026-02-01T00:00:00Z"}, "later than timeMin"),
         ({**GOOD, "timeMax": "2027-03-03T00:00:00Z"}, "366 days"),
         ({**GOOD, "timeZone": "Mars/Olympus"}, "timeZone"),
+        ({**GOOD, "timeZone": "America"}, "timeZone"),  # a folder of the zone database: was a 500
+        ({**GOOD, "timeZone": "A" * 300}, "timeZone"),  # a name too long for a file: was a 500
         ({**GOOD, "items": []}, "items"),
         ({**GOOD, "items": [ANN]}, "items"),
         ({**GOOD, "items": [{"id": ""}]}, "items"),
