@@ -116,6 +116,8 @@ def expand(
             break
         if window_start is not None and occ_start + duration <= window_start:
             continue
+        if out and not all_day and occurrence == out[-1]:
+            continue  # a wall time in a DST gap, moved onto the next one the rule gives: one instance
         out.append(occurrence.date() if all_day else occurrence)
     return out
 

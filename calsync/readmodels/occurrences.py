@@ -127,6 +127,10 @@ class _Series:
             self.duration = finish.astimezone(self.zone).replace(tzinfo=None) - self._dtstart
             self.days = timedelta(0)
             self.longest = self.duration
+        # Its rules read now, not at the first question: a line that cannot be read (an X- part, a
+        # PERIOD) drops this series alone, as any malformed event is, instead of failing every
+        # question about its calendar (free/busy answered 500, a listing blamed its pageToken).
+        _rule_set(data.get("recurrence") or [], self._dtstart, self.all_day, self.zone)
         self._generator: Iterator[datetime] | None = None
         self._starts: list[datetime] = []  # UTC instants, in generation (= start) order
         self._ends: list[datetime] = []
@@ -208,6 +212,8 @@ class _Series:
             original, start, end = self._placed(wall)
             if start >= until:
                 break
+            if starts and start == starts[-1]:
+                continue  # as in `_extend`: a DST gap's wall time moved onto the next one
             if end > low - _SLACK:
                 starts.append(start)
                 ends.append(end)
@@ -236,6 +242,8 @@ class _Series:
                 self._exhausted, self._generator = True, None
                 break
             original, start, end = self._placed(wall)
+            if self._starts and start == self._starts[-1]:
+                continue  # a wall time in a DST gap, moved onto the next one the rule gives: one instance
             self._starts.append(start)
             self._ends.append(end)
             self._originals.append(original)
@@ -516,7 +524,7 @@ def _wall_time(text: str, tzid: str | None, dtstart: datetime, all_day: bool, zo
 
 def _one_rule(text: str, dtstart: datetime) -> rrule.rrule:
     """One RRULE or EXRULE value: dateutil parses a bare rule into a single `rrule`."""
-    parsed = rrule.rrulestr(text, dtstart=dtstart)
+    parsed = rrule.rrulestr(text.rstrip(";"), dtstart=dtstart)  # a trailing `;` is harmless
     assert isinstance(parsed, rrule.rrule)
     return parsed
 

@@ -301,3 +301,65 @@ def test_dtstart_on_a_day_the_rule_skips_is_the_first_occurrence_and_busy() -> N
         "end": {"dateTime": "2020-06-09T14:00:00Z"},
     }
     assert len(list(CalendarMirror([on_a_tuesday], "UTC").occurrences(*window))) == 5
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "RDATE;VALUE=PERIOD:20260305T090000Z/20260305T100000Z",
+        "RRULE:FREQ=WEEKLY;X-FOO=1",
+        "RRULE:FREQ=WEEKLY;RSCALE=GREGORIAN;SKIP=OMIT",
+    ],
+)
+def test_a_series_whose_rule_cannot_be_read_is_left_out_alone(line: str) -> None:
+    """The rule was read at the first question: its error failed every question about the calendar
+    (free/busy answered 500, a listing blamed its pageToken)."""
+    good = {
+        "id": "g",
+        "status": "confirmed",
+        "start": {"dateTime": "2026-03-02T09:00:00Z"},
+        "end": {"dateTime": "2026-03-02T10:00:00Z"},
+    }
+    series = {
+        "id": "s",
+        "status": "confirmed",
+        "recurrence": [line],
+        "start": {"dateTime": "2026-03-02T09:00:00+01:00", "timeZone": "Europe/Paris"},
+        "end": {"dateTime": "2026-03-02T10:00:00+01:00", "timeZone": "Europe/Paris"},
+    }
+    mirror = CalendarMirror([series, good], "UTC")
+    window = parse_instant("2026-03-01T00:00:00Z"), parse_instant("2026-04-01T00:00:00Z")
+    assert [o.id for o in mirror.occurrences(*window)] == ["g"]
+    assert mirror.busy_blocks(*window) == [(datetime(2026, 3, 2, 9, tzinfo=UTC), datetime(2026, 3, 2, 10, tzinfo=UTC))]
+
+
+def test_a_trailing_semicolon_in_a_rule_is_harmless() -> None:
+    series = {
+        "id": "s",
+        "status": "confirmed",
+        "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=3;"],
+        "start": {"dateTime": "2026-03-02T09:00:00Z", "timeZone": "UTC"},
+        "end": {"dateTime": "2026-03-02T10:00:00Z", "timeZone": "UTC"},
+    }
+    window = parse_instant("2026-03-01T00:00:00Z"), parse_instant("2026-04-01T00:00:00Z")
+    assert len(CalendarMirror([series], "UTC").occurrences(*window)) == 3
+
+
+@pytest.mark.parametrize(
+    ("rule", "start"),
+    [("RRULE:FREQ=DAILY;BYHOUR=2,3;COUNT=6", "2026-03-07T02:00:00-05:00"), ("RRULE:FREQ=HOURLY;COUNT=5", None)],
+)
+def test_a_wall_time_in_the_dst_gap_moved_onto_the_next_instance_is_one_instance(rule: str, start: str | None) -> None:
+    """02:00 does not exist in New York on 8 March 2026: moved forward by the gap, it landed on the
+    rule's own 03:00, and two occurrences had one id."""
+    begin = start or "2026-03-08T00:00:00-05:00"
+    series = {
+        "id": "s1",
+        "status": "confirmed",
+        "recurrence": [rule],
+        "start": {"dateTime": begin, "timeZone": "America/New_York"},
+        "end": {"dateTime": begin.replace(":00:00-", ":30:00-"), "timeZone": "America/New_York"},
+    }
+    window = parse_instant("2026-03-07T00:00:00Z"), parse_instant("2026-03-10T00:00:00Z")
+    ids = [o.id for o in CalendarMirror([series], "UTC").occurrences(*window)]
+    assert len(ids) == len(set(ids)) and "s1_20260308T070000Z" in ids
