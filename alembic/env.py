@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection
 
 from alembic import context
@@ -12,7 +13,10 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    url = config.get_main_option("sqlalchemy.url")
+    try:
+        url = config.get_main_option("sqlalchemy.url")
+    except CommandError:  # no alembic.ini: `alembic` run from a checkout, configured by pyproject.toml
+        url = None
     if url:
         return url
     from calsync.config import Settings

@@ -137,7 +137,9 @@ def render_change(change: dict[str, Any], calendar_name: str) -> list[str]:
     else:
         when = event_when(change.get("after") or change.get("before"))
         if when:
-            lines.append(f"      [dim]{'starts' if change['change'] == 'created' else 'was'} {escape(when)}[/dim]")
+            lines.append(
+                f"      [dim]{'was' if change['change'] == ChangeKind.DELETED else 'starts'} {escape(when)}[/dim]"
+            )
     return lines
 
 

@@ -10,6 +10,8 @@ from sqlalchemy import Engine
 from alembic import command
 from calsync.store.locations import resource_dir
 
+UPGRADE_LOCK = 0x63616C73796E63  # "calsync": the key of the upgrade's transaction-level advisory lock
+
 
 def alembic_config(url: str | None = None) -> Config:
     cfg = Config()
@@ -26,6 +28,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     TABLE with foreign keys on first deletes its rows, cascading into the tables that refer to it.
     So foreign keys are off during the migration, as SQLite's own procedure for schema changes
     says, and checked before the commit: a violation rolls everything back.
+
+    On PostgreSQL an upgrade first takes a lock of its own for the transaction: upgrades started
+    together (one per machine of a deployment) read the version one after the other, and each but
+    the first finds nothing left to do, where they all ran the same DDL and all but one failed.
     """
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     sqlite = engine.dialect.name == "sqlite"
@@ -35,6 +41,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             driver.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
         try:
             with conn.begin():
+                if not sqlite:  # SQLite's BEGIN IMMEDIATE already makes two upgrades take turns
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK})")
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
                 if sqlite:

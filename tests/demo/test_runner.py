@@ -116,3 +116,22 @@ def test_render_change_says_a_lifecycle_step_in_words() -> None:
         "Team",
     )
     assert "#3" in line and "calendar.added" in line and 'Calendar "Team" added' in line
+
+
+@pytest.mark.parametrize(("change", "verb"), [("snapshot", "starts"), ("created", "starts"), ("deleted", "was")])
+def test_render_change_says_was_only_of_a_deleted_event(change: str, verb: str) -> None:
+    """The first sync's snapshot rows read like deletions ("was …")."""
+    event = {"summary": "Gym", "start": {"dateTime": "2026-12-16T07:30:00Z"}}
+    lines = render_change(
+        {
+            "seq": 6,
+            "change": change,
+            "event_id": "ev1",
+            "detected_at": "2026-01-05T09:00:01.000Z",
+            "fields": [],
+            "before": event if change == "deleted" else None,
+            "after": None if change == "deleted" else event,
+        },
+        "Team",
+    )
+    assert f"{verb} 2026-12-16 07:30 UTC" in lines[1]

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -8,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, make_url, text
+from sqlalchemy import Engine, inspect, make_url, text
 
 from alembic import command
 from calsync.store.db import make_engine
@@ -106,5 +109,47 @@ def test_0003_keeps_every_change_and_delivery_and_types_them(empty_db_url: str) 
         ]
         assert conn.execute(text("SELECT change_seq FROM deliveries")).scalars().all() == [2]
         assert conn.execute(text("SELECT connected_at IS NOT NULL FROM accounts")).scalar_one()
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_upgrades_started_together_take_turns(empty_db_url: str) -> None:
+    """One per machine of a deployment: on PostgreSQL they all ran the same DDL, and all but one
+    failed (a duplicate type, a duplicate column)."""
+    engines = [make_engine(empty_db_url) for _ in range(3)]
+    failures: list[BaseException] = []
+
+    def run(engine: Engine) -> None:
+        try:
+            upgrade(engine)
+        except BaseException as err:  # handed to the test's thread
+            failures.append(err)
+
+    threads = [threading.Thread(target=run, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    assert current_revision(engines[0]) == head_revision()
+    for engine in engines:
+        engine.dispose()
+
+
+def test_alembic_s_own_command_upgrades_from_a_checkout(tmp_path: Path) -> None:
+    """Configured by pyproject.toml, with no alembic.ini: the environment asked the missing file
+    for the URL and failed before reading CALSYNC_DATABASE_URL."""
+    url = f"sqlite:///{tmp_path / 'plain.db'}"
+    alembic = Path(sys.executable).with_name("alembic")
+    done = subprocess.run(
+        [str(alembic), "upgrade", "head"],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "CALSYNC_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    engine = make_engine(url)
     assert current_revision(engine) == head_revision()
     engine.dispose()
