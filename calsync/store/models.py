@@ -219,7 +219,9 @@ class Calendar(Base):
     sync_done: Mapped[int] = mapped_column(Integer, default=0)
     due_at: Mapped[datetime | None] = mapped_column(index=True)
     # Why the owed sync is owed (a Priority): claims take the most urgent first.
-    due_priority: Mapped[Priority] = mapped_column(EnumColumn(Priority, SmallInteger()), default=Priority.FIRST_SYNC)
+    due_priority: Mapped[Priority] = mapped_column(
+        EnumColumn(Priority, SmallInteger()), default=Priority.FIRST_SYNC, server_default="3"
+    )
     lease_owner: Mapped[str | None] = mapped_column(String(100))
     lease_until: Mapped[datetime | None]
     error_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -373,22 +375,26 @@ class QuotaBudget(Base):
     __tablename__ = "quota_budget"
 
     scope: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tat: Mapped[float] = mapped_column(Float, default=0.0)  # when the calls taken so far are paid off
-    hold_until: Mapped[float] = mapped_column(Float, default=0.0)  # Google's Retry-After
-    factor: Mapped[float] = mapped_column(Float, default=1.0)  # share of the rate after the last slow-down
-    factor_at: Mapped[float] = mapped_column(Float, default=0.0)  # when that slow-down happened
-    day: Mapped[int] = mapped_column(Integer, default=0)  # YYYYMMDD in Pacific time
-    calls_today: Mapped[int] = mapped_column(BigInteger, default=0)
-    reconcile_today: Mapped[int] = mapped_column(BigInteger, default=0)
-    first_sync_today: Mapped[int] = mapped_column(BigInteger, default=0)
+    tat: Mapped[float] = mapped_column(
+        Float, default=0.0, server_default="0"
+    )  # when the calls taken so far are paid off
+    hold_until: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # Google's Retry-After
+    factor: Mapped[float] = mapped_column(
+        Float, default=1.0, server_default="1"
+    )  # share of the rate after the last slow-down
+    factor_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # when that slow-down happened
+    day: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # YYYYMMDD in Pacific time
+    calls_today: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    reconcile_today: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    first_sync_today: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # The plan's cut (seconds between changes): calendars changing less often are stretched (NULL:
     # none). See calsync.work.quota.Plan.
     reconcile_cut: Mapped[float | None] = mapped_column(Float)
-    projected: Mapped[int] = mapped_column(BigInteger, default=0)
-    planned_at: Mapped[float] = mapped_column(Float, default=0.0)
+    projected: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    planned_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     # The last quota day's calls other than reconciliations and first syncs: how the plan expects the
     # rest of today to go (today's pace so far misleads: office hours).
-    steady_before: Mapped[int] = mapped_column(BigInteger, default=0)
+    steady_before: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # Those calls hour by hour, today and the last day ("YYYYMMDD:n0,n1,…", counts so far at the end
     # of each hour, written by the plan): the last day's shape says how much of a day is still to come.
     steady_hours: Mapped[str | None] = mapped_column(String(400))
