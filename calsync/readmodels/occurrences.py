@@ -532,7 +532,18 @@ def _one_rule(text: str, dtstart: datetime) -> rrule.rrule:
 # What one period of a rule is, in months or in seconds, by its FREQ (dateutil's numbering).
 _MONTHS_PER = {rrule.YEARLY: 12, rrule.MONTHLY: 1}
 _SECONDS_PER = {rrule.WEEKLY: 7 * 86400, rrule.DAILY: 86400, rrule.HOURLY: 3600, rrule.MINUTELY: 60, rrule.SECONDLY: 1}
-_BY_PARTS = ("bysetpos", "bymonth", "bymonthday", "byyearday", "byeaster", "byweekno", "byweekday")
+_BY_PARTS = (
+    "bysetpos",
+    "bymonth",
+    "bymonthday",
+    "byyearday",
+    "byeaster",
+    "byweekno",
+    "byweekday",
+    "byhour",  # several times a day: a period holds more than one occurrence
+    "byminute",
+    "bysecond",
+)
 
 
 def _jumped(rule: rrule.rrule, near: datetime | None) -> rrule.rrule:

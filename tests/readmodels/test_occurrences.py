@@ -238,6 +238,7 @@ def test_past_the_remembered_limit_windows_are_expanded_afresh(monkeypatch: pyte
         "RRULE:FREQ=MONTHLY;COUNT=30",
         "RRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=2SU",
         "RRULE:FREQ=DAILY;UNTIL=20320310T000000Z",
+        "RRULE:FREQ=DAILY;BYHOUR=9,17;COUNT=2000",  # two a day: the skip counted one a period, and ran on
     ],
 )
 def test_windows_past_the_remembered_limit_equal_the_walk_from_dtstart(
@@ -252,6 +253,7 @@ def test_windows_past_the_remembered_limit_equal_the_walk_from_dtstart(
     windows = [
         _window("2032-03-01T00:00:00Z", "2032-03-20T00:00:00Z"),
         _window("2027-08-01T00:00:00Z", "2028-08-01T00:00:00Z"),
+        _window("2028-10-01T00:00:00Z", "2029-03-01T00:00:00Z"),  # where a COUNT of two a day ends
     ]
     expected = [[o.item() for o in CalendarMirror([series], "UTC").occurrences(*w)] for w in windows]
     monkeypatch.setattr(occurrences, "MAX_REMEMBERED", 3)
