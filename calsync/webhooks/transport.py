@@ -110,6 +110,8 @@ class _Deadline:
 
 
 class _TimedConnection(HTTPConnection):
+    """A connection whose socket the exchange's deadline shuts down."""
+
     def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline
@@ -119,14 +121,8 @@ class _TimedConnection(HTTPConnection):
         self._deadline.arm(self.sock)
 
 
-class _TimedTLSConnection(HTTPSConnection):
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
-    def connect(self) -> None:
-        super().connect()
-        self._deadline.arm(self.sock)
+class _TimedTLSConnection(_TimedConnection, HTTPSConnection):
+    """`_TimedConnection`'s deadline on HTTPSConnection's connect (TLS wrapped, then armed)."""
 
 
 class _Pool(urllib3.HTTPConnectionPool):
