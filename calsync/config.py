@@ -107,6 +107,8 @@ class Settings:
     notification_log_size: int = 1000
     # Where a connect session may send its user back: `return_to` must start with one of these.
     return_urls: tuple[str, ...] = ()
+    # Whether plain `/connect` (no app, no ref, no confirmation) is open; an embedding app turns it off.
+    public_connect: bool = True
     # Feed rows older than this are deleted by the worker (0: keep every row).
     changes_retention: timedelta = timedelta(0)
     # Google's quota, with a margin under its limits (10,000/min per project, 600/min per user,
@@ -236,7 +238,7 @@ def _convert(name: str, raw: str) -> object:
         return duration
     if name == "changes_retention":
         return parse_duration(raw)  # 0 keeps everything
-    if name in {"webhook_allow_http", "webhook_allow_private"}:
+    if name in {"webhook_allow_http", "webhook_allow_private", "public_connect"}:
         return _parse_bool(raw)
     if name in {"worker_threads", "notification_log_size"}:
         return _whole_number(raw, 1, None, "a positive whole number")

@@ -62,6 +62,8 @@ def _not_framed(response: Response) -> Response:
 @bp.get("/connect")
 def connect() -> ResponseReturnValue:
     """Start Google's consent with PKCE; the state and verifier wait in the session."""
+    if not runtime().settings.public_connect:
+        return _closed()
     try:
         pending = start_consent(runtime())
     except ConsentError as err:
@@ -115,6 +117,8 @@ def oauth2callback() -> ResponseReturnValue:
         )
     if link and _consent_ended(link):
         return _back_to_app(link, ConnectOutcome.ERROR, error="link_used")
+    if not link and not runtime().settings.public_connect:  # begun before it was closed
+        return _closed()
     error = request.args.get("error")
     if error == "access_denied":
         if link:
@@ -224,6 +228,17 @@ def _back_to_app(
     except ConnectLinkUnusable as err:
         return _page("consent/link.html", 404, title=_LINK_TITLES[err.reason], message=str(err))
     return redirect(target, code=303)
+
+
+def _closed() -> ResponseReturnValue:
+    """Plain `/connect` turned off (`CALSYNC_PUBLIC_CONNECT=0`): accounts come through an app's links."""
+    return _page(
+        "consent/error.html",
+        404,
+        title="Connect your calendar from the app you use",
+        message="This calsync connects calendars only through the links its app makes for its users.",
+        retry=False,
+    )
 
 
 def _consent_ended(link: str) -> bool:
