@@ -269,6 +269,13 @@ def _apply(data: dict[str, Any], changes: dict[str, Any], cal: Calendar, *, repl
             and isinstance(data.get(key), dict)
         ):
             merged = {**data[key], **value}
+            if key == "extendedProperties":  # `private` and `shared` merge key by key; a null removes one
+                for scope in ("private", "shared"):
+                    if isinstance(value.get(scope), dict) and isinstance(data[key].get(scope), dict):
+                        keys = {**data[key][scope], **value[scope]}
+                        merged[scope] = {k: v for k, v in keys.items() if v is not None}
+                    elif isinstance(value.get(scope), dict):
+                        merged[scope] = {k: v for k, v in value[scope].items() if v is not None}
             if key in ("start", "end") and "date" in value and "dateTime" not in value:
                 merged.pop("dateTime", None)
                 merged.pop("timeZone", None)

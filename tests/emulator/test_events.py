@@ -44,6 +44,22 @@ def test_patch_bumps_etag_and_updated_and_sequence_only_when_significant(emu: Em
     assert replaced["summary"] == "whole" and replaced["sequence"] == 2 and "location" not in replaced
 
 
+def test_patching_extended_properties_changes_only_the_keys_named(emu: Emulator, writer: Any, alice: str) -> None:
+    """Google's guide: a patch changes some properties and leaves the others; a null deletes one. The
+    whole `private` map was replaced, and a null was stored."""
+    made = emu.insert_event(alice, {**timed(1, 9), "extendedProperties": {"private": {"a": "1", "b": "2"}}})
+    patched = (
+        writer.events()
+        .patch(
+            calendarId="primary",
+            eventId=made["id"],
+            body={"extendedProperties": {"private": {"c": "3", "a": None}, "shared": {"s": "x"}}},
+        )
+        .execute()
+    )
+    assert patched["extendedProperties"] == {"private": {"b": "2", "c": "3"}, "shared": {"s": "x"}}
+
+
 def test_write_through_api_needs_a_write_scope(emu: Emulator, service: Any, writer: Any, alice: str) -> None:
     with pytest.raises(HttpError) as err:
         service.events().insert(calendarId="primary", body=timed(1, 9)).execute()
