@@ -34,6 +34,7 @@
       fetch(url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
         .then(function (r) {
           if (!r.ok) throw new Error(r.status);
+          if (r.headers.get("X-Gap")) { window.location.reload(); return ""; }  // more came than one fragment holds
           body.dataset.cursor = r.headers.get("X-Cursor") || body.dataset.cursor;
           return r.text();
         })

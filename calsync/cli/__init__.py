@@ -53,6 +53,12 @@ def _register() -> None:
 def main() -> None:
     """Entry point: known failures become one clear line on stderr, never a traceback."""
     _register()
+    for position, arg in enumerate(sys.argv[1:], 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode: the drivers would choke on them
+            click.echo(f"error: argument {position} is not valid UTF-8 text: {arg!a}", err=True)
+            sys.exit(2)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -35,12 +35,13 @@ KIND_STYLE = {
     ChangeKind.SNAPSHOT: "cyan",
 }
 VALUE_WIDTH = 200
+SEQ_MAX = 2**63 - 1  # a seq is a signed 64-bit integer in both databases
 
 
 @click.command()
 @click.option(
     "--after",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=SEQ_MAX),
     default=0,
     show_default=True,
     help="Print changes with a seq greater than this.",
@@ -83,7 +84,7 @@ def changes(
         raise click.UsageError("--account needs --calendar")
     types = _types(types_text, snapshots)
     settings = Settings.from_env()
-    engine = _open_database(settings.database_url)
+    engine = open_database(settings.database_url)
     sessions = make_sessionmaker(engine)
     console = Console(highlight=False, soft_wrap=True)
     limit = min(limit, feed_reads.CHANGES_MAX_LIMIT)
@@ -126,8 +127,8 @@ def changes(
                     return
                 if len(page.changes) < limit:
                     stop.wait(POLL_SECONDS)
-    except KeyboardInterrupt:  # without --follow, Ctrl-C during the one read
-        return
+    except KeyboardInterrupt:  # without --follow, Ctrl-C during the one read: what was printed is not whole
+        raise click.exceptions.Abort() from None
     finally:
         engine.dispose()
 
@@ -208,20 +209,24 @@ def _short(value: Any) -> str:
     return text if len(text) <= VALUE_WIDTH else text[: VALUE_WIDTH - 1] + "…"
 
 
-def _open_database(url: str) -> Engine:
+def open_database(url: str) -> Engine:
     """An engine on an existing calsync database; reading must never create one by accident."""
-    parsed = make_url(url)
-    if (
-        parsed.get_backend_name() == "sqlite"
-        and parsed.database not in (None, "", ":memory:")
-        and not Path(parsed.database).exists()
-    ):
-        raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {parsed.database} (run `calsync db upgrade`)")
+    missing = sqlite_path_missing(url)
+    if missing is not None:
+        raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {missing} (run `calsync db upgrade`)")
     engine = make_engine(url)
     if not inspect(engine).has_table(Change.__tablename__):
         engine.dispose()
         raise ConfigError("CALSYNC_DATABASE_URL: the database has no calsync schema (run `calsync db upgrade`)")
     return engine
+
+
+def sqlite_path_missing(url: str) -> str | None:
+    """The path of a SQLite database URL whose file does not exist (opening it would create it)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return None if Path(parsed.database).exists() else parsed.database
 
 
 def _calendars(session: Session, calendar_id: str | None, account: str | None) -> list[Any] | None:

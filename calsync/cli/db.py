@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from calsync.cli.changes import sqlite_path_missing
 from calsync.config import Settings
+from calsync.errors import ConfigError
 from calsync.store.crypto import new_key
 from calsync.store.db import make_engine
 from calsync.store.migrate import current_revision, upgrade
@@ -29,7 +31,11 @@ def db_upgrade(revision: str) -> None:
 @db.command("current")
 def db_current() -> None:
     """Print the schema revision of the database."""
-    engine = make_engine(Settings.from_env().database_url)
+    url = Settings.from_env().database_url
+    missing = sqlite_path_missing(url)
+    if missing is not None:  # looking must not make an empty file where the database should be
+        raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {missing} (run `calsync db upgrade`)")
+    engine = make_engine(url)
     click.echo(current_revision(engine) or "empty")
     engine.dispose()
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from calsync.cli.changes import open_database
 from calsync.config import Settings
 from calsync.errors import IdempotencyKeyReused, InsufficientScope, InvalidWrite, WriteConflict
 from calsync.readmodels import reads
@@ -101,7 +102,8 @@ def delete(calendar: str, event_id: str, if_match: str | None, account: str | No
 @contextmanager
 def _runtime() -> Iterator[Runtime]:
     """A runtime whose refusals are one clear line each (the write changed nothing)."""
-    rt = Runtime.create(Settings.from_env())
+    settings = Settings.from_env()
+    rt = Runtime.create(settings, engine=open_database(settings.database_url))  # never a new file by accident
     try:
         yield rt
     except InvalidWrite as err:

@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from calsync.cli.changes import _open_database
+from calsync.cli.changes import open_database
 from calsync.config import Settings
 from calsync.readmodels import availability
 from calsync.readmodels.occurrences import check_window, known_zone, parse_instant, render, zone_of
@@ -41,7 +42,7 @@ def freebusy(calendars: tuple[str, ...], start: str | None, end: str | None, zon
         check_window(low, high)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--from/--to") from err
-    engine = _open_database(Settings.from_env().database_url)
+    engine = open_database(Settings.from_env().database_url)
     try:
         seq, answers = availability.freebusy(make_sessionmaker(engine), list(dict.fromkeys(calendars)), low, high)
     finally:
@@ -53,12 +54,12 @@ def freebusy(calendars: tuple[str, ...], start: str | None, end: str | None, zon
     for answer in answers:
         if answer.errors:
             reasons = ", ".join(e["reason"] for e in answer.errors)
-            table.add_row(answer.calendar_id, f"[red]{reasons}[/red]", "", "")
+            table.add_row(escape(answer.calendar_id), f"[red]{escape(reasons)}[/red]", "", "")
         elif not answer.busy:
-            table.add_row(answer.calendar_id, "[green]free[/green]", "", "")
+            table.add_row(escape(answer.calendar_id), "[green]free[/green]", "", "")
         for block_start, block_end in answer.busy:
             table.add_row(
-                answer.calendar_id,
+                escape(answer.calendar_id),
                 render(block_start.astimezone(zone)),
                 render(block_end.astimezone(zone)),
                 _duration(block_end - block_start),

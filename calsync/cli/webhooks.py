@@ -13,8 +13,10 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
+from calsync.cli.changes import open_database
 from calsync.config import Settings
 from calsync.errors import InvalidSubscription
 from calsync.runtime import Runtime
@@ -109,7 +111,9 @@ def list_(as_json: bool) -> None:
         Column("id", no_wrap=True), "status", "format", "events", Column("url", overflow="fold"), "last success"
     )
     for v in views:
-        table.add_row(v["id"], v["status"], v["format"], ",".join(v["events"]), v["url"], v["last_success_at"] or "—")
+        table.add_row(
+            v["id"], v["status"], v["format"], ",".join(v["events"]), escape(v["url"]), v["last_success_at"] or "—"
+        )
     Console(highlight=False).print(table)
 
 
@@ -172,7 +176,8 @@ def deliveries(sub_id: str, state: str | None, limit: int, as_json: bool) -> Non
         Column("id", no_wrap=True), "seq", "type", "state", "attempts", Column("last", overflow="fold"), "next attempt"
     )
     for d in items:
-        last = d["last_error"] or (str(d["last_status"]) if d["last_status"] else "—")
+        # an endpoint's own words (a redirect's Location): text, never markup
+        last = escape(d["last_error"] or (str(d["last_status"]) if d["last_status"] else "—"))
         table.add_row(
             str(d["id"]),
             str(d["seq"]),
@@ -231,7 +236,8 @@ def _set_status(sub_id: str, status: SubscriptionStatus) -> None:
 
 @contextmanager
 def _runtime() -> Iterator[Runtime]:
-    rt = Runtime.create(Settings.from_env())
+    settings = Settings.from_env()
+    rt = Runtime.create(settings, engine=open_database(settings.database_url))  # never a new file by accident
     try:
         yield rt
     except InvalidSubscription as err:

@@ -144,7 +144,7 @@ def changes_fragment() -> Any:
         window = feed_window(session, calendar_id=calendar_id, above=after, limit=PAGE_SIZE)
         rows = [_change_view(c) for c in window.entries]
     html = render_template("dashboard/_change_rows.html", changes=rows, now=runtime().clock.now())
-    return html, 200, {"X-Cursor": str(rows[0]["seq"] if rows else after), "Content-Type": "text/html; charset=utf-8"}
+    return html, 200, _fragment_headers(rows[0]["seq"] if rows else after, gap=window.older is not None)
 
 
 @bp.get("/notifications")
@@ -173,10 +173,22 @@ def notifications() -> Any:
 def notifications_fragment() -> Any:
     after = _int_arg("after", 0) or 0
     channel = request.args.get("channel") or None
+    limit = _limit()
     with reading(runtime().sessions) as session:
-        rows = logged_notifications(session, _limit(), channel=channel, after=after, show=_show_arg())
+        rows = logged_notifications(session, limit + 1, channel=channel, after=after, show=_show_arg())
+    gap = len(rows) > limit
+    rows = rows[:limit]
     html = render_template("dashboard/_notification_rows.html", rows=rows, now=runtime().clock.now())
-    return html, 200, {"X-Cursor": str(rows[0][0].id if rows else after), "Content-Type": "text/html; charset=utf-8"}
+    return html, 200, _fragment_headers(rows[0][0].id if rows else after, gap=gap)
+
+
+def _fragment_headers(cursor: int, *, gap: bool) -> dict[str, str]:
+    """A live view's next cursor, and `X-Gap` when more rows came than one fragment holds: the script
+    then reloads the page (newest rows, with its link to older ones) rather than skip those between."""
+    headers = {"X-Cursor": str(cursor), "Content-Type": "text/html; charset=utf-8"}
+    if gap:
+        headers["X-Gap"] = "1"
+    return headers
 
 
 @bp.get("/webhooks")

@@ -114,6 +114,7 @@ def test_unknown_calendar_and_bad_options_are_errors(settings: Any, feed: Any) -
     result = CliRunner().invoke(changes, ["--calendar", "nope@example.com"], env=env)
     assert result.exit_code != 0 and "no calendar" in str(result.exception)
     assert CliRunner().invoke(changes, ["--after", "-1"], env=env).exit_code == 2
+    assert CliRunner().invoke(changes, ["--after", str(2**64)], env=env).exit_code == 2  # an OverflowError
     assert CliRunner().invoke(changes, ["--limit", "0"], env=env).exit_code == 2
 
 
@@ -283,3 +284,36 @@ def test_follow_skips_snapshot_rows_unless_asked(settings: Any, runtime: Runtime
         while not into.empty():
             output.append(into.get())
     assert outputs == [["event.created"], ["event.snapshot"] * 5 + ["event.created"]]
+
+
+def test_ctrl_c_during_a_one_shot_read_is_not_a_success(settings: Any, runtime: Runtime) -> None:
+    """Interrupted while its output waited on a full pipe, `calsync changes` exited 0 with part of the
+    page printed: a script took it for the whole feed. (With --follow, Ctrl-C is how it stops.)"""
+    home, _ = seed_calendars(runtime)
+    with transaction(runtime.sessions) as s:
+        rows = [
+            Change(
+                calendar_id=home,
+                event_id=f"e{i}",
+                kind="created",
+                fields=[],
+                before=None,
+                after={"id": f"e{i}", "summary": "x" * 400},
+            )
+            for i in range(1000)
+        ]
+        append_changes(s, rows, T0)
+    proc = subprocess.Popen(
+        [CALSYNC, "changes", "--json", "--limit", "1000"],
+        env={**os.environ, "CALSYNC_DATABASE_URL": settings.database_url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # it is writing; the rest of the page fills the pipe and blocks it
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    printed = 1 + len(out.splitlines())
+    assert first and printed < 1000  # interrupted part-way
+    assert proc.returncode != 0 and b"Aborted" in err

@@ -78,3 +78,15 @@ def test_bad_options_are_usage_errors(settings: Any) -> None:
     ):
         result = CliRunner().invoke(freebusy, args, env=env)
         assert result.exit_code == 2, (args, result.output)
+
+
+def test_a_calendar_id_is_printed_as_text_not_markup(settings: Any, runtime: Runtime) -> None:
+    """rich read the calendar id as markup: `[/x]` crashed the command."""
+    result = CliRunner().invoke(
+        freebusy,
+        ["[/x]", "--from", "2026-03-02", "--to", "2026-03-09"],
+        env={"CALSYNC_DATABASE_URL": settings.database_url},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "[/x]" in result.output and "notFound" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,24 @@ def test_the_command_line_imports_no_prometheus_client_before_a_command_runs() -
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_an_argument_that_is_not_utf8_is_one_clear_line() -> None:
+    """Bytes the locale cannot decode reached the database driver, which raised a traceback."""
+    exe = Path(sys.executable).with_name("calsync")
+    for args in ([b"changes", b"--calendar", b"\xff\xfe"], [b"freebusy", b"\xff\xfe"]):
+        done = subprocess.run([bytes(exe), *args], capture_output=True, timeout=60)
+        assert done.returncode == 2 and b"Traceback" not in done.stderr
+        assert done.stderr.startswith(b"error: argument") and b"UTF-8" in done.stderr
+
+
+def test_commands_that_read_a_missing_sqlite_file_do_not_make_one(tmp_path: Path) -> None:
+    """`webhooks list`, `events` and `db current` made an empty file where the database should be,
+    then said "no such table" (or "empty", exit 0)."""
+    missing = tmp_path / "nothere.db"
+    exe = Path(sys.executable).with_name("calsync")
+    env = {**os.environ, "CALSYNC_DATABASE_URL": f"sqlite:///{missing}"}
+    for args in (["webhooks", "list"], ["db", "current"], ["events", "delete", "cal@example.com", "ev1"]):
+        done = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 2 and "no database at" in done.stderr, (args, done.stderr)
+        assert not missing.exists()

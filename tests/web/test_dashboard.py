@@ -176,6 +176,28 @@ def test_changes_fragment_returns_only_newer_rows_with_the_new_cursor(admin: Any
     assert empty.text.strip() == "" and empty.headers["X-Cursor"] == str(second)
 
 
+def test_a_fragment_of_more_rows_than_it_holds_says_so(admin: Any, runtime: Runtime) -> None:
+    """60 new rows, 50 shown, the cursor at the newest: the 10 between were never shown. The
+    fragment now says there is a gap (`X-Gap`), and the page's script reloads instead."""
+    ann = add_account(runtime, "ann@example.com")
+    work = add_calendar(runtime, ann, "work@x", "Work")
+    first = add_change(runtime, work, "ev0", "created", None, {"summary": "Seen"})
+    for n in range(1, 61):
+        add_change(runtime, work, f"ev{n}", "created", None, {"summary": f"Event number {n:02d}"})
+    crowded = admin.get(f"/dashboard/changes/fragment?after={first}")
+    assert crowded.headers.get("X-Gap") == "1" and "Event number 60" in crowded.text
+    fits = admin.get(f"/dashboard/changes/fragment?after={first + 20}")
+    assert "X-Gap" not in fits.headers and "Event number 60" in fits.text
+    for n in range(60):
+        add_notification(runtime, "chan-a", "exists", n + 1, NotificationOutcome.QUEUED)
+    notes = admin.get("/dashboard/notifications/fragment?after=0")
+    assert notes.headers.get("X-Gap") == "1" and notes.text.count("<tr>") == 50
+    assert (
+        "X-Gap"
+        not in admin.get(f"/dashboard/notifications/fragment?after={int(notes.headers['X-Cursor']) - 5}").headers
+    )
+
+
 def test_notification_inspector_shows_state_number_outcome_and_headers(admin: Any, runtime: Runtime) -> None:
     ann = add_account(runtime, "ann@example.com")
     work = add_calendar(runtime, ann, "work@x", "Work")

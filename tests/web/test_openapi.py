@@ -75,6 +75,16 @@ def test_protected_operations_name_the_bearer_scheme_and_their_401() -> None:
             assert "401" in op["responses"], (method, path)
 
 
+def test_every_operation_on_the_database_declares_its_503() -> None:
+    """The app answers 503 with Retry-After whenever the database is away, on every route that reads
+    or writes it; the confirmation of a connection did not say so."""
+    for path, item in document()["paths"].items():
+        for method, op in item.items():
+            if method == "parameters" or op["operationId"] == "getOpenApiDocument":
+                continue
+            assert "503" in op["responses"], (method, path)
+
+
 def test_a_response_outside_the_document_is_caught(app: Flask, client: Any, api_headers: dict[str, str]) -> None:
     @app.after_request
     def corrupt(resp: Any) -> Any:

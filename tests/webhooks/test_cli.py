@@ -112,3 +112,13 @@ def test_deliveries_replay_and_rotate_secret(run: Any, runtime: Runtime, receive
         post.body.decode(),
     )
     assert expected in post.headers["Webhook-Signature"].split(" ")
+
+
+def test_text_from_a_subscription_is_printed_as_text_not_markup(run: Any, receiver: Receiver) -> None:
+    """rich read the URL (or an endpoint's redirect target in a delivery's error) as markup: `[/x]`
+    made `webhooks list` crash, and `[black on black]` could hide text."""
+    url = receiver.url + "?tag=[/x]"
+    assert run("create", url, "--json").exit_code == 0
+    listed = run("list")
+    assert listed.exit_code == 0, listed.output
+    assert "/x]" in listed.output  # the URL column folds: the closing tag is printed, not read
