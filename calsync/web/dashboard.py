@@ -222,7 +222,7 @@ def replay(sub_id: str) -> Any:
     try:
         with transaction(rt.sessions) as session:
             sub = get_subscription(session, sub_id, lock=True)
-            queued = replay_deliveries(session, sub, [delivery] if delivery else None, rt.clock.now())
+            queued = replay_deliveries(session, sub, None if delivery is None else [delivery], rt.clock.now())
             rt.wakeup.notify_after_commit(session)
     except InvalidSubscription as err:
         flash(f"Nothing replayed: {err}")

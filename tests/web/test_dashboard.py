@@ -334,3 +334,11 @@ def test_replay_all_failed_of_a_subscription(admin: Any, runtime: Runtime) -> No
     with runtime.sessions() as session:
         assert session.get(Delivery, delivery_id).state == "pending"  # type: ignore[union-attr]
     assert admin.post("/dashboard/webhooks/sub_nope/replay", data={"csrf_token": admin.csrf}).status_code == 404
+
+
+def test_replaying_delivery_0_replays_that_one_only(admin: Any, runtime: Runtime) -> None:
+    """`delivery=0` is falsy: it replayed every failed delivery of the subscription."""
+    sub_id, delivery_id = _failed_delivery(runtime)
+    admin.post(f"/dashboard/webhooks/{sub_id}/replay", data={"csrf_token": admin.csrf, "delivery": "0"})
+    with runtime.sessions() as session:
+        assert session.get(Delivery, delivery_id).state == "failed"  # type: ignore[union-attr]
