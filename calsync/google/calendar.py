@@ -281,10 +281,14 @@ def _keep_bytes(_response: Any, content: bytes) -> bytes:
 def map_http_error(err: HttpError) -> GoogleApiError:
     """Google's JSON error envelope → the calsync exception that says what to do about it."""
     status = int(err.resp.status)
-    domain, reason, message = _reason(err)
+    domain, reason, message, location = _reason(err)
     retry_after = _retry_after(err)
     if status == 410 and reason == "fullSyncRequired":
         return SyncTokenExpired(message, status=status, reason=reason)
+    if status == 400 and location == "syncToken":
+        # A token Google no longer reads at all ("Invalid sync token value."): the way out is the
+        # same full sync as for an expired one; kept as a 400, the calendar failed every sync for good.
+        return SyncTokenExpired(message, status=status, reason=reason or "invalid")
     if status in (404, 410):
         return GoogleNotFound(message, status=status, reason=reason)
     if status == 401:
@@ -302,15 +306,16 @@ def map_http_error(err: HttpError) -> GoogleApiError:
     return GoogleApiError(message, status=status, reason=reason)
 
 
-def _reason(err: HttpError) -> tuple[str | None, str | None, str]:
-    """(domain, reason, message) of Google's error envelope."""
+def _reason(err: HttpError) -> tuple[str | None, str | None, str, str | None]:
+    """(domain, reason, message, location) of Google's error envelope."""
     try:
         body = json.loads(err.content.decode("utf-8", "replace"))
         error = body.get("error", {})
-        errors = error.get("errors") or [{}]
-        return errors[0].get("domain"), errors[0].get("reason"), str(error.get("message") or err.reason)
+        first = (error.get("errors") or [{}])[0]
+        message = str(error.get("message") or err.reason)
+        return first.get("domain"), first.get("reason"), message, first.get("location")
     except (ValueError, AttributeError):
-        return None, None, str(err.reason or f"HTTP {err.resp.status}")
+        return None, None, str(err.reason or f"HTTP {err.resp.status}"), None
 
 
 def _retry_after(err: HttpError) -> float | None:

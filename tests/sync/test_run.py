@@ -407,6 +407,23 @@ def test_an_expired_sync_token_resyncs_and_records_exactly_the_real_differences(
     assert again.kind == SyncKind.INCREMENTAL and again.events_seen == 0
 
 
+def test_a_sync_token_google_cannot_read_resyncs_instead_of_failing_for_good(
+    runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """Google answers 400 "Invalid sync token value." for a token it cannot read at all; the calendar
+    failed every sync after that (the same stored token each time). It resyncs, as for a 410."""
+    emu.insert_event(ALICE, timed("before"))
+    sync_calendar(runtime, cal)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Calendar).where(Calendar.id == cal).values(sync_token="not-a-token-google-made"))
+    created = emu.insert_event(ALICE, timed("after"))
+    result = sync_calendar(runtime, cal)
+    assert result.kind == SyncKind.RESYNC
+    assert [(c.kind, c.event_id) for c in changes(runtime, cal, after=0)][-1] == (ChangeKind.CREATED, created["id"])
+    assert_mirrors_google(runtime, emu, cal)
+    assert sync_calendar(runtime, cal).kind == SyncKind.INCREMENTAL
+
+
 def test_a_first_sync_cut_short_goes_on_and_the_feed_holds_every_version_once(runtime: Runtime, emu: Any) -> None:
     account_id = connect_account(runtime, emu, ALICE)
     for i in range(12):
