@@ -137,15 +137,27 @@ def live_channels(
     return list(session.scalars(stmt.order_by(Channel.created_at)))
 
 
+def renewal_due_at(expires_at: datetime, created_at: datetime | None, renew_before: timedelta) -> datetime:
+    """When a channel wants its successor: `renew_before` ahead of its expiry, or halfway through its
+    life when Google granted less than that window. Against the window alone, such a channel was due
+    the moment it opened, and every job (and every scheduler pass) replaced it."""
+    window = renew_before
+    if created_at is not None and expires_at > created_at:
+        window = min(window, (expires_at - created_at) / 2)
+    return expires_at - window
+
+
 def needs_new_channel(channels: list[Channel], now: datetime, renew_before: timedelta) -> bool:
-    """True when no active channel outlasts the renewal window (none at all, or all close to expiry).
+    """True when no active channel outlasts its renewal time (none at all, or all close to expiry).
 
     Called under the lease of the calendar (or calendar list), so a pending row seen here is a crash's
     leftover, not a watch in flight.
     """
-    horizon = now + renew_before
     return not any(
-        c.status == ChannelStatus.ACTIVE and c.expires_at is not None and c.expires_at > horizon for c in channels
+        c.status == ChannelStatus.ACTIVE
+        and c.expires_at is not None
+        and renewal_due_at(c.expires_at, c.created_at, renew_before) > now
+        for c in channels
     )
 
 

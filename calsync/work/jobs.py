@@ -175,9 +175,11 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
     start = claim.calendar
     priority = claim.priority
     renewal = min(priority, Priority.RENEWAL)  # a channel's calls go before first syncs and reconciliations
-    if start is not None and start.channel_ok is not None:
-        baseline_before, channel_ok = start.baseline_done, start.channel_ok
+    if start is not None and start.channel_ok:
+        baseline_before, channel_ok = start.baseline_done, True
     else:
+        # The claim's hint compares expiries with the window alone; a channel Google granted for less
+        # than the window is not due until halfway through its life (`renewal_due_at`).
         with transaction(runtime.sessions) as session:
             baseline_before = bool(session.scalar(select(Calendar.baseline_done).where(Calendar.id == claim.id)))
             channel_ok = not needs_new_channel(

@@ -8,9 +8,11 @@ stop the old one, sync across the seam — runs under that calendar's lease.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     Select,
+    case,
     delete,
     exists,
     select,
@@ -18,7 +20,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from calsync.clock import utc
 from calsync.feed.retention import trim_changes
+from calsync.push.channels import renewal_due_at
 from calsync.push.intake_sql import trim_log
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected
@@ -28,24 +32,50 @@ from calsync.store.states import AccountStatus, ChannelKind, ChannelStatus, Prio
 from calsync.sync.idempotency import prune_keys
 
 HEARTBEAT_RETENTION = timedelta(days=1)
+RENEW_RETRY = timedelta(minutes=5)  # after a watch tried for a calendar (or list), before the next renewal
+
+
+def utc_of(value: datetime | None) -> datetime:
+    moment = utc(value)
+    assert moment is not None, "a due channel has an expiry"
+    return moment
 
 
 def schedule_renewals(session: Session, now: datetime, renew_before: timedelta) -> int:
-    """Make due every calendar or calendar list whose active channel expires within `renew_before`.
+    """Make due every calendar or calendar list whose active channel wants its successor
+    (`renewal_due_at`), unless a watch for it was tried within `RENEW_RETRY`.
 
-    Reads `ix_channels_status_expires_at`, so the cost follows the number of due channels.
+    Reads `ix_channels_status_expires_at`, so the cost follows the number of due channels. A watch
+    that failed at renewal leaves the old channel in its window while the sync succeeds: the next
+    pass made it due again, one `watch` and one `list` every pass until the channel expired.
     """
-    due = session.execute(due_channels(now + renew_before)).all()
+    due = [
+        r
+        for r in session.execute(due_channels(now + renew_before)).all()
+        if renewal_due_at(utc_of(r.expires_at), utc(r.created_at), renew_before) <= now
+    ]
     calendar_ids = {r.calendar_id for r in due if r.kind == ChannelKind.EVENTS and r.calendar_id is not None}
     account_ids = {r.account_id for r in due if r.kind == ChannelKind.CALENDAR_LIST}
+    calendar_ids -= _tried_lately(session, ChannelKind.EVENTS, Channel.calendar_id, calendar_ids, now)
+    account_ids -= _tried_lately(session, ChannelKind.CALENDAR_LIST, Channel.account_id, account_ids, now)
     return _make_calendars_due(session, calendar_ids, now) + _make_lists_due(session, account_ids, now)
 
 
-def due_channels(horizon: datetime) -> Select[str, int | None, int]:
+def due_channels(horizon: datetime) -> Select[str, int | None, int, datetime | None, datetime | None]:
     """Active channels expiring by `horizon`: a range read of `ix_channels_status_expires_at`."""
-    return select(Channel.kind, Channel.calendar_id, Channel.account_id).where(
-        Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= horizon
+    return select(
+        Channel.kind, Channel.calendar_id, Channel.account_id, Channel.expires_at, Channel.created_at
+    ).where(Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= horizon)
+
+
+def _tried_lately(session: Session, kind: ChannelKind, owner: Any, ids: set[int], now: datetime) -> set[int]:
+    """Of `ids`, the calendars (or accounts) for which a channel was opened or tried since `RENEW_RETRY`."""
+    if not ids:
+        return set()
+    found = session.scalars(
+        select(owner).where(Channel.kind == kind, owner.in_(ids), Channel.created_at > now - RENEW_RETRY).distinct()
     )
+    return set(found)
 
 
 def schedule_missing_channels(session: Session, now: datetime, renew_before: timedelta) -> int:
@@ -112,26 +142,38 @@ def prune(session: Session, runtime: Runtime, now: datetime) -> None:
 # Also run by the receiver's writer on its driver cursor ({p} is the driver's placeholder).
 # Helpers ---------------------------------------------------------------------------------------
 def _make_calendars_due(session: Session, ids: set[int], now: datetime) -> int:
+    """Due now at the renewal's class. A calendar already due keeps its time but moves up to that
+    class: due as a reconciliation, it waited with the reconciliations the budget held back, and its
+    channel expired."""
     if not ids:
         return 0
     not_yet = (Calendar.due_at.is_(None)) | (Calendar.due_at > now)
+    urgent = Calendar.due_priority > Priority.RENEWAL
     return rows_affected(
         session.execute(
             update(Calendar)
-            .where(Calendar.id.in_(ids), not_yet)
-            .values(due_at=due_unless_backing_off(now), due_priority=at_most(Priority.RENEWAL))
+            .where(Calendar.id.in_(ids), not_yet | urgent)
+            .values(
+                due_at=case((not_yet, due_unless_backing_off(now)), else_=Calendar.due_at),
+                due_priority=at_most(Priority.RENEWAL),
+            )
         )
     )
 
 
 def _make_lists_due(session: Session, ids: set[int], now: datetime) -> int:
+    """Owed, as a notification's refresh is: a routine refresh is claimed only when the budget admits
+    reconciliations and no calendar is waiting, and the list's channel expired meanwhile."""
     if not ids:
         return 0
-    not_yet = (Account.list_due_at.is_(None)) | (Account.list_due_at > now)
     return rows_affected(
         session.execute(
             update(Account)
-            .where(Account.id.in_(ids), Account.status == AccountStatus.ACTIVE, not_yet)
-            .values(list_due_at=list_due_unless_backing_off(now))
+            .where(
+                Account.id.in_(ids),
+                Account.status == AccountStatus.ACTIVE,
+                Account.list_requested <= Account.list_done,  # owed already: the claim will renew it
+            )
+            .values(list_requested=Account.list_requested + 1, list_due_at=list_due_unless_backing_off(now))
         )
     )

@@ -188,7 +188,12 @@ def test_needs_new_channel(runtime: Runtime, emu: Any, calendar: dict[str, int])
     now = runtime.clock.now()
     with runtime.sessions() as session:
         chans = live_channels(session, calendar_id=calendar["calendar_id"])
-    expires_in = _row(runtime, channel_id).expires_at - now  # type: ignore[operator]
-    assert not needs_new_channel(chans, now, renew_before=expires_in - timedelta(minutes=1))
-    assert needs_new_channel(chans, now, renew_before=expires_in + timedelta(minutes=1))
+    life = _row(runtime, channel_id).expires_at - _row(runtime, channel_id).created_at  # type: ignore[operator]
+    short = life / 4
+    assert not needs_new_channel(chans, now, renew_before=short)
+    assert needs_new_channel(chans, now + life - short + timedelta(seconds=1), renew_before=short)
+    # A window longer than the life Google granted: due halfway through it, not the moment it opened
+    # (every job replaced such a channel).
+    assert not needs_new_channel(chans, now, renew_before=life + timedelta(minutes=1))
+    assert needs_new_channel(chans, now + life / 2 + timedelta(seconds=1), renew_before=life + timedelta(minutes=1))
     assert needs_new_channel([], now, renew_before=timedelta(0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -184,3 +185,65 @@ def test_a_first_sync_whose_watch_is_refused_still_completes(rt: Any, emu: Any) 
     rt.clock.advance(rt.settings.reconcile_every + timedelta(seconds=1))  # no channel: the reconciliation
     Worker(rt, threads=1).run_burst()
     assert [c.kind for c in changes_for(rt, cal_id)] == ["snapshot", "created"]
+
+
+def _passes(rt: Any, worker: Worker, count: int, every: float) -> None:
+    """`count` scheduler passes of a worker, each with the jobs it then finds, `every` seconds apart."""
+    for _ in range(count):
+        worker.run_burst()
+        rt.clock.advance(seconds=every)
+
+
+def test_a_watch_that_fails_at_renewal_is_tried_again_minutes_later_not_every_pass(rt: Any, emu: Any) -> None:
+    """The sync after the failed watch succeeded, the old channel stayed in its window, and the next
+    pass made the calendar due again: one watch and one listing every pass (150 in five minutes)."""
+    _, cal_id = _setup(rt, emu)
+    [channel] = [c for c in channels_of(rt, calendar_id=cal_id) if c.status == ChannelStatus.ACTIVE]
+    assert channel.expires_at is not None
+    rt.clock.set(channel.expires_at - rt.settings.renew_before + timedelta(seconds=1))
+    emu.fail_next(1000, status=503, reason="backendError", method="calendar.events.watch")
+    watches = emu.count("calendar.events.watch", "ann@example.com")
+    _passes(rt, Worker(rt, threads=1), 30, every=10)  # five minutes of a worker's life
+    assert emu.count("calendar.events.watch", "ann@example.com") - watches <= 2
+    emu.faults.clear()
+    rt.clock.advance(minutes=5)
+    Worker(rt, threads=1).run_burst()  # the retry after RENEW_RETRY succeeds
+    assert any(c.status == ChannelStatus.ACTIVE and c.id != channel.id for c in channels_of(rt, calendar_id=cal_id))
+
+
+def test_a_channel_google_grants_for_less_than_the_renewal_window_is_renewed_halfway(rt: Any, emu: Any) -> None:
+    """Due the moment it opened (its whole life inside `renew_before`): each job replaced it, 480
+    watches in five minutes and a burst that never ended."""
+    emu.max_channel_ttl = 3600  # an hour, against a renewal window of a day
+    _, cal_id = _setup(rt, emu)
+    assert emu.count("calendar.events.watch", "ann@example.com") == 1
+    _passes(rt, Worker(rt, threads=1), 30, every=10)
+    assert emu.count("calendar.events.watch", "ann@example.com") == 1
+    rt.clock.advance(minutes=26)  # past half of its hour
+    Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.watch", "ann@example.com") == 2
+    assert len([c for c in channels_of(rt, calendar_id=cal_id) if c.status == ChannelStatus.ACTIVE]) == 1
+
+
+def test_renewals_go_before_held_reconciliations(settings: Settings, emu: Any) -> None:
+    """With Google's Retry-After holding reconciliations back, a calendar already due as one kept
+    that class when its channel neared expiry, and the calendar list's renewal was only ever a
+    routine refresh: both channels expired."""
+    tight = dataclasses.replace(settings, channel_ttl=timedelta(hours=2), renew_before=timedelta(minutes=30))
+    clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
+    rt = Runtime.create(tight, clock=clock)
+    real_clock, emu.clock = emu.clock, clock.now
+    try:
+        account_id, _ = _setup(rt, emu)
+        start = clock.now()
+        clock.set(start + timedelta(hours=1, minutes=25))  # the reconciliation and the list refresh are due
+        rt.budget.slowed(None, 3600)  # Google: come back in an hour (renewals are admitted, not reconciliations)
+        worker = Worker(rt, threads=1)
+        for minutes in (35, 45, 55, 65):
+            clock.set(start + timedelta(hours=1, minutes=minutes))
+            worker.run_burst()
+        kinds = {c.kind for c in channels_of(rt, account_id=account_id) if c.status == ChannelStatus.ACTIVE}
+        assert kinds == set(ChannelKind)
+    finally:
+        emu.clock = real_clock
+        rt.close()
