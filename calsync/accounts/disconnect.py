@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import load_credentials
 from calsync.accounts.connections import forget_pending
-from calsync.errors import GoogleApiError, GoogleNotFound, NotFoundError, QuotaWait
+from calsync.errors import ConfigError, GoogleApiError, GoogleNotFound, NotFoundError, QuotaWait
 from calsync.feed.append import append_changes
 from calsync.feed.lifecycle import account_change
 from calsync.google.calendar import GoogleCalendar
@@ -132,8 +132,15 @@ def _live_channels(runtime: Runtime, account_id: int, session: Session | None = 
 
 
 def _stored_credentials(runtime: Runtime, account: Account) -> Credentials | None:
-    """The account's credentials, or None once they were wiped."""
-    data = json.loads(runtime.cipher.decrypt_str(account.credentials) or EMPTY_CREDENTIALS)
+    """The account's credentials, or None once they were wiped, or when no key decrypts them (the
+    one that encrypted them was removed from CALSYNC_TOKEN_KEY): the disconnect then stops and wipes
+    what it can here, where it was a 500 that changed nothing."""
+    try:
+        stored = runtime.cipher.decrypt_str(account.credentials)
+    except ConfigError as err:
+        log.warning("account %s: %s; disconnecting without telling Google", account.email, err)
+        return None
+    data = json.loads(stored or EMPTY_CREDENTIALS)
     if not data.get("token") and not data.get("refresh_token"):
         return None
     return load_credentials(runtime, account)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from calsync.cli.changes import sqlite_path_missing
+from calsync.cli.changes import open_database, sqlite_path_missing
 from calsync.config import Settings
 from calsync.errors import ConfigError
-from calsync.store.crypto import new_key
-from calsync.store.db import make_engine
+from calsync.store.crypto import cipher_from_settings, new_key, reencrypt_stored
+from calsync.store.db import make_engine, make_sessionmaker
 from calsync.store.migrate import current_revision, upgrade
 
 
@@ -38,6 +38,25 @@ def db_current() -> None:
     engine = make_engine(url)
     click.echo(current_revision(engine) or "empty")
     engine.dispose()
+
+
+@db.command("reencrypt")
+def db_reencrypt() -> None:
+    """Encrypt every stored token and secret again with the first key of CALSYNC_TOKEN_KEY.
+
+    Key rotation: put the new key first (`NEW,OLD`) on every process, run this, then drop OLD.
+    """
+    settings = Settings.from_env()
+    engine = open_database(settings.database_url)
+    try:
+        done = reencrypt_stored(make_sessionmaker(engine), cipher_from_settings(settings))
+    finally:
+        engine.dispose()
+    click.echo(f"{done.done} stored secret(s) now under the first key")
+    if done.unreadable:
+        raise click.ClickException(
+            f"{done.unreadable} stored secret(s) no key of CALSYNC_TOKEN_KEY decrypts were left as they are"
+        )
 
 
 @click.command()

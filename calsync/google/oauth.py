@@ -125,11 +125,20 @@ def revoke_url(settings: Settings) -> str:
 
 
 def revoke(settings: Settings, token: str, *, timeout: float = 10.0) -> bool:
-    """Ask Google to revoke the grant; True when it did (or the token was already dead)."""
-    resp = requests.post(
-        revoke_url(settings),
-        params={"token": token},
-        headers={"content-type": "application/x-www-form-urlencoded"},
-        timeout=timeout,
-    )
+    """Ask Google to revoke the grant; True when it did (or the token was already dead).
+
+    Google's revocation takes the token in the query string, so requests' own errors name it (their
+    text holds the URL): a failure is raised again without it, since callers log it, and the token
+    still works when the revocation did not happen.
+    """
+    url = revoke_url(settings)
+    try:
+        resp = requests.post(
+            url,
+            params={"token": token},
+            headers={"content-type": "application/x-www-form-urlencoded"},
+            timeout=timeout,
+        )
+    except requests.RequestException as err:
+        raise type(err)(f"{type(err).__name__} reaching {urlsplit(url).netloc}") from None
     return resp.status_code == 200 or (resp.status_code == 400 and "invalid_token" in resp.text)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from calsync.clock import parse_retry_after, rfc3339, utc
-from calsync.errors import UnsafeURLError
+from calsync.errors import ConfigError, UnsafeURLError
 from calsync.feed.reads import feed_rows
 from calsync.metrics import DELIVERIES
 from calsync.runtime import Runtime
@@ -141,6 +141,12 @@ def _claim(runtime: Runtime, owner: str, limit: int) -> list[_Job]:
         return _jobs(session, runtime, deliveries, now, until)
 
 
+UNREADABLE_SECRET = (
+    "its signing secret cannot be decrypted with CALSYNC_TOKEN_KEY (the key that encrypted it was removed):"
+    " rotate its secret, then resume it"
+)
+
+
 def _jobs(
     session: Session, runtime: Runtime, deliveries: list[Delivery], now: datetime, lease_until: datetime
 ) -> list[_Job]:
@@ -156,10 +162,21 @@ def _jobs(
         .where(Change.seq.in_({d.change_seq for d in deliveries}))
     ).all()
     changes = {row[0].seq: row for row in rows}
-    keys = {sub_id: signing_secrets(sub, runtime.cipher, now) for sub_id, sub in subs.items()}
+    keys: dict[str, list[str]] = {}
+    for sub_id, sub in subs.items():
+        try:
+            keys[sub_id] = signing_secrets(sub, runtime.cipher, now)
+        except ConfigError as err:
+            # Its secret was encrypted with a key since removed from CALSYNC_TOKEN_KEY. Unsigned it
+            # cannot be sent; left as it was, it failed the whole batch, every pass, for every
+            # subscription. Disabled alone, with the way back in its reason.
+            log.warning("webhook subscription %s disabled: %s", sub_id, err)
+            disable(session, sub, UNREADABLE_SECRET, now)
     jobs = []
     for delivery in deliveries:
         sub = subs[delivery.subscription_id]
+        if sub.id not in keys:
+            continue
         change, email, google_id, summary, time_zone = changes[delivery.change_seq]
         if sub.format == "slack" and change.kind is None:
             body = dumps_unicode(lifecycle_message(change.type, email, (change.after or {}).get("summary")))

@@ -7,6 +7,7 @@ Session and leave the commit to their caller.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339, utc
 from calsync.config import Settings
-from calsync.errors import InvalidSubscription, NotFoundError
+from calsync.errors import ConfigError, InvalidSubscription, NotFoundError
 from calsync.runtime import Runtime
 from calsync.store.crypto import TokenCipher
 from calsync.store.db import rows_affected, transaction
@@ -183,7 +184,8 @@ def signing_secrets(sub: WebhookSubscription, cipher: TokenCipher, now: datetime
     keys = [cipher.decrypt_str(sub.secret)]
     until = utc(sub.previous_secret_until)
     if sub.previous_secret is not None and until is not None and now < until:
-        keys.append(cipher.decrypt_str(sub.previous_secret))
+        with contextlib.suppress(ConfigError):  # encrypted with a key since removed: the new one signs alone
+            keys.append(cipher.decrypt_str(sub.previous_secret))
     return keys
 
 

@@ -63,9 +63,9 @@ def schedule_renewals(session: Session, now: datetime, renew_before: timedelta) 
 
 def due_channels(horizon: datetime) -> Select[str, int | None, int, datetime | None, datetime | None]:
     """Active channels expiring by `horizon`: a range read of `ix_channels_status_expires_at`."""
-    return select(
-        Channel.kind, Channel.calendar_id, Channel.account_id, Channel.expires_at, Channel.created_at
-    ).where(Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= horizon)
+    return select(Channel.kind, Channel.calendar_id, Channel.account_id, Channel.expires_at, Channel.created_at).where(
+        Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= horizon
+    )
 
 
 def _tried_lately(session: Session, kind: ChannelKind, owner: Any, ids: set[int], now: datetime) -> set[int]:

@@ -16,10 +16,12 @@ from sqlalchemy import select
 from calsync.accounts.connected import load_credentials, upsert_account
 from calsync.accounts.disconnect import disconnect_account
 from calsync.clock import FrozenClock
+from calsync.config import Secret
 from calsync.errors import NotFoundError
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import credentials_from_json
 from calsync.runtime import Runtime
+from calsync.store.crypto import new_key
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import ChannelStatus, Priority
@@ -296,3 +298,20 @@ def test_a_disconnect_takes_from_the_budget_and_without_room_leaves_channels_to_
         assert json.loads(runtime.cipher.decrypt_str(account.credentials)) == {}
         assert {c.status for c in session.scalars(select(Channel))} == {"stopped"}
     assert set(result.channels_stopped) | set(result.channels_not_stopped) == set(opened)
+
+
+def test_an_account_no_key_decrypts_is_still_disconnected(runtime: Runtime, emu: Any) -> None:
+    """Its tokens under a key since removed from CALSYNC_TOKEN_KEY: the disconnect was a 500 that
+    changed nothing, the account left active. It now stops and wipes what it can without Google."""
+    account_id = connect(runtime, emu)
+    channel = watch(runtime, account_id, add_calendar(runtime, account_id, EMAIL), EMAIL)
+    other_key = Runtime.create(dataclasses.replace(runtime.settings, token_key=Secret(new_key())))
+    try:
+        result = disconnect_account(other_key, account_id)
+    finally:
+        other_key.close()
+    assert not result.revoked and result.channels_not_stopped == [channel]
+    with runtime.sessions() as session:
+        account = session.get(Account, account_id)
+        assert account is not None and account.status == "disconnected"
+        assert session.get(Channel, channel).status == "stopped"  # type: ignore[union-attr]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from datetime import timedelta
@@ -13,6 +14,7 @@ from standardwebhooks import Webhook
 
 from calsync.feed.append import append_changes
 from calsync.runtime import Runtime
+from calsync.store.crypto import new_key
 from calsync.store.db import transaction
 from calsync.store.liveness import WORKER_ALIVE
 from calsync.store.models import Change, Delivery, WebhookSubscription
@@ -34,6 +36,7 @@ from tests.webhooks.support import (
     event,
     exhaust_all,
     make_calendar,
+    make_runtime,
     subscribe,
     subscription,
     with_settings,
@@ -448,3 +451,26 @@ def test_a_change_after_a_whole_batch_of_rows_a_subscription_leaves_out_is_deliv
         wait_for(lambda: len(receiver.posts()) > posted, timeout=5, what="the delivery of the row after the batch")
         assert time.monotonic() - started < 2.0
         assert [post.json()["data"]["event_id"] for post in receiver.posts()[posted:]] == ["theirs"]
+
+
+def test_a_secret_no_key_decrypts_disables_its_subscription_alone(settings: Any, receiver: Any) -> None:
+    """An old key taken out of CALSYNC_TOKEN_KEY: one subscription's secret could not be decrypted,
+    which failed the whole batch, every pass, for every subscription (nothing sent at all)."""
+    key_a, key_b = new_key(), new_key()
+    with_a = make_runtime(dataclasses.replace(settings, token_key=key_a))
+    cal = make_calendar(with_a)
+    old_sub, _ = subscribe(with_a, receiver.url)  # its secret under key A
+    with_a.close()
+    both = make_runtime(dataclasses.replace(settings, token_key=f"{key_b},{key_a}"))
+    new_sub, _ = subscribe(both, receiver.url)  # under key B
+    both.close()
+    only_b = make_runtime(dataclasses.replace(settings, token_key=key_b))
+    try:
+        write_change(only_b, cal)
+        assert deliver(only_b) == 1
+        assert [d.state for d in deliveries(only_b, new_sub)] == ["delivered"] and len(receiver.posts()) == 1
+        old = subscription(only_b, old_sub)
+        assert old.status == "disabled" and "rotate its secret" in (old.disabled_reason or "")
+        assert [d.state for d in deliveries(only_b, old_sub)] == ["failed"]  # kept, to replay once resumed
+    finally:
+        only_b.close()
