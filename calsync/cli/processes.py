@@ -63,8 +63,14 @@ def web(host: str, port: int, workers: int, threads: int) -> None:
     "0.0.0.0 lets a Prometheus on another machine scrape it.",
 )
 @click.option("--exit-with-parent", is_flag=True, hidden=True, help="Stop once the process that started it is gone.")
+@click.option("--parent-pid", type=int, default=None, hidden=True, help="With --exit-with-parent: that process's pid.")
 def worker(
-    threads: int | None, burst: bool, metrics_port: int | None, metrics_host: str | None, exit_with_parent: bool
+    threads: int | None,
+    burst: bool,
+    metrics_port: int | None,
+    metrics_host: str | None,
+    exit_with_parent: bool,
+    parent_pid: int | None,
 ) -> None:
     """Claim and do due work (syncs, renewals, deliveries) until SIGTERM; any number may run."""
     from calsync.runtime import Runtime, freeze_startup_objects
@@ -90,7 +96,7 @@ def worker(
 
         with stop_on_signals(_announce) as stop:
             if exit_with_parent:
-                _stop_with_parent(stop)
+                _stop_with_parent(stop, parent_pid if parent_pid is not None else os.getppid())
             click.echo(f"worker {w.name} running with {w.threads} thread(s)", err=True)
             w.run(stop)
         click.echo(f"worker {w.name} stopped", err=True)
@@ -98,15 +104,21 @@ def worker(
         runtime.close()
 
 
-def _stop_with_parent(stop: threading.Event) -> None:
-    """`calsync serve`'s worker: a parent killed outright (SIGKILL, OOM) cannot stop it, so it looks."""
-    parent = os.getppid()
+def _stop_with_parent(stop: threading.Event, parent: int) -> None:
+    """`calsync serve`'s worker: a parent killed outright (SIGKILL, OOM) cannot stop it, so it looks.
+
+    The parent's pid comes from the parent itself: read here, after the imports and the schema check,
+    it was already init's when serve died while the worker started, and the worker ran on for good.
+    """
 
     def watch() -> None:
-        while not stop.wait(PARENT_CHECK_SECONDS):
+        while True:
             if os.getppid() != parent:
                 click.echo("the serving process is gone: finishing the work in hand", err=True)
                 stop.set()
+                return
+            if stop.wait(PARENT_CHECK_SECONDS):
+                return
 
     threading.Thread(target=watch, name="calsync-parent-watch", daemon=True).start()
 

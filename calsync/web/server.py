@@ -136,7 +136,7 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
     def _start_worker(self, _arbiter: Any) -> None:
         """`calsync worker` beside the web process, with the same environment (and so the same settings);
         it stops by itself if this process dies without stopping it."""
-        argv = [sys.executable, "-m", "calsync", "worker", "--exit-with-parent"]
+        argv = [sys.executable, "-m", "calsync", "worker", "--exit-with-parent", "--parent-pid", str(os.getpid())]
         if self.worker_threads is not None:
             argv += ["--threads", str(self.worker_threads)]
         self._worker = subprocess.Popen(argv, preexec_fn=_below_the_web)

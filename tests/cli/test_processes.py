@@ -514,3 +514,20 @@ def test_processes_refuse_a_database_that_is_not_at_head(settings: Settings, tmp
     ensure_schema(empty, upgrade_sqlite=True)  # what `calsync serve` does on SQLite
     ensure_schema(empty, upgrade_sqlite=False)
     make_engine(empty.database_url).dispose()
+
+
+def test_a_worker_whose_serving_process_died_before_it_started_watching_stops(
+    settings: Settings, runtime: Runtime, tmp_path: Path
+) -> None:
+    """serve killed while its worker was still importing: the worker read its parent's pid only
+    afterwards, got init's, and ran on for good. The parent's pid now comes on its command line."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that is nobody's parent now
+    proc = _calsync(
+        ["worker", "--exit-with-parent", "--parent-pid", str(gone.pid)], web_env(settings), tmp_path / "worker.log"
+    )
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        _terminate(proc)
+    assert "the serving process is gone" in (tmp_path / "worker.log").read_text()
