@@ -211,9 +211,7 @@ def _short(value: Any) -> str:
 
 def open_database(url: str) -> Engine:
     """An engine on an existing calsync database; reading must never create one by accident."""
-    missing = sqlite_path_missing(url)
-    if missing is not None:
-        raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {missing} (run `calsync db upgrade`)")
+    refuse_missing_sqlite(url)
     engine = make_engine(url)
     if not inspect(engine).has_table(Change.__tablename__):
         engine.dispose()
@@ -221,12 +219,13 @@ def open_database(url: str) -> Engine:
     return engine
 
 
-def sqlite_path_missing(url: str) -> str | None:
-    """The path of a SQLite database URL whose file does not exist (opening it would create it)."""
+def refuse_missing_sqlite(url: str) -> None:
+    """ConfigError when `url` names a SQLite file that does not exist: opening it would create it."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return None if Path(parsed.database).exists() else parsed.database
+        return
+    if not Path(parsed.database).exists():
+        raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {parsed.database} (run `calsync db upgrade`)")
 
 
 def _calendars(session: Session, calendar_id: str | None, account: str | None) -> list[Any] | None:

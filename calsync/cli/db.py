@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from calsync.cli.changes import open_database, sqlite_path_missing
+from calsync.cli.changes import open_database, refuse_missing_sqlite
 from calsync.config import Settings
-from calsync.errors import ConfigError
 from calsync.store.crypto import cipher_from_settings, new_key, reencrypt_stored
 from calsync.store.db import make_engine, make_sessionmaker
 from calsync.store.migrate import current_revision, upgrade
@@ -32,9 +31,7 @@ def db_upgrade(revision: str) -> None:
 def db_current() -> None:
     """Print the schema revision of the database."""
     url = Settings.from_env().database_url
-    missing = sqlite_path_missing(url)
-    if missing is not None:  # looking must not make an empty file where the database should be
-        raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {missing} (run `calsync db upgrade`)")
+    refuse_missing_sqlite(url)  # looking must not make an empty file where the database should be
     engine = make_engine(url)
     click.echo(current_revision(engine) or "empty")
     engine.dispose()

@@ -230,20 +230,22 @@ def _open(
         wanted = [Channel.id == channel_id, Channel.status.in_(LIVE_CHANNEL)]
         if calendar_id is not None:
             wanted.append(exists().where(Calendar.id == calendar_id, Calendar.removed_at.is_(None)))
-        made = session.execute(
-            update(Channel)
-            .where(*wanted)
-            .values(
-                resource_id=resource_id,
-                resource_uri=granted.get("resourceUri"),
-                expires_at=expiration_from_ms(granted.get("expiration")),
-                status=ChannelStatus.ACTIVE,
+        made = rows_affected(
+            session.execute(
+                update(Channel)
+                .where(*wanted)
+                .values(
+                    resource_id=resource_id,
+                    resource_uri=granted.get("resourceUri"),
+                    expires_at=expiration_from_ms(granted.get("expiration")),
+                    status=ChannelStatus.ACTIVE,
+                )
             )
         )
-        if not rows_affected(made):
+        if not made:
             # Record the resource id, so that whatever stops it later can tell Google.
             session.execute(update(Channel).where(Channel.id == channel_id).values(resource_id=resource_id))
-    if not rows_affected(made):
+    if not made:
         _unwanted(runtime, account_id, channel_id, resource_id, priority)
     log.info("opened %s channel %s (account %s, calendar %s)", kind, channel_id, account_id, calendar_id)
     return channel_id

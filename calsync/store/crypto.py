@@ -18,6 +18,7 @@ from calsync.store.models import Account, ConnectSession, WebhookSubscription
 log = logging.getLogger(__name__)
 
 KEY_FILE = "token.key"
+UNREADABLE = "stored secrets cannot be decrypted with CALSYNC_TOKEN_KEY (wrong key?)"
 
 
 class TokenCipher:
@@ -38,14 +39,14 @@ class TokenCipher:
         try:
             return self._fernet.decrypt(token)
         except InvalidToken as err:
-            raise ConfigError("stored secrets cannot be decrypted with CALSYNC_TOKEN_KEY (wrong key?)") from err
+            raise ConfigError(UNREADABLE) from err
 
     def rotate(self, token: bytes) -> bytes:
         """The same secret, encrypted again with the first key."""
         try:
             return self._fernet.rotate(token)
         except InvalidToken as err:
-            raise ConfigError("stored secrets cannot be decrypted with CALSYNC_TOKEN_KEY (wrong key?)") from err
+            raise ConfigError(UNREADABLE) from err
 
     def encrypt_str(self, plain: str) -> bytes:
         return self.encrypt(plain.encode())

@@ -375,14 +375,12 @@ class QuotaBudget(Base):
     __tablename__ = "quota_budget"
 
     scope: Mapped[str] = mapped_column(String(40), primary_key=True)
-    tat: Mapped[float] = mapped_column(
-        Float, default=0.0, server_default="0"
-    )  # when the calls taken so far are paid off
+    # When the calls taken so far are paid off.
+    tat: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     hold_until: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # Google's Retry-After
-    factor: Mapped[float] = mapped_column(
-        Float, default=1.0, server_default="1"
-    )  # share of the rate after the last slow-down
-    factor_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # when that slow-down happened
+    # The share of the rate after the last slow-down, and when that slow-down happened.
+    factor: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    factor_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     day: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # YYYYMMDD in Pacific time
     calls_today: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     reconcile_today: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -20,7 +20,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from calsync.clock import utc
 from calsync.feed.retention import trim_changes
 from calsync.push.channels import renewal_due_at
 from calsync.push.intake_sql import trim_log
@@ -35,12 +34,6 @@ HEARTBEAT_RETENTION = timedelta(days=1)
 RENEW_RETRY = timedelta(minutes=5)  # after a watch tried for a calendar (or list), before the next renewal
 
 
-def utc_of(value: datetime | None) -> datetime:
-    moment = utc(value)
-    assert moment is not None, "a due channel has an expiry"
-    return moment
-
-
 def schedule_renewals(session: Session, now: datetime, renew_before: timedelta) -> int:
     """Make due every calendar or calendar list whose active channel wants its successor
     (`renewal_due_at`), unless a watch for it was tried within `RENEW_RETRY`.
@@ -52,7 +45,7 @@ def schedule_renewals(session: Session, now: datetime, renew_before: timedelta) 
     due = [
         r
         for r in session.execute(due_channels(now + renew_before)).all()
-        if renewal_due_at(utc_of(r.expires_at), utc(r.created_at), renew_before) <= now
+        if r.expires_at is not None and renewal_due_at(r.expires_at, r.created_at, renew_before) <= now
     ]
     calendar_ids = {r.calendar_id for r in due if r.kind == ChannelKind.EVENTS and r.calendar_id is not None}
     account_ids = {r.account_id for r in due if r.kind == ChannelKind.CALENDAR_LIST}
