@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -128,3 +128,30 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, (when - now.astimezone(UTC)).total_seconds())
+
+
+# Google's quota day -----------------------------------------------------------------------------
+try:
+    _PACIFIC: tzinfo = ZoneInfo("America/Los_Angeles")
+except ZoneInfoNotFoundError:  # no time-zone database: Pacific standard time all year
+    _PACIFIC = timezone(timedelta(hours=-8))
+
+
+def quota_day(moment: datetime) -> int:
+    """Google's quota day (it ends at midnight Pacific time) as YYYYMMDD."""
+    local = moment.astimezone(_PACIFIC)
+    return local.year * 10000 + local.month * 100 + local.day
+
+
+def day_started(moment: datetime) -> datetime:
+    """When the quota day holding `moment` began, in UTC."""
+    local = moment.astimezone(_PACIFIC)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+
+
+def day_ends(moment: datetime) -> datetime:
+    """When the quota day holding `moment` ends, in UTC: a Pacific day of 23 or 25 hours when the
+    clocks change, so never `day_started + 24 h`."""
+    local = moment.astimezone(_PACIFIC)
+    tomorrow = local.date() + timedelta(days=1)
+    return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=_PACIFIC).astimezone(UTC)

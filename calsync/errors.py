@@ -28,7 +28,8 @@ CalsyncError
     ├── Duplicate               409 duplicate: an insert with an id the calendar already holds
     ├── PreconditionFailed      412: the If-Match etag is no longer the event's
     └── TransientGoogleError    worth retrying later: carries retry_after (seconds) when known
-        ├── RateLimited         403/429 rate limits, quotaExceeded
+        ├── RateLimited         403/429 rate limits of the project or the user, dailyLimitExceeded
+        ├── CalendarUsageLimited  403 quotaExceeded: the user's calendar takes no changes for hours
         └── BackendError        5xx and network failures
 """
 
@@ -180,6 +181,13 @@ class TransientGoogleError(GoogleApiError):
 
 class RateLimited(TransientGoogleError):
     """Google asked us to slow down."""
+
+
+class CalendarUsageLimited(TransientGoogleError):
+    """Google's Calendar usage limits (403 `quotaExceeded`, "Calendar usage limits exceeded"): the
+    user made too many events, invitations or calendars in a short time, and Google refuses their
+    changes for some hours while reads go on. Not a rate of calls: slowing the project down does not
+    lift it, and other users are not held back."""
 
 
 class BackendError(TransientGoogleError):

@@ -10,7 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from calsync.clock import at_least, event_datetime, event_time, parse_retry_after, parse_timestamp, zone_named
+from calsync.clock import (
+    at_least,
+    day_ends,
+    day_started,
+    event_datetime,
+    event_time,
+    parse_retry_after,
+    parse_timestamp,
+    quota_day,
+    zone_named,
+)
 
 ZONES = ["Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "UTC"]
 moments = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
@@ -98,3 +108,23 @@ def test_parse_retry_after_seconds_and_http_date() -> None:
     assert parse_retry_after("-5", now) == 0
     for unreadable in ("soon", "nan", "inf", "", None):
         assert parse_retry_after(unreadable, now) is None
+
+
+@pytest.mark.parametrize(
+    ("moment", "hours"),
+    [
+        (datetime(2026, 12, 6, 12, 0, tzinfo=UTC), 24),
+        (datetime(2026, 3, 8, 12, 0, tzinfo=UTC), 23),  # the clocks go forward in the night
+        (datetime(2026, 11, 1, 12, 0, tzinfo=UTC), 25),  # and back
+    ],
+)
+def test_a_quota_day_lasts_as_long_as_the_pacific_day(moment: datetime, hours: int) -> None:
+    """The day's plan counted 86,400 s from its start: on the 25-hour day its last hour had no
+    time left (nothing stretched, its calls never projected); on the 23-hour day, an hour too many."""
+    assert day_ends(moment) - day_started(moment) == timedelta(hours=hours)
+    assert quota_day(day_ends(moment)) != quota_day(moment) == quota_day(day_ends(moment) - timedelta(seconds=1))
+
+
+def test_the_quota_day_ends_at_midnight_pacific() -> None:
+    assert quota_day(datetime(2026, 12, 6, 7, 59, tzinfo=UTC)) == 20261205
+    assert quota_day(datetime(2026, 12, 6, 8, 0, tzinfo=UTC)) == 20261206

@@ -22,7 +22,8 @@ _STATUS = {
 _DEFAULT_MESSAGES = {
     "rateLimitExceeded": "Rate Limit Exceeded",
     "userRateLimitExceeded": "User Rate Limit Exceeded",
-    "quotaExceeded": "Quota exceeded for quota metric 'Queries' and limit 'Queries per day'.",
+    "quotaExceeded": "Calendar usage limits exceeded.",
+    "dailyLimitExceeded": "Daily Limit Exceeded",
     "backendError": "Backend Error",
     "internalError": "Internal Error",
     "forbidden": "Forbidden",
@@ -43,6 +44,7 @@ _DOMAINS = {
     "rateLimitExceeded": "usageLimits",
     "userRateLimitExceeded": "usageLimits",
     "quotaExceeded": "usageLimits",
+    "dailyLimitExceeded": "usageLimits",
     "fullSyncRequired": "calendar",
 }
 

@@ -10,13 +10,6 @@ from dataclasses import dataclass
 
 from .errors import ApiError
 
-_DOMAINS = {
-    "rateLimitExceeded": "usageLimits",
-    "userRateLimitExceeded": "usageLimits",
-    "quotaExceeded": "usageLimits",
-    "dailyLimitExceeded": "usageLimits",
-}
-
 
 @dataclass
 class FailRule:
@@ -121,7 +114,7 @@ class Faults:
         if rule.hold > 0:
             time.sleep(rule.hold)
         if rule.status is not None:
-            raise ApiError(rule.status, rule.reason, domain=_DOMAINS.get(rule.reason, "global"))
+            raise ApiError(rule.status, rule.reason)
 
     def check(self, api_method: str, calendar_id: str | None) -> None:
         """Wait out the first matching delay, then raise the Google error of the first matching rule,
@@ -142,4 +135,4 @@ class Faults:
             if rule.remaining <= 0:
                 self.rules.remove(rule)
         headers = {"Retry-After": str(rule.retry_after)} if rule.retry_after is not None else {}
-        raise ApiError(rule.status, rule.reason, domain=_DOMAINS.get(rule.reason, "global"), headers=headers)
+        raise ApiError(rule.status, rule.reason, headers=headers)

@@ -22,10 +22,11 @@ from googleapiclient.discovery import Resource, build_from_document
 from googleapiclient.errors import HttpError
 from urllib3.util.wait import wait_for_read
 
-from calsync.clock import parse_retry_after
+from calsync.clock import day_ends, parse_retry_after
 from calsync.errors import (
     AuthRevoked,
     BackendError,
+    CalendarUsageLimited,
     Duplicate,
     Forbidden,
     GoogleApiError,
@@ -38,9 +39,14 @@ from calsync.metrics import GOOGLE_CALLS
 
 EVENTS_PAGE_SIZE = 2500
 CALENDAR_LIST_PAGE_SIZE = 250
-RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "quotaExceeded", "dailyLimitExceeded"}
+RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "dailyLimitExceeded"}
 # Every 403 of this domain is a limit of use that waiting lifts, whatever its reason's name.
 USAGE_LIMITS = "usageLimits"
+CALENDAR_USAGE_LIMITS = "quotaExceeded"  # the user's Calendar usage limits, not a quota of calls
+DAILY_LIMIT = "dailyLimitExceeded"  # the project's calls of the quota day
+# Google says a user under the Calendar usage limits can change their calendar again "within
+# several hours"; without a Retry-After, this is when to try again.
+CALENDAR_USAGE_RETRY = 3600.0
 
 
 class CallBudget(Protocol):
@@ -293,7 +299,14 @@ def map_http_error(err: HttpError) -> GoogleApiError:
         return GoogleNotFound(message, status=status, reason=reason)
     if status == 401:
         return AuthRevoked(message, status=status, reason=reason or "authError")
+    if status == 403 and reason == CALENDAR_USAGE_LIMITS:
+        return CalendarUsageLimited(
+            message, status=status, reason=reason, retry_after=retry_after or CALENDAR_USAGE_RETRY
+        )
     if status == 429 or (status == 403 and (reason in RATE_LIMIT_REASONS or domain == USAGE_LIMITS)):
+        if reason == DAILY_LIMIT and retry_after is None:  # the quota day's calls: room comes back at its end
+            now = datetime.now(UTC)
+            retry_after = (day_ends(now) - now).total_seconds()
         return RateLimited(message, status=status, reason=reason or "rateLimitExceeded", retry_after=retry_after)
     if status == 403:
         return Forbidden(message, status=status, reason=reason)

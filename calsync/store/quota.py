@@ -30,13 +30,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, String, bindparam, case, cast, func, insert, literal, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from calsync.clock import Clock
+from calsync.clock import Clock, quota_day
 from calsync.errors import QuotaWait
 from calsync.store.db import is_postgres
 from calsync.store.models import QuotaBudget
@@ -146,26 +146,6 @@ def ceiling(state: ScopeState, now: float, per_window: int, window: float) -> Pr
         if admit(state, now, priority, per_window, window)[1] == 0.0:
             return priority
     return None
-
-
-def quota_day(moment: datetime) -> int:
-    """Google's quota day (it ends at midnight Pacific time) as YYYYMMDD."""
-    local = moment.astimezone(_PACIFIC)
-    return local.year * 10000 + local.month * 100 + local.day
-
-
-def day_started(moment: datetime) -> datetime:
-    """When the quota day holding `moment` began, in UTC."""
-    local = moment.astimezone(_PACIFIC)
-    return local.replace(hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
-
-
-def day_ends(moment: datetime) -> datetime:
-    """When the quota day holding `moment` ends, in UTC: a Pacific day of 23 or 25 hours when the
-    clocks change, so never `day_started + 24 h`."""
-    local = moment.astimezone(_PACIFIC)
-    tomorrow = local.date() + timedelta(days=1)
-    return datetime(tomorrow.year, tomorrow.month, tomorrow.day, tzinfo=_PACIFIC).astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -417,14 +397,6 @@ def ensure_project_row(session: Session) -> None:
 
 
 # Helpers ---------------------------------------------------------------------------------------
-_PACIFIC: Any
-try:
-    from zoneinfo import ZoneInfo
-
-    _PACIFIC = ZoneInfo("America/Los_Angeles")
-except Exception:  # no time-zone database: Pacific standard time all year
-    _PACIFIC = timezone(timedelta(hours=-8))
-
 _Q = QuotaBudget.__table__
 _STATE_COLUMNS = (_Q.c.scope, _Q.c.tat, _Q.c.hold_until, _Q.c.factor, _Q.c.factor_at)
 # Built once: a take runs these in every claim, and building a statement cost more CPU than running it.

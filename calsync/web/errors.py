@@ -20,6 +20,7 @@ from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import default_exceptions
 
 from calsync.errors import (
+    CalendarUsageLimited,
     CalsyncError,
     ConnectionUnusable,
     CursorExpired,
@@ -111,6 +112,15 @@ ANSWERS: dict[type[Exception], ErrorAnswer] = {
         503,
         "google_unavailable",
         message=lambda err: f"Google did not answer the write; retry later ({err})",
+        headers=lambda err: _retry_after(err.retry_after),
+    ),
+    CalendarUsageLimited: ErrorAnswer(  # Google takes no changes from this user for some hours
+        429,
+        "calendar_usage_limits",
+        message=lambda err: (
+            "Google's Calendar usage limits refuse this user's changes for some hours (too many events, "
+            f"invitations or calendars made in a short time); reads go on ({err})"
+        ),
         headers=lambda err: _retry_after(err.retry_after),
     ),
     QuotaWait: ErrorAnswer(  # the user's (or the project's) Google quota has no room for the write yet

@@ -33,21 +33,14 @@ from sqlalchemy import Integer, and_, case, func, or_, select, true
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from calsync.clock import day_ends, day_started, quota_day
 from calsync.config import Settings
 from calsync.humanize import human_duration
 from calsync.runtime import Runtime
 from calsync.store.activity import PRIOR, expected_gap, gap_bound
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar
-from calsync.store.quota import (
-    DayCount,
-    day_count,
-    day_ends,
-    day_started,
-    ensure_project_row,
-    quota_day,
-    save_plan,
-)
+from calsync.store.quota import DayCount, day_count, ensure_project_row, save_plan
 from calsync.store.states import AccountStatus
 
 log = logging.getLogger(__name__)

@@ -144,7 +144,11 @@ class _Side:
 
     def timed(self, name: str, op: str, call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
         started = time.perf_counter()
-        event = call(*args)
+        try:
+            event = call(*args)
+        except requests.HTTPError as err:  # what calsync answered, and what it logged meanwhile
+            print(f"[{self.kind}] {op} by {name} failed: {err.response.text[:2000]}\n{self.serve.tail()}")
+            raise
         self.timings.setdefault((name, op), []).append((time.perf_counter() - started) * 1000)
         return event
 

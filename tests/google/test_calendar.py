@@ -14,7 +14,8 @@ import httplib2
 import pytest
 from googleapiclient.errors import HttpError
 
-from calsync.errors import AuthRevoked, BackendError, Forbidden, RateLimited, SyncTokenExpired
+from calsync.clock import day_ends
+from calsync.errors import AuthRevoked, BackendError, CalendarUsageLimited, Forbidden, RateLimited, SyncTokenExpired
 from calsync.google.calendar import Connections, GoogleCalendar, drop_closed, map_http_error
 from tests.emulator.conftest import credentials_for
 
@@ -155,6 +156,28 @@ def test_a_403_of_usage_limits_is_a_rate_limit_whatever_its_reason(emu: Any, rea
     with pytest.raises(RateLimited) as caught:
         ann.get_calendar("primary")
     assert caught.value.reason == reason and caught.value.retry_after == 7
+
+
+def test_googles_calendar_usage_limits_are_the_users_and_not_a_rate() -> None:
+    """403 `quotaExceeded` is "Calendar usage limits exceeded": the user's calendar takes no changes
+    for hours. As a RateLimited it slowed the whole project and was retried a second later."""
+    body = b'{"error": {"code": 403, "message": "Calendar usage limits exceeded.", "errors":'
+    body += b' [{"domain": "usageLimits", "reason": "quotaExceeded", "message": "Calendar usage limits exceeded."}]}}'
+    err = map_http_error(HttpError(httplib2.Response({"status": "403"}), body))
+    assert isinstance(err, CalendarUsageLimited) and not isinstance(err, RateLimited)
+    assert err.retry_after == 3600
+    given = map_http_error(HttpError(httplib2.Response({"status": "403", "retry-after": "120"}), body))
+    assert given.retry_after == 120  # type: ignore[attr-defined]
+
+
+def test_the_daily_limit_is_waited_out_until_the_quota_day_ends() -> None:
+    """Without a Retry-After, `dailyLimitExceeded` was retried a second later, all day long."""
+    body = b'{"error": {"code": 403, "message": "Daily Limit Exceeded", "errors":'
+    body += b' [{"domain": "usageLimits", "reason": "dailyLimitExceeded", "message": "Daily Limit Exceeded"}]}}'
+    err = map_http_error(HttpError(httplib2.Response({"status": "403"}), body))
+    now = datetime.now(UTC)
+    assert isinstance(err, RateLimited) and err.retry_after is not None
+    assert abs(err.retry_after - (day_ends(now) - now).total_seconds()) < 5
 
 
 def test_a_403_of_another_domain_is_forbidden(emu: Any) -> None:

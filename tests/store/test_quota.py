@@ -29,11 +29,8 @@ from calsync.store.quota import (
     admit,
     ceiling,
     day_count,
-    day_ends,
-    day_started,
     locking_rows,
     pace,
-    quota_day,
     slowed,
     user_scope,
 )
@@ -91,26 +88,6 @@ def test_a_slow_down_halves_the_pace_once_per_cooldown_and_it_grows_back() -> No
     assert admit(held, 110.0, Priority.RECONCILE, 100, 60.0)[1] == pytest.approx(20.0)  # Retry-After
     assert admit(held, 110.0, Priority.FIRST_SYNC, 100, 60.0)[1] == pytest.approx(20.0)
     assert admit(held, 110.0, Priority.NOTIFICATION, 100, 60.0)[1] == 0.0  # urgent work goes on, slower
-
-
-@pytest.mark.parametrize(
-    ("moment", "hours"),
-    [
-        (datetime(2026, 12, 6, 12, 0, tzinfo=UTC), 24),
-        (datetime(2026, 3, 8, 12, 0, tzinfo=UTC), 23),  # the clocks go forward in the night
-        (datetime(2026, 11, 1, 12, 0, tzinfo=UTC), 25),  # and back
-    ],
-)
-def test_a_quota_day_lasts_as_long_as_the_pacific_day(moment: datetime, hours: int) -> None:
-    """The day's plan counted 86,400 s from its start: on the 25-hour day its last hour had no
-    time left (nothing stretched, its calls never projected); on the 23-hour day, an hour too many."""
-    assert day_ends(moment) - day_started(moment) == timedelta(hours=hours)
-    assert quota_day(day_ends(moment)) != quota_day(moment) == quota_day(day_ends(moment) - timedelta(seconds=1))
-
-
-def test_the_quota_day_ends_at_midnight_pacific() -> None:
-    assert quota_day(datetime(2026, 12, 6, 7, 59, tzinfo=UTC)) == 20261205
-    assert quota_day(datetime(2026, 12, 6, 8, 0, tzinfo=UTC)) == 20261206
 
 
 @pytest.fixture

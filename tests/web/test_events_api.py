@@ -22,8 +22,8 @@ from sqlalchemy import select
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
-from calsync.store.models import Calendar, IdempotencyKey
-from calsync.store.quota import Budget, Limits
+from calsync.store.models import Calendar, IdempotencyKey, QuotaBudget
+from calsync.store.quota import PROJECT, Budget, Limits
 from calsync.store.states import Priority
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
@@ -153,6 +153,26 @@ def test_a_write_the_quota_has_no_room_for_is_503_with_retry_after_and_frees_its
     assert emu.count("calendar.events.insert") == inserts and feed(client, api_headers) == []
     with runtime.sessions() as session:
         assert session.scalars(select(IdempotencyKey)).all() == []
+
+
+def test_a_user_under_googles_calendar_usage_limits_gets_429_and_slows_nobody_else(
+    client: FlaskClient, api_headers: dict[str, str], runtime: Runtime, emu: Any, cal: int
+) -> None:
+    """Google's 403 `quotaExceeded` ("Calendar usage limits exceeded") is one user's calendar refusing
+    changes for hours. It was taken for a rate limit of the project: a 503 to retry in a second, and
+    every user's calls slowed to half pace. Now: a 429 naming it, to retry in an hour, the project's
+    pace untouched, and the same key makes the event once the limit is lifted."""
+    emu.fail_next(1, status=403, reason="quotaExceeded", method="calendar.events.insert")
+    refused = client.post(EVENTS, json=MEETING, headers={**api_headers, "Idempotency-Key": "k"})
+    assert (refused.status_code, refused.json["error"]) == (429, "calendar_usage_limits"), refused.json  # type: ignore[index]
+    assert int(refused.headers["Retry-After"]) == 3600
+    assert emu.events(ANN) == [] and feed(client, api_headers) == []
+    with runtime.sessions() as session:
+        project = session.get(QuotaBudget, PROJECT)
+        assert project is not None and (project.factor, project.hold_until) == (1.0, 0.0)
+    made = client.post(EVENTS, json=MEETING, headers={**api_headers, "Idempotency-Key": "k"})
+    assert made.status_code == 201 and len(emu.events(ANN)) == 1
+    assert [row["origin"] for row in feed(client, api_headers)] == ["api"]
 
 
 def test_a_calendar_two_accounts_share_is_named_by_account_and_refusals_leave_its_turn_free(
