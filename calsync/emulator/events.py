@@ -158,11 +158,15 @@ def patch(
     record = cal.events.get(event_id)
     data = copy.deepcopy(record.data if record is not None else get(store, cal, event_id, now))
     before = {k: data.get(k) for k in SIGNIFICANT}
+    old = copy.deepcopy(data)
     _apply(data, changes, cal, replace=replace)
     if any(data.get(k) != before[k] for k in SIGNIFICANT):
         data["sequence"] = int(data.get("sequence", 0)) + 1
     seq = store.next_seq()
     stamp(data, now, seq)
+    if _only_reminders_changed(old, data):
+        # Google: "Updating event reminders will not cause [updated] to change" (the etag does).
+        data["updated"] = old.get("updated", data["updated"])
     if record is None:
         record = cal.add(event_id, _ordered(data), seq)
     else:
@@ -338,6 +342,12 @@ def _person(email: str, cal: Calendar, *, creator: bool) -> dict[str, Any]:
         return out
     out["self"] = True
     return out
+
+
+def _only_reminders_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    keys = (set(old) | set(new)) - {"etag", "updated"}
+    changed = {k for k in keys if old.get(k) != new.get(k)}
+    return changed == {"reminders"} and "updated" in old
 
 
 def stamp(data: dict[str, Any], now: dt.datetime, seq: int) -> None:

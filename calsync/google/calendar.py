@@ -134,7 +134,14 @@ class GoogleCalendar:
             kwargs["pageToken"] = page_token
         request = self._api.events.list(**kwargs)
         request.postproc = _keep_bytes  # errors are raised before it runs; a success keeps its bytes
-        return cast("bytes", self._call("events.list", request))
+        try:
+            return cast("bytes", self._call("events.list", request))
+        except GoogleNotFound as err:
+            # Google's reference: an expired syncToken is answered "410 GONE", and the client should
+            # sync in full; a 410 with another reason than fullSyncRequired is the same answer.
+            if sync_token and err.status == 410:
+                raise SyncTokenExpired(str(err), status=410, reason=err.reason) from err
+            raise
 
     # Writes (calsync.sync.writes; every call there goes through its `_google`, the quota's place) --
     def insert_event(

@@ -134,13 +134,12 @@ class MirrorCache:
 def _refresh(session: Session, calendar_id: int, mirror: CalendarMirror) -> CalendarMirror:
     """`mirror` brought up to this snapshot by reading only the rows that differ from it."""
     known = mirror.versions()
-    current: dict[str, str | None] = dict(
-        session.execute(select(Event.google_id, Event.updated).where(Event.calendar_id == calendar_id)).all()
-    )
+    rows = session.execute(select(Event.google_id, Event.etag, Event.updated).where(Event.calendar_id == calendar_id))
+    current = {event_id: (etag, updated) for event_id, etag, updated in rows}
     stale = [
         event_id
-        for event_id, updated in current.items()
-        if event_id not in known or known[event_id] != updated or updated is None
+        for event_id, version in current.items()
+        if event_id not in known or known[event_id] != version or None in version
     ]
     removed = [event_id for event_id in known if event_id not in current]
     changed: list[str] = []

@@ -253,7 +253,7 @@ class _Series:
 class _Entry(NamedTuple):
     """One mirrored row, parsed: a series, a placed single event or exception, or only a hidden slot."""
 
-    updated: str | None
+    version: tuple[str | None, str | None]  # (etag, updated): what a refresh compares with the row's
     series: _Series | None
     single: Occurrence | None
     parent: str | None  # the series an exception belongs to
@@ -294,9 +294,12 @@ class CalendarMirror:
         self._block_starts: list[datetime] = []
         self._block_ends: list[datetime] = []
 
-    def versions(self) -> dict[str, str | None]:
-        """Each parsed row's `updated`, by event id (what a refresh compares)."""
-        return {event_id: e.updated for event_id, e in self._entries.items()}
+    def versions(self) -> dict[str, tuple[str | None, str | None]]:
+        """Each parsed row's (etag, updated), by event id (what a refresh compares).
+
+        The etag, not `updated` alone: Google leaves `updated` as it was when only an event's
+        reminders change, and a row compared by `updated` kept its old reminders and etag here."""
+        return {event_id: e.version for event_id, e in self._entries.items()}
 
     def refreshed(self, changed: Iterable[dict[str, Any] | str], removed: Iterable[str]) -> CalendarMirror:
         """A new mirror with these rows (Event JSON, as dicts or text) replaced or added and these ids gone."""
@@ -380,17 +383,17 @@ def _parse_entry(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) 
     """
     status = data.get("status")
     parent = data.get("recurringEventId")
-    updated = data.get("updated")
+    version = (data.get("etag"), data.get("updated"))
     try:
         if parent:
             original = _original_key(data, zone)
             single = None if status == "cancelled" else _single(data, zone, row)
-            return _Entry(updated, None, single, str(parent), original)
+            return _Entry(version, None, single, str(parent), original)
         if status == "cancelled":
             return None
         if data.get("recurrence"):
-            return _Entry(updated, _Series(data, zone), None, None, None)
-        return _Entry(updated, None, _single(data, zone, row), None, None)
+            return _Entry(version, _Series(data, zone), None, None, None)
+        return _Entry(version, None, _single(data, zone, row), None, None)
     except (KeyError, TypeError, ValueError, AttributeError):  # AttributeError: a field of another type
         return None
 

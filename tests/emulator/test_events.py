@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, cast
 
 import pytest
@@ -42,6 +43,16 @@ def test_patch_bumps_etag_and_updated_and_sequence_only_when_significant(emu: Em
     assert moved["sequence"] == 1 and moved["summary"] == "renamed"
     replaced = emu.update_event(alice, first["id"], timed(2, 9, summary="whole"))
     assert replaced["summary"] == "whole" and replaced["sequence"] == 2 and "location" not in replaced
+
+
+def test_a_reminders_only_patch_moves_the_etag_and_keeps_updated(emu: Emulator, alice: str) -> None:
+    """Google: "Updating event reminders will not cause [updated] to change"."""
+    first = emu.insert_event(alice, timed(1, 9))
+    reminded = emu.patch_event(alice, first["id"], {"reminders": {"useDefault": False, "overrides": []}})
+    assert reminded["etag"] != first["etag"] and reminded["updated"] == first["updated"]
+    time.sleep(0.002)  # `updated` has millisecond resolution
+    renamed = emu.patch_event(alice, first["id"], {"summary": "renamed"})
+    assert renamed["updated"] > first["updated"]
 
 
 def test_patching_extended_properties_changes_only_the_keys_named(emu: Emulator, writer: Any, alice: str) -> None:

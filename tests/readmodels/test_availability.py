@@ -13,14 +13,17 @@ import requests
 from dateutil.parser import isoparse
 from hypothesis import HealthCheck, given, settings
 
-from calsync.readmodels.availability import decode_occurrence_token, encode_occurrence_token
+from calsync.readmodels.availability import decode_occurrence_token, encode_occurrence_token, single_events_page
 from calsync.readmodels.occurrences import CalendarMirror, parse_instant
 from calsync.runtime import Runtime
+from calsync.store.models import Calendar
+from calsync.sync.calendar_list import refresh_calendar_list
+from calsync.sync.run import sync_calendar
 from calsync.work.worker import Worker
 from tests.conftest import API_TOKEN
 from tests.occurrence_support import CALENDAR_ZONES, EmulatorApi, Scenario, busy_from_listing, scenarios, write_scenario
 from tests.push_support import calendar_id_of, calendar_row, channels_of, wait_for
-from tests.sync_support import connect_account, google_view, mirror
+from tests.sync_support import calendar_row_id, connect_account, google_view, mirror
 
 OWNER = "pia@example.com"
 
@@ -117,3 +120,32 @@ def test_a_page_token_keeps_a_year_before_1000() -> None:
     window = parse_instant("0500-01-01T00:00:00Z"), parse_instant("0500-01-05T00:00:00Z")
     first = CalendarMirror([series], "UTC").occurrences(*window)[0]
     assert decode_occurrence_token(encode_occurrence_token(first)) == (datetime(500, 1, 1, 9, tzinfo=UTC), first.id)
+
+
+def test_a_change_of_reminders_alone_reaches_the_single_events_answer(runtime: Runtime, emu: Any) -> None:
+    """Google keeps `updated` when only reminders change; the parsed calendars kept per process were
+    brought up to date by `updated`, and went on answering the old reminders and etag."""
+    account = connect_account(runtime, emu, OWNER)
+    refresh_calendar_list(runtime, account)
+    cal = calendar_row_id(runtime, OWNER)
+    made = emu.insert_event(
+        OWNER,
+        {
+            "summary": "Dentist",
+            "start": {"dateTime": "2026-03-10T10:00:00Z"},
+            "end": {"dateTime": "2026-03-10T11:00:00Z"},
+        },
+    )
+    sync_calendar(runtime, cal)
+    assert [e["reminders"] for e in _single_events(runtime, cal)] == [{"useDefault": True}]  # parsed and kept
+    reminded = emu.patch_event(OWNER, made["id"], {"reminders": {"useDefault": False, "overrides": []}})
+    assert reminded["updated"] == made["updated"]
+    sync_calendar(runtime, cal)
+    assert _single_events(runtime, cal) == [mirror(runtime, cal)[made["id"]]] == [reminded]
+
+
+def _single_events(runtime: Runtime, calendar_id: int) -> list[dict[str, Any]]:
+    with runtime.sessions() as session:
+        calendar = session.get_one(Calendar, calendar_id)
+        low, high = parse_instant("2026-03-01T00:00:00Z"), parse_instant("2026-04-01T00:00:00Z")
+        return list(single_events_page(session, calendar, low, high, page_token=None)["items"])

@@ -424,6 +424,19 @@ def test_a_sync_token_google_cannot_read_resyncs_instead_of_failing_for_good(
     assert sync_calendar(runtime, cal).kind == SyncKind.INCREMENTAL
 
 
+def test_a_410_on_the_sync_token_resyncs_whatever_its_reason(runtime: Runtime, emu: Any, cal: int) -> None:
+    """Google's reference: an expired token is "a 410 GONE response", and the client syncs in full.
+    Only a 410 saying `fullSyncRequired` resynced; any other was "not found", and the calendar failed
+    on the same stored token at every reconciliation, its changes lost for good."""
+    sync_calendar(runtime, cal)
+    created = emu.insert_event(ALICE, timed("while the token was refused"))
+    emu.fail_next(1, status=410, reason="gone", method="calendar.events.list")
+    result = sync_calendar(runtime, cal)
+    assert result.kind == SyncKind.RESYNC
+    assert [(c.kind, c.event_id) for c in changes(runtime, cal, after=0)][-1] == (ChangeKind.CREATED, created["id"])
+    assert_mirrors_google(runtime, emu, cal)
+
+
 def test_a_first_sync_cut_short_goes_on_and_the_feed_holds_every_version_once(runtime: Runtime, emu: Any) -> None:
     account_id = connect_account(runtime, emu, ALICE)
     for i in range(12):
