@@ -195,7 +195,7 @@ def deliveries(sub_id: str, state: str | None, limit: int, as_json: bool) -> Non
 @click.option(
     "--delivery",
     "delivery_ids",
-    type=int,
+    type=click.IntRange(min=1, max=2**63 - 1),  # an id is a signed 64-bit integer in both databases
     multiple=True,
     help="Replay this delivery (repeatable; default: every failed one).",
 )

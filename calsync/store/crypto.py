@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.config import Settings
 from calsync.errors import ConfigError
+from calsync.store.db import rows_affected
 from calsync.store.keyfiles import read_or_create
 from calsync.store.models import Account, ConnectSession, WebhookSubscription
 
@@ -114,8 +115,12 @@ def reencrypt_stored(sessions: sessionmaker[Session], cipher: TokenCipher, batch
                     except ConfigError:
                         result.unreadable += 1
                         continue
-                    session.execute(update(table).where(key == row_key).values({value_name: fresh}))
-                    result.done += 1
+                    # Only if the value is still the one read: a secret rotated or a token refreshed
+                    # meanwhile (a write of its own, with the first key already) is not taken back.
+                    moved = session.execute(
+                        update(table).where(key == row_key, value == token).values({value_name: fresh})
+                    )
+                    result.done += rows_affected(moved)
             if len(rows) < batch:
                 break
             after = rows[-1][0]

@@ -128,17 +128,27 @@ def _body(*, optional: bool = False, fields: set[str] | None = None) -> dict[str
     if unknown:
         raise InvalidSubscription(unknown[0], f"{unknown[0]}: unknown field")
     for key, value in data.items():
-        if _has_nul(key) or _has_nul(value):
-            raise InvalidSubscription(key, f"{key}: a NUL character is not allowed")
+        if _unstorable(key) or _unstorable(value):
+            raise InvalidSubscription(key, f"{key}: a NUL character or a lone surrogate (\\ud800) is not allowed")
     return data
 
 
-def _has_nul(value: Any) -> bool:
-    """PostgreSQL stores no NUL in text or jsonb (it raised a 500), so no request may carry one."""
+def _unstorable(value: Any) -> bool:
+    """Text no database column holds: a NUL (PostgreSQL stores none in text or jsonb) or a lone
+    surrogate (JSON allows `"\\ud800"`, UTF-8 has no form for it). Each was a 500, one of them after
+    the endpoint had been called to verify it."""
     if isinstance(value, str):
-        return "\x00" in value
+        return "\x00" in value or not _encodes(value)
     if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+        return any(_unstorable(v) for v in value)
     if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+        return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     return False
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

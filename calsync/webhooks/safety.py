@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+import idna
+
 from calsync.config import Settings
 from calsync.errors import InvalidSubscription, UnsafeURLError
 
@@ -53,12 +55,12 @@ class Target:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-def check_url(url: object, settings: Settings) -> SplitResult:
+def check_url(url: object, settings: Settings, *, max_length: int | None = MAX_URL_LENGTH) -> SplitResult:
     """The URL's parts if its form is acceptable (scheme, host, no credentials); no DNS here."""
     if not isinstance(url, str) or not url.strip():
         raise InvalidSubscription("url", "url: a URL string is required")
     url = url.strip()
-    if len(url) > MAX_URL_LENGTH:
+    if max_length is not None and len(url) > max_length:
         raise InvalidSubscription("url", f"url: longer than {MAX_URL_LENGTH} characters")
     try:
         parts = urlsplit(url)
@@ -81,16 +83,24 @@ def check_url(url: object, settings: Settings) -> SplitResult:
 
 def ascii_host(host: str) -> str:
     """The host as DNS, TLS and the Host header take it: an internationalised name in its IDNA form
-    (`bücher.example` → `xn--bcher-kva.example`). Sent as typed, it failed in the HTTP client."""
+    (`bücher.example` → `xn--bcher-kva.example`). Sent as typed, it failed in the HTTP client.
+
+    IDNA 2008 with UTS 46 mapping, as browsers and registries have it: Python's own codec is IDNA
+    2003, which sends `faß.de` to `fass.de` (another registrable domain, whose owner could answer
+    the challenge and receive the calendar data) and drops a zero-width joiner from a name."""
+    if host.isascii():
+        return host
     try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError as err:
+        return idna.encode(host, uts46=True).decode("ascii")
+    except idna.IDNAError as err:
         raise InvalidSubscription("url", f"url: {host!r} is not a valid host name ({err})") from err
 
 
-def resolve_target(url: str, settings: Settings, *, resolver: Resolver = socket.getaddrinfo) -> Target:
+def resolve_target(
+    url: str, settings: Settings, *, resolver: Resolver = socket.getaddrinfo, max_length: int | None = MAX_URL_LENGTH
+) -> Target:
     """Check the URL, resolve its host and refuse non-public addresses (unless allowed)."""
-    parts = check_url(url, settings)
+    parts = check_url(url, settings, max_length=max_length)
     host = ascii_host(parts.hostname or "")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:

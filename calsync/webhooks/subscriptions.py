@@ -70,13 +70,17 @@ def parse_spec(data: Any, settings: Settings) -> SubscriptionSpec:
 
 
 def parse_events(value: Any) -> list[str]:
-    """A non-empty list of known event types, or ["*"]; duplicates dropped, order kept."""
+    """A non-empty list of known event types, or ["*"] (with "event.snapshot" if named too);
+    duplicates dropped, order kept."""
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise InvalidSubscription("events", 'events: a non-empty list such as ["event.updated"] or ["*"]')
     bad = [v for v in value if v != "*" and v not in EVENT_TYPES]
     if bad:
         raise InvalidSubscription("events", f"events: unknown event {bad[0]!r}; use {', '.join(EVENT_TYPES)} or *")
-    return ["*"] if "*" in value else list(dict.fromkeys(value))
+    if "*" in value:  # "*" leaves out first-sync snapshots; asked for beside it, they are kept
+        snapshot = ChangeType.EVENT_SNAPSHOT.value
+        return ["*", snapshot] if snapshot in value else ["*"]
+    return list(dict.fromkeys(value))
 
 
 def register(runtime: Runtime, spec: SubscriptionSpec) -> tuple[WebhookSubscription, str]:

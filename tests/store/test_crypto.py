@@ -14,8 +14,11 @@ from sqlalchemy import text
 from calsync.accounts.connected import upsert_account
 from calsync.config import Settings
 from calsync.errors import ConfigError
-from calsync.store.crypto import KEY_FILE, TokenCipher, cipher_from_settings, new_key
+from calsync.runtime import Runtime
+from calsync.store.crypto import KEY_FILE, TokenCipher, cipher_from_settings, new_key, reencrypt_stored
 from calsync.store.db import make_engine, make_sessionmaker, transaction
+from calsync.store.models import WebhookSubscription
+from calsync.webhooks.subscriptions import SubscriptionSpec, add_subscription, rotate_secret, signing_secrets
 
 ACCESS = "ya29.a0-access-token-that-must-not-leak"
 REFRESH = "1//0g-refresh-token-that-must-not-leak"
@@ -98,3 +101,30 @@ def test_stored_credentials_hold_no_token_in_clear(db_url: str, tmp_path: Path) 
         assert ACCESS in plain and REFRESH in plain
     finally:
         engine.dispose()
+
+
+def test_reencrypting_leaves_a_secret_rotated_meanwhile_as_it_was_rotated(runtime: Runtime) -> None:
+    """`calsync db reencrypt` wrote back the value it had read: a webhook secret rotated between its
+    read and its write (a leaked one replaced) came back, and calsync signed with it again."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("a SQLite transaction holds the write lock from its BEGIN: no rotation comes in between")
+    key = runtime.settings.token_key
+    assert key is not None
+    with transaction(runtime.sessions) as session:
+        spec = SubscriptionSpec(url="https://example.com/h", events=["*"], calendars=None)
+        sub_id = add_subscription(session, runtime.cipher, spec, runtime.clock.now())[0].id
+    both = TokenCipher([new_key().encode(), key.encode()])  # a new first key
+    real_rotate, rotated = both.rotate, list[str]()
+
+    def rotate(token: bytes) -> bytes:
+        if not rotated:  # the operator rotates the secret while reencrypt is in its batch
+            with transaction(runtime.sessions) as other:
+                sub = other.get_one(WebhookSubscription, sub_id, with_for_update=True)
+                rotated.append(rotate_secret(both, sub, runtime.clock.now(), grace_seconds=0))
+        return real_rotate(token)
+
+    both.rotate = rotate  # type: ignore[method-assign]
+    reencrypt_stored(runtime.sessions, both)
+    with runtime.sessions() as session:
+        sub = session.get_one(WebhookSubscription, sub_id)
+        assert signing_secrets(sub, both, runtime.clock.now()) == rotated

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from standardwebhooks import Webhook
 from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.models import WebhookSubscription
+from calsync.webhooks.safety import MAX_URL_LENGTH
 from tests.webhooks.receiver import Answer, Receiver
 from tests.webhooks.support import (
     deliver,
@@ -291,8 +293,34 @@ def test_a_nul_in_any_body_string_is_refused_and_stores_nothing(
     for body in ({"calendars": ["team\x00"]}, {"verify_token": "t\x00"}, {"url": receiver.url + "?x=\x00"}):
         resp = create(client, api_headers, **{"url": receiver.url, "events": ["*"], **body})
         assert resp.status_code == 400, (body, resp.get_json())
+    # A lone surrogate, which JSON allows and UTF-8 cannot hold: a 500 each, one after calling the endpoint.
+    lone = (
+        {"url": receiver.url + "/h\ud800"},
+        {"url": receiver.url + "/h\ud800", "format": "slack"},
+        {"verify_token": "\ud800"},
+        {"calendars": ["\ud800"]},
+    )
+    for body in lone:
+        data = json.dumps({"url": receiver.url, "events": ["*"], **body})  # ASCII: the surrogate escaped
+        resp = client.post("/api/webhooks", data=data, headers={**api_headers, "Content-Type": "application/json"})
+        assert resp.status_code == 400 and resp.get_json()["field"] in body, (body, resp.get_json())
+    assert receiver.verifications() == []
     with runtime.sessions() as session:
         assert session.scalar(select(func.count()).select_from(WebhookSubscription)) == 0
+
+
+def test_a_url_as_long_as_the_limit_is_verified_and_kept(
+    client: Any, api_headers: dict[str, str], receiver: Receiver
+) -> None:
+    """The challenge's own parameters took a URL near the limit past it: refused, naming a length the
+    URL did not have."""
+    url = receiver.url + "?k=" + "a" * (MAX_URL_LENGTH - len(receiver.url) - 3)
+    assert len(url) == MAX_URL_LENGTH
+    resp = create(client, api_headers, url=url, events=["*"])
+    assert resp.status_code == 201, resp.get_json()
+    assert len(receiver.verifications()) == 1 and resp.get_json()["url"] == url
+    longer = create(client, api_headers, url=url + "a", events=["*"])
+    assert longer.status_code == 400 and len(receiver.verifications()) == 1
 
 
 def test_an_empty_state_filter_is_refused_like_any_unknown_state(

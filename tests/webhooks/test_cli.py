@@ -84,6 +84,13 @@ def test_bad_event_names_are_refused(run: Any, receiver: Receiver) -> None:
     assert receiver.requests == []
 
 
+def test_a_delivery_id_past_64_bits_is_a_usage_error(run: Any, receiver: Receiver) -> None:
+    """It reached the database driver, and the command ended in an OverflowError's traceback."""
+    view = json.loads(run("create", receiver.url, "--json").output)
+    result = run("replay", view["id"], "--delivery", str(2**63))
+    assert result.exit_code == 2 and "--delivery" in result.output
+
+
 def test_deliveries_replay_and_rotate_secret(run: Any, runtime: Runtime, receiver: Receiver) -> None:
     view = json.loads(run("create", receiver.url, "--json").output)
     receiver.default = Answer(500)

@@ -61,11 +61,14 @@ def test_snapshot_rows_go_only_to_subscriptions_that_name_them(runtime: Runtime,
     everything, _ = subscribe(runtime, receiver.url, ["*"])
     snapshots, _ = subscribe(runtime, receiver.url, ["event.snapshot"])
     both, _ = subscribe(runtime, receiver.url, ["event.snapshot", "event.created"])
+    # `*` beside `event.snapshot` was stored as `*` alone: the snapshots asked for never came.
+    all_of_it, _ = subscribe(runtime, receiver.url, ["*", "event.snapshot"])
     first = [write_change(runtime, cal, "snapshot", event_id=f"e{i}") for i in range(3)]
     created = write_change(runtime, cal, "created", event_id="e9")
     assert [d.change_seq for d in deliveries(runtime, everything)] == [created]
     assert [d.change_seq for d in deliveries(runtime, snapshots)] == first
     assert [d.change_seq for d in deliveries(runtime, both)] == [*first, created]
+    assert [d.change_seq for d in deliveries(runtime, all_of_it)] == [*first, created]
 
 
 def test_filters_by_calendar(runtime: Runtime, receiver: Receiver) -> None:

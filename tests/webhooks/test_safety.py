@@ -157,3 +157,25 @@ def test_an_internationalised_host_is_called_by_its_idna_name(receiver: Receiver
     with pytest.raises(InvalidSubscription) as refused:  # a label IDNA cannot encode (over 63 characters)
         resolve_target(f"https://{'ü' * 64}.example/", STRICT)
     assert refused.value.field == "url"
+
+
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [("faß.de", "xn--fa-hia.de"), ("βόλος.gr", "xn--nxasmm1c.gr"), ("BÜCHER.example", "xn--bcher-kva.example")],
+)
+def test_a_host_is_looked_up_by_its_idna_2008_name_as_browsers_do(host: str, name: str) -> None:
+    """Python's codec is IDNA 2003: `faß.de` went to `fass.de`, another domain, whose owner could
+    answer the challenge and then receive every message."""
+    asked: list[str] = []
+
+    def local(host: str, port: int, **_: Any) -> list[tuple[Any, ...]]:
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    assert resolve_target(f"http://{host}/hook", OPEN, resolver=local).host == name and asked == [name]
+
+
+def test_a_host_with_an_invisible_joiner_is_refused() -> None:
+    """IDNA 2003 dropped it: `ab\u200dc.example` was looked up as `abc.example`."""
+    with pytest.raises(InvalidSubscription):
+        resolve_target("https://ab\u200dc.example/hook", STRICT)
