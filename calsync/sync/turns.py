@@ -51,6 +51,7 @@ def turn(runtime: Runtime, calendar_id: int) -> Iterator[None]:
 
 _UNLOCK = text("SELECT pg_advisory_unlock(:k, :c)")
 _XACT_LOCK = text("SELECT pg_advisory_xact_lock(:k, :c)")  # held until its transaction ends
+_UNLOCK_ALL = text("SELECT pg_advisory_unlock_all()")
 
 
 def take_turn(calendar_id: ColumnElement[int] | InstrumentedAttribute[int]) -> ColumnElement[object]:
@@ -86,6 +87,19 @@ def release(connection: Connection, calendar_ids: list[int]) -> None:
             auto.execute(_UNLOCK, {"k": _LOCK_CLASS, "c": calendar_id})
     except Exception as err:  # (also when the connection was lost mid-write: the caller's error stands)
         log.warning("could not give back the turns of calendars %s (%s): closing the connection", calendar_ids, err)
+        connection.invalidate()
+
+
+def release_all(connection: Connection) -> None:
+    """Give back every turn held on `connection`, known or not: a write's first statement takes its
+    calendar's turn and then waits for the quota budget's rows, and when that wait is cancelled (a
+    lock or statement timeout, a cancelled backend, a deadlock) the statement raises having taken a
+    turn it never reported. Left held, it stopped every later sync of the calendar for good."""
+    try:
+        connection.rollback()
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(_UNLOCK_ALL)
+    except Exception as err:
+        log.warning("could not give back this connection's turns (%s): closing the connection", err)
         connection.invalidate()
 
 

@@ -259,11 +259,13 @@ class _Target:
         digest = idempotency.body_hash(body or {}) if key is not None else None
         postgres = runtime.engine.dialect.name == "postgresql"
         locked: list[int] = []
+        prepared = False
         with runtime.engine.connect() as connection:
             try:
                 with runtime.sessions(bind=connection) as session, contextlib.ExitStack() as stack:
                     held = locked if postgres else None
                     target = cls._prepare(runtime, session, calendar, key, digest, held)
+                    prepared = True
                     target.turns_held = held
                     if not postgres:
                         stack.enter_context(turns.turn(runtime, target.calendar_id))
@@ -277,7 +279,10 @@ class _Target:
                     yield target
             finally:
                 runtime.budget.forget_prepaid()
-                turns.release(connection, locked)
+                if postgres and not prepared:  # the first statement may have taken a turn it never reported
+                    turns.release_all(connection)
+                else:
+                    turns.release(connection, locked)
 
     @classmethod
     def _prepare(

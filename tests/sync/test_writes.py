@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import delete, event, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from calsync.config import Settings
 from calsync.errors import (
@@ -546,6 +547,37 @@ def test_a_writes_turn_ends_with_its_commit_and_costs_no_statement_of_its_own(
         ).scalar()
     assert held == 0
     settle(runtime, emu, cal)
+
+
+def test_a_write_whose_first_statement_is_cancelled_gives_its_turn_back(runtime: Runtime, emu: Any, cal: int) -> None:
+    """The first statement takes the calendar's turn, then waits for the budget's rows; cancelled
+    there (here by a lock timeout), it raised having taken a turn it never reported, the connection
+    went back to the pool still holding it, and every later sync of the calendar waited for good."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's turn is a file lock, given back when the write's block ends")
+    event.listen(runtime.engine, "connect", lambda conn, _record: conn.execute("SET lock_timeout = '200ms'"))
+    runtime.engine.dispose()
+    with runtime.engine.connect() as blocker:  # a claim holding the budget's rows
+        blocker.execute(text("SELECT scope FROM quota_budget FOR UPDATE")).all()
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            writes.create_event(runtime, cal, MEETING)
+        blocker.rollback()
+    with runtime.engine.connect() as conn:
+        held = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")).scalar()
+    assert held == 0
+    synced = threading.Event()
+    other = Runtime.create(runtime.settings)  # the worker: another process's connection
+    try:
+
+        def sync() -> None:
+            sync_calendar(other, cal)
+            synced.set()
+
+        threading.Thread(target=sync, daemon=True).start()
+        assert synced.wait(10), "the calendar's sync waited for a turn nobody would give back"
+    finally:
+        other.close()
+    assert emu.events(ANN) == []
 
 
 def test_a_keyed_create_costs_six_statements_and_a_patch_five_on_postgresql(
