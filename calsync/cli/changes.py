@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from calsync.config import Settings
 from calsync.errors import ConfigError, CursorExpired, NotFoundError
@@ -28,6 +29,7 @@ from calsync.store.models import Change
 from calsync.store.states import ChangeKind, ChangeType, Origin
 
 POLL_SECONDS = 0.5
+AWAY_PAUSE_SECONDS = 1.0  # following, between two reads while the database is away
 KIND_STYLE = {
     ChangeKind.CREATED: "green",
     ChangeKind.UPDATED: "yellow",
@@ -93,34 +95,20 @@ def changes(
     try:
         with stops as stop:
             while not stop.is_set():
-                with reading(sessions) as session:
-                    # Looked up in the page's own snapshot: a calendar row added since the last page
-                    # (another account that sees the same calendar) has its rows read, not skipped.
-                    calendars = _calendars(session, calendar_id, account)
-                    if calendars == [] and not follow:
-                        raise NotFoundError(
-                            f"no calendar {calendar_id!r}" + (f" of account {account}" if account else "")
-                        )
-                    try:
-                        page = feed_reads.changes_page(
-                            session,
-                            after=after,
-                            limit=limit,
-                            calendars=calendars,
-                            types=types,
-                            origin=Origin(origin) if origin else None,
-                        )
-                    except CursorExpired as err:
-                        raise click.ClickException(_expired(err)) from err
-                    after = page.next
-                    if follow and len(page.changes) < limit:
-                        # A page that is not full held every wanted row up to the newest seq of its
-                        # snapshot: a filtered follow moves past the rows it skips rather than sit on
-                        # an old cursor whose next rows retention deletes some day.
-                        after = max(after, newest_seq(session))
+                try:
+                    page, next_after = _read_page(sessions, calendar_id, account, after, limit, types, origin, follow)
+                except (OperationalError, InterfaceError) as err:
+                    if not follow:
+                        raise
+                    # A following consumer outlives a killed connection or a restart: it reads
+                    # again from the same `after`, which moves only once a page is printed.
+                    click.echo(f"warning: the database is away ({err.orig}); reading again shortly", err=True)
+                    stop.wait(AWAY_PAUSE_SECONDS)
+                    continue
                 for item in page.changes:
                     _print(console, item, as_json)
                 sys.stdout.flush()
+                after = next_after
                 if not follow:
                     if not page.changes and not as_json:
                         click.echo(f"no changes after seq {after}", err=True)
@@ -131,6 +119,43 @@ def changes(
         raise click.exceptions.Abort() from None
     finally:
         engine.dispose()
+
+
+def _read_page(
+    sessions: sessionmaker[Session],
+    calendar_id: str | None,
+    account: str | None,
+    after: int,
+    limit: int,
+    types: list[str] | None,
+    origin: str | None,
+    follow: bool,
+) -> tuple[feed_reads.ChangesPage, int]:
+    """One page of the feed after `after`, and where the next page starts."""
+    with reading(sessions) as session:
+        # Looked up in the page's own snapshot: a calendar row added since the last page (another
+        # account that sees the same calendar) has its rows read, not skipped.
+        calendars = _calendars(session, calendar_id, account)
+        if calendars == [] and not follow:
+            raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
+        try:
+            page = feed_reads.changes_page(
+                session,
+                after=after,
+                limit=limit,
+                calendars=calendars,
+                types=types,
+                origin=Origin(origin) if origin else None,
+            )
+        except CursorExpired as err:
+            raise click.ClickException(_expired(err)) from err
+        next_after = page.next
+        if follow and len(page.changes) < limit:
+            # A page that is not full held every wanted row up to the newest seq of its snapshot: a
+            # filtered follow moves past the rows it skips rather than sit on an old cursor whose
+            # next rows retention deletes some day.
+            next_after = max(next_after, newest_seq(session))
+    return page, next_after
 
 
 def format_change(item: dict[str, Any]) -> list[str]:

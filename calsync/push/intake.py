@@ -35,6 +35,8 @@ MAX_BATCH = 500
 IDLE_EXIT = 2.0  # seconds without work before the writer thread ends (a new one starts on demand)
 TRIM_EVERY = 100  # inserts between two trims of the notification log
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization failure, deadlock: the batch is simply run again
+# The server ended the kept connection (killed backend, restart): the batch goes again on a new one.
+_LOST_PG = {"57P01", "57P02", "57P03"}
 
 
 class IntakeUnavailable(Exception):
@@ -133,7 +135,7 @@ class Intake:
                 except engine.dialect.loaded_dbapi.Error as err:
                     self._release(conn)
                     conn = None
-                    if attempt == 2 or getattr(err, "sqlstate", None) not in _RETRYABLE_PG:
+                    if attempt == 2 or not _worth_another_try(err, engine.dialect.name):
                         raise
         except (SQLAlchemyError, engine.dialect.loaded_dbapi.Error):
             self._take(batch)  # failed before its lock was held: what is queued fails with it
@@ -208,3 +210,15 @@ class Intake:
         except Exception:  # a connection that cannot be reset is dropped instead
             log.debug("dropping the writer's connection", exc_info=True)
             conn.invalidate()
+
+
+def _worth_another_try(err: Exception, dialect: str) -> bool:
+    """PostgreSQL errors after which the batch is run again at once: a conflict with another
+    transaction, or a kept connection the server had ended (a killed backend, a restart). The
+    writer keeps its connection between batches without a ping, so the first batch after a
+    restart met the dead one, and its notifications were answered 503 while the database was up.
+    Recording a batch twice is harmless: a repeated message number is absorbed."""
+    if dialect != "postgresql":
+        return False
+    state = getattr(err, "sqlstate", None)
+    return state is None or state in _RETRYABLE_PG or state in _LOST_PG or state.startswith("08")

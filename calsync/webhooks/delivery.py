@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, or_, select
+from sqlalchemy import exists, or_, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
@@ -21,7 +21,7 @@ from calsync.errors import ConfigError, UnsafeURLError
 from calsync.feed.reads import feed_rows
 from calsync.metrics import DELIVERIES
 from calsync.runtime import Runtime
-from calsync.store.db import is_postgres, transaction, when_back
+from calsync.store.db import is_postgres, rows_affected, transaction, when_back
 from calsync.store.jsontext import dumps_unicode, printable
 from calsync.store.liveness import claiming_as, lease_is_free, stale_before
 from calsync.store.models import (
@@ -67,6 +67,17 @@ def run_due_deliveries(runtime: Runtime, owner: str, limit: int = 50) -> int:
             _attempt(runtime, owner, job)
             made += 1
     return made
+
+
+def release_held(session: Session, owner: str) -> int:
+    """The deliveries leased to `owner`, given back untouched, for a worker thread whose pass failed
+    (`calsync.work.leases.release_held`): sent again if their attempt was not recorded."""
+    released = session.execute(
+        update(Delivery)
+        .where(Delivery.lease_owner == owner, Delivery.state == DeliveryState.PENDING)
+        .values(lease_owner=None, lease_until=None)
+    )
+    return rows_affected(released)
 
 
 def _lease_outlasts_an_attempt(runtime: Runtime, job: _Job) -> bool:

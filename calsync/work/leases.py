@@ -242,6 +242,22 @@ def release_calendar(session: Session, claim: Claim) -> None:
     )
 
 
+def release_held(session: Session, owner: str) -> int:
+    """Every calendar and calendar-list lease `owner` holds, given back untouched.
+
+    For a worker thread whose pass failed (the database went away): a claim whose COMMIT reached
+    the database but whose answer was lost leased a calendar to a thread that does not know it, and
+    whose worker goes on beating, so nobody took it until the lease ran out (minutes of changes
+    held back). A thread holds nothing between jobs, so all it holds then is let go of."""
+    calendars = session.execute(
+        update(Calendar).where(Calendar.lease_owner == owner).values(lease_owner=None, lease_until=None)
+    )
+    lists = session.execute(
+        update(Account).where(Account.list_lease_owner == owner).values(list_lease_owner=None, list_lease_until=None)
+    )
+    return rows_affected(calendars) + rows_affected(lists)
+
+
 def calendar_error_count(session: Session, calendar_id: int) -> int:
     return int(session.scalar(select(Calendar.error_count).where(Calendar.id == calendar_id)) or 0)
 

@@ -30,6 +30,7 @@ from calsync.store.liveness import lease_is_free, stale_before
 from calsync.store.models import Delivery
 from calsync.store.states import DeliveryState, Priority
 from calsync.wakeup import RELOOK_SECONDS
+from calsync.webhooks.delivery import release_held as release_held_deliveries
 from calsync.webhooks.outbox import behind_the_feed
 from calsync.work.jobs import run_calendar_job, run_list_job
 from calsync.work.leases import (
@@ -43,6 +44,7 @@ from calsync.work.leases import (
     put_off_in_turn,
     release_account_list,
     release_calendar,
+    release_held,
 )
 from calsync.work.liveness import Heartbeat
 from calsync.work.quota import replan
@@ -208,20 +210,35 @@ class Worker:
         """Passes until `stop`. A pass that failed is tried again after a short pause, not at the next
         wake-up: the wake-up that started it was spent, and its work would otherwise wait for a poll."""
         wakeup = self.runtime.wakeup
+        may_hold = False  # a failed pass may have left this thread holding leases it does not know of
         while not stop.is_set():
             generation = wakeup.generation()
             try:
+                if may_hold:
+                    self._let_go(owner)
+                    may_hold = False
                 did = self.work_once(owner, stop)
             except (OperationalError, InterfaceError) as err:
                 log.warning("worker thread %s: the database is away (%s); trying again shortly", owner, err.orig)
+                may_hold = True
                 stop.wait(ERROR_PAUSE_SECONDS)
                 continue
             except Exception:
                 log.exception("worker thread %s: unexpected failure", owner)
+                may_hold = True
                 stop.wait(ERROR_PAUSE_SECONDS)
                 continue
             if not did:
                 wakeup.wait(generation, POLL_SECONDS)
+
+    def _let_go(self, owner: str) -> None:
+        """Give back whatever `owner` holds: between passes a thread holds nothing, but a claim whose
+        COMMIT was made and its answer lost leased work to it all the same (`leases.release_held`)."""
+        with transaction(self.runtime.sessions) as session:
+            released = release_held(session, owner) + release_held_deliveries(session, owner)
+        if released:
+            log.info("worker thread %s: gave back %d lease(s) a failed pass left it holding", owner, released)
+            self.runtime.wakeup.notify_local()
 
     def _claim(self, owner: str) -> tuple[Claim | None, JobFn, ReleaseFn, bool]:
         rt = self.runtime

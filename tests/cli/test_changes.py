@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import text
 
 from calsync.cli.changes import changes
 from calsync.feed.append import append_changes
@@ -24,6 +25,7 @@ from calsync.feed.retention import trim_changes
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Change
+from tests.push_support import wait_for
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 CALSYNC = shutil.which("calsync", path=str(Path(sys.executable).parent)) or "calsync"
@@ -148,6 +150,40 @@ def test_follow_prints_a_change_committed_while_it_runs(settings: Any, runtime: 
         printed = json.loads(lines.get(timeout=10))
         assert printed["seq"] == seq == 5 and printed["event_id"] == "late"
         assert printed["after"]["summary"] == "Added while following"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "Traceback" not in err
+
+
+def test_follow_outlives_a_killed_connection_and_prints_each_change_once(
+    settings: Any, runtime: Runtime, feed: Any
+) -> None:
+    """Its pooled connection, killed by the server (or lost in a restart), ended the follow with
+    "the database cannot be reached" while the database was up: a consumer gone on a one-off fault."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("a SQLite connection is a file, not a server's process")
+    home, _ = feed
+    proc, lines = _following(settings, "--after", "4")
+    try:
+        others = (
+            "FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        runtime.engine.dispose()  # the test's own connections: only the follower's are left
+
+        def its(what: str) -> Any:
+            with runtime.engine.connect() as admin:  # a new transaction each: the view is read once per one
+                return admin.execute(text(f"SELECT {what} {others}")).scalar()
+
+        wait_for(lambda: its("count(*)"), 20, what="its connection")
+        assert its("count(pg_terminate_backend(pid))")
+        seq = add_change(runtime, home, "created", None, {"id": "after-kill", "summary": "After the kill"})
+        printed = json.loads(lines.get(timeout=15))
+        assert (printed["seq"], printed["event_id"]) == (seq, "after-kill")
+        assert proc.poll() is None
+        time.sleep(1.0)
+        assert lines.empty()  # printed once
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=10)

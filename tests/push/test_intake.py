@@ -181,6 +181,28 @@ def test_the_writer_thread_ends_when_idle_and_comes_back(
     assert [n.outcome for n in _log(runtime)] == [NotificationOutcome.QUEUED, NotificationOutcome.QUEUED]
 
 
+def test_a_writer_whose_connection_the_server_ended_records_on_a_new_one(
+    runtime: Runtime, watched: dict[str, Any]
+) -> None:
+    """The writer keeps its connection between batches, unpinged: after a killed backend (or a
+    restart) the next batch met the dead connection and its notifications were answered 503, though
+    the database could record them."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("a SQLite connection is a file, not a server's process")
+    intake, ch = Intake(runtime), watched["channel"]
+    assert intake.record(push_of(ch, 5), {}) == NotificationOutcome.QUEUED
+    with runtime.engine.connect() as admin:
+        killed = admin.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar()
+    assert killed
+    assert intake.record(push_of(ch, 6), {}) == NotificationOutcome.QUEUED
+    assert [n.message_number for n in _log(runtime)] == [5, 6]
+
+
 def test_a_batch_that_cannot_commit_fails_whole_and_keeps_nothing(runtime: Runtime, watched: dict[str, Any]) -> None:
     ch, intake = watched["channel"], Intake(runtime)
     with runtime.sessions() as session:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, make_url, select, update
+from sqlalchemy.exc import OperationalError
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
@@ -32,6 +33,7 @@ from tests.push_support import (
     connect_account,
     wait_for,
 )
+from tests.sync_support import mirror
 from tests.work_support import idle_worker
 
 LEASE = timedelta(seconds=60)
@@ -142,6 +144,39 @@ def test_a_lapsed_lease_is_reclaimed_by_another_worker(rt: Any, emu: Any, clock:
     with transaction(rt.sessions) as session:
         claim = claim_calendar(session, "other/0", clock.now(), LEASE)
     assert claim is not None and claim.id == cal_id
+
+
+def test_a_claim_whose_commit_answer_was_lost_is_given_back_by_its_thread(rt: Any, emu: Any) -> None:
+    """The claim's COMMIT is made and its answer lost (the connection drops at that moment): the thread
+    sees the database away and tries again, while the calendar stays leased to it, its worker beating.
+    Nobody took it before the lease ran out (two minutes of changes held back); the thread now gives
+    back what a failed pass may have left it holding."""
+    _, cal_id = _connected(rt, emu)
+    made = emu.insert_event("ann@example.com", EVENT)
+    lost: list[bool] = []
+
+    @event.listens_for(rt.sessions, "do_orm_execute")
+    def leasing(state: Any) -> None:
+        params = state.parameters
+        if isinstance(params, dict) and {"owner", "until"} <= params.keys():  # a claim's lease being written
+            state.session.info["leased"] = True
+
+    @event.listens_for(rt.sessions, "after_commit")
+    def lose_the_answer(session: Any) -> None:
+        if session.info.pop("leased", False) and not lost:
+            lost.append(True)
+            raise OperationalError("COMMIT", {}, ConnectionError("server closed the connection unexpectedly"))
+
+    _request(rt, cal_id)
+    stop = threading.Event()
+    thread = threading.Thread(target=Worker(rt, threads=1).run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: made["id"] in mirror(rt, cal_id), timeout=10, what="the event synced after the lost answer")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert lost == [True] and calendar_row(rt, cal_id).lease_owner is None
 
 
 def test_a_job_whose_lease_was_taken_over_writes_nothing(rt: Any, emu: Any) -> None:
