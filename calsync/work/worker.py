@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.5  # the fallback when no wake-up arrives; also bounds how soon a dead worker's work is seen
+START_PAUSE_SECONDS = 1.0  # between two tries to start while the database is away
 ERROR_PAUSE_SECONDS = 0.5  # after a failed pass (the database away, say): back soon, without hammering it
 SCHEDULER_SECONDS = 2.0
 DELIVERY_BATCH = 50
@@ -102,12 +103,12 @@ class Worker:
 
         The heartbeat beats on its own thread until the last job has ended: the leases hang on it.
         """
-        self.heartbeat.beat()
-        self.heartbeat.start()
         listener = None
         threads: list[threading.Thread] = []
         try:
-            self.start_up()
+            if not self._start_when_reachable(stop):
+                return
+            self.heartbeat.start()
             listener = self.listener = self._start_listener(stop)
             threads = [
                 threading.Thread(
@@ -152,11 +153,25 @@ class Worker:
         """Recreate channels that lapsed while no worker ran (the callers beat first: leases need it)."""
         if self._started:
             return
-        self._started = True
         now = self.runtime.clock.now()
         with transaction(self.runtime.sessions) as session:
             schedule_missing_channels(session, now, self.runtime.settings.renew_before)
+        self._started = True
         self._schedule()
+
+    def _start_when_reachable(self, stop: threading.Event) -> bool:
+        """The first beat and `start_up`, tried again while the database is away; False if stopped
+        first. A worker started while its database restarted exited with the error, and nothing
+        started it again unless a supervisor did."""
+        while not stop.is_set():
+            try:
+                self.heartbeat.beat()
+                self.start_up()
+                return True
+            except (OperationalError, InterfaceError) as err:
+                log.warning("worker %s: the database is away at start (%s); trying again shortly", self.name, err.orig)
+                stop.wait(START_PAUSE_SECONDS)
+        return False
 
     def tick(self) -> None:
         """A heartbeat and one scheduler pass, each its own transaction. Cheap and idempotent."""

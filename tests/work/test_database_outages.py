@@ -26,6 +26,7 @@ from sqlalchemy import make_url
 import calsync.work.worker
 from calsync.config import Settings
 from calsync.runtime import Runtime
+from calsync.store.models import WorkerHeartbeat
 from calsync.wakeup import CHANNEL, Wakeup
 from calsync.work.listen import Listener
 from calsync.work.worker import Worker
@@ -183,6 +184,28 @@ def test_a_sync_in_flight_when_postgres_stops_does_not_hold_its_calendar(
     wait_converged(runtime, emu, made, 15)
     assert time.monotonic() - returned < 15
     assert runtime.settings.lease >= timedelta(minutes=1)
+
+
+def test_a_worker_started_while_postgres_is_away_starts_once_it_is_back(
+    worker_runtime: Runtime, runtime: Runtime, private_pg: PrivateServer
+) -> None:
+    """Its first beat met the restart and the worker exited with the error; nothing started it again
+    unless a supervisor did."""
+    outage = private_pg.outage(2.0)
+    stop = threading.Event()
+    worker = Worker(worker_runtime, threads=1)
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        outage.join()
+        wait_until(lambda: worker.listener is not None, 20, "the worker started")
+        with runtime.sessions() as session:
+            assert session.get(WorkerHeartbeat, worker.name) is not None
+        assert thread.is_alive()
+    finally:
+        stop.set()
+        thread.join(timeout=20)
+    assert not thread.is_alive()
 
 
 def test_a_half_open_listen_connection_is_probed_and_replaced(private_pg: PrivateServer, db_url: str) -> None:
