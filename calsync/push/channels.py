@@ -19,7 +19,7 @@ from sqlalchemy import exists, select, update
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import load_credentials, save_if_refreshed
-from calsync.errors import ChannelNotWanted, GoogleApiError, GoogleNotFound
+from calsync.errors import ChannelNotWanted, GoogleApiError, GoogleNotFound, QuotaWait, TransientGoogleError
 from calsync.google.calendar import GoogleCalendar
 from calsync.runtime import Runtime
 from calsync.store.db import rows_affected, transaction
@@ -82,19 +82,53 @@ def stop_channel(
         # same for every channel on one calendar (or calendar list), so a sibling's serves to stop it.
         account_id, resource_id = channel.account_id, channel.resource_id or _sibling_resource_id(session, channel)
         channel.status = ChannelStatus.STOPPING
-    _stop_at_google(runtime, account_id, channel_id, resource_id, priority, replaced_by=replaced_by)
+        if replaced_by is not None:
+            channel.replaced_by = replaced_by
+    _stop_at_google(runtime, account_id, channel_id, resource_id, priority)
+
+
+def stop_leftover_channels(runtime: Runtime, account_id: int, priority: Priority = Priority.RECONCILE) -> int:
+    """Tell Google to stop the account's channels that calsync no longer wants but Google may still
+    hold: those whose stop was put off (no quota for it, Google unavailable), those a crash left
+    `stopping`, and live ones of calendars gone from the list (a crash between the list's commit and
+    their stop). Left alone, each went on notifying (every change twice) until Google let it expire,
+    up to weeks later. Those past their expiry are over at Google already: marked expired. Returns
+    how many are settled; at the first stop put off again, the rest wait for the next refresh."""
+    now = runtime.clock.now()
+    removed = select(Calendar.id).where(Calendar.account_id == account_id, Calendar.removed_at.is_not(None))
+    with transaction(runtime.sessions) as session:
+        leftovers = session.scalars(
+            select(Channel)
+            .where(
+                Channel.account_id == account_id,
+                (Channel.status == ChannelStatus.STOPPING)
+                | (Channel.status.in_(LIVE_CHANNEL) & Channel.calendar_id.in_(removed)),
+            )
+            .order_by(Channel.created_at)
+        ).all()
+        lapsed = [c.id for c in leftovers if c.expires_at is not None and c.expires_at <= now]
+        session.execute(update(Channel).where(Channel.id.in_(lapsed)).values(status=ChannelStatus.EXPIRED))
+        due = [(c.id, c.resource_id or _sibling_resource_id(session, c)) for c in leftovers if c.id not in set(lapsed)]
+        session.execute(
+            update(Channel)
+            .where(Channel.id.in_([cid for cid, _ in due]), Channel.status.in_(LIVE_CHANNEL))
+            .values(status=ChannelStatus.STOPPING)
+        )
+    settled = len(lapsed)
+    for channel_id, resource_id in due:
+        if not _stop_at_google(runtime, account_id, channel_id, resource_id, priority):
+            break
+        settled += 1
+    return settled
 
 
 def _stop_at_google(
-    runtime: Runtime,
-    account_id: int,
-    channel_id: str,
-    resource_id: str | None,
-    priority: Priority,
-    *,
-    replaced_by: str | None = None,
-) -> None:
-    """channels.stop, then the row marked stopped whatever Google answered."""
+    runtime: Runtime, account_id: int, channel_id: str, resource_id: str | None, priority: Priority
+) -> bool:
+    """channels.stop, then the row marked stopped; False when the stop is put off (no quota for the
+    call, or Google unavailable): the row stays `stopping`, and the account's next list refresh
+    tries again (`stop_leftover_channels`). Any other answer ends it: the receiver refuses the
+    channel from now on, and Google's expiry ends what Google would not stop."""
     try:
         if resource_id:
             api, creds, token_before = _client(runtime, account_id, priority)
@@ -103,14 +137,16 @@ def _stop_at_google(
             finally:
                 with transaction(runtime.sessions) as session:
                     save_if_refreshed(session, runtime, account_id, creds, token_before)
+    except (QuotaWait, TransientGoogleError) as err:
+        log.info("channels.stop of %s put off (%s): tried again at the account's next list refresh", channel_id, err)
+        return False
     except GoogleNotFound:
         log.info("channel %s was already gone at Google", channel_id)
     except GoogleApiError as err:
-        # Marked stopped anyway: the receiver refuses it from now on, and Google's expiry ends it.
         log.warning("channels.stop failed for %s: %s", channel_id, err)
-    finally:
-        with transaction(runtime.sessions) as session:
-            _mark_stopped(session, [channel_id], runtime.clock.now(), replaced_by=replaced_by)
+    with transaction(runtime.sessions) as session:
+        _mark_stopped(session, [channel_id], runtime.clock.now())
+    return True
 
 
 def stop_channels_locally(
@@ -260,12 +296,11 @@ def _unwanted(runtime: Runtime, account_id: int, channel_id: str, resource_id: s
     raise ChannelNotWanted(f"channel {channel_id} was stopped as Google granted it: no longer wanted")
 
 
-def _mark_stopped(session: Session, ids: list[str], now: datetime, *, replaced_by: str | None = None) -> None:
-    values: dict[str, Any] = {"status": ChannelStatus.STOPPED, "stopped_at": now}
-    if replaced_by is not None:
-        values["replaced_by"] = replaced_by
+def _mark_stopped(session: Session, ids: list[str], now: datetime) -> None:
     session.execute(
-        update(Channel).where(Channel.id.in_(ids), Channel.status != ChannelStatus.STOPPED).values(**values)
+        update(Channel)
+        .where(Channel.id.in_(ids), Channel.status != ChannelStatus.STOPPED)
+        .values(status=ChannelStatus.STOPPED, stopped_at=now)
     )
 
 

@@ -34,6 +34,7 @@ from calsync.push.channels import (
     replace_channel,
     stop_channel,
     stop_channels_locally,
+    stop_leftover_channels,
 )
 from calsync.runtime import Runtime
 from calsync.store.db import transaction, when_back
@@ -229,6 +230,7 @@ def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
             doomed = [c.id for cal_id in result.removed for c in live_channels(session, calendar_id=cal_id)]
         for channel_id in doomed:
             stop_channel(runtime, channel_id, priority=Priority.NOTIFICATION)
+    stop_leftover_channels(runtime, claim.id)  # stops put off earlier, or cut short by a crash
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
         if result.added:

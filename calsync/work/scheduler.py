@@ -107,11 +107,12 @@ def schedule_missing_channels(session: Session, now: datetime, renew_before: tim
 
 
 def expire_lapsed_channels(session: Session, now: datetime) -> int:
-    """Channels whose expiry passed while nobody renewed them are just dead: say so."""
+    """Channels whose expiry passed while nobody renewed them (or while their stop was put off) are
+    just dead: say so."""
     return rows_affected(
         session.execute(
             update(Channel)
-            .where(Channel.status == ChannelStatus.ACTIVE, Channel.expires_at <= now)
+            .where(Channel.status.in_((ChannelStatus.ACTIVE, ChannelStatus.STOPPING)), Channel.expires_at <= now)
             .values(status=ChannelStatus.EXPIRED)
         )
     )

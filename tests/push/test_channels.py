@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import delete
 
 from calsync.errors import ChannelNotWanted, RateLimited
 from calsync.push.channels import (
@@ -17,10 +18,12 @@ from calsync.push.channels import (
     open_events_channel,
     replace_channel,
     stop_channel,
+    stop_leftover_channels,
 )
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
-from calsync.store.models import Calendar, Channel
+from calsync.store.models import Calendar, Channel, QuotaBudget
+from calsync.store.quota import Budget, Limits
 from calsync.store.states import ChannelStatus
 from tests.push_support import (
     add_calendar_row,
@@ -133,6 +136,55 @@ def test_a_pending_row_left_by_a_crash_is_stopped_with_its_siblings_resource_id(
     other = open_events_channel(runtime, calendar["calendar_id"])
     stop_channel(runtime, live)
     assert [c["id"] for c in emu.channels()] == [other]
+
+
+@pytest.mark.parametrize("refusal", ["Google unavailable", "no quota"])
+def test_a_stop_put_off_is_made_at_the_accounts_next_list_refresh(
+    runtime: Runtime, emu: Any, calendar: dict[str, int], refusal: str
+) -> None:
+    """A replaced channel whose channels.stop Google did not take (a 503), or the budget had no room
+    for, was marked stopped all the same: left open at Google, it notified every change twice until
+    it expired, weeks later. Now it stays `stopping` and the next list refresh stops it."""
+    old = open_events_channel(runtime, calendar["calendar_id"])
+    budget = runtime.budget
+    if refusal == "no quota":
+        runtime.budget = Budget(
+            runtime.sessions, runtime.clock, Limits(per_window=0, per_user_per_window=1), max_wait=0
+        )
+    else:
+        emu.fail_next(1, status=503, reason="backendError", method="calendar.channels.stop")
+    new = replace_channel(runtime, calendar_id=calendar["calendar_id"])  # the watch: the user's one call
+    runtime.budget = budget
+    with transaction(runtime.sessions) as session:  # the next minute's room
+        session.execute(delete(QuotaBudget))
+    assert sorted(c["id"] for c in emu.channels()) == sorted([old, new])
+    assert _row(runtime, old).status == ChannelStatus.STOPPING and _row(runtime, old).replaced_by == new
+    assert stop_leftover_channels(runtime, calendar["account_id"]) == 1
+    assert [c["id"] for c in emu.channels()] == [new] and _row(runtime, old).status == ChannelStatus.STOPPED
+    assert stop_leftover_channels(runtime, calendar["account_id"]) == 0  # nothing left: no call
+    assert emu.count("calendar.channels.stop") == (2 if refusal == "Google unavailable" else 1)
+
+
+def test_leftovers_of_a_crash_are_stopped_and_lapsed_ones_only_marked(
+    runtime: Runtime, emu: Any, calendar: dict[str, int]
+) -> None:
+    """A crash between a row marked `stopping` and Google's answer, or between the list's commit of a
+    removed calendar and its channels' stop, left a channel that nothing would ever stop."""
+    cut_short = open_events_channel(runtime, calendar["calendar_id"])
+    gone = add_calendar_row(runtime, calendar["account_id"], "gone@example.com", baseline_done=True)
+    emu.create_user("gone@example.com")
+    emu.share_calendar("gone@example.com", "ann@example.com", role="reader")
+    of_removed = open_events_channel(runtime, gone)
+    lapsed = open_events_channel(runtime, calendar["calendar_id"])
+    with transaction(runtime.sessions) as session:
+        session.get_one(Channel, cut_short).status = ChannelStatus.STOPPING
+        session.get_one(Calendar, gone).removed_at = runtime.clock.now()
+        lapsed_row = session.get_one(Channel, lapsed)
+        lapsed_row.status, lapsed_row.expires_at = ChannelStatus.STOPPING, runtime.clock.now() - timedelta(seconds=1)
+    assert stop_leftover_channels(runtime, calendar["account_id"]) == 3
+    assert [c["id"] for c in emu.channels()] == [lapsed]  # over at Google by its expiry; not asked
+    assert [_row(runtime, c).status for c in (cut_short, of_removed, lapsed)] == ["stopped", "stopped", "expired"]
+    assert emu.count("calendar.channels.stop") == 2
 
 
 def _remove(runtime: Runtime, calendar_id: int) -> None:

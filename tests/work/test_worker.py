@@ -17,10 +17,11 @@ from sqlalchemy.exc import OperationalError
 
 from calsync.clock import FrozenClock
 from calsync.config import Settings
+from calsync.push.channels import replace_channel
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Channel, WorkerHeartbeat
-from calsync.store.owed import owe_sync, request_calendar_sync
+from calsync.store.owed import owe_list_refresh, owe_sync, request_calendar_sync
 from calsync.work.jobs import run_calendar_job
 from calsync.work.leases import claim_calendar
 from calsync.work.worker import Worker
@@ -177,6 +178,21 @@ def test_a_claim_whose_commit_answer_was_lost_is_given_back_by_its_thread(rt: An
         stop.set()
         thread.join(timeout=10)
     assert lost == [True] and calendar_row(rt, cal_id).lease_owner is None
+
+
+def test_a_channel_stop_put_off_is_made_by_the_accounts_next_list_refresh(
+    rt: Any, emu: Any, clock: FrozenClock
+) -> None:
+    account_id, cal_id = _connected(rt, emu)
+    [old] = [c.id for c in channels_of(rt, calendar_id=cal_id)]
+    emu.fail_next(1, status=503, reason="backendError", method="calendar.channels.stop")
+    replace_channel(rt, calendar_id=cal_id)
+    assert old in [c["id"] for c in emu.channels()]
+    clock.advance(61)  # the user's budget has room again for a cleanup's call
+    with transaction(rt.sessions) as session:
+        session.execute(update(Account).where(Account.id == account_id).values(**owe_list_refresh(rt.clock.now())))
+    Worker(rt, threads=1).run_burst()
+    assert old not in [c["id"] for c in emu.channels()]
 
 
 def test_a_job_whose_lease_was_taken_over_writes_nothing(rt: Any, emu: Any) -> None:
