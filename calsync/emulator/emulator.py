@@ -191,7 +191,8 @@ class Emulator:
     def share_calendar(self, calendar_id: str, email: str, role: str = "reader") -> None:
         """Put another user's calendar on ``email``'s list with ``role`` (fires calendarList push).
 
-        A ``reader`` sees its events; a write gets Google's 403 ``requiredAccessLevel``.
+        A ``reader`` sees its events (a private one's time only) and a ``freeBusyReader`` the time of
+        each (a public one's details too); a write by either gets Google's 403 ``requiredAccessLevel``.
         """
         if role not in ("owner", "writer", "reader", "freeBusyReader"):
             raise ValueError(f"unknown access role {role!r}")
@@ -430,20 +431,25 @@ class Emulator:
 
     def _api_list_events(self, user: str, calendar_id: str, params: dict[str, list[str]]) -> dict[str, Any]:
         with self.store.lock:
-            cal = self.store.calendar_for(self.store.user(user), calendar_id)
-            return listing.list_events(self.store, cal, params, self.clock(), self.sync_token_max_age)
+            owner = self.store.user(user)
+            cal = self.store.calendar_for(owner, calendar_id)
+            role = owner.entries[cal.id].role
+            return listing.list_events(self.store, cal, role, params, self.clock(), self.sync_token_max_age)
 
     def _api_instances(
         self, user: str, calendar_id: str, event_id: str, params: dict[str, list[str]]
     ) -> dict[str, Any]:
         with self.store.lock:
-            cal = self.store.calendar_for(self.store.user(user), calendar_id)
-            return listing.list_instances(self.store, cal, event_id, params, self.clock())
+            owner = self.store.user(user)
+            cal = self.store.calendar_for(owner, calendar_id)
+            return listing.list_instances(self.store, cal, owner.entries[cal.id].role, event_id, params, self.clock())
 
     def _api_get_event(self, user: str, calendar_id: str, event_id: str) -> dict[str, Any]:
         with self.store.lock:
-            cal = self.store.calendar_for(self.store.user(user), calendar_id)
-            return copy.deepcopy(events.public(events.get(self.store, cal, event_id, self.clock())))
+            owner = self.store.user(user)
+            cal = self.store.calendar_for(owner, calendar_id)
+            found = events.get(self.store, cal, event_id, self.clock())
+            return copy.deepcopy(events.shown(found, owner.entries[cal.id].role))
 
     def _api_write(
         self,

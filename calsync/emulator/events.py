@@ -96,6 +96,28 @@ ORDER = (
     "workingLocationProperties",
     "eventType",
 )
+# What a user who may not see an event's details still gets of it: when, not what (the fields Google
+# returns to a freeBusyReader's events.list; its docs list none).
+TIME_ONLY = frozenset(
+    {
+        "kind",
+        "etag",
+        "id",
+        "status",
+        "htmlLink",
+        "updated",
+        "start",
+        "end",
+        "endTimeUnspecified",
+        "recurrence",
+        "recurringEventId",
+        "originalStartTime",
+        "transparency",
+        "visibility",
+        "iCalUID",
+    }
+)
+DETAIL_ROLES = ("owner", "writer")
 _ID = re.compile(r"^[a-v0-9]{5,1024}$")
 _STATUSES = ("confirmed", "tentative", "cancelled")
 
@@ -108,6 +130,25 @@ def public(data: dict[str, Any]) -> dict[str, Any]:
     for key in ("recurringEventId", "originalStartTime"):
         if key in data:
             out[key] = data[key]
+    return out
+
+
+def hides_details(data: dict[str, Any], role: str) -> bool:
+    """Google: a reader sees a private event "but event details will be hidden"; a freeBusyReader
+    sees no event's details but a public one's ("full event details will be displayed")."""
+    if role in DETAIL_ROLES:
+        return False
+    visibility = data.get("visibility")
+    if role == "freeBusyReader":
+        return visibility != "public"
+    return visibility in ("private", "confidential")  # "confidential": "The event is private."
+
+
+def shown(data: dict[str, Any], role: str) -> dict[str, Any]:
+    """What the API shows a user with access ``role`` on the event's calendar."""
+    out = public(data)
+    if hides_details(data, role):
+        return {k: v for k, v in out.items() if k in TIME_ONLY}
     return out
 
 

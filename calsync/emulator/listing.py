@@ -34,9 +34,9 @@ Listed = dict[str, Any] | RawJson  # an event's API JSON, or its cached serialis
 
 
 def list_events(
-    store: Store, cal: Calendar, params: Params, now: dt.datetime, sync_token_max_age: float | None
+    store: Store, cal: Calendar, role: str, params: Params, now: dt.datetime, sync_token_max_age: float | None
 ) -> dict[str, Any]:
-    """The Events resource for one events.list page."""
+    """The Events resource for one events.list page, as a user with access ``role`` sees it."""
     size = _max_results(params, default=250, cap=2500)
     single = _flag(params, "singleEvents")
     order_by = _one(params, "orderBy")
@@ -59,16 +59,16 @@ def list_events(
     window = _window(params)
     show_deleted = since is not None or _flag(params, "showDeleted")
     updated_min = _time(params, "updatedMin")
-    match = _matcher(params, cal, since, show_deleted, single, updated_min, window)
+    match = _matcher(params, cal, role, since, show_deleted, single, updated_min, window)
     keyed: Iterable[tuple[Any, Listed]]
     if single:
-        keyed = _expanded(cal, match, since, show_deleted, window, now)
+        keyed = _expanded(cal, role, match, since, show_deleted, window, now)
     elif order_by == "updated":
         keyed = sorted(
-            ((r.data["updated"], r.data["id"]), events.public(r.data)) for r in cal.events.values() if match(r)
+            ((r.data["updated"], r.data["id"]), events.shown(r.data, role)) for r in cal.events.values() if match(r)
         )
     else:
-        keyed = _by_insertion(cal, match, after)
+        keyed = _by_insertion(cal, role, match, after)
     items, last = _take(keyed, after, size, ordered=single or order_by == "updated")
     body: dict[str, Any] = {
         "kind": "calendar#events",
@@ -80,7 +80,7 @@ def list_events(
     body.update(
         updated=rfc3339(cal.updated),
         timeZone=cal.time_zone,
-        accessRole="owner",
+        accessRole=role,
         defaultReminders=list(DEFAULT_REMINDERS),
     )
     if last is not None:
@@ -91,7 +91,9 @@ def list_events(
     return body
 
 
-def list_instances(store: Store, cal: Calendar, event_id: str, params: Params, now: dt.datetime) -> dict[str, Any]:
+def list_instances(
+    store: Store, cal: Calendar, role: str, event_id: str, params: Params, now: dt.datetime
+) -> dict[str, Any]:
     """The Events resource for events.instances (occurrences of one series, exceptions applied)."""
     series = cal.events.get(event_id)
     if series is None or not series.data.get("recurrence"):
@@ -107,7 +109,7 @@ def list_instances(store: Store, cal: Calendar, event_id: str, params: Params, n
     for item in _series_instances(cal, series.data, window, now, show_deleted):
         if original and item["originalStartTime"].get("dateTime", item["originalStartTime"].get("date")) != original:
             continue
-        keyed.append(((_start_key(cal, item), item["id"]), events.public(item)))
+        keyed.append(((_start_key(cal, item), item["id"]), events.shown(item, role)))
     keyed.sort(key=lambda pair: pair[0])
     items, last = _take(keyed, after, size, ordered=True)
     body: dict[str, Any] = {
@@ -116,7 +118,7 @@ def list_instances(store: Store, cal: Calendar, event_id: str, params: Params, n
         "summary": cal.summary,
         "updated": rfc3339(cal.updated),
         "timeZone": cal.time_zone,
-        "accessRole": "owner",
+        "accessRole": role,
         "defaultReminders": list(DEFAULT_REMINDERS),
     }
     if last is not None:
@@ -235,18 +237,23 @@ def _take(
 
 
 def _by_insertion(
-    cal: Calendar, match: Callable[[EventRecord], bool], after: dict[str, Any] | None
-) -> Iterator[tuple[int, RawJson]]:
+    cal: Calendar, role: str, match: Callable[[EventRecord], bool], after: dict[str, Any] | None
+) -> Iterator[tuple[int, Listed]]:
     first = int(after["k"]) + 1 if after else 0
     for ordinal in range(first, len(cal.order)):
         record = cal.events[cal.order[ordinal]]
-        if match(record):
+        if not match(record):
+            continue
+        if events.hides_details(record.data, role):  # the cached text is the full event
+            yield ordinal, events.shown(record.data, role)
+        else:
             yield ordinal, record.public_json(events.public)
 
 
 def _matcher(
     params: Params,
     cal: Calendar,
+    role: str,
     since: int | None,
     show_deleted: bool,
     single: bool,
@@ -278,6 +285,8 @@ def _matcher(
             return False
         if types and data.get("eventType", "default") not in types:
             return False
+        if (query or private or shared) and events.hides_details(data, role):
+            data = events.shown(data, role)  # details the user may not see cannot be searched for
         if query and query not in _text(data):
             return False
         for pairs, scope in ((private, "private"), (shared, "shared")):
@@ -299,6 +308,7 @@ def _kept_cancelled(cal: Calendar, record: EventRecord) -> bool:
 
 def _expanded(
     cal: Calendar,
+    role: str,
     match: Callable[[EventRecord], bool],
     since: int | None,
     show_deleted: bool,
@@ -316,7 +326,7 @@ def _expanded(
                 out[item["id"]] = item
         elif data.get("status") == "cancelled" or _overlaps(cal, data, window):
             out[data["id"]] = data
-    keyed = [((_start_key(cal, item), item["id"]), events.public(item)) for item in out.values()]
+    keyed = [((_start_key(cal, item), item["id"]), events.shown(item, role)) for item in out.values()]
     keyed.sort(key=lambda pair: pair[0])
     return keyed
 

@@ -87,7 +87,8 @@ def test_a_reader_sees_a_private_event_but_not_its_details(emu: Emulator, alice:
     expanded, _, _ = list_all(reader, BOB, singleEvents=True)
     assert [e.get("summary") for e in expanded] == [None, None, "all hands", None, None, None]
     # Hidden details cannot be found by searching for them either.
-    assert reader.events().list(calendarId=BOB, q="salary").execute()["items"] == []
+    assert reader.events().list(calendarId=BOB, q="private talk").execute()["items"] == []
+    assert [e["id"] for e in reader.events().list(calendarId=BOB, q="salary").execute()["items"]] == [public["id"]]
     assert reader.events().list(calendarId=BOB, privateExtendedProperty="k=v").execute()["items"] == [
         by_id[public["id"]]
     ]
@@ -99,7 +100,7 @@ def test_a_reader_sees_a_private_event_but_not_its_details(emu: Emulator, alice:
     emu.share_calendar(BOB, alice, role="writer")
     writer_items = {e["id"]: e for e in list_all(reader, BOB)[0]}
     assert writer_items[private["id"]]["summary"] == "renamed"
-    assert writer_items[confidential["id"]]["attendees"] == details["attendees"]
+    assert writer_items[confidential["id"]]["attendees"] == confidential["attendees"]
 
 
 def test_a_free_busy_reader_sees_only_when_the_calendar_is_busy(emu: Emulator, alice: str) -> None:
