@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from calsync.config import Settings
 from calsync.errors import ConfigError, CursorExpired, NotFoundError
 from calsync.feed import reads as feed_reads
-from calsync.feed.cursor import newest_seq
 from calsync.humanize import lifecycle_title
 from calsync.readmodels import reads
 from calsync.stopping import stop_on_signals
@@ -92,17 +91,22 @@ def changes(
     limit = min(limit, feed_reads.CHANGES_MAX_LIMIT)
     # Following, Ctrl-C sets `stop`: a KeyboardInterrupt can be swallowed where it lands.
     stops = stop_on_signals() if follow else nullcontext(threading.Event())
+    # The driver's own errors too: setting up a pooled connection (its isolation level) can meet the
+    # dead connection outside SQLAlchemy's wrapping.
+    dbapi = engine.dialect.loaded_dbapi
+    away = (OperationalError, InterfaceError, dbapi.OperationalError, dbapi.InterfaceError)
     try:
         with stops as stop:
             while not stop.is_set():
                 try:
                     page, next_after = _read_page(sessions, calendar_id, account, after, limit, types, origin, follow)
-                except (OperationalError, InterfaceError) as err:
+                except away as err:
                     if not follow:
                         raise
                     # A following consumer outlives a killed connection or a restart: it reads
                     # again from the same `after`, which moves only once a page is printed.
-                    click.echo(f"warning: the database is away ({err.orig}); reading again shortly", err=True)
+                    reason = getattr(err, "orig", None) or err
+                    click.echo(f"warning: the database is away ({reason}); reading again shortly", err=True)
                     stop.wait(AWAY_PAUSE_SECONDS)
                     continue
                 for item in page.changes:
@@ -149,13 +153,7 @@ def _read_page(
             )
         except CursorExpired as err:
             raise click.ClickException(_expired(err)) from err
-        next_after = page.next
-        if follow and len(page.changes) < limit:
-            # A page that is not full held every wanted row up to the newest seq of its snapshot: a
-            # filtered follow moves past the rows it skips rather than sit on an old cursor whose
-            # next rows retention deletes some day.
-            next_after = max(next_after, newest_seq(session))
-    return page, next_after
+    return page, page.next
 
 
 def format_change(item: dict[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
-from calsync.feed.cursor import check_cursor
+from calsync.feed.cursor import check_cursor, newest_seq
 from calsync.store.models import Account, Calendar, Change
 from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType, Origin
 
@@ -98,13 +98,19 @@ def changes_page(
     types: Collection[str] | None = None,
     origin: Origin | None = None,
 ) -> ChangesPage:
-    """Changes with seq > `after`, oldest first; `next` is the last seq returned, else `after`.
+    """Changes with seq > `after`, oldest first; `next` is the last seq returned, or, on a page that
+    is not full, the feed's newest seq when the page was read (else `after`).
 
-    With `types`, only rows of those types are returned, and `next` still moves past the rows
-    left out up to the last one returned; `origin` likewise keeps the rows of one origin (lifecycle
-    rows count as `google`: only writes made through calsync are `api`). A cursor behind rows
-    that retention deleted raises CursorExpired: the page would silently lack them.
+    With `types`, only rows of those types are returned, and `next` still moves past the rows left
+    out; `origin` likewise keeps the rows of one origin (lifecycle rows count as `google`: only
+    writes made through calsync are `api`). A page that is not full held every wanted row up to the
+    feed's newest seq, so `next` moves past the rows its filter left out up to there: a filtered
+    consumer whose rows were rare kept an old cursor, and once retention passed it got 410
+    `cursor_expired` though none of its rows had been deleted. A cursor behind rows that retention
+    deleted raises CursorExpired: the page would silently lack them.
     """
+    # Read first: every row up to it is committed, so the query below sees them all.
+    newest = newest_seq(session)
     query = feed_rows().where(Change.seq > after).order_by(Change.seq).limit(limit)
     if calendars is not None:
         query = query.where(Change.calendar_id.in_([c.id for c in calendars]))
@@ -116,7 +122,8 @@ def changes_page(
     # After the rows: the mark only grows and moves with its deletions, so a mark read now that
     # is not past `after` proves that the rows above were all there when they were read.
     check_cursor(session, after)
-    return ChangesPage(items, items[-1]["seq"] if items else after)
+    next_seq = items[-1]["seq"] if items else after
+    return ChangesPage(items, max(next_seq, newest) if len(items) < limit else next_seq)
 
 
 def lifecycle_details(change: Change) -> dict[str, Any]:

@@ -164,8 +164,9 @@ def test_follow_outlives_a_killed_connection_and_prints_each_change_once(
     if runtime.engine.dialect.name != "postgresql":
         pytest.skip("a SQLite connection is a file, not a server's process")
     home, _ = feed
-    proc, lines = _following(settings, "--after", "4")
+    proc, lines = _following(settings, "--after", "3")
     try:
+        assert json.loads(lines.get(timeout=15))["seq"] == 4  # it is following
         others = (
             "FROM pg_stat_activity WHERE datname = current_database()"
             " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
@@ -179,7 +180,11 @@ def test_follow_outlives_a_killed_connection_and_prints_each_change_once(
         wait_for(lambda: its("count(*)"), 20, what="its connection")
         assert its("count(pg_terminate_backend(pid))")
         seq = add_change(runtime, home, "created", None, {"id": "after-kill", "summary": "After the kill"})
-        printed = json.loads(lines.get(timeout=15))
+        try:
+            printed = json.loads(lines.get(timeout=15))
+        except queue.Empty:
+            proc.send_signal(signal.SIGINT)
+            raise AssertionError(f"nothing printed; it said: {proc.communicate(timeout=10)[1]}") from None
         assert (printed["seq"], printed["event_id"]) == (seq, "after-kill")
         assert proc.poll() is None
         time.sleep(1.0)

@@ -58,6 +58,28 @@ def test_a_cursor_behind_deleted_rows_is_410_cursor_expired(
     assert [c["seq"] for c in get("after=7").get_json()["changes"]] == [8]
 
 
+def test_a_filtered_consumer_whose_rows_are_rare_keeps_a_cursor_retention_does_not_pass(
+    client: FlaskClient, runtime: Runtime, api_headers: dict[str, str]
+) -> None:
+    """A page that is not full moves `next` past the rows the filter left out: the cursor of an app
+    reading one quiet calendar (or only `origin=api`) stayed where its last row was, retention passed
+    it, and it got 410 `cursor_expired` though not one of its rows had been deleted."""
+    feed_with_old_rows(runtime, old=1, new=0)
+    seed = Seed(runtime)
+    quiet = seed.calendar(seed.account("bob@example.com"), "bob@example.com", summary="Bob")
+    long_ago = runtime.clock.now() - RETENTION - timedelta(days=1)
+    mine = seed.change(quiet, "b0", "created", None, {"id": "b0"}, at=long_ago)
+    busy = seed.calendar(seed.account("carol@example.com"), "busy@example.com")
+    others = [seed.change(busy, f"x{i}", "created", None, {"id": f"x{i}"}, at=long_ago) for i in range(3)]
+    query = "/api/changes?calendar=bob@example.com&after="
+    page = client.get(query + "0", headers=api_headers).get_json()
+    assert [c["seq"] for c in page["changes"]] == [mine] and page["next"] == others[-1]
+    trim_all(runtime)  # every row so far is past retention: its own and the busy calendar's
+    later = client.get(query + str(page["next"]), headers=api_headers)
+    assert later.status_code == 200 and later.get_json()["changes"] == []
+    assert client.get(query + str(mine), headers=api_headers).status_code == 410  # a cursor left behind
+
+
 def test_with_every_row_deleted_the_cursor_and_as_of_seq_stay_where_the_feed_was(
     client: FlaskClient, runtime: Runtime, api_headers: dict[str, str]
 ) -> None:

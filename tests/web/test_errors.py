@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 from calsync import create_app
 from calsync.config import Secret, Settings
 from calsync.errors import (
+    CalendarUsageLimited,
     CalsyncError,
     ConnectionUnusable,
     CursorExpired,
@@ -65,6 +66,14 @@ def test_every_error_of_the_table_answers_its_status_and_the_documented_shape() 
         TransientGoogleError("backendError", retry_after=3): (
             503,
             {"error": "google_unavailable", "message": "Google did not answer the write; retry later (backendError)"},
+        ),
+        CalendarUsageLimited("Calendar usage limits exceeded.", retry_after=3600): (
+            429,
+            {
+                "error": "calendar_usage_limits",
+                "message": "Google's Calendar usage limits refuse this user's changes for some hours (too many "
+                "events, invitations or calendars made in a short time); reads go on (Calendar usage limits exceeded.)",
+            },
         ),
         QuotaWait("no room", wait=2.5): (
             503,
