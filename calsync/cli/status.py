@@ -6,6 +6,7 @@ Calendars are named the way people know them: their Google id, or their title wh
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -206,18 +207,27 @@ def channels_stop(channel_id: str | None, calendar: str | None, account: str | N
                 channel = session.get(Channel, channel_id)
                 if channel is None:
                     raise NotFoundError(f"no channel {channel_id!r} (see `calsync status`)")
-                if channel.status not in LIVE_CHANNEL:
+                if channel.status not in (*LIVE_CHANNEL, ChannelStatus.STOPPING):  # a stop put off: again
                     click.echo(f"channel {channel_id} is already {channel.status}")
                     return
                 ids = [channel_id]
             else:
                 cal = find_calendar(session, calendar or "", account)
                 ids = [c.id for c in live_channels(session, calendar_id=cal.id)]
+        put_off = [cid for cid in ids if not stop_channel(rt, cid)]
         for cid in ids:
-            stop_channel(rt, cid)
-            click.echo(f"stopped channel {cid}")
+            if cid in put_off:
+                click.echo(
+                    f"channel {cid}: Google did not take the stop now; it is refused here, and stopped "
+                    "at Google by the account's next list refresh (or run this again)",
+                    err=True,
+                )
+            else:
+                click.echo(f"stopped channel {cid}")
         if not ids:
             click.echo("no live channel to stop")
+        if put_off:
+            sys.exit(1)
 
 
 def find_calendar(session: Session, ref: str, account: str | None = None) -> Calendar:

@@ -72,19 +72,21 @@ def open_calendar_list_channel(runtime: Runtime, account_id: int, priority: Prio
 
 def stop_channel(
     runtime: Runtime, channel_id: str, *, replaced_by: str | None = None, priority: Priority = Priority.RENEWAL
-) -> None:
-    """Tell Google to stop a channel and mark it stopped; an already-gone channel is not an error."""
+) -> bool:
+    """Tell Google to stop a channel and mark it stopped; an already-gone channel is not an error.
+    False when the stop was put off (`_stop_at_google`); a channel whose stop was put off may be
+    stopped again."""
     with transaction(runtime.sessions) as session:
         channel = session.get(Channel, channel_id)
-        if channel is None or channel.status not in LIVE_CHANNEL:
-            return
+        if channel is None or channel.status not in (*LIVE_CHANNEL, ChannelStatus.STOPPING):
+            return True
         # A row left pending by a crash has no resource id of its own; Google's resource id is the
         # same for every channel on one calendar (or calendar list), so a sibling's serves to stop it.
         account_id, resource_id = channel.account_id, channel.resource_id or _sibling_resource_id(session, channel)
         channel.status = ChannelStatus.STOPPING
         if replaced_by is not None:
             channel.replaced_by = replaced_by
-    _stop_at_google(runtime, account_id, channel_id, resource_id, priority)
+    return _stop_at_google(runtime, account_id, channel_id, resource_id, priority)
 
 
 def stop_leftover_channels(runtime: Runtime, account_id: int, priority: Priority = Priority.RECONCILE) -> int:
@@ -292,7 +294,10 @@ def _unwanted(runtime: Runtime, account_id: int, channel_id: str, resource_id: s
     leftover, the account was disconnected) or its calendar left the list: stopped at Google at once.
     Left open, Google would push its notifications (and calsync answer 404) until it expired, days
     later, with nothing to stop it: the row's stop had no resource id to give Google."""
-    _stop_at_google(runtime, account_id, channel_id, resource_id, priority)
+    if not _stop_at_google(runtime, account_id, channel_id, resource_id, priority):
+        # Put off: `stopping` (the row may say stopped already), so the next list refresh stops it.
+        with transaction(runtime.sessions) as session:
+            session.execute(update(Channel).where(Channel.id == channel_id).values(status=ChannelStatus.STOPPING))
     raise ChannelNotWanted(f"channel {channel_id} was stopped as Google granted it: no longer wanted")
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from calsync.clock import parse_retry_after, rfc3339, utc
-from calsync.errors import ConfigError, UnsafeURLError
+from calsync.errors import ConfigError, InvalidSubscription, UnsafeURLError
 from calsync.feed.reads import feed_rows
 from calsync.metrics import DELIVERIES
 from calsync.runtime import Runtime
@@ -219,7 +219,10 @@ def _attempt(runtime: Runtime, owner: str, job: _Job) -> None:
         resp = exchange(
             target, "POST", headers=headers, body=job.body.encode(), timeout=settings.webhook_timeout.total_seconds()
         )
-    except UnsafeURLError as err:
+    except (UnsafeURLError, InvalidSubscription) as err:
+        # InvalidSubscription: a URL stored before a stricter check no longer passes it. Refused like
+        # an unsafe one: escaping, it recorded nothing and its delivery, the oldest, came first in
+        # every claim, holding the rest of the batch (other subscriptions') unsent.
         outcome = _Outcome(sent_at, error=f"not sent: {err}", refused=True)
     except TransportError as err:
         outcome = _Outcome(sent_at, latency_ms=err.latency_ms, error=str(err))

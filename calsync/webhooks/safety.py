@@ -81,6 +81,11 @@ def check_url(url: object, settings: Settings, *, max_length: int | None = MAX_U
     return parts
 
 
+# The characters IDNA 2003 maps away and IDNA 2008 keeps (ß, final sigma, the zero-width joiners):
+# the names whose two forms are two different domains.
+IDNA_DEVIATIONS = frozenset("\u00df\u03c2\u200c\u200d")
+
+
 def ascii_host(host: str) -> str:
     """The host as DNS, TLS and the Host header take it: an internationalised name in its IDNA form
     (`bücher.example` → `xn--bcher-kva.example`). Sent as typed, it failed in the HTTP client.
@@ -93,6 +98,13 @@ def ascii_host(host: str) -> str:
     try:
         return idna.encode(host, uts46=True).decode("ascii")
     except idna.IDNAError as err:
+        if any(ch in IDNA_DEVIATIONS for ch in host):
+            raise InvalidSubscription("url", f"url: {host!r} is not a valid host name ({err})") from err
+    # A name IDNA 2008 refuses but browsers take (an emoji, an underscore): where the two standards
+    # differ only in what they allow, not in how they map, the 2003 form is the same name.
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError as err:
         raise InvalidSubscription("url", f"url: {host!r} is not a valid host name ({err})") from err
 
 

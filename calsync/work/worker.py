@@ -8,6 +8,7 @@ at once (in-process condition, LISTEN/NOTIFY on PostgreSQL); polling is only the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -245,6 +246,9 @@ class Worker:
                 continue
             if not did:
                 wakeup.wait(generation, POLL_SECONDS)
+        if may_hold:  # stopping: the heartbeat's row goes, and a lease its owner keeps would last its term
+            with contextlib.suppress(SQLAlchemyError):
+                self._let_go(owner)
 
     def _let_go(self, owner: str) -> None:
         """Give back whatever `owner` holds: between passes a thread holds nothing, but a claim whose
@@ -353,6 +357,8 @@ class Worker:
 
         try:
             return int(run_due_deliveries(self.runtime, owner, limit=DELIVERY_BATCH) or 0)
+        except (OperationalError, InterfaceError):
+            raise  # the database away: the pass failed, and the thread gives back what it may hold
         except Exception:
             log.exception("webhook deliveries failed")
             return 0

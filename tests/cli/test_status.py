@@ -161,6 +161,11 @@ def test_channels_renew_then_stop(settings: Settings, runtime: Runtime, emu: Any
     assert states[live[0].id] == ChannelStatus.STOPPED and list(states.values()).count(ChannelStatus.ACTIVE) == 1
 
     new_id = next(cid for cid, state in states.items() if state == ChannelStatus.ACTIVE)
+    # Google does not take the stop: it said "stopped" with the channel open, and refused a second try.
+    emu.fail_next(1, status=503, reason="backendError", method="calendar.channels.stop")
+    put_off = run(env, "channels", "stop", new_id)
+    assert put_off.returncode == 1 and "stopped channel" not in put_off.stdout
+    assert "next list refresh" in put_off.stderr and new_id in [c["id"] for c in emu.channels()]
     stopped = run(env, "channels", "stop", new_id)
     assert stopped.returncode == 0 and f"stopped channel {new_id}" in stopped.stdout
     with runtime.sessions() as session:

@@ -235,6 +235,32 @@ def test_a_channel_no_longer_wanted_when_google_grants_it_is_stopped_there(
     assert emu.count("calendar.channels.stop") == 1
 
 
+def test_a_channel_unwanted_when_granted_whose_stop_is_put_off_is_stopped_by_the_next_refresh(
+    runtime: Runtime, emu: Any, calendar: dict[str, int]
+) -> None:
+    """Its row said stopped already (stopped while Google granted it): a stop put off then was never
+    tried again, and the channel stayed open at Google until it expired."""
+    emu.slow_next(1, 1.0, "calendar.events.watch", "ann@example.com")
+    emu.fail_next(1, status=503, reason="backendError", method="calendar.channels.stop")
+    outcome: list[BaseException | str] = []
+
+    def watch() -> None:
+        try:
+            outcome.append(open_events_channel(runtime, calendar["calendar_id"]))
+        except BaseException as err:  # handed to the test's thread
+            outcome.append(err)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    pending = wait_for(lambda: channels_of(runtime, calendar_id=calendar["calendar_id"]), what="the pending row")
+    stop_channel(runtime, pending[0].id)  # no resource id yet: nothing to tell Google
+    watcher.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], ChannelNotWanted), outcome
+    assert len(emu.channels()) == 1 and _row(runtime, pending[0].id).status == ChannelStatus.STOPPING
+    assert stop_leftover_channels(runtime, calendar["account_id"]) == 1
+    assert emu.channels() == [] and _row(runtime, pending[0].id).status == ChannelStatus.STOPPED
+
+
 def test_needs_new_channel(runtime: Runtime, emu: Any, calendar: dict[str, int]) -> None:
     channel_id = open_events_channel(runtime, calendar["calendar_id"])
     now = runtime.clock.now()

@@ -385,6 +385,30 @@ def test_the_address_is_checked_again_at_send_time(runtime: Runtime, receiver: R
     assert delivery.state == "pending"
 
 
+def test_a_stored_url_a_stricter_check_refuses_is_a_refused_attempt_and_holds_nobody_up(
+    runtime: Runtime, receiver: Receiver
+) -> None:
+    """A URL stored before the host check grew stricter raised out of the delivery pass: nothing was
+    recorded, and its delivery, the oldest, came first in every claim, its batch (another
+    subscription's messages) left unsent."""
+    cal = make_calendar(runtime)
+    stale_id, _ = subscribe(runtime, receiver.url)
+    with transaction(runtime.sessions) as session:  # a name IDNA 2003 took and IDNA 2008 refuses
+        session.execute(
+            update(WebhookSubscription)
+            .where(WebhookSubscription.id == stale_id)
+            .values(url="https://ab\u200dc.example/hook")
+        )
+    write_change(runtime, cal)
+    healthy_id, _ = subscribe(runtime, receiver.url)
+    write_change(runtime, cal)
+    assert deliver(runtime) == 3  # the stale subscription's two, the healthy one's one
+    assert [d.state for d in deliveries(runtime, healthy_id)] == ["delivered"]
+    for refused in deliveries(runtime, stale_id):
+        (attempt,) = attempts(runtime, refused.id)
+        assert "not sent" in (attempt.error or "") and "not a valid host name" in (attempt.error or "")
+
+
 def test_a_change_whose_subscription_another_fill_held_is_delivered_soon_after(
     runtime: Runtime, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
