@@ -205,6 +205,21 @@ def test_a_removed_calendar_is_not_watched(runtime: Runtime, emu: Any, calendar:
     assert emu.count("calendar.events.watch") == 0 and channels_of(runtime) == []
 
 
+def _watching(runtime: Runtime, calendar_id: int) -> tuple[threading.Thread, list[BaseException | str]]:
+    """`open_events_channel` on a thread of its own, started; what it returned or raised, once joined."""
+    outcome: list[BaseException | str] = []
+
+    def watch() -> None:
+        try:
+            outcome.append(open_events_channel(runtime, calendar_id))
+        except BaseException as err:  # handed to the test's thread
+            outcome.append(err)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    return watcher, outcome
+
+
 @pytest.mark.parametrize("meanwhile", ["calendar removed", "pending row stopped"])
 def test_a_channel_no_longer_wanted_when_google_grants_it_is_stopped_there(
     runtime: Runtime, emu: Any, calendar: dict[str, int], meanwhile: str
@@ -213,16 +228,7 @@ def test_a_channel_no_longer_wanted_when_google_grants_it_is_stopped_there(
     leftover) while Google is granting the watch: the row's stop cannot tell Google (no resource id
     yet), so the channel would stay open at Google, pushing into 404s, until it expired."""
     emu.slow_next(1, 1.0, "calendar.events.watch", "ann@example.com")
-    outcome: list[BaseException | str] = []
-
-    def watch() -> None:
-        try:
-            outcome.append(open_events_channel(runtime, calendar["calendar_id"]))
-        except BaseException as err:  # handed to the test's thread
-            outcome.append(err)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
+    watcher, outcome = _watching(runtime, calendar["calendar_id"])
     pending = wait_for(lambda: channels_of(runtime, calendar_id=calendar["calendar_id"]), what="the pending row")
     if meanwhile == "calendar removed":
         _remove(runtime, calendar["calendar_id"])
@@ -242,16 +248,7 @@ def test_a_channel_unwanted_when_granted_whose_stop_is_put_off_is_stopped_by_the
     tried again, and the channel stayed open at Google until it expired."""
     emu.slow_next(1, 1.0, "calendar.events.watch", "ann@example.com")
     emu.fail_next(1, status=503, reason="backendError", method="calendar.channels.stop")
-    outcome: list[BaseException | str] = []
-
-    def watch() -> None:
-        try:
-            outcome.append(open_events_channel(runtime, calendar["calendar_id"]))
-        except BaseException as err:  # handed to the test's thread
-            outcome.append(err)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
+    watcher, outcome = _watching(runtime, calendar["calendar_id"])
     pending = wait_for(lambda: channels_of(runtime, calendar_id=calendar["calendar_id"]), what="the pending row")
     stop_channel(runtime, pending[0].id)  # no resource id yet: nothing to tell Google
     watcher.join(10)
