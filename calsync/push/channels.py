@@ -108,9 +108,9 @@ def stop_leftover_channels(runtime: Runtime, account_id: int, priority: Priority
             )
             .order_by(Channel.created_at)
         ).all()
-        lapsed = [c.id for c in leftovers if c.expires_at is not None and c.expires_at <= now]
+        lapsed = {c.id for c in leftovers if c.expires_at is not None and c.expires_at <= now}
         session.execute(update(Channel).where(Channel.id.in_(lapsed)).values(status=ChannelStatus.EXPIRED))
-        due = [(c.id, c.resource_id or _sibling_resource_id(session, c)) for c in leftovers if c.id not in set(lapsed)]
+        due = [(c.id, c.resource_id or _sibling_resource_id(session, c)) for c in leftovers if c.id not in lapsed]
         session.execute(
             update(Channel)
             .where(Channel.id.in_([cid for cid, _ in due]), Channel.status.in_(LIVE_CHANNEL))

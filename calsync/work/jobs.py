@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import mark_reauth_required
@@ -230,7 +231,12 @@ def _refresh_with_channel(runtime: Runtime, claim: Claim) -> None:
             doomed = [c.id for cal_id in result.removed for c in live_channels(session, calendar_id=cal_id)]
         for channel_id in doomed:
             stop_channel(runtime, channel_id, priority=Priority.NOTIFICATION)
-    stop_leftover_channels(runtime, claim.id)  # stops put off earlier, or cut short by a crash
+    try:  # stops put off earlier, or cut short by a crash: a cleanup, never the refresh's failure
+        stop_leftover_channels(runtime, claim.id)
+    except (OperationalError, InterfaceError):
+        raise  # the database away: the job's own handling
+    except Exception:
+        log.exception("account %s: stopping leftover channels failed; tried again at the next refresh", claim.id)
     with transaction(runtime.sessions) as session:
         now = runtime.clock.now()
         if result.added:
