@@ -85,6 +85,7 @@ class Settings:
     token_key: Secret | None = None
     api_token: Secret | None = None  # one or several comma-separated tokens (see `api_tokens`)
     admin_password: Secret | None = None
+    metrics_token: Secret | None = None  # when set, GET /metrics wants it as a bearer token
     # Proxies in front of calsync whose X-Forwarded-For and -Proto are believed (0: none, the
     # client is the connection's peer). Too high, and a client can pretend to be anyone.
     trusted_proxies: int = 0
@@ -261,6 +262,6 @@ def _convert(name: str, raw: str) -> object:
         return scopes
     if name in {"google_client_secrets", "instance_path"}:
         return Path(raw).expanduser().resolve()
-    if name in {"secret_key", "token_key", "api_token", "admin_password"}:
+    if name in {"secret_key", "token_key", "api_token", "admin_password", "metrics_token"}:
         return Secret(raw)
     return raw

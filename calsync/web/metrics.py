@@ -10,10 +10,11 @@ by a collector bound to this app's runtime.
 
 from __future__ import annotations
 
+import hmac
 import os
 from collections.abc import Iterator, Mapping
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -37,10 +38,25 @@ bp = Blueprint("metrics", __name__)
 
 @bp.get("/metrics")
 def metrics() -> Response:
+    expected = runtime().settings.metrics_token
+    if expected is not None and not _bearer_is(expected):
+        # The web tier is reachable from the internet (Google must reach /notifications); its
+        # counters and the deployment's gauges are for the operator's scraper only.
+        return Response(
+            "metrics need CALSYNC_METRICS_TOKEN as a bearer token\n",
+            status=401,
+            mimetype="text/plain",
+            headers={"WWW-Authenticate": 'Bearer realm="calsync metrics"'},
+        )
     database = CollectorRegistry(auto_describe=False)
     database.register(DatabaseCollector(runtime()))
     body = generate_latest(_counters()) + generate_latest(database)
     return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0], content_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_is(expected: str) -> bool:
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), str(expected).encode())
 
 
 def _counters() -> CollectorRegistry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from calsync import create_app
 from calsync.clock import FrozenClock
-from calsync.config import Settings
+from calsync.config import Secret, Settings
 from calsync.runtime import Runtime
 from calsync.store.liveness import HEARTBEAT_SECONDS
 from calsync.work.worker import Worker
@@ -133,3 +134,24 @@ def test_sync_lag_is_the_age_of_the_oldest_owed_sync(web: Any, rt: Any, emu: Any
     assert lag == [42]
     rt.clock.advance(timedelta(days=1).total_seconds())
     assert _scrape(web)["calsync_channel_next_expiry_seconds"][0].value < 6 * 86400
+
+
+def test_metrics_want_the_metrics_token_when_one_is_set(settings: Settings) -> None:
+    """The web tier answers the internet (Google must reach /notifications); its counters and the
+    deployment's gauges (accounts, calendars by state) were anyone's to read."""
+    guarded = Runtime.create(dataclasses.replace(settings, metrics_token=Secret("scrape-me")))
+    try:
+        web = create_app(runtime=guarded).test_client()
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic scrape-me"}):
+            refused = web.get("/metrics", headers=headers)
+            assert refused.status_code == 401 and b"calsync_" not in refused.data
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        scraped = web.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+        assert scraped.status_code == 200 and b"calsync_notifications_total" in scraped.data
+    finally:
+        guarded.close()
+    plain = Runtime.create(settings)
+    try:
+        assert create_app(runtime=plain).test_client().get("/metrics").status_code == 200  # unset: open
+    finally:
+        plain.close()
