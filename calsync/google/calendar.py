@@ -42,6 +42,7 @@ CALENDAR_LIST_PAGE_SIZE = 250
 RATE_LIMIT_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "dailyLimitExceeded"}
 # Every 403 of this domain is a limit of use that waiting lifts, whatever its reason's name.
 USAGE_LIMITS = "usageLimits"
+PUSH_NOT_SUPPORTED = "pushNotSupportedForRequestedResource"  # a calendar Google will not watch
 CALENDAR_USAGE_LIMITS = "quotaExceeded"  # the user's Calendar usage limits, not a quota of calls
 DAILY_LIMIT = "dailyLimitExceeded"  # the project's calls of the quota day
 # Google says a user under the Calendar usage limits can change their calendar again "within

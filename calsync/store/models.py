@@ -209,6 +209,9 @@ class Calendar(Base):
     full_sync_gen: Mapped[int] = mapped_column(Integer, default=0)
     last_synced_at: Mapped[datetime | None]
     next_reconcile_at: Mapped[datetime | None]
+    # When Google last said it will not watch this calendar (push not supported, as for its public
+    # holiday calendars): no watch is asked for again for a while, where each sync asked one.
+    watch_refused_at: Mapped[datetime | None]
     # The last sync that found a real change (not a snapshot): how active the calendar is, which
     # decides whose reconciliations stretch first when the day's quota is short.
     last_changed_at: Mapped[datetime | None]

@@ -19,7 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import mark_reauth_required
-from calsync.clock import at_least
+from calsync.clock import at_least, utc
 from calsync.errors import (
     AuthRevoked,
     ChannelNotWanted,
@@ -29,6 +29,7 @@ from calsync.errors import (
     QuotaWait,
     TransientGoogleError,
 )
+from calsync.google.calendar import PUSH_NOT_SUPPORTED
 from calsync.push.channels import (
     live_channels,
     needs_new_channel,
@@ -64,6 +65,9 @@ from calsync.work.leases import (
 from calsync.work.quota import next_reconcile
 
 log = logging.getLogger(__name__)
+
+# Asked again after this long: Google may come to support push for a calendar it refused.
+WATCH_REFUSED_RETRY = timedelta(days=1)
 
 
 def run_calendar_job(runtime: Runtime, claim: Claim) -> None:
@@ -156,7 +160,9 @@ def _watch(
     (`pushNotSupportedForRequestedResource`, as for its public holiday calendars) or a long run of
     errors on `watch` alone stopped every sync of it, notifications' and reconciliations' alike, the
     mirror frozen. Without a channel the reconciliation still syncs it, and the next job watches
-    again. A dead grant still fails the job: the sync would meet it too, and it must be recorded.
+    again, unless Google said it never will (`PUSH_NOT_SUPPORTED`): that is remembered, and no watch
+    is asked for again until `WATCH_REFUSED_RETRY` has passed. A dead grant still fails the job: the
+    sync would meet it too, and it must be recorded.
     """
     try:
         replace_channel(runtime, calendar_id=calendar_id, account_id=account_id, priority=priority)
@@ -168,8 +174,19 @@ def _watch(
     except GoogleApiError as err:
         what = f"calendar {calendar_id}" if calendar_id is not None else f"the calendar list of account {account_id}"
         log.warning("%s: Google refused a channel, syncing without one: %s", what, describe(err))
+        if calendar_id is not None and err.reason == PUSH_NOT_SUPPORTED:
+            with transaction(runtime.sessions) as session:
+                session.execute(
+                    update(Calendar).where(Calendar.id == calendar_id).values(watch_refused_at=runtime.clock.now())
+                )
         return False
     return True
+
+
+def _watch_refused_lately(session: Session, calendar_id: int, now: datetime) -> bool:
+    """Whether Google said it will not watch the calendar within `WATCH_REFUSED_RETRY`."""
+    refused = utc(session.scalar(select(Calendar.watch_refused_at).where(Calendar.id == calendar_id)))
+    return refused is not None and refused > now - WATCH_REFUSED_RETRY
 
 
 def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
@@ -183,10 +200,11 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
         # The claim's hint compares expiries with the window alone; a channel Google granted for less
         # than the window is not due until halfway through its life (`renewal_due_at`).
         with transaction(runtime.sessions) as session:
+            now = runtime.clock.now()
             baseline_before = bool(session.scalar(select(Calendar.baseline_done).where(Calendar.id == claim.id)))
             channel_ok = not needs_new_channel(
-                live_channels(session, calendar_id=claim.id), runtime.clock.now(), settings.renew_before
-            )
+                live_channels(session, calendar_id=claim.id), now, settings.renew_before
+            ) or _watch_refused_lately(session, claim.id, now)
     if baseline_before and not channel_ok:
         # New channel first, old one stopped; the sync below covers the seam between them.
         _watch(runtime, calendar_id=claim.id, priority=renewal)

@@ -173,6 +173,29 @@ def test_a_calendar_google_will_not_watch_is_still_synced(rt: Any, emu: Any) -> 
     assert emu.count("calendar.events.watch", "ann@example.com") > watches  # it was asked, and refused
 
 
+def test_a_calendar_google_will_not_watch_is_not_asked_again_at_every_sync(rt: Any, emu: Any) -> None:
+    """Each sync of it asked for a watch and met the refusal: one wasted call per reconciliation, for
+    a calendar (a public holiday calendar) that most users have. Asked again after a day."""
+    emu.create_user("bob@example.com")
+    emu.fail_next(1000, status=400, reason="pushNotSupportedForRequestedResource", method="calendar.events.watch")
+
+    def refused() -> int:  # (a request answered 401 for an expired token is the same watch, asked again)
+        return sum(1 for r in emu.requests if r.api_method == "calendar.events.watch" and r.status == 400)
+
+    connect_account(rt, emu, "bob@example.com")
+    Worker(rt, threads=1).run_burst()
+    lists = emu.count("calendar.events.list", "bob@example.com")
+    assert refused() == 1
+    for _ in range(3):  # three reconciliations
+        rt.clock.advance(rt.settings.reconcile_every + timedelta(seconds=1))
+        Worker(rt, threads=1).run_burst()
+    assert emu.count("calendar.events.list", "bob@example.com") >= lists + 3  # synced each time
+    assert refused() == 1  # not asked again
+    rt.clock.advance(timedelta(days=1))
+    Worker(rt, threads=1).run_burst()
+    assert wait_for(lambda: refused() == 2, what="one more watch after a day")
+
+
 def test_a_first_sync_whose_watch_is_refused_still_completes(rt: Any, emu: Any) -> None:
     emu.create_user("bob@example.com")
     emu.insert_event("bob@example.com", EVENT)
