@@ -99,7 +99,7 @@ def changes(
         with stops as stop:
             while not stop.is_set():
                 try:
-                    page, next_after = _read_page(sessions, calendar_id, account, after, limit, types, origin, follow)
+                    page = _read_page(sessions, calendar_id, account, after, limit, types, origin, follow)
                 except away as err:
                     if not follow:
                         raise
@@ -112,7 +112,7 @@ def changes(
                 for item in page.changes:
                     _print(console, item, as_json)
                 sys.stdout.flush()
-                after = next_after
+                after = page.next
                 if not follow:
                     if not page.changes and not as_json:
                         click.echo(f"no changes after seq {after}", err=True)
@@ -134,8 +134,8 @@ def _read_page(
     types: list[str] | None,
     origin: str | None,
     follow: bool,
-) -> tuple[feed_reads.ChangesPage, int]:
-    """One page of the feed after `after`, and where the next page starts."""
+) -> feed_reads.ChangesPage:
+    """One page of the feed after `after`."""
     with reading(sessions) as session:
         # Looked up in the page's own snapshot: a calendar row added since the last page (another
         # account that sees the same calendar) has its rows read, not skipped.
@@ -143,7 +143,7 @@ def _read_page(
         if calendars == [] and not follow:
             raise NotFoundError(f"no calendar {calendar_id!r}" + (f" of account {account}" if account else ""))
         try:
-            page = feed_reads.changes_page(
+            return feed_reads.changes_page(
                 session,
                 after=after,
                 limit=limit,
@@ -153,7 +153,6 @@ def _read_page(
             )
         except CursorExpired as err:
             raise click.ClickException(_expired(err)) from err
-    return page, page.next
 
 
 def format_change(item: dict[str, Any]) -> list[str]:

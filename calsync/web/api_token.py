@@ -8,7 +8,7 @@ the answer nor its timing says which one (or how much of one) matched.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -22,7 +22,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def api_token_ok() -> bool:
-    expected = runtime().settings.api_tokens
+    return bearer_matches(runtime().settings.api_tokens)
+
+
+def bearer_matches(expected: Sequence[str]) -> bool:
+    """Whether the request's bearer token is one of `expected`, each compared in constant time."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if not expected or scheme.lower() != "bearer" or not token:

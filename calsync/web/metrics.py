@@ -10,11 +10,10 @@ by a collector bound to this app's runtime.
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Iterator, Mapping
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -30,6 +29,7 @@ from calsync.readmodels import overview
 from calsync.runtime import Runtime
 from calsync.store.db import reading
 from calsync.store.states import AccountStatus, ChannelStatus, SyncState
+from calsync.web.api_token import bearer_matches
 from calsync.web.app import runtime
 from calsync.work.quota import outlook
 
@@ -39,7 +39,7 @@ bp = Blueprint("metrics", __name__)
 @bp.get("/metrics")
 def metrics() -> Response:
     expected = runtime().settings.metrics_token
-    if expected is not None and not _bearer_is(expected):
+    if expected is not None and not bearer_matches((expected,)):
         # The web tier is reachable from the internet (Google must reach /notifications); its
         # counters and the deployment's gauges are for the operator's scraper only.
         return Response(
@@ -52,11 +52,6 @@ def metrics() -> Response:
     database.register(DatabaseCollector(runtime()))
     body = generate_latest(_counters()) + generate_latest(database)
     return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0], content_type=CONTENT_TYPE_LATEST)
-
-
-def _bearer_is(expected: str) -> bool:
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), str(expected).encode())
 
 
 def _counters() -> CollectorRegistry:

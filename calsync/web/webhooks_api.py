@@ -6,6 +6,7 @@ does). Creating a subscription calls the endpoint once, to verify it, before any
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from flask import Blueprint, jsonify, request
@@ -15,6 +16,7 @@ from calsync.errors import (
     InvalidSubscription,
 )
 from calsync.store.db import transaction
+from calsync.sync.mirror import unusable_text
 from calsync.web.api_token import require_api_token
 from calsync.web.app import runtime
 from calsync.webhooks import claimcheck, subscriptions
@@ -138,17 +140,9 @@ def _unstorable(value: Any) -> bool:
     surrogate (JSON allows `"\\ud800"`, UTF-8 has no form for it). Each was a 500, one of them after
     the endpoint had been called to verify it."""
     if isinstance(value, str):
-        return "\x00" in value or not _encodes(value)
+        return unusable_text(value, sys.maxsize) is not None
     if isinstance(value, list):
         return any(_unstorable(v) for v in value)
     if isinstance(value, dict):
         return any(_unstorable(k) or _unstorable(v) for k, v in value.items())
     return False
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

@@ -61,7 +61,7 @@ def check_url(url: object, settings: Settings, *, max_length: int | None = MAX_U
         raise InvalidSubscription("url", "url: a URL string is required")
     url = url.strip()
     if max_length is not None and len(url) > max_length:
-        raise InvalidSubscription("url", f"url: longer than {MAX_URL_LENGTH} characters")
+        raise InvalidSubscription("url", f"url: longer than {max_length} characters")
     try:
         parts = urlsplit(url)
         port = parts.port

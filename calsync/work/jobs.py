@@ -183,12 +183,6 @@ def _watch(
     return True
 
 
-def _watch_refused_lately(session: Session, calendar_id: int, now: datetime) -> bool:
-    """Whether Google said it will not watch the calendar within `WATCH_REFUSED_RETRY`."""
-    refused = utc(session.scalar(select(Calendar.watch_refused_at).where(Calendar.id == calendar_id)))
-    return refused is not None and refused > now - WATCH_REFUSED_RETRY
-
-
 def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
     settings = runtime.settings
     start = claim.calendar
@@ -201,10 +195,15 @@ def _sync_with_channel(runtime: Runtime, claim: Claim) -> None:
         # than the window is not due until halfway through its life (`renewal_due_at`).
         with transaction(runtime.sessions) as session:
             now = runtime.clock.now()
-            baseline_before = bool(session.scalar(select(Calendar.baseline_done).where(Calendar.id == claim.id)))
-            channel_ok = not needs_new_channel(
-                live_channels(session, calendar_id=claim.id), now, settings.renew_before
-            ) or _watch_refused_lately(session, claim.id, now)
+            done, refused_at = session.execute(
+                select(Calendar.baseline_done, Calendar.watch_refused_at).where(Calendar.id == claim.id)
+            ).one()
+            baseline_before = bool(done)
+            refused = utc(refused_at)
+            channel_ok = (
+                not needs_new_channel(live_channels(session, calendar_id=claim.id), now, settings.renew_before)
+                or (refused is not None and refused > now - WATCH_REFUSED_RETRY)  # Google will not watch it
+            )
     if baseline_before and not channel_ok:
         # New channel first, old one stopped; the sync below covers the seam between them.
         _watch(runtime, calendar_id=claim.id, priority=renewal)
