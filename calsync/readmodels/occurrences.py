@@ -275,9 +275,7 @@ class CalendarMirror:
         entries = _entries if _entries is not None else {}
         for row in rows:
             data = loads(row) if isinstance(row, str) else row
-            entry = _parse_entry(data, self.zone, row)
-            if entry is not None:
-                entries[str(data["id"])] = entry
+            entries[str(data["id"])] = _parse_entry(data, self.zone, row)
         self._entries = entries
         self.series = [e.series for e in entries.values() if e.series is not None]
         self._hidden: dict[str, set[datetime | date]] = {}
@@ -375,8 +373,10 @@ def merge(spans: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, da
     return merged
 
 
-def _parse_entry(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) -> _Entry | None:
-    """A row as the listing sees it; None for a deleted event or a shape Google does not send.
+def _parse_entry(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) -> _Entry:
+    """A row as the listing sees it. A deleted event, or a shape that cannot be placed, is an entry
+    that places nothing: it still holds the row's version, so a refresh neither keeps the event's
+    earlier (placeable) entry nor reads the row again at every question.
 
     A single event or exception keeps the row as it came (text stays text: a few hundred
     thousand dicts held for hours would make every full garbage collection walk them all).
@@ -390,12 +390,12 @@ def _parse_entry(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) 
             single = None if status == "cancelled" else _single(data, zone, row)
             return _Entry(version, None, single, str(parent), original)
         if status == "cancelled":
-            return None
+            return _Entry(version, None, None, None, None)
         if data.get("recurrence"):
             return _Entry(version, _Series(data, zone), None, None, None)
         return _Entry(version, None, _single(data, zone, row), None, None)
     except (KeyError, TypeError, ValueError, AttributeError):  # AttributeError: a field of another type
-        return None
+        return _Entry(version, None, None, None, None)
 
 
 def _single(data: dict[str, Any], zone: tzinfo, row: dict[str, Any] | str) -> Occurrence:

@@ -365,3 +365,32 @@ def test_a_wall_time_in_the_dst_gap_moved_onto_the_next_instance_is_one_instance
     window = parse_instant("2026-03-07T00:00:00Z"), parse_instant("2026-03-10T00:00:00Z")
     ids = [o.id for o in CalendarMirror([series], "UTC").occurrences(*window)]
     assert len(ids) == len(set(ids)) and "s1_20260308T070000Z" in ids
+
+
+def test_a_refresh_that_cannot_place_an_events_new_version_drops_its_old_one() -> None:
+    """A mirror kept for hours is refreshed, not rebuilt: an event changed into a shape calsync cannot
+    place (here a series with a period RDATE) must not go on answering its earlier time, which a
+    mirror built afresh would not show, and must not be read again at every question."""
+    one = {
+        "id": "e1",
+        "status": "confirmed",
+        "etag": '"1"',
+        "updated": "2026-01-01T00:00:00.000Z",
+        "start": {"dateTime": "2026-01-06T15:00:00Z"},
+        "end": {"dateTime": "2026-01-06T16:00:00Z"},
+    }
+    two = dict(
+        one,
+        etag='"2"',
+        updated="2026-01-02T00:00:00.000Z",
+        start={"dateTime": "2026-01-08T15:00:00Z", "timeZone": "UTC"},
+        end={"dateTime": "2026-01-08T16:00:00Z", "timeZone": "UTC"},
+        recurrence=["RRULE:FREQ=WEEKLY;COUNT=2", "RDATE;VALUE=PERIOD:20260120T150000Z/PT1H"],
+    )
+    window = _window("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z")
+    old = CalendarMirror([one], "UTC")
+    assert old.busy_blocks(*window)
+    refreshed, fresh = old.refreshed([two], []), CalendarMirror([two], "UTC")
+    assert refreshed.busy_blocks(*window) == fresh.busy_blocks(*window) == []
+    assert refreshed.occurrences(*window) == []
+    assert refreshed.versions()["e1"] == ('"2"', "2026-01-02T00:00:00.000Z")  # held: not read again
