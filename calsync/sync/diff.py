@@ -13,11 +13,19 @@ from typing import Any
 from calsync.clock import event_datetime, zone_named
 
 IGNORED_FIELDS = frozenset({"etag", "updated", "sequence"})
+CANCELLED = "cancelled"
 
 
 def changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """Sorted top-level keys whose values differ (a key present on one side only counts), minus noise."""
+    """Sorted top-level keys whose values differ (a key present on one side only counts), minus noise.
+
+    A cancelled occurrence comes from Google cut down to its identity and status: the keys it leaves
+    out (summary, start, end...) did not change, and naming them made a cancellation read as a move
+    and a rename. Only the keys it carries are compared.
+    """
     keys = (before.keys() | after.keys()) - IGNORED_FIELDS
+    if after.get("status") == CANCELLED and before.get("status") != CANCELLED:
+        keys = after.keys() - IGNORED_FIELDS
     return sorted(k for k in keys if before.get(k, _MISSING) != after.get(k, _MISSING))
 
 

@@ -37,9 +37,8 @@ from calsync.store.db import compiled_for_postgres, is_postgres
 from calsync.store.jsontext import printable
 from calsync.store.models import Event
 from calsync.store.states import ChangeKind, ChangeType
-from calsync.sync.diff import changed_fields, event_time_text, implied_occurrence
+from calsync.sync.diff import CANCELLED, changed_fields, event_time_text, implied_occurrence
 
-CANCELLED = "cancelled"
 _CHUNK = 500  # series ids per IN (...) list, well under SQLite's bound-parameter limit
 
 

@@ -52,7 +52,8 @@ from calsync.store.models import Account, Calendar, Change, Event
 from calsync.store.quota import LockedRows, locking_rows
 from calsync.store.states import AccountStatus, Origin, Priority
 from calsync.sync import idempotency, turns
-from calsync.sync.mirror import CANCELLED, PageMirror
+from calsync.sync.diff import CANCELLED
+from calsync.sync.mirror import PageMirror
 
 # Scopes that let calsync write events (`calendar.events` beside the read scope, or `calendar`).
 WRITE_SCOPES = frozenset(

@@ -128,3 +128,12 @@ def test_event_time_text_reads_date_time_or_date() -> None:
     assert event_time_text({"dateTime": "2026-01-05T09:00:00Z"}) == "2026-01-05T09:00:00Z"
     assert event_time_text({"date": "2026-01-05"}) == "2026-01-05"
     assert event_time_text(None) is None
+
+
+def test_a_cancelled_occurrence_changes_its_status_alone() -> None:
+    """Google sends a cancelled occurrence without its summary or times: leaving them out is no change."""
+    before = {"id": "s_1", "status": "confirmed", "summary": "standup", "start": {"date": "2026-01-05"}, "etag": '"1"'}
+    after = {"id": "s_1", "status": "cancelled", "etag": '"2"'}
+    assert changed_fields(before, after) == ["status"]
+    # back from a cancellation, what it carries again is new
+    assert changed_fields(after, before) == ["start", "status", "summary"]
