@@ -10,7 +10,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
@@ -147,3 +147,31 @@ def reconnect_hint(ref: str | None) -> str:
         "when they come back to return_to with connection=..., confirm it from your server for the signed-in "
         'user: POST /api/connect-sessions/confirm with {"connection": ..., "ref": <that user\'s ref>}.'
     )
+
+
+_WRITTEN_SINCE = (
+    select(Change.event_id, Change.after, Change.detected_at)
+    .where(
+        Change.calendar_id == bindparam("calendar"),
+        Change.seq > bindparam("after"),
+        Change.origin == Origin.API,
+        Change.event_id.is_not(None),
+    )
+    .order_by(Change.seq)
+)
+
+
+def written_through_api_since(session: Session, calendar_id: int, after: int) -> dict[str, str | None]:
+    """Events of a calendar that calsync wrote to Google after feed position `after`, each with the
+    time of its last such write as an RFC 3339 `updated`: the version written's own, or for a
+    deletion the moment it was committed (no version of a deleted event is newer, but one restored).
+
+    A sync listing that began at `after` may predate those writes (calsync.sync.mirror). The index on
+    (calendar_id, seq) reads only the rows since `after`.
+    """
+    written: dict[str, str | None] = {}
+    rows = session.execute(_WRITTEN_SINCE, {"calendar": calendar_id, "after": after})
+    for event_id, version, detected_at in rows:
+        updated = version.get("updated") if isinstance(version, dict) else rfc3339(detected_at)
+        written[str(event_id)] = updated if isinstance(updated, str) else None
+    return written

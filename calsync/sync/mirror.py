@@ -54,6 +54,7 @@ class PageMirror:
         first: bool = False,
         fresh: bool = False,
         skipped: dict[str, str] | None = None,
+        written: dict[str, str | None] | None = None,
     ) -> None:
         self.session = session
         self.calendar_id = calendar_id
@@ -68,6 +69,9 @@ class PageMirror:
         # Events this listing could not apply, by id, with the reason: left as they were (never
         # swept away), reported on the calendar, and listed again by the next sync.
         self.skipped: dict[str, str] = skipped if skipped is not None else {}
+        # Events written through calsync since this listing began, with the `updated` of the version
+        # written (or deleted): the listing may show them as they were before (see `_superseded`).
+        self.written: dict[str, str | None] = written or {}
         self._rows: dict[str, _Row | None] = {}
         self._exceptions: dict[str, list[Event]] = {}
         # New rows of this page, plain objects outside the session: inserted in bulk at the end of
@@ -177,7 +181,7 @@ class PageMirror:
     # Live events -------------------------------------------------------------------------------
     def _put_live(self, item: dict[str, Any]) -> None:
         row = self._rows.get(item["id"])
-        if self._holds(row, item):
+        if self._holds(row, item) or (row is None and self._superseded(item)):
             return
         if row is None and self.first:
             self._change(item["id"], ChangeKind.SNAPSHOT, [], None, item)
@@ -275,11 +279,25 @@ class PageMirror:
         held = row.data
         etag = item.get("etag")
         same = etag is not None and held.get("etag") == etag
-        if not same and not _older(item.get("updated"), held.get("updated")):
+        if not same and not _older(item.get("updated"), held.get("updated")) and not self._superseded(item):
             return False
         if isinstance(row, Event) and self.gen is not None:
             row.seen_gen = max(row.seen_gen or 0, self.gen)
         return True
+
+    def _superseded(self, item: dict[str, Any]) -> bool:
+        """Whether a listed version predates a write through calsync made since the listing began.
+
+        `_holds` tells an older listed version by its `updated`, but Google keeps `updated` when only
+        the reminders change (a tie), and an event calsync deleted has no row left to compare with:
+        a listing fetched before such a write and applied after it took the mirror back, and wrote
+        the app's own write to the feed again as a change of Google's (an echo). A version no newer
+        than the one written is not applied; a newer one (edited in Google since) is.
+        """
+        if item.get("id") not in self.written:
+            return False
+        written = self.written[item["id"]]
+        return written is not None and not _older(written, item.get("updated"))
 
     def _live_parent(self, item: dict[str, Any]) -> _Row | None:
         series_id = item.get("recurringEventId")

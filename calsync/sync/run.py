@@ -39,7 +39,9 @@ from calsync.errors import (
     SyncTokenExpired,
 )
 from calsync.feed.append import append_changes
+from calsync.feed.cursor import newest_seq
 from calsync.feed.lifecycle import record_first_sync
+from calsync.feed.reads import written_through_api_since
 from calsync.google.calendar import EVENTS_PAGE_SIZE, GoogleCalendar, decode_page
 from calsync.metrics import EVENTS_SKIPPED, SYNC_SECONDS, SYNCS
 from calsync.runtime import Runtime
@@ -227,6 +229,9 @@ class _SyncRun:
         gen: int | None = None
         fresh = False  # a full listing into a mirror that held no row of this calendar as it began
         deferred: list[dict[str, Any]] = []
+        # An incremental listing may begin before a write through calsync reaches Google and be applied
+        # after the write's commit: the feed's position now tells the writes it may not show.
+        began_at = self._feed_position() if token is not None else None
         with closing(self._pages(token)) as pages:
             for page, credentials, committing in pages:
                 next_sync_token = page.get("nextSyncToken")
@@ -238,6 +243,9 @@ class _SyncRun:
                     if token is None and gen is None:
                         gen, fresh = self._start_full_sync(session)
                     skipped_before = len(self.skipped)
+                    written = (
+                        written_through_api_since(session, self.calendar_id, began_at) if began_at is not None else None
+                    )
                     mirror = PageMirror(
                         session,
                         self.calendar_id,
@@ -245,6 +253,7 @@ class _SyncRun:
                         first=not self.baseline_done,
                         fresh=fresh,
                         skipped=self.skipped,
+                        written=written,
                     )
                     mirror.apply(items, deferred)
                     if not self.baseline_done:
@@ -323,6 +332,10 @@ class _SyncRun:
                     page = ahead.result()
             finally:
                 committing.set()  # a page that failed or was abandoned must not leave the thread waiting
+
+    def _feed_position(self) -> int:
+        with self.runtime.sessions() as session:
+            return newest_seq(session)
 
     def mark_revoked(self, err: AuthRevoked) -> None:
         """A dead grant must be visible; recorded in its own transaction before the error goes on."""

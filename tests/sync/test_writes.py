@@ -327,6 +327,63 @@ def test_a_sync_that_listed_before_a_write_does_not_take_the_mirror_back(runtime
     settle(runtime, emu, cal)
 
 
+def _write_once_listed(monkeypatch: pytest.MonkeyPatch, write: Callable[[], object]) -> None:
+    """Make the app's write through calsync happen right after a sync's listing was fetched from
+    Google and before the sync applies it: the listing predates the write, its commit follows it."""
+    from calsync.google.calendar import GoogleCalendar
+
+    fetch = GoogleCalendar.events_page_body
+    pending = [write]
+
+    def listed_then_written(self: GoogleCalendar, *args: Any, **kwargs: Any) -> bytes:
+        body = fetch(self, *args, **kwargs)
+        while pending:
+            pending.pop()()
+        return body
+
+    monkeypatch.setattr(GoogleCalendar, "events_page_body", listed_then_written)
+
+
+def test_a_listing_fetched_before_a_reminders_only_write_does_not_undo_it(
+    runtime: Runtime, emu: Any, cal: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Google keeps `updated` when only the reminders change: the listing's older version and the
+    written one tie on it, so the tie alone cannot tell which is newer."""
+    made = writes.create_event(runtime, cal, MEETING).event
+    assert made is not None
+    settle(runtime, emu, cal)
+    emu.patch_event(ANN, made["id"], {"summary": "moved by Ann"})  # the next listing holds the event
+    reminders = {"useDefault": False, "overrides": [{"method": "popup", "minutes": 5}]}
+    done: list[writes.WriteResult] = []
+    _write_once_listed(
+        monkeypatch, lambda: done.append(writes.patch_event(runtime, cal, made["id"], {"reminders": reminders}))
+    )
+    sync_calendar(runtime, cal)
+    [written] = done
+    assert mirror(runtime, cal)[made["id"]]["reminders"] == reminders
+    assert [(c.seq, c.origin) for c in changes(runtime, cal, after=written.seq - 1)] == [(written.seq, "api")]
+    monkeypatch.undo()
+    settle(runtime, emu, cal)
+    assert [c.origin for c in changes(runtime, cal, after=written.seq)] == [], "the app heard its own write"
+
+
+def test_a_listing_fetched_before_a_delete_does_not_bring_the_event_back(
+    runtime: Runtime, emu: Any, cal: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = writes.create_event(runtime, cal, MEETING).event
+    assert made is not None
+    settle(runtime, emu, cal)
+    emu.patch_event(ANN, made["id"], {"summary": "moved by Ann"})
+    done: list[writes.WriteResult] = []
+    _write_once_listed(monkeypatch, lambda: done.append(writes.delete_event(runtime, cal, made["id"])))
+    sync_calendar(runtime, cal)
+    [deleted] = done
+    assert made["id"] not in mirror(runtime, cal)
+    monkeypatch.undo()
+    settle(runtime, emu, cal)
+    assert [(c.type, c.origin) for c in changes(runtime, cal, after=deleted.seq - 1)] == [("event.deleted", "api")]
+
+
 def test_an_occurrence_is_patched_and_deleted_by_its_instance_id_without_echo(
     runtime: Runtime, emu: Any, cal: int
 ) -> None:
