@@ -124,7 +124,8 @@ def changes() -> Any:
     types = None
     if "types" in request.args:
         try:
-            types = feed_reads.parse_types(request.args["types"])
+            # comma-separated, or the parameter repeated (as generated clients send an array)
+            types = feed_reads.parse_types(",".join(request.args.getlist("types")))
         except ValueError as err:
             raise BadParameter(f"types: {err}") from err
     origin = None

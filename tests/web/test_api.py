@@ -483,6 +483,8 @@ def test_changes_filtered_by_type(client: Any, seed: Seed, api_headers: dict[str
         [(2, "event.created"), (3, "event.updated"), (5, "event.created")],
         6,  # not full: past the snapshot left out at the end
     )
+    # repeated, as generated clients send an array (and as the one written comma-separated)
+    assert get("types=event.created&types=event.updated") == get("types=event.created,event.updated")
     assert get("types=event.snapshot&limit=1") == ([(1, "event.snapshot")], 1)  # full: more may follow
     assert get("types=event.snapshot&after=1") == ([(6, "event.snapshot")], 6)
     assert get("types=account.connected") == ([], 6)  # a known type with no rows: past every row
@@ -494,7 +496,13 @@ def test_changes_filtered_by_type(client: Any, seed: Seed, api_headers: dict[str
         "event.created",
         "event.snapshot",
     ]
-    for bad in ("types=event.moved", "types=event.created,", "types=", "types=Event.created"):
+    for bad in (
+        "types=event.moved",
+        "types=event.created,",
+        "types=",
+        "types=Event.created",
+        "types=event.created&types=",
+    ):
         resp = client.get(f"/api/changes?{bad}", headers=api_headers)
         assert resp.status_code == 400, bad
         assert resp.get_json()["error"] == "bad_request" and "types" in resp.get_json()["message"]
