@@ -4,11 +4,14 @@ gunicorn's gthread hands a connection to a thread as soon as its first bytes arr
 then reads the rest with no deadline. Eight clients that send half a request and stop (slowloris)
 held all eight threads of `calsync serve`, and nothing was answered, not even `/healthz`, for as long
 as they stayed connected. Here the worker's event loop reads each request itself, without blocking,
-until its headers and its body (by Content-Length) are in; only then does a thread parse and answer
-it, from the bytes already read. A connection that has not sent a whole request within
-`REQUEST_SECONDS` of its first byte (or a new one that sends nothing within `FIRST_BYTE_SECONDS`) is
-closed. A body past `BUFFER_LIMIT` or a chunked one is handed over early, and the thread's reads then
-time out after `READ_SECONDS`.
+until its headers and its whole body (by Content-Length) are in; only then does a thread parse and
+answer it, from the bytes already read, so a thread never waits on a client's reads. A connection
+that has not sent a whole request within `REQUEST_SECONDS` of its first byte (or a new one that sends
+nothing within `FIRST_BYTE_SECONDS`) is closed. The loop refuses at once, and closes, what it would
+otherwise have to hold without bound: headers past `HEADER_LIMIT` (431), a declared body past the
+app's own limit (413, `MAX_CONTENT_LENGTH` of `calsync.web.app`) and a chunked body (411). So the
+loop holds at most that body limit, `HEADER_LIMIT` and one read (64 KB) past them, about 1.2 MB, per
+connection, times gunicorn's `worker_connections` (1,000 by default), each for `REQUEST_SECONDS`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
-import re
 import selectors
 import socket
 import threading
@@ -30,12 +32,13 @@ from calsync.web.handover import wait_for_replacements
 
 FIRST_BYTE_SECONDS = 5.0  # from a new connection to its first byte (gthread's own wait for data)
 REQUEST_SECONDS = 10.0  # from a request's first byte to its last
-READ_SECONDS = 5.0  # each read of a thread that was handed a request before it had all arrived
+READ_SECONDS = 5.0  # each blocking socket call of a thread (its writes: it has the whole request)
 BOOT_BEAT_SECONDS = 1.0  # while the app is built, how often gunicorn is told the process is alive
-BUFFER_LIMIT = 256 * 1024  # bytes of one request read by the event loop before a thread takes over
+# Bytes of a request line and headers the event loop waits for: well past any real client's, and
+# refused there rather than handed to a thread that would read the rest of them itself.
+HEADER_LIMIT = 64 * 1024
+LINGER_SECONDS = 2.0  # after a refusal, how long the loop discards what the client still sends
 _HEADER_END = b"\r\n\r\n"
-_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,12})[ \t]*\r\n", re.IGNORECASE)
-_CHUNKED = re.compile(rb"\r\ntransfer-encoding:[^\r\n]*chunked", re.IGNORECASE)
 
 
 class ReadingConn(TConn):  # type: ignore[misc]
@@ -45,6 +48,7 @@ class ReadingConn(TConn):  # type: ignore[misc]
         super().__init__(cfg, sock, client, server)
         self.pending = bytearray()
         self.deadline = 0.0
+        self.refused = False  # answered by the event loop; what still arrives is discarded
 
     def init(self) -> None:
         super().init()
@@ -57,6 +61,7 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reading: dict[ReadingConn, None] = {}  # connections the event loop is reading from
+        self.body_limit = 0  # the app's own (set once it is loaded): bodies past it are refused
         self.stopping = False
         # gunicorn judges a process by the mtime of this file, which its heartbeat sets to monotonic
         # seconds; made (here, in the master, before the fork) it holds the wall clock's, decades ahead
@@ -79,6 +84,9 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
             super().load_wsgi()
         finally:
             loaded.set()
+        # The app's limit, read from the app, so the two cannot disagree: a body it would refuse
+        # anyway is not worth holding in memory.
+        self.body_limit = int(self.wsgi.config["MAX_CONTENT_LENGTH"])
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         """SIGTERM: stop gracefully, but on a socket of its own only once a replacement listens
@@ -153,13 +161,32 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         if not data:  # the client closed (or went away mid-request)
             self._drop(conn)
             return
+        if conn.refused:
+            return
         if not conn.pending:
             conn.deadline = time.monotonic() + REQUEST_SECONDS
         conn.pending += data
-        if _complete(conn.pending):
+        try:
+            complete = _complete(conn.pending, self.body_limit)
+        except _Refused as refusal:
+            self._refuse(conn, refusal.status)
+            return
+        if complete:
             self.poller.unregister(conn.sock)
             del self.reading[conn]
             self.enqueue_req(conn)
+
+    def _refuse(self, conn: ReadingConn, status: str) -> None:
+        """Answer and close without a thread. The connection lingers a little, its input discarded:
+        closed with unread bytes, it would be reset, and the client might lose the answer."""
+        body = f"{status.partition(' ')[2].lower()}\n".encode()
+        head = f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+        with contextlib.suppress(OSError):  # a few bytes into an idle socket's send buffer
+            conn.sock.send(head.encode() + b"Connection: close\r\n\r\n" + body)
+            conn.sock.shutdown(socket.SHUT_WR)
+        conn.refused = True
+        conn.pending = bytearray()
+        conn.deadline = time.monotonic() + LINGER_SECONDS
 
     def _drop(self, conn: ReadingConn) -> None:
         self.reading.pop(conn, None)
@@ -169,14 +196,37 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn.close()
 
 
-def _complete(pending: bytearray) -> bool:
-    """Whether a thread can take the request: all of it is here, or the rest must be streamed."""
+class _Refused(Exception):
+    """A request the event loop answers itself, with this status, instead of reading it whole."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _complete(pending: bytearray, body_limit: int) -> bool:
+    """Whether all of the request is here, so that a thread can take it without reading the socket.
+
+    A chunked body is refused (411), not parsed here: Google's notifications carry no body and
+    calsync's API clients send JSON with a Content-Length, so nobody needs one, and a chunk parser
+    would be more code to get wrong. A head the thread's parser refuses (a Content-Length twice, or
+    not digits) is complete: it is answered 400 before any body is read.
+    """
     end = pending.find(_HEADER_END)
     if end < 0:
-        return len(pending) >= BUFFER_LIMIT  # the parser refuses headers this long at once
-    head = bytes(pending[: end + 2])
-    if _CHUNKED.search(head):
+        if len(pending) > HEADER_LIMIT:
+            raise _Refused("431 Request Header Fields Too Large")
+        return False
+    lengths = []
+    for line in bytes(pending[:end]).split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"transfer-encoding":
+            raise _Refused("411 Length Required")
+        if name.lower() == b"content-length":
+            lengths.append(value.strip(b" \t"))
+    if len(lengths) != 1 or not lengths[0].isdigit():
         return True
-    match = _CONTENT_LENGTH.search(head)
-    length = int(match.group(1)) if match else 0
-    return len(pending) - (end + 4) >= length or len(pending) >= BUFFER_LIMIT
+    digits = lengths[0].lstrip(b"0") or b"0"
+    if len(digits) > len(str(body_limit)) or int(digits) > body_limit:  # int() of 5,000 digits would raise
+        raise _Refused("413 Content Too Large")
+    return len(pending) - (end + 4) >= int(digits)

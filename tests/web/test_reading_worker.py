@@ -13,9 +13,10 @@ from gunicorn.config import Config
 
 from calsync.config import Settings
 from calsync.web.reading_worker import ReadingThreadWorker
-from tests.web.process_support import calsync_process
+from tests.web.process_support import calsync_process, calsync_web
 
 SLOW_SOCKETS = 16  # twice the request threads of `calsync serve`
+BIG_BODY = 1_000_000  # under the app's limit of 1 MiB, over what a thread may be left to read
 
 
 def _half_sent(base: str, partial: bytes) -> socket.socket:
@@ -53,6 +54,73 @@ def test_sixteen_slow_sockets_leave_notifications_and_healthz_answering(settings
                 sock.close()
 
 
+def _answer(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_sockets_trickling_big_bodies_leave_notifications_and_healthz_answering(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A body the loop held only in part (256 KB of it) was handed to a thread that then read the rest
+    a byte at a time: eight such clients held all eight threads. The loop now holds the whole body."""
+    with calsync_process(settings, tmp_path / "web.log", ["web", "--workers", "1", "--threads", "8"]) as base:
+        head = f"POST /disconnect HTTP/1.1\r\nHost: calsync\r\nContent-Length: {BIG_BODY}\r\n\r\n".encode()
+        slow = [_half_sent(base, head + b"x" * 300_000) for _ in range(SLOW_SOCKETS)]
+        try:
+            for _ in range(3):
+                time.sleep(1)
+                for sock in slow:
+                    sock.send(b"x")
+                started = time.monotonic()
+                health = requests.get(base + "/healthz", timeout=2)
+                notified = requests.post(
+                    base + "/notifications",
+                    headers={
+                        "X-Goog-Channel-ID": "00000000-0000-4000-8000-000000000000",
+                        "X-Goog-Resource-State": "exists",
+                        "X-Goog-Message-Number": "2",
+                    },
+                    timeout=2,
+                )
+                assert health.status_code in (200, 503) and notified.status_code == 404
+                assert time.monotonic() - started < 2
+        finally:
+            for sock in slow:
+                sock.close()
+
+
+def test_bodies_the_app_would_refuse_are_refused_at_once_and_others_reach_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Over the app's limit: 413 from the event loop, before the body is sent (what was, is read
+    away, so the answer is not lost to a reset). Chunked: 411, as no client of calsync sends one.
+    Under the limit, a big JSON body reaches the app whole."""
+    with calsync_web(settings, tmp_path / "web.log") as base:
+        too_big = b"POST /api/webhooks HTTP/1.1\r\nHost: calsync\r\nContent-Length: 1048577\r\n\r\n"
+        chunked = b"POST /api/webhooks HTTP/1.1\r\nHost: calsync\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n"
+        for request, status in ((too_big + b"x" * 100_000, b"413"), (chunked, b"411")):
+            started = time.monotonic()
+            sock = _half_sent(base, request)
+            try:
+                answer = _answer(sock)
+            finally:
+                sock.close()
+            assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer
+            assert time.monotonic() - started < 2
+
+        url = "ftp://calsync.invalid/" + "a" * 500_000
+        resp = requests.post(
+            base + "/api/webhooks",
+            json={"url": url, "events": ["event.created"]},
+            headers={"Authorization": f"Bearer {settings.api_token}"},
+            timeout=10,
+        )
+        assert resp.status_code == 400 and resp.json()["field"] == "url"
+
+
 def test_a_request_sent_in_pieces_is_answered_whole(settings: Settings, tmp_path: Path) -> None:
     """The event loop gathers a request across reads and hands the thread all of it, body included."""
     with calsync_process(settings, tmp_path / "serve.log", ["serve"]) as base:
@@ -70,9 +138,7 @@ def test_a_request_sent_in_pieces_is_answered_whole(settings: Settings, tmp_path
             for start in range(40, len(request), 25):
                 time.sleep(0.05)
                 sock.sendall(request[start : start + 25])
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
+            answer = _answer(sock)
         finally:
             sock.close()
         # The URL (the body's first field) was judged: the JSON body reached the app whole.
