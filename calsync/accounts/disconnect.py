@@ -1,9 +1,10 @@
 """Disconnecting an account: stop its channels, revoke the grant, forget its tokens.
 
 It talks to Google, so it owns its transactions (like a job): the account is first marked
-`disconnected` so no worker picks up its work (and the feed says `account.disconnected`), then
-Google is called, then the channels and the credentials are settled. A crash in between leaves the
-credentials in place and a second call finishes the work: disconnecting is idempotent.
+`disconnected` and its leases taken, so no worker picks up its work and none still at it writes
+after the feed's `account.disconnected`; then Google is called, then the channels and the
+credentials are settled. A crash in between leaves the credentials in place and a second call
+finishes the work: disconnecting is idempotent.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import requests
 from google.oauth2.credentials import Credentials
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from calsync.accounts.connected import load_credentials
@@ -32,6 +34,8 @@ from calsync.store.states import UNSTOPPED_CHANNEL, AccountStatus, ChangeType, C
 log = logging.getLogger(__name__)
 
 EMPTY_CREDENTIALS = "{}"
+_DEADLOCK = "40P01"  # PostgreSQL's deadlock_detected
+_DEADLOCK_TRIES = 5
 
 
 @dataclass
@@ -66,21 +70,7 @@ def find_account_id(runtime: Runtime, email: str, *, ref: str | None = None) -> 
 
 def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
     """Stop the account's channels at Google, revoke its grant, wipe its tokens, stop its syncs."""
-    now = runtime.clock.now()
-    with transaction(runtime.sessions) as session:
-        account = session.get(Account, account_id)
-        if account is None:
-            raise NotFoundError(f"no account with id {account_id}")
-        result = DisconnectResult(account.email, already_disconnected=account.status == AccountStatus.DISCONNECTED)
-        creds = _stored_credentials(runtime, account)
-        channels = _live_channels(runtime, account_id, session)
-        account.status = AccountStatus.DISCONNECTED
-        forget_pending(session, account.email)
-        account.list_due_at = None
-        account.updated_at = now
-        session.execute(update(Calendar).where(Calendar.account_id == account_id).values(due_at=None, retry_at=None))
-        if not result.already_disconnected:
-            append_changes(session, [account_change(ChangeType.ACCOUNT_DISCONNECTED, account_id)], now)
+    result, creds, channels = _mark_disconnected(runtime, account_id)
 
     if creds is not None:
         _stop_channels(runtime, account_id, creds, channels, result)
@@ -116,6 +106,55 @@ def disconnect_account(runtime: Runtime, account_id: int) -> DisconnectResult:
         result.revoked,
     )
     return result
+
+
+def _mark_disconnected(
+    runtime: Runtime, account_id: int
+) -> tuple[DisconnectResult, Credentials | None, list[tuple[str, str | None]]]:
+    """The first transaction, run again when PostgreSQL ended it to break a deadlock: nothing of
+    it was committed, and two disconnects must not both announce the account's end."""
+    for attempt in range(1, _DEADLOCK_TRIES + 1):
+        try:
+            with transaction(runtime.sessions) as session:
+                return _mark(session, runtime, account_id)
+        except OperationalError as err:
+            if getattr(err.orig, "sqlstate", None) != _DEADLOCK or attempt == _DEADLOCK_TRIES:
+                raise
+            log.info("account %s: the disconnect met a deadlock (try %d); trying again", account_id, attempt)
+    raise AssertionError("unreachable")  # the last try returned or raised
+
+
+def _mark(
+    session: Session, runtime: Runtime, account_id: int
+) -> tuple[DisconnectResult, Credentials | None, list[tuple[str, str | None]]]:
+    """Mark the account disconnected and take every lease on its work, so that a sync page or a
+    calendar-list commit still in flight finds its lease gone (LeaseLost) and writes nothing after
+    `account.disconnected`; read under the account's row lock, so that of two disconnects at once
+    only the first announces it."""
+    now = runtime.clock.now()
+    # Account row first, then calendars: the order of a calendar-list commit and of a dead grant
+    # (`mark_reauth_required`); a sync page saving a refreshed token locks the other way, and the
+    # deadlock PostgreSQL breaks then is run again by `_mark_disconnected`.
+    account = session.get(Account, account_id, with_for_update=True, populate_existing=True)
+    if account is None:
+        raise NotFoundError(f"no account with id {account_id}")
+    result = DisconnectResult(account.email, already_disconnected=account.status == AccountStatus.DISCONNECTED)
+    creds = _stored_credentials(runtime, account)
+    channels = _live_channels(runtime, account_id, session)
+    account.status = AccountStatus.DISCONNECTED
+    account.list_due_at = None
+    account.list_lease_owner = None
+    account.list_lease_until = None
+    account.updated_at = now
+    forget_pending(session, account.email)
+    session.execute(
+        update(Calendar)
+        .where(Calendar.account_id == account_id)
+        .values(due_at=None, retry_at=None, lease_owner=None, lease_until=None)
+    )
+    if not result.already_disconnected:
+        append_changes(session, [account_change(ChangeType.ACCOUNT_DISCONNECTED, account_id)], now)
+    return result, creds, channels
 
 
 def _live_channels(runtime: Runtime, account_id: int, session: Session | None = None) -> list[tuple[str, str | None]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,10 +12,10 @@ from typing import Any
 import pytest
 from google.auth.exceptions import RefreshError
 from google.auth.transport.requests import Request
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from calsync.accounts.connected import load_credentials, upsert_account
-from calsync.accounts.disconnect import disconnect_account
+from calsync.accounts.disconnect import DisconnectResult, disconnect_account
 from calsync.clock import FrozenClock
 from calsync.config import Secret
 from calsync.errors import NotFoundError
@@ -23,8 +24,14 @@ from calsync.google.oauth import credentials_from_json
 from calsync.runtime import Runtime
 from calsync.store.crypto import new_key
 from calsync.store.db import transaction
-from calsync.store.models import Account, Calendar, Channel
-from calsync.store.states import ChannelStatus, Priority
+from calsync.store.models import Account, Calendar, Change, Channel
+from calsync.store.states import UNSTOPPED_CHANNEL, ChannelStatus, Priority
+from calsync.sync.calendar_list import refresh_calendar_list
+from calsync.work.jobs import run_calendar_job, run_list_job
+from calsync.work.leases import claim_account_list, claim_calendar
+from calsync.work.worker import Worker
+from tests.push_support import wait_for
+from tests.sync_support import mirror
 
 READONLY = "https://www.googleapis.com/auth/calendar.readonly"
 EMAIL = "alice@example.com"
@@ -315,3 +322,192 @@ def test_an_account_no_key_decrypts_is_still_disconnected(runtime: Runtime, emu:
         account = session.get(Account, account_id)
         assert account is not None and account.status == "disconnected"
         assert session.get(Channel, channel).status == "stopped"  # type: ignore[union-attr]
+
+
+# A disconnect racing the account's own work ----------------------------------------------------
+LEASE = timedelta(seconds=60)
+PAGE = 2  # events per page, so that a listing of five events takes three
+
+
+def _feed_after_disconnect(runtime: Runtime, account_id: int) -> list[str]:
+    """The types of the account's feed rows from `account.disconnected` on (that row first)."""
+    with runtime.sessions() as session:
+        rows = list(session.scalars(select(Change).where(Change.account_id == account_id).order_by(Change.seq)))
+    types = [str(row.type) for row in rows]
+    assert types.count("account.disconnected") == 1, types
+    return types[types.index("account.disconnected") :]
+
+
+def _nothing_leased_or_due(runtime: Runtime, emu: Any, account_id: int) -> None:
+    """The account's work is over: no lease, nothing owed, no error recorded for the interrupted
+    job, and no channel left open (here or at Google)."""
+    with runtime.sessions() as session:
+        account = session.get_one(Account, account_id)
+        assert account.status == "disconnected"
+        assert account.list_lease_owner is None and account.list_lease_until is None
+        assert account.list_due_at is None and not account.list_error_count and account.last_error is None
+        for cal in session.scalars(select(Calendar).where(Calendar.account_id == account_id)):
+            assert cal.lease_owner is None and cal.lease_until is None
+            assert cal.due_at is None and cal.retry_at is None
+            assert not cal.error_count and cal.sync_state not in ("error", "backoff")
+        ours = set(session.scalars(select(Channel.id).where(Channel.account_id == account_id)))
+        live = session.scalars(
+            select(Channel.id).where(Channel.account_id == account_id, Channel.status.in_(UNSTOPPED_CHANNEL))
+        ).all()
+    assert not live
+    assert not [c["id"] for c in emu.channels() if c["id"] in ours]
+
+
+@pytest.mark.parametrize("at_page", [2, 3])
+def test_a_disconnect_between_a_syncs_pages_writes_nothing_after_account_disconnected(
+    runtime: Runtime, emu: Any, monkeypatch: pytest.MonkeyPatch, at_page: int
+) -> None:
+    """Pages committed after the disconnect put the account's events (and `calendar.synced`) after
+    `account.disconnected` in the feed, and left the calendar synced on a disconnected account: an
+    app that drops an account's data on that row got some back. The disconnect takes the calendar's
+    lease, so the page in flight finds it gone and writes nothing (page 3 of 3 is the last one, which
+    carries the sync token and `calendar.synced`)."""
+    account_id = connect(runtime, emu)
+    for hour in range(5):
+        emu.insert_event(
+            EMAIL,
+            {
+                "summary": f"Meeting {hour}",
+                "start": {"dateTime": f"2026-12-01T{10 + hour}:00:00Z"},
+                "end": {"dateTime": f"2026-12-01T{10 + hour}:30:00Z"},
+            },
+        )
+    refresh_calendar_list(runtime, account_id)
+    with transaction(runtime.sessions) as session:
+        claim = claim_calendar(session, "w/0", runtime.clock.now(), LEASE)
+    assert claim is not None
+    with runtime.sessions() as session:
+        assert session.get_one(Calendar, claim.id).account_id == account_id
+    fetch = GoogleCalendar.events_page_body
+    fetched: list[str | None] = []
+
+    def listing(
+        self: GoogleCalendar,
+        calendar_id: str,
+        *,
+        sync_token: str | None = None,
+        page_token: str | None = None,
+        max_results: int = 0,
+    ) -> bytes:
+        body = fetch(self, calendar_id, sync_token=sync_token, page_token=page_token, max_results=PAGE)
+        fetched.append(page_token)
+        if len(fetched) == at_page:
+            # Fetched ahead while the page before is written: once that one is in, the disconnect.
+            wait_for(lambda: len(mirror(runtime, claim.id)) == PAGE * (at_page - 1), what="the page before")
+            disconnect_account(runtime, account_id)
+        return body
+
+    monkeypatch.setattr(GoogleCalendar, "events_page_body", listing)
+    run_calendar_job(runtime, claim)  # the lease gone: the job is dropped, not failed
+
+    assert len(fetched) == at_page
+    assert _feed_after_disconnect(runtime, account_id) == ["account.disconnected"]
+    assert len(mirror(runtime, claim.id)) == PAGE * (at_page - 1)
+    with runtime.sessions() as session:
+        assert session.get_one(Calendar, claim.id).sync_state == "pending"  # its first sync never finished
+    _nothing_leased_or_due(runtime, emu, account_id)
+    listed = emu.count("calendar.events.list")
+    assert Worker(runtime, threads=1).run_burst() == 0
+    assert emu.count("calendar.events.list") == listed
+
+
+def test_a_disconnect_during_a_calendar_list_refresh_writes_nothing_after_account_disconnected(
+    runtime: Runtime, emu: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The list's commit came after the disconnect: `calendar.added` after `account.disconnected`,
+    and calendars owing a first sync on a disconnected account. The disconnect takes the list's lease."""
+    account_id = connect(runtime, emu)
+    emu.create_calendar(EMAIL, "Team")
+    with transaction(runtime.sessions) as session:
+        claim = claim_account_list(session, "w/0", runtime.clock.now(), LEASE)
+    assert claim is not None and claim.id == account_id
+    list_calendars = GoogleCalendar.list_calendars
+
+    def listing(self: GoogleCalendar) -> list[dict[str, Any]]:
+        entries = list_calendars(self)
+        disconnect_account(runtime, account_id)
+        return entries
+
+    monkeypatch.setattr(GoogleCalendar, "list_calendars", listing)
+    run_list_job(runtime, claim)  # its channel opened first (and stopped by the disconnect); its commit dropped
+
+    assert _feed_after_disconnect(runtime, account_id) == ["account.disconnected"]
+    with runtime.sessions() as session:
+        assert not session.scalars(select(Calendar).where(Calendar.account_id == account_id)).all()
+    _nothing_leased_or_due(runtime, emu, account_id)
+
+
+def test_two_disconnects_at_once_announce_it_once(runtime: Runtime, emu: Any) -> None:
+    """Two web processes (a double click) each read the account as active, unlocked, and each wrote
+    `account.disconnected` on PostgreSQL. (SQLite's transactions take the write lock up front.)"""
+    for account_id in [connect(runtime, emu, f"user{i}@example.com") for i in range(3)]:  # rounds: a race of timing
+        results = _two_disconnects_at_once(runtime, account_id)
+        assert sorted(r.already_disconnected for r in results) == [False, True]
+        assert _feed_after_disconnect(runtime, account_id) == ["account.disconnected"]
+
+
+def _two_disconnects_at_once(runtime: Runtime, account_id: int) -> list[DisconnectResult]:
+    barrier = threading.Barrier(2)
+    results: list[DisconnectResult] = []
+    errors: list[BaseException] = []
+
+    def disconnect() -> None:
+        barrier.wait()
+        try:
+            results.append(disconnect_account(runtime, account_id))
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=disconnect) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors and len(results) == 2, errors
+    return results
+
+
+def test_a_disconnect_that_deadlocks_with_a_sync_page_tries_again(runtime: Runtime, emu: Any) -> None:
+    """A sync page locks its calendar row (its lease), then the account's (a refreshed token); the
+    disconnect locks the account, then its calendars. When the two meet, PostgreSQL ends one of
+    them (40P01); the disconnect, the one that waited first, was a 500 and is now run again."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite takes the write lock up front: no deadlock")
+    account_id = connect(runtime, emu)
+    cal = add_calendar(runtime, account_id, EMAIL)
+    outcome: list[BaseException | DisconnectResult] = []
+    with runtime.engine.connect() as page:
+        page.execute(text("SET deadlock_timeout = '10s'"))  # the disconnect's backend finds the cycle
+        page.execute(text("UPDATE calendars SET lease_until = lease_until WHERE id = :c"), {"c": cal})
+
+        def disconnect() -> None:
+            try:
+                outcome.append(disconnect_account(runtime, account_id))
+            except BaseException as err:
+                outcome.append(err)
+
+        thread = threading.Thread(target=disconnect)
+        thread.start()
+        wait_for(lambda: _waiting_for_a_lock(runtime), what="the disconnect waiting for the calendar row")
+        page.execute(text("UPDATE accounts SET updated_at = updated_at WHERE id = :a"), {"a": account_id})
+        page.commit()
+        thread.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], DisconnectResult), outcome
+    assert _feed_after_disconnect(runtime, account_id) == ["account.disconnected"]
+    _nothing_leased_or_due(runtime, emu, account_id)
+
+
+def _waiting_for_a_lock(runtime: Runtime) -> bool:
+    with runtime.engine.connect() as conn:
+        waiting = conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    return bool(waiting)
