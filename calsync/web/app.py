@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask, current_app, request
 from flask.json.provider import DefaultJSONProvider
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -80,6 +81,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     errors.init_app(app)
     app.register_error_handler(OperationalError, _database_unavailable)
     app.register_error_handler(InterfaceError, _database_unavailable)
+    app.register_error_handler(PoolTimeout, _database_unavailable)
     for endpoint, view in list(app.view_functions.items()):
         if endpoint != "static":
             app.view_functions[endpoint] = _retried_on_lost_connection(view)
@@ -138,11 +140,13 @@ def _retried_on_lost_connection(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _database_unavailable(err: DBAPIError) -> Any:
-    """The database cannot answer (down, restarting, locked past its timeout, disk full): 503, never 500."""
+def _database_unavailable(err: DBAPIError | PoolTimeout) -> Any:
+    """The database cannot answer (down, restarting, locked past its timeout, disk full), or every
+    connection of the process's pool stayed busy past its wait: 503, never 500."""
     from calsync.web import errors
 
-    current_app.logger.warning("database unavailable for %s %s: %s", request.method, request.path, err.orig)
+    why = err.orig if isinstance(err, DBAPIError) else err
+    current_app.logger.warning("database unavailable for %s %s: %s", request.method, request.path, why)
     return errors.handle(errors.DatabaseUnavailable("the database cannot answer now; retry shortly"))
 
 

@@ -208,3 +208,21 @@ def admin(settings: Settings) -> Iterator[Any]:
     client.csrf = sign_in(client)  # type: ignore[attr-defined]
     yield client
     runtime.close()
+
+
+def test_a_pool_with_every_connection_busy_answers_503_not_500(runtime: Runtime, api_headers: dict[str, str]) -> None:
+    """More requests holding a connection than the pool has (many threads, writes waiting their turn):
+    the one left waiting past the pool's timeout is told to retry, as when the database is away."""
+    from calsync.store.db import make_engine, make_sessionmaker
+
+    engine = make_engine(runtime.settings.database_url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    small = dataclasses.replace(runtime, engine=engine, sessions=make_sessionmaker(engine))
+    app = create_app(runtime=small)
+    try:
+        with engine.connect():  # the pool's only connection, held
+            resp = app.test_client().get("/api/changes", headers=api_headers)
+        assert (resp.status_code, resp.headers["Retry-After"]) == (503, "2")
+        assert resp.get_json()["error"] == "database_unavailable"
+        assert app.test_client().get("/api/changes", headers=api_headers).status_code == 200  # free again
+    finally:
+        engine.dispose()
