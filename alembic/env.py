@@ -45,17 +45,22 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
+    """A connection handed in is already set up by its owner (calsync.store.migrate.upgrade).
+    Alembic's own command (`alembic upgrade`, `alembic downgrade`) gets the same procedure: with
+    SQLite's foreign keys on, the table copies of a migration deleted rows through ON DELETE CASCADE."""
     connection = config.attributes.get("connection")
     if connection is not None:
         _run(connection)
         return
     from calsync.store.db import make_engine
+    from calsync.store.migrate import migrating
 
     engine = make_engine(_url())
-    with engine.connect() as conn:
-        _run(conn)
-        conn.commit()
-    engine.dispose()
+    try:
+        with migrating(engine) as conn:
+            _run(conn)
+    finally:
+        engine.dispose()
 
 
 if context.is_offline_mode():

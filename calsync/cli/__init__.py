@@ -6,7 +6,7 @@ import logging
 import sys
 
 import click
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from calsync.errors import CalsyncError
 
@@ -73,9 +73,40 @@ def main() -> None:
         # One line even for a ConfigError naming several variables (one per indented line).
         click.echo("error: " + str(err).replace(":\n  ", ": ").replace("\n  ", "; ").replace("\n", " "), err=True)
         sys.exit(2)
-    except OperationalError as err:
-        click.echo(f"error: the database cannot be reached: {str(err.orig).strip().splitlines()[0]}", err=True)
-        sys.exit(2)
     except SQLAlchemyError as err:
-        click.echo(f"error: database error: {str(err).splitlines()[0]}", err=True)
+        click.echo(f"error: {_database_problem(err)}", err=True)
         sys.exit(2)
+
+
+def _database_problem(err: SQLAlchemyError) -> str:
+    """One line for a database error. A statement that ran and failed on a schema that is not this
+    code's (a missing column: SQLite calls it an OperationalError) is told as that, with what to
+    run; it was "the database cannot be reached", which sent operators after the network."""
+    if isinstance(err, DBAPIError) and err.statement is not None:  # connected: the database is there
+        mismatch = _schema_mismatch()
+        if mismatch is not None:
+            return mismatch
+    if isinstance(err, OperationalError):
+        return f"the database cannot be reached: {str(err.orig).strip().splitlines()[0]}"
+    return f"database error: {str(err).splitlines()[0]}"
+
+
+def _schema_mismatch() -> str | None:
+    """What calsync.store.migrate says of CALSYNC_DATABASE_URL's revision, or None when it is this
+    code's head or cannot be read (the error in hand is then told as it is)."""
+    from calsync.cli.changes import refuse_missing_sqlite
+    from calsync.config import Settings
+    from calsync.store.db import make_engine
+    from calsync.store.migrate import current_revision, schema_problem
+
+    try:
+        url = Settings.from_env().database_url
+        refuse_missing_sqlite(url)  # the failed statement may have been on another file (the demo's)
+        engine = make_engine(url)
+        try:
+            problem = schema_problem(current_revision(engine))
+        finally:
+            engine.dispose()
+    except Exception:  # a courtesy on the way out: never a second error in place of the first
+        return None
+    return None if problem is None else str(problem)

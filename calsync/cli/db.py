@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from alembic.util.exc import CommandError
 
 from calsync.cli.changes import open_database, refuse_missing_sqlite
 from calsync.config import Settings
@@ -22,9 +23,13 @@ def db_upgrade(revision: str) -> None:
     """Create or upgrade the schema of CALSYNC_DATABASE_URL."""
     settings = Settings.from_env()
     engine = make_engine(settings.database_url)
-    upgrade(engine, revision)
-    click.echo(f"database at revision {current_revision(engine)}")
-    engine.dispose()
+    try:
+        upgrade(engine, revision)
+        click.echo(f"database at revision {current_revision(engine)}")
+    except CommandError as err:  # Alembic's word on the revision asked for: one line, not a traceback
+        raise click.ClickException(f"cannot upgrade to {revision!r}: {err}") from err
+    finally:
+        engine.dispose()
 
 
 @db.command("current")

@@ -36,7 +36,7 @@ from calsync.readmodels.reads import calendars_named
 from calsync.runtime import Runtime
 from calsync.store.db import make_engine, make_sessionmaker, transaction
 from calsync.store.liveness import heartbeat_is_fresh
-from calsync.store.migrate import current_revision
+from calsync.store.migrate import require_head
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import LIVE_CHANNEL, AccountStatus, ChannelKind, ChannelStatus, SyncState
 from calsync.work.leases import Claim, claim_this_calendar, finish_calendar, release_calendar
@@ -256,8 +256,8 @@ def _database() -> Iterator[tuple[Settings, Engine]]:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # the revision check is not news
     engine = make_engine(settings.database_url)
     try:
-        if current_revision(engine) is None:
-            raise ConfigError("CALSYNC_DATABASE_URL: the database has no calsync schema (run `calsync db upgrade`)")
+        # a schema behind (or ahead of) the code fails later on a missing column, told as "cannot be reached"
+        require_head(engine)
         yield settings, engine
     finally:
         engine.dispose()

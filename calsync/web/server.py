@@ -30,7 +30,7 @@ from gunicorn.app.base import BaseApplication
 from calsync.config import Settings
 from calsync.errors import ConfigError
 from calsync.store.db import make_engine
-from calsync.store.migrate import current_revision, head_revision, upgrade
+from calsync.store.migrate import require_head, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +235,6 @@ def ensure_schema(settings: Settings, *, upgrade_sqlite: bool) -> None:
             upgrade(engine)
             return
         logging.getLogger("alembic").setLevel(logging.WARNING)  # a revision check is not news
-        current, head = current_revision(engine), head_revision()
-        if current != head:
-            raise ConfigError(
-                f"the database schema is at {current or 'nothing'}, not {head}: run `calsync db upgrade` first"
-            )
+        require_head(engine)
     finally:
         engine.dispose()

@@ -55,9 +55,11 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         admin.dispose()
 
 
-def test_0003_keeps_every_change_and_delivery_and_types_them(empty_db_url: str) -> None:
-    """Rows written under 0002 survive 0003: changes typed, their account filled in, deliveries kept."""
-    engine = make_engine(empty_db_url)
+SEEDED = ("accounts", "calendars", "events", "changes", "channels", "deliveries", "delivery_attempts")
+
+
+def seed_at_0002(engine: Engine) -> None:
+    """A database at 0002 with a row or more in every table a migration's table copy could empty."""
     upgrade(engine, "0002")
     now = datetime(2026, 11, 30, tzinfo=UTC)
     with engine.begin() as conn:
@@ -94,11 +96,57 @@ def test_0003_keeps_every_change_and_delivery_and_types_them(empty_db_url: str) 
         )
         conn.execute(
             text(
-                "INSERT INTO deliveries (subscription_id, change_seq, message_id, state, attempts,"
-                " created_at) VALUES ('wh_1', 2, 'msg_wh_1_2', 'pending', 0, :now)"
+                "INSERT INTO deliveries (id, subscription_id, change_seq, message_id, state, attempts,"
+                " created_at) VALUES (5, 'wh_1', 2, 'msg_wh_1_2', 'pending', 0, :now)"
             ),
             {"now": now},
         )
+        conn.execute(
+            text(
+                "INSERT INTO delivery_attempts (delivery_id, attempted_at, status_code, latency_ms)"
+                " VALUES (5, :now, 500, 12.5)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO events (calendar_id, google_id, status, data, seen_gen)"
+                " VALUES (3, 'ev1', 'confirmed', '{\"id\": \"ev1\"}', 1)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO channels (id, account_id, calendar_id, kind, token_hash, status, created_at)"
+                " VALUES ('ch_1', 7, 3, 'events', 'h', 'active', :now)"
+            ),
+            {"now": now},
+        )
+
+
+def row_counts(url: str) -> dict[str, int]:
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        counts = {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in SEEDED}
+    engine.dispose()
+    return counts
+
+
+def alembic_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Alembic's own command, run from the checkout (configured by pyproject.toml) on `url`."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("alembic")), *args],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "CALSYNC_DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_0003_keeps_every_change_and_delivery_and_types_them(empty_db_url: str) -> None:
+    """Rows written under 0002 survive 0003: changes typed, their account filled in, deliveries kept."""
+    engine = make_engine(empty_db_url)
+    seed_at_0002(engine)
     upgrade(engine)
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT seq, type, account_id, calendar_id, event_id FROM changes ORDER BY seq")).all()
@@ -140,16 +188,40 @@ def test_alembic_s_own_command_upgrades_from_a_checkout(tmp_path: Path) -> None:
     """Configured by pyproject.toml, with no alembic.ini: the environment asked the missing file
     for the URL and failed before reading CALSYNC_DATABASE_URL."""
     url = f"sqlite:///{tmp_path / 'plain.db'}"
-    alembic = Path(sys.executable).with_name("alembic")
-    done = subprocess.run(
-        [str(alembic), "upgrade", "head"],
-        cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ, "CALSYNC_DATABASE_URL": url},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = alembic_cli(url, "upgrade", "head")
     assert done.returncode == 0, done.stderr[-2000:]
     engine = make_engine(url)
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_alembic_s_own_downgrade_keeps_every_row(empty_db_url: str) -> None:
+    """With SQLite's foreign keys on, dropping the old copy of calendars emptied events, changes,
+    channels, deliveries and their attempts through ON DELETE CASCADE, and the command said 0."""
+    engine = make_engine(empty_db_url)
+    seed_at_0002(engine)
+    upgrade(engine)
+    engine.dispose()
+    before = row_counts(empty_db_url)
+    assert all(before.values()), before
+    done = alembic_cli(empty_db_url, "downgrade", "-1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert row_counts(empty_db_url) == before
+    engine = make_engine(empty_db_url)
+    assert current_revision(engine) == ScriptDirectory.from_config(alembic_config()).get_revision("head").down_revision
+    engine.dispose()
+
+
+def test_alembic_s_own_upgrade_from_an_old_revision_keeps_every_row(empty_db_url: str) -> None:
+    """0003 copies changes: the DROP of its old copy emptied deliveries and delivery_attempts."""
+    engine = make_engine(empty_db_url)
+    seed_at_0002(engine)
+    engine.dispose()
+    before = row_counts(empty_db_url)
+    assert all(before.values()), before
+    done = alembic_cli(empty_db_url, "upgrade", "head")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert row_counts(empty_db_url) == before
+    engine = make_engine(empty_db_url)
     assert current_revision(engine) == head_revision()
     engine.dispose()
