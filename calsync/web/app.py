@@ -20,7 +20,7 @@ from calsync.runtime import Runtime
 from calsync.store.jsontext import printable
 from calsync.store.keyfiles import read_or_create
 from calsync.store.locations import resource_dir
-from calsync.web import receiver
+from calsync.web import MAX_BODY_BYTES, receiver
 
 STATIC = resource_dir("static")
 JSON_DEPTH = 32  # levels of arrays and objects a request body may nest
@@ -43,7 +43,7 @@ def build_app(settings: Settings | None = None, *, runtime: Runtime | None = Non
     # where a page shows it, so the page still renders.
     app.jinja_env.finalize = _displayable
     app.config["SECRET_KEY"] = session_secret(settings)
-    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["SESSION_COOKIE_HTTPONLY"] = True
     app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
     app.config["SESSION_COOKIE_SECURE"] = settings.public_url.startswith("https://")

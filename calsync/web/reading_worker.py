@@ -9,7 +9,7 @@ answer it, from the bytes already read, so a thread never waits on a client's re
 that has not sent a whole request within `REQUEST_SECONDS` of its first byte (or a new one that sends
 nothing within `FIRST_BYTE_SECONDS`) is closed. The loop refuses at once, and closes, what it would
 otherwise have to hold without bound: headers past `HEADER_LIMIT` (431), a declared body past the
-app's own limit (413, `MAX_CONTENT_LENGTH` of `calsync.web.app`) and a chunked body (411). So the
+app's own limit (413, `calsync.web.MAX_BODY_BYTES`) and a chunked body (411). So the
 loop holds at most that body limit, `HEADER_LIMIT` and one read (64 KB) past them, about 1.2 MB, per
 connection, times gunicorn's `worker_connections` (1,000 by default), each for `REQUEST_SECONDS`.
 """
@@ -28,6 +28,7 @@ from typing import Any
 
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from calsync.web import MAX_BODY_BYTES
 from calsync.web.handover import wait_for_replacements
 
 FIRST_BYTE_SECONDS = 5.0  # from a new connection to its first byte (gthread's own wait for data)
@@ -61,7 +62,6 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reading: dict[ReadingConn, None] = {}  # connections the event loop is reading from
-        self.body_limit = 0  # the app's own (set once it is loaded): bodies past it are refused
         self.stopping = False
         # gunicorn judges a process by the mtime of this file, which its heartbeat sets to monotonic
         # seconds; made (here, in the master, before the fork) it holds the wall clock's, decades ahead
@@ -84,9 +84,6 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
             super().load_wsgi()
         finally:
             loaded.set()
-        # The app's limit, read from the app, so the two cannot disagree: a body it would refuse
-        # anyway is not worth holding in memory.
-        self.body_limit = int(self.wsgi.config["MAX_CONTENT_LENGTH"])
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         """SIGTERM: stop gracefully, but on a socket of its own only once a replacement listens
@@ -167,7 +164,7 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
             conn.deadline = time.monotonic() + REQUEST_SECONDS
         conn.pending += data
         try:
-            complete = _complete(conn.pending, self.body_limit)
+            complete = _complete(conn.pending, MAX_BODY_BYTES)
         except _Refused as refusal:
             self._refuse(conn, refusal.status)
             return
