@@ -8,6 +8,7 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from gunicorn.config import Config
 
@@ -156,3 +157,27 @@ def test_a_process_is_judged_by_its_heartbeat_from_the_moment_it_is_made() -> No
         assert 0 <= time.monotonic() - worker.tmp.last_update() < 5
     finally:
         worker.tmp.close()
+
+
+@pytest.mark.parametrize(
+    ("raw", "answer"),
+    [
+        (b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", True),
+        (b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc", False),  # the body's rest is awaited
+        (b"POST /x HTTP/1.1\r\ncontent-length:  5 \r\n\r\nabcde", True),
+        (b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", True),  # the parser's 400
+        (b"POST /x HTTP/1.1\r\nContent-Length: 0001048577\r\n\r\n", "413 Content Too Large"),
+        (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "411 Length Required"),
+        (b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70_000, "431 Request Header Fields Too Large"),
+        (b"GET / HTTP/1.1\r\nHost: x", False),
+    ],
+)
+def test_the_event_loop_hands_over_only_whole_requests(raw: bytes, answer: bool | str) -> None:
+    from calsync.web import MAX_BODY_BYTES
+    from calsync.web.reading_worker import _complete, _Refused
+
+    try:
+        got: bool | str = _complete(bytearray(raw), MAX_BODY_BYTES)
+    except _Refused as refusal:
+        got = refusal.status
+    assert got == answer
