@@ -31,6 +31,10 @@ LATEST = datetime(9998, 1, 1, tzinfo=UTC)
 # Occurrences remembered per series at most (a daily series over 130 years); windows beyond are
 # expanded afresh on each question instead of being kept.
 MAX_REMEMBERED = 50_000
+# How far past now a series' occurrences are remembered: a question about a later window is expanded
+# afresh from near it. One question about the year 2150 made every endless series of the calendar
+# remember 130 years of occurrences (6-8 MB each) for the life of the process.
+REMEMBER_AHEAD = timedelta(days=5 * 366)
 # Slack around a window when bisecting remembered starts: DST moves a wall-time end by hours.
 _SLACK = timedelta(days=2)
 _UNTIL = re.compile(r"(UNTIL=)([0-9]{8}(?:T[0-9]{6}Z?)?)", re.IGNORECASE)
@@ -138,6 +142,7 @@ class _Series:
         self._horizon: datetime | None = None  # start of the last occurrence generated
         self._exhausted = False
         self._capped = False  # MAX_REMEMBERED reached: windows beyond are expanded afresh, not kept
+        self._remember_until = datetime.now(UTC) + REMEMBER_AHEAD
         self._lock = threading.Lock()
 
     def between(self, low: datetime, high: datetime, hidden: set[datetime | date]) -> list[Occurrence]:
@@ -196,8 +201,10 @@ class _Series:
         the remembered ones, or past the remembered limit a one-off expansion of the window."""
         until = high + _SLACK
         with self._lock:
-            self._extend(until)
-            if not self._capped or (self._horizon is not None and self._horizon >= until):
+            if until <= self._remember_until:
+                self._extend(until)
+            remembered = not self._capped or (self._horizon is not None and self._horizon >= until)
+            if remembered and (until <= self._remember_until or self._exhausted):
                 starts = self._starts
                 return (
                     starts,

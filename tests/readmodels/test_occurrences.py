@@ -394,3 +394,26 @@ def test_a_refresh_that_cannot_place_an_events_new_version_drops_its_old_one() -
     assert refreshed.busy_blocks(*window) == fresh.busy_blocks(*window) == []
     assert refreshed.occurrences(*window) == []
     assert refreshed.versions()["e1"] == ('"2"', "2026-01-02T00:00:00.000Z")  # held: not read again
+
+
+def test_a_far_future_window_is_expanded_afresh_and_not_remembered() -> None:
+    """The web process keeps parsed calendars for hours: a question about the year 2150 (anyone with
+    the API token can ask one) must not make each endless series remember 130 years of occurrences."""
+    daily = {
+        "id": "d1",
+        "status": "confirmed",
+        "etag": '"1"',
+        "updated": "2020-01-01T00:00:00.000Z",
+        "start": {"dateTime": "2020-01-01T09:00:00Z", "timeZone": "UTC"},
+        "end": {"dateTime": "2020-01-01T09:30:00Z", "timeZone": "UTC"},
+        "recurrence": ["RRULE:FREQ=DAILY"],
+    }
+    mirror = CalendarMirror([daily], "UTC")
+    far = _window("2150-03-01T00:00:00Z", "2150-03-08T00:00:00Z")
+    found = mirror.occurrences(*far)
+    assert [o.start for o in found] == [datetime(2150, 3, d, 9, tzinfo=UTC) for d in range(1, 8)]
+    assert mirror.series[0]._starts == []  # nothing kept for it
+    near = _window("2026-03-01T00:00:00Z", "2026-03-08T00:00:00Z")
+    assert len(mirror.occurrences(*near)) == 7
+    assert 2_000 < len(mirror.series[0]._starts) < 2_500  # 2020 to the week asked, kept for the next question
+    assert [o.start for o in mirror.occurrences(*far)] == [o.start for o in found]
