@@ -165,6 +165,7 @@ class _SyncRun:
     finish: Finish | None = None
     activity: Activity = field(default_factory=lambda: Activity(None, None))
     created_at: datetime | None = None
+    feed_seq: int | None = None  # the feed's newest seq as the claim read it (see `run`)
     api: GoogleCalendar = field(init=False)
     # Totals over the whole job: an incremental cut short by a 410 still counts what it committed.
     pages: int = 0
@@ -218,6 +219,7 @@ class _SyncRun:
             token_before=creds.token,
             activity=Activity(start.last_changed_at, start.activity),
             created_at=start.created_at,
+            feed_seq=start.feed_seq,
         )
         budget = runtime.budget.spender(start.account_id, priority)
         job.api = GoogleCalendar(creds, runtime.settings.calendar_api_endpoint, budget=budget)
@@ -230,8 +232,11 @@ class _SyncRun:
         fresh = False  # a full listing into a mirror that held no row of this calendar as it began
         deferred: list[dict[str, Any]] = []
         # An incremental listing may begin before a write through calsync reaches Google and be applied
-        # after the write's commit: the feed's position now tells the writes it may not show.
-        began_at = self._feed_position() if token is not None else None
+        # after the write's commit: the feed's position before it (read by the worker's claim, or here
+        # for a sync nobody claimed) tells the writes it may not show.
+        began_at = (
+            (self.feed_seq if self.feed_seq is not None else self._feed_position()) if token is not None else None
+        )
         with closing(self._pages(token)) as pages:
             for page, credentials, committing in pages:
                 next_sync_token = page.get("nextSyncToken")

@@ -30,6 +30,9 @@ class CalendarState:
     created_at: datetime | None = None
     last_changed_at: datetime | None = None
     activity: float | None = None
+    # The feed's newest seq when the claim was made, before any listing: writes through calsync
+    # committed after it may be newer than what the listing shows (None: read it before listing).
+    feed_seq: int | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from sqlalchemy import ColumnElement, bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from calsync.clock import utc
+from calsync.feed.cursor import newest_seq_value
 from calsync.store.db import is_postgres, rows_affected
 from calsync.store.liveness import claiming_as, lease_is_free, stale_before
 from calsync.store.models import Account, Calendar, Channel
@@ -85,6 +86,7 @@ def claim_calendar(
         created_at=utc(row.created_at),
         last_changed_at=utc(row.last_changed_at),
         activity=row.activity,
+        feed_seq=row.feed_seq,
     )
     return Claim(
         id=row.id,
@@ -404,6 +406,7 @@ _RETURNED = (
     .correlate(_CAL)
     .exists()
     .label("channel_ok"),
+    newest_seq_value().label("feed_seq"),  # read with the claim: no round trip of its own before the listing
 )
 _SET_LEASE = {"lease_owner": bindparam("owner"), "lease_until": bindparam("until", type_=_CAL.c.lease_until.type)}
 _CLAIM = update(_CAL).where(_CAL.c.id == _PICK).values(**_SET_LEASE).returning(*_RETURNED)

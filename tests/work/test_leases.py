@@ -320,3 +320,18 @@ def _removed_rows(rt: Runtime) -> list[str]:
             .where(Change.type == ChangeType.CALENDAR_REMOVED)
         )
         return [google_id for (google_id,) in rows]
+
+
+def test_a_claim_reads_the_feeds_position_before_any_listing(rt: Runtime, emu: Any) -> None:
+    """The sync's listing starts after the claim: a write committed after it may be newer than what
+    the listing shows (calsync.sync.mirror), so the claim hands the sync the feed's newest seq."""
+    from calsync.feed.cursor import newest_seq
+
+    _due_calendar(rt, emu)
+    with rt.sessions() as session:
+        before = newest_seq(session)
+    assert before > 0
+    with transaction(rt.sessions) as session:
+        claim = claim_calendar(session, "w/0", rt.clock.now(), LEASE)
+    assert claim is not None and claim.calendar is not None
+    assert claim.calendar.feed_seq == before
