@@ -10,16 +10,21 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, func, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
 from calsync.feed.cursor import check_cursor, newest_seq
+from calsync.store.db import is_postgres
 from calsync.store.models import Account, Calendar, Change
 from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType, Origin
 
 CHANGES_DEFAULT_LIMIT = 100
 CHANGES_MAX_LIMIT = 1000
+# A page also ends once the rows before its last one hold this many bytes of stored event JSON (so
+# never before its first row): a row holds the event twice, and a thousand rows of a meeting with a
+# thousand guests made one answer of 180 MB, all of it in the web process's memory at once.
+CHANGES_PAGE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -107,23 +112,54 @@ def changes_page(
     feed's newest seq, so `next` moves past the rows its filter left out up to there: a filtered
     consumer whose rows were rare kept an old cursor, and once retention passed it got 410
     `cursor_expired` though none of its rows had been deleted. A cursor behind rows that retention
-    deleted raises CursorExpired: the page would silently lack them.
+    deleted raises CursorExpired: the page would silently lack them. A page whose rows pass
+    `CHANGES_PAGE_BYTES` ends early, its `next` the last seq returned, as after a full page.
     """
     # Read first: every row up to it is committed, so the query below sees them all.
     newest = newest_seq(session)
-    query = feed_rows().where(Change.seq > after).order_by(Change.seq).limit(limit)
+    wanted = select(Change.seq, _stored_size(session).label("size")).where(Change.seq > after)
     if calendars is not None:
-        query = query.where(Change.calendar_id.in_([c.id for c in calendars]))
+        wanted = wanted.where(Change.calendar_id.in_([c.id for c in calendars]))
     if types is not None:
-        query = query.where(Change.type.in_(sorted(types)))
+        wanted = wanted.where(Change.type.in_(sorted(types)))
     if origin is not None:
-        query = query.where(Change.origin == origin.value)
-    items = [change_to_dict(change, email, google_id) for change, email, google_id in session.execute(query)]
+        wanted = wanted.where(Change.origin == origin.value)
+    # The page's seqs and sizes first (at most `limit`), then, in the same statement, only the rows
+    # whose predecessors on the page stay under the byte budget: rows past the cut are never read.
+    first = wanted.order_by(Change.seq).limit(limit).subquery()
+    sized = select(
+        first.c.seq,
+        (func.sum(first.c.size).over(order_by=first.c.seq) - first.c.size).label("before_it"),
+        func.count().over().label("wanted"),
+    ).subquery()
+    query = (
+        feed_rows()
+        .add_columns(sized.c.wanted)
+        .join(sized, sized.c.seq == Change.seq)
+        .where(sized.c.before_it < CHANGES_PAGE_BYTES)
+        .order_by(Change.seq)
+    )
+    rows = session.execute(query).all()
+    items = [change_to_dict(change, email, google_id) for change, email, google_id, _ in rows]
+    found = rows[0][3] if rows else 0  # the rows the page wanted before the cut
     # After the rows: the mark only grows and moves with its deletions, so a mark read now that
     # is not past `after` proves that the rows above were all there when they were read.
     check_cursor(session, after)
     next_seq = items[-1]["seq"] if items else after
-    return ChangesPage(items, max(next_seq, newest) if len(items) < limit else next_seq)
+    full = len(items) >= limit or len(items) < found  # cut by its size: more may follow, as after a full page
+    return ChangesPage(items, next_seq if full else max(next_seq, newest))
+
+
+def _stored_size(session: Session) -> ColumnElement[int]:
+    """A row's stored event JSON in bytes, as the engine can tell it cheaply (PostgreSQL: as stored,
+    maybe compressed, read without decompressing it)."""
+    if is_postgres(session):
+        return func.coalesce(func.pg_column_size(Change.before), 0) + func.coalesce(
+            func.pg_column_size(Change.after), 0
+        )
+    return func.coalesce(func.length(cast(Change.before, Text)), 0) + func.coalesce(
+        func.length(cast(Change.after, Text)), 0
+    )
 
 
 def lifecycle_details(change: Change) -> dict[str, Any]:

@@ -577,3 +577,37 @@ def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
         c["type"]
         for c in api.get(f"{live_server}/api/changes", params={"calendar": team, **event_rows}).json()["changes"]
     ] == ["event.snapshot"]
+
+
+def test_a_page_of_large_rows_ends_at_the_byte_budget_and_the_next_page_goes_on(
+    client: Any, seed: Seed, api_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows of a meeting with a thousand guests are ~180 KB each: a page of a thousand of them was one
+    answer of 180 MB. A page ends once the rows before its last pass the budget; no row is lost or
+    repeated, and rows past the cut are not read."""
+    import base64
+    import os
+
+    from calsync.feed import reads
+
+    monkeypatch.setattr(reads, "CHANGES_PAGE_BYTES", 100_000)
+    cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
+
+    def big(n: int) -> dict[str, Any]:  # incompressible, so PostgreSQL stores it at about its size
+        return {"id": f"e{n}", "description": base64.b64encode(os.urandom(15_000)).decode()}
+
+    seqs = [seed.change(cal, f"e{n}", "updated", big(n), big(n)) for n in range(7)]  # ~40 KB a row
+    small = seed.change(cal, "s", "created", None, {"id": "s"})
+
+    def page(after: int) -> tuple[list[int], int]:
+        body = client.get(f"/api/changes?after={after}&limit=100", headers=api_headers).get_json()
+        return [c["seq"] for c in body["changes"]], body["next"]
+
+    first, cursor = page(0)
+    assert first == seqs[:3] and cursor == seqs[2]  # 0, 40 and 80 KB before each: the fourth passes 100 KB
+    second, cursor = page(cursor)
+    assert second == seqs[3:6] and cursor == seqs[5]
+    third, cursor = page(cursor)
+    assert third == [seqs[6], small] and cursor == small  # not cut: past every row
+    monkeypatch.setattr(reads, "CHANGES_PAGE_BYTES", 10)
+    assert page(0) == ([seqs[0]], seqs[0])  # never fewer than one row
