@@ -5,6 +5,7 @@ They print the same dicts, so they are built in one place.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -117,29 +118,15 @@ def changes_page(
     """
     # Read first: every row up to it is committed, so the query below sees them all.
     newest = newest_seq(session)
-    wanted = select(Change.seq, _stored_size(session).label("size")).where(Change.seq > after)
+    params: dict[str, Any] = {"after": after, "limit": limit, "budget": CHANGES_PAGE_BYTES}
     if calendars is not None:
-        wanted = wanted.where(Change.calendar_id.in_([c.id for c in calendars]))
+        params["calendars"] = [c.id for c in calendars]
     if types is not None:
-        wanted = wanted.where(Change.type.in_(sorted(types)))
+        params["types"] = sorted(types)
     if origin is not None:
-        wanted = wanted.where(Change.origin == origin.value)
-    # The page's seqs and sizes first (at most `limit`), then, in the same statement, only the rows
-    # whose predecessors on the page stay under the byte budget: rows past the cut are never read.
-    first = wanted.order_by(Change.seq).limit(limit).subquery()
-    sized = select(
-        first.c.seq,
-        (func.sum(first.c.size).over(order_by=first.c.seq) - first.c.size).label("before_it"),
-        func.count().over().label("wanted"),
-    ).subquery()
-    query = (
-        feed_rows()
-        .add_columns(sized.c.wanted)
-        .join(sized, sized.c.seq == Change.seq)
-        .where(sized.c.before_it < CHANGES_PAGE_BYTES)
-        .order_by(Change.seq)
-    )
-    rows = session.execute(query).all()
+        params["origin"] = origin.value
+    query = _page_query(is_postgres(session), calendars is not None, types is not None, origin is not None)
+    rows = session.execute(query, params).all()
     items = [change_to_dict(change, email, google_id) for change, email, google_id, _ in rows]
     found = rows[0][3] if rows else 0  # the rows the page wanted before the cut
     # After the rows: the mark only grows and moves with its deletions, so a mark read now that
@@ -150,10 +137,39 @@ def changes_page(
     return ChangesPage(items, next_seq if full else max(next_seq, newest))
 
 
-def _stored_size(session: Session) -> ColumnElement[int]:
+@functools.cache
+def _page_query(postgres: bool, by_calendar: bool, by_type: bool, by_origin: bool) -> Select[Any]:
+    """`changes_page`'s statement, built once per form (building it cost more than running it).
+
+    The page's seqs and sizes first (at most `limit`), then, in the same statement, only the rows
+    whose predecessors on the page stay under the byte budget: rows past the cut are never read.
+    """
+    wanted = select(Change.seq, _stored_size(postgres).label("size")).where(Change.seq > bindparam("after"))
+    if by_calendar:
+        wanted = wanted.where(Change.calendar_id.in_(bindparam("calendars", expanding=True)))
+    if by_type:
+        wanted = wanted.where(Change.type.in_(bindparam("types", expanding=True)))
+    if by_origin:
+        wanted = wanted.where(Change.origin == bindparam("origin"))
+    first = wanted.order_by(Change.seq).limit(bindparam("limit")).subquery()
+    sized = select(
+        first.c.seq,
+        (func.sum(first.c.size).over(order_by=first.c.seq) - first.c.size).label("before_it"),
+        func.count().over().label("wanted"),
+    ).subquery()
+    return (
+        feed_rows()
+        .add_columns(sized.c.wanted)
+        .join(sized, sized.c.seq == Change.seq)
+        .where(sized.c.before_it < bindparam("budget"))
+        .order_by(Change.seq)
+    )
+
+
+def _stored_size(postgres: bool) -> ColumnElement[int]:
     """A row's stored event JSON in bytes, as the engine can tell it cheaply (PostgreSQL: as stored,
     maybe compressed, read without decompressing it)."""
-    if is_postgres(session):
+    if postgres:
         return func.coalesce(func.pg_column_size(Change.before), 0) + func.coalesce(
             func.pg_column_size(Change.after), 0
         )
