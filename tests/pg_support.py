@@ -17,14 +17,39 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import make_url, text
 
 from calsync.store.db import make_engine
 from calsync.store.migrate import upgrade
 
 TEMPLATE = "calsync_template"
+
+
+@contextlib.contextmanager
+def empty_database(kind: str, folder: Path, prefix: str) -> Iterator[str]:
+    """The URL of an empty database of a test's own (a file in `folder`, or a database created on
+    CALSYNC_TEST_DATABASE_URL's server and dropped after), for tests that set its schema themselves."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / f'{prefix}.db'}"
+        return
+    base = os.environ.get("CALSYNC_TEST_DATABASE_URL")
+    if not base:
+        pytest.skip("PostgreSQL run skipped: set CALSYNC_TEST_DATABASE_URL")
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
 
 
 def pg_bin() -> Path | None:

@@ -10,18 +10,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import make_url, text
+from sqlalchemy import text
 
 from calsync.store.crypto import new_key
 from calsync.store.db import make_engine
 from calsync.store.migrate import alembic_config, head_revision, upgrade
 from tests.cli.test_status import one_line_error
+from tests.pg_support import empty_database
 
 CALSYNC = str(Path(sys.executable).with_name("calsync"))
 HEAD = head_revision() or ""
@@ -33,22 +33,8 @@ NEWER = f"the database's schema ({AHEAD}) is newer than this calsync knows (head
 @pytest.fixture(params=["sqlite", "postgresql"])
 def own_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database of its own: these tests set its revision where the shared ones cannot go."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'calsync.db'}"
-        return
-    base = os.environ.get("CALSYNC_TEST_DATABASE_URL")
-    if not base:
-        pytest.skip("PostgreSQL run skipped: set CALSYNC_TEST_DATABASE_URL")
-    name = f"calsync_revision_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
+    with empty_database(request.param, tmp_path, "calsync_revision") as url:
+        yield url
 
 
 def at_revision(url: str, revision: str) -> None:

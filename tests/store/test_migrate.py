@@ -4,19 +4,19 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, make_url, text
+from sqlalchemy import Engine, inspect, text
 
 from alembic import command
 from calsync.store.db import make_engine
 from calsync.store.migrate import alembic_config, current_revision, head_revision, upgrade
 from calsync.store.models import Base
+from tests.pg_support import empty_database
 
 
 def test_migration_history_has_a_single_head() -> None:
@@ -37,22 +37,8 @@ def test_migrations_match_the_models(db_url: str) -> None:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database of its own, so a migration can start below head."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    base = os.environ.get("CALSYNC_TEST_DATABASE_URL")
-    if not base:
-        pytest.skip("PostgreSQL run skipped: set CALSYNC_TEST_DATABASE_URL")
-    name = f"calsync_migrate_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
+    with empty_database(request.param, tmp_path, "calsync_migrate") as url:
+        yield url
 
 
 SEEDED = ("accounts", "calendars", "events", "changes", "channels", "deliveries", "delivery_attempts")
@@ -195,33 +181,28 @@ def test_alembic_s_own_command_upgrades_from_a_checkout(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_alembic_s_own_downgrade_keeps_every_row(empty_db_url: str) -> None:
-    """With SQLite's foreign keys on, dropping the old copy of calendars emptied events, changes,
-    channels, deliveries and their attempts through ON DELETE CASCADE, and the command said 0."""
+@pytest.mark.parametrize(
+    ("from_head", "args"),
+    [
+        # With SQLite's foreign keys on, dropping the old copy of calendars emptied events, changes,
+        # channels, deliveries and their attempts through ON DELETE CASCADE, and the command said 0.
+        (True, ("downgrade", "-1")),
+        # 0003 copies changes: the DROP of its old copy emptied deliveries and delivery_attempts.
+        (False, ("upgrade", "head")),
+    ],
+)
+def test_alembic_s_own_command_keeps_every_row(empty_db_url: str, from_head: bool, args: tuple[str, str]) -> None:
     engine = make_engine(empty_db_url)
     seed_at_0002(engine)
-    upgrade(engine)
+    if from_head:
+        upgrade(engine)
     engine.dispose()
     before = row_counts(empty_db_url)
     assert all(before.values()), before
-    done = alembic_cli(empty_db_url, "downgrade", "-1")
+    done = alembic_cli(empty_db_url, *args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert row_counts(empty_db_url) == before
     engine = make_engine(empty_db_url)
-    assert current_revision(engine) == ScriptDirectory.from_config(alembic_config()).get_revision("head").down_revision
-    engine.dispose()
-
-
-def test_alembic_s_own_upgrade_from_an_old_revision_keeps_every_row(empty_db_url: str) -> None:
-    """0003 copies changes: the DROP of its old copy emptied deliveries and delivery_attempts."""
-    engine = make_engine(empty_db_url)
-    seed_at_0002(engine)
-    engine.dispose()
-    before = row_counts(empty_db_url)
-    assert all(before.values()), before
-    done = alembic_cli(empty_db_url, "upgrade", "head")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert row_counts(empty_db_url) == before
-    engine = make_engine(empty_db_url)
-    assert current_revision(engine) == head_revision()
+    head = ScriptDirectory.from_config(alembic_config()).get_revision("head")
+    assert current_revision(engine) == (head.down_revision if from_head else head.revision)
     engine.dispose()

@@ -37,19 +37,7 @@ def test_sixteen_slow_sockets_leave_notifications_and_healthz_answering(settings
         try:
             time.sleep(0.5)  # gthread's threads would be reading them by now
             for _ in range(3):
-                started = time.monotonic()
-                health = requests.get(base + "/healthz", timeout=2)
-                notified = requests.post(
-                    base + "/notifications",
-                    headers={
-                        "X-Goog-Channel-ID": "00000000-0000-4000-8000-000000000000",
-                        "X-Goog-Resource-State": "exists",
-                        "X-Goog-Message-Number": "2",
-                    },
-                    timeout=2,
-                )
-                assert health.status_code in (200, 503) and notified.status_code == 404
-                assert time.monotonic() - started < 2
+                _answers_within_two_seconds(base)
         finally:
             for sock in slow:
                 sock.close()
@@ -75,19 +63,7 @@ def test_sockets_trickling_big_bodies_leave_notifications_and_healthz_answering(
                 time.sleep(1)
                 for sock in slow:
                     sock.send(b"x")
-                started = time.monotonic()
-                health = requests.get(base + "/healthz", timeout=2)
-                notified = requests.post(
-                    base + "/notifications",
-                    headers={
-                        "X-Goog-Channel-ID": "00000000-0000-4000-8000-000000000000",
-                        "X-Goog-Resource-State": "exists",
-                        "X-Goog-Message-Number": "2",
-                    },
-                    timeout=2,
-                )
-                assert health.status_code in (200, 503) and notified.status_code == 404
-                assert time.monotonic() - started < 2
+                _answers_within_two_seconds(base)
         finally:
             for sock in slow:
                 sock.close()
@@ -181,3 +157,20 @@ def test_the_event_loop_hands_over_only_whole_requests(raw: bytes, answer: bool 
     except _Refused as refusal:
         got = refusal.status
     assert got == answer
+
+
+def _answers_within_two_seconds(base: str) -> None:
+    """`/healthz` and `/notifications` (an unknown channel's 404: a thread took it) both answer at once."""
+    started = time.monotonic()
+    health = requests.get(base + "/healthz", timeout=2)
+    notified = requests.post(
+        base + "/notifications",
+        headers={
+            "X-Goog-Channel-ID": "00000000-0000-4000-8000-000000000000",
+            "X-Goog-Resource-State": "exists",
+            "X-Goog-Message-Number": "2",
+        },
+        timeout=2,
+    )
+    assert health.status_code in (200, 503) and notified.status_code == 404
+    assert time.monotonic() - started < 2
