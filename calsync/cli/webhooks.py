@@ -38,7 +38,7 @@ def webhooks() -> None:
     multiple=True,
     default=("*",),
     show_default=True,
-    help="event.created, event.updated, event.deleted or * (repeatable).",
+    help="a type of the feed's rows (event.updated, account.disconnected, calendar.added, ...) or * (repeatable).",
 )
 @click.option(
     "--calendar",
