@@ -5,7 +5,6 @@ Calendars are named the way people know them: their Google id, or their title wh
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -253,7 +252,6 @@ def _database() -> Iterator[tuple[Settings, Engine]]:
         and not Path(url.database).exists()
     ):
         raise ConfigError(f"CALSYNC_DATABASE_URL: no database at {url.database} (run `calsync db upgrade`)")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # the revision check is not news
     engine = make_engine(settings.database_url)
     try:
         # a schema behind (or ahead of) the code fails later on a missing column, told as "cannot be reached"

@@ -234,7 +234,6 @@ def ensure_schema(settings: Settings, *, upgrade_sqlite: bool) -> None:
         if upgrade_sqlite and settings.is_sqlite:
             upgrade(engine)
             return
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # a revision check is not news
         require_head(engine)
     finally:
         engine.dispose()
