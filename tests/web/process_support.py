@@ -53,22 +53,21 @@ def calsync_web(settings: Settings, log: Path, **extra_env: str) -> Iterator[str
 @contextmanager
 def calsync_process(settings: Settings, log: Path, args: list[str], **extra_env: str) -> Iterator[str]:
     """A running `calsync <args>` server on a free port; yields its base URL."""
+    argv = [str(Path(sys.executable).parent / "calsync"), *args]
+    with server_process(argv, web_env(settings, **extra_env), log, "/api/openapi.json", f"calsync {args[0]}") as base:
+        yield base
+
+
+@contextmanager
+def server_process(argv: list[str], env: dict[str, str], log: Path, ready: str, what: str) -> Iterator[str]:
+    """`argv --port <free port>` running until the block ends (SIGTERM, then a kill), once its `ready`
+    path answers 200; yields its base URL."""
     port = free_port()
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "calsync"), *args, "--port", str(port)],
-            env=web_env(settings, **extra_env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen([*argv, "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(
-            lambda: proc.poll() is not None or _healthy(base + "/api/openapi.json"),
-            timeout=60,
-            interval=0.1,
-            what=f"calsync {args[0]}",
-        )
+        wait_for(lambda: proc.poll() is not None or _healthy(base + ready), timeout=60, interval=0.1, what=what)
         assert proc.poll() is None, log.read_text()
         yield base
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from gunicorn.config import Config
 
 from calsync.config import Settings
 from calsync.web.reading_worker import ReadingThreadWorker
-from tests.web.process_support import calsync_process, calsync_web
+from tests.web.process_support import calsync_process, calsync_web, server_process, web_env
 
 SLOW_SOCKETS = 16  # twice the request threads of `calsync serve`
 BIG_BODY = 1_000_000  # under the app's limit of 1 MiB, over what a thread may be left to read
@@ -179,41 +180,8 @@ def _answers_within_two_seconds(base: str) -> None:
 def test_the_worker_serves_an_app_that_sets_no_body_limit_of_its_own(settings: Settings, tmp_path: Path) -> None:
     """The worker's body limit is calsync's constant, not read from the app it loads: read from the
     app, it failed to boot under a plain Flask app (the receiver benchmark's bare endpoint)."""
-    import signal
-    import subprocess
-    import sys
-
-    from tests.conftest import free_port
-    from tests.push_support import wait_for
-    from tests.web.process_support import web_env
-
-    port = free_port()
     bare = Path(__file__).resolve().parents[1] / "bench" / "_bare_app.py"
-    with (tmp_path / "bare.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(bare), "--port", str(port), "--workers", "1"],
-            env=web_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-
-        def answers() -> bool:
-            try:
-                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_for(lambda: proc.poll() is not None or answers(), timeout=30, interval=0.2, what="the bare app")
-        assert proc.poll() is None and answers(), (tmp_path / "bare.log").read_text()
-        posted = requests.post(
-            f"http://127.0.0.1:{port}/notifications", data=b"x" * 2_000_000, timeout=5
-        )  # past calsync's limit: refused by the worker itself
-        assert posted.status_code == 413
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    argv = [sys.executable, str(bare), "--workers", "1"]
+    with server_process(argv, web_env(settings), tmp_path / "bare.log", "/healthz", "the bare app") as base:
+        # past calsync's limit: refused by the worker itself
+        assert requests.post(base + "/notifications", data=b"x" * 2_000_000, timeout=5).status_code == 413
