@@ -199,8 +199,12 @@ def test_a_worker_started_while_postgres_is_away_starts_once_it_is_back(
     try:
         outage.join()
         wait_until(lambda: worker.listener is not None, 20, "the worker started")
-        with runtime.sessions() as session:
-            assert session.get(WorkerHeartbeat, worker.name) is not None
+
+        def beating() -> bool:  # its heartbeat thread, started just before the listener, beats first
+            with runtime.sessions() as session:
+                return session.get(WorkerHeartbeat, worker.name) is not None
+
+        wait_until(beating, 20, "the worker's first heartbeat")
         assert thread.is_alive()
     finally:
         stop.set()
