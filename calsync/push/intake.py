@@ -10,6 +10,9 @@ one batch commits form the next, so the cost per notification falls as the load 
 The writer wakes only the first request of a committed batch, and each request wakes the next as it
 resumes. Woken all at once, they fought each other (and the writer) for the GIL, and those extra
 sleeps and wake-ups cost more than the database work (figures in `docs/performance.md`).
+
+A caller that must not block (the web server's event loop, `calsync.web.reading_worker`) submits
+instead, and is called back once per batch with all of its items.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -63,9 +67,23 @@ class Intake:
 
     def record(self, push: Push | None, headers: dict[str, str], *, timeout: float = 10.0) -> NotificationOutcome:
         """Record one notification and return its outcome once committed."""
+        item = self._enqueue(Item(push, headers, self._rt.clock.now()))
+        if not self._await(item, timeout) or item.failed:
+            raise IntakeUnavailable(item.push.channel_id if item.push else NotificationOutcome.MALFORMED)
+        assert item.outcome is not None  # decided by the committed batch
+        return item.outcome
+
+    def submit(
+        self, push: Push | None, headers: dict[str, str], on_done: Callable[[list[Item]], None], tag: Any
+    ) -> None:
+        """Queue one notification without waiting: once its batch is done (`outcome` set, or `failed`),
+        the writer calls `on_done` with the batch's items that carry it. No deadline: the caller keeps
+        its own."""
+        self._enqueue(Item(push, headers, self._rt.clock.now(), on_done=on_done, tag=tag))
+
+    def _enqueue(self, item: Item) -> Item:
         if self._pid != os.getpid():  # forked: the parent's thread and lock are not ours
             self._reset()
-        item = Item(push, headers, self._rt.clock.now())
         with self._cond:
             self._queue.append(item)
             if self._writer is None:
@@ -73,10 +91,7 @@ class Intake:
                 self._writer.start()
             else:
                 self._cond.notify()
-        if not self._await(item, timeout) or item.failed:
-            raise IntakeUnavailable(item.push.channel_id if item.push else NotificationOutcome.MALFORMED)
-        assert item.outcome is not None  # decided by the committed batch
-        return item.outcome
+        return item
 
     def _await(self, item: Item, timeout: float) -> bool:
         """Wait for the item's batch to be done, then pass the wake-up on; False if it timed out."""
@@ -155,10 +170,26 @@ class Intake:
             NOTIFICATION_BATCH.observe(len(batch))
             if newly_owed:
                 self._rt.wakeup.notify_committed()  # after the commit, so a woken worker sees the owed sync
-        for earlier, later in itertools.pairwise(batch):
-            earlier.next = later
-        self._wake(batch[0] if batch else None)
+        self._done(batch)
         return conn
+
+    def _done(self, batch: list[Item]) -> None:
+        """Wake the batch's waiting requests (the first, which wakes the next) and call back the rest."""
+        waiting = [item for item in batch if item.on_done is None]
+        for earlier, later in itertools.pairwise(waiting):
+            earlier.next = later
+        self._wake(waiting[0] if waiting else None)
+        if len(waiting) == len(batch):
+            return
+        submitted: dict[Callable[[list[Item]], None], list[Item]] = {}
+        for item in batch:
+            if item.on_done is not None:
+                submitted.setdefault(item.on_done, []).append(item)
+        for on_done, items in submitted.items():
+            try:
+                on_done(items)
+            except Exception:  # the writer goes on for everyone else
+                log.exception("could not hand %d recorded notification(s) back", len(items))
 
     def _transaction(self, conn: Any, batch: list[Item]) -> bool:
         dialect = self._rt.engine.dialect

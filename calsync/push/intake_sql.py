@@ -80,6 +80,10 @@ class Item:
     done: Any = field(default_factory=_held_lock)
     next: Item | None = None  # the next item of its batch, woken by this item's request (see Intake)
     abandoned: bool = False  # its request stopped waiting; the wake-up passes it by
+    # Set for an item submitted without a waiting thread (`Intake.submit`): called, from the writer,
+    # once per batch with the batch's items that carry it; `tag` is the submitter's own.
+    on_done: Callable[[list[Item]], None] | None = None
+    tag: Any = None
 
 
 class ChannelRow(NamedTuple):

@@ -12,6 +12,13 @@ otherwise have to hold without bound: headers past `HEADER_LIMIT` (431), a decla
 app's own limit (413, `calsync.web.MAX_BODY_BYTES`) and a chunked body (411). So the
 loop holds at most that body limit, `HEADER_LIMIT` and one read (64 KB) past them, about 1.2 MB, per
 connection, times gunicorn's `worker_connections` (1,000 by default), each for `REQUEST_SECONDS`.
+
+Google's notifications do not go to a thread at all when their head has the plain shape Google sends
+(`_NOTIFICATION_HEAD`): the loop checks one (`calsync.web.receiver.Receiver.check`), hands it to the
+intake without waiting, and sends the answer when the intake's writer hands its batch back, one wake-up
+of the loop per batch. The thread, gunicorn's parsing of the request and the two hand-offs between
+threads per notification cost more CPU than recording it; without them a process answers several
+times as many (docs/performance.md). Any other head, and every other request, goes to a thread.
 """
 
 from __future__ import annotations
@@ -24,13 +31,17 @@ import selectors
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from gunicorn.util import http_date
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from calsync.push.intake_sql import Item
 from calsync.web import MAX_BODY_BYTES
 from calsync.web.handover import wait_for_replacements
+from calsync.web.receiver import Answer, Checked, Receiver, mounted
 
 FIRST_BYTE_SECONDS = 5.0  # from a new connection to its first byte (gthread's own wait for data)
 REQUEST_SECONDS = 10.0  # from a request's first byte to its last
@@ -45,6 +56,19 @@ _HEADER_END = b"\r\n\r\n"
 # through this, and the regular expressions cost half as much.
 _TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.IGNORECASE)
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([^\r]*?)[ \t]*(?=\r)", re.IGNORECASE)
+UNKNOWN_SIZE = -1  # a whole request whose size the thread's parser will judge (see `_complete`)
+
+# Notifications the event loop answers itself (`_answer_here`): only a head of this plain shape, which
+# gunicorn's parser would read the same way; anything else goes to a thread as every other request.
+# A header name leaves "_" out (gunicorn drops such headers), a value holds no control character.
+RECORD_SECONDS = 10.0  # how long a notification waits for the intake before it is answered 503
+_FIELD = rb"[!#$%&'*+.^`|~0-9A-Za-z-]+:[ \t]*([\x20-\x7e\x80-\xff]*?)[ \t]*\r\n"
+_NOTIFICATION_HEAD = re.compile(
+    rb"(POST /notifications HTTP/1\.([01])\r\n)(?:" + _FIELD.replace(b"(", b"(?:") + rb")*\r\n"
+)
+_HEADER = re.compile(rb"([!#$%&'*+.^`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\x80-\xff]*?)[ \t]*\r\n")
+_DIRECT_HEAD_LIMIT = 8190  # gunicorn's own limit for one header line; a notification's whole head is ~600
+_NOT_DIRECT = frozenset(("HTTP_EXPECT", "HTTP_UPGRADE"))
 
 
 class ReadingConn(TConn):  # type: ignore[misc]
@@ -53,6 +77,8 @@ class ReadingConn(TConn):  # type: ignore[misc]
     def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
         super().__init__(cfg, sock, client, server)
         self.pending = bytearray()
+        self.request_size = 0  # of the request in `pending` that the event loop answers itself
+        self.keep_alive = True  # whether that request leaves the connection open
         self.deadline = 0.0
         self.refused = False  # answered by the event loop; what still arrives is discarded
 
@@ -67,6 +93,9 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reading: dict[ReadingConn, None] = {}  # connections the event loop is reading from
+        # Notifications the event loop handed to the intake, by connection: at most one each.
+        self.recording: dict[ReadingConn, _Recording] = {}
+        self.receiver: Receiver | None = None  # the app's receiver, when the app is calsync's
         self.stopping = False
         # gunicorn judges a process by the mtime of this file, which its heartbeat sets to monotonic
         # seconds; made (here, in the master, before the fork) it holds the wall clock's, decades ahead
@@ -89,6 +118,7 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
             super().load_wsgi()
         finally:
             loaded.set()
+        self.receiver = mounted(self.wsgi)
 
     def handle_exit(self, sig: Any, frame: Any) -> None:
         """SIGTERM: stop gracefully, but on a socket of its own only once a replacement listens
@@ -144,6 +174,10 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         now = time.monotonic()
         for conn in [c for c in self.reading if c.deadline <= now]:
             self._drop(conn)
+        for conn, waiting in list(self.recording.items()):
+            if waiting.deadline <= now and self.receiver is not None:
+                del self.recording[conn]
+                self._answer(conn, self.receiver.conclude(waiting.checked, None))
 
     # In the event loop ---------------------------------------------------------------------------
     def _read_from(self, conn: ReadingConn) -> None:
@@ -168,15 +202,107 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         if not conn.pending:
             conn.deadline = time.monotonic() + REQUEST_SECONDS
         conn.pending += data
+        self._advance(conn)
+
+    def _advance_if_reading(self, conn: ReadingConn) -> None:
+        if conn in self.reading:  # not handed on, nor dropped, meanwhile
+            self._advance(conn)
+
+    def _advance(self, conn: ReadingConn) -> None:
+        """Hand the request on once all of it is here (the connection is being read from)."""
         try:
-            complete = _complete(conn.pending, MAX_BODY_BYTES)
+            size = _complete(conn.pending, MAX_BODY_BYTES)
         except _Refused as refusal:
             self._refuse(conn, refusal.status)
             return
-        if complete:
+        if size is not None:
             self.poller.unregister(conn.sock)
             del self.reading[conn]
-            self.enqueue_req(conn)
+            self._dispatch(conn, size)
+
+    def _dispatch(self, conn: ReadingConn, size: int) -> None:
+        """Hand a whole request to a thread, unless it is a notification the loop answers itself."""
+        if self.receiver and self.alive and self.cfg.keepalive and size > 0:
+            try:
+                if self._answer_here(conn, self.receiver, size):
+                    return
+            except Exception:  # the loop must go on; a thread's failure would be a 500 and a log line
+                self.log.exception("a notification the event loop could not take goes to a thread")
+        self.enqueue_req(conn)
+
+    def _answer_here(self, conn: ReadingConn, receiver: Receiver, size: int) -> bool:
+        """Take a notification without a thread: check it here, hand it to the intake, and answer once
+        the writer has recorded it (`_recorded`). A notification is checked and recorded as a thread
+        would (the same `Receiver.check` and `conclude`); what the loop saves is gunicorn's parsing of
+        the request and two hand-offs between threads, which cost more than the rest of the receiver.
+        False: not a plain notification (see `_NOTIFICATION_HEAD`), for a thread to take."""
+        parsed = _notification_environ(conn.pending, size)
+        if parsed is None:
+            return False
+        environ, conn.keep_alive = parsed
+        conn.request_size = size
+        checked = receiver.check(environ)
+        if not isinstance(checked, Checked):
+            self._answer(conn, checked)
+            return True
+        waiting = _Recording(conn, checked, time.monotonic() + RECORD_SECONDS)
+        receiver.intake.submit(checked.push, checked.logged, self._from_writer, waiting)
+        self.recording[conn] = waiting  # the writer's answer reaches the loop only after this
+        return True
+
+    def _from_writer(self, items: list[Item]) -> None:
+        """On the intake's writer thread, once per batch: the answers go out from the event loop."""
+        self.method_queue.defer(self._recorded, items)
+
+    def _recorded(self, items: list[Item]) -> None:
+        for item in items:
+            waiting: _Recording = item.tag
+            # Answered 503 already (it waited too long), and the connection may wait for a newer one.
+            if self.recording.get(waiting.conn) is not waiting or self.receiver is None:
+                continue
+            del self.recording[waiting.conn]
+            try:
+                answer = self.receiver.conclude(waiting.checked, None if item.failed else item.outcome)
+            except Exception:
+                self.log.exception("could not answer a recorded notification")
+                self._drop(waiting.conn)
+                continue
+            self._answer(waiting.conn, answer)
+
+    def _answer(self, conn: ReadingConn, answer: Answer) -> None:
+        """Send the answer to a notification taken by the loop, then read the connection's next request
+        (kept alive, as gunicorn would keep it)."""
+        status, body = answer
+        keep_alive = conn.keep_alive and self.alive  # a stopping process reads no further requests
+        head = f"HTTP/1.1 {status}\r\nServer: gunicorn\r\nDate: {http_date()}\r\n"
+        data = (
+            head + f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n"
+            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        try:
+            sent = conn.sock.send(data)  # a few bytes into an idle socket's send buffer
+        except OSError:
+            sent = -1
+        if sent != len(data):  # a client that reads nothing
+            self._drop(conn)
+            return
+        if not keep_alive:
+            self.reading[conn] = None
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_bytes, conn))
+            self._linger(conn)
+            return
+        del conn.pending[: conn.request_size]
+        if conn.pending:  # the client sent (some of) its next request already
+            conn.deadline = time.monotonic() + REQUEST_SECONDS
+            self.reading[conn] = None
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_bytes, conn))
+            # From the loop's queue, not from here: answered at once in turn, a long run of pipelined
+            # requests would recurse here once each.
+            self.method_queue.defer(self._advance_if_reading, conn)
+            return
+        conn.set_timeout()
+        self.keepalived_conns.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_client_socket_readable, conn))
 
     def _refuse(self, conn: ReadingConn, status: str) -> None:
         """Answer and close without a thread. The connection lingers a little, its input discarded:
@@ -185,6 +311,12 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         head = f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
         with contextlib.suppress(OSError):  # a few bytes into an idle socket's send buffer
             conn.sock.send(head.encode() + b"Connection: close\r\n\r\n" + body)
+        self._linger(conn)
+
+    def _linger(self, conn: ReadingConn) -> None:
+        """Close a connection being read from once the client has, or after `LINGER_SECONDS`, discarding
+        what it still sends (see `_refuse`)."""
+        with contextlib.suppress(OSError):
             conn.sock.shutdown(socket.SHUT_WR)
         conn.refused = True
         conn.pending = bytearray()
@@ -198,6 +330,15 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn.close()
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class _Recording:
+    """A notification the event loop handed to the intake, and the latest moment to answer it."""
+
+    conn: ReadingConn
+    checked: Checked
+    deadline: float
+
+
 class _Refused(Exception):
     """A request the event loop answers itself, with this status, instead of reading it whole."""
 
@@ -206,26 +347,52 @@ class _Refused(Exception):
         self.status = status
 
 
-def _complete(pending: bytearray, body_limit: int) -> bool:
-    """Whether all of the request is here, so that a thread can take it without reading the socket.
+def _complete(pending: bytearray, body_limit: int) -> int | None:
+    """The size in bytes of the request at the start of `pending` once all of it is here, so that a
+    thread can take it without reading the socket (None until then).
 
     A chunked body is refused (411), not parsed here: Google's notifications carry no body and
     calsync's API clients send JSON with a Content-Length, so nobody needs one, and a chunk parser
     would be more code to get wrong. A head the thread's parser refuses (a Content-Length twice, or
-    not digits) is complete: it is answered 400 before any body is read.
+    not digits) is complete, its size `UNKNOWN_SIZE`: it is answered 400 before any body is read.
     """
     end = pending.find(_HEADER_END)
     if end < 0:
         if len(pending) > HEADER_LIMIT:
             raise _Refused("431 Request Header Fields Too Large")
-        return False
+        return None
     head = bytes(pending[: end + 2])  # each header line then ends in CRLF
     if _TRANSFER_ENCODING.search(head):
         raise _Refused("411 Length Required")
     lengths = _CONTENT_LENGTH.findall(head)
+    if not lengths:
+        return end + 4
     if len(lengths) != 1 or not lengths[0].isdigit():
-        return True
+        return UNKNOWN_SIZE
     digits = lengths[0].lstrip(b"0") or b"0"
     if len(digits) > len(str(body_limit)) or int(digits) > body_limit:  # int() of 5,000 digits would raise
         raise _Refused("413 Content Too Large")
-    return len(pending) - (end + 4) >= int(digits)
+    size = end + 4 + int(digits)
+    return size if len(pending) >= size else None
+
+
+def _notification_environ(pending: bytearray, size: int) -> tuple[dict[str, str], bool] | None:
+    """The WSGI environ gunicorn would make of a plain notification's head (its headers decoded as
+    latin-1, a repeated one joined with commas) and whether the connection stays open after the
+    answer (gunicorn's rule), or None for any other request."""
+    match = _NOTIFICATION_HEAD.match(pending, 0, min(size, _DIRECT_HEAD_LIMIT))
+    if match is None:
+        return None
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/notifications", "QUERY_STRING": ""}
+    for name, raw in _HEADER.findall(pending, match.end(1), match.end()):
+        key = name.decode().upper().replace("-", "_")
+        if key not in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            key = "HTTP_" + key
+        value = raw.decode("latin-1")
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    if _NOT_DIRECT.intersection(environ):
+        return None
+    connection = environ.get("HTTP_CONNECTION", "").strip(" \t").lower()
+    if connection not in ("", "close", "keep-alive"):  # a list, or "upgrade": gunicorn's to judge
+        return None
+    return environ, connection == "keep-alive" or (connection == "" and match[2] == b"1")

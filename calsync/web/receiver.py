@@ -8,7 +8,9 @@ The request never calls Google: it hands the notification to the process's intak
 This one path is served by a plain WSGI app placed in front of Flask (`mount`). A notification needs
 none of Flask's request machinery (no session, no routing, no templates, no JSON), and that machinery
 cost more CPU per notification than the rest of the receiver together; every other path goes on to
-Flask unchanged.
+Flask unchanged. Under calsync's own server, the event loop goes further and answers a plainly shaped
+notification without a request thread (`calsync.web.reading_worker`); both take the same two steps,
+`check` and, once the intake is done, `conclude`, so a notification gets the same answer either way.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from calsync.metrics import NOTIFICATIONS
@@ -28,6 +31,7 @@ from calsync.store.states import REFUSED_NOTIFICATION, NotificationOutcome
 log = logging.getLogger(__name__)
 
 PATH = "/notifications"
+EXTENSION = "calsync.receiver"  # where `mount` leaves the receiver in the Flask app's extensions
 STATES = ("sync", "exists", "not_exists")
 INVALID_STATE = "invalid"  # the metrics label of every other value: anyone can send any header
 # Outcomes counted beside the `NotificationOutcome`s, for requests that were never recorded.
@@ -48,6 +52,7 @@ _LOGGED_HEADERS = (
 _ENVIRON_KEYS = tuple((name, "HTTP_" + name.upper().replace("-", "_")) for name in _LOGGED_HEADERS)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Answer = tuple[str, bytes]  # a status line and a body
 
 
 class Receiver:
@@ -68,8 +73,20 @@ class Receiver:
         start_response(status, headers)
         return [body]
 
-    def answer(self, environ: dict[str, Any]) -> tuple[str, bytes]:
-        """The status line and body for one request to `/notifications`."""
+    def answer(self, environ: dict[str, Any]) -> Answer:
+        """The status line and body for one request to `/notifications`, once it is recorded."""
+        checked = self.check(environ)
+        if not isinstance(checked, Checked):
+            return checked
+        try:
+            outcome: NotificationOutcome | None = self.intake.record(checked.push, checked.logged)
+        except IntakeUnavailable:
+            outcome = None
+        return self.conclude(checked, outcome)
+
+    def check(self, environ: dict[str, Any]) -> Answer | Checked:
+        """What a request to `/notifications` is: answered already (refused before any recording), or a
+        notification (well-formed or not) for the intake to record, then `conclude`."""
         if environ.get("REQUEST_METHOD") != "POST":
             return "405 METHOD NOT ALLOWED", b"notifications are POSTed\n"
         if has_nul(environ):
@@ -80,21 +97,34 @@ class Receiver:
             return "413 REQUEST ENTITY TOO LARGE", b"body too large; notifications carry none\n"
         sent = {name: environ[key] for name, key in _ENVIRON_KEYS if key in environ}
         push, problem = parse_headers(sent)
-        state = push.state if push else INVALID_STATE
-        try:
-            outcome = self.intake.record(push, _for_log(sent))
-        except IntakeUnavailable:
-            NOTIFICATIONS.labels(state, DB_ERROR).inc()
-            if push is not None:
+        return Checked(push, push.state if push else INVALID_STATE, problem, _for_log(sent))
+
+    def conclude(self, checked: Checked, outcome: NotificationOutcome | None) -> Answer:
+        """The answer once the intake is done with a notification: its outcome, or None when it could
+        not be recorded."""
+        if outcome is None:
+            NOTIFICATIONS.labels(checked.state, DB_ERROR).inc()
+            if checked.push is not None:
                 return "503 SERVICE UNAVAILABLE", b"cannot record the notification now\n"
             outcome = NotificationOutcome.MALFORMED
-        NOTIFICATIONS.labels(state, outcome).inc()
-        if push is None:
-            return "400 BAD REQUEST", f"bad request: {problem}\n".encode()
+        NOTIFICATIONS.labels(checked.state, outcome).inc()
+        if checked.push is None:
+            return "400 BAD REQUEST", f"bad request: {checked.problem}\n".encode()
         if outcome in REFUSED_NOTIFICATION:
-            self.refusals.log(push.channel_id, outcome)
+            self.refusals.log(checked.push.channel_id, outcome)
             return "404 NOT FOUND", b""
         return "200 OK", b""
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A request to `/notifications` that goes to the intake: a notification, or a malformed one (`push`
+    None, and `problem` says why) that is only logged."""
+
+    push: Push | None
+    state: str  # the metrics label
+    problem: str
+    logged: dict[str, str]  # its headers as the inspector shows them
 
 
 class RefusalLog:
@@ -128,7 +158,17 @@ class RefusalLog:
 
 def mount(app: Any, runtime: Runtime) -> Receiver:
     """Put the receiver in front of a Flask app's WSGI callable (`app.wsgi_app = mount(app, rt)`)."""
-    return Receiver(app.wsgi_app, runtime)
+    receiver = Receiver(app.wsgi_app, runtime)
+    app.extensions[EXTENSION] = receiver
+    return receiver
+
+
+def mounted(app: Any) -> Receiver | None:
+    """The receiver mounted in an app (None for any other WSGI app), for a server that answers
+    notifications without calling the app (`calsync.web.reading_worker`)."""
+    extensions = getattr(app, "extensions", None)
+    found = extensions.get(EXTENSION) if isinstance(extensions, dict) else None
+    return found if isinstance(found, Receiver) else None
 
 
 def parse_headers(headers: Any) -> tuple[Push | None, str]:

@@ -389,3 +389,60 @@ def test_a_request_that_gave_up_does_not_strand_the_rest_of_its_batch(
     ]
     assert max(finished[n] for n in (5, 6, 8)) - released < 5  # well before their 30 s time-out
     assert sorted(n.message_number or -1 for n in _log(runtime)) == [5, 6, 7, 8]  # 7 was recorded all the same
+
+
+def test_submitted_notifications_share_a_batch_with_waiting_ones_and_are_handed_back_once_per_batch(
+    runtime: Runtime, watched: dict[str, Any]
+) -> None:
+    """A caller that cannot block (the web server's event loop) submits; its items ride in the same
+    transaction as the waiting requests' and come back together, each with its own outcome."""
+    intake, ch = Intake(runtime), watched["channel"]
+    handed_back: list[list[Item]] = []
+    blocker = runtime.engine.connect()
+    blocker.begin()  # the writer's first batch waits (see test_notifications_waiting_together_share_a_transaction)
+    if runtime.engine.dialect.name == "postgresql":
+        blocker.execute(select(Channel.id).where(Channel.id == str(ch["id"])).with_for_update())
+    outcomes: list[str] = []
+    waiting = [threading.Thread(target=lambda n=n: outcomes.append(intake.record(push_of(ch, n), {}))) for n in (2, 4)]
+    for t in waiting:
+        t.start()
+    for n in (3, 3, 5):
+        intake.submit(push_of(ch, n), {}, handed_back.append, tag=n)
+    intake.submit(push_of({**ch, "token": "forged"}, 6), {}, handed_back.append, tag=6)
+    threading.Event().wait(0.5)
+    blocker.rollback()
+    blocker.close()
+    for t in waiting:
+        t.join(15)
+    deadline = time.monotonic() + 15
+    while sum(map(len, handed_back)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(outcomes) == 2 and intake.committed_batches <= 2
+    assert 1 <= len(handed_back) <= intake.committed_batches  # once per batch, not once per item
+    items = [item for batch in handed_back for item in batch]
+    assert [item.tag for item in items] == [3, 3, 5, 6]  # in the order submitted
+    assert not any(item.failed for item in items)
+    by_tag = [(item.tag, item.outcome) for item in items]
+    assert by_tag[1] == (3, NotificationOutcome.DUPLICATE) and by_tag[3] == (6, NotificationOutcome.BAD_TOKEN)
+    with runtime.sessions() as session:
+        assert session.get_one(Channel, str(ch["id"])).last_message_number == 5
+
+
+def test_submitted_notifications_of_a_batch_that_cannot_commit_come_back_failed(
+    runtime: Runtime, watched: dict[str, Any]
+) -> None:
+    ch, intake = watched["channel"], Intake(runtime)
+    handed_back: list[list[Item]] = []
+    with runtime.engine.begin() as conn:  # the log insert, last in the transaction, now fails
+        conn.execute(text("ALTER TABLE notifications RENAME TO notifications_away"))
+    try:
+        intake.submit(push_of(ch, 7), {}, handed_back.append, tag=None)
+        deadline = time.monotonic() + 15
+        while not handed_back and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        with runtime.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE notifications_away RENAME TO notifications"))
+    [[item]] = handed_back
+    assert item.failed  # what its batch had decided was never committed
+    assert _log(runtime) == []

@@ -1,20 +1,33 @@
-"""Slow clients against a real `calsync serve`: half-sent requests hold no request thread."""
+"""The reading worker against a real server: half-sent requests hold no request thread, and the event loop
+answers plain notifications itself, as a thread would."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import socket
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 from gunicorn.config import Config
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
+from sqlalchemy import select
 
 from calsync.config import Settings
+from calsync.runtime import Runtime
+from calsync.store.models import Account, Channel, Notification
+from calsync.store.states import NotificationOutcome
 from calsync.web.reading_worker import ReadingThreadWorker
+from tests.push_support import push_headers
 from tests.web.process_support import calsync_process, calsync_web, server_process, web_env
 
 SLOW_SOCKETS = 16  # twice the request threads of `calsync serve`
@@ -139,22 +152,23 @@ def test_a_process_is_judged_by_its_heartbeat_from_the_moment_it_is_made() -> No
 @pytest.mark.parametrize(
     ("raw", "answer"),
     [
-        (b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", True),
-        (b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc", False),  # the body's rest is awaited
-        (b"POST /x HTTP/1.1\r\ncontent-length:  5 \r\n\r\nabcde", True),
-        (b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", True),  # the parser's 400
+        (b"POST /notifications HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 60),
+        (b"POST /x HTTP/1.1\r\nContent-Length: 5\r\n\r\nabc", None),  # the body's rest is awaited
+        (b"POST /x HTTP/1.1\r\ncontent-length:  5 \r\n\r\nabcdeGET", 46),  # a next request follows
+        (b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n", 28),
+        (b"POST /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", -1),  # the parser's 400
         (b"POST /x HTTP/1.1\r\nContent-Length: 0001048577\r\n\r\n", "413 Content Too Large"),
         (b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", "411 Length Required"),
         (b"GET / HTTP/1.1\r\nX-Long: " + b"a" * 70_000, "431 Request Header Fields Too Large"),
-        (b"GET / HTTP/1.1\r\nHost: x", False),
+        (b"GET / HTTP/1.1\r\nHost: x", None),
     ],
 )
-def test_the_event_loop_hands_over_only_whole_requests(raw: bytes, answer: bool | str) -> None:
+def test_the_event_loop_hands_over_only_whole_requests(raw: bytes, answer: int | str | None) -> None:
     from calsync.web import MAX_BODY_BYTES
     from calsync.web.reading_worker import _complete, _Refused
 
     try:
-        got: bool | str = _complete(bytearray(raw), MAX_BODY_BYTES)
+        got: int | str | None = _complete(bytearray(raw), MAX_BODY_BYTES)
     except _Refused as refusal:
         got = refusal.status
     assert got == answer
@@ -185,3 +199,242 @@ def test_the_worker_serves_an_app_that_sets_no_body_limit_of_its_own(settings: S
     with server_process(argv, web_env(settings), tmp_path / "bare.log", "/healthz", "the bare app") as base:
         # past calsync's limit: refused by the worker itself
         assert requests.post(base + "/notifications", data=b"x" * 2_000_000, timeout=5).status_code == 413
+
+
+# Notifications the event loop answers itself ------------------------------------------------------
+
+
+def _notification(headers: dict[str, str], line: bytes = b"POST /notifications HTTP/1.1") -> bytes:
+    fields = b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
+    return line + b"\r\nHost: calsync\r\n" + fields + b"\r\n"
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[tuple[int, bytes, bytes]]:
+    """`count` answers from a kept-alive connection: status code, head and body of each."""
+    buffered, answers = b"", list[tuple[int, bytes, bytes]]()
+    while len(answers) < count:
+        end = buffered.find(b"\r\n\r\n")
+        if end >= 0:
+            head = buffered[:end]
+            length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            if len(buffered) >= end + 4 + length:
+                answers.append((int(head.split()[1]), head, buffered[end + 4 : end + 4 + length]))
+                buffered = buffered[end + 4 + length :]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed after {len(answers)} answer(s)"
+        buffered += chunk
+    return answers
+
+
+def test_pipelined_notifications_are_answered_in_order_on_one_kept_alive_connection(
+    settings: Settings, runtime: Runtime, watched: dict[str, Any], tmp_path: Path
+) -> None:
+    """The loop answers a notification, then reads the next request the client already sent; a forged
+    one between two real ones is refused alone, and an ordinary request after them goes to a thread."""
+    channel = watched["channel"]
+    forged = push_headers(channel, number=4, **{"X-Goog-Channel-Token": "not-the-token"})
+    with calsync_process(settings, tmp_path / "web.log", ["web", "--workers", "1", "--threads", "2"]) as base:
+        sock = _half_sent(base, b"")
+        try:
+            sock.sendall(
+                _notification(push_headers(channel, number=3))
+                + _notification(forged)
+                + _notification(push_headers(channel, number=5))
+                + b"GET /healthz HTTP/1.1\r\nHost: calsync\r\n\r\n"
+            )
+            answers = _read_answers(sock, 4)
+            sock.sendall(_notification(push_headers(channel, number=6)))  # the connection is still open
+            answers += _read_answers(sock, 1)
+        finally:
+            sock.close()
+    assert [code for code, _, _ in answers] == [200, 404, 200, answers[3][0], 200]
+    assert answers[3][0] in (200, 503) and b"application/json" in answers[3][1]  # /healthz, from Flask
+    assert all(b"\r\nConnection: keep-alive" in head for _, head, _ in answers[:3])
+    with runtime.sessions() as session:
+        assert session.get_one(Channel, str(channel["id"])).last_message_number == 6
+        logged = session.scalars(select(Notification.outcome).order_by(Notification.id)).all()
+    assert logged[-4:-2] == [NotificationOutcome.QUEUED, NotificationOutcome.BAD_TOKEN]
+    assert set(logged[-2:]) <= {NotificationOutcome.QUEUED, NotificationOutcome.DUPLICATE}
+
+
+@pytest.mark.parametrize(
+    ("line", "extra", "status"),
+    [
+        (b"POST /notifications HTTP/1.0", {}, 200),  # the loop's, and closed
+        (b"POST /notifications?via=proxy HTTP/1.1", {}, 200),  # a thread's
+        (b"POST /notifications HTTP/1.1", {"Connection": "close"}, 200),  # the loop's, and closed
+        (b"POST /notifications HTTP/1.1", {"Connection": "Keep-Alive"}, 200),  # the loop's
+        (b"POST /notifications HTTP/1.1", {"X_Goog_Channel_Token": "x"}, 200),  # dropped, by a thread
+        (b"POST /notifications HTTP/1.1", {"User-Agent": "APIs-Google\x00"}, 400),  # a thread's 400
+        (b"POST /notifications HTTP/1.1", {"User-Agent": "APIs-Google\xe9"}, 200),  # latin-1, the loop's
+        (b"POST /notifications HTTP/1.1", {"X-Goog-Message-Number": "7, 8"}, 400),  # the loop's 400
+    ],
+)
+def test_notifications_in_other_shapes_get_the_answer_a_thread_gives(
+    settings: Settings, watched: dict[str, Any], tmp_path: Path, line: bytes, extra: dict[str, str], status: int
+) -> None:
+    headers = {**push_headers(watched["channel"], number=3), **extra}
+    with calsync_process(settings, tmp_path / "web.log", ["web", "--workers", "1", "--threads", "2"]) as base:
+        sock = _half_sent(base, _notification(headers, line))
+        try:
+            [(code, _, _)] = _read_answers(sock, 1)
+        finally:
+            sock.close()
+    assert code == status
+
+
+@pytest.mark.parametrize(
+    ("line", "extra"),
+    [
+        (b"POST /notifications HTTP/1.0", {}),  # as a proxy may forward it
+        (b"POST /notifications HTTP/1.1", {"Connection": "close"}),
+    ],
+)
+def test_a_notification_that_asks_for_the_connection_to_close_is_answered_then_closed(
+    settings: Settings, runtime: Runtime, watched: dict[str, Any], tmp_path: Path, line: bytes, extra: dict[str, str]
+) -> None:
+    with calsync_process(settings, tmp_path / "web.log", ["web", "--workers", "1", "--threads", "2"]) as base:
+        sock = _half_sent(base, _notification({**push_headers(watched["channel"], number=3), **extra}, line))
+        try:
+            answer = _answer(sock)  # to the end of the stream: the server closed it
+        finally:
+            sock.close()
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close\r\n" in answer
+    with runtime.sessions() as session:
+        assert session.get_one(Channel, str(watched["channel"]["id"])).last_message_number == 3
+
+
+def test_a_notification_is_answered_while_every_request_thread_waits_on_the_database(
+    settings: Settings, runtime: Runtime, watched: dict[str, Any], tmp_path: Path
+) -> None:
+    """The one request thread waits for an account's row lock (a disconnect); a notification needs no
+    thread, and is recorded and answered meanwhile."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("a row lock that the intake does not take is PostgreSQL's")
+    channel = watched["channel"]
+    with (
+        calsync_process(settings, tmp_path / "web.log", ["web", "--workers", "1", "--threads", "1"]) as base,
+        runtime.engine.connect() as locker,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        locker.execute(select(Account.id).where(Account.id == watched["account_id"]).with_for_update())
+        disconnecting = pool.submit(
+            requests.post,
+            base + "/api/accounts/ann@example.com/disconnect",
+            headers={"Authorization": f"Bearer {settings.api_token}"},
+            timeout=30,
+        )
+        time.sleep(0.5)  # the thread is waiting for the lock by now
+        started = time.monotonic()
+        answer = requests.post(base + "/notifications", headers=push_headers(channel, number=3), timeout=5)
+        took = time.monotonic() - started
+        assert not disconnecting.done()
+        locker.rollback()
+        assert disconnecting.result().status_code == 200
+    assert answer.status_code == 200 and took < 2
+    with runtime.sessions() as session:
+        assert session.get_one(Channel, str(channel["id"])).last_message_number == 3
+
+
+def test_a_notification_the_intake_cannot_record_in_time_is_answered_503(
+    settings: Settings, runtime: Runtime, watched: dict[str, Any], tmp_path: Path
+) -> None:
+    """While the SQLite writers' turn is held elsewhere, the writer waits; the loop answers 503 at its
+    deadline (Google retries), and the late batch's outcome is not sent to the next request."""
+    from calsync.store.db import intake_lock_path
+    from calsync.web.reading_worker import RECORD_SECONDS
+
+    lock_path = intake_lock_path(runtime.engine)
+    if lock_path is None:
+        pytest.skip("the writers' turn is a SQLite file's")
+    channel = watched["channel"]
+    with calsync_process(settings, tmp_path / "web.log", ["web", "--workers", "1", "--threads", "2"]) as base:
+        sock = _half_sent(base, b"")
+        sock.settimeout(RECORD_SECONDS + 5)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            started = time.monotonic()
+            sock.sendall(_notification(push_headers(channel, number=3)))
+            [(code, _, _)] = _read_answers(sock, 1)
+            waited = time.monotonic() - started
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            # The late batch is written now; this one's answer is its own (a 404), not the late 200.
+            sock.sendall(_notification(push_headers(channel, number=4, **{"X-Goog-Channel-Token": "forged"})))
+            [(then, _, _)] = _read_answers(sock, 1)
+        finally:
+            os.close(fd)
+            sock.close()
+    assert code == 503 and RECORD_SECONDS - 0.5 <= waited < RECORD_SECONDS + 3
+    assert then == 404
+
+
+PLAIN_HEADERS = ["X-Goog-Channel-ID", "x-goog-resource-state", "User-Agent", "Content-Length", "Connection"]
+CONNECTION_VALUES = ["close", "keep-alive", "Keep-Alive, close", "upgrade"]
+
+
+@settings_(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(
+                st.one_of(st.sampled_from(PLAIN_HEADERS), st.from_regex(r"\A[A-Za-z_ -]{1,12}\Z")),
+                st.text(st.sampled_from(list("0123456789 \t,abc-_\x00\x01\x7f\xe9\xff")), max_size=8),
+            ),
+            st.tuples(st.sampled_from(["Connection", "connection"]), st.sampled_from(CONNECTION_VALUES)),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from(["1.0", "1.1"]),
+)
+def test_the_loop_reads_a_notification_head_as_gunicorn_does(fields: list[tuple[str, str]], version: str) -> None:
+    """Whatever head the loop takes, gunicorn's own parser takes too, into the same environ; the loop
+    leaves the rest (and anything it is unsure of) to a thread."""
+    from gunicorn.http import wsgi
+    from gunicorn.http.parser import RequestParser
+
+    from calsync.web.reading_worker import _complete, _notification_environ, _Refused
+
+    head = f"POST /notifications HTTP/{version}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
+    raw = head.encode("latin-1")
+    try:
+        size = _complete(bytearray(raw), 1 << 20)
+    except _Refused:
+        return
+    parsed = _notification_environ(bytearray(raw), size) if size is not None and size > 0 else None
+    if parsed is None:
+        return
+    ours, keep_alive = parsed
+    cfg = Config()
+    left, right = socket.socketpair()
+    try:
+        request = next(RequestParser(cfg, iter([raw]), ("127.0.0.1", 1)))
+        _, theirs = wsgi.create(request, left, ("127.0.0.1", 1), ("127.0.0.1", 2), cfg)
+        assert keep_alive == (not request.should_close())
+    finally:
+        left.close()
+        right.close()
+    assert {k: v for k, v in theirs.items() if k in ours} == ours
+    assert {k for k in theirs if k.startswith("HTTP_")} <= set(ours)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /notifications HTTP/1.1\r\nX-Goog-Channel-ID : a\r\n\r\n",  # space before the colon
+        b"POST /notifications HTTP/1.1\r\nX-Goog-Channel-ID: a\r\n b\r\n\r\n",  # a folded line
+        b"POST /notifications HTTP/1.1\r\nX-Goog-Channel-ID: a\nb\r\n\r\n",  # a bare LF
+        b"POST /notifications HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+        b"POST /notifications HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+        b"POST /notifications HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+        b"POST /notifications HTTP/2.0\r\n\r\n",
+        b"POST /notifications HTTP/1.1\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+        b"post /notifications HTTP/1.1\r\n\r\n",
+        b"POST /notifications/ HTTP/1.1\r\n\r\n",
+    ],
+)
+def test_the_loop_leaves_unusual_heads_to_a_thread(raw: bytes) -> None:
+    from calsync.web.reading_worker import _notification_environ
+
+    assert _notification_environ(bytearray(raw), len(raw)) is None
