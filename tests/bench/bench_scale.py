@@ -148,7 +148,9 @@ def _insert_calendars(dep: Deployment, n: int, due: int) -> None:
                         "token_hash": "0" * 64,
                         "resource_id": f"r{cid}",
                         "status": "active",
-                        "created_at": now,
+                        # Opened days ago: a channel opened within the scheduler's RENEW_RETRY counts
+                        # as a renewal just tried, and is not made due again.
+                        "created_at": now - timedelta(days=1),
                         "expires_at": now + (timedelta(hours=2) if k < due else timedelta(days=6, minutes=k % 600)),
                     }
                     for k, cid in enumerate(ids)
