@@ -57,6 +57,7 @@ _HEADER_END = b"\r\n\r\n"
 _TRANSFER_ENCODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.IGNORECASE)
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([^\r]*?)[ \t]*(?=\r)", re.IGNORECASE)
 UNKNOWN_SIZE = -1  # a whole request whose size the thread's parser will judge (see `_complete`)
+_EXPECT_CONTINUE = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*\r\n", re.IGNORECASE)
 
 # Notifications the event loop answers itself (`_answer_here`): only a head of this plain shape, which
 # gunicorn's parser would read the same way; anything else goes to a thread as every other request.
@@ -79,6 +80,7 @@ class ReadingConn(TConn):  # type: ignore[misc]
         self.pending = bytearray()
         self.request_size = 0  # of the request in `pending` that the event loop answers itself
         self.keep_alive = True  # whether that request leaves the connection open
+        self.continued = False  # "100 Continue" sent by the loop for the request being read
         self.deadline = 0.0
         self.refused = False  # answered by the event loop; what still arrives is discarded
 
@@ -169,6 +171,13 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
             conn.pending.clear()
         return super().handle(conn)
 
+    def handle_request(self, req: Any, conn: ReadingConn) -> Any:
+        """On a thread: gunicorn's own handling, less its "100 Continue" when the loop sent one already."""
+        if conn.continued:
+            conn.continued = False
+            req._expected_100_continue = False
+        return super().handle_request(req, conn)
+
     def murder_pending(self) -> None:
         super().murder_pending()
         now = time.monotonic()
@@ -219,6 +228,12 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
             self.poller.unregister(conn.sock)
             del self.reading[conn]
             self._dispatch(conn, size)
+        elif not conn.continued and _expects_continue(conn.pending):
+            # The client waits for this before it sends the body (curl for a second, others longer);
+            # gunicorn would send it only once a thread made the environ, after the whole body.
+            conn.continued = True
+            with contextlib.suppress(OSError):  # a few bytes into an idle socket's send buffer
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _dispatch(self, conn: ReadingConn, size: int) -> None:
         """Hand a whole request to a thread, unless it is a notification the loop answers itself."""
@@ -374,6 +389,15 @@ def _complete(pending: bytearray, body_limit: int) -> int | None:
         raise _Refused("413 Content Too Large")
     size = end + 4 + int(digits)
     return size if len(pending) >= size else None
+
+
+def _expects_continue(pending: bytearray) -> bool:
+    """Whether the request's head is all here and asks for "100 Continue" (HTTP/1.1 only)."""
+    end = pending.find(_HEADER_END)
+    if end < 0:
+        return False
+    line_end = pending.find(b"\r\n")
+    return pending[:line_end].endswith(b" HTTP/1.1") and bool(_EXPECT_CONTINUE.search(pending, 0, end + 2))
 
 
 def _notification_environ(pending: bytearray, size: int) -> tuple[dict[str, str], bool] | None:

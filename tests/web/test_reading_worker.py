@@ -438,3 +438,29 @@ def test_the_loop_leaves_unusual_heads_to_a_thread(raw: bytes) -> None:
     from calsync.web.reading_worker import _notification_environ
 
     assert _notification_environ(bytearray(raw), len(raw)) is None
+
+
+def test_a_client_that_expects_100_continue_is_told_at_once_and_only_once(settings: Settings, tmp_path: Path) -> None:
+    """curl sends `Expect: 100-continue` with a body over 1 KB and waits a second for the interim
+    answer before sending it anyway: the loop, which holds the request until its body is in, sends it."""
+    body = b'{"url": "ftp://calsync.invalid/hook", "events": ["event.created"]}'
+    head = (
+        b"POST /api/webhooks HTTP/1.1\r\nHost: calsync\r\nAuthorization: Bearer "
+        + str(settings.api_token).encode()
+        + b"\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    with calsync_web(settings, tmp_path / "web.log") as base:
+        sock = _half_sent(base, head)
+        try:
+            sock.settimeout(0.5)
+            first = sock.recv(len(interim))
+            sock.settimeout(5)
+            sock.sendall(body)
+            rest = _answer(sock)
+        finally:
+            sock.close()
+    assert first == interim
+    assert rest.startswith(b"HTTP/1.1 400 ") and json.loads(rest.partition(b"\r\n\r\n")[2])["field"] == "url"
