@@ -12,7 +12,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.markup import escape
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,7 +24,7 @@ from calsync.humanize import lifecycle_title
 from calsync.readmodels import reads
 from calsync.stopping import stop_on_signals
 from calsync.store.db import make_engine, make_sessionmaker, reading
-from calsync.store.models import Change
+from calsync.store.migrate import require_head
 from calsync.store.states import ChangeKind, ChangeType, Origin
 
 POLL_SECONDS = 0.5
@@ -232,12 +232,15 @@ def _short(value: Any) -> str:
 
 
 def open_database(url: str) -> Engine:
-    """An engine on an existing calsync database; reading must never create one by accident."""
+    """An engine on an existing calsync database at this code's schema; reading must never create
+    one by accident, and a schema behind or ahead is told as that before any statement fails on it."""
     refuse_missing_sqlite(url)
     engine = make_engine(url)
-    if not inspect(engine).has_table(Change.__tablename__):
+    try:
+        require_head(engine)
+    except BaseException:
         engine.dispose()
-        raise ConfigError("CALSYNC_DATABASE_URL: the database has no calsync schema (run `calsync db upgrade`)")
+        raise
     return engine
 
 

@@ -9,7 +9,7 @@ from calsync.cli.changes import open_database, refuse_missing_sqlite
 from calsync.config import Settings
 from calsync.store.crypto import cipher_from_settings, new_key, reencrypt_stored
 from calsync.store.db import make_engine, make_sessionmaker
-from calsync.store.migrate import current_revision, upgrade
+from calsync.store.migrate import current_revision, schema_problem, upgrade
 
 
 @click.group()
@@ -38,8 +38,14 @@ def db_current() -> None:
     url = Settings.from_env().database_url
     refuse_missing_sqlite(url)  # looking must not make an empty file where the database should be
     engine = make_engine(url)
-    click.echo(current_revision(engine) or "empty")
-    engine.dispose()
+    try:
+        revision = current_revision(engine)
+    finally:
+        engine.dispose()
+    click.echo(revision or "empty")
+    problem = schema_problem(revision)
+    if problem is not None:  # on stderr: the revision alone stays on stdout, for scripts
+        click.echo(f"note: {problem}", err=True)
 
 
 @db.command("reencrypt")

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
+from calsync.cli import _database_problem
 from calsync.store.crypto import new_key
 from calsync.store.db import make_engine
 from calsync.store.migrate import alembic_config, head_revision, upgrade
@@ -27,6 +29,15 @@ CALSYNC = str(Path(sys.executable).with_name("calsync"))
 HEAD = head_revision() or ""
 AHEAD = f"{int(HEAD) + 1:04d}"  # the revision the next release will add
 BEHIND = ScriptDirectory.from_config(alembic_config()).get_revision("head").down_revision
+# Commands that only read or act on the database: each checks the revision before its first statement.
+READERS = (
+    ["status"],
+    ["changes"],
+    ["freebusy", "primary"],
+    ["webhooks", "list"],
+    ["events", "delete", "primary", "e1"],
+    ["db", "reencrypt"],
+)
 NEWER = f"the database's schema ({AHEAD}) is newer than this calsync knows (head {HEAD}): run the calsync release"
 
 
@@ -55,9 +66,12 @@ def run(url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str
 
 def test_a_database_ahead_of_the_code_is_refused_by_every_command(own_url: str, tmp_path: Path) -> None:
     at_revision(own_url, AHEAD)
-    for command in (["db", "upgrade"], ["serve", "--port", "0"], ["web", "--port", "0"], ["worker"], ["status"]):
+    for command in (["db", "upgrade"], ["serve", "--port", "0"], ["web", "--port", "0"], ["worker"], *READERS):
         line = one_line_error(run(own_url, tmp_path, *command))
         assert line.startswith(f"error: {NEWER}"), (command, line)
+    current = run(own_url, tmp_path, "db", "current")  # the revision on stdout, and what it means
+    assert current.returncode == 0 and current.stdout == f"{AHEAD}\n"
+    assert current.stderr.startswith(f"note: {NEWER}")
     engine = make_engine(own_url)
     with engine.connect() as conn:  # refused, not rolled back nor touched
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == AHEAD
@@ -77,7 +91,7 @@ def test_a_database_behind_the_code_is_told_to_upgrade(own_url: str, tmp_path: P
     assert BEHIND is not None
     at_revision(own_url, str(BEHIND))
     older = f"error: the database's schema ({BEHIND}) is older than this calsync's (head {HEAD}): "
-    for command in (["status"], ["worker", "--burst"], ["web", "--port", "0"]):
+    for command in (["worker", "--burst"], ["web", "--port", "0"], *READERS):
         line = one_line_error(run(own_url, tmp_path, *command))
         assert line == older + "run `calsync db upgrade` first", (command, line)
     upgraded = run(own_url, tmp_path, "db", "upgrade")
@@ -86,11 +100,20 @@ def test_a_database_behind_the_code_is_told_to_upgrade(own_url: str, tmp_path: P
     assert shown.returncode == 0, shown.stderr[-2000:]
 
 
-def test_a_statement_failing_on_a_schema_behind_the_code_says_so(own_url: str, tmp_path: Path) -> None:
-    """`calsync changes` opens the database without the revision check; its query then fails on a
-    column the old schema lacks (an OperationalError on SQLite, a ProgrammingError on PostgreSQL)."""
+def test_a_statement_failing_on_a_schema_behind_the_code_says_so(
+    own_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every command checks the revision first; a statement that still fails on a column the schema
+    lacks (the schema moved under a running command) is told the same way, not as "cannot be reached"
+    (an OperationalError on SQLite, a ProgrammingError on PostgreSQL)."""
     at_revision(own_url, "0002")
-    line = one_line_error(run(own_url, tmp_path, "changes"))
-    assert line == f"error: the database's schema (0002) is older than this calsync's (head {HEAD}): " + (
-        "run `calsync db upgrade` first"
+    monkeypatch.setenv("CALSYNC_DATABASE_URL", own_url)
+    engine = make_engine(own_url)
+    try:
+        with pytest.raises(DBAPIError) as failed, engine.connect() as conn:
+            conn.execute(text("SELECT ref FROM accounts"))  # a column added after 0002
+    finally:
+        engine.dispose()
+    assert _database_problem(failed.value) == (
+        f"the database's schema (0002) is older than this calsync's (head {HEAD}): run `calsync db upgrade` first"
     )
