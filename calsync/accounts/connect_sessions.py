@@ -104,12 +104,6 @@ def check_return_to(url: str, settings: Settings) -> str:
 
 def create(session: Session, request: ConnectRequest, public_url: str, now: datetime) -> tuple[str, datetime]:
     """Store a new session; returns its link (`<public>/connect/<token>`) and when it expires."""
-    # A row still holding a connection's tokens waits for the scheduler's pass to revoke them.
-    session.execute(
-        delete(ConnectSession).where(
-            ConnectSession.expires_at < now - KEEP_EXPIRED, ConnectSession.credentials.is_(None)
-        )
-    )
     token = secrets.token_urlsafe(32)
     expires_at = now + LINK_TTL
     session.add(
@@ -124,6 +118,17 @@ def create(session: Session, request: ConnectRequest, public_url: str, now: date
     )
     session.flush()
     return f"{public_url}/connect/{token}", expires_at
+
+
+def purge_expired(session: Session, now: datetime) -> None:
+    """Forget sessions expired over `KEEP_EXPIRED` ago, from the scheduler's pass: done when a new
+    session was made, they stayed for good once an app stopped making them. A row still holding a
+    connection's tokens waits for that pass to revoke them (`connections.drop_unconfirmed`)."""
+    session.execute(
+        delete(ConnectSession).where(
+            ConnectSession.expires_at < now - KEEP_EXPIRED, ConnectSession.credentials.is_(None)
+        )
+    )
 
 
 def claim(session: Session, token: str, now: datetime) -> OpenedLink:

@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from calsync.accounts.connect_sessions import purge_expired
 from calsync.feed.retention import trim_changes
 from calsync.push.channels import renewal_due_at
 from calsync.push.intake_sql import trim_log
@@ -119,13 +120,14 @@ def expire_lapsed_channels(session: Session, now: datetime) -> int:
 
 
 def prune(session: Session, runtime: Runtime, now: datetime) -> None:
-    """Keep the notification log bounded, forget long-gone workers and day-old idempotency keys,
-    and apply feed retention.
+    """Keep the notification log bounded, forget long-gone workers, day-old idempotency keys and
+    connect sessions a week past their expiry, and apply feed retention.
 
     Retention deletes one small batch per pass, inside the pass's own short transaction: a large
     backlog goes over many passes, and the receiver and running syncs never wait for long.
     """
     trim_log(session, runtime.settings.notification_log_size)
+    purge_expired(session, now)
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.seen_at < now - HEARTBEAT_RETENTION))
     prune_keys(session, now)
     if runtime.settings.changes_retention:

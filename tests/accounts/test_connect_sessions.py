@@ -1,13 +1,21 @@
-"""Which `return_to` URLs an allow-list admits: compared by scheme, host, port and path segments,
-after the path is resolved the way a browser or a server resolves it."""
+"""Connect sessions: which `return_to` URLs an allow-list admits (compared by scheme, host, port and
+path segments, after the path is resolved the way a browser or a server resolves it), and how long
+a used or expired session is kept."""
 
 from __future__ import annotations
 
-import pytest
+from datetime import timedelta
 
-from calsync.accounts.connect_sessions import check_return_to
+import pytest
+from sqlalchemy import select
+
+from calsync.accounts.connect_sessions import KEEP_EXPIRED, LINK_TTL, check_return_to
 from calsync.config import Settings
 from calsync.errors import InvalidConnectSession
+from calsync.runtime import Runtime
+from calsync.store.db import transaction
+from calsync.store.models import ConnectSession
+from calsync.work.scheduler import prune
 
 FOLDER = Settings(return_urls=("https://app.example.test/calendar/",))
 PAGE = Settings(return_urls=("https://app.example.test/calendar/done",))
@@ -65,3 +73,33 @@ def test_a_url_that_leads_outside_every_entry_is_refused(settings: Settings, url
     with pytest.raises(InvalidConnectSession) as caught:
         check_return_to(url, settings)
     assert caught.value.field == "return_to"
+
+
+def test_the_scheduler_pass_forgets_sessions_a_week_past_their_expiry(runtime: Runtime) -> None:
+    """Forgotten only when an app made a new session, they stayed for good once it stopped making them.
+    A row that still holds a connection's tokens waits for the pass that revokes them."""
+    now = runtime.clock.now()
+
+    def session_row(name: str, expired_ago: timedelta, credentials: bytes | None = None) -> ConnectSession:
+        expires_at = now - expired_ago
+        return ConnectSession(
+            token_hash=name,
+            ref="user-1",
+            return_to="https://app.example.test/calendar/",
+            created_at=expires_at - LINK_TTL,
+            expires_at=expires_at,
+            credentials=credentials,
+        )
+
+    with transaction(runtime.sessions) as session:
+        session.add_all(
+            [
+                session_row("old", KEEP_EXPIRED + timedelta(minutes=1)),
+                session_row("old-with-tokens", KEEP_EXPIRED + timedelta(minutes=1), b"encrypted"),
+                session_row("recent", KEEP_EXPIRED - timedelta(minutes=1)),
+            ]
+        )
+    with transaction(runtime.sessions) as session:
+        prune(session, runtime, now)
+    with runtime.sessions() as session:
+        assert set(session.scalars(select(ConnectSession.token_hash))) == {"old-with-tokens", "recent"}
