@@ -11,12 +11,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Text, bindparam, cast, func, select
+from sqlalchemy import ColumnElement, Select, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
 from calsync.feed.cursor import check_cursor, newest_seq
-from calsync.store.db import is_postgres
+from calsync.store.db import is_postgres, stored_json_size
 from calsync.store.models import Account, Calendar, Change
 from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType, Origin
 
@@ -167,15 +167,8 @@ def _page_query(postgres: bool, by_calendar: bool, by_type: bool, by_origin: boo
 
 
 def _stored_size(postgres: bool) -> ColumnElement[int]:
-    """A row's stored event JSON in bytes, as the engine can tell it cheaply (PostgreSQL: as stored,
-    maybe compressed, read without decompressing it)."""
-    if postgres:
-        return func.coalesce(func.pg_column_size(Change.before), 0) + func.coalesce(
-            func.pg_column_size(Change.after), 0
-        )
-    return func.coalesce(func.length(cast(Change.before, Text)), 0) + func.coalesce(
-        func.length(cast(Change.after, Text)), 0
-    )
+    """A row's stored event JSON in bytes, before and after."""
+    return stored_json_size(Change.before, postgres) + stored_json_size(Change.after, postgres)
 
 
 def lifecycle_details(change: Change) -> dict[str, Any]:

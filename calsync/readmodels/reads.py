@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
 from calsync.errors import NotFoundError
 from calsync.feed.cursor import newest_seq
+from calsync.feed.reads import CHANGES_PAGE_BYTES
+from calsync.store.db import is_postgres, stored_json_size
 from calsync.store.models import Account, Calendar, Channel, Event
 from calsync.store.serving import serving_channels
 
 EVENTS_PAGE_SIZE = 1000
+EVENTS_PAGE_BYTES = CHANGES_PAGE_BYTES  # an events page holds what a feed page may
 
 
 class AmbiguousCalendar(ValueError):
@@ -135,28 +139,51 @@ def events_page(
 
     `as_of_seq` is the newest change the page shows: read in the caller's snapshot
     (`calsync.store.db.reading`), so a consumer that follows the feed after the smallest `as_of_seq`
-    of its pages misses nothing that happened while it paged.
+    of its pages misses nothing that happened while it paged. A page ends early once the events
+    before its last hold `EVENTS_PAGE_BYTES` (never before its first): a thousand meetings with a
+    thousand guests each were one answer of about 180 MB, built in memory.
     """
     after = decode_page_token(page_token) if page_token else 0
     seq = newest_seq(session)
-    rows = session.execute(
-        select(Event.id, Event.data)
+    params = {"calendar": calendar.id, "after": after, "limit": page_size + 1, "budget": EVENTS_PAGE_BYTES}
+    rows = session.execute(_events_page_query(is_postgres(session)), params).all()
+    wanted = rows[0].wanted if rows else 0  # the rows the page wanted before the cut
+    more = wanted > page_size or len(rows) < wanted
+    rows = rows[:page_size]
+    return {
+        "items": [row.data for row in rows],
+        "nextPageToken": encode_page_token(rows[-1].id) if more else None,
+        "as_of_seq": seq,
+    }
+
+
+@functools.cache
+def _events_page_query(postgres: bool) -> Select[Any]:
+    """`events_page`'s statement, built once per engine: the page's ids and sizes first, then, in the
+    same statement, only the events whose predecessors on the page stay under the byte budget."""
+    first = (
+        select(Event.id, stored_json_size(Event.data, postgres).label("size"))
         .where(
-            Event.calendar_id == calendar.id,
-            Event.id > after,
+            Event.calendar_id == bindparam("calendar"),
+            Event.id > bindparam("after"),
             # Deleted events are not in the mirror; a cancelled occurrence of a series is kept.
             or_(Event.status != "cancelled", Event.recurring_event_id.is_not(None)),
         )
         .order_by(Event.id)
-        .limit(page_size + 1)
-    ).all()
-    more = len(rows) > page_size
-    rows = rows[:page_size]
-    return {
-        "items": [data for _, data in rows],
-        "nextPageToken": encode_page_token(rows[-1][0]) if more else None,
-        "as_of_seq": seq,
-    }
+        .limit(bindparam("limit"))
+        .subquery()
+    )
+    sized = select(
+        first.c.id,
+        (func.sum(first.c.size).over(order_by=first.c.id) - first.c.size).label("before_it"),
+        func.count().over().label("wanted"),
+    ).subquery()
+    return (
+        select(Event.id, Event.data, sized.c.wanted)
+        .join(sized, sized.c.id == Event.id)
+        .where(sized.c.before_it < bindparam("budget"))
+        .order_by(Event.id)
+    )
 
 
 _MAX_EVENT_ID = 2**31 - 1  # events.id is an INTEGER on PostgreSQL

@@ -21,7 +21,19 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import ClauseElement, CursorResult, Engine, Result, create_engine, event, make_url
+from sqlalchemy import (
+    ClauseElement,
+    ColumnElement,
+    CursorResult,
+    Engine,
+    Result,
+    Text,
+    create_engine,
+    event,
+    func,
+    make_url,
+)
+from sqlalchemy import cast as sqlcast
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -165,6 +177,15 @@ def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
 def rows_affected(result: Result[Any]) -> int:
     """How many rows an UPDATE or DELETE touched (a DML statement's result is a CursorResult)."""
     return int(cast("CursorResult[Any]", result).rowcount or 0)
+
+
+def stored_json_size(column: Any, postgres: bool) -> ColumnElement[int]:
+    """A JSON column's value in bytes, as the engine can tell it cheaply (PostgreSQL: as stored, maybe
+    compressed, read without decompressing it; SQLite: its text); 0 for NULL. What API pages count
+    against their byte budgets."""
+    if postgres:
+        return func.coalesce(func.pg_column_size(column), 0)
+    return func.coalesce(func.length(sqlcast(column, Text)), 0)
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:

@@ -240,6 +240,39 @@ def test_events_pages_through_more_than_1000_rows_in_a_stable_order(
     assert seen == [b["id"] for b in bodies]
 
 
+def test_an_events_page_of_large_events_ends_at_the_byte_budget_and_the_next_page_goes_on(
+    client: Any, seed: Seed, api_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thousand meetings with a thousand guests each were one answer of about 180 MB. A page ends
+    once the events before its last pass the budget; none is lost or repeated, never fewer than one."""
+    import base64
+    import os
+
+    from calsync.readmodels import reads
+
+    monkeypatch.setattr(reads, "EVENTS_PAGE_BYTES", 100_000)
+    cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
+    # incompressible, so PostgreSQL stores it at about its size: ~40 KB an event
+    big = [
+        {"id": f"ev{i}", "status": "confirmed", "description": base64.b64encode(os.urandom(30_000)).decode()}
+        for i in range(7)
+    ]
+    seed.events(cal, [*big, {"id": "small", "status": "confirmed"}])
+
+    def page(token: str | None) -> tuple[list[str], str | None]:
+        url = "/api/events?calendar=alice@example.com" + (f"&pageToken={token}" if token else "")
+        body = client.get(url, headers=api_headers).get_json()
+        return [item["id"] for item in body["items"]], body["nextPageToken"]
+
+    first, token = page(None)
+    assert first == ["ev0", "ev1", "ev2"] and token is not None  # 0, 40 and 80 KB before each
+    second, token = page(token)
+    assert second == ["ev3", "ev4", "ev5"] and token is not None
+    assert page(token) == (["ev6", "small"], None)
+    monkeypatch.setattr(reads, "EVENTS_PAGE_BYTES", 10)
+    assert page(None)[0] == ["ev0"]
+
+
 def test_events_are_googles_json_with_cancelled_exceptions_but_without_deleted_events(
     client: Any, seed: Seed, api_headers: dict[str, str]
 ) -> None:
