@@ -25,6 +25,10 @@ QUEUED_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED)
 _DELIVERIES = Delivery.__table__
 _COLUMNS = ("subscription_id", "change_seq", "message_id", "state", "attempts", "next_attempt_at", "created_at")
 FILL_BATCH = 1000  # feed rows looked at per pass; a long backlog is worked through over passes
+# Deliveries one pass queues at most (rows looked at × subscriptions behind): with 300 subscriptions,
+# a pass of 1,000 rows queued 300,000 deliveries in one transaction, holding SQLite's write lock for
+# seconds. The rows per pass shrink with the subscriptions instead (never below one).
+FILL_DELIVERIES = 20_000
 
 
 def message_id(sub_id: str, seq: int) -> str:
@@ -62,9 +66,10 @@ def still_behind(session: Session) -> bool:
 
 
 def fill(session: Session, now: datetime, limit: int = FILL_BATCH) -> int:
-    """Move the cursors of the subscriptions behind the feed over up to `limit` rows; returns the
-    number of deliveries queued. Call inside a transaction; another worker filling at the same
-    moment takes other subscriptions (PostgreSQL) or waits its turn (SQLite)."""
+    """Move the cursors of the subscriptions behind the feed over up to `limit` rows (fewer with many
+    subscriptions, see `FILL_DELIVERIES`); returns the number of deliveries queued. Call inside a
+    transaction; another worker filling at the same moment takes other subscriptions (PostgreSQL) or
+    waits its turn (SQLite)."""
     head = newest_seq(session)
     query = select(WebhookSubscription).where(WebhookSubscription.cursor_seq < head).order_by(WebhookSubscription.id)
     if is_postgres(session):
@@ -73,6 +78,7 @@ def fill(session: Session, now: datetime, limit: int = FILL_BATCH) -> int:
     if not subs:
         return 0
     low = min(sub.cursor_seq for sub in subs)
+    limit = max(1, min(limit, FILL_DELIVERIES // len(subs)))
     rows = session.execute(
         select(Change.seq, Change.type, Calendar.google_id, Change.origin)
         .outerjoin(Calendar, Change.calendar_id == Calendar.id)

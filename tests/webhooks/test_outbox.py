@@ -14,6 +14,7 @@ from calsync.runtime import Runtime
 from calsync.store.db import transaction
 from calsync.store.models import Change, Delivery
 from calsync.store.states import SubscriptionStatus
+from calsync.webhooks import outbox
 from calsync.webhooks.outbox import fill
 from calsync.webhooks.subscriptions import get_subscription, parse_spec, set_status
 from tests.webhooks.receiver import Receiver
@@ -166,6 +167,25 @@ def test_a_long_backlog_is_queued_in_batches_in_seq_order(runtime: Runtime, rece
             queued.append(fill(session, runtime.clock.now(), limit=2))
     assert queued == [1, 1, 1, 0]  # two rows a pass, one of each pair wanted; the fourth pass sees one unwanted row
     assert [d.change_seq for d in deliveries(runtime, sub_id)] == [c.seq for c in rows if c.kind == "created"]
+
+
+def test_a_pass_queues_a_bounded_number_of_deliveries_however_many_subscriptions(
+    runtime: Runtime, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows × subscriptions per transaction: 300 subscriptions made 300,000 deliveries in one pass."""
+    monkeypatch.setattr(outbox, "FILL_DELIVERIES", 6)
+    cal = make_calendar(runtime)
+    subs = [subscribe(runtime, receiver.url, ["event.created"])[0] for _ in range(3)]
+    with transaction(runtime.sessions) as session:
+        rows = [Change(calendar_id=cal, event_id=f"e{i}", kind="created", after=event(id=f"e{i}")) for i in range(7)]
+        append_changes(session, rows, runtime.clock.now())
+    queued = []
+    for _ in range(5):
+        with transaction(runtime.sessions) as session:
+            queued.append(fill(session, runtime.clock.now()))
+    assert queued == [6, 6, 6, 3, 0]  # two rows a pass for three subscriptions, then the last row
+    for sub_id in subs:
+        assert [d.change_seq for d in deliveries(runtime, sub_id)] == [c.seq for c in rows]
 
 
 def test_a_subscription_disabled_meanwhile_moves_on_and_hears_only_later_changes_once_resumed(
