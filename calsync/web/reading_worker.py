@@ -81,6 +81,8 @@ class ReadingConn(TConn):  # type: ignore[misc]
         self.request_size = 0  # of the request in `pending` that the event loop answers itself
         self.keep_alive = True  # whether that request leaves the connection open
         self.continued = False  # "100 Continue" sent by the loop for the request being read
+        self.protocol = "HTTP/1.1"  # of the request the event loop answers itself
+        self.dropped = False
         self.deadline = 0.0
         self.refused = False  # answered by the event loop; what still arrives is discarded
 
@@ -196,6 +198,10 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         self._on_bytes(conn, conn.sock)
 
     def _on_bytes(self, conn: ReadingConn, _sock: Any) -> None:
+        # A readable event from the same select() as the queue's wake-up that handed this connection
+        # on (to the intake, or a thread) before this callback ran: the socket is not ours to read.
+        if conn not in self.reading:
+            return
         try:
             data = conn.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
@@ -255,6 +261,7 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         if parsed is None:
             return False
         environ, conn.keep_alive = parsed
+        conn.protocol = environ["SERVER_PROTOCOL"]
         conn.request_size = size
         checked = receiver.check(environ)
         if not isinstance(checked, Checked):
@@ -289,7 +296,7 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         (kept alive, as gunicorn would keep it)."""
         status, body = answer
         keep_alive = conn.keep_alive and self.alive  # a stopping process reads no further requests
-        head = f"HTTP/1.1 {status}\r\nServer: gunicorn\r\nDate: {http_date()}\r\n"
+        head = f"{conn.protocol} {status}\r\nServer: gunicorn\r\nDate: {http_date()}\r\n"
         data = (
             head + f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -338,6 +345,9 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
         conn.deadline = time.monotonic() + LINGER_SECONDS
 
     def _drop(self, conn: ReadingConn) -> None:
+        if conn.dropped:  # counted out once only: gunicorn stops accepting at worker_connections
+            return
+        conn.dropped = True
         self.reading.pop(conn, None)
         with contextlib.suppress(OSError, KeyError, ValueError):  # not registered any more
             self.poller.unregister(conn.sock)
@@ -407,7 +417,12 @@ def _notification_environ(pending: bytearray, size: int) -> tuple[dict[str, str]
     match = _NOTIFICATION_HEAD.match(pending, 0, min(size, _DIRECT_HEAD_LIMIT))
     if match is None:
         return None
-    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/notifications", "QUERY_STRING": ""}
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/notifications",
+        "QUERY_STRING": "",
+        "SERVER_PROTOCOL": f"HTTP/1.{match[2].decode()}",
+    }
     for name, raw in _HEADER.findall(pending, match.end(1), match.end()):
         key = name.decode().upper().replace("-", "_")
         if key not in ("CONTENT_LENGTH", "CONTENT_TYPE"):
