@@ -19,7 +19,8 @@ CalsyncError
 │   ├── InvalidWrite            a bad request (body, header, parameter; carries `field`)
 │   ├── InsufficientScope       the account's grant does not allow writing (carries `reconnect`)
 │   ├── IdempotencyKeyReused    an Idempotency-Key given again with another body
-│   └── WriteConflict           If-Match named a version Google no longer holds (carries `current`)
+│   ├── WriteConflict           If-Match named a version Google no longer holds (carries `current`)
+│   └── CalendarBusy            other work held the calendar's turn too long (carries `wait`)
 └── GoogleApiError              anything Google answered with an error (mapped in calsync.google.calendar)
     ├── AuthRevoked             the grant is gone (invalid_grant, 401 after a refresh): re-consent needed
     ├── SyncTokenExpired        410 fullSyncRequired: a full resync is needed
@@ -224,6 +225,15 @@ class WriteConflict(WriteRefused):
     def __init__(self, message: str, *, current: dict[str, object] | None) -> None:
         super().__init__(message)
         self.current = current
+
+
+class CalendarBusy(WriteRefused):
+    """Other work (a write, a sync page, a claim of the quota budget's rows) held what the write must
+    wait for longer than it may wait; nothing was sent to Google, and the app may retry in `wait` s."""
+
+    def __init__(self, message: str, *, wait: float) -> None:
+        super().__init__(message)
+        self.wait = wait
 
 
 class LeaseLost(CalsyncError):

@@ -19,13 +19,15 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import ColumnElement, Connection, case, false, func, make_url, text
+from sqlalchemy import ColumnElement, Connection, bindparam, case, false, func, make_url, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from calsync.errors import CalendarBusy
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 
@@ -36,17 +38,63 @@ log = logging.getLogger(__name__)
 _LOCK_CLASS = 0x63616C
 
 
+# How long a write waits for its calendar's turn (and, on PostgreSQL, the quota budget's rows) before
+# it is refused as busy, holding a connection and a request thread meanwhile. A turn is held for one
+# write's call to Google or one sync page, far less; without a limit, work stuck while holding it
+# (a stopped process, a hung socket) held every later write of the calendar as long.
+TURN_WAIT = 30.0
+_TURN_POLL = 0.002  # seconds between two tries of a SQLite turn while it is held
+
+
 @contextmanager
-def turn(runtime: Runtime, calendar_id: int) -> Iterator[None]:
-    """SQLite: hold the calendar's turn for the block (not re-entrant: take it once per write or page).
-    On PostgreSQL the turn is taken by a statement instead (`take_turn`, `page_transaction`)."""
+def turn(runtime: Runtime, calendar_id: int, wait: float | None = None) -> Iterator[None]:
+    """SQLite: hold the calendar's turn for the block (not re-entrant: take it once per write or page),
+    waiting at most `wait` seconds for it (CalendarBusy after), or for as long as it takes. On
+    PostgreSQL the turn is taken by a statement instead (`take_turn`, `page_transaction`)."""
     path = _lock_file(runtime.settings.database_url, calendar_id)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if wait is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            _flock_within(fd, wait)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _flock_within(fd: int, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise busy() from None
+            time.sleep(_TURN_POLL)
+
+
+def busy() -> CalendarBusy:
+    """The refusal of a write that waited `TURN_WAIT` for its calendar."""
+    return CalendarBusy(
+        f"another write or a sync of this calendar held it for {TURN_WAIT:g} s", wait=min(TURN_WAIT, 5.0)
+    )
+
+
+def lock_timeout() -> ColumnElement[object]:
+    """PostgreSQL: a column that makes the rest of its statement (listed before `take_turn`), and of its
+    transaction, wait at most `TURN_WAIT` for a lock (SQLSTATE 55P03 after: `is_lock_timeout`). Its
+    parameter is `lock_timeout_param()`."""
+    return func.set_config("lock_timeout", bindparam("lock_timeout"), True)
+
+
+def lock_timeout_param() -> dict[str, str]:
+    return {"lock_timeout": f"{max(1, int(TURN_WAIT * 1000))}ms"}
+
+
+def is_lock_timeout(err: BaseException) -> bool:
+    return getattr(getattr(err, "orig", None), "sqlstate", None) == "55P03"
 
 
 _UNLOCK = text("SELECT pg_advisory_unlock(:k, :c)")

@@ -24,11 +24,13 @@ from typing import Any, TypeVar
 
 from google.oauth2.credentials import Credentials
 from sqlalchemy import Executable, Select, bindparam, func, select, true
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
 from calsync.accounts.connected import credentials_from_stored, mark_reauth_required, save_if_refreshed
 from calsync.errors import (
     AuthRevoked,
+    CalendarBusy,
     Duplicate,
     Forbidden,
     GoogleApiError,
@@ -265,11 +267,22 @@ class _Target:
             try:
                 with runtime.sessions(bind=connection) as session, contextlib.ExitStack() as stack:
                     held = locked if postgres else None
-                    target = cls._prepare(runtime, session, calendar, key, digest, held)
+                    try:
+                        target = cls._prepare(runtime, session, calendar, key, digest, held)
+                    except OperationalError as err:
+                        if turns.is_lock_timeout(err):
+                            raise turns.busy() from err
+                        raise
                     prepared = True
                     target.turns_held = held
-                    if not postgres:
-                        stack.enter_context(turns.turn(runtime, target.calendar_id))
+                    if not postgres:  # SQLite: the turn after the key's claim, which a refusal frees
+                        try:
+                            stack.enter_context(turns.turn(runtime, target.calendar_id, turns.TURN_WAIT))
+                        except CalendarBusy:
+                            claim = target.claim
+                            if claim is not None and not claim.found:  # ours, not a twin's in flight
+                                idempotency.release(runtime, target.calendar_id, claim.key, claim.body_hash)
+                            raise
                     http = stack.enter_context(_CONNECTIONS.lend())
                     target.credentials = credentials_from_stored(runtime, target.stored_credentials)
                     target.token_before = target.credentials.token
@@ -329,6 +342,8 @@ class _Target:
         if isinstance(calendar, CalendarName):
             params = {"google_id": calendar.google_id, "email": calendar.account_email}
         lock = locked is not None
+        if lock:
+            params.update(turns.lock_timeout_param())
         statement = _target_query(by_name, by_name and params["email"] is not None, lock)
         rows = session.execute(statement, params).all()
         if locked is not None:
@@ -417,6 +432,7 @@ def _target_query(by_name: bool, by_email: bool, lock: bool) -> Executable:
         _ACC.c.scopes,
     ]
     if lock:
+        columns.append(turns.lock_timeout())  # first: for the turn and the budget's rows after it
         columns.append(turns.take_turn(_CAL.c.id))
         columns.append(locking_rows(_ACC.c.id).label("quota_rows"))
         columns.append(func.set_config("synchronous_commit", "off", True))

@@ -20,6 +20,7 @@ from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import default_exceptions
 
 from calsync.errors import (
+    CalendarBusy,
     CalendarUsageLimited,
     CalsyncError,
     ConnectionUnusable,
@@ -122,6 +123,12 @@ ANSWERS: dict[type[Exception], ErrorAnswer] = {
             f"invitations or calendars made in a short time); reads go on ({err})"
         ),
         headers=lambda err: _retry_after(err.retry_after),
+    ),
+    CalendarBusy: ErrorAnswer(  # other work held the calendar's turn for longer than a write waits
+        503,
+        "calendar_busy",
+        message=lambda err: f"{err}; nothing was sent to Google, retry",
+        headers=lambda err: _retry_after(err.wait),
     ),
     QuotaWait: ErrorAnswer(  # the user's (or the project's) Google quota has no room for the write yet
         503,

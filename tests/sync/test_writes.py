@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from calsync.config import Settings
 from calsync.errors import (
     BackendError,
+    CalendarBusy,
     Forbidden,
     IdempotencyKeyReused,
     InsufficientScope,
@@ -31,7 +32,7 @@ from calsync.store.db import transaction
 from calsync.store.models import Account, Calendar, Event, IdempotencyKey
 from calsync.store.quota import Budget, Limits, day_count
 from calsync.store.states import Priority
-from calsync.sync import idempotency, writes
+from calsync.sync import idempotency, turns, writes
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
 from tests.push_support import wait_for
@@ -606,19 +607,21 @@ def test_a_writes_turn_ends_with_its_commit_and_costs_no_statement_of_its_own(
     settle(runtime, emu, cal)
 
 
-def test_a_write_whose_first_statement_is_cancelled_gives_its_turn_back(runtime: Runtime, emu: Any, cal: int) -> None:
+def test_a_write_whose_first_statement_is_cancelled_gives_its_turn_back(
+    runtime: Runtime, emu: Any, cal: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The first statement takes the calendar's turn, then waits for the budget's rows; cancelled
     there (here by a lock timeout), it raised having taken a turn it never reported, the connection
     went back to the pool still holding it, and every later sync of the calendar waited for good."""
     if runtime.engine.dialect.name != "postgresql":
         pytest.skip("SQLite's turn is a file lock, given back when the write's block ends")
-    event.listen(runtime.engine, "connect", lambda conn, _record: conn.execute("SET lock_timeout = '200ms'"))
-    runtime.engine.dispose()
+    monkeypatch.setattr(turns, "TURN_WAIT", 0.2)  # the write's own limit on its lock waits
     with runtime.engine.connect() as blocker:  # a claim holding the budget's rows
         blocker.execute(text("SELECT scope FROM quota_budget FOR UPDATE")).all()
-        with pytest.raises(DBAPIError, match="lock timeout"):
+        with pytest.raises(CalendarBusy) as refused:
             writes.create_event(runtime, cal, MEETING)
         blocker.rollback()
+    assert isinstance(refused.value.__cause__, DBAPIError) and "lock timeout" in str(refused.value.__cause__)
     with runtime.engine.connect() as conn:
         held = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")).scalar()
     assert held == 0

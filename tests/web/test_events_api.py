@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,13 +19,14 @@ from typing import Any
 import pytest
 import requests
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from calsync.config import Settings
 from calsync.runtime import Runtime
 from calsync.store.models import Calendar, IdempotencyKey, QuotaBudget
 from calsync.store.quota import PROJECT, Budget, Limits
 from calsync.store.states import Priority
+from calsync.sync import idempotency, turns
 from calsync.sync.calendar_list import refresh_calendar_list
 from calsync.sync.run import sync_calendar
 from tests.conftest import API_TOKEN, free_port
@@ -153,6 +155,59 @@ def test_a_write_the_quota_has_no_room_for_is_503_with_retry_after_and_frees_its
     assert emu.count("calendar.events.insert") == inserts and feed(client, api_headers) == []
     with runtime.sessions() as session:
         assert session.scalars(select(IdempotencyKey)).all() == []
+
+
+@contextmanager
+def _turn_held(runtime: Runtime, calendar_id: int) -> Iterator[None]:
+    """The calendar's turn held as another process's write or sync page holds it."""
+    if runtime.engine.dialect.name != "postgresql":
+        with turns.turn(runtime, calendar_id):  # its own open file: a lock of its own, even in this process
+            yield
+        return
+    with runtime.engine.connect() as holder:
+        holder.execute(text("SELECT pg_advisory_lock(:k, :c)"), {"k": 0x63616C, "c": calendar_id})
+        try:
+            yield
+        finally:
+            holder.execute(text("SELECT pg_advisory_unlock_all()"))
+
+
+def test_a_write_that_waits_too_long_for_its_calendar_is_503_and_sends_nothing(
+    client: FlaskClient, api_headers: dict[str, str], runtime: Runtime, emu: Any, cal: int, monkeypatch: Any
+) -> None:
+    """Work stuck while holding the calendar's turn (a stopped process, a hung socket) held every
+    write of the calendar, each with a connection and a request thread, for as long as it stayed."""
+    monkeypatch.setattr(turns, "TURN_WAIT", 0.3)
+    inserts = emu.count("calendar.events.insert")
+    with _turn_held(runtime, cal):
+        started = time.monotonic()
+        refused = client.post(EVENTS, json=MEETING, headers={**api_headers, "Idempotency-Key": "busy"})
+        waited = time.monotonic() - started
+    assert (refused.status_code, refused.json["error"]) == (503, "calendar_busy"), refused.json  # type: ignore[index]
+    assert int(refused.headers["Retry-After"]) >= 1 and 0.3 <= waited < 3
+    assert emu.count("calendar.events.insert") == inserts and feed(client, api_headers) == []
+    with runtime.sessions() as session:
+        assert session.scalars(select(IdempotencyKey)).all() == []  # the key is free for the retry
+    retried = client.post(EVENTS, json=MEETING, headers={**api_headers, "Idempotency-Key": "busy"})
+    assert retried.status_code == 201 and emu.count("calendar.events.insert") == inserts + 1
+
+
+def test_a_busy_refusal_leaves_a_twin_in_flight_its_key(
+    client: FlaskClient, api_headers: dict[str, str], runtime: Runtime, cal: int, monkeypatch: Any
+) -> None:
+    """The same key sent again while its first request holds the calendar (its call to Google under
+    way): the second is refused as busy, and the key stays the first one's."""
+    monkeypatch.setattr(turns, "TURN_WAIT", 0.3)
+    digest = idempotency.body_hash(MEETING)
+    with runtime.sessions.begin() as session:  # the first request's claim, committed before its call
+        idempotency.claim(session, cal, "twin", digest, "twinevent", runtime.clock.now())
+    with _turn_held(runtime, cal):
+        refused = client.post(EVENTS, json=MEETING, headers={**api_headers, "Idempotency-Key": "twin"})
+    assert refused.status_code == 503 and refused.json["error"] == "calendar_busy"  # type: ignore[index]
+    with runtime.sessions() as session:
+        assert [(k.key, k.body_hash, k.seq) for k in session.scalars(select(IdempotencyKey))] == [
+            ("twin", digest, None)
+        ]
 
 
 def test_a_user_under_googles_calendar_usage_limits_gets_429_and_slows_nobody_else(
