@@ -245,18 +245,13 @@ def test_an_events_page_of_large_events_ends_at_the_byte_budget_and_the_next_pag
 ) -> None:
     """A thousand meetings with a thousand guests each were one answer of about 180 MB. A page ends
     once the events before its last pass the budget; none is lost or repeated, never fewer than one."""
-    import base64
-    import os
 
     from calsync.readmodels import reads
 
     monkeypatch.setattr(reads, "EVENTS_PAGE_BYTES", 100_000)
     cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
-    # incompressible, so PostgreSQL stores it at about its size: ~40 KB an event
-    big = [
-        {"id": f"ev{i}", "status": "confirmed", "description": base64.b64encode(os.urandom(30_000)).decode()}
-        for i in range(7)
-    ]
+    # a guest list of ~45 KB of JSON an event, which PostgreSQL stores compressed to a fraction of it
+    big = [{"id": f"ev{i}", "status": "confirmed", "attendees": _guests(700)} for i in range(7)]
     seed.events(cal, [*big, {"id": "small", "status": "confirmed"}])
 
     def page(token: str | None) -> tuple[list[str], str | None]:
@@ -265,7 +260,7 @@ def test_an_events_page_of_large_events_ends_at_the_byte_budget_and_the_next_pag
         return [item["id"] for item in body["items"]], body["nextPageToken"]
 
     first, token = page(None)
-    assert first == ["ev0", "ev1", "ev2"] and token is not None  # 0, 40 and 80 KB before each
+    assert first == ["ev0", "ev1", "ev2"] and token is not None  # 0, 45 and 90 KB before each
     second, token = page(token)
     assert second == ["ev3", "ev4", "ev5"] and token is not None
     assert page(token) == (["ev6", "small"], None)
@@ -612,24 +607,26 @@ def test_an_edit_at_google_reaches_the_changes_feed_after_consent_and_sync(
     ] == ["event.snapshot"]
 
 
+def _guests(count: int) -> list[dict[str, str]]:
+    return [{"email": f"guest{i:04d}@example.com", "responseStatus": "needsAction"} for i in range(count)]
+
+
 def test_a_page_of_large_rows_ends_at_the_byte_budget_and_the_next_page_goes_on(
     client: Any, seed: Seed, api_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows of a meeting with a thousand guests are ~180 KB each: a page of a thousand of them was one
     answer of 180 MB. A page ends once the rows before its last pass the budget; no row is lost or
     repeated, and rows past the cut are not read."""
-    import base64
-    import os
 
     from calsync.feed import reads
 
     monkeypatch.setattr(reads, "CHANGES_PAGE_BYTES", 100_000)
     cal = seed.calendar(seed.account("alice@example.com"), "alice@example.com")
 
-    def big(n: int) -> dict[str, Any]:  # incompressible, so PostgreSQL stores it at about its size
-        return {"id": f"e{n}", "description": base64.b64encode(os.urandom(15_000)).decode()}
+    def big(n: int) -> dict[str, Any]:  # a guest list: PostgreSQL stores it compressed to a fraction
+        return {"id": f"e{n}", "attendees": _guests(350)}
 
-    seqs = [seed.change(cal, f"e{n}", "updated", big(n), big(n)) for n in range(7)]  # ~40 KB a row
+    seqs = [seed.change(cal, f"e{n}", "updated", big(n), big(n)) for n in range(7)]  # ~45 KB a row
     small = seed.change(cal, "s", "created", None, {"id": "s"})
 
     def page(after: int) -> tuple[list[int], int]:
@@ -637,7 +634,7 @@ def test_a_page_of_large_rows_ends_at_the_byte_budget_and_the_next_page_goes_on(
         return [c["seq"] for c in body["changes"]], body["next"]
 
     first, cursor = page(0)
-    assert first == seqs[:3] and cursor == seqs[2]  # 0, 40 and 80 KB before each: the fourth passes 100 KB
+    assert first == seqs[:3] and cursor == seqs[2]  # 0, 45 and 90 KB before each: the fourth passes 100 KB
     second, cursor = page(cursor)
     assert second == seqs[3:6] and cursor == seqs[5]
     third, cursor = page(cursor)
