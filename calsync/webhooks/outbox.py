@@ -25,9 +25,9 @@ QUEUED_STATUSES = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PAUSED)
 _DELIVERIES = Delivery.__table__
 _COLUMNS = ("subscription_id", "change_seq", "message_id", "state", "attempts", "next_attempt_at", "created_at")
 FILL_BATCH = 1000  # feed rows looked at per pass; a long backlog is worked through over passes
-# Deliveries one pass queues at most (rows looked at × subscriptions behind): with 300 subscriptions,
-# a pass of 1,000 rows queued 300,000 deliveries in one transaction, holding SQLite's write lock for
-# seconds. The rows per pass shrink with the subscriptions instead (never below one).
+# Deliveries one pass queues at most: with 300 subscriptions, a pass of 1,000 rows queued 300,000 in
+# one transaction, holding SQLite's write lock for seconds. The pass ends at the row that would pass
+# it instead (never before its first).
 FILL_DELIVERIES = 20_000
 
 
@@ -66,8 +66,8 @@ def still_behind(session: Session) -> bool:
 
 
 def fill(session: Session, now: datetime, limit: int = FILL_BATCH) -> int:
-    """Move the cursors of the subscriptions behind the feed over up to `limit` rows (fewer with many
-    subscriptions, see `FILL_DELIVERIES`); returns the number of deliveries queued. Call inside a
+    """Move the cursors of the subscriptions behind the feed over up to `limit` rows (fewer once they
+    make `FILL_DELIVERIES`); returns the number of deliveries queued. Call inside a
     transaction; another worker filling at the same moment takes other subscriptions (PostgreSQL) or
     waits its turn (SQLite)."""
     head = newest_seq(session)
@@ -78,7 +78,6 @@ def fill(session: Session, now: datetime, limit: int = FILL_BATCH) -> int:
     if not subs:
         return 0
     low = min(sub.cursor_seq for sub in subs)
-    limit = max(1, min(limit, FILL_DELIVERIES // len(subs)))
     rows = session.execute(
         select(Change.seq, Change.type, Calendar.google_id, Change.origin)
         .outerjoin(Calendar, Change.calendar_id == Calendar.id)
@@ -88,7 +87,7 @@ def fill(session: Session, now: datetime, limit: int = FILL_BATCH) -> int:
     ).all()
     # A full batch ends at its last row; a short one saw everything up to the head read above.
     reached = rows[-1].seq if len(rows) == limit else head
-    queued = [item for sub in subs for item in _queue(sub, rows, reached)]
+    queued, reached = _queue(subs, rows, reached)
     # Straight to the driver, as the feed's own rows: thousands of ORM objects cost more than the insert.
     connection = session.connection()
     at = bound(connection, _DELIVERIES.c.created_at, now)
@@ -110,14 +109,25 @@ def start_at_head(session: Session, sub: WebhookSubscription) -> None:
 _FeedRow = tuple[int, str, str | None, str | None]  # seq, type, the calendar's Google id, origin
 
 
-def _queue(sub: WebhookSubscription, rows: Sequence[_FeedRow], reached: int) -> list[tuple[str, int]]:
-    """(subscription, seq) of the rows `sub` wants between its cursor and `reached`; moves the cursor."""
-    wanted = []
-    if sub.status in QUEUED_STATUSES:
-        wanted = [
-            (sub.id, seq)
-            for seq, change_type, google_id, origin in rows
-            if sub.cursor_seq < seq <= reached and matches(sub, change_type, google_id, origin)
+def _queue(
+    subs: Sequence[WebhookSubscription], rows: Sequence[_FeedRow], reached: int
+) -> tuple[list[tuple[str, int]], int]:
+    """(subscription, seq) of the rows each subscription wants between its cursor and `reached`, row by
+    row, up to the row whose deliveries would pass `FILL_DELIVERIES` (never none); moves the cursors
+    to the last row taken, and returns them with it. Counted as they match, so that subscriptions
+    that queue nothing (disabled) and rows that nobody wants do not shorten the pass."""
+    queuing = [sub for sub in subs if sub.status in QUEUED_STATUSES]
+    wanted: list[tuple[str, int]] = []
+    for n, (seq, change_type, google_id, origin) in enumerate(rows):
+        if seq > reached:
+            break
+        these = [
+            (sub.id, seq) for sub in queuing if sub.cursor_seq < seq and matches(sub, change_type, google_id, origin)
         ]
-    sub.cursor_seq = max(sub.cursor_seq, reached)
-    return wanted
+        if wanted and len(wanted) + len(these) > FILL_DELIVERIES:
+            reached = rows[n - 1][0]
+            break
+        wanted.extend(these)
+    for sub in subs:
+        sub.cursor_seq = max(sub.cursor_seq, reached)
+    return wanted, reached

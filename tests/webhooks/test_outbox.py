@@ -188,6 +188,31 @@ def test_a_pass_queues_a_bounded_number_of_deliveries_however_many_subscriptions
         assert [d.change_seq for d in deliveries(runtime, sub_id)] == [c.seq for c in rows]
 
 
+def test_subscriptions_that_queue_nothing_and_rows_nobody_wants_do_not_shorten_a_pass(
+    runtime: Runtime, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bound counts deliveries as they are queued: counted as rows × subscriptions, 199 disabled
+    subscriptions beside one active made a pass of 5 rows, and a first sync's snapshot rows (which
+    `*` does not take) made passes that queued nothing, each followed by a wait."""
+    monkeypatch.setattr(outbox, "FILL_DELIVERIES", 6)
+    cal = make_calendar(runtime)
+    active = [subscribe(runtime, receiver.url, ["*"])[0] for _ in range(3)]
+    for _ in range(3):
+        sub_id, _ = subscribe(runtime, receiver.url, ["*"])
+        with transaction(runtime.sessions) as session:
+            get_subscription(session, sub_id).status = SubscriptionStatus.DISABLED  # as failures leave it
+    with transaction(runtime.sessions) as session:
+        snapshots = [
+            Change(calendar_id=cal, event_id=f"s{i}", kind="snapshot", after=event(id=f"s{i}")) for i in range(5)
+        ]
+        created = [Change(calendar_id=cal, event_id=f"e{i}", kind="created", after=event(id=f"e{i}")) for i in range(2)]
+        append_changes(session, [*snapshots, *created], runtime.clock.now())
+    with transaction(runtime.sessions) as session:
+        assert fill(session, runtime.clock.now()) == 6  # the whole backlog in one pass
+    for sub_id in active:
+        assert [d.change_seq for d in deliveries(runtime, sub_id)] == [c.seq for c in created]
+
+
 def test_a_subscription_disabled_meanwhile_moves_on_and_hears_only_later_changes_once_resumed(
     runtime: Runtime, receiver: Receiver
 ) -> None:
