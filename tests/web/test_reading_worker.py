@@ -113,18 +113,25 @@ def test_bodies_the_app_would_refuse_are_refused_at_once_and_others_reach_it(
         assert resp.status_code == 400 and resp.json()["field"] == "url"
 
 
+def _webhook_request(settings: Settings, extra: bytes = b"") -> tuple[bytes, bytes]:
+    """The head and body of a subscription request the app refuses for its URL (a 400 naming `url`)."""
+    body = b'{"url": "ftp://calsync.invalid/hook", "events": ["event.created"]}'
+    head = (
+        b"POST /api/webhooks HTTP/1.1\r\nHost: calsync\r\nAuthorization: Bearer "
+        + str(settings.api_token).encode()
+        + b"\r\nContent-Type: application/json\r\n"
+        + extra
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    return head, body
+
+
 def test_a_request_sent_in_pieces_is_answered_whole(settings: Settings, tmp_path: Path) -> None:
     """The event loop gathers a request across reads and hands the thread all of it, body included."""
     with calsync_process(settings, tmp_path / "serve.log", ["serve"]) as base:
-        body = b'{"url": "ftp://calsync.invalid/hook", "events": ["event.created"]}'
-        request = (
-            b"POST /api/webhooks HTTP/1.1\r\nHost: calsync\r\nAuthorization: Bearer "
-            + str(settings.api_token).encode()
-            + b"\r\nContent-Type: application/json\r\nContent-Length: "
-            + str(len(body)).encode()
-            + b"\r\nConnection: close\r\n\r\n"
-            + body
-        )
+        request = b"".join(_webhook_request(settings))
         sock = _half_sent(base, request[:40])
         try:
             for start in range(40, len(request), 25):
@@ -469,14 +476,7 @@ def test_the_loop_leaves_unusual_heads_to_a_thread(raw: bytes) -> None:
 def test_a_client_that_expects_100_continue_is_told_at_once_and_only_once(settings: Settings, tmp_path: Path) -> None:
     """curl sends `Expect: 100-continue` with a body over 1 KB and waits a second for the interim
     answer before sending it anyway: the loop, which holds the request until its body is in, sends it."""
-    body = b'{"url": "ftp://calsync.invalid/hook", "events": ["event.created"]}'
-    head = (
-        b"POST /api/webhooks HTTP/1.1\r\nHost: calsync\r\nAuthorization: Bearer "
-        + str(settings.api_token).encode()
-        + b"\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: "
-        + str(len(body)).encode()
-        + b"\r\nConnection: close\r\n\r\n"
-    )
+    head, body = _webhook_request(settings, b"Expect: 100-continue\r\n")
     interim = b"HTTP/1.1 100 Continue\r\n\r\n"
     with calsync_web(settings, tmp_path / "web.log") as base:
         sock = _half_sent(base, head)
