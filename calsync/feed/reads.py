@@ -11,12 +11,12 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, func, select
+from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from calsync.clock import rfc3339
 from calsync.feed.cursor import check_cursor, newest_seq
-from calsync.store.db import is_postgres, stored_json_size
+from calsync.store.db import bytes_before, is_postgres, stored_json_size
 from calsync.store.models import Account, Calendar, Change
 from calsync.store.states import LIFECYCLE_OF_CALENDAR, ChangeType, Origin
 
@@ -152,11 +152,7 @@ def _page_query(postgres: bool, by_calendar: bool, by_type: bool, by_origin: boo
     if by_origin:
         wanted = wanted.where(Change.origin == bindparam("origin"))
     first = wanted.order_by(Change.seq).limit(bindparam("limit")).subquery()
-    sized = select(
-        first.c.seq,
-        (func.sum(first.c.size).over(order_by=first.c.seq) - first.c.size).label("before_it"),
-        func.count().over().label("wanted"),
-    ).subquery()
+    sized = bytes_before(first, "seq")
     return (
         feed_rows()
         .add_columns(sized.c.wanted)

@@ -18,7 +18,7 @@ from calsync.clock import rfc3339
 from calsync.errors import NotFoundError
 from calsync.feed.cursor import newest_seq
 from calsync.feed.reads import CHANGES_PAGE_BYTES
-from calsync.store.db import is_postgres, stored_json_size
+from calsync.store.db import bytes_before, is_postgres, stored_json_size
 from calsync.store.models import Account, Calendar, Channel, Event
 from calsync.store.serving import serving_channels
 
@@ -173,11 +173,7 @@ def _events_page_query(postgres: bool) -> Select[Any]:
         .limit(bindparam("limit"))
         .subquery()
     )
-    sized = select(
-        first.c.id,
-        (func.sum(first.c.size).over(order_by=first.c.id) - first.c.size).label("before_it"),
-        func.count().over().label("wanted"),
-    ).subquery()
+    sized = bytes_before(first, "id")
     return (
         select(Event.id, Event.data, sized.c.wanted)
         .join(sized, sized.c.id == Event.id)

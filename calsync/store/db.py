@@ -33,11 +33,13 @@ from sqlalchemy import (
     event,
     func,
     make_url,
+    select,
 )
 from sqlalchemy import cast as sqlcast
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Subquery
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,18 @@ def stored_json_size(column: Any, postgres: bool) -> ColumnElement[int]:
     if postgres:
         return func.coalesce(func.octet_length(sqlcast(column, Text)), 0)
     return func.coalesce(func.length(sqlcast(sqlcast(column, Text), LargeBinary)), 0)  # bytes, not characters
+
+
+def bytes_before(first: Subquery, key: str) -> Subquery:
+    """A page's rows (`first`: its `key` column and a `size`, in page order) with the bytes of the rows
+    before each on the page (`before_it`) and how many the page wanted (`wanted`): what a page's byte
+    budget cuts by, in the statement that reads the page, so that rows past the cut are never read."""
+    column = first.c[key]
+    return select(
+        column,
+        (func.sum(first.c.size).over(order_by=column) - first.c.size).label("before_it"),
+        func.count().over().label("wanted"),
+    ).subquery()
 
 
 def is_postgres(session_or_engine: Session | Engine) -> bool:
