@@ -31,8 +31,11 @@ class Runtime:
         self.budget = Budget(self.sessions, self.clock, limits(self.settings))
 
     @classmethod
-    def create(cls, settings: Settings, *, clock: Clock | None = None, engine: Engine | None = None) -> Runtime:
-        engine = engine or make_engine(settings.database_url)
+    def create(
+        cls, settings: Settings, *, clock: Clock | None = None, engine: Engine | None = None, threads: int | None = None
+    ) -> Runtime:
+        """`threads`: the request or sync threads of the process, each of which may hold a connection."""
+        engine = engine or make_engine(settings.database_url, threads=threads)
         database = sqlite_file(engine)
         return cls(
             settings=settings,

@@ -79,7 +79,7 @@ def worker(
 
     settings = Settings.from_env()
     ensure_schema(settings, upgrade_sqlite=False)
-    runtime = Runtime.create(settings)
+    runtime = Runtime.create(settings, threads=threads or settings.worker_threads)
     try:
         port = metrics_port or settings.worker_metrics_port
         if port is not None and not burst:

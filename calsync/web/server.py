@@ -126,11 +126,17 @@ class CalsyncApplication(BaseApplication):  # type: ignore[misc]
     def load(self) -> Flask:
         # Built in the worker process (no preload), so each process has its own engine and pool.
         from calsync.runtime import freeze_startup_objects
-        from calsync.web.app import build_app
 
-        app = build_app(self.settings)
+        app = self.build()
         freeze_startup_objects()
         return app
+
+    def build(self) -> Flask:
+        """The app of one web process, its pool sized for the process's request threads."""
+        from calsync.runtime import Runtime
+        from calsync.web.app import build_app
+
+        return build_app(self.settings, runtime=Runtime.create(self.settings, threads=self.options["threads"]))
 
     # gunicorn hooks, run in gunicorn's own (arbiter) process ---------------------------------
     def _start_worker(self, _arbiter: Any) -> None:

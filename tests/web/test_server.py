@@ -16,13 +16,20 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from calsync.config import Settings
-from calsync.web.server import HUNG_SECONDS, MIGRATE_QUEUED, warn_unless_queued_connections_move
+from calsync.web.server import (
+    HUNG_SECONDS,
+    MIGRATE_QUEUED,
+    CalsyncApplication,
+    warn_unless_queued_connections_move,
+)
 from tests.push_support import wait_for
 from tests.web.process_support import calsync_process, web_env
 
@@ -334,3 +341,27 @@ def test_a_reload_of_the_web_processes_under_load_fails_no_request(settings: Set
     assert not failed, f"{len(failed)} of {len(failed) + len(answered)} requests failed: {sorted(set(failed))[:3]}"
     assert set(answered) <= {200, 503}
     assert "tcp_migrate_req" not in log.read_text()
+
+
+@pytest.mark.parametrize(("threads", "kept"), [(8, 12), (40, 44)])
+def test_a_web_process_keeps_a_database_connection_for_each_request_thread(
+    settings: Settings, threads: int, kept: int
+) -> None:
+    """A fixed pool of 10 + 20 left `calsync web --threads 40` with requests waiting 30 s for a
+    connection under load, then answered 503."""
+    app = CalsyncApplication(settings, host="127.0.0.1", port=0, threads=threads).build()
+    engine = app.extensions["calsync"].engine
+    try:
+        assert engine.pool.size() == kept
+        with ThreadPoolExecutor(threads) as pool:  # every thread holds a connection at once
+            barrier = threading.Barrier(threads)
+
+            def hold() -> int:
+                with engine.connect() as conn:
+                    barrier.wait(timeout=20)
+                    return int(conn.execute(text("SELECT 1")).scalar_one())
+
+            assert sum(pool.map(lambda _: hold(), range(threads))) == threads
+        assert engine.pool.checkedin() <= kept  # none opened past the pool and closed again
+    finally:
+        engine.dispose()
