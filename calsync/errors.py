@@ -20,7 +20,7 @@ CalsyncError
 │   ├── InsufficientScope       the account's grant does not allow writing (carries `reconnect`)
 │   ├── IdempotencyKeyReused    an Idempotency-Key given again with another body
 │   ├── WriteConflict           If-Match named a version Google no longer holds (carries `current`)
-│   └── CalendarBusy            other work held the calendar's turn too long (carries `wait`)
+│   └── CalendarHeld            other work held the calendar's turn too long (carries `wait`)
 └── GoogleApiError              anything Google answered with an error (mapped in calsync.google.calendar)
     ├── AuthRevoked             the grant is gone (invalid_grant, 401 after a refresh): re-consent needed
     ├── SyncTokenExpired        410 fullSyncRequired: a full resync is needed
@@ -227,7 +227,7 @@ class WriteConflict(WriteRefused):
         self.current = current
 
 
-class CalendarBusy(WriteRefused):
+class CalendarHeld(WriteRefused):
     """Other work (a write, a sync page, a claim of the quota budget's rows) held what the write must
     wait for longer than it may wait; nothing was sent to Google, and the app may retry in `wait` s."""
 

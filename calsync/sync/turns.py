@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import ColumnElement, Connection, bindparam, case, false, func, make_url, text
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from calsync.errors import CalendarBusy
+from calsync.errors import CalendarHeld
 from calsync.runtime import Runtime
 from calsync.store.db import transaction
 
@@ -49,7 +49,7 @@ _TURN_POLL = 0.002  # seconds between two tries of a SQLite turn while it is hel
 @contextmanager
 def turn(runtime: Runtime, calendar_id: int, wait: float | None = None) -> Iterator[None]:
     """SQLite: hold the calendar's turn for the block (not re-entrant: take it once per write or page),
-    waiting at most `wait` seconds for it (CalendarBusy after), or for as long as it takes. On
+    waiting at most `wait` seconds for it (CalendarHeld after), or for as long as it takes. On
     PostgreSQL the turn is taken by a statement instead (`take_turn`, `page_transaction`)."""
     path = _lock_file(runtime.settings.database_url, calendar_id)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -75,9 +75,9 @@ def _flock_within(fd: int, wait: float) -> None:
             time.sleep(_TURN_POLL)
 
 
-def busy() -> CalendarBusy:
+def busy() -> CalendarHeld:
     """The refusal of a write that waited `TURN_WAIT` for its calendar."""
-    return CalendarBusy(
+    return CalendarHeld(
         f"another write or a sync of this calendar held it for {TURN_WAIT:g} s", wait=min(TURN_WAIT, 5.0)
     )
 

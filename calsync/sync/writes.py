@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, aliased
 from calsync.accounts.connected import credentials_from_stored, mark_reauth_required, save_if_refreshed
 from calsync.errors import (
     AuthRevoked,
-    CalendarBusy,
+    CalendarHeld,
     Duplicate,
     Forbidden,
     GoogleApiError,
@@ -278,7 +278,7 @@ class _Target:
                     if not postgres:  # SQLite: the turn after the key's claim, which a refusal frees
                         try:
                             stack.enter_context(turns.turn(runtime, target.calendar_id, turns.TURN_WAIT))
-                        except CalendarBusy:
+                        except CalendarHeld:
                             claim = target.claim
                             if claim is not None and not claim.found:  # ours, not a twin's in flight
                                 idempotency.release(runtime, target.calendar_id, claim.key, claim.body_hash)

@@ -20,7 +20,7 @@ from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import default_exceptions
 
 from calsync.errors import (
-    CalendarBusy,
+    CalendarHeld,
     CalendarUsageLimited,
     CalsyncError,
     ConnectionUnusable,
@@ -124,7 +124,7 @@ ANSWERS: dict[type[Exception], ErrorAnswer] = {
         ),
         headers=lambda err: _retry_after(err.retry_after),
     ),
-    CalendarBusy: ErrorAnswer(  # other work held the calendar's turn for longer than a write waits
+    CalendarHeld: ErrorAnswer(  # other work held the calendar's turn for longer than a write waits
         503,
         "calendar_busy",
         message=lambda err: f"{err}; nothing was sent to Google, retry",

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from calsync.config import Settings
 from calsync.errors import (
     BackendError,
-    CalendarBusy,
+    CalendarHeld,
     Forbidden,
     IdempotencyKeyReused,
     InsufficientScope,
@@ -618,7 +618,7 @@ def test_a_write_whose_first_statement_is_cancelled_gives_its_turn_back(
     monkeypatch.setattr(turns, "TURN_WAIT", 0.2)  # the write's own limit on its lock waits
     with runtime.engine.connect() as blocker:  # a claim holding the budget's rows
         blocker.execute(text("SELECT scope FROM quota_budget FOR UPDATE")).all()
-        with pytest.raises(CalendarBusy) as refused:
+        with pytest.raises(CalendarHeld) as refused:
             writes.create_event(runtime, cal, MEETING)
         blocker.rollback()
     assert isinstance(refused.value.__cause__, DBAPIError) and "lock timeout" in str(refused.value.__cause__)

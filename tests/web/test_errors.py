@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from calsync import create_app
 from calsync.config import Secret, Settings
 from calsync.errors import (
-    CalendarBusy,
+    CalendarHeld,
     CalendarUsageLimited,
     CalsyncError,
     ConnectionUnusable,
@@ -76,7 +76,7 @@ def test_every_error_of_the_table_answers_its_status_and_the_documented_shape() 
                 "events, invitations or calendars made in a short time); reads go on (Calendar usage limits exceeded.)",
             },
         ),
-        CalendarBusy("held for 30 s", wait=5.0): (
+        CalendarHeld("held for 30 s", wait=5.0): (
             503,
             {"error": "calendar_busy", "message": "held for 30 s; nothing was sent to Google, retry"},
         ),
