@@ -623,7 +623,12 @@ def test_a_write_whose_first_statement_is_cancelled_gives_its_turn_back(
         blocker.rollback()
     assert isinstance(refused.value.__cause__, DBAPIError) and "lock timeout" in str(refused.value.__cause__)
     with runtime.engine.connect() as conn:
-        held = conn.execute(text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")).scalar()
+        held = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"  # of this database: not another run's
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        ).scalar()
     assert held == 0
     synced = threading.Event()
     other = Runtime.create(runtime.settings)  # the worker: another process's connection
