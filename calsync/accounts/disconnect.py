@@ -27,7 +27,7 @@ from calsync.feed.lifecycle import account_change
 from calsync.google.calendar import GoogleCalendar
 from calsync.google.oauth import revoke
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
+from calsync.store.db import sqlstate, transaction
 from calsync.store.models import Account, Calendar, Channel
 from calsync.store.states import UNSTOPPED_CHANNEL, AccountStatus, ChangeType, ChannelStatus, Priority
 
@@ -118,7 +118,7 @@ def _mark_disconnected(
             with transaction(runtime.sessions) as session:
                 return _mark(session, runtime, account_id)
         except OperationalError as err:
-            if getattr(err.orig, "sqlstate", None) != _DEADLOCK or attempt == _DEADLOCK_TRIES:
+            if sqlstate(err) != _DEADLOCK or attempt == _DEADLOCK_TRIES:
                 raise
             log.info("account %s: the disconnect met a deadlock (try %d); trying again", account_id, attempt)
     raise AssertionError("unreachable")  # the last try returned or raised

@@ -31,6 +31,7 @@ from calsync.metrics import NOTIFICATION_BATCH
 from calsync.push.intake_sql import TRIM_LOG, Item, Push, record_batch
 from calsync.push.intake_sqlite import Checkpointer, WriterTurn, begin_immediate
 from calsync.runtime import Runtime
+from calsync.store.db import sqlstate
 from calsync.store.states import NotificationOutcome
 
 log = logging.getLogger(__name__)
@@ -251,5 +252,5 @@ def _worth_another_try(err: Exception, dialect: str) -> bool:
     Recording a batch twice is harmless: a repeated message number is absorbed."""
     if dialect != "postgresql":
         return False
-    state = getattr(err, "sqlstate", None)
+    state = sqlstate(err)
     return state is None or state in _RETRYABLE_PG or state in _LOST_PG or state.startswith("08")

@@ -215,6 +215,13 @@ def bytes_before(first: Subquery, key: str) -> Subquery:
     ).subquery()
 
 
+def sqlstate(err: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE of a failed statement, from SQLAlchemy's error or the driver's own
+    (None for anything else, SQLite's errors included)."""
+    state = getattr(getattr(err, "orig", err), "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
 def is_postgres(session_or_engine: Session | Engine) -> bool:
     bind = session_or_engine.get_bind() if isinstance(session_or_engine, Session) else session_or_engine
     return bind.dialect.name == "postgresql"

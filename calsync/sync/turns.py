@@ -29,7 +29,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from calsync.errors import CalendarHeld
 from calsync.runtime import Runtime
-from calsync.store.db import transaction
+from calsync.store.db import sqlstate, transaction
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def lock_timeout_param() -> dict[str, str]:
 
 
 def is_lock_timeout(err: BaseException) -> bool:
-    return getattr(getattr(err, "orig", None), "sqlstate", None) == "55P03"
+    return sqlstate(err) == "55P03"
 
 
 _UNLOCK = text("SELECT pg_advisory_unlock(:k, :c)")
