@@ -234,9 +234,9 @@ class _SyncRun:
         # An incremental listing may begin before a write through calsync reaches Google and be applied
         # after the write's commit: the feed's position before it (read by the worker's claim, or here
         # for a sync nobody claimed) tells the writes it may not show.
-        began_at = (
-            (self.feed_seq if self.feed_seq is not None else self._feed_position()) if token is not None else None
-        )
+        began_at = None
+        if token is not None:
+            began_at = self.feed_seq if self.feed_seq is not None else self._feed_position()
         with closing(self._pages(token)) as pages:
             for page, credentials, committing in pages:
                 next_sync_token = page.get("nextSyncToken")

@@ -63,11 +63,11 @@ _EXPECT_CONTINUE = re.compile(rb"\r\nexpect:[ \t]*100-continue[ \t]*\r\n", re.IG
 # gunicorn's parser would read the same way; anything else goes to a thread as every other request.
 # A header name leaves "_" out (gunicorn drops such headers), a value holds no control character.
 RECORD_SECONDS = 10.0  # how long a notification waits for the intake before it is answered 503
-_FIELD = rb"[!#$%&'*+.^`|~0-9A-Za-z-]+:[ \t]*([\x20-\x7e\x80-\xff]*?)[ \t]*\r\n"
+_NAME, _VALUE = rb"[!#$%&'*+.^`|~0-9A-Za-z-]+", rb"[\x20-\x7e\x80-\xff]*?"
+_HEADER = re.compile(rb"(" + _NAME + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r\n")
 _NOTIFICATION_HEAD = re.compile(
-    rb"(POST /notifications HTTP/1\.([01])\r\n)(?:" + _FIELD.replace(b"(", b"(?:") + rb")*\r\n"
+    rb"(POST /notifications HTTP/1\.([01])\r\n)(?:" + _NAME + rb":[ \t]*" + _VALUE + rb"[ \t]*\r\n)*\r\n"
 )
-_HEADER = re.compile(rb"([!#$%&'*+.^`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\x80-\xff]*?)[ \t]*\r\n")
 _DIRECT_HEAD_LIMIT = 8190  # gunicorn's own limit for one header line; a notification's whole head is ~600
 _NOT_DIRECT = frozenset(("HTTP_EXPECT", "HTTP_UPGRADE"))
 
@@ -193,9 +193,13 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
     # In the event loop ---------------------------------------------------------------------------
     def _read_from(self, conn: ReadingConn) -> None:
         conn.sock.setblocking(False)
+        self._watch(conn)
+        self._on_bytes(conn, conn.sock)
+
+    def _watch(self, conn: ReadingConn) -> None:
+        """Read the connection's bytes in the loop from now on (`_on_bytes`)."""
         self.reading[conn] = None
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_bytes, conn))
-        self._on_bytes(conn, conn.sock)
 
     def _on_bytes(self, conn: ReadingConn, _sock: Any) -> None:
         # A readable event from the same select() as the queue's wake-up that handed this connection
@@ -309,15 +313,13 @@ class ReadingThreadWorker(ThreadWorker):  # type: ignore[misc]
             self._drop(conn)
             return
         if not keep_alive:
-            self.reading[conn] = None
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_bytes, conn))
+            self._watch(conn)
             self._linger(conn)
             return
         del conn.pending[: conn.request_size]
         if conn.pending:  # the client sent (some of) its next request already
             conn.deadline = time.monotonic() + REQUEST_SECONDS
-            self.reading[conn] = None
-            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_bytes, conn))
+            self._watch(conn)
             # From the loop's queue, not from here: answered at once in turn, a long run of pipelined
             # requests would recurse here once each.
             self.method_queue.defer(self._advance_if_reading, conn)
