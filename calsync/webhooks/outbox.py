@@ -118,9 +118,7 @@ def _queue(
     that queue nothing (disabled) and rows that nobody wants do not shorten the pass."""
     queuing = [sub for sub in subs if sub.status in QUEUED_STATUSES]
     wanted: list[tuple[str, int]] = []
-    for n, (seq, change_type, google_id, origin) in enumerate(rows):
-        if seq > reached:
-            break
+    for n, (seq, change_type, google_id, origin) in enumerate(rows):  # each at or below `reached`
         these = [
             (sub.id, seq) for sub in queuing if sub.cursor_seq < seq and matches(sub, change_type, google_id, origin)
         ]
